@@ -1,0 +1,171 @@
+//! A batch of events and its serialization back to JSON.
+
+use std::io::Write;
+
+use crate::event::{Event, Text, TextFieldId};
+use crate::format::Format;
+
+/// Name of the per-record list of non-fatal problems in the output.
+pub const WARNINGS_KEY: &str = "enrichment_warnings";
+
+/// Events parsed from one request (or one chunk of a stream), together with
+/// the text they were parsed from.
+#[derive(Debug)]
+pub struct Batch {
+    source: String,
+    format: Format,
+    collector_id: Option<String>,
+    events: Vec<Event>,
+}
+
+/// What an enricher sees of a batch: the events, mutable, and read access to
+/// captured text fields.
+pub struct BatchView<'a> {
+    pub source: SourceText<'a>,
+    pub events: &'a mut [Event],
+}
+
+/// Read access to the text a batch was parsed from.
+#[derive(Clone, Copy)]
+pub struct SourceText<'a>(&'a str);
+
+impl<'a> SourceText<'a> {
+    /// The captured value of text field `field` of `event` (see
+    /// [`crate::BuildContext::text_field`]).
+    pub fn text<'e>(&self, event: &'e Event, field: TextFieldId) -> Option<&'e str>
+    where
+        'a: 'e,
+    {
+        event.texts.iter().find(|(f, _)| *f == field).map(|(_, t)| match t {
+            Text::Span(span) => &self.0[span.range()],
+            Text::Owned(s) => &**s,
+        })
+    }
+
+    /// The record's own JSON object text, exactly as the client sent it
+    /// (empty for synthetic events).
+    pub fn raw_record<'e>(&self, event: &'e Event) -> &'e str
+    where
+        'a: 'e,
+    {
+        &self.0[event.raw.range()]
+    }
+}
+
+impl Batch {
+    pub fn new(source: String, format: Format, collector_id: Option<String>, events: Vec<Event>) -> Self {
+        Batch { source, format, collector_id, events }
+    }
+
+    /// A batch of events built in code (lookups, tests, benchmarks).
+    pub fn synthetic(format: Format, events: Vec<Event>) -> Self {
+        Batch::new(String::new(), format, None, events)
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn collector_id(&self) -> Option<&str> {
+        self.collector_id.as_deref()
+    }
+
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn source(&self) -> SourceText<'_> {
+        SourceText(&self.source)
+    }
+
+    pub fn view(&mut self) -> BatchView<'_> {
+        BatchView { source: SourceText(&self.source), events: &mut self.events }
+    }
+
+    /// Writes one enriched event as a JSON object: the record's own fields as
+    /// sent, then the enrichment results in chain order, then warnings.
+    pub fn write_event(&self, event: &Event, keys: &[Box<str>], out: &mut Vec<u8>) {
+        let raw = &self.source[event.raw.range()];
+        let mut has_fields = event.raw_has_fields;
+        if event.shadows_output {
+            // Slow path, only for records that already carry a key the chain
+            // writes: drop those keys so the output has each key once.
+            let mut map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(raw).expect("record text was validated by the parser");
+            for key in keys {
+                map.remove(&**key);
+            }
+            map.remove(WARNINGS_KEY);
+            has_fields = !map.is_empty();
+            let text = serde_json::to_vec(&map).expect("a JSON map serializes");
+            out.extend_from_slice(&text[..text.len() - 1]);
+        } else if raw.is_empty() {
+            out.push(b'{');
+        } else {
+            // `raw` is a JSON object; drop its closing brace (and any
+            // whitespace before it) so fields can be appended.
+            let body = raw.trim_end();
+            out.extend_from_slice(body[..body.len() - 1].trim_end().as_bytes());
+        }
+        for (key, value) in &event.outputs {
+            if has_fields {
+                out.push(b',');
+            }
+            has_fields = true;
+            write_json_string(out, &keys[key.0 as usize]);
+            out.push(b':');
+            out.extend_from_slice(value.as_bytes());
+        }
+        if !event.warnings.is_empty() {
+            if has_fields {
+                out.push(b',');
+            }
+            write_json_string(out, WARNINGS_KEY);
+            out.push(b':');
+            serde_json::to_writer(&mut *out, &event.warnings).expect("strings serialize");
+        }
+        out.push(b'}');
+    }
+
+    /// Writes all events as a JSON array.
+    pub fn write_events_array(&self, keys: &[Box<str>], out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (i, event) in self.events.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            self.write_event(event, keys, out);
+        }
+        out.push(b']');
+    }
+
+    /// Writes all events as NDJSON (one object per line).
+    pub fn write_ndjson(&self, keys: &[Box<str>], out: &mut Vec<u8>) {
+        for event in &self.events {
+            self.write_event(event, keys, out);
+            out.push(b'\n');
+        }
+    }
+
+    /// Writes the `/v1/ingest` response:
+    /// `{"collector_id", "format", "count", "records": [...]}`.
+    pub fn write_ingest_response(&self, keys: &[Box<str>], out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"collector_id\":");
+        serde_json::to_writer(&mut *out, &self.collector_id).expect("string serializes");
+        let _ = write!(out, ",\"format\":\"{}\",\"count\":{},\"records\":", self.format.name(), self.events.len());
+        self.write_events_array(keys, out);
+        out.push(b'}');
+    }
+}
+
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("strings serialize");
+}

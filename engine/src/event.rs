@@ -1,0 +1,151 @@
+//! The in-memory event: the well-known fields parsed once, the rest kept as
+//! the client's own JSON text.
+//!
+//! Why this shape: enrichers and (later) WASM rules read addresses, ports and
+//! byte counts on every event, so those are parsed exactly once into plain
+//! Rust values. Everything else the client sent is never turned into a tree:
+//! the record's JSON text stays in the batch's buffer and is copied to the
+//! output byte for byte, which is both "pass through untouched" and cheap.
+//! Enrichment results are pre-serialized JSON fragments shared through `Arc`,
+//! so a GeoIP answer decoded once can be attached to thousands of events
+//! without a per-event allocation.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+/// A byte range inside a batch's source text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub len: u32,
+}
+
+impl Span {
+    pub(crate) fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
+}
+
+/// A captured string field: borrowed from the source when it had no escapes,
+/// owned (decoded) otherwise.
+#[derive(Clone, Debug)]
+pub(crate) enum Text {
+    Span(Span),
+    Owned(Box<str>),
+}
+
+/// Index of an output key in the chain's key table (see [`crate::BuildContext::output_key`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyId(pub(crate) u16);
+
+/// Index of a captured text field (see [`crate::BuildContext::text_field`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TextFieldId(pub(crate) u16);
+
+/// A pre-serialized JSON value (object, array, string, number or `null`).
+///
+/// Plugins build these once per distinct answer and share them between
+/// events; the engine writes the text verbatim into the output.
+pub type JsonFragment = Arc<str>;
+
+/// One telemetry record.
+#[derive(Clone, Debug, Default)]
+pub struct Event {
+    /// The record's JSON object text inside the batch source.
+    pub(crate) raw: Span,
+    /// The record has at least one field of its own (so output needs a comma).
+    pub(crate) raw_has_fields: bool,
+    /// The record carries a key the chain writes; those are dropped on output
+    /// so the response never holds the same key twice.
+    pub(crate) shadows_output: bool,
+
+    /// Event time, seconds since the Unix epoch, when given as a number.
+    pub ts: Option<f64>,
+    /// Source / originator address (`src_ip`, `id.orig_h`, `id_orig_h`).
+    pub src_ip: Option<IpAddr>,
+    /// Destination / responder address (`dst_ip`, `id.resp_h`, `id_resp_h`).
+    pub dst_ip: Option<IpAddr>,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    /// IANA protocol number (`tcp` = 6, `udp` = 17, ...).
+    pub proto: Option<u8>,
+    /// Total bytes of a flow record (`bytes`).
+    pub bytes: Option<u64>,
+    /// Zeek `orig_bytes` / `resp_bytes`.
+    pub orig_bytes: Option<u64>,
+    pub resp_bytes: Option<u64>,
+    pub packets: Option<u64>,
+    /// Zeek `duration`, seconds.
+    pub duration: Option<f64>,
+
+    /// Number of threat-intel indicator matches attached to this event.
+    pub threat_matches: u32,
+
+    pub(crate) texts: SmallVec<[(TextFieldId, Text); 2]>,
+    pub(crate) outputs: SmallVec<[(KeyId, JsonFragment); 4]>,
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Which of an event's two addresses an enricher looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressSelector {
+    /// `src_ip` / `id.orig_h`.
+    Source,
+    /// `dst_ip` / `id.resp_h`.
+    Destination,
+    /// The destination, or the source when the record has no destination.
+    DestinationOrSource,
+}
+
+impl AddressSelector {
+    pub fn pick(self, event: &Event) -> Option<IpAddr> {
+        match self {
+            AddressSelector::Source => event.src_ip,
+            AddressSelector::Destination => event.dst_ip,
+            AddressSelector::DestinationOrSource => event.dst_ip.or(event.src_ip),
+        }
+    }
+}
+
+impl Event {
+    /// An event built in code (offline lookups, tests, benchmarks): no raw
+    /// record text, only the well-known fields set by the caller.
+    pub fn synthetic() -> Self {
+        Event::default()
+    }
+
+    /// Attaches an enrichment result under `key`, replacing an earlier value
+    /// for the same key (a later chain entry wins).
+    pub fn set_output(&mut self, key: KeyId, value: JsonFragment) {
+        if let Some(slot) = self.outputs.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = value;
+        } else {
+            self.outputs.push((key, value));
+        }
+    }
+
+    /// The enrichment result attached under `key`, if any.
+    pub fn output(&self, key: KeyId) -> Option<&JsonFragment> {
+        self.outputs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// Records a problem with this event that did not stop it from being
+    /// processed (e.g. an address field that is not an IP address). Shown to
+    /// the client in the record's `enrichment_warnings`.
+    pub fn warn(&mut self, message: impl Into<String>) {
+        self.warnings.push(message.into());
+    }
+
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Sets a captured text field directly (synthetic events, tests).
+    pub fn set_text(&mut self, field: TextFieldId, value: &str) {
+        self.texts.retain(|(f, _)| *f != field);
+        self.texts.push((field, Text::Owned(value.into())));
+    }
+}

@@ -1,0 +1,32 @@
+//! enrichd's engine core: the event model, input parsing, the enricher chain
+//! and the plugin interface.
+//!
+//! The core knows no concrete enricher. Plugins implement
+//! [`PluginFactory`] / [`Enricher`] and are registered in a [`Registry`] by
+//! the binary; the chain is assembled from `config.toml` by kind name.
+//!
+//! Data flow for one request: [`parse_envelope`] turns the body into a
+//! [`Batch`] (well-known fields parsed once into [`Event`]s, the record text
+//! kept as sent), [`Chain::run`] passes the batch through every stage, and
+//! [`Batch::write_ingest_response`] writes the records back with the
+//! enrichment results appended.
+
+pub mod batch;
+pub mod chain;
+pub mod config;
+pub mod event;
+pub mod format;
+pub mod parse;
+pub mod plugin;
+pub mod registry;
+
+pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
+pub use chain::{Chain, Engine, StageReport};
+pub use config::{ChainEntryConfig, Config, ConfigError};
+pub use event::{AddressSelector, Event, JsonFragment, KeyId, TextFieldId};
+pub use format::Format;
+pub use parse::{parse_envelope, parse_ndjson, InputError, Limits, ParseSpec};
+pub use plugin::{
+    source_info, BuildContext, Enricher, EnvOverride, PluginFactory, PluginState, PluginStatus, SourceInfo,
+};
+pub use registry::Registry;

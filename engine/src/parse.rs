@@ -1,0 +1,486 @@
+//! Turning request bodies into batches: the `/v1/ingest` envelope, NDJSON
+//! lines, and the per-record field extraction.
+//!
+//! Each record is read with a streaming serde visitor that recognises the
+//! well-known fields of both input formats (flows: `src_ip`, ...; Zeek:
+//! `id.orig_h` and `id_orig_h`, ...), captures the string fields enrichers
+//! asked for, and skips everything else without building a tree. The record's
+//! own text is kept, so unknown fields pass through exactly as sent.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::batch::Batch;
+use crate::event::{Event, Span, Text, TextFieldId};
+use crate::format::{protocol_number, Format};
+
+/// What the parser must look for beyond the well-known fields; derived from
+/// the chain (see [`crate::Chain::parse_spec`]).
+#[derive(Clone, Debug, Default)]
+pub struct ParseSpec {
+    /// String fields to capture, indexed by [`TextFieldId`].
+    pub text_fields: Vec<Box<str>>,
+    /// Keys the chain writes; a record carrying one of them has it replaced.
+    pub output_keys: Vec<Box<str>>,
+}
+
+/// Limits applied while parsing a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_records: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_records: 10_000 }
+    }
+}
+
+/// Why a request body was refused. Every variant is the client's fault and
+/// maps to a 4xx answer; the message says what and where.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InputError {
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("request body is not valid UTF-8 (at byte {0})")]
+    InvalidUtf8(usize),
+    #[error("request body must be a JSON object with `collector_id`, `format` and `records`")]
+    NotAnObject,
+    #[error("field `{field}`: {message}")]
+    Field { field: &'static str, message: String },
+    #[error("field `format` is required (one of: zeek.conn.v1, flows.v1)")]
+    MissingFormat,
+    #[error("unsupported format {0:?}: expected zeek.conn.v1 (aliases zeek, zeek.conn) or flows.v1")]
+    UnknownFormat(String),
+    #[error("too many records: {count} (max {max})")]
+    TooManyRecords { count: usize, max: usize },
+    #[error("record {index}{}: {message}", field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
+    Record { index: usize, field: Option<String>, message: String },
+}
+
+impl InputError {
+    /// Stable machine-readable code for the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InputError::InvalidJson(_) => "invalid_json",
+            InputError::InvalidUtf8(_) => "invalid_encoding",
+            InputError::NotAnObject => "bad_batch_shape",
+            InputError::Field { .. } => "invalid_field",
+            InputError::MissingFormat => "missing_format",
+            InputError::UnknownFormat(_) => "unsupported_format",
+            InputError::TooManyRecords { .. } => "too_many_records",
+            InputError::Record { .. } => "invalid_record",
+        }
+    }
+}
+
+/// serde_json appends " at line L column C" to its messages; inside a record
+/// those positions are relative to the record, which only confuses.
+fn bare_message(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    let suffix = format!(" at line {} column {}", err.line(), err.column());
+    text.strip_suffix(&suffix).map(str::to_owned).unwrap_or(text)
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    collector_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    format: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    records: Option<&'a RawValue>,
+}
+
+/// Parses a `/v1/ingest` body: `{"collector_id", "format", "records": [...]}`.
+pub fn parse_envelope(body: Vec<u8>, spec: &ParseSpec, limits: Limits) -> Result<Batch, InputError> {
+    let source = String::from_utf8(body).map_err(|e| InputError::InvalidUtf8(e.utf8_error().valid_up_to()))?;
+    let trimmed = source.trim_start();
+    if !trimmed.starts_with('{') {
+        return Err(if trimmed.is_empty() || trimmed.starts_with('[') {
+            InputError::NotAnObject
+        } else {
+            match serde_json::from_str::<IgnoredAny>(&source) {
+                Err(e) => InputError::InvalidJson(e.to_string()),
+                Ok(_) => InputError::NotAnObject,
+            }
+        });
+    }
+    let envelope: Envelope<'_> = serde_json::from_str(&source).map_err(|e| InputError::InvalidJson(e.to_string()))?;
+
+    let collector_id = match envelope.collector_id.map(|r| serde_json::from_str::<Option<String>>(r.get())) {
+        None => None,
+        Some(Ok(id)) => id,
+        Some(Err(_)) => return Err(InputError::Field { field: "collector_id", message: "must be a string".into() }),
+    };
+    let format_name = match envelope.format.map(|r| serde_json::from_str::<Option<String>>(r.get())) {
+        None | Some(Ok(None)) => return Err(InputError::MissingFormat),
+        Some(Ok(Some(name))) => name,
+        Some(Err(_)) => return Err(InputError::Field { field: "format", message: "must be a string".into() }),
+    };
+    let format = Format::from_name(&format_name).ok_or(InputError::UnknownFormat(format_name))?;
+    let records = envelope
+        .records
+        .ok_or(InputError::Field { field: "records", message: "is required (an array of record objects)".into() })?;
+    let records: Vec<&RawValue> = serde_json::from_str(records.get())
+        .map_err(|_| InputError::Field { field: "records", message: "must be an array of record objects".into() })?;
+    if records.len() > limits.max_records {
+        return Err(InputError::TooManyRecords { count: records.len(), max: limits.max_records });
+    }
+
+    let base = source.as_ptr() as usize;
+    let mut events = Vec::with_capacity(records.len());
+    for (index, raw) in records.iter().enumerate() {
+        let start = raw.get().as_ptr() as usize - base;
+        events.push(parse_record(&source, start, raw.get().len(), index, spec)?);
+    }
+    drop(records);
+    Ok(Batch::new(source, format, collector_id, events))
+}
+
+/// Parses newline-delimited JSON records (one object per line; blank lines
+/// are skipped). `first_index` numbers records in error messages, so a caller
+/// reading a long stream in chunks reports absolute positions.
+pub fn parse_ndjson(text: String, format: Format, spec: &ParseSpec, first_index: usize) -> Result<Batch, InputError> {
+    let mut events = Vec::new();
+    let mut offset = 0usize;
+    let mut index = first_index;
+    for line in text.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\n', '\r']);
+        let lead = content.len() - content.trim_start().len();
+        let body = content.trim();
+        if !body.is_empty() {
+            events.push(parse_record(&text, offset + lead, body.len(), index, spec)?);
+            index += 1;
+        }
+        offset += line.len();
+    }
+    Ok(Batch::new(text, format, None, events))
+}
+
+/// Parses the record whose JSON text is `source[start..start+len]`.
+pub(crate) fn parse_record(
+    source: &str,
+    start: usize,
+    len: usize,
+    index: usize,
+    spec: &ParseSpec,
+) -> Result<Event, InputError> {
+    let text = &source[start..start + len];
+    let kind = match text.as_bytes().first() {
+        Some(b'{') => None,
+        Some(b'[') => Some("an array"),
+        Some(b'"') => Some("a string"),
+        Some(b't' | b'f') => Some("a boolean"),
+        Some(b'n') => Some("null"),
+        _ => Some("a number"),
+    };
+    if let Some(kind) = kind {
+        return Err(InputError::Record { index, field: None, message: format!("expected a JSON object, got {kind}") });
+    }
+    let mut event = Event { raw: Span { start: start as u32, len: len as u32 }, ..Event::default() };
+    let mut current_field: Option<String> = None;
+    let seed =
+        RecordSeed { spec, event: &mut event, base: source.as_ptr() as usize, current_field: &mut current_field };
+    let mut de = serde_json::Deserializer::from_str(text);
+    seed.deserialize(&mut de).and_then(|()| de.end()).map_err(|e| InputError::Record {
+        index,
+        field: current_field.take(),
+        message: bare_message(&e),
+    })?;
+    Ok(event)
+}
+
+struct RecordSeed<'s> {
+    spec: &'s ParseSpec,
+    event: &'s mut Event,
+    base: usize,
+    current_field: &'s mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a record object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let ev = self.event;
+        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+            ev.raw_has_fields = true;
+            *self.current_field = Some(key.to_string());
+            match &*key {
+                "ts" => ev.ts = map.next_value::<Timestamp>()?.0,
+                "src_ip" | "id.orig_h" | "id_orig_h" => set_ip(ev, &key, map.next_value()?, true),
+                "dst_ip" | "id.resp_h" | "id_resp_h" => set_ip(ev, &key, map.next_value()?, false),
+                "src_port" | "id.orig_p" | "id_orig_p" => ev.src_port = map.next_value::<Port>()?.0,
+                "dst_port" | "id.resp_p" | "id_resp_p" => ev.dst_port = map.next_value::<Port>()?.0,
+                "protocol" | "proto" => {
+                    if let Some(p) = map.next_value::<Protocol>()?.0 {
+                        ev.proto = Some(p);
+                    }
+                }
+                "bytes" => ev.bytes = map.next_value::<Count>()?.0,
+                "orig_bytes" => ev.orig_bytes = map.next_value::<Count>()?.0,
+                "resp_bytes" => ev.resp_bytes = map.next_value::<Count>()?.0,
+                "packets" => ev.packets = map.next_value::<Count>()?.0,
+                "duration" => ev.duration = map.next_value::<Option<f64>>()?,
+                other => {
+                    if self.spec.output_keys.iter().any(|k| &**k == other) {
+                        ev.shadows_output = true;
+                    }
+                    match self.spec.text_fields.iter().position(|k| &**k == other) {
+                        Some(i) => {
+                            if let Some(text) = map.next_value::<AnyText<'de>>()?.0 {
+                                let text = match text {
+                                    Cow::Borrowed(s) => Text::Span(Span {
+                                        start: (s.as_ptr() as usize - self.base) as u32,
+                                        len: s.len() as u32,
+                                    }),
+                                    Cow::Owned(s) => Text::Owned(s.into_boxed_str()),
+                                };
+                                ev.texts.retain(|(f, _)| f.0 != i as u16);
+                                ev.texts.push((TextFieldId(i as u16), text));
+                            }
+                        }
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+            }
+        }
+        *self.current_field = None;
+        Ok(())
+    }
+}
+
+enum IpValue {
+    Absent,
+    Valid(IpAddr),
+    Invalid(String),
+}
+
+fn set_ip(ev: &mut Event, field: &str, value: IpValue, source: bool) {
+    let slot = if source { &mut ev.src_ip } else { &mut ev.dst_ip };
+    match value {
+        IpValue::Absent => {}
+        IpValue::Valid(ip) => *slot = Some(ip),
+        IpValue::Invalid(text) => {
+            *slot = None;
+            let shown: String = text.chars().take(64).collect();
+            ev.warn(format!("{field}: {shown:?} is not a valid IP address; enrichment of this field skipped"));
+        }
+    }
+}
+
+/// A map key or string value, borrowed from the input when it has no escapes.
+struct Str<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Str<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for IpValue {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IpValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an IP address string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IpValue, E> {
+                Ok(match v.parse() {
+                    Ok(ip) => IpValue::Valid(ip),
+                    Err(_) => IpValue::Invalid(v.to_owned()),
+                })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<IpValue, E> {
+                Ok(IpValue::Absent)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+macro_rules! optional_number {
+    ($name:ident, $ty:ty, $max:expr, $what:literal) => {
+        struct $name(Option<$ty>);
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$name, E> {
+                        if v > $max {
+                            return Err(E::invalid_value(de::Unexpected::Unsigned(v), &self));
+                        }
+                        Ok($name(Some(v as $ty)))
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$name, E> {
+                        if v < 0 {
+                            return Err(E::invalid_value(de::Unexpected::Signed(v), &self));
+                        }
+                        self.visit_u64(v as u64)
+                    }
+                    fn visit_f64<E: de::Error>(self, v: f64) -> Result<$name, E> {
+                        // Some exporters write counters as 1024.0; accept
+                        // whole numbers, refuse fractions.
+                        if v.fract() != 0.0 || v < 0.0 || v > $max as f64 {
+                            return Err(E::invalid_value(de::Unexpected::Float(v), &self));
+                        }
+                        Ok($name(Some(v as $ty)))
+                    }
+                    fn visit_unit<E: de::Error>(self) -> Result<$name, E> {
+                        Ok($name(None))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+    };
+}
+
+optional_number!(Port, u16, 65_535u64, "a port number (integer 0-65535)");
+optional_number!(Count, u64, u64::MAX, "a non-negative integer");
+
+struct Protocol(Option<u8>);
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Protocol;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a protocol name (tcp, udp, icmp, ...) or IANA number (0-255)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Protocol, E> {
+                // Unknown names (Zeek's `unknown_transport`, ...) are kept as
+                // sent; the engine just does not know the number.
+                Ok(Protocol(protocol_number(v).or_else(|| v.parse().ok())))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Protocol, E> {
+                u8::try_from(v)
+                    .map(|p| Protocol(Some(p)))
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Protocol, E> {
+                u8::try_from(v)
+                    .map(|p| Protocol(Some(p)))
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Protocol, E> {
+                Ok(Protocol(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `ts` as epoch seconds; an ISO 8601 string (Zeek's JSON `ts` option) is
+/// accepted and passed through, the engine simply has no numeric time then.
+struct Timestamp(Option<f64>);
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("epoch seconds (number) or a timestamp string")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Timestamp, E> {
+                Ok(Timestamp(Some(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Timestamp, E> {
+                Ok(Timestamp(Some(v as f64)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Timestamp, E> {
+                Ok(Timestamp(Some(v as f64)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
+                Ok(Timestamp(v.trim().parse().ok()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Timestamp, E> {
+                Ok(Timestamp(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A captured text field: strings are kept, any other JSON value is skipped.
+struct AnyText<'de>(Option<Cow<'de, str>>);
+
+impl<'de> Deserialize<'de> for AnyText<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnyText<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<AnyText<'de>, E> {
+                Ok(AnyText(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AnyText<'de>, E> {
+                Ok(AnyText(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<AnyText<'de>, E> {
+                Ok(AnyText(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<AnyText<'de>, E> {
+                Ok(AnyText(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<AnyText<'de>, E> {
+                Ok(AnyText(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<AnyText<'de>, E> {
+                Ok(AnyText(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<AnyText<'de>, E> {
+                Ok(AnyText(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnyText<'de>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(AnyText(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyText<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(AnyText(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

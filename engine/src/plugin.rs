@@ -1,0 +1,186 @@
+//! The plugin interface: how the engine core talks to enrichers without
+//! knowing any of them.
+//!
+//! A plugin is a [`PluginFactory`] registered under a kind name (`geoip`,
+//! `ti`, ...). For each enabled chain entry of that kind the engine calls
+//! [`PluginFactory::build`] with the entry's options and gets an
+//! [`Enricher`], which is then called once per batch. Adding an enricher is
+//! adding a factory to the registry; nothing in the core changes.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::batch::BatchView;
+use crate::event::{Event, KeyId, TextFieldId};
+
+/// Builds enrichers of one kind from chain-entry options.
+pub trait PluginFactory: Send + Sync {
+    /// The `plugin = "..."` name used in `config.toml`.
+    fn kind(&self) -> &'static str;
+
+    /// One line for `enrichd plugins` / docs.
+    fn description(&self) -> &'static str;
+
+    /// JSON Schema of this plugin's options (generated with `schemars`).
+    fn options_schema(&self) -> schemars::Schema;
+
+    /// Environment variables that override options of every chain entry of
+    /// this kind (e.g. `GEOIP_CITY_DB` sets the geoip `database`).
+    fn env_overrides(&self) -> &'static [EnvOverride] {
+        &[]
+    }
+
+    /// Validates `options` and builds the enricher. A missing data file is
+    /// not an error (the enricher reports itself `missing`); unreadable or
+    /// corrupt data and invalid options are.
+    fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>>;
+}
+
+/// An environment variable that overrides a plugin option.
+#[derive(Clone, Copy, Debug)]
+pub struct EnvOverride {
+    pub var: &'static str,
+    pub option: &'static str,
+    /// The option is a list: the value is split on commas.
+    pub list: bool,
+}
+
+/// One stage of the chain.
+///
+/// Implementations must be cheap to call concurrently from several threads
+/// (`&self`): keep data immutable or behind lock-free swaps.
+pub trait Enricher: Send + Sync {
+    /// Enriches every event of the batch in place.
+    ///
+    /// Per-event problems are recorded with [`Event::warn`], never returned:
+    /// one bad record must not fail the others.
+    fn enrich(&self, batch: &mut BatchView<'_>);
+
+    /// Current state for `/v1/enrichers` and the metrics.
+    fn status(&self) -> PluginStatus;
+
+    /// Contributes this enricher's answer for a single address to
+    /// `POST /v1/lookup` / `enrichd lookup`, under the plugin's conventional
+    /// section name(s) (`geo`, `asn`, `ti`, ...).
+    fn lookup(&self, _ip: IpAddr, _out: &mut serde_json::Map<String, serde_json::Value>) {}
+}
+
+/// Handed to [`PluginFactory::build`]: where relative paths are resolved and
+/// how a plugin declares the output keys it writes and the record fields it
+/// reads beyond the well-known ones.
+pub struct BuildContext<'a> {
+    pub(crate) base_dir: &'a Path,
+    pub(crate) keys: &'a mut Vec<Box<str>>,
+    pub(crate) text_fields: &'a mut Vec<Box<str>>,
+}
+
+impl<'a> BuildContext<'a> {
+    /// Resolves a path from the configuration relative to the config file's
+    /// directory (absolute paths are kept).
+    pub fn resolve_path(&self, path: impl AsRef<Path>) -> PathBuf {
+        let path = path.as_ref();
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// Declares an output key this enricher writes and returns its id.
+    pub fn output_key(&mut self, name: &str) -> KeyId {
+        KeyId(intern(self.keys, name))
+    }
+
+    /// Asks the parser to capture the string field `name` of every record
+    /// (e.g. `query` for domain indicators) and returns its id.
+    pub fn text_field(&mut self, name: &str) -> TextFieldId {
+        TextFieldId(intern(self.text_fields, name))
+    }
+}
+
+fn intern(table: &mut Vec<Box<str>>, name: &str) -> u16 {
+    if let Some(i) = table.iter().position(|k| &**k == name) {
+        return i as u16;
+    }
+    table.push(name.into());
+    (table.len() - 1) as u16
+}
+
+/// Lifecycle state of an enricher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// Data loaded, enriching.
+    Loaded,
+    /// A configured data file does not exist; the enricher passes events
+    /// through unchanged until it appears.
+    Missing,
+    /// Data could not be loaded; see `error`.
+    Error,
+    /// `enabled = false` in the chain.
+    Disabled,
+}
+
+/// A data file an enricher loaded.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceInfo {
+    pub path: PathBuf,
+    /// Hex SHA-256 of the file content, when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// RFC 3339 time the content was loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What an enricher reports about itself.
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginStatus {
+    pub state: PluginState,
+    /// A short description of the loaded data (database type and build date,
+    /// indicator count, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub sources: Vec<SourceInfo>,
+    /// Plugin-specific figures (e.g. indicators by type, skipped lines).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PluginStatus {
+    pub fn new(state: PluginState) -> Self {
+        PluginStatus { state, version: None, sources: Vec::new(), details: serde_json::Value::Null, error: None }
+    }
+}
+
+/// File facts for [`SourceInfo`]: size and SHA-256 of `bytes`, loaded now.
+pub fn source_info(path: &Path, bytes: &[u8]) -> SourceInfo {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    SourceInfo {
+        path: path.to_path_buf(),
+        sha256: Some(hex),
+        size_bytes: Some(bytes.len() as u64),
+        loaded_at: Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()),
+        error: None,
+    }
+}
+
+/// Convenience for enrichers that handle events one at a time.
+pub fn for_each_event(batch: &mut BatchView<'_>, mut f: impl FnMut(&mut Event)) {
+    for event in batch.events.iter_mut() {
+        f(event);
+    }
+}

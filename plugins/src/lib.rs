@@ -1,0 +1,24 @@
+//! enrichd's native enrichers.
+//!
+//! Each plugin is a folder with its options struct (documented, validated,
+//! schema-generated), its implementation and its tests side by side:
+//!
+//! - [`geoip`]: GeoIP2 City / Country `.mmdb` lookups.
+//! - [`asn`]: ASN `.mmdb` lookups.
+//! - [`ti`]: threat-intel indicators (IPs, CIDRs, domains) from files.
+//!
+//! The binary calls [`register_all`]; the engine core never names them.
+
+pub mod asn;
+pub mod geoip;
+mod mmdb;
+pub mod ti;
+
+use enrichd_engine::Registry;
+
+/// Registers every native plugin.
+pub fn register_all(registry: &mut Registry) {
+    registry.register(Box::new(geoip::GeoIpFactory));
+    registry.register(Box::new(asn::AsnFactory));
+    registry.register(Box::new(ti::TiFactory));
+}
