@@ -1,1 +1,80 @@
-fn main(){}
+//! `enrichd`: the enrichment engine for network security telemetry.
+//!
+//! `enrichd serve` runs the `/v1` HTTP API; the other subcommands work
+//! offline on the same configuration and chain (check it, print its schema,
+//! look up one address, enrich NDJSON / Zeek logs from stdin, benchmark).
+
+mod api;
+mod app;
+mod cli;
+mod metrics;
+mod schema;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "enrichd", version, about = "Enrichment engine for network security telemetry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API.
+    Serve {
+        /// Configuration file.
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        /// Listen address (overrides `server.listen`).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Validate the configuration and load every enricher's data.
+    CheckConfig {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Print the JSON Schema of the configuration file.
+    ConfigSchema,
+    /// Look up one address offline and print what the chain knows of it.
+    Lookup {
+        ip: std::net::IpAddr,
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Enrich records offline: NDJSON (or Zeek TSV logs) in, NDJSON out.
+    Enrich(cli::EnrichArgs),
+    /// Measure the in-process chain's throughput against a JSON baseline.
+    Bench(cli::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENRICHD_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, listen } => serve::run(&config, listen),
+        Command::CheckConfig { config } => cli::check_config(&config),
+        Command::ConfigSchema => cli::config_schema(),
+        Command::Lookup { ip, config } => cli::lookup(&config, ip),
+        Command::Enrich(args) => cli::enrich(args),
+        Command::Bench(args) => cli::bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("enrichd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

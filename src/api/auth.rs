@@ -1,0 +1,90 @@
+//! API-key checks.
+//!
+//! Keys are compared as SHA-256 digests with a constant-time equality, and
+//! every configured key is compared on every request (no early exit), so
+//! neither the key's content nor its length leaks through timing. Keys are
+//! never logged or echoed.
+
+use axum::http::{header, HeaderMap, StatusCode};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+
+pub struct ApiKeys {
+    digests: Vec<[u8; 32]>,
+}
+
+impl ApiKeys {
+    pub fn new(keys: &[String]) -> Self {
+        ApiKeys { digests: keys.iter().filter(|k| !k.is_empty()).map(|k| digest(k.as_bytes())).collect() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// Accepts `Authorization: Bearer <key>` (scheme case-insensitive) or
+    /// `X-API-Key: <key>`.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let presented = bearer(headers).or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+        let Some(presented) = presented.map(str::trim).filter(|k| !k.is_empty()) else {
+            return Err(unauthorized("missing API key: send `Authorization: Bearer <key>`"));
+        };
+        let presented = digest(presented.as_bytes());
+        let mut ok = subtle::Choice::from(0u8);
+        for d in &self.digests {
+            ok |= d.ct_eq(&presented);
+        }
+        if bool::from(ok) {
+            Ok(())
+        } else {
+            Err(unauthorized("invalid API key"))
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn unauthorized(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn accepts_only_configured_keys() {
+        let keys = ApiKeys::new(&["alpha".into(), "beta".into()]);
+        assert!(keys.check(&headers("authorization", "Bearer beta")).is_ok());
+        assert!(keys.check(&headers("authorization", "bearer alpha")).is_ok());
+        assert!(keys.check(&headers("x-api-key", "alpha")).is_ok());
+        assert!(keys.check(&headers("authorization", "Bearer alph")).is_err());
+        assert!(keys.check(&headers("authorization", "Bearer alphaa")).is_err());
+        assert!(keys.check(&headers("authorization", "Basic alpha")).is_err());
+        assert!(keys.check(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn no_configured_key_refuses_everyone() {
+        let keys = ApiKeys::new(&[String::new()]);
+        assert!(keys.is_empty());
+        assert!(keys.check(&headers("authorization", "Bearer ")).is_err());
+        assert!(keys.check(&headers("authorization", "Bearer anything")).is_err());
+    }
+}

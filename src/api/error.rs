@@ -1,0 +1,57 @@
+//! JSON error answers: `{"error": "<code>", "detail": "<what and where>", ...}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use enrichd_engine::InputError;
+use serde_json::{json, Value};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    /// Extra members merged into the body (record index, field, limits).
+    pub extra: Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError { status, code, detail: detail.into(), extra: Value::Null }
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn with(mut self, extra: Value) -> Self {
+        self.extra = extra;
+        self
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        let status = match e {
+            InputError::TooManyRecords { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let extra = match &e {
+            InputError::Record { index, field, .. } => json!({ "record_index": index, "field": field }),
+            InputError::Field { field, .. } => json!({ "field": field }),
+            InputError::TooManyRecords { count, max } => json!({ "limit": max, "observed": count }),
+            _ => Value::Null,
+        };
+        ApiError { status, code: e.code(), detail: e.to_string(), extra }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.code, "detail": self.detail });
+        if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), self.extra) {
+            obj.extend(extra);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}

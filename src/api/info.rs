@@ -1,0 +1,109 @@
+//! Read-only endpoints: health, version, schemas, metrics, enrichers, lookup.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use enrichd_engine::PluginState;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::schema;
+
+pub async fn index() -> Json<Value> {
+    Json(json!({
+        "service": "enrichd",
+        "version": env!("CARGO_PKG_VERSION"),
+        "api": ["/v1/health", "/v1/health/details", "/v1/enrichers", "/v1/version", "/v1/schema",
+                "/v1/metrics", "/v1/ingest", "/v1/lookup", "/v1/outputs/elastic", "/v1/outputs/splunk"],
+    }))
+}
+
+pub async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Health plus every chain stage's state. `degraded` when an enabled stage
+/// is not loaded (missing or broken data).
+pub async fn health_details(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    state.keys.check(&headers)?;
+    let reports = state.engine.chain().reports();
+    let degraded = reports.iter().any(|r| r.enabled && r.status.state != PluginState::Loaded);
+    Ok(Json(json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "uptime_s": state.started.elapsed().as_secs_f64(),
+        "enrichers": reports,
+    })))
+}
+
+pub async fn enrichers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    state.keys.check(&headers)?;
+    Ok(Json(json!({ "enrichers": state.engine.chain().reports() })))
+}
+
+pub async fn version() -> Json<Value> {
+    let env_or = |name: &str, fallback: &str| std::env::var(name).unwrap_or_else(|_| fallback.to_string());
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "git_tag": env_or("GIT_TAG", env!("ENRICHD_GIT_TAG")),
+        "git_sha": env_or("GIT_SHA", env!("ENRICHD_GIT_SHA")),
+        "image_digest": env_or("IMAGE_DIGEST", "unknown"),
+    }))
+}
+
+pub async fn schema_index() -> Json<Value> {
+    Json(schema::index())
+}
+
+pub async fn schema_document(Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    schema::document(&name).map(Json).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "unknown_schema", format!("no schema named {name:?}"))
+            .with(json!({ "available": schema::names() }))
+    })
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    if state.config.server.metrics_require_key {
+        state.keys.check(&headers)?;
+    }
+    let mut doc = state.metrics.snapshot();
+    let enrichers: Vec<Value> = state
+        .engine
+        .chain()
+        .reports()
+        .into_iter()
+        .map(|r| {
+            json!({ "name": r.name, "plugin": r.plugin, "state": r.status.state, "batches": r.batches,
+                    "events": r.events, "mean_ns_per_event": r.mean_ns_per_event })
+        })
+        .collect();
+    doc["enrichers"] = enrichers.into();
+    Ok(Json(doc))
+}
+
+/// `POST /v1/lookup {"ip": "..."}`: everything the chain knows of one address.
+pub async fn lookup(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+    state.keys.check(&headers)?;
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {e}")))?;
+    let ip = match request.get("ip") {
+        None | Some(Value::Null) => return Err(ApiError::bad_request("missing_ip", "IP address required: {\"ip\": \"...\"}").with(json!({"field": "ip"}))),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            return Err(ApiError::bad_request("missing_ip", "IP address required: {\"ip\": \"...\"}").with(json!({"field": "ip"})))
+        }
+        Some(Value::String(s)) => s.trim().parse::<IpAddr>().map_err(|_| {
+            let shown: String = s.chars().take(64).collect();
+            ApiError::bad_request("invalid_ip", format!("invalid IP address: {shown:?}")).with(json!({"field": "ip"}))
+        })?,
+        Some(_) => return Err(ApiError::bad_request("invalid_ip", "field `ip` must be a string").with(json!({"field": "ip"}))),
+    };
+    let mut answer = state.engine.chain().lookup(ip);
+    // The documented response shape holds even when a plugin is disabled.
+    for (key, empty) in [("geo", Value::Null), ("asn", Value::Null), ("threats", json!([])), ("ti", json!({"matches": []}))] {
+        answer.entry(key).or_insert(empty);
+    }
+    Ok(Json(Value::Object(answer)))
+}

@@ -1,0 +1,110 @@
+//! The `/v1` HTTP API: thin axum handlers over the engine.
+//!
+//! State is passed explicitly ([`AppState`]); the handlers parse, call the
+//! engine and write the answer. Cross-cutting rules live in one middleware:
+//! every response gets `X-Request-ID` (the client's, when it sent a sane
+//! one), every `/v1` response gets `X-API-Version`, and every request is
+//! counted by status class.
+
+mod auth;
+mod error;
+mod info;
+mod ingest;
+mod outputs;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use enrichd_engine::{Config, Engine};
+
+use crate::metrics::Metrics;
+pub use auth::ApiKeys;
+pub use error::ApiError;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const API_VERSION: HeaderName = HeaderName::from_static("x-api-version");
+
+/// Everything a handler may need, shared by all requests.
+pub struct AppState {
+    pub engine: Engine,
+    pub config: Config,
+    pub keys: ApiKeys,
+    pub metrics: Metrics,
+    pub outputs: outputs::OutputSettings,
+    pub started: Instant,
+    api_version: HeaderValue,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, config: Config) -> Self {
+        let keys = ApiKeys::new(&config.auth.api_keys);
+        let api_version = HeaderValue::from_str(&config.server.api_version).unwrap_or(HeaderValue::from_static("1.0.0"));
+        AppState {
+            engine,
+            config,
+            keys,
+            metrics: Metrics::default(),
+            outputs: Default::default(),
+            started: Instant::now(),
+            api_version,
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(info::index))
+        .route("/v1/health", get(info::health))
+        .route("/v1/health/details", get(info::health_details))
+        .route("/v1/enrichers", get(info::enrichers))
+        .route("/v1/version", get(info::version))
+        .route("/v1/schema", get(info::schema_index))
+        .route("/v1/schema/{name}", get(info::schema_document))
+        .route("/v1/metrics", get(info::metrics))
+        .route("/v1/lookup", post(info::lookup))
+        .route("/v1/ingest", post(ingest::ingest))
+        .route("/v1/outputs/elastic", post(outputs::configure_elastic))
+        .route("/v1/outputs/splunk", post(outputs::configure_splunk))
+        .route("/v1/outputs", get(outputs::show))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), common_headers))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {}", request.method(), request.uri().path()))
+}
+
+async fn common_headers(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|v| is_sane_request_id(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    let is_v1 = request.uri().path().starts_with("/v1/");
+    let mut response = next.run(request).await.into_response();
+    state.metrics.record_request(response.status().as_u16());
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID, request_id);
+    if is_v1 {
+        headers.insert(API_VERSION, state.api_version.clone());
+    }
+    response
+}
+
+/// Echo only IDs that are short and printable: a log-correlation ID, not a
+/// place to smuggle arbitrary bytes into our logs.
+fn is_sane_request_id(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn new_request_id() -> HeaderValue {
+    HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()).expect("hex is a valid header value")
+}

@@ -1,0 +1,125 @@
+//! `POST /v1/outputs/{elastic,splunk}`: store connector settings.
+//!
+//! Sending is the outputs work; here the settings are validated and kept in
+//! memory. Secrets (passwords, tokens) are stored but never echoed: answers
+//! and `GET /v1/outputs` say only whether one is set.
+
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::body::Bytes;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+
+#[derive(Default)]
+pub struct OutputSettings {
+    elastic: RwLock<Option<ElasticSettings>>,
+    splunk: RwLock<Option<SplunkSettings>>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticSettings {
+    url: Option<String>,
+    #[serde(default)]
+    urls: Vec<String>,
+    index: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    api_key: Option<String>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplunkSettings {
+    hec_url: Option<String>,
+    url: Option<String>,
+    token: Option<String>,
+    index: Option<String>,
+    sourcetype: Option<String>,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_settings", format!("invalid settings: {e}")))
+}
+
+fn check_url(field: &'static str, url: &str) -> Result<(), ApiError> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://")) && url.len() > "https://".len();
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("invalid_settings", format!("`{field}` must be an http:// or https:// URL")).with(json!({"field": field})))
+    }
+}
+
+pub async fn configure_elastic(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+    state.keys.check(&headers)?;
+    let mut s: ElasticSettings = parse(&body)?;
+    if let Some(url) = s.url.take() {
+        s.urls.insert(0, url);
+    }
+    if s.urls.is_empty() {
+        return Err(ApiError::bad_request("invalid_settings", "`url` (or `urls`) is required").with(json!({"field": "url"})));
+    }
+    for url in &s.urls {
+        check_url("url", url)?;
+    }
+    if s.username.is_some() != s.password.is_some() {
+        return Err(ApiError::bad_request("invalid_settings", "`username` and `password` go together").with(json!({"field": "password"})));
+    }
+    let shown = elastic_view(&s);
+    *state.outputs.elastic.write().expect("settings lock") = Some(s);
+    Ok(Json(with_status(shown)))
+}
+
+pub async fn configure_splunk(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+    state.keys.check(&headers)?;
+    let mut s: SplunkSettings = parse(&body)?;
+    s.hec_url = s.hec_url.take().or(s.url.take());
+    let Some(url) = &s.hec_url else {
+        return Err(ApiError::bad_request("invalid_settings", "`hec_url` is required").with(json!({"field": "hec_url"})));
+    };
+    check_url("hec_url", url)?;
+    if s.token.as_deref().is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request("invalid_settings", "`token` is required").with(json!({"field": "token"})));
+    }
+    let shown = splunk_view(&s);
+    *state.outputs.splunk.write().expect("settings lock") = Some(s);
+    Ok(Json(with_status(shown)))
+}
+
+pub async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    state.keys.check(&headers)?;
+    let elastic = state.outputs.elastic.read().expect("settings lock").as_ref().map(elastic_view);
+    let splunk = state.outputs.splunk.read().expect("settings lock").as_ref().map(splunk_view);
+    Ok(Json(json!({ "elastic": elastic, "splunk": splunk })))
+}
+
+fn with_status(mut v: Value) -> Value {
+    v["status"] = "configured".into();
+    v
+}
+
+fn elastic_view(s: &ElasticSettings) -> Value {
+    json!({
+        "url": s.urls.first(),
+        "urls": s.urls,
+        "index": s.index.as_deref().unwrap_or("telemetry-events"),
+        "username": s.username,
+        "password_set": s.password.is_some(),
+        "api_key_set": s.api_key.is_some(),
+    })
+}
+
+fn splunk_view(s: &SplunkSettings) -> Value {
+    json!({
+        "hec_url": s.hec_url,
+        "index": s.index,
+        "sourcetype": s.sourcetype.as_deref().unwrap_or("enrichd:event"),
+        "token_set": s.token.is_some(),
+    })
+}

@@ -1,0 +1,23 @@
+//! Assembling the service from configuration: registry, config with
+//! environment overrides, the chain.
+
+use std::path::Path;
+
+use anyhow::Context;
+use enrichd_engine::{Chain, Config, Registry};
+
+/// The plugin registry of this binary: every native plugin.
+pub fn registry() -> Registry {
+    let mut registry = Registry::new();
+    enrichd_plugins::register_all(&mut registry);
+    registry
+}
+
+/// Loads `path`, applies environment overrides and builds the chain.
+pub fn load(path: &Path, registry: &Registry) -> anyhow::Result<(Config, Chain)> {
+    let mut config = Config::load(path)?;
+    config.apply_env(registry, |name| std::env::var(name).ok())?;
+    let chain = Chain::build(&config.chain, registry, &config.base_dir)
+        .with_context(|| format!("building the enricher chain from {}", path.display()))?;
+    Ok((config, chain))
+}

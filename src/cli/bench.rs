@@ -1,0 +1,191 @@
+//! `enrichd bench`: throughput of the in-process chain, next to a baseline
+//! measured in the same run.
+//!
+//! Machines here drift 15-30 % within an hour, so an absolute figure means
+//! little alone. Every workload is therefore measured three ways, one after
+//! the other on one thread: a plain serde_json parse-and-serialize of the
+//! same records (the baseline), the chain alone on pre-parsed batches, and
+//! the full pipeline (parse, chain, serialize) as `/v1/ingest` runs it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use enrichd_engine::{parse_ndjson, Chain, Format};
+
+use crate::app;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, short, default_value = "config.toml")]
+    config: PathBuf,
+    /// Replay these logs (Zeek TSV, `.gz` ok); repeat the flag for several.
+    #[arg(long = "zeek-log")]
+    zeek_logs: Vec<PathBuf>,
+    /// Replay these NDJSON files.
+    #[arg(long)]
+    ndjson: Vec<PathBuf>,
+    /// Record format of the replayed files.
+    #[arg(long, default_value = "zeek.conn.v1")]
+    format: String,
+    /// Also run N flows with uniformly random IPv4 addresses (0 = skip).
+    #[arg(long, default_value_t = 200_000)]
+    random: usize,
+    /// Records per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Minimum measuring time per figure, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+}
+
+struct Workload {
+    name: String,
+    format: Format,
+    /// NDJSON chunks of `batch_size` records.
+    chunks: Vec<String>,
+    records: usize,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (_, chain) = app::load(&args.config, &app::registry())?;
+    println!("chain ({}):", args.config.display());
+    for r in chain.reports() {
+        println!("  {:<10} {:?} {}", r.name, r.status.state, r.status.version.unwrap_or_default());
+    }
+    let mut workloads = Vec::new();
+    let format = Format::from_name(&args.format).context("unknown --format")?;
+    let mut lines = Vec::new();
+    for path in &args.zeek_logs {
+        for line in super::read_lines(super::open_input(Some(path))?, true) {
+            lines.push(line?);
+        }
+    }
+    for path in &args.ndjson {
+        for line in super::read_lines(super::open_input(Some(path))?, false) {
+            lines.push(line?);
+        }
+    }
+    if !lines.is_empty() {
+        workloads.push(workload("replayed logs", format, lines, args.batch_size));
+    }
+    if args.random > 0 {
+        workloads.push(workload("random IPv4", Format::FlowsV1, random_flows(args.random), args.batch_size));
+    }
+    let budget = Duration::from_secs_f64(args.seconds);
+    for w in &workloads {
+        println!("\n{}: {} records, batches of {}", w.name, w.records, args.batch_size);
+        let baseline = measure(budget, w, |chunk, out| {
+            for line in chunk.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).expect("bench input is JSON");
+                serde_json::to_writer(&mut *out, &v).expect("serializes");
+                out.push(b'\n');
+            }
+        });
+        report("baseline serde_json parse+serialize", &baseline, w.records);
+        let mut batches: Vec<_> = w
+            .chunks
+            .iter()
+            .map(|c| parse_ndjson(c.clone(), w.format, chain.parse_spec(), 0).expect("bench input parses"))
+            .collect();
+        let chain_only = measure_chain(budget, &chain, &mut batches);
+        report("chain only (pre-parsed batches)", &chain_only, w.records);
+        let full = measure(budget, w, |chunk, out| {
+            let mut batch = parse_ndjson(chunk.to_owned(), w.format, chain.parse_spec(), 0).expect("parses");
+            chain.run(&mut batch);
+            batch.write_ndjson(chain.keys(), out);
+        });
+        report("full pipeline: parse + chain + serialize", &full, w.records);
+        println!(
+            "  full pipeline / baseline time: {:.2}x",
+            full.total.as_secs_f64() / full.events as f64 / (baseline.total.as_secs_f64() / baseline.events as f64)
+        );
+    }
+    Ok(())
+}
+
+fn workload(name: &str, format: Format, lines: Vec<String>, batch_size: usize) -> Workload {
+    let records = lines.len();
+    let chunks = lines.chunks(batch_size.max(1)).map(|c| c.join("\n") + "\n").collect();
+    Workload { name: name.into(), format, chunks, records }
+}
+
+struct Measurement {
+    events: u64,
+    total: Duration,
+    batch_times: Vec<Duration>,
+}
+
+fn measure(budget: Duration, w: &Workload, mut f: impl FnMut(&str, &mut Vec<u8>)) -> Measurement {
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut m = Measurement { events: 0, total: Duration::ZERO, batch_times: Vec::new() };
+    let per_chunk = |c: &str| c.lines().count() as u64;
+    while m.total < budget {
+        for chunk in &w.chunks {
+            out.clear();
+            let t = Instant::now();
+            f(chunk, &mut out);
+            let dt = t.elapsed();
+            std::hint::black_box(&out);
+            m.total += dt;
+            m.batch_times.push(dt);
+            m.events += per_chunk(chunk);
+        }
+    }
+    m
+}
+
+fn measure_chain(budget: Duration, chain: &Chain, batches: &mut [enrichd_engine::Batch]) -> Measurement {
+    let mut m = Measurement { events: 0, total: Duration::ZERO, batch_times: Vec::new() };
+    while m.total < budget {
+        for batch in batches.iter_mut() {
+            let t = Instant::now();
+            chain.run(batch);
+            let dt = t.elapsed();
+            m.total += dt;
+            m.batch_times.push(dt);
+            m.events += batch.len() as u64;
+        }
+    }
+    m
+}
+
+fn report(label: &str, m: &Measurement, _records: usize) {
+    let mut times = m.batch_times.clone();
+    times.sort_unstable();
+    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    let ns = m.total.as_nanos() as f64 / m.events as f64;
+    println!(
+        "  {label:<44} {:>12.0} events/s {:>8.0} ns/event   batch p50 {:>8.1} us  p99 {:>8.1} us",
+        1e9 / ns,
+        ns,
+        pct(0.50).as_secs_f64() * 1e6,
+        pct(0.99).as_secs_f64() * 1e6
+    );
+}
+
+/// Flow records with uniformly random IPv4 addresses (xorshift, fixed seed).
+fn random_flows(n: usize) -> Vec<String> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n)
+        .map(|i| {
+            let (s, d, r) = (next() as u32, next() as u32, next());
+            format!(
+                r#"{{"ts":{},"src_ip":"{}","dst_ip":"{}","src_port":{},"dst_port":{},"protocol":"tcp","bytes":{},"packets":{}}}"#,
+                1_700_000_000 + i as u64,
+                std::net::Ipv4Addr::from(s),
+                std::net::Ipv4Addr::from(d),
+                1024 + (r % 60000),
+                [53, 80, 443, 445, 3389, 1433, 22, 23][(r >> 20) as usize % 8],
+                200 + (r >> 24) % 5_000_000,
+                1 + (r >> 40) % 1000
+            )
+        })
+        .collect()
+}

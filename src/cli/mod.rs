@@ -1,0 +1,163 @@
+//! Offline subcommands: the same configuration and chain as the server,
+//! without HTTP.
+
+pub mod bench;
+mod zeek_tsv;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use enrichd_engine::{parse_ndjson, Config, Format, PluginState};
+
+use crate::app;
+
+pub fn check_config(path: &Path) -> anyhow::Result<()> {
+    let registry = app::registry();
+    let (config, chain) = app::load(path, &registry)?;
+    println!("{}: ok ({} chain entries)", path.display(), config.chain.len());
+    for r in chain.reports() {
+        let detail = r.status.version.clone().or(r.status.error.clone()).unwrap_or_default();
+        println!("  {:<12} {:<8} {:?} {}", r.name, r.plugin, r.status.state, detail);
+    }
+    if config.auth.api_keys.is_empty() {
+        println!("  warning: no API key configured (auth.api_keys or env API_KEY)");
+    }
+    Ok(())
+}
+
+pub fn config_schema() -> anyhow::Result<()> {
+    let schema = Config::json_schema(&app::registry());
+    println!("{}", serde_json::to_string_pretty(&schema)?);
+    Ok(())
+}
+
+pub fn lookup(path: &Path, ip: IpAddr) -> anyhow::Result<()> {
+    let (_, chain) = app::load(path, &app::registry())?;
+    let answer = chain.lookup(ip);
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct EnrichArgs {
+    #[arg(long, short, default_value = "config.toml")]
+    config: PathBuf,
+    /// Record format: zeek.conn.v1 (aliases zeek, zeek.conn) or flows.v1.
+    #[arg(long, short, default_value = "zeek.conn.v1")]
+    format: String,
+    /// Input file (`.gz` is decompressed); standard input when absent.
+    input: Option<PathBuf>,
+    /// Input is a Zeek TSV log (`#fields` header) rather than NDJSON.
+    #[arg(long)]
+    zeek_tsv: bool,
+    /// Records per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+}
+
+/// Opens `path` (or stdin), transparently inflating `.gz` files.
+pub fn open_input(path: Option<&Path>) -> anyhow::Result<Box<dyn BufRead>> {
+    let Some(path) = path else { return Ok(Box::new(BufReader::new(std::io::stdin()))) };
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    Ok(Box::new(BufReader::with_capacity(1 << 16, reader)))
+}
+
+/// Reads records as NDJSON lines, converting Zeek TSV when asked.
+pub fn read_lines(input: Box<dyn BufRead>, zeek_tsv: bool) -> Box<dyn Iterator<Item = anyhow::Result<String>>> {
+    if zeek_tsv {
+        Box::new(zeek_tsv::ZeekTsvReader::new(input))
+    } else {
+        Box::new(input.lines().map(|l| l.map_err(Into::into)))
+    }
+}
+
+pub fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
+    let format = Format::from_name(&args.format).with_context(|| format!("unknown format {:?}", args.format))?;
+    let (_, chain) = app::load(&args.config, &app::registry())?;
+    for r in chain.reports() {
+        if r.enabled && r.status.state != PluginState::Loaded {
+            eprintln!("enrichd: warning: {} is {:?}: {}", r.name, r.status.state, r.status.error.unwrap_or_default());
+        }
+    }
+    let lines = read_lines(open_input(args.input.as_deref())?, args.zeek_tsv);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut chunk = String::new();
+    let (mut line_no, mut first_line, mut in_chunk, mut skipped) = (0usize, 1usize, 0usize, 0usize);
+    let mut buf = Vec::new();
+    let mut flush = |chunk: &mut String, first_line: usize, buf: &mut Vec<u8>, out: &mut dyn Write| -> anyhow::Result<usize> {
+        let text = std::mem::take(chunk);
+        let skipped = enrich_chunk(&chain, format, text, first_line, buf)?;
+        out.write_all(buf)?;
+        buf.clear();
+        Ok(skipped)
+    };
+    for line in lines {
+        let line = line?;
+        line_no += 1;
+        chunk.push_str(&line);
+        chunk.push('\n');
+        in_chunk += 1;
+        if in_chunk == args.batch_size.max(1) {
+            skipped += flush(&mut chunk, first_line, &mut buf, &mut out)?;
+            in_chunk = 0;
+            first_line = line_no + 1;
+        }
+    }
+    skipped += flush(&mut chunk, first_line, &mut buf, &mut out)?;
+    out.flush()?;
+    if skipped > 0 {
+        bail!("{skipped} record(s) skipped (see messages above)");
+    }
+    Ok(())
+}
+
+/// Enriches one chunk of NDJSON; a bad record is reported with its line
+/// number and skipped, the rest of the chunk still goes through.
+fn enrich_chunk(
+    chain: &enrichd_engine::Chain,
+    format: Format,
+    text: String,
+    first_line: usize,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<usize> {
+    match parse_ndjson(text.clone(), format, chain.parse_spec(), first_line) {
+        Ok(mut batch) => {
+            chain.run(&mut batch);
+            batch.write_ndjson(chain.keys(), out);
+            Ok(0)
+        }
+        Err(_) => {
+            // Rare path: isolate the bad lines one by one.
+            let mut skipped = 0;
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match parse_ndjson(format!("{line}\n"), format, chain.parse_spec(), first_line + i) {
+                    Ok(mut batch) => {
+                        chain.run(&mut batch);
+                        batch.write_ndjson(chain.keys(), out);
+                    }
+                    Err(enrichd_engine::InputError::Record { field, message, .. }) => {
+                        let field = field.map(|f| format!(", field `{f}`")).unwrap_or_default();
+                        eprintln!("enrichd: line {}{field}: {message}", first_line + i);
+                        skipped += 1;
+                    }
+                    Err(e) => {
+                        eprintln!("enrichd: line {}: {e}", first_line + i);
+                        skipped += 1;
+                    }
+                }
+            }
+            Ok(skipped)
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! `enrichd serve`: bind, serve, shut down gracefully on SIGINT / SIGTERM.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use enrichd_engine::{Engine, PluginState};
+
+use crate::api::{self, AppState};
+use crate::app;
+
+pub fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
+    let registry = app::registry();
+    let (mut config, chain) = app::load(config_path, &registry)?;
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    for report in chain.reports() {
+        match report.status.state {
+            PluginState::Loaded => tracing::info!(stage = %report.name, version = ?report.status.version, "enricher loaded"),
+            PluginState::Disabled => tracing::info!(stage = %report.name, "enricher disabled"),
+            state => tracing::warn!(stage = %report.name, ?state, error = ?report.status.error, "enricher not loaded; events pass through it unenriched"),
+        }
+    }
+    let state = Arc::new(AppState::new(Engine::new(chain), config));
+    if state.keys.is_empty() {
+        tracing::warn!("no API key configured (auth.api_keys or env API_KEY): protected endpoints will refuse every request");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(serve(state))
+}
+
+async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
+    let listen = state.config.server.listen.clone();
+    let listener =
+        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding the listen address {listen}"))?;
+    // The bound address, not the configured one: with port 0 the OS picks
+    // and tests read it from this line.
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "enrichd listening");
+    println!("enrichd listening on http://{bound}");
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("enrichd stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown requested; finishing requests in flight");
+}

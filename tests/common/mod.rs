@@ -1,0 +1,166 @@
+//! Shared helpers for the end-to-end tests: spawn the real `enrichd` binary
+//! on a free port with a given configuration and talk HTTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const KEY: &str = "test-key-7f3a";
+
+/// The repository root (paths in test configs are made absolute with it).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn data(rel: &str) -> String {
+    repo().join("tests/data").join(rel).display().to_string()
+}
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_enrichd"))
+}
+
+/// The default chain with the MaxMind test databases and the sample indicators.
+pub fn test_chain() -> String {
+    format!(
+        r#"
+[[chain]]
+plugin = "geoip"
+database = "{city}"
+
+[[chain]]
+plugin = "asn"
+database = "{asn}"
+
+[[chain]]
+plugin = "ti"
+paths = ["{ti}"]
+"#,
+        city = data("maxmind/GeoIP2-City-Test.mmdb"),
+        asn = data("maxmind/GeoLite2-ASN-Test.mmdb"),
+        ti = repo().join("ti/indicators.txt").display(),
+    )
+}
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `enrichd serve` with `[auth] api_keys = [KEY]` plus `chain`.
+    pub fn start(chain: &str) -> Server {
+        Server::start_with(&format!("[auth]\napi_keys = [\"{KEY}\"]\n{chain}"), &[])
+    }
+
+    /// Starts `enrichd serve` with exactly `config` and extra environment.
+    pub fn start_with(config: &str, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).expect("write config");
+        Server::start_file(&path, env, dir)
+    }
+
+    pub fn start_file(path: &Path, env: &[(&str, &str)], dir: tempfile::TempDir) -> Server {
+        let mut cmd = bin();
+        cmd.args(["serve", "--config"]).arg(path).args(["--listen", "127.0.0.1:0"]);
+        for var in ["API_KEY", "GEOIP_CITY_DB", "GEOIP_ASN_DB", "TI_PATH", "ENRICH_ENABLE_GEOIP", "ENRICH_ENABLE_ASN", "ENRICH_ENABLE_TI"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn enrichd");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("enrichd listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("enrichd did not start: {:?}", child.wait());
+            }
+        };
+        Server { child, base, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+/// An HTTP answer, read whole.
+pub struct Reply {
+    pub status: u16,
+    pub headers: ureq::http::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn read(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut resp = resp.expect("HTTP exchange");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.body_mut().with_config().limit(64 << 20).read_to_string().expect("body");
+    Reply { status, headers, text }
+}
+
+impl Server {
+    pub fn get(&self, path: &str) -> Reply {
+        read(agent().get(&self.url(path)).call())
+    }
+
+    pub fn get_auth(&self, path: &str) -> Reply {
+        read(agent().get(&self.url(path)).header("Authorization", format!("Bearer {KEY}")).call())
+    }
+
+    /// POST raw bytes with the API key and extra headers.
+    pub fn post_raw(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+        let mut req = agent().post(&self.url(path)).header("Authorization", format!("Bearer {KEY}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        read(req.header("Content-Type", "application/json").send(body))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(path, body.to_string().as_bytes(), &[])
+    }
+
+    pub fn ingest(&self, format: &str, records: Value) -> Reply {
+        self.post("/v1/ingest", &serde_json::json!({"collector_id": "test", "format": format, "records": records}))
+    }
+
+    pub fn metrics(&self) -> Value {
+        self.get("/v1/metrics").json()
+    }
+}
