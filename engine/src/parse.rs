@@ -221,51 +221,64 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         let ev = self.event;
         while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             ev.raw_has_fields = true;
-            *self.current_field = Some(key.to_string());
-            match &*key {
-                "ts" => ev.ts = map.next_value::<Timestamp>()?.0,
-                "src_ip" | "id.orig_h" | "id_orig_h" => set_ip(ev, &key, map.next_value()?, true),
-                "dst_ip" | "id.resp_h" | "id_resp_h" => set_ip(ev, &key, map.next_value()?, false),
-                "src_port" | "id.orig_p" | "id_orig_p" => ev.src_port = map.next_value::<Port>()?.0,
-                "dst_port" | "id.resp_p" | "id_resp_p" => ev.dst_port = map.next_value::<Port>()?.0,
-                "protocol" | "proto" => {
-                    if let Some(p) = map.next_value::<Protocol>()?.0 {
-                        ev.proto = Some(p);
+            // The field name is only copied when its value is refused.
+            if let Err(e) = read_field(&key, &mut map, ev, self.spec, self.base) {
+                *self.current_field = Some(key.into_owned());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the value of field `key` into the event (or skips it).
+fn read_field<'de, A: MapAccess<'de>>(
+    key: &str,
+    map: &mut A,
+    ev: &mut Event,
+    spec: &ParseSpec,
+    base: usize,
+) -> Result<(), A::Error> {
+    match key {
+        "ts" => ev.ts = map.next_value::<Timestamp>()?.0,
+        "src_ip" | "id.orig_h" | "id_orig_h" => set_ip(ev, key, map.next_value()?, true),
+        "dst_ip" | "id.resp_h" | "id_resp_h" => set_ip(ev, key, map.next_value()?, false),
+        "src_port" | "id.orig_p" | "id_orig_p" => ev.src_port = map.next_value::<Port>()?.0,
+        "dst_port" | "id.resp_p" | "id_resp_p" => ev.dst_port = map.next_value::<Port>()?.0,
+        "protocol" | "proto" => {
+            if let Some(p) = map.next_value::<Protocol>()?.0 {
+                ev.proto = Some(p);
+            }
+        }
+        "bytes" => ev.bytes = map.next_value::<Count>()?.0,
+        "orig_bytes" => ev.orig_bytes = map.next_value::<Count>()?.0,
+        "resp_bytes" => ev.resp_bytes = map.next_value::<Count>()?.0,
+        "packets" => ev.packets = map.next_value::<Count>()?.0,
+        "duration" => ev.duration = map.next_value::<Option<f64>>()?,
+        other => {
+            if spec.output_keys.iter().any(|k| &**k == other) {
+                ev.shadows_output = true;
+            }
+            match spec.text_fields.iter().position(|k| &**k == other) {
+                Some(i) => {
+                    if let Some(text) = map.next_value::<AnyText<'de>>()?.0 {
+                        let text = match text {
+                            Cow::Borrowed(s) => {
+                                Text::Span(Span { start: (s.as_ptr() as usize - base) as u32, len: s.len() as u32 })
+                            }
+                            Cow::Owned(s) => Text::Owned(s.into_boxed_str()),
+                        };
+                        ev.texts.retain(|(f, _)| f.0 != i as u16);
+                        ev.texts.push((TextFieldId(i as u16), text));
                     }
                 }
-                "bytes" => ev.bytes = map.next_value::<Count>()?.0,
-                "orig_bytes" => ev.orig_bytes = map.next_value::<Count>()?.0,
-                "resp_bytes" => ev.resp_bytes = map.next_value::<Count>()?.0,
-                "packets" => ev.packets = map.next_value::<Count>()?.0,
-                "duration" => ev.duration = map.next_value::<Option<f64>>()?,
-                other => {
-                    if self.spec.output_keys.iter().any(|k| &**k == other) {
-                        ev.shadows_output = true;
-                    }
-                    match self.spec.text_fields.iter().position(|k| &**k == other) {
-                        Some(i) => {
-                            if let Some(text) = map.next_value::<AnyText<'de>>()?.0 {
-                                let text = match text {
-                                    Cow::Borrowed(s) => Text::Span(Span {
-                                        start: (s.as_ptr() as usize - self.base) as u32,
-                                        len: s.len() as u32,
-                                    }),
-                                    Cow::Owned(s) => Text::Owned(s.into_boxed_str()),
-                                };
-                                ev.texts.retain(|(f, _)| f.0 != i as u16);
-                                ev.texts.push((TextFieldId(i as u16), text));
-                            }
-                        }
-                        None => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        *self.current_field = None;
-        Ok(())
     }
+    Ok(())
 }
 
 enum IpValue {
@@ -484,3 +497,7 @@ impl<'de> Deserialize<'de> for AnyText<'de> {
         d.deserialize_any(V)
     }
 }
+
+#[cfg(test)]
+#[path = "parse_tests.rs"]
+mod tests;

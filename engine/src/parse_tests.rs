@@ -1,0 +1,166 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::event::KeyId;
+
+fn spec(texts: &[&str], outputs: &[&str]) -> ParseSpec {
+    ParseSpec {
+        text_fields: texts.iter().map(|s| (*s).into()).collect(),
+        output_keys: outputs.iter().map(|s| (*s).into()).collect(),
+    }
+}
+
+fn envelope(body: &str) -> Result<Batch, InputError> {
+    parse_envelope(body.as_bytes().to_vec(), &spec(&["query"], &["geo"]), Limits::default())
+}
+
+#[test]
+fn flows_record_fields_are_parsed_once() {
+    let b = envelope(
+        r#"{"collector_id":"c1","format":"flows","records":[{"ts":1723351200.5,"src_ip":"10.0.0.1","dst_ip":"2001:db8::1","src_port":51000,"dst_port":443,"protocol":"TCP","bytes":1024,"packets":7}]}"#,
+    )
+    .unwrap();
+    assert_eq!(b.format(), Format::FlowsV1);
+    assert_eq!(b.collector_id(), Some("c1"));
+    let e = &b.events()[0];
+    assert_eq!(e.ts, Some(1723351200.5));
+    assert_eq!(e.src_ip, Some("10.0.0.1".parse().unwrap()));
+    assert_eq!(e.dst_ip, Some("2001:db8::1".parse().unwrap()));
+    assert_eq!((e.src_port, e.dst_port, e.proto), (Some(51000), Some(443), Some(6)));
+    assert_eq!((e.bytes, e.packets), (Some(1024), Some(7)));
+}
+
+#[test]
+fn zeek_dotted_and_underscore_names() {
+    for (orig, resp) in [("id.orig_h", "id.resp_h"), ("id_orig_h", "id_resp_h")] {
+        let po = orig.replace("_h", "_p");
+        let pr = resp.replace("_h", "_p");
+        let body = format!(
+            r#"{{"format":"zeek","records":[{{"{orig}":"1.2.3.4","{po}":1,"{resp}":"5.6.7.8","{pr}":53,"proto":17,"orig_bytes":3,"resp_bytes":4,"duration":0.5}}]}}"#
+        );
+        let b = envelope(&body).unwrap();
+        let e = &b.events()[0];
+        assert_eq!(e.src_ip, Some("1.2.3.4".parse().unwrap()), "{orig}");
+        assert_eq!(e.dst_ip, Some("5.6.7.8".parse().unwrap()));
+        assert_eq!((e.src_port, e.dst_port, e.proto), (Some(1), Some(53), Some(17)));
+        assert_eq!((e.orig_bytes, e.resp_bytes, e.duration), (Some(3), Some(4), Some(0.5)));
+    }
+}
+
+#[test]
+fn record_text_passes_through_and_outputs_are_appended() {
+    let mut b = envelope(
+        r#"{"format":"flows.v1","records":[ {"a" : 1.50 , "s":"caf\u00e9"} , {}, {"x":[1,{"y":null}]
+    }]}"#,
+    )
+    .unwrap();
+    let keys: Vec<Box<str>> = vec!["geo".into(), "ti".into()];
+    let frag: Arc<str> = Arc::from(r#"{"country":"GB"}"#);
+    for e in b.view().events.iter_mut() {
+        e.set_output(KeyId(0), frag.clone());
+    }
+    b.view().events[1].set_output(KeyId(1), Arc::from("null"));
+    let mut out = Vec::new();
+    b.write_events_array(&keys, &mut out);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text,
+        r#"[{"a" : 1.50 , "s":"caf\u00e9","geo":{"country":"GB"}},{"geo":{"country":"GB"},"ti":null},{"x":[1,{"y":null}],"geo":{"country":"GB"}}]"#
+    );
+    serde_json::from_str::<serde_json::Value>(&text).unwrap();
+}
+
+#[test]
+fn record_keys_that_the_chain_writes_are_replaced() {
+    let mut b = envelope(r#"{"format":"flows.v1","records":[{"geo":"mine","keep":1}]}"#).unwrap();
+    b.view().events[0].set_output(KeyId(0), Arc::from("null"));
+    let mut out = Vec::new();
+    b.write_event(&b.events()[0], &["geo".into()], &mut out);
+    assert_eq!(String::from_utf8(out).unwrap(), r#"{"keep":1,"geo":null}"#);
+}
+
+#[test]
+fn invalid_address_is_kept_and_noted() {
+    let b = envelope(r#"{"format":"flows.v1","records":[{"src_ip":"300.1.1.1","dst_ip":"8.8.8.8"}]}"#).unwrap();
+    let e = &b.events()[0];
+    assert_eq!(e.src_ip, None);
+    assert_eq!(e.dst_ip, Some("8.8.8.8".parse().unwrap()));
+    assert_eq!(e.warnings().len(), 1);
+    assert!(e.warnings()[0].starts_with("src_ip: \"300.1.1.1\""));
+    let mut out = Vec::new();
+    b.write_event(e, &[], &mut out);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["src_ip"], "300.1.1.1");
+    assert_eq!(v["enrichment_warnings"][0], e.warnings()[0].as_str());
+}
+
+#[test]
+fn text_fields_are_captured_borrowed_or_decoded() {
+    let b = envelope(
+        r#"{"format":"zeek","records":[{"query":"a.example.com"},{"query":"b\u002eexample.com"},{"query":7}]}"#,
+    )
+    .unwrap();
+    let src = b.source();
+    let q = TextFieldId(0);
+    assert_eq!(src.text(&b.events()[0], q), Some("a.example.com"));
+    assert_eq!(src.text(&b.events()[1], q), Some("b.example.com"));
+    assert_eq!(src.text(&b.events()[2], q), None);
+}
+
+#[test]
+fn errors_name_the_record_and_field() {
+    let cases = [
+        (r#"[{"src_port":"80"}]"#, 0, Some("src_port")),
+        (r#"[{}, {"dst_port":65536}]"#, 1, Some("dst_port")),
+        (r#"[{}, {}, {"bytes":-1}]"#, 2, Some("bytes")),
+        (r#"[{"bytes":1.5}]"#, 0, Some("bytes")),
+        (r#"[{"src_ip":["1.1.1.1"]}]"#, 0, Some("src_ip")),
+        (r#"[{"protocol":true}]"#, 0, Some("protocol")),
+        (r#"[{"ts":{}}]"#, 0, Some("ts")),
+        (r#"[{}, 5]"#, 1, None),
+        (r#"[null]"#, 0, None),
+    ];
+    for (records, index, field) in cases {
+        let err = envelope(&format!(r#"{{"format":"flows.v1","records":{records}}}"#)).unwrap_err();
+        match &err {
+            InputError::Record { index: i, field: f, message } => {
+                assert_eq!(*i, index, "{records}: {err}");
+                assert_eq!(f.as_deref(), field, "{records}: {err}");
+                assert!(!message.contains("line 1"), "positions relative to the record confuse: {message}");
+            }
+            other => panic!("{records}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn envelope_errors() {
+    assert!(matches!(envelope("nope"), Err(InputError::InvalidJson(_))));
+    assert!(matches!(envelope("[]"), Err(InputError::NotAnObject)));
+    assert!(matches!(envelope("   "), Err(InputError::NotAnObject)));
+    assert!(matches!(envelope(r#"{"records":[]}"#), Err(InputError::MissingFormat)));
+    assert!(matches!(envelope(r#"{"format":null,"records":[]}"#), Err(InputError::MissingFormat)));
+    assert!(matches!(envelope(r#"{"format":"x","records":[]}"#), Err(InputError::UnknownFormat(_))));
+    assert!(matches!(envelope(r#"{"format":"flows.v1"}"#), Err(InputError::Field { field: "records", .. })));
+    assert!(matches!(
+        envelope(r#"{"format":"flows.v1","records":"x"}"#),
+        Err(InputError::Field { field: "records", .. })
+    ));
+    assert!(matches!(envelope(r#"{"format":"flows.v1","records":[]} trailing"#), Err(InputError::InvalidJson(_))));
+    let many = format!(r#"{{"format":"flows.v1","records":[{}]}}"#, vec!["{}"; 3].join(","));
+    let err = parse_envelope(many.into_bytes(), &ParseSpec::default(), Limits { max_records: 2 }).unwrap_err();
+    assert_eq!(err, InputError::TooManyRecords { count: 3, max: 2 });
+    let err = parse_envelope(vec![b'{', 0xff], &ParseSpec::default(), Limits::default()).unwrap_err();
+    assert_eq!(err, InputError::InvalidUtf8(1));
+}
+
+#[test]
+fn ndjson_lines_skip_blanks_and_number_records() {
+    let text = "{\"src_ip\":\"1.1.1.1\"}\r\n\n  {\"src_ip\":\"2.2.2.2\"}  \n".to_string();
+    let b = parse_ndjson(text, Format::FlowsV1, &ParseSpec::default(), 0).unwrap();
+    assert_eq!(b.len(), 2);
+    assert_eq!(b.source().raw_record(&b.events()[1]), "{\"src_ip\":\"2.2.2.2\"}");
+    let err =
+        parse_ndjson("{}\n{\"dst_port\":\"x\"}\n".into(), Format::FlowsV1, &ParseSpec::default(), 10).unwrap_err();
+    assert!(matches!(err, InputError::Record { index: 11, .. }), "{err:?}");
+}
