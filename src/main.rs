@@ -50,7 +50,7 @@ enum Command {
     /// Enrich records offline: NDJSON (or Zeek TSV logs) in, NDJSON out.
     Enrich(cli::EnrichArgs),
     /// Measure the in-process chain's throughput against a JSON baseline.
-    Bench(cli::BenchArgs),
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {

@@ -82,6 +82,13 @@ pub struct Event {
 
     /// Number of threat-intel indicator matches attached to this event.
     pub threat_matches: u32,
+    /// Facts earlier stages established, for later stages (rules, metrics)
+    /// to read without parsing JSON: ISO country code and AS number of each
+    /// address, set by GeoIP / ASN enrichers.
+    pub src_country: Option<[u8; 2]>,
+    pub dst_country: Option<[u8; 2]>,
+    pub src_asn: Option<u32>,
+    pub dst_asn: Option<u32>,
 
     pub(crate) texts: SmallVec<[(TextFieldId, Text); 2]>,
     pub(crate) outputs: SmallVec<[(KeyId, JsonFragment); 4]>,
@@ -100,12 +107,26 @@ pub enum AddressSelector {
     DestinationOrSource,
 }
 
+/// One of an event's two ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
 impl AddressSelector {
     pub fn pick(self, event: &Event) -> Option<IpAddr> {
+        self.pick_side(event).map(|(_, ip)| ip)
+    }
+
+    /// The selected address and which end of the event it is.
+    pub fn pick_side(self, event: &Event) -> Option<(Side, IpAddr)> {
+        let src = event.src_ip.map(|ip| (Side::Source, ip));
+        let dst = event.dst_ip.map(|ip| (Side::Destination, ip));
         match self {
-            AddressSelector::Source => event.src_ip,
-            AddressSelector::Destination => event.dst_ip,
-            AddressSelector::DestinationOrSource => event.dst_ip.or(event.src_ip),
+            AddressSelector::Source => src,
+            AddressSelector::Destination => dst,
+            AddressSelector::DestinationOrSource => dst.or(src),
         }
     }
 }
@@ -141,6 +162,26 @@ impl Event {
 
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Records the country code of one end (GeoIP enrichers).
+    pub fn set_country(&mut self, side: Side, iso_code: &str) {
+        let code = match iso_code.as_bytes() {
+            [a, b] => Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()]),
+            _ => None,
+        };
+        match side {
+            Side::Source => self.src_country = code,
+            Side::Destination => self.dst_country = code,
+        }
+    }
+
+    /// Records the AS number of one end (ASN enrichers).
+    pub fn set_asn(&mut self, side: Side, asn: u32) {
+        match side {
+            Side::Source => self.src_asn = Some(asn),
+            Side::Destination => self.dst_asn = Some(asn),
+        }
     }
 
     /// Sets a captured text field directly (synthetic events, tests).

@@ -23,7 +23,7 @@ pub mod registry;
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
 pub use chain::{Chain, Engine, StageReport};
 pub use config::{ChainEntryConfig, Config, ConfigError};
-pub use event::{AddressSelector, Event, JsonFragment, KeyId, TextFieldId};
+pub use event::{AddressSelector, Event, JsonFragment, KeyId, Side, TextFieldId};
 pub use format::Format;
 pub use parse::{parse_envelope, parse_ndjson, InputError, Limits, ParseSpec};
 pub use plugin::{

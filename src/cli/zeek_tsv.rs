@@ -70,7 +70,7 @@ impl ZeekTsvReader {
                 continue;
             }
             let ty = self.types.get(i).map(String::as_str).unwrap_or("string");
-            let value = if ty.starts_with("set[") || ty.starts_with("vector[") {
+            let value = if ty.starts_with("set[") || ty.starts_with("vector[") || ty.starts_with("table[") {
                 let inner = &ty[ty.find('[').unwrap_or(0) + 1..ty.len().saturating_sub(1)];
                 if raw == self.empty_field {
                     Value::Array(Vec::new())

@@ -1,0 +1,149 @@
+//! The offline subcommands, run as a user would: the real binary.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+
+use common::{bin, data, repo, test_chain};
+use serde_json::Value;
+
+fn run(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = bin();
+    cmd.args(args).current_dir(repo()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for var in ["API_KEY", "GEOIP_CITY_DB", "GEOIP_ASN_DB", "TI_PATH", "ENRICH_ENABLE_GEOIP", "ENRICH_ENABLE_ASN", "ENRICH_ENABLE_TI"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write_config(dir: &tempfile::TempDir, content: &str) -> String {
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, content).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn committed_config_is_valid_and_starts_degraded_without_databases() {
+    let out = run(&["check-config"], "", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("config.toml: ok (3 chain entries)"), "{stdout}");
+    assert!(stdout.contains("ti") && stdout.contains("Loaded"), "{stdout}");
+    // geo/ holds no databases in a fresh clone.
+    if !repo().join("geo/GeoLite2-City.mmdb").exists() {
+        assert!(stdout.contains("Missing"), "{stdout}");
+    }
+}
+
+#[test]
+fn config_errors_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\nlisten = \"x\"\nbogus = 1\n", ":3", "bogus"),
+        ("[[chain]]\nplugin = \"geoip\"\n\n[[chain]]\nplugin = \"nope\"\n", ":4", "unknown plugin \"nope\""),
+        ("[[chain]]\nplugin = \"ti\"\npaths = [\"x\"]\nbogus_option = true\n", ":1", "bogus_option"),
+        ("[[chain]]\nname = \"x\"\n", ":1", "`plugin` is required"),
+        ("[server\n", ":1", ""),
+    ];
+    for (content, line, needle) in cases {
+        let path = write_config(&dir, content);
+        let out = run(&["check-config", "--config", &path], "", &[]);
+        assert!(!out.status.success(), "{content}");
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("{path}{line}")), "{content:?}: {err}");
+        assert!(err.contains(needle), "{content:?}: {err}");
+    }
+}
+
+#[test]
+fn corrupt_database_stops_startup_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = data("maxmind/GeoIP2-City-Test-Invalid-Node-Count.mmdb");
+    let path = write_config(&dir, &format!("[[chain]]\nplugin = \"geoip\"\ndatabase = \"{broken}\"\n"));
+    let out = run(&["check-config", "--config", &path], "", &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("GeoIP2-City-Test-Invalid-Node-Count.mmdb"), "{}", text(&out.stderr));
+    let out = run(&["serve", "--config", &path, "--listen", "127.0.0.1:0"], "", &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("GeoIP2-City-Test-Invalid-Node-Count.mmdb"));
+}
+
+#[test]
+fn environment_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "[[chain]]\nplugin = \"geoip\"\n\n[[chain]]\nplugin = \"asn\"\n\n[[chain]]\nplugin = \"ti\"\n");
+    let city = data("maxmind/GeoIP2-City-Test.mmdb");
+    let asn = data("maxmind/GeoLite2-ASN-Test.mmdb");
+    let ti = repo().join("ti/indicators.txt").display().to_string();
+    let env = [("GEOIP_CITY_DB", city.as_str()), ("GEOIP_ASN_DB", asn.as_str()), ("TI_PATH", ti.as_str())];
+    let out = run(&["lookup", "81.2.69.160", "--config", &path], "", &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["geo"]["city"], "London");
+    let out = run(&["lookup", "94.26.7.7", "--config", &path], "", &env);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ti"]["matches"][0]["indicator"], "94.26.0.0/16");
+
+    let off = [env[0], env[1], env[2], ("ENRICH_ENABLE_TI", "false"), ("ENRICH_ENABLE_GEOIP", "0")];
+    let out = run(&["check-config", "--config", &path], "", &off);
+    let stdout = text(&out.stdout);
+    assert!(stdout.lines().any(|l| l.trim_start().starts_with("ti") && l.contains("Disabled")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim_start().starts_with("geoip") && l.contains("Disabled")), "{stdout}");
+    let out = run(&["check-config", "--config", &path], "", &[("ENRICH_ENABLE_TI", "maybe")]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("ENRICH_ENABLE_TI"));
+}
+
+#[test]
+fn config_schema_lists_every_plugin() {
+    let out = run(&["config-schema"], "", &[]);
+    assert!(out.status.success());
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = schema["properties"]["chain"]["items"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["properties"]["plugin"]["const"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["geoip", "asn", "ti"]);
+    assert!(schema["properties"]["server"].is_object());
+}
+
+#[test]
+fn enrich_ndjson_and_zeek_tsv_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &test_chain());
+    let input = "{\"id.orig_h\":\"45.149.3.7\",\"id.resp_h\":\"81.2.69.160\",\"uid\":\"C1\"}\n\n{\"id.orig_h\":\"10.0.0.1\",\"id.resp_h\":\"1.128.0.1\"}\n";
+    let out = run(&["enrich", "--config", &path, "--format", "zeek"], input, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["uid"], "C1");
+    assert_eq!(lines[0]["geo"]["city"], "London");
+    assert_eq!(lines[0]["ti"]["matches"][0]["field"], "src_ip");
+    assert_eq!(lines[1]["asn"]["asn"], 1221);
+
+    // A bad record is reported with its line and skipped; the rest goes through.
+    let input = "{\"id.orig_h\":\"45.149.3.7\"}\n{\"id.orig_p\":\"x\"}\n{\"id.orig_h\":\"10.0.0.1\"}\n";
+    let out = run(&["enrich", "--config", &path, "--batch-size", "10"], input, &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("line 2, field `id.orig_p`"), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 2);
+
+    // Real Zeek TSV (ZAT conn.log, MIT): every row comes out enriched.
+    let zeek = data("zeek/zat-conn.log");
+    let out = run(&["enrich", "--config", &path, "--zeek-tsv", &zeek], "", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let expected = std::fs::read_to_string(&zeek).unwrap().lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+    assert_eq!(rows.len(), expected);
+    assert!(rows.iter().all(|r| r["id.orig_h"].is_string() && r["ti"]["matches"].is_array()));
+}
