@@ -1,0 +1,59 @@
+//! Output layouts: the default v1.4 layout and the older stage-3 one from
+//! `examples/stage3.toml`, produced by the same plugins with other options.
+
+mod common;
+
+use common::{data, repo, Server, KEY};
+use serde_json::json;
+
+#[test]
+fn stage3_example_layout() {
+    let city = data("maxmind/GeoIP2-City-Test.mmdb");
+    let asn = data("maxmind/GeoLite2-ASN-Test.mmdb");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_file(
+        &repo().join("examples/stage3.toml"),
+        &[("API_KEY", KEY), ("GEOIP_CITY_DB", &city), ("GEOIP_ASN_DB", &asn)],
+        dir,
+    );
+    let r = s.ingest(
+        "flows.v1",
+        json!([
+            {"src_ip": "81.2.69.160", "dst_ip": "1.128.0.1", "src_port": 1, "dst_port": 2, "protocol": "tcp"},
+            {"src_ip": "45.149.3.5", "dst_ip": "2001:218::1"},
+            {"dst_ip": "81.2.69.160"}
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    let recs = v["records"].as_array().unwrap();
+    for rec in recs {
+        for key in ["geo", "asn", "ti"] {
+            assert!(rec.get(key).is_none(), "no default-layout key {key}: {rec}");
+        }
+        for key in ["src_geo", "dst_geo", "src_asn", "dst_asn", "threat"] {
+            assert!(rec.get(key).is_some(), "{key} missing: {rec}");
+        }
+    }
+    assert_eq!(recs[0]["src_geo"]["city"], "London");
+    assert_eq!(recs[0]["dst_asn"]["asn"], 1221);
+    assert!(recs[0]["src_asn"].is_null());
+    assert_eq!(recs[0]["threat"], json!({"matches": [], "matched": false}));
+    assert_eq!(recs[1]["threat"]["matched"], true);
+    assert_eq!(recs[1]["threat"]["matches"][0]["indicator"], "45.149.3.0/24");
+    assert_eq!(recs[1]["dst_geo"]["country"], "JP");
+    // No source address: src_* are null, the destination is still enriched.
+    assert!(recs[2]["src_geo"].is_null());
+    assert_eq!(recs[2]["dst_geo"]["country"], "GB");
+}
+
+#[test]
+fn default_layout_prefers_destination_then_source() {
+    let s = Server::start(&common::test_chain());
+    let r = s.ingest("flows.v1", json!([{"src_ip": "81.2.69.160", "dst_ip": "1.128.0.1"}, {"src_ip": "81.2.69.160"}]));
+    let v = r.json();
+    // Destination 1.128.0.1 is not in the City test DB: geo is null (not the source's).
+    assert!(v["records"][0]["geo"].is_null());
+    assert_eq!(v["records"][0]["asn"]["asn"], 1221);
+    assert_eq!(v["records"][1]["geo"]["city"], "London");
+}
