@@ -89,6 +89,8 @@ pub struct Event {
     pub dst_country: Option<[u8; 2]>,
     pub src_asn: Option<u32>,
     pub dst_asn: Option<u32>,
+    /// Risk score 0-100 set by a rule stage.
+    pub risk_score: Option<u8>,
 
     pub(crate) texts: SmallVec<[(TextFieldId, Text); 2]>,
     pub(crate) outputs: SmallVec<[(KeyId, JsonFragment); 4]>,

@@ -93,6 +93,17 @@ impl<'a> BuildContext<'a> {
         KeyId(intern(self.keys, name))
     }
 
+    /// The id of an output key declared by an earlier chain stage, if any
+    /// (a later stage reading what an earlier one wrote, e.g. `geo`).
+    pub fn existing_key(&self, name: &str) -> Option<KeyId> {
+        self.keys.iter().position(|k| &**k == name).map(|i| KeyId(i as u16))
+    }
+
+    /// All output keys declared so far, by id.
+    pub fn declared_keys(&self) -> Vec<(String, KeyId)> {
+        self.keys.iter().enumerate().map(|(i, k)| (k.to_string(), KeyId(i as u16))).collect()
+    }
+
     /// Asks the parser to capture the string field `name` of every record
     /// (e.g. `query` for domain indicators) and returns its id.
     pub fn text_field(&mut self, name: &str) -> TextFieldId {
