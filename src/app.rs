@@ -6,10 +6,12 @@ use std::path::Path;
 use anyhow::Context;
 use enrichd_engine::{Chain, Config, Registry};
 
-/// The plugin registry of this binary: every native plugin.
+/// The plugin registry of this binary: every native plugin and the
+/// WebAssembly host.
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     enrichd_plugins::register_all(&mut registry);
+    registry.register(Box::new(enrichd_wasm::WasmFactory));
     registry
 }
 

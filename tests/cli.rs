@@ -35,8 +35,9 @@ fn committed_config_is_valid_and_starts_degraded_without_databases() {
     let out = run(&["check-config"], "", &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("config.toml: ok (3 chain entries)"), "{stdout}");
+    assert!(stdout.contains("config.toml: ok (4 chain entries)"), "{stdout}");
     assert!(stdout.contains("ti") && stdout.contains("Loaded"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim_start().starts_with("risk") && l.contains("Loaded")), "{stdout}");
     // geo/ holds no databases in a fresh clone.
     if !repo().join("geo/GeoLite2-City.mmdb").exists() {
         assert!(stdout.contains("Missing"), "{stdout}");
@@ -113,7 +114,7 @@ fn config_schema_lists_every_plugin() {
         .iter()
         .map(|s| s["properties"]["plugin"]["const"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["geoip", "asn", "ti"]);
+    assert_eq!(kinds, ["geoip", "asn", "ti", "wasm"]);
     assert!(schema["properties"]["server"].is_object());
 }
 

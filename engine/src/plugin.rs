@@ -81,7 +81,7 @@ impl<'a> BuildContext<'a> {
     /// directory (absolute paths are kept).
     pub fn resolve_path(&self, path: impl AsRef<Path>) -> PathBuf {
         let path = path.as_ref();
-        if path.is_absolute() {
+        if path.is_absolute() || self.base_dir == Path::new(".") {
             path.to_path_buf()
         } else {
             self.base_dir.join(path)

@@ -1,0 +1,424 @@
+//! The `wasm` enricher: runs a module over each batch in chunks of up to
+//! 256 events, applies its results, and isolates its failures.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use enrichd_engine::{
+    source_info, BatchView, BuildContext, Enricher, Event, JsonFragment, KeyId, PluginState, PluginStatus, SourceInfo,
+    SourceText,
+};
+use enrichd_sdk::abi::{self, kind, present, EventRecord};
+use sha2::{Digest, Sha256};
+use thread_local::ThreadLocal;
+use wasmtime::Trap;
+
+use crate::host::{CallContext, HostState};
+use crate::options::{Role, WasmOptions};
+use crate::runtime::{self, Limits, LoadedModule, Worker};
+use crate::stats::{CircuitBreaker, FailureKind, ModuleStats};
+
+/// Per-thread scratch: the instance and reusable buffers.
+#[derive(Default)]
+struct ThreadSlot {
+    worker: Option<Worker>,
+    records: Vec<EventRecord>,
+    out: Vec<u8>,
+}
+
+enum Outputs {
+    Rule { score: KeyId, reasons: KeyId, tags: KeyId },
+    Enricher { fields: Vec<(String, KeyId)> },
+}
+
+pub struct WasmEnricher {
+    name: Arc<str>,
+    path: PathBuf,
+    source: Option<SourceInfo>,
+    module: Option<Arc<LoadedModule>>,
+    load_error: Option<String>,
+    limits: Limits,
+    config: Arc<Vec<(String, String)>>,
+    earlier_keys: Arc<Vec<(String, KeyId)>>,
+    outputs: Outputs,
+    fallback_score: JsonFragment,
+    scores: Vec<JsonFragment>,
+    empty_list: JsonFragment,
+    null: JsonFragment,
+    stats: ModuleStats,
+    breaker: CircuitBreaker,
+    slots: ThreadLocal<RefCell<ThreadSlot>>,
+}
+
+/// What `enrichd rule check` reports about a module.
+#[derive(Debug, serde::Serialize)]
+pub struct ModuleReport {
+    pub path: PathBuf,
+    pub size_bytes: usize,
+    pub sha256: String,
+    pub abi_version: String,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    pub memory_limit_mib: u64,
+    pub deadline_ms: u64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Loads and checks a module the way the host does before running it.
+pub fn inspect(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleReport> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let sha: [u8; 32] = Sha256::digest(&bytes).into();
+    let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "module".into());
+    let module = runtime::compile(&bytes, sha).with_context(|| format!("module {}", path.display()))?;
+    runtime::check_interface(&module).with_context(|| format!("module {}", path.display()))?;
+    let pre = runtime::prelink(&module)?;
+    let state = HostState::new(name, Arc::new(options.config_strings()), Arc::new(Vec::new()));
+    let limits = limits_of(options);
+    runtime::instantiate(&pre, state, limits, 0).with_context(|| format!("module {}", path.display()))?;
+    Ok(ModuleReport {
+        path: path.to_path_buf(),
+        size_bytes: bytes.len(),
+        sha256: hex(&sha),
+        abi_version: format!("{}.{}", abi::ABI_MAJOR, abi::ABI_MINOR),
+        imports: module.imports().map(|i| format!("{}.{}", i.module(), i.name())).collect(),
+        exports: module.exports().map(|e| e.name().to_string()).collect(),
+        memory_limit_mib: options.memory_limit_mib,
+        deadline_ms: options.deadline_ms,
+    })
+}
+
+fn limits_of(o: &WasmOptions) -> Limits {
+    Limits {
+        memory_bytes: (o.memory_limit_mib as usize).saturating_mul(1 << 20),
+        deadline_ticks: o.deadline_ms.max(1).div_ceil(runtime::TICK.as_millis() as u64),
+    }
+}
+
+impl WasmEnricher {
+    pub fn build(options: WasmOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<WasmEnricher> {
+        let path = ctx.resolve_path(&options.module);
+        let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "module".into());
+        let earlier_keys = Arc::new(ctx.declared_keys());
+        let outputs = match options.role {
+            Role::Rule => Outputs::Rule {
+                score: ctx.output_key(&options.score_field),
+                reasons: ctx.output_key(&options.reasons_field),
+                tags: ctx.output_key(&options.tags_field),
+            },
+            Role::Enricher => {
+                anyhow::ensure!(!options.fields.is_empty(), "an enricher must list the `fields` it sets");
+                Outputs::Enricher { fields: options.fields.iter().map(|f| (f.clone(), ctx.output_key(f))).collect() }
+            }
+        };
+        let mut enricher = WasmEnricher {
+            name: name.clone(),
+            path: path.clone(),
+            source: None,
+            module: None,
+            load_error: None,
+            limits: limits_of(&options),
+            config: Arc::new(options.config_strings()),
+            earlier_keys,
+            outputs,
+            fallback_score: options.fallback_score.map_or_else(|| Arc::from("null"), |s| Arc::from(s.min(100).to_string())),
+            scores: (0..=100).map(|s| Arc::from(s.to_string())).collect(),
+            empty_list: Arc::from("[]"),
+            null: Arc::from("null"),
+            stats: ModuleStats::default(),
+            breaker: CircuitBreaker::new(options.breaker_failures, Duration::from_secs(options.breaker_window_s)),
+            slots: ThreadLocal::new(),
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(module = %path.display(), "WASM module not found; its events get the fallback");
+                enricher.load_error = Some("file not found".into());
+                return Ok(enricher);
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading WASM module {}", path.display())),
+        };
+        let sha: [u8; 32] = Sha256::digest(&bytes).into();
+        let module = runtime::compile(&bytes, sha).with_context(|| format!("WASM module {}", path.display()))?;
+        runtime::check_interface(&module).with_context(|| format!("WASM module {}", path.display()))?;
+        let pre = runtime::prelink(&module).with_context(|| format!("WASM module {}", path.display()))?;
+        // Instantiate once now: version and exchange-area problems are load
+        // errors, not failures at the first batch.
+        let probe = HostState::new(name, enricher.config.clone(), enricher.earlier_keys.clone());
+        runtime::instantiate(&pre, probe, enricher.limits, 0).with_context(|| format!("WASM module {}", path.display()))?;
+        enricher.source = Some(source_info(&path, &bytes));
+        enricher.module = Some(Arc::new(LoadedModule { pre, generation: runtime::new_generation() }));
+        Ok(enricher)
+    }
+
+    /// Runs the module over one chunk; on failure nothing of it is applied.
+    fn run_chunk(&self, source: SourceText<'_>, events: &mut [Event], slot: &mut ThreadSlot) -> Result<(), FailureKind> {
+        if self.breaker.is_open() {
+            return Err(FailureKind::CircuitOpen);
+        }
+        let module = self.module.as_ref().ok_or(FailureKind::Unavailable)?;
+        if slot.worker.as_ref().is_none_or(|w| w.generation != module.generation) {
+            let state = HostState::new(self.name.clone(), self.config.clone(), self.earlier_keys.clone());
+            match runtime::instantiate(&module.pre, state, self.limits, module.generation) {
+                Ok(w) => slot.worker = Some(w),
+                Err(e) => {
+                    tracing::warn!(module = %self.name, error = %format!("{e:#}"), "WASM instantiation failed");
+                    return Err(FailureKind::Instantiation);
+                }
+            }
+        }
+        let worker = slot.worker.as_mut().expect("instantiated above");
+        slot.records.clear();
+        slot.records.extend(events.iter().map(to_record));
+        // SAFETY: EventRecord is repr(C), 112 bytes with explicit padding
+        // fields, so every byte is initialised; the host is little-endian
+        // like wasm.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(slot.records.as_ptr() as *const u8, slot.records.len() * abi::EVENT_RECORD_SIZE)
+        };
+        let io = worker.io;
+        worker.memory.data_mut(&mut worker.store)[io..io + bytes.len()].copy_from_slice(bytes);
+        worker.memory.data_mut(&mut worker.store)[io + abi::IO_OUT_LEN_OFFSET..io + abi::IO_OUT_LEN_OFFSET + 4].fill(0);
+
+        // SAFETY (lifetime extension): see `CallContext`; cleared below
+        // before `events` is touched again.
+        let source_static: SourceText<'static> = unsafe { std::mem::transmute(source) };
+        worker.store.data_mut().call = Some(CallContext { source: source_static, events: events.as_ptr(), len: events.len() });
+        worker.store.set_epoch_deadline(self.limits.deadline_ticks);
+        let started = Instant::now();
+        let result = worker.process.call(&mut worker.store, events.len() as i32);
+        let elapsed = started.elapsed();
+        worker.store.data_mut().call = None;
+        self.stats.record_call(events.len(), elapsed);
+
+        let status = match result {
+            Ok(status) => status,
+            Err(e) => {
+                slot.worker = None; // a trapped instance may be half-updated: recycle it
+                return Err(classify(&e));
+            }
+        };
+        if status != 0 {
+            slot.worker = None;
+            return Err(FailureKind::GuestError);
+        }
+        let data = worker.memory.data(&worker.store);
+        let out_len = u32::from_le_bytes(data[io + abi::IO_OUT_LEN_OFFSET..io + abi::IO_OUT_LEN_OFFSET + 4].try_into().expect("4 bytes")) as usize;
+        if out_len > abi::OUT_CAPACITY {
+            slot.worker = None;
+            return Err(FailureKind::MalformedResult);
+        }
+        slot.out.clear();
+        slot.out.extend_from_slice(&data[io + abi::IO_OUT_OFFSET..io + abi::IO_OUT_OFFSET + out_len]);
+        let applied = self.apply(&slot.out, events);
+        if applied.is_err() {
+            slot.worker = None;
+        }
+        applied
+    }
+
+    /// Validates the whole result buffer, then writes it into the events.
+    fn apply(&self, out: &[u8], events: &mut [Event]) -> Result<(), FailureKind> {
+        #[derive(Default, Clone)]
+        struct Acc {
+            score: Option<i32>,
+            reasons: Vec<(usize, usize)>,
+            tags: Vec<(usize, usize)>,
+            fields: Vec<(KeyId, usize, usize)>,
+        }
+        let mut acc = vec![Acc::default(); events.len()];
+        let base = out.as_ptr() as usize;
+        for entry in abi::entries(out) {
+            let e = entry.map_err(|_| FailureKind::MalformedResult)?;
+            let a = acc.get_mut(e.event as usize).ok_or(FailureKind::MalformedResult)?;
+            let span = (e.payload.as_ptr() as usize - base, e.payload.len());
+            let text_ok = |p: &[u8]| p.len() <= abi::MAX_TEXT && std::str::from_utf8(p).is_ok();
+            match e.kind {
+                kind::SCORE => {
+                    let p: [u8; 4] = e.payload.try_into().map_err(|_| FailureKind::MalformedResult)?;
+                    a.score = Some(i32::from_le_bytes(p));
+                }
+                kind::REASON | kind::TAG => {
+                    if !text_ok(e.payload) || a.reasons.len() + a.tags.len() >= 32 {
+                        return Err(FailureKind::MalformedResult);
+                    }
+                    if e.kind == kind::REASON { a.reasons.push(span) } else { a.tags.push(span) }
+                }
+                _ => {
+                    let klen = *e.payload.first().ok_or(FailureKind::MalformedResult)? as usize;
+                    let key = e.payload.get(1..1 + klen).and_then(|k| std::str::from_utf8(k).ok()).ok_or(FailureKind::MalformedResult)?;
+                    let value = &e.payload[1 + klen..];
+                    let Outputs::Enricher { fields } = &self.outputs else { continue };
+                    let id = fields.iter().find(|(k, _)| k == key).map(|(_, id)| *id).ok_or(FailureKind::MalformedResult)?;
+                    if value.len() > abi::MAX_TEXT * 4 || serde_json::from_slice::<serde::de::IgnoredAny>(value).is_err() {
+                        return Err(FailureKind::MalformedResult);
+                    }
+                    a.fields.push((id, span.0 + 1 + klen, value.len()));
+                }
+            }
+        }
+        let text = |(at, len): (usize, usize)| std::str::from_utf8(&out[at..at + len]).expect("validated");
+        for (ev, a) in events.iter_mut().zip(acc) {
+            match &self.outputs {
+                Outputs::Rule { score, reasons, tags } => {
+                    let s = a.score.map(|s| s.clamp(0, 100) as u8);
+                    ev.risk_score = s;
+                    ev.set_output(*score, s.map_or_else(|| self.null.clone(), |s| self.scores[s as usize].clone()));
+                    ev.set_output(*reasons, self.string_list(a.reasons.iter().map(|s| text(*s))));
+                    if !a.tags.is_empty() {
+                        ev.set_output(*tags, self.string_list(a.tags.iter().map(|s| text(*s))));
+                    }
+                }
+                Outputs::Enricher { .. } => {
+                    for (id, at, len) in a.fields {
+                        ev.set_output(id, Arc::from(text((at, len))));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn string_list<'s>(&self, items: impl Iterator<Item = &'s str>) -> JsonFragment {
+        let items: Vec<&str> = items.collect();
+        if items.is_empty() {
+            return self.empty_list.clone();
+        }
+        Arc::from(serde_json::to_string(&items).expect("strings serialize"))
+    }
+
+    fn fallback(&self, events: &mut [Event], kind: FailureKind) {
+        let reason = format!("rule error: {}", kind.name());
+        match &self.outputs {
+            Outputs::Rule { score, reasons, .. } => {
+                let reasons_json: JsonFragment = Arc::from(serde_json::to_string(&[&reason]).expect("serializes"));
+                for ev in events {
+                    ev.risk_score = None;
+                    ev.set_output(*score, self.fallback_score.clone());
+                    ev.set_output(*reasons, reasons_json.clone());
+                }
+            }
+            Outputs::Enricher { fields } => {
+                for ev in events {
+                    for (_, id) in fields {
+                        ev.set_output(*id, self.null.clone());
+                    }
+                    ev.warn(format!("{}: enricher error: {}", self.name, kind.name()));
+                }
+            }
+        }
+    }
+}
+
+fn classify(e: &wasmtime::Error) -> FailureKind {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => FailureKind::Timeout,
+        Some(Trap::StackOverflow) => FailureKind::StackOverflow,
+        Some(_) => FailureKind::Trap,
+        None if format!("{e:#}").contains("memory") => FailureKind::Memory,
+        None => FailureKind::Trap,
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> ([u8; 16], bool) {
+    match ip {
+        IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), true),
+        IpAddr::V6(v6) => (v6.octets(), false),
+    }
+}
+
+/// The engine's event as the ABI's fixed record.
+pub fn to_record(ev: &Event) -> EventRecord {
+    let mut r = EventRecord::EMPTY;
+    let mut p = 0u32;
+    if let Some(ip) = ev.src_ip {
+        let (b, v4) = ip_bytes(ip);
+        r.src_ip = b;
+        p |= present::SRC_IP | if v4 { present::SRC_IPV4 } else { 0 };
+    }
+    if let Some(ip) = ev.dst_ip {
+        let (b, v4) = ip_bytes(ip);
+        r.dst_ip = b;
+        p |= present::DST_IP | if v4 { present::DST_IPV4 } else { 0 };
+    }
+    macro_rules! copy {
+        ($field:ident, $bit:expr) => {
+            if let Some(v) = ev.$field {
+                r.$field = v;
+                p |= $bit;
+            }
+        };
+    }
+    copy!(ts, present::TS);
+    copy!(bytes, present::BYTES);
+    copy!(orig_bytes, present::ORIG_BYTES);
+    copy!(resp_bytes, present::RESP_BYTES);
+    copy!(packets, present::PACKETS);
+    copy!(duration, present::DURATION);
+    copy!(src_port, present::SRC_PORT);
+    copy!(dst_port, present::DST_PORT);
+    copy!(proto, present::PROTO);
+    copy!(src_asn, present::SRC_ASN);
+    copy!(dst_asn, present::DST_ASN);
+    copy!(src_country, present::SRC_COUNTRY);
+    copy!(dst_country, present::DST_COUNTRY);
+    r.ti_matches = ev.threat_matches;
+    r.present = p;
+    r
+}
+
+impl Enricher for WasmEnricher {
+    fn enrich(&self, batch: &mut BatchView<'_>) {
+        let source = batch.source;
+        let cell = self.slots.get_or(Default::default);
+        let mut slot = cell.borrow_mut();
+        for chunk in batch.events.chunks_mut(abi::MAX_BATCH) {
+            if let Err(kind) = self.run_chunk(source, chunk, &mut slot) {
+                self.stats.record_error(kind);
+                if self.breaker.record(kind) {
+                    tracing::error!(module = %self.name, "circuit breaker open: the module is no longer called until it is replaced");
+                }
+                self.fallback(chunk, kind);
+            }
+        }
+    }
+
+    fn status(&self) -> PluginStatus {
+        let (state, error) = match (&self.module, &self.load_error) {
+            (None, Some(e)) if e == "file not found" => (PluginState::Missing, Some(e.clone())),
+            (None, e) => (PluginState::Error, e.clone()),
+            (Some(_), _) if self.breaker.is_open() => {
+                (PluginState::Error, Some("circuit breaker open after repeated failures; replace the module".into()))
+            }
+            (Some(_), _) => (PluginState::Loaded, None),
+        };
+        let mut status = PluginStatus::new(state);
+        status.error = error;
+        status.version = self.source.as_ref().map(|s| {
+            format!("{} (ABI {}.{}, {} bytes)", self.name, abi::ABI_MAJOR, abi::ABI_MINOR, s.size_bytes.unwrap_or(0))
+        });
+        status.sources = vec![self.source.clone().unwrap_or(SourceInfo {
+            path: self.path.clone(),
+            sha256: None,
+            size_bytes: None,
+            loaded_at: None,
+            error: self.load_error.clone(),
+        })];
+        let mut details = self.stats.to_json();
+        details["circuit_open"] = self.breaker.is_open().into();
+        details["deadline_ms"] = (self.limits.deadline_ticks * runtime::TICK.as_millis() as u64).into();
+        details["memory_limit_mib"] = (self.limits.memory_bytes >> 20).into();
+        status.details = details;
+        status
+    }
+}

@@ -1,0 +1,97 @@
+//! Options of a `wasm` chain entry.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// What the module's results become.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Score, reasons and tags: written as `score_field`, `reasons_field`,
+    /// `tags_field`.
+    #[default]
+    Rule,
+    /// Fields: the module may set the keys listed in `fields`.
+    Enricher,
+}
+
+/// A WebAssembly rule or custom enricher.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WasmOptions {
+    /// Path of the `.wasm` module (relative to the config file).
+    pub module: PathBuf,
+    #[serde(default)]
+    pub role: Role,
+    /// Keys an enricher may set; anything else it writes is refused.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// Values handed to the module (read with the SDK's `config_value`).
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub config: BTreeMap<String, toml::Value>,
+    /// Per-batch deadline in milliseconds (epoch interruption).
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// Linear-memory cap per instance, MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_limit_mib: u64,
+    #[serde(default = "default_score_field")]
+    pub score_field: String,
+    #[serde(default = "default_reasons_field")]
+    pub reasons_field: String,
+    #[serde(default = "default_tags_field")]
+    pub tags_field: String,
+    /// Score given to events of a failed batch (`null` when unset).
+    #[serde(default)]
+    pub fallback_score: Option<u8>,
+    /// Failures within `breaker_window_s` that open the circuit breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: usize,
+    #[serde(default = "default_breaker_window_s")]
+    pub breaker_window_s: u64,
+}
+
+fn default_deadline_ms() -> u64 {
+    10
+}
+fn default_memory_mib() -> u64 {
+    16
+}
+fn default_score_field() -> String {
+    "risk_score".into()
+}
+fn default_reasons_field() -> String {
+    "reasons".into()
+}
+fn default_tags_field() -> String {
+    "tags".into()
+}
+fn default_breaker_failures() -> usize {
+    5
+}
+fn default_breaker_window_s() -> u64 {
+    60
+}
+
+impl WasmOptions {
+    /// `config` as strings (numbers and booleans are written as text).
+    pub fn config_strings(&self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Array(items) => {
+                        items.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join(",")
+                    }
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,209 @@
+//! The wasmtime side: one `Engine` for the process, modules compiled once
+//! (cached by content hash), checked against ABI v1 before anything runs,
+//! and per-thread instances built from an `InstancePre`.
+//!
+//! Sandbox: no WASI and no ambient imports (only the three `enrichd_v1`
+//! functions), epoch interruption for a per-call deadline (a ticker thread
+//! advances the epoch every millisecond), a memory cap through the store's
+//! resource limiter, a bounded wasm stack.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use enrichd_sdk::abi;
+use wasmtime::{
+    Caller, Config, Engine, ExternType, FuncType, Instance, InstancePre, Linker, Memory, Module, Store, StoreLimits,
+    StoreLimitsBuilder, TypedFunc, ValType,
+};
+
+use crate::host::HostState;
+
+/// Milliseconds per epoch tick: deadlines are counted in these.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// The process-wide engine, with its epoch ticker.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.max_wasm_stack(256 * 1024);
+        let engine = Engine::new(&config).expect("wasmtime engine with a static configuration");
+        let ticker = engine.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(TICK);
+                ticker.increment_epoch();
+            })
+            .expect("spawn the epoch ticker");
+        engine
+    })
+}
+
+/// Compiles `bytes`, reusing an earlier compilation of identical content.
+pub fn compile(bytes: &[u8], sha256: [u8; 32]) -> anyhow::Result<Module> {
+    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Module>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(m) = cache.lock().expect("module cache").get(&sha256) {
+        return Ok(m.clone());
+    }
+    let module = Module::new(engine(), bytes).map_err(|e| anyhow!("not a valid WebAssembly module: {e:#}"))?;
+    cache.lock().expect("module cache").insert(sha256, module.clone());
+    Ok(module)
+}
+
+/// The imports the host provides, with their types.
+fn provided_imports() -> [(&'static str, FuncType); 3] {
+    let e = engine();
+    [
+        ("field", FuncType::new(e, [const { ValType::I32 }; 5], [ValType::I32])),
+        ("config", FuncType::new(e, [const { ValType::I32 }; 4], [ValType::I32])),
+        ("log", FuncType::new(e, [const { ValType::I32 }; 3], [])),
+    ]
+}
+
+fn same_type(a: &FuncType, b: &FuncType) -> bool {
+    a.params().map(|p| p.to_string()).eq(b.params().map(|p| p.to_string()))
+        && a.results().map(|p| p.to_string()).eq(b.results().map(|p| p.to_string()))
+}
+
+fn describe(t: &FuncType) -> String {
+    let list = |it: &mut dyn Iterator<Item = ValType>| it.map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
+    format!("({}) -> ({})", list(&mut t.params()), list(&mut t.results()))
+}
+
+/// Checks imports and exports against ABI v1, without running anything.
+pub fn check_interface(module: &Module) -> anyhow::Result<()> {
+    let provided = provided_imports();
+    for import in module.imports() {
+        let name = format!("{}.{}", import.module(), import.name());
+        let found = provided.iter().find(|(n, _)| import.module() == abi::IMPORT_MODULE && *n == import.name());
+        match (found, import.ty()) {
+            (Some((_, want)), ExternType::Func(got)) if same_type(want, &got) => {}
+            (Some((_, want)), ExternType::Func(got)) => {
+                bail!("imports {name} with type {}, but the host provides {}", describe(&got), describe(want))
+            }
+            _ => bail!(
+                "imports {name}, which the host does not provide (ABI v1 provides only {}.field, {0}.config and {0}.log; no WASI, no ambient I/O)",
+                abi::IMPORT_MODULE
+            ),
+        }
+    }
+    let e = engine();
+    let wanted = [
+        ("enrichd_abi_version", FuncType::new(e, [], [ValType::I32])),
+        ("enrichd_io", FuncType::new(e, [], [ValType::I32])),
+        ("enrichd_process", FuncType::new(e, [ValType::I32], [ValType::I32])),
+    ];
+    for (name, want) in &wanted {
+        match module.get_export(name) {
+            None => bail!("lacks the export `{name}` {} (not an enrichd ABI v1 module?)", describe(want)),
+            Some(ExternType::Func(got)) if same_type(want, &got) => {}
+            Some(ExternType::Func(got)) => bail!("exports `{name}` as {}, expected {}", describe(&got), describe(want)),
+            Some(_) => bail!("exports `{name}` but it is not a function"),
+        }
+    }
+    match module.get_export("memory") {
+        Some(ExternType::Memory(_)) => Ok(()),
+        _ => bail!("lacks the export `memory`"),
+    }
+}
+
+/// Limits applied to every instance of a module.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub memory_bytes: usize,
+    pub deadline_ticks: u64,
+}
+
+fn store_limits(limits: Limits) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(limits.memory_bytes)
+        .instances(1)
+        .tables(4)
+        .memories(1)
+        .trap_on_grow_failure(true)
+        .build()
+}
+
+/// Builds the linker with the host functions and pre-links `module`.
+pub fn prelink(module: &Module) -> anyhow::Result<InstancePre<HostState>> {
+    let mut linker: Linker<HostState> = Linker::new(engine());
+    let m = abi::IMPORT_MODULE;
+    linker
+        .func_wrap(m, "field", |mut c: Caller<'_, HostState>, ev: i32, kp: i32, kl: i32, op: i32, oc: i32| -> i32 {
+            crate::host::field(&mut c, ev, kp, kl, op, oc)
+        })
+        .map_err(|e| anyhow!("{e:#}"))?;
+    linker
+        .func_wrap(m, "config", |mut c: Caller<'_, HostState>, kp: i32, kl: i32, op: i32, oc: i32| -> i32 {
+            crate::host::config(&mut c, kp, kl, op, oc)
+        })
+        .map_err(|e| anyhow!("{e:#}"))?;
+    linker
+        .func_wrap(m, "log", |mut c: Caller<'_, HostState>, level: i32, p: i32, l: i32| {
+            crate::host::log(&mut c, level, p, l)
+        })
+        .map_err(|e| anyhow!("{e:#}"))?;
+    linker.instantiate_pre(module).map_err(|e| anyhow!("{e:#}"))
+}
+
+/// One live instance, owned by one thread.
+pub struct Worker {
+    pub store: Store<HostState>,
+    pub memory: Memory,
+    pub process: TypedFunc<i32, i32>,
+    /// Address of the exchange area in guest memory.
+    pub io: usize,
+    pub generation: u64,
+}
+
+/// Instantiates and checks the ABI version and exchange area.
+pub fn instantiate(
+    pre: &InstancePre<HostState>,
+    state: HostState,
+    limits: Limits,
+    generation: u64,
+) -> anyhow::Result<Worker> {
+    let mut store = Store::new(engine(), state);
+    store.data_mut().limits = store_limits(limits);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(limits.deadline_ticks.max(1));
+    let instance: Instance = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiation failed: {e:#}"))?;
+    let version = instance
+        .get_typed_func::<(), i32>(&mut store, "enrichd_abi_version")
+        .and_then(|f| f.call(&mut store, ()))
+        .map_err(|e| anyhow!("enrichd_abi_version failed: {e:#}"))? as u32;
+    let (major, minor) = (version >> 16, version & 0xffff);
+    if major != abi::ABI_MAJOR || minor > abi::ABI_MINOR {
+        bail!("built for ABI {major}.{minor}; this host supports {}.0 to {}.{}", abi::ABI_MAJOR, abi::ABI_MAJOR, abi::ABI_MINOR);
+    }
+    store.set_epoch_deadline(limits.deadline_ticks.max(1));
+    let io = instance
+        .get_typed_func::<(), i32>(&mut store, "enrichd_io")
+        .and_then(|f| f.call(&mut store, ()))
+        .map_err(|e| anyhow!("enrichd_io failed: {e:#}"))? as u32 as usize;
+    let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| anyhow!("no exported memory"))?;
+    if io.checked_add(abi::IO_AREA_SIZE).is_none_or(|end| end > memory.data_size(&store)) || io % 8 != 0 {
+        bail!("enrichd_io returned {io:#x}: the {} byte exchange area must be 8-aligned and inside memory", abi::IO_AREA_SIZE);
+    }
+    let process = instance.get_typed_func::<i32, i32>(&mut store, "enrichd_process").map_err(|e| anyhow!("{e:#}"))?;
+    Ok(Worker { store, memory, process, io, generation })
+}
+
+/// Shared, immutable facts about a loaded module.
+pub struct LoadedModule {
+    pub pre: InstancePre<HostState>,
+    pub generation: u64,
+}
+
+pub fn new_generation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+pub type Shared = Arc<LoadedModule>;
