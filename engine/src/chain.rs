@@ -176,3 +176,10 @@ impl Engine {
         self.chain.store(Arc::new(chain));
     }
 }
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stages: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+        f.debug_struct("Chain").field("stages", &stages).field("keys", &self.keys).finish()
+    }
+}

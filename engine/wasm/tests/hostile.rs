@@ -1,0 +1,217 @@
+//! Hostile and broken modules, written in WAT: none of them may hurt the
+//! engine. Each misbehaves only when the first event of a chunk has
+//! destination port 666, so the other chunks of the same batch show that
+//! only the guilty chunk got the fallback.
+
+use std::path::Path;
+
+use enrichd_engine::{parse_ndjson, Chain, Config, Format, PluginState, Registry};
+use serde_json::Value;
+
+const GOOD: &str = r#"
+  (func $good (param $n i32) (local $i i32) (local $at i32)
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $at (i32.add (i32.const 28680) (i32.mul (local.get $i) (i32.const 9))))
+      (i32.store16 (local.get $at) (local.get $i))
+      (i32.store8 offset=2 (local.get $at) (i32.const 1))
+      (i32.store16 offset=3 (local.get $at) (i32.const 4))
+      (i32.store offset=5 (local.get $at) (i32.const 42))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (i32.store (i32.const 28672) (i32.mul (local.get $n) (i32.const 9))))
+  (func $recurse (param i32) (result i32) (call $recurse (i32.add (local.get 0) (i32.const 1))))
+"#;
+
+fn module(version: u32, behaviour: &str) -> String {
+    format!(
+        r#"(module
+  (memory (export "memory") 2)
+  (func (export "enrichd_abi_version") (result i32) (i32.const {version}))
+  (func (export "enrichd_io") (result i32) (i32.const 0))
+  {GOOD}
+  (func (export "enrichd_process") (param $n i32) (result i32)
+    (if (i32.eq (i32.load16_u (i32.const 98)) (i32.const 666)) (then {behaviour}))
+    (call $good (local.get $n))
+    (i32.const 0)))"#
+    )
+}
+
+fn chain(dir: &Path, wat: &str, extra: &str) -> Result<Chain, String> {
+    let path = dir.join("rule.wat");
+    std::fs::write(&path, wat).unwrap();
+    let toml = format!(
+        "[[chain]]\nplugin = \"ti\"\npaths = [\"{ti}\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"rule\"\nmodule = \"{m}\"\ndeadline_ms = 20\n{extra}\n",
+        ti = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ti/indicators.txt"),
+        m = path.display()
+    );
+    let mut registry = Registry::new();
+    enrichd_plugins::register_all(&mut registry);
+    registry.register(Box::new(enrichd_wasm::WasmFactory));
+    let config = Config::parse(&toml, &dir.join("c.toml")).map_err(|e| e.to_string())?;
+    Chain::build(&config.chain, &registry, dir).map_err(|e| format!("{e:#}"))
+}
+
+/// 300 events: chunk 1 = events 0..256, chunk 2 = 256..300; `poison` puts
+/// port 666 on the first event of chunk 2.
+fn run(chain: &Chain, poison: bool) -> Vec<Value> {
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            let port = if poison && i == 256 { 666 } else { 80 };
+            format!(r#"{{"src_ip":"45.149.3.{}","dst_port":{port}}}"#, i % 250)
+        })
+        .collect();
+    let mut batch = parse_ndjson(lines.join("\n"), Format::FlowsV1, chain.parse_spec(), 0).unwrap();
+    chain.run(&mut batch);
+    let mut out = Vec::new();
+    batch.write_events_array(chain.keys(), &mut out);
+    serde_json::from_slice::<Vec<Value>>(&out).unwrap()
+}
+
+fn details(chain: &Chain) -> Value {
+    let r = chain.reports().into_iter().find(|r| r.name == "rule").unwrap();
+    serde_json::to_value(&r).unwrap()
+}
+
+fn assert_isolated(behaviour: &str, kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain(dir.path(), &module(65536, behaviour), "fallback_score = 77").unwrap();
+    let events = run(&chain, true);
+    for (i, ev) in events.iter().enumerate() {
+        // Earlier stages are unaffected everywhere.
+        assert_eq!(ev["ti"]["matches"][0]["indicator"], "45.149.3.0/24");
+        if i < 256 {
+            assert_eq!(ev["risk_score"], 42, "{kind}: event {i} of the good chunk");
+            assert_eq!(ev["reasons"], serde_json::json!([]));
+        } else {
+            assert_eq!(ev["risk_score"], 77, "{kind}: event {i}");
+            assert_eq!(ev["reasons"], serde_json::json!([format!("rule error: {kind}")]), "{kind}");
+        }
+    }
+    let d = details(&chain);
+    assert_eq!(d["details"]["errors"][kind], 1, "{kind}: {d}");
+    assert_eq!(d["state"], "loaded");
+    // The recycled instance serves the next batch normally.
+    let events = run(&chain, false);
+    assert!(events.iter().all(|e| e["risk_score"] == 42), "{kind}: recovered");
+}
+
+#[test]
+fn infinite_loop_times_out() {
+    let started = std::time::Instant::now();
+    assert_isolated("(loop $l (br $l))", "timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn unbounded_memory_grow_hits_the_cap() {
+    assert_isolated("(loop $l (drop (memory.grow (i32.const 16))) (br $l))", "memory");
+}
+
+#[test]
+fn trap() {
+    assert_isolated("(unreachable)", "trap");
+}
+
+#[test]
+fn stack_overflow() {
+    assert_isolated("(drop (call $recurse (i32.const 0)))", "stack_overflow");
+}
+
+#[test]
+fn guest_reported_error() {
+    assert_isolated("(return (i32.const 1))", "guest_error");
+}
+
+#[test]
+fn oversized_result_length() {
+    assert_isolated("(i32.store (i32.const 28672) (i32.const 70000)) (return (i32.const 0))", "malformed_result");
+}
+
+#[test]
+fn unknown_entry_kind() {
+    assert_isolated(
+        "(i32.store8 (i32.const 28682) (i32.const 9)) (i32.store (i32.const 28672) (i32.const 5)) (return (i32.const 0))",
+        "malformed_result",
+    );
+}
+
+#[test]
+fn result_for_an_event_that_does_not_exist() {
+    assert_isolated(
+        "(i32.store16 (i32.const 28680) (i32.const 999)) (i32.store8 (i32.const 28682) (i32.const 1)) \
+         (i32.store16 (i32.const 28683) (i32.const 4)) (i32.store (i32.const 28672) (i32.const 9)) (return (i32.const 0))",
+        "malformed_result",
+    );
+}
+
+#[test]
+fn huge_reason_string() {
+    assert_isolated(
+        "(i32.store16 (i32.const 28680) (i32.const 0)) (i32.store8 (i32.const 28682) (i32.const 2)) \
+         (i32.store16 (i32.const 28683) (i32.const 5000)) (i32.store (i32.const 28672) (i32.const 5005)) (return (i32.const 0))",
+        "malformed_result",
+    );
+}
+
+#[test]
+fn circuit_breaker_opens_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain(dir.path(), &module(65536, "(unreachable)"), "breaker_failures = 3").unwrap();
+    for _ in 0..3 {
+        run(&chain, true);
+    }
+    let d = details(&chain);
+    assert_eq!(d["state"], "error", "{d}");
+    assert_eq!(d["details"]["circuit_open"], true);
+    assert!(d["error"].as_str().unwrap().contains("circuit breaker"));
+    // Even good chunks are no longer run through the module.
+    let events = run(&chain, false);
+    assert_eq!(events[0]["reasons"], serde_json::json!(["rule error: circuit_open"]));
+    assert!(events[0]["risk_score"].is_null(), "no fallback_score configured: null");
+}
+
+#[test]
+fn load_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = chain(dir.path(), &module(2 << 16, "(nop)"), "").unwrap_err();
+    assert!(err.contains("rule.wat") && err.contains("built for ABI 2.0") && err.contains("supports 1.0"), "{err}");
+
+    let no_process = module(65536, "(nop)").replace("(export \"enrichd_process\")", "");
+    let err = chain(dir.path(), &no_process, "").unwrap_err();
+    assert!(err.contains("lacks the export `enrichd_process`"), "{err}");
+
+    let wrong_sig = module(65536, "(nop)").replace(
+        "(func (export \"enrichd_io\") (result i32) (i32.const 0))",
+        "(func (export \"enrichd_io\") (param i32) (result i32) (i32.const 0))",
+    );
+    let err = chain(dir.path(), &wrong_sig, "").unwrap_err();
+    assert!(err.contains("exports `enrichd_io` as (i32) -> (i32), expected () -> (i32)"), "{err}");
+
+    let wasi = module(65536, "(nop)").replace(
+        "(memory (export \"memory\") 2)",
+        "(import \"wasi_snapshot_preview1\" \"fd_write\" (func (param i32 i32 i32 i32) (result i32)))\n  (memory (export \"memory\") 2)",
+    );
+    let err = chain(dir.path(), &wasi, "").unwrap_err();
+    assert!(err.contains("imports wasi_snapshot_preview1.fd_write, which the host does not provide"), "{err}");
+
+    let tiny_memory = module(65536, "(nop)").replace("(memory (export \"memory\") 2)", "(memory (export \"memory\") 1)");
+    let err = chain(dir.path(), &tiny_memory, "").unwrap_err();
+    assert!(err.contains("exchange area"), "{err}");
+
+    let err = chain(dir.path(), "this is not wasm", "").unwrap_err();
+    assert!(err.contains("not a valid WebAssembly module"), "{err}");
+}
+
+#[test]
+fn missing_module_is_reported_and_events_get_the_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!("[[chain]]\nplugin = \"wasm\"\nmodule = \"{}\"\n", dir.path().join("nope.wasm").display());
+    let mut registry = Registry::new();
+    registry.register(Box::new(enrichd_wasm::WasmFactory));
+    let config = Config::parse(&toml, &dir.path().join("c.toml")).unwrap();
+    let chain = Chain::build(&config.chain, &registry, dir.path()).unwrap();
+    assert_eq!(chain.reports()[0].status.state, PluginState::Missing);
+    let events = run(&chain, false);
+    assert_eq!(events[0]["reasons"], serde_json::json!(["rule error: unavailable"]));
+}
