@@ -151,6 +151,11 @@ impl EventBuilder {
         self
     }
 
+    /// An event from a record built elsewhere (e.g. by the host's converter).
+    pub fn from_record(rec: EventRecord) -> Self {
+        EventBuilder { rec, fields: Vec::new() }
+    }
+
     pub fn record(&self) -> EventRecord {
         self.rec
     }

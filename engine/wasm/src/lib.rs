@@ -19,7 +19,7 @@ mod options;
 pub mod runtime;
 mod stats;
 
-pub use enricher::{inspect, ModuleReport, WasmEnricher};
+pub use enricher::{inspect, to_record, ModuleReport, WasmEnricher};
 pub use options::{Role, WasmOptions};
 pub use stats::FailureKind;
 
