@@ -1,0 +1,87 @@
+//! `asn`: which network an address belongs to, from a GeoLite2-ASN-schema
+//! `.mmdb` (`autonomous_system_number` / `autonomous_system_organization`;
+//! GeoIP2-ISP databases carry the same fields).
+//!
+//! Each target gets `{"asn":15169,"org":"Google LLC"}` (`org` is `null` when
+//! the record has none), or `null` when the address is absent, not in the
+//! database, or the database file is missing. The machinery (mapping,
+//! record reading, caches, targets) is shared with `geoip` in `crate::mmdb`;
+//! this module only knows the record's two fields.
+
+mod options;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+
+use anyhow::bail;
+use enrichd_engine::{BuildContext, Enricher, EnvOverride, PluginFactory};
+use maxminddb::Metadata;
+
+pub use self::options::AsnOptions;
+use crate::mmdb::{self, DataError, DataSection, JsonObject, Map, RecordFormat};
+
+/// Factory of the `asn` plugin.
+pub struct AsnFactory;
+
+impl PluginFactory for AsnFactory {
+    fn kind(&self) -> &'static str {
+        "asn"
+    }
+
+    fn description(&self) -> &'static str {
+        "Autonomous system number and organization of event addresses from a GeoLite2-ASN .mmdb"
+    }
+
+    fn options_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(AsnOptions)
+    }
+
+    fn env_overrides(&self) -> &'static [EnvOverride] {
+        &[EnvOverride { var: "GEOIP_ASN_DB", option: "database", list: false }]
+    }
+
+    fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
+        let options: AsnOptions = options.clone().try_into()?;
+        let database = ctx.resolve_path(&options.database);
+        mmdb::build::<Asn>(&database, &options.targets, ctx)
+    }
+}
+
+/// The asn record format.
+struct Asn;
+
+impl RecordFormat for Asn {
+    const KIND: &'static str = "asn";
+    const LABEL: &'static str = "ASN";
+    const SECTION: &'static str = "asn";
+
+    fn check_database(path: &Path, metadata: &Metadata) -> anyhow::Result<()> {
+        let kind = &metadata.database_type;
+        if kind.split(['-', '_', ' ']).any(|w| w.eq_ignore_ascii_case("city") || w.eq_ignore_ascii_case("country")) {
+            bail!("{} is a {kind} database; use plugin \"geoip\"", path.display());
+        }
+        Ok(())
+    }
+
+    fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<(), DataError> {
+        let (mut asn, mut org) = (None, None);
+        data.each(record, |key, value| {
+            match key {
+                b"autonomous_system_number" => asn = data.u64(Some(value)),
+                b"autonomous_system_organization" => org = data.str(Some(value)),
+                _ => {}
+            }
+            Ok(true)
+        })?;
+        if asn.is_none() && org.is_none() {
+            out.extend_from_slice(b"null");
+        } else {
+            let mut o = JsonObject::new(out);
+            o.u64("asn", asn);
+            o.str("org", org);
+            o.finish();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+//! Options of an `asn` chain entry.
+
+use std::path::PathBuf;
+
+use enrichd_engine::AddressSelector;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::mmdb::Target;
+
+/// `[[chain]] plugin = "asn"`: autonomous system number and organization of
+/// event addresses from a GeoLite2-ASN (or GeoIP2-ISP) database.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AsnOptions {
+    /// The `.mmdb` file, relative to the config file's directory.
+    /// `GEOIP_ASN_DB` overrides it. A missing file is not an error: the
+    /// plugin reports `missing` and writes `null`.
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// Which addresses to look up and the output key for each, e.g.
+    /// `[{ address = "source", output = "src_asn" }, { address = "destination", output = "dst_asn" }]`.
+    #[serde(default = "default_targets")]
+    pub targets: Vec<Target>,
+}
+
+fn default_database() -> PathBuf {
+    PathBuf::from("geo/GeoLite2-ASN.mmdb")
+}
+
+fn default_targets() -> Vec<Target> {
+    vec![Target { address: AddressSelector::DestinationOrSource, output: "asn".into() }]
+}

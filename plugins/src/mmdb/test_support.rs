@@ -1,0 +1,133 @@
+//! Helpers for the plugins' tests: chains from TOML, synthetic batches and
+//! the MaxMind source-data oracle.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use enrichd_engine::{Batch, Chain, Config, ConfigError, Event, Format, Registry};
+use serde_json::Value;
+
+/// `tests/data/maxmind/<name>` of the workspace.
+pub fn data(name: &str) -> String {
+    format!("{}/../tests/data/maxmind/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A chain from config text whose relative paths resolve against the
+/// workspace root.
+pub fn chain(toml: &str) -> Result<Chain, ConfigError> {
+    let config = Config::parse(toml, Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../enrichd.toml")))?;
+    let mut registry = Registry::new();
+    registry.register(Box::new(crate::geoip::GeoIpFactory));
+    registry.register(Box::new(crate::asn::AsnFactory));
+    Chain::build(&config.chain, &registry, &config.base_dir)
+}
+
+/// The message of a chain build that must fail.
+pub fn chain_err(toml: &str) -> String {
+    match chain(toml) {
+        Ok(_) => panic!("the chain built, but should not have:\n{toml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+pub fn event(src: Option<&str>, dst: Option<&str>) -> Event {
+    let mut e = Event::synthetic();
+    e.src_ip = src.map(|s| s.parse().expect("test address"));
+    e.dst_ip = dst.map(|s| s.parse().expect("test address"));
+    e
+}
+
+/// Runs `events` through the chain and returns them as written on the
+/// wire, parsed back, plus each event's warnings.
+pub fn run(chain: &Chain, events: Vec<Event>) -> Vec<(Value, Vec<String>)> {
+    let mut batch = Batch::synthetic(Format::FlowsV1, events);
+    chain.run(&mut batch);
+    batch
+        .events()
+        .iter()
+        .map(|e| {
+            let mut out = Vec::new();
+            batch.write_event(e, chain.keys(), &mut out);
+            (serde_json::from_slice(&out).expect("output is JSON"), e.warnings().to_vec())
+        })
+        .collect()
+}
+
+/// A listed network in one 128-bit space: IPv4 `a.b.c.d/n` is
+/// `::a.b.c.d/(96+n)`, which is also where MaxMind's writer puts it.
+#[derive(Clone, Copy)]
+struct Net {
+    base: u128,
+    len: u32,
+}
+
+impl Net {
+    fn parse(s: &str) -> Net {
+        let (addr, len) = s.split_once('/').expect("network has a prefix length");
+        let len: u32 = len.parse().expect("prefix length");
+        let (base, len) = match addr.parse::<IpAddr>().expect("network address") {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), len + 96),
+            IpAddr::V6(v6) => (u128::from(v6), len),
+        };
+        let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+        Net { base: base & mask, len } // some entries have host bits set
+    }
+    fn last(self) -> u128 {
+        self.base | if self.len == 0 { u128::MAX } else { !(u128::MAX << (128 - self.len)) }
+    }
+    fn contains(self, a: u128) -> bool {
+        a >= self.base && a <= self.last()
+    }
+}
+
+/// An address to look up and the record the source data says it gets.
+pub struct Probe {
+    /// Index of the network's entry in the file.
+    pub entry: usize,
+    pub network: String,
+    pub ip: IpAddr,
+    pub expected: Value,
+}
+
+/// Reads `source-data/<file>` (a JSON array of `{network: record}`) and
+/// returns the number of networks listed and probes for each: its first
+/// and last address, and for IPv4 networks also the IPv4-mapped IPv6 form.
+/// An address's expected record is the most specific listed network that
+/// contains it (ties: the later entry, as the writer overwrites).
+pub fn oracle(file: &str) -> (usize, Vec<Probe>) {
+    let text = std::fs::read_to_string(data(&format!("source-data/{file}"))).expect("source data");
+    let entries: Vec<serde_json::Map<String, Value>> = serde_json::from_str(&text).expect("source data JSON");
+    let nets: Vec<(String, Net, Value)> = entries
+        .into_iter()
+        .map(|m| {
+            let (k, v) = m.into_iter().next().expect("one network per entry");
+            let net = Net::parse(&k);
+            (k, net, v)
+        })
+        .collect();
+    let expected_for = |a: u128| {
+        let containing: Vec<usize> = (0..nets.len()).filter(|&i| nets[i].1.contains(a)).collect();
+        let best = *containing.iter().max_by_key(|&&i| (nets[i].1.len, i)).expect("own network");
+        // A broader network listed after a narrower one would overwrite
+        // it in the built DB; the oracle would then be wrong.
+        assert_eq!(best, *containing.last().unwrap(), "ambiguous source data at {a:#x}");
+        nets[best].2.clone()
+    };
+    let mut probes = Vec::new();
+    for (entry, (name, net, _)) in nets.iter().enumerate() {
+        for a in [net.base, net.last()] {
+            let mut ips = Vec::new();
+            if a >> 32 == 0 && net.len >= 96 {
+                let v4 = Ipv4Addr::from(a as u32);
+                ips.push(IpAddr::V4(v4));
+                ips.push(IpAddr::V6(v4.to_ipv6_mapped()));
+            } else {
+                ips.push(IpAddr::V6(Ipv6Addr::from(a)));
+            }
+            for ip in ips {
+                probes.push(Probe { entry, network: name.clone(), ip, expected: expected_for(a) });
+            }
+        }
+    }
+    (nets.len(), probes)
+}

@@ -1,0 +1,639 @@
+//! Reading indicator files: locating them, detecting each file's format and
+//! parsing it into the [`IndexBuilder`].
+//!
+//! Why auto-detection per file: teams drop whatever their feeds publish into
+//! one directory (an IPsum dump, a hosts-style domain list, a Zeek intel
+//! file, a hand-written CSV). Requiring a format option per file would make
+//! a directory source useless, and the formats are easy to tell apart from
+//! their first meaningful line. Bad lines never fail a load: one malformed
+//! line in a 100k-line feed must not drop the other 99,999, so they are
+//! skipped, counted and logged with `file:line` (the first few per file).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use enrichd_engine::{source_info, SourceInfo};
+use serde::Serialize;
+
+use super::index::{IndexBuilder, Net, MAX_NAME};
+use super::Kind;
+
+/// Bad lines logged individually per file; the rest are only counted.
+const LOGGED_BAD_LINES: usize = 10;
+
+/// What happened to one indicator file.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FileReport {
+    /// The path as configured (a directory's files: `dir/name`); this is
+    /// the `source` of the file's matches.
+    pub source: String,
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// `plain`, `csv` or `zeek`; absent when the file was not read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<&'static str>,
+    /// Distinct indicators loaded from this file.
+    pub indicators: usize,
+    pub addr: usize,
+    pub subnet: usize,
+    pub domain: usize,
+    /// Exact repeats of an earlier line of the same file (counted once).
+    pub duplicates: usize,
+    /// Lines that are not an indicator (logged with their line number).
+    pub skipped_lines: usize,
+    /// Zeek intel items of types this plugin does not match (URL, hashes...).
+    pub unsupported: usize,
+    /// CIDR networks written with host bits set (`10.1.2.3/24`); loaded as
+    /// their network (`10.1.2.0/24`).
+    pub normalized: usize,
+    /// The first skipped lines, `"LINE: why"` (the rest are only counted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bad_lines: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The file was not there (as opposed to unreadable or not UTF-8).
+    #[serde(skip)]
+    pub missing: bool,
+    #[serde(skip)]
+    pub info: Option<SourceInfo>,
+}
+
+impl FileReport {
+    fn new(source: String, path: PathBuf) -> Self {
+        FileReport { source, path, ..FileReport::default() }
+    }
+
+    fn failed(mut self, error: String, missing: bool) -> Self {
+        self.error = Some(error);
+        self.missing = missing;
+        self
+    }
+
+    /// The status `sources` entry for this file.
+    pub fn source_info(&self) -> SourceInfo {
+        self.info.clone().unwrap_or_else(|| SourceInfo {
+            path: self.path.clone(),
+            sha256: None,
+            size_bytes: None,
+            loaded_at: None,
+            error: self.error.clone(),
+        })
+    }
+
+    fn record(&mut self, kind: Kind, added: bool) {
+        if !added {
+            self.duplicates += 1;
+            return;
+        }
+        self.indicators += 1;
+        match kind {
+            Kind::Addr => self.addr += 1,
+            Kind::Subnet => self.subnet += 1,
+            Kind::Domain => self.domain += 1,
+        }
+    }
+}
+
+/// Expands the configured paths (directories into their files) and loads
+/// every file into `builder`, one report per file (or per missing path).
+pub fn load_all(paths: &[String], resolve: impl Fn(&str) -> PathBuf, builder: &mut IndexBuilder) -> Vec<FileReport> {
+    let mut reports = Vec::new();
+    let mut seen: Vec<PathBuf> = Vec::new();
+    for configured in paths {
+        let path = resolve(configured);
+        for (label, file) in expand(configured, &path, &mut reports) {
+            // The same file reached twice (listed and inside a listed
+            // directory) would double every match: load it once.
+            let canonical = fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+            if seen.contains(&canonical) {
+                tracing::warn!("{}: listed more than once in `paths`; loaded once", file.display());
+                continue;
+            }
+            seen.push(canonical);
+            reports.push(load_file(label, file, builder));
+        }
+    }
+    reports
+}
+
+/// A configured path as the files to load; a missing path or an empty
+/// directory is reported into `reports` instead.
+fn expand(configured: &str, path: &Path, reports: &mut Vec<FileReport>) -> Vec<(String, PathBuf)> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            let report = FileReport::new(configured.to_string(), path.to_path_buf());
+            reports.push(match e.kind() {
+                io::ErrorKind::NotFound => report.failed("file not found".into(), true),
+                _ => report.failed(format!("cannot read: {e}"), false),
+            });
+            return Vec::new();
+        }
+    };
+    if meta.is_file() {
+        return vec![(configured.to_string(), path.to_path_buf())];
+    }
+    if !meta.is_dir() {
+        let report = FileReport::new(configured.to_string(), path.to_path_buf());
+        reports.push(report.failed("not a regular file or directory".into(), false));
+        return Vec::new();
+    }
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) => {
+            let report = FileReport::new(configured.to_string(), path.to_path_buf());
+            reports.push(report.failed(format!("cannot list directory: {e}"), false));
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let skip = name.starts_with('.') || name.ends_with('~') || name.ends_with(".swp") || name.ends_with(".tmp");
+            // `fs::metadata` follows symlinks: a link to a file counts.
+            let is_file = fs::metadata(entry.path()).map(|m| m.is_file()).unwrap_or(false);
+            (!skip && is_file).then(|| (Path::new(configured).join(&name).display().to_string(), entry.path()))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        let report = FileReport::new(configured.to_string(), path.to_path_buf());
+        reports.push(report.failed("directory contains no indicator files".into(), true));
+    }
+    files
+}
+
+/// Reads and parses one file.
+pub fn load_file(source: String, path: PathBuf, builder: &mut IndexBuilder) -> FileReport {
+    let mut report = FileReport::new(source, path);
+    let bytes = match fs::read(&report.path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return report.failed("file not found".into(), true),
+        Err(e) => return report.failed(format!("cannot read: {e}"), false),
+    };
+    let mut info = source_info(&report.path, &bytes);
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let error = format!("not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to());
+            info.error = Some(error.clone());
+            report.info = Some(info);
+            return report.failed(error, false);
+        }
+    };
+    report.info = Some(info);
+    parse_text(&text, &mut report, builder);
+    report
+}
+
+/// Parses file content (format auto-detected) into `builder`.
+pub fn parse_text(text: &str, report: &mut FileReport, builder: &mut IndexBuilder) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut parser = Parser { report, builder, logged: 0, name: String::new(), tail: String::new() };
+    for line in text.lines() {
+        let t = line.trim();
+        if t.is_empty() {
+            continue;
+        }
+        if t.starts_with("#fields") && t.split_whitespace().any(|c| c == "indicator") {
+            parser.report.format = Some("zeek");
+            parser.zeek(text);
+            break;
+        }
+        if t.starts_with('#') {
+            continue;
+        }
+        if let Some(columns) = CsvColumns::from_header(t) {
+            parser.report.format = Some("csv");
+            parser.csv(text, columns);
+        } else {
+            parser.report.format = Some("plain");
+            parser.plain(text);
+        }
+        break;
+    }
+    if parser.report.format.is_none() {
+        parser.report.format = Some("plain");
+    }
+    let hidden = parser.report.skipped_lines.saturating_sub(parser.logged);
+    if hidden > 0 {
+        tracing::warn!(
+            "{}: {} bad lines skipped in total ({hidden} not shown)",
+            parser.report.path.display(),
+            parser.report.skipped_lines
+        );
+    }
+}
+
+/// An indicator parsed from one line, before metadata.
+enum Parsed {
+    Net(Net, Kind, bool),
+    /// Lowercase name in the parser's `name` buffer.
+    Domain,
+    /// Not an indicator, not an error (`0.0.0.0 localhost` in a hosts file).
+    Ignore,
+}
+
+struct Parser<'a> {
+    report: &'a mut FileReport,
+    builder: &'a mut IndexBuilder,
+    logged: usize,
+    /// Reused buffers: lowercased domain and serialized tail.
+    name: String,
+    tail: String,
+}
+
+impl Parser<'_> {
+    fn bad(&mut self, line_no: usize, message: &str) {
+        self.report.skipped_lines += 1;
+        if self.logged < LOGGED_BAD_LINES {
+            self.logged += 1;
+            tracing::warn!("{}:{line_no}: {message}; line skipped", self.report.path.display());
+            self.report.bad_lines.push(format!("{line_no}: {message}"));
+        }
+    }
+
+    fn add(&mut self, parsed: Parsed, tail: u32) {
+        let (kind, added) = match parsed {
+            Parsed::Net(net, kind, normalized) => {
+                self.report.normalized += normalized as usize;
+                (kind, self.builder.add_net(net, kind, tail))
+            }
+            Parsed::Domain => (Kind::Domain, self.builder.add_domain(&self.name, tail)),
+            Parsed::Ignore => return,
+        };
+        self.report.record(kind, added);
+    }
+
+    /// One indicator per line: the first whitespace-separated token (IPsum's
+    /// `ip<TAB>count` keeps the IP), `domain:NAME`, a bare domain, or a hosts
+    /// line `0.0.0.0 name`; `#` starts a comment.
+    fn plain(&mut self, text: &str) {
+        build_tail(&mut self.tail, &self.report.source, None, None, None, None);
+        let tail = self.builder.tail(&self.tail);
+        for (i, line) in text.lines().enumerate() {
+            let content = strip_comment(line);
+            let mut tokens = content.split_whitespace();
+            let Some(first) = tokens.next() else { continue };
+            match parse_plain(first, tokens.next(), &mut self.name) {
+                Ok(parsed) => self.add(parsed, tail),
+                Err(message) => self.bad(i + 1, &message),
+            }
+        }
+    }
+
+    /// CSV with a header naming the columns (`ip_or_cidr,category,confidence`
+    /// in any order, optionally `description` and `feed`).
+    fn csv(&mut self, text: &str, columns: CsvColumns) {
+        let mut header_seen = false;
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            if !header_seen {
+                header_seen = true;
+                continue;
+            }
+            let owned: Vec<String>;
+            let fields: Vec<&str> = if t.contains('"') {
+                owned = split_quoted(t);
+                owned.iter().map(String::as_str).collect()
+            } else {
+                t.split(',').map(str::trim).collect()
+            };
+            if fields.len() < columns.needed {
+                self.bad(i + 1, &format!("expected {} columns, found {}", columns.needed, fields.len()));
+                continue;
+            }
+            let get = |c: Option<usize>| c.map(|c| fields[c]).filter(|s| !s.is_empty());
+            let confidence = match get(columns.confidence).map(|c| c.parse::<u8>()) {
+                None => None,
+                Some(Ok(c)) if c <= 100 => Some(c),
+                Some(_) => {
+                    self.bad(i + 1, "confidence must be an integer from 0 to 100");
+                    continue;
+                }
+            };
+            let parsed = match parse_plain(fields[columns.indicator], None, &mut self.name) {
+                Ok(p) => p,
+                Err(message) => {
+                    self.bad(i + 1, &message);
+                    continue;
+                }
+            };
+            let (category, description, feed) = (get(columns.category), get(columns.description), get(columns.feed));
+            build_tail(&mut self.tail, &self.report.source, category, confidence, feed, description);
+            let tail = self.builder.tail(&self.tail);
+            self.add(parsed, tail);
+        }
+    }
+
+    /// Zeek intel framework files: `#fields indicator indicator_type
+    /// meta.source ...`, TAB-separated, `-` unset.
+    fn zeek(&mut self, text: &str) {
+        let mut sep = "\t".to_string();
+        let mut columns: Option<ZeekColumns> = None;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Some(value) = line.strip_prefix("#separator") {
+                sep = unescape_separator(value.trim_start_matches([' ', '\t']));
+                continue;
+            }
+            if line.starts_with("#fields") {
+                let names: Vec<&str> = line.split(sep.as_str()).skip(1).collect();
+                columns = ZeekColumns::from_names(&names);
+                if columns.is_none() {
+                    self.report.error = Some(format!("line {}: `#fields` lacks indicator or indicator_type", i + 1));
+                    return;
+                }
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some(cols) = &columns else { continue };
+            let fields: Vec<&str> = line.split(sep.as_str()).collect();
+            if fields.len() != cols.count {
+                self.bad(i + 1, &format!("expected {} fields, found {}", cols.count, fields.len()));
+                continue;
+            }
+            let get = |c: Option<usize>| c.map(|c| fields[c]).filter(|s| !matches!(*s, "-" | "(empty)" | ""));
+            let Some(indicator) = get(Some(cols.indicator)) else {
+                self.bad(i + 1, "indicator is unset");
+                continue;
+            };
+            let Some(kind) = get(Some(cols.indicator_type)) else {
+                self.bad(i + 1, "indicator_type is unset");
+                continue;
+            };
+            let parsed = match kind.strip_prefix("Intel::").unwrap_or(kind) {
+                "ADDR" => match indicator.parse::<IpAddr>() {
+                    Ok(ip) => Ok(Parsed::Net(Net::host(ip), Kind::Addr, false)),
+                    Err(_) => Err(format!("{indicator:?} is not an IP address")),
+                },
+                "SUBNET" => parse_net(indicator)
+                    .map(|(net, normalized)| Parsed::Net(net, Kind::Subnet, normalized))
+                    .ok_or_else(|| format!("{indicator:?} is not a CIDR network")),
+                "DOMAIN" => normalize_domain(indicator, false, &mut self.name)
+                    .map(|()| Parsed::Domain)
+                    .map_err(|e| format!("{indicator:?}: {e}")),
+                _ => {
+                    self.report.unsupported += 1;
+                    continue;
+                }
+            };
+            match parsed {
+                Ok(parsed) => {
+                    let (feed, desc) = (get(cols.source), get(cols.desc));
+                    build_tail(&mut self.tail, &self.report.source, None, None, feed, desc);
+                    let tail = self.builder.tail(&self.tail);
+                    self.add(parsed, tail);
+                }
+                Err(message) => self.bad(i + 1, &message),
+            }
+        }
+    }
+}
+
+/// Column positions of a CSV indicator file.
+struct CsvColumns {
+    indicator: usize,
+    category: Option<usize>,
+    confidence: Option<usize>,
+    description: Option<usize>,
+    feed: Option<usize>,
+    /// Fields a data line must have to reach every known column.
+    needed: usize,
+}
+
+impl CsvColumns {
+    fn from_header(line: &str) -> Option<CsvColumns> {
+        let names: Vec<String> = line.split(',').map(|c| c.trim().trim_matches('"').to_ascii_lowercase()).collect();
+        let find = |wanted: &[&str]| names.iter().position(|n| wanted.contains(&n.as_str()));
+        let indicator = find(&["ip_or_cidr", "indicator"])?;
+        let mut cols = CsvColumns {
+            indicator,
+            category: find(&["category"]),
+            confidence: find(&["confidence"]),
+            description: find(&["description"]),
+            feed: find(&["feed"]),
+            needed: 0,
+        };
+        cols.needed = [Some(cols.indicator), cols.category, cols.confidence, cols.description, cols.feed]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0)
+            + 1;
+        Some(cols)
+    }
+}
+
+/// Column positions of a Zeek intel file.
+struct ZeekColumns {
+    indicator: usize,
+    indicator_type: usize,
+    source: Option<usize>,
+    desc: Option<usize>,
+    count: usize,
+}
+
+impl ZeekColumns {
+    fn from_names(names: &[&str]) -> Option<ZeekColumns> {
+        let find = |wanted: &str| names.iter().position(|n| n.trim() == wanted);
+        Some(ZeekColumns {
+            indicator: find("indicator")?,
+            indicator_type: find("indicator_type")?,
+            source: find("meta.source"),
+            desc: find("meta.desc"),
+            count: names.len(),
+        })
+    }
+}
+
+/// `\x09` -> TAB (Zeek writes the separator escaped).
+fn unescape_separator(value: &str) -> String {
+    match value.strip_prefix("\\x").and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+        Some(b) => char::from(b).to_string(),
+        None if value.is_empty() => "\t".into(),
+        None => value.to_string(),
+    }
+}
+
+/// Splits a CSV line with `"quoted, fields"` (and `""` escapes).
+fn split_quoted(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().expect("non-empty").push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            c => fields.last_mut().expect("non-empty").push(c),
+        }
+    }
+    fields.iter_mut().for_each(|f| *f = f.trim().to_string());
+    fields
+}
+
+/// The line without a `#` comment (whole-line, or after whitespace).
+fn strip_comment(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()) {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+/// Addresses hosts-format block lists point names at.
+fn is_sink(ip: IpAddr) -> bool {
+    ip.is_unspecified() || ip.is_loopback()
+}
+
+/// Names hosts files map for the system itself, not indicators.
+fn is_hosts_boilerplate(name: &str) -> bool {
+    matches!(name, "localhost" | "localhost.localdomain" | "local" | "broadcasthost" | "0.0.0.0")
+        || name.starts_with("ip6-")
+}
+
+/// Parses one indicator token (with the next token, for hosts lines).
+fn parse_plain(first: &str, second: Option<&str>, name: &mut String) -> Result<Parsed, String> {
+    if let Some(domain) = first.strip_prefix("domain:") {
+        return normalize_domain(domain, false, name).map(|()| Parsed::Domain).map_err(|e| format!("{first:?}: {e}"));
+    }
+    if let Some((net, normalized)) = parse_net(first) {
+        if let (Net::V4(_, 32) | Net::V6(_, 128), Some(host)) = (net, second) {
+            if !first.contains('/') && is_sink(first.parse().expect("parsed as a network")) {
+                if is_hosts_boilerplate(host) {
+                    return Ok(Parsed::Ignore);
+                }
+                return normalize_domain(host, false, name)
+                    .map(|()| Parsed::Domain)
+                    .map_err(|e| format!("hosts entry {host:?}: {e}"));
+            }
+        }
+        let kind = if first.contains('/') { Kind::Subnet } else { Kind::Addr };
+        return Ok(Parsed::Net(net, kind, normalized));
+    }
+    if first.contains(['/', ':']) || first.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!("{first:?} is not a valid IP address or CIDR network"));
+    }
+    normalize_domain(first, true, name)
+        .map(|()| Parsed::Domain)
+        .map_err(|e| format!("{first:?} is not an IP address, CIDR network or domain ({e})"))
+}
+
+/// `ip` or `ip/len`; host bits are cleared (the second value says whether
+/// there were any).
+pub fn parse_net(s: &str) -> Option<(Net, bool)> {
+    match s.split_once('/') {
+        None => s.parse::<IpAddr>().ok().map(|ip| (Net::host(ip), false)),
+        Some((ip, len)) => {
+            if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Net::new(ip.parse().ok()?, len.parse().ok()?)
+        }
+    }
+}
+
+/// Validates a domain name and writes it lowercased, without a trailing dot
+/// or a leading `*.`, into `out`. `require_dot` refuses single labels (for
+/// bare names, where `localhost` or a typo is likelier than a TLD).
+pub fn normalize_domain(s: &str, require_dot: bool, out: &mut String) -> Result<(), &'static str> {
+    let s = s.strip_prefix("*.").unwrap_or(s);
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.is_empty() {
+        return Err("empty domain name");
+    }
+    if s.len() > MAX_NAME {
+        return Err("domain name longer than 253 bytes");
+    }
+    if require_dot && !s.contains('.') {
+        return Err("a bare name needs at least one dot");
+    }
+    for label in s.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("empty label or label longer than 63 bytes");
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err("invalid character in domain name");
+        }
+    }
+    if s.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err("all-numeric top-level label");
+    }
+    out.clear();
+    out.extend(s.chars().map(|c| c.to_ascii_lowercase()));
+    Ok(())
+}
+
+/// Serializes the constant part of a match after `value`:
+/// `,"source":"...","category":...,"confidence":N,"feed":...,"description":...}`.
+fn build_tail(
+    out: &mut String,
+    source: &str,
+    category: Option<&str>,
+    confidence: Option<u8>,
+    feed: Option<&str>,
+    description: Option<&str>,
+) {
+    out.clear();
+    out.push_str(",\"source\":");
+    push_json_str(out, source);
+    if let Some(c) = category {
+        out.push_str(",\"category\":");
+        push_json_str(out, c);
+    }
+    if let Some(c) = confidence {
+        let _ = write!(out, ",\"confidence\":{c}");
+    }
+    if let Some(f) = feed {
+        out.push_str(",\"feed\":");
+        push_json_str(out, f);
+    }
+    if let Some(d) = description {
+        out.push_str(",\"description\":");
+        push_json_str(out, d);
+    }
+    out.push('}');
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}

@@ -1,0 +1,82 @@
+//! Options of a `plugin = "ti"` chain entry.
+//!
+//! Kept apart from the enricher so the schema (`enrichd config-schema`), the
+//! defaults and the validation live in one readable place. Unknown keys are
+//! refused: a misspelt `path = ...` must not silently fall back to the
+//! default indicator file.
+
+use enrichd_engine::AddressSelector;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Threat-intel indicators (IP addresses, CIDR networks, domains) from files,
+/// matched against each event's addresses and domain fields.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TiOptions {
+    /// Indicator files, or directories whose regular files are all loaded
+    /// (non-recursive; hidden files and editor leftovers `.*`, `*~`, `*.swp`,
+    /// `*.tmp` are skipped). Relative paths are resolved against the config
+    /// file's directory. Each file's format is detected on its own: plain
+    /// lines (IP, CIDR, `domain:NAME`, bare domain, hosts-file lines), CSV
+    /// with an `ip_or_cidr,category,confidence` header, or Zeek intel
+    /// (`#fields indicator indicator_type ...`). `TI_PATH` (comma-separated)
+    /// overrides this list.
+    pub paths: Vec<String>,
+    /// Which event addresses are checked against IP/CIDR indicators.
+    pub addresses: Vec<AddressSelector>,
+    /// Record string fields checked against domain indicators (exact name or
+    /// any parent domain, case-insensitive, trailing dot ignored).
+    pub domain_fields: Vec<String>,
+    /// Output key of the result, `{"matches": [...]}`.
+    pub output: String,
+    /// Also write `"matched": true|false` next to `matches` (the stage-3
+    /// layout `threat: {"matches": [...], "matched": bool}`).
+    pub matched_flag: bool,
+}
+
+impl Default for TiOptions {
+    fn default() -> Self {
+        TiOptions {
+            paths: vec!["ti/indicators.txt".into()],
+            addresses: vec![AddressSelector::Source, AddressSelector::Destination],
+            domain_fields: ["domain", "query", "server_name", "host"].map(String::from).to_vec(),
+            output: "ti".into(),
+            matched_flag: false,
+        }
+    }
+}
+
+impl TiOptions {
+    /// Deserializes and validates a chain entry's options.
+    pub fn from_table(options: &toml::Table) -> anyhow::Result<TiOptions> {
+        let mut opts: TiOptions = options.clone().try_into().map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
+        if opts.paths.iter().any(|p| p.trim().is_empty()) {
+            anyhow::bail!("`paths` entries must not be empty");
+        }
+        if opts.paths.is_empty() {
+            anyhow::bail!("`paths` must list at least one indicator file or directory");
+        }
+        if opts.output.trim().is_empty() {
+            anyhow::bail!("`output` must not be empty");
+        }
+        if opts.domain_fields.iter().any(|f| f.trim().is_empty()) {
+            anyhow::bail!("`domain_fields` entries must not be empty");
+        }
+        dedup_keep_order(&mut opts.addresses);
+        dedup_keep_order(&mut opts.domain_fields);
+        Ok(opts)
+    }
+}
+
+fn dedup_keep_order<T: PartialEq + Clone>(items: &mut Vec<T>) {
+    let mut seen: Vec<T> = Vec::with_capacity(items.len());
+    items.retain(|x| {
+        if seen.contains(x) {
+            false
+        } else {
+            seen.push(x.clone());
+            true
+        }
+    });
+}
