@@ -51,6 +51,9 @@ enum Command {
     Enrich(cli::EnrichArgs),
     /// Measure the in-process chain's throughput against a JSON baseline.
     Bench(cli::bench::BenchArgs),
+    /// Check or try out a WebAssembly rule / enricher module.
+    #[command(subcommand)]
+    Rule(cli::rule::RuleCommand),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Lookup { ip, config } => cli::lookup(&config, ip),
         Command::Enrich(args) => cli::enrich(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Rule(command) => cli::rule::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! without HTTP.
 
 pub mod bench;
+pub mod rule;
 mod zeek_tsv;
 
 use std::io::{BufRead, BufReader, Read, Write};

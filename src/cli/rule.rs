@@ -1,0 +1,89 @@
+//! `enrichd rule check` / `enrichd rule test`: how a team checks a module
+//! before dropping it into production.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use enrichd_engine::{parse_ndjson, Chain, Config, Format};
+
+use crate::app;
+
+#[derive(clap::Subcommand)]
+pub enum RuleCommand {
+    /// Load a module as the host would and report its ABI version, exports,
+    /// imports, size and the limits it will run under.
+    Check {
+        module: PathBuf,
+        /// Linear-memory cap to check against, MiB.
+        #[arg(long, default_value_t = 16)]
+        memory_limit_mib: u64,
+        /// Per-batch deadline, ms.
+        #[arg(long, default_value_t = 10)]
+        deadline_ms: u64,
+    },
+    /// Run a module over NDJSON events offline and print each event's verdict.
+    Test {
+        module: PathBuf,
+        /// Events, one JSON object per line.
+        #[arg(long)]
+        events: PathBuf,
+        #[arg(long, short, default_value = "flows.v1")]
+        format: String,
+        /// `rule` or `enricher`.
+        #[arg(long, default_value = "rule")]
+        role: String,
+        /// Fields an enricher sets (repeat the flag).
+        #[arg(long = "field")]
+        fields: Vec<String>,
+        /// Module configuration, `key=value` (repeat the flag).
+        #[arg(long = "config")]
+        config: Vec<String>,
+        /// Run the threat-intel stage from this indicator file first, so
+        /// `ti_matches` is set as in production.
+        #[arg(long)]
+        ti: Option<PathBuf>,
+    },
+}
+
+pub fn run(command: RuleCommand) -> anyhow::Result<()> {
+    match command {
+        RuleCommand::Check { module, memory_limit_mib, deadline_ms } => {
+            let options: enrichd_wasm::WasmOptions = toml::from_str(&format!(
+                "module = {:?}\nmemory_limit_mib = {memory_limit_mib}\ndeadline_ms = {deadline_ms}\n",
+                module.display().to_string()
+            ))?;
+            let report = enrichd_wasm::inspect(&module, &options)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        RuleCommand::Test { module, events, format, role, fields, config, ti } => {
+            let format = Format::from_name(&format).with_context(|| format!("unknown format {format:?}"))?;
+            let abs = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
+            let mut toml = String::new();
+            if let Some(ti) = ti {
+                toml.push_str(&format!("[[chain]]\nplugin = \"ti\"\npaths = [{:?}]\n\n", abs(ti)?.display().to_string()));
+            }
+            let config: Vec<String> = config
+                .iter()
+                .map(|kv| kv.split_once('=').map(|(k, v)| format!("{k:?} = {v:?}")).context("--config takes key=value"))
+                .collect::<anyhow::Result<_>>()?;
+            toml.push_str(&format!(
+                "[[chain]]\nplugin = \"wasm\"\nname = \"module\"\nmodule = {:?}\nrole = {role:?}\nfields = {fields:?}\nconfig = {{ {} }}\n",
+                abs(module)?.display().to_string(),
+                config.join(", ")
+            ));
+            let registry = app::registry();
+            let cfg = Config::parse(&toml, std::path::Path::new("rule-test.toml"))?;
+            let chain = Chain::build(&cfg.chain, &registry, std::path::Path::new("."))?;
+            let text = std::fs::read_to_string(&events).with_context(|| format!("reading {}", events.display()))?;
+            let mut batch = parse_ndjson(text, format, chain.parse_spec(), 1)?;
+            chain.run(&mut batch);
+            let mut out = Vec::new();
+            batch.write_ndjson(chain.keys(), &mut out);
+            print!("{}", String::from_utf8_lossy(&out));
+            let report = chain.reports().pop().expect("the module stage");
+            eprintln!("{}", serde_json::to_string(&report.status.details)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! WebAssembly rules end to end: the committed risk rule scoring over HTTP,
+//! a hostile module that cannot take the server down, and the `rule` CLI.
+
+mod common;
+
+use std::process::Command;
+
+use common::{bin, repo, Server};
+use serde_json::{json, Value};
+
+fn risk_chain(extra: &str) -> String {
+    format!(
+        "[[chain]]\nplugin = \"ti\"\npaths = [\"{ti}\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"risk\"\nmodule = \"{risk}\"\n{extra}",
+        ti = repo().join("ti/indicators.txt").display(),
+        risk = repo().join("rules/risk.wasm").display(),
+    )
+}
+
+#[test]
+fn risk_rule_scores_ingested_events() {
+    let s = Server::start(&risk_chain(""));
+    let r = s.ingest(
+        "flows.v1",
+        json!([
+            {"src_ip": "45.149.3.9", "dst_ip": "8.8.8.8", "src_port": 50000, "dst_port": 3389, "bytes": 4_000_000},
+            {"src_ip": "10.0.0.1", "dst_ip": "8.8.8.8", "src_port": 50000, "dst_port": 443, "bytes": 100},
+            {"src_ip": "10.0.0.1", "dst_ip": "8.8.8.8", "src_port": 80, "dst_port": 23, "bytes": 4_000_000}
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let recs = r.json()["records"].as_array().unwrap().clone();
+    assert_eq!(recs[0]["risk_score"], 90);
+    assert_eq!(recs[0]["reasons"].as_array().unwrap().len(), 3);
+    assert_eq!(recs[1]["risk_score"], 10);
+    assert_eq!(recs[1]["reasons"], json!([]));
+    assert_eq!(recs[2]["risk_score"], 20, "source port 80 is not ephemeral");
+    let r = s.ingest("zeek", json!([{"id.orig_h": "10.0.0.2", "id.orig_p": 40000, "id.resp_h": "1.1.1.1", "id.resp_p": 445, "orig_bytes": 1_000_001}]));
+    assert_eq!(r.json()["records"][0]["risk_score"], 30);
+}
+
+#[test]
+fn a_hostile_module_fails_only_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let wat = dir.path().join("evil.wat");
+    // Loops forever on destination port 666, scores 42 otherwise.
+    std::fs::write(
+        &wat,
+        r#"(module (memory (export "memory") 2)
+  (func (export "enrichd_abi_version") (result i32) (i32.const 65536))
+  (func (export "enrichd_io") (result i32) (i32.const 0))
+  (func (export "enrichd_process") (param $n i32) (result i32)
+    (if (i32.eq (i32.load16_u (i32.const 98)) (i32.const 666)) (then (loop $l (br $l))))
+    (i32.store16 (i32.const 28680) (i32.const 0)) (i32.store8 (i32.const 28682) (i32.const 1))
+    (i32.store16 (i32.const 28683) (i32.const 4)) (i32.store (i32.const 28685) (i32.const 42))
+    (i32.store (i32.const 28672) (i32.const 9)) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let chain = format!(
+        "{}\n[[chain]]\nplugin = \"wasm\"\nname = \"evil\"\nmodule = \"{}\"\nscore_field = \"evil_score\"\nreasons_field = \"evil_reasons\"\ntags_field = \"evil_tags\"\nfallback_score = 99\n",
+        risk_chain(""),
+        wat.display()
+    );
+    let s = Server::start(&chain);
+    let bad = s.ingest("flows.v1", json!([{"src_ip": "45.149.3.1", "dst_port": 666}]));
+    assert_eq!(bad.status, 200, "{}", bad.text);
+    let rec = &bad.json()["records"][0];
+    assert_eq!(rec["evil_score"], 99);
+    assert_eq!(rec["evil_reasons"], json!(["rule error: timeout"]));
+    assert_eq!(rec["risk_score"], 70, "the other rule still scored: {rec}");
+    let good = s.ingest("flows.v1", json!([{"src_ip": "10.0.0.1", "dst_port": 80}]));
+    assert_eq!(good.json()["records"][0]["evil_score"], 42);
+    let stages = s.get_auth("/v1/enrichers").json();
+    let evil = stages["enrichers"].as_array().unwrap().iter().find(|e| e["name"] == "evil").unwrap().clone();
+    assert_eq!(evil["details"]["timeouts"], 1, "{evil}");
+    assert_eq!(evil["details"]["calls"], 2);
+    assert_eq!(s.metrics()["requests_by_class"]["5xx"], 0);
+}
+
+#[test]
+fn rule_check_and_rule_test_cli() {
+    let out = bin().args(["rule", "check"]).arg(repo().join("rules/risk.wasm")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["abi_version"], "1.0");
+    assert_eq!(report["imports"], json!([]));
+    assert!(report["exports"].as_array().unwrap().contains(&json!("enrichd_process")));
+    assert_eq!(report["memory_limit_mib"], 16);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"\0asm\x01\0\0\0").unwrap();
+    let out = bin().args(["rule", "check"]).arg(&bogus).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lacks the export"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(&events, "{\"src_ip\":\"45.149.3.1\",\"dst_port\":23}\n{\"src_ip\":\"10.0.0.1\",\"dst_port\":22}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_enrichd"))
+        .args(["rule", "test"])
+        .arg(repo().join("rules/risk.wasm"))
+        .arg("--events")
+        .arg(&events)
+        .arg("--ti")
+        .arg(repo().join("ti/indicators.txt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["risk_score"], 80);
+    assert_eq!(lines[1]["risk_score"], 10);
+}
