@@ -72,7 +72,9 @@ impl RecordFormat for Geo {
     fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<(), DataError> {
         let mut answer = GeoAnswer::default();
         let (mut location, mut flat) = (None, GeoAnswer::default());
-        let mut wanted = 4; // GeoIP2 keys still to see; then the rest is skipped
+        // Once the four GeoIP2 maps are read, the rest of the record (postal,
+        // registered country, subdivisions, ...) is not even stepped over.
+        let mut maps_wanted = 4;
         data.each(record, |key, value| {
             match key {
                 b"country" => answer.country = code(data, value, "iso_code")?,
@@ -81,14 +83,15 @@ impl RecordFormat for Geo {
                 b"location" => location = value.as_map(),
                 // Flat layouts (DB-IP Lite and similar) put these at the top.
                 b"country_code" => flat.country = data.str(Some(value)),
+                b"continent_code" => flat.continent = data.str(Some(value)),
                 b"latitude" => flat.lat = data.f64(Some(value)),
                 b"longitude" => flat.lon = data.f64(Some(value)),
                 _ => return Ok(true),
             }
-            if matches!(key, b"country" | b"city" | b"continent" | b"location") {
-                wanted -= 1;
+            if value.as_map().is_some() && matches!(key, b"country" | b"city" | b"continent" | b"location") {
+                maps_wanted -= 1;
             }
-            Ok(wanted > 0)
+            Ok(maps_wanted > 0)
         })?;
         if let Some(location) = location {
             data.each(location, |key, value| {
@@ -103,6 +106,7 @@ impl RecordFormat for Geo {
             })?;
         }
         answer.country = answer.country.or(flat.country);
+        answer.continent = answer.continent.or(flat.continent);
         answer.lat = answer.lat.or(flat.lat);
         answer.lon = answer.lon.or(flat.lon);
         answer.write(out);

@@ -131,3 +131,51 @@ pub fn oracle(file: &str) -> (usize, Vec<Probe>) {
     }
     (nets.len(), probes)
 }
+
+/// A value for [`mmdb_bytes`]: enough of the MMDB data format to build
+/// records by hand.
+pub enum Mmdb<'a> {
+    Str(&'a str),
+    Double(f64),
+    Float(f32),
+    U16(u16),
+    Map(Vec<(&'a str, Mmdb<'a>)>),
+}
+
+/// Encodes `value` as an MMDB data section (no pointers).
+pub fn mmdb_bytes(value: &Mmdb<'_>) -> Vec<u8> {
+    fn put(out: &mut Vec<u8>, value: &Mmdb<'_>) {
+        let head = |out: &mut Vec<u8>, kind: u8, size: usize| {
+            assert!(size < 29, "test values are small");
+            out.push(kind << 5 | size as u8);
+        };
+        match value {
+            Mmdb::Str(s) => {
+                head(out, 2, s.len());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Mmdb::Double(d) => {
+                head(out, 3, 8);
+                out.extend_from_slice(&d.to_be_bytes());
+            }
+            Mmdb::Float(f) => {
+                out.extend_from_slice(&[4, 8]); // extended type 15 = 7 + 8, size 4
+                out.extend_from_slice(&f.to_be_bytes());
+            }
+            Mmdb::U16(u) => {
+                head(out, 5, 2);
+                out.extend_from_slice(&u.to_be_bytes());
+            }
+            Mmdb::Map(entries) => {
+                head(out, 7, entries.len());
+                for (k, v) in entries {
+                    put(out, &Mmdb::Str(k));
+                    put(out, v);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    put(&mut out, value);
+    out
+}

@@ -531,7 +531,7 @@ fn options_and_env_override() {
         ("matched_flag = \"yes\"", "invalid type"),
     ] {
         let config = Config::parse(&format!("{text}{bad}\n"), &dir.0.join("config.toml")).unwrap();
-        let err = Chain::build(&config.chain, &registry(), &config.base_dir).err().expect(bad).to_string();
+        let err = Chain::build(&config.chain, &registry(), &config.base_dir).expect_err(bad).to_string();
         assert!(err.contains(why), "{bad}: {err}");
     }
     let schema = serde_json::to_value(TiFactory.options_schema()).unwrap();
