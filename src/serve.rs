@@ -17,14 +17,20 @@ pub fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     }
     for report in chain.reports() {
         match report.status.state {
-            PluginState::Loaded => tracing::info!(stage = %report.name, version = ?report.status.version, "enricher loaded"),
+            PluginState::Loaded => {
+                tracing::info!(stage = %report.name, version = ?report.status.version, "enricher loaded")
+            }
             PluginState::Disabled => tracing::info!(stage = %report.name, "enricher disabled"),
-            state => tracing::warn!(stage = %report.name, ?state, error = ?report.status.error, "enricher not loaded; events pass through it unenriched"),
+            state => {
+                tracing::warn!(stage = %report.name, ?state, error = ?report.status.error, "enricher not loaded; events pass through it unenriched")
+            }
         }
     }
     let state = Arc::new(AppState::new(Engine::new(chain), config));
     if state.keys.is_empty() {
-        tracing::warn!("no API key configured (auth.api_keys or env API_KEY): protected endpoints will refuse every request");
+        tracing::warn!(
+            "no API key configured (auth.api_keys or env API_KEY): protected endpoints will refuse every request"
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(serve(state))

@@ -58,7 +58,12 @@ fn health_version_schema_and_headers() {
 fn protected_endpoints_require_a_valid_key() {
     let s = Server::start(&test_chain());
     let body = json!({"format": "flows.v1", "records": []}).to_string();
-    for (auth, expect) in [(None, 401), (Some("Bearer wrong"), 401), (Some("Basic dGVzdA=="), 401), (Some(&*format!("Bearer {KEY}")), 200)] {
+    for (auth, expect) in [
+        (None, 401),
+        (Some("Bearer wrong"), 401),
+        (Some("Basic dGVzdA=="), 401),
+        (Some(&*format!("Bearer {KEY}")), 200),
+    ] {
         let mut req = common::agent().post(&s.url("/v1/ingest"));
         if let Some(a) = auth {
             req = req.header("Authorization", a);
@@ -88,7 +93,8 @@ fn no_configured_key_fails_closed() {
     let r = s.ingest("flows.v1", json!([]));
     assert_eq!(r.status, 401);
     // An empty bearer token is not a key either.
-    let r = common::agent().post(&s.url("/v1/ingest")).header("Authorization", "Bearer ").send("{}".as_bytes()).unwrap();
+    let r =
+        common::agent().post(&s.url("/v1/ingest")).header("Authorization", "Bearer ").send("{}".as_bytes()).unwrap();
     assert_eq!(r.status().as_u16(), 401);
 }
 
@@ -201,15 +207,28 @@ fn bad_input_gets_a_precise_4xx_and_nothing_is_counted() {
     assert_client_error(&s.ingest("netflow.v9", json!([])), 400, "unsupported_format");
     let v = assert_client_error(&s.post("/v1/ingest", &json!({"format": 5, "records": []})), 400, "invalid_field");
     assert_eq!(v["field"], "format");
-    let v = assert_client_error(&s.post("/v1/ingest", &json!({"format": "flows.v1", "records": {"a": 1}})), 400, "invalid_field");
+    let v = assert_client_error(
+        &s.post("/v1/ingest", &json!({"format": "flows.v1", "records": {"a": 1}})),
+        400,
+        "invalid_field",
+    );
     assert_eq!(v["field"], "records");
-    let v = assert_client_error(&s.post("/v1/ingest", &json!({"format": "flows.v1", "collector_id": ["x"], "records": []})), 400, "invalid_field");
+    let v = assert_client_error(
+        &s.post("/v1/ingest", &json!({"format": "flows.v1", "collector_id": ["x"], "records": []})),
+        400,
+        "invalid_field",
+    );
     assert_eq!(v["field"], "collector_id");
 
-    let v = assert_client_error(&s.ingest("flows.v1", json!([{"src_ip": "1.1.1.1"}, {}, "oops"])), 400, "invalid_record");
+    let v =
+        assert_client_error(&s.ingest("flows.v1", json!([{"src_ip": "1.1.1.1"}, {}, "oops"])), 400, "invalid_record");
     assert_eq!(v["record_index"], 2);
     assert!(v["detail"].as_str().unwrap().contains("record 2"));
-    let v = assert_client_error(&s.ingest("flows.v1", json!([{}, {"src_ip": "1.1.1.1", "dst_port": "https"}])), 400, "invalid_record");
+    let v = assert_client_error(
+        &s.ingest("flows.v1", json!([{}, {"src_ip": "1.1.1.1", "dst_port": "https"}])),
+        400,
+        "invalid_record",
+    );
     assert_eq!(v["record_index"], 1);
     assert_eq!(v["field"], "dst_port");
     let v = assert_client_error(&s.ingest("flows.v1", json!([{"dst_port": 70000}])), 400, "invalid_record");
@@ -313,7 +332,11 @@ fn body_size_limits_count_real_bytes() {
     let bomb = gzip(&padded_body(limit + 1));
     assert!(bomb.len() < 100_000, "compresses well");
     assert_client_error(&s.post_raw("/v1/ingest", &bomb, &[("Content-Encoding", "gzip")]), 413, "batch_too_large");
-    assert_client_error(&s.post_raw("/v1/ingest", b"not gzip", &[("Content-Encoding", "gzip")]), 400, "decompress_failed");
+    assert_client_error(
+        &s.post_raw("/v1/ingest", b"not gzip", &[("Content-Encoding", "gzip")]),
+        400,
+        "decompress_failed",
+    );
     assert_client_error(&s.post_raw("/v1/ingest", b"{}", &[("Content-Encoding", "br")]), 415, "unsupported_encoding");
     assert_eq!(s.metrics()["requests_by_class"]["5xx"], 0);
 }
@@ -351,7 +374,8 @@ fn metrics_are_exact() {
     let s = Server::start(&test_chain());
     let before = s.metrics();
     for i in 0..5 {
-        let records: Vec<Value> = (0..20).map(|j| json!({"src_ip": if j % 10 == 0 { "45.149.3.1" } else { "10.0.0.1" }, "n": i})).collect();
+        let records: Vec<Value> =
+            (0..20).map(|j| json!({"src_ip": if j % 10 == 0 { "45.149.3.1" } else { "10.0.0.1" }, "n": i})).collect();
         assert_eq!(s.ingest("flows.v1", json!(records)).status, 200);
     }
     let after = s.metrics();
@@ -369,7 +393,10 @@ fn metrics_are_exact() {
 #[test]
 fn output_settings_are_stored_without_echoing_secrets() {
     let s = Server::start(&test_chain());
-    let r = s.post("/v1/outputs/elastic", &json!({"url": "https://es.example:9200", "username": "elastic", "password": "hunter2-secret", "index": "sec"}));
+    let r = s.post(
+        "/v1/outputs/elastic",
+        &json!({"url": "https://es.example:9200", "username": "elastic", "password": "hunter2-secret", "index": "sec"}),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(!r.text.contains("hunter2"), "{}", r.text);
     let v = r.json();
@@ -377,7 +404,10 @@ fn output_settings_are_stored_without_echoing_secrets() {
     assert_eq!(v["url"], "https://es.example:9200");
     assert_eq!(v["password_set"], true);
 
-    let r = s.post("/v1/outputs/splunk", &json!({"hec_url": "https://splunk.example:8088/services/collector", "token": "tok-SECRET-123"}));
+    let r = s.post(
+        "/v1/outputs/splunk",
+        &json!({"hec_url": "https://splunk.example:8088/services/collector", "token": "tok-SECRET-123"}),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(!r.text.contains("SECRET"));
     assert_eq!(r.json()["status"], "configured");
@@ -386,8 +416,16 @@ fn output_settings_are_stored_without_echoing_secrets() {
     assert!(!shown.text.contains("hunter2") && !shown.text.contains("SECRET"), "{}", shown.text);
     assert_eq!(shown.json()["splunk"]["token_set"], true);
 
-    assert_client_error(&s.post("/v1/outputs/splunk", &json!({"hec_url": "ftp://x", "token": "t"})), 400, "invalid_settings");
-    assert_client_error(&s.post("/v1/outputs/splunk", &json!({"hec_url": "https://x.example"})), 400, "invalid_settings");
+    assert_client_error(
+        &s.post("/v1/outputs/splunk", &json!({"hec_url": "ftp://x", "token": "t"})),
+        400,
+        "invalid_settings",
+    );
+    assert_client_error(
+        &s.post("/v1/outputs/splunk", &json!({"hec_url": "https://x.example"})),
+        400,
+        "invalid_settings",
+    );
     assert_client_error(&s.post("/v1/outputs/elastic", &json!({"username": "u"})), 400, "invalid_settings");
     assert_client_error(&s.post_raw("/v1/outputs/elastic", b"[", &[]), 400, "invalid_settings");
 }

@@ -11,7 +11,15 @@ use serde_json::Value;
 fn run(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = bin();
     cmd.args(args).current_dir(repo()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for var in ["API_KEY", "GEOIP_CITY_DB", "GEOIP_ASN_DB", "TI_PATH", "ENRICH_ENABLE_GEOIP", "ENRICH_ENABLE_ASN", "ENRICH_ENABLE_TI"] {
+    for var in [
+        "API_KEY",
+        "GEOIP_CITY_DB",
+        "GEOIP_ASN_DB",
+        "TI_PATH",
+        "ENRICH_ENABLE_GEOIP",
+        "ENRICH_ENABLE_ASN",
+        "ENRICH_ENABLE_TI",
+    ] {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());
@@ -80,7 +88,10 @@ fn corrupt_database_stops_startup_naming_the_file() {
 #[test]
 fn environment_overrides() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(&dir, "[[chain]]\nplugin = \"geoip\"\n\n[[chain]]\nplugin = \"asn\"\n\n[[chain]]\nplugin = \"ti\"\n");
+    let path = write_config(
+        &dir,
+        "[[chain]]\nplugin = \"geoip\"\n\n[[chain]]\nplugin = \"asn\"\n\n[[chain]]\nplugin = \"ti\"\n",
+    );
     let city = data("maxmind/GeoIP2-City-Test.mmdb");
     let asn = data("maxmind/GeoLite2-ASN-Test.mmdb");
     let ti = repo().join("ti/indicators.txt").display().to_string();
@@ -144,7 +155,8 @@ fn enrich_ndjson_and_zeek_tsv_offline() {
     let out = run(&["enrich", "--config", &path, "--zeek-tsv", &zeek], "", &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rows: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let expected = std::fs::read_to_string(&zeek).unwrap().lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+    let expected =
+        std::fs::read_to_string(&zeek).unwrap().lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
     assert_eq!(rows.len(), expected);
     assert!(rows.iter().all(|r| r["id.orig_h"].is_string() && r["ti"]["matches"].is_array()));
 }

@@ -91,10 +91,15 @@ fn rule_check_and_rule_test_cli() {
     std::fs::write(&bogus, b"\0asm\x01\0\0\0").unwrap();
     let out = bin().args(["rule", "check"]).arg(&bogus).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lacks the export"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lacks the export"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let events = dir.path().join("events.ndjson");
-    std::fs::write(&events, "{\"src_ip\":\"45.149.3.1\",\"dst_port\":23}\n{\"src_ip\":\"10.0.0.1\",\"dst_port\":22}\n").unwrap();
+    std::fs::write(&events, "{\"src_ip\":\"45.149.3.1\",\"dst_port\":23}\n{\"src_ip\":\"10.0.0.1\",\"dst_port\":22}\n")
+        .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_enrichd"))
         .args(["rule", "test"])
         .arg(repo().join("rules/risk.wasm"))
@@ -105,7 +110,8 @@ fn rule_check_and_rule_test_cli() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["risk_score"], 80);
     assert_eq!(lines[1]["risk_score"], 10);
 }

@@ -147,7 +147,7 @@ fn envelope_errors() {
         Err(InputError::Field { field: "records", .. })
     ));
     assert!(matches!(envelope(r#"{"format":"flows.v1","records":[]} trailing"#), Err(InputError::InvalidJson(_))));
-    let many = format!(r#"{{"format":"flows.v1","records":[{}]}}"#, vec!["{}"; 3].join(","));
+    let many = format!(r#"{{"format":"flows.v1","records":[{}]}}"#, ["{}"; 3].join(","));
     let err = parse_envelope(many.into_bytes(), &ParseSpec::default(), Limits { max_records: 2 }).unwrap_err();
     assert_eq!(err, InputError::TooManyRecords { count: 3, max: 2 });
     let err = parse_envelope(vec![b'{', 0xff], &ParseSpec::default(), Limits::default()).unwrap_err();

@@ -9,9 +9,9 @@ use crate::abi::{self, kind, present, EventRecord, IoArea};
 use crate::{Event, Output};
 
 thread_local! {
-    static FIELDS: RefCell<Vec<Vec<(String, String)>>> = RefCell::new(Vec::new());
-    static CONFIG: RefCell<Vec<(String, String)>> = RefCell::new(Vec::new());
-    static LOGS: RefCell<Vec<(i32, String)>> = RefCell::new(Vec::new());
+    static FIELDS: RefCell<Vec<Vec<(String, String)>>> = const { RefCell::new(Vec::new()) };
+    static CONFIG: RefCell<Vec<(String, String)>> = const { RefCell::new(Vec::new()) };
+    static LOGS: RefCell<Vec<(i32, String)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Sets a configuration value, as a chain entry's `config` table would.

@@ -85,24 +85,36 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
 }
 
 /// `POST /v1/lookup {"ip": "..."}`: everything the chain knows of one address.
-pub async fn lookup(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn lookup(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
     let request: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {e}")))?;
     let ip = match request.get("ip") {
-        None | Some(Value::Null) => return Err(ApiError::bad_request("missing_ip", "IP address required: {\"ip\": \"...\"}").with(json!({"field": "ip"}))),
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad_request("missing_ip", "IP address required: {\"ip\": \"...\"}")
+                .with(json!({"field": "ip"})))
+        }
         Some(Value::String(s)) if s.trim().is_empty() => {
-            return Err(ApiError::bad_request("missing_ip", "IP address required: {\"ip\": \"...\"}").with(json!({"field": "ip"})))
+            return Err(ApiError::bad_request("missing_ip", "IP address required: {\"ip\": \"...\"}")
+                .with(json!({"field": "ip"})))
         }
         Some(Value::String(s)) => s.trim().parse::<IpAddr>().map_err(|_| {
             let shown: String = s.chars().take(64).collect();
             ApiError::bad_request("invalid_ip", format!("invalid IP address: {shown:?}")).with(json!({"field": "ip"}))
         })?,
-        Some(_) => return Err(ApiError::bad_request("invalid_ip", "field `ip` must be a string").with(json!({"field": "ip"}))),
+        Some(_) => {
+            return Err(ApiError::bad_request("invalid_ip", "field `ip` must be a string").with(json!({"field": "ip"})))
+        }
     };
     let mut answer = state.engine.chain().lookup(ip);
     // The documented response shape holds even when a plugin is disabled.
-    for (key, empty) in [("geo", Value::Null), ("asn", Value::Null), ("threats", json!([])), ("ti", json!({"matches": []}))] {
+    for (key, empty) in
+        [("geo", Value::Null), ("asn", Value::Null), ("threats", json!([])), ("ti", json!({"matches": []}))]
+    {
         answer.entry(key).or_insert(empty);
     }
     Ok(Json(Value::Object(answer)))

@@ -30,7 +30,8 @@ pub async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body
 
 async fn read_and_enrich(state: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let max = state.config.server.max_body_bytes;
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large(max, "request body", declared));
     }
@@ -53,7 +54,11 @@ async fn read_and_enrich(state: &Arc<AppState>, headers: &HeaderMap, body: Body)
     .await
     .map_err(|e| {
         tracing::error!(error = %e, "ingest worker failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "enrichment failed; the batch was not processed")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "enrichment failed; the batch was not processed",
+        )
     })??;
     state.metrics.record_batch(events, matches, matched_events);
     Ok(([(header::CONTENT_TYPE, "application/json")], response).into_response())
@@ -63,7 +68,8 @@ async fn read_and_enrich(state: &Arc<AppState>, headers: &HeaderMap, body: Body)
 async fn read_limited(mut body: Body, max: usize, declared: Option<u64>) -> Result<Vec<u8>, ApiError> {
     let mut buf = Vec::with_capacity(declared.map_or(64 * 1024, |n| n as usize).min(max));
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::bad_request("body_read_failed", format!("could not read request body: {e}")))?;
+        let frame = frame
+            .map_err(|e| ApiError::bad_request("body_read_failed", format!("could not read request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > max {
                 return Err(too_large(max, "request body", None));
@@ -81,10 +87,9 @@ fn decode_content(headers: &HeaderMap, raw: Vec<u8>, max: usize) -> Result<Vec<u
         None | Some("") | Some("identity") => Ok(raw),
         Some("gzip") | Some("x-gzip") => {
             let mut out = Vec::with_capacity((raw.len() * 4).min(max));
-            flate2::read::MultiGzDecoder::new(&raw[..])
-                .take(max as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| ApiError::bad_request("decompress_failed", format!("gzip body could not be decompressed: {e}")))?;
+            flate2::read::MultiGzDecoder::new(&raw[..]).take(max as u64 + 1).read_to_end(&mut out).map_err(|e| {
+                ApiError::bad_request("decompress_failed", format!("gzip body could not be decompressed: {e}"))
+            })?;
             if out.len() > max {
                 return Err(too_large(max, "decompressed request body", None));
             }

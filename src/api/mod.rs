@@ -44,7 +44,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(engine: Engine, config: Config) -> Self {
         let keys = ApiKeys::new(&config.auth.api_keys);
-        let api_version = HeaderValue::from_str(&config.server.api_version).unwrap_or(HeaderValue::from_static("1.0.0"));
+        let api_version =
+            HeaderValue::from_str(&config.server.api_version).unwrap_or(HeaderValue::from_static("1.0.0"));
         AppState {
             engine,
             config,
@@ -78,7 +79,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {}", request.method(), request.uri().path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
 }
 
 async fn common_headers(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {

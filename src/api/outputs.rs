@@ -6,9 +6,9 @@
 
 use std::sync::{Arc, RwLock};
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::body::Bytes;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -44,7 +44,8 @@ pub struct SplunkSettings {
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_settings", format!("invalid settings: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_settings", format!("invalid settings: {e}")))
 }
 
 fn check_url(field: &'static str, url: &str) -> Result<(), ApiError> {
@@ -52,36 +53,50 @@ fn check_url(field: &'static str, url: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request("invalid_settings", format!("`{field}` must be an http:// or https:// URL")).with(json!({"field": field})))
+        Err(ApiError::bad_request("invalid_settings", format!("`{field}` must be an http:// or https:// URL"))
+            .with(json!({"field": field})))
     }
 }
 
-pub async fn configure_elastic(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn configure_elastic(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
     let mut s: ElasticSettings = parse(&body)?;
     if let Some(url) = s.url.take() {
         s.urls.insert(0, url);
     }
     if s.urls.is_empty() {
-        return Err(ApiError::bad_request("invalid_settings", "`url` (or `urls`) is required").with(json!({"field": "url"})));
+        return Err(
+            ApiError::bad_request("invalid_settings", "`url` (or `urls`) is required").with(json!({"field": "url"}))
+        );
     }
     for url in &s.urls {
         check_url("url", url)?;
     }
     if s.username.is_some() != s.password.is_some() {
-        return Err(ApiError::bad_request("invalid_settings", "`username` and `password` go together").with(json!({"field": "password"})));
+        return Err(ApiError::bad_request("invalid_settings", "`username` and `password` go together")
+            .with(json!({"field": "password"})));
     }
     let shown = elastic_view(&s);
     *state.outputs.elastic.write().expect("settings lock") = Some(s);
     Ok(Json(with_status(shown)))
 }
 
-pub async fn configure_splunk(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn configure_splunk(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
     let mut s: SplunkSettings = parse(&body)?;
     s.hec_url = s.hec_url.take().or(s.url.take());
     let Some(url) = &s.hec_url else {
-        return Err(ApiError::bad_request("invalid_settings", "`hec_url` is required").with(json!({"field": "hec_url"})));
+        return Err(
+            ApiError::bad_request("invalid_settings", "`hec_url` is required").with(json!({"field": "hec_url"}))
+        );
     };
     check_url("hec_url", url)?;
     if s.token.as_deref().is_none_or(str::is_empty) {

@@ -93,13 +93,14 @@ pub fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
     let mut chunk = String::new();
     let (mut line_no, mut first_line, mut in_chunk, mut skipped) = (0usize, 1usize, 0usize, 0usize);
     let mut buf = Vec::new();
-    let flush = |chunk: &mut String, first_line: usize, buf: &mut Vec<u8>, out: &mut dyn Write| -> anyhow::Result<usize> {
-        let text = std::mem::take(chunk);
-        let skipped = enrich_chunk(&chain, format, text, first_line, buf)?;
-        out.write_all(buf)?;
-        buf.clear();
-        Ok(skipped)
-    };
+    let flush =
+        |chunk: &mut String, first_line: usize, buf: &mut Vec<u8>, out: &mut dyn Write| -> anyhow::Result<usize> {
+            let text = std::mem::take(chunk);
+            let skipped = enrich_chunk(&chain, format, text, first_line, buf)?;
+            out.write_all(buf)?;
+            buf.clear();
+            Ok(skipped)
+        };
     for line in lines {
         let line = line?;
         line_no += 1;

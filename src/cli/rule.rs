@@ -61,7 +61,10 @@ pub fn run(command: RuleCommand) -> anyhow::Result<()> {
             let abs = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
             let mut toml = String::new();
             if let Some(ti) = ti {
-                toml.push_str(&format!("[[chain]]\nplugin = \"ti\"\npaths = [{:?}]\n\n", abs(ti)?.display().to_string()));
+                toml.push_str(&format!(
+                    "[[chain]]\nplugin = \"ti\"\npaths = [{:?}]\n\n",
+                    abs(ti)?.display().to_string()
+                ));
             }
             let config: Vec<String> = config
                 .iter()

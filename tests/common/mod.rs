@@ -70,7 +70,15 @@ impl Server {
     pub fn start_file(path: &Path, env: &[(&str, &str)], dir: tempfile::TempDir) -> Server {
         let mut cmd = bin();
         cmd.args(["serve", "--config"]).arg(path).args(["--listen", "127.0.0.1:0"]);
-        for var in ["API_KEY", "GEOIP_CITY_DB", "GEOIP_ASN_DB", "TI_PATH", "ENRICH_ENABLE_GEOIP", "ENRICH_ENABLE_ASN", "ENRICH_ENABLE_TI"] {
+        for var in [
+            "API_KEY",
+            "GEOIP_CITY_DB",
+            "GEOIP_ASN_DB",
+            "TI_PATH",
+            "ENRICH_ENABLE_GEOIP",
+            "ENRICH_ENABLE_ASN",
+            "ENRICH_ENABLE_TI",
+        ] {
             cmd.env_remove(var);
         }
         cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::inherit());

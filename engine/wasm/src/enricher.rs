@@ -131,7 +131,9 @@ impl WasmEnricher {
             config: Arc::new(options.config_strings()),
             earlier_keys,
             outputs,
-            fallback_score: options.fallback_score.map_or_else(|| Arc::from("null"), |s| Arc::from(s.min(100).to_string())),
+            fallback_score: options
+                .fallback_score
+                .map_or_else(|| Arc::from("null"), |s| Arc::from(s.min(100).to_string())),
             scores: (0..=100).map(|s| Arc::from(s.to_string())).collect(),
             empty_list: Arc::from("[]"),
             null: Arc::from("null"),
@@ -155,14 +157,20 @@ impl WasmEnricher {
         // Instantiate once now: version and exchange-area problems are load
         // errors, not failures at the first batch.
         let probe = HostState::new(name, enricher.config.clone(), enricher.earlier_keys.clone());
-        runtime::instantiate(&pre, probe, enricher.limits, 0).with_context(|| format!("WASM module {}", path.display()))?;
+        runtime::instantiate(&pre, probe, enricher.limits, 0)
+            .with_context(|| format!("WASM module {}", path.display()))?;
         enricher.source = Some(source_info(&path, &bytes));
         enricher.module = Some(Arc::new(LoadedModule { pre, generation: runtime::new_generation() }));
         Ok(enricher)
     }
 
     /// Runs the module over one chunk; on failure nothing of it is applied.
-    fn run_chunk(&self, source: SourceText<'_>, events: &mut [Event], slot: &mut ThreadSlot) -> Result<(), FailureKind> {
+    fn run_chunk(
+        &self,
+        source: SourceText<'_>,
+        events: &mut [Event],
+        slot: &mut ThreadSlot,
+    ) -> Result<(), FailureKind> {
         if self.breaker.is_open() {
             return Err(FailureKind::CircuitOpen);
         }
@@ -193,7 +201,8 @@ impl WasmEnricher {
         // SAFETY (lifetime extension): see `CallContext`; cleared below
         // before `events` is touched again.
         let source_static: SourceText<'static> = unsafe { std::mem::transmute(source) };
-        worker.store.data_mut().call = Some(CallContext { source: source_static, events: events.as_ptr(), len: events.len() });
+        worker.store.data_mut().call =
+            Some(CallContext { source: source_static, events: events.as_ptr(), len: events.len() });
         worker.store.set_epoch_deadline(self.limits.deadline_ticks);
         let started = Instant::now();
         let result = worker.process.call(&mut worker.store, events.len() as i32);
@@ -213,7 +222,9 @@ impl WasmEnricher {
             return Err(FailureKind::GuestError);
         }
         let data = worker.memory.data(&worker.store);
-        let out_len = u32::from_le_bytes(data[io + abi::IO_OUT_LEN_OFFSET..io + abi::IO_OUT_LEN_OFFSET + 4].try_into().expect("4 bytes")) as usize;
+        let out_len = u32::from_le_bytes(
+            data[io + abi::IO_OUT_LEN_OFFSET..io + abi::IO_OUT_LEN_OFFSET + 4].try_into().expect("4 bytes"),
+        ) as usize;
         if out_len > abi::OUT_CAPACITY {
             slot.worker = None;
             return Err(FailureKind::MalformedResult);
@@ -252,15 +263,26 @@ impl WasmEnricher {
                     if !text_ok(e.payload) || a.reasons.len() + a.tags.len() >= 32 {
                         return Err(FailureKind::MalformedResult);
                     }
-                    if e.kind == kind::REASON { a.reasons.push(span) } else { a.tags.push(span) }
+                    if e.kind == kind::REASON {
+                        a.reasons.push(span)
+                    } else {
+                        a.tags.push(span)
+                    }
                 }
                 _ => {
                     let klen = *e.payload.first().ok_or(FailureKind::MalformedResult)? as usize;
-                    let key = e.payload.get(1..1 + klen).and_then(|k| std::str::from_utf8(k).ok()).ok_or(FailureKind::MalformedResult)?;
+                    let key = e
+                        .payload
+                        .get(1..1 + klen)
+                        .and_then(|k| std::str::from_utf8(k).ok())
+                        .ok_or(FailureKind::MalformedResult)?;
                     let value = &e.payload[1 + klen..];
                     let Outputs::Enricher { fields } = &self.outputs else { continue };
-                    let id = fields.iter().find(|(k, _)| k == key).map(|(_, id)| *id).ok_or(FailureKind::MalformedResult)?;
-                    if value.len() > abi::MAX_TEXT * 4 || serde_json::from_slice::<serde::de::IgnoredAny>(value).is_err() {
+                    let id =
+                        fields.iter().find(|(k, _)| k == key).map(|(_, id)| *id).ok_or(FailureKind::MalformedResult)?;
+                    if value.len() > abi::MAX_TEXT * 4
+                        || serde_json::from_slice::<serde::de::IgnoredAny>(value).is_err()
+                    {
                         return Err(FailureKind::MalformedResult);
                     }
                     a.fields.push((id, span.0 + 1 + klen, value.len()));

@@ -24,15 +24,12 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub fn new(module_name: Arc<str>, config: Arc<Vec<(String, String)>>, earlier_keys: Arc<Vec<(String, KeyId)>>) -> Self {
-        HostState {
-            limits: StoreLimits::default(),
-            module_name,
-            config,
-            earlier_keys,
-            call: None,
-            logs_left: 100,
-        }
+    pub fn new(
+        module_name: Arc<str>,
+        config: Arc<Vec<(String, String)>>,
+        earlier_keys: Arc<Vec<(String, KeyId)>>,
+    ) -> Self {
+        HostState { limits: StoreLimits::default(), module_name, config, earlier_keys, call: None, logs_left: 100 }
     }
 }
 
@@ -75,7 +72,8 @@ fn write_guest(caller: &mut Caller<'_, HostState>, value: Option<&[u8]>, ptr: i3
     let (ptr, cap) = (ptr as u32 as usize, cap as u32 as usize);
     if value.len() <= cap {
         let Some(mem) = memory(caller) else { return -2 };
-        let Some(dst) = ptr.checked_add(value.len()).and_then(|end| mem.data_mut(&mut *caller).get_mut(ptr..end)) else {
+        let Some(dst) = ptr.checked_add(value.len()).and_then(|end| mem.data_mut(&mut *caller).get_mut(ptr..end))
+        else {
             return -2;
         };
         dst.copy_from_slice(value);
@@ -83,7 +81,14 @@ fn write_guest(caller: &mut Caller<'_, HostState>, value: Option<&[u8]>, ptr: i3
     value.len() as i32
 }
 
-pub fn field(caller: &mut Caller<'_, HostState>, event: i32, key_ptr: i32, key_len: i32, out_ptr: i32, out_cap: i32) -> i32 {
+pub fn field(
+    caller: &mut Caller<'_, HostState>,
+    event: i32,
+    key_ptr: i32,
+    key_len: i32,
+    out_ptr: i32,
+    out_cap: i32,
+) -> i32 {
     let Some(key) = read_guest(caller, key_ptr, key_len) else { return -1 };
     let value: Option<String> = {
         let state = caller.data();

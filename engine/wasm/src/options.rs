@@ -85,9 +85,11 @@ impl WasmOptions {
             .map(|(k, v)| {
                 let text = match v {
                     toml::Value::String(s) => s.clone(),
-                    toml::Value::Array(items) => {
-                        items.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join(",")
-                    }
+                    toml::Value::Array(items) => items
+                        .iter()
+                        .map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     other => other.to_string(),
                 };
                 (k.clone(), text)

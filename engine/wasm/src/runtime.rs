@@ -179,7 +179,12 @@ pub fn instantiate(
         .map_err(|e| anyhow!("enrichd_abi_version failed: {e:#}"))? as u32;
     let (major, minor) = (version >> 16, version & 0xffff);
     if major != abi::ABI_MAJOR || minor > abi::ABI_MINOR {
-        bail!("built for ABI {major}.{minor}; this host supports {}.0 to {}.{}", abi::ABI_MAJOR, abi::ABI_MAJOR, abi::ABI_MINOR);
+        bail!(
+            "built for ABI {major}.{minor}; this host supports {}.0 to {}.{}",
+            abi::ABI_MAJOR,
+            abi::ABI_MAJOR,
+            abi::ABI_MINOR
+        );
     }
     store.set_epoch_deadline(limits.deadline_ticks.max(1));
     let io = instance
@@ -188,7 +193,10 @@ pub fn instantiate(
         .map_err(|e| anyhow!("enrichd_io failed: {e:#}"))? as u32 as usize;
     let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| anyhow!("no exported memory"))?;
     if io.checked_add(abi::IO_AREA_SIZE).is_none_or(|end| end > memory.data_size(&store)) || io % 8 != 0 {
-        bail!("enrichd_io returned {io:#x}: the {} byte exchange area must be 8-aligned and inside memory", abi::IO_AREA_SIZE);
+        bail!(
+            "enrichd_io returned {io:#x}: the {} byte exchange area must be 8-aligned and inside memory",
+            abi::IO_AREA_SIZE
+        );
     }
     let process = instance.get_typed_func::<i32, i32>(&mut store, "enrichd_process").map_err(|e| anyhow!("{e:#}"))?;
     Ok(Worker { store, memory, process, io, generation })

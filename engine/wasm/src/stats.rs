@@ -144,7 +144,12 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(threshold: usize, window: Duration) -> Self {
-        CircuitBreaker { threshold: threshold.max(1), window, open: AtomicBool::new(false), failures: Mutex::new(VecDeque::new()) }
+        CircuitBreaker {
+            threshold: threshold.max(1),
+            window,
+            open: AtomicBool::new(false),
+            failures: Mutex::new(VecDeque::new()),
+        }
     }
 
     pub fn is_open(&self) -> bool {

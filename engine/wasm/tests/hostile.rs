@@ -195,7 +195,8 @@ fn load_errors_are_clear() {
     let err = chain(dir.path(), &wasi, "").unwrap_err();
     assert!(err.contains("imports wasi_snapshot_preview1.fd_write, which the host does not provide"), "{err}");
 
-    let tiny_memory = module(65536, "(nop)").replace("(memory (export \"memory\") 2)", "(memory (export \"memory\") 1)");
+    let tiny_memory =
+        module(65536, "(nop)").replace("(memory (export \"memory\") 2)", "(memory (export \"memory\") 1)");
     let err = chain(dir.path(), &tiny_memory, "").unwrap_err();
     assert!(err.contains("exchange area"), "{err}");
 

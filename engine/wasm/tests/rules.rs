@@ -40,15 +40,25 @@ fn corpus(n: usize) -> String {
     let mut text = String::new();
     for i in 0..n {
         let r = next();
-        let src = if r % 10 == 0 { format!("45.149.3.{}", r % 256) } else { format!("10.{}.{}.{}", (r >> 8) % 256, (r >> 16) % 256, (r >> 24) % 256) };
+        let src = if r % 10 == 0 {
+            format!("45.149.3.{}", r % 256)
+        } else {
+            format!("10.{}.{}.{}", (r >> 8) % 256, (r >> 16) % 256, (r >> 24) % 256)
+        };
         let dst_port = ports[(r >> 32) as usize % ports.len()];
         let src_port = (r >> 40) % 65536;
         let bytes = 200 + (r >> 20) % 4_999_801;
         // Vary the field names the rule must fall back through.
         let line = match i % 3 {
-            0 => format!(r#"{{"src_ip":"{src}","dst_ip":"8.8.8.8","src_port":{src_port},"dst_port":{dst_port},"protocol":"tcp","bytes":{bytes}}}"#),
-            1 => format!(r#"{{"id.orig_h":"{src}","id.resp_h":"8.8.8.8","id.orig_p":{src_port},"id.resp_p":{dst_port},"proto":"tcp","orig_bytes":{bytes}}}"#),
-            _ => format!(r#"{{"id_orig_h":"{src}","id_resp_h":"8.8.8.8","id_orig_p":{src_port},"id_resp_p":{dst_port},"proto":"udp"}}"#),
+            0 => format!(
+                r#"{{"src_ip":"{src}","dst_ip":"8.8.8.8","src_port":{src_port},"dst_port":{dst_port},"protocol":"tcp","bytes":{bytes}}}"#
+            ),
+            1 => format!(
+                r#"{{"id.orig_h":"{src}","id.resp_h":"8.8.8.8","id.orig_p":{src_port},"id.resp_p":{dst_port},"proto":"tcp","orig_bytes":{bytes}}}"#
+            ),
+            _ => format!(
+                r#"{{"id_orig_h":"{src}","id_resp_h":"8.8.8.8","id_orig_p":{src_port},"id_resp_p":{dst_port},"proto":"udp"}}"#
+            ),
         };
         text.push_str(&line);
         text.push('\n');
@@ -65,7 +75,8 @@ fn risk_rule_native_and_wasm_builds_agree() {
     let mut checked = 0;
     let mut scores = std::collections::BTreeMap::new();
     for (events, wasm) in batch.events().chunks(256).zip(wasm.chunks(256)) {
-        let builders: Vec<EventBuilder> = events.iter().map(|e| EventBuilder::from_record(enrichd_wasm::to_record(e))).collect();
+        let builders: Vec<EventBuilder> =
+            events.iter().map(|e| EventBuilder::from_record(enrichd_wasm::to_record(e))).collect();
         let native = run_batch(&builders, risk::score);
         for (n, w) in native.iter().zip(wasm) {
             assert_eq!(w["risk_score"], Value::from(n.score.unwrap()), "{w}");

@@ -44,6 +44,8 @@ fn home_nets(table: &mut [(Ip, u8); MAX_NETS]) -> usize {
     n
 }
 
+// `Option::is_some_and` needs Rust 1.70; guests build with 1.63.
+#[allow(clippy::unnecessary_map_or)]
 pub fn enrich(ev: &Event, out: &mut Output) {
     let mut table = [(Ip::v4(0, 0, 0, 0), 0u8); MAX_NETS];
     let n = home_nets(&mut table);
