@@ -45,7 +45,14 @@ fn main() {
         IpAddr::V6(Ipv6Addr::from(bits | 0x2000 << 112))
     }));
     verify(&city, &asn, &sample);
-    let ti = Some(dir.join("ti/firehol-2021-04-14/firehol_level1.netset")).filter(|p| p.exists());
+    let dbip = dir.join("mmdb/dbip-country-lite/dbip-country-ipv4.mmdb");
+    if dbip.exists() {
+        verify_flat(&dbip, &sample);
+    }
+    let mut registry = Registry::new();
+    enrichd_plugins::register_all(&mut registry);
+    let ti = Some(dir.join("ti/firehol-2021-04-14/firehol_level1.netset"))
+        .filter(|p| p.exists() && registry.get("ti").is_some());
     let zeek = zeek_pairs(&dir.join("zeek/rita/missing_host-2024-04-20"));
     for ti in [None, ti.as_deref()] {
         let with = if ti.is_some() { " +ti" } else { "" };
@@ -175,6 +182,30 @@ fn verify(city: &Path, asn: &Path, ips: &[IpAddr]) {
         "verified {} addresses ({found} with a geo answer) against maxminddb's serde decoding: {mismatches} mismatches",
         ips.len()
     );
+}
+
+/// DB-IP's flat `{country_code}` layout in an IPv4-only tree: the country
+/// must match the record, IPv6 must give `null`.
+fn verify_flat(path: &Path, ips: &[IpAddr]) {
+    let toml = format!("[[chain]]\nplugin = \"geoip\"\ndatabase = \"{}\"\n", path.display());
+    let config = Config::parse(&toml, Path::new("/bench.toml")).expect("config");
+    let mut registry = Registry::new();
+    enrichd_plugins::register_all(&mut registry);
+    let chain = Chain::build(&config.chain, &registry, &config.base_dir).expect("chain");
+    let reader = maxminddb::Reader::open_readfile(path).expect("open DB-IP");
+    let mut mismatches = 0;
+    for &ip in ips {
+        let got = chain.lookup(ip)["geo"]["country"].clone();
+        let want = match ip {
+            IpAddr::V6(_) => serde_json::Value::Null,
+            IpAddr::V4(_) => {
+                let record: Option<serde_json::Value> = reader.lookup(ip).unwrap().decode().unwrap();
+                record.map_or(serde_json::Value::Null, |r| r["country_code"].clone())
+            }
+        };
+        mismatches += usize::from(got != want);
+    }
+    println!("verified {} addresses against DB-IP's flat country_code: {mismatches} mismatches", ips.len());
 }
 
 fn random_v4(state: &mut u64) -> IpAddr {

@@ -88,8 +88,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .iter()
             .map(|c| parse_ndjson(c.clone(), w.format, chain.parse_spec(), 0).expect("bench input parses"))
             .collect();
+        let before = chain.reports();
         let chain_only = measure_chain(budget, &chain, &mut batches);
         report("chain only (pre-parsed batches)", &chain_only, w.records);
+        for (b, a) in before.iter().zip(chain.reports()) {
+            let events = a.events - b.events;
+            let ns = a.mean_ns_per_event * a.events as f64 - b.mean_ns_per_event * b.events as f64;
+            if events > 0 {
+                println!("    stage {:<12} {:>8.1} ns/event", a.name, ns / events as f64);
+            }
+        }
         let full = measure(budget, w, |chunk, out| {
             let mut batch = parse_ndjson(chunk.to_owned(), w.format, chain.parse_spec(), 0).expect("parses");
             chain.run(&mut batch);

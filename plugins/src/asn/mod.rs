@@ -72,7 +72,7 @@ impl RecordFormat for Asn {
                 b"autonomous_system_organization" => org = data.str(Some(value)),
                 _ => {}
             }
-            Ok(true)
+            Ok(asn.is_none() || org.is_none()) // ISP records have more keys
         })?;
         if asn.is_none() && org.is_none() {
             out.extend_from_slice(b"null");

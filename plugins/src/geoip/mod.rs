@@ -1,5 +1,7 @@
 //! `geoip`: where an address is, from a GeoIP2-schema City or Country
-//! `.mmdb` (MaxMind GeoIP2/GeoLite2, DB-IP and others that follow it).
+//! `.mmdb` (MaxMind GeoIP2/GeoLite2, DB-IP and others that follow it; flat
+//! layouts with top-level `country_code`, `continent_code`, `city`,
+//! `latitude`/`longitude`, like DB-IP Lite's, are read as a fallback).
 //!
 //! Each target gets `{"country":"GB","city":"London","lat":51.5142,"lon":-0.0931}`:
 //! those four keys always, `null` where the database does not say (a Country

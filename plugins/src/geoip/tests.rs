@@ -178,6 +178,51 @@ fn absent_or_unknown_addresses_give_null() {
     assert!(out.iter().all(|(_, w)| w.is_empty()));
 }
 
+/// Layouts other than GeoIP2's, built by hand: DB-IP's flat fields, plain
+/// name strings, float coordinates; and names that need JSON escaping.
+#[test]
+fn flat_layouts_and_escaping() {
+    use crate::mmdb::test_support::{mmdb_bytes, Mmdb, Mmdb::*};
+    use crate::mmdb::{DataSection, RecordFormat};
+    let encode = |record: Mmdb<'_>| {
+        let bytes = mmdb_bytes(&record);
+        let data = DataSection::new(&bytes);
+        let mut out = Vec::new();
+        super::Geo::encode(&data, data.record(0).unwrap().unwrap(), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    // DB-IP Country Lite.
+    assert_eq!(encode(Map(vec![("country_code", Str("AU"))])), r#"{"country":"AU","city":null,"lat":null,"lon":null}"#);
+    // DB-IP City Lite style: a plain city name and `float` coordinates.
+    let city = Map(vec![
+        ("city", Str("Sydney")),
+        ("country_code", Str("AU")),
+        ("latitude", Float(-33.8678)),
+        ("longitude", Float(151.2073)),
+    ]);
+    assert_eq!(encode(city), r#"{"country":"AU","city":"Sydney","lat":-33.8678,"lon":151.2073}"#);
+    // Names where GeoIP2 has maps, codes beside them (IPinfo Lite).
+    let named = Map(vec![
+        ("continent", Str("Oceania")),
+        ("continent_code", Str("OC")),
+        ("country", Str("Australia")),
+        ("country_code", Str("AU")),
+    ]);
+    assert_eq!(encode(named), r#"{"country":"AU","city":null,"lat":null,"lon":null,"continent":"OC"}"#);
+    // GeoIP2 maps win over flat fields; names are escaped.
+    let both = Map(vec![
+        ("city", Map(vec![("names", Map(vec![("de", Str("x")), ("en", Str("Say \"hi\" \\ bye\n"))]))])),
+        ("country", Map(vec![("iso_code", Str("GB"))])),
+        ("country_code", Str("FR")),
+        ("location", Map(vec![("accuracy_radius", U16(5)), ("latitude", Double(1.5)), ("longitude", Double(-2.0))])),
+    ]);
+    let text = encode(both);
+    assert_eq!(text, r#"{"country":"GB","city":"Say \"hi\" \\ bye\n","lat":1.5,"lon":-2.0,"accuracy_radius":5}"#);
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["city"], "Say \"hi\" \\ bye\n");
+    // Nothing to report: null.
+    assert_eq!(encode(Map(vec![("ip", Str("1.1.1.1")), ("country", U16(3))])), "null");
+}
+
 #[test]
 fn stage3_targets_use_the_right_addresses() {
     let chain = chain(
