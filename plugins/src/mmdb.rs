@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 use enrichd_engine::{
-    source_info, AddressSelector, BatchView, BuildContext, Enricher, JsonFragment, KeyId, PluginState, PluginStatus,
+    source_info, AddressSelector, BatchView, BuildContext, Enricher, Event, JsonFragment, KeyId, PluginState, PluginStatus, Side,
     SourceInfo, WARNINGS_KEY,
 };
 use maxminddb::{Metadata, Mmap, Reader};
@@ -78,9 +78,18 @@ pub(crate) trait RecordFormat: Send + Sync + 'static {
     fn check_database(path: &Path, metadata: &Metadata) -> anyhow::Result<()>;
 
     /// Writes the JSON answer for a found record to `out` (`null` when the
-    /// record holds nothing this plugin reports).
-    fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<(), DataError>;
+    /// record holds nothing this plugin reports) and returns the record's
+    /// [`Fact`] for later stages (0 when none).
+    fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<Fact, DataError>;
+
+    /// Records a non-zero fact on the event's `side` (country, AS number).
+    fn set_fact(event: &mut Event, side: Side, fact: Fact);
 }
+
+/// The one typed value a record contributes to [`Event`] for later stages
+/// (rules, metrics): a packed country code or an AS number. Cached with
+/// the fragment, so it costs nothing per event.
+pub(crate) type Fact = u32;
 
 /// Builds an enricher of format `F` for `database` (already resolved).
 pub(crate) fn build<F: RecordFormat>(
@@ -184,14 +193,14 @@ impl Database {
     }
 
     /// Writes the answer of format `F` for the record at `offset` to `out`.
-    fn encode<F: RecordFormat>(&self, offset: usize, out: &mut Vec<u8>) -> Result<(), DataError> {
+    fn encode<F: RecordFormat>(&self, offset: usize, out: &mut Vec<u8>) -> Result<Fact, DataError> {
         out.clear();
         let data = DataSection::new(&self.map[self.data.clone()]);
         match data.record(offset)? {
             Some(record) => F::encode(&data, record, out),
             None => {
                 out.extend_from_slice(b"null"); // not a map: nothing to report
-                Ok(())
+                Ok(0)
             }
         }
     }
@@ -254,11 +263,19 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
         let mut caches = self.caches.get_or(|| RefCell::new(Caches::new())).borrow_mut();
         for event in batch.events.iter_mut() {
             for &(address, key) in &self.targets {
-                let value = match (address.pick(event), &self.db) {
-                    (Some(ip), Some(db)) => caches.answer::<F>(db, ip).unwrap_or_else(|e| {
-                        event.warn(format!("{}: lookup of {ip} failed: {e}", F::KIND));
-                        caches.null.clone()
-                    }),
+                let value = match (address.pick_side(event), &self.db) {
+                    (Some((side, ip)), Some(db)) => match caches.answer::<F>(db, ip) {
+                        Ok((fragment, fact)) => {
+                            if fact != 0 {
+                                F::set_fact(event, side, fact);
+                            }
+                            fragment
+                        }
+                        Err(e) => {
+                            event.warn(format!("{}: lookup of {ip} failed: {e}", F::KIND));
+                            caches.null.clone()
+                        }
+                    },
                     _ => caches.null.clone(),
                 };
                 event.set_output(key, value);
@@ -276,7 +293,7 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
             Some(db) => {
                 let mut text = b"null".to_vec();
                 let found = db.find(ip.to_canonical()).and_then(|offset| match offset {
-                    Some(offset) => Ok(db.encode::<F>(offset, &mut text)?),
+                    Some(offset) => Ok(db.encode::<F>(offset, &mut text).map(drop)?),
                     None => Ok(()),
                 });
                 match found {
@@ -307,7 +324,7 @@ struct Caches {
     /// Address (as two halves) -> data offset or [`NOT_FOUND`]. Holds no
     /// `Arc`, so replacing an entry never touches a cold fragment.
     by_ip: Box<[(u64, u64, usize)]>,
-    by_offset: Box<[(usize, Option<JsonFragment>)]>,
+    by_offset: Box<[(usize, Option<(JsonFragment, Fact)>)]>,
     /// Reused serialization buffer.
     scratch: Vec<u8>,
 }
@@ -324,8 +341,8 @@ impl Caches {
         }
     }
 
-    /// The fragment for `ip`, from cache when possible.
-    fn answer<F: RecordFormat>(&mut self, db: &Database, ip: IpAddr) -> anyhow::Result<JsonFragment> {
+    /// The fragment (and fact) for `ip`, from cache when possible.
+    fn answer<F: RecordFormat>(&mut self, db: &Database, ip: IpAddr) -> anyhow::Result<(JsonFragment, Fact)> {
         let ip = ip.to_canonical();
         let key = match ip {
             IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
@@ -342,27 +359,27 @@ impl Caches {
             offset
         };
         if offset == NOT_FOUND {
-            return Ok(self.null.clone());
+            return Ok((self.null.clone(), 0));
         }
         Ok(self.record::<F>(db, offset)?)
     }
 
     /// The fragment for the record at `offset`, from cache when possible.
-    fn record<F: RecordFormat>(&mut self, db: &Database, offset: usize) -> Result<JsonFragment, DataError> {
+    fn record<F: RecordFormat>(&mut self, db: &Database, offset: usize) -> Result<(JsonFragment, Fact), DataError> {
         let slot = slot_index(offset as u64, RECORD_BITS);
         if let (k, Some(hit)) = &self.by_offset[slot] {
             if *k == offset {
                 return Ok(hit.clone());
             }
         }
-        db.encode::<F>(offset, &mut self.scratch)?;
+        let fact = db.encode::<F>(offset, &mut self.scratch)?;
         let fragment = if self.scratch == b"null" {
             self.null.clone()
         } else {
             Arc::from(std::str::from_utf8(&self.scratch).expect("encoders write UTF-8"))
         };
-        self.by_offset[slot] = (offset, Some(fragment.clone()));
-        Ok(fragment)
+        self.by_offset[slot] = (offset, Some((fragment.clone(), fact)));
+        Ok((fragment, fact))
     }
 }
 
@@ -448,12 +465,13 @@ mod tests {
         fn check_database(_: &Path, _: &Metadata) -> anyhow::Result<()> {
             Ok(())
         }
-        fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<(), DataError> {
+        fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<Fact, DataError> {
             let mut o = JsonObject::new(out);
             o.str("ip", data.str(data.get(record, "ip")?));
             o.finish();
-            Ok(())
+            Ok(0)
         }
+        fn set_fact(_: &mut Event, _: Side, _: Fact) {}
     }
 
     /// Record sizes 24/28/32, IPv4-only, IPv6 and mixed trees, IPv4-mapped
@@ -480,7 +498,7 @@ mod tests {
             let mut answered = 0;
             for pass in 0..2 {
                 for &ip in &ips {
-                    let got = caches.answer::<IpField>(&db, ip).unwrap();
+                    let (got, _) = caches.answer::<IpField>(&db, ip).unwrap();
                     let lookup = match ip.to_canonical() {
                         IpAddr::V6(_) if reference.metadata().ip_version == 4 => None,
                         canonical => reference.lookup(canonical).unwrap().decode::<serde_json::Value>().unwrap(),
@@ -495,7 +513,7 @@ mod tests {
         // The documented example: 1.1.1.3 is in 1.1.1.2/31.
         let path = test_support::data("MaxMind-DB-test-ipv4-24.mmdb");
         let (db, _) = Database::open(Path::new(&path), "test").unwrap().unwrap();
-        let got = Caches::new().answer::<IpField>(&db, "1.1.1.3".parse().unwrap()).unwrap();
+        let (got, _) = Caches::new().answer::<IpField>(&db, "1.1.1.3".parse().unwrap()).unwrap();
         assert_eq!(&*got, r#"{"ip":"1.1.1.2"}"#);
     }
 

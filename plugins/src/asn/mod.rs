@@ -15,11 +15,11 @@ mod tests;
 use std::path::Path;
 
 use anyhow::bail;
-use enrichd_engine::{BuildContext, Enricher, EnvOverride, PluginFactory};
+use enrichd_engine::{BuildContext, Enricher, EnvOverride, Event, PluginFactory, Side};
 use maxminddb::Metadata;
 
 pub use self::options::AsnOptions;
-use crate::mmdb::{self, DataError, DataSection, JsonObject, Map, RecordFormat};
+use crate::mmdb::{self, DataError, DataSection, Fact, JsonObject, Map, RecordFormat};
 
 /// Factory of the `asn` plugin.
 pub struct AsnFactory;
@@ -64,7 +64,7 @@ impl RecordFormat for Asn {
         Ok(())
     }
 
-    fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<(), DataError> {
+    fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<Fact, DataError> {
         let (mut asn, mut org) = (None, None);
         data.each(record, |key, value| {
             match key {
@@ -82,6 +82,10 @@ impl RecordFormat for Asn {
             o.str("org", org);
             o.finish();
         }
-        Ok(())
+        Ok(asn.and_then(|a| u32::try_from(a).ok()).unwrap_or(0))
+    }
+
+    fn set_fact(event: &mut Event, side: Side, fact: Fact) {
+        event.set_asn(side, fact);
     }
 }

@@ -155,3 +155,28 @@ fn env_override_and_schema() {
     let err = chain_err("[[chain]]\nplugin = \"asn\"\ntargets = []\n");
     assert!(err.contains("`targets` is empty"), "{err}");
 }
+
+/// GeoIP and ASN stages leave typed facts (country, AS number) on the event
+/// for later stages (rules, metrics), on the side each address came from.
+#[test]
+fn facts_for_later_stages() {
+    let chain = chain(&format!(
+        "[[chain]]\nplugin = \"geoip\"\ndatabase = \"{}\"\ntargets = [{{ address = \"source\", output = \"src_geo\" }}, {{ address = \"destination\", output = \"dst_geo\" }}]\n\n\
+         [[chain]]\nplugin = \"asn\"\ndatabase = \"{}\"\n",
+        data("GeoIP2-City-Test.mmdb"),
+        data("GeoLite2-ASN-Test.mmdb")
+    ))
+    .unwrap();
+    let mut batch = enrichd_engine::Batch::synthetic(
+        enrichd_engine::Format::FlowsV1,
+        vec![event(Some("81.2.69.160"), Some("1.128.0.1")), event(Some("2001:218::1"), None)],
+    );
+    chain.run(&mut batch);
+    let e = &batch.events()[0];
+    assert_eq!(e.src_country, Some(*b"GB"));
+    assert_eq!(e.dst_country, None, "1.128.0.1 is not in the City test DB");
+    assert_eq!(e.dst_asn, Some(1221));
+    assert_eq!(e.src_asn, None, "asn looks up the destination only by default");
+    let e = &batch.events()[1];
+    assert_eq!(e.src_country, Some(*b"JP"));
+}

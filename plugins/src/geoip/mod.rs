@@ -22,11 +22,11 @@ mod tests;
 use std::path::Path;
 
 use anyhow::bail;
-use enrichd_engine::{BuildContext, Enricher, EnvOverride, PluginFactory};
+use enrichd_engine::{BuildContext, Enricher, EnvOverride, Event, PluginFactory, Side};
 use maxminddb::Metadata;
 
 pub use self::options::GeoIpOptions;
-use crate::mmdb::{self, DataError, DataSection, JsonObject, Map, RecordFormat, Value};
+use crate::mmdb::{self, DataError, DataSection, Fact, JsonObject, Map, RecordFormat, Value};
 
 /// Factory of the `geoip` plugin.
 pub struct GeoIpFactory;
@@ -71,7 +71,7 @@ impl RecordFormat for Geo {
         Ok(())
     }
 
-    fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<(), DataError> {
+    fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<Fact, DataError> {
         let mut answer = GeoAnswer::default();
         let (mut location, mut flat) = (None, GeoAnswer::default());
         // Once the four GeoIP2 maps are read, the rest of the record (postal,
@@ -111,8 +111,17 @@ impl RecordFormat for Geo {
         answer.continent = answer.continent.or(flat.continent);
         answer.lat = answer.lat.or(flat.lat);
         answer.lon = answer.lon.or(flat.lon);
+        let fact = match answer.country.map(str::as_bytes) {
+            Some(&[a, b]) if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => u32::from(a) << 8 | u32::from(b),
+            _ => 0,
+        };
         answer.write(out);
-        Ok(())
+        Ok(fact)
+    }
+
+    fn set_fact(event: &mut Event, side: Side, fact: Fact) {
+        let code = [(fact >> 8) as u8, fact as u8];
+        event.set_country(side, std::str::from_utf8(&code).unwrap_or(""));
     }
 }
 
