@@ -2,6 +2,7 @@
 //! 256 events, applies its results, and isolates its failures.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,35 @@ use crate::stats::{CircuitBreaker, FailureKind, ModuleStats};
 struct ThreadSlot {
     worker: Option<Worker>,
     records: Vec<EventRecord>,
+    scratch: Scratch,
+}
+
+/// Buffers for reading results, reused from batch to batch.
+#[derive(Default)]
+struct Scratch {
+    /// Copy of the guest's result buffer.
     out: Vec<u8>,
+    /// `(event, kind, payload offset, payload length)` per entry.
+    entries: Vec<(u16, u8, usize, usize)>,
+    /// Reasons + tags per event, to enforce the per-event cap.
+    counts: Vec<u8>,
+    json: Vec<u8>,
+    interned: HashMap<Box<str>, JsonFragment>,
+}
+
+/// Most interned JSON texts kept per thread before the table is reset.
+const MAX_INTERNED: usize = 4096;
+
+fn intern(table: &mut HashMap<Box<str>, JsonFragment>, text: &str) -> JsonFragment {
+    if let Some(f) = table.get(text) {
+        return f.clone();
+    }
+    if table.len() >= MAX_INTERNED {
+        table.clear();
+    }
+    let fragment: JsonFragment = Arc::from(text);
+    table.insert(text.into(), fragment.clone());
+    fragment
 }
 
 enum Outputs {
@@ -229,9 +258,9 @@ impl WasmEnricher {
             slot.worker = None;
             return Err(FailureKind::MalformedResult);
         }
-        slot.out.clear();
-        slot.out.extend_from_slice(&data[io + abi::IO_OUT_OFFSET..io + abi::IO_OUT_OFFSET + out_len]);
-        let applied = self.apply(&slot.out, events);
+        slot.scratch.out.clear();
+        slot.scratch.out.extend_from_slice(&data[io + abi::IO_OUT_OFFSET..io + abi::IO_OUT_OFFSET + out_len]);
+        let applied = self.apply(events, &mut slot.scratch);
         if applied.is_err() {
             slot.worker = None;
         }
@@ -239,71 +268,81 @@ impl WasmEnricher {
     }
 
     /// Validates the whole result buffer, then writes it into the events.
-    fn apply(&self, out: &[u8], events: &mut [Event]) -> Result<(), FailureKind> {
-        #[derive(Default, Clone)]
-        struct Acc {
-            score: Option<i32>,
-            reasons: Vec<(usize, usize)>,
-            tags: Vec<(usize, usize)>,
-            fields: Vec<(KeyId, usize, usize)>,
-        }
-        let mut acc = vec![Acc::default(); events.len()];
+    ///
+    /// Allocation-free in steady state: entries are indexed into reused
+    /// buffers, and the JSON of reason / tag lists and field values is
+    /// interned per thread (a rule emits few distinct reason lists).
+    fn apply(&self, events: &mut [Event], scratch: &mut Scratch) -> Result<(), FailureKind> {
+        let Scratch { out, entries, counts, json, interned } = scratch;
+        entries.clear();
+        counts.clear();
+        counts.resize(events.len(), 0);
         let base = out.as_ptr() as usize;
+        let mut sorted = true;
         for entry in abi::entries(out) {
             let e = entry.map_err(|_| FailureKind::MalformedResult)?;
-            let a = acc.get_mut(e.event as usize).ok_or(FailureKind::MalformedResult)?;
-            let span = (e.payload.as_ptr() as usize - base, e.payload.len());
-            let text_ok = |p: &[u8]| p.len() <= abi::MAX_TEXT && std::str::from_utf8(p).is_ok();
+            let i = e.event as usize;
+            let count = counts.get_mut(i).ok_or(FailureKind::MalformedResult)?;
+            let at = e.payload.as_ptr() as usize - base;
             match e.kind {
-                kind::SCORE => {
-                    let p: [u8; 4] = e.payload.try_into().map_err(|_| FailureKind::MalformedResult)?;
-                    a.score = Some(i32::from_le_bytes(p));
-                }
+                kind::SCORE if e.payload.len() != 4 => return Err(FailureKind::MalformedResult),
                 kind::REASON | kind::TAG => {
-                    if !text_ok(e.payload) || a.reasons.len() + a.tags.len() >= 32 {
+                    *count += 1;
+                    if *count > 32 || e.payload.len() > abi::MAX_TEXT || std::str::from_utf8(e.payload).is_err() {
                         return Err(FailureKind::MalformedResult);
                     }
-                    if e.kind == kind::REASON {
-                        a.reasons.push(span)
-                    } else {
-                        a.tags.push(span)
-                    }
                 }
-                _ => {
-                    let klen = *e.payload.first().ok_or(FailureKind::MalformedResult)? as usize;
-                    let key = e
-                        .payload
-                        .get(1..1 + klen)
-                        .and_then(|k| std::str::from_utf8(k).ok())
-                        .ok_or(FailureKind::MalformedResult)?;
-                    let value = &e.payload[1 + klen..];
+                kind::FIELD => {
                     let Outputs::Enricher { fields } = &self.outputs else { continue };
-                    let id =
-                        fields.iter().find(|(k, _)| k == key).map(|(_, id)| *id).ok_or(FailureKind::MalformedResult)?;
-                    if value.len() > abi::MAX_TEXT * 4
+                    let klen = *e.payload.first().ok_or(FailureKind::MalformedResult)? as usize;
+                    let key = e.payload.get(1..1 + klen).ok_or(FailureKind::MalformedResult)?;
+                    let value = &e.payload[1 + klen..];
+                    let known = fields.iter().any(|(k, _)| k.as_bytes() == key);
+                    if !known
+                        || value.len() > abi::MAX_TEXT * 4
                         || serde_json::from_slice::<serde::de::IgnoredAny>(value).is_err()
                     {
                         return Err(FailureKind::MalformedResult);
                     }
-                    a.fields.push((id, span.0 + 1 + klen, value.len()));
                 }
+                _ => {}
             }
+            sorted &= entries.last().is_none_or(|&(last, ..)| last <= e.event);
+            entries.push((e.event, e.kind, at, e.payload.len()));
         }
-        let text = |(at, len): (usize, usize)| std::str::from_utf8(&out[at..at + len]).expect("validated");
-        for (ev, a) in events.iter_mut().zip(acc) {
+        if !sorted {
+            entries.sort_by_key(|&(event, ..)| event);
+        }
+        let mut rest = &entries[..];
+        for (i, ev) in events.iter_mut().enumerate() {
+            let n = rest.iter().take_while(|&&(event, ..)| event as usize == i).count();
+            let (mine, next) = rest.split_at(n);
+            rest = next;
+            let text = |&(_, _, at, len): &(u16, u8, usize, usize)| std::str::from_utf8(&out[at..at + len]).expect("validated");
             match &self.outputs {
                 Outputs::Rule { score, reasons, tags } => {
-                    let s = a.score.map(|s| s.clamp(0, 100) as u8);
+                    let s = mine
+                        .iter()
+                        .rev()
+                        .find(|e| e.1 == kind::SCORE)
+                        .map(|&(_, _, at, _)| i32::from_le_bytes(out[at..at + 4].try_into().expect("4 bytes")).clamp(0, 100) as u8);
                     ev.risk_score = s;
                     ev.set_output(*score, s.map_or_else(|| self.null.clone(), |s| self.scores[s as usize].clone()));
-                    ev.set_output(*reasons, self.string_list(a.reasons.iter().map(|s| text(*s))));
-                    if !a.tags.is_empty() {
-                        ev.set_output(*tags, self.string_list(a.tags.iter().map(|s| text(*s))));
+                    let list = self.string_list(mine.iter().filter(|e| e.1 == kind::REASON).map(text), json, interned);
+                    ev.set_output(*reasons, list);
+                    if mine.iter().any(|e| e.1 == kind::TAG) {
+                        let list = self.string_list(mine.iter().filter(|e| e.1 == kind::TAG).map(text), json, interned);
+                        ev.set_output(*tags, list);
                     }
                 }
-                Outputs::Enricher { .. } => {
-                    for (id, at, len) in a.fields {
-                        ev.set_output(id, Arc::from(text((at, len))));
+                Outputs::Enricher { fields } => {
+                    for &(_, kind, at, len) in mine.iter().filter(|e| e.1 == kind::FIELD) {
+                        let klen = out[at] as usize;
+                        let key = &out[at + 1..at + 1 + klen];
+                        let value = std::str::from_utf8(&out[at + 1 + klen..at + len]).expect("validated");
+                        let id = fields.iter().find(|(k, _)| k.as_bytes() == key).map(|(_, id)| *id).expect("validated");
+                        debug_assert_eq!(kind, kind::FIELD);
+                        ev.set_output(id, intern(interned, value));
                     }
                 }
             }
@@ -311,12 +350,26 @@ impl WasmEnricher {
         Ok(())
     }
 
-    fn string_list<'s>(&self, items: impl Iterator<Item = &'s str>) -> JsonFragment {
-        let items: Vec<&str> = items.collect();
-        if items.is_empty() {
+    /// A JSON array of strings, shared with earlier identical lists.
+    fn string_list<'s>(
+        &self,
+        items: impl Iterator<Item = &'s str>,
+        json: &mut Vec<u8>,
+        interned: &mut HashMap<Box<str>, JsonFragment>,
+    ) -> JsonFragment {
+        json.clear();
+        json.push(b'[');
+        for (i, item) in items.enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            serde_json::to_writer(&mut *json, item).expect("strings serialize");
+        }
+        if json.len() == 1 {
             return self.empty_list.clone();
         }
-        Arc::from(serde_json::to_string(&items).expect("strings serialize"))
+        json.push(b']');
+        intern(interned, std::str::from_utf8(json).expect("JSON is UTF-8"))
     }
 
     fn fallback(&self, events: &mut [Event], kind: FailureKind) {

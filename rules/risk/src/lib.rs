@@ -47,10 +47,9 @@ pub fn score(ev: &Event, out: &mut Output) {
     if let (Some(bytes), Some(src_port)) = (bytes, ev.src_port()) {
         if bytes > LARGE_TRANSFER_BYTES && src_port >= 1024 {
             score += LARGE_TRANSFER;
-            let mut r = Text::<80>::new();
-            r.push_str("large transfer: ").push_u64(bytes).push_str(" bytes from source port ");
-            r.push_u64(src_port as u64).push_str(" +10");
-            out.reason(r.as_str());
+            // No per-event numbers here (they are in the record): a reason
+            // list that repeats is shared by the host, not re-allocated.
+            out.reason("large transfer (> 1,000,000 bytes) from an ephemeral source port +10");
         }
     }
     out.score(score.clamp(0, 100));
@@ -79,7 +78,7 @@ mod tests {
             [
                 "threat intel match (2 indicators) +60",
                 "sensitive destination port 3389 +10",
-                "large transfer: 1000001 bytes from source port 1024 +10"
+                "large transfer (> 1,000,000 bytes) from an ephemeral source port +10"
             ]
         );
     }
