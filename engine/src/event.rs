@@ -93,7 +93,9 @@ pub struct Event {
     pub risk_score: Option<u8>,
 
     pub(crate) texts: SmallVec<[(TextFieldId, Text); 2]>,
-    pub(crate) outputs: SmallVec<[(KeyId, JsonFragment); 4]>,
+    // Inline room for the default chain (geo, asn, ti, risk_score,
+    // reasons, tags) so no event allocates for its results.
+    pub(crate) outputs: SmallVec<[(KeyId, JsonFragment); 6]>,
     pub(crate) warnings: Vec<String>,
 }
 

@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 use enrichd_engine::{
-    source_info, AddressSelector, BatchView, BuildContext, Enricher, Event, JsonFragment, KeyId, PluginState, PluginStatus, Side,
-    SourceInfo, WARNINGS_KEY,
+    source_info, AddressSelector, BatchView, BuildContext, Enricher, Event, JsonFragment, KeyId, PluginState,
+    PluginStatus, Side, SourceInfo, WARNINGS_KEY,
 };
 use maxminddb::{Metadata, Mmap, Reader};
 use schemars::JsonSchema;

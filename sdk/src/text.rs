@@ -13,13 +13,9 @@ impl<const N: usize> Text<N> {
     }
 
     pub fn push_str(&mut self, s: &str) -> &mut Self {
-        for &b in s.as_bytes() {
-            if self.len == N {
-                break;
-            }
-            self.buf[self.len] = b;
-            self.len += 1;
-        }
+        let n = s.len().min(N - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
         self
     }
 

@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// Minimum measuring time per figure, seconds.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Measure only the chain on pre-parsed batches (for profiling).
+    #[arg(long)]
+    chain_only: bool,
 }
 
 struct Workload {
@@ -75,14 +78,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let budget = Duration::from_secs_f64(args.seconds);
     for w in &workloads {
         println!("\n{}: {} records, batches of {}", w.name, w.records, args.batch_size);
-        let baseline = measure(budget, w, |chunk, out| {
+        let baseline = measure(if args.chain_only { Duration::ZERO } else { budget }, w, |chunk, out| {
             for line in chunk.lines() {
                 let v: serde_json::Value = serde_json::from_str(line).expect("bench input is JSON");
                 serde_json::to_writer(&mut *out, &v).expect("serializes");
                 out.push(b'\n');
             }
         });
-        report("baseline serde_json parse+serialize", &baseline, w.records);
+        if !args.chain_only {
+            report("baseline serde_json parse+serialize", &baseline, w.records);
+        }
         let mut batches: Vec<_> = w
             .chunks
             .iter()
@@ -97,6 +102,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             if events > 0 {
                 println!("    stage {:<12} {:>8.1} ns/event", a.name, ns / events as f64);
             }
+        }
+        if args.chain_only {
+            continue;
         }
         let full = measure(budget, w, |chunk, out| {
             let mut batch = parse_ndjson(chunk.to_owned(), w.format, chain.parse_spec(), 0).expect("parses");

@@ -2,7 +2,6 @@
 //! 256 events, applies its results, and isolates its failures.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +14,7 @@ use enrichd_engine::{
     SourceText,
 };
 use enrichd_sdk::abi::{self, kind, present, EventRecord};
+use rustc_hash::FxHashMap as HashMap;
 use sha2::{Digest, Sha256};
 use thread_local::ThreadLocal;
 use wasmtime::Trap;
@@ -41,23 +41,45 @@ struct Scratch {
     entries: Vec<(u16, u8, usize, usize)>,
     /// Reasons + tags per event, to enforce the per-event cap.
     counts: Vec<u8>,
-    json: Vec<u8>,
-    interned: HashMap<Box<str>, JsonFragment>,
+    /// Interning key under construction.
+    key: Vec<u8>,
+    /// Guest bytes -> validated JSON fragment.
+    interned: HashMap<Box<[u8]>, JsonFragment>,
+    /// Results checked but not yet applied.
+    computed: Vec<Computed>,
+}
+
+enum Computed {
+    Verdict { score: Option<u8>, reasons: JsonFragment, tags: Option<JsonFragment> },
+    Field { event: usize, id: KeyId, value: JsonFragment },
 }
 
 /// Most interned JSON texts kept per thread before the table is reset.
 const MAX_INTERNED: usize = 4096;
 
-fn intern(table: &mut HashMap<Box<str>, JsonFragment>, text: &str) -> JsonFragment {
-    if let Some(f) = table.get(text) {
-        return f.clone();
-    }
+fn intern(table: &mut HashMap<Box<[u8]>, JsonFragment>, key: &[u8], json: String) -> JsonFragment {
     if table.len() >= MAX_INTERNED {
         table.clear();
     }
-    let fragment: JsonFragment = Arc::from(text);
-    table.insert(text.into(), fragment.clone());
+    let fragment: JsonFragment = Arc::from(json);
+    table.insert(key.into(), fragment.clone());
     fragment
+}
+
+/// A field value from the guest, checked to be one JSON value.
+fn interned_json_value(
+    value: &[u8],
+    table: &mut HashMap<Box<[u8]>, JsonFragment>,
+) -> Result<JsonFragment, FailureKind> {
+    let mut key = Vec::with_capacity(value.len() + 1);
+    key.push(b'V');
+    key.extend_from_slice(value);
+    if let Some(f) = table.get(key.as_slice()) {
+        return Ok(f.clone());
+    }
+    let text = std::str::from_utf8(value).map_err(|_| FailureKind::MalformedResult)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| FailureKind::MalformedResult)?;
+    Ok(intern(table, &key, text.to_owned()))
 }
 
 enum Outputs {
@@ -267,13 +289,15 @@ impl WasmEnricher {
         applied
     }
 
-    /// Validates the whole result buffer, then writes it into the events.
+    /// Validates the whole result buffer, then writes it into the events:
+    /// nothing is applied unless every entry is acceptable.
     ///
     /// Allocation-free in steady state: entries are indexed into reused
     /// buffers, and the JSON of reason / tag lists and field values is
-    /// interned per thread (a rule emits few distinct reason lists).
+    /// interned per thread by the guest's raw bytes, so a repeated list is
+    /// neither re-validated, re-escaped nor re-allocated.
     fn apply(&self, events: &mut [Event], scratch: &mut Scratch) -> Result<(), FailureKind> {
-        let Scratch { out, entries, counts, json, interned } = scratch;
+        let Scratch { out, entries, counts, key, interned, computed } = scratch;
         entries.clear();
         counts.clear();
         counts.resize(events.len(), 0);
@@ -281,95 +305,115 @@ impl WasmEnricher {
         let mut sorted = true;
         for entry in abi::entries(out) {
             let e = entry.map_err(|_| FailureKind::MalformedResult)?;
-            let i = e.event as usize;
-            let count = counts.get_mut(i).ok_or(FailureKind::MalformedResult)?;
-            let at = e.payload.as_ptr() as usize - base;
+            let count = counts.get_mut(e.event as usize).ok_or(FailureKind::MalformedResult)?;
             match e.kind {
                 kind::SCORE if e.payload.len() != 4 => return Err(FailureKind::MalformedResult),
                 kind::REASON | kind::TAG => {
                     *count += 1;
-                    if *count > 32 || e.payload.len() > abi::MAX_TEXT || std::str::from_utf8(e.payload).is_err() {
+                    if *count > 32 || e.payload.len() > abi::MAX_TEXT {
                         return Err(FailureKind::MalformedResult);
                     }
                 }
-                kind::FIELD => {
-                    let Outputs::Enricher { fields } = &self.outputs else { continue };
-                    let klen = *e.payload.first().ok_or(FailureKind::MalformedResult)? as usize;
-                    let key = e.payload.get(1..1 + klen).ok_or(FailureKind::MalformedResult)?;
-                    let value = &e.payload[1 + klen..];
-                    let known = fields.iter().any(|(k, _)| k.as_bytes() == key);
-                    if !known
-                        || value.len() > abi::MAX_TEXT * 4
-                        || serde_json::from_slice::<serde::de::IgnoredAny>(value).is_err()
-                    {
-                        return Err(FailureKind::MalformedResult);
-                    }
+                kind::FIELD if e.payload.is_empty() || e.payload.len() > abi::MAX_TEXT * 4 => {
+                    return Err(FailureKind::MalformedResult)
                 }
                 _ => {}
             }
             sorted &= entries.last().is_none_or(|&(last, ..)| last <= e.event);
-            entries.push((e.event, e.kind, at, e.payload.len()));
+            entries.push((e.event, e.kind, e.payload.as_ptr() as usize - base, e.payload.len()));
         }
         if !sorted {
             entries.sort_by_key(|&(event, ..)| event);
         }
+        computed.clear();
         let mut rest = &entries[..];
-        for (i, ev) in events.iter_mut().enumerate() {
+        for i in 0..events.len() {
             let n = rest.iter().take_while(|&&(event, ..)| event as usize == i).count();
             let (mine, next) = rest.split_at(n);
             rest = next;
-            let text = |&(_, _, at, len): &(u16, u8, usize, usize)| std::str::from_utf8(&out[at..at + len]).expect("validated");
+            let payload = |&(_, _, at, len): &(u16, u8, usize, usize)| &out[at..at + len];
             match &self.outputs {
-                Outputs::Rule { score, reasons, tags } => {
-                    let s = mine
+                Outputs::Rule { .. } => {
+                    let score = mine
                         .iter()
                         .rev()
                         .find(|e| e.1 == kind::SCORE)
-                        .map(|&(_, _, at, _)| i32::from_le_bytes(out[at..at + 4].try_into().expect("4 bytes")).clamp(0, 100) as u8);
-                    ev.risk_score = s;
-                    ev.set_output(*score, s.map_or_else(|| self.null.clone(), |s| self.scores[s as usize].clone()));
-                    let list = self.string_list(mine.iter().filter(|e| e.1 == kind::REASON).map(text), json, interned);
-                    ev.set_output(*reasons, list);
-                    if mine.iter().any(|e| e.1 == kind::TAG) {
-                        let list = self.string_list(mine.iter().filter(|e| e.1 == kind::TAG).map(text), json, interned);
-                        ev.set_output(*tags, list);
-                    }
+                        .map(|e| i32::from_le_bytes(payload(e).try_into().expect("4 bytes")).clamp(0, 100) as u8);
+                    let reasons =
+                        self.string_list(mine.iter().filter(|e| e.1 == kind::REASON).map(payload), key, interned)?;
+                    let tags = if mine.iter().any(|e| e.1 == kind::TAG) {
+                        Some(self.string_list(mine.iter().filter(|e| e.1 == kind::TAG).map(payload), key, interned)?)
+                    } else {
+                        None
+                    };
+                    computed.push(Computed::Verdict { score, reasons, tags });
                 }
                 Outputs::Enricher { fields } => {
-                    for &(_, kind, at, len) in mine.iter().filter(|e| e.1 == kind::FIELD) {
-                        let klen = out[at] as usize;
-                        let key = &out[at + 1..at + 1 + klen];
-                        let value = std::str::from_utf8(&out[at + 1 + klen..at + len]).expect("validated");
-                        let id = fields.iter().find(|(k, _)| k.as_bytes() == key).map(|(_, id)| *id).expect("validated");
-                        debug_assert_eq!(kind, kind::FIELD);
-                        ev.set_output(id, intern(interned, value));
+                    for e in mine.iter().filter(|e| e.1 == kind::FIELD) {
+                        let p = payload(e);
+                        let klen = p[0] as usize;
+                        let name = p.get(1..1 + klen).ok_or(FailureKind::MalformedResult)?;
+                        let id = fields.iter().find(|(k, _)| k.as_bytes() == name).map(|(_, id)| *id);
+                        let id = id.ok_or(FailureKind::MalformedResult)?;
+                        let value = interned_json_value(&p[1 + klen..], interned)?;
+                        computed.push(Computed::Field { event: i, id, value });
                     }
+                }
+            }
+        }
+        match &self.outputs {
+            Outputs::Rule { score, reasons, tags } => {
+                for (ev, c) in events.iter_mut().zip(computed.drain(..)) {
+                    let Computed::Verdict { score: s, reasons: r, tags: t } = c else { unreachable!("rule role") };
+                    ev.risk_score = s;
+                    ev.set_output(*score, s.map_or_else(|| self.null.clone(), |s| self.scores[s as usize].clone()));
+                    ev.set_output(*reasons, r);
+                    if let Some(t) = t {
+                        ev.set_output(*tags, t);
+                    }
+                }
+            }
+            Outputs::Enricher { .. } => {
+                for c in computed.drain(..) {
+                    let Computed::Field { event, id, value } = c else { unreachable!("enricher role") };
+                    events[event].set_output(id, value);
                 }
             }
         }
         Ok(())
     }
 
-    /// A JSON array of strings, shared with earlier identical lists.
+    /// A JSON array of the UTF-8 strings `items`, shared with earlier
+    /// identical lists.
     fn string_list<'s>(
         &self,
-        items: impl Iterator<Item = &'s str>,
-        json: &mut Vec<u8>,
-        interned: &mut HashMap<Box<str>, JsonFragment>,
-    ) -> JsonFragment {
-        json.clear();
-        json.push(b'[');
+        items: impl Iterator<Item = &'s [u8]> + Clone,
+        key: &mut Vec<u8>,
+        interned: &mut HashMap<Box<[u8]>, JsonFragment>,
+    ) -> Result<JsonFragment, FailureKind> {
+        key.clear();
+        key.push(b'L');
+        for item in items.clone() {
+            key.extend_from_slice(item);
+            key.push(0xff); // never part of UTF-8: an unambiguous separator
+        }
+        if key.len() == 1 {
+            return Ok(self.empty_list.clone());
+        }
+        if let Some(f) = interned.get(key.as_slice()) {
+            return Ok(f.clone());
+        }
+        let mut json = String::with_capacity(key.len() + 8);
+        json.push('[');
         for (i, item) in items.enumerate() {
+            let text = std::str::from_utf8(item).map_err(|_| FailureKind::MalformedResult)?;
             if i > 0 {
-                json.push(b',');
+                json.push(',');
             }
-            serde_json::to_writer(&mut *json, item).expect("strings serialize");
+            json.push_str(&serde_json::to_string(text).expect("strings serialize"));
         }
-        if json.len() == 1 {
-            return self.empty_list.clone();
-        }
-        json.push(b']');
-        intern(interned, std::str::from_utf8(json).expect("JSON is UTF-8"))
+        json.push(']');
+        Ok(intern(interned, key, json))
     }
 
     fn fallback(&self, events: &mut [Event], kind: FailureKind) {

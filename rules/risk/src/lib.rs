@@ -27,20 +27,27 @@ pub fn score(ev: &Event, out: &mut Output) {
     let matches = ev.ti_matches();
     if matches > 0 {
         score += THREAT_MATCH;
-        let mut r = Text::<64>::new();
-        r.push_str("threat intel match (").push_u64(matches as u64).push_str(" indicator");
-        if matches > 1 {
-            r.push_str("s");
+        if matches == 1 {
+            out.reason("threat intel match (1 indicator) +60");
+        } else {
+            let mut r = Text::<64>::new();
+            r.push_str("threat intel match (").push_u64(matches as u64).push_str(" indicators) +60");
+            out.reason(r.as_str());
         }
-        r.push_str(") +60");
-        out.reason(r.as_str());
     }
     if let Some(port) = ev.dst_port() {
-        if SENSITIVE_PORTS.contains(&port) {
+        // Static texts: no formatting on the hot path.
+        let reason = match port {
+            23 => Some("sensitive destination port 23 +10"),
+            445 => Some("sensitive destination port 445 +10"),
+            1433 => Some("sensitive destination port 1433 +10"),
+            3389 => Some("sensitive destination port 3389 +10"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            debug_assert!(SENSITIVE_PORTS.contains(&port));
             score += SENSITIVE_PORT;
-            let mut r = Text::<64>::new();
-            r.push_str("sensitive destination port ").push_u64(port as u64).push_str(" +10");
-            out.reason(r.as_str());
+            out.reason(reason);
         }
     }
     let bytes = ev.bytes().or_else(|| ev.orig_bytes());
