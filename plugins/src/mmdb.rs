@@ -324,6 +324,7 @@ struct Caches {
     /// Address (as two halves) -> data offset or [`NOT_FOUND`]. Holds no
     /// `Arc`, so replacing an entry never touches a cold fragment.
     by_ip: Box<[(u64, u64, usize)]>,
+    #[allow(clippy::type_complexity)]
     by_offset: Box<[(usize, Option<(JsonFragment, Fact)>)]>,
     /// Reused serialization buffer.
     scratch: Vec<u8>,

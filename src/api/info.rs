@@ -77,7 +77,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         .into_iter()
         .map(|r| {
             json!({ "name": r.name, "plugin": r.plugin, "state": r.status.state, "batches": r.batches,
-                    "events": r.events, "mean_ns_per_event": r.mean_ns_per_event })
+                    "events": r.events, "mean_ns_per_event": r.mean_ns_per_event, "details": r.status.details })
         })
         .collect();
     doc["enrichers"] = enrichers.into();

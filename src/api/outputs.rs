@@ -119,10 +119,25 @@ fn with_status(mut v: Value) -> Value {
     v
 }
 
+/// A URL with any `user:password@` part masked: it is a secret too.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 fn elastic_view(s: &ElasticSettings) -> Value {
+    let urls: Vec<String> = s.urls.iter().map(|u| redact(u)).collect();
     json!({
-        "url": s.urls.first(),
-        "urls": s.urls,
+        "url": urls.first(),
+        "urls": urls,
         "index": s.index.as_deref().unwrap_or("telemetry-events"),
         "username": s.username,
         "password_set": s.password.is_some(),
@@ -132,9 +147,21 @@ fn elastic_view(s: &ElasticSettings) -> Value {
 
 fn splunk_view(s: &SplunkSettings) -> Value {
     json!({
-        "hec_url": s.hec_url,
+        "hec_url": s.hec_url.as_deref().map(redact),
         "index": s.index,
         "sourcetype": s.sourcetype.as_deref().unwrap_or("enrichd:event"),
         "token_set": s.token.is_some(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        assert_eq!(redact("https://elastic:s3cret@es.example:9200/x"), "https://***@es.example:9200/x");
+        assert_eq!(redact("https://es.example:9200/a@b"), "https://es.example:9200/a@b");
+        assert_eq!(redact("http://h"), "http://h");
+    }
 }
