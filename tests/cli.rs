@@ -11,15 +11,7 @@ use serde_json::Value;
 fn run(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = bin();
     cmd.args(args).current_dir(repo()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for var in [
-        "API_KEY",
-        "GEOIP_CITY_DB",
-        "GEOIP_ASN_DB",
-        "TI_PATH",
-        "ENRICH_ENABLE_GEOIP",
-        "ENRICH_ENABLE_ASN",
-        "ENRICH_ENABLE_TI",
-    ] {
+    for var in common::OVERRIDE_VARS {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());

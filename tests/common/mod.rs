@@ -12,6 +12,18 @@ use serde_json::Value;
 
 pub const KEY: &str = "test-key-7f3a";
 
+/// Environment variables that override configuration: cleared for every
+/// spawned binary so the developer's shell cannot change a test.
+pub const OVERRIDE_VARS: [&str; 7] = [
+    "API_KEY",
+    "GEOIP_CITY_DB",
+    "GEOIP_ASN_DB",
+    "TI_PATH",
+    "ENRICH_ENABLE_GEOIP",
+    "ENRICH_ENABLE_ASN",
+    "ENRICH_ENABLE_TI",
+];
+
 /// The repository root (paths in test configs are made absolute with it).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -70,15 +82,7 @@ impl Server {
     pub fn start_file(path: &Path, env: &[(&str, &str)], dir: tempfile::TempDir) -> Server {
         let mut cmd = bin();
         cmd.args(["serve", "--config"]).arg(path).args(["--listen", "127.0.0.1:0"]);
-        for var in [
-            "API_KEY",
-            "GEOIP_CITY_DB",
-            "GEOIP_ASN_DB",
-            "TI_PATH",
-            "ENRICH_ENABLE_GEOIP",
-            "ENRICH_ENABLE_ASN",
-            "ENRICH_ENABLE_TI",
-        ] {
+        for var in OVERRIDE_VARS {
             cmd.env_remove(var);
         }
         cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::inherit());
