@@ -192,7 +192,7 @@ pub fn instantiate(
         .and_then(|f| f.call(&mut store, ()))
         .map_err(|e| anyhow!("enrichd_io failed: {e:#}"))? as u32 as usize;
     let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| anyhow!("no exported memory"))?;
-    if io.checked_add(abi::IO_AREA_SIZE).is_none_or(|end| end > memory.data_size(&store)) || io % 8 != 0 {
+    if io.checked_add(abi::IO_AREA_SIZE).is_none_or(|end| end > memory.data_size(&store)) || !io.is_multiple_of(8) {
         bail!(
             "enrichd_io returned {io:#x}: the {} byte exchange area must be 8-aligned and inside memory",
             abi::IO_AREA_SIZE
