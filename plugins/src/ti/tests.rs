@@ -566,7 +566,7 @@ fn prefix_index_matches_brute_force() {
         let mut nets: Vec<(u128, u8, bool, u32)> = Vec::new();
         let n = [3, 400, 1500][round % 3];
         for i in 0..n {
-            let v6 = rng() % 4 == 0;
+            let v6 = rng().is_multiple_of(4);
             // Few distinct high bits, so networks nest and collide.
             let (bits, len) = if v6 { (128, (rng() % 129) as u8) } else { (32, (rng() % 33) as u8) };
             let raw = if v6 {
@@ -695,7 +695,7 @@ fn bench_ns_per_event() {
     let mut text = String::new();
     for i in 0..10_000u64 {
         let x = rng();
-        let dst = if x % 100 == 0 {
+        let dst = if x.is_multiple_of(100) {
             &listed[(x >> 8) as usize % listed.len()]
         } else {
             &public[(x >> 8) as usize % public.len()]
