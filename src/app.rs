@@ -19,7 +19,7 @@ pub fn registry() -> Registry {
 pub fn load(path: &Path, registry: &Registry) -> anyhow::Result<(Config, Chain)> {
     let mut config = Config::load(path)?;
     config.apply_env(registry, |name| std::env::var(name).ok())?;
-    let chain = Chain::build(&config.chain, registry, &config.base_dir)
+    let chain = Chain::build_in(&config.chain, registry, &config.build_env())
         .with_context(|| format!("building the enricher chain from {}", path.display()))?;
     Ok((config, chain))
 }

@@ -8,8 +8,10 @@ mod api;
 mod app;
 mod cli;
 mod metrics;
+mod reload;
 mod schema;
 mod serve;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use enrichd_engine::{Engine, PluginState};
 
 use crate::api::{self, AppState};
-use crate::app;
+use crate::{app, reload, watch};
 
 pub fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     let registry = app::registry();
@@ -26,11 +26,18 @@ pub fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
             }
         }
     }
-    let state = Arc::new(AppState::new(Engine::new(chain), config));
+    let state_dir = config.state_dir();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating the state directory {} (server.state_dir)", state_dir.display()))?;
+    let watch = config.reload.watch;
+    let state = Arc::new(AppState::new(Engine::new(chain, registry), config));
     if state.keys.is_empty() {
         tracing::warn!(
             "no API key configured (auth.api_keys or env API_KEY): protected endpoints will refuse every request"
         );
+    }
+    if watch {
+        watch::spawn(state.clone());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(serve(state))
@@ -45,6 +52,8 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, "enrichd listening");
     println!("enrichd listening on http://{bound}");
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(state.clone()));
     axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("enrichd stopped");
     Ok(())
@@ -70,4 +79,19 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutdown requested; finishing requests in flight");
+}
+
+/// SIGHUP reloads the configuration and every stage, for environments where
+/// file events are unreliable (network filesystems, some volumes).
+#[cfg(unix)]
+async fn reload_on_sighup(state: Arc<AppState>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading");
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || reload::reload_everything(&state)).await;
+    }
 }

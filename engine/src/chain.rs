@@ -1,40 +1,70 @@
 //! The enricher chain: the ordered, configured stages a batch goes through.
 //!
 //! A [`Chain`] is immutable once built. The server holds it in an
-//! [`Engine`] behind an `ArcSwap`: each batch takes one snapshot and runs
-//! entirely on it, so a chain swapped in later (hot reload) never mixes with
-//! one in flight, and readers never wait on a lock.
+//! [`Engine`](crate::Engine) behind an `ArcSwap`: each batch takes one
+//! snapshot and runs entirely on it, so a chain swapped in later (hot
+//! reload) never mixes with one in flight, and readers never wait on a lock.
+//!
+//! Stages are shared (`Arc`) between successive chains: reloading one
+//! stage's data builds a new chain that reuses every other stage as is.
+//! What must survive a stage's own replacement (counters, reload history)
+//! lives in its [`StageHistory`], shared by all its generations.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::batch::Batch;
 use crate::config::{ChainEntryConfig, ConfigError};
-use crate::event::Event;
+use crate::event::{Event, JsonFragment, KeyId};
 use crate::format::Format;
 use crate::parse::ParseSpec;
 use crate::plugin::{BuildContext, Enricher, PluginState, PluginStatus};
 use crate::registry::Registry;
 
-/// One configured entry of the chain.
-pub struct Stage {
-    name: String,
-    kind: String,
-    enricher: Option<Box<dyn Enricher>>,
-    stats: StageStats,
+/// Where and how chain entries are built.
+#[derive(Clone, Debug)]
+pub struct BuildEnv {
+    /// Relative paths in options are resolved against this directory.
+    pub base_dir: PathBuf,
+    /// Writable directory for state that outlives the process (e.g.
+    /// indicators added through the API); `None` for offline tools.
+    pub state_dir: Option<PathBuf>,
+    /// Name of the optional per-event field recording the generations that
+    /// enriched the event (`None`: not written).
+    pub generation_field: Option<String>,
 }
 
+impl BuildEnv {
+    pub fn new(base_dir: impl Into<PathBuf>) -> Self {
+        BuildEnv { base_dir: base_dir.into(), state_dir: None, generation_field: None }
+    }
+}
+
+/// One configured entry of the chain, at one generation of its data.
+pub struct Stage {
+    pub(crate) name: String,
+    pub(crate) entry: ChainEntryConfig,
+    pub(crate) enricher: Option<Box<dyn Enricher>>,
+    pub(crate) generation: u64,
+    pub(crate) loaded_at: SystemTime,
+    pub(crate) history: Arc<StageHistory>,
+}
+
+/// What a stage keeps across its generations.
 #[derive(Default)]
-struct StageStats {
+pub(crate) struct StageHistory {
     batches: AtomicU64,
     events: AtomicU64,
     nanos: AtomicU64,
+    pub(crate) reloads: AtomicU64,
+    pub(crate) reload_failures: AtomicU64,
+    /// The last rejected reload: time and reason. Cleared by a good one.
+    pub(crate) last_error: Mutex<Option<(SystemTime, String)>>,
 }
 
 /// A stage's state and counters, as shown by `/v1/enrichers`.
@@ -45,6 +75,19 @@ pub struct StageReport {
     pub enabled: bool,
     #[serde(flatten)]
     pub status: PluginStatus,
+    /// 1 for the data loaded at start, +1 per reload that was swapped in.
+    pub generation: u64,
+    /// RFC 3339 time this generation was built.
+    pub generation_loaded_at: String,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    /// Why the last reload was refused (the previous data stays live).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reload_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reload_error_at: Option<String>,
+    /// Paths whose changes reload this stage.
+    pub watched: Vec<PathBuf>,
     pub batches: u64,
     pub events: u64,
     /// Mean time per event spent in this stage, nanoseconds.
@@ -52,35 +95,53 @@ pub struct StageReport {
 }
 
 pub struct Chain {
-    stages: Vec<Stage>,
-    keys: Vec<Box<str>>,
-    spec: ParseSpec,
+    pub(crate) stages: Vec<Arc<Stage>>,
+    pub(crate) keys: Vec<Box<str>>,
+    pub(crate) spec: ParseSpec,
+    pub(crate) env: BuildEnv,
+    /// Increases by one with every swap of any stage or of the entries.
+    pub(crate) generation: u64,
+    /// The per-event generation record, when enabled.
+    stamp: Option<(KeyId, JsonFragment)>,
 }
 
 impl Chain {
     /// Builds every enabled entry with its plugin's factory.
     pub fn build(entries: &[ChainEntryConfig], registry: &Registry, base_dir: &Path) -> Result<Chain, ConfigError> {
-        let mut keys = Vec::new();
-        let mut text_fields = Vec::new();
+        Chain::build_in(entries, registry, &BuildEnv::new(base_dir))
+    }
+
+    /// [`Chain::build`] with a full build environment.
+    pub fn build_in(entries: &[ChainEntryConfig], registry: &Registry, env: &BuildEnv) -> Result<Chain, ConfigError> {
+        let mut tables = KeyTables::default();
         let mut stages = Vec::with_capacity(entries.len());
         for entry in entries {
-            let factory = registry.get(&entry.plugin).ok_or_else(|| {
-                entry.error(format!("unknown plugin {:?} (known: {})", entry.plugin, registry.kinds().join(", ")))
-            })?;
-            let name = entry.name.clone().unwrap_or_else(|| entry.plugin.clone());
-            if stages.iter().any(|s: &Stage| s.name == name) {
-                return Err(entry.error(format!("duplicate chain entry name {name:?}; set `name` to tell them apart")));
+            let stage = build_stage(entry, registry, env, &mut tables, 1, Arc::default())?;
+            if stages.iter().any(|s: &Arc<Stage>| s.name == stage.name) {
+                return Err(entry.error(format!(
+                    "duplicate chain entry name {:?}; set `name` to tell them apart",
+                    stage.name
+                )));
             }
-            let enricher = if entry.enabled {
-                let mut ctx = BuildContext { base_dir, keys: &mut keys, text_fields: &mut text_fields };
-                Some(factory.build(&entry.options, &mut ctx).map_err(|e| entry.error(format!("{name}: {e:#}")))?)
-            } else {
-                None
-            };
-            stages.push(Stage { name, kind: entry.plugin.clone(), enricher, stats: StageStats::default() });
+            stages.push(Arc::new(stage));
         }
-        let spec = ParseSpec { text_fields, output_keys: keys.clone() };
-        Ok(Chain { stages, keys, spec })
+        Ok(Chain::assemble(stages, tables, env.clone(), 1))
+    }
+
+    /// Puts built stages together; the generation stamp is computed here,
+    /// once per chain, so writing it costs one `Arc` clone per event.
+    pub(crate) fn assemble(stages: Vec<Arc<Stage>>, mut tables: KeyTables, env: BuildEnv, generation: u64) -> Chain {
+        let stamp = env.generation_field.as_deref().filter(|f| !f.is_empty()).map(|field| {
+            let key = KeyId(intern_key(&mut tables.keys, field));
+            let mut map = serde_json::Map::new();
+            map.insert("chain".into(), generation.into());
+            for s in stages.iter().filter(|s| s.enricher.is_some()) {
+                map.insert(s.name.clone(), s.generation.into());
+            }
+            (key, JsonFragment::from(serde_json::Value::Object(map).to_string()))
+        });
+        let spec = ParseSpec { text_fields: tables.text_fields.clone(), output_keys: tables.keys.clone() };
+        Chain { stages, keys: tables.keys, spec, env, generation, stamp }
     }
 
     /// Runs every enabled stage over the batch, in order.
@@ -91,9 +152,15 @@ impl Chain {
             let started = Instant::now();
             enricher.enrich(&mut batch.view());
             let nanos = started.elapsed().as_nanos() as u64;
-            stage.stats.batches.fetch_add(1, Ordering::Relaxed);
-            stage.stats.events.fetch_add(n, Ordering::Relaxed);
-            stage.stats.nanos.fetch_add(nanos, Ordering::Relaxed);
+            let h = &stage.history;
+            h.batches.fetch_add(1, Ordering::Relaxed);
+            h.events.fetch_add(n, Ordering::Relaxed);
+            h.nanos.fetch_add(nanos, Ordering::Relaxed);
+        }
+        if let Some((key, stamp)) = &self.stamp {
+            for event in batch.view().events.iter_mut() {
+                event.set_output(*key, stamp.clone());
+            }
         }
     }
 
@@ -107,28 +174,30 @@ impl Chain {
         &self.spec
     }
 
+    /// This chain's generation (1 at start, +1 per swap).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Each stage's name and generation, in chain order.
+    pub fn stage_generations(&self) -> Vec<(String, u64)> {
+        self.stages.iter().map(|s| (s.name.clone(), s.generation)).collect()
+    }
+
+    /// Every path some enabled stage reloads on, with the stage names.
+    pub fn watched_paths(&self) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
+        for s in &self.stages {
+            if let Some(e) = &s.enricher {
+                out.extend(e.watch_paths().into_iter().map(|p| (p, s.name.clone())));
+            }
+        }
+        out
+    }
+
     /// Every stage's state, in chain order.
     pub fn reports(&self) -> Vec<StageReport> {
-        self.stages
-            .iter()
-            .map(|s| {
-                let status = match &s.enricher {
-                    Some(e) => e.status(),
-                    None => PluginStatus::new(PluginState::Disabled),
-                };
-                let events = s.stats.events.load(Ordering::Relaxed);
-                let nanos = s.stats.nanos.load(Ordering::Relaxed);
-                StageReport {
-                    name: s.name.clone(),
-                    plugin: s.kind.clone(),
-                    enabled: s.enricher.is_some(),
-                    status,
-                    batches: s.stats.batches.load(Ordering::Relaxed),
-                    events,
-                    mean_ns_per_event: if events == 0 { 0.0 } else { nanos as f64 / events as f64 },
-                }
-            })
-            .collect()
+        self.stages.iter().map(|s| s.report()).collect()
     }
 
     /// Everything the chain knows about one address: each stage contributes
@@ -156,25 +225,86 @@ impl Chain {
     }
 }
 
-/// The live chain, swappable without stopping traffic.
-pub struct Engine {
-    chain: ArcSwap<Chain>,
+impl Stage {
+    pub(crate) fn status(&self) -> PluginStatus {
+        match &self.enricher {
+            Some(e) => e.status(),
+            None => PluginStatus::new(PluginState::Disabled),
+        }
+    }
+
+    fn report(&self) -> StageReport {
+        let h = &self.history;
+        let events = h.events.load(Ordering::Relaxed);
+        let nanos = h.nanos.load(Ordering::Relaxed);
+        let last_error = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        StageReport {
+            name: self.name.clone(),
+            plugin: self.entry.plugin.clone(),
+            enabled: self.enricher.is_some(),
+            status: self.status(),
+            generation: self.generation,
+            generation_loaded_at: rfc3339(self.loaded_at),
+            reloads: h.reloads.load(Ordering::Relaxed),
+            reload_failures: h.reload_failures.load(Ordering::Relaxed),
+            last_reload_error_at: last_error.as_ref().map(|(at, _)| rfc3339(*at)),
+            last_reload_error: last_error.map(|(_, e)| e),
+            watched: self.enricher.as_ref().map(|e| e.watch_paths()).unwrap_or_default(),
+            batches: h.batches.load(Ordering::Relaxed),
+            events,
+            mean_ns_per_event: if events == 0 { 0.0 } else { nanos as f64 / events as f64 },
+        }
+    }
 }
 
-impl Engine {
-    pub fn new(chain: Chain) -> Self {
-        Engine { chain: ArcSwap::from_pointee(chain) }
-    }
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
 
-    /// The current chain. Hold the returned `Arc` for the whole batch.
-    pub fn chain(&self) -> Arc<Chain> {
-        self.chain.load_full()
-    }
+/// The output-key and captured-field tables a chain's stages index into.
+/// Only ever appended to, so ids handed to a stage stay valid in every
+/// later chain that reuses it.
+#[derive(Clone, Default)]
+pub(crate) struct KeyTables {
+    pub keys: Vec<Box<str>>,
+    pub text_fields: Vec<Box<str>>,
+}
 
-    /// Replaces the chain; batches already running finish on the old one.
-    pub fn swap(&self, chain: Chain) {
-        self.chain.store(Arc::new(chain));
+impl KeyTables {
+    pub fn of(chain: &Chain) -> Self {
+        KeyTables { keys: chain.keys.clone(), text_fields: chain.spec.text_fields.clone() }
     }
+}
+
+/// Builds one entry (a disabled entry is a stage without an enricher).
+pub(crate) fn build_stage(
+    entry: &ChainEntryConfig,
+    registry: &Registry,
+    env: &BuildEnv,
+    tables: &mut KeyTables,
+    generation: u64,
+    history: Arc<StageHistory>,
+) -> Result<Stage, ConfigError> {
+    let factory = registry.get(&entry.plugin).ok_or_else(|| {
+        entry.error(format!("unknown plugin {:?} (known: {})", entry.plugin, registry.kinds().join(", ")))
+    })?;
+    let name = entry.name.clone().unwrap_or_else(|| entry.plugin.clone());
+    let enricher = if entry.enabled {
+        let mut ctx = BuildContext {
+            base_dir: &env.base_dir,
+            state_dir: env.state_dir.as_deref(),
+            keys: &mut tables.keys,
+            text_fields: &mut tables.text_fields,
+        };
+        Some(factory.build(&entry.options, &mut ctx).map_err(|e| entry.error(format!("{name}: {e:#}")))?)
+    } else {
+        None
+    };
+    Ok(Stage { name, entry: entry.clone(), enricher, generation, loaded_at: SystemTime::now(), history })
+}
+
+pub(crate) fn intern_key(table: &mut Vec<Box<str>>, name: &str) -> u16 {
+    crate::plugin::intern(table, name)
 }
 
 impl std::fmt::Debug for Chain {

@@ -19,6 +19,9 @@ pub struct Config {
     /// API keys.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Hot reload of data files, modules and the chain.
+    #[serde(default)]
+    pub reload: ReloadConfig,
     /// The enricher chain, in order. Each entry: `plugin` (the kind),
     /// optional `name` (defaults to the plugin), `enabled` (default true),
     /// and the plugin's own options.
@@ -34,7 +37,7 @@ pub struct Config {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address and port to listen on (`--listen` overrides).
@@ -49,6 +52,10 @@ pub struct ServerConfig {
     pub metrics_require_key: bool,
     /// Value of the `X-API-Version` header on `/v1` responses.
     pub api_version: String,
+    /// Writable directory for state kept across restarts (indicators added
+    /// through the API). Relative to the configuration file; created on
+    /// start.
+    pub state_dir: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -59,18 +66,45 @@ impl Default for ServerConfig {
             max_records: 10_000,
             metrics_require_key: false,
             api_version: "1.0.0".into(),
+            state_dir: PathBuf::from("state"),
         }
     }
 }
 
+/// `[reload]`
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Watch the chain's data files, modules and this configuration file,
+    /// and reload on change. `POST /v1/reload` and SIGHUP work either way.
+    pub watch: bool,
+    /// Quiet time after the last file event before reloading, so a file
+    /// being written is read once it is complete.
+    pub debounce_ms: u64,
+    /// When set, every enriched event gets this field: the chain generation
+    /// and each stage's generation that produced it (`{"chain": 3, "ti": 2,
+    /// ...}`), so any verdict can be traced to the data it was made with.
+    pub generation_field: Option<String>,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig { watch: true, debounce_ms: 300, generation_field: None }
+    }
+}
+
 /// `[auth]`
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Bearer tokens accepted on protected endpoints. The `API_KEY`
     /// environment variable adds one. With no key at all, protected endpoints
     /// refuse every request (fail closed).
     pub api_keys: Vec<String>,
+    /// Bearer tokens accepted on administrative endpoints (`POST
+    /// /v1/reload`, `PUT`/`DELETE /v1/indicators`). The `ADMIN_API_KEY`
+    /// environment variable adds one. Ordinary keys are not admin keys.
+    pub admin_keys: Vec<String>,
 }
 
 /// One `[[chain]]` entry.
@@ -185,6 +219,9 @@ impl Config {
         if let Some(key) = env("API_KEY").filter(|k| !k.is_empty()) {
             self.auth.api_keys.push(key);
         }
+        if let Some(key) = env("ADMIN_API_KEY").filter(|k| !k.is_empty()) {
+            self.auth.admin_keys.push(key);
+        }
         for entry in &mut self.chain {
             let var = format!("ENRICH_ENABLE_{}", entry.plugin.to_ascii_uppercase().replace('-', "_"));
             if let Some(value) = env(&var) {
@@ -207,6 +244,24 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The environment chain stages are built in.
+    pub fn build_env(&self) -> crate::chain::BuildEnv {
+        crate::chain::BuildEnv {
+            base_dir: self.base_dir.clone(),
+            state_dir: Some(self.state_dir()),
+            generation_field: self.reload.generation_field.clone().filter(|f| !f.is_empty()),
+        }
+    }
+
+    /// `server.state_dir`, resolved against the file's directory.
+    pub fn state_dir(&self) -> PathBuf {
+        if self.server.state_dir.is_absolute() || self.base_dir == Path::new(".") {
+            self.server.state_dir.clone()
+        } else {
+            self.base_dir.join(&self.server.state_dir)
+        }
     }
 
     /// The JSON Schema of the file, with each registered plugin's options.

@@ -16,12 +16,14 @@ pub mod chain;
 pub mod config;
 pub mod event;
 pub mod format;
+pub mod live;
 pub mod parse;
 pub mod plugin;
 pub mod registry;
 
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
-pub use chain::{Chain, Engine, StageReport};
+pub use chain::{BuildEnv, Chain, StageReport};
+pub use live::{Engine, Outcome, ReloadReport, StageReload};
 pub use config::{ChainEntryConfig, Config, ConfigError};
 pub use event::{AddressSelector, Event, JsonFragment, KeyId, Side, TextFieldId};
 pub use format::Format;

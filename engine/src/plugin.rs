@@ -61,6 +61,12 @@ pub trait Enricher: Send + Sync {
     /// Current state for `/v1/enrichers` and the metrics.
     fn status(&self) -> PluginStatus;
 
+    /// Files and directories whose changes should reload this enricher
+    /// (hot reload watches them). By default the paths of its sources.
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        self.status().sources.into_iter().map(|s| s.path).collect()
+    }
+
     /// Contributes this enricher's answer for a single address to
     /// `POST /v1/lookup` / `enrichd lookup`, under the plugin's conventional
     /// section name(s) (`geo`, `asn`, `ti`, ...).
@@ -72,6 +78,7 @@ pub trait Enricher: Send + Sync {
 /// reads beyond the well-known ones.
 pub struct BuildContext<'a> {
     pub(crate) base_dir: &'a Path,
+    pub(crate) state_dir: Option<&'a Path>,
     pub(crate) keys: &'a mut Vec<Box<str>>,
     pub(crate) text_fields: &'a mut Vec<Box<str>>,
 }
@@ -86,6 +93,13 @@ impl<'a> BuildContext<'a> {
         } else {
             self.base_dir.join(path)
         }
+    }
+
+    /// The server's writable state directory (`server.state_dir`), where a
+    /// plugin may keep data that outlives the process; `None` in offline
+    /// tools.
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.state_dir
     }
 
     /// Declares an output key this enricher writes and returns its id.
@@ -111,7 +125,7 @@ impl<'a> BuildContext<'a> {
     }
 }
 
-fn intern(table: &mut Vec<Box<str>>, name: &str) -> u16 {
+pub(crate) fn intern(table: &mut Vec<Box<str>>, name: &str) -> u16 {
     if let Some(i) = table.iter().position(|k| &**k == name) {
         return i as u16;
     }

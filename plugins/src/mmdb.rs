@@ -156,18 +156,25 @@ impl Database {
     /// Maps and validates `path`; `Ok(None)` when the file does not exist.
     fn open(path: &Path, label: &str) -> anyhow::Result<Option<(Database, PluginStatus)>> {
         let fail = |e: &dyn std::fmt::Display| anyhow!("opening {label} database {}: {e}", path.display());
-        let file = match File::open(path) {
+        let mut file = match File::open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(fail(&e)),
         };
-        // SAFETY: the mapping is read-only and only read through bounds-checked
-        // code (the maxminddb reader and `DataSection`). Database updates are
-        // expected to replace the file (write elsewhere, then rename), which
-        // leaves this mapping on the old inode. Truncating or rewriting the
-        // file in place while it is mapped would raise SIGBUS; detecting and
-        // surviving that is the hot-reload issue's job, not this loader's.
-        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| fail(&e))?);
+        // Map a private snapshot, never the file itself: `cp new.mmdb
+        // GeoLite2-City.mmdb` truncates and rewrites the file in place, and a
+        // mapping of it would then raise SIGBUS on the next lookup. The
+        // snapshot is an unlinked temporary file (in $TMPDIR) that nothing
+        // else can reach; it disappears with the last mapping. A file caught
+        // mid-rewrite gives a torn snapshot, which validation below refuses.
+        let mut snapshot = tempfile::tempfile().map_err(|e| fail(&format!("creating a snapshot file: {e}")))?;
+        io::copy(&mut file, &mut snapshot).map_err(|e| fail(&format!("copying to a snapshot: {e}")))?;
+        drop(file);
+        // SAFETY: the mapping is read-only and only read through
+        // bounds-checked code (the maxminddb reader and `DataSection`); the
+        // snapshot file is private and unlinked, so nothing can change or
+        // truncate it while it is mapped.
+        let map = Arc::new(unsafe { Mmap::map(&snapshot) }.map_err(|e| fail(&e))?);
         // Mapping here (rather than `Reader::open_mmap`) lets the SHA-256 be
         // taken over exactly the bytes served, and the record reader share them.
         let source = source_info(path, &map);

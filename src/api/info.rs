@@ -30,18 +30,26 @@ pub async fn health() -> Json<Value> {
 /// is not loaded (missing or broken data).
 pub async fn health_details(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
-    let reports = state.engine.chain().reports();
+    let chain = state.engine.chain();
+    let reports = chain.reports();
     let degraded = reports.iter().any(|r| r.enabled && r.status.state != PluginState::Loaded);
     Ok(Json(json!({
         "status": if degraded { "degraded" } else { "ok" },
         "uptime_s": state.started.elapsed().as_secs_f64(),
+        "chain_generation": chain.generation(),
+        "reload": state.reload.snapshot(),
         "enrichers": reports,
     })))
 }
 
 pub async fn enrichers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
-    Ok(Json(json!({ "enrichers": state.engine.chain().reports() })))
+    let chain = state.engine.chain();
+    Ok(Json(json!({
+        "chain_generation": chain.generation(),
+        "reload": state.reload.snapshot(),
+        "enrichers": chain.reports(),
+    })))
 }
 
 pub async fn version() -> Json<Value> {

@@ -6,6 +6,7 @@
 //! one), every `/v1` response gets `X-API-Version`, and every request is
 //! counted by status class.
 
+mod admin;
 mod auth;
 mod error;
 mod info;
@@ -24,6 +25,7 @@ use axum::Router;
 use enrichd_engine::{Config, Engine};
 
 use crate::metrics::Metrics;
+use crate::reload::ReloadStatus;
 pub use auth::ApiKeys;
 pub use error::ApiError;
 
@@ -35,7 +37,12 @@ pub struct AppState {
     pub engine: Engine,
     pub config: Config,
     pub keys: ApiKeys,
+    /// Keys for administrative calls (reload, indicators).
+    pub admin_keys: ApiKeys,
     pub metrics: Metrics,
+    pub reload: ReloadStatus,
+    /// Serializes changes to the API indicator store (admin calls only).
+    pub indicator_store: std::sync::Mutex<()>,
     pub outputs: outputs::OutputSettings,
     pub started: Instant,
     api_version: HeaderValue,
@@ -44,13 +51,17 @@ pub struct AppState {
 impl AppState {
     pub fn new(engine: Engine, config: Config) -> Self {
         let keys = ApiKeys::new(&config.auth.api_keys);
+        let admin_keys = ApiKeys::new(&config.auth.admin_keys);
         let api_version =
             HeaderValue::from_str(&config.server.api_version).unwrap_or(HeaderValue::from_static("1.0.0"));
         AppState {
             engine,
             config,
             keys,
+            admin_keys,
             metrics: Metrics::default(),
+            reload: ReloadStatus::default(),
+            indicator_store: Default::default(),
             outputs: Default::default(),
             started: Instant::now(),
             api_version,
@@ -73,6 +84,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/outputs/elastic", post(outputs::configure_elastic))
         .route("/v1/outputs/splunk", post(outputs::configure_splunk))
         .route("/v1/outputs", get(outputs::show))
+        .route("/v1/reload", post(admin::reload))
+        .route("/v1/indicators", get(admin::list_indicators).put(admin::put_indicators))
+        .route("/v1/indicators/{id}", axum::routing::delete(admin::delete_indicator))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), common_headers))
         .with_state(state)

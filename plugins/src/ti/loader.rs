@@ -19,7 +19,7 @@ use enrichd_engine::{source_info, SourceInfo};
 use serde::Serialize;
 
 use super::index::{IndexBuilder, Net, MAX_NAME};
-use super::Kind;
+use super::{Indicator, Kind};
 
 /// Bad lines logged individually per file; the rest are only counted.
 const LOGGED_BAD_LINES: usize = 10;
@@ -64,6 +64,11 @@ pub struct FileReport {
 impl FileReport {
     fn new(source: String, path: PathBuf) -> Self {
         FileReport { source, path, ..FileReport::default() }
+    }
+
+    /// A report for a source that could not be read at all.
+    pub fn failed_at(source: &str, path: &Path, error: String) -> Self {
+        FileReport::new(source.to_string(), path.to_path_buf()).failed(error, false)
     }
 
     fn failed(mut self, error: String, missing: bool) -> Self {
@@ -187,6 +192,59 @@ pub fn load_file(source: String, path: PathBuf, builder: &mut IndexBuilder) -> F
     };
     report.info = Some(info);
     parse_text(&text, &mut report, builder);
+    // A file with lines but not one indicator is garbage or a write caught
+    // half-way, not an empty feed: report it, so a reload keeps the last
+    // good version instead of silently dropping the file's indicators.
+    if report.indicators == 0 && report.duplicates == 0 && report.skipped_lines > 0 && report.error.is_none() {
+        let first = report.bad_lines.first().cloned().unwrap_or_default();
+        report.error = Some(format!(
+            "no valid indicator: {} line(s) skipped (first: line {first})",
+            report.skipped_lines
+        ));
+    }
+    report
+}
+
+/// Normalizes one indicator as the API accepts it: an IP address, a CIDR
+/// network (host bits cleared) or a domain (bare or `domain:NAME`).
+/// Returns the canonical text and its type name.
+pub fn normalize_indicator(s: &str) -> Result<(String, &'static str), String> {
+    let mut name = String::new();
+    match parse_plain(s, None, &mut name)? {
+        Parsed::Net(net, kind, _) => {
+            let text = match net {
+                Net::V4(a, len) => Indicator::Net { ip: std::net::Ipv4Addr::from(a).into(), len, host: len == 32 },
+                Net::V6(a, len) => Indicator::Net { ip: std::net::Ipv6Addr::from(a).into(), len, host: len == 128 },
+            };
+            let kind = if matches!(text, Indicator::Net { host: true, .. }) { Kind::Addr } else { kind };
+            Ok((text.to_string(), kind.name()))
+        }
+        Parsed::Domain => Ok((name, Kind::Domain.name())),
+        Parsed::Ignore => Err(format!("{s:?} is not an indicator")),
+    }
+}
+
+/// Loads API-added indicators (already validated) into `builder`.
+pub fn load_entries(
+    source: &str,
+    path: &Path,
+    items: &[super::api_store::ApiIndicator],
+    builder: &mut IndexBuilder,
+) -> FileReport {
+    let mut report = FileReport::new(source.to_string(), path.to_path_buf());
+    report.format = Some("api");
+    let mut parser = Parser { report: &mut report, builder, logged: 0, name: String::new(), tail: String::new() };
+    for (i, item) in items.iter().enumerate() {
+        match parse_plain(&item.indicator, None, &mut parser.name) {
+            Ok(parsed) => {
+                let (category, description) = (item.category.as_deref(), item.description.as_deref());
+                build_tail(&mut parser.tail, source, category, item.confidence, None, description);
+                let tail = parser.builder.tail(&parser.tail);
+                parser.add(parsed, tail);
+            }
+            Err(message) => parser.bad(i + 1, &message),
+        }
+    }
     report
 }
 

@@ -19,6 +19,7 @@
 //! Layout: [`options`] (config), [`loader`] (file formats), [`index`]
 //! (prefix and domain lookups), this file (factory and enricher).
 
+pub mod api_store;
 pub mod index;
 pub mod loader;
 pub mod options;
@@ -27,6 +28,7 @@ mod tests;
 
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use enrichd_engine::{
@@ -62,7 +64,10 @@ impl PluginFactory for TiFactory {
     fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         let opts = TiOptions::from_table(options)?;
         let key = ctx.output_key(&opts.output);
-        let (index, reports) = load(&opts.paths, |p| ctx.resolve_path(p));
+        let api_store = opts.api_indicators.then(|| ctx.state_dir().map(api_store::path_in)).flatten();
+        let (index, reports) = load(&opts.paths, api_store.as_deref(), |p| ctx.resolve_path(p));
+        let mut watched: Vec<PathBuf> = opts.paths.iter().map(|p| ctx.resolve_path(p)).collect();
+        watched.extend(api_store);
         // Only ask the parser to capture domain fields when there is
         // something to match them against: capturing costs on every record.
         let domain_fields = if index.as_ref().is_some_and(Index::has_domains) {
@@ -70,15 +75,26 @@ impl PluginFactory for TiFactory {
         } else {
             Vec::new()
         };
-        Ok(Box::new(TiEnricher::new(&opts, key, index, reports, domain_fields)))
+        let mut enricher = TiEnricher::new(&opts, key, index, reports, domain_fields);
+        enricher.watched = watched;
+        Ok(Box::new(enricher))
     }
 }
 
-/// Loads every configured path; the index is `None` when no file was read.
-pub fn load(paths: &[String], resolve: impl Fn(&str) -> std::path::PathBuf) -> (Option<Index>, Vec<FileReport>) {
+/// Loads every configured path and, when given, the API indicator store;
+/// the index is `None` when no file was read.
+pub fn load(
+    paths: &[String],
+    api_store: Option<&Path>,
+    resolve: impl Fn(&str) -> PathBuf,
+) -> (Option<Index>, Vec<FileReport>) {
     let mut builder = IndexBuilder::default();
-    let reports = loader::load_all(paths, resolve, &mut builder);
-    let any_loaded = reports.iter().any(|r| r.error.is_none());
+    let mut reports = loader::load_all(paths, resolve, &mut builder);
+    // The API store counts as a source only once it holds something: an
+    // empty one must not turn "no indicator file" into "loaded".
+    let api = api_store.map(|p| api_store::load_into(p, &mut builder));
+    let any_loaded = reports.iter().any(|r| r.error.is_none()) || api.as_ref().is_some_and(|r| r.indicators > 0);
+    reports.extend(api.filter(|r| r.indicators > 0 || r.error.is_some()));
     (any_loaded.then(|| builder.finish()), reports)
 }
 
@@ -95,6 +111,8 @@ pub struct TiEnricher {
     /// The shared answer for events that match nothing.
     empty: JsonFragment,
     status: PluginStatus,
+    /// Configured paths (files and directories) and the API store.
+    watched: Vec<PathBuf>,
 }
 
 impl TiEnricher {
@@ -118,6 +136,7 @@ impl TiEnricher {
             matched_flag: opts.matched_flag,
             empty: Arc::from(empty),
             status,
+            watched: Vec::new(),
         }
     }
 
@@ -166,6 +185,10 @@ impl Enricher for TiEnricher {
 
     fn status(&self) -> PluginStatus {
         self.status.clone()
+    }
+
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        self.watched.clone()
     }
 
     fn lookup(&self, ip: IpAddr, out: &mut serde_json::Map<String, serde_json::Value>) {
@@ -323,7 +346,10 @@ fn build_status(index: Option<&Index>, reports: &[FileReport]) -> PluginStatus {
             status.version.as_deref().unwrap_or_default(),
             index.heap_bytes().div_ceil(1024)
         );
-    } else {
+    }
+    // With some files loaded the stage works, but degraded: say which
+    // files failed (a reload will not swap such a load over a clean one).
+    if !failed.is_empty() {
         let errors: Vec<String> =
             failed.iter().map(|r| format!("{}: {}", r.path.display(), r.error.as_deref().unwrap_or(""))).collect();
         status.error = Some(errors.join("; "));

@@ -33,6 +33,9 @@ pub struct TiOptions {
     /// Also write `"matched": true|false` next to `matches` (the stage-3
     /// layout `threat: {"matches": [...], "matched": bool}`).
     pub matched_flag: bool,
+    /// Also match the indicators added through `PUT /v1/indicators` (kept
+    /// in the server's state directory, source `"api"`).
+    pub api_indicators: bool,
 }
 
 impl Default for TiOptions {
@@ -43,6 +46,7 @@ impl Default for TiOptions {
             domain_fields: ["domain", "query", "server_name", "host"].map(String::from).to_vec(),
             output: "ti".into(),
             matched_flag: false,
+            api_indicators: true,
         }
     }
 }

@@ -628,7 +628,7 @@ fn real_lists_from_shared() {
     let firehol = shared("firehol-2021-04-14/firehol_level3.netset");
     paths.extend(firehol.iter().map(|p| p.display().to_string()));
     let started = std::time::Instant::now();
-    let (index, reports) = super::load(&paths, |p| PathBuf::from(p));
+    let (index, reports) = super::load(&paths, None, |p| PathBuf::from(p));
     let elapsed = started.elapsed();
     let index = index.expect("lists load");
     eprintln!(
@@ -771,7 +771,7 @@ fn bench_ns_per_event() {
 
     // This index against prefix_trie's `cover` on the same networks.
     if big.len() == 3 {
-        let (index, _) = super::load(&big[..2], |p| PathBuf::from(p));
+        let (index, _) = super::load(&big[..2], None, |p| PathBuf::from(p));
         let index = index.unwrap();
         let mut trie: prefix_trie::PrefixMap<ipnetwork::Ipv4Network, u32> = prefix_trie::PrefixMap::new();
         for path in &big[..2] {

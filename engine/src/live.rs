@@ -1,0 +1,291 @@
+//! The live chain and its reloads.
+//!
+//! [`Engine`] holds the current [`Chain`] behind an `ArcSwap`. A reload
+//! builds new stages off the hot path (the caller's thread: the file
+//! watcher, `POST /v1/reload`, SIGHUP), validates them, and swaps in a new
+//! chain that reuses every untouched stage. Batches already running keep
+//! the `Arc<Chain>` they started with, so no batch ever sees two versions.
+//!
+//! Keep-last-good: a rebuilt stage replaces the live one only if it is at
+//! least as healthy (see [`Health`]). A broken, truncated or vanished file
+//! is refused; the refusal is logged, counted and shown in the stage's
+//! report, and the next good write is picked up by the next reload.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::chain::{build_stage, Chain, KeyTables, Stage};
+use crate::config::{ChainEntryConfig, ConfigError};
+use crate::plugin::{PluginState, PluginStatus};
+use crate::registry::Registry;
+
+/// The live chain, swappable without stopping traffic.
+pub struct Engine {
+    chain: ArcSwap<Chain>,
+    registry: Registry,
+    /// Reloads are rare and must not interleave (two builds of one stage
+    /// racing to be swapped in); the hot path never takes this lock.
+    reload_lock: Mutex<()>,
+}
+
+/// What a reload did, stage by stage.
+#[derive(Debug, Serialize)]
+pub struct ReloadReport {
+    /// The chain generation live after the reload.
+    pub chain_generation: u64,
+    /// Whether a new chain was swapped in.
+    pub swapped: bool,
+    pub stages: Vec<StageReload>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StageReload {
+    pub name: String,
+    pub outcome: Outcome,
+    /// The stage's live generation after the reload.
+    pub generation: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Rebuilt and swapped in.
+    Reloaded,
+    /// Rebuilt, same content as live: nothing swapped.
+    Unchanged,
+    /// Rebuilt but refused; the previous generation stays live.
+    Rejected,
+    /// A new chain entry (configuration change).
+    Added,
+    /// Kept as is by a configuration change.
+    Kept,
+}
+
+/// How usable a stage's data is; a reload may not make it worse.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Health {
+    Disabled,
+    /// Missing or unloadable data.
+    Absent,
+    /// Loaded, with problems (e.g. one of several files unreadable).
+    Degraded,
+    Clean,
+}
+
+fn health(s: &PluginStatus) -> Health {
+    match (s.state, &s.error) {
+        (PluginState::Disabled, _) => Health::Disabled,
+        (PluginState::Loaded, None) => Health::Clean,
+        (PluginState::Loaded, Some(_)) => Health::Degraded,
+        _ => Health::Absent,
+    }
+}
+
+fn same_content(a: &PluginStatus, b: &PluginStatus) -> bool {
+    a.state == b.state
+        && a.version == b.version
+        && a.sources.len() == b.sources.len()
+        && a.sources.iter().zip(&b.sources).all(|(x, y)| x.path == y.path && x.sha256 == y.sha256)
+}
+
+impl Engine {
+    pub fn new(chain: Chain, registry: Registry) -> Self {
+        Engine { chain: ArcSwap::from_pointee(chain), registry, reload_lock: Mutex::new(()) }
+    }
+
+    /// The current chain. Hold the returned `Arc` for the whole batch.
+    pub fn chain(&self) -> Arc<Chain> {
+        self.chain.load_full()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Reloads the stages that watch any of `changed` (files, or
+    /// directories they live in).
+    pub fn reload_paths(&self, changed: &[PathBuf]) -> ReloadReport {
+        let changed: Vec<PathBuf> = changed.iter().map(|p| absolute(p)).collect();
+        self.reload_where(|stage| {
+            let Some(e) = &stage.enricher else { return false };
+            e.watch_paths().iter().map(|w| absolute(w)).any(|w| changed.iter().any(|c| affects(c, &w)))
+        })
+    }
+
+    /// Reloads every enabled stage (`POST /v1/reload`, SIGHUP).
+    pub fn reload_all(&self) -> ReloadReport {
+        self.reload_where(|stage| stage.enricher.is_some())
+    }
+
+    fn reload_where(&self, wanted: impl Fn(&Stage) -> bool) -> ReloadReport {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.chain.load_full();
+        let mut tables = KeyTables::of(&current);
+        let mut stages = current.stages.clone();
+        let mut results = Vec::new();
+        let mut swapped = false;
+        for slot in stages.iter_mut() {
+            if !wanted(slot) {
+                continue;
+            }
+            let (outcome, error) = match self.rebuild(slot, &current, &mut tables) {
+                Ok(Some(stage)) => {
+                    *slot = Arc::new(stage);
+                    swapped = true;
+                    (Outcome::Reloaded, None)
+                }
+                Ok(None) => (Outcome::Unchanged, None),
+                Err(e) => (Outcome::Rejected, Some(e)),
+            };
+            results.push(StageReload { name: slot.name.clone(), outcome, generation: slot.generation, error });
+        }
+        let generation = if swapped { self.swap(stages, tables, &current) } else { current.generation };
+        ReloadReport { chain_generation: generation, swapped, stages: results }
+    }
+
+    /// Builds the next generation of `stage`. `Ok(None)`: same content as
+    /// live; `Err`: refused (recorded in the stage's history).
+    fn rebuild(&self, stage: &Stage, chain: &Chain, tables: &mut KeyTables) -> Result<Option<Stage>, String> {
+        let history = Arc::clone(&stage.history);
+        let mut trial = tables.clone();
+        let built = build_stage(&stage.entry, &self.registry, &chain.env, &mut trial, stage.generation + 1, history);
+        let old = stage.status();
+        let verdict = match built {
+            Err(e) => Err(e.message),
+            Ok(new) => {
+                let status = new.status();
+                if same_content(&old, &status) {
+                    return Ok(None);
+                }
+                if health(&status) >= health(&old) {
+                    Ok(new)
+                } else {
+                    let why = status.error.unwrap_or_else(|| format!("state {:?}", status.state));
+                    Err(format!("{why}; keeping generation {} (last good)", stage.generation))
+                }
+            }
+        };
+        let h = &stage.history;
+        match verdict {
+            Ok(new) => {
+                *tables = trial;
+                h.reloads.fetch_add(1, Ordering::Relaxed);
+                *h.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!(stage = %stage.name, generation = new.generation, "reloaded");
+                Ok(Some(new))
+            }
+            Err(why) => {
+                h.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(stage = %stage.name, error = %why, "reload refused");
+                *h.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((SystemTime::now(), why.clone()));
+                Err(why)
+            }
+        }
+    }
+
+    /// Applies changed chain entries from a reloaded configuration. Entries
+    /// whose plugin, options and `enabled` are unchanged keep their live
+    /// stage (data, generation, counters); the others are built anew. Any
+    /// error refuses the whole change: the running chain stays.
+    pub fn apply_entries(&self, entries: &[ChainEntryConfig]) -> Result<ReloadReport, ConfigError> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.chain.load_full();
+        let mut tables = KeyTables::of(&current);
+        let mut stages: Vec<Arc<Stage>> = Vec::with_capacity(entries.len());
+        let mut results = Vec::new();
+        for entry in entries {
+            let name = entry.name.clone().unwrap_or_else(|| entry.plugin.clone());
+            if stages.iter().any(|s| s.name == name) {
+                return Err(entry.error(format!("duplicate chain entry name {name:?}; set `name` to tell them apart")));
+            }
+            let old = current.stages.iter().find(|s| s.name == name);
+            let stage = match old {
+                Some(old)
+                    if old.entry.plugin == entry.plugin
+                        && old.entry.enabled == entry.enabled
+                        && old.entry.options == entry.options =>
+                {
+                    results.push(StageReload { name, outcome: Outcome::Kept, generation: old.generation, error: None });
+                    Arc::clone(old)
+                }
+                _ => {
+                    let (generation, history) =
+                        old.map_or((1, Arc::default()), |o| (o.generation + 1, Arc::clone(&o.history)));
+                    let stage = build_stage(entry, &self.registry, &current.env, &mut tables, generation, history)?;
+                    let outcome = if old.is_some() { Outcome::Reloaded } else { Outcome::Added };
+                    results.push(StageReload { name, outcome, generation, error: None });
+                    Arc::new(stage)
+                }
+            };
+            stages.push(stage);
+        }
+        let same = stages.len() == current.stages.len()
+            && stages.iter().zip(&current.stages).all(|(a, b)| Arc::ptr_eq(a, b));
+        if same {
+            return Ok(ReloadReport { chain_generation: current.generation, swapped: false, stages: results });
+        }
+        let generation = self.swap(stages, tables, &current);
+        Ok(ReloadReport { chain_generation: generation, swapped: true, stages: results })
+    }
+
+    fn swap(&self, stages: Vec<Arc<Stage>>, tables: KeyTables, current: &Chain) -> u64 {
+        let generation = current.generation + 1;
+        let chain = Chain::assemble(stages, tables, current.env.clone(), generation);
+        self.chain.store(Arc::new(chain));
+        tracing::info!(generation, "chain swapped");
+        generation
+    }
+
+    /// Replaces the whole chain (tests, tools); batches already running
+    /// finish on the old one.
+    pub fn swap_chain(&self, chain: Chain) {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.chain.store(Arc::new(chain));
+    }
+}
+
+/// Whether a change at `changed` concerns the watched path `watched`: the
+/// path itself, a file inside a watched directory, or a directory being
+/// replaced that holds the watched path.
+fn affects(changed: &Path, watched: &Path) -> bool {
+    changed == watched || changed.parent() == Some(watched) || watched.starts_with(changed)
+}
+
+/// An absolute path without touching the filesystem (a file being replaced
+/// may not exist at this instant, so no canonicalization).
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_affect_their_stage() {
+        let w = Path::new("/etc/enrichd/ti");
+        assert!(affects(Path::new("/etc/enrichd/ti"), w));
+        assert!(affects(Path::new("/etc/enrichd/ti/new.txt"), w));
+        assert!(affects(Path::new("/etc/enrichd"), w));
+        assert!(!affects(Path::new("/etc/enrichd/other.txt"), w));
+        assert!(!affects(Path::new("/etc/enrichd/ti/sub/deep.txt"), w));
+    }
+
+    #[test]
+    fn health_orders_reload_acceptance() {
+        let mut clean = PluginStatus::new(PluginState::Loaded);
+        assert_eq!(health(&clean), Health::Clean);
+        clean.error = Some("one file unreadable".into());
+        assert_eq!(health(&clean), Health::Degraded);
+        assert!(Health::Absent < Health::Degraded && Health::Degraded < Health::Clean);
+        assert_eq!(health(&PluginStatus::new(PluginState::Missing)), Health::Absent);
+        assert_eq!(health(&PluginStatus::new(PluginState::Error)), Health::Absent);
+    }
+}

@@ -1,0 +1,129 @@
+//! Hot reload, the service's side: re-reading `config.toml`, deciding what
+//! can be applied live, and the one entry point the watcher, SIGHUP and
+//! `POST /v1/reload` share.
+//!
+//! The engine reloads stages (see `enrichd_engine::live`); this module adds
+//! what only the service knows: the configuration file and its environment
+//! overrides. Chain entries apply live; `[server]`, `[auth]` and `[reload]`
+//! changes are reported as needing a restart, never silently ignored.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use enrichd_engine::{Config, ReloadReport};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::api::AppState;
+
+/// What the service knows about reloads beyond the stages' own reports.
+#[derive(Default)]
+pub struct ReloadStatus {
+    inner: Mutex<ReloadState>,
+}
+
+#[derive(Clone, Default, Serialize)]
+pub struct ReloadState {
+    /// Whether file watching is active (and why not, if it failed).
+    pub watching: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_error: Option<String>,
+    /// Configuration reloads applied / refused.
+    pub config_reloads: u64,
+    pub config_reload_failures: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_config_error: Option<String>,
+    /// Sections changed on disk that only a restart applies.
+    pub needs_restart: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reload_at: Option<String>,
+}
+
+impl ReloadStatus {
+    pub fn snapshot(&self) -> ReloadState {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut ReloadState)) {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// Reloads the configuration and every stage (`POST /v1/reload`, SIGHUP).
+pub fn reload_everything(state: &AppState) -> Value {
+    let config = reload_config(state);
+    let stages = state.engine.reload_all();
+    finish(state, config, stages)
+}
+
+/// Reloads what the changed paths concern (the watcher).
+pub fn reload_changed(state: &AppState, changed: &[PathBuf]) -> Value {
+    let config_path = enrichd_engine::live::absolute(&state.config.path);
+    let config =
+        changed.iter().any(|p| enrichd_engine::live::absolute(p) == config_path).then(|| reload_config(state));
+    let stages = state.engine.reload_paths(changed);
+    finish(state, config.flatten(), stages)
+}
+
+fn finish(state: &AppState, config: Option<Value>, stages: ReloadReport) -> Value {
+    state.reload.update(|s| s.last_reload_at = Some(now()));
+    let chain = state.engine.chain();
+    json!({
+        "config": config,
+        "chain_generation": chain.generation(),
+        "stages": stages.stages,
+        "swapped": stages.swapped,
+        "needs_restart": state.reload.snapshot().needs_restart,
+    })
+}
+
+/// Re-reads the configuration file and applies its chain entries.
+/// `None` when the file did not change what the chain is built from.
+fn reload_config(state: &AppState) -> Option<Value> {
+    let loaded = Config::load(&state.config.path).and_then(|mut c| {
+        c.apply_env(state.engine.registry(), |name| std::env::var(name).ok())?;
+        Ok(c)
+    });
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => return Some(config_refused(state, e.to_string())),
+    };
+    let mut needs_restart = Vec::new();
+    let running = &state.config;
+    if config.server != running.server {
+        needs_restart.push("server".to_string());
+    }
+    if config.auth != running.auth {
+        needs_restart.push("auth".to_string());
+    }
+    if config.reload != running.reload {
+        needs_restart.push("reload".to_string());
+    }
+    if !needs_restart.is_empty() {
+        tracing::warn!(sections = ?needs_restart, "configuration changed in sections that apply only after a restart");
+    }
+    state.reload.update(|s| s.needs_restart = needs_restart);
+    match state.engine.apply_entries(&config.chain) {
+        Ok(report) => {
+            state.reload.update(|s| {
+                s.config_reloads += 1;
+                s.last_config_error = None;
+            });
+            Some(json!({ "outcome": if report.swapped { "applied" } else { "unchanged" }, "stages": report.stages }))
+        }
+        Err(e) => Some(config_refused(state, e.to_string())),
+    }
+}
+
+fn config_refused(state: &AppState, error: String) -> Value {
+    tracing::warn!(%error, "configuration reload refused; the running chain stays");
+    state.reload.update(|s| {
+        s.config_reload_failures += 1;
+        s.last_config_error = Some(error.clone());
+    });
+    json!({ "outcome": "rejected", "error": error })
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
