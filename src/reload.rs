@@ -59,8 +59,7 @@ pub fn reload_everything(state: &AppState) -> Value {
 /// Reloads what the changed paths concern (the watcher).
 pub fn reload_changed(state: &AppState, changed: &[PathBuf]) -> Value {
     let config_path = enrichd_engine::live::absolute(&state.config.path);
-    let config =
-        changed.iter().any(|p| enrichd_engine::live::absolute(p) == config_path).then(|| reload_config(state));
+    let config = changed.iter().any(|p| enrichd_engine::live::absolute(p) == config_path).then(|| reload_config(state));
     let stages = state.engine.reload_paths(changed);
     finish(state, config.flatten(), stages)
 }

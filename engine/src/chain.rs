@@ -118,10 +118,9 @@ impl Chain {
         for entry in entries {
             let stage = build_stage(entry, registry, env, &mut tables, 1, Arc::default())?;
             if stages.iter().any(|s: &Arc<Stage>| s.name == stage.name) {
-                return Err(entry.error(format!(
-                    "duplicate chain entry name {:?}; set `name` to tell them apart",
-                    stage.name
-                )));
+                return Err(
+                    entry.error(format!("duplicate chain entry name {:?}; set `name` to tell them apart", stage.name))
+                );
             }
             stages.push(Arc::new(stage));
         }

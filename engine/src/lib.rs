@@ -23,10 +23,10 @@ pub mod registry;
 
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
 pub use chain::{BuildEnv, Chain, StageReport};
-pub use live::{Engine, Outcome, ReloadReport, StageReload};
 pub use config::{ChainEntryConfig, Config, ConfigError};
 pub use event::{AddressSelector, Event, JsonFragment, KeyId, Side, TextFieldId};
 pub use format::Format;
+pub use live::{Engine, Outcome, ReloadReport, StageReload};
 pub use parse::{parse_envelope, parse_ndjson, InputError, Limits, ParseSpec};
 pub use plugin::{
     source_info, BuildContext, Enricher, EnvOverride, PluginFactory, PluginState, PluginStatus, SourceInfo,

@@ -226,8 +226,8 @@ impl Engine {
             };
             stages.push(stage);
         }
-        let same = stages.len() == current.stages.len()
-            && stages.iter().zip(&current.stages).all(|(a, b)| Arc::ptr_eq(a, b));
+        let same =
+            stages.len() == current.stages.len() && stages.iter().zip(&current.stages).all(|(a, b)| Arc::ptr_eq(a, b));
         if same {
             return Ok(ReloadReport { chain_generation: current.generation, swapped: false, stages: results });
         }

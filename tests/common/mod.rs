@@ -63,6 +63,8 @@ pub struct Server {
     child: Child,
     pub base: String,
     pub dir: tempfile::TempDir,
+    config: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -80,6 +82,33 @@ impl Server {
     }
 
     pub fn start_file(path: &Path, env: &[(&str, &str)], dir: tempfile::TempDir) -> Server {
+        let (child, base) = spawn(path, env);
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Server { child, base, dir, config: path.to_path_buf(), env }
+    }
+
+    /// Stops the server and starts it again on the same configuration and
+    /// directory (state kept on disk must survive this).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (child, base) = spawn(&self.config, &env);
+        self.child = child;
+        self.base = base;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+fn spawn(path: &Path, env: &[(&str, &str)]) -> (Child, String) {
+    {
         let mut cmd = bin();
         cmd.args(["serve", "--config"]).arg(path).args(["--listen", "127.0.0.1:0"]);
         for var in OVERRIDE_VARS {
@@ -103,11 +132,7 @@ impl Server {
                 panic!("enrichd did not start: {:?}", child.wait());
             }
         };
-        Server { child, base, dir }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        (child, base)
     }
 }
 

@@ -197,10 +197,8 @@ pub fn load_file(source: String, path: PathBuf, builder: &mut IndexBuilder) -> F
     // good version instead of silently dropping the file's indicators.
     if report.indicators == 0 && report.duplicates == 0 && report.skipped_lines > 0 && report.error.is_none() {
         let first = report.bad_lines.first().cloned().unwrap_or_default();
-        report.error = Some(format!(
-            "no valid indicator: {} line(s) skipped (first: line {first})",
-            report.skipped_lines
-        ));
+        report.error =
+            Some(format!("no valid indicator: {} line(s) skipped (first: line {first})", report.skipped_lines));
     }
     report
 }

@@ -1,0 +1,471 @@
+//! Hot reload, end to end: the real binary, real files edited the ways
+//! tools edit them, under continuous ingest load from a concurrent client.
+//!
+//! Every loaded request must succeed, and every batch must be enriched by
+//! one version: all its events carry the same generation stamp, and the
+//! enrichment observed for each stage generation never varies (a batch
+//! mixing old and new data would show two answers for one generation).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{agent, data, repo, Server, KEY};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-key-5d1e";
+const GEN: &str = "enrichd_generation";
+/// The address the edited indicators are about.
+const TARGET: &str = "203.0.113.77";
+/// How long a change may take to be live.
+const LIVE_WITHIN: Duration = Duration::from_secs(2);
+
+fn config(chain: &str, extra: &str) -> String {
+    format!(
+        "[auth]\napi_keys = [\"{KEY}\"]\nadmin_keys = [\"{ADMIN}\"]\n\n[reload]\ndebounce_ms = 100\n\
+         generation_field = \"{GEN}\"\n{extra}\n{chain}"
+    )
+}
+
+fn start(dir: tempfile::TempDir, config_text: &str) -> Server {
+    let path = dir.path().join("config.toml");
+    fs::write(&path, config_text).unwrap();
+    Server::start_file(&path, &[], dir)
+}
+
+fn flows(n: usize, dst_port: u16, dst_ip: &str) -> Value {
+    let records: Vec<Value> = (0..n)
+        .map(|i| {
+            let src = if i % 2 == 0 { TARGET.to_string() } else { format!("198.18.0.{}", i % 250 + 1) };
+            json!({"ts": 1_700_000_000 + i, "src_ip": src, "dst_ip": dst_ip, "src_port": 40000 + i,
+                   "dst_port": dst_port, "protocol": "tcp", "bytes": 1200})
+        })
+        .collect();
+    Value::Array(records)
+}
+
+fn ingest(base: &str, records: &Value) -> Result<Vec<Value>, String> {
+    let body = json!({"collector_id": "reload-test", "format": "flows.v1", "records": records});
+    let mut resp = agent()
+        .post(&format!("{base}/v1/ingest"))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .send_json(&body)
+        .map_err(|e| format!("transport: {e}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("status {status}: {text}"));
+    }
+    let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(v["records"].as_array().cloned().unwrap_or_default())
+}
+
+/// What a test looks at in an enriched event.
+type Observe = fn(&Value) -> String;
+
+fn ti_of_target(event: &Value) -> String {
+    let mut hits: Vec<String> = event["ti"]["matches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["field"] == "src_ip")
+        .map(|m| format!("{}@{}", m["indicator"].as_str().unwrap_or(""), m["source"].as_str().unwrap_or("")))
+        .collect();
+    hits.sort();
+    hits.join(",")
+}
+
+fn score(event: &Value) -> String {
+    event["risk_score"].to_string()
+}
+
+fn city(event: &Value) -> String {
+    event["geo"]["city"].to_string()
+}
+
+/// A client sending batches until stopped, checking every answer.
+struct Load {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Load {
+    fn start(base: &str, records: Value, stage: &'static str, observe: Observe) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let base = base.to_string();
+        let handle = std::thread::spawn(move || {
+            let mut problems = Vec::new();
+            let mut seen: BTreeMap<u64, String> = BTreeMap::new();
+            let mut requests = 0;
+            while !flag.load(Ordering::Relaxed) {
+                requests += 1;
+                let events = match ingest(&base, &records) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        problems.push(e);
+                        continue;
+                    }
+                };
+                let stamp = &events[0][GEN];
+                if events.iter().any(|e| &e[GEN] != stamp) {
+                    problems.push(format!("one batch carries several generation stamps: {stamp}"));
+                }
+                let Some(generation) = stamp[stage].as_u64() else {
+                    problems.push(format!("no {stage} generation in stamp {stamp}"));
+                    continue;
+                };
+                // Events of the target address (even positions) must all agree.
+                let answers: Vec<String> = events.iter().step_by(2).map(observe).collect();
+                if answers.iter().any(|a| a != &answers[0]) {
+                    problems
+                        .push(format!("mixed answers in one batch at {stage} generation {generation}: {answers:?}"));
+                }
+                match seen.get(&generation) {
+                    Some(prev) if prev != &answers[0] => problems
+                        .push(format!("{stage} generation {generation} answered both {prev:?} and {:?}", answers[0])),
+                    _ => {
+                        seen.insert(generation, answers[0].clone());
+                    }
+                }
+            }
+            (requests, problems)
+        });
+        Load { stop, handle }
+    }
+
+    /// Stops the client and fails the test on any failed or mixed batch.
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (requests, problems) = self.handle.join().expect("load thread");
+        assert!(requests > 10, "the load client sent only {requests} requests");
+        assert!(
+            problems.is_empty(),
+            "{} problems in {requests} requests: {:?}",
+            problems.len(),
+            &problems[..problems.len().min(5)]
+        );
+    }
+}
+
+/// Sends `records` until `observe` on the first event gives `want`;
+/// returns how long it took. Panics after `within`.
+fn wait_for(base: &str, records: &Value, observe: Observe, want: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let events = ingest(base, records).expect("ingest");
+        let got = observe(&events[0]);
+        if got == want {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "not live within {within:?}: want {want:?}, still {got:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Stays at `want` for `period` (a refused reload must not change answers).
+fn stays(base: &str, records: &Value, observe: Observe, want: &str, period: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < period {
+        let events = ingest(base, records).expect("ingest");
+        assert_eq!(observe(&events[0]), want, "the answer changed although the reload should have been refused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stage(server: &Server, name: &str) -> Value {
+    let all = server.get_auth("/v1/enrichers").json();
+    all["enrichers"].as_array().unwrap().iter().find(|e| e["name"] == name).cloned().expect("stage listed")
+}
+
+/// Writes via a temporary file and a rename, like most tools that care.
+fn rename_over(path: &Path, content: &[u8]) {
+    let tmp = path.with_extension("tmp-new");
+    fs::write(&tmp, content).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+fn ti_chain(paths: &str) -> String {
+    format!("[[chain]]\nplugin = \"ti\"\npaths = [{paths}]\n")
+}
+
+#[test]
+fn indicator_file_edits_go_live_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.txt");
+    fs::write(&feed, "198.51.100.0/24\n").unwrap();
+    let server = start(dir, &config(&ti_chain("\"feed.txt\""), ""));
+    let probe = flows(2, 443, "192.0.2.1");
+    let load = Load::start(&server.base, flows(50, 443, "192.0.2.1"), "ti", ti_of_target);
+    assert_eq!(ingest(&server.base, &probe).unwrap()[0]["ti"]["matches"], json!([]));
+
+    // Append in place.
+    let mut file = fs::OpenOptions::new().append(true).open(&feed).unwrap();
+    std::io::Write::write_all(&mut file, format!("{TARGET}\n").as_bytes()).unwrap();
+    drop(file);
+    let took = wait_for(&server.base, &probe, ti_of_target, &format!("{TARGET}@feed.txt"), LIVE_WITHIN);
+    eprintln!("append live after {took:?}");
+
+    // Write to a temporary file, rename over.
+    rename_over(&feed, b"203.0.113.0/24\n");
+    wait_for(&server.base, &probe, ti_of_target, "203.0.113.0/24@feed.txt", LIVE_WITHIN);
+
+    // Delete, then create: while the file is gone the last good version
+    // stays live and the refusal is visible.
+    fs::remove_file(&feed).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    stays(&server.base, &probe, ti_of_target, "203.0.113.0/24@feed.txt", Duration::from_millis(200));
+    let ti = stage(&server, "ti");
+    assert!(ti["last_reload_error"].as_str().unwrap_or("").contains("not found"), "{ti}");
+    assert!(ti["reload_failures"].as_u64().unwrap() >= 1);
+    fs::write(&feed, format!("{TARGET}\n")).unwrap();
+    wait_for(&server.base, &probe, ti_of_target, &format!("{TARGET}@feed.txt"), LIVE_WITHIN);
+    assert!(stage(&server, "ti")["last_reload_error"].is_null(), "a good reload clears the error");
+
+    // Garbage (or a write caught half-way) is refused: last good stays.
+    fs::write(&feed, "this is not\nan indicator file\n").unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    stays(&server.base, &probe, ti_of_target, &format!("{TARGET}@feed.txt"), Duration::from_millis(200));
+    assert!(stage(&server, "ti")["last_reload_error"].as_str().unwrap().contains("no valid indicator"));
+
+    // An editor's swap file next to the feed changes nothing.
+    let generation = stage(&server, "ti")["generation"].as_u64().unwrap();
+    fs::write(feed.with_file_name(".feed.txt.swp"), "binary junk").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(stage(&server, "ti")["generation"].as_u64().unwrap(), generation);
+
+    // Copy over (truncate and rewrite in place).
+    fs::write(&feed, "203.0.113.64/26\n").unwrap();
+    wait_for(&server.base, &probe, ti_of_target, "203.0.113.64/26@feed.txt", LIVE_WITHIN);
+    load.finish();
+    let ti = stage(&server, "ti");
+    assert!(ti["reloads"].as_u64().unwrap() >= 4, "{ti}");
+}
+
+#[test]
+fn indicator_directory_gains_and_loses_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let feeds = dir.path().join("feeds");
+    fs::create_dir(&feeds).unwrap();
+    fs::write(feeds.join("a.txt"), "198.51.100.1\n").unwrap();
+    let server = start(dir, &config(&ti_chain("\"feeds\""), ""));
+    let probe = flows(2, 443, "192.0.2.1");
+    let load = Load::start(&server.base, flows(50, 443, "192.0.2.1"), "ti", ti_of_target);
+    assert_eq!(ti_of_target(&ingest(&server.base, &probe).unwrap()[0]), "");
+
+    fs::write(feeds.join("b.csv"), format!("ip_or_cidr,category,confidence\n{TARGET},c2,90\n")).unwrap();
+    wait_for(&server.base, &probe, ti_of_target, &format!("{TARGET}@feeds/b.csv"), LIVE_WITHIN);
+    let events = ingest(&server.base, &probe).unwrap();
+    assert_eq!(events[0]["ti"]["matches"][0]["category"], "c2");
+
+    fs::write(feeds.join("c.txt"), "203.0.113.0/24\n").unwrap();
+    wait_for(
+        &server.base,
+        &probe,
+        ti_of_target,
+        &format!("203.0.113.0/24@feeds/c.txt,{TARGET}@feeds/b.csv"),
+        LIVE_WITHIN,
+    );
+
+    fs::remove_file(feeds.join("b.csv")).unwrap();
+    wait_for(&server.base, &probe, ti_of_target, "203.0.113.0/24@feeds/c.txt", LIVE_WITHIN);
+    fs::remove_file(feeds.join("c.txt")).unwrap();
+    wait_for(&server.base, &probe, ti_of_target, "", LIVE_WITHIN);
+    load.finish();
+}
+
+#[test]
+fn wasm_rule_swap_and_broken_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("rule.wasm");
+    fs::copy(repo().join("rules/risk.wasm"), &module).unwrap();
+    let chain = "[[chain]]\nplugin = \"wasm\"\nname = \"risk\"\nmodule = \"rule.wasm\"\nrole = \"rule\"\n";
+    let server = start(dir, &config(chain, ""));
+    // Telnet: the default rule gives 10 + 10, the C example rule 70.
+    let probe = flows(2, 23, "192.0.2.1");
+    let load = Load::start(&server.base, flows(50, 23, "192.0.2.1"), "risk", score);
+    assert_eq!(score(&ingest(&server.base, &probe).unwrap()[0]), "20");
+
+    rename_over(&module, &fs::read(repo().join("rules/examples/admin_ports.wasm")).unwrap());
+    let took = wait_for(&server.base, &probe, score, "70", LIVE_WITHIN);
+    eprintln!("new rule live after {took:?}");
+    let generation = stage(&server, "risk")["generation"].as_u64().unwrap();
+
+    // Not WebAssembly, then a module missing the ABI: both refused.
+    rename_over(&module, b"\0asm garbage that is not a module");
+    std::thread::sleep(Duration::from_millis(600));
+    stays(&server.base, &probe, score, "70", Duration::from_millis(200));
+    let risk = stage(&server, "risk");
+    assert_eq!(risk["generation"].as_u64().unwrap(), generation);
+    assert!(risk["last_reload_error"].as_str().unwrap().contains("rule.wasm"), "{risk}");
+    assert_eq!(risk["state"], "loaded");
+
+    rename_over(&module, b"\0asm\x01\0\0\0");
+    std::thread::sleep(Duration::from_millis(600));
+    stays(&server.base, &probe, score, "70", Duration::from_millis(200));
+
+    rename_over(&module, &fs::read(repo().join("rules/risk.wasm")).unwrap());
+    wait_for(&server.base, &probe, score, "20", LIVE_WITHIN);
+    load.finish();
+}
+
+#[test]
+fn mmdb_swap_in_place_and_truncated_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("geo.mmdb");
+    fs::copy(data("maxmind/GeoIP2-City-Test.mmdb"), &db).unwrap();
+    let chain = "[[chain]]\nplugin = \"geoip\"\ndatabase = \"geo.mmdb\"\n";
+    let server = start(dir, &config(chain, ""));
+    let probe = flows(2, 443, "81.2.69.142");
+    let load = Load::start(&server.base, flows(50, 443, "81.2.69.142"), "geoip", city);
+    assert_eq!(city(&ingest(&server.base, &probe).unwrap()[0]), "\"London\"");
+
+    // `cp` over the mapped file: truncates and rewrites it in place.
+    fs::copy(data("maxmind/GeoIP2-Country-Test.mmdb"), &db).unwrap();
+    wait_for(&server.base, &probe, city, "null", LIVE_WITHIN);
+    assert_eq!(ingest(&server.base, &probe).unwrap()[0]["geo"]["country"], "GB");
+
+    // A truncated copy is refused; the Country database stays live.
+    let full = fs::read(data("maxmind/GeoIP2-City-Test.mmdb")).unwrap();
+    fs::write(&db, &full[..full.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    stays(&server.base, &probe, city, "null", Duration::from_millis(200));
+    let geo = stage(&server, "geoip");
+    assert!(geo["last_reload_error"].as_str().is_some(), "{geo}");
+    assert!(geo["version"].as_str().unwrap().contains("Country"), "{geo}");
+
+    fs::write(&db, &full).unwrap();
+    wait_for(&server.base, &probe, city, "\"London\"", LIVE_WITHIN);
+    load.finish();
+}
+
+#[test]
+fn config_changes_apply_live_or_ask_for_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("feed.txt"), format!("{TARGET}\n")).unwrap();
+    let asn = format!("[[chain]]\nplugin = \"asn\"\ndatabase = \"{}\"\n", data("maxmind/GeoLite2-ASN-Test.mmdb"));
+    let chain = format!("{}{asn}", ti_chain("\"feed.txt\""));
+    let server = start(dir, &config(&chain, ""));
+    let path = server.dir.path().join("config.toml");
+    let probe = flows(2, 443, "1.128.0.1");
+    let has_asn = |e: &Value| e["asn"]["asn"].to_string();
+    assert_eq!(has_asn(&ingest(&server.base, &probe).unwrap()[0]), "1221");
+    let ti_generation = stage(&server, "ti")["generation"].clone();
+
+    // Disable a stage: applied live; the untouched stage keeps its data.
+    fs::write(
+        &path,
+        config(&format!("{}{}", ti_chain("\"feed.txt\""), asn.replace("\"asn\"\n", "\"asn\"\nenabled = false\n")), ""),
+    )
+    .unwrap();
+    wait_for(&server.base, &probe, has_asn, "null", LIVE_WITHIN);
+    assert_eq!(stage(&server, "ti")["generation"], ti_generation);
+    assert_eq!(ti_of_target(&ingest(&server.base, &probe).unwrap()[0]), format!("{TARGET}@feed.txt"));
+
+    // A broken configuration is refused whole, with file and line.
+    fs::write(&path, config(&format!("{chain}[[chain]]\nplugin = \"no-such-plugin\"\n"), "")).unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let status = server.get_auth("/v1/enrichers").json();
+    let error = status["reload"]["last_config_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("config.toml:") && error.contains("no-such-plugin"), "{status}");
+    assert_eq!(has_asn(&ingest(&server.base, &probe).unwrap()[0]), "null");
+
+    // What cannot change live is reported, not ignored.
+    fs::write(&path, config(&chain, "[server]\nmax_records = 5\n")).unwrap();
+    wait_for(&server.base, &probe, has_asn, "1221", LIVE_WITHIN);
+    let status = server.get_auth("/v1/enrichers").json();
+    assert_eq!(status["reload"]["needs_restart"], json!(["server"]), "{status}");
+    assert!(ingest(&server.base, &flows(8, 443, "1.128.0.1")).is_ok(), "the running limit stays until restart");
+}
+
+fn admin(server: &Server, method: &str, path: &str, body: Option<&Value>, key: &str) -> common::Reply {
+    let url = server.url(path);
+    let auth = format!("Bearer {key}");
+    let resp = match (method, body) {
+        ("PUT", Some(b)) => agent().put(&url).header("Authorization", &auth).send_json(b),
+        ("POST", _) => agent().post(&url).header("Authorization", &auth).send_empty(),
+        ("DELETE", _) => agent().delete(&url).header("Authorization", &auth).call(),
+        _ => agent().get(&url).header("Authorization", &auth).call(),
+    };
+    let mut resp = resp.expect("HTTP exchange");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    common::Reply { status, headers, text: resp.body_mut().read_to_string().unwrap() }
+}
+
+#[test]
+fn api_indicators_need_the_admin_key_and_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("feed.txt"), "198.51.100.0/24\n").unwrap();
+    let text = config(&ti_chain("\"feed.txt\""), "");
+    let server = start(dir, &text);
+    let probe = flows(2, 443, "192.0.2.1");
+    let put = json!({"indicators": [{"indicator": TARGET, "category": "scanner", "confidence": 75}]});
+
+    assert_eq!(admin(&server, "PUT", "/v1/indicators", Some(&put), KEY).status, 401, "ingest keys are not admin keys");
+    let bad = json!([{"indicator": TARGET}, {"indicator": "999.1.1.1"}]);
+    let r = admin(&server, "PUT", "/v1/indicators", Some(&bad), ADMIN);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json()["index"], 1);
+    assert!(
+        admin(&server, "GET", "/v1/indicators", None, ADMIN).json()["indicators"].as_array().unwrap().is_empty(),
+        "nothing of a refused request is stored"
+    );
+
+    let r = admin(&server, "PUT", "/v1/indicators", Some(&put), ADMIN);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json()["indicators"][0]["id"].as_str().unwrap().to_string();
+    // Live when the call returns.
+    let event = &ingest(&server.base, &probe).unwrap()[0];
+    assert_eq!(ti_of_target(event), format!("{TARGET}@api"));
+    assert_eq!(event["ti"]["matches"][0]["category"], "scanner");
+
+    // A restart on the same state directory keeps it.
+    let mut server = server;
+    server.restart();
+    assert_eq!(ti_of_target(&ingest(&server.base, &probe).unwrap()[0]), format!("{TARGET}@api"));
+
+    let r = admin(&server, "DELETE", &format!("/v1/indicators/{id}"), None, ADMIN);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(ti_of_target(&ingest(&server.base, &probe).unwrap()[0]), "");
+    assert_eq!(admin(&server, "DELETE", &format!("/v1/indicators/{id}"), None, ADMIN).status, 404);
+}
+
+#[test]
+fn admin_endpoints_are_disabled_without_an_admin_key() {
+    let server = Server::start(&common::test_chain());
+    let r = admin(&server, "POST", "/v1/reload", None, KEY);
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(r.json()["error"], "admin_disabled");
+}
+
+#[test]
+fn sighup_and_reload_endpoint_work_without_watching() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.txt");
+    fs::write(&feed, "198.51.100.0/24\n").unwrap();
+    let server =
+        start(dir, &config(&ti_chain("\"feed.txt\""), "watch = false\n").replace("\n\n[[chain]]", "\n[[chain]]"));
+    let probe = flows(2, 443, "192.0.2.1");
+
+    fs::write(&feed, format!("{TARGET}\n")).unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(ti_of_target(&ingest(&server.base, &probe).unwrap()[0]), "", "not watching: nothing reloads by itself");
+    let r = admin(&server, "POST", "/v1/reload", None, ADMIN);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let stages = r.json()["stages"].clone();
+    assert_eq!(stages[0]["outcome"], "reloaded", "{stages}");
+    assert_eq!(ti_of_target(&ingest(&server.base, &probe).unwrap()[0]), format!("{TARGET}@feed.txt"));
+
+    fs::write(&feed, "203.0.113.0/24\n").unwrap();
+    let pid = server.pid();
+    let status = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_for(&server.base, &probe, ti_of_target, "203.0.113.0/24@feed.txt", LIVE_WITHIN);
+}
