@@ -249,6 +249,9 @@ pub fn load_entries(
 /// Parses file content (format auto-detected) into `builder`.
 pub fn parse_text(text: &str, report: &mut FileReport, builder: &mut IndexBuilder) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.len() > 1 << 20 {
+        builder.reserve_nets(text.bytes().filter(|&b| b == b'\n').count());
+    }
     let mut parser = Parser { report, builder, logged: 0, name: String::new(), tail: String::new() };
     for line in text.lines() {
         let t = line.trim();
