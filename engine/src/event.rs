@@ -144,6 +144,7 @@ impl Event {
 
     /// Attaches an enrichment result under `key`, replacing an earlier value
     /// for the same key (a later chain entry wins).
+    #[inline]
     pub fn set_output(&mut self, key: KeyId, value: JsonFragment) {
         if let Some(slot) = self.outputs.iter_mut().find(|(k, _)| *k == key) {
             slot.1 = value;
@@ -153,6 +154,7 @@ impl Event {
     }
 
     /// The enrichment result attached under `key`, if any.
+    #[inline]
     pub fn output(&self, key: KeyId) -> Option<&JsonFragment> {
         self.outputs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }

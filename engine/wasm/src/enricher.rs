@@ -35,23 +35,24 @@ struct ThreadSlot {
 /// Buffers for reading results, reused from batch to batch.
 #[derive(Default)]
 struct Scratch {
-    /// Copy of the guest's result buffer.
-    out: Vec<u8>,
     /// `(event, kind, payload offset, payload length)` per entry.
     entries: Vec<(u16, u8, usize, usize)>,
     /// Reasons + tags per event, to enforce the per-event cap.
     counts: Vec<u8>,
-    /// Interning key under construction.
-    key: Vec<u8>,
+    /// Reason / tag list keys and the last list made.
+    lists: ListCache,
     /// Guest bytes -> validated JSON fragment.
     interned: HashMap<Box<[u8]>, JsonFragment>,
-    /// Results checked but not yet applied.
-    computed: Vec<Computed>,
+    /// Enricher fields checked but not yet applied: `(event, key, value)`.
+    computed: Vec<(usize, KeyId, JsonFragment)>,
 }
 
-enum Computed {
-    Verdict { score: Option<u8>, reasons: JsonFragment, tags: Option<JsonFragment> },
-    Field { event: usize, id: KeyId, value: JsonFragment },
+#[derive(Default)]
+struct ListCache {
+    /// Interning key under construction.
+    key: Vec<u8>,
+    /// The previous list's key and fragment.
+    last: Option<(Vec<u8>, JsonFragment)>,
 }
 
 /// Most interned JSON texts kept per thread before the table is reset.
@@ -280,9 +281,10 @@ impl WasmEnricher {
             slot.worker = None;
             return Err(FailureKind::MalformedResult);
         }
-        slot.scratch.out.clear();
-        slot.scratch.out.extend_from_slice(&data[io + abi::IO_OUT_OFFSET..io + abi::IO_OUT_OFFSET + out_len]);
-        let applied = self.apply(events, &mut slot.scratch);
+        // Read in place: the guest is not running, and `events` and the
+        // scratch buffers are disjoint from the store.
+        let out = &data[io + abi::IO_OUT_OFFSET..io + abi::IO_OUT_OFFSET + out_len];
+        let applied = self.apply(events, out, &mut slot.scratch);
         if applied.is_err() {
             slot.worker = None;
         }
@@ -296,8 +298,8 @@ impl WasmEnricher {
     /// buffers, and the JSON of reason / tag lists and field values is
     /// interned per thread by the guest's raw bytes, so a repeated list is
     /// neither re-validated, re-escaped nor re-allocated.
-    fn apply(&self, events: &mut [Event], scratch: &mut Scratch) -> Result<(), FailureKind> {
-        let Scratch { out, entries, counts, key, interned, computed } = scratch;
+    fn apply(&self, events: &mut [Event], out: &[u8], scratch: &mut Scratch) -> Result<(), FailureKind> {
+        let Scratch { entries, counts, lists, interned, computed } = scratch;
         entries.clear();
         counts.clear();
         counts.resize(events.len(), 0);
@@ -310,7 +312,8 @@ impl WasmEnricher {
                 kind::SCORE if e.payload.len() != 4 => return Err(FailureKind::MalformedResult),
                 kind::REASON | kind::TAG => {
                     *count += 1;
-                    if *count > 32 || e.payload.len() > abi::MAX_TEXT {
+                    // Checked here, so that applying below cannot fail.
+                    if *count > 32 || e.payload.len() > abi::MAX_TEXT || !is_utf8(e.payload) {
                         return Err(FailureKind::MalformedResult);
                     }
                 }
@@ -325,57 +328,53 @@ impl WasmEnricher {
         if !sorted {
             entries.sort_by_key(|&(event, ..)| event);
         }
-        computed.clear();
-        let mut rest = &entries[..];
-        for i in 0..events.len() {
-            let n = rest.iter().take_while(|&&(event, ..)| event as usize == i).count();
-            let (mine, next) = rest.split_at(n);
-            rest = next;
-            let payload = |&(_, _, at, len): &(u16, u8, usize, usize)| &out[at..at + len];
-            match &self.outputs {
-                Outputs::Rule { .. } => {
-                    let score = mine
+        match &self.outputs {
+            Outputs::Rule { score, reasons, tags } => {
+                // Everything is validated: write straight into the events.
+                let (score_key, reasons_key, tags_key) = (*score, *reasons, *tags);
+                let mut rest = &entries[..];
+                for (i, ev) in events.iter_mut().enumerate() {
+                    let n = rest.iter().take_while(|&&(event, ..)| event as usize == i).count();
+                    let (mine, next) = rest.split_at(n);
+                    rest = next;
+                    let payload = |&(_, _, at, len): &(u16, u8, usize, usize)| &out[at..at + len];
+                    let s = mine
                         .iter()
                         .rev()
                         .find(|e| e.1 == kind::SCORE)
                         .map(|e| i32::from_le_bytes(payload(e).try_into().expect("4 bytes")).clamp(0, 100) as u8);
-                    let reasons =
-                        self.string_list(mine.iter().filter(|e| e.1 == kind::REASON).map(payload), key, interned)?;
-                    let tags = if mine.iter().any(|e| e.1 == kind::TAG) {
-                        Some(self.string_list(mine.iter().filter(|e| e.1 == kind::TAG).map(payload), key, interned)?)
-                    } else {
-                        None
-                    };
-                    computed.push(Computed::Verdict { score, reasons, tags });
+                    let r = self.string_list(mine.iter().filter(|e| e.1 == kind::REASON).map(payload), lists, interned);
+                    ev.risk_score = s;
+                    ev.set_output(score_key, s.map_or_else(|| self.null.clone(), |s| self.scores[s as usize].clone()));
+                    ev.set_output(reasons_key, r);
+                    if mine.iter().any(|e| e.1 == kind::TAG) {
+                        let t =
+                            self.string_list(mine.iter().filter(|e| e.1 == kind::TAG).map(payload), lists, interned);
+                        ev.set_output(tags_key, t);
+                    }
                 }
-                Outputs::Enricher { fields } => {
-                    for e in mine.iter().filter(|e| e.1 == kind::FIELD) {
-                        let p = payload(e);
+            }
+            Outputs::Enricher { fields } => {
+                computed.clear();
+                let mut rest = &entries[..];
+                for i in 0..events.len() {
+                    let n = rest.iter().take_while(|&&(event, ..)| event as usize == i).count();
+                    let (mine, next) = rest.split_at(n);
+                    rest = next;
+                    for &(_, k, at, len) in mine {
+                        if k != kind::FIELD {
+                            continue;
+                        }
+                        let p = &out[at..at + len];
                         let klen = p[0] as usize;
                         let name = p.get(1..1 + klen).ok_or(FailureKind::MalformedResult)?;
                         let id = fields.iter().find(|(k, _)| k.as_bytes() == name).map(|(_, id)| *id);
                         let id = id.ok_or(FailureKind::MalformedResult)?;
                         let value = interned_json_value(&p[1 + klen..], interned)?;
-                        computed.push(Computed::Field { event: i, id, value });
+                        computed.push((i, id, value));
                     }
                 }
-            }
-        }
-        match &self.outputs {
-            Outputs::Rule { score, reasons, tags } => {
-                for (ev, c) in events.iter_mut().zip(computed.drain(..)) {
-                    let Computed::Verdict { score: s, reasons: r, tags: t } = c else { unreachable!("rule role") };
-                    ev.risk_score = s;
-                    ev.set_output(*score, s.map_or_else(|| self.null.clone(), |s| self.scores[s as usize].clone()));
-                    ev.set_output(*reasons, r);
-                    if let Some(t) = t {
-                        ev.set_output(*tags, t);
-                    }
-                }
-            }
-            Outputs::Enricher { .. } => {
-                for c in computed.drain(..) {
-                    let Computed::Field { event, id, value } = c else { unreachable!("enricher role") };
+                for (event, id, value) in computed.drain(..) {
                     events[event].set_output(id, value);
                 }
             }
@@ -383,14 +382,16 @@ impl WasmEnricher {
         Ok(())
     }
 
-    /// A JSON array of the UTF-8 strings `items`, shared with earlier
-    /// identical lists.
+    /// A JSON array of the strings `items` (UTF-8, checked by the caller),
+    /// shared with earlier identical lists. Consecutive events mostly get
+    /// the same list, so the previous one is compared before hashing.
     fn string_list<'s>(
         &self,
         items: impl Iterator<Item = &'s [u8]> + Clone,
-        key: &mut Vec<u8>,
+        lists: &mut ListCache,
         interned: &mut HashMap<Box<[u8]>, JsonFragment>,
-    ) -> Result<JsonFragment, FailureKind> {
+    ) -> JsonFragment {
+        let key = &mut lists.key;
         key.clear();
         key.push(b'L');
         for item in items.clone() {
@@ -398,22 +399,38 @@ impl WasmEnricher {
             key.push(0xff); // never part of UTF-8: an unambiguous separator
         }
         if key.len() == 1 {
-            return Ok(self.empty_list.clone());
+            return self.empty_list.clone();
         }
-        if let Some(f) = interned.get(key.as_slice()) {
-            return Ok(f.clone());
-        }
-        let mut json = String::with_capacity(key.len() + 8);
-        json.push('[');
-        for (i, item) in items.enumerate() {
-            let text = std::str::from_utf8(item).map_err(|_| FailureKind::MalformedResult)?;
-            if i > 0 {
-                json.push(',');
+        if let Some((last_key, last)) = &lists.last {
+            if last_key == key {
+                return last.clone();
             }
-            json.push_str(&serde_json::to_string(text).expect("strings serialize"));
         }
-        json.push(']');
-        Ok(intern(interned, key, json))
+        let fragment = match interned.get(key.as_slice()) {
+            Some(f) => f.clone(),
+            None => {
+                let mut json = String::with_capacity(key.len() + 8);
+                json.push('[');
+                for (i, item) in items.enumerate() {
+                    let text = std::str::from_utf8(item).expect("validated with the result buffer");
+                    if i > 0 {
+                        json.push(',');
+                    }
+                    json.push_str(&serde_json::to_string(text).expect("strings serialize"));
+                }
+                json.push(']');
+                intern(interned, key, json)
+            }
+        };
+        match &mut lists.last {
+            Some((last_key, last)) => {
+                last_key.clear();
+                last_key.extend_from_slice(key);
+                *last = fragment.clone();
+            }
+            None => lists.last = Some((key.clone(), fragment.clone())),
+        }
+        fragment
     }
 
     fn fallback(&self, events: &mut [Event], kind: FailureKind) {
@@ -437,6 +454,13 @@ impl WasmEnricher {
             }
         }
     }
+}
+
+/// UTF-8 check with an inlined ASCII fast path (reasons and tags are
+/// nearly always ASCII; `from_utf8` is an out-of-line call).
+#[inline]
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
 fn classify(e: &wasmtime::Error) -> FailureKind {

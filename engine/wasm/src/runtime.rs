@@ -30,6 +30,10 @@ pub fn engine() -> &'static Engine {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.max_wasm_stack(256 * 1024);
+        // `perf` can name guest functions with a perf map (/tmp/perf-PID.map).
+        if std::env::var_os("ENRICHD_WASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).expect("wasmtime engine with a static configuration");
         let ticker = engine.clone();
         std::thread::Builder::new()
