@@ -115,3 +115,19 @@ fn rule_check_and_rule_test_cli() {
     assert_eq!(lines[0]["risk_score"], 80);
     assert_eq!(lines[1]["risk_score"], 10);
 }
+
+#[test]
+fn precompiled_modules_are_cached_and_a_corrupt_artifact_is_recompiled() {
+    let mut s = Server::start(&risk_chain(""));
+    let cache = s.dir.path().join("state/wasm-cache");
+    let artifacts: Vec<_> = std::fs::read_dir(&cache).expect("cache directory").flatten().map(|e| e.path()).collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert!(artifacts[0].extension().is_some_and(|e| e == "cwasm"));
+    // A damaged artifact must not stop the rule: it is dropped and the
+    // module compiled again.
+    std::fs::write(&artifacts[0], b"not a wasmtime artifact").unwrap();
+    s.restart();
+    let r = s.ingest("flows.v1", json!([{"src_ip": "10.0.0.1", "dst_ip": "8.8.8.8", "dst_port": 23}]));
+    assert_eq!(r.json()["records"][0]["risk_score"], 20, "{}", r.text);
+    assert!(std::fs::read(&artifacts[0]).unwrap().len() > 1000, "the artifact was written again");
+}

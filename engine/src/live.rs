@@ -154,6 +154,7 @@ impl Engine {
     /// live; `Err`: refused (recorded in the stage's history).
     fn rebuild(&self, stage: &Stage, chain: &Chain, tables: &mut KeyTables) -> Result<Option<Stage>, String> {
         let history = Arc::clone(&stage.history);
+        let started = std::time::Instant::now();
         let mut trial = tables.clone();
         let built = build_stage(&stage.entry, &self.registry, &chain.env, &mut trial, stage.generation + 1, history);
         let old = stage.status();
@@ -178,7 +179,8 @@ impl Engine {
                 *tables = trial;
                 h.reloads.fetch_add(1, Ordering::Relaxed);
                 *h.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                tracing::info!(stage = %stage.name, generation = new.generation, "reloaded");
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                tracing::info!(stage = %stage.name, generation = new.generation, build_ms = format!("{ms:.1}"), "reloaded");
                 Ok(Some(new))
             }
             Err(why) => {

@@ -132,7 +132,7 @@ pub fn inspect(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleRepor
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let sha: [u8; 32] = Sha256::digest(&bytes).into();
     let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "module".into());
-    let module = runtime::compile(&bytes, sha).with_context(|| format!("module {}", path.display()))?;
+    let module = runtime::compile(&bytes, sha, None).with_context(|| format!("module {}", path.display()))?;
     runtime::check_interface(&module).with_context(|| format!("module {}", path.display()))?;
     let pre = runtime::prelink(&module)?;
     let state = HostState::new(name, Arc::new(options.config_strings()), Arc::new(Vec::new()));
@@ -203,7 +203,8 @@ impl WasmEnricher {
             Err(e) => return Err(e).with_context(|| format!("reading WASM module {}", path.display())),
         };
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
-        let module = runtime::compile(&bytes, sha).with_context(|| format!("WASM module {}", path.display()))?;
+        let module = runtime::compile(&bytes, sha, ctx.state_dir())
+            .with_context(|| format!("WASM module {}", path.display()))?;
         runtime::check_interface(&module).with_context(|| format!("WASM module {}", path.display()))?;
         let pre = runtime::prelink(&module).with_context(|| format!("WASM module {}", path.display()))?;
         // Instantiate once now: version and exchange-area problems are load

@@ -1,5 +1,6 @@
 //! The wasmtime side: one `Engine` for the process, modules compiled once
-//! (cached by content hash), checked against ABI v1 before anything runs,
+//! (cached by content hash, in memory and as precompiled artifacts in the
+//! state directory), checked against ABI v1 before anything runs,
 //! and per-thread instances built from an `InstancePre`.
 //!
 //! Sandbox: no WASI and no ambient imports (only the three `enrichd_v1`
@@ -8,6 +9,7 @@
 //! resource limiter, a bounded wasm stack.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -47,16 +49,73 @@ pub fn engine() -> &'static Engine {
     })
 }
 
-/// Compiles `bytes`, reusing an earlier compilation of identical content.
-pub fn compile(bytes: &[u8], sha256: [u8; 32]) -> anyhow::Result<Module> {
+/// Compiles `bytes`, reusing an earlier compilation of identical content:
+/// from memory within the process, and from `cache_dir` (the server's state
+/// directory) across restarts.
+pub fn compile(bytes: &[u8], sha256: [u8; 32], cache_dir: Option<&Path>) -> anyhow::Result<Module> {
     static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Module>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(m) = cache.lock().expect("module cache").get(&sha256) {
         return Ok(m.clone());
     }
-    let module = Module::new(engine(), bytes).map_err(|e| anyhow!("not a valid WebAssembly module: {e:#}"))?;
+    let on_disk = cache_dir.map(|dir| dir.join("wasm-cache").join(artifact_name(&sha256)));
+    let module = match on_disk.as_deref().and_then(load_artifact) {
+        Some(module) => module,
+        None => {
+            let module = Module::new(engine(), bytes).map_err(|e| anyhow!("not a valid WebAssembly module: {e:#}"))?;
+            if let Some(path) = &on_disk {
+                store_artifact(&module, path);
+            }
+            module
+        }
+    };
     cache.lock().expect("module cache").insert(sha256, module.clone());
     Ok(module)
+}
+
+/// `<content sha256>-<engine compatibility hash>.cwasm`: an artifact is
+/// only ever loaded by an engine that could have produced it.
+fn artifact_name(sha256: &[u8; 32]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine().precompile_compatibility_hash().hash(&mut h);
+    let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}-{:016x}.cwasm", h.finish())
+}
+
+fn load_artifact(path: &Path) -> Option<Module> {
+    if !path.is_file() {
+        return None;
+    }
+    // SAFETY: `deserialize_file` trusts the artifact to be wasmtime's own
+    // output. It is: the file sits in our private state directory, under a
+    // name binding it to the module's content hash and to this engine's
+    // configuration, written whole by `store_artifact` (temporary file,
+    // then rename). wasmtime also checks the version and settings header.
+    match unsafe { Module::deserialize_file(engine(), path) } {
+        Ok(module) => Some(module),
+        Err(e) => {
+            tracing::warn!(artifact = %path.display(), error = %e, "ignoring an unusable precompiled module");
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
+}
+
+/// Best effort: a cache that cannot be written only costs a compilation.
+fn store_artifact(module: &Module, path: &Path) {
+    let write = || -> anyhow::Result<()> {
+        let dir = path.parent().expect("artifact paths have a directory");
+        std::fs::create_dir_all(dir)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let bytes = module.serialize().map_err(|e| anyhow!("{e:#}"))?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        tracing::debug!(artifact = %path.display(), error = %e, "precompiled module not cached");
+    }
 }
 
 /// The imports the host provides, with their types.
