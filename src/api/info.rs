@@ -13,12 +13,14 @@ use serde_json::{json, Value};
 use super::{ApiError, AppState};
 use crate::schema;
 
+/// `GET /v1`: what this server offers (`/` is the dashboard).
 pub async fn index() -> Json<Value> {
     Json(json!({
         "service": "enrichd",
         "version": env!("CARGO_PKG_VERSION"),
+        "dashboard": "/",
         "api": ["/v1/health", "/v1/health/details", "/v1/enrichers", "/v1/version", "/v1/schema",
-                "/v1/metrics", "/v1/ingest", "/v1/lookup", "/v1/outputs/elastic", "/v1/outputs/splunk"],
+                "/v1/metrics", "/v1/stream", "/v1/ingest", "/v1/lookup", "/v1/outputs/elastic", "/v1/outputs/splunk"],
     }))
 }
 

@@ -60,7 +60,8 @@ impl AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(info::index))
+        .route("/v1", get(info::index))
+        .merge(crate::dashboard::routes())
         .route("/v1/health", get(info::health))
         .route("/v1/health/details", get(info::health_details))
         .route("/v1/enrichers", get(info::enrichers))
