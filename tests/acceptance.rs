@@ -13,9 +13,9 @@
 //! under `CI=true`. Without a browser only the dashboard half is skipped
 //! (a failure under `CI=true`).
 
-mod common;
 #[path = "common/browser.rs"]
 mod browser;
+mod common;
 #[path = "common/traffic.rs"]
 mod traffic;
 

@@ -3,9 +3,9 @@
 //! (machines with `chromium` and `chromium-driver`; skipped elsewhere with
 //! a message, a failure under `CI=true`).
 
-mod common;
 #[path = "common/browser.rs"]
 mod browser;
+mod common;
 #[path = "common/traffic.rs"]
 mod traffic;
 
@@ -141,7 +141,9 @@ fn dashboard_updates_live_in_a_real_browser() {
     b.click("key-save");
     b.wait_for("the live stream", Duration::from_secs(10), |b| (b.connection() == "live").then_some(()));
     // No traffic yet: an explicit empty state, not a page of zeros.
-    b.wait_for("the empty state", Duration::from_secs(5), |b| b.text("banner").contains("No traffic yet").then_some(()));
+    b.wait_for("the empty state", Duration::from_secs(5), |b| {
+        b.text("banner").contains("No traffic yet").then_some(())
+    });
     // The key stays in this tab, out of URLs and out of localStorage.
     let storage = b.js(
         "return { session: sessionStorage.getItem('enrichd.apiKey'), local: localStorage.length,

@@ -146,11 +146,12 @@ impl Browser {
 
     /// The visible text of the element with this id.
     pub fn text(&self, id: &str) -> String {
-        self.runtime.block_on(async {
-            let el = self.client().find(Locator::Id(id)).await?;
-            el.text().await
-        })
-        .unwrap_or_else(|e| panic!("text of #{id}: {e}"))
+        self.runtime
+            .block_on(async {
+                let el = self.client().find(Locator::Id(id)).await?;
+                el.text().await
+            })
+            .unwrap_or_else(|e| panic!("text of #{id}: {e}"))
     }
 
     pub fn attr(&self, id: &str, name: &str) -> Option<String> {
@@ -174,7 +175,12 @@ impl Browser {
 
     /// Polls `check` every 250 ms until it returns `Some`, or panics with
     /// `what` and the page's last state after `timeout`.
-    pub fn wait_for<T>(&mut self, what: &str, timeout: Duration, mut check: impl FnMut(&mut Browser) -> Option<T>) -> T {
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&mut Browser) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = check(self) {
@@ -207,8 +213,7 @@ impl Browser {
     /// each entry out once).
     pub fn new_console_entries(&self) -> Vec<LogEntry> {
         let raw = self.runtime.block_on(self.client().issue_cmd(GetBrowserLog)).expect("reading the browser log");
-        raw
-            .as_array()
+        raw.as_array()
             .map(|entries| {
                 entries
                     .iter()

@@ -38,7 +38,7 @@ impl Flows {
     /// benchmarking ranges, in no indicator list).
     pub fn record(&mut self, dst_ip: &str, malicious_one_in: u64) -> Value {
         self.seq += 1;
-        let malicious = malicious_one_in > 0 && self.seq % malicious_one_in == 0;
+        let malicious = malicious_one_in > 0 && self.seq.is_multiple_of(malicious_one_in);
         let src_ip = if malicious {
             format!("45.149.3.{}", 1 + self.below(254))
         } else if self.below(2) == 0 {

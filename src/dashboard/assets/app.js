@@ -203,6 +203,7 @@
     }
     el.dataset.value = next;
     el.textContent = text;
+    if (el.classList.contains('sub')) el.title = text;
   }
 
   // Series the server does not keep (unique sources, lag, requests) are
@@ -351,17 +352,18 @@
     const recent = [...riskSeries].reverse().find((p) => num(p[1]) !== null);
     setValue('tile-risk-value', risk, risk === null ? '–' : nf1.format(risk));
     setValue('tile-risk-sub', t.risk_count, risk === null ? 'no scored events yet'
-      : `${count(t.risk_count)} scored${recent ? ' · last 5 s ' + nf1.format(recent[1]) : ''}`);
+      : recent ? `latest 5 s: ${nf1.format(recent[1])}` : `${count(t.risk_count)} events scored`);
+    $('tile-risk-sub').title = `${count(t.risk_count)} events scored`;
     document.querySelector('[data-tile="risk"]').dataset.hot = String(risk !== null && risk >= 50);
     sparkline('spark-risk', riskSeries, now, SPARK_WINDOW_MS);
 
     setValue('tile-lag-value', q.lag_ms_p95, ms(q.lag_ms_p95));
-    setValue('tile-lag-sub', q.lag_ms_p99, `p50 ${ms(q.lag_ms_p50)} · p99 ${ms(q.lag_ms_p99)} · queue ${count(m.queue_depth || 0)}`);
+    setValue('tile-lag-sub', q.lag_ms_p99, `p50 ${ms(q.lag_ms_p50)} · p99 ${ms(q.lag_ms_p99)}` + (m.queue_depth ? ` · ${count(m.queue_depth)} queued` : ''));
     sparkline('spark-lag', sample('lag', now, q.lag_ms_p95), now, SPARK_WINDOW_MS);
 
     setValue('tile-requests-value', m.requests_total, count(m.requests_total));
     setValue('tile-requests-failed', m.requests_failed, `/ ${count(m.requests_failed)} failed`);
-    setValue('tile-requests-sub', cls['2xx'], `${count(cls['2xx'])} 2xx · ${count(cls['4xx'])} 4xx · ${count(cls['5xx'])} 5xx`);
+    setValue('tile-requests-sub', cls['5xx'], `${count(cls['4xx'])} 4xx · ${count(cls['5xx'])} 5xx`);
     sparkline('spark-requests', deltas(sample('requests', now, m.requests_total)), now, SPARK_WINDOW_MS);
   }
 
