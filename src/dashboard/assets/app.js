@@ -333,9 +333,12 @@
     setValue('tile-events-sub', t.events, `${count(t.events)} total · ${nf1.format(num(r.eps_1m) || 0)}/s`);
     sparkline('spark-events', series('eps', () => sample('eps', now, m.eps)), now, SPARK_WINDOW_MS);
 
+    // unique_sources is an estimate; its relative standard error rides along.
     const err = num(t.unique_sources_error);
+    const active = num(t.sources_active_5m);
     setValue('tile-sources-value', t.unique_sources, count(t.unique_sources));
-    setValue('tile-sources-sub', err, err ? `distinct source IPs · ±${count(err)}` : 'distinct source IPs');
+    setValue('tile-sources-sub', active, (active !== null ? `${count(active)} active in 5 min` : 'distinct source IPs')
+      + (err ? ` · ±${nf1.format(err * 100)}%` : ''));
     sparkline('spark-sources', sample('sources', now, t.unique_sources), now, SPARK_WINDOW_MS);
 
     setValue('tile-batches-value', t.batches, count(t.batches));
@@ -400,7 +403,7 @@
           const tr = el('tr');
           const key = el('td', 'key');
           key.style.setProperty('--share', ((100 * (r.count || 0)) / max).toFixed(1) + '%');
-          key.appendChild(el('span', null, r.key));
+          key.appendChild(el('span', null, name === 'asns' ? asLabel(r.key) : r.key));
           if (r.label) key.appendChild(el('small', null, r.label));
           tr.append(key, el('td', 'num', count(r.count)));
           return tr;
@@ -409,18 +412,26 @@
     }
   }
 
-  function asnText(asn) {
+  // "AS15169"; a bare number gets its organisation from the top-ASN tables
+  // when they know it.
+  const asLabel = (key) => (/^\d+$/.test(String(key)) ? 'AS' + key : String(key));
+  function asnText(asn, labels) {
     if (asn === null || asn === undefined || asn === '') return '–';
     if (typeof asn === 'object') return [asn.asn ? 'AS' + asn.asn : '', asn.org || ''].filter(Boolean).join(' ') || '–';
-    return typeof asn === 'number' ? 'AS' + asn : String(asn);
+    const label = labels.get(String(asn));
+    return asLabel(asn) + (label ? ' ' + label : '');
   }
   const hostPort = (ip, port) => (ip ? (String(ip).includes(':') ? `[${ip}]` : ip) + (num(port) !== null ? ':' + port : '') : '–');
 
   function feed(m) {
+    const labels = new Map();
+    for (const w of ['15m', '5m']) for (const a of (m.top && m.top[w] && m.top[w].asns) || []) if (a.label) labels.set(String(a.key), a.label);
     const events = Array.isArray(m.recent_high_risk) ? [...m.recent_high_risk] : [];
     events.sort((a, b) => (b.ts_ms || 0) - (a.ts_ms || 0));
     $('feed-empty').hidden = events.length > 0;
-    $('feed-count').textContent = events.length ? `${events.length} shown` : '';
+    const threshold = num(m.recent_high_risk_threshold);
+    $('feed-count').textContent = [threshold !== null ? `score ≥ ${threshold}` : '', events.length ? `${events.length} shown` : '']
+      .filter(Boolean).join(' · ');
     replaceRows($('feed').tBodies[0], '', events, () => events.map((e) => {
       const tr = el('tr');
       const time = el('td', 'addr', e.ts_ms ? new Date(e.ts_ms).toLocaleTimeString() : '–');
@@ -434,7 +445,7 @@
       const reasons = el('td');
       for (const r of e.reasons || []) reasons.appendChild(el('span', 'reason', r));
       tr.append(time, scoreTd, el('td', 'addr', hostPort(e.src_ip, e.src_port)), el('td', 'addr', hostPort(e.dst_ip, e.dst_port)),
-        el('td', null, e.dst_country || '–'), el('td', null, asnText(e.asn)), ind, reasons);
+        el('td', null, e.dst_country || '–'), el('td', null, asnText(e.asn, labels)), ind, reasons);
       return tr;
     }));
   }
