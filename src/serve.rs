@@ -52,7 +52,9 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
         let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             ticks.tick().await;
-            ticker.metrics.tick();
+            // Bounded but not tiny work (merging summaries): off the I/O threads.
+            let state = ticker.clone();
+            let _ = tokio::task::spawn_blocking(move || state.metrics.tick()).await;
         }
     });
     let stopping = state.clone();

@@ -8,10 +8,12 @@
 //! No lock is shared by all ingest threads and none is taken per event.
 //!
 //! Per event the fold is a few integer adds and hash-map increments (source
-//! address, destination country, AS number). JSON is read only for the
-//! rare events that need it: the `ti` output of events with threat matches
-//! (for the most-hit indicators) and the `reasons` of high-risk events; the
-//! `asn` output once per new AS number per tick (for its label).
+//! address, destination country, AS number). Output fragments are read only
+//! for events that need them: the `ti` output of events with threat matches
+//! is scanned (not parsed) for the indicator names; high-risk events keep
+//! their `ti` and `reasons` fragments (shared `Arc`s, no copy) to be parsed
+//! when shown; the `asn` output is kept once per new AS number per tick,
+//! for its label.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -74,8 +76,9 @@ pub struct HighRisk {
     pub dst_port: Option<u16>,
     pub dst_country: Option<[u8; 2]>,
     pub asn: Option<u32>,
-    pub indicators: Vec<String>,
-    pub reasons: Vec<String>,
+    /// The event's `ti` and `reasons` outputs, read when shown.
+    pub ti: Option<JsonFragment>,
+    pub reasons: Option<JsonFragment>,
 }
 
 impl HighRisk {
@@ -84,7 +87,8 @@ impl HighRisk {
             "ts_ms": self.ts_ms, "event_ts": self.event_ts, "risk_score": self.risk_score,
             "src_ip": self.src_ip, "dst_ip": self.dst_ip, "src_port": self.src_port, "dst_port": self.dst_port,
             "dst_country": self.dst_country.map(country), "asn": self.asn,
-            "indicators": self.indicators, "reasons": self.reasons,
+            "indicators": self.ti.as_deref().map_or_else(Vec::new, |ti| indicators(ti).collect()),
+            "reasons": self.reasons.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()).unwrap_or(json!([])),
         })
     }
 }
@@ -184,10 +188,6 @@ impl Shard {
         if self.high_risk.len() == HIGH_RISK_KEEP {
             self.high_risk.pop_front();
         }
-        let reasons =
-            output(event, keys.reasons).and_then(|r| serde_json::from_str::<Vec<String>>(r).ok()).unwrap_or_default();
-        let indicators =
-            output(event, keys.ti).map(|ti| indicators(ti).map(Cow::into_owned).collect()).unwrap_or_default();
         self.high_risk.push_back(HighRisk {
             ts_ms: now_ms,
             event_ts: event.ts,
@@ -198,31 +198,39 @@ impl Shard {
             dst_port: event.dst_port,
             dst_country: event.dst_country,
             asn: event.dst_asn.or(event.src_asn),
-            indicators,
-            reasons,
+            ti: output(event, keys.ti).cloned(),
+            reasons: output(event, keys.reasons).cloned(),
         });
     }
 }
 
-#[derive(Deserialize)]
-struct TiOutput<'a> {
-    #[serde(borrow, default)]
-    matches: Vec<TiMatch<'a>>,
-}
-
-#[derive(Deserialize)]
-struct TiMatch<'a> {
-    #[serde(borrow)]
-    indicator: Cow<'a, str>,
-}
-
-/// The indicators named in a `ti` output (`{"matches": [{"indicator": ...}]}`).
+/// The indicator names in a `ti` output (`{"matches": [{"indicator": ...}]}`).
+///
+/// A scan, not a parse: `"indicator":"` can only be a key (a quote inside a
+/// JSON string is escaped, which breaks the pattern), and the value runs to
+/// the next unescaped quote. Values with escapes (never written by the TI
+/// plugin) are decoded properly.
 fn indicators(fragment: &str) -> impl Iterator<Item = Cow<'_, str>> {
-    serde_json::from_str::<TiOutput<'_>>(fragment)
-        .map(|t| t.matches)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| m.indicator)
+    const KEY: &str = "\"indicator\":\"";
+    fragment.match_indices(KEY).filter_map(move |(at, _)| {
+        let rest = &fragment[at + KEY.len()..];
+        let bytes = rest.as_bytes();
+        let mut end = 0;
+        let mut escaped = false;
+        while end < bytes.len() && (escaped || bytes[end] != b'"') {
+            escaped = !escaped && bytes[end] == b'\\';
+            end += 1;
+        }
+        if end == bytes.len() {
+            return None; // unterminated: not a valid fragment
+        }
+        let raw = &rest[..end];
+        if raw.contains('\\') {
+            serde_json::from_str::<String>(&fragment[at + KEY.len() - 1..at + KEY.len() + end + 1]).ok().map(Cow::Owned)
+        } else {
+            Some(Cow::Borrowed(raw))
+        }
+    })
 }
 
 /// The AS organisation named in an `asn` output (`{"asn": N, "org": "..."}`),
@@ -280,6 +288,16 @@ mod tests {
         let got: Vec<String> = indicators(ti).map(Cow::into_owned).collect();
         assert_eq!(got, ["45.149.3.0/24", "evil.example"]);
         assert_eq!(indicators("not json").count(), 0);
+        assert_eq!(indicators(r#"{"matches":[{"indicator":"unterminated"#).count(), 0);
+        // A value that merely contains the key text is not a key.
+        let tricky = r#"{"matches":[{"value":"x\"indicator\":\"no","indicator":"a\\b"}]}"#;
+        let got: Vec<String> = indicators(tricky).map(Cow::into_owned).collect();
+        assert_eq!(got, ["a\\b"]);
+        // Same answers as a full parse on the plugin's real output.
+        let parsed: Value = serde_json::from_str(ti).unwrap();
+        let by_parse: Vec<&str> =
+            parsed["matches"].as_array().unwrap().iter().map(|m| m["indicator"].as_str().unwrap()).collect();
+        assert_eq!(by_parse, ["45.149.3.0/24", "evil.example"]);
         assert_eq!(asn_label(15169, r#"{"asn":15169,"org":"GOOGLE"}"#).as_deref(), Some("GOOGLE"));
         assert_eq!(asn_label(1, r#"{"asn":15169,"org":"GOOGLE"}"#), None);
     }
@@ -335,8 +353,10 @@ mod tests {
         assert_eq!(shard.high_risk.len(), 1);
         let hr = &shard.high_risk[0];
         assert_eq!((hr.risk_score, hr.ts_ms, hr.asn), (90, 5_000_500, Some(15169)));
-        assert_eq!(hr.indicators, ["45.149.3.0/24"]);
-        assert_eq!(hr.to_json()["dst_country"], "US");
+        let shown = hr.to_json();
+        assert_eq!(shown["indicators"], json!(["45.149.3.0/24"]));
+        assert_eq!(shown["reasons"], json!([]), "no rule stage in this chain");
+        assert_eq!(shown["dst_country"], "US");
         let mut top = super::super::topn::Summary::new(10);
         shard.indicators.drain_into(&mut top, |_| {});
         let top = top.into_sorted_vec();
