@@ -10,6 +10,7 @@ mod auth;
 mod error;
 mod info;
 mod ingest;
+mod live;
 mod outputs;
 
 use std::sync::Arc;
@@ -38,6 +39,9 @@ pub struct AppState {
     pub metrics: Metrics,
     pub outputs: outputs::OutputSettings,
     pub started: Instant,
+    /// Set once when the server starts shutting down: long-lived responses
+    /// (the event stream) end so graceful shutdown can complete.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
     api_version: HeaderValue,
 }
 
@@ -53,6 +57,7 @@ impl AppState {
             metrics: Metrics::default(),
             outputs: Default::default(),
             started: Instant::now(),
+            shutdown: tokio::sync::watch::Sender::new(false),
             api_version,
         }
     }
@@ -68,7 +73,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/version", get(info::version))
         .route("/v1/schema", get(info::schema_index))
         .route("/v1/schema/{name}", get(info::schema_document))
-        .route("/v1/metrics", get(info::metrics))
+        .route("/v1/metrics", get(live::metrics))
+        .route("/v1/stream", get(live::stream))
+        .route("/metrics", get(live::prometheus))
         .route("/v1/lookup", post(info::lookup))
         .route("/v1/ingest", post(ingest::ingest))
         .route("/v1/outputs/elastic", post(outputs::configure_elastic))
