@@ -235,16 +235,20 @@
     return points.filter((p) => Array.isArray(p) && p[0] + bucketMs > start);
   }
 
+  // The x axis spans the data's life up to `windowMs` (at least 30 s):
+  // a fresh server's first minute fills the tile instead of a sliver.
   function sparkline(id, points, nowMs, windowMs) {
     const svg = $(id);
     const vb = svg.viewBox.baseVal;
-    draw(svg, points, nowMs - windowMs, nowMs, vb.width, vb.height, 2);
+    const first = points.length ? points[0][0] : nowMs;
+    const x0 = Math.max(nowMs - windowMs, Math.min(first, nowMs - 30000));
+    draw(svg, points, x0, nowMs + BUCKET_MS / 2, vb.width, vb.height, 2);
     svg.dataset.points = String(points.length);
     svg.dataset.lastTs = points.length ? String(points[points.length - 1][0]) : '';
   }
 
   // Line and area for [[ts, value|null]...] over [x0, x1]; null breaks the line.
-  function draw(svg, points, x0, x1, w, h, pad, yMax) {
+  function draw(svg, points, x0, x1, w, h, pad, yMax, bucketMs) {
     const values = points.map((p) => p[1]).filter((v) => num(v) !== null);
     const max = yMax || Math.max(1e-9, ...values) * 1.1;
     const x = (t) => ((t - x0) / (x1 - x0)) * w;
@@ -262,7 +266,7 @@
     };
     for (const [t, v] of points) {
       if (num(v) === null) flush();
-      else run.push([Math.max(0, x(t + BUCKET_MS / 2)), y(v)]);
+      else run.push([Math.min(w, Math.max(0, x(t + (bucketMs || BUCKET_MS) / 2))), y(v)]);
     }
     flush();
     let areaEl = svg.querySelector('path.area');
@@ -302,7 +306,7 @@
         l.setAttribute('class', 'grid');
       }
     }
-    draw(svg, points, m.server_time_ms - EPM_WINDOW_MS, m.server_time_ms, 800, 180, 4, top);
+    draw(svg, points, m.server_time_ms - EPM_WINDOW_MS, m.server_time_ms, 800, 180, 4, top, bucketMs);
     svg.dataset.points = String(points.length);
     $('epm-empty').hidden = peak > 0;
     $('epm-peak').textContent = peak > 0 ? `peak ${count(peak)}/min` : '';
