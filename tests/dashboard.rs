@@ -219,3 +219,31 @@ fn dashboard_updates_live_in_a_real_browser() {
     assert!(b.text("banner").contains("Server unreachable"), "banner: {}", b.text("banner"));
     assert!(b.tile("threats").value >= threats.value, "the last figures should stay on screen");
 }
+
+#[test]
+fn dashboard_falls_back_to_polling_without_the_stream() {
+    let test = "dashboard_falls_back_to_polling_without_the_stream";
+    let Some(mut b) = Browser::launch(test) else { return };
+    let server = Server::start(&test_chain());
+    // The browser itself refuses /v1/stream, as a proxy that breaks SSE would.
+    b.cdp("Network.enable", serde_json::json!({}));
+    b.cdp("Network.setBlockedURLs", serde_json::json!({"urls": ["*/v1/stream"]}));
+    b.goto(&server.url("/"));
+    b.wait_for("polling mode", Duration::from_secs(15), |b| (b.connection() == "polling").then_some(()));
+
+    let records: Vec<_> = (0..40)
+        .map(|i| serde_json::json!({"src_ip": format!("45.149.3.{i}"), "dst_ip": "81.2.69.160", "dst_port": 445}))
+        .collect();
+    assert_eq!(server.ingest("flows.v1", serde_json::Value::Array(records)).status, 200);
+    b.wait_for("the batch on the tiles", Duration::from_secs(10), |b| {
+        (b.tile("events").sub == Some(40.0) && b.tile("threats").value == Some(40.0)).then_some(())
+    });
+    assert_eq!(b.connection(), "polling");
+    // The only errors: the blocked stream requests.
+    for e in b.new_console_entries().iter().filter(|e| e.is_error()) {
+        assert!(
+            e.message.contains("/v1/stream") && e.message.contains("ERR_BLOCKED_BY_CLIENT"),
+            "unexpected console error: {e:?}"
+        );
+    }
+}

@@ -228,6 +228,14 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// Runs a Chrome DevTools Protocol command through chromedriver (e.g.
+    /// `Network.setBlockedURLs` to take an endpoint away from the page).
+    pub fn cdp(&self, cmd: &'static str, params: Value) -> Value {
+        self.runtime.block_on(self.client().issue_cmd(Cdp { cmd, params })).unwrap_or_else(|e| panic!("CDP {cmd}: {e}"))
+    }
+}
+
 /// The dashboard's tiles and sparklines as the page shows them, read from
 /// the stable hooks it exposes: `data-value` on each tile figure,
 /// `data-points` / `data-last-ts` on each sparkline.
@@ -299,5 +307,22 @@ impl fantoccini::wd::WebDriverCompatibleCommand for GetBrowserLog {
 
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
         (http::Method::POST, Some(r#"{"type":"browser"}"#.to_string()))
+    }
+}
+
+/// chromedriver's `POST /session/{id}/goog/cdp/execute`.
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/goog/cdp/execute", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(json!({"cmd": self.cmd, "params": self.params}).to_string()))
     }
 }

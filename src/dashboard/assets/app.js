@@ -46,8 +46,9 @@
     document.body.dataset.mode = mode;
   }
 
-  // Reads the SSE stream until it ends or stalls. Resolves with why it ended:
-  // 'auth' (401/403), 'unsupported' (no stream endpoint) or 'network'.
+  // Reads the SSE stream until it ends or stalls. Resolves with why it ended
+  // ('auth' for 401/403, 'unsupported' when there is no stream endpoint,
+  // else 'network') and whether it delivered anything before that.
   async function stream() {
     controller = new AbortController();
     const { signal } = controller;
@@ -55,13 +56,16 @@
     try {
       res = await fetch('/v1/stream', { headers: headers('text/event-stream'), signal, cache: 'no-store' });
     } catch (_) {
-      return 'network';
+      return { why: 'network', delivered: false };
     }
-    if (res.status === 401 || res.status === 403) return 'auth';
-    if (!res.ok || !res.body) return res.status >= 500 ? 'network' : 'unsupported';
+    if (res.status === 401 || res.status === 403) return { why: 'auth', delivered: false };
+    if (!res.ok || !res.body) return { why: res.status >= 500 ? 'network' : 'unsupported', delivered: false };
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = '';
+    let delivered = false;
     let lastMessage = Date.now();
+    // A stream that goes quiet (a buffering proxy, a stuck connection) is
+    // dropped and replaced rather than trusted.
     const watchdog = setInterval(() => {
       if (Date.now() - lastMessage > STALL_MS) controller.abort();
     }, 1000);
@@ -76,6 +80,7 @@
           buf = buf.slice(end + 2);
           if (handleEvent(block)) {
             lastMessage = Date.now();
+            delivered = true;
             setMode('live', 'live');
           }
         }
@@ -85,7 +90,7 @@
     } finally {
       clearInterval(watchdog);
     }
-    return 'network';
+    return { why: 'network', delivered };
   }
 
   // One SSE block; true when it carried a metrics document.
@@ -139,28 +144,37 @@
       : 'This server requires an API key for metrics. Enter it above (it stays in this browser tab only).');
   }
 
+  // Stream first; poll while the stream is unavailable. Stream retries back
+  // off (2 s doubling to 30 s) while it keeps failing, so a proxy that
+  // breaks SSE costs one attempt now and then, not a reconnect storm; when
+  // the server comes back after being unreachable the stream is retried at
+  // once.
   async function run() {
+    let retry = 0;
     for (;;) {
-      const why = await stream();
+      const { why, delivered } = await stream();
       if (why === 'auth') {
         needKey();
         await new Promise((resolve) => { keyChanged = resolve; });
+        retry = 0;
         continue;
       }
-      // Stream unavailable or dropped: poll. After a network failure, go
-      // back to the stream as soon as the server answers again; when the
-      // server has no stream endpoint, try it again only now and then.
-      const until = Date.now() + (why === 'unsupported' ? 30000 : 0);
+      retry = delivered ? 0 : why === 'unsupported' ? 30000 : Math.min(Math.max(2000, retry * 2), 30000);
+      let until = Date.now() + retry;
       let backoff = 1000;
+      let failed = false;
       for (;;) {
         const result = await poll();
         if (result === 'auth') { needKey(); break; }
         if (result === 'ok') {
+          if (failed) until = Math.min(until, Date.now());
+          failed = false;
           backoff = 1000;
           if (Date.now() >= until) break;
           setMode('polling', 'polling');
           await sleep(2000);
         } else {
+          failed = true;
           unreachable(backoff);
           await sleep(backoff);
           backoff = Math.min(backoff * 2, 10000);
