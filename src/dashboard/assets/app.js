@@ -210,7 +210,9 @@
   function setValue(id, value, text) {
     const el = $(id);
     const next = value === null || value === undefined ? '' : String(value);
-    if (el.dataset.value !== next && el.dataset.value !== '' && el.classList.contains('value')) {
+    // Only new threat matches flash: a page open all day should be calm
+    // unless something needs a look.
+    if (el.dataset.value !== next && el.dataset.value !== '' && el.id === 'tile-threats-value') {
       el.classList.remove('bump');
       void el.offsetWidth; // restart the animation
       el.classList.add('bump');
@@ -530,7 +532,8 @@
 
   $('key-form').addEventListener('submit', (e) => {
     e.preventDefault();
-    useKey($('api-key').value.trim());
+    const key = $('api-key').value.trim();
+    if (key) useKey(key); // clearing is the Forget button's job
   });
   $('key-clear').addEventListener('click', () => useKey(''));
   $('key-clear').hidden = !apiKey;
