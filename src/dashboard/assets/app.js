@@ -496,7 +496,7 @@
       if (s.version) parts.push(s.version);
       if (num(s.generation) !== null) parts.push('gen ' + s.generation);
       const loaded = s.loaded_at ? ago(s.loaded_at, m.server_time_ms || Date.now()) : null;
-      if (loaded) parts.push('reloaded ' + loaded.rel);
+      if (loaded) parts.push((num(s.generation) > 1 ? 'reloaded ' : 'loaded ') + loaded.rel);
       if (num(s.events) !== null) parts.push(count(s.events) + ' events');
       if (num(s.mean_ns_per_event) !== null && s.events) parts.push(nf.format(Math.round(s.mean_ns_per_event)) + ' ns/event');
       const detail = el('span', 'detail', parts.join(' · '));
