@@ -300,7 +300,8 @@
   function niceMax(v) {
     if (v <= 0) return 10;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const f of [1, 2, 2.5, 5, 10]) if (f * p >= v) return f * p;
+    // Steps whose quarters are round numbers (the chart has four gridlines).
+    for (const f of [1, 2, 4, 6, 8, 10]) if (f * p >= v) return f * p;
     return 10 * p;
   }
 
