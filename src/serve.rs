@@ -52,9 +52,27 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, "enrichd listening");
     println!("enrichd listening on http://{bound}");
+    // Rolls the metric windows and drains the ingest shards every second,
+    // so memory stays bounded and windows move without readers.
+    let ticker = state.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            ticks.tick().await;
+            // Bounded but not tiny work (merging summaries): off the I/O threads.
+            let state = ticker.clone();
+            let _ = tokio::task::spawn_blocking(move || state.metrics.tick()).await;
+        }
+    });
+    let stopping = state.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Ends the event streams, which would otherwise hold shutdown open.
+        stopping.shutdown.send_replace(true);
+    };
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(state.clone()));
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await?;
     tracing::info!("enrichd stopped");
     Ok(())
 }

@@ -40,6 +40,13 @@ pub(crate) enum Text {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KeyId(pub(crate) u16);
 
+impl KeyId {
+    /// Position of the key in the chain's key table ([`crate::Chain::keys`]).
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// Index of a captured text field (see [`crate::BuildContext::text_field`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TextFieldId(pub(crate) u16);
@@ -157,6 +164,12 @@ impl Event {
     #[inline]
     pub fn output(&self, key: KeyId) -> Option<&JsonFragment> {
         self.outputs.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// Every enrichment result attached, in the order first set (metrics read
+    /// a few of them by key name without knowing the plugins).
+    pub fn outputs(&self) -> impl Iterator<Item = (KeyId, &JsonFragment)> {
+        self.outputs.iter().map(|(k, v)| (*k, v))
     }
 
     /// Records a problem with this event that did not stop it from being

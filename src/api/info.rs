@@ -1,4 +1,4 @@
-//! Read-only endpoints: health, version, schemas, metrics, enrichers, lookup.
+//! Read-only endpoints: health, version, schemas, enrichers, lookup.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,12 +13,14 @@ use serde_json::{json, Value};
 use super::{ApiError, AppState};
 use crate::schema;
 
+/// `GET /v1`: what this server offers (`/` is the dashboard).
 pub async fn index() -> Json<Value> {
     Json(json!({
         "service": "enrichd",
         "version": env!("CARGO_PKG_VERSION"),
+        "dashboard": "/",
         "api": ["/v1/health", "/v1/health/details", "/v1/enrichers", "/v1/version", "/v1/schema",
-                "/v1/metrics", "/v1/ingest", "/v1/lookup", "/v1/outputs/elastic", "/v1/outputs/splunk"],
+                "/v1/metrics", "/v1/stream", "/metrics", "/v1/ingest", "/v1/lookup", "/v1/outputs/elastic", "/v1/outputs/splunk"],
     }))
 }
 
@@ -71,25 +73,6 @@ pub async fn schema_document(Path(name): Path<String>) -> Result<Json<Value>, Ap
         ApiError::new(StatusCode::NOT_FOUND, "unknown_schema", format!("no schema named {name:?}"))
             .with(json!({ "available": schema::names() }))
     })
-}
-
-pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    if state.config.server.metrics_require_key {
-        state.keys.check(&headers)?;
-    }
-    let mut doc = state.metrics.snapshot();
-    let enrichers: Vec<Value> = state
-        .engine
-        .chain()
-        .reports()
-        .into_iter()
-        .map(|r| {
-            json!({ "name": r.name, "plugin": r.plugin, "state": r.status.state, "batches": r.batches,
-                    "events": r.events, "mean_ns_per_event": r.mean_ns_per_event, "details": r.status.details })
-        })
-        .collect();
-    doc["enrichers"] = enrichers.into();
-    Ok(Json(doc))
 }
 
 /// `POST /v1/lookup {"ip": "..."}`: everything the chain knows of one address.

@@ -8,6 +8,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -20,15 +21,22 @@ use serde_json::json;
 use super::{ApiError, AppState};
 
 pub async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    // Lag is measured from here: before the body is read.
+    let arrived = Instant::now();
     state.keys.check(&headers)?;
-    let result = read_and_enrich(&state, &headers, body).await;
+    let result = read_and_enrich(&state, &headers, body, arrived).await;
     if result.is_err() {
         state.metrics.record_rejected_batch();
     }
     result
 }
 
-async fn read_and_enrich(state: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn read_and_enrich(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Body,
+    arrived: Instant,
+) -> Result<Response, ApiError> {
     let max = state.config.server.max_body_bytes;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -40,16 +48,21 @@ async fn read_and_enrich(state: &Arc<AppState>, headers: &HeaderMap, body: Body)
 
     let limits = Limits { max_records: state.config.server.max_records };
     let worker = state.clone();
+    // Counted until enriched: waiting for a blocking thread, then running.
+    let _queued = state.metrics.batch_in_flight();
     // Parsing and enrichment are CPU work: keep them off the I/O threads.
-    let (response, events, matches, matched_events) = tokio::task::spawn_blocking(move || {
+    let response = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
         let chain = worker.engine.chain();
         let mut batch = parse_envelope(body, chain.parse_spec(), limits)?;
+        let records = worker.metrics.records_in_flight(batch.len() as u64);
         chain.run(&mut batch);
-        let matches: u64 = batch.events().iter().map(|e| u64::from(e.threat_matches)).sum();
-        let matched_events = batch.events().iter().filter(|e| e.threat_matches > 0).count() as u64;
+        let done = Instant::now();
+        drop(records);
+        worker.metrics.observe_batch(chain.keys(), batch.events(), done - arrived, done - started);
         let mut out = Vec::with_capacity(batch.len() * 512);
         batch.write_ingest_response(chain.keys(), &mut out);
-        Ok::<_, ApiError>((out, batch.len() as u64, matches, matched_events))
+        Ok::<_, ApiError>(out)
     })
     .await
     .map_err(|e| {
@@ -60,7 +73,6 @@ async fn read_and_enrich(state: &Arc<AppState>, headers: &HeaderMap, body: Body)
             "enrichment failed; the batch was not processed",
         )
     })??;
-    state.metrics.record_batch(events, matches, matched_events);
     Ok(([(header::CONTENT_TYPE, "application/json")], response).into_response())
 }
 

@@ -11,6 +11,7 @@ mod auth;
 mod error;
 mod info;
 mod ingest;
+mod live;
 mod outputs;
 
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub struct AppState {
     pub indicator_store: std::sync::Mutex<()>,
     pub outputs: outputs::OutputSettings,
     pub started: Instant,
+    /// Set once when the server starts shutting down: long-lived responses
+    /// (the event stream) end so graceful shutdown can complete.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
     api_version: HeaderValue,
 }
 
@@ -64,6 +68,7 @@ impl AppState {
             indicator_store: Default::default(),
             outputs: Default::default(),
             started: Instant::now(),
+            shutdown: tokio::sync::watch::Sender::new(false),
             api_version,
         }
     }
@@ -71,14 +76,17 @@ impl AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(info::index))
+        .route("/v1", get(info::index))
+        .merge(crate::dashboard::routes())
         .route("/v1/health", get(info::health))
         .route("/v1/health/details", get(info::health_details))
         .route("/v1/enrichers", get(info::enrichers))
         .route("/v1/version", get(info::version))
         .route("/v1/schema", get(info::schema_index))
         .route("/v1/schema/{name}", get(info::schema_document))
-        .route("/v1/metrics", get(info::metrics))
+        .route("/v1/metrics", get(live::metrics))
+        .route("/v1/stream", get(live::stream))
+        .route("/metrics", get(live::prometheus))
         .route("/v1/lookup", post(info::lookup))
         .route("/v1/ingest", post(ingest::ingest))
         .route("/v1/outputs/elastic", post(outputs::configure_elastic))

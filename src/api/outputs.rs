@@ -109,9 +109,18 @@ pub async fn configure_splunk(
 
 pub async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
-    let elastic = state.outputs.elastic.read().expect("settings lock").as_ref().map(elastic_view);
-    let splunk = state.outputs.splunk.read().expect("settings lock").as_ref().map(splunk_view);
+    let (elastic, splunk) = state.outputs.views();
     Ok(Json(json!({ "elastic": elastic, "splunk": splunk })))
+}
+
+impl OutputSettings {
+    /// The stored settings as shown to clients (secrets masked), `None`
+    /// for a connector without settings.
+    pub fn views(&self) -> (Option<Value>, Option<Value>) {
+        let elastic = self.elastic.read().expect("settings lock").as_ref().map(elastic_view);
+        let splunk = self.splunk.read().expect("settings lock").as_ref().map(splunk_view);
+        (elastic, splunk)
+    }
 }
 
 fn with_status(mut v: Value) -> Value {

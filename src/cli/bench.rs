@@ -6,6 +6,8 @@
 //! the other on one thread: a plain serde_json parse-and-serialize of the
 //! same records (the baseline), the chain alone on pre-parsed batches, and
 //! the full pipeline (parse, chain, serialize) as `/v1/ingest` runs it.
+//! The live-metrics fold of the enriched batches is timed too, as a share
+//! of the chain's time.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use anyhow::Context;
 use enrichd_engine::{parse_ndjson, Chain, Format};
 
 use crate::app;
+use crate::metrics::Metrics;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -103,6 +106,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 println!("    stage {:<12} {:>8.1} ns/event", a.name, ns / events as f64);
             }
         }
+        let fold = measure_metrics_fold(budget, chain.keys(), &batches);
+        println!(
+            "  metrics fold (per-thread shard, as /v1/ingest) {:>8.1} ns/event = {:.1}% of the chain",
+            fold,
+            100.0 * fold / (chain_only.total.as_nanos() as f64 / chain_only.events as f64)
+        );
         if args.chain_only {
             continue;
         }
@@ -164,6 +173,30 @@ fn measure_chain(budget: Duration, chain: &Chain, batches: &mut [enrichd_engine:
         }
     }
     m
+}
+
+/// ns/event of folding enriched batches into the live metrics, with the
+/// ticker's drain every second as in the server (its cost included).
+fn measure_metrics_fold(budget: Duration, keys: &[Box<str>], batches: &[enrichd_engine::Batch]) -> f64 {
+    let metrics = Metrics::default();
+    let (mut events, mut total) = (0u64, Duration::ZERO);
+    let mut since_tick = Duration::ZERO;
+    while total < budget {
+        for batch in batches {
+            let t = Instant::now();
+            metrics.observe_batch(keys, batch.events(), Duration::from_micros(100), Duration::from_micros(50));
+            if since_tick >= Duration::from_secs(1) {
+                metrics.tick();
+                since_tick = Duration::ZERO;
+            }
+            let dt = t.elapsed();
+            total += dt;
+            since_tick += dt;
+            events += batch.len() as u64;
+        }
+    }
+    std::hint::black_box(metrics.read());
+    total.as_nanos() as f64 / events as f64
 }
 
 fn report(label: &str, m: &Measurement, _records: usize) {

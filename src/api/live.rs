@@ -1,0 +1,121 @@
+//! Live metrics endpoints: `GET /v1/metrics` (JSON), `GET /v1/stream`
+//! (the same JSON as Server-Sent Events, every second) and `GET /metrics`
+//! (Prometheus text). All three follow `server.metrics_require_key`, with
+//! the key in the `Authorization: Bearer` header only: a key in a URL ends
+//! up in logs and browser history.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::Json;
+use futures_util::Stream;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::metrics::{prometheus, report};
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.config.server.metrics_require_key {
+        state.keys.check(headers)?;
+    }
+    Ok(())
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(document(&state)))
+}
+
+/// One `metrics` event per second, the first at once; keep-alive comments
+/// in between. Ends when the server shuts down.
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    authorize(&state, &headers)?;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = state.shutdown.subscribe();
+    let events =
+        futures_util::stream::unfold((state, ticks, shutdown), |(state, mut ticks, mut shutdown)| async move {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.wait_for(|stopping| *stopping) => return None,
+            }
+            let event = Event::default().event("metrics").data(document(&state).to_string());
+            Some((Ok(event), (state, ticks, shutdown)))
+        });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+pub async fn prometheus(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let reading = state.metrics.read();
+    let stages = state.engine.chain().reports();
+    let (elastic, splunk) = state.outputs.views();
+    let outputs =
+        [("elastic", elastic.is_some(), &state.metrics.elastic), ("splunk", splunk.is_some(), &state.metrics.splunk)];
+    let env_or = |name: &str, fallback: &str| std::env::var(name).unwrap_or_else(|_| fallback.to_string());
+    let build = [
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ("git_sha", env_or("GIT_SHA", env!("ENRICHD_GIT_SHA"))),
+        ("git_tag", env_or("GIT_TAG", env!("ENRICHD_GIT_TAG"))),
+    ];
+    let ctx = prometheus::Context { stages: &stages, outputs: &outputs, build: &build };
+    let text = prometheus::render(&state.metrics, &reading, &ctx);
+    Ok(([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text))
+}
+
+/// The full `/v1/metrics` document.
+pub fn document(state: &AppState) -> Value {
+    let reading = state.metrics.read();
+    let mut doc = report::document(&state.metrics, &reading);
+    doc["enrichers"] = enrichers(state);
+    doc["outputs"] = outputs(state);
+    doc
+}
+
+/// Each chain stage's state and counters. No file paths or digests: this
+/// document may be public (`metrics_require_key = false`).
+fn enrichers(state: &AppState) -> Value {
+    state
+        .engine
+        .chain()
+        .reports()
+        .into_iter()
+        .map(|r| {
+            let full = serde_json::to_value(&r).unwrap_or_default();
+            let loaded_at = r.status.sources.iter().filter_map(|s| s.loaded_at.clone()).max();
+            let mut entry = json!({
+                "name": r.name, "plugin": r.plugin, "enabled": r.enabled, "state": r.status.state,
+                "version": r.status.version, "loaded_at": loaded_at, "error": r.status.error,
+                "batches": r.batches, "events": r.events, "mean_ns_per_event": r.mean_ns_per_event,
+                "details": r.status.details,
+            });
+            // Hot reload adds a generation; pass it through when present.
+            if let Some(generation) = full.get("generation") {
+                entry["generation"] = generation.clone();
+            }
+            entry
+        })
+        .collect()
+}
+
+/// Output connectors: settings as `GET /v1/outputs` shows them (secrets
+/// masked) and delivery counters.
+fn outputs(state: &AppState) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (elastic, splunk) = state.outputs.views();
+    let section = |settings: Option<Value>, c: &crate::metrics::OutputCounters| {
+        json!({
+            "configured": settings.is_some(), "settings": settings,
+            "sent": c.sent.load(Relaxed), "failed": c.failed.load(Relaxed), "backlog": c.backlog.load(Relaxed),
+        })
+    };
+    json!({ "elastic": section(elastic, &state.metrics.elastic), "splunk": section(splunk, &state.metrics.splunk) })
+}

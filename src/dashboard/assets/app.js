@@ -1,0 +1,554 @@
+// enrichd dashboard: one metrics document in, the whole page out.
+//
+// Data comes from GET /v1/stream (Server-Sent Events, one `metrics` event a
+// second) read with fetch() so the API key travels in the Authorization
+// header, never in a URL (EventSource cannot send headers). When the stream
+// is unavailable the page polls GET /v1/metrics instead. Everything from the
+// server is written with textContent or SVG attributes: event fields are
+// attacker-influenced and never become markup.
+'use strict';
+
+(() => {
+  const KEY_STORE = 'enrichd.apiKey'; // sessionStorage only: gone with the tab
+  const BUCKET_MS = 5000;
+  const SPARK_WINDOW_MS = 5 * 60 * 1000;
+  const EPM_WINDOW_MS = 15 * 60 * 1000;
+  const STALL_MS = 5000; // no stream message for this long: reconnect
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+
+  const $ = (id) => document.getElementById(id);
+  const nf = new Intl.NumberFormat();
+  const nf1 = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
+  const compact = new Intl.NumberFormat(undefined, { notation: 'compact', maximumFractionDigits: 1 });
+  const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+  const count = (v) => (num(v) === null ? '–' : v >= 1e6 ? compact.format(v) : nf.format(Math.round(v)));
+  const ms = (v) => (num(v) === null ? '–' : v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : nf.format(Math.round(v)));
+  const sleep = (t) => new Promise((r) => setTimeout(r, t));
+
+  let apiKey = sessionStorage.getItem(KEY_STORE) || '';
+  let topWindow = '5m';
+  let last = null; // the latest metrics document
+  let controller = null; // aborts the current stream
+  let keyChanged = () => {};
+
+  // ---- connection -------------------------------------------------------
+
+  function headers(accept) {
+    const h = { Accept: accept };
+    if (apiKey) h.Authorization = 'Bearer ' + apiKey;
+    return h;
+  }
+
+  function setMode(mode, text) {
+    const conn = $('conn');
+    conn.dataset.state = mode;
+    $('conn-text').textContent = text;
+    document.body.dataset.mode = mode;
+  }
+
+  // Reads the SSE stream until it ends or stalls. Resolves with why it ended
+  // ('auth' for 401/403, 'unsupported' when there is no stream endpoint,
+  // else 'network') and whether it delivered anything before that.
+  async function stream() {
+    controller = new AbortController();
+    const { signal } = controller;
+    let res;
+    try {
+      res = await fetch('/v1/stream', { headers: headers('text/event-stream'), signal, cache: 'no-store' });
+    } catch (_) {
+      return { why: 'network', delivered: false };
+    }
+    if (res.status === 401 || res.status === 403) return { why: 'auth', delivered: false };
+    if (!res.ok || !res.body) return { why: res.status >= 500 ? 'network' : 'unsupported', delivered: false };
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = '';
+    let delivered = false;
+    let lastMessage = Date.now();
+    // A stream that goes quiet (a buffering proxy, a stuck connection) is
+    // dropped and replaced rather than trusted.
+    const watchdog = setInterval(() => {
+      if (Date.now() - lastMessage > STALL_MS) controller.abort();
+    }, 1000);
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf = (buf + value).replace(/\r\n?/g, '\n');
+        let end;
+        while ((end = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          if (handleEvent(block)) {
+            lastMessage = Date.now();
+            delivered = true;
+            setMode('live', 'live');
+          }
+        }
+      }
+    } catch (_) {
+      // aborted or connection lost: fall through to reconnect
+    } finally {
+      clearInterval(watchdog);
+    }
+    return { why: 'network', delivered };
+  }
+
+  // One SSE block; true when it carried a metrics document.
+  function handleEvent(block) {
+    let event = 'message';
+    const data = [];
+    for (const line of block.split('\n')) {
+      if (line.startsWith(':')) continue;
+      const colon = line.indexOf(':');
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+      if (field === 'event') event = value;
+      else if (field === 'data') data.push(value);
+    }
+    if (event !== 'metrics' || data.length === 0) return false;
+    try {
+      render(JSON.parse(data.join('\n')));
+      return true;
+    } catch (err) {
+      console.warn('enrichd: unreadable metrics event', err);
+      return false;
+    }
+  }
+
+  async function poll() {
+    let res;
+    try {
+      res = await fetch('/v1/metrics', { headers: headers('application/json'), cache: 'no-store' });
+    } catch (_) {
+      return 'network';
+    }
+    if (res.status === 401 || res.status === 403) return 'auth';
+    if (!res.ok) return 'network';
+    try {
+      render(await res.json());
+    } catch (_) {
+      return 'network';
+    }
+    return 'ok';
+  }
+
+  function unreachable(retryMs) {
+    setMode('unreachable', 'server unreachable');
+    banner('error', `Server unreachable — retrying in ${Math.ceil(retryMs / 1000)} s. The figures below are from the last successful update.`);
+  }
+
+  function needKey() {
+    setMode('auth', 'API key required');
+    banner('auth', apiKey
+      ? 'The server refused this API key. Enter a valid key above (it stays in this browser tab only).'
+      : 'This server requires an API key for metrics. Enter it above (it stays in this browser tab only).');
+  }
+
+  // Stream first; poll while the stream is unavailable. Stream retries back
+  // off (2 s doubling to 30 s) while it keeps failing, so a proxy that
+  // breaks SSE costs one attempt now and then, not a reconnect storm; when
+  // the server comes back after being unreachable the stream is retried at
+  // once.
+  async function run() {
+    let retry = 0;
+    for (;;) {
+      const { why, delivered } = await stream();
+      if (why === 'auth') {
+        needKey();
+        await new Promise((resolve) => { keyChanged = resolve; });
+        retry = 0;
+        continue;
+      }
+      retry = delivered ? 0 : why === 'unsupported' ? 30000 : Math.min(Math.max(2000, retry * 2), 30000);
+      let until = Date.now() + retry;
+      let backoff = 1000;
+      let failed = false;
+      for (;;) {
+        const result = await poll();
+        if (result === 'auth') { needKey(); break; }
+        if (result === 'ok') {
+          if (failed) until = Math.min(until, Date.now());
+          failed = false;
+          backoff = 1000;
+          if (Date.now() >= until) break;
+          setMode('polling', 'polling');
+          await sleep(2000);
+        } else {
+          failed = true;
+          unreachable(backoff);
+          await sleep(backoff);
+          backoff = Math.min(backoff * 2, 10000);
+        }
+      }
+    }
+  }
+
+  function useKey(key) {
+    apiKey = key;
+    if (key) sessionStorage.setItem(KEY_STORE, key);
+    else sessionStorage.removeItem(KEY_STORE);
+    $('key-clear').hidden = !key;
+    $('api-key').value = '';
+    $('api-key').placeholder = key ? 'key set for this tab' : 'only if metrics need one';
+    if (controller) controller.abort();
+    keyChanged();
+  }
+
+  // ---- rendering --------------------------------------------------------
+
+  function banner(kind, text) {
+    const el = $('banner');
+    if (!kind) {
+      el.hidden = true;
+      return;
+    }
+    el.hidden = false;
+    el.dataset.kind = kind;
+    el.textContent = text;
+  }
+
+  function setValue(id, value, text) {
+    const el = $(id);
+    const next = value === null || value === undefined ? '' : String(value);
+    // Only new threat matches flash: a page open all day should be calm
+    // unless something needs a look.
+    if (el.dataset.value !== next && el.dataset.value !== '' && el.id === 'tile-threats-value') {
+      el.classList.remove('bump');
+      void el.offsetWidth; // restart the animation
+      el.classList.add('bump');
+    }
+    el.dataset.value = next;
+    el.textContent = text;
+    if (el.classList.contains('sub')) el.title = text;
+  }
+
+  // Series the server does not keep (unique sources, lag, requests) are
+  // sampled here once per 5 s bucket of server time, so every sparkline
+  // advances at the same pace; they start when the page opens.
+  const sampled = new Map();
+  function sample(name, tsMs, value) {
+    if (num(value) === null) return [];
+    const bucket = Math.floor(tsMs / BUCKET_MS) * BUCKET_MS;
+    const series = sampled.get(name) || [];
+    if (series.length && series[series.length - 1][0] === bucket) series[series.length - 1][1] = value;
+    else series.push([bucket, value]);
+    while (series.length && series[0][0] < bucket - SPARK_WINDOW_MS) series.shift();
+    sampled.set(name, series);
+    return series;
+  }
+  // A counter's per-bucket increase, from its sampled running total.
+  function deltas(series) {
+    const out = [];
+    for (let i = 1; i < series.length; i++) out.push([series[i][0], Math.max(0, series[i][1] - series[i - 1][1])]);
+    return out;
+  }
+
+  // Server series trimmed to the server's lifetime: buckets from before it
+  // started are not "zero traffic", they are no data.
+  function serverSeries(points, m, bucketMs) {
+    if (!Array.isArray(points)) return null;
+    const start = m.server_time_ms - (m.uptime_s || 0) * 1000;
+    return points.filter((p) => Array.isArray(p) && p[0] + bucketMs > start);
+  }
+
+  // The x axis spans the data's life up to `windowMs` (at least 30 s):
+  // a fresh server's first minute fills the tile instead of a sliver.
+  function sparkline(id, points, nowMs, windowMs) {
+    const svg = $(id);
+    const vb = svg.viewBox.baseVal;
+    const first = points.length ? points[0][0] : nowMs;
+    const x0 = Math.max(nowMs - windowMs, Math.min(first, nowMs - 30000));
+    draw(svg, points, x0, nowMs + BUCKET_MS / 2, vb.width, vb.height, 2);
+    svg.dataset.points = String(points.length);
+    svg.dataset.lastTs = points.length ? String(points[points.length - 1][0]) : '';
+  }
+
+  // Line and area for [[ts, value|null]...] over [x0, x1]; null breaks the line.
+  function draw(svg, points, x0, x1, w, h, pad, yMax, bucketMs) {
+    const values = points.map((p) => p[1]).filter((v) => num(v) !== null);
+    const max = yMax || Math.max(1e-9, ...values) * 1.1;
+    const x = (t) => ((t - x0) / (x1 - x0)) * w;
+    const y = (v) => h - pad - (v / max) * (h - 2 * pad);
+    let line = '';
+    let area = '';
+    let run = [];
+    const flush = () => {
+      if (run.length === 1) run.push([run[0][0] + 1.5, run[0][1]]); // a lone point still shows
+      if (run.length) {
+        line += 'M' + run.map(([a, b]) => a.toFixed(2) + ',' + b.toFixed(2)).join('L');
+        area += `M${run[0][0].toFixed(2)},${h}L` + run.map(([a, b]) => a.toFixed(2) + ',' + b.toFixed(2)).join('L') + `L${run[run.length - 1][0].toFixed(2)},${h}Z`;
+      }
+      run = [];
+    };
+    for (const [t, v] of points) {
+      if (num(v) === null) flush();
+      else run.push([Math.min(w, Math.max(0, x(t + (bucketMs || BUCKET_MS) / 2))), y(v)]);
+    }
+    flush();
+    let areaEl = svg.querySelector('path.area');
+    let lineEl = svg.querySelector('path.line');
+    if (!lineEl) {
+      areaEl = svg.appendChild(document.createElementNS(SVG_NS, 'path'));
+      areaEl.setAttribute('class', 'area');
+      lineEl = svg.appendChild(document.createElementNS(SVG_NS, 'path'));
+      lineEl.setAttribute('class', 'line');
+    }
+    areaEl.setAttribute('d', area);
+    lineEl.setAttribute('d', line);
+  }
+
+  function niceMax(v) {
+    if (v <= 0) return 10;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    // Steps whose quarters are round numbers (the chart has four gridlines).
+    for (const f of [1, 2, 4, 6, 8, 10]) if (f * p >= v) return f * p;
+    return 10 * p;
+  }
+
+  function epmChart(m) {
+    const series15 = m.timeseries && m.timeseries.last_15m;
+    const bucketMs = (series15 && series15.bucket_s ? series15.bucket_s : 60) * 1000;
+    const points = serverSeries(series15 && series15.epm, m, bucketMs) || sample('epm', m.server_time_ms, m.rates && m.rates.epm_1m);
+    const svg = $('chart-epm');
+    const values = points.map((p) => p[1]).filter((v) => num(v) !== null);
+    const peak = values.length ? Math.max(...values) : 0;
+    const top = niceMax(peak * 1.05);
+    if (!svg.querySelector('g.grid')) {
+      const g = svg.appendChild(document.createElementNS(SVG_NS, 'g'));
+      g.setAttribute('class', 'grid');
+      for (let i = 1; i <= 4; i++) {
+        const l = g.appendChild(document.createElementNS(SVG_NS, 'line'));
+        l.setAttribute('x1', '0'); l.setAttribute('x2', '800');
+        l.setAttribute('y1', String(180 - 4 - (i / 4) * 172)); l.setAttribute('y2', String(180 - 4 - (i / 4) * 172));
+        l.setAttribute('class', 'grid');
+      }
+    }
+    draw(svg, points, m.server_time_ms - EPM_WINDOW_MS, m.server_time_ms, 800, 180, 4, top, bucketMs);
+    svg.dataset.points = String(points.length);
+    $('epm-empty').hidden = peak > 0;
+    $('epm-peak').textContent = peak > 0 ? `peak ${count(peak)}/min` : '';
+    const ylabels = $('epm-ylabels');
+    if (ylabels.dataset.top !== String(top)) {
+      ylabels.dataset.top = String(top);
+      ylabels.replaceChildren(...[1, 2, 3, 4].map((i) => {
+        const label = el('span', null, count((top * i) / 4));
+        label.style.setProperty('--y', ((i / 4) * (172 / 180) * 100 + (4 / 180) * 100).toFixed(2) + '%');
+        return label;
+      }));
+    }
+    const axis = $('epm-axis');
+    if (!axis.childElementCount) for (const t of ['−15 min', '−10 min', '−5 min', 'now']) axis.appendChild(document.createElement('span')).textContent = t;
+  }
+
+  function tiles(m) {
+    const t = m.totals || {};
+    const r = m.rates || {};
+    const q = m.queue || {};
+    const cls = m.requests_by_class || {};
+    const now = m.server_time_ms;
+    const s5 = (m.timeseries && m.timeseries.last_5m) || {};
+    const bucketMs = ((m.timeseries && m.timeseries.bucket_s) || 5) * 1000;
+    const series = (name, fallback) => serverSeries(s5[name], m, bucketMs) || fallback();
+
+    setValue('tile-events-value', r.epm_1m, count(r.epm_1m));
+    setValue('tile-events-sub', t.events, `${count(t.events)} total · ${nf1.format(num(r.eps_1m) || 0)}/s`);
+    sparkline('spark-events', series('eps', () => sample('eps', now, m.eps)), now, SPARK_WINDOW_MS);
+
+    // unique_sources is an estimate; its relative standard error rides along.
+    const err = num(t.unique_sources_error);
+    const active = num(t.sources_active_5m);
+    setValue('tile-sources-value', t.unique_sources, count(t.unique_sources));
+    setValue('tile-sources-sub', active, (active !== null ? `${count(active)} active in 5 min` : 'distinct source IPs')
+      + (err ? ` · ±${nf1.format(err * 100)}%` : ''));
+    sparkline('spark-sources', sample('sources', now, t.unique_sources), now, SPARK_WINDOW_MS);
+
+    setValue('tile-batches-value', t.batches, count(t.batches));
+    setValue('tile-batches-sub', r.bpm_1m, `${count(r.bpm_1m)}/min · ${count(t.batches_rejected || 0)} rejected`);
+    sparkline('spark-batches', series('bpm', () => deltas(sample('batches', now, t.batches))), now, SPARK_WINDOW_MS);
+
+    setValue('tile-threats-value', t.threat_matches, count(t.threat_matches));
+    setValue('tile-threats-sub', t.events_with_threats, `${count(t.events_with_threats)} events matched`);
+    document.querySelector('[data-tile="threats"]').dataset.hot = String((t.threat_matches || 0) > 0);
+    sparkline('spark-threats', series('threats', () => deltas(sample('threats', now, t.threat_matches))), now, SPARK_WINDOW_MS);
+
+    const risk = t.risk_count ? num(t.avg_risk) : null;
+    const riskSeries = series('avg_risk', () => sample('risk', now, risk));
+    const recent = [...riskSeries].reverse().find((p) => num(p[1]) !== null);
+    setValue('tile-risk-value', risk, risk === null ? '–' : nf1.format(risk));
+    setValue('tile-risk-sub', t.risk_count, risk === null ? 'no scored events yet'
+      : recent ? `latest 5 s: ${nf1.format(recent[1])}` : `${count(t.risk_count)} events scored`);
+    $('tile-risk-sub').title = `${count(t.risk_count)} events scored`;
+    document.querySelector('[data-tile="risk"]').dataset.hot = String(risk !== null && risk >= 50);
+    sparkline('spark-risk', riskSeries, now, SPARK_WINDOW_MS);
+
+    setValue('tile-lag-value', q.lag_ms_p95, ms(q.lag_ms_p95));
+    setValue('tile-lag-sub', q.lag_ms_p99, `p50 ${ms(q.lag_ms_p50)} · p99 ${ms(q.lag_ms_p99)}` + (m.queue_depth ? ` · ${count(m.queue_depth)} queued` : ''));
+    sparkline('spark-lag', sample('lag', now, q.lag_ms_p95), now, SPARK_WINDOW_MS);
+
+    setValue('tile-requests-value', m.requests_total, count(m.requests_total));
+    setValue('tile-requests-failed', m.requests_failed, `/ ${count(m.requests_failed)} failed`);
+    setValue('tile-requests-sub', cls['5xx'], `${count(cls['4xx'])} 4xx · ${count(cls['5xx'])} 5xx`);
+    sparkline('spark-requests', deltas(sample('requests', now, m.requests_total)), now, SPARK_WINDOW_MS);
+  }
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  // Replace a container's rows only when their content changed.
+  const drawn = new Map();
+  function replaceRows(container, key, rows, build) {
+    const sig = JSON.stringify(rows);
+    if (drawn.get(container.id) === sig + key) return;
+    drawn.set(container.id, sig + key);
+    container.replaceChildren(...build());
+    (container.closest('table') || container).dataset.rows = String(rows.length);
+  }
+
+  function topTables(m) {
+    const top = (m.top && m.top[topWindow]) || {};
+    for (const name of ['sources', 'dst_countries', 'asns', 'indicators']) {
+      const table = $('top-' + name);
+      const rows = Array.isArray(top[name]) ? top[name] : [];
+      const max = Math.max(1, ...rows.map((r) => r.count || 0));
+      replaceRows(table.tBodies[0], topWindow, rows, () => {
+        if (!rows.length) {
+          const tr = el('tr');
+          tr.appendChild(el('td', 'none', (m.totals && m.totals.events) ? 'none in this window' : 'no traffic yet'));
+          return [tr];
+        }
+        return rows.map((r) => {
+          const tr = el('tr');
+          const key = el('td', 'key');
+          key.style.setProperty('--share', ((100 * (r.count || 0)) / max).toFixed(1) + '%');
+          key.appendChild(el('span', null, name === 'asns' ? asLabel(r.key) : r.key));
+          if (r.label) key.appendChild(el('small', null, r.label));
+          tr.append(key, el('td', 'num', count(r.count)));
+          return tr;
+        });
+      });
+    }
+  }
+
+  // "AS15169"; a bare number gets its organisation from the top-ASN tables
+  // when they know it.
+  const asLabel = (key) => (/^\d+$/.test(String(key)) ? 'AS' + key : String(key));
+  function asnText(asn, labels) {
+    if (asn === null || asn === undefined || asn === '') return '–';
+    if (typeof asn === 'object') return [asn.asn ? 'AS' + asn.asn : '', asn.org || ''].filter(Boolean).join(' ') || '–';
+    const label = labels.get(String(asn));
+    return asLabel(asn) + (label ? ' ' + label : '');
+  }
+  const hostPort = (ip, port) => (ip ? (String(ip).includes(':') ? `[${ip}]` : ip) + (num(port) !== null ? ':' + port : '') : '–');
+
+  function feed(m) {
+    const labels = new Map();
+    for (const w of ['15m', '5m']) for (const a of (m.top && m.top[w] && m.top[w].asns) || []) if (a.label) labels.set(String(a.key), a.label);
+    const events = Array.isArray(m.recent_high_risk) ? [...m.recent_high_risk] : [];
+    events.sort((a, b) => (b.ts_ms || 0) - (a.ts_ms || 0));
+    $('feed-empty').hidden = events.length > 0;
+    const threshold = num(m.recent_high_risk_threshold);
+    $('feed-count').textContent = [threshold !== null ? `score ≥ ${threshold}` : '', events.length ? `${events.length} shown` : '']
+      .filter(Boolean).join(' · ');
+    replaceRows($('feed').tBodies[0], '', events, () => events.map((e) => {
+      const tr = el('tr');
+      const time = el('td', 'addr', e.ts_ms ? new Date(e.ts_ms).toLocaleTimeString() : '–');
+      if (e.ts_ms) time.title = new Date(e.ts_ms).toISOString();
+      const score = el('span', 'score', e.risk_score);
+      score.dataset.level = e.risk_score >= 80 ? 'critical' : 'high';
+      const scoreTd = el('td');
+      scoreTd.appendChild(score);
+      const ind = el('td');
+      for (const i of e.indicators || []) ind.appendChild(el('span', 'chip', i));
+      const reasons = el('td');
+      for (const r of e.reasons || []) reasons.appendChild(el('span', 'reason', r));
+      tr.append(time, scoreTd, el('td', 'addr', hostPort(e.src_ip, e.src_port)), el('td', 'addr', hostPort(e.dst_ip, e.dst_port)),
+        el('td', null, e.dst_country || '–'), el('td', null, asnText(e.asn, labels)), ind, reasons);
+      return tr;
+    }));
+  }
+
+  function ago(when, nowMs) {
+    const t = typeof when === 'number' ? (when > 1e12 ? when : when * 1000) : Date.parse(when);
+    if (!Number.isFinite(t)) return null;
+    const s = Math.max(0, Math.round((nowMs - t) / 1000));
+    const rel = s < 60 ? `${s} s ago` : s < 3600 ? `${Math.floor(s / 60)} min ago` : s < 86400 ? `${Math.floor(s / 3600)} h ago` : `${Math.floor(s / 86400)} d ago`;
+    return { rel, abs: new Date(t).toISOString() };
+  }
+
+  function chain(m) {
+    const stages = Array.isArray(m.enrichers) ? m.enrichers : [];
+    $('chain-empty').hidden = stages.length > 0;
+    $('chain-empty').textContent = 'no enrichers configured';
+    // Rebuilt every second: the "loaded … ago" text moves with time.
+    const list = $('chain');
+    list.dataset.rows = String(stages.length);
+    list.replaceChildren(...stages.map((s) => {
+      const li = el('li');
+      li.dataset.name = s.name || '';
+      const name = el('span', 'name', s.name || s.plugin);
+      if (s.plugin && s.plugin !== s.name) name.appendChild(el('small', null, s.plugin));
+      const state = el('span', 'state', s.enabled === false ? 'disabled' : s.state || 'unknown');
+      state.dataset.state = s.enabled === false ? 'disabled' : s.state || '';
+      const parts = [];
+      if (s.version) parts.push(s.version);
+      if (num(s.generation) !== null) parts.push('gen ' + s.generation);
+      const loaded = s.loaded_at ? ago(s.loaded_at, m.server_time_ms || Date.now()) : null;
+      if (loaded) parts.push((num(s.generation) > 1 ? 'reloaded ' : 'loaded ') + loaded.rel);
+      if (num(s.events) !== null) parts.push(count(s.events) + ' events');
+      if (num(s.mean_ns_per_event) !== null && s.events) parts.push(nf.format(Math.round(s.mean_ns_per_event)) + ' ns/event');
+      const detail = el('span', 'detail', parts.join(' · '));
+      if (loaded) detail.title = 'loaded at ' + loaded.abs;
+      li.append(name, state, detail);
+      if (s.error) li.appendChild(el('span', 'err', s.error));
+      return li;
+    }));
+  }
+
+  function uptime(s) {
+    if (num(s) === null) return '';
+    const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), mi = Math.floor((s % 3600) / 60);
+    return 'up ' + (d ? `${d}d ${h}h` : h ? `${h}h ${mi}m` : mi ? `${mi}m ${Math.floor(s % 60)}s` : `${Math.floor(s)}s`);
+  }
+
+  function render(m) {
+    if (!m || typeof m !== 'object') return;
+    if (num(m.server_time_ms) === null) m.server_time_ms = Date.now();
+    last = m;
+    const events = (m.totals && m.totals.events) || 0;
+    if (events === 0) banner('empty', 'No traffic yet. Send events to POST /v1/ingest and they show up here within a second.');
+    else banner(null);
+    $('uptime').textContent = uptime(m.uptime_s);
+    tiles(m);
+    epmChart(m);
+    topTables(m);
+    feed(m);
+    chain(m);
+  }
+
+  // ---- wiring -----------------------------------------------------------
+
+  $('key-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const key = $('api-key').value.trim();
+    if (key) useKey(key); // clearing is the Forget button's job
+  });
+  $('key-clear').addEventListener('click', () => useKey(''));
+  $('key-clear').hidden = !apiKey;
+  if (apiKey) $('api-key').placeholder = 'key set for this tab';
+  for (const b of document.querySelectorAll('.seg button')) {
+    b.addEventListener('click', () => {
+      topWindow = b.dataset.window;
+      for (const o of document.querySelectorAll('.seg button')) o.setAttribute('aria-selected', String(o === b));
+      if (last) topTables(last);
+    });
+  }
+  fetch('/v1/version', { headers: { Accept: 'application/json' } })
+    .then((r) => (r.ok ? r.json() : null))
+    .then((v) => { if (v && v.version) $('uptime').title = `enrichd ${v.version} (${v.git_sha || 'unknown'})`; })
+    .catch(() => {});
+  run();
+})();

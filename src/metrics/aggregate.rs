@@ -1,0 +1,216 @@
+//! The ticker's side: shards poured into windows, and a [`Reading`] of it all.
+//!
+//! Only the ticker (every second) and readers (`/v1/metrics`, `/metrics`,
+//! the stream) take the aggregate's lock; ingest threads never do. A read
+//! drains the shards first, so what it reports includes every batch that
+//! finished before it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+
+use super::distinct::Distinct;
+use super::feed::{asn_label, HighRisk, Shard, HIGH_RISK_KEEP, RISK_BOUNDS};
+use super::latency::{Buckets, LatencyWindow, Quantiles};
+use super::topn::{Counter, Entry, Seen, WindowedTop};
+use super::window::{SecondRing, Span, Tally, View};
+
+/// Entries per top list.
+pub const TOP_N: usize = 10;
+/// AS labels remembered (cleared when full; refilled as AS numbers recur).
+const LABELS_KEEP: usize = 10_000;
+
+pub struct Aggregate {
+    started_ms: u64,
+    /// Since start.
+    totals: Tally,
+    events_with_threats: u64,
+    risk_buckets: [u64; RISK_BOUNDS.len() + 1],
+    processing_buckets: Buckets,
+    ring: SecondRing,
+    lag: LatencyWindow,
+    processing: LatencyWindow,
+    sources: WindowedTop<IpAddr>,
+    countries: WindowedTop<[u8; 2]>,
+    asns: WindowedTop<u32>,
+    indicators: WindowedTop<String>,
+    asn_labels: HashMap<u32, String>,
+    distinct: Distinct,
+    /// Newest last.
+    high_risk: VecDeque<HighRisk>,
+    /// Swapped with each shard in turn (see [`super::feed::Shards::drain`]).
+    pub spare: Shard,
+}
+
+/// Everything the endpoints report, computed at one instant.
+pub struct Reading {
+    pub now_ms: u64,
+    pub uptime_s: f64,
+    pub totals: Tally,
+    pub events_with_threats: u64,
+    pub risk_buckets: Vec<(f64, u64)>,
+    pub processing_buckets: Buckets,
+    pub eps_10s: f64,
+    pub eps_1m: f64,
+    pub bpm_1m: f64,
+    pub lag: Quantiles,
+    pub processing: Quantiles,
+    /// 5-second buckets over 5 minutes, 15-second buckets over 15 minutes.
+    pub series_5s: Vec<Span>,
+    pub series_15s: Vec<Span>,
+    pub top_5m: Tops,
+    pub top_15m: Tops,
+    pub unique_sources: u64,
+    pub sources_active: u64,
+    /// Newest first.
+    pub high_risk: Vec<HighRisk>,
+}
+
+#[derive(Default)]
+pub struct Tops {
+    pub sources: Vec<Entry<IpAddr>>,
+    pub countries: Vec<Entry<[u8; 2]>>,
+    pub asns: Vec<(Entry<u32>, Option<String>)>,
+    pub indicators: Vec<Entry<String>>,
+}
+
+fn drain_counter<K: Eq + std::hash::Hash + Clone>(
+    counter: &mut Counter<K>,
+    top: &mut WindowedTop<K>,
+    minute: u64,
+    distinct: Option<&mut Distinct>,
+) {
+    match distinct {
+        Some(d) => counter.drain_into(top.minute(minute), |seen| match seen {
+            Seen::Key(k) => d.insert(minute, k),
+            Seen::Sketch(s) => d.union(minute, s),
+        }),
+        None => counter.drain_into(top.minute(minute), |_| {}),
+    }
+}
+
+impl Aggregate {
+    pub fn new(started_ms: u64) -> Self {
+        Aggregate {
+            started_ms,
+            totals: Tally::default(),
+            events_with_threats: 0,
+            risk_buckets: Default::default(),
+            processing_buckets: Buckets::default(),
+            ring: SecondRing::new(started_ms / 1000),
+            lag: LatencyWindow::default(),
+            processing: LatencyWindow::default(),
+            sources: WindowedTop::default(),
+            countries: WindowedTop::default(),
+            asns: WindowedTop::default(),
+            indicators: WindowedTop::default(),
+            asn_labels: HashMap::new(),
+            distinct: Distinct::default(),
+            high_risk: VecDeque::new(),
+            spare: Shard::default(),
+        }
+    }
+
+    /// Takes everything out of `shard` (drained at `now_ms`), leaving it empty.
+    pub fn absorb(&mut self, shard: &mut Shard, now_ms: u64) {
+        let now_s = now_ms / 1000;
+        let minute = now_s / 60;
+        for (second, tally) in shard.seconds.drain(..) {
+            self.ring.add(second, &tally);
+            self.totals.add(&tally);
+        }
+        self.events_with_threats += std::mem::take(&mut shard.events_with_threats);
+        for (total, n) in self.risk_buckets.iter_mut().zip(std::mem::take(&mut shard.risk_buckets)) {
+            *total += n;
+        }
+        self.processing_buckets.add(&std::mem::take(&mut shard.processing_buckets));
+        if let Some(h) = shard.lag.as_mut().filter(|h| !h.is_empty()) {
+            self.lag.add(now_s, h);
+            h.reset();
+        }
+        if let Some(h) = shard.processing.as_mut().filter(|h| !h.is_empty()) {
+            self.processing.add(now_s, h);
+            h.reset();
+        }
+        if !shard.sources.is_empty() {
+            drain_counter(&mut shard.sources, &mut self.sources, minute, Some(&mut self.distinct));
+        }
+        if !shard.countries.is_empty() {
+            drain_counter(&mut shard.countries, &mut self.countries, minute, None);
+        }
+        if !shard.asns.is_empty() {
+            drain_counter(&mut shard.asns, &mut self.asns, minute, None);
+        }
+        if !shard.indicators.is_empty() {
+            drain_counter(&mut shard.indicators, &mut self.indicators, minute, None);
+        }
+        for (asn, fragment) in shard.asn_labels.drain(..) {
+            if !self.asn_labels.contains_key(&asn) {
+                if let Some(label) = asn_label(asn, &fragment) {
+                    if self.asn_labels.len() >= LABELS_KEEP {
+                        self.asn_labels.clear();
+                    }
+                    self.asn_labels.insert(asn, label);
+                }
+            }
+        }
+        if !shard.high_risk.is_empty() {
+            self.high_risk.extend(shard.high_risk.drain(..));
+            // Shards interleave in time: keep the list ordered, newest last.
+            self.high_risk.make_contiguous().sort_by_key(|h| h.ts_ms);
+            while self.high_risk.len() > HIGH_RISK_KEEP {
+                self.high_risk.pop_front();
+            }
+        }
+    }
+
+    /// Rolls the windows to `now_ms` (whether or not anything arrived).
+    pub fn advance(&mut self, now_ms: u64) {
+        self.ring.advance(now_ms / 1000);
+    }
+
+    fn tops(&self, now_minute: u64, minutes: u64) -> Tops {
+        Tops {
+            sources: self.sources.top(now_minute, minutes, TOP_N),
+            countries: self.countries.top(now_minute, minutes, TOP_N),
+            asns: self
+                .asns
+                .top(now_minute, minutes, TOP_N)
+                .into_iter()
+                .map(|e| {
+                    let label = self.asn_labels.get(&e.key).cloned();
+                    (e, label)
+                })
+                .collect(),
+            indicators: self.indicators.top(now_minute, minutes, TOP_N),
+        }
+    }
+
+    pub fn read(&self, now_ms: u64) -> Reading {
+        let view = View { ring: &self.ring, now_ms, started_ms: self.started_ms };
+        let now_s = now_ms / 1000;
+        let minute = view.last(60);
+        let ten = view.last(10);
+        let risk_buckets =
+            RISK_BOUNDS.iter().map(|b| f64::from(*b)).chain([f64::INFINITY]).zip(self.risk_buckets).collect();
+        Reading {
+            now_ms,
+            uptime_s: now_ms.saturating_sub(self.started_ms) as f64 / 1000.0,
+            totals: self.totals,
+            events_with_threats: self.events_with_threats,
+            risk_buckets,
+            processing_buckets: self.processing_buckets.clone(),
+            eps_10s: ten.per_second(ten.tally.events),
+            eps_1m: minute.per_second(minute.tally.events),
+            bpm_1m: minute.per_second(minute.tally.batches) * 60.0,
+            lag: self.lag.quantiles(now_s),
+            processing: self.processing.quantiles(now_s),
+            series_5s: view.series(5, 60),
+            series_15s: view.series(15, 60),
+            top_5m: self.tops(now_s / 60, 5),
+            top_15m: self.tops(now_s / 60, 15),
+            unique_sources: self.distinct.total(),
+            sources_active: self.distinct.active(now_s / 60),
+            high_risk: self.high_risk.iter().rev().cloned().collect(),
+        }
+    }
+}

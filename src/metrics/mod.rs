@@ -1,0 +1,174 @@
+//! Live metrics: exact counters, rolling windows, latency quantiles,
+//! distinct sources and top-N lists, for `GET /v1/metrics`, the
+//! `/v1/stream` event stream and Prometheus' `GET /metrics`.
+//!
+//! Shape of the machinery, and why:
+//! - Ingest threads fold each enriched batch into their own shard
+//!   ([`feed`]): no lock shared by the ingest path, none per event.
+//! - A ticker (every second) and every reader pour the shards into the
+//!   [`aggregate`]: per-second tallies ([`window`]), latency histograms
+//!   ([`latency`]), heavy-hitter summaries ([`topn`]) and HyperLogLogs
+//!   ([`distinct`]). Windows are wall-clock aligned and roll on their own.
+//! - Both outputs are rendered from one [`Reading`] ([`report`] for JSON,
+//!   [`prometheus`] for the text exposition), so they cannot disagree.
+//! - Per-request counters (status classes, refused batches, work in
+//!   flight) are plain relaxed atomics bumped once per request.
+
+pub mod aggregate;
+pub mod clock;
+pub mod distinct;
+pub mod feed;
+pub mod latency;
+pub mod prometheus;
+pub mod report;
+pub mod topn;
+pub mod window;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use enrichd_engine::Event;
+
+use aggregate::Aggregate;
+pub use aggregate::Reading;
+use clock::{Clock, SystemClock};
+use feed::{OutputKeys, Shards};
+
+/// Request counters by status class.
+#[derive(Default)]
+pub struct Requests {
+    pub total: AtomicU64,
+    pub class_2xx: AtomicU64,
+    pub class_4xx: AtomicU64,
+    pub class_5xx: AtomicU64,
+}
+
+/// Delivery counters of one output connector. Nothing sends yet (outputs
+/// only store settings), so these stay 0 until the outputs work bumps them.
+#[derive(Default)]
+pub struct OutputCounters {
+    pub sent: AtomicU64,
+    pub failed: AtomicU64,
+    pub backlog: AtomicU64,
+}
+
+pub struct Metrics {
+    clock: Box<dyn Clock>,
+    pub requests: Requests,
+    batches_rejected: AtomicU64,
+    /// Batches handed to the blocking pool and not yet enriched (waiting
+    /// for a thread or running), and the records of those that are parsed.
+    batches_in_flight: AtomicU64,
+    records_in_flight: AtomicU64,
+    shards: Shards,
+    aggregate: Mutex<Aggregate>,
+    pub elastic: OutputCounters,
+    pub splunk: OutputCounters,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::with_clock(Box::new(SystemClock))
+    }
+}
+
+/// Decrements an in-flight gauge when dropped (also on panic).
+pub struct InFlight<'a> {
+    gauge: &'a AtomicU64,
+    n: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(self.n, Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn with_clock(clock: Box<dyn Clock>) -> Self {
+        let started_ms = clock.now_ms();
+        // Twice the cores: blocking-pool threads rarely share a shard.
+        let shards = std::thread::available_parallelism().map_or(4, |n| n.get() * 2).clamp(4, 64);
+        Metrics {
+            clock,
+            requests: Requests::default(),
+            batches_rejected: AtomicU64::new(0),
+            batches_in_flight: AtomicU64::new(0),
+            records_in_flight: AtomicU64::new(0),
+            shards: Shards::new(shards),
+            aggregate: Mutex::new(Aggregate::new(started_ms)),
+            elastic: OutputCounters::default(),
+            splunk: OutputCounters::default(),
+        }
+    }
+
+    /// Counts one finished HTTP request by status class.
+    pub fn record_request(&self, status: u16) {
+        self.requests.total.fetch_add(1, Relaxed);
+        match status {
+            200..=399 => &self.requests.class_2xx,
+            400..=499 => &self.requests.class_4xx,
+            _ => &self.requests.class_5xx,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// Counts a refused ingest request (nothing of it was processed).
+    pub fn record_rejected_batch(&self) {
+        self.batches_rejected.fetch_add(1, Relaxed);
+    }
+
+    /// One batch queued for enrichment until the guard drops.
+    pub fn batch_in_flight(&self) -> InFlight<'_> {
+        self.batches_in_flight.fetch_add(1, Relaxed);
+        InFlight { gauge: &self.batches_in_flight, n: 1 }
+    }
+
+    /// `n` parsed records being enriched until the guard drops.
+    pub fn records_in_flight(&self, n: u64) -> InFlight<'_> {
+        self.records_in_flight.fetch_add(n, Relaxed);
+        InFlight { gauge: &self.records_in_flight, n }
+    }
+
+    /// Folds one enriched batch into this thread's shard. `keys` is the
+    /// chain's output key table; `lag` runs from request arrival to
+    /// enrichment done, `processing` covers parsing and enrichment.
+    pub fn observe_batch(&self, keys: &[Box<str>], events: &[Event], lag: Duration, processing: Duration) {
+        let now_ms = self.clock.now_ms();
+        self.shards.local().observe(OutputKeys::resolve(keys), events, now_ms, lag, processing);
+    }
+
+    /// Pours the shards into the windows and rolls them to now: the ticker
+    /// calls this every second, readers before reading.
+    pub fn tick(&self) {
+        let now_ms = self.clock.now_ms();
+        self.fold(&mut self.aggregate.lock().unwrap_or_else(PoisonError::into_inner), now_ms);
+    }
+
+    /// Everything, as of now.
+    pub fn read(&self) -> Reading {
+        let now_ms = self.clock.now_ms();
+        let mut aggregate = self.aggregate.lock().unwrap_or_else(PoisonError::into_inner);
+        self.fold(&mut aggregate, now_ms);
+        aggregate.read(now_ms)
+    }
+
+    fn fold(&self, aggregate: &mut Aggregate, now_ms: u64) {
+        let mut spare = std::mem::take(&mut aggregate.spare);
+        self.shards.drain(&mut spare, |shard| aggregate.absorb(shard, now_ms));
+        aggregate.spare = spare;
+        aggregate.advance(now_ms);
+    }
+
+    pub fn batches_rejected(&self) -> u64 {
+        self.batches_rejected.load(Relaxed)
+    }
+
+    pub fn in_flight(&self) -> (u64, u64) {
+        (self.batches_in_flight.load(Relaxed), self.records_in_flight.load(Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,263 @@
+//! `GET /metrics`: the Prometheus text exposition (format 0.0.4), encoded
+//! by `prometheus-client`, the Prometheus project's own Rust client.
+//!
+//! Values are not kept in the crate's metric types: those would add a
+//! second set of counters on the ingest path (its histogram takes a lock
+//! per observation). Each scrape renders one [`Reading`] through a custom
+//! collector instead, the same reading the JSON document is made from, so
+//! the two always agree. Counter names get `_total` from the encoder.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use enrichd_engine::StageReport;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde_json::Value as Json;
+
+use super::aggregate::Reading;
+use super::{Metrics, OutputCounters};
+
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// What the exposition needs beyond the metrics themselves.
+pub struct Context<'a> {
+    pub stages: &'a [StageReport],
+    /// (name, configured, counters) per output connector.
+    pub outputs: &'a [(&'static str, bool, &'a OutputCounters)],
+    /// `build_info` labels.
+    pub build: &'a [(&'static str, String)],
+}
+
+#[derive(Debug)]
+enum Sample {
+    Counter(u64),
+    Gauge(f64),
+    Histogram { sum: f64, count: u64, buckets: Vec<(f64, u64)> },
+    Info,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Labels, Sample)>,
+}
+
+/// A fixed set of families rendered once.
+#[derive(Debug, Default)]
+struct Exposition(Vec<Family>);
+
+impl Exposition {
+    fn add(&mut self, name: &'static str, help: &'static str, kind: MetricType, samples: Vec<(Labels, Sample)>) {
+        self.0.push(Family { name, help, kind, samples });
+    }
+    fn counter(&mut self, name: &'static str, help: &'static str, v: u64) {
+        self.add(name, help, MetricType::Counter, vec![(vec![], Sample::Counter(v))]);
+    }
+    fn gauge(&mut self, name: &'static str, help: &'static str, v: f64) {
+        self.add(name, help, MetricType::Gauge, vec![(vec![], Sample::Gauge(v))]);
+    }
+}
+
+fn encode_sample(enc: &mut MetricEncoder<'_>, sample: &Sample, labels: &Labels) -> Result<(), std::fmt::Error> {
+    let no_exemplar: Option<&Exemplar<NoLabelSet, f64>> = None;
+    match sample {
+        Sample::Counter(v) => enc.encode_counter(v, no_exemplar),
+        Sample::Gauge(v) => enc.encode_gauge(v),
+        Sample::Histogram { sum, count, buckets } => enc.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None),
+        Sample::Info => enc.encode_info(labels),
+    }
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for family in &self.0 {
+            let mut enc = encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
+            match family.samples.as_slice() {
+                // Unlabelled, or an info metric (whose labels are its value).
+                [(labels, sample)] if labels.is_empty() || matches!(sample, Sample::Info) => {
+                    encode_sample(&mut enc, sample, labels)?
+                }
+                samples => {
+                    for (labels, sample) in samples {
+                        encode_sample(&mut enc.encode_family(labels)?, sample, labels)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sum of an enricher's error counters in its details (`errors` as a
+/// number or as counts by kind), 0 when it reports none.
+fn stage_errors(details: &Json) -> u64 {
+    match details.get("errors") {
+        Some(Json::Number(n)) => n.as_u64().unwrap_or(0),
+        Some(Json::Object(kinds)) => kinds.values().filter_map(Json::as_u64).sum(),
+        _ => 0,
+    }
+}
+
+pub fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
+    let mut x = Exposition::default();
+    let t = &r.totals;
+    x.counter("telemetry_ingest", "Events enriched.", t.events);
+    x.counter("telemetry_batches", "Batches enriched.", t.batches);
+    x.counter("telemetry_batches_rejected", "Ingest requests refused whole (4xx).", m.batches_rejected());
+    x.counter("telemetry_threat_matches", "Threat-intel indicator matches.", t.threats);
+    x.counter("telemetry_events_with_threats", "Events with at least one indicator match.", r.events_with_threats);
+    x.add(
+        "telemetry_risk_score",
+        "Risk scores (0-100) of scored events.",
+        MetricType::Histogram,
+        vec![(
+            vec![],
+            Sample::Histogram { sum: t.risk_sum as f64, count: t.risk_count, buckets: r.risk_buckets.clone() },
+        )],
+    );
+    let q = [("0.5", r.lag.p50_ms), ("0.95", r.lag.p95_ms), ("0.99", r.lag.p99_ms)];
+    x.add(
+        "telemetry_queue_lag",
+        "Milliseconds from request arrival to enrichment done, quantiles over the last 60 s (0 without traffic).",
+        MetricType::Gauge,
+        q.iter().map(|(q, v)| (vec![("quantile", q.to_string())], Sample::Gauge(*v))).collect(),
+    );
+    let (batches, records) = m.in_flight();
+    x.gauge("telemetry_queue_depth", "Batches waiting for or in enrichment.", batches as f64);
+    x.gauge("telemetry_records_queued", "Records of the batches in enrichment.", records as f64);
+    x.gauge(
+        "telemetry_sources_active",
+        "Distinct source addresses in the last 5 minutes (HyperLogLog).",
+        r.sources_active as f64,
+    );
+    x.gauge(
+        "telemetry_sources_unique",
+        "Distinct source addresses since start (HyperLogLog).",
+        r.unique_sources as f64,
+    );
+    let req = &m.requests;
+    x.add(
+        "telemetry_requests",
+        "HTTP requests answered, by status class.",
+        MetricType::Counter,
+        [("2xx", &req.class_2xx), ("4xx", &req.class_4xx), ("5xx", &req.class_5xx)]
+            .into_iter()
+            .map(|(class, c)| (vec![("status_class", class.to_string())], Sample::Counter(c.load(Relaxed))))
+            .collect(),
+    );
+    let p = &r.processing_buckets;
+    x.add(
+        "telemetry_processing_latency_ms",
+        "Milliseconds to parse and enrich one batch.",
+        MetricType::Histogram,
+        vec![(vec![], Sample::Histogram { sum: p.sum_ms, count: p.count, buckets: p.per_bucket() })],
+    );
+    x.gauge("telemetry_uptime_seconds", "Seconds since the server started.", r.uptime_s);
+
+    let per_stage = |f: &dyn Fn(&StageReport) -> Sample| -> Vec<(Labels, Sample)> {
+        ctx.stages.iter().map(|s| (vec![("enricher", s.name.clone())], f(s))).collect()
+    };
+    x.add(
+        "telemetry_enricher_events",
+        "Events through each enricher.",
+        MetricType::Counter,
+        per_stage(&|s| Sample::Counter(s.events)),
+    );
+    x.add(
+        "telemetry_enricher_batches",
+        "Batches through each enricher.",
+        MetricType::Counter,
+        per_stage(&|s| Sample::Counter(s.batches)),
+    );
+    x.add(
+        "telemetry_enricher_latency_ns_per_event",
+        "Mean nanoseconds per event spent in each enricher.",
+        MetricType::Gauge,
+        per_stage(&|s| Sample::Gauge(s.mean_ns_per_event)),
+    );
+    x.add(
+        "telemetry_enricher_errors",
+        "Errors each enricher reported (e.g. WASM traps, timeouts).",
+        MetricType::Counter,
+        per_stage(&|s| Sample::Counter(stage_errors(&s.status.details))),
+    );
+    x.add(
+        "telemetry_enricher_reloads",
+        "Reloads swapped in for each enricher (new data, module or options).",
+        MetricType::Counter,
+        per_stage(&|s| Sample::Counter(s.reloads)),
+    );
+    x.add(
+        "telemetry_enricher_reload_failures",
+        "Reloads refused for each enricher (the last good version stayed live).",
+        MetricType::Counter,
+        per_stage(&|s| Sample::Counter(s.reload_failures)),
+    );
+    x.add(
+        "telemetry_enricher_generation",
+        "Live generation of each enricher (1 at start, +1 per reload).",
+        MetricType::Gauge,
+        per_stage(&|s| Sample::Gauge(s.generation as f64)),
+    );
+    x.add(
+        "telemetry_enricher_up",
+        "1 when the enricher is loaded and working.",
+        MetricType::Gauge,
+        per_stage(&|s| Sample::Gauge(f64::from(u8::from(s.status.state == enrichd_engine::PluginState::Loaded)))),
+    );
+
+    let per_output = |f: &dyn Fn(bool, &OutputCounters) -> Sample| -> Vec<(Labels, Sample)> {
+        ctx.outputs.iter().map(|(name, on, c)| (vec![("output", name.to_string())], f(*on, c))).collect()
+    };
+    x.add(
+        "telemetry_output_sent",
+        "Events delivered by each output.",
+        MetricType::Counter,
+        per_output(&|_, c| Sample::Counter(c.sent.load(Relaxed))),
+    );
+    x.add(
+        "telemetry_output_failed",
+        "Events each output failed to deliver.",
+        MetricType::Counter,
+        per_output(&|_, c| Sample::Counter(c.failed.load(Relaxed))),
+    );
+    x.add(
+        "telemetry_output_backlog",
+        "Events waiting in each output.",
+        MetricType::Gauge,
+        per_output(&|_, c| Sample::Gauge(c.backlog.load(Relaxed) as f64)),
+    );
+    x.add(
+        "telemetry_output_configured",
+        "1 when the output has settings.",
+        MetricType::Gauge,
+        per_output(&|on, _| Sample::Gauge(f64::from(u8::from(on)))),
+    );
+    x.add("build", "Build of this enrichd.", MetricType::Info, vec![(ctx.build.to_vec(), Sample::Info)]);
+
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(x));
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn error_counts_are_read_from_details() {
+        assert_eq!(stage_errors(&json!({"errors": {"trap": 2, "timeout": 1}})), 3);
+        assert_eq!(stage_errors(&json!({"errors": 4})), 4);
+        assert_eq!(stage_errors(&json!(null)), 0);
+    }
+}

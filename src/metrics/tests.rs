@@ -1,0 +1,100 @@
+//! The facade end to end in-process, on a manual clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use enrichd_engine::Event;
+
+use super::clock::{Clock, ManualClock};
+use super::{report, Metrics};
+
+const T0: u64 = 1_800_000_000_000;
+
+fn metrics() -> (Arc<ManualClock>, Metrics) {
+    let clock = Arc::new(ManualClock::new(T0 + 200));
+    let m = Metrics::with_clock(Box::new(clock.clone()));
+    (clock, m)
+}
+
+fn batch(n: usize, risk: u8) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let mut e = Event::synthetic();
+            e.src_ip = Some(std::net::IpAddr::from([10, 0, (i / 256) as u8, i as u8]));
+            e.dst_country = Some(*b"DE");
+            e.risk_score = Some(risk);
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn rates_and_series_from_the_first_second_and_rolling_to_zero() {
+    let (clock, m) = metrics();
+    let keys: Vec<Box<str>> = vec![];
+    for _ in 0..10 {
+        clock.advance(100);
+        m.observe_batch(&keys, &batch(100, 40), Duration::from_micros(250), Duration::from_micros(80));
+    }
+    // 1.2 s after start: 1000 events, 10 batches.
+    clock.advance(200);
+    let doc = report::document(&m, &m.read());
+    assert_eq!(doc["totals"]["events"], 1000);
+    assert_eq!(doc["totals"]["batches"], 10);
+    let eps = doc["rates"]["eps_1m"].as_f64().unwrap();
+    assert!((eps - 1000.0 / 1.2).abs() < 1e-6, "rate over the 1.2 s elapsed, not a minute: {eps}");
+    assert!((doc["rates"]["bpm_1m"].as_f64().unwrap() - 10.0 / 1.2 * 60.0).abs() < 1e-6);
+    let lag = doc["queue"]["lag_ms_p95"].as_f64().unwrap();
+    assert!((lag - 0.25).abs() < 0.01, "sub-millisecond lag reported as such: {lag}");
+    let unique = doc["totals"]["unique_sources"].as_u64().unwrap();
+    assert!((98..=102).contains(&unique), "HyperLogLog estimate of 100: {unique}");
+    assert_eq!(doc["totals"]["avg_risk"], 40.0);
+    assert_eq!(doc["top"]["5m"]["dst_countries"][0], serde_json::json!({"key": "DE", "count": 1000, "error": 0}));
+    let eps_series = doc["timeseries"]["last_5m"]["eps"].as_array().unwrap();
+    assert_eq!(eps_series.len(), 60);
+    let last = eps_series.last().unwrap();
+    assert_eq!(last[0].as_u64().unwrap() % 5000, 0);
+    assert!(last[1].as_f64().unwrap() > 0.0);
+    assert_eq!(doc["timeseries"]["last_5m"]["avg_risk"][0][1], serde_json::Value::Null);
+    assert_eq!(doc["timeseries"]["last_15m"]["epm"].as_array().unwrap().len(), 60);
+
+    // Two minutes of silence: rates fall to zero, the series move on.
+    clock.advance(120_000);
+    let doc = report::document(&m, &m.read());
+    assert_eq!(doc["rates"]["eps_1m"], 0.0);
+    assert_eq!(doc["eps"], 0.0);
+    let last = doc["timeseries"]["last_5m"]["eps"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last[1], 0.0);
+    assert_eq!(last[0].as_u64().unwrap(), T0 + 120_000, "now is T0 + 121.4 s");
+    assert_eq!(doc["queue"]["lag_ms_p95"], 0.0, "no requests in the window");
+    assert_eq!(doc["totals"]["events"], 1000, "totals stay");
+    assert_eq!(doc["top"]["15m"]["dst_countries"][0]["count"], 1000);
+}
+
+#[test]
+fn the_ticker_drains_shards_from_other_threads() {
+    let (clock, m) = metrics();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| m.observe_batch(&[], &batch(50, 80), Duration::ZERO, Duration::ZERO));
+        }
+    });
+    m.tick();
+    clock.advance(1000);
+    let r = m.read();
+    assert_eq!(r.totals.events, 200);
+    assert_eq!(r.high_risk.len(), 50, "bounded");
+    assert!(r.high_risk.windows(2).all(|w| w[0].ts_ms >= w[1].ts_ms), "newest first");
+    assert_eq!(clock.now_ms(), T0 + 1200);
+}
+
+#[test]
+fn in_flight_guards_count_and_release() {
+    let (_, m) = metrics();
+    {
+        let _b = m.batch_in_flight();
+        let _r = m.records_in_flight(40);
+        assert_eq!(m.in_flight(), (1, 40));
+    }
+    assert_eq!(m.in_flight(), (0, 0));
+}

@@ -1,0 +1,251 @@
+//! Live metrics end to end: the real binary, real HTTP, traffic shaped like
+//! the acceptance run (2,000 flows.v1 events, batches of 100, 0.1 s apart,
+//! 10% of sources in 45.149.3.0/24 from ti/indicators.txt).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use common::{agent, repo, test_chain, Server, KEY};
+use serde_json::{json, Value};
+
+fn chain() -> String {
+    format!(
+        "{}\n[[chain]]\nplugin = \"wasm\"\nname = \"risk\"\nmodule = \"{}\"\n",
+        test_chain(),
+        repo().join("rules/risk.wasm").display()
+    )
+}
+
+/// Destinations the MaxMind test databases know (country / AS).
+const DESTINATIONS: [&str; 4] = ["89.160.20.112", "81.2.69.142", "1.128.0.1", "216.160.83.56"];
+
+fn batch(b: usize) -> Value {
+    let records: Vec<Value> = (0..100)
+        .map(|i| {
+            let n = b * 100 + i;
+            if n.is_multiple_of(10) {
+                // Known-bad source, RDP, large upload: scores 90.
+                json!({"src_ip": format!("45.149.3.{}", n % 7), "dst_ip": "89.160.20.112",
+                       "src_port": 50000, "dst_port": 3389, "proto": "tcp", "bytes": 4_000_000})
+            } else {
+                json!({"src_ip": format!("10.1.{}.{}", n / 250, n % 250), "dst_ip": DESTINATIONS[n % 4],
+                       "src_port": 40000 + (n % 1000), "dst_port": 443, "proto": "tcp", "bytes": 1200})
+            }
+        })
+        .collect();
+    json!(records)
+}
+
+fn send_acceptance_traffic(s: &Server) {
+    for b in 0..20 {
+        let r = s.ingest("flows.v1", batch(b));
+        assert_eq!(r.status, 200, "{}", r.text);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn non_flat(series: &Value) -> bool {
+    let values: Vec<&Value> = series.as_array().unwrap().iter().map(|p| &p[1]).collect();
+    values.iter().any(|v| *v != values[0])
+}
+
+/// Parses the text exposition strictly enough to catch format slips:
+/// every sample line is `name{labels} value` with a float value, every
+/// sample's family has a TYPE line. Returns (name with labels, value).
+fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            typed.insert(parts.next().unwrap().to_string());
+            assert!(matches!(parts.next(), Some("counter" | "gauge" | "histogram")), "{line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line}");
+        }
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        assert!(typed.contains(name) || typed.contains(family), "no TYPE for {line}");
+        samples.push((series.to_string(), value));
+    }
+    samples
+}
+
+fn sample(samples: &[(String, f64)], series: &str) -> f64 {
+    samples.iter().find(|(s, _)| s == series).unwrap_or_else(|| panic!("{series} missing")).1
+}
+
+#[test]
+fn acceptance_traffic_shows_in_json_and_prometheus() {
+    let s = Server::start(&chain());
+    send_acceptance_traffic(&s);
+    let first = s.metrics();
+    let m = s.metrics();
+
+    assert!(m["requests_total"].as_u64().unwrap() > first["requests_total"].as_u64().unwrap());
+    assert!(m["rates"]["epm_1m"].as_f64().unwrap() > 0.0, "{}", m["rates"]);
+    assert!(m["rates"]["bpm_1m"].as_f64().unwrap() > 0.0, "{}", m["rates"]);
+    for name in ["eps", "bpm", "threats", "avg_risk"] {
+        let series = &m["timeseries"]["last_5m"][name];
+        assert_eq!(series.as_array().unwrap().len(), 60, "{name}");
+        assert!(non_flat(series), "{name} is flat: {series}");
+    }
+    assert!(m["queue"]["lag_ms_p95"].as_f64().unwrap() > 0.0, "{}", m["queue"]);
+    assert!(m["queue"]["lag_ms_p50"].as_f64().unwrap() <= m["queue"]["lag_ms_p99"].as_f64().unwrap());
+
+    let t = &m["totals"];
+    assert_eq!(t["events"], 2000);
+    assert_eq!(t["batches"], 20);
+    assert_eq!(t["threat_matches"], 200);
+    assert_eq!(t["events_with_threats"], 200);
+    assert_eq!(m["records_processed"], 2000);
+    // 1,800 benign sources are all distinct, plus 7 bad ones: 1,807 ± 3%.
+    let unique = t["unique_sources"].as_f64().unwrap();
+    assert!((unique - 1807.0).abs() < 1807.0 * 0.03, "unique_sources {unique}");
+    assert_eq!(t["risk_count"], 2000);
+    assert!(t["avg_risk"].as_f64().unwrap() > 0.0);
+
+    // 2,000 events in about 2-3 s: the one-minute rate is over the elapsed
+    // time, not diluted by a minute that has not happened.
+    let eps = m["rates"]["eps_1m"].as_f64().unwrap();
+    assert!(eps > 2000.0 / 10.0, "eps_1m {eps}");
+
+    let top = &m["top"]["5m"];
+    assert_eq!(top["indicators"][0], json!({"key": "45.149.3.0/24", "count": 200, "error": 0}));
+    assert_eq!(top["dst_countries"][0]["key"], "SE", "{}", top["dst_countries"]);
+    let asns = top["asns"].as_array().unwrap();
+    let bredband = asns.iter().find(|a| a["key"] == "29518").expect("AS29518 listed");
+    assert_eq!(bredband["label"], "Bredband2 AB");
+    assert_eq!(bredband["count"], 200 + 400, "bad ones plus every 4th benign one not already bad");
+    assert!(top["sources"][0]["key"].as_str().unwrap().starts_with("45.149.3."));
+    assert_eq!(m["top"]["15m"]["indicators"][0]["count"], 200);
+
+    let high = m["recent_high_risk"].as_array().unwrap();
+    assert_eq!(high.len(), 50, "bounded to the newest 50");
+    assert_eq!(high[0]["risk_score"], 90);
+    assert_eq!(high[0]["indicators"], json!(["45.149.3.0/24"]));
+    assert!(!high[0]["reasons"].as_array().unwrap().is_empty());
+    assert!(high.windows(2).all(|w| w[0]["ts_ms"].as_u64() >= w[1]["ts_ms"].as_u64()), "newest first");
+
+    let risk = m["enrichers"].as_array().unwrap().iter().find(|e| e["name"] == "risk").unwrap();
+    assert_eq!(risk["events"], 2000);
+    assert_eq!(risk["state"], "loaded");
+    assert!(m["enrichers"][0]["details"].is_object(), "per-stage details kept");
+    assert_eq!(m["outputs"]["elastic"]["configured"], false);
+
+    // Prometheus: parses, names present, counters agree with the JSON.
+    let r = s.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    let samples = parse_prometheus(&r.text);
+    assert_eq!(sample(&samples, "telemetry_ingest_total"), 2000.0);
+    assert_eq!(sample(&samples, "telemetry_batches_total"), 20.0);
+    assert_eq!(sample(&samples, "telemetry_threat_matches_total"), 200.0);
+    assert_eq!(sample(&samples, "telemetry_risk_score_count"), 2000.0);
+    assert_eq!(sample(&samples, "telemetry_risk_score_sum"), t["risk_sum"].as_f64().unwrap());
+    assert_eq!(sample(&samples, "telemetry_processing_latency_ms_count"), 20.0);
+    assert_eq!(sample(&samples, "telemetry_processing_latency_ms_bucket{le=\"+Inf\"}"), 20.0);
+    assert!(sample(&samples, "telemetry_queue_lag{quantile=\"0.95\"}") > 0.0);
+    assert!(sample(&samples, "telemetry_sources_active") > 1700.0);
+    assert!(sample(&samples, "telemetry_requests_total{status_class=\"2xx\"}") >= 22.0);
+    assert_eq!(sample(&samples, "telemetry_enricher_events_total{enricher=\"ti\"}"), 2000.0);
+    for name in [
+        "telemetry_enricher_latency_ns_per_event{enricher=\"risk\"}",
+        "telemetry_enricher_errors_total{enricher=\"risk\"}",
+        "telemetry_enricher_reloads_total{enricher=\"ti\"}",
+        "telemetry_output_sent_total{output=\"elastic\"}",
+        "telemetry_output_failed_total{output=\"splunk\"}",
+        "telemetry_output_backlog{output=\"elastic\"}",
+    ] {
+        sample(&samples, name);
+    }
+    assert!(samples.iter().any(|(s, v)| s.starts_with("build_info{version=") && *v == 1.0));
+}
+
+#[test]
+fn windows_report_zeros_before_traffic_and_rates_from_the_first_batch() {
+    let s = Server::start(&chain());
+    let m = s.metrics();
+    assert_eq!(m["rates"]["eps_1m"], 0.0);
+    assert_eq!(m["queue"]["lag_ms_p95"], 0.0);
+    assert_eq!(m["totals"]["avg_risk"], 0.0);
+    let eps = m["timeseries"]["last_5m"]["eps"].as_array().unwrap();
+    assert_eq!(eps.len(), 60);
+    let ts: Vec<u64> = eps.iter().map(|p| p[0].as_u64().unwrap()).collect();
+    assert!(ts.iter().all(|t| t % 5000 == 0) && ts.windows(2).all(|w| w[1] - w[0] == 5000));
+    assert!(m["timeseries"]["last_5m"]["avg_risk"].as_array().unwrap().iter().all(|p| p[1].is_null()));
+    assert!(m["server_time_ms"].as_u64().unwrap() >= *ts.last().unwrap());
+
+    let r = s.ingest("flows.v1", batch(0));
+    assert_eq!(r.status, 200);
+    let m = s.metrics();
+    assert!(m["rates"]["eps_1m"].as_f64().unwrap() > 10.0, "not 100/60: {}", m["rates"]);
+    let lag = m["queue"]["lag_ms_p50"].as_f64().unwrap();
+    assert!(lag > 0.0 && lag.fract() != 0.0, "float milliseconds: {lag}");
+}
+
+/// Reads `count` SSE events of type `metrics` from an open stream.
+fn read_events(reader: impl std::io::Read, count: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut kind = String::new();
+    for line in BufReader::new(reader).lines() {
+        let line = line.expect("stream line");
+        if let Some(k) = line.strip_prefix("event: ") {
+            kind = k.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            assert_eq!(kind, "metrics");
+            events.push(serde_json::from_str::<Value>(data).expect("event data is JSON"));
+            if events.len() == count {
+                break;
+            }
+        }
+    }
+    events
+}
+
+#[test]
+fn stream_sends_the_metrics_document_every_second() {
+    let s = Server::start(&chain());
+    let started = Instant::now();
+    let mut resp = agent().get(&s.url("/v1/stream")).call().expect("stream");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events = read_events(resp.body_mut().as_reader(), 2);
+    assert_eq!(events.len(), 2);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for e in &events {
+        assert!(e["rates"]["epm_1m"].is_number() && e["timeseries"]["last_5m"]["eps"].is_array());
+    }
+    let (t0, t1) = (events[0]["server_time_ms"].as_u64().unwrap(), events[1]["server_time_ms"].as_u64().unwrap());
+    assert!((500..=5000).contains(&(t1 - t0)), "about one second apart: {}", t1 - t0);
+}
+
+#[test]
+fn metrics_key_rule_covers_all_three_endpoints_and_only_the_header() {
+    let config = format!("[server]\nmetrics_require_key = true\n[auth]\napi_keys = [\"{KEY}\"]\n{}", chain());
+    let s = Server::start_with(&config, &[]);
+    for path in ["/v1/metrics", "/v1/stream", "/metrics"] {
+        assert_eq!(s.get(path).status, 401, "{path} without key");
+        let in_url = format!("{path}?api_key={KEY}&token={KEY}&access_token={KEY}");
+        assert_eq!(s.get(&in_url).status, 401, "{path}: a key in the URL is not accepted");
+    }
+    assert_eq!(s.get_auth("/v1/metrics").status, 200);
+    assert_eq!(s.get_auth("/metrics").status, 200);
+    let mut resp =
+        agent().get(&s.url("/v1/stream")).header("Authorization", format!("Bearer {KEY}")).call().expect("stream");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(read_events(resp.body_mut().as_reader(), 1).len(), 1);
+}
