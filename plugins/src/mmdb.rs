@@ -4,8 +4,9 @@
 //! [`RecordFormat`]), so opening and status, the `targets` option, the caches
 //! and the batch loop are written once, here.
 //!
-//! The search tree is walked by the `maxminddb` crate; records are read
-//! with the lean reader in [`data`] (see there for why).
+//! The `maxminddb` crate validates the file and reads its metadata; the
+//! search tree is walked for whole batches by [`tree`] and records are
+//! read with the lean reader in [`data`] (see each for why).
 //!
 //! Why the caches: on a full-size database a tree walk costs a few hundred
 //! nanoseconds and reading plus serializing a record about as much again,
@@ -20,6 +21,7 @@
 mod data;
 #[cfg(test)]
 pub(crate) mod test_support;
+mod tree;
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -41,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use thread_local::ThreadLocal;
 
 pub(crate) use self::data::{DataError, DataSection, Map, Value};
+use self::tree::{Found, Tree};
 
 /// One address to look up per event and where its answer goes.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -145,9 +148,10 @@ impl AsRef<[u8]> for SharedMap {
 struct Database {
     reader: Reader<SharedMap>,
     map: Arc<Mmap>,
-    /// Where the data section lies in `map`.
+    tree: Tree,
+    /// Where the search tree (from 0) and the data section lie in `map`.
+    tree_len: usize,
     data: Range<usize>,
-    ipv4_only: bool,
 }
 
 const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
@@ -181,22 +185,27 @@ impl Database {
         let reader = Reader::from_source(SharedMap(Arc::clone(&map))).map_err(|e| fail(&e))?;
         let md = reader.metadata();
         // The layout `Reader::from_source` has just validated.
-        let start = md.node_count as usize * usize::from(md.record_size) / 4 + 16;
+        let tree_len = md.node_count as usize * usize::from(md.record_size) / 4;
+        let start = tree_len + 16;
         let end = map.windows(METADATA_MARKER.len()).rposition(|w| w == METADATA_MARKER).unwrap_or(0);
         if start > end {
             return Err(fail(&"data section out of bounds"));
         }
+        let tree = Tree::new(&map[..tree_len], md.node_count as usize, md.record_size, end - start, md.ip_version == 4)
+            .ok_or_else(|| fail(&"search tree out of bounds"))?;
         let status = loaded_status(md, source);
-        let ipv4_only = md.ip_version == 4;
-        Ok(Some((Database { reader, map, data: start..end, ipv4_only }, status)))
+        Ok(Some((Database { reader, map, tree, tree_len, data: start..end }, status)))
     }
 
-    /// Data-section offset of the record for `ip`; `None` when there is none.
-    fn find(&self, ip: IpAddr) -> anyhow::Result<Option<usize>> {
-        if self.ipv4_only && ip.is_ipv6() {
-            return Ok(None); // an IPv4-only tree has no answer for it
-        }
-        Ok(self.reader.lookup(ip)?.offset())
+    /// The search tree's bytes.
+    fn nodes(&self) -> &[u8] {
+        &self.map[..self.tree_len]
+    }
+
+    /// Data-section offset of the record for `ip` (canonical); `None` when
+    /// there is none.
+    fn find(&self, ip: IpAddr) -> Found {
+        self.tree.find(self.nodes(), ip)
     }
 
     /// Writes the answer of format `F` for the record at `offset` to `out`.
@@ -266,28 +275,42 @@ struct MmdbEnricher<F> {
 }
 
 impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
+    /// In three passes over the batch, so that each can overlap its cache
+    /// misses: gather the addresses (answering repeats from the address
+    /// cache), walk the tree for the rest all together, then fetch or
+    /// build the fragments.
     fn enrich(&self, batch: &mut BatchView<'_>) {
         let mut caches = self.caches.get_or(|| RefCell::new(Caches::new())).borrow_mut();
-        for event in batch.events.iter_mut() {
-            for &(address, key) in &self.targets {
-                let value = match (address.pick_side(event), &self.db) {
-                    (Some((side, ip)), Some(db)) => match caches.answer::<F>(db, ip) {
-                        Ok((fragment, fact)) => {
-                            if fact != 0 {
-                                F::set_fact(event, side, fact);
-                            }
-                            fragment
-                        }
-                        Err(e) => {
-                            event.warn(format!("{}: lookup of {ip} failed: {e}", F::KIND));
-                            caches.null.clone()
-                        }
-                    },
-                    _ => caches.null.clone(),
-                };
-                event.set_output(key, value);
+        let caches = &mut *caches;
+        caches.jobs.clear();
+        for (index, event) in batch.events.iter_mut().enumerate() {
+            for (target, &(address, key)) in self.targets.iter().enumerate() {
+                match (address.pick_side(event), &self.db) {
+                    (Some((side, ip)), Some(_)) => caches.jobs.push(Job::new(index, target, side, ip)),
+                    _ => event.set_output(key, caches.records.null.clone()),
+                }
             }
         }
+        let Some(db) = &self.db else { return };
+        caches.find_all(db);
+        let Caches { jobs, records, .. } = caches;
+        let null = records.null.clone();
+        records.answer_all::<F>(db, jobs, |job, answer| {
+            let event = &mut batch.events[job.event as usize];
+            let key = self.targets[usize::from(job.target)].1;
+            match answer {
+                Ok((fragment, fact)) => {
+                    if fact != 0 {
+                        F::set_fact(event, job.side, fact);
+                    }
+                    event.set_output(key, fragment);
+                }
+                Err(e) => {
+                    event.warn(format!("{}: lookup of {} failed: {e}", F::KIND, job.ip));
+                    event.set_output(key, null.clone());
+                }
+            }
+        });
     }
 
     fn status(&self) -> PluginStatus {
@@ -299,10 +322,11 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
             None => serde_json::Value::Null,
             Some(db) => {
                 let mut text = b"null".to_vec();
-                let found = db.find(ip.to_canonical()).and_then(|offset| match offset {
-                    Some(offset) => Ok(db.encode::<F>(offset, &mut text).map(drop)?),
-                    None => Ok(()),
-                });
+                let found: anyhow::Result<()> = match db.find(ip.to_canonical()) {
+                    Ok(Some(offset)) => db.encode::<F>(offset, &mut text).map(drop).map_err(Into::into),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e.into()),
+                };
                 match found {
                     Ok(()) => serde_json::from_slice(&text).expect("encoders write valid JSON"),
                     Err(e) => serde_json::json!({ "error": e.to_string() }),
@@ -315,7 +339,7 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
 
 /// log2 of the slots of the address table (1024 slots, 24 KiB: small
 /// enough to stay in the CPU caches, where repeated addresses find it) and
-/// of the record table (4096 slots, 96 KiB plus the fragments). Tests use
+/// of the record table (4096 slots, 128 KiB plus the fragments). Tests use
 /// 8 slots so that collisions and evictions happen all the time.
 const IP_BITS: u32 = if cfg!(test) { 3 } else { 10 };
 const RECORD_BITS: u32 = if cfg!(test) { 3 } else { 12 };
@@ -323,14 +347,49 @@ const RECORD_BITS: u32 = if cfg!(test) { 3 } else { 12 };
 /// `by_ip` value for an address with no record.
 const NOT_FOUND: usize = usize::MAX;
 
-/// One thread's caches for one enricher.
+/// How far ahead of its use a record-table slot is prefetched (and, half
+/// as far, the fragment it holds).
+const AHEAD: usize = 8;
+
+/// One address of one event to answer.
+#[derive(Clone, Copy)]
+struct Job {
+    event: u32,
+    /// Index into the enricher's targets.
+    target: u8,
+    side: Side,
+    /// Canonical: an IPv4-mapped IPv6 address is looked up as IPv4.
+    ip: IpAddr,
+    /// Filled in by [`Caches::find_all`].
+    found: Found,
+}
+
+impl Job {
+    fn new(event: usize, target: usize, side: Side, ip: IpAddr) -> Job {
+        // Batches hold far fewer than 2^32 events; targets are a handful.
+        Job { event: event as u32, target: target as u8, side, ip: ip.to_canonical(), found: Ok(None) }
+    }
+}
+
+/// One thread's caches for one enricher, and its reusable batch buffers.
 struct Caches {
-    /// This thread's `null`: sharing one `Arc` across threads would make
-    /// every core bump the same counter.
-    null: JsonFragment,
     /// Address (as two halves) -> data offset or [`NOT_FOUND`]. Holds no
     /// `Arc`, so replacing an entry never touches a cold fragment.
     by_ip: Box<[(u64, u64, usize)]>,
+    records: Records,
+    /// This batch's lookups, in event order.
+    jobs: Vec<Job>,
+    /// Addresses the address table did not know, and where their jobs are.
+    walk: Vec<IpAddr>,
+    walk_jobs: Vec<u32>,
+    walk_found: Vec<Found>,
+}
+
+/// Record offset -> fragment (and fact).
+struct Records {
+    /// This thread's `null`: sharing one `Arc` across threads would make
+    /// every core bump the same counter.
+    null: JsonFragment,
     #[allow(clippy::type_complexity)]
     by_offset: Box<[(usize, Option<(JsonFragment, Fact)>)]>,
     /// Reused serialization buffer.
@@ -340,36 +399,92 @@ struct Caches {
 impl Caches {
     fn new() -> Self {
         Caches {
-            null: Arc::from("null"),
             // (0, 0) is `::`, which is never looked up: its canonical form
             // is IPv6 and no database has a record for it worth caching.
             by_ip: vec![(0, 0, NOT_FOUND); 1 << IP_BITS].into_boxed_slice(),
-            by_offset: (0..1 << RECORD_BITS).map(|_| (0, None)).collect(),
-            scratch: Vec::with_capacity(256),
+            records: Records {
+                null: Arc::from("null"),
+                by_offset: (0..1 << RECORD_BITS).map(|_| (0, None)).collect(),
+                scratch: Vec::with_capacity(256),
+            },
+            jobs: Vec::new(),
+            walk: Vec::new(),
+            walk_jobs: Vec::new(),
+            walk_found: Vec::new(),
         }
     }
 
-    /// The fragment (and fact) for `ip`, from cache when possible.
-    fn answer<F: RecordFormat>(&mut self, db: &Database, ip: IpAddr) -> anyhow::Result<(JsonFragment, Fact)> {
-        let ip = ip.to_canonical();
-        let key = match ip {
-            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            IpAddr::V6(v6) => u128::from(v6),
-        };
-        let (high, low) = ((key >> 64) as u64, key as u64);
-        let slot = slot_index(high ^ low, IP_BITS);
-        let (h, l, cached) = self.by_ip[slot];
-        let offset = if (h, l) == (high, low) && key != 0 {
-            cached
-        } else {
-            let offset = db.find(ip)?.unwrap_or(NOT_FOUND);
-            self.by_ip[slot] = (high, low, offset);
-            offset
-        };
-        if offset == NOT_FOUND {
-            return Ok((self.null.clone(), 0));
+    /// Sets `found` of every job: from the address table, or by walking
+    /// the tree for all the others at once.
+    fn find_all(&mut self, db: &Database) {
+        self.walk.clear();
+        self.walk_jobs.clear();
+        for (i, job) in self.jobs.iter_mut().enumerate() {
+            let (high, low, slot) = ip_slot(job.ip);
+            match self.by_ip[slot] {
+                (h, l, offset) if (h, l) == (high, low) && (h, l) != (0, 0) => {
+                    job.found = Ok((offset != NOT_FOUND).then_some(offset));
+                }
+                _ => {
+                    self.walk.push(job.ip);
+                    self.walk_jobs.push(i as u32);
+                }
+            }
         }
-        Ok(self.record::<F>(db, offset)?)
+        self.walk_found.clear();
+        self.walk_found.resize(self.walk.len(), Ok(None));
+        db.tree.find_many(db.nodes(), &self.walk, &mut self.walk_found);
+        for ((&i, &ip), &found) in self.walk_jobs.iter().zip(&self.walk).zip(&self.walk_found) {
+            self.jobs[i as usize].found = found;
+            if let Ok(offset) = found {
+                let (high, low, slot) = ip_slot(ip);
+                self.by_ip[slot] = (high, low, offset.unwrap_or(NOT_FOUND));
+            }
+        }
+    }
+
+    /// The fragment (and fact) for one address, through both caches (the
+    /// batch path, for one address).
+    #[cfg(test)]
+    fn answer<F: RecordFormat>(&mut self, db: &Database, ip: IpAddr) -> anyhow::Result<(JsonFragment, Fact)> {
+        self.jobs.clear();
+        self.jobs.push(Job::new(0, 0, Side::Source, ip));
+        self.find_all(db);
+        let mut answer = None;
+        self.records.answer_all::<F>(db, &self.jobs, |_, a| answer = Some(a.map_err(|e| anyhow!("{e}"))));
+        answer.expect("one job, one answer")
+    }
+}
+
+impl Records {
+    /// Calls `apply` with the answer to each job, in order. Table slots
+    /// and the fragments they hold are prefetched a few jobs ahead: with
+    /// random addresses most are cold, and `Arc` counts must be touched.
+    fn answer_all<F: RecordFormat>(
+        &mut self,
+        db: &Database,
+        jobs: &[Job],
+        mut apply: impl FnMut(&Job, Result<(JsonFragment, Fact), String>),
+    ) {
+        let offset_of = |i: usize| jobs.get(i).and_then(|j| j.found.ok().flatten());
+        for (i, job) in jobs.iter().enumerate() {
+            if let Some(offset) = offset_of(i + AHEAD) {
+                tree::prefetch_line(&self.by_offset[slot_index(offset as u64, RECORD_BITS)]);
+            }
+            if let Some(offset) = offset_of(i + AHEAD / 2) {
+                // A hit's fragment is about to be shared, a miss's is about
+                // to be dropped: either way its count will be written.
+                if let (_, Some((fragment, _))) = &self.by_offset[slot_index(offset as u64, RECORD_BITS)] {
+                    tree::prefetch_line(fragment.as_ptr());
+                }
+            }
+            let answer = match job.found {
+                Ok(None) => Ok((self.null.clone(), 0)),
+                Ok(Some(offset)) => self.record::<F>(db, offset).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            apply(job, answer);
+        }
     }
 
     /// The fragment for the record at `offset`, from cache when possible.
@@ -389,6 +504,16 @@ impl Caches {
         self.by_offset[slot] = (offset, Some((fragment.clone(), fact)));
         Ok((fragment, fact))
     }
+}
+
+/// The address-table key (an address as two halves) and slot of `ip`.
+fn ip_slot(ip: IpAddr) -> (u64, u64, usize) {
+    let key = match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    };
+    let (high, low) = ((key >> 64) as u64, key as u64);
+    (high, low, slot_index(high ^ low, IP_BITS))
 }
 
 /// Writes a JSON object field by field into a buffer: cheaper than serde
