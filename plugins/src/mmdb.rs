@@ -9,12 +9,14 @@
 //! read with the lean reader in [`data`] (see each for why).
 //!
 //! Why the caches: on a full-size database a tree walk costs a few hundred
-//! nanoseconds and reading plus serializing a record about as much again,
+//! nanoseconds and reading plus serializing a cold record about 1 us,
 //! while telemetry repeats addresses heavily and distinct addresses still
 //! share records (a whole /24 usually points at one). Each thread keeps two
-//! small direct-mapped tables per enricher: address -> record offset (skips
-//! the walk) and record offset -> fragment (skips the read, and shares one
-//! `Arc` among all events with that answer). They sit in a `ThreadLocal`
+//! direct-mapped tables per enricher: a small one, address -> record offset
+//! (skips the walk), and a larger one, record offset -> fragment (skips the
+//! read, and shares one `Arc` among all events with that answer; sized per
+//! format by [`RecordFormat::CACHE_BITS`], since even uniformly random
+//! addresses keep drawing from a long tail of records). They sit in a `ThreadLocal`
 //! owned by the enricher, so they die with its database, need no lock, and
 //! the `Arc` counts they bump stay on the thread that made them.
 
@@ -75,6 +77,8 @@ pub(crate) trait RecordFormat: Send + Sync + 'static {
     const LABEL: &'static str;
     /// Section name under which [`Enricher::lookup`] answers (`geo`).
     const SECTION: &'static str;
+    /// log2 of the slots of the per-thread record cache (see [`Records`]).
+    const CACHE_BITS: u32;
 
     /// Rejects databases of the wrong kind (judged by metadata) with a
     /// message that says what to do instead.
@@ -280,7 +284,7 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
     /// cache), walk the tree for the rest all together, then fetch or
     /// build the fragments.
     fn enrich(&self, batch: &mut BatchView<'_>) {
-        let mut caches = self.caches.get_or(|| RefCell::new(Caches::new())).borrow_mut();
+        let mut caches = self.caches.get_or(|| RefCell::new(Caches::new(F::CACHE_BITS))).borrow_mut();
         let caches = &mut *caches;
         caches.jobs.clear();
         for (index, event) in batch.events.iter_mut().enumerate() {
@@ -338,11 +342,9 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
 }
 
 /// log2 of the slots of the address table (1024 slots, 24 KiB: small
-/// enough to stay in the CPU caches, where repeated addresses find it) and
-/// of the record table (4096 slots, 128 KiB plus the fragments). Tests use
-/// 8 slots so that collisions and evictions happen all the time.
+/// enough to stay in the CPU caches, where repeated addresses find it).
+/// Tests use 8 slots so that collisions and evictions happen all the time.
 const IP_BITS: u32 = if cfg!(test) { 3 } else { 10 };
-const RECORD_BITS: u32 = if cfg!(test) { 3 } else { 12 };
 
 /// `by_ip` value for an address with no record.
 const NOT_FOUND: usize = usize::MAX;
@@ -392,19 +394,25 @@ struct Records {
     null: JsonFragment,
     #[allow(clippy::type_complexity)]
     by_offset: Box<[(usize, Option<(JsonFragment, Fact)>)]>,
+    /// log2 of `by_offset.len()`.
+    bits: u32,
     /// Reused serialization buffer.
     scratch: Vec<u8>,
 }
 
 impl Caches {
-    fn new() -> Self {
+    /// With a record table of `1 << record_bits` slots (8 in tests, so
+    /// that collisions and evictions happen all the time).
+    fn new(record_bits: u32) -> Self {
+        let bits = if cfg!(test) { 3 } else { record_bits };
         Caches {
             // (0, 0) is `::`, which is never looked up: its canonical form
             // is IPv6 and no database has a record for it worth caching.
             by_ip: vec![(0, 0, NOT_FOUND); 1 << IP_BITS].into_boxed_slice(),
             records: Records {
                 null: Arc::from("null"),
-                by_offset: (0..1 << RECORD_BITS).map(|_| (0, None)).collect(),
+                by_offset: (0..1 << bits).map(|_| (0, None)).collect(),
+                bits,
                 scratch: Vec::with_capacity(256),
             },
             jobs: Vec::new(),
@@ -469,12 +477,12 @@ impl Records {
         let offset_of = |i: usize| jobs.get(i).and_then(|j| j.found.ok().flatten());
         for (i, job) in jobs.iter().enumerate() {
             if let Some(offset) = offset_of(i + AHEAD) {
-                tree::prefetch_line(&self.by_offset[slot_index(offset as u64, RECORD_BITS)]);
+                tree::prefetch_line(&self.by_offset[slot_index(offset as u64, self.bits)]);
             }
             if let Some(offset) = offset_of(i + AHEAD / 2) {
                 // A hit's fragment is about to be shared, a miss's is about
                 // to be dropped: either way its count will be written.
-                if let (_, Some((fragment, _))) = &self.by_offset[slot_index(offset as u64, RECORD_BITS)] {
+                if let (_, Some((fragment, _))) = &self.by_offset[slot_index(offset as u64, self.bits)] {
                     tree::prefetch_line(fragment.as_ptr());
                 }
             }
@@ -489,7 +497,7 @@ impl Records {
 
     /// The fragment for the record at `offset`, from cache when possible.
     fn record<F: RecordFormat>(&mut self, db: &Database, offset: usize) -> Result<(JsonFragment, Fact), DataError> {
-        let slot = slot_index(offset as u64, RECORD_BITS);
+        let slot = slot_index(offset as u64, self.bits);
         if let (k, Some(hit)) = &self.by_offset[slot] {
             if *k == offset {
                 return Ok(hit.clone());
@@ -595,6 +603,7 @@ mod tests {
         const KIND: &'static str = "test";
         const LABEL: &'static str = "test";
         const SECTION: &'static str = "test";
+        const CACHE_BITS: u32 = 3;
         fn check_database(_: &Path, _: &Metadata) -> anyhow::Result<()> {
             Ok(())
         }
@@ -627,7 +636,7 @@ mod tests {
             let path = test_support::data(&format!("MaxMind-DB-test-{name}.mmdb"));
             let (db, _) = Database::open(Path::new(&path), "test").unwrap().unwrap();
             let reference = Reader::open_readfile(&path).unwrap();
-            let mut caches = Caches::new();
+            let mut caches = Caches::new(3);
             let mut answered = 0;
             for pass in 0..2 {
                 for &ip in &ips {
@@ -646,7 +655,7 @@ mod tests {
         // The documented example: 1.1.1.3 is in 1.1.1.2/31.
         let path = test_support::data("MaxMind-DB-test-ipv4-24.mmdb");
         let (db, _) = Database::open(Path::new(&path), "test").unwrap().unwrap();
-        let (got, _) = Caches::new().answer::<IpField>(&db, "1.1.1.3".parse().unwrap()).unwrap();
+        let (got, _) = Caches::new(3).answer::<IpField>(&db, "1.1.1.3".parse().unwrap()).unwrap();
         assert_eq!(&*got, r#"{"ip":"1.1.1.2"}"#);
     }
 
