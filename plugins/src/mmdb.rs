@@ -299,7 +299,19 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
         caches.find_all(db);
         let Caches { jobs, records, .. } = caches;
         let null = records.null.clone();
-        records.answer_all::<F>(db, jobs, |job, answer| {
+        records.answer_all::<F>(db, jobs, |step| {
+            let (job, answer) = match step {
+                Step::Soon(job) => {
+                    // The output this one replaces (when the batch runs
+                    // again) is dropped soon: its count will be written.
+                    let key = self.targets[usize::from(job.target)].1;
+                    if let Some(old) = batch.events[job.event as usize].output(key) {
+                        tree::prefetch_line(old.as_ptr());
+                    }
+                    return;
+                }
+                Step::Answer(job, answer) => (job, answer),
+            };
             let event = &mut batch.events[job.event as usize];
             let key = self.targets[usize::from(job.target)].1;
             match answer {
@@ -459,25 +471,36 @@ impl Caches {
         self.jobs.push(Job::new(0, 0, Side::Source, ip));
         self.find_all(db);
         let mut answer = None;
-        self.records.answer_all::<F>(db, &self.jobs, |_, a| answer = Some(a.map_err(|e| anyhow!("{e}"))));
+        self.records.answer_all::<F>(db, &self.jobs, |step| {
+            if let Step::Answer(_, a) = step {
+                answer = Some(a.map_err(|e| anyhow!("{e}")));
+            }
+        });
         answer.expect("one job, one answer")
     }
 }
 
+/// What [`Records::answer_all`] tells its caller.
+enum Step<'j> {
+    /// This job will be answered a few steps from now (time to prefetch).
+    Soon(&'j Job),
+    /// The answer to this job.
+    Answer(&'j Job, Result<(JsonFragment, Fact), String>),
+}
+
 impl Records {
-    /// Calls `apply` with the answer to each job, in order. Table slots
-    /// and the fragments they hold are prefetched a few jobs ahead: with
-    /// random addresses most are cold, and `Arc` counts must be touched.
-    fn answer_all<F: RecordFormat>(
-        &mut self,
-        db: &Database,
-        jobs: &[Job],
-        mut apply: impl FnMut(&Job, Result<(JsonFragment, Fact), String>),
-    ) {
+    /// Calls `visit` with the answer to each job, in order, and with each
+    /// job a few steps ahead. Table slots and the fragments they hold are
+    /// prefetched ahead too: with random addresses most are cold, and `Arc`
+    /// counts must be touched.
+    fn answer_all<'j, F: RecordFormat>(&mut self, db: &Database, jobs: &'j [Job], mut visit: impl FnMut(Step<'j>)) {
         let offset_of = |i: usize| jobs.get(i).and_then(|j| j.found.ok().flatten());
         for (i, job) in jobs.iter().enumerate() {
             if let Some(offset) = offset_of(i + AHEAD) {
                 tree::prefetch_line(&self.by_offset[slot_index(offset as u64, self.bits)]);
+            }
+            if let Some(soon) = jobs.get(i + AHEAD / 2) {
+                visit(Step::Soon(soon));
             }
             if let Some(offset) = offset_of(i + AHEAD / 2) {
                 // A hit's fragment is about to be shared, a miss's is about
@@ -491,7 +514,7 @@ impl Records {
                 Ok(Some(offset)) => self.record::<F>(db, offset).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
-            apply(job, answer);
+            visit(Step::Answer(job, answer));
         }
     }
 
