@@ -4,22 +4,27 @@
 //! [`RecordFormat`]), so opening and status, the `targets` option, the caches
 //! and the batch loop are written once, here.
 //!
-//! The search tree is walked by the `maxminddb` crate; records are read
-//! with the lean reader in [`data`] (see there for why).
+//! The `maxminddb` crate validates the file and reads its metadata; the
+//! search tree is walked for whole batches by [`tree`] and records are
+//! read with the lean reader in [`data`] (see each for why).
 //!
 //! Why the caches: on a full-size database a tree walk costs a few hundred
-//! nanoseconds and reading plus serializing a record about as much again,
+//! nanoseconds and reading plus serializing a cold record about 1 us,
 //! while telemetry repeats addresses heavily and distinct addresses still
 //! share records (a whole /24 usually points at one). Each thread keeps two
-//! small direct-mapped tables per enricher: address -> record offset (skips
-//! the walk) and record offset -> fragment (skips the read, and shares one
-//! `Arc` among all events with that answer). They sit in a `ThreadLocal`
+//! direct-mapped tables per enricher: a small one, address -> record offset
+//! (skips the walk), and a larger one, record offset -> fragment (skips the
+//! read, and shares one `Arc` among all events with that answer; sized per
+//! format by [`RecordFormat::CACHE_BITS`], since even uniformly random
+//! addresses keep drawing from a long tail of records). They sit in a `ThreadLocal`
 //! owned by the enricher, so they die with its database, need no lock, and
 //! the `Arc` counts they bump stay on the thread that made them.
 
+mod cache;
 mod data;
 #[cfg(test)]
 pub(crate) mod test_support;
+mod tree;
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -32,15 +37,17 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 use enrichd_engine::{
-    source_info, AddressSelector, BatchView, BuildContext, Enricher, Event, JsonFragment, KeyId, PluginState,
-    PluginStatus, Side, SourceInfo, WARNINGS_KEY,
+    source_info, AddressSelector, BatchView, BuildContext, Enricher, Event, KeyId, PluginState, PluginStatus, Side,
+    SourceInfo, WARNINGS_KEY,
 };
 use maxminddb::{Metadata, Mmap, Reader};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use thread_local::ThreadLocal;
 
+use self::cache::{Caches, Job, Step};
 pub(crate) use self::data::{DataError, DataSection, Map, Value};
+use self::tree::{Found, Tree};
 
 /// One address to look up per event and where its answer goes.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -72,6 +79,8 @@ pub(crate) trait RecordFormat: Send + Sync + 'static {
     const LABEL: &'static str;
     /// Section name under which [`Enricher::lookup`] answers (`geo`).
     const SECTION: &'static str;
+    /// log2 of the slots of the per-thread record cache (`cache::Records`).
+    const CACHE_BITS: u32;
 
     /// Rejects databases of the wrong kind (judged by metadata) with a
     /// message that says what to do instead.
@@ -145,9 +154,10 @@ impl AsRef<[u8]> for SharedMap {
 struct Database {
     reader: Reader<SharedMap>,
     map: Arc<Mmap>,
-    /// Where the data section lies in `map`.
+    tree: Tree,
+    /// Where the search tree (from 0) and the data section lie in `map`.
+    tree_len: usize,
     data: Range<usize>,
-    ipv4_only: bool,
 }
 
 const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
@@ -181,22 +191,27 @@ impl Database {
         let reader = Reader::from_source(SharedMap(Arc::clone(&map))).map_err(|e| fail(&e))?;
         let md = reader.metadata();
         // The layout `Reader::from_source` has just validated.
-        let start = md.node_count as usize * usize::from(md.record_size) / 4 + 16;
+        let tree_len = md.node_count as usize * usize::from(md.record_size) / 4;
+        let start = tree_len + 16;
         let end = map.windows(METADATA_MARKER.len()).rposition(|w| w == METADATA_MARKER).unwrap_or(0);
         if start > end {
             return Err(fail(&"data section out of bounds"));
         }
+        let tree = Tree::new(&map[..tree_len], md.node_count as usize, md.record_size, end - start, md.ip_version == 4)
+            .ok_or_else(|| fail(&"search tree out of bounds"))?;
         let status = loaded_status(md, source);
-        let ipv4_only = md.ip_version == 4;
-        Ok(Some((Database { reader, map, data: start..end, ipv4_only }, status)))
+        Ok(Some((Database { reader, map, tree, tree_len, data: start..end }, status)))
     }
 
-    /// Data-section offset of the record for `ip`; `None` when there is none.
-    fn find(&self, ip: IpAddr) -> anyhow::Result<Option<usize>> {
-        if self.ipv4_only && ip.is_ipv6() {
-            return Ok(None); // an IPv4-only tree has no answer for it
-        }
-        Ok(self.reader.lookup(ip)?.offset())
+    /// The search tree's bytes.
+    fn nodes(&self) -> &[u8] {
+        &self.map[..self.tree_len]
+    }
+
+    /// Data-section offset of the record for `ip` (canonical); `None` when
+    /// there is none.
+    fn find(&self, ip: IpAddr) -> Found {
+        self.tree.find(self.nodes(), ip)
     }
 
     /// Writes the answer of format `F` for the record at `offset` to `out`.
@@ -266,28 +281,54 @@ struct MmdbEnricher<F> {
 }
 
 impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
+    /// In three passes over the batch, so that each can overlap its cache
+    /// misses: gather the addresses (answering repeats from the address
+    /// cache), walk the tree for the rest all together, then fetch or
+    /// build the fragments.
     fn enrich(&self, batch: &mut BatchView<'_>) {
-        let mut caches = self.caches.get_or(|| RefCell::new(Caches::new())).borrow_mut();
-        for event in batch.events.iter_mut() {
-            for &(address, key) in &self.targets {
-                let value = match (address.pick_side(event), &self.db) {
-                    (Some((side, ip)), Some(db)) => match caches.answer::<F>(db, ip) {
-                        Ok((fragment, fact)) => {
-                            if fact != 0 {
-                                F::set_fact(event, side, fact);
-                            }
-                            fragment
-                        }
-                        Err(e) => {
-                            event.warn(format!("{}: lookup of {ip} failed: {e}", F::KIND));
-                            caches.null.clone()
-                        }
-                    },
-                    _ => caches.null.clone(),
-                };
-                event.set_output(key, value);
+        let mut caches = self.caches.get_or(|| RefCell::new(Caches::new(F::CACHE_BITS))).borrow_mut();
+        let caches = &mut *caches;
+        caches.jobs.clear();
+        for (index, event) in batch.events.iter_mut().enumerate() {
+            for (target, &(address, key)) in self.targets.iter().enumerate() {
+                match (address.pick_side(event), &self.db) {
+                    (Some((side, ip)), Some(_)) => caches.jobs.push(Job::new(index, target, side, ip)),
+                    _ => event.set_output(key, caches.records.null.clone()),
+                }
             }
         }
+        let Some(db) = &self.db else { return };
+        caches.find_all(db);
+        let Caches { jobs, records, .. } = caches;
+        let null = records.null.clone();
+        records.answer_all::<F>(db, jobs, |step| {
+            let (job, answer) = match step {
+                Step::Soon(job) => {
+                    // The output this one replaces (when the batch runs
+                    // again) is dropped soon: its count will be written.
+                    let key = self.targets[usize::from(job.target)].1;
+                    if let Some(old) = batch.events[job.event as usize].output(key) {
+                        tree::prefetch_line(old.as_ptr());
+                    }
+                    return;
+                }
+                Step::Answer(job, answer) => (job, answer),
+            };
+            let event = &mut batch.events[job.event as usize];
+            let key = self.targets[usize::from(job.target)].1;
+            match answer {
+                Ok((fragment, fact)) => {
+                    if fact != 0 {
+                        F::set_fact(event, job.side, fact);
+                    }
+                    event.set_output(key, fragment);
+                }
+                Err(e) => {
+                    event.warn(format!("{}: lookup of {} failed: {e}", F::KIND, job.ip));
+                    event.set_output(key, null.clone());
+                }
+            }
+        });
     }
 
     fn status(&self) -> PluginStatus {
@@ -299,10 +340,11 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
             None => serde_json::Value::Null,
             Some(db) => {
                 let mut text = b"null".to_vec();
-                let found = db.find(ip.to_canonical()).and_then(|offset| match offset {
-                    Some(offset) => Ok(db.encode::<F>(offset, &mut text).map(drop)?),
-                    None => Ok(()),
-                });
+                let found: anyhow::Result<()> = match db.find(ip.to_canonical()) {
+                    Ok(Some(offset)) => db.encode::<F>(offset, &mut text).map(drop).map_err(Into::into),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e.into()),
+                };
                 match found {
                     Ok(()) => serde_json::from_slice(&text).expect("encoders write valid JSON"),
                     Err(e) => serde_json::json!({ "error": e.to_string() }),
@@ -310,84 +352,6 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
             }
         };
         out.insert(F::SECTION.into(), value);
-    }
-}
-
-/// log2 of the slots of the address table (1024 slots, 24 KiB: small
-/// enough to stay in the CPU caches, where repeated addresses find it) and
-/// of the record table (4096 slots, 96 KiB plus the fragments). Tests use
-/// 8 slots so that collisions and evictions happen all the time.
-const IP_BITS: u32 = if cfg!(test) { 3 } else { 10 };
-const RECORD_BITS: u32 = if cfg!(test) { 3 } else { 12 };
-
-/// `by_ip` value for an address with no record.
-const NOT_FOUND: usize = usize::MAX;
-
-/// One thread's caches for one enricher.
-struct Caches {
-    /// This thread's `null`: sharing one `Arc` across threads would make
-    /// every core bump the same counter.
-    null: JsonFragment,
-    /// Address (as two halves) -> data offset or [`NOT_FOUND`]. Holds no
-    /// `Arc`, so replacing an entry never touches a cold fragment.
-    by_ip: Box<[(u64, u64, usize)]>,
-    #[allow(clippy::type_complexity)]
-    by_offset: Box<[(usize, Option<(JsonFragment, Fact)>)]>,
-    /// Reused serialization buffer.
-    scratch: Vec<u8>,
-}
-
-impl Caches {
-    fn new() -> Self {
-        Caches {
-            null: Arc::from("null"),
-            // (0, 0) is `::`, which is never looked up: its canonical form
-            // is IPv6 and no database has a record for it worth caching.
-            by_ip: vec![(0, 0, NOT_FOUND); 1 << IP_BITS].into_boxed_slice(),
-            by_offset: (0..1 << RECORD_BITS).map(|_| (0, None)).collect(),
-            scratch: Vec::with_capacity(256),
-        }
-    }
-
-    /// The fragment (and fact) for `ip`, from cache when possible.
-    fn answer<F: RecordFormat>(&mut self, db: &Database, ip: IpAddr) -> anyhow::Result<(JsonFragment, Fact)> {
-        let ip = ip.to_canonical();
-        let key = match ip {
-            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            IpAddr::V6(v6) => u128::from(v6),
-        };
-        let (high, low) = ((key >> 64) as u64, key as u64);
-        let slot = slot_index(high ^ low, IP_BITS);
-        let (h, l, cached) = self.by_ip[slot];
-        let offset = if (h, l) == (high, low) && key != 0 {
-            cached
-        } else {
-            let offset = db.find(ip)?.unwrap_or(NOT_FOUND);
-            self.by_ip[slot] = (high, low, offset);
-            offset
-        };
-        if offset == NOT_FOUND {
-            return Ok((self.null.clone(), 0));
-        }
-        Ok(self.record::<F>(db, offset)?)
-    }
-
-    /// The fragment for the record at `offset`, from cache when possible.
-    fn record<F: RecordFormat>(&mut self, db: &Database, offset: usize) -> Result<(JsonFragment, Fact), DataError> {
-        let slot = slot_index(offset as u64, RECORD_BITS);
-        if let (k, Some(hit)) = &self.by_offset[slot] {
-            if *k == offset {
-                return Ok(hit.clone());
-            }
-        }
-        let fact = db.encode::<F>(offset, &mut self.scratch)?;
-        let fragment = if self.scratch == b"null" {
-            self.null.clone()
-        } else {
-            Arc::from(std::str::from_utf8(&self.scratch).expect("encoders write UTF-8"))
-        };
-        self.by_offset[slot] = (offset, Some((fragment.clone(), fact)));
-        Ok((fragment, fact))
     }
 }
 
@@ -444,11 +408,6 @@ impl<'o> JsonObject<'o> {
     }
 }
 
-/// Fibonacci hashing into a table of `1 << bits` slots.
-fn slot_index(key: u64, bits: u32) -> usize {
-    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,6 +429,7 @@ mod tests {
         const KIND: &'static str = "test";
         const LABEL: &'static str = "test";
         const SECTION: &'static str = "test";
+        const CACHE_BITS: u32 = 3;
         fn check_database(_: &Path, _: &Metadata) -> anyhow::Result<()> {
             Ok(())
         }
@@ -502,7 +462,7 @@ mod tests {
             let path = test_support::data(&format!("MaxMind-DB-test-{name}.mmdb"));
             let (db, _) = Database::open(Path::new(&path), "test").unwrap().unwrap();
             let reference = Reader::open_readfile(&path).unwrap();
-            let mut caches = Caches::new();
+            let mut caches = Caches::new(3);
             let mut answered = 0;
             for pass in 0..2 {
                 for &ip in &ips {
@@ -521,7 +481,7 @@ mod tests {
         // The documented example: 1.1.1.3 is in 1.1.1.2/31.
         let path = test_support::data("MaxMind-DB-test-ipv4-24.mmdb");
         let (db, _) = Database::open(Path::new(&path), "test").unwrap().unwrap();
-        let (got, _) = Caches::new().answer::<IpField>(&db, "1.1.1.3".parse().unwrap()).unwrap();
+        let (got, _) = Caches::new(3).answer::<IpField>(&db, "1.1.1.3".parse().unwrap()).unwrap();
         assert_eq!(&*got, r#"{"ip":"1.1.1.2"}"#);
     }
 
