@@ -25,7 +25,7 @@ use super::distinct::{sketch, Sketch};
 /// Keys monitored per summary (memory: a few kB per summary).
 pub const CAPACITY: usize = 100;
 /// Distinct keys counted exactly per thread and tick before spilling.
-pub const EXACT_CAP: usize = 4096;
+pub const EXACT_CAP: usize = 16_384;
 /// Minutes of history kept.
 pub const MINUTES: u64 = 15;
 
@@ -37,7 +37,9 @@ type Fast = foldhash::fast::RandomState;
 /// Spilled keys also go into a cardinality sketch, so distinct counts stay
 /// right when the exact map cannot hold them all.
 pub struct Counter<K: Eq + Hash> {
-    exact: HashMap<K, u64, Fast>,
+    /// u32 counts: one tick cannot reach 4 billion events, and small
+    /// entries keep the map in cache (it is probed once per event).
+    exact: HashMap<K, u32, Fast>,
     spill: Option<(Summary<K>, Box<Sketch>)>,
 }
 
@@ -49,20 +51,20 @@ impl<K: Eq + Hash> Default for Counter<K> {
 
 impl<K: Eq + Hash + Clone> Counter<K> {
     /// Counts `key` `n` times; true when the key is new in this tick.
-    pub fn add<Q>(&mut self, key: &Q, n: u64) -> bool
+    pub fn add<Q>(&mut self, key: &Q, n: u32) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         if let Some(count) = self.exact.get_mut(key) {
-            *count += n;
+            *count = count.saturating_add(n);
             return false;
         }
         if self.exact.len() >= EXACT_CAP {
             let (summary, seen) = self.spill.get_or_insert_with(|| (Summary::new(CAPACITY), Box::new(sketch())));
             for (k, c) in self.exact.drain() {
                 seen.insert(&k);
-                summary.insert(k, c);
+                summary.insert(k, u64::from(c));
             }
         }
         self.exact.insert(key.to_owned(), n);
@@ -78,7 +80,7 @@ impl<K: Eq + Hash + Clone> Counter<K> {
     pub fn drain_into(&mut self, into: &mut Summary<K>, mut distinct: impl FnMut(Seen<'_, K>)) {
         for (k, c) in self.exact.drain() {
             distinct(Seen::Key(&k));
-            into.insert(k, c);
+            into.insert(k, u64::from(c));
         }
         if let Some((summary, seen)) = self.spill.take() {
             distinct(Seen::Sketch(&seen));
