@@ -140,7 +140,7 @@ impl Aggregate {
             drain_counter(&mut shard.sources_v6, &mut self.sources_v6, minute, Some(&mut self.distinct));
         }
         if !shard.countries.is_empty() {
-            drain_counter(&mut shard.countries, &mut self.countries, minute, None);
+            shard.countries.drain_into(self.countries.minute(minute));
         }
         if !shard.asns.is_empty() {
             drain_counter(&mut shard.asns, &mut self.asns, minute, None);

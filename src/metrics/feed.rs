@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::latency::{self, Buckets};
-use super::topn::Counter;
+use super::topn::{CodeCounter, Counter};
 use super::window::Tally;
 
 /// Events scoring at least this are listed in `recent_high_risk`.
@@ -111,7 +111,7 @@ pub struct Shard {
     /// IPv4 sources as `u32` (8-byte map entries), IPv6 apart.
     pub sources_v4: Counter<u32>,
     pub sources_v6: Counter<u128>,
-    pub countries: Counter<[u8; 2]>,
+    pub countries: CodeCounter,
     pub asns: Counter<u32>,
     pub indicators: Counter<String>,
     /// `asn` output fragments of AS numbers first seen this tick.
@@ -153,7 +153,7 @@ impl Shard {
                 None => {}
             }
             if let Some(code) = event.dst_country {
-                self.countries.add(&code, 1);
+                self.countries.add(code);
             }
             if let Some(asn) = event.dst_asn.or(event.src_asn) {
                 if self.asns.add(&asn, 1) && self.asn_labels.len() < LABELS_PER_TICK {

@@ -89,6 +89,50 @@ impl<K: Eq + Hash + Clone> Counter<K> {
     }
 }
 
+/// Counts of two-letter codes (countries) in a flat table: an index, no
+/// hashing. Codes outside `A`-`Z` go to an ordinary [`Counter`].
+pub struct CodeCounter {
+    counts: Box<[u32; 26 * 26]>,
+    used: bool,
+    other: Counter<[u8; 2]>,
+}
+
+impl Default for CodeCounter {
+    fn default() -> Self {
+        CodeCounter { counts: Box::new([0; 26 * 26]), used: false, other: Counter::default() }
+    }
+}
+
+impl CodeCounter {
+    pub fn add(&mut self, code: [u8; 2]) {
+        match code {
+            [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => {
+                let i = usize::from(a - b'A') * 26 + usize::from(b - b'A');
+                self.counts[i] = self.counts[i].saturating_add(1);
+                self.used = true;
+            }
+            _ => {
+                self.other.add(&code, 1);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.used && self.other.is_empty()
+    }
+
+    pub fn drain_into(&mut self, into: &mut Summary<[u8; 2]>) {
+        if std::mem::take(&mut self.used) {
+            for (i, n) in self.counts.iter_mut().enumerate() {
+                if *n > 0 {
+                    into.insert([b'A' + (i / 26) as u8, b'A' + (i % 26) as u8], u64::from(std::mem::take(n)));
+                }
+            }
+        }
+        self.other.drain_into(into, |_| {});
+    }
+}
+
 /// Keys handed to a cardinality sketch when a counter is drained.
 pub enum Seen<'a, K> {
     Key(&'a K),
@@ -228,6 +272,25 @@ mod tests {
         top.minute(25);
         assert!(top.top(25, 15, 10).iter().all(|e| e.key != "old"));
         assert!(top.top(40, 15, 10).is_empty(), "a window with no traffic is empty");
+    }
+
+    #[test]
+    fn code_counter_counts_letters_in_a_table_and_the_rest_aside() {
+        let mut c = CodeCounter::default();
+        assert!(c.is_empty());
+        for code in [*b"US", *b"US", *b"ZZ", *b"AA", *b"1x"] {
+            c.add(code);
+        }
+        let mut s = Summary::new(CAPACITY);
+        c.drain_into(&mut s);
+        assert!(c.is_empty());
+        let mut got: Vec<([u8; 2], u64)> =
+            s.into_sorted_vec().into_iter().map(|(k, e)| (k, e.estimated_count())).collect();
+        got.sort();
+        assert_eq!(got, [(*b"1x", 1), (*b"AA", 1), (*b"US", 2), (*b"ZZ", 1)]);
+        let mut again = Summary::new(CAPACITY);
+        c.drain_into(&mut again);
+        assert_eq!(again.count(), 0, "drained means empty");
     }
 
     #[test]
