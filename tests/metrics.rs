@@ -121,7 +121,8 @@ fn acceptance_traffic_shows_in_json_and_prometheus() {
     // 2,000 events in about 2-3 s: the one-minute rate is over the elapsed
     // time, not diluted by a minute that has not happened.
     let eps = m["rates"]["eps_1m"].as_f64().unwrap();
-    assert!(eps > 2000.0 / 10.0, "eps_1m {eps}");
+    // (Divided by a full minute it would be 33; allow a slow, loaded machine.)
+    assert!(eps > 2000.0 / 30.0, "eps_1m {eps}");
 
     let top = &m["top"]["5m"];
     assert_eq!(top["indicators"][0], json!({"key": "45.149.3.0/24", "count": 200, "error": 0}));

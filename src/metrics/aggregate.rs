@@ -6,7 +6,7 @@
 //! finished before it.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::distinct::Distinct;
 use super::feed::{asn_label, HighRisk, Shard, HIGH_RISK_KEEP, RISK_BOUNDS};
@@ -29,7 +29,8 @@ pub struct Aggregate {
     ring: SecondRing,
     lag: LatencyWindow,
     processing: LatencyWindow,
-    sources: WindowedTop<IpAddr>,
+    sources_v4: WindowedTop<u32>,
+    sources_v6: WindowedTop<u128>,
     countries: WindowedTop<[u8; 2]>,
     asns: WindowedTop<u32>,
     indicators: WindowedTop<String>,
@@ -99,7 +100,8 @@ impl Aggregate {
             ring: SecondRing::new(started_ms / 1000),
             lag: LatencyWindow::default(),
             processing: LatencyWindow::default(),
-            sources: WindowedTop::default(),
+            sources_v4: WindowedTop::default(),
+            sources_v6: WindowedTop::default(),
             countries: WindowedTop::default(),
             asns: WindowedTop::default(),
             indicators: WindowedTop::default(),
@@ -131,11 +133,14 @@ impl Aggregate {
             self.processing.add(now_s, h);
             h.reset();
         }
-        if !shard.sources.is_empty() {
-            drain_counter(&mut shard.sources, &mut self.sources, minute, Some(&mut self.distinct));
+        if !shard.sources_v4.is_empty() {
+            drain_counter(&mut shard.sources_v4, &mut self.sources_v4, minute, Some(&mut self.distinct));
+        }
+        if !shard.sources_v6.is_empty() {
+            drain_counter(&mut shard.sources_v6, &mut self.sources_v6, minute, Some(&mut self.distinct));
         }
         if !shard.countries.is_empty() {
-            drain_counter(&mut shard.countries, &mut self.countries, minute, None);
+            shard.countries.drain_into(self.countries.minute(minute));
         }
         if !shard.asns.is_empty() {
             drain_counter(&mut shard.asns, &mut self.asns, minute, None);
@@ -169,8 +174,21 @@ impl Aggregate {
     }
 
     fn tops(&self, now_minute: u64, minutes: u64) -> Tops {
+        let v4 = self.sources_v4.top(now_minute, minutes, TOP_N).into_iter().map(|e| Entry {
+            key: IpAddr::from(Ipv4Addr::from(e.key)),
+            count: e.count,
+            error: e.error,
+        });
+        let v6 = self.sources_v6.top(now_minute, minutes, TOP_N).into_iter().map(|e| Entry {
+            key: IpAddr::from(Ipv6Addr::from(e.key)),
+            count: e.count,
+            error: e.error,
+        });
+        let mut sources: Vec<Entry<IpAddr>> = v4.chain(v6).collect();
+        sources.sort_by_key(|e| std::cmp::Reverse(e.count));
+        sources.truncate(TOP_N);
         Tops {
-            sources: self.sources.top(now_minute, minutes, TOP_N),
+            sources,
             countries: self.countries.top(now_minute, minutes, TOP_N),
             asns: self
                 .asns

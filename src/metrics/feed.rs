@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::latency::{self, Buckets};
-use super::topn::Counter;
+use super::topn::{CodeCounter, Counter};
 use super::window::Tally;
 
 /// Events scoring at least this are listed in `recent_high_risk`.
@@ -108,8 +108,10 @@ pub struct Shard {
     /// Risk-score counts per [`RISK_BOUNDS`] bucket, +Inf last.
     pub risk_buckets: [u64; RISK_BOUNDS.len() + 1],
     pub events_with_threats: u64,
-    pub sources: Counter<IpAddr>,
-    pub countries: Counter<[u8; 2]>,
+    /// IPv4 sources as `u32` (8-byte map entries), IPv6 apart.
+    pub sources_v4: Counter<u32>,
+    pub sources_v6: Counter<u128>,
+    pub countries: CodeCounter,
     pub asns: Counter<u32>,
     pub indicators: Counter<String>,
     /// `asn` output fragments of AS numbers first seen this tick.
@@ -141,11 +143,17 @@ impl Shard {
             ..Default::default()
         };
         for event in events {
-            if let Some(ip) = event.src_ip {
-                self.sources.add(&ip, 1);
+            match event.src_ip {
+                Some(IpAddr::V4(ip)) => {
+                    self.sources_v4.add(&u32::from(ip), 1);
+                }
+                Some(IpAddr::V6(ip)) => {
+                    self.sources_v6.add(&u128::from(ip), 1);
+                }
+                None => {}
             }
             if let Some(code) = event.dst_country {
-                self.countries.add(&code, 1);
+                self.countries.add(code);
             }
             if let Some(asn) = event.dst_asn.or(event.src_asn) {
                 if self.asns.add(&asn, 1) && self.asn_labels.len() < LABELS_PER_TICK {

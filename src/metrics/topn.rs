@@ -25,7 +25,7 @@ use super::distinct::{sketch, Sketch};
 /// Keys monitored per summary (memory: a few kB per summary).
 pub const CAPACITY: usize = 100;
 /// Distinct keys counted exactly per thread and tick before spilling.
-pub const EXACT_CAP: usize = 4096;
+pub const EXACT_CAP: usize = 16_384;
 /// Minutes of history kept.
 pub const MINUTES: u64 = 15;
 
@@ -37,7 +37,9 @@ type Fast = foldhash::fast::RandomState;
 /// Spilled keys also go into a cardinality sketch, so distinct counts stay
 /// right when the exact map cannot hold them all.
 pub struct Counter<K: Eq + Hash> {
-    exact: HashMap<K, u64, Fast>,
+    /// u32 counts: one tick cannot reach 4 billion events, and small
+    /// entries keep the map in cache (it is probed once per event).
+    exact: HashMap<K, u32, Fast>,
     spill: Option<(Summary<K>, Box<Sketch>)>,
 }
 
@@ -49,20 +51,20 @@ impl<K: Eq + Hash> Default for Counter<K> {
 
 impl<K: Eq + Hash + Clone> Counter<K> {
     /// Counts `key` `n` times; true when the key is new in this tick.
-    pub fn add<Q>(&mut self, key: &Q, n: u64) -> bool
+    pub fn add<Q>(&mut self, key: &Q, n: u32) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         if let Some(count) = self.exact.get_mut(key) {
-            *count += n;
+            *count = count.saturating_add(n);
             return false;
         }
         if self.exact.len() >= EXACT_CAP {
             let (summary, seen) = self.spill.get_or_insert_with(|| (Summary::new(CAPACITY), Box::new(sketch())));
             for (k, c) in self.exact.drain() {
                 seen.insert(&k);
-                summary.insert(k, c);
+                summary.insert(k, u64::from(c));
             }
         }
         self.exact.insert(key.to_owned(), n);
@@ -78,12 +80,56 @@ impl<K: Eq + Hash + Clone> Counter<K> {
     pub fn drain_into(&mut self, into: &mut Summary<K>, mut distinct: impl FnMut(Seen<'_, K>)) {
         for (k, c) in self.exact.drain() {
             distinct(Seen::Key(&k));
-            into.insert(k, c);
+            into.insert(k, u64::from(c));
         }
         if let Some((summary, seen)) = self.spill.take() {
             distinct(Seen::Sketch(&seen));
             let _ = into.merge(&summary); // same capacity: cannot fail
         }
+    }
+}
+
+/// Counts of two-letter codes (countries) in a flat table: an index, no
+/// hashing. Codes outside `A`-`Z` go to an ordinary [`Counter`].
+pub struct CodeCounter {
+    counts: Box<[u32; 26 * 26]>,
+    used: bool,
+    other: Counter<[u8; 2]>,
+}
+
+impl Default for CodeCounter {
+    fn default() -> Self {
+        CodeCounter { counts: Box::new([0; 26 * 26]), used: false, other: Counter::default() }
+    }
+}
+
+impl CodeCounter {
+    pub fn add(&mut self, code: [u8; 2]) {
+        match code {
+            [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => {
+                let i = usize::from(a - b'A') * 26 + usize::from(b - b'A');
+                self.counts[i] = self.counts[i].saturating_add(1);
+                self.used = true;
+            }
+            _ => {
+                self.other.add(&code, 1);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.used && self.other.is_empty()
+    }
+
+    pub fn drain_into(&mut self, into: &mut Summary<[u8; 2]>) {
+        if std::mem::take(&mut self.used) {
+            for (i, n) in self.counts.iter_mut().enumerate() {
+                if *n > 0 {
+                    into.insert([b'A' + (i / 26) as u8, b'A' + (i % 26) as u8], u64::from(std::mem::take(n)));
+                }
+            }
+        }
+        self.other.drain_into(into, |_| {});
     }
 }
 
@@ -226,6 +272,25 @@ mod tests {
         top.minute(25);
         assert!(top.top(25, 15, 10).iter().all(|e| e.key != "old"));
         assert!(top.top(40, 15, 10).is_empty(), "a window with no traffic is empty");
+    }
+
+    #[test]
+    fn code_counter_counts_letters_in_a_table_and_the_rest_aside() {
+        let mut c = CodeCounter::default();
+        assert!(c.is_empty());
+        for code in [*b"US", *b"US", *b"ZZ", *b"AA", *b"1x"] {
+            c.add(code);
+        }
+        let mut s = Summary::new(CAPACITY);
+        c.drain_into(&mut s);
+        assert!(c.is_empty());
+        let mut got: Vec<([u8; 2], u64)> =
+            s.into_sorted_vec().into_iter().map(|(k, e)| (k, e.estimated_count())).collect();
+        got.sort();
+        assert_eq!(got, [(*b"1x", 1), (*b"AA", 1), (*b"US", 2), (*b"ZZ", 1)]);
+        let mut again = Summary::new(CAPACITY);
+        c.drain_into(&mut again);
+        assert_eq!(again.count(), 0, "drained means empty");
     }
 
     #[test]
