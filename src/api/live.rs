@@ -89,19 +89,18 @@ fn enrichers(state: &AppState) -> Value {
         .reports()
         .into_iter()
         .map(|r| {
-            let full = serde_json::to_value(&r).unwrap_or_default();
-            let loaded_at = r.status.sources.iter().filter_map(|s| s.loaded_at.clone()).max();
-            let mut entry = json!({
-                "name": r.name, "plugin": r.plugin, "enabled": r.enabled, "state": r.status.state,
-                "version": r.status.version, "loaded_at": loaded_at, "error": r.status.error,
-                "batches": r.batches, "events": r.events, "mean_ns_per_event": r.mean_ns_per_event,
-                "details": r.status.details,
-            });
-            // Hot reload adds a generation; pass it through when present.
-            if let Some(generation) = full.get("generation") {
-                entry["generation"] = generation.clone();
+            let mut details = r.status.details;
+            if let Some(d) = details.as_object_mut() {
+                d.remove("files"); // per-file reports name paths
             }
-            entry
+            json!({
+                "name": r.name, "plugin": r.plugin, "enabled": r.enabled, "state": r.status.state,
+                "version": r.status.version, "error": r.status.error,
+                "generation": r.generation, "loaded_at": r.generation_loaded_at,
+                "reloads": r.reloads, "reload_failures": r.reload_failures, "last_reload_error": r.last_reload_error,
+                "batches": r.batches, "events": r.events, "mean_ns_per_event": r.mean_ns_per_event,
+                "details": details,
+            })
         })
         .collect()
 }
