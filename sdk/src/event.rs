@@ -35,10 +35,12 @@ impl Ip {
         Some(Ip::v4(octets[0], octets[1], octets[2], octets[3]))
     }
 
+    #[inline]
     pub fn is_v4(&self) -> bool {
         self.v4
     }
 
+    #[inline]
     pub fn octets_v4(&self) -> Option<[u8; 4]> {
         if self.v4 {
             Some([self.bytes[12], self.bytes[13], self.bytes[14], self.bytes[15]])
@@ -47,6 +49,7 @@ impl Ip {
         }
     }
 
+    #[inline]
     pub fn bytes(&self) -> [u8; 16] {
         self.bytes
     }
@@ -83,26 +86,32 @@ pub struct Event<'a> {
 }
 
 impl<'a> Event<'a> {
+    #[inline]
     pub fn new(rec: &'a EventRecord, index: u16) -> Self {
         Event { rec, index }
     }
 
+    #[inline]
     fn has(&self, bit: u32) -> bool {
         self.rec.present & bit != 0
     }
 
+    #[inline]
     pub fn record(&self) -> &EventRecord {
         self.rec
     }
 
+    #[inline]
     pub fn src_ip(&self) -> Option<Ip> {
         self.ip(present::SRC_IP, present::SRC_IPV4, self.rec.src_ip)
     }
 
+    #[inline]
     pub fn dst_ip(&self) -> Option<Ip> {
         self.ip(present::DST_IP, present::DST_IPV4, self.rec.dst_ip)
     }
 
+    #[inline]
     fn ip(&self, bit: u32, v4_bit: u32, bytes: [u8; 16]) -> Option<Ip> {
         if self.has(bit) {
             Some(Ip { bytes, v4: self.has(v4_bit) })
@@ -112,59 +121,72 @@ impl<'a> Event<'a> {
     }
 
     /// `src_port`, or Zeek's `id.orig_p` / `id_orig_p`.
+    #[inline]
     pub fn src_port(&self) -> Option<u16> {
         self.opt(present::SRC_PORT, self.rec.src_port)
     }
 
     /// `dst_port`, or Zeek's `id.resp_p` / `id_resp_p`.
+    #[inline]
     pub fn dst_port(&self) -> Option<u16> {
         self.opt(present::DST_PORT, self.rec.dst_port)
     }
 
     /// IANA protocol number (6 = TCP, 17 = UDP, 1 = ICMP).
+    #[inline]
     pub fn proto(&self) -> Option<u8> {
         self.opt(present::PROTO, self.rec.proto)
     }
 
     /// Flow `bytes`.
+    #[inline]
     pub fn bytes(&self) -> Option<u64> {
         self.opt(present::BYTES, self.rec.bytes)
     }
 
+    #[inline]
     pub fn orig_bytes(&self) -> Option<u64> {
         self.opt(present::ORIG_BYTES, self.rec.orig_bytes)
     }
 
+    #[inline]
     pub fn resp_bytes(&self) -> Option<u64> {
         self.opt(present::RESP_BYTES, self.rec.resp_bytes)
     }
 
+    #[inline]
     pub fn packets(&self) -> Option<u64> {
         self.opt(present::PACKETS, self.rec.packets)
     }
 
     /// Event time, epoch seconds.
+    #[inline]
     pub fn ts(&self) -> Option<f64> {
         self.opt(present::TS, self.rec.ts)
     }
 
+    #[inline]
     pub fn duration(&self) -> Option<f64> {
         self.opt(present::DURATION, self.rec.duration)
     }
 
     /// Threat-intel matches found by earlier chain stages.
+    #[inline]
     pub fn ti_matches(&self) -> u32 {
         self.rec.ti_matches
     }
 
+    #[inline]
     pub fn src_country(&self) -> Option<&str> {
         self.country(present::SRC_COUNTRY, &self.rec.src_country)
     }
 
+    #[inline]
     pub fn dst_country(&self) -> Option<&str> {
         self.country(present::DST_COUNTRY, &self.rec.dst_country)
     }
 
+    #[inline]
     fn country<'s>(&self, bit: u32, code: &'s [u8; 2]) -> Option<&'s str> {
         if self.has(bit) {
             core::str::from_utf8(code).ok()
@@ -173,10 +195,12 @@ impl<'a> Event<'a> {
         }
     }
 
+    #[inline]
     pub fn src_asn(&self) -> Option<u32> {
         self.opt(present::SRC_ASN, self.rec.src_asn)
     }
 
+    #[inline]
     pub fn dst_asn(&self) -> Option<u32> {
         self.opt(present::DST_ASN, self.rec.dst_asn)
     }
@@ -198,6 +222,7 @@ impl<'a> Event<'a> {
         }
     }
 
+    #[inline]
     fn opt<T>(&self, bit: u32, v: T) -> Option<T> {
         if self.has(bit) {
             Some(v)

@@ -11,41 +11,49 @@ pub struct Output<'o> {
 }
 
 impl<'o> Output<'o> {
+    #[inline]
     pub fn new(buf: &'o mut [u8]) -> Self {
         Output { buf, len: 0, event: 0, overflow: false }
     }
 
     #[doc(hidden)]
+    #[inline]
     pub fn start_event(&mut self, event: u16) {
         self.event = event;
     }
 
     #[doc(hidden)]
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     #[doc(hidden)]
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     #[doc(hidden)]
+    #[inline]
     pub fn overflowed(&self) -> bool {
         self.overflow
     }
 
     /// Sets the event's score (the host clamps it to 0..=100).
+    #[inline]
     pub fn score(&mut self, score: i32) {
         self.entry(kind::SCORE, &[&score.to_le_bytes()]);
     }
 
     /// Adds a human-readable reason for the score.
+    #[inline]
     pub fn reason(&mut self, reason: &str) {
         self.entry(kind::REASON, &[reason.as_bytes()]);
     }
 
     /// Adds a tag.
+    #[inline]
     pub fn tag(&mut self, tag: &str) {
         self.entry(kind::TAG, &[tag.as_bytes()]);
     }
@@ -86,21 +94,39 @@ impl<'o> Output<'o> {
         self.field_json(key, t.as_str());
     }
 
+    #[inline]
     fn entry(&mut self, kind: u8, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        if len > u16::MAX as usize || self.len + ENTRY_HEADER + len > self.buf.len() {
-            self.overflow = true;
-            return;
-        }
-        let at = self.len;
-        self.buf[at..at + 2].copy_from_slice(&self.event.to_le_bytes());
-        self.buf[at + 2] = kind;
-        self.buf[at + 3..at + 5].copy_from_slice(&(len as u16).to_le_bytes());
+        let at = match self.header(kind, len) {
+            Some(at) => at,
+            None => return,
+        };
         let mut pos = at + ENTRY_HEADER;
         for p in parts {
             self.buf[pos..pos + p.len()].copy_from_slice(p);
             pos += p.len();
         }
         self.len = pos;
+    }
+
+    /// Writes an entry header for a `len`-byte payload; the payload's
+    /// offset is the returned one plus `ENTRY_HEADER`. `None` (and the
+    /// overflow flag) when it does not fit.
+    #[inline]
+    fn header(&mut self, kind: u8, len: usize) -> Option<usize> {
+        let at = self.len;
+        if len > u16::MAX as usize || at + ENTRY_HEADER + len > self.buf.len() {
+            self.overflow = true;
+            return None;
+        }
+        let h = &mut self.buf[at..at + ENTRY_HEADER];
+        let [e0, e1] = self.event.to_le_bytes();
+        let [l0, l1] = (len as u16).to_le_bytes();
+        h[0] = e0;
+        h[1] = e1;
+        h[2] = kind;
+        h[3] = l0;
+        h[4] = l1;
+        Some(at)
     }
 }
