@@ -46,6 +46,7 @@ pub fn spawn(state: Arc<AppState>) {
 }
 
 fn run(state: Arc<AppState>, mut watcher: RecommendedWatcher, rx: mpsc::Receiver<notify::Result<Event>>) {
+    lower_priority();
     let debounce = Duration::from_millis(state.config.reload.debounce_ms);
     let mut watched = BTreeSet::new();
     sync_watches(&state, &mut watcher, &mut watched);
@@ -129,3 +130,25 @@ fn sync_watches(state: &AppState, watcher: &mut RecommendedWatcher, watched: &mu
     let active = !watched.is_empty();
     state.reload.update(|s| s.watching = active);
 }
+
+/// Reloads from file changes run on this thread: give it a lower CPU
+/// priority than the ingest threads, so rebuilding a million indicators
+/// yields to requests instead of delaying them (Linux: the nice value of
+/// this thread only).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the current thread's id.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, RELOAD_NICE)
+        };
+        if rc != 0 {
+            tracing::debug!("could not lower the reload thread's priority");
+        }
+    }
+}
+
+/// Nice value of the watcher thread (0 is the default, 19 the lowest).
+#[cfg(target_os = "linux")]
+const RELOAD_NICE: libc::c_int = 5;

@@ -89,7 +89,7 @@ pub struct ReloadConfig {
 
 impl Default for ReloadConfig {
     fn default() -> Self {
-        ReloadConfig { watch: true, debounce_ms: 200, generation_field: None }
+        ReloadConfig { watch: true, debounce_ms: 100, generation_field: None }
     }
 }
 
