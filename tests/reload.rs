@@ -469,3 +469,17 @@ fn sighup_and_reload_endpoint_work_without_watching() {
     assert!(status.success());
     wait_for(&server.base, &probe, ti_of_target, "203.0.113.0/24@feed.txt", LIVE_WITHIN);
 }
+
+#[test]
+fn a_database_added_after_start_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("geo")).unwrap();
+    let chain = "[[chain]]\nplugin = \"geoip\"\ndatabase = \"geo/City.mmdb\"\n";
+    let server = start(dir, &config(chain, ""));
+    let probe = flows(2, 443, "81.2.69.142");
+    assert_eq!(stage(&server, "geoip")["state"], "missing");
+    assert_eq!(city(&ingest(&server.base, &probe).unwrap()[0]), "null");
+    fs::copy(data("maxmind/GeoIP2-City-Test.mmdb"), server.dir.path().join("geo/City.mmdb")).unwrap();
+    wait_for(&server.base, &probe, city, "\"London\"", LIVE_WITHIN);
+    assert_eq!(stage(&server, "geoip")["state"], "loaded");
+}
