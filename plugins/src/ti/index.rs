@@ -42,7 +42,7 @@ struct Listing {
 }
 
 /// A normalized network (host bits cleared).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Net {
     V4(u32, u8),
     V6(u128, u8),
@@ -244,43 +244,43 @@ impl<K: IpKey> NetTable<K> {
     }
 }
 
+/// Networks of one family as added: `(start, prefix length, listing)`.
+/// No lookup per add (a hash map over a million random keys was 40 % of a
+/// load, all cache misses): duplicates are dropped when sorting in
+/// `finish`, and the loader counts each file's own repeats before adding.
 #[derive(Default)]
 struct NetBuilder<K> {
-    ids: HashMap<(K, u8), u32>,
-    nets: Vec<(K, u8)>,
-    lists: Lists,
+    entries: Vec<(K, u8, Listing)>,
 }
 
 impl<K: IpKey> NetBuilder<K> {
-    /// Adds a listing; `false` if the network already has an identical one.
-    fn add(&mut self, start: K, len: u8, listing: Listing) -> bool {
-        let next = self.nets.len() as u32;
-        let id = *self.ids.entry((start, len)).or_insert(next);
-        if id == next {
-            self.nets.push((start, len));
-        }
-        self.lists.add(id as usize, listing)
+    fn add(&mut self, start: K, len: u8, listing: Listing) {
+        self.entries.push((start, len, listing));
     }
 
     fn finish(self) -> NetTable<K> {
-        let NetBuilder { ids, nets, lists } = self;
-        drop(ids);
-        // Enclosing networks sort before the networks inside them.
-        // Sorting the keys themselves (not indices into `nets`) keeps the
-        // sort's memory access sequential: 2-3x faster on a million.
-        let mut order: Vec<(K, u8, u32)> = nets.iter().enumerate().map(|(i, &(k, l))| (k, l, i as u32)).collect();
-        order.sort_unstable();
+        let mut entries = self.entries;
+        // Enclosing networks sort before the networks inside them; a
+        // network's listings in the order their tails were first seen
+        // (file order). Exact repeats end up adjacent and are dropped.
+        entries.sort_unstable_by_key(|&(k, len, l)| (k, len, l.tail, l.kind as u8));
+        entries.dedup();
         let mut table = NetTable {
-            nodes: Vec::with_capacity(nets.len()),
-            listings: Vec::with_capacity(lists.links.len()),
+            nodes: Vec::with_capacity(entries.len()),
+            listings: Vec::with_capacity(entries.len()),
             intervals: vec![(K::narrow(0), NONE)],
             covered: Vec::new(),
             top: Vec::new(),
         };
-        for (start, len, i) in order {
-            let (first, count) = lists.flatten(i as usize, &mut table.listings);
-            table.nodes.push(Node { start, len, parent: NONE, first, count });
+        let mut rest = &entries[..];
+        while let Some(&(start, len, _)) = rest.first() {
+            let n = rest.iter().take_while(|&&(k, l, _)| k == start && l == len).count();
+            let first = table.listings.len() as u32;
+            table.listings.extend(rest[..n].iter().map(|&(.., listing)| listing));
+            table.nodes.push(Node { start, len, parent: NONE, first, count: n as u32 });
+            rest = &rest[n..];
         }
+        drop(entries);
 
         // Sweep in address order with the stack of open (enclosing) networks.
         let end = |n: &Node<K>| n.start.last(n.len);
@@ -627,15 +627,15 @@ impl IndexBuilder {
         id
     }
 
-    /// Makes room for about `n` more networks (e.g. a file's line count):
-    /// growing the dedup map while loading a million is a third of the time.
+    /// Makes room for about `n` more networks (e.g. a file's line count).
     pub fn reserve_nets(&mut self, n: usize) {
-        self.v4.ids.reserve(n);
-        self.v4.nets.reserve(n);
+        self.v4.entries.reserve(n);
     }
 
-    /// Adds a network listing; `false` if it is an exact duplicate.
-    pub fn add_net(&mut self, net: Net, kind: Kind, tail: u32) -> bool {
+    /// Adds a network listing. An exact repeat (same network, type and
+    /// tail) is dropped when the index is built; callers that report
+    /// repeats count them themselves (see the loader).
+    pub fn add_net(&mut self, net: Net, kind: Kind, tail: u32) {
         let listing = Listing { kind, tail };
         match net {
             Net::V4(k, len) => self.v4.add(k, len, listing),
