@@ -39,7 +39,17 @@ pub fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     if watch {
         watch::spawn(state.clone());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    // Parsing and enrichment run on the blocking pool, and every thread
+    // there keeps its own caches (mmdb records, WASM instances: several MiB).
+    // Tokio's default of 512 threads would let a burst of requests grow
+    // memory with concurrency; beyond a few threads per core requests wait
+    // (the wait counts in the reported lag) instead.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads((4 * cores).max(8))
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(serve(state))
 }
 
