@@ -65,7 +65,7 @@ pub fn reload_changed(state: &AppState, changed: &[PathBuf]) -> Value {
 }
 
 fn finish(state: &AppState, config: Option<Value>, stages: ReloadReport) -> Value {
-    state.reload.update(|s| s.last_reload_at = Some(now()));
+    state.reload.update(|s| s.last_reload_at = Some(enrichd_engine::rfc3339(std::time::SystemTime::now())));
     let chain = state.engine.chain();
     json!({
         "config": config,
@@ -121,8 +121,4 @@ fn config_refused(state: &AppState, error: String) -> Value {
         s.last_config_error = Some(error.clone());
     });
     json!({ "outcome": "rejected", "error": error })
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

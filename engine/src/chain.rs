@@ -23,7 +23,7 @@ use crate::config::{ChainEntryConfig, ConfigError};
 use crate::event::{Event, JsonFragment, KeyId};
 use crate::format::Format;
 use crate::parse::ParseSpec;
-use crate::plugin::{BuildContext, Enricher, PluginState, PluginStatus};
+use crate::plugin::{rfc3339, BuildContext, Enricher, PluginState, PluginStatus};
 use crate::registry::Registry;
 
 /// Where and how chain entries are built.
@@ -118,9 +118,7 @@ impl Chain {
         for entry in entries {
             let stage = build_stage(entry, registry, env, &mut tables, 1, Arc::default())?;
             if stages.iter().any(|s: &Arc<Stage>| s.name == stage.name) {
-                return Err(
-                    entry.error(format!("duplicate chain entry name {:?}; set `name` to tell them apart", stage.name))
-                );
+                return Err(entry.duplicate_name(&stage.name));
             }
             stages.push(Arc::new(stage));
         }
@@ -131,7 +129,7 @@ impl Chain {
     /// once per chain, so writing it costs one `Arc` clone per event.
     pub(crate) fn assemble(stages: Vec<Arc<Stage>>, mut tables: KeyTables, env: BuildEnv, generation: u64) -> Chain {
         let stamp = env.generation_field.as_deref().filter(|f| !f.is_empty()).map(|field| {
-            let key = KeyId(intern_key(&mut tables.keys, field));
+            let key = KeyId(crate::plugin::intern(&mut tables.keys, field));
             let mut map = serde_json::Map::new();
             map.insert("chain".into(), generation.into());
             for s in stages.iter().filter(|s| s.enricher.is_some()) {
@@ -176,11 +174,6 @@ impl Chain {
     /// This chain's generation (1 at start, +1 per swap).
     pub fn generation(&self) -> u64 {
         self.generation
-    }
-
-    /// Each stage's name and generation, in chain order.
-    pub fn stage_generations(&self) -> Vec<(String, u64)> {
-        self.stages.iter().map(|s| (s.name.clone(), s.generation)).collect()
     }
 
     /// Every path some enabled stage reloads on, with the stage names.
@@ -256,10 +249,6 @@ impl Stage {
     }
 }
 
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// The output-key and captured-field tables a chain's stages index into.
 /// Only ever appended to, so ids handed to a stage stay valid in every
 /// later chain that reuses it.
@@ -287,7 +276,7 @@ pub(crate) fn build_stage(
     let factory = registry.get(&entry.plugin).ok_or_else(|| {
         entry.error(format!("unknown plugin {:?} (known: {})", entry.plugin, registry.kinds().join(", ")))
     })?;
-    let name = entry.name.clone().unwrap_or_else(|| entry.plugin.clone());
+    let name = entry.stage_name();
     let enricher = if entry.enabled {
         let mut ctx = BuildContext {
             base_dir: &env.base_dir,
@@ -300,10 +289,6 @@ pub(crate) fn build_stage(
         None
     };
     Ok(Stage { name, entry: entry.clone(), enricher, generation, loaded_at: SystemTime::now(), history })
-}
-
-pub(crate) fn intern_key(table: &mut Vec<Box<str>>, name: &str) -> u16 {
-    crate::plugin::intern(table, name)
 }
 
 impl std::fmt::Debug for Chain {

@@ -143,7 +143,27 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// `path` as written in a configuration file whose directory is `base_dir`:
+/// absolute paths are kept, relative ones are resolved against the file.
+pub(crate) fn resolve_relative(base_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() || base_dir == Path::new(".") {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
 impl ChainEntryConfig {
+    /// The stage's name: `name`, or the plugin kind.
+    pub fn stage_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.plugin.clone())
+    }
+
+    /// The error for a second entry named `name`.
+    pub(crate) fn duplicate_name(&self, name: &str) -> ConfigError {
+        self.error(format!("duplicate chain entry name {name:?}; set `name` to tell them apart"))
+    }
+
     pub fn error(&self, message: impl Into<String>) -> ConfigError {
         ConfigError { location: self.location.clone(), message: message.into() }
     }
@@ -251,17 +271,13 @@ impl Config {
         crate::chain::BuildEnv {
             base_dir: self.base_dir.clone(),
             state_dir: Some(self.state_dir()),
-            generation_field: self.reload.generation_field.clone().filter(|f| !f.is_empty()),
+            generation_field: self.reload.generation_field.clone(),
         }
     }
 
     /// `server.state_dir`, resolved against the file's directory.
     pub fn state_dir(&self) -> PathBuf {
-        if self.server.state_dir.is_absolute() || self.base_dir == Path::new(".") {
-            self.server.state_dir.clone()
-        } else {
-            self.base_dir.join(&self.server.state_dir)
-        }
+        resolve_relative(&self.base_dir, &self.server.state_dir)
     }
 
     /// The JSON Schema of the file, with each registered plugin's options.

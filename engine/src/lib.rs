@@ -29,6 +29,7 @@ pub use format::Format;
 pub use live::{Engine, Outcome, ReloadReport, StageReload};
 pub use parse::{parse_envelope, parse_ndjson, InputError, Limits, ParseSpec};
 pub use plugin::{
-    source_info, BuildContext, Enricher, EnvOverride, PluginFactory, PluginState, PluginStatus, SourceInfo,
+    rfc3339, source_info, to_hex, BuildContext, Enricher, EnvOverride, PluginFactory, PluginState, PluginStatus,
+    SourceInfo,
 };
 pub use registry::Registry;

@@ -203,9 +203,9 @@ impl Engine {
         let mut stages: Vec<Arc<Stage>> = Vec::with_capacity(entries.len());
         let mut results = Vec::new();
         for entry in entries {
-            let name = entry.name.clone().unwrap_or_else(|| entry.plugin.clone());
+            let name = entry.stage_name();
             if stages.iter().any(|s| s.name == name) {
-                return Err(entry.error(format!("duplicate chain entry name {name:?}; set `name` to tell them apart")));
+                return Err(entry.duplicate_name(&name));
             }
             let old = current.stages.iter().find(|s| s.name == name);
             let stage = match old {
@@ -243,13 +243,6 @@ impl Engine {
         self.chain.store(Arc::new(chain));
         tracing::info!(generation, "chain swapped");
         generation
-    }
-
-    /// Replaces the whole chain (tests, tools); batches already running
-    /// finish on the old one.
-    pub fn swap_chain(&self, chain: Chain) {
-        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.chain.store(Arc::new(chain));
     }
 }
 

@@ -87,12 +87,7 @@ impl<'a> BuildContext<'a> {
     /// Resolves a path from the configuration relative to the config file's
     /// directory (absolute paths are kept).
     pub fn resolve_path(&self, path: impl AsRef<Path>) -> PathBuf {
-        let path = path.as_ref();
-        if path.is_absolute() || self.base_dir == Path::new(".") {
-            path.to_path_buf()
-        } else {
-            self.base_dir.join(path)
-        }
+        crate::config::resolve_relative(self.base_dir, path.as_ref())
     }
 
     /// The server's writable state directory (`server.state_dir`), where a
@@ -189,18 +184,27 @@ impl PluginStatus {
 /// File facts for [`SourceInfo`]: size and SHA-256 of `bytes`, loaded now.
 pub fn source_info(path: &Path, bytes: &[u8]) -> SourceInfo {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(bytes);
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        hex.push_str(&format!("{b:02x}"));
-    }
     SourceInfo {
         path: path.to_path_buf(),
-        sha256: Some(hex),
+        sha256: Some(to_hex(&Sha256::digest(bytes))),
         size_bytes: Some(bytes.len() as u64),
-        loaded_at: Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()),
+        loaded_at: Some(rfc3339(std::time::SystemTime::now())),
         error: None,
     }
+}
+
+/// Lowercase hex of `bytes` (digests in reports, ids, file names).
+pub fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// RFC 3339 UTC time to the second, as every report shows times.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Convenience for enrichers that handle events one at a time.

@@ -157,7 +157,7 @@ fn parse_new_indicators(body: &[u8]) -> Result<Vec<ApiIndicator>, ApiError> {
             format!("{} indicators in one request; at most {MAX_INDICATORS_PER_PUT}", list.len()),
         ));
     }
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let now = enrichd_engine::rfc3339(std::time::SystemTime::now());
     list.into_iter()
         .enumerate()
         .map(|(index, item)| {

@@ -20,7 +20,8 @@ pub async fn index() -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "dashboard": "/",
         "api": ["/v1/health", "/v1/health/details", "/v1/enrichers", "/v1/version", "/v1/schema",
-                "/v1/metrics", "/v1/stream", "/metrics", "/v1/ingest", "/v1/lookup", "/v1/outputs/elastic", "/v1/outputs/splunk"],
+                "/v1/metrics", "/v1/stream", "/metrics", "/v1/ingest", "/v1/lookup", "/v1/outputs/elastic", "/v1/outputs/splunk",
+                "/v1/reload", "/v1/indicators"],
     }))
 }
 
@@ -35,23 +36,26 @@ pub async fn health_details(State(state): State<Arc<AppState>>, headers: HeaderM
     let chain = state.engine.chain();
     let reports = chain.reports();
     let degraded = reports.iter().any(|r| r.enabled && r.status.state != PluginState::Loaded);
-    Ok(Json(json!({
-        "status": if degraded { "degraded" } else { "ok" },
-        "uptime_s": state.started.elapsed().as_secs_f64(),
-        "chain_generation": chain.generation(),
-        "reload": state.reload.snapshot(),
-        "enrichers": reports,
-    })))
+    let mut doc = chain_document(&state, &chain, reports);
+    doc["status"] = (if degraded { "degraded" } else { "ok" }).into();
+    doc["uptime_s"] = state.started.elapsed().as_secs_f64().into();
+    Ok(Json(doc))
 }
 
 pub async fn enrichers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
     let chain = state.engine.chain();
-    Ok(Json(json!({
+    Ok(Json(chain_document(&state, &chain, chain.reports())))
+}
+
+/// The chain's generation, the reload status and every stage's report
+/// (taken from one chain snapshot, so they agree).
+fn chain_document(state: &AppState, chain: &enrichd_engine::Chain, reports: Vec<enrichd_engine::StageReport>) -> Value {
+    json!({
         "chain_generation": chain.generation(),
         "reload": state.reload.snapshot(),
-        "enrichers": chain.reports(),
-    })))
+        "enrichers": reports,
+    })
 }
 
 pub async fn version() -> Json<Value> {

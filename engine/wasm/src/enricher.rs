@@ -2,7 +2,6 @@
 //! 256 events, applies its results, and isolates its failures.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use enrichd_engine::{
-    source_info, BatchView, BuildContext, Enricher, Event, JsonFragment, KeyId, PluginState, PluginStatus, SourceInfo,
-    SourceText,
+    source_info, to_hex, BatchView, BuildContext, Enricher, Event, JsonFragment, KeyId, PluginState, PluginStatus,
+    SourceInfo, SourceText,
 };
 use enrichd_sdk::abi::{self, kind, present, EventRecord};
 use rustc_hash::FxHashMap as HashMap;
@@ -51,8 +50,10 @@ struct Scratch {
 struct ListCache {
     /// Interning key under construction.
     key: Vec<u8>,
-    /// The previous list's key and fragment.
-    last: Option<(Vec<u8>, JsonFragment)>,
+    /// The previous list's key (empty before the first: keys never are)
+    /// and fragment.
+    last_key: Vec<u8>,
+    last: JsonFragment,
 }
 
 /// Most interned JSON texts kept per thread before the table is reset.
@@ -120,13 +121,6 @@ pub struct ModuleReport {
     pub deadline_ms: u64,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// Loads and checks a module the way the host does before running it.
 pub fn inspect(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleReport> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -141,7 +135,7 @@ pub fn inspect(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleRepor
     Ok(ModuleReport {
         path: path.to_path_buf(),
         size_bytes: bytes.len(),
-        sha256: hex(&sha),
+        sha256: to_hex(&sha),
         abi_version: format!("{}.{}", abi::ABI_MAJOR, abi::ABI_MINOR),
         imports: module.imports().map(|i| format!("{}.{}", i.module(), i.name())).collect(),
         exports: module.exports().map(|e| e.name().to_string()).collect(),
@@ -356,24 +350,17 @@ impl WasmEnricher {
                 }
             }
             Outputs::Enricher { fields } => {
+                // Field values can still be refused (unknown key, not JSON):
+                // check them all before writing any.
                 computed.clear();
-                let mut rest = &entries[..];
-                for i in 0..events.len() {
-                    let n = rest.iter().take_while(|&&(event, ..)| event as usize == i).count();
-                    let (mine, next) = rest.split_at(n);
-                    rest = next;
-                    for &(_, k, at, len) in mine {
-                        if k != kind::FIELD {
-                            continue;
-                        }
-                        let p = &out[at..at + len];
-                        let klen = p[0] as usize;
-                        let name = p.get(1..1 + klen).ok_or(FailureKind::MalformedResult)?;
-                        let id = fields.iter().find(|(k, _)| k.as_bytes() == name).map(|(_, id)| *id);
-                        let id = id.ok_or(FailureKind::MalformedResult)?;
-                        let value = interned_json_value(&p[1 + klen..], interned)?;
-                        computed.push((i, id, value));
-                    }
+                for &(event, _, at, len) in entries.iter().filter(|e| e.1 == kind::FIELD) {
+                    let p = &out[at..at + len];
+                    let klen = p[0] as usize;
+                    let name = p.get(1..1 + klen).ok_or(FailureKind::MalformedResult)?;
+                    let id = fields.iter().find(|(k, _)| k.as_bytes() == name).map(|(_, id)| *id);
+                    let id = id.ok_or(FailureKind::MalformedResult)?;
+                    let value = interned_json_value(&p[1 + klen..], interned)?;
+                    computed.push((event as usize, id, value));
                 }
                 for (event, id, value) in computed.drain(..) {
                     events[event].set_output(id, value);
@@ -402,10 +389,8 @@ impl WasmEnricher {
         if key.len() == 1 {
             return self.empty_list.clone();
         }
-        if let Some((last_key, last)) = &lists.last {
-            if last_key == key {
-                return last.clone();
-            }
+        if lists.last_key == *key {
+            return lists.last.clone();
         }
         let fragment = match interned.get(key.as_slice()) {
             Some(f) => f.clone(),
@@ -423,14 +408,8 @@ impl WasmEnricher {
                 intern(interned, key, json)
             }
         };
-        match &mut lists.last {
-            Some((last_key, last)) => {
-                last_key.clear();
-                last_key.extend_from_slice(key);
-                *last = fragment.clone();
-            }
-            None => lists.last = Some((key.clone(), fragment.clone())),
-        }
+        lists.last_key.clone_from(key);
+        lists.last = fragment.clone();
         fragment
     }
 

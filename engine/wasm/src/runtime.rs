@@ -79,8 +79,7 @@ fn artifact_name(sha256: &[u8; 32]) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine().precompile_compatibility_hash().hash(&mut h);
-    let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{hex}-{:016x}.cwasm", h.finish())
+    format!("{}-{:016x}.cwasm", enrichd_engine::to_hex(sha256), h.finish())
 }
 
 fn load_artifact(path: &Path) -> Option<Module> {

@@ -85,8 +85,7 @@ impl NewIndicator {
 }
 
 fn id_of(kind: &str, indicator: &str) -> String {
-    let digest = Sha256::digest(format!("{kind}:{indicator}").as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    enrichd_engine::to_hex(&Sha256::digest(format!("{kind}:{indicator}").as_bytes())[..8])
 }
 
 /// Reads the store; a missing file is an empty store.

@@ -231,8 +231,7 @@ pub fn load_entries(
 ) -> FileReport {
     let mut report = FileReport::new(source.to_string(), path.to_path_buf());
     report.format = Some("api");
-    let mut parser =
-        Parser { report: &mut report, builder, logged: 0, name: String::new(), tail: String::new(), nets: Vec::new() };
+    let mut parser = Parser::new(&mut report, builder);
     for (i, item) in items.iter().enumerate() {
         match parse_plain(&item.indicator, None, &mut parser.name) {
             Ok(parsed) => {
@@ -254,7 +253,7 @@ pub fn parse_text(text: &str, report: &mut FileReport, builder: &mut IndexBuilde
     if text.len() > 1 << 20 {
         builder.reserve_nets(text.bytes().filter(|&b| b == b'\n').count());
     }
-    let mut parser = Parser { report, builder, logged: 0, name: String::new(), tail: String::new(), nets: Vec::new() };
+    let mut parser = Parser::new(report, builder);
     for line in text.lines() {
         let t = line.trim();
         if t.is_empty() {
@@ -313,7 +312,11 @@ struct Parser<'a> {
     nets: Vec<(Net, Kind, u32)>,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
+    fn new(report: &'a mut FileReport, builder: &'a mut IndexBuilder) -> Self {
+        Parser { report, builder, logged: 0, name: String::new(), tail: String::new(), nets: Vec::new() }
+    }
+
     fn bad(&mut self, line_no: usize, message: &str) {
         self.report.skipped_lines += 1;
         if self.logged < LOGGED_BAD_LINES {
