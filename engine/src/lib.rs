@@ -5,11 +5,12 @@
 //! [`PluginFactory`] / [`Enricher`] and are registered in a [`Registry`] by
 //! the binary; the chain is assembled from `config.toml` by kind name.
 //!
-//! Data flow for one request: [`parse_envelope`] turns the body into a
-//! [`Batch`] (well-known fields parsed once into [`Event`]s, the record text
-//! kept as sent), [`Chain::run`] passes the batch through every stage, and
-//! [`Batch::write_ingest_response`] writes the records back with the
-//! enrichment results appended.
+//! Data flow for one batch, the same for every entry point ([`Pipeline`]):
+//! the input is decoded into a [`Batch`] (well-known fields parsed once into
+//! [`Event`]s, the record text kept as sent), [`Chain::run`] passes the batch
+//! through every stage, observers (live metrics) see it, and it is encoded
+//! back ([`Batch::write_ingest_response`], NDJSON) with the enrichment
+//! results appended.
 
 pub mod batch;
 pub mod chain;
@@ -18,6 +19,7 @@ pub mod event;
 pub mod format;
 pub mod live;
 pub mod parse;
+pub mod pipeline;
 pub mod plugin;
 pub mod registry;
 
@@ -28,6 +30,7 @@ pub use event::{AddressSelector, Event, JsonFragment, KeyId, Side, TextFieldId};
 pub use format::Format;
 pub use live::{Engine, Outcome, ReloadReport, StageReload};
 pub use parse::{parse_envelope, parse_ndjson, InputError, Limits, ParseSpec};
+pub use pipeline::{Encoding, Input, Observer, Pipeline, Processed, Skipped, Timing};
 pub use plugin::{
     rfc3339, source_info, to_hex, BuildContext, Enricher, EnvOverride, PluginFactory, PluginState, PluginStatus,
     SourceInfo,

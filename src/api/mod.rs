@@ -23,7 +23,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use enrichd_engine::{Config, Engine};
+use enrichd_engine::{Config, Engine, Limits, Pipeline};
 
 use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
@@ -40,7 +40,9 @@ pub struct AppState {
     pub keys: ApiKeys,
     /// Keys for administrative calls (reload, indicators).
     pub admin_keys: ApiKeys,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Decode → chain → metrics → encode, as every entry point runs it.
+    pub pipeline: Pipeline,
     pub reload: ReloadStatus,
     /// Serializes changes to the API indicator store (admin calls only).
     pub indicator_store: std::sync::Mutex<()>,
@@ -58,12 +60,15 @@ impl AppState {
         let admin_keys = ApiKeys::new(&config.auth.admin_keys);
         let api_version =
             HeaderValue::from_str(&config.server.api_version).unwrap_or(HeaderValue::from_static("1.0.0"));
+        let metrics = Arc::new(Metrics::default());
+        let pipeline = Pipeline::new(Limits { max_records: config.server.max_records }).with_observer(metrics.clone());
         AppState {
             engine,
             config,
             keys,
             admin_keys,
-            metrics: Metrics::default(),
+            metrics,
+            pipeline,
             reload: ReloadStatus::default(),
             indicator_store: Default::default(),
             outputs: Default::default(),

@@ -5,15 +5,18 @@
 //! little alone. Every workload is therefore measured three ways, one after
 //! the other on one thread: a plain serde_json parse-and-serialize of the
 //! same records (the baseline), the chain alone on pre-parsed batches, and
-//! the full pipeline (parse, chain, serialize) as `/v1/ingest` runs it.
+//! the full pipeline as `/v1/ingest` runs it: the same [`Pipeline`] (parse,
+//! chain, live metrics, write), not a copy of it.
 //! The live-metrics fold of the enriched batches is timed too, as a share
 //! of the chain's time.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use enrichd_engine::{parse_ndjson, Chain, Format};
+use enrichd_engine::{parse_ndjson, Chain, Encoding, Format, Input, Limits, Pipeline};
 
 use crate::app;
 use crate::metrics::Metrics;
@@ -114,12 +117,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         if args.chain_only {
             continue;
         }
-        let full = measure(budget, w, |chunk, out| {
-            let mut batch = parse_ndjson(chunk.to_owned(), w.format, chain.parse_spec(), 0).expect("parses");
-            chain.run(&mut batch);
-            batch.write_ndjson(chain.keys(), out);
-        });
-        report("full pipeline: parse + chain + serialize", &full, w.records);
+        let full = measure_pipeline(budget, &chain, w, args.batch_size);
+        report("full pipeline: parse, chain, metrics, write", &full, w.records);
         println!(
             "  full pipeline / baseline time: {:.2}x",
             full.total.as_secs_f64() / full.events as f64 / (baseline.total.as_secs_f64() / baseline.events as f64)
@@ -157,6 +156,34 @@ fn measure(budget: Duration, w: &Workload, mut f: impl FnMut(&str, &mut Vec<u8>)
         }
     }
     m
+}
+
+/// The pipeline users run (the same [`Pipeline`] `/v1/ingest` and `enrichd
+/// enrich` use, live metrics attached, their ticker running), on NDJSON.
+fn measure_pipeline(budget: Duration, chain: &Chain, w: &Workload, batch_size: usize) -> Measurement {
+    let metrics = Arc::new(Metrics::default());
+    let pipeline = Pipeline::new(Limits { max_records: batch_size.max(1) }).with_observer(metrics.clone());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Ticks once a second like the server's ticker; looks at `stop` more often.
+        scope.spawn(|| {
+            for n in 1u64.. {
+                std::thread::sleep(Duration::from_millis(100));
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if n % 10 == 0 {
+                    metrics.tick();
+                }
+            }
+        });
+        let m = measure(budget, w, |chunk, out| {
+            let input = Input::Ndjson { text: chunk.to_owned(), format: w.format, first_index: 0 };
+            pipeline.run(chain, input, Encoding::Ndjson, Instant::now(), out).expect("bench input parses");
+        });
+        stop.store(true, Ordering::Relaxed);
+        m
+    })
 }
 
 fn measure_chain(budget: Duration, chain: &Chain, batches: &mut [enrichd_engine::Batch]) -> Measurement {

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use enrichd_engine::{parse_ndjson, Config, Format, PluginState};
+use enrichd_engine::{Config, Encoding, Format, InputError, Limits, Pipeline, PluginState, Skipped};
 
 use crate::app;
 
@@ -88,78 +88,45 @@ pub fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
         }
     }
     let lines = read_lines(open_input(args.input.as_deref())?, args.zeek_tsv);
+    let batch_size = args.batch_size.max(1);
+    let pipeline = Pipeline::new(Limits { max_records: batch_size });
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut chunk = String::new();
     let (mut line_no, mut first_line, mut in_chunk, mut skipped) = (0usize, 1usize, 0usize, 0usize);
     let mut buf = Vec::new();
-    let flush =
-        |chunk: &mut String, first_line: usize, buf: &mut Vec<u8>, out: &mut dyn Write| -> anyhow::Result<usize> {
-            let text = std::mem::take(chunk);
-            let skipped = enrich_chunk(&chain, format, text, first_line, buf)?;
-            out.write_all(buf)?;
-            buf.clear();
-            Ok(skipped)
-        };
+    let mut flush = |chunk: &mut String, first_line: usize, out: &mut dyn Write| -> anyhow::Result<usize> {
+        let text = std::mem::take(chunk);
+        let bad = pipeline.run_lenient(&chain, text, format, first_line, Encoding::Ndjson, &mut buf);
+        for Skipped { index, error } in &bad {
+            match error {
+                InputError::Record { field, message, .. } => {
+                    let field = field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default();
+                    eprintln!("enrichd: line {index}{field}: {message}");
+                }
+                e => eprintln!("enrichd: line {index}: {e}"),
+            }
+        }
+        out.write_all(&buf)?;
+        buf.clear();
+        Ok(bad.len())
+    };
     for line in lines {
         let line = line?;
         line_no += 1;
         chunk.push_str(&line);
         chunk.push('\n');
         in_chunk += 1;
-        if in_chunk == args.batch_size.max(1) {
-            skipped += flush(&mut chunk, first_line, &mut buf, &mut out)?;
+        if in_chunk == batch_size {
+            skipped += flush(&mut chunk, first_line, &mut out)?;
             in_chunk = 0;
             first_line = line_no + 1;
         }
     }
-    skipped += flush(&mut chunk, first_line, &mut buf, &mut out)?;
+    skipped += flush(&mut chunk, first_line, &mut out)?;
     out.flush()?;
     if skipped > 0 {
         bail!("{skipped} record(s) skipped (see messages above)");
     }
     Ok(())
-}
-
-/// Enriches one chunk of NDJSON; a bad record is reported with its line
-/// number and skipped, the rest of the chunk still goes through.
-fn enrich_chunk(
-    chain: &enrichd_engine::Chain,
-    format: Format,
-    text: String,
-    first_line: usize,
-    out: &mut Vec<u8>,
-) -> anyhow::Result<usize> {
-    match parse_ndjson(text.clone(), format, chain.parse_spec(), first_line) {
-        Ok(mut batch) => {
-            chain.run(&mut batch);
-            batch.write_ndjson(chain.keys(), out);
-            Ok(0)
-        }
-        Err(_) => {
-            // Rare path: isolate the bad lines one by one.
-            let mut skipped = 0;
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match parse_ndjson(format!("{line}\n"), format, chain.parse_spec(), first_line + i) {
-                    Ok(mut batch) => {
-                        chain.run(&mut batch);
-                        batch.write_ndjson(chain.keys(), out);
-                    }
-                    Err(enrichd_engine::InputError::Record { field, message, .. }) => {
-                        let field = field.map(|f| format!(", field `{f}`")).unwrap_or_default();
-                        eprintln!("enrichd: line {}{field}: {message}", first_line + i);
-                        skipped += 1;
-                    }
-                    Err(e) => {
-                        eprintln!("enrichd: line {}: {e}", first_line + i);
-                        skipped += 1;
-                    }
-                }
-            }
-            Ok(skipped)
-        }
-    }
 }

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use enrichd_engine::{parse_ndjson, Chain, Config, Format};
+use std::time::Instant;
+
+use enrichd_engine::{Chain, Config, Encoding, Format, Input, Limits, Pipeline};
 
 use crate::app;
 
@@ -79,10 +81,15 @@ pub fn run(command: RuleCommand) -> anyhow::Result<()> {
             let cfg = Config::parse(&toml, std::path::Path::new("rule-test.toml"))?;
             let chain = Chain::build(&cfg.chain, &registry, std::path::Path::new("."))?;
             let text = std::fs::read_to_string(&events).with_context(|| format!("reading {}", events.display()))?;
-            let mut batch = parse_ndjson(text, format, chain.parse_spec(), 1)?;
-            chain.run(&mut batch);
+            let input = Input::Ndjson { text, format, first_index: 1 };
             let mut out = Vec::new();
-            batch.write_ndjson(chain.keys(), &mut out);
+            Pipeline::new(Limits { max_records: usize::MAX }).run(
+                &chain,
+                input,
+                Encoding::Ndjson,
+                Instant::now(),
+                &mut out,
+            )?;
             print!("{}", String::from_utf8_lossy(&out));
             let report = chain.reports().pop().expect("the module stage");
             eprintln!("{}", serde_json::to_string(&report.status.details)?);

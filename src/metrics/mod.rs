@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use enrichd_engine::Event;
+use enrichd_engine::{Batch, Chain, Event, Observer, Timing};
 
 use aggregate::Aggregate;
 pub use aggregate::Reading;
@@ -125,12 +125,6 @@ impl Metrics {
         InFlight { gauge: &self.batches_in_flight, n: 1 }
     }
 
-    /// `n` parsed records being enriched until the guard drops.
-    pub fn records_in_flight(&self, n: u64) -> InFlight<'_> {
-        self.records_in_flight.fetch_add(n, Relaxed);
-        InFlight { gauge: &self.records_in_flight, n }
-    }
-
     /// Folds one enriched batch into this thread's shard. `keys` is the
     /// chain's output key table; `lag` runs from request arrival to
     /// enrichment done, `processing` covers parsing and enrichment.
@@ -167,6 +161,21 @@ impl Metrics {
 
     pub fn in_flight(&self) -> (u64, u64) {
         (self.batches_in_flight.load(Relaxed), self.records_in_flight.load(Relaxed))
+    }
+}
+
+/// Live metrics watch every batch the pipeline enriches, whatever brought it.
+impl Observer for Metrics {
+    fn entering(&self, events: usize) {
+        self.records_in_flight.fetch_add(events as u64, Relaxed);
+    }
+
+    fn left(&self, events: usize) {
+        self.records_in_flight.fetch_sub(events as u64, Relaxed);
+    }
+
+    fn observe(&self, chain: &Chain, batch: &Batch, timing: Timing) {
+        self.observe_batch(chain.keys(), batch.events(), timing.lag, timing.processing);
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use enrichd_engine::Event;
+use enrichd_engine::{Event, Observer};
 
 use super::clock::{Clock, ManualClock};
 use super::{report, Metrics};
@@ -93,8 +93,9 @@ fn in_flight_guards_count_and_release() {
     let (_, m) = metrics();
     {
         let _b = m.batch_in_flight();
-        let _r = m.records_in_flight(40);
+        Observer::entering(&m, 40);
         assert_eq!(m.in_flight(), (1, 40));
+        Observer::left(&m, 40);
     }
     assert_eq!(m.in_flight(), (0, 0));
 }

@@ -1,0 +1,207 @@
+//! The one path every entry point runs: decode → chain → observers → encode.
+//!
+//! HTTP ingest, `enrichd enrich`, `enrichd rule test`, `enrichd bench` and
+//! the sources to come are thin adapters over [`Pipeline`]: they bring
+//! bytes and a chain snapshot and get the encoded answer back. Keeping the
+//! steps in one place is what makes the benchmark measure the code users
+//! run, and what lets a new entry point inherit every check (limits, strict
+//! 4xx errors) and every observer (live metrics) without copying them.
+//!
+//! The pipeline holds no chain: callers pass the snapshot they took
+//! ([`crate::Engine::chain`]) so a batch never sees two chain versions, and
+//! offline tools can run a chain they built themselves.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::Batch;
+use crate::chain::Chain;
+use crate::format::Format;
+use crate::parse::{parse_envelope, parse_ndjson, InputError, Limits};
+
+/// What arrives: bytes in one of the accepted input shapes.
+pub enum Input {
+    /// A `/v1/ingest` envelope (`collector_id`, `format`, `records`).
+    Envelope(Vec<u8>),
+    /// Newline-delimited records of one format. `first_index` is the number
+    /// error messages give the first record (a line number, or a record
+    /// index when the text continues a stream).
+    Ndjson { text: String, format: Format, first_index: usize },
+}
+
+/// How enriched events leave the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// The `/v1/ingest` answer: `{"collector_id", "format", "count", "records": [...]}`.
+    IngestResponse,
+    /// One enriched record per line.
+    Ndjson,
+}
+
+/// Timing of one batch through the pipeline.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// From the input's arrival (before its bytes were read, for HTTP) to
+    /// the end of enrichment: what a client waits for, queueing included.
+    pub lag: Duration,
+    /// Decoding and enrichment.
+    pub processing: Duration,
+}
+
+/// Watches batches go by (live metrics, and later per-output accounting).
+///
+/// Observers run on the batch's own thread right after the chain, with the
+/// batch still hot in cache; they must be cheap and must not block.
+pub trait Observer: Send + Sync {
+    /// `events` decoded events enter the chain.
+    fn entering(&self, _events: usize) {}
+    /// The events announced by [`Observer::entering`] left the chain (or the
+    /// chain panicked: then `observe` is not called, `left` still is).
+    fn left(&self, _events: usize) {}
+    /// One enriched batch, before it is encoded.
+    fn observe(&self, chain: &Chain, batch: &Batch, timing: Timing);
+}
+
+/// What one run did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Processed {
+    pub events: usize,
+    /// The generation of the chain snapshot the batch ran on.
+    pub chain_generation: u64,
+}
+
+/// A bad record skipped by [`Pipeline::run_lenient`].
+#[derive(Debug)]
+pub struct Skipped {
+    /// The record's number (see [`Input::Ndjson`]'s `first_index`).
+    pub index: usize,
+    pub error: InputError,
+}
+
+/// Decode → chain → observers → encode, shared by every entry point.
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    limits: Limits,
+    observers: Vec<Arc<dyn Observer>>,
+}
+
+impl Pipeline {
+    pub fn new(limits: Limits) -> Self {
+        Pipeline { limits, observers: Vec::new() }
+    }
+
+    /// Adds an observer; observers run in the order added.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Runs one input through `chain` and appends the encoded result to
+    /// `out`. A refused input is refused whole (nothing is enriched or
+    /// observed) and the error says what and where. `arrived` is when the
+    /// input arrived, for the lag observers see.
+    pub fn run(
+        &self,
+        chain: &Chain,
+        input: Input,
+        encoding: Encoding,
+        arrived: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<Processed, InputError> {
+        let started = Instant::now();
+        let mut batch = self.decode(chain, input)?;
+        self.enrich(chain, &mut batch, arrived, started);
+        encode(chain, &batch, encoding, out);
+        Ok(Processed { events: batch.len(), chain_generation: chain.generation() })
+    }
+
+    /// [`Pipeline::run`] for offline NDJSON that must not stop at one bad
+    /// line: when the text is refused, its lines are retried one by one and
+    /// the bad ones are returned (in order) instead of failing the rest.
+    pub fn run_lenient(
+        &self,
+        chain: &Chain,
+        text: String,
+        format: Format,
+        first_index: usize,
+        encoding: Encoding,
+        out: &mut Vec<u8>,
+    ) -> Vec<Skipped> {
+        let arrived = Instant::now();
+        // The decoder consumes its text; the copy is what the rare slow path
+        // re-reads line by line.
+        let input = Input::Ndjson { text: text.clone(), format, first_index };
+        let Err(_) = self.run(chain, input, encoding, arrived, out) else { return Vec::new() };
+        let mut skipped = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let index = first_index + i;
+            let input = Input::Ndjson { text: format!("{line}\n"), format, first_index: index };
+            if let Err(error) = self.run(chain, input, encoding, arrived, out) {
+                skipped.push(Skipped { index, error });
+            }
+        }
+        skipped
+    }
+
+    /// Decodes `input` with this pipeline's limits and the chain's parse spec.
+    pub fn decode(&self, chain: &Chain, input: Input) -> Result<Batch, InputError> {
+        match input {
+            Input::Envelope(body) => parse_envelope(body, chain.parse_spec(), self.limits),
+            Input::Ndjson { text, format, first_index } => {
+                let batch = parse_ndjson(text, format, chain.parse_spec(), first_index)?;
+                if batch.len() > self.limits.max_records {
+                    return Err(InputError::TooManyRecords { count: batch.len(), max: self.limits.max_records });
+                }
+                Ok(batch)
+            }
+        }
+    }
+
+    /// Runs the chain over a decoded batch and shows it to the observers.
+    pub fn enrich(&self, chain: &Chain, batch: &mut Batch, arrived: Instant, started: Instant) {
+        let events = batch.len();
+        let _left = Left { observers: &self.observers, events };
+        for o in &self.observers {
+            o.entering(events);
+        }
+        chain.run(batch);
+        let done = Instant::now();
+        let timing = Timing { lag: done - arrived, processing: done - started };
+        for o in &self.observers {
+            o.observe(chain, batch, timing);
+        }
+    }
+}
+
+/// Writes an enriched batch in `encoding`.
+pub fn encode(chain: &Chain, batch: &Batch, encoding: Encoding, out: &mut Vec<u8>) {
+    match encoding {
+        Encoding::IngestResponse => batch.write_ingest_response(chain.keys(), out),
+        Encoding::Ndjson => batch.write_ndjson(chain.keys(), out),
+    }
+}
+
+/// Tells the observers the events left the chain, also when it unwound.
+struct Left<'a> {
+    observers: &'a [Arc<dyn Observer>],
+    events: usize,
+}
+
+impl Drop for Left<'_> {
+    fn drop(&mut self) {
+        for o in self.observers {
+            o.left(self.events);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

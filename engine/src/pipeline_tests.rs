@@ -1,0 +1,128 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::*;
+use crate::batch::BatchView;
+use crate::config::Config;
+use crate::event::KeyId;
+use crate::plugin::{BuildContext, Enricher, PluginFactory, PluginState, PluginStatus};
+use crate::registry::Registry;
+
+/// Writes `"seen": true` on every event: proof the chain ran.
+struct Mark;
+struct MarkEnricher(KeyId);
+
+impl PluginFactory for Mark {
+    fn kind(&self) -> &'static str {
+        "mark"
+    }
+    fn description(&self) -> &'static str {
+        "test"
+    }
+    fn options_schema(&self) -> schemars::Schema {
+        schemars::json_schema!({})
+    }
+    fn build(&self, _: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
+        Ok(Box::new(MarkEnricher(ctx.output_key("seen"))))
+    }
+}
+
+impl Enricher for MarkEnricher {
+    fn enrich(&self, batch: &mut BatchView<'_>) {
+        for e in batch.events.iter_mut() {
+            e.set_output(self.0, "true".into());
+        }
+    }
+    fn status(&self) -> PluginStatus {
+        PluginStatus::new(PluginState::Loaded)
+    }
+}
+
+fn chain() -> Chain {
+    let mut registry = Registry::new();
+    registry.register(Box::new(Mark));
+    let config = Config::parse("[[chain]]\nplugin = \"mark\"\n", std::path::Path::new("t.toml")).unwrap();
+    Chain::build(&config.chain, &registry, std::path::Path::new(".")).unwrap()
+}
+
+#[derive(Default)]
+struct Watcher {
+    in_flight: AtomicUsize,
+    seen: Mutex<Vec<usize>>,
+}
+
+impl Observer for Watcher {
+    fn entering(&self, events: usize) {
+        self.in_flight.fetch_add(events, Ordering::Relaxed);
+    }
+    fn left(&self, events: usize) {
+        self.in_flight.fetch_sub(events, Ordering::Relaxed);
+    }
+    fn observe(&self, _: &Chain, batch: &Batch, timing: Timing) {
+        assert_eq!(self.in_flight.load(Ordering::Relaxed), batch.len(), "observed while in the chain");
+        assert!(timing.lag >= timing.processing);
+        self.seen.lock().unwrap().push(batch.len());
+    }
+}
+
+fn ndjson(text: &str) -> Input {
+    Input::Ndjson { text: text.into(), format: Format::FlowsV1, first_index: 1 }
+}
+
+#[test]
+fn envelope_runs_through_chain_observers_and_encoder() {
+    let chain = chain();
+    let watcher = Arc::new(Watcher::default());
+    let pipeline = Pipeline::new(Limits::default()).with_observer(watcher.clone());
+    let body = br#"{"collector_id":"c1","format":"flows.v1","records":[{"src_ip":"1.2.3.4"},{"x":1}]}"#;
+    let mut out = Vec::new();
+    let done = pipeline
+        .run(&chain, Input::Envelope(body.to_vec()), Encoding::IngestResponse, Instant::now(), &mut out)
+        .unwrap();
+    assert_eq!(done, Processed { events: 2, chain_generation: 1 });
+    let answer: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(answer["count"], 2);
+    assert_eq!(answer["records"][0]["seen"], true);
+    assert_eq!(answer["records"][1]["x"], 1);
+    assert_eq!(*watcher.seen.lock().unwrap(), vec![2]);
+    assert_eq!(watcher.in_flight.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn refused_input_is_neither_observed_nor_written() {
+    let chain = chain();
+    let watcher = Arc::new(Watcher::default());
+    let pipeline = Pipeline::new(Limits::default()).with_observer(watcher.clone());
+    let mut out = Vec::new();
+    let err = pipeline
+        .run(&chain, ndjson("{\"src_ip\":\"1.2.3.4\"}\nnot json\n"), Encoding::Ndjson, Instant::now(), &mut out)
+        .unwrap_err();
+    assert!(matches!(err, InputError::Record { index: 2, .. }), "{err:?}");
+    assert!(out.is_empty());
+    assert!(watcher.seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn ndjson_is_held_to_the_record_limit() {
+    let chain = chain();
+    let pipeline = Pipeline::new(Limits { max_records: 2 });
+    let err = pipeline.run(&chain, ndjson("{}\n{}\n{}\n"), Encoding::Ndjson, Instant::now(), &mut Vec::new());
+    assert_eq!(err.unwrap_err(), InputError::TooManyRecords { count: 3, max: 2 });
+}
+
+#[test]
+fn lenient_run_skips_only_the_bad_lines() {
+    let chain = chain();
+    let watcher = Arc::new(Watcher::default());
+    let pipeline = Pipeline::new(Limits::default()).with_observer(watcher.clone());
+    let mut out = Vec::new();
+    let text = "{\"a\":1}\n{bad\n\n{\"a\":3}\n";
+    let skipped = pipeline.run_lenient(&chain, text.into(), Format::FlowsV1, 10, Encoding::Ndjson, &mut out);
+    assert_eq!(skipped.iter().map(|s| s.index).collect::<Vec<_>>(), vec![11]);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!((lines[0]["a"].as_i64(), lines[1]["a"].as_i64()), (Some(1), Some(3)));
+    assert!(lines.iter().all(|l| l["seen"] == true));
+}
