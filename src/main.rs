@@ -44,6 +44,9 @@ enum Command {
     },
     /// Print the JSON Schema of the configuration file.
     ConfigSchema,
+    /// Print the configuration reference (sections, plugin options,
+    /// environment variables) as Markdown, generated from the schema.
+    ConfigReference,
     /// Look up one address offline and print what the chain knows of it.
     Lookup {
         ip: std::net::IpAddr,
@@ -70,6 +73,10 @@ fn main() -> ExitCode {
         Command::Serve { config, listen } => serve::run(&config, listen),
         Command::CheckConfig { config } => cli::check_config(&config),
         Command::ConfigSchema => cli::config_schema(),
+        Command::ConfigReference => {
+            print!("{}", cli::reference::markdown(&app::registry()));
+            Ok(())
+        }
         Command::Lookup { ip, config } => cli::lookup(&config, ip),
         Command::Enrich(args) => cli::enrich(args),
         Command::Bench(args) => cli::bench::run(args),

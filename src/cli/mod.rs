@@ -2,6 +2,7 @@
 //! without HTTP.
 
 pub mod bench;
+pub mod reference;
 pub mod rule;
 mod zeek_tsv;
 
