@@ -115,6 +115,7 @@ fn reload_config(state: &AppState) -> Option<Value> {
 }
 
 fn config_refused(state: &AppState, error: String) -> Value {
+    let error = enrichd_engine::limits::cap_message(error);
     tracing::warn!(%error, "configuration reload refused; the running chain stays");
     state.reload.update(|s| {
         s.config_reload_failures += 1;

@@ -483,3 +483,58 @@ fn a_database_added_after_start_goes_live() {
     wait_for(&server.base, &probe, city, "\"London\"", LIVE_WITHIN);
     assert_eq!(stage(&server, "geoip")["state"], "loaded");
 }
+
+/// Issue 17, item 1: a sparse 1 GiB file dropped into an indicator
+/// directory is refused by its size (no read, no CPU spin, no giant error
+/// text); a 10 MB line is skipped and reported by its length. The public
+/// metrics and the enrichers report stay small throughout.
+#[test]
+fn huge_indicator_files_and_lines_are_refused_cheaply() {
+    let dir = tempfile::tempdir().unwrap();
+    let feeds = dir.path().join("feeds");
+    fs::create_dir(&feeds).unwrap();
+    fs::write(feeds.join("a.txt"), format!("{TARGET}\n")).unwrap();
+    let server = start(dir, &config(&ti_chain("\"feeds\""), ""));
+    let probe = flows(2, 443, "192.0.2.1");
+    let load = Load::start(&server.base, flows(50, 443, "192.0.2.1"), "ti", ti_of_target);
+    let want = format!("{TARGET}@feeds/a.txt");
+    assert_eq!(ti_of_target(&ingest(&server.base, &probe).unwrap()[0]), want);
+    let small = |server: &Server| {
+        let metrics = server.get("/v1/metrics").text.len();
+        let enrichers = server.get_auth("/v1/enrichers").text.len();
+        assert!(metrics < 64 << 10 && enrichers < 64 << 10, "metrics {metrics} B, enrichers {enrichers} B");
+    };
+
+    let sparse = server.dir.path().join("feeds/sparse.txt");
+    fs::File::create(&sparse).unwrap().set_len(1 << 30).unwrap();
+    let started = Instant::now();
+    loop {
+        let ti = stage(&server, "ti");
+        if ti["last_reload_error"].as_str().is_some_and(|e| e.contains("max_file_bytes")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no refusal within 5 s: {ti}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("sparse 1 GiB file refused after {:?}", started.elapsed());
+    stays(&server.base, &probe, ti_of_target, &want, Duration::from_millis(300));
+    let health = Instant::now();
+    assert_eq!(server.get("/v1/health").status, 200);
+    assert!(health.elapsed() < Duration::from_millis(500));
+    small(&server);
+
+    // One good line and a 10 MB line of garbage: the good line is taken,
+    // the bad one skipped, quoted by its length only.
+    fs::remove_file(&sparse).unwrap();
+    let mut text = b"198.51.100.0/24\n".to_vec();
+    text.extend(std::iter::repeat_n(b'x', 10 << 20));
+    text.push(b'\n');
+    fs::write(server.dir.path().join("feeds/b.txt"), &text).unwrap();
+    let started = Instant::now();
+    while stage(&server, "ti")["version"] != "2 indicators from 2 files" {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", stage(&server, "ti"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    small(&server);
+    load.finish();
+}

@@ -9,6 +9,9 @@ use serde::Deserialize;
 
 use crate::registry::Registry;
 
+/// Largest configuration file read (4 MiB; a real one is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -206,11 +209,15 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Config {
-    /// Reads and parses `path`; does not apply environment overrides.
+    /// Reads and parses `path`; does not apply environment overrides. A
+    /// file over [`MAX_CONFIG_BYTES`] is refused unread.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            location: Location { path: path.to_path_buf(), line: None },
-            message: format!("cannot read configuration: {e}"),
+        let error =
+            |message: String| ConfigError { location: Location { path: path.to_path_buf(), line: None }, message };
+        let bytes = crate::limits::read_capped(path, MAX_CONFIG_BYTES)
+            .map_err(|e| error(format!("cannot read configuration: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            error(format!("cannot read configuration: not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to()))
         })?;
         Config::parse(&text, path)
     }

@@ -16,6 +16,7 @@ pub mod chain;
 pub mod config;
 pub mod event;
 pub mod format;
+pub mod limits;
 pub mod live;
 pub mod parse;
 pub mod plugin;

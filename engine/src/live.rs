@@ -159,7 +159,7 @@ impl Engine {
         let built = build_stage(&stage.entry, &self.registry, &chain.env, &mut trial, stage.generation + 1, history);
         let old = stage.status();
         let verdict = match built {
-            Err(e) => Err(e.message),
+            Err(e) => Err(crate::limits::cap_message(e.message)),
             Ok(new) => {
                 let status = new.status();
                 if same_content(&old, &status) {
@@ -168,7 +168,8 @@ impl Engine {
                 if health(&status) >= health(&old) {
                     Ok(new)
                 } else {
-                    let why = status.error.unwrap_or_else(|| format!("state {:?}", status.state));
+                    let why = status.error.map(crate::limits::cap_message);
+                    let why = why.unwrap_or_else(|| format!("state {:?}", status.state));
                     Err(format!("{why}; keeping generation {} (last good)", stage.generation))
                 }
             }

@@ -27,7 +27,6 @@ pub(crate) mod test_support;
 mod tree;
 
 use std::cell::RefCell;
-use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -36,6 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
+use enrichd_engine::limits::copy_capped;
 use enrichd_engine::{
     source_info, AddressSelector, BatchView, BuildContext, Enricher, Event, KeyId, PluginState, PluginStatus, Side,
     SourceInfo, WARNINGS_KEY,
@@ -100,14 +100,27 @@ pub(crate) trait RecordFormat: Send + Sync + 'static {
 /// the fragment, so it costs nothing per event.
 pub(crate) type Fact = u32;
 
-/// Builds an enricher of format `F` for `database` (already resolved).
+/// Default `max_database_bytes`: 1 GiB. The largest databases in use
+/// (commercial City/Enterprise editions, DB-IP's full ones) are a few
+/// hundred MB; every reload copies the file to a snapshot in `$TMPDIR`
+/// (often RAM-backed) and holds it next to the live one while validating,
+/// so several GiB would be a real cost, not a database.
+pub const DEFAULT_MAX_DATABASE_BYTES: u64 = 1 << 30;
+
+pub(crate) fn default_max_database_bytes() -> u64 {
+    DEFAULT_MAX_DATABASE_BYTES
+}
+
+/// Builds an enricher of format `F` for `database` (already resolved),
+/// refusing a file larger than `max_bytes`.
 pub(crate) fn build<F: RecordFormat>(
     database: &Path,
     targets: &[Target],
+    max_bytes: u64,
     ctx: &mut BuildContext<'_>,
 ) -> anyhow::Result<Box<dyn Enricher>> {
     check_targets(targets)?;
-    let (db, status) = match Database::open(database, F::LABEL)? {
+    let (db, status) = match Database::open(database, F::LABEL, max_bytes)? {
         Some((db, status)) => {
             F::check_database(database, db.reader.metadata())?;
             (Some(db), status)
@@ -164,13 +177,9 @@ const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
 
 impl Database {
     /// Maps and validates `path`; `Ok(None)` when the file does not exist.
-    fn open(path: &Path, label: &str) -> anyhow::Result<Option<(Database, PluginStatus)>> {
+    /// A file over `max_bytes` is refused before it is copied.
+    fn open(path: &Path, label: &str, max_bytes: u64) -> anyhow::Result<Option<(Database, PluginStatus)>> {
         let fail = |e: &dyn std::fmt::Display| anyhow!("opening {label} database {}: {e}", path.display());
-        let mut file = match File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(fail(&e)),
-        };
         // Map a private snapshot, never the file itself: `cp new.mmdb
         // GeoLite2-City.mmdb` truncates and rewrites the file in place, and a
         // mapping of it would then raise SIGBUS on the next lookup. The
@@ -178,8 +187,14 @@ impl Database {
         // else can reach; it disappears with the last mapping. A file caught
         // mid-rewrite gives a torn snapshot, which validation below refuses.
         let mut snapshot = tempfile::tempfile().map_err(|e| fail(&format!("creating a snapshot file: {e}")))?;
-        io::copy(&mut file, &mut snapshot).map_err(|e| fail(&format!("copying to a snapshot: {e}")))?;
-        drop(file);
+        match copy_capped(path, &mut snapshot, max_bytes) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+                return Err(fail(&format!("{e} (`max_database_bytes`); not loaded")))
+            }
+            Err(e) => return Err(fail(&format!("copying to a snapshot: {e}"))),
+        }
         // SAFETY: the mapping is read-only and only read through
         // bounds-checked code (the maxminddb reader and `DataSection`); the
         // snapshot file is private and unlinked, so nothing can change or
@@ -460,7 +475,7 @@ mod tests {
             .collect();
         for name in ["ipv4-24", "ipv4-28", "ipv4-32", "ipv6-24", "mixed-28", "mixed-32"] {
             let path = test_support::data(&format!("MaxMind-DB-test-{name}.mmdb"));
-            let (db, _) = Database::open(Path::new(&path), "test").unwrap().unwrap();
+            let (db, _) = Database::open(Path::new(&path), "test", DEFAULT_MAX_DATABASE_BYTES).unwrap().unwrap();
             let reference = Reader::open_readfile(&path).unwrap();
             let mut caches = Caches::new(3);
             let mut answered = 0;
@@ -480,7 +495,7 @@ mod tests {
         }
         // The documented example: 1.1.1.3 is in 1.1.1.2/31.
         let path = test_support::data("MaxMind-DB-test-ipv4-24.mmdb");
-        let (db, _) = Database::open(Path::new(&path), "test").unwrap().unwrap();
+        let (db, _) = Database::open(Path::new(&path), "test", DEFAULT_MAX_DATABASE_BYTES).unwrap().unwrap();
         let (got, _) = Caches::new(3).answer::<IpField>(&db, "1.1.1.3".parse().unwrap()).unwrap();
         assert_eq!(&*got, r#"{"ip":"1.1.1.2"}"#);
     }

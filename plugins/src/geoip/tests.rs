@@ -362,3 +362,21 @@ fn options_schema_documents_defaults() {
         "{schema}"
     );
 }
+
+/// Issue 17, item 1: a database over `max_database_bytes` is refused before
+/// it is copied to a snapshot (a sparse 1 GiB file costs nothing here).
+#[test]
+fn oversized_database_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = dir.path().join("huge.mmdb");
+    std::fs::File::create(&sparse).unwrap().set_len(2 << 30).unwrap();
+    let started = std::time::Instant::now();
+    let err = chain_err(&format!("[[chain]]\nplugin = \"geoip\"\ndatabase = {:?}\n", sparse.display().to_string()));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused by its size, not copied");
+    assert!(err.contains("2147483648 bytes") && err.contains("max_database_bytes"), "{err}");
+    // The option lowers the cap; a database under it loads.
+    let db = data("GeoIP2-City-Test.mmdb");
+    let err = chain_err(&format!("[[chain]]\nplugin = \"geoip\"\ndatabase = {db:?}\nmax_database_bytes = 1000\n"));
+    assert!(err.contains("over the limit of 1000 bytes"), "{err}");
+    chain(&format!("[[chain]]\nplugin = \"geoip\"\ndatabase = {db:?}\nmax_database_bytes = 100000000\n")).unwrap();
+}

@@ -65,7 +65,7 @@ impl PluginFactory for TiFactory {
         let opts = TiOptions::from_table(options)?;
         let key = ctx.output_key(&opts.output);
         let api_store = opts.api_indicators.then(|| ctx.state_dir().map(api_store::path_in)).flatten();
-        let (index, reports) = load(&opts.paths, api_store.as_deref(), |p| ctx.resolve_path(p));
+        let (index, reports) = load(&opts.paths, api_store.as_deref(), |p| ctx.resolve_path(p), &opts.limits());
         let mut watched: Vec<PathBuf> = opts.paths.iter().map(|p| ctx.resolve_path(p)).collect();
         watched.extend(api_store);
         // Only ask the parser to capture domain fields when there is
@@ -87,9 +87,10 @@ pub fn load(
     paths: &[String],
     api_store: Option<&Path>,
     resolve: impl Fn(&str) -> PathBuf,
+    limits: &loader::FileLimits,
 ) -> (Option<Index>, Vec<FileReport>) {
     let mut builder = IndexBuilder::default();
-    let mut reports = loader::load_all(paths, resolve, &mut builder);
+    let mut reports = loader::load_all(paths, resolve, &mut builder, limits);
     // The API store counts as a source only once it holds something: an
     // empty one must not turn "no indicator file" into "loaded".
     let api = api_store.map(|p| api_store::load_into(p, &mut builder));

@@ -36,6 +36,14 @@ pub struct TiOptions {
     /// Also match the indicators added through `PUT /v1/indicators` (kept
     /// in the server's state directory, source `"api"`).
     pub api_indicators: bool,
+    /// Largest indicator file read, in bytes (default 128 MiB). A larger
+    /// file is refused without being read (by its size on disk, and again
+    /// by the bytes actually read, should it grow) and reported as that
+    /// file's error; a reload then keeps the last good indicators.
+    pub max_file_bytes: u64,
+    /// Longest line, in bytes (default 8 KiB). A longer line is skipped
+    /// like any bad line, reported by its length, never quoted whole.
+    pub max_line_bytes: usize,
 }
 
 impl Default for TiOptions {
@@ -47,12 +55,19 @@ impl Default for TiOptions {
             output: "ti".into(),
             matched_flag: false,
             api_indicators: true,
+            max_file_bytes: super::loader::DEFAULT_MAX_FILE_BYTES,
+            max_line_bytes: super::loader::DEFAULT_MAX_LINE_BYTES,
         }
     }
 }
 
 impl TiOptions {
     /// Deserializes and validates a chain entry's options.
+    /// The file and line caps.
+    pub fn limits(&self) -> super::loader::FileLimits {
+        super::loader::FileLimits { max_file_bytes: self.max_file_bytes, max_line_bytes: self.max_line_bytes }
+    }
+
     pub fn from_table(options: &toml::Table) -> anyhow::Result<TiOptions> {
         let mut opts: TiOptions = options.clone().try_into().map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
         if opts.paths.iter().any(|p| p.trim().is_empty()) {
@@ -66,6 +81,9 @@ impl TiOptions {
         }
         if opts.domain_fields.iter().any(|f| f.trim().is_empty()) {
             anyhow::bail!("`domain_fields` entries must not be empty");
+        }
+        if opts.max_file_bytes == 0 || opts.max_line_bytes == 0 {
+            anyhow::bail!("`max_file_bytes` and `max_line_bytes` must be positive");
         }
         dedup_keep_order(&mut opts.addresses);
         dedup_keep_order(&mut opts.domain_fields);
