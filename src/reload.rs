@@ -16,6 +16,23 @@ use serde_json::{json, Value};
 
 use crate::api::AppState;
 
+/// Settings given on the command line, which win over the file's: applied
+/// at start and to every reloaded file before it is compared with the
+/// running configuration, so `serve --listen X` does not make every reload
+/// report `needs_restart: ["server"]`.
+#[derive(Clone, Debug, Default)]
+pub struct CliOverrides {
+    pub listen: Option<String>,
+}
+
+impl CliOverrides {
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(listen) = &self.listen {
+            config.server.listen = listen.clone();
+        }
+    }
+}
+
 /// What the service knows about reloads beyond the stages' own reports.
 #[derive(Default)]
 pub struct ReloadStatus {
@@ -81,6 +98,7 @@ fn finish(state: &AppState, config: Option<Value>, stages: ReloadReport) -> Valu
 fn reload_config(state: &AppState) -> Option<Value> {
     let loaded = Config::load(&state.config.path).and_then(|mut c| {
         c.apply_env(state.engine.registry(), |name| std::env::var(name).ok())?;
+        state.overrides.apply(&mut c);
         Ok(c)
     });
     let config = match loaded {

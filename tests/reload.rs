@@ -538,3 +538,25 @@ fn huge_indicator_files_and_lines_are_refused_cheaply() {
     small(&server);
     load.finish();
 }
+
+/// Issue 17, item 12: `serve --listen` (every test server runs with
+/// `--listen 127.0.0.1:0`) is part of the running settings: an unchanged
+/// file, or a file changing only the overridden address, needs no restart.
+#[test]
+fn cli_listen_is_not_a_pending_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("feed.txt"), format!("{TARGET}\n")).unwrap();
+    let text = config(&ti_chain("\"feed.txt\""), "watch = false\n").replace("\n\n[[chain]]", "\n[[chain]]");
+    let server = start(dir, &text);
+    let reload = |server: &Server| {
+        let r = admin(server, "POST", "/v1/reload", None, ADMIN);
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json()["needs_restart"].clone()
+    };
+    assert_eq!(reload(&server), json!([]), "unchanged file");
+    let path = server.dir.path().join("config.toml");
+    fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:9\"\n{text}")).unwrap();
+    assert_eq!(reload(&server), json!([]), "the command line's address wins over the file's");
+    fs::write(&path, format!("[server]\nmax_records = 5\n{text}")).unwrap();
+    assert_eq!(reload(&server), json!(["server"]));
+}

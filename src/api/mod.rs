@@ -42,6 +42,9 @@ pub struct AppState {
     pub admin_keys: ApiKeys,
     pub metrics: Metrics,
     pub reload: ReloadStatus,
+    /// Command-line settings that override the file's (`--listen`): a
+    /// reloaded file is compared with the running settings after them.
+    pub overrides: crate::reload::CliOverrides,
     /// Serializes changes to the API indicator store (admin calls only).
     pub indicator_store: std::sync::Mutex<()>,
     pub outputs: outputs::OutputSettings,
@@ -65,6 +68,7 @@ impl AppState {
             admin_keys,
             metrics: Metrics::default(),
             reload: ReloadStatus::default(),
+            overrides: Default::default(),
             indicator_store: Default::default(),
             outputs: Default::default(),
             started: Instant::now(),
