@@ -105,6 +105,20 @@ fn reload_config(state: &AppState) -> Option<Value> {
         Ok(c) => c,
         Err(e) => return Some(config_refused(state, e.to_string())),
     };
+    // An empty file, or one cut before its first `[[chain]]` that still
+    // parses, is not a request to stop enriching: only `chain = []`
+    // written out empties a running chain.
+    if config.chain.is_empty() && !config.chain_declared && !state.engine.chain().reports().is_empty() {
+        let error = format!(
+            "{}: no [[chain]] entry: refusing to remove every stage (the file is empty or was cut mid-write?); \
+             the running chain stays. Write `chain = []` to run without enrichers on purpose",
+            config.path.display()
+        );
+        return Some(config_refused(state, error));
+    }
+    if config.chain.is_empty() {
+        tracing::warn!("the configuration sets `chain = []`: events pass through unenriched");
+    }
     let mut needs_restart = Vec::new();
     let running = &state.config;
     if config.server != running.server {
@@ -116,15 +130,16 @@ fn reload_config(state: &AppState) -> Option<Value> {
     if config.reload != running.reload {
         needs_restart.push("reload".to_string());
     }
-    if !needs_restart.is_empty() {
-        tracing::warn!(sections = ?needs_restart, "configuration changed in sections that apply only after a restart");
-    }
-    state.reload.update(|s| s.needs_restart = needs_restart);
     match state.engine.apply_entries(&config.chain) {
         Ok(report) => {
+            // Only an accepted file says what a restart would change.
+            if !needs_restart.is_empty() {
+                tracing::warn!(sections = ?needs_restart, "configuration changed in sections that apply only after a restart");
+            }
             state.reload.update(|s| {
                 s.config_reloads += 1;
                 s.last_config_error = None;
+                s.needs_restart = needs_restart;
             });
             Some(json!({ "outcome": if report.swapped { "applied" } else { "unchanged" }, "stages": report.stages }))
         }

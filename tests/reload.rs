@@ -560,3 +560,48 @@ fn cli_listen_is_not_a_pending_restart() {
     fs::write(&path, format!("[server]\nmax_records = 5\n{text}")).unwrap();
     assert_eq!(reload(&server), json!(["server"]));
 }
+
+/// Issue 17, item 5: an emptied configuration file, or one cut before its
+/// first `[[chain]]` that still parses, does not swap in an empty chain;
+/// `chain = []` written out does.
+#[test]
+fn an_empty_or_chainless_config_keeps_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("feed.txt"), format!("{TARGET}\n")).unwrap();
+    let text = config(&ti_chain("\"feed.txt\""), "");
+    let server = start(dir, &text);
+    let path = server.dir.path().join("config.toml");
+    let probe = flows(2, 443, "192.0.2.1");
+    let want = format!("{TARGET}@feed.txt");
+    let load = Load::start(&server.base, flows(50, 443, "192.0.2.1"), "ti", ti_of_target);
+    let failures =
+        |server: &Server| server.get_auth("/v1/enrichers").json()["reload"]["config_reload_failures"].clone();
+
+    // `: > config.toml`, then a write cut after the first sections.
+    let cut = text[..text.find("[[chain]]").unwrap()].to_string();
+    for (n, broken) in ["", &cut].into_iter().enumerate() {
+        fs::write(&path, broken).unwrap();
+        let started = Instant::now();
+        while failures(&server) != json!(n + 1) {
+            assert!(started.elapsed() < LIVE_WITHIN, "not refused: {}", server.get_auth("/v1/enrichers").text);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        stays(&server.base, &probe, ti_of_target, &want, Duration::from_millis(200));
+        let status = server.get_auth("/v1/enrichers").json();
+        let error = status["reload"]["last_config_error"].as_str().unwrap();
+        assert!(error.contains("no [[chain]] entry") && error.contains("chain = []"), "{error}");
+        assert_eq!(status["reload"]["needs_restart"], json!([]), "a refused file changes nothing: {status}");
+        assert_eq!(status["enrichers"].as_array().unwrap().len(), 1);
+    }
+    load.finish();
+
+    // The explicit reload answers the same, with the refusal in its report.
+    let r = admin(&server, "POST", "/v1/reload", None, ADMIN);
+    assert_eq!(r.json()["config"]["outcome"], "rejected", "{}", r.text);
+
+    // Written out (top level, before the first section), an empty chain
+    // is applied.
+    fs::write(&path, format!("chain = []\n{cut}")).unwrap();
+    wait_for(&server.base, &probe, |e| e["ti"].to_string(), "null", LIVE_WITHIN);
+    assert!(server.get_auth("/v1/enrichers").json()["enrichers"].as_array().unwrap().is_empty());
+}

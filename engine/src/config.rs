@@ -31,6 +31,11 @@ pub struct Config {
     #[serde(default)]
     #[schemars(with = "Vec<serde_json::Value>")]
     pub chain: Vec<ChainEntryConfig>,
+    /// Whether the file names the chain at all (`[[chain]]` entries, or
+    /// `chain = []` written out). A file without it (empty, or cut before
+    /// its first `[[chain]]`) does not empty a running chain on reload.
+    #[serde(skip)]
+    pub chain_declared: bool,
     /// Where the file was read from (for messages) and the directory that
     /// relative paths in it are resolved against.
     #[serde(skip)]
@@ -229,6 +234,9 @@ impl Config {
             location: Location { path: path.to_path_buf(), line: e.span().map(|s| line_of(text, s.start)) },
             message: e.message().to_string(),
         })?;
+        // A second parse of a small file, to tell `chain = []` from no chain.
+        config.chain_declared =
+            !config.chain.is_empty() || toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("chain"));
         for entry in &mut config.chain {
             entry.location = Location { path: path.to_path_buf(), line: entry.location.line.map(|o| line_of(text, o)) };
         }
