@@ -605,3 +605,48 @@ fn an_empty_or_chainless_config_keeps_the_chain() {
     wait_for(&server.base, &probe, |e| e["ti"].to_string(), "null", LIVE_WITHIN);
     assert!(server.get_auth("/v1/enrichers").json()["enrichers"].as_array().unwrap().is_empty());
 }
+
+/// Issue 17, item 4: `: > feed.txt` does not drop the live indicators (the
+/// reload is held back) while a client keeps ingesting; a file holding only
+/// a comment (`# empty`) empties the feed on purpose.
+#[test]
+fn an_emptied_indicator_file_is_held_back_until_declared_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.txt");
+    fs::write(&feed, format!("{TARGET}\n198.51.100.0/24\n")).unwrap();
+    let server = start(dir, &config(&ti_chain("\"feed.txt\""), ""));
+    let probe = flows(2, 443, "192.0.2.1");
+    let want = format!("{TARGET}@feed.txt");
+    let load = Load::start(&server.base, flows(50, 443, "192.0.2.1"), "ti", ti_of_target);
+    assert_eq!(ti_of_target(&ingest(&server.base, &probe).unwrap()[0]), want);
+
+    for emptied in ["", "\n  \n"] {
+        fs::write(&feed, emptied).unwrap();
+        let started = Instant::now();
+        while !stage(&server, "ti")["last_reload_error"].as_str().is_some_and(|e| e.contains("held back")) {
+            assert!(started.elapsed() < LIVE_WITHIN, "not held back: {}", stage(&server, "ti"));
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        stays(&server.base, &probe, ti_of_target, &want, Duration::from_millis(300));
+        let ti = stage(&server, "ti");
+        assert_eq!(ti["generation"], 1, "{ti}");
+        assert!(ti["last_reload_error"].as_str().unwrap().contains("# empty"), "{ti}");
+        // The explicit reload reports the outcome by name.
+        let r = admin(&server, "POST", "/v1/reload", None, ADMIN);
+        assert_eq!(r.json()["stages"][0]["outcome"], "held_back", "{}", r.text);
+        // Reset the marker for the next round.
+        fs::write(&feed, format!("{TARGET}\n198.51.100.0/24\n")).unwrap();
+        let started = Instant::now();
+        while !stage(&server, "ti")["last_reload_error"].is_null() {
+            assert!(started.elapsed() < LIVE_WITHIN);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fs::write(&feed, "# empty: feed retired\n").unwrap();
+    wait_for(&server.base, &probe, ti_of_target, "", LIVE_WITHIN);
+    let ti = stage(&server, "ti");
+    assert!(ti["last_reload_error"].is_null(), "{ti}");
+    assert_eq!(ti["details"]["files"][0]["declared_empty"], true, "{ti}");
+    load.finish();
+}

@@ -76,6 +76,10 @@ pub struct FileReport {
     /// The first skipped lines, `"LINE: why"` (the rest are only counted).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bad_lines: Vec<String>,
+    /// No indicator, but a comment line (`# empty`): a feed emptied on
+    /// purpose, which a reload accepts (an empty file it holds back).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub declared_empty: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The file was not there (as opposed to unreadable or not UTF-8).
@@ -226,6 +230,11 @@ pub fn load_file(source: String, path: PathBuf, builder: &mut IndexBuilder, limi
     };
     report.info = Some(info);
     parse_text(&text, &mut report, builder, limits.max_line_bytes);
+    report.declared_empty = report.indicators == 0
+        && report.duplicates == 0
+        && report.skipped_lines == 0
+        && report.unsupported == 0
+        && text.lines().any(|l| l.trim_start().starts_with('#'));
     // A file with lines but not one indicator is garbage or a write caught
     // half-way, not an empty feed: report it, so a reload keeps the last
     // good version instead of silently dropping the file's indicators.

@@ -44,6 +44,12 @@ pub struct TiOptions {
     /// Longest line, in bytes (default 8 KiB). A longer line is skipped
     /// like any bad line, reported by its length, never quoted whole.
     pub max_line_bytes: usize,
+    /// Keep-last-good for shrinking files: a reload in which an indicator
+    /// file that had at least 100 indicators lost more than this fraction
+    /// of them is held back (default 0.5; 1 disables the check). A file
+    /// that became empty is held back whatever its size, unless it holds a
+    /// comment line (`# empty`): that is how a feed is emptied on purpose.
+    pub max_shrink: f64,
 }
 
 impl Default for TiOptions {
@@ -57,6 +63,7 @@ impl Default for TiOptions {
             api_indicators: true,
             max_file_bytes: super::loader::DEFAULT_MAX_FILE_BYTES,
             max_line_bytes: super::loader::DEFAULT_MAX_LINE_BYTES,
+            max_shrink: 0.5,
         }
     }
 }
@@ -84,6 +91,9 @@ impl TiOptions {
         }
         if opts.max_file_bytes == 0 || opts.max_line_bytes == 0 {
             anyhow::bail!("`max_file_bytes` and `max_line_bytes` must be positive");
+        }
+        if !(0.0..=1.0).contains(&opts.max_shrink) {
+            anyhow::bail!("`max_shrink` must be a fraction from 0 to 1 (1 disables the check)");
         }
         dedup_keep_order(&mut opts.addresses);
         dedup_keep_order(&mut opts.domain_fields);

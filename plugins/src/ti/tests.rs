@@ -864,3 +864,44 @@ fn oversized_files_and_lines_are_refused_cheaply() {
     let bad = st["details"]["files"][0]["bad_lines"][0].as_str().unwrap();
     assert!(bad.len() < 400 && bad.contains("(5000 bytes in all)"), "{bad}");
 }
+
+/// Issue 17, item 4, the shrink rule: a file of at least 100 indicators
+/// losing more than `max_shrink` of them is held back; small files, and
+/// any loss with `max_shrink = 1`, are not.
+#[test]
+fn large_shrinks_are_held_back() {
+    use enrichd_engine::{Engine, Outcome};
+    let dir = TempDir::new();
+    let list = |n: usize| (0..n).map(|i| format!("10.0.{}.{}\n", i / 250, i % 250 + 1)).collect::<String>();
+    let feed = dir.write("feed.txt", list(200));
+    let small = dir.write("small.txt", list(10));
+    let engine_with = |extra: &str| {
+        let toml = format!("[[chain]]\nplugin = \"ti\"\npaths = [{feed:?}, {small:?}]\n{extra}");
+        let config = Config::parse(&toml, &dir.0.join("config.toml")).unwrap();
+        Engine::new(Chain::build(&config.chain, &registry(), &config.base_dir).unwrap(), registry())
+    };
+    let engine = engine_with("");
+    let reload = |engine: &Engine| {
+        let report = engine.reload_all();
+        (report.stages[0].outcome, report.stages[0].error.clone())
+    };
+    fs::write(&feed, list(101)).unwrap(); // lost 49.5 %
+    assert_eq!(reload(&engine), (Outcome::Reloaded, None));
+    fs::write(&feed, list(40)).unwrap(); // lost 60 % of 101
+    let (outcome, error) = reload(&engine);
+    assert_eq!(outcome, Outcome::HeldBack);
+    assert!(error.unwrap().contains("has 40 indicators where the live one has 101"));
+    assert_eq!(engine.chain().reports()[0].status.version.as_deref(), Some("111 indicators from 2 files"));
+    fs::write(&small, list(1)).unwrap(); // small files may shrink at will
+    fs::write(&feed, list(101)).unwrap();
+    assert_eq!(reload(&engine).0, Outcome::Reloaded);
+
+    let engine = engine_with("max_shrink = 1.0\n");
+    fs::write(&feed, list(1)).unwrap();
+    assert_eq!(reload(&engine).0, Outcome::Reloaded);
+    fs::write(&feed, "").unwrap(); // empty stays held back: `# empty` says it
+    assert_eq!(reload(&engine).0, Outcome::HeldBack);
+    let bad = Config::parse(&format!("[[chain]]\nplugin = \"ti\"\nmax_shrink = 1.5\n"), &dir.0.join("c.toml")).unwrap();
+    let err = Chain::build(&bad.chain, &registry(), &dir.0).unwrap_err().to_string();
+    assert!(err.contains("max_shrink"), "{err}");
+}
