@@ -123,6 +123,7 @@ pub(crate) fn build<F: RecordFormat>(
     let (db, status) = match Database::open(database, F::LABEL, max_bytes)? {
         Some((db, status)) => {
             F::check_database(database, db.reader.metadata())?;
+            db.validate::<F>().map_err(|e| anyhow!("{} database {}: {e}", F::LABEL, database.display()))?;
             (Some(db), status)
         }
         None => {
@@ -175,6 +176,10 @@ struct Database {
 
 const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
 
+/// Nodes whose records are decoded when a database is validated (on
+/// GeoLite2-City: 0.4 s in a debug build, where opening takes 3.6 s).
+const SAMPLE_NODES: usize = 20_000;
+
 impl Database {
     /// Maps and validates `path`; `Ok(None)` when the file does not exist.
     /// A file over `max_bytes` is refused before it is copied.
@@ -216,6 +221,41 @@ impl Database {
             .ok_or_else(|| fail(&"search tree out of bounds"))?;
         let status = loaded_status(md, source);
         Ok(Some((Database { reader, map, tree, tree_len, data: start..end }, status)))
+    }
+
+    /// Checks a sample of the database before it goes live: the records of
+    /// up to [`SAMPLE_NODES`] nodes spread over the search tree, each
+    /// decoded completely ([`DataSection::validate`]) and as the plugin
+    /// reads it for a lookup. The metadata and layout checks of `open`
+    /// pass a file whose data section is corrupt; this catches it (a
+    /// damaged record in a few percent of them is all but certain to be
+    /// sampled) instead of serving "malformed record data" per lookup.
+    fn validate<F: RecordFormat>(&self) -> Result<(), String> {
+        let data = DataSection::new(&self.map[self.data.clone()]);
+        let mut seen = std::collections::HashSet::new();
+        let (mut checked, mut failed, mut first) = (0usize, 0usize, None);
+        let mut out = Vec::new();
+        self.tree.sample_records(self.nodes(), SAMPLE_NODES, |found| {
+            let problem = match found {
+                Err(e) => Some(e.to_string()),
+                Ok(offset) if !seen.insert(offset) => None,
+                Ok(offset) => {
+                    checked += 1;
+                    let decoded = data.validate(offset).and_then(|()| self.encode::<F>(offset, &mut out).map(drop));
+                    decoded.err().map(|e| e.to_string())
+                }
+            };
+            if let Some(problem) = problem {
+                failed += 1;
+                first.get_or_insert(problem);
+            }
+        });
+        match first {
+            None => Ok(()),
+            Some(first) => Err(format!(
+                "corrupt data: {failed} of {checked} sampled records do not decode (first: {first}); not loaded"
+            )),
+        }
     }
 
     /// The search tree's bytes.
@@ -498,6 +538,62 @@ mod tests {
         let (db, _) = Database::open(Path::new(&path), "test", DEFAULT_MAX_DATABASE_BYTES).unwrap().unwrap();
         let (got, _) = Caches::new(3).answer::<IpField>(&db, "1.1.1.3".parse().unwrap()).unwrap();
         assert_eq!(&*got, r#"{"ip":"1.1.1.2"}"#);
+    }
+
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// `GeoIP2-City-Test.mmdb` with `flips` random bytes of its data
+    /// section (seeded) replaced; metadata and tree intact.
+    fn corrupted_city(seed: u64, flips: usize) -> Vec<u8> {
+        let path = test_support::data("GeoIP2-City-Test.mmdb");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let reader = Reader::from_source(bytes.clone()).unwrap();
+        let md = reader.metadata();
+        let start = md.node_count as usize * usize::from(md.record_size) / 4 + 16;
+        let end = bytes.windows(METADATA_MARKER.len()).rposition(|w| w == METADATA_MARKER).unwrap();
+        let mut next = xorshift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        for _ in 0..flips {
+            let at = start + (next() as usize) % (end - start);
+            bytes[at] ^= (next() % 255 + 1) as u8;
+        }
+        bytes
+    }
+
+    /// Issue 17, item 7: a City database with bytes flipped in its data
+    /// section but intact metadata used to load (and then answer
+    /// "malformed record data"); it is now refused when built, so a reload
+    /// keeps the last good one. Validation never panics on corrupt data.
+    #[test]
+    fn corrupt_data_sections_are_refused_before_going_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("city.mmdb");
+        let config = format!("[[chain]]\nplugin = \"geoip\"\ndatabase = {:?}\n", path.display().to_string());
+        let bytes = corrupted_city(17, 300);
+        assert!(Reader::from_source(bytes.clone()).is_ok(), "metadata intact: maxminddb alone accepts it");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = test_support::chain_err(&config);
+        assert!(err.contains("corrupt data") && err.contains("sampled records do not decode"), "{err}");
+        assert!(err.len() < 1024, "{err}");
+        // The intact database passes.
+        std::fs::copy(test_support::data("GeoIP2-City-Test.mmdb"), &path).unwrap();
+        test_support::chain(&config).unwrap();
+        // Many seeds and densities: a verdict every time, never a panic.
+        let mut refused = 0;
+        for seed in 0..100u64 {
+            let flips = [1, 5, 50, 500][seed as usize % 4];
+            let bytes = corrupted_city(seed, flips);
+            std::fs::write(&path, &bytes).unwrap();
+            let Ok(Some((db, _))) = Database::open(&path, "test", DEFAULT_MAX_DATABASE_BYTES) else { continue };
+            refused += usize::from(db.validate::<IpField>().is_err());
+        }
+        assert!(refused > 50, "only {refused} of 100 corrupt copies refused");
     }
 
     #[test]
