@@ -901,7 +901,7 @@ fn large_shrinks_are_held_back() {
     assert_eq!(reload(&engine).0, Outcome::Reloaded);
     fs::write(&feed, "").unwrap(); // empty stays held back: `# empty` says it
     assert_eq!(reload(&engine).0, Outcome::HeldBack);
-    let bad = Config::parse(&format!("[[chain]]\nplugin = \"ti\"\nmax_shrink = 1.5\n"), &dir.0.join("c.toml")).unwrap();
+    let bad = Config::parse("[[chain]]\nplugin = \"ti\"\nmax_shrink = 1.5\n", &dir.0.join("c.toml")).unwrap();
     let err = Chain::build(&bad.chain, &registry(), &dir.0).unwrap_err().to_string();
     assert!(err.contains("max_shrink"), "{err}");
 }
