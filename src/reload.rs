@@ -16,6 +16,23 @@ use serde_json::{json, Value};
 
 use crate::api::AppState;
 
+/// Settings given on the command line, which win over the file's: applied
+/// at start and to every reloaded file before it is compared with the
+/// running configuration, so `serve --listen X` does not make every reload
+/// report `needs_restart: ["server"]`.
+#[derive(Clone, Debug, Default)]
+pub struct CliOverrides {
+    pub listen: Option<String>,
+}
+
+impl CliOverrides {
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(listen) = &self.listen {
+            config.server.listen = listen.clone();
+        }
+    }
+}
+
 /// What the service knows about reloads beyond the stages' own reports.
 #[derive(Default)]
 pub struct ReloadStatus {
@@ -81,12 +98,27 @@ fn finish(state: &AppState, config: Option<Value>, stages: ReloadReport) -> Valu
 fn reload_config(state: &AppState) -> Option<Value> {
     let loaded = Config::load(&state.config.path).and_then(|mut c| {
         c.apply_env(state.engine.registry(), |name| std::env::var(name).ok())?;
+        state.overrides.apply(&mut c);
         Ok(c)
     });
     let config = match loaded {
         Ok(c) => c,
         Err(e) => return Some(config_refused(state, e.to_string())),
     };
+    // An empty file, or one cut before its first `[[chain]]` that still
+    // parses, is not a request to stop enriching: only `chain = []`
+    // written out empties a running chain.
+    if config.chain.is_empty() && !config.chain_declared && !state.engine.chain().reports().is_empty() {
+        let error = format!(
+            "{}: no [[chain]] entry: refusing to remove every stage (the file is empty or was cut mid-write?); \
+             the running chain stays. Write `chain = []` to run without enrichers on purpose",
+            config.path.display()
+        );
+        return Some(config_refused(state, error));
+    }
+    if config.chain.is_empty() {
+        tracing::warn!("the configuration sets `chain = []`: events pass through unenriched");
+    }
     let mut needs_restart = Vec::new();
     let running = &state.config;
     if config.server != running.server {
@@ -98,15 +130,16 @@ fn reload_config(state: &AppState) -> Option<Value> {
     if config.reload != running.reload {
         needs_restart.push("reload".to_string());
     }
-    if !needs_restart.is_empty() {
-        tracing::warn!(sections = ?needs_restart, "configuration changed in sections that apply only after a restart");
-    }
-    state.reload.update(|s| s.needs_restart = needs_restart);
     match state.engine.apply_entries(&config.chain) {
         Ok(report) => {
+            // Only an accepted file says what a restart would change.
+            if !needs_restart.is_empty() {
+                tracing::warn!(sections = ?needs_restart, "configuration changed in sections that apply only after a restart");
+            }
             state.reload.update(|s| {
                 s.config_reloads += 1;
                 s.last_config_error = None;
+                s.needs_restart = needs_restart;
             });
             Some(json!({ "outcome": if report.swapped { "applied" } else { "unchanged" }, "stages": report.stages }))
         }
@@ -115,6 +148,7 @@ fn reload_config(state: &AppState) -> Option<Value> {
 }
 
 fn config_refused(state: &AppState, error: String) -> Value {
+    let error = enrichd_engine::limits::cap_message(error);
     tracing::warn!(%error, "configuration reload refused; the running chain stays");
     state.reload.update(|s| {
         s.config_reload_failures += 1;

@@ -12,9 +12,8 @@ use crate::{app, reload, watch};
 pub fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     let registry = app::registry();
     let (mut config, chain) = app::load(config_path, &registry)?;
-    if let Some(listen) = listen {
-        config.server.listen = listen;
-    }
+    let overrides = reload::CliOverrides { listen };
+    overrides.apply(&mut config);
     for report in chain.reports() {
         match report.status.state {
             PluginState::Loaded => {
@@ -30,7 +29,9 @@ pub fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state directory {} (server.state_dir)", state_dir.display()))?;
     let watch = config.reload.watch;
-    let state = Arc::new(AppState::new(Engine::new(chain, registry), config));
+    let mut state = AppState::new(Engine::new(chain, registry), config);
+    state.overrides = overrides;
+    let state = Arc::new(state);
     if state.keys.is_empty() {
         tracing::warn!(
             "no API key configured (auth.api_keys or env API_KEY): protected endpoints will refuse every request"

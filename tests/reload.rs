@@ -483,3 +483,170 @@ fn a_database_added_after_start_goes_live() {
     wait_for(&server.base, &probe, city, "\"London\"", LIVE_WITHIN);
     assert_eq!(stage(&server, "geoip")["state"], "loaded");
 }
+
+/// Issue 17, item 1: a sparse 1 GiB file dropped into an indicator
+/// directory is refused by its size (no read, no CPU spin, no giant error
+/// text); a 10 MB line is skipped and reported by its length. The public
+/// metrics and the enrichers report stay small throughout.
+#[test]
+fn huge_indicator_files_and_lines_are_refused_cheaply() {
+    let dir = tempfile::tempdir().unwrap();
+    let feeds = dir.path().join("feeds");
+    fs::create_dir(&feeds).unwrap();
+    fs::write(feeds.join("a.txt"), format!("{TARGET}\n")).unwrap();
+    let server = start(dir, &config(&ti_chain("\"feeds\""), ""));
+    let probe = flows(2, 443, "192.0.2.1");
+    let load = Load::start(&server.base, flows(50, 443, "192.0.2.1"), "ti", ti_of_target);
+    let want = format!("{TARGET}@feeds/a.txt");
+    assert_eq!(ti_of_target(&ingest(&server.base, &probe).unwrap()[0]), want);
+    let small = |server: &Server| {
+        let metrics = server.get("/v1/metrics").text.len();
+        let enrichers = server.get_auth("/v1/enrichers").text.len();
+        assert!(metrics < 64 << 10 && enrichers < 64 << 10, "metrics {metrics} B, enrichers {enrichers} B");
+    };
+
+    let sparse = server.dir.path().join("feeds/sparse.txt");
+    fs::File::create(&sparse).unwrap().set_len(1 << 30).unwrap();
+    let started = Instant::now();
+    loop {
+        let ti = stage(&server, "ti");
+        if ti["last_reload_error"].as_str().is_some_and(|e| e.contains("max_file_bytes")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no refusal within 5 s: {ti}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("sparse 1 GiB file refused after {:?}", started.elapsed());
+    stays(&server.base, &probe, ti_of_target, &want, Duration::from_millis(300));
+    let health = Instant::now();
+    assert_eq!(server.get("/v1/health").status, 200);
+    assert!(health.elapsed() < Duration::from_millis(500));
+    small(&server);
+
+    // One good line and a 10 MB line of garbage: the good line is taken,
+    // the bad one skipped, quoted by its length only.
+    fs::remove_file(&sparse).unwrap();
+    let mut text = b"198.51.100.0/24\n".to_vec();
+    text.extend(std::iter::repeat_n(b'x', 10 << 20));
+    text.push(b'\n');
+    fs::write(server.dir.path().join("feeds/b.txt"), &text).unwrap();
+    let started = Instant::now();
+    while stage(&server, "ti")["version"] != "2 indicators from 2 files" {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", stage(&server, "ti"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    small(&server);
+    load.finish();
+}
+
+/// Issue 17, item 12: `serve --listen` (every test server runs with
+/// `--listen 127.0.0.1:0`) is part of the running settings: an unchanged
+/// file, or a file changing only the overridden address, needs no restart.
+#[test]
+fn cli_listen_is_not_a_pending_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("feed.txt"), format!("{TARGET}\n")).unwrap();
+    let text = config(&ti_chain("\"feed.txt\""), "watch = false\n").replace("\n\n[[chain]]", "\n[[chain]]");
+    let server = start(dir, &text);
+    let reload = |server: &Server| {
+        let r = admin(server, "POST", "/v1/reload", None, ADMIN);
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json()["needs_restart"].clone()
+    };
+    assert_eq!(reload(&server), json!([]), "unchanged file");
+    let path = server.dir.path().join("config.toml");
+    fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:9\"\n{text}")).unwrap();
+    assert_eq!(reload(&server), json!([]), "the command line's address wins over the file's");
+    fs::write(&path, format!("[server]\nmax_records = 5\n{text}")).unwrap();
+    assert_eq!(reload(&server), json!(["server"]));
+}
+
+/// Issue 17, item 5: an emptied configuration file, or one cut before its
+/// first `[[chain]]` that still parses, does not swap in an empty chain;
+/// `chain = []` written out does.
+#[test]
+fn an_empty_or_chainless_config_keeps_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("feed.txt"), format!("{TARGET}\n")).unwrap();
+    let text = config(&ti_chain("\"feed.txt\""), "");
+    let server = start(dir, &text);
+    let path = server.dir.path().join("config.toml");
+    let probe = flows(2, 443, "192.0.2.1");
+    let want = format!("{TARGET}@feed.txt");
+    let load = Load::start(&server.base, flows(50, 443, "192.0.2.1"), "ti", ti_of_target);
+    let failures =
+        |server: &Server| server.get_auth("/v1/enrichers").json()["reload"]["config_reload_failures"].clone();
+
+    // `: > config.toml`, then a write cut after the first sections.
+    let cut = text[..text.find("[[chain]]").unwrap()].to_string();
+    for (n, broken) in ["", &cut].into_iter().enumerate() {
+        fs::write(&path, broken).unwrap();
+        let started = Instant::now();
+        while failures(&server) != json!(n + 1) {
+            assert!(started.elapsed() < LIVE_WITHIN, "not refused: {}", server.get_auth("/v1/enrichers").text);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        stays(&server.base, &probe, ti_of_target, &want, Duration::from_millis(200));
+        let status = server.get_auth("/v1/enrichers").json();
+        let error = status["reload"]["last_config_error"].as_str().unwrap();
+        assert!(error.contains("no [[chain]] entry") && error.contains("chain = []"), "{error}");
+        assert_eq!(status["reload"]["needs_restart"], json!([]), "a refused file changes nothing: {status}");
+        assert_eq!(status["enrichers"].as_array().unwrap().len(), 1);
+    }
+    load.finish();
+
+    // The explicit reload answers the same, with the refusal in its report.
+    let r = admin(&server, "POST", "/v1/reload", None, ADMIN);
+    assert_eq!(r.json()["config"]["outcome"], "rejected", "{}", r.text);
+
+    // Written out (top level, before the first section), an empty chain
+    // is applied.
+    fs::write(&path, format!("chain = []\n{cut}")).unwrap();
+    wait_for(&server.base, &probe, |e| e["ti"].to_string(), "null", LIVE_WITHIN);
+    assert!(server.get_auth("/v1/enrichers").json()["enrichers"].as_array().unwrap().is_empty());
+}
+
+/// Issue 17, item 4: `: > feed.txt` does not drop the live indicators (the
+/// reload is held back) while a client keeps ingesting; a file holding only
+/// a comment (`# empty`) empties the feed on purpose.
+#[test]
+fn an_emptied_indicator_file_is_held_back_until_declared_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed.txt");
+    fs::write(&feed, format!("{TARGET}\n198.51.100.0/24\n")).unwrap();
+    let server = start(dir, &config(&ti_chain("\"feed.txt\""), ""));
+    let probe = flows(2, 443, "192.0.2.1");
+    let want = format!("{TARGET}@feed.txt");
+    let load = Load::start(&server.base, flows(50, 443, "192.0.2.1"), "ti", ti_of_target);
+    assert_eq!(ti_of_target(&ingest(&server.base, &probe).unwrap()[0]), want);
+
+    for emptied in ["", "\n  \n"] {
+        fs::write(&feed, emptied).unwrap();
+        let started = Instant::now();
+        while !stage(&server, "ti")["last_reload_error"].as_str().is_some_and(|e| e.contains("held back")) {
+            assert!(started.elapsed() < LIVE_WITHIN, "not held back: {}", stage(&server, "ti"));
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        stays(&server.base, &probe, ti_of_target, &want, Duration::from_millis(300));
+        let ti = stage(&server, "ti");
+        assert_eq!(ti["generation"], 1, "{ti}");
+        assert!(ti["last_reload_error"].as_str().unwrap().contains("# empty"), "{ti}");
+        // The explicit reload reports the outcome by name.
+        let r = admin(&server, "POST", "/v1/reload", None, ADMIN);
+        assert_eq!(r.json()["stages"][0]["outcome"], "held_back", "{}", r.text);
+        // Reset the marker for the next round.
+        fs::write(&feed, format!("{TARGET}\n198.51.100.0/24\n")).unwrap();
+        let started = Instant::now();
+        while !stage(&server, "ti")["last_reload_error"].is_null() {
+            assert!(started.elapsed() < LIVE_WITHIN);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fs::write(&feed, "# empty: feed retired\n").unwrap();
+    wait_for(&server.base, &probe, ti_of_target, "", LIVE_WITHIN);
+    let ti = stage(&server, "ti");
+    assert!(ti["last_reload_error"].is_null(), "{ti}");
+    assert_eq!(ti["details"]["files"][0]["declared_empty"], true, "{ti}");
+    load.finish();
+}

@@ -22,6 +22,7 @@ use crate::batch::Batch;
 use crate::config::{ChainEntryConfig, ConfigError};
 use crate::event::{Event, JsonFragment, KeyId};
 use crate::format::Format;
+use crate::limits::cap_message;
 use crate::parse::ParseSpec;
 use crate::plugin::{rfc3339, BuildContext, Enricher, PluginState, PluginStatus};
 use crate::registry::Registry;
@@ -230,17 +231,24 @@ impl Stage {
         let events = h.events.load(Ordering::Relaxed);
         let nanos = h.nanos.load(Ordering::Relaxed);
         let last_error = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Plugins keep their messages short; this is the backstop for the
+        // texts every report, log reader and the public metrics show.
+        let mut status = self.status();
+        status.error = status.error.map(cap_message);
+        for source in &mut status.sources {
+            source.error = source.error.take().map(cap_message);
+        }
         StageReport {
             name: self.name.clone(),
             plugin: self.entry.plugin.clone(),
             enabled: self.enricher.is_some(),
-            status: self.status(),
+            status,
             generation: self.generation,
             generation_loaded_at: rfc3339(self.loaded_at),
             reloads: h.reloads.load(Ordering::Relaxed),
             reload_failures: h.reload_failures.load(Ordering::Relaxed),
             last_reload_error_at: last_error.as_ref().map(|(at, _)| rfc3339(*at)),
-            last_reload_error: last_error.map(|(_, e)| e),
+            last_reload_error: last_error.map(|(_, e)| cap_message(e)),
             watched: self.enricher.as_ref().map(|e| e.watch_paths()).unwrap_or_default(),
             batches: h.batches.load(Ordering::Relaxed),
             events,
@@ -284,7 +292,7 @@ pub(crate) fn build_stage(
             keys: &mut tables.keys,
             text_fields: &mut tables.text_fields,
         };
-        Some(factory.build(&entry.options, &mut ctx).map_err(|e| entry.error(format!("{name}: {e:#}")))?)
+        Some(factory.build(&entry.options, &mut ctx).map_err(|e| entry.error(cap_message(format!("{name}: {e:#}"))))?)
     } else {
         None
     };

@@ -9,6 +9,9 @@ use serde::Deserialize;
 
 use crate::registry::Registry;
 
+/// Largest configuration file read (4 MiB; a real one is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +31,11 @@ pub struct Config {
     #[serde(default)]
     #[schemars(with = "Vec<serde_json::Value>")]
     pub chain: Vec<ChainEntryConfig>,
+    /// Whether the file names the chain at all (`[[chain]]` entries, or
+    /// `chain = []` written out). A file without it (empty, or cut before
+    /// its first `[[chain]]`) does not empty a running chain on reload.
+    #[serde(skip)]
+    pub chain_declared: bool,
     /// Where the file was read from (for messages) and the directory that
     /// relative paths in it are resolved against.
     #[serde(skip)]
@@ -206,11 +214,15 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Config {
-    /// Reads and parses `path`; does not apply environment overrides.
+    /// Reads and parses `path`; does not apply environment overrides. A
+    /// file over [`MAX_CONFIG_BYTES`] is refused unread.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            location: Location { path: path.to_path_buf(), line: None },
-            message: format!("cannot read configuration: {e}"),
+        let error =
+            |message: String| ConfigError { location: Location { path: path.to_path_buf(), line: None }, message };
+        let bytes = crate::limits::read_capped(path, MAX_CONFIG_BYTES)
+            .map_err(|e| error(format!("cannot read configuration: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            error(format!("cannot read configuration: not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to()))
         })?;
         Config::parse(&text, path)
     }
@@ -222,6 +234,9 @@ impl Config {
             location: Location { path: path.to_path_buf(), line: e.span().map(|s| line_of(text, s.start)) },
             message: e.message().to_string(),
         })?;
+        // A second parse of a small file, to tell `chain = []` from no chain.
+        config.chain_declared =
+            !config.chain.is_empty() || toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("chain"));
         for entry in &mut config.chain {
             entry.location = Location { path: path.to_path_buf(), line: entry.location.line.map(|o| line_of(text, o)) };
         }

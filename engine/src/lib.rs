@@ -17,6 +17,7 @@ pub mod chain;
 pub mod config;
 pub mod event;
 pub mod format;
+pub mod limits;
 pub mod live;
 pub mod parse;
 pub mod pipeline;

@@ -62,6 +62,9 @@ pub enum Outcome {
     Unchanged,
     /// Rebuilt but refused; the previous generation stays live.
     Rejected,
+    /// Rebuilt and healthy, but held back by the live stage's plugin (e.g.
+    /// an indicator file that became empty); the previous generation stays.
+    HeldBack,
     /// A new chain entry (configuration change).
     Added,
     /// Kept as is by a configuration change.
@@ -142,7 +145,7 @@ impl Engine {
                     (Outcome::Reloaded, None)
                 }
                 Ok(None) => (Outcome::Unchanged, None),
-                Err(e) => (Outcome::Rejected, Some(e)),
+                Err((outcome, e)) => (outcome, Some(e)),
             };
             results.push(StageReload { name: slot.name.clone(), outcome, generation: slot.generation, error });
         }
@@ -151,25 +154,37 @@ impl Engine {
     }
 
     /// Builds the next generation of `stage`. `Ok(None)`: same content as
-    /// live; `Err`: refused (recorded in the stage's history).
-    fn rebuild(&self, stage: &Stage, chain: &Chain, tables: &mut KeyTables) -> Result<Option<Stage>, String> {
+    /// live; `Err`: refused or held back (recorded in the stage's history).
+    fn rebuild(
+        &self,
+        stage: &Stage,
+        chain: &Chain,
+        tables: &mut KeyTables,
+    ) -> Result<Option<Stage>, (Outcome, String)> {
         let history = Arc::clone(&stage.history);
         let started = std::time::Instant::now();
         let mut trial = tables.clone();
         let built = build_stage(&stage.entry, &self.registry, &chain.env, &mut trial, stage.generation + 1, history);
         let old = stage.status();
         let verdict = match built {
-            Err(e) => Err(e.message),
+            Err(e) => Err((Outcome::Rejected, crate::limits::cap_message(e.message))),
             Ok(new) => {
                 let status = new.status();
                 if same_content(&old, &status) {
+                    // The files are back to what is live: an earlier
+                    // refusal no longer describes them.
+                    *stage.history.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     return Ok(None);
                 }
-                if health(&status) >= health(&old) {
-                    Ok(new)
+                if health(&status) < health(&old) {
+                    let why = status.error.map(crate::limits::cap_message);
+                    let why = why.unwrap_or_else(|| format!("state {:?}", status.state));
+                    Err((Outcome::Rejected, format!("{why}; keeping generation {} (last good)", stage.generation)))
+                } else if let Err(why) = stage.enricher.as_ref().map_or(Ok(()), |live| live.vet_successor(&status)) {
+                    let why = crate::limits::cap_message(why);
+                    Err((Outcome::HeldBack, format!("held back: {why}; keeping generation {}", stage.generation)))
                 } else {
-                    let why = status.error.unwrap_or_else(|| format!("state {:?}", status.state));
-                    Err(format!("{why}; keeping generation {} (last good)", stage.generation))
+                    Ok(new)
                 }
             }
         };
@@ -183,11 +198,11 @@ impl Engine {
                 tracing::info!(stage = %stage.name, generation = new.generation, build_ms = format!("{ms:.1}"), "reloaded");
                 Ok(Some(new))
             }
-            Err(why) => {
+            Err((outcome, why)) => {
                 h.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(stage = %stage.name, error = %why, "reload refused");
                 *h.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((SystemTime::now(), why.clone()));
-                Err(why)
+                Err((outcome, why))
             }
         }
     }

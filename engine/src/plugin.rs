@@ -67,6 +67,15 @@ pub trait Enricher: Send + Sync {
         self.status().sources.into_iter().map(|s| s.path).collect()
     }
 
+    /// Called on the live enricher before a rebuilt one (whose status is
+    /// `next`, already judged at least as healthy) replaces it: `Err(why)`
+    /// holds the rebuild back and the live data stays. For checks only the
+    /// plugin can make, such as a feed that lost most of its entries. The
+    /// message should say how to make the change go through on purpose.
+    fn vet_successor(&self, _next: &PluginStatus) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Contributes this enricher's answer for a single address to
     /// `POST /v1/lookup` / `enrichd lookup`, under the plugin's conventional
     /// section name(s) (`geo`, `asn`, `ti`, ...).

@@ -44,6 +44,9 @@ pub struct AppState {
     /// Decode → chain → metrics → encode, as every entry point runs it.
     pub pipeline: Pipeline,
     pub reload: ReloadStatus,
+    /// Command-line settings that override the file's (`--listen`): a
+    /// reloaded file is compared with the running settings after them.
+    pub overrides: crate::reload::CliOverrides,
     /// Serializes changes to the API indicator store (admin calls only).
     pub indicator_store: std::sync::Mutex<()>,
     pub outputs: outputs::OutputSettings,
@@ -70,6 +73,7 @@ impl AppState {
             metrics,
             pipeline,
             reload: ReloadStatus::default(),
+            overrides: Default::default(),
             indicator_store: Default::default(),
             outputs: Default::default(),
             started: Instant::now(),

@@ -44,7 +44,7 @@ impl PluginFactory for AsnFactory {
     fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         let options: AsnOptions = options.clone().try_into()?;
         let database = ctx.resolve_path(&options.database);
-        mmdb::build::<Asn>(&database, &options.targets, ctx)
+        mmdb::build::<Asn>(&database, &options.targets, options.max_database_bytes, ctx)
     }
 }
 

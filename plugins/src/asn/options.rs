@@ -22,6 +22,12 @@ pub struct AsnOptions {
     /// `[{ address = "source", output = "src_asn" }, { address = "destination", output = "dst_asn" }]`.
     #[serde(default = "default_targets")]
     pub targets: Vec<Target>,
+    /// Largest database accepted, in bytes (default 1 GiB). The file is
+    /// copied to a private snapshot before use, so a larger one is refused
+    /// unread (by its size, and by the bytes copied should it grow) and a
+    /// reload keeps the database live.
+    #[serde(default = "crate::mmdb::default_max_database_bytes")]
+    pub max_database_bytes: u64,
 }
 
 fn default_database() -> PathBuf {

@@ -51,7 +51,7 @@ impl PluginFactory for GeoIpFactory {
     fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         let options: GeoIpOptions = options.clone().try_into()?;
         let database = ctx.resolve_path(&options.database);
-        mmdb::build::<Geo>(&database, &options.targets, ctx)
+        mmdb::build::<Geo>(&database, &options.targets, options.max_database_bytes, ctx)
     }
 }
 

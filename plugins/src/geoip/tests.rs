@@ -297,15 +297,13 @@ fn geoip_chain_err(database: &str) -> String {
     chain_err(&format!("[[chain]]\nplugin = \"geoip\"\ndatabase = \"tests/data/maxmind/{database}\"\n"))
 }
 
+/// MaxMind's database with a double of the wrong size used to load and
+/// warn on every lookup of 2001:220::1; the sample decoded when it is
+/// opened reaches that record, so it is now refused (issue 17, item 7).
 #[test]
-fn undecodable_record_warns_and_writes_null() {
-    let chain = geoip_chain("GeoIP2-City-Test-Broken-Double-Format.mmdb");
-    let out = run(&chain, vec![event(None, Some("2001:220::1")), event(None, Some("2001:220::1"))]);
-    for (value, warnings) in &out {
-        assert_eq!(value["geo"], Value::Null);
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].starts_with("geoip: lookup of 2001:220::1 failed"), "{warnings:?}");
-    }
+fn undecodable_record_is_refused_at_load() {
+    let err = geoip_chain_err("GeoIP2-City-Test-Broken-Double-Format.mmdb");
+    assert!(err.contains("corrupt data: ") && err.contains("malformed record data"), "{err}");
 }
 
 #[test]
@@ -361,4 +359,22 @@ fn options_schema_documents_defaults() {
         json!([{"address": "destination_or_source", "output": "geo"}]),
         "{schema}"
     );
+}
+
+/// Issue 17, item 1: a database over `max_database_bytes` is refused before
+/// it is copied to a snapshot (a sparse 1 GiB file costs nothing here).
+#[test]
+fn oversized_database_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = dir.path().join("huge.mmdb");
+    std::fs::File::create(&sparse).unwrap().set_len(2 << 30).unwrap();
+    let started = std::time::Instant::now();
+    let err = chain_err(&format!("[[chain]]\nplugin = \"geoip\"\ndatabase = {:?}\n", sparse.display().to_string()));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused by its size, not copied");
+    assert!(err.contains("2147483648 bytes") && err.contains("max_database_bytes"), "{err}");
+    // The option lowers the cap; a database under it loads.
+    let db = data("GeoIP2-City-Test.mmdb");
+    let err = chain_err(&format!("[[chain]]\nplugin = \"geoip\"\ndatabase = {db:?}\nmax_database_bytes = 1000\n"));
+    assert!(err.contains("over the limit of 1000 bytes"), "{err}");
+    chain(&format!("[[chain]]\nplugin = \"geoip\"\ndatabase = {db:?}\nmax_database_bytes = 100000000\n")).unwrap();
 }

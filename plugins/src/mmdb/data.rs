@@ -23,6 +23,10 @@ use std::num::NonZeroU64;
 /// Containers nested deeper than this are refused (the format needs ~5).
 const MAX_DEPTH: u32 = 64;
 
+/// Values [`DataSection::validate`] visits in one record at most (a City
+/// record, shared maps included, has a few hundred).
+const MAX_VALUES: u32 = 100_000;
+
 const POINTER: u8 = 1;
 const STRING: u8 = 2;
 const DOUBLE: u8 = 3;
@@ -199,6 +203,59 @@ impl<'a> DataSection<'a> {
             q = self.skip(q, depth + 1)?;
         }
         Some(q)
+    }
+
+    /// Checks the whole value at `offset`, every nested value and pointer
+    /// target included: types, sizes, bounds, UTF-8 of strings and map
+    /// keys, nesting depth, and at most `MAX_VALUES` values in all (shared
+    /// maps reached through pointers count each time). For validating a
+    /// database before it goes live; lookups read lazily instead.
+    pub fn validate(&self, offset: usize) -> Result<()> {
+        let mut budget = MAX_VALUES;
+        self.walk(offset, 0, &mut budget).map(drop).ok_or(DataError { offset })
+    }
+
+    /// [`DataSection::validate`]'s walk: the position after the value at
+    /// `pos` (after the pointer, for a pointer).
+    fn walk(&self, pos: usize, depth: u32, budget: &mut u32) -> Option<usize> {
+        *budget = budget.checked_sub(1)?;
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        let (head, p) = self.header(pos)?;
+        if head.get() as u8 == POINTER {
+            let target = (head.get() >> 8) as usize;
+            if self.header(target)?.0.get() as u8 == POINTER {
+                return None; // a pointer to a pointer is invalid
+            }
+            self.walk(target, depth + 1, budget)?;
+            return Some(p);
+        }
+        let value = self.checked(head, p)?;
+        match value.kind() {
+            MAP => {
+                let mut q = p;
+                for _ in 0..value.size() {
+                    let (key, _) = self.read(q)?;
+                    if key.kind() != STRING {
+                        return None;
+                    }
+                    q = self.walk(q, depth + 1, budget)?;
+                    q = self.walk(q, depth + 1, budget)?;
+                }
+                Some(q)
+            }
+            ARRAY => {
+                let mut q = p;
+                for _ in 0..value.size() {
+                    q = self.walk(q, depth + 1, budget)?;
+                }
+                Some(q)
+            }
+            STRING => std::str::from_utf8(self.bytes.get(p..p + value.size())?).ok().map(|_| p + value.size()),
+            BOOLEAN => Some(p),
+            _ => Some(p + value.size()),
+        }
     }
 
     /// The record at `offset`, when it is a map.

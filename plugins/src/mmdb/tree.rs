@@ -177,6 +177,24 @@ impl Tree {
         }
     }
 
+    /// Calls `f` with what every record of a sample of about `max_nodes`
+    /// nodes, spread evenly over the tree, points at: a data-section
+    /// offset, or `Err` when it points outside the data section. Inner
+    /// nodes and "not found" are skipped. For validating a database before
+    /// it goes live.
+    pub fn sample_records(&self, tree: &[u8], max_nodes: usize, mut f: impl FnMut(Result<usize, TreeError>)) {
+        let step = self.node_count.div_ceil(max_nodes.max(1)).max(1);
+        for node in (0..self.node_count).step_by(step) {
+            for bit in 0..2 {
+                match self.resolve(self.read(tree, node, bit)) {
+                    Ok(Some(offset)) => f(Ok(offset)),
+                    Ok(None) => {}
+                    Err(e) => f(Err(e)),
+                }
+            }
+        }
+    }
+
     /// What the record value a walk ended on means. A walk that ran out of
     /// bits on an inner node found nothing, as in `maxminddb`.
     #[inline(always)]

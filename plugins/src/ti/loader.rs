@@ -15,6 +15,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use enrichd_engine::limits::{quote, read_capped};
 use enrichd_engine::{source_info, SourceInfo};
 use serde::Serialize;
 
@@ -23,6 +24,29 @@ use super::{Indicator, Kind};
 
 /// Bad lines logged individually per file; the rest are only counted.
 const LOGGED_BAD_LINES: usize = 10;
+
+/// What one indicator file may cost (the `ti` options of the same names).
+#[derive(Clone, Copy, Debug)]
+pub struct FileLimits {
+    /// Larger files are refused unread (metadata) or when the bytes read
+    /// exceed it (a file growing while read).
+    pub max_file_bytes: u64,
+    /// Longer lines are skipped as bad lines, quoted only by their length.
+    pub max_line_bytes: usize,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits { max_file_bytes: DEFAULT_MAX_FILE_BYTES, max_line_bytes: DEFAULT_MAX_LINE_BYTES }
+    }
+}
+
+/// 128 MiB: several million indicators (a million-line list is 15-40 MB),
+/// while a file being read whole stays a bounded cost.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 128 << 20;
+/// 8 KiB: far above any indicator line, Zeek intel lines with long
+/// descriptions included.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 8 << 10;
 
 /// What happened to one indicator file.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -52,6 +76,10 @@ pub struct FileReport {
     /// The first skipped lines, `"LINE: why"` (the rest are only counted).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bad_lines: Vec<String>,
+    /// No indicator, but a comment line (`# empty`): a feed emptied on
+    /// purpose, which a reload accepts (an empty file it holds back).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub declared_empty: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The file was not there (as opposed to unreadable or not UTF-8).
@@ -104,7 +132,12 @@ impl FileReport {
 
 /// Expands the configured paths (directories into their files) and loads
 /// every file into `builder`, one report per file (or per missing path).
-pub fn load_all(paths: &[String], resolve: impl Fn(&str) -> PathBuf, builder: &mut IndexBuilder) -> Vec<FileReport> {
+pub fn load_all(
+    paths: &[String],
+    resolve: impl Fn(&str) -> PathBuf,
+    builder: &mut IndexBuilder,
+    limits: &FileLimits,
+) -> Vec<FileReport> {
     let mut reports = Vec::new();
     let mut seen: Vec<PathBuf> = Vec::new();
     for configured in paths {
@@ -118,7 +151,7 @@ pub fn load_all(paths: &[String], resolve: impl Fn(&str) -> PathBuf, builder: &m
                 continue;
             }
             seen.push(canonical);
-            reports.push(load_file(label, file, builder));
+            reports.push(load_file(label, file, builder, limits));
         }
     }
     reports
@@ -172,12 +205,17 @@ fn expand(configured: &str, path: &Path, reports: &mut Vec<FileReport>) -> Vec<(
     files
 }
 
-/// Reads and parses one file.
-pub fn load_file(source: String, path: PathBuf, builder: &mut IndexBuilder) -> FileReport {
+/// Reads and parses one file: refused unread when larger than
+/// `limits.max_file_bytes`, lines longer than `limits.max_line_bytes`
+/// skipped.
+pub fn load_file(source: String, path: PathBuf, builder: &mut IndexBuilder, limits: &FileLimits) -> FileReport {
     let mut report = FileReport::new(source, path);
-    let bytes = match fs::read(&report.path) {
+    let bytes = match read_capped(&report.path, limits.max_file_bytes) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return report.failed("file not found".into(), true),
+        Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+            return report.failed(format!("{e} (`max_file_bytes`); not read"), false)
+        }
         Err(e) => return report.failed(format!("cannot read: {e}"), false),
     };
     let mut info = source_info(&report.path, &bytes);
@@ -191,7 +229,12 @@ pub fn load_file(source: String, path: PathBuf, builder: &mut IndexBuilder) -> F
         }
     };
     report.info = Some(info);
-    parse_text(&text, &mut report, builder);
+    parse_text(&text, &mut report, builder, limits.max_line_bytes);
+    report.declared_empty = report.indicators == 0
+        && report.duplicates == 0
+        && report.skipped_lines == 0
+        && report.unsupported == 0
+        && text.lines().any(|l| l.trim_start().starts_with('#'));
     // A file with lines but not one indicator is garbage or a write caught
     // half-way, not an empty feed: report it, so a reload keeps the last
     // good version instead of silently dropping the file's indicators.
@@ -218,7 +261,7 @@ pub fn normalize_indicator(s: &str) -> Result<(String, &'static str), String> {
             Ok((text.to_string(), kind.name()))
         }
         Parsed::Domain => Ok((name, Kind::Domain.name())),
-        Parsed::Ignore => Err(format!("{s:?} is not an indicator")),
+        Parsed::Ignore => Err(format!("{} is not an indicator", quote(s))),
     }
 }
 
@@ -231,7 +274,7 @@ pub fn load_entries(
 ) -> FileReport {
     let mut report = FileReport::new(source.to_string(), path.to_path_buf());
     report.format = Some("api");
-    let mut parser = Parser::new(&mut report, builder);
+    let mut parser = Parser::new(&mut report, builder, usize::MAX);
     for (i, item) in items.iter().enumerate() {
         match parse_plain(&item.indicator, None, &mut parser.name) {
             Ok(parsed) => {
@@ -247,14 +290,21 @@ pub fn load_entries(
     report
 }
 
-/// Parses file content (format auto-detected) into `builder`.
-pub fn parse_text(text: &str, report: &mut FileReport, builder: &mut IndexBuilder) {
+/// Parses file content (format auto-detected) into `builder`; lines longer
+/// than `max_line` bytes are skipped as bad lines.
+pub fn parse_text(text: &str, report: &mut FileReport, builder: &mut IndexBuilder, max_line: usize) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.len() > 1 << 20 {
         builder.reserve_nets(text.bytes().filter(|&b| b == b'\n').count());
     }
-    let mut parser = Parser::new(report, builder);
+    let mut parser = Parser::new(report, builder, max_line);
     for line in text.lines() {
+        if line.len() > max_line {
+            // Not a header of any format: plain lines, which skips it.
+            parser.report.format = Some("plain");
+            parser.plain(text);
+            break;
+        }
         let t = line.trim();
         if t.is_empty() {
             continue;
@@ -302,6 +352,8 @@ enum Parsed {
 struct Parser<'a> {
     report: &'a mut FileReport,
     builder: &'a mut IndexBuilder,
+    /// Longer lines are skipped unparsed.
+    max_line: usize,
     logged: usize,
     /// Reused buffers: lowercased domain and serialized tail.
     name: String,
@@ -313,8 +365,19 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
-    fn new(report: &'a mut FileReport, builder: &'a mut IndexBuilder) -> Self {
-        Parser { report, builder, logged: 0, name: String::new(), tail: String::new(), nets: Vec::new() }
+    fn new(report: &'a mut FileReport, builder: &'a mut IndexBuilder, max_line: usize) -> Self {
+        Parser { report, builder, max_line, logged: 0, name: String::new(), tail: String::new(), nets: Vec::new() }
+    }
+
+    /// Skips (as a bad line) a line over `max_line` bytes: `true` when it
+    /// was one. Its content is not quoted, only its length.
+    fn too_long(&mut self, line_no: usize, line: &str) -> bool {
+        if line.len() <= self.max_line {
+            return false;
+        }
+        let message = format!("line is {} bytes, over `max_line_bytes` ({})", line.len(), self.max_line);
+        self.bad(line_no, &message);
+        true
     }
 
     fn bad(&mut self, line_no: usize, message: &str) {
@@ -363,6 +426,9 @@ impl<'a> Parser<'a> {
         build_tail(&mut self.tail, &self.report.source, None, None, None, None);
         let tail = self.builder.tail(&self.tail);
         for (i, line) in text.lines().enumerate() {
+            if self.too_long(i + 1, line) {
+                continue;
+            }
             let content = strip_comment(line);
             let mut tokens = content.split_whitespace();
             let Some(first) = tokens.next() else { continue };
@@ -378,6 +444,9 @@ impl<'a> Parser<'a> {
     fn csv(&mut self, text: &str, columns: CsvColumns) {
         let mut header_seen = false;
         for (i, line) in text.lines().enumerate() {
+            if self.too_long(i + 1, line) {
+                continue;
+            }
             let t = line.trim();
             if t.is_empty() || t.starts_with('#') {
                 continue;
@@ -426,7 +495,7 @@ impl<'a> Parser<'a> {
         let mut sep = "\t".to_string();
         let mut columns: Option<ZeekColumns> = None;
         for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
+            if self.too_long(i + 1, line) || line.trim().is_empty() {
                 continue;
             }
             if let Some(value) = line.strip_prefix("#separator") {
@@ -463,14 +532,14 @@ impl<'a> Parser<'a> {
             let parsed = match kind.strip_prefix("Intel::").unwrap_or(kind) {
                 "ADDR" => match indicator.parse::<IpAddr>() {
                     Ok(ip) => Ok(Parsed::Net(Net::host(ip), Kind::Addr, false)),
-                    Err(_) => Err(format!("{indicator:?} is not an IP address")),
+                    Err(_) => Err(format!("{} is not an IP address", quote(indicator))),
                 },
                 "SUBNET" => parse_net(indicator)
                     .map(|(net, normalized)| Parsed::Net(net, Kind::Subnet, normalized))
-                    .ok_or_else(|| format!("{indicator:?} is not a CIDR network")),
+                    .ok_or_else(|| format!("{} is not a CIDR network", quote(indicator))),
                 "DOMAIN" => normalize_domain(indicator, false, &mut self.name)
                     .map(|()| Parsed::Domain)
-                    .map_err(|e| format!("{indicator:?}: {e}")),
+                    .map_err(|e| format!("{}: {e}", quote(indicator))),
                 _ => {
                     self.report.unsupported += 1;
                     continue;
@@ -599,7 +668,9 @@ fn is_hosts_boilerplate(name: &str) -> bool {
 /// Parses one indicator token (with the next token, for hosts lines).
 fn parse_plain(first: &str, second: Option<&str>, name: &mut String) -> Result<Parsed, String> {
     if let Some(domain) = first.strip_prefix("domain:") {
-        return normalize_domain(domain, false, name).map(|()| Parsed::Domain).map_err(|e| format!("{first:?}: {e}"));
+        return normalize_domain(domain, false, name)
+            .map(|()| Parsed::Domain)
+            .map_err(|e| format!("{}: {e}", quote(first)));
     }
     if let Some((net, normalized)) = parse_net(first) {
         if let (Net::V4(_, 32) | Net::V6(_, 128), Some(host)) = (net, second) {
@@ -609,18 +680,18 @@ fn parse_plain(first: &str, second: Option<&str>, name: &mut String) -> Result<P
                 }
                 return normalize_domain(host, false, name)
                     .map(|()| Parsed::Domain)
-                    .map_err(|e| format!("hosts entry {host:?}: {e}"));
+                    .map_err(|e| format!("hosts entry {}: {e}", quote(host)));
             }
         }
         let kind = if first.contains('/') { Kind::Subnet } else { Kind::Addr };
         return Ok(Parsed::Net(net, kind, normalized));
     }
     if first.contains(['/', ':']) || first.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(format!("{first:?} is not a valid IP address or CIDR network"));
+        return Err(format!("{} is not a valid IP address or CIDR network", quote(first)));
     }
     normalize_domain(first, true, name)
         .map(|()| Parsed::Domain)
-        .map_err(|e| format!("{first:?} is not an IP address, CIDR network or domain ({e})"))
+        .map_err(|e| format!("{} is not an IP address, CIDR network or domain ({e})", quote(first)))
 }
 
 /// `ip` or `ip/len`; host bits are cleared (the second value says whether

@@ -65,7 +65,7 @@ impl PluginFactory for TiFactory {
         let opts = TiOptions::from_table(options)?;
         let key = ctx.output_key(&opts.output);
         let api_store = opts.api_indicators.then(|| ctx.state_dir().map(api_store::path_in)).flatten();
-        let (index, reports) = load(&opts.paths, api_store.as_deref(), |p| ctx.resolve_path(p));
+        let (index, reports) = load(&opts.paths, api_store.as_deref(), |p| ctx.resolve_path(p), &opts.limits());
         let mut watched: Vec<PathBuf> = opts.paths.iter().map(|p| ctx.resolve_path(p)).collect();
         watched.extend(api_store);
         // Only ask the parser to capture domain fields when there is
@@ -87,9 +87,10 @@ pub fn load(
     paths: &[String],
     api_store: Option<&Path>,
     resolve: impl Fn(&str) -> PathBuf,
+    limits: &loader::FileLimits,
 ) -> (Option<Index>, Vec<FileReport>) {
     let mut builder = IndexBuilder::default();
-    let mut reports = loader::load_all(paths, resolve, &mut builder);
+    let mut reports = loader::load_all(paths, resolve, &mut builder, limits);
     // The API store counts as a source only once it holds something: an
     // empty one must not turn "no indicator file" into "loaded".
     let api = api_store.map(|p| api_store::load_into(p, &mut builder));
@@ -113,7 +114,16 @@ pub struct TiEnricher {
     status: PluginStatus,
     /// Configured paths (files and directories) and the API store.
     watched: Vec<PathBuf>,
+    /// Indicators (distinct + repeats) per file read, by path, for the
+    /// keep-last-good checks on the next generation.
+    counts: Vec<(String, usize)>,
+    max_shrink: f64,
 }
+
+/// Files with fewer indicators than this are not held back for shrinking
+/// (hand-kept lists lose half their lines in ordinary edits); becoming
+/// empty is still checked.
+pub const MIN_SHRINK_CHECKED: usize = 100;
 
 impl TiEnricher {
     fn new(
@@ -126,6 +136,11 @@ impl TiEnricher {
         let has = |s| opts.addresses.contains(&s);
         let empty = if opts.matched_flag { r#"{"matches":[],"matched":false}"# } else { r#"{"matches":[]}"# };
         let status = build_status(index.as_ref(), &reports);
+        let counts = reports
+            .iter()
+            .filter(|r| r.error.is_none() && r.format != Some("api"))
+            .map(|r| (r.path.display().to_string(), r.indicators + r.duplicates))
+            .collect();
         TiEnricher {
             key,
             index,
@@ -137,6 +152,8 @@ impl TiEnricher {
             empty: Arc::from(empty),
             status,
             watched: Vec::new(),
+            counts,
+            max_shrink: opts.max_shrink,
         }
     }
 
@@ -189,6 +206,46 @@ impl Enricher for TiEnricher {
 
     fn watch_paths(&self) -> Vec<PathBuf> {
         self.watched.clone()
+    }
+
+    /// Holds back a generation in which a file read now and live became
+    /// empty (without a `#` comment declaring it) or lost more than
+    /// `max_shrink` of its indicators. New, removed and failing files are
+    /// not judged here (failures already make the load less healthy); the
+    /// API store is never held back (its deletions are deliberate).
+    fn vet_successor(&self, next: &PluginStatus) -> Result<(), String> {
+        let files = next.details.get("files").and_then(serde_json::Value::as_array);
+        let mut held = Vec::new();
+        for file in files.into_iter().flatten() {
+            let (Some(path), None) = (file["path"].as_str(), file.get("error")) else { continue };
+            if file["format"] == "api" {
+                continue;
+            }
+            let Some(&(_, before)) = self.counts.iter().find(|(p, _)| p == path) else { continue };
+            let now =
+                [&file["indicators"], &file["duplicates"]].iter().filter_map(|v| v.as_u64()).sum::<u64>() as usize;
+            let source = file["source"].as_str().unwrap_or(path);
+            if now == 0 && before > 0 && file["declared_empty"] != true {
+                held.push(format!(
+                    "{source} has no indicator where the live one has {before} (emptied, or caught mid-write?); \
+                     a file holding only a comment line such as `# empty` empties a feed on purpose"
+                ));
+            } else if now > 0
+                && before >= MIN_SHRINK_CHECKED
+                && (before - now.min(before)) as f64 > self.max_shrink * before as f64
+            {
+                held.push(format!(
+                    "{source} has {now} indicators where the live one has {before}, a loss of more than \
+                     `max_shrink` ({}); raise `max_shrink` (1 disables the check) to take it",
+                    self.max_shrink
+                ));
+            }
+        }
+        if held.is_empty() {
+            Ok(())
+        } else {
+            Err(held.join("; "))
+        }
     }
 
     fn lookup(&self, ip: IpAddr, out: &mut serde_json::Map<String, serde_json::Value>) {

@@ -36,6 +36,20 @@ pub struct TiOptions {
     /// Also match the indicators added through `PUT /v1/indicators` (kept
     /// in the server's state directory, source `"api"`).
     pub api_indicators: bool,
+    /// Largest indicator file read, in bytes (default 128 MiB). A larger
+    /// file is refused without being read (by its size on disk, and again
+    /// by the bytes actually read, should it grow) and reported as that
+    /// file's error; a reload then keeps the last good indicators.
+    pub max_file_bytes: u64,
+    /// Longest line, in bytes (default 8 KiB). A longer line is skipped
+    /// like any bad line, reported by its length, never quoted whole.
+    pub max_line_bytes: usize,
+    /// Keep-last-good for shrinking files: a reload in which an indicator
+    /// file that had at least 100 indicators lost more than this fraction
+    /// of them is held back (default 0.5; 1 disables the check). A file
+    /// that became empty is held back whatever its size, unless it holds a
+    /// comment line (`# empty`): that is how a feed is emptied on purpose.
+    pub max_shrink: f64,
 }
 
 impl Default for TiOptions {
@@ -47,12 +61,20 @@ impl Default for TiOptions {
             output: "ti".into(),
             matched_flag: false,
             api_indicators: true,
+            max_file_bytes: super::loader::DEFAULT_MAX_FILE_BYTES,
+            max_line_bytes: super::loader::DEFAULT_MAX_LINE_BYTES,
+            max_shrink: 0.5,
         }
     }
 }
 
 impl TiOptions {
     /// Deserializes and validates a chain entry's options.
+    /// The file and line caps.
+    pub fn limits(&self) -> super::loader::FileLimits {
+        super::loader::FileLimits { max_file_bytes: self.max_file_bytes, max_line_bytes: self.max_line_bytes }
+    }
+
     pub fn from_table(options: &toml::Table) -> anyhow::Result<TiOptions> {
         let mut opts: TiOptions = options.clone().try_into().map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
         if opts.paths.iter().any(|p| p.trim().is_empty()) {
@@ -66,6 +88,12 @@ impl TiOptions {
         }
         if opts.domain_fields.iter().any(|f| f.trim().is_empty()) {
             anyhow::bail!("`domain_fields` entries must not be empty");
+        }
+        if opts.max_file_bytes == 0 || opts.max_line_bytes == 0 {
+            anyhow::bail!("`max_file_bytes` and `max_line_bytes` must be positive");
+        }
+        if !(0.0..=1.0).contains(&opts.max_shrink) {
+            anyhow::bail!("`max_shrink` must be a fraction from 0 to 1 (1 disables the check)");
         }
         dedup_keep_order(&mut opts.addresses);
         dedup_keep_order(&mut opts.domain_fields);
