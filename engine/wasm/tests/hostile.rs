@@ -41,9 +41,10 @@ fn chain(dir: &Path, wat: &str, extra: &str) -> Result<Chain, String> {
     let path = dir.join("rule.wat");
     std::fs::write(&path, wat).unwrap();
     let toml = format!(
-        "[[chain]]\nplugin = \"ti\"\npaths = [\"{ti}\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"rule\"\nmodule = \"{m}\"\ndeadline_ms = 20\n{extra}\n",
+        "[[chain]]\nplugin = \"ti\"\npaths = [\"{ti}\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"rule\"\nmodule = \"{m}\"\n{deadline}{extra}\n",
         ti = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ti/indicators.txt"),
-        m = path.display()
+        m = path.display(),
+        deadline = if extra.contains("deadline_ms") { "" } else { "deadline_ms = 20\n" },
     );
     let mut registry = Registry::new();
     enrichd_plugins::register_all(&mut registry);
@@ -215,4 +216,57 @@ fn missing_module_is_reported_and_events_get_the_fallback() {
     assert_eq!(chain.reports()[0].status.state, PluginState::Missing);
     let events = run(&chain, false);
     assert_eq!(events[0]["reasons"], serde_json::json!(["rule error: unavailable"]));
+}
+
+/// Before/after figures for issue 17 item 2 (not a regression test: run
+/// it by hand). A rule whose every call grows its table by
+/// `PROBE_GROW` entries (default 50,000,000), called `PROBE_CALLS` times
+/// (default 3): per-call wall time, peak RSS (VmHWM) and what the module's
+/// counters say.
+///
+/// `cargo test -p enrichd-wasm --test hostile probe_table_grow -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn probe_table_grow() {
+    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (calls, grow) = (env("PROBE_CALLS", 3), env("PROBE_GROW", 50_000_000));
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 2)
+  (table $t 1 funcref)
+  (func (export "enrichd_abi_version") (result i32) (i32.const 65536))
+  (func (export "enrichd_io") (result i32) (i32.const 0))
+  {GOOD}
+  (func (export "enrichd_process") (param $n i32) (result i32)
+    (call $good (local.get $n))
+    ;; Last: no epoch check (function entry, loop) runs after it.
+    (drop (table.grow $t (ref.null func) (i32.const {grow})))
+    (i32.const 0)))"#
+    );
+    let hwm = || {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines().find(|l| l.starts_with("VmHWM")).unwrap().split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+            / 1024
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain(dir.path(), &wat, "deadline_ms = 10\nfallback_score = 77").unwrap();
+    println!("probe: table.grow by {grow} per call, deadline_ms = 10; VmHWM before: {} MiB", hwm());
+    for i in 0..calls {
+        let lines = r#"{"src_ip":"10.0.0.1","dst_port":80}"#;
+        let mut batch = parse_ndjson(lines.to_string(), Format::FlowsV1, chain.parse_spec(), 0).unwrap();
+        let started = std::time::Instant::now();
+        chain.run(&mut batch);
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut out = Vec::new();
+        batch.write_events_array(chain.keys(), &mut out);
+        let ev: Vec<Value> = serde_json::from_slice(&out).unwrap();
+        println!(
+            "call {i}: {ms:.1} ms, VmHWM {} MiB, risk_score {}, reasons {}",
+            hwm(),
+            ev[0]["risk_score"],
+            ev[0]["reasons"]
+        );
+    }
+    let d = details(&chain);
+    println!("state {}, calls {}, errors {}", d["state"], d["details"]["calls"], d["details"]["errors"]);
 }
