@@ -174,24 +174,24 @@ fn module_size_limit(o: &WasmOptions) -> u64 {
 /// huge or sparse file never costs more than `limit` bytes of memory.
 fn read_module(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     let file = std::fs::File::open(path)?;
-    read_capped(file, limit)
+    let size = file.metadata()?.len();
+    read_capped(file, size, limit)
 }
 
-fn read_capped(file: std::fs::File, limit: u64) -> std::io::Result<Vec<u8>> {
+/// Reads `reader`, whose size was `size` when looked at, refusing more than
+/// `limit` bytes.
+fn read_capped(reader: impl std::io::Read, size: u64, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let too_big = |size: &str| {
-        std::io::Error::other(format!(
-            "the file is {size} bytes, over the module size limit of {limit} bytes (module_size_limit_mib)"
-        ))
+    let too_big = |what: String| {
+        std::io::Error::other(format!("{what} the module size limit of {limit} bytes (module_size_limit_mib)"))
     };
-    let size = file.metadata()?.len();
     if size > limit {
-        return Err(too_big(&size.to_string()));
+        return Err(too_big(format!("the file is {size} bytes, over")));
     }
     let mut bytes = Vec::with_capacity(size as usize);
-    file.take(limit + 1).read_to_end(&mut bytes)?;
+    reader.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
-        return Err(too_big("more than that"));
+        return Err(too_big("the file grew past".into()));
     }
     Ok(bytes)
 }
@@ -610,5 +610,18 @@ impl Enricher for WasmEnricher {
         details["log_lines_dropped"] = self.logs.dropped.load(std::sync::atomic::Ordering::Relaxed).into();
         status.details = details;
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_capped;
+
+    #[test]
+    fn a_module_file_growing_while_read_is_refused() {
+        let grown = vec![0u8; 100];
+        let err = read_capped(&grown[..], 10, 50).unwrap_err();
+        assert!(err.to_string().contains("the file grew past the module size limit of 50 bytes"), "{err}");
+        assert_eq!(read_capped(&grown[..], 10, 100).unwrap().len(), 100);
     }
 }
