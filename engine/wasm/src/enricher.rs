@@ -619,7 +619,7 @@ mod tests {
 
     #[test]
     fn a_module_file_growing_while_read_is_refused() {
-        let grown = vec![0u8; 100];
+        let grown = [0u8; 100];
         let err = read_capped(&grown[..], 10, 50).unwrap_err();
         assert!(err.to_string().contains("the file grew past the module size limit of 50 bytes"), "{err}");
         assert_eq!(read_capped(&grown[..], 10, 100).unwrap().len(), 100);

@@ -209,6 +209,7 @@ pub enum LimitHit {
 /// to the guest: the call fails (`memory` / `table`), nothing of it is
 /// applied, and the instance, with whatever it had grown, is discarded.
 /// A guest cannot keep probing the cap within a call.
+#[derive(Default)]
 pub struct GuestLimits {
     inner: StoreLimits,
     pub hit: Option<LimitHit>,
@@ -225,12 +226,6 @@ impl GuestLimits {
             .trap_on_grow_failure(true)
             .build();
         GuestLimits { inner, hit: None }
-    }
-}
-
-impl Default for GuestLimits {
-    fn default() -> Self {
-        GuestLimits { inner: StoreLimits::default(), hit: None }
     }
 }
 
@@ -306,6 +301,12 @@ pub struct Worker {
     pub generation: u64,
 }
 
+/// Deadline of instantiation (start function, `enrichd_abi_version`,
+/// `enrichd_io`), in ticks: 1 s, or `deadline_ms` if longer. It handles no
+/// events, and a batch-sized deadline made loads fail on a busy host
+/// (a debug-build instantiation waiting for a core can take 20 ms).
+const SETUP_TICKS: u64 = 1000;
+
 /// Instantiates and checks the ABI version and exchange area.
 pub fn instantiate(
     pre: &InstancePre<HostState>,
@@ -316,7 +317,7 @@ pub fn instantiate(
     let mut store = Store::new(engine(), state);
     store.data_mut().limits = GuestLimits::new(limits);
     store.limiter(|s| &mut s.limits);
-    store.set_epoch_deadline(limits.deadline_ticks.max(1));
+    store.set_epoch_deadline(limits.deadline_ticks.max(SETUP_TICKS));
     let instance: Instance = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiation failed: {e:#}"))?;
     let version = instance
         .get_typed_func::<(), i32>(&mut store, "enrichd_abi_version")
@@ -331,7 +332,7 @@ pub fn instantiate(
             abi::ABI_MINOR
         );
     }
-    store.set_epoch_deadline(limits.deadline_ticks.max(1));
+    store.set_epoch_deadline(limits.deadline_ticks.max(SETUP_TICKS));
     let io = instance
         .get_typed_func::<(), i32>(&mut store, "enrichd_io")
         .and_then(|f| f.call(&mut store, ()))
