@@ -313,9 +313,10 @@ impl WasmEnricher {
                 return Err(classify(&e, hit));
             }
         };
-        // The epoch is only checked between guest instructions: one long
-        // host-side operation (a table or memory grow, a bulk fill) can
-        // return past the deadline. Such a call failed: its verdicts came
+        // The epoch is checked at function entries, loop headers and before
+        // bulk operations, not inside or after a host-side operation (a
+        // grow, a bulk fill, a host call): a call can return past the
+        // deadline. Such a call failed: its verdicts came
         // later than promised, so they are not applied (the events get the
         // fallback like any timeout), and the breaker counts it. The
         // instance is recycled, with whatever it had grown.
