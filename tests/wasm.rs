@@ -131,3 +131,40 @@ fn precompiled_modules_are_cached_and_a_corrupt_artifact_is_recompiled() {
     assert_eq!(r.json()["records"][0]["risk_score"], 20, "{}", r.text);
     assert!(std::fs::read(&artifacts[0]).unwrap().len() > 1000, "the artifact was written again");
 }
+
+/// Guest text cannot forge log lines: a module's log message and an import
+/// name it chose both carry a line break followed by a fake log line.
+#[test]
+fn guest_text_cannot_forge_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let forged = r"\n2026-01-01T00:00:00.000000Z ERROR enrichd: forged";
+    let logger = dir.path().join("logger.wat");
+    std::fs::write(
+        &logger,
+        format!(
+            r#"(module (import "enrichd_v1" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 100000) "hello{forged}\1b[2K")
+  (func (export "enrichd_abi_version") (result i32) (i32.const 65536))
+  (func (export "enrichd_io") (result i32) (i32.const 0))
+  (func (export "enrichd_process") (param $n i32) (result i32)
+    (call $log (i32.const 0) (i32.const 100000) (i32.const 60)) (i32.const 0)))"#
+        ),
+    )
+    .unwrap();
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(&events, "{\"src_ip\":\"10.0.0.1\"}\n").unwrap();
+    let out = bin().args(["rule", "test"]).arg(&logger).arg("--events").arg(&events).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(r"hello\n2026-01-01T00:00:00.000000Z ERROR enrichd: forged\u{1b}[2K"), "{stderr}");
+    assert!(!stderr.lines().any(|l| l.starts_with("2026-01-01")) && !stderr.contains('\x1b'), "{stderr}");
+
+    let importer = dir.path().join("importer.wat");
+    std::fs::write(&importer, format!(r#"(module (import "env" "x{forged}" (func)) (memory (export "memory") 2))"#))
+        .unwrap();
+    let out = bin().args(["rule", "check"]).arg(&importer).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(r"env.x\n2026-01-01"), "{stderr}");
+    assert!(!stderr.lines().any(|l| l.starts_with("2026-01-01")), "{stderr}");
+}

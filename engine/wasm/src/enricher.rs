@@ -18,10 +18,11 @@ use sha2::{Digest, Sha256};
 use thread_local::ThreadLocal;
 use wasmtime::Trap;
 
-use crate::host::{CallContext, HostState};
+use crate::host::{CallContext, HostState, LogBudget};
 use crate::options::{Role, WasmOptions};
-use crate::runtime::{self, Limits, LoadedModule, Worker};
+use crate::runtime::{self, LimitHit, Limits, LoadedModule, Worker};
 use crate::stats::{CircuitBreaker, FailureKind, ModuleStats};
+use crate::text;
 
 /// Per-thread scratch: the instance and reusable buffers.
 #[derive(Default)]
@@ -96,6 +97,7 @@ pub struct WasmEnricher {
     module: Option<Arc<LoadedModule>>,
     load_error: Option<String>,
     limits: Limits,
+    logs: Arc<LogBudget>,
     config: Arc<Vec<(String, String)>>,
     earlier_keys: Arc<Vec<(String, KeyId)>>,
     outputs: Outputs,
@@ -118,18 +120,26 @@ pub struct ModuleReport {
     pub imports: Vec<String>,
     pub exports: Vec<String>,
     pub memory_limit_mib: u64,
+    pub table_limit_elements: u32,
+    pub module_size_limit_mib: u64,
     pub deadline_ms: u64,
 }
 
 /// Loads and checks a module the way the host does before running it.
+/// Errors are escaped and bounded (`text::error_text`): they quote names
+/// the module chose.
 pub fn inspect(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleReport> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    inspect_inner(path, options).map_err(|e| anyhow::anyhow!(text::error_text(&e)))
+}
+
+fn inspect_inner(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleReport> {
+    let bytes = read_module(path, module_size_limit(options)).with_context(|| format!("reading {}", path.display()))?;
     let sha: [u8; 32] = Sha256::digest(&bytes).into();
     let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "module".into());
     let module = runtime::compile(&bytes, sha, None).with_context(|| format!("module {}", path.display()))?;
     runtime::check_interface(&module).with_context(|| format!("module {}", path.display()))?;
     let pre = runtime::prelink(&module)?;
-    let state = HostState::new(name, Arc::new(options.config_strings()), Arc::new(Vec::new()));
+    let state = HostState::new(name, Arc::new(options.config_strings()), Arc::new(Vec::new()), Default::default());
     let limits = limits_of(options);
     runtime::instantiate(&pre, state, limits, 0).with_context(|| format!("module {}", path.display()))?;
     Ok(ModuleReport {
@@ -140,6 +150,8 @@ pub fn inspect(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleRepor
         imports: module.imports().map(|i| format!("{}.{}", i.module(), i.name())).collect(),
         exports: module.exports().map(|e| e.name().to_string()).collect(),
         memory_limit_mib: options.memory_limit_mib,
+        table_limit_elements: options.table_limit_elements,
+        module_size_limit_mib: options.module_size_limit_mib,
         deadline_ms: options.deadline_ms,
     })
 }
@@ -147,8 +159,41 @@ pub fn inspect(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleRepor
 fn limits_of(o: &WasmOptions) -> Limits {
     Limits {
         memory_bytes: (o.memory_limit_mib as usize).saturating_mul(1 << 20),
+        table_elements: o.table_limit_elements as usize,
+        deadline: Duration::from_millis(o.deadline_ms.max(1)),
         deadline_ticks: o.deadline_ms.max(1).div_ceil(runtime::TICK.as_millis() as u64),
     }
+}
+
+fn module_size_limit(o: &WasmOptions) -> u64 {
+    o.module_size_limit_mib.saturating_mul(1 << 20)
+}
+
+/// Reads a module file of at most `limit` bytes: refused on its size
+/// before reading, and again while reading (the file may be growing), so a
+/// huge or sparse file never costs more than `limit` bytes of memory.
+fn read_module(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    read_capped(file, size, limit)
+}
+
+/// Reads `reader`, whose size was `size` when looked at, refusing more than
+/// `limit` bytes.
+fn read_capped(reader: impl std::io::Read, size: u64, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let too_big = |what: String| {
+        std::io::Error::other(format!("{what} the module size limit of {limit} bytes (module_size_limit_mib)"))
+    };
+    if size > limit {
+        return Err(too_big(format!("the file is {size} bytes, over")));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    reader.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big("the file grew past".into()));
+    }
+    Ok(bytes)
 }
 
 impl WasmEnricher {
@@ -174,6 +219,7 @@ impl WasmEnricher {
             module: None,
             load_error: None,
             limits: limits_of(&options),
+            logs: Default::default(),
             config: Arc::new(options.config_strings()),
             earlier_keys,
             outputs,
@@ -187,7 +233,7 @@ impl WasmEnricher {
             breaker: CircuitBreaker::new(options.breaker_failures, Duration::from_secs(options.breaker_window_s)),
             slots: ThreadLocal::new(),
         };
-        let bytes = match std::fs::read(&path) {
+        let bytes = match read_module(&path, module_size_limit(&options)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(module = %path.display(), "WASM module not found; its events get the fallback");
@@ -203,7 +249,7 @@ impl WasmEnricher {
         let pre = runtime::prelink(&module).with_context(|| format!("WASM module {}", path.display()))?;
         // Instantiate once now: version and exchange-area problems are load
         // errors, not failures at the first batch.
-        let probe = HostState::new(name, enricher.config.clone(), enricher.earlier_keys.clone());
+        let probe = HostState::new(name, enricher.config.clone(), enricher.earlier_keys.clone(), enricher.logs.clone());
         runtime::instantiate(&pre, probe, enricher.limits, 0)
             .with_context(|| format!("WASM module {}", path.display()))?;
         enricher.source = Some(source_info(&path, &bytes));
@@ -223,11 +269,12 @@ impl WasmEnricher {
         }
         let module = self.module.as_ref().ok_or(FailureKind::Unavailable)?;
         if slot.worker.as_ref().is_none_or(|w| w.generation != module.generation) {
-            let state = HostState::new(self.name.clone(), self.config.clone(), self.earlier_keys.clone());
+            let state =
+                HostState::new(self.name.clone(), self.config.clone(), self.earlier_keys.clone(), self.logs.clone());
             match runtime::instantiate(&module.pre, state, self.limits, module.generation) {
                 Ok(w) => slot.worker = Some(w),
                 Err(e) => {
-                    tracing::warn!(module = %self.name, error = %format!("{e:#}"), "WASM instantiation failed");
+                    tracing::warn!(module = %self.name, error = %text::error_text(&e), "WASM instantiation failed");
                     return Err(FailureKind::Instantiation);
                 }
             }
@@ -250,6 +297,7 @@ impl WasmEnricher {
         let source_static: SourceText<'static> = unsafe { std::mem::transmute(source) };
         worker.store.data_mut().call =
             Some(CallContext { source: source_static, events: events.as_ptr(), len: events.len() });
+        worker.store.data_mut().limits.hit = None;
         worker.store.set_epoch_deadline(self.limits.deadline_ticks);
         let started = Instant::now();
         let result = worker.process.call(&mut worker.store, events.len() as i32);
@@ -260,10 +308,22 @@ impl WasmEnricher {
         let status = match result {
             Ok(status) => status,
             Err(e) => {
+                let hit = worker.store.data().limits.hit;
                 slot.worker = None; // a trapped instance may be half-updated: recycle it
-                return Err(classify(&e));
+                return Err(classify(&e, hit));
             }
         };
+        // The epoch is checked at function entries, loop headers and before
+        // bulk operations, not inside or after a host-side operation (a
+        // grow, a bulk fill, a host call): a call can return past the
+        // deadline. Such a call failed: its verdicts came
+        // later than promised, so they are not applied (the events get the
+        // fallback like any timeout), and the breaker counts it. The
+        // instance is recycled, with whatever it had grown.
+        if elapsed > self.limits.deadline {
+            slot.worker = None;
+            return Err(FailureKind::Timeout);
+        }
         if status != 0 {
             slot.worker = None;
             return Err(FailureKind::GuestError);
@@ -313,6 +373,10 @@ impl WasmEnricher {
                     }
                 }
                 kind::FIELD if e.payload.is_empty() || e.payload.len() > abi::MAX_TEXT * 4 => {
+                    return Err(FailureKind::MalformedResult)
+                }
+                // A rule declares no field: any field key is undeclared.
+                kind::FIELD if matches!(self.outputs, Outputs::Rule { .. }) => {
                     return Err(FailureKind::MalformedResult)
                 }
                 _ => {}
@@ -443,13 +507,15 @@ fn is_utf8(bytes: &[u8]) -> bool {
     bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
-fn classify(e: &wasmtime::Error) -> FailureKind {
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => FailureKind::Timeout,
-        Some(Trap::StackOverflow) => FailureKind::StackOverflow,
-        Some(_) => FailureKind::Trap,
-        None if format!("{e:#}").contains("memory") => FailureKind::Memory,
-        None => FailureKind::Trap,
+/// A failed call's kind; `hit` is the cap the store's limiter refused
+/// during the call, if any (a refused grow is what ended the call).
+fn classify(e: &wasmtime::Error, hit: Option<LimitHit>) -> FailureKind {
+    match (hit, e.downcast_ref::<Trap>()) {
+        (_, Some(Trap::Interrupt)) => FailureKind::Timeout,
+        (_, Some(Trap::StackOverflow)) => FailureKind::StackOverflow,
+        (Some(LimitHit::Memory), _) => FailureKind::Memory,
+        (Some(LimitHit::Table), _) => FailureKind::Table,
+        _ => FailureKind::Trap,
     }
 }
 
@@ -541,7 +607,22 @@ impl Enricher for WasmEnricher {
         details["circuit_open"] = self.breaker.is_open().into();
         details["deadline_ms"] = (self.limits.deadline_ticks * runtime::TICK.as_millis() as u64).into();
         details["memory_limit_mib"] = (self.limits.memory_bytes >> 20).into();
+        details["table_limit_elements"] = self.limits.table_elements.into();
+        details["log_lines_dropped"] = self.logs.dropped.load(std::sync::atomic::Ordering::Relaxed).into();
         status.details = details;
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_capped;
+
+    #[test]
+    fn a_module_file_growing_while_read_is_refused() {
+        let grown = [0u8; 100];
+        let err = read_capped(&grown[..], 10, 50).unwrap_err();
+        assert!(err.to_string().contains("the file grew past the module size limit of 50 bytes"), "{err}");
+        assert_eq!(read_capped(&grown[..], 10, 100).unwrap().len(), 100);
     }
 }

@@ -3,15 +3,19 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use enrichd_engine::{Event, KeyId, SourceText};
 use serde_json::value::RawValue;
-use wasmtime::{Caller, Extern, StoreLimits};
+use wasmtime::{Caller, Extern};
+
+use crate::runtime::GuestLimits;
 
 /// What a store carries besides the instance.
 pub struct HostState {
-    pub limits: StoreLimits,
+    pub limits: GuestLimits,
     pub module_name: Arc<str>,
     /// The chain entry's `config` table, as strings.
     pub config: Arc<Vec<(String, String)>>,
@@ -19,8 +23,8 @@ pub struct HostState {
     pub earlier_keys: Arc<Vec<(String, KeyId)>>,
     /// The batch being processed, during a call only.
     pub call: Option<CallContext>,
-    /// Log lines this instance may still write (a guest cannot flood logs).
-    pub logs_left: u32,
+    /// The module's log budget, shared by all its instances.
+    pub logs: Arc<LogBudget>,
 }
 
 impl HostState {
@@ -28,8 +32,49 @@ impl HostState {
         module_name: Arc<str>,
         config: Arc<Vec<(String, String)>>,
         earlier_keys: Arc<Vec<(String, KeyId)>>,
+        logs: Arc<LogBudget>,
     ) -> Self {
-        HostState { limits: StoreLimits::default(), module_name, config, earlier_keys, call: None, logs_left: 100 }
+        HostState { limits: GuestLimits::default(), module_name, config, earlier_keys, call: None, logs }
+    }
+}
+
+/// Guest log lines per module: a burst of `LOG_BURST`, then `LOG_PER_SEC`
+/// a second, whatever the number of threads, instances and recycles (a
+/// token bucket). Lines over it are dropped and counted.
+pub struct LogBudget {
+    bucket: Mutex<(f64, Instant)>,
+    pub dropped: AtomicU64,
+}
+
+pub const LOG_BURST: f64 = 100.0;
+pub const LOG_PER_SEC: f64 = 10.0;
+/// Longest guest log message, in bytes (read, then again once escaped).
+pub const LOG_MAX_BYTES: usize = 512;
+/// Longest key `field` and `config` look up; longer ones are absent. Keeps
+/// every host call short, so the deadline is kept between guest
+/// instructions (where the epoch is checked).
+pub const MAX_KEY: usize = 1024;
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget { bucket: Mutex::new((LOG_BURST, Instant::now())), dropped: AtomicU64::new(0) }
+    }
+}
+
+impl LogBudget {
+    /// Takes one line from the budget; false (and counted) when empty.
+    pub fn take(&self) -> bool {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * LOG_PER_SEC).min(LOG_BURST);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            self.dropped.fetch_add(1, Relaxed);
+            false
+        }
     }
 }
 
@@ -89,6 +134,9 @@ pub fn field(
     out_ptr: i32,
     out_cap: i32,
 ) -> i32 {
+    if key_len as u32 as usize > MAX_KEY {
+        return -1;
+    }
     let Some(key) = read_guest(caller, key_ptr, key_len) else { return -1 };
     let value: Option<String> = {
         let state = caller.data();
@@ -112,17 +160,25 @@ pub fn field(
 }
 
 pub fn config(caller: &mut Caller<'_, HostState>, key_ptr: i32, key_len: i32, out_ptr: i32, out_cap: i32) -> i32 {
+    if key_len as u32 as usize > MAX_KEY {
+        return -1;
+    }
     let Some(key) = read_guest(caller, key_ptr, key_len) else { return -1 };
     let value = caller.data().config.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
     write_guest(caller, value.as_deref().map(str::as_bytes), out_ptr, out_cap)
 }
 
+/// Logs a guest message: rate-limited (`LogBudget`), cut to
+/// `LOG_MAX_BYTES`, invalid UTF-8 replaced, and escaped so that it stays
+/// one line (a guest cannot forge log lines or terminal escapes).
 pub fn log(caller: &mut Caller<'_, HostState>, level: i32, ptr: i32, len: i32) {
-    if caller.data().logs_left == 0 {
+    if len < 0 || !caller.data().logs.take() {
         return;
     }
-    caller.data_mut().logs_left -= 1;
-    let Some(message) = read_guest(caller, ptr, len.min(512)) else { return };
+    let Some(mem) = memory(caller) else { return };
+    let (ptr, len) = (ptr as u32 as usize, (len as u32 as usize).min(LOG_MAX_BYTES));
+    let Some(bytes) = ptr.checked_add(len).and_then(|end| mem.data(&caller).get(ptr..end)) else { return };
+    let message = crate::text::escape(&String::from_utf8_lossy(bytes), LOG_MAX_BYTES);
     let module = caller.data().module_name.clone();
     match level {
         0 => tracing::error!(%module, "{message}"),

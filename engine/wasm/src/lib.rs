@@ -18,6 +18,7 @@ mod host;
 mod options;
 pub mod runtime;
 mod stats;
+mod text;
 
 pub use enricher::{inspect, to_record, ModuleReport, WasmEnricher};
 pub use options::{Role, WasmOptions};
@@ -43,6 +44,9 @@ impl PluginFactory for WasmFactory {
 
     fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         let options: WasmOptions = toml::Value::Table(options.clone()).try_into()?;
-        Ok(Box::new(WasmEnricher::build(options, ctx)?))
+        // Load errors are logged, kept and served: they may quote names the
+        // module chose, so they are escaped and bounded.
+        let enricher = WasmEnricher::build(options, ctx).map_err(|e| anyhow::anyhow!(text::error_text(&e)))?;
+        Ok(Box::new(enricher))
     }
 }

@@ -33,12 +33,23 @@ pub struct WasmOptions {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub config: BTreeMap<String, toml::Value>,
-    /// Per-batch deadline in milliseconds (epoch interruption).
+    /// Per-call deadline in milliseconds, wall time: the guest is
+    /// interrupted at it (epoch interruption), and a call that returns past
+    /// it anyway (time spent in one host-side operation) is a `timeout`
+    /// failure too; its results are not applied.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
     /// Linear-memory cap per instance, MiB.
     #[serde(default = "default_memory_mib")]
     pub memory_limit_mib: u64,
+    /// Elements per table cap (each of at most 4 tables per instance);
+    /// growing past it fails the call (`table`).
+    #[serde(default = "default_table_elements")]
+    pub table_limit_elements: u32,
+    /// Largest `.wasm` (or `.wat`) file accepted, MiB; a bigger file is
+    /// refused before it is read.
+    #[serde(default = "default_module_size_mib")]
+    pub module_size_limit_mib: u64,
     #[serde(default = "default_score_field")]
     pub score_field: String,
     #[serde(default = "default_reasons_field")]
@@ -60,6 +71,19 @@ fn default_deadline_ms() -> u64 {
 }
 fn default_memory_mib() -> u64 {
     16
+}
+/// Rust and C rules have tables of tens to hundreds of entries (one per
+/// function whose address is taken); 10,000 is ~80 KiB per table.
+pub const DEFAULT_TABLE_ELEMENTS: u32 = 10_000;
+fn default_table_elements() -> u32 {
+    DEFAULT_TABLE_ELEMENTS
+}
+/// The committed modules are 1-23 KiB, so 16 MiB leaves room for big
+/// generated code; a load peaks at ~5x the file size (bytes, compilation),
+/// so this bounds it to ~100 MiB.
+pub const DEFAULT_MODULE_SIZE_MIB: u64 = 16;
+fn default_module_size_mib() -> u64 {
+    DEFAULT_MODULE_SIZE_MIB
 }
 fn default_score_field() -> String {
     "risk_score".into()

@@ -5,8 +5,10 @@
 //!
 //! Sandbox: no WASI and no ambient imports (only the three `enrichd_v1`
 //! functions), epoch interruption for a per-call deadline (a ticker thread
-//! advances the epoch every millisecond), a memory cap through the store's
-//! resource limiter, a bounded wasm stack.
+//! advances the epoch every millisecond; the caller also times each call
+//! against the deadline in wall time), memory, table-element and
+//! instance / table / memory count caps through the store's resource
+//! limiter (a refused grow traps), a bounded wasm stack.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,8 +18,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use enrichd_sdk::abi;
 use wasmtime::{
-    Caller, Config, Engine, ExternType, FuncType, Instance, InstancePre, Linker, Memory, Module, Store, StoreLimits,
-    StoreLimitsBuilder, TypedFunc, ValType,
+    Caller, Config, Engine, ExternType, FuncType, Instance, InstancePre, Linker, Memory, Module, ResourceLimiter,
+    Store, StoreLimits, StoreLimitsBuilder, TypedFunc, ValType,
 };
 
 use crate::host::HostState;
@@ -141,7 +143,8 @@ fn describe(t: &FuncType) -> String {
 pub fn check_interface(module: &Module) -> anyhow::Result<()> {
     let provided = provided_imports();
     for import in module.imports() {
-        let name = format!("{}.{}", import.module(), import.name());
+        // Names the module chose: cut here, escaped with the whole error.
+        let name = crate::text::cut(&format!("{}.{}", import.module(), import.name()), crate::text::MAX_NAME);
         let found = provided.iter().find(|(n, _)| import.module() == abi::IMPORT_MODULE && *n == import.name());
         match (found, import.ty()) {
             (Some((_, want)), ExternType::Func(got)) if same_type(want, &got) => {}
@@ -178,17 +181,92 @@ pub fn check_interface(module: &Module) -> anyhow::Result<()> {
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub memory_bytes: usize,
+    pub table_elements: usize,
+    /// The configured deadline (wall time per call).
+    pub deadline: Duration,
+    /// The same in epoch ticks, for the interruption.
     pub deadline_ticks: u64,
 }
 
-fn store_limits(limits: Limits) -> StoreLimits {
-    StoreLimitsBuilder::new()
-        .memory_size(limits.memory_bytes)
-        .instances(1)
-        .tables(4)
-        .memories(1)
-        .trap_on_grow_failure(true)
-        .build()
+/// Instances, tables and memories one store may create: a module is one
+/// instance with one memory; toolchains emit one table (4 leaves room).
+const MAX_INSTANCES: usize = 1;
+const MAX_TABLES: usize = 4;
+const MAX_MEMORIES: usize = 1;
+
+/// Which cap a store hit last, so that a failed call is classified
+/// without reading error texts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitHit {
+    Memory,
+    Table,
+}
+
+/// The store's resource limiter: wasmtime's `StoreLimits`, remembering
+/// which cap refused a grow.
+///
+/// A refused grow traps (`trap_on_grow_failure`) rather than returning -1
+/// to the guest: the call fails (`memory` / `table`), nothing of it is
+/// applied, and the instance, with whatever it had grown, is discarded.
+/// A guest cannot keep probing the cap within a call.
+#[derive(Default)]
+pub struct GuestLimits {
+    inner: StoreLimits,
+    pub hit: Option<LimitHit>,
+}
+
+impl GuestLimits {
+    pub fn new(limits: Limits) -> Self {
+        let inner = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .table_elements(limits.table_elements)
+            .instances(MAX_INSTANCES)
+            .tables(MAX_TABLES)
+            .memories(MAX_MEMORIES)
+            .trap_on_grow_failure(true)
+            .build();
+        GuestLimits { inner, hit: None }
+    }
+}
+
+impl ResourceLimiter for GuestLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let r = self.inner.memory_growing(current, desired, maximum);
+        if !matches!(r, Ok(true)) {
+            self.hit = Some(LimitHit::Memory);
+        }
+        r
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.hit = Some(LimitHit::Memory);
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let r = self.inner.table_growing(current, desired, maximum);
+        if !matches!(r, Ok(true)) {
+            self.hit = Some(LimitHit::Table);
+        }
+        r
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.hit = Some(LimitHit::Table);
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
 }
 
 /// Builds the linker with the host functions and pre-links `module`.
@@ -223,6 +301,12 @@ pub struct Worker {
     pub generation: u64,
 }
 
+/// Deadline of instantiation (start function, `enrichd_abi_version`,
+/// `enrichd_io`), in ticks: 1 s, or `deadline_ms` if longer. It handles no
+/// events, and a batch-sized deadline made loads fail on a busy host
+/// (a debug-build instantiation waiting for a core can take 20 ms).
+const SETUP_TICKS: u64 = 1000;
+
 /// Instantiates and checks the ABI version and exchange area.
 pub fn instantiate(
     pre: &InstancePre<HostState>,
@@ -231,9 +315,9 @@ pub fn instantiate(
     generation: u64,
 ) -> anyhow::Result<Worker> {
     let mut store = Store::new(engine(), state);
-    store.data_mut().limits = store_limits(limits);
+    store.data_mut().limits = GuestLimits::new(limits);
     store.limiter(|s| &mut s.limits);
-    store.set_epoch_deadline(limits.deadline_ticks.max(1));
+    store.set_epoch_deadline(limits.deadline_ticks.max(SETUP_TICKS));
     let instance: Instance = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiation failed: {e:#}"))?;
     let version = instance
         .get_typed_func::<(), i32>(&mut store, "enrichd_abi_version")
@@ -248,7 +332,7 @@ pub fn instantiate(
             abi::ABI_MINOR
         );
     }
-    store.set_epoch_deadline(limits.deadline_ticks.max(1));
+    store.set_epoch_deadline(limits.deadline_ticks.max(SETUP_TICKS));
     let io = instance
         .get_typed_func::<(), i32>(&mut store, "enrichd_io")
         .and_then(|f| f.call(&mut store, ()))

@@ -13,10 +13,12 @@ use serde_json::{json, Value};
 /// Why a batch got the fallback instead of the module's results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
-    /// Ran past its epoch deadline.
+    /// Ran past its deadline (interrupted, or returned late).
     Timeout,
     /// Hit the memory cap.
     Memory,
+    /// Hit the table element cap.
+    Table,
     /// Overflowed the guest stack.
     StackOverflow,
     /// Any other trap (unreachable, out-of-bounds access, ...).
@@ -34,9 +36,10 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 9] = [
+    pub const ALL: [FailureKind; 10] = [
         FailureKind::Timeout,
         FailureKind::Memory,
+        FailureKind::Table,
         FailureKind::StackOverflow,
         FailureKind::Trap,
         FailureKind::GuestError,
@@ -50,6 +53,7 @@ impl FailureKind {
         match self {
             FailureKind::Timeout => "timeout",
             FailureKind::Memory => "memory",
+            FailureKind::Table => "table",
             FailureKind::StackOverflow => "stack_overflow",
             FailureKind::Trap => "trap",
             FailureKind::GuestError => "guest_error",
@@ -77,7 +81,7 @@ const BUCKETS: usize = 21;
 pub struct ModuleStats {
     calls: AtomicU64,
     events: AtomicU64,
-    errors: [AtomicU64; 9],
+    errors: [AtomicU64; FailureKind::ALL.len()],
     latency: [AtomicU64; BUCKETS],
 }
 

@@ -24,15 +24,24 @@ const GOOD: &str = r#"
 "#;
 
 fn module(version: u32, behaviour: &str) -> String {
+    module_with(version, "", behaviour, "(nop)")
+}
+
+/// `before` runs first on a poisoned chunk, `after` once the good results
+/// are written (no epoch check follows it); `imports` go first.
+fn module_with(version: u32, imports: &str, before: &str, after: &str) -> String {
     format!(
         r#"(module
+  {imports}
   (memory (export "memory") 2)
+  (table $t 1 funcref)
   (func (export "enrichd_abi_version") (result i32) (i32.const {version}))
   (func (export "enrichd_io") (result i32) (i32.const 0))
   {GOOD}
   (func (export "enrichd_process") (param $n i32) (result i32)
-    (if (i32.eq (i32.load16_u (i32.const 98)) (i32.const 666)) (then {behaviour}))
+    (if (i32.eq (i32.load16_u (i32.const 98)) (i32.const 666)) (then {before}))
     (call $good (local.get $n))
+    (if (i32.eq (i32.load16_u (i32.const 98)) (i32.const 666)) (then {after}))
     (i32.const 0)))"#
     )
 }
@@ -41,9 +50,10 @@ fn chain(dir: &Path, wat: &str, extra: &str) -> Result<Chain, String> {
     let path = dir.join("rule.wat");
     std::fs::write(&path, wat).unwrap();
     let toml = format!(
-        "[[chain]]\nplugin = \"ti\"\npaths = [\"{ti}\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"rule\"\nmodule = \"{m}\"\ndeadline_ms = 20\n{extra}\n",
+        "[[chain]]\nplugin = \"ti\"\npaths = [\"{ti}\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"rule\"\nmodule = \"{m}\"\n{deadline}{extra}\n",
         ti = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ti/indicators.txt"),
-        m = path.display()
+        m = path.display(),
+        deadline = if extra.contains("deadline_ms") { "" } else { "deadline_ms = 20\n" },
     );
     let mut registry = Registry::new();
     enrichd_plugins::register_all(&mut registry);
@@ -74,8 +84,12 @@ fn details(chain: &Chain) -> Value {
 }
 
 fn assert_isolated(behaviour: &str, kind: &str) {
+    assert_isolated_wat(&module(65536, behaviour), "", kind)
+}
+
+fn assert_isolated_wat(wat: &str, extra: &str, kind: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let chain = chain(dir.path(), &module(65536, behaviour), "fallback_score = 77").unwrap();
+    let chain = chain(dir.path(), wat, &format!("fallback_score = 77\n{extra}")).unwrap();
     let events = run(&chain, true);
     for (i, ev) in events.iter().enumerate() {
         // Earlier stages are unaffected everywhere.
@@ -93,7 +107,8 @@ fn assert_isolated(behaviour: &str, kind: &str) {
     assert_eq!(d["state"], "loaded");
     // The recycled instance serves the next batch normally.
     let events = run(&chain, false);
-    assert!(events.iter().all(|e| e["risk_score"] == 42), "{kind}: recovered");
+    let bad: Vec<&Value> = events.iter().filter(|e| e["risk_score"] != 42).take(1).collect();
+    assert!(bad.is_empty(), "{kind}: recovered: {bad:?} {}", details(&chain));
 }
 
 #[test]
@@ -106,6 +121,130 @@ fn infinite_loop_times_out() {
 #[test]
 fn unbounded_memory_grow_hits_the_cap() {
     assert_isolated("(loop $l (drop (memory.grow (i32.const 16))) (br $l))", "memory");
+}
+
+#[test]
+fn table_grow_past_the_cap_fails_the_call() {
+    // The probe grew by 50M entries a call (~381 MB each, counted as
+    // successes); 1M is enough to cross the default cap of 10,000.
+    assert_isolated("(drop (table.grow $t (ref.null func) (i32.const 1000000)))", "table");
+}
+
+#[test]
+fn table_cap_is_configurable_and_applies_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let grow = module(65536, "(drop (table.grow $t (ref.null func) (i32.const 20000)))");
+    let c = chain(dir.path(), &grow, "table_limit_elements = 30000").unwrap();
+    run(&c, true);
+    assert_eq!(details(&c)["details"]["errors"]["table"], 0);
+    assert_eq!(details(&c)["details"]["table_limit_elements"], 30000);
+
+    let big_table = module(65536, "(nop)").replace("(table $t 1 funcref)", "(table $t 20000 funcref)");
+    let err = chain(dir.path(), &big_table, "").unwrap_err();
+    assert!(err.contains("instantiation failed"), "{err}");
+    let five_tables = module(65536, "(nop)").replace("(table $t 1 funcref)", &"(table 1 funcref)".repeat(5));
+    let err = chain(dir.path(), &five_tables, "").unwrap_err();
+    assert!(err.contains("instantiation failed"), "{err}");
+}
+
+/// The epoch is checked at function entries, loop headers and before bulk
+/// operations, not after them: a call whose last instruction is one long
+/// host-side operation (here a 16 MB fill, 8-13 ms; a table.grow of 50M
+/// entries in the probe) returns past its deadline. It is a timeout: its
+/// results are not applied and the breaker counts it.
+#[test]
+fn a_call_returning_past_its_deadline_is_a_timeout() {
+    let fill = "(memory.fill (i32.const 131072) (i32.const 1) (i32.const 16000000))";
+    let wat = module_with(65536, "", "(drop (memory.grow (i32.const 254)))", fill);
+    let started = std::time::Instant::now();
+    assert_isolated_wat(&wat, "deadline_ms = 4", "timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn host_calls_do_not_outlast_the_deadline() {
+    let imports = r#"(import "enrichd_v1" "field" (func $field (param i32 i32 i32 i32 i32) (result i32)))
+  (import "enrichd_v1" "log" (func $log (param i32 i32 i32)))"#;
+    for spin in [
+        // An unknown key: the record is parsed again every call.
+        "(loop $l (drop (call $field (i32.const 0) (i32.const 100000) (i32.const 2) (i32.const 110000) (i32.const 64))) (br $l))",
+        // A key over the length cap, read from all of memory.
+        "(loop $l (drop (call $field (i32.const 0) (i32.const 0) (i32.const 131072) (i32.const 110000) (i32.const 64))) (br $l))",
+        "(loop $l (call $log (i32.const 3) (i32.const 100000) (i32.const 2)) (br $l))",
+    ] {
+        let started = std::time::Instant::now();
+        let spin = format!("(i32.store16 (i32.const 100000) (i32.const 0x7a7a)) {spin}");
+        assert_isolated_wat(&module_with(65536, imports, &spin, "(nop)"), "", "timeout");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{spin}");
+    }
+}
+
+#[test]
+fn field_result_from_a_rule_is_malformed() {
+    // A FIELD entry {event 0, key "x", value 1}: a rule declares no field.
+    assert_isolated(
+        "(i32.store16 (i32.const 28680) (i32.const 0)) (i32.store8 (i32.const 28682) (i32.const 4)) \
+         (i32.store16 (i32.const 28683) (i32.const 3)) (i32.store8 (i32.const 28685) (i32.const 1)) \
+         (i32.store8 (i32.const 28686) (i32.const 120)) (i32.store8 (i32.const 28687) (i32.const 49)) \
+         (i32.store (i32.const 28672) (i32.const 8)) (return (i32.const 0))",
+        "malformed_result",
+    );
+}
+
+#[test]
+fn undeclared_field_from_an_enricher_is_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sets "y" = 1 on event 0; the entry declares only "x".
+    let wat = module(
+        65536,
+        "(i32.store16 (i32.const 28680) (i32.const 0)) (i32.store8 (i32.const 28682) (i32.const 4)) \
+         (i32.store16 (i32.const 28683) (i32.const 3)) (i32.store8 (i32.const 28685) (i32.const 1)) \
+         (i32.store8 (i32.const 28686) (i32.const 121)) (i32.store8 (i32.const 28687) (i32.const 49)) \
+         (i32.store (i32.const 28672) (i32.const 8)) (return (i32.const 0))",
+    );
+    let chain = chain(dir.path(), &wat, "role = \"enricher\"\nfields = [\"x\", \"y2\"]").unwrap();
+    let events = run(&chain, true);
+    assert!(events[256]["x"].is_null() && events[256].get("y").is_none(), "{}", events[256]);
+    assert_eq!(details(&chain)["details"]["errors"]["malformed_result"], 1);
+}
+
+#[test]
+fn oversized_module_file_is_refused_and_the_last_good_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path(), &module(65536, "(nop)"), "").unwrap();
+    let mut registry = Registry::new();
+    enrichd_plugins::register_all(&mut registry);
+    registry.register(Box::new(enrichd_wasm::WasmFactory));
+    let engine = enrichd_engine::Engine::new(c, registry);
+    // Sparse: 64 MiB that cost no disk. (The probe's 1 GiB file peaked at
+    // 5.2 GB RSS; 64 MiB keeps the test cheap without the fix too.)
+    let file = std::fs::OpenOptions::new().write(true).open(dir.path().join("rule.wat")).unwrap();
+    file.set_len(64 << 20).unwrap();
+    let started = std::time::Instant::now();
+    let report = engine.reload_all();
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let rule = report.stages.iter().find(|s| s.name == "rule").unwrap();
+    assert_eq!(rule.outcome, enrichd_engine::Outcome::Rejected);
+    let err = rule.error.as_deref().unwrap();
+    assert!(err.contains("67108864 bytes, over the module size limit of 16777216 bytes"), "{err}");
+    assert!(err.len() < 300, "{err}");
+    // The module loaded before still scores.
+    assert!(run(&engine.chain(), false).iter().all(|e| e["risk_score"] == 42));
+    // And the limit is the entry's to set.
+    let err = chain(dir.path(), &module(65536, "(nop)"), "module_size_limit_mib = 0").unwrap_err();
+    assert!(err.contains("over the module size limit of 0 bytes"), "{err}");
+}
+
+#[test]
+fn load_errors_quote_guest_names_escaped_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("x\\n2026-01-01T00:00:00Z ERROR forged{}", "a".repeat(10_000));
+    let wat = module(65536, "(nop)").replace(
+        "(memory (export \"memory\") 2)",
+        &format!("(import \"env\" \"{name}\" (func))\n  (memory (export \"memory\") 2)"),
+    );
+    let err = chain(dir.path(), &wat, "").unwrap_err();
+    assert!(!err.contains('\n') && err.contains("x\\n2026") && err.len() < 400, "{err}");
 }
 
 #[test]
@@ -215,4 +354,57 @@ fn missing_module_is_reported_and_events_get_the_fallback() {
     assert_eq!(chain.reports()[0].status.state, PluginState::Missing);
     let events = run(&chain, false);
     assert_eq!(events[0]["reasons"], serde_json::json!(["rule error: unavailable"]));
+}
+
+/// Before/after figures for issue 17 item 2 (not a regression test: run
+/// it by hand). A rule whose every call grows its table by
+/// `PROBE_GROW` entries (default 50,000,000), called `PROBE_CALLS` times
+/// (default 3): per-call wall time, peak RSS (VmHWM) and what the module's
+/// counters say.
+///
+/// `cargo test -p enrichd-wasm --test hostile probe_table_grow -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn probe_table_grow() {
+    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (calls, grow) = (env("PROBE_CALLS", 3), env("PROBE_GROW", 50_000_000));
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 2)
+  (table $t 1 funcref)
+  (func (export "enrichd_abi_version") (result i32) (i32.const 65536))
+  (func (export "enrichd_io") (result i32) (i32.const 0))
+  {GOOD}
+  (func (export "enrichd_process") (param $n i32) (result i32)
+    (call $good (local.get $n))
+    ;; Last: no epoch check (function entry, loop) runs after it.
+    (drop (table.grow $t (ref.null func) (i32.const {grow})))
+    (i32.const 0)))"#
+    );
+    let hwm = || {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines().find(|l| l.starts_with("VmHWM")).unwrap().split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+            / 1024
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain(dir.path(), &wat, "deadline_ms = 10\nfallback_score = 77").unwrap();
+    println!("probe: table.grow by {grow} per call, deadline_ms = 10; VmHWM before: {} MiB", hwm());
+    for i in 0..calls {
+        let lines = r#"{"src_ip":"10.0.0.1","dst_port":80}"#;
+        let mut batch = parse_ndjson(lines.to_string(), Format::FlowsV1, chain.parse_spec(), 0).unwrap();
+        let started = std::time::Instant::now();
+        chain.run(&mut batch);
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut out = Vec::new();
+        batch.write_events_array(chain.keys(), &mut out);
+        let ev: Vec<Value> = serde_json::from_slice(&out).unwrap();
+        println!(
+            "call {i}: {ms:.1} ms, VmHWM {} MiB, risk_score {}, reasons {}",
+            hwm(),
+            ev[0]["risk_score"],
+            ev[0]["reasons"]
+        );
+    }
+    let d = details(&chain);
+    println!("state {}, calls {}, errors {}", d["state"], d["details"]["calls"], d["details"]["errors"]);
 }
