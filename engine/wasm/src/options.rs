@@ -24,6 +24,8 @@ pub enum Role {
 pub struct WasmOptions {
     /// Path of the `.wasm` module (relative to the config file).
     pub module: PathBuf,
+    /// `rule`: the module scores events (score, reasons, tags); `enricher`:
+    /// it sets the keys listed in `fields`.
     #[serde(default)]
     pub role: Role,
     /// Keys an enricher may set; anything else it writes is refused.
@@ -50,10 +52,13 @@ pub struct WasmOptions {
     /// refused before it is read.
     #[serde(default = "default_module_size_mib")]
     pub module_size_limit_mib: u64,
+    /// Output key of a rule's score (0-100).
     #[serde(default = "default_score_field")]
     pub score_field: String,
+    /// Output key of a rule's list of reasons.
     #[serde(default = "default_reasons_field")]
     pub reasons_field: String,
+    /// Output key of a rule's list of tags.
     #[serde(default = "default_tags_field")]
     pub tags_field: String,
     /// Score given to events of a failed batch (`null` when unset).
@@ -62,6 +67,8 @@ pub struct WasmOptions {
     /// Failures within `breaker_window_s` that open the circuit breaker.
     #[serde(default = "default_breaker_failures")]
     pub breaker_failures: usize,
+    /// Window of the circuit breaker, seconds: failures older than this no
+    /// longer count.
     #[serde(default = "default_breaker_window_s")]
     pub breaker_window_s: u64,
 }
