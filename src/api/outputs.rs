@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
@@ -61,9 +61,10 @@ fn check_url(field: &'static str, url: &str) -> Result<(), ApiError> {
 pub async fn configure_elastic(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
+    let body = super::body::read(&state, &headers, body).await?;
     let mut s: ElasticSettings = parse(&body)?;
     if let Some(url) = s.url.take() {
         s.urls.insert(0, url);
@@ -88,9 +89,10 @@ pub async fn configure_elastic(
 pub async fn configure_splunk(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
+    let body = super::body::read(&state, &headers, body).await?;
     let mut s: SplunkSettings = parse(&body)?;
     s.hec_url = s.hec_url.take().or(s.url.take());
     let Some(url) = &s.hec_url else {
