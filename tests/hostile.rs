@@ -1,0 +1,200 @@
+//! Hostile-input probes of issue 17, replayed small: socket hoarding,
+//! slow or stalled clients, secrets in URLs, duplicate keys, refusals that
+//! must be JSON. Every test is bounded to a few seconds.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{test_chain, Server, KEY};
+use serde_json::{json, Value};
+
+/// A server with `[server]` settings `server` plus the test key and chain.
+fn start(server: &str) -> Server {
+    Server::start_with(&format!("[server]\n{server}\n[auth]\napi_keys = [\"{KEY}\"]\n{}", test_chain()), &[])
+}
+
+fn connect(s: &Server) -> TcpStream {
+    let stream = TcpStream::connect(s.base.trim_start_matches("http://")).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection or `limit` passes; returns
+/// what was read and when the connection closed (None: still open).
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
+    read_until_closed_since(stream, Instant::now(), limit)
+}
+
+/// The same, with times counted from `started`.
+fn read_until_closed_since(stream: &mut TcpStream, started: Instant, limit: Duration) -> (String, Option<Duration>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < limit {
+        match stream.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), Some(started.elapsed())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), Some(started.elapsed())),
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), None)
+}
+
+/// The server process's open sockets.
+fn sockets(s: &Server) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn partial_head(s: &Server) -> TcpStream {
+    let mut stream = connect(s);
+    stream.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+    stream
+}
+
+/// A client that keeps sending good requests on fresh connections until
+/// told to stop, counting answers that are not 200.
+struct GoodClient {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl GoodClient {
+    fn start(s: &Server) -> GoodClient {
+        let (stop, failures, sent) = (Arc::default(), Arc::default(), Arc::default());
+        let base = s.base.clone();
+        let (stop2, failures2, sent2): (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>) =
+            (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&sent));
+        let thread = std::thread::spawn(move || {
+            let body = json!({"format": "flows.v1", "records": [{"src_ip": "45.149.3.1"}]}).to_string();
+            while !stop2.load(Ordering::Relaxed) {
+                let health = common::agent().get(&format!("{base}/v1/health")).call();
+                let ingest = common::agent()
+                    .post(&format!("{base}/v1/ingest"))
+                    .header("Authorization", format!("Bearer {KEY}"))
+                    .send(body.as_bytes());
+                for r in [health, ingest] {
+                    sent2.fetch_add(1, Ordering::Relaxed);
+                    if !r.is_ok_and(|r| r.status() == 200) {
+                        failures2.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        GoodClient { stop, failures, sent, thread }
+    }
+
+    /// Stops; returns (requests sent, failures).
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        (self.sent.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
+    }
+}
+
+#[test]
+fn hoarded_sockets_beyond_the_cap_do_not_lock_others_out() {
+    let s = start("max_connections = 32\nheader_timeout_s = 60\nkeepalive_timeout_s = 60");
+    let base_sockets = sockets(&s);
+    // Twice the cap of half-sent request heads, as the probe did with 20,000.
+    let hoard: Vec<TcpStream> = (0..64).map(|_| partial_head(&s)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Each good connection now evicts the longest-waiting hoarded one.
+    let good = GoodClient::start(&s);
+    let open = sockets(&s) - base_sockets;
+    assert!(open <= 32 + 3, "the server holds {open} client sockets, over its cap of 32");
+    std::thread::sleep(Duration::from_millis(300));
+    let open = sockets(&s) - base_sockets;
+    assert!(open <= 32 + 3, "the server holds {open} client sockets, over its cap of 32");
+    for _ in 0..10 {
+        let started = Instant::now();
+        let r = s.get("/v1/health");
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(started.elapsed() < Duration::from_secs(2), "health took {:?}", started.elapsed());
+    }
+    let (sent, failures) = good.finish();
+    assert!(sent > 0);
+    assert_eq!(failures, 0, "{failures} of {sent} good requests failed during the attack");
+    drop(hoard);
+}
+
+#[test]
+fn at_the_cap_with_every_connection_busy_newcomers_get_a_json_503() {
+    let s = start("max_connections = 4\nbody_timeout_s = 30");
+    // Four requests in flight: authenticated ingests whose bodies never come.
+    let busy: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut stream = connect(&s);
+            let head = format!(
+                "POST /v1/ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 1000\r\n\r\n{{"
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut stream = connect(&s);
+    let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(3));
+    assert!(closed.is_some(), "a refused connection is closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["error"], "too_many_connections");
+    assert_eq!(body["limit"], 4);
+    drop(busy);
+    // Once they are gone, the server serves again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.get("/v1/health").status, 200);
+}
+
+#[test]
+fn slow_and_stalled_clients_are_cut_off_and_good_ones_are_not() {
+    let s = start("header_timeout_s = 1\nkeepalive_timeout_s = 2\nbody_timeout_s = 1");
+    let good = GoodClient::start(&s);
+
+    let sent = Instant::now();
+    // (b) A request head that never ends is closed after the header timeout.
+    let mut partial = partial_head(&s);
+    // (c) A kept-alive connection left idle is closed after the keep-alive timeout.
+    let mut idle = connect(&s);
+    idle.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // (d) An authenticated ingest whose body stalls gets 408 and is closed.
+    let mut stalled = connect(&s);
+    let head = format!(
+        "POST /v1/ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"format\":"
+    );
+    stalled.write_all(head.as_bytes()).unwrap();
+
+    let (nothing, closed) = read_until_closed_since(&mut partial, sent, Duration::from_secs(5));
+    let closed = closed.expect("partial request head still open after 5 s (header_timeout_s = 1)");
+    assert!(closed >= Duration::from_millis(800), "closed too early: {closed:?}");
+    assert!(nothing.is_empty(), "{nothing}");
+
+    let (answer, closed) = read_until_closed_since(&mut idle, sent, Duration::from_secs(6));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let closed = closed.expect("idle keep-alive connection still open after 6 s (keepalive_timeout_s = 2)");
+    assert!(closed >= Duration::from_millis(1800), "closed before the keep-alive timeout: {closed:?}");
+
+    let (answer, closed) = read_until_closed_since(&mut stalled, sent, Duration::from_secs(5));
+    assert!(closed.is_some(), "stalled body still open after 5 s (body_timeout_s = 1): {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["error"], "body_timeout");
+
+    let (sent, failures) = good.finish();
+    assert!(sent > 10, "{sent}");
+    assert_eq!(failures, 0, "{failures} of {sent} good requests failed");
+    assert_eq!(s.metrics()["requests_by_class"]["5xx"], 0);
+}
