@@ -198,3 +198,20 @@ fn slow_and_stalled_clients_are_cut_off_and_good_ones_are_not() {
     assert_eq!(failures, 0, "{failures} of {sent} good requests failed");
     assert_eq!(s.metrics()["requests_by_class"]["5xx"], 0);
 }
+
+#[test]
+fn duplicate_keys_in_a_record_are_refused_with_its_index() {
+    let s = Server::start(&test_chain());
+    let body = br#"{"format":"flows.v1","records":[{"src_ip":"10.0.0.1"},{"src_ip":"1.2.3.4","src_ip":"45.149.3.1"}]}"#;
+    let r = s.post_raw("/v1/ingest", body, &[]);
+    assert_eq!(r.status, 400, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["error"], "invalid_record");
+    assert_eq!(v["record_index"], 1);
+    assert_eq!(v["field"], "src_ip");
+    assert!(v["detail"].as_str().unwrap().contains("duplicate key"), "{v}");
+    let body = br#"{"format":"zeek","records":[{"id.orig_h":"1.2.3.4","id_orig_h":"5.6.7.8"}]}"#;
+    let v = s.post_raw("/v1/ingest", body, &[]).json();
+    assert_eq!((v["record_index"].as_u64(), v["field"].as_str()), (Some(0), Some("id_orig_h")), "{v}");
+    assert_eq!(s.metrics()["records_processed"], 0);
+}
