@@ -215,3 +215,61 @@ fn duplicate_keys_in_a_record_are_refused_with_its_index() {
     assert_eq!((v["record_index"].as_u64(), v["field"].as_str()), (Some(0), Some("id_orig_h")), "{v}");
     assert_eq!(s.metrics()["records_processed"], 0);
 }
+
+/// The first `/v1/stream` event, raw.
+fn first_stream_event(s: &Server, key: bool) -> String {
+    let mut stream = connect(s);
+    let auth = if key { format!("Authorization: Bearer {KEY}\r\n") } else { String::new() };
+    stream.write_all(format!("GET /v1/stream HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes()).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while started.elapsed() < Duration::from_secs(5) {
+        if let Ok(n) = stream.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if text.contains("event: metrics") && text.contains("}\n\n") {
+                return text.into_owned();
+            }
+        }
+    }
+    panic!("no stream event: {}", String::from_utf8_lossy(&got));
+}
+
+#[test]
+fn secrets_in_output_urls_are_never_shown() {
+    let s = start("");
+    let secrets = ["pw-USERINFO", "QUERY-apikey", "FRAG-secret", "HECQUERY-token", "HECFRAG", "tok-BODY", "pass-BODY"];
+    let elastic = json!({"url": "https://user-NAME:pw-USERINFO@es.example:9200/?api_key=QUERY-apikey#FRAG-secret",
+                         "urls": ["https://es2.example:9200#FRAG-secret"],
+                         "username": "user-NAME", "password": "pass-BODY", "index": "idx-NAME"});
+    let splunk = json!({"hec_url": "https://splunk.example:8088/services/collector?token=HECQUERY-token#HECFRAG",
+                        "token": "tok-BODY", "index": "idx-NAME"});
+    let mut answers = vec![s.post("/v1/outputs/elastic", &elastic), s.post("/v1/outputs/splunk", &splunk)];
+    assert!(answers.iter().all(|r| r.status == 200), "{}", answers[0].text);
+    let shown = s.get_auth("/v1/outputs");
+    assert_eq!(shown.json()["splunk"]["hec_url"], "https://splunk.example:8088/services/collector?***#***");
+    assert_eq!(shown.json()["elastic"]["url"], "https://***@es.example:9200/?***#***");
+    answers.push(shown);
+    for path in ["/v1/metrics", "/metrics", "/v1/enrichers", "/v1/health/details", "/v1", "/v1/health"] {
+        answers.push(s.get(path));
+        answers.push(s.get_auth(path));
+    }
+    let streams = [first_stream_event(&s, false), first_stream_event(&s, true)];
+    for text in answers.iter().map(|r| &r.text).chain(&streams) {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} shown in: {text}");
+        }
+    }
+    // Public metrics say an output is configured, not where or as whom.
+    let public = s.metrics();
+    assert_eq!(public["outputs"]["elastic"]["configured"], true);
+    assert!(public["outputs"]["elastic"]["settings"].is_null(), "{}", public["outputs"]);
+    let text = s.get("/v1/metrics").text + &streams[0];
+    for detail in ["es.example", "user-NAME", "idx-NAME", "splunk.example"] {
+        assert!(!text.contains(detail), "{detail} shown without a key");
+    }
+    let keyed = s.get_auth("/v1/metrics").json();
+    assert_eq!(keyed["outputs"]["elastic"]["settings"]["username"], "user-NAME");
+    assert!(streams[1].contains("user-NAME"));
+}
