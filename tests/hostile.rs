@@ -273,3 +273,95 @@ fn secrets_in_output_urls_are_never_shown() {
     assert_eq!(keyed["outputs"]["elastic"]["settings"]["username"], "user-NAME");
     assert!(streams[1].contains("user-NAME"));
 }
+
+fn assert_json_error(r: &common::Reply, status: u16, code: &str) -> Value {
+    assert_eq!(r.status, status, "{}", r.text);
+    assert!(r.header("content-type").is_some_and(|t| t.starts_with("application/json")), "{:?}", r.headers);
+    let v = r.json();
+    assert_eq!(v["error"], code, "{v}");
+    assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+    v
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+#[test]
+fn every_refusal_is_json() {
+    let config = format!("[auth]\napi_keys = [\"{KEY}\"]\nadmin_keys = [\"{KEY}\"]\n{}", test_chain());
+    let s = Server::start_with(&config, &[]);
+    assert_json_error(&s.get("/nope"), 404, "not_found");
+    // 405: axum's own answer had an empty body.
+    let r = common::agent().delete(&s.url("/v1/health")).call().unwrap();
+    let r = common::Reply {
+        status: r.status().as_u16(),
+        headers: r.headers().clone(),
+        text: {
+            let mut r = r;
+            r.body_mut().read_to_string().unwrap()
+        },
+    };
+    let v = assert_json_error(&r, 405, "method_not_allowed");
+    assert!(r.header("allow").is_some_and(|a| a.contains("GET")), "{:?}", r.headers);
+    assert!(v["detail"].as_str().unwrap().contains("DELETE"), "{v}");
+    // 413 on every body-taking endpoint, at the documented limit (axum's own
+    // 2 MB limit answered in plain text on these).
+    for (method, path) in [("POST", "/v1/lookup"), ("PUT", "/v1/indicators"), ("POST", "/v1/outputs/splunk")] {
+        // Refused from the declared length: send only the head and a little.
+        let mut stream = connect(&s);
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\n\r\n{{",
+            5 * 1024 * 1024 + 1
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(3));
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("content-type: application/json"), "{answer}");
+        let v: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(v["error"], "batch_too_large", "{path}");
+        assert_eq!(v["limit_bytes"], 5 * 1024 * 1024, "{path}");
+    }
+    // And counted on the bytes received (3 MB: over axum's old 2 MB default, under ours).
+    let r = raw(&s, "POST", "/v1/lookup", &[], &vec![b' '; 3 * 1024 * 1024]);
+    assert_json_error(&r, 400, "invalid_json");
+    // Content-Encoding: gzip is decoded everywhere; other encodings get 415.
+    let r = raw(&s, "POST", "/v1/lookup", &[("Content-Encoding", "gzip")], &gzip(br#"{"ip":"81.2.69.160"}"#));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["geo"]["country"], "GB");
+    let r = raw(&s, "PUT", "/v1/indicators", &[("Content-Encoding", "gzip")], &gzip(br#"{"indicator":"203.0.113.9"}"#));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_json_error(
+        &raw(&s, "POST", "/v1/lookup", &[("Content-Encoding", "br")], b"{}"),
+        415,
+        "unsupported_encoding",
+    );
+    // A path parameter axum cannot decode.
+    assert_json_error(&s.get("/v1/schema/%FF"), 400, "bad_request");
+    // Header limits are hyper's (431 before any handler runs): documented.
+    let mut stream = connect(&s);
+    let headers: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    stream.write_all(format!("GET /v1/health HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes()).unwrap();
+    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(3));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}
+
+/// A request with the key, raw bytes as the body, read whole.
+fn raw(s: &Server, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> common::Reply {
+    let mut req = ureq::http::Request::builder().method(method).uri(s.url(path));
+    req = req.header("Authorization", format!("Bearer {KEY}")).header("Content-Type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = common::agent().run(req.body(body.to_vec()).unwrap());
+    match resp {
+        Ok(mut resp) => common::Reply {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            text: resp.body_mut().read_to_string().unwrap(),
+        },
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}

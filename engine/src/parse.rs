@@ -237,7 +237,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                     seen_known |= k.bit();
                     seen
                 }
-                None => seen_other.iter().any(|seen| *seen == key),
+                None => seen_other.contains(&key),
             };
             if duplicate {
                 let message = match known {

@@ -118,8 +118,9 @@ async fn common_headers(State(state): State<Arc<AppState>>, request: Request, ne
         .unwrap_or_else(new_request_id);
     let is_v1 = request.uri().path().starts_with("/v1/");
     let method = request.method().clone();
+    let path = request.uri().path().to_owned();
     let response = next.run(request).await.into_response();
-    let mut response = json_refusal(response, &method).await;
+    let mut response = json_refusal(response, &method, &path).await;
     state.metrics.record_request(response.status().as_u16());
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, request_id);
@@ -132,7 +133,7 @@ async fn common_headers(State(state): State<Arc<AppState>>, request: Request, ne
 /// Every refusal is JSON: answers that axum makes itself (405 with an
 /// empty body, a path parameter it cannot parse, ...) are rewritten in the
 /// `{"error", "detail"}` shape, keeping their headers (`Allow`, ...).
-async fn json_refusal(response: Response, method: &axum::http::Method) -> Response {
+async fn json_refusal(response: Response, method: &axum::http::Method, path: &str) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -147,7 +148,6 @@ async fn json_refusal(response: Response, method: &axum::http::Method) -> Respon
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
-    let allow = parts.headers.get(axum::http::header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
     let code = match status {
         StatusCode::BAD_REQUEST => "bad_request",
         StatusCode::NOT_FOUND => "not_found",
@@ -159,7 +159,10 @@ async fn json_refusal(response: Response, method: &axum::http::Method) -> Respon
         _ => "refused",
     };
     let detail = match (status, text.is_empty()) {
-        (StatusCode::METHOD_NOT_ALLOWED, _) => format!("method {method} not allowed here; allowed: {allow}"),
+        // axum adds the `Allow` header after this layer has run.
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            format!("method {method} is not allowed on {path}; the Allow header lists those that are")
+        }
         (_, false) => text,
         (_, true) => status.canonical_reason().unwrap_or("refused").to_string(),
     };
