@@ -365,3 +365,47 @@ fn raw(s: &Server, method: &str, path: &str, headers: &[(&str, &str)], body: &[u
         Err(e) => panic!("{method} {path}: {e}"),
     }
 }
+
+/// True once the process has exited (a zombie until the test reaps it).
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight_and_ends_event_streams() {
+    let s = start("body_timeout_s = 10");
+    let mut sse = connect(&s);
+    sse.write_all(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut idle = connect(&s);
+    idle.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // An ingest in flight: head and half of the body sent.
+    let body = json!({"format": "flows.v1", "records": [{"src_ip": "45.149.3.1"}]}).to_string();
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    let mut busy = connect(&s);
+    let head = format!(
+        "POST /v1/ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    busy.write_all(head.as_bytes()).unwrap();
+    busy.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = std::process::Command::new("kill").args(["-TERM", &s.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!exited(s.pid()), "exited with a request in flight");
+    busy.write_all(rest).unwrap();
+    let (answer, closed) = read_until_closed(&mut busy, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 200"), "the request in flight is answered: {answer}");
+    assert!(closed.is_some());
+    let (_, closed) = read_until_closed(&mut sse, Duration::from_secs(5));
+    assert!(closed.is_some(), "the event stream ends on shutdown");
+    let (_, closed) = read_until_closed(&mut idle, Duration::from_secs(5));
+    assert!(closed.is_some(), "idle connections are closed on shutdown");
+    let started = Instant::now();
+    while !exited(s.pid()) {
+        assert!(started.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
