@@ -42,7 +42,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 /// Connection limits, from `[server]`.
@@ -54,7 +54,7 @@ pub struct Limits {
 }
 
 /// How long a connection accepted over the cap waits for the connection it
-/// evicted to close before it is refused after all.
+/// evicted to close (normally microseconds) before it is refused after all.
 const EVICTION_WAIT: Duration = Duration::from_secs(2);
 /// Pause after an accept error that is not about one connection (`EMFILE`,
 /// `ENFILE`, `ENOMEM`, ...): retrying at once would spin.
@@ -99,21 +99,25 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let permit = match server.permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) if server.evict_one() => None,
-            Err(_) => {
-                refuse(stream, limits.max_connections);
-                continue;
-            }
+            Ok(permit) => Ok(permit),
+            Err(_) => match server.evict_one() {
+                Some(handoff) => Err(handoff),
+                None => {
+                    refuse(stream, limits.max_connections);
+                    continue;
+                }
+            },
         };
         let server = server.clone();
         let http = http.clone();
         let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // Over the cap: the evicted connection hands its permit over (a
+            // plain wait on the semaphore could lose it to a later arrival).
             let permit = match permit {
-                Some(permit) => permit,
-                None => match tokio::time::timeout(EVICTION_WAIT, server.permits.clone().acquire_owned()).await {
+                Ok(permit) => permit,
+                Err(handoff) => match tokio::time::timeout(EVICTION_WAIT, handoff).await {
                     Ok(Ok(permit)) => permit,
                     _ => return refuse(stream, server.limits.max_connections),
                 },
@@ -145,7 +149,10 @@ pub async fn serve(
                 () = watchdog(&conn, server.limits, server.epoch) => {}
             }
             server.unregister(conn.id);
-            drop(permit);
+            let handoff = conn.handoff.lock().expect("handoff").take();
+            if let Some(handoff) = handoff {
+                let _ = handoff.send(permit); // refused: dropped, released
+            }
         });
     }
     drop(listener);
@@ -173,6 +180,7 @@ impl Server {
             head_started_ms: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
+            handoff: Mutex::new(None),
         });
         self.conns.lock().expect("connection table").insert(conn.id, conn.clone());
         conn
@@ -182,10 +190,10 @@ impl Server {
         self.conns.lock().expect("connection table").remove(&id);
     }
 
-    /// Tells the connection that has waited longest for a request to close;
-    /// false when every connection is inside a request. O(connections), and
-    /// only run at the cap.
-    fn evict_one(&self) -> bool {
+    /// Tells the connection that has waited longest for a request to close
+    /// and hand its permit over; `None` when every connection is inside a
+    /// request. O(connections), and only run at the cap.
+    fn evict_one(&self) -> Option<oneshot::Receiver<OwnedSemaphorePermit>> {
         let conns = self.conns.lock().expect("connection table");
         let victim = conns
             .values()
@@ -193,11 +201,13 @@ impl Server {
             .min_by_key(|c| c.waiting_since_ms.load(Relaxed));
         match victim {
             Some(victim) => {
+                let (handoff, permit) = oneshot::channel();
+                *victim.handoff.lock().expect("handoff") = Some(handoff);
                 victim.evicted.store(true, Relaxed);
                 victim.evict.notify_one();
-                true
+                Some(permit)
             }
-            None => false,
+            None => None,
         }
     }
 }
@@ -216,6 +226,8 @@ struct Conn {
     head_started_ms: AtomicU64,
     evicted: AtomicBool,
     evict: Notify,
+    /// Where the permit goes when an evicted connection closes.
+    handoff: Mutex<Option<oneshot::Sender<OwnedSemaphorePermit>>>,
 }
 
 impl Conn {
