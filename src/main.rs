@@ -12,6 +12,7 @@ mod metrics;
 mod reload;
 mod schema;
 mod serve;
+mod server;
 mod watch;
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use enrichd_engine::{Engine, PluginState};
 
 use crate::api::{self, AppState};
-use crate::{app, reload, watch};
+use crate::{app, reload, server, watch};
 
 pub fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     let registry = app::registry();
@@ -83,9 +83,36 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     };
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(state.clone()));
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await?;
+    let limits = connection_limits(&state.config.server)?;
+    server::serve(listener, api::router(state), limits, shutdown).await;
     tracing::info!("enrichd stopped");
     Ok(())
+}
+
+/// `[server]` connection settings, checked, with the cap fitted to the
+/// file-descriptor limit (beyond it `accept` would fail for everyone).
+fn connection_limits(config: &enrichd_engine::ServerConfig) -> anyhow::Result<server::Limits> {
+    let seconds = |key: &str, value: u64| {
+        anyhow::ensure!(value > 0, "server.{key} must be at least 1 second");
+        Ok(std::time::Duration::from_secs(value))
+    };
+    anyhow::ensure!(config.max_connections > 0, "server.max_connections must be at least 1");
+    let mut max_connections = config.max_connections;
+    if let Some(budget) = server::connection_budget() {
+        if budget < max_connections {
+            tracing::warn!(
+                configured = max_connections,
+                allowed = budget,
+                "server.max_connections lowered to fit the file-descriptor limit (raise `ulimit -n` / LimitNOFILE)"
+            );
+            max_connections = budget;
+        }
+    }
+    Ok(server::Limits {
+        max_connections,
+        header_timeout: seconds("header_timeout_s", config.header_timeout_s)?,
+        keepalive_timeout: seconds("keepalive_timeout_s", config.keepalive_timeout_s)?,
+    })
 }
 
 async fn shutdown_signal() {

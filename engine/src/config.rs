@@ -64,6 +64,21 @@ pub struct ServerConfig {
     /// through the API). Relative to the configuration file; created on
     /// start.
     pub state_dir: PathBuf,
+    /// Most client connections open at once. At the cap, a new connection
+    /// evicts the connection that has waited longest for a request (idle
+    /// keep-alive or unfinished request head); when every connection is in
+    /// a request, it gets a 503 and is closed. Lowered at start to fit the
+    /// process's file-descriptor limit.
+    pub max_connections: usize,
+    /// Seconds a client has to send a complete request head: on a new
+    /// connection counted from accept, on a kept-alive one from its first
+    /// byte. Then the connection is closed.
+    pub header_timeout_s: u64,
+    /// Seconds a kept-alive connection may stay idle between requests.
+    pub keepalive_timeout_s: u64,
+    /// Seconds the server waits for the next piece of a request body; a
+    /// stalled body gets 408 and the connection is closed.
+    pub body_timeout_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +90,12 @@ impl Default for ServerConfig {
             metrics_require_key: false,
             api_version: "1.0.0".into(),
             state_dir: PathBuf::from("state"),
+            // Reverse-proxy defaults (nginx: client_header_timeout 60s,
+            // keepalive_timeout 75s, client_body_timeout 60s).
+            max_connections: 4096,
+            header_timeout_s: 60,
+            keepalive_timeout_s: 75,
+            body_timeout_s: 60,
         }
     }
 }

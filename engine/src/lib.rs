@@ -26,7 +26,7 @@ pub mod registry;
 
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
 pub use chain::{BuildEnv, Chain, StageReport};
-pub use config::{ChainEntryConfig, Config, ConfigError};
+pub use config::{ChainEntryConfig, Config, ConfigError, ServerConfig};
 pub use event::{AddressSelector, Event, JsonFragment, KeyId, Side, TextFieldId};
 pub use format::Format;
 pub use live::{Engine, Outcome, ReloadReport, StageReload};

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use crate::batch::Batch;
 use crate::event::{Event, Span, Text, TextFieldId};
@@ -219,64 +220,146 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let ev = self.event;
+        // Duplicate keys are refused: which value would count is a guess, and
+        // whoever reads the record downstream may guess differently. Known
+        // fields (and their aliases: `src_ip` / `id.orig_h` / `id_orig_h`,
+        // `protocol` / `proto`) are one bit each; other keys are compared
+        // with those seen before, kept on the stack up to 32 (mostly borrowed
+        // slices of the input, so no allocation for typical records).
+        let mut seen_known = 0u16;
+        let mut seen_other: SmallVec<[Cow<'de, str>; 32]> = SmallVec::new();
         while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             ev.raw_has_fields = true;
+            let known = Known::of(&key);
+            let duplicate = match known {
+                Some(k) => {
+                    let seen = seen_known & k.bit() != 0;
+                    seen_known |= k.bit();
+                    seen
+                }
+                None => seen_other.contains(&key),
+            };
+            if duplicate {
+                let message = match known {
+                    Some(k) if k.names().len() > 1 => {
+                        format!("duplicate key: this field was already given (as one of {})", k.names().join(", "))
+                    }
+                    _ => "duplicate key: this field was already given".to_string(),
+                };
+                *self.current_field = Some(key.into_owned());
+                return Err(de::Error::custom(message));
+            }
             // The field name is only copied when its value is refused.
-            if let Err(e) = read_field(&key, &mut map, ev, self.spec, self.base) {
+            if let Err(e) = read_field(known, &key, &mut map, ev, self.spec, self.base) {
                 *self.current_field = Some(key.into_owned());
                 return Err(e);
+            }
+            if known.is_none() {
+                seen_other.push(key);
             }
         }
         Ok(())
     }
 }
 
+/// The fields the engine reads, each under all its names.
+#[derive(Clone, Copy)]
+enum Known {
+    Ts,
+    SrcIp,
+    DstIp,
+    SrcPort,
+    DstPort,
+    Proto,
+    Bytes,
+    OrigBytes,
+    RespBytes,
+    Packets,
+    Duration,
+}
+
+impl Known {
+    fn of(key: &str) -> Option<Known> {
+        Some(match key {
+            "ts" => Known::Ts,
+            "src_ip" | "id.orig_h" | "id_orig_h" => Known::SrcIp,
+            "dst_ip" | "id.resp_h" | "id_resp_h" => Known::DstIp,
+            "src_port" | "id.orig_p" | "id_orig_p" => Known::SrcPort,
+            "dst_port" | "id.resp_p" | "id_resp_p" => Known::DstPort,
+            "protocol" | "proto" => Known::Proto,
+            "bytes" => Known::Bytes,
+            "orig_bytes" => Known::OrigBytes,
+            "resp_bytes" => Known::RespBytes,
+            "packets" => Known::Packets,
+            "duration" => Known::Duration,
+            _ => return None,
+        })
+    }
+
+    fn bit(self) -> u16 {
+        1 << self as u16
+    }
+
+    fn names(self) -> &'static [&'static str] {
+        match self {
+            Known::SrcIp => &["src_ip", "id.orig_h", "id_orig_h"],
+            Known::DstIp => &["dst_ip", "id.resp_h", "id_resp_h"],
+            Known::SrcPort => &["src_port", "id.orig_p", "id_orig_p"],
+            Known::DstPort => &["dst_port", "id.resp_p", "id_resp_p"],
+            Known::Proto => &["protocol", "proto"],
+            _ => &[],
+        }
+    }
+}
+
 /// Reads the value of field `key` into the event (or skips it).
 fn read_field<'de, A: MapAccess<'de>>(
+    known: Option<Known>,
     key: &str,
     map: &mut A,
     ev: &mut Event,
     spec: &ParseSpec,
     base: usize,
 ) -> Result<(), A::Error> {
-    match key {
-        "ts" => ev.ts = map.next_value::<Timestamp>()?.0,
-        "src_ip" | "id.orig_h" | "id_orig_h" => set_ip(ev, key, map.next_value()?, true),
-        "dst_ip" | "id.resp_h" | "id_resp_h" => set_ip(ev, key, map.next_value()?, false),
-        "src_port" | "id.orig_p" | "id_orig_p" => ev.src_port = map.next_value::<Port>()?.0,
-        "dst_port" | "id.resp_p" | "id_resp_p" => ev.dst_port = map.next_value::<Port>()?.0,
-        "protocol" | "proto" => {
+    let Some(known) = known else {
+        if spec.output_keys.iter().any(|k| &**k == key) {
+            ev.shadows_output = true;
+        }
+        match spec.text_fields.iter().position(|k| &**k == key) {
+            Some(i) => {
+                if let Some(text) = map.next_value::<AnyText<'de>>()?.0 {
+                    let text = match text {
+                        Cow::Borrowed(s) => {
+                            Text::Span(Span { start: (s.as_ptr() as usize - base) as u32, len: s.len() as u32 })
+                        }
+                        Cow::Owned(s) => Text::Owned(s.into_boxed_str()),
+                    };
+                    // Each key appears once (duplicates are refused).
+                    ev.texts.push((TextFieldId(i as u16), text));
+                }
+            }
+            None => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        return Ok(());
+    };
+    match known {
+        Known::Ts => ev.ts = map.next_value::<Timestamp>()?.0,
+        Known::SrcIp => set_ip(ev, key, map.next_value()?, true),
+        Known::DstIp => set_ip(ev, key, map.next_value()?, false),
+        Known::SrcPort => ev.src_port = map.next_value::<Port>()?.0,
+        Known::DstPort => ev.dst_port = map.next_value::<Port>()?.0,
+        Known::Proto => {
             if let Some(p) = map.next_value::<Protocol>()?.0 {
                 ev.proto = Some(p);
             }
         }
-        "bytes" => ev.bytes = map.next_value::<Count>()?.0,
-        "orig_bytes" => ev.orig_bytes = map.next_value::<Count>()?.0,
-        "resp_bytes" => ev.resp_bytes = map.next_value::<Count>()?.0,
-        "packets" => ev.packets = map.next_value::<Count>()?.0,
-        "duration" => ev.duration = map.next_value::<Option<f64>>()?,
-        other => {
-            if spec.output_keys.iter().any(|k| &**k == other) {
-                ev.shadows_output = true;
-            }
-            match spec.text_fields.iter().position(|k| &**k == other) {
-                Some(i) => {
-                    if let Some(text) = map.next_value::<AnyText<'de>>()?.0 {
-                        let text = match text {
-                            Cow::Borrowed(s) => {
-                                Text::Span(Span { start: (s.as_ptr() as usize - base) as u32, len: s.len() as u32 })
-                            }
-                            Cow::Owned(s) => Text::Owned(s.into_boxed_str()),
-                        };
-                        ev.texts.retain(|(f, _)| f.0 != i as u16);
-                        ev.texts.push((TextFieldId(i as u16), text));
-                    }
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
+        Known::Bytes => ev.bytes = map.next_value::<Count>()?.0,
+        Known::OrigBytes => ev.orig_bytes = map.next_value::<Count>()?.0,
+        Known::RespBytes => ev.resp_bytes = map.next_value::<Count>()?.0,
+        Known::Packets => ev.packets = map.next_value::<Count>()?.0,
+        Known::Duration => ev.duration = map.next_value::<Option<f64>>()?,
     }
     Ok(())
 }

@@ -164,3 +164,60 @@ fn ndjson_lines_skip_blanks_and_number_records() {
         parse_ndjson("{}\n{\"dst_port\":\"x\"}\n".into(), Format::FlowsV1, &ParseSpec::default(), 10).unwrap_err();
     assert!(matches!(err, InputError::Record { index: 11, .. }), "{err:?}");
 }
+
+fn record_error(records: &str) -> (usize, Option<String>, String) {
+    match envelope(&format!(r#"{{"format":"flows.v1","records":{records}}}"#)) {
+        Err(InputError::Record { index, field, message }) => (index, field, message),
+        other => panic!("expected a record error for {records}, got {:?}", other.map(|b| b.len())),
+    }
+}
+
+#[test]
+fn duplicate_known_fields_and_aliases_are_refused() {
+    let (index, field, message) = record_error(r#"[{}, {"src_ip":"1.2.3.4","src_ip":"5.6.7.8"}]"#);
+    assert_eq!((index, field.as_deref()), (1, Some("src_ip")));
+    assert!(message.contains("duplicate key"), "{message}");
+    // Aliases of one field count as the same key, even with equal values.
+    let (_, field, message) = record_error(r#"[{"id.orig_h":"1.2.3.4","id_orig_h":"1.2.3.4"}]"#);
+    assert_eq!(field.as_deref(), Some("id_orig_h"));
+    assert!(message.contains("id.orig_h"), "{message}");
+    let (_, field, _) = record_error(r#"[{"protocol":"tcp","dst_port":1,"proto":6}]"#);
+    assert_eq!(field.as_deref(), Some("proto"));
+    let (_, field, _) = record_error(r#"[{"src_port":1,"id.orig_p":2}]"#);
+    assert_eq!(field.as_deref(), Some("id.orig_p"));
+    let (_, field, _) = record_error(r#"[{"ts":1,"bytes":2,"ts":1}]"#);
+    assert_eq!(field.as_deref(), Some("ts"));
+    // An escaped spelling of the same name is the same key.
+    let (_, field, _) = record_error(r#"[{"src_ip":"1.2.3.4","src\u005fip":"5.6.7.8"}]"#);
+    assert_eq!(field.as_deref(), Some("src_ip"));
+}
+
+#[test]
+fn duplicate_unknown_and_captured_keys_are_refused() {
+    let (index, field, _) = record_error(r#"[{"a":1,"b":2}, {"x":1,"uid":"C1","query":"a.example","uid":"C2"}]"#);
+    assert_eq!((index, field.as_deref()), (1, Some("uid")));
+    let (_, field, _) = record_error(r#"[{"query":"a.example","query":"b.example"}]"#);
+    assert_eq!(field.as_deref(), Some("query"));
+    let (_, field, _) = record_error(r#"[{"geo":1,"geo":2}]"#);
+    assert_eq!(field.as_deref(), Some("geo"));
+    let (_, field, _) = record_error(r#"[{"k\u00e9":1,"ké":2}]"#);
+    assert_eq!(field.as_deref(), Some("ké"));
+    // Past the 32 keys kept on the stack, detection goes on.
+    let many: Vec<String> = (0..100).map(|i| format!(r#""k{i}":{i}"#)).collect();
+    let (_, field, _) = record_error(&format!(r#"[{{{},"k7":0}}]"#, many.join(",")));
+    assert_eq!(field.as_deref(), Some("k7"));
+    let b = envelope(&format!(r#"{{"format":"flows.v1","records":[{{{}}}]}}"#, many.join(","))).unwrap();
+    assert_eq!(b.len(), 1, "100 distinct keys are fine");
+}
+
+#[test]
+fn distinct_keys_and_nested_objects_are_not_duplicates() {
+    // Keys that differ only by an alias family are distinct fields; nested
+    // objects are passed through as sent (only a record's own keys count).
+    let b = envelope(
+        r#"{"format":"zeek","records":[{"id.orig_h":"1.2.3.4","id.resp_h":"5.6.7.8","id.orig_p":1,"id.resp_p":2,"orig_bytes":1,"resp_bytes":2,"bytes":3,"nested":{"a":1,"a":2}},{"id.orig_h":"1.2.3.4"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(b.len(), 2);
+    assert_eq!(b.events()[0].src_ip, Some("1.2.3.4".parse().unwrap()));
+}

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -71,9 +71,10 @@ pub async fn list_indicators(State(state): State<Arc<AppState>>, headers: Header
 pub async fn put_indicators(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     check_admin(&state, &headers)?;
+    let body = super::body::read(&state, &headers, body).await?;
     let items = parse_new_indicators(&body)?;
     let worker = state.clone();
     blocking(move || {

@@ -1,6 +1,6 @@
 //! JSON error answers: `{"error": "<code>", "detail": "<what and where>", ...}`.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use enrichd_engine::InputError;
@@ -52,6 +52,11 @@ impl IntoResponse for ApiError {
         if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), self.extra) {
             obj.extend(extra);
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a stalled body is not worth waiting for.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }

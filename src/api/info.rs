@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -83,9 +83,10 @@ pub async fn schema_document(Path(name): Path<String>) -> Result<Json<Value>, Ap
 pub async fn lookup(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
+    let body = super::body::read(&state, &headers, body).await?;
     let request: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {e}")))?;
     let ip = match request.get("ip") {

@@ -19,16 +19,19 @@ use serde_json::{json, Value};
 use super::{ApiError, AppState};
 use crate::metrics::{prometheus, report};
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the key when metrics need one; answers whether the caller holds a
+/// valid key (output settings are shown only then, even on public metrics).
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<bool, ApiError> {
     if state.config.server.metrics_require_key {
         state.keys.check(headers)?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(state.keys.check(headers).is_ok())
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
-    Ok(Json(document(&state)))
+    let with_key = authorize(&state, &headers)?;
+    Ok(Json(document(&state, with_key)))
 }
 
 /// One `metrics` event per second, the first at once; keep-alive comments
@@ -37,17 +40,17 @@ pub async fn stream(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    authorize(&state, &headers)?;
+    let with_key = authorize(&state, &headers)?;
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = state.shutdown.subscribe();
     let events =
-        futures_util::stream::unfold((state, ticks, shutdown), |(state, mut ticks, mut shutdown)| async move {
+        futures_util::stream::unfold((state, ticks, shutdown), move |(state, mut ticks, mut shutdown)| async move {
             tokio::select! {
                 _ = ticks.tick() => {}
                 _ = shutdown.wait_for(|stopping| *stopping) => return None,
             }
-            let event = Event::default().event("metrics").data(document(&state).to_string());
+            let event = Event::default().event("metrics").data(document(&state, with_key).to_string());
             Some((Ok(event), (state, ticks, shutdown)))
         });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
@@ -71,12 +74,13 @@ pub async fn prometheus(State(state): State<Arc<AppState>>, headers: HeaderMap) 
     Ok(([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text))
 }
 
-/// The full `/v1/metrics` document.
-pub fn document(state: &AppState) -> Value {
+/// The full `/v1/metrics` document; output settings (hosts, user names,
+/// indices) only for a caller with a valid API key.
+pub fn document(state: &AppState, with_key: bool) -> Value {
     let reading = state.metrics.read();
     let mut doc = report::document(&state.metrics, &reading);
     doc["enrichers"] = enrichers(state);
-    doc["outputs"] = outputs(state);
+    doc["outputs"] = outputs(state, with_key);
     doc
 }
 
@@ -106,13 +110,13 @@ fn enrichers(state: &AppState) -> Value {
 }
 
 /// Output connectors: settings as `GET /v1/outputs` shows them (secrets
-/// masked) and delivery counters.
-fn outputs(state: &AppState) -> Value {
+/// masked; `null` without a valid key) and delivery counters.
+fn outputs(state: &AppState, with_key: bool) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let (elastic, splunk) = state.outputs.views();
     let section = |settings: Option<Value>, c: &crate::metrics::OutputCounters| {
         json!({
-            "configured": settings.is_some(), "settings": settings,
+            "configured": settings.is_some(), "settings": settings.filter(|_| with_key),
             "sent": c.sent.load(Relaxed), "failed": c.failed.load(Relaxed), "backlog": c.backlog.load(Relaxed),
         })
     };

@@ -8,6 +8,7 @@
 
 mod admin;
 mod auth;
+mod body;
 mod error;
 mod info;
 mod ingest;
@@ -125,7 +126,10 @@ async fn common_headers(State(state): State<Arc<AppState>>, request: Request, ne
         .cloned()
         .unwrap_or_else(new_request_id);
     let is_v1 = request.uri().path().starts_with("/v1/");
-    let mut response = next.run(request).await.into_response();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await.into_response();
+    let mut response = json_refusal(response, &method, &path).await;
     state.metrics.record_request(response.status().as_u16());
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, request_id);
@@ -133,6 +137,51 @@ async fn common_headers(State(state): State<Arc<AppState>>, request: Request, ne
         headers.insert(API_VERSION, state.api_version.clone());
     }
     response
+}
+
+/// Every refusal is JSON: answers that axum makes itself (405 with an
+/// empty body, a path parameter it cannot parse, ...) are rewritten in the
+/// `{"error", "detail"}` shape, keeping their headers (`Allow`, ...).
+async fn json_refusal(response: Response, method: &axum::http::Method, path: &str) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal_error",
+        _ => "refused",
+    };
+    let detail = match (status, text.is_empty()) {
+        // axum adds the `Allow` header after this layer has run.
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            format!("method {method} is not allowed on {path}; the Allow header lists those that are")
+        }
+        (_, false) => text,
+        (_, true) => status.canonical_reason().unwrap_or("refused").to_string(),
+    };
+    let mut answer = ApiError::new(status, code, detail).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            answer.headers_mut().append(name, value.clone());
+        }
+    }
+    answer
 }
 
 /// Echo only IDs that are short and printable: a log-correlation ID, not a

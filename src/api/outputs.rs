@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
@@ -61,9 +61,10 @@ fn check_url(field: &'static str, url: &str) -> Result<(), ApiError> {
 pub async fn configure_elastic(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
+    let body = super::body::read(&state, &headers, body).await?;
     let mut s: ElasticSettings = parse(&body)?;
     if let Some(url) = s.url.take() {
         s.urls.insert(0, url);
@@ -88,9 +89,10 @@ pub async fn configure_elastic(
 pub async fn configure_splunk(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
+    let body = super::body::read(&state, &headers, body).await?;
     let mut s: SplunkSettings = parse(&body)?;
     s.hec_url = s.hec_url.take().or(s.url.take());
     let Some(url) = &s.hec_url else {
@@ -128,18 +130,34 @@ fn with_status(mut v: Value) -> Value {
     v
 }
 
-/// A URL with any `user:password@` part masked: it is a secret too.
+/// A URL with the parts that carry secrets masked: `user:password@`, the
+/// query string (`?token=...`, `?api_key=...`) and the fragment. Scheme,
+/// host, port and path stay, so the setting can still be recognised.
 fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut out = String::with_capacity(url.len());
+    if !scheme.is_empty() {
+        out.push_str(scheme);
+        out.push_str("://");
     }
+    match authority.rfind('@') {
+        Some(at) => {
+            out.push_str("***@");
+            out.push_str(&authority[at + 1..]);
+        }
+        None => out.push_str(authority),
+    }
+    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+    out.push_str(&tail[..path_end]);
+    if tail[path_end..].starts_with('?') {
+        out.push_str("?***");
+    }
+    if tail[path_end..].contains('#') {
+        out.push_str("#***");
+    }
+    out
 }
 
 fn elastic_view(s: &ElasticSettings) -> Value {
@@ -172,5 +190,10 @@ mod tests {
         assert_eq!(redact("https://elastic:s3cret@es.example:9200/x"), "https://***@es.example:9200/x");
         assert_eq!(redact("https://es.example:9200/a@b"), "https://es.example:9200/a@b");
         assert_eq!(redact("http://h"), "http://h");
+        assert_eq!(redact("https://h:8088/services/collector?token=abc"), "https://h:8088/services/collector?***");
+        assert_eq!(redact("https://h?api_key=k#frag"), "https://h?***#***");
+        assert_eq!(redact("https://u:p@h/x#a?b"), "https://***@h/x#***");
+        assert_eq!(redact("https://h/p?q=a@b"), "https://h/p?***");
+        assert_eq!(redact("https://u:p@h#x@y"), "https://***@h#***");
     }
 }
