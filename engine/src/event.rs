@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use crate::fact::FactId;
+
 /// A byte range inside a batch's source text.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Span {
@@ -99,6 +101,9 @@ pub struct Event {
     /// Risk score 0-100 set by a rule stage.
     pub risk_score: Option<u8>,
 
+    /// Declared facts set by the stages (see [`crate::fact`]): small
+    /// scalars by id, inline for the default chain.
+    pub(crate) facts: SmallVec<[(FactId, u32); 6]>,
     pub(crate) texts: SmallVec<[(TextFieldId, Text); 2]>,
     // Inline room for the default chain (geo, asn, ti, risk_score,
     // reasons, tags) so no event allocates for its results.
@@ -170,6 +175,28 @@ impl Event {
     /// a few of them by key name without knowing the plugins).
     pub fn outputs(&self) -> impl Iterator<Item = (KeyId, &JsonFragment)> {
         self.outputs.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Sets a declared fact (see [`crate::BuildContext::fact`]), replacing
+    /// an earlier value of the same fact.
+    #[inline]
+    pub fn set_fact(&mut self, fact: FactId, value: u32) {
+        if let Some(slot) = self.facts.iter_mut().find(|(f, _)| *f == fact) {
+            slot.1 = value;
+        } else {
+            self.facts.push((fact, value));
+        }
+    }
+
+    /// The value of a fact, if a stage set it on this event.
+    #[inline]
+    pub fn fact(&self, fact: FactId) -> Option<u32> {
+        self.facts.iter().find(|(f, _)| *f == fact).map(|(_, v)| *v)
+    }
+
+    /// Every fact set on this event, in the order first set.
+    pub fn facts(&self) -> impl Iterator<Item = (FactId, u32)> + '_ {
+        self.facts.iter().copied()
     }
 
     /// Records a problem with this event that did not stop it from being

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail};
 use enrichd_engine::limits::copy_capped;
 use enrichd_engine::{
-    source_info, AddressSelector, BatchView, BuildContext, Enricher, Event, KeyId, PluginState, PluginStatus, Side,
-    SourceInfo, WARNINGS_KEY,
+    source_info, AddressSelector, BatchView, BuildContext, Enricher, Event, FactDecl, FactId, FactKind, KeyId,
+    PluginState, PluginStatus, Side, SourceInfo, ValuesReader, WARNINGS_KEY,
 };
 use maxminddb::{Metadata, Mmap, Reader};
 use schemars::JsonSchema;
@@ -93,6 +93,15 @@ pub(crate) trait RecordFormat: Send + Sync + 'static {
 
     /// Records a non-zero fact on the event's `side` (country, AS number).
     fn set_fact(event: &mut Event, side: Side, fact: Fact);
+
+    /// What the record's [`Fact`] is (declared per target and side).
+    const FACT_KIND: FactKind;
+    /// The fact's declared name for a source and a destination address.
+    const FACT_NAMES: [&'static str; 2];
+    /// JSON Schema of the answer written per target.
+    fn output_schema() -> serde_json::Value;
+    /// Reads names out of an answer for metrics (see [`FactDecl::values`]).
+    const VALUES: Option<ValuesReader> = None;
 }
 
 /// The one typed value a record contributes to [`Event`] for later stages
@@ -136,7 +145,24 @@ pub(crate) fn build<F: RecordFormat>(
             (None, missing_status(database))
         }
     };
-    let targets = targets.iter().map(|t| (t.address, ctx.output_key(&t.output))).collect();
+    let targets = targets
+        .iter()
+        .map(|t| {
+            let key = ctx.output_key(&t.output);
+            let mut declare = |side: Side| {
+                let name = F::FACT_NAMES[usize::from(side == Side::Destination)];
+                let mut decl = FactDecl::new(name, F::FACT_KIND).side(side).output(key, F::output_schema());
+                decl.values = F::VALUES;
+                ctx.fact(decl)
+            };
+            let facts = match t.address {
+                AddressSelector::Source => [Some(declare(Side::Source)), None],
+                AddressSelector::Destination => [None, Some(declare(Side::Destination))],
+                AddressSelector::DestinationOrSource => [Some(declare(Side::Source)), Some(declare(Side::Destination))],
+            };
+            TargetSlot { address: t.address, key, facts }
+        })
+        .collect();
     Ok(Box::new(MmdbEnricher::<F> { db, targets, status, caches: ThreadLocal::new(), format: PhantomData }))
 }
 
@@ -153,6 +179,14 @@ fn check_targets(targets: &[Target]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One configured target: its output key and the facts it sets, by side
+/// (source, destination).
+struct TargetSlot {
+    address: AddressSelector,
+    key: KeyId,
+    facts: [Option<FactId>; 2],
 }
 
 /// The mapped file, shared by the tree walker and the record reader.
@@ -329,7 +363,7 @@ pub(crate) fn utc_date(epoch: u64) -> String {
 struct MmdbEnricher<F> {
     /// `None` while the file is missing: every target gets `null`.
     db: Option<Database>,
-    targets: Vec<(AddressSelector, KeyId)>,
+    targets: Vec<TargetSlot>,
     status: PluginStatus,
     caches: ThreadLocal<RefCell<Caches>>,
     format: PhantomData<fn() -> F>,
@@ -345,7 +379,7 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
         let caches = &mut *caches;
         caches.jobs.clear();
         for (index, event) in batch.events.iter_mut().enumerate() {
-            for (target, &(address, key)) in self.targets.iter().enumerate() {
+            for (target, &TargetSlot { address, key, .. }) in self.targets.iter().enumerate() {
                 match (address.pick_side(event), &self.db) {
                     (Some((side, ip)), Some(_)) => caches.jobs.push(Job::new(index, target, side, ip)),
                     _ => event.set_output(key, caches.records.null.clone()),
@@ -361,7 +395,7 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
                 Step::Soon(job) => {
                     // The output this one replaces (when the batch runs
                     // again) is dropped soon: its count will be written.
-                    let key = self.targets[usize::from(job.target)].1;
+                    let key = self.targets[usize::from(job.target)].key;
                     if let Some(old) = batch.events[job.event as usize].output(key) {
                         tree::prefetch_line(old.as_ptr());
                     }
@@ -370,11 +404,15 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
                 Step::Answer(job, answer) => (job, answer),
             };
             let event = &mut batch.events[job.event as usize];
-            let key = self.targets[usize::from(job.target)].1;
+            let target = &self.targets[usize::from(job.target)];
+            let key = target.key;
             match answer {
                 Ok((fragment, fact)) => {
                     if fact != 0 {
                         F::set_fact(event, job.side, fact);
+                        if let Some(id) = target.facts[usize::from(job.side == Side::Destination)] {
+                            event.set_fact(id, fact);
+                        }
                     }
                     event.set_output(key, fragment);
                 }
@@ -495,6 +533,11 @@ mod tests {
             Ok(0)
         }
         fn set_fact(_: &mut Event, _: Side, _: Fact) {}
+        const FACT_KIND: FactKind = FactKind::Count;
+        const FACT_NAMES: [&'static str; 2] = ["src_test", "dst_test"];
+        fn output_schema() -> serde_json::Value {
+            serde_json::json!({})
+        }
     }
 
     /// Record sizes 24/28/32, IPv4-only, IPv6 and mixed trees, IPv4-mapped
