@@ -203,6 +203,16 @@ pub fn unpack_country(value: u32) -> Option<String> {
     (b[0].is_ascii_alphabetic() && b[1].is_ascii_alphabetic()).then(|| String::from_utf8_lossy(&b).into_owned())
 }
 
+/// A fact table built outside a chain (tests, tools): each declaration
+/// interned in order under its stage name.
+pub fn table(decls: impl IntoIterator<Item = (&'static str, FactDecl)>) -> Vec<FactInfo> {
+    let mut table = Vec::new();
+    for (stage, decl) in decls {
+        intern(&mut table, &Arc::from(stage), decl);
+    }
+    table
+}
+
 /// Interns a declaration under (stage, name); see the module docs.
 pub(crate) fn intern(table: &mut Vec<FactInfo>, stage: &Arc<str>, decl: FactDecl) -> FactId {
     if let Some(f) = table.iter_mut().find(|f| f.stage == *stage && f.decl.name == decl.name) {

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail};
 use enrichd_engine::limits::copy_capped;
 use enrichd_engine::{
-    source_info, AddressSelector, BatchView, BuildContext, Enricher, Event, FactDecl, FactId, FactKind, KeyId,
-    PluginState, PluginStatus, Side, SourceInfo, ValuesReader, WARNINGS_KEY,
+    source_info, AddressSelector, BatchView, BuildContext, Enricher, FactDecl, FactId, FactKind, KeyId, PluginState,
+    PluginStatus, Side, SourceInfo, ValuesReader, WARNINGS_KEY,
 };
 use maxminddb::{Metadata, Mmap, Reader};
 use schemars::JsonSchema;
@@ -91,9 +91,6 @@ pub(crate) trait RecordFormat: Send + Sync + 'static {
     /// [`Fact`] for later stages (0 when none).
     fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<Fact, DataError>;
 
-    /// Records a non-zero fact on the event's `side` (country, AS number).
-    fn set_fact(event: &mut Event, side: Side, fact: Fact);
-
     /// What the record's [`Fact`] is (declared per target and side).
     const FACT_KIND: FactKind;
     /// The fact's declared name for a source and a destination address.
@@ -104,9 +101,10 @@ pub(crate) trait RecordFormat: Send + Sync + 'static {
     const VALUES: Option<ValuesReader> = None;
 }
 
-/// The one typed value a record contributes to [`Event`] for later stages
-/// (rules, metrics): a packed country code or an AS number. Cached with
-/// the fragment, so it costs nothing per event.
+/// The one typed value a record contributes to the event for later stages
+/// (rules, metrics): the scalar of the fact declared per target and side
+/// ([`RecordFormat::FACT_KIND`]), e.g. a packed country code or an AS
+/// number. Cached with the fragment, so it costs nothing per event.
 pub(crate) type Fact = u32;
 
 /// Default `max_database_bytes`: 1 GiB. The largest databases in use
@@ -409,7 +407,6 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
             match answer {
                 Ok((fragment, fact)) => {
                     if fact != 0 {
-                        F::set_fact(event, job.side, fact);
                         if let Some(id) = target.facts[usize::from(job.side == Side::Destination)] {
                             event.set_fact(id, fact);
                         }
@@ -532,7 +529,6 @@ mod tests {
             o.finish();
             Ok(0)
         }
-        fn set_fact(_: &mut Event, _: Side, _: Fact) {}
         const FACT_KIND: FactKind = FactKind::Count;
         const FACT_NAMES: [&'static str; 2] = ["src_test", "dst_test"];
         fn output_schema() -> serde_json::Value {

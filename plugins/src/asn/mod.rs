@@ -15,7 +15,7 @@ mod tests;
 use std::path::Path;
 
 use anyhow::bail;
-use enrichd_engine::{BuildContext, Enricher, EnvOverride, Event, FactKind, PluginFactory, Side, ValuesReader};
+use enrichd_engine::{BuildContext, Enricher, EnvOverride, FactKind, PluginFactory, ValuesReader};
 use maxminddb::Metadata;
 
 pub use self::options::AsnOptions;
@@ -86,10 +86,6 @@ impl RecordFormat for Asn {
             o.finish();
         }
         Ok(asn.and_then(|a| u32::try_from(a).ok()).unwrap_or(0))
-    }
-
-    fn set_fact(event: &mut Event, side: Side, fact: Fact) {
-        event.set_asn(side, fact);
     }
 
     const FACT_KIND: FactKind = FactKind::AsNumber;

@@ -22,7 +22,7 @@ mod tests;
 use std::path::Path;
 
 use anyhow::bail;
-use enrichd_engine::{BuildContext, Enricher, EnvOverride, Event, FactKind, PluginFactory, Side};
+use enrichd_engine::{BuildContext, Enricher, EnvOverride, FactKind, PluginFactory};
 use maxminddb::Metadata;
 
 pub use self::options::GeoIpOptions;
@@ -122,11 +122,6 @@ impl RecordFormat for Geo {
         };
         answer.write(out);
         Ok(fact)
-    }
-
-    fn set_fact(event: &mut Event, side: Side, fact: Fact) {
-        let code = [(fact >> 8) as u8, fact as u8];
-        event.set_country(side, std::str::from_utf8(&code).unwrap_or(""));
     }
 
     const FACT_KIND: FactKind = FactKind::CountryCode;

@@ -200,7 +200,6 @@ impl Enricher for TiEnricher {
                     }
                 }
             }
-            event.threat_matches = out.count;
             event.set_fact(self.fact, out.count);
             let value = match out.finish(self.matched_flag) {
                 None => self.empty.clone(),

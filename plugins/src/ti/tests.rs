@@ -85,6 +85,11 @@ fn output(chain: &Chain, batch: &Batch) -> Vec<Value> {
         .collect()
 }
 
+/// The event's `indicator_matches` fact (0 when not set).
+fn matches(chain: &Chain, event: &Event) -> u32 {
+    chain.fact_named("indicator_matches").and_then(|f| event.fact(f.id)).unwrap_or(0)
+}
+
 /// Runs events with the given (src, dst) addresses; returns the records.
 fn run_ips(chain: &Chain, pairs: &[(Option<&str>, Option<&str>)]) -> (Vec<Value>, Vec<u32>) {
     let events = pairs
@@ -98,7 +103,7 @@ fn run_ips(chain: &Chain, pairs: &[(Option<&str>, Option<&str>)]) -> (Vec<Value>
         .collect();
     let mut batch = Batch::synthetic(Format::FlowsV1, events);
     chain.run(&mut batch);
-    (output(chain, &batch), batch.events().iter().map(|e| e.threat_matches).collect())
+    (output(chain, &batch), batch.events().iter().map(|e| matches(chain, e)).collect())
 }
 
 fn run_ndjson(chain: &Chain, text: &str) -> Vec<Value> {
@@ -725,7 +730,7 @@ fn bench_ns_per_event() {
             chain.run(&mut batch);
         }
         let ns = started.elapsed().as_nanos() as f64 / (rounds * batch.len()) as f64;
-        let matched = batch.events().iter().filter(|e| e.threat_matches > 0).count();
+        let matched = batch.events().iter().filter(|e| matches(chain, e) > 0).count();
         eprintln!("{name}: {ns:.1} ns/event ({matched} of {} events matched)", batch.len());
     };
     for (name, paths) in &setups {
