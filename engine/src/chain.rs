@@ -215,8 +215,8 @@ impl Chain {
         self.stages.iter().map(|s| s.report()).collect()
     }
 
-    /// Everything the chain knows about one address: each stage contributes
-    /// its section (`geo`, `asn`, `ti`, ...).
+    /// Everything the chain knows about one address: each enabled stage
+    /// contributes its answer under its own output key(s).
     pub fn lookup(&self, ip: IpAddr) -> serde_json::Map<String, serde_json::Value> {
         let mut out = serde_json::Map::new();
         out.insert("ip".into(), ip.to_string().into());

@@ -79,8 +79,8 @@ pub trait Enricher: Send + Sync {
     }
 
     /// Contributes this enricher's answer for a single address to
-    /// `POST /v1/lookup` / `enrichd lookup`, under the plugin's conventional
-    /// section name(s) (`geo`, `asn`, `ti`, ...).
+    /// `POST /v1/lookup` / `enrichd lookup`, under the output key(s) the
+    /// stage writes events' answers under.
     fn lookup(&self, _ip: IpAddr, _out: &mut serde_json::Map<String, serde_json::Value>) {}
 }
 

@@ -77,8 +77,6 @@ pub(crate) trait RecordFormat: Send + Sync + 'static {
     const KIND: &'static str;
     /// What the database is called in messages (`GeoIP`).
     const LABEL: &'static str;
-    /// Section name under which [`Enricher::lookup`] answers (`geo`).
-    const SECTION: &'static str;
     /// log2 of the slots of the per-thread record cache (`cache::Records`).
     const CACHE_BITS: u32;
 
@@ -158,7 +156,7 @@ pub(crate) fn build<F: RecordFormat>(
                 AddressSelector::Destination => [None, Some(declare(Side::Destination))],
                 AddressSelector::DestinationOrSource => [Some(declare(Side::Source)), Some(declare(Side::Destination))],
             };
-            TargetSlot { address: t.address, key, facts }
+            TargetSlot { address: t.address, key, output: t.output.as_str().into(), facts }
         })
         .collect();
     Ok(Box::new(MmdbEnricher::<F> { db, targets, status, caches: ThreadLocal::new(), format: PhantomData }))
@@ -184,6 +182,8 @@ fn check_targets(targets: &[Target]) -> anyhow::Result<()> {
 struct TargetSlot {
     address: AddressSelector,
     key: KeyId,
+    /// The output key's name (`/v1/lookup` answers under it).
+    output: Box<str>,
     facts: [Option<FactId>; 2],
 }
 
@@ -441,7 +441,10 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
                 }
             }
         };
-        out.insert(F::SECTION.into(), value);
+        // Under each target's own output key, as events get it.
+        for target in &self.targets {
+            out.insert(target.output.to_string(), value.clone());
+        }
     }
 }
 
@@ -518,7 +521,6 @@ mod tests {
     impl RecordFormat for IpField {
         const KIND: &'static str = "test";
         const LABEL: &'static str = "test";
-        const SECTION: &'static str = "test";
         const CACHE_BITS: u32 = 3;
         fn check_database(_: &Path, _: &Metadata) -> anyhow::Result<()> {
             Ok(())

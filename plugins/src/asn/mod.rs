@@ -54,7 +54,6 @@ struct Asn;
 impl RecordFormat for Asn {
     const KIND: &'static str = "asn";
     const LABEL: &'static str = "ASN";
-    const SECTION: &'static str = "asn";
     /// 16384 slots: 512 KiB of table plus up to ~1 MiB of fragments per
     /// thread; misses 7 % of uniformly random IPv4 (4096 slots: 18 %).
     const CACHE_BITS: u32 = 14;

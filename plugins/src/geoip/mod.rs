@@ -61,7 +61,6 @@ struct Geo;
 impl RecordFormat for Geo {
     const KIND: &'static str = "geoip";
     const LABEL: &'static str = "GeoIP";
-    const SECTION: &'static str = "geo";
     /// 32768 slots: 1 MiB of table plus up to ~4.5 MiB of fragments per
     /// thread. Uniformly random IPv4 hit ~150,000 distinct City records per
     /// 2 M addresses; this table misses 19 % of them (4096 slots: 34 %,

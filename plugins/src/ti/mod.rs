@@ -108,6 +108,8 @@ pub fn load(
 /// The enricher of one `ti` chain entry.
 pub struct TiEnricher {
     key: KeyId,
+    /// The output key's name (`/v1/lookup` answers under it).
+    output: Box<str>,
     fact: FactId,
     index: Option<Index>,
     check_src: bool,
@@ -151,6 +153,7 @@ impl TiEnricher {
             .collect();
         TiEnricher {
             key,
+            output: opts.output.as_str().into(),
             fact,
             index,
             check_src: has(AddressSelector::Source),
@@ -257,14 +260,17 @@ impl Enricher for TiEnricher {
         }
     }
 
+    /// Answers under the stage's output key, plus `threats` (the bare
+    /// match list, the documented lookup shape of the default chain).
     fn lookup(&self, ip: IpAddr, out: &mut serde_json::Map<String, serde_json::Value>) {
-        let Some(index) = &self.index else { return };
         let mut m = Matches::default();
-        index.for_each_ip_match(ip, |hit| m.push(&hit, "\"ip\"", Value::Ip(ip)));
+        if let Some(index) = &self.index {
+            index.for_each_ip_match(ip, |hit| m.push(&hit, "\"ip\"", Value::Ip(ip)));
+        }
         let text = m.finish(self.matched_flag).unwrap_or_else(|| self.empty.to_string());
         let value: serde_json::Value = serde_json::from_str(&text).expect("matches are valid JSON");
         out.insert("threats".into(), value["matches"].clone());
-        out.insert("ti".into(), value);
+        out.insert(self.output.to_string(), value);
     }
 }
 

@@ -508,7 +508,8 @@ fn stage3_layout_lookup_and_address_selection() {
     let want =
         json!([{"indicator": "94.26.0.0/16", "type": "subnet", "field": "ip", "value": "94.26.1.2", "source": sample}]);
     assert_eq!(answer["threats"], want);
-    assert_eq!(answer["ti"], json!({"matches": want, "matched": true}));
+    assert_eq!(answer["threat"], json!({"matches": want, "matched": true}), "under the stage's output key");
+    assert!(answer.get("ti").is_none());
     assert_eq!(chain.lookup("8.8.8.8".parse().unwrap())["threats"], json!([]));
 
     let chain = ti_chain(&[&sample], "addresses = [\"destination_or_source\", \"source\"]");
