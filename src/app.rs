@@ -11,6 +11,7 @@ use enrichd_engine::{Chain, Config, Registry};
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     enrichd_plugins::register_all(&mut registry);
+    registry.register(Box::new(enrichd_plugins::asn_class::AsnClassFactory));
     registry.register(Box::new(enrichd_wasm::WasmFactory));
     registry
 }

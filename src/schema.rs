@@ -3,8 +3,13 @@
 //!
 //! The structs exist only to describe the wire format; the engine parses
 //! records with its own streaming reader (see `enrichd_engine::parse`).
+//! What the chain adds to a record is not written here: each stage declares
+//! the facts it produces with the JSON Schema of the output they are
+//! written under, and the enriched schema is assembled from the live
+//! chain's declarations, under the configured output keys.
 #![allow(dead_code)]
 
+use enrichd_engine::Chain;
 use schemars::JsonSchema;
 use serde_json::{json, Value};
 
@@ -71,65 +76,11 @@ struct IngestRequest<R> {
     records: Vec<R>,
 }
 
-/// Geolocation of an address (`null` when unknown).
-#[derive(JsonSchema)]
-struct Geo {
-    /// ISO 3166-1 alpha-2 country code.
-    country: Option<String>,
-    /// City name (English).
-    city: Option<String>,
-    lat: Option<f64>,
-    lon: Option<f64>,
-    /// Continent code (e.g. `EU`), when the database has it.
-    continent: Option<String>,
-    timezone: Option<String>,
-    /// Accuracy radius in km, when the database has it.
-    accuracy_radius: Option<u32>,
-}
-
-/// Autonomous system of an address (`null` when unknown).
-#[derive(JsonSchema)]
-struct Asn {
-    asn: u32,
-    org: Option<String>,
-}
-
-/// One threat-intel indicator that matched the event.
-#[derive(JsonSchema)]
-struct TiMatch {
-    /// The indicator as listed (`45.149.3.0/24`, `evil-example.com`).
-    indicator: String,
-    /// `addr`, `subnet` or `domain`.
-    #[serde(rename = "type")]
-    kind: String,
-    /// The event field that matched (`src_ip`, `dst_ip`, `query`, ...).
-    field: String,
-    /// The event's value in that field.
-    value: String,
-    /// The indicator file.
-    source: String,
-    category: Option<String>,
-    confidence: Option<u8>,
-    /// Zeek intel `meta.source`.
-    feed: Option<String>,
-    description: Option<String>,
-}
-
-#[derive(JsonSchema)]
-struct Ti {
-    matches: Vec<TiMatch>,
-}
-
-/// An enriched record (default layout): the input record's fields plus these.
+/// An enriched record: the input record's fields plus the outputs of the
+/// chain's stages (added to this schema from the facts they declare, see
+/// [`document`]) and these.
 #[derive(JsonSchema)]
 struct EnrichedRecord {
-    geo: Option<Geo>,
-    asn: Option<Asn>,
-    ti: Ti,
-    /// Risk score 0-100, from the risk rule.
-    risk_score: Option<u8>,
-    /// Why the score is what it is.
-    reasons: Option<Vec<String>>,
     /// Non-fatal problems with this record (e.g. an address that is not one).
     enrichment_warnings: Option<Vec<String>>,
 }
@@ -157,12 +108,49 @@ pub fn index() -> Value {
     })
 }
 
-pub fn document(name: &str) -> Option<Value> {
+/// The schema document `name`; the enriched one describes `chain`'s outputs.
+pub fn document(name: &str, chain: &Chain) -> Option<Value> {
     let schema = match name {
-        "enriched.v1.schema.json" | "enriched.v1" => schemars::schema_for!(EnrichedBatch),
+        "enriched.v1.schema.json" | "enriched.v1" => return Some(enriched(chain)),
         "zeek.conn.v1.schema.json" | "zeek.conn.v1" => schemars::schema_for!(IngestRequest<ZeekConnRecord>),
         "flows.v1.schema.json" | "flows.v1" => schemars::schema_for!(IngestRequest<FlowRecord>),
         _ => return None,
     };
     Some(serde_json::to_value(schema).expect("schema serializes"))
+}
+
+/// The enriched-batch schema with one property per output key the chain's
+/// enabled stages declared a fact for (the first declaration of a key wins:
+/// facts of one target share their output), each with the fact's schema
+/// and, in `x-enrichd-facts`, the facts it carries (name, kind, side, stage).
+fn enriched(chain: &Chain) -> Value {
+    let mut doc = serde_json::to_value(schemars::schema_for!(EnrichedBatch)).expect("schema serializes");
+    let mut outputs = serde_json::Map::new();
+    for fact in chain.active_facts() {
+        let Some(key) = fact.decl.output else { continue };
+        let name = chain.keys()[key.index()].to_string();
+        let entry = outputs.entry(name).or_insert_with(|| {
+            let mut schema = fact.decl.schema.clone();
+            if !schema.is_object() {
+                schema = json!({});
+            }
+            schema["x-enrichd-facts"] = json!([]);
+            schema
+        });
+        if let Some(list) = entry["x-enrichd-facts"].as_array_mut() {
+            list.push(json!({
+                "name": fact.decl.name, "kind": fact.decl.kind, "stage": &*fact.stage,
+                "side": fact.decl.side.map(|s| match s { enrichd_engine::Side::Source => "source", enrichd_engine::Side::Destination => "destination" }),
+            }));
+        }
+    }
+    // The record's properties live in `$defs` (schemars) under the
+    // record's struct name.
+    let record = doc.pointer_mut("/$defs/EnrichedRecord/properties").and_then(Value::as_object_mut);
+    if let Some(properties) = record {
+        for (key, schema) in outputs {
+            properties.entry(key).or_insert(schema);
+        }
+    }
+    doc
 }

@@ -43,6 +43,13 @@ fn health_version_schema_and_headers() {
     }
     let enriched = s.get("/v1/schema/enriched.v1.schema.json").json();
     assert!(enriched.to_string().contains("matches"));
+    // Built from the facts the stages declare, under their output keys.
+    let record = &enriched["$defs"]["EnrichedRecord"]["properties"];
+    assert!(record["ti"]["properties"]["matches"].is_object(), "{record}");
+    assert_eq!(record["ti"]["x-enrichd-facts"][0]["kind"], "indicator_matches", "{record}");
+    assert!(record["geo"].to_string().contains("accuracy_radius"), "{record}");
+    assert_eq!(record["asn"]["x-enrichd-facts"][0]["kind"], "as_number", "{record}");
+    assert!(record["enrichment_warnings"].is_object());
     let missing = s.get("/v1/schema/nope.json");
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"], "unknown_schema");

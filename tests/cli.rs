@@ -117,7 +117,7 @@ fn config_schema_lists_every_plugin() {
         .iter()
         .map(|s| s["properties"]["plugin"]["const"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["geoip", "asn", "ti", "wasm"]);
+    assert_eq!(kinds, ["geoip", "asn", "ti", "asn_class", "wasm"]);
     assert!(schema["properties"]["server"].is_object());
 }
 

@@ -247,3 +247,33 @@ fn dashboard_falls_back_to_polling_without_the_stream() {
         );
     }
 }
+
+#[test]
+fn dashboard_lists_declared_fact_tops_generically() {
+    let test = "dashboard_lists_declared_fact_tops_generically";
+    let Some(mut b) = Browser::launch(test) else { return };
+    // `asn_class` declares a Label fact with top values: the page has no
+    // markup for it, the list appears from /v1/metrics' top.<w>.facts.
+    let chain = format!(
+        "[[chain]]\nplugin = \"asn\"\ndatabase = \"{}\"\n\n[[chain]]\nplugin = \"asn_class\"\n",
+        common::data("maxmind/GeoLite2-ASN-Test.mmdb")
+    );
+    let server = Server::start(&chain);
+    b.goto(&server.url("/"));
+    let records: Vec<_> =
+        (0..5).map(|i| serde_json::json!({"src_ip": format!("10.0.0.{i}"), "dst_ip": "1.128.0.1"})).collect();
+    assert_eq!(server.ingest("flows.v1", serde_json::Value::Array(records)).status, 200);
+    let (rows, key, title) = b.wait_for("the asn_class top list", Duration::from_secs(15), |b| {
+        let v = b.js(
+            "const t = document.querySelector('table[data-fact=\"asn_class\"]');
+             const k = t && t.querySelector('td.key span');
+             return t && k ? [t.dataset.rows, k.textContent, t.closest('.top').querySelector('h3').textContent] : null",
+            vec![],
+        );
+        let v = v.as_array()?.clone();
+        Some((v[0].as_str()?.to_string(), v[1].as_str()?.to_string(), v[2].as_str()?.to_string()))
+    });
+    assert_eq!((rows.as_str(), key.as_str(), title.as_str()), ("1", "isp", "asn class"));
+    b.screenshot(test);
+    assert!(b.new_console_entries().iter().all(|e| !e.is_error()), "console errors");
+}

@@ -45,6 +45,31 @@ fn stage3_example_layout() {
     // No source address: src_* are null, the destination is still enriched.
     assert!(recs[2]["src_geo"].is_null());
     assert_eq!(recs[2]["dst_geo"]["country"], "GB");
+    // The risk rule, as the stage-3 API had it: it reads the matches from
+    // the facts the renamed `threat` output carries.
+    for rec in recs {
+        assert!(rec["risk_score"].is_u64(), "risk_score: {rec}");
+        assert!(rec["reasons"].is_array(), "reasons: {rec}");
+    }
+    assert!(recs[1]["risk_score"].as_u64().unwrap() > recs[2]["risk_score"].as_u64().unwrap(), "{recs:?}");
+    assert!(!recs[1]["reasons"].as_array().unwrap().is_empty(), "{}", recs[1]);
+
+    // Metrics find indicators and AS numbers by fact kind, whatever the
+    // outputs are called.
+    let r = s.ingest("flows.v1", json!([{"src_ip": "45.149.3.9", "dst_ip": "1.128.0.1", "dst_port": 3389}]));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = s.metrics();
+    let top = &m["top"]["5m"];
+    assert_eq!(top["indicators"][0]["key"], "45.149.3.0/24", "{top}");
+    assert_eq!(top["indicators"][0]["count"], 2, "{top}");
+    let asns = top["asns"].as_array().unwrap();
+    let telstra = asns.iter().find(|e| e["key"] == "1221").unwrap_or_else(|| panic!("AS 1221 listed: {top}"));
+    assert_eq!(telstra["label"], "Telstra Pty Ltd", "{top}");
+    let countries: Vec<&str> =
+        top["dst_countries"].as_array().unwrap().iter().filter_map(|e| e["key"].as_str()).collect();
+    assert!(countries.contains(&"JP") && countries.contains(&"GB"), "{top}");
+    assert_eq!(m["totals"]["threat_matches"], 2, "{}", m["totals"]);
+    assert!(m["totals"]["risk_count"].as_u64().unwrap() >= 4, "{}", m["totals"]);
 }
 
 #[test]

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::batch::Batch;
 use crate::config::{ChainEntryConfig, ConfigError};
 use crate::event::{Event, JsonFragment, KeyId};
+use crate::fact::FactInfo;
 use crate::format::Format;
 use crate::limits::cap_message;
 use crate::parse::ParseSpec;
@@ -98,6 +99,8 @@ pub struct StageReport {
 pub struct Chain {
     pub(crate) stages: Vec<Arc<Stage>>,
     pub(crate) keys: Vec<Box<str>>,
+    /// Every fact declared (append-only across reloads; see [`crate::fact`]).
+    pub(crate) facts: Arc<[FactInfo]>,
     pub(crate) spec: ParseSpec,
     pub(crate) env: BuildEnv,
     /// Increases by one with every swap of any stage or of the entries.
@@ -139,7 +142,7 @@ impl Chain {
             (key, JsonFragment::from(serde_json::Value::Object(map).to_string()))
         });
         let spec = ParseSpec { text_fields: tables.text_fields.clone(), output_keys: tables.keys.clone() };
-        Chain { stages, keys: tables.keys, spec, env, generation, stamp }
+        Chain { stages, keys: tables.keys, facts: tables.facts.into(), spec, env, generation, stamp }
     }
 
     /// Runs every enabled stage over the batch, in order.
@@ -165,6 +168,25 @@ impl Chain {
     /// The output key table: serialization needs it to name results.
     pub fn keys(&self) -> &[Box<str>] {
         &self.keys
+    }
+
+    /// The fact table, indexed by [`crate::FactId::index`]; it may hold facts of
+    /// stages no longer in the chain (see [`Chain::active_facts`]).
+    pub fn facts(&self) -> &Arc<[FactInfo]> {
+        &self.facts
+    }
+
+    /// The facts declared by the chain's enabled stages, in chain order.
+    pub fn active_facts(&self) -> impl Iterator<Item = &FactInfo> + '_ {
+        self.stages
+            .iter()
+            .filter(|s| s.enricher.is_some())
+            .flat_map(move |s| self.facts.iter().filter(move |f| *f.stage == *s.name))
+    }
+
+    /// The declared fact named `name` of the latest stage declaring it.
+    pub fn fact_named(&self, name: &str) -> Option<&FactInfo> {
+        self.active_facts().filter(|f| f.decl.name == name).last()
     }
 
     /// What the parser must capture and watch for, for this chain.
@@ -193,8 +215,8 @@ impl Chain {
         self.stages.iter().map(|s| s.report()).collect()
     }
 
-    /// Everything the chain knows about one address: each stage contributes
-    /// its section (`geo`, `asn`, `ti`, ...).
+    /// Everything the chain knows about one address: each enabled stage
+    /// contributes its answer under its own output key(s).
     pub fn lookup(&self, ip: IpAddr) -> serde_json::Map<String, serde_json::Value> {
         let mut out = serde_json::Map::new();
         out.insert("ip".into(), ip.to_string().into());
@@ -257,18 +279,19 @@ impl Stage {
     }
 }
 
-/// The output-key and captured-field tables a chain's stages index into.
-/// Only ever appended to, so ids handed to a stage stay valid in every
-/// later chain that reuses it.
+/// The output-key, captured-field and fact tables a chain's stages index
+/// into. Only ever appended to, so ids handed to a stage stay valid in
+/// every later chain that reuses it.
 #[derive(Clone, Default)]
 pub(crate) struct KeyTables {
     pub keys: Vec<Box<str>>,
     pub text_fields: Vec<Box<str>>,
+    pub facts: Vec<FactInfo>,
 }
 
 impl KeyTables {
     pub fn of(chain: &Chain) -> Self {
-        KeyTables { keys: chain.keys.clone(), text_fields: chain.spec.text_fields.clone() }
+        KeyTables { keys: chain.keys.clone(), text_fields: chain.spec.text_fields.clone(), facts: chain.facts.to_vec() }
     }
 }
 
@@ -291,6 +314,8 @@ pub(crate) fn build_stage(
             state_dir: env.state_dir.as_deref(),
             keys: &mut tables.keys,
             text_fields: &mut tables.text_fields,
+            facts: &mut tables.facts,
+            stage: Arc::from(name.as_str()),
         };
         Some(factory.build(&entry.options, &mut ctx).map_err(|e| entry.error(cap_message(format!("{name}: {e:#}"))))?)
     } else {

@@ -8,12 +8,16 @@
 //! output byte for byte, which is both "pass through untouched" and cheap.
 //! Enrichment results are pre-serialized JSON fragments shared through `Arc`,
 //! so a GeoIP answer decoded once can be attached to thousands of events
-//! without a per-event allocation.
+//! without a per-event allocation. What stages establish for later ones
+//! (a country code, an AS number, a score) are declared facts
+//! ([`crate::fact`]): the core has no field named after any plugin's answer.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
+
+use crate::fact::FactId;
 
 /// A byte range inside a batch's source text.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,21 +91,13 @@ pub struct Event {
     /// Zeek `duration`, seconds.
     pub duration: Option<f64>,
 
-    /// Number of threat-intel indicator matches attached to this event.
-    pub threat_matches: u32,
-    /// Facts earlier stages established, for later stages (rules, metrics)
-    /// to read without parsing JSON: ISO country code and AS number of each
-    /// address, set by GeoIP / ASN enrichers.
-    pub src_country: Option<[u8; 2]>,
-    pub dst_country: Option<[u8; 2]>,
-    pub src_asn: Option<u32>,
-    pub dst_asn: Option<u32>,
-    /// Risk score 0-100 set by a rule stage.
-    pub risk_score: Option<u8>,
-
+    /// Declared facts set by the stages (see [`crate::fact`]): small
+    /// scalars by id, inline for the default chain.
+    pub(crate) facts: SmallVec<[(FactId, u32); 6]>,
     pub(crate) texts: SmallVec<[(TextFieldId, Text); 2]>,
     // Inline room for the default chain (geo, asn, ti, risk_score,
-    // reasons, tags) so no event allocates for its results.
+    // reasons, tags) so no event allocates for its results. Plugin facts
+    // (country, AS number, matches, score...) are in `facts`, not here.
     pub(crate) outputs: SmallVec<[(KeyId, JsonFragment); 6]>,
     pub(crate) warnings: Vec<String>,
 }
@@ -172,6 +168,28 @@ impl Event {
         self.outputs.iter().map(|(k, v)| (*k, v))
     }
 
+    /// Sets a declared fact (see [`crate::BuildContext::fact`]), replacing
+    /// an earlier value of the same fact.
+    #[inline]
+    pub fn set_fact(&mut self, fact: FactId, value: u32) {
+        if let Some(slot) = self.facts.iter_mut().find(|(f, _)| *f == fact) {
+            slot.1 = value;
+        } else {
+            self.facts.push((fact, value));
+        }
+    }
+
+    /// The value of a fact, if a stage set it on this event.
+    #[inline]
+    pub fn fact(&self, fact: FactId) -> Option<u32> {
+        self.facts.iter().find(|(f, _)| *f == fact).map(|(_, v)| *v)
+    }
+
+    /// Every fact set on this event, in the order first set.
+    pub fn facts(&self) -> impl Iterator<Item = (FactId, u32)> + '_ {
+        self.facts.iter().copied()
+    }
+
     /// Records a problem with this event that did not stop it from being
     /// processed (e.g. an address field that is not an IP address). Shown to
     /// the client in the record's `enrichment_warnings`.
@@ -181,26 +199,6 @@ impl Event {
 
     pub fn warnings(&self) -> &[String] {
         &self.warnings
-    }
-
-    /// Records the country code of one end (GeoIP enrichers).
-    pub fn set_country(&mut self, side: Side, iso_code: &str) {
-        let code = match iso_code.as_bytes() {
-            [a, b] => Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()]),
-            _ => None,
-        };
-        match side {
-            Side::Source => self.src_country = code,
-            Side::Destination => self.dst_country = code,
-        }
-    }
-
-    /// Records the AS number of one end (ASN enrichers).
-    pub fn set_asn(&mut self, side: Side, asn: u32) {
-        match side {
-            Side::Source => self.src_asn = Some(asn),
-            Side::Destination => self.dst_asn = Some(asn),
-        }
     }
 
     /// Sets a captured text field directly (synthetic events, tests).

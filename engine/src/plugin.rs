@@ -9,11 +9,13 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::batch::BatchView;
 use crate::event::{Event, KeyId, TextFieldId};
+use crate::fact::{FactDecl, FactId, FactInfo};
 
 /// Builds enrichers of one kind from chain-entry options.
 pub trait PluginFactory: Send + Sync {
@@ -77,8 +79,8 @@ pub trait Enricher: Send + Sync {
     }
 
     /// Contributes this enricher's answer for a single address to
-    /// `POST /v1/lookup` / `enrichd lookup`, under the plugin's conventional
-    /// section name(s) (`geo`, `asn`, `ti`, ...).
+    /// `POST /v1/lookup` / `enrichd lookup`, under the output key(s) the
+    /// stage writes events' answers under.
     fn lookup(&self, _ip: IpAddr, _out: &mut serde_json::Map<String, serde_json::Value>) {}
 }
 
@@ -90,6 +92,9 @@ pub struct BuildContext<'a> {
     pub(crate) state_dir: Option<&'a Path>,
     pub(crate) keys: &'a mut Vec<Box<str>>,
     pub(crate) text_fields: &'a mut Vec<Box<str>>,
+    pub(crate) facts: &'a mut Vec<FactInfo>,
+    /// The stage being built (facts are interned under it).
+    pub(crate) stage: Arc<str>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -120,6 +125,25 @@ impl<'a> BuildContext<'a> {
     /// All output keys declared so far, by id.
     pub fn declared_keys(&self) -> Vec<(String, KeyId)> {
         self.keys.iter().enumerate().map(|(i, k)| (k.to_string(), KeyId(i as u16))).collect()
+    }
+
+    /// Declares a fact this enricher sets on events (see [`crate::fact`])
+    /// and returns its id; the same stage declaring the same name again (a
+    /// rebuild) gets the same id.
+    pub fn fact(&mut self, decl: FactDecl) -> FactId {
+        crate::fact::intern(self.facts, &self.stage, decl)
+    }
+
+    /// Every fact declared so far (by this and earlier stages, and by
+    /// stages of earlier chains), by id. A stage reading what earlier ones
+    /// established looks facts up here by kind, side or name.
+    pub fn declared_facts(&self) -> &[FactInfo] {
+        self.facts
+    }
+
+    /// The name of the stage being built.
+    pub fn stage_name(&self) -> &str {
+        &self.stage
     }
 
     /// Asks the parser to capture the string field `name` of every record

@@ -6,10 +6,15 @@
 //! - [`geoip`]: GeoIP2 City / Country `.mmdb` lookups.
 //! - [`asn`]: ASN `.mmdb` lookups.
 //! - [`ti`]: threat-intel indicators (IPs, CIDRs, domains) from files.
+//! - [`asn_class`]: hosting / isp / education / other, from the AS
+//!   organisation an earlier stage found (the example of a plugin built on
+//!   another's declared facts; registered by the binary, not by
+//!   [`register_all`]).
 //!
 //! The binary calls [`register_all`]; the engine core never names them.
 
 pub mod asn;
+pub mod asn_class;
 pub mod geoip;
 mod mmdb;
 pub mod ti;

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail};
 use enrichd_engine::limits::copy_capped;
 use enrichd_engine::{
-    source_info, AddressSelector, BatchView, BuildContext, Enricher, Event, KeyId, PluginState, PluginStatus, Side,
-    SourceInfo, WARNINGS_KEY,
+    source_info, AddressSelector, BatchView, BuildContext, Enricher, FactDecl, FactId, FactKind, KeyId, PluginState,
+    PluginStatus, Side, SourceInfo, ValuesReader, WARNINGS_KEY,
 };
 use maxminddb::{Metadata, Mmap, Reader};
 use schemars::JsonSchema;
@@ -77,8 +77,6 @@ pub(crate) trait RecordFormat: Send + Sync + 'static {
     const KIND: &'static str;
     /// What the database is called in messages (`GeoIP`).
     const LABEL: &'static str;
-    /// Section name under which [`Enricher::lookup`] answers (`geo`).
-    const SECTION: &'static str;
     /// log2 of the slots of the per-thread record cache (`cache::Records`).
     const CACHE_BITS: u32;
 
@@ -91,13 +89,20 @@ pub(crate) trait RecordFormat: Send + Sync + 'static {
     /// [`Fact`] for later stages (0 when none).
     fn encode(data: &DataSection<'_>, record: Map, out: &mut Vec<u8>) -> Result<Fact, DataError>;
 
-    /// Records a non-zero fact on the event's `side` (country, AS number).
-    fn set_fact(event: &mut Event, side: Side, fact: Fact);
+    /// What the record's [`Fact`] is (declared per target and side).
+    const FACT_KIND: FactKind;
+    /// The fact's declared name for a source and a destination address.
+    const FACT_NAMES: [&'static str; 2];
+    /// JSON Schema of the answer written per target.
+    fn output_schema() -> serde_json::Value;
+    /// Reads names out of an answer for metrics (see [`FactDecl::values`]).
+    const VALUES: Option<ValuesReader> = None;
 }
 
-/// The one typed value a record contributes to [`Event`] for later stages
-/// (rules, metrics): a packed country code or an AS number. Cached with
-/// the fragment, so it costs nothing per event.
+/// The one typed value a record contributes to the event for later stages
+/// (rules, metrics): the scalar of the fact declared per target and side
+/// ([`RecordFormat::FACT_KIND`]), e.g. a packed country code or an AS
+/// number. Cached with the fragment, so it costs nothing per event.
 pub(crate) type Fact = u32;
 
 /// Default `max_database_bytes`: 1 GiB. The largest databases in use
@@ -136,7 +141,24 @@ pub(crate) fn build<F: RecordFormat>(
             (None, missing_status(database))
         }
     };
-    let targets = targets.iter().map(|t| (t.address, ctx.output_key(&t.output))).collect();
+    let targets = targets
+        .iter()
+        .map(|t| {
+            let key = ctx.output_key(&t.output);
+            let mut declare = |side: Side| {
+                let name = F::FACT_NAMES[usize::from(side == Side::Destination)];
+                let mut decl = FactDecl::new(name, F::FACT_KIND).side(side).output(key, F::output_schema());
+                decl.values = F::VALUES;
+                ctx.fact(decl)
+            };
+            let facts = match t.address {
+                AddressSelector::Source => [Some(declare(Side::Source)), None],
+                AddressSelector::Destination => [None, Some(declare(Side::Destination))],
+                AddressSelector::DestinationOrSource => [Some(declare(Side::Source)), Some(declare(Side::Destination))],
+            };
+            TargetSlot { address: t.address, key, output: t.output.as_str().into(), facts }
+        })
+        .collect();
     Ok(Box::new(MmdbEnricher::<F> { db, targets, status, caches: ThreadLocal::new(), format: PhantomData }))
 }
 
@@ -153,6 +175,16 @@ fn check_targets(targets: &[Target]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One configured target: its output key and the facts it sets, by side
+/// (source, destination).
+struct TargetSlot {
+    address: AddressSelector,
+    key: KeyId,
+    /// The output key's name (`/v1/lookup` answers under it).
+    output: Box<str>,
+    facts: [Option<FactId>; 2],
 }
 
 /// The mapped file, shared by the tree walker and the record reader.
@@ -329,7 +361,7 @@ pub(crate) fn utc_date(epoch: u64) -> String {
 struct MmdbEnricher<F> {
     /// `None` while the file is missing: every target gets `null`.
     db: Option<Database>,
-    targets: Vec<(AddressSelector, KeyId)>,
+    targets: Vec<TargetSlot>,
     status: PluginStatus,
     caches: ThreadLocal<RefCell<Caches>>,
     format: PhantomData<fn() -> F>,
@@ -345,7 +377,7 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
         let caches = &mut *caches;
         caches.jobs.clear();
         for (index, event) in batch.events.iter_mut().enumerate() {
-            for (target, &(address, key)) in self.targets.iter().enumerate() {
+            for (target, &TargetSlot { address, key, .. }) in self.targets.iter().enumerate() {
                 match (address.pick_side(event), &self.db) {
                     (Some((side, ip)), Some(_)) => caches.jobs.push(Job::new(index, target, side, ip)),
                     _ => event.set_output(key, caches.records.null.clone()),
@@ -361,7 +393,7 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
                 Step::Soon(job) => {
                     // The output this one replaces (when the batch runs
                     // again) is dropped soon: its count will be written.
-                    let key = self.targets[usize::from(job.target)].1;
+                    let key = self.targets[usize::from(job.target)].key;
                     if let Some(old) = batch.events[job.event as usize].output(key) {
                         tree::prefetch_line(old.as_ptr());
                     }
@@ -370,11 +402,14 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
                 Step::Answer(job, answer) => (job, answer),
             };
             let event = &mut batch.events[job.event as usize];
-            let key = self.targets[usize::from(job.target)].1;
+            let target = &self.targets[usize::from(job.target)];
+            let key = target.key;
             match answer {
                 Ok((fragment, fact)) => {
                     if fact != 0 {
-                        F::set_fact(event, job.side, fact);
+                        if let Some(id) = target.facts[usize::from(job.side == Side::Destination)] {
+                            event.set_fact(id, fact);
+                        }
                     }
                     event.set_output(key, fragment);
                 }
@@ -406,7 +441,10 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
                 }
             }
         };
-        out.insert(F::SECTION.into(), value);
+        // Under each target's own output key, as events get it.
+        for target in &self.targets {
+            out.insert(target.output.to_string(), value.clone());
+        }
     }
 }
 
@@ -483,7 +521,6 @@ mod tests {
     impl RecordFormat for IpField {
         const KIND: &'static str = "test";
         const LABEL: &'static str = "test";
-        const SECTION: &'static str = "test";
         const CACHE_BITS: u32 = 3;
         fn check_database(_: &Path, _: &Metadata) -> anyhow::Result<()> {
             Ok(())
@@ -494,7 +531,11 @@ mod tests {
             o.finish();
             Ok(0)
         }
-        fn set_fact(_: &mut Event, _: Side, _: Fact) {}
+        const FACT_KIND: FactKind = FactKind::Count;
+        const FACT_NAMES: [&'static str; 2] = ["src_test", "dst_test"];
+        fn output_schema() -> serde_json::Value {
+            serde_json::json!({})
+        }
     }
 
     /// Record sizes 24/28/32, IPv4-only, IPv6 and mixed trees, IPv4-mapped

@@ -72,8 +72,11 @@ pub async fn schema_index() -> Json<Value> {
     Json(schema::index())
 }
 
-pub async fn schema_document(Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    schema::document(&name).map(Json).ok_or_else(|| {
+pub async fn schema_document(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    schema::document(&name, &state.engine.chain()).map(Json).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "unknown_schema", format!("no schema named {name:?}"))
             .with(json!({ "available": schema::names() }))
     })
@@ -106,12 +109,6 @@ pub async fn lookup(
             return Err(ApiError::bad_request("invalid_ip", "field `ip` must be a string").with(json!({"field": "ip"})))
         }
     };
-    let mut answer = state.engine.chain().lookup(ip);
-    // The documented response shape holds even when a plugin is disabled.
-    for (key, empty) in
-        [("geo", Value::Null), ("asn", Value::Null), ("threats", json!([])), ("ti", json!({"matches": []}))]
-    {
-        answer.entry(key).or_insert(empty);
-    }
-    Ok(Json(Value::Object(answer)))
+    // Each enabled stage answers under its own output key(s).
+    Ok(Json(Value::Object(state.engine.chain().lookup(ip))))
 }

@@ -7,6 +7,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use enrichd_engine::FactInfo;
 
 use super::distinct::Distinct;
 use super::feed::{asn_label, HighRisk, Shard, HIGH_RISK_KEEP, RISK_BOUNDS};
@@ -35,6 +38,10 @@ pub struct Aggregate {
     asns: WindowedTop<u32>,
     indicators: WindowedTop<String>,
     asn_labels: HashMap<u32, String>,
+    /// Values of facts declared with `top_values`, by fact index.
+    fact_values: HashMap<u16, WindowedTop<u32>>,
+    /// The latest fact table seen (ids only ever grow: it names them all).
+    facts: Option<Arc<[FactInfo]>>,
     distinct: Distinct,
     /// Newest last.
     high_risk: VecDeque<HighRisk>,
@@ -72,6 +79,9 @@ pub struct Tops {
     pub countries: Vec<Entry<[u8; 2]>>,
     pub asns: Vec<(Entry<u32>, Option<String>)>,
     pub indicators: Vec<Entry<String>>,
+    /// Top values of facts declared with `top_values`: by fact name, each
+    /// value rendered as text.
+    pub facts: Vec<(String, Vec<Entry<String>>)>,
 }
 
 fn drain_counter<K: Eq + std::hash::Hash + Clone>(
@@ -106,6 +116,8 @@ impl Aggregate {
             asns: WindowedTop::default(),
             indicators: WindowedTop::default(),
             asn_labels: HashMap::new(),
+            fact_values: HashMap::new(),
+            facts: None,
             distinct: Distinct::default(),
             high_risk: VecDeque::new(),
             spare: Shard::default(),
@@ -148,9 +160,17 @@ impl Aggregate {
         if !shard.indicators.is_empty() {
             drain_counter(&mut shard.indicators, &mut self.indicators, minute, None);
         }
-        for (asn, fragment) in shard.asn_labels.drain(..) {
+        if let Some(table) = shard.roles.table() {
+            if self.facts.as_ref().is_none_or(|t| t.len() <= table.len()) {
+                self.facts = Some(table.clone());
+            }
+        }
+        for (index, counter) in shard.fact_values.iter_mut().filter(|(_, c)| !c.is_empty()) {
+            drain_counter(counter, self.fact_values.entry(*index).or_default(), minute, None);
+        }
+        for (asn, fragment, reader) in shard.asn_labels.drain(..) {
             if !self.asn_labels.contains_key(&asn) {
-                if let Some(label) = asn_label(asn, &fragment) {
+                if let Some(label) = asn_label(&fragment, reader) {
                     if self.asn_labels.len() >= LABELS_KEEP {
                         self.asn_labels.clear();
                     }
@@ -200,7 +220,32 @@ impl Aggregate {
                 })
                 .collect(),
             indicators: self.indicators.top(now_minute, minutes, TOP_N),
+            facts: self.fact_tops(now_minute, minutes),
         }
+    }
+
+    /// One list per fact declared with `top_values` that has counts, named
+    /// by the fact (qualified by its stage when two stages share a name).
+    fn fact_tops(&self, now_minute: u64, minutes: u64) -> Vec<(String, Vec<Entry<String>>)> {
+        let Some(table) = &self.facts else { return Vec::new() };
+        let mut out: Vec<(String, Vec<Entry<String>>)> = Vec::new();
+        for info in table.iter().filter(|f| f.decl.top_values) {
+            let Some(top) = self.fact_values.get(&(info.id.index() as u16)) else { continue };
+            let list: Vec<Entry<String>> = top
+                .top(now_minute, minutes, TOP_N)
+                .into_iter()
+                .map(|e| Entry { key: info.render_key(e.key), count: e.count, error: e.error })
+                .collect();
+            if list.is_empty() {
+                continue;
+            }
+            let mut name = info.decl.name.clone();
+            if out.iter().any(|(n, _)| *n == name) {
+                name = format!("{}.{}", info.stage, name);
+            }
+            out.push((name, list));
+        }
+        out
     }
 
     pub fn read(&self, now_ms: u64) -> Reading {

@@ -8,23 +8,32 @@
 //! No lock is shared by all ingest threads and none is taken per event.
 //!
 //! Per event the fold is a few integer adds and hash-map increments (source
-//! address, destination country, AS number). Output fragments are read only
-//! for events that need them: the `ti` output of events with threat matches
-//! is scanned (not parsed) for the indicator names; high-risk events keep
-//! their `ti` and `reasons` fragments (shared `Arc`s, no copy) to be parsed
-//! when shown; the `asn` output is kept once per new AS number per tick,
-//! for its label.
+//! address, destination country, AS number, values of facts declared with
+//! `top_values`). What to count is found through the chain's declared
+//! facts (see `enrichd_engine::fact`), by kind and side, never by output
+//! key or plugin name: destination countries are `CountryCode` facts
+//! (destination side preferred), AS numbers `AsNumber` facts, threats
+//! `IndicatorMatches`, risk `Score`, reasons `ReasonList`. The roles are
+//! worked out once per fact table (a chain swap), so per event a fact is
+//! classified by indexing a small table.
+//!
+//! Output fragments are read only for events that need them: the output
+//! of an `IndicatorMatches` fact is read for the indicator names (by the
+//! reader its plugin declared) when it has matches; high-risk events keep
+//! their matches and reasons fragments (shared `Arc`s, no copy) to be read
+//! when shown; an `AsNumber` fact's output is kept once per new AS number
+//! per tick, for its label (read by the plugin's reader).
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use enrichd_engine::{Event, JsonFragment};
+use std::sync::Arc;
+
+use enrichd_engine::{Event, FactId, FactInfo, FactKind, JsonFragment, KeyId, Side, ValuesReader};
 use hdrhistogram::Histogram;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::latency::{self, Buckets};
@@ -41,25 +50,120 @@ const LABELS_PER_TICK: usize = 64;
 /// Upper bounds of the risk-score histogram buckets.
 pub const RISK_BOUNDS: [u8; 10] = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
 
-/// Where in the chain's output table the fragments metrics read live.
+/// What metrics make of each declared fact, by fact index.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct OutputKeys {
-    ti: Option<usize>,
-    reasons: Option<usize>,
-    asn: Option<usize>,
+struct Role {
+    /// Rank as the destination country (1 best; 0: not a country).
+    country: u8,
+    /// Rank as the AS number (1 best; 0: not an AS number).
+    asn: u8,
+    matches: bool,
+    score: bool,
+    reasons: bool,
+    /// Counted in its own top list.
+    top: bool,
 }
 
-impl OutputKeys {
-    /// Finds the default chain's output names (`ti`, `reasons`, `asn`).
-    pub fn resolve(keys: &[Box<str>]) -> Self {
-        let find = |name: &str| keys.iter().position(|k| &**k == name);
-        OutputKeys { ti: find("ti"), reasons: find("reasons"), asn: find("asn") }
+/// The metrics' reading of one fact table (worked out per chain swap).
+#[derive(Clone, Default)]
+pub struct FactRoles {
+    table: Option<Arc<[FactInfo]>>,
+    roles: Vec<Role>,
+}
+
+impl FactRoles {
+    /// Classifies every fact of `table` by kind and side.
+    pub fn of(table: &Arc<[FactInfo]>) -> Self {
+        let roles = table
+            .iter()
+            .map(|f| {
+                let rank = |side: Option<Side>, src: u8| match side {
+                    Some(Side::Destination) => 1,
+                    None => 2,
+                    Some(Side::Source) => src,
+                };
+                Role {
+                    country: if f.decl.kind == FactKind::CountryCode { rank(f.decl.side, 0) } else { 0 },
+                    asn: if f.decl.kind == FactKind::AsNumber { rank(f.decl.side, 3) } else { 0 },
+                    matches: f.decl.kind == FactKind::IndicatorMatches,
+                    score: f.decl.kind == FactKind::Score,
+                    reasons: f.decl.kind == FactKind::ReasonList,
+                    top: f.decl.top_values,
+                }
+            })
+            .collect();
+        FactRoles { table: Some(table.clone()), roles }
+    }
+
+    fn info(&self, id: FactId) -> Option<&FactInfo> {
+        self.table.as_ref()?.get(id.index())
+    }
+
+    fn role(&self, id: FactId) -> Role {
+        self.roles.get(id.index()).copied().unwrap_or_default()
+    }
+
+    /// True when these roles were worked out from `table`.
+    pub fn is_for(&self, table: &Arc<[FactInfo]>) -> bool {
+        self.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, table))
+    }
+
+    /// The fact table read.
+    pub fn table(&self) -> Option<&Arc<[FactInfo]>> {
+        self.table.as_ref()
     }
 }
 
-fn output(event: &Event, index: Option<usize>) -> Option<&JsonFragment> {
-    let index = index?;
-    event.outputs().find(|(k, _)| k.index() == index).map(|(_, v)| v)
+/// What one event says, by declared facts.
+#[derive(Default)]
+struct Reading {
+    country: Option<(u8, u32)>,
+    asn: Option<(u8, u32, FactId)>,
+    matches: u32,
+    score: Option<u8>,
+    reasons: Option<FactId>,
+}
+
+impl Reading {
+    fn of(roles: &FactRoles, event: &Event, mut top: impl FnMut(FactId, u32)) -> Reading {
+        let mut r = Reading::default();
+        for (id, value) in event.facts() {
+            let role = roles.role(id);
+            if role.country > 0 && r.country.is_none_or(|(rank, _)| role.country < rank) {
+                r.country = Some((role.country, value));
+            }
+            if role.asn > 0 && r.asn.is_none_or(|(rank, ..)| role.asn < rank) {
+                r.asn = Some((role.asn, value, id));
+            }
+            if role.matches {
+                r.matches = r.matches.saturating_add(value);
+            }
+            if role.score && r.score.is_none() {
+                r.score = Some(value.min(100) as u8);
+            }
+            if role.reasons && r.reasons.is_none() {
+                r.reasons = Some(id);
+            }
+            if role.top {
+                top(id, value);
+            }
+        }
+        r
+    }
+}
+
+/// The output fragment a fact was written under, with the fact's reader.
+fn fact_output(roles: &FactRoles, event: &Event, id: FactId) -> Option<(JsonFragment, Option<ValuesReader>)> {
+    let info = roles.info(id)?;
+    let key: KeyId = info.decl.output?;
+    event.output(key).map(|f| (f.clone(), info.decl.values))
+}
+
+/// Every name the plugin's reader finds in a fact's output.
+fn read_values(fragment: &str, reader: Option<ValuesReader>, mut each: impl FnMut(&str)) {
+    if let Some(read) = reader {
+        read(fragment, &mut each);
+    }
 }
 
 /// One high-risk event as listed by `/v1/metrics`.
@@ -76,8 +180,9 @@ pub struct HighRisk {
     pub dst_port: Option<u16>,
     pub dst_country: Option<[u8; 2]>,
     pub asn: Option<u32>,
-    /// The event's `ti` and `reasons` outputs, read when shown.
-    pub ti: Option<JsonFragment>,
+    /// The event's indicator-match outputs (with their readers) and
+    /// reasons output, read when shown.
+    pub matches: Vec<(JsonFragment, Option<ValuesReader>)>,
     pub reasons: Option<JsonFragment>,
 }
 
@@ -87,9 +192,19 @@ impl HighRisk {
             "ts_ms": self.ts_ms, "event_ts": self.event_ts, "risk_score": self.risk_score,
             "src_ip": self.src_ip, "dst_ip": self.dst_ip, "src_port": self.src_port, "dst_port": self.dst_port,
             "dst_country": self.dst_country.map(country), "asn": self.asn,
-            "indicators": self.ti.as_deref().map_or_else(Vec::new, |ti| indicators(ti).collect()),
+            "indicators": self.indicators(),
             "reasons": self.reasons.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()).unwrap_or(json!([])),
         })
+    }
+}
+
+impl HighRisk {
+    fn indicators(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (fragment, reader) in &self.matches {
+            read_values(fragment, *reader, |name| out.push(name.to_owned()));
+        }
+        out
     }
 }
 
@@ -114,8 +229,13 @@ pub struct Shard {
     pub countries: CodeCounter,
     pub asns: Counter<u32>,
     pub indicators: Counter<String>,
-    /// `asn` output fragments of AS numbers first seen this tick.
-    pub asn_labels: Vec<(u32, JsonFragment)>,
+    /// Output fragments (and their fact's reader) of AS numbers first seen
+    /// this tick, for their labels.
+    pub asn_labels: Vec<(u32, JsonFragment, ValuesReader)>,
+    /// Values of facts declared with `top_values`, by fact index.
+    pub fact_values: Vec<(u16, Counter<u32>)>,
+    /// The fact table of the latest batch and what metrics make of it.
+    pub roles: FactRoles,
     /// Newest last, at most [`HIGH_RISK_KEEP`].
     pub high_risk: VecDeque<HighRisk>,
 }
@@ -132,12 +252,15 @@ impl Shard {
     /// done; `processing`: parse + enrichment.
     pub fn observe(
         &mut self,
-        keys: OutputKeys,
+        facts: &Arc<[FactInfo]>,
         events: &[Event],
         now_ms: u64,
         lag: Duration,
         processing: Duration,
     ) -> BatchTotals {
+        if !self.roles.is_for(facts) {
+            self.roles = FactRoles::of(facts);
+        }
         let mut totals = BatchTotals {
             tally: Tally { events: events.len() as u64, batches: 1, ..Tally::default() },
             ..Default::default()
@@ -152,32 +275,53 @@ impl Shard {
                 }
                 None => {}
             }
-            if let Some(code) = event.dst_country {
-                self.countries.add(code);
+            let fact_values = &mut self.fact_values;
+            let r = Reading::of(&self.roles, event, |id, value| {
+                let index = id.index() as u16;
+                let counter = match fact_values.iter().position(|(i, _)| *i == index) {
+                    Some(at) => &mut fact_values[at].1,
+                    None => {
+                        fact_values.push((index, Counter::default()));
+                        &mut fact_values.last_mut().expect("pushed").1
+                    }
+                };
+                counter.add(&value, 1);
+            });
+            if let Some((_, code)) = r.country {
+                self.countries.add(enrichd_engine::fact::country_bytes(code));
             }
-            if let Some(asn) = event.dst_asn.or(event.src_asn) {
+            if let Some((_, asn, id)) = r.asn {
                 if self.asns.add(&asn, 1) && self.asn_labels.len() < LABELS_PER_TICK {
-                    if let Some(fragment) = output(event, keys.asn) {
-                        self.asn_labels.push((asn, fragment.clone()));
+                    if let Some((fragment, Some(reader))) = fact_output(&self.roles, event, id) {
+                        self.asn_labels.push((asn, fragment, reader));
                     }
                 }
             }
-            if let Some(score) = event.risk_score {
+            if let Some(score) = r.score {
                 totals.tally.risk_sum += u64::from(score);
                 totals.tally.risk_count += 1;
                 self.risk_buckets[RISK_BOUNDS.partition_point(|b| *b < score)] += 1;
             }
-            if event.threat_matches > 0 {
-                totals.tally.threats += u64::from(event.threat_matches);
+            if r.matches > 0 {
+                totals.tally.threats += u64::from(r.matches);
                 totals.events_with_threats += 1;
-                if let Some(ti) = output(event, keys.ti) {
-                    for indicator in indicators(ti) {
-                        self.indicators.add(&*indicator, 1);
+                for (id, value) in event.facts() {
+                    if value == 0 || !self.roles.role(id).matches {
+                        continue;
+                    }
+                    let Some(info) = self.roles.info(id) else { continue };
+                    if let (Some(key), Some(read)) = (info.decl.output, info.decl.values) {
+                        if let Some(fragment) = event.output(key) {
+                            let indicators = &mut self.indicators;
+                            read(fragment, &mut |name| {
+                                indicators.add(name, 1);
+                            });
+                        }
                     }
                 }
             }
-            if event.risk_score.is_some_and(|s| s >= HIGH_RISK_SCORE) {
-                self.push_high_risk(keys, event, now_ms);
+            if let Some(score) = r.score.filter(|s| *s >= HIGH_RISK_SCORE) {
+                self.push_high_risk(&r, score, event, now_ms);
             }
         }
         self.events_with_threats += totals.events_with_threats;
@@ -192,65 +336,47 @@ impl Shard {
         totals
     }
 
-    fn push_high_risk(&mut self, keys: OutputKeys, event: &Event, now_ms: u64) {
+    /// The outputs of the event's indicator-match facts that have matches.
+    fn match_outputs(&self, event: &Event) -> Vec<(JsonFragment, Option<ValuesReader>)> {
+        event
+            .facts()
+            .filter(|&(id, value)| value > 0 && self.roles.role(id).matches)
+            .filter_map(|(id, _)| fact_output(&self.roles, event, id))
+            .collect()
+    }
+
+    fn push_high_risk(&mut self, r: &Reading, score: u8, event: &Event, now_ms: u64) {
         if self.high_risk.len() == HIGH_RISK_KEEP {
             self.high_risk.pop_front();
         }
+        let matches = if r.matches > 0 { self.match_outputs(event) } else { Vec::new() };
+        let reasons = r.reasons.and_then(|id| fact_output(&self.roles, event, id)).map(|(f, _)| f);
         self.high_risk.push_back(HighRisk {
             ts_ms: now_ms,
             event_ts: event.ts,
-            risk_score: event.risk_score.unwrap_or(0),
+            risk_score: score,
             src_ip: event.src_ip,
             dst_ip: event.dst_ip,
             src_port: event.src_port,
             dst_port: event.dst_port,
-            dst_country: event.dst_country,
-            asn: event.dst_asn.or(event.src_asn),
-            ti: output(event, keys.ti).cloned(),
-            reasons: output(event, keys.reasons).cloned(),
+            dst_country: r.country.map(|(_, c)| enrichd_engine::fact::country_bytes(c)),
+            asn: r.asn.map(|(_, a, _)| a),
+            matches,
+            reasons,
         });
     }
 }
 
-/// The indicator names in a `ti` output (`{"matches": [{"indicator": ...}]}`).
-///
-/// A scan, not a parse: `"indicator":"` can only be a key (a quote inside a
-/// JSON string is escaped, which breaks the pattern), and the value runs to
-/// the next unescaped quote. Values with escapes (never written by the TI
-/// plugin) are decoded properly.
-fn indicators(fragment: &str) -> impl Iterator<Item = Cow<'_, str>> {
-    const KEY: &str = "\"indicator\":\"";
-    fragment.match_indices(KEY).filter_map(move |(at, _)| {
-        let rest = &fragment[at + KEY.len()..];
-        let bytes = rest.as_bytes();
-        let mut end = 0;
-        let mut escaped = false;
-        while end < bytes.len() && (escaped || bytes[end] != b'"') {
-            escaped = !escaped && bytes[end] == b'\\';
-            end += 1;
+/// The label of an AS number: the first name the `AsNumber` fact's reader
+/// finds in its output (the AS organisation).
+pub fn asn_label(fragment: &str, reader: ValuesReader) -> Option<String> {
+    let mut label = None;
+    reader(fragment, &mut |name| {
+        if label.is_none() {
+            label = Some(name.to_owned());
         }
-        if end == bytes.len() {
-            return None; // unterminated: not a valid fragment
-        }
-        let raw = &rest[..end];
-        if raw.contains('\\') {
-            serde_json::from_str::<String>(&fragment[at + KEY.len() - 1..at + KEY.len() + end + 1]).ok().map(Cow::Owned)
-        } else {
-            Some(Cow::Borrowed(raw))
-        }
-    })
-}
-
-/// The AS organisation named in an `asn` output (`{"asn": N, "org": "..."}`),
-/// when it is about `asn`.
-pub fn asn_label(asn: u32, fragment: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct AsnOutput {
-        asn: Option<u32>,
-        org: Option<String>,
-    }
-    let parsed: AsnOutput = serde_json::from_str(fragment).ok()?;
-    (parsed.asn == Some(asn)).then_some(parsed.org).flatten()
+    });
+    label
 }
 
 /// A fixed set of shards; each thread uses the one it was dealt.
@@ -288,27 +414,7 @@ impl Shards {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use enrichd_engine::{Chain, ChainEntryConfig, Registry};
-
-    #[test]
-    fn indicators_and_labels_are_read_from_fragments() {
-        let ti = r#"{"matches":[{"indicator":"45.149.3.0/24","type":"cidr","field":"src_ip","value":"45.149.3.7"},{"indicator":"evil\u002eexample","type":"domain"}]}"#;
-        let got: Vec<String> = indicators(ti).map(Cow::into_owned).collect();
-        assert_eq!(got, ["45.149.3.0/24", "evil.example"]);
-        assert_eq!(indicators("not json").count(), 0);
-        assert_eq!(indicators(r#"{"matches":[{"indicator":"unterminated"#).count(), 0);
-        // A value that merely contains the key text is not a key.
-        let tricky = r#"{"matches":[{"value":"x\"indicator\":\"no","indicator":"a\\b"}]}"#;
-        let got: Vec<String> = indicators(tricky).map(Cow::into_owned).collect();
-        assert_eq!(got, ["a\\b"]);
-        // Same answers as a full parse on the plugin's real output.
-        let parsed: Value = serde_json::from_str(ti).unwrap();
-        let by_parse: Vec<&str> =
-            parsed["matches"].as_array().unwrap().iter().map(|m| m["indicator"].as_str().unwrap()).collect();
-        assert_eq!(by_parse, ["45.149.3.0/24", "evil.example"]);
-        assert_eq!(asn_label(15169, r#"{"asn":15169,"org":"GOOGLE"}"#).as_deref(), Some("GOOGLE"));
-        assert_eq!(asn_label(1, r#"{"asn":15169,"org":"GOOGLE"}"#), None);
-    }
+    use enrichd_engine::{Chain, ChainEntryConfig, FactDecl, Registry};
 
     /// A real chain with the TI plugin over the repository's indicators.
     fn ti_chain() -> Chain {
@@ -325,17 +431,30 @@ mod tests {
         Chain::build(&[entry], &registry, std::path::Path::new(".")).expect("chain")
     }
 
+    /// The TI chain's fact table plus a country, an AS number and a score
+    /// fact, as other stages would declare them.
+    fn table(chain: &Chain) -> Arc<[FactInfo]> {
+        assert_eq!(chain.facts().len(), 1, "the ti stage declares one fact");
+        enrichd_engine::fact::table([
+            ("ti", chain.facts()[0].decl.clone()),
+            ("geo", FactDecl::new("dst_country_code", FactKind::CountryCode).side(Side::Destination)),
+            ("asn", FactDecl::new("dst_as_number", FactKind::AsNumber).side(Side::Destination)),
+            ("rule", FactDecl::new("score", FactKind::Score)),
+        ])
+        .into()
+    }
+
     #[test]
     fn a_batch_is_folded_into_counts_tops_and_high_risk() {
         let chain = ti_chain();
+        let facts = table(&chain);
+        let n = facts.len();
+        let (country, asn, score) = (facts[n - 3].id, facts[n - 2].id, facts[n - 1].id);
         let mut events: Vec<Event> = (0..10u8)
             .map(|i| {
                 let mut e = Event::synthetic();
                 e.src_ip = Some(IpAddr::from([45, 149, 3, i % 2]));
                 e.dst_ip = Some(IpAddr::from([8, 8, 8, 8]));
-                e.dst_country = Some(*b"US");
-                e.dst_asn = Some(15169);
-                e.risk_score = Some(if i == 0 { 90 } else { 10 });
                 e
             })
             .collect();
@@ -344,10 +463,14 @@ mod tests {
         events.push(other);
         let mut batch = enrichd_engine::Batch::synthetic(enrichd_engine::Format::FlowsV1, events);
         chain.run(&mut batch);
+        let mut events = batch.events().to_vec();
+        for (i, e) in events.iter_mut().take(10).enumerate() {
+            e.set_fact(country, enrichd_engine::fact::pack_country("US").unwrap());
+            e.set_fact(asn, 15169);
+            e.set_fact(score, if i == 0 { 90 } else { 10 });
+        }
         let mut shard = Shard::default();
-        let keys = OutputKeys::resolve(chain.keys());
-        let totals =
-            shard.observe(keys, batch.events(), 5_000_500, Duration::from_micros(300), Duration::from_micros(90));
+        let totals = shard.observe(&facts, &events, 5_000_500, Duration::from_micros(300), Duration::from_micros(90));
         assert_eq!(totals.tally.events, 11);
         assert_eq!(totals.tally.batches, 1);
         assert_eq!(totals.tally.threats, 10, "every 45.149.3.x source matches 45.149.3.0/24");
@@ -374,17 +497,47 @@ mod tests {
     }
 
     #[test]
+    fn facts_with_top_values_get_counted_and_labels_read() {
+        let facts: Arc<[FactInfo]> = enrichd_engine::fact::table([
+            ("c", FactDecl::new("class", FactKind::Label).labels(["a", "b"]).top_values()),
+            ("s", FactDecl::new("src_as", FactKind::AsNumber).side(Side::Source)),
+            ("d", FactDecl::new("dst_as", FactKind::AsNumber).side(Side::Destination)),
+        ])
+        .into();
+        let mut events = vec![Event::synthetic(); 3];
+        for (i, e) in events.iter_mut().enumerate() {
+            e.set_fact(facts[0].id, (i % 2) as u32);
+            e.set_fact(facts[1].id, 1);
+            e.set_fact(facts[2].id, 2);
+        }
+        let mut shard = Shard::default();
+        shard.observe(&facts, &events, 1, Duration::ZERO, Duration::ZERO);
+        assert_eq!(shard.fact_values.len(), 1);
+        let mut top = super::super::topn::Summary::new(10);
+        shard.fact_values[0].1.drain_into(&mut top, |_| {});
+        let top: Vec<(u32, u64)> = top.into_sorted_vec().into_iter().map(|(k, c)| (k, c.estimated_count())).collect();
+        assert_eq!(top, [(0, 2), (1, 1)]);
+        let mut asns = super::super::topn::Summary::new(10);
+        shard.asns.drain_into(&mut asns, |_| {});
+        assert_eq!(asns.into_sorted_vec()[0].0, 2, "the destination's AS is preferred");
+        let org = |f: &str, each: &mut dyn FnMut(&str)| each(f);
+        assert_eq!(asn_label("GOOGLE", org).as_deref(), Some("GOOGLE"));
+    }
+
+    #[test]
     fn high_risk_list_is_bounded_newest_last() {
+        let facts: Arc<[FactInfo]> =
+            enrichd_engine::fact::table([("rule", FactDecl::new("score", FactKind::Score))]).into();
         let mut shard = Shard::default();
         let events: Vec<Event> = (0..80u16)
             .map(|p| {
                 let mut e = Event::synthetic();
-                e.risk_score = Some(95);
+                e.set_fact(facts[0].id, 95);
                 e.dst_port = Some(p);
                 e
             })
             .collect();
-        shard.observe(OutputKeys::default(), &events, 1, Duration::ZERO, Duration::ZERO);
+        shard.observe(&facts, &events, 1, Duration::ZERO, Duration::ZERO);
         assert_eq!(shard.high_risk.len(), HIGH_RISK_KEEP);
         assert_eq!(shard.high_risk.back().unwrap().dst_port, Some(79));
     }
@@ -392,11 +545,12 @@ mod tests {
     #[test]
     fn threads_get_shards_and_drain_empties_them() {
         let shards = Shards::new(4);
+        let facts: Arc<[FactInfo]> = Arc::new([]);
         std::thread::scope(|s| {
             for _ in 0..8 {
                 s.spawn(|| {
                     let events = vec![Event::synthetic(); 3];
-                    shards.local().observe(OutputKeys::default(), &events, 1000, Duration::ZERO, Duration::ZERO);
+                    shards.local().observe(&facts, &events, 1000, Duration::ZERO, Duration::ZERO);
                 });
             }
         });

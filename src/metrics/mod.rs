@@ -28,12 +28,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use enrichd_engine::{Batch, Chain, Event, Observer, Timing};
+use std::sync::Arc;
+
+use enrichd_engine::{Batch, Chain, Event, FactInfo, Observer, Timing};
 
 use aggregate::Aggregate;
 pub use aggregate::Reading;
 use clock::{Clock, SystemClock};
-use feed::{OutputKeys, Shards};
+use feed::Shards;
 
 /// Request counters by status class.
 #[derive(Default)]
@@ -125,12 +127,13 @@ impl Metrics {
         InFlight { gauge: &self.batches_in_flight, n: 1 }
     }
 
-    /// Folds one enriched batch into this thread's shard. `keys` is the
-    /// chain's output key table; `lag` runs from request arrival to
-    /// enrichment done, `processing` covers parsing and enrichment.
-    pub fn observe_batch(&self, keys: &[Box<str>], events: &[Event], lag: Duration, processing: Duration) {
+    /// Folds one enriched batch into this thread's shard. `facts` is the
+    /// chain's fact table (what to count is found there by kind); `lag`
+    /// runs from request arrival to enrichment done, `processing` covers
+    /// parsing and enrichment.
+    pub fn observe_batch(&self, facts: &Arc<[FactInfo]>, events: &[Event], lag: Duration, processing: Duration) {
         let now_ms = self.clock.now_ms();
-        self.shards.local().observe(OutputKeys::resolve(keys), events, now_ms, lag, processing);
+        self.shards.local().observe(facts, events, now_ms, lag, processing);
     }
 
     /// Pours the shards into the windows and rolls them to now: the ticker
@@ -175,7 +178,7 @@ impl Observer for Metrics {
     }
 
     fn observe(&self, chain: &Chain, batch: &Batch, timing: Timing) {
-        self.observe_batch(chain.keys(), batch.events(), timing.lag, timing.processing);
+        self.observe_batch(chain.facts(), batch.events(), timing.lag, timing.processing);
     }
 }
 

@@ -32,6 +32,8 @@ fn tops(t: &Tops) -> Value {
         "dst_countries": entries(t.countries.iter().map(|e| json!({"key": country(e.key), "count": e.count, "error": e.error})).collect()),
         "asns": entries(t.asns.iter().map(|(e, label)| json!({"key": e.key.to_string(), "label": label, "count": e.count, "error": e.error})).collect()),
         "indicators": entries(t.indicators.iter().map(|e| json!({"key": e.key, "count": e.count, "error": e.error})).collect()),
+        // Facts plugins declared with `top_values`, by fact name.
+        "facts": t.facts.iter().map(|(name, list)| (name.clone(), entries(list.iter().map(|e| json!({"key": e.key, "count": e.count, "error": e.error})).collect()))).collect::<serde_json::Map<String, Value>>(),
     })
 }
 

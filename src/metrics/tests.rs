@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use enrichd_engine::{Event, Observer};
+use enrichd_engine::{Event, FactDecl, FactInfo, FactKind, Observer, Side};
 
 use super::clock::{Clock, ManualClock};
 use super::{report, Metrics};
@@ -16,13 +16,23 @@ fn metrics() -> (Arc<ManualClock>, Metrics) {
     (clock, m)
 }
 
+/// A destination country fact and a score fact, as stages declare them.
+fn facts() -> Arc<[FactInfo]> {
+    enrichd_engine::fact::table([
+        ("geo", FactDecl::new("dst_country_code", FactKind::CountryCode).side(Side::Destination)),
+        ("rule", FactDecl::new("score", FactKind::Score)),
+    ])
+    .into()
+}
+
 fn batch(n: usize, risk: u8) -> Vec<Event> {
+    let facts = facts();
     (0..n)
         .map(|i| {
             let mut e = Event::synthetic();
             e.src_ip = Some(std::net::IpAddr::from([10, 0, (i / 256) as u8, i as u8]));
-            e.dst_country = Some(*b"DE");
-            e.risk_score = Some(risk);
+            e.set_fact(facts[0].id, enrichd_engine::fact::pack_country("DE").unwrap());
+            e.set_fact(facts[1].id, u32::from(risk));
             e
         })
         .collect()
@@ -31,7 +41,7 @@ fn batch(n: usize, risk: u8) -> Vec<Event> {
 #[test]
 fn rates_and_series_from_the_first_second_and_rolling_to_zero() {
     let (clock, m) = metrics();
-    let keys: Vec<Box<str>> = vec![];
+    let keys = facts();
     for _ in 0..10 {
         clock.advance(100);
         m.observe_batch(&keys, &batch(100, 40), Duration::from_micros(250), Duration::from_micros(80));
@@ -76,7 +86,7 @@ fn the_ticker_drains_shards_from_other_threads() {
     let (clock, m) = metrics();
     std::thread::scope(|s| {
         for _ in 0..4 {
-            s.spawn(|| m.observe_batch(&[], &batch(50, 80), Duration::ZERO, Duration::ZERO));
+            s.spawn(|| m.observe_batch(&facts(), &batch(50, 80), Duration::ZERO, Duration::ZERO));
         }
     });
     m.tick();

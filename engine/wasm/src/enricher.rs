@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use enrichd_engine::{
-    source_info, to_hex, BatchView, BuildContext, Enricher, Event, JsonFragment, KeyId, PluginState, PluginStatus,
-    SourceInfo, SourceText,
+    fact, source_info, to_hex, BatchView, BuildContext, Enricher, Event, FactDecl, FactId, FactInfo, FactKind,
+    JsonFragment, KeyId, PluginState, PluginStatus, Side, SourceInfo, SourceText,
 };
 use enrichd_sdk::abi::{self, kind, present, EventRecord};
 use rustc_hash::FxHashMap as HashMap;
@@ -86,8 +86,16 @@ fn interned_json_value(
 }
 
 enum Outputs {
-    Rule { score: KeyId, reasons: KeyId, tags: KeyId },
-    Enricher { fields: Vec<(String, KeyId)> },
+    /// The rule's output keys and its declared facts (score, reasons, tags).
+    Rule {
+        score: KeyId,
+        reasons: KeyId,
+        tags: KeyId,
+        facts: [FactId; 3],
+    },
+    Enricher {
+        fields: Vec<(String, KeyId)>,
+    },
 }
 
 pub struct WasmEnricher {
@@ -100,6 +108,9 @@ pub struct WasmEnricher {
     logs: Arc<LogBudget>,
     config: Arc<Vec<(String, String)>>,
     earlier_keys: Arc<Vec<(String, KeyId)>>,
+    /// Facts declared before this stage: the event record's ASN, country
+    /// and match slots are filled from them by kind and side.
+    earlier_facts: Arc<[FactInfo]>,
     outputs: Outputs,
     fallback_score: JsonFragment,
     scores: Vec<JsonFragment>,
@@ -139,7 +150,13 @@ fn inspect_inner(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleRep
     let module = runtime::compile(&bytes, sha, None).with_context(|| format!("module {}", path.display()))?;
     runtime::check_interface(&module).with_context(|| format!("module {}", path.display()))?;
     let pre = runtime::prelink(&module)?;
-    let state = HostState::new(name, Arc::new(options.config_strings()), Arc::new(Vec::new()), Default::default());
+    let state = HostState::new(
+        name,
+        Arc::new(options.config_strings()),
+        Arc::new(Vec::new()),
+        Arc::new([]),
+        Default::default(),
+    );
     let limits = limits_of(options);
     runtime::instantiate(&pre, state, limits, 0).with_context(|| format!("module {}", path.display()))?;
     Ok(ModuleReport {
@@ -201,15 +218,39 @@ impl WasmEnricher {
         let path = ctx.resolve_path(&options.module);
         let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "module".into());
         let earlier_keys = Arc::new(ctx.declared_keys());
+        let earlier_facts: Arc<[FactInfo]> = ctx.declared_facts().into();
         let outputs = match options.role {
-            Role::Rule => Outputs::Rule {
-                score: ctx.output_key(&options.score_field),
-                reasons: ctx.output_key(&options.reasons_field),
-                tags: ctx.output_key(&options.tags_field),
-            },
+            Role::Rule => {
+                let score = ctx.output_key(&options.score_field);
+                let reasons = ctx.output_key(&options.reasons_field);
+                let tags = ctx.output_key(&options.tags_field);
+                let list = || serde_json::json!({"type": "array", "items": {"type": "string"}});
+                let facts = [
+                    ctx.fact(FactDecl::new("score", FactKind::Score).output(
+                        score,
+                        serde_json::json!({"type": ["integer", "null"], "minimum": 0, "maximum": 100,
+                            "description": "Score 0-100 from the rule (`null` when it set none)."}),
+                    )),
+                    ctx.fact(FactDecl::new("reasons", FactKind::ReasonList).output(reasons, list())),
+                    ctx.fact(FactDecl::new("tags", FactKind::TagList).output(tags, list())),
+                ];
+                Outputs::Rule { score, reasons, tags, facts }
+            }
             Role::Enricher => {
                 anyhow::ensure!(!options.fields.is_empty(), "an enricher must list the `fields` it sets");
-                Outputs::Enricher { fields: options.fields.iter().map(|f| (f.clone(), ctx.output_key(f))).collect() }
+                let fields = options
+                    .fields
+                    .iter()
+                    .map(|f| {
+                        let key = ctx.output_key(f);
+                        // Declared so that `/v1/schema` lists it and later
+                        // rules read it by name; the guest says nothing of
+                        // its type.
+                        ctx.fact(FactDecl::new(f.as_str(), FactKind::Object).output(key, serde_json::json!({})));
+                        (f.clone(), key)
+                    })
+                    .collect();
+                Outputs::Enricher { fields }
             }
         };
         let mut enricher = WasmEnricher {
@@ -222,6 +263,7 @@ impl WasmEnricher {
             logs: Default::default(),
             config: Arc::new(options.config_strings()),
             earlier_keys,
+            earlier_facts,
             outputs,
             fallback_score: options
                 .fallback_score
@@ -249,7 +291,13 @@ impl WasmEnricher {
         let pre = runtime::prelink(&module).with_context(|| format!("WASM module {}", path.display()))?;
         // Instantiate once now: version and exchange-area problems are load
         // errors, not failures at the first batch.
-        let probe = HostState::new(name, enricher.config.clone(), enricher.earlier_keys.clone(), enricher.logs.clone());
+        let probe = HostState::new(
+            name,
+            enricher.config.clone(),
+            enricher.earlier_keys.clone(),
+            enricher.earlier_facts.clone(),
+            enricher.logs.clone(),
+        );
         runtime::instantiate(&pre, probe, enricher.limits, 0)
             .with_context(|| format!("WASM module {}", path.display()))?;
         enricher.source = Some(source_info(&path, &bytes));
@@ -269,8 +317,13 @@ impl WasmEnricher {
         }
         let module = self.module.as_ref().ok_or(FailureKind::Unavailable)?;
         if slot.worker.as_ref().is_none_or(|w| w.generation != module.generation) {
-            let state =
-                HostState::new(self.name.clone(), self.config.clone(), self.earlier_keys.clone(), self.logs.clone());
+            let state = HostState::new(
+                self.name.clone(),
+                self.config.clone(),
+                self.earlier_keys.clone(),
+                self.earlier_facts.clone(),
+                self.logs.clone(),
+            );
             match runtime::instantiate(&module.pre, state, self.limits, module.generation) {
                 Ok(w) => slot.worker = Some(w),
                 Err(e) => {
@@ -281,7 +334,7 @@ impl WasmEnricher {
         }
         let worker = slot.worker.as_mut().expect("instantiated above");
         slot.records.clear();
-        slot.records.extend(events.iter().map(to_record));
+        slot.records.extend(events.iter().map(|e| to_record(e, &self.earlier_facts)));
         // SAFETY: EventRecord is repr(C), 112 bytes with explicit padding
         // fields, so every byte is initialised; the host is little-endian
         // like wasm.
@@ -388,9 +441,10 @@ impl WasmEnricher {
             entries.sort_by_key(|&(event, ..)| event);
         }
         match &self.outputs {
-            Outputs::Rule { score, reasons, tags } => {
+            Outputs::Rule { score, reasons, tags, facts } => {
                 // Everything is validated: write straight into the events.
                 let (score_key, reasons_key, tags_key) = (*score, *reasons, *tags);
+                let [score_fact, reasons_fact, tags_fact] = *facts;
                 let mut rest = &entries[..];
                 for (i, ev) in events.iter_mut().enumerate() {
                     let n = rest.iter().take_while(|&&(event, ..)| event as usize == i).count();
@@ -402,13 +456,18 @@ impl WasmEnricher {
                         .rev()
                         .find(|e| e.1 == kind::SCORE)
                         .map(|e| i32::from_le_bytes(payload(e).try_into().expect("4 bytes")).clamp(0, 100) as u8);
-                    let r = self.string_list(mine.iter().filter(|e| e.1 == kind::REASON).map(payload), lists, interned);
-                    ev.risk_score = s;
+                    let reasons = mine.iter().filter(|e| e.1 == kind::REASON);
+                    let r = self.string_list(reasons.clone().map(payload), lists, interned);
+                    if let Some(s) = s {
+                        ev.set_fact(score_fact, u32::from(s));
+                    }
+                    ev.set_fact(reasons_fact, reasons.count() as u32);
                     ev.set_output(score_key, s.map_or_else(|| self.null.clone(), |s| self.scores[s as usize].clone()));
                     ev.set_output(reasons_key, r);
-                    if mine.iter().any(|e| e.1 == kind::TAG) {
-                        let t =
-                            self.string_list(mine.iter().filter(|e| e.1 == kind::TAG).map(payload), lists, interned);
+                    let tags = mine.iter().filter(|e| e.1 == kind::TAG);
+                    if tags.clone().next().is_some() {
+                        let t = self.string_list(tags.clone().map(payload), lists, interned);
+                        ev.set_fact(tags_fact, tags.count() as u32);
                         ev.set_output(tags_key, t);
                     }
                 }
@@ -480,10 +539,10 @@ impl WasmEnricher {
     fn fallback(&self, events: &mut [Event], kind: FailureKind) {
         let reason = format!("rule error: {}", kind.name());
         match &self.outputs {
-            Outputs::Rule { score, reasons, .. } => {
+            Outputs::Rule { score, reasons, facts, .. } => {
                 let reasons_json: JsonFragment = Arc::from(serde_json::to_string(&[&reason]).expect("serializes"));
                 for ev in events {
-                    ev.risk_score = None;
+                    ev.set_fact(facts[1], 1);
                     ev.set_output(*score, self.fallback_score.clone());
                     ev.set_output(*reasons, reasons_json.clone());
                 }
@@ -526,8 +585,13 @@ fn ip_bytes(ip: IpAddr) -> ([u8; 16], bool) {
     }
 }
 
-/// The engine's event as the ABI's fixed record.
-pub fn to_record(ev: &Event) -> EventRecord {
+/// The engine's event as the ABI's fixed record. The ASN, country and
+/// match slots come from the event's facts by kind and side (`facts` is the
+/// chain's fact table, or the part of it declared before the rule): the
+/// first fact set of kind `AsNumber` on the source side fills `src_asn`,
+/// and so on; `ti_matches` is the sum of the `IndicatorMatches` facts.
+/// Never by name: renaming an output changes nothing here.
+pub fn to_record(ev: &Event, facts: &[FactInfo]) -> EventRecord {
     let mut r = EventRecord::EMPTY;
     let mut p = 0u32;
     if let Some(ip) = ev.src_ip {
@@ -557,13 +621,40 @@ pub fn to_record(ev: &Event) -> EventRecord {
     copy!(src_port, present::SRC_PORT);
     copy!(dst_port, present::DST_PORT);
     copy!(proto, present::PROTO);
-    copy!(src_asn, present::SRC_ASN);
-    copy!(dst_asn, present::DST_ASN);
-    copy!(src_country, present::SRC_COUNTRY);
-    copy!(dst_country, present::DST_COUNTRY);
-    r.ti_matches = ev.threat_matches;
+    for (id, value) in ev.facts() {
+        let Some(info) = facts.get(id.index()) else { continue };
+        let (slot, bit) = match (info.decl.kind, info.decl.side) {
+            (FactKind::AsNumber, Some(Side::Source)) => (Slot::SrcAsn, present::SRC_ASN),
+            (FactKind::AsNumber, Some(Side::Destination)) => (Slot::DstAsn, present::DST_ASN),
+            (FactKind::CountryCode, Some(Side::Source)) => (Slot::SrcCountry, present::SRC_COUNTRY),
+            (FactKind::CountryCode, Some(Side::Destination)) => (Slot::DstCountry, present::DST_COUNTRY),
+            (FactKind::IndicatorMatches, _) => {
+                r.ti_matches = r.ti_matches.saturating_add(value);
+                continue;
+            }
+            _ => continue,
+        };
+        if p & bit != 0 {
+            continue; // an earlier fact of that kind and side filled it
+        }
+        p |= bit;
+        match slot {
+            Slot::SrcAsn => r.src_asn = value,
+            Slot::DstAsn => r.dst_asn = value,
+            Slot::SrcCountry => r.src_country = fact::country_bytes(value),
+            Slot::DstCountry => r.dst_country = fact::country_bytes(value),
+        }
+    }
     r.present = p;
     r
+}
+
+/// The fact-filled slots of the event record.
+enum Slot {
+    SrcAsn,
+    DstAsn,
+    SrcCountry,
+    DstCountry,
 }
 
 impl Enricher for WasmEnricher {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use enrichd_engine::{Event, KeyId, SourceText};
+use enrichd_engine::{Event, FactInfo, KeyId, SourceText};
 use serde_json::value::RawValue;
 use wasmtime::{Caller, Extern};
 
@@ -21,6 +21,10 @@ pub struct HostState {
     pub config: Arc<Vec<(String, String)>>,
     /// Output keys of earlier chain stages, readable through `field`.
     pub earlier_keys: Arc<Vec<(String, KeyId)>>,
+    /// Facts declared by earlier chain stages, readable through `field` by
+    /// their declared name (before output keys, so renaming an output does
+    /// not break a rule).
+    pub earlier_facts: Arc<[FactInfo]>,
     /// The batch being processed, during a call only.
     pub call: Option<CallContext>,
     /// The module's log budget, shared by all its instances.
@@ -32,9 +36,10 @@ impl HostState {
         module_name: Arc<str>,
         config: Arc<Vec<(String, String)>>,
         earlier_keys: Arc<Vec<(String, KeyId)>>,
+        earlier_facts: Arc<[FactInfo]>,
         logs: Arc<LogBudget>,
     ) -> Self {
-        HostState { limits: GuestLimits::default(), module_name, config, earlier_keys, call: None, logs }
+        HostState { limits: GuestLimits::default(), module_name, config, earlier_keys, earlier_facts, call: None, logs }
     }
 }
 
@@ -146,6 +151,9 @@ pub fn field(
         }
         // SAFETY: see `CallContext`; index checked against `len`.
         let ev: &Event = unsafe { &*call.events.add(event as usize) };
+        if let Some(value) = fact_value(&state.earlier_facts, ev, &key) {
+            return write_guest(caller, Some(value.as_bytes()), out_ptr, out_cap);
+        }
         match state.earlier_keys.iter().find(|(k, _)| *k == key) {
             Some((_, id)) => ev.output(*id).map(|f| f.to_string()),
             None => {
@@ -157,6 +165,20 @@ pub fn field(
         }
     };
     write_guest(caller, value.as_deref().map(str::as_bytes), out_ptr, out_cap)
+}
+
+/// The JSON of the declared fact `name` on `ev`, when an earlier stage
+/// declared it and set it on this event (the latest declaring stage wins):
+/// a scalar kind rendered from its value (`"GB"`, `1221`, `"hosting"`), a
+/// list or object read from its output.
+fn fact_value(facts: &[FactInfo], ev: &Event, name: &str) -> Option<String> {
+    let info = facts.iter().rev().find(|f| f.decl.name == name && ev.fact(f.id).is_some())?;
+    let value = ev.fact(info.id)?;
+    if info.decl.kind.is_scalar() {
+        info.render(value).map(|v| v.to_string())
+    } else {
+        info.decl.output.and_then(|key| ev.output(key)).map(|f| f.to_string())
+    }
 }
 
 pub fn config(caller: &mut Caller<'_, HostState>, key_ptr: i32, key_len: i32, out_ptr: i32, out_cap: i32) -> i32 {

@@ -76,7 +76,7 @@ fn risk_rule_native_and_wasm_builds_agree() {
     let mut scores = std::collections::BTreeMap::new();
     for (events, wasm) in batch.events().chunks(256).zip(wasm.chunks(256)) {
         let builders: Vec<EventBuilder> =
-            events.iter().map(|e| EventBuilder::from_record(enrichd_wasm::to_record(e))).collect();
+            events.iter().map(|e| EventBuilder::from_record(enrichd_wasm::to_record(e, chain.facts()))).collect();
         let native = run_batch(&builders, risk::score);
         for (n, w) in native.iter().zip(wasm) {
             assert_eq!(w["risk_score"], Value::from(n.score.unwrap()), "{w}");

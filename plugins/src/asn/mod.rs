@@ -15,7 +15,7 @@ mod tests;
 use std::path::Path;
 
 use anyhow::bail;
-use enrichd_engine::{BuildContext, Enricher, EnvOverride, Event, PluginFactory, Side};
+use enrichd_engine::{BuildContext, Enricher, EnvOverride, FactKind, PluginFactory, ValuesReader};
 use maxminddb::Metadata;
 
 pub use self::options::AsnOptions;
@@ -54,7 +54,6 @@ struct Asn;
 impl RecordFormat for Asn {
     const KIND: &'static str = "asn";
     const LABEL: &'static str = "ASN";
-    const SECTION: &'static str = "asn";
     /// 16384 slots: 512 KiB of table plus up to ~1 MiB of fragments per
     /// thread; misses 7 % of uniformly random IPv4 (4096 slots: 18 %).
     const CACHE_BITS: u32 = 14;
@@ -88,7 +87,39 @@ impl RecordFormat for Asn {
         Ok(asn.and_then(|a| u32::try_from(a).ok()).unwrap_or(0))
     }
 
-    fn set_fact(event: &mut Event, side: Side, fact: Fact) {
-        event.set_asn(side, fact);
+    const FACT_KIND: FactKind = FactKind::AsNumber;
+    const FACT_NAMES: [&'static str; 2] = ["src_as_number", "dst_as_number"];
+    const VALUES: Option<ValuesReader> = Some(organisation);
+
+    fn output_schema() -> serde_json::Value {
+        let mut schema = serde_json::to_value(schemars::schema_for!(Option<AsnAnswer>)).expect("schema serializes");
+        if let Some(o) = schema.as_object_mut() {
+            o.remove("$schema");
+        }
+        schema
+    }
+}
+
+/// The answer written per target (`null` when unknown); its schema is
+/// served under `/v1/schema`.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct AsnAnswer {
+    /// Autonomous system number.
+    asn: u32,
+    /// The organisation the AS is registered to.
+    org: Option<String>,
+}
+
+/// The AS organisation of an answer (`{"asn": N, "org": "..."}`): the label
+/// metrics show next to the number.
+pub fn organisation(fragment: &str, each: &mut dyn FnMut(&str)) {
+    #[derive(serde::Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow)]
+        org: Option<std::borrow::Cow<'a, str>>,
+    }
+    if let Ok(Some(Answer { org: Some(org) })) = serde_json::from_str::<Option<Answer<'_>>>(fragment) {
+        each(&org);
     }
 }

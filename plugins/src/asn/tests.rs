@@ -172,11 +172,25 @@ fn facts_for_later_stages() {
         vec![event(Some("81.2.69.160"), Some("1.128.0.1")), event(Some("2001:218::1"), None)],
     );
     chain.run(&mut batch);
+    let fact = |e: &enrichd_engine::Event, name: &str| {
+        let info = chain.fact_named(name).unwrap_or_else(|| panic!("{name} declared"));
+        e.fact(info.id).map(|v| info.render_key(v))
+    };
     let e = &batch.events()[0];
-    assert_eq!(e.src_country, Some(*b"GB"));
-    assert_eq!(e.dst_country, None, "1.128.0.1 is not in the City test DB");
-    assert_eq!(e.dst_asn, Some(1221));
-    assert_eq!(e.src_asn, None, "asn looks up the destination only by default");
+    assert_eq!(fact(e, "src_country_code").as_deref(), Some("GB"));
+    assert_eq!(fact(e, "dst_country_code"), None, "1.128.0.1 is not in the City test DB");
+    assert_eq!(fact(e, "dst_as_number").as_deref(), Some("1221"));
+    assert_eq!(fact(e, "src_as_number"), None, "asn looks up the destination only by default");
     let e = &batch.events()[1];
-    assert_eq!(e.src_country, Some(*b"JP"));
+    assert_eq!(fact(e, "src_country_code").as_deref(), Some("JP"));
+    // Declared by kind and side, with the output key they are written under.
+    let info = chain.fact_named("dst_as_number").unwrap();
+    assert_eq!(
+        (info.decl.kind, info.decl.side),
+        (enrichd_engine::FactKind::AsNumber, Some(enrichd_engine::Side::Destination))
+    );
+    assert_eq!(&*chain.keys()[info.decl.output.unwrap().index()], "asn");
+    let mut org = Vec::new();
+    (info.decl.values.unwrap())(r#"{"asn":1221,"org":"Telstra"}"#, &mut |o| org.push(o.to_owned()));
+    assert_eq!(org, ["Telstra"]);
 }

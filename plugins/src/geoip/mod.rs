@@ -22,7 +22,7 @@ mod tests;
 use std::path::Path;
 
 use anyhow::bail;
-use enrichd_engine::{BuildContext, Enricher, EnvOverride, Event, PluginFactory, Side};
+use enrichd_engine::{BuildContext, Enricher, EnvOverride, FactKind, PluginFactory};
 use maxminddb::Metadata;
 
 pub use self::options::GeoIpOptions;
@@ -61,7 +61,6 @@ struct Geo;
 impl RecordFormat for Geo {
     const KIND: &'static str = "geoip";
     const LABEL: &'static str = "GeoIP";
-    const SECTION: &'static str = "geo";
     /// 32768 slots: 1 MiB of table plus up to ~4.5 MiB of fragments per
     /// thread. Uniformly random IPv4 hit ~150,000 distinct City records per
     /// 2 M addresses; this table misses 19 % of them (4096 slots: 34 %,
@@ -124,10 +123,34 @@ impl RecordFormat for Geo {
         Ok(fact)
     }
 
-    fn set_fact(event: &mut Event, side: Side, fact: Fact) {
-        let code = [(fact >> 8) as u8, fact as u8];
-        event.set_country(side, std::str::from_utf8(&code).unwrap_or(""));
+    const FACT_KIND: FactKind = FactKind::CountryCode;
+    const FACT_NAMES: [&'static str; 2] = ["src_country_code", "dst_country_code"];
+
+    fn output_schema() -> serde_json::Value {
+        let mut schema = serde_json::to_value(schemars::schema_for!(Option<GeoSchema>)).expect("schema serializes");
+        if let Some(o) = schema.as_object_mut() {
+            o.remove("$schema");
+        }
+        schema
     }
+}
+
+/// Geolocation of an address (`null` when unknown): the answer written per
+/// target, as `/v1/schema` describes it.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct GeoSchema {
+    /// ISO 3166-1 alpha-2 country code.
+    country: Option<String>,
+    /// City name (English).
+    city: Option<String>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    /// Continent code (e.g. `EU`), when the database has it.
+    continent: Option<String>,
+    timezone: Option<String>,
+    /// Accuracy radius in km, when the database has it.
+    accuracy_radius: Option<u32>,
 }
 
 /// `country` / `continent`: the code under `key` of a GeoIP2 map. (A flat

@@ -23,6 +23,7 @@ pub mod api_store;
 pub mod index;
 pub mod loader;
 pub mod options;
+pub mod output;
 #[cfg(test)]
 mod tests;
 
@@ -32,8 +33,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use enrichd_engine::{
-    AddressSelector, BatchView, BuildContext, Enricher, EnvOverride, JsonFragment, KeyId, PluginFactory, PluginState,
-    PluginStatus, TextFieldId,
+    AddressSelector, BatchView, BuildContext, Enricher, EnvOverride, FactDecl, FactId, FactKind, JsonFragment, KeyId,
+    PluginFactory, PluginState, PluginStatus, TextFieldId,
 };
 use serde_json::json;
 
@@ -64,6 +65,11 @@ impl PluginFactory for TiFactory {
     fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         let opts = TiOptions::from_table(options)?;
         let key = ctx.output_key(&opts.output);
+        let fact = ctx.fact(
+            FactDecl::new("indicator_matches", FactKind::IndicatorMatches)
+                .output(key, output::schema(opts.matched_flag))
+                .values(output::indicators),
+        );
         let api_store = opts.api_indicators.then(|| ctx.state_dir().map(api_store::path_in)).flatten();
         let (index, reports) = load(&opts.paths, api_store.as_deref(), |p| ctx.resolve_path(p), &opts.limits());
         let mut watched: Vec<PathBuf> = opts.paths.iter().map(|p| ctx.resolve_path(p)).collect();
@@ -75,7 +81,7 @@ impl PluginFactory for TiFactory {
         } else {
             Vec::new()
         };
-        let mut enricher = TiEnricher::new(&opts, key, index, reports, domain_fields);
+        let mut enricher = TiEnricher::new(&opts, key, fact, index, reports, domain_fields);
         enricher.watched = watched;
         Ok(Box::new(enricher))
     }
@@ -102,6 +108,9 @@ pub fn load(
 /// The enricher of one `ti` chain entry.
 pub struct TiEnricher {
     key: KeyId,
+    /// The output key's name (`/v1/lookup` answers under it).
+    output: Box<str>,
+    fact: FactId,
     index: Option<Index>,
     check_src: bool,
     check_dst: bool,
@@ -129,6 +138,7 @@ impl TiEnricher {
     fn new(
         opts: &TiOptions,
         key: KeyId,
+        fact: FactId,
         index: Option<Index>,
         reports: Vec<FileReport>,
         domain_fields: Vec<(TextFieldId, Box<str>)>,
@@ -143,6 +153,8 @@ impl TiEnricher {
             .collect();
         TiEnricher {
             key,
+            output: opts.output.as_str().into(),
+            fact,
             index,
             check_src: has(AddressSelector::Source),
             check_dst: has(AddressSelector::Destination),
@@ -191,7 +203,7 @@ impl Enricher for TiEnricher {
                     }
                 }
             }
-            event.threat_matches = out.count;
+            event.set_fact(self.fact, out.count);
             let value = match out.finish(self.matched_flag) {
                 None => self.empty.clone(),
                 Some(text) => Arc::from(text),
@@ -248,14 +260,17 @@ impl Enricher for TiEnricher {
         }
     }
 
+    /// Answers under the stage's output key, plus `threats` (the bare
+    /// match list, the documented lookup shape of the default chain).
     fn lookup(&self, ip: IpAddr, out: &mut serde_json::Map<String, serde_json::Value>) {
-        let Some(index) = &self.index else { return };
         let mut m = Matches::default();
-        index.for_each_ip_match(ip, |hit| m.push(&hit, "\"ip\"", Value::Ip(ip)));
+        if let Some(index) = &self.index {
+            index.for_each_ip_match(ip, |hit| m.push(&hit, "\"ip\"", Value::Ip(ip)));
+        }
         let text = m.finish(self.matched_flag).unwrap_or_else(|| self.empty.to_string());
         let value: serde_json::Value = serde_json::from_str(&text).expect("matches are valid JSON");
         out.insert("threats".into(), value["matches"].clone());
-        out.insert("ti".into(), value);
+        out.insert(self.output.to_string(), value);
     }
 }
 

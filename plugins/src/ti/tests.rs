@@ -85,6 +85,11 @@ fn output(chain: &Chain, batch: &Batch) -> Vec<Value> {
         .collect()
 }
 
+/// The event's `indicator_matches` fact (0 when not set).
+fn matches(chain: &Chain, event: &Event) -> u32 {
+    chain.fact_named("indicator_matches").and_then(|f| event.fact(f.id)).unwrap_or(0)
+}
+
 /// Runs events with the given (src, dst) addresses; returns the records.
 fn run_ips(chain: &Chain, pairs: &[(Option<&str>, Option<&str>)]) -> (Vec<Value>, Vec<u32>) {
     let events = pairs
@@ -98,7 +103,7 @@ fn run_ips(chain: &Chain, pairs: &[(Option<&str>, Option<&str>)]) -> (Vec<Value>
         .collect();
     let mut batch = Batch::synthetic(Format::FlowsV1, events);
     chain.run(&mut batch);
-    (output(chain, &batch), batch.events().iter().map(|e| e.threat_matches).collect())
+    (output(chain, &batch), batch.events().iter().map(|e| matches(chain, e)).collect())
 }
 
 fn run_ndjson(chain: &Chain, text: &str) -> Vec<Value> {
@@ -503,7 +508,8 @@ fn stage3_layout_lookup_and_address_selection() {
     let want =
         json!([{"indicator": "94.26.0.0/16", "type": "subnet", "field": "ip", "value": "94.26.1.2", "source": sample}]);
     assert_eq!(answer["threats"], want);
-    assert_eq!(answer["ti"], json!({"matches": want, "matched": true}));
+    assert_eq!(answer["threat"], json!({"matches": want, "matched": true}), "under the stage's output key");
+    assert!(answer.get("ti").is_none());
     assert_eq!(chain.lookup("8.8.8.8".parse().unwrap())["threats"], json!([]));
 
     let chain = ti_chain(&[&sample], "addresses = [\"destination_or_source\", \"source\"]");
@@ -725,7 +731,7 @@ fn bench_ns_per_event() {
             chain.run(&mut batch);
         }
         let ns = started.elapsed().as_nanos() as f64 / (rounds * batch.len()) as f64;
-        let matched = batch.events().iter().filter(|e| e.threat_matches > 0).count();
+        let matched = batch.events().iter().filter(|e| matches(chain, e) > 0).count();
         eprintln!("{name}: {ns:.1} ns/event ({matched} of {} events matched)", batch.len());
     };
     for (name, paths) in &setups {

@@ -408,29 +408,65 @@
     (container.closest('table') || container).dataset.rows = String(rows.length);
   }
 
+  function fillTop(table, rows, m, keyText) {
+    const max = Math.max(1, ...rows.map((r) => r.count || 0));
+    replaceRows(table.tBodies[0], topWindow, rows, () => {
+      if (!rows.length) {
+        const tr = el('tr');
+        tr.appendChild(el('td', 'none', (m.totals && m.totals.events) ? 'none in this window' : 'no traffic yet'));
+        return [tr];
+      }
+      return rows.map((r) => {
+        const tr = el('tr');
+        const key = el('td', 'key');
+        key.style.setProperty('--share', ((100 * (r.count || 0)) / max).toFixed(1) + '%');
+        key.appendChild(el('span', null, keyText(r.key)));
+        if (r.label) key.appendChild(el('small', null, r.label));
+        tr.append(key, el('td', 'num', count(r.count)));
+        return tr;
+      });
+    });
+  }
+
+  // Lists of facts plugins declared with "top values" (top.<window>.facts),
+  // one table each, named by the fact: created, filled and removed as the
+  // server lists them. Names are server strings: textContent only.
+  const factTops = new Map();
+  function factTables(m, facts) {
+    const tops = $('tops');
+    const names = Object.keys(facts).filter((n) => Array.isArray(facts[n])).sort();
+    for (const [name, box] of factTops) {
+      if (!names.includes(name)) {
+        box.remove();
+        factTops.delete(name);
+        drawn.delete('top-fact-' + name);
+      }
+    }
+    for (const name of names) {
+      let box = factTops.get(name);
+      if (!box) {
+        box = el('div', 'top');
+        box.appendChild(el('h3', null, name.replace(/_/g, ' ')));
+        const table = el('table');
+        table.dataset.fact = name;
+        table.dataset.rows = '0';
+        table.appendChild(el('tbody'));
+        table.tBodies[0].id = 'top-fact-' + name;
+        box.appendChild(table);
+        tops.appendChild(box);
+        factTops.set(name, box);
+      }
+      fillTop(box.querySelector('table'), facts[name], m, String);
+    }
+  }
+
   function topTables(m) {
     const top = (m.top && m.top[topWindow]) || {};
     for (const name of ['sources', 'dst_countries', 'asns', 'indicators']) {
-      const table = $('top-' + name);
       const rows = Array.isArray(top[name]) ? top[name] : [];
-      const max = Math.max(1, ...rows.map((r) => r.count || 0));
-      replaceRows(table.tBodies[0], topWindow, rows, () => {
-        if (!rows.length) {
-          const tr = el('tr');
-          tr.appendChild(el('td', 'none', (m.totals && m.totals.events) ? 'none in this window' : 'no traffic yet'));
-          return [tr];
-        }
-        return rows.map((r) => {
-          const tr = el('tr');
-          const key = el('td', 'key');
-          key.style.setProperty('--share', ((100 * (r.count || 0)) / max).toFixed(1) + '%');
-          key.appendChild(el('span', null, name === 'asns' ? asLabel(r.key) : r.key));
-          if (r.label) key.appendChild(el('small', null, r.label));
-          tr.append(key, el('td', 'num', count(r.count)));
-          return tr;
-        });
-      });
+      fillTop($('top-' + name), rows, m, name === 'asns' ? asLabel : String);
     }
+    factTables(m, (top.facts && typeof top.facts === 'object') ? top.facts : {});
   }
 
   // "AS15169"; a bare number gets its organisation from the top-ASN tables
