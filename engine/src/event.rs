@@ -17,8 +17,6 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::fact::FactId;
-
 /// A byte range inside a batch's source text.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Span {
@@ -48,6 +46,129 @@ impl KeyId {
     /// Position of the key in the chain's key table ([`crate::Chain::keys`]).
     pub fn index(self) -> usize {
         self.0 as usize
+    }
+}
+
+/// Index of a declared fact in the chain's fact table (see [`crate::fact`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FactId(pub(crate) u16);
+
+impl FactId {
+    /// Position in [`crate::Chain::facts`].
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// The facts set on one event: values indexed by fact id with a presence
+/// mask, so setting and reading one is O(1) with no scan, and iterating
+/// walks the set bits. A chain declares a handful of facts (the stage-3
+/// chain: eight); ids past [`FactSet::INDEXED`] (a fact table grown over
+/// many reloads) go to a side list, allocated only then.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FactSet {
+    present: u16,
+    values: [u32; FactSet::INDEXED],
+    more: Vec<(FactId, u32)>,
+}
+
+impl FactSet {
+    const INDEXED: usize = 16;
+
+    #[inline]
+    fn set(&mut self, id: FactId, value: u32) {
+        let i = id.index();
+        if i < Self::INDEXED {
+            self.present |= 1 << i;
+            self.values[i] = value;
+        } else if let Some(slot) = self.more.iter_mut().find(|(f, _)| *f == id) {
+            slot.1 = value;
+        } else {
+            self.more.push((id, value));
+        }
+    }
+
+    #[inline]
+    fn get(&self, id: FactId) -> Option<u32> {
+        let i = id.index();
+        if i < Self::INDEXED {
+            (self.present & (1 << i) != 0).then(|| self.values[i])
+        } else {
+            self.more.iter().find(|(f, _)| *f == id).map(|(_, v)| *v)
+        }
+    }
+
+    /// The lowest id of `mask` set here, with its value.
+    #[inline]
+    fn first_of(&self, mask: &FactMask) -> Option<(FactId, u32)> {
+        let hit = self.present & mask.bits;
+        if hit != 0 {
+            let i = hit.trailing_zeros() as usize;
+            return Some((FactId(i as u16), self.values[i]));
+        }
+        if mask.more.is_empty() {
+            return None;
+        }
+        mask.more.iter().find_map(|&id| self.get(id).map(|v| (id, v)))
+    }
+
+    /// Every fact of `mask` set here, by id.
+    fn iter_in<'a>(&'a self, mask: &'a FactMask) -> impl Iterator<Item = (FactId, u32)> + 'a {
+        Self::walk(self.present & mask.bits, &self.values)
+            .chain(mask.more.iter().filter_map(move |&id| self.get(id).map(|v| (id, v))))
+    }
+
+    fn walk(mut bits: u16, values: &[u32; Self::INDEXED]) -> impl Iterator<Item = (FactId, u32)> + '_ {
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some((FactId(i as u16), values[i]))
+        })
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (FactId, u32)> + '_ {
+        let mut bits = self.present;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some((FactId(i as u16), self.values[i]))
+        })
+        .chain(self.more.iter().copied())
+    }
+}
+
+/// A set of fact ids, worked out once per chain by a consumer (metrics, the
+/// WASM record) that asks per event "which of these is set": with the ids
+/// below [`FactSet::INDEXED`] as a bit mask, that is one AND and a
+/// trailing-zeros count.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FactMask {
+    bits: u16,
+    more: Vec<FactId>,
+}
+
+impl FactMask {
+    pub fn of(ids: impl IntoIterator<Item = FactId>) -> Self {
+        let mut mask = FactMask::default();
+        for id in ids {
+            if id.index() < FactSet::INDEXED {
+                mask.bits |= 1 << id.index();
+            } else if !mask.more.contains(&id) {
+                mask.more.push(id);
+                mask.more.sort();
+            }
+        }
+        mask
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits == 0 && self.more.is_empty()
     }
 }
 
@@ -92,8 +213,8 @@ pub struct Event {
     pub duration: Option<f64>,
 
     /// Declared facts set by the stages (see [`crate::fact`]): small
-    /// scalars by id, inline for the default chain.
-    pub(crate) facts: SmallVec<[(FactId, u32); 6]>,
+    /// scalars by id.
+    pub(crate) facts: FactSet,
     pub(crate) texts: SmallVec<[(TextFieldId, Text); 2]>,
     // Inline room for the default chain (geo, asn, ti, risk_score,
     // reasons, tags) so no event allocates for its results. Plugin facts
@@ -172,22 +293,32 @@ impl Event {
     /// an earlier value of the same fact.
     #[inline]
     pub fn set_fact(&mut self, fact: FactId, value: u32) {
-        if let Some(slot) = self.facts.iter_mut().find(|(f, _)| *f == fact) {
-            slot.1 = value;
-        } else {
-            self.facts.push((fact, value));
-        }
+        self.facts.set(fact, value);
     }
 
     /// The value of a fact, if a stage set it on this event.
     #[inline]
     pub fn fact(&self, fact: FactId) -> Option<u32> {
-        self.facts.iter().find(|(f, _)| *f == fact).map(|(_, v)| *v)
+        self.facts.get(fact)
     }
 
-    /// Every fact set on this event, in the order first set.
+    /// The first (lowest id: first declared) fact of `mask` set on this
+    /// event, with its value.
+    #[inline]
+    pub fn first_fact(&self, mask: &FactMask) -> Option<(FactId, u32)> {
+        self.facts.first_of(mask)
+    }
+
+    /// Every fact of `mask` set on this event, by id.
+    #[inline]
+    pub fn facts_in<'a>(&'a self, mask: &'a FactMask) -> impl Iterator<Item = (FactId, u32)> + 'a {
+        self.facts.iter_in(mask)
+    }
+
+    /// Every fact set on this event, by id (ids follow declaration order,
+    /// which is chain order).
     pub fn facts(&self) -> impl Iterator<Item = (FactId, u32)> + '_ {
-        self.facts.iter().copied()
+        self.facts.iter()
     }
 
     /// Records a problem with this event that did not stop it from being
@@ -205,5 +336,35 @@ impl Event {
     pub fn set_text(&mut self, field: TextFieldId, value: &str) {
         self.texts.retain(|(f, _)| *f != field);
         self.texts.push((field, Text::Owned(value.into())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fact_set_indexes_sets_overwrites_and_spills() {
+        let mut e = Event::synthetic();
+        assert_eq!(e.fact(FactId(3)), None);
+        e.set_fact(FactId(3), 30);
+        e.set_fact(FactId(0), 1);
+        e.set_fact(FactId(3), 31);
+        e.set_fact(FactId(40), 400);
+        e.set_fact(FactId(17), 170);
+        e.set_fact(FactId(40), 401);
+        assert_eq!((e.fact(FactId(0)), e.fact(FactId(3)), e.fact(FactId(4))), (Some(1), Some(31), None));
+        assert_eq!((e.fact(FactId(40)), e.fact(FactId(17)), e.fact(FactId(18))), (Some(401), Some(170), None));
+        let all: Vec<(u16, u32)> = e.facts().map(|(id, v)| (id.0, v)).collect();
+        assert_eq!(all, vec![(0, 1), (3, 31), (40, 401), (17, 170)]);
+        e.set_fact(FactId(15), 0);
+        assert_eq!(e.fact(FactId(15)), Some(0), "zero is a value, not absence");
+        let mask = FactMask::of([FactId(40), FactId(5), FactId(3), FactId(15)]);
+        assert_eq!(e.first_fact(&mask).map(|(id, v)| (id.0, v)), Some((3, 31)));
+        let hits: Vec<u16> = e.facts_in(&mask).map(|(id, _)| id.0).collect();
+        assert_eq!(hits, vec![3, 15, 40]);
+        assert_eq!(e.first_fact(&FactMask::of([FactId(5), FactId(41)])), None);
+        assert_eq!(e.first_fact(&FactMask::of([FactId(41), FactId(40)])).map(|(id, _)| id.0), Some(40));
+        assert!(FactMask::of([]).is_empty());
     }
 }

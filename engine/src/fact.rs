@@ -36,18 +36,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use crate::event::FactId;
 use crate::event::{KeyId, Side};
-
-/// Index of a declared fact in the chain's fact table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FactId(pub(crate) u16);
-
-impl FactId {
-    /// Position in [`crate::Chain::facts`].
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
 
 /// The type of a fact's scalar (what the `u32` means), not its meaning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

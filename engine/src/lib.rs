@@ -28,7 +28,7 @@ pub mod registry;
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
 pub use chain::{BuildEnv, Chain, StageReport};
 pub use config::{ChainEntryConfig, Config, ConfigError, ServerConfig};
-pub use event::{AddressSelector, Event, JsonFragment, KeyId, Side, TextFieldId};
+pub use event::{AddressSelector, Event, FactMask, JsonFragment, KeyId, Side, TextFieldId};
 pub use fact::{FactDecl, FactId, FactInfo, FactKind, ValuesReader};
 pub use format::Format;
 pub use live::{Engine, Outcome, ReloadReport, StageReload};

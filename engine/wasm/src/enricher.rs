@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use enrichd_engine::{
     fact, source_info, to_hex, BatchView, BuildContext, Enricher, Event, FactDecl, FactId, FactInfo, FactKind,
-    JsonFragment, KeyId, PluginState, PluginStatus, Side, SourceInfo, SourceText,
+    FactMask, JsonFragment, KeyId, PluginState, PluginStatus, Side, SourceInfo, SourceText,
 };
 use enrichd_sdk::abi::{self, kind, present, EventRecord};
 use rustc_hash::FxHashMap as HashMap;
@@ -111,6 +111,8 @@ pub struct WasmEnricher {
     /// Facts declared before this stage: the event record's ASN, country
     /// and match slots are filled from them by kind and side.
     earlier_facts: Arc<[FactInfo]>,
+    /// The record slot each earlier fact fills (from `earlier_facts`).
+    record_slots: RecordSlots,
     outputs: Outputs,
     fallback_score: JsonFragment,
     scores: Vec<JsonFragment>,
@@ -263,6 +265,7 @@ impl WasmEnricher {
             logs: Default::default(),
             config: Arc::new(options.config_strings()),
             earlier_keys,
+            record_slots: RecordSlots::of(&earlier_facts),
             earlier_facts,
             outputs,
             fallback_score: options
@@ -334,7 +337,7 @@ impl WasmEnricher {
         }
         let worker = slot.worker.as_mut().expect("instantiated above");
         slot.records.clear();
-        slot.records.extend(events.iter().map(|e| to_record(e, &self.earlier_facts)));
+        slot.records.extend(events.iter().map(|e| to_record(e, &self.record_slots)));
         // SAFETY: EventRecord is repr(C), 112 bytes with explicit padding
         // fields, so every byte is initialised; the host is little-endian
         // like wasm.
@@ -591,7 +594,7 @@ fn ip_bytes(ip: IpAddr) -> ([u8; 16], bool) {
 /// first fact set of kind `AsNumber` on the source side fills `src_asn`,
 /// and so on; `ti_matches` is the sum of the `IndicatorMatches` facts.
 /// Never by name: renaming an output changes nothing here.
-pub fn to_record(ev: &Event, facts: &[FactInfo]) -> EventRecord {
+pub fn to_record(ev: &Event, slots: &RecordSlots) -> EventRecord {
     let mut r = EventRecord::EMPTY;
     let mut p = 0u32;
     if let Some(ip) = ev.src_ip {
@@ -621,40 +624,57 @@ pub fn to_record(ev: &Event, facts: &[FactInfo]) -> EventRecord {
     copy!(src_port, present::SRC_PORT);
     copy!(dst_port, present::DST_PORT);
     copy!(proto, present::PROTO);
-    for (id, value) in ev.facts() {
-        let Some(info) = facts.get(id.index()) else { continue };
-        let (slot, bit) = match (info.decl.kind, info.decl.side) {
-            (FactKind::AsNumber, Some(Side::Source)) => (Slot::SrcAsn, present::SRC_ASN),
-            (FactKind::AsNumber, Some(Side::Destination)) => (Slot::DstAsn, present::DST_ASN),
-            (FactKind::CountryCode, Some(Side::Source)) => (Slot::SrcCountry, present::SRC_COUNTRY),
-            (FactKind::CountryCode, Some(Side::Destination)) => (Slot::DstCountry, present::DST_COUNTRY),
-            (FactKind::IndicatorMatches, _) => {
-                r.ti_matches = r.ti_matches.saturating_add(value);
-                continue;
-            }
-            _ => continue,
-        };
-        if p & bit != 0 {
-            continue; // an earlier fact of that kind and side filled it
-        }
-        p |= bit;
-        match slot {
-            Slot::SrcAsn => r.src_asn = value,
-            Slot::DstAsn => r.dst_asn = value,
-            Slot::SrcCountry => r.src_country = fact::country_bytes(value),
-            Slot::DstCountry => r.dst_country = fact::country_bytes(value),
-        }
+    let first = |mask: &FactMask| ev.first_fact(mask).map(|(_, v)| v);
+    if let Some(asn) = first(&slots.src_asn) {
+        r.src_asn = asn;
+        p |= present::SRC_ASN;
     }
+    if let Some(asn) = first(&slots.dst_asn) {
+        r.dst_asn = asn;
+        p |= present::DST_ASN;
+    }
+    if let Some(code) = first(&slots.src_country) {
+        r.src_country = fact::country_bytes(code);
+        p |= present::SRC_COUNTRY;
+    }
+    if let Some(code) = first(&slots.dst_country) {
+        r.dst_country = fact::country_bytes(code);
+        p |= present::DST_COUNTRY;
+    }
+    r.ti_matches = ev.facts_in(&slots.matches).fold(0u32, |sum, (_, n)| sum.saturating_add(n));
     r.present = p;
     r
 }
 
-/// The fact-filled slots of the event record.
-enum Slot {
-    SrcAsn,
-    DstAsn,
-    SrcCountry,
-    DstCountry,
+/// Which facts fill the event record's fact slots, worked out once per
+/// build from the declared kinds and sides: per slot the candidate ids in
+/// declaration (chain) order, the first one set wins; `matches` are summed.
+/// Filling a record is then a few O(1) fact reads, whatever else the event
+/// carries.
+#[derive(Clone, Debug, Default)]
+pub struct RecordSlots {
+    src_asn: FactMask,
+    dst_asn: FactMask,
+    src_country: FactMask,
+    dst_country: FactMask,
+    matches: FactMask,
+}
+
+impl RecordSlots {
+    pub fn of(facts: &[FactInfo]) -> Self {
+        let ids = |kind: FactKind, side: Option<Option<Side>>| {
+            FactMask::of(
+                facts.iter().filter(|f| f.decl.kind == kind && side.is_none_or(|s| f.decl.side == s)).map(|f| f.id),
+            )
+        };
+        RecordSlots {
+            src_asn: ids(FactKind::AsNumber, Some(Some(Side::Source))),
+            dst_asn: ids(FactKind::AsNumber, Some(Some(Side::Destination))),
+            src_country: ids(FactKind::CountryCode, Some(Some(Side::Source))),
+            dst_country: ids(FactKind::CountryCode, Some(Some(Side::Destination))),
+            matches: ids(FactKind::IndicatorMatches, None),
+        }
+    }
 }
 
 impl Enricher for WasmEnricher {

@@ -20,7 +20,7 @@ pub mod runtime;
 mod stats;
 mod text;
 
-pub use enricher::{inspect, to_record, ModuleReport, WasmEnricher};
+pub use enricher::{inspect, to_record, ModuleReport, RecordSlots, WasmEnricher};
 pub use options::{Role, WasmOptions};
 pub use stats::FailureKind;
 

@@ -72,11 +72,12 @@ fn risk_rule_native_and_wasm_builds_agree() {
     let mut batch = parse_ndjson(corpus(50_000), Format::ZeekConnV1, chain.parse_spec(), 0).unwrap();
     chain.run(&mut batch);
     let wasm = records(&chain, &batch);
+    let slots = enrichd_wasm::RecordSlots::of(chain.facts());
     let mut checked = 0;
     let mut scores = std::collections::BTreeMap::new();
     for (events, wasm) in batch.events().chunks(256).zip(wasm.chunks(256)) {
         let builders: Vec<EventBuilder> =
-            events.iter().map(|e| EventBuilder::from_record(enrichd_wasm::to_record(e, chain.facts()))).collect();
+            events.iter().map(|e| EventBuilder::from_record(enrichd_wasm::to_record(e, &slots))).collect();
         let native = run_batch(&builders, risk::score);
         for (n, w) in native.iter().zip(wasm) {
             assert_eq!(w["risk_score"], Value::from(n.score.unwrap()), "{w}");
