@@ -10,11 +10,12 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use enrichd_engine::{Config, ReloadReport};
+use enrichd_engine::ReloadReport;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::AppState;
+use crate::service::ServiceConfig;
 
 /// Settings given on the command line, which win over the file's: applied
 /// at start and to every reloaded file before it is compared with the
@@ -26,7 +27,7 @@ pub struct CliOverrides {
 }
 
 impl CliOverrides {
-    pub fn apply(&self, config: &mut Config) {
+    pub fn apply(&self, config: &mut ServiceConfig) {
         if let Some(listen) = &self.listen {
             config.server.listen = listen.clone();
         }
@@ -75,7 +76,7 @@ pub fn reload_everything(state: &AppState) -> Value {
 
 /// Reloads what the changed paths concern (the watcher).
 pub fn reload_changed(state: &AppState, changed: &[PathBuf]) -> Value {
-    let config_path = enrichd_engine::live::absolute(&state.config.path);
+    let config_path = enrichd_engine::live::absolute(state.config.path());
     let config = changed.iter().any(|p| enrichd_engine::live::absolute(p) == config_path).then(|| reload_config(state));
     let stages = state.engine.reload_paths(changed);
     finish(state, config.flatten(), stages)
@@ -96,7 +97,7 @@ fn finish(state: &AppState, config: Option<Value>, stages: ReloadReport) -> Valu
 /// Re-reads the configuration file and applies its chain entries.
 /// `None` when the file did not change what the chain is built from.
 fn reload_config(state: &AppState) -> Option<Value> {
-    let loaded = Config::load(&state.config.path).and_then(|mut c| {
+    let loaded = ServiceConfig::load(state.config.path()).and_then(|mut c| {
         c.apply_env(state.engine.registry(), |name| std::env::var(name).ok())?;
         state.overrides.apply(&mut c);
         Ok(c)
@@ -108,15 +109,15 @@ fn reload_config(state: &AppState) -> Option<Value> {
     // An empty file, or one cut before its first `[[chain]]` that still
     // parses, is not a request to stop enriching: only `chain = []`
     // written out empties a running chain.
-    if config.chain.is_empty() && !config.chain_declared && !state.engine.chain().reports().is_empty() {
+    if config.engine.chain.is_empty() && !config.engine.chain_declared && !state.engine.chain().reports().is_empty() {
         let error = format!(
             "{}: no [[chain]] entry: refusing to remove every stage (the file is empty or was cut mid-write?); \
              the running chain stays. Write `chain = []` to run without enrichers on purpose",
-            config.path.display()
+            config.path().display()
         );
         return Some(config_refused(state, error));
     }
-    if config.chain.is_empty() {
+    if config.engine.chain.is_empty() {
         tracing::warn!("the configuration sets `chain = []`: events pass through unenriched");
     }
     let mut needs_restart = Vec::new();
@@ -130,7 +131,7 @@ fn reload_config(state: &AppState) -> Option<Value> {
     if config.reload != running.reload {
         needs_restart.push("reload".to_string());
     }
-    match state.engine.apply_entries(&config.chain) {
+    match state.engine.apply_entries(&config.engine.chain) {
         Ok(report) => {
             // Only an accepted file says what a restart would change.
             if !needs_restart.is_empty() {

@@ -91,7 +91,7 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
 
 /// `[server]` connection settings, checked, with the cap fitted to the
 /// file-descriptor limit (beyond it `accept` would fail for everyone).
-fn connection_limits(config: &enrichd_engine::ServerConfig) -> anyhow::Result<server::Limits> {
+fn connection_limits(config: &crate::service::config::ServerConfig) -> anyhow::Result<server::Limits> {
     let seconds = |key: &str, value: u64| {
         anyhow::ensure!(value > 0, "server.{key} must be at least 1 second");
         Ok(std::time::Duration::from_secs(value))

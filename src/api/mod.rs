@@ -24,10 +24,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use enrichd_engine::{Config, Engine, Limits, Pipeline};
+use enrichd_engine::{Engine, Limits, Pipeline};
 
 use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
+use crate::service::ServiceConfig;
 pub use auth::ApiKeys;
 pub use error::ApiError;
 
@@ -37,7 +38,7 @@ pub const API_VERSION: HeaderName = HeaderName::from_static("x-api-version");
 /// Everything a handler may need, shared by all requests.
 pub struct AppState {
     pub engine: Engine,
-    pub config: Config,
+    pub config: ServiceConfig,
     pub keys: ApiKeys,
     /// Keys for administrative calls (reload, indicators).
     pub admin_keys: ApiKeys,
@@ -59,7 +60,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(engine: Engine, config: Config) -> Self {
+    pub fn new(engine: Engine, config: ServiceConfig) -> Self {
         let keys = ApiKeys::new(&config.auth.api_keys);
         let admin_keys = ApiKeys::new(&config.auth.admin_keys);
         let api_version =
