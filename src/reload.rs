@@ -8,64 +8,11 @@
 //! changes are reported as needing a restart, never silently ignored.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use enrichd_engine::ReloadReport;
-use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::api::AppState;
-use crate::service::ServiceConfig;
-
-/// Settings given on the command line, which win over the file's: applied
-/// at start and to every reloaded file before it is compared with the
-/// running configuration, so `serve --listen X` does not make every reload
-/// report `needs_restart: ["server"]`.
-#[derive(Clone, Debug, Default)]
-pub struct CliOverrides {
-    pub listen: Option<String>,
-}
-
-impl CliOverrides {
-    pub fn apply(&self, config: &mut ServiceConfig) {
-        if let Some(listen) = &self.listen {
-            config.server.listen = listen.clone();
-        }
-    }
-}
-
-/// What the service knows about reloads beyond the stages' own reports.
-#[derive(Default)]
-pub struct ReloadStatus {
-    inner: Mutex<ReloadState>,
-}
-
-#[derive(Clone, Default, Serialize)]
-pub struct ReloadState {
-    /// Whether file watching is active (and why not, if it failed).
-    pub watching: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub watch_error: Option<String>,
-    /// Configuration reloads applied / refused.
-    pub config_reloads: u64,
-    pub config_reload_failures: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_config_error: Option<String>,
-    /// Sections changed on disk that only a restart applies.
-    pub needs_restart: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_reload_at: Option<String>,
-}
-
-impl ReloadStatus {
-    pub fn snapshot(&self) -> ReloadState {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn update(&self, f: impl FnOnce(&mut ReloadState)) {
-        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
-    }
-}
+use crate::service::{AppState, ServiceConfig};
 
 /// Reloads the configuration and every stage (`POST /v1/reload`, SIGHUP).
 pub fn reload_everything(state: &AppState) -> Value {

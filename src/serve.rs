@@ -6,13 +6,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use enrichd_engine::{Engine, PluginState};
 
-use crate::api::{self, AppState};
-use crate::{app, reload, server, watch};
+use crate::service::{AppState, CliOverrides};
+use crate::{api, app, reload, server, watch};
 
 pub fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     let registry = app::registry();
     let (mut config, chain) = app::load(config_path, &registry)?;
-    let overrides = reload::CliOverrides { listen };
+    let overrides = CliOverrides { listen };
     overrides.apply(&mut config);
     for report in chain.reports() {
         match report.status.state {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
-use crate::api::AppState;
 use crate::reload;
+use crate::service::AppState;
 
 /// Longest a burst of events may postpone a reload.
 const MAX_DELAY: Duration = Duration::from_millis(1000);

@@ -12,6 +12,8 @@
 pub mod asn;
 pub mod geoip;
 mod mmdb;
+#[cfg(test)]
+mod test_support;
 pub mod ti;
 
 use enrichd_engine::Registry;

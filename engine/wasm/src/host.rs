@@ -11,7 +11,7 @@ use enrichd_engine::{Event, KeyId, SourceText};
 use serde_json::value::RawValue;
 use wasmtime::{Caller, Extern};
 
-use crate::runtime::GuestLimits;
+use crate::limits::GuestLimits;
 
 /// What a store carries besides the instance.
 pub struct HostState {

@@ -15,6 +15,7 @@
 
 mod enricher;
 mod host;
+mod limits;
 mod options;
 pub mod runtime;
 mod stats;
