@@ -95,7 +95,11 @@ fn load_artifact(path: &Path) -> Option<Module> {
     // configuration, written whole by `store_artifact` (temporary file,
     // then rename). wasmtime also checks the version and settings header.
     match unsafe { Module::deserialize_file(engine(), path) } {
-        Ok(module) => Some(module),
+        Ok(module) => {
+            // Recently used artifacts are the last evicted (see `evict`).
+            touch(path);
+            Some(module)
+        }
         Err(e) => {
             tracing::warn!(artifact = %path.display(), error = %e, "ignoring an unusable precompiled module");
             let _ = std::fs::remove_file(path);
@@ -113,11 +117,61 @@ fn store_artifact(module: &Module, path: &Path) {
         let bytes = module.serialize().map_err(|e| anyhow!("{e:#}"))?;
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, path)?;
+        evict(dir, path, MAX_CACHED_ARTIFACTS, MAX_CACHE_BYTES)?;
         Ok(())
     };
     if let Err(e) = write() {
         tracing::debug!(artifact = %path.display(), error = %e, "precompiled module not cached");
     }
+}
+
+/// Most precompiled artifacts kept in `wasm-cache`: every distinct module
+/// content (each edit of a rule) leaves one, so without a bound the
+/// directory grows for as long as the server's state directory lives.
+const MAX_CACHED_ARTIFACTS: usize = 32;
+/// Most bytes of precompiled artifacts kept (a compiled rule is typically
+/// a few hundred KiB to a few MiB).
+const MAX_CACHE_BYTES: u64 = 256 << 20;
+
+/// Marks an artifact as used now (its modification time), best effort.
+fn touch(path: &Path) {
+    let now = std::time::SystemTime::now();
+    if let Err(e) = std::fs::File::options().append(true).open(path).and_then(|f| f.set_modified(now)) {
+        tracing::debug!(artifact = %path.display(), error = %e, "cannot mark a precompiled module as used");
+    }
+}
+
+/// Keeps the cache directory within `max_files` artifacts and `max_bytes`:
+/// the least recently used (oldest modification time: written or loaded)
+/// go first; `keep`, just written, always stays. Only `.cwasm` files are
+/// counted or removed.
+fn evict(dir: &Path, keep: &Path, max_files: usize, max_bytes: u64) -> std::io::Result<()> {
+    let mut artifacts = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "cwasm") || path == keep {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        artifacts.push((used, meta.len(), path));
+    }
+    // Newest first; what no longer fits after the newest is removed.
+    artifacts.sort_by_key(|a| std::cmp::Reverse(a.0));
+    let mut files = 1;
+    let mut bytes = std::fs::metadata(keep).map_or(0, |m| m.len());
+    for (_, len, path) in artifacts {
+        files += 1;
+        bytes += len;
+        if files > max_files || bytes > max_bytes {
+            tracing::debug!(artifact = %path.display(), "evicting a precompiled module from the cache");
+            let _ = std::fs::remove_file(&path);
+            bytes -= len;
+            files -= 1;
+        }
+    }
+    Ok(())
 }
 
 /// The imports the host provides, with their types.
@@ -270,3 +324,49 @@ pub fn new_generation() -> u64 {
 }
 
 pub type Shared = Arc<LoadedModule>;
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn artifact(dir: &Path, name: &str, len: usize, age_s: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        let file = std::fs::File::options().append(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(age_s)).unwrap();
+        path
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_artifact_cache_keeps_the_most_recently_used_within_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        artifact(d, "a.cwasm", 100, 50);
+        artifact(d, "b.cwasm", 100, 40);
+        let c = artifact(d, "c.cwasm", 100, 30);
+        artifact(d, "d.cwasm", 100, 20);
+        artifact(d, "notes.txt", 10_000, 60);
+        // Loading `c` makes it the most recently used.
+        touch(&c);
+        let new = artifact(d, "new.cwasm", 100, 0);
+        // By count: the new one and the two most recent others.
+        evict(d, &new, 3, u64::MAX).unwrap();
+        assert_eq!(names(d), ["c.cwasm", "d.cwasm", "new.cwasm", "notes.txt"]);
+        // By bytes: 250 leaves room for the new one and one more.
+        evict(d, &new, 10, 250).unwrap();
+        assert_eq!(names(d), ["c.cwasm", "new.cwasm", "notes.txt"]);
+        // The artifact just written stays even when it alone is too big.
+        evict(d, &new, 1, 10).unwrap();
+        assert_eq!(names(d), ["new.cwasm", "notes.txt"]);
+    }
+}
