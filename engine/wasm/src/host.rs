@@ -89,7 +89,7 @@ pub struct CallContext {
     pub len: usize,
 }
 
-// The raw pointer is only used on the thread that owns the store, inside a
+// SAFETY: the raw pointer is only used on the thread that owns the store, inside a
 // call (see the contract above).
 unsafe impl Send for CallContext {}
 
