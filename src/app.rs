@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use anyhow::Context;
-use enrichd_engine::{Chain, Config, Registry};
+use enrichd_engine::{Chain, Registry};
+
+use crate::service::ServiceConfig;
 
 /// The plugin registry of this binary: every native plugin and the
 /// WebAssembly host.
@@ -17,10 +19,10 @@ pub fn registry() -> Registry {
 }
 
 /// Loads `path`, applies environment overrides and builds the chain.
-pub fn load(path: &Path, registry: &Registry) -> anyhow::Result<(Config, Chain)> {
-    let mut config = Config::load(path)?;
+pub fn load(path: &Path, registry: &Registry) -> anyhow::Result<(ServiceConfig, Chain)> {
+    let mut config = ServiceConfig::load(path)?;
     config.apply_env(registry, |name| std::env::var(name).ok())?;
-    let chain = Chain::build_in(&config.chain, registry, &config.build_env())
+    let chain = Chain::build_in(&config.engine.chain, registry, &config.build_env())
         .with_context(|| format!("building the enricher chain from {}", path.display()))?;
     Ok((config, chain))
 }

@@ -13,6 +13,7 @@ mod reload;
 mod schema;
 mod serve;
 mod server;
+mod service;
 mod watch;
 
 use std::path::PathBuf;

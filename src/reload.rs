@@ -8,63 +8,11 @@
 //! changes are reported as needing a restart, never silently ignored.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
-use enrichd_engine::{Config, ReloadReport};
-use serde::Serialize;
+use enrichd_engine::ReloadReport;
 use serde_json::{json, Value};
 
-use crate::api::AppState;
-
-/// Settings given on the command line, which win over the file's: applied
-/// at start and to every reloaded file before it is compared with the
-/// running configuration, so `serve --listen X` does not make every reload
-/// report `needs_restart: ["server"]`.
-#[derive(Clone, Debug, Default)]
-pub struct CliOverrides {
-    pub listen: Option<String>,
-}
-
-impl CliOverrides {
-    pub fn apply(&self, config: &mut Config) {
-        if let Some(listen) = &self.listen {
-            config.server.listen = listen.clone();
-        }
-    }
-}
-
-/// What the service knows about reloads beyond the stages' own reports.
-#[derive(Default)]
-pub struct ReloadStatus {
-    inner: Mutex<ReloadState>,
-}
-
-#[derive(Clone, Default, Serialize)]
-pub struct ReloadState {
-    /// Whether file watching is active (and why not, if it failed).
-    pub watching: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub watch_error: Option<String>,
-    /// Configuration reloads applied / refused.
-    pub config_reloads: u64,
-    pub config_reload_failures: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_config_error: Option<String>,
-    /// Sections changed on disk that only a restart applies.
-    pub needs_restart: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_reload_at: Option<String>,
-}
-
-impl ReloadStatus {
-    pub fn snapshot(&self) -> ReloadState {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn update(&self, f: impl FnOnce(&mut ReloadState)) {
-        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
-    }
-}
+use crate::service::{AppState, ServiceConfig};
 
 /// Reloads the configuration and every stage (`POST /v1/reload`, SIGHUP).
 pub fn reload_everything(state: &AppState) -> Value {
@@ -75,7 +23,7 @@ pub fn reload_everything(state: &AppState) -> Value {
 
 /// Reloads what the changed paths concern (the watcher).
 pub fn reload_changed(state: &AppState, changed: &[PathBuf]) -> Value {
-    let config_path = enrichd_engine::live::absolute(&state.config.path);
+    let config_path = enrichd_engine::live::absolute(state.config.path());
     let config = changed.iter().any(|p| enrichd_engine::live::absolute(p) == config_path).then(|| reload_config(state));
     let stages = state.engine.reload_paths(changed);
     finish(state, config.flatten(), stages)
@@ -96,7 +44,7 @@ fn finish(state: &AppState, config: Option<Value>, stages: ReloadReport) -> Valu
 /// Re-reads the configuration file and applies its chain entries.
 /// `None` when the file did not change what the chain is built from.
 fn reload_config(state: &AppState) -> Option<Value> {
-    let loaded = Config::load(&state.config.path).and_then(|mut c| {
+    let loaded = ServiceConfig::load(state.config.path()).and_then(|mut c| {
         c.apply_env(state.engine.registry(), |name| std::env::var(name).ok())?;
         state.overrides.apply(&mut c);
         Ok(c)
@@ -108,15 +56,15 @@ fn reload_config(state: &AppState) -> Option<Value> {
     // An empty file, or one cut before its first `[[chain]]` that still
     // parses, is not a request to stop enriching: only `chain = []`
     // written out empties a running chain.
-    if config.chain.is_empty() && !config.chain_declared && !state.engine.chain().reports().is_empty() {
+    if config.engine.chain.is_empty() && !config.engine.chain_declared && !state.engine.chain().reports().is_empty() {
         let error = format!(
             "{}: no [[chain]] entry: refusing to remove every stage (the file is empty or was cut mid-write?); \
              the running chain stays. Write `chain = []` to run without enrichers on purpose",
-            config.path.display()
+            config.path().display()
         );
         return Some(config_refused(state, error));
     }
-    if config.chain.is_empty() {
+    if config.engine.chain.is_empty() {
         tracing::warn!("the configuration sets `chain = []`: events pass through unenriched");
     }
     let mut needs_restart = Vec::new();
@@ -130,7 +78,7 @@ fn reload_config(state: &AppState) -> Option<Value> {
     if config.reload != running.reload {
         needs_restart.push("reload".to_string());
     }
-    match state.engine.apply_entries(&config.chain) {
+    match state.engine.apply_entries(&config.engine.chain) {
         Ok(report) => {
             // Only an accepted file says what a restart would change.
             if !needs_restart.is_empty() {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use enrichd_engine::{Engine, PluginState};
 
-use crate::api::{self, AppState};
-use crate::{app, reload, server, watch};
+use crate::service::{AppState, CliOverrides};
+use crate::{api, app, reload, server, watch};
 
 pub fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     let registry = app::registry();
     let (mut config, chain) = app::load(config_path, &registry)?;
-    let overrides = reload::CliOverrides { listen };
+    let overrides = CliOverrides { listen };
     overrides.apply(&mut config);
     for report in chain.reports() {
         match report.status.state {
@@ -91,7 +91,7 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
 
 /// `[server]` connection settings, checked, with the cap fitted to the
 /// file-descriptor limit (beyond it `accept` would fail for everyone).
-fn connection_limits(config: &enrichd_engine::ServerConfig) -> anyhow::Result<server::Limits> {
+fn connection_limits(config: &crate::service::config::ServerConfig) -> anyhow::Result<server::Limits> {
     let seconds = |key: &str, value: u64| {
         anyhow::ensure!(value > 0, "server.{key} must be at least 1 second");
         Ok(std::time::Duration::from_secs(value))

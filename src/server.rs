@@ -380,6 +380,8 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// the WASM cache.
 pub fn connection_budget() -> Option<usize> {
     #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit only read and write the `rlimit` values
+    // passed by reference, which live on this stack frame for the calls.
     unsafe {
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
-use crate::api::AppState;
 use crate::reload;
+use crate::service::AppState;
 
 /// Longest a burst of events may postpone a reload.
 const MAX_DELAY: Duration = Duration::from_millis(1000);
@@ -98,7 +98,7 @@ fn collect(event: notify::Result<Event>, into: &mut BTreeSet<PathBuf>) {
 /// The directories to watch: the configuration file's, and for every path
 /// a stage reloads on, its directory (and the path itself if it is one).
 fn wanted_dirs(state: &AppState) -> BTreeSet<PathBuf> {
-    let mut paths = vec![state.config.path.clone()];
+    let mut paths = vec![state.config.path().to_path_buf()];
     paths.extend(state.engine.chain().watched_paths().into_iter().map(|(p, _)| p));
     let mut dirs = BTreeSet::new();
     for path in paths {

@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use crate::batch::Batch;
-use crate::config::{ChainEntryConfig, ConfigError};
+use crate::entry::{ChainEntryConfig, ConfigError};
 use crate::event::{Event, JsonFragment, KeyId};
 use crate::fact::FactInfo;
 use crate::format::Format;

@@ -15,6 +15,7 @@
 pub mod batch;
 pub mod chain;
 pub mod config;
+pub mod entry;
 pub mod event;
 pub mod fact;
 pub mod format;
@@ -27,7 +28,8 @@ pub mod registry;
 
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
 pub use chain::{BuildEnv, Chain, StageReport};
-pub use config::{ChainEntryConfig, Config, ConfigError, ServerConfig};
+pub use config::Config;
+pub use entry::{ChainEntryConfig, ConfigError, Location};
 pub use event::{AddressSelector, Event, FactMask, JsonFragment, KeyId, Side, TextFieldId};
 pub use fact::{FactDecl, FactId, FactInfo, FactKind, ValuesReader};
 pub use format::Format;

@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::chain::{build_stage, Chain, KeyTables, Stage};
-use crate::config::{ChainEntryConfig, ConfigError};
+use crate::entry::{ChainEntryConfig, ConfigError};
 use crate::plugin::{PluginState, PluginStatus};
 use crate::registry::Registry;
 

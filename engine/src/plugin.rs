@@ -101,7 +101,7 @@ impl<'a> BuildContext<'a> {
     /// Resolves a path from the configuration relative to the config file's
     /// directory (absolute paths are kept).
     pub fn resolve_path(&self, path: impl AsRef<Path>) -> PathBuf {
-        crate::config::resolve_relative(self.base_dir, path.as_ref())
+        crate::entry::resolve_relative(self.base_dir, path.as_ref())
     }
 
     /// The server's writable state directory (`server.state_dir`), where a

@@ -17,6 +17,8 @@ pub mod asn;
 pub mod asn_class;
 pub mod geoip;
 mod mmdb;
+#[cfg(test)]
+mod test_support;
 pub mod ti;
 
 use enrichd_engine::Registry;

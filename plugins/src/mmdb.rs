@@ -22,8 +22,6 @@
 
 mod cache;
 mod data;
-#[cfg(test)]
-pub(crate) mod test_support;
 mod tree;
 
 use std::cell::RefCell;
@@ -504,6 +502,7 @@ impl<'o> JsonObject<'o> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support;
 
     #[test]
     fn utc_date_matches_known_days() {

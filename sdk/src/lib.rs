@@ -22,6 +22,10 @@
 //! built in Rust.
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
+// The workspace's house rules; the SDK is outside it and builds with rustc
+// 1.63, whose cargo has no `[lints]` table.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod abi;
 mod event;
@@ -53,6 +57,8 @@ pub mod host {
     /// longer than `buf`.
     pub fn field_json<'b>(event: u16, key: &str, buf: &'b mut [u8]) -> Option<&'b str> {
         #[cfg(target_arch = "wasm32")]
+        // SAFETY: the host reads `key_len` bytes at `key_ptr` and writes at
+        // most `out_cap` bytes at `out_ptr`; both are live borrows here.
         let n = unsafe {
             field(event as i32, key.as_ptr() as i32, key.len() as i32, buf.as_mut_ptr() as i32, buf.len() as i32)
         };
@@ -64,6 +70,7 @@ pub mod host {
     /// A configuration value given to the module in the chain entry.
     pub fn config_value<'b>(key: &str, buf: &'b mut [u8]) -> Option<&'b str> {
         #[cfg(target_arch = "wasm32")]
+        // SAFETY: as for `field`: a borrowed key in, a borrowed buffer out.
         let n = unsafe { config(key.as_ptr() as i32, key.len() as i32, buf.as_mut_ptr() as i32, buf.len() as i32) };
         #[cfg(not(target_arch = "wasm32"))]
         let n = crate::testing::host_config(key, buf);
@@ -73,6 +80,7 @@ pub mod host {
     /// Logs `message` through the host (level 0 = error, 1 = warn, 2 = info, 3 = debug).
     pub fn log_message(level: i32, message: &str) {
         #[cfg(target_arch = "wasm32")]
+        // SAFETY: the host only reads `len` bytes at `ptr`, a live borrow.
         unsafe {
             log(level, message.as_ptr() as i32, message.len() as i32)
         };
@@ -139,12 +147,16 @@ macro_rules! export {
         #[cfg(target_arch = "wasm32")]
         #[no_mangle]
         pub extern "C" fn enrichd_io() -> i32 {
+            // SAFETY: takes the address only; no reference is created.
             unsafe { core::ptr::addr_of_mut!($crate::__wasm::IO) as i32 }
         }
 
         #[cfg(target_arch = "wasm32")]
         #[no_mangle]
         pub extern "C" fn enrichd_process(n: i32) -> i32 {
+            // SAFETY: a guest is single-threaded and the host calls
+            // `enrichd_process` only from outside the module, never
+            // re-entrantly: this is the only live reference to `IO`.
             let io = unsafe { &mut *core::ptr::addr_of_mut!($crate::__wasm::IO) };
             $crate::process_batch(io, n as usize, $f)
         }

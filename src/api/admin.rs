@@ -30,7 +30,7 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "administrative endpoints are disabled: configure auth.admin_keys or ADMIN_API_KEY",
         ));
     }
-    state.admin_keys.check(headers)
+    Ok(state.admin_keys.check(headers)?)
 }
 
 /// Runs blocking reload work off the async threads.

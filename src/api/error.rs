@@ -15,6 +15,12 @@ pub struct ApiError {
     pub extra: Value,
 }
 
+impl From<crate::service::KeyRefusal> for ApiError {
+    fn from(refusal: crate::service::KeyRefusal) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", refusal.0)
+    }
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         ApiError { status, code, detail: detail.into(), extra: Value::Null }

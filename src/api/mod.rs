@@ -1,13 +1,13 @@
 //! The `/v1` HTTP API: thin axum handlers over the engine.
 //!
-//! State is passed explicitly ([`AppState`]); the handlers parse, call the
+//! State is passed explicitly ([`AppState`], which lives in
+//! [`crate::service`]: reload and the watcher use it too); the handlers parse, call the
 //! engine and write the answer. Cross-cutting rules live in one middleware:
 //! every response gets `X-Request-ID` (the client's, when it sent a sane
 //! one), every `/v1` response gets `X-API-Version`, and every request is
 //! counted by status class.
 
 mod admin;
-mod auth;
 mod body;
 mod error;
 mod info;
@@ -16,7 +16,6 @@ mod live;
 mod outputs;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -24,65 +23,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use enrichd_engine::{Config, Engine, Limits, Pipeline};
 
-use crate::metrics::Metrics;
-use crate::reload::ReloadStatus;
-pub use auth::ApiKeys;
+pub use crate::service::AppState;
 pub use error::ApiError;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const API_VERSION: HeaderName = HeaderName::from_static("x-api-version");
-
-/// Everything a handler may need, shared by all requests.
-pub struct AppState {
-    pub engine: Engine,
-    pub config: Config,
-    pub keys: ApiKeys,
-    /// Keys for administrative calls (reload, indicators).
-    pub admin_keys: ApiKeys,
-    pub metrics: Arc<Metrics>,
-    /// Decode → chain → metrics → encode, as every entry point runs it.
-    pub pipeline: Pipeline,
-    pub reload: ReloadStatus,
-    /// Command-line settings that override the file's (`--listen`): a
-    /// reloaded file is compared with the running settings after them.
-    pub overrides: crate::reload::CliOverrides,
-    /// Serializes changes to the API indicator store (admin calls only).
-    pub indicator_store: std::sync::Mutex<()>,
-    pub outputs: outputs::OutputSettings,
-    pub started: Instant,
-    /// Set once when the server starts shutting down: long-lived responses
-    /// (the event stream) end so graceful shutdown can complete.
-    pub shutdown: tokio::sync::watch::Sender<bool>,
-    api_version: HeaderValue,
-}
-
-impl AppState {
-    pub fn new(engine: Engine, config: Config) -> Self {
-        let keys = ApiKeys::new(&config.auth.api_keys);
-        let admin_keys = ApiKeys::new(&config.auth.admin_keys);
-        let api_version =
-            HeaderValue::from_str(&config.server.api_version).unwrap_or(HeaderValue::from_static("1.0.0"));
-        let metrics = Arc::new(Metrics::default());
-        let pipeline = Pipeline::new(Limits { max_records: config.server.max_records }).with_observer(metrics.clone());
-        AppState {
-            engine,
-            config,
-            keys,
-            admin_keys,
-            metrics,
-            pipeline,
-            reload: ReloadStatus::default(),
-            overrides: Default::default(),
-            indicator_store: Default::default(),
-            outputs: Default::default(),
-            started: Instant::now(),
-            shutdown: tokio::sync::watch::Sender::new(false),
-            api_version,
-        }
-    }
-}
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()

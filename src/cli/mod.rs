@@ -11,14 +11,15 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use enrichd_engine::{Config, Encoding, Format, InputError, Limits, Pipeline, PluginState, Skipped};
+use enrichd_engine::{Encoding, Format, InputError, Limits, Pipeline, PluginState, Skipped};
 
 use crate::app;
+use crate::service::ServiceConfig;
 
 pub fn check_config(path: &Path) -> anyhow::Result<()> {
     let registry = app::registry();
     let (config, chain) = app::load(path, &registry)?;
-    println!("{}: ok ({} chain entries)", path.display(), config.chain.len());
+    println!("{}: ok ({} chain entries)", path.display(), config.engine.chain.len());
     for r in chain.reports() {
         let detail = r.status.version.clone().or(r.status.error.clone()).unwrap_or_default();
         println!("  {:<12} {:<8} {:?} {}", r.name, r.plugin, r.status.state, detail);
@@ -30,7 +31,7 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
 }
 
 pub fn config_schema() -> anyhow::Result<()> {
-    let schema = Config::json_schema(&app::registry());
+    let schema = ServiceConfig::json_schema(&app::registry());
     println!("{}", serde_json::to_string_pretty(&schema)?);
     Ok(())
 }

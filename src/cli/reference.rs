@@ -9,8 +9,10 @@
 
 use std::fmt::Write;
 
-use enrichd_engine::{Config, Registry};
+use enrichd_engine::Registry;
 use serde_json::Value;
+
+use crate::service::ServiceConfig;
 
 /// Environment variables the service itself reads (plugins declare their
 /// own through `PluginFactory::env_overrides`).
@@ -26,7 +28,7 @@ pub const SERVICE_ENV: &[(&str, &str)] = &[
 /// The whole reference: service sections, each plugin's options, the
 /// environment variables.
 pub fn markdown(registry: &Registry) -> String {
-    let schema = Config::json_schema(registry);
+    let schema = ServiceConfig::json_schema(registry);
     let mut out = String::new();
     let defs = &schema["$defs"];
     for (name, property) in properties(&schema) {

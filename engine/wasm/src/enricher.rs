@@ -348,7 +348,7 @@ impl WasmEnricher {
         worker.memory.data_mut(&mut worker.store)[io..io + bytes.len()].copy_from_slice(bytes);
         worker.memory.data_mut(&mut worker.store)[io + abi::IO_OUT_LEN_OFFSET..io + abi::IO_OUT_LEN_OFFSET + 4].fill(0);
 
-        // SAFETY (lifetime extension): see `CallContext`; cleared below
+        // SAFETY: a lifetime extension; see `CallContext`. Cleared below
         // before `events` is touched again.
         let source_static: SourceText<'static> = unsafe { std::mem::transmute(source) };
         worker.store.data_mut().call =

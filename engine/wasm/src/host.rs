@@ -11,7 +11,7 @@ use enrichd_engine::{Event, FactInfo, KeyId, SourceText};
 use serde_json::value::RawValue;
 use wasmtime::{Caller, Extern};
 
-use crate::runtime::GuestLimits;
+use crate::limits::GuestLimits;
 
 /// What a store carries besides the instance.
 pub struct HostState {
@@ -94,7 +94,7 @@ pub struct CallContext {
     pub len: usize,
 }
 
-// The raw pointer is only used on the thread that owns the store, inside a
+// SAFETY: the raw pointer is only used on the thread that owns the store, inside a
 // call (see the contract above).
 unsafe impl Send for CallContext {}
 

@@ -12,9 +12,24 @@
 //! exhausts memory or writes garbage fails only its own chunk: those events
 //! get the configured fallback, the instance is recycled, and after repeated
 //! failures a circuit breaker stops calling it.
+//!
+//! Where this crate sits: it is a plugin, in the layering sense (engine <-
+//! plugins <- service): it depends on `enrichd-engine` only through the
+//! plugin contract (`PluginFactory`, `Enricher`, `BuildContext`), the
+//! engine never names it, and the binary registers [`WasmFactory`] next to
+//! `enrichd_plugins::register_all`. It stays a crate of its own at
+//! `engine/wasm/` rather than becoming a module of `enrichd-plugins`,
+//! because: wasmtime and cranelift are by far the heaviest dependencies
+//! (most of a clean build), and a separate crate lets the native plugins,
+//! their tests and tools that need no guest code build without them; its
+//! tests build the guest crates (`rules/`, `sdk/`) as dev-dependencies,
+//! which the native plugins have no use for; and it is the host half of an
+//! ABI whose guest half (`sdk/`) is versioned with it. The path under
+//! `engine/` is historical; moving the folder would only churn paths.
 
 mod enricher;
 mod host;
+mod limits;
 mod options;
 pub mod runtime;
 mod stats;

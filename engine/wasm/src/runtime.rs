@@ -18,11 +18,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use enrichd_sdk::abi;
 use wasmtime::{
-    Caller, Config, Engine, ExternType, FuncType, Instance, InstancePre, Linker, Memory, Module, ResourceLimiter,
-    Store, StoreLimits, StoreLimitsBuilder, TypedFunc, ValType,
+    Caller, Config, Engine, ExternType, FuncType, Instance, InstancePre, Linker, Memory, Module, Store, TypedFunc,
+    ValType,
 };
 
 use crate::host::HostState;
+pub use crate::limits::{GuestLimits, LimitHit, Limits};
 
 /// Milliseconds per epoch tick: deadlines are counted in these.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -94,7 +95,11 @@ fn load_artifact(path: &Path) -> Option<Module> {
     // configuration, written whole by `store_artifact` (temporary file,
     // then rename). wasmtime also checks the version and settings header.
     match unsafe { Module::deserialize_file(engine(), path) } {
-        Ok(module) => Some(module),
+        Ok(module) => {
+            // Recently used artifacts are the last evicted (see `evict`).
+            touch(path);
+            Some(module)
+        }
         Err(e) => {
             tracing::warn!(artifact = %path.display(), error = %e, "ignoring an unusable precompiled module");
             let _ = std::fs::remove_file(path);
@@ -112,11 +117,61 @@ fn store_artifact(module: &Module, path: &Path) {
         let bytes = module.serialize().map_err(|e| anyhow!("{e:#}"))?;
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, path)?;
+        evict(dir, path, MAX_CACHED_ARTIFACTS, MAX_CACHE_BYTES)?;
         Ok(())
     };
     if let Err(e) = write() {
         tracing::debug!(artifact = %path.display(), error = %e, "precompiled module not cached");
     }
+}
+
+/// Most precompiled artifacts kept in `wasm-cache`: every distinct module
+/// content (each edit of a rule) leaves one, so without a bound the
+/// directory grows for as long as the server's state directory lives.
+const MAX_CACHED_ARTIFACTS: usize = 32;
+/// Most bytes of precompiled artifacts kept (a compiled rule is typically
+/// a few hundred KiB to a few MiB).
+const MAX_CACHE_BYTES: u64 = 256 << 20;
+
+/// Marks an artifact as used now (its modification time), best effort.
+fn touch(path: &Path) {
+    let now = std::time::SystemTime::now();
+    if let Err(e) = std::fs::File::options().append(true).open(path).and_then(|f| f.set_modified(now)) {
+        tracing::debug!(artifact = %path.display(), error = %e, "cannot mark a precompiled module as used");
+    }
+}
+
+/// Keeps the cache directory within `max_files` artifacts and `max_bytes`:
+/// the least recently used (oldest modification time: written or loaded)
+/// go first; `keep`, just written, always stays. Only `.cwasm` files are
+/// counted or removed.
+fn evict(dir: &Path, keep: &Path, max_files: usize, max_bytes: u64) -> std::io::Result<()> {
+    let mut artifacts = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "cwasm") || path == keep {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        artifacts.push((used, meta.len(), path));
+    }
+    // Newest first; what no longer fits after the newest is removed.
+    artifacts.sort_by_key(|a| std::cmp::Reverse(a.0));
+    let mut files = 1;
+    let mut bytes = std::fs::metadata(keep).map_or(0, |m| m.len());
+    for (_, len, path) in artifacts {
+        files += 1;
+        bytes += len;
+        if files > max_files || bytes > max_bytes {
+            tracing::debug!(artifact = %path.display(), "evicting a precompiled module from the cache");
+            let _ = std::fs::remove_file(&path);
+            bytes -= len;
+            files -= 1;
+        }
+    }
+    Ok(())
 }
 
 /// The imports the host provides, with their types.
@@ -174,98 +229,6 @@ pub fn check_interface(module: &Module) -> anyhow::Result<()> {
     match module.get_export("memory") {
         Some(ExternType::Memory(_)) => Ok(()),
         _ => bail!("lacks the export `memory`"),
-    }
-}
-
-/// Limits applied to every instance of a module.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub memory_bytes: usize,
-    pub table_elements: usize,
-    /// The configured deadline (wall time per call).
-    pub deadline: Duration,
-    /// The same in epoch ticks, for the interruption.
-    pub deadline_ticks: u64,
-}
-
-/// Instances, tables and memories one store may create: a module is one
-/// instance with one memory; toolchains emit one table (4 leaves room).
-const MAX_INSTANCES: usize = 1;
-const MAX_TABLES: usize = 4;
-const MAX_MEMORIES: usize = 1;
-
-/// Which cap a store hit last, so that a failed call is classified
-/// without reading error texts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LimitHit {
-    Memory,
-    Table,
-}
-
-/// The store's resource limiter: wasmtime's `StoreLimits`, remembering
-/// which cap refused a grow.
-///
-/// A refused grow traps (`trap_on_grow_failure`) rather than returning -1
-/// to the guest: the call fails (`memory` / `table`), nothing of it is
-/// applied, and the instance, with whatever it had grown, is discarded.
-/// A guest cannot keep probing the cap within a call.
-#[derive(Default)]
-pub struct GuestLimits {
-    inner: StoreLimits,
-    pub hit: Option<LimitHit>,
-}
-
-impl GuestLimits {
-    pub fn new(limits: Limits) -> Self {
-        let inner = StoreLimitsBuilder::new()
-            .memory_size(limits.memory_bytes)
-            .table_elements(limits.table_elements)
-            .instances(MAX_INSTANCES)
-            .tables(MAX_TABLES)
-            .memories(MAX_MEMORIES)
-            .trap_on_grow_failure(true)
-            .build();
-        GuestLimits { inner, hit: None }
-    }
-}
-
-impl ResourceLimiter for GuestLimits {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let r = self.inner.memory_growing(current, desired, maximum);
-        if !matches!(r, Ok(true)) {
-            self.hit = Some(LimitHit::Memory);
-        }
-        r
-    }
-
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.hit = Some(LimitHit::Memory);
-        self.inner.memory_grow_failed(error)
-    }
-
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let r = self.inner.table_growing(current, desired, maximum);
-        if !matches!(r, Ok(true)) {
-            self.hit = Some(LimitHit::Table);
-        }
-        r
-    }
-
-    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.hit = Some(LimitHit::Table);
-        self.inner.table_grow_failed(error)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.inner.memories()
     }
 }
 
@@ -361,3 +324,49 @@ pub fn new_generation() -> u64 {
 }
 
 pub type Shared = Arc<LoadedModule>;
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn artifact(dir: &Path, name: &str, len: usize, age_s: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        let file = std::fs::File::options().append(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(age_s)).unwrap();
+        path
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_artifact_cache_keeps_the_most_recently_used_within_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        artifact(d, "a.cwasm", 100, 50);
+        artifact(d, "b.cwasm", 100, 40);
+        let c = artifact(d, "c.cwasm", 100, 30);
+        artifact(d, "d.cwasm", 100, 20);
+        artifact(d, "notes.txt", 10_000, 60);
+        // Loading `c` makes it the most recently used.
+        touch(&c);
+        let new = artifact(d, "new.cwasm", 100, 0);
+        // By count: the new one and the two most recent others.
+        evict(d, &new, 3, u64::MAX).unwrap();
+        assert_eq!(names(d), ["c.cwasm", "d.cwasm", "new.cwasm", "notes.txt"]);
+        // By bytes: 250 leaves room for the new one and one more.
+        evict(d, &new, 10, 250).unwrap();
+        assert_eq!(names(d), ["c.cwasm", "new.cwasm", "notes.txt"]);
+        // The artifact just written stays even when it alone is too big.
+        evict(d, &new, 1, 10).unwrap();
+        assert_eq!(names(d), ["new.cwasm", "notes.txt"]);
+    }
+}

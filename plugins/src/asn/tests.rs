@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use enrichd_engine::{Chain, Config, PluginFactory, PluginState, Registry};
 use serde_json::{json, Value};
 
-use crate::mmdb::test_support::{chain, chain_err, data, event, oracle, run};
+use crate::test_support::{chain, chain_err, data, event, oracle, run};
 
 fn asn_chain(database: &str) -> Chain {
     chain(&format!("[[chain]]\nplugin = \"asn\"\ndatabase = \"tests/data/maxmind/{database}\"\n"))

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use enrichd_engine::{Chain, Config, PluginFactory, PluginState, Registry};
 use serde_json::{json, Value};
 
-use crate::mmdb::test_support::{chain, chain_err, data, event, oracle, run, Probe};
+use crate::test_support::{chain, chain_err, data, event, oracle, run, Probe};
 
 fn geoip_chain(database: &str) -> Chain {
     chain(&format!("[[chain]]\nplugin = \"geoip\"\ndatabase = \"tests/data/maxmind/{database}\"\n"))
@@ -182,8 +182,8 @@ fn absent_or_unknown_addresses_give_null() {
 /// name strings, float coordinates; and names that need JSON escaping.
 #[test]
 fn flat_layouts_and_escaping() {
-    use crate::mmdb::test_support::{mmdb_bytes, Mmdb, Mmdb::*};
     use crate::mmdb::{DataSection, RecordFormat};
+    use crate::test_support::{mmdb_bytes, Mmdb, Mmdb::*};
     let encode = |record: Mmdb<'_>| {
         let bytes = mmdb_bytes(&record);
         let data = DataSection::new(&bytes);

@@ -273,7 +273,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::mmdb::test_support;
+    use crate::test_support;
 
     fn xorshift(state: &mut u64) -> u64 {
         *state ^= *state << 13;

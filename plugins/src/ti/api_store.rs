@@ -129,7 +129,15 @@ pub fn upsert(items: &mut Vec<ApiIndicator>, item: ApiIndicator) -> bool {
 /// Loads the store into `builder`; the report is the `"api"` source's.
 pub fn load_into(path: &Path, builder: &mut IndexBuilder) -> FileReport {
     match load(path) {
-        Ok(items) => loader::load_entries(SOURCE, path, &items, builder),
+        Ok(items) => {
+            let entries = items.iter().map(|i| loader::Entry {
+                indicator: &i.indicator,
+                category: i.category.as_deref(),
+                confidence: i.confidence,
+                description: i.description.as_deref(),
+            });
+            loader::load_entries(SOURCE, path, entries, builder)
+        }
         Err(e) => FileReport::failed_at(SOURCE, path, format!("cannot read API indicators: {e}")),
     }
 }

@@ -265,21 +265,30 @@ pub fn normalize_indicator(s: &str) -> Result<(String, &'static str), String> {
     }
 }
 
-/// Loads API-added indicators (already validated) into `builder`.
-pub fn load_entries(
+/// One indicator with its attributes, as a structured source (the API
+/// store) hands it over. Borrowed, so the loader needs no knowledge of the
+/// source's own types.
+pub struct Entry<'a> {
+    pub indicator: &'a str,
+    pub category: Option<&'a str>,
+    pub confidence: Option<u8>,
+    pub description: Option<&'a str>,
+}
+
+/// Loads structured indicators (already validated) into `builder`.
+pub fn load_entries<'a>(
     source: &str,
     path: &Path,
-    items: &[super::api_store::ApiIndicator],
+    items: impl IntoIterator<Item = Entry<'a>>,
     builder: &mut IndexBuilder,
 ) -> FileReport {
     let mut report = FileReport::new(source.to_string(), path.to_path_buf());
     report.format = Some("api");
     let mut parser = Parser::new(&mut report, builder, usize::MAX);
-    for (i, item) in items.iter().enumerate() {
-        match parse_plain(&item.indicator, None, &mut parser.name) {
+    for (i, item) in items.into_iter().enumerate() {
+        match parse_plain(item.indicator, None, &mut parser.name) {
             Ok(parsed) => {
-                let (category, description) = (item.category.as_deref(), item.description.as_deref());
-                build_tail(&mut parser.tail, source, category, item.confidence, None, description);
+                build_tail(&mut parser.tail, source, item.category, item.confidence, None, item.description);
                 let tail = parser.builder.tail(&parser.tail);
                 parser.add(parsed, tail);
             }

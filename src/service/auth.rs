@@ -1,15 +1,20 @@
 //! API-key checks.
 //!
+//! Kept out of the HTTP layer: a refusal is a [`KeyRefusal`], which the API
+//! turns into its 401 answer (`From<KeyRefusal> for ApiError`).
+//!
 //! Keys are compared as SHA-256 digests with a constant-time equality, and
 //! every configured key is compared on every request (no early exit), so
 //! neither the key's content nor its length leaks through timing. Keys are
 //! never logged or echoed.
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::error::ApiError;
+/// Why a request's key was refused (a fixed message, never the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRefusal(pub &'static str);
 
 pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
@@ -26,7 +31,7 @@ impl ApiKeys {
 
     /// Accepts `Authorization: Bearer <key>` (scheme case-insensitive) or
     /// `X-API-Key: <key>`.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), KeyRefusal> {
         let presented = bearer(headers).or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
         let Some(presented) = presented.map(str::trim).filter(|k| !k.is_empty()) else {
             return Err(unauthorized("missing API key: send `Authorization: Bearer <key>`"));
@@ -54,8 +59,8 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn unauthorized(detail: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+fn unauthorized(detail: &'static str) -> KeyRefusal {
+    KeyRefusal(detail)
 }
 
 #[cfg(test)]

@@ -17,8 +17,7 @@ pub fn data(name: &str) -> String {
 pub fn chain(toml: &str) -> Result<Chain, ConfigError> {
     let config = Config::parse(toml, Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../enrichd.toml")))?;
     let mut registry = Registry::new();
-    registry.register(Box::new(crate::geoip::GeoIpFactory));
-    registry.register(Box::new(crate::asn::AsnFactory));
+    crate::register_all(&mut registry);
     Chain::build(&config.chain, &registry, &config.base_dir)
 }
 

@@ -1,0 +1,240 @@
+//! The service's sections of `config.toml`: `[server]`, `[auth]`,
+//! `[reload]`, and the environment overrides of API keys.
+//!
+//! The file is parsed in two layers from the same text: the engine reads
+//! the `[[chain]]` entries ([`enrichd_engine::Config`], which ignores other
+//! keys), and this module reads every other section with unknown keys
+//! refused, the `chain` key being skipped here. Both report errors with file
+//! and line. `enrichd config-schema` prints one schema for the whole file:
+//! this module's sections with the engine's `chain` schema put in.
+
+use std::path::{Path, PathBuf};
+
+use enrichd_engine::{BuildEnv, ConfigError, Registry};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The whole configuration file: the service's sections and the engine's
+/// part.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub reload: ReloadConfig,
+    /// The `[[chain]]` entries, the file's path and its directory.
+    pub engine: enrichd_engine::Config,
+}
+
+/// The whole configuration file.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Config")]
+struct Sections {
+    /// HTTP server settings.
+    #[serde(default)]
+    server: ServerConfig,
+    /// API keys.
+    #[serde(default)]
+    auth: AuthConfig,
+    /// Hot reload of data files, modules and the chain.
+    #[serde(default)]
+    reload: ReloadConfig,
+    /// The engine's (see [`enrichd_engine::Config`]); its schema is added
+    /// by [`ServiceConfig::json_schema`].
+    #[serde(default)]
+    #[schemars(skip)]
+    #[allow(dead_code)]
+    chain: serde::de::IgnoredAny,
+}
+
+impl ServiceConfig {
+    /// Reads and parses `path`; does not apply environment overrides. A
+    /// file over [`enrichd_engine::config::MAX_CONFIG_BYTES`] is refused
+    /// unread.
+    pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
+        ServiceConfig::parse(&enrichd_engine::Config::read(path)?, path)
+    }
+
+    /// Parses configuration text; `path` is used for messages and to resolve
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<ServiceConfig, ConfigError> {
+        let sections: Sections = enrichd_engine::Config::parse_sections(text, path)?;
+        let engine = enrichd_engine::Config::parse(text, path)?;
+        Ok(ServiceConfig { server: sections.server, auth: sections.auth, reload: sections.reload, engine })
+    }
+
+    /// Applies the environment variables teams already use: `API_KEY`,
+    /// `ADMIN_API_KEY`, and the engine's (`ENRICH_ENABLE_<PLUGIN>`, each
+    /// plugin's own such as `GEOIP_CITY_DB`).
+    pub fn apply_env(&mut self, registry: &Registry, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(key) = env("API_KEY").filter(|k| !k.is_empty()) {
+            self.auth.api_keys.push(key);
+        }
+        if let Some(key) = env("ADMIN_API_KEY").filter(|k| !k.is_empty()) {
+            self.auth.admin_keys.push(key);
+        }
+        self.engine.apply_env(registry, env)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.engine.path
+    }
+
+    /// The environment chain stages are built in.
+    pub fn build_env(&self) -> BuildEnv {
+        BuildEnv {
+            base_dir: self.engine.base_dir.clone(),
+            state_dir: Some(self.state_dir()),
+            generation_field: self.reload.generation_field.clone(),
+        }
+    }
+
+    /// `server.state_dir`, resolved against the file's directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.engine.resolve(&self.server.state_dir)
+    }
+
+    /// The JSON Schema of the whole file, with each registered plugin's
+    /// options.
+    pub fn json_schema(registry: &Registry) -> serde_json::Value {
+        let mut schema = serde_json::to_value(schemars::schema_for!(Sections)).expect("schema serializes");
+        schema["properties"]["chain"] = enrichd_engine::Config::chain_schema(registry);
+        schema
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on (`--listen` overrides).
+    pub listen: String,
+    /// Largest accepted request body in bytes, counted on the bytes actually
+    /// received and again after gzip decompression.
+    pub max_body_bytes: usize,
+    /// Most records accepted in one `/v1/ingest` batch.
+    pub max_records: usize,
+    /// Require an API key for `GET /v1/metrics` (public by default, like
+    /// health and version).
+    pub metrics_require_key: bool,
+    /// Value of the `X-API-Version` header on `/v1` responses.
+    pub api_version: String,
+    /// Writable directory for state kept across restarts (indicators added
+    /// through the API). Relative to the configuration file; created on
+    /// start.
+    pub state_dir: PathBuf,
+    /// Most client connections open at once. At the cap, a new connection
+    /// evicts the connection that has waited longest for a request (idle
+    /// keep-alive or unfinished request head); when every connection is in
+    /// a request, it gets a 503 and is closed. Lowered at start to fit the
+    /// process's file-descriptor limit.
+    pub max_connections: usize,
+    /// Seconds a client has to send a complete request head: on a new
+    /// connection counted from accept, on a kept-alive one from its first
+    /// byte. Then the connection is closed.
+    pub header_timeout_s: u64,
+    /// Seconds a kept-alive connection may stay idle between requests.
+    pub keepalive_timeout_s: u64,
+    /// Seconds the server waits for the next piece of a request body; a
+    /// stalled body gets 408 and the connection is closed.
+    pub body_timeout_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 5 * 1024 * 1024,
+            max_records: 10_000,
+            metrics_require_key: false,
+            api_version: "1.0.0".into(),
+            state_dir: PathBuf::from("state"),
+            // Reverse-proxy defaults (nginx: client_header_timeout 60s,
+            // keepalive_timeout 75s, client_body_timeout 60s).
+            max_connections: 4096,
+            header_timeout_s: 60,
+            keepalive_timeout_s: 75,
+            body_timeout_s: 60,
+        }
+    }
+}
+
+/// `[reload]`
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Watch the chain's data files, modules and this configuration file,
+    /// and reload on change. `POST /v1/reload` and SIGHUP work either way.
+    pub watch: bool,
+    /// Quiet time after the last file event before reloading, so a file
+    /// being written is read once it is complete.
+    pub debounce_ms: u64,
+    /// When set, every enriched event gets this field: the chain generation
+    /// and each stage's generation that produced it (`{"chain": 3, "ti": 2,
+    /// ...}`), so any verdict can be traced to the data it was made with.
+    pub generation_field: Option<String>,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig { watch: true, debounce_ms: 100, generation_field: None }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Bearer tokens accepted on protected endpoints. The `API_KEY`
+    /// environment variable adds one. With no key at all, protected endpoints
+    /// refuse every request (fail closed).
+    pub api_keys: Vec<String>,
+    /// Bearer tokens accepted on administrative endpoints (`POST
+    /// /v1/reload`, `PUT`/`DELETE /v1/indicators`). The `ADMIN_API_KEY`
+    /// environment variable adds one. Ordinary keys are not admin keys.
+    pub admin_keys: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServiceConfig, String> {
+        ServiceConfig::parse(text, Path::new("/etc/enrichd/c.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn both_layers_read_the_same_file() {
+        let c = parse("[server]\nlisten = \"0.0.0.0:1\"\n\n[[chain]]\nplugin = \"geoip\"\n\n[reload]\nwatch = false\n")
+            .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:1");
+        assert!(!c.reload.watch);
+        assert_eq!(c.engine.chain.len(), 1);
+        assert_eq!(c.engine.chain[0].location.line, Some(4));
+        assert_eq!(c.state_dir(), Path::new("/etc/enrichd/state"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_file_and_line() {
+        let err = parse("[server]\nlisten = \"x\"\nbogus = 1\n").unwrap_err();
+        assert!(err.starts_with("/etc/enrichd/c.toml:3:") && err.contains("bogus"), "{err}");
+        let err = parse("[[chain]]\nplugin = \"ti\"\n\n[[chian]]\nplugin = \"ti\"\n").unwrap_err();
+        assert!(err.starts_with("/etc/enrichd/c.toml:4:") && err.contains("chian"), "{err}");
+        let err = parse("[[chain]]\nname = \"x\"\n").unwrap_err();
+        assert!(err.starts_with("/etc/enrichd/c.toml:1:") && err.contains("`plugin` is required"), "{err}");
+    }
+
+    #[test]
+    fn key_variables_add_keys() {
+        let mut c = parse("[auth]\napi_keys = [\"a\"]\n").unwrap();
+        let env = |v: &str| match v {
+            "API_KEY" => Some("b".to_string()),
+            "ADMIN_API_KEY" => Some(String::new()),
+            _ => None,
+        };
+        c.apply_env(&Registry::new(), env).unwrap();
+        assert_eq!(c.auth.api_keys, ["a", "b"]);
+        assert!(c.auth.admin_keys.is_empty());
+    }
+}

@@ -1,0 +1,78 @@
+//! The service: the state `enrichd serve` runs on, independent of how it is
+//! reached. The HTTP API (`api/`), hot reload (`reload.rs`) and the file
+//! watcher (`watch.rs`) all work on [`AppState`]; this module uses none of
+//! them, so the layers stay acyclic: engine <- plugins <- service <- api,
+//! reload, watch <- serve / main.
+//!
+//! Here too: the service's configuration sections ([`config`]), API keys
+//! ([`auth`]), output connector settings ([`outputs`]) and the reload
+//! status ([`reload_state`]).
+
+pub mod auth;
+pub mod config;
+pub mod outputs;
+pub mod reload_state;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::HeaderValue;
+use enrichd_engine::{Engine, Limits, Pipeline};
+
+pub use auth::{ApiKeys, KeyRefusal};
+pub use config::ServiceConfig;
+pub use outputs::OutputSettings;
+pub use reload_state::{CliOverrides, ReloadStatus};
+
+use crate::metrics::Metrics;
+
+/// Everything a handler may need, shared by all requests.
+pub struct AppState {
+    pub engine: Engine,
+    pub config: ServiceConfig,
+    pub keys: ApiKeys,
+    /// Keys for administrative calls (reload, indicators).
+    pub admin_keys: ApiKeys,
+    pub metrics: Arc<Metrics>,
+    /// Decode → chain → metrics → encode, as every entry point runs it.
+    pub pipeline: Pipeline,
+    pub reload: ReloadStatus,
+    /// Command-line settings that override the file's (`--listen`): a
+    /// reloaded file is compared with the running settings after them.
+    pub overrides: CliOverrides,
+    /// Serializes changes to the API indicator store (admin calls only).
+    pub indicator_store: std::sync::Mutex<()>,
+    pub outputs: OutputSettings,
+    pub started: Instant,
+    /// Set once when the server starts shutting down: long-lived responses
+    /// (the event stream) end so graceful shutdown can complete.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Value of the `X-API-Version` header (`server.api_version`).
+    pub api_version: HeaderValue,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, config: ServiceConfig) -> Self {
+        let keys = ApiKeys::new(&config.auth.api_keys);
+        let admin_keys = ApiKeys::new(&config.auth.admin_keys);
+        let api_version =
+            HeaderValue::from_str(&config.server.api_version).unwrap_or(HeaderValue::from_static("1.0.0"));
+        let metrics = Arc::new(Metrics::default());
+        let pipeline = Pipeline::new(Limits { max_records: config.server.max_records }).with_observer(metrics.clone());
+        AppState {
+            engine,
+            config,
+            keys,
+            admin_keys,
+            metrics,
+            pipeline,
+            reload: ReloadStatus::default(),
+            overrides: Default::default(),
+            indicator_store: Default::default(),
+            outputs: Default::default(),
+            started: Instant::now(),
+            shutdown: tokio::sync::watch::Sender::new(false),
+            api_version,
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! What the service knows about reloads beyond the stages' own reports, and
+//! the command-line settings a reloaded file is compared after.
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::ServiceConfig;
+
+/// Settings given on the command line, which win over the file's: applied
+/// at start and to every reloaded file before it is compared with the
+/// running configuration, so `serve --listen X` does not make every reload
+/// report `needs_restart: ["server"]`.
+#[derive(Clone, Debug, Default)]
+pub struct CliOverrides {
+    pub listen: Option<String>,
+}
+
+impl CliOverrides {
+    pub fn apply(&self, config: &mut ServiceConfig) {
+        if let Some(listen) = &self.listen {
+            config.server.listen = listen.clone();
+        }
+    }
+}
+
+/// What the service knows about reloads beyond the stages' own reports.
+#[derive(Default)]
+pub struct ReloadStatus {
+    inner: Mutex<ReloadState>,
+}
+
+#[derive(Clone, Default, Serialize)]
+pub struct ReloadState {
+    /// Whether file watching is active (and why not, if it failed).
+    pub watching: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_error: Option<String>,
+    /// Configuration reloads applied / refused.
+    pub config_reloads: u64,
+    pub config_reload_failures: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_config_error: Option<String>,
+    /// Sections changed on disk that only a restart applies.
+    pub needs_restart: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reload_at: Option<String>,
+}
+
+impl ReloadStatus {
+    pub fn snapshot(&self) -> ReloadState {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut ReloadState)) {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
