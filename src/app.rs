@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use enrichd_engine::{Chain, Config, Registry};
+use enrichd_engine::{Chain, Config, Profiles, Registry};
 
 /// The plugin registry of this binary: every native plugin and the
 /// WebAssembly host.
@@ -20,6 +20,8 @@ pub fn registry() -> Registry {
 pub fn load(path: &Path, registry: &Registry) -> anyhow::Result<(Config, Chain)> {
     let mut config = Config::load(path)?;
     config.apply_env(registry, |name| std::env::var(name).ok())?;
+    // Refuse a bad `[output]` (unknown profile, unreadable file) up front.
+    Profiles::from_config(&config.output, &config.base_dir).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let chain = Chain::build_in(&config.chain, registry, &config.build_env())
         .with_context(|| format!("building the enricher chain from {}", path.display()))?;
     Ok((config, chain))

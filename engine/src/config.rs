@@ -25,6 +25,9 @@ pub struct Config {
     /// Hot reload of data files, modules and the chain.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// Output layout (profiles).
+    #[serde(default)]
+    pub output: crate::profile::OutputConfig,
     /// The enricher chain, in order. Each entry: `plugin` (the kind),
     /// optional `name` (defaults to the plugin), `enabled` (default true),
     /// and the plugin's own options.

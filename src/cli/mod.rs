@@ -98,7 +98,7 @@ pub fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
     let mut buf = Vec::new();
     let mut flush = |chunk: &mut String, first_line: usize, out: &mut dyn Write| -> anyhow::Result<usize> {
         let text = std::mem::take(chunk);
-        let bad = pipeline.run_lenient(&chain, text, format, first_line, Encoding::Ndjson, &mut buf);
+        let bad = pipeline.run_lenient(&chain, text, format, first_line, Encoding::NDJSON, &mut buf);
         for Skipped { index, error } in &bad {
             match error {
                 InputError::Record { field, message, .. } => {
