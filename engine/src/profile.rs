@@ -250,7 +250,8 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// The embedded profile files, by name.
-pub const EMBEDDED: [(&str, &str); 1] = [("stage3", include_str!("../profiles/stage3.toml"))];
+pub const EMBEDDED: [(&str, &str); 2] =
+    [("stage3", include_str!("../profiles/stage3.toml")), ("ecs", include_str!("../profiles/ecs.toml"))];
 
 /// `[output]`
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
