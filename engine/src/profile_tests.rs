@@ -211,3 +211,14 @@ fn bad_profiles_are_refused() {
     assert_eq!(p.get("stage3").unwrap().unwrap().name, "stage3");
     assert!(p.get("nope").unwrap_err().contains("v1"));
 }
+
+#[test]
+fn the_readme_example_profile_parses() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("### Output profiles").expect("README section")..];
+    let start = section.find("```toml\n").expect("example") + "```toml\n".len();
+    let text = &section[start..start + section[start..].find("```").unwrap()];
+    let p = Profile::parse(text).unwrap_or_else(|e| panic!("README example: {e}"));
+    assert_eq!(p.name, "mine");
+    assert_eq!(p.fields().len(), 3);
+}
