@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use enrichd_engine::{Chain, Registry};
+use enrichd_engine::{Chain, Profiles, Registry};
 
 use crate::service::ServiceConfig;
 
@@ -22,6 +22,9 @@ pub fn registry() -> Registry {
 pub fn load(path: &Path, registry: &Registry) -> anyhow::Result<(ServiceConfig, Chain)> {
     let mut config = ServiceConfig::load(path)?;
     config.apply_env(registry, |name| std::env::var(name).ok())?;
+    // Refuse a bad `[output]` (unknown profile, unreadable file) up front.
+    Profiles::from_config(&config.output, &config.engine.base_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let chain = Chain::build_in(&config.engine.chain, registry, &config.build_env())
         .with_context(|| format!("building the enricher chain from {}", path.display()))?;
     Ok((config, chain))

@@ -4,7 +4,7 @@
 //!
 //! The engine reloads stages (see `enrichd_engine::live`); this module adds
 //! what only the service knows: the configuration file and its environment
-//! overrides. Chain entries apply live; `[server]`, `[auth]` and `[reload]`
+//! overrides. Chain entries apply live; `[server]`, `[auth]`, `[reload]` and `[output]`
 //! changes are reported as needing a restart, never silently ignored.
 
 use std::path::PathBuf;
@@ -77,6 +77,9 @@ fn reload_config(state: &AppState) -> Option<Value> {
     }
     if config.reload != running.reload {
         needs_restart.push("reload".to_string());
+    }
+    if config.output != running.output {
+        needs_restart.push("output".to_string());
     }
     match state.engine.apply_entries(&config.engine.chain) {
         Ok(report) => {

@@ -152,3 +152,38 @@ fn enrich_ndjson_and_zeek_tsv_offline() {
     assert_eq!(rows.len(), expected);
     assert!(rows.iter().all(|r| r["id.orig_h"].is_string() && r["ti"]["matches"].is_array()));
 }
+
+#[test]
+fn enrich_in_an_output_profile_and_a_profile_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mine.toml"),
+        "name = \"mine\"\n[[field]]\npath = \"net.dst_country\"\nkind = \"country_code\"\nvalue = \"scalar\"\n\
+         [[field]]\npath = \"net.dst\"\ninput = \"dst_ip\"\n",
+    )
+    .unwrap();
+    let path = write_config(&dir, &format!("[output]\nprofile_files = [\"mine.toml\"]\n{}", test_chain()));
+    let input = "{\"id.orig_h\":\"45.149.3.7\",\"id.resp_h\":\"81.2.69.160\",\"uid\":\"C1\"}\n";
+    let out = run(&["enrich", "--config", &path, "--format", "zeek", "--profile", "ecs"], input, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(line["destination"]["geo"]["city_name"], "London", "{line}");
+    assert_eq!(line["threat"]["enrichments"][0]["matched"]["field"], "src_ip", "{line}");
+    assert!(line.get("geo").is_none(), "{line}");
+    let out = run(&["enrich", "--config", &path, "--format", "zeek", "--profile", "mine"], input, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(
+        line,
+        serde_json::json!({"id.orig_h": "45.149.3.7", "id.resp_h": "81.2.69.160", "uid": "C1",
+        "net": {"dst_country": "GB", "dst": "81.2.69.160"}})
+    );
+    let out = run(&["enrich", "--config", &path, "--profile", "nope"], input, &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("unknown output profile"), "{}", text(&out.stderr));
+    // A config naming an unknown default profile is refused up front.
+    let bad = write_config(&dir, &format!("[output]\nprofile = \"nope\"\n{}", test_chain()));
+    let out = run(&["check-config", "--config", &bad], "", &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("[output] profile"), "{}", text(&out.stderr));
+}

@@ -1,5 +1,6 @@
 //! Output layouts: the default v1.4 layout and the older stage-3 one from
-//! `examples/stage3.toml`, produced by the same plugins with other options.
+//! `examples/stage3.toml` (the embedded `stage3` output profile), produced
+//! by the same plugins and facts.
 
 mod common;
 
@@ -54,6 +55,18 @@ fn stage3_example_layout() {
     assert!(recs[1]["risk_score"].as_u64().unwrap() > recs[2]["risk_score"].as_u64().unwrap(), "{recs:?}");
     assert!(!recs[1]["reasons"].as_array().unwrap().is_empty(), "{}", recs[1]);
 
+    // The same server in the v1 layout, per request: the chain's own keys.
+    let r = s.ingest_query("flows.v1", "profile=v1", json!([{"src_ip": "45.149.3.5", "dst_ip": "1.128.0.1"}]));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rec = &r.json()["records"][0];
+    for key in ["geo", "geo_src", "asn", "asn_src", "ti", "risk_score", "reasons"] {
+        assert!(rec.get(key).is_some(), "{key} missing: {rec}");
+    }
+    assert!(rec.get("threat").is_none() && rec.get("src_geo").is_none(), "{rec}");
+    let r = s.ingest_query("flows.v1", "profile=nope", json!([{"src_ip": "45.149.3.5"}]));
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("unknown output profile"), "{}", r.text);
+
     // Metrics find indicators and AS numbers by fact kind, whatever the
     // outputs are called.
     let r = s.ingest("flows.v1", json!([{"src_ip": "45.149.3.9", "dst_ip": "1.128.0.1", "dst_port": 3389}]));
@@ -61,14 +74,14 @@ fn stage3_example_layout() {
     let m = s.metrics();
     let top = &m["top"]["5m"];
     assert_eq!(top["indicators"][0]["key"], "45.149.3.0/24", "{top}");
-    assert_eq!(top["indicators"][0]["count"], 2, "{top}");
+    assert_eq!(top["indicators"][0]["count"], 3, "{top}");
     let asns = top["asns"].as_array().unwrap();
     let telstra = asns.iter().find(|e| e["key"] == "1221").unwrap_or_else(|| panic!("AS 1221 listed: {top}"));
     assert_eq!(telstra["label"], "Telstra Pty Ltd", "{top}");
     let countries: Vec<&str> =
         top["dst_countries"].as_array().unwrap().iter().filter_map(|e| e["key"].as_str()).collect();
     assert!(countries.contains(&"JP") && countries.contains(&"GB"), "{top}");
-    assert_eq!(m["totals"]["threat_matches"], 2, "{}", m["totals"]);
+    assert_eq!(m["totals"]["threat_matches"], 3, "{}", m["totals"]);
     assert!(m["totals"]["risk_count"].as_u64().unwrap() >= 4, "{}", m["totals"]);
 }
 
@@ -81,4 +94,23 @@ fn default_layout_prefers_destination_then_source() {
     assert!(v["records"][0]["geo"].is_null());
     assert_eq!(v["records"][0]["asn"]["asn"], 1221);
     assert_eq!(v["records"][1]["geo"]["city"], "London");
+}
+
+#[test]
+fn stage3_profile_over_the_default_chain() {
+    // The default chain looks up one address per event (destination, else
+    // source): the stage-3 keys of the side it answered are written.
+    let s = Server::start(&format!("[output]\nprofile = \"stage3\"\n{}", common::test_chain()));
+    let r = s.ingest("flows.v1", json!([{"src_ip": "81.2.69.160", "dst_ip": "1.128.0.1"}, {"src_ip": "81.2.69.160"}]));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    let recs = v["records"].as_array().unwrap();
+    assert_eq!(recs[0]["dst_asn"]["asn"], 1221, "{}", recs[0]);
+    assert!(recs[0].get("src_asn").is_none() && recs[0].get("geo").is_none(), "{}", recs[0]);
+    assert_eq!(recs[1]["src_geo"]["city"], "London", "{}", recs[1]);
+    assert!(recs[1].get("dst_geo").is_none(), "{}", recs[1]);
+    assert_eq!(recs[0]["threat"], json!({"matches": [], "matched": false}));
+    // And back to v1 per request.
+    let r = s.ingest_query("flows.v1", "profile=v1", json!([{"src_ip": "81.2.69.160"}]));
+    assert_eq!(r.json()["records"][0]["geo"]["city"], "London");
 }

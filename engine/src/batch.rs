@@ -158,10 +158,23 @@ impl Batch {
     /// Writes the `/v1/ingest` response:
     /// `{"collector_id", "format", "count", "records": [...]}`.
     pub fn write_ingest_response(&self, keys: &[Box<str>], out: &mut Vec<u8>) {
+        self.write_ingest_response_with(out, |event, out| self.write_event(event, keys, out));
+    }
+
+    /// [`Batch::write_ingest_response`] with each record written by `write`
+    /// (output profiles).
+    pub fn write_ingest_response_with(&self, out: &mut Vec<u8>, write: impl Fn(&Event, &mut Vec<u8>)) {
         out.extend_from_slice(b"{\"collector_id\":");
         serde_json::to_writer(&mut *out, &self.collector_id).expect("string serializes");
         let _ = write!(out, ",\"format\":\"{}\",\"count\":{},\"records\":", self.format.name(), self.events.len());
-        self.write_events_array(keys, out);
+        out.push(b'[');
+        for (i, event) in self.events.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write(event, out);
+        }
+        out.push(b']');
         out.push(b'}');
     }
 }

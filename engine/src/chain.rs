@@ -165,6 +165,12 @@ impl Chain {
         }
     }
 
+    /// The key of the per-event generation stamp (`reload.generation_field`),
+    /// when enabled: output profiles keep it under its configured name.
+    pub fn stamp_key(&self) -> Option<KeyId> {
+        self.stamp.as_ref().map(|(k, _)| *k)
+    }
+
     /// The output key table: serialization needs it to name results.
     pub fn keys(&self) -> &[Box<str>] {
         &self.keys

@@ -40,7 +40,7 @@ pub use crate::event::FactId;
 use crate::event::{KeyId, Side};
 
 /// The type of a fact's scalar (what the `u32` means), not its meaning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FactKind {
     /// ISO 3166-1 alpha-2, two uppercase ASCII bytes packed `a << 8 | b`

@@ -24,6 +24,7 @@ pub mod live;
 pub mod parse;
 pub mod pipeline;
 pub mod plugin;
+pub mod profile;
 pub mod registry;
 
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
@@ -35,9 +36,10 @@ pub use fact::{FactDecl, FactId, FactInfo, FactKind, ValuesReader};
 pub use format::Format;
 pub use live::{Engine, Outcome, ReloadReport, StageReload};
 pub use parse::{parse_envelope, parse_ndjson, InputError, Limits, ParseSpec};
-pub use pipeline::{Encoding, Input, Observer, Pipeline, Processed, Skipped, Timing};
+pub use pipeline::{Encoding, Input, Observer, Pipeline, Processed, Shape, Skipped, Timing};
 pub use plugin::{
     rfc3339, source_info, to_hex, BuildContext, Enricher, EnvOverride, PluginFactory, PluginState, PluginStatus,
     SourceInfo,
 };
+pub use profile::{Profile, Profiles};
 pub use registry::Registry;

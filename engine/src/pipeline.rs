@@ -18,6 +18,7 @@ use crate::batch::Batch;
 use crate::chain::Chain;
 use crate::format::Format;
 use crate::parse::{parse_envelope, parse_ndjson, InputError, Limits};
+use crate::profile::{Plan, Profile};
 
 /// What arrives: bytes in one of the accepted input shapes.
 pub enum Input {
@@ -29,9 +30,30 @@ pub enum Input {
     Ndjson { text: String, format: Format, first_index: usize },
 }
 
-/// How enriched events leave the pipeline.
+/// How enriched events leave the pipeline: the envelope and the output
+/// profile (`None`: the default v1.4 layout, see [`crate::profile`]).
+#[derive(Clone, Debug)]
+pub struct Encoding {
+    pub shape: Shape,
+    pub profile: Option<Arc<Profile>>,
+}
+
+impl Encoding {
+    /// The `/v1/ingest` answer in the default layout.
+    pub const INGEST_RESPONSE: Encoding = Encoding { shape: Shape::IngestResponse, profile: None };
+    /// NDJSON in the default layout.
+    pub const NDJSON: Encoding = Encoding { shape: Shape::Ndjson, profile: None };
+
+    /// This encoding with records written in `profile`.
+    pub fn with_profile(mut self, profile: Option<Arc<Profile>>) -> Self {
+        self.profile = profile;
+        self
+    }
+}
+
+/// The envelope around enriched events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Encoding {
+pub enum Shape {
     /// The `/v1/ingest` answer: `{"collector_id", "format", "count", "records": [...]}`.
     IngestResponse,
     /// One enriched record per line.
@@ -115,7 +137,7 @@ impl Pipeline {
         let started = Instant::now();
         let mut batch = self.decode(chain, input)?;
         self.enrich(chain, &mut batch, arrived, started);
-        encode(chain, &batch, encoding, out);
+        encode(chain, &batch, &encoding, out);
         Ok(Processed { events: batch.len(), chain_generation: chain.generation() })
     }
 
@@ -135,7 +157,7 @@ impl Pipeline {
         // The decoder consumes its text; the copy is what the rare slow path
         // re-reads line by line.
         let input = Input::Ndjson { text: text.clone(), format, first_index };
-        let Err(_) = self.run(chain, input, encoding, arrived, out) else { return Vec::new() };
+        let Err(_) = self.run(chain, input, encoding.clone(), arrived, out) else { return Vec::new() };
         let mut skipped = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -143,7 +165,7 @@ impl Pipeline {
             }
             let index = first_index + i;
             let input = Input::Ndjson { text: format!("{line}\n"), format, first_index: index };
-            if let Err(error) = self.run(chain, input, encoding, arrived, out) {
+            if let Err(error) = self.run(chain, input, encoding.clone(), arrived, out) {
                 skipped.push(Skipped { index, error });
             }
         }
@@ -180,11 +202,25 @@ impl Pipeline {
     }
 }
 
-/// Writes an enriched batch in `encoding`.
-pub fn encode(chain: &Chain, batch: &Batch, encoding: Encoding, out: &mut Vec<u8>) {
-    match encoding {
-        Encoding::IngestResponse => batch.write_ingest_response(chain.keys(), out),
-        Encoding::Ndjson => batch.write_ndjson(chain.keys(), out),
+/// Writes an enriched batch in `encoding`. The default layout (no profile)
+/// is the direct path: record bytes, then the shared fragments.
+pub fn encode(chain: &Chain, batch: &Batch, encoding: &Encoding, out: &mut Vec<u8>) {
+    match (&encoding.profile, encoding.shape) {
+        (None, Shape::IngestResponse) => batch.write_ingest_response(chain.keys(), out),
+        (None, Shape::Ndjson) => batch.write_ndjson(chain.keys(), out),
+        (Some(profile), shape) => {
+            let plan = Plan::new(profile, chain);
+            let write = |event: &_, out: &mut Vec<u8>| plan.write_event(batch.source().raw_record(event), event, out);
+            match shape {
+                Shape::IngestResponse => batch.write_ingest_response_with(out, write),
+                Shape::Ndjson => {
+                    for event in batch.events() {
+                        write(event, out);
+                        out.push(b'\n');
+                    }
+                }
+            }
+        }
     }
 }
 

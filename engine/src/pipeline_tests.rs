@@ -78,7 +78,7 @@ fn envelope_runs_through_chain_observers_and_encoder() {
     let body = br#"{"collector_id":"c1","format":"flows.v1","records":[{"src_ip":"1.2.3.4"},{"x":1}]}"#;
     let mut out = Vec::new();
     let done = pipeline
-        .run(&chain, Input::Envelope(body.to_vec()), Encoding::IngestResponse, Instant::now(), &mut out)
+        .run(&chain, Input::Envelope(body.to_vec()), Encoding::INGEST_RESPONSE, Instant::now(), &mut out)
         .unwrap();
     assert_eq!(done, Processed { events: 2, chain_generation: 1 });
     let answer: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -96,7 +96,7 @@ fn refused_input_is_neither_observed_nor_written() {
     let pipeline = Pipeline::new(Limits::default()).with_observer(watcher.clone());
     let mut out = Vec::new();
     let err = pipeline
-        .run(&chain, ndjson("{\"src_ip\":\"1.2.3.4\"}\nnot json\n"), Encoding::Ndjson, Instant::now(), &mut out)
+        .run(&chain, ndjson("{\"src_ip\":\"1.2.3.4\"}\nnot json\n"), Encoding::NDJSON, Instant::now(), &mut out)
         .unwrap_err();
     assert!(matches!(err, InputError::Record { index: 2, .. }), "{err:?}");
     assert!(out.is_empty());
@@ -107,7 +107,7 @@ fn refused_input_is_neither_observed_nor_written() {
 fn ndjson_is_held_to_the_record_limit() {
     let chain = chain();
     let pipeline = Pipeline::new(Limits { max_records: 2 });
-    let err = pipeline.run(&chain, ndjson("{}\n{}\n{}\n"), Encoding::Ndjson, Instant::now(), &mut Vec::new());
+    let err = pipeline.run(&chain, ndjson("{}\n{}\n{}\n"), Encoding::NDJSON, Instant::now(), &mut Vec::new());
     assert_eq!(err.unwrap_err(), InputError::TooManyRecords { count: 3, max: 2 });
 }
 
@@ -118,7 +118,7 @@ fn lenient_run_skips_only_the_bad_lines() {
     let pipeline = Pipeline::new(Limits::default()).with_observer(watcher.clone());
     let mut out = Vec::new();
     let text = "{\"a\":1}\n{bad\n\n{\"a\":3}\n";
-    let skipped = pipeline.run_lenient(&chain, text.into(), Format::FlowsV1, 10, Encoding::Ndjson, &mut out);
+    let skipped = pipeline.run_lenient(&chain, text.into(), Format::FlowsV1, 10, Encoding::NDJSON, &mut out);
     assert_eq!(skipped.iter().map(|s| s.index).collect::<Vec<_>>(), vec![11]);
     let lines: Vec<serde_json::Value> =
         String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -8,18 +8,37 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use enrichd_engine::{Encoding, Input};
 
 use super::{ApiError, AppState};
 
-pub async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+/// `?profile=<name>`: the output profile for this request (default:
+/// `[output] profile`).
+#[derive(serde::Deserialize)]
+pub struct IngestQuery {
+    profile: Option<String>,
+}
+
+pub async fn ingest(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<IngestQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     // Lag is measured from here: before the body is read.
     let arrived = Instant::now();
     state.keys.check(&headers)?;
-    let result = read_and_enrich(&state, &headers, body, arrived).await;
+    let query = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let encoding = match query.0.profile {
+        None => Encoding::INGEST_RESPONSE.with_profile(state.profiles.1.clone()),
+        Some(name) => Encoding::INGEST_RESPONSE
+            .with_profile(state.profiles.0.get(&name).map_err(|e| ApiError::bad_request("unknown_profile", e))?),
+    };
+    let result = read_and_enrich(&state, &headers, body, arrived, encoding).await;
     if result.is_err() {
         state.metrics.record_rejected_batch();
     }
@@ -31,6 +50,7 @@ async fn read_and_enrich(
     headers: &HeaderMap,
     body: Body,
     arrived: Instant,
+    encoding: Encoding,
 ) -> Result<Response, ApiError> {
     let body = super::body::read(state, headers, body).await?;
 
@@ -42,7 +62,7 @@ async fn read_and_enrich(
         let chain = worker.engine.chain();
         // Enrichment roughly doubles a typical record; one growth at most.
         let mut out = Vec::with_capacity(body.len() * 2 + 4096);
-        worker.pipeline.run(&chain, Input::Envelope(body), Encoding::IngestResponse, arrived, &mut out)?;
+        worker.pipeline.run(&chain, Input::Envelope(body), encoding, arrived, &mut out)?;
         Ok::<_, ApiError>(out)
     })
     .await

@@ -179,7 +179,7 @@ fn measure_pipeline(budget: Duration, chain: &Chain, w: &Workload, batch_size: u
         });
         let m = measure(budget, w, |chunk, out| {
             let input = Input::Ndjson { text: chunk.to_owned(), format: w.format, first_index: 0 };
-            pipeline.run(chain, input, Encoding::Ndjson, Instant::now(), out).expect("bench input parses");
+            pipeline.run(chain, input, Encoding::NDJSON, Instant::now(), out).expect("bench input parses");
         });
         stop.store(true, Ordering::Relaxed);
         m

@@ -58,6 +58,10 @@ pub struct EnrichArgs {
     /// Records per batch.
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
+    /// Output profile (`v1`, `stage3`, `ecs` or a profile file's name);
+    /// default: the configuration's `[output] profile`.
+    #[arg(long)]
+    profile: Option<String>,
 }
 
 /// Opens `path` (or stdin), transparently inflating `.gz` files.
@@ -83,7 +87,14 @@ pub fn read_lines(input: Box<dyn BufRead>, zeek_tsv: bool) -> Box<dyn Iterator<I
 
 pub fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
     let format = Format::from_name(&args.format).with_context(|| format!("unknown format {:?}", args.format))?;
-    let (_, chain) = app::load(&args.config, &app::registry())?;
+    let (config, chain) = app::load(&args.config, &app::registry())?;
+    let (profiles, default) =
+        enrichd_engine::Profiles::from_config(&config.output, &config.engine.base_dir).map_err(anyhow::Error::msg)?;
+    let profile = match &args.profile {
+        Some(name) => profiles.get(name).map_err(anyhow::Error::msg)?,
+        None => default,
+    };
+    let encoding = Encoding::NDJSON.with_profile(profile);
     for r in chain.reports() {
         if r.enabled && r.status.state != PluginState::Loaded {
             eprintln!("enrichd: warning: {} is {:?}: {}", r.name, r.status.state, r.status.error.unwrap_or_default());
@@ -99,7 +110,7 @@ pub fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
     let mut buf = Vec::new();
     let mut flush = |chunk: &mut String, first_line: usize, out: &mut dyn Write| -> anyhow::Result<usize> {
         let text = std::mem::take(chunk);
-        let bad = pipeline.run_lenient(&chain, text, format, first_line, Encoding::Ndjson, &mut buf);
+        let bad = pipeline.run_lenient(&chain, text, format, first_line, encoding.clone(), &mut buf);
         for Skipped { index, error } in &bad {
             match error {
                 InputError::Record { field, message, .. } => {

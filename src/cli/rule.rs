@@ -86,7 +86,7 @@ pub fn run(command: RuleCommand) -> anyhow::Result<()> {
             Pipeline::new(Limits { max_records: usize::MAX }).run(
                 &chain,
                 input,
-                Encoding::Ndjson,
+                Encoding::NDJSON,
                 Instant::now(),
                 &mut out,
             )?;

@@ -21,6 +21,8 @@ pub struct ServiceConfig {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub reload: ReloadConfig,
+    /// `[output]`: the layout enriched events are written in.
+    pub output: enrichd_engine::profile::OutputConfig,
     /// The `[[chain]]` entries, the file's path and its directory.
     pub engine: enrichd_engine::Config,
 }
@@ -39,6 +41,9 @@ struct Sections {
     /// Hot reload of data files, modules and the chain.
     #[serde(default)]
     reload: ReloadConfig,
+    /// Output layout (profiles).
+    #[serde(default)]
+    output: enrichd_engine::profile::OutputConfig,
     /// The engine's (see [`enrichd_engine::Config`]); its schema is added
     /// by [`ServiceConfig::json_schema`].
     #[serde(default)]
@@ -60,7 +65,13 @@ impl ServiceConfig {
     pub fn parse(text: &str, path: &Path) -> Result<ServiceConfig, ConfigError> {
         let sections: Sections = enrichd_engine::Config::parse_sections(text, path)?;
         let engine = enrichd_engine::Config::parse(text, path)?;
-        Ok(ServiceConfig { server: sections.server, auth: sections.auth, reload: sections.reload, engine })
+        Ok(ServiceConfig {
+            server: sections.server,
+            auth: sections.auth,
+            reload: sections.reload,
+            output: sections.output,
+            engine,
+        })
     }
 
     /// Applies the environment variables teams already use: `API_KEY`,

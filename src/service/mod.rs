@@ -43,6 +43,8 @@ pub struct AppState {
     /// Serializes changes to the API indicator store (admin calls only).
     pub indicator_store: std::sync::Mutex<()>,
     pub outputs: OutputSettings,
+    /// Output profiles by name, and the default (`None`: the v1 layout).
+    pub profiles: (enrichd_engine::Profiles, Option<Arc<enrichd_engine::Profile>>),
     pub started: Instant,
     /// Set once when the server starts shutting down: long-lived responses
     /// (the event stream) end so graceful shutdown can complete.
@@ -59,6 +61,12 @@ impl AppState {
             HeaderValue::from_str(&config.server.api_version).unwrap_or(HeaderValue::from_static("1.0.0"));
         let metrics = Arc::new(Metrics::default());
         let pipeline = Pipeline::new(Limits { max_records: config.server.max_records }).with_observer(metrics.clone());
+        // `app::load` refused a bad `[output]` already.
+        let profiles =
+            enrichd_engine::Profiles::from_config(&config.output, &config.engine.base_dir).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "output profiles; writing the v1 layout");
+                (enrichd_engine::Profiles::embedded(), None)
+            });
         AppState {
             engine,
             config,
@@ -70,6 +78,7 @@ impl AppState {
             overrides: Default::default(),
             indicator_store: Default::default(),
             outputs: Default::default(),
+            profiles,
             started: Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),
             api_version,

@@ -197,6 +197,12 @@ impl Server {
         self.post("/v1/ingest", &serde_json::json!({"collector_id": "test", "format": format, "records": records}))
     }
 
+    /// [`Server::ingest`] with a query string (`profile=ecs`).
+    pub fn ingest_query(&self, format: &str, query: &str, records: Value) -> Reply {
+        let body = serde_json::json!({"collector_id": "test", "format": format, "records": records});
+        self.post(&format!("/v1/ingest?{query}"), &body)
+    }
+
     pub fn metrics(&self) -> Value {
         self.get("/v1/metrics").json()
     }

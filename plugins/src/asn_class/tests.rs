@@ -6,7 +6,7 @@ use std::path::Path;
 use enrichd_engine::{Chain, Config, Registry};
 use serde_json::{json, Value};
 
-use crate::mmdb::test_support::{data, event, run};
+use crate::test_support::{data, event, run};
 
 fn chain(toml: &str) -> Chain {
     let config = Config::parse(toml, Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../enrichd.toml"))).unwrap();
