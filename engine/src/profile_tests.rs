@@ -8,7 +8,6 @@ use crate::format::Format;
 use crate::parse::{parse_ndjson, ParseSpec};
 use crate::plugin::{BuildContext, Enricher, PluginFactory, PluginState, PluginStatus};
 use crate::registry::Registry;
-use crate::Pipeline;
 
 /// A geo-like stage: one output key per side (`shared = false`) or one key
 /// for whichever side it answered (`shared = true`), with a country fact.
@@ -78,11 +77,17 @@ fn chain(options: &str) -> Chain {
 }
 
 fn run(chain: &Chain, profile: &str, records: &str) -> Vec<Value> {
-    let profile = Arc::new(Profile::parse(profile).unwrap());
-    let encoding = crate::Encoding::NDJSON.with_profile(Some(profile));
+    // The profile's own writer, as the pipeline's encoder calls it (the
+    // pipeline depends on profiles, not the other way round).
+    let profile = Profile::parse(profile).unwrap();
+    let mut batch = parse_ndjson(records.into(), Format::FlowsV1, chain.parse_spec(), 1).unwrap();
+    chain.run(&mut batch);
+    let plan = Plan::new(&profile, chain);
     let mut out = Vec::new();
-    let input = crate::Input::Ndjson { text: records.into(), format: Format::FlowsV1, first_index: 1 };
-    Pipeline::default().run(chain, input, encoding, std::time::Instant::now(), &mut out).unwrap();
+    for event in batch.events() {
+        plan.write_event(batch.source().raw_record(event), event, &mut out);
+        out.push(b'\n');
+    }
     String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).expect(l)).collect()
 }
 
