@@ -31,7 +31,7 @@ pub fn spawn(state: Arc<AppState>) {
     let watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
     });
-    let watcher = match watcher {
+    let mut watcher = match watcher {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "cannot watch files; use SIGHUP or POST /v1/reload to reload");
@@ -39,17 +39,26 @@ pub fn spawn(state: Arc<AppState>) {
             return;
         }
     };
-    let spawned = std::thread::Builder::new().name("enrichd-watch".into()).spawn(move || run(state, watcher, rx));
+    // The watches are in place before this returns (before the server says
+    // it listens): a change made right after start must not be missed
+    // while the watcher thread, at its lower priority, waits for a core.
+    let mut watched = BTreeSet::new();
+    sync_watches(&state, &mut watcher, &mut watched);
+    let spawned =
+        std::thread::Builder::new().name("enrichd-watch".into()).spawn(move || run(state, watcher, watched, rx));
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the file watcher thread");
     }
 }
 
-fn run(state: Arc<AppState>, mut watcher: RecommendedWatcher, rx: mpsc::Receiver<notify::Result<Event>>) {
+fn run(
+    state: Arc<AppState>,
+    mut watcher: RecommendedWatcher,
+    mut watched: BTreeSet<PathBuf>,
+    rx: mpsc::Receiver<notify::Result<Event>>,
+) {
     lower_priority();
     let debounce = Duration::from_millis(state.config.reload.debounce_ms);
-    let mut watched = BTreeSet::new();
-    sync_watches(&state, &mut watcher, &mut watched);
     while let Ok(first) = rx.recv() {
         let mut changed = BTreeSet::new();
         collect(first, &mut changed);
