@@ -10,7 +10,7 @@ use crate::service::ServiceConfig;
 
 /// The plugin registry of this binary: every native plugin and the
 /// WebAssembly host.
-pub fn registry() -> Registry {
+pub(crate) fn registry() -> Registry {
     let mut registry = Registry::new();
     enrichd_plugins::register_all(&mut registry);
     registry.register(Box::new(enrichd_plugins::asn_class::AsnClassFactory));
@@ -19,7 +19,7 @@ pub fn registry() -> Registry {
 }
 
 /// Loads `path`, applies environment overrides and builds the chain.
-pub fn load(path: &Path, registry: &Registry) -> anyhow::Result<(ServiceConfig, Chain)> {
+pub(crate) fn load(path: &Path, registry: &Registry) -> anyhow::Result<(ServiceConfig, Chain)> {
     let mut config = ServiceConfig::load(path)?;
     config.apply_env(registry, |name| std::env::var(name).ok())?;
     // Refuse a bad `[output]` (unknown profile, unreadable file) up front.

@@ -15,14 +15,14 @@ use serde_json::{json, Value};
 use crate::service::{AppState, ServiceConfig};
 
 /// Reloads the configuration and every stage (`POST /v1/reload`, SIGHUP).
-pub fn reload_everything(state: &AppState) -> Value {
+pub(crate) fn reload_everything(state: &AppState) -> Value {
     let config = reload_config(state);
     let stages = state.engine.reload_all();
     finish(state, config, stages)
 }
 
 /// Reloads what the changed paths concern (the watcher).
-pub fn reload_changed(state: &AppState, changed: &[PathBuf]) -> Value {
+pub(crate) fn reload_changed(state: &AppState, changed: &[PathBuf]) -> Value {
     let config_path = enrichd_engine::live::absolute(state.config.path());
     let config = changed.iter().any(|p| enrichd_engine::live::absolute(p) == config_path).then(|| reload_config(state));
     let stages = state.engine.reload_paths(changed);

@@ -96,11 +96,11 @@ struct EnrichedBatch {
 
 const DOCS: [&str; 3] = ["enriched.v1.schema.json", "zeek.conn.v1.schema.json", "flows.v1.schema.json"];
 
-pub fn names() -> Vec<&'static str> {
+pub(crate) fn names() -> Vec<&'static str> {
     DOCS.to_vec()
 }
 
-pub fn index() -> Value {
+pub(crate) fn index() -> Value {
     json!({
         "enriched_schema": DOCS[0],
         "input_schemas": { "zeek.conn.v1": DOCS[1], "flows.v1": DOCS[2] },
@@ -109,7 +109,7 @@ pub fn index() -> Value {
 }
 
 /// The schema document `name`; the enriched one describes `chain`'s outputs.
-pub fn document(name: &str, chain: &Chain) -> Option<Value> {
+pub(crate) fn document(name: &str, chain: &Chain) -> Option<Value> {
     let schema = match name {
         "enriched.v1.schema.json" | "enriched.v1" => return Some(enriched(chain)),
         "zeek.conn.v1.schema.json" | "zeek.conn.v1" => schemars::schema_for!(IngestRequest<ZeekConnRecord>),

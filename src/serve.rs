@@ -9,7 +9,7 @@ use enrichd_engine::{Engine, PluginState};
 use crate::service::{AppState, CliOverrides};
 use crate::{api, app, reload, server, watch};
 
-pub fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
+pub(crate) fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
     let registry = app::registry();
     let (mut config, chain) = app::load(config_path, &registry)?;
     let overrides = CliOverrides { listen };

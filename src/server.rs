@@ -47,7 +47,7 @@ use tower_service::Service;
 
 /// Connection limits, from `[server]`.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
@@ -61,7 +61,7 @@ const EVICTION_WAIT: Duration = Duration::from_secs(2);
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
@@ -378,7 +378,7 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// Raises the soft file-descriptor limit to the hard one and returns how
 /// many connections fit in it, keeping room for data files, watches and
 /// the WASM cache.
-pub fn connection_budget() -> Option<usize> {
+pub(crate) fn connection_budget() -> Option<usize> {
     #[cfg(unix)]
     // SAFETY: getrlimit/setrlimit only read and write the `rlimit` values
     // passed by reference, which live on this stack frame for the calls.

@@ -26,7 +26,7 @@ const MAX_DELAY: Duration = Duration::from_millis(1000);
 /// Starts the watcher thread. Failing to watch is logged and shown in the
 /// reload status; the service keeps running (SIGHUP and `POST /v1/reload`
 /// still work).
-pub fn spawn(state: Arc<AppState>) {
+pub(crate) fn spawn(state: Arc<AppState>) {
     let (tx, rx) = mpsc::channel();
     let watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);

@@ -296,7 +296,7 @@ pub(crate) struct KeyTables {
 }
 
 impl KeyTables {
-    pub fn of(chain: &Chain) -> Self {
+    pub(crate) fn of(chain: &Chain) -> Self {
         KeyTables { keys: chain.keys.clone(), text_fields: chain.spec.text_fields.clone(), facts: chain.facts.to_vec() }
     }
 }

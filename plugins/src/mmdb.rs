@@ -108,7 +108,7 @@ pub(crate) type Fact = u32;
 /// hundred MB; every reload copies the file to a snapshot in `$TMPDIR`
 /// (often RAM-backed) and holds it next to the live one while validating,
 /// so several GiB would be a real cost, not a database.
-pub const DEFAULT_MAX_DATABASE_BYTES: u64 = 1 << 30;
+pub(crate) const DEFAULT_MAX_DATABASE_BYTES: u64 = 1 << 30;
 
 pub(crate) fn default_max_database_bytes() -> u64 {
     DEFAULT_MAX_DATABASE_BYTES
@@ -454,7 +454,7 @@ pub(crate) struct JsonObject<'o> {
 }
 
 impl<'o> JsonObject<'o> {
-    pub fn new(out: &'o mut Vec<u8>) -> Self {
+    pub(crate) fn new(out: &'o mut Vec<u8>) -> Self {
         out.push(b'{');
         JsonObject { out, empty: true }
     }
@@ -470,7 +470,7 @@ impl<'o> JsonObject<'o> {
         self.out.extend_from_slice(b"\":");
     }
 
-    pub fn str(&mut self, key: &str, value: Option<&str>) {
+    pub(crate) fn str(&mut self, key: &str, value: Option<&str>) {
         self.key(key);
         match value {
             Some(s) if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) => {
@@ -484,17 +484,17 @@ impl<'o> JsonObject<'o> {
     }
 
     /// Non-finite numbers are written as `null`, as serde_json does.
-    pub fn f64(&mut self, key: &str, value: Option<f64>) {
+    pub(crate) fn f64(&mut self, key: &str, value: Option<f64>) {
         self.key(key);
         serde_json::to_writer(&mut *self.out, &value).expect("numbers serialize");
     }
 
-    pub fn u64(&mut self, key: &str, value: Option<u64>) {
+    pub(crate) fn u64(&mut self, key: &str, value: Option<u64>) {
         self.key(key);
         serde_json::to_writer(&mut *self.out, &value).expect("numbers serialize");
     }
 
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         self.out.push(b'}');
     }
 }

@@ -8,13 +8,13 @@ use enrichd_engine::{Batch, Chain, Config, ConfigError, Event, Format, Registry}
 use serde_json::Value;
 
 /// `tests/data/maxmind/<name>` of the workspace.
-pub fn data(name: &str) -> String {
+pub(crate) fn data(name: &str) -> String {
     format!("{}/../tests/data/maxmind/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A chain from config text whose relative paths resolve against the
 /// workspace root.
-pub fn chain(toml: &str) -> Result<Chain, ConfigError> {
+pub(crate) fn chain(toml: &str) -> Result<Chain, ConfigError> {
     let config = Config::parse(toml, Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../enrichd.toml")))?;
     let mut registry = Registry::new();
     crate::register_all(&mut registry);
@@ -22,14 +22,14 @@ pub fn chain(toml: &str) -> Result<Chain, ConfigError> {
 }
 
 /// The message of a chain build that must fail.
-pub fn chain_err(toml: &str) -> String {
+pub(crate) fn chain_err(toml: &str) -> String {
     match chain(toml) {
         Ok(_) => panic!("the chain built, but should not have:\n{toml}"),
         Err(e) => e.to_string(),
     }
 }
 
-pub fn event(src: Option<&str>, dst: Option<&str>) -> Event {
+pub(crate) fn event(src: Option<&str>, dst: Option<&str>) -> Event {
     let mut e = Event::synthetic();
     e.src_ip = src.map(|s| s.parse().expect("test address"));
     e.dst_ip = dst.map(|s| s.parse().expect("test address"));
@@ -38,7 +38,7 @@ pub fn event(src: Option<&str>, dst: Option<&str>) -> Event {
 
 /// Runs `events` through the chain and returns them as written on the
 /// wire, parsed back, plus each event's warnings.
-pub fn run(chain: &Chain, events: Vec<Event>) -> Vec<(Value, Vec<String>)> {
+pub(crate) fn run(chain: &Chain, events: Vec<Event>) -> Vec<(Value, Vec<String>)> {
     let mut batch = Batch::synthetic(Format::FlowsV1, events);
     chain.run(&mut batch);
     batch
@@ -80,7 +80,7 @@ impl Net {
 }
 
 /// An address to look up and the record the source data says it gets.
-pub struct Probe {
+pub(crate) struct Probe {
     /// Index of the network's entry in the file.
     pub entry: usize,
     pub network: String,
@@ -93,7 +93,7 @@ pub struct Probe {
 /// and last address, and for IPv4 networks also the IPv4-mapped IPv6 form.
 /// An address's expected record is the most specific listed network that
 /// contains it (ties: the later entry, as the writer overwrites).
-pub fn oracle(file: &str) -> (usize, Vec<Probe>) {
+pub(crate) fn oracle(file: &str) -> (usize, Vec<Probe>) {
     let text = std::fs::read_to_string(data(&format!("source-data/{file}"))).expect("source data");
     let entries: Vec<serde_json::Map<String, Value>> = serde_json::from_str(&text).expect("source data JSON");
     let nets: Vec<(String, Net, Value)> = entries
@@ -133,7 +133,7 @@ pub fn oracle(file: &str) -> (usize, Vec<Probe>) {
 
 /// A value for [`mmdb_bytes`]: enough of the MMDB data format to build
 /// records by hand.
-pub enum Mmdb<'a> {
+pub(crate) enum Mmdb<'a> {
     Str(&'a str),
     Double(f64),
     Float(f32),
@@ -142,7 +142,7 @@ pub enum Mmdb<'a> {
 }
 
 /// Encodes `value` as an MMDB data section (no pointers).
-pub fn mmdb_bytes(value: &Mmdb<'_>) -> Vec<u8> {
+pub(crate) fn mmdb_bytes(value: &Mmdb<'_>) -> Vec<u8> {
     fn put(out: &mut Vec<u8>, value: &Mmdb<'_>) {
         let head = |out: &mut Vec<u8>, kind: u8, size: usize| {
             assert!(size < 29, "test values are small");

@@ -42,7 +42,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 /// `POST /v1/reload`: re-reads the configuration and every stage's data.
-pub async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub(super) async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     check_admin(&state, &headers)?;
     let worker = state.clone();
     Ok(Json(blocking(move || reload::reload_everything(&worker)).await?))
@@ -58,7 +58,10 @@ fn store_error(e: std::io::Error) -> ApiError {
 }
 
 /// `GET /v1/indicators`: the indicators added through the API.
-pub async fn list_indicators(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list_indicators(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     check_admin(&state, &headers)?;
     let items = api_store::load(&store_path(&state)).map_err(store_error)?;
     Ok(Json(json!({ "count": items.len(), "indicators": items })))
@@ -68,7 +71,7 @@ pub async fn list_indicators(State(state): State<Arc<AppState>>, headers: Header
 /// object, an array of them, or `{"indicators": [...]}`; each is
 /// `{"indicator", "category"?, "confidence"?, "description"?}`. All are
 /// validated before anything is stored; the answer comes once they are live.
-pub async fn put_indicators(
+pub(super) async fn put_indicators(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
@@ -99,7 +102,7 @@ pub async fn put_indicators(
 }
 
 /// `DELETE /v1/indicators/{id}`.
-pub async fn delete_indicator(
+pub(super) async fn delete_indicator(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,

@@ -15,7 +15,7 @@ use serde_json::json;
 use super::{ApiError, AppState};
 
 /// The request body, decoded (`Content-Encoding: gzip` or identity).
-pub async fn read(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+pub(super) async fn read(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
     let server = &state.config.server;
     let max = server.max_body_bytes;
     let declared =

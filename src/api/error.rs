@@ -7,7 +7,7 @@ use enrichd_engine::InputError;
 use serde_json::{json, Value};
 
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
@@ -22,15 +22,15 @@ impl From<crate::service::KeyRefusal> for ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         ApiError { status, code, detail: detail.into(), extra: Value::Null }
     }
 
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, code, detail)
     }
 
-    pub fn with(mut self, extra: Value) -> Self {
+    pub(crate) fn with(mut self, extra: Value) -> Self {
         self.extra = extra;
         self
     }

@@ -14,7 +14,7 @@ use super::{ApiError, AppState};
 use crate::schema;
 
 /// `GET /v1`: what this server offers (`/` is the dashboard).
-pub async fn index() -> Json<Value> {
+pub(super) async fn index() -> Json<Value> {
     Json(json!({
         "service": "enrichd",
         "version": env!("CARGO_PKG_VERSION"),
@@ -25,13 +25,16 @@ pub async fn index() -> Json<Value> {
     }))
 }
 
-pub async fn health() -> Json<Value> {
+pub(super) async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Health plus every chain stage's state. `degraded` when an enabled stage
 /// is not loaded (missing or broken data).
-pub async fn health_details(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub(super) async fn health_details(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
     let chain = state.engine.chain();
     let reports = chain.reports();
@@ -42,7 +45,7 @@ pub async fn health_details(State(state): State<Arc<AppState>>, headers: HeaderM
     Ok(Json(doc))
 }
 
-pub async fn enrichers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub(super) async fn enrichers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
     let chain = state.engine.chain();
     Ok(Json(chain_document(&state, &chain, chain.reports())))
@@ -58,7 +61,7 @@ fn chain_document(state: &AppState, chain: &enrichd_engine::Chain, reports: Vec<
     })
 }
 
-pub async fn version() -> Json<Value> {
+pub(super) async fn version() -> Json<Value> {
     let env_or = |name: &str, fallback: &str| std::env::var(name).unwrap_or_else(|_| fallback.to_string());
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -68,11 +71,11 @@ pub async fn version() -> Json<Value> {
     }))
 }
 
-pub async fn schema_index() -> Json<Value> {
+pub(super) async fn schema_index() -> Json<Value> {
     Json(schema::index())
 }
 
-pub async fn schema_document(
+pub(super) async fn schema_document(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -83,7 +86,7 @@ pub async fn schema_document(
 }
 
 /// `POST /v1/lookup {"ip": "..."}`: everything the chain knows of one address.
-pub async fn lookup(
+pub(super) async fn lookup(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,

@@ -19,11 +19,11 @@ use super::{ApiError, AppState};
 /// `?profile=<name>`: the output profile for this request (default:
 /// `[output] profile`).
 #[derive(serde::Deserialize)]
-pub struct IngestQuery {
+pub(super) struct IngestQuery {
     profile: Option<String>,
 }
 
-pub async fn ingest(
+pub(super) async fn ingest(
     State(state): State<Arc<AppState>>,
     query: Result<Query<IngestQuery>, QueryRejection>,
     headers: HeaderMap,

@@ -29,14 +29,14 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<bool, ApiError> {
     Ok(state.keys.check(headers).is_ok())
 }
 
-pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub(super) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let with_key = authorize(&state, &headers)?;
     Ok(Json(document(&state, with_key)))
 }
 
 /// One `metrics` event per second, the first at once; keep-alive comments
 /// in between. Ends when the server shuts down.
-pub async fn stream(
+pub(super) async fn stream(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -56,7 +56,10 @@ pub async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-pub async fn prometheus(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn prometheus(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
     let reading = state.metrics.read();
     let stages = state.engine.chain().reports();
@@ -76,7 +79,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>, headers: HeaderMap) 
 
 /// The full `/v1/metrics` document; output settings (hosts, user names,
 /// indices) only for a caller with a valid API key.
-pub fn document(state: &AppState, with_key: bool) -> Value {
+pub(super) fn document(state: &AppState, with_key: bool) -> Value {
     let reading = state.metrics.read();
     let mut doc = report::document(&state.metrics, &reading);
     doc["enrichers"] = enrichers(state);

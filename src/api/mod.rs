@@ -24,13 +24,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use crate::service::AppState;
-pub use error::ApiError;
+pub(crate) use crate::service::AppState;
+pub(crate) use error::ApiError;
 
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const API_VERSION: HeaderName = HeaderName::from_static("x-api-version");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const API_VERSION: HeaderName = HeaderName::from_static("x-api-version");
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1", get(info::index))
         .merge(crate::dashboard::routes())

@@ -31,7 +31,7 @@ fn check_url(field: &'static str, url: &str) -> Result<(), ApiError> {
     }
 }
 
-pub async fn configure_elastic(
+pub(super) async fn configure_elastic(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
@@ -59,7 +59,7 @@ pub async fn configure_elastic(
     Ok(Json(with_status(shown)))
 }
 
-pub async fn configure_splunk(
+pub(super) async fn configure_splunk(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
@@ -82,7 +82,7 @@ pub async fn configure_splunk(
     Ok(Json(with_status(shown)))
 }
 
-pub async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub(super) async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
     let (elastic, splunk) = state.outputs.views();
     Ok(Json(json!({ "elastic": elastic, "splunk": splunk })))

@@ -22,7 +22,7 @@ use crate::app;
 use crate::metrics::Metrics;
 
 #[derive(clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[arg(long, short, default_value = "config.toml")]
     config: PathBuf,
     /// Replay these logs (Zeek TSV, `.gz` ok); repeat the flag for several.
@@ -56,7 +56,7 @@ struct Workload {
     records: usize,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (_, chain) = app::load(&args.config, &app::registry())?;
     println!("chain ({}):", args.config.display());
     for r in chain.reports() {

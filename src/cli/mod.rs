@@ -1,9 +1,9 @@
 //! Offline subcommands: the same configuration and chain as the server,
 //! without HTTP.
 
-pub mod bench;
-pub mod reference;
-pub mod rule;
+pub(crate) mod bench;
+pub(crate) mod reference;
+pub(crate) mod rule;
 mod zeek_tsv;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,7 +16,7 @@ use enrichd_engine::{Encoding, Format, InputError, Limits, Pipeline, PluginState
 use crate::app;
 use crate::service::ServiceConfig;
 
-pub fn check_config(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_config(path: &Path) -> anyhow::Result<()> {
     let registry = app::registry();
     let (config, chain) = app::load(path, &registry)?;
     println!("{}: ok ({} chain entries)", path.display(), config.engine.chain.len());
@@ -30,13 +30,13 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn config_schema() -> anyhow::Result<()> {
+pub(crate) fn config_schema() -> anyhow::Result<()> {
     let schema = ServiceConfig::json_schema(&app::registry());
     println!("{}", serde_json::to_string_pretty(&schema)?);
     Ok(())
 }
 
-pub fn lookup(path: &Path, ip: IpAddr) -> anyhow::Result<()> {
+pub(crate) fn lookup(path: &Path, ip: IpAddr) -> anyhow::Result<()> {
     let (_, chain) = app::load(path, &app::registry())?;
     let answer = chain.lookup(ip);
     println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -44,7 +44,7 @@ pub fn lookup(path: &Path, ip: IpAddr) -> anyhow::Result<()> {
 }
 
 #[derive(clap::Args)]
-pub struct EnrichArgs {
+pub(crate) struct EnrichArgs {
     #[arg(long, short, default_value = "config.toml")]
     config: PathBuf,
     /// Record format: zeek.conn.v1 (aliases zeek, zeek.conn) or flows.v1.
@@ -65,7 +65,7 @@ pub struct EnrichArgs {
 }
 
 /// Opens `path` (or stdin), transparently inflating `.gz` files.
-pub fn open_input(path: Option<&Path>) -> anyhow::Result<Box<dyn BufRead>> {
+pub(crate) fn open_input(path: Option<&Path>) -> anyhow::Result<Box<dyn BufRead>> {
     let Some(path) = path else { return Ok(Box::new(BufReader::new(std::io::stdin()))) };
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
@@ -77,7 +77,7 @@ pub fn open_input(path: Option<&Path>) -> anyhow::Result<Box<dyn BufRead>> {
 }
 
 /// Reads records as NDJSON lines, converting Zeek TSV when asked.
-pub fn read_lines(input: Box<dyn BufRead>, zeek_tsv: bool) -> Box<dyn Iterator<Item = anyhow::Result<String>>> {
+pub(crate) fn read_lines(input: Box<dyn BufRead>, zeek_tsv: bool) -> Box<dyn Iterator<Item = anyhow::Result<String>>> {
     if zeek_tsv {
         Box::new(zeek_tsv::ZeekTsvReader::new(input))
     } else {
@@ -85,7 +85,7 @@ pub fn read_lines(input: Box<dyn BufRead>, zeek_tsv: bool) -> Box<dyn Iterator<I
     }
 }
 
-pub fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
+pub(crate) fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
     let format = Format::from_name(&args.format).with_context(|| format!("unknown format {:?}", args.format))?;
     let (config, chain) = app::load(&args.config, &app::registry())?;
     let (profiles, default) =

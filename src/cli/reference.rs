@@ -16,7 +16,7 @@ use crate::service::ServiceConfig;
 
 /// Environment variables the service itself reads (plugins declare their
 /// own through `PluginFactory::env_overrides`).
-pub const SERVICE_ENV: &[(&str, &str)] = &[
+pub(crate) const SERVICE_ENV: &[(&str, &str)] = &[
     ("API_KEY", "adds an accepted API key (`auth.api_keys`)"),
     ("ADMIN_API_KEY", "adds an admin key (`auth.admin_keys`)"),
     ("ENRICH_ENABLE_<PLUGIN>", "`enabled` of every chain entry of that plugin (`true`/`false`, `1`/`0`, `yes`/`no`)"),
@@ -27,7 +27,7 @@ pub const SERVICE_ENV: &[(&str, &str)] = &[
 
 /// The whole reference: service sections, each plugin's options, the
 /// environment variables.
-pub fn markdown(registry: &Registry) -> String {
+pub(crate) fn markdown(registry: &Registry) -> String {
     let schema = ServiceConfig::json_schema(registry);
     let mut out = String::new();
     let defs = &schema["$defs"];
@@ -49,7 +49,7 @@ pub fn markdown(registry: &Registry) -> String {
 }
 
 /// Every environment variable, service first, then each plugin's.
-pub fn env_vars(registry: &Registry) -> Vec<(String, String)> {
+pub(crate) fn env_vars(registry: &Registry) -> Vec<(String, String)> {
     let mut vars: Vec<(String, String)> = SERVICE_ENV.iter().map(|(v, w)| (v.to_string(), w.to_string())).collect();
     for factory in registry.factories() {
         for o in factory.env_overrides() {

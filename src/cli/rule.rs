@@ -11,7 +11,7 @@ use enrichd_engine::{Chain, Config, Encoding, Format, Input, Limits, Pipeline};
 use crate::app;
 
 #[derive(clap::Subcommand)]
-pub enum RuleCommand {
+pub(crate) enum RuleCommand {
     /// Load a module as the host would and report its ABI version, exports,
     /// imports, size and the limits it will run under.
     Check {
@@ -47,7 +47,7 @@ pub enum RuleCommand {
     },
 }
 
-pub fn run(command: RuleCommand) -> anyhow::Result<()> {
+pub(crate) fn run(command: RuleCommand) -> anyhow::Result<()> {
     match command {
         RuleCommand::Check { module, memory_limit_mib, deadline_ms } => {
             let options: enrichd_wasm::WasmOptions = toml::from_str(&format!(

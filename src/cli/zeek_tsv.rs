@@ -12,7 +12,7 @@ use std::io::BufRead;
 use anyhow::{bail, Context};
 use serde_json::{Map, Value};
 
-pub struct ZeekTsvReader {
+pub(super) struct ZeekTsvReader {
     input: Box<dyn BufRead>,
     separator: String,
     set_separator: String,
@@ -24,7 +24,7 @@ pub struct ZeekTsvReader {
 }
 
 impl ZeekTsvReader {
-    pub fn new(input: Box<dyn BufRead>) -> Self {
+    pub(super) fn new(input: Box<dyn BufRead>) -> Self {
         ZeekTsvReader {
             input,
             separator: "\t".into(),

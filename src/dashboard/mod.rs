@@ -25,7 +25,7 @@ use axum::Router;
 
 /// `default-src 'none'` denies everything not listed. `connect-src 'self'`
 /// lets the page reach only its own server.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                        connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 struct Asset {
@@ -50,7 +50,7 @@ static APP_CSS: Asset = asset!("app.css", "text/css; charset=utf-8");
 static ICON: Asset = asset!("icon.svg", "image/svg+xml");
 
 /// The dashboard's routes; merged into the API router, state-agnostic.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|h: HeaderMap| async move { serve(&INDEX, &h) }))
         .route("/assets/app.js", get(|h: HeaderMap| async move { serve(&APP_JS, &h) }))

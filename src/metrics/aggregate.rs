@@ -18,11 +18,11 @@ use super::topn::{Counter, Entry, Seen, WindowedTop};
 use super::window::{SecondRing, Span, Tally, View};
 
 /// Entries per top list.
-pub const TOP_N: usize = 10;
+pub(crate) const TOP_N: usize = 10;
 /// AS labels remembered (cleared when full; refilled as AS numbers recur).
 const LABELS_KEEP: usize = 10_000;
 
-pub struct Aggregate {
+pub(crate) struct Aggregate {
     started_ms: u64,
     /// Since start.
     totals: Tally,
@@ -50,7 +50,7 @@ pub struct Aggregate {
 }
 
 /// Everything the endpoints report, computed at one instant.
-pub struct Reading {
+pub(crate) struct Reading {
     pub now_ms: u64,
     pub uptime_s: f64,
     pub totals: Tally,
@@ -74,7 +74,7 @@ pub struct Reading {
 }
 
 #[derive(Default)]
-pub struct Tops {
+pub(crate) struct Tops {
     pub sources: Vec<Entry<IpAddr>>,
     pub countries: Vec<Entry<[u8; 2]>>,
     pub asns: Vec<(Entry<u32>, Option<String>)>,
@@ -100,7 +100,7 @@ fn drain_counter<K: Eq + std::hash::Hash + Clone>(
 }
 
 impl Aggregate {
-    pub fn new(started_ms: u64) -> Self {
+    pub(crate) fn new(started_ms: u64) -> Self {
         Aggregate {
             started_ms,
             totals: Tally::default(),
@@ -125,7 +125,7 @@ impl Aggregate {
     }
 
     /// Takes everything out of `shard` (drained at `now_ms`), leaving it empty.
-    pub fn absorb(&mut self, shard: &mut Shard, now_ms: u64) {
+    pub(crate) fn absorb(&mut self, shard: &mut Shard, now_ms: u64) {
         let now_s = now_ms / 1000;
         let minute = now_s / 60;
         for (second, tally) in shard.seconds.drain(..) {
@@ -189,7 +189,7 @@ impl Aggregate {
     }
 
     /// Rolls the windows to `now_ms` (whether or not anything arrived).
-    pub fn advance(&mut self, now_ms: u64) {
+    pub(crate) fn advance(&mut self, now_ms: u64) {
         self.ring.advance(now_ms / 1000);
     }
 
@@ -248,7 +248,7 @@ impl Aggregate {
         out
     }
 
-    pub fn read(&self, now_ms: u64) -> Reading {
+    pub(crate) fn read(&self, now_ms: u64) -> Reading {
         let view = View { ring: &self.ring, now_ms, started_ms: self.started_ms };
         let now_s = now_ms / 1000;
         let minute = view.last(60);

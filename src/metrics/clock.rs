@@ -7,12 +7,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub trait Clock: Send + Sync + 'static {
+pub(crate) trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
 }
 
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
@@ -22,14 +22,14 @@ impl Clock for SystemClock {
 
 /// A clock that moves only when told to (tests).
 #[cfg(test)]
-pub struct ManualClock(std::sync::atomic::AtomicU64);
+pub(crate) struct ManualClock(std::sync::atomic::AtomicU64);
 
 #[cfg(test)]
 impl ManualClock {
-    pub fn new(ms: u64) -> Self {
+    pub(crate) fn new(ms: u64) -> Self {
         ManualClock(std::sync::atomic::AtomicU64::new(ms))
     }
-    pub fn advance(&self, ms: u64) {
+    pub(crate) fn advance(&self, ms: u64) {
         self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -11,23 +11,23 @@ use std::hash::Hash;
 
 use hyperloglockless::HyperLogLog;
 
-pub const PRECISION: u8 = 14;
+pub(crate) const PRECISION: u8 = 14;
 const SEED: u128 = 0x656e_7269_6368_642d_6d65_7472_6963_7321;
 /// Minutes that count as "active".
-pub const ACTIVE_MINUTES: u64 = 5;
+pub(crate) const ACTIVE_MINUTES: u64 = 5;
 
-pub type Sketch = HyperLogLog;
+pub(crate) type Sketch = HyperLogLog;
 
-pub fn sketch() -> Sketch {
+pub(crate) fn sketch() -> Sketch {
     HyperLogLog::seeded(PRECISION, SEED)
 }
 
 /// Relative standard error of one estimate.
-pub fn relative_error() -> f64 {
+pub(crate) fn relative_error() -> f64 {
     1.04 / f64::from(1u32 << PRECISION).sqrt()
 }
 
-pub struct Distinct {
+pub(crate) struct Distinct {
     total: Sketch,
     minutes: VecDeque<(u64, Sketch)>,
 }
@@ -49,24 +49,24 @@ impl Distinct {
         &mut self.minutes.back_mut().expect("just pushed").1
     }
 
-    pub fn insert<T: Hash + ?Sized>(&mut self, minute: u64, value: &T) {
+    pub(crate) fn insert<T: Hash + ?Sized>(&mut self, minute: u64, value: &T) {
         self.total.insert(value);
         self.minute(minute).insert(value);
     }
 
     /// Adds a sketch built elsewhere with [`sketch`].
-    pub fn union(&mut self, minute: u64, other: &Sketch) {
+    pub(crate) fn union(&mut self, minute: u64, other: &Sketch) {
         let _ = self.total.union(other); // same precision: cannot fail
         let _ = self.minute(minute).union(other);
     }
 
     /// Distinct values since start (estimate).
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.total.raw_count().round() as u64
     }
 
     /// Distinct values in the last [`ACTIVE_MINUTES`] minutes as of `now_minute`.
-    pub fn active(&self, now_minute: u64) -> u64 {
+    pub(crate) fn active(&self, now_minute: u64) -> u64 {
         let mut merged = sketch();
         for (m, s) in &self.minutes {
             if *m <= now_minute && now_minute - m < ACTIVE_MINUTES {

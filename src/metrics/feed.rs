@@ -41,14 +41,14 @@ use super::topn::{CodeCounter, Counter};
 use super::window::Tally;
 
 /// Events scoring at least this are listed in `recent_high_risk`.
-pub const HIGH_RISK_SCORE: u8 = 70;
+pub(crate) const HIGH_RISK_SCORE: u8 = 70;
 /// Length of the `recent_high_risk` list.
-pub const HIGH_RISK_KEEP: usize = 50;
+pub(crate) const HIGH_RISK_KEEP: usize = 50;
 /// AS labels collected per shard and tick (new AS numbers are rare).
 const LABELS_PER_TICK: usize = 64;
 
 /// Upper bounds of the risk-score histogram buckets.
-pub const RISK_BOUNDS: [u8; 10] = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
+pub(crate) const RISK_BOUNDS: [u8; 10] = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
 
 /// What metrics make of each declared fact, by fact index.
 #[derive(Clone, Copy, Debug, Default)]
@@ -66,7 +66,7 @@ struct Role {
 
 /// The metrics' reading of one fact table (worked out per chain swap).
 #[derive(Clone, Default)]
-pub struct FactRoles {
+pub(crate) struct FactRoles {
     table: Option<Arc<[FactInfo]>>,
     roles: Vec<Role>,
     /// The ids each reading looks at, best first: per event a few O(1)
@@ -82,7 +82,7 @@ pub struct FactRoles {
 
 impl FactRoles {
     /// Classifies every fact of `table` by kind and side.
-    pub fn of(table: &Arc<[FactInfo]>) -> Self {
+    pub(crate) fn of(table: &Arc<[FactInfo]>) -> Self {
         let roles = table
             .iter()
             .map(|f| {
@@ -128,12 +128,12 @@ impl FactRoles {
     }
 
     /// True when these roles were worked out from `table`.
-    pub fn is_for(&self, table: &Arc<[FactInfo]>) -> bool {
+    pub(crate) fn is_for(&self, table: &Arc<[FactInfo]>) -> bool {
         self.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, table))
     }
 
     /// The fact table read.
-    pub fn table(&self) -> Option<&Arc<[FactInfo]>> {
+    pub(crate) fn table(&self) -> Option<&Arc<[FactInfo]>> {
         self.table.as_ref()
     }
 }
@@ -180,7 +180,7 @@ fn read_values(fragment: &str, reader: Option<ValuesReader>, mut each: impl FnMu
 
 /// One high-risk event as listed by `/v1/metrics`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct HighRisk {
+pub(crate) struct HighRisk {
     /// When it was enriched (server time).
     pub ts_ms: u64,
     /// The record's own `ts`, when it had one.
@@ -199,7 +199,7 @@ pub struct HighRisk {
 }
 
 impl HighRisk {
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "ts_ms": self.ts_ms, "event_ts": self.event_ts, "risk_score": self.risk_score,
             "src_ip": self.src_ip, "dst_ip": self.dst_ip, "src_port": self.src_port, "dst_port": self.dst_port,
@@ -220,13 +220,13 @@ impl HighRisk {
     }
 }
 
-pub fn country(code: [u8; 2]) -> String {
+pub(crate) fn country(code: [u8; 2]) -> String {
     String::from_utf8_lossy(&code).into_owned()
 }
 
 /// What the ingest threads collected since the ticker last looked.
 #[derive(Default)]
-pub struct Shard {
+pub(crate) struct Shard {
     /// Per completion second (usually one or two entries).
     pub seconds: Vec<(u64, Tally)>,
     pub lag: Option<Histogram<u32>>,
@@ -254,7 +254,7 @@ pub struct Shard {
 
 /// Totals of one batch, for the exact counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct BatchTotals {
+pub(crate) struct BatchTotals {
     pub tally: Tally,
     pub events_with_threats: u64,
 }
@@ -262,7 +262,7 @@ pub struct BatchTotals {
 impl Shard {
     /// Folds one enriched batch in. `lag`: request arrival to enrichment
     /// done; `processing`: parse + enrichment.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         facts: &Arc<[FactInfo]>,
         events: &[Event],
@@ -381,7 +381,7 @@ impl Shard {
 
 /// The label of an AS number: the first name the `AsNumber` fact's reader
 /// finds in its output (the AS organisation).
-pub fn asn_label(fragment: &str, reader: ValuesReader) -> Option<String> {
+pub(crate) fn asn_label(fragment: &str, reader: ValuesReader) -> Option<String> {
     let mut label = None;
     reader(fragment, &mut |name| {
         if label.is_none() {
@@ -392,7 +392,7 @@ pub fn asn_label(fragment: &str, reader: ValuesReader) -> Option<String> {
 }
 
 /// A fixed set of shards; each thread uses the one it was dealt.
-pub struct Shards {
+pub(crate) struct Shards {
     shards: Box<[Mutex<Shard>]>,
 }
 
@@ -403,19 +403,19 @@ thread_local! {
 }
 
 impl Shards {
-    pub fn new(count: usize) -> Self {
+    pub(crate) fn new(count: usize) -> Self {
         Shards { shards: (0..count.max(1)).map(|_| Mutex::default()).collect() }
     }
 
     /// This thread's shard.
-    pub fn local(&self) -> MutexGuard<'_, Shard> {
+    pub(crate) fn local(&self) -> MutexGuard<'_, Shard> {
         let i = SLOT.with(|s| *s) % self.shards.len();
         self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Swaps each shard with `spare` (holding the lock only for the swap)
     /// and hands the full one to `drain`, which must leave it empty.
-    pub fn drain(&self, spare: &mut Shard, mut drain: impl FnMut(&mut Shard)) {
+    pub(crate) fn drain(&self, spare: &mut Shard, mut drain: impl FnMut(&mut Shard)) {
         for shard in self.shards.iter() {
             std::mem::swap(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner), spare);
             drain(spare);

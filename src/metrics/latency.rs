@@ -13,34 +13,34 @@
 use hdrhistogram::Histogram;
 
 /// Width of one slot of the window.
-pub const SLOT_S: u64 = 5;
+pub(crate) const SLOT_S: u64 = 5;
 /// Slots in the window: the current one and the 11 before it, so the window
 /// is the last 55-60 seconds.
 const SLOTS: u64 = 12;
 /// The window length reported as `window_s`.
-pub const WINDOW_S: u64 = SLOT_S * SLOTS;
+pub(crate) const WINDOW_S: u64 = SLOT_S * SLOTS;
 /// Longest latency told apart (an hour); longer ones count as this.
 const MAX_US: u64 = 3_600_000_000;
 
 /// An empty histogram of microseconds.
-pub fn histogram() -> Histogram<u32> {
+pub(crate) fn histogram() -> Histogram<u32> {
     Histogram::new_with_bounds(1, MAX_US, 2).expect("static bounds are valid")
 }
 
 /// Records one latency, in microseconds (sub-microsecond values count as 1).
-pub fn record(h: &mut Histogram<u32>, elapsed: std::time::Duration) {
+pub(crate) fn record(h: &mut Histogram<u32>, elapsed: std::time::Duration) {
     h.saturating_record((elapsed.as_micros() as u64).clamp(1, MAX_US));
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Quantiles {
+pub(crate) struct Quantiles {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub samples: u64,
 }
 
-pub struct LatencyWindow {
+pub(crate) struct LatencyWindow {
     /// (slot number = second / SLOT_S, samples of that slot).
     slots: Vec<(u64, Histogram<u32>)>,
 }
@@ -53,7 +53,7 @@ impl Default for LatencyWindow {
 
 impl LatencyWindow {
     /// Adds samples recorded during `second`.
-    pub fn add(&mut self, second: u64, samples: &Histogram<u32>) {
+    pub(crate) fn add(&mut self, second: u64, samples: &Histogram<u32>) {
         let n = second / SLOT_S;
         let slot = &mut self.slots[(n % SLOTS) as usize];
         if slot.0 != n {
@@ -68,7 +68,7 @@ impl LatencyWindow {
     }
 
     /// Quantiles over the slots of the last minute as of `now_s`.
-    pub fn quantiles(&self, now_s: u64) -> Quantiles {
+    pub(crate) fn quantiles(&self, now_s: u64) -> Quantiles {
         let current = now_s / SLOT_S;
         let mut merged = histogram();
         for (n, h) in &self.slots {
@@ -85,12 +85,12 @@ impl LatencyWindow {
 }
 
 /// Upper bounds (ms) of the Prometheus latency buckets: 50 µs to 10 s.
-pub const BUCKET_BOUNDS_MS: [f64; 17] =
+pub(crate) const BUCKET_BOUNDS_MS: [f64; 17] =
     [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
 
 /// Fixed-bucket latency counts (per bucket, not yet cumulative) and sum.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Buckets {
+pub(crate) struct Buckets {
     /// One count per bound, then the overflow (+Inf) bucket.
     counts: [u64; BUCKET_BOUNDS_MS.len() + 1],
     pub sum_ms: f64,
@@ -98,7 +98,7 @@ pub struct Buckets {
 }
 
 impl Buckets {
-    pub fn observe(&mut self, elapsed: std::time::Duration) {
+    pub(crate) fn observe(&mut self, elapsed: std::time::Duration) {
         let ms = elapsed.as_secs_f64() * 1000.0;
         let i = BUCKET_BOUNDS_MS.partition_point(|b| *b < ms);
         self.counts[i] += 1;
@@ -106,7 +106,7 @@ impl Buckets {
         self.count += 1;
     }
 
-    pub fn add(&mut self, other: &Buckets) {
+    pub(crate) fn add(&mut self, other: &Buckets) {
         for (a, b) in self.counts.iter_mut().zip(other.counts) {
             *a += b;
         }
@@ -116,7 +116,7 @@ impl Buckets {
 
     /// (upper bound, count in this bucket alone) pairs, +Inf last: what
     /// the Prometheus encoder takes (it writes them cumulated).
-    pub fn per_bucket(&self) -> Vec<(f64, u64)> {
+    pub(crate) fn per_bucket(&self) -> Vec<(f64, u64)> {
         BUCKET_BOUNDS_MS.iter().copied().chain([f64::INFINITY]).zip(self.counts).collect()
     }
 }

@@ -14,15 +14,15 @@
 //! - Per-request counters (status classes, refused batches, work in
 //!   flight) are plain relaxed atomics bumped once per request.
 
-pub mod aggregate;
-pub mod clock;
-pub mod distinct;
-pub mod feed;
-pub mod latency;
-pub mod prometheus;
-pub mod report;
-pub mod topn;
-pub mod window;
+pub(crate) mod aggregate;
+pub(crate) mod clock;
+pub(crate) mod distinct;
+pub(crate) mod feed;
+pub(crate) mod latency;
+pub(crate) mod prometheus;
+pub(crate) mod report;
+pub(crate) mod topn;
+pub(crate) mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
@@ -33,13 +33,13 @@ use std::sync::Arc;
 use enrichd_engine::{Batch, Chain, Event, FactInfo, Observer, Timing};
 
 use aggregate::Aggregate;
-pub use aggregate::Reading;
+pub(crate) use aggregate::Reading;
 use clock::{Clock, SystemClock};
 use feed::Shards;
 
 /// Request counters by status class.
 #[derive(Default)]
-pub struct Requests {
+pub(crate) struct Requests {
     pub total: AtomicU64,
     pub class_2xx: AtomicU64,
     pub class_4xx: AtomicU64,
@@ -49,13 +49,13 @@ pub struct Requests {
 /// Delivery counters of one output connector. Nothing sends yet (outputs
 /// only store settings), so these stay 0 until the outputs work bumps them.
 #[derive(Default)]
-pub struct OutputCounters {
+pub(crate) struct OutputCounters {
     pub sent: AtomicU64,
     pub failed: AtomicU64,
     pub backlog: AtomicU64,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     clock: Box<dyn Clock>,
     pub requests: Requests,
     batches_rejected: AtomicU64,
@@ -76,7 +76,7 @@ impl Default for Metrics {
 }
 
 /// Decrements an in-flight gauge when dropped (also on panic).
-pub struct InFlight<'a> {
+pub(crate) struct InFlight<'a> {
     gauge: &'a AtomicU64,
     n: u64,
 }
@@ -88,7 +88,7 @@ impl Drop for InFlight<'_> {
 }
 
 impl Metrics {
-    pub fn with_clock(clock: Box<dyn Clock>) -> Self {
+    pub(crate) fn with_clock(clock: Box<dyn Clock>) -> Self {
         let started_ms = clock.now_ms();
         // Twice the cores: blocking-pool threads rarely share a shard.
         let shards = std::thread::available_parallelism().map_or(4, |n| n.get() * 2).clamp(4, 64);
@@ -106,7 +106,7 @@ impl Metrics {
     }
 
     /// Counts one finished HTTP request by status class.
-    pub fn record_request(&self, status: u16) {
+    pub(crate) fn record_request(&self, status: u16) {
         self.requests.total.fetch_add(1, Relaxed);
         match status {
             200..=399 => &self.requests.class_2xx,
@@ -117,12 +117,12 @@ impl Metrics {
     }
 
     /// Counts a refused ingest request (nothing of it was processed).
-    pub fn record_rejected_batch(&self) {
+    pub(crate) fn record_rejected_batch(&self) {
         self.batches_rejected.fetch_add(1, Relaxed);
     }
 
     /// One batch queued for enrichment until the guard drops.
-    pub fn batch_in_flight(&self) -> InFlight<'_> {
+    pub(crate) fn batch_in_flight(&self) -> InFlight<'_> {
         self.batches_in_flight.fetch_add(1, Relaxed);
         InFlight { gauge: &self.batches_in_flight, n: 1 }
     }
@@ -131,20 +131,20 @@ impl Metrics {
     /// chain's fact table (what to count is found there by kind); `lag`
     /// runs from request arrival to enrichment done, `processing` covers
     /// parsing and enrichment.
-    pub fn observe_batch(&self, facts: &Arc<[FactInfo]>, events: &[Event], lag: Duration, processing: Duration) {
+    pub(crate) fn observe_batch(&self, facts: &Arc<[FactInfo]>, events: &[Event], lag: Duration, processing: Duration) {
         let now_ms = self.clock.now_ms();
         self.shards.local().observe(facts, events, now_ms, lag, processing);
     }
 
     /// Pours the shards into the windows and rolls them to now: the ticker
     /// calls this every second, readers before reading.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         let now_ms = self.clock.now_ms();
         self.fold(&mut self.aggregate.lock().unwrap_or_else(PoisonError::into_inner), now_ms);
     }
 
     /// Everything, as of now.
-    pub fn read(&self) -> Reading {
+    pub(crate) fn read(&self) -> Reading {
         let now_ms = self.clock.now_ms();
         let mut aggregate = self.aggregate.lock().unwrap_or_else(PoisonError::into_inner);
         self.fold(&mut aggregate, now_ms);
@@ -158,11 +158,11 @@ impl Metrics {
         aggregate.advance(now_ms);
     }
 
-    pub fn batches_rejected(&self) -> u64 {
+    pub(crate) fn batches_rejected(&self) -> u64 {
         self.batches_rejected.load(Relaxed)
     }
 
-    pub fn in_flight(&self) -> (u64, u64) {
+    pub(crate) fn in_flight(&self) -> (u64, u64) {
         (self.batches_in_flight.load(Relaxed), self.records_in_flight.load(Relaxed))
     }
 }

@@ -20,10 +20,10 @@ use serde_json::Value as Json;
 use super::aggregate::Reading;
 use super::{Metrics, OutputCounters};
 
-pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// What the exposition needs beyond the metrics themselves.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     pub stages: &'a [StageReport],
     /// (name, configured, counters) per output connector.
     pub outputs: &'a [(&'static str, bool, &'a OutputCounters)],
@@ -105,7 +105,7 @@ fn stage_errors(details: &Json) -> u64 {
     }
 }
 
-pub fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
+pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
     let mut x = Exposition::default();
     let t = &r.totals;
     x.counter("telemetry_ingest", "Events enriched.", t.events);

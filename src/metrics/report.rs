@@ -37,7 +37,7 @@ fn tops(t: &Tops) -> Value {
     })
 }
 
-pub fn document(m: &Metrics, r: &Reading) -> Value {
+pub(crate) fn document(m: &Metrics, r: &Reading) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let req = &m.requests;
     let (c2, c4, c5) = (req.class_2xx.load(Relaxed), req.class_4xx.load(Relaxed), req.class_5xx.load(Relaxed));

@@ -23,20 +23,20 @@ use topk::FilteredSpaceSaving;
 use super::distinct::{sketch, Sketch};
 
 /// Keys monitored per summary (memory: a few kB per summary).
-pub const CAPACITY: usize = 100;
+pub(crate) const CAPACITY: usize = 100;
 /// Distinct keys counted exactly per thread and tick before spilling.
-pub const EXACT_CAP: usize = 16_384;
+pub(crate) const EXACT_CAP: usize = 16_384;
 /// Minutes of history kept.
-pub const MINUTES: u64 = 15;
+pub(crate) const MINUTES: u64 = 15;
 
-pub type Summary<K> = FilteredSpaceSaving<K>;
+pub(crate) type Summary<K> = FilteredSpaceSaving<K>;
 
 type Fast = foldhash::fast::RandomState;
 
 /// Exact counts for one tick, spilling into a summary when too many keys.
 /// Spilled keys also go into a cardinality sketch, so distinct counts stay
 /// right when the exact map cannot hold them all.
-pub struct Counter<K: Eq + Hash> {
+pub(crate) struct Counter<K: Eq + Hash> {
     /// u32 counts: one tick cannot reach 4 billion events, and small
     /// entries keep the map in cache (it is probed once per event).
     exact: HashMap<K, u32, Fast>,
@@ -51,7 +51,7 @@ impl<K: Eq + Hash> Default for Counter<K> {
 
 impl<K: Eq + Hash + Clone> Counter<K> {
     /// Counts `key` `n` times; true when the key is new in this tick.
-    pub fn add<Q>(&mut self, key: &Q, n: u32) -> bool
+    pub(crate) fn add<Q>(&mut self, key: &Q, n: u32) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -71,13 +71,13 @@ impl<K: Eq + Hash + Clone> Counter<K> {
         true
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.spill.is_none()
     }
 
     /// Moves everything counted into `into`, leaving this empty (its map
     /// keeps its capacity for the next tick). `distinct` learns every key.
-    pub fn drain_into(&mut self, into: &mut Summary<K>, mut distinct: impl FnMut(Seen<'_, K>)) {
+    pub(crate) fn drain_into(&mut self, into: &mut Summary<K>, mut distinct: impl FnMut(Seen<'_, K>)) {
         for (k, c) in self.exact.drain() {
             distinct(Seen::Key(&k));
             into.insert(k, u64::from(c));
@@ -91,7 +91,7 @@ impl<K: Eq + Hash + Clone> Counter<K> {
 
 /// Counts of two-letter codes (countries) in a flat table: an index, no
 /// hashing. Codes outside `A`-`Z` go to an ordinary [`Counter`].
-pub struct CodeCounter {
+pub(crate) struct CodeCounter {
     counts: Box<[u32; 26 * 26]>,
     used: bool,
     other: Counter<[u8; 2]>,
@@ -104,7 +104,7 @@ impl Default for CodeCounter {
 }
 
 impl CodeCounter {
-    pub fn add(&mut self, code: [u8; 2]) {
+    pub(crate) fn add(&mut self, code: [u8; 2]) {
         match code {
             [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => {
                 let i = usize::from(a - b'A') * 26 + usize::from(b - b'A');
@@ -117,11 +117,11 @@ impl CodeCounter {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         !self.used && self.other.is_empty()
     }
 
-    pub fn drain_into(&mut self, into: &mut Summary<[u8; 2]>) {
+    pub(crate) fn drain_into(&mut self, into: &mut Summary<[u8; 2]>) {
         if std::mem::take(&mut self.used) {
             for (i, n) in self.counts.iter_mut().enumerate() {
                 if *n > 0 {
@@ -134,13 +134,13 @@ impl CodeCounter {
 }
 
 /// Keys handed to a cardinality sketch when a counter is drained.
-pub enum Seen<'a, K> {
+pub(crate) enum Seen<'a, K> {
     Key(&'a K),
     Sketch(&'a Sketch),
 }
 
 /// One summary per minute over the last [`MINUTES`] minutes.
-pub struct WindowedTop<K: Eq + Hash> {
+pub(crate) struct WindowedTop<K: Eq + Hash> {
     minutes: VecDeque<(u64, Summary<K>)>,
 }
 
@@ -152,7 +152,7 @@ impl<K: Eq + Hash> Default for WindowedTop<K> {
 
 /// One line of a top list.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Entry<K> {
+pub(crate) struct Entry<K> {
     pub key: K,
     pub count: u64,
     /// Upper bound of the over-count: the true count is in `count - error ..= count`.
@@ -161,7 +161,7 @@ pub struct Entry<K> {
 
 impl<K: Eq + Hash + Clone> WindowedTop<K> {
     /// The summary of `minute`, created (and old minutes dropped) as needed.
-    pub fn minute(&mut self, minute: u64) -> &mut Summary<K> {
+    pub(crate) fn minute(&mut self, minute: u64) -> &mut Summary<K> {
         while self.minutes.front().is_some_and(|(m, _)| m + MINUTES <= minute) {
             self.minutes.pop_front();
         }
@@ -180,7 +180,7 @@ impl<K: Eq + Hash + Clone> WindowedTop<K> {
 
     /// The `n` heaviest keys of the last `minutes` minutes as of `now_minute`
     /// (the current, partial minute included), heaviest first.
-    pub fn top(&self, now_minute: u64, minutes: u64, n: usize) -> Vec<Entry<K>> {
+    pub(crate) fn top(&self, now_minute: u64, minutes: u64, n: usize) -> Vec<Entry<K>> {
         let mut merged = Summary::new(CAPACITY);
         for (m, summary) in &self.minutes {
             if *m <= now_minute && now_minute - m < minutes {

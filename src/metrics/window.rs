@@ -14,11 +14,11 @@
 //! the first few milliseconds do not produce absurd spikes.
 
 /// Seconds held: 15 minutes plus room for bucket alignment.
-pub const RING_SECONDS: u64 = 15 * 60 + 60;
+pub(crate) const RING_SECONDS: u64 = 15 * 60 + 60;
 
 /// What one second (or a sum of seconds) saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub events: u64,
     pub batches: u64,
     /// Threat-intel indicator matches.
@@ -29,7 +29,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn add(&mut self, other: &Tally) {
+    pub(crate) fn add(&mut self, other: &Tally) {
         self.events += other.events;
         self.batches += other.batches;
         self.threats += other.threats;
@@ -38,14 +38,14 @@ impl Tally {
     }
 }
 
-pub struct SecondRing {
+pub(crate) struct SecondRing {
     slots: Box<[Tally]>,
     /// The newest second the ring holds (slots of later seconds are stale).
     newest: u64,
 }
 
 impl SecondRing {
-    pub fn new(now_s: u64) -> Self {
+    pub(crate) fn new(now_s: u64) -> Self {
         SecondRing { slots: vec![Tally::default(); RING_SECONDS as usize].into(), newest: now_s }
     }
 
@@ -55,7 +55,7 @@ impl SecondRing {
 
     /// Moves the ring to `now_s`, clearing the seconds in between. A clock
     /// that went backwards moves nothing.
-    pub fn advance(&mut self, now_s: u64) {
+    pub(crate) fn advance(&mut self, now_s: u64) {
         if now_s <= self.newest {
             return;
         }
@@ -71,7 +71,7 @@ impl SecondRing {
     }
 
     /// Adds what happened during `second`; older than the ring holds is dropped.
-    pub fn add(&mut self, second: u64, tally: &Tally) {
+    pub(crate) fn add(&mut self, second: u64, tally: &Tally) {
         self.advance(second);
         if self.newest - second < RING_SECONDS {
             let i = self.slot(second);
@@ -80,7 +80,7 @@ impl SecondRing {
     }
 
     /// Sum over the seconds `from..=to`, clipped to what the ring holds.
-    pub fn sum(&self, from: u64, to: u64) -> Tally {
+    pub(crate) fn sum(&self, from: u64, to: u64) -> Tally {
         let mut total = Tally::default();
         let oldest = self.newest.saturating_sub(RING_SECONDS - 1);
         for s in from.max(oldest)..=to.min(self.newest) {
@@ -93,7 +93,7 @@ impl SecondRing {
 /// A time span of the ring: its tally and how many seconds of it the
 /// process was up to see (0 for a bucket entirely before start).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Span {
+pub(crate) struct Span {
     pub start_ms: u64,
     pub tally: Tally,
     pub covered_s: f64,
@@ -101,7 +101,7 @@ pub struct Span {
 
 impl Span {
     /// `value` per second over the covered time (divisor floored at 1 s).
-    pub fn per_second(&self, value: u64) -> f64 {
+    pub(crate) fn per_second(&self, value: u64) -> f64 {
         if self.covered_s <= 0.0 {
             0.0
         } else {
@@ -111,7 +111,7 @@ impl Span {
 }
 
 /// Read access to the ring as of `now_ms`, for a process up since `started_ms`.
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     pub ring: &'a SecondRing,
     pub now_ms: u64,
     pub started_ms: u64,
@@ -128,7 +128,7 @@ impl View<'_> {
     }
 
     /// The last `seconds` seconds, the current (partial) second included.
-    pub fn last(&self, seconds: u64) -> Span {
+    pub(crate) fn last(&self, seconds: u64) -> Span {
         let now_s = self.now_ms / 1000;
         let from = (now_s + 1).saturating_sub(seconds);
         // `now + 1`: the current second is in, whatever its millisecond.
@@ -137,7 +137,7 @@ impl View<'_> {
 
     /// `points` buckets of `bucket_s` seconds aligned to the wall clock, the
     /// last one being the current, partial bucket. Oldest first.
-    pub fn series(&self, bucket_s: u64, points: u64) -> Vec<Span> {
+    pub(crate) fn series(&self, bucket_s: u64, points: u64) -> Vec<Span> {
         let now_s = self.now_ms / 1000;
         let current = now_s - now_s % bucket_s;
         (0..points)

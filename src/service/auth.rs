@@ -14,24 +14,24 @@ use subtle::ConstantTimeEq;
 
 /// Why a request's key was refused (a fixed message, never the key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyRefusal(pub &'static str);
+pub(crate) struct KeyRefusal(pub &'static str);
 
-pub struct ApiKeys {
+pub(crate) struct ApiKeys {
     digests: Vec<[u8; 32]>,
 }
 
 impl ApiKeys {
-    pub fn new(keys: &[String]) -> Self {
+    pub(crate) fn new(keys: &[String]) -> Self {
         ApiKeys { digests: keys.iter().filter(|k| !k.is_empty()).map(|k| digest(k.as_bytes())).collect() }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.digests.is_empty()
     }
 
     /// Accepts `Authorization: Bearer <key>` (scheme case-insensitive) or
     /// `X-API-Key: <key>`.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), KeyRefusal> {
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), KeyRefusal> {
         let presented = bearer(headers).or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
         let Some(presented) = presented.map(str::trim).filter(|k| !k.is_empty()) else {
             return Err(unauthorized("missing API key: send `Authorization: Bearer <key>`"));

@@ -17,7 +17,7 @@ use serde::Deserialize;
 /// The whole configuration file: the service's sections and the engine's
 /// part.
 #[derive(Debug, Clone)]
-pub struct ServiceConfig {
+pub(crate) struct ServiceConfig {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub reload: ReloadConfig,
@@ -56,13 +56,13 @@ impl ServiceConfig {
     /// Reads and parses `path`; does not apply environment overrides. A
     /// file over [`enrichd_engine::config::MAX_CONFIG_BYTES`] is refused
     /// unread.
-    pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
         ServiceConfig::parse(&enrichd_engine::Config::read(path)?, path)
     }
 
     /// Parses configuration text; `path` is used for messages and to resolve
     /// relative paths.
-    pub fn parse(text: &str, path: &Path) -> Result<ServiceConfig, ConfigError> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<ServiceConfig, ConfigError> {
         let sections: Sections = enrichd_engine::Config::parse_sections(text, path)?;
         let engine = enrichd_engine::Config::parse(text, path)?;
         Ok(ServiceConfig {
@@ -77,7 +77,11 @@ impl ServiceConfig {
     /// Applies the environment variables teams already use: `API_KEY`,
     /// `ADMIN_API_KEY`, and the engine's (`ENRICH_ENABLE_<PLUGIN>`, each
     /// plugin's own such as `GEOIP_CITY_DB`).
-    pub fn apply_env(&mut self, registry: &Registry, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    pub(crate) fn apply_env(
+        &mut self,
+        registry: &Registry,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
         if let Some(key) = env("API_KEY").filter(|k| !k.is_empty()) {
             self.auth.api_keys.push(key);
         }
@@ -88,12 +92,12 @@ impl ServiceConfig {
     }
 
     /// The file's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.engine.path
     }
 
     /// The environment chain stages are built in.
-    pub fn build_env(&self) -> BuildEnv {
+    pub(crate) fn build_env(&self) -> BuildEnv {
         BuildEnv {
             base_dir: self.engine.base_dir.clone(),
             state_dir: Some(self.state_dir()),
@@ -102,13 +106,13 @@ impl ServiceConfig {
     }
 
     /// `server.state_dir`, resolved against the file's directory.
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.engine.resolve(&self.server.state_dir)
     }
 
     /// The JSON Schema of the whole file, with each registered plugin's
     /// options.
-    pub fn json_schema(registry: &Registry) -> serde_json::Value {
+    pub(crate) fn json_schema(registry: &Registry) -> serde_json::Value {
         let mut schema = serde_json::to_value(schemars::schema_for!(Sections)).expect("schema serializes");
         schema["properties"]["chain"] = enrichd_engine::Config::chain_schema(registry);
         schema
@@ -118,7 +122,7 @@ impl ServiceConfig {
 /// `[server]`
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     /// Address and port to listen on (`--listen` overrides).
     pub listen: String,
     /// Largest accepted request body in bytes, counted on the bytes actually
@@ -174,7 +178,7 @@ impl Default for ServerConfig {
 /// `[reload]`
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
-pub struct ReloadConfig {
+pub(crate) struct ReloadConfig {
     /// Watch the chain's data files, modules and this configuration file,
     /// and reload on change. `POST /v1/reload` and SIGHUP work either way.
     pub watch: bool,
@@ -196,7 +200,7 @@ impl Default for ReloadConfig {
 /// `[auth]`
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
+pub(crate) struct AuthConfig {
     /// Bearer tokens accepted on protected endpoints. The `API_KEY`
     /// environment variable adds one. With no key at all, protected endpoints
     /// refuse every request (fail closed).

@@ -8,10 +8,10 @@
 //! ([`auth`]), output connector settings ([`outputs`]) and the reload
 //! status ([`reload_state`]).
 
-pub mod auth;
-pub mod config;
-pub mod outputs;
-pub mod reload_state;
+pub(crate) mod auth;
+pub(crate) mod config;
+pub(crate) mod outputs;
+pub(crate) mod reload_state;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,15 +19,15 @@ use std::time::Instant;
 use axum::http::HeaderValue;
 use enrichd_engine::{Engine, Limits, Pipeline};
 
-pub use auth::{ApiKeys, KeyRefusal};
-pub use config::ServiceConfig;
-pub use outputs::OutputSettings;
-pub use reload_state::{CliOverrides, ReloadStatus};
+pub(crate) use auth::{ApiKeys, KeyRefusal};
+pub(crate) use config::ServiceConfig;
+pub(crate) use outputs::OutputSettings;
+pub(crate) use reload_state::{CliOverrides, ReloadStatus};
 
 use crate::metrics::Metrics;
 
 /// Everything a handler may need, shared by all requests.
-pub struct AppState {
+pub(crate) struct AppState {
     pub engine: Engine,
     pub config: ServiceConfig,
     pub keys: ApiKeys,
@@ -54,7 +54,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(engine: Engine, config: ServiceConfig) -> Self {
+    pub(crate) fn new(engine: Engine, config: ServiceConfig) -> Self {
         let keys = ApiKeys::new(&config.auth.api_keys);
         let admin_keys = ApiKeys::new(&config.auth.admin_keys);
         let api_version =

@@ -9,14 +9,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 #[derive(Default)]
-pub struct OutputSettings {
+pub(crate) struct OutputSettings {
     pub elastic: RwLock<Option<ElasticSettings>>,
     pub splunk: RwLock<Option<SplunkSettings>>,
 }
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ElasticSettings {
+pub(crate) struct ElasticSettings {
     pub url: Option<String>,
     #[serde(default)]
     pub urls: Vec<String>,
@@ -28,7 +28,7 @@ pub struct ElasticSettings {
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SplunkSettings {
+pub(crate) struct SplunkSettings {
     pub hec_url: Option<String>,
     pub url: Option<String>,
     pub token: Option<String>,
@@ -39,7 +39,7 @@ pub struct SplunkSettings {
 impl OutputSettings {
     /// The stored settings as shown to clients (secrets masked), `None`
     /// for a connector without settings.
-    pub fn views(&self) -> (Option<Value>, Option<Value>) {
+    pub(crate) fn views(&self) -> (Option<Value>, Option<Value>) {
         let elastic = self.elastic.read().expect("settings lock").as_ref().map(elastic_view);
         let splunk = self.splunk.read().expect("settings lock").as_ref().map(splunk_view);
         (elastic, splunk)
@@ -76,7 +76,7 @@ fn redact(url: &str) -> String {
     out
 }
 
-pub fn elastic_view(s: &ElasticSettings) -> Value {
+pub(crate) fn elastic_view(s: &ElasticSettings) -> Value {
     let urls: Vec<String> = s.urls.iter().map(|u| redact(u)).collect();
     json!({
         "url": urls.first(),
@@ -88,7 +88,7 @@ pub fn elastic_view(s: &ElasticSettings) -> Value {
     })
 }
 
-pub fn splunk_view(s: &SplunkSettings) -> Value {
+pub(crate) fn splunk_view(s: &SplunkSettings) -> Value {
     json!({
         "hec_url": s.hec_url.as_deref().map(redact),
         "index": s.index,

@@ -12,12 +12,12 @@ use super::ServiceConfig;
 /// running configuration, so `serve --listen X` does not make every reload
 /// report `needs_restart: ["server"]`.
 #[derive(Clone, Debug, Default)]
-pub struct CliOverrides {
+pub(crate) struct CliOverrides {
     pub listen: Option<String>,
 }
 
 impl CliOverrides {
-    pub fn apply(&self, config: &mut ServiceConfig) {
+    pub(crate) fn apply(&self, config: &mut ServiceConfig) {
         if let Some(listen) = &self.listen {
             config.server.listen = listen.clone();
         }
@@ -26,12 +26,12 @@ impl CliOverrides {
 
 /// What the service knows about reloads beyond the stages' own reports.
 #[derive(Default)]
-pub struct ReloadStatus {
+pub(crate) struct ReloadStatus {
     inner: Mutex<ReloadState>,
 }
 
 #[derive(Clone, Default, Serialize)]
-pub struct ReloadState {
+pub(crate) struct ReloadState {
     /// Whether file watching is active (and why not, if it failed).
     pub watching: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -48,11 +48,11 @@ pub struct ReloadState {
 }
 
 impl ReloadStatus {
-    pub fn snapshot(&self) -> ReloadState {
+    pub(crate) fn snapshot(&self) -> ReloadState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn update(&self, f: impl FnOnce(&mut ReloadState)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut ReloadState)) {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }

@@ -20,21 +20,21 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-pub struct Browser {
+pub(crate) struct Browser {
     runtime: tokio::runtime::Runtime,
     client: Option<Client>,
     driver: Child,
 }
 
 #[derive(Clone, Debug)]
-pub struct LogEntry {
+pub(crate) struct LogEntry {
     pub level: String,
     pub source: String,
     pub message: String,
 }
 
 impl LogEntry {
-    pub fn is_error(&self) -> bool {
+    pub(crate) fn is_error(&self) -> bool {
         self.level == "SEVERE"
     }
 }
@@ -48,12 +48,12 @@ fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
 }
 
 /// Whether a missing prerequisite must fail the test rather than skip it.
-pub fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// Skip (print why and how to enable) or, under CI, fail.
-pub fn skip_or_fail(test: &str, why: &str, how: &str) {
+pub(crate) fn skip_or_fail(test: &str, why: &str, how: &str) {
     if in_ci() {
         panic!("{test}: {why} (CI=true, so this is a failure, not a skip). {how}");
     }
@@ -71,7 +71,7 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium session, or `None` (after
     /// printing how to enable the test) when they are not installed.
     /// `CHROME_BIN` / `CHROMEDRIVER` override the search on `PATH`.
-    pub fn launch(test: &str) -> Option<Browser> {
+    pub(crate) fn launch(test: &str) -> Option<Browser> {
         let chrome = find_program("CHROME_BIN", &["chromium", "chromium-browser", "google-chrome"]);
         let driver = find_program("CHROMEDRIVER", &["chromedriver"]);
         let (Some(chrome), Some(driver)) = (chrome, driver) else {
@@ -138,17 +138,17 @@ impl Browser {
         self.client.as_ref().expect("session open")
     }
 
-    pub fn goto(&self, url: &str) {
+    pub(crate) fn goto(&self, url: &str) {
         self.runtime.block_on(self.client().goto(url)).unwrap_or_else(|e| panic!("goto {url}: {e}"));
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) in the page.
-    pub fn js(&self, script: &str, args: Vec<Value>) -> Value {
+    pub(crate) fn js(&self, script: &str, args: Vec<Value>) -> Value {
         self.runtime.block_on(self.client().execute(script, args)).unwrap_or_else(|e| panic!("script failed: {e}"))
     }
 
     /// The visible text of the element with this id.
-    pub fn text(&self, id: &str) -> String {
+    pub(crate) fn text(&self, id: &str) -> String {
         self.runtime
             .block_on(async {
                 let el = self.client().find(Locator::Id(id)).await?;
@@ -157,20 +157,20 @@ impl Browser {
             .unwrap_or_else(|e| panic!("text of #{id}: {e}"))
     }
 
-    pub fn attr(&self, id: &str, name: &str) -> Option<String> {
+    pub(crate) fn attr(&self, id: &str, name: &str) -> Option<String> {
         self.runtime
             .block_on(async { self.client().find(Locator::Id(id)).await?.attr(name).await })
             .unwrap_or_else(|e| panic!("attribute {name} of #{id}: {e}"))
     }
 
     /// Types into an input as a user would (real key events).
-    pub fn type_into(&self, id: &str, text: &str) {
+    pub(crate) fn type_into(&self, id: &str, text: &str) {
         self.runtime
             .block_on(async { self.client().find(Locator::Id(id)).await?.send_keys(text).await })
             .unwrap_or_else(|e| panic!("typing into #{id}: {e}"));
     }
 
-    pub fn click(&self, id: &str) {
+    pub(crate) fn click(&self, id: &str) {
         self.runtime
             .block_on(async { self.client().find(Locator::Id(id)).await?.click().await })
             .unwrap_or_else(|e| panic!("clicking #{id}: {e}"));
@@ -178,7 +178,7 @@ impl Browser {
 
     /// Polls `check` every 250 ms until it returns `Some`, or panics with
     /// `what` and the page's last state after `timeout`.
-    pub fn wait_for<T>(
+    pub(crate) fn wait_for<T>(
         &mut self,
         what: &str,
         timeout: Duration,
@@ -199,7 +199,7 @@ impl Browser {
 
     /// Saves a PNG of the viewport to `target/test-artifacts/<name>.png`
     /// (under `CARGO_TARGET_DIR` when set) and returns its path.
-    pub fn screenshot(&self, name: &str) -> PathBuf {
+    pub(crate) fn screenshot(&self, name: &str) -> PathBuf {
         let png = self.runtime.block_on(self.client().screenshot()).expect("screenshot");
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
@@ -214,7 +214,7 @@ impl Browser {
 
     /// The console entries logged since the last call (chromedriver hands
     /// each entry out once).
-    pub fn new_console_entries(&self) -> Vec<LogEntry> {
+    pub(crate) fn new_console_entries(&self) -> Vec<LogEntry> {
         let raw = self.runtime.block_on(self.client().issue_cmd(GetBrowserLog)).expect("reading the browser log");
         raw.as_array()
             .map(|entries| {
@@ -234,7 +234,7 @@ impl Browser {
 impl Browser {
     /// Runs a Chrome DevTools Protocol command through chromedriver (e.g.
     /// `Network.setBlockedURLs` to take an endpoint away from the page).
-    pub fn cdp(&self, cmd: &'static str, params: Value) -> Value {
+    pub(crate) fn cdp(&self, cmd: &'static str, params: Value) -> Value {
         self.runtime.block_on(self.client().issue_cmd(Cdp { cmd, params })).unwrap_or_else(|e| panic!("CDP {cmd}: {e}"))
     }
 }
@@ -242,10 +242,10 @@ impl Browser {
 /// The dashboard's tiles and sparklines as the page shows them, read from
 /// the stable hooks it exposes: `data-value` on each tile figure,
 /// `data-points` / `data-last-ts` on each sparkline.
-pub const TILES: [&str; 7] = ["events", "sources", "batches", "threats", "risk", "lag", "requests"];
+pub(crate) const TILES: [&str; 7] = ["events", "sources", "batches", "threats", "risk", "lag", "requests"];
 
 #[derive(Clone, Debug)]
-pub struct Tile {
+pub(crate) struct Tile {
     pub value: Option<f64>,
     pub sub: Option<f64>,
     pub text: String,
@@ -254,7 +254,7 @@ pub struct Tile {
 }
 
 impl Browser {
-    pub fn tile(&self, name: &str) -> Tile {
+    pub(crate) fn tile(&self, name: &str) -> Tile {
         let v = self.js(
             "const t = arguments[0]; const $ = (id) => document.getElementById(id);
              const spark = $('spark-' + t);
@@ -275,12 +275,12 @@ impl Browser {
 
     /// `data-state` of the connection indicator: `connecting`, `live`,
     /// `polling`, `auth` or `unreachable`.
-    pub fn connection(&self) -> String {
+    pub(crate) fn connection(&self) -> String {
         self.attr("conn", "data-state").unwrap_or_default()
     }
 
     /// Rows of a dashboard table (`data-rows`) and their visible text.
-    pub fn rows(&self, id: &str) -> (u64, String) {
+    pub(crate) fn rows(&self, id: &str) -> (u64, String) {
         let n = self.attr(id, "data-rows").and_then(|v| v.parse().ok()).unwrap_or(0);
         (n, self.text(id))
     }

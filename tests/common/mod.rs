@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub const KEY: &str = "test-key-7f3a";
+pub(crate) const KEY: &str = "test-key-7f3a";
 
 /// Environment variables that override configuration: cleared for every
 /// spawned binary so the developer's shell cannot change a test.
-pub const OVERRIDE_VARS: [&str; 7] = [
+pub(crate) const OVERRIDE_VARS: [&str; 7] = [
     "API_KEY",
     "GEOIP_CITY_DB",
     "GEOIP_ASN_DB",
@@ -25,20 +25,20 @@ pub const OVERRIDE_VARS: [&str; 7] = [
 ];
 
 /// The repository root (paths in test configs are made absolute with it).
-pub fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-pub fn data(rel: &str) -> String {
+pub(crate) fn data(rel: &str) -> String {
     repo().join("tests/data").join(rel).display().to_string()
 }
 
-pub fn bin() -> Command {
+pub(crate) fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_enrichd"))
 }
 
 /// The default chain with the MaxMind test databases and the sample indicators.
-pub fn test_chain() -> String {
+pub(crate) fn test_chain() -> String {
     format!(
         r#"
 [[chain]]
@@ -59,7 +59,7 @@ paths = ["{ti}"]
     )
 }
 
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
     pub base: String,
     pub dir: tempfile::TempDir,
@@ -69,19 +69,19 @@ pub struct Server {
 
 impl Server {
     /// Starts `enrichd serve` with `[auth] api_keys = [KEY]` plus `chain`.
-    pub fn start(chain: &str) -> Server {
+    pub(crate) fn start(chain: &str) -> Server {
         Server::start_with(&format!("[auth]\napi_keys = [\"{KEY}\"]\n{chain}"), &[])
     }
 
     /// Starts `enrichd serve` with exactly `config` and extra environment.
-    pub fn start_with(config: &str, env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start_with(config: &str, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).expect("write config");
         Server::start_file(&path, env, dir)
     }
 
-    pub fn start_file(path: &Path, env: &[(&str, &str)], dir: tempfile::TempDir) -> Server {
+    pub(crate) fn start_file(path: &Path, env: &[(&str, &str)], dir: tempfile::TempDir) -> Server {
         let (child, base) = spawn(path, env);
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Server { child, base, dir, config: path.to_path_buf(), env }
@@ -89,7 +89,7 @@ impl Server {
 
     /// Stops the server and starts it again on the same configuration and
     /// directory (state kept on disk must survive this).
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -98,11 +98,11 @@ impl Server {
         self.base = base;
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 }
@@ -143,22 +143,22 @@ impl Drop for Server {
     }
 }
 
-pub fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).build().into()
 }
 
 /// An HTTP answer, read whole.
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub headers: ureq::http::HeaderMap,
     pub text: String,
 }
 
 impl Reply {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
@@ -172,16 +172,16 @@ fn read(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
 }
 
 impl Server {
-    pub fn get(&self, path: &str) -> Reply {
+    pub(crate) fn get(&self, path: &str) -> Reply {
         read(agent().get(&self.url(path)).call())
     }
 
-    pub fn get_auth(&self, path: &str) -> Reply {
+    pub(crate) fn get_auth(&self, path: &str) -> Reply {
         read(agent().get(&self.url(path)).header("Authorization", format!("Bearer {KEY}")).call())
     }
 
     /// POST raw bytes with the API key and extra headers.
-    pub fn post_raw(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+    pub(crate) fn post_raw(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
         let mut req = agent().post(&self.url(path)).header("Authorization", format!("Bearer {KEY}"));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -189,21 +189,21 @@ impl Server {
         read(req.header("Content-Type", "application/json").send(body))
     }
 
-    pub fn post(&self, path: &str, body: &Value) -> Reply {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> Reply {
         self.post_raw(path, body.to_string().as_bytes(), &[])
     }
 
-    pub fn ingest(&self, format: &str, records: Value) -> Reply {
+    pub(crate) fn ingest(&self, format: &str, records: Value) -> Reply {
         self.post("/v1/ingest", &serde_json::json!({"collector_id": "test", "format": format, "records": records}))
     }
 
     /// [`Server::ingest`] with a query string (`profile=ecs`).
-    pub fn ingest_query(&self, format: &str, query: &str, records: Value) -> Reply {
+    pub(crate) fn ingest_query(&self, format: &str, query: &str, records: Value) -> Reply {
         let body = serde_json::json!({"collector_id": "test", "format": format, "records": records});
         self.post(&format!("/v1/ingest?{query}"), &body)
     }
 
-    pub fn metrics(&self) -> Value {
+    pub(crate) fn metrics(&self) -> Value {
         self.get("/v1/metrics").json()
     }
 }

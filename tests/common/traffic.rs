@@ -8,15 +8,15 @@
 use serde_json::{json, Value};
 
 /// The destination ports the reference run draws from.
-pub const PORTS: [u16; 8] = [53, 80, 443, 445, 3389, 1433, 22, 23];
+pub(crate) const PORTS: [u16; 8] = [53, 80, 443, 445, 3389, 1433, 22, 23];
 
-pub struct Flows {
+pub(crate) struct Flows {
     state: u64,
     seq: u64,
 }
 
 impl Flows {
-    pub fn new(seed: u64) -> Flows {
+    pub(crate) fn new(seed: u64) -> Flows {
         Flows { state: seed | 1, seq: 0 }
     }
 
@@ -36,7 +36,7 @@ impl Flows {
     /// sequence number; 0 = none) has its source in 45.149.3.0/24; the
     /// others come from 203.0.113.0/24 and 198.18.0.0/15 (documentation and
     /// benchmarking ranges, in no indicator list).
-    pub fn record(&mut self, dst_ip: &str, malicious_one_in: u64) -> Value {
+    pub(crate) fn record(&mut self, dst_ip: &str, malicious_one_in: u64) -> Value {
         self.seq += 1;
         let malicious = malicious_one_in > 0 && self.seq.is_multiple_of(malicious_one_in);
         let src_ip = if malicious {
@@ -61,7 +61,7 @@ impl Flows {
     }
 
     /// A `POST /v1/ingest` body of `n` records.
-    pub fn batch(&mut self, n: usize, dst_ip: &str, malicious_one_in: u64) -> Value {
+    pub(crate) fn batch(&mut self, n: usize, dst_ip: &str, malicious_one_in: u64) -> Value {
         let records: Vec<Value> = (0..n).map(|_| self.record(dst_ip, malicious_one_in)).collect();
         json!({ "collector_id": "e2e-load", "format": "flows.v1", "records": records })
     }

@@ -51,14 +51,14 @@ pub struct LogBudget {
     pub dropped: AtomicU64,
 }
 
-pub const LOG_BURST: f64 = 100.0;
-pub const LOG_PER_SEC: f64 = 10.0;
+pub(crate) const LOG_BURST: f64 = 100.0;
+pub(crate) const LOG_PER_SEC: f64 = 10.0;
 /// Longest guest log message, in bytes (read, then again once escaped).
-pub const LOG_MAX_BYTES: usize = 512;
+pub(crate) const LOG_MAX_BYTES: usize = 512;
 /// Longest key `field` and `config` look up; longer ones are absent. Keeps
 /// every host call short, so the deadline is kept between guest
 /// instructions (where the epoch is checked).
-pub const MAX_KEY: usize = 1024;
+pub(crate) const MAX_KEY: usize = 1024;
 
 impl Default for LogBudget {
     fn default() -> Self {
@@ -131,7 +131,7 @@ fn write_guest(caller: &mut Caller<'_, HostState>, value: Option<&[u8]>, ptr: i3
     value.len() as i32
 }
 
-pub fn field(
+pub(crate) fn field(
     caller: &mut Caller<'_, HostState>,
     event: i32,
     key_ptr: i32,
@@ -181,7 +181,13 @@ fn fact_value(facts: &[FactInfo], ev: &Event, name: &str) -> Option<String> {
     }
 }
 
-pub fn config(caller: &mut Caller<'_, HostState>, key_ptr: i32, key_len: i32, out_ptr: i32, out_cap: i32) -> i32 {
+pub(crate) fn config(
+    caller: &mut Caller<'_, HostState>,
+    key_ptr: i32,
+    key_len: i32,
+    out_ptr: i32,
+    out_cap: i32,
+) -> i32 {
     if key_len as u32 as usize > MAX_KEY {
         return -1;
     }
@@ -193,7 +199,7 @@ pub fn config(caller: &mut Caller<'_, HostState>, key_ptr: i32, key_len: i32, ou
 /// Logs a guest message: rate-limited (`LogBudget`), cut to
 /// `LOG_MAX_BYTES`, invalid UTF-8 replaced, and escaped so that it stays
 /// one line (a guest cannot forge log lines or terminal escapes).
-pub fn log(caller: &mut Caller<'_, HostState>, level: i32, ptr: i32, len: i32) {
+pub(crate) fn log(caller: &mut Caller<'_, HostState>, level: i32, ptr: i32, len: i32) {
     if len < 0 || !caller.data().logs.take() {
         return;
     }

@@ -81,14 +81,14 @@ fn default_memory_mib() -> u64 {
 }
 /// Rust and C rules have tables of tens to hundreds of entries (one per
 /// function whose address is taken); 10,000 is ~80 KiB per table.
-pub const DEFAULT_TABLE_ELEMENTS: u32 = 10_000;
+pub(crate) const DEFAULT_TABLE_ELEMENTS: u32 = 10_000;
 fn default_table_elements() -> u32 {
     DEFAULT_TABLE_ELEMENTS
 }
 /// The committed modules are 1-23 KiB, so 16 MiB leaves room for big
 /// generated code; a load peaks at ~5x the file size (bytes, compilation),
 /// so this bounds it to ~100 MiB.
-pub const DEFAULT_MODULE_SIZE_MIB: u64 = 16;
+pub(crate) const DEFAULT_MODULE_SIZE_MIB: u64 = 16;
 fn default_module_size_mib() -> u64 {
     DEFAULT_MODULE_SIZE_MIB
 }

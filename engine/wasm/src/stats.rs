@@ -78,7 +78,7 @@ impl FailureKind {
 const BUCKETS: usize = 21;
 
 #[derive(Default)]
-pub struct ModuleStats {
+pub(crate) struct ModuleStats {
     calls: AtomicU64,
     events: AtomicU64,
     errors: [AtomicU64; FailureKind::ALL.len()],
@@ -86,7 +86,7 @@ pub struct ModuleStats {
 }
 
 impl ModuleStats {
-    pub fn record_call(&self, events: usize, elapsed: Duration) {
+    pub(crate) fn record_call(&self, events: usize, elapsed: Duration) {
         self.calls.fetch_add(1, Relaxed);
         self.events.fetch_add(events as u64, Relaxed);
         let us = elapsed.as_micros().max(1) as u64;
@@ -94,11 +94,11 @@ impl ModuleStats {
         self.latency[bucket].fetch_add(1, Relaxed);
     }
 
-    pub fn record_error(&self, kind: FailureKind) {
+    pub(crate) fn record_error(&self, kind: FailureKind) {
         self.errors[kind.index()].fetch_add(1, Relaxed);
     }
 
-    pub fn errors(&self, kind: FailureKind) -> u64 {
+    pub(crate) fn errors(&self, kind: FailureKind) -> u64 {
         self.errors[kind.index()].load(Relaxed)
     }
 
@@ -120,7 +120,7 @@ impl ModuleStats {
         None
     }
 
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let errors: serde_json::Map<String, Value> =
             FailureKind::ALL.iter().map(|k| (k.name().to_string(), self.errors(*k).into())).collect();
         json!({
@@ -139,7 +139,7 @@ impl ModuleStats {
 
 /// Stops calling a module after `threshold` failures within `window`, until
 /// the module is replaced (a new enricher is built).
-pub struct CircuitBreaker {
+pub(crate) struct CircuitBreaker {
     threshold: usize,
     window: Duration,
     open: AtomicBool,
@@ -147,7 +147,7 @@ pub struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    pub fn new(threshold: usize, window: Duration) -> Self {
+    pub(crate) fn new(threshold: usize, window: Duration) -> Self {
         CircuitBreaker {
             threshold: threshold.max(1),
             window,
@@ -156,12 +156,12 @@ impl CircuitBreaker {
         }
     }
 
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.open.load(Relaxed)
     }
 
     /// Records a failure; returns true when this one opened the circuit.
-    pub fn record(&self, kind: FailureKind) -> bool {
+    pub(crate) fn record(&self, kind: FailureKind) -> bool {
         if !kind.counts_for_breaker() || self.is_open() {
             return false;
         }

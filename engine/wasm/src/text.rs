@@ -11,10 +11,10 @@ use std::fmt::Write;
 
 /// Longest error text the host keeps or serves about a module (load
 /// errors, instantiation failures), in bytes.
-pub const MAX_ERROR_TEXT: usize = 300;
+pub(crate) const MAX_ERROR_TEXT: usize = 300;
 
 /// Longest guest-chosen name quoted inside an error, in bytes.
-pub const MAX_NAME: usize = 64;
+pub(crate) const MAX_NAME: usize = 64;
 
 /// Characters written as `\u{..}`: C0/C1 controls and DEL (line breaks,
 /// terminal escapes), Unicode line and paragraph separators, and bidi
@@ -29,7 +29,7 @@ fn needs_escape(c: char) -> bool {
 /// `text` on one line, control characters escaped (`\n`, `\u{1b}`, ...;
 /// a backslash doubled, so an escape cannot be forged either), cut to at
 /// most `max` bytes on a character boundary, with `…` when cut.
-pub fn escape(text: &str, max: usize) -> String {
+pub(crate) fn escape(text: &str, max: usize) -> String {
     const MORE: &str = "…";
     let mut out = String::with_capacity(text.len().min(max));
     let mut piece = String::new();
@@ -62,7 +62,7 @@ pub fn escape(text: &str, max: usize) -> String {
 /// `text` cut to at most `max` bytes on a character boundary (with `…`
 /// when cut), not escaped: for names quoted in an error that is escaped
 /// as a whole (`error_text`).
-pub fn cut(text: &str, max: usize) -> String {
+pub(crate) fn cut(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }
@@ -74,7 +74,7 @@ pub fn cut(text: &str, max: usize) -> String {
 }
 
 /// An error about a module, as the host logs, stores and serves it.
-pub fn error_text(e: &anyhow::Error) -> String {
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
     escape(&format!("{e:#}"), MAX_ERROR_TEXT)
 }
 

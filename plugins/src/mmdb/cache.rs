@@ -42,7 +42,7 @@ pub(super) struct Job {
 }
 
 impl Job {
-    pub fn new(event: usize, target: usize, side: Side, ip: IpAddr) -> Job {
+    pub(super) fn new(event: usize, target: usize, side: Side, ip: IpAddr) -> Job {
         // Batches hold far fewer than 2^32 events; targets are a handful.
         Job { event: event as u32, target: target as u8, side, ip: ip.to_canonical(), found: Ok(None) }
     }
@@ -78,7 +78,7 @@ pub(super) struct Records {
 impl Caches {
     /// With a record table of `1 << record_bits` slots (8 in tests, so
     /// that collisions and evictions happen all the time).
-    pub fn new(record_bits: u32) -> Self {
+    pub(super) fn new(record_bits: u32) -> Self {
         let bits = if cfg!(test) { 3 } else { record_bits };
         Caches {
             // (0, 0) is `::`, which is never looked up: its canonical form
@@ -99,7 +99,7 @@ impl Caches {
 
     /// Sets `found` of every job: from the address table, or by walking
     /// the tree for all the others at once.
-    pub fn find_all(&mut self, db: &Database) {
+    pub(super) fn find_all(&mut self, db: &Database) {
         self.walk.clear();
         self.walk_jobs.clear();
         for (i, job) in self.jobs.iter_mut().enumerate() {
@@ -129,7 +129,11 @@ impl Caches {
     /// The fragment (and fact) for one address, through both caches (the
     /// batch path, for one address).
     #[cfg(test)]
-    pub fn answer<F: RecordFormat>(&mut self, db: &Database, ip: IpAddr) -> anyhow::Result<(JsonFragment, Fact)> {
+    pub(super) fn answer<F: RecordFormat>(
+        &mut self,
+        db: &Database,
+        ip: IpAddr,
+    ) -> anyhow::Result<(JsonFragment, Fact)> {
         self.jobs.clear();
         self.jobs.push(Job::new(0, 0, Side::Source, ip));
         self.find_all(db);
@@ -156,7 +160,12 @@ impl Records {
     /// job a few steps ahead. Table slots and the fragments they hold are
     /// prefetched ahead too: with random addresses most are cold, and `Arc`
     /// counts must be touched.
-    pub fn answer_all<'j, F: RecordFormat>(&mut self, db: &Database, jobs: &'j [Job], mut visit: impl FnMut(Step<'j>)) {
+    pub(super) fn answer_all<'j, F: RecordFormat>(
+        &mut self,
+        db: &Database,
+        jobs: &'j [Job],
+        mut visit: impl FnMut(Step<'j>),
+    ) {
         let offset_of = |i: usize| jobs.get(i).and_then(|j| j.found.ok().flatten());
         for (i, job) in jobs.iter().enumerate() {
             if let Some(offset) = offset_of(i + AHEAD) {

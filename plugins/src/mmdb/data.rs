@@ -83,7 +83,7 @@ impl Value {
     fn size(self) -> usize {
         (self.head.get() >> 8) as usize
     }
-    pub fn as_map(self) -> Option<Map> {
+    pub(crate) fn as_map(self) -> Option<Map> {
         (self.kind() == MAP).then_some(Map { len: self.size(), pos: self.pos })
     }
 }
@@ -97,7 +97,7 @@ pub(crate) struct DataSection<'a> {
 }
 
 impl<'a> DataSection<'a> {
-    pub fn new(bytes: &'a [u8]) -> Self {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
         DataSection { bytes }
     }
 
@@ -210,7 +210,7 @@ impl<'a> DataSection<'a> {
     /// keys, nesting depth, and at most `MAX_VALUES` values in all (shared
     /// maps reached through pointers count each time). For validating a
     /// database before it goes live; lookups read lazily instead.
-    pub fn validate(&self, offset: usize) -> Result<()> {
+    pub(crate) fn validate(&self, offset: usize) -> Result<()> {
         let mut budget = MAX_VALUES;
         self.walk(offset, 0, &mut budget).map(drop).ok_or(DataError { offset })
     }
@@ -260,7 +260,7 @@ impl<'a> DataSection<'a> {
 
     /// The record at `offset`, when it is a map.
     #[inline(always)]
-    pub fn record(&self, offset: usize) -> Result<Option<Map>> {
+    pub(crate) fn record(&self, offset: usize) -> Result<Option<Map>> {
         match self.read(offset) {
             Some((value, _)) => Ok(value.as_map()),
             None => Err(DataError { offset }),
@@ -270,7 +270,7 @@ impl<'a> DataSection<'a> {
     /// Calls `f(key, value)` for each entry of `map`, in order, until it
     /// returns `false`. Keys are compared as bytes, unvalidated.
     #[inline(always)]
-    pub fn each(&self, map: Map, mut f: impl FnMut(&'a [u8], Value) -> Result<bool>) -> Result<()> {
+    pub(crate) fn each(&self, map: Map, mut f: impl FnMut(&'a [u8], Value) -> Result<bool>) -> Result<()> {
         let fail = DataError { offset: map.pos };
         let mut pos = map.pos;
         for _ in 0..map.len {
@@ -290,7 +290,7 @@ impl<'a> DataSection<'a> {
 
     /// The value under `key` in `map`, stopping at the first match.
     #[inline(always)]
-    pub fn get(&self, map: Map, key: &str) -> Result<Option<Value>> {
+    pub(crate) fn get(&self, map: Map, key: &str) -> Result<Option<Value>> {
         let mut found = None;
         self.each(map, |k, value| {
             if k == key.as_bytes() {
@@ -304,7 +304,7 @@ impl<'a> DataSection<'a> {
     /// Follows `path` through nested maps; `None` when a step is missing or
     /// not a map.
     #[inline(always)]
-    pub fn path(&self, map: Map, path: &[&str]) -> Result<Option<Value>> {
+    pub(crate) fn path(&self, map: Map, path: &[&str]) -> Result<Option<Value>> {
         let (last, steps) = path.split_last().expect("non-empty path");
         let mut map = map;
         for step in steps {
@@ -318,14 +318,14 @@ impl<'a> DataSection<'a> {
 
     /// The string, when `value` is one and is valid UTF-8 (checked here,
     /// for the few strings used; a corrupt one reads as absent).
-    pub fn str(&self, value: Option<Value>) -> Option<&'a str> {
+    pub(crate) fn str(&self, value: Option<Value>) -> Option<&'a str> {
         let v = value.filter(|v| v.kind() == STRING)?;
         std::str::from_utf8(self.bytes.get(v.pos..v.pos + v.size())?).ok()
     }
 
     /// A `double`, or a `float` widened through its shortest decimal form
     /// (so `51.5` stays `51.5`, not `51.5000000001`).
-    pub fn f64(&self, value: Option<Value>) -> Option<f64> {
+    pub(crate) fn f64(&self, value: Option<Value>) -> Option<f64> {
         let v = value?;
         match v.kind() {
             DOUBLE => Some(f64::from_be_bytes(self.bytes.get(v.pos..v.pos + 8)?.try_into().ok()?)),
@@ -338,7 +338,7 @@ impl<'a> DataSection<'a> {
     }
 
     /// An unsigned integer of up to 64 bits, or a non-negative `int32`.
-    pub fn u64(&self, value: Option<Value>) -> Option<u64> {
+    pub(crate) fn u64(&self, value: Option<Value>) -> Option<u64> {
         let v = value?;
         let bytes = self.bytes.get(v.pos..v.pos + v.size())?;
         match v.kind() {

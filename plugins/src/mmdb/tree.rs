@@ -59,7 +59,13 @@ pub(crate) struct Tree {
 impl Tree {
     /// `tree` must be the whole search tree: `node_count` nodes of
     /// `record_size * 2` bits (the caller has checked that much is mapped).
-    pub fn new(tree: &[u8], node_count: usize, record_size: u16, data_len: usize, ipv4_only: bool) -> Option<Tree> {
+    pub(super) fn new(
+        tree: &[u8],
+        node_count: usize,
+        record_size: u16,
+        data_len: usize,
+        ipv4_only: bool,
+    ) -> Option<Tree> {
         if !matches!(record_size, 24 | 28 | 32) || node_count.checked_mul(usize::from(record_size) / 4)? != tree.len() {
             return None;
         }
@@ -100,14 +106,14 @@ impl Tree {
     }
 
     /// Looks up one address (canonical: IPv4-mapped IPv6 given as IPv4).
-    pub fn find(&self, tree: &[u8], ip: IpAddr) -> Found {
+    pub(super) fn find(&self, tree: &[u8], ip: IpAddr) -> Found {
         let mut out = [Ok(None)];
         self.find_many(tree, &[ip], &mut out);
         out[0]
     }
 
     /// Looks up every address of `ips` (canonical) into `out`, same order.
-    pub fn find_many(&self, tree: &[u8], ips: &[IpAddr], out: &mut [Found]) {
+    pub(super) fn find_many(&self, tree: &[u8], ips: &[IpAddr], out: &mut [Found]) {
         assert_eq!(ips.len(), out.len());
         match self.record_size {
             24 => self.walk::<24>(tree, ips, out),
@@ -182,7 +188,7 @@ impl Tree {
     /// offset, or `Err` when it points outside the data section. Inner
     /// nodes and "not found" are skipped. For validating a database before
     /// it goes live.
-    pub fn sample_records(&self, tree: &[u8], max_nodes: usize, mut f: impl FnMut(Result<usize, TreeError>)) {
+    pub(super) fn sample_records(&self, tree: &[u8], max_nodes: usize, mut f: impl FnMut(Result<usize, TreeError>)) {
         let step = self.node_count.div_ceil(max_nodes.max(1)).max(1);
         for node in (0..self.node_count).step_by(step) {
             for bit in 0..2 {
