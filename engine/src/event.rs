@@ -216,10 +216,11 @@ pub struct Event {
     /// scalars by id.
     pub(crate) facts: FactSet,
     pub(crate) texts: SmallVec<[(TextFieldId, Text); 2]>,
-    // Inline room for the default chain (geo, asn, ti, risk_score,
-    // reasons, tags) so no event allocates for its results. Plugin facts
-    // (country, AS number, matches, score...) are in `facts`, not here.
-    pub(crate) outputs: SmallVec<[(KeyId, JsonFragment); 6]>,
+    // Inline room for the stage-3 chain (geo and asn on both addresses,
+    // ti, risk_score, reasons, tags) so no event allocates for its
+    // results. Plugin facts (country, AS number, matches, score...) are in
+    // `facts`, not here.
+    pub(crate) outputs: SmallVec<[(KeyId, JsonFragment); 8]>,
     pub(crate) warnings: Vec<String>,
 }
 
