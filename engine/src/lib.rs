@@ -12,6 +12,7 @@
 //! back ([`Batch::write_ingest_response`], NDJSON) with the enrichment
 //! results appended.
 
+pub mod admin;
 pub mod batch;
 pub mod chain;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod plugin;
 pub mod profile;
 pub mod registry;
 
+pub use admin::{AdminHandler, AdminMethod, AdminRequest, AdminResource, AdminResponse};
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
 pub use chain::{BuildEnv, Chain, StageReport};
 pub use config::Config;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::admin::AdminResource;
 use crate::batch::BatchView;
 use crate::event::{Event, KeyId, TextFieldId};
 use crate::fact::{FactDecl, FactId, FactInfo};
@@ -32,6 +33,13 @@ pub trait PluginFactory: Send + Sync {
     /// this kind (e.g. `GEOIP_CITY_DB` sets the geoip `database`).
     fn env_overrides(&self) -> &'static [EnvOverride] {
         &[]
+    }
+
+    /// Administrative resources this plugin serves on the server
+    /// (`GET`/`PUT /v1/{name}`, `DELETE /v1/{name}/{id}`; see
+    /// [`crate::admin`]). None by default.
+    fn admin_resources(&self) -> Vec<AdminResource> {
+        Vec::new()
     }
 
     /// Validates `options` and builds the enricher. A missing data file is

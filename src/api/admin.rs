@@ -1,5 +1,7 @@
-//! Administrative endpoints: `POST /v1/reload` and the API indicator store
-//! (`GET`/`PUT /v1/indicators`, `DELETE /v1/indicators/{id}`).
+//! Administrative endpoints: `POST /v1/reload` and the plugins' admin
+//! resources (`GET`/`PUT /v1/{name}`, `DELETE /v1/{name}/{id}`, e.g. the
+//! API indicator store at `/v1/indicators`), mounted generically from every
+//! registered factory's [`enrichd_engine::AdminResource`]s.
 //!
 //! They need an admin key (`auth.admin_keys` / `ADMIN_API_KEY`), distinct
 //! from ingest keys: a collector that can send telemetry must not be able
@@ -12,15 +14,14 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
-use enrichd_plugins::ti::api_store::{self, ApiIndicator, NewIndicator};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use enrichd_engine::{AdminHandler, AdminMethod, AdminRequest, AdminResponse};
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
 use crate::reload;
-
-/// Most indicators accepted in one `PUT`.
-const MAX_INDICATORS_PER_PUT: usize = 10_000;
 
 fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.admin_keys.is_empty() {
@@ -48,131 +49,100 @@ pub(super) async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMa
     Ok(Json(blocking(move || reload::reload_everything(&worker)).await?))
 }
 
-fn store_path(state: &AppState) -> PathBuf {
-    api_store::path_in(&state.config.state_dir())
+/// The paths of every plugin admin resource (`/v1/{name}`), for `GET /v1`.
+pub(super) fn resource_paths(state: &AppState) -> Vec<String> {
+    let registry = state.engine.registry();
+    registry.factories().flat_map(|f| f.admin_resources()).map(|r| format!("/v1/{}", r.name)).collect()
 }
 
-fn store_error(e: std::io::Error) -> ApiError {
-    tracing::error!(error = %e, "API indicator store");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", "the indicator store could not be read or written")
+/// `GET`/`PUT /v1/{name}` and `DELETE /v1/{name}/{id}` for every admin
+/// resource of the registered plugins. A name that is not one path segment,
+/// or that clashes with another route, is a programming error (panics at
+/// start, like a plugin kind registered twice).
+pub(super) fn routes(state: &AppState) -> Router<Arc<AppState>> {
+    let mut router = Router::new();
+    for factory in state.engine.registry().factories() {
+        for resource in factory.admin_resources() {
+            let name = resource.name;
+            assert!(
+                !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b)),
+                "plugin {:?}: admin resource name {name:?} is not a plain path segment",
+                factory.kind()
+            );
+            let (on_list, on_put, on_delete) = (resource.handler.clone(), resource.handler.clone(), resource.handler);
+            router = router
+                .route(
+                    &format!("/v1/{name}"),
+                    get(move |State(state): State<Arc<AppState>>, headers: HeaderMap| {
+                        call(state, headers, on_list, AdminMethod::List, None, None)
+                    })
+                    .put(
+                        move |State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body| {
+                            call(state, headers, on_put, AdminMethod::Put, None, Some(body))
+                        },
+                    ),
+                )
+                .route(
+                    &format!("/v1/{name}/{{id}}"),
+                    delete(move |State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>| {
+                        call(state, headers, on_delete, AdminMethod::Delete, Some(id), None)
+                    }),
+                );
+        }
+    }
+    router
 }
 
-/// `GET /v1/indicators`: the indicators added through the API.
-pub(super) async fn list_indicators(
-    State(state): State<Arc<AppState>>,
+/// One call on an admin resource: admin key, body limits, the handler off
+/// the async threads (mutating calls one at a time), then, after a
+/// successful change, the reload of the stages watching the changed files,
+/// so the change is live when the call returns.
+async fn call(
+    state: Arc<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+    handler: Arc<dyn AdminHandler>,
+    method: AdminMethod,
+    id: Option<String>,
+    body: Option<Body>,
+) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
-    let items = api_store::load(&store_path(&state)).map_err(store_error)?;
-    Ok(Json(json!({ "count": items.len(), "indicators": items })))
-}
-
-/// `PUT /v1/indicators`: adds or updates indicators. Body: one indicator
-/// object, an array of them, or `{"indicators": [...]}`; each is
-/// `{"indicator", "category"?, "confidence"?, "description"?}`. All are
-/// validated before anything is stored; the answer comes once they are live.
-pub(super) async fn put_indicators(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Value>, ApiError> {
-    check_admin(&state, &headers)?;
-    let body = super::body::read(&state, &headers, body).await?;
-    let items = parse_new_indicators(&body)?;
+    let body = match body {
+        Some(body) => super::body::read(&state, &headers, body).await?,
+        None => Vec::new(),
+    };
     let worker = state.clone();
-    blocking(move || {
-        let path = store_path(&worker);
-        let _guard = worker.indicator_store.lock().unwrap_or_else(|e| e.into_inner());
-        let mut stored = api_store::load(&path).map_err(store_error)?;
-        let (mut added, mut updated) = (0, 0);
-        for item in &items {
-            if api_store::upsert(&mut stored, item.clone()) {
-                added += 1;
-            } else {
-                updated += 1;
+    let answer = blocking(move || {
+        let _guard = method.mutates().then(|| worker.admin_changes.lock().unwrap_or_else(|e| e.into_inner()));
+        let state_dir = worker.config.state_dir();
+        let mut answer = handler.handle(AdminRequest { method, id: id.as_deref(), body: &body, state_dir: &state_dir });
+        if (200..300).contains(&answer.status) && !answer.changed.is_empty() {
+            let live = live_after_change(&worker, &answer.changed);
+            if let Some(obj) = answer.body.as_object_mut() {
+                obj.insert("live".into(), live);
             }
         }
-        api_store::save(&path, &stored).map_err(store_error)?;
-        let live = live_after_change(&worker, path);
-        let ids: Vec<Value> =
-            items.iter().map(|i| json!({ "id": i.id, "indicator": i.indicator, "type": i.kind })).collect();
-        Ok(Json(json!({ "added": added, "updated": updated, "indicators": ids, "live": live })))
+        answer
     })
-    .await?
+    .await?;
+    Ok(respond(answer))
 }
 
-/// `DELETE /v1/indicators/{id}`.
-pub(super) async fn delete_indicator(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    check_admin(&state, &headers)?;
-    let worker = state.clone();
-    blocking(move || {
-        let path = store_path(&worker);
-        let _guard = worker.indicator_store.lock().unwrap_or_else(|e| e.into_inner());
-        let mut stored = api_store::load(&path).map_err(store_error)?;
-        let Some(pos) = stored.iter().position(|i| i.id == id) else {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no API indicator with id {id:?}")));
-        };
-        let removed = stored.remove(pos);
-        api_store::save(&path, &stored).map_err(store_error)?;
-        let live = live_after_change(&worker, path);
-        Ok(Json(json!({ "deleted": removed, "live": live })))
-    })
-    .await?
+fn respond(answer: AdminResponse) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or_else(|_| {
+        tracing::error!(status = answer.status, "admin resource answered with an invalid status code");
+        StatusCode::INTERNAL_SERVER_ERROR
+    });
+    (status, Json(answer.body)).into_response()
 }
 
-/// Reloads the stages that load the store, so the change is live when the
-/// call returns; says so when no stage uses API indicators.
-fn live_after_change(state: &AppState, path: PathBuf) -> Value {
-    let report = state.engine.reload_paths(&[path]);
+/// Reloads the stages that watch `changed`, so the change is live when the
+/// call returns; says so when no enabled stage loads those files.
+fn live_after_change(state: &AppState, changed: &[PathBuf]) -> Value {
+    let report = state.engine.reload_paths(changed);
     if report.stages.is_empty() {
-        return json!({ "warning": "no enabled ti stage loads API indicators (api_indicators = false or no ti stage)" });
+        let files: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
+        return json!({ "warning": format!("no enabled stage loads {}: the change is stored but not in use", files.join(", ")) });
     }
     json!({ "chain_generation": report.chain_generation, "stages": report.stages })
-}
-
-fn parse_new_indicators(body: &[u8]) -> Result<Vec<ApiIndicator>, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")))?;
-    let list = match value {
-        Value::Object(mut obj) if obj.contains_key("indicators") => match obj.remove("indicators") {
-            Some(Value::Array(list)) => list,
-            _ => return Err(ApiError::bad_request("invalid_field", "`indicators` must be an array")),
-        },
-        Value::Array(list) => list,
-        obj @ Value::Object(_) => vec![obj],
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_body",
-                "expected an indicator object, an array of them, or {\"indicators\": [...]}",
-            ))
-        }
-    };
-    if list.is_empty() {
-        return Err(ApiError::bad_request("empty", "no indicator given"));
-    }
-    if list.len() > MAX_INDICATORS_PER_PUT {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_indicators",
-            format!("{} indicators in one request; at most {MAX_INDICATORS_PER_PUT}", list.len()),
-        ));
-    }
-    let now = enrichd_engine::rfc3339(std::time::SystemTime::now());
-    list.into_iter()
-        .enumerate()
-        .map(|(index, item)| {
-            let new: NewIndicator = serde_json::from_value(item).map_err(|e| {
-                ApiError::bad_request("invalid_indicator", format!("indicators[{index}]: {e}"))
-                    .with(json!({ "index": index }))
-            })?;
-            new.normalize(now.clone()).map_err(|e| {
-                ApiError::bad_request("invalid_indicator", format!("indicators[{index}]: {e}"))
-                    .with(json!({ "index": index, "field": "indicator" }))
-            })
-        })
-        .collect()
 }

@@ -14,14 +14,30 @@ use super::{ApiError, AppState};
 use crate::schema;
 
 /// `GET /v1`: what this server offers (`/` is the dashboard).
-pub(super) async fn index() -> Json<Value> {
+pub(super) async fn index(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let mut api: Vec<String> = [
+        "/v1/health",
+        "/v1/health/details",
+        "/v1/enrichers",
+        "/v1/version",
+        "/v1/schema",
+        "/v1/metrics",
+        "/v1/stream",
+        "/metrics",
+        "/v1/ingest",
+        "/v1/lookup",
+        "/v1/outputs/elastic",
+        "/v1/outputs/splunk",
+        "/v1/reload",
+    ]
+    .map(String::from)
+    .into();
+    api.extend(super::admin::resource_paths(&state));
     Json(json!({
         "service": "enrichd",
         "version": env!("CARGO_PKG_VERSION"),
         "dashboard": "/",
-        "api": ["/v1/health", "/v1/health/details", "/v1/enrichers", "/v1/version", "/v1/schema",
-                "/v1/metrics", "/v1/stream", "/metrics", "/v1/ingest", "/v1/lookup", "/v1/outputs/elastic", "/v1/outputs/splunk",
-                "/v1/reload", "/v1/indicators"],
+        "api": api,
     }))
 }
 

@@ -40,8 +40,9 @@ pub(crate) struct AppState {
     /// Command-line settings that override the file's (`--listen`): a
     /// reloaded file is compared with the running settings after them.
     pub overrides: CliOverrides,
-    /// Serializes changes to the API indicator store (admin calls only).
-    pub indicator_store: std::sync::Mutex<()>,
+    /// Serializes the plugins' mutating admin calls (`PUT`/`DELETE` on an
+    /// admin resource) and the reloads that make them live.
+    pub admin_changes: std::sync::Mutex<()>,
     pub outputs: OutputSettings,
     /// Output profiles by name, and the default (`None`: the v1 layout).
     pub profiles: (enrichd_engine::Profiles, Option<Arc<enrichd_engine::Profile>>),
@@ -76,7 +77,7 @@ impl AppState {
             pipeline,
             reload: ReloadStatus::default(),
             overrides: Default::default(),
-            indicator_store: Default::default(),
+            admin_changes: Default::default(),
             outputs: Default::default(),
             profiles,
             started: Instant::now(),

@@ -17,8 +17,11 @@
 //!   is two matches: which feeds agree is information, not noise.
 //!
 //! Layout: [`options`] (config), [`loader`] (file formats), [`index`]
-//! (prefix and domain lookups), this file (factory and enricher).
+//! (prefix and domain lookups), [`api_store`] (indicators added through
+//! the API) and `admin` (its `indicators` admin resource), this file
+//! (factory and enricher).
 
+mod admin;
 pub mod api_store;
 pub mod index;
 pub mod loader;
@@ -33,8 +36,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use enrichd_engine::{
-    AddressSelector, BatchView, BuildContext, Enricher, EnvOverride, FactDecl, FactId, FactKind, JsonFragment, KeyId,
-    PluginFactory, PluginState, PluginStatus, TextFieldId,
+    AddressSelector, AdminResource, BatchView, BuildContext, Enricher, EnvOverride, FactDecl, FactId, FactKind,
+    JsonFragment, KeyId, PluginFactory, PluginState, PluginStatus, TextFieldId,
 };
 use serde_json::json;
 
@@ -60,6 +63,12 @@ impl PluginFactory for TiFactory {
 
     fn env_overrides(&self) -> &'static [EnvOverride] {
         &[EnvOverride { var: "TI_PATH", option: "paths", list: true }]
+    }
+
+    /// `GET`/`PUT /v1/indicators`, `DELETE /v1/indicators/{id}`: the
+    /// indicators added through the API ([`api_store`]).
+    fn admin_resources(&self) -> Vec<AdminResource> {
+        vec![AdminResource { name: "indicators", handler: Arc::new(admin::Indicators) }]
     }
 
     fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
