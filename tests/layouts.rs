@@ -114,3 +114,55 @@ fn stage3_profile_over_the_default_chain() {
     let r = s.ingest_query("flows.v1", "profile=v1", json!([{"src_ip": "81.2.69.160"}]));
     assert_eq!(r.json()["records"][0]["geo"]["city"], "London");
 }
+
+/// `[output] key_profiles`: a collector's key picks its layout (keyed by
+/// the key's SHA-256, never the key); `?profile=` still wins; other keys get
+/// the default.
+#[test]
+fn each_api_key_can_have_its_own_profile() {
+    use sha2::{Digest, Sha256};
+    const ECS_KEY: &str = "ecs-collector-key-91c2";
+    let digest: String = Sha256::digest(ECS_KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let config = format!(
+        "[auth]\napi_keys = [\"{key}\", \"{ECS_KEY}\"]\n[output]\nkey_profiles = {{ \"{digest}\" = \"ecs\" }}\n{chain}",
+        key = common::KEY,
+        chain = common::test_chain()
+    );
+    let s = Server::start_with(&config, &[]);
+    let body = json!({"collector_id": "c", "format": "flows.v1", "records": [{"src_ip": "81.2.69.160", "dst_ip": "1.128.0.1"}]});
+    let with_key = |key: &str, query: &str| -> serde_json::Value {
+        let mut response = ureq::post(&s.url(&format!("/v1/ingest{query}")))
+            .header("Authorization", format!("Bearer {key}"))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .expect("ingest answers 200");
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
+    };
+    let ecs = with_key(ECS_KEY, "");
+    assert_eq!(ecs["records"][0]["destination"]["as"]["number"], 1221, "{ecs}");
+    assert!(ecs["records"][0].get("asn").is_none(), "{ecs}");
+    let v1 = with_key(common::KEY, "");
+    assert_eq!(v1["records"][0]["asn"]["asn"], 1221, "{v1}");
+    assert!(v1["records"][0].get("destination").is_none(), "{v1}");
+    let chosen = with_key(ECS_KEY, "?profile=v1");
+    assert_eq!(chosen["records"][0]["asn"]["asn"], 1221, "{chosen}");
+    // The key never appears in what the server shows of its settings.
+    let text = s.get("/v1/enrichers").text + &s.get("/v1/metrics").text;
+    assert!(!text.contains(ECS_KEY));
+}
+
+/// A malformed digest or an unknown profile in `key_profiles` stops start-up
+/// (and `check-config`) with a message naming the setting.
+#[test]
+fn bad_key_profiles_are_refused_at_start() {
+    for (entry, says) in
+        [("\"abc\" = \"ecs\"", "not a SHA-256"), (&*format!("\"{}\" = \"nope\"", "0".repeat(64)), "nope")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, format!("[output]\nkey_profiles = {{ {entry} }}\n{}", common::test_chain())).unwrap();
+        let out = common::bin().args(["check-config", "--config"]).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("key_profiles") && err.contains(says), "{err}");
+    }
+}

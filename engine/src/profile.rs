@@ -267,12 +267,53 @@ pub struct OutputConfig {
     /// configuration file. A file may reuse an embedded profile's name to
     /// replace it.
     pub profile_files: Vec<std::path::PathBuf>,
+    /// The profile per API key, keyed by the key's SHA-256 in lowercase hex
+    /// (`printf %s "$KEY" | sha256sum`), so keys never appear here: a
+    /// request made with that key gets this profile unless it names one
+    /// (`?profile=`). Read at start.
+    pub key_profiles: BTreeMap<String, String>,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        OutputConfig { profile: DEFAULT_PROFILE.into(), profile_files: Vec::new() }
+        OutputConfig { profile: DEFAULT_PROFILE.into(), profile_files: Vec::new(), key_profiles: BTreeMap::new() }
     }
+}
+
+/// One `[output] key_profiles` entry, resolved: an API key's SHA-256 and
+/// its profile (`None`: the v1 layout).
+pub type KeyProfile = ([u8; 32], Option<Arc<Profile>>);
+
+/// `[output] key_profiles`, resolved. Refuses a malformed digest or an
+/// unknown profile name.
+pub fn key_profiles(output: &OutputConfig, profiles: &Profiles) -> Result<Vec<KeyProfile>, String> {
+    output
+        .key_profiles
+        .iter()
+        .map(|(hex, name)| {
+            let digest = parse_digest(hex).ok_or_else(|| {
+                format!(
+                    "[output] key_profiles: {:?} is not a SHA-256 in hex (64 characters)",
+                    crate::limits::excerpt(hex, 80)
+                )
+            })?;
+            let profile = profiles.get(name).map_err(|e| format!("[output] key_profiles: {e}"))?;
+            Ok((digest, profile))
+        })
+        .collect()
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 /// The profiles a service knows, by name; `v1` (the default layout) is

@@ -31,7 +31,8 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "administrative endpoints are disabled: configure auth.admin_keys or ADMIN_API_KEY",
         ));
     }
-    Ok(state.admin_keys.check(headers)?)
+    state.admin_keys.check(headers)?;
+    Ok(())
 }
 
 /// Runs blocking reload work off the async threads.

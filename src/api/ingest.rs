@@ -16,8 +16,8 @@ use enrichd_engine::{Encoding, Input};
 
 use super::{ApiError, AppState};
 
-/// `?profile=<name>`: the output profile for this request (default:
-/// `[output] profile`).
+/// `?profile=<name>`: the output profile for this request (default: the
+/// key's in `[output] key_profiles`, else `[output] profile`).
 #[derive(serde::Deserialize)]
 pub(super) struct IngestQuery {
     profile: Option<String>,
@@ -31,10 +31,13 @@ pub(super) async fn ingest(
 ) -> Result<Response, ApiError> {
     // Lag is measured from here: before the body is read.
     let arrived = Instant::now();
-    state.keys.check(&headers)?;
+    let key = state.keys.check(&headers)?;
     let query = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    // The request's own choice, else its key's (`[output] key_profiles`),
+    // else the default.
+    let key_profile = state.key_profiles.iter().find(|(digest, _)| *digest == key.0).map(|(_, p)| p.clone());
     let encoding = match query.0.profile {
-        None => Encoding::INGEST_RESPONSE.with_profile(state.profiles.1.clone()),
+        None => Encoding::INGEST_RESPONSE.with_profile(key_profile.unwrap_or_else(|| state.profiles.1.clone())),
         Some(name) => Encoding::INGEST_RESPONSE
             .with_profile(state.profiles.0.get(&name).map_err(|e| ApiError::bad_request("unknown_profile", e))?),
     };

@@ -16,6 +16,10 @@ use subtle::ConstantTimeEq;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KeyRefusal(pub &'static str);
 
+/// The SHA-256 of an accepted API key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyDigest(pub [u8; 32]);
+
 pub(crate) struct ApiKeys {
     digests: Vec<[u8; 32]>,
 }
@@ -30,8 +34,9 @@ impl ApiKeys {
     }
 
     /// Accepts `Authorization: Bearer <key>` (scheme case-insensitive) or
-    /// `X-API-Key: <key>`.
-    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), KeyRefusal> {
+    /// `X-API-Key: <key>`; returns the accepted key's SHA-256 (what
+    /// per-key settings are keyed by, never the key).
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<KeyDigest, KeyRefusal> {
         let presented = bearer(headers).or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
         let Some(presented) = presented.map(str::trim).filter(|k| !k.is_empty()) else {
             return Err(unauthorized("missing API key: send `Authorization: Bearer <key>`"));
@@ -42,7 +47,7 @@ impl ApiKeys {
             ok |= d.ct_eq(&presented);
         }
         if bool::from(ok) {
-            Ok(())
+            Ok(KeyDigest(presented))
         } else {
             Err(unauthorized("invalid API key"))
         }

@@ -46,6 +46,8 @@ pub(crate) struct AppState {
     pub outputs: OutputSettings,
     /// Output profiles by name, and the default (`None`: the v1 layout).
     pub profiles: (enrichd_engine::Profiles, Option<Arc<enrichd_engine::Profile>>),
+    /// `[output] key_profiles`: the profile per API key digest.
+    pub key_profiles: Vec<enrichd_engine::profile::KeyProfile>,
     pub started: Instant,
     /// Set once when the server starts shutting down: long-lived responses
     /// (the event stream) end so graceful shutdown can complete.
@@ -68,7 +70,12 @@ impl AppState {
                 tracing::error!(error = %e, "output profiles; writing the v1 layout");
                 (enrichd_engine::Profiles::embedded(), None)
             });
+        let key_profiles = enrichd_engine::profile::key_profiles(&config.output, &profiles.0).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "per-key output profiles ignored");
+            Vec::new()
+        });
         AppState {
+            key_profiles,
             engine,
             config,
             keys,
