@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::admin::AdminResource;
 use crate::batch::BatchView;
@@ -46,6 +46,66 @@ pub trait PluginFactory: Send + Sync {
     /// not an error (the enricher reports itself `missing`); unreadable or
     /// corrupt data and invalid options are.
     fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>>;
+}
+
+/// The one way a plugin reads its options: implement `Plugin` with a typed
+/// `Options` (serde + schemars, doc comments on every field: they become
+/// the schema and the README's configuration reference), and the blanket
+/// implementation makes it a [`PluginFactory`]: the schema comes from the
+/// type, and a chain entry's table is deserialized into it in one place,
+/// with one error wording. Only the engine's own tests implement
+/// `PluginFactory` by hand.
+pub trait Plugin: Send + Sync {
+    /// The options of one chain entry (`deny_unknown_fields` recommended).
+    type Options: serde::de::DeserializeOwned + schemars::JsonSchema;
+
+    /// The `plugin = "..."` name used in `config.toml`.
+    fn kind(&self) -> &'static str;
+
+    /// One line for `enrichd plugins` / docs.
+    fn description(&self) -> &'static str;
+
+    /// See [`PluginFactory::env_overrides`].
+    fn env_overrides(&self) -> &'static [EnvOverride] {
+        &[]
+    }
+
+    /// See [`PluginFactory::admin_resources`].
+    fn admin_resources(&self) -> Vec<AdminResource> {
+        Vec::new()
+    }
+
+    /// Builds the enricher from parsed options (checks that a type cannot
+    /// express, such as "not empty", belong here).
+    fn build(&self, options: Self::Options, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>>;
+}
+
+impl<P: Plugin> PluginFactory for P {
+    fn kind(&self) -> &'static str {
+        Plugin::kind(self)
+    }
+
+    fn description(&self) -> &'static str {
+        Plugin::description(self)
+    }
+
+    fn options_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(P::Options)
+    }
+
+    fn env_overrides(&self) -> &'static [EnvOverride] {
+        Plugin::env_overrides(self)
+    }
+
+    fn admin_resources(&self) -> Vec<AdminResource> {
+        Plugin::admin_resources(self)
+    }
+
+    fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
+        let options = P::Options::deserialize(toml::Value::Table(options.clone()))
+            .map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
+        Plugin::build(self, options, ctx)
+    }
 }
 
 /// An environment variable that overrides a plugin option.

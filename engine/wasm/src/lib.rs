@@ -15,7 +15,7 @@
 //!
 //! Where this crate sits: it is a plugin, in the layering sense (engine <-
 //! plugins <- service): it depends on `enrichd-engine` only through the
-//! plugin contract (`PluginFactory`, `Enricher`, `BuildContext`), the
+//! plugin contract (`Plugin`, `Enricher`, `BuildContext`), the
 //! engine never names it, and the binary registers [`WasmFactory`] next to
 //! `enrichd_plugins::register_all`. It stays a crate of its own at
 //! `engine/wasm/` rather than becoming a module of `enrichd-plugins`,
@@ -39,12 +39,14 @@ pub use enricher::{inspect, to_record, ModuleReport, RecordSlots, WasmEnricher};
 pub use options::{Role, WasmOptions};
 pub use stats::FailureKind;
 
-use enrichd_engine::{BuildContext, Enricher, PluginFactory};
+use enrichd_engine::{BuildContext, Enricher, Plugin};
 
 /// The `wasm` plugin kind.
 pub struct WasmFactory;
 
-impl PluginFactory for WasmFactory {
+impl Plugin for WasmFactory {
+    type Options = WasmOptions;
+
     fn kind(&self) -> &'static str {
         "wasm"
     }
@@ -53,12 +55,7 @@ impl PluginFactory for WasmFactory {
         "A WebAssembly rule or custom enricher (ABI v1), sandboxed in wasmtime"
     }
 
-    fn options_schema(&self) -> schemars::Schema {
-        schemars::schema_for!(WasmOptions)
-    }
-
-    fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
-        let options: WasmOptions = toml::Value::Table(options.clone()).try_into()?;
+    fn build(&self, options: WasmOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         // Load errors are logged, kept and served: they may quote names the
         // module chose, so they are escaped and bounded.
         let enricher = WasmEnricher::build(options, ctx).map_err(|e| anyhow::anyhow!(text::error_text(&e)))?;

@@ -15,7 +15,7 @@ mod tests;
 use std::path::Path;
 
 use anyhow::bail;
-use enrichd_engine::{BuildContext, Enricher, EnvOverride, FactKind, PluginFactory, ValuesReader};
+use enrichd_engine::{BuildContext, Enricher, EnvOverride, FactKind, Plugin, ValuesReader};
 use maxminddb::Metadata;
 
 pub use self::options::AsnOptions;
@@ -24,7 +24,9 @@ use crate::mmdb::{self, DataError, DataSection, Fact, JsonObject, Map, RecordFor
 /// Factory of the `asn` plugin.
 pub struct AsnFactory;
 
-impl PluginFactory for AsnFactory {
+impl Plugin for AsnFactory {
+    type Options = AsnOptions;
+
     fn kind(&self) -> &'static str {
         "asn"
     }
@@ -33,16 +35,11 @@ impl PluginFactory for AsnFactory {
         "Autonomous system number and organization of event addresses from a GeoLite2-ASN .mmdb"
     }
 
-    fn options_schema(&self) -> schemars::Schema {
-        schemars::schema_for!(AsnOptions)
-    }
-
     fn env_overrides(&self) -> &'static [EnvOverride] {
         &[EnvOverride { var: "GEOIP_ASN_DB", option: "database", list: false }]
     }
 
-    fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
-        let options: AsnOptions = options.clone().try_into()?;
+    fn build(&self, options: AsnOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         let database = ctx.resolve_path(&options.database);
         mmdb::build::<Asn>(&database, &options.targets, options.max_database_bytes, ctx)
     }

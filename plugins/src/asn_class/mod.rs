@@ -24,8 +24,8 @@ mod tests;
 use std::cell::RefCell;
 
 use enrichd_engine::{
-    AddressSelector, BatchView, BuildContext, Enricher, Event, FactDecl, FactId, FactKind, JsonFragment, KeyId,
-    PluginFactory, PluginState, PluginStatus, Side, ValuesReader, WARNINGS_KEY,
+    AddressSelector, BatchView, BuildContext, Enricher, Event, FactDecl, FactId, FactKind, JsonFragment, KeyId, Plugin,
+    PluginState, PluginStatus, Side, ValuesReader, WARNINGS_KEY,
 };
 use serde_json::json;
 use thread_local::ThreadLocal;
@@ -45,7 +45,9 @@ const CACHE_SLOTS: usize = 1024;
 /// Factory of the `asn_class` plugin.
 pub struct AsnClassFactory;
 
-impl PluginFactory for AsnClassFactory {
+impl Plugin for AsnClassFactory {
+    type Options = AsnClassOptions;
+
     fn kind(&self) -> &'static str {
         "asn_class"
     }
@@ -54,12 +56,7 @@ impl PluginFactory for AsnClassFactory {
         "Class of an address's network (hosting, isp, education, other) from its AS organisation"
     }
 
-    fn options_schema(&self) -> schemars::Schema {
-        schemars::schema_for!(AsnClassOptions)
-    }
-
-    fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
-        let options: AsnClassOptions = options.clone().try_into()?;
+    fn build(&self, options: AsnClassOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         anyhow::ensure!(
             !options.output.is_empty() && options.output != WARNINGS_KEY,
             "output key {:?} is not allowed",

@@ -22,7 +22,7 @@ mod tests;
 use std::path::Path;
 
 use anyhow::bail;
-use enrichd_engine::{BuildContext, Enricher, EnvOverride, FactKind, PluginFactory};
+use enrichd_engine::{BuildContext, Enricher, EnvOverride, FactKind, Plugin};
 use maxminddb::Metadata;
 
 pub use self::options::GeoIpOptions;
@@ -31,7 +31,9 @@ use crate::mmdb::{self, DataError, DataSection, Fact, JsonObject, Map, RecordFor
 /// Factory of the `geoip` plugin.
 pub struct GeoIpFactory;
 
-impl PluginFactory for GeoIpFactory {
+impl Plugin for GeoIpFactory {
+    type Options = GeoIpOptions;
+
     fn kind(&self) -> &'static str {
         "geoip"
     }
@@ -40,16 +42,11 @@ impl PluginFactory for GeoIpFactory {
         "Country, city and coordinates of event addresses from a GeoIP2/GeoLite2 City or Country .mmdb"
     }
 
-    fn options_schema(&self) -> schemars::Schema {
-        schemars::schema_for!(GeoIpOptions)
-    }
-
     fn env_overrides(&self) -> &'static [EnvOverride] {
         &[EnvOverride { var: "GEOIP_CITY_DB", option: "database", list: false }]
     }
 
-    fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
-        let options: GeoIpOptions = options.clone().try_into()?;
+    fn build(&self, options: GeoIpOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         let database = ctx.resolve_path(&options.database);
         mmdb::build::<Geo>(&database, &options.targets, options.max_database_bytes, ctx)
     }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use enrichd_engine::{
     AddressSelector, AdminResource, BatchView, BuildContext, Enricher, EnvOverride, FactDecl, FactId, FactKind,
-    JsonFragment, KeyId, PluginFactory, PluginState, PluginStatus, TextFieldId,
+    JsonFragment, KeyId, Plugin, PluginState, PluginStatus, TextFieldId,
 };
 use serde_json::json;
 
@@ -48,17 +48,15 @@ pub use options::TiOptions;
 /// Factory of `plugin = "ti"` chain entries.
 pub struct TiFactory;
 
-impl PluginFactory for TiFactory {
+impl Plugin for TiFactory {
+    type Options = TiOptions;
+
     fn kind(&self) -> &'static str {
         "ti"
     }
 
     fn description(&self) -> &'static str {
         "Threat-intel indicators (IPs, CIDRs, domains) from plain, CSV or Zeek intel files"
-    }
-
-    fn options_schema(&self) -> schemars::Schema {
-        schemars::schema_for!(TiOptions)
     }
 
     fn env_overrides(&self) -> &'static [EnvOverride] {
@@ -71,8 +69,8 @@ impl PluginFactory for TiFactory {
         vec![AdminResource { name: "indicators", handler: Arc::new(admin::Indicators) }]
     }
 
-    fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
-        let opts = TiOptions::from_table(options)?;
+    fn build(&self, options: TiOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
+        let opts = options.validated()?;
         let key = ctx.output_key(&opts.output);
         let fact = ctx.fact(
             FactDecl::new("indicator_matches", FactKind::IndicatorMatches)

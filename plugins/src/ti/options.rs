@@ -75,8 +75,9 @@ impl TiOptions {
         super::loader::FileLimits { max_file_bytes: self.max_file_bytes, max_line_bytes: self.max_line_bytes }
     }
 
-    pub fn from_table(options: &toml::Table) -> anyhow::Result<TiOptions> {
-        let mut opts: TiOptions = options.clone().try_into().map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
+    /// Checks what the type cannot express and drops repeated entries.
+    pub fn validated(self) -> anyhow::Result<TiOptions> {
+        let mut opts = self;
         if opts.paths.iter().any(|p| p.trim().is_empty()) {
             anyhow::bail!("`paths` entries must not be empty");
         }
