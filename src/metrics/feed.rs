@@ -68,10 +68,8 @@ struct Role {
 #[derive(Clone, Default)]
 pub(crate) struct FactRoles {
     table: Option<Arc<[FactInfo]>>,
-    roles: Vec<Role>,
-    /// The ids each reading looks at, best first: per event a few O(1)
-    /// fact reads instead of classifying every fact the event carries.
-    /// Per rank (best first), as masks: a reading is a few bit tests.
+    /// The ids each reading looks at, as masks (per rank, best first): per
+    /// event a few bit tests instead of classifying every fact it carries.
     countries: Vec<FactMask>,
     asns: Vec<FactMask>,
     matches: FactMask,
@@ -115,16 +113,11 @@ impl FactRoles {
             scores: with_rank(&|r| u8::from(r.score), 1),
             reasons: with_rank(&|r| u8::from(r.reasons), 1),
             tops: with_rank(&|r| u8::from(r.top), 1),
-            roles,
         }
     }
 
     fn info(&self, id: FactId) -> Option<&FactInfo> {
         self.table.as_ref()?.get(id.index())
-    }
-
-    fn role(&self, id: FactId) -> Role {
-        self.roles.get(id.index()).copied().unwrap_or_default()
     }
 
     /// True when these roles were worked out from `table`.
@@ -165,10 +158,14 @@ impl Reading {
 }
 
 /// The output fragment a fact was written under, with the fact's reader.
-fn fact_output(roles: &FactRoles, event: &Event, id: FactId) -> Option<(JsonFragment, Option<ValuesReader>)> {
+fn fact_output<'e>(
+    roles: &FactRoles,
+    event: &'e Event,
+    id: FactId,
+) -> Option<(&'e JsonFragment, Option<ValuesReader>)> {
     let info = roles.info(id)?;
     let key: KeyId = info.decl.output?;
-    event.output(key).map(|f| (f.clone(), info.decl.values))
+    event.output(key).map(|f| (f, info.decl.values))
 }
 
 /// Every name the plugin's reader finds in a fact's output.
@@ -305,7 +302,7 @@ impl Shard {
             if let Some((_, asn, id)) = r.asn {
                 if self.asns.add(&asn, 1) && self.asn_labels.len() < LABELS_PER_TICK {
                     if let Some((fragment, Some(reader))) = fact_output(&self.roles, event, id) {
-                        self.asn_labels.push((asn, fragment, reader));
+                        self.asn_labels.push((asn, fragment.clone(), reader));
                     }
                 }
             }
@@ -317,18 +314,12 @@ impl Shard {
             if r.matches > 0 {
                 totals.tally.threats += u64::from(r.matches);
                 totals.events_with_threats += 1;
-                for (id, value) in event.facts() {
-                    if value == 0 || !self.roles.role(id).matches {
-                        continue;
-                    }
-                    let Some(info) = self.roles.info(id) else { continue };
-                    if let (Some(key), Some(read)) = (info.decl.output, info.decl.values) {
-                        if let Some(fragment) = event.output(key) {
-                            let indicators = &mut self.indicators;
-                            read(fragment, &mut |name| {
-                                indicators.add(name, 1);
-                            });
-                        }
+                for (id, _) in event.facts_in(&self.roles.matches).filter(|&(_, n)| n > 0) {
+                    if let Some((fragment, reader)) = fact_output(&self.roles, event, id) {
+                        let indicators = &mut self.indicators;
+                        read_values(fragment, reader, |name| {
+                            indicators.add(name, 1);
+                        });
                     }
                 }
             }
@@ -351,9 +342,10 @@ impl Shard {
     /// The outputs of the event's indicator-match facts that have matches.
     fn match_outputs(&self, event: &Event) -> Vec<(JsonFragment, Option<ValuesReader>)> {
         event
-            .facts()
-            .filter(|&(id, value)| value > 0 && self.roles.role(id).matches)
+            .facts_in(&self.roles.matches)
+            .filter(|&(_, n)| n > 0)
             .filter_map(|(id, _)| fact_output(&self.roles, event, id))
+            .map(|(fragment, reader)| (fragment.clone(), reader))
             .collect()
     }
 
@@ -362,7 +354,7 @@ impl Shard {
             self.high_risk.pop_front();
         }
         let matches = if r.matches > 0 { self.match_outputs(event) } else { Vec::new() };
-        let reasons = r.reasons.and_then(|id| fact_output(&self.roles, event, id)).map(|(f, _)| f);
+        let reasons = r.reasons.and_then(|id| fact_output(&self.roles, event, id)).map(|(f, _)| f.clone());
         self.high_risk.push_back(HighRisk {
             ts_ms: now_ms,
             event_ts: event.ts,
