@@ -172,6 +172,17 @@ impl FactInfo {
     }
 }
 
+/// The JSON Schema of `T` as a fact's output schema ([`FactDecl::output`]):
+/// the generated document without its `$schema` header, since it is
+/// embedded in `/v1/schema`'s record schema.
+pub fn output_schema<T: schemars::JsonSchema>() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(T)).expect("schemas serialize");
+    if let Some(o) = schema.as_object_mut() {
+        o.remove("$schema");
+    }
+    schema
+}
+
 /// Packs an ISO country code (case-insensitive) for [`FactKind::CountryCode`].
 pub fn pack_country(code: &str) -> Option<u32> {
     match code.as_bytes() {

@@ -112,6 +112,15 @@ fn read_guest(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Option<
     std::str::from_utf8(bytes).ok().map(str::to_owned)
 }
 
+/// A key a guest asks for (`field`, `config`): `None` (answered as absent)
+/// past [`MAX_KEY`] bytes, so every host call stays short.
+fn read_key(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Option<String> {
+    if len as u32 as usize > MAX_KEY {
+        return None;
+    }
+    read_guest(caller, ptr, len)
+}
+
 /// Copies `value` to guest memory if it fits; returns its length, -1 if
 /// absent, -2 if the output area is outside memory.
 fn write_guest(caller: &mut Caller<'_, HostState>, value: Option<&[u8]>, ptr: i32, cap: i32) -> i32 {
@@ -139,10 +148,7 @@ pub(crate) fn field(
     out_ptr: i32,
     out_cap: i32,
 ) -> i32 {
-    if key_len as u32 as usize > MAX_KEY {
-        return -1;
-    }
-    let Some(key) = read_guest(caller, key_ptr, key_len) else { return -1 };
+    let Some(key) = read_key(caller, key_ptr, key_len) else { return -1 };
     let value: Option<String> = {
         let state = caller.data();
         let Some(call) = &state.call else { return -1 };
@@ -188,10 +194,7 @@ pub(crate) fn config(
     out_ptr: i32,
     out_cap: i32,
 ) -> i32 {
-    if key_len as u32 as usize > MAX_KEY {
-        return -1;
-    }
-    let Some(key) = read_guest(caller, key_ptr, key_len) else { return -1 };
+    let Some(key) = read_key(caller, key_ptr, key_len) else { return -1 };
     let value = caller.data().config.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
     write_guest(caller, value.as_deref().map(str::as_bytes), out_ptr, out_cap)
 }

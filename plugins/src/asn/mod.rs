@@ -89,11 +89,7 @@ impl RecordFormat for Asn {
     const VALUES: Option<ValuesReader> = Some(organisation);
 
     fn output_schema() -> serde_json::Value {
-        let mut schema = serde_json::to_value(schemars::schema_for!(Option<AsnAnswer>)).expect("schema serializes");
-        if let Some(o) = schema.as_object_mut() {
-            o.remove("$schema");
-        }
-        schema
+        enrichd_engine::fact::output_schema::<Option<AsnAnswer>>()
     }
 }
 

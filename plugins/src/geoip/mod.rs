@@ -124,11 +124,7 @@ impl RecordFormat for Geo {
     const FACT_NAMES: [&'static str; 2] = ["src_country_code", "dst_country_code"];
 
     fn output_schema() -> serde_json::Value {
-        let mut schema = serde_json::to_value(schemars::schema_for!(Option<GeoSchema>)).expect("schema serializes");
-        if let Some(o) = schema.as_object_mut() {
-            o.remove("$schema");
-        }
-        schema
+        enrichd_engine::fact::output_schema::<Option<GeoSchema>>()
     }
 }
 

@@ -48,12 +48,11 @@ struct TiFlagged {
 
 /// JSON Schema of the output (with `matched` when `matched_flag` is set).
 pub fn schema(matched_flag: bool) -> serde_json::Value {
-    let schema = if matched_flag { schemars::schema_for!(TiFlagged) } else { schemars::schema_for!(Ti) };
-    let mut schema = serde_json::to_value(schema).expect("schema serializes");
-    if let Some(o) = schema.as_object_mut() {
-        o.remove("$schema");
+    if matched_flag {
+        enrichd_engine::fact::output_schema::<TiFlagged>()
+    } else {
+        enrichd_engine::fact::output_schema::<Ti>()
     }
-    schema
 }
 
 /// The indicator names in an output (`{"matches": [{"indicator": ...}]}`),
