@@ -1,8 +1,14 @@
 use std::path::Path;
 
+use serde_json::Value;
+
+use super::write::reencode;
 use super::*;
 use crate::batch::BatchView;
+use crate::chain::Chain;
 use crate::config::Config;
+use crate::event::{JsonFragment, KeyId};
+use crate::fact::FactId;
 use crate::fact::{pack_country, FactDecl};
 use crate::format::Format;
 use crate::parse::{parse_ndjson, ParseSpec};
@@ -219,7 +225,7 @@ fn bad_profiles_are_refused() {
 
 #[test]
 fn the_readme_example_profile_parses() {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../../README.md");
     let section = &readme[readme.find("### Output profiles").expect("README section")..];
     let start = section.find("```toml\n").expect("example") + "```toml\n".len();
     let text = &section[start..start + section[start..].find("```").unwrap()];
