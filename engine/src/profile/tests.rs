@@ -233,3 +233,20 @@ fn the_readme_example_profile_parses() {
     assert_eq!(p.name, "mine");
     assert_eq!(p.fields().len(), 3);
 }
+
+/// The re-encode cache holds at most `CACHE_CAPACITY` fragments per thread:
+/// past it, it starts over (the evicted answer is re-encoded, not lost).
+#[test]
+fn reencode_cache_is_bounded() {
+    let profile = Profile::parse(NESTED).unwrap();
+    let a: JsonFragment = r#"{"country":"GB","city":null}"#.into();
+    let first = reencode(&profile, 0, &a).unwrap();
+    let others: Vec<JsonFragment> =
+        (0..CACHE_CAPACITY).map(|i| JsonFragment::from(format!(r#"{{"country":"GB","city":"c{i}"}}"#))).collect();
+    for f in &others {
+        reencode(&profile, 0, f).unwrap();
+    }
+    let again = reencode(&profile, 0, &a).unwrap();
+    assert!(!Arc::ptr_eq(&first, &again), "the cache was cleared when full");
+    assert_eq!(first, again, "and the answer is the same");
+}
