@@ -22,6 +22,7 @@ pub mod fact;
 pub mod format;
 pub mod limits;
 pub mod live;
+pub mod output;
 pub mod parse;
 pub mod pipeline;
 pub mod plugin;

@@ -1,0 +1,321 @@
+//! The output interface: how enriched events leave enrichd for a SIEM or a
+//! file, without the core knowing any destination.
+//!
+//! An output is an [`OutputFactory`] registered under a kind name
+//! (`elastic`, `splunk`, `file`, ...). For each enabled `[[output]]` entry
+//! the service builds a [`Sink`] from the entry's options and hands it
+//! batches of enriched events. The split of work is deliberate:
+//!
+//! - a **sink** speaks one protocol and makes **one attempt** per call: it
+//!   sends the batch and says, per event, whether it was delivered, should
+//!   be retried, or was refused for good ([`Outcome`]);
+//! - the **delivery runtime** (in the service) owns everything that must
+//!   be the same for every destination: queueing or spooling, batching,
+//!   retries with backoff, the dead-letter, backpressure, shutdown and the
+//!   counters. A new output therefore cannot get "nothing lost" wrong.
+//!
+//! Options are JSON objects (the API's `PUT /v1/outputs/{name}` body, or a
+//! `[[output]]` table of `config.toml` converted to JSON): one model for
+//! both. The runtime takes its own keys (`enabled`, `batch_max`,
+//! `durability`, ...) out first; the rest is the output's typed
+//! [`Output::Options`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// A boxed future, so [`Sink`] stays object-safe without an async runtime
+/// in the core.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One enriched event handed to a sink.
+#[derive(Clone, Copy, Debug)]
+pub struct OutEvent<'a> {
+    /// The event as one JSON object (no trailing newline), in the output's
+    /// profile.
+    pub json: &'a [u8],
+    /// Unique per event and stable across retries and restarts (derived
+    /// from the spool position): sinks may use it as a delivery id.
+    pub id: u64,
+}
+
+/// A batch of events for one attempt.
+#[derive(Clone, Copy, Debug)]
+pub struct SinkBatch<'a> {
+    pub events: &'a [OutEvent<'a>],
+    /// When enrichd accepted the events (Unix milliseconds, UTC): sinks that
+    /// route by date (daily indices) use it.
+    pub accepted_unix_ms: u64,
+}
+
+/// What became of one event in one attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The destination accepted it (and, where the protocol can say so,
+    /// stored it).
+    Delivered,
+    /// Not delivered this time; worth another attempt (throttling, server
+    /// errors, network failures, timeouts). The text says why.
+    Retry(String),
+    /// Refused for good (a mapping error, a malformed event): retrying
+    /// would fail again, so it goes to the dead-letter with this reason.
+    Reject(String),
+}
+
+/// The result of one [`Sink::send`].
+#[derive(Clone, Debug)]
+pub struct SendReport {
+    /// One outcome per event of the batch, in order.
+    pub outcomes: Vec<Outcome>,
+    /// The HTTP status of the (last) request, for protocols that have one.
+    pub http_status: Option<u16>,
+}
+
+impl SendReport {
+    /// Every event of a batch of `n` with the same outcome.
+    pub fn all(n: usize, outcome: Outcome, http_status: Option<u16>) -> Self {
+        SendReport { outcomes: vec![outcome; n], http_status }
+    }
+}
+
+/// A destination for enriched events: one protocol, one attempt per call.
+///
+/// Implementations must not retry on their own (the runtime does, with the
+/// configured backoff, and counts each attempt), must bound every call in
+/// time (a request timeout), and must keep secrets out of every outcome
+/// text (the runtime also masks the configured secret values).
+pub trait Sink: Send + Sync {
+    /// Sends `batch` once and reports per event.
+    fn send<'a>(&'a self, batch: SinkBatch<'a>) -> BoxFuture<'a, SendReport>;
+
+    /// Flushes and releases what the sink holds (files) at shutdown.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// One problem with one option, as `PUT /v1/outputs/{name}` lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+/// What a sink is built with besides its options.
+#[derive(Clone, Debug)]
+pub struct OutputContext {
+    /// The output's name (`name` of the entry, default its kind).
+    pub name: String,
+    /// The directory relative paths in options are resolved against.
+    pub base_dir: std::path::PathBuf,
+    /// A writable directory of this output's own (created by the runtime).
+    pub state_dir: std::path::PathBuf,
+    /// The runtime's `batch_max`: the most events one [`Sink::send`] gets.
+    pub batch_max: usize,
+}
+
+/// Builds sinks of one kind from options. Implemented through [`Output`];
+/// the service only ever sees this object-safe face.
+pub trait OutputFactory: Send + Sync {
+    /// The `type = "..."` of `[[output]]` and the default output name.
+    fn kind(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    /// JSON Schema of the output's own options.
+    fn options_schema(&self) -> schemars::Schema;
+    /// Option names whose values are secrets: stored, never shown (the
+    /// view says `<name>_set: true`), masked in every error text.
+    fn secret_fields(&self) -> &'static [&'static str];
+    /// Every problem with `options` (unknown keys, wrong types, values out
+    /// of range, missing requirements), not just the first.
+    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError>;
+    /// Builds the sink; `options` passed [`OutputFactory::check`].
+    fn build(&self, options: &Map<String, Value>, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>>;
+}
+
+/// The typed way to write an output: options as a struct (serde +
+/// schemars, doc comments on every field, every field defaultable so each
+/// can be checked on its own), and the blanket implementation makes it an
+/// [`OutputFactory`].
+pub trait Output: Send + Sync {
+    /// The output's options (`deny_unknown_fields`, `default`).
+    type Options: DeserializeOwned + schemars::JsonSchema + Default;
+
+    fn kind(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    /// See [`OutputFactory::secret_fields`].
+    fn secret_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Checks a type cannot express (required fields, URLs, ranges),
+    /// every problem listed.
+    fn validate(&self, options: &Self::Options) -> Vec<FieldError>;
+    fn build(&self, options: Self::Options, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>>;
+}
+
+impl<O: Output> OutputFactory for O {
+    fn kind(&self) -> &'static str {
+        Output::kind(self)
+    }
+
+    fn description(&self) -> &'static str {
+        Output::description(self)
+    }
+
+    fn options_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(O::Options)
+    }
+
+    fn secret_fields(&self) -> &'static [&'static str] {
+        Output::secret_fields(self)
+    }
+
+    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError> {
+        // serde stops at the first error; checking each key alone (every
+        // field has a default) lists them all.
+        let mut errors = Vec::new();
+        for (key, value) in options {
+            let one = Map::from_iter([(key.clone(), value.clone())]);
+            if let Err(e) = O::Options::deserialize(Value::Object(one)) {
+                errors.push(FieldError::new(key.clone(), serde_message(&e.to_string())));
+            }
+        }
+        if errors.is_empty() {
+            match O::Options::deserialize(Value::Object(options.clone())) {
+                Ok(typed) => errors.extend(Output::validate(self, &typed)),
+                Err(e) => errors.push(FieldError::new("", serde_message(&e.to_string()))),
+            }
+        }
+        errors
+    }
+
+    fn build(&self, options: &Map<String, Value>, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
+        let typed = O::Options::deserialize(Value::Object(options.clone()))
+            .map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
+        Output::build(self, typed, ctx)
+    }
+}
+
+use serde::Deserialize as _;
+
+/// serde's message without its " at line 1 column 9" tail (meaningless for
+/// a value checked on its own).
+fn serde_message(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// A URL with the parts that may carry secrets masked: `user:password@`,
+/// the query string and the fragment. Scheme, host, port and path stay, so
+/// the setting can still be recognised.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut out = String::with_capacity(url.len());
+    if !scheme.is_empty() {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    match authority.rfind('@') {
+        Some(at) => {
+            out.push_str("***@");
+            out.push_str(&authority[at + 1..]);
+        }
+        None => out.push_str(authority),
+    }
+    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+    out.push_str(&tail[..path_end]);
+    if tail[path_end..].starts_with('?') {
+        out.push_str("?***");
+    }
+    if tail[path_end..].contains('#') {
+        out.push_str("#***");
+    }
+    out
+}
+
+/// Checks that `url` is an absolute http(s) URL with a host.
+pub fn check_http_url(field: &str, url: &str) -> Result<(), FieldError> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with(['/', '?', '#']) => Ok(()),
+        _ => Err(FieldError::new(field, "must be an http:// or https:// URL with a host")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        assert_eq!(redact_url("https://elastic:s3cret@es.example:9200/x"), "https://***@es.example:9200/x");
+        assert_eq!(redact_url("https://es.example:9200/a@b"), "https://es.example:9200/a@b");
+        assert_eq!(redact_url("http://h"), "http://h");
+        assert_eq!(redact_url("https://h:8088/services/collector?token=abc"), "https://h:8088/services/collector?***");
+        assert_eq!(redact_url("https://h?api_key=k#frag"), "https://h?***#***");
+        assert_eq!(redact_url("https://u:p@h/x#a?b"), "https://***@h/x#***");
+        assert_eq!(redact_url("https://h/p?q=a@b"), "https://h/p?***");
+        assert_eq!(redact_url("https://u:p@h#x@y"), "https://***@h#***");
+    }
+
+    #[test]
+    fn urls_need_a_scheme_and_host() {
+        assert!(check_http_url("url", "https://es:9200").is_ok());
+        assert!(check_http_url("url", "http://h").is_ok());
+        for bad in ["ftp://h", "es:9200", "https://", "http:///x", ""] {
+            assert!(check_http_url("url", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[derive(serde::Deserialize, schemars::JsonSchema, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct Opts {
+        url: Option<String>,
+        batch: u32,
+    }
+
+    struct Dummy;
+    impl Output for Dummy {
+        type Options = Opts;
+        fn kind(&self) -> &'static str {
+            "dummy"
+        }
+        fn description(&self) -> &'static str {
+            "test"
+        }
+        fn validate(&self, o: &Opts) -> Vec<FieldError> {
+            match &o.url {
+                None => vec![FieldError::new("url", "is required")],
+                Some(u) => check_http_url("url", u).err().into_iter().collect(),
+            }
+        }
+        fn build(&self, _: Opts, _: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
+            anyhow::bail!("not built in tests")
+        }
+    }
+
+    #[test]
+    fn check_lists_every_field_error() {
+        let options: Map<String, Value> =
+            serde_json::from_str(r#"{"batch": "many", "bogus": 1, "url": 7}"#).unwrap();
+        let errors = Dummy.check(&options);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["batch", "bogus", "url"], "{errors:?}");
+        assert!(errors[1].message.contains("unknown field"), "{errors:?}");
+        let options: Map<String, Value> = serde_json::from_str(r#"{"batch": 3}"#).unwrap();
+        assert_eq!(Dummy.check(&options), [FieldError::new("url", "is required")]);
+    }
+}
