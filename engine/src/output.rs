@@ -309,8 +309,7 @@ mod tests {
 
     #[test]
     fn check_lists_every_field_error() {
-        let options: Map<String, Value> =
-            serde_json::from_str(r#"{"batch": "many", "bogus": 1, "url": 7}"#).unwrap();
+        let options: Map<String, Value> = serde_json::from_str(r#"{"batch": "many", "bogus": 1, "url": 7}"#).unwrap();
         let errors = Dummy.check(&options);
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["batch", "bogus", "url"], "{errors:?}");
