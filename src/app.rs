@@ -22,10 +22,10 @@ pub(crate) fn registry() -> Registry {
 pub(crate) fn load(path: &Path, registry: &Registry) -> anyhow::Result<(ServiceConfig, Chain)> {
     let mut config = ServiceConfig::load(path)?;
     config.apply_env(registry, |name| std::env::var(name).ok())?;
-    // Refuse a bad `[output]` (unknown profile, unreadable file) up front.
-    let (profiles, _) = Profiles::from_config(&config.output, &config.engine.base_dir)
+    // Refuse a bad `[profiles]` (unknown profile, unreadable file) up front.
+    let (profiles, _) = Profiles::from_config(&config.profiles, &config.engine.base_dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    enrichd_engine::profile::key_profiles(&config.output, &profiles)
+    enrichd_engine::profile::key_profiles(&config.profiles, &profiles)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let chain = Chain::build_in(&config.engine.chain, registry, &config.build_env())
         .with_context(|| format!("building the enricher chain from {}", path.display()))?;

@@ -7,6 +7,7 @@
 mod api;
 mod app;
 mod cli;
+mod delivery;
 mod dashboard;
 mod metrics;
 mod reload;

@@ -4,7 +4,7 @@
 //!
 //! The engine reloads stages (see `enrichd_engine::live`); this module adds
 //! what only the service knows: the configuration file and its environment
-//! overrides. Chain entries apply live; `[server]`, `[auth]`, `[reload]` and `[output]`
+//! overrides. Chain entries apply live; `[server]`, `[auth]`, `[reload]` and `[profiles]`
 //! changes are reported as needing a restart, never silently ignored.
 
 use std::path::PathBuf;
@@ -78,8 +78,21 @@ fn reload_config(state: &AppState) -> Option<Value> {
     if config.reload != running.reload {
         needs_restart.push("reload".to_string());
     }
-    if config.output != running.output {
-        needs_restart.push("output".to_string());
+    if config.profiles != running.profiles {
+        needs_restart.push("profiles".to_string());
+    }
+    // Outputs first: a bad `[[output]]` refuses the whole file, like a bad
+    // chain entry (keep-last-good), before the chain changes.
+    let previous_outputs = state.delivery.config_entries();
+    if config.outputs != previous_outputs {
+        state.delivery.set_config_entries(config.outputs.clone());
+        let applied = tokio::runtime::Handle::try_current()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(crate::delivery::reconcile(state)));
+        if let Err(e) = applied {
+            state.delivery.set_config_entries(previous_outputs);
+            return Some(config_refused(state, format!("{}: outputs: {e}", config.path().display())));
+        }
     }
     match state.engine.apply_entries(&config.engine.chain) {
         Ok(report) => {

@@ -55,6 +55,10 @@ pub(crate) fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<
 }
 
 async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
+    // Outputs start before the listener: an accepted event always has
+    // somewhere to go.
+    state.delivery.set_config_entries(state.config.outputs.clone());
+    crate::delivery::reconcile(&state).await.map_err(|e| anyhow::anyhow!("{}: outputs: {e}", state.config.path().display()))?;
     let listen = state.config.server.listen.clone();
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding the listen address {listen}"))?;
@@ -84,7 +88,13 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(state.clone()));
     let limits = connection_limits(&state.config.server)?;
-    server::serve(listener, api::router(state), limits, shutdown).await;
+    server::serve(listener, api::router(state.clone()), limits, shutdown).await;
+    // No request is in flight any more: drain the outputs within the
+    // deadline; what is left stays in the spools (memory queues go to the
+    // dead-letter).
+    let deadline = std::time::Duration::from_millis(state.config.server.shutdown_flush_ms);
+    tracing::info!(deadline_ms = deadline.as_millis() as u64, "flushing outputs");
+    state.delivery.shutdown(std::time::Instant::now() + deadline).await;
     tracing::info!("enrichd stopped");
     Ok(())
 }

@@ -162,7 +162,7 @@ fn enrich_in_an_output_profile_and_a_profile_file() {
          [[field]]\npath = \"net.dst\"\ninput = \"dst_ip\"\n",
     )
     .unwrap();
-    let path = write_config(&dir, &format!("[output]\nprofile_files = [\"mine.toml\"]\n{}", test_chain()));
+    let path = write_config(&dir, &format!("[profiles]\nfiles = [\"mine.toml\"]\n{}", test_chain()));
     let input = "{\"id.orig_h\":\"45.149.3.7\",\"id.resp_h\":\"81.2.69.160\",\"uid\":\"C1\"}\n";
     let out = run(&["enrich", "--config", &path, "--format", "zeek", "--profile", "ecs"], input, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -182,8 +182,8 @@ fn enrich_in_an_output_profile_and_a_profile_file() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("unknown output profile"), "{}", text(&out.stderr));
     // A config naming an unknown default profile is refused up front.
-    let bad = write_config(&dir, &format!("[output]\nprofile = \"nope\"\n{}", test_chain()));
+    let bad = write_config(&dir, &format!("[profiles]\ndefault = \"nope\"\n{}", test_chain()));
     let out = run(&["check-config", "--config", &bad], "", &[]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("[output] profile"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("[profiles] default"), "{}", text(&out.stderr));
 }

@@ -136,7 +136,7 @@ fn check_records(recs: &[Value], ecs: &mut Ecs) {
 
 #[test]
 fn ecs_profile_writes_valid_ecs_fields() {
-    let s = Server::start(&format!("[output]\nprofile = \"ecs\"\n{}", chain()));
+    let s = Server::start(&format!("[profiles]\ndefault = \"ecs\"\n{}", chain()));
     let r = s.ingest("flows.v1", records());
     assert_eq!(r.status, 200, "{}", r.text);
     let v = r.json();

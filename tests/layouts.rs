@@ -100,7 +100,7 @@ fn default_layout_prefers_destination_then_source() {
 fn stage3_profile_over_the_default_chain() {
     // The default chain looks up one address per event (destination, else
     // source): the stage-3 keys of the side it answered are written.
-    let s = Server::start(&format!("[output]\nprofile = \"stage3\"\n{}", common::test_chain()));
+    let s = Server::start(&format!("[profiles]\ndefault = \"stage3\"\n{}", common::test_chain()));
     let r = s.ingest("flows.v1", json!([{"src_ip": "81.2.69.160", "dst_ip": "1.128.0.1"}, {"src_ip": "81.2.69.160"}]));
     assert_eq!(r.status, 200, "{}", r.text);
     let v = r.json();
@@ -115,7 +115,7 @@ fn stage3_profile_over_the_default_chain() {
     assert_eq!(r.json()["records"][0]["geo"]["city"], "London");
 }
 
-/// `[output] key_profiles`: a collector's key picks its layout (keyed by
+/// `[profiles] key_profiles`: a collector's key picks its layout (keyed by
 /// the key's SHA-256, never the key); `?profile=` still wins; other keys get
 /// the default.
 #[test]
@@ -124,7 +124,7 @@ fn each_api_key_can_have_its_own_profile() {
     const ECS_KEY: &str = "ecs-collector-key-91c2";
     let digest: String = Sha256::digest(ECS_KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
     let config = format!(
-        "[auth]\napi_keys = [\"{key}\", \"{ECS_KEY}\"]\n[output]\nkey_profiles = {{ \"{digest}\" = \"ecs\" }}\n{chain}",
+        "[auth]\napi_keys = [\"{key}\", \"{ECS_KEY}\"]\n[profiles]\nkey_profiles = {{ \"{digest}\" = \"ecs\" }}\n{chain}",
         key = common::KEY,
         chain = common::test_chain()
     );
@@ -160,7 +160,7 @@ fn bad_key_profiles_are_refused_at_start() {
     {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
-        std::fs::write(&path, format!("[output]\nkey_profiles = {{ {entry} }}\n{}", common::test_chain())).unwrap();
+        std::fs::write(&path, format!("[profiles]\nkey_profiles = {{ {entry} }}\n{}", common::test_chain())).unwrap();
         let out = common::bin().args(["check-config", "--config"]).arg(&path).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("key_profiles") && err.contains(says), "{err}");

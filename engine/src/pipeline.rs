@@ -141,6 +141,27 @@ impl Pipeline {
         Ok(Processed { events: batch.len(), chain_generation: chain.generation() })
     }
 
+    /// [`Pipeline::run`] writing the enriched batch once per encoding
+    /// (`outs[i]` gets `encodings[i]`): one decode and one chain run for
+    /// the client's answer and every output's layout.
+    pub fn run_many(
+        &self,
+        chain: &Chain,
+        input: Input,
+        encodings: &[Encoding],
+        arrived: Instant,
+        outs: &mut [Vec<u8>],
+    ) -> Result<Processed, InputError> {
+        assert_eq!(encodings.len(), outs.len(), "one output buffer per encoding");
+        let started = Instant::now();
+        let mut batch = self.decode(chain, input)?;
+        self.enrich(chain, &mut batch, arrived, started);
+        for (encoding, out) in encodings.iter().zip(outs.iter_mut()) {
+            encode(chain, &batch, encoding, out);
+        }
+        Ok(Processed { events: batch.len(), chain_generation: chain.generation() })
+    }
+
     /// [`Pipeline::run`] for offline NDJSON that must not stop at one bad
     /// line: when the text is refused, its lines are retried one by one and
     /// the bad ones are returned (in order) instead of failing the rest.

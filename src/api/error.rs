@@ -13,6 +13,8 @@ pub(crate) struct ApiError {
     pub detail: String,
     /// Extra members merged into the body (record index, field, limits).
     pub extra: Value,
+    /// `Retry-After` seconds (503s).
+    pub retry_after: Option<u64>,
 }
 
 impl From<crate::service::KeyRefusal> for ApiError {
@@ -23,7 +25,7 @@ impl From<crate::service::KeyRefusal> for ApiError {
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, code, detail: detail.into(), extra: Value::Null }
+        ApiError { status, code, detail: detail.into(), extra: Value::Null, retry_after: None }
     }
 
     pub(crate) fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -32,6 +34,11 @@ impl ApiError {
 
     pub(crate) fn with(mut self, extra: Value) -> Self {
         self.extra = extra;
+        self
+    }
+
+    pub(crate) fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
         self
     }
 }
@@ -48,7 +55,7 @@ impl From<InputError> for ApiError {
             InputError::TooManyRecords { count, max } => json!({ "limit": max, "observed": count }),
             _ => Value::Null,
         };
-        ApiError { status, code: e.code(), detail: e.to_string(), extra }
+        ApiError { status, code: e.code(), detail: e.to_string(), extra, retry_after: None }
     }
 }
 
@@ -59,6 +66,9 @@ impl IntoResponse for ApiError {
             obj.extend(extra);
         }
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::REQUEST_TIMEOUT {
             // The rest of a stalled body is not worth waiting for.
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

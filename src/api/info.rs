@@ -26,8 +26,8 @@ pub(super) async fn index(State(state): State<Arc<AppState>>) -> Json<Value> {
         "/metrics",
         "/v1/ingest",
         "/v1/lookup",
-        "/v1/outputs/elastic",
-        "/v1/outputs/splunk",
+        "/v1/outputs",
+        "/v1/outputs/test",
         "/v1/reload",
     ]
     .map(String::from)

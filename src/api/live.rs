@@ -63,9 +63,7 @@ pub(super) async fn prometheus(
     authorize(&state, &headers)?;
     let reading = state.metrics.read();
     let stages = state.engine.chain().reports();
-    let (elastic, splunk) = state.outputs.views();
-    let outputs =
-        [("elastic", elastic.is_some(), &state.metrics.elastic), ("splunk", splunk.is_some(), &state.metrics.splunk)];
+    let outputs = crate::delivery::readings(&state.delivery);
     let env_or = |name: &str, fallback: &str| std::env::var(name).unwrap_or_else(|_| fallback.to_string());
     let build = [
         ("version", env!("CARGO_PKG_VERSION").to_string()),
@@ -112,16 +110,8 @@ fn enrichers(state: &AppState) -> Value {
         .collect()
 }
 
-/// Output connectors: settings as `GET /v1/outputs` shows them (secrets
-/// masked; `null` without a valid key) and delivery counters.
+/// Each output's delivery counters and backlog. Settings (hosts, user
+/// names, indices; never secrets) only for a caller with a valid API key.
 fn outputs(state: &AppState, with_key: bool) -> Value {
-    use std::sync::atomic::Ordering::Relaxed;
-    let (elastic, splunk) = state.outputs.views();
-    let section = |settings: Option<Value>, c: &crate::metrics::OutputCounters| {
-        json!({
-            "configured": settings.is_some(), "settings": settings.filter(|_| with_key),
-            "sent": c.sent.load(Relaxed), "failed": c.failed.load(Relaxed), "backlog": c.backlog.load(Relaxed),
-        })
-    };
-    json!({ "elastic": section(elastic, &state.metrics.elastic), "splunk": section(splunk, &state.metrics.splunk) })
+    crate::delivery::metrics_document(&state.delivery, state.engine.registry(), with_key)
 }

@@ -1,94 +1,265 @@
-//! `POST /v1/outputs/{elastic,splunk}`: store connector settings.
+//! `/v1/outputs`: the delivery destinations — list, show, set, remove,
+//! probe, and each output's dead-letter.
 //!
-//! Sending is the outputs work; here the settings are validated and kept in
-//! memory ([`crate::service::outputs`]). Secrets (passwords, tokens) are stored but never echoed: answers
-//! and `GET /v1/outputs` say only whether one is set.
+//! - `GET /v1/outputs`, `GET /v1/outputs/{name}`: settings (secrets only as
+//!   `<field>_set`), state, backlog, dead-letter and counters.
+//! - `PUT /v1/outputs/{name}` (and `POST`, as the reference API's clients
+//!   send it): settings, checked whole (422 listing every field error),
+//!   persisted in the state directory and applied at once. 201 when the
+//!   output is new, 200 when it changed.
+//! - `DELETE /v1/outputs/{name}`: drops the API's settings; the
+//!   `config.toml` entry of that name, if any, applies again.
+//! - `POST /v1/outputs/test {"target"}`: one probe event.
+//! - `GET /v1/outputs/{name}/deadletter`, `POST .../deadletter/replay`.
+//!
+//! Reading needs an API key. Changing needs an admin key, or, where no
+//! admin key is configured, an API key (the single-key deployments the
+//! reference API's clients come from).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use enrichd_engine::output::{OutEvent, OutputContext, SinkBatch};
+use serde_json::{json, Map, Value};
 
 use super::{ApiError, AppState};
-use crate::service::outputs::{elastic_view, splunk_view, ElasticSettings, SplunkSettings};
+use crate::delivery::options::{valid_name, OutputSpec};
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_settings", format!("invalid settings: {e}")))
+fn check_write(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.admin_keys.is_empty() {
+        state.keys.check(headers)?;
+    } else {
+        state.admin_keys.check(headers)?;
+    }
+    Ok(())
 }
 
-fn check_url(field: &'static str, url: &str) -> Result<(), ApiError> {
-    let ok = (url.starts_with("http://") || url.starts_with("https://")) && url.len() > "https://".len();
-    if ok {
+fn checked_name(name: &str) -> Result<(), ApiError> {
+    if valid_name(name) {
         Ok(())
     } else {
-        Err(ApiError::bad_request("invalid_settings", format!("`{field}` must be an http:// or https:// URL"))
-            .with(json!({"field": field})))
+        Err(ApiError::bad_request("invalid_name", "output names are 1-64 letters, digits, `_` and `-`"))
     }
 }
 
-pub(super) async fn configure_elastic(
+pub(super) async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    state.keys.check(&headers)?;
+    let registry = state.engine.registry();
+    let outputs = crate::delivery::views(&state.delivery, registry);
+    let kinds: Vec<Value> = registry
+        .outputs()
+        .map(|f| json!({"type": f.kind(), "description": f.description(), "secret_fields": f.secret_fields()}))
+        .collect();
+    Ok(Json(json!({ "outputs": outputs, "types": kinds })))
+}
+
+pub(super) async fn show(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.keys.check(&headers)?;
+    checked_name(&name)?;
+    let outputs = crate::delivery::views(&state.delivery, state.engine.registry());
+    outputs
+        .into_iter()
+        .find(|o| o["name"] == name.as_str())
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_output", format!("no output named {name:?}")))
+}
+
+pub(super) async fn set(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_write(&state, &headers)?;
+    checked_name(&name)?;
+    let body = super::body::read(&state, &headers, body).await?;
+    let entry: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+        // serde_json's message names the position, never the value.
+        ApiError::bad_request("invalid_json", format!("the settings must be one JSON object: {e}"))
+    })?;
+    let registry = state.engine.registry();
+    let spec = OutputSpec::check(registry, &entry, Some(&name)).map_err(|errors| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_settings", format!("{} field error(s)", errors.len()))
+            .with(json!({ "errors": errors }))
+    })?;
+    let existed = crate::delivery::views(&state.delivery, registry).iter().any(|o| o["name"] == name.as_str());
+    let store = &state.delivery.store;
+    let previous = store.load().0.into_iter().find(|(n, _)| *n == name).map(|(_, m)| m);
+    store.save(&name, &entry).map_err(|e| storage_error(&e))?;
+    if let Err(e) = crate::delivery::reconcile(&state).await {
+        // Keep-last-good: put the previous settings back.
+        let _ = match &previous {
+            Some(p) => store.save(&name, p),
+            None => store.remove(&name).map(|_| ()),
+        };
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e)
+            .with(json!({"errors": [{"field": "", "message": "the output could not be started with these settings"}]})));
+    }
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    let mut view = spec.view(registry);
+    view["status"] = "configured".into();
+    view["source"] = "api".into();
+    Ok((status, Json(view)).into_response())
+}
+
+pub(super) async fn remove(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    check_write(&state, &headers)?;
+    checked_name(&name)?;
+    let removed = state.delivery.store.remove(&name).map_err(|e| storage_error(&e))?;
+    let in_config = state.delivery.config_entry_named(&name);
+    if !removed {
+        return Err(if in_config {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "configured_in_file",
+                format!("output {name:?} comes from config.toml: change or remove it there"),
+            )
+        } else {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_output", format!("no output named {name:?}"))
+        });
+    }
+    crate::delivery::reconcile(&state)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e))?;
+    Ok(Json(json!({ "name": name, "removed": true, "now_from": if in_config { "config" } else { "nothing" } })))
+}
+
+fn storage_error(e: &anyhow::Error) -> ApiError {
+    tracing::error!(error = %e, "output settings could not be stored");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "the settings could not be stored; retry")
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TestRequest {
+    target: String,
+}
+
+/// `POST /v1/outputs/test`: builds the target's sink from its current
+/// settings (also when disabled) and sends one probe event.
+pub(super) async fn test(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    state.keys.check(&headers)?;
+    check_write(&state, &headers)?;
     let body = super::body::read(&state, &headers, body).await?;
-    let mut s: ElasticSettings = parse(&body)?;
-    if let Some(url) = s.url.take() {
-        s.urls.insert(0, url);
-    }
-    if s.urls.is_empty() {
-        return Err(
-            ApiError::bad_request("invalid_settings", "`url` (or `urls`) is required").with(json!({"field": "url"}))
-        );
-    }
-    for url in &s.urls {
-        check_url("url", url)?;
-    }
-    if s.username.is_some() != s.password.is_some() {
-        return Err(ApiError::bad_request("invalid_settings", "`username` and `password` go together")
-            .with(json!({"field": "password"})));
-    }
-    let shown = elastic_view(&s);
-    *state.outputs.elastic.write().expect("settings lock") = Some(s);
-    Ok(Json(with_status(shown)))
-}
-
-pub(super) async fn configure_splunk(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Value>, ApiError> {
-    state.keys.check(&headers)?;
-    let body = super::body::read(&state, &headers, body).await?;
-    let mut s: SplunkSettings = parse(&body)?;
-    s.hec_url = s.hec_url.take().or(s.url.take());
-    let Some(url) = &s.hec_url else {
-        return Err(
-            ApiError::bad_request("invalid_settings", "`hec_url` is required").with(json!({"field": "hec_url"}))
-        );
+    let request: TestRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("expected {{\"target\": \"<output name>\"}}: {e}")))?;
+    let registry = state.engine.registry();
+    let snapshot = state.delivery.snapshot();
+    let Some(crate::delivery::Summary { spec, lane, .. }) =
+        snapshot.iter().find(|s| s.spec.runtime.name == request.target)
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_output",
+            format!("no output named {:?} is configured", request.target),
+        ));
     };
-    check_url("hec_url", url)?;
-    if s.token.as_deref().is_none_or(str::is_empty) {
-        return Err(ApiError::bad_request("invalid_settings", "`token` is required").with(json!({"field": "token"})));
-    }
-    let shown = splunk_view(&s);
-    *state.outputs.splunk.write().expect("settings lock") = Some(s);
-    Ok(Json(with_status(shown)))
+    let factory = registry.output(&spec.runtime.kind).expect("checked specs have a known kind");
+    let ctx = OutputContext {
+        name: spec.runtime.name.clone(),
+        base_dir: state.config.engine.base_dir.clone(),
+        state_dir: state.config.state_dir().join("output-state").join(&spec.runtime.name),
+        batch_max: 1,
+    };
+    let started = Instant::now();
+    let (ok, http_status, error) = match factory.build(&spec.options, &ctx) {
+        Err(e) => (false, None, Some(lane.mask(&format!("{e:#}")))),
+        Ok(sink) => {
+            let now = crate::delivery::unix_ms();
+            let event = json!({
+                "message": "enrichd output test",
+                "event": {"kind": "enrichd_probe", "created_unix_ms": now},
+            })
+            .to_string();
+            let events = [OutEvent { json: event.as_bytes(), id: now }];
+            let report = sink.send(SinkBatch { events: &events, accepted_unix_ms: now }).await;
+            sink.close().await;
+            match report.outcomes.first() {
+                Some(enrichd_engine::output::Outcome::Delivered) => (true, report.http_status, None),
+                Some(enrichd_engine::output::Outcome::Retry(e) | enrichd_engine::output::Outcome::Reject(e)) => {
+                    (false, report.http_status, Some(lane.mask(e)))
+                }
+                None => (false, report.http_status, Some("the output answered nothing".into())),
+            }
+        }
+    };
+    Ok(Json(json!({
+        "target": request.target,
+        "ok": ok,
+        "http_status": http_status,
+        "error": error,
+        "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
+    })))
 }
 
-pub(super) async fn show(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Page {
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+pub(super) async fn deadletter(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    query: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     state.keys.check(&headers)?;
-    let (elastic, splunk) = state.outputs.views();
-    Ok(Json(json!({ "elastic": elastic, "splunk": splunk })))
+    checked_name(&name)?;
+    let Query(page) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let lane = lane(&state, &name)?;
+    let limit = page.limit.clamp(1, 1000);
+    let (total, records) = tokio::task::spawn_blocking(move || lane.deadletter.list(page.offset, limit))
+        .await
+        .map_err(|_| storage_error(&anyhow::anyhow!("dead-letter reader failed")))?
+        .map_err(|e| storage_error(&e))?;
+    Ok(Json(json!({ "output": name, "total": total, "offset": page.offset, "records": records })))
 }
 
-fn with_status(mut v: Value) -> Value {
-    v["status"] = "configured".into();
-    v
+/// Re-queues every dead-lettered event of the output (through its backlog,
+/// so the normal retries and bounds apply); 503 when the backlog has no
+/// room for them.
+pub(super) async fn replay(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    check_write(&state, &headers)?;
+    checked_name(&name)?;
+    let lane = lane(&state, &name)?;
+    let replayed = tokio::task::spawn_blocking(move || crate::delivery::replay(&lane))
+        .await
+        .map_err(|_| storage_error(&anyhow::anyhow!("replay failed")))?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "replay_refused", e))?;
+    Ok(Json(json!({ "output": name, "replayed": replayed })))
+}
+
+fn lane(state: &AppState, name: &str) -> Result<Arc<crate::delivery::Lane>, ApiError> {
+    state
+        .delivery
+        .lane_named(name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_output", format!("no output named {name:?}")))
 }

@@ -59,7 +59,7 @@ pub(crate) struct EnrichArgs {
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
     /// Output profile (`v1`, `stage3`, `ecs` or a profile file's name);
-    /// default: the configuration's `[output] profile`.
+    /// default: the configuration's `[profiles] default`.
     #[arg(long)]
     profile: Option<String>,
 }
@@ -89,7 +89,7 @@ pub(crate) fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
     let format = Format::from_name(&args.format).with_context(|| format!("unknown format {:?}", args.format))?;
     let (config, chain) = app::load(&args.config, &app::registry())?;
     let (profiles, default) =
-        enrichd_engine::Profiles::from_config(&config.output, &config.engine.base_dir).map_err(anyhow::Error::msg)?;
+        enrichd_engine::Profiles::from_config(&config.profiles, &config.engine.base_dir).map_err(anyhow::Error::msg)?;
     let profile = match &args.profile {
         Some(name) => profiles.get(name).map_err(anyhow::Error::msg)?,
         None => default,

@@ -46,15 +46,6 @@ pub(crate) struct Requests {
     pub class_5xx: AtomicU64,
 }
 
-/// Delivery counters of one output connector. Nothing sends yet (outputs
-/// only store settings), so these stay 0 until the outputs work bumps them.
-#[derive(Default)]
-pub(crate) struct OutputCounters {
-    pub sent: AtomicU64,
-    pub failed: AtomicU64,
-    pub backlog: AtomicU64,
-}
-
 pub(crate) struct Metrics {
     clock: Box<dyn Clock>,
     pub requests: Requests,
@@ -65,8 +56,6 @@ pub(crate) struct Metrics {
     records_in_flight: AtomicU64,
     shards: Shards,
     aggregate: Mutex<Aggregate>,
-    pub elastic: OutputCounters,
-    pub splunk: OutputCounters,
 }
 
 impl Default for Metrics {
@@ -100,8 +89,6 @@ impl Metrics {
             records_in_flight: AtomicU64::new(0),
             shards: Shards::new(shards),
             aggregate: Mutex::new(Aggregate::new(started_ms)),
-            elastic: OutputCounters::default(),
-            splunk: OutputCounters::default(),
         }
     }
 

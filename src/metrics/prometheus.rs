@@ -18,17 +18,40 @@ use prometheus_client::registry::Registry;
 use serde_json::Value as Json;
 
 use super::aggregate::Reading;
-use super::{Metrics, OutputCounters};
+use super::Metrics;
 
 pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// What the exposition needs beyond the metrics themselves.
 pub(crate) struct Context<'a> {
     pub stages: &'a [StageReport],
-    /// (name, configured, counters) per output connector.
-    pub outputs: &'a [(&'static str, bool, &'a OutputCounters)],
+    /// Each output's delivery counters.
+    pub outputs: &'a [OutputReading],
     /// `build_info` labels.
     pub build: &'a [(&'static str, String)],
+}
+
+/// One output's numbers, read by the caller from the delivery runtime.
+#[derive(Debug, Default)]
+pub(crate) struct OutputReading {
+    pub name: String,
+    pub enabled: bool,
+    pub queued: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub refused: u64,
+    pub lost: Vec<(&'static str, u64)>,
+    pub backlog_events: u64,
+    pub backlog_bytes: u64,
+    pub oldest_age_seconds: f64,
+    pub deadletter_events: u64,
+    pub deadletter_bytes: u64,
+    pub batch_seconds_sum: f64,
+    pub batches: u64,
+    /// Cumulative (upper bound in seconds, count).
+    pub batch_buckets: Vec<(f64, u64)>,
 }
 
 #[derive(Debug)]
@@ -213,32 +236,63 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
         per_stage(&|s| Sample::Gauge(f64::from(u8::from(s.status.state == enrichd_engine::PluginState::Loaded)))),
     );
 
-    let per_output = |f: &dyn Fn(bool, &OutputCounters) -> Sample| -> Vec<(Labels, Sample)> {
-        ctx.outputs.iter().map(|(name, on, c)| (vec![("output", name.to_string())], f(*on, c))).collect()
+    let per_output = |f: &dyn Fn(&OutputReading) -> Sample| -> Vec<(Labels, Sample)> {
+        ctx.outputs.iter().map(|o| (vec![("output", o.name.clone())], f(o))).collect()
     };
+    let counters: [(&'static str, &'static str, fn(&OutputReading) -> u64); 6] = [
+        ("telemetry_output_queued", "Events accepted for each output (appended to its spool or queue).", |o| o.queued),
+        ("telemetry_output_sent", "Events each output delivered.", |o| o.sent),
+        ("telemetry_output_failed", "Event attempts that did not deliver (retried or dead-lettered).", |o| o.failed),
+        ("telemetry_output_retried", "Events sent again after a failed attempt.", |o| o.retried),
+        ("telemetry_output_dead_lettered", "Events written to each output's dead-letter.", |o| o.dead_lettered),
+        ("telemetry_output_refused", "Events refused at ingest (503) because the output's backlog was full.", |o| {
+            o.refused
+        }),
+    ];
+    for (name, help, read) in counters {
+        x.add(name, help, MetricType::Counter, per_output(&|o| Sample::Counter(read(o))));
+    }
     x.add(
-        "telemetry_output_sent",
-        "Events delivered by each output.",
+        "telemetry_output_lost",
+        "Accepted events neither delivered nor dead-lettered, by reason.",
         MetricType::Counter,
-        per_output(&|_, c| Sample::Counter(c.sent.load(Relaxed))),
+        ctx.outputs
+            .iter()
+            .flat_map(|o| {
+                o.lost.iter().map(|(reason, n)| {
+                    (vec![("output", o.name.clone()), ("reason", reason.to_string())], Sample::Counter(*n))
+                })
+            })
+            .collect(),
     );
+    let gauges: [(&'static str, &'static str, fn(&OutputReading) -> f64); 6] = [
+        ("telemetry_output_backlog", "Events waiting in each output's spool or queue.", |o| o.backlog_events as f64),
+        ("telemetry_output_backlog_bytes", "Bytes waiting in each output's spool or queue.", |o| {
+            o.backlog_bytes as f64
+        }),
+        ("telemetry_output_oldest_undelivered_age_seconds", "Age of the oldest event waiting in each output.", |o| {
+            o.oldest_age_seconds
+        }),
+        ("telemetry_output_deadletter_events", "Events held in each output's dead-letter.", |o| {
+            o.deadletter_events as f64
+        }),
+        ("telemetry_output_deadletter_bytes", "Bytes held in each output's dead-letter.", |o| {
+            o.deadletter_bytes as f64
+        }),
+        ("telemetry_output_enabled", "1 when the output is enabled.", |o| f64::from(u8::from(o.enabled))),
+    ];
+    for (name, help, read) in gauges {
+        x.add(name, help, MetricType::Gauge, per_output(&|o| Sample::Gauge(read(o))));
+    }
     x.add(
-        "telemetry_output_failed",
-        "Events each output failed to deliver.",
-        MetricType::Counter,
-        per_output(&|_, c| Sample::Counter(c.failed.load(Relaxed))),
-    );
-    x.add(
-        "telemetry_output_backlog",
-        "Events waiting in each output.",
-        MetricType::Gauge,
-        per_output(&|_, c| Sample::Gauge(c.backlog.load(Relaxed) as f64)),
-    );
-    x.add(
-        "telemetry_output_configured",
-        "1 when the output has settings.",
-        MetricType::Gauge,
-        per_output(&|on, _| Sample::Gauge(f64::from(u8::from(on)))),
+        "telemetry_output_batch_duration_seconds",
+        "Time of each request to the destination.",
+        MetricType::Histogram,
+        per_output(&|o| Sample::Histogram {
+            sum: o.batch_seconds_sum,
+            count: o.batches,
+            buckets: o.batch_buckets.clone(),
+        }),
     );
     x.add("build", "Build of this enrichd.", MetricType::Info, vec![(ctx.build.to_vec(), Sample::Info)]);
 

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use enrichd_engine::config::Location;
 use enrichd_engine::{BuildEnv, ConfigError, Registry};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -21,8 +22,11 @@ pub(crate) struct ServiceConfig {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub reload: ReloadConfig,
-    /// `[output]`: the layout enriched events are written in.
-    pub output: enrichd_engine::profile::OutputConfig,
+    /// `[profiles]`: the layouts enriched events are written in.
+    pub profiles: enrichd_engine::profile::ProfilesConfig,
+    /// `[[output]]`: where enriched events are delivered, each entry as the
+    /// JSON object the API takes (checked by the delivery runtime).
+    pub outputs: Vec<OutputEntry>,
     /// The `[[chain]]` entries, the file's path and its directory.
     pub engine: enrichd_engine::Config,
 }
@@ -41,9 +45,16 @@ struct Sections {
     /// Hot reload of data files, modules and the chain.
     #[serde(default)]
     reload: ReloadConfig,
-    /// Output layout (profiles).
+    /// Output layouts (profiles).
     #[serde(default)]
-    output: enrichd_engine::profile::OutputConfig,
+    profiles: enrichd_engine::profile::ProfilesConfig,
+    /// Delivery destinations: `type` (`elastic`, `splunk`, `file`), the
+    /// runtime's keys (`name`, `enabled`, `batch_max`, `durability`, ...)
+    /// and the output's own options. `enrichd config-schema` lists each
+    /// output kind's options under `$defs`.
+    #[serde(default)]
+    #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
+    output: OutputSection,
     /// The engine's (see [`enrichd_engine::Config`]); its schema is added
     /// by [`ServiceConfig::json_schema`].
     #[serde(default)]
@@ -65,11 +76,23 @@ impl ServiceConfig {
     pub(crate) fn parse(text: &str, path: &Path) -> Result<ServiceConfig, ConfigError> {
         let sections: Sections = enrichd_engine::Config::parse_sections(text, path)?;
         let engine = enrichd_engine::Config::parse(text, path)?;
+        let outputs = match sections.output {
+            OutputSection::Entries(tables) => output_entries(tables, text, path)?,
+            OutputSection::Profiles(_) => {
+                return Err(ConfigError {
+                    location: Location { path: path.to_path_buf(), line: header_lines(text, "[output]").first().copied() },
+                    message: "`[output]` (profile settings) is now `[profiles]` (`profile` → `default`, \
+                              `profile_files` → `files`); `[[output]]` entries are delivery destinations"
+                        .into(),
+                });
+            }
+        };
         Ok(ServiceConfig {
             server: sections.server,
             auth: sections.auth,
             reload: sections.reload,
-            output: sections.output,
+            profiles: sections.profiles,
+            outputs,
             engine,
         })
     }
@@ -154,6 +177,10 @@ pub(crate) struct ServerConfig {
     /// Seconds the server waits for the next piece of a request body; a
     /// stalled body gets 408 and the connection is closed.
     pub body_timeout_s: u64,
+    /// At shutdown (SIGTERM/SIGINT), milliseconds the outputs get to
+    /// deliver what is queued; then spools keep the rest for the next
+    /// start and memory queues move it to the dead-letter.
+    pub shutdown_flush_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -171,6 +198,7 @@ impl Default for ServerConfig {
             header_timeout_s: 60,
             keepalive_timeout_s: 75,
             body_timeout_s: 60,
+            shutdown_flush_ms: 10_000,
         }
     }
 }
@@ -252,4 +280,53 @@ mod tests {
         assert_eq!(c.auth.api_keys, ["a", "b"]);
         assert!(c.auth.admin_keys.is_empty());
     }
+}
+
+/// One `[[output]]` entry: its options as JSON (the API's model) and the
+/// line of its header, for messages.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OutputEntry {
+    pub options: serde_json::Map<String, serde_json::Value>,
+    pub line: Option<usize>,
+}
+
+/// `output` in the file: `[[output]]` entries, or the old `[output]` table
+/// (profiles), refused with a migration hint.
+#[derive(Default, Deserialize)]
+#[serde(untagged)]
+enum OutputSection {
+    #[default]
+    #[serde(skip)]
+    None,
+    Entries(Vec<toml::Table>),
+    Profiles(toml::Table),
+}
+
+fn output_entries(tables: Vec<toml::Table>, text: &str, path: &Path) -> Result<Vec<OutputEntry>, ConfigError> {
+    let lines = header_lines(text, "[[output]]");
+    tables
+        .into_iter()
+        .enumerate()
+        .map(|(i, table)| {
+            let line = lines.get(i).copied();
+            match serde_json::to_value(table) {
+                Ok(serde_json::Value::Object(options)) => Ok(OutputEntry { options, line }),
+                _ => Err(ConfigError {
+                    location: Location { path: path.to_path_buf(), line },
+                    message: "`[[output]]` entry is not representable as JSON (use strings, numbers, booleans, arrays)"
+                        .into(),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// 1-based numbers of the lines that are exactly `header` (comments and
+/// spaces aside).
+fn header_lines(text: &str, header: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.split('#').next().unwrap_or("").trim() == header)
+        .map(|(i, _)| i + 1)
+        .collect()
 }

@@ -5,12 +5,11 @@
 //! reload, watch <- serve / main.
 //!
 //! Here too: the service's configuration sections ([`config`]), API keys
-//! ([`auth`]), output connector settings ([`outputs`]) and the reload
-//! status ([`reload_state`]).
+//! ([`auth`]) and the reload status ([`reload_state`]). Delivery to outputs
+//! lives in [`crate::delivery`]; the state holds its handle.
 
 pub(crate) mod auth;
 pub(crate) mod config;
-pub(crate) mod outputs;
 pub(crate) mod reload_state;
 
 use std::sync::Arc;
@@ -21,7 +20,6 @@ use enrichd_engine::{Engine, Limits, Pipeline};
 
 pub(crate) use auth::{ApiKeys, KeyRefusal};
 pub(crate) use config::ServiceConfig;
-pub(crate) use outputs::OutputSettings;
 pub(crate) use reload_state::{CliOverrides, ReloadStatus};
 
 use crate::metrics::Metrics;
@@ -43,10 +41,11 @@ pub(crate) struct AppState {
     /// Serializes the plugins' mutating admin calls (`PUT`/`DELETE` on an
     /// admin resource) and the reloads that make them live.
     pub admin_changes: std::sync::Mutex<()>,
-    pub outputs: OutputSettings,
+    /// The outputs enriched events are delivered to.
+    pub delivery: Arc<crate::delivery::Delivery>,
     /// Output profiles by name, and the default (`None`: the v1 layout).
     pub profiles: (enrichd_engine::Profiles, Option<Arc<enrichd_engine::Profile>>),
-    /// `[output] key_profiles`: the profile per API key digest.
+    /// `[profiles] key_profiles`: the profile per API key digest.
     pub key_profiles: Vec<enrichd_engine::profile::KeyProfile>,
     pub started: Instant,
     /// Set once when the server starts shutting down: long-lived responses
@@ -64,13 +63,14 @@ impl AppState {
             HeaderValue::from_str(&config.server.api_version).unwrap_or(HeaderValue::from_static("1.0.0"));
         let metrics = Arc::new(Metrics::default());
         let pipeline = Pipeline::new(Limits { max_records: config.server.max_records }).with_observer(metrics.clone());
-        // `app::load` refused a bad `[output]` already.
+        // `app::load` refused a bad `[profiles]` already.
         let profiles =
-            enrichd_engine::Profiles::from_config(&config.output, &config.engine.base_dir).unwrap_or_else(|e| {
+            enrichd_engine::Profiles::from_config(&config.profiles, &config.engine.base_dir).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "output profiles; writing the v1 layout");
                 (enrichd_engine::Profiles::embedded(), None)
             });
-        let key_profiles = enrichd_engine::profile::key_profiles(&config.output, &profiles.0).unwrap_or_else(|e| {
+        let (state_dir, base_dir) = (config.state_dir(), config.engine.base_dir.clone());
+        let key_profiles = enrichd_engine::profile::key_profiles(&config.profiles, &profiles.0).unwrap_or_else(|e| {
             tracing::error!(error = %e, "per-key output profiles ignored");
             Vec::new()
         });
@@ -85,7 +85,7 @@ impl AppState {
             reload: ReloadStatus::default(),
             overrides: Default::default(),
             admin_changes: Default::default(),
-            outputs: Default::default(),
+            delivery: Arc::new(crate::delivery::Delivery::new(&state_dir, &base_dir)),
             profiles,
             started: Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),

@@ -248,20 +248,23 @@ fn check_name(name: &str) -> Result<(), String> {
 pub const EMBEDDED: [(&str, &str); 2] =
     [("stage3", include_str!("../../profiles/stage3.toml")), ("ecs", include_str!("../../profiles/ecs.toml"))];
 
-/// `[output]`
+/// `[profiles]`: the layouts enriched events are written in. (Named
+/// `[output]` before `[[output]]` came to mean a delivery destination.)
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
-pub struct OutputConfig {
+pub struct ProfilesConfig {
     /// The output profile records are written in when the request names
     /// none (`/v1/ingest?profile=` overrides it per request): `v1` (each
     /// stage's own output keys, the default), `stage3`, `ecs`, or the
     /// `name` of a profile file. Read at start.
-    pub profile: String,
+    #[serde(alias = "profile")]
+    pub default: String,
     /// Profile files (TOML: `name`, `description`, `omit_nulls`,
     /// `[[field]]` mappings; see README "Output profiles"), relative to the
     /// configuration file. A file may reuse an embedded profile's name to
     /// replace it.
-    pub profile_files: Vec<std::path::PathBuf>,
+    #[serde(alias = "profile_files")]
+    pub files: Vec<std::path::PathBuf>,
     /// The profile per API key, keyed by the key's SHA-256 in lowercase hex
     /// (`printf %s "$KEY" | sha256sum`), so keys never appear here: a
     /// request made with that key gets this profile unless it names one
@@ -269,30 +272,30 @@ pub struct OutputConfig {
     pub key_profiles: BTreeMap<String, String>,
 }
 
-impl Default for OutputConfig {
+impl Default for ProfilesConfig {
     fn default() -> Self {
-        OutputConfig { profile: DEFAULT_PROFILE.into(), profile_files: Vec::new(), key_profiles: BTreeMap::new() }
+        ProfilesConfig { default: DEFAULT_PROFILE.into(), files: Vec::new(), key_profiles: BTreeMap::new() }
     }
 }
 
-/// One `[output] key_profiles` entry, resolved: an API key's SHA-256 and
+/// One `[profiles] key_profiles` entry, resolved: an API key's SHA-256 and
 /// its profile (`None`: the v1 layout).
 pub type KeyProfile = ([u8; 32], Option<Arc<Profile>>);
 
-/// `[output] key_profiles`, resolved. Refuses a malformed digest or an
+/// `[profiles] key_profiles`, resolved. Refuses a malformed digest or an
 /// unknown profile name.
-pub fn key_profiles(output: &OutputConfig, profiles: &Profiles) -> Result<Vec<KeyProfile>, String> {
-    output
+pub fn key_profiles(config: &ProfilesConfig, profiles: &Profiles) -> Result<Vec<KeyProfile>, String> {
+    config
         .key_profiles
         .iter()
         .map(|(hex, name)| {
             let digest = parse_digest(hex).ok_or_else(|| {
                 format!(
-                    "[output] key_profiles: {:?} is not a SHA-256 in hex (64 characters)",
+                    "[profiles] key_profiles: {:?} is not a SHA-256 in hex (64 characters)",
                     crate::limits::excerpt(hex, 80)
                 )
             })?;
-            let profile = profiles.get(name).map_err(|e| format!("[output] key_profiles: {e}"))?;
+            let profile = profiles.get(name).map_err(|e| format!("[profiles] key_profiles: {e}"))?;
             Ok((digest, profile))
         })
         .collect()
@@ -329,15 +332,15 @@ impl Profiles {
         p
     }
 
-    /// The embedded profiles plus `[output] profile_files` (resolved
-    /// against `base_dir`); checks that `[output] profile` names one and
+    /// The embedded profiles plus `[profiles] files` (resolved
+    /// against `base_dir`); checks that `[profiles] default` names one and
     /// returns it as the default (`None`: the v1 layout).
-    pub fn from_config(output: &OutputConfig, base_dir: &Path) -> Result<(Profiles, Option<Arc<Profile>>), String> {
+    pub fn from_config(config: &ProfilesConfig, base_dir: &Path) -> Result<(Profiles, Option<Arc<Profile>>), String> {
         let mut profiles = Profiles::embedded();
-        for file in &output.profile_files {
+        for file in &config.files {
             profiles.insert(Profile::load(&crate::entry::resolve_relative(base_dir, file))?);
         }
-        let default = profiles.get(&output.profile).map_err(|e| format!("[output] profile: {e}"))?;
+        let default = profiles.get(&config.default).map_err(|e| format!("[profiles] default: {e}"))?;
         Ok((profiles, default))
     }
 

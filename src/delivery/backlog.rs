@@ -1,0 +1,231 @@
+//! Where an output's accepted events wait: the disk spool or a bounded
+//! memory queue, behind one interface so the worker, admission and the
+//! counters do not care which.
+//!
+//! Both number entries (one per ingested batch) with increasing sequence
+//! numbers; the worker reads from its position and acknowledges a prefix
+//! once every event in it is delivered or dead-lettered.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use super::spool::{AppendError, Entry, Spool};
+
+/// The unacknowledged part of a backlog.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BacklogStats {
+    pub bytes: u64,
+    pub entries: u64,
+    pub events: u64,
+    pub oldest_accepted_unix_ms: Option<u64>,
+}
+
+pub(crate) trait Backlog: Send + Sync {
+    /// Survives a crash once `append` returned.
+    fn durable(&self) -> bool;
+    /// Appends one batch (NDJSON, `events` lines); returns its sequence
+    /// number. Bounds are enforced by admission ([`Bounds`]) before this.
+    fn append(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError>;
+    /// Entries from `from_seq` on: at least one if there is one.
+    fn read(&self, from_seq: u64, max_entries: usize, max_bytes: u64) -> anyhow::Result<Vec<Entry>>;
+    /// Everything up to `seq` is done with.
+    fn ack_through(&self, seq: u64) -> anyhow::Result<()>;
+    fn first_unacked(&self) -> u64;
+    fn stats(&self) -> BacklogStats;
+}
+
+impl Backlog for Spool {
+    fn durable(&self) -> bool {
+        true
+    }
+    fn append(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
+        Spool::append(self, payload, events, accepted_unix_ms)
+    }
+    fn read(&self, from_seq: u64, max_entries: usize, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
+        Spool::read(self, from_seq, max_entries, max_bytes)
+    }
+    fn ack_through(&self, seq: u64) -> anyhow::Result<()> {
+        Spool::ack_through(self, seq)
+    }
+    fn first_unacked(&self) -> u64 {
+        Spool::first_unacked(self)
+    }
+    fn stats(&self) -> BacklogStats {
+        let s = Spool::stats(self);
+        BacklogStats {
+            bytes: s.bytes,
+            entries: s.entries,
+            events: s.events,
+            oldest_accepted_unix_ms: s.oldest_accepted_unix_ms,
+        }
+    }
+}
+
+/// The `memory` and `ack` modes' queue.
+#[derive(Default)]
+pub(crate) struct MemoryQueue {
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    entries: VecDeque<Entry>,
+    next_seq: u64,
+    stats: BacklogStats,
+}
+
+impl MemoryQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Backlog for MemoryQueue {
+    fn durable(&self) -> bool {
+        false
+    }
+
+    fn append(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
+        let mut q = self.lock();
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        q.stats.bytes += payload.len() as u64;
+        q.stats.entries += 1;
+        q.stats.events += u64::from(events);
+        q.stats.oldest_accepted_unix_ms.get_or_insert(accepted_unix_ms);
+        q.entries.push_back(Entry { seq, events, accepted_unix_ms, payload: payload.to_vec() });
+        Ok(seq)
+    }
+
+    fn read(&self, from_seq: u64, max_entries: usize, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
+        let q = self.lock();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for e in q.entries.iter().filter(|e| e.seq >= from_seq) {
+            if !out.is_empty() && (out.len() >= max_entries || bytes + e.payload.len() as u64 > max_bytes) {
+                break;
+            }
+            bytes += e.payload.len() as u64;
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+
+    fn ack_through(&self, seq: u64) -> anyhow::Result<()> {
+        let mut q = self.lock();
+        while q.entries.front().is_some_and(|e| e.seq <= seq) {
+            let e = q.entries.pop_front().expect("front exists");
+            q.stats.bytes -= e.payload.len() as u64;
+            q.stats.entries -= 1;
+            q.stats.events -= u64::from(e.events);
+        }
+        q.stats.oldest_accepted_unix_ms = q.entries.front().map(|e| e.accepted_unix_ms);
+        Ok(())
+    }
+
+    fn first_unacked(&self) -> u64 {
+        let q = self.lock();
+        q.entries.front().map_or(q.next_seq, |e| e.seq)
+    }
+
+    fn stats(&self) -> BacklogStats {
+        self.lock().stats
+    }
+}
+
+/// Admission against a backlog's bounds. Space is reserved before the
+/// batch is appended anywhere, so a request is either admitted to every
+/// output or to none (a 503 then), even with concurrent requests.
+pub(crate) struct Bounds {
+    max_bytes: AtomicU64,
+    /// `u64::MAX`: bytes only (the spool).
+    max_events: AtomicU64,
+    reserved_bytes: AtomicU64,
+    reserved_events: AtomicU64,
+    admission: Mutex<()>,
+}
+
+/// Bytes a spool entry takes besides its payload (header and slack).
+pub(crate) const ENTRY_OVERHEAD: u64 = 64;
+
+impl Bounds {
+    pub(crate) fn new(max_bytes: u64, max_events: Option<u64>) -> Self {
+        Bounds {
+            max_bytes: AtomicU64::new(max_bytes),
+            max_events: AtomicU64::new(max_events.unwrap_or(u64::MAX)),
+            reserved_bytes: AtomicU64::new(0),
+            reserved_events: AtomicU64::new(0),
+            admission: Mutex::new(()),
+        }
+    }
+
+    /// New bounds (settings changed); reservations stay.
+    pub(crate) fn set(&self, (max_bytes, max_events): (u64, Option<u64>)) {
+        self.max_bytes.store(max_bytes, Relaxed);
+        self.max_events.store(max_events.unwrap_or(u64::MAX), Relaxed);
+    }
+
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes.load(Relaxed)
+    }
+
+    /// Reserves room for `bytes`/`events` if the backlog has it.
+    pub(crate) fn reserve(&self, backlog: &dyn Backlog, bytes: u64, events: u64) -> bool {
+        let _one_at_a_time = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = backlog.stats();
+        let bytes = bytes + ENTRY_OVERHEAD;
+        let used = stats.bytes + stats.entries * ENTRY_OVERHEAD + self.reserved_bytes.load(Relaxed);
+        if used + bytes > self.max_bytes.load(Relaxed) {
+            return false;
+        }
+        if stats.events + self.reserved_events.load(Relaxed) + events > self.max_events.load(Relaxed) {
+            return false;
+        }
+        self.reserved_bytes.fetch_add(bytes, Relaxed);
+        self.reserved_events.fetch_add(events, Relaxed);
+        true
+    }
+
+    /// Gives back a reservation (after the append, or when the request is
+    /// refused elsewhere).
+    pub(crate) fn release(&self, bytes: u64, events: u64) {
+        self.reserved_bytes.fetch_sub(bytes + ENTRY_OVERHEAD, Relaxed);
+        self.reserved_events.fetch_sub(events, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_queue_acks_a_prefix() {
+        let q = MemoryQueue::default();
+        for i in 0..5u64 {
+            assert_eq!(q.append(format!("{{\"n\":{i}}}\n").as_bytes(), 1, 1000 + i).unwrap(), i);
+        }
+        assert_eq!(q.stats().events, 5);
+        let read = q.read(2, 2, u64::MAX).unwrap();
+        assert_eq!(read.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+        q.ack_through(2).unwrap();
+        assert_eq!(q.first_unacked(), 3);
+        assert_eq!(q.stats().events, 2);
+        assert_eq!(q.stats().oldest_accepted_unix_ms, Some(1003));
+        // A huge first entry still comes back alone.
+        assert_eq!(q.read(3, 10, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bounds_refuse_past_the_limit_and_count_reservations() {
+        let q = MemoryQueue::default();
+        let b = Bounds::new(1000, Some(10));
+        assert!(b.reserve(&q, 400, 4));
+        assert!(b.reserve(&q, 400, 4));
+        // Reserved, not yet appended: still counts.
+        assert!(!b.reserve(&q, 400, 1), "bytes bound");
+        b.release(400, 4);
+        assert!(!b.reserve(&q, 10, 7), "events bound");
+        assert!(b.reserve(&q, 10, 6));
+    }
+}

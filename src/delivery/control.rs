@@ -1,0 +1,159 @@
+//! What the API and hot reload do to outputs: recompute the desired set
+//! and apply it, show outputs, replay a dead-letter.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use enrichd_engine::Registry;
+use serde_json::{json, Value};
+
+use super::{Delivery, Lane, Summary};
+use crate::metrics::prometheus::OutputReading;
+use crate::service::AppState;
+
+/// Applies the file's `[[output]]` entries (as last loaded), the API's
+/// stored settings and the environment's switches. `Err` names what is
+/// wrong; the running outputs are then unchanged.
+pub(crate) async fn reconcile(state: &AppState) -> Result<(), String> {
+    let registry = state.engine.registry();
+    let entries = state.delivery.config_entries();
+    let (stored, mut problems) = state.delivery.store.load();
+    let (desired, more) = super::desired(registry, &entries, &stored, &|name| std::env::var(name).ok());
+    problems.extend(more);
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    state.delivery.apply(registry, desired, &state.profiles).await.map_err(|e| format!("{e:#}"))
+}
+
+/// Every configured output as the API shows it.
+pub(crate) fn views(delivery: &Delivery, registry: &Registry) -> Vec<Value> {
+    let now = super::unix_ms();
+    delivery
+        .snapshot()
+        .iter()
+        .map(|Summary { spec, source, lane, sink }| {
+            let backlog = lane.backlog.stats();
+            let dead = lane.deadletter.stats();
+            let state = match (spec.runtime.enabled, sink.is_some()) {
+                (false, _) => "disabled",
+                (true, true) => "running",
+                (true, false) => "error",
+            };
+            json!({
+                "name": spec.runtime.name,
+                "type": spec.runtime.kind,
+                "source": source,
+                "enabled": spec.runtime.enabled,
+                "state": state,
+                "durability": spec.runtime.durability,
+                "settings": spec.view(registry),
+                "backlog": {
+                    "events": backlog.events,
+                    "entries": backlog.entries,
+                    "bytes": backlog.bytes,
+                    "bound_bytes": lane.bounds.max_bytes(),
+                    "oldest_age_ms": backlog.oldest_accepted_unix_ms.map(|t| now.saturating_sub(t)),
+                },
+                "deadletter": { "events": dead.events, "bytes": dead.bytes },
+                "counters": lane.stats.view(),
+            })
+        })
+        .collect()
+}
+
+/// Moves the output's dead-lettered events back into its backlog; returns
+/// how many. Refused (and the dead-letter kept) when the backlog has no
+/// room for them.
+pub(crate) fn replay(lane: &Arc<Lane>) -> Result<u64, String> {
+    let records = lane.deadletter.take_all().map_err(|e| format!("reading the dead-letter: {e:#}"))?;
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let mut payload = Vec::new();
+    for r in &records {
+        payload.extend_from_slice(&r.event);
+        payload.push(b'\n');
+    }
+    let events = records.len() as u64;
+    let restore = |why: String| {
+        let back: Vec<super::deadletter::DeadRecord<'_>> = records
+            .iter()
+            .map(|r| super::deadletter::DeadRecord {
+                event: &r.event,
+                error: &r.error,
+                attempts: r.attempts,
+                unix_ms: r.unix_ms,
+            })
+            .collect();
+        if let Err(e) = lane.deadletter.append(&back) {
+            lane.stats.lose(super::stats::LostReason::DeadLetterEvicted, events);
+            lane.error(format!("restoring the dead-letter after a refused replay: {e:#}"));
+        }
+        why
+    };
+    if !lane.bounds.reserve(&*lane.backlog, payload.len() as u64, events) {
+        return Err(restore(format!("output {:?} has no room in its backlog for {events} events", lane.name)));
+    }
+    let appended = lane.backlog.append(&payload, events as u32, super::unix_ms());
+    lane.bounds.release(payload.len() as u64, events);
+    match appended {
+        Ok(_) => {
+            lane.stats.replayed.fetch_add(events, Relaxed);
+            lane.wake.notify_one();
+            Ok(events)
+        }
+        Err(e) => Err(restore(format!("queueing the replay: {e}"))),
+    }
+}
+
+/// Every output's numbers for `/metrics` (also outputs no longer
+/// configured whose lane still holds events or counts).
+pub(crate) fn readings(delivery: &Delivery) -> Vec<OutputReading> {
+    let enabled: Vec<String> = delivery.active().iter().map(|a| a.lane.name.clone()).collect();
+    let now = super::unix_ms();
+    delivery
+        .lanes()
+        .into_iter()
+        .map(|lane| {
+            let s = &lane.stats;
+            let backlog = lane.backlog.stats();
+            let dead = lane.deadletter.stats();
+            OutputReading {
+                enabled: enabled.contains(&lane.name),
+                name: lane.name.clone(),
+                queued: s.queued.load(Relaxed),
+                sent: s.sent.load(Relaxed),
+                failed: s.failed.load(Relaxed),
+                retried: s.retried.load(Relaxed),
+                dead_lettered: s.dead_lettered.load(Relaxed),
+                refused: s.refused.load(Relaxed),
+                lost: super::stats::LostReason::ALL.iter().map(|r| (r.label(), s.lost(*r))).collect(),
+                backlog_events: backlog.events,
+                backlog_bytes: backlog.bytes,
+                oldest_age_seconds: backlog
+                    .oldest_accepted_unix_ms
+                    .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0),
+                deadletter_events: dead.events,
+                deadletter_bytes: dead.bytes,
+                batch_seconds_sum: s.batch_micros.load(Relaxed) as f64 / 1e6,
+                batches: s.batches.load(Relaxed),
+                batch_buckets: s.buckets(),
+            }
+        })
+        .collect()
+}
+
+/// `outputs` of `/v1/metrics`: per output, its counters and backlog; its
+/// settings only `with_key` (the document may be public).
+pub(crate) fn metrics_document(delivery: &Delivery, registry: &Registry, with_key: bool) -> Value {
+    let mut views = views(delivery, registry);
+    for v in &mut views {
+        if let Some(o) = v.as_object_mut() {
+            if !with_key {
+                o.remove("settings");
+            }
+        }
+    }
+    Value::Array(views)
+}

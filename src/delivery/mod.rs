@@ -1,0 +1,453 @@
+//! Delivery: every enriched event to every enabled output, or accounted
+//! for in a dead-letter with its reason.
+//!
+//! The pieces, each in its own file:
+//! - [`options`]: an output's settings (the runtime's keys + the kind's
+//!   own), checked into an [`options::OutputSpec`];
+//! - [`backlog`]: where accepted events wait — the disk [`spool`] or a
+//!   bounded memory queue — and admission against its bounds;
+//! - [`worker`]: the drain loop (batching, retries, dead-letter, acks);
+//! - [`deadletter`], [`stats`], [`store`] (API-set settings on disk).
+//!
+//! This module ties them together: [`Delivery`] holds the running outputs,
+//! applies a new set of settings (start, API change, hot reload) without
+//! losing a queued event, admits and appends each ingested batch, and stops
+//! everything at shutdown within a deadline. The core of enrichd knows no
+//! concrete output: kinds come from the registry.
+
+pub(crate) mod backlog;
+mod control;
+pub(crate) mod deadletter;
+pub(crate) mod options;
+pub(crate) mod spool;
+pub(crate) mod stats;
+pub(crate) mod store;
+mod submit;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use enrichd_engine::output::{OutputContext, Sink};
+use enrichd_engine::{Profile, Profiles, Registry};
+use serde_json::{Map, Value};
+use tokio::sync::{watch, Notify};
+
+use backlog::{Backlog, Bounds, MemoryQueue};
+use deadletter::DeadLetter;
+use options::{Durability, OutputSpec};
+use stats::{LostReason, OutputStats};
+
+pub(crate) use control::{metrics_document, readings, reconcile, replay, views};
+pub(crate) use submit::{submit, Admitted, Refused};
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One output's lasting parts: its backlog, dead-letter and counters. A
+/// lane outlives reconfigurations of its output (a new worker and sink
+/// take over the same backlog), so nothing queued is dropped by a `PUT`.
+pub(crate) struct Lane {
+    pub name: String,
+    pub durability: Durability,
+    pub backlog: Arc<dyn Backlog>,
+    pub bounds: Bounds,
+    pub deadletter: DeadLetter,
+    pub stats: Arc<OutputStats>,
+    /// Told when a batch is appended.
+    pub wake: Notify,
+    /// Everything below this sequence number is delivered or dead-lettered
+    /// (`ack` mode waits on it).
+    pub acked: watch::Sender<u64>,
+    /// Secret values of the current settings, masked in every kept text.
+    secrets: Mutex<Vec<String>>,
+}
+
+impl Lane {
+    pub(crate) fn mask(&self, text: &str) -> String {
+        stats::mask(text, &self.secrets.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Records an error (masked) as the output's last error and logs it.
+    pub(crate) fn error(&self, text: impl AsRef<str>) {
+        let text = self.mask(text.as_ref());
+        tracing::warn!(output = %self.name, error = %text, "output");
+        self.stats.set_error(text);
+    }
+}
+
+/// Where a running output's settings came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Source {
+    Config,
+    Api,
+}
+
+/// An enabled output, as ingest sees it.
+pub(crate) struct Active {
+    pub lane: Arc<Lane>,
+    pub profile: Option<Arc<Profile>>,
+    pub ack_timeout: Duration,
+}
+
+/// A configured output, as readers see it.
+pub(crate) struct Summary {
+    pub spec: OutputSpec,
+    pub source: Source,
+    pub lane: Arc<Lane>,
+    /// `None`: disabled.
+    pub sink: Option<Arc<dyn Sink>>,
+}
+
+struct Running {
+    spec: OutputSpec,
+    source: Source,
+    lane: Arc<Lane>,
+    sink: Option<Arc<dyn Sink>>,
+    stop: watch::Sender<Option<Instant>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The running outputs.
+pub(crate) struct Delivery {
+    state_dir: PathBuf,
+    base_dir: PathBuf,
+    /// What ingest appends to: the enabled outputs.
+    active: ArcSwap<Vec<Active>>,
+    running: tokio::sync::Mutex<Vec<Running>>,
+    /// What is running, for readers that must not wait (metrics, views).
+    summary: ArcSwap<Vec<Summary>>,
+    /// Every lane ever opened, by name (kept for the process's life).
+    lanes: Mutex<BTreeMap<String, Arc<Lane>>>,
+    /// Counters by name, kept across durability changes.
+    counters: Mutex<BTreeMap<String, Arc<OutputStats>>>,
+    /// The file's `[[output]]` entries as last loaded (start, reload).
+    config_entries: Mutex<Vec<crate::service::config::OutputEntry>>,
+    pub store: store::SettingsStore,
+}
+
+/// An output's desired settings.
+pub(crate) struct Desired {
+    pub spec: OutputSpec,
+    pub source: Source,
+}
+
+impl Delivery {
+    pub(crate) fn new(state_dir: &Path, base_dir: &Path) -> Self {
+        Delivery {
+            state_dir: state_dir.to_path_buf(),
+            base_dir: base_dir.to_path_buf(),
+            active: ArcSwap::from_pointee(Vec::new()),
+            running: tokio::sync::Mutex::new(Vec::new()),
+            summary: ArcSwap::from_pointee(Vec::new()),
+            lanes: Mutex::new(BTreeMap::new()),
+            counters: Mutex::new(BTreeMap::new()),
+            config_entries: Mutex::new(Vec::new()),
+            store: store::SettingsStore::new(state_dir),
+        }
+    }
+
+    pub(crate) fn set_config_entries(&self, entries: Vec<crate::service::config::OutputEntry>) {
+        *self.config_entries.lock().unwrap_or_else(|e| e.into_inner()) = entries;
+    }
+
+    pub(crate) fn config_entries(&self) -> Vec<crate::service::config::OutputEntry> {
+        self.config_entries.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the file has an entry named `name` (its `name`, else `type`).
+    pub(crate) fn config_entry_named(&self, name: &str) -> bool {
+        self.config_entries.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|e| {
+            e.options.get("name").or_else(|| e.options.get("type")).and_then(Value::as_str) == Some(name)
+        })
+    }
+
+    /// The enabled outputs (a snapshot; cheap).
+    pub(crate) fn active(&self) -> Arc<Vec<Active>> {
+        self.active.load_full()
+    }
+
+    /// Makes `desired` the running set: unchanged outputs keep running,
+    /// changed ones get a new sink and worker on the same backlog, removed
+    /// ones stop (their backlog is kept for a return). Every new sink is
+    /// built before anything changes, so a bad setting leaves the running
+    /// set as it was (keep-last-good).
+    pub(crate) async fn apply(
+        &self,
+        registry: &Registry,
+        desired: Vec<Desired>,
+        profiles: &(Profiles, Option<Arc<Profile>>),
+    ) -> anyhow::Result<()> {
+        let mut running = self.running.lock().await;
+        // Build what is new or changed first.
+        let mut fresh: Vec<(Desired, Option<Arc<dyn Sink>>, Arc<Lane>, Option<Arc<Profile>>)> = Vec::new();
+        for d in desired {
+            let name = d.spec.runtime.name.clone();
+            let profile = match &d.spec.runtime.profile {
+                None => profiles.1.clone(),
+                Some(p) => profiles.0.get(p).map_err(|e| anyhow::anyhow!("output {name:?}: profile: {e}"))?,
+            };
+            let same = running.iter().find(|r| r.spec.runtime.name == name && r.spec == d.spec);
+            if let Some(r) = same {
+                fresh.push((d, r.sink.clone(), r.lane.clone(), profile));
+                continue;
+            }
+            let lane = self.lane(&d.spec, running.iter().find(|r| r.spec.runtime.name == name).map(|r| &r.lane))?;
+            *lane.secrets.lock().unwrap_or_else(|e| e.into_inner()) = d.spec.secrets(registry);
+            let sink = if d.spec.runtime.enabled {
+                let factory = registry.output(&d.spec.runtime.kind).context("unknown output type")?;
+                let ctx = OutputContext {
+                    name: name.clone(),
+                    base_dir: self.base_dir.clone(),
+                    state_dir: self.state_dir.join("output-state").join(&name),
+                    batch_max: d.spec.runtime.batch_max,
+                };
+                std::fs::create_dir_all(&ctx.state_dir).ok();
+                let sink = factory
+                    .build(&d.spec.options, &ctx)
+                    .map_err(|e| anyhow::anyhow!("output {name:?}: {}", lane.mask(&format!("{e:#}"))))?;
+                Some(sink)
+            } else {
+                None
+            };
+            fresh.push((d, sink, lane, profile));
+        }
+        // Stop what is removed or changed, then start the new set.
+        let old: Vec<Running> = std::mem::take(&mut *running);
+        let mut kept = Vec::new();
+        for r in old {
+            let stays = fresh.iter().any(|(d, _, _, _)| d.spec == r.spec && d.source == r.source);
+            if stays {
+                kept.push(r);
+            } else {
+                stop_running(r, Instant::now()).await;
+            }
+        }
+        let mut active = Vec::new();
+        for (d, sink, lane, profile) in fresh {
+            let r = match kept.iter().position(|r| r.spec == d.spec) {
+                Some(i) => kept.swap_remove(i),
+                None => start(d, sink, lane),
+            };
+            if r.spec.runtime.enabled {
+                active.push(Active {
+                    lane: r.lane.clone(),
+                    profile,
+                    ack_timeout: Duration::from_millis(r.spec.runtime.ack_timeout_ms),
+                });
+            }
+            running.push(r);
+        }
+        self.active.store(Arc::new(active));
+        self.summary.store(Arc::new(
+            running
+                .iter()
+                .map(|r| Summary { spec: r.spec.clone(), source: r.source, lane: r.lane.clone(), sink: r.sink.clone() })
+                .collect(),
+        ));
+        Ok(())
+    }
+
+    /// The lane for `spec`'s name: the existing one, or a new one opened on
+    /// the state directory. Changing an output's durability needs its
+    /// backlog drained first (the events would otherwise change guarantee
+    /// behind the client's back).
+    fn lane(&self, spec: &OutputSpec, current: Option<&Arc<Lane>>) -> anyhow::Result<Arc<Lane>> {
+        let name = &spec.runtime.name;
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let existing = current.cloned().or_else(|| lanes.get(name).cloned());
+        if let Some(lane) = existing {
+            let durable = |d: Durability| d == Durability::Spool;
+            if durable(lane.durability) == durable(spec.runtime.durability) {
+                lane.bounds.set(bounds_of(spec));
+                return Ok(lane);
+            }
+            let queued = lane.backlog.stats().events;
+            if queued > 0 {
+                anyhow::bail!(
+                    "output {name:?}: durability cannot change while {queued} events are queued; \
+                     wait for them to drain (or disable the output first)"
+                );
+            }
+        }
+        let stats = self.counters.lock().unwrap_or_else(|e| e.into_inner()).entry(name.clone()).or_default().clone();
+        let (backlog, first): (Arc<dyn Backlog>, u64) = match spec.runtime.durability {
+            Durability::Spool => {
+                let config = spool::SpoolConfig {
+                    dir: self.state_dir.join("spool").join(name),
+                    max_bytes: spec.runtime.spool_max_bytes,
+                    segment_bytes: (spec.runtime.spool_max_bytes / 16).clamp(1 << 20, 64 << 20),
+                };
+                let (spool, recovery) =
+                    spool::Spool::open(config).with_context(|| format!("opening the spool of output {name:?}"))?;
+                if recovery.corrupt_entries > 0 {
+                    tracing::error!(output = %name, entries = recovery.corrupt_entries, bytes = recovery.corrupt_bytes,
+                        problems = ?recovery.problems, "spool: corrupt entries skipped");
+                    stats.lose(LostReason::SpoolCorrupt, recovery.corrupt_entries);
+                }
+                if recovery.events > 0 {
+                    tracing::info!(output = %name, events = recovery.events, "spool: resuming delivery");
+                }
+                let first = spool.first_unacked();
+                (Arc::new(spool), first)
+            }
+            Durability::Memory | Durability::Ack => (Arc::new(MemoryQueue::default()), 0),
+        };
+        let deadletter =
+            DeadLetter::open(&self.state_dir.join("deadletter").join(name), name, spec.runtime.deadletter_max_bytes)
+                .with_context(|| format!("opening the dead-letter of output {name:?}"))?;
+        let lane = Arc::new(Lane {
+            name: name.clone(),
+            durability: spec.runtime.durability,
+            backlog,
+            bounds: Bounds::new(0, None),
+            deadletter,
+            stats,
+            wake: Notify::new(),
+            acked: watch::Sender::new(first),
+            secrets: Mutex::new(Vec::new()),
+        });
+        lane.bounds.set(bounds_of(spec));
+        lanes.insert(name.clone(), lane.clone());
+        Ok(lane)
+    }
+
+    /// Stops every worker: they drain until `deadline`; then what is left
+    /// stays in the spool, or (memory queues) goes to the dead-letter.
+    pub(crate) async fn shutdown(&self, deadline: Instant) {
+        self.active.store(Arc::new(Vec::new()));
+        let running = std::mem::take(&mut *self.running.lock().await);
+        self.summary.store(Arc::new(Vec::new()));
+        let stops: Vec<_> = running.into_iter().map(|r| stop_running(r, deadline)).collect();
+        futures_util::future::join_all(stops).await;
+        let lanes: Vec<Arc<Lane>> = self.lanes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for lane in lanes {
+            if !lane.backlog.durable() {
+                let lane2 = lane.clone();
+                let _ = tokio::task::spawn_blocking(move || dead_letter_rest(&lane2, "shutdown")).await;
+            }
+        }
+    }
+
+    /// Lanes by name (for views, dead-letter calls, probes).
+    pub(crate) fn lane_named(&self, name: &str) -> Option<Arc<Lane>> {
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    /// The configured outputs, as last applied.
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Summary>> {
+        self.summary.load_full()
+    }
+
+    /// Every lane's counters, for the metrics endpoints (not async).
+    pub(crate) fn lanes(&self) -> Vec<Arc<Lane>> {
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+}
+
+fn bounds_of(spec: &OutputSpec) -> (u64, Option<u64>) {
+    match spec.runtime.durability {
+        Durability::Spool => (spec.runtime.spool_max_bytes, None),
+        Durability::Memory | Durability::Ack => (spec.runtime.queue_max_bytes, Some(spec.runtime.queue_max_events)),
+    }
+}
+
+fn start(d: Desired, sink: Option<Arc<dyn Sink>>, lane: Arc<Lane>) -> Running {
+    let (stop, stop_rx) = watch::channel(None);
+    let task = sink.clone().map(|sink| tokio::spawn(worker::run(lane.clone(), sink, d.spec.runtime.clone(), stop_rx)));
+    Running { spec: d.spec, source: d.source, lane, sink, stop, task }
+}
+
+async fn stop_running(r: Running, deadline: Instant) {
+    r.stop.send_replace(Some(deadline));
+    if let Some(task) = r.task {
+        let _ = task.await;
+    }
+    if let Some(sink) = r.sink {
+        sink.close().await;
+    }
+}
+
+/// Moves what is left in a memory queue to the dead-letter (`reason`); what
+/// the dead-letter cannot take is counted as lost.
+fn dead_letter_rest(lane: &Lane, reason: &str) {
+    let first = lane.backlog.first_unacked();
+    let Ok(entries) = lane.backlog.read(first, usize::MAX, u64::MAX) else { return };
+    let Some(last) = entries.last().map(|e| e.seq) else { return };
+    let now = unix_ms();
+    let error = format!("{reason}: not delivered before the flush deadline");
+    let mut events = 0u64;
+    let records: Vec<deadletter::DeadRecord<'_>> = entries
+        .iter()
+        .flat_map(|e| e.payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()))
+        .map(|event| {
+            events += 1;
+            deadletter::DeadRecord { event, error: &error, attempts: 0, unix_ms: now }
+        })
+        .collect();
+    match lane.deadletter.append(&records) {
+        Ok(evicted) => {
+            lane.stats.dead_lettered.fetch_add(events, std::sync::atomic::Ordering::Relaxed);
+            lane.stats.lose(LostReason::DeadLetterEvicted, evicted);
+        }
+        Err(e) => {
+            lane.error(format!("writing the dead-letter at shutdown: {e:#}"));
+            lane.stats.lose(LostReason::Shutdown, events);
+        }
+    }
+    let _ = lane.backlog.ack_through(last);
+}
+
+/// Merges the file's `[[output]]` entries with the API's stored settings
+/// (the API's win by name) and the `EXPORT_<NAME>_ENABLED` switches (which
+/// win over both). Every problem is returned, with where it comes from.
+pub(crate) fn desired(
+    registry: &Registry,
+    config: &[crate::service::config::OutputEntry],
+    stored: &[(String, Map<String, Value>)],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Vec<Desired>, Vec<String>) {
+    let mut out: Vec<Desired> = Vec::new();
+    let mut problems = Vec::new();
+    let describe = |errors: Vec<enrichd_engine::output::FieldError>| {
+        errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+    };
+    for entry in config {
+        let at = entry.line.map_or(String::new(), |l| format!(" (line {l})"));
+        match OutputSpec::check(registry, &entry.options, None) {
+            Ok(spec) if out.iter().any(|d| d.spec.runtime.name == spec.runtime.name) => {
+                problems.push(format!("[[output]]{at}: a second output named {:?}", spec.runtime.name))
+            }
+            Ok(spec) => out.push(Desired { spec, source: Source::Config }),
+            Err(errors) => problems.push(format!("[[output]]{at}: {}", describe(errors))),
+        }
+    }
+    for (name, map) in stored {
+        match OutputSpec::check(registry, map, Some(name)) {
+            Ok(spec) => {
+                out.retain(|d| d.spec.runtime.name != *name);
+                out.push(Desired { spec, source: Source::Api });
+            }
+            Err(errors) => problems.push(format!("stored settings of output {name:?}: {}", describe(errors))),
+        }
+    }
+    for d in &mut out {
+        match options::enabled_override(&d.spec.runtime.name, env) {
+            Ok(Some(on)) => d.spec.runtime.enabled = on,
+            Ok(None) => {}
+            Err(e) => problems.push(e),
+        }
+    }
+    out.sort_by(|a, b| a.spec.runtime.name.cmp(&b.spec.runtime.name));
+    (out, problems)
+}
+
+#[cfg(test)]
+mod tests;

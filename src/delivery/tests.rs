@@ -1,0 +1,286 @@
+//! The runtime against a scripted sink: partial failures, outages,
+//! rejections, bounds, shutdown and restart. Books must balance in each.
+
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use enrichd_engine::output::{
+    BoxFuture, FieldError, OutEvent, Outcome, Output, OutputContext, SendReport, Sink, SinkBatch,
+};
+use enrichd_engine::{Profiles, Registry};
+use serde_json::{json, Map, Value};
+
+use super::*;
+
+/// What the scripted sink does with an event on a given attempt.
+type Script = dyn Fn(&[u8], u32) -> Outcome + Send + Sync;
+
+#[derive(Default)]
+struct Shared {
+    delivered: Mutex<Vec<Vec<u8>>>,
+    calls: AtomicU32,
+}
+
+struct ScriptSink {
+    script: Arc<Script>,
+    shared: Arc<Shared>,
+}
+
+impl Sink for ScriptSink {
+    fn send<'a>(&'a self, batch: SinkBatch<'a>) -> BoxFuture<'a, SendReport> {
+        Box::pin(async move {
+            let call = self.shared.calls.fetch_add(1, Relaxed);
+            let outcomes: Vec<Outcome> = batch.events.iter().map(|e: &OutEvent<'_>| (self.script)(e.json, call)).collect();
+            let mut delivered = self.shared.delivered.lock().unwrap();
+            for (e, o) in batch.events.iter().zip(&outcomes) {
+                if *o == Outcome::Delivered {
+                    delivered.push(e.json.to_vec());
+                }
+            }
+            SendReport { outcomes, http_status: Some(200) }
+        })
+    }
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ScriptOptions {
+    secret: Option<String>,
+}
+
+struct ScriptOutput {
+    script: Arc<Script>,
+    shared: Arc<Shared>,
+}
+
+impl Output for ScriptOutput {
+    type Options = ScriptOptions;
+    fn kind(&self) -> &'static str {
+        "script"
+    }
+    fn description(&self) -> &'static str {
+        "test sink"
+    }
+    fn secret_fields(&self) -> &'static [&'static str] {
+        &["secret"]
+    }
+    fn validate(&self, _: &ScriptOptions) -> Vec<FieldError> {
+        Vec::new()
+    }
+    fn build(&self, _: ScriptOptions, _: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
+        Ok(Arc::new(ScriptSink { script: self.script.clone(), shared: self.shared.clone() }))
+    }
+}
+
+struct Fixture {
+    delivery: Delivery,
+    registry: Registry,
+    shared: Arc<Shared>,
+}
+
+fn fixture(dir: &std::path::Path, script: impl Fn(&[u8], u32) -> Outcome + Send + Sync + 'static) -> Fixture {
+    let shared = Arc::new(Shared::default());
+    let mut registry = Registry::new();
+    registry.register_output(Box::new(ScriptOutput { script: Arc::new(script), shared: shared.clone() }));
+    let delivery = Delivery::new(dir, dir);
+    Fixture { delivery, registry, shared }
+}
+
+fn entry(extra: Value) -> Map<String, Value> {
+    let mut base = json!({"type": "script", "flush_interval_ms": 5, "backoff_initial_ms": 1, "backoff_max_ms": 5});
+    base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    base.as_object().unwrap().clone()
+}
+
+impl Fixture {
+    async fn apply(&self, entries: Vec<Map<String, Value>>) -> anyhow::Result<()> {
+        let desired = entries
+            .into_iter()
+            .map(|e| Desired { spec: OutputSpec::check(&self.registry, &e, None).unwrap(), source: Source::Config })
+            .collect();
+        self.delivery.apply(&self.registry, desired, &(Profiles::embedded(), None)).await
+    }
+
+    /// Submits `n` events `{"n": i}` (one batch) to every active output.
+    fn submit(&self, from: usize, n: usize) -> Result<Admitted, Refused> {
+        let payload: String = (from..from + n).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let active = self.delivery.active();
+        let payloads: Vec<&[u8]> = active.iter().map(|_| payload.as_bytes()).collect();
+        submit(active, &payloads, n as u32)
+    }
+
+    async fn settle(&self, name: &str, expected: u64) -> Arc<Lane> {
+        let lane = self.delivery.lane_named(name).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = &lane.stats;
+            let done = s.sent.load(Relaxed) + s.dead_lettered.load(Relaxed);
+            if done >= expected || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        lane
+    }
+}
+
+fn number(event: &[u8]) -> u64 {
+    serde_json::from_slice::<Value>(event).unwrap()["n"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_failures_are_retried_and_rejections_dead_lettered() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Every 3rd event is throttled on the first two calls; every 10th is
+    // refused for good; the rest go through.
+    let f = fixture(tmp.path(), |event, call| {
+        let n = number(event);
+        if n % 10 == 7 {
+            Outcome::Reject(format!("mapping error on {n}"))
+        } else if n % 3 == 0 && call < 2 {
+            Outcome::Retry("429 too many requests".into())
+        } else {
+            Outcome::Delivered
+        }
+    });
+    f.apply(vec![entry(json!({"durability": "memory", "batch_max": 50}))]).await.unwrap();
+    for b in 0..4 {
+        f.submit(b * 100, 100).unwrap_or_else(|r| panic!("{r:?}"));
+    }
+    let lane = f.settle("script", 400).await;
+    let s = &lane.stats;
+    assert_eq!(s.queued.load(Relaxed), 400);
+    assert_eq!(s.dead_lettered.load(Relaxed), 40);
+    assert_eq!(s.sent.load(Relaxed), 360);
+    assert!(s.retried.load(Relaxed) > 0);
+    assert_eq!(s.lost_total(), 0);
+    let mut delivered: Vec<u64> = f.shared.delivered.lock().unwrap().iter().map(|e| number(e)).collect();
+    delivered.sort_unstable();
+    delivered.dedup();
+    assert_eq!(delivered.len(), 360, "each delivered once");
+    let (total, records) = lane.deadletter.list(0, 100).unwrap();
+    assert_eq!(total, 40);
+    assert!(records[0]["error"].as_str().unwrap().starts_with("mapping error"), "{}", records[0]);
+    assert_eq!(records[0]["event"]["n"].as_u64().unwrap() % 10, 7);
+    assert_eq!(lane.backlog.stats().events, 0, "acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_destination_is_waited_for_not_dead_lettered() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Every event refused on the first 12 calls (more than max_retries).
+    let f = fixture(tmp.path(), |_, call| {
+        if call < 12 {
+            Outcome::Retry("connection refused".into())
+        } else {
+            Outcome::Delivered
+        }
+    });
+    f.apply(vec![entry(json!({"durability": "memory", "max_retries": 2}))]).await.unwrap();
+    f.submit(0, 30).unwrap();
+    let lane = f.settle("script", 30).await;
+    assert_eq!(lane.stats.sent.load(Relaxed), 30);
+    assert_eq!(lane.stats.dead_lettered.load(Relaxed), 0);
+    assert!(f.shared.calls.load(Relaxed) >= 13);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_refused_again_and_again_is_dead_lettered_after_max_retries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path(), |event, _| {
+        if number(event) == 5 {
+            Outcome::Retry("item 429 for sk-SECRET-value".into())
+        } else {
+            Outcome::Delivered
+        }
+    });
+    f.apply(vec![entry(json!({"durability": "memory", "max_retries": 3, "secret": "sk-SECRET-value"}))]).await.unwrap();
+    f.submit(0, 10).unwrap();
+    let lane = f.settle("script", 10).await;
+    assert_eq!(lane.stats.sent.load(Relaxed), 9);
+    assert_eq!(lane.stats.dead_lettered.load(Relaxed), 1);
+    let (_, records) = lane.deadletter.list(0, 10).unwrap();
+    let error = records[0]["error"].as_str().unwrap();
+    assert!(error.starts_with("gave up after 4 attempts"), "{error}");
+    assert!(!error.contains("sk-SECRET-value"), "secret masked: {error}");
+    assert_eq!(records[0]["attempts"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_output_refuses_the_batch_for_every_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path(), |_, _| Outcome::Retry("down".into()));
+    f.apply(vec![
+        entry(json!({"name": "roomy", "durability": "memory"})),
+        entry(json!({"name": "tight", "durability": "memory", "queue_max_events": 150})),
+    ])
+    .await
+    .unwrap();
+    f.submit(0, 100).unwrap();
+    let refused = f.submit(100, 100).unwrap_err();
+    assert_eq!(refused.output, "tight");
+    let roomy = f.delivery.lane_named("roomy").unwrap();
+    assert_eq!(roomy.stats.queued.load(Relaxed), 100, "nothing of the refused batch queued anywhere");
+    assert_eq!(roomy.backlog.stats().events, 100);
+    assert_eq!(f.delivery.lane_named("tight").unwrap().stats.refused.load(Relaxed), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spool_survives_a_restart_and_memory_queues_are_dead_lettered_at_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let both = vec![
+        entry(json!({"name": "disk", "durability": "spool"})),
+        entry(json!({"name": "mem", "durability": "memory"})),
+    ];
+    {
+        let f = fixture(tmp.path(), |_, _| Outcome::Retry("down".into()));
+        f.apply(both.clone()).await.unwrap();
+        f.submit(0, 25).unwrap();
+        f.delivery.shutdown(Instant::now() + Duration::from_millis(50)).await;
+        let mem = f.delivery.lane_named("mem").unwrap();
+        assert_eq!(mem.stats.dead_lettered.load(Relaxed), 25);
+        assert_eq!(mem.deadletter.list(0, 1).unwrap().1[0]["error"], "shutdown: not delivered before the flush deadline");
+    }
+    let f = fixture(tmp.path(), |_, _| Outcome::Delivered);
+    f.apply(both).await.unwrap();
+    let disk = f.settle("disk", 25).await;
+    let mut got: Vec<u64> = f.shared.delivered.lock().unwrap().iter().map(|e| number(e)).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..25).collect::<Vec<_>>(), "the spool's events, each once; the memory queue's are gone");
+    assert_eq!(disk.backlog.stats().events, 0);
+    assert_eq!(f.delivery.lane_named("mem").unwrap().deadletter.stats().events, 25, "the dead-letter persists");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_output_keeps_its_backlog_and_replay_requeues_the_dead_letter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path(), |event, call| {
+        if number(event) < 3 && call < 1 {
+            Outcome::Reject("bad".into())
+        } else {
+            Outcome::Delivered
+        }
+    });
+    f.apply(vec![entry(json!({"durability": "memory", "enabled": false}))]).await.unwrap();
+    assert!(f.delivery.active().is_empty());
+    f.apply(vec![entry(json!({"durability": "memory"}))]).await.unwrap();
+    f.submit(0, 10).unwrap();
+    let lane = f.settle("script", 10).await;
+    assert_eq!(lane.stats.dead_lettered.load(Relaxed), 3);
+    assert_eq!(replay(&lane).unwrap(), 3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lane.stats.sent.load(Relaxed) < 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(lane.stats.sent.load(Relaxed), 10);
+    assert_eq!(lane.deadletter.stats().events, 0);
+    // Durability cannot change under queued events.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let stuck = fixture(tmp2.path(), |_, _| Outcome::Retry("down".into()));
+    stuck.apply(vec![entry(json!({"durability": "memory"}))]).await.unwrap();
+    stuck.submit(0, 5).unwrap();
+    let err = stuck.apply(vec![entry(json!({"durability": "spool"}))]).await.unwrap_err();
+    assert!(err.to_string().contains("durability cannot change"), "{err}");
+    assert_eq!(stuck.delivery.active().len(), 1, "keep-last-good");
+}

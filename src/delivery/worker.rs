@@ -1,0 +1,337 @@
+//! The drain loop of one output: read the backlog, batch, send, retry,
+//! dead-letter, acknowledge.
+//!
+//! One worker per output, so a slow destination never delays another. The
+//! loop works in *rounds*: a run of backlog entries of at most `batch_max`
+//! events (one entry if it alone is bigger, then sent in `batch_max`
+//! chunks). A round ends when every one of its events is delivered or
+//! dead-lettered; only then is the backlog acknowledged through it. So a
+//! crash or a stop in the middle of a round re-sends that round later:
+//! delivery is at least once, and `id_mode = "hash"` (Elasticsearch) makes
+//! the repeat harmless.
+//!
+//! Retry policy, decided here for every output alike:
+//! - an attempt where *every* event comes back `Retry` means the
+//!   destination is unavailable (down, throttling all, refusing the
+//!   credentials): it does not count against an event's `max_retries`;
+//!   the worker backs off (exponential, jittered, capped) and tries again,
+//!   for as long as it takes. The backlog's bound turns this into 503s at
+//!   ingest, never into loss.
+//! - an attempt where *some* events are refused for now (429 items in a
+//!   `_bulk` answer) counts against those events: after `max_retries`
+//!   attempts they are dead-lettered with the last reason.
+//! - `Reject` goes to the dead-letter at once, with the reason.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enrichd_engine::output::{OutEvent, Outcome, Sink, SinkBatch};
+use tokio::sync::watch;
+
+use super::deadletter::DeadRecord;
+use super::options::RuntimeOptions;
+use super::spool::Entry;
+use super::stats::LostReason;
+use super::Lane;
+
+/// `Some(deadline)`: stop; keep draining until the backlog is empty or the
+/// deadline passes.
+pub(crate) type StopSignal = watch::Receiver<Option<Instant>>;
+
+/// The most bytes one read takes from the backlog.
+const READ_MAX_BYTES: u64 = 64 << 20;
+
+/// Runs until stopped (see [`StopSignal`]).
+pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOptions, mut stop: StopSignal) {
+    let mut worker = Worker { lane, sink, options, rng: seed() };
+    let mut next = worker.lane.backlog.first_unacked();
+    loop {
+        let stopping = *stop.borrow_and_update();
+        let pending = worker.lane.backlog.stats();
+        if pending.events == 0 {
+            if stopping.is_some() {
+                return;
+            }
+            tokio::select! {
+                _ = worker.lane.wake.notified() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        if let Some(deadline) = stopping {
+            if Instant::now() >= deadline {
+                return;
+            }
+        } else if pending.events < worker.options.batch_max as u64 {
+            // Let the batch fill, but no event waits longer than the flush
+            // interval.
+            let oldest = pending.oldest_accepted_unix_ms.unwrap_or(0);
+            let due = oldest + worker.options.flush_interval_ms;
+            let now = super::unix_ms();
+            if now < due {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(due - now)) => {}
+                    _ = worker.lane.wake.notified() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+        }
+        let entries = match read(&worker.lane, next, worker.options.batch_max).await {
+            Ok(entries) if !entries.is_empty() => entries,
+            Ok(_) => {
+                // Counted as pending but nothing to read from `next`: the
+                // position is behind an acknowledgement; resynchronise.
+                next = worker.lane.backlog.first_unacked();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => {
+                worker.lane.error(format!("reading the backlog: {e:#}"));
+                tokio::time::sleep(Duration::from_millis(worker.options.backoff_max_ms.min(1000))).await;
+                continue;
+            }
+        };
+        let last = entries.last().expect("not empty").seq;
+        if !worker.round(&entries, &mut stop).await {
+            return;
+        }
+        let lane = worker.lane.clone();
+        match tokio::task::spawn_blocking(move || lane.backlog.ack_through(last)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => worker.lane.error(format!("acknowledging the backlog: {e:#}")),
+            Err(e) => worker.lane.error(format!("acknowledging the backlog: {e}")),
+        }
+        next = last + 1;
+        worker.lane.acked.send_replace(next);
+    }
+}
+
+/// The entries of one round: from `next`, at most `batch_max` events (at
+/// least one entry).
+async fn read(lane: &Arc<Lane>, next: u64, batch_max: usize) -> anyhow::Result<Vec<Entry>> {
+    let lane = lane.clone();
+    let mut entries = tokio::task::spawn_blocking(move || lane.backlog.read(next, batch_max, READ_MAX_BYTES)).await??;
+    let mut events = 0usize;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            events += e.events as usize;
+            events > batch_max
+        })
+        .map_or(entries.len(), |i| i.max(1));
+    entries.truncate(keep);
+    Ok(entries)
+}
+
+struct Worker {
+    lane: Arc<Lane>,
+    sink: Arc<dyn Sink>,
+    options: RuntimeOptions,
+    rng: u64,
+}
+
+/// One event of a round: where its bytes are, and how it fared.
+struct Slot {
+    entry: usize,
+    start: usize,
+    end: usize,
+    id: u64,
+    attempts: u32,
+}
+
+impl Worker {
+    /// Delivers or dead-letters every event of `entries`. `false`: stopped
+    /// before that (the round stays unacknowledged).
+    async fn round(&mut self, entries: &[Entry], stop: &mut StopSignal) -> bool {
+        let mut slots = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let mut start = 0;
+            let mut index = 0u64;
+            for line in entry.payload.split(|b| *b == b'\n') {
+                let end = start + line.len();
+                if !line.is_empty() {
+                    slots.push(Slot { entry: i, start, end, id: entry.seq << 24 | index, attempts: 0 });
+                    index += 1;
+                }
+                start = end + 1;
+            }
+            if index != u64::from(entry.events) {
+                tracing::warn!(output = %self.lane.name, seq = entry.seq, lines = index, events = entry.events,
+                    "backlog entry holds a different number of events than recorded");
+            }
+        }
+        let batch_max = self.options.batch_max;
+        let mut begin = 0;
+        while begin < slots.len() {
+            let end = (begin + batch_max).min(slots.len());
+            if !self.chunk(entries, &mut slots[begin..end], stop).await {
+                return false;
+            }
+            begin = end;
+        }
+        true
+    }
+
+    async fn chunk(&mut self, entries: &[Entry], slots: &mut [Slot], stop: &mut StopSignal) -> bool {
+        let stats = self.lane.stats.clone();
+        let mut pending: Vec<usize> = (0..slots.len()).collect();
+        let mut failures = 0u32;
+        // Events of a chunk share their entry's acceptance time only when
+        // the chunk is one entry; the first one's is used for routing.
+        let accepted_unix_ms = entries[slots[0].entry].accepted_unix_ms;
+        loop {
+            let batch: Vec<OutEvent<'_>> = pending
+                .iter()
+                .map(|&i| {
+                    let s = &slots[i];
+                    OutEvent { json: &entries[s.entry].payload[s.start..s.end], id: s.id }
+                })
+                .collect();
+            let started = Instant::now();
+            let mut report = self.sink.send(SinkBatch { events: &batch, accepted_unix_ms }).await;
+            stats.record_batch(started.elapsed());
+            if report.outcomes.len() != batch.len() {
+                let message = format!("output answered {} outcomes for {} events", report.outcomes.len(), batch.len());
+                report.outcomes = vec![Outcome::Retry(message); batch.len()];
+            }
+            let unavailable = report.outcomes.iter().all(|o| matches!(o, Outcome::Retry(_)));
+            let mut still = Vec::new();
+            let mut dead: Vec<(usize, String)> = Vec::new();
+            let mut last_error = None;
+            for (k, outcome) in report.outcomes.into_iter().enumerate() {
+                let i = pending[k];
+                match outcome {
+                    Outcome::Delivered => {
+                        stats.sent.fetch_add(1, Relaxed);
+                    }
+                    Outcome::Reject(reason) => {
+                        stats.failed.fetch_add(1, Relaxed);
+                        slots[i].attempts += 1;
+                        last_error = Some(reason.clone());
+                        dead.push((i, reason));
+                    }
+                    Outcome::Retry(reason) => {
+                        stats.failed.fetch_add(1, Relaxed);
+                        if !unavailable {
+                            slots[i].attempts += 1;
+                        }
+                        if slots[i].attempts > self.options.max_retries {
+                            dead.push((i, format!("gave up after {} attempts: {reason}", slots[i].attempts)));
+                        } else {
+                            still.push(i);
+                        }
+                        last_error = Some(reason);
+                    }
+                }
+            }
+            if let Some(e) = last_error {
+                self.lane.error(e);
+            }
+            if !dead.is_empty() && !self.dead_letter(entries, slots, &dead, stop).await {
+                return false;
+            }
+            if still.is_empty() {
+                return true;
+            }
+            stats.retried.fetch_add(still.len() as u64, Relaxed);
+            failures += 1;
+            pending = still;
+            if !self.backoff(failures, stop).await {
+                return false;
+            }
+        }
+    }
+
+    /// Writes `dead` to the dead-letter, retrying a failing disk until
+    /// stopped: an event leaves the round only once it is kept somewhere.
+    async fn dead_letter(
+        &mut self,
+        entries: &[Entry],
+        slots: &[Slot],
+        dead: &[(usize, String)],
+        stop: &mut StopSignal,
+    ) -> bool {
+        let now = super::unix_ms();
+        let owned: Vec<(Vec<u8>, String, u32)> = dead
+            .iter()
+            .map(|(i, reason)| {
+                let s = &slots[*i];
+                (entries[s.entry].payload[s.start..s.end].to_vec(), self.lane.mask(reason), s.attempts.max(1))
+            })
+            .collect();
+        let owned = Arc::new(owned);
+        let mut failures = 0;
+        loop {
+            let lane = self.lane.clone();
+            let records = owned.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let records: Vec<DeadRecord<'_>> = records
+                    .iter()
+                    .map(|(event, error, attempts)| DeadRecord { event, error, attempts: *attempts, unix_ms: now })
+                    .collect();
+                lane.deadletter.append(&records)
+            })
+            .await;
+            match written {
+                Ok(Ok(evicted)) => {
+                    self.lane.stats.dead_lettered.fetch_add(owned.len() as u64, Relaxed);
+                    self.lane.stats.lose(LostReason::DeadLetterEvicted, evicted);
+                    return true;
+                }
+                Ok(Err(e)) => self.lane.error(format!("writing the dead-letter: {e:#}")),
+                Err(e) => self.lane.error(format!("writing the dead-letter: {e}")),
+            }
+            failures += 1;
+            if !self.backoff(failures, stop).await {
+                return false;
+            }
+        }
+    }
+
+    /// Waits before the next attempt. `false`: stop and deadline passed.
+    async fn backoff(&mut self, failures: u32, stop: &mut StopSignal) -> bool {
+        let o = &self.options;
+        let cap = o.backoff_initial_ms.saturating_mul(1u64 << failures.saturating_sub(1).min(20)).min(o.backoff_max_ms);
+        // Equal jitter: at least half the step, so retries stay spaced,
+        // and spread so many instances do not retry in step.
+        let wait = cap / 2 + next_random(&mut self.rng) % (cap / 2 + 1);
+        let deadline = Instant::now() + Duration::from_millis(wait);
+        loop {
+            if let Some(stop_at) = *stop.borrow_and_update() {
+                if Instant::now() >= stop_at {
+                    return false;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline.min(stop_at).into()) => {}
+                    _ = stop.changed() => {}
+                }
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline.into()) => {}
+                    _ = stop.changed() => { continue; }
+                }
+            }
+            if Instant::now() >= deadline {
+                return true;
+            }
+        }
+    }
+}
+
+use std::sync::atomic::Ordering::Relaxed;
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.as_nanos() as u64) | 1
+}
+
+/// xorshift64: jitter needs spread, not cryptographic quality.
+fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    x
+}
