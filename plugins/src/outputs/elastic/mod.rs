@@ -30,7 +30,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use enrichd_engine::output::{BoxFuture, FieldError, Outcome, Output, OutputContext, SendReport, Sink, SinkBatch};
+use enrichd_engine::output::{
+    redact_url, BoxFuture, FieldError, Outcome, Output, OutputContext, SendReport, Sink, SinkBatch,
+};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -64,8 +66,10 @@ impl Output for ElasticOutput {
         let client = options.http.client(&ctx.base_dir)?;
         let mut endpoints = Vec::new();
         for base in options.endpoints() {
-            let mut url = reqwest::Url::parse(&format!("{}/_bulk", base.trim_end_matches('/')))
-                .with_context(|| format!("url {}", enrichd_engine::output::redact_url(base)))?;
+            let mut url = reqwest::Url::parse(base).with_context(|| format!("url {}", redact_url(base)))?;
+            let path = format!("{}/_bulk", url.path().trim_end_matches('/'));
+            url.set_path(&path);
+            url.set_fragment(None);
             if let Some(pipeline) = &options.pipeline {
                 url.query_pairs_mut().append_pair("pipeline", pipeline);
             }
