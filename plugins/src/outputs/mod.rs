@@ -26,5 +26,7 @@ mod http;
 pub mod splunk;
 #[cfg(test)]
 mod test_server;
+#[cfg(test)]
+mod tests;
 
 pub use self::http::HttpOptions;

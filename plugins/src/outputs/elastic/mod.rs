@@ -143,15 +143,17 @@ impl ElasticSink {
             return SendReport::all(0, Outcome::Delivered, None);
         }
         let body = self.bulk_body(&batch);
-        let (body, headers) = self.http.encode(body, "application/x-ndjson");
+        let (body, mut headers) = self.http.encode(body, "application/x-ndjson");
+        if let Some(auth) = &self.auth {
+            // Replaces (through `headers` below) any basic auth reqwest took
+            // from a `user:password@` in the URL: one Authorization header.
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut failures = Vec::new();
         for k in 0..self.endpoints.len() {
             let url = &self.endpoints[(start + k) % self.endpoints.len()];
-            let mut request = self.client.post(url.clone()).headers(headers.clone()).body(body.clone());
-            if let Some(auth) = &self.auth {
-                request = request.header(AUTHORIZATION, auth.clone());
-            }
+            let request = self.client.post(url.clone()).headers(headers.clone()).body(body.clone());
             match execute(request, url.as_str()).await {
                 Ok(reply) => return self.report(n, reply.status, &reply.body),
                 Err(failed) => {

@@ -118,7 +118,13 @@ async fn hash_ids_are_stable_and_use_create() {
     let dir = tempfile::tempdir().unwrap();
     let sink = build(
         &ElasticOutput,
-        json!({ "url": server.url, "id_mode": "hash", "api_key": "a2V5", "gzip": false, "pipeline": "geo & more" }),
+        json!({
+            "url": server.url.replace("http://", "http://user:pw@"),
+            "id_mode": "hash",
+            "api_key": "a2V5",
+            "gzip": false,
+            "pipeline": "geo & more",
+        }),
         dir.path(),
     );
     let events = [r#"{"a":1}"#, r#"{"a":2}"#];
@@ -126,7 +132,8 @@ async fn hash_ids_are_stable_and_use_create() {
     send(&*sink, &events, T + 86_400_000).await;
     let seen = server.seen();
     assert_eq!(seen[0].header("content-encoding"), "");
-    assert_eq!(seen[0].header("authorization"), "ApiKey a2V5");
+    // The configured key wins over credentials in the URL: one header.
+    assert_eq!(seen[0].headers.get_all("authorization").iter().collect::<Vec<_>>(), ["ApiKey a2V5"]);
     assert_eq!(seen[0].query, "pipeline=geo+%26+more");
     let first = lines(&seen[0]);
     let id = event_id(events[0].as_bytes());

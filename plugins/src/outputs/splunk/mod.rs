@@ -37,7 +37,7 @@ use anyhow::Context as _;
 use enrichd_engine::output::{
     redact_url, BoxFuture, FieldError, Outcome, Output, OutputContext, SendReport, Sink, SinkBatch,
 };
-use reqwest::header::{HeaderValue, AUTHORIZATION};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde::Deserialize;
 
 use self::options::collector_base;
@@ -45,7 +45,7 @@ pub use self::options::SplunkOptions;
 use super::http::{execute, secret_header, snippet, HttpOptions};
 
 /// The HEC channel header.
-const CHANNEL_HEADER: &str = "x-splunk-request-channel";
+const CHANNEL_HEADER: HeaderName = HeaderName::from_static("x-splunk-request-channel");
 
 /// HEC's "Incorrect index" error code.
 const INCORRECT_INDEX: i64 = 7;
@@ -156,14 +156,10 @@ impl SplunkSink {
         if n == 0 {
             return SendReport::all(0, Outcome::Delivered, None);
         }
-        let (body, headers) = self.http.encode(self.body(&batch), "application/json");
-        let request = self
-            .client
-            .post(self.event_url.clone())
-            .headers(headers)
-            .header(AUTHORIZATION, self.auth.clone())
-            .header(CHANNEL_HEADER, self.channel.clone())
-            .body(body);
+        let (body, mut headers) = self.http.encode(self.body(&batch), "application/json");
+        headers.insert(AUTHORIZATION, self.auth.clone());
+        headers.insert(CHANNEL_HEADER, self.channel.clone());
+        let request = self.client.post(self.event_url.clone()).headers(headers).body(body);
         let reply = match execute(request, self.event_url.as_str()).await {
             Ok(reply) => reply,
             Err(failed) => return SendReport::all(n, Outcome::Retry(failed.message), None),
@@ -229,6 +225,10 @@ impl SplunkSink {
         }
         let deadline = Instant::now() + ack.timeout;
         let body = format!("{{\"acks\":[{id}]}}");
+        let mut ack_headers = HeaderMap::new();
+        ack_headers.insert(AUTHORIZATION, self.auth.clone());
+        ack_headers.insert(CHANNEL_HEADER, self.channel.clone());
+        ack_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let mut last = String::from("not acknowledged yet");
         loop {
             let now = Instant::now();
@@ -236,13 +236,7 @@ impl SplunkSink {
                 break;
             }
             tokio::time::sleep(ack.every.min(deadline - now)).await;
-            let request = self
-                .client
-                .post(self.ack_url.clone())
-                .header(AUTHORIZATION, self.auth.clone())
-                .header(CHANNEL_HEADER, self.channel.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
+            let request = self.client.post(self.ack_url.clone()).headers(ack_headers.clone()).body(body.clone());
             let remaining = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(remaining, execute(request, self.ack_url.as_str())).await {
                 Err(_) => break,
