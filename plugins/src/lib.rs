@@ -1,4 +1,4 @@
-//! enrichd's native enrichers.
+//! enrichd's native enrichers and outputs.
 //!
 //! Each plugin is a folder with its options struct (documented, validated,
 //! schema-generated), its implementation and its tests side by side:
@@ -10,6 +10,7 @@
 //!   organisation an earlier stage found (the example of a plugin built on
 //!   another's declared facts; registered by the binary, not by
 //!   [`register_all`]).
+//! - [`outputs`]: where enriched events go: `elastic`, `splunk`, `file`.
 //!
 //! The binary calls [`register_all`]; the engine core never names them.
 
@@ -17,15 +18,19 @@ pub mod asn;
 pub mod asn_class;
 pub mod geoip;
 mod mmdb;
+pub mod outputs;
 #[cfg(test)]
 mod test_support;
 pub mod ti;
 
 use enrichd_engine::Registry;
 
-/// Registers every native plugin.
+/// Registers every native plugin and output.
 pub fn register_all(registry: &mut Registry) {
     registry.register(Box::new(geoip::GeoIpFactory));
     registry.register(Box::new(asn::AsnFactory));
     registry.register(Box::new(ti::TiFactory));
+    registry.register_output(Box::new(outputs::elastic::ElasticOutput));
+    registry.register_output(Box::new(outputs::splunk::SplunkOutput));
+    registry.register_output(Box::new(outputs::file::FileOutput));
 }

@@ -1,0 +1,335 @@
+//! `elastic`: Elasticsearch / OpenSearch through the `_bulk` API.
+//!
+//! One `POST {url}/_bulk` per batch: an action line and the event per
+//! event (NDJSON, gzipped). The bulk response says per item what happened,
+//! so a partially failed batch resends only what failed:
+//!
+//! | response                          | outcome                            |
+//! |-----------------------------------|------------------------------------|
+//! | item 2xx                          | `Delivered`                        |
+//! | item 409 on `create` (`id_mode = "hash"`) | `Delivered` (already indexed by an earlier attempt) |
+//! | item 429 or 5xx                   | `Retry` (error type and reason)    |
+//! | item other 4xx (mapping, parse)   | `Reject` (error type and reason)   |
+//! | request 429, 5xx, 3xx, 401/403/404/408, network, timeout, unreadable 200 | all `Retry` |
+//! | request 413                       | all `Reject`: lower `batch_max`    |
+//! | request 400 and other 4xx         | all `Reject`                       |
+//!
+//! 401/403/404 are retried, not rejected: they mean the credentials or the
+//! URL need fixing, and the events should wait for that rather than go to
+//! the dead-letter. With several `urls`, batches go round-robin; a node
+//! that cannot be connected to (nothing was sent) is skipped within the
+//! same attempt, but a timeout is not (the node may have indexed the batch:
+//! the runtime retries, and `id_mode = "hash"` makes that harmless).
+
+mod options;
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use enrichd_engine::output::{
+    redact_url, BoxFuture, FieldError, Outcome, Output, OutputContext, SendReport, Sink, SinkBatch,
+};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+pub use self::options::{ElasticOptions, IdMode};
+use super::http::{execute, secret_header, snippet, HttpOptions};
+
+/// Factory of the `elastic` output.
+pub struct ElasticOutput;
+
+impl Output for ElasticOutput {
+    type Options = ElasticOptions;
+
+    fn kind(&self) -> &'static str {
+        "elastic"
+    }
+
+    fn description(&self) -> &'static str {
+        "Elasticsearch / OpenSearch _bulk API: daily indices or a data stream"
+    }
+
+    fn secret_fields(&self) -> &'static [&'static str] {
+        &["password", "api_key"]
+    }
+
+    fn validate(&self, options: &ElasticOptions) -> Vec<FieldError> {
+        options.validate()
+    }
+
+    fn build(&self, options: ElasticOptions, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
+        let client = options.http.client(&ctx.base_dir)?;
+        let mut endpoints = Vec::new();
+        for base in options.endpoints() {
+            let mut url = reqwest::Url::parse(base).with_context(|| format!("url {}", redact_url(base)))?;
+            let path = format!("{}/_bulk", url.path().trim_end_matches('/'));
+            url.set_path(&path);
+            url.set_fragment(None);
+            if let Some(pipeline) = &options.pipeline {
+                url.query_pairs_mut().append_pair("pipeline", pipeline);
+            }
+            endpoints.push(url);
+        }
+        anyhow::ensure!(!endpoints.is_empty(), "url is required");
+        let auth = match (&options.username, &options.password, &options.api_key) {
+            (Some(user), Some(password), _) => Some(basic_auth(user, password)?),
+            (_, _, Some(key)) => Some(secret_header(&format!("ApiKey {key}"))?),
+            _ => None,
+        };
+        Ok(Arc::new(ElasticSink {
+            client,
+            endpoints,
+            next: AtomicUsize::new(0),
+            auth,
+            index_prefix: options.index_prefix,
+            data_stream: options.data_stream,
+            id_mode: options.id_mode,
+            http: options.http,
+        }))
+    }
+}
+
+/// `Basic base64(user:password)`, built once and marked sensitive.
+fn basic_auth(user: &str, password: &str) -> anyhow::Result<HeaderValue> {
+    secret_header(&format!("Basic {}", base64(format!("{user}:{password}").as_bytes())))
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+struct ElasticSink {
+    client: reqwest::Client,
+    /// `{url}/_bulk[?pipeline=...]` per node.
+    endpoints: Vec<reqwest::Url>,
+    /// Round-robin position.
+    next: AtomicUsize,
+    auth: Option<HeaderValue>,
+    index_prefix: String,
+    data_stream: Option<String>,
+    id_mode: IdMode,
+    http: HttpOptions,
+}
+
+impl Sink for ElasticSink {
+    fn send<'a>(&'a self, batch: SinkBatch<'a>) -> BoxFuture<'a, SendReport> {
+        Box::pin(self.send_batch(batch))
+    }
+}
+
+impl ElasticSink {
+    async fn send_batch(&self, batch: SinkBatch<'_>) -> SendReport {
+        let n = batch.events.len();
+        if n == 0 {
+            return SendReport::all(0, Outcome::Delivered, None);
+        }
+        let body = self.bulk_body(&batch);
+        let (body, mut headers) = self.http.encode(body, "application/x-ndjson");
+        if let Some(auth) = &self.auth {
+            // Replaces (through `headers` below) any basic auth reqwest took
+            // from a `user:password@` in the URL: one Authorization header.
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for k in 0..self.endpoints.len() {
+            let url = &self.endpoints[(start + k) % self.endpoints.len()];
+            let request = self.client.post(url.clone()).headers(headers.clone()).body(body.clone());
+            match execute(request, url.as_str()).await {
+                Ok(reply) => return self.report(n, reply.status, &reply.body),
+                Err(failed) => {
+                    failures.push(failed.message);
+                    if !failed.before_sending {
+                        break;
+                    }
+                }
+            }
+        }
+        SendReport::all(n, Outcome::Retry(failures.join("; ")), None)
+    }
+
+    /// The NDJSON body: per event an action line and the event.
+    fn bulk_body(&self, batch: &SinkBatch<'_>) -> Vec<u8> {
+        let size: usize = batch.events.iter().map(|e| e.json.len() + 120).sum();
+        let mut body = Vec::with_capacity(size);
+        let (op, index) = match &self.data_stream {
+            Some(stream) => ("create", stream.clone()),
+            None => {
+                let op = if self.id_mode == IdMode::Hash { "create" } else { "index" };
+                (op, format!("{}-{}", self.index_prefix, utc_date(batch.accepted_unix_ms)))
+            }
+        };
+        // Names were checked (no quote or backslash): no JSON escaping needed.
+        let mut action = String::with_capacity(100);
+        for event in batch.events {
+            action.clear();
+            let _ = write!(action, "{{\"{op}\":{{\"_index\":\"{index}\"");
+            if self.id_mode == IdMode::Hash {
+                let _ = write!(action, ",\"_id\":\"{}\"", event_id(event.json));
+            }
+            action.push_str("}}\n");
+            body.extend_from_slice(action.as_bytes());
+            push_one_line(&mut body, event.json);
+            body.push(b'\n');
+        }
+        body
+    }
+
+    /// Outcomes from a reply to the bulk request.
+    fn report(&self, n: usize, status: u16, body: &[u8]) -> SendReport {
+        let status_code = Some(status);
+        let all = |outcome| SendReport::all(n, outcome, status_code);
+        match status {
+            200..=299 => match serde_json::from_slice::<BulkResponse>(body) {
+                Ok(bulk) if bulk.items.len() == n => SendReport {
+                    outcomes: bulk.items.iter().map(|item| self.item_outcome(item)).collect(),
+                    http_status: status_code,
+                },
+                Ok(bulk) => all(Outcome::Retry(format!("bulk response has {} items for {n} events", bulk.items.len()))),
+                Err(e) => all(Outcome::Retry(format!("unreadable bulk response (HTTP {status}): {e}"))),
+            },
+            401 | 403 => all(Outcome::Retry(format!(
+                "HTTP {status}: authentication or authorisation failed ({}); check username/password/api_key \
+                 and the user's index privileges",
+                error_text(body)
+            ))),
+            413 => all(Outcome::Reject("HTTP 413: batch too large for the cluster, lower batch_max".into())),
+            404 | 408 | 429 | 300..=399 | 500.. | 0..=199 => {
+                all(Outcome::Retry(format!("HTTP {status}: {}", error_text(body))))
+            }
+            _ => all(Outcome::Reject(format!("HTTP {status}: {}", error_text(body)))),
+        }
+    }
+
+    fn item_outcome(&self, item: &BulkItem) -> Outcome {
+        let Some((op, result)) = item.0.iter().next() else {
+            return Outcome::Retry("empty item in the bulk response".into());
+        };
+        match result.status {
+            200..=299 => Outcome::Delivered,
+            409 if op == "create" && self.id_mode == IdMode::Hash => Outcome::Delivered,
+            429 | 500.. => Outcome::Retry(result.describe()),
+            400..=499 => Outcome::Reject(result.describe()),
+            _ => Outcome::Retry(result.describe()),
+        }
+    }
+}
+
+/// The `_id` of an event with `id_mode = "hash"`: the first 128 bits of its
+/// SHA-256, in hex.
+pub(crate) fn event_id(json: &[u8]) -> String {
+    let digest = Sha256::digest(json);
+    let mut hex = String::with_capacity(32);
+    for byte in &digest[..16] {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// Appends `json` with any line break turned into a space. Compact JSON has
+/// none; in pretty JSON they can only be whitespace between tokens (a
+/// string cannot hold a raw one), so the event is unchanged, and NDJSON
+/// framing holds.
+fn push_one_line(body: &mut Vec<u8>, json: &[u8]) {
+    if json.contains(&b'\n') || json.contains(&b'\r') {
+        body.extend(json.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+    } else {
+        body.extend_from_slice(json);
+    }
+}
+
+/// `YYYY.MM.DD` of a Unix time in milliseconds, UTC (Howard Hinnant's
+/// civil-from-days).
+pub(crate) fn utc_date(unix_ms: u64) -> String {
+    let days = (unix_ms / 86_400_000) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}.{month:02}.{day:02}")
+}
+
+/// The reason in an Elasticsearch error body (`error.type: error.reason`),
+/// else a short snippet of the body.
+fn error_text(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: ErrorDetail,
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => e.error.describe(),
+        Err(_) if body.is_empty() => "no body".into(),
+        Err(_) => snippet(&String::from_utf8_lossy(body), 200),
+    }
+}
+
+#[derive(Deserialize)]
+struct BulkResponse {
+    items: Vec<BulkItem>,
+}
+
+/// `{"index": {...}}` or `{"create": {...}}`.
+#[derive(Deserialize)]
+struct BulkItem(std::collections::BTreeMap<String, ItemResult>);
+
+#[derive(Deserialize)]
+struct ItemResult {
+    status: u16,
+    error: Option<ErrorDetail>,
+}
+
+impl ItemResult {
+    fn describe(&self) -> String {
+        match &self.error {
+            Some(e) => e.describe(),
+            None => format!("status {}", self.status),
+        }
+    }
+}
+
+/// `error` is an object with `type` and `reason`, or (some proxies and old
+/// versions) a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorDetail {
+    Object {
+        #[serde(rename = "type", default)]
+        kind: String,
+        #[serde(default)]
+        reason: String,
+    },
+    Text(String),
+}
+
+impl ErrorDetail {
+    fn describe(&self) -> String {
+        match self {
+            ErrorDetail::Object { kind, reason } => snippet(&format!("{kind}: {reason}"), 500),
+            ErrorDetail::Text(text) => snippet(text, 500),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! What holds for every output: registered by `register_all`, and a schema
+//! in which every option (the flattened HTTP ones included) is documented
+//! and unknown keys are refused.
+
+use enrichd_engine::Registry;
+use serde_json::Value;
+
+#[test]
+fn every_output_is_registered_with_a_documented_closed_schema() {
+    let mut registry = Registry::new();
+    crate::register_all(&mut registry);
+    let kinds: Vec<&str> = registry.outputs().map(|f| f.kind()).collect();
+    assert_eq!(kinds, ["elastic", "splunk", "file"]);
+    let secrets: Vec<&[&str]> = registry.outputs().map(|f| f.secret_fields()).collect();
+    assert_eq!(secrets, [&["password", "api_key"][..], &["token"], &[]]);
+    for factory in registry.outputs() {
+        let kind = factory.kind();
+        let schema = serde_json::to_value(factory.options_schema()).unwrap();
+        assert_eq!(schema["additionalProperties"], Value::Bool(false), "{kind}: {schema:#}");
+        let properties = schema["properties"].as_object().unwrap_or_else(|| panic!("{kind}: {schema:#}"));
+        if kind != "file" {
+            for http in ["tls_verify", "ca_file", "timeout_ms", "gzip"] {
+                assert!(properties.contains_key(http), "{kind} lacks {http}: {schema:#}");
+            }
+        }
+        for (name, property) in properties {
+            let described = property["description"].as_str().is_some_and(|d| d.len() > 10);
+            assert!(described, "{kind}.{name} is undocumented: {property:#}");
+        }
+    }
+}
