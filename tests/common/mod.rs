@@ -2,6 +2,8 @@
 //! on a free port with a given configuration and talk HTTP to it.
 #![allow(dead_code)]
 
+pub(crate) mod receivers;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
