@@ -8,6 +8,9 @@ mod api;
 mod app;
 mod cli;
 mod dashboard;
+// Used by the delivery runtime (outputs with a disk spool), which comes next.
+#[allow(dead_code)]
+mod delivery;
 mod metrics;
 mod reload;
 mod schema;
