@@ -1,0 +1,512 @@
+//! The durable spool: accepted events wait here, on disk, until an output
+//! has delivered them.
+//!
+//! # Why a log of our own
+//!
+//! No embedded-queue crate fits. We need all of: an fsync before the ingest
+//! request is answered, shared by concurrent requests (group commit); a CRC
+//! per entry so a torn tail or bit rot is found and counted, never replayed
+//! as garbage nor a panic; a bound in bytes that admission can check before
+//! accepting a request; and ack-through semantics (the output acks a prefix
+//! of seqs; reading ahead is allowed). `sled` is unmaintained and a general
+//! key-value store; `yaque` and similar queues are unmaintained, have no
+//! byte bound and do not fsync per commit. The log below is ~600 lines.
+//!
+//! # Layout
+//!
+//! A directory of segment files, each named by the seq of its first entry
+//! (`00000000000000000042.seg`) and rolled at `segment_bytes`, plus an `ack`
+//! file holding the first unacked seq. The entry format is in
+//! [`disk`]. Seqs are consecutive within a segment; there may be gaps between
+//! segments (after a damaged segment was cut short).
+//!
+//! # Durability
+//!
+//! `append` returns only once the entry is fsynced (and the directory, if
+//! the entry opened a new segment): only then may ingest answer 200. Writes
+//! happen under the state lock; the fsync does not. The first appender to
+//! find nobody syncing becomes the leader, fsyncs everything written so far
+//! and publishes "synced up to seq N"; appenders whose entry is below N
+//! return without an fsync of their own. `read` only returns synced entries.
+//!
+//! After an fsync fails, every later append fails: Linux may drop the dirty
+//! pages and report the error once, so a later fsync can succeed although
+//! the data never reached the disk (PostgreSQL's "fsyncgate", 2018: they
+//! chose to crash rather than retry). Only a restart, which rescans what is
+//! really on disk, clears it.
+//!
+//! # Acks and delivery guarantee
+//!
+//! `ack_through(seq)` first persists the new position (atomic rename), then
+//! deletes the segments whose entries are all acked. Delivery is
+//! at-least-once: a crash after an output accepted a batch but before its
+//! ack was written delivers that batch again after restart.
+//!
+//! # Memory and time
+//!
+//! Per entry 24 bytes of metadata stay in memory (an entry is one ingest
+//! request, not one event), so `stats` and locating a seq cost no I/O.
+//! `open` reads every segment once to check it.
+
+mod disk;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use anyhow::{bail, Context};
+
+use disk::EntryMeta;
+pub(crate) use disk::HEADER_LEN;
+
+/// Where the spool lives and how large it may grow.
+#[derive(Clone, Debug)]
+pub(crate) struct SpoolConfig {
+    pub(crate) dir: PathBuf,
+    /// Bound on the segment bytes on disk (unacked entries and acked ones
+    /// whose segment is not deleted yet).
+    pub(crate) max_bytes: u64,
+    /// A segment is rolled when the next entry would take it past this.
+    pub(crate) segment_bytes: u64,
+}
+
+/// What `open` found on disk. `entries`, `events` and `bytes` are the
+/// unacked intact entries; `corrupt_entries` counts damaged regions (each
+/// one cut off the rest of its segment) and `corrupt_bytes` their size.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Recovery {
+    pub(crate) entries: u64,
+    pub(crate) events: u64,
+    pub(crate) bytes: u64,
+    pub(crate) corrupt_entries: u64,
+    pub(crate) corrupt_bytes: u64,
+    /// One sentence per damaged segment or unreadable file.
+    pub(crate) problems: Vec<String>,
+}
+
+/// One entry as appended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) seq: u64,
+    pub(crate) events: u32,
+    pub(crate) accepted_unix_ms: u64,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// The unacked data: bytes on disk (headers included), entries, events,
+/// and when the oldest of them was accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SpoolStats {
+    pub(crate) bytes: u64,
+    pub(crate) entries: u64,
+    pub(crate) events: u64,
+    pub(crate) oldest_accepted_unix_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AppendError {
+    /// Admission should have said no: answer 503 / 429, nothing written.
+    #[error("spool full: {used} of {max} bytes in use")]
+    Full { used: u64, max: u64 },
+    #[error("spool I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub(crate) struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    state: Mutex<State>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    /// Set for good when an fsync failed (or a failed write could not be
+    /// undone); read under the state lock by every append.
+    poisoned: AtomicBool,
+    /// Serialises `ack_through` without holding the state lock over its fsyncs.
+    ack_lock: Mutex<()>,
+    /// fsync calls on segments and the directory, for tests and metrics.
+    fsyncs: AtomicU64,
+    #[cfg(test)]
+    test_hooks: tests::Hooks,
+}
+
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    disk_bytes: u64,
+    entries: Vec<EntryMeta>,
+}
+
+impl Segment {
+    fn end_seq(&self) -> u64 {
+        self.first_seq + self.entries.len() as u64
+    }
+}
+
+#[derive(Default)]
+struct State {
+    segments: VecDeque<Segment>,
+    next_seq: u64,
+    first_unacked: u64,
+    /// Sum of the segments' `disk_bytes`: what `max_bytes` bounds.
+    used_bytes: u64,
+    unacked_bytes: u64,
+    unacked_entries: u64,
+    unacked_events: u64,
+    /// Rolled segments written since the last fsync round.
+    unsynced: Vec<Arc<File>>,
+    /// A segment was created since the last fsync round.
+    dir_dirty: bool,
+}
+
+struct SyncState {
+    /// Every entry below this seq is durable.
+    synced_next: u64,
+    /// A leader is fsyncing right now.
+    syncing: bool,
+    failed: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn poisoned_error() -> io::Error {
+    io::Error::other("an earlier fsync of the spool failed; appends are refused until restart")
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `config.dir`, checking every segment.
+    /// Damage is cut off, counted and described in the `Recovery`; only an
+    /// I/O error (unreadable directory, failed truncate) fails the open.
+    pub(crate) fn open(config: SpoolConfig) -> anyhow::Result<(Spool, Recovery)> {
+        let SpoolConfig { dir, max_bytes, segment_bytes } = config;
+        if segment_bytes == 0 || max_bytes == 0 {
+            bail!("spool max_bytes and segment_bytes must be positive");
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("creating the spool directory {}", dir.display()))?;
+        let mut recovery = Recovery::default();
+        let first_unacked = match disk::read_ack(&dir).context("reading the spool's ack file")? {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(text)) => {
+                recovery
+                    .problems
+                    .push(format!("ack file unreadable ({text:?}): delivering from the oldest entry again"));
+                0
+            }
+        };
+        let mut st = State { first_unacked, next_seq: first_unacked, ..State::default() };
+        let mut removed_any = false;
+        for (first_seq, path) in disk::list_segments(&dir).context("listing the spool directory")? {
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let prev_end = st.segments.back().map_or(0, Segment::end_seq);
+            if first_seq < prev_end {
+                let len = fs::metadata(&path).map_or(0, |m| m.len());
+                recovery.corrupt_entries += 1;
+                recovery.corrupt_bytes += len;
+                recovery
+                    .problems
+                    .push(format!("{name}: overlaps the previous segment (which ends before seq {prev_end}); ignored"));
+                continue;
+            }
+            let file =
+                OpenOptions::new().read(true).write(true).open(&path).with_context(|| format!("opening {name}"))?;
+            let scan = disk::scan_segment(&file, first_seq).with_context(|| format!("reading {name}"))?;
+            if let Some(problem) = &scan.problem {
+                let cut = scan.file_len - scan.valid_len;
+                recovery.corrupt_entries += 1;
+                recovery.corrupt_bytes += cut;
+                recovery.problems.push(format!("{name}: {problem}; dropped the last {cut} bytes of the segment"));
+                file.set_len(scan.valid_len).with_context(|| format!("truncating {name}"))?;
+                file.sync_all().with_context(|| format!("syncing {name}"))?;
+            }
+            let segment =
+                Segment { first_seq, path, file: Arc::new(file), disk_bytes: scan.valid_len, entries: scan.entries };
+            if segment.entries.is_empty() || segment.end_seq() <= first_unacked {
+                fs::remove_file(&segment.path).with_context(|| format!("removing {name}"))?;
+                removed_any = true;
+                continue;
+            }
+            st.used_bytes += segment.disk_bytes;
+            for (i, meta) in segment.entries.iter().enumerate() {
+                if first_seq + i as u64 >= first_unacked {
+                    st.unacked_bytes += meta.disk_len();
+                    st.unacked_entries += 1;
+                    st.unacked_events += u64::from(meta.events);
+                }
+            }
+            st.next_seq = st.next_seq.max(segment.end_seq());
+            st.segments.push_back(segment);
+        }
+        if removed_any {
+            disk::sync_dir(&dir).context("syncing the spool directory")?;
+        }
+        recovery.entries = st.unacked_entries;
+        recovery.events = st.unacked_events;
+        recovery.bytes = st.unacked_bytes;
+        let synced_next = st.next_seq;
+        let spool = Spool {
+            dir,
+            max_bytes,
+            segment_bytes,
+            state: Mutex::new(st),
+            sync: Mutex::new(SyncState { synced_next, syncing: false, failed: false }),
+            synced: Condvar::new(),
+            poisoned: AtomicBool::new(false),
+            ack_lock: Mutex::new(()),
+            fsyncs: AtomicU64::new(0),
+            #[cfg(test)]
+            test_hooks: tests::Hooks::default(),
+        };
+        Ok((spool, recovery))
+    }
+
+    /// Whether an entry with this many payload bytes would be accepted now.
+    pub(crate) fn has_room(&self, payload_bytes: u64) -> bool {
+        lock(&self.state).used_bytes.saturating_add(HEADER_LEN as u64 + payload_bytes) <= self.max_bytes
+    }
+
+    /// Appends one entry and returns its seq once it is durable.
+    pub(crate) fn append(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
+        if u32::try_from(payload.len()).is_err() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "spool entries are limited to 4 GiB").into());
+        }
+        let seq = self.write(payload, events, accepted_unix_ms)?;
+        self.wait_durable(seq)?;
+        Ok(seq)
+    }
+
+    /// Writes the entry (not synced) under the state lock.
+    fn write(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(poisoned_error().into());
+        }
+        let disk_len = HEADER_LEN as u64 + payload.len() as u64;
+        if st.used_bytes + disk_len > self.max_bytes {
+            return Err(AppendError::Full { used: st.used_bytes, max: self.max_bytes });
+        }
+        let seq = st.next_seq;
+        let roll = match st.segments.back() {
+            None => true,
+            Some(last) => {
+                last.end_seq() != seq || (last.disk_bytes > 0 && last.disk_bytes + disk_len > self.segment_bytes)
+            }
+        };
+        if roll {
+            if let Some(last) = st.segments.back() {
+                st.unsynced.push(Arc::clone(&last.file));
+            }
+            let path = disk::segment_path(&self.dir, seq);
+            let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+            st.dir_dirty = true;
+            st.segments.push_back(Segment {
+                first_seq: seq,
+                path,
+                file: Arc::new(file),
+                disk_bytes: 0,
+                entries: Vec::new(),
+            });
+        }
+        let segment = st.segments.back_mut().expect("a segment was just ensured");
+        let header = disk::encode_header(payload, events, seq, accepted_unix_ms);
+        let offset = segment.disk_bytes;
+        let written = segment
+            .file
+            .write_all_at(&header, offset)
+            .and_then(|()| segment.file.write_all_at(payload, offset + HEADER_LEN as u64));
+        if let Err(e) = written {
+            // Cut the partial entry off so the next one starts on a boundary;
+            // if even that fails, the segment's tail is unknown: stop.
+            if segment.file.set_len(offset).is_err() {
+                self.poisoned.store(true, Ordering::Release);
+            }
+            return Err(e.into());
+        }
+        let meta = EntryMeta { offset, len: payload.len() as u32, events, accepted_unix_ms };
+        segment.entries.push(meta);
+        segment.disk_bytes += disk_len;
+        st.used_bytes += disk_len;
+        st.unacked_bytes += disk_len;
+        st.unacked_entries += 1;
+        st.unacked_events += u64::from(events);
+        st.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Group commit: returns once an fsync covering `seq` succeeded, doing
+    /// that fsync itself if nobody else is.
+    fn wait_durable(&self, seq: u64) -> Result<(), AppendError> {
+        let mut sync = lock(&self.sync);
+        loop {
+            if sync.synced_next > seq {
+                return Ok(());
+            }
+            if sync.failed {
+                return Err(poisoned_error().into());
+            }
+            if !sync.syncing {
+                break;
+            }
+            sync = self.synced.wait(sync).unwrap_or_else(PoisonError::into_inner);
+        }
+        sync.syncing = true;
+        drop(sync);
+        let result = self.sync_round();
+        let mut sync = lock(&self.sync);
+        sync.syncing = false;
+        match &result {
+            Ok(target) => sync.synced_next = sync.synced_next.max(*target),
+            Err(_) => {
+                sync.failed = true;
+                self.poisoned.store(true, Ordering::Release);
+            }
+        }
+        self.synced.notify_all();
+        drop(sync);
+        result.map(|_| ()).map_err(AppendError::Io)
+    }
+
+    /// One leader's fsync of everything written so far; returns the seq
+    /// below which all entries are now durable.
+    fn sync_round(&self) -> io::Result<u64> {
+        let (target, files, dir_dirty) = {
+            let mut st = lock(&self.state);
+            let mut files = std::mem::take(&mut st.unsynced);
+            files.extend(st.segments.back().map(|s| Arc::clone(&s.file)));
+            (st.next_seq, files, std::mem::take(&mut st.dir_dirty))
+        };
+        #[cfg(test)]
+        self.test_hooks.before_sync()?;
+        for file in files {
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            file.sync_data()?;
+        }
+        if dir_dirty {
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            disk::sync_dir(&self.dir)?;
+        }
+        Ok(target)
+    }
+
+    /// Durable entries from `from_seq` on (or from the first unacked one,
+    /// if later): at most `max_entries`, and no more than `max_bytes` of
+    /// payload, except that the first entry is always returned.
+    pub(crate) fn read(&self, from_seq: u64, max_entries: usize, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
+        let durable = lock(&self.sync).synced_next;
+        let mut plan: Vec<(Arc<File>, u64, EntryMeta)> = Vec::new();
+        {
+            let st = lock(&self.state);
+            let from = from_seq.max(st.first_unacked);
+            let start = st.segments.partition_point(|s| s.end_seq() <= from);
+            let mut bytes = 0u64;
+            'segments: for segment in st.segments.range(start..) {
+                let skip = from.saturating_sub(segment.first_seq) as usize;
+                for (i, meta) in segment.entries.iter().enumerate().skip(skip) {
+                    let seq = segment.first_seq + i as u64;
+                    let full = plan.len() >= max_entries || bytes + u64::from(meta.len) > max_bytes;
+                    if seq >= durable || (!plan.is_empty() && full) {
+                        break 'segments;
+                    }
+                    bytes += u64::from(meta.len);
+                    plan.push((Arc::clone(&segment.file), seq, *meta));
+                }
+            }
+        }
+        // Outside the lock: an open descriptor stays readable even if an
+        // ack deletes the segment meanwhile.
+        plan.into_iter()
+            .map(|(file, seq, meta)| {
+                let payload = disk::read_entry(&file, seq, &meta)?;
+                Ok(Entry { seq, events: meta.events, accepted_unix_ms: meta.accepted_unix_ms, payload })
+            })
+            .collect()
+    }
+
+    pub(crate) fn first_unacked(&self) -> u64 {
+        lock(&self.state).first_unacked
+    }
+
+    /// The seq the next append will get.
+    pub(crate) fn next_seq(&self) -> u64 {
+        lock(&self.state).next_seq
+    }
+
+    /// Marks every entry up to and including `seq` delivered: persists the
+    /// position, then deletes the segments left with no unacked entry.
+    pub(crate) fn ack_through(&self, seq: u64) -> anyhow::Result<()> {
+        let _serial = lock(&self.ack_lock);
+        let new_first = seq.saturating_add(1);
+        {
+            let st = lock(&self.state);
+            if new_first <= st.first_unacked {
+                return Ok(());
+            }
+            if seq >= st.next_seq {
+                bail!("cannot ack seq {seq}: the spool's next seq is {}", st.next_seq);
+            }
+        }
+        disk::write_ack(&self.dir, new_first).context("writing the spool's ack position")?;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let mut first_error = None;
+        while let Some(segment) = st.segments.front() {
+            let from = st.first_unacked.max(segment.first_seq);
+            let to = new_first.min(segment.end_seq());
+            for i in from..to {
+                let meta = &segment.entries[(i - segment.first_seq) as usize];
+                st.unacked_bytes -= meta.disk_len();
+                st.unacked_entries -= 1;
+                st.unacked_events -= u64::from(meta.events);
+            }
+            if segment.end_seq() > new_first {
+                break;
+            }
+            let segment = st.segments.pop_front().expect("front exists");
+            st.used_bytes -= segment.disk_bytes;
+            // Under the state lock, so a new segment of the same name
+            // (the last one, emptied) cannot be created in between.
+            if let Err(e) = fs::remove_file(&segment.path) {
+                first_error.get_or_insert(anyhow::anyhow!(
+                    "removing the delivered spool segment {}: {e}",
+                    segment.path.display()
+                ));
+            }
+        }
+        st.first_unacked = new_first;
+        // The position is saved either way; a segment left behind is
+        // deleted at the next open.
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Totals of the unacked entries; no I/O.
+    pub(crate) fn stats(&self) -> SpoolStats {
+        let st = lock(&self.state);
+        // The front segment always holds the first unacked entry, if any:
+        // fully acked segments are deleted.
+        let oldest = st.segments.front().and_then(|s| {
+            let i = st.first_unacked.saturating_sub(s.first_seq) as usize;
+            s.entries.get(i).map(|m| m.accepted_unix_ms)
+        });
+        SpoolStats {
+            bytes: st.unacked_bytes,
+            entries: st.unacked_entries,
+            events: st.unacked_events,
+            oldest_accepted_unix_ms: oldest,
+        }
+    }
+
+    /// fsync calls made so far (segments and directory).
+    pub(crate) fn fsync_count(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+}

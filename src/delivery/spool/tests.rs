@@ -1,0 +1,333 @@
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::*;
+
+/// Fault injection for the fsync path.
+#[derive(Default)]
+pub(super) struct Hooks {
+    sync_delay_ms: AtomicU64,
+    fail_next_sync: AtomicBool,
+}
+
+impl Hooks {
+    pub(super) fn before_sync(&self) -> io::Result<()> {
+        let delay = self.sync_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        if self.fail_next_sync.swap(false, Ordering::Relaxed) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        Ok(())
+    }
+}
+
+const MB: u64 = 1 << 20;
+
+fn open(dir: &Path, max_bytes: u64, segment_bytes: u64) -> (Spool, Recovery) {
+    Spool::open(SpoolConfig { dir: dir.to_path_buf(), max_bytes, segment_bytes }).expect("open")
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("{{\"event\":{i}}}\n").repeat(3).into_bytes()
+}
+
+fn append_n(spool: &Spool, n: u64) {
+    for _ in 0..n {
+        let seq = spool.next_seq();
+        assert_eq!(spool.append(&payload(seq), 3, 1_000 + seq).expect("append"), seq);
+    }
+}
+
+fn seqs(entries: &[Entry]) -> Vec<u64> {
+    entries.iter().map(|e| e.seq).collect()
+}
+
+fn read_all(spool: &Spool) -> Vec<Entry> {
+    spool.read(0, usize::MAX, u64::MAX).expect("read")
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    disk::list_segments(dir).expect("list").into_iter().map(|(_, p)| p).collect()
+}
+
+/// Bytes on disk of one entry made by `payload(i)` for a one-digit `i`.
+fn entry_len() -> u64 {
+    HEADER_LEN as u64 + payload(0).len() as u64
+}
+
+#[test]
+fn round_trip_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, recovery) = open(dir.path(), MB, MB);
+    assert_eq!(recovery, Recovery::default());
+    assert_eq!(spool.stats(), SpoolStats::default());
+    append_n(&spool, 3);
+    let entries = read_all(&spool);
+    assert_eq!(seqs(&entries), [0, 1, 2]);
+    for e in &entries {
+        assert_eq!((e.events, e.accepted_unix_ms, &e.payload), (3, 1_000 + e.seq, &payload(e.seq)));
+    }
+    let stats = spool.stats();
+    assert_eq!((stats.entries, stats.events, stats.bytes), (3, 9, 3 * entry_len()));
+    assert_eq!(stats.oldest_accepted_unix_ms, Some(1_000));
+    drop(spool);
+
+    let (spool, recovery) = open(dir.path(), MB, MB);
+    assert_eq!((recovery.entries, recovery.events, recovery.bytes), (3, 9, 3 * entry_len()));
+    assert_eq!((recovery.corrupt_entries, recovery.problems.len()), (0, 0));
+    assert_eq!(read_all(&spool), entries);
+    assert_eq!(spool.next_seq(), 3);
+}
+
+#[test]
+fn read_limits_always_return_the_first_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), MB, 2 * entry_len());
+    append_n(&spool, 5);
+    assert_eq!(seqs(&spool.read(1, 2, u64::MAX).unwrap()), [1, 2]);
+    let len = payload(0).len() as u64;
+    assert_eq!(seqs(&spool.read(1, 10, 2 * len).unwrap()), [1, 2]);
+    assert_eq!(seqs(&spool.read(3, 10, 1).unwrap()), [3], "first entry even over max_bytes");
+    assert_eq!(seqs(&spool.read(4, 0, 0).unwrap()), [4]);
+    assert!(spool.read(5, 10, u64::MAX).unwrap().is_empty());
+    spool.ack_through(2).unwrap();
+    assert_eq!(seqs(&spool.read(0, 10, u64::MAX).unwrap()), [3, 4], "acked entries are not read again");
+}
+
+#[test]
+fn restart_resumes_after_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), MB, MB);
+    append_n(&spool, 5);
+    spool.ack_through(2).unwrap();
+    assert_eq!(spool.first_unacked(), 3);
+    assert_eq!(spool.stats().entries, 2);
+    assert_eq!(spool.stats().oldest_accepted_unix_ms, Some(1_003));
+    spool.ack_through(1).unwrap(); // going back is a no-op
+    assert!(spool.ack_through(5).is_err(), "seq 5 was never appended");
+    drop(spool);
+
+    let (spool, recovery) = open(dir.path(), MB, MB);
+    assert_eq!((recovery.entries, recovery.events), (2, 6));
+    assert_eq!(spool.first_unacked(), 3);
+    assert_eq!(seqs(&read_all(&spool)), [3, 4]);
+    assert_eq!(spool.append(b"x", 1, 0).unwrap(), 5);
+}
+
+#[test]
+fn acked_segments_are_deleted_and_seqs_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), MB, 3 * entry_len());
+    append_n(&spool, 8); // segments 0..3, 3..6, 6..8
+    assert_eq!(segments(dir.path()).len(), 3);
+    spool.ack_through(4).unwrap();
+    let names: Vec<_> = segments(dir.path()).iter().map(|p| p.file_name().unwrap().to_owned()).collect();
+    assert_eq!(names, ["00000000000000000003.seg", "00000000000000000006.seg"]);
+    spool.ack_through(7).unwrap();
+    assert!(segments(dir.path()).is_empty(), "the last segment goes too once fully acked");
+    assert_eq!(spool.stats(), SpoolStats::default());
+    drop(spool);
+
+    let (spool, recovery) = open(dir.path(), MB, 3 * entry_len());
+    assert_eq!(recovery.entries, 0);
+    assert_eq!(spool.next_seq(), 8, "the ack file remembers where seqs were");
+    assert_eq!(spool.append(b"x", 1, 0).unwrap(), 8);
+    assert_eq!(segments(dir.path())[0].file_name().unwrap(), "00000000000000000008.seg");
+}
+
+#[test]
+fn full_at_the_bound_and_room_again_after_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), 4 * entry_len(), 2 * entry_len());
+    let len = payload(0).len() as u64;
+    append_n(&spool, 4);
+    assert!(!spool.has_room(len));
+    assert!(!spool.has_room(0), "even an empty entry needs a header");
+    match spool.append(&payload(4), 1, 0) {
+        Err(AppendError::Full { used, max }) => assert_eq!((used, max), (4 * entry_len(), 4 * entry_len())),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert_eq!(spool.next_seq(), 4, "a refused append takes no seq");
+    spool.ack_through(0).unwrap();
+    assert!(!spool.has_room(len), "segment 0..2 is half acked: not deleted yet");
+    spool.ack_through(1).unwrap();
+    assert!(spool.has_room(len));
+    assert!(!spool.has_room(3 * len));
+    append_n(&spool, 2);
+    assert_eq!(seqs(&read_all(&spool)), [2, 3, 4, 5]);
+}
+
+/// Writes five entries in one segment, damages it with `damage`, reopens,
+/// and returns the spool, what recovery said, and the segment's path.
+fn damaged(damage: impl FnOnce(&Path)) -> (tempfile::TempDir, Spool, Recovery) {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), MB, MB);
+    append_n(&spool, 5);
+    drop(spool);
+    damage(&segments(dir.path())[0]);
+    let (spool, recovery) = open(dir.path(), MB, MB);
+    (dir, spool, recovery)
+}
+
+fn assert_recovers(dir: &Path, spool: Spool, intact: u64) {
+    assert_eq!(seqs(&read_all(&spool)), (0..intact).collect::<Vec<_>>());
+    assert_eq!(spool.append(b"after", 1, 0).unwrap(), intact);
+    drop(spool);
+    let (spool, recovery) = open(dir, MB, MB);
+    assert_eq!((recovery.corrupt_entries, recovery.entries), (0, intact + 1), "{:?}", recovery.problems);
+    let entries = read_all(&spool);
+    assert_eq!(seqs(&entries), (0..=intact).collect::<Vec<_>>());
+    assert_eq!(entries.last().unwrap().payload, b"after");
+}
+
+#[test]
+fn torn_tail_mid_entry() {
+    let cut = entry_len() / 2;
+    let (dir, spool, recovery) = damaged(|seg| {
+        let file = OpenOptions::new().write(true).open(seg).unwrap();
+        file.set_len(5 * entry_len() - cut).unwrap();
+    });
+    assert_eq!((recovery.corrupt_entries, recovery.corrupt_bytes), (1, entry_len() - cut));
+    assert_eq!(recovery.entries, 4);
+    assert!(recovery.problems[0].contains("runs past the end"), "{:?}", recovery.problems);
+    assert_recovers(dir.path(), spool, 4);
+}
+
+#[test]
+fn torn_header() {
+    let (dir, spool, recovery) = damaged(|seg| {
+        let file = OpenOptions::new().write(true).open(seg).unwrap();
+        file.set_len(4 * entry_len() + 10).unwrap();
+    });
+    assert_eq!((recovery.corrupt_entries, recovery.corrupt_bytes), (1, 10));
+    assert!(recovery.problems[0].contains("truncated header"), "{:?}", recovery.problems);
+    assert_recovers(dir.path(), spool, 4);
+}
+
+#[test]
+fn garbage_after_the_last_entry() {
+    let (dir, spool, recovery) = damaged(|seg| {
+        let mut file = OpenOptions::new().append(true).open(seg).unwrap();
+        file.write_all(&[0xAB; 100]).unwrap();
+    });
+    assert_eq!((recovery.corrupt_entries, recovery.corrupt_bytes), (1, 100));
+    assert!(recovery.problems[0].contains("bad magic"), "{:?}", recovery.problems);
+    assert_recovers(dir.path(), spool, 5);
+}
+
+#[test]
+fn flipped_payload_byte_cuts_the_rest_of_the_segment() {
+    let (dir, spool, recovery) = damaged(|seg| {
+        let mut bytes = fs::read(seg).unwrap();
+        bytes[(2 * entry_len() + HEADER_LEN as u64 + 3) as usize] ^= 0x01;
+        fs::write(seg, bytes).unwrap();
+    });
+    assert_eq!((recovery.corrupt_entries, recovery.corrupt_bytes), (1, 3 * entry_len()));
+    assert!(recovery.problems[0].contains("CRC mismatch at offset"), "{:?}", recovery.problems);
+    assert_eq!(recovery.entries, 2);
+    assert_recovers(dir.path(), spool, 2);
+}
+
+#[test]
+fn damage_in_an_older_segment_keeps_later_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), MB, 2 * entry_len());
+    append_n(&spool, 6); // 0..2, 2..4, 4..6
+    drop(spool);
+    let middle = &segments(dir.path())[1];
+    let mut bytes = fs::read(middle).unwrap();
+    bytes[entry_len() as usize + 5] ^= 0xFF; // seq field of entry 3
+    fs::write(middle, bytes).unwrap();
+    let (spool, recovery) = open(dir.path(), MB, 2 * entry_len());
+    assert_eq!((recovery.corrupt_entries, recovery.corrupt_bytes, recovery.entries), (1, entry_len(), 5));
+    assert_eq!(seqs(&read_all(&spool)), [0, 1, 2, 4, 5]);
+    assert_eq!(spool.read(3, 1, u64::MAX).unwrap()[0].seq, 4, "a gap is skipped");
+    assert_eq!(spool.append(b"x", 1, 0).unwrap(), 6);
+}
+
+#[test]
+fn concurrent_appends_are_all_durable_with_unique_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), 64 * MB, 4096);
+    let per_thread = 50u64;
+    let mut all: Vec<(u64, Vec<u8>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8u64)
+            .map(|t| {
+                let spool = &spool;
+                s.spawn(move || {
+                    (0..per_thread)
+                        .map(|i| {
+                            let body = format!("thread {t} entry {i}").into_bytes();
+                            (spool.append(&body, 1, t).expect("append"), body)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    all.sort();
+    assert_eq!(all.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), (0..8 * per_thread).collect::<Vec<_>>());
+    drop(spool);
+    let (spool, recovery) = open(dir.path(), 64 * MB, 4096);
+    assert_eq!((recovery.entries, recovery.corrupt_entries), (8 * per_thread, 0));
+    let read: Vec<_> = read_all(&spool).into_iter().map(|e| (e.seq, e.payload)).collect();
+    assert_eq!(read, all);
+}
+
+#[test]
+fn group_commit_shares_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), 64 * MB, 64 * MB);
+    spool.test_hooks.sync_delay_ms.store(2, Ordering::Relaxed);
+    let appends = 8 * 20;
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..appends / 8 {
+                    spool.append(b"{}", 1, 0).expect("append");
+                }
+            });
+        }
+    });
+    assert_eq!(spool.next_seq(), appends);
+    let fsyncs = spool.fsync_count();
+    // One fsync per append, plus one for the directory, without sharing.
+    assert!(fsyncs < appends / 2, "{fsyncs} fsyncs for {appends} appends");
+}
+
+#[test]
+fn a_failed_fsync_refuses_all_later_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), MB, MB);
+    append_n(&spool, 2);
+    spool.test_hooks.fail_next_sync.store(true, Ordering::Relaxed);
+    let err = spool.append(b"lost?", 1, 0).unwrap_err();
+    assert!(matches!(&err, AppendError::Io(e) if e.to_string().contains("injected")), "{err}");
+    for _ in 0..2 {
+        let err = spool.append(b"later", 1, 0).unwrap_err();
+        assert!(matches!(&err, AppendError::Io(e) if e.to_string().contains("refused")), "{err}");
+    }
+    assert_eq!(seqs(&read_all(&spool)), [0, 1], "the unsynced entry is not handed out");
+    drop(spool);
+    let (spool, _) = open(dir.path(), MB, MB);
+    assert!(spool.append(b"after restart", 1, 0).is_ok());
+}
+
+#[test]
+fn unreadable_ack_file_redelivers_rather_than_loses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), MB, MB);
+    append_n(&spool, 3);
+    spool.ack_through(0).unwrap();
+    drop(spool);
+    fs::write(dir.path().join("ack"), "garbage").unwrap();
+    let (spool, recovery) = open(dir.path(), MB, MB);
+    assert_eq!(recovery.problems.len(), 1, "{:?}", recovery.problems);
+    assert_eq!(seqs(&read_all(&spool)), [0, 1, 2]);
+}
