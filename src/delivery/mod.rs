@@ -43,7 +43,9 @@ use options::{Durability, OutputSpec};
 use stats::{LostReason, OutputStats};
 
 pub(crate) use control::{metrics_document, readings, reconcile, replay, views};
-pub(crate) use submit::{submit, Admitted, Refused};
+pub(crate) use submit::{submit, Refused};
+#[cfg(test)]
+use submit::Admitted;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn unix_ms() -> u64 {
@@ -280,10 +282,15 @@ impl Delivery {
         let stats = self.counters.lock().unwrap_or_else(|e| e.into_inner()).entry(name.clone()).or_default().clone();
         let (backlog, first): (Arc<dyn Backlog>, u64) = match spec.runtime.durability {
             Durability::Spool => {
+                let segment_bytes = (spec.runtime.spool_max_bytes / 16).clamp(1 << 20, 64 << 20);
+                // Admission bounds the unacknowledged bytes; the spool's
+                // own bound also counts the acknowledged head of the
+                // oldest segment (deleted once wholly acknowledged), hence
+                // the slack.
                 let config = spool::SpoolConfig {
                     dir: self.state_dir.join("spool").join(name),
-                    max_bytes: spec.runtime.spool_max_bytes,
-                    segment_bytes: (spec.runtime.spool_max_bytes / 16).clamp(1 << 20, 64 << 20),
+                    max_bytes: spec.runtime.spool_max_bytes + 2 * segment_bytes,
+                    segment_bytes,
                 };
                 let (spool, recovery) =
                     spool::Spool::open(config).with_context(|| format!("opening the spool of output {name:?}"))?;

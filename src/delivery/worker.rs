@@ -298,7 +298,8 @@ impl Worker {
         let wait = cap / 2 + next_random(&mut self.rng) % (cap / 2 + 1);
         let deadline = Instant::now() + Duration::from_millis(wait);
         loop {
-            if let Some(stop_at) = *stop.borrow_and_update() {
+            let stopping = *stop.borrow_and_update();
+            if let Some(stop_at) = stopping {
                 if Instant::now() >= stop_at {
                     return false;
                 }

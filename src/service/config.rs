@@ -77,6 +77,7 @@ impl ServiceConfig {
         let sections: Sections = enrichd_engine::Config::parse_sections(text, path)?;
         let engine = enrichd_engine::Config::parse(text, path)?;
         let outputs = match sections.output {
+            OutputSection::None => Vec::new(),
             OutputSection::Entries(tables) => output_entries(tables, text, path)?,
             OutputSection::Profiles(_) => {
                 return Err(ConfigError {
@@ -299,7 +300,7 @@ enum OutputSection {
     #[serde(skip)]
     None,
     Entries(Vec<toml::Table>),
-    Profiles(toml::Table),
+    Profiles(#[allow(dead_code)] toml::Table),
 }
 
 fn output_entries(tables: Vec<toml::Table>, text: &str, path: &Path) -> Result<Vec<OutputEntry>, ConfigError> {

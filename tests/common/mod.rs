@@ -67,6 +67,8 @@ pub(crate) struct Server {
     pub dir: tempfile::TempDir,
     config: PathBuf,
     env: Vec<(String, String)>,
+    /// Everything the server wrote to stderr (its log), across restarts.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -84,9 +86,10 @@ impl Server {
     }
 
     pub(crate) fn start_file(path: &Path, env: &[(&str, &str)], dir: tempfile::TempDir) -> Server {
-        let (child, base) = spawn(path, env);
+        let log = std::sync::Arc::default();
+        let (child, base) = spawn(path, env, &log);
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Server { child, base, dir, config: path.to_path_buf(), env }
+        Server { child, base, dir, config: path.to_path_buf(), env, log }
     }
 
     /// Stops the server and starts it again on the same configuration and
@@ -95,9 +98,30 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let (child, base) = spawn(&self.config, &env);
+        let (child, base) = spawn(&self.config, &env, &self.log);
         self.child = child;
         self.base = base;
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit (graceful
+    /// shutdown); `restart_only` then starts it again.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) with a pid this test spawned and has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("wait for enrichd")
+    }
+
+    /// Starts the server again after [`Server::terminate`].
+    pub(crate) fn start_again(&mut self) {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (child, base) = spawn(&self.config, &env, &self.log);
+        self.child = child;
+        self.base = base;
+    }
+
+    /// The server's log so far (stderr of every run).
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -109,15 +133,29 @@ impl Server {
     }
 }
 
-fn spawn(path: &Path, env: &[(&str, &str)]) -> (Child, String) {
+fn spawn(path: &Path, env: &[(&str, &str)], log: &std::sync::Arc<std::sync::Mutex<String>>) -> (Child, String) {
     {
         let mut cmd = bin();
         cmd.args(["serve", "--config"]).arg(path).args(["--listen", "127.0.0.1:0"]);
         for var in OVERRIDE_VARS {
             cmd.env_remove(var);
         }
-        cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn enrichd");
+        // The log goes to the test's output (shown when it fails) and is
+        // kept for tests that check what was logged.
+        let stderr = child.stderr.take().unwrap();
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut log = log.lock().unwrap();
+                if log.len() < 16 << 20 {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
