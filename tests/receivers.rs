@@ -258,18 +258,18 @@ fn request_faults_store_nothing() {
 #[test]
 fn delay_holds_the_answer_after_storing() {
     let es = bulk();
-    es.set_faults(Faults { delay_ms: 400, ..Faults::default() });
+    es.set_faults(Faults { delay_ms: 1000, ..Faults::default() });
     let started = Instant::now();
     let late = agent(Some(Duration::from_millis(100)))
         .post(&format!("{}/_bulk", es.url()))
         .header("content-type", "application/x-ndjson")
         .send(bulk_body(1).as_bytes());
     assert!(late.is_err(), "the client should have timed out");
-    assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(started.elapsed() < Duration::from_millis(900));
     assert_eq!(es.doc_count(), 1);
     let started = Instant::now();
     assert_eq!(post(&format!("{}/_bulk", es.url()), &[NDJSON], bulk_body(1).as_bytes()).status, 200);
-    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(started.elapsed() >= Duration::from_millis(1000));
 }
 
 #[test]
@@ -289,7 +289,11 @@ fn outage_refuses_connections_then_recovers_on_the_same_port() {
     assert!(open.read(&mut buf).unwrap() > 0);
     es.outage(true);
     open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert!(matches!(open.read(&mut buf), Ok(0) | Err(_)), "the old connection still answers");
+    match open.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        other => panic!("the kept-alive connection is still open: {other:?}"),
+    }
     let refused = TcpStream::connect(&addr).unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     assert!(request("POST", &url, &[NDJSON], bulk_body(1).as_bytes()).is_err());
@@ -390,7 +394,7 @@ fn hec_reject_field_refuses_the_whole_request() {
 
 #[test]
 fn hec_indexer_ack_flow() {
-    let splunk = hec(true, 300);
+    let splunk = hec(true, 1000); // generous: the first queries must land before it
     let path = "/services/collector/event";
     let body = br#"{"event":"a"}"#;
     let missing = hec_post(&splunk, path, &[], body);
@@ -406,7 +410,7 @@ fn hec_indexer_ack_flow() {
     let ack = hec_post(&splunk, "/services/collector/ack", &chan, query);
     assert_eq!(ack.body, json!({"acks": {"0": false, "1": false, "7": false}}));
     assert!(splunk.events().is_empty(), "indexed before the ack delay");
-    std::thread::sleep(Duration::from_millis(350));
+    std::thread::sleep(Duration::from_millis(1100));
     let ack = hec_post(&splunk, "/services/collector/ack", &chan, query);
     assert_eq!(ack.body, json!({"acks": {"0": true, "1": true, "7": false}}));
     let again = hec_post(&splunk, "/services/collector/ack", &chan, query);

@@ -173,10 +173,9 @@ impl Server {
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
                 rt.block_on(async move {
-                    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+                    let mut listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
                     let addr = listener.local_addr().expect("local addr");
                     addr_tx.send(addr).expect("report address");
-                    let mut listener = listener;
                     loop {
                         let (ctl, done) = serve(listener, &handler, &mut rx).await;
                         let _ = done.send(());
