@@ -20,6 +20,10 @@ pub(crate) const SERVICE_ENV: &[(&str, &str)] = &[
     ("API_KEY", "adds an accepted API key (`auth.api_keys`)"),
     ("ADMIN_API_KEY", "adds an admin key (`auth.admin_keys`)"),
     ("ENRICH_ENABLE_<PLUGIN>", "`enabled` of every chain entry of that plugin (`true`/`false`, `1`/`0`, `yes`/`no`)"),
+    (
+        "EXPORT_<NAME>_ENABLED",
+        "`enabled` of the output of that name, wherever it is configured (e.g. `EXPORT_ELASTIC_ENABLED`, `EXPORT_SPLUNK_ENABLED`)",
+    ),
     ("ENRICHD_LOG", "log filter (`info` by default; e.g. `debug`, `enrichd=debug`)"),
     ("GIT_TAG, GIT_SHA, IMAGE_DIGEST", "override what `GET /v1/version` reports"),
     ("ENRICHD_WASM_PERFMAP", "when set, write a perf map of compiled guests (profiling)"),
@@ -35,6 +39,19 @@ pub(crate) fn markdown(registry: &Registry) -> String {
         let Some(def) = reference(property).and_then(|r| defs.get(r)) else { continue };
         let _ = writeln!(out, "#### `[{name}]`\n\n{}\n", one_line(description(property)));
         table(&mut out, def, defs);
+    }
+    if let Some(runtime) = defs.get("OutputRuntime") {
+        let _ = writeln!(
+            out,
+            "#### `[[output]]`\n\nA delivery destination: these keys for every type, plus the type's own below \
+             (README \"Delivery\").\n"
+        );
+        table(&mut out, runtime, defs);
+    }
+    for factory in registry.outputs() {
+        let Some(options) = defs.get(format!("Output_{}", factory.kind()).as_str()) else { continue };
+        let _ = writeln!(out, "#### `[[output]]` `type = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));
+        table(&mut out, options, defs);
     }
     for factory in registry.factories() {
         let options = serde_json::to_value(factory.options_schema()).expect("schemas serialize");

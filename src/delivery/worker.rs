@@ -17,10 +17,13 @@
 //!   the worker backs off (exponential, jittered, capped) and tries again,
 //!   for as long as it takes. The backlog's bound turns this into 503s at
 //!   ingest, never into loss.
-//! - an attempt where *some* events are refused for now (429 items in a
-//!   `_bulk` answer) counts against those events: after `max_retries`
-//!   attempts they are dead-lettered with the last reason.
-//! - `Reject` goes to the dead-letter at once, with the reason.
+//! - an attempt where the destination answered per event (a 2xx `_bulk`
+//!   answer with 429 items) counts against the events it refused for now:
+//!   after `max_retries` such attempts they are dead-lettered with the last
+//!   reason.
+//! - `Reject` goes to the dead-letter at once, with the reason. Events sent
+//!   back with it but not at fault (HEC refuses a whole request for one bad
+//!   event) are not charged, and go again at once without it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -195,7 +198,13 @@ impl Worker {
                 let message = format!("output answered {} outcomes for {} events", report.outcomes.len(), batch.len());
                 report.outcomes = vec![Outcome::Retry(message); batch.len()];
             }
-            let unavailable = report.outcomes.iter().all(|o| matches!(o, Outcome::Retry(_)));
+            // Charge a retry to an event only when the destination answered
+            // for it on its own (a 2xx with per-event results) or took
+            // others in the same attempt: then the refusal is about it, not
+            // about the destination being unavailable.
+            let delivered_any = report.outcomes.iter().any(|o| *o == Outcome::Delivered);
+            let answered_per_event = delivered_any || report.http_status.is_some_and(|s| (200..300).contains(&s));
+            let rejected_any = report.outcomes.iter().any(|o| matches!(o, Outcome::Reject(_)));
             let mut still = Vec::new();
             let mut dead: Vec<(usize, String)> = Vec::new();
             let mut last_error = None;
@@ -213,7 +222,7 @@ impl Worker {
                     }
                     Outcome::Retry(reason) => {
                         stats.failed.fetch_add(1, Relaxed);
-                        if !unavailable {
+                        if answered_per_event {
                             slots[i].attempts += 1;
                         }
                         if slots[i].attempts > self.options.max_retries {
@@ -235,8 +244,12 @@ impl Worker {
                 return true;
             }
             stats.retried.fetch_add(still.len() as u64, Relaxed);
-            failures += 1;
             pending = still;
+            if rejected_any && !delivered_any {
+                // The bad events are out; the rest go again now.
+                continue;
+            }
+            failures += 1;
             if !self.backoff(failures, stop).await {
                 return false;
             }

@@ -139,6 +139,31 @@ impl ServiceConfig {
     pub(crate) fn json_schema(registry: &Registry) -> serde_json::Value {
         let mut schema = serde_json::to_value(schemars::schema_for!(Sections)).expect("schema serializes");
         schema["properties"]["chain"] = enrichd_engine::Config::chain_schema(registry);
+        // `[[output]]` entries: the runtime's keys plus the type's own
+        // options, each set under `$defs` (`OutputRuntime`, `Output_<type>`).
+        let mut defs = schema["$defs"].as_object().cloned().unwrap_or_default();
+        let mut runtime = serde_json::to_value(schemars::schema_for!(crate::delivery::options::RuntimeOptions))
+            .expect("schema serializes");
+        if let Some(inner) = runtime.as_object_mut().and_then(|o| o.remove("$defs")) {
+            defs.extend(inner.as_object().cloned().unwrap_or_default());
+        }
+        defs.insert("OutputRuntime".into(), strip_meta(runtime));
+        let mut kinds = Vec::new();
+        for factory in registry.outputs() {
+            let mut options = serde_json::to_value(factory.options_schema()).expect("schema serializes");
+            if let Some(inner) = options.as_object_mut().and_then(|o| o.remove("$defs")) {
+                defs.extend(inner.as_object().cloned().unwrap_or_default());
+            }
+            defs.insert(format!("Output_{}", factory.kind()), strip_meta(options));
+            kinds.push(serde_json::Value::from(factory.kind()));
+        }
+        schema["$defs"] = serde_json::Value::Object(defs);
+        schema["properties"]["output"]["items"] = serde_json::json!({
+            "type": "object",
+            "description": "One destination: the keys of `$defs/OutputRuntime` plus those of `$defs/Output_<type>`.",
+            "required": ["type"],
+            "properties": { "type": { "enum": kinds } },
+        });
         schema
     }
 }
@@ -281,6 +306,14 @@ mod tests {
         assert_eq!(c.auth.api_keys, ["a", "b"]);
         assert!(c.auth.admin_keys.is_empty());
     }
+}
+
+/// A sub-schema without its own `$schema` and title (it lives in `$defs`).
+fn strip_meta(mut schema: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = schema.as_object_mut() {
+        o.remove("$schema");
+    }
+    schema
 }
 
 /// One `[[output]]` entry: its options as JSON (the API's model) and the
