@@ -544,6 +544,41 @@
     }));
   }
 
+  // Delivery: per output its state, counters and backlog. `lost` and
+  // dead-lettered events are shown in the threat colour: they need a look.
+  function outputs(m) {
+    const list = Array.isArray(m.outputs) ? m.outputs : [];
+    $('outputs-empty').hidden = list.length > 0;
+    $('outputs-empty').textContent = 'no outputs configured: events only go back in the HTTP answer';
+    const ol = $('outputs');
+    ol.dataset.rows = String(list.length);
+    ol.replaceChildren(...list.map((o) => {
+      const li = el('li');
+      li.dataset.name = o.name || '';
+      const name = el('span', 'name', o.name || o.type);
+      if (o.type && o.type !== o.name) name.appendChild(el('small', null, o.type));
+      const c = o.counters || {};
+      const b = o.backlog || {};
+      const waiting = num(b.events) > 0 && num(b.oldest_age_ms) > 10000;
+      const stateText = o.state === 'running' && waiting ? 'backlog' : o.state || 'unknown';
+      const state = el('span', 'state', stateText);
+      state.dataset.state = stateText;
+      const parts = [o.durability || ''];
+      parts.push(count(c.sent || 0) + ' sent');
+      if (num(b.events)) parts.push(count(b.events) + ' queued' + (b.oldest_age_ms ? ` (oldest ${Math.round(b.oldest_age_ms / 1000)} s)` : ''));
+      if (c.retried) parts.push(count(c.retried) + ' retried');
+      if (c.batch_latency_ms_mean) parts.push(nf.format(Math.round(c.batch_latency_ms_mean)) + ' ms/batch');
+      li.append(name, state, el('span', 'detail', parts.filter(Boolean).join(' · ')));
+      const bad = [];
+      if (c.dead_lettered) bad.push(count(c.dead_lettered) + ' dead-lettered');
+      if (c.lost) bad.push(count(c.lost) + ' lost');
+      if (c.refused) bad.push(count(c.refused) + ' refused (backlog full)');
+      if (c.last_error && c.last_error.message) bad.push('last error: ' + c.last_error.message);
+      if (bad.length) li.appendChild(el('span', 'err', bad.join(' · ')));
+      return li;
+    }));
+  }
+
   function uptime(s) {
     if (num(s) === null) return '';
     const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), mi = Math.floor((s % 3600) / 60);
@@ -563,6 +598,7 @@
     topTables(m);
     feed(m);
     chain(m);
+    outputs(m);
   }
 
   // ---- wiring -----------------------------------------------------------
