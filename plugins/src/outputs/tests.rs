@@ -29,3 +29,22 @@ fn every_output_is_registered_with_a_documented_closed_schema() {
         }
     }
 }
+
+#[test]
+fn ca_file_is_read_relative_to_the_base_dir_at_build() {
+    use enrichd_engine::output::OutputFactory;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = super::test_server::context(dir.path());
+    let build = |extra: serde_json::Value| {
+        let mut options = serde_json::json!({ "url": "https://es:9200" });
+        options.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let options = serde_json::from_value(options).unwrap();
+        super::elastic::ElasticOutput.build(&options, &ctx).err().map(|e| format!("{e:#}"))
+    };
+    let missing = build(serde_json::json!({ "ca_file": "certs/ca.pem" })).expect("a missing file fails");
+    assert!(missing.contains("certs/ca.pem"), "{missing}");
+    std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
+    let junk = build(serde_json::json!({ "ca_file": "junk.pem" })).expect("junk fails");
+    assert!(junk.contains("junk.pem"), "{junk}");
+    assert_eq!(build(serde_json::json!({ "tls_verify": false })), None);
+}

@@ -10,8 +10,8 @@
 //!
 //! | response                                  | outcome                        |
 //! |-------------------------------------------|--------------------------------|
-//! | 200                                       | all `Delivered` (with `indexer_ack`: once acknowledged) |
-//! | 200, `indexer_ack`, no ack within `ack_timeout_ms` | all `Retry("indexer ack timeout ...")` |
+//! | 2xx                                       | all `Delivered` (with `indexer_ack`: once acknowledged) |
+//! | 2xx, `indexer_ack`, no ack within `ack_timeout_ms` | all `Retry("indexer ack timeout ...")` |
 //! | 400 with `invalid-event-number` n         | event n `Reject(text)`, the others `Retry` (HEC refused the whole request, so they are resent without it) |
 //! | 400 code 7 (incorrect index)              | all `Retry`: a setting to fix, not bad events |
 //! | other 400 and 4xx                         | all `Reject(text)`             |
@@ -166,10 +166,14 @@ impl SplunkSink {
         };
         let status = reply.status;
         let hec: HecReply = serde_json::from_slice(&reply.body).unwrap_or_default();
-        let text = if hec.text.is_empty() { snippet(&String::from_utf8_lossy(&reply.body), 200) } else { hec.text };
+        let text = match hec.text {
+            text if !text.is_empty() => snippet(&text, 500),
+            _ if reply.body.is_empty() => "no body".into(),
+            _ => snippet(&String::from_utf8_lossy(&reply.body), 200),
+        };
         let all = |outcome| SendReport::all(n, outcome, Some(status));
         match status {
-            200 => match (&self.ack, hec.ack_id) {
+            200..=299 => match (&self.ack, hec.ack_id) {
                 (Some(ack), Some(id)) => all(self.wait_for_ack(ack, id).await),
                 _ => all(Outcome::Delivered),
             },
@@ -193,9 +197,7 @@ impl SplunkSink {
             },
             401 | 403 => all(Outcome::Retry(format!("token rejected (HTTP {status}: {text})"))),
             413 => all(Outcome::Reject("HTTP 413: batch too large for HEC, lower batch_max".into())),
-            404 | 408 | 429 | 300..=399 | 500.. | 0..=199 | 201..=299 => {
-                all(Outcome::Retry(format!("HTTP {status}: {text}")))
-            }
+            404 | 408 | 429 | 300..=399 | 500.. | 0..=199 => all(Outcome::Retry(format!("HTTP {status}: {text}"))),
             _ => all(Outcome::Reject(format!("HTTP {status}: {text}"))),
         }
     }
