@@ -8,4 +8,5 @@
 //!
 //! Nothing here is async: callers use `tokio::task::spawn_blocking`.
 
+pub(crate) mod deadletter;
 pub(crate) mod spool;
