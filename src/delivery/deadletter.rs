@@ -32,6 +32,8 @@
 //! (crash mid-write) is ended at open and shows up as unparseable.
 //! `take_all` reads everything, then empties both files: the caller must
 //! re-spool what it got before another crash, or those events are gone.
+//! An `append` that fails part-way may have kept the lines before the
+//! failure: a retry of the whole batch duplicates those, never loses any.
 
 #[cfg(test)]
 mod tests;
@@ -318,9 +320,21 @@ impl DeadLetter {
                 _ => OwnedDeadRecord { event: line.to_vec(), error: UNPARSEABLE.to_owned(), attempts: 0, unix_ms: 0 },
             })
             .collect();
+        // Once read, the records are the caller's: if emptying fails they
+        // are still returned (and stay on disk, to be replayed twice rather
+        // than lost), and the counters follow what is really left.
+        if let Err(e) = self.empty(&mut st) {
+            tracing::warn!(output = %self.output, "dead-letter read for replay but not emptied: {e:#}");
+            st.current = count(&read_or_empty(&self.current_path).unwrap_or_default());
+            st.rotated = count(&read_or_empty(&self.rotated_path).unwrap_or_default());
+        }
+        Ok(records)
+    }
+
+    fn empty(&self, st: &mut State) -> anyhow::Result<()> {
         match fs::remove_file(&self.rotated_path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing {}", self.rotated_path.display()))
+                return Err(e).with_context(|| format!("removing {}", self.rotated_path.display()));
             }
             _ => st.rotated = Part::default(),
         }
@@ -329,8 +343,7 @@ impl DeadLetter {
             .and_then(|()| st.file.sync_data())
             .with_context(|| format!("emptying {}", self.current_path.display()))?;
         st.current = Part::default();
-        sync_dir(&self.dir).with_context(|| format!("syncing {}", self.dir.display()))?;
-        Ok(records)
+        sync_dir(&self.dir).with_context(|| format!("syncing {}", self.dir.display()))
     }
 
     pub(crate) fn stats(&self) -> DeadLetterStats {
