@@ -34,6 +34,9 @@
 //! the data never reached the disk (PostgreSQL's "fsyncgate", 2018: they
 //! chose to crash rather than retry). Only a restart, which rescans what is
 //! really on disk, clears it.
+//! An entry whose fsync failed may still be found on disk at that restart
+//! and delivered, though its append returned an error: the client retries,
+//! the output sees it twice (at-least-once, below).
 //!
 //! # Acks and delivery guarantee
 //!
