@@ -273,6 +273,7 @@ impl Spool {
     }
 
     /// Whether an entry with this many payload bytes would be accepted now.
+    #[cfg_attr(not(test), allow(dead_code))] // tests and future metrics
     pub(crate) fn has_room(&self, payload_bytes: u64) -> bool {
         lock(&self.state).used_bytes.saturating_add(HEADER_LEN as u64 + payload_bytes) <= self.max_bytes
     }
@@ -440,6 +441,7 @@ impl Spool {
     }
 
     /// The seq the next append will get.
+    #[cfg_attr(not(test), allow(dead_code))] // tests and future metrics
     pub(crate) fn next_seq(&self) -> u64 {
         lock(&self.state).next_seq
     }
@@ -509,6 +511,7 @@ impl Spool {
     }
 
     /// fsync calls made so far (segments and directory).
+    #[cfg_attr(not(test), allow(dead_code))] // tests and future metrics
     pub(crate) fn fsync_count(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
     }

@@ -41,6 +41,9 @@ use super::Lane;
 /// deadline passes.
 pub(crate) type StopSignal = watch::Receiver<Option<Instant>>;
 
+/// Reads of one entry that may fail before it is skipped as damaged.
+const READ_ATTEMPTS: u32 = 5;
+
 /// The most bytes one read takes from the backlog.
 const READ_MAX_BYTES: u64 = 64 << 20;
 
@@ -48,6 +51,7 @@ const READ_MAX_BYTES: u64 = 64 << 20;
 pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOptions, mut stop: StopSignal) {
     let mut worker = Worker { lane, sink, options, rng: seed() };
     let mut next = worker.lane.backlog.first_unacked();
+    let mut read_failures = 0;
     loop {
         let stopping = *stop.borrow_and_update();
         let pending = worker.lane.backlog.stats();
@@ -91,10 +95,26 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
             }
             Err(e) => {
                 worker.lane.error(format!("reading the backlog: {e:#}"));
+                read_failures += 1;
+                if read_failures >= READ_ATTEMPTS {
+                    // An entry damaged on disk after start (its checksum
+                    // fails on every read): skip it, counted, rather than
+                    // block every event behind it. Its event count is
+                    // unreadable, so the loss is counted per entry.
+                    worker.lane.error(format!("skipping backlog entry {next}: unreadable after {READ_ATTEMPTS} attempts"));
+                    let lane = worker.lane.clone();
+                    if let Ok(Ok(())) = tokio::task::spawn_blocking(move || lane.backlog.ack_through(next)).await {
+                        worker.lane.stats.lose(LostReason::SpoolCorrupt, 1);
+                        next += 1;
+                        worker.lane.acked.send_replace(next);
+                    }
+                    read_failures = 0;
+                }
                 tokio::time::sleep(Duration::from_millis(worker.options.backoff_max_ms.min(1000))).await;
                 continue;
             }
         };
+        read_failures = 0;
         let last = entries.last().expect("not empty").seq;
         if !worker.round(&entries, &mut stop).await {
             return;
