@@ -7,8 +7,8 @@
 mod api;
 mod app;
 mod cli;
-mod delivery;
 mod dashboard;
+mod delivery;
 mod metrics;
 mod reload;
 mod schema;

@@ -86,9 +86,12 @@ fn reload_config(state: &AppState) -> Option<Value> {
     let previous_outputs = state.delivery.config_entries();
     if config.outputs != previous_outputs {
         state.delivery.set_config_entries(config.outputs.clone());
-        let applied = tokio::runtime::Handle::try_current()
-            .map_err(|e| e.to_string())
-            .and_then(|rt| rt.block_on(crate::delivery::reconcile(state)));
+        // Called on the watcher's thread or a blocking one: never inside
+        // the async context, so blocking on the runtime is allowed.
+        let applied = match state.delivery.runtime() {
+            Some(rt) => rt.block_on(crate::delivery::reconcile(state)),
+            None => Err("outputs are not running yet".to_string()),
+        };
         if let Err(e) = applied {
             state.delivery.set_config_entries(previous_outputs);
             return Some(config_refused(state, format!("{}: outputs: {e}", config.path().display())));

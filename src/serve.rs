@@ -57,8 +57,11 @@ pub(crate) fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<
 async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     // Outputs start before the listener: an accepted event always has
     // somewhere to go.
+    state.delivery.set_runtime(tokio::runtime::Handle::current());
     state.delivery.set_config_entries(state.config.outputs.clone());
-    crate::delivery::reconcile(&state).await.map_err(|e| anyhow::anyhow!("{}: outputs: {e}", state.config.path().display()))?;
+    crate::delivery::reconcile(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: outputs: {e}", state.config.path().display()))?;
     let listen = state.config.server.listen.clone();
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding the listen address {listen}"))?;

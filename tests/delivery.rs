@@ -116,7 +116,7 @@ fn reference_requests_configure_working_outputs() {
     wait_for("300 HEC events", Duration::from_secs(30), || hec.events().len() == 300);
     let docs = bulk.docs();
     assert!(docs.iter().all(|d| d.index.starts_with("telemetry-20")), "daily index: {}", docs[0].index);
-    assert!(docs.iter().any(|d| d.source["geo"]["country_code"] == "GB"), "enriched: {}", docs[0].source);
+    assert!(docs.iter().any(|d| d.source["geo"]["country"] == "GB"), "enriched: {}", docs[0].source);
     let events = hec.events();
     assert_eq!(events[0].sourcetype.as_deref(), Some("enrichd:conn"));
     assert_eq!(events[0].index.as_deref(), Some("main"));
@@ -166,13 +166,8 @@ fn reference_requests_configure_working_outputs() {
     assert_eq!(s.get_auth("/v1/outputs/splunk").status, 404);
 
     // No secret in any answer or log line.
-    let everything = format!(
-        "{}{}{}{}",
-        s.get_auth("/v1/outputs").text,
-        s.get("/v1/metrics").text,
-        s.get("/metrics").text,
-        s.log()
-    );
+    let everything =
+        format!("{}{}{}{}", s.get_auth("/v1/outputs").text, s.get("/v1/metrics").text, s.get("/metrics").text, s.log());
     for secret in [ES_PASSWORD, HEC_TOKEN] {
         assert!(!everything.contains(secret), "secret {secret} leaked");
     }
@@ -325,7 +320,8 @@ fn kill_9_in_spool_mode_loses_nothing_answered() {
     let answered = answered.join().unwrap();
     assert!(answered.len() > 2, "load ran before the kill: {answered:?}");
     bulk.outage(false);
-    let expected: HashSet<String> = answered.iter().flat_map(|b| (b * 200..b * 200 + 200).map(|i| format!("U{i}"))).collect();
+    let expected: HashSet<String> =
+        answered.iter().flat_map(|b| (b * 200..b * 200 + 200).map(|i| format!("U{i}"))).collect();
     wait_for("every answered event", Duration::from_secs(60), || {
         let have: HashSet<String> = bulk.docs().iter().map(|d| uid(&d.source)).collect();
         expected.is_subset(&have)
@@ -423,7 +419,9 @@ fn config_outputs_reload_and_the_file_output() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     let entry = |name: &str| {
-        format!("[[output]]\ntype = \"file\"\nname = \"{name}\"\npath = \"out/{name}.ndjson\"\nflush_interval_ms = 20\n")
+        format!(
+            "[[output]]\ntype = \"file\"\nname = \"{name}\"\npath = \"out/{name}.ndjson\"\nflush_interval_ms = 20\n"
+        )
     };
     let head = format!("[auth]\napi_keys = [\"{KEY}\"]\n[reload]\nwatch = true\ndebounce_ms = 50\n");
     std::fs::write(&path, format!("{head}{}{}", entry("first"), common::test_chain())).unwrap();

@@ -189,11 +189,23 @@ impl<O: Output> OutputFactory for O {
                 errors.push(FieldError::new(key.clone(), serde_message(&e.to_string())));
             }
         }
-        if errors.is_empty() {
-            match O::Options::deserialize(Value::Object(options.clone())) {
-                Ok(typed) => errors.extend(Output::validate(self, &typed)),
-                Err(e) => errors.push(FieldError::new("", serde_message(&e.to_string()))),
+        // The checks a type cannot express run on the keys that parsed,
+        // so a bad URL is reported beside an unknown key, not after it.
+        let good: Map<String, Value> = options
+            .iter()
+            .filter(|(k, _)| !errors.iter().any(|e| &e.field == *k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match O::Options::deserialize(Value::Object(good)) {
+            Ok(typed) => {
+                let more: Vec<FieldError> = Output::validate(self, &typed)
+                    .into_iter()
+                    .filter(|e| !errors.iter().any(|known| known.field == e.field))
+                    .collect();
+                errors.extend(more);
             }
+            Err(e) if errors.is_empty() => errors.push(FieldError::new("", serde_message(&e.to_string()))),
+            Err(_) => {}
         }
         errors
     }
@@ -313,6 +325,10 @@ mod tests {
         let errors = Dummy.check(&options);
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["batch", "bogus", "url"], "{errors:?}");
+        // A value only `validate` refuses is listed beside a type error.
+        let options: Map<String, Value> = serde_json::from_str(r#"{"batch": "many", "url": "ftp://x"}"#).unwrap();
+        let fields: Vec<String> = Dummy.check(&options).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["batch", "url"]);
         assert!(errors[1].message.contains("unknown field"), "{errors:?}");
         let options: Map<String, Value> = serde_json::from_str(r#"{"batch": 3}"#).unwrap();
         assert_eq!(Dummy.check(&options), [FieldError::new("url", "is required")]);

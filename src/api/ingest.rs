@@ -100,10 +100,13 @@ async fn read_and_enrich(
         let mut layout_of = Vec::with_capacity(outputs.len());
         for o in outputs.iter() {
             let same = encodings[first_output..].iter().position(|e| same_profile(&e.profile, &o.profile));
-            layout_of.push(first_output + same.unwrap_or_else(|| {
-                encodings.push(Encoding::NDJSON.with_profile(o.profile.clone()));
-                encodings.len() - first_output - 1
-            }));
+            layout_of.push(
+                first_output
+                    + same.unwrap_or_else(|| {
+                        encodings.push(Encoding::NDJSON.with_profile(o.profile.clone()));
+                        encodings.len() - first_output - 1
+                    }),
+            );
         }
         // Enrichment roughly doubles a typical record; one growth at most.
         let mut outs: Vec<Vec<u8>> = encodings.iter().map(|_| Vec::with_capacity(body.len() * 2 + 4096)).collect();
@@ -141,7 +144,8 @@ async fn read_and_enrich(
         })?;
     }
     if respond_async {
-        let names: Vec<&str> = admitted.as_ref().map_or(Vec::new(), |a| a.active.iter().map(|o| o.lane.name.as_str()).collect());
+        let names: Vec<&str> =
+            admitted.as_ref().map_or(Vec::new(), |a| a.active.iter().map(|o| o.lane.name.as_str()).collect());
         let body = serde_json::json!({ "accepted": events, "outputs": names });
         return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
     }

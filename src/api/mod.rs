@@ -47,10 +47,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ingest", post(ingest::ingest))
         .route("/v1/outputs", get(outputs::list))
         .route("/v1/outputs/test", post(outputs::test))
-        .route(
-            "/v1/outputs/{name}",
-            get(outputs::show).put(outputs::set).post(outputs::set).delete(outputs::remove),
-        )
+        .route("/v1/outputs/{name}", get(outputs::show).put(outputs::set).post(outputs::set).delete(outputs::remove))
         .route("/v1/outputs/{name}/deadletter", get(outputs::deadletter))
         .route("/v1/outputs/{name}/deadletter/replay", post(outputs::replay))
         .route("/v1/reload", post(admin::reload))

@@ -101,8 +101,9 @@ pub(super) async fn set(
             Some(p) => store.save(&name, p),
             None => store.remove(&name).map(|_| ()),
         };
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e)
-            .with(json!({"errors": [{"field": "", "message": "the output could not be started with these settings"}]})));
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e).with(
+            json!({"errors": [{"field": "", "message": "the output could not be started with these settings"}]}),
+        ));
     }
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     let mut view = spec.view(registry);
@@ -157,8 +158,9 @@ pub(super) async fn test(
 ) -> Result<Json<Value>, ApiError> {
     check_write(&state, &headers)?;
     let body = super::body::read(&state, &headers, body).await?;
-    let request: TestRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("expected {{\"target\": \"<output name>\"}}: {e}")))?;
+    let request: TestRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("expected {{\"target\": \"<output name>\"}}: {e}"))
+    })?;
     let registry = state.engine.registry();
     let snapshot = state.delivery.snapshot();
     let Some(crate::delivery::Summary { spec, lane, .. }) =

@@ -50,7 +50,8 @@ pub(crate) fn markdown(registry: &Registry) -> String {
     }
     for factory in registry.outputs() {
         let Some(options) = defs.get(format!("Output_{}", factory.kind()).as_str()) else { continue };
-        let _ = writeln!(out, "#### `[[output]]` `type = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));
+        let _ =
+            writeln!(out, "#### `[[output]]` `type = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));
         table(&mut out, options, defs);
     }
     for factory in registry.factories() {

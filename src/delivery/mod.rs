@@ -43,9 +43,9 @@ use options::{Durability, OutputSpec};
 use stats::{LostReason, OutputStats};
 
 pub(crate) use control::{metrics_document, readings, reconcile, replay, views};
-pub(crate) use submit::{submit, Refused};
 #[cfg(test)]
 use submit::Admitted;
+pub(crate) use submit::{submit, Refused};
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn unix_ms() -> u64 {
@@ -133,6 +133,9 @@ pub(crate) struct Delivery {
     /// The file's `[[output]]` entries as last loaded (start, reload).
     config_entries: Mutex<Vec<crate::service::config::OutputEntry>>,
     pub store: store::SettingsStore,
+    /// The runtime the workers run on, for callers on plain threads (the
+    /// file watcher's reloads).
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// An output's desired settings.
@@ -152,8 +155,19 @@ impl Delivery {
             lanes: Mutex::new(BTreeMap::new()),
             counters: Mutex::new(BTreeMap::new()),
             config_entries: Mutex::new(Vec::new()),
+            runtime: std::sync::OnceLock::new(),
             store: store::SettingsStore::new(state_dir),
         }
+    }
+
+    /// Records the runtime workers run on (called once at start).
+    pub(crate) fn set_runtime(&self, handle: tokio::runtime::Handle) {
+        let _ = self.runtime.set(handle);
+    }
+
+    /// The runtime workers run on, once serving.
+    pub(crate) fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.get()
     }
 
     pub(crate) fn set_config_entries(&self, entries: Vec<crate::service::config::OutputEntry>) {
@@ -166,9 +180,11 @@ impl Delivery {
 
     /// Whether the file has an entry named `name` (its `name`, else `type`).
     pub(crate) fn config_entry_named(&self, name: &str) -> bool {
-        self.config_entries.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|e| {
-            e.options.get("name").or_else(|| e.options.get("type")).and_then(Value::as_str) == Some(name)
-        })
+        self.config_entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|e| e.options.get("name").or_else(|| e.options.get("type")).and_then(Value::as_str) == Some(name))
     }
 
     /// The enabled outputs (a snapshot; cheap).

@@ -92,7 +92,13 @@ impl OutputStats {
     /// Per-bucket counts (the last is +Inf), as the Prometheus encoder
     /// takes them.
     pub(crate) fn buckets(&self) -> Vec<(f64, u64)> {
-        BUCKETS.iter().copied().chain([f64::INFINITY]).zip(&self.batch_buckets).map(|(b, c)| (b, c.load(Relaxed))).collect()
+        BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&self.batch_buckets)
+            .map(|(b, c)| (b, c.load(Relaxed)))
+            .collect()
     }
 
     /// Records the latest error; the text was masked by the caller.

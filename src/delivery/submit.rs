@@ -70,7 +70,10 @@ pub(crate) fn submit(active: Arc<Vec<Active>>, payloads: &[&[u8]], events: u32) 
                 a.lane.error(format!("appending to the backlog: {e}"));
                 failure.get_or_insert(Refused {
                     output: a.lane.name.clone(),
-                    message: format!("output {:?} cannot queue events now (see its last_error); retry later", a.lane.name),
+                    message: format!(
+                        "output {:?} cannot queue events now (see its last_error); retry later",
+                        a.lane.name
+                    ),
                     retry_after_secs: 5,
                 });
                 queued.push(u64::MAX);

@@ -31,7 +31,8 @@ impl Sink for ScriptSink {
     fn send<'a>(&'a self, batch: SinkBatch<'a>) -> BoxFuture<'a, SendReport> {
         Box::pin(async move {
             let call = self.shared.calls.fetch_add(1, Relaxed);
-            let outcomes: Vec<Outcome> = batch.events.iter().map(|e: &OutEvent<'_>| (self.script)(e.json, call)).collect();
+            let outcomes: Vec<Outcome> =
+                batch.events.iter().map(|e: &OutEvent<'_>| (self.script)(e.json, call)).collect();
             let mut delivered = self.shared.delivered.lock().unwrap();
             for (e, o) in batch.events.iter().zip(&outcomes) {
                 if *o == Outcome::Delivered {
@@ -40,7 +41,8 @@ impl Sink for ScriptSink {
             }
             // A request that did not get through has no status; otherwise
             // the destination answered per event (like `_bulk`).
-            let unreachable = outcomes.iter().any(|o| matches!(o, Outcome::Retry(r) if r == "down" || r == "connection refused"));
+            let unreachable =
+                outcomes.iter().any(|o| matches!(o, Outcome::Retry(r) if r == "down" || r == "connection refused"));
             SendReport { outcomes, http_status: if unreachable { None } else { Some(200) } }
         })
     }
@@ -173,13 +175,17 @@ async fn partial_failures_are_retried_and_rejections_dead_lettered() {
 async fn an_unavailable_destination_is_waited_for_not_dead_lettered() {
     let tmp = tempfile::tempdir().unwrap();
     // Every event refused on the first 12 calls (more than max_retries).
-    let f = fixture(tmp.path(), |_, call| {
-        if call < 12 {
-            Outcome::Retry("connection refused".into())
-        } else {
-            Outcome::Delivered
-        }
-    });
+    let f =
+        fixture(
+            tmp.path(),
+            |_, call| {
+                if call < 12 {
+                    Outcome::Retry("connection refused".into())
+                } else {
+                    Outcome::Delivered
+                }
+            },
+        );
     f.apply(vec![entry(json!({"durability": "memory", "max_retries": 2}))]).await.unwrap();
     f.submit(0, 30).unwrap();
     let lane = f.settle("script", 30).await;
@@ -243,7 +249,10 @@ async fn the_spool_survives_a_restart_and_memory_queues_are_dead_lettered_at_shu
         f.delivery.shutdown(Instant::now() + Duration::from_millis(50)).await;
         let mem = f.delivery.lane_named("mem").unwrap();
         assert_eq!(mem.stats.dead_lettered.load(Relaxed), 25);
-        assert_eq!(mem.deadletter.list(0, 1).unwrap().1[0]["error"], "shutdown: not delivered before the flush deadline");
+        assert_eq!(
+            mem.deadletter.list(0, 1).unwrap().1[0]["error"],
+            "shutdown: not delivered before the flush deadline"
+        );
     }
     let f = fixture(tmp.path(), |_, _| Outcome::Delivered);
     f.apply(both).await.unwrap();

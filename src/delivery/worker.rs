@@ -101,7 +101,9 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
                     // fails on every read): skip it, counted, rather than
                     // block every event behind it. Its event count is
                     // unreadable, so the loss is counted per entry.
-                    worker.lane.error(format!("skipping backlog entry {next}: unreadable after {READ_ATTEMPTS} attempts"));
+                    worker
+                        .lane
+                        .error(format!("skipping backlog entry {next}: unreadable after {READ_ATTEMPTS} attempts"));
                     let lane = worker.lane.clone();
                     if let Ok(Ok(())) = tokio::task::spawn_blocking(move || lane.backlog.ack_through(next)).await {
                         worker.lane.stats.lose(LostReason::SpoolCorrupt, 1);

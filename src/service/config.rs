@@ -81,7 +81,10 @@ impl ServiceConfig {
             OutputSection::Entries(tables) => output_entries(tables, text, path)?,
             OutputSection::Profiles(_) => {
                 return Err(ConfigError {
-                    location: Location { path: path.to_path_buf(), line: header_lines(text, "[output]").first().copied() },
+                    location: Location {
+                        path: path.to_path_buf(),
+                        line: header_lines(text, "[output]").first().copied(),
+                    },
                     message: "`[output]` (profile settings) is now `[profiles]` (`profile` → `default`, \
                               `profile_files` → `files`); `[[output]]` entries are delivery destinations"
                         .into(),
