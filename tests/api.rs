@@ -404,7 +404,7 @@ fn output_settings_are_stored_without_echoing_secrets() {
         "/v1/outputs/elastic",
         &json!({"url": "https://es.example:9200", "username": "elastic", "password": "hunter2-secret", "index": "sec"}),
     );
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 201, "{}", r.text);
     assert!(!r.text.contains("hunter2"), "{}", r.text);
     let v = r.json();
     assert_eq!(v["status"], "configured");
@@ -415,26 +415,27 @@ fn output_settings_are_stored_without_echoing_secrets() {
         "/v1/outputs/splunk",
         &json!({"hec_url": "https://splunk.example:8088/services/collector", "token": "tok-SECRET-123"}),
     );
-    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.status, 201, "{}", r.text);
     assert!(!r.text.contains("SECRET"));
     assert_eq!(r.json()["status"], "configured");
 
     let shown = s.get_auth("/v1/outputs");
     assert!(!shown.text.contains("hunter2") && !shown.text.contains("SECRET"), "{}", shown.text);
-    assert_eq!(shown.json()["splunk"]["token_set"], true);
+    let splunk = shown.json()["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "splunk").cloned().unwrap();
+    assert_eq!(splunk["settings"]["token_set"], true);
 
     assert_client_error(
         &s.post("/v1/outputs/splunk", &json!({"hec_url": "ftp://x", "token": "t"})),
-        400,
+        422,
         "invalid_settings",
     );
     assert_client_error(
         &s.post("/v1/outputs/splunk", &json!({"hec_url": "https://x.example"})),
-        400,
+        422,
         "invalid_settings",
     );
-    assert_client_error(&s.post("/v1/outputs/elastic", &json!({"username": "u"})), 400, "invalid_settings");
-    assert_client_error(&s.post_raw("/v1/outputs/elastic", b"[", &[]), 400, "invalid_settings");
+    assert_client_error(&s.post("/v1/outputs/elastic", &json!({"username": "u"})), 422, "invalid_settings");
+    assert_client_error(&s.post_raw("/v1/outputs/elastic", b"[", &[]), 400, "invalid_json");
 }
 
 #[test]

@@ -121,7 +121,8 @@ impl Fixture {
         loop {
             let s = &lane.stats;
             let done = s.sent.load(Relaxed) + s.dead_lettered.load(Relaxed);
-            if done >= expected || Instant::now() > deadline {
+            // Settled and acknowledged.
+            if (done >= expected && lane.backlog.stats().events == 0) || Instant::now() > deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -13,8 +13,8 @@ use crate::outputs::HttpOptions;
 #[serde(deny_unknown_fields, default)]
 pub struct ElasticOptions {
     /// The cluster's URL, e.g. `https://es.example:9200` (a path prefix is
-    /// kept: `https://proxy/es` posts to `https://proxy/es/_bulk`). Set
-    /// this or `urls`.
+    /// kept: `https://proxy/es` posts to `https://proxy/es/_bulk`). This,
+    /// `urls`, or both (this is then the first node).
     pub url: Option<String>,
     /// Several nodes of the cluster: batches go to them in turn, and a
     /// batch whose node cannot be connected to is sent to the next one in
@@ -86,10 +86,10 @@ impl ElasticOptions {
     /// Every problem the types do not catch.
     pub(crate) fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
-        match (&self.url, self.urls.is_empty()) {
-            (None, true) => errors.push(FieldError::new("url", "is required (or urls)")),
-            (Some(_), false) => errors.push(FieldError::new("urls", "set url or urls, not both")),
-            _ => {}
+        // Both may be given (the reference API's clients send `url` and
+        // sometimes `urls`): `url` is then the first node.
+        if self.url.is_none() && self.urls.is_empty() {
+            errors.push(FieldError::new("url", "is required (or urls)"));
         }
         if let Some(url) = &self.url {
             errors.extend(check_http_url("url", url).err());
