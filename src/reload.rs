@@ -89,7 +89,7 @@ fn reload_config(state: &AppState) -> Option<Value> {
         // Called on the watcher's thread or a blocking one: never inside
         // the async context, so blocking on the runtime is allowed.
         let applied = match state.delivery.runtime() {
-            Some(rt) => rt.block_on(crate::delivery::reconcile(state)),
+            Some(rt) => rt.block_on(crate::service::reconcile_outputs(state)),
             None => Err("outputs are not running yet".to_string()),
         };
         if let Err(e) = applied {

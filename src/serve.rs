@@ -59,7 +59,7 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     // somewhere to go.
     state.delivery.set_runtime(tokio::runtime::Handle::current());
     state.delivery.set_config_entries(state.config.outputs.clone());
-    crate::delivery::reconcile(&state)
+    crate::service::reconcile_outputs(&state)
         .await
         .map_err(|e| anyhow::anyhow!("{}: outputs: {e}", state.config.path().display()))?;
     let listen = state.config.server.listen.clone();

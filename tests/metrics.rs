@@ -145,7 +145,7 @@ fn acceptance_traffic_shows_in_json_and_prometheus() {
     assert_eq!(risk["events"], 2000);
     assert_eq!(risk["state"], "loaded");
     assert!(m["enrichers"][0]["details"].is_object(), "per-stage details kept");
-    assert_eq!(m["outputs"]["elastic"]["configured"], false);
+    assert_eq!(m["outputs"], json!([]), "no output configured");
 
     // Prometheus: parses, names present, counters agree with the JSON.
     let r = s.get("/metrics");
@@ -167,9 +167,6 @@ fn acceptance_traffic_shows_in_json_and_prometheus() {
         "telemetry_enricher_latency_ns_per_event{enricher=\"risk\"}",
         "telemetry_enricher_errors_total{enricher=\"risk\"}",
         "telemetry_enricher_reloads_total{enricher=\"ti\"}",
-        "telemetry_output_sent_total{output=\"elastic\"}",
-        "telemetry_output_failed_total{output=\"splunk\"}",
-        "telemetry_output_backlog{output=\"elastic\"}",
     ] {
         sample(&samples, name);
     }

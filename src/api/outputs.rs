@@ -95,7 +95,7 @@ pub(super) async fn set(
     let store = &state.delivery.store;
     let previous = store.load().0.into_iter().find(|(n, _)| *n == name).map(|(_, m)| m);
     store.save(&name, &entry).map_err(|e| storage_error(&e))?;
-    if let Err(e) = crate::delivery::reconcile(&state).await {
+    if let Err(e) = crate::service::reconcile_outputs(&state).await {
         // Keep-last-good: put the previous settings back.
         let _ = match &previous {
             Some(p) => store.save(&name, p),
@@ -132,7 +132,7 @@ pub(super) async fn remove(
             ApiError::new(StatusCode::NOT_FOUND, "unknown_output", format!("no output named {name:?}"))
         });
     }
-    crate::delivery::reconcile(&state)
+    crate::service::reconcile_outputs(&state)
         .await
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e))?;
     Ok(Json(json!({ "name": name, "removed": true, "now_from": if in_config { "config" } else { "nothing" } })))

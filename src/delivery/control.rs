@@ -1,5 +1,4 @@
-//! What the API and hot reload do to outputs: recompute the desired set
-//! and apply it, show outputs, replay a dead-letter.
+//! What the API shows of outputs, and replaying a dead-letter.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -9,22 +8,6 @@ use serde_json::{json, Value};
 
 use super::{Delivery, Lane, Summary};
 use crate::metrics::prometheus::OutputReading;
-use crate::service::AppState;
-
-/// Applies the file's `[[output]]` entries (as last loaded), the API's
-/// stored settings and the environment's switches. `Err` names what is
-/// wrong; the running outputs are then unchanged.
-pub(crate) async fn reconcile(state: &AppState) -> Result<(), String> {
-    let registry = state.engine.registry();
-    let entries = state.delivery.config_entries();
-    let (stored, mut problems) = state.delivery.store.load();
-    let (desired, more) = super::desired(registry, &entries, &stored, &|name| std::env::var(name).ok());
-    problems.extend(more);
-    if !problems.is_empty() {
-        return Err(problems.join("; "));
-    }
-    state.delivery.apply(registry, desired, &state.profiles).await.map_err(|e| format!("{e:#}"))
-}
 
 /// Every configured output as the API shows it.
 pub(crate) fn views(delivery: &Delivery, registry: &Registry) -> Vec<Value> {

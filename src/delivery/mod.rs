@@ -42,7 +42,7 @@ use deadletter::DeadLetter;
 use options::{Durability, OutputSpec};
 use stats::{LostReason, OutputStats};
 
-pub(crate) use control::{metrics_document, readings, reconcile, replay, views};
+pub(crate) use control::{metrics_document, readings, replay, views};
 #[cfg(test)]
 use submit::Admitted;
 pub(crate) use submit::{submit, Refused};
@@ -131,7 +131,7 @@ pub(crate) struct Delivery {
     /// Counters by name, kept across durability changes.
     counters: Mutex<BTreeMap<String, Arc<OutputStats>>>,
     /// The file's `[[output]]` entries as last loaded (start, reload).
-    config_entries: Mutex<Vec<crate::service::config::OutputEntry>>,
+    config_entries: Mutex<Vec<options::OutputEntry>>,
     pub store: store::SettingsStore,
     /// The runtime the workers run on, for callers on plain threads (the
     /// file watcher's reloads).
@@ -170,11 +170,11 @@ impl Delivery {
         self.runtime.get()
     }
 
-    pub(crate) fn set_config_entries(&self, entries: Vec<crate::service::config::OutputEntry>) {
+    pub(crate) fn set_config_entries(&self, entries: Vec<options::OutputEntry>) {
         *self.config_entries.lock().unwrap_or_else(|e| e.into_inner()) = entries;
     }
 
-    pub(crate) fn config_entries(&self) -> Vec<crate::service::config::OutputEntry> {
+    pub(crate) fn config_entries(&self) -> Vec<options::OutputEntry> {
         self.config_entries.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -433,7 +433,7 @@ fn dead_letter_rest(lane: &Lane, reason: &str) {
 /// win over both). Every problem is returned, with where it comes from.
 pub(crate) fn desired(
     registry: &Registry,
-    config: &[crate::service::config::OutputEntry],
+    config: &[options::OutputEntry],
     stored: &[(String, Map<String, Value>)],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> (Vec<Desired>, Vec<String>) {

@@ -123,6 +123,14 @@ pub(crate) const RUNTIME_KEYS: [&str; 16] = [
     "description",
 ];
 
+/// One `[[output]]` entry: its options as JSON (the API's model) and the
+/// line of its header, for messages.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OutputEntry {
+    pub options: serde_json::Map<String, serde_json::Value>,
+    pub line: Option<usize>,
+}
+
 /// A checked output entry.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct OutputSpec {

@@ -26,7 +26,7 @@ pub(crate) struct ServiceConfig {
     pub profiles: enrichd_engine::profile::ProfilesConfig,
     /// `[[output]]`: where enriched events are delivered, each entry as the
     /// JSON object the API takes (checked by the delivery runtime).
-    pub outputs: Vec<OutputEntry>,
+    pub outputs: Vec<crate::delivery::options::OutputEntry>,
     /// The `[[chain]]` entries, the file's path and its directory.
     pub engine: enrichd_engine::Config,
 }
@@ -319,14 +319,6 @@ fn strip_meta(mut schema: serde_json::Value) -> serde_json::Value {
     schema
 }
 
-/// One `[[output]]` entry: its options as JSON (the API's model) and the
-/// line of its header, for messages.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct OutputEntry {
-    pub options: serde_json::Map<String, serde_json::Value>,
-    pub line: Option<usize>,
-}
-
 /// `output` in the file: `[[output]]` entries, or the old `[output]` table
 /// (profiles), refused with a migration hint.
 #[derive(Default, Deserialize)]
@@ -339,7 +331,11 @@ enum OutputSection {
     Profiles(#[allow(dead_code)] toml::Table),
 }
 
-fn output_entries(tables: Vec<toml::Table>, text: &str, path: &Path) -> Result<Vec<OutputEntry>, ConfigError> {
+fn output_entries(
+    tables: Vec<toml::Table>,
+    text: &str,
+    path: &Path,
+) -> Result<Vec<crate::delivery::options::OutputEntry>, ConfigError> {
     let lines = header_lines(text, "[[output]]");
     tables
         .into_iter()
@@ -347,7 +343,7 @@ fn output_entries(tables: Vec<toml::Table>, text: &str, path: &Path) -> Result<V
         .map(|(i, table)| {
             let line = lines.get(i).copied();
             match serde_json::to_value(table) {
-                Ok(serde_json::Value::Object(options)) => Ok(OutputEntry { options, line }),
+                Ok(serde_json::Value::Object(options)) => Ok(crate::delivery::options::OutputEntry { options, line }),
                 _ => Err(ConfigError {
                     location: Location { path: path.to_path_buf(), line },
                     message: "`[[output]]` entry is not representable as JSON (use strings, numbers, booleans, arrays)"

@@ -93,3 +93,18 @@ impl AppState {
         }
     }
 }
+
+/// Applies the file's `[[output]]` entries (as last loaded), the API's
+/// stored settings and the environment's switches to the running outputs.
+/// `Err` names what is wrong; the running outputs are then unchanged.
+pub(crate) async fn reconcile_outputs(state: &AppState) -> Result<(), String> {
+    let registry = state.engine.registry();
+    let entries = state.delivery.config_entries();
+    let (stored, mut problems) = state.delivery.store.load();
+    let (desired, more) = crate::delivery::desired(registry, &entries, &stored, &|name| std::env::var(name).ok());
+    problems.extend(more);
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    state.delivery.apply(registry, desired, &state.profiles).await.map_err(|e| format!("{e:#}"))
+}

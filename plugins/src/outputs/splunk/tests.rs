@@ -27,7 +27,7 @@ fn check_lists_every_error() {
     assert_eq!(error_fields(&SplunkOutput, json!({})), ["hec_url", "token"]);
     assert_eq!(
         error_fields(&SplunkOutput, json!({ "indexer_ack": "yes", "gzip": 1, "tokn": "x" })),
-        ["gzip", "indexer_ack", "tokn"]
+        ["gzip", "indexer_ack", "tokn", "hec_url", "token"]
     );
     let fields = error_fields(
         &SplunkOutput,
