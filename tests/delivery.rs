@@ -203,6 +203,7 @@ max_records = 10000
 type = "elastic"
 url = "{es}"
 id_mode = "hash"
+gzip = false
 batch_max = 1000
 flush_interval_ms = 50
 backoff_initial_ms = 20
@@ -213,8 +214,9 @@ type = "splunk"
 hec_url = "{hec}"
 token = "{HEC_TOKEN}"
 indexer_ack = true
-ack_timeout_ms = 1500
+ack_timeout_ms = 5000
 ack_poll_ms = 20
+gzip = false
 batch_max = 1000
 flush_interval_ms = 50
 backoff_initial_ms = 20
@@ -226,7 +228,7 @@ backoff_max_ms = 1000
     );
     let s = Server::start_with(&config, &[]);
     const BATCH: usize = 1000;
-    const POISON_EVERY: usize = 250;
+    const POISON_EVERY: usize = 1000;
     let mut accepted = 0;
     for b in 0..100 {
         if b == 30 {
@@ -245,12 +247,14 @@ backoff_max_ms = 1000
         accepted += BATCH as u64;
     }
     let poisoned = (accepted as usize / POISON_EVERY) as u64;
+    let t0 = Instant::now();
     for name in ["elastic", "splunk"] {
         wait_for(&format!("{name} to drain"), Duration::from_secs(180), || {
             let o = output(&s, name);
             o["backlog"]["events"] == 0 && counter(&o, "sent") + counter(&o, "dead_lettered") >= accepted
         });
         let o = output(&s, name);
+        eprintln!("{name} drained {:?} after the last batch", t0.elapsed());
         assert_eq!(counter(&o, "queued"), accepted, "{o}");
         assert_eq!(counter(&o, "sent") + counter(&o, "dead_lettered"), accepted, "{o}");
         assert_eq!(counter(&o, "dead_lettered"), poisoned, "only the poisoned events: {o}");
@@ -386,7 +390,7 @@ fn ack_mode_answers_after_delivery() {
     let bulk = BulkReceiver::start(BulkConfig::default());
     let config = format!(
         "[auth]\napi_keys = [\"{KEY}\"]\n[[output]]\ntype = \"elastic\"\nurl = \"{}\"\ndurability = \"ack\"\n\
-         flush_interval_ms = 1\nack_timeout_ms = 1500\nbackoff_max_ms = 200\n{}",
+         flush_interval_ms = 1\nack_mode_timeout_ms = 1500\nbackoff_max_ms = 200\n{}",
         bulk.url(),
         common::test_chain()
     );

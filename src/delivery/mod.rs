@@ -99,6 +99,10 @@ pub(crate) struct Active {
     pub ack_timeout: Duration,
 }
 
+/// An output about to run: its settings, its sink (`None`: disabled), its
+/// lane and its layout.
+type Fresh = (Desired, Option<Arc<dyn Sink>>, Arc<Lane>, Option<Arc<Profile>>);
+
 /// A configured output, as readers see it.
 pub(crate) struct Summary {
     pub spec: OutputSpec,
@@ -205,7 +209,7 @@ impl Delivery {
     ) -> anyhow::Result<()> {
         let mut running = self.running.lock().await;
         // Build what is new or changed first.
-        let mut fresh: Vec<(Desired, Option<Arc<dyn Sink>>, Arc<Lane>, Option<Arc<Profile>>)> = Vec::new();
+        let mut fresh: Vec<Fresh> = Vec::new();
         for d in desired {
             let name = d.spec.runtime.name.clone();
             let profile = match &d.spec.runtime.profile {
@@ -258,7 +262,7 @@ impl Delivery {
                 active.push(Active {
                     lane: r.lane.clone(),
                     profile,
-                    ack_timeout: Duration::from_millis(r.spec.runtime.ack_timeout_ms),
+                    ack_timeout: Duration::from_millis(r.spec.runtime.ack_mode_timeout_ms),
                 });
             }
             running.push(r);

@@ -16,6 +16,9 @@ use serde_json::{Map, Value};
 
 use super::options::valid_name;
 
+/// Stored settings by output name.
+pub(crate) type Stored = Vec<(String, Map<String, Value>)>;
+
 pub(crate) struct SettingsStore {
     dir: PathBuf,
 }
@@ -27,7 +30,7 @@ impl SettingsStore {
 
     /// Every stored entry by name. An unreadable file is reported and
     /// skipped (the others still apply).
-    pub(crate) fn load(&self) -> (Vec<(String, Map<String, Value>)>, Vec<String>) {
+    pub(crate) fn load(&self) -> (Stored, Vec<String>) {
         let mut entries = Vec::new();
         let mut problems = Vec::new();
         let Ok(dir) = std::fs::read_dir(&self.dir) else { return (entries, problems) };

@@ -32,8 +32,7 @@ pub(crate) struct Refused {
 /// of `active`. Blocking (spool appends fsync): call on a blocking thread.
 pub(crate) fn submit(active: Arc<Vec<Active>>, payloads: &[&[u8]], events: u32) -> Result<Admitted, Refused> {
     debug_assert_eq!(active.len(), payloads.len());
-    let mut reserved = 0;
-    for (a, payload) in active.iter().zip(payloads) {
+    for (reserved, (a, payload)) in active.iter().zip(payloads).enumerate() {
         if !a.lane.bounds.reserve(&*a.lane.backlog, payload.len() as u64, u64::from(events)) {
             for (b, p) in active.iter().zip(payloads).take(reserved) {
                 b.lane.bounds.release(p.len() as u64, u64::from(events));
@@ -50,7 +49,6 @@ pub(crate) fn submit(active: Arc<Vec<Active>>, payloads: &[&[u8]], events: u32) 
                 retry_after_secs: 5,
             });
         }
-        reserved += 1;
     }
     let now = unix_ms();
     let mut queued = Vec::with_capacity(active.len());

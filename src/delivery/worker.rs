@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use enrichd_engine::output::{OutEvent, Outcome, Sink, SinkBatch};
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::watch;
 
 use super::deadletter::DeadRecord;
@@ -48,87 +49,117 @@ const READ_ATTEMPTS: u32 = 5;
 const READ_MAX_BYTES: u64 = 64 << 20;
 
 /// Runs until stopped (see [`StopSignal`]).
+///
+/// Up to `max_in_flight` rounds are sent at once (a destination that is
+/// slow to answer — Splunk's indexer acknowledgement takes a second or
+/// more — is not waited on one request at a time); they complete in any
+/// order and are acknowledged in order, so the backlog's position only
+/// moves past rounds that are wholly settled.
 pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOptions, mut stop: StopSignal) {
-    let mut worker = Worker { lane, sink, options, rng: seed() };
+    let worker = Worker { lane, sink, options };
+    let worker = &worker;
+    let max_in_flight = worker.options.max_in_flight.max(1);
+    let batch_max = worker.options.batch_max as u64;
     let mut next = worker.lane.backlog.first_unacked();
     let mut read_failures = 0;
+    let mut inflight = FuturesOrdered::new();
+    let mut inflight_events = 0u64;
     loop {
         let stopping = *stop.borrow_and_update();
+        let past_deadline = stopping.is_some_and(|d| Instant::now() >= d);
         let pending = worker.lane.backlog.stats();
-        if pending.events == 0 {
-            if stopping.is_some() {
-                return;
-            }
-            tokio::select! {
-                _ = worker.lane.wake.notified() => {}
-                _ = stop.changed() => {}
+        let unread = pending.events.saturating_sub(inflight_events);
+        // A full batch goes at once; a partial one when nothing is in
+        // flight and its oldest event has waited the flush interval (or
+        // we are stopping).
+        let flush_due = pending.oldest_accepted_unix_ms.unwrap_or(0) + worker.options.flush_interval_ms;
+        let now_ms = super::unix_ms();
+        let ready =
+            unread >= batch_max || (inflight.is_empty() && unread > 0 && (stopping.is_some() || now_ms >= flush_due));
+        if ready && !past_deadline && inflight.len() < max_in_flight {
+            match read(&worker.lane, next, worker.options.batch_max).await {
+                Ok(entries) if !entries.is_empty() => {
+                    read_failures = 0;
+                    let last = entries.last().expect("not empty").seq;
+                    let events: u64 = entries.iter().map(|e| u64::from(e.events)).sum();
+                    next = last + 1;
+                    inflight_events += events;
+                    let mut round_stop = stop.clone();
+                    inflight.push_back(async move {
+                        let settled = worker.round(&entries, &mut round_stop).await;
+                        (settled, last, events)
+                    });
+                }
+                Ok(_) => {
+                    // Counted as pending but nothing to read from `next`:
+                    // resynchronise once nothing is in flight.
+                    if inflight.is_empty() {
+                        next = worker.lane.backlog.first_unacked();
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    read_failures += 1;
+                    worker.skip_unreadable(&e, &mut next, &mut read_failures, inflight.is_empty()).await;
+                }
             }
             continue;
         }
-        if let Some(deadline) = stopping {
-            if Instant::now() >= deadline {
+        if inflight.is_empty() {
+            if stopping.is_some() && (unread == 0 || past_deadline) {
                 return;
             }
-        } else if pending.events < worker.options.batch_max as u64 {
-            // Let the batch fill, but no event waits longer than the flush
-            // interval.
-            let oldest = pending.oldest_accepted_unix_ms.unwrap_or(0);
-            let due = oldest + worker.options.flush_interval_ms;
-            let now = super::unix_ms();
-            if now < due {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(due - now)) => {}
-                    _ = worker.lane.wake.notified() => {}
-                    _ = stop.changed() => {}
+            let wait = if unread > 0 { flush_due.saturating_sub(now_ms).max(1) } else { 60_000 };
+            tokio::select! {
+                _ = worker.lane.wake.notified() => {}
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            }
+            continue;
+        }
+        tokio::select! {
+            done = inflight.next() => {
+                let Some((settled, last, events)) = done else { continue };
+                if !settled {
+                    // Stopped mid-round: it and what follows stay unacknowledged.
+                    return;
                 }
-                continue;
-            }
-        }
-        let entries = match read(&worker.lane, next, worker.options.batch_max).await {
-            Ok(entries) if !entries.is_empty() => entries,
-            Ok(_) => {
-                // Counted as pending but nothing to read from `next`: the
-                // position is behind an acknowledgement; resynchronise.
-                next = worker.lane.backlog.first_unacked();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            Err(e) => {
-                worker.lane.error(format!("reading the backlog: {e:#}"));
-                read_failures += 1;
-                if read_failures >= READ_ATTEMPTS {
-                    // An entry damaged on disk after start (its checksum
-                    // fails on every read): skip it, counted, rather than
-                    // block every event behind it. Its event count is
-                    // unreadable, so the loss is counted per entry.
-                    worker
-                        .lane
-                        .error(format!("skipping backlog entry {next}: unreadable after {READ_ATTEMPTS} attempts"));
-                    let lane = worker.lane.clone();
-                    if let Ok(Ok(())) = tokio::task::spawn_blocking(move || lane.backlog.ack_through(next)).await {
-                        worker.lane.stats.lose(LostReason::SpoolCorrupt, 1);
-                        next += 1;
-                        worker.lane.acked.send_replace(next);
-                    }
-                    read_failures = 0;
+                inflight_events -= events;
+                let lane = worker.lane.clone();
+                match tokio::task::spawn_blocking(move || lane.backlog.ack_through(last)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => worker.lane.error(format!("acknowledging the backlog: {e:#}")),
+                    Err(e) => worker.lane.error(format!("acknowledging the backlog: {e}")),
                 }
-                tokio::time::sleep(Duration::from_millis(worker.options.backoff_max_ms.min(1000))).await;
-                continue;
+                worker.lane.acked.send_replace(last + 1);
             }
-        };
-        read_failures = 0;
-        let last = entries.last().expect("not empty").seq;
-        if !worker.round(&entries, &mut stop).await {
-            return;
+            _ = worker.lane.wake.notified(), if inflight.len() < max_in_flight => {}
+            _ = stop.changed() => {}
         }
-        let lane = worker.lane.clone();
-        match tokio::task::spawn_blocking(move || lane.backlog.ack_through(last)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => worker.lane.error(format!("acknowledging the backlog: {e:#}")),
-            Err(e) => worker.lane.error(format!("acknowledging the backlog: {e}")),
+    }
+}
+
+impl Worker {
+    /// A read failed. After [`READ_ATTEMPTS`] in a row, the entry at
+    /// `next` is taken to be damaged on disk after start (its checksum
+    /// fails on every read): it is skipped and counted, rather than block
+    /// every event behind it. Its event count is unreadable, so the loss
+    /// is counted per entry. Only with nothing in flight (acknowledging is
+    /// in order).
+    async fn skip_unreadable(&self, e: &anyhow::Error, next: &mut u64, failures: &mut u32, idle: bool) {
+        self.lane.error(format!("reading the backlog: {e:#}"));
+        if *failures >= READ_ATTEMPTS && idle {
+            let at = *next;
+            self.lane.error(format!("skipping backlog entry {at}: unreadable after {READ_ATTEMPTS} attempts"));
+            let lane = self.lane.clone();
+            if let Ok(Ok(())) = tokio::task::spawn_blocking(move || lane.backlog.ack_through(at)).await {
+                self.lane.stats.lose(LostReason::SpoolCorrupt, 1);
+                *next = at + 1;
+                self.lane.acked.send_replace(*next);
+            }
+            *failures = 0;
         }
-        next = last + 1;
-        worker.lane.acked.send_replace(next);
+        tokio::time::sleep(Duration::from_millis(self.options.backoff_max_ms.min(1000))).await;
     }
 }
 
@@ -153,7 +184,6 @@ struct Worker {
     lane: Arc<Lane>,
     sink: Arc<dyn Sink>,
     options: RuntimeOptions,
-    rng: u64,
 }
 
 /// One event of a round: where its bytes are, and how it fared.
@@ -168,7 +198,8 @@ struct Slot {
 impl Worker {
     /// Delivers or dead-letters every event of `entries`. `false`: stopped
     /// before that (the round stays unacknowledged).
-    async fn round(&mut self, entries: &[Entry], stop: &mut StopSignal) -> bool {
+    async fn round(&self, entries: &[Entry], stop: &mut StopSignal) -> bool {
+        let mut rng = seed() ^ entries[0].seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut slots = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
             let mut start = 0;
@@ -190,7 +221,7 @@ impl Worker {
         let mut begin = 0;
         while begin < slots.len() {
             let end = (begin + batch_max).min(slots.len());
-            if !self.chunk(entries, &mut slots[begin..end], stop).await {
+            if !self.chunk(entries, &mut slots[begin..end], stop, &mut rng).await {
                 return false;
             }
             begin = end;
@@ -198,7 +229,7 @@ impl Worker {
         true
     }
 
-    async fn chunk(&mut self, entries: &[Entry], slots: &mut [Slot], stop: &mut StopSignal) -> bool {
+    async fn chunk(&self, entries: &[Entry], slots: &mut [Slot], stop: &mut StopSignal, rng: &mut u64) -> bool {
         let stats = self.lane.stats.clone();
         let mut pending: Vec<usize> = (0..slots.len()).collect();
         let mut failures = 0u32;
@@ -224,7 +255,7 @@ impl Worker {
             // for it on its own (a 2xx with per-event results) or took
             // others in the same attempt: then the refusal is about it, not
             // about the destination being unavailable.
-            let delivered_any = report.outcomes.iter().any(|o| *o == Outcome::Delivered);
+            let delivered_any = report.outcomes.contains(&Outcome::Delivered);
             let answered_per_event = delivered_any || report.http_status.is_some_and(|s| (200..300).contains(&s));
             let rejected_any = report.outcomes.iter().any(|o| matches!(o, Outcome::Reject(_)));
             let mut still = Vec::new();
@@ -259,7 +290,7 @@ impl Worker {
             if let Some(e) = last_error {
                 self.lane.error(e);
             }
-            if !dead.is_empty() && !self.dead_letter(entries, slots, &dead, stop).await {
+            if !dead.is_empty() && !self.dead_letter(entries, slots, &dead, stop, rng).await {
                 return false;
             }
             if still.is_empty() {
@@ -272,7 +303,7 @@ impl Worker {
                 continue;
             }
             failures += 1;
-            if !self.backoff(failures, stop).await {
+            if !self.backoff(failures, stop, rng).await {
                 return false;
             }
         }
@@ -281,11 +312,12 @@ impl Worker {
     /// Writes `dead` to the dead-letter, retrying a failing disk until
     /// stopped: an event leaves the round only once it is kept somewhere.
     async fn dead_letter(
-        &mut self,
+        &self,
         entries: &[Entry],
         slots: &[Slot],
         dead: &[(usize, String)],
         stop: &mut StopSignal,
+        rng: &mut u64,
     ) -> bool {
         let now = super::unix_ms();
         let owned: Vec<(Vec<u8>, String, u32)> = dead
@@ -318,19 +350,19 @@ impl Worker {
                 Err(e) => self.lane.error(format!("writing the dead-letter: {e}")),
             }
             failures += 1;
-            if !self.backoff(failures, stop).await {
+            if !self.backoff(failures, stop, rng).await {
                 return false;
             }
         }
     }
 
     /// Waits before the next attempt. `false`: stop and deadline passed.
-    async fn backoff(&mut self, failures: u32, stop: &mut StopSignal) -> bool {
+    async fn backoff(&self, failures: u32, stop: &mut StopSignal, rng: &mut u64) -> bool {
         let o = &self.options;
         let cap = o.backoff_initial_ms.saturating_mul(1u64 << failures.saturating_sub(1).min(20)).min(o.backoff_max_ms);
         // Equal jitter: at least half the step, so retries stay spaced,
         // and spread so many instances do not retry in step.
-        let wait = cap / 2 + next_random(&mut self.rng) % (cap / 2 + 1);
+        let wait = cap / 2 + next_random(rng) % (cap / 2 + 1);
         let deadline = Instant::now() + Duration::from_millis(wait);
         loop {
             let stopping = *stop.borrow_and_update();

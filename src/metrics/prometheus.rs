@@ -54,6 +54,9 @@ pub(crate) struct OutputReading {
     pub batch_buckets: Vec<(f64, u64)>,
 }
 
+/// A per-output family: name, help, and how to read it.
+type Column<T> = (&'static str, &'static str, fn(&OutputReading) -> T);
+
 #[derive(Debug)]
 enum Sample {
     Counter(u64),
@@ -239,7 +242,7 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
     let per_output = |f: &dyn Fn(&OutputReading) -> Sample| -> Vec<(Labels, Sample)> {
         ctx.outputs.iter().map(|o| (vec![("output", o.name.clone())], f(o))).collect()
     };
-    let counters: [(&'static str, &'static str, fn(&OutputReading) -> u64); 6] = [
+    let counters: [Column<u64>; 6] = [
         ("telemetry_output_queued", "Events accepted for each output (appended to its spool or queue).", |o| o.queued),
         ("telemetry_output_sent", "Events each output delivered.", |o| o.sent),
         ("telemetry_output_failed", "Event attempts that did not deliver (retried or dead-lettered).", |o| o.failed),
@@ -265,7 +268,7 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
             })
             .collect(),
     );
-    let gauges: [(&'static str, &'static str, fn(&OutputReading) -> f64); 6] = [
+    let gauges: [Column<f64>; 6] = [
         ("telemetry_output_backlog", "Events waiting in each output's spool or queue.", |o| o.backlog_events as f64),
         ("telemetry_output_backlog_bytes", "Bytes waiting in each output's spool or queue.", |o| {
             o.backlog_bytes as f64
