@@ -39,7 +39,7 @@ impl LogEntry {
     }
 }
 
-fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
+pub(crate) fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env) {
         return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }

@@ -1,0 +1,278 @@
+//! Delivery benchmark: events/s from `POST /v1/ingest` through the chain
+//! into a local `_bulk` receiver, with `memory` and `spool` durability,
+//! next to the same run's ingest-only figure (no output).
+//!
+//! Spawns the release `enrichd` (build it first: `cargo build --release`)
+//! once per mode, with the chain of `scripts/bench` (full-size GeoLite2
+//! 2018 City/ASN on both addresses when `../shared/testdata` has them, the
+//! sample indicators, the WASM risk rule). C client threads post batches
+//! of 1,000 Zeek conn records for D seconds; then the run waits until the
+//! output has delivered everything. Reported per mode: ingest events/s
+//! while loading, end-to-end events/s (accepted events over load + drain
+//! time, i.e. what reached the receiver per second), client p99, server
+//! RSS; the spool's write cost per event is the difference of the
+//! per-event times of the spool and memory runs. Ingest-only runs first
+//! and last, to bracket the machine's drift.
+//!
+//! The receiver is deliberately cheap (it counts action/source line pairs
+//! and answers every item 201): it measures enrichd, not a fake cluster.
+//!
+//! `cargo run --release --example delivery_bench -- [SECONDS] [CLIENTS]`
+//! (defaults: 10 s, 4 clients).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const KEY: &str = "bench-key";
+const BATCH: usize = 1000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seconds: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let clients: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4);
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin = repo.join("target/release/enrichd");
+    assert!(bin.exists(), "build the release binary first: cargo build --release");
+    let receiver = Receiver::start();
+    let body = batch_body();
+    println!("{clients} clients, {seconds} s per mode, batches of {BATCH} records, receiver at {}", receiver.url);
+    let mut results = Vec::new();
+    for mode in ["none", "memory", "spool", "none"] {
+        let r = run(&bin, &repo, mode, &receiver, &body, seconds, clients);
+        println!(
+            "{mode:>7}: ingest {:>9.0} ev/s, end-to-end {:>9.0} ev/s ({:.0} ns/ev), client p99 {:.1} ms, RSS {} MiB, delivered {}",
+            r.ingest_eps,
+            r.end_to_end_eps,
+            1e9 / r.end_to_end_eps,
+            r.p99_ms,
+            r.rss_kib >> 10,
+            r.delivered
+        );
+        results.push((mode, r));
+    }
+    let base = (results[0].1.end_to_end_eps + results[3].1.end_to_end_eps) / 2.0;
+    let memory = results[1].1.end_to_end_eps;
+    let spool = results[2].1.end_to_end_eps;
+    println!(
+        "ingest-only (mean of first and last) {base:.0} ev/s; memory {:.0} % of it; spool {:.0} % of it; \
+         spool write cost {:.0} ns/event over memory",
+        100.0 * memory / base,
+        100.0 * spool / base,
+        1e9 / spool - 1e9 / memory
+    );
+}
+
+struct Outcome {
+    ingest_eps: f64,
+    end_to_end_eps: f64,
+    p99_ms: f64,
+    rss_kib: u64,
+    delivered: u64,
+}
+
+fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], seconds: u64, clients: usize) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let output = match mode {
+        "none" => String::new(),
+        durability => format!(
+            "[[output]]\ntype = \"elastic\"\nurl = \"{}\"\ndurability = \"{durability}\"\nbatch_max = 1000\n\
+             flush_interval_ms = 100\ngzip = false\n",
+            receiver.url
+        ),
+    };
+    std::fs::write(
+        &config,
+        format!("[auth]\napi_keys = [\"{KEY}\"]\n[server]\nmax_records = 10000\n{output}{}", chain(repo)),
+    )
+    .unwrap();
+    let (mut child, base) = spawn(bin, &config);
+    let before = receiver.count.load(Relaxed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (stop, accepted, latencies, base, body) =
+                (stop.clone(), accepted.clone(), latencies.clone(), base.clone(), body.to_vec());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                let mut mine = Vec::new();
+                while !stop.load(Relaxed) {
+                    let t = Instant::now();
+                    let mut r = agent
+                        .post(&format!("{base}/v1/ingest"))
+                        .header("Authorization", format!("Bearer {KEY}"))
+                        .header("Content-Type", "application/json")
+                        .send(&body[..])
+                        .expect("ingest");
+                    let _ = r.body_mut().read_to_vec();
+                    if r.status() == 200 {
+                        accepted.fetch_add(BATCH as u64, Relaxed);
+                        mine.push(t.elapsed());
+                    } else {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                latencies.lock().unwrap().extend(mine);
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let load = started.elapsed();
+    let rss_kib = rss(child.id());
+    let accepted = accepted.load(Relaxed);
+    if mode != "none" {
+        while receiver.count.load(Relaxed) - before < accepted {
+            assert!(started.elapsed() < load + Duration::from_secs(600), "the output did not drain");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let total = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut lat = latencies.lock().unwrap().clone();
+    lat.sort();
+    let p99 = lat.get(lat.len().saturating_sub(1) * 99 / 100).copied().unwrap_or_default();
+    Outcome {
+        ingest_eps: accepted as f64 / load.as_secs_f64(),
+        end_to_end_eps: accepted as f64 / total.as_secs_f64(),
+        p99_ms: p99.as_secs_f64() * 1000.0,
+        rss_kib,
+        delivered: receiver.count.load(Relaxed) - before,
+    }
+}
+
+/// The chain of `scripts/bench`.
+fn chain(repo: &Path) -> String {
+    let shared = repo.join("../shared/testdata/mmdb/geolite2-2018-02");
+    let (city, asn) = if shared.join("GeoLite2-City.mmdb").exists() {
+        (shared.join("GeoLite2-City.mmdb"), shared.join("GeoLite2-ASN.mmdb"))
+    } else {
+        (repo.join("tests/data/maxmind/GeoIP2-City-Test.mmdb"), repo.join("tests/data/maxmind/GeoLite2-ASN-Test.mmdb"))
+    };
+    format!(
+        "[[chain]]\nplugin = \"geoip\"\ndatabase = \"{}\"\ntargets = [{{ address = \"source\", output = \"src_geo\" }}, \
+         {{ address = \"destination\", output = \"dst_geo\" }}]\n\
+         [[chain]]\nplugin = \"asn\"\ndatabase = \"{}\"\ntargets = [{{ address = \"source\", output = \"src_asn\" }}, \
+         {{ address = \"destination\", output = \"dst_asn\" }}]\n\
+         [[chain]]\nplugin = \"ti\"\npaths = [\"{}\"]\n\
+         [[chain]]\nplugin = \"wasm\"\nname = \"risk\"\nmodule = \"{}\"\n",
+        city.display(),
+        asn.display(),
+        repo.join("ti/indicators.txt").display(),
+        repo.join("rules/risk.wasm").display()
+    )
+}
+
+/// 1,000 Zeek conn records with varied public addresses (deterministic).
+fn batch_body() -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut ip = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        format!("{}.{}.{}.{}", 1 + (x >> 56) % 222, (x >> 48) & 255, (x >> 40) & 255, 1 + (x >> 32) % 254)
+    };
+    let records: Vec<Value> = (0..BATCH)
+        .map(|i| {
+            json!({"ts": 1723351200.5 + i as f64, "uid": format!("C{i:08}"), "id.orig_h": ip(), "id.orig_p": 40000 + i,
+                   "id.resp_h": ip(), "id.resp_p": 443, "proto": "tcp", "service": "ssl", "duration": 1.25,
+                   "orig_bytes": 512, "resp_bytes": 4096, "conn_state": "SF"})
+        })
+        .collect();
+    serde_json::to_vec(&json!({"collector_id": "bench", "format": "zeek.conn.v1", "records": records})).unwrap()
+}
+
+fn spawn(bin: &Path, config: &Path) -> (Child, String) {
+    let mut child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("ENRICHD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn enrichd");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines.next().expect("enrichd exited").unwrap();
+        if let Some(addr) = line.strip_prefix("enrichd listening on ") {
+            break addr.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, base)
+}
+
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A minimal `_bulk` endpoint: counts action/source pairs, answers every
+/// item 201.
+struct Receiver {
+    url: String,
+    count: Arc<AtomicU64>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let count = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let counter = count.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(format!("http://{}", listener.local_addr().unwrap())).unwrap();
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let counter = counter.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let counter = counter.clone();
+                            async move {
+                                use http_body_util::BodyExt;
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                let lines = body.iter().filter(|&&b| b == b'\n').count() / 2;
+                                counter.fetch_add(lines as u64, Relaxed);
+                                let mut out = String::with_capacity(lines * 32 + 40);
+                                out.push_str("{\"took\":1,\"errors\":false,\"items\":[");
+                                for i in 0..lines {
+                                    if i > 0 {
+                                        out.push(',');
+                                    }
+                                    out.push_str("{\"index\":{\"status\":201}}");
+                                }
+                                out.push_str("]}");
+                                let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(out)));
+                                resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        });
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                    });
+                }
+            });
+        });
+        Receiver { url: rx.recv().unwrap(), count }
+    }
+}
