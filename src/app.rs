@@ -31,3 +31,25 @@ pub(crate) fn load(path: &Path, registry: &Registry) -> anyhow::Result<(ServiceC
         .with_context(|| format!("building the enricher chain from {}", path.display()))?;
     Ok((config, chain))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The runtime takes its keys out of an entry before the output sees it:
+    /// a runtime key named like an output's option would silently swallow it
+    /// (it happened: both had an `ack_timeout_ms`).
+    #[test]
+    fn runtime_keys_never_shadow_an_output_option() {
+        let registry = super::registry();
+        let mut clashes = Vec::new();
+        for factory in registry.outputs() {
+            let schema = serde_json::to_value(factory.options_schema()).unwrap();
+            for key in schema["properties"].as_object().into_iter().flatten().map(|(k, _)| k) {
+                if crate::delivery::options::RUNTIME_KEYS.contains(&key.as_str()) {
+                    clashes.push(format!("{}: {key}", factory.kind()));
+                }
+            }
+        }
+        assert!(registry.outputs().count() >= 3, "elastic, splunk, file registered");
+        assert!(clashes.is_empty(), "output options shadowed by runtime keys: {clashes:?}");
+    }
+}

@@ -297,22 +297,3 @@ async fn a_changed_output_keeps_its_backlog_and_replay_requeues_the_dead_letter(
     assert!(err.to_string().contains("durability cannot change"), "{err}");
     assert_eq!(stuck.delivery.active().len(), 1, "keep-last-good");
 }
-
-/// The runtime takes its keys out of an entry before the output sees it:
-/// a runtime key named like an output's option would silently swallow it
-/// (it happened: both had an `ack_timeout_ms`).
-#[test]
-fn runtime_keys_never_shadow_an_output_option() {
-    let registry = crate::app::registry();
-    let mut clashes = Vec::new();
-    for factory in registry.outputs() {
-        let schema = serde_json::to_value(factory.options_schema()).unwrap();
-        for key in schema["properties"].as_object().into_iter().flatten().map(|(k, _)| k) {
-            if options::RUNTIME_KEYS.contains(&key.as_str()) {
-                clashes.push(format!("{}: {key}", factory.kind()));
-            }
-        }
-    }
-    assert!(registry.outputs().count() >= 3, "elastic, splunk, file registered");
-    assert!(clashes.is_empty(), "output options shadowed by runtime keys: {clashes:?}");
-}
