@@ -5,7 +5,6 @@
 //! dead-lettered with its reason, or counted as lost (and lost must be 0).
 
 #[path = "common/browser.rs"]
-#[allow(dead_code)]
 mod browser;
 mod common;
 
@@ -320,6 +319,14 @@ backoff_max_ms = 1000
     let stats = hec.stats();
     assert!(stats.malformed_rejected.is_empty(), "{:?}", stats.malformed_rejected);
     assert!(bulk.stats().malformed_rejected.is_empty(), "{:?}", bulk.stats().malformed_rejected);
+    // Replay sends the dead-letter again: still poisoned, so back it comes.
+    let r = s.post("/v1/outputs/elastic/deadletter/replay", &json!({}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["replayed"], poisoned);
+    wait_for("the replay", Duration::from_secs(30), || {
+        counter(&output(&s, "elastic"), "dead_lettered") == 2 * poisoned
+    });
+    assert_eq!(s.get_auth("/v1/outputs/elastic/deadletter").json()["total"], poisoned);
     let m = s.get("/metrics").text;
     promtool_check(&m);
     assert!(m.contains(&format!("telemetry_output_sent_total{{output=\"elastic\"}} {}", accepted - poisoned)), "{m}");

@@ -297,3 +297,31 @@ async fn a_changed_output_keeps_its_backlog_and_replay_requeues_the_dead_letter(
     assert!(err.to_string().contains("durability cannot change"), "{err}");
     assert_eq!(stuck.delivery.active().len(), 1, "keep-last-good");
 }
+
+/// `[[output]]` entries, API settings (which win by name) and the
+/// `EXPORT_<NAME>_ENABLED` switches (which win over both) merge into one
+/// desired set; every problem is reported with where it comes from.
+#[test]
+fn file_api_and_environment_merge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path(), |_, _| Outcome::Delivered);
+    let config = vec![
+        options::OutputEntry { options: entry(json!({"name": "elastic"})), line: Some(3) },
+        options::OutputEntry { options: entry(json!({"name": "splunk", "batch_max": 10})), line: Some(9) },
+        options::OutputEntry { options: entry(json!({"name": "bad", "batch_max": 0})), line: Some(14) },
+    ];
+    let stored = vec![("splunk".to_string(), entry(json!({"batch_max": 20})))];
+    let env = |var: &str| match var {
+        "EXPORT_ELASTIC_ENABLED" => Some("false".to_string()),
+        "EXPORT_SPLUNK_ENABLED" => Some("maybe".to_string()),
+        _ => None,
+    };
+    let (desired, problems) = super::desired(&f.registry, &config, &stored, &env);
+    let by_name = |n: &str| desired.iter().find(|d| d.spec.runtime.name == n).unwrap();
+    assert!(!by_name("elastic").spec.runtime.enabled, "the switch wins");
+    assert_eq!(by_name("splunk").spec.runtime.batch_max, 20, "the API wins over the file");
+    assert_eq!(by_name("splunk").source, Source::Api);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].contains("line 14") && problems[0].contains("batch_max"), "{problems:?}");
+    assert!(problems[1].contains("EXPORT_SPLUNK_ENABLED"), "{problems:?}");
+}
