@@ -43,7 +43,9 @@ fn main() {
     let body = batch_body();
     println!("{clients} clients, {seconds} s per mode, batches of {BATCH} records, receiver at {}", receiver.url);
     let mut results = Vec::new();
-    for mode in ["none", "memory", "spool", "none"] {
+    let modes = std::env::var("MODES").unwrap_or_else(|_| "none,memory,spool,none".into());
+    let modes: Vec<&str> = modes.split(',').collect();
+    for &mode in &modes {
         let r = run(&bin, &repo, mode, &receiver, &body, seconds, clients);
         println!(
             "{mode:>7}: ingest {:>9.0} ev/s, end-to-end {:>9.0} ev/s ({:.0} ns/ev), client p99 {:.1} ms, RSS {} MiB, delivered {}",
@@ -56,9 +58,11 @@ fn main() {
         );
         results.push((mode, r));
     }
-    let base = (results[0].1.end_to_end_eps + results[3].1.end_to_end_eps) / 2.0;
-    let memory = results[1].1.end_to_end_eps;
-    let spool = results[2].1.end_to_end_eps;
+    let figure = |m: &str| {
+        let v: Vec<f64> = results.iter().filter(|(mode, _)| *mode == m).map(|(_, r)| r.end_to_end_eps).collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let (base, memory, spool) = (figure("none"), figure("memory"), figure("spool"));
     println!(
         "ingest-only (mean of first and last) {base:.0} ev/s; memory {:.0} % of it; spool {:.0} % of it; \
          spool write cost {:.0} ns/event over memory",
@@ -140,6 +144,15 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
         }
     }
     let total = started.elapsed();
+    if mode != "none" {
+        let out: Value = ureq::get(&format!("{base}/v1/outputs/elastic"))
+            .header("Authorization", format!("Bearer {KEY}"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json().ok())
+            .unwrap_or_default();
+        println!("         output counters: {}", out["counters"]);
+    }
     let _ = child.kill();
     let _ = child.wait();
     let mut lat = latencies.lock().unwrap().clone();
@@ -244,6 +257,7 @@ impl Receiver {
                 tx.send(format!("http://{}", listener.local_addr().unwrap())).unwrap();
                 loop {
                     let (stream, _) = listener.accept().await.unwrap();
+                    let _ = stream.set_nodelay(true);
                     let counter = counter.clone();
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

@@ -27,8 +27,9 @@ pub(crate) trait Backlog: Send + Sync {
     /// Appends one batch (NDJSON, `events` lines); returns its sequence
     /// number. Bounds are enforced by admission ([`Bounds`]) before this.
     fn append(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError>;
-    /// Entries from `from_seq` on: at least one if there is one.
-    fn read(&self, from_seq: u64, max_entries: usize, max_bytes: u64) -> anyhow::Result<Vec<Entry>>;
+    /// Entries from `from_seq` on, stopping before `max_events` events or
+    /// `max_bytes` bytes: at least one if there is one.
+    fn read(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> anyhow::Result<Vec<Entry>>;
     /// Everything up to `seq` is done with.
     fn ack_through(&self, seq: u64) -> anyhow::Result<()>;
     fn first_unacked(&self) -> u64;
@@ -42,8 +43,8 @@ impl Backlog for Spool {
     fn append(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
         Spool::append(self, payload, events, accepted_unix_ms)
     }
-    fn read(&self, from_seq: u64, max_entries: usize, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
-        Spool::read(self, from_seq, max_entries, max_bytes)
+    fn read(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
+        Spool::read_bounded(self, from_seq, usize::MAX, max_events, max_bytes)
     }
     fn ack_through(&self, seq: u64) -> anyhow::Result<()> {
         Spool::ack_through(self, seq)
@@ -98,15 +99,19 @@ impl Backlog for MemoryQueue {
         Ok(seq)
     }
 
-    fn read(&self, from_seq: u64, max_entries: usize, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
+    fn read(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
         let q = self.lock();
         let mut out = Vec::new();
-        let mut bytes = 0;
-        for e in q.entries.iter().filter(|e| e.seq >= from_seq) {
-            if !out.is_empty() && (out.len() >= max_entries || bytes + e.payload.len() as u64 > max_bytes) {
+        let (mut bytes, mut events) = (0, 0);
+        // Entries are in sequence order: skip to `from_seq` by position.
+        let start = q.entries.partition_point(|e| e.seq < from_seq);
+        for e in q.entries.range(start..) {
+            let full = bytes + e.payload.len() as u64 > max_bytes || events + u64::from(e.events) > max_events;
+            if !out.is_empty() && full {
                 break;
             }
             bytes += e.payload.len() as u64;
+            events += u64::from(e.events);
             out.push(e.clone());
         }
         Ok(out)
@@ -206,7 +211,7 @@ mod tests {
             assert_eq!(q.append(format!("{{\"n\":{i}}}\n").as_bytes(), 1, 1000 + i).unwrap(), i);
         }
         assert_eq!(q.stats().events, 5);
-        let read = q.read(2, 2, u64::MAX).unwrap();
+        let read = q.read(2, 2, u64::MAX).unwrap(); // two events, one each
         assert_eq!(read.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
         q.ack_through(2).unwrap();
         assert_eq!(q.first_unacked(), 3);

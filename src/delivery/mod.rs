@@ -406,7 +406,7 @@ async fn stop_running(r: Running, deadline: Instant) {
 /// the dead-letter cannot take is counted as lost.
 fn dead_letter_rest(lane: &Lane, reason: &str) {
     let first = lane.backlog.first_unacked();
-    let Ok(entries) = lane.backlog.read(first, usize::MAX, u64::MAX) else { return };
+    let Ok(entries) = lane.backlog.read(first, u64::MAX, u64::MAX) else { return };
     let Some(last) = entries.last().map(|e| e.seq) else { return };
     let now = unix_ms();
     let error = format!("{reason}: not delivered before the flush deadline");

@@ -406,6 +406,19 @@ impl Spool {
     /// if later): at most `max_entries`, and no more than `max_bytes` of
     /// payload, except that the first entry is always returned.
     pub(crate) fn read(&self, from_seq: u64, max_entries: usize, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
+        self.read_bounded(from_seq, max_entries, u64::MAX, max_bytes)
+    }
+
+    /// [`Spool::read`] that also stops before `max_events` events (still
+    /// returning at least one entry): the delivery worker reads one batch's
+    /// worth, not every entry that fits in `max_bytes`.
+    pub(crate) fn read_bounded(
+        &self,
+        from_seq: u64,
+        max_entries: usize,
+        max_events: u64,
+        max_bytes: u64,
+    ) -> anyhow::Result<Vec<Entry>> {
         let durable = lock(&self.sync).synced_next;
         let mut plan: Vec<(Arc<File>, u64, EntryMeta)> = Vec::new();
         {
@@ -413,15 +426,19 @@ impl Spool {
             let from = from_seq.max(st.first_unacked);
             let start = st.segments.partition_point(|s| s.end_seq() <= from);
             let mut bytes = 0u64;
+            let mut events = 0u64;
             'segments: for segment in st.segments.range(start..) {
                 let skip = from.saturating_sub(segment.first_seq) as usize;
                 for (i, meta) in segment.entries.iter().enumerate().skip(skip) {
                     let seq = segment.first_seq + i as u64;
-                    let full = plan.len() >= max_entries || bytes + u64::from(meta.len) > max_bytes;
+                    let full = plan.len() >= max_entries
+                        || bytes + u64::from(meta.len) > max_bytes
+                        || events + u64::from(meta.events) > max_events;
                     if seq >= durable || (!plan.is_empty() && full) {
                         break 'segments;
                     }
                     bytes += u64::from(meta.len);
+                    events += u64::from(meta.events);
                     plan.push((Arc::clone(&segment.file), seq, *meta));
                 }
             }

@@ -167,17 +167,7 @@ impl Worker {
 /// least one entry).
 async fn read(lane: &Arc<Lane>, next: u64, batch_max: usize) -> anyhow::Result<Vec<Entry>> {
     let lane = lane.clone();
-    let mut entries = tokio::task::spawn_blocking(move || lane.backlog.read(next, batch_max, READ_MAX_BYTES)).await??;
-    let mut events = 0usize;
-    let keep = entries
-        .iter()
-        .position(|e| {
-            events += e.events as usize;
-            events > batch_max
-        })
-        .map_or(entries.len(), |i| i.max(1));
-    entries.truncate(keep);
-    Ok(entries)
+    tokio::task::spawn_blocking(move || lane.backlog.read(next, batch_max as u64, READ_MAX_BYTES)).await?
 }
 
 struct Worker {
