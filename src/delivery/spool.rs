@@ -405,6 +405,7 @@ impl Spool {
     /// Durable entries from `from_seq` on (or from the first unacked one,
     /// if later): at most `max_entries`, and no more than `max_bytes` of
     /// payload, except that the first entry is always returned.
+    #[cfg_attr(not(test), allow(dead_code))] // the runtime uses read_bounded
     pub(crate) fn read(&self, from_seq: u64, max_entries: usize, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
         self.read_bounded(from_seq, max_entries, u64::MAX, max_bytes)
     }

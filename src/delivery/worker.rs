@@ -194,9 +194,11 @@ impl Worker {
         for (i, entry) in entries.iter().enumerate() {
             let mut start = 0;
             let mut index = 0u64;
-            for line in entry.payload.split(|b| *b == b'\n') {
-                let end = start + line.len();
-                if !line.is_empty() {
+            let payload = &entry.payload;
+            // memchr: a line is ~1 KB, and a byte-at-a-time split showed in
+            // profiles.
+            for end in memchr::memchr_iter(b'\n', payload).chain([payload.len()]) {
+                if end > start {
                     slots.push(Slot { entry: i, start, end, id: entry.seq << 24 | index, attempts: 0 });
                     index += 1;
                 }

@@ -132,6 +132,8 @@ impl ElasticSink {
         }
         let body = self.bulk_body(&batch);
         let (body, mut headers) = self.http.encode(body, "application/x-ndjson");
+        // Shared, not copied, when the batch goes to a second node.
+        let body = bytes::Bytes::from(body);
         if let Some(auth) = &self.auth {
             // Replaces (through `headers` below) any basic auth reqwest took
             // from a `user:password@` in the URL: one Authorization header.
