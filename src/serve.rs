@@ -10,6 +10,7 @@ use crate::service::{AppState, CliOverrides};
 use crate::{api, app, reload, server, watch};
 
 pub(crate) fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<()> {
+    keep_batch_buffers();
     let registry = app::registry();
     let (mut config, chain) = app::load(config_path, &registry)?;
     let overrides = CliOverrides { listen };
@@ -162,5 +163,22 @@ async fn reload_on_sighup(state: Arc<AppState>) {
         tracing::info!("SIGHUP: reloading");
         let state = state.clone();
         let _ = tokio::task::spawn_blocking(move || reload::reload_everything(&state)).await;
+    }
+}
+
+/// Every batch allocates a few buffers of megabytes (request body, the
+/// answer, each output's layout, spool read-back, `_bulk` body). glibc
+/// serves those from fresh `mmap`s and gives them back at once, so each
+/// batch paid page faults and kernel zeroing for every page (a fifth of
+/// the samples in a delivery profile). Raising the thresholds keeps such
+/// buffers in the heap for reuse; memory stays bounded by what batches in
+/// flight hold (admission and `max_body_bytes` bound those).
+fn keep_batch_buffers() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tunables; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
 }

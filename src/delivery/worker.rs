@@ -56,8 +56,7 @@ const READ_MAX_BYTES: u64 = 64 << 20;
 /// order and are acknowledged in order, so the backlog's position only
 /// moves past rounds that are wholly settled.
 pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOptions, mut stop: StopSignal) {
-    let worker = Worker { lane, sink, options };
-    let worker = &worker;
+    let worker = Arc::new(Worker { lane, sink, options });
     let max_in_flight = worker.options.max_in_flight.max(1);
     let batch_max = worker.options.batch_max as u64;
     let mut next = worker.lane.backlog.first_unacked();
@@ -85,10 +84,13 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
                     next = last + 1;
                     inflight_events += events;
                     let mut round_stop = stop.clone();
-                    inflight.push_back(async move {
-                        let settled = worker.round(&entries, &mut round_stop).await;
+                    // Each round its own task: building and parsing `_bulk`
+                    // bodies then uses every core, not the worker's one.
+                    let round_worker = worker.clone();
+                    inflight.push_back(AbortOnDrop(tokio::spawn(async move {
+                        let settled = round_worker.round(&entries, &mut round_stop).await;
                         (settled, last, events)
-                    });
+                    })));
                 }
                 Ok(_) => {
                     // Counted as pending but nothing to read from `next`:
@@ -119,7 +121,9 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
         }
         tokio::select! {
             done = inflight.next() => {
-                let Some((settled, last, events)) = done else { continue };
+                let Some(done) = done else { continue };
+                // A round that panicked is not settled: stop, unacknowledged.
+                let (settled, last, events) = done.unwrap_or((false, 0, 0));
                 if !settled {
                     // Stopped mid-round: it and what follows stay unacknowledged.
                     return;
@@ -160,6 +164,25 @@ impl Worker {
             *failures = 0;
         }
         tokio::time::sleep(Duration::from_millis(self.options.backoff_max_ms.min(1000))).await;
+    }
+}
+
+/// A round's task, aborted when the worker lets go of it (the worker
+/// stopped): a stopped output must not keep sending behind its successor's
+/// back. An aborted round is unacknowledged, so its events go again.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }
 
