@@ -150,7 +150,9 @@ impl Batch {
     /// Writes all events as NDJSON (one object per line).
     pub fn write_ndjson(&self, keys: &[Box<str>], out: &mut Vec<u8>) {
         for event in &self.events {
+            let start = out.len();
             self.write_event(event, keys, out);
+            one_line(&mut out[start..]);
             out.push(b'\n');
         }
     }
@@ -176,6 +178,19 @@ impl Batch {
         }
         out.push(b']');
         out.push(b'}');
+    }
+}
+
+/// Makes one encoded event a single line. Records are copied as sent, and
+/// a record sent pretty-printed inside an envelope keeps its line breaks;
+/// in valid JSON a raw CR or LF can only be whitespace between tokens
+/// (inside strings they are escaped), so a space is an exact substitute.
+/// NDJSON consumers (outputs, spools, files) split on LF.
+pub fn one_line(event: &mut [u8]) {
+    let mut at = 0;
+    while let Some(i) = memchr::memchr2(b'\n', b'\r', &event[at..]) {
+        event[at + i] = b' ';
+        at += i + 1;
     }
 }
 

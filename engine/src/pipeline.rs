@@ -236,7 +236,9 @@ pub fn encode(chain: &Chain, batch: &Batch, encoding: &Encoding, out: &mut Vec<u
                 Shape::IngestResponse => batch.write_ingest_response_with(out, write),
                 Shape::Ndjson => {
                     for event in batch.events() {
+                        let start = out.len();
                         write(event, out);
+                        crate::batch::one_line(&mut out[start..]);
                         out.push(b'\n');
                     }
                 }

@@ -126,3 +126,23 @@ fn lenient_run_skips_only_the_bad_lines() {
     assert_eq!((lines[0]["a"].as_i64(), lines[1]["a"].as_i64()), (Some(1), Some(3)));
     assert!(lines.iter().all(|l| l["seen"] == true));
 }
+
+/// A record sent pretty-printed inside an envelope still comes out as one
+/// NDJSON line (outputs split on LF), and the same JSON.
+#[test]
+fn pretty_printed_records_stay_one_line_in_ndjson() {
+    let chain = chain();
+    let pipeline = Pipeline::new(Limits::default());
+    let body = b"{\"collector_id\":\"c\",\"format\":\"flows.v1\",\"records\":[{\r\n  \"src_ip\": \"1.2.3.4\",\n  \"note\": \"a\\nb\"\n}, {\"x\":\n1}]}";
+    let encodings = [Encoding::NDJSON, Encoding::INGEST_RESPONSE];
+    let mut outs = vec![Vec::new(), Vec::new()];
+    pipeline.run_many(&chain, Input::Envelope(body.to_vec()), &encodings, Instant::now(), &mut outs).unwrap();
+    let text = String::from_utf8(outs[0].clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(first["note"], "a\nb", "escaped newlines inside strings are kept");
+    assert_eq!(first["seen"], true);
+    let answer: serde_json::Value = serde_json::from_slice(&outs[1]).unwrap();
+    assert_eq!(answer["records"][0], first, "the answer and the output agree");
+}
