@@ -180,32 +180,15 @@ impl<O: Output> OutputFactory for O {
     }
 
     fn check(&self, options: &Map<String, Value>) -> Vec<FieldError> {
-        // serde stops at the first error; checking each key alone (every
-        // field has a default) lists them all.
-        let mut errors = Vec::new();
-        for (key, value) in options {
-            let one = Map::from_iter([(key.clone(), value.clone())]);
-            if let Err(e) = O::Options::deserialize(Value::Object(one)) {
-                errors.push(FieldError::new(key.clone(), serde_message(&e.to_string())));
-            }
-        }
+        let (mut errors, parsed) = check_keys::<O::Options>(options);
         // The checks a type cannot express run on the keys that parsed,
         // so a bad URL is reported beside an unknown key, not after it.
-        let good: Map<String, Value> = options
-            .iter()
-            .filter(|(k, _)| !errors.iter().any(|e| &e.field == *k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        match O::Options::deserialize(Value::Object(good)) {
-            Ok(typed) => {
-                let more: Vec<FieldError> = Output::validate(self, &typed)
-                    .into_iter()
-                    .filter(|e| !errors.iter().any(|known| known.field == e.field))
-                    .collect();
-                errors.extend(more);
-            }
-            Err(e) if errors.is_empty() => errors.push(FieldError::new("", serde_message(&e.to_string()))),
-            Err(_) => {}
+        if let Some(typed) = parsed {
+            let more: Vec<FieldError> = Output::validate(self, &typed)
+                .into_iter()
+                .filter(|e| !errors.iter().any(|known| known.field == e.field))
+                .collect();
+            errors.extend(more);
         }
         errors
     }
@@ -218,6 +201,34 @@ impl<O: Output> OutputFactory for O {
 }
 
 use serde::Deserialize as _;
+
+/// Every key of `options` that does not deserialize into `T` on its own (a
+/// type every field of which has a default), and `T` from the keys that
+/// do. serde stops at the first error; checking each key alone lists them
+/// all, and the rest can still be validated.
+pub fn check_keys<T: DeserializeOwned>(options: &Map<String, Value>) -> (Vec<FieldError>, Option<T>) {
+    let mut errors = Vec::new();
+    for (key, value) in options {
+        let one = Map::from_iter([(key.clone(), value.clone())]);
+        if let Err(e) = T::deserialize(Value::Object(one)) {
+            errors.push(FieldError::new(key.clone(), serde_message(&e.to_string())));
+        }
+    }
+    let good: Map<String, Value> = options
+        .iter()
+        .filter(|(k, _)| !errors.iter().any(|e| &e.field == *k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    match T::deserialize(Value::Object(good)) {
+        Ok(parsed) => (errors, Some(parsed)),
+        Err(e) => {
+            if errors.is_empty() {
+                errors.push(FieldError::new("", serde_message(&e.to_string())));
+            }
+            (errors, None)
+        }
+    }
+}
 
 /// serde's message without its " at line 1 column 9" tail (meaningless for
 /// a value checked on its own).

@@ -24,7 +24,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use enrichd_engine::output::{OutEvent, OutputContext, SinkBatch};
+use enrichd_engine::output::{OutEvent, SinkBatch};
 use serde_json::{json, Map, Value};
 
 use super::{ApiError, AppState};
@@ -91,7 +91,7 @@ pub(super) async fn set(
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_settings", format!("{} field error(s)", errors.len()))
             .with(json!({ "errors": errors }))
     })?;
-    let existed = crate::delivery::views(&state.delivery, registry).iter().any(|o| o["name"] == name.as_str());
+    let existed = state.delivery.snapshot().iter().any(|o| o.spec.runtime.name == name);
     let store = &state.delivery.store;
     let previous = store.load().0.into_iter().find(|(n, _)| *n == name).map(|(_, m)| m);
     store.save(&name, &entry).map_err(|e| storage_error(&e))?;
@@ -173,12 +173,7 @@ pub(super) async fn test(
         ));
     };
     let factory = registry.output(&spec.runtime.kind).expect("checked specs have a known kind");
-    let ctx = OutputContext {
-        name: spec.runtime.name.clone(),
-        base_dir: state.config.engine.base_dir.clone(),
-        state_dir: state.config.state_dir().join("output-state").join(&spec.runtime.name),
-        batch_max: 1,
-    };
+    let ctx = state.delivery.context(&spec.runtime.name, 1);
     let started = Instant::now();
     let (ok, http_status, error) = match factory.build(&spec.options, &ctx) {
         Err(e) => (false, None, Some(lane.mask(&format!("{e:#}")))),

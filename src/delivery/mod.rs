@@ -164,6 +164,19 @@ impl Delivery {
         }
     }
 
+    /// What output `name`'s sink is built with (its own state directory,
+    /// created here).
+    pub(crate) fn context(&self, name: &str, batch_max: usize) -> OutputContext {
+        let ctx = OutputContext {
+            name: name.to_string(),
+            base_dir: self.base_dir.clone(),
+            state_dir: self.state_dir.join("output-state").join(name),
+            batch_max,
+        };
+        std::fs::create_dir_all(&ctx.state_dir).ok();
+        ctx
+    }
+
     /// Records the runtime workers run on (called once at start).
     pub(crate) fn set_runtime(&self, handle: tokio::runtime::Handle) {
         let _ = self.runtime.set(handle);
@@ -225,13 +238,7 @@ impl Delivery {
             *lane.secrets.lock().unwrap_or_else(|e| e.into_inner()) = d.spec.secrets(registry);
             let sink = if d.spec.runtime.enabled {
                 let factory = registry.output(&d.spec.runtime.kind).context("unknown output type")?;
-                let ctx = OutputContext {
-                    name: name.clone(),
-                    base_dir: self.base_dir.clone(),
-                    state_dir: self.state_dir.join("output-state").join(&name),
-                    batch_max: d.spec.runtime.batch_max,
-                };
-                std::fs::create_dir_all(&ctx.state_dir).ok();
+                let ctx = self.context(&name, d.spec.runtime.batch_max);
                 let sink = factory
                     .build(&d.spec.options, &ctx)
                     .map_err(|e| anyhow::anyhow!("output {name:?}: {}", lane.mask(&format!("{e:#}"))))?;

@@ -178,13 +178,9 @@ impl OutputSpec {
                 runtime_map.insert("type".into(), name.into());
             }
         }
-        for (key, value) in &runtime_map {
-            let one = Map::from_iter([(key.clone(), value.clone())]);
-            if let Err(e) = RuntimeOptions::deserialize(Value::Object(one)) {
-                errors.push(FieldError::new(key.clone(), strip_position(&e.to_string())));
-            }
-        }
-        let mut runtime = RuntimeOptions::deserialize(Value::Object(runtime_map)).unwrap_or_default();
+        let (key_errors, parsed) = enrichd_engine::output::check_keys::<RuntimeOptions>(&runtime_map);
+        errors.extend(key_errors);
+        let mut runtime = parsed.unwrap_or_default();
         if runtime.name.is_empty() {
             runtime.name = runtime.kind.clone();
         }
@@ -289,13 +285,6 @@ fn runtime_errors(r: &RuntimeOptions) -> Vec<FieldError> {
 /// Output names become file names and metric labels.
 pub(crate) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
-    }
 }
 
 /// `EXPORT_<NAME>_ENABLED` (name upper-cased, `-` as `_`), the switch
