@@ -73,6 +73,35 @@ fn main() {
     if memory > 0.0 && spool > 0.0 {
         println!("spool write cost over memory: {:.0} ns/event", 1e9 / spool - 1e9 / memory);
     }
+    // What the disk allows a spool that fsyncs every batch, whatever its
+    // CPU cost: sequential writes of one batch's bytes, each fdatasync'd.
+    if let Some(bytes) = results.iter().map(|(_, r)| r.event_bytes).find(|&b| b > 0) {
+        let per_second = disk_bytes_per_second(bytes as usize * BATCH);
+        let ceiling = per_second / bytes as f64;
+        println!(
+            "disk: {:.0} MB/s in fdatasync'd {} KiB writes = {ceiling:.0} ev/s at {bytes} B/event ({:.0} % of \
+             ingest-only)",
+            per_second / 1e6,
+            bytes as usize * BATCH >> 10,
+            100.0 * ceiling / base
+        );
+    }
+}
+
+/// Bytes per second the disk under the temp directory takes in
+/// `chunk`-sized appends, each followed by `fdatasync` (3 s).
+fn disk_bytes_per_second(chunk: usize) -> f64 {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = std::fs::File::create(dir.path().join("probe")).unwrap();
+    let data = vec![b'x'; chunk];
+    let (started, mut written) = (Instant::now(), 0usize);
+    while started.elapsed() < Duration::from_secs(3) {
+        file.write_all(&data).unwrap();
+        file.sync_data().unwrap();
+        written += chunk;
+    }
+    written as f64 / started.elapsed().as_secs_f64()
 }
 
 struct Outcome {
@@ -81,6 +110,8 @@ struct Outcome {
     p99_ms: f64,
     rss_kib: u64,
     delivered: u64,
+    /// NDJSON bytes per delivered event (0 without an output).
+    event_bytes: u64,
 }
 
 fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], seconds: u64, clients: usize) -> Outcome {
@@ -107,6 +138,7 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
     .unwrap();
     let (mut child, base) = spawn(bin, &config);
     let before = receiver.count.load(Relaxed);
+    let bytes_before = receiver.bytes.load(Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::new()));
@@ -162,6 +194,10 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
             .and_then(|mut r| r.body_mut().read_json().ok())
             .unwrap_or_default();
         println!("         output counters: {}", out["counters"]);
+        println!(
+            "         NDJSON bytes per event (as spooled): {}",
+            (receiver.bytes.load(Relaxed) - bytes_before) / (receiver.count.load(Relaxed) - before).max(1)
+        );
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -174,6 +210,7 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
         p99_ms: p99.as_secs_f64() * 1000.0,
         rss_kib,
         delivered: receiver.count.load(Relaxed) - before,
+        event_bytes: (receiver.bytes.load(Relaxed) - bytes_before) / (receiver.count.load(Relaxed) - before).max(1),
     }
 }
 
@@ -253,13 +290,17 @@ fn rss(pid: u32) -> u64 {
 struct Receiver {
     url: String,
     count: Arc<AtomicU64>,
+    /// `_bulk` body bytes received (action lines included).
+    bytes: Arc<AtomicU64>,
 }
 
 impl Receiver {
     fn start() -> Receiver {
         let count = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
         let (tx, rx) = std::sync::mpsc::channel();
         let counter = count.clone();
+        let byte_counter = bytes.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
             rt.block_on(async move {
@@ -268,15 +309,26 @@ impl Receiver {
                 loop {
                     let (stream, _) = listener.accept().await.unwrap();
                     let _ = stream.set_nodelay(true);
-                    let counter = counter.clone();
+                    let (counter, byte_counter) = (counter.clone(), byte_counter.clone());
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                            let counter = counter.clone();
+                            let (counter, byte_counter) = (counter.clone(), byte_counter.clone());
                             async move {
                                 use http_body_util::BodyExt;
                                 let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                                let lines = body.iter().filter(|&&b| b == b'\n').count() / 2;
+                                // Every second line is an event (its bytes are what the
+                                // spool holds per event, with the LF).
+                                let (mut lines, mut event_bytes, mut start) = (0usize, 0usize, 0usize);
+                                for end in memchr::memchr_iter(b'\n', &body) {
+                                    if lines % 2 == 1 {
+                                        event_bytes += end + 1 - start;
+                                    }
+                                    lines += 1;
+                                    start = end + 1;
+                                }
+                                let lines = lines / 2;
                                 counter.fetch_add(lines as u64, Relaxed);
+                                byte_counter.fetch_add(event_bytes as u64, Relaxed);
                                 let mut out = String::with_capacity(lines * 32 + 40);
                                 out.push_str("{\"took\":1,\"errors\":false,\"items\":[");
                                 for i in 0..lines {
@@ -297,6 +349,6 @@ impl Receiver {
                 }
             });
         });
-        Receiver { url: rx.recv().unwrap(), count }
+        Receiver { url: rx.recv().unwrap(), count, bytes }
     }
 }

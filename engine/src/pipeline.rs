@@ -156,8 +156,28 @@ impl Pipeline {
         let started = Instant::now();
         let mut batch = self.decode(chain, input)?;
         self.enrich(chain, &mut batch, arrived, started);
-        for (encoding, out) in encodings.iter().zip(outs.iter_mut()) {
-            encode(chain, &batch, encoding, out);
+        // Encoding is most of a batch's write cost: an answer in the same
+        // layout as an NDJSON encoding is built from those lines (a copy)
+        // instead of writing every event a second time.
+        let ndjson_twin = |i: usize| {
+            let e = &encodings[i];
+            (e.shape == Shape::IngestResponse)
+                .then(|| {
+                    encodings.iter().position(|n| n.shape == Shape::Ndjson && same_profile(&n.profile, &e.profile))
+                })
+                .flatten()
+        };
+        for (i, (encoding, out)) in encodings.iter().zip(outs.iter_mut()).enumerate() {
+            if ndjson_twin(i).is_none() {
+                encode(chain, &batch, encoding, out);
+            }
+        }
+        for i in 0..encodings.len() {
+            if let Some(j) = ndjson_twin(i) {
+                let mut out = std::mem::take(&mut outs[i]);
+                batch.write_ingest_response_from_lines(&outs[j], &mut out);
+                outs[i] = out;
+            }
         }
         Ok(Processed { events: batch.len(), chain_generation: chain.generation() })
     }
@@ -244,6 +264,15 @@ pub fn encode(chain: &Chain, batch: &Batch, encoding: &Encoding, out: &mut Vec<u
                 }
             }
         }
+    }
+}
+
+/// The same layout: both default, or the same profile object.
+fn same_profile(a: &Option<Arc<Profile>>, b: &Option<Arc<Profile>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
     }
 }
 

@@ -146,3 +146,24 @@ fn pretty_printed_records_stay_one_line_in_ndjson() {
     let answer: serde_json::Value = serde_json::from_slice(&outs[1]).unwrap();
     assert_eq!(answer["records"][0], first, "the answer and the output agree");
 }
+
+/// An answer in the layout of an NDJSON encoding of the same run is built
+/// from its lines: byte for byte what a direct encoding writes (for
+/// compact records), whichever order the encodings come in.
+#[test]
+fn answer_built_from_ndjson_lines_equals_a_direct_encoding() {
+    let chain = chain();
+    let pipeline = Pipeline::new(Limits::default());
+    let body = b"{\"collector_id\":\"c\\\"q\",\"format\":\"flows.v1\",\"records\":[{\"src_ip\":\"1.2.3.4\",\"n\":1},{\"x\":[1,{\"y\":\"z\\n\"}]},{}]}";
+    let mut direct = Vec::new();
+    pipeline
+        .run(&chain, Input::Envelope(body.to_vec()), Encoding::INGEST_RESPONSE, Instant::now(), &mut direct)
+        .unwrap();
+    for encodings in [[Encoding::INGEST_RESPONSE, Encoding::NDJSON], [Encoding::NDJSON, Encoding::INGEST_RESPONSE]] {
+        let mut outs = vec![Vec::new(), Vec::new()];
+        pipeline.run_many(&chain, Input::Envelope(body.to_vec()), &encodings, Instant::now(), &mut outs).unwrap();
+        let answer = encodings.iter().position(|e| e.shape == Shape::IngestResponse).unwrap();
+        assert_eq!(String::from_utf8_lossy(&outs[answer]), String::from_utf8_lossy(&direct));
+        assert_eq!(String::from_utf8(outs[1 - answer].clone()).unwrap().lines().count(), 3);
+    }
+}

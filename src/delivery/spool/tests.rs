@@ -331,3 +331,36 @@ fn unreadable_ack_file_redelivers_rather_than_loses() {
     assert_eq!(recovery.problems.len(), 1, "{:?}", recovery.problems);
     assert_eq!(seqs(&read_all(&spool)), [0, 1, 2]);
 }
+
+/// Acks inside [`ACK_PERSIST_INTERVAL`] move the position in memory only:
+/// a crash then delivers those entries again (never loses one), a drop
+/// persists the position.
+#[test]
+fn acks_are_persisted_at_most_every_interval_and_at_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), MB, 2 * entry_len());
+    append_n(&spool, 6); // segments 0..2, 2..4, 4..6
+    spool.ack_through(0).unwrap(); // the first ack is persisted at once
+    spool.ack_through(3).unwrap(); // inside the interval: memory only
+    assert_eq!((spool.first_unacked(), spool.stats().entries), (4, 2));
+    assert_eq!(spool.stats().oldest_accepted_unix_ms, Some(1_004));
+    assert_eq!(segments(dir.path()).len(), 3, "nothing deleted ahead of the ack file");
+    std::mem::forget(spool); // a crash: no drop
+    let (spool, recovery) = open(dir.path(), MB, 2 * entry_len());
+    assert_eq!(recovery.entries, 5, "seqs 1..=5 come again: at least once");
+    assert_eq!(seqs(&read_all(&spool)), [1, 2, 3, 4, 5]);
+
+    spool.ack_through(1).unwrap();
+    spool.ack_through(3).unwrap();
+    drop(spool);
+    let (spool, recovery) = open(dir.path(), MB, 2 * entry_len());
+    assert_eq!((recovery.entries, spool.first_unacked()), (2, 4), "the drop persisted the position");
+    assert_eq!(segments(dir.path()).len(), 1);
+    append_n(&spool, 2);
+    spool.ack_through(4).unwrap(); // persisted: this instance's first
+    std::thread::sleep(ACK_PERSIST_INTERVAL);
+    spool.ack_through(5).unwrap(); // persisted: the interval has passed
+    std::mem::forget(spool);
+    let (spool, _) = open(dir.path(), MB, 2 * entry_len());
+    assert_eq!(seqs(&read_all(&spool)), [6, 7]);
+}
