@@ -94,11 +94,19 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
                 }
                 Ok(_) => {
                     // Counted as pending but nothing to read from `next`:
-                    // resynchronise once nothing is in flight.
+                    // entries written but not yet durable (a spool's fsync
+                    // is under way; its appender wakes us when it is done),
+                    // or a position to resynchronise once nothing is in
+                    // flight. A fixed sleep here stalled the drain behind
+                    // every group commit.
                     if inflight.is_empty() {
                         next = worker.lane.backlog.first_unacked();
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::select! {
+                        _ = worker.lane.wake.notified() => {}
+                        _ = stop.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
                 }
                 Err(e) => {
                     read_failures += 1;

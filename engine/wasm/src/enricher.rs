@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use thread_local::ThreadLocal;
 use wasmtime::Trap;
 
+use crate::limits::{thread_cpu_time, CpuBudget};
 use crate::host::{CallContext, HostState, LogBudget};
 use crate::options::{Role, WasmOptions};
 use crate::runtime::{self, LimitHit, Limits, LoadedModule, Worker};
@@ -354,10 +355,13 @@ impl WasmEnricher {
         worker.store.data_mut().call =
             Some(CallContext { source: source_static, events: events.as_ptr(), len: events.len() });
         worker.store.data_mut().limits.hit = None;
+        let cpu_started = thread_cpu_time();
+        worker.store.data_mut().limits.cpu = CpuBudget { started: cpu_started, budget: self.limits.deadline };
         worker.store.set_epoch_deadline(self.limits.deadline_ticks);
         let started = Instant::now();
         let result = worker.process.call(&mut worker.store, events.len() as i32);
         let elapsed = started.elapsed();
+        let cpu_used = thread_cpu_time().saturating_sub(cpu_started);
         worker.store.data_mut().call = None;
         self.stats.record_call(events.len(), elapsed);
 
@@ -371,12 +375,12 @@ impl WasmEnricher {
         };
         // The epoch is checked at function entries, loop headers and before
         // bulk operations, not inside or after a host-side operation (a
-        // grow, a bulk fill, a host call): a call can return past the
-        // deadline. Such a call failed: its verdicts came
-        // later than promised, so they are not applied (the events get the
-        // fallback like any timeout), and the breaker counts it. The
-        // instance is recycled, with whatever it had grown.
-        if elapsed > self.limits.deadline {
+        // grow, a bulk fill, a host call): a call can return having used
+        // more CPU than its deadline. Such a call failed: its verdicts
+        // came later than promised, so they are not applied (the events
+        // get the fallback like any timeout), and the breaker counts it.
+        // The instance is recycled, with whatever it had grown.
+        if cpu_used > self.limits.deadline {
             slot.worker = None;
             return Err(FailureKind::Timeout);
         }

@@ -35,10 +35,12 @@ pub struct WasmOptions {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub config: BTreeMap<String, toml::Value>,
-    /// Per-call deadline in milliseconds, wall time: the guest is
-    /// interrupted at it (epoch interruption), and a call that returns past
-    /// it anyway (time spent in one host-side operation) is a `timeout`
-    /// failure too; its results are not applied.
+    /// Per-call deadline in milliseconds of CPU time of the calling thread
+    /// (time waiting for a core on a busy host does not count): the guest
+    /// is interrupted at it (epoch interruption, then the thread's CPU
+    /// clock), and a call that used more anyway (time spent in one
+    /// host-side operation) is a `timeout` failure too; its results are
+    /// not applied.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
     /// Linear-memory cap per instance, MiB.

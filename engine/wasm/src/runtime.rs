@@ -4,9 +4,10 @@
 //! and per-thread instances built from an `InstancePre`.
 //!
 //! Sandbox: no WASI and no ambient imports (only the three `enrichd_v1`
-//! functions), epoch interruption for a per-call deadline (a ticker thread
-//! advances the epoch every millisecond; the caller also times each call
-//! against the deadline in wall time), memory, table-element and
+//! functions), epoch interruption for a per-call deadline in the calling
+//! thread's CPU time (a ticker thread advances the epoch every
+//! millisecond; past the deadline's ticks a callback reads the thread's
+//! CPU clock, see [`crate::limits::CpuBudget`]), memory, table-element and
 //! instance / table / memory count caps through the store's resource
 //! limiter (a refused grow traps), a bounded wasm stack.
 
@@ -24,6 +25,7 @@ use wasmtime::{
 
 use crate::host::HostState;
 pub use crate::limits::{GuestLimits, LimitHit, Limits};
+use crate::limits::{cpu_deadline_update, thread_cpu_time, CpuBudget};
 
 /// Milliseconds per epoch tick: deadlines are counted in these.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -280,6 +282,11 @@ pub fn instantiate(
     let mut store = Store::new(engine(), state);
     store.data_mut().limits = GuestLimits::new(limits);
     store.limiter(|s| &mut s.limits);
+    store.epoch_deadline_callback(|ctx| Ok(cpu_deadline_update(ctx.data().limits.cpu, thread_cpu_time(), TICK)));
+    store.data_mut().limits.cpu = CpuBudget {
+        started: thread_cpu_time(),
+        budget: limits.deadline.max(TICK * SETUP_TICKS as u32),
+    };
     store.set_epoch_deadline(limits.deadline_ticks.max(SETUP_TICKS));
     let instance: Instance = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiation failed: {e:#}"))?;
     let version = instance
