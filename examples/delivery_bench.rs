@@ -82,7 +82,7 @@ fn main() {
             "disk: {:.0} MB/s in fdatasync'd {} KiB writes = {ceiling:.0} ev/s at {bytes} B/event ({:.0} % of \
              ingest-only)",
             per_second / 1e6,
-            bytes as usize * BATCH >> 10,
+            (bytes as usize * BATCH) >> 10,
             100.0 * ceiling / base
         );
     }

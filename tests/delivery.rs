@@ -7,6 +7,8 @@
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
+#[path = "common/promtool.rs"]
+mod promtool;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -83,38 +85,6 @@ fn delete(s: &Server, path: &str) -> Reply {
 
 fn uid(source: &Value) -> String {
     source["uid"].as_str().unwrap_or_else(|| panic!("no uid in {source}")).to_string()
-}
-
-/// The output families pass Prometheus's own linter (`promtool check
-/// metrics`: names, units, types, help, histogram buckets). Only those:
-/// some older families keep names the reference API fixed
-/// (`telemetry_queue_lag{quantile}`, `_latency_ms`) that promtool flags.
-fn promtool_check(text: &str) {
-    let text: String = text
-        .lines()
-        .filter(|l| {
-            let name = l.strip_prefix("# HELP ").or_else(|| l.strip_prefix("# TYPE ")).unwrap_or(l);
-            name.starts_with("telemetry_output_")
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert!(text.contains("telemetry_output_sent_total"), "output families present");
-    use std::io::Write;
-    let Some(promtool) = browser::find_program("PROMTOOL", &["promtool"]) else {
-        browser::skip_or_fail("promtool_check", "promtool not found", "apt-get install prometheus");
-        return;
-    };
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
 }
 
 /// The reference project's requests, verbatim, configure outputs that
@@ -328,7 +298,7 @@ backoff_max_ms = 1000
     });
     assert_eq!(s.get_auth("/v1/outputs/elastic/deadletter").json()["total"], poisoned);
     let m = s.get("/metrics").text;
-    promtool_check(&m);
+    promtool::check(&m);
     assert!(m.contains(&format!("telemetry_output_sent_total{{output=\"elastic\"}} {}", accepted - poisoned)), "{m}");
     assert!(m.contains("telemetry_output_lost_total{output=\"elastic\",reason=\"deadletter_evicted\"} 0"), "{m}");
 }

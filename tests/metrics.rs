@@ -2,7 +2,11 @@
 //! the acceptance run (2,000 flows.v1 events, batches of 100, 0.1 s apart,
 //! 10% of sources in 45.149.3.0/24 from ti/indicators.txt).
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
+#[path = "common/promtool.rs"]
+mod promtool;
 
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
@@ -157,20 +161,39 @@ fn acceptance_traffic_shows_in_json_and_prometheus() {
     assert_eq!(sample(&samples, "telemetry_threat_matches_total"), 200.0);
     assert_eq!(sample(&samples, "telemetry_risk_score_count"), 2000.0);
     assert_eq!(sample(&samples, "telemetry_risk_score_sum"), t["risk_sum"].as_f64().unwrap());
-    assert_eq!(sample(&samples, "telemetry_processing_latency_ms_count"), 20.0);
-    assert_eq!(sample(&samples, "telemetry_processing_latency_ms_bucket{le=\"+Inf\"}"), 20.0);
-    assert!(sample(&samples, "telemetry_queue_lag{quantile=\"0.95\"}") > 0.0);
+    assert_eq!(sample(&samples, "telemetry_processing_duration_seconds_count"), 20.0);
+    assert_eq!(sample(&samples, "telemetry_processing_duration_seconds_bucket{le=\"+Inf\"}"), 20.0);
+    let p_sum = sample(&samples, "telemetry_processing_duration_seconds_sum");
+    assert!(p_sum > 0.0 && p_sum < 20.0, "seconds, not milliseconds: {p_sum}");
+    assert_eq!(sample(&samples, "telemetry_queue_lag_seconds_count"), 20.0);
+    assert!(
+        sample(&samples, "telemetry_queue_lag_seconds_bucket{le=\"10\"}") == 20.0,
+        "every batch of this test waited less than 10 s"
+    );
     assert!(sample(&samples, "telemetry_sources_active") > 1700.0);
-    assert!(sample(&samples, "telemetry_requests_total{status_class=\"2xx\"}") >= 22.0);
+    assert!(sample(&samples, "telemetry_requests_total{route=\"ingest\",status_class=\"2xx\"}") >= 20.0);
+    // This test's earlier GET /v1/metrics and /v1/enrichers calls.
+    assert!(sample(&samples, "telemetry_requests_total{route=\"metrics\",status_class=\"2xx\"}") >= 1.0);
     assert_eq!(sample(&samples, "telemetry_enricher_events_total{enricher=\"ti\"}"), 2000.0);
+    assert_eq!(sample(&samples, "telemetry_enricher_event_duration_seconds_count{enricher=\"risk\"}"), 2000.0);
+    assert_eq!(
+        sample(&samples, "telemetry_enricher_event_duration_seconds_bucket{enricher=\"risk\",le=\"+Inf\"}"),
+        2000.0
+    );
     for name in [
-        "telemetry_enricher_latency_ns_per_event{enricher=\"risk\"}",
+        "telemetry_enricher_event_duration_seconds_sum{enricher=\"risk\"}",
         "telemetry_enricher_errors_total{enricher=\"risk\"}",
         "telemetry_enricher_reloads_total{enricher=\"ti\"}",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+        "process_open_fds",
     ] {
         sample(&samples, name);
     }
-    assert!(samples.iter().any(|(s, v)| s.starts_with("build_info{version=") && *v == 1.0));
+    assert!(samples.iter().any(|(s, v)| s.starts_with("enrichd_build_info{version=") && *v == 1.0));
+    assert!(!samples.iter().any(|(s, _)| s.starts_with("build_info")), "no unprefixed build_info");
+    promtool::check(&r.text);
 }
 
 #[test]

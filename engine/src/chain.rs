@@ -57,12 +57,20 @@ pub struct Stage {
     pub(crate) history: Arc<StageHistory>,
 }
 
+/// Upper bounds (nanoseconds) of the per-event time histogram of a stage:
+/// 25 ns (a cached lookup) to 1 ms (a slow rule), then +Inf.
+pub const EVENT_DURATION_BOUNDS_NS: [u64; 13] =
+    [25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000];
+
 /// What a stage keeps across its generations.
 #[derive(Default)]
 pub(crate) struct StageHistory {
     batches: AtomicU64,
     events: AtomicU64,
     nanos: AtomicU64,
+    /// Events by the mean per-event time of their batch (per bucket, +Inf
+    /// last): one add per batch, so a histogram costs nothing per event.
+    event_buckets: [AtomicU64; EVENT_DURATION_BOUNDS_NS.len() + 1],
     pub(crate) reloads: AtomicU64,
     pub(crate) reload_failures: AtomicU64,
     /// The last rejected reload: time and reason. Cleared by a good one.
@@ -94,6 +102,13 @@ pub struct StageReport {
     pub events: u64,
     /// Mean time per event spent in this stage, nanoseconds.
     pub mean_ns_per_event: f64,
+    /// Total time spent in this stage, nanoseconds.
+    #[serde(skip)]
+    pub total_ns: u64,
+    /// Events per bucket of [`EVENT_DURATION_BOUNDS_NS`] (+Inf last), each
+    /// counted at its batch's mean per-event time.
+    #[serde(skip)]
+    pub event_duration_buckets: Vec<u64>,
 }
 
 pub struct Chain {
@@ -157,6 +172,10 @@ impl Chain {
             h.batches.fetch_add(1, Ordering::Relaxed);
             h.events.fetch_add(n, Ordering::Relaxed);
             h.nanos.fetch_add(nanos, Ordering::Relaxed);
+            if n > 0 {
+                let bucket = EVENT_DURATION_BOUNDS_NS.partition_point(|b| *b < nanos / n);
+                h.event_buckets[bucket].fetch_add(n, Ordering::Relaxed);
+            }
         }
         if let Some((key, stamp)) = &self.stamp {
             for event in batch.view().events.iter_mut() {
@@ -281,6 +300,8 @@ impl Stage {
             batches: h.batches.load(Ordering::Relaxed),
             events,
             mean_ns_per_event: if events == 0 { 0.0 } else { nanos as f64 / events as f64 },
+            total_ns: nanos,
+            event_duration_buckets: h.event_buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
         }
     }
 }

@@ -31,7 +31,7 @@ pub mod registry;
 
 pub use admin::{AdminHandler, AdminMethod, AdminRequest, AdminResource, AdminResponse};
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
-pub use chain::{BuildEnv, Chain, StageReport};
+pub use chain::{BuildEnv, Chain, StageReport, EVENT_DURATION_BOUNDS_NS};
 pub use config::Config;
 pub use entry::{ChainEntryConfig, ConfigError, Location};
 pub use event::{AddressSelector, Event, FactMask, JsonFragment, KeyId, Side, TextFieldId};

@@ -27,6 +27,8 @@ use axum::Router;
 pub(crate) use crate::service::AppState;
 pub(crate) use error::ApiError;
 
+use crate::metrics::RouteGroup;
+
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const API_VERSION: HeaderName = HeaderName::from_static("x-api-version");
 
@@ -77,7 +79,7 @@ async fn common_headers(State(state): State<Arc<AppState>>, request: Request, ne
     let path = request.uri().path().to_owned();
     let response = next.run(request).await.into_response();
     let mut response = json_refusal(response, &method, &path).await;
-    state.metrics.record_request(response.status().as_u16());
+    state.metrics.record_request(route_group(&path), response.status().as_u16());
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, request_id);
     if is_v1 {
@@ -129,6 +131,21 @@ async fn json_refusal(response: Response, method: &axum::http::Method, path: &st
         }
     }
     answer
+}
+
+/// The group a path's requests are counted in (`telemetry_requests_total`).
+fn route_group(path: &str) -> RouteGroup {
+    let under = |prefix: &str| path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
+    match path {
+        "/v1/ingest" => RouteGroup::Ingest,
+        "/metrics" | "/v1/metrics" | "/v1/stream" => RouteGroup::Metrics,
+        "/" => RouteGroup::Dashboard,
+        _ if under("/v1/health") => RouteGroup::Health,
+        _ if under("/v1/outputs") => RouteGroup::Outputs,
+        _ if under("/assets") => RouteGroup::Dashboard,
+        _ if under("/v1") => RouteGroup::Api,
+        _ => RouteGroup::Other,
+    }
 }
 
 /// Echo only IDs that are short and printable: a log-correlation ID, not a

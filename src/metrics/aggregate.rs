@@ -29,6 +29,7 @@ pub(crate) struct Aggregate {
     events_with_threats: u64,
     risk_buckets: [u64; RISK_BOUNDS.len() + 1],
     processing_buckets: Buckets,
+    lag_buckets: Buckets,
     ring: SecondRing,
     lag: LatencyWindow,
     processing: LatencyWindow,
@@ -57,6 +58,7 @@ pub(crate) struct Reading {
     pub events_with_threats: u64,
     pub risk_buckets: Vec<(f64, u64)>,
     pub processing_buckets: Buckets,
+    pub lag_buckets: Buckets,
     pub eps_10s: f64,
     pub eps_1m: f64,
     pub bpm_1m: f64,
@@ -107,6 +109,7 @@ impl Aggregate {
             events_with_threats: 0,
             risk_buckets: Default::default(),
             processing_buckets: Buckets::default(),
+            lag_buckets: Buckets::default(),
             ring: SecondRing::new(started_ms / 1000),
             lag: LatencyWindow::default(),
             processing: LatencyWindow::default(),
@@ -137,6 +140,7 @@ impl Aggregate {
             *total += n;
         }
         self.processing_buckets.add(&std::mem::take(&mut shard.processing_buckets));
+        self.lag_buckets.add(&std::mem::take(&mut shard.lag_buckets));
         if let Some(h) = shard.lag.as_mut().filter(|h| !h.is_empty()) {
             self.lag.add(now_s, h);
             h.reset();
@@ -262,6 +266,7 @@ impl Aggregate {
             events_with_threats: self.events_with_threats,
             risk_buckets,
             processing_buckets: self.processing_buckets.clone(),
+            lag_buckets: self.lag_buckets.clone(),
             eps_10s: ten.per_second(ten.tally.events),
             eps_1m: minute.per_second(minute.tally.events),
             bpm_1m: minute.per_second(minute.tally.batches) * 60.0,

@@ -229,6 +229,7 @@ pub(crate) struct Shard {
     pub lag: Option<Histogram<u32>>,
     pub processing: Option<Histogram<u32>>,
     pub processing_buckets: Buckets,
+    pub lag_buckets: Buckets,
     /// Risk-score counts per [`RISK_BOUNDS`] bucket, +Inf last.
     pub risk_buckets: [u64; RISK_BOUNDS.len() + 1],
     pub events_with_threats: u64,
@@ -336,6 +337,7 @@ impl Shard {
         latency::record(self.lag.get_or_insert_with(latency::histogram), lag);
         latency::record(self.processing.get_or_insert_with(latency::histogram), processing);
         self.processing_buckets.observe(processing);
+        self.lag_buckets.observe(lag);
         totals
     }
 

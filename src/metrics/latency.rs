@@ -114,10 +114,10 @@ impl Buckets {
         self.count += other.count;
     }
 
-    /// (upper bound, count in this bucket alone) pairs, +Inf last: what
-    /// the Prometheus encoder takes (it writes them cumulated).
-    pub(crate) fn per_bucket(&self) -> Vec<(f64, u64)> {
-        BUCKET_BOUNDS_MS.iter().copied().chain([f64::INFINITY]).zip(self.counts).collect()
+    /// (upper bound in seconds, count in this bucket alone) pairs, +Inf
+    /// last: what the Prometheus encoder takes (it writes them cumulated).
+    pub(crate) fn per_bucket_seconds(&self) -> Vec<(f64, u64)> {
+        BUCKET_BOUNDS_MS.iter().map(|ms| ms / 1000.0).chain([f64::INFINITY]).zip(self.counts).collect()
     }
 }
 
@@ -170,19 +170,19 @@ mod tests {
         for us in [20, 60, 60, 900, 3_000, 20_000_000] {
             b.observe(Duration::from_micros(us));
         }
-        let c = b.per_bucket();
+        let c = b.per_bucket_seconds();
         assert_eq!(c.len(), BUCKET_BOUNDS_MS.len() + 1);
-        assert_eq!(c[0], (0.05, 1));
-        assert_eq!(c[1], (0.1, 2));
-        assert_eq!(c[4], (1.0, 1));
-        assert_eq!(c[6], (5.0, 1));
+        assert_eq!(c[0], (0.00005, 1));
+        assert_eq!(c[1], (0.0001, 2));
+        assert_eq!(c[4], (0.001, 1));
+        assert_eq!(c[6], (0.005, 1));
         assert_eq!(*c.last().unwrap(), (f64::INFINITY, 1));
         assert_eq!(c.iter().map(|(_, n)| n).sum::<u64>(), 6);
         assert_eq!(b.count, 6);
         assert!((b.sum_ms - 20_004.04).abs() < 1e-6);
         let mut twice = b.clone();
         twice.add(&b);
-        assert_eq!(twice.per_bucket()[1].1, 4);
+        assert_eq!(twice.per_bucket_seconds()[1].1, 4);
         assert_eq!(twice.count, 12);
     }
 }

@@ -19,6 +19,7 @@ pub(crate) mod clock;
 pub(crate) mod distinct;
 pub(crate) mod feed;
 pub(crate) mod latency;
+pub(crate) mod process;
 pub(crate) mod prometheus;
 pub(crate) mod report;
 pub(crate) mod topn;
@@ -37,13 +38,65 @@ pub(crate) use aggregate::Reading;
 use clock::{Clock, SystemClock};
 use feed::Shards;
 
-/// Request counters by status class.
+/// What a request was for, as the request counters label it: few, fixed
+/// values (a label per path would let any client grow the exposition),
+/// enough to leave scrapes and the dashboard out of an error ratio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RouteGroup {
+    Ingest,
+    Metrics,
+    Health,
+    Outputs,
+    Api,
+    Dashboard,
+    Other,
+}
+
+impl RouteGroup {
+    pub(crate) const ALL: [RouteGroup; 7] = [
+        RouteGroup::Ingest,
+        RouteGroup::Metrics,
+        RouteGroup::Health,
+        RouteGroup::Outputs,
+        RouteGroup::Api,
+        RouteGroup::Dashboard,
+        RouteGroup::Other,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            RouteGroup::Ingest => "ingest",
+            RouteGroup::Metrics => "metrics",
+            RouteGroup::Health => "health",
+            RouteGroup::Outputs => "outputs",
+            RouteGroup::Api => "api",
+            RouteGroup::Dashboard => "dashboard",
+            RouteGroup::Other => "other",
+        }
+    }
+}
+
+/// Status classes the request counters label: 2xx (and 3xx), 4xx, 5xx.
+pub(crate) const STATUS_CLASSES: [&str; 3] = ["2xx", "4xx", "5xx"];
+
+/// Request counters by route group and status class.
 #[derive(Default)]
 pub(crate) struct Requests {
     pub total: AtomicU64,
-    pub class_2xx: AtomicU64,
-    pub class_4xx: AtomicU64,
-    pub class_5xx: AtomicU64,
+    /// `[group][class]`, in the order of [`RouteGroup::ALL`] and
+    /// [`STATUS_CLASSES`].
+    counts: [[AtomicU64; 3]; 7],
+}
+
+impl Requests {
+    pub(crate) fn count(&self, group: RouteGroup, class: usize) -> u64 {
+        self.counts[group as usize][class].load(Relaxed)
+    }
+
+    /// Requests of one status class, all groups.
+    pub(crate) fn class_total(&self, class: usize) -> u64 {
+        self.counts.iter().map(|g| g[class].load(Relaxed)).sum()
+    }
 }
 
 pub(crate) struct Metrics {
@@ -92,15 +145,15 @@ impl Metrics {
         }
     }
 
-    /// Counts one finished HTTP request by status class.
-    pub(crate) fn record_request(&self, status: u16) {
+    /// Counts one finished HTTP request by route group and status class.
+    pub(crate) fn record_request(&self, group: RouteGroup, status: u16) {
         self.requests.total.fetch_add(1, Relaxed);
-        match status {
-            200..=399 => &self.requests.class_2xx,
-            400..=499 => &self.requests.class_4xx,
-            _ => &self.requests.class_5xx,
-        }
-        .fetch_add(1, Relaxed);
+        let class = match status {
+            200..=399 => 0,
+            400..=499 => 1,
+            _ => 2,
+        };
+        self.requests.counts[group as usize][class].fetch_add(1, Relaxed);
     }
 
     /// Counts a refused ingest request (nothing of it was processed).

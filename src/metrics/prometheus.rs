@@ -7,9 +7,7 @@
 //! collector instead, the same reading the JSON document is made from, so
 //! the two always agree. Counter names get `_total` from the encoder.
 
-use std::sync::atomic::Ordering::Relaxed;
-
-use enrichd_engine::StageReport;
+use enrichd_engine::{StageReport, EVENT_DURATION_BOUNDS_NS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::exemplar::Exemplar;
@@ -18,7 +16,9 @@ use prometheus_client::registry::Registry;
 use serde_json::Value as Json;
 
 use super::aggregate::Reading;
-use super::Metrics;
+use super::latency::Buckets;
+use super::process::ProcessReading;
+use super::{Metrics, RouteGroup, STATUS_CLASSES};
 
 pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -27,7 +27,7 @@ pub(crate) struct Context<'a> {
     pub stages: &'a [StageReport],
     /// Each output's delivery counters.
     pub outputs: &'a [OutputReading],
-    /// `build_info` labels.
+    /// `enrichd_build_info` labels.
     pub build: &'a [(&'static str, String)],
 }
 
@@ -60,6 +60,7 @@ type Column<T> = (&'static str, &'static str, fn(&OutputReading) -> T);
 #[derive(Debug)]
 enum Sample {
     Counter(u64),
+    CounterF(f64),
     Gauge(f64),
     Histogram { sum: f64, count: u64, buckets: Vec<(f64, u64)> },
     Info,
@@ -95,6 +96,7 @@ fn encode_sample(enc: &mut MetricEncoder<'_>, sample: &Sample, labels: &Labels) 
     let no_exemplar: Option<&Exemplar<NoLabelSet, f64>> = None;
     match sample {
         Sample::Counter(v) => enc.encode_counter(v, no_exemplar),
+        Sample::CounterF(v) => enc.encode_counter(v, no_exemplar),
         Sample::Gauge(v) => enc.encode_gauge(v),
         Sample::Histogram { sum, count, buckets } => enc.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None),
         Sample::Info => enc.encode_info(labels),
@@ -118,6 +120,40 @@ impl Collector for Exposition {
             }
         }
         Ok(())
+    }
+}
+
+fn seconds_histogram(b: &Buckets) -> Sample {
+    Sample::Histogram { sum: b.sum_ms / 1000.0, count: b.count, buckets: b.per_bucket_seconds() }
+}
+
+/// The client libraries' standard process families (unprefixed on
+/// purpose: shared dashboards and alerts query these names).
+fn process_families(x: &mut Exposition, p: &ProcessReading) {
+    let gauges: [(&'static str, &'static str, Option<f64>); 6] = [
+        ("process_resident_memory_bytes", "Resident memory size in bytes.", p.resident_bytes.map(|v| v as f64)),
+        ("process_virtual_memory_bytes", "Virtual memory size in bytes.", p.virtual_bytes.map(|v| v as f64)),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds.",
+            p.start_time_seconds,
+        ),
+        ("process_open_fds", "Number of open file descriptors.", p.open_fds.map(|v| v as f64)),
+        ("process_max_fds", "Maximum number of open file descriptors.", p.max_fds.map(|v| v as f64)),
+        ("process_threads", "Number of OS threads in the process.", p.threads.map(|v| v as f64)),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(v) = value {
+            x.gauge(name, help, v);
+        }
+    }
+    if let Some(cpu) = p.cpu_seconds {
+        x.add(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            MetricType::Counter,
+            vec![(vec![], Sample::CounterF(cpu))],
+        );
     }
 }
 
@@ -148,12 +184,11 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
             Sample::Histogram { sum: t.risk_sum as f64, count: t.risk_count, buckets: r.risk_buckets.clone() },
         )],
     );
-    let q = [("0.5", r.lag.p50_ms), ("0.95", r.lag.p95_ms), ("0.99", r.lag.p99_ms)];
     x.add(
-        "telemetry_queue_lag",
-        "Milliseconds from request arrival to enrichment done, quantiles over the last 60 s (0 without traffic).",
-        MetricType::Gauge,
-        q.iter().map(|(q, v)| (vec![("quantile", q.to_string())], Sample::Gauge(*v))).collect(),
+        "telemetry_queue_lag_seconds",
+        "Time from a batch's arrival to its enrichment done.",
+        MetricType::Histogram,
+        vec![(vec![], seconds_histogram(&r.lag_buckets))],
     );
     let (batches, records) = m.in_flight();
     x.gauge("telemetry_queue_depth", "Batches waiting for or in enrichment.", batches as f64);
@@ -171,19 +206,26 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
     let req = &m.requests;
     x.add(
         "telemetry_requests",
-        "HTTP requests answered, by status class.",
+        "HTTP requests answered, by route group (ingest, metrics, health, outputs, api, dashboard, other) and \
+         status class.",
         MetricType::Counter,
-        [("2xx", &req.class_2xx), ("4xx", &req.class_4xx), ("5xx", &req.class_5xx)]
-            .into_iter()
-            .map(|(class, c)| (vec![("status_class", class.to_string())], Sample::Counter(c.load(Relaxed))))
+        RouteGroup::ALL
+            .iter()
+            .flat_map(|&group| {
+                STATUS_CLASSES.iter().enumerate().map(move |(class, label)| {
+                    (
+                        vec![("route", group.label().to_string()), ("status_class", label.to_string())],
+                        Sample::Counter(req.count(group, class)),
+                    )
+                })
+            })
             .collect(),
     );
-    let p = &r.processing_buckets;
     x.add(
-        "telemetry_processing_latency_ms",
-        "Milliseconds to parse and enrich one batch.",
+        "telemetry_processing_duration_seconds",
+        "Time to parse, enrich and encode one batch.",
         MetricType::Histogram,
-        vec![(vec![], Sample::Histogram { sum: p.sum_ms, count: p.count, buckets: p.per_bucket() })],
+        vec![(vec![], seconds_histogram(&r.processing_buckets))],
     );
     x.gauge("telemetry_uptime_seconds", "Seconds since the server started.", r.uptime_s);
 
@@ -203,10 +245,19 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
         per_stage(&|s| Sample::Counter(s.batches)),
     );
     x.add(
-        "telemetry_enricher_latency_ns_per_event",
-        "Mean nanoseconds per event spent in each enricher.",
-        MetricType::Gauge,
-        per_stage(&|s| Sample::Gauge(s.mean_ns_per_event)),
+        "telemetry_enricher_event_duration_seconds",
+        "Time each enricher spent per event (each event counted at its batch's mean): count = events, sum = time.",
+        MetricType::Histogram,
+        per_stage(&|s| Sample::Histogram {
+            sum: s.total_ns as f64 / 1e9,
+            count: s.event_duration_buckets.iter().sum(),
+            buckets: EVENT_DURATION_BOUNDS_NS
+                .iter()
+                .map(|ns| *ns as f64 / 1e9)
+                .chain([f64::INFINITY])
+                .zip(s.event_duration_buckets.iter().copied())
+                .collect(),
+        }),
     );
     x.add(
         "telemetry_enricher_errors",
@@ -297,7 +348,8 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
             buckets: o.batch_buckets.clone(),
         }),
     );
-    x.add("build", "Build of this enrichd.", MetricType::Info, vec![(ctx.build.to_vec(), Sample::Info)]);
+    x.add("enrichd_build", "Build of this enrichd.", MetricType::Info, vec![(ctx.build.to_vec(), Sample::Info)]);
+    process_families(&mut x, &super::process::read());
 
     let mut registry = Registry::default();
     registry.register_collector(Box::new(x));

@@ -40,7 +40,7 @@ fn tops(t: &Tops) -> Value {
 pub(crate) fn document(m: &Metrics, r: &Reading) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let req = &m.requests;
-    let (c2, c4, c5) = (req.class_2xx.load(Relaxed), req.class_4xx.load(Relaxed), req.class_5xx.load(Relaxed));
+    let (c2, c4, c5) = (req.class_total(0), req.class_total(1), req.class_total(2));
     let (queue_depth, records_queued) = m.in_flight();
     let t = &r.totals;
     json!({

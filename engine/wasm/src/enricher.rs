@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use thread_local::ThreadLocal;
 use wasmtime::Trap;
 
-use crate::limits::{thread_cpu_time, CpuBudget};
 use crate::host::{CallContext, HostState, LogBudget};
+use crate::limits::{thread_cpu_time, CpuBudget};
 use crate::options::{Role, WasmOptions};
 use crate::runtime::{self, LimitHit, Limits, LoadedModule, Worker};
 use crate::stats::{CircuitBreaker, FailureKind, ModuleStats};

@@ -24,8 +24,8 @@ use wasmtime::{
 };
 
 use crate::host::HostState;
-pub use crate::limits::{GuestLimits, LimitHit, Limits};
 use crate::limits::{cpu_deadline_update, thread_cpu_time, CpuBudget};
+pub use crate::limits::{GuestLimits, LimitHit, Limits};
 
 /// Milliseconds per epoch tick: deadlines are counted in these.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -283,10 +283,8 @@ pub fn instantiate(
     store.data_mut().limits = GuestLimits::new(limits);
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_callback(|ctx| Ok(cpu_deadline_update(ctx.data().limits.cpu, thread_cpu_time(), TICK)));
-    store.data_mut().limits.cpu = CpuBudget {
-        started: thread_cpu_time(),
-        budget: limits.deadline.max(TICK * SETUP_TICKS as u32),
-    };
+    store.data_mut().limits.cpu =
+        CpuBudget { started: thread_cpu_time(), budget: limits.deadline.max(TICK * SETUP_TICKS as u32) };
     store.set_epoch_deadline(limits.deadline_ticks.max(SETUP_TICKS));
     let instance: Instance = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiation failed: {e:#}"))?;
     let version = instance
