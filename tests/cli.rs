@@ -1,5 +1,7 @@
 //! The offline subcommands, run as a user would: the real binary.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
 use std::io::Write;
@@ -119,6 +121,85 @@ fn config_schema_lists_every_plugin() {
         .collect();
     assert_eq!(kinds, ["geoip", "asn", "ti", "asn_class", "wasm"]);
     assert!(schema["properties"]["server"].is_object());
+}
+
+/// Checks a configuration against the printed schema with Python's
+/// `jsonschema` (the reference validator the issue was found with): the
+/// schema itself is valid, every `$ref` resolves, and the answer is the
+/// list of error messages.
+const VALIDATE_PY: &str = r##"
+import json, sys, tomllib
+import jsonschema
+schema = json.load(open(sys.argv[1]))
+cls = jsonschema.validators.validator_for(schema)
+cls.check_schema(schema)
+validator = cls(schema)
+def refs(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        for v in node.values():
+            yield from refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from refs(v)
+for ref in sorted(set(refs(schema))):
+    if not ref.startswith("#/"):
+        sys.exit(f"$ref {ref} is not local")
+    target = schema
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+errors = {}
+for path in sys.argv[2:]:
+    with open(path, "rb") as f:
+        doc = tomllib.load(f)
+    errors[path] = sorted(e.message for e in validator.iter_errors(doc))
+print(json.dumps(errors))
+"##;
+
+#[test]
+fn config_schema_validates_the_shipped_config_with_a_real_validator() {
+    let has_jsonschema = std::process::Command::new("python3")
+        .args(["-c", "import jsonschema, tomllib"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_jsonschema {
+        browser::skip_or_fail(
+            "config schema validation",
+            "python3 with jsonschema not found",
+            "apt-get install python3-jsonschema",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["config-schema"], "", &[]);
+    assert!(out.status.success());
+    let schema = dir.path().join("schema.json");
+    std::fs::write(&schema, &out.stdout).unwrap();
+    // Every plugin and output with typical options, and a file with a typo:
+    // the check must be able to fail.
+    let full = write_config(
+        &dir,
+        &format!(
+            "{}\n[[output]]\ntype = \"elastic\"\nurl = \"http://127.0.0.1:9200\"\n\n[[output]]\ntype = \"file\"\npath = \"out.ndjson\"\n",
+            test_chain()
+        ),
+    );
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "[server]\nlisten = \"127.0.0.1:8080\"\nmax_recods = 10\n").unwrap();
+    let shipped = repo().join("config.toml");
+    let out = std::process::Command::new("python3")
+        .args(["-c", VALIDATE_PY])
+        .arg(&schema)
+        .args([shipped.as_path(), std::path::Path::new(&full), typo.as_path()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the validator refused the schema: {}", text(&out.stderr));
+    let errors: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(errors[shipped.display().to_string()], serde_json::json!([]), "config.toml");
+    assert_eq!(errors[&full], serde_json::json!([]), "every plugin and an output of two types");
+    let typo_errors = errors[typo.display().to_string()].to_string();
+    assert!(typo_errors.contains("max_recods"), "{typo_errors}");
 }
 
 #[test]

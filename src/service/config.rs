@@ -141,22 +141,29 @@ impl ServiceConfig {
     /// options.
     pub(crate) fn json_schema(registry: &Registry) -> serde_json::Value {
         let mut schema = serde_json::to_value(schemars::schema_for!(Sections)).expect("schema serializes");
-        schema["properties"]["chain"] = enrichd_engine::Config::chain_schema(registry);
+        let mut defs = schema["$defs"].as_object().cloned().unwrap_or_default();
+        // Each plugin's options schema comes with its own `$defs`, which its
+        // `$ref`s point at from the document root: hoist them there (a
+        // validator resolves `#/$defs/Target` against the root only).
+        let mut chain = enrichd_engine::Config::chain_schema(registry);
+        if let Some(entries) = chain.pointer_mut("/items/oneOf").and_then(|v| v.as_array_mut()) {
+            for entry in entries {
+                let kind = entry.pointer("/properties/plugin/const").and_then(|v| v.as_str()).unwrap_or("").to_string();
+                hoist_defs(entry, &mut defs, &kind);
+                *entry = strip_meta(std::mem::take(entry));
+            }
+        }
+        schema["properties"]["chain"] = chain;
         // `[[output]]` entries: the runtime's keys plus the type's own
         // options, each set under `$defs` (`OutputRuntime`, `Output_<type>`).
-        let mut defs = schema["$defs"].as_object().cloned().unwrap_or_default();
         let mut runtime = serde_json::to_value(schemars::schema_for!(crate::delivery::options::RuntimeOptions))
             .expect("schema serializes");
-        if let Some(inner) = runtime.as_object_mut().and_then(|o| o.remove("$defs")) {
-            defs.extend(inner.as_object().cloned().unwrap_or_default());
-        }
+        hoist_defs(&mut runtime, &mut defs, "OutputRuntime");
         defs.insert("OutputRuntime".into(), strip_meta(runtime));
         let mut kinds = Vec::new();
         for factory in registry.outputs() {
             let mut options = serde_json::to_value(factory.options_schema()).expect("schema serializes");
-            if let Some(inner) = options.as_object_mut().and_then(|o| o.remove("$defs")) {
-                defs.extend(inner.as_object().cloned().unwrap_or_default());
-            }
+            hoist_defs(&mut options, &mut defs, &format!("Output_{}", factory.kind()));
             defs.insert(format!("Output_{}", factory.kind()), strip_meta(options));
             kinds.push(serde_json::Value::from(factory.kind()));
         }
@@ -308,6 +315,44 @@ mod tests {
         c.apply_env(&Registry::new(), env).unwrap();
         assert_eq!(c.auth.api_keys, ["a", "b"]);
         assert!(c.auth.admin_keys.is_empty());
+    }
+}
+
+/// Moves `schema`'s own `$defs` into the root's `defs`. A name already
+/// there with another definition is renamed `<owner>_<name>`, and the
+/// `$ref`s inside `schema` follow, so two plugins' different `Target`s
+/// both stay right.
+fn hoist_defs(schema: &mut serde_json::Value, defs: &mut serde_json::Map<String, serde_json::Value>, owner: &str) {
+    let Some(inner) = schema.as_object_mut().and_then(|o| o.remove("$defs")) else { return };
+    let serde_json::Value::Object(inner) = inner else { return };
+    let mut renames = Vec::new();
+    for (name, def) in &inner {
+        match defs.get(name) {
+            Some(existing) if existing != def => renames.push((name.clone(), format!("{owner}_{name}"))),
+            _ => {}
+        }
+    }
+    let rename = |v: &mut serde_json::Value| rewrite_refs(v, &renames);
+    rename(schema);
+    for (name, mut def) in inner {
+        rename(&mut def);
+        let target = renames.iter().find(|(from, _)| *from == name).map_or(name, |(_, to)| to.clone());
+        defs.insert(target, def);
+    }
+}
+
+fn rewrite_refs(value: &mut serde_json::Value, renames: &[(String, String)]) {
+    match value {
+        serde_json::Value::Object(o) => {
+            if let Some(serde_json::Value::String(r)) = o.get_mut("$ref") {
+                if let Some((_, to)) = renames.iter().find(|(from, _)| r.as_str() == format!("#/$defs/{from}")) {
+                    *r = format!("#/$defs/{to}");
+                }
+            }
+            o.values_mut().for_each(|v| rewrite_refs(v, renames));
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|v| rewrite_refs(v, renames)),
+        _ => {}
     }
 }
 
