@@ -44,6 +44,10 @@ enum Command {
     CheckConfig {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
+        /// Accept databases, indicator files and modules that do not exist
+        /// yet (they are loaded when they appear); load errors still fail.
+        #[arg(long)]
+        allow_missing: bool,
     },
     /// Print the JSON Schema of the configuration file.
     ConfigSchema,
@@ -74,7 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, listen } => serve::run(&config, listen),
-        Command::CheckConfig { config } => cli::check_config(&config),
+        Command::CheckConfig { config, allow_missing } => cli::check_config(&config, allow_missing),
         Command::ConfigSchema => cli::config_schema(),
         Command::ConfigReference => {
             print!("{}", cli::reference::markdown(&app::registry()));

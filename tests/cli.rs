@@ -34,16 +34,60 @@ fn write_config(dir: &tempfile::TempDir, content: &str) -> String {
 
 #[test]
 fn committed_config_is_valid_and_starts_degraded_without_databases() {
-    let out = run(&["check-config"], "", &[]);
+    let out = run(&["check-config", "--allow-missing"], "", &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("config.toml: ok (4 chain entries)"), "{stdout}");
     assert!(stdout.contains("ti") && stdout.contains("Loaded"), "{stdout}");
     assert!(stdout.lines().any(|l| l.trim_start().starts_with("risk") && l.contains("Loaded")), "{stdout}");
-    // geo/ holds no databases in a fresh clone.
+    // geo/ holds no databases in a fresh clone (MaxMind's licence): missing
+    // is accepted only when asked for.
     if !repo().join("geo/GeoLite2-City.mmdb").exists() {
         assert!(stdout.contains("Missing"), "{stdout}");
+        let out = run(&["check-config"], "", &[]);
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(err.contains("config.toml:") && err.contains("geo/GeoLite2-City.mmdb"), "{err}");
+        assert!(err.contains("--allow-missing"), "{err}");
     }
+}
+
+/// What `serve` only degrades on, `check-config` refuses, naming the key
+/// or entry and its line.
+#[test]
+fn check_config_refuses_broken_setups_that_serve_would_degrade_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = repo().join("rules/risk.wasm").display().to_string();
+    // A typo'd module path: scoring would be silently off.
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[chain]]\nplugin = \"wasm\"\nname = \"risk\"\nmodule = \"{}\"\n",
+        rule.replace("risk.wasm", "nope.wasm")
+    );
+    let path = write_config(&dir, &config);
+    let out = run(&["check-config", "--config", &path], "", &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("{path}:4")) && err.contains("nope.wasm"), "{err}");
+    // Missing files may be allowed; a file that is there but broken may not.
+    assert!(run(&["check-config", "--config", &path, "--allow-missing"], "", &[]).status.success());
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"\0asm not really").unwrap();
+    let path = write_config(
+        &dir,
+        &format!("[[chain]]\nplugin = \"wasm\"\nname = \"risk\"\nmodule = \"{}\"\n", broken.display()),
+    );
+    let out = run(&["check-config", "--config", &path, "--allow-missing"], "", &[]);
+    assert!(!out.status.success() && text(&out.stderr).contains("broken.wasm"), "{}", text(&out.stderr));
+    // Values serve would fail on late, or never say which key they are.
+    for (content, line, needle) in [
+        ("[server]\nlisten = \"127.0.0.1:99999\"\n", ":2", "[server] listen"),
+        ("[reload]\ndebounce_ms = \"soon\"\n", ":2", "[reload] debounce_ms: invalid type"),
+    ] {
+        let path = write_config(&dir, content);
+        let out = run(&["check-config", "--config", &path, "--allow-missing"], "", &[]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success() && err.contains(&format!("{path}{line}")) && err.contains(needle), "{err}");
+    }
+    assert!(run(&["check-config", "--config", &rule], "", &[]).status.code() != Some(0));
 }
 
 #[test]

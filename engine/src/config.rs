@@ -84,9 +84,17 @@ impl Config {
     /// file and line: how the service reads its own sections from the same
     /// file.
     pub fn parse_sections<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError {
-            location: Location { path: path.to_path_buf(), line: e.span().map(|s| line_of(text, s.start)) },
-            message: e.message().to_string(),
+        toml::from_str(text).map_err(|e| {
+            let key = e.span().and_then(|s| key_at(text, s.start));
+            ConfigError {
+                location: Location { path: path.to_path_buf(), line: e.span().map(|s| line_of(text, s.start)) },
+                // serde's type errors name the expected type, not the key:
+                // `expected u64` alone does not say which setting.
+                message: match key {
+                    Some(key) if !e.message().contains(&format!("`{key}`")) => format!("{key}: {}", e.message()),
+                    _ => e.message().to_string(),
+                },
+            }
         })
     }
 
@@ -151,10 +159,55 @@ impl Config {
     }
 }
 
+/// The setting whose value starts at `offset`: `[table] key` when the
+/// line reads `key = value`, `None` for anything else (a header, a value
+/// spread over lines).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text[line_start..offset].split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let table = text[..line_start].lines().rev().map(str::trim).find(|l| l.starts_with('['));
+    let table = table.map(|t| t.split('#').next().unwrap_or(t).trim());
+    Some(match table {
+        Some(table) => format!("{table} {key}"),
+        None => key.to_string(),
+    })
+}
+
 fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" => Some(false),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Sections {
+        reload: Option<Reload>,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Reload {
+        debounce_ms: u64,
+    }
+
+    #[test]
+    fn type_errors_name_the_table_and_key() {
+        let text = "# comment\n[reload] # the reload section\ndebounce_ms = \"x\"\n";
+        let e = Config::parse_sections::<Sections>(text, Path::new("c.toml")).unwrap_err();
+        assert_eq!(e.location.line, Some(3));
+        assert!(e.message.starts_with("[reload] debounce_ms: invalid type: string \"x\""), "{}", e.message);
+        assert_eq!(key_at("a = 1\n", 4).as_deref(), Some("a"));
+        assert_eq!(key_at("[t]\n", 1), None);
     }
 }

@@ -16,17 +16,45 @@ use enrichd_engine::{Encoding, Format, InputError, Limits, Pipeline, PluginState
 use crate::app;
 use crate::service::ServiceConfig;
 
-pub(crate) fn check_config(path: &Path) -> anyhow::Result<()> {
+/// Checks a configuration file the way `serve` would load it, and fails
+/// (exit 1) on what `serve` would only degrade on: a stage that cannot
+/// load (a typo'd module path leaves scoring off), and, unless
+/// `allow_missing`, a missing database, indicator file or module (for
+/// deployments where databases arrive after the config).
+pub(crate) fn check_config(path: &Path, allow_missing: bool) -> anyhow::Result<()> {
     let registry = app::registry();
     let (config, chain) = app::load(path, &registry)?;
-    println!("{}: ok ({} chain entries)", path.display(), config.engine.chain.len());
+    let mut problems = Vec::new();
     for r in chain.reports() {
         let detail = r.status.version.clone().or(r.status.error.clone()).unwrap_or_default();
         println!("  {:<12} {:<8} {:?} {}", r.name, r.plugin, r.status.state, detail);
+        let refused = match r.status.state {
+            PluginState::Error => true,
+            PluginState::Missing => !allow_missing,
+            _ => false,
+        };
+        if refused {
+            let entry = config.engine.chain.iter().find(|e| e.name.as_deref().unwrap_or(&e.plugin) == r.name);
+            let line = entry.and_then(|e| e.location.line).map_or(String::new(), |l| format!(":{l}"));
+            let files: Vec<String> = r.watched.iter().map(|p| p.display().to_string()).collect();
+            problems.push(format!(
+                "{}{line}: chain entry {:?} ({}): {}{}",
+                path.display(),
+                r.name,
+                r.plugin,
+                r.status.error.as_deref().unwrap_or("not loaded"),
+                if files.is_empty() { String::new() } else { format!(" ({})", files.join(", ")) }
+            ));
+        }
     }
     if config.auth.api_keys.is_empty() {
         println!("  warning: no API key configured (auth.api_keys or env API_KEY)");
     }
+    if !problems.is_empty() {
+        let hint = if allow_missing { "" } else { "; --allow-missing accepts files that are not there yet" };
+        bail!("{} problem(s){hint}:\n  {}", problems.len(), problems.join("\n  "));
+    }
+    println!("{}: ok ({} chain entries)", path.display(), config.engine.chain.len());
     Ok(())
 }
 

@@ -91,6 +91,12 @@ impl ServiceConfig {
                 });
             }
         };
+        if let Err(message) = check_listen(&sections.server.listen) {
+            return Err(ConfigError {
+                location: Location { path: path.to_path_buf(), line: key_line(text, "[server]", "listen") },
+                message: format!("[server] listen: {message}"),
+            });
+        }
         Ok(ServiceConfig {
             server: sections.server,
             auth: sections.auth,
@@ -284,6 +290,18 @@ mod tests {
     }
 
     #[test]
+    fn listen_addresses_are_checked_with_their_line() {
+        let e = parse("[server]\n# where\nlisten = \"127.0.0.1:99999\"\n").unwrap_err();
+        assert!(e.contains("c.toml:3") && e.contains("[server] listen") && e.contains("99999"), "{e}");
+        for bad in ["127.0.0.1", "300.1.1.1:80", ":80", "a b:80", "[::1]:x"] {
+            assert!(check_listen(bad).is_err(), "{bad}");
+        }
+        for good in ["127.0.0.1:8080", "[::]:0", "localhost:8080", "enrichd.example.org:443", "[::1]:80"] {
+            assert!(check_listen(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
     fn both_layers_read_the_same_file() {
         let c = parse("[server]\nlisten = \"0.0.0.0:1\"\n\n[[chain]]\nplugin = \"geoip\"\n\n[reload]\nwatch = false\n")
             .unwrap();
@@ -401,6 +419,46 @@ fn output_entries(
 
 /// 1-based numbers of the lines that are exactly `header` (comments and
 /// spaces aside).
+/// A listen address as `host:port` (an IP address, `[v6]`, or a name):
+/// refused here with the reason rather than at bind time, after the chain
+/// was built, or never by `check-config`.
+pub(crate) fn check_listen(listen: &str) -> Result<(), String> {
+    if listen.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return Err(format!("{listen:?} is not host:port (e.g. 127.0.0.1:8080 or [::]:8080)"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{listen:?}: port {port:?} is not a number from 0 to 65535"));
+    }
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let is_name = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        // All-numeric labels are a mistyped IPv4 address, not a name.
+        && !host.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    if host.parse::<std::net::IpAddr>().is_ok() || is_name {
+        Ok(())
+    } else {
+        Err(format!("{listen:?}: {host:?} is not an IP address or host name"))
+    }
+}
+
+/// Line of `key = ...` in `table` (`[server]`), for messages.
+fn key_line(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut in_table = false;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.starts_with('[') {
+            in_table = line == table;
+        } else if in_table && line.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 fn header_lines(text: &str, header: &str) -> Vec<usize> {
     text.lines()
         .enumerate()
