@@ -276,6 +276,27 @@ fn enrich_ndjson_and_zeek_tsv_offline() {
         std::fs::read_to_string(&zeek).unwrap().lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
     assert_eq!(rows.len(), expected);
     assert!(rows.iter().all(|r| r["id.orig_h"].is_string() && r["ti"]["matches"].is_array()));
+
+    // The same log without --zeek-tsv: recognised by its header, said so.
+    let out = run(&["enrich", "--config", &path, &zeek], "", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("reading it as --zeek-tsv"), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), expected);
+
+    // Input that is not records at all: ten messages, then a summary, not
+    // one message per line.
+    let arrays = "[1,2]\n".repeat(5000);
+    let out = run(&["enrich", "--config", &path, "--batch-size", "100"], &arrays, &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.lines().filter(|l| l.contains("expected a JSON object")).count(), 10, "{err}");
+    assert!(err.contains("the first 100 records were all refused") && err.contains("--zeek-tsv"), "{err}");
+    // Mostly good input with many bad lines: a count, the first ten shown.
+    let mixed: String = (0..300).map(|i| if i % 2 == 0 { "{\"id.orig_h\":\"10.0.0.1\"}\n" } else { "7\n" }).collect();
+    let out = run(&["enrich", "--config", &path, "--batch-size", "50"], &mixed, &[]);
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout).lines().count(), 150);
+    assert!(err.contains("150 record(s) skipped, 150 enriched (the first 10 shown above)"), "{err}");
 }
 
 #[test]

@@ -104,6 +104,15 @@ pub(crate) fn open_input(path: Option<&Path>) -> anyhow::Result<Box<dyn BufRead>
     Ok(Box::new(BufReader::with_capacity(1 << 16, reader)))
 }
 
+/// Whether the input starts like a Zeek TSV log (its `#separator` header
+/// line), without consuming anything.
+fn looks_like_zeek_tsv(input: &mut dyn BufRead) -> bool {
+    input.fill_buf().is_ok_and(|head| head.starts_with(b"#separator"))
+}
+
+/// Messages `enrich` prints for refused records before it only counts them.
+const SHOWN_ERRORS: usize = 10;
+
 /// Reads records as NDJSON lines, converting Zeek TSV when asked.
 pub(crate) fn read_lines(input: Box<dyn BufRead>, zeek_tsv: bool) -> Box<dyn Iterator<Item = anyhow::Result<String>>> {
     if zeek_tsv {
@@ -128,18 +137,29 @@ pub(crate) fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
             eprintln!("enrichd: warning: {} is {:?}: {}", r.name, r.status.state, r.status.error.unwrap_or_default());
         }
     }
-    let lines = read_lines(open_input(args.input.as_deref())?, args.zeek_tsv);
+    let mut input = open_input(args.input.as_deref())?;
+    let zeek_tsv = args.zeek_tsv || looks_like_zeek_tsv(&mut input);
+    if zeek_tsv && !args.zeek_tsv {
+        eprintln!("enrichd: the input starts with a Zeek TSV header (#separator): reading it as --zeek-tsv");
+    }
+    let lines = read_lines(input, zeek_tsv);
     let batch_size = args.batch_size.max(1);
     let pipeline = Pipeline::new(Limits { max_records: batch_size });
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut chunk = String::new();
-    let (mut line_no, mut first_line, mut in_chunk, mut skipped) = (0usize, 1usize, 0usize, 0usize);
+    let (mut line_no, mut first_line, mut in_chunk) = (0usize, 1usize, 0usize);
+    let (mut skipped, mut written) = (0usize, 0usize);
     let mut buf = Vec::new();
-    let mut flush = |chunk: &mut String, first_line: usize, out: &mut dyn Write| -> anyhow::Result<usize> {
+    let mut flush = |chunk: &mut String, first_line: usize, out: &mut dyn Write, skipped: &mut usize| {
         let text = std::mem::take(chunk);
+        let records = text.lines().filter(|l| !l.trim().is_empty()).count();
         let bad = pipeline.run_lenient(&chain, text, format, first_line, encoding.clone(), &mut buf);
         for Skipped { index, error } in &bad {
+            *skipped += 1;
+            if *skipped > SHOWN_ERRORS {
+                continue;
+            }
             match error {
                 InputError::Record { field, message, .. } => {
                     let field = field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default();
@@ -150,7 +170,7 @@ pub(crate) fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
         }
         out.write_all(&buf)?;
         buf.clear();
-        Ok(bad.len())
+        anyhow::Ok(records - bad.len())
     };
     for line in lines {
         let line = line?;
@@ -159,15 +179,27 @@ pub(crate) fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
         chunk.push('\n');
         in_chunk += 1;
         if in_chunk == batch_size {
-            skipped += flush(&mut chunk, first_line, &mut out)?;
+            written += flush(&mut chunk, first_line, &mut out, &mut skipped)?;
             in_chunk = 0;
             first_line = line_no + 1;
+            // Nothing readable at all: the wrong format or file, not a few
+            // bad records; say so rather than print every line.
+            if written == 0 && skipped >= SHOWN_ERRORS {
+                out.flush()?;
+                bail!(
+                    "the first {skipped} records were all refused: is this NDJSON of {}? (Zeek TSV logs: \
+                     --zeek-tsv; other formats: --format)",
+                    format.name()
+                );
+            }
         }
     }
-    skipped += flush(&mut chunk, first_line, &mut out)?;
+    written += flush(&mut chunk, first_line, &mut out, &mut skipped)?;
     out.flush()?;
     if skipped > 0 {
-        bail!("{skipped} record(s) skipped (see messages above)");
+        let shown =
+            if skipped > SHOWN_ERRORS { format!("the first {SHOWN_ERRORS} shown above") } else { "see above".into() };
+        bail!("{skipped} record(s) skipped, {written} enriched ({shown})");
     }
     Ok(())
 }
