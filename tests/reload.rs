@@ -413,7 +413,12 @@ fn api_indicators_need_the_admin_key_and_survive_restarts() {
     let probe = flows(2, 443, "192.0.2.1");
     let put = json!({"indicators": [{"indicator": TARGET, "category": "scanner", "confidence": 75}]});
 
-    assert_eq!(admin(&server, "PUT", "/v1/indicators", Some(&put), KEY).status, 401, "ingest keys are not admin keys");
+    // A valid key of the wrong kind is known but not allowed: 403 (an
+    // unknown key stays 401).
+    let r = admin(&server, "PUT", "/v1/indicators", Some(&put), KEY);
+    assert_eq!((r.status, r.json()["error"].clone()), (403, json!("admin_key_required")), "{}", r.text);
+    assert_eq!(admin(&server, "POST", "/v1/reload", None, KEY).status, 403);
+    assert_eq!(admin(&server, "PUT", "/v1/indicators", Some(&put), "not-a-key").status, 401);
     let bad = json!([{"indicator": TARGET}, {"indicator": "999.1.1.1"}]);
     let r = admin(&server, "PUT", "/v1/indicators", Some(&bad), ADMIN);
     assert_eq!(r.status, 400, "{}", r.text);

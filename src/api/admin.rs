@@ -31,8 +31,25 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "administrative endpoints are disabled: configure auth.admin_keys or ADMIN_API_KEY",
         ));
     }
-    state.admin_keys.check(headers)?;
-    Ok(())
+    admin_key(state, headers)
+}
+
+/// An admin key, or: 403 for a valid key of the wrong kind (the caller is
+/// known, the action is not theirs), 401 for no or an unknown key.
+pub(super) fn admin_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match state.admin_keys.check(headers) {
+        Ok(_) => Ok(()),
+        Err(refusal) => {
+            if state.keys.check(headers).is_ok() {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "admin_key_required",
+                    "this API key may not change configuration: use an admin key (auth.admin_keys or ADMIN_API_KEY)",
+                ));
+            }
+            Err(refusal.into())
+        }
+    }
 }
 
 /// Runs blocking reload work off the async threads.

@@ -33,10 +33,10 @@ use crate::delivery::options::{valid_name, OutputSpec};
 fn check_write(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.admin_keys.is_empty() {
         state.keys.check(headers)?;
+        Ok(())
     } else {
-        state.admin_keys.check(headers)?;
+        super::admin::admin_key(state, headers)
     }
-    Ok(())
 }
 
 fn checked_name(name: &str) -> Result<(), ApiError> {
