@@ -23,11 +23,37 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "enrichd", version, about = "Enrichment engine for network security telemetry")]
+#[command(
+    name = "enrichd",
+    version,
+    about = "Enrichment engine for network security telemetry",
+    after_long_help = ENVIRONMENT_HELP
+)]
 struct Cli {
+    /// Log lines as human-readable text or as one JSON object per line
+    /// (for log shippers). Logs go to standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ENRICHD_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `--help` lists the environment the binary reads.
+const ENVIRONMENT_HELP: &str = "\
+Environment:
+  ENRICHD_LOG              log filter (tracing syntax: info, debug, enrichd=debug,...); default info
+  ENRICHD_LOG_FORMAT       text or json, as --log-format
+  API_KEY                  adds an API key (auth.api_keys)
+  ADMIN_API_KEY            adds an admin key (auth.admin_keys)
+  ENRICH_ENABLE_<PLUGIN>   turns a chain entry of that plugin on or off (true/false, 1/0, yes/no, on/off)
+  EXPORT_<OUTPUT>_ENABLED  turns an output on or off (wins over config.toml and the API)
+  plugin variables         GEOIP_CITY_DB, GEOIP_ASN_DB, TI_PATH, ...: `enrichd config-reference` lists them all";
 
 #[derive(Subcommand)]
 enum Command {
@@ -70,12 +96,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ENRICHD_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ENRICHD_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        // Fields at the top level, next to `timestamp`, `level`, `target`.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
     let result = match cli.command {
         Command::Serve { config, listen } => serve::run(&config, listen),
         Command::CheckConfig { config, allow_missing } => cli::check_config(&config, allow_missing),

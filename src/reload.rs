@@ -101,7 +101,7 @@ fn reload_config(state: &AppState) -> Option<Value> {
         Ok(report) => {
             // Only an accepted file says what a restart would change.
             if !needs_restart.is_empty() {
-                tracing::warn!(sections = ?needs_restart, "configuration changed in sections that apply only after a restart");
+                tracing::warn!(sections = %needs_restart.join(","), "configuration changed in sections that apply only after a restart");
             }
             state.reload.update(|s| {
                 s.config_reloads += 1;

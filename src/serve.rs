@@ -18,11 +18,13 @@ pub(crate) fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<
     for report in chain.reports() {
         match report.status.state {
             PluginState::Loaded => {
-                tracing::info!(stage = %report.name, version = ?report.status.version, "enricher loaded")
+                let version = report.status.version.as_deref().unwrap_or("");
+                tracing::info!(stage = %report.name, version, "enricher loaded")
             }
             PluginState::Disabled => tracing::info!(stage = %report.name, "enricher disabled"),
             state => {
-                tracing::warn!(stage = %report.name, ?state, error = ?report.status.error, "enricher not loaded; events pass through it unenriched")
+                let error = report.status.error.as_deref().unwrap_or("");
+                tracing::warn!(stage = %report.name, %state, error, "enricher not loaded; events pass through it unenriched")
             }
         }
     }

@@ -464,3 +464,52 @@ fn enrichers_report_state_version_and_hash() {
     assert_eq!(r.status, 200);
     assert!(r.json()["records"][0]["src_geo"].is_null());
 }
+
+/// `--log-format json` (here through its environment variable) with the
+/// access log on: one JSON object per line, the request's fields as
+/// values, a valid key named by its id and never by itself, and admin
+/// changes logged at info with the admin key's id.
+#[test]
+fn json_access_log_names_keys_by_id_only() {
+    const ADMIN: &str = "admin-key-51c0e2";
+    let config = format!(
+        "[auth]\napi_keys = [\"{KEY}\"]\nadmin_keys = [\"{ADMIN}\"]\n[server]\naccess_log = true\n{}",
+        test_chain()
+    );
+    let s = Server::start_with(&config, &[("ENRICHD_LOG_FORMAT", "json")]);
+    assert_eq!(s.post("/v1/ingest", &json!({"format": "flows.v1", "records": [{"src_ip": "1.2.3.4"}]})).status, 200);
+    let r = common::agent()
+        .post(&s.url("/v1/reload"))
+        .header("Authorization", &format!("Bearer {ADMIN}"))
+        .header("X-Request-ID", "trace-reload-1")
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(s.get("/v1/nope").status, 404);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let log = s.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    let id = |key: &str| {
+        use sha2::Digest;
+        sha2::Sha256::digest(key.as_bytes())[..6].iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let access: Vec<&Value> = lines.iter().filter(|l| l["target"] == "enrichd::access").collect();
+    let ingest = access.iter().find(|l| l["path"] == "/v1/ingest").expect("ingest logged");
+    assert_eq!((ingest["method"].as_str(), ingest["status"].as_u64()), (Some("POST"), Some(200)), "{ingest}");
+    assert_eq!((ingest["route"].as_str(), ingest["key_id"].as_str()), (Some("ingest"), Some(&*id(KEY))));
+    assert!(ingest["duration_ms"].as_f64().unwrap() >= 0.0);
+    let reload = access.iter().find(|l| l["path"] == "/v1/reload").expect("reload logged");
+    assert_eq!((reload["request_id"].as_str(), reload["key_id"].as_str()), (Some("trace-reload-1"), Some(&*id(ADMIN))));
+    let missing = access.iter().find(|l| l["path"] == "/v1/nope").expect("404 logged");
+    assert_eq!((missing["status"].as_u64(), missing["key_id"].as_str()), (Some(404), Some("")));
+    let admin = lines.iter().find(|l| l["message"] == "reload requested through the API").expect("admin action");
+    assert_eq!((admin["level"].as_str(), admin["key_id"].as_str()), (Some("INFO"), Some(&*id(ADMIN))));
+    // Loaded stages log their version as a value, not `Some("...")`.
+    let loaded = lines.iter().find(|l| l["message"] == "enricher loaded").expect("stage log");
+    assert!(!loaded["version"].as_str().unwrap().starts_with("Some("), "{loaded}");
+    assert!(!log.contains(KEY) && !log.contains(ADMIN), "a key in the log");
+}

@@ -244,6 +244,24 @@ pub enum PluginState {
     Disabled,
 }
 
+impl PluginState {
+    /// The state as the API spells it (`loaded`, `missing`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginState::Loaded => "loaded",
+            PluginState::Missing => "missing",
+            PluginState::Error => "error",
+            PluginState::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A data file an enricher loaded.
 #[derive(Clone, Debug, Serialize)]
 pub struct SourceInfo {

@@ -22,8 +22,9 @@ use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
 use crate::reload;
+use crate::service::auth::KeyDigest;
 
-fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<KeyDigest, ApiError> {
     if state.admin_keys.is_empty() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -36,9 +37,9 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// An admin key, or: 403 for a valid key of the wrong kind (the caller is
 /// known, the action is not theirs), 401 for no or an unknown key.
-pub(super) fn admin_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn admin_key(state: &AppState, headers: &HeaderMap) -> Result<KeyDigest, ApiError> {
     match state.admin_keys.check(headers) {
-        Ok(_) => Ok(()),
+        Ok(key) => Ok(key),
         Err(refusal) => {
             if state.keys.check(headers).is_ok() {
                 return Err(ApiError::new(
@@ -62,7 +63,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// `POST /v1/reload`: re-reads the configuration and every stage's data.
 pub(super) async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    check_admin(&state, &headers)?;
+    let key = check_admin(&state, &headers)?;
+    tracing::info!(key_id = %key.id(), "reload requested through the API");
     let worker = state.clone();
     Ok(Json(blocking(move || reload::reload_everything(&worker)).await?))
 }
@@ -93,18 +95,18 @@ pub(super) fn routes(state: &AppState) -> Router<Arc<AppState>> {
                 .route(
                     &format!("/v1/{name}"),
                     get(move |State(state): State<Arc<AppState>>, headers: HeaderMap| {
-                        call(state, headers, on_list, AdminMethod::List, None, None)
+                        call(state, headers, (name, on_list), AdminMethod::List, None, None)
                     })
                     .put(
                         move |State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body| {
-                            call(state, headers, on_put, AdminMethod::Put, None, Some(body))
+                            call(state, headers, (name, on_put), AdminMethod::Put, None, Some(body))
                         },
                     ),
                 )
                 .route(
                     &format!("/v1/{name}/{{id}}"),
                     delete(move |State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>| {
-                        call(state, headers, on_delete, AdminMethod::Delete, Some(id), None)
+                        call(state, headers, (name, on_delete), AdminMethod::Delete, Some(id), None)
                     }),
                 );
         }
@@ -119,12 +121,13 @@ pub(super) fn routes(state: &AppState) -> Router<Arc<AppState>> {
 async fn call(
     state: Arc<AppState>,
     headers: HeaderMap,
-    handler: Arc<dyn AdminHandler>,
+    (resource, handler): (&'static str, Arc<dyn AdminHandler>),
     method: AdminMethod,
     id: Option<String>,
     body: Option<Body>,
 ) -> Result<Response, ApiError> {
-    check_admin(&state, &headers)?;
+    let target = id.clone();
+    let key = check_admin(&state, &headers)?;
     let body = match body {
         Some(body) => super::body::read(&state, &headers, body).await?,
         None => Vec::new(),
@@ -143,6 +146,10 @@ async fn call(
         answer
     })
     .await?;
+    if method.mutates() {
+        let (status, target) = (answer.status, target.as_deref().unwrap_or(""));
+        tracing::info!(key_id = %key.id(), resource, method = ?method, id = target, status, "admin change");
+    }
     Ok(respond(answer))
 }
 

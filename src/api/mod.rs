@@ -77,9 +77,31 @@ async fn common_headers(State(state): State<Arc<AppState>>, request: Request, ne
     let is_v1 = request.uri().path().starts_with("/v1/");
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    // Only a key that is valid is named in the access log (by its id).
+    let key_id = state
+        .config
+        .server
+        .access_log
+        .then(|| state.keys.check(request.headers()).or_else(|_| state.admin_keys.check(request.headers())).ok())
+        .flatten();
     let response = next.run(request).await.into_response();
     let mut response = json_refusal(response, &method, &path).await;
-    state.metrics.record_request(route_group(&path), response.status().as_u16());
+    let group = route_group(&path);
+    state.metrics.record_request(group, response.status().as_u16());
+    if state.config.server.access_log {
+        tracing::info!(
+            target: "enrichd::access",
+            method = %method,
+            path = %path,
+            route = group.label(),
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id = request_id.to_str().unwrap_or(""),
+            key_id = key_id.map(|k| k.id()).unwrap_or_default(),
+            "request"
+        );
+    }
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, request_id);
     if is_v1 {

@@ -30,13 +30,12 @@ use serde_json::{json, Map, Value};
 use super::{ApiError, AppState};
 use crate::delivery::options::{valid_name, OutputSpec};
 
-fn check_write(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if state.admin_keys.is_empty() {
-        state.keys.check(headers)?;
-        Ok(())
-    } else {
-        super::admin::admin_key(state, headers)
-    }
+/// Changing outputs takes an admin key, or any API key when no admin key
+/// is configured; the key's id, for the log of the change.
+fn check_write(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let key =
+        if state.admin_keys.is_empty() { state.keys.check(headers)? } else { super::admin::admin_key(state, headers)? };
+    Ok(key.id())
 }
 
 fn checked_name(name: &str) -> Result<(), ApiError> {
@@ -79,7 +78,7 @@ pub(super) async fn set(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_write(&state, &headers)?;
+    let key_id = check_write(&state, &headers)?;
     checked_name(&name)?;
     let body = super::body::read(&state, &headers, body).await?;
     let entry: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
@@ -106,6 +105,7 @@ pub(super) async fn set(
         ));
     }
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    tracing::info!(key_id, output = %name, created = !existed, "output settings changed through the API");
     let mut view = spec.view(registry);
     view["status"] = "configured".into();
     view["source"] = "api".into();
@@ -117,7 +117,7 @@ pub(super) async fn remove(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_write(&state, &headers)?;
+    let key_id = check_write(&state, &headers)?;
     checked_name(&name)?;
     let removed = state.delivery.store.remove(&name).map_err(|e| storage_error(&e))?;
     let in_config = state.delivery.config_entry_named(&name);
@@ -135,6 +135,7 @@ pub(super) async fn remove(
     crate::service::reconcile_outputs(&state)
         .await
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e))?;
+    tracing::info!(key_id, output = %name, "output settings removed through the API");
     Ok(Json(json!({ "name": name, "removed": true, "now_from": if in_config { "config" } else { "nothing" } })))
 }
 
@@ -244,13 +245,14 @@ pub(super) async fn replay(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    check_write(&state, &headers)?;
+    let key_id = check_write(&state, &headers)?;
     checked_name(&name)?;
     let lane = lane(&state, &name)?;
     let replayed = tokio::task::spawn_blocking(move || crate::delivery::replay(&lane))
         .await
         .map_err(|_| storage_error(&anyhow::anyhow!("replay failed")))?
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "replay_refused", e))?;
+    tracing::info!(key_id, output = %name, replayed, "dead-letter replayed through the API");
     Ok(Json(json!({ "output": name, "replayed": replayed })))
 }
 

@@ -20,6 +20,15 @@ pub(crate) struct KeyRefusal(pub &'static str);
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KeyDigest(pub [u8; 32]);
 
+impl KeyDigest {
+    /// What logs name a key by: the first 12 hex digits of its SHA-256
+    /// (`printf %s "$KEY" | sha256sum` on the operator's side), never the
+    /// key.
+    pub(crate) fn id(&self) -> String {
+        self.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 pub(crate) struct ApiKeys {
     digests: Vec<[u8; 32]>,
 }

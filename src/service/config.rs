@@ -223,6 +223,11 @@ pub(crate) struct ServerConfig {
     /// deliver what is queued; then spools keep the rest for the next
     /// start and memory queues move it to the dead-letter.
     pub shutdown_flush_ms: u64,
+    /// Log one line per HTTP request at info (target `enrichd::access`):
+    /// method, path, route group, status, duration, request id and the
+    /// id of a valid key (first 12 hex digits of its SHA-256; never the
+    /// key). Off by default: at ingest rates it is a line per batch.
+    pub access_log: bool,
 }
 
 impl Default for ServerConfig {
@@ -241,6 +246,7 @@ impl Default for ServerConfig {
             keepalive_timeout_s: 75,
             body_timeout_s: 60,
             shutdown_flush_ms: 10_000,
+            access_log: false,
         }
     }
 }

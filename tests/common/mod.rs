@@ -16,7 +16,9 @@ pub(crate) const KEY: &str = "test-key-7f3a";
 
 /// Environment variables that override configuration: cleared for every
 /// spawned binary so the developer's shell cannot change a test.
-pub(crate) const OVERRIDE_VARS: [&str; 7] = [
+pub(crate) const OVERRIDE_VARS: [&str; 9] = [
+    "ENRICHD_LOG",
+    "ENRICHD_LOG_FORMAT",
     "API_KEY",
     "GEOIP_CITY_DB",
     "GEOIP_ASN_DB",
