@@ -62,12 +62,14 @@ enum Command {
         /// Configuration file.
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
-        /// Listen address (overrides `server.listen`).
+        /// Listen address, `host:port` or a port alone (the configured
+        /// host on that port); overrides `server.listen`.
         #[arg(long)]
         listen: Option<String>,
     },
     /// Validate the configuration and load every enricher's data.
     CheckConfig {
+        /// Configuration file.
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
         /// Accept databases, indicator files and modules that do not exist
@@ -82,7 +84,10 @@ enum Command {
     ConfigReference,
     /// Look up one address offline and print what the chain knows of it.
     Lookup {
-        ip: std::net::IpAddr,
+        /// An IPv4 or IPv6 address, or a domain name (matched against the
+        /// domain indicators).
+        target: String,
+        /// Configuration file.
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
@@ -113,7 +118,7 @@ fn main() -> ExitCode {
             print!("{}", cli::reference::markdown(&app::registry()));
             Ok(())
         }
-        Command::Lookup { ip, config } => cli::lookup(&config, ip),
+        Command::Lookup { target, config } => cli::lookup(&config, &target),
         Command::Enrich(args) => cli::enrich(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Rule(command) => cli::rule::run(command),
@@ -124,5 +129,32 @@ fn main() -> ExitCode {
             eprintln!("enrichd: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every option and argument of every subcommand says what it is in
+    /// `--help`.
+    #[test]
+    fn every_cli_argument_is_documented() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "undocumented: {missing:#?}");
+        super::Cli::command().debug_assert();
     }
 }

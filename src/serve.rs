@@ -15,6 +15,7 @@ pub(crate) fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<
     let (mut config, chain) = app::load(config_path, &registry)?;
     let overrides = CliOverrides { listen };
     overrides.apply(&mut config);
+    crate::service::config::check_listen(&config.server.listen).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
     for report in chain.reports() {
         match report.status.state {
             PluginState::Loaded => {

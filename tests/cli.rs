@@ -152,6 +152,28 @@ fn environment_overrides() {
     assert!(text(&out.stderr).contains("ENRICH_ENABLE_TI"));
 }
 
+/// `lookup` takes an address or a domain, and shows each answer once (the
+/// HTTP API keeps the reference API's `threats` alias; people do not need
+/// it twice).
+#[test]
+fn lookup_an_address_or_a_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &test_chain());
+    let out = run(&["lookup", "45.149.3.7", "--config", &path], "", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ti"]["matches"][0]["indicator"], "45.149.3.0/24");
+    assert!(v.get("threats").is_none(), "{v}");
+    let out = run(&["lookup", "WWW.Evil-Example.com.", "--config", &path], "", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["domain"], "www.evil-example.com");
+    assert_eq!(v["ti"]["matches"][0]["indicator"], "evil-example.com", "{v}");
+    assert!(v.get("geo").is_none(), "address databases say nothing of a domain: {v}");
+    let out = run(&["lookup", "not an address", "--config", &path], "", &[]);
+    assert!(!out.status.success() && text(&out.stderr).contains("neither an IP address nor a domain"));
+}
+
 #[test]
 fn config_schema_lists_every_plugin() {
     let out = run(&["config-schema"], "", &[]);

@@ -101,7 +101,7 @@ fn rule_check_and_rule_test_cli() {
     std::fs::write(&events, "{\"src_ip\":\"45.149.3.1\",\"dst_port\":23}\n{\"src_ip\":\"10.0.0.1\",\"dst_port\":22}\n")
         .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_enrichd"))
-        .args(["rule", "test"])
+        .args(["rule", "test", "--format", "flows.v1"])
         .arg(repo().join("rules/risk.wasm"))
         .arg("--events")
         .arg(&events)
@@ -154,7 +154,8 @@ fn guest_text_cannot_forge_log_lines() {
     .unwrap();
     let events = dir.path().join("events.ndjson");
     std::fs::write(&events, "{\"src_ip\":\"10.0.0.1\"}\n").unwrap();
-    let out = bin().args(["rule", "test"]).arg(&logger).arg("--events").arg(&events).output().unwrap();
+    let out =
+        bin().args(["rule", "test", "-f", "flows.v1"]).arg(&logger).arg("--events").arg(&events).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(r"hello\n2026-01-01T00:00:00.000000Z ERROR enrichd: forged\u{1b}[2K"), "{stderr}");

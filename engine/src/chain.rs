@@ -25,7 +25,7 @@ use crate::fact::FactInfo;
 use crate::format::Format;
 use crate::limits::cap_message;
 use crate::parse::ParseSpec;
-use crate::plugin::{rfc3339, BuildContext, Enricher, PluginState, PluginStatus};
+use crate::plugin::{rfc3339, BuildContext, Enricher, LookupAnswer, LookupTarget, PluginState, PluginStatus};
 use crate::registry::Registry;
 
 /// Where and how chain entries are built.
@@ -242,12 +242,15 @@ impl Chain {
 
     /// Everything the chain knows about one address: each enabled stage
     /// contributes its answer under its own output key(s).
-    pub fn lookup(&self, ip: IpAddr) -> serde_json::Map<String, serde_json::Value> {
-        let mut out = serde_json::Map::new();
-        out.insert("ip".into(), ip.to_string().into());
+    pub fn lookup(&self, target: LookupTarget<'_>) -> LookupAnswer {
+        let mut out = LookupAnswer::default();
+        match target {
+            LookupTarget::Ip(ip) => out.fields.insert("ip".into(), ip.to_string().into()),
+            LookupTarget::Domain(name) => out.fields.insert("domain".into(), name.into()),
+        };
         for stage in &self.stages {
             if let Some(e) = &stage.enricher {
-                e.lookup(ip, &mut out);
+                e.lookup(target, &mut out);
             }
         }
         out

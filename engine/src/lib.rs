@@ -41,8 +41,8 @@ pub use live::{Engine, Outcome, ReloadReport, StageReload};
 pub use parse::{parse_envelope, parse_ndjson, InputError, Limits, ParseSpec};
 pub use pipeline::{Encoding, Input, Observer, Pipeline, Processed, Shape, Skipped, Timing};
 pub use plugin::{
-    rfc3339, source_info, to_hex, BuildContext, Enricher, EnvOverride, Plugin, PluginFactory, PluginState,
-    PluginStatus, SourceInfo,
+    rfc3339, source_info, to_hex, BuildContext, Enricher, EnvOverride, LookupAnswer, LookupTarget, Plugin,
+    PluginFactory, PluginState, PluginStatus, SourceInfo,
 };
 pub use profile::{Profile, Profiles};
 pub use registry::Registry;

@@ -146,10 +146,29 @@ pub trait Enricher: Send + Sync {
         Ok(())
     }
 
-    /// Contributes this enricher's answer for a single address to
+    /// Contributes this enricher's answer for one address or domain to
     /// `POST /v1/lookup` / `enrichd lookup`, under the output key(s) the
-    /// stage writes events' answers under.
-    fn lookup(&self, _ip: IpAddr, _out: &mut serde_json::Map<String, serde_json::Value>) {}
+    /// stage writes events' answers under. Enrichers that know nothing of
+    /// a kind of target leave it alone.
+    fn lookup(&self, _target: LookupTarget<'_>, _out: &mut LookupAnswer) {}
+}
+
+/// What a lookup asks about.
+#[derive(Clone, Copy, Debug)]
+pub enum LookupTarget<'a> {
+    Ip(IpAddr),
+    /// A host name, lowercase, without a trailing dot.
+    Domain(&'a str),
+}
+
+/// A lookup's answer as the stages build it: `fields` under their output
+/// keys, and `aliases`, extra keys that repeat a field under a name a
+/// reference API used (`POST /v1/lookup` adds them for compatibility; the
+/// command line, read by people, leaves them out).
+#[derive(Debug, Default)]
+pub struct LookupAnswer {
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub aliases: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Handed to [`PluginFactory::build`]: where relative paths are resolved and

@@ -35,8 +35,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail};
 use enrichd_engine::limits::copy_capped;
 use enrichd_engine::{
-    source_info, AddressSelector, BatchView, BuildContext, Enricher, FactDecl, FactId, FactKind, KeyId, PluginState,
-    PluginStatus, Side, SourceInfo, ValuesReader, WARNINGS_KEY,
+    source_info, AddressSelector, BatchView, BuildContext, Enricher, FactDecl, FactId, FactKind, KeyId, LookupAnswer,
+    LookupTarget, PluginState, PluginStatus, Side, SourceInfo, ValuesReader, WARNINGS_KEY,
 };
 use maxminddb::{Metadata, Mmap, Reader};
 use schemars::JsonSchema;
@@ -423,7 +423,8 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
         self.status.clone()
     }
 
-    fn lookup(&self, ip: IpAddr, out: &mut serde_json::Map<String, serde_json::Value>) {
+    fn lookup(&self, target: LookupTarget<'_>, out: &mut LookupAnswer) {
+        let LookupTarget::Ip(ip) = target else { return };
         let value = match &self.db {
             None => serde_json::Value::Null,
             Some(db) => {
@@ -441,7 +442,7 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
         };
         // Under each target's own output key, as events get it.
         for target in &self.targets {
-            out.insert(target.output.to_string(), value.clone());
+            out.fields.insert(target.output.to_string(), value.clone());
         }
     }
 }

@@ -128,6 +128,11 @@ pub(super) async fn lookup(
             return Err(ApiError::bad_request("invalid_ip", "field `ip` must be a string").with(json!({"field": "ip"})))
         }
     };
-    // Each enabled stage answers under its own output key(s).
-    Ok(Json(Value::Object(state.engine.chain().lookup(ip))))
+    // Each enabled stage answers under its own output key(s), plus the
+    // names the reference API used for some of them.
+    let mut answer = state.engine.chain().lookup(enrichd_engine::LookupTarget::Ip(ip));
+    for (key, value) in answer.aliases {
+        answer.fields.entry(key).or_insert(value);
+    }
+    Ok(Json(Value::Object(answer.fields)))
 }

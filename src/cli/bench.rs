@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
+    /// Configuration file whose chain is measured.
     #[arg(long, short, default_value = "config.toml")]
     config: PathBuf,
     /// Replay these logs (Zeek TSV, `.gz` ok); repeat the flag for several.

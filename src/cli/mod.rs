@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use enrichd_engine::{Encoding, Format, InputError, Limits, Pipeline, PluginState, Skipped};
+use enrichd_engine::{Encoding, Format, InputError, Limits, LookupTarget, Pipeline, PluginState, Skipped};
 
 use crate::app;
 use crate::service::ServiceConfig;
@@ -64,15 +64,34 @@ pub(crate) fn config_schema() -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn lookup(path: &Path, ip: IpAddr) -> anyhow::Result<()> {
+/// `enrichd lookup TARGET`: an address, or a domain name (as domain
+/// indicators match it: lowercase, without a trailing dot).
+pub(crate) fn lookup(path: &Path, target: &str) -> anyhow::Result<()> {
+    let target = target.trim();
+    let domain = target.trim_end_matches('.').to_ascii_lowercase();
+    let target = match target.parse::<IpAddr>() {
+        Ok(ip) => LookupTarget::Ip(ip),
+        Err(_) if is_domain_name(&domain) => LookupTarget::Domain(&domain),
+        Err(_) => bail!("{target:?} is neither an IP address nor a domain name"),
+    };
     let (_, chain) = app::load(path, &app::registry())?;
-    let answer = chain.lookup(ip);
+    // People read this: the reference API's repeated keys are left out.
+    let answer = chain.lookup(target).fields;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }
 
+fn is_domain_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.contains('.')
+        && name.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 #[derive(clap::Args)]
 pub(crate) struct EnrichArgs {
+    /// Configuration file (its chain and output profiles are used).
     #[arg(long, short, default_value = "config.toml")]
     config: PathBuf,
     /// Record format: zeek.conn.v1 (aliases zeek, zeek.conn) or flows.v1.

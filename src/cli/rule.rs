@@ -15,6 +15,7 @@ pub(crate) enum RuleCommand {
     /// Load a module as the host would and report its ABI version, exports,
     /// imports, size and the limits it will run under.
     Check {
+        /// The module: `.wasm` (or `.wat` text).
         module: PathBuf,
         /// Linear-memory cap to check against, MiB.
         #[arg(long, default_value_t = 16)]
@@ -25,11 +26,13 @@ pub(crate) enum RuleCommand {
     },
     /// Run a module over NDJSON events offline and print each event's verdict.
     Test {
+        /// The module: `.wasm` (or `.wat` text).
         module: PathBuf,
         /// Events, one JSON object per line.
         #[arg(long)]
         events: PathBuf,
-        #[arg(long, short, default_value = "flows.v1")]
+        /// Record format: zeek.conn.v1 (aliases zeek, zeek.conn) or flows.v1.
+        #[arg(long, short, default_value = "zeek.conn.v1")]
         format: String,
         /// `rule` or `enricher`.
         #[arg(long, default_value = "rule")]
@@ -37,8 +40,9 @@ pub(crate) enum RuleCommand {
         /// Fields an enricher sets (repeat the flag).
         #[arg(long = "field")]
         fields: Vec<String>,
-        /// Module configuration, `key=value` (repeat the flag).
-        #[arg(long = "config")]
+        /// A value of the module's own configuration (what a chain entry's
+        /// `config` table holds), `key=value`; repeat the flag.
+        #[arg(long = "set", value_name = "KEY=VALUE", alias = "config")]
         config: Vec<String>,
         /// Run the threat-intel stage from this indicator file first, so
         /// `ti_matches` is set as in production.
@@ -70,7 +74,7 @@ pub(crate) fn run(command: RuleCommand) -> anyhow::Result<()> {
             }
             let config: Vec<String> = config
                 .iter()
-                .map(|kv| kv.split_once('=').map(|(k, v)| format!("{k:?} = {v:?}")).context("--config takes key=value"))
+                .map(|kv| kv.split_once('=').map(|(k, v)| format!("{k:?} = {v:?}")).context("--set takes key=value"))
                 .collect::<anyhow::Result<_>>()?;
             toml.push_str(&format!(
                 "[[chain]]\nplugin = \"wasm\"\nname = \"module\"\nmodule = {:?}\nrole = {role:?}\nfields = {fields:?}\nconfig = {{ {} }}\n",

@@ -17,9 +17,17 @@ pub(crate) struct CliOverrides {
 }
 
 impl CliOverrides {
+    /// `--listen PORT` keeps the configured host; `--listen HOST:PORT`
+    /// replaces both.
     pub(crate) fn apply(&self, config: &mut ServiceConfig) {
         if let Some(listen) = &self.listen {
-            config.server.listen = listen.clone();
+            config.server.listen = match listen.parse::<u16>() {
+                Ok(port) => {
+                    let host = config.server.listen.rsplit_once(':').map_or("127.0.0.1", |(host, _)| host);
+                    format!("{host}:{port}")
+                }
+                Err(_) => listen.clone(),
+            };
         }
     }
 }
@@ -54,5 +62,22 @@ impl ReloadStatus {
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut ReloadState)) {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_alone_keeps_the_configured_host() {
+        let mut config = ServiceConfig::parse("[server]\nlisten = \"0.0.0.0:8080\"\n", std::path::Path::new("c.toml"))
+            .expect("parses");
+        CliOverrides { listen: Some("9090".into()) }.apply(&mut config);
+        assert_eq!(config.server.listen, "0.0.0.0:9090");
+        CliOverrides { listen: Some("[::1]:7070".into()) }.apply(&mut config);
+        assert_eq!(config.server.listen, "[::1]:7070");
+        CliOverrides { listen: Some("8081".into()) }.apply(&mut config);
+        assert_eq!(config.server.listen, "[::1]:8081");
     }
 }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use enrichd_engine::{
     AddressSelector, AdminResource, BatchView, BuildContext, Enricher, EnvOverride, FactDecl, FactId, FactKind,
-    JsonFragment, KeyId, Plugin, PluginState, PluginStatus, TextFieldId,
+    JsonFragment, KeyId, LookupAnswer, LookupTarget, Plugin, PluginState, PluginStatus, TextFieldId,
 };
 use serde_json::json;
 
@@ -269,15 +269,21 @@ impl Enricher for TiEnricher {
 
     /// Answers under the stage's output key, plus `threats` (the bare
     /// match list, the documented lookup shape of the default chain).
-    fn lookup(&self, ip: IpAddr, out: &mut serde_json::Map<String, serde_json::Value>) {
+    fn lookup(&self, target: LookupTarget<'_>, out: &mut LookupAnswer) {
         let mut m = Matches::default();
         if let Some(index) = &self.index {
-            index.for_each_ip_match(ip, |hit| m.push(&hit, "\"ip\"", Value::Ip(ip)));
+            match target {
+                LookupTarget::Ip(ip) => index.for_each_ip_match(ip, |hit| m.push(&hit, "\"ip\"", Value::Ip(ip))),
+                LookupTarget::Domain(name) => {
+                    index.for_each_domain_match(name, |hit| m.push(&hit, "\"domain\"", Value::Text(name)))
+                }
+            }
         }
         let text = m.finish(self.matched_flag).unwrap_or_else(|| self.empty.to_string());
         let value: serde_json::Value = serde_json::from_str(&text).expect("matches are valid JSON");
-        out.insert("threats".into(), value["matches"].clone());
-        out.insert(self.output.to_string(), value);
+        // The reference API's lookup answered with the list as `threats`.
+        out.aliases.insert("threats".into(), value["matches"].clone());
+        out.fields.insert(self.output.to_string(), value);
     }
 }
 
