@@ -140,7 +140,7 @@ fn verify(city: &Path, asn: &Path, ips: &[IpAddr]) {
     let mut mismatches = 0;
     let mut found = 0;
     for &ip in ips {
-        let got = chain.lookup(ip);
+        let got = chain.lookup(enrichd_engine::LookupTarget::Ip(ip)).fields;
         found += usize::from(!got["geo"].is_null());
         let want_geo = match city_db.lookup(ip).unwrap().decode::<geoip2::City>().unwrap() {
             None => Value::Null,
