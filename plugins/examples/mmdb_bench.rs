@@ -195,7 +195,7 @@ fn verify_flat(path: &Path, ips: &[IpAddr]) {
     let reader = maxminddb::Reader::open_readfile(path).expect("open DB-IP");
     let mut mismatches = 0;
     for &ip in ips {
-        let got = chain.lookup(ip)["geo"]["country"].clone();
+        let got = chain.lookup(enrichd_engine::LookupTarget::Ip(ip)).fields["geo"]["country"].clone();
         let want = match ip {
             IpAddr::V6(_) => serde_json::Value::Null,
             IpAddr::V4(_) => {
