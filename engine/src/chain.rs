@@ -242,6 +242,11 @@ impl Chain {
 
     /// Everything the chain knows about one address: each enabled stage
     /// contributes its answer under its own output key(s).
+    /// [`Chain::lookup`] of an address: its fields (no aliases).
+    pub fn lookup_ip(&self, ip: IpAddr) -> serde_json::Map<String, serde_json::Value> {
+        self.lookup(LookupTarget::Ip(ip)).fields
+    }
+
     pub fn lookup(&self, target: LookupTarget<'_>) -> LookupAnswer {
         let mut out = LookupAnswer::default();
         match target {

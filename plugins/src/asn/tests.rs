@@ -84,7 +84,7 @@ fn known_addresses() {
     assert_eq!(out[2].0["asn"], json!({"asn": 237, "org": "Merit Network Inc."}));
     let text = String::from_utf8(chain.enrich_address("1.128.0.1".parse().unwrap())).unwrap();
     assert_eq!(text, r#"{"asn":{"asn":1221,"org":"Telstra Pty Ltd"}}"#);
-    assert_eq!(chain.lookup("1.128.0.1".parse().unwrap())["asn"], json!({"asn": 1221, "org": "Telstra Pty Ltd"}));
+    assert_eq!(chain.lookup_ip("1.128.0.1".parse().unwrap())["asn"], json!({"asn": 1221, "org": "Telstra Pty Ltd"}));
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn env_override_and_schema() {
     let db = data("GeoLite2-ASN-Test.mmdb");
     config.apply_env(&registry, |var| (var == "GEOIP_ASN_DB").then(|| db.clone())).unwrap();
     let chain = Chain::build(&config.chain, &registry, &config.base_dir).unwrap();
-    assert_eq!(chain.lookup("1.128.0.1".parse().unwrap())["asn"]["asn"], 1221);
+    assert_eq!(chain.lookup_ip("1.128.0.1".parse().unwrap())["asn"]["asn"], 1221);
 
     let schema = serde_json::to_value(super::AsnFactory.options_schema()).unwrap();
     assert_eq!(schema["properties"]["database"]["default"], "geo/GeoLite2-ASN.mmdb");

@@ -274,7 +274,7 @@ fn missing_file_reports_missing_and_writes_null() {
     assert_eq!(status.error.as_deref(), Some("file not found"));
     let out = run(&chain, vec![event(Some("81.2.69.160"), Some("81.2.69.160"))]);
     assert_eq!(out[0].0, json!({"geo": null}));
-    assert_eq!(chain.lookup("81.2.69.160".parse().unwrap())["geo"], Value::Null);
+    assert_eq!(chain.lookup_ip("81.2.69.160".parse().unwrap())["geo"], Value::Null);
 }
 
 #[test]
@@ -314,13 +314,13 @@ fn ipv6_in_an_ipv4_only_database_is_null() {
     assert_eq!(out[0], (json!({"geo": null}), vec![]));
     // Found (1.1.1.1/32 exists) but the record has no geo fields: null too.
     assert_eq!(out[1], (json!({"geo": null}), vec![]));
-    assert_eq!(chain.lookup("2001:db8::1".parse().unwrap())["geo"], Value::Null);
+    assert_eq!(chain.lookup_ip("2001:db8::1".parse().unwrap())["geo"], Value::Null);
 }
 
 #[test]
 fn lookup_answers_under_geo() {
     let chain = geoip_chain("GeoIP2-City-Test.mmdb");
-    let answer = chain.lookup("81.2.69.160".parse().unwrap());
+    let answer = chain.lookup_ip("81.2.69.160".parse().unwrap());
     assert_eq!(answer["geo"]["city"], "London");
     assert_eq!(answer["geo"]["country"], "GB");
 }
@@ -347,7 +347,7 @@ fn env_override_sets_the_database_and_default_path_is_relative() {
     config.apply_env(&registry, |var| (var == "GEOIP_CITY_DB").then(|| db.clone())).unwrap();
     let chain = Chain::build(&config.chain, &registry, &config.base_dir).unwrap();
     assert_eq!(chain.reports()[0].status.state, PluginState::Loaded);
-    assert_eq!(chain.lookup("81.2.69.160".parse().unwrap())["geo"]["city"], "London");
+    assert_eq!(chain.lookup_ip("81.2.69.160".parse().unwrap())["geo"]["city"], "London");
 }
 
 #[test]

@@ -504,13 +504,14 @@ fn stage3_layout_lookup_and_address_selection() {
     assert_eq!(records[1]["threat"]["matched"], true);
     assert_eq!(indicators(&records[1], "threat"), ["45.149.3.0/24"]);
 
-    let answer = chain.lookup("94.26.1.2".parse().unwrap());
+    let answer = chain.lookup(enrichd_engine::LookupTarget::Ip("94.26.1.2".parse().unwrap()));
     let want =
         json!([{"indicator": "94.26.0.0/16", "type": "subnet", "field": "ip", "value": "94.26.1.2", "source": sample}]);
-    assert_eq!(answer["threats"], want);
-    assert_eq!(answer["threat"], json!({"matches": want, "matched": true}), "under the stage's output key");
-    assert!(answer.get("ti").is_none());
-    assert_eq!(chain.lookup("8.8.8.8".parse().unwrap())["threats"], json!([]));
+    assert_eq!(answer.aliases["threats"], want, "the reference API's name, as an alias");
+    assert_eq!(answer.fields["threat"], json!({"matches": want, "matched": true}), "under the stage's output key");
+    assert!(answer.fields.get("ti").is_none() && answer.fields.get("threats").is_none());
+    let clean = chain.lookup(enrichd_engine::LookupTarget::Ip("8.8.8.8".parse().unwrap()));
+    assert_eq!(clean.aliases["threats"], json!([]));
 
     let chain = ti_chain(&[&sample], "addresses = [\"destination_or_source\", \"source\"]");
     let (records, counts) = run_ips(&chain, &[(Some("45.149.3.7"), None), (Some("94.26.0.1"), Some("45.149.3.9"))]);
