@@ -15,6 +15,7 @@ mod schema;
 mod serve;
 mod server;
 mod service;
+mod tap;
 mod watch;
 
 use std::path::PathBuf;
@@ -98,6 +99,12 @@ enum Command {
     /// Check or try out a WebAssembly rule / enricher module.
     #[command(subcommand)]
     Rule(cli::rule::RuleCommand),
+    /// Stream a sample of a running server's enriched events (`GET
+    /// /v1/tap`), filtered, as NDJSON on standard output.
+    Tap(cli::remote::TapArgs),
+    /// A live terminal view of a running server: rates, lag, stages and
+    /// outputs (`GET /v1/metrics`).
+    Top(cli::remote::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +129,8 @@ fn main() -> ExitCode {
         Command::Enrich(args) => cli::enrich(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Rule(command) => cli::rule::run(command),
+        Command::Tap(args) => cli::remote::tap(args),
+        Command::Top(args) => cli::remote::top(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -133,6 +133,11 @@ fn reference_requests_configure_working_outputs() {
         listed.json()["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap().to_string()).collect();
     names.sort();
     assert_eq!(names, ["elastic", "splunk"]);
+    // The receiver counts a document when the request arrives; the output
+    // counts it sent once the answer is read: wait for the answer.
+    wait_for("the elastic output to count 300 sent", Duration::from_secs(10), || {
+        counter(&output(&s, "elastic"), "sent") == 300
+    });
     let o = output(&s, "elastic");
     assert_eq!(counter(&o, "sent"), 300, "{o}");
     assert_eq!(o["settings"]["password_set"], true);

@@ -82,6 +82,7 @@ pub(super) fn document(state: &AppState, with_key: bool) -> Value {
     let mut doc = report::document(&state.metrics, &reading);
     doc["enrichers"] = enrichers(state);
     doc["outputs"] = outputs(state, with_key);
+    doc["tap"] = state.tap.state();
     doc
 }
 

@@ -14,6 +14,7 @@ mod info;
 mod ingest;
 mod live;
 mod outputs;
+mod tap;
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/schema/{name}", get(info::schema_document))
         .route("/v1/metrics", get(live::metrics))
         .route("/v1/stream", get(live::stream))
+        .route("/v1/tap", get(tap::tap))
         .route("/metrics", get(live::prometheus))
         .route("/v1/lookup", post(info::lookup))
         .route("/v1/ingest", post(ingest::ingest))

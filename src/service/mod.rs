@@ -32,6 +32,8 @@ pub(crate) struct AppState {
     /// Keys for administrative calls (reload, indicators).
     pub admin_keys: ApiKeys,
     pub metrics: Arc<Metrics>,
+    /// Watchers of the live stream (`GET /v1/tap`).
+    pub tap: Arc<crate::tap::Tap>,
     /// Decode → chain → metrics → encode, as every entry point runs it.
     pub pipeline: Pipeline,
     pub reload: ReloadStatus,
@@ -62,7 +64,10 @@ impl AppState {
         let api_version =
             HeaderValue::from_str(&config.server.api_version).unwrap_or(HeaderValue::from_static("1.0.0"));
         let metrics = Arc::new(Metrics::default());
-        let pipeline = Pipeline::new(Limits { max_records: config.server.max_records }).with_observer(metrics.clone());
+        let tap = Arc::new(crate::tap::Tap::default());
+        let pipeline = Pipeline::new(Limits { max_records: config.server.max_records })
+            .with_observer(metrics.clone())
+            .with_observer(tap.clone());
         // `app::load` refused a bad `[profiles]` already.
         let profiles =
             enrichd_engine::Profiles::from_config(&config.profiles, &config.engine.base_dir).unwrap_or_else(|e| {
@@ -81,6 +86,7 @@ impl AppState {
             keys,
             admin_keys,
             metrics,
+            tap,
             pipeline,
             reload: ReloadStatus::default(),
             overrides: Default::default(),

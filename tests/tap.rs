@@ -1,0 +1,121 @@
+//! The live stream end to end: `GET /v1/tap` and `enrichd tap` / `enrichd
+//! top` against a running server, with real traffic.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{bin, test_chain, Server, KEY};
+use serde_json::{json, Value};
+
+/// `n` flows.v1 records; every `bad_every`-th from a listed network.
+fn flows(n: usize, bad_every: usize) -> Value {
+    let records: Vec<Value> = (0..n)
+        .map(|i| {
+            let src = if i % bad_every == 0 {
+                format!("45.149.3.{}", i % 250)
+            } else {
+                format!("10.0.{}.{}", i / 250, i % 250)
+            };
+            json!({"src_ip": src, "dst_ip": "81.2.69.160", "dst_port": 443 + (i % 2), "protocol": "tcp", "seq": i})
+        })
+        .collect();
+    json!(records)
+}
+
+/// Opens `GET /v1/tap?query` and hands each line to the returned channel
+/// (the stream is read on a thread; it ends when the server ends it).
+fn open_tap(s: &Server, query: &str) -> mpsc::Receiver<Value> {
+    let url = s.url(&format!("/v1/tap?{query}"));
+    let response = common::agent().get(&url).header("Authorization", &format!("Bearer {KEY}")).call().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(response.into_body().into_reader()).lines().map_while(Result::ok) {
+            if tx.send(serde_json::from_str::<Value>(&line).expect("one JSON object per line")).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for_watchers(s: &Server, n: u64) {
+    for _ in 0..200 {
+        if s.metrics()["tap"]["watchers"] == n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{n} tap watcher(s) never registered: {}", s.metrics()["tap"]);
+}
+
+#[test]
+fn tap_filters_rate_limits_and_ends() {
+    let s = Server::start(&test_chain());
+    // Refusals: no key, unknown or malformed parameters (JSON, naming it).
+    assert_eq!(s.get("/v1/tap").status, 401);
+    for (query, param) in [("min_risk=500", "min_risk"), ("where=oops", "where"), ("colour=red", "colour")] {
+        let r = s.get_auth(&format!("/v1/tap?{query}"));
+        assert_eq!((r.status, r.json()["param"].as_str()), (400, Some(param)), "{query}: {}", r.text);
+    }
+
+    // Matched events only, with a field condition, 1000/s: exactly the
+    // matching events of the batch, enriched.
+    let matched = open_tap(&s, "matched=true&where=dst_port%3D443&rate=1000&limit=10");
+    wait_for_watchers(&s, 1);
+    assert_eq!(s.ingest("flows.v1", flows(100, 5)).status, 200);
+    let got: Vec<Value> = (0..10).map(|_| matched.recv_timeout(Duration::from_secs(10)).expect("event")).collect();
+    for e in &got {
+        assert_eq!(e["ti"]["matches"][0]["indicator"], "45.149.3.0/24", "{e}");
+        assert_eq!(e["dst_port"], 443);
+        assert_eq!(e["seq"].as_u64().unwrap() % 10, 0, "every 5th is bad, every 2nd is port 443: {e}");
+    }
+    assert!(matched.recv_timeout(Duration::from_secs(2)).is_err(), "the stream ends at its limit");
+    wait_for_watchers(&s, 0);
+
+    // rate=1: the bucket starts with one event; a 100-event batch shows one.
+    let slow = open_tap(&s, "rate=1&has=geo.country");
+    wait_for_watchers(&s, 1);
+    assert_eq!(s.ingest("flows.v1", flows(100, 1000)).status, 200);
+    let first = slow.recv_timeout(Duration::from_secs(10)).expect("one event");
+    assert_eq!(first["geo"]["country"], "GB", "{first}");
+    assert!(slow.recv_timeout(Duration::from_millis(300)).is_err(), "over the rate, the rest is not shown");
+}
+
+#[test]
+fn tap_and_top_commands() {
+    let s = Server::start(&test_chain());
+    let tap = bin()
+        .args(["tap", "--url", &s.base, "--matched", "--limit", "3", "--rate", "100"])
+        .env("API_KEY", KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_watchers(&s, 1);
+    assert_eq!(s.ingest("flows.v1", flows(50, 2)).status, 200);
+    let out = tap.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|e| !e["ti"]["matches"].as_array().unwrap().is_empty()));
+
+    // Without the key: a clear refusal naming the variable.
+    let out = bin().args(["tap", "--url", &s.base, "--limit", "1"]).env_remove("API_KEY").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401 Unauthorized (set API_KEY"), "{out:?}");
+
+    let out = bin().args(["top", "--once", "--url", &s.base]).env("API_KEY", KEY).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let view = String::from_utf8_lossy(&out.stdout);
+    assert!(view.contains("events/s (10 s)") && view.contains("events total") && view.contains("50"), "{view}");
+    for stage in ["geoip", "asn", "ti"] {
+        assert!(view.lines().any(|l| l.starts_with(stage) && l.contains("loaded")), "{stage}: {view}");
+    }
+}
