@@ -270,3 +270,38 @@ fn metrics_key_rule_covers_all_three_endpoints_and_only_the_header() {
     assert_eq!(resp.status(), 200);
     assert_eq!(read_events(resp.body_mut().as_reader(), 1).len(), 1);
 }
+
+/// Unauthenticated readers of the public metrics learn that a stage has a
+/// problem, not its text (which names files): that needs an API key.
+#[test]
+fn public_metrics_withhold_error_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let feeds = dir.path().join("private-feeds-8d2f");
+    std::fs::create_dir(&feeds).unwrap();
+    let feed = feeds.join("feed.txt");
+    std::fs::write(&feed, "203.0.113.0/24\n").unwrap();
+    let config = format!(
+        "[auth]\napi_keys = [\"{KEY}\"]\n[reload]\ndebounce_ms = 100\n[[chain]]\nplugin = \"ti\"\npaths = [\"{}\"]\n",
+        feed.display()
+    );
+    let s = Server::start_with(&config, &[]);
+    std::fs::write(&feed, "not an indicator\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let keyed = loop {
+        let r = s.get_auth("/v1/metrics");
+        let ti = r.json()["enrichers"][0].clone();
+        if ti["last_reload_error"].is_string() {
+            break r.text;
+        }
+        assert!(Instant::now() < deadline, "the bad file was never refused: {ti}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(keyed.contains("private-feeds-8d2f"), "with a key, the text names the file: {keyed}");
+    for path in ["/v1/metrics", "/metrics"] {
+        let public = s.get(path).text;
+        assert!(!public.contains("private-feeds-8d2f") && !public.contains("feed.txt"), "{path}: {public}");
+    }
+    let ti = s.metrics()["enrichers"][0].clone();
+    assert!(ti["last_reload_error"].as_str().unwrap().starts_with("withheld"), "{ti}");
+    assert_eq!(ti["reload_failures"], 1, "the count stays public: {ti}");
+}

@@ -80,15 +80,20 @@ pub(super) async fn prometheus(
 pub(super) fn document(state: &AppState, with_key: bool) -> Value {
     let reading = state.metrics.read();
     let mut doc = report::document(&state.metrics, &reading);
-    doc["enrichers"] = enrichers(state);
+    doc["enrichers"] = enrichers(state, with_key);
     doc["outputs"] = outputs(state, with_key);
     doc["tap"] = state.tap.state();
     doc
 }
 
 /// Each chain stage's state and counters. No file paths or digests: this
-/// document may be public (`metrics_require_key = false`).
-fn enrichers(state: &AppState) -> Value {
+/// document may be public (`metrics_require_key = false`); then error texts
+/// (which can name files, hosts or indicator lines) are withheld too, and
+/// only say that there is an error.
+fn enrichers(state: &AppState, with_key: bool) -> Value {
+    let shown = |text: Option<String>| {
+        text.map(|t| if with_key { t } else { "withheld: details need an API key (GET /v1/enrichers)".to_string() })
+    };
     state
         .engine
         .chain()
@@ -101,9 +106,10 @@ fn enrichers(state: &AppState) -> Value {
             }
             json!({
                 "name": r.name, "plugin": r.plugin, "enabled": r.enabled, "state": r.status.state,
-                "version": r.status.version, "error": r.status.error,
+                "version": r.status.version, "error": shown(r.status.error),
                 "generation": r.generation, "loaded_at": r.generation_loaded_at,
-                "reloads": r.reloads, "reload_failures": r.reload_failures, "last_reload_error": r.last_reload_error,
+                "reloads": r.reloads, "reload_failures": r.reload_failures,
+                "last_reload_error": shown(r.last_reload_error),
                 "batches": r.batches, "events": r.events, "mean_ns_per_event": r.mean_ns_per_event,
                 "details": details,
             })
