@@ -21,7 +21,7 @@ mod watch;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -93,7 +93,7 @@ enum Command {
         config: PathBuf,
     },
     /// Enrich records offline: NDJSON (or Zeek TSV logs) in, NDJSON out.
-    Enrich(cli::EnrichArgs),
+    Enrich(cli::enrich::EnrichArgs),
     /// Measure the in-process chain's throughput against a JSON baseline.
     Bench(cli::bench::BenchArgs),
     /// Check or try out a WebAssembly rule / enricher module.
@@ -105,10 +105,36 @@ enum Command {
     /// A live terminal view of a running server: rates, lag, stages and
     /// outputs (`GET /v1/metrics`).
     Top(cli::remote::TopArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell) for standard output.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one per subcommand into a directory.
+    Man {
+        /// Write `enrichd.1` and `enrichd-<subcommand>.1` here instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `--version`: the release, the commit and the guest ABI modules are
+/// built against (`-V` prints the release alone).
+fn long_version() -> &'static str {
+    let text = format!(
+        "{} (git {}, WASM guest ABI {}.{})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::var("GIT_SHA").unwrap_or_else(|_| env!("ENRICHD_GIT_SHA").to_string()),
+        enrichd_wasm::ABI_MAJOR,
+        enrichd_wasm::ABI_MINOR
+    );
+    Box::leak(text.into_boxed_str())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().long_version(long_version()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ENRICHD_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr);
@@ -126,11 +152,16 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Lookup { target, config } => cli::lookup(&config, &target),
-        Command::Enrich(args) => cli::enrich(args),
+        Command::Enrich(args) => cli::enrich::enrich(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Rule(command) => cli::rule::run(command),
         Command::Tap(args) => cli::remote::tap(args),
         Command::Top(args) => cli::remote::top(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "enrichd", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => man(dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,6 +170,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn man(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let cmd = Cli::command().long_version(long_version());
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(cmd, &dir)?;
+        }
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -275,6 +275,8 @@ fn enrich_ndjson_and_zeek_tsv_offline() {
     let input = "{\"id.orig_h\":\"45.149.3.7\",\"id.resp_h\":\"81.2.69.160\",\"uid\":\"C1\"}\n\n{\"id.orig_h\":\"10.0.0.1\",\"id.resp_h\":\"1.128.0.1\"}\n";
     let out = run(&["enrich", "--config", &path, "--format", "zeek"], input, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = text(&out.stderr);
+    assert!(summary.contains("2 events enriched, 1 with indicator matches, 0 skipped, in "), "{summary}");
     let lines: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["uid"], "C1");
@@ -354,4 +356,26 @@ fn enrich_in_an_output_profile_and_a_profile_file() {
     let out = run(&["check-config", "--config", &bad], "", &[]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("[profiles] default"), "{}", text(&out.stderr));
+}
+
+/// `--version` says which commit and guest ABI; completions and man pages
+/// come from the same definition as `--help`.
+#[test]
+fn version_completions_and_man_pages() {
+    let out = run(&["--version"], "", &[]);
+    let version = text(&out.stdout);
+    assert!(version.starts_with(&format!("enrichd {} (git ", env!("CARGO_PKG_VERSION"))), "{version}");
+    assert!(version.contains("WASM guest ABI 1."), "{version}");
+    for (shell, needle) in [("bash", "_enrichd()"), ("zsh", "#compdef enrichd"), ("fish", "complete -c enrichd")] {
+        let out = run(&["completions", shell], "", &[]);
+        assert!(out.status.success() && text(&out.stdout).contains(needle), "{shell}");
+        assert!(text(&out.stdout).contains("check-config") && text(&out.stdout).contains("allow-missing"), "{shell}");
+    }
+    let out = run(&["man"], "", &[]);
+    assert!(text(&out.stdout).contains(".TH enrichd 1"), "{}", text(&out.stdout));
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["man", "--dir", &dir.path().display().to_string()], "", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tap = std::fs::read_to_string(dir.path().join("enrichd-tap.1")).unwrap();
+    assert!(tap.contains("min\\-risk") || tap.contains("min-risk"), "{tap}");
 }

@@ -35,6 +35,8 @@ pub mod runtime;
 mod stats;
 mod text;
 
+/// The guest ABI this host runs (`--version` reports it).
+pub use enrichd_sdk::abi::{ABI_MAJOR, ABI_MINOR};
 pub use enricher::{inspect, to_record, ModuleReport, RecordSlots, WasmEnricher};
 pub use options::{Role, WasmOptions};
 pub use stats::FailureKind;
