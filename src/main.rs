@@ -8,6 +8,7 @@ mod api;
 mod app;
 mod cli;
 mod dashboard;
+mod defaults;
 mod delivery;
 mod metrics;
 mod reload;
@@ -21,6 +22,7 @@ mod watch;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -60,9 +62,17 @@ Environment:
 enum Command {
     /// Run the HTTP API.
     Serve {
-        /// Configuration file.
-        #[arg(long, short, default_value = "config.toml")]
-        config: PathBuf,
+        /// Configuration file. Without it: `--data-dir`'s config.toml, else
+        /// the first of ./config.toml, $ENRICHD_CONFIG,
+        /// $XDG_CONFIG_HOME/enrichd/config.toml, /etc/enrichd/config.toml,
+        /// else the built-in default, written to the data directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where the built-in default setup lives (config.toml, rules/,
+        /// ti/, geo/, state/) [default: $STATE_DIRECTORY, /var/lib/enrichd
+        /// as root, else $XDG_DATA_HOME/enrichd].
+        #[arg(long, env = "ENRICHD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
         /// Listen address, `host:port` or a port alone (the configured
         /// host on that port); overrides `server.listen`.
         #[arg(long)]
@@ -105,6 +115,15 @@ enum Command {
     /// A live terminal view of a running server: rates, lag, stages and
     /// outputs (`GET /v1/metrics`).
     Top(cli::remote::TopArgs),
+    /// Write the documented default setup (config.toml, the risk rule,
+    /// sample indicators, geo/ and state/ directories) for editing.
+    Init {
+        /// Where [default: the data directory `serve` would use].
+        dir: Option<PathBuf>,
+        /// Replace files that exist (by default they are kept).
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell) for standard output.
     Completions {
@@ -144,7 +163,10 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
     }
     let result = match cli.command {
-        Command::Serve { config, listen } => serve::run(&config, listen),
+        Command::Serve { config, data_dir, listen } => {
+            serve_config(config, data_dir).and_then(|config| serve::run(&config, listen))
+        }
+        Command::Init { dir, force } => init(dir, force),
         Command::CheckConfig { config, allow_missing } => cli::check_config(&config, allow_missing),
         Command::ConfigSchema => cli::config_schema(),
         Command::ConfigReference => {
@@ -170,6 +192,52 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration `serve` runs on (see its `--config` help), logged.
+fn serve_config(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = config {
+        tracing::info!(config = %path.display(), "configuration (--config)");
+        return Ok(path);
+    }
+    if data_dir.is_none() {
+        if let Some(found) = defaults::config_candidates().into_iter().find(|p| p.is_file()) {
+            tracing::info!(config = %found.display(), "configuration");
+            return Ok(found);
+        }
+    }
+    let dir = defaults::data_dir(data_dir)?;
+    let written = defaults::write_layout(&dir, false)
+        .with_context(|| format!("setting up the data directory {} (or pass --config)", dir.display()))?;
+    let new: Vec<String> = written.iter().filter(|w| !w.kept).map(|w| w.path.display().to_string()).collect();
+    if new.is_empty() {
+        tracing::info!(config = %dir.join("config.toml").display(), "configuration (data directory)");
+    } else {
+        tracing::info!(
+            config = %dir.join("config.toml").display(),
+            written = %new.join(", "),
+            "no configuration found: starting on the built-in default, written to the data directory for editing"
+        );
+    }
+    Ok(dir.join("config.toml"))
+}
+
+/// `enrichd init [DIR]`.
+fn init(dir: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
+    let dir = match dir {
+        Some(dir) => dir,
+        None => defaults::data_dir(None)?,
+    };
+    for w in defaults::write_layout(&dir, force)? {
+        println!("{} {}", if w.kept { "kept   " } else { "written" }, w.path.display());
+    }
+    println!(
+        "\nNext: put GeoLite2-City.mmdb and GeoLite2-ASN.mmdb in {geo}, set API_KEY, then\n  \
+         enrichd check-config --config {config}\n  enrichd serve --config {config}",
+        geo = dir.join("geo").display(),
+        config = dir.join("config.toml").display()
+    );
+    Ok(())
 }
 
 fn man(dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -379,3 +379,72 @@ fn version_completions_and_man_pages() {
     let tap = std::fs::read_to_string(dir.path().join("enrichd-tap.1")).unwrap();
     assert!(tap.contains("min\\-risk") || tap.contains("min-risk"), "{tap}");
 }
+
+/// A copied binary in an empty directory, no configuration anywhere:
+/// `serve` starts on the built-in default (written to the data directory,
+/// here systemd's `STATE_DIRECTORY`), says so, scores with the bundled rule
+/// and degrades without the databases; `init` writes the same layout.
+#[test]
+fn serve_runs_anywhere_on_the_built_in_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cwd, data, xdg) = (dir.path().join("cwd"), dir.path().join("data"), dir.path().join("xdg"));
+    for d in [&cwd, &xdg] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cmd = bin();
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")]).current_dir(&cwd);
+    for var in common::OVERRIDE_VARS.iter().chain(&["ENRICHD_CONFIG", "ENRICHD_DATA_DIR"]) {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .env("STATE_DIRECTORY", &data)
+        .env("XDG_CONFIG_HOME", &xdg)
+        .env("API_KEY", "anywhere-key")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let agent = common::agent();
+    let up = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        agent.get(&format!("{base}/v1/health")).call().is_ok()
+    });
+    let answer = up.then(|| {
+        let body = r#"{"format":"flows.v1","records":[{"src_ip":"45.149.3.7","dst_ip":"8.8.8.8","dst_port":23}]}"#;
+        agent
+            .post(&format!("{base}/v1/ingest"))
+            .header("Authorization", "Bearer anywhere-key")
+            .send(body)
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json::<Value>().ok())
+    });
+    let details = agent
+        .get(&format!("{base}/v1/health/details"))
+        .header("Authorization", "Bearer anywhere-key")
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_json::<Value>().ok());
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = text(&out.stderr);
+    assert!(up, "did not start: {log}");
+    let record = answer.flatten().expect("ingest answered")["records"][0].clone();
+    assert_eq!(record["ti"]["matches"][0]["indicator"], "45.149.3.0/24", "{record}");
+    assert!(record["risk_score"].as_u64().unwrap() >= 70, "the bundled rule scores: {record}");
+    assert!(record["geo"].is_null(), "no database yet: {record}");
+    assert!(log.contains("starting on the built-in default") && log.contains(&data.display().to_string()), "{log}");
+    assert!(data.join("config.toml").is_file() && data.join("rules/risk.wasm").is_file());
+    assert_eq!(details.unwrap()["status"], "degraded");
+
+    let init_dir = dir.path().join("init");
+    let out = run(&["init", &init_dir.display().to_string()], "", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("written") && text(&out.stdout).contains("check-config"));
+    let config = init_dir.join("config.toml").display().to_string();
+    let out = run(&["check-config", "--config", &config, "--allow-missing"], "", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&["init", &init_dir.display().to_string()], "", &[]);
+    assert!(text(&out.stdout).lines().filter(|l| l.starts_with("kept")).count() == 4, "{}", text(&out.stdout));
+}
