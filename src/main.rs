@@ -6,6 +6,7 @@
 
 mod api;
 mod app;
+mod audit;
 mod cli;
 mod dashboard;
 mod defaults;

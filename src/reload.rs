@@ -12,21 +12,94 @@ use std::path::PathBuf;
 use enrichd_engine::ReloadReport;
 use serde_json::{json, Value};
 
+use crate::audit::AuditEntry;
 use crate::service::{AppState, ServiceConfig};
 
+/// Who asked for a reload, for the audit log.
+#[derive(Clone, Copy)]
+pub(crate) struct Actor {
+    pub kind: &'static str,
+}
+
+impl Actor {
+    pub(crate) const API: Actor = Actor { kind: "api" };
+    pub(crate) const SIGNAL: Actor = Actor { kind: "signal" };
+    pub(crate) const WATCHER: Actor = Actor { kind: "watcher" };
+}
+
 /// Reloads the configuration and every stage (`POST /v1/reload`, SIGHUP).
-pub(crate) fn reload_everything(state: &AppState) -> Value {
+pub(crate) fn reload_everything(state: &AppState, actor: Actor, key_id: Option<String>) -> Value {
+    let before = content_hashes(state);
     let config = reload_config(state);
     let stages = state.engine.reload_all();
+    let mut entry = AuditEntry::new(actor.kind, "reload", "all");
+    entry.key_id = key_id.clone();
+    entry.result = config.as_ref().and_then(|c| c["outcome"].as_str()).unwrap_or("ok").to_string();
+    state.audit.record(entry);
+    audit_swaps(state, &before, &stages, actor, key_id);
     finish(state, config, stages)
 }
 
 /// Reloads what the changed paths concern (the watcher).
 pub(crate) fn reload_changed(state: &AppState, changed: &[PathBuf]) -> Value {
+    let before = content_hashes(state);
     let config_path = enrichd_engine::live::absolute(state.config.path());
     let config = changed.iter().any(|p| enrichd_engine::live::absolute(p) == config_path).then(|| reload_config(state));
     let stages = state.engine.reload_paths(changed);
+    audit_swaps(state, &before, &stages, Actor::WATCHER, None);
     finish(state, config.flatten(), stages)
+}
+
+/// One hash over what the whole chain runs (every stage's files).
+pub(crate) fn chain_hash(state: &AppState) -> String {
+    let all: Vec<String> = content_hashes(state).into_iter().map(|(n, h)| format!("{n}={h}")).collect();
+    crate::audit::sha256(all.join(";").as_bytes())
+}
+
+/// Per stage, a hash over what it runs: the content hashes of the files
+/// it loaded and its generation (which moves only when a rebuild with
+/// different content is swapped in, e.g. indicators added through the API,
+/// which are no file of the stage's own).
+fn content_hashes(state: &AppState) -> Vec<(String, String)> {
+    state
+        .engine
+        .chain()
+        .reports()
+        .into_iter()
+        .map(|r| {
+            let mut parts: Vec<String> = r.status.sources.iter().filter_map(|s| s.sha256.clone()).collect();
+            parts.push(format!("generation {}", r.generation));
+            (r.name, crate::audit::sha256(parts.join(",").as_bytes()))
+        })
+        .collect()
+}
+
+/// One audit entry per stage that was swapped or refused: which content
+/// went live (or did not) in place of which.
+fn audit_swaps(
+    state: &AppState,
+    before: &[(String, String)],
+    report: &ReloadReport,
+    actor: Actor,
+    key_id: Option<String>,
+) {
+    let after = content_hashes(state);
+    for stage in &report.stages {
+        let (action, result) = match stage.outcome {
+            enrichd_engine::live::Outcome::Reloaded => ("stage_swapped", "ok"),
+            enrichd_engine::live::Outcome::Rejected => ("stage_reload_refused", "rejected"),
+            enrichd_engine::live::Outcome::HeldBack => ("stage_reload_held_back", "held_back"),
+            _ => continue,
+        };
+        let find = |list: &[(String, String)]| list.iter().find(|(n, _)| *n == stage.name).map(|(_, h)| h.clone());
+        let mut entry = AuditEntry::new(actor.kind, action, stage.name.clone());
+        entry.key_id = key_id.clone();
+        entry.before_sha256 = find(before);
+        entry.after_sha256 = find(&after);
+        entry.result = result.into();
+        entry.detail = stage.error.clone();
+        state.audit.record(entry);
+    }
 }
 
 fn finish(state: &AppState, config: Option<Value>, stages: ReloadReport) -> Value {

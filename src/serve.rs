@@ -165,7 +165,8 @@ async fn reload_on_sighup(state: Arc<AppState>) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading");
         let state = state.clone();
-        let _ = tokio::task::spawn_blocking(move || reload::reload_everything(&state)).await;
+        let _ =
+            tokio::task::spawn_blocking(move || reload::reload_everything(&state, reload::Actor::SIGNAL, None)).await;
     }
 }
 

@@ -660,3 +660,60 @@ fn an_emptied_indicator_file_is_held_back_until_declared_empty() {
     assert_eq!(ti["details"]["files"][0]["declared_empty"], true, "{ti}");
     load.finish();
 }
+
+/// Every change is in the audit log: API reloads, indicator edits and
+/// output settings with the admin key's id, file edits picked up by the
+/// watcher, each with the content hashes before and after; only an admin
+/// key reads it.
+#[test]
+fn changes_are_audited_with_key_ids_and_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("feed.txt"), "198.51.100.0/24\n").unwrap();
+    let server = start(dir, &config(&ti_chain("\"feed.txt\""), ""));
+    let id = |key: &str| {
+        use sha2::Digest;
+        sha2::Sha256::digest(key.as_bytes())[..6].iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let put = json!({"indicators": [{"indicator": TARGET}]});
+    assert_eq!(admin(&server, "PUT", "/v1/indicators", Some(&put), ADMIN).status, 200);
+    assert_eq!(admin(&server, "POST", "/v1/reload", None, ADMIN).status, 200);
+    let out = json!({"type": "file", "path": "archive.ndjson"});
+    assert_eq!(admin(&server, "PUT", "/v1/outputs/archive", Some(&out), ADMIN).status, 201);
+    fs::write(server.dir.path().join("feed.txt"), "198.51.100.0/24\n192.0.2.0/24\n").unwrap();
+    let deadline = Instant::now() + LIVE_WITHIN;
+    let entries = loop {
+        let r = admin(&server, "GET", "/v1/audit?limit=50", None, ADMIN);
+        assert_eq!(r.status, 200, "{}", r.text);
+        let entries = r.json()["entries"].as_array().unwrap().clone();
+        if entries.iter().any(|e| e["actor"] == "watcher" && e["action"] == "stage_swapped") {
+            break entries;
+        }
+        assert!(Instant::now() < deadline, "the watcher's swap was not audited: {entries:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let find = |action: &str| {
+        entries.iter().find(|e| e["action"] == action).unwrap_or_else(|| panic!("{action}: {entries:#?}"))
+    };
+    let edit = find("resource_put");
+    assert_eq!((edit["target"].as_str(), edit["key_id"].as_str()), (Some("/v1/indicators"), Some(&*id(ADMIN))));
+    assert_eq!(edit["result"], "200");
+    assert_ne!(edit["before_sha256"], edit["after_sha256"], "the indicator edit changed what runs: {edit}");
+    assert_eq!(find("reload")["key_id"].as_str(), Some(&*id(ADMIN)));
+    let output = find("output_set");
+    assert!(output["before_sha256"].is_null() && output["after_sha256"].is_string(), "{output}");
+    let swap = entries.iter().find(|e| e["actor"] == "watcher").unwrap();
+    assert_eq!(swap["target"], "ti");
+    assert!(swap["key_id"].is_null() && swap["before_sha256"] != swap["after_sha256"], "{swap}");
+    // Newest first.
+    let times: Vec<&str> = entries.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+
+    assert_eq!(admin(&server, "GET", "/v1/audit", None, KEY).status, 403);
+    assert_eq!(server.get("/v1/audit").status, 401);
+    assert_eq!(admin(&server, "GET", "/v1/audit?limit=0", None, ADMIN).status, 400);
+    let file = server.dir.path().join("state/audit.jsonl");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(!text.contains(ADMIN) && !text.contains(KEY), "a key in the audit log");
+}

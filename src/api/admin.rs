@@ -21,6 +21,7 @@ use enrichd_engine::{AdminHandler, AdminMethod, AdminRequest, AdminResponse};
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
+use crate::audit::AuditEntry;
 use crate::reload;
 use crate::service::auth::KeyDigest;
 
@@ -66,7 +67,31 @@ pub(super) async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMa
     let key = check_admin(&state, &headers)?;
     tracing::info!(key_id = %key.id(), "reload requested through the API");
     let worker = state.clone();
-    Ok(Json(blocking(move || reload::reload_everything(&worker)).await?))
+    let key_id = Some(key.id());
+    Ok(Json(blocking(move || reload::reload_everything(&worker, reload::Actor::API, key_id)).await?))
+}
+
+/// `GET /v1/audit?limit=N`: the newest audit entries (admin key), newest
+/// first; `limit` 1 to 1000, default 100.
+pub(super) async fn audit(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    check_admin(&state, &headers)?;
+    let limit = match query.as_deref().and_then(|q| q.strip_prefix("limit=")) {
+        None if query.as_deref().is_none_or(str::is_empty) => 100,
+        Some(n) => n.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", "`limit` is a number from 1 to 1000").with(json!({"param": "limit"}))
+        })?,
+        None => {
+            return Err(ApiError::bad_request("invalid_query", "the only parameter is `limit`")
+                .with(json!({"param": query.unwrap_or_default()})))
+        }
+    };
+    let worker = state.clone();
+    let (entries, unwritten) = blocking(move || worker.audit.read_newest(limit)).await?;
+    Ok(Json(json!({ "entries": entries, "unwritten": unwritten })))
 }
 
 /// The paths of every plugin admin resource (`/v1/{name}`), for `GET /v1`.
@@ -133,6 +158,7 @@ async fn call(
         None => Vec::new(),
     };
     let worker = state.clone();
+    let before = method.mutates().then(|| reload::chain_hash(&state));
     let answer = blocking(move || {
         let _guard = method.mutates().then(|| worker.admin_changes.lock().unwrap_or_else(|e| e.into_inner()));
         let state_dir = worker.config.state_dir();
@@ -149,6 +175,17 @@ async fn call(
     if method.mutates() {
         let (status, target) = (answer.status, target.as_deref().unwrap_or(""));
         tracing::info!(key_id = %key.id(), resource, method = ?method, id = target, status, "admin change");
+        let action = if method == AdminMethod::Put { "resource_put" } else { "resource_delete" };
+        let mut entry = AuditEntry::new(
+            "api",
+            action,
+            format!("/v1/{resource}{}{target}", if target.is_empty() { "" } else { "/" }),
+        );
+        entry.key_id = Some(key.id());
+        entry.before_sha256 = before;
+        entry.after_sha256 = Some(reload::chain_hash(&state));
+        entry.result = status.to_string();
+        state.audit.record(entry);
     }
     Ok(respond(answer))
 }

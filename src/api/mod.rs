@@ -55,6 +55,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/outputs/{name}/deadletter", get(outputs::deadletter))
         .route("/v1/outputs/{name}/deadletter/replay", post(outputs::replay))
         .route("/v1/reload", post(admin::reload))
+        .route("/v1/audit", get(admin::audit))
         .merge(admin::routes(&state))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), common_headers))

@@ -91,6 +91,7 @@ pub(super) async fn set(
             .with(json!({ "errors": errors }))
     })?;
     let existed = state.delivery.snapshot().iter().any(|o| o.spec.runtime.name == name);
+    let before = settings_hash(&state, &name);
     let store = &state.delivery.store;
     let previous = store.load().0.into_iter().find(|(n, _)| *n == name).map(|(_, m)| m);
     store.save(&name, &entry).map_err(|e| storage_error(&e))?;
@@ -106,6 +107,9 @@ pub(super) async fn set(
     }
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     tracing::info!(key_id, output = %name, created = !existed, "output settings changed through the API");
+
+    let after = Some(crate::audit::sha256(spec.view(registry).to_string().as_bytes()));
+    audit(&state, "output_set", &name, key_id, before, after, None);
     let mut view = spec.view(registry);
     view["status"] = "configured".into();
     view["source"] = "api".into();
@@ -119,6 +123,7 @@ pub(super) async fn remove(
 ) -> Result<Json<Value>, ApiError> {
     let key_id = check_write(&state, &headers)?;
     checked_name(&name)?;
+    let before = settings_hash(&state, &name);
     let removed = state.delivery.store.remove(&name).map_err(|e| storage_error(&e))?;
     let in_config = state.delivery.config_entry_named(&name);
     if !removed {
@@ -136,7 +141,31 @@ pub(super) async fn remove(
         .await
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e))?;
     tracing::info!(key_id, output = %name, "output settings removed through the API");
+    let after = settings_hash(&state, &name);
+    audit(&state, "output_removed", &name, key_id, before, after, None);
     Ok(Json(json!({ "name": name, "removed": true, "now_from": if in_config { "config" } else { "nothing" } })))
+}
+
+/// Hash of an output's settings as shown (secrets masked), if it runs.
+fn settings_hash(state: &AppState, name: &str) -> Option<String> {
+    let registry = state.engine.registry();
+    let snapshot = state.delivery.snapshot();
+    let output = snapshot.iter().find(|o| o.spec.runtime.name == name)?;
+    Some(crate::audit::sha256(output.spec.view(registry).to_string().as_bytes()))
+}
+
+fn audit(
+    state: &AppState,
+    action: &'static str,
+    name: &str,
+    key_id: String,
+    before: Option<String>,
+    after: Option<String>,
+    detail: Option<String>,
+) {
+    let mut entry = crate::audit::AuditEntry::new("api", action, format!("output {name}"));
+    (entry.key_id, entry.before_sha256, entry.after_sha256, entry.detail) = (Some(key_id), before, after, detail);
+    state.audit.record(entry);
 }
 
 fn storage_error(e: &anyhow::Error) -> ApiError {
@@ -253,6 +282,7 @@ pub(super) async fn replay(
         .map_err(|_| storage_error(&anyhow::anyhow!("replay failed")))?
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "replay_refused", e))?;
     tracing::info!(key_id, output = %name, replayed, "dead-letter replayed through the API");
+    audit(&state, "deadletter_replayed", &name, key_id, None, None, Some(format!("{replayed} events")));
     Ok(Json(json!({ "output": name, "replayed": replayed })))
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct AppState {
     /// Keys for administrative calls (reload, indicators).
     pub admin_keys: ApiKeys,
     pub metrics: Arc<Metrics>,
+    /// Who changed what (`state/audit.jsonl`, `GET /v1/audit`).
+    pub audit: crate::audit::Audit,
     /// Watchers of the live stream (`GET /v1/tap`).
     pub tap: Arc<crate::tap::Tap>,
     /// Decode → chain → metrics → encode, as every entry point runs it.
@@ -86,6 +88,7 @@ impl AppState {
             keys,
             admin_keys,
             metrics,
+            audit: crate::audit::Audit::new(&state_dir),
             tap,
             pipeline,
             reload: ReloadStatus::default(),
