@@ -12,6 +12,7 @@ mod dashboard;
 mod defaults;
 mod delivery;
 mod metrics;
+mod ratelimit;
 mod reload;
 mod schema;
 mod serve;

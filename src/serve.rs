@@ -79,11 +79,16 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     let ticker = state.clone();
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut ticks_since_start = 1u64;
         loop {
             ticks.tick().await;
             // Bounded but not tiny work (merging summaries): off the I/O threads.
             let state = ticker.clone();
             let _ = tokio::task::spawn_blocking(move || state.metrics.tick()).await;
+            if ticker.rate_limits.enabled() && ticks_since_start.is_multiple_of(60) {
+                ticker.rate_limits.forget_idle();
+            }
+            ticks_since_start += 1;
         }
     });
     let stopping = state.clone();

@@ -82,7 +82,7 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     let mut last_error_log: Option<Instant> = None;
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) if is_connection_error(&e) => continue,
@@ -127,9 +127,11 @@ pub(crate) async fn serve(
             let service = {
                 let conn = conn.clone();
                 let epoch = server.epoch;
-                hyper::service::service_fn(move |request: axum::http::Request<Incoming>| {
+                hyper::service::service_fn(move |mut request: axum::http::Request<Incoming>| {
                     let guard = InFlight::enter(conn.clone(), epoch);
                     let mut router = router.clone();
+                    // The client's address, for per-address limits and logs.
+                    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                     async move {
                         let response = router.call(request.map(Body::new)).await?;
                         // The request counts as in flight until its

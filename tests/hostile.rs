@@ -414,3 +414,81 @@ fn sigterm_drains_requests_in_flight_and_ends_event_streams() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// GETs `path` with `key` (none: no Authorization header).
+fn get_as(s: &Server, path: &str, key: Option<&str>) -> common::Reply {
+    let mut req = common::agent().get(&s.url(path));
+    if let Some(key) = key {
+        req = req.header("Authorization", format!("Bearer {key}"));
+    }
+    let mut resp = req.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    common::Reply {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        text: resp.body_mut().read_to_string().unwrap(),
+    }
+}
+
+/// Requests until the first 429 (at most `tries`); the successes before it
+/// and the refusal.
+fn until_refused(s: &Server, path: &str, key: Option<&str>, tries: usize) -> (usize, common::Reply) {
+    for ok in 0..tries {
+        let r = get_as(s, path, key);
+        if r.status == 429 {
+            return (ok, r);
+        }
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+    }
+    panic!("{path}: no 429 after {tries} requests");
+}
+
+#[test]
+fn rate_limits_refuse_with_429_and_retry_after_per_key_and_per_address() {
+    const OTHER: &str = "second-key-91c2";
+    let config =
+        |server: &str| format!("[server]\n{server}\n[auth]\napi_keys = [\"{KEY}\", \"{OTHER}\"]\n{}", test_chain());
+    // Per key: 2/s with one second of burst. Each key has its own budget.
+    let s = Server::start_with(&config("rate_limit_per_key = 2\nrate_limit_burst_s = 1"), &[]);
+    let (ok, refusal) = until_refused(&s, "/v1/enrichers", Some(KEY), 20);
+    assert!((2..=5).contains(&ok), "{ok} requests passed a budget of 2");
+    let body = assert_json_error(&refusal, 429, "rate_limited");
+    assert_eq!(body["limited_by"], "key", "{body}");
+    let retry: u64 = refusal.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_eq!(get_as(&s, "/v1/enrichers", Some(OTHER)).status, 200, "another key has its own budget");
+    std::thread::sleep(Duration::from_secs(retry));
+    assert_eq!(get_as(&s, "/v1/enrichers", Some(KEY)).status, 200, "the budget refills");
+    let text = get_as(&s, "/metrics", Some(KEY)).text;
+    let refused = |by: &str| {
+        let line = format!("telemetry_rate_limited_total{{by=\"{by}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(line.as_str())).map(|v| v.parse::<u64>().unwrap())
+    };
+    assert!(refused("key").unwrap() >= 1, "{text}");
+    assert_eq!(refused("address"), Some(0));
+    assert!(s.metrics()["rate_limited"]["key"].as_u64().unwrap() >= 1);
+    drop(s);
+
+    // Per address: whichever key (or none) is used; probes and scrapes are
+    // not counted against it.
+    let s = Server::start_with(&config("rate_limit_per_address = 3\nrate_limit_burst_s = 1"), &[]);
+    for _ in 0..20 {
+        assert_eq!(get_as(&s, "/v1/health", None).status, 200);
+        assert_eq!(get_as(&s, "/metrics", None).status, 200);
+    }
+    let mut passed = 0;
+    let refusal = loop {
+        let key = if passed % 2 == 0 { KEY } else { OTHER };
+        let r = get_as(&s, "/v1/enrichers", Some(key));
+        if r.status == 429 {
+            break r;
+        }
+        assert_eq!(r.status, 200, "{}", r.text);
+        passed += 1;
+        assert!(passed <= 8, "no 429 from the address limit");
+    };
+    assert!(passed >= 3, "{passed} requests passed a budget of 3");
+    assert_eq!(assert_json_error(&refusal, 429, "rate_limited")["limited_by"], "address");
+    assert!(refusal.header("retry-after").is_some());
+    let after = get_as(&s, "/metrics", None).text;
+    assert!(after.contains("telemetry_rate_limited_total{by=\"address\"} "), "{after}");
+}

@@ -70,7 +70,8 @@ pub(super) async fn prometheus(
         ("git_sha", env_or("GIT_SHA", env!("ENRICHD_GIT_SHA"))),
         ("git_tag", env_or("GIT_TAG", env!("ENRICHD_GIT_TAG"))),
     ];
-    let ctx = prometheus::Context { stages: &stages, outputs: &outputs, build: &build };
+    let rate_limited = state.rate_limits.refused().map(|(by, n)| (by.label(), n));
+    let ctx = prometheus::Context { stages: &stages, outputs: &outputs, build: &build, rate_limited };
     let text = prometheus::render(&state.metrics, &reading, &ctx);
     Ok(([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text))
 }
@@ -83,6 +84,9 @@ pub(super) fn document(state: &AppState, with_key: bool) -> Value {
     doc["enrichers"] = enrichers(state, with_key);
     doc["outputs"] = outputs(state, with_key);
     doc["tap"] = state.tap.state();
+    doc["rate_limited"] = Value::Object(
+        state.rate_limits.refused().iter().map(|(by, n)| (by.label().to_string(), Value::from(*n))).collect(),
+    );
     doc
 }
 

@@ -88,9 +88,12 @@ async fn common_headers(State(state): State<Arc<AppState>>, request: Request, ne
         .access_log
         .then(|| state.keys.check(request.headers()).or_else(|_| state.admin_keys.check(request.headers())).ok())
         .flatten();
-    let response = next.run(request).await.into_response();
-    let mut response = json_refusal(response, &method, &path).await;
     let group = route_group(&path);
+    let response = match rate_limited(&state, &request, group) {
+        Some(refusal) => refusal.into_response(),
+        None => next.run(request).await.into_response(),
+    };
+    let mut response = json_refusal(response, &method, &path).await;
     state.metrics.record_request(group, response.status().as_u16());
     if state.config.server.access_log {
         tracing::info!(
@@ -156,6 +159,30 @@ async fn json_refusal(response: Response, method: &axum::http::Method, path: &st
         }
     }
     answer
+}
+
+/// A 429 for a request over its key's or address's rate, if limits are set.
+fn rate_limited(state: &AppState, request: &Request, group: RouteGroup) -> Option<ApiError> {
+    if !state.rate_limits.enabled() {
+        return None;
+    }
+    let headers = request.headers();
+    let key = state.keys.check(headers).or_else(|_| state.admin_keys.check(headers)).ok();
+    // Probes and scrapers are not held to an address's budget.
+    let address = (!matches!(group, RouteGroup::Health | RouteGroup::Metrics))
+        .then(|| request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()))
+        .flatten();
+    let (by, wait) = state.rate_limits.check(key.as_ref().map(|k| &k.0), address).err()?;
+    let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+    Some(
+        ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests for this {}: retry in {retry_after} s", by.label()),
+        )
+        .with(serde_json::json!({ "limited_by": by.label(), "retry_after_s": retry_after }))
+        .retry_after(retry_after),
+    )
 }
 
 /// The group a path's requests are counted in (`telemetry_requests_total`).

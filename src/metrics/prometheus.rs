@@ -29,6 +29,8 @@ pub(crate) struct Context<'a> {
     pub outputs: &'a [OutputReading],
     /// `enrichd_build_info` labels.
     pub build: &'a [(&'static str, String)],
+    /// Requests refused by a rate limit, by what limited them.
+    pub rate_limited: [(&'static str, u64); 2],
 }
 
 /// One output's numbers, read by the caller from the delivery runtime.
@@ -220,6 +222,12 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
                 })
             })
             .collect(),
+    );
+    x.add(
+        "telemetry_rate_limited",
+        "HTTP requests refused with 429 by a rate limit, by what limited them (key or address).",
+        MetricType::Counter,
+        ctx.rate_limited.iter().map(|(by, n)| (vec![("by", by.to_string())], Sample::Counter(*n))).collect(),
     );
     x.add(
         "telemetry_processing_duration_seconds",

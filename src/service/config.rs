@@ -228,6 +228,14 @@ pub(crate) struct ServerConfig {
     /// id of a valid key (first 12 hex digits of its SHA-256; never the
     /// key). Off by default: at ingest rates it is a line per batch.
     pub access_log: bool,
+    /// Requests per second one API key may make (all routes); 0 = no
+    /// limit. Over it: 429 with `Retry-After`.
+    pub rate_limit_per_key: u32,
+    /// Requests per second one client address may make (health checks and
+    /// metrics scrapes not counted); 0 = no limit.
+    pub rate_limit_per_address: u32,
+    /// Burst allowed above the rates, in seconds' worth of requests.
+    pub rate_limit_burst_s: u32,
 }
 
 impl Default for ServerConfig {
@@ -247,6 +255,9 @@ impl Default for ServerConfig {
             body_timeout_s: 60,
             shutdown_flush_ms: 10_000,
             access_log: false,
+            rate_limit_per_key: 0,
+            rate_limit_per_address: 0,
+            rate_limit_burst_s: 2,
         }
     }
 }

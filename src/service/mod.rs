@@ -32,6 +32,8 @@ pub(crate) struct AppState {
     /// Keys for administrative calls (reload, indicators).
     pub admin_keys: ApiKeys,
     pub metrics: Arc<Metrics>,
+    /// Per-key and per-address request limits (`[server] rate_limit_*`).
+    pub rate_limits: crate::ratelimit::RateLimits,
     /// Who changed what (`state/audit.jsonl`, `GET /v1/audit`).
     pub audit: crate::audit::Audit,
     /// Watchers of the live stream (`GET /v1/tap`).
@@ -81,6 +83,11 @@ impl AppState {
             tracing::error!(error = %e, "per-key output profiles ignored");
             Vec::new()
         });
+        let rate_limits = crate::ratelimit::RateLimits::new(
+            config.server.rate_limit_per_key,
+            config.server.rate_limit_per_address,
+            config.server.rate_limit_burst_s,
+        );
         AppState {
             key_profiles,
             engine,
@@ -89,6 +96,7 @@ impl AppState {
             admin_keys,
             metrics,
             audit: crate::audit::Audit::new(&state_dir),
+            rate_limits,
             tap,
             pipeline,
             reload: ReloadStatus::default(),
