@@ -343,7 +343,7 @@ fn distinct_sources(n: usize) -> serde_json::Value {
     let records: Vec<_> = (0..100)
         .map(|i| {
             let k = n * 100 + i;
-            if k % 10 == 0 {
+            if k.is_multiple_of(10) {
                 serde_json::json!({"src_ip": format!("45.149.3.{}", 1 + (k / 10) % 254), "dst_ip": "89.160.20.112",
                                    "src_port": 50000, "dst_port": 3389, "proto": "tcp", "bytes": 4_000_000})
             } else {
@@ -369,16 +369,23 @@ fn dashboard_is_complete_on_load_and_fits_phone_and_laptop_widths() {
     let server = Server::start(&chain);
 
     // Traffic before the page opens, over at least three 5-second buckets:
-    // every source new (so the sources list is noise), a few refused
-    // requests (so "/ N failed" has a figure).
+    // every source new (so the sources list is noise); requests in the
+    // thousands, 125 of them refused, so the Requests tile carries figures
+    // as wide as the ones that were clipped ("1,234 / 125 failed").
+    let agent = common::agent();
+    for i in 0..1_250u32 {
+        let status = if i.is_multiple_of(10) {
+            agent.post(&server.url("/v1/ingest")).send(&b"{}"[..]).unwrap().status()
+        } else {
+            agent.get(&server.url("/v1/health")).call().unwrap().status()
+        };
+        assert_eq!(status.as_u16(), if i.is_multiple_of(10) { 401 } else { 200 });
+    }
     let started = std::time::Instant::now();
     let mut n = 0;
     while started.elapsed() < Duration::from_millis(11_500) {
         assert_eq!(server.ingest("flows.v1", distinct_sources(n)).status, 200);
         n += 1;
-        if n % 8 == 0 {
-            assert_eq!(common::agent().post(&server.url("/v1/ingest")).send(&b"{}"[..]).unwrap().status(), 401);
-        }
         std::thread::sleep(Duration::from_millis(400));
     }
 
