@@ -454,6 +454,8 @@ fn dashboard_is_complete_on_load_and_fits_phone_and_laptop_widths() {
         let problems = b.js(LAYOUT_PROBLEMS, vec![]);
         b.js("window.scrollTo(0, 0)", vec![]);
         b.screenshot(&format!("dashboard-{width}px"));
+        b.js("scrollTo(0, scrollY + document.getElementById('feed-title').getBoundingClientRect().top - 100)", vec![]);
+        b.screenshot(&format!("dashboard-{width}px-top-lists"));
         assert_eq!(problems, serde_json::json!([]), "at {width} px");
     }
     let errors: Vec<_> = b.new_console_entries().into_iter().filter(|e| e.is_error()).collect();

@@ -226,7 +226,9 @@ impl Aggregate {
         let requests = requests_total.saturating_sub(self.requests_seen);
         if requests > 0 {
             self.requests_seen = requests_total;
-            self.ring.add(now_s, &Tally { requests, ..Tally::default() });
+            let tally = Tally { requests, ..Tally::default() };
+            self.ring.add(now_s, &tally);
+            self.totals.add(&tally);
         }
         if std::mem::take(&mut self.sources_changed) {
             let (bucket, estimate) = (now_s / SOURCES_BUCKET_S, self.distinct.total());

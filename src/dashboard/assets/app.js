@@ -448,7 +448,8 @@
   // "≈" with its range in the tooltip. An entry is within its error when
   // at least half its count may belong to other keys (count - error <=
   // error); a list made only of such entries ranks noise (a flood of
-  // distinct values, none frequent), so it is replaced by a note.
+  // distinct values, none frequent), so it is replaced by a note; in a
+  // list that does rank something, such entries are shown muted.
   const inexact = (r) => num(r.error) !== null && r.error > 0;
   const withinError = (r) => inexact(r) && (r.count || 0) - r.error <= r.error;
   function fillTop(table, rows, m, keyText) {
@@ -465,6 +466,7 @@
       }
       return rows.map((r) => {
         const tr = el('tr');
+        if (withinError(r)) tr.dataset.withinError = 'true';
         const key = el('td', 'key');
         key.style.setProperty('--share', ((100 * (r.count || 0)) / max).toFixed(1) + '%');
         key.appendChild(el('span', null, keyText(r.key)));
