@@ -137,6 +137,13 @@ fn dashboard_updates_live_in_a_real_browser() {
     }
     let page = b.js("return document.body.innerText", vec![]);
     assert!(!page.as_str().unwrap().contains("no traffic yet"), "the page blames traffic, not the key:\n{page}");
+    // A wrong key: the panels say it was refused.
+    b.type_into("api-key", "not-the-key");
+    b.click("key-save");
+    b.wait_for("the refused key", Duration::from_secs(10), |b| b.text("banner").contains("refused").then_some(()));
+    for id in ["epm-empty", "top-sources"] {
+        assert!(b.text(id).contains("API key refused"), "#{id} says {:?}", b.text(id));
+    }
     // The refused requests are the only console errors allowed, and only
     // before a key is entered.
     for e in b.new_console_entries().iter().filter(|e| e.is_error()) {
