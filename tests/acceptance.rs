@@ -22,7 +22,7 @@ mod traffic;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use browser::Browser;
+use browser::{Browser, TILES};
 use common::{repo, Server};
 use serde_json::{json, Value};
 
@@ -159,8 +159,9 @@ fn dashboard_shows_it(b: &mut Browser, s: &Server, m: &Value) {
     assert!((risk - api_risk).abs() < 1e-6, "Avg Risk tile {risk} vs API {api_risk}");
     positive(b, "lag");
     assert!(positive(b, "requests") >= num(m, "/requests_total"), "Requests tile behind the API");
-    for name in ["events", "batches", "threats", "risk"] {
-        assert!(b.tile(name).points >= 1, "sparkline {name} has no points");
+    for name in TILES {
+        let tile = b.tile(name);
+        assert!(tile.values >= 1 && tile.drawn, "sparkline {name} draws nothing: {tile:?}");
     }
     assert!(b.attr("chart-epm", "data-points").unwrap().parse::<u32>().unwrap() >= 1);
     assert_eq!(b.attr("epm-empty", "hidden").as_deref(), Some("true"), "events/min chart says no traffic");

@@ -128,9 +128,22 @@ fn dashboard_updates_live_in_a_real_browser() {
     let server = Server::start_with(&config(), &[]);
     b.goto(&server.url("/"));
 
-    // Metrics need a key here: the page says so instead of showing zeros.
+    // Metrics need a key here: the page says so instead of showing zeros,
+    // and so does every panel: the key is missing, not the traffic.
     b.wait_for("the API-key prompt", Duration::from_secs(10), |b| (b.connection() == "auth").then_some(()));
     assert!(b.text("banner").contains("requires an API key"), "banner: {}", b.text("banner"));
+    for id in ["epm-empty", "feed-empty", "chain-empty", "outputs-empty", "top-sources", "top-asns"] {
+        assert!(b.text(id).contains("API key missing"), "#{id} says {:?}", b.text(id));
+    }
+    let page = b.js("return document.body.innerText", vec![]);
+    assert!(!page.as_str().unwrap().contains("no traffic yet"), "the page blames traffic, not the key:\n{page}");
+    // A wrong key: the panels say it was refused.
+    b.type_into("api-key", "not-the-key");
+    b.click("key-save");
+    b.wait_for("the refused key", Duration::from_secs(10), |b| b.text("banner").contains("refused").then_some(()));
+    for id in ["epm-empty", "top-sources"] {
+        assert!(b.text(id).contains("API key refused"), "#{id} says {:?}", b.text(id));
+    }
     // The refused requests are the only console errors allowed, and only
     // before a key is entered.
     for e in b.new_console_entries().iter().filter(|e| e.is_error()) {
@@ -276,4 +289,190 @@ fn dashboard_lists_declared_fact_tops_generically() {
     assert_eq!((rows.as_str(), key.as_str(), title.as_str()), ("1", "isp", "asn class"));
     b.screenshot(test);
     assert!(b.new_console_entries().iter().all(|e| !e.is_error()), "console errors");
+}
+
+/// What of the page's text does not fit, as a list of descriptions (empty
+/// when everything fits): each tile's heading, figure and sub-line (and
+/// their parts) must lie inside the tile and not overflow their own box
+/// (`scrollWidth <= clientWidth`); each top list's key must be one line,
+/// left of its count, with its label under it and in front of the share
+/// bar (hit-testing the label finds the label, not the bar's cell).
+const LAYOUT_PROBLEMS: &str = r#"
+const problems = [];
+const name = (el) => el.id || (el.className && String(el.className)) || el.tagName;
+const rect = (el) => el.getBoundingClientRect();
+const inside = (el, box, what) => {
+  const r = rect(el), b = rect(box);
+  if (r.width === 0 && r.height === 0) return;
+  if (r.left < b.left - 0.5 || r.right > b.right + 0.5)
+    problems.push(`${what}: ${name(el)} "${el.textContent}" spans ${r.left.toFixed(1)}-${r.right.toFixed(1)}, outside ${b.left.toFixed(1)}-${b.right.toFixed(1)}`);
+};
+const fits = (el, what) => {
+  if (el.scrollWidth > el.clientWidth)
+    problems.push(`${what}: ${name(el)} "${el.textContent}" clipped (scrollWidth ${el.scrollWidth} > clientWidth ${el.clientWidth})`);
+};
+for (const tile of document.querySelectorAll('.tile')) {
+  const what = 'tile ' + tile.dataset.tile;
+  for (const el of tile.querySelectorAll('h2, .big, .sub')) {
+    fits(el, what);
+    inside(el, tile, what);
+    for (const part of el.children) inside(part, el, what);
+  }
+}
+for (const table of document.querySelectorAll('#tops table')) {
+  const what = 'top list ' + (table.id || table.dataset.fact);
+  for (const tr of table.tBodies[0].rows) {
+    const key = tr.querySelector('td.key'), num = tr.querySelector('td.num');
+    if (!key) continue;
+    const span = key.querySelector('span'), small = key.querySelector('small');
+    if (span.getClientRects().length !== 1) problems.push(`${what}: key "${span.textContent}" wraps`);
+    if (rect(span).right > rect(num).left + 0.5) problems.push(`${what}: key "${span.textContent}" runs into its count`);
+    fits(num, what);
+    if (small) {
+      fits(small, what);
+      if (rect(small).top < rect(span).bottom - 0.5) problems.push(`${what}: label "${small.textContent}" overlaps its key`);
+      small.scrollIntoView({ block: 'center' });
+      const r = rect(small);
+      const hit = document.elementFromPoint(r.left + Math.min(4, r.width / 2), r.top + r.height / 2);
+      if (!hit || !small.contains(hit)) problems.push(`${what}: label "${small.textContent}" is covered by ${hit && name(hit)}`);
+    }
+  }
+}
+return problems;
+"#;
+
+/// A `flows.v1` batch of 100 records from sources never seen before (the
+/// `n`th batch): nine in ten benign, to destinations the MaxMind test
+/// databases place in GB, AU (AS1221, "Telstra Pty Ltd") and US; one in ten
+/// from 45.149.3.0/24 to SE (AS29518, "Bredband2 AB") on RDP with a large
+/// upload, which the risk rule scores 90.
+fn distinct_sources(n: usize) -> serde_json::Value {
+    let records: Vec<_> = (0..100)
+        .map(|i| {
+            let k = n * 100 + i;
+            if k.is_multiple_of(10) {
+                serde_json::json!({"src_ip": format!("45.149.3.{}", 1 + (k / 10) % 254), "dst_ip": "89.160.20.112",
+                                   "src_port": 50000, "dst_port": 3389, "proto": "tcp", "bytes": 4_000_000})
+            } else {
+                let dst = ["81.2.69.142", "1.128.0.1", "216.160.83.56"][k % 3];
+                serde_json::json!({"src_ip": format!("10.{}.{}.{}", k >> 16 & 255, k >> 8 & 255, k & 255),
+                                   "dst_ip": dst, "dst_port": 443})
+            }
+        })
+        .collect();
+    serde_json::Value::Array(records)
+}
+
+const POLISH: &str = "dashboard_is_complete_on_load_and_fits_phone_and_laptop_widths";
+
+#[test]
+fn dashboard_is_complete_on_load_and_fits_phone_and_laptop_widths() {
+    let Some(mut b) = Browser::launch(POLISH) else { return };
+    let chain = format!(
+        "{}\n[[chain]]\nplugin = \"wasm\"\nname = \"risk\"\nmodule = \"{}\"\n",
+        test_chain(),
+        repo().join("rules/risk.wasm").display()
+    );
+    let server = Server::start(&chain);
+
+    // Traffic before the page opens, over at least three 5-second buckets:
+    // every source new (so the sources list is noise); requests in the
+    // thousands, 125 of them refused, so the Requests tile carries figures
+    // as wide as the ones that were clipped ("1,234 / 125 failed").
+    let agent = common::agent();
+    for i in 0..1_250u32 {
+        let status = if i.is_multiple_of(10) {
+            agent.post(&server.url("/v1/ingest")).send(&b"{}"[..]).unwrap().status()
+        } else {
+            agent.get(&server.url("/v1/health")).call().unwrap().status()
+        };
+        assert_eq!(status.as_u16(), if i.is_multiple_of(10) { 401 } else { 200 });
+    }
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(11_500) {
+        assert_eq!(server.ingest("flows.v1", distinct_sources(n)).status, 200);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(400));
+    }
+
+    // Opened now, the page draws every sparkline from the server's history
+    // at once: three buckets with values could not come from sampling
+    // since the page opened.
+    b.viewport(1400, 1000, false);
+    b.goto(&server.url("/"));
+    let sparks = b.wait_for("the first metrics", Duration::from_secs(10), |b| {
+        let tiles = tiles(b);
+        tiles.iter().all(|(_, t)| t.points > 0).then_some(tiles)
+    });
+    for (name, t) in &sparks {
+        assert!(t.drawn && t.values >= 3, "sparkline {name} is not complete right after load: {t:?}");
+    }
+
+    // Every source seen once: the list would rank noise, so it says so.
+    b.wait_for("the sources list", Duration::from_secs(5), |b| {
+        (b.attr("top-sources", "data-noise").as_deref() == Some("true")).then_some(())
+    });
+    let (rows, text) = b.rows("top-sources");
+    assert_eq!(rows, 0, "a noise list shows no entries: {text}");
+    assert!(text.contains("too many distinct values"), "{text}");
+    // Exact counts stay plain.
+    let indicators = b.js("return document.querySelector('#top-indicators td.num').textContent", vec![]);
+    assert!(!indicators.as_str().unwrap().contains('≈'), "{indicators}");
+
+    // One source stands out from the noise: listed, its count approximate.
+    // (A burst of 4,000 more one-off sources first: the summary's filter
+    // then holds counts in every cell, so the newcomer's count carries an
+    // error whichever cell it hashes to; with only the traffic above about
+    // one cell in a hundred would still be empty.)
+    let burst: Vec<_> = (0..4_000u32)
+        .map(|i| serde_json::json!({"src_ip": format!("10.200.{}.{}", i >> 8, i & 255), "dst_ip": "1.128.0.1"}))
+        .collect();
+    assert_eq!(server.ingest("flows.v1", serde_json::Value::Array(burst)).status, 200);
+    let heavy: Vec<_> =
+        (0..300).map(|_| serde_json::json!({"src_ip": "10.250.0.1", "dst_ip": "1.128.0.1", "dst_port": 22})).collect();
+    assert_eq!(server.ingest("flows.v1", serde_json::Value::Array(heavy)).status, 200);
+    let (key, shown, title) = b.wait_for("the heavy source", Duration::from_secs(5), |b| {
+        let v = b.js(
+            "const t = document.getElementById('top-sources');
+             const row = t.dataset.noise === 'false' && t.tBodies[0].rows[0];
+             const num = row && row.querySelector('td.num');
+             return num ? [row.querySelector('td.key').textContent, num.textContent, num.title] : null;",
+            vec![],
+        );
+        let v = v.as_array()?.clone();
+        Some((v[0].as_str()?.to_string(), v[1].as_str()?.to_string(), v[2].as_str()?.to_string()))
+    });
+    assert_eq!(key, "10.250.0.1");
+    let figures: Vec<u64> = title
+        .split(|c: char| !c.is_ascii_digit() && c != ',')
+        .filter_map(|w| w.replace(',', "").parse().ok())
+        .collect();
+    assert!(shown.starts_with('≈'), "an approximate count is marked: {shown:?}");
+    assert!(
+        figures.len() == 2 && figures[0] <= 300 && 300 <= figures[1],
+        "the tooltip gives the bound around the true 300: {title:?}"
+    );
+
+    // High-risk rows name the AS organisation, not only its number.
+    b.wait_for("an organisation in the high-risk feed", Duration::from_secs(5), |b| {
+        b.text("feed").contains("AS29518 Bredband2 AB").then_some(())
+    });
+    b.wait_for("AS labels in the top ASNs", Duration::from_secs(5), |b| {
+        b.text("top-asns").contains("Telstra Pty Ltd").then_some(())
+    });
+
+    // Nothing clipped, wrapped into pieces or hidden under a bar, on a
+    // laptop and on a phone.
+    for (width, height, mobile) in [(1400, 1000, false), (390, 844, true)] {
+        b.viewport(width, height, mobile);
+        let problems = b.js(LAYOUT_PROBLEMS, vec![]);
+        b.js("window.scrollTo(0, 0)", vec![]);
+        b.screenshot(&format!("dashboard-{width}px"));
+        b.js("scrollTo(0, scrollY + document.getElementById('feed-title').getBoundingClientRect().top - 100)", vec![]);
+        b.screenshot(&format!("dashboard-{width}px-top-lists"));
+        assert_eq!(problems, serde_json::json!([]), "at {width} px");
+    }
+    let errors: Vec<_> = b.new_console_entries().into_iter().filter(|e| e.is_error()).collect();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
 }

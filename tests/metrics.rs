@@ -102,11 +102,18 @@ fn acceptance_traffic_shows_in_json_and_prometheus() {
     assert!(m["requests_total"].as_u64().unwrap() > first["requests_total"].as_u64().unwrap());
     assert!(m["rates"]["epm_1m"].as_f64().unwrap() > 0.0, "{}", m["rates"]);
     assert!(m["rates"]["bpm_1m"].as_f64().unwrap() > 0.0, "{}", m["rates"]);
-    for name in ["eps", "bpm", "threats", "avg_risk"] {
+    // Every tile's sparkline has its history here, not only the page's own samples.
+    for name in ["eps", "bpm", "threats", "avg_risk", "unique_sources", "lag_ms_p95", "requests"] {
         let series = &m["timeseries"]["last_5m"][name];
         assert_eq!(series.as_array().unwrap().len(), 60, "{name}");
         assert!(non_flat(series), "{name} is flat: {series}");
     }
+    let last_5m = &m["timeseries"]["last_5m"];
+    let newest = |name: &str| last_5m[name].as_array().unwrap().iter().rev().find_map(|p| p[1].as_f64()).unwrap();
+    assert_eq!(newest("unique_sources"), m["totals"]["unique_sources"].as_f64().unwrap());
+    let requests: f64 = last_5m["requests"].as_array().unwrap().iter().filter_map(|p| p[1].as_f64()).sum();
+    assert!(requests >= 20.0, "the 20 ingest requests are in the requests series: {requests}");
+    assert!(newest("lag_ms_p95") > 0.0);
     assert!(m["queue"]["lag_ms_p95"].as_f64().unwrap() > 0.0, "{}", m["queue"]);
     assert!(m["queue"]["lag_ms_p50"].as_f64().unwrap() <= m["queue"]["lag_ms_p99"].as_f64().unwrap());
 
@@ -142,6 +149,7 @@ fn acceptance_traffic_shows_in_json_and_prometheus() {
     assert_eq!(high.len(), 50, "bounded to the newest 50");
     assert_eq!(high[0]["risk_score"], 90);
     assert_eq!(high[0]["indicators"], json!(["45.149.3.0/24"]));
+    assert_eq!((&high[0]["asn"], &high[0]["asn_label"]), (&json!(29518), &json!("Bredband2 AB")), "{}", high[0]);
     assert!(!high[0]["reasons"].as_array().unwrap().is_empty());
     assert!(high.windows(2).all(|w| w[0]["ts_ms"].as_u64() >= w[1]["ts_ms"].as_u64()), "newest first");
 

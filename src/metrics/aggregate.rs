@@ -21,6 +21,11 @@ use super::window::{SecondRing, Span, Tally, View};
 pub(crate) const TOP_N: usize = 10;
 /// AS labels remembered (cleared when full; refilled as AS numbers recur).
 const LABELS_KEEP: usize = 10_000;
+/// Points of the 5-minute series, and their width: the lag slots are the
+/// same 5-second, wall-clock-aligned buckets.
+const SERIES_POINTS: u64 = 60;
+const SOURCES_BUCKET_S: u64 = 5;
+const _: () = assert!(SOURCES_BUCKET_S == super::latency::SLOT_S);
 
 pub(crate) struct Aggregate {
     started_ms: u64,
@@ -44,6 +49,15 @@ pub(crate) struct Aggregate {
     /// The latest fact table seen (ids only ever grow: it names them all).
     facts: Option<Arc<[FactInfo]>>,
     distinct: Distinct,
+    /// The distinct-source estimate at the end of each 5-second bucket in
+    /// which it changed, as (bucket number = second / 5, estimate), oldest
+    /// first; the first entry may be older than 5 minutes (it is the value
+    /// carried into the window).
+    sources_history: VecDeque<(u64, u64)>,
+    /// Sources were counted since the estimate was last taken.
+    sources_changed: bool,
+    /// The request counter's value at the last advance.
+    requests_seen: u64,
     /// Newest last.
     high_risk: VecDeque<HighRisk>,
     /// Swapped with each shard in turn (see [`super::feed::Shards::drain`]).
@@ -67,6 +81,11 @@ pub(crate) struct Reading {
     /// 5-second buckets over 5 minutes, 15-second buckets over 15 minutes.
     pub series_5s: Vec<Span>,
     pub series_15s: Vec<Span>,
+    /// Per bucket of `series_5s`: the distinct-source estimate at its end
+    /// (`None` before start) and the queue lag p95 of its batches in ms
+    /// (`None` without batches).
+    pub sources_5s: Vec<Option<u64>>,
+    pub lag_p95_5s: Vec<Option<f64>>,
     pub top_5m: Tops,
     pub top_15m: Tops,
     pub unique_sources: u64,
@@ -122,6 +141,9 @@ impl Aggregate {
             fact_values: HashMap::new(),
             facts: None,
             distinct: Distinct::default(),
+            sources_history: VecDeque::new(),
+            sources_changed: false,
+            requests_seen: 0,
             high_risk: VecDeque::new(),
             spare: Shard::default(),
         }
@@ -151,9 +173,11 @@ impl Aggregate {
         }
         if !shard.sources_v4.is_empty() {
             drain_counter(&mut shard.sources_v4, &mut self.sources_v4, minute, Some(&mut self.distinct));
+            self.sources_changed = true;
         }
         if !shard.sources_v6.is_empty() {
             drain_counter(&mut shard.sources_v6, &mut self.sources_v6, minute, Some(&mut self.distinct));
+            self.sources_changed = true;
         }
         if !shard.countries.is_empty() {
             shard.countries.drain_into(self.countries.minute(minute));
@@ -192,9 +216,47 @@ impl Aggregate {
         }
     }
 
-    /// Rolls the windows to `now_ms` (whether or not anything arrived).
-    pub(crate) fn advance(&mut self, now_ms: u64) {
-        self.ring.advance(now_ms / 1000);
+    /// Rolls the windows to `now_ms` (whether or not anything arrived),
+    /// files the requests answered since the last call (`requests_total`:
+    /// the request counter) under the current second and notes the
+    /// distinct-source estimate if sources were counted.
+    pub(crate) fn advance(&mut self, now_ms: u64, requests_total: u64) {
+        let now_s = now_ms / 1000;
+        self.ring.advance(now_s);
+        let requests = requests_total.saturating_sub(self.requests_seen);
+        if requests > 0 {
+            self.requests_seen = requests_total;
+            let tally = Tally { requests, ..Tally::default() };
+            self.ring.add(now_s, &tally);
+            self.totals.add(&tally);
+        }
+        if std::mem::take(&mut self.sources_changed) {
+            let (bucket, estimate) = (now_s / SOURCES_BUCKET_S, self.distinct.total());
+            match self.sources_history.back_mut() {
+                Some(last) if last.0 == bucket => last.1 = estimate,
+                _ => self.sources_history.push_back((bucket, estimate)),
+            }
+            // Keep the newest entry at or before the window's first bucket:
+            // its value carries into the window.
+            let first = (bucket + 1).saturating_sub(SERIES_POINTS);
+            while self.sources_history.get(1).is_some_and(|(b, _)| *b <= first) {
+                self.sources_history.pop_front();
+            }
+        }
+    }
+
+    /// The distinct-source estimate at the end of each of `series`' 5-second
+    /// buckets: the last one noted at or before it, 0 before any.
+    fn sources_series(&self, series: &[Span]) -> Vec<Option<u64>> {
+        series
+            .iter()
+            .map(|span| {
+                let bucket = span.start_ms / 1000 / SOURCES_BUCKET_S;
+                (span.covered_s > 0.0).then(|| {
+                    self.sources_history.iter().take_while(|(b, _)| *b <= bucket).last().map_or(0, |(_, n)| *n)
+                })
+            })
+            .collect()
     }
 
     fn tops(&self, now_minute: u64, minutes: u64) -> Tops {
@@ -257,6 +319,8 @@ impl Aggregate {
         let now_s = now_ms / 1000;
         let minute = view.last(60);
         let ten = view.last(10);
+        let series_5s = view.series(SOURCES_BUCKET_S, SERIES_POINTS);
+        let sources_5s = self.sources_series(&series_5s);
         let risk_buckets =
             RISK_BOUNDS.iter().map(|b| f64::from(*b)).chain([f64::INFINITY]).zip(self.risk_buckets).collect();
         Reading {
@@ -272,13 +336,21 @@ impl Aggregate {
             bpm_1m: minute.per_second(minute.tally.batches) * 60.0,
             lag: self.lag.quantiles(now_s),
             processing: self.processing.quantiles(now_s),
-            series_5s: view.series(5, 60),
-            series_15s: view.series(15, 60),
+            series_5s,
+            series_15s: view.series(15, SERIES_POINTS),
+            sources_5s,
+            lag_p95_5s: self.lag.p95_per_slot(now_s, SERIES_POINTS),
             top_5m: self.tops(now_s / 60, 5),
             top_15m: self.tops(now_s / 60, 15),
             unique_sources: self.distinct.total(),
             sources_active: self.distinct.active(now_s / 60),
-            high_risk: self.high_risk.iter().rev().cloned().collect(),
+            // AS labels may arrive after the event: looked up when read.
+            high_risk: self
+                .high_risk
+                .iter()
+                .rev()
+                .map(|h| HighRisk { asn_label: h.asn.and_then(|a| self.asn_labels.get(&a).cloned()), ..h.clone() })
+                .collect(),
         }
     }
 }

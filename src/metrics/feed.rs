@@ -189,6 +189,8 @@ pub(crate) struct HighRisk {
     pub dst_port: Option<u16>,
     pub dst_country: Option<[u8; 2]>,
     pub asn: Option<u32>,
+    /// The AS organisation, when known (filled when the list is read).
+    pub asn_label: Option<String>,
     /// The event's indicator-match outputs (with their readers) and
     /// reasons output, read when shown.
     pub matches: Vec<(JsonFragment, Option<ValuesReader>)>,
@@ -200,7 +202,7 @@ impl HighRisk {
         json!({
             "ts_ms": self.ts_ms, "event_ts": self.event_ts, "risk_score": self.risk_score,
             "src_ip": self.src_ip, "dst_ip": self.dst_ip, "src_port": self.src_port, "dst_port": self.dst_port,
-            "dst_country": self.dst_country.map(country), "asn": self.asn,
+            "dst_country": self.dst_country.map(country), "asn": self.asn, "asn_label": self.asn_label,
             "indicators": self.indicators(),
             "reasons": self.reasons.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()).unwrap_or(json!([])),
         })
@@ -367,6 +369,7 @@ impl Shard {
             dst_port: event.dst_port,
             dst_country: r.country.map(|(_, c)| enrichd_engine::fact::country_bytes(c)),
             asn: r.asn.map(|(_, a, _)| a),
+            asn_label: None,
             matches,
             reasons,
         });

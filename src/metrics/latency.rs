@@ -6,9 +6,15 @@
 //! threads record into their own histogram; the ticker adds those into
 //! 5-second slots; quantiles merge the slots of the last minute. Results are
 //! milliseconds as floats: a batch enriched in 40 µs reads 0.04, not 0.
+//! Each slot's own p95 also makes one point of the dashboard's 5-minute
+//! lag sparkline: slots still in the window are read directly, and a slot's
+//! p95 is kept (one float) when the slot is reused, so five minutes of
+//! history cost 60 floats rather than 60 histograms.
 //!
 //! [`Buckets`] are the fixed, cumulative buckets a Prometheus histogram
 //! needs (quantiles cannot be aggregated across instances, buckets can).
+
+use std::collections::VecDeque;
 
 use hdrhistogram::Histogram;
 
@@ -21,6 +27,8 @@ const SLOTS: u64 = 12;
 pub(crate) const WINDOW_S: u64 = SLOT_S * SLOTS;
 /// Longest latency told apart (an hour); longer ones count as this.
 const MAX_US: u64 = 3_600_000_000;
+/// Slots' p95 remembered after they leave the window: 5 minutes.
+const HISTORY: usize = 60;
 
 /// An empty histogram of microseconds.
 pub(crate) fn histogram() -> Histogram<u32> {
@@ -43,12 +51,18 @@ pub(crate) struct Quantiles {
 pub(crate) struct LatencyWindow {
     /// (slot number = second / SLOT_S, samples of that slot).
     slots: Vec<(u64, Histogram<u32>)>,
+    /// (slot number, p95 in ms) of slots reused since, oldest first.
+    history: VecDeque<(u64, f64)>,
 }
 
 impl Default for LatencyWindow {
     fn default() -> Self {
-        LatencyWindow { slots: (0..SLOTS).map(|_| (u64::MAX, histogram())).collect() }
+        LatencyWindow { slots: (0..SLOTS).map(|_| (u64::MAX, histogram())).collect(), history: VecDeque::new() }
     }
+}
+
+fn p95_ms(h: &Histogram<u32>) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(0.95) as f64 / 1000.0)
 }
 
 impl LatencyWindow {
@@ -59,6 +73,12 @@ impl LatencyWindow {
         if slot.0 != n {
             if slot.0 != u64::MAX && slot.0 > n {
                 return; // older than the window
+            }
+            if let Some(p95) = p95_ms(&slot.1).filter(|_| slot.0 != u64::MAX) {
+                self.history.push_back((slot.0, p95));
+                if self.history.len() > HISTORY {
+                    self.history.pop_front();
+                }
             }
             slot.1.reset();
             slot.0 = n;
@@ -81,6 +101,22 @@ impl LatencyWindow {
         }
         let ms = |q: f64| merged.value_at_quantile(q) as f64 / 1000.0;
         Quantiles { p50_ms: ms(0.50), p95_ms: ms(0.95), p99_ms: ms(0.99), samples: merged.len() }
+    }
+
+    /// The p95 of each of the `points` slots up to the one holding `now_s`,
+    /// oldest first: `None` for a slot without samples.
+    pub(crate) fn p95_per_slot(&self, now_s: u64, points: u64) -> Vec<Option<f64>> {
+        let current = now_s / SLOT_S;
+        (0..points)
+            .rev()
+            .map(|i| {
+                let n = current.checked_sub(i)?;
+                match self.slots.iter().find(|(m, _)| *m == n) {
+                    Some((_, h)) => p95_ms(h),
+                    None => self.history.iter().find(|(m, _)| *m == n).map(|(_, p)| *p),
+                }
+            })
+            .collect()
     }
 }
 
@@ -162,6 +198,38 @@ mod tests {
         // A slot reused for a new period forgets the old period's samples.
         w.add(1000 + WINDOW_S, &fast);
         assert_eq!(w.quantiles(1000 + WINDOW_S).samples, 2);
+    }
+
+    #[test]
+    fn each_slot_keeps_its_p95_after_leaving_the_window() {
+        let at = |ms: u64| {
+            let mut h = histogram();
+            record(&mut h, Duration::from_millis(ms));
+            h
+        };
+        let mut w = LatencyWindow::default();
+        // Slots 200, 201 and (after a gap) 203; then 20 slots later, long
+        // after all three were reused.
+        w.add(1000, &at(10));
+        w.add(1005, &at(20));
+        w.add(1017, &at(40));
+        let near = w.p95_per_slot(1019, 5);
+        let near: Vec<_> = near.into_iter().map(|p| p.map(|v| v.round())).collect();
+        assert_eq!(near, [None, Some(10.0), Some(20.0), None, Some(40.0)]);
+        for s in (1020..1120).step_by(5) {
+            w.add(s, &at(1));
+        }
+        let far = w.p95_per_slot(1119, 24);
+        assert_eq!(far.len(), 24);
+        assert_eq!(far[0].map(f64::round), Some(10.0), "slot 200, reused since, is remembered");
+        assert_eq!((far[1].map(f64::round), far[2], far[3].map(f64::round)), (Some(20.0), None, Some(40.0)));
+        assert!(far[4..].iter().all(|p| p.is_some_and(|v| (v - 1.0).abs() < 0.02)), "{far:?}");
+        // Bounded: only the last HISTORY reused slots are remembered.
+        for s in (1120..1120 + 5 * 200).step_by(5) {
+            w.add(s, &at(1));
+        }
+        assert!(w.history.len() <= HISTORY);
+        assert_eq!(w.p95_per_slot(u64::MAX / 2, 3), [None, None, None]);
     }
 
     #[test]

@@ -195,7 +195,7 @@ impl Metrics {
         let mut spare = std::mem::take(&mut aggregate.spare);
         self.shards.drain(&mut spare, |shard| aggregate.absorb(shard, now_ms));
         aggregate.spare = spare;
-        aggregate.advance(now_ms);
+        aggregate.advance(now_ms, self.requests.total.load(Relaxed));
     }
 
     pub(crate) fn batches_rejected(&self) -> u64 {

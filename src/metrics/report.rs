@@ -6,7 +6,12 @@
 //! wall-clock start, the last pair the current partial bucket (its rate is
 //! over the part elapsed). `avg_risk` of a bucket without scored events is
 //! `null` (a gap, not a score of 0); `totals.avg_risk` is 0 until the first
-//! scored event.
+//! scored event. Every figure the dashboard draws a sparkline of has its
+//! 5-minute series here, so a page opened on a busy server draws them all
+//! at once instead of starting empty: `unique_sources` is the running
+//! estimate at each bucket's end (`null` before start), `lag_ms_p95` the
+//! p95 of the bucket's batches (`null` without any), `requests` the HTTP
+//! requests answered in the bucket (counted by the ticker, each second).
 
 use serde_json::{json, Value};
 
@@ -23,6 +28,11 @@ fn ratio(sum: u64, count: u64) -> Option<f64> {
 
 fn series(spans: &[Span], value: impl Fn(&Span) -> Value) -> Value {
     spans.iter().map(|s| json!([s.start_ms, value(s)])).collect()
+}
+
+/// A series kept beside the spans (same buckets), `null` where `None`.
+fn points<T: Into<Value> + Copy>(spans: &[Span], values: &[Option<T>]) -> Value {
+    spans.iter().zip(values).map(|(s, v)| json!([s.start_ms, v.map_or(Value::Null, Into::into)])).collect()
 }
 
 fn tops(t: &Tops) -> Value {
@@ -82,6 +92,9 @@ pub(crate) fn document(m: &Metrics, r: &Reading) -> Value {
                 "bpm": series(&r.series_5s, |s| (s.per_second(s.tally.batches) * 60.0).into()),
                 "threats": series(&r.series_5s, |s| s.tally.threats.into()),
                 "avg_risk": series(&r.series_5s, |s| ratio(s.tally.risk_sum, s.tally.risk_count).into()),
+                "unique_sources": points(&r.series_5s, &r.sources_5s),
+                "lag_ms_p95": points(&r.series_5s, &r.lag_p95_5s),
+                "requests": series(&r.series_5s, |s| s.tally.requests.into()),
             },
             "last_15m": {
                 "bucket_s": 15,

@@ -109,3 +109,52 @@ fn in_flight_guards_count_and_release() {
     }
     assert_eq!(m.in_flight(), (0, 0));
 }
+
+#[test]
+fn every_sparkline_has_its_series_from_the_server() {
+    let (clock, m) = metrics();
+    let keys = facts();
+    // 1 s in: 100 sources, lag 250 µs, 3 requests.
+    clock.advance(800);
+    m.observe_batch(&keys, &batch(100, 40), Duration::from_micros(250), Duration::ZERO);
+    for status in [200, 200, 401] {
+        m.record_request(super::RouteGroup::Api, status);
+    }
+    m.tick();
+    // 20 s later: 300 sources in all, a slower batch, 2 more requests.
+    clock.advance(20_000);
+    m.observe_batch(&keys, &batch(300, 40), Duration::from_millis(8), Duration::ZERO);
+    m.record_request(super::RouteGroup::Ingest, 200);
+    m.record_request(super::RouteGroup::Ingest, 200);
+    let doc = report::document(&m, &m.read());
+    let s = &doc["timeseries"]["last_5m"];
+    let at = |name: &str| -> Vec<(u64, serde_json::Value)> {
+        let list = s[name].as_array().unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(list.len(), 60, "{name}");
+        list.iter().map(|p| (p[0].as_u64().unwrap(), p[1].clone())).collect()
+    };
+    let started = T0 + 200;
+    let (sources, lag, requests) = (at("unique_sources"), at("lag_ms_p95"), at("requests"));
+    for (ts, v) in &sources {
+        if ts + 5000 <= started {
+            assert!(v.is_null(), "before start: no data, not 0 ({ts})");
+        }
+    }
+    let value = |list: &[(u64, serde_json::Value)], ts: u64| list.iter().find(|(t, _)| *t == ts).unwrap().1.clone();
+    let (b1, b2) = (T0, T0 + 20_000); // the buckets of the two batches
+    let first = value(&sources, b1).as_u64().unwrap();
+    assert!((98..=102).contains(&first), "{first}");
+    assert_eq!(value(&sources, b1 + 10_000).as_u64(), Some(first), "carried forward while nothing changes");
+    let now = sources.last().unwrap().1.as_u64().unwrap();
+    assert!((295..=305).contains(&now), "{now}");
+    assert_eq!(now, doc["totals"]["unique_sources"].as_u64().unwrap(), "the last point is the tile's figure");
+
+    assert!((value(&lag, b1).as_f64().unwrap() - 0.25).abs() < 0.01);
+    assert!(value(&lag, b1 + 5000).is_null(), "a bucket without batches has no lag");
+    assert!((value(&lag, b2).as_f64().unwrap() - 8.0).abs() < 0.1);
+
+    assert_eq!(value(&requests, b1), 3);
+    assert_eq!(value(&requests, b2), 2);
+    assert_eq!(requests.iter().map(|(_, v)| v.as_u64().unwrap()).sum::<u64>(), 5);
+    assert_eq!(doc["requests_total"], 5);
+}

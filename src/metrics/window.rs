@@ -26,6 +26,9 @@ pub(crate) struct Tally {
     /// Sum and number of risk scores (events a rule scored).
     pub risk_sum: u64,
     pub risk_count: u64,
+    /// HTTP requests answered (from the request counters, attributed to
+    /// the second the ticker saw them: not per batch).
+    pub requests: u64,
 }
 
 impl Tally {
@@ -35,6 +38,7 @@ impl Tally {
         self.threats += other.threats;
         self.risk_sum += other.risk_sum;
         self.risk_count += other.risk_count;
+        self.requests += other.requests;
     }
 }
 

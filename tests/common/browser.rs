@@ -241,7 +241,8 @@ impl Browser {
 
 /// The dashboard's tiles and sparklines as the page shows them, read from
 /// the stable hooks it exposes: `data-value` on each tile figure,
-/// `data-points` / `data-last-ts` on each sparkline.
+/// `data-points` / `data-values` (points with a value, not gaps) /
+/// `data-last-ts` on each sparkline, and whether its line has a path.
 pub(crate) const TILES: [&str; 7] = ["events", "sources", "batches", "threats", "risk", "lag", "requests"];
 
 #[derive(Clone, Debug)]
@@ -250,7 +251,10 @@ pub(crate) struct Tile {
     pub sub: Option<f64>,
     pub text: String,
     pub points: u64,
+    pub values: u64,
     pub last_ts: u64,
+    /// The sparkline's line has something to draw.
+    pub drawn: bool,
 }
 
 impl Browser {
@@ -260,7 +264,8 @@ impl Browser {
              const spark = $('spark-' + t);
              return { value: $('tile-' + t + '-value').dataset.value, sub: $('tile-' + t + '-sub').dataset.value,
                       text: $('tile-' + t + '-value').textContent,
-                      points: spark.dataset.points, last: spark.dataset.lastTs || '0' };",
+                      points: spark.dataset.points, values: spark.dataset.values || '0', last: spark.dataset.lastTs || '0',
+                      drawn: !!(spark.querySelector('path.line') && spark.querySelector('path.line').getAttribute('d')) };",
             vec![json!(name)],
         );
         let number = |k: &str| v[k].as_str().and_then(|s| s.parse::<f64>().ok());
@@ -269,7 +274,9 @@ impl Browser {
             sub: number("sub"),
             text: v["text"].as_str().unwrap_or_default().to_string(),
             points: number("points").unwrap_or(0.0) as u64,
+            values: number("values").unwrap_or(0.0) as u64,
             last_ts: number("last").unwrap_or(0.0) as u64,
+            drawn: v["drawn"].as_bool().unwrap_or(false),
         }
     }
 
@@ -277,6 +284,21 @@ impl Browser {
     /// `polling`, `auth` or `unreachable`.
     pub(crate) fn connection(&self) -> String {
         self.attr("conn", "data-state").unwrap_or_default()
+    }
+
+    /// Emulates a viewport of `width` x `height` CSS pixels (`mobile`: a
+    /// phone's, honouring the page's viewport meta tag) and waits for the
+    /// page to lay out again.
+    pub(crate) fn viewport(&self, width: u32, height: u32, mobile: bool) {
+        self.cdp(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 0, "mobile": mobile}),
+        );
+        let w = self.js(
+            "return new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => r(innerWidth))))",
+            vec![],
+        );
+        assert_eq!(w.as_u64(), Some(u64::from(width)), "viewport width");
     }
 
     /// Rows of a dashboard table (`data-rows`) and their visible text.

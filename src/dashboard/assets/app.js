@@ -142,6 +142,25 @@
     banner('auth', apiKey
       ? 'The server refused this API key. Enter a valid key above (it stays in this browser tab only).'
       : 'This server requires an API key for metrics. Enter it above (it stays in this browser tab only).');
+    panelsNeedKey(apiKey ? 'API key refused: enter a valid key above' : 'API key missing: enter it above to see metrics');
+  }
+
+  // Before any figures arrived, the empty panels say why: the key, not a
+  // lack of traffic. Figures already shown stay (as when the server is
+  // unreachable); the banner says they are not live.
+  function panelsNeedKey(text) {
+    if (last) return;
+    for (const id of ['epm-empty', 'feed-empty', 'chain-empty', 'outputs-empty']) {
+      $(id).textContent = text;
+      $(id).hidden = false;
+    }
+    for (const table of document.querySelectorAll('#tops table')) {
+      const tr = el('tr');
+      tr.appendChild(el('td', 'none', text));
+      table.tBodies[0].replaceChildren(tr);
+      table.dataset.rows = '0';
+      drawn.delete(drawnId(table.tBodies[0]));
+    }
   }
 
   // Stream first; poll while the stream is unavailable. Stream retries back
@@ -218,13 +237,24 @@
       el.classList.add('bump');
     }
     el.dataset.value = next;
-    el.textContent = text;
-    if (el.classList.contains('sub')) el.title = text;
+    if (!el.classList.contains('sub')) {
+      el.textContent = text;
+      return;
+    }
+    // A sub-line's parts ("a · b · c") are kept whole: the line wraps
+    // between them (see app.css), never inside one.
+    el.title = text;
+    if (el.dataset.text === text) return;
+    el.dataset.text = text;
+    const parts = String(text).split(' · ');
+    el.replaceChildren(...parts.flatMap((p, i) => (i ? [document.createTextNode(' · '), span(p)] : [span(p)])));
   }
+  const span = (text) => el('span', null, text);
 
-  // Series the server does not keep (unique sources, lag, requests) are
-  // sampled here once per 5 s bucket of server time, so every sparkline
-  // advances at the same pace; they start when the page opens.
+  // The server sends 5 minutes of history for every sparkline
+  // (timeseries.last_5m), so a page opened on a busy server draws them all
+  // at once. Only when a series is missing (an older server) is it sampled
+  // here, once per 5 s bucket of server time, starting when the page opens.
   const sampled = new Map();
   function sample(name, tsMs, value) {
     if (num(value) === null) return [];
@@ -260,6 +290,7 @@
     const x0 = Math.max(nowMs - windowMs, Math.min(first, nowMs - 30000));
     draw(svg, points, x0, nowMs + BUCKET_MS / 2, vb.width, vb.height, 2);
     svg.dataset.points = String(points.length);
+    svg.dataset.values = String(points.filter((p) => num(p[1]) !== null).length);
     svg.dataset.lastTs = points.length ? String(points[points.length - 1][0]) : '';
   }
 
@@ -326,6 +357,7 @@
     draw(svg, points, m.server_time_ms - EPM_WINDOW_MS, m.server_time_ms, 800, 180, 4, top, bucketMs);
     svg.dataset.points = String(points.length);
     $('epm-empty').hidden = peak > 0;
+    $('epm-empty').textContent = 'no traffic yet';
     $('epm-peak').textContent = peak > 0 ? `peak ${count(peak)}/min` : '';
     const ylabels = $('epm-ylabels');
     if (ylabels.dataset.top !== String(top)) {
@@ -360,7 +392,7 @@
     setValue('tile-sources-value', t.unique_sources, count(t.unique_sources));
     setValue('tile-sources-sub', active, (active !== null ? `${count(active)} active in 5 min` : 'distinct source IPs')
       + (err ? ` · ±${nf1.format(err * 100)}%` : ''));
-    sparkline('spark-sources', sample('sources', now, t.unique_sources), now, SPARK_WINDOW_MS);
+    sparkline('spark-sources', series('unique_sources', () => sample('sources', now, t.unique_sources)), now, SPARK_WINDOW_MS);
 
     setValue('tile-batches-value', t.batches, count(t.batches));
     setValue('tile-batches-sub', r.bpm_1m, `${count(r.bpm_1m)}/min · ${count(t.batches_rejected || 0)} rejected`);
@@ -383,12 +415,12 @@
 
     setValue('tile-lag-value', q.lag_ms_p95, ms(q.lag_ms_p95));
     setValue('tile-lag-sub', q.lag_ms_p99, `p50 ${ms(q.lag_ms_p50)} · p99 ${ms(q.lag_ms_p99)}` + (m.queue_depth ? ` · ${count(m.queue_depth)} queued` : ''));
-    sparkline('spark-lag', sample('lag', now, q.lag_ms_p95), now, SPARK_WINDOW_MS);
+    sparkline('spark-lag', series('lag_ms_p95', () => sample('lag', now, q.lag_ms_p95)), now, SPARK_WINDOW_MS);
 
     setValue('tile-requests-value', m.requests_total, count(m.requests_total));
     setValue('tile-requests-failed', m.requests_failed, `/ ${count(m.requests_failed)} failed`);
     setValue('tile-requests-sub', cls['5xx'], `${count(cls['4xx'])} 4xx · ${count(cls['5xx'])} 5xx`);
-    sparkline('spark-requests', deltas(sample('requests', now, m.requests_total)), now, SPARK_WINDOW_MS);
+    sparkline('spark-requests', series('requests', () => deltas(sample('requests', now, m.requests_total))), now, SPARK_WINDOW_MS);
   }
 
   function el(tag, cls, text) {
@@ -400,32 +432,54 @@
 
   // Replace a container's rows only when their content changed.
   const drawn = new Map();
-  function replaceRows(container, key, rows, build) {
+  // (Keyed by the container's id, else its table's.)
+  const drawnId = (container) => container.id || (container.closest('table') || container).id;
+  function replaceRows(container, key, rows, build, shown = rows.length) {
     const sig = JSON.stringify(rows);
-    if (drawn.get(container.id) === sig + key) return;
-    drawn.set(container.id, sig + key);
+    const id = drawnId(container);
+    if (drawn.get(id) === sig + key) return;
+    drawn.set(id, sig + key);
     container.replaceChildren(...build());
-    (container.closest('table') || container).dataset.rows = String(rows.length);
+    (container.closest('table') || container).dataset.rows = String(shown);
   }
 
+  // Top lists are space-saving summaries: each entry's true count lies
+  // between `count - error` and `count`. A count with an error shows as
+  // "≈" with its range in the tooltip. An entry is within its error when
+  // at least half its count may belong to other keys (count - error <=
+  // error); a list made only of such entries ranks noise (a flood of
+  // distinct values, none frequent), so it is replaced by a note; in a
+  // list that does rank something, such entries are shown muted.
+  const inexact = (r) => num(r.error) !== null && r.error > 0;
+  const withinError = (r) => inexact(r) && (r.count || 0) - r.error <= r.error;
   function fillTop(table, rows, m, keyText) {
     const max = Math.max(1, ...rows.map((r) => r.count || 0));
+    const noise = rows.length > 0 && rows.every(withinError);
+    table.dataset.noise = String(noise);
     replaceRows(table.tBodies[0], topWindow, rows, () => {
-      if (!rows.length) {
+      if (!rows.length || noise) {
         const tr = el('tr');
-        tr.appendChild(el('td', 'none', (m.totals && m.totals.events) ? 'none in this window' : 'no traffic yet'));
+        const text = noise ? 'no value stands out: too many distinct values to rank (every count is within its error)'
+          : (m.totals && m.totals.events) ? 'none in this window' : 'no traffic yet';
+        tr.appendChild(el('td', noise ? 'none noise' : 'none', text));
         return [tr];
       }
       return rows.map((r) => {
         const tr = el('tr');
+        if (withinError(r)) tr.dataset.withinError = 'true';
         const key = el('td', 'key');
         key.style.setProperty('--share', ((100 * (r.count || 0)) / max).toFixed(1) + '%');
         key.appendChild(el('span', null, keyText(r.key)));
         if (r.label) key.appendChild(el('small', null, r.label));
-        tr.append(key, el('td', 'num', count(r.count)));
+        const n = el('td', 'num', (inexact(r) ? '≈' : '') + count(r.count));
+        if (inexact(r)) {
+          n.dataset.approx = 'true';
+          n.title = `between ${count(Math.max(0, r.count - r.error))} and ${count(r.count)} (approximate)`;
+        }
+        tr.append(key, n);
         return tr;
       });
-    });
+    }, noise ? 0 : rows.length);
   }
 
   // Lists of facts plugins declared with "top values" (top.<window>.facts),
@@ -469,14 +523,14 @@
     factTables(m, (top.facts && typeof top.facts === 'object') ? top.facts : {});
   }
 
-  // "AS15169"; a bare number gets its organisation from the top-ASN tables
-  // when they know it.
+  // "AS15169"; a bare number gets its organisation from the event
+  // (`asn_label`) or else from the top-ASN tables when they know it.
   const asLabel = (key) => (/^\d+$/.test(String(key)) ? 'AS' + key : String(key));
-  function asnText(asn, labels) {
+  function asnText(asn, label, labels) {
     if (asn === null || asn === undefined || asn === '') return '–';
     if (typeof asn === 'object') return [asn.asn ? 'AS' + asn.asn : '', asn.org || ''].filter(Boolean).join(' ') || '–';
-    const label = labels.get(String(asn));
-    return asLabel(asn) + (label ? ' ' + label : '');
+    const org = label || labels.get(String(asn));
+    return asLabel(asn) + (org ? ' ' + org : '');
   }
   const hostPort = (ip, port) => (ip ? (String(ip).includes(':') ? `[${ip}]` : ip) + (num(port) !== null ? ':' + port : '') : '–');
 
@@ -486,6 +540,7 @@
     const events = Array.isArray(m.recent_high_risk) ? [...m.recent_high_risk] : [];
     events.sort((a, b) => (b.ts_ms || 0) - (a.ts_ms || 0));
     $('feed-empty').hidden = events.length > 0;
+    $('feed-empty').textContent = 'no high-risk events yet';
     const threshold = num(m.recent_high_risk_threshold);
     $('feed-count').textContent = [threshold !== null ? `score ≥ ${threshold}` : '', events.length ? `${events.length} shown` : '']
       .filter(Boolean).join(' · ');
@@ -502,7 +557,7 @@
       const reasons = el('td');
       for (const r of e.reasons || []) reasons.appendChild(el('span', 'reason', r));
       tr.append(time, scoreTd, el('td', 'addr', hostPort(e.src_ip, e.src_port)), el('td', 'addr', hostPort(e.dst_ip, e.dst_port)),
-        el('td', null, e.dst_country || '–'), el('td', null, asnText(e.asn, labels)), ind, reasons);
+        el('td', null, e.dst_country || '–'), el('td', 'asn', asnText(e.asn, e.asn_label, labels)), ind, reasons);
       return tr;
     }));
   }
