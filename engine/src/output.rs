@@ -38,8 +38,9 @@ pub struct OutEvent<'a> {
     /// The event as one JSON object (no trailing newline), in the output's
     /// profile.
     pub json: &'a [u8],
-    /// Unique per event and stable across retries and restarts (derived
-    /// from the spool position): sinks may use it as a delivery id.
+    /// Unique per event within [`SinkBatch::id_scope`] and stable across
+    /// retries (derived from the backlog position): sinks may use it as a
+    /// delivery id.
     pub id: u64,
 }
 
@@ -50,6 +51,15 @@ pub struct SinkBatch<'a> {
     /// When enrichd accepted the events (Unix milliseconds, UTC): sinks that
     /// route by date (daily indices) use it.
     pub accepted_unix_ms: u64,
+    /// Where event ids are unique: 0 when they survive restarts (a spool
+    /// continues its positions), else a random number drawn when the
+    /// output's backlog was opened (a memory queue numbers from 0 again
+    /// after a restart). A sink that derives a destination-side id
+    /// (`Nats-Msg-Id`, a document id) from event ids includes it, so
+    /// retries of the same entry repeat the id and a new process never
+    /// reuses one. Ids from the events' own source (a broker sequence) are
+    /// for a later version.
+    pub id_scope: u64,
 }
 
 /// What became of one event in one attempt.
@@ -180,17 +190,7 @@ impl<O: Output> OutputFactory for O {
     }
 
     fn check(&self, options: &Map<String, Value>) -> Vec<FieldError> {
-        let (mut errors, parsed) = check_keys::<O::Options>(options);
-        // The checks a type cannot express run on the keys that parsed,
-        // so a bad URL is reported beside an unknown key, not after it.
-        if let Some(typed) = parsed {
-            let more: Vec<FieldError> = Output::validate(self, &typed)
-                .into_iter()
-                .filter(|e| !errors.iter().any(|known| known.field == e.field))
-                .collect();
-            errors.extend(more);
-        }
-        errors
+        check_options::<O::Options>(options, |typed| Output::validate(self, typed))
     }
 
     fn build(&self, options: &Map<String, Value>, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
@@ -201,6 +201,22 @@ impl<O: Output> OutputFactory for O {
 }
 
 use serde::Deserialize as _;
+
+/// Every problem with typed options: [`check_keys`], then `validate` (the
+/// checks a type cannot express) on the keys that parsed, so a bad URL is
+/// reported beside an unknown key, not after it. Outputs and sources alike.
+pub fn check_options<T: DeserializeOwned>(
+    options: &Map<String, Value>,
+    validate: impl FnOnce(&T) -> Vec<FieldError>,
+) -> Vec<FieldError> {
+    let (mut errors, parsed) = check_keys::<T>(options);
+    if let Some(typed) = parsed {
+        let more: Vec<FieldError> =
+            validate(&typed).into_iter().filter(|e| !errors.iter().any(|known| known.field == e.field)).collect();
+        errors.extend(more);
+    }
+    errors
+}
 
 /// Every key of `options` that does not deserialize into `T` on its own (a
 /// type every field of which has a default), and `T` from the keys that

@@ -69,6 +69,8 @@ pub(crate) struct Lane {
     pub acked: watch::Sender<u64>,
     /// Secret values of the current settings, masked in every kept text.
     secrets: Mutex<Vec<String>>,
+    /// See [`enrichd_engine::output::SinkBatch::id_scope`].
+    pub id_scope: u64,
 }
 
 impl Lane {
@@ -334,6 +336,7 @@ impl Delivery {
             }
             Durability::Memory | Durability::Ack => (Arc::new(MemoryQueue::default()), 0),
         };
+        let backlog_durable = backlog.durable();
         let deadletter =
             DeadLetter::open(&self.state_dir.join("deadletter").join(name), name, spec.runtime.deadletter_max_bytes)
                 .with_context(|| format!("opening the dead-letter of output {name:?}"))?;
@@ -347,6 +350,9 @@ impl Delivery {
             wake: Notify::new(),
             acked: watch::Sender::new(first),
             secrets: Mutex::new(Vec::new()),
+            // A spool's positions survive restarts; a memory queue's start
+            // at 0 again, so its ids get a scope of their own.
+            id_scope: if backlog_durable { 0 } else { uuid::Uuid::new_v4().as_u64_pair().0 | 1 },
         });
         lane.bounds.set(bounds_of(spec));
         lanes.insert(name.clone(), lane.clone());

@@ -10,6 +10,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod config;
+pub(crate) mod ingest;
 pub(crate) mod reload_state;
 
 use std::sync::Arc;
