@@ -70,7 +70,8 @@ pub(super) async fn prometheus(
         ("git_sha", env_or("GIT_SHA", env!("ENRICHD_GIT_SHA"))),
         ("git_tag", env_or("GIT_TAG", env!("ENRICHD_GIT_TAG"))),
     ];
-    let ctx = prometheus::Context { stages: &stages, outputs: &outputs, build: &build };
+    let sources = state.sources.readings();
+    let ctx = prometheus::Context { stages: &stages, outputs: &outputs, sources: &sources, build: &build };
     let text = prometheus::render(&state.metrics, &reading, &ctx);
     Ok(([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text))
 }
