@@ -51,14 +51,15 @@ pub struct SinkBatch<'a> {
     /// When enrichd accepted the events (Unix milliseconds, UTC): sinks that
     /// route by date (daily indices) use it.
     pub accepted_unix_ms: u64,
-    /// Where event ids are unique: 0 when they survive restarts (a spool
-    /// continues its positions), else a random number drawn when the
-    /// output's backlog was opened (a memory queue numbers from 0 again
-    /// after a restart). A sink that derives a destination-side id
-    /// (`Nats-Msg-Id`, a document id) from event ids includes it, so
-    /// retries of the same entry repeat the id and a new process never
-    /// reuses one. Ids from the events' own source (a broker sequence) are
-    /// for a later version.
+    /// Where event ids are unique: a random number of the output's backlog,
+    /// kept with a spool (whose positions survive restarts) and drawn anew
+    /// whenever a memory queue opens (it numbers from 0 again). A sink that
+    /// derives a destination-side id (`Nats-Msg-Id`, a document id) from
+    /// event ids includes it: retries of the same entry, before or after a
+    /// restart, repeat the id, while another process (another instance
+    /// publishing to the same stream) or a fresh memory queue never reuses
+    /// one. Ids from the events' own source (a broker sequence) are for a
+    /// later version.
     pub id_scope: u64,
 }
 

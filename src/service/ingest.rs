@@ -78,10 +78,8 @@ pub(crate) async fn ingest(
         // Enrichment roughly doubles a typical record; one growth at most.
         let size = input_len(&input);
         let mut outs: Vec<Vec<u8>> = encodings.iter().map(|_| Vec::with_capacity(size * 2 + 4096)).collect();
-        let processed = worker
-            .pipeline
-            .run_many(&chain, input, &encodings, arrived, &mut outs)
-            .map_err(IngestError::BadInput)?;
+        let processed =
+            worker.pipeline.run_many(&chain, input, &encodings, arrived, &mut outs).map_err(IngestError::BadInput)?;
         let admitted = if outputs.is_empty() || processed.events == 0 {
             None
         } else {

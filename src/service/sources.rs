@@ -105,8 +105,11 @@ impl SourceSpec {
                 }
             },
         };
-        let options: Map<String, Value> =
-            entry.iter().filter(|(k, _)| !RUNTIME_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let options: Map<String, Value> = entry
+            .iter()
+            .filter(|(k, _)| !RUNTIME_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if let Some(factory) = factory {
             problems.extend(factory.check(&options).into_iter().map(|e| format!("{}: {}", e.field, e.message)));
         }
@@ -327,7 +330,8 @@ impl Sources {
     /// Every source's numbers, for the metrics.
     pub(crate) fn readings(&self) -> Vec<crate::metrics::prometheus::SourceReading> {
         let summary = self.summary.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let lanes: Vec<Arc<SourceLane>> = self.lanes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let lanes: Vec<Arc<SourceLane>> =
+            self.lanes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         lanes
             .iter()
             .map(|lane| {
@@ -398,7 +402,10 @@ impl Ingest for Handle {
         Box::pin(async move {
             let arrived = Instant::now();
             let Some(state) = self.service.upgrade() else {
-                return Err(Refusal::Unavailable { message: "shutting down".into(), retry_after: Duration::from_secs(1) });
+                return Err(Refusal::Unavailable {
+                    message: "shutting down".into(),
+                    retry_after: Duration::from_secs(1),
+                });
             };
             let max = state.config.server.max_body_bytes;
             let input = decode(payload, max).inspect_err(|_| state.metrics.record_rejected_batch())?;
@@ -438,7 +445,12 @@ impl Ingest for Handle {
             "body_bytes": message.body.len(),
         })
         .to_string();
-        let record = DeadRecord { event: event.as_bytes(), error: message.reason, attempts: 1, unix_ms: crate::delivery::unix_ms() };
+        let record = DeadRecord {
+            event: event.as_bytes(),
+            error: message.reason,
+            attempts: 1,
+            unix_ms: crate::delivery::unix_ms(),
+        };
         match self.lane.deadletter.append(&[record]) {
             Ok(_) => {
                 self.lane.dead_lettered.fetch_add(1, Relaxed);
@@ -511,6 +523,9 @@ mod tests {
         let registry = Registry::new();
         let entry = |v: Value| SourceEntry { options: v.as_object().unwrap().clone(), line: Some(3) };
         let err = desired(&registry, &[entry(json!({"type": "bogus", "name": "a b", "enabled": 1}))]).unwrap_err();
-        assert!(err.contains("line 3") && err.contains("type:") && err.contains("name:") && err.contains("enabled:"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("type:") && err.contains("name:") && err.contains("enabled:"),
+            "{err}"
+        );
     }
 }
