@@ -71,8 +71,8 @@ pub(crate) struct SourceReading {
     pub dead_lettered: u64,
 }
 
-/// A per-output family: name, help, and how to read it.
-type Column<T> = (&'static str, &'static str, fn(&OutputReading) -> T);
+/// A per-output (per-source) family: name, help, and how to read it.
+type Column<R, T> = (&'static str, &'static str, fn(&R) -> T);
 
 #[derive(Debug)]
 enum Sample {
@@ -259,7 +259,7 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
     let per_output = |f: &dyn Fn(&OutputReading) -> Sample| -> Vec<(Labels, Sample)> {
         ctx.outputs.iter().map(|o| (vec![("output", o.name.clone())], f(o))).collect()
     };
-    let counters: [Column<u64>; 6] = [
+    let counters: [Column<OutputReading, u64>; 6] = [
         ("telemetry_output_queued", "Events accepted for each output (appended to its spool or queue).", |o| o.queued),
         ("telemetry_output_sent", "Events each output delivered.", |o| o.sent),
         ("telemetry_output_failed", "Event attempts that did not deliver (retried or dead-lettered).", |o| o.failed),
@@ -285,7 +285,7 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
             })
             .collect(),
     );
-    let gauges: [Column<f64>; 6] = [
+    let gauges: [Column<OutputReading, f64>; 6] = [
         ("telemetry_output_backlog", "Events waiting in each output's spool or queue.", |o| o.backlog_events as f64),
         ("telemetry_output_backlog_bytes", "Bytes waiting in each output's spool or queue.", |o| {
             o.backlog_bytes as f64
@@ -317,7 +317,7 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
     let per_source = |f: &dyn Fn(&SourceReading) -> Sample| -> Vec<(Labels, Sample)> {
         ctx.sources.iter().map(|s| (vec![("source", s.name.clone())], f(s))).collect()
     };
-    let source_counters: [(&str, &str, fn(&SourceReading) -> u64); 7] = [
+    let source_counters: [Column<SourceReading, u64>; 7] = [
         ("telemetry_source_messages", "Messages each source took from its broker (redeliveries included).", |s| {
             s.messages
         }),

@@ -9,7 +9,7 @@ use crate::nats::NatsConnection;
 /// `[[output]] type = "nats"`: enriched events published to a JetStream
 /// subject as NDJSON messages (several events per message), each publish
 /// acknowledged by the stream.
-#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsOutputOptions {
     #[serde(flatten)]
@@ -24,17 +24,6 @@ pub struct NatsOutputOptions {
     /// `max_payload`, less room for headers). Events are packed into
     /// messages up to it; an event larger on its own is dead-lettered.
     pub max_message_bytes: usize,
-}
-
-impl Default for NatsOutputOptions {
-    fn default() -> Self {
-        NatsOutputOptions {
-            connection: NatsConnection::default(),
-            subject: None,
-            create_stream: None,
-            max_message_bytes: 0,
-        }
-    }
 }
 
 impl NatsOutputOptions {
