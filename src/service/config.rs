@@ -173,6 +173,9 @@ impl ServiceConfig {
             defs.insert(format!("Output_{}", factory.kind()), strip_meta(options));
             kinds.push(serde_json::Value::from(factory.kind()));
         }
+        let mut runtime =
+            serde_json::to_value(schemars::schema_for!(super::sources::SourceRuntime)).expect("schema serializes");
+        defs.insert("SourceRuntime".into(), strip_meta(runtime.take()));
         let mut source_kinds = Vec::new();
         for factory in registry.sources() {
             let mut options = serde_json::to_value(factory.options_schema()).expect("schema serializes");
@@ -184,7 +187,7 @@ impl ServiceConfig {
         }
         schema["properties"]["source"]["items"] = serde_json::json!({
             "type": "object",
-            "description": "One source: `type`, `name`, `enabled`, `deadletter_max_bytes`, plus the keys of `$defs/Source_<type>`.",
+            "description": "One source: the keys of `$defs/SourceRuntime` plus those of `$defs/Source_<type>`.",
             "required": ["type"],
             "properties": { "type": { "enum": source_kinds } },
         });

@@ -28,11 +28,14 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use enrichd_engine::output::check_keys;
 use enrichd_engine::output::BoxFuture;
 use enrichd_engine::source::{
     Accepted, DeadMessage, Ingest, Payload, PayloadShape, Refusal, SourceContext, SourceStats,
 };
 use enrichd_engine::{Format, Input, Registry};
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
@@ -68,53 +71,64 @@ pub(crate) struct SourceSpec {
     pub options: Map<String, Value>,
 }
 
+/// The runtime's keys of a `[[source]]` entry (the rest are the type's
+/// own options).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct SourceRuntime {
+    /// The source type (`nats`). Required.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The source's name in the API, the metrics and its dead-letter
+    /// (1-64 letters, digits, `_`, `-`; default: its type).
+    pub name: Option<String>,
+    /// Run the source (default true). A disabled source keeps its
+    /// counters and dead-letter.
+    pub enabled: bool,
+    /// Bytes the source's dead-letter of refused messages keeps on disk,
+    /// under `state_dir/deadletter/source-<name>` (default 16777216, at
+    /// least 4096); the oldest records go first.
+    pub deadletter_max_bytes: u64,
+}
+
+impl Default for SourceRuntime {
+    fn default() -> Self {
+        SourceRuntime { kind: String::new(), name: None, enabled: true, deadletter_max_bytes: 16 << 20 }
+    }
+}
+
 impl SourceSpec {
     /// Checks one entry: its runtime keys, then the kind's options; every
     /// problem listed.
     fn check(registry: &Registry, entry: &Map<String, Value>) -> Result<SourceSpec, String> {
-        let mut problems = Vec::new();
-        let kind = entry.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
-        let factory = registry.source(&kind);
+        let (runtime, options): (Map<String, Value>, Map<String, Value>) =
+            entry.iter().map(|(k, v)| (k.clone(), v.clone())).partition(|(k, _)| RUNTIME_KEYS.contains(&k.as_str()));
+        let (errors, parsed) = check_keys::<SourceRuntime>(&runtime);
+        let mut problems: Vec<String> = errors.into_iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+        let runtime = parsed.unwrap_or_default();
+        let factory = registry.source(&runtime.kind);
         if factory.is_none() {
             let known: Vec<&str> = registry.sources().map(|f| f.kind()).collect();
-            problems.push(format!("type: {kind:?} is not a source type (known: {})", known.join(", ")));
+            problems.push(format!("type: {:?} is not a source type (known: {})", runtime.kind, known.join(", ")));
         }
-        let name = match entry.get("name") {
-            None => kind.clone(),
-            Some(Value::String(n)) if valid_name(n) => n.clone(),
-            Some(_) => {
-                problems.push("name: 1-64 letters, digits, `_` and `-`".into());
-                String::new()
-            }
-        };
-        let enabled = match entry.get("enabled") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                problems.push("enabled: must be true or false".into());
-                true
-            }
-        };
-        let deadletter_max_bytes = match entry.get("deadletter_max_bytes") {
-            None => 16 << 20,
-            Some(v) => match v.as_u64().filter(|n| *n >= 4096) {
-                Some(n) => n,
-                None => {
-                    problems.push("deadletter_max_bytes: an integer of at least 4096".into());
-                    0
-                }
-            },
-        };
-        let options: Map<String, Value> = entry
-            .iter()
-            .filter(|(k, _)| !RUNTIME_KEYS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let name = runtime.name.unwrap_or_else(|| runtime.kind.clone());
+        if !valid_name(&name) {
+            problems.push("name: 1-64 letters, digits, `_` and `-`".into());
+        }
+        if runtime.deadletter_max_bytes < 4096 {
+            problems.push("deadletter_max_bytes: must be at least 4096".into());
+        }
         if let Some(factory) = factory {
             problems.extend(factory.check(&options).into_iter().map(|e| format!("{}: {}", e.field, e.message)));
         }
         if problems.is_empty() {
-            Ok(SourceSpec { kind, name, enabled, deadletter_max_bytes, options })
+            Ok(SourceSpec {
+                kind: runtime.kind,
+                name,
+                enabled: runtime.enabled,
+                deadletter_max_bytes: runtime.deadletter_max_bytes,
+                options,
+            })
         } else {
             Err(problems.join("; "))
         }
