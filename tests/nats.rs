@@ -237,6 +237,27 @@ fn a_poison_message_is_termed_and_dead_lettered_once() {
     assert_eq!(record["event"]["body"], "this is not JSON", "{record}");
     assert!(record["error"].as_str().unwrap().starts_with("invalid_json"), "{record}");
     assert_eq!(reader.seen.get("N1"), Some(&1), "the NDJSON message with a format header");
+
+    // Reconciled on reload like `[[output]]`: a bad entry is refused whole
+    // (the source keeps running), a disabled one stops, its counters kept.
+    let path = s.dir.path().join("config.toml");
+    let reload = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        // SAFETY: kill(2) with the pid of the enrichd this test spawned.
+        unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    };
+    let good = config(&nats.url, 500);
+    reload(good.replace("batch = 32\n", "batch = 32\nmax_deliver = 0\n"));
+    wait_for("the refusal", Duration::from_secs(10), || {
+        s.get_auth("/v1/enrichers").json()["reload"]["last_config_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("[[source]]") && e.contains("max_deliver"))
+    });
+    assert_eq!(source_view(&s)["state"], "running", "keep-last-good");
+    reload(good.replace("batch = 32\n", "batch = 32\nenabled = false\n"));
+    wait_for("the source to stop", Duration::from_secs(10), || source_view(&s)["state"] == "disabled");
+    assert_eq!(source_view(&s)["counters"]["termed"], 1, "counters kept");
+    assert!(s.get("/metrics").text.contains("telemetry_source_enabled{source=\"nats\"} 0"));
 }
 
 #[test]
