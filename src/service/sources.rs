@@ -421,6 +421,14 @@ impl Ingest for Handle {
                     retry_after: Duration::from_secs(1),
                 });
             };
+            // With no output, accepting would enrich the events into
+            // nothing and acknowledge them away: leave them in the broker.
+            if state.delivery.active().is_empty() {
+                return Err(Refusal::Unavailable {
+                    message: "no output is enabled: messages stay in the broker until one is".into(),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
             let max = state.config.server.max_body_bytes;
             let input = decode(payload, max).inspect_err(|_| state.metrics.record_rejected_batch())?;
             match ingest(&state, input, arrived, None).await {

@@ -27,7 +27,7 @@ mod options;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,30 +79,43 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest pause after a refusal for backpressure.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
+/// How long a stopping source may take to finish the batch in hand.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl SourceRunner for NatsRunner {
     fn run(self: Arc<Self>, ingest: Arc<dyn Ingest>, stop: StopSignal) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let mut stop = stop;
+            let stopping = AtomicBool::new(false);
+            let consume = self.consume(&ingest, &stopping);
+            tokio::pin!(consume);
             tokio::select! {
                 _ = &mut stop => {}
-                _ = self.consume(&ingest) => {}
+                _ = &mut consume => return,
             }
+            // Finish the batch in hand (its messages are given back at once
+            // rather than processed), so nothing accepted stays unacked
+            // until `ack_wait` brings it back as a duplicate.
+            stopping.store(true, Relaxed);
+            let _ = tokio::time::timeout(STOP_GRACE, consume).await;
         })
     }
 }
 
 impl NatsRunner {
-    /// Connects and consumes, forever: every failure is reported and
-    /// retried with a growing pause.
-    async fn consume(&self, ingest: &Arc<dyn Ingest>) {
+    /// Connects and consumes until `stopping`: every failure is reported
+    /// and retried with a growing pause.
+    async fn consume(&self, ingest: &Arc<dyn Ingest>, stopping: &AtomicBool) {
         let stats = ingest.stats();
         let mut backoff = Duration::from_millis(250);
-        loop {
+        while !stopping.load(Relaxed) {
             match self.consumer().await {
                 Ok(consumer) => {
                     backoff = Duration::from_millis(250);
-                    let error = self.pull(&consumer, ingest).await;
-                    stats.set_error(&self.name, error);
+                    match self.pull(&consumer, ingest, stopping).await {
+                        Some(error) => stats.set_error(&self.name, error),
+                        None => return,
+                    }
                 }
                 Err(e) => stats.set_error(&self.name, format!("{e:#}")),
             }
@@ -148,12 +161,18 @@ impl NatsRunner {
         Ok(consumer)
     }
 
-    /// Fetches and processes batches until fetching fails; returns why.
-    async fn pull(&self, consumer: &consumer::Consumer<consumer::pull::Config>, ingest: &Arc<dyn Ingest>) -> String {
+    /// Fetches and processes batches until fetching fails (returns why) or
+    /// `stopping` (returns `None`).
+    async fn pull(
+        &self,
+        consumer: &consumer::Consumer<consumer::pull::Config>,
+        ingest: &Arc<dyn Ingest>,
+        stopping: &AtomicBool,
+    ) -> Option<String> {
         let o = &self.options;
         let pause = Pause::default();
         let mut failures = 0;
-        loop {
+        while !stopping.load(Relaxed) {
             // Backpressure: no new messages until the pause is over.
             if let Some(wait) = pause.remaining() {
                 tokio::time::sleep(wait).await;
@@ -166,7 +185,7 @@ impl NatsRunner {
                 Err(e) => {
                     failures += 1;
                     if failures >= 3 {
-                        return format!("fetching from the consumer: {e}");
+                        return Some(format!("fetching from the consumer: {e}"));
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -176,21 +195,33 @@ impl NatsRunner {
             batch
                 .for_each_concurrent(o.concurrency, |message| async {
                     match message {
-                        Ok(message) => self.process(message, ingest, &pause).await,
+                        Ok(message) => self.process(message, ingest, &pause, stopping).await,
                         Err(e) => ingest.stats().set_error(&self.name, format!("receiving a message: {e}")),
                     }
                 })
                 .await;
         }
+        None
     }
 
     /// One message: submit, then settle it from the answer.
-    async fn process(&self, message: jetstream::Message, ingest: &Arc<dyn Ingest>, pause: &Pause) {
+    async fn process(
+        &self,
+        message: jetstream::Message,
+        ingest: &Arc<dyn Ingest>,
+        pause: &Pause,
+        stopping: &AtomicBool,
+    ) {
         let stats = ingest.stats();
         SourceStats::count(&stats.messages, 1);
         let (stream_seq, delivered) = message.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 1));
         if delivered > 1 {
             SourceStats::count(&stats.redelivered, 1);
+        }
+        // Stopping: give it back for another instance at once.
+        if stopping.load(Relaxed) {
+            self.settle(&message, AckKind::Nak(None), &stats.nacked, stats).await;
+            return;
         }
         // Pulling is paused: give the message back untouched.
         if let Some(wait) = pause.remaining() {
