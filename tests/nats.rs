@@ -299,3 +299,44 @@ fn kill_9_mid_load_loses_no_event() {
     );
     assert_eq!(reader.seen.len(), messages * per);
 }
+
+/// A full backlog (the output's server is down, its memory queue at its
+/// bound) makes the source give messages back and stop pulling; nothing
+/// is lost, and once the output's server is up every event arrives.
+#[test]
+fn backpressure_pauses_the_source_and_loses_nothing() {
+    let test = "backpressure_pauses_the_source_and_loses_nothing";
+    let Some(raw) = NatsServer::start(test) else { return };
+    let out_port = common::nats::free_port().unwrap();
+    let rt = runtime();
+    let js = rt.block_on(jetstream(&raw.url));
+    let (messages, per) = (40, 100);
+    rt.block_on(publish(&js, messages, per));
+    let text = config(&raw.url, 30_000)
+        .replace(
+            &format!("servers = [\"{}\"]\nsubject", raw.url),
+            &format!("servers = [\"nats://127.0.0.1:{out_port}\"]\nsubject"),
+        )
+        .replace(
+            "durability = \"spool\"",
+            "durability = \"memory\"\nqueue_max_events = 1000\nbackoff_max_ms = 300\ntimeout_ms = 500",
+        );
+    assert!(text.contains(&out_port.to_string()), "{text}");
+    let s = Server::start_with(&text, &[]);
+    wait_for("messages given back", Duration::from_secs(20), || {
+        source_view(&s)["counters"]["nacked"].as_u64().unwrap() > 0
+    });
+    let view = source_view(&s);
+    assert!(view["counters"]["events"].as_u64().unwrap() <= 1000, "at most the bound accepted: {view}");
+    assert!(!rt.block_on(raw_consumer_idle(&js)), "the rest waits in the stream");
+
+    let out = NatsServer::start_at(test, Some(out_port)).expect("found above");
+    let out_js = rt.block_on(jetstream(&out.url));
+    let mut reader = rt.block_on(Reader::new(&out_js));
+    rt.block_on(reader.until(messages * per, Duration::from_secs(40)));
+    assert_eq!(reader.duplicates(), 0);
+    wait_for("the raw consumer to settle", Duration::from_secs(10), || rt.block_on(raw_consumer_idle(&js)));
+    let view = source_view(&s);
+    assert_eq!(view["counters"]["acked"], messages, "{view}");
+    assert_eq!(view["counters"]["termed"], 0, "{view}");
+}

