@@ -17,7 +17,7 @@
 //!   source's name (a [`SourceLane`]), kept across reconfigurations, so
 //!   `GET /v1/sources` and the `telemetry_source_*` metrics never go back.
 //! - **Poison messages go to a dead-letter**, the delivery runtime's
-//!   bounded on-disk one (`state_dir/deadletter/source-<name>`), with where
+//!   bounded on-disk one (`state_dir/source-deadletter/<name>.ndjson`), with where
 //!   the message came from and why it was refused.
 
 use std::collections::BTreeMap;
@@ -86,7 +86,7 @@ pub(crate) struct SourceRuntime {
     /// counters and dead-letter.
     pub enabled: bool,
     /// Bytes the source's dead-letter of refused messages keeps on disk,
-    /// under `state_dir/deadletter/source-<name>` (default 16777216, at
+    /// under `state_dir/source-deadletter/<name>.ndjson` (default 16777216, at
     /// least 4096); the oldest records go first.
     pub deadletter_max_bytes: u64,
 }
@@ -234,7 +234,8 @@ impl Sources {
         if let Some(lane) = lanes.get(&spec.name) {
             return Ok(lane.clone());
         }
-        let dir = self.state_dir.join("deadletter").join(format!("source-{}", spec.name));
+        // Apart from the outputs' dead-letters: names may coincide.
+        let dir = self.state_dir.join("source-deadletter").join(&spec.name);
         let deadletter = DeadLetter::open(&dir, &spec.name, spec.deadletter_max_bytes)
             .with_context(|| format!("opening the dead-letter of source {:?}", spec.name))?;
         let lane = Arc::new(SourceLane {

@@ -18,6 +18,24 @@ fn errors(options: Value) -> Vec<String> {
 }
 
 #[test]
+fn registered_with_a_documented_closed_schema() {
+    let mut registry = enrichd_engine::Registry::new();
+    crate::register_all(&mut registry);
+    let kinds: Vec<&str> = registry.sources().map(|f| f.kind()).collect();
+    assert_eq!(kinds, ["nats"]);
+    let schema = serde_json::to_value(NatsSource.options_schema()).unwrap();
+    assert_eq!(schema["additionalProperties"], Value::Bool(false), "{schema:#}");
+    let properties = schema["properties"].as_object().unwrap();
+    for key in ["servers", "password", "stream", "durable", "max_ack_pending", "ack_wait_ms", "max_deliver", "batch"] {
+        assert!(properties.contains_key(key), "{key}: {schema:#}");
+    }
+    for (name, property) in properties {
+        assert!(property["description"].as_str().is_some_and(|d| d.len() > 10), "{name} is undocumented");
+    }
+    assert_eq!(SourceFactory::secret_fields(&NatsSource), ["password", "token"]);
+}
+
+#[test]
 fn options_are_checked() {
     assert_eq!(errors(json!({})), ["stream", "subjects"]);
     assert!(errors(json!({"stream": "RAW", "subjects": ["raw.>"]})).is_empty());
