@@ -30,6 +30,9 @@ use enrichd_engine::output::{
 
 pub use options::NatsOutputOptions;
 
+/// Messages published before their acks are awaited.
+const ACK_WAVE: usize = 256;
+
 /// Room left in a message for its headers and protocol framing.
 const HEADER_ROOM: usize = 512;
 
@@ -151,47 +154,62 @@ impl Sink for NatsSink {
                     conn.limit
                 ));
             }
-            // Publish every message, then wait for the acks together: one
-            // round trip for the batch, not one per message.
-            let mut acks = Vec::with_capacity(messages.len());
-            for indices in &messages {
-                let mut body = Vec::with_capacity(indices.iter().map(|&i| batch.events[i].json.len() + 1).sum());
-                for &i in indices {
-                    body.extend_from_slice(batch.events[i].json);
-                    body.push(b'\n');
-                }
-                let publish = PublishMessage::build()
-                    .payload(body.into())
-                    .message_id(message_id(batch.id_scope, batch.events, indices))
-                    .header("Content-Type", "application/x-ndjson");
-                match conn.js.send_publish(subject.clone(), publish).await {
-                    Ok(ack) => acks.push((indices, Some(ack))),
-                    Err(e) => {
-                        for &i in indices {
-                            outcomes[i] = Outcome::Retry(format!("publishing to {subject:?}: {e}"));
-                        }
-                        acks.push((indices, None));
-                    }
-                }
-            }
-            let timeout = self.options.connection.timeout();
-            let waits = acks.into_iter().filter_map(|(indices, ack)| ack.map(|a| (indices, a))).map(
-                |(indices, ack)| async move {
-                    let answer = tokio::time::timeout(timeout + Duration::from_millis(100), ack.into_future()).await;
-                    (indices, answer)
-                },
-            );
-            for (indices, answer) in futures_util::future::join_all(waits).await {
-                let failure = match answer {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => format!("no publish acknowledgement from the stream for {subject:?}: {e}"),
-                    Err(_) => format!("no publish acknowledgement within {} ms for {subject:?}", timeout.as_millis()),
-                };
-                for &i in indices {
-                    outcomes[i] = Outcome::Retry(failure.clone());
-                }
+            // Publish a wave of messages, then wait for their acks together
+            // (one round trip per wave, not per message). Waves stay well
+            // under the client's 5,000 unacknowledged publishes, which it
+            // would otherwise wait on forever (acks are awaited only here).
+            for wave in messages.chunks(ACK_WAVE) {
+                self.publish_wave(&conn, &subject, &batch, wave, &mut outcomes).await;
             }
             SendReport { outcomes, http_status: None }
         })
+    }
+}
+
+impl NatsSink {
+    /// Publishes `wave` and awaits the acks, marking what failed `Retry`.
+    async fn publish_wave(
+        &self,
+        conn: &Conn,
+        subject: &str,
+        batch: &SinkBatch<'_>,
+        wave: &[Vec<usize>],
+        outcomes: &mut [Outcome],
+    ) {
+        let mut acks = Vec::with_capacity(wave.len());
+        for indices in wave {
+            let mut body = Vec::with_capacity(indices.iter().map(|&i| batch.events[i].json.len() + 1).sum());
+            for &i in indices {
+                body.extend_from_slice(batch.events[i].json);
+                body.push(b'\n');
+            }
+            let publish = PublishMessage::build()
+                .payload(body.into())
+                .message_id(message_id(batch.id_scope, batch.events, indices))
+                .header("Content-Type", "application/x-ndjson");
+            match conn.js.send_publish(subject.to_string(), publish).await {
+                Ok(ack) => acks.push((indices, ack)),
+                Err(e) => {
+                    for &i in indices {
+                        outcomes[i] = Outcome::Retry(format!("publishing to {subject:?}: {e}"));
+                    }
+                }
+            }
+        }
+        let timeout = self.options.connection.timeout();
+        let waits = acks.into_iter().map(|(indices, ack)| async move {
+            let answer = tokio::time::timeout(timeout + Duration::from_millis(100), ack.into_future()).await;
+            (indices, answer)
+        });
+        for (indices, answer) in futures_util::future::join_all(waits).await {
+            let failure = match answer {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => format!("no publish acknowledgement from the stream for {subject:?}: {e}"),
+                Err(_) => format!("no publish acknowledgement within {} ms for {subject:?}", timeout.as_millis()),
+            };
+            for &i in indices {
+                outcomes[i] = Outcome::Retry(failure.clone());
+            }
+        }
     }
 }

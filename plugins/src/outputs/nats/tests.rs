@@ -91,3 +91,26 @@ async fn batches_are_split_published_and_deduplicated_on_retry() {
     assert_eq!(lines, 40, "each event once");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn more_messages_than_one_ack_wave() {
+    let Some(nats) = NatsServer::start("more_messages_than_one_ack_wave") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let options = json!({
+        "subject": "out.events", "servers": [nats.url], "create_stream": "OUT", "max_message_bytes": 1024,
+    });
+    let sink = build(&NatsOutput, options, dir.path());
+    // One event per message: 2.5 waves.
+    let jsons: Vec<String> =
+        (0..ACK_WAVE * 5 / 2).map(|i| json!({"n": i, "pad": "p".repeat(400)}).to_string()).collect();
+    let ev = events(&jsons);
+    let report = sink.send(SinkBatch { events: &ev, accepted_unix_ms: 0, id_scope: 1 }).await;
+    assert!(
+        report.outcomes.iter().all(|o| *o == Outcome::Delivered),
+        "{:?}",
+        report.outcomes.iter().find(|o| **o != Outcome::Delivered)
+    );
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let info = js.get_stream("OUT").await.unwrap().info().await.unwrap().clone();
+    assert_eq!(info.state.messages as usize, jsons.len());
+}
