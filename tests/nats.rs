@@ -196,6 +196,9 @@ fn events_flow_from_the_raw_stream_to_the_output_stream() {
     assert_eq!(view["counters"]["acked"], messages, "{view}");
     assert_eq!(view["counters"]["events"], messages * per, "{view}");
     assert_eq!(view["counters"]["termed"], 0, "{view}");
+    let doc = s.metrics();
+    assert_eq!(doc["sources"][0]["counters"]["acked"], messages, "{doc}");
+    assert!(doc["sources"][0].get("settings").is_none(), "settings only with a key");
     let m = s.get("/metrics").text;
     assert!(m.contains(&format!("telemetry_source_acked_total{{source=\"nats\"}} {messages}")), "{m}");
     assert!(m.contains("telemetry_source_running{source=\"nats\"} 1"), "{m}");

@@ -83,7 +83,23 @@ pub(super) fn document(state: &AppState, with_key: bool) -> Value {
     let mut doc = report::document(&state.metrics, &reading);
     doc["enrichers"] = enrichers(state);
     doc["outputs"] = outputs(state, with_key);
+    doc["sources"] = sources(state, with_key);
     doc
+}
+
+/// Each source's state and counters; settings (servers, stream names)
+/// only for a caller with a valid API key, as for outputs.
+fn sources(state: &AppState, with_key: bool) -> Value {
+    let mut views = state.sources.views(state.engine.registry());
+    if !with_key {
+        for v in &mut views {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("settings");
+                o.remove("last_error");
+            }
+        }
+    }
+    Value::Array(views)
 }
 
 /// Each chain stage's state and counters. No file paths or digests: this

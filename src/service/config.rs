@@ -329,6 +329,16 @@ mod tests {
     }
 
     #[test]
+    fn source_entries_keep_their_lines() {
+        let c = parse("[[source]]\ntype = \"nats\"\nstream = \"RAW\"\n\n[[source]]\ntype = \"nats\"\nname = \"b\"\n")
+            .unwrap();
+        let lines: Vec<Option<usize>> = c.sources.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(1), Some(5)]);
+        assert_eq!(c.sources[0].options["stream"], "RAW");
+        assert!(parse("[source]\ntype = \"nats\"\n").is_err(), "a table, not an array of tables");
+    }
+
+    #[test]
     fn key_variables_add_keys() {
         let mut c = parse("[auth]\napi_keys = [\"a\"]\n").unwrap();
         let env = |v: &str| match v {
