@@ -4,7 +4,7 @@
 //!
 //! The engine reloads stages (see `enrichd_engine::live`); this module adds
 //! what only the service knows: the configuration file and its environment
-//! overrides. Chain entries apply live; `[server]`, `[auth]`, `[reload]` and `[profiles]`
+//! overrides. Chain, `[[output]]` and `[[source]]` entries apply live; `[server]`, `[auth]`, `[reload]` and `[profiles]`
 //! changes are reported as needing a restart, never silently ignored.
 
 use std::path::PathBuf;
@@ -168,6 +168,19 @@ fn reload_config(state: &AppState) -> Option<Value> {
         if let Err(e) = applied {
             state.delivery.set_config_entries(previous_outputs);
             return Some(config_refused(state, format!("{}: outputs: {e}", config.path().display())));
+        }
+    }
+    // Sources next, the same way (keep-last-good as a whole).
+    let previous_sources = state.sources.entries();
+    if config.sources != previous_sources {
+        state.sources.set_entries(config.sources.clone());
+        let applied = match state.delivery.runtime() {
+            Some(rt) => rt.block_on(crate::service::sources::reconcile(state)),
+            None => Err("sources are not running yet".to_string()),
+        };
+        if let Err(e) = applied {
+            state.sources.set_entries(previous_sources);
+            return Some(config_refused(state, format!("{}: sources: {e}", config.path().display())));
         }
     }
     match state.engine.apply_entries(&config.engine.chain) {

@@ -66,6 +66,13 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     crate::service::reconcile_outputs(&state)
         .await
         .map_err(|e| anyhow::anyhow!("{}: outputs: {e}", state.config.path().display()))?;
+    // Sources start once the outputs run (their events need somewhere to
+    // go), beside the listener.
+    state.sources.attach(Arc::downgrade(&state));
+    state.sources.set_entries(state.config.sources.clone());
+    crate::service::sources::reconcile(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: sources: {e}", state.config.path().display()))?;
     let listen = state.config.server.listen.clone();
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding the listen address {listen}"))?;
@@ -101,6 +108,9 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     tokio::spawn(reload_on_sighup(state.clone()));
     let limits = connection_limits(&state.config.server)?;
     server::serve(listener, api::router(state.clone()), limits, shutdown).await;
+    // Sources stop taking messages (what they had not acknowledged is
+    // redelivered by their broker) before the outputs flush.
+    state.sources.shutdown().await;
     // No request is in flight any more: drain the outputs within the
     // deadline; what is left stays in the spools (memory queues go to the
     // dead-letter).

@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod profile;
 pub mod registry;
+pub mod source;
 
 pub use admin::{AdminHandler, AdminMethod, AdminRequest, AdminResource, AdminResponse};
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};

@@ -38,8 +38,9 @@ pub struct OutEvent<'a> {
     /// The event as one JSON object (no trailing newline), in the output's
     /// profile.
     pub json: &'a [u8],
-    /// Unique per event and stable across retries and restarts (derived
-    /// from the spool position): sinks may use it as a delivery id.
+    /// Unique per event within [`SinkBatch::id_scope`] and stable across
+    /// retries (derived from the backlog position): sinks may use it as a
+    /// delivery id.
     pub id: u64,
 }
 
@@ -50,6 +51,16 @@ pub struct SinkBatch<'a> {
     /// When enrichd accepted the events (Unix milliseconds, UTC): sinks that
     /// route by date (daily indices) use it.
     pub accepted_unix_ms: u64,
+    /// Where event ids are unique: a random number of the output's backlog,
+    /// kept with a spool (whose positions survive restarts) and drawn anew
+    /// whenever a memory queue opens (it numbers from 0 again). A sink that
+    /// derives a destination-side id (`Nats-Msg-Id`, a document id) from
+    /// event ids includes it: retries of the same entry, before or after a
+    /// restart, repeat the id, while another process (another instance
+    /// publishing to the same stream) or a fresh memory queue never reuses
+    /// one. Ids from the events' own source (a broker sequence) are for a
+    /// later version.
+    pub id_scope: u64,
 }
 
 /// What became of one event in one attempt.
@@ -180,17 +191,7 @@ impl<O: Output> OutputFactory for O {
     }
 
     fn check(&self, options: &Map<String, Value>) -> Vec<FieldError> {
-        let (mut errors, parsed) = check_keys::<O::Options>(options);
-        // The checks a type cannot express run on the keys that parsed,
-        // so a bad URL is reported beside an unknown key, not after it.
-        if let Some(typed) = parsed {
-            let more: Vec<FieldError> = Output::validate(self, &typed)
-                .into_iter()
-                .filter(|e| !errors.iter().any(|known| known.field == e.field))
-                .collect();
-            errors.extend(more);
-        }
-        errors
+        check_options::<O::Options>(options, |typed| Output::validate(self, typed))
     }
 
     fn build(&self, options: &Map<String, Value>, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
@@ -201,6 +202,22 @@ impl<O: Output> OutputFactory for O {
 }
 
 use serde::Deserialize as _;
+
+/// Every problem with typed options: [`check_keys`], then `validate` (the
+/// checks a type cannot express) on the keys that parsed, so a bad URL is
+/// reported beside an unknown key, not after it. Outputs and sources alike.
+pub fn check_options<T: DeserializeOwned>(
+    options: &Map<String, Value>,
+    validate: impl FnOnce(&T) -> Vec<FieldError>,
+) -> Vec<FieldError> {
+    let (mut errors, parsed) = check_keys::<T>(options);
+    if let Some(typed) = parsed {
+        let more: Vec<FieldError> =
+            validate(&typed).into_iter().filter(|e| !errors.iter().any(|known| known.field == e.field)).collect();
+        errors.extend(more);
+    }
+    errors
+}
 
 /// Every key of `options` that does not deserialize into `T` on its own (a
 /// type every field of which has a default), and `T` from the keys that

@@ -1,7 +1,8 @@
 //! The one path every entry point runs: decode → chain → observers → encode.
 //!
-//! HTTP ingest, `enrichd enrich`, `enrichd rule test`, `enrichd bench` and
-//! the sources to come are thin adapters over [`Pipeline`]: they bring
+//! HTTP ingest and `[[source]]` entries (both through the service's one
+//! ingest step), `enrichd enrich`, `enrichd rule test` and `enrichd bench`
+//! are thin adapters over [`Pipeline`]: they bring
 //! bytes and a chain snapshot and get the encoded answer back. Keeping the
 //! steps in one place is what makes the benchmark measure the code users
 //! run, and what lets a new entry point inherit every check (limits, strict

@@ -1,16 +1,19 @@
-//! The plugin registry: kind name -> factory, for enrichers and outputs.
+//! The plugin registry: kind name -> factory, for enrichers, outputs and
+//! sources.
 //!
 //! The binary fills it (`enrichd_plugins::register_all`); the core only ever
 //! looks factories up by the `plugin = "..."` name of a chain entry or the
-//! `type = "..."` of an `[[output]]` entry.
+//! `type = "..."` of an `[[output]]` or `[[source]]` entry.
 
 use crate::output::OutputFactory;
 use crate::plugin::PluginFactory;
+use crate::source::SourceFactory;
 
 #[derive(Default)]
 pub struct Registry {
     factories: Vec<Box<dyn PluginFactory>>,
     outputs: Vec<Box<dyn OutputFactory>>,
+    sources: Vec<Box<dyn SourceFactory>>,
 }
 
 impl Registry {
@@ -50,5 +53,20 @@ impl Registry {
 
     pub fn outputs(&self) -> impl Iterator<Item = &dyn OutputFactory> {
         self.outputs.iter().map(|f| &**f)
+    }
+
+    /// Adds a source kind (`[[source]]` entries). Panics on a duplicate
+    /// kind, like [`Registry::register`].
+    pub fn register_source(&mut self, factory: Box<dyn SourceFactory>) {
+        assert!(self.source(factory.kind()).is_none(), "source kind {:?} registered twice", factory.kind());
+        self.sources.push(factory);
+    }
+
+    pub fn source(&self, kind: &str) -> Option<&dyn SourceFactory> {
+        self.sources.iter().find(|f| f.kind() == kind).map(|f| &**f)
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = &dyn SourceFactory> {
+        self.sources.iter().map(|f| &**f)
     }
 }

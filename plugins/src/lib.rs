@@ -10,7 +10,9 @@
 //!   organisation an earlier stage found (the example of a plugin built on
 //!   another's declared facts; registered by the binary, not by
 //!   [`register_all`]).
-//! - [`outputs`]: where enriched events go: `elastic`, `splunk`, `file`.
+//! - [`outputs`]: where enriched events go: `elastic`, `splunk`, `file`,
+//!   `nats`.
+//! - [`sources`]: where events come from besides HTTP: `nats`.
 //!
 //! The binary calls [`register_all`]; the engine core never names them.
 
@@ -18,14 +20,16 @@ pub mod asn;
 pub mod asn_class;
 pub mod geoip;
 mod mmdb;
+mod nats;
 pub mod outputs;
+pub mod sources;
 #[cfg(test)]
 mod test_support;
 pub mod ti;
 
 use enrichd_engine::Registry;
 
-/// Registers every native plugin and output.
+/// Registers every native plugin, output and source.
 pub fn register_all(registry: &mut Registry) {
     registry.register(Box::new(geoip::GeoIpFactory));
     registry.register(Box::new(asn::AsnFactory));
@@ -33,4 +37,6 @@ pub fn register_all(registry: &mut Registry) {
     registry.register_output(Box::new(outputs::elastic::ElasticOutput));
     registry.register_output(Box::new(outputs::splunk::SplunkOutput));
     registry.register_output(Box::new(outputs::file::FileOutput));
+    registry.register_output(Box::new(outputs::nats::NatsOutput));
+    registry.register_source(Box::new(sources::nats::NatsSource));
 }

@@ -1,5 +1,6 @@
-//! `POST /v1/ingest`: read the body within limits, parse, enrich, queue
-//! for every enabled output, answer.
+//! `POST /v1/ingest`: read the body within limits, then the service's one
+//! ingest step (`service::ingest`: parse, enrich, queue for every enabled
+//! output, the same one `[[source]]` entries use), answer.
 //!
 //! Order of checks: API key, the body's size, pace and encoding (see
 //! `body.rs`), then the JSON checks of the engine's parser, then admission
@@ -23,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use enrichd_engine::{Encoding, Input};
 
 use super::{ApiError, AppState};
+use crate::service::ingest::{self as core, IngestError};
 
 /// `?profile=<name>`: the output profile for this request (default: the
 /// key's in `[profiles] key_profiles`, else `[profiles] default`).
@@ -81,83 +83,30 @@ async fn read_and_enrich(
     respond_async: bool,
 ) -> Result<Response, ApiError> {
     let body = super::body::read(state, headers, body).await?;
-
-    let worker = state.clone();
-    let outputs = state.delivery.active();
-    // Counted until enriched: waiting for a blocking thread, then running.
-    let _queued = state.metrics.batch_in_flight();
-    // Parsing, enrichment and spool appends are CPU and disk work: keep
-    // them off the I/O threads.
-    let (response, events, admitted) = tokio::task::spawn_blocking(move || {
-        let chain = worker.engine.chain();
-        // The client's answer (unless async), then one NDJSON layout per
-        // distinct output profile.
-        let mut encodings = Vec::with_capacity(1 + outputs.len());
-        if !respond_async {
-            encodings.push(encoding);
-        }
-        let first_output = encodings.len();
-        let mut layout_of = Vec::with_capacity(outputs.len());
-        for o in outputs.iter() {
-            let same = encodings[first_output..].iter().position(|e| same_profile(&e.profile, &o.profile));
-            layout_of.push(
-                first_output
-                    + same.unwrap_or_else(|| {
-                        encodings.push(Encoding::NDJSON.with_profile(o.profile.clone()));
-                        encodings.len() - first_output - 1
-                    }),
-            );
-        }
-        // Enrichment roughly doubles a typical record; one growth at most.
-        let mut outs: Vec<Vec<u8>> = encodings.iter().map(|_| Vec::with_capacity(body.len() * 2 + 4096)).collect();
-        let processed = worker.pipeline.run_many(&chain, Input::Envelope(body), &encodings, arrived, &mut outs)?;
-        let admitted = if outputs.is_empty() || processed.events == 0 {
-            None
-        } else {
-            let payloads: Vec<&[u8]> = layout_of.iter().map(|&i| outs[i].as_slice()).collect();
-            let events = u32::try_from(processed.events).unwrap_or(u32::MAX);
-            Some(crate::delivery::submit(outputs.clone(), &payloads, events).map_err(refused)?)
-        };
-        let response = if respond_async { Vec::new() } else { outs.swap_remove(0) };
-        Ok::<_, ApiError>((response, processed.events, admitted))
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "ingest worker failed");
-        ApiError::new(
+    let respond = (!respond_async).then_some(encoding);
+    let done = core::ingest(state, Input::Envelope(body), arrived, respond).await.map_err(|e| match e {
+        IngestError::BadInput(e) => ApiError::from(e),
+        IngestError::Backpressure(r) => refused(r),
+        IngestError::AckTimeout { output, timeout } => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "delivery_timeout",
+            format!(
+                "output {output:?} did not confirm delivery within {} ms; the events stay queued and will \
+                 still be delivered (resending duplicates them)",
+                timeout.as_millis()
+            ),
+        ),
+        IngestError::Internal => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
             "enrichment failed; the batch was not processed",
-        )
-    })??;
-    if let Some(admitted) = &admitted {
-        admitted.wait_acks().await.map_err(|output| {
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "delivery_timeout",
-                format!(
-                    "output {output:?} did not confirm delivery within {} ms; the events stay queued and will \
-                     still be delivered (resending duplicates them)",
-                    admitted.ack_timeout().as_millis()
-                ),
-            )
-        })?;
-    }
+        ),
+    })?;
     if respond_async {
-        let names: Vec<&str> =
-            admitted.as_ref().map_or(Vec::new(), |a| a.active.iter().map(|o| o.lane.name.as_str()).collect());
-        let body = serde_json::json!({ "accepted": events, "outputs": names });
+        let body = serde_json::json!({ "accepted": done.events, "outputs": done.outputs });
         return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
     }
-    Ok(([(header::CONTENT_TYPE, "application/json")], response).into_response())
-}
-
-fn same_profile(a: &Option<Arc<enrichd_engine::Profile>>, b: &Option<Arc<enrichd_engine::Profile>>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        _ => false,
-    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], done.response).into_response())
 }
 
 /// A full backlog: 503 with `Retry-After`, naming the output.

@@ -71,7 +71,9 @@ pub(super) async fn prometheus(
         ("git_tag", env_or("GIT_TAG", env!("ENRICHD_GIT_TAG"))),
     ];
     let rate_limited = state.rate_limits.refused().map(|(by, n)| (by.label(), n));
-    let ctx = prometheus::Context { stages: &stages, outputs: &outputs, build: &build, rate_limited };
+    let sources = state.sources.readings();
+    let ctx =
+        prometheus::Context { stages: &stages, outputs: &outputs, sources: &sources, build: &build, rate_limited };
     let text = prometheus::render(&state.metrics, &reading, &ctx);
     Ok(([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text))
 }
@@ -87,7 +89,23 @@ pub(super) fn document(state: &AppState, with_key: bool) -> Value {
     doc["rate_limited"] = Value::Object(
         state.rate_limits.refused().iter().map(|(by, n)| (by.label().to_string(), Value::from(*n))).collect(),
     );
+    doc["sources"] = sources(state, with_key);
     doc
+}
+
+/// Each source's state and counters; settings (servers, stream names)
+/// only for a caller with a valid API key, as for outputs.
+fn sources(state: &AppState, with_key: bool) -> Value {
+    let mut views = state.sources.views(state.engine.registry());
+    if !with_key {
+        for v in &mut views {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("settings");
+                o.remove("last_error");
+            }
+        }
+    }
+    Value::Array(views)
 }
 
 /// Each chain stage's state and counters. No file paths or digests: this

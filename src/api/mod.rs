@@ -14,6 +14,7 @@ mod info;
 mod ingest;
 mod live;
 mod outputs;
+mod sources;
 mod tap;
 
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/outputs/{name}", get(outputs::show).put(outputs::set).post(outputs::set).delete(outputs::remove))
         .route("/v1/outputs/{name}/deadletter", get(outputs::deadletter))
         .route("/v1/outputs/{name}/deadletter/replay", post(outputs::replay))
+        .route("/v1/sources", get(sources::list))
+        .route("/v1/sources/{name}/deadletter", get(sources::deadletter))
         .route("/v1/reload", post(admin::reload))
         .route("/v1/audit", get(admin::audit))
         .merge(admin::routes(&state))

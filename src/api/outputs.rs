@@ -215,7 +215,7 @@ pub(super) async fn test(
             })
             .to_string();
             let events = [OutEvent { json: event.as_bytes(), id: now }];
-            let report = sink.send(SinkBatch { events: &events, accepted_unix_ms: now }).await;
+            let report = sink.send(SinkBatch { events: &events, accepted_unix_ms: now, id_scope: now }).await;
             sink.close().await;
             match report.outcomes.first() {
                 Some(enrichd_engine::output::Outcome::Delivered) => (true, report.http_status, None),

@@ -54,6 +54,20 @@ pub(crate) fn markdown(registry: &Registry) -> String {
             writeln!(out, "#### `[[output]]` `type = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));
         table(&mut out, options, defs);
     }
+    if let Some(runtime) = defs.get("SourceRuntime") {
+        let _ = writeln!(
+            out,
+            "#### `[[source]]`\n\nWhere events come from besides `POST /v1/ingest`: these keys for every type, plus \
+             the type's own below (README \"Scale-out on NATS\").\n"
+        );
+        table(&mut out, runtime, defs);
+    }
+    for factory in registry.sources() {
+        let Some(options) = defs.get(format!("Source_{}", factory.kind()).as_str()) else { continue };
+        let _ =
+            writeln!(out, "#### `[[source]]` `type = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));
+        table(&mut out, options, defs);
+    }
     for factory in registry.factories() {
         let options = serde_json::to_value(factory.options_schema()).expect("schemas serialize");
         let _ = writeln!(out, "#### `plugin = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));

@@ -69,6 +69,8 @@ pub(crate) struct Lane {
     pub acked: watch::Sender<u64>,
     /// Secret values of the current settings, masked in every kept text.
     secrets: Mutex<Vec<String>>,
+    /// See [`enrichd_engine::output::SinkBatch::id_scope`].
+    pub id_scope: u64,
 }
 
 impl Lane {
@@ -307,6 +309,8 @@ impl Delivery {
             }
         }
         let stats = self.counters.lock().unwrap_or_else(|e| e.into_inner()).entry(name.clone()).or_default().clone();
+        // A memory queue numbers from 0 again on every start.
+        let mut id_scope = random_u64();
         let (backlog, first): (Arc<dyn Backlog>, u64) = match spec.runtime.durability {
             Durability::Spool => {
                 let segment_bytes = (spec.runtime.spool_max_bytes / 16).clamp(1 << 20, 64 << 20);
@@ -330,6 +334,7 @@ impl Delivery {
                     tracing::info!(output = %name, events = recovery.events, "spool: resuming delivery");
                 }
                 let first = spool.first_unacked();
+                id_scope = spool_id_scope(&self.state_dir.join("spool").join(name))?;
                 (Arc::new(spool), first)
             }
             Durability::Memory | Durability::Ack => (Arc::new(MemoryQueue::default()), 0),
@@ -347,6 +352,7 @@ impl Delivery {
             wake: Notify::new(),
             acked: watch::Sender::new(first),
             secrets: Mutex::new(Vec::new()),
+            id_scope,
         });
         lane.bounds.set(bounds_of(spec));
         lanes.insert(name.clone(), lane.clone());
@@ -384,6 +390,34 @@ impl Delivery {
     pub(crate) fn lanes(&self) -> Vec<Arc<Lane>> {
         self.lanes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
+}
+
+fn random_u64() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
+}
+
+/// The id scope of the spool in `dir` (see `SinkBatch::id_scope`): read
+/// from its `id-scope` file, or drawn and written (fsync'd) on first use.
+/// It lives in the spool's directory, so a spool deleted by hand starts a
+/// new scope with its new positions.
+fn spool_id_scope(dir: &Path) -> anyhow::Result<u64> {
+    let path = dir.join("id-scope");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(scope) = u64::from_str_radix(text.trim(), 16) {
+            return Ok(scope);
+        }
+    }
+    let scope = random_u64();
+    let tmp = dir.join("id-scope.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        writeln!(f, "{scope:016x}")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+    Ok(scope)
 }
 
 fn bounds_of(spec: &OutputSpec) -> (u64, Option<u64>) {

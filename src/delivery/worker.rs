@@ -268,7 +268,8 @@ impl Worker {
                 })
                 .collect();
             let started = Instant::now();
-            let mut report = self.sink.send(SinkBatch { events: &batch, accepted_unix_ms }).await;
+            let mut report =
+                self.sink.send(SinkBatch { events: &batch, accepted_unix_ms, id_scope: self.lane.id_scope }).await;
             stats.record_batch(started.elapsed());
             if report.outcomes.len() != batch.len() {
                 let message = format!("output answered {} outcomes for {} events", report.outcomes.len(), batch.len());

@@ -27,6 +27,8 @@ pub(crate) struct Context<'a> {
     pub stages: &'a [StageReport],
     /// Each output's delivery counters.
     pub outputs: &'a [OutputReading],
+    /// Each source's counters.
+    pub sources: &'a [SourceReading],
     /// `enrichd_build_info` labels.
     pub build: &'a [(&'static str, String)],
     /// Requests refused by a rate limit, by what limited them.
@@ -56,8 +58,23 @@ pub(crate) struct OutputReading {
     pub batch_buckets: Vec<(f64, u64)>,
 }
 
-/// A per-output family: name, help, and how to read it.
-type Column<T> = (&'static str, &'static str, fn(&OutputReading) -> T);
+/// One source's numbers, read by the caller from the running sources.
+#[derive(Debug, Default)]
+pub(crate) struct SourceReading {
+    pub name: String,
+    pub enabled: bool,
+    pub running: bool,
+    pub messages: u64,
+    pub events: u64,
+    pub acked: u64,
+    pub termed: u64,
+    pub nacked: u64,
+    pub redelivered: u64,
+    pub dead_lettered: u64,
+}
+
+/// A per-output (per-source) family: name, help, and how to read it.
+type Column<R, T> = (&'static str, &'static str, fn(&R) -> T);
 
 #[derive(Debug)]
 enum Sample {
@@ -301,7 +318,7 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
     let per_output = |f: &dyn Fn(&OutputReading) -> Sample| -> Vec<(Labels, Sample)> {
         ctx.outputs.iter().map(|o| (vec![("output", o.name.clone())], f(o))).collect()
     };
-    let counters: [Column<u64>; 6] = [
+    let counters: [Column<OutputReading, u64>; 6] = [
         ("telemetry_output_queued", "Events accepted for each output (appended to its spool or queue).", |o| o.queued),
         ("telemetry_output_sent", "Events each output delivered.", |o| o.sent),
         ("telemetry_output_failed", "Event attempts that did not deliver (retried or dead-lettered).", |o| o.failed),
@@ -327,7 +344,7 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
             })
             .collect(),
     );
-    let gauges: [Column<f64>; 6] = [
+    let gauges: [Column<OutputReading, f64>; 6] = [
         ("telemetry_output_backlog", "Events waiting in each output's spool or queue.", |o| o.backlog_events as f64),
         ("telemetry_output_backlog_bytes", "Bytes waiting in each output's spool or queue.", |o| {
             o.backlog_bytes as f64
@@ -355,6 +372,37 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
             count: o.batches,
             buckets: o.batch_buckets.clone(),
         }),
+    );
+    let per_source = |f: &dyn Fn(&SourceReading) -> Sample| -> Vec<(Labels, Sample)> {
+        ctx.sources.iter().map(|s| (vec![("source", s.name.clone())], f(s))).collect()
+    };
+    let source_counters: [Column<SourceReading, u64>; 7] = [
+        ("telemetry_source_messages", "Messages each source took from its broker (redeliveries included).", |s| {
+            s.messages
+        }),
+        ("telemetry_source_events", "Events in the messages each source had accepted.", |s| s.events),
+        ("telemetry_source_acked", "Messages acknowledged after their events were accepted by every output.", |s| {
+            s.acked
+        }),
+        ("telemetry_source_termed", "Messages settled for good as bad input (never redelivered).", |s| s.termed),
+        ("telemetry_source_nacked", "Messages given back for a later attempt (backpressure, outages).", |s| s.nacked),
+        ("telemetry_source_redelivered", "Messages the broker delivered more than once.", |s| s.redelivered),
+        ("telemetry_source_dead_lettered", "Messages written to each source's dead-letter.", |s| s.dead_lettered),
+    ];
+    for (name, help, read) in source_counters {
+        x.add(name, help, MetricType::Counter, per_source(&|s| Sample::Counter(read(s))));
+    }
+    x.add(
+        "telemetry_source_running",
+        "1 when the source's consumer task runs.",
+        MetricType::Gauge,
+        per_source(&|s| Sample::Gauge(f64::from(u8::from(s.running)))),
+    );
+    x.add(
+        "telemetry_source_enabled",
+        "1 when the source is enabled.",
+        MetricType::Gauge,
+        per_source(&|s| Sample::Gauge(f64::from(u8::from(s.enabled)))),
     );
     x.add("enrichd_build", "Build of this enrichd.", MetricType::Info, vec![(ctx.build.to_vec(), Sample::Info)]);
     process_families(&mut x, &super::process::read());

@@ -27,6 +27,9 @@ pub(crate) struct ServiceConfig {
     /// `[[output]]`: where enriched events are delivered, each entry as the
     /// JSON object the API takes (checked by the delivery runtime).
     pub outputs: Vec<crate::delivery::options::OutputEntry>,
+    /// `[[source]]`: where events come from besides `POST /v1/ingest`,
+    /// each entry as JSON (checked against the registry when applied).
+    pub sources: Vec<super::sources::SourceEntry>,
     /// The `[[chain]]` entries, the file's path and its directory.
     pub engine: enrichd_engine::Config,
 }
@@ -55,6 +58,14 @@ struct Sections {
     #[serde(default)]
     #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
     output: OutputSection,
+    /// Event sources besides `POST /v1/ingest`: `type` (e.g. `nats`),
+    /// `name` (default: the type), `enabled` (default true),
+    /// `deadletter_max_bytes` (default 16 MiB) and the source's own
+    /// options. `enrichd config-schema` lists each source kind's options
+    /// under `$defs`.
+    #[serde(default)]
+    #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
+    source: Vec<toml::Table>,
     /// The engine's (see [`enrichd_engine::Config`]); its schema is added
     /// by [`ServiceConfig::json_schema`].
     #[serde(default)]
@@ -97,7 +108,9 @@ impl ServiceConfig {
                 message: format!("[server] listen: {message}"),
             });
         }
+        let sources = source_entries(sections.source, text, path)?;
         Ok(ServiceConfig {
+            sources,
             server: sections.server,
             auth: sections.auth,
             reload: sections.reload,
@@ -173,6 +186,24 @@ impl ServiceConfig {
             defs.insert(format!("Output_{}", factory.kind()), strip_meta(options));
             kinds.push(serde_json::Value::from(factory.kind()));
         }
+        let mut runtime =
+            serde_json::to_value(schemars::schema_for!(super::sources::SourceRuntime)).expect("schema serializes");
+        defs.insert("SourceRuntime".into(), strip_meta(runtime.take()));
+        let mut source_kinds = Vec::new();
+        for factory in registry.sources() {
+            let mut options = serde_json::to_value(factory.options_schema()).expect("schema serializes");
+            if let Some(inner) = options.as_object_mut().and_then(|o| o.remove("$defs")) {
+                defs.extend(inner.as_object().cloned().unwrap_or_default());
+            }
+            defs.insert(format!("Source_{}", factory.kind()), strip_meta(options));
+            source_kinds.push(serde_json::Value::from(factory.kind()));
+        }
+        schema["properties"]["source"]["items"] = serde_json::json!({
+            "type": "object",
+            "description": "One source: the keys of `$defs/SourceRuntime` plus those of `$defs/Source_<type>`.",
+            "required": ["type"],
+            "properties": { "type": { "enum": source_kinds } },
+        });
         schema["$defs"] = serde_json::Value::Object(defs);
         schema["properties"]["output"]["items"] = serde_json::json!({
             "type": "object",
@@ -340,6 +371,16 @@ mod tests {
     }
 
     #[test]
+    fn source_entries_keep_their_lines() {
+        let c = parse("[[source]]\ntype = \"nats\"\nstream = \"RAW\"\n\n[[source]]\ntype = \"nats\"\nname = \"b\"\n")
+            .unwrap();
+        let lines: Vec<Option<usize>> = c.sources.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(1), Some(5)]);
+        assert_eq!(c.sources[0].options["stream"], "RAW");
+        assert!(parse("[source]\ntype = \"nats\"\n").is_err(), "a table, not an array of tables");
+    }
+
+    #[test]
     fn key_variables_add_keys() {
         let mut c = parse("[auth]\napi_keys = [\"a\"]\n").unwrap();
         let env = |v: &str| match v {
@@ -427,6 +468,29 @@ fn output_entries(
                 _ => Err(ConfigError {
                     location: Location { path: path.to_path_buf(), line },
                     message: "`[[output]]` entry is not representable as JSON (use strings, numbers, booleans, arrays)"
+                        .into(),
+                }),
+            }
+        })
+        .collect()
+}
+
+fn source_entries(
+    tables: Vec<toml::Table>,
+    text: &str,
+    path: &Path,
+) -> Result<Vec<super::sources::SourceEntry>, ConfigError> {
+    let lines = header_lines(text, "[[source]]");
+    tables
+        .into_iter()
+        .enumerate()
+        .map(|(i, table)| {
+            let line = lines.get(i).copied();
+            match serde_json::to_value(table) {
+                Ok(serde_json::Value::Object(options)) => Ok(super::sources::SourceEntry { options, line }),
+                _ => Err(ConfigError {
+                    location: Location { path: path.to_path_buf(), line },
+                    message: "`[[source]]` entry is not representable as JSON (use strings, numbers, booleans, arrays)"
                         .into(),
                 }),
             }

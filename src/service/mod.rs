@@ -5,12 +5,16 @@
 //! reload, watch <- serve / main.
 //!
 //! Here too: the service's configuration sections ([`config`]), API keys
-//! ([`auth`]) and the reload status ([`reload_state`]). Delivery to outputs
+//! ([`auth`]) and the reload status ([`reload_state`]), the one ingest step
+//! every entry point calls ([`ingest`]) and the running `[[source]]`
+//! entries that call it too ([`sources`]). Delivery to outputs
 //! lives in [`crate::delivery`]; the state holds its handle.
 
 pub(crate) mod auth;
 pub(crate) mod config;
+pub(crate) mod ingest;
 pub(crate) mod reload_state;
+pub(crate) mod sources;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,6 +53,8 @@ pub(crate) struct AppState {
     pub admin_changes: std::sync::Mutex<()>,
     /// The outputs enriched events are delivered to.
     pub delivery: Arc<crate::delivery::Delivery>,
+    /// The running `[[source]]` entries.
+    pub sources: sources::Sources,
     /// Output profiles by name, and the default (`None`: the v1 layout).
     pub profiles: (enrichd_engine::Profiles, Option<Arc<enrichd_engine::Profile>>),
     /// `[profiles] key_profiles`: the profile per API key digest.
@@ -103,6 +109,7 @@ impl AppState {
             overrides: Default::default(),
             admin_changes: Default::default(),
             delivery: Arc::new(crate::delivery::Delivery::new(&state_dir, &base_dir)),
+            sources: sources::Sources::new(state_dir.clone(), base_dir.clone()),
             profiles,
             started: Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),

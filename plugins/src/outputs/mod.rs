@@ -16,6 +16,8 @@
 //! - [`splunk`]: Splunk HTTP Event Collector, optionally with indexer
 //!   acknowledgement.
 //! - [`file`]: NDJSON into a local file, rotated by size.
+//! - [`nats`]: NDJSON messages published to a NATS JetStream subject,
+//!   acknowledged by the stream.
 //!
 //! The HTTP outputs share their client options ([`HttpOptions`]: TLS, CA
 //! file, timeout, gzip), flattened into their own.
@@ -23,6 +25,7 @@
 pub mod elastic;
 pub mod file;
 mod http;
+pub mod nats;
 pub mod splunk;
 #[cfg(test)]
 mod test_server;

@@ -140,5 +140,5 @@ pub(crate) fn error_fields(factory: &dyn OutputFactory, options: Value) -> Vec<S
 pub(crate) async fn send(sink: &dyn Sink, events: &[&str], accepted_unix_ms: u64) -> SendReport {
     let events: Vec<OutEvent<'_>> =
         events.iter().enumerate().map(|(i, json)| OutEvent { json: json.as_bytes(), id: i as u64 }).collect();
-    sink.send(SinkBatch { events: &events, accepted_unix_ms }).await
+    sink.send(SinkBatch { events: &events, accepted_unix_ms, id_scope: 0 }).await
 }

@@ -10,15 +10,19 @@ fn every_output_is_registered_with_a_documented_closed_schema() {
     let mut registry = Registry::new();
     crate::register_all(&mut registry);
     let kinds: Vec<&str> = registry.outputs().map(|f| f.kind()).collect();
-    assert_eq!(kinds, ["elastic", "splunk", "file"]);
+    assert_eq!(kinds, ["elastic", "splunk", "file", "nats"]);
     let secrets: Vec<&[&str]> = registry.outputs().map(|f| f.secret_fields()).collect();
-    assert_eq!(secrets, [&["password", "api_key"][..], &["token"], &[]]);
+    assert_eq!(secrets, [&["password", "api_key"][..], &["token"], &[], &["password", "token"]]);
     for factory in registry.outputs() {
         let kind = factory.kind();
         let schema = serde_json::to_value(factory.options_schema()).unwrap();
         assert_eq!(schema["additionalProperties"], Value::Bool(false), "{kind}: {schema:#}");
         let properties = schema["properties"].as_object().unwrap_or_else(|| panic!("{kind}: {schema:#}"));
-        if kind != "file" {
+        if kind == "nats" {
+            for nats in ["servers", "user", "password", "token", "timeout_ms"] {
+                assert!(properties.contains_key(nats), "{kind} lacks {nats}: {schema:#}");
+            }
+        } else if kind != "file" {
             for http in ["tls_verify", "ca_file", "timeout_ms", "gzip"] {
                 assert!(properties.contains_key(http), "{kind} lacks {http}: {schema:#}");
             }

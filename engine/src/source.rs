@@ -1,0 +1,245 @@
+//! The source interface: how events arrive from somewhere other than
+//! `POST /v1/ingest` (a broker's stream, later others), without the core
+//! knowing any of them.
+//!
+//! A source is a [`SourceFactory`] registered under a kind name. For each
+//! enabled `[[source]]` entry the service builds a [`SourceRunner`] from the
+//! entry's options and runs it with an [`Ingest`] handle: the **same**
+//! decode → chain → encode → admission path the HTTP handler calls, so a
+//! source inherits every limit, every 4xx check, the metrics and the
+//! all-or-nothing admission to every enabled output. The split of work
+//! mirrors the outputs' ([`crate::output`]):
+//!
+//! - a **source** speaks one protocol: it fetches messages, hands each
+//!   body to [`Ingest::submit`] and settles the message with its broker
+//!   from the answer;
+//! - the **core** owns what must be the same for every source: the
+//!   pipeline, admission and its backpressure, the dead-letter, counters,
+//!   the API view and the metrics.
+//!
+//! The contract a source must keep (at least once, end to end):
+//!
+//! - acknowledge a message only after [`Ingest::submit`] answered
+//!   [`Accepted`]: then every enabled output holds its events as durably as
+//!   its `durability` says (spool fsync'd, memory queued, `ack` delivered);
+//! - [`Refusal::BadInput`] will fail again however often it is retried:
+//!   settle the message for good (never redeliver it) and record it with
+//!   [`Ingest::dead_letter`];
+//! - [`Refusal::Backpressure`] and [`Refusal::Unavailable`] are not the
+//!   message's fault: give it back for a later attempt and stop taking new
+//!   messages for a while (never buffer without bound).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::output::{check_options, BoxFuture, FieldError};
+
+/// What a message body is, as the source decided from its headers or
+/// options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PayloadShape {
+    /// A `/v1/ingest` envelope (`collector_id`, `format`, `records`).
+    Envelope,
+    /// Newline-delimited records of one format (a format name such as
+    /// `zeek.conn.v1`; checked by the core).
+    Ndjson { format: String },
+}
+
+/// One message body for the pipeline.
+#[derive(Clone, Debug)]
+pub struct Payload {
+    pub body: Vec<u8>,
+    /// The body is gzip-compressed (inflated by the core, within the same
+    /// bound as an HTTP body).
+    pub gzip: bool,
+    pub shape: PayloadShape,
+}
+
+/// The events are as safe as every enabled output's durability says: the
+/// message may be acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub events: usize,
+}
+
+/// Why a payload was not accepted. Nothing of it was queued anywhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The payload itself is wrong (what and where in `message`): it will
+    /// fail again. `code` is the same short code `/v1/ingest` answers.
+    BadInput { code: String, message: String },
+    /// An output's backlog is full: try again after `retry_after`, and take
+    /// no new work meanwhile.
+    Backpressure { message: String, retry_after: Duration },
+    /// Not the payload's fault and not a full backlog (an `ack` output did
+    /// not confirm in time, an internal failure): try again later.
+    Unavailable { message: String, retry_after: Duration },
+}
+
+impl Refusal {
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::BadInput { message, .. }
+            | Refusal::Backpressure { message, .. }
+            | Refusal::Unavailable { message, .. } => message,
+        }
+    }
+}
+
+/// A message settled for good without being accepted, for the source's
+/// dead-letter.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadMessage<'a> {
+    /// Where it came from, in the source's terms (e.g. the subject and the
+    /// stream sequence), as a JSON object.
+    pub origin: &'a Value,
+    pub reason: &'a str,
+    /// The body as received (the core keeps a bounded prefix).
+    pub body: &'a [u8],
+}
+
+/// A source's counters and state, read by the API view and the metrics.
+/// The source updates them; the core creates them and keeps them across
+/// reconfigurations.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Messages taken from the broker (redeliveries included).
+    pub messages: AtomicU64,
+    /// Events in accepted messages.
+    pub events: AtomicU64,
+    /// Messages acknowledged after their events were accepted.
+    pub acked: AtomicU64,
+    /// Messages settled for good as bad input (dead-lettered).
+    pub termed: AtomicU64,
+    /// Messages given back for a later attempt (backpressure, outages).
+    pub nacked: AtomicU64,
+    /// Messages the broker delivered more than once.
+    pub redelivered: AtomicU64,
+    running: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SourceStats {
+    pub fn count(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn set_running(&self, running: bool) {
+        self.running.store(running, Relaxed);
+    }
+
+    pub fn running(&self) -> bool {
+        self.running.load(Relaxed)
+    }
+
+    /// Records (and logs) a problem; it stays until the next one.
+    pub fn set_error(&self, source: &str, error: impl Into<String>) {
+        let error = crate::limits::cap_message(error.into());
+        tracing::warn!(source, %error, "source");
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The core's side, handed to a running source.
+pub trait Ingest: Send + Sync {
+    /// Runs `payload` through the pipeline and admits it to every enabled
+    /// output; resolves once the events are durably accepted (or not).
+    fn submit(&self, payload: Payload) -> BoxFuture<'_, Result<Accepted, Refusal>>;
+    /// Records a message settled for good (bad input) in the source's
+    /// dead-letter (bounded, on disk) and counts it.
+    fn dead_letter(&self, message: DeadMessage<'_>);
+    /// This source's counters.
+    fn stats(&self) -> &SourceStats;
+}
+
+/// Resolves when the source must stop (configuration changed, shutdown).
+pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A running source: one protocol's consumer.
+pub trait SourceRunner: Send + Sync {
+    /// Consumes until `stop` resolves, then returns promptly: messages not
+    /// yet acknowledged are left to the broker's redelivery. Connection
+    /// problems are retried inside (reported with
+    /// [`SourceStats::set_error`]), never a reason to return early.
+    fn run(self: Arc<Self>, ingest: Arc<dyn Ingest>, stop: StopSignal) -> BoxFuture<'static, ()>;
+}
+
+/// What a source is built with besides its options.
+#[derive(Clone, Debug)]
+pub struct SourceContext {
+    /// The source's name (`name` of the entry, default its kind).
+    pub name: String,
+    /// The directory relative paths in options are resolved against.
+    pub base_dir: std::path::PathBuf,
+}
+
+/// Builds sources of one kind from options; implemented through
+/// [`Source`].
+pub trait SourceFactory: Send + Sync {
+    /// The `type = "..."` of `[[source]]` and the default source name.
+    fn kind(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    /// JSON Schema of the source's own options.
+    fn options_schema(&self) -> schemars::Schema;
+    /// Option names whose values are secrets (never shown, masked).
+    fn secret_fields(&self) -> &'static [&'static str];
+    /// Every problem with `options`, not just the first.
+    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError>;
+    /// Builds the runner; `options` passed [`SourceFactory::check`].
+    fn build(&self, options: &Map<String, Value>, ctx: &SourceContext) -> anyhow::Result<Arc<dyn SourceRunner>>;
+}
+
+/// The typed way to write a source, like [`crate::output::Output`]:
+/// options as a documented struct, the blanket implementation makes it a
+/// [`SourceFactory`].
+pub trait Source: Send + Sync {
+    /// The source's options (`deny_unknown_fields`, `default`).
+    type Options: DeserializeOwned + schemars::JsonSchema + Default;
+
+    fn kind(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    fn secret_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Checks a type cannot express, every problem listed.
+    fn validate(&self, options: &Self::Options) -> Vec<FieldError>;
+    fn build(&self, options: Self::Options, ctx: &SourceContext) -> anyhow::Result<Arc<dyn SourceRunner>>;
+}
+
+impl<S: Source> SourceFactory for S {
+    fn kind(&self) -> &'static str {
+        Source::kind(self)
+    }
+
+    fn description(&self) -> &'static str {
+        Source::description(self)
+    }
+
+    fn options_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(S::Options)
+    }
+
+    fn secret_fields(&self) -> &'static [&'static str] {
+        Source::secret_fields(self)
+    }
+
+    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError> {
+        check_options::<S::Options>(options, |typed| Source::validate(self, typed))
+    }
+
+    fn build(&self, options: &Map<String, Value>, ctx: &SourceContext) -> anyhow::Result<Arc<dyn SourceRunner>> {
+        let typed = <S::Options as serde::Deserialize>::deserialize(Value::Object(options.clone()))
+            .map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
+        Source::build(self, typed, ctx)
+    }
+}

@@ -1,0 +1,116 @@
+use std::time::Duration;
+
+use async_nats::jetstream;
+use enrichd_engine::output::{OutEvent, Outcome, SinkBatch};
+use serde_json::json;
+
+use super::*;
+use crate::nats::test_server::NatsServer;
+use crate::outputs::test_server::{build, error_fields};
+
+#[test]
+fn options_are_checked() {
+    assert_eq!(error_fields(&NatsOutput, json!({})), ["subject"]);
+    assert_eq!(
+        error_fields(
+            &NatsOutput,
+            json!({"subject": "a b", "servers": [], "timeout_ms": 0, "create_stream": "x.y", "max_message_bytes": 10, "password": "p"})
+        ),
+        ["servers", "timeout_ms", "user", "subject", "create_stream", "max_message_bytes"]
+    );
+    assert!(error_fields(&NatsOutput, json!({"subject": "enriched.conn", "create_stream": "ENRICHED"})).is_empty());
+    assert_eq!(error_fields(&NatsOutput, json!({"subject": "x", "bogus": 1})), ["bogus"]);
+}
+
+fn events(jsons: &[String]) -> Vec<OutEvent<'_>> {
+    jsons.iter().enumerate().map(|(i, j)| OutEvent { json: j.as_bytes(), id: 100 + i as u64 }).collect()
+}
+
+#[test]
+fn events_are_packed_within_the_limit_in_order() {
+    let jsons: Vec<String> = [10, 10, 10, 30, 5].iter().map(|n| "x".repeat(*n)).collect();
+    let ev = events(&jsons);
+    let (messages, too_large) = pack(&ev, 25);
+    // The one too large is set apart; the next still fits beside event 2.
+    assert_eq!(messages, vec![vec![0, 1], vec![2, 4]]);
+    assert_eq!(too_large, [3]);
+    // The same events give the same id; another scope another.
+    assert_eq!(message_id(7, &ev, &messages[0]), message_id(7, &ev, &[0, 1]));
+    assert_ne!(message_id(7, &ev, &messages[0]), message_id(8, &ev, &messages[0]));
+    assert_ne!(message_id(7, &ev, &[0, 1]), message_id(7, &ev, &[0, 2]));
+}
+
+#[tokio::test]
+async fn a_missing_server_is_a_retry_for_every_event() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let options = json!({"subject": "x", "servers": [format!("nats://127.0.0.1:{port}")], "timeout_ms": 300});
+    let sink = build(&NatsOutput, options, dir.path());
+    let jsons = vec!["{}".to_string(); 3];
+    let report = sink.send(SinkBatch { events: &events(&jsons), accepted_unix_ms: 0, id_scope: 1 }).await;
+    assert!(report.outcomes.iter().all(|o| matches!(o, Outcome::Retry(_))), "{:?}", report.outcomes);
+}
+
+#[tokio::test]
+async fn batches_are_split_published_and_deduplicated_on_retry() {
+    let Some(nats) = NatsServer::start("batches_are_split_published_and_deduplicated_on_retry") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let options = json!({
+        "subject": "out.events", "servers": [nats.url], "create_stream": "OUT", "max_message_bytes": 2048,
+    });
+    let sink = build(&NatsOutput, options, dir.path());
+    // 40 events of ~200 bytes, one of 5000 (larger than any message).
+    let mut jsons: Vec<String> = (0..40).map(|i| json!({"n": i, "pad": "p".repeat(180)}).to_string()).collect();
+    jsons.insert(7, json!({"big": "b".repeat(5000)}).to_string());
+    let ev = events(&jsons);
+    let batch = SinkBatch { events: &ev, accepted_unix_ms: 0, id_scope: 42 };
+    let report = sink.send(batch).await;
+    assert!(
+        matches!(&report.outcomes[7], Outcome::Reject(r) if r.contains("larger than a message")),
+        "{:?}",
+        report.outcomes[7]
+    );
+    let delivered = report.outcomes.iter().filter(|o| **o == Outcome::Delivered).count();
+    assert_eq!(delivered, 40);
+    // A retry of the same entry (a lost ack): the stream keeps one copy.
+    let again = sink.send(batch).await;
+    assert_eq!(again.outcomes.iter().filter(|o| **o == Outcome::Delivered).count(), 40);
+
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let mut stream = js.get_stream("OUT").await.unwrap();
+    let info = stream.info().await.unwrap();
+    let messages = info.state.messages;
+    assert!(messages >= 40 * 200 / 2048, "split into several messages: {messages}");
+    let mut lines = 0;
+    for seq in 1..=info.state.last_sequence {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        assert!(m.payload.len() <= 2048, "{}", m.payload.len());
+        assert!(m.headers.get("Nats-Msg-Id").is_some());
+        lines += m.payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+    }
+    assert_eq!(lines, 40, "each event once");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn more_messages_than_one_ack_wave() {
+    let Some(nats) = NatsServer::start("more_messages_than_one_ack_wave") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let options = json!({
+        "subject": "out.events", "servers": [nats.url], "create_stream": "OUT", "max_message_bytes": 1024,
+    });
+    let sink = build(&NatsOutput, options, dir.path());
+    // One event per message: 2.5 waves.
+    let jsons: Vec<String> =
+        (0..ACK_WAVE * 5 / 2).map(|i| json!({"n": i, "pad": "p".repeat(400)}).to_string()).collect();
+    let ev = events(&jsons);
+    let report = sink.send(SinkBatch { events: &ev, accepted_unix_ms: 0, id_scope: 1 }).await;
+    assert!(
+        report.outcomes.iter().all(|o| *o == Outcome::Delivered),
+        "{:?}",
+        report.outcomes.iter().find(|o| **o != Outcome::Delivered)
+    );
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let info = js.get_stream("OUT").await.unwrap().info().await.unwrap().clone();
+    assert_eq!(info.state.messages as usize, jsons.len());
+}

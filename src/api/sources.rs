@@ -1,0 +1,54 @@
+//! `GET /v1/sources`: each `[[source]]` entry's state (running, last
+//! error) and counters (messages, events, acked, termed, nacked,
+//! redelivered, dead-lettered); `GET /v1/sources/{name}/deadletter`: the
+//! messages it refused for good, with where they came from and why.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+
+pub(super) async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    state.keys.check(&headers)?;
+    let registry = state.engine.registry();
+    let kinds: Vec<Value> =
+        registry.sources().map(|f| json!({"type": f.kind(), "description": f.description()})).collect();
+    Ok(Json(json!({ "sources": state.sources.views(registry), "types": kinds })))
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct Page {
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+pub(super) async fn deadletter(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    query: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.keys.check(&headers)?;
+    let Query(page) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let lane = state
+        .sources
+        .lane_named(&name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_source", format!("no source named {name:?}")))?;
+    let limit = page.limit.clamp(1, 1000);
+    let failed = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e);
+    let (total, records) = tokio::task::spawn_blocking(move || lane.deadletter.list(page.offset, limit))
+        .await
+        .map_err(|_| failed("dead-letter reader failed".into()))?
+        .map_err(|e| failed(format!("{e:#}")))?;
+    Ok(Json(json!({ "source": name, "total": total, "offset": page.offset, "records": records })))
+}

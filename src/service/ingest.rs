@@ -1,0 +1,122 @@
+//! The one ingest step every entry point of `enrichd serve` shares: decode,
+//! enrich, encode for the caller and for each output's profile, admit to
+//! every enabled output, and (for `ack` outputs) wait for delivery.
+//!
+//! `POST /v1/ingest` and every `[[source]]` call [`ingest`]; they differ
+//! only in how they read their bytes and how they answer (an HTTP status,
+//! a broker ack). Keeping one function is what makes a source inherit the
+//! limits, the 4xx checks, the metrics and the all-or-nothing admission
+//! without copying them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enrichd_engine::{Encoding, Input, InputError};
+
+use super::AppState;
+use crate::delivery::Refused;
+
+/// What was done with an accepted batch.
+pub(crate) struct Ingested {
+    /// The caller's encoding of the enriched batch (empty when none was
+    /// asked for).
+    pub response: Vec<u8>,
+    pub events: usize,
+    /// The outputs the events were queued for.
+    pub outputs: Vec<String>,
+}
+
+/// Why a batch was not accepted. Except for `AckTimeout`, nothing of it
+/// was queued anywhere.
+#[derive(Debug)]
+pub(crate) enum IngestError {
+    /// The input is wrong (what and where).
+    BadInput(InputError),
+    /// An output's backlog is full.
+    Backpressure(Refused),
+    /// An `ack` output did not confirm delivery in time; the events stay
+    /// queued and will still be delivered.
+    AckTimeout { output: String, timeout: Duration },
+    /// The enrichment task failed (a panic): nothing was queued.
+    Internal,
+}
+
+/// Runs `input` through the pipeline and hands it to every enabled output.
+/// `respond`: the encoding the caller wants back (`None`: only counts).
+/// `arrived` is when the input arrived, for the lag metrics.
+pub(crate) async fn ingest(
+    state: &Arc<AppState>,
+    input: Input,
+    arrived: Instant,
+    respond: Option<Encoding>,
+) -> Result<Ingested, IngestError> {
+    let worker = state.clone();
+    let outputs = state.delivery.active();
+    // Counted until enriched: waiting for a blocking thread, then running.
+    let _queued = state.metrics.batch_in_flight();
+    // Parsing, enrichment and spool appends are CPU and disk work: keep
+    // them off the I/O threads.
+    let (response, events, admitted) = tokio::task::spawn_blocking(move || {
+        let chain = worker.engine.chain();
+        // The caller's answer (if any), then one NDJSON layout per distinct
+        // output profile.
+        let mut encodings = Vec::with_capacity(1 + outputs.len());
+        let responding = respond.is_some();
+        encodings.extend(respond);
+        let first_output = encodings.len();
+        let mut layout_of = Vec::with_capacity(outputs.len());
+        for o in outputs.iter() {
+            let same = encodings[first_output..].iter().position(|e| same_profile(&e.profile, &o.profile));
+            layout_of.push(
+                first_output
+                    + same.unwrap_or_else(|| {
+                        encodings.push(Encoding::NDJSON.with_profile(o.profile.clone()));
+                        encodings.len() - first_output - 1
+                    }),
+            );
+        }
+        // Enrichment roughly doubles a typical record; one growth at most.
+        let size = input_len(&input);
+        let mut outs: Vec<Vec<u8>> = encodings.iter().map(|_| Vec::with_capacity(size * 2 + 4096)).collect();
+        let processed =
+            worker.pipeline.run_many(&chain, input, &encodings, arrived, &mut outs).map_err(IngestError::BadInput)?;
+        let admitted = if outputs.is_empty() || processed.events == 0 {
+            None
+        } else {
+            let payloads: Vec<&[u8]> = layout_of.iter().map(|&i| outs[i].as_slice()).collect();
+            let events = u32::try_from(processed.events).unwrap_or(u32::MAX);
+            Some(crate::delivery::submit(outputs.clone(), &payloads, events).map_err(IngestError::Backpressure)?)
+        };
+        let response = if responding { outs.swap_remove(0) } else { Vec::new() };
+        Ok::<_, IngestError>((response, processed.events, admitted))
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "ingest worker failed");
+        IngestError::Internal
+    })??;
+    let mut names = Vec::new();
+    if let Some(admitted) = &admitted {
+        admitted
+            .wait_acks()
+            .await
+            .map_err(|output| IngestError::AckTimeout { output, timeout: admitted.ack_timeout() })?;
+        names = admitted.active.iter().map(|o| o.lane.name.clone()).collect();
+    }
+    Ok(Ingested { response, events, outputs: names })
+}
+
+fn input_len(input: &Input) -> usize {
+    match input {
+        Input::Envelope(body) => body.len(),
+        Input::Ndjson { text, .. } => text.len(),
+    }
+}
+
+fn same_profile(a: &Option<Arc<enrichd_engine::Profile>>, b: &Option<Arc<enrichd_engine::Profile>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}

@@ -1,0 +1,345 @@
+//! NATS JetStream end to end: a real `nats-server -js` (see
+//! `tests/common/nats.rs`), the real `enrichd` binary with a `nats` source
+//! on a raw-events stream and a `nats` output to an enriched stream.
+//!
+//! What is checked: every event published arrives enriched in the output
+//! stream and the consumer has nothing pending or unacknowledged at the
+//! end; a poison message is termed and dead-lettered once, never
+//! redelivered; after `kill -9` mid-load and a restart every event arrives
+//! at least once (duplicates counted).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use common::nats::NatsServer;
+use common::Server;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// The source, the output and the test chain, on `url`.
+fn config(url: &str, ack_wait_ms: u64) -> String {
+    format!(
+        r#"
+[auth]
+api_keys = ["{key}"]
+
+[reload]
+watch = false
+
+[[source]]
+type = "nats"
+servers = ["{url}"]
+stream = "RAW"
+subjects = ["raw.>"]
+durable = "enrichd"
+ack_wait_ms = {ack_wait_ms}
+batch = 32
+
+[[output]]
+type = "nats"
+name = "enriched"
+servers = ["{url}"]
+subject = "enriched.conn"
+create_stream = "ENRICHED"
+durability = "spool"
+batch_max = 2000
+flush_interval_ms = 20
+{chain}"#,
+        key = common::KEY,
+        chain = common::test_chain(),
+    )
+}
+
+/// An envelope of `n` Zeek conn records with uids `U<from+i>`.
+fn envelope(from: usize, n: usize) -> Vec<u8> {
+    let records: Vec<Value> = (from..from + n)
+        .map(|i| {
+            json!({
+                "ts": 1723351200.5 + i as f64, "uid": format!("U{i}"),
+                "id.orig_h": "10.1.2.3", "id.orig_p": 40000 + (i % 20000), "id.resp_h": "81.2.69.160",
+                "id.resp_p": 443, "proto": "tcp",
+            })
+        })
+        .collect();
+    json!({"collector_id": "nats-test", "format": "zeek.conn.v1", "records": records}).to_string().into_bytes()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+async fn jetstream(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.expect("connect to the test nats-server"))
+}
+
+/// Publishes `messages` envelopes of `per` events (ids from 0), each
+/// publish acknowledged.
+async fn publish(js: &jetstream::Context, messages: usize, per: usize) {
+    js.get_or_create_stream(stream::Config {
+        name: "RAW".into(),
+        subjects: vec!["raw.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut acks = Vec::new();
+    for m in 0..messages {
+        acks.push(js.publish("raw.zeek", envelope(m * per, per).into()).await.unwrap());
+    }
+    for ack in acks {
+        ack.await.expect("publish acknowledged");
+    }
+}
+
+/// Reads everything new from the output stream (through a durable
+/// consumer of the test's own): uid -> times seen, and every event checked
+/// to be enriched.
+struct Reader {
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    seen: HashMap<String, u32>,
+    messages: u64,
+}
+
+impl Reader {
+    async fn new(js: &jetstream::Context) -> Reader {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The output creates the stream on its first connection.
+        let stream = loop {
+            match js.get_stream("ENRICHED").await {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no ENRICHED stream: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let consumer = stream
+            .get_or_create_consumer(
+                "verify",
+                consumer::pull::Config { durable_name: Some("verify".into()), ..Default::default() },
+            )
+            .await
+            .unwrap();
+        Reader { consumer, seen: HashMap::new(), messages: 0 }
+    }
+
+    async fn read(&mut self) {
+        let mut batch =
+            self.consumer.batch().max_messages(500).expires(Duration::from_millis(200)).messages().await.unwrap();
+        while let Some(message) = batch.next().await {
+            let message = message.unwrap();
+            self.messages += 1;
+            for line in message.payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let event: Value = serde_json::from_slice(line).expect("an NDJSON event");
+                assert_eq!(event["geo"]["country"], "GB", "enriched: {event}");
+                let uid = event["uid"].as_str().expect("uid").to_string();
+                *self.seen.entry(uid).or_default() += 1;
+            }
+            message.ack().await.unwrap();
+        }
+    }
+
+    /// Reads until `n` distinct events were seen.
+    async fn until(&mut self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.seen.len() < n {
+            assert!(Instant::now() < deadline, "{} of {n} events in the output stream", self.seen.len());
+            self.read().await;
+        }
+    }
+
+    fn duplicates(&self) -> u32 {
+        self.seen.values().map(|n| n - 1).sum()
+    }
+}
+
+async fn raw_consumer_idle(js: &jetstream::Context) -> bool {
+    let stream = js.get_stream("RAW").await.unwrap();
+    let mut c: consumer::Consumer<consumer::pull::Config> = stream.get_consumer("enrichd").await.unwrap();
+    let info = c.info().await.unwrap();
+    info.num_pending == 0 && info.num_ack_pending == 0
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn source_view(s: &Server) -> Value {
+    let r = s.get_auth("/v1/sources");
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["sources"][0].clone()
+}
+
+#[test]
+fn events_flow_from_the_raw_stream_to_the_output_stream() {
+    let Some(nats) = NatsServer::start("events_flow_from_the_raw_stream_to_the_output_stream") else { return };
+    let rt = runtime();
+    let js = rt.block_on(jetstream(&nats.url));
+    let (messages, per) = (200, 100);
+    rt.block_on(publish(&js, messages, per));
+    let s = Server::start_with(&config(&nats.url, 30_000), &[]);
+    let mut reader = rt.block_on(Reader::new(&js));
+    rt.block_on(reader.until(messages * per, Duration::from_secs(40)));
+    assert_eq!(reader.duplicates(), 0, "no crash, no duplicates");
+    wait_for("the raw consumer to settle", Duration::from_secs(10), || rt.block_on(raw_consumer_idle(&js)));
+
+    let view = source_view(&s);
+    assert_eq!(view["name"], "nats");
+    assert_eq!(view["state"], "running", "{view}");
+    assert_eq!(view["counters"]["acked"], messages, "{view}");
+    assert_eq!(view["counters"]["events"], messages * per, "{view}");
+    assert_eq!(view["counters"]["termed"], 0, "{view}");
+    let doc = s.metrics();
+    assert_eq!(doc["sources"][0]["counters"]["acked"], messages, "{doc}");
+    assert!(doc["sources"][0].get("settings").is_none(), "settings only with a key");
+    let m = s.get("/metrics").text;
+    assert!(m.contains(&format!("telemetry_source_acked_total{{source=\"nats\"}} {messages}")), "{m}");
+    assert!(m.contains("telemetry_source_running{source=\"nats\"} 1"), "{m}");
+    assert!(m.contains(&format!("telemetry_output_sent_total{{output=\"enriched\"}} {}", messages * per)), "{m}");
+}
+
+#[test]
+fn a_poison_message_is_termed_and_dead_lettered_once() {
+    let Some(nats) = NatsServer::start("a_poison_message_is_termed_and_dead_lettered_once") else { return };
+    let rt = runtime();
+    let js = rt.block_on(jetstream(&nats.url));
+    rt.block_on(publish(&js, 1, 10));
+    rt.block_on(async {
+        js.publish("raw.zeek", "this is not JSON".into()).await.unwrap().await.unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Enrichd-Format", "zeek.conn.v1");
+        let ndjson = "{\"ts\":1.0,\"uid\":\"N1\",\"id.orig_h\":\"10.0.0.1\",\"id.resp_h\":\"81.2.69.160\"}\n";
+        js.publish_with_headers("raw.zeek", headers, ndjson.into()).await.unwrap().await.unwrap();
+    });
+    // A short ack_wait: a poison message that were merely left unsettled
+    // would come back within the test.
+    let s = Server::start_with(&config(&nats.url, 500), &[]);
+    let mut reader = rt.block_on(Reader::new(&js));
+    rt.block_on(reader.until(11, Duration::from_secs(20)));
+    wait_for("the poison message to be termed", Duration::from_secs(10), || source_view(&s)["counters"]["termed"] == 1);
+    // Several ack_waits later: still once.
+    std::thread::sleep(Duration::from_millis(2000));
+    let view = source_view(&s);
+    assert_eq!(view["counters"]["messages"], 3, "{view}");
+    assert_eq!(view["counters"]["redelivered"], 0, "{view}");
+    assert_eq!(view["counters"]["termed"], 1, "{view}");
+    assert_eq!(view["counters"]["dead_lettered"], 1, "{view}");
+    assert!(rt.block_on(raw_consumer_idle(&js)));
+    let dead = s.get_auth("/v1/sources/nats/deadletter").json();
+    assert_eq!(dead["total"], 1, "{dead}");
+    let record = &dead["records"][0];
+    assert_eq!(record["event"]["origin"]["subject"], "raw.zeek", "{record}");
+    assert_eq!(record["event"]["origin"]["stream_seq"], 2, "{record}");
+    assert_eq!(record["event"]["body"], "this is not JSON", "{record}");
+    assert!(record["error"].as_str().unwrap().starts_with("invalid_json"), "{record}");
+    assert_eq!(reader.seen.get("N1"), Some(&1), "the NDJSON message with a format header");
+
+    // Reconciled on reload like `[[output]]`: a bad entry is refused whole
+    // (the source keeps running), a disabled one stops, its counters kept.
+    let path = s.dir.path().join("config.toml");
+    let reload = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        // SAFETY: kill(2) with the pid of the enrichd this test spawned.
+        unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    };
+    let good = config(&nats.url, 500);
+    reload(good.replace("batch = 32\n", "batch = 32\nmax_deliver = 0\n"));
+    wait_for("the refusal", Duration::from_secs(10), || {
+        s.get_auth("/v1/enrichers").json()["reload"]["last_config_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("[[source]]") && e.contains("max_deliver"))
+    });
+    assert_eq!(source_view(&s)["state"], "running", "keep-last-good");
+    reload(good.replace("batch = 32\n", "batch = 32\nenabled = false\n"));
+    wait_for("the source to stop", Duration::from_secs(10), || source_view(&s)["state"] == "disabled");
+    assert_eq!(source_view(&s)["counters"]["termed"], 1, "counters kept");
+    assert!(s.get("/metrics").text.contains("telemetry_source_enabled{source=\"nats\"} 0"));
+}
+
+#[test]
+fn kill_9_mid_load_loses_no_event() {
+    let Some(nats) = NatsServer::start("kill_9_mid_load_loses_no_event") else { return };
+    let rt = runtime();
+    let js = rt.block_on(jetstream(&nats.url));
+    let (messages, per) = (400, 50);
+    rt.block_on(publish(&js, 1, per));
+    let mut s = Server::start_with(&config(&nats.url, 2000), &[]);
+    let mut reader = rt.block_on(Reader::new(&js));
+    // Mid-load: the publisher still publishing, events on their way out.
+    let publisher = {
+        let js = js.clone();
+        rt.spawn(async move {
+            let mut acks = Vec::new();
+            for m in 1..messages {
+                acks.push(js.publish("raw.zeek", envelope(m * per, per).into()).await.unwrap());
+                if m % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            for ack in acks {
+                ack.await.expect("publish acknowledged");
+            }
+        })
+    };
+    rt.block_on(reader.until(1000, Duration::from_secs(30)));
+    let before = reader.seen.len();
+    s.restart(); // SIGKILL, then the same configuration and state directory
+    rt.block_on(publisher).unwrap();
+    rt.block_on(reader.until(messages * per, Duration::from_secs(40)));
+    wait_for("the raw consumer to settle", Duration::from_secs(15), || rt.block_on(raw_consumer_idle(&js)));
+    let duplicates = reader.duplicates();
+    eprintln!(
+        "kill -9 after {before} events: {} events, {duplicates} duplicates, in {} messages",
+        reader.seen.len(),
+        reader.messages
+    );
+    assert_eq!(reader.seen.len(), messages * per);
+}
+
+/// A full backlog (the output's server is down, its memory queue at its
+/// bound) makes the source give messages back and stop pulling; nothing
+/// is lost, and once the output's server is up every event arrives.
+#[test]
+fn backpressure_pauses_the_source_and_loses_nothing() {
+    let test = "backpressure_pauses_the_source_and_loses_nothing";
+    let Some(raw) = NatsServer::start(test) else { return };
+    let out_port = common::nats::free_port().unwrap();
+    let rt = runtime();
+    let js = rt.block_on(jetstream(&raw.url));
+    let (messages, per) = (40, 100);
+    rt.block_on(publish(&js, messages, per));
+    let text = config(&raw.url, 30_000)
+        .replace(
+            &format!("servers = [\"{}\"]\nsubject", raw.url),
+            &format!("servers = [\"nats://127.0.0.1:{out_port}\"]\nsubject"),
+        )
+        .replace(
+            "durability = \"spool\"",
+            "durability = \"memory\"\nqueue_max_events = 1000\nbackoff_max_ms = 300\ntimeout_ms = 500",
+        );
+    assert!(text.contains(&out_port.to_string()), "{text}");
+    let s = Server::start_with(&text, &[]);
+    wait_for("messages given back", Duration::from_secs(20), || {
+        source_view(&s)["counters"]["nacked"].as_u64().unwrap() > 0
+    });
+    let view = source_view(&s);
+    assert!(view["counters"]["events"].as_u64().unwrap() <= 1000, "at most the bound accepted: {view}");
+    assert!(!rt.block_on(raw_consumer_idle(&js)), "the rest waits in the stream");
+
+    let out = NatsServer::start_at(test, Some(out_port)).expect("found above");
+    let out_js = rt.block_on(jetstream(&out.url));
+    let mut reader = rt.block_on(Reader::new(&out_js));
+    rt.block_on(reader.until(messages * per, Duration::from_secs(40)));
+    assert_eq!(reader.duplicates(), 0);
+    wait_for("the raw consumer to settle", Duration::from_secs(10), || rt.block_on(raw_consumer_idle(&js)));
+    let view = source_view(&s);
+    assert_eq!(view["counters"]["acked"], messages, "{view}");
+    assert_eq!(view["counters"]["termed"], 0, "{view}");
+}
