@@ -111,6 +111,9 @@ enum Command {
     /// Check or try out a WebAssembly rule / enricher module.
     #[command(subcommand)]
     Rule(cli::rule::RuleCommand),
+    /// Make API keys for `[[auth.keys]]` (stored as their SHA-256).
+    #[command(subcommand)]
+    Key(cli::key::KeyCommand),
     /// Stream a sample of a running server's enriched events (`GET
     /// /v1/tap`), filtered, as NDJSON on standard output.
     Tap(cli::remote::TapArgs),
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
         Command::Enrich(args) => cli::enrich::enrich(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Rule(command) => cli::rule::run(command),
+        Command::Key(command) => cli::key::run(command),
         Command::Tap(args) => cli::remote::tap(args),
         Command::Top(args) => cli::remote::top(args),
         Command::Completions { shell } => {

@@ -4,8 +4,9 @@
 //!
 //! The engine reloads stages (see `enrichd_engine::live`); this module adds
 //! what only the service knows: the configuration file and its environment
-//! overrides. Chain, `[[output]]` and `[[source]]` entries apply live; `[server]`, `[auth]`, `[reload]` and `[profiles]`
-//! changes are reported as needing a restart, never silently ignored.
+//! overrides. Chain, `[[output]]`, `[[source]]` entries and `[auth]` keys
+//! apply live; `[server]`, `[reload]` and `[profiles]` changes are reported
+//! as needing a restart, never silently ignored.
 
 use std::path::PathBuf;
 
@@ -30,7 +31,7 @@ impl Actor {
 /// Reloads the configuration and every stage (`POST /v1/reload`, SIGHUP).
 pub(crate) fn reload_everything(state: &AppState, actor: Actor, key_id: Option<String>) -> Value {
     let before = content_hashes(state);
-    let config = reload_config(state);
+    let config = reload_config(state, actor, key_id.as_deref());
     let stages = state.engine.reload_all();
     let mut entry = AuditEntry::new(actor.kind, "reload", "all");
     entry.key_id = key_id.clone();
@@ -44,7 +45,10 @@ pub(crate) fn reload_everything(state: &AppState, actor: Actor, key_id: Option<S
 pub(crate) fn reload_changed(state: &AppState, changed: &[PathBuf]) -> Value {
     let before = content_hashes(state);
     let config_path = enrichd_engine::live::absolute(state.config.path());
-    let config = changed.iter().any(|p| enrichd_engine::live::absolute(p) == config_path).then(|| reload_config(state));
+    let config = changed
+        .iter()
+        .any(|p| enrichd_engine::live::absolute(p) == config_path)
+        .then(|| reload_config(state, Actor::WATCHER, None));
     let stages = state.engine.reload_paths(changed);
     audit_swaps(state, &before, &stages, Actor::WATCHER, None);
     finish(state, config.flatten(), stages)
@@ -102,6 +106,26 @@ fn audit_swaps(
     }
 }
 
+/// Swaps in the file's keys (rotation without a restart), audited by the
+/// keyring's fingerprint (a digest of digests: no key in the log).
+fn replace_keys(state: &AppState, config: &ServiceConfig, actor: Actor, key_id: Option<&str>) {
+    let keys = crate::service::Keyring::new(&config.auth, &|name| std::env::var(name).ok());
+    let before = state.keys.load().fingerprint();
+    let after = keys.fingerprint();
+    if before == after {
+        return;
+    }
+    let count = keys.len();
+    state.keys.store(std::sync::Arc::new(keys));
+    tracing::info!(keys = count, "API keys replaced");
+    let mut entry = AuditEntry::new(actor.kind, "keys_replaced", "auth");
+    entry.key_id = key_id.map(str::to_string);
+    entry.before_sha256 = Some(before);
+    entry.after_sha256 = Some(after);
+    entry.result = "ok".into();
+    state.audit.record(entry);
+}
+
 fn finish(state: &AppState, config: Option<Value>, stages: ReloadReport) -> Value {
     state.reload.update(|s| s.last_reload_at = Some(enrichd_engine::rfc3339(std::time::SystemTime::now())));
     let chain = state.engine.chain();
@@ -116,7 +140,7 @@ fn finish(state: &AppState, config: Option<Value>, stages: ReloadReport) -> Valu
 
 /// Re-reads the configuration file and applies its chain entries.
 /// `None` when the file did not change what the chain is built from.
-fn reload_config(state: &AppState) -> Option<Value> {
+fn reload_config(state: &AppState, actor: Actor, key_id: Option<&str>) -> Option<Value> {
     let loaded = ServiceConfig::load(state.config.path()).and_then(|mut c| {
         c.apply_env(state.engine.registry(), |name| std::env::var(name).ok())?;
         state.overrides.apply(&mut c);
@@ -144,9 +168,6 @@ fn reload_config(state: &AppState) -> Option<Value> {
     let running = &state.config;
     if config.server != running.server {
         needs_restart.push("server".to_string());
-    }
-    if config.auth != running.auth {
-        needs_restart.push("auth".to_string());
     }
     if config.reload != running.reload {
         needs_restart.push("reload".to_string());
@@ -189,6 +210,7 @@ fn reload_config(state: &AppState) -> Option<Value> {
             if !needs_restart.is_empty() {
                 tracing::warn!(sections = %needs_restart.join(","), "configuration changed in sections that apply only after a restart");
             }
+            replace_keys(state, &config, actor, key_id);
             state.reload.update(|s| {
                 s.config_reloads += 1;
                 s.last_config_error = None;

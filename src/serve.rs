@@ -36,7 +36,7 @@ pub(crate) fn run(config_path: &Path, listen: Option<String>) -> anyhow::Result<
     let mut state = AppState::new(Engine::new(chain, registry), config);
     state.overrides = overrides;
     let state = Arc::new(state);
-    if state.keys.is_empty() {
+    if state.keys.load().is_empty() {
         tracing::warn!(
             "no API key configured (auth.api_keys or env API_KEY): protected endpoints will refuse every request"
         );

@@ -26,32 +26,17 @@ use crate::reload;
 use crate::service::auth::KeyDigest;
 
 fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<KeyDigest, ApiError> {
-    if state.admin_keys.is_empty() {
+    if !state.keys.load().any_with(crate::service::Scope::Admin) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "admin_disabled",
-            "administrative endpoints are disabled: configure auth.admin_keys or ADMIN_API_KEY",
+            "administrative endpoints are disabled: configure a key with the admin scope \
+             (auth.admin_keys, ADMIN_API_KEY or [[auth.keys]])",
         ));
     }
-    admin_key(state, headers)
-}
-
-/// An admin key, or: 403 for a valid key of the wrong kind (the caller is
-/// known, the action is not theirs), 401 for no or an unknown key.
-pub(super) fn admin_key(state: &AppState, headers: &HeaderMap) -> Result<KeyDigest, ApiError> {
-    match state.admin_keys.check(headers) {
-        Ok(key) => Ok(key),
-        Err(refusal) => {
-            if state.keys.check(headers).is_ok() {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "admin_key_required",
-                    "this API key may not change configuration: use an admin key (auth.admin_keys or ADMIN_API_KEY)",
-                ));
-            }
-            Err(refusal.into())
-        }
-    }
+    // 403 for a valid key without the scope (the caller is known, the
+    // action is not theirs), 401 for no or an unknown key.
+    Ok(state.require(headers, crate::service::Scope::Admin)?)
 }
 
 /// Runs blocking reload work off the async threads.

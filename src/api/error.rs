@@ -23,6 +23,28 @@ impl From<crate::service::KeyRefusal> for ApiError {
     }
 }
 
+impl From<crate::service::auth::Refusal> for ApiError {
+    fn from(refusal: crate::service::auth::Refusal) -> Self {
+        use crate::service::auth::{Refusal, Scope};
+        match refusal {
+            Refusal::Key(refusal) => refusal.into(),
+            Refusal::Scope(s) => {
+                let scope = s.0;
+                let (code, detail) = match scope {
+                    Scope::Admin => (
+                        "admin_key_required",
+                        "this API key may not change configuration: use a key with the admin scope \
+                         (auth.admin_keys, ADMIN_API_KEY or [[auth.keys]])",
+                    ),
+                    Scope::Ingest => ("scope_required", "this API key may not send events: it lacks the ingest scope"),
+                    Scope::Read => ("scope_required", "this API key may not read this: it lacks the read scope"),
+                };
+                ApiError::new(StatusCode::FORBIDDEN, code, detail).with(json!({ "required_scope": scope.label() }))
+            }
+        }
+    }
+}
+
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         ApiError { status, code, detail: detail.into(), extra: Value::Null, retry_after: None }

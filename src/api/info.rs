@@ -51,7 +51,7 @@ pub(super) async fn health_details(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.keys.check(&headers)?;
+    state.require(&headers, crate::service::Scope::Read)?;
     let chain = state.engine.chain();
     let reports = chain.reports();
     let degraded = reports.iter().any(|r| r.enabled && r.status.state != PluginState::Loaded);
@@ -62,7 +62,7 @@ pub(super) async fn health_details(
 }
 
 pub(super) async fn enrichers(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    state.keys.check(&headers)?;
+    state.require(&headers, crate::service::Scope::Read)?;
     let chain = state.engine.chain();
     Ok(Json(chain_document(&state, &chain, chain.reports())))
 }
@@ -107,7 +107,7 @@ pub(super) async fn lookup(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    state.keys.check(&headers)?;
+    state.require(&headers, crate::service::Scope::Read)?;
     let body = super::body::read(&state, &headers, body).await?;
     let request: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("request body is not valid JSON: {e}")))?;

@@ -43,7 +43,7 @@ pub(super) async fn ingest(
 ) -> Result<Response, ApiError> {
     // Lag is measured from here: before the body is read.
     let arrived = Instant::now();
-    let key = state.keys.check(&headers)?;
+    let key = state.require(&headers, crate::service::Scope::Ingest)?;
     let query = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     // The request's own choice, else its key's (`[profiles] key_profiles`),
     // else the default.

@@ -23,10 +23,10 @@ use crate::metrics::{prometheus, report};
 /// valid key (output settings are shown only then, even on public metrics).
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<bool, ApiError> {
     if state.config.server.metrics_require_key {
-        state.keys.check(headers)?;
+        state.require(headers, crate::service::Scope::Read)?;
         return Ok(true);
     }
-    Ok(state.keys.check(headers).is_ok())
+    Ok(state.require(headers, crate::service::Scope::Read).is_ok())
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {

@@ -85,12 +85,7 @@ async fn common_headers(State(state): State<Arc<AppState>>, request: Request, ne
     let path = request.uri().path().to_owned();
     let started = std::time::Instant::now();
     // Only a key that is valid is named in the access log (by its id).
-    let key_id = state
-        .config
-        .server
-        .access_log
-        .then(|| state.keys.check(request.headers()).or_else(|_| state.admin_keys.check(request.headers())).ok())
-        .flatten();
+    let key_id = state.config.server.access_log.then(|| state.caller(request.headers())).flatten();
     let group = route_group(&path);
     let response = match rate_limited(&state, &request, group) {
         Some(refusal) => refusal.into_response(),
@@ -170,7 +165,7 @@ fn rate_limited(state: &AppState, request: &Request, group: RouteGroup) -> Optio
         return None;
     }
     let headers = request.headers();
-    let key = state.keys.check(headers).or_else(|_| state.admin_keys.check(headers)).ok();
+    let key = state.caller(headers);
     // Probes and scrapers are not held to an address's budget.
     let address = (!matches!(group, RouteGroup::Health | RouteGroup::Metrics))
         .then(|| request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()))

@@ -33,8 +33,10 @@ use crate::delivery::options::{valid_name, OutputSpec};
 /// Changing outputs takes an admin key, or any API key when no admin key
 /// is configured; the key's id, for the log of the change.
 fn check_write(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let key =
-        if state.admin_keys.is_empty() { state.keys.check(headers)? } else { super::admin::admin_key(state, headers)? };
+    use crate::service::Scope;
+    // Single-key deployments (no key with `admin`): any reading key.
+    let needed = if state.keys.load().any_with(Scope::Admin) { Scope::Admin } else { Scope::Read };
+    let key = state.require(headers, needed)?;
     Ok(key.id())
 }
 
@@ -47,7 +49,7 @@ fn checked_name(name: &str) -> Result<(), ApiError> {
 }
 
 pub(super) async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    state.keys.check(&headers)?;
+    state.require(&headers, crate::service::Scope::Read)?;
     let registry = state.engine.registry();
     let outputs = crate::delivery::views(&state.delivery, registry);
     let kinds: Vec<Value> = registry
@@ -62,7 +64,7 @@ pub(super) async fn show(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.keys.check(&headers)?;
+    state.require(&headers, crate::service::Scope::Read)?;
     checked_name(&name)?;
     let outputs = crate::delivery::views(&state.delivery, state.engine.registry());
     outputs
@@ -254,7 +256,7 @@ pub(super) async fn deadletter(
     query: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.keys.check(&headers)?;
+    state.require(&headers, crate::service::Scope::Read)?;
     checked_name(&name)?;
     let Query(page) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let lane = lane(&state, &name)?;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::{ApiError, AppState};
 
 pub(super) async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    state.keys.check(&headers)?;
+    state.require(&headers, crate::service::Scope::Read)?;
     let registry = state.engine.registry();
     let kinds: Vec<Value> =
         registry.sources().map(|f| json!({"type": f.kind(), "description": f.description()})).collect();
@@ -38,7 +38,7 @@ pub(super) async fn deadletter(
     query: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.keys.check(&headers)?;
+    state.require(&headers, crate::service::Scope::Read)?;
     let Query(page) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let lane = state
         .sources

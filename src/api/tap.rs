@@ -140,7 +140,7 @@ pub(super) async fn tap(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    state.keys.check(&headers)?;
+    state.require(&headers, crate::service::Scope::Read)?;
     let q = parse_query(raw.as_deref())?;
     let wants_sse = q.sse.unwrap_or_else(|| {
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"))

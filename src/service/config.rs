@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use enrichd_engine::config::Location;
 use enrichd_engine::{BuildEnv, ConfigError, Registry};
 use schemars::JsonSchema;
+
+pub(crate) use super::auth::AuthConfig;
 use serde::Deserialize;
 
 /// The whole configuration file: the service's sections and the engine's
@@ -133,6 +135,12 @@ impl ServiceConfig {
         }
         if let Some(key) = env("ADMIN_API_KEY").filter(|k| !k.is_empty()) {
             self.auth.admin_keys.push(key);
+        }
+        if let Some(problem) = self.auth.check(&env).into_iter().next() {
+            // Only on a refusal: read the file again for the line.
+            let text = std::fs::read_to_string(self.path()).unwrap_or_default();
+            let line = header_lines(&text, "[[auth.keys]]").first().copied();
+            return Err(ConfigError { location: Location { path: self.path().to_path_buf(), line }, message: problem });
         }
         self.engine.apply_env(registry, env)
     }
@@ -313,20 +321,6 @@ impl Default for ReloadConfig {
     fn default() -> Self {
         ReloadConfig { watch: true, debounce_ms: 100, generation_field: None }
     }
-}
-
-/// `[auth]`
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct AuthConfig {
-    /// Bearer tokens accepted on protected endpoints. The `API_KEY`
-    /// environment variable adds one. With no key at all, protected endpoints
-    /// refuse every request (fail closed).
-    pub api_keys: Vec<String>,
-    /// Bearer tokens accepted on administrative endpoints (`POST
-    /// /v1/reload`, `PUT`/`DELETE /v1/indicators`). The `ADMIN_API_KEY`
-    /// environment variable adds one. Ordinary keys are not admin keys.
-    pub admin_keys: Vec<String>,
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::time::Instant;
 use axum::http::HeaderValue;
 use enrichd_engine::{Engine, Limits, Pipeline};
 
-pub(crate) use auth::{ApiKeys, KeyRefusal};
+pub(crate) use auth::{KeyRefusal, Keyring, Scope};
 pub(crate) use config::ServiceConfig;
 pub(crate) use reload_state::{CliOverrides, ReloadStatus};
 
@@ -32,9 +32,9 @@ use crate::metrics::Metrics;
 pub(crate) struct AppState {
     pub engine: Engine,
     pub config: ServiceConfig,
-    pub keys: ApiKeys,
-    /// Keys for administrative calls (reload, indicators).
-    pub admin_keys: ApiKeys,
+    /// Every API key with its scopes; replaced whole on reload (keys
+    /// rotate without a restart).
+    pub keys: arc_swap::ArcSwap<Keyring>,
     pub metrics: Arc<Metrics>,
     /// Per-key and per-address request limits (`[server] rate_limit_*`).
     pub rate_limits: crate::ratelimit::RateLimits,
@@ -69,8 +69,7 @@ pub(crate) struct AppState {
 
 impl AppState {
     pub(crate) fn new(engine: Engine, config: ServiceConfig) -> Self {
-        let keys = ApiKeys::new(&config.auth.api_keys);
-        let admin_keys = ApiKeys::new(&config.auth.admin_keys);
+        let keys = arc_swap::ArcSwap::from_pointee(Keyring::new(&config.auth, &|name| std::env::var(name).ok()));
         let api_version =
             HeaderValue::from_str(&config.server.api_version).unwrap_or(HeaderValue::from_static("1.0.0"));
         let metrics = Arc::new(Metrics::default());
@@ -99,7 +98,6 @@ impl AppState {
             engine,
             config,
             keys,
-            admin_keys,
             metrics,
             audit: crate::audit::Audit::new(&state_dir),
             rate_limits,
@@ -115,6 +113,22 @@ impl AppState {
             shutdown: tokio::sync::watch::Sender::new(false),
             api_version,
         }
+    }
+}
+
+impl AppState {
+    /// The caller's key if it holds `scope` (401 / 403 otherwise).
+    pub(crate) fn require(
+        &self,
+        headers: &axum::http::HeaderMap,
+        scope: Scope,
+    ) -> Result<auth::KeyDigest, auth::Refusal> {
+        self.keys.load().require(headers, scope)
+    }
+
+    /// The caller's key if it is valid, whatever its scopes.
+    pub(crate) fn caller(&self, headers: &axum::http::HeaderMap) -> Option<auth::KeyDigest> {
+        self.keys.load().check(headers).ok()
     }
 }
 
