@@ -169,3 +169,102 @@ fn guest_text_cannot_forge_log_lines() {
     assert!(!out.status.success() && stderr.contains(r"env.x\n2026-01-01"), "{stderr}");
     assert!(!stderr.lines().any(|l| l.starts_with("2026-01-01")), "{stderr}");
 }
+
+/// Runs a command; panics with its stderr unless it succeeds.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Issue 13 point 4: with `require_signature` a module loads only when
+/// signed by a trusted key. Keys and one signature come from OpenSSL, so
+/// the formats are checked against an outside implementation both ways.
+#[test]
+fn only_modules_signed_by_a_trusted_key_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    run(Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(p("team.pem")));
+    run(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(p("team.pem")).arg("-out").arg(p("team.pub.pem")));
+    std::fs::copy(repo().join("rules/risk.wasm"), p("rule.wasm")).unwrap();
+    // OpenSSL signs (raw 64 bytes); enrichd verifies.
+    run(Command::new("openssl")
+        .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+        .arg(p("team.pem"))
+        .arg("-in")
+        .arg(p("rule.wasm"))
+        .arg("-out")
+        .arg(p("rule.wasm.sig")));
+    assert!(
+        run(bin().args(["rule", "verify"]).arg(p("rule.wasm")).arg("--key").arg(p("team.pub.pem"))).starts_with("ok")
+    );
+    // An enrichd key pair does not verify what the team's key signed.
+    run(bin().args(["rule", "keygen"]).arg(p("other")));
+    let refused =
+        bin().args(["rule", "verify"]).arg(p("rule.wasm")).arg("--key").arg(p("other.pub.pem")).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not match"));
+
+    let config = format!(
+        "[auth]\napi_keys = [\"{key}\"]\nadmin_keys = [\"admin-1\"]\n[reload]\nwatch = false\n\n\
+         [[chain]]\nplugin = \"wasm\"\nname = \"risk\"\nmodule = \"rule.wasm\"\nrequire_signature = true\n\
+         trusted_keys = [\"team.pub.pem\"]\n",
+        key = common::KEY
+    );
+    std::fs::write(p("config.toml"), config).unwrap();
+    let s = Server::start_file(&p("config.toml"), &[], dir);
+    let p = |name: &str| s.dir.path().join(name);
+    let event =
+        json!([{"src_ip": "10.0.0.1", "dst_ip": "8.8.8.8", "src_port": 80, "dst_port": 23, "bytes": 4_000_000}]);
+    let score = |s: &Server| s.ingest("flows.v1", event.clone()).json()["records"][0]["risk_score"].clone();
+    assert_eq!(score(&s), 20);
+    let stage = |s: &Server| s.get_auth("/v1/enrichers").json()["enrichers"][0].clone();
+    let signed_by = stage(&s)["details"]["signature"]["signed_by"].as_str().expect("signed_by").to_string();
+    assert_eq!(signed_by.len(), 12);
+    let reload = |s: &Server| {
+        let mut resp = common::agent()
+            .post(&s.url("/v1/reload"))
+            .header("Authorization", "Bearer admin-1")
+            .send_empty()
+            .expect("reload");
+        let text = resp.body_mut().read_to_string().unwrap();
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+
+    // Another module dropped in its place, the old signature beside it:
+    // refused, the signed one keeps scoring.
+    std::fs::copy(repo().join("rules/examples/admin_ports.wasm"), p("rule.wasm")).unwrap();
+    let r = reload(&s);
+    assert_eq!(r["stages"][0]["outcome"], "rejected", "{r}");
+    assert!(r["stages"][0]["error"].as_str().unwrap().contains("does not match"), "{r}");
+    assert_eq!(score(&s), 20, "the last good module still scores");
+    // Unsigned: refused the same way.
+    std::fs::remove_file(p("rule.wasm.sig")).unwrap();
+    let r = reload(&s);
+    assert!(r["stages"][0]["error"].as_str().unwrap().contains("unsigned"), "{r}");
+    assert_eq!(score(&s), 20);
+
+    // Signed by enrichd with the team's OpenSSL key: it goes live. OpenSSL
+    // agrees the signature is good.
+    run(bin().args(["rule", "sign"]).arg(p("rule.wasm")).arg("--key").arg(p("team.pem")));
+    let sig = std::fs::read_to_string(p("rule.wasm.sig")).unwrap();
+    let raw = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(sig.trim()).unwrap()
+    };
+    std::fs::write(p("raw.sig"), raw).unwrap();
+    let verified = run(Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+        .arg(p("team.pub.pem"))
+        .arg("-in")
+        .arg(p("rule.wasm"))
+        .arg("-sigfile")
+        .arg(p("raw.sig")));
+    assert!(verified.contains("Signature Verified Successfully"), "{verified}");
+    let r = reload(&s);
+    assert_eq!(r["stages"][0]["outcome"], "reloaded", "{r}");
+    let now = stage(&s);
+    let expected_sha = run(Command::new("sha256sum").arg(p("rule.wasm")));
+    assert_eq!(now["sources"][0]["sha256"].as_str().unwrap(), expected_sha.split_whitespace().next().unwrap());
+    assert_eq!(now["details"]["signature"]["signed_by"], signed_by.as_str());
+}

@@ -1,5 +1,7 @@
 //! `enrichd rule check` / `enrichd rule test`: how a team checks a module
-//! before dropping it into production.
+//! before dropping it into production; `keygen` / `sign` / `verify`: how it
+//! signs one for stages with `require_signature` (formats: OpenSSL's, see
+//! `enrichd_wasm::signature`).
 
 use std::path::PathBuf;
 
@@ -49,10 +51,79 @@ pub(crate) enum RuleCommand {
         #[arg(long)]
         ti: Option<PathBuf>,
     },
+    /// Make an Ed25519 key pair for signing modules: PREFIX.pem (private,
+    /// 0600; keep it off the servers) and PREFIX.pub.pem (for a stage's
+    /// `trusted_keys`).
+    Keygen {
+        /// Path prefix of the two files.
+        prefix: PathBuf,
+    },
+    /// Sign a module: writes MODULE.sig (base64 Ed25519 signature).
+    Sign {
+        module: PathBuf,
+        /// The private key (PEM PKCS#8, from `rule keygen` or `openssl
+        /// genpkey -algorithm ed25519`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check MODULE.sig against trusted public keys, as a stage would;
+    /// exit 1 when it does not verify.
+    Verify {
+        module: PathBuf,
+        /// A trusted public key (PEM); repeat the flag for several.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+    },
+}
+
+fn keygen(prefix: PathBuf) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).context("reading the system's random source")?;
+    let (private, public) = enrichd_wasm::signature::keypair_pem(seed)?;
+    let private_path = prefix.with_extension("pem");
+    let public_path = prefix.with_extension("pub.pem");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&private_path)
+        .and_then(|mut f| f.write_all(private.as_bytes()))
+        .with_context(|| format!("writing {} (an existing key is never replaced)", private_path.display()))?;
+    std::fs::write(&public_path, public).with_context(|| format!("writing {}", public_path.display()))?;
+    println!("private key: {} (sign with it; keep it off the servers)", private_path.display());
+    println!("public key:  {} (list it in the stage's trusted_keys)", public_path.display());
+    Ok(())
+}
+
+fn sign(module: PathBuf, key: PathBuf) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
+    let pem = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
+    let signature = enrichd_wasm::signature::sign(&bytes, &pem).with_context(|| format!("{}", key.display()))?;
+    let sig_path = enrichd_wasm::signature::signature_path(&module);
+    // Written beside and renamed, so a watching server never reads half.
+    let staged = sig_path.with_extension("sig.tmp");
+    std::fs::write(&staged, format!("{signature}\n")).with_context(|| format!("writing {}", staged.display()))?;
+    std::fs::rename(&staged, &sig_path).with_context(|| format!("writing {}", sig_path.display()))?;
+    println!("{}", sig_path.display());
+    Ok(())
+}
+
+fn verify(module: PathBuf, keys: Vec<PathBuf>) -> anyhow::Result<()> {
+    use enrichd_wasm::signature;
+    let bytes = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
+    let trusted = keys.iter().map(|k| signature::TrustedKey::load(k)).collect::<anyhow::Result<Vec<_>>>()?;
+    let id = signature::verify(&bytes, &signature::signature_path(&module), &trusted)?;
+    println!("ok: signed by key {id}");
+    Ok(())
 }
 
 pub(crate) fn run(command: RuleCommand) -> anyhow::Result<()> {
     match command {
+        RuleCommand::Keygen { prefix } => keygen(prefix),
+        RuleCommand::Sign { module, key } => sign(module, key),
+        RuleCommand::Verify { module, keys } => verify(module, keys),
         RuleCommand::Check { module, memory_limit_mib, deadline_ms } => {
             let options: enrichd_wasm::WasmOptions = toml::from_str(&format!(
                 "module = {:?}\nmemory_limit_mib = {memory_limit_mib}\ndeadline_ms = {deadline_ms}\n",

@@ -122,6 +122,8 @@ pub struct WasmEnricher {
     stats: ModuleStats,
     breaker: CircuitBreaker,
     slots: ThreadLocal<RefCell<ThreadSlot>>,
+    /// The signing policy and who signed the module (`None`: no policy).
+    signing: Option<crate::signature::Signing>,
 }
 
 /// What `enrichd rule check` reports about a module.
@@ -278,6 +280,7 @@ impl WasmEnricher {
             stats: ModuleStats::default(),
             breaker: CircuitBreaker::new(options.breaker_failures, Duration::from_secs(options.breaker_window_s)),
             slots: ThreadLocal::new(),
+            signing: None,
         };
         let bytes = match read_module(&path, module_size_limit(&options)) {
             Ok(b) => b,
@@ -288,6 +291,10 @@ impl WasmEnricher {
             }
             Err(e) => return Err(e).with_context(|| format!("reading WASM module {}", path.display())),
         };
+        // Before compiling: a refused module never reaches wasmtime.
+        let key_paths = options.trusted_keys.iter().map(|p| ctx.resolve_path(p)).collect();
+        enricher.signing = crate::signature::Signing::check(options.require_signature, key_paths, &path, &bytes)
+            .with_context(|| format!("WASM module {}", path.display()))?;
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let module = runtime::compile(&bytes, sha, ctx.state_dir())
             .with_context(|| format!("WASM module {}", path.display()))?;
@@ -724,8 +731,17 @@ impl Enricher for WasmEnricher {
         details["memory_limit_mib"] = (self.limits.memory_bytes >> 20).into();
         details["table_limit_elements"] = self.limits.table_elements.into();
         details["log_lines_dropped"] = self.logs.dropped.load(std::sync::atomic::Ordering::Relaxed).into();
+        if let Some(signing) = &self.signing {
+            details["signature"] = signing.to_json();
+        }
         status.details = details;
         status
+    }
+
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.path.clone()];
+        paths.extend(self.signing.iter().flat_map(|s| s.watch_paths()));
+        paths
     }
 }
 

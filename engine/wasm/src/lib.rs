@@ -32,6 +32,7 @@ mod host;
 mod limits;
 mod options;
 pub mod runtime;
+pub mod signature;
 mod stats;
 mod text;
 

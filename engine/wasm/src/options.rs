@@ -73,6 +73,19 @@ pub struct WasmOptions {
     /// longer count.
     #[serde(default = "default_breaker_window_s")]
     pub breaker_window_s: u64,
+    /// Load the module only with a valid Ed25519 signature by one of
+    /// `trusted_keys` in `<module>.sig` (raw 64 bytes or base64, as
+    /// `openssl pkeyutl -sign -rawin` or `enrichd rule sign` write it).
+    /// Unsigned or tampered modules are refused; the stage keeps its last
+    /// good module.
+    #[serde(default)]
+    pub require_signature: bool,
+    /// Ed25519 public keys (PEM, as `openssl pkey -pubout` or `enrichd rule
+    /// keygen` write them) whose signatures this stage accepts. With keys
+    /// set, a `.sig` that is present must verify even when signatures are
+    /// not required.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 fn default_deadline_ms() -> u64 {
