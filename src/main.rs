@@ -19,6 +19,7 @@ mod serve;
 mod server;
 mod service;
 mod tap;
+mod tls;
 mod watch;
 
 use std::path::PathBuf;

@@ -73,6 +73,11 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     crate::service::sources::reconcile(&state)
         .await
         .map_err(|e| anyhow::anyhow!("{}: sources: {e}", state.config.path().display()))?;
+    let tls = match state.config.tls_files() {
+        Some(files) => Some(crate::tls::Tls::load(files).context("[server] TLS")?),
+        None => None,
+    };
+    state.tls.set(tls.clone()).ok();
     let listen = state.config.server.listen.clone();
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding the listen address {listen}"))?;
@@ -80,7 +85,8 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     // and tests read it from this line.
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, "enrichd listening");
-    println!("enrichd listening on http://{bound}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("enrichd listening on {scheme}://{bound}");
     // Rolls the metric windows and drains the ingest shards every second,
     // so memory stays bounded and windows move without readers.
     let ticker = state.clone();
@@ -92,6 +98,9 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
             // Bounded but not tiny work (merging summaries): off the I/O threads.
             let state = ticker.clone();
             let _ = tokio::task::spawn_blocking(move || state.metrics.tick()).await;
+            if let Some(tls) = ticker.tls.get().cloned().flatten() {
+                let _ = tokio::task::spawn_blocking(move || tls.refresh()).await;
+            }
             if ticker.rate_limits.enabled() && ticks_since_start.is_multiple_of(60) {
                 ticker.rate_limits.forget_idle();
             }
@@ -107,7 +116,7 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(state.clone()));
     let limits = connection_limits(&state.config.server)?;
-    server::serve(listener, api::router(state.clone()), limits, shutdown).await;
+    server::serve(listener, api::router(state.clone()), limits, tls, shutdown).await;
     // Sources stop taking messages (what they had not acknowledged is
     // redelivered by their broker) before the outputs flush.
     state.sources.shutdown().await;

@@ -65,6 +65,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<Arc<crate::tls::Tls>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let server = Arc::new(Server {
@@ -112,6 +113,7 @@ pub(crate) async fn serve(
         let http = http.clone();
         let router = router.clone();
         let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
             // Over the cap: the evicted connection hands its permit over (a
             // plain wait on the semaphore could lose it to a later arrival).
@@ -123,32 +125,20 @@ pub(crate) async fn serve(
                 },
             };
             let conn = server.register();
-            let io = TokioIo::new(Tracked { inner: stream, conn: conn.clone(), epoch: server.epoch });
-            let service = {
-                let conn = conn.clone();
-                let epoch = server.epoch;
-                hyper::service::service_fn(move |mut request: axum::http::Request<Incoming>| {
-                    let guard = InFlight::enter(conn.clone(), epoch);
-                    let mut router = router.clone();
-                    // The client's address, for per-address limits and logs.
-                    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                    async move {
-                        let response = router.call(request.map(Body::new)).await?;
-                        // The request counts as in flight until its
-                        // response body is done (or dropped).
-                        Ok::<_, std::convert::Infallible>(response.map(move |body| {
-                            body.map_frame(move |frame| {
-                                let _in_flight = &guard;
-                                frame
-                            })
-                        }))
+            match &tls {
+                None => serve_connection(stream, conn.clone(), peer, &server, &http, router, watcher).await,
+                Some(tls) => {
+                    // The handshake is part of the request head's time: a
+                    // client that stalls in it is cut off like a slow head.
+                    let acceptor = tls.acceptor();
+                    match tokio::time::timeout(server.limits.header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, conn.clone(), peer, &server, &http, router, watcher).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                })
-            };
-            let connection = watcher.watch(http.serve_connection(io, service));
-            tokio::select! {
-                _ = connection => {}
-                () = watchdog(&conn, server.limits, server.epoch) => {}
+                }
             }
             server.unregister(conn.id);
             let handoff = conn.handoff.lock().expect("handoff").take();
@@ -160,6 +150,48 @@ pub(crate) async fn serve(
     drop(listener);
     tracing::info!(connections = graceful.count(), "no longer accepting; waiting for requests in flight");
     graceful.shutdown().await;
+}
+
+/// Serves HTTP/1.1 on one accepted (and, with TLS, handshaken) connection
+/// until it closes or the watchdog cuts it off.
+async fn serve_connection<S>(
+    stream: S,
+    conn: Arc<Conn>,
+    peer: std::net::SocketAddr,
+    server: &Server,
+    http: &hyper::server::conn::http1::Builder,
+    router: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(Tracked { inner: stream, conn: conn.clone(), epoch: server.epoch });
+    let service = {
+        let conn = conn.clone();
+        let epoch = server.epoch;
+        hyper::service::service_fn(move |mut request: axum::http::Request<Incoming>| {
+            let guard = InFlight::enter(conn.clone(), epoch);
+            let mut router = router.clone();
+            // The client's address, for per-address limits and logs.
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            async move {
+                let response = router.call(request.map(Body::new)).await?;
+                // The request counts as in flight until its
+                // response body is done (or dropped).
+                Ok::<_, std::convert::Infallible>(response.map(move |body| {
+                    body.map_frame(move |frame| {
+                        let _in_flight = &guard;
+                        frame
+                    })
+                }))
+            }
+        })
+    };
+    let connection = watcher.watch(http.serve_connection(io, service));
+    tokio::select! {
+        _ = connection => {}
+        () = watchdog(&conn, server.limits, server.epoch) => {}
+    }
 }
 
 struct Server {
@@ -306,13 +338,13 @@ impl Drop for InFlight {
 }
 
 /// The socket, noting when a request head starts arriving.
-struct Tracked {
-    inner: TcpStream,
+struct Tracked<S> {
+    inner: S,
     conn: Arc<Conn>,
     epoch: Instant,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -326,7 +358,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

@@ -58,6 +58,9 @@ pub(super) async fn health_details(
     let mut doc = chain_document(&state, &chain, reports);
     doc["status"] = (if degraded { "degraded" } else { "ok" }).into();
     doc["uptime_s"] = state.started.elapsed().as_secs_f64().into();
+    if let Some(tls) = state.tls.get().cloned().flatten() {
+        doc["tls"] = tls.status();
+    }
     Ok(Json(doc))
 }
 

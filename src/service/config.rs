@@ -110,6 +110,12 @@ impl ServiceConfig {
                 message: format!("[server] listen: {message}"),
             });
         }
+        if let Err(message) = check_tls(&sections.server) {
+            return Err(ConfigError {
+                location: Location { path: path.to_path_buf(), line: header_lines(text, "[server]").first().copied() },
+                message: format!("[server] {message}"),
+            });
+        }
         let sources = source_entries(sections.source, text, path)?;
         Ok(ServiceConfig {
             sources,
@@ -143,6 +149,18 @@ impl ServiceConfig {
             return Err(ConfigError { location: Location { path: self.path().to_path_buf(), line }, message: problem });
         }
         self.engine.apply_env(registry, env)
+    }
+
+    /// `[server]`'s TLS files resolved against the file's directory, when
+    /// TLS is on.
+    pub(crate) fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        let server = &self.server;
+        Some(crate::tls::TlsFiles {
+            cert: self.engine.resolve(server.tls_cert.as_ref()?),
+            key: self.engine.resolve(server.tls_key.as_ref()?),
+            client_ca: server.tls_client_ca.as_ref().map(|p| self.engine.resolve(p)),
+            client_auth: server.tls_client_auth,
+        })
     }
 
     /// The file's path.
@@ -275,6 +293,19 @@ pub(crate) struct ServerConfig {
     pub rate_limit_per_address: u32,
     /// Burst allowed above the rates, in seconds' worth of requests.
     pub rate_limit_burst_s: u32,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first; relative
+    /// to this file). Replaced files are picked up within a second, no
+    /// restart; a pair that does not load is refused and the running one
+    /// stays.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// Verify client certificates against these CAs (PEM): mutual TLS for
+    /// collectors. Needs `tls_cert`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// With `tls_client_ca`: `required` (no certificate, no connection) or
+    /// `optional` (verified when presented).
+    pub tls_client_auth: crate::tls::ClientAuth,
 }
 
 impl Default for ServerConfig {
@@ -297,6 +328,10 @@ impl Default for ServerConfig {
             rate_limit_per_key: 0,
             rate_limit_per_address: 0,
             rate_limit_burst_s: 2,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_client_auth: crate::tls::ClientAuth::Required,
         }
     }
 }
@@ -521,6 +556,17 @@ pub(crate) fn check_listen(listen: &str) -> Result<(), String> {
 }
 
 /// Line of `key = ...` in `table` (`[server]`), for messages.
+/// The TLS keys come together: a certificate needs its key, client
+/// verification needs a certificate.
+fn check_tls(server: &ServerConfig) -> Result<(), String> {
+    match (&server.tls_cert, &server.tls_key, &server.tls_client_ca) {
+        (Some(_), None, _) => Err("tls_cert is set without tls_key".into()),
+        (None, Some(_), _) => Err("tls_key is set without tls_cert".into()),
+        (None, None, Some(_)) => Err("tls_client_ca needs tls_cert and tls_key (client certificates need TLS)".into()),
+        _ => Ok(()),
+    }
+}
+
 fn key_line(text: &str, table: &str, key: &str) -> Option<usize> {
     let mut in_table = false;
     for (i, line) in text.lines().enumerate() {

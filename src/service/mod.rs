@@ -38,6 +38,9 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     /// Per-key and per-address request limits (`[server] rate_limit_*`).
     pub rate_limits: crate::ratelimit::RateLimits,
+    /// The API's TLS configuration, when `[server] tls_cert` is set (set
+    /// once at start).
+    pub tls: std::sync::OnceLock<Option<Arc<crate::tls::Tls>>>,
     /// Who changed what (`state/audit.jsonl`, `GET /v1/audit`).
     pub audit: crate::audit::Audit,
     /// Watchers of the live stream (`GET /v1/tap`).
@@ -101,6 +104,7 @@ impl AppState {
             metrics,
             audit: crate::audit::Audit::new(&state_dir),
             rate_limits,
+            tls: std::sync::OnceLock::new(),
             tap,
             pipeline,
             reload: ReloadStatus::default(),
