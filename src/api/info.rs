@@ -29,6 +29,7 @@ pub(super) async fn index(State(state): State<Arc<AppState>>) -> Json<Value> {
         "/v1/outputs",
         "/v1/outputs/test",
         "/v1/reload",
+        "/v1/openapi.json",
     ]
     .map(String::from)
     .into();
@@ -37,6 +38,7 @@ pub(super) async fn index(State(state): State<Arc<AppState>>) -> Json<Value> {
         "service": "enrichd",
         "version": env!("CARGO_PKG_VERSION"),
         "dashboard": "/",
+        "openapi": "/v1/openapi.json",
         "api": api,
     }))
 }

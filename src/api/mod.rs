@@ -13,6 +13,7 @@ mod error;
 mod info;
 mod ingest;
 mod live;
+mod openapi;
 mod outputs;
 mod sources;
 mod tap;
@@ -24,7 +25,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Json, Router};
 
 pub(crate) use crate::service::AppState;
 pub(crate) use error::ApiError;
@@ -44,6 +45,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/version", get(info::version))
         .route("/v1/schema", get(info::schema_index))
         .route("/v1/schema/{name}", get(info::schema_document))
+        .route(
+            "/v1/openapi.json",
+            get(|State(state): State<Arc<AppState>>| async move { Json(openapi::document(&state)) }),
+        )
         .route("/v1/metrics", get(live::metrics))
         .route("/v1/stream", get(live::stream))
         .route("/v1/tap", get(tap::tap))
