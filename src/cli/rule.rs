@@ -60,6 +60,7 @@ pub(crate) enum RuleCommand {
     },
     /// Sign a module: writes MODULE.sig (base64 Ed25519 signature).
     Sign {
+        /// The module to sign (`.wasm`).
         module: PathBuf,
         /// The private key (PEM PKCS#8, from `rule keygen` or `openssl
         /// genpkey -algorithm ed25519`).
@@ -69,6 +70,7 @@ pub(crate) enum RuleCommand {
     /// Check MODULE.sig against trusted public keys, as a stage would;
     /// exit 1 when it does not verify.
     Verify {
+        /// The module whose `.sig` is checked.
         module: PathBuf,
         /// A trusted public key (PEM); repeat the flag for several.
         #[arg(long = "key", required = true)]
