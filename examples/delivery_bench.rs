@@ -22,9 +22,10 @@
 //! spool+async,...` picks the runs (`+async`: `?mode=async`, no records
 //! in the answer).
 
-use std::io::{BufRead, BufReader};
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -136,7 +137,7 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
         format!("[auth]\napi_keys = [\"{KEY}\"]\n[server]\nmax_records = 10000\n{output}{}", chain(repo)),
     )
     .unwrap();
-    let (mut child, base) = spawn(bin, &config);
+    let (mut child, base) = support::spawn(bin, &config);
     let before = receiver.count.load(Relaxed);
     let bytes_before = receiver.bytes.load(Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
@@ -177,7 +178,7 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
         t.join().unwrap();
     }
     let load = started.elapsed();
-    let rss_kib = rss(child.id());
+    let rss_kib = support::rss_kib(child.id());
     let accepted = accepted.load(Relaxed);
     if durability != "none" {
         while receiver.count.load(Relaxed) - before < accepted {
@@ -253,36 +254,6 @@ fn batch_body() -> Vec<u8> {
         })
         .collect();
     serde_json::to_vec(&json!({"collector_id": "bench", "format": "zeek.conn.v1", "records": records})).unwrap()
-}
-
-fn spawn(bin: &Path, config: &Path) -> (Child, String) {
-    let mut child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("ENRICHD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn enrichd");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines.next().expect("enrichd exited").unwrap();
-        if let Some(addr) = line.strip_prefix("enrichd listening on ") {
-            break addr.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, base)
-}
-
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A minimal `_bulk` endpoint: counts action/source pairs, answers every

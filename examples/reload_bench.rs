@@ -13,10 +13,11 @@
 //! (defaults: 1,000,000 generated indicators; `../shared/testdata/ti`
 //! when present, whose real lists are reloaded the same way).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -92,10 +93,10 @@ fn run_case(bin: &Path, dir: &Path, label: &str, feed: &Path, next: &[u8]) {
     )
     .unwrap();
     let load_started = Instant::now();
-    let (mut child, base) = spawn(bin, &config);
+    let (mut child, base) = support::spawn(bin, &config);
     println!("[{label}] server up (initial load included) in {:?}", load_started.elapsed());
     let pid = child.id();
-    let rss_before = rss(pid);
+    let rss_before = support::rss_kib(pid);
 
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
@@ -124,7 +125,7 @@ fn run_case(bin: &Path, dir: &Path, label: &str, feed: &Path, next: &[u8]) {
         let (stop, peak) = (stop.clone(), peak.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let r = rss(pid);
+                let r = support::rss_kib(pid);
                 let mut p = peak.lock().unwrap();
                 *p = (*p).max(r);
                 drop(p);
@@ -157,7 +158,7 @@ fn run_case(bin: &Path, dir: &Path, label: &str, feed: &Path, next: &[u8]) {
     stop.store(true, Ordering::Relaxed);
     client.join().unwrap();
     sampler.join().unwrap();
-    let rss_after = rss(pid);
+    let rss_after = support::rss_kib(pid);
 
     let samples = samples.lock().unwrap();
     let steady: Vec<Duration> = samples.iter().filter(|(t, _)| *t < written).map(|s| s.1).collect();
@@ -170,8 +171,8 @@ fn run_case(bin: &Path, dir: &Path, label: &str, feed: &Path, next: &[u8]) {
         *peak.lock().unwrap() >> 10,
         rss_after >> 10
     );
-    let (s50, s99) = (pct(&steady, 0.50), pct(&steady, 0.99));
-    let (d50, d99) = (pct(&during, 0.50), pct(&during, 0.99));
+    let (s50, s99) = (support::pct(&steady, 0.50), support::pct(&steady, 0.99));
+    let (d50, d99) = (support::pct(&during, 0.50), support::pct(&during, 0.99));
     println!("[{label}] ingest latency steady  ({} requests): p50 {s50:.2} ms, p99 {s99:.2} ms", steady.len());
     println!(
         "[{label}] ingest latency reloading ({} requests): p50 {d50:.2} ms, p99 {d99:.2} ms ({:.1}x steady p99)",
@@ -191,46 +192,4 @@ fn batch(n: usize) -> Value {
         })
         .collect();
     json!({"collector_id": "bench", "format": "flows.v1", "records": records})
-}
-
-fn pct(samples: &[Duration], q: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    let mut v: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
-/// Resident set size of `pid`, KiB.
-fn rss(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn spawn(bin: &Path, config: &Path) -> (Child, String) {
-    let mut child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn enrichd");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines.next().expect("enrichd exited").unwrap();
-        if let Some(addr) = line.strip_prefix("enrichd listening on ") {
-            break addr.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let _ = std::io::stdout().flush();
-    (child, base)
 }

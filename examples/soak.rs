@@ -16,11 +16,13 @@
 //! `SOAK_LOAD` (0.5 of the calibrated maximum), `SOAK_BIN`
 //! (target/release/enrichd), `SOAK_CSV` (a file for the samples).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -85,7 +87,7 @@ fn main() {
         asn = repo.join("tests/data/maxmind/GeoLite2-ASN-Test.mmdb").display(),
     );
     fs::write(d.join("config.toml"), config).unwrap();
-    let (mut child, base) = spawn(&bin, &d.join("config.toml"));
+    let (mut child, base) = support::spawn(&bin, &d.join("config.toml"));
     let pid = child.id();
     let addr = base.trim_start_matches("http://").to_string();
     let body = Arc::new(batch().to_string());
@@ -130,8 +132,8 @@ fn main() {
         std::thread::sleep(Duration::from_secs(10).min(Duration::from_secs(seconds).saturating_sub(started.elapsed())));
         let window = std::mem::take(&mut *counters.latencies.lock().unwrap());
         let t = started.elapsed().as_secs_f64();
-        let (rss, fds) = (rss_mib(pid), fds(pid));
-        let (p50, p99) = (pct(&window, 0.5), pct(&window, 0.99));
+        let (rss, fds) = (support::rss_kib(pid) as f64 / 1024.0, fds(pid));
+        let (p50, p99) = (support::pct(&window, 0.5), support::pct(&window, 0.99));
         let row = format!(
             "{t:.0},{rss:.1},{fds},{},{},{},{},{},{},{p50:.2},{p99:.2}",
             counters.requests.load(Relaxed),
@@ -371,24 +373,6 @@ fn batch() -> Value {
     json!({"collector_id": "soak", "format": "flows.v1", "records": records})
 }
 
-fn pct(samples: &[Duration], q: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    let mut v: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 fn fds(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -402,26 +386,4 @@ fn raise_fd_limit(want: u64) {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
-}
-
-fn spawn(bin: &Path, config: &Path) -> (Child, String) {
-    let mut child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("ENRICHD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn enrichd");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines.next().expect("enrichd exited").unwrap();
-        if let Some(addr) = line.strip_prefix("enrichd listening on ") {
-            break addr.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, base)
 }
