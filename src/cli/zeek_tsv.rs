@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(rows[1]["tunnel_parents"], serde_json::json!(["a", "b"]));
     }
 
-    /// Found by the fuzzer (`fuzz/fuzz_targets/zeek_tsv.rs`): a container
+    /// Found while writing the fuzz target (`fuzz/fuzz_targets/zeek_tsv.rs`): a container
     /// type without its element type (`set[`) or ending in a multi-byte
     /// character sliced the type name out of bounds.
     #[test]
