@@ -4,7 +4,7 @@
 //! per record.
 #![no_main]
 
-use enrichd_engine::{parse_envelope, Limits, ParseSpec};
+use enrichd_engine::{parse_envelope, Limits};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
