@@ -98,15 +98,25 @@ impl Batch {
         if event.shadows_output {
             // Slow path, only for records that already carry a key the chain
             // writes: drop those keys so the output has each key once.
-            let mut map: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(raw).expect("record text was validated by the parser");
-            for key in keys {
-                map.remove(&**key);
-            }
-            map.remove(WARNINGS_KEY);
-            has_fields = !map.is_empty();
-            let text = serde_json::to_vec(&map).expect("a JSON map serializes");
-            out.extend_from_slice(&text[..text.len() - 1]);
+            // Each kept field is copied as sent: its key's text and its
+            // value's bytes (a `serde_json::Value` would reorder keys,
+            // rewrite numbers and escapes, and refuse `1e400`, which the
+            // parser accepts).
+            out.push(b'{');
+            has_fields = false;
+            let kept = for_each_field(raw, |key, key_text, value| {
+                if key == WARNINGS_KEY || keys.iter().any(|k| **k == *key) {
+                    return;
+                }
+                if has_fields {
+                    out.push(b',');
+                }
+                has_fields = true;
+                out.extend_from_slice(key_text.as_bytes());
+                out.push(b':');
+                out.extend_from_slice(value.as_bytes());
+            });
+            debug_assert!(kept.is_ok(), "record text was validated by the parser");
         } else if raw.is_empty() {
             out.push(b'{');
         } else {
@@ -208,6 +218,35 @@ pub fn one_line(event: &mut [u8]) {
         event[at + i] = b' ';
         at += i + 1;
     }
+}
+
+/// Calls `f(key, key as written, value as written)` for each field of the
+/// JSON object `raw`, in order. Keys are read twice (once unescaped, once
+/// as text) so that both comparing and copying are exact.
+pub(crate) fn for_each_field<'a>(
+    raw: &'a str,
+    mut f: impl FnMut(&str, &'a str, &'a str),
+) -> Result<(), serde_json::Error> {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    struct Fields<F>(F);
+    impl<'de, F: FnMut(&str, &'de str, &'de str)> Visitor<'de> for Fields<F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<&'de RawValue>()? {
+                let value = map.next_value::<&'de RawValue>()?;
+                let name: std::borrow::Cow<'_, str> =
+                    serde_json::from_str(key.get()).map_err(serde::de::Error::custom)?;
+                (self.0)(&name, key.get(), value.get());
+            }
+            Ok(())
+        }
+    }
+    serde_json::Deserializer::from_str(raw).deserialize_map(Fields(&mut f))
 }
 
 fn write_json_string(out: &mut Vec<u8>, s: &str) {

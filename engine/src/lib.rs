@@ -27,6 +27,8 @@ pub mod parse;
 pub mod pipeline;
 pub mod plugin;
 pub mod profile;
+#[cfg(test)]
+mod proptests;
 pub mod registry;
 pub mod source;
 

@@ -56,6 +56,20 @@ pub fn cap_message(message: String) -> String {
     }
 }
 
+/// Inflates a gzip body (several concatenated members too, as `cat a.gz
+/// b.gz` makes) into at most `max` bytes: a decompression bomb costs at
+/// most `max + 1` bytes of memory before it is refused. `Err(None)`: the
+/// inflated body is larger than `max`; `Err(Some(e))`: not valid gzip.
+/// The one gzip path of every entry point (`/v1/ingest`, `[[source]]`).
+pub fn gunzip_capped(raw: &[u8], max: usize) -> Result<Vec<u8>, Option<io::Error>> {
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(max));
+    flate2::read::MultiGzDecoder::new(raw).take(max as u64 + 1).read_to_end(&mut out).map_err(Some)?;
+    if out.len() > max {
+        return Err(None);
+    }
+    Ok(out)
+}
+
 /// The error for a file over `limit` bytes (`io::ErrorKind::FileTooLarge`).
 pub fn too_large(size: u64, limit: u64) -> io::Error {
     io::Error::new(io::ErrorKind::FileTooLarge, format!("file is {size} bytes, over the limit of {limit} bytes"))

@@ -27,6 +27,13 @@ pub mod sources;
 mod test_support;
 pub mod ti;
 
+/// Entry points for the fuzz harness (`fuzz/`): the parsers of outside
+/// bytes that are not public otherwise. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::mmdb::probe::{probe as probe_mmdb, Probe};
+}
+
 use enrichd_engine::Registry;
 
 /// Registers every native plugin, output and source.

@@ -22,6 +22,7 @@
 
 mod cache;
 mod data;
+pub(crate) mod probe;
 mod tree;
 
 use std::cell::RefCell;
@@ -210,6 +211,22 @@ const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
 /// GeoLite2-City: 0.4 s in a debug build, where opening takes 3.6 s).
 const SAMPLE_NODES: usize = 20_000;
 
+/// Where the search tree and the data section lie in a database's bytes,
+/// from the metadata `Reader::from_source` has just read: the tree, its
+/// length, and the data section's range. Refuses a layout that does not fit.
+fn layout(bytes: &[u8], md: &Metadata) -> Result<(Tree, usize, Range<usize>), &'static str> {
+    let tree_len =
+        (md.node_count as usize).checked_mul(usize::from(md.record_size) / 4).ok_or("search tree too large")?;
+    let start = tree_len.checked_add(16).ok_or("search tree too large")?;
+    let end = bytes.windows(METADATA_MARKER.len()).rposition(|w| w == METADATA_MARKER).unwrap_or(0);
+    if start > end {
+        return Err("data section out of bounds");
+    }
+    let tree = Tree::new(&bytes[..tree_len], md.node_count as usize, md.record_size, end - start, md.ip_version == 4)
+        .ok_or("search tree out of bounds")?;
+    Ok((tree, tree_len, start..end))
+}
+
 impl Database {
     /// Maps and validates `path`; `Ok(None)` when the file does not exist.
     /// A file over `max_bytes` is refused before it is copied.
@@ -240,17 +257,9 @@ impl Database {
         let source = source_info(path, &map);
         let reader = Reader::from_source(SharedMap(Arc::clone(&map))).map_err(|e| fail(&e))?;
         let md = reader.metadata();
-        // The layout `Reader::from_source` has just validated.
-        let tree_len = md.node_count as usize * usize::from(md.record_size) / 4;
-        let start = tree_len + 16;
-        let end = map.windows(METADATA_MARKER.len()).rposition(|w| w == METADATA_MARKER).unwrap_or(0);
-        if start > end {
-            return Err(fail(&"data section out of bounds"));
-        }
-        let tree = Tree::new(&map[..tree_len], md.node_count as usize, md.record_size, end - start, md.ip_version == 4)
-            .ok_or_else(|| fail(&"search tree out of bounds"))?;
+        let (tree, tree_len, data) = layout(&map, md).map_err(|e| fail(&e))?;
         let status = loaded_status(md, source);
-        Ok(Some((Database { reader, map, tree, tree_len, data: start..end }, status)))
+        Ok(Some((Database { reader, map, tree, tree_len, data }, status)))
     }
 
     /// Checks a sample of the database before it goes live: the records of
@@ -261,31 +270,7 @@ impl Database {
     /// damaged record in a few percent of them is all but certain to be
     /// sampled) instead of serving "malformed record data" per lookup.
     fn validate<F: RecordFormat>(&self) -> Result<(), String> {
-        let data = DataSection::new(&self.map[self.data.clone()]);
-        let mut seen = std::collections::HashSet::new();
-        let (mut checked, mut failed, mut first) = (0usize, 0usize, None);
-        let mut out = Vec::new();
-        self.tree.sample_records(self.nodes(), SAMPLE_NODES, |found| {
-            let problem = match found {
-                Err(e) => Some(e.to_string()),
-                Ok(offset) if !seen.insert(offset) => None,
-                Ok(offset) => {
-                    checked += 1;
-                    let decoded = data.validate(offset).and_then(|()| self.encode::<F>(offset, &mut out).map(drop));
-                    decoded.err().map(|e| e.to_string())
-                }
-            };
-            if let Some(problem) = problem {
-                failed += 1;
-                first.get_or_insert(problem);
-            }
-        });
-        match first {
-            None => Ok(()),
-            Some(first) => Err(format!(
-                "corrupt data: {failed} of {checked} sampled records do not decode (first: {first}); not loaded"
-            )),
-        }
+        validate_sample::<F>(&self.tree, self.nodes(), &self.map[self.data.clone()])
     }
 
     /// The search tree's bytes.
@@ -301,14 +286,50 @@ impl Database {
 
     /// Writes the answer of format `F` for the record at `offset` to `out`.
     fn encode<F: RecordFormat>(&self, offset: usize, out: &mut Vec<u8>) -> Result<Fact, DataError> {
-        out.clear();
-        let data = DataSection::new(&self.map[self.data.clone()]);
-        match data.record(offset)? {
-            Some(record) => F::encode(&data, record, out),
-            None => {
-                out.extend_from_slice(b"null"); // not a map: nothing to report
-                Ok(0)
+        encode_record::<F>(&self.map[self.data.clone()], offset, out)
+    }
+}
+
+/// [`Database::validate`] on a database's parts: `nodes` is the search
+/// tree, `data` the data section.
+fn validate_sample<F: RecordFormat>(tree: &Tree, nodes: &[u8], data: &[u8]) -> Result<(), String> {
+    let section = DataSection::new(data);
+    let mut seen = std::collections::HashSet::new();
+    let (mut checked, mut failed, mut first) = (0usize, 0usize, None);
+    let mut out = Vec::new();
+    tree.sample_records(nodes, SAMPLE_NODES, |found| {
+        let problem = match found {
+            Err(e) => Some(e.to_string()),
+            Ok(offset) if !seen.insert(offset) => None,
+            Ok(offset) => {
+                checked += 1;
+                let decoded =
+                    section.validate(offset).and_then(|()| encode_record::<F>(data, offset, &mut out).map(drop));
+                decoded.err().map(|e| e.to_string())
             }
+        };
+        if let Some(problem) = problem {
+            failed += 1;
+            first.get_or_insert(problem);
+        }
+    });
+    match first {
+        None => Ok(()),
+        Some(first) => Err(format!(
+            "corrupt data: {failed} of {checked} sampled records do not decode (first: {first}); not loaded"
+        )),
+    }
+}
+
+/// [`Database::encode`] on the data section's bytes.
+fn encode_record<F: RecordFormat>(data: &[u8], offset: usize, out: &mut Vec<u8>) -> Result<Fact, DataError> {
+    out.clear();
+    let section = DataSection::new(data);
+    match section.record(offset)? {
+        Some(record) => F::encode(&section, record, out),
+        None => {
+            out.extend_from_slice(b"null"); // not a map: nothing to report
+            Ok(0)
         }
     }
 }

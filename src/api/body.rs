@@ -4,7 +4,6 @@
 //! bombs); `server.body_timeout_s` between two pieces of body (a stalled
 //! upload gets 408 and the connection is closed). Every refusal is JSON.
 
-use std::io::Read;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -70,16 +69,10 @@ fn decode_content(headers: &HeaderMap, raw: Vec<u8>, max: usize) -> Result<Vec<u
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("") | Some("identity") => Ok(raw),
-        Some("gzip") | Some("x-gzip") => {
-            let mut out = Vec::with_capacity((raw.len() * 4).min(max));
-            flate2::read::MultiGzDecoder::new(&raw[..]).take(max as u64 + 1).read_to_end(&mut out).map_err(|e| {
-                ApiError::bad_request("decompress_failed", format!("gzip body could not be decompressed: {e}"))
-            })?;
-            if out.len() > max {
-                return Err(too_large(max, "decompressed request body", None));
-            }
-            Ok(out)
-        }
+        Some("gzip") | Some("x-gzip") => enrichd_engine::limits::gunzip_capped(&raw, max).map_err(|e| match e {
+            Some(e) => ApiError::bad_request("decompress_failed", format!("gzip body could not be decompressed: {e}")),
+            None => too_large(max, "decompressed request body", None),
+        }),
         Some(other) => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_encoding",

@@ -71,7 +71,9 @@ impl ZeekTsvReader {
             }
             let ty = self.types.get(i).map(String::as_str).unwrap_or("string");
             let value = if ty.starts_with("set[") || ty.starts_with("vector[") || ty.starts_with("table[") {
-                let inner = &ty[ty.find('[').unwrap_or(0) + 1..ty.len().saturating_sub(1)];
+                // `set[addr]` -> `addr`; a header cut short (`set[`, or no
+                // closing bracket) is taken as far as it goes.
+                let inner = ty.split_once('[').map_or("", |(_, rest)| rest.strip_suffix(']').unwrap_or(rest));
                 if raw == self.empty_field {
                     Value::Array(Vec::new())
                 } else {
@@ -172,6 +174,21 @@ mod tests {
         assert_eq!(rows[1]["id.orig_h"], "2001:db8::1");
         assert_eq!(rows[1]["duration"], 0.25);
         assert_eq!(rows[1]["tunnel_parents"], serde_json::json!(["a", "b"]));
+    }
+
+    /// Found while writing the fuzz target (`fuzz/fuzz_targets/zeek_tsv.rs`): a container
+    /// type without its element type (`set[`) or ending in a multi-byte
+    /// character sliced the type name out of bounds.
+    #[test]
+    fn truncated_container_types_do_not_panic() {
+        for ty in ["set[", "vector[", "table[é", "set[count"] {
+            let log = format!("#fields\ta\n#types\t{ty}\n1,2\n");
+            let rows: Vec<Value> = ZeekTsvReader::new(Box::new(std::io::Cursor::new(log)))
+                .map(|r| serde_json::from_str(&r.unwrap()).unwrap())
+                .collect();
+            assert_eq!(rows.len(), 1, "{ty}");
+            assert!(rows[0]["a"].is_array(), "{ty}: {}", rows[0]);
+        }
     }
 
     #[test]

@@ -21,7 +21,6 @@
 //!   the message came from and why it was refused.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -491,18 +490,18 @@ impl Ingest for Handle {
 /// checked. Refusals carry the same codes as `/v1/ingest`.
 fn decode(payload: Payload, max: usize) -> Result<Input, Refusal> {
     let bad = |code: &str, message: String| Refusal::BadInput { code: code.to_string(), message };
+    let too_large = || bad("body_too_large", format!("body is larger than {max} bytes (server.max_body_bytes)"));
     let body = if payload.gzip {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&payload.body[..])
-            .take(max as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| bad("decompress_failed", format!("gzip body could not be decompressed: {e}")))?;
-        out
+        match enrichd_engine::limits::gunzip_capped(&payload.body, max) {
+            Ok(out) => out,
+            Err(Some(e)) => return Err(bad("decompress_failed", format!("gzip body could not be decompressed: {e}"))),
+            Err(None) => return Err(too_large()),
+        }
     } else {
         payload.body
     };
     if body.len() > max {
-        return Err(bad("body_too_large", format!("body is larger than {max} bytes (server.max_body_bytes)")));
+        return Err(too_large());
     }
     match payload.shape {
         PayloadShape::Envelope => Ok(Input::Envelope(body)),

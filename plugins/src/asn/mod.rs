@@ -46,7 +46,7 @@ impl Plugin for AsnFactory {
 }
 
 /// The asn record format.
-struct Asn;
+pub(crate) struct Asn;
 
 impl RecordFormat for Asn {
     const KIND: &'static str = "asn";

@@ -53,7 +53,7 @@ impl Plugin for GeoIpFactory {
 }
 
 /// The geoip record format.
-struct Geo;
+pub(crate) struct Geo;
 
 impl RecordFormat for Geo {
     const KIND: &'static str = "geoip";

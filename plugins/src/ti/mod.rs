@@ -28,6 +28,8 @@ pub mod loader;
 pub mod options;
 pub mod output;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt::{self, Write as _};

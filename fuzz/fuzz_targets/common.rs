@@ -1,0 +1,33 @@
+//! What the ingest targets share: a parse spec that captures text fields
+//! and declares output keys (so those paths run too), and the check that
+//! a parsed batch encodes to valid JSON.
+#![allow(dead_code)]
+
+use enrichd_engine::{Batch, ParseSpec};
+use serde_json::value::RawValue;
+
+pub fn spec() -> ParseSpec {
+    ParseSpec {
+        text_fields: vec!["query".into(), "uid".into(), "host".into()],
+        output_keys: vec!["geo".into(), "ti".into()],
+    }
+}
+
+/// The ingest answer is one JSON document and the NDJSON form is one valid
+/// JSON object per record.
+pub fn check_encodings(batch: &Batch) {
+    let mut out = Vec::new();
+    batch.write_ingest_response(&[], &mut out);
+    if let Err(e) = serde_json::from_slice::<Box<RawValue>>(&out) {
+        panic!("ingest answer is not JSON ({e}): {}", String::from_utf8_lossy(&out));
+    }
+    out.clear();
+    batch.write_ndjson(&[], &mut out);
+    let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), batch.len(), "one NDJSON line per record");
+    for line in lines {
+        if let Err(e) = serde_json::from_slice::<Box<RawValue>>(line) {
+            panic!("NDJSON line is not JSON ({e}): {}", String::from_utf8_lossy(line));
+        }
+    }
+}
