@@ -293,4 +293,4 @@ impl Drop for Left<'_> {
 
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -9,7 +9,8 @@ use crate::event::KeyId;
 use crate::plugin::{BuildContext, Enricher, PluginFactory, PluginState, PluginStatus};
 use crate::registry::Registry;
 
-/// Writes `"seen": true` on every event: proof the chain ran.
+/// Writes `"seen": true` on every event: proof the chain ran (its key is
+/// declared, so records that carry `seen` take the shadowing path).
 struct Mark;
 struct MarkEnricher(KeyId);
 
@@ -39,7 +40,8 @@ impl Enricher for MarkEnricher {
     }
 }
 
-fn chain() -> Chain {
+/// A chain of one [`Mark`] stage (also used by the property tests).
+pub(crate) fn chain() -> Chain {
     let mut registry = Registry::new();
     registry.register(Box::new(Mark));
     let config = Config::parse("[[chain]]\nplugin = \"mark\"\n", std::path::Path::new("t.toml")).unwrap();

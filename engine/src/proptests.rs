@@ -10,15 +10,12 @@
 //!   came with (other than that key) is kept byte for byte, in order, also
 //!   when the record already carried the key (the slow path that drops it).
 
-use std::path::Path;
 use std::time::Instant;
 
 use proptest::prelude::*;
 
-use crate::batch::{for_each_field, BatchView};
-use crate::event::KeyId;
-use crate::plugin::{BuildContext, Enricher, PluginFactory, PluginState, PluginStatus};
-use crate::{parse_ndjson, Chain, Config, Encoding, Event, Format, Input, ParseSpec, Pipeline, Registry};
+use crate::batch::for_each_field;
+use crate::{parse_ndjson, Encoding, Event, Format, Input, ParseSpec, Pipeline};
 
 /// A string as JSON text, plainly or with every non-alphanumeric character
 /// as a `\u` escape (surrogate pairs beyond the BMP).
@@ -196,44 +193,6 @@ fn ndjson(records: &[Record]) -> String {
     records.iter().map(|r| format!("{}\n", r.text)).collect()
 }
 
-/// Writes `"seen": true` on every event (key declared, so records that
-/// carry `seen` take the shadowing path).
-struct Mark;
-struct MarkEnricher(KeyId);
-
-impl PluginFactory for Mark {
-    fn kind(&self) -> &'static str {
-        "mark"
-    }
-    fn description(&self) -> &'static str {
-        "test"
-    }
-    fn options_schema(&self) -> schemars::Schema {
-        schemars::json_schema!({})
-    }
-    fn build(&self, _: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
-        Ok(Box::new(MarkEnricher(ctx.output_key("seen"))))
-    }
-}
-
-impl Enricher for MarkEnricher {
-    fn enrich(&self, batch: &mut BatchView<'_>) {
-        for e in batch.events.iter_mut() {
-            e.set_output(self.0, "true".into());
-        }
-    }
-    fn status(&self) -> PluginStatus {
-        PluginStatus::new(PluginState::Loaded)
-    }
-}
-
-fn mark_chain() -> Chain {
-    let mut registry = Registry::new();
-    registry.register(Box::new(Mark));
-    let config = Config::parse("[[chain]]\nplugin = \"mark\"\n", Path::new("t.toml")).unwrap();
-    Chain::build(&config.chain, &registry, Path::new(".")).unwrap()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
@@ -262,7 +221,7 @@ proptest! {
 
     #[test]
     fn enriched_records_keep_every_field_byte_for_byte(records in prop::collection::vec(record(true), 1..8)) {
-        let chain = mark_chain();
+        let chain = crate::pipeline::tests::chain();
         let input = Input::Ndjson { text: ndjson(&records), format: Format::FlowsV1, first_index: 1 };
         let mut out = Vec::new();
         Pipeline::default().run(&chain, input, Encoding::NDJSON, Instant::now(), &mut out).unwrap();
@@ -291,7 +250,7 @@ proptest! {
 /// panicked; it also sorted keys and rewrote numbers and escapes.
 #[test]
 fn a_shadowed_record_keeps_its_other_fields_as_sent() {
-    let chain = mark_chain();
+    let chain = crate::pipeline::tests::chain();
     let text = "{\"z\":1e400,\"seen\":1,\"a\":\"\\u00e9\",\"n\":1.50}\n".to_string();
     let input = Input::Ndjson { text, format: Format::FlowsV1, first_index: 1 };
     let mut out = Vec::new();
