@@ -73,6 +73,17 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     crate::service::sources::reconcile(&state)
         .await
         .map_err(|e| anyhow::anyhow!("{}: sources: {e}", state.config.path().display()))?;
+    // Data files kept current (`[[update]]`): checked whole before serving.
+    state
+        .updates
+        .configure(
+            state.engine.registry(),
+            &state.config.updates,
+            &state.config.engine.base_dir,
+            &state.config.state_dir(),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", state.config.path().display()))?;
+    state.updates.start(&state);
     let listen = state.config.server.listen.clone();
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding the listen address {listen}"))?;

@@ -29,6 +29,7 @@ pub mod plugin;
 pub mod profile;
 pub mod registry;
 pub mod source;
+pub mod updater;
 
 pub use admin::{AdminHandler, AdminMethod, AdminRequest, AdminResource, AdminResponse};
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};

@@ -16,6 +16,7 @@ mod live;
 mod outputs;
 mod sources;
 mod tap;
+mod updates;
 
 use std::sync::Arc;
 
@@ -57,6 +58,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/outputs/{name}/deadletter/replay", post(outputs::replay))
         .route("/v1/sources", get(sources::list))
         .route("/v1/sources/{name}/deadletter", get(sources::deadletter))
+        .route("/v1/updates", get(updates::list))
+        .route("/v1/updates/{name}/run", post(updates::run))
         .route("/v1/reload", post(admin::reload))
         .route("/v1/audit", get(admin::audit))
         .merge(admin::routes(&state))
