@@ -30,7 +30,7 @@ pub(crate) struct Context<'a> {
     /// Each source's counters.
     pub sources: &'a [SourceReading],
     /// Each `[[update]]` entry's counters.
-    pub updates: &'a [crate::service::updates::UpdateReading],
+    pub updates: &'a [UpdateReading],
     /// `enrichd_build_info` labels.
     pub build: &'a [(&'static str, String)],
     /// Requests refused by a rate limit, by what limited them.
@@ -73,6 +73,19 @@ pub(crate) struct SourceReading {
     pub nacked: u64,
     pub redelivered: u64,
     pub dead_lettered: u64,
+}
+
+/// One `[[update]]` entry's numbers, read by the caller from the updaters.
+#[derive(Debug, Default)]
+pub(crate) struct UpdateReading {
+    pub name: String,
+    pub checks: u64,
+    pub changes: u64,
+    pub failures: u64,
+    /// Unix seconds of the last check that did not fail (0: none).
+    pub last_success: u64,
+    /// The last check did not fail.
+    pub healthy: bool,
 }
 
 /// A per-output (per-source) family: name, help, and how to read it.
@@ -415,7 +428,7 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
         MetricType::Gauge,
         per_source(&|s| Sample::Gauge(f64::from(u8::from(s.enabled)))),
     );
-    let per_update = |f: &dyn Fn(&crate::service::updates::UpdateReading) -> Sample| -> Vec<(Labels, Sample)> {
+    let per_update = |f: &dyn Fn(&UpdateReading) -> Sample| -> Vec<(Labels, Sample)> {
         ctx.updates.iter().map(|u| (vec![("updater", u.name.clone())], f(u))).collect()
     };
     x.add(

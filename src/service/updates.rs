@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::AppState;
+use crate::metrics::prometheus::UpdateReading;
 
 /// Keys of an `[[update]]` entry the runtime takes; the rest are the kind's
 /// own options.
@@ -137,18 +138,6 @@ struct Lane {
     /// One run at a time.
     run_lock: tokio::sync::Mutex<()>,
     file: PathBuf,
-}
-
-/// One entry's numbers for the metrics.
-#[derive(Debug, Default)]
-pub(crate) struct UpdateReading {
-    pub name: String,
-    pub checks: u64,
-    pub changes: u64,
-    pub failures: u64,
-    /// Unix seconds of the last check that did not fail (0: none).
-    pub last_success: u64,
-    pub healthy: bool,
 }
 
 /// The configured `[[update]]` entries.
