@@ -241,3 +241,24 @@ fn bad_entries_are_refused_at_start() {
         assert!(err.contains(want), "{want} in {err}");
     }
 }
+
+/// `check-config` checks `[[update]]` entries, and accepts a missing
+/// database that an entry will fetch (and only that one).
+#[test]
+fn check_config_knows_update_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let out = common::bin().args(["check-config", "--config"]).arg(&path).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let chain = "[[chain]]\nplugin = \"geoip\"\ndatabase = \"geo/City.mmdb\"\n";
+    let update = "[[update]]\ntype = \"mmdb_url\"\npath = \"geo/City.mmdb\"\nurl = \"http://127.0.0.1:9/City.mmdb\"\n";
+    let (ok, out) = check(chain);
+    assert!(!ok, "a missing database with nothing to fetch it: {out}");
+    let (ok, out) = check(&format!("{chain}{update}"));
+    assert!(ok, "{out}");
+    let (ok, out) = check(&format!("{chain}{update}interval_s = 0\n"));
+    assert!(!ok && out.contains("interval_s"), "{out}");
+}

@@ -154,6 +154,14 @@ fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// `enrichd check-config`: every problem of the entries (with lines), or
+/// the files they keep current (a stage's missing database is then
+/// expected: the updater fetches it at start).
+pub(crate) fn check(registry: &Registry, entries: &[UpdateEntry], base_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    desired(registry, entries, base_dir)
+        .map(|specs| specs.into_iter().filter(|s| s.enabled).map(|s| s.target).collect())
+}
+
 /// Checks every entry; `Err` lists every problem with its line.
 fn desired(registry: &Registry, entries: &[UpdateEntry], base_dir: &Path) -> Result<Vec<UpdateSpec>, String> {
     let mut out: Vec<UpdateSpec> = Vec::new();
