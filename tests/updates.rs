@@ -181,6 +181,14 @@ base_url = "{base}"
     assert_eq!(city_of(&server, "81.2.69.160"), "London");
     assert_eq!(geoip_stage(&server)["sources"][0]["sha256"], hash);
 
+    let audit =
+        agent().get(&server.url("/v1/audit")).header("Authorization", format!("Bearer {ADMIN}")).call().unwrap();
+    let audit: Value = serde_json::from_str(&audit.into_body().read_to_string().unwrap()).unwrap();
+    let swaps: Vec<&Value> =
+        audit["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "data_file_updated").collect();
+    assert_eq!(swaps.len(), 1, "{audit}");
+    assert_eq!(swaps[0]["actor"], "updater");
+
     let list = server.get_auth("/v1/updates").json();
     assert_eq!(list["updates"][0]["name"], "city");
     assert!(list["types"].as_array().unwrap().iter().any(|t| t["type"] == "maxmind"));

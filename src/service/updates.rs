@@ -453,6 +453,10 @@ async fn run(service: &Arc<AppState>, lane: &Lane) {
                 s.validators = validators;
                 s.last_result = Some("changed".into());
                 tracing::info!(updater = %lane.spec.name, path = %lane.spec.target.display(), %detail, "data file updated");
+                let mut entry =
+                    crate::audit::AuditEntry::new("updater", "data_file_updated", format!("update {}", lane.spec.name));
+                entry.detail = Some(format!("{}: {detail}", lane.spec.target.display()));
+                service.audit.record(entry);
                 s.last_detail = Some(detail);
                 s.last_apply = apply;
             }
