@@ -73,6 +73,17 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     crate::service::sources::reconcile(&state)
         .await
         .map_err(|e| anyhow::anyhow!("{}: sources: {e}", state.config.path().display()))?;
+    // Data files kept current (`[[update]]`): checked whole before serving.
+    state
+        .updates
+        .configure(
+            state.engine.registry(),
+            &state.config.updates,
+            &state.config.engine.base_dir,
+            &state.config.state_dir(),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", state.config.path().display()))?;
+    state.updates.start(&state);
     let tls = match state.config.tls_files() {
         Some(files) => Some(crate::tls::Tls::load(files).context("[server] TLS")?),
         None => None,

@@ -87,6 +87,10 @@ pub struct StageReport {
     pub status: PluginStatus,
     /// 1 for the data loaded at start, +1 per reload that was swapped in.
     pub generation: u64,
+    /// Seconds since the loaded data was built by its publisher (from the
+    /// status's `data_built_at`), when the plugin says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_age_s: Option<u64>,
     /// RFC 3339 time this generation was built.
     pub generation_loaded_at: String,
     pub reloads: u64,
@@ -273,6 +277,13 @@ impl Chain {
     }
 }
 
+/// Seconds from `built_at` (Unix seconds) to now; 0 for a time in the
+/// future (a clock behind the publisher's).
+pub fn data_age_s(built_at: u64) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    now.saturating_sub(built_at)
+}
+
 impl Stage {
     pub(crate) fn status(&self) -> PluginStatus {
         match &self.enricher {
@@ -297,6 +308,7 @@ impl Stage {
             name: self.name.clone(),
             plugin: self.entry.plugin.clone(),
             enabled: self.enricher.is_some(),
+            data_age_s: status.data_built_at.map(data_age_s),
             status,
             generation: self.generation,
             generation_loaded_at: rfc3339(self.loaded_at),

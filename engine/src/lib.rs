@@ -31,6 +31,7 @@ pub mod profile;
 mod proptests;
 pub mod registry;
 pub mod source;
+pub mod updater;
 
 pub use admin::{AdminHandler, AdminMethod, AdminRequest, AdminResource, AdminResponse};
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};

@@ -311,11 +311,23 @@ pub struct PluginStatus {
     pub details: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the loaded data was built by its publisher (Unix seconds), for
+    /// data that says so (a database's build time): the API shows its age
+    /// (`data_age_s`) and the metrics export it, whatever the plugin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_built_at: Option<u64>,
 }
 
 impl PluginStatus {
     pub fn new(state: PluginState) -> Self {
-        PluginStatus { state, version: None, sources: Vec::new(), details: serde_json::Value::Null, error: None }
+        PluginStatus {
+            state,
+            version: None,
+            sources: Vec::new(),
+            details: serde_json::Value::Null,
+            error: None,
+            data_built_at: None,
+        }
     }
 }
 

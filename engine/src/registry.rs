@@ -1,5 +1,5 @@
 //! The plugin registry: kind name -> factory, for enrichers, outputs and
-//! sources.
+//! sources and data-file updaters.
 //!
 //! The binary fills it (`enrichd_plugins::register_all`); the core only ever
 //! looks factories up by the `plugin = "..."` name of a chain entry or the
@@ -8,12 +8,14 @@
 use crate::output::OutputFactory;
 use crate::plugin::PluginFactory;
 use crate::source::SourceFactory;
+use crate::updater::UpdaterFactory;
 
 #[derive(Default)]
 pub struct Registry {
     factories: Vec<Box<dyn PluginFactory>>,
     outputs: Vec<Box<dyn OutputFactory>>,
     sources: Vec<Box<dyn SourceFactory>>,
+    updaters: Vec<Box<dyn UpdaterFactory>>,
 }
 
 impl Registry {
@@ -68,5 +70,20 @@ impl Registry {
 
     pub fn sources(&self) -> impl Iterator<Item = &dyn SourceFactory> {
         self.sources.iter().map(|f| &**f)
+    }
+
+    /// Adds a data-file updater kind (`[[update]]` entries). Panics on a
+    /// duplicate kind, like [`Registry::register`].
+    pub fn register_updater(&mut self, factory: Box<dyn UpdaterFactory>) {
+        assert!(self.updater(factory.kind()).is_none(), "updater kind {:?} registered twice", factory.kind());
+        self.updaters.push(factory);
+    }
+
+    pub fn updater(&self, kind: &str) -> Option<&dyn UpdaterFactory> {
+        self.updaters.iter().find(|f| f.kind() == kind).map(|f| &**f)
+    }
+
+    pub fn updaters(&self) -> impl Iterator<Item = &dyn UpdaterFactory> {
+        self.updaters.iter().map(|f| &**f)
     }
 }

@@ -13,6 +13,7 @@
 //! - [`outputs`]: where enriched events go: `elastic`, `splunk`, `file`,
 //!   `nats`.
 //! - [`sources`]: where events come from besides HTTP: `nats`.
+//! - [`updaters`]: how data files are kept current: `maxmind`, `mmdb_url`.
 //!
 //! The binary calls [`register_all`]; the engine core never names them.
 
@@ -26,6 +27,7 @@ pub mod sources;
 #[cfg(test)]
 mod test_support;
 pub mod ti;
+pub mod updaters;
 
 /// Entry points for the fuzz harness (`fuzz/`): the parsers of outside
 /// bytes that are not public otherwise. Not a stable API.
@@ -36,7 +38,7 @@ pub mod fuzzing {
 
 use enrichd_engine::Registry;
 
-/// Registers every native plugin, output and source.
+/// Registers every native plugin, output, source and updater.
 pub fn register_all(registry: &mut Registry) {
     registry.register(Box::new(geoip::GeoIpFactory));
     registry.register(Box::new(asn::AsnFactory));
@@ -46,4 +48,6 @@ pub fn register_all(registry: &mut Registry) {
     registry.register_output(Box::new(outputs::file::FileOutput));
     registry.register_output(Box::new(outputs::nats::NatsOutput));
     registry.register_source(Box::new(sources::nats::NatsSource));
+    registry.register_updater(Box::new(updaters::mmdb::MaxMindUpdater));
+    registry.register_updater(Box::new(updaters::mmdb::MmdbUrlUpdater));
 }

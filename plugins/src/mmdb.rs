@@ -22,6 +22,7 @@
 
 mod cache;
 mod data;
+mod fresh;
 pub(crate) mod probe;
 mod tree;
 
@@ -46,6 +47,9 @@ use thread_local::ThreadLocal;
 
 use self::cache::{Caches, Job, Step};
 pub(crate) use self::data::{DataError, DataSection, Map, Value};
+pub(crate) use self::fresh::Freshness;
+pub(crate) use self::fresh::StalePolicy;
+use self::fresh::Staleness;
 use self::tree::{Found, Tree};
 
 /// One address to look up per event and where its answer goes.
@@ -121,6 +125,7 @@ pub(crate) fn build<F: RecordFormat>(
     database: &Path,
     targets: &[Target],
     max_bytes: u64,
+    freshness: Freshness,
     ctx: &mut BuildContext<'_>,
 ) -> anyhow::Result<Box<dyn Enricher>> {
     check_targets(targets)?;
@@ -158,7 +163,8 @@ pub(crate) fn build<F: RecordFormat>(
             TargetSlot { address: t.address, key, output: t.output.as_str().into(), facts }
         })
         .collect();
-    Ok(Box::new(MmdbEnricher::<F> { db, targets, status, caches: ThreadLocal::new(), format: PhantomData }))
+    let staleness = Staleness::new(freshness, status.data_built_at);
+    Ok(Box::new(MmdbEnricher::<F> { db, targets, status, staleness, caches: ThreadLocal::new(), format: PhantomData }))
 }
 
 fn check_targets(targets: &[Target]) -> anyhow::Result<()> {
@@ -273,6 +279,12 @@ impl Database {
         validate_sample::<F>(&self.tree, self.nodes(), &self.map[self.data.clone()])
     }
 
+    /// Every sampled record decoded completely, whatever its format (a
+    /// downloaded file checked before it replaces the live one).
+    fn sample(&self) -> Result<(), String> {
+        sample_records(&self.tree, self.nodes(), &self.map[self.data.clone()], |_, _| Ok(()))
+    }
+
     /// The search tree's bytes.
     fn nodes(&self) -> &[u8] {
         &self.map[..self.tree_len]
@@ -293,6 +305,17 @@ impl Database {
 /// [`Database::validate`] on a database's parts: `nodes` is the search
 /// tree, `data` the data section.
 fn validate_sample<F: RecordFormat>(tree: &Tree, nodes: &[u8], data: &[u8]) -> Result<(), String> {
+    sample_records(tree, nodes, data, |offset, out| encode_record::<F>(data, offset, out).map(drop))
+}
+
+/// The records of up to [`SAMPLE_NODES`] nodes of the tree, each decoded
+/// completely, after which `read` reads it as a plugin would.
+fn sample_records(
+    tree: &Tree,
+    nodes: &[u8],
+    data: &[u8],
+    mut read: impl FnMut(usize, &mut Vec<u8>) -> Result<(), DataError>,
+) -> Result<(), String> {
     let section = DataSection::new(data);
     let mut seen = std::collections::HashSet::new();
     let (mut checked, mut failed, mut first) = (0usize, 0usize, None);
@@ -303,8 +326,7 @@ fn validate_sample<F: RecordFormat>(tree: &Tree, nodes: &[u8], data: &[u8]) -> R
             Ok(offset) if !seen.insert(offset) => None,
             Ok(offset) => {
                 checked += 1;
-                let decoded =
-                    section.validate(offset).and_then(|()| encode_record::<F>(data, offset, &mut out).map(drop));
+                let decoded = section.validate(offset).and_then(|()| read(offset, &mut out));
                 decoded.err().map(|e| e.to_string())
             }
         };
@@ -338,6 +360,7 @@ fn loaded_status(md: &Metadata, source: SourceInfo) -> PluginStatus {
     let mut status = PluginStatus::new(PluginState::Loaded);
     status.version = Some(format!("{} built {}", md.database_type, utc_date(md.build_epoch)));
     status.sources.push(source);
+    status.data_built_at = Some(md.build_epoch);
     status.details = serde_json::json!({
         "database_type": md.database_type,
         "ip_version": md.ip_version,
@@ -382,6 +405,8 @@ struct MmdbEnricher<F> {
     db: Option<Database>,
     targets: Vec<TargetSlot>,
     status: PluginStatus,
+    /// `max_age_days` / `stale` applied to the loaded database.
+    staleness: Staleness,
     caches: ThreadLocal<RefCell<Caches>>,
     format: PhantomData<fn() -> F>,
 }
@@ -392,6 +417,20 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
     /// cache), walk the tree for the rest all together, then fetch or
     /// build the fragments.
     fn enrich(&self, batch: &mut BatchView<'_>) {
+        let stale = self.staleness.stale_days();
+        if let Some(days) = stale {
+            self.staleness.log_once(F::KIND, || self.staleness.reason(F::LABEL, days));
+        }
+        let tag = match (stale, self.staleness.policy) {
+            (Some(_), StalePolicy::Stop) => return self.write_null(batch),
+            (Some(days), StalePolicy::Tag) => Some(format!("{}: stale database ({days} days old)", F::KIND)),
+            _ => None,
+        };
+        if let Some(tag) = tag {
+            for event in batch.events.iter_mut() {
+                event.warn(tag.as_str());
+            }
+        }
         let mut caches = self.caches.get_or(|| RefCell::new(Caches::new(F::CACHE_BITS))).borrow_mut();
         let caches = &mut *caches;
         caches.jobs.clear();
@@ -441,12 +480,25 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
     }
 
     fn status(&self) -> PluginStatus {
-        self.status.clone()
+        let mut status = self.status.clone();
+        if let Some(days) = self.staleness.stale_days() {
+            let reason = self.staleness.reason(F::LABEL, days);
+            status.details["stale"] = serde_json::Value::Bool(true);
+            if self.staleness.policy == StalePolicy::Stop {
+                status.state = PluginState::Error;
+                status.error = Some(format!("{reason}; not enriching (stale = \"stop\") until a newer one is loaded"));
+            } else {
+                status.error = Some(reason);
+            }
+        }
+        status
     }
 
     fn lookup(&self, target: LookupTarget<'_>, out: &mut LookupAnswer) {
         let LookupTarget::Ip(ip) = target else { return };
+        let stopped = self.staleness.policy == StalePolicy::Stop && self.staleness.stale_days().is_some();
         let value = match &self.db {
+            _ if stopped => serde_json::Value::Null,
             None => serde_json::Value::Null,
             Some(db) => {
                 let mut text = b"null".to_vec();
@@ -466,6 +518,39 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
             out.fields.insert(target.output.to_string(), value.clone());
         }
     }
+}
+
+impl<F: RecordFormat> MmdbEnricher<F> {
+    /// Every target `null` (a stale database under `stale = "stop"`).
+    fn write_null(&self, batch: &mut BatchView<'_>) {
+        let caches = self.caches.get_or(|| RefCell::new(Caches::new(F::CACHE_BITS))).borrow_mut();
+        let null = caches.records.null.clone();
+        drop(caches);
+        for event in batch.events.iter_mut() {
+            for target in &self.targets {
+                event.set_output(target.key, null.clone());
+            }
+        }
+    }
+}
+
+/// What [`inspect`] found in a database file.
+#[derive(Clone, Debug)]
+pub(crate) struct DatabaseFacts {
+    pub database_type: String,
+    pub build_epoch: u64,
+}
+
+/// Opens and validates `path` as a stage would (metadata, layout, a sample
+/// of records decoded): what an updater checks before swapping a
+/// downloaded file in.
+pub(crate) fn inspect(path: &Path, max_bytes: u64) -> anyhow::Result<DatabaseFacts> {
+    let Some((db, _)) = Database::open(path, "downloaded", max_bytes)? else {
+        bail!("{} does not exist", path.display());
+    };
+    db.sample().map_err(|e| anyhow!("downloaded database: {e}"))?;
+    let md = db.reader.metadata();
+    Ok(DatabaseFacts { database_type: md.database_type.clone(), build_epoch: md.build_epoch })
 }
 
 /// Writes a JSON object field by field into a buffer: cheaper than serde

@@ -25,7 +25,7 @@ use crate::audit::AuditEntry;
 use crate::reload;
 use crate::service::auth::KeyDigest;
 
-fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<KeyDigest, ApiError> {
+pub(super) fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<KeyDigest, ApiError> {
     if !state.keys.load().any_with(crate::service::Scope::Admin) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -72,8 +72,15 @@ pub(super) async fn prometheus(
     ];
     let rate_limited = state.rate_limits.refused().map(|(by, n)| (by.label(), n));
     let sources = state.sources.readings();
-    let ctx =
-        prometheus::Context { stages: &stages, outputs: &outputs, sources: &sources, build: &build, rate_limited };
+    let updates = state.updates.readings();
+    let ctx = prometheus::Context {
+        stages: &stages,
+        outputs: &outputs,
+        sources: &sources,
+        updates: &updates,
+        build: &build,
+        rate_limited,
+    };
     let text = prometheus::render(&state.metrics, &reading, &ctx);
     Ok(([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text))
 }
@@ -90,6 +97,15 @@ pub(super) fn document(state: &AppState, with_key: bool) -> Value {
         state.rate_limits.refused().iter().map(|(by, n)| (by.label().to_string(), Value::from(*n))).collect(),
     );
     doc["sources"] = sources(state, with_key);
+    let mut updates = state.updates.views();
+    if !with_key {
+        for v in updates.iter_mut().filter_map(|v| v.as_object_mut()) {
+            for k in ["settings", "last_error", "validators", "last_apply", "path"] {
+                v.remove(k);
+            }
+        }
+    }
+    doc["updates"] = Value::Array(updates);
     doc
 }
 

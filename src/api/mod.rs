@@ -17,6 +17,7 @@ mod openapi;
 mod outputs;
 mod sources;
 mod tap;
+mod updates;
 
 use std::sync::Arc;
 
@@ -62,6 +63,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/outputs/{name}/deadletter/replay", post(outputs::replay))
         .route("/v1/sources", get(sources::list))
         .route("/v1/sources/{name}/deadletter", get(sources::deadletter))
+        .route("/v1/updates", get(updates::list))
+        .route("/v1/updates/{name}/run", post(updates::run))
         .route("/v1/reload", post(admin::reload))
         .route("/v1/audit", get(admin::audit))
         .merge(admin::routes(&state))

@@ -28,12 +28,20 @@ pub(crate) fn check_config(path: &Path, allow_missing: bool) -> anyhow::Result<(
     let registry = app::registry();
     let (config, chain) = app::load(path, &registry)?;
     let mut problems = Vec::new();
+    let updated =
+        crate::service::updates::check(&registry, &config.updates, &config.engine.base_dir).unwrap_or_else(|e| {
+            problems.push(format!("{}: {e}", path.display()));
+            Vec::new()
+        });
     for r in chain.reports() {
         let detail = r.status.version.clone().or(r.status.error.clone()).unwrap_or_default();
         println!("  {:<12} {:<8} {:?} {}", r.name, r.plugin, r.status.state, detail);
         let refused = match r.status.state {
             PluginState::Error => true,
-            PluginState::Missing => !allow_missing,
+            // A database an `[[update]]` entry fetches may be missing.
+            PluginState::Missing => {
+                !allow_missing && (r.watched.is_empty() || !r.watched.iter().all(|w| updated.contains(w)))
+            }
             _ => false,
         };
         if refused {

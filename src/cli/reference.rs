@@ -68,6 +68,20 @@ pub(crate) fn markdown(registry: &Registry) -> String {
             writeln!(out, "#### `[[source]]` `type = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));
         table(&mut out, options, defs);
     }
+    if let Some(runtime) = defs.get("UpdateRuntime") {
+        let _ = writeln!(
+            out,
+            "#### `[[update]]`\n\nA data file kept current (README \"Keeping databases current\"): these keys for every \
+             type, plus the type's own below.\n"
+        );
+        table(&mut out, runtime, defs);
+    }
+    for factory in registry.updaters() {
+        let Some(options) = defs.get(format!("Update_{}", factory.kind()).as_str()) else { continue };
+        let _ =
+            writeln!(out, "#### `[[update]]` `type = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));
+        table(&mut out, options, defs);
+    }
     for factory in registry.factories() {
         let options = serde_json::to_value(factory.options_schema()).expect("schemas serialize");
         let _ = writeln!(out, "#### `plugin = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));

@@ -29,6 +29,8 @@ pub(crate) struct Context<'a> {
     pub outputs: &'a [OutputReading],
     /// Each source's counters.
     pub sources: &'a [SourceReading],
+    /// Each `[[update]]` entry's counters.
+    pub updates: &'a [UpdateReading],
     /// `enrichd_build_info` labels.
     pub build: &'a [(&'static str, String)],
     /// Requests refused by a rate limit, by what limited them.
@@ -71,6 +73,19 @@ pub(crate) struct SourceReading {
     pub nacked: u64,
     pub redelivered: u64,
     pub dead_lettered: u64,
+}
+
+/// One `[[update]]` entry's numbers, read by the caller from the updaters.
+#[derive(Debug, Default)]
+pub(crate) struct UpdateReading {
+    pub name: String,
+    pub checks: u64,
+    pub changes: u64,
+    pub failures: u64,
+    /// Unix seconds of the last check that did not fail (0: none).
+    pub last_success: u64,
+    /// The last check did not fail.
+    pub healthy: bool,
 }
 
 /// A per-output (per-source) family: name, help, and how to read it.
@@ -291,6 +306,15 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
         per_stage(&|s| Sample::Counter(stage_errors(&s.status.details))),
     );
     x.add(
+        "telemetry_enricher_data_age_seconds",
+        "Age of each enricher's loaded data, from its publisher's build time, for data that says (databases).",
+        MetricType::Gauge,
+        ctx.stages
+            .iter()
+            .filter_map(|s| Some((vec![("enricher", s.name.clone())], Sample::Gauge(s.data_age_s? as f64))))
+            .collect(),
+    );
+    x.add(
         "telemetry_enricher_reloads",
         "Reloads swapped in for each enricher (new data, module or options).",
         MetricType::Counter,
@@ -403,6 +427,39 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
         "1 when the source is enabled.",
         MetricType::Gauge,
         per_source(&|s| Sample::Gauge(f64::from(u8::from(s.enabled)))),
+    );
+    let per_update = |f: &dyn Fn(&UpdateReading) -> Sample| -> Vec<(Labels, Sample)> {
+        ctx.updates.iter().map(|u| (vec![("updater", u.name.clone())], f(u))).collect()
+    };
+    x.add(
+        "telemetry_update_checks",
+        "Checks each updater made.",
+        MetricType::Counter,
+        per_update(&|u| Sample::Counter(u.checks)),
+    );
+    x.add(
+        "telemetry_update_changes",
+        "New files each updater swapped in.",
+        MetricType::Counter,
+        per_update(&|u| Sample::Counter(u.changes)),
+    );
+    x.add(
+        "telemetry_update_failures",
+        "Checks that failed (the current file stayed).",
+        MetricType::Counter,
+        per_update(&|u| Sample::Counter(u.failures)),
+    );
+    x.add(
+        "telemetry_update_last_success_timestamp_seconds",
+        "Unix time of each updater's last check that did not fail (0: none yet).",
+        MetricType::Gauge,
+        per_update(&|u| Sample::Gauge(u.last_success as f64)),
+    );
+    x.add(
+        "telemetry_update_healthy",
+        "1 unless each updater's last check failed.",
+        MetricType::Gauge,
+        per_update(&|u| Sample::Gauge(f64::from(u8::from(u.healthy)))),
     );
     x.add("enrichd_build", "Build of this enrichd.", MetricType::Info, vec![(ctx.build.to_vec(), Sample::Info)]);
     process_families(&mut x, &super::process::read());

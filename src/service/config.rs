@@ -32,6 +32,9 @@ pub(crate) struct ServiceConfig {
     /// `[[source]]`: where events come from besides `POST /v1/ingest`,
     /// each entry as JSON (checked against the registry when applied).
     pub sources: Vec<super::sources::SourceEntry>,
+    /// `[[update]]`: data files kept current, each entry as JSON (checked
+    /// against the registry at start).
+    pub updates: Vec<super::updates::UpdateEntry>,
     /// The `[[chain]]` entries, the file's path and its directory.
     pub engine: enrichd_engine::Config,
 }
@@ -68,6 +71,15 @@ struct Sections {
     #[serde(default)]
     #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
     source: Vec<toml::Table>,
+    /// Data files kept current (`[geoip_update]` of the issue): `type`
+    /// (`maxmind`, `mmdb_url`), `path` (the file, as the stage's
+    /// `database`), `name`, `enabled`, `interval_s` (default 86400),
+    /// `on_start` (default true) and the updater's own options.
+    /// `enrichd config-schema` lists each updater kind's options under
+    /// `$defs`.
+    #[serde(default)]
+    #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
+    update: Vec<toml::Table>,
     /// The engine's (see [`enrichd_engine::Config`]); its schema is added
     /// by [`ServiceConfig::json_schema`].
     #[serde(default)]
@@ -117,8 +129,10 @@ impl ServiceConfig {
             });
         }
         let sources = source_entries(sections.source, text, path)?;
+        let updates = update_entries(sections.update, text, path)?;
         Ok(ServiceConfig {
             sources,
+            updates,
             server: sections.server,
             auth: sections.auth,
             reload: sections.reload,
@@ -229,6 +243,22 @@ impl ServiceConfig {
             "description": "One source: the keys of `$defs/SourceRuntime` plus those of `$defs/Source_<type>`.",
             "required": ["type"],
             "properties": { "type": { "enum": source_kinds } },
+        });
+        let mut runtime =
+            serde_json::to_value(schemars::schema_for!(super::updates::UpdateRuntime)).expect("schema serializes");
+        defs.insert("UpdateRuntime".into(), strip_meta(runtime.take()));
+        let mut update_kinds = Vec::new();
+        for factory in registry.updaters() {
+            let mut options = serde_json::to_value(factory.options_schema()).expect("schema serializes");
+            hoist_defs(&mut options, &mut defs, &format!("Update_{}", factory.kind()));
+            defs.insert(format!("Update_{}", factory.kind()), strip_meta(options));
+            update_kinds.push(serde_json::Value::from(factory.kind()));
+        }
+        schema["properties"]["update"]["items"] = serde_json::json!({
+            "type": "object",
+            "description": "One data file kept current: the keys of `$defs/UpdateRuntime` plus those of `$defs/Update_<type>`.",
+            "required": ["type", "path"],
+            "properties": { "type": { "enum": update_kinds } },
         });
         schema["$defs"] = serde_json::Value::Object(defs);
         schema["properties"]["output"]["items"] = serde_json::json!({
@@ -525,6 +555,29 @@ fn source_entries(
             }
         })
         .collect()
+}
+
+/// The `[[update]]` tables as JSON objects with their lines.
+fn update_entries(
+    tables: Vec<toml::Table>,
+    text: &str,
+    path: &Path,
+) -> Result<Vec<super::updates::UpdateEntry>, ConfigError> {
+    let lines = header_lines(text, "[[update]]");
+    let mut out = Vec::new();
+    for (i, table) in tables.into_iter().enumerate() {
+        let line = lines.get(i).copied();
+        match serde_json::to_value(table) {
+            Ok(serde_json::Value::Object(options)) => out.push(super::updates::UpdateEntry { options, line }),
+            _ => {
+                return Err(ConfigError {
+                    location: Location { path: path.to_path_buf(), line },
+                    message: "`[[update]]` entry is not representable as JSON".into(),
+                })
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// 1-based numbers of the lines that are exactly `header` (comments and

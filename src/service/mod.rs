@@ -7,7 +7,8 @@
 //! Here too: the service's configuration sections ([`config`]), API keys
 //! ([`auth`]) and the reload status ([`reload_state`]), the one ingest step
 //! every entry point calls ([`ingest`]) and the running `[[source]]`
-//! entries that call it too ([`sources`]). Delivery to outputs
+//! entries that call it too ([`sources`]), and the `[[update]]` entries
+//! that keep data files current ([`updates`]). Delivery to outputs
 //! lives in [`crate::delivery`]; the state holds its handle.
 
 pub(crate) mod auth;
@@ -15,6 +16,7 @@ pub(crate) mod config;
 pub(crate) mod ingest;
 pub(crate) mod reload_state;
 pub(crate) mod sources;
+pub(crate) mod updates;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -58,6 +60,8 @@ pub(crate) struct AppState {
     pub delivery: Arc<crate::delivery::Delivery>,
     /// The running `[[source]]` entries.
     pub sources: sources::Sources,
+    /// The `[[update]]` entries (data files kept current).
+    pub updates: updates::Updates,
     /// Output profiles by name, and the default (`None`: the v1 layout).
     pub profiles: (enrichd_engine::Profiles, Option<Arc<enrichd_engine::Profile>>),
     /// `[profiles] key_profiles`: the profile per API key digest.
@@ -112,6 +116,7 @@ impl AppState {
             admin_changes: Default::default(),
             delivery: Arc::new(crate::delivery::Delivery::new(&state_dir, &base_dir)),
             sources: sources::Sources::new(state_dir.clone(), base_dir.clone()),
+            updates: updates::Updates::default(),
             profiles,
             started: Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),

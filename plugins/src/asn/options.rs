@@ -28,6 +28,23 @@ pub struct AsnOptions {
     /// reload keeps the database live.
     #[serde(default = "crate::mmdb::default_max_database_bytes")]
     pub max_database_bytes: u64,
+    /// Days after the database's build date (its metadata's
+    /// `build_epoch`, not the file's time) from which it counts as stale;
+    /// 0 (the default) never. 30 is the age at which Elastic stops using a
+    /// GeoIP database it could not update.
+    #[serde(default)]
+    pub max_age_days: u32,
+    /// What a stale database does: `warn` (default: degraded status and a
+    /// log line), `tag` (also a warning on every event it enriches) or
+    /// `stop` (writes `null`, state `error`, until a newer one loads).
+    #[serde(default)]
+    pub stale: crate::mmdb::StalePolicy,
+}
+
+impl AsnOptions {
+    pub(crate) fn freshness(&self) -> crate::mmdb::Freshness {
+        crate::mmdb::Freshness { max_age_days: self.max_age_days, policy: self.stale }
+    }
 }
 
 fn default_database() -> PathBuf {

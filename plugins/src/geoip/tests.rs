@@ -378,3 +378,49 @@ fn oversized_database_is_refused_unread() {
     assert!(err.contains("over the limit of 1000 bytes"), "{err}");
     chain(&format!("[[chain]]\nplugin = \"geoip\"\ndatabase = {db:?}\nmax_database_bytes = 100000000\n")).unwrap();
 }
+
+/// Issue 15: `max_age_days` / `stale`. MaxMind's test databases were built
+/// long ago, so with `max_age_days = 1` they are stale: `warn` keeps
+/// enriching and reports degraded, `tag` also marks each event, `stop`
+/// writes `null`, answers lookups with `null` and reports `error`. The
+/// build time is reported whatever the policy, for the age in the API.
+#[test]
+fn stale_databases_follow_the_policy() {
+    let config = |policy: &str| {
+        format!(
+            "[[chain]]\nplugin = \"geoip\"\ndatabase = \"tests/data/maxmind/GeoIP2-City-Test.mmdb\"\n\
+             max_age_days = 1\nstale = \"{policy}\"\n"
+        )
+    };
+    let london = || vec![event(None, Some("81.2.69.160"))];
+    let fresh = geoip_chain("GeoIP2-City-Test.mmdb");
+    let report = &fresh.reports()[0];
+    assert!(report.status.data_built_at.is_some_and(|t| t > 1_000_000_000), "{:?}", report.status.data_built_at);
+    assert!(report.data_age_s.is_some_and(|a| a > 86_400));
+    assert_eq!(report.status.error, None, "no policy by default");
+
+    let warn = chain(&config("warn")).unwrap();
+    let report = &warn.reports()[0];
+    assert_eq!(report.status.state, PluginState::Loaded);
+    let error = report.status.error.clone().unwrap();
+    assert!(error.contains("days old, over max_age_days = 1"), "{error}");
+    let (out, warnings) = &run(&warn, london())[0];
+    assert_eq!(out["geo"]["city"], "London");
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    let tag = chain(&config("tag")).unwrap();
+    let (out, warnings) = &run(&tag, london())[0];
+    assert_eq!(out["geo"]["city"], "London");
+    assert!(warnings.iter().any(|w| w.contains("geoip: stale database")), "{warnings:?}");
+
+    let stop = chain(&config("stop")).unwrap();
+    let report = &stop.reports()[0];
+    assert_eq!(report.status.state, PluginState::Error);
+    assert!(report.status.error.as_deref().unwrap().contains("not enriching"), "{:?}", report.status.error);
+    let (out, _) = &run(&stop, london())[0];
+    assert_eq!(out["geo"], Value::Null);
+    assert_eq!(stop.lookup_ip("81.2.69.160".parse().unwrap())["geo"], Value::Null);
+
+    let err = chain_err(&config("never"));
+    assert!(err.contains("unknown variant"), "{err}");
+}

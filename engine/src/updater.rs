@@ -1,0 +1,150 @@
+//! The data-file updater interface: how a file an enricher reads (a
+//! database, a feed) is kept up to date from somewhere else, without the
+//! core knowing any publisher or file format.
+//!
+//! An updater is an [`UpdaterFactory`] registered under a kind name. For
+//! each enabled `[[update]]` entry the service builds an [`UpdateRunner`]
+//! and calls [`UpdateRunner::fetch`] on the entry's schedule (and when an
+//! operator asks). The split of work mirrors the sources' and outputs':
+//!
+//! - an **updater** speaks one protocol and knows one file format: it asks
+//!   whether there is something new (conditional request, published
+//!   checksum), downloads it within its bounds, verifies it, unpacks it and
+//!   **validates it by opening it** the way its enricher will, all into a
+//!   staging file the core names;
+//! - the **core** owns what must be the same for every updater: the
+//!   schedule, one run at a time, the state (last check, last success,
+//!   validators, errors, next run) and its persistence, the API view and
+//!   the metrics, and the swap: an atomic rename of the staged file over
+//!   the configured path, after which the stages watching that path are
+//!   reloaded through the ordinary keep-last-good reload (a file the
+//!   enricher refuses leaves the previous data live).
+//!
+//! The contract an updater must keep: never leave a partial or unverified
+//! file in the staging path when it answers [`Fetched::Staged`]; bound
+//! every download in bytes and time; never put a secret (licence key,
+//! token) in an error text (the core also masks the values of
+//! [`UpdaterFactory::secret_fields`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::output::{check_options, BoxFuture, FieldError};
+
+/// What the last successful fetch learned about the remote copy, handed
+/// back on the next one so it can ask "changed since?". Kept by the core
+/// (and across restarts, in the state directory).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validators {
+    /// The HTTP `ETag` of the last download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The HTTP `Last-Modified` of the last download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+    /// A digest of the last download as its publisher names it (e.g. a
+    /// published SHA-256 of the archive), compared before downloading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// The answer of one [`UpdateRunner::fetch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// Nothing new (304, same published checksum): the file stays.
+    Unchanged,
+    /// A new, verified and validated file is complete in the staging path.
+    Staged {
+        validators: Validators,
+        /// One line about what was fetched, for the API and the log
+        /// (e.g. the database type and build date).
+        detail: String,
+    },
+}
+
+/// What an updater is built with besides its options.
+#[derive(Clone, Debug)]
+pub struct UpdateContext {
+    /// The entry's name (`name`, default its kind).
+    pub name: String,
+    /// The directory relative paths in options are resolved against.
+    pub base_dir: PathBuf,
+    /// The file the core swaps the staged file onto (`path` of the entry,
+    /// resolved). It may not exist yet.
+    pub target: PathBuf,
+}
+
+/// A running updater: one protocol, one file format.
+pub trait UpdateRunner: Send + Sync {
+    /// Checks once whether there is something newer than what `known`
+    /// describes; if so downloads, verifies and validates it into
+    /// `staging` (which the runner creates or truncates). `Err` says why in
+    /// words an operator can act on, without secrets; the staging file is
+    /// then removed by the core.
+    fn fetch<'a>(&'a self, known: &'a Validators, staging: &'a Path) -> BoxFuture<'a, Result<Fetched, String>>;
+}
+
+/// Builds updaters of one kind from options; implemented through
+/// [`Updater`].
+pub trait UpdaterFactory: Send + Sync {
+    /// The `type = "..."` of `[[update]]` and the default entry name.
+    fn kind(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    /// JSON Schema of the updater's own options.
+    fn options_schema(&self) -> schemars::Schema;
+    /// Option names whose values are secrets (never shown, masked).
+    fn secret_fields(&self) -> &'static [&'static str];
+    /// Every problem with `options`, not just the first.
+    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError>;
+    /// Builds the runner; `options` passed [`UpdaterFactory::check`].
+    fn build(&self, options: &Map<String, Value>, ctx: &UpdateContext) -> anyhow::Result<Arc<dyn UpdateRunner>>;
+}
+
+/// The typed way to write an updater, like [`crate::source::Source`]:
+/// options as a documented struct, the blanket implementation makes it an
+/// [`UpdaterFactory`].
+pub trait Updater: Send + Sync {
+    /// The updater's options (`deny_unknown_fields`, `default`).
+    type Options: DeserializeOwned + schemars::JsonSchema + Default;
+
+    fn kind(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    fn secret_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Checks a type cannot express, every problem listed.
+    fn validate(&self, options: &Self::Options) -> Vec<FieldError>;
+    fn build(&self, options: Self::Options, ctx: &UpdateContext) -> anyhow::Result<Arc<dyn UpdateRunner>>;
+}
+
+impl<U: Updater> UpdaterFactory for U {
+    fn kind(&self) -> &'static str {
+        Updater::kind(self)
+    }
+
+    fn description(&self) -> &'static str {
+        Updater::description(self)
+    }
+
+    fn options_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(U::Options)
+    }
+
+    fn secret_fields(&self) -> &'static [&'static str] {
+        Updater::secret_fields(self)
+    }
+
+    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError> {
+        check_options::<U::Options>(options, |typed| Updater::validate(self, typed))
+    }
+
+    fn build(&self, options: &Map<String, Value>, ctx: &UpdateContext) -> anyhow::Result<Arc<dyn UpdateRunner>> {
+        let typed = <U::Options as Deserialize>::deserialize(Value::Object(options.clone()))
+            .map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
+        Updater::build(self, typed, ctx)
+    }
+}

@@ -1,0 +1,521 @@
+//! The `[[update]]` entries: data files kept current by an updater of the
+//! entry's kind (from the registry; the core names none), on a schedule and
+//! on demand (`POST /v1/updates/{name}/run`).
+//!
+//! Why it looks like this:
+//! - **The updater fetches, the core swaps.** An updater downloads,
+//!   verifies and validates into a staging file the core names, next to
+//!   the target (same directory, so the rename is atomic); the core renames
+//!   it over the target and reloads the stages watching that path through
+//!   the ordinary reload, whose keep-last-good rule still applies (a file a
+//!   stage refuses leaves its previous data live). The file watcher sees
+//!   the rename too; that second reload finds the same hash and is dropped.
+//! - **One run at a time per entry**, scheduled or asked for: a second
+//!   caller waits for the first and then runs its own check.
+//! - **State outlives the process.** What the last download was (ETag,
+//!   Last-Modified, the published digest) and when each check ran are kept
+//!   in `state_dir/updates/<name>.json`, so a restart neither downloads
+//!   again nor checks before `interval_s` has passed since the last check.
+//! - **Secrets never leave.** Values of the kind's secret options are
+//!   masked in every stored or logged error (the updaters also mask what
+//!   they read from the environment), and views show `<key>_set: true`.
+//! - **Configured at start.** A reload of the file does not change running
+//!   updaters (the entries are read once); restart to change them.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use enrichd_engine::output::check_keys;
+use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, Validators};
+use enrichd_engine::Registry;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::AppState;
+use crate::metrics::prometheus::UpdateReading;
+
+/// Keys of an `[[update]]` entry the runtime takes; the rest are the kind's
+/// own options.
+pub(crate) const RUNTIME_KEYS: [&str; 6] = ["type", "name", "enabled", "path", "interval_s", "on_start"];
+
+/// Shortest `interval_s`.
+const MIN_INTERVAL_S: u64 = 10;
+
+/// An `[[update]]` table of the file, as JSON, with its line.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct UpdateEntry {
+    pub options: Map<String, Value>,
+    pub line: Option<usize>,
+}
+
+/// The runtime's keys of an `[[update]]` entry (the rest are the type's
+/// own options).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct UpdateRuntime {
+    /// The updater type (`maxmind`, `mmdb_url`). Required.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The entry's name in the API and the metrics (1-64 letters, digits,
+    /// `_`, `-`; default: its type).
+    pub name: Option<String>,
+    /// Run the updater (default true).
+    pub enabled: bool,
+    /// The file kept current, relative to the config file's directory: the
+    /// same path as the `database` of the stage that reads it. Required.
+    pub path: PathBuf,
+    /// Seconds between checks (default 86400, at least 10). MaxMind
+    /// publishes GeoLite2 twice a week; checking daily costs a small
+    /// checksum request when nothing changed.
+    pub interval_s: u64,
+    /// Check at start when the last check (kept in the state directory) is
+    /// older than `interval_s` or the file is missing (default true).
+    pub on_start: bool,
+}
+
+impl Default for UpdateRuntime {
+    fn default() -> Self {
+        UpdateRuntime {
+            kind: String::new(),
+            name: None,
+            enabled: true,
+            path: PathBuf::new(),
+            interval_s: 86_400,
+            on_start: true,
+        }
+    }
+}
+
+/// A checked entry.
+#[derive(Clone, Debug)]
+struct UpdateSpec {
+    kind: String,
+    name: String,
+    enabled: bool,
+    target: PathBuf,
+    interval: Duration,
+    on_start: bool,
+    options: Map<String, Value>,
+}
+
+/// What is known of one entry's runs; persisted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct RunState {
+    validators: Validators,
+    /// Unix seconds.
+    last_check: Option<u64>,
+    last_success: Option<u64>,
+    last_change: Option<u64>,
+    last_error: Option<String>,
+    last_error_at: Option<u64>,
+    /// `changed`, `unchanged` or `failed`.
+    last_result: Option<String>,
+    /// What the last change brought (the updater's words).
+    last_detail: Option<String>,
+    /// What the reload made of the last change, per stage.
+    last_apply: Option<Value>,
+    checks: u64,
+    changes: u64,
+    failures: u64,
+    #[serde(skip)]
+    next_run: Option<u64>,
+    #[serde(skip)]
+    running: bool,
+}
+
+/// One entry: its runner and state.
+struct Lane {
+    spec: UpdateSpec,
+    runner: Option<Arc<dyn UpdateRunner>>,
+    /// Secret option values, masked in every message.
+    secrets: Vec<String>,
+    /// The secret option names, shown as `<name>_set`.
+    secret_fields: &'static [&'static str],
+    state: Mutex<RunState>,
+    /// One run at a time.
+    run_lock: tokio::sync::Mutex<()>,
+    file: PathBuf,
+}
+
+/// The configured `[[update]]` entries.
+#[derive(Default)]
+pub(crate) struct Updates {
+    lanes: OnceLock<Vec<Arc<Lane>>>,
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `enrichd check-config`: every problem of the entries (with lines), or
+/// the files they keep current (a stage's missing database is then
+/// expected: the updater fetches it at start).
+pub(crate) fn check(registry: &Registry, entries: &[UpdateEntry], base_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    desired(registry, entries, base_dir)
+        .map(|specs| specs.into_iter().filter(|s| s.enabled).map(|s| s.target).collect())
+}
+
+/// Checks every entry; `Err` lists every problem with its line.
+fn desired(registry: &Registry, entries: &[UpdateEntry], base_dir: &Path) -> Result<Vec<UpdateSpec>, String> {
+    let mut out: Vec<UpdateSpec> = Vec::new();
+    let mut problems = Vec::new();
+    for entry in entries {
+        let at = entry.line.map_or(String::new(), |l| format!(" (line {l})"));
+        let (runtime, options): (Map<String, Value>, Map<String, Value>) = entry
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .partition(|(k, _)| RUNTIME_KEYS.contains(&k.as_str()));
+        let (errors, parsed) = check_keys::<UpdateRuntime>(&runtime);
+        let mut mine: Vec<String> = errors.into_iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+        let runtime = parsed.unwrap_or_default();
+        let factory = registry.updater(&runtime.kind);
+        if factory.is_none() {
+            let known: Vec<&str> = registry.updaters().map(|f| f.kind()).collect();
+            mine.push(format!("type: {:?} is not an updater type (known: {})", runtime.kind, known.join(", ")));
+        }
+        let name = runtime.name.clone().unwrap_or_else(|| runtime.kind.clone());
+        if !valid_name(&name) {
+            mine.push("name: 1-64 letters, digits, `_` and `-`".into());
+        }
+        if runtime.path.as_os_str().is_empty() {
+            mine.push("path: required (the file to keep current, as the stage's `database`)".into());
+        }
+        if runtime.interval_s < MIN_INTERVAL_S {
+            mine.push(format!("interval_s: must be at least {MIN_INTERVAL_S}"));
+        }
+        if let Some(factory) = factory {
+            mine.extend(factory.check(&options).into_iter().map(|e| format!("{}: {}", e.field, e.message)));
+        }
+        let target = if runtime.path.is_absolute() { runtime.path.clone() } else { base_dir.join(&runtime.path) };
+        if out.iter().any(|s| s.name == name) {
+            mine.push(format!("a second entry named {name:?}"));
+        } else if out.iter().any(|s| s.target == target) {
+            mine.push(format!("a second entry for {}", target.display()));
+        }
+        if mine.is_empty() {
+            out.push(UpdateSpec {
+                kind: runtime.kind,
+                name,
+                enabled: runtime.enabled,
+                target,
+                interval: Duration::from_secs(runtime.interval_s),
+                on_start: runtime.on_start,
+                options,
+            });
+        } else {
+            problems.push(format!("[[update]]{at}: {}", mine.join("; ")));
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+impl Lane {
+    fn mask(&self, mut text: String) -> String {
+        for secret in &self.secrets {
+            text = text.replace(secret.as_str(), "***");
+        }
+        enrichd_engine::limits::cap_message(text)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn persist(&self) {
+        let text = serde_json::to_vec_pretty(&*self.state()).expect("state serializes");
+        let tmp = self.file.with_extension("json.tmp");
+        let written = std::fs::create_dir_all(self.file.parent().unwrap_or(Path::new(".")))
+            .and_then(|()| std::fs::write(&tmp, &text))
+            .and_then(|()| std::fs::rename(&tmp, &self.file));
+        if let Err(e) = written {
+            tracing::warn!(updater = %self.spec.name, error = %e, path = %self.file.display(), "keeping update state");
+        }
+    }
+
+    /// Where the updater writes: beside the target, so the swap is a
+    /// rename within one directory.
+    fn staging(&self) -> PathBuf {
+        let file = self.spec.target.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+        self.spec.target.with_file_name(format!(".{file}.{}.update", self.spec.name))
+    }
+
+    fn view(&self) -> Value {
+        let s = self.state().clone();
+        let mut settings = Map::new();
+        for (k, v) in &self.spec.options {
+            if self.secret_fields.contains(&k.as_str()) {
+                settings.insert(format!("{k}_set"), Value::Bool(true));
+            } else {
+                settings.insert(k.clone(), v.clone());
+            }
+        }
+        let state = match (&self.runner, s.running, s.last_result.as_deref()) {
+            (None, ..) => "disabled",
+            (_, true, _) => "running",
+            (_, _, Some("failed")) => "failing",
+            _ => "ok",
+        };
+        let time = |t: Option<u64>| t.map(|t| enrichd_engine::rfc3339(UNIX_EPOCH + Duration::from_secs(t)));
+        json!({
+            "name": self.spec.name,
+            "type": self.spec.kind,
+            "enabled": self.spec.enabled,
+            "path": self.spec.target,
+            "interval_s": self.spec.interval.as_secs(),
+            "state": state,
+            "last_check": time(s.last_check),
+            "last_success": time(s.last_success),
+            "last_change": time(s.last_change),
+            "next_run": time(s.next_run),
+            "last_result": s.last_result,
+            "last_detail": s.last_detail,
+            "last_error": s.last_error,
+            "last_error_at": time(s.last_error_at),
+            "last_apply": s.last_apply,
+            "validators": s.validators,
+            "checks": s.checks,
+            "changes": s.changes,
+            "failures": s.failures,
+            "settings": settings,
+        })
+    }
+}
+
+impl Updates {
+    /// Checks and builds every entry; `Err` lists every problem. Called
+    /// once, at start.
+    pub(crate) fn configure(
+        &self,
+        registry: &Registry,
+        entries: &[UpdateEntry],
+        base_dir: &Path,
+        state_dir: &Path,
+    ) -> Result<(), String> {
+        let specs = desired(registry, entries, base_dir)?;
+        let mut lanes = Vec::new();
+        for spec in specs {
+            let factory = registry.updater(&spec.kind).expect("checked by desired");
+            let secret_fields = factory.secret_fields();
+            let secrets = spec
+                .options
+                .iter()
+                .filter(|(k, _)| secret_fields.contains(&k.as_str()))
+                .filter_map(|(_, v)| v.as_str().filter(|s| !s.is_empty()).map(String::from))
+                .collect();
+            let runner = if spec.enabled {
+                let ctx = UpdateContext {
+                    name: spec.name.clone(),
+                    base_dir: base_dir.to_path_buf(),
+                    target: spec.target.clone(),
+                };
+                Some(factory.build(&spec.options, &ctx).map_err(|e| format!("[[update]] {:?}: {e:#}", spec.name))?)
+            } else {
+                None
+            };
+            let file = state_dir.join("updates").join(format!("{}.json", spec.name));
+            let state = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+            lanes.push(Arc::new(Lane {
+                spec,
+                runner,
+                secrets,
+                secret_fields,
+                state: Mutex::new(state),
+                run_lock: tokio::sync::Mutex::new(()),
+                file,
+            }));
+        }
+        self.lanes.set(lanes).map_err(|_| "updates configured twice".to_string())
+    }
+
+    fn lanes(&self) -> &[Arc<Lane>] {
+        self.lanes.get().map_or(&[], |l| l.as_slice())
+    }
+
+    /// Starts each enabled entry's schedule (on the current runtime).
+    pub(crate) fn start(&self, state: &Arc<AppState>) {
+        for lane in self.lanes().iter().filter(|l| l.runner.is_some()) {
+            let (lane, service) = (lane.clone(), Arc::downgrade(state));
+            let mut shutdown = state.shutdown.subscribe();
+            let interval = lane.spec.interval.as_secs();
+            let now = now_s();
+            let first = match lane.state().last_check {
+                _ if !lane.spec.on_start => now + interval,
+                _ if !lane.spec.target.exists() => now,
+                Some(last) => last.saturating_add(interval).max(now),
+                None => now,
+            };
+            lane.state().next_run = Some(first);
+            tokio::spawn(async move {
+                loop {
+                    let next = lane.state().next_run.unwrap_or_else(now_s);
+                    let wait = Duration::from_secs(next.saturating_sub(now_s()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                    let Some(service) = service.upgrade() else { return };
+                    run(&service, &lane).await;
+                }
+            });
+        }
+    }
+
+    /// `POST /v1/updates/{name}/run`: one check now; `None` for an unknown
+    /// name.
+    pub(crate) async fn run_now(&self, state: &Arc<AppState>, name: &str) -> Option<Value> {
+        let lane = self.lanes().iter().find(|l| l.spec.name == name)?.clone();
+        if lane.runner.is_some() {
+            run(state, &lane).await;
+        }
+        Some(lane.view())
+    }
+
+    /// `GET /v1/updates`.
+    pub(crate) fn views(&self) -> Vec<Value> {
+        self.lanes().iter().map(|l| l.view()).collect()
+    }
+
+    pub(crate) fn readings(&self) -> Vec<UpdateReading> {
+        self.lanes()
+            .iter()
+            .map(|l| {
+                let s = l.state();
+                UpdateReading {
+                    name: l.spec.name.clone(),
+                    checks: s.checks,
+                    changes: s.changes,
+                    failures: s.failures,
+                    last_success: s.last_success.unwrap_or(0),
+                    healthy: s.last_result.as_deref() != Some("failed"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One check, with the swap and the reload when there is something new.
+async fn run(service: &Arc<AppState>, lane: &Lane) {
+    let Some(runner) = &lane.runner else { return };
+    let _one = lane.run_lock.lock().await;
+    lane.state().running = true;
+    let staging = lane.staging();
+    let known = lane.state().validators.clone();
+    let started = now_s();
+    let fetched = match std::fs::create_dir_all(staging.parent().unwrap_or(Path::new("."))) {
+        Ok(()) => runner.fetch(&known, &staging).await,
+        Err(e) => Err(format!("creating {}: {e}", staging.parent().unwrap_or(Path::new(".")).display())),
+    };
+    let outcome = match fetched {
+        Ok(Fetched::Unchanged) => Ok(None),
+        Ok(Fetched::Staged { validators, detail }) => {
+            swap(&staging, &lane.spec.target).map(|()| Some((validators, detail)))
+        }
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(&staging);
+    let apply = match &outcome {
+        Ok(Some(_)) => {
+            let target = lane.spec.target.clone();
+            let service = service.clone();
+            let report = tokio::task::spawn_blocking(move || service.engine.reload_paths(&[target])).await;
+            report.ok().map(|r| serde_json::to_value(&r).unwrap_or(Value::Null))
+        }
+        _ => None,
+    };
+    {
+        let mut s = lane.state();
+        s.checks += 1;
+        s.last_check = Some(started);
+        s.running = false;
+        s.next_run = Some(now_s() + lane.spec.interval.as_secs());
+        match outcome {
+            Ok(None) => {
+                s.last_success = Some(started);
+                s.last_result = Some("unchanged".into());
+                tracing::info!(updater = %lane.spec.name, "data file unchanged");
+            }
+            Ok(Some((validators, detail))) => {
+                s.last_success = Some(started);
+                s.last_change = Some(now_s());
+                s.changes += 1;
+                s.validators = validators;
+                s.last_result = Some("changed".into());
+                tracing::info!(updater = %lane.spec.name, path = %lane.spec.target.display(), %detail, "data file updated");
+                let mut entry =
+                    crate::audit::AuditEntry::new("updater", "data_file_updated", format!("update {}", lane.spec.name));
+                entry.detail = Some(format!("{}: {detail}", lane.spec.target.display()));
+                service.audit.record(entry);
+                s.last_detail = Some(detail);
+                s.last_apply = apply;
+            }
+            Err(e) => {
+                let e = lane.mask(e);
+                tracing::warn!(updater = %lane.spec.name, error = %e, "update failed; the current file stays");
+                s.failures += 1;
+                s.last_error = Some(e);
+                s.last_error_at = Some(now_s());
+                s.last_result = Some("failed".into());
+            }
+        }
+    }
+    lane.persist();
+}
+
+/// Renames the staged file over `target` and syncs the directory, so the
+/// new file survives a crash right after.
+fn swap(staging: &Path, target: &Path) -> Result<(), String> {
+    std::fs::rename(staging, target).map_err(|e| format!("replacing {} with the download: {e}", target.display()))?;
+    if let Some(dir) = target.parent() {
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(toml: &str) -> UpdateEntry {
+        let table: toml::Table = toml.parse().unwrap();
+        let Value::Object(options) = serde_json::to_value(table).unwrap() else { unreachable!() };
+        UpdateEntry { options, line: Some(3) }
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        enrichd_plugins::register_all(&mut r);
+        r
+    }
+
+    #[test]
+    fn entries_are_checked_whole() {
+        let r = registry();
+        let ok = entry("type = \"mmdb_url\"\npath = \"geo/x.mmdb\"\nurl = \"http://127.0.0.1:1/x.mmdb\"\n");
+        let specs = desired(&r, std::slice::from_ref(&ok), Path::new("/etc/enrichd")).unwrap();
+        assert_eq!(specs[0].name, "mmdb_url");
+        assert_eq!(specs[0].target, Path::new("/etc/enrichd/geo/x.mmdb"));
+        let bad = entry("type = \"mmdb_url\"\ninterval_s = 1\nurl = \"ftp://x\"\nbogus = 1\n");
+        let err = desired(&r, &[bad], Path::new("/")).unwrap_err();
+        for want in ["(line 3)", "path: required", "interval_s", "url:", "bogus"] {
+            assert!(err.contains(want), "{want} in {err}");
+        }
+        let err = desired(&r, &[ok.clone(), ok], Path::new("/")).unwrap_err();
+        assert!(err.contains("a second entry named"), "{err}");
+        let err = desired(&r, &[entry("type = \"rsync\"\npath = \"x\"\n")], Path::new("/")).unwrap_err();
+        assert!(err.contains("not an updater type") && err.contains("maxmind"), "{err}");
+    }
+}
