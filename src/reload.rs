@@ -5,8 +5,8 @@
 //! The engine reloads stages (see `enrichd_engine::live`); this module adds
 //! what only the service knows: the configuration file and its environment
 //! overrides. Chain, `[[output]]`, `[[source]]` entries and `[auth]` keys
-//! apply live; `[server]`, `[reload]` and `[profiles]` changes are reported
-//! as needing a restart, never silently ignored.
+//! apply live; `[server]`, `[reload]`, `[profiles]` and `[[update]]`
+//! changes are reported as needing a restart, never silently ignored.
 
 use std::path::PathBuf;
 
@@ -174,6 +174,10 @@ fn reload_config(state: &AppState, actor: Actor, key_id: Option<&str>) -> Option
     }
     if config.profiles != running.profiles {
         needs_restart.push("profiles".to_string());
+    }
+    // Updaters are configured once at start (their schedules and state).
+    if config.updates != running.updates {
+        needs_restart.push("update".to_string());
     }
     // Outputs first: a bad `[[output]]` refuses the whole file, like a bad
     // chain entry (keep-last-good), before the chain changes.

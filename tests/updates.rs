@@ -204,6 +204,18 @@ base_url = "{base}"
     for text in [list.to_string(), server.metrics().to_string(), prometheus, server.log()] {
         assert!(!text.contains(LICENCE), "the licence key leaked: {text}");
     }
+
+    // A changed [[update]] entry applies at the next start, and says so.
+    let path = server.dir.path().join("config.toml");
+    std::fs::write(&path, config.replace("interval_s = 3600", "interval_s = 7200")).unwrap();
+    let reply = agent()
+        .post(&server.url("/v1/reload"))
+        .header("Authorization", format!("Bearer {ADMIN}"))
+        .send_empty()
+        .unwrap();
+    let text = reply.into_body().read_to_string().unwrap();
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["needs_restart"], serde_json::json!(["update"]), "{answer}");
 }
 
 /// `on_start`: a missing database is fetched at start, and the state kept
