@@ -21,6 +21,7 @@ pub mod asn;
 pub mod asn_class;
 pub mod geoip;
 mod mmdb;
+mod mmdb_probe;
 mod nats;
 pub mod outputs;
 pub mod sources;
@@ -33,7 +34,7 @@ pub mod updaters;
 /// bytes that are not public otherwise. Not a stable API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::mmdb::probe::{probe as probe_mmdb, Probe};
+    pub use crate::mmdb_probe::{probe as probe_mmdb, Probe};
 }
 
 use enrichd_engine::Registry;

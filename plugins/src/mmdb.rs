@@ -23,8 +23,7 @@
 mod cache;
 mod data;
 mod fresh;
-pub(crate) mod probe;
-mod tree;
+pub(crate) mod tree;
 
 use std::cell::RefCell;
 use std::io;
@@ -220,7 +219,7 @@ const SAMPLE_NODES: usize = 20_000;
 /// Where the search tree and the data section lie in a database's bytes,
 /// from the metadata `Reader::from_source` has just read: the tree, its
 /// length, and the data section's range. Refuses a layout that does not fit.
-fn layout(bytes: &[u8], md: &Metadata) -> Result<(Tree, usize, Range<usize>), &'static str> {
+pub(crate) fn layout(bytes: &[u8], md: &Metadata) -> Result<(Tree, usize, Range<usize>), &'static str> {
     let tree_len =
         (md.node_count as usize).checked_mul(usize::from(md.record_size) / 4).ok_or("search tree too large")?;
     let start = tree_len.checked_add(16).ok_or("search tree too large")?;
@@ -304,7 +303,7 @@ impl Database {
 
 /// [`Database::validate`] on a database's parts: `nodes` is the search
 /// tree, `data` the data section.
-fn validate_sample<F: RecordFormat>(tree: &Tree, nodes: &[u8], data: &[u8]) -> Result<(), String> {
+pub(crate) fn validate_sample<F: RecordFormat>(tree: &Tree, nodes: &[u8], data: &[u8]) -> Result<(), String> {
     sample_records(tree, nodes, data, |offset, out| encode_record::<F>(data, offset, out).map(drop))
 }
 
@@ -344,7 +343,7 @@ fn sample_records(
 }
 
 /// [`Database::encode`] on the data section's bytes.
-fn encode_record<F: RecordFormat>(data: &[u8], offset: usize, out: &mut Vec<u8>) -> Result<Fact, DataError> {
+pub(crate) fn encode_record<F: RecordFormat>(data: &[u8], offset: usize, out: &mut Vec<u8>) -> Result<Fact, DataError> {
     out.clear();
     let section = DataSection::new(data);
     match section.record(offset)? {

@@ -106,14 +106,14 @@ impl Tree {
     }
 
     /// Looks up one address (canonical: IPv4-mapped IPv6 given as IPv4).
-    pub(super) fn find(&self, tree: &[u8], ip: IpAddr) -> Found {
+    pub(crate) fn find(&self, tree: &[u8], ip: IpAddr) -> Found {
         let mut out = [Ok(None)];
         self.find_many(tree, &[ip], &mut out);
         out[0]
     }
 
     /// Looks up every address of `ips` (canonical) into `out`, same order.
-    pub(super) fn find_many(&self, tree: &[u8], ips: &[IpAddr], out: &mut [Found]) {
+    pub(crate) fn find_many(&self, tree: &[u8], ips: &[IpAddr], out: &mut [Found]) {
         assert_eq!(ips.len(), out.len());
         match self.record_size {
             24 => self.walk::<24>(tree, ips, out),

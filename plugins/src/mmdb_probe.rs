@@ -5,18 +5,19 @@
 //! A database is a file users drop in place, so a hostile or damaged one
 //! must end in an error: never a panic, an endless walk, an out-of-bounds
 //! read or a huge allocation. Going through the same steps as opening and
-//! serving ([`super::layout`], the validation sample, batch walks, record
+//! serving ([`crate::mmdb::layout`], the validation sample, batch walks, record
 //! encoding) without the snapshot file and mapping keeps the fuzzer fast
-//! (no file system per input) while testing the code that runs.
+//! (no file system per input) while testing the code that runs. It sits
+//! beside `mmdb`, not in it: it names the plugins built on `mmdb`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use maxminddb::Reader;
 
-use super::tree::Found;
-use super::{encode_record, layout, validate_sample, RecordFormat};
 use crate::asn::Asn;
 use crate::geoip::Geo;
+use crate::mmdb::tree::Found;
+use crate::mmdb::{encode_record, layout, validate_sample, RecordFormat};
 
 /// Addresses looked up in every probed database: both ends of both
 /// families, the IPv4 subtree of an IPv6 tree, and a few in between.
