@@ -12,6 +12,8 @@
 //! (bad or oversized bodies, keys, scopes, rate limits, the connection
 //! cap), in the one JSON error shape.
 
+use std::borrow::Cow;
+
 use serde_json::{json, Map, Value};
 
 use crate::service::{AppState, Scope};
@@ -26,7 +28,7 @@ enum Answer {
 
 struct Operation {
     method: &'static str,
-    path: &'static str,
+    path: Cow<'static, str>,
     summary: &'static str,
     scope: Option<Scope>,
     body: Option<Value>,
@@ -39,6 +41,53 @@ fn any_object() -> Value {
     json!({ "type": "object" })
 }
 
+/// An operation anyone may call, answering 200 with a JSON object unless
+/// told otherwise.
+fn public(method: &'static str, path: impl Into<Cow<'static, str>>, summary: &'static str) -> Operation {
+    Operation {
+        method,
+        path: path.into(),
+        summary,
+        scope: None,
+        body: None,
+        success: (200, Answer::Json(any_object())),
+        more: &[],
+    }
+}
+
+fn scoped(scope: Scope, method: &'static str, path: impl Into<Cow<'static, str>>, summary: &'static str) -> Operation {
+    Operation { scope: Some(scope), ..public(method, path, summary) }
+}
+
+fn read(method: &'static str, path: impl Into<Cow<'static, str>>, summary: &'static str) -> Operation {
+    scoped(Scope::Read, method, path, summary)
+}
+
+fn admin(method: &'static str, path: impl Into<Cow<'static, str>>, summary: &'static str) -> Operation {
+    scoped(Scope::Admin, method, path, summary)
+}
+
+fn ingest(method: &'static str, path: impl Into<Cow<'static, str>>, summary: &'static str) -> Operation {
+    scoped(Scope::Ingest, method, path, summary)
+}
+
+impl Operation {
+    /// The JSON request body's schema.
+    fn body(self, schema: Value) -> Self {
+        Operation { body: Some(schema), ..self }
+    }
+
+    /// The successful answer, when not 200 with a JSON object.
+    fn answers(self, status: u16, answer: Answer) -> Self {
+        Operation { success: (status, answer), ..self }
+    }
+
+    /// Refusals beyond the shared ones.
+    fn or(self, more: &'static [u16]) -> Self {
+        Operation { more, ..self }
+    }
+}
+
 /// Refusals any operation can answer with (body limits, gzip, keys, rate
 /// limits, timeouts, the connection cap).
 const SHARED: [u16; 7] = [400, 408, 413, 415, 429, 431, 503];
@@ -47,267 +96,48 @@ fn operations(input: &[(&str, Value)], enriched: Value) -> Vec<Operation> {
     let envelope = json!({ "oneOf": input.iter().map(|(name, _)| json!({ "$ref": format!("#/components/schemas/{name}") })).collect::<Vec<_>>() });
     let name_body = json!({ "type": "object", "additionalProperties": true });
     use Answer::{Json, Media};
-    use Scope::{Admin, Ingest, Read};
     vec![
-        Operation {
-            method: "get",
-            path: "/v1",
-            summary: "Service name, version and API paths",
-            scope: None,
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/health",
-            summary: "Liveness",
-            scope: None,
-            body: None,
-            success: (
-                200,
-                Json(
-                    json!({ "type": "object", "properties": { "status": { "const": "ok" } }, "required": ["status"] }),
-                ),
-            ),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/health/details",
-            summary: "Readiness with every stage's state",
-            scope: Some(Read),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/enrichers",
-            summary: "The chain: stages, states, versions, sources, counters",
-            scope: Some(Read),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/version",
-            summary: "Version, git tag and commit",
-            scope: None,
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/schema",
-            summary: "Names of the JSON Schemas",
-            scope: None,
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/schema/{name}",
-            summary: "One JSON Schema (input formats, the enriched batch)",
-            scope: None,
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[404],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/openapi.json",
-            summary: "This document",
-            scope: None,
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/metrics",
-            summary: "Live metrics (public unless server.metrics_require_key)",
-            scope: None,
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/stream",
-            summary: "Live metrics as server-sent events (never ends)",
-            scope: None,
-            body: None,
-            success: (200, Media("text/event-stream")),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/tap",
-            summary: "A sampled live stream of enriched events",
-            scope: Some(Read),
-            body: None,
-            success: (200, Media("application/x-ndjson")),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/metrics",
-            summary: "Prometheus text exposition",
-            scope: None,
-            body: None,
-            success: (200, Media("text/plain")),
-            more: &[],
-        },
-        Operation {
-            method: "post",
-            path: "/v1/lookup",
-            summary: "Everything the chain knows of one address or domain",
-            scope: Some(Read),
-            body: Some(json!({ "type": "object", "properties": { "ip": { "type": "string" } }, "required": ["ip"] })),
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "post",
-            path: "/v1/ingest",
-            summary: "Enrich a batch and deliver it to every enabled output",
-            scope: Some(Ingest),
-            body: Some(envelope),
-            success: (200, Json(enriched)),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/outputs",
-            summary: "Every output with its state and counters",
-            scope: Some(Read),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "post",
-            path: "/v1/outputs/test",
-            summary: "Send one probe event to an output",
-            scope: Some(Admin),
-            body: Some(
-                json!({ "type": "object", "properties": { "target": { "type": "string" } }, "required": ["target"] }),
-            ),
-            success: (200, Json(any_object())),
-            more: &[404, 422],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/outputs/{name}",
-            summary: "One output",
-            scope: Some(Read),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[404],
-        },
-        Operation {
-            method: "put",
-            path: "/v1/outputs/{name}",
-            summary: "Set an output's settings (201 new, 200 changed)",
-            scope: Some(Admin),
-            body: Some(name_body.clone()),
-            success: (200, Json(any_object())),
-            more: &[201, 404, 422],
-        },
-        Operation {
-            method: "post",
-            path: "/v1/outputs/{name}",
-            summary: "Same as PUT",
-            scope: Some(Admin),
-            body: Some(name_body),
-            success: (200, Json(any_object())),
-            more: &[201, 404, 422],
-        },
-        Operation {
-            method: "delete",
-            path: "/v1/outputs/{name}",
-            summary: "Drop the API's settings of an output",
-            scope: Some(Admin),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[404, 409],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/outputs/{name}/deadletter",
-            summary: "An output's dead-lettered events",
-            scope: Some(Read),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[404],
-        },
-        Operation {
-            method: "post",
-            path: "/v1/outputs/{name}/deadletter/replay",
-            summary: "Move dead-lettered events back into the backlog",
-            scope: Some(Admin),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[404, 409],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/sources",
-            summary: "Every source with its state and counters",
-            scope: Some(Read),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/sources/{name}/deadletter",
-            summary: "A source's dead-lettered messages",
-            scope: Some(Read),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[404],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/updates",
-            summary: "Every [[update]] entry (data-file updaters) with its state",
-            scope: Some(Read),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "post",
-            path: "/v1/updates/{name}/run",
-            summary: "Run one updater now; answers once its file is live (or why not)",
-            scope: Some(Admin),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[404],
-        },
-        Operation {
-            method: "post",
-            path: "/v1/reload",
-            summary: "Re-read the configuration and every stage's data",
-            scope: Some(Admin),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
-        Operation {
-            method: "get",
-            path: "/v1/audit",
-            summary: "The audit log, newest first",
-            scope: Some(Admin),
-            body: None,
-            success: (200, Json(any_object())),
-            more: &[],
-        },
+        public("get", "/v1", "Service name, version and API paths"),
+        public("get", "/v1/health", "Liveness").answers(
+            200,
+            Json(json!({ "type": "object", "properties": { "status": { "const": "ok" } }, "required": ["status"] })),
+        ),
+        read("get", "/v1/health/details", "Readiness with every stage's state"),
+        read("get", "/v1/enrichers", "The chain: stages, states, versions, sources, counters"),
+        public("get", "/v1/version", "Version, git tag and commit"),
+        public("get", "/v1/schema", "Names of the JSON Schemas"),
+        public("get", "/v1/schema/{name}", "One JSON Schema (input formats, the enriched batch)").or(&[404]),
+        public("get", "/v1/openapi.json", "This document"),
+        public("get", "/v1/metrics", "Live metrics (public unless server.metrics_require_key)"),
+        public("get", "/v1/stream", "Live metrics as server-sent events (never ends)")
+            .answers(200, Media("text/event-stream")),
+        read("get", "/v1/tap", "A sampled live stream of enriched events").answers(200, Media("application/x-ndjson")),
+        public("get", "/metrics", "Prometheus text exposition").answers(200, Media("text/plain")),
+        read("post", "/v1/lookup", "Everything the chain knows of one address or domain")
+            .body(json!({ "type": "object", "properties": { "ip": { "type": "string" } }, "required": ["ip"] })),
+        ingest("post", "/v1/ingest", "Enrich a batch and deliver it to every enabled output")
+            .body(envelope)
+            .answers(200, Json(enriched)),
+        read("get", "/v1/outputs", "Every output with its state and counters"),
+        admin("post", "/v1/outputs/test", "Send one probe event to an output")
+            .body(json!({ "type": "object", "properties": { "target": { "type": "string" } }, "required": ["target"] }))
+            .or(&[404, 422]),
+        read("get", "/v1/outputs/{name}", "One output").or(&[404]),
+        admin("put", "/v1/outputs/{name}", "Set an output's settings (201 new, 200 changed)")
+            .body(name_body.clone())
+            .or(&[201, 404, 422]),
+        admin("post", "/v1/outputs/{name}", "Same as PUT").body(name_body).or(&[201, 404, 422]),
+        admin("delete", "/v1/outputs/{name}", "Drop the API's settings of an output").or(&[404, 409]),
+        read("get", "/v1/outputs/{name}/deadletter", "An output's dead-lettered events").or(&[404]),
+        admin("post", "/v1/outputs/{name}/deadletter/replay", "Move dead-lettered events back into the backlog")
+            .or(&[404, 409]),
+        read("get", "/v1/sources", "Every source with its state and counters"),
+        read("get", "/v1/sources/{name}/deadletter", "A source's dead-lettered messages").or(&[404]),
+        read("get", "/v1/updates", "Every [[update]] entry (data-file updaters) with its state"),
+        admin("post", "/v1/updates/{name}/run", "Run one updater now; answers once its file is live (or why not)")
+            .or(&[404]),
+        admin("post", "/v1/reload", "Re-read the configuration and every stage's data"),
+        admin("get", "/v1/audit", "The audit log, newest first"),
     ]
 }
 
@@ -335,44 +165,21 @@ pub(crate) fn document(state: &AppState) -> Value {
         .map(|s| hoist("EnrichedBatch", s, &mut components))
         .unwrap_or_else(any_object);
     let mut ops = operations(&input, enriched);
-    let admin: Vec<(String, String)> = super::admin::resource_paths(state)
+    for (path, kind) in super::admin::resource_paths(state)
         .into_iter()
-        .flat_map(|p| [(p.clone(), "list".to_string()), (format!("{p}/{{id}}"), "delete".to_string())])
-        .collect();
-    let mut paths = Map::new();
-    for op in ops.drain(..) {
-        let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));
-        entry[op.method] = operation(op.path, op.summary, op.scope, op.body, op.success, op.more);
-    }
-    for (path, kind) in admin {
-        let entry = paths.entry(path.clone()).or_insert_with(|| json!({}));
+        .flat_map(|p| [(p.clone(), "list"), (format!("{p}/{{id}}"), "delete")])
+    {
         if kind == "list" {
-            entry["get"] = operation(
-                &path,
-                "List a plugin's admin resource",
-                Some(Scope::Admin),
-                None,
-                (200, Answer::Json(any_object())),
-                &[],
-            );
-            entry["put"] = operation(
-                &path,
-                "Add or update entries of a plugin's admin resource",
-                Some(Scope::Admin),
-                Some(json!({})),
-                (200, Answer::Json(any_object())),
-                &[],
-            );
+            ops.push(admin("get", path.clone(), "List a plugin's admin resource"));
+            ops.push(admin("put", path, "Add or update entries of a plugin's admin resource").body(json!({})));
         } else {
-            entry["delete"] = operation(
-                &path,
-                "Remove one entry of a plugin's admin resource",
-                Some(Scope::Admin),
-                None,
-                (200, Answer::Json(any_object())),
-                &[404],
-            );
+            ops.push(admin("delete", path, "Remove one entry of a plugin's admin resource").or(&[404]));
         }
+    }
+    let mut paths = Map::new();
+    for op in ops {
+        let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));
+        entry[op.method] = operation(&op.path, op.summary, op.scope, op.body, op.success, op.more);
     }
     json!({
         "openapi": "3.1.0",

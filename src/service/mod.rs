@@ -13,6 +13,8 @@
 
 pub(crate) mod auth;
 pub(crate) mod config;
+#[cfg(test)]
+mod config_fuzz;
 pub(crate) mod ingest;
 pub(crate) mod reload_state;
 pub(crate) mod sources;

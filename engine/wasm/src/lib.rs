@@ -27,26 +27,38 @@
 //! ABI whose guest half (`sdk/`) is versioned with it. The path under
 //! `engine/` is historical; moving the folder would only churn paths.
 
+#[cfg(feature = "runtime")]
 mod enricher;
+#[cfg(feature = "runtime")]
 mod host;
+#[cfg(feature = "runtime")]
 mod limits;
 mod options;
+pub mod results;
+#[cfg(feature = "runtime")]
 pub mod runtime;
+#[cfg(feature = "runtime")]
 pub mod signature;
+#[cfg_attr(not(feature = "runtime"), allow(dead_code))]
 mod stats;
+#[cfg_attr(not(feature = "runtime"), allow(dead_code))]
 mod text;
 
 /// The guest ABI this host runs (`--version` reports it).
 pub use enrichd_sdk::abi::{ABI_MAJOR, ABI_MINOR};
+#[cfg(feature = "runtime")]
 pub use enricher::{inspect, to_record, ModuleReport, RecordSlots, WasmEnricher};
 pub use options::{Role, WasmOptions};
 pub use stats::FailureKind;
 
+#[cfg(feature = "runtime")]
 use enrichd_engine::{BuildContext, Enricher, Plugin};
 
 /// The `wasm` plugin kind.
+#[cfg(feature = "runtime")]
 pub struct WasmFactory;
 
+#[cfg(feature = "runtime")]
 impl Plugin for WasmFactory {
     type Options = WasmOptions;
 
