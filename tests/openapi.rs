@@ -15,7 +15,8 @@ const FUZZ_KEY: &str = "fuzz-key-3b9e1c";
 fn start() -> Server {
     let config = format!(
         "[auth]\n\n[[auth.keys]]\nname = \"fuzzer\"\nkey_env = \"FUZZ_KEY\"\nscopes = [\"ingest\", \"read\", \"admin\"]\n\n\
-         [reload]\nwatch = false\n\n{}",
+         [reload]\nwatch = false\n\n\
+         [[output]]\ntype = \"file\"\nname = \"archive\"\npath = \"out/enriched.ndjson\"\n\n{}",
         test_chain()
     );
     Server::start_with(&config, &[("FUZZ_KEY", FUZZ_KEY)])
@@ -34,6 +35,15 @@ fn every_route_is_documented() {
     assert!(routes.len() > 20, "{routes:?}");
     for route in routes {
         assert!(paths.contains_key(route), "{route} is routed but not in /v1/openapi.json");
+    }
+    // Path parameters name what exists: the configured output, the schemas.
+    let name_of = |path: &str, method: &str| doc["paths"][path][method]["parameters"][0]["schema"].clone();
+    assert_eq!(name_of("/v1/outputs/{name}", "get")["enum"], serde_json::json!(["archive"]));
+    assert_eq!(name_of("/v1/outputs/{name}", "put")["pattern"], "^[A-Za-z0-9_-]{1,64}$");
+    let schemas = name_of("/v1/schema/{name}", "get")["enum"].as_array().unwrap().clone();
+    assert!(schemas.iter().any(|n| n == "enriched.v1.schema.json"), "{schemas:?}");
+    for name in schemas {
+        assert_eq!(s.get(&format!("/v1/schema/{}", name.as_str().unwrap())).status, 200, "{name}");
     }
     // Plugin admin resources too (the ti plugin's indicators).
     assert!(paths.contains_key("/v1/indicators") && paths.contains_key("/v1/indicators/{id}"));

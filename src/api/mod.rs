@@ -15,6 +15,7 @@ mod ingest;
 mod live;
 mod openapi;
 mod outputs;
+mod page;
 mod sources;
 mod tap;
 mod updates;

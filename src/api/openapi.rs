@@ -16,6 +16,7 @@ use std::borrow::Cow;
 
 use serde_json::{json, Map, Value};
 
+use super::page::Page;
 use crate::service::{AppState, Scope};
 
 /// What an operation's successful answer is.
@@ -35,6 +36,34 @@ struct Operation {
     success: (u16, Answer),
     /// Refusals beyond the shared ones (404 for unknown names, ...).
     more: &'static [u16],
+    /// Path parameters' schemas by name (default: any string) and query
+    /// parameters.
+    params: Vec<(&'static str, Value)>,
+    query: Vec<Value>,
+}
+
+/// The names that exist on the running server: path parameters list them,
+/// so a client (and Schemathesis) reaches real resources rather than 404s.
+struct Live {
+    outputs: Vec<String>,
+    sources: Vec<String>,
+    updates: Vec<String>,
+    schemas: Vec<&'static str>,
+}
+
+/// A name a client may create (an output set by `PUT`): what
+/// `valid_name` accepts.
+fn new_name(known: &[String]) -> Value {
+    json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$", "examples": known })
+}
+
+/// One of the resources that exist now (anything else is a 404); with
+/// none, any valid name (an empty `enum` would admit no request at all).
+fn existing(known: &[String]) -> Value {
+    if known.is_empty() {
+        return new_name(known);
+    }
+    json!({ "type": "string", "enum": known })
 }
 
 fn any_object() -> Value {
@@ -52,6 +81,8 @@ fn public(method: &'static str, path: impl Into<Cow<'static, str>>, summary: &'s
         body: None,
         success: (200, Answer::Json(any_object())),
         more: &[],
+        params: Vec::new(),
+        query: Vec::new(),
     }
 }
 
@@ -86,13 +117,24 @@ impl Operation {
     fn or(self, more: &'static [u16]) -> Self {
         Operation { more, ..self }
     }
+
+    /// The schema of path parameter `{name}`.
+    fn param(mut self, name: &'static str, schema: Value) -> Self {
+        self.params.push((name, schema));
+        self
+    }
+
+    /// Query parameters.
+    fn query(self, query: Vec<Value>) -> Self {
+        Operation { query, ..self }
+    }
 }
 
 /// Refusals any operation can answer with (body limits, gzip, keys, rate
 /// limits, timeouts, the connection cap).
 const SHARED: [u16; 7] = [400, 408, 413, 415, 429, 431, 503];
 
-fn operations(input: &[(&str, Value)], enriched: Value) -> Vec<Operation> {
+fn operations(input: &[(&str, Value)], enriched: Value, live: &Live) -> Vec<Operation> {
     let envelope = json!({ "oneOf": input.iter().map(|(name, _)| json!({ "$ref": format!("#/components/schemas/{name}") })).collect::<Vec<_>>() });
     let name_body = json!({ "type": "object", "additionalProperties": true });
     use Answer::{Json, Media};
@@ -106,7 +148,9 @@ fn operations(input: &[(&str, Value)], enriched: Value) -> Vec<Operation> {
         read("get", "/v1/enrichers", "The chain: stages, states, versions, sources, counters"),
         public("get", "/v1/version", "Version, git tag and commit"),
         public("get", "/v1/schema", "Names of the JSON Schemas"),
-        public("get", "/v1/schema/{name}", "One JSON Schema (input formats, the enriched batch)").or(&[404]),
+        public("get", "/v1/schema/{name}", "One JSON Schema (input formats, the enriched batch)")
+            .param("name", json!({ "type": "string", "enum": live.schemas }))
+            .or(&[404]),
         public("get", "/v1/openapi.json", "This document"),
         public("get", "/v1/metrics", "Live metrics (public unless server.metrics_require_key)"),
         public("get", "/v1/stream", "Live metrics as server-sent events (never ends)")
@@ -114,27 +158,43 @@ fn operations(input: &[(&str, Value)], enriched: Value) -> Vec<Operation> {
         read("get", "/v1/tap", "A sampled live stream of enriched events").answers(200, Media("application/x-ndjson")),
         public("get", "/metrics", "Prometheus text exposition").answers(200, Media("text/plain")),
         read("post", "/v1/lookup", "Everything the chain knows of one address or domain")
-            .body(json!({ "type": "object", "properties": { "ip": { "type": "string" } }, "required": ["ip"] })),
+            .body(json!({ "type": "object", "required": ["ip"],
+                "properties": { "ip": { "type": "string", "anyOf": [{ "format": "ipv4" }, { "format": "ipv6" }] } } })),
         ingest("post", "/v1/ingest", "Enrich a batch and deliver it to every enabled output")
             .body(envelope)
             .answers(200, Json(enriched)),
         read("get", "/v1/outputs", "Every output with its state and counters"),
         admin("post", "/v1/outputs/test", "Send one probe event to an output")
-            .body(json!({ "type": "object", "properties": { "target": { "type": "string" } }, "required": ["target"] }))
+            .body(json!({ "type": "object", "required": ["target"], "additionalProperties": false,
+                "properties": { "target": existing(&live.outputs) } }))
             .or(&[404, 422]),
-        read("get", "/v1/outputs/{name}", "One output").or(&[404]),
+        read("get", "/v1/outputs/{name}", "One output").param("name", existing(&live.outputs)).or(&[404]),
         admin("put", "/v1/outputs/{name}", "Set an output's settings (201 new, 200 changed)")
+            .param("name", new_name(&live.outputs))
             .body(name_body.clone())
             .or(&[201, 404, 422]),
-        admin("post", "/v1/outputs/{name}", "Same as PUT").body(name_body).or(&[201, 404, 422]),
-        admin("delete", "/v1/outputs/{name}", "Drop the API's settings of an output").or(&[404, 409]),
-        read("get", "/v1/outputs/{name}/deadletter", "An output's dead-lettered events").or(&[404]),
+        admin("post", "/v1/outputs/{name}", "Same as PUT")
+            .param("name", new_name(&live.outputs))
+            .body(name_body)
+            .or(&[201, 404, 422]),
+        admin("delete", "/v1/outputs/{name}", "Drop the API's settings of an output")
+            .param("name", existing(&live.outputs))
+            .or(&[404, 409]),
+        read("get", "/v1/outputs/{name}/deadletter", "An output's dead-lettered events")
+            .param("name", existing(&live.outputs))
+            .query(Page::parameters())
+            .or(&[404]),
         admin("post", "/v1/outputs/{name}/deadletter/replay", "Move dead-lettered events back into the backlog")
+            .param("name", existing(&live.outputs))
             .or(&[404, 409]),
         read("get", "/v1/sources", "Every source with its state and counters"),
-        read("get", "/v1/sources/{name}/deadletter", "A source's dead-lettered messages").or(&[404]),
+        read("get", "/v1/sources/{name}/deadletter", "A source's dead-lettered messages")
+            .param("name", existing(&live.sources))
+            .query(Page::parameters())
+            .or(&[404]),
         read("get", "/v1/updates", "Every [[update]] entry (data-file updaters) with its state"),
         admin("post", "/v1/updates/{name}/run", "Run one updater now; answers once its file is live (or why not)")
+            .param("name", existing(&live.updates))
             .or(&[404]),
         admin("post", "/v1/reload", "Re-read the configuration and every stage's data"),
         admin("get", "/v1/audit", "The audit log, newest first"),
@@ -164,7 +224,13 @@ pub(crate) fn document(state: &AppState) -> Value {
     let enriched = crate::schema::document("enriched.v1", &chain)
         .map(|s| hoist("EnrichedBatch", s, &mut components))
         .unwrap_or_else(any_object);
-    let mut ops = operations(&input, enriched);
+    let live = Live {
+        outputs: state.delivery.snapshot().iter().map(|s| s.spec.runtime.name.clone()).collect(),
+        sources: state.sources.names(),
+        updates: state.updates.names(),
+        schemas: crate::schema::names(),
+    };
+    let mut ops = operations(&input, enriched, &live);
     for (path, kind) in super::admin::resource_paths(state)
         .into_iter()
         .flat_map(|p| [(p.clone(), "list"), (format!("{p}/{{id}}"), "delete")])
@@ -179,7 +245,7 @@ pub(crate) fn document(state: &AppState) -> Value {
     let mut paths = Map::new();
     for op in ops {
         let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));
-        entry[op.method] = operation(&op.path, op.summary, op.scope, op.body, op.success, op.more);
+        entry[op.method] = operation(&op);
     }
     json!({
         "openapi": "3.1.0",
@@ -199,24 +265,17 @@ pub(crate) fn document(state: &AppState) -> Value {
     })
 }
 
-fn operation(
-    path: &str,
-    summary: &str,
-    scope: Option<Scope>,
-    body: Option<Value>,
-    success: (u16, Answer),
-    more: &[u16],
-) -> Value {
+fn operation(op: &Operation) -> Value {
     let error = json!({ "description": "refused", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
     let mut responses = Map::new();
-    let (status, answer) = success;
+    let (status, answer) = &op.success;
     let content = match answer {
         Answer::Json(schema) => json!({ "application/json": { "schema": schema } }),
-        Answer::Media(media) => json!({ media: {} }),
+        Answer::Media(media) => json!({ *media: {} }),
     };
     responses.insert(status.to_string(), json!({ "description": "done", "content": content }));
-    let mut refusals: Vec<u16> = SHARED.iter().chain(more).copied().collect();
-    if scope.is_some() {
+    let mut refusals: Vec<u16> = SHARED.iter().chain(op.more).copied().collect();
+    if op.scope.is_some() {
         refusals.extend([401, 403]);
     }
     for code in refusals {
@@ -232,23 +291,29 @@ fn operation(
             responses.insert(code.to_string(), error.clone());
         }
     }
-    let mut op = json!({ "summary": summary, "responses": responses });
-    if let Some(scope) = scope {
-        op["security"] = json!([{ "bearer": [] }, { "apiKey": [] }]);
-        op["x-enrichd-scope"] = scope.label().into();
+    let mut doc = json!({ "summary": op.summary, "responses": responses });
+    if let Some(scope) = op.scope {
+        doc["security"] = json!([{ "bearer": [] }, { "apiKey": [] }]);
+        doc["x-enrichd-scope"] = scope.label().into();
     }
-    let params: Vec<Value> = path
+    let mut params: Vec<Value> = op
+        .path
         .split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-        .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+        .map(|name| {
+            let schema =
+                op.params.iter().find(|(n, _)| *n == name).map_or(json!({ "type": "string" }), |(_, s)| s.clone());
+            json!({ "name": name, "in": "path", "required": true, "schema": schema })
+        })
         .collect();
+    params.extend(op.query.iter().cloned());
     if !params.is_empty() {
-        op["parameters"] = params.into();
+        doc["parameters"] = params.into();
     }
-    if let Some(schema) = body {
-        op["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": schema } } });
+    if let Some(schema) = &op.body {
+        doc["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": schema } } });
     }
-    op
+    doc
 }
 
 /// Moves a schemars document's `$defs` (at any depth: fact schemas put

@@ -27,6 +27,7 @@ use axum::Json;
 use enrichd_engine::output::{OutEvent, SinkBatch};
 use serde_json::{json, Map, Value};
 
+use super::page::Page;
 use super::{ApiError, AppState};
 use crate::delivery::options::{valid_name, OutputSpec};
 
@@ -237,19 +238,6 @@ pub(super) async fn test(
     })))
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Page {
-    #[serde(default)]
-    offset: usize,
-    #[serde(default = "default_limit")]
-    limit: usize,
-}
-
-fn default_limit() -> usize {
-    100
-}
-
 pub(super) async fn deadletter(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -258,10 +246,9 @@ pub(super) async fn deadletter(
 ) -> Result<Json<Value>, ApiError> {
     state.require(&headers, crate::service::Scope::Read)?;
     checked_name(&name)?;
-    let Query(page) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let page = Page::from_query(query)?;
     let lane = lane(&state, &name)?;
-    let limit = page.limit.clamp(1, 1000);
-    let (total, records) = tokio::task::spawn_blocking(move || lane.deadletter.list(page.offset, limit))
+    let (total, records) = tokio::task::spawn_blocking(move || lane.deadletter.list(page.offset, page.limit))
         .await
         .map_err(|_| storage_error(&anyhow::anyhow!("dead-letter reader failed")))?
         .map_err(|e| storage_error(&e))?;

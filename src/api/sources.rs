@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::page::Page;
 use super::{ApiError, AppState};
 
 pub(super) async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
@@ -20,18 +21,6 @@ pub(super) async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap)
     Ok(Json(json!({ "sources": state.sources.views(registry), "types": kinds })))
 }
 
-#[derive(serde::Deserialize)]
-pub(super) struct Page {
-    #[serde(default)]
-    offset: usize,
-    #[serde(default = "default_limit")]
-    limit: usize,
-}
-
-fn default_limit() -> usize {
-    100
-}
-
 pub(super) async fn deadletter(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -39,14 +28,13 @@ pub(super) async fn deadletter(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     state.require(&headers, crate::service::Scope::Read)?;
-    let Query(page) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let page = Page::from_query(query)?;
     let lane = state
         .sources
         .lane_named(&name)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_source", format!("no source named {name:?}")))?;
-    let limit = page.limit.clamp(1, 1000);
     let failed = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e);
-    let (total, records) = tokio::task::spawn_blocking(move || lane.deadletter.list(page.offset, limit))
+    let (total, records) = tokio::task::spawn_blocking(move || lane.deadletter.list(page.offset, page.limit))
         .await
         .map_err(|_| failed("dead-letter reader failed".into()))?
         .map_err(|e| failed(format!("{e:#}")))?;

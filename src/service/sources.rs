@@ -366,6 +366,11 @@ impl Sources {
             .collect()
     }
 
+    /// The names of the running entries (sorted).
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
     /// The dead-letter of source `name`.
     pub(crate) fn lane_named(&self, name: &str) -> Option<Arc<SourceLane>> {
         self.lanes.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()

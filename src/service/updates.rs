@@ -382,6 +382,11 @@ impl Updates {
         Some(lane.view())
     }
 
+    /// The entries' names, in configuration order.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.lanes().iter().map(|l| l.spec.name.clone()).collect()
+    }
+
     /// `GET /v1/updates`.
     pub(crate) fn views(&self) -> Vec<Value> {
         self.lanes().iter().map(|l| l.view()).collect()
