@@ -17,7 +17,6 @@ use anyhow::{bail, Context};
 use enrichd_engine::{LookupTarget, PluginState};
 
 use crate::app;
-use crate::service::ServiceConfig;
 
 /// Checks a configuration file the way `serve` would load it, and fails
 /// (exit 1) on what `serve` would only degrade on: a stage that cannot
@@ -70,7 +69,7 @@ pub(crate) fn check_config(path: &Path, allow_missing: bool) -> anyhow::Result<(
 }
 
 pub(crate) fn config_schema() -> anyhow::Result<()> {
-    let schema = ServiceConfig::json_schema(&app::registry());
+    let schema = crate::service::config_schema::json_schema(&app::registry());
     println!("{}", serde_json::to_string_pretty(&schema)?);
     Ok(())
 }

@@ -12,7 +12,6 @@ use std::fmt::Write;
 use enrichd_engine::Registry;
 use serde_json::Value;
 
-use crate::service::ServiceConfig;
 
 /// Environment variables the service itself reads (plugins declare their
 /// own through `PluginFactory::env_overrides`).
@@ -32,7 +31,7 @@ pub(crate) const SERVICE_ENV: &[(&str, &str)] = &[
 /// The whole reference: service sections, each plugin's options, the
 /// environment variables.
 pub(crate) fn markdown(registry: &Registry) -> String {
-    let schema = ServiceConfig::json_schema(registry);
+    let schema = crate::service::config_schema::json_schema(registry);
     let mut out = String::new();
     let defs = &schema["$defs"];
     for (name, property) in properties(&schema) {

@@ -15,6 +15,9 @@ use enrichd_engine::{BuildEnv, ConfigError, Registry};
 use schemars::JsonSchema;
 
 pub(crate) use super::auth::AuthConfig;
+use super::sources::SourceEntry;
+use super::updates::UpdateEntry;
+use crate::delivery::options::OutputEntry;
 use serde::Deserialize;
 
 /// The whole configuration file: the service's sections and the engine's
@@ -43,7 +46,7 @@ pub(crate) struct ServiceConfig {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Config")]
-struct Sections {
+pub(super) struct Sections {
     /// HTTP server settings.
     #[serde(default)]
     server: ServerConfig,
@@ -103,7 +106,9 @@ impl ServiceConfig {
         let engine = enrichd_engine::Config::parse(text, path)?;
         let outputs = match sections.output {
             OutputSection::None => Vec::new(),
-            OutputSection::Entries(tables) => output_entries(tables, text, path)?,
+            OutputSection::Entries(tables) => {
+                entries("output", tables, text, path, |options, line| OutputEntry { options, line })?
+            }
             OutputSection::Profiles(_) => {
                 return Err(ConfigError {
                     location: Location {
@@ -128,8 +133,8 @@ impl ServiceConfig {
                 message: format!("[server] {message}"),
             });
         }
-        let sources = source_entries(sections.source, text, path)?;
-        let updates = update_entries(sections.update, text, path)?;
+        let sources = entries("source", sections.source, text, path, |options, line| SourceEntry { options, line })?;
+        let updates = entries("update", sections.update, text, path, |options, line| UpdateEntry { options, line })?;
         Ok(ServiceConfig {
             sources,
             updates,
@@ -194,80 +199,6 @@ impl ServiceConfig {
     /// `server.state_dir`, resolved against the file's directory.
     pub(crate) fn state_dir(&self) -> PathBuf {
         self.engine.resolve(&self.server.state_dir)
-    }
-
-    /// The JSON Schema of the whole file, with each registered plugin's
-    /// options.
-    pub(crate) fn json_schema(registry: &Registry) -> serde_json::Value {
-        let mut schema = serde_json::to_value(schemars::schema_for!(Sections)).expect("schema serializes");
-        let mut defs = schema["$defs"].as_object().cloned().unwrap_or_default();
-        // Each plugin's options schema comes with its own `$defs`, which its
-        // `$ref`s point at from the document root: hoist them there (a
-        // validator resolves `#/$defs/Target` against the root only).
-        let mut chain = enrichd_engine::Config::chain_schema(registry);
-        if let Some(entries) = chain.pointer_mut("/items/oneOf").and_then(|v| v.as_array_mut()) {
-            for entry in entries {
-                let kind = entry.pointer("/properties/plugin/const").and_then(|v| v.as_str()).unwrap_or("").to_string();
-                hoist_defs(entry, &mut defs, &kind);
-                *entry = strip_meta(std::mem::take(entry));
-            }
-        }
-        schema["properties"]["chain"] = chain;
-        // `[[output]]` entries: the runtime's keys plus the type's own
-        // options, each set under `$defs` (`OutputRuntime`, `Output_<type>`).
-        let mut runtime = serde_json::to_value(schemars::schema_for!(crate::delivery::options::RuntimeOptions))
-            .expect("schema serializes");
-        hoist_defs(&mut runtime, &mut defs, "OutputRuntime");
-        defs.insert("OutputRuntime".into(), strip_meta(runtime));
-        let mut kinds = Vec::new();
-        for factory in registry.outputs() {
-            let mut options = serde_json::to_value(factory.options_schema()).expect("schema serializes");
-            hoist_defs(&mut options, &mut defs, &format!("Output_{}", factory.kind()));
-            defs.insert(format!("Output_{}", factory.kind()), strip_meta(options));
-            kinds.push(serde_json::Value::from(factory.kind()));
-        }
-        let mut runtime =
-            serde_json::to_value(schemars::schema_for!(super::sources::SourceRuntime)).expect("schema serializes");
-        defs.insert("SourceRuntime".into(), strip_meta(runtime.take()));
-        let mut source_kinds = Vec::new();
-        for factory in registry.sources() {
-            let mut options = serde_json::to_value(factory.options_schema()).expect("schema serializes");
-            if let Some(inner) = options.as_object_mut().and_then(|o| o.remove("$defs")) {
-                defs.extend(inner.as_object().cloned().unwrap_or_default());
-            }
-            defs.insert(format!("Source_{}", factory.kind()), strip_meta(options));
-            source_kinds.push(serde_json::Value::from(factory.kind()));
-        }
-        schema["properties"]["source"]["items"] = serde_json::json!({
-            "type": "object",
-            "description": "One source: the keys of `$defs/SourceRuntime` plus those of `$defs/Source_<type>`.",
-            "required": ["type"],
-            "properties": { "type": { "enum": source_kinds } },
-        });
-        let mut runtime =
-            serde_json::to_value(schemars::schema_for!(super::updates::UpdateRuntime)).expect("schema serializes");
-        defs.insert("UpdateRuntime".into(), strip_meta(runtime.take()));
-        let mut update_kinds = Vec::new();
-        for factory in registry.updaters() {
-            let mut options = serde_json::to_value(factory.options_schema()).expect("schema serializes");
-            hoist_defs(&mut options, &mut defs, &format!("Update_{}", factory.kind()));
-            defs.insert(format!("Update_{}", factory.kind()), strip_meta(options));
-            update_kinds.push(serde_json::Value::from(factory.kind()));
-        }
-        schema["properties"]["update"]["items"] = serde_json::json!({
-            "type": "object",
-            "description": "One data file kept current: the keys of `$defs/UpdateRuntime` plus those of `$defs/Update_<type>`.",
-            "required": ["type", "path"],
-            "properties": { "type": { "enum": update_kinds } },
-        });
-        schema["$defs"] = serde_json::Value::Object(defs);
-        schema["properties"]["output"]["items"] = serde_json::json!({
-            "type": "object",
-            "description": "One destination: the keys of `$defs/OutputRuntime` plus those of `$defs/Output_<type>`.",
-            "required": ["type"],
-            "properties": { "type": { "enum": kinds } },
-        });
-        schema
     }
 }
 
@@ -453,52 +384,6 @@ mod tests {
     }
 }
 
-/// Moves `schema`'s own `$defs` into the root's `defs`. A name already
-/// there with another definition is renamed `<owner>_<name>`, and the
-/// `$ref`s inside `schema` follow, so two plugins' different `Target`s
-/// both stay right.
-fn hoist_defs(schema: &mut serde_json::Value, defs: &mut serde_json::Map<String, serde_json::Value>, owner: &str) {
-    let Some(inner) = schema.as_object_mut().and_then(|o| o.remove("$defs")) else { return };
-    let serde_json::Value::Object(inner) = inner else { return };
-    let mut renames = Vec::new();
-    for (name, def) in &inner {
-        match defs.get(name) {
-            Some(existing) if existing != def => renames.push((name.clone(), format!("{owner}_{name}"))),
-            _ => {}
-        }
-    }
-    let rename = |v: &mut serde_json::Value| rewrite_refs(v, &renames);
-    rename(schema);
-    for (name, mut def) in inner {
-        rename(&mut def);
-        let target = renames.iter().find(|(from, _)| *from == name).map_or(name, |(_, to)| to.clone());
-        defs.insert(target, def);
-    }
-}
-
-fn rewrite_refs(value: &mut serde_json::Value, renames: &[(String, String)]) {
-    match value {
-        serde_json::Value::Object(o) => {
-            if let Some(serde_json::Value::String(r)) = o.get_mut("$ref") {
-                if let Some((_, to)) = renames.iter().find(|(from, _)| r.as_str() == format!("#/$defs/{from}")) {
-                    *r = format!("#/$defs/{to}");
-                }
-            }
-            o.values_mut().for_each(|v| rewrite_refs(v, renames));
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(|v| rewrite_refs(v, renames)),
-        _ => {}
-    }
-}
-
-/// A sub-schema without its own `$schema` and title (it lives in `$defs`).
-fn strip_meta(mut schema: serde_json::Value) -> serde_json::Value {
-    if let Some(o) = schema.as_object_mut() {
-        o.remove("$schema");
-    }
-    schema
-}
-
 /// `output` in the file: `[[output]]` entries, or the old `[output]` table
 /// (profiles), refused with a migration hint.
 #[derive(Default, Deserialize)]
@@ -511,77 +396,34 @@ enum OutputSection {
     Profiles(#[allow(dead_code)] toml::Table),
 }
 
-fn output_entries(
+/// The `[[section]]` tables as JSON objects with their lines, made into
+/// entries by `entry` (the runtime that reads them checks their keys).
+fn entries<E>(
+    section: &str,
     tables: Vec<toml::Table>,
     text: &str,
     path: &Path,
-) -> Result<Vec<crate::delivery::options::OutputEntry>, ConfigError> {
-    let lines = header_lines(text, "[[output]]");
+    entry: impl Fn(serde_json::Map<String, serde_json::Value>, Option<usize>) -> E,
+) -> Result<Vec<E>, ConfigError> {
+    let lines = header_lines(text, &format!("[[{section}]]"));
     tables
         .into_iter()
         .enumerate()
         .map(|(i, table)| {
             let line = lines.get(i).copied();
             match serde_json::to_value(table) {
-                Ok(serde_json::Value::Object(options)) => Ok(crate::delivery::options::OutputEntry { options, line }),
+                Ok(serde_json::Value::Object(options)) => Ok(entry(options, line)),
                 _ => Err(ConfigError {
                     location: Location { path: path.to_path_buf(), line },
-                    message: "`[[output]]` entry is not representable as JSON (use strings, numbers, booleans, arrays)"
-                        .into(),
+                    message: format!(
+                        "`[[{section}]]` entry is not representable as JSON (use strings, numbers, booleans, arrays)"
+                    ),
                 }),
             }
         })
         .collect()
 }
 
-fn source_entries(
-    tables: Vec<toml::Table>,
-    text: &str,
-    path: &Path,
-) -> Result<Vec<super::sources::SourceEntry>, ConfigError> {
-    let lines = header_lines(text, "[[source]]");
-    tables
-        .into_iter()
-        .enumerate()
-        .map(|(i, table)| {
-            let line = lines.get(i).copied();
-            match serde_json::to_value(table) {
-                Ok(serde_json::Value::Object(options)) => Ok(super::sources::SourceEntry { options, line }),
-                _ => Err(ConfigError {
-                    location: Location { path: path.to_path_buf(), line },
-                    message: "`[[source]]` entry is not representable as JSON (use strings, numbers, booleans, arrays)"
-                        .into(),
-                }),
-            }
-        })
-        .collect()
-}
-
-/// The `[[update]]` tables as JSON objects with their lines.
-fn update_entries(
-    tables: Vec<toml::Table>,
-    text: &str,
-    path: &Path,
-) -> Result<Vec<super::updates::UpdateEntry>, ConfigError> {
-    let lines = header_lines(text, "[[update]]");
-    let mut out = Vec::new();
-    for (i, table) in tables.into_iter().enumerate() {
-        let line = lines.get(i).copied();
-        match serde_json::to_value(table) {
-            Ok(serde_json::Value::Object(options)) => out.push(super::updates::UpdateEntry { options, line }),
-            _ => {
-                return Err(ConfigError {
-                    location: Location { path: path.to_path_buf(), line },
-                    message: "`[[update]]` entry is not representable as JSON".into(),
-                })
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// 1-based numbers of the lines that are exactly `header` (comments and
-/// spaces aside).
 /// A listen address as `host:port` (an IP address, `[v6]`, or a name):
 /// refused here with the reason rather than at bind time, after the chain
 /// was built, or never by `check-config`.
@@ -633,6 +475,8 @@ fn key_line(text: &str, table: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// 1-based numbers of the lines that are exactly `header` (comments and
+/// spaces aside).
 fn header_lines(text: &str, header: &str) -> Vec<usize> {
     text.lines()
         .enumerate()

@@ -15,6 +15,7 @@ pub(crate) mod auth;
 pub(crate) mod config;
 #[cfg(test)]
 mod config_fuzz;
+pub(crate) mod config_schema;
 pub(crate) mod ingest;
 pub(crate) mod reload_state;
 pub(crate) mod sources;
