@@ -84,7 +84,7 @@ async fn read_and_enrich(
 ) -> Result<Response, ApiError> {
     let body = super::body::read(state, headers, body).await?;
     let respond = (!respond_async).then_some(encoding);
-    let done = core::ingest(state, Input::Envelope(body), arrived, respond).await.map_err(|e| match e {
+    let done = core::ingest(state, Input::Envelope(body), arrived, respond, None).await.map_err(|e| match e {
         IngestError::BadInput(e) => ApiError::from(e),
         IngestError::Backpressure(r) => refused(r),
         IngestError::AckTimeout { output, timeout } => ApiError::new(
