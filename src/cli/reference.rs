@@ -82,6 +82,24 @@ pub(crate) fn markdown(registry: &Registry) -> String {
             writeln!(out, "#### `[[update]]` `type = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));
         table(&mut out, options, defs);
     }
+    if let Some(runtime) = defs.get("ForwardRuntime") {
+        let _ = writeln!(
+            out,
+            "#### `[[forward]]`\n\nWhere `[ingest] forward` publishes raw batches (README \"Scale-out on NATS\"): \
+             these keys for every type, plus the type's own below.\n"
+        );
+        table(&mut out, runtime, defs);
+    }
+    for factory in registry.forwarders() {
+        let Some(options) = defs.get(format!("Forward_{}", factory.kind()).as_str()) else { continue };
+        let _ = writeln!(
+            out,
+            "#### `[[forward]]` `type = \"{}\"`\n\n{}\n",
+            factory.kind(),
+            one_line(factory.description())
+        );
+        table(&mut out, options, defs);
+    }
     for factory in registry.factories() {
         let options = serde_json::to_value(factory.options_schema()).expect("schemas serialize");
         let _ = writeln!(out, "#### `plugin = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));

@@ -35,6 +35,10 @@ pub(crate) struct ServiceConfig {
     /// `[[update]]`: data files kept current, each entry as JSON (checked
     /// against the registry at start).
     pub updates: Vec<super::updates::UpdateEntry>,
+    /// `[ingest]`: whether HTTP ingest forwards raw batches.
+    pub ingest: super::forward::IngestConfig,
+    /// `[[forward]]`: forwarding targets, each entry as JSON with its line.
+    pub forwards: Vec<super::forward::ForwardEntry>,
     /// The `[[chain]]` entries, the file's path and its directory.
     pub engine: enrichd_engine::Config,
 }
@@ -80,6 +84,16 @@ struct Sections {
     #[serde(default)]
     #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
     update: Vec<toml::Table>,
+    /// What `POST /v1/ingest` does with an accepted batch: enrich it here
+    /// (default) or forward it raw to a `[[forward]]` target.
+    #[serde(default)]
+    ingest: super::forward::IngestConfig,
+    /// Forwarding targets for `[ingest] forward`: `type` (e.g. `nats`),
+    /// `name` (default: the type) and the type's own options.
+    /// `enrichd config-schema` lists each type's options under `$defs`.
+    #[serde(default)]
+    #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
+    forward: Vec<toml::Table>,
     /// The engine's (see [`enrichd_engine::Config`]); its schema is added
     /// by [`ServiceConfig::json_schema`].
     #[serde(default)]
@@ -130,7 +144,13 @@ impl ServiceConfig {
         }
         let sources = source_entries(sections.source, text, path)?;
         let updates = update_entries(sections.update, text, path)?;
+        let forwards = table_entries(sections.forward, text, path, "[[forward]]")?
+            .into_iter()
+            .map(|(options, line)| super::forward::ForwardEntry { options, line })
+            .collect();
         Ok(ServiceConfig {
+            ingest: sections.ingest,
+            forwards,
             sources,
             updates,
             server: sections.server,
@@ -259,6 +279,22 @@ impl ServiceConfig {
             "description": "One data file kept current: the keys of `$defs/UpdateRuntime` plus those of `$defs/Update_<type>`.",
             "required": ["type", "path"],
             "properties": { "type": { "enum": update_kinds } },
+        });
+        let mut runtime =
+            serde_json::to_value(schemars::schema_for!(super::forward::ForwardRuntime)).expect("schema serializes");
+        defs.insert("ForwardRuntime".into(), strip_meta(runtime.take()));
+        let mut forward_kinds = Vec::new();
+        for factory in registry.forwarders() {
+            let mut options = serde_json::to_value(factory.options_schema()).expect("schema serializes");
+            hoist_defs(&mut options, &mut defs, &format!("Forward_{}", factory.kind()));
+            defs.insert(format!("Forward_{}", factory.kind()), strip_meta(options));
+            forward_kinds.push(serde_json::Value::from(factory.kind()));
+        }
+        schema["properties"]["forward"]["items"] = serde_json::json!({
+            "type": "object",
+            "description": "One forwarding target: the keys of `$defs/ForwardRuntime` plus those of `$defs/Forward_<type>`.",
+            "required": ["type"],
+            "properties": { "type": { "enum": forward_kinds } },
         });
         schema["$defs"] = serde_json::Value::Object(defs);
         schema["properties"]["output"]["items"] = serde_json::json!({
@@ -555,6 +591,34 @@ fn source_entries(
             }
         })
         .collect()
+}
+
+/// A table as JSON with its line.
+type TableEntry = (serde_json::Map<String, serde_json::Value>, Option<usize>);
+
+/// Array-of-tables entries (`header`, e.g. `[[forward]]`) as JSON objects
+/// with their lines.
+fn table_entries(
+    tables: Vec<toml::Table>,
+    text: &str,
+    path: &Path,
+    header: &str,
+) -> Result<Vec<TableEntry>, ConfigError> {
+    let lines = header_lines(text, header);
+    let mut out = Vec::new();
+    for (i, table) in tables.into_iter().enumerate() {
+        let line = lines.get(i).copied();
+        match serde_json::to_value(table) {
+            Ok(serde_json::Value::Object(options)) => out.push((options, line)),
+            _ => {
+                return Err(ConfigError {
+                    location: Location { path: path.to_path_buf(), line },
+                    message: format!("`{header}` entry is not representable as JSON"),
+                })
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The `[[update]]` tables as JSON objects with their lines.
