@@ -179,6 +179,11 @@ fn reload_config(state: &AppState, actor: Actor, key_id: Option<&str>) -> Option
     if config.updates != running.updates {
         needs_restart.push("update".to_string());
     }
+    // So is forwarding (`[ingest]`, `[[forward]]`): a switch between
+    // enriching and forwarding is a deployment change, not a hot edit.
+    if config.ingest != running.ingest || config.forwards != running.forwards {
+        needs_restart.push("forward".to_string());
+    }
     // Outputs first: a bad `[[output]]` refuses the whole file, like a bad
     // chain entry (keep-last-good), before the chain changes.
     let previous_outputs = state.delivery.config_entries();

@@ -73,6 +73,15 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     crate::service::sources::reconcile(&state)
         .await
         .map_err(|e| anyhow::anyhow!("{}: sources: {e}", state.config.path().display()))?;
+    // `[ingest] forward`: built before the listener, so no batch is
+    // enriched here that should have been forwarded.
+    let forwarding =
+        crate::service::forward::build(state.engine.registry(), &state.config.ingest, &state.config.forwards)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", state.config.path().display()))?;
+    if let Some(f) = &forwarding {
+        tracing::info!(forward = %f.name, kind = %f.kind, "POST /v1/ingest forwards raw batches instead of enriching them");
+    }
+    let _ = state.forward.set(forwarding);
     // Data files kept current (`[[update]]`): checked whole before serving.
     state
         .updates

@@ -20,6 +20,7 @@ pub mod entry;
 pub mod event;
 pub mod fact;
 pub mod format;
+pub mod forward;
 pub mod limits;
 pub mod live;
 pub mod output;

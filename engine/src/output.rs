@@ -42,6 +42,20 @@ pub struct OutEvent<'a> {
     /// retries (derived from the backlog position): sinks may use it as a
     /// delivery id.
     pub id: u64,
+    /// Where the event came from when its input had an idempotency key
+    /// ([`crate::source::Payload::origin`]): stable across redeliveries of
+    /// the input, through any process.
+    pub origin: Option<EventOrigin<'a>>,
+}
+
+/// An event's place in its input: the input's idempotency key and the
+/// event's index among the input's events (0-based, in order). The same
+/// input decodes to the same events in the same order, so `(key, index)`
+/// names one event wherever and however often the input is processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventOrigin<'a> {
+    pub key: &'a str,
+    pub index: u32,
 }
 
 /// A batch of events for one attempt.
@@ -58,8 +72,8 @@ pub struct SinkBatch<'a> {
     /// event ids includes it: retries of the same entry, before or after a
     /// restart, repeat the id, while another process (another instance
     /// publishing to the same stream) or a fresh memory queue never reuses
-    /// one. Ids from the events' own source (a broker sequence) are for a
-    /// later version.
+    /// one. Ids that also survive a redelivered input come from
+    /// [`OutEvent::origin`].
     pub id_scope: u64,
 }
 
@@ -69,6 +83,9 @@ pub enum Outcome {
     /// The destination accepted it (and, where the protocol can say so,
     /// stored it).
     Delivered,
+    /// Delivered, and the destination says it already had it (an id it
+    /// deduplicated): counted as sent and as a duplicate.
+    Duplicate,
     /// Not delivered this time; worth another attempt (throttling, server
     /// errors, network failures, timeouts). The text says why.
     Retry(String),

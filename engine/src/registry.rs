@@ -1,10 +1,11 @@
-//! The plugin registry: kind name -> factory, for enrichers, outputs and
-//! sources and data-file updaters.
+//! The plugin registry: kind name -> factory, for enrichers, outputs,
+//! sources, forwarding targets and data-file updaters.
 //!
 //! The binary fills it (`enrichd_plugins::register_all`); the core only ever
 //! looks factories up by the `plugin = "..."` name of a chain entry or the
 //! `type = "..."` of an `[[output]]` or `[[source]]` entry.
 
+use crate::forward::ForwardFactory;
 use crate::output::OutputFactory;
 use crate::plugin::PluginFactory;
 use crate::source::SourceFactory;
@@ -16,6 +17,7 @@ pub struct Registry {
     outputs: Vec<Box<dyn OutputFactory>>,
     sources: Vec<Box<dyn SourceFactory>>,
     updaters: Vec<Box<dyn UpdaterFactory>>,
+    forwarders: Vec<Box<dyn ForwardFactory>>,
 }
 
 impl Registry {
@@ -85,5 +87,20 @@ impl Registry {
 
     pub fn updaters(&self) -> impl Iterator<Item = &dyn UpdaterFactory> {
         self.updaters.iter().map(|f| &**f)
+    }
+
+    /// Adds a forwarding target kind (`[[forward]]` entries). Panics on a
+    /// duplicate kind.
+    pub fn register_forwarder(&mut self, factory: Box<dyn ForwardFactory>) {
+        assert!(self.forwarder(factory.kind()).is_none(), "forward kind {:?} registered twice", factory.kind());
+        self.forwarders.push(factory);
+    }
+
+    pub fn forwarder(&self, kind: &str) -> Option<&dyn ForwardFactory> {
+        self.forwarders.iter().find(|f| f.kind() == kind).map(|f| &**f)
+    }
+
+    pub fn forwarders(&self) -> impl Iterator<Item = &dyn ForwardFactory> {
+        self.forwarders.iter().map(|f| &**f)
     }
 }

@@ -59,6 +59,15 @@ pub struct Payload {
     /// bound as an HTTP body).
     pub gzip: bool,
     pub shape: PayloadShape,
+    /// The input's idempotency key: the same for every delivery of the same
+    /// message (a broker's stream name and sequence), different for every
+    /// other message. It travels with the batch through every output's
+    /// backlog (also across restarts), and outputs that can deduplicate
+    /// derive destination ids from it and each event's index in the
+    /// payload ([`crate::output::EventOrigin`]), so a redelivered message
+    /// does not land twice. `None`: no such identity (ids then come from
+    /// the backlog position, which dedupes retries of the same entry only).
+    pub origin: Option<String>,
 }
 
 /// The events are as safe as every enabled output's durability says: the

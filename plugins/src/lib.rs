@@ -13,12 +13,15 @@
 //! - [`outputs`]: where enriched events go: `elastic`, `splunk`, `file`,
 //!   `nats`.
 //! - [`sources`]: where events come from besides HTTP: `nats`.
+//! - [`forwarders`]: where an HTTP-ingest instance publishes raw batches
+//!   instead of enriching them (`[ingest] forward`): `nats`.
 //! - [`updaters`]: how data files are kept current: `maxmind`, `mmdb_url`.
 //!
 //! The binary calls [`register_all`]; the engine core never names them.
 
 pub mod asn;
 pub mod asn_class;
+pub mod forwarders;
 pub mod geoip;
 mod mmdb;
 mod mmdb_probe;
@@ -49,6 +52,7 @@ pub fn register_all(registry: &mut Registry) {
     registry.register_output(Box::new(outputs::file::FileOutput));
     registry.register_output(Box::new(outputs::nats::NatsOutput));
     registry.register_source(Box::new(sources::nats::NatsSource));
+    registry.register_forwarder(Box::new(forwarders::nats::NatsForward));
     registry.register_updater(Box::new(updaters::mmdb::MaxMindUpdater));
     registry.register_updater(Box::new(updaters::mmdb::MmdbUrlUpdater));
 }

@@ -12,6 +12,10 @@
 //! says: in its spool (fsync'd), in its memory queue, or — `ack` outputs —
 //! delivered. `?mode=async` or `Prefer: respond-async` answers 202 with
 //! counts instead of the enriched records.
+//!
+//! With `[ingest] forward` the batch is checked the same way and then
+//! published raw to the forwarding target (`service::forward`) instead of
+//! enriched; the answer waits for the queue's acknowledgement.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -83,8 +87,11 @@ async fn read_and_enrich(
     respond_async: bool,
 ) -> Result<Response, ApiError> {
     let body = super::body::read(state, headers, body).await?;
+    if let Some(forwarding) = state.forward.get().and_then(Option::as_ref) {
+        return forward(state, forwarding, body).await;
+    }
     let respond = (!respond_async).then_some(encoding);
-    let done = core::ingest(state, Input::Envelope(body), arrived, respond).await.map_err(|e| match e {
+    let done = core::ingest(state, Input::Envelope(body), arrived, respond, None).await.map_err(|e| match e {
         IngestError::BadInput(e) => ApiError::from(e),
         IngestError::Backpressure(r) => refused(r),
         IngestError::AckTimeout { output, timeout } => ApiError::new(
@@ -107,6 +114,51 @@ async fn read_and_enrich(
         return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
     }
     Ok(([(header::CONTENT_TYPE, "application/json")], done.response).into_response())
+}
+
+/// `[ingest] forward`: the batch is decoded with the chain's parser (the
+/// same 4xx as enriching would give, here at the edge), then published raw;
+/// 200 only once the queue acknowledged it.
+async fn forward(
+    state: &Arc<AppState>,
+    forwarding: &crate::service::forward::Forwarding,
+    body: Vec<u8>,
+) -> Result<Response, ApiError> {
+    use enrichd_engine::forward::{ForwardError, RawBatch};
+    use std::sync::atomic::Ordering::Relaxed;
+    let worker = state.clone();
+    // Parsing is CPU work: off the I/O threads, like enrichment.
+    let (body, events) = tokio::task::spawn_blocking(move || {
+        let chain = worker.engine.chain();
+        let batch = worker.pipeline.decode(&chain, Input::Envelope(body.clone()))?;
+        Ok::<_, enrichd_engine::InputError>((body, batch.len()))
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "decoding the batch failed"))?
+    .map_err(ApiError::from)?;
+    match forwarding.forwarder.forward(RawBatch { body: &body, events }).await {
+        Ok(()) => {
+            forwarding.batches.fetch_add(1, Relaxed);
+            forwarding.events.fetch_add(events as u64, Relaxed);
+            let answer = serde_json::json!({ "accepted": events, "forwarded": forwarding.name });
+            Ok((StatusCode::OK, axum::Json(answer)).into_response())
+        }
+        Err(e) => {
+            forwarding.failed.fetch_add(1, Relaxed);
+            Err(match e {
+                ForwardError::TooLarge(message) => {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "forward_too_large", message)
+                        .with(serde_json::json!({ "forward": forwarding.name }))
+                }
+                ForwardError::Unavailable(message) => {
+                    tracing::warn!(forward = %forwarding.name, error = %message, "forwarding a batch");
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "forward_unavailable", message)
+                        .with(serde_json::json!({ "forward": forwarding.name, "retry_after_s": 1 }))
+                        .retry_after(1)
+                }
+            })
+        }
+    }
 }
 
 /// A full backlog: 503 with `Retry-After`, naming the output.

@@ -106,6 +106,7 @@ pub(super) fn document(state: &AppState, with_key: bool) -> Value {
         }
     }
     doc["updates"] = Value::Array(updates);
+    doc["forward"] = state.forward.get().and_then(Option::as_ref).map_or(Value::Null, |f| f.view());
     doc
 }
 

@@ -217,11 +217,13 @@ pub(super) async fn test(
                 "event": {"kind": "enrichd_probe", "created_unix_ms": now},
             })
             .to_string();
-            let events = [OutEvent { json: event.as_bytes(), id: now }];
+            let events = [OutEvent { json: event.as_bytes(), id: now, origin: None }];
             let report = sink.send(SinkBatch { events: &events, accepted_unix_ms: now, id_scope: now }).await;
             sink.close().await;
             match report.outcomes.first() {
-                Some(enrichd_engine::output::Outcome::Delivered) => (true, report.http_status, None),
+                Some(enrichd_engine::output::Outcome::Delivered | enrichd_engine::output::Outcome::Duplicate) => {
+                    (true, report.http_status, None)
+                }
                 Some(enrichd_engine::output::Outcome::Retry(e) | enrichd_engine::output::Outcome::Reject(e)) => {
                     (false, report.http_status, Some(lane.mask(e)))
                 }

@@ -12,7 +12,6 @@ use std::fmt::Write;
 use enrichd_engine::Registry;
 use serde_json::Value;
 
-
 /// Environment variables the service itself reads (plugins declare their
 /// own through `PluginFactory::env_overrides`).
 pub(crate) const SERVICE_ENV: &[(&str, &str)] = &[
@@ -79,6 +78,24 @@ pub(crate) fn markdown(registry: &Registry) -> String {
         let Some(options) = defs.get(format!("Update_{}", factory.kind()).as_str()) else { continue };
         let _ =
             writeln!(out, "#### `[[update]]` `type = \"{}\"`\n\n{}\n", factory.kind(), one_line(factory.description()));
+        table(&mut out, options, defs);
+    }
+    if let Some(runtime) = defs.get("ForwardRuntime") {
+        let _ = writeln!(
+            out,
+            "#### `[[forward]]`\n\nWhere `[ingest] forward` publishes raw batches (README \"Scale-out on NATS\"): \
+             these keys for every type, plus the type's own below.\n"
+        );
+        table(&mut out, runtime, defs);
+    }
+    for factory in registry.forwarders() {
+        let Some(options) = defs.get(format!("Forward_{}", factory.kind()).as_str()) else { continue };
+        let _ = writeln!(
+            out,
+            "#### `[[forward]]` `type = \"{}\"`\n\n{}\n",
+            factory.kind(),
+            one_line(factory.description())
+        );
         table(&mut out, options, defs);
     }
     for factory in registry.factories() {

@@ -24,9 +24,16 @@ pub(crate) struct BacklogStats {
 pub(crate) trait Backlog: Send + Sync {
     /// Survives a crash once `append` returned.
     fn durable(&self) -> bool;
-    /// Appends one batch (NDJSON, `events` lines); returns its sequence
-    /// number. Bounds are enforced by admission ([`Bounds`]) before this.
-    fn append(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError>;
+    /// Appends one batch (NDJSON, `events` lines) with its input's origin
+    /// key (see [`Entry::origin`]); returns its sequence number. Bounds are
+    /// enforced by admission ([`Bounds`]) before this.
+    fn append(
+        &self,
+        payload: &[u8],
+        events: u32,
+        accepted_unix_ms: u64,
+        origin: Option<&str>,
+    ) -> Result<u64, AppendError>;
     /// Entries from `from_seq` on, stopping before `max_events` events or
     /// `max_bytes` bytes: at least one if there is one.
     fn read(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> anyhow::Result<Vec<Entry>>;
@@ -40,8 +47,14 @@ impl Backlog for Spool {
     fn durable(&self) -> bool {
         true
     }
-    fn append(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
-        Spool::append(self, payload, events, accepted_unix_ms)
+    fn append(
+        &self,
+        payload: &[u8],
+        events: u32,
+        accepted_unix_ms: u64,
+        origin: Option<&str>,
+    ) -> Result<u64, AppendError> {
+        Spool::append_with_origin(self, payload, events, accepted_unix_ms, origin)
     }
     fn read(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
         Spool::read_bounded(self, from_seq, usize::MAX, max_events, max_bytes)
@@ -87,7 +100,13 @@ impl Backlog for MemoryQueue {
         false
     }
 
-    fn append(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
+    fn append(
+        &self,
+        payload: &[u8],
+        events: u32,
+        accepted_unix_ms: u64,
+        origin: Option<&str>,
+    ) -> Result<u64, AppendError> {
         let mut q = self.lock();
         let seq = q.next_seq;
         q.next_seq += 1;
@@ -95,7 +114,8 @@ impl Backlog for MemoryQueue {
         q.stats.entries += 1;
         q.stats.events += u64::from(events);
         q.stats.oldest_accepted_unix_ms.get_or_insert(accepted_unix_ms);
-        q.entries.push_back(Entry { seq, events, accepted_unix_ms, payload: payload.to_vec() });
+        let origin = origin.map(str::to_string);
+        q.entries.push_back(Entry { seq, events, accepted_unix_ms, origin, payload: payload.to_vec() });
         Ok(seq)
     }
 
@@ -208,7 +228,7 @@ mod tests {
     fn memory_queue_acks_a_prefix() {
         let q = MemoryQueue::default();
         for i in 0..5u64 {
-            assert_eq!(q.append(format!("{{\"n\":{i}}}\n").as_bytes(), 1, 1000 + i).unwrap(), i);
+            assert_eq!(q.append(format!("{{\"n\":{i}}}\n").as_bytes(), 1, 1000 + i, None).unwrap(), i);
         }
         assert_eq!(q.stats().events, 5);
         let read = q.read(2, 2, u64::MAX).unwrap(); // two events, one each

@@ -78,7 +78,9 @@ pub(crate) fn replay(lane: &Arc<Lane>) -> Result<u64, String> {
     if !lane.bounds.reserve(&*lane.backlog, payload.len() as u64, events) {
         return Err(restore(format!("output {:?} has no room in its backlog for {events} events", lane.name)));
     }
-    let appended = lane.backlog.append(&payload, events as u32, super::unix_ms());
+    let appended = // A replay is a new input: no origin key (its destination ids come
+    // from the backlog position).
+    lane.backlog.append(&payload, events as u32, super::unix_ms(), None);
     lane.bounds.release(payload.len() as u64, events);
     match appended {
         Ok(_) => {
@@ -107,6 +109,7 @@ pub(crate) fn readings(delivery: &Delivery) -> Vec<OutputReading> {
                 name: lane.name.clone(),
                 queued: s.queued.load(Relaxed),
                 sent: s.sent.load(Relaxed),
+                duplicates: s.duplicates.load(Relaxed),
                 failed: s.failed.load(Relaxed),
                 retried: s.retried.load(Relaxed),
                 dead_lettered: s.dead_lettered.load(Relaxed),

@@ -112,6 +112,9 @@ pub(crate) struct Entry {
     pub(crate) seq: u64,
     pub(crate) events: u32,
     pub(crate) accepted_unix_ms: u64,
+    /// The input's idempotency key (`enrichd_engine::source::Payload::origin`),
+    /// kept so a retry after a restart derives the same destination ids.
+    pub(crate) origin: Option<String>,
     pub(crate) payload: Vec<u8>,
 }
 
@@ -300,23 +303,40 @@ impl Spool {
     }
 
     /// Appends one entry and returns its seq once it is durable.
+    #[cfg_attr(not(test), allow(dead_code))] // the runtime appends with an origin
     pub(crate) fn append(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
-        if u32::try_from(payload.len()).is_err() {
+        self.append_with_origin(payload, events, accepted_unix_ms, None)
+    }
+
+    /// [`Spool::append`] with the input's origin key (see [`Entry::origin`]).
+    pub(crate) fn append_with_origin(
+        &self,
+        payload: &[u8],
+        events: u32,
+        accepted_unix_ms: u64,
+        origin: Option<&str>,
+    ) -> Result<u64, AppendError> {
+        if origin.is_some_and(|k| k.len() > disk::MAX_ORIGIN_LEN) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "origin keys are limited to 64 KiB").into());
+        }
+        let prefix = disk::origin_prefix(origin);
+        if u32::try_from(prefix.len() + payload.len()).is_err() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "spool entries are limited to 4 GiB").into());
         }
-        let seq = self.write(payload, events, accepted_unix_ms)?;
+        let seq = self.write(&prefix, payload, events, accepted_unix_ms)?;
         self.wait_durable(seq)?;
         Ok(seq)
     }
 
     /// Writes the entry (not synced) under the state lock.
-    fn write(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
+    fn write(&self, prefix: &[u8], payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         if self.poisoned.load(Ordering::Acquire) {
             return Err(poisoned_error().into());
         }
-        let disk_len = HEADER_LEN as u64 + payload.len() as u64;
+        let region_len = prefix.len() + payload.len();
+        let disk_len = HEADER_LEN as u64 + region_len as u64;
         if st.used_bytes + disk_len > self.max_bytes {
             return Err(AppendError::Full { used: st.used_bytes, max: self.max_bytes });
         }
@@ -343,12 +363,14 @@ impl Spool {
             });
         }
         let segment = st.segments.back_mut().expect("a segment was just ensured");
-        let header = disk::encode_header(payload, events, seq, accepted_unix_ms);
+        let header = disk::encode_header(prefix, payload, events, seq, accepted_unix_ms);
         let offset = segment.disk_bytes;
+        let start = offset + HEADER_LEN as u64;
         let written = segment
             .file
             .write_all_at(&header, offset)
-            .and_then(|()| segment.file.write_all_at(payload, offset + HEADER_LEN as u64));
+            .and_then(|()| segment.file.write_all_at(prefix, start))
+            .and_then(|()| segment.file.write_all_at(payload, start + prefix.len() as u64));
         if let Err(e) = written {
             // Cut the partial entry off so the next one starts on a boundary;
             // if even that fails, the segment's tail is unknown: stop.
@@ -357,7 +379,7 @@ impl Spool {
             }
             return Err(e.into());
         }
-        let meta = EntryMeta { offset, len: payload.len() as u32, events, accepted_unix_ms };
+        let meta = EntryMeta { offset, len: region_len as u32, events, accepted_unix_ms };
         segment.entries.push(meta);
         segment.disk_bytes += disk_len;
         st.used_bytes += disk_len;
@@ -469,8 +491,8 @@ impl Spool {
         // ack deletes the segment meanwhile.
         plan.into_iter()
             .map(|(file, seq, meta)| {
-                let payload = disk::read_entry(&file, seq, &meta)?;
-                Ok(Entry { seq, events: meta.events, accepted_unix_ms: meta.accepted_unix_ms, payload })
+                let (origin, payload) = disk::read_entry(&file, seq, &meta)?;
+                Ok(Entry { seq, events: meta.events, accepted_unix_ms: meta.accepted_unix_ms, origin, payload })
             })
             .collect()
     }

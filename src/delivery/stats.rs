@@ -44,6 +44,9 @@ pub(crate) struct OutputStats {
     pub queued: AtomicU64,
     /// Events the destination accepted.
     pub sent: AtomicU64,
+    /// Of `sent`, events the destination said it already had (an id it
+    /// deduplicated: a redelivered input, a retry after a lost answer).
+    pub duplicates: AtomicU64,
     /// Event attempts that did not deliver (retryable or not).
     pub failed: AtomicU64,
     /// Events sent again after a failed attempt.
@@ -119,6 +122,7 @@ impl OutputStats {
         json!({
             "queued": self.queued.load(Relaxed),
             "sent": self.sent.load(Relaxed),
+            "duplicates": self.duplicates.load(Relaxed),
             "failed": self.failed.load(Relaxed),
             "retried": self.retried.load(Relaxed),
             "dead_lettered": self.dead_lettered.load(Relaxed),

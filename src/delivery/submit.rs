@@ -29,8 +29,14 @@ pub(crate) struct Refused {
 }
 
 /// Admits and appends `payloads[i]` (NDJSON, `events` lines) to output `i`
-/// of `active`. Blocking (spool appends fsync): call on a blocking thread.
-pub(crate) fn submit(active: Arc<Vec<Active>>, payloads: &[&[u8]], events: u32) -> Result<Admitted, Refused> {
+/// of `active`, each entry keeping the input's `origin` key. Blocking
+/// (spool appends fsync): call on a blocking thread.
+pub(crate) fn submit(
+    active: Arc<Vec<Active>>,
+    payloads: &[&[u8]],
+    events: u32,
+    origin: Option<&str>,
+) -> Result<Admitted, Refused> {
     debug_assert_eq!(active.len(), payloads.len());
     for (reserved, (a, payload)) in active.iter().zip(payloads).enumerate() {
         if !a.lane.bounds.reserve(&*a.lane.backlog, payload.len() as u64, u64::from(events)) {
@@ -54,7 +60,7 @@ pub(crate) fn submit(active: Arc<Vec<Active>>, payloads: &[&[u8]], events: u32) 
     let mut queued = Vec::with_capacity(active.len());
     let mut failure = None;
     for (a, payload) in active.iter().zip(payloads) {
-        let result = a.lane.backlog.append(payload, events, now);
+        let result = a.lane.backlog.append(payload, events, now, origin);
         a.lane.bounds.release(payload.len() as u64, u64::from(events));
         match result {
             Ok(seq) => {

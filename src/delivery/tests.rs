@@ -112,7 +112,7 @@ impl Fixture {
         let payload: String = (from..from + n).map(|i| format!("{{\"n\":{i}}}\n")).collect();
         let active = self.delivery.active();
         let payloads: Vec<&[u8]> = active.iter().map(|_| payload.as_bytes()).collect();
-        submit(active, &payloads, n as u32)
+        submit(active, &payloads, n as u32, None)
     }
 
     async fn settle(&self, name: &str, expected: u64) -> Arc<Lane> {

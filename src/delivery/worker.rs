@@ -28,7 +28,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enrichd_engine::output::{OutEvent, Outcome, Sink, SinkBatch};
+use enrichd_engine::output::{EventOrigin, OutEvent, Outcome, Sink, SinkBatch};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::watch;
 
@@ -213,6 +213,8 @@ struct Slot {
     start: usize,
     end: usize,
     id: u64,
+    /// The event's index in its entry (see `EventOrigin::index`).
+    index: u32,
     attempts: u32,
 }
 
@@ -230,7 +232,14 @@ impl Worker {
             // profiles.
             for end in memchr::memchr_iter(b'\n', payload).chain([payload.len()]) {
                 if end > start {
-                    slots.push(Slot { entry: i, start, end, id: entry.seq << 24 | index, attempts: 0 });
+                    slots.push(Slot {
+                        entry: i,
+                        start,
+                        end,
+                        id: entry.seq << 24 | index,
+                        index: index as u32,
+                        attempts: 0,
+                    });
                     index += 1;
                 }
                 start = end + 1;
@@ -264,7 +273,9 @@ impl Worker {
                 .iter()
                 .map(|&i| {
                     let s = &slots[i];
-                    OutEvent { json: &entries[s.entry].payload[s.start..s.end], id: s.id }
+                    let entry = &entries[s.entry];
+                    let origin = entry.origin.as_deref().map(|key| EventOrigin { key, index: s.index });
+                    OutEvent { json: &entry.payload[s.start..s.end], id: s.id, origin }
                 })
                 .collect();
             let started = Instant::now();
@@ -279,7 +290,7 @@ impl Worker {
             // for it on its own (a 2xx with per-event results) or took
             // others in the same attempt: then the refusal is about it, not
             // about the destination being unavailable.
-            let delivered_any = report.outcomes.contains(&Outcome::Delivered);
+            let delivered_any = report.outcomes.iter().any(|o| matches!(o, Outcome::Delivered | Outcome::Duplicate));
             let answered_per_event = delivered_any || report.http_status.is_some_and(|s| (200..300).contains(&s));
             let rejected_any = report.outcomes.iter().any(|o| matches!(o, Outcome::Reject(_)));
             let mut still = Vec::new();
@@ -290,6 +301,10 @@ impl Worker {
                 match outcome {
                     Outcome::Delivered => {
                         stats.sent.fetch_add(1, Relaxed);
+                    }
+                    Outcome::Duplicate => {
+                        stats.sent.fetch_add(1, Relaxed);
+                        stats.duplicates.fetch_add(1, Relaxed);
                     }
                     Outcome::Reject(reason) => {
                         stats.failed.fetch_add(1, Relaxed);

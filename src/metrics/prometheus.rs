@@ -44,6 +44,7 @@ pub(crate) struct OutputReading {
     pub enabled: bool,
     pub queued: u64,
     pub sent: u64,
+    pub duplicates: u64,
     pub failed: u64,
     pub retried: u64,
     pub dead_lettered: u64,
@@ -342,9 +343,12 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
     let per_output = |f: &dyn Fn(&OutputReading) -> Sample| -> Vec<(Labels, Sample)> {
         ctx.outputs.iter().map(|o| (vec![("output", o.name.clone())], f(o))).collect()
     };
-    let counters: [Column<OutputReading, u64>; 6] = [
+    let counters: [Column<OutputReading, u64>; 7] = [
         ("telemetry_output_queued", "Events accepted for each output (appended to its spool or queue).", |o| o.queued),
         ("telemetry_output_sent", "Events each output delivered.", |o| o.sent),
+        ("telemetry_output_duplicates", "Of the events sent, those the destination already had (deduplicated).", |o| {
+            o.duplicates
+        }),
         ("telemetry_output_failed", "Event attempts that did not deliver (retried or dead-lettered).", |o| o.failed),
         ("telemetry_output_retried", "Events sent again after a failed attempt.", |o| o.retried),
         ("telemetry_output_dead_lettered", "Events written to each output's dead-letter.", |o| o.dead_lettered),

@@ -38,6 +38,10 @@ pub(crate) struct ServiceConfig {
     /// `[[update]]`: data files kept current, each entry as JSON (checked
     /// against the registry at start).
     pub updates: Vec<super::updates::UpdateEntry>,
+    /// `[ingest]`: whether HTTP ingest forwards raw batches.
+    pub ingest: super::forward::IngestConfig,
+    /// `[[forward]]`: forwarding targets, each entry as JSON with its line.
+    pub forwards: Vec<super::forward::ForwardEntry>,
     /// The `[[chain]]` entries, the file's path and its directory.
     pub engine: enrichd_engine::Config,
 }
@@ -83,6 +87,16 @@ pub(super) struct Sections {
     #[serde(default)]
     #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
     update: Vec<toml::Table>,
+    /// What `POST /v1/ingest` does with an accepted batch: enrich it here
+    /// (default) or forward it raw to a `[[forward]]` target.
+    #[serde(default)]
+    ingest: super::forward::IngestConfig,
+    /// Forwarding targets for `[ingest] forward`: `type` (e.g. `nats`),
+    /// `name` (default: the type) and the type's own options.
+    /// `enrichd config-schema` lists each type's options under `$defs`.
+    #[serde(default)]
+    #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
+    forward: Vec<toml::Table>,
     /// The engine's (see [`enrichd_engine::Config`]); its schema is added
     /// by [`ServiceConfig::json_schema`].
     #[serde(default)]
@@ -135,7 +149,12 @@ impl ServiceConfig {
         }
         let sources = entries("source", sections.source, text, path, |options, line| SourceEntry { options, line })?;
         let updates = entries("update", sections.update, text, path, |options, line| UpdateEntry { options, line })?;
+        let forwards = entries("forward", sections.forward, text, path, |options, line| {
+            super::forward::ForwardEntry { options, line }
+        })?;
         Ok(ServiceConfig {
+            ingest: sections.ingest,
+            forwards,
             sources,
             updates,
             server: sections.server,

@@ -71,6 +71,22 @@ pub(crate) fn json_schema(registry: &Registry) -> serde_json::Value {
         "required": ["type", "path"],
         "properties": { "type": { "enum": update_kinds } },
     });
+    let mut runtime =
+        serde_json::to_value(schemars::schema_for!(super::forward::ForwardRuntime)).expect("schema serializes");
+    defs.insert("ForwardRuntime".into(), strip_meta(runtime.take()));
+    let mut forward_kinds = Vec::new();
+    for factory in registry.forwarders() {
+        let mut options = serde_json::to_value(factory.options_schema()).expect("schema serializes");
+        hoist_defs(&mut options, &mut defs, &format!("Forward_{}", factory.kind()));
+        defs.insert(format!("Forward_{}", factory.kind()), strip_meta(options));
+        forward_kinds.push(serde_json::Value::from(factory.kind()));
+    }
+    schema["properties"]["forward"]["items"] = serde_json::json!({
+        "type": "object",
+        "description": "One forwarding target: the keys of `$defs/ForwardRuntime` plus those of `$defs/Forward_<type>`.",
+        "required": ["type"],
+        "properties": { "type": { "enum": forward_kinds } },
+    });
     schema["$defs"] = serde_json::Value::Object(defs);
     schema["properties"]["output"]["items"] = serde_json::json!({
         "type": "object",

@@ -43,13 +43,17 @@ pub(crate) enum IngestError {
 
 /// Runs `input` through the pipeline and hands it to every enabled output.
 /// `respond`: the encoding the caller wants back (`None`: only counts).
-/// `arrived` is when the input arrived, for the lag metrics.
+/// `arrived` is when the input arrived, for the lag metrics. `origin`: the
+/// input's idempotency key (`enrichd_engine::source::Payload::origin`),
+/// kept with the batch in every output's backlog.
 pub(crate) async fn ingest(
     state: &Arc<AppState>,
     input: Input,
     arrived: Instant,
     respond: Option<Encoding>,
+    origin: Option<&str>,
 ) -> Result<Ingested, IngestError> {
+    let origin = origin.map(str::to_string);
     let worker = state.clone();
     let outputs = state.delivery.active();
     // Counted until enriched: waiting for a blocking thread, then running.
@@ -85,7 +89,10 @@ pub(crate) async fn ingest(
         } else {
             let payloads: Vec<&[u8]> = layout_of.iter().map(|&i| outs[i].as_slice()).collect();
             let events = u32::try_from(processed.events).unwrap_or(u32::MAX);
-            Some(crate::delivery::submit(outputs.clone(), &payloads, events).map_err(IngestError::Backpressure)?)
+            Some(
+                crate::delivery::submit(outputs.clone(), &payloads, events, origin.as_deref())
+                    .map_err(IngestError::Backpressure)?,
+            )
         };
         let response = if responding { outs.swap_remove(0) } else { Vec::new() };
         Ok::<_, IngestError>((response, processed.events, admitted))

@@ -8,7 +8,8 @@
 //! ([`auth`]) and the reload status ([`reload_state`]), the one ingest step
 //! every entry point calls ([`ingest`]) and the running `[[source]]`
 //! entries that call it too ([`sources`]), and the `[[update]]` entries
-//! that keep data files current ([`updates`]). Delivery to outputs
+//! that keep data files current ([`updates`]), and `[ingest] forward`
+//! ([`forward`]). Delivery to outputs
 //! lives in [`crate::delivery`]; the state holds its handle.
 
 pub(crate) mod auth;
@@ -16,6 +17,7 @@ pub(crate) mod config;
 #[cfg(test)]
 mod config_fuzz;
 pub(crate) mod config_schema;
+pub(crate) mod forward;
 pub(crate) mod ingest;
 pub(crate) mod reload_state;
 pub(crate) mod sources;
@@ -65,6 +67,9 @@ pub(crate) struct AppState {
     pub sources: sources::Sources,
     /// The `[[update]]` entries (data files kept current).
     pub updates: updates::Updates,
+    /// `[ingest] forward`: where `POST /v1/ingest` publishes raw batches
+    /// instead of enriching them (`None`: enrich here). Set once at start.
+    pub forward: std::sync::OnceLock<Option<forward::Forwarding>>,
     /// Output profiles by name, and the default (`None`: the v1 layout).
     pub profiles: (enrichd_engine::Profiles, Option<Arc<enrichd_engine::Profile>>),
     /// `[profiles] key_profiles`: the profile per API key digest.
@@ -120,6 +125,7 @@ impl AppState {
             delivery: Arc::new(crate::delivery::Delivery::new(&state_dir, &base_dir)),
             sources: sources::Sources::new(state_dir.clone(), base_dir.clone()),
             updates: updates::Updates::default(),
+            forward: std::sync::OnceLock::new(),
             profiles,
             started: Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),

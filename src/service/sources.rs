@@ -435,8 +435,9 @@ impl Ingest for Handle {
                 });
             }
             let max = state.config.server.max_body_bytes;
+            let origin = payload.origin.clone();
             let input = decode(payload, max).inspect_err(|_| state.metrics.record_rejected_batch())?;
-            match ingest(&state, input, arrived, None).await {
+            match ingest(&state, input, arrived, None, origin.as_deref()).await {
                 Ok(done) => {
                     SourceStats::count(&self.lane.stats.events, done.events as u64);
                     Ok(Accepted { events: done.events })
@@ -532,6 +533,7 @@ mod tests {
             body: body.to_vec(),
             gzip,
             shape: PayloadShape::Ndjson { format: format.into() },
+            origin: None,
         };
         let code = |r: Result<Input, Refusal>| match r {
             Err(Refusal::BadInput { code, .. }) => code,

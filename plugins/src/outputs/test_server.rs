@@ -138,7 +138,10 @@ pub(crate) fn error_fields(factory: &dyn OutputFactory, options: Value) -> Vec<S
 
 /// One attempt with `events` accepted at `accepted_unix_ms`.
 pub(crate) async fn send(sink: &dyn Sink, events: &[&str], accepted_unix_ms: u64) -> SendReport {
-    let events: Vec<OutEvent<'_>> =
-        events.iter().enumerate().map(|(i, json)| OutEvent { json: json.as_bytes(), id: i as u64 }).collect();
+    let events: Vec<OutEvent<'_>> = events
+        .iter()
+        .enumerate()
+        .map(|(i, json)| OutEvent { json: json.as_bytes(), id: i as u64, origin: None })
+        .collect();
     sink.send(SinkBatch { events: &events, accepted_unix_ms, id_scope: 0 }).await
 }

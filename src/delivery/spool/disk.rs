@@ -8,12 +8,19 @@
 //! |--------|------|-----------------------------------------|
 //! | 0      | 2    | magic `b"Sp"`                           |
 //! | 2      | 1    | format version (1)                      |
-//! | 3      | 1    | reserved, 0                             |
+//! | 3      | 1    | flags: bit 0 = the entry has an origin key |
 //! | 4      | 4    | payload length                          |
 //! | 8      | 4    | events in the payload                   |
 //! | 12     | 8    | seq                                     |
 //! | 20     | 8    | accepted, Unix milliseconds             |
 //! | 28     | 4    | CRC-32 of bytes 0..28 and the payload   |
+//!
+//! With flag bit 0 the payload region starts with the entry's origin key
+//! (see `Entry::origin`): a 2-byte length and the key's UTF-8 bytes, then
+//! the NDJSON. The length field counts the whole region. Version-1 entries
+//! written before keys existed have the flags 0 and read as before; a
+//! binary older than the flag refuses a keyed entry as damaged, so a
+//! downgrade with keyed entries queued loses them (drain first).
 //!
 //! The CRC covers the header too, so a torn or bit-flipped length or seq is
 //! caught, not only a damaged payload. The seq is checked against its
@@ -29,6 +36,10 @@ use std::path::{Path, PathBuf};
 pub(crate) const HEADER_LEN: usize = 32;
 const MAGIC: [u8; 2] = *b"Sp";
 const VERSION: u8 = 1;
+/// Flag: the region starts with an origin key.
+const FLAG_ORIGIN: u8 = 1;
+/// Longest origin key kept (longer keys are refused by the caller).
+pub(crate) const MAX_ORIGIN_LEN: usize = u16::MAX as usize;
 const SEGMENT_SUFFIX: &str = ".seg";
 const ACK_FILE: &str = "ack";
 const ACK_TMP: &str = "ack.tmp";
@@ -50,29 +61,54 @@ impl EntryMeta {
     }
 }
 
-/// The header of an entry about to be written.
-pub(super) fn encode_header(payload: &[u8], events: u32, seq: u64, accepted_unix_ms: u64) -> [u8; HEADER_LEN] {
-    let len = u32::try_from(payload.len()).expect("caller checks the payload fits in u32");
+/// The origin prefix of a region (empty without a key).
+pub(super) fn origin_prefix(origin: Option<&str>) -> Vec<u8> {
+    match origin {
+        None => Vec::new(),
+        Some(key) => {
+            let len = u16::try_from(key.len()).expect("caller checks the key length");
+            let mut prefix = Vec::with_capacity(2 + key.len());
+            prefix.extend_from_slice(&len.to_le_bytes());
+            prefix.extend_from_slice(key.as_bytes());
+            prefix
+        }
+    }
+}
+
+/// The header of an entry about to be written: its region is `prefix`
+/// (the origin key, [`origin_prefix`]; empty for none) then `payload`.
+pub(super) fn encode_header(
+    prefix: &[u8],
+    payload: &[u8],
+    events: u32,
+    seq: u64,
+    accepted_unix_ms: u64,
+) -> [u8; HEADER_LEN] {
+    let len = u32::try_from(prefix.len() + payload.len()).expect("caller checks the payload fits in u32");
     let mut h = [0u8; HEADER_LEN];
     h[0..2].copy_from_slice(&MAGIC);
     h[2] = VERSION;
+    h[3] = if prefix.is_empty() { 0 } else { FLAG_ORIGIN };
     h[4..8].copy_from_slice(&len.to_le_bytes());
     h[8..12].copy_from_slice(&events.to_le_bytes());
     h[12..20].copy_from_slice(&seq.to_le_bytes());
     h[20..28].copy_from_slice(&accepted_unix_ms.to_le_bytes());
-    let crc = crc(&h, payload);
+    let crc = crc(&h, &[prefix, payload]);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-fn crc(header: &[u8; HEADER_LEN], payload: &[u8]) -> u32 {
+fn crc(header: &[u8; HEADER_LEN], region: &[&[u8]]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&header[..28]);
-    hasher.update(payload);
+    for part in region {
+        hasher.update(part);
+    }
     hasher.finalize()
 }
 
 struct Header {
+    flags: u8,
     len: u32,
     events: u32,
     seq: u64,
@@ -84,12 +120,19 @@ fn decode_header(h: &[u8; HEADER_LEN]) -> Result<Header, String> {
     if h[0..2] != MAGIC {
         return Err(format!("bad magic {:02x}{:02x}", h[0], h[1]));
     }
-    if h[2] != VERSION || h[3] != 0 {
-        return Err(format!("unknown version {} (reserved byte {})", h[2], h[3]));
+    if h[2] != VERSION || h[3] & !FLAG_ORIGIN != 0 {
+        return Err(format!("unknown version {} (flags {})", h[2], h[3]));
     }
     let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
     let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
-    Ok(Header { len: u32_at(4), events: u32_at(8), seq: u64_at(12), accepted_unix_ms: u64_at(20), crc: u32_at(28) })
+    Ok(Header {
+        flags: h[3],
+        len: u32_at(4),
+        events: u32_at(8),
+        seq: u64_at(12),
+        accepted_unix_ms: u64_at(20),
+        crc: u32_at(28),
+    })
 }
 
 /// What scanning a segment found: the intact entries from its start, and
@@ -133,7 +176,7 @@ pub(super) fn scan_segment(file: &File, first_seq: u64) -> io::Result<Scan> {
         }
         payload.resize(header.len as usize, 0);
         reader.read_exact(&mut payload)?;
-        if crc(&h, &payload) != header.crc {
+        if crc(&h, &[&payload]) != header.crc {
             break Some(format!("CRC mismatch at offset {offset} (seq {expected})"));
         }
         let meta =
@@ -144,17 +187,31 @@ pub(super) fn scan_segment(file: &File, first_seq: u64) -> io::Result<Scan> {
     Ok(Scan { entries, valid_len: offset, file_len, problem })
 }
 
-/// Reads one entry's payload back, checking it is still what was written.
-pub(super) fn read_entry(file: &File, seq: u64, meta: &EntryMeta) -> io::Result<Vec<u8>> {
+/// Reads one entry back, checking it is still what was written: its
+/// origin key (if it has one) and its payload.
+pub(super) fn read_entry(file: &File, seq: u64, meta: &EntryMeta) -> io::Result<(Option<String>, Vec<u8>)> {
     let mut h = [0u8; HEADER_LEN];
     file.read_exact_at(&mut h, meta.offset)?;
-    let mut payload = vec![0u8; meta.len as usize];
-    file.read_exact_at(&mut payload, meta.offset + HEADER_LEN as u64)?;
+    let mut region = vec![0u8; meta.len as usize];
+    file.read_exact_at(&mut region, meta.offset + HEADER_LEN as u64)?;
     let header = decode_header(&h).map_err(|e| corrupt(seq, &e))?;
-    if header.seq != seq || header.len != meta.len || crc(&h, &payload) != header.crc {
+    if header.seq != seq || header.len != meta.len || crc(&h, &[&region]) != header.crc {
         return Err(corrupt(seq, "header or CRC no longer matches what was written"));
     }
-    Ok(payload)
+    if header.flags & FLAG_ORIGIN == 0 {
+        return Ok((None, region));
+    }
+    let key_len = match region.get(..2) {
+        Some(b) => usize::from(u16::from_le_bytes([b[0], b[1]])),
+        None => return Err(corrupt(seq, "origin key flagged but missing")),
+    };
+    let key = region
+        .get(2..2 + key_len)
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .map(str::to_string)
+        .ok_or_else(|| corrupt(seq, "origin key runs past the entry or is not UTF-8"))?;
+    region.drain(..2 + key_len);
+    Ok((Some(key), region))
 }
 
 fn corrupt(seq: u64, what: &str) -> io::Error {

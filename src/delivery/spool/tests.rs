@@ -364,3 +364,36 @@ fn acks_are_persisted_at_most_every_interval_and_at_drop() {
     let (spool, _) = open(dir.path(), MB, 2 * entry_len());
     assert_eq!(seqs(&read_all(&spool)), [6, 7]);
 }
+
+/// An entry's origin key survives a restart beside keyless entries (the
+/// format before keys), and a damaged key is caught by the CRC like a
+/// damaged payload.
+#[test]
+fn origin_keys_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (spool, _) = open(dir.path(), 64 * MB, MB);
+        spool.append(&payload(0), 3, 1).unwrap();
+        spool.append_with_origin(&payload(1), 3, 2, Some("RAW:42")).unwrap();
+        spool.append_with_origin(&payload(2), 3, 3, Some("")).unwrap();
+        let long = "k".repeat(disk::MAX_ORIGIN_LEN + 1);
+        assert!(spool.append_with_origin(b"x", 1, 4, Some(&long)).is_err(), "keys are bounded");
+    }
+    let (spool, recovery) = open(dir.path(), 64 * MB, MB);
+    assert_eq!((recovery.entries, recovery.corrupt_entries), (3, 0));
+    let entries = read_all(&spool);
+    let origins: Vec<Option<&str>> = entries.iter().map(|e| e.origin.as_deref()).collect();
+    assert_eq!(origins, [None, Some("RAW:42"), Some("")]);
+    assert_eq!(entries[1].payload, payload(1), "the key is not part of the payload");
+    assert_eq!(entries[1].events, 3);
+    drop(spool);
+    // Flip a byte of the key: the entry (and what follows it) is cut off.
+    let seg = &segments(dir.path())[0];
+    let mut bytes = fs::read(seg).unwrap();
+    let at = entry_len() as usize + HEADER_LEN + 3;
+    assert_eq!(bytes[at], b'A');
+    bytes[at] = b'B';
+    fs::write(seg, bytes).unwrap();
+    let (_spool, recovery) = open(dir.path(), 64 * MB, MB);
+    assert_eq!((recovery.entries, recovery.corrupt_entries), (1, 1), "{recovery:?}");
+}

@@ -3,17 +3,27 @@
 //!
 //! | answer                                   | outcome |
 //! |------------------------------------------|---------|
-//! | publish acknowledged by the stream (also as a duplicate) | `Delivered` |
+//! | publish acknowledged by the stream       | `Delivered` |
+//! | acknowledged as a duplicate (its `Nats-Msg-Id` was seen) | `Duplicate` |
 //! | no connection, publish refused, no ack in `timeout_ms` | `Retry` (the runtime backs off) |
 //! | an event larger than a message on its own | `Reject` (dead-letter) |
 //!
-//! Every message carries a `Nats-Msg-Id` made of the output backlog's id
-//! scope and the first and last event ids it holds, so a retry of the same
-//! backlog entry (after a lost ack, or after a crash with a spool) repeats
-//! the id and the stream drops the copy within its duplicate window. What
-//! this does not cover yet: a source message redelivered after a crash is
-//! enriched and queued anew, with new event ids; ids derived from the
-//! source's stream sequence come in a later version.
+//! Every message carries a `Nats-Msg-Id`, so a repeat is dropped by the
+//! stream within its duplicate window (`duplicate_window`, 2 minutes by
+//! default):
+//!
+//! - events whose input had an idempotency key (a `nats` source message:
+//!   its stream and sequence) get `<output>:<key>:<first>-<last>`, the
+//!   range of their indices in that input. A message redelivered after a
+//!   crash, enriched again in this or another instance, yields the same
+//!   ids, so its events are stored once. A message never mixes inputs, and
+//!   the id names an index *range*, not a chunk number: if the enriched
+//!   events differ in size the second time (a rule changed meanwhile), the
+//!   chunks break elsewhere, and a range id can only match a message
+//!   holding exactly the same events, never drop one that was not stored;
+//! - other events (HTTP ingest) get the output backlog's id scope and the
+//!   first and last event ids, so a retry of the same backlog entry (a lost
+//!   ack, a crash with a spool) repeats the id.
 
 mod options;
 #[cfg(test)]
@@ -101,9 +111,22 @@ impl NatsSink {
     }
 }
 
+/// Whether `next` may follow `last` in one message: both without an
+/// origin, or consecutive events of the same input (a message id then
+/// names the range; see the module docs).
+fn continues(last: &OutEvent<'_>, next: &OutEvent<'_>) -> bool {
+    match (last.origin, next.origin) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.key == b.key && a.index.checked_add(1) == Some(b.index),
+        _ => false,
+    }
+}
+
 /// The events of `events` packed into messages of at most `limit` bytes
 /// (NDJSON), in order: each message as the indices of its events. Events
-/// larger than `limit` on their own are returned apart.
+/// larger than `limit` on their own are returned apart. A message holds one
+/// input's consecutive events (or only events without an origin), packed
+/// greedily from the first: the same events give the same messages.
 fn pack(events: &[OutEvent<'_>], limit: usize) -> (Vec<Vec<usize>>, Vec<usize>) {
     let mut messages: Vec<Vec<usize>> = Vec::new();
     let mut too_large = Vec::new();
@@ -115,7 +138,8 @@ fn pack(events: &[OutEvent<'_>], limit: usize) -> (Vec<Vec<usize>>, Vec<usize>) 
             too_large.push(i);
             continue;
         }
-        if size + len > limit && !current.is_empty() {
+        let breaks = current.last().is_some_and(|&l: &usize| !continues(&events[l], e));
+        if (size + len > limit || breaks) && !current.is_empty() {
             messages.push(std::mem::take(&mut current));
             size = 0;
         }
@@ -128,9 +152,14 @@ fn pack(events: &[OutEvent<'_>], limit: usize) -> (Vec<Vec<usize>>, Vec<usize>) 
     (messages, too_large)
 }
 
-/// `Nats-Msg-Id` of a message: the backlog's scope, the first and last
-/// event ids and the count (the same events give the same id).
-fn message_id(scope: u64, events: &[OutEvent<'_>], indices: &[usize]) -> String {
+/// `Nats-Msg-Id` of a message (the same events give the same id): from
+/// the input's key and the events' index range when they have an origin
+/// (see [`pack`]), else from the backlog's scope, the first and last event
+/// ids and the count.
+fn message_id(output: &str, scope: u64, events: &[OutEvent<'_>], indices: &[usize]) -> String {
+    if let (Some(first), Some(last)) = (events[indices[0]].origin, events[indices[indices.len() - 1]].origin) {
+        return format!("{output}:{}:{}-{}", first.key, first.index, last.index);
+    }
     let first = events[indices[0]].id;
     let last = events[indices[indices.len() - 1]].id;
     format!("{scope:016x}-{first:x}-{last:x}-{}", indices.len())
@@ -185,7 +214,7 @@ impl NatsSink {
             }
             let publish = PublishMessage::build()
                 .payload(body.into())
-                .message_id(message_id(batch.id_scope, batch.events, indices))
+                .message_id(message_id(&self.name, batch.id_scope, batch.events, indices))
                 .header("Content-Type", "application/x-ndjson");
             match conn.js.send_publish(subject.to_string(), publish).await {
                 Ok(ack) => acks.push((indices, ack)),
@@ -203,7 +232,14 @@ impl NatsSink {
         });
         for (indices, answer) in futures_util::future::join_all(waits).await {
             let failure = match answer {
-                Ok(Ok(_)) => continue,
+                Ok(Ok(ack)) => {
+                    if ack.duplicate {
+                        for &i in indices {
+                            outcomes[i] = Outcome::Duplicate;
+                        }
+                    }
+                    continue;
+                }
                 Ok(Err(e)) => format!("no publish acknowledgement from the stream for {subject:?}: {e}"),
                 Err(_) => format!("no publish acknowledgement within {} ms for {subject:?}", timeout.as_millis()),
             };

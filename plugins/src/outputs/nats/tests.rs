@@ -23,7 +23,7 @@ fn options_are_checked() {
 }
 
 fn events(jsons: &[String]) -> Vec<OutEvent<'_>> {
-    jsons.iter().enumerate().map(|(i, j)| OutEvent { json: j.as_bytes(), id: 100 + i as u64 }).collect()
+    jsons.iter().enumerate().map(|(i, j)| OutEvent { json: j.as_bytes(), id: 100 + i as u64, origin: None }).collect()
 }
 
 #[test]
@@ -35,9 +35,35 @@ fn events_are_packed_within_the_limit_in_order() {
     assert_eq!(messages, vec![vec![0, 1], vec![2, 4]]);
     assert_eq!(too_large, [3]);
     // The same events give the same id; another scope another.
-    assert_eq!(message_id(7, &ev, &messages[0]), message_id(7, &ev, &[0, 1]));
-    assert_ne!(message_id(7, &ev, &messages[0]), message_id(8, &ev, &messages[0]));
-    assert_ne!(message_id(7, &ev, &[0, 1]), message_id(7, &ev, &[0, 2]));
+    assert_eq!(message_id("o", 7, &ev, &messages[0]), message_id("o", 7, &ev, &[0, 1]));
+    assert_ne!(message_id("o", 7, &ev, &messages[0]), message_id("o", 8, &ev, &messages[0]));
+    assert_ne!(message_id("o", 7, &ev, &[0, 1]), message_id("o", 7, &ev, &[0, 2]));
+}
+
+/// Events with an origin: a message holds consecutive events of one
+/// input, and its id is the input's key and the index range, whatever the
+/// backlog's scope (a redelivered input in another process).
+#[test]
+fn messages_never_mix_inputs_and_are_named_by_origin() {
+    let jsons: Vec<String> = (0..7).map(|_| "x".repeat(10)).collect();
+    let origins = [("RAW:1", 0), ("RAW:1", 1), ("RAW:2", 0), ("RAW:2", 1), ("RAW:2", 3), ("RAW:2", 4), ("RAW:2", 5)];
+    let ev: Vec<OutEvent<'_>> = jsons
+        .iter()
+        .zip(origins)
+        .enumerate()
+        .map(|(i, (j, (key, index)))| OutEvent {
+            json: j.as_bytes(),
+            id: i as u64,
+            origin: Some(enrichd_engine::output::EventOrigin { key, index }),
+        })
+        .collect();
+    let (messages, _) = pack(&ev, 25);
+    // A new input breaks a message, so does a gap (index 2 was delivered
+    // earlier), and the size limit.
+    assert_eq!(messages, vec![vec![0, 1], vec![2, 3], vec![4, 5], vec![6]]);
+    assert_eq!(message_id("out", 1, &ev, &messages[1]), "out:RAW:2:0-1");
+    assert_eq!(message_id("out", 1, &ev, &messages[1]), message_id("out", 2, &ev, &messages[1]));
+    assert_eq!(message_id("out", 1, &ev, &messages[3]), "out:RAW:2:5-5");
 }
 
 #[tokio::test]
@@ -72,9 +98,10 @@ async fn batches_are_split_published_and_deduplicated_on_retry() {
     );
     let delivered = report.outcomes.iter().filter(|o| **o == Outcome::Delivered).count();
     assert_eq!(delivered, 40);
-    // A retry of the same entry (a lost ack): the stream keeps one copy.
+    // A retry of the same entry (a lost ack): the stream keeps one copy and
+    // says so.
     let again = sink.send(batch).await;
-    assert_eq!(again.outcomes.iter().filter(|o| **o == Outcome::Delivered).count(), 40);
+    assert_eq!(again.outcomes.iter().filter(|o| **o == Outcome::Duplicate).count(), 40);
 
     let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
     let mut stream = js.get_stream("OUT").await.unwrap();

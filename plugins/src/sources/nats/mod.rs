@@ -10,10 +10,12 @@
 //! | backpressure / outage  | `nak` with a delay, pulling pauses | not the message's fault; nothing is buffered meanwhile |
 //!
 //! So delivery is at least once end to end: a crash between acceptance
-//! and `ack` redelivers the message after `ack_wait` (its events are then
-//! enriched and queued twice; the `nats` output's `Nats-Msg-Id` does not
-//! dedupe those yet, as its ids come from the output's backlog, not from
-//! the source's sequence). A message still being processed when `ack_wait`
+//! and `ack` redelivers the message after `ack_wait`, and its events are
+//! enriched and queued twice. Each payload carries the origin key
+//! `<stream>:<stream sequence>` (the same on every delivery, in any
+//! instance), from which outputs that can deduplicate derive their ids:
+//! the `nats` output's `Nats-Msg-Id` makes the stream drop the second copy.
+//! A message still being processed when `ack_wait`
 //! nears gets an in-progress signal, so slow outputs do not cause
 //! redeliveries.
 //!
@@ -229,7 +231,15 @@ impl NatsRunner {
             return;
         }
         let payload = match shape(&message.message, self.options.format.as_deref()) {
-            Ok(payload) => payload,
+            Ok(mut payload) => {
+                // The stream's name as the server reports it (the options'
+                // is the same; the server's is authoritative).
+                let stream = message
+                    .info()
+                    .map_or_else(|_| self.options.stream.clone().unwrap_or_default(), |i| i.stream.to_string());
+                payload.origin = Some(format!("{stream}:{stream_seq}"));
+                payload
+            }
             Err(reason) => return self.poison(&message, stream_seq, delivered, &reason, ingest).await,
         };
         let answer = self.submit_in_progress(&message, payload, ingest).await;
@@ -361,5 +371,5 @@ fn shape(message: &async_nats::Message, format: Option<&str>) -> Result<Payload,
     };
     let gzip = header("Content-Encoding").is_some_and(|e| e.eq_ignore_ascii_case("gzip"))
         || message.payload.starts_with(&[0x1f, 0x8b]);
-    Ok(Payload { body: message.payload.to_vec(), gzip, shape })
+    Ok(Payload { body: message.payload.to_vec(), gzip, shape, origin: None })
 }

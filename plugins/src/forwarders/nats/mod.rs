@@ -1,0 +1,185 @@
+//! The `nats` forwarding target: each raw `/v1/ingest` batch published as
+//! one message to a JetStream subject (a raw-events stream a `nats` source
+//! consumes), the HTTP answer waiting for the stream's acknowledgement.
+//!
+//! | what happens                          | answer to the client |
+//! |---------------------------------------|----------------------|
+//! | publish acknowledged by the stream    | 200                  |
+//! | no connection, refused, no ack in `timeout_ms` | 503 (resend; a lost ack means the resend duplicates) |
+//! | larger than a message even gzipped    | 413 (send smaller batches) |
+//!
+//! The message is the envelope as received, with `Enrichd-Format:
+//! envelope`; one larger than the server's `max_payload` is gzipped
+//! (`Content-Encoding: gzip`; the source inflates it within
+//! `server.max_body_bytes`). Security telemetry compresses 5-15×, so a
+//! 5 MiB batch fits NATS' default 1 MiB payload. One message per batch,
+//! never split: the consuming instance then accepts or refuses the batch
+//! whole, as `/v1/ingest` would have.
+
+#[cfg(test)]
+mod tests;
+
+use std::future::IntoFuture;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use enrichd_engine::forward::{Forward, ForwardContext, ForwardError, Forwarder, RawBatch};
+use enrichd_engine::output::{BoxFuture, FieldError};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::nats::NatsConnection;
+
+/// Room left in a message for its headers and protocol framing.
+const HEADER_ROOM: usize = 512;
+
+/// `[[forward]] type = "nats"`: raw batches published to a JetStream
+/// subject, each publish acknowledged by the stream before `/v1/ingest`
+/// answers.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsForwardOptions {
+    #[serde(flatten)]
+    pub connection: NatsConnection,
+    /// The subject batches are published to; a stream must capture it
+    /// (the `nats` source's `stream`). Required.
+    pub subject: Option<String>,
+    /// A stream to create (file storage, capturing `subject`) when it is
+    /// missing. Default: none, the stream must exist (a `nats` source with
+    /// `create = true` makes it).
+    pub create_stream: Option<String>,
+    /// Largest message body in bytes (default 0: the server's
+    /// `max_payload`, less room for headers). A batch larger than this is
+    /// gzipped; one still larger is refused with 413.
+    pub max_message_bytes: usize,
+}
+
+impl NatsForwardOptions {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        self.connection.validate(&mut errors);
+        match &self.subject {
+            None => errors.push(FieldError::new("subject", "is required")),
+            Some(s) if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '*' || c == '>') => {
+                errors.push(FieldError::new("subject", "a subject without spaces or wildcards"))
+            }
+            Some(_) => {}
+        }
+        if let Some(s) = &self.create_stream {
+            if s.is_empty() || s.contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\')) {
+                errors.push(FieldError::new("create_stream", "a name without spaces, `.`, `*`, `>`"));
+            }
+        }
+        if self.max_message_bytes != 0 && self.max_message_bytes < 1024 {
+            errors.push(FieldError::new("max_message_bytes", "0 (the server's limit) or at least 1024"));
+        }
+        errors
+    }
+}
+
+/// The `nats` forwarding kind.
+pub struct NatsForward;
+
+impl Forward for NatsForward {
+    type Options = NatsForwardOptions;
+
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn description(&self) -> &'static str {
+        "NATS JetStream: each raw /v1/ingest batch published to a subject, answered once the stream acknowledged it"
+    }
+
+    fn secret_fields(&self) -> &'static [&'static str] {
+        crate::nats::SECRET_FIELDS
+    }
+
+    fn validate(&self, options: &NatsForwardOptions) -> Vec<FieldError> {
+        options.validate()
+    }
+
+    fn build(&self, options: NatsForwardOptions, ctx: &ForwardContext) -> anyhow::Result<Arc<dyn Forwarder>> {
+        Ok(Arc::new(NatsForwarder { options, name: ctx.name.clone(), conn: tokio::sync::Mutex::new(None) }))
+    }
+}
+
+struct NatsForwarder {
+    options: NatsForwardOptions,
+    name: String,
+    /// Connected on first use (the client then reconnects on its own).
+    conn: tokio::sync::Mutex<Option<(jetstream::Context, usize)>>,
+}
+
+impl NatsForwarder {
+    /// The JetStream context and the largest body to publish.
+    async fn connection(&self) -> Result<(jetstream::Context, usize), String> {
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = conn.as_ref() {
+            return Ok(c.clone());
+        }
+        let o = &self.options;
+        let client = o.connection.connect(&format!("forward {}", self.name)).await.map_err(|e| format!("{e:#}"))?;
+        let server_max = client.server_info().max_payload.max(2 * HEADER_ROOM);
+        let wanted = if o.max_message_bytes == 0 { server_max } else { o.max_message_bytes.min(server_max) };
+        let js = jetstream::ContextBuilder::new().timeout(o.connection.timeout()).build(client);
+        if let Some(name) = &o.create_stream {
+            let subjects = o.subject.iter().cloned().collect();
+            js.get_or_create_stream(stream::Config { name: name.clone(), subjects, ..Default::default() })
+                .await
+                .map_err(|e| format!("stream {name:?} (created if missing): {e}"))?;
+        }
+        let c = (js, wanted.saturating_sub(HEADER_ROOM).max(HEADER_ROOM));
+        *conn = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// `body` gzipped (fast level: this is on the request's path).
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    encoder.write_all(body).expect("writing to a Vec");
+    encoder.finish().expect("writing to a Vec")
+}
+
+impl Forwarder for NatsForwarder {
+    fn forward<'a>(&'a self, batch: RawBatch<'a>) -> BoxFuture<'a, Result<(), ForwardError>> {
+        Box::pin(async move {
+            let (js, limit) = self.connection().await.map_err(ForwardError::Unavailable)?;
+            let subject = self.options.subject.clone().unwrap_or_default();
+            let mut publish =
+                PublishMessage::build().header("Enrichd-Format", "envelope").header("Content-Type", "application/json");
+            let body = if batch.body.len() <= limit {
+                batch.body.to_vec()
+            } else {
+                let packed = gzip(batch.body);
+                if packed.len() > limit {
+                    return Err(ForwardError::TooLarge(format!(
+                        "the batch is {} bytes ({} gzipped); a message may hold {limit}: send smaller batches",
+                        batch.body.len(),
+                        packed.len()
+                    )));
+                }
+                publish = publish.header("Content-Encoding", "gzip");
+                packed
+            };
+            let timeout = self.options.connection.timeout();
+            let ack = js
+                .send_publish(subject.clone(), publish.payload(body.into()))
+                .await
+                .map_err(|e| ForwardError::Unavailable(format!("publishing to {subject:?}: {e}")))?;
+            match tokio::time::timeout(timeout + Duration::from_millis(100), ack.into_future()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(ForwardError::Unavailable(format!(
+                    "no publish acknowledgement from the stream for {subject:?}: {e}"
+                ))),
+                Err(_) => Err(ForwardError::Unavailable(format!(
+                    "no publish acknowledgement within {} ms for {subject:?} (a resend may duplicate the batch)",
+                    timeout.as_millis()
+                ))),
+            }
+        })
+    }
+}
