@@ -15,8 +15,9 @@
 //! on the destination or the source, ti on both addresses, the WASM rule)
 //! and with the stage-3 chain (geoip + asn on both addresses), the
 //! full-size GeoLite2 2018 databases from `../shared/testdata` when present.
-//! Bodies: 1,000 (or 100) replayed Zeek conn records (the RITA logs of
-//! `scripts/bench`, else `tests/data/zeek/zat-conn.log`) or flows with
+//! Bodies: 1,000 (or 100) replayed Zeek conn records (every conn log
+//! of the two RITA sets `scripts/bench` reads from, 46,333 records; else
+//! `tests/data/zeek/zat-conn.log`) or flows with
 //! uniformly random IPv4 addresses. Each client is one keep-alive
 //! connection on a thread, sending the next body when the answer is in
 //! (a small HTTP/1.1 client over `TcpStream`: the clients share the two
@@ -351,7 +352,8 @@ fn chain_toml(repo: &Path, chain: &str) -> String {
     )
 }
 
-/// The replayed Zeek conn records of `scripts/bench`, as JSON texts.
+/// The conn logs of the RITA sets `scripts/bench` reads from (all of them,
+/// not only its `conn.0*` subset), as JSON texts.
 fn zeek_records(repo: &Path) -> Vec<String> {
     let shared = repo.join("../shared/testdata/zeek/rita");
     let mut files: Vec<PathBuf> = ["missing_host-2024-04-20", "proxy_rolling"]
