@@ -93,6 +93,12 @@ impl Batch {
     /// Writes one enriched event as a JSON object: the record's own fields as
     /// sent, then the enrichment results in chain order, then warnings.
     pub fn write_event(&self, event: &Event, keys: &[Box<str>], out: &mut Vec<u8>) {
+        self.write_event_keyed(event, &EncodedKeys::new(keys), out);
+    }
+
+    /// [`Batch::write_event`] with the keys encoded once for the batch.
+    fn write_event_keyed(&self, event: &Event, encoded: &EncodedKeys, out: &mut Vec<u8>) {
+        let keys = encoded.keys;
         let raw = &self.source[event.raw.range()];
         let mut has_fields = event.raw_has_fields;
         if event.shadows_output {
@@ -125,13 +131,12 @@ impl Batch {
             let body = raw.trim_end();
             out.extend_from_slice(body[..body.len() - 1].trim_end().as_bytes());
         }
+        // Each result is `,"key":` (encoded once per batch) then the shared
+        // fragment's bytes: two copies, no formatting.
         for (key, value) in &event.outputs {
-            if has_fields {
-                out.push(b',');
-            }
+            let entry = &encoded.entries[key.0 as usize][!has_fields as usize..];
             has_fields = true;
-            write_json_string(out, &keys[key.0 as usize]);
-            out.push(b':');
+            out.extend_from_slice(entry);
             out.extend_from_slice(value.as_bytes());
         }
         if !event.warnings.is_empty() {
@@ -147,21 +152,24 @@ impl Batch {
 
     /// Writes all events as a JSON array.
     pub fn write_events_array(&self, keys: &[Box<str>], out: &mut Vec<u8>) {
+        let encoded = EncodedKeys::new(keys);
         out.push(b'[');
         for (i, event) in self.events.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            self.write_event(event, keys, out);
+            self.write_event_keyed(event, &encoded, out);
         }
         out.push(b']');
     }
 
     /// Writes all events as NDJSON (one object per line).
     pub fn write_ndjson(&self, keys: &[Box<str>], out: &mut Vec<u8>) {
+        let encoded = EncodedKeys::new(keys);
+        out.reserve(self.source.len() + 64 * self.events.len());
         for event in &self.events {
             let start = out.len();
-            self.write_event(event, keys, out);
+            self.write_event_keyed(event, &encoded, out);
             one_line(&mut out[start..]);
             out.push(b'\n');
         }
@@ -170,7 +178,9 @@ impl Batch {
     /// Writes the `/v1/ingest` response:
     /// `{"collector_id", "format", "count", "records": [...]}`.
     pub fn write_ingest_response(&self, keys: &[Box<str>], out: &mut Vec<u8>) {
-        self.write_ingest_response_with(out, |event, out| self.write_event(event, keys, out));
+        let encoded = EncodedKeys::new(keys);
+        out.reserve(self.source.len() + 64 * self.events.len());
+        self.write_ingest_response_with(out, |event, out| self.write_event_keyed(event, &encoded, out));
     }
 
     /// [`Batch::write_ingest_response`] with each record written by `write`
@@ -204,6 +214,28 @@ impl Batch {
             out.extend_from_slice(&ndjson[start..end]);
             start = end + 1;
         });
+    }
+}
+
+/// The chain's output keys as written before a value: `,"key":`, encoded
+/// once per batch (an entry without its comma is the slice from 1).
+struct EncodedKeys<'k> {
+    keys: &'k [Box<str>],
+    entries: Vec<Vec<u8>>,
+}
+
+impl<'k> EncodedKeys<'k> {
+    fn new(keys: &'k [Box<str>]) -> Self {
+        let entries = keys
+            .iter()
+            .map(|k| {
+                let mut entry = vec![b','];
+                write_json_string(&mut entry, k);
+                entry.push(b':');
+                entry
+            })
+            .collect();
+        EncodedKeys { keys, entries }
     }
 }
 

@@ -20,6 +20,9 @@ use crate::batch::Batch;
 use crate::event::{Event, Span, Text, TextFieldId};
 use crate::format::{protocol_number, Format};
 
+#[path = "parse_fast.rs"]
+mod fast;
+
 /// What the parser must look for beyond the well-known fields; derived from
 /// the chain (see [`crate::Chain::parse_spec`]).
 #[derive(Clone, Debug, Default)]
@@ -112,6 +115,17 @@ pub fn parse_envelope(body: Vec<u8>, spec: &ParseSpec, limits: Limits) -> Result
             }
         });
     }
+    let filter = fast::KeyFilter::new(spec);
+    if let Some(fast::Envelope { collector_id, format, events }) = fast::envelope(&source, &filter, limits) {
+        let collector_id = collector_id.map(str::to_owned);
+        return Ok(Batch::new(source, format, collector_id, events));
+    }
+    envelope_serde(source, &filter, limits)
+}
+
+/// The serde path of [`parse_envelope`]: slower, and the one that says what
+/// is wrong.
+fn envelope_serde(source: String, filter: &fast::KeyFilter, limits: Limits) -> Result<Batch, InputError> {
     let envelope: Envelope<'_> = serde_json::from_str(&source).map_err(|e| InputError::InvalidJson(e.to_string()))?;
 
     let collector_id = match envelope.collector_id.map(|r| serde_json::from_str::<Option<String>>(r.get())) {
@@ -138,7 +152,7 @@ pub fn parse_envelope(body: Vec<u8>, spec: &ParseSpec, limits: Limits) -> Result
     let mut events = Vec::with_capacity(records.len());
     for (index, raw) in records.iter().enumerate() {
         let start = raw.get().as_ptr() as usize - base;
-        events.push(parse_record(&source, start, raw.get().len(), index, spec)?);
+        events.push(parse_record(&source, start, raw.get().len(), index, filter)?);
     }
     drop(records);
     Ok(Batch::new(source, format, collector_id, events))
@@ -148,6 +162,7 @@ pub fn parse_envelope(body: Vec<u8>, spec: &ParseSpec, limits: Limits) -> Result
 /// are skipped). `first_index` numbers records in error messages, so a caller
 /// reading a long stream in chunks reports absolute positions.
 pub fn parse_ndjson(text: String, format: Format, spec: &ParseSpec, first_index: usize) -> Result<Batch, InputError> {
+    let filter = fast::KeyFilter::new(spec);
     let mut events = Vec::new();
     let mut offset = 0usize;
     let mut index = first_index;
@@ -156,7 +171,7 @@ pub fn parse_ndjson(text: String, format: Format, spec: &ParseSpec, first_index:
         let lead = content.len() - content.trim_start().len();
         let body = content.trim();
         if !body.is_empty() {
-            events.push(parse_record(&text, offset + lead, body.len(), index, spec)?);
+            events.push(parse_record(&text, offset + lead, body.len(), index, &filter)?);
             index += 1;
         }
         offset += line.len();
@@ -164,8 +179,23 @@ pub fn parse_ndjson(text: String, format: Format, spec: &ParseSpec, first_index:
     Ok(Batch::new(text, format, None, events))
 }
 
-/// Parses the record whose JSON text is `source[start..start+len]`.
-pub(crate) fn parse_record(
+/// Parses the record whose JSON text is `source[start..start+len]`: the
+/// fast path when it can, else the serde path (which also words the error).
+fn parse_record(
+    source: &str,
+    start: usize,
+    len: usize,
+    index: usize,
+    filter: &fast::KeyFilter,
+) -> Result<Event, InputError> {
+    match fast::record(source, start, len, filter) {
+        Some(event) => Ok(event),
+        None => parse_record_serde(source, start, len, index, filter.spec()),
+    }
+}
+
+/// The serde path of [`parse_record`].
+fn parse_record_serde(
     source: &str,
     start: usize,
     len: usize,
@@ -579,6 +609,28 @@ impl<'de> Deserialize<'de> for AnyText<'de> {
         }
         d.deserialize_any(V)
     }
+}
+
+/// Both paths on one record (`text` is the whole source): what the fast
+/// path read, if it was sure, and the serde path's answer.
+#[cfg(test)]
+pub(crate) fn record_both_ways(text: &str, spec: &ParseSpec) -> (Option<Event>, Result<Event, InputError>) {
+    let filter = fast::KeyFilter::new(spec);
+    (fast::record(text, 0, text.len(), &filter), parse_record_serde(text, 0, text.len(), 0, spec))
+}
+
+/// Both paths on one envelope: the fast one (if it was sure) and the
+/// serde one.
+#[cfg(test)]
+pub(crate) fn envelope_both_ways(
+    body: &str,
+    spec: &ParseSpec,
+    limits: Limits,
+) -> (Option<Batch>, Result<Batch, InputError>) {
+    let filter = fast::KeyFilter::new(spec);
+    let fast = fast::envelope(body, &filter, limits)
+        .map(|e| Batch::new(body.to_owned(), e.format, e.collector_id.map(str::to_owned), e.events));
+    (fast, envelope_serde(body.to_owned(), &filter, limits))
 }
 
 #[cfg(test)]

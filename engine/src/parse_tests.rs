@@ -221,3 +221,47 @@ fn distinct_keys_and_nested_objects_are_not_duplicates() {
     assert_eq!(b.len(), 2);
     assert_eq!(b.events()[0].src_ip, Some("1.2.3.4".parse().unwrap()));
 }
+
+/// The fast path takes the records senders actually send (otherwise every
+/// batch would pay for both paths), and hands over what it must.
+#[test]
+fn fast_path_takes_typical_records_and_hands_over_the_rest() {
+    let spec = spec(&["query"], &["geo"]);
+    let typical = [
+        r#"{"ts":1723351200.412345,"uid":"CHhAvVGS1DHFjwGM9","id.orig_h":"10.0.0.1","id.orig_p":51000,"id.resp_h":"2001:db8::1","id.resp_p":443,"proto":"tcp","service":"ssl","duration":0.25,"orig_bytes":512,"resp_bytes":4096,"conn_state":"SF","local_orig":true,"missed_bytes":0,"history":"ShADadFf","tunnel_parents":[],"query":"example.org"}"#,
+        r#"{"ts":1700000000,"src_ip":"1.2.3.4","dst_ip":"5.6.7.8","src_port":1024,"dst_port":53,"protocol":"udp","bytes":200,"packets":1}"#,
+        r#"{ "ts" : null , "src_ip" : "not an ip", "nested": {"a": [1, 2.5e-3, {"b": "\u00e9\n"}]}, "geo": 1 }"#,
+        "{}",
+    ];
+    for text in typical {
+        let (fast, serde) = record_both_ways(text, &spec);
+        let fast = fast.unwrap_or_else(|| panic!("fast path gave up on {text}"));
+        assert_eq!(format!("{fast:?}"), format!("{:?}", serde.unwrap()));
+    }
+    let handed_over = [
+        r#"{"src_port":1024.0}"#,
+        r#"{"sr\u0063_ip":"1.2.3.4"}"#,
+        r#"{"query":"a\u002eorg"}"#,
+        r#"{"a":1,"a":2}"#,
+        r#"{"bytes":-1}"#,
+        r#"{"ts":1e400}"#,
+        r#"{"a":01}"#,
+        "{\"a\":\"\u{1}\"}",
+        r#"{"a":1,}"#,
+        r#"{"a":1} x"#,
+    ];
+    for text in handed_over {
+        assert!(record_both_ways(text, &spec).0.is_none(), "fast path kept {text}");
+    }
+    let body = r#"{"collector_id":"c","format":"zeek","records":[{"id.orig_h":"1.2.3.4"},{"query":"x"}],"extra":{"k":[true]}}"#;
+    let (fast, serde) = envelope_both_ways(body, &spec, Limits::default());
+    assert_eq!(format!("{:?}", fast.expect("fast path took the envelope")), format!("{:?}", serde.unwrap()));
+    for body in [
+        r#"{"format":"zeek","format":"zeek","records":[]}"#,
+        r#"{"format":"netflow","records":[]}"#,
+        r#"{"format":"zeek","records":[1]}"#,
+        r#"{"format":"zeek","records":[{},{},{}]}"#,
+    ] {
+        assert!(envelope_both_ways(body, &spec, Limits { max_records: 2 }).0.is_none(), "fast path kept {body}");
+    }
+}

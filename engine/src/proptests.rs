@@ -8,7 +8,11 @@
 //!   again gives the same bytes;
 //! - through a pipeline whose chain writes a key, every field the record
 //!   came with (other than that key) is kept byte for byte, in order, also
-//!   when the record already carried the key (the slow path that drops it).
+//!   when the record already carried the key (the slow path that drops it);
+//! - the parser's fast path (`parse_fast.rs`) never accepts what the serde
+//!   path refuses and reads the same event where it accepts, on good
+//!   records, on records with unusual values for the known fields, and on
+//!   records and envelopes with one character changed.
 
 use std::time::Instant;
 
@@ -240,6 +244,132 @@ proptest! {
                 .collect();
             want.push(("\"seen\"".into(), "true".into()));
             prop_assert_eq!(got, want, "record {}", record.text);
+        }
+    }
+}
+
+/// A value for a known field in the forms the fast path handles itself and
+/// the ones it must hand to the serde path (or refuse the same way).
+fn odd_known_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "1024.0",
+            "-1",
+            "1e3",
+            "\"80\"",
+            "true",
+            "[]",
+            "{}",
+            "65536",
+            "255",
+            "256",
+            "-0",
+            "0.5",
+            "\"1.2.3.4\"",
+            "\"1.2.3\\u0034\"",
+            "\"::1\"",
+            "\"nope\"",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "1723351200.412345",
+            "-1723351200.5",
+            "\"  1.5 \"",
+            "null",
+            "1.7976931348623157e309",
+            "0.1000000000000000055511151231257827",
+            "9007199254740993.5",
+            "01",
+            "1.",
+            "\"t\\cp\"",
+            "\"TCP\"",
+        ])
+        .prop_map(String::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| f.to_string()),
+        (any::<u32>(), 0u32..1_000_000_000).prop_map(|(a, b)| format!("{a}.{b}")),
+    ]
+}
+
+/// A record whose known fields carry odd values, one field maybe repeated.
+fn odd_record() -> impl Strategy<Value = String> {
+    let key = prop::sample::select(KNOWN[..20].to_vec());
+    (prop::collection::vec((key, odd_known_value()), 1..5), unknown_fields(), ws()).prop_map(|(known, unknown, w)| {
+        let mut fields: Vec<String> =
+            known.into_iter().map(|(k, v)| format!("{}{w}:{w}{v}", serde_json::to_string(k).unwrap())).collect();
+        fields.extend(unknown.into_iter().map(|(k, v)| format!("{k}:{v}")));
+        format!("{{{w}{}{w}}}", fields.join(","))
+    })
+}
+
+/// `text` with one character replaced, inserted or removed.
+fn mutated(text: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
+    let chars = prop::sample::select(vec![
+        '"', '\\', ',', ':', '{', '}', '[', ']', '0', '-', '.', 'e', ' ', '\u{1}', 'n', 'u', '\n', '\u{a0}', 'x',
+    ]);
+    (text, any::<prop::sample::Index>(), chars, 0..3u8).prop_map(|(text, at, c, how)| {
+        let mut chars: Vec<char> = text.chars().collect();
+        let i = at.index(chars.len());
+        match how {
+            0 => chars[i] = c,
+            1 => chars.insert(i, c),
+            _ => {
+                chars.remove(i);
+            }
+        }
+        chars.into_iter().collect()
+    })
+}
+
+/// The spec of the pipeline tests' marking chain plus a captured text field.
+fn spec_with_texts() -> ParseSpec {
+    ParseSpec { text_fields: vec!["a".into(), "b".into(), "domain".into()], output_keys: vec!["seen".into()] }
+}
+
+fn fast_agrees_with_serde(text: &str) -> Result<(), TestCaseError> {
+    let (fast, serde) = crate::parse::record_both_ways(text, &spec_with_texts());
+    if let Some(fast) = fast {
+        let serde = serde.map_err(|e| TestCaseError::fail(format!("fast path accepted what serde refuses: {e}")))?;
+        prop_assert_eq!(format!("{fast:?}"), format!("{serde:?}"), "record {}", text);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fast_path_reads_good_records_like_the_serde_path(r in record(true)) {
+        let (fast, serde) = crate::parse::record_both_ways(&r.text, &spec_with_texts());
+        prop_assert!(serde.is_ok());
+        // Keys are plain in these records; escapes in values only where skipped.
+        if let Some(fast) = fast {
+            prop_assert_eq!(format!("{fast:?}"), format!("{:?}", serde.unwrap()));
+        }
+    }
+
+    #[test]
+    fn fast_path_agrees_on_odd_known_values(text in odd_record()) {
+        fast_agrees_with_serde(&text)?;
+    }
+
+    #[test]
+    fn fast_path_agrees_on_damaged_records(text in mutated(prop_oneof![record(true).prop_map(|r| r.text), odd_record()])) {
+        fast_agrees_with_serde(&text)?;
+    }
+
+    #[test]
+    fn fast_path_agrees_on_damaged_envelopes(
+        body in mutated(prop::collection::vec(record(true), 0..4).prop_map(|rs| {
+            let records: Vec<String> = rs.into_iter().map(|r| r.text).collect();
+            format!("{{\"collector_id\": \"c\", \"format\":\"flows\",\"records\":[{}], \"x\": [1]}}", records.join(" , "))
+        })),
+        max in 1usize..5,
+    ) {
+        let limits = crate::Limits { max_records: max };
+        let (fast, serde) = crate::parse::envelope_both_ways(&body, &spec_with_texts(), limits);
+        if let Some(fast) = fast {
+            let serde = serde.map_err(|e| TestCaseError::fail(format!("fast path accepted what serde refuses: {e}")))?;
+            prop_assert_eq!(format!("{fast:?}"), format!("{serde:?}"), "body {}", body);
         }
     }
 }

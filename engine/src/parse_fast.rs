@@ -1,0 +1,626 @@
+//! The fast path of the parser: one pass over the bytes of the envelope and
+//! its records that validates the JSON, reads the well-known fields straight
+//! from the record text and steps over everything else.
+//!
+//! Why two parsers: the serde path (the parent module) builds every error
+//! message the 4xx contract promises (record index, field, what is wrong),
+//! but it costs three passes over an envelope (the envelope, the records
+//! array, each record) and a serde visitor per field. This path only ever
+//! answers "here is the batch" or "not sure": on anything it does not
+//! handle itself (an error of any kind, escapes in a key or in a value the
+//! chain reads, a number written in an unusual form for a known field,
+//! duplicate envelope keys, deep nesting) it gives up and the caller runs
+//! the serde path on the same bytes, which then accepts or refuses with
+//! its usual message. So the contract is the serde path's by construction,
+//! provided this path never accepts what that path refuses and reads the
+//! same values where both accept; `proptests.rs` checks both on generated
+//! good and bad records.
+//!
+//! What it must agree with serde_json on: JSON grammar (RFC 8259: no
+//! control characters in strings, the eight escapes and `\uXXXX`, numbers
+//! without leading zeros or `+`, the four whitespace bytes), that skipped
+//! values are checked but not decoded (so `1e400` or a lone surrogate in an
+//! ignored string pass, as they do there), and how a known field's value
+//! converts (the same rules as the visitors in the parent module; where a
+//! case is not plainly the same, the value is handed to serde_json itself,
+//! or this path gives up).
+
+use smallvec::SmallVec;
+
+use super::{set_ip, IpValue, Known, Limits, ParseSpec};
+use crate::event::{Event, Span, Text, TextFieldId};
+use crate::format::{protocol_number, Format};
+
+/// Nesting this path follows inside a record before it hands over (serde_json
+/// refuses 128 levels where it counts them).
+const MAX_DEPTH: u32 = 100;
+
+/// The keys of a [`ParseSpec`] as a 128-bit filter over [`key_hash`], built
+/// once per batch: most record keys are neither captured text fields nor
+/// output keys, and the filter answers that without comparing strings.
+pub(super) struct KeyFilter<'s> {
+    spec: &'s ParseSpec,
+    bits: u128,
+}
+
+impl<'s> KeyFilter<'s> {
+    pub(super) fn new(spec: &'s ParseSpec) -> Self {
+        let bits = spec
+            .text_fields
+            .iter()
+            .chain(&spec.output_keys)
+            .fold(0u128, |bits, k| bits | 1u128 << key_hash(k.as_bytes()));
+        KeyFilter { spec, bits }
+    }
+
+    pub(super) fn spec(&self) -> &'s ParseSpec {
+        self.spec
+    }
+}
+
+/// A 7-bit hash of a key from its length and its first and last bytes.
+#[inline]
+fn key_hash(k: &[u8]) -> u32 {
+    let n = k.len();
+    let (a, b) = if n >= 8 {
+        (u64::from_le_bytes(k[..8].try_into().unwrap()), u64::from_le_bytes(k[n - 8..].try_into().unwrap()))
+    } else if n >= 4 {
+        (
+            u32::from_le_bytes(k[..4].try_into().unwrap()) as u64,
+            u32::from_le_bytes(k[n - 4..].try_into().unwrap()) as u64,
+        )
+    } else if n > 0 {
+        (k[0] as u64 | (k[n / 2] as u64) << 8 | (k[n - 1] as u64) << 16, 0)
+    } else {
+        (0, 0)
+    };
+    let h = (a ^ b.rotate_left(29) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 57) as u32
+}
+
+/// A position in the batch's source text (positions are absolute, so spans
+/// into it need no rebasing). `end` bounds what may be read: a record's end
+/// for NDJSON lines.
+struct Cursor<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    at: usize,
+}
+
+/// A JSON number as written: where, and what it looks like.
+struct Num {
+    start: usize,
+    end: usize,
+    negative: bool,
+    /// No fraction and no exponent.
+    integer: bool,
+    exponent: bool,
+    /// Digits before the point.
+    int_digits: usize,
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `w` is `"`, `\` or a control character (< 0x20): the
+/// bytes that end the plain part of a string. Exact for "any" (the usual
+/// has-zero-byte / has-less-than tricks), which is all the caller asks.
+#[inline]
+fn special_in(w: u64) -> bool {
+    let quote = w ^ (ONES * b'"' as u64);
+    let backslash = w ^ (ONES * b'\\' as u64);
+    let zero_in = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    (zero_in(quote) | zero_in(backslash) | control) != 0
+}
+
+impl<'a> Cursor<'a> {
+    fn new(s: &'a str, at: usize, end: usize) -> Self {
+        Cursor { s: &s[..end], b: &s.as_bytes()[..end], at }
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.at) {
+            if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                break;
+            }
+            self.at += 1;
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.at).copied()
+    }
+
+    #[inline]
+    fn eat(&mut self, c: u8) -> bool {
+        let hit = self.peek() == Some(c);
+        self.at += hit as usize;
+        hit
+    }
+
+    #[inline]
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let hit = self.b.get(self.at..self.at + word.len())? == word;
+        self.at += word.len();
+        hit.then_some(())
+    }
+
+    /// The string at the cursor (which is on its opening quote): the range
+    /// of its content and whether it has escapes. Escapes are checked for
+    /// form only, as serde_json does for a string it skips.
+    #[inline]
+    fn string(&mut self) -> Option<(usize, usize, bool)> {
+        let b = self.b;
+        let start = self.at + 1;
+        let mut i = start;
+        let mut escaped = false;
+        loop {
+            while let Some(chunk) = b.get(i..i + 8) {
+                if special_in(u64::from_le_bytes(chunk.try_into().unwrap())) {
+                    break;
+                }
+                i += 8;
+            }
+            match *b.get(i)? {
+                b'"' => {
+                    self.at = i + 1;
+                    return Some((start, i, escaped));
+                }
+                b'\\' => {
+                    escaped = true;
+                    match *b.get(i + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                        b'u' => {
+                            if !b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            i += 6;
+                        }
+                        _ => return None,
+                    }
+                }
+                0..=0x1f => return None,
+                _ => i += 1,
+            }
+        }
+    }
+
+    #[inline]
+    fn digits(&mut self) -> usize {
+        let from = self.at;
+        while matches!(self.b.get(self.at), Some(b'0'..=b'9')) {
+            self.at += 1;
+        }
+        self.at - from
+    }
+
+    /// The number at the cursor, its grammar checked.
+    fn number(&mut self) -> Option<Num> {
+        let start = self.at;
+        let negative = self.eat(b'-');
+        let int_digits = match self.peek()? {
+            b'0' => {
+                self.at += 1;
+                1
+            }
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        };
+        let mut integer = true;
+        if self.eat(b'.') {
+            integer = false;
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        let exponent = matches!(self.peek(), Some(b'e' | b'E'));
+        if exponent {
+            integer = false;
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        Some(Num { start, end: self.at, negative, integer, exponent, int_digits })
+    }
+
+    /// Steps over one value, checking it.
+    fn skip_value(&mut self, depth: u32) -> Option<()> {
+        match self.peek()? {
+            b'"' => {
+                self.string()?;
+            }
+            b'{' => {
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                self.at += 1;
+                self.ws();
+                if self.eat(b'}') {
+                    return Some(());
+                }
+                loop {
+                    if self.peek() != Some(b'"') {
+                        return None;
+                    }
+                    self.string()?;
+                    self.ws();
+                    if !self.eat(b':') {
+                        return None;
+                    }
+                    self.ws();
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    if self.eat(b',') {
+                        self.ws();
+                    } else if self.eat(b'}') {
+                        return Some(());
+                    } else {
+                        return None;
+                    }
+                }
+            }
+            b'[' => {
+                if depth >= MAX_DEPTH {
+                    return None;
+                }
+                self.at += 1;
+                self.ws();
+                if self.eat(b']') {
+                    return Some(());
+                }
+                loop {
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    if self.eat(b',') {
+                        self.ws();
+                    } else if self.eat(b']') {
+                        return Some(());
+                    } else {
+                        return None;
+                    }
+                }
+            }
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            b'-' | b'0'..=b'9' => {
+                self.number()?;
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+}
+
+impl Num {
+    /// A non-negative integer of at most 19 digits (always fits a `u64`);
+    /// anything else is left to the serde path (fractions such as `1024.0`
+    /// and negative values have their own rules there).
+    #[inline]
+    fn small_u64(&self, b: &[u8]) -> Option<u64> {
+        if !self.integer || self.negative || self.int_digits > 19 {
+            return None;
+        }
+        Some(b[self.start..self.end].iter().fold(0u64, |n, d| n * 10 + (d - b'0') as u64))
+    }
+
+    /// The value as serde_json's `f64` reads it. The plain decimal case is
+    /// done here: with the digits as an integer `m < 2^53` and `k <= 22`
+    /// fraction digits, `m / 10^k` is one correctly rounded division, which
+    /// is what serde_json computes too. Other forms go to serde_json.
+    fn f64(&self, s: &str) -> Option<f64> {
+        let b = s.as_bytes();
+        if self.integer {
+            if let Some(n) = self.small_u64(b) {
+                return Some(n as f64);
+            }
+        } else if !self.exponent {
+            // Up to 19 digits and the point: the digits fit a u64.
+            let digits = &b[self.start + self.negative as usize..self.end];
+            let frac = digits.len() - self.int_digits - 1;
+            if frac <= 22 && digits.len() <= 20 {
+                let m = digits.iter().filter(|&&d| d != b'.').fold(0u64, |n, d| n * 10 + (d - b'0') as u64);
+                if m < 1 << 53 {
+                    let v = m as f64 / POW10[frac];
+                    return Some(if self.negative { -v } else { v });
+                }
+            }
+        }
+        serde_json::from_str::<f64>(&s[self.start..self.end]).ok()
+    }
+}
+
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
+];
+
+/// The record whose text is `source[start..start + len]`, or `None` when
+/// the serde path must decide.
+pub(super) fn record(source: &str, start: usize, len: usize, filter: &KeyFilter) -> Option<Event> {
+    let mut c = Cursor::new(source, start, start + len);
+    if c.peek() != Some(b'{') {
+        return None;
+    }
+    let mut event = Event { raw: Span { start: start as u32, len: len as u32 }, ..Event::default() };
+    fields(&mut c, filter, &mut event)?;
+    c.ws();
+    (c.at == start + len).then_some(event)
+}
+
+/// The keys of a record seen so far that are not well-known, for the
+/// duplicate check: a 128-bit filter first, the strings only on a hit.
+#[derive(Default)]
+struct SeenKeys<'a> {
+    bits: u128,
+    keys: SmallVec<[&'a [u8]; 32]>,
+}
+
+impl<'a> SeenKeys<'a> {
+    /// Adds `key`; whether it was there already.
+    #[inline]
+    fn repeat(&mut self, key: &'a [u8], hash: u32) -> bool {
+        let bit = 1u128 << hash;
+        if self.bits & bit != 0 && self.keys.contains(&key) {
+            return true;
+        }
+        self.bits |= bit;
+        self.keys.push(key);
+        false
+    }
+}
+
+/// The fields of the object at the cursor (on its `{`), into `ev`.
+fn fields<'a>(c: &mut Cursor<'a>, filter: &KeyFilter, ev: &mut Event) -> Option<()> {
+    c.at += 1;
+    c.ws();
+    if c.eat(b'}') {
+        return Some(());
+    }
+    let mut seen_known = 0u16;
+    let mut seen = SeenKeys::default();
+    let (text, bytes) = (c.s, c.b);
+    loop {
+        if c.peek() != Some(b'"') {
+            return None;
+        }
+        let (ks, ke, escaped) = c.string()?;
+        if escaped {
+            // The serde path decodes the key before comparing it.
+            return None;
+        }
+        c.ws();
+        if !c.eat(b':') {
+            return None;
+        }
+        c.ws();
+        ev.raw_has_fields = true;
+        let key = &text[ks..ke];
+        match Known::of(key) {
+            Some(known) => {
+                if seen_known & known.bit() != 0 {
+                    return None;
+                }
+                seen_known |= known.bit();
+                known_value(c, known, key, ev)?;
+            }
+            None => {
+                let hash = key_hash(key.as_bytes());
+                if seen.repeat(&bytes[ks..ke], hash) {
+                    return None;
+                }
+                other_value(c, key, hash, filter, ev)?;
+            }
+        }
+        c.ws();
+        if c.eat(b',') {
+            c.ws();
+        } else if c.eat(b'}') {
+            return Some(());
+        } else {
+            return None;
+        }
+    }
+}
+
+/// A field that is not well-known: captured when the chain reads it as
+/// text, otherwise checked and stepped over.
+#[inline]
+fn other_value(c: &mut Cursor, key: &str, hash: u32, filter: &KeyFilter, ev: &mut Event) -> Option<()> {
+    if filter.bits & (1u128 << hash) != 0 {
+        let spec = filter.spec;
+        if spec.output_keys.iter().any(|k| &**k == key) {
+            ev.shadows_output = true;
+        }
+        if let Some(i) = spec.text_fields.iter().position(|k| &**k == key) {
+            if c.peek() == Some(b'"') {
+                let (s, e, escaped) = c.string()?;
+                if escaped {
+                    return None;
+                }
+                ev.texts.push((TextFieldId(i as u16), Text::Span(Span { start: s as u32, len: (e - s) as u32 })));
+                return Some(());
+            }
+        }
+    }
+    c.skip_value(1)
+}
+
+/// A well-known field's value, converted as the serde path's visitors do.
+fn known_value(c: &mut Cursor, known: Known, key: &str, ev: &mut Event) -> Option<()> {
+    match c.peek()? {
+        b'"' => {
+            let (s, e, escaped) = c.string()?;
+            if escaped {
+                return None;
+            }
+            let text = &c.s[s..e];
+            let text: &str = text;
+            match known {
+                Known::SrcIp | Known::DstIp => {
+                    let value = match text.parse() {
+                        Ok(ip) => IpValue::Valid(ip),
+                        Err(_) => IpValue::Invalid(text.to_owned()),
+                    };
+                    set_ip(ev, key, value, matches!(known, Known::SrcIp));
+                }
+                Known::Proto => {
+                    if let Some(p) = protocol_number(text).or_else(|| text.parse().ok()) {
+                        ev.proto = Some(p);
+                    }
+                }
+                Known::Ts => ev.ts = text.trim().parse().ok(),
+                // A string where a number belongs: the serde path's error.
+                _ => return None,
+            }
+        }
+        b'n' => {
+            c.literal(b"null")?;
+            match known {
+                Known::Ts => ev.ts = None,
+                Known::SrcPort => ev.src_port = None,
+                Known::DstPort => ev.dst_port = None,
+                Known::Bytes => ev.bytes = None,
+                Known::OrigBytes => ev.orig_bytes = None,
+                Known::RespBytes => ev.resp_bytes = None,
+                Known::Packets => ev.packets = None,
+                Known::Duration => ev.duration = None,
+                Known::SrcIp | Known::DstIp | Known::Proto => {}
+            }
+        }
+        b'-' | b'0'..=b'9' => {
+            let n = c.number()?;
+            let count = || n.small_u64(c.b);
+            match known {
+                Known::SrcIp | Known::DstIp => return None,
+                Known::Ts => ev.ts = Some(n.f64(c.s)?),
+                Known::Duration => ev.duration = Some(n.f64(c.s)?),
+                Known::Proto => ev.proto = Some(u8::try_from(count()?).ok()?),
+                Known::SrcPort => ev.src_port = Some(u16::try_from(count()?).ok()?),
+                Known::DstPort => ev.dst_port = Some(u16::try_from(count()?).ok()?),
+                Known::Bytes => ev.bytes = Some(count()?),
+                Known::OrigBytes => ev.orig_bytes = Some(count()?),
+                Known::RespBytes => ev.resp_bytes = Some(count()?),
+                Known::Packets => ev.packets = Some(count()?),
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// What [`envelope`] read.
+pub(super) struct Envelope<'a> {
+    pub collector_id: Option<&'a str>,
+    pub format: Format,
+    pub events: Vec<Event>,
+}
+
+/// A `/v1/ingest` envelope read in one pass, its records included; `None`
+/// when the serde path must decide (any error, an unknown format, too many
+/// records, a repeated envelope key, escapes in a key or a name).
+pub(super) fn envelope<'a>(source: &'a str, filter: &KeyFilter, limits: Limits) -> Option<Envelope<'a>> {
+    let mut c = Cursor::new(source, 0, source.len());
+    c.ws();
+    if !c.eat(b'{') {
+        return None;
+    }
+    let (mut collector_id, mut format, mut events) = (None, None, None);
+    c.ws();
+    if !c.eat(b'}') {
+        loop {
+            if c.peek() != Some(b'"') {
+                return None;
+            }
+            let (ks, ke, escaped) = c.string()?;
+            if escaped {
+                return None;
+            }
+            c.ws();
+            if !c.eat(b':') {
+                return None;
+            }
+            c.ws();
+            match &source[ks..ke] {
+                "collector_id" if collector_id.is_none() => {
+                    collector_id = Some(match c.peek()? {
+                        b'"' => match c.string()? {
+                            (s, e, false) => Some(&source[s..e]),
+                            _ => return None,
+                        },
+                        b'n' => {
+                            c.literal(b"null")?;
+                            None
+                        }
+                        _ => return None,
+                    })
+                }
+                "format" if format.is_none() => match c.peek()? {
+                    b'"' => match c.string()? {
+                        (s, e, false) => format = Some(Format::from_name(&source[s..e])?),
+                        _ => return None,
+                    },
+                    _ => return None,
+                },
+                "records" if events.is_none() => events = Some(records(&mut c, filter, limits)?),
+                "collector_id" | "format" | "records" => return None,
+                _ => c.skip_value(1)?,
+            }
+            c.ws();
+            if c.eat(b',') {
+                c.ws();
+            } else if c.eat(b'}') {
+                break;
+            } else {
+                return None;
+            }
+        }
+    }
+    c.ws();
+    if c.at != source.len() {
+        return None;
+    }
+    Some(Envelope { collector_id: collector_id.flatten(), format: format?, events: events? })
+}
+
+/// The records array at the cursor.
+fn records(c: &mut Cursor, filter: &KeyFilter, limits: Limits) -> Option<Vec<Event>> {
+    if !c.eat(b'[') {
+        return None;
+    }
+    let mut events = Vec::new();
+    c.ws();
+    if c.eat(b']') {
+        return Some(events);
+    }
+    loop {
+        if c.peek() != Some(b'{') || events.len() == limits.max_records {
+            return None;
+        }
+        let start = c.at;
+        let mut event = Event::default();
+        fields(c, filter, &mut event)?;
+        event.raw = Span { start: start as u32, len: (c.at - start) as u32 };
+        if events.is_empty() {
+            // Room for as many records as there would be of the first one's size.
+            let guess = (c.b.len() - start) / (c.at - start + 1) + 1;
+            events.reserve(guess.min(limits.max_records));
+        }
+        events.push(event);
+        c.ws();
+        if c.eat(b',') {
+            c.ws();
+        } else if c.eat(b']') {
+            return Some(events);
+        } else {
+            return None;
+        }
+    }
+}
