@@ -374,6 +374,17 @@ pub(crate) fn document(state: &AppState) -> Value {
             );
         }
     }
+    for path in super::views::paths(state) {
+        let entry = paths.entry(path.clone()).or_insert_with(|| json!({}));
+        entry["get"] = operation(
+            &path,
+            "A plugin's read-only view (e.g. indicator hit statistics), per stage",
+            Some(Scope::Read),
+            None,
+            (200, Answer::Json(any_object())),
+            &[400],
+        );
+    }
     json!({
         "openapi": "3.1.0",
         "info": {

@@ -587,7 +587,7 @@ fn prefix_index_matches_brute_force() {
                 Net::V4(k, _) => k as u128,
                 Net::V6(k, _) => k,
             };
-            let tail = b.tail(&format!("{i}"));
+            let tail = b.tail(&format!("{i}"), super::meta::Meta::default());
             b.add_net(net, if len as u32 == bits { Kind::Addr } else { Kind::Subnet }, tail);
             nets.push((start, len, v6, i));
         }
@@ -634,7 +634,7 @@ fn real_lists_from_shared() {
     let firehol = shared("firehol-2021-04-14/firehol_level3.netset");
     paths.extend(firehol.iter().map(|p| p.display().to_string()));
     let started = std::time::Instant::now();
-    let (index, reports) = super::load(&paths, None, |p| PathBuf::from(p), &Default::default());
+    let (index, reports) = super::load(&paths, None, |p| PathBuf::from(p), &Default::default(), &[]);
     let elapsed = started.elapsed();
     let index = index.expect("lists load");
     eprintln!(
@@ -777,7 +777,7 @@ fn bench_ns_per_event() {
 
     // This index against prefix_trie's `cover` on the same networks.
     if big.len() == 3 {
-        let (index, _) = super::load(&big[..2], None, |p| PathBuf::from(p), &Default::default());
+        let (index, _) = super::load(&big[..2], None, |p| PathBuf::from(p), &Default::default(), &[]);
         let index = index.unwrap();
         let mut trie: prefix_trie::PrefixMap<ipnetwork::Ipv4Network, u32> = prefix_trie::PrefixMap::new();
         for path in &big[..2] {
