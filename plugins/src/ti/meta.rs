@@ -250,7 +250,7 @@ impl<'a> Attrs<'a> {
 /// Defaults and lifecycle of one indicator file (a `[[chain.feeds]]` entry
 /// of a `ti` stage).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct FeedDefaults {
     /// The indicator file these settings apply to: a path as listed in
     /// `paths`, or a file inside a listed directory (`dir/name`), relative
