@@ -379,7 +379,8 @@ fn zeek_intel_files() {
         records[0]["ti"]["matches"],
         json!([
             {"indicator": "1.2.3.4", "type": "addr", "field": "src_ip", "value": "1.2.3.4",
-             "source": data("zeek-doc-donotice.intel.txt"), "feed": "source1", "description": "Sending phishing email"},
+             "source": data("zeek-doc-donotice.intel.txt"), "feed": "source1", "description": "Sending phishing email",
+             "url": "http://source1.com/badhosts/1.2.3.4"},
             {"indicator": "a.b.com", "type": "domain", "field": "query", "value": "x.a.b.com",
              "source": data("zeek-doc-donotice.intel.txt"), "feed": "source2", "description": "Name used for data exfiltration"},
         ])
