@@ -75,6 +75,8 @@ pub(crate) struct StageHistory {
     pub(crate) reload_failures: AtomicU64,
     /// The last rejected reload: time and reason. Cleared by a good one.
     pub(crate) last_error: Mutex<Option<(SystemTime, String)>>,
+    /// What the plugin keeps across generations (`BuildContext::carried`).
+    pub(crate) carried: crate::plugin::Carried,
 }
 
 /// A stage's state and counters, as shown by `/v1/enrichers`.
@@ -265,6 +267,19 @@ impl Chain {
         out
     }
 
+    /// Every enabled stage's answer to the read-only view `view` (see
+    /// [`crate::PluginFactory::views`]), by stage name; the first refusal
+    /// (a bad query) wins.
+    pub fn view(&self, view: &str, query: &str) -> Result<Vec<(String, serde_json::Value)>, String> {
+        let mut out = Vec::new();
+        for stage in &self.stages {
+            if let Some(answer) = stage.enricher.as_ref().and_then(|e| e.view(view, query)) {
+                out.push((stage.name.clone(), answer?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Enriches a single synthetic event with `ip` as its destination (and
     /// source), returning it serialized: the offline `enrichd lookup` view of
     /// what an event would get.
@@ -363,6 +378,7 @@ pub(crate) fn build_stage(
             text_fields: &mut tables.text_fields,
             facts: &mut tables.facts,
             stage: Arc::from(name.as_str()),
+            carried: &history.carried,
         };
         Some(factory.build(&entry.options, &mut ctx).map_err(|e| entry.error(cap_message(format!("{name}: {e:#}"))))?)
     } else {

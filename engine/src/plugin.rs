@@ -42,6 +42,13 @@ pub trait PluginFactory: Send + Sync {
         Vec::new()
     }
 
+    /// Read-only views this plugin's stages answer at `GET /v1/{view}`
+    /// (read scope), each a path under `/v1` such as `indicators/hits`;
+    /// see [`Enricher::view`]. None by default.
+    fn views(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Validates `options` and builds the enricher. A missing data file is
     /// not an error (the enricher reports itself `missing`); unreadable or
     /// corrupt data and invalid options are.
@@ -75,6 +82,11 @@ pub trait Plugin: Send + Sync {
         Vec::new()
     }
 
+    /// See [`PluginFactory::views`].
+    fn views(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Builds the enricher from parsed options (checks that a type cannot
     /// express, such as "not empty", belong here).
     fn build(&self, options: Self::Options, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>>;
@@ -99,6 +111,10 @@ impl<P: Plugin> PluginFactory for P {
 
     fn admin_resources(&self) -> Vec<AdminResource> {
         Plugin::admin_resources(self)
+    }
+
+    fn views(&self) -> &'static [&'static str] {
+        Plugin::views(self)
     }
 
     fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
@@ -151,6 +167,14 @@ pub trait Enricher: Send + Sync {
     /// stage writes events' answers under. Enrichers that know nothing of
     /// a kind of target leave it alone.
     fn lookup(&self, _target: LookupTarget<'_>, _out: &mut LookupAnswer) {}
+
+    /// Answers `GET /v1/{view}` for a view its factory declares
+    /// ([`PluginFactory::views`]); `query` is the raw query string. `None`
+    /// when the view is not this enricher's; `Err` refuses the query (a 400
+    /// naming what is wrong).
+    fn view(&self, _view: &str, _query: &str) -> Option<Result<serde_json::Value, String>> {
+        None
+    }
 }
 
 /// What a lookup asks about.
@@ -182,7 +206,12 @@ pub struct BuildContext<'a> {
     pub(crate) facts: &'a mut Vec<FactInfo>,
     /// The stage being built (facts are interned under it).
     pub(crate) stage: Arc<str>,
+    /// The stage's carried state, shared by its generations.
+    pub(crate) carried: &'a Carried,
 }
+
+/// A stage's state kept across rebuilds ([`BuildContext::carried`]).
+pub(crate) type Carried = std::sync::Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>;
 
 impl<'a> BuildContext<'a> {
     /// Resolves a path from the configuration relative to the config file's
@@ -196,6 +225,20 @@ impl<'a> BuildContext<'a> {
     /// tools.
     pub fn state_dir(&self) -> Option<&Path> {
         self.state_dir
+    }
+
+    /// State this stage keeps across rebuilds (counters a reload must not
+    /// reset, such as hit statistics): every generation of the stage gets
+    /// the same `T`, created with `Default` on first use (or when the stage
+    /// was last built by a plugin keeping another type).
+    pub fn carried<T: std::any::Any + Send + Sync + Default>(&mut self) -> Arc<T> {
+        let mut slot = self.carried.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = slot.clone().and_then(|any| any.downcast::<T>().ok()) {
+            return found;
+        }
+        let fresh = Arc::new(T::default());
+        *slot = Some(fresh.clone());
+        fresh
     }
 
     /// Declares an output key this enricher writes and returns its id.
@@ -316,6 +359,24 @@ pub struct PluginStatus {
     /// (`data_age_s`) and the metrics export it, whatever the plugin.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_built_at: Option<u64>,
+    /// Plugin-specific figures for Prometheus, exported as
+    /// `telemetry_enricher_<name>{enricher="<stage>", <labels>}` (the
+    /// figures are also in `details` for the API). Labels must come from a
+    /// bounded set (feeds, never indicators).
+    #[serde(skip)]
+    pub series: Vec<StatusSeries>,
+}
+
+/// One sample of [`PluginStatus::series`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusSeries {
+    /// Appended to `telemetry_enricher_` (lowercase, digits, `_`).
+    pub name: &'static str,
+    pub help: &'static str,
+    /// A counter (only grows) rather than a gauge.
+    pub counter: bool,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
 }
 
 impl PluginStatus {
@@ -327,6 +388,7 @@ impl PluginStatus {
             details: serde_json::Value::Null,
             error: None,
             data_built_at: None,
+            series: Vec::new(),
         }
     }
 }

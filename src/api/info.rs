@@ -34,6 +34,7 @@ pub(super) async fn index(State(state): State<Arc<AppState>>) -> Json<Value> {
     .map(String::from)
     .into();
     api.extend(super::admin::resource_paths(&state));
+    api.extend(super::views::paths(&state));
     Json(json!({
         "service": "enrichd",
         "version": env!("CARGO_PKG_VERSION"),

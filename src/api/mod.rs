@@ -19,6 +19,7 @@ mod page;
 mod sources;
 mod tap;
 mod updates;
+mod views;
 
 use std::sync::Arc;
 
@@ -69,6 +70,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/reload", post(admin::reload))
         .route("/v1/audit", get(admin::audit))
         .merge(admin::routes(&state))
+        .merge(views::routes(&state))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), common_headers))
         .with_state(state)

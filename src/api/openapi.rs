@@ -242,6 +242,9 @@ pub(crate) fn document(state: &AppState) -> Value {
             ops.push(admin("delete", path, "Remove one entry of a plugin's admin resource").or(&[404]));
         }
     }
+    for path in super::views::paths(state) {
+        ops.push(read("get", path, "A plugin's read-only view (e.g. indicator hit statistics), per stage").or(&[400]));
+    }
     let mut paths = Map::new();
     for op in ops {
         let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));

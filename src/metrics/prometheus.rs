@@ -105,7 +105,8 @@ type Labels = Vec<(&'static str, String)>;
 
 #[derive(Debug)]
 struct Family {
-    name: &'static str,
+    /// Owned for the plugins' series (`telemetry_enricher_<name>`).
+    name: std::borrow::Cow<'static, str>,
     help: &'static str,
     kind: MetricType,
     samples: Vec<(Labels, Sample)>,
@@ -117,7 +118,7 @@ struct Exposition(Vec<Family>);
 
 impl Exposition {
     fn add(&mut self, name: &'static str, help: &'static str, kind: MetricType, samples: Vec<(Labels, Sample)>) {
-        self.0.push(Family { name, help, kind, samples });
+        self.0.push(Family { name: name.into(), help, kind, samples });
     }
     fn counter(&mut self, name: &'static str, help: &'static str, v: u64) {
         self.add(name, help, MetricType::Counter, vec![(vec![], Sample::Counter(v))]);
@@ -141,7 +142,7 @@ fn encode_sample(enc: &mut MetricEncoder<'_>, sample: &Sample, labels: &Labels) 
 impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         for family in &self.0 {
-            let mut enc = encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
+            let mut enc = encoder.encode_descriptor(&family.name, family.help, None, family.kind)?;
             match family.samples.as_slice() {
                 // Unlabelled, or an info metric (whose labels are its value).
                 [(labels, sample)] if labels.is_empty() || matches!(sample, Sample::Info) => {
@@ -315,6 +316,27 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
             .filter_map(|s| Some((vec![("enricher", s.name.clone())], Sample::Gauge(s.data_age_s? as f64))))
             .collect(),
     );
+    // Plugins' own series (`PluginStatus::series`), one family per name
+    // across stages, in order of first appearance.
+    let mut families: Vec<Family> = Vec::new();
+    for stage in ctx.stages {
+        for s in &stage.status.series {
+            let name = format!("telemetry_enricher_{}", s.name);
+            let sample = if s.counter { Sample::CounterF(s.value) } else { Sample::Gauge(s.value) };
+            let mut labels: Labels = vec![("enricher", stage.name.clone())];
+            labels.extend(s.labels.iter().cloned());
+            match families.iter_mut().find(|f| f.name == name) {
+                Some(f) => f.samples.push((labels, sample)),
+                None => families.push(Family {
+                    name: name.into(),
+                    help: s.help,
+                    kind: if s.counter { MetricType::Counter } else { MetricType::Gauge },
+                    samples: vec![(labels, sample)],
+                }),
+            }
+        }
+    }
+    x.0.extend(families);
     x.add(
         "telemetry_enricher_reloads",
         "Reloads swapped in for each enricher (new data, module or options).",

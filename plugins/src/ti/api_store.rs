@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::index::IndexBuilder;
 use super::loader::{self, FileReport};
+use super::meta::{self, Attrs, Severity};
 
 /// The store's file name inside the state directory.
 pub const FILE_NAME: &str = "ti-api-indicators.json";
@@ -42,6 +43,13 @@ pub struct ApiIndicator {
     pub confidence: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// RFC 3339; past it the indicator stops matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<String>,
     pub added_at: String,
 }
 
@@ -57,6 +65,15 @@ pub struct NewIndicator {
     pub confidence: Option<u8>,
     #[serde(default)]
     pub description: Option<String>,
+    /// `info`, `low`, `medium`, `high` or `critical`.
+    #[serde(default)]
+    pub severity: Option<Severity>,
+    /// At most 8, each 1 to 64 bytes.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// RFC 3339 time (or a date) after which the indicator stops matching.
+    #[serde(default)]
+    pub valid_until: Option<String>,
 }
 
 impl NewIndicator {
@@ -70,6 +87,26 @@ impl NewIndicator {
                 return Err(format!("{field} is longer than 1024 bytes"));
             }
         }
+        if self.tags.len() > meta::MAX_TAGS
+            || self
+                .tags
+                .iter()
+                .any(|t| t.trim().is_empty() || t.len() > meta::MAX_TAG_BYTES || t.contains([',', ';', '|']))
+        {
+            return Err(format!(
+                "tags: at most {} tags, each 1 to {} bytes without `,`, `;` or `|`",
+                meta::MAX_TAGS,
+                meta::MAX_TAG_BYTES
+            ));
+        }
+        let valid_until = match self.valid_until.as_deref() {
+            None => None,
+            Some(t) => Some(
+                meta::parse_time(t)
+                    .map(meta::format_time)
+                    .ok_or("valid_until must be an RFC 3339 time, a date or Unix seconds")?,
+            ),
+        };
         let (indicator, kind) = loader::normalize_indicator(self.indicator.trim())?;
         let id = id_of(kind, &indicator);
         Ok(ApiIndicator {
@@ -79,6 +116,9 @@ impl NewIndicator {
             category: self.category.clone().filter(|c| !c.is_empty()),
             confidence: self.confidence,
             description: self.description.clone().filter(|d| !d.is_empty()),
+            severity: self.severity,
+            tags: self.tags.iter().map(|t| t.trim().to_string()).collect(),
+            valid_until,
             added_at,
         })
     }
@@ -132,9 +172,15 @@ pub fn load_into(path: &Path, builder: &mut IndexBuilder) -> FileReport {
         Ok(items) => {
             let entries = items.iter().map(|i| loader::Entry {
                 indicator: &i.indicator,
-                category: i.category.as_deref(),
-                confidence: i.confidence,
-                description: i.description.as_deref(),
+                attrs: Attrs {
+                    category: i.category.as_deref(),
+                    confidence: i.confidence,
+                    severity: i.severity,
+                    tags: i.tags.iter().map(String::as_str).collect(),
+                    valid_until: i.valid_until.as_deref().and_then(meta::parse_time),
+                    description: i.description.as_deref(),
+                    ..Attrs::default()
+                },
             });
             loader::load_entries(SOURCE, path, entries, builder)
         }
@@ -147,7 +193,15 @@ mod tests {
     use super::*;
 
     fn new(indicator: &str) -> NewIndicator {
-        NewIndicator { indicator: indicator.into(), category: None, confidence: Some(80), description: None }
+        NewIndicator {
+            indicator: indicator.into(),
+            category: None,
+            confidence: Some(80),
+            description: None,
+            severity: None,
+            tags: Vec::new(),
+            valid_until: None,
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::meta::{Feed, Meta};
 use super::{Hit, Indicator, Kind};
 
 const NONE: u32 = u32::MAX;
@@ -496,6 +497,12 @@ pub struct Index {
     v6: NetTable<u128>,
     domains: DomainTable,
     tails: Vec<Box<str>>,
+    /// Per tail: the metadata the hot path reads (same id).
+    metas: Vec<Meta>,
+    /// Per tail: how many listings use it (live/expired counts per feed
+    /// without walking the tables).
+    uses: Vec<u32>,
+    feeds: Vec<Feed>,
 }
 
 impl Index {
@@ -515,6 +522,7 @@ impl Index {
             kind: l.kind,
             indicator: Indicator::Net { ip: node.start.to_ip(), len: node.len, host },
             tail: &self.tails[l.tail as usize],
+            meta: &self.metas[l.tail as usize],
         }
     }
 
@@ -570,7 +578,13 @@ impl Index {
             let e = &self.domains.entries[id as usize];
             let listed = self.domains.name(e);
             for l in &self.domains.listings[e.first as usize..(e.first + e.count) as usize] {
-                f(Hit { kind: l.kind, indicator: Indicator::Domain(listed), tail: &self.tails[l.tail as usize] });
+                let t = l.tail as usize;
+                f(Hit {
+                    kind: l.kind,
+                    indicator: Indicator::Domain(listed),
+                    tail: &self.tails[t],
+                    meta: &self.metas[t],
+                });
             }
         }
     }
@@ -582,6 +596,16 @@ impl Index {
             counts[l.kind as usize] += 1;
         }
         counts
+    }
+
+    /// The feeds, by [`Meta::feed`].
+    pub fn feeds(&self) -> &[Feed] {
+        &self.feeds
+    }
+
+    /// Every distinct metadata with the number of listings carrying it.
+    pub fn metas(&self) -> impl Iterator<Item = (&Meta, u32)> {
+        self.metas.iter().zip(self.uses.iter().copied())
     }
 
     /// Approximate heap memory held by the index.
@@ -601,6 +625,8 @@ impl Index {
             + d.listings.capacity() * size_of::<Listing>()
             + (d.slots.capacity() + d.filter.capacity()) * 8
             + self.tails.iter().map(|t| t.len() + 16).sum::<usize>()
+            + self.metas.capacity() * size_of::<Meta>()
+            + self.uses.capacity() * 4
     }
 }
 
@@ -611,20 +637,37 @@ pub struct IndexBuilder {
     v6: NetBuilder<u128>,
     domains: DomainTable,
     tails: Vec<Box<str>>,
+    metas: Vec<Meta>,
     tail_ids: HashMap<Box<str>, u32>,
+    feeds: Vec<Feed>,
 }
 
 impl IndexBuilder {
-    /// Interns a pre-serialized match tail (`,"source":...}`): listings
-    /// with the same source and metadata share one string.
-    pub fn tail(&mut self, text: &str) -> u32 {
+    /// Interns a pre-serialized match tail (`,"source":...}`) with its
+    /// metadata: listings with the same source and metadata share one.
+    pub fn tail(&mut self, text: &str, meta: Meta) -> u32 {
+        // The text names the feed (`source`) and writes every field of
+        // `meta`, so it alone identifies the pair.
         if let Some(&id) = self.tail_ids.get(text) {
+            debug_assert_eq!(self.metas[id as usize], meta);
             return id;
         }
         let id = self.tails.len() as u32;
         self.tails.push(text.into());
+        self.metas.push(meta);
         self.tail_ids.insert(text.into(), id);
         id
+    }
+
+    /// The id of feed `feed` (by name), added if new; a feed added again
+    /// keeps its first decay settings.
+    pub fn feed(&mut self, feed: Feed) -> u16 {
+        if let Some(i) = self.feeds.iter().position(|f| f.name == feed.name) {
+            return i as u16;
+        }
+        // More feeds than files is impossible; u16 is plenty.
+        self.feeds.push(feed);
+        (self.feeds.len() - 1) as u16
     }
 
     /// Makes room for about `n` more networks (e.g. a file's line count).
@@ -651,10 +694,16 @@ impl IndexBuilder {
     }
 
     pub fn finish(self) -> Index {
-        let IndexBuilder { v4, v6, mut domains, mut tails, tail_ids } = self;
+        let IndexBuilder { v4, v6, mut domains, mut tails, mut metas, tail_ids, feeds } = self;
         drop(tail_ids);
         domains.finish();
         tails.shrink_to_fit();
-        Index { v4: v4.finish(), v6: v6.finish(), domains, tails }
+        metas.shrink_to_fit();
+        let (v4, v6) = (v4.finish(), v6.finish());
+        let mut uses = vec![0u32; tails.len()];
+        for l in v4.listings.iter().chain(&v6.listings).chain(&domains.listings) {
+            uses[l.tail as usize] += 1;
+        }
+        Index { v4, v6, domains, tails, metas, uses, feeds }
     }
 }

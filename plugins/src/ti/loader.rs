@@ -20,6 +20,7 @@ use enrichd_engine::{source_info, SourceInfo};
 use serde::Serialize;
 
 use super::index::{IndexBuilder, Net, MAX_NAME};
+use super::meta::{parse_time, Attrs, FeedDefaults, Severity};
 use super::{Indicator, Kind};
 
 /// Bad lines logged individually per file; the rest are only counted.
@@ -51,9 +52,13 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 8 << 10;
 /// What happened to one indicator file.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FileReport {
-    /// The path as configured (a directory's files: `dir/name`); this is
-    /// the `source` of the file's matches.
+    /// The path as configured (a directory's files: `dir/name`); the
+    /// `source` of the file's matches unless its feed is named.
     pub source: String,
+    /// The feed's name when configured (`feeds`): then the `source` of the
+    /// file's matches and the `feed` of its statistics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<String>,
     /// Where it was read from.
     pub path: PathBuf,
     /// `plain`, `csv` or `zeek`; absent when the file was not read.
@@ -131,13 +136,16 @@ impl FileReport {
 }
 
 /// Expands the configured paths (directories into their files) and loads
-/// every file into `builder`, one report per file (or per missing path).
+/// every file into `builder`, one report per file (or per missing path);
+/// each file with the `feeds` entry naming it, if any.
 pub fn load_all(
     paths: &[String],
     resolve: impl Fn(&str) -> PathBuf,
     builder: &mut IndexBuilder,
     limits: &FileLimits,
+    feeds: &[FeedDefaults],
 ) -> Vec<FileReport> {
+    let none = FeedDefaults::default();
     let mut reports = Vec::new();
     let mut seen: Vec<PathBuf> = Vec::new();
     for configured in paths {
@@ -151,7 +159,11 @@ pub fn load_all(
                 continue;
             }
             seen.push(canonical);
-            reports.push(load_file(label, file, builder, limits));
+            let defaults = feeds
+                .iter()
+                .find(|d| d.path == label || resolve(&d.path) == file || Path::new(&d.path) == Path::new(&label))
+                .unwrap_or(&none);
+            reports.push(load_file(label, file, builder, limits, defaults));
         }
     }
     reports
@@ -207,9 +219,23 @@ fn expand(configured: &str, path: &Path, reports: &mut Vec<FileReport>) -> Vec<(
 
 /// Reads and parses one file: refused unread when larger than
 /// `limits.max_file_bytes`, lines longer than `limits.max_line_bytes`
-/// skipped.
-pub fn load_file(source: String, path: PathBuf, builder: &mut IndexBuilder, limits: &FileLimits) -> FileReport {
+/// skipped; indicators without metadata get the feed's `defaults`.
+pub fn load_file(
+    source: String,
+    path: PathBuf,
+    builder: &mut IndexBuilder,
+    limits: &FileLimits,
+    defaults: &FeedDefaults,
+) -> FileReport {
     let mut report = FileReport::new(source, path);
+    report.feed = defaults.name.clone();
+    // Plain lists' lifetimes and decay count from the file's modification
+    // time: when its publisher last vouched for it.
+    let modified = fs::metadata(&report.path).and_then(|m| m.modified()).ok();
+    let loaded_at = modified
+        .unwrap_or_else(std::time::SystemTime::now)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let bytes = match read_capped(&report.path, limits.max_file_bytes) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return report.failed("file not found".into(), true),
@@ -229,7 +255,7 @@ pub fn load_file(source: String, path: PathBuf, builder: &mut IndexBuilder, limi
         }
     };
     report.info = Some(info);
-    parse_text(&text, &mut report, builder, limits.max_line_bytes);
+    parse_text_with(&text, &mut report, builder, limits.max_line_bytes, defaults, loaded_at);
     report.declared_empty = report.indicators == 0
         && report.duplicates == 0
         && report.skipped_lines == 0
@@ -270,9 +296,7 @@ pub fn normalize_indicator(s: &str) -> Result<(String, &'static str), String> {
 /// source's own types.
 pub struct Entry<'a> {
     pub indicator: &'a str,
-    pub category: Option<&'a str>,
-    pub confidence: Option<u8>,
-    pub description: Option<&'a str>,
+    pub attrs: Attrs<'a>,
 }
 
 /// Loads structured indicators (already validated) into `builder`.
@@ -284,12 +308,12 @@ pub fn load_entries<'a>(
 ) -> FileReport {
     let mut report = FileReport::new(source.to_string(), path.to_path_buf());
     report.format = Some("api");
-    let mut parser = Parser::new(&mut report, builder, usize::MAX);
+    let defaults = FeedDefaults::default();
+    let mut parser = Parser::new(&mut report, builder, usize::MAX, &defaults, 0);
     for (i, item) in items.into_iter().enumerate() {
         match parse_plain(item.indicator, None, &mut parser.name) {
             Ok(parsed) => {
-                build_tail(&mut parser.tail, source, item.category, item.confidence, None, item.description);
-                let tail = parser.builder.tail(&parser.tail);
+                let tail = parser.tail_of(item.attrs);
                 parser.add(parsed, tail);
             }
             Err(message) => parser.bad(i + 1, &message),
@@ -302,11 +326,24 @@ pub fn load_entries<'a>(
 /// Parses file content (format auto-detected) into `builder`; lines longer
 /// than `max_line` bytes are skipped as bad lines.
 pub fn parse_text(text: &str, report: &mut FileReport, builder: &mut IndexBuilder, max_line: usize) {
+    parse_text_with(text, report, builder, max_line, &FeedDefaults::default(), 0)
+}
+
+/// [`parse_text`] with the feed's defaults; `loaded_at` (Unix seconds) is
+/// when the file was written, the `last_seen` of indicators that need one.
+pub fn parse_text_with(
+    text: &str,
+    report: &mut FileReport,
+    builder: &mut IndexBuilder,
+    max_line: usize,
+    defaults: &FeedDefaults,
+    loaded_at: i64,
+) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.len() > 1 << 20 {
         builder.reserve_nets(text.bytes().filter(|&b| b == b'\n').count());
     }
-    let mut parser = Parser::new(report, builder, max_line);
+    let mut parser = Parser::new(report, builder, max_line, defaults, loaded_at);
     for line in text.lines() {
         if line.len() > max_line {
             // Not a header of any format: plain lines, which skips it.
@@ -371,11 +408,44 @@ struct Parser<'a> {
     /// file's own exact repeats are counted (sorting beats a lookup per
     /// line on million-line files).
     nets: Vec<(Net, Kind, u32)>,
+    defaults: &'a FeedDefaults,
+    loaded_at: i64,
+    /// The feed's id in the builder and its name (the matches' `source`).
+    feed: u16,
+    source: String,
 }
 
 impl<'a> Parser<'a> {
-    fn new(report: &'a mut FileReport, builder: &'a mut IndexBuilder, max_line: usize) -> Self {
-        Parser { report, builder, max_line, logged: 0, name: String::new(), tail: String::new(), nets: Vec::new() }
+    fn new(
+        report: &'a mut FileReport,
+        builder: &'a mut IndexBuilder,
+        max_line: usize,
+        defaults: &'a FeedDefaults,
+        loaded_at: i64,
+    ) -> Self {
+        let source = report.feed.clone().unwrap_or_else(|| report.source.clone());
+        let feed = builder.feed(defaults.feed(&source));
+        Parser {
+            report,
+            builder,
+            max_line,
+            logged: 0,
+            name: String::new(),
+            tail: String::new(),
+            nets: Vec::new(),
+            defaults,
+            loaded_at,
+            feed,
+            source,
+        }
+    }
+
+    /// Interns the tail and metadata of an indicator with `attrs` (the
+    /// feed's defaults fill what it does not say).
+    fn tail_of(&mut self, attrs: Attrs<'_>) -> u32 {
+        let attrs = attrs.with_defaults(self.defaults, self.loaded_at);
+        attrs.write_tail(&mut self.tail, &self.source);
+        self.builder.tail(&self.tail, attrs.meta(self.feed))
     }
 
     /// Skips (as a bad line) a line over `max_line` bytes: `true` when it
@@ -432,8 +502,7 @@ impl<'a> Parser<'a> {
     /// `ip<TAB>count` keeps the IP), `domain:NAME`, a bare domain, or a hosts
     /// line `0.0.0.0 name`; `#` starts a comment.
     fn plain(&mut self, text: &str) {
-        build_tail(&mut self.tail, &self.report.source, None, None, None, None);
-        let tail = self.builder.tail(&self.tail);
+        let tail = self.tail_of(Attrs::default());
         for (i, line) in text.lines().enumerate() {
             if self.too_long(i + 1, line) {
                 continue;
@@ -491,9 +560,18 @@ impl<'a> Parser<'a> {
                     continue;
                 }
             };
-            let (category, description, feed) = (get(columns.category), get(columns.description), get(columns.feed));
-            build_tail(&mut self.tail, &self.report.source, category, confidence, feed, description);
-            let tail = self.builder.tail(&self.tail);
+            let mut attrs = Attrs {
+                category: get(columns.category),
+                confidence,
+                description: get(columns.description),
+                feed: get(columns.feed),
+                ..Attrs::default()
+            };
+            if let Err(message) = lifecycle(&mut attrs, get, &columns.lifecycle) {
+                self.bad(i + 1, &message);
+                continue;
+            }
+            let tail = self.tail_of(attrs);
             self.add(parsed, tail);
         }
     }
@@ -554,11 +632,19 @@ impl<'a> Parser<'a> {
                     continue;
                 }
             };
+            let parsed = parsed.and_then(|parsed| {
+                let mut attrs = Attrs {
+                    feed: get(cols.source),
+                    description: get(cols.desc),
+                    url: get(cols.url),
+                    ..Attrs::default()
+                };
+                lifecycle(&mut attrs, get, &cols.lifecycle)?;
+                Ok((parsed, attrs))
+            });
             match parsed {
-                Ok(parsed) => {
-                    let (feed, desc) = (get(cols.source), get(cols.desc));
-                    build_tail(&mut self.tail, &self.report.source, None, None, feed, desc);
-                    let tail = self.builder.tail(&self.tail);
+                Ok((parsed, attrs)) => {
+                    let tail = self.tail_of(attrs);
                     self.add(parsed, tail);
                 }
                 Err(message) => self.bad(i + 1, &message),
@@ -574,6 +660,7 @@ struct CsvColumns {
     confidence: Option<usize>,
     description: Option<usize>,
     feed: Option<usize>,
+    lifecycle: LifecycleColumns,
     /// Fields a data line must have to reach every known column.
     needed: usize,
 }
@@ -589,10 +676,20 @@ impl CsvColumns {
             confidence: find(&["confidence"]),
             description: find(&["description"]),
             feed: find(&["feed"]),
+            lifecycle: LifecycleColumns {
+                confidence: None,
+                severity: find(&["severity"]),
+                tags: find(&["tags"]),
+                first_seen: find(&["first_seen"]),
+                last_seen: find(&["last_seen"]),
+                valid_until: find(&["valid_until", "expires"]),
+            },
             needed: 0,
         };
+        let l = &cols.lifecycle;
         cols.needed = [Some(cols.indicator), cols.category, cols.confidence, cols.description, cols.feed]
             .into_iter()
+            .chain([l.severity, l.tags, l.first_seen, l.last_seen, l.valid_until])
             .flatten()
             .max()
             .unwrap_or(0)
@@ -607,6 +704,8 @@ struct ZeekColumns {
     indicator_type: usize,
     source: Option<usize>,
     desc: Option<usize>,
+    url: Option<usize>,
+    lifecycle: LifecycleColumns,
     count: usize,
 }
 
@@ -618,9 +717,67 @@ impl ZeekColumns {
             indicator_type: find("indicator_type")?,
             source: find("meta.source"),
             desc: find("meta.desc"),
+            url: find("meta.url"),
+            // Zeek's intel framework defines source, desc, url; the CIF
+            // extension adds cif_confidence / cif_severity / cif_tags /
+            // cif_firstseen / cif_lastseen, and teams add their own
+            // meta.* columns under the plain names.
+            lifecycle: LifecycleColumns {
+                confidence: find("meta.confidence").or_else(|| find("meta.cif_confidence")),
+                severity: find("meta.severity").or_else(|| find("meta.cif_severity")),
+                tags: find("meta.tags").or_else(|| find("meta.cif_tags")),
+                first_seen: find("meta.first_seen").or_else(|| find("meta.cif_firstseen")),
+                last_seen: find("meta.last_seen").or_else(|| find("meta.cif_lastseen")),
+                valid_until: find("meta.valid_until").or_else(|| find("meta.expires")),
+            },
             count: names.len(),
         })
     }
+}
+
+/// Columns of the lifecycle attributes (CSV and Zeek intel alike).
+struct LifecycleColumns {
+    /// Zeek only (CSV reads `confidence` with its own check).
+    confidence: Option<usize>,
+    severity: Option<usize>,
+    tags: Option<usize>,
+    first_seen: Option<usize>,
+    last_seen: Option<usize>,
+    valid_until: Option<usize>,
+}
+
+/// Reads the lifecycle columns of one line into `attrs`; the error names
+/// the column.
+fn lifecycle<'a>(
+    attrs: &mut Attrs<'a>,
+    get: impl Fn(Option<usize>) -> Option<&'a str>,
+    cols: &LifecycleColumns,
+) -> Result<(), String> {
+    if let Some(c) = get(cols.confidence) {
+        // A number from 0 to 100 (Zeek's CIF extension writes a double).
+        let value = c.parse::<f64>().ok().filter(|v| (0.0..=100.0).contains(v));
+        attrs.confidence = Some(value.ok_or("confidence must be a number from 0 to 100")?.round() as u8);
+    }
+    if let Some(s) = get(cols.severity) {
+        attrs.severity =
+            Some(Severity::parse(s).ok_or("severity must be info, low, medium, high or critical (or 1-5)")?);
+    }
+    if let Some(t) = get(cols.tags) {
+        attrs.add_tags(t);
+    }
+    for (col, slot, name) in [
+        (cols.first_seen, &mut attrs.first_seen, "first_seen"),
+        (cols.last_seen, &mut attrs.last_seen, "last_seen"),
+        (cols.valid_until, &mut attrs.valid_until, "valid_until"),
+    ] {
+        if let Some(t) = get(col) {
+            *slot = Some(
+                parse_time(t)
+                    .ok_or_else(|| format!("{name} {} is not a time (RFC 3339, a date or Unix seconds)", quote(t)))?,
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `\x09` -> TAB (Zeek writes the separator escaped).
@@ -746,37 +903,6 @@ pub fn normalize_domain(s: &str, require_dot: bool, out: &mut String) -> Result<
     out.clear();
     out.extend(s.chars().map(|c| c.to_ascii_lowercase()));
     Ok(())
-}
-
-/// Serializes the constant part of a match after `value`:
-/// `,"source":"...","category":...,"confidence":N,"feed":...,"description":...}`.
-fn build_tail(
-    out: &mut String,
-    source: &str,
-    category: Option<&str>,
-    confidence: Option<u8>,
-    feed: Option<&str>,
-    description: Option<&str>,
-) {
-    out.clear();
-    out.push_str(",\"source\":");
-    push_json_str(out, source);
-    if let Some(c) = category {
-        out.push_str(",\"category\":");
-        push_json_str(out, c);
-    }
-    if let Some(c) = confidence {
-        let _ = write!(out, ",\"confidence\":{c}");
-    }
-    if let Some(f) = feed {
-        out.push_str(",\"feed\":");
-        push_json_str(out, f);
-    }
-    if let Some(d) = description {
-        out.push_str(",\"description\":");
-        push_json_str(out, d);
-    }
-    out.push('}');
 }
 
 /// Appends `s` as a JSON string literal.

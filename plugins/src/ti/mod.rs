@@ -15,6 +15,14 @@
 //!   framework, because analysts want to see each feed that knows the host.
 //! - Each match names its source file, so the same indicator from two feeds
 //!   is two matches: which feeds agree is information, not noise.
+//! - Metadata and lifecycle ([`meta`]): each listing carries its feed,
+//!   confidence, severity, tags and times, stored once and shared; expiry
+//!   and decay are judged per match against the batch's clock, so nothing
+//!   needs a reload to stop matching. The strongest confidence and
+//!   severity and the number of feeds that agree are facts rules read
+//!   (`ti_confidence`, `ti_severity`, `ti_feeds`).
+//! - Hit statistics ([`hits`]) per feed and indicator, kept across reloads,
+//!   recorded without a global lock, served at `GET /v1/indicators/hits`.
 //!
 //! Layout: [`options`] (config), [`loader`] (file formats), [`index`]
 //! (prefix and domain lookups), [`api_store`] (indicators added through
@@ -23,8 +31,10 @@
 
 mod admin;
 pub mod api_store;
+pub mod hits;
 pub mod index;
 pub mod loader;
+pub mod meta;
 pub mod options;
 pub mod output;
 #[cfg(test)]
@@ -39,12 +49,14 @@ use std::sync::Arc;
 
 use enrichd_engine::{
     AddressSelector, AdminResource, BatchView, BuildContext, Enricher, EnvOverride, FactDecl, FactId, FactKind,
-    JsonFragment, KeyId, LookupAnswer, LookupTarget, Plugin, PluginState, PluginStatus, TextFieldId,
+    JsonFragment, KeyId, LookupAnswer, LookupTarget, Plugin, PluginState, PluginStatus, StatusSeries, TextFieldId,
 };
 use serde_json::json;
 
+use hits::{FeedHits, HitStats};
 use index::{Index, IndexBuilder};
 use loader::{push_json_str, FileReport};
+use meta::{Feed, Life, Meta};
 pub use options::TiOptions;
 
 /// Factory of `plugin = "ti"` chain entries.
@@ -65,6 +77,11 @@ impl Plugin for TiFactory {
         &[EnvOverride { var: "TI_PATH", option: "paths", list: true }]
     }
 
+    /// `GET /v1/indicators/hits?feed=&top=`: hit statistics.
+    fn views(&self) -> &'static [&'static str] {
+        &[HITS_VIEW]
+    }
+
     /// `GET`/`PUT /v1/indicators`, `DELETE /v1/indicators/{id}`: the
     /// indicators added through the API ([`api_store`]).
     fn admin_resources(&self) -> Vec<AdminResource> {
@@ -79,8 +96,15 @@ impl Plugin for TiFactory {
                 .output(key, output::schema(opts.matched_flag))
                 .values(output::indicators),
         );
+        let facts = MetaFacts {
+            confidence: ctx.fact(FactDecl::new("ti_confidence", FactKind::Count)),
+            severity: ctx.fact(FactDecl::new("ti_severity", FactKind::Label).labels(meta::SEVERITY_LABELS)),
+            feeds: ctx.fact(FactDecl::new("ti_feeds", FactKind::Count)),
+        };
+        let stats = ctx.carried::<HitStats>();
         let api_store = opts.api_indicators.then(|| ctx.state_dir().map(api_store::path_in)).flatten();
-        let (index, reports) = load(&opts.paths, api_store.as_deref(), |p| ctx.resolve_path(p), &opts.limits());
+        let (index, reports) =
+            load(&opts.paths, api_store.as_deref(), |p| ctx.resolve_path(p), &opts.limits(), &opts.feeds);
         let mut watched: Vec<PathBuf> = opts.paths.iter().map(|p| ctx.resolve_path(p)).collect();
         watched.extend(api_store);
         // Only ask the parser to capture domain fields when there is
@@ -92,6 +116,14 @@ impl Plugin for TiFactory {
         };
         let mut enricher = TiEnricher::new(&opts, key, fact, index, reports, domain_fields);
         enricher.watched = watched;
+        enricher.facts = facts;
+        enricher.feed_hits = enricher
+            .index
+            .iter()
+            .flat_map(Index::feeds)
+            .map(|f| (stats.feed(&f.name), hits::name_hash(&f.name)))
+            .collect();
+        enricher.stats = stats;
         Ok(Box::new(enricher))
     }
 }
@@ -103,9 +135,10 @@ pub fn load(
     api_store: Option<&Path>,
     resolve: impl Fn(&str) -> PathBuf,
     limits: &loader::FileLimits,
+    feeds: &[meta::FeedDefaults],
 ) -> (Option<Index>, Vec<FileReport>) {
     let mut builder = IndexBuilder::default();
-    let mut reports = loader::load_all(paths, resolve, &mut builder, limits);
+    let mut reports = loader::load_all(paths, resolve, &mut builder, limits, feeds);
     // The API store counts as a source only once it holds something: an
     // empty one must not turn "no indicator file" into "loaded".
     let api = api_store.map(|p| api_store::load_into(p, &mut builder));
@@ -136,6 +169,21 @@ pub struct TiEnricher {
     /// keep-last-good checks on the next generation.
     counts: Vec<(String, usize)>,
     max_shrink: f64,
+    facts: MetaFacts,
+    /// Per feed of the index (by `Meta::feed`): its counters and name hash.
+    feed_hits: Vec<(Arc<FeedHits>, u64)>,
+    stats: Arc<HitStats>,
+}
+
+/// The path of the hit statistics view.
+pub const HITS_VIEW: &str = "indicators/hits";
+
+/// The facts a match's metadata sets (only on events with a match).
+#[derive(Clone, Copy)]
+struct MetaFacts {
+    confidence: FactId,
+    severity: FactId,
+    feeds: FactId,
 }
 
 /// Files with fewer indicators than this are not held back for shrinking
@@ -175,7 +223,74 @@ impl TiEnricher {
             watched: Vec::new(),
             counts,
             max_shrink: opts.max_shrink,
+            facts: MetaFacts { confidence: fact, severity: fact, feeds: fact },
+            feed_hits: Vec::new(),
+            stats: Arc::default(),
         }
+    }
+
+    /// Whether `meta`'s feed decays (its matches then show their effective
+    /// confidence).
+    #[inline]
+    fn decays(&self, index: &Index, meta: &Meta) -> bool {
+        index.feeds().get(meta.feed as usize).is_some_and(|f: &Feed| f.half_life_s > 0.0)
+    }
+
+    /// Whether a listing matches now.
+    #[inline]
+    fn live(&self, index: &Index, meta: &Meta, now: i64) -> Option<Life> {
+        let feed = index.feeds().get(meta.feed as usize).unwrap_or(&meta::NO_FEED);
+        match meta.life(feed, now) {
+            live @ Life::Live(_) => Some(live),
+            _ => None,
+        }
+    }
+
+    /// Counts one live match for its feed and indicator.
+    #[inline]
+    fn record(&self, hit: &Hit<'_>, now: i64, source: Option<u64>) {
+        if let Some((feed, hash)) = self.feed_hits.get(hit.meta.feed as usize) {
+            feed.record(now, source);
+            self.stats.record_indicator(feed, *hash, hit.kind, &hit.indicator, now, source);
+        }
+    }
+
+    /// Live / expired / decayed listings per feed at `now`, with each
+    /// feed's hit statistics.
+    fn feed_report(&self, now: i64) -> Vec<serde_json::Value> {
+        let Some(index) = &self.index else { return Vec::new() };
+        let feeds = index.feeds();
+        let mut counts = vec![[0u64; 3]; feeds.len()];
+        for (meta, uses) in index.metas() {
+            let Some(feed) = feeds.get(meta.feed as usize) else { continue };
+            let slot = match meta.life(feed, now) {
+                Life::Live(_) => 0,
+                Life::Expired => 1,
+                Life::Decayed => 2,
+            };
+            counts[meta.feed as usize][slot] += u64::from(uses);
+        }
+        feeds
+            .iter()
+            .zip(counts)
+            .zip(&self.feed_hits)
+            .map(|((feed, [live, expired, decayed]), (hits, _))| {
+                let mut v = json!({
+                    "feed": feed.name,
+                    "live": live,
+                    "expired": expired,
+                    "decayed": decayed,
+                });
+                if feed.half_life_s > 0.0 {
+                    v["half_life_s"] = json!(feed.half_life_s);
+                    v["decay_floor"] = json!(feed.floor);
+                }
+                if let serde_json::Value::Object(h) = json!(hits.report()) {
+                    v.as_object_mut().expect("an object").extend(h.into_iter().filter(|(k, _)| k != "feed"));
+                }
+                v
+            })
+            .collect()
     }
 
     /// The addresses of an event to check, each with its field name, once.
@@ -199,20 +314,38 @@ impl Enricher for TiEnricher {
         let Some(index) = &self.index else { return };
         let source = batch.source;
         let check_domains = !self.domain_fields.is_empty();
+        // One clock read per batch: expiry and decay are judged against it.
+        let now = unix_now();
         for event in batch.events.iter_mut() {
             let mut out = Matches::default();
+            let src = event.src_ip;
+            let mut on_hit = |hit: Hit<'_>, field: &str, value: Value<'_>| {
+                if let Some(Life::Live(confidence)) = self.live(index, hit.meta, now) {
+                    self.record(&hit, now, src.map(hits::source_hash));
+                    out.push(&hit, field, value, confidence, self.decays(index, hit.meta));
+                }
+            };
             for (ip, field) in self.addresses(event.src_ip, event.dst_ip).into_iter().flatten() {
-                index.for_each_ip_match(ip, |hit| out.push(&hit, field, Value::Ip(ip)));
+                index.for_each_ip_match(ip, |hit| on_hit(hit, field, Value::Ip(ip)));
             }
             if check_domains {
                 for (id, field) in &self.domain_fields {
                     if let Some(value) = source.text(event, *id) {
                         let name = host_part(value);
-                        index.for_each_domain_match(name, |hit| out.push(&hit, field, Value::Text(value)));
+                        index.for_each_domain_match(name, |hit| on_hit(hit, field, Value::Text(value)));
                     }
                 }
             }
             event.set_fact(self.fact, out.count);
+            if out.count > 0 {
+                if let Some(c) = out.confidence {
+                    event.set_fact(self.facts.confidence, u32::from(c));
+                }
+                if out.severity > 0 {
+                    event.set_fact(self.facts.severity, u32::from(out.severity));
+                }
+                event.set_fact(self.facts.feeds, out.feeds.len() as u32);
+            }
             let value = match out.finish(self.matched_flag) {
                 None => self.empty.clone(),
                 Some(text) => Arc::from(text),
@@ -221,8 +354,63 @@ impl Enricher for TiEnricher {
         }
     }
 
+    /// The load's status plus, computed now, live / expired / decayed
+    /// indicators and hits per feed (details `feeds`, Prometheus series).
     fn status(&self) -> PluginStatus {
-        self.status.clone()
+        let mut status = self.status.clone();
+        let feeds = self.feed_report(unix_now());
+        for f in &feeds {
+            let feed = f["feed"].as_str().unwrap_or_default().to_string();
+            for state in ["live", "expired", "decayed"] {
+                status.series.push(StatusSeries {
+                    name: "indicators",
+                    help: "Threat-intel indicators by feed and state (live, expired, decayed).",
+                    counter: false,
+                    labels: vec![("feed", feed.clone()), ("state", state.to_string())],
+                    value: f[state].as_f64().unwrap_or(0.0),
+                });
+            }
+            status.series.push(StatusSeries {
+                name: "indicator_hits",
+                help: "Threat-intel matches by feed (since the server started).",
+                counter: true,
+                labels: vec![("feed", feed.clone())],
+                value: f["hits"].as_f64().unwrap_or(0.0),
+            });
+            if let Some(last) = f["last_hit"].as_str().and_then(meta::parse_time) {
+                status.series.push(StatusSeries {
+                    name: "indicator_last_hit_timestamp_seconds",
+                    help: "Unix time of each feed's latest match.",
+                    counter: false,
+                    labels: vec![("feed", feed)],
+                    value: last as f64,
+                });
+            }
+        }
+        if let Some(details) = status.details.as_object_mut() {
+            details.insert("feeds".into(), feeds.into());
+            details.insert("untracked_indicator_hits".into(), self.stats.untracked().into());
+        }
+        status
+    }
+
+    /// `indicators/hits?feed=NAME&top=N`: per feed (live counts and hits)
+    /// and the `top` most hit indicators (default 20, at most 1000).
+    fn view(&self, view: &str, query: &str) -> Option<Result<serde_json::Value, String>> {
+        if view != HITS_VIEW {
+            return None;
+        }
+        Some(hits_query(query).map(|(feed, top)| {
+            let mut feeds = self.feed_report(unix_now());
+            if let Some(f) = &feed {
+                feeds.retain(|v| v["feed"] == f.as_str());
+            }
+            json!({
+                "feeds": feeds,
+                "indicators": self.stats.top(feed.as_deref(), top),
+                "untracked_indicator_hits": self.stats.untracked(),
+            })
+        }))
     }
 
     fn watch_paths(&self) -> Vec<PathBuf> {
@@ -274,10 +462,17 @@ impl Enricher for TiEnricher {
     fn lookup(&self, target: LookupTarget<'_>, out: &mut LookupAnswer) {
         let mut m = Matches::default();
         if let Some(index) = &self.index {
+            let now = unix_now();
+            // The same verdict as an event now gets; a lookup is not a hit.
+            let mut on_hit = |hit: Hit<'_>, field: &str, value: Value<'_>| {
+                if let Some(Life::Live(confidence)) = self.live(index, hit.meta, now) {
+                    m.push(&hit, field, value, confidence, self.decays(index, hit.meta));
+                }
+            };
             match target {
-                LookupTarget::Ip(ip) => index.for_each_ip_match(ip, |hit| m.push(&hit, "\"ip\"", Value::Ip(ip))),
+                LookupTarget::Ip(ip) => index.for_each_ip_match(ip, |hit| on_hit(hit, "\"ip\"", Value::Ip(ip))),
                 LookupTarget::Domain(name) => {
-                    index.for_each_domain_match(name, |hit| m.push(&hit, "\"domain\"", Value::Text(name)))
+                    index.for_each_domain_match(name, |hit| on_hit(hit, "\"domain\"", Value::Text(name)))
                 }
             }
         }
@@ -315,6 +510,8 @@ pub struct Hit<'a> {
     pub indicator: Indicator<'a>,
     /// Pre-serialized `,"source":...}` rest of the match object.
     pub tail: &'a str,
+    /// What the hot path needs of its metadata (shared with the tail).
+    pub meta: &'a Meta,
 }
 
 /// The indicator text of a [`Hit`], formatted only when written.
@@ -343,10 +540,42 @@ enum Value<'a> {
 struct Matches {
     text: Option<String>,
     count: u32,
+    /// Highest (effective) confidence among the matches that have one.
+    confidence: Option<u8>,
+    /// Highest severity (0: none).
+    severity: u8,
+    /// Distinct feeds matched.
+    feeds: Feeds,
+}
+
+/// A small set of feed ids (an event matching more than 8 feeds counts 8).
+#[derive(Default)]
+struct Feeds {
+    ids: [u16; 8],
+    len: u8,
+}
+
+impl Feeds {
+    fn insert(&mut self, id: u16) {
+        let len = self.len as usize;
+        if len < self.ids.len() && !self.ids[..len].contains(&id) {
+            self.ids[len] = id;
+            self.len += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len as usize
+    }
 }
 
 impl Matches {
-    fn push(&mut self, hit: &Hit<'_>, field: &str, value: Value<'_>) {
+    /// `confidence`: the effective one (written as `effective_confidence`
+    /// when the feed decays, where it differs from the listed one).
+    fn push(&mut self, hit: &Hit<'_>, field: &str, value: Value<'_>, confidence: Option<u8>, decays: bool) {
+        self.confidence = self.confidence.max(confidence);
+        self.severity = self.severity.max(hit.meta.severity);
+        self.feeds.insert(hit.meta.feed);
         let s = self.text.get_or_insert_with(|| {
             let mut s = String::with_capacity(256);
             s.push_str("{\"matches\":[");
@@ -369,6 +598,9 @@ impl Matches {
                 let _ = write!(s, "\"{ip}\"");
             }
             Value::Text(t) => push_json_str(s, t),
+        }
+        if let (true, Some(c)) = (decays, confidence) {
+            let _ = write!(s, ",\"effective_confidence\":{c}");
         }
         s.push_str(hit.tail);
     }
@@ -396,6 +628,50 @@ fn host_part(value: &str) -> &str {
         Some((host, port)) if !host.starts_with('[') && !port.contains(':') => host,
         _ => "",
     }
+}
+
+/// Unix seconds now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `feed=NAME&top=N` (both optional; `top` 1 to 1000, default 20).
+fn hits_query(query: &str) -> Result<(Option<String>, usize), String> {
+    let (mut feed, mut top) = (None, 20);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| format!("`{key}` is not valid percent-encoded UTF-8"))?;
+        match key {
+            "feed" if !value.is_empty() => feed = Some(value),
+            "feed" => {}
+            "top" => {
+                top = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or("`top` is a number from 1 to 1000")?
+            }
+            _ => return Err(format!("unknown parameter `{key}` (known: feed, top)")),
+        }
+    }
+    Ok((feed, top))
+}
+
+/// `%XX` and `+` decoding of a query value.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn json_string(s: &str) -> Box<str> {

@@ -50,6 +50,12 @@ pub struct TiOptions {
     /// that became empty is held back whatever its size, unless it holds a
     /// comment line (`# empty`): that is how a feed is emptied on purpose.
     pub max_shrink: f64,
+    /// Per indicator file: its feed name, the defaults its indicators get
+    /// when they do not say (plain lists say nothing), and its lifecycle
+    /// (`valid_for_s`, decay with `half_life_s` / `decay_floor`). Files
+    /// without an entry keep today's behaviour: source = the path, no
+    /// metadata, never expire.
+    pub feeds: Vec<super::meta::FeedDefaults>,
 }
 
 impl Default for TiOptions {
@@ -64,6 +70,7 @@ impl Default for TiOptions {
             max_file_bytes: super::loader::DEFAULT_MAX_FILE_BYTES,
             max_line_bytes: super::loader::DEFAULT_MAX_LINE_BYTES,
             max_shrink: 0.5,
+            feeds: Vec::new(),
         }
     }
 }
@@ -95,6 +102,15 @@ impl TiOptions {
         }
         if !(0.0..=1.0).contains(&opts.max_shrink) {
             anyhow::bail!("`max_shrink` must be a fraction from 0 to 1 (1 disables the check)");
+        }
+        for (i, feed) in opts.feeds.iter().enumerate() {
+            feed.validate().map_err(|e| anyhow::anyhow!("`feeds[{i}]`: {e}"))?;
+            if opts.feeds[..i].iter().any(|f| f.path == feed.path) {
+                anyhow::bail!("`feeds[{i}]`: {} has another entry", feed.path);
+            }
+            if feed.name.as_deref() == Some(super::api_store::SOURCE) {
+                anyhow::bail!("`feeds[{i}]`: the name \"api\" is the API indicators' own");
+            }
         }
         dedup_keep_order(&mut opts.addresses);
         dedup_keep_order(&mut opts.domain_fields);

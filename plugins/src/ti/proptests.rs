@@ -57,7 +57,7 @@ proptest! {
         for (i, &(start, len, v6)) in nets.iter().enumerate() {
             let (net, _) = Net::new(to_ip(start, v6), len).unwrap();
             let host = u32::from(len) == if v6 { 128 } else { 32 };
-            let tail = b.tail(&i.to_string());
+            let tail = b.tail(&i.to_string(), super::meta::Meta::default());
             b.add_net(net, if host { Kind::Addr } else { Kind::Subnet }, tail);
         }
         let index = b.finish();

@@ -379,7 +379,8 @@ fn zeek_intel_files() {
         records[0]["ti"]["matches"],
         json!([
             {"indicator": "1.2.3.4", "type": "addr", "field": "src_ip", "value": "1.2.3.4",
-             "source": data("zeek-doc-donotice.intel.txt"), "feed": "source1", "description": "Sending phishing email"},
+             "source": data("zeek-doc-donotice.intel.txt"), "feed": "source1", "description": "Sending phishing email",
+             "url": "http://source1.com/badhosts/1.2.3.4"},
             {"indicator": "a.b.com", "type": "domain", "field": "query", "value": "x.a.b.com",
              "source": data("zeek-doc-donotice.intel.txt"), "feed": "source2", "description": "Name used for data exfiltration"},
         ])
@@ -587,7 +588,7 @@ fn prefix_index_matches_brute_force() {
                 Net::V4(k, _) => k as u128,
                 Net::V6(k, _) => k,
             };
-            let tail = b.tail(&format!("{i}"));
+            let tail = b.tail(&format!("{i}"), super::meta::Meta::default());
             b.add_net(net, if len as u32 == bits { Kind::Addr } else { Kind::Subnet }, tail);
             nets.push((start, len, v6, i));
         }
@@ -634,7 +635,7 @@ fn real_lists_from_shared() {
     let firehol = shared("firehol-2021-04-14/firehol_level3.netset");
     paths.extend(firehol.iter().map(|p| p.display().to_string()));
     let started = std::time::Instant::now();
-    let (index, reports) = super::load(&paths, None, |p| PathBuf::from(p), &Default::default());
+    let (index, reports) = super::load(&paths, None, |p| PathBuf::from(p), &Default::default(), &[]);
     let elapsed = started.elapsed();
     let index = index.expect("lists load");
     eprintln!(
@@ -777,7 +778,7 @@ fn bench_ns_per_event() {
 
     // This index against prefix_trie's `cover` on the same networks.
     if big.len() == 3 {
-        let (index, _) = super::load(&big[..2], None, |p| PathBuf::from(p), &Default::default());
+        let (index, _) = super::load(&big[..2], None, |p| PathBuf::from(p), &Default::default(), &[]);
         let index = index.unwrap();
         let mut trie: prefix_trie::PrefixMap<ipnetwork::Ipv4Network, u32> = prefix_trie::PrefixMap::new();
         for path in &big[..2] {
