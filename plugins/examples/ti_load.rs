@@ -29,8 +29,13 @@ fn main() {
     for _ in 0..3 {
         let started = Instant::now();
         let mut builder = IndexBuilder::default();
-        let reports =
-            loader::load_all(&[path.display().to_string()], |p| PathBuf::from(p), &mut builder, &Default::default());
+        let reports = loader::load_all(
+            &[path.display().to_string()],
+            |p| PathBuf::from(p),
+            &mut builder,
+            &Default::default(),
+            &[],
+        );
         let parsed = started.elapsed();
         let index = builder.finish();
         let total = started.elapsed();
