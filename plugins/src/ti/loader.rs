@@ -9,7 +9,6 @@
 //! line in a 100k-line feed must not drop the other 99,999, so they are
 //! skipped, counted and logged with `file:line` (the first few per file).
 
-use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::net::IpAddr;
@@ -903,30 +902,4 @@ pub fn normalize_domain(s: &str, require_dot: bool, out: &mut String) -> Result<
     out.clear();
     out.extend(s.chars().map(|c| c.to_ascii_lowercase()));
     Ok(())
-}
-
-/// Appends `s` as a JSON string literal.
-pub fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.push_str(escape);
-        }
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
 }

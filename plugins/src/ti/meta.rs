@@ -24,8 +24,6 @@ use std::fmt::Write as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::loader::push_json_str;
-
 /// No confidence given.
 pub const NO_CONFIDENCE: u8 = u8::MAX;
 /// No `last_seen` / `first_seen`.
@@ -384,6 +382,32 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 pub fn format_time(t: i64) -> String {
     let secs = u64::try_from(t).unwrap_or(0);
     enrichd_engine::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 #[cfg(test)]

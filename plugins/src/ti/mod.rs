@@ -55,7 +55,8 @@ use serde_json::json;
 
 use hits::{FeedHits, HitStats};
 use index::{Index, IndexBuilder};
-use loader::{push_json_str, FileReport};
+use loader::FileReport;
+use meta::push_json_str;
 use meta::{Feed, Life, Meta};
 pub use options::TiOptions;
 
