@@ -422,8 +422,15 @@ impl<'a> Parser<'a> {
         defaults: &'a FeedDefaults,
         loaded_at: i64,
     ) -> Self {
+        // Matches name their source as before (the configured path, or
+        // the `feeds` entry's name). The feed, whose name becomes
+        // Prometheus labels and public metrics, never carries a directory
+        // path: an unnamed file's feed is its file stem.
         let source = report.feed.clone().unwrap_or_else(|| report.source.clone());
-        let feed = builder.feed(defaults.feed(&source));
+        let feed_name = report.feed.clone().unwrap_or_else(|| {
+            report.path.file_stem().map_or_else(|| "file".to_string(), |s| s.to_string_lossy().into_owned())
+        });
+        let feed = builder.feed(defaults.feed(&feed_name));
         Parser {
             report,
             builder,
