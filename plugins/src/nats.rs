@@ -103,3 +103,33 @@ impl NatsConnection {
 #[cfg(test)]
 #[path = "../../tests/common/nats.rs"]
 pub(crate) mod test_server;
+
+/// What the publishing components (the `nats` output and forwarder) check
+/// of their shared options: the connection, a concrete subject, a stream
+/// name JetStream accepts, and a message size of 0 (the server's) or at
+/// least 1 KiB.
+pub(crate) fn publish_errors(
+    connection: &NatsConnection,
+    subject: Option<&str>,
+    create_stream: Option<&str>,
+    max_message_bytes: usize,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    connection.validate(&mut errors);
+    match subject {
+        None => errors.push(FieldError::new("subject", "is required")),
+        Some(s) if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '*' || c == '>') => {
+            errors.push(FieldError::new("subject", "a subject without spaces or wildcards"))
+        }
+        Some(_) => {}
+    }
+    if let Some(s) = create_stream {
+        if s.is_empty() || s.contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\')) {
+            errors.push(FieldError::new("create_stream", "a name without spaces, `.`, `*`, `>`"));
+        }
+    }
+    if max_message_bytes != 0 && max_message_bytes < 1024 {
+        errors.push(FieldError::new("max_message_bytes", "0 (the server's limit) or at least 1024"));
+    }
+    errors
+}

@@ -28,23 +28,11 @@ pub struct NatsOutputOptions {
 
 impl NatsOutputOptions {
     pub(crate) fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        self.connection.validate(&mut errors);
-        match &self.subject {
-            None => errors.push(FieldError::new("subject", "is required")),
-            Some(s) if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '*' || c == '>') => {
-                errors.push(FieldError::new("subject", "a subject without spaces or wildcards"))
-            }
-            Some(_) => {}
-        }
-        if let Some(s) = &self.create_stream {
-            if s.is_empty() || s.contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\')) {
-                errors.push(FieldError::new("create_stream", "a name without spaces, `.`, `*`, `>`"));
-            }
-        }
-        if self.max_message_bytes != 0 && self.max_message_bytes < 1024 {
-            errors.push(FieldError::new("max_message_bytes", "0 (the server's limit) or at least 1024"));
-        }
-        errors
+        crate::nats::publish_errors(
+            &self.connection,
+            self.subject.as_deref(),
+            self.create_stream.as_deref(),
+            self.max_message_bytes,
+        )
     }
 }
