@@ -440,17 +440,17 @@ mod tests {
         Chain::build(&[entry], &registry, std::path::Path::new(".")).expect("chain")
     }
 
-    /// The TI chain's fact table plus a country, an AS number and a score
+    /// The TI chain's facts (the chain declares them in this order, so ids
+    /// line up) plus a country, an AS number and a score
     /// fact, as other stages would declare them.
     fn table(chain: &Chain) -> Arc<[FactInfo]> {
-        assert_eq!(chain.facts().len(), 1, "the ti stage declares one fact");
-        enrichd_engine::fact::table([
-            ("ti", chain.facts()[0].decl.clone()),
+        let ti = chain.facts().iter().map(|f| ("ti", f.decl.clone()));
+        let others = [
             ("geo", FactDecl::new("dst_country_code", FactKind::CountryCode).side(Side::Destination)),
             ("asn", FactDecl::new("dst_as_number", FactKind::AsNumber).side(Side::Destination)),
             ("rule", FactDecl::new("score", FactKind::Score)),
-        ])
-        .into()
+        ];
+        enrichd_engine::fact::table(ti.chain(others)).into()
     }
 
     #[test]
