@@ -291,6 +291,53 @@ fn dashboard_lists_declared_fact_tops_generically() {
     assert!(b.new_console_entries().iter().all(|e| !e.is_error()), "console errors");
 }
 
+#[test]
+fn dashboard_draws_the_tables_stages_report() {
+    let test = "dashboard_draws_the_tables_stages_report";
+    let Some(mut b) = Browser::launch(test) else { return };
+    // The TI stage reports a "Feeds" table (indicators live, hits, last
+    // hit); the page has no markup for it, the panel appears from
+    // /v1/metrics' enrichers[].tables.
+    let indicators = repo().join("ti/indicators.txt").display().to_string();
+    let chain = format!(
+        "[[chain]]\nplugin = \"ti\"\npaths = [\"{indicators}\"]\n\n\
+         [[chain.feeds]]\npath = \"{indicators}\"\nname = \"blocklist\"\nconfidence = 70\n"
+    );
+    let server = Server::start(&chain);
+    b.goto(&server.url("/"));
+    let row = |b: &mut Browser| -> Option<Vec<String>> {
+        let v = b.js(
+            "const s = document.querySelector('section.stage-table[data-table=\"Feeds\"][data-stage=\"ti\"]');
+             const tr = s && s.querySelector('tbody tr');
+             return tr ? [...tr.cells].map((c) => c.textContent + '|' + c.dataset.value) : null",
+            vec![],
+        );
+        Some(v.as_array()?.iter().map(|c| c.as_str().unwrap_or_default().to_string()).collect())
+    };
+    let before = b.wait_for("the feeds panel", Duration::from_secs(15), row);
+    let headings: Vec<String> = serde_json::from_value(
+        b.js("return [...document.querySelectorAll('section.stage-table th')].map((t) => t.textContent)", vec![]),
+    )
+    .unwrap();
+    assert_eq!(headings, ["feed", "live", "expired", "decayed", "hits", "sources hit", "last hit"]);
+    assert_eq!(before[0], "blocklist|blocklist");
+    let live: u64 = before[1].split('|').nth(1).unwrap().parse().unwrap();
+    assert!(live > 0, "indicators live: {before:?}");
+    assert_eq!((before[4].as_str(), before[6].as_str()), ("0|0", "never|"), "no hit yet");
+
+    let records: Vec<_> =
+        (0..3).map(|i| serde_json::json!({"src_ip": format!("45.149.3.{i}"), "dst_ip": "10.0.0.1"})).collect();
+    assert_eq!(server.ingest("flows.v1", serde_json::Value::Array(records)).status, 200);
+    let after = b.wait_for("the hits", Duration::from_secs(15), |b| row(b).filter(|r| r[4] == "3|3"));
+    assert!(after[6].ends_with('Z') && !after[6].starts_with("never"), "last hit shown as a time: {after:?}");
+    assert_eq!(after[5], "3|3", "three distinct sources hit the feed");
+    let panels: u64 =
+        serde_json::from_value(b.js("return document.querySelectorAll('section.stage-table').length", vec![])).unwrap();
+    assert_eq!(panels, 1, "one stage, one table");
+    b.screenshot(test);
+    assert!(b.new_console_entries().iter().all(|e| !e.is_error()), "console errors");
+}
+
 /// What of the page's text does not fit, as a list of descriptions (empty
 /// when everything fits): each tile's heading, figure and sub-line (and
 /// their parts) must lie inside the tile and not overflow their own box

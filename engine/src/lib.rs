@@ -47,7 +47,7 @@ pub use parse::{parse_envelope, parse_ndjson, InputError, Limits, ParseSpec};
 pub use pipeline::{Encoding, Input, Observer, Pipeline, Processed, Shape, Skipped, Timing};
 pub use plugin::{
     rfc3339, source_info, to_hex, BuildContext, Enricher, EnvOverride, LookupAnswer, LookupTarget, Plugin,
-    PluginFactory, PluginState, PluginStatus, SourceInfo, StatusSeries,
+    PluginFactory, PluginState, PluginStatus, SourceInfo, StatusSeries, StatusTable,
 };
 pub use profile::{Profile, Profiles};
 pub use registry::Registry;

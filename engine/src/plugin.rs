@@ -365,6 +365,69 @@ pub struct PluginStatus {
     /// bounded set (feeds, never indicators).
     #[serde(skip)]
     pub series: Vec<StatusSeries>,
+    /// Small tables of plugin-specific figures (per feed, per database,
+    /// ...) that the API shows and the dashboard draws as a panel each,
+    /// without knowing the plugin. Public where `/v1/metrics` is public:
+    /// no paths, no error texts, a bounded number of rows.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<StatusTable>,
+}
+
+/// One of [`PluginStatus::tables`]: a title, typed columns and rows of
+/// values in column order.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StatusTable {
+    /// Short heading ("Feeds").
+    pub title: String,
+    pub columns: Vec<StatusColumn>,
+    /// At most [`StatusTable::MAX_ROWS`]; each row has one value per column
+    /// (`null` for none).
+    pub rows: Vec<Vec<serde_json::Value>>,
+}
+
+impl StatusTable {
+    /// Rows beyond this are dropped by [`StatusTable::push_row`]: the table
+    /// travels in every `/v1/metrics` document and stream event.
+    pub const MAX_ROWS: usize = 50;
+
+    pub fn new(title: impl Into<String>, columns: Vec<StatusColumn>) -> Self {
+        StatusTable { title: title.into(), columns, rows: Vec::new() }
+    }
+
+    /// Appends a row unless the table is full (returns whether it was kept).
+    pub fn push_row(&mut self, row: Vec<serde_json::Value>) -> bool {
+        debug_assert_eq!(row.len(), self.columns.len(), "one value per column");
+        if self.rows.len() >= Self::MAX_ROWS {
+            return false;
+        }
+        self.rows.push(row);
+        true
+    }
+}
+
+/// A column of a [`StatusTable`]: the label shown and how values read.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StatusColumn {
+    pub label: String,
+    pub kind: ColumnKind,
+}
+
+impl StatusColumn {
+    pub fn new(label: impl Into<String>, kind: ColumnKind) -> Self {
+        StatusColumn { label: label.into(), kind }
+    }
+}
+
+/// How a column's values are meant: the dashboard formats and aligns by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnKind {
+    /// A string (or `null`).
+    Text,
+    /// A non-negative integer.
+    Count,
+    /// An RFC 3339 time (or `null` for never).
+    Time,
 }
 
 /// One sample of [`PluginStatus::series`].
@@ -389,6 +452,7 @@ impl PluginStatus {
             error: None,
             data_built_at: None,
             series: Vec::new(),
+            tables: Vec::new(),
         }
     }
 }

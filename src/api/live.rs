@@ -150,7 +150,7 @@ fn enrichers(state: &AppState, with_key: bool) -> Value {
                 "reloads": r.reloads, "reload_failures": r.reload_failures,
                 "last_reload_error": shown(r.last_reload_error),
                 "batches": r.batches, "events": r.events, "mean_ns_per_event": r.mean_ns_per_event,
-                "details": details,
+                "details": details, "tables": r.status.tables,
             })
         })
         .collect()

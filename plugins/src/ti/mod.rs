@@ -49,7 +49,8 @@ use std::sync::Arc;
 
 use enrichd_engine::{
     AddressSelector, AdminResource, BatchView, BuildContext, Enricher, EnvOverride, FactDecl, FactId, FactKind,
-    JsonFragment, KeyId, LookupAnswer, LookupTarget, Plugin, PluginState, PluginStatus, StatusSeries, TextFieldId,
+    JsonFragment, KeyId, LookupAnswer, LookupTarget, Plugin, PluginState, PluginStatus, StatusSeries, StatusTable,
+    TextFieldId,
 };
 use serde_json::json;
 
@@ -388,6 +389,7 @@ impl Enricher for TiEnricher {
                 });
             }
         }
+        status.tables.push(feed_table(&feeds));
         if let Some(details) = status.details.as_object_mut() {
             details.insert("feeds".into(), feeds.into());
             details.insert("untracked_indicator_hits".into(), self.stats.untracked().into());
@@ -725,4 +727,24 @@ fn build_status(index: Option<&Index>, reports: &[FileReport]) -> PluginStatus {
         "files": reports,
     });
     status
+}
+
+/// The dashboard's "Feeds" panel: per feed its indicators by state and its
+/// hits (from [`TiEnricher::feed_report`]'s rows).
+fn feed_table(feeds: &[serde_json::Value]) -> StatusTable {
+    use enrichd_engine::plugin::{ColumnKind::*, StatusColumn as C};
+    let columns = [
+        ("feed", "feed", Text),
+        ("live", "live", Count),
+        ("expired", "expired", Count),
+        ("decayed", "decayed", Count),
+        ("hits", "hits", Count),
+        ("distinct_sources", "sources hit", Count),
+        ("last_hit", "last hit", Time),
+    ];
+    let mut table = StatusTable::new("Feeds", columns.iter().map(|&(_, label, kind)| C::new(label, kind)).collect());
+    for f in feeds {
+        table.push_row(columns.iter().map(|&(key, _, _)| f[key].clone()).collect());
+    }
+    table
 }

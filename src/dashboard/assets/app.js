@@ -634,6 +634,55 @@
     }));
   }
 
+  // Tables stages report about their data (a TI stage's feeds: indicators
+  // live, hits, last hit), one wide panel each. Columns say how to read
+  // their values (text, count, time); raw values stay in data-value.
+  function stageTables(m) {
+    const now = m.server_time_ms || Date.now();
+    const tables = [];
+    for (const s of Array.isArray(m.enrichers) ? m.enrichers : []) {
+      if (s.enabled === false) continue;
+      for (const t of Array.isArray(s.tables) ? s.tables : []) tables.push([s.name || s.plugin || '', t]);
+    }
+    const box = $('stage-tables');
+    replaceRows(box, String(Math.floor(now / 1000)), tables, () => tables.map(([stage, t]) => {
+      const columns = Array.isArray(t.columns) ? t.columns : [];
+      const rows = Array.isArray(t.rows) ? t.rows : [];
+      const section = el('section', 'panel wide stage-table');
+      section.dataset.stage = stage;
+      section.dataset.table = t.title || '';
+      const header = el('header');
+      header.append(el('h2', null, (t.title || 'Table') + ' · ' + stage));
+      const table = el('table');
+      table.dataset.rows = String(rows.length);
+      const head = el('tr');
+      for (const c of columns) head.appendChild(el('th', c.kind === 'count' ? 'num' : null, c.label));
+      table.createTHead().appendChild(head);
+      const body = table.createTBody();
+      for (const r of rows) {
+        const tr = el('tr');
+        columns.forEach((c, i) => {
+          const v = Array.isArray(r) ? r[i] : null;
+          let td;
+          if (c.kind === 'count') td = el('td', 'num', count(v));
+          else if (c.kind === 'time') {
+            const when = v === null || v === undefined ? null : ago(v, now);
+            td = el('td', 'time', when ? when.rel : 'never');
+            if (when) td.title = when.abs;
+          } else td = el('td', 'text', v === null || v === undefined ? '–' : v);
+          td.dataset.value = v === null || v === undefined ? '' : String(v);
+          tr.appendChild(td);
+        });
+        body.appendChild(tr);
+      }
+      const scroll = el('div', 'scroll');
+      scroll.appendChild(table);
+      section.append(header, scroll);
+      if (!rows.length) section.appendChild(el('p', 'empty', 'nothing loaded'));
+      return section;
+    }), tables.length);
+  }
+
   function uptime(s) {
     if (num(s) === null) return '';
     const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), mi = Math.floor((s % 3600) / 60);
@@ -654,6 +703,7 @@
     feed(m);
     chain(m);
     outputs(m);
+    stageTables(m);
   }
 
   // ---- wiring -----------------------------------------------------------
