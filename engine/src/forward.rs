@@ -3,7 +3,7 @@
 //! keep `POST /v1/ingest` while instances consuming that queue (a
 //! [`crate::source`]) do the work.
 //!
-//! A forwarding target is a [`ForwardFactory`] registered under a kind name
+//! A forwarding target is a component of the [`ForwardFamily`] registered under a kind name
 //! (`[[forward]] type = "..."`); the core never names one. The split:
 //!
 //! - the **core** reads the body within the HTTP limits and decodes it
@@ -16,12 +16,8 @@
 //!   and delivered. It makes one attempt per call; the client retries on
 //!   the 503 that a failure becomes.
 
-use std::sync::Arc;
-
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
-
-use crate::output::{check_options, BoxFuture, FieldError};
+use crate::component::{Factory, Family};
+use crate::output::BoxFuture;
 
 /// One accepted batch, as received: a `/v1/ingest` envelope (not
 /// compressed; the forwarder may compress it to fit a message).
@@ -57,61 +53,16 @@ pub struct ForwardContext {
     pub name: String,
 }
 
-/// Builds forwarders of one kind from options; implemented through
-/// [`Forward`].
-pub trait ForwardFactory: Send + Sync {
-    /// The `type = "..."` of `[[forward]]` and the default entry name.
-    fn kind(&self) -> &'static str;
-    fn description(&self) -> &'static str;
-    /// JSON Schema of the forwarder's own options.
-    fn options_schema(&self) -> schemars::Schema;
-    /// Option names whose values are secrets (never shown, masked).
-    fn secret_fields(&self) -> &'static [&'static str];
-    /// Every problem with `options`, not just the first.
-    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError>;
-    /// Builds the forwarder; `options` passed [`ForwardFactory::check`].
-    fn build(&self, options: &Map<String, Value>, ctx: &ForwardContext) -> anyhow::Result<Arc<dyn Forwarder>>;
+/// Forwarding targets: built from a [`ForwardContext`], they build a
+/// [`Forwarder`]. A target implements
+/// [`Component`](crate::component::Component) with
+/// `type Family = ForwardFamily`.
+pub struct ForwardFamily;
+
+impl Family for ForwardFamily {
+    type Context = ForwardContext;
+    type Built = dyn Forwarder;
 }
 
-/// The typed way to write a forwarder, like [`crate::output::Output`].
-pub trait Forward: Send + Sync {
-    /// The forwarder's options (`deny_unknown_fields`, `default`).
-    type Options: DeserializeOwned + schemars::JsonSchema + Default;
-
-    fn kind(&self) -> &'static str;
-    fn description(&self) -> &'static str;
-    fn secret_fields(&self) -> &'static [&'static str] {
-        &[]
-    }
-    /// Checks a type cannot express, every problem listed.
-    fn validate(&self, options: &Self::Options) -> Vec<FieldError>;
-    fn build(&self, options: Self::Options, ctx: &ForwardContext) -> anyhow::Result<Arc<dyn Forwarder>>;
-}
-
-impl<F: Forward> ForwardFactory for F {
-    fn kind(&self) -> &'static str {
-        Forward::kind(self)
-    }
-
-    fn description(&self) -> &'static str {
-        Forward::description(self)
-    }
-
-    fn options_schema(&self) -> schemars::Schema {
-        schemars::schema_for!(F::Options)
-    }
-
-    fn secret_fields(&self) -> &'static [&'static str] {
-        Forward::secret_fields(self)
-    }
-
-    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError> {
-        check_options::<F::Options>(options, |typed| Forward::validate(self, typed))
-    }
-
-    fn build(&self, options: &Map<String, Value>, ctx: &ForwardContext) -> anyhow::Result<Arc<dyn Forwarder>> {
-        let typed = <F::Options as serde::Deserialize>::deserialize(Value::Object(options.clone()))
-            .map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
-        Forward::build(self, typed, ctx)
-    }
-}
+/// What the registry holds for a forwarding target kind.
+pub type ForwardFactory = dyn Factory<ForwardFamily>;

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod batch;
 pub mod chain;
+pub mod component;
 pub mod config;
 pub mod entry;
 pub mod event;

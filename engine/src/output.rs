@@ -1,7 +1,7 @@
 //! The output interface: how enriched events leave enrichd for a SIEM or a
 //! file, without the core knowing any destination.
 //!
-//! An output is an [`OutputFactory`] registered under a kind name
+//! An output is a component of the [`OutputFamily`] registered under a kind name
 //! (`elastic`, `splunk`, `file`, ...). For each enabled `[[output]]` entry
 //! the service builds a [`Sink`] from the entry's options and hands it
 //! batches of enriched events. The split of work is deliberate:
@@ -18,15 +18,13 @@
 //! `[[output]]` table of `config.toml` converted to JSON): one model for
 //! both. The runtime takes its own keys (`enabled`, `batch_max`,
 //! `durability`, ...) out first; the rest is the output's typed
-//! [`Output::Options`].
+//! options (`Component::Options`, see [`crate::component`]).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use serde_json::{Map, Value};
+pub use crate::component::{check_keys, check_options, FieldError};
+use crate::component::{Factory, Family};
 
 /// A boxed future, so [`Sink`] stays object-safe without an async runtime
 /// in the core.
@@ -126,19 +124,6 @@ pub trait Sink: Send + Sync {
     }
 }
 
-/// One problem with one option, as `PUT /v1/outputs/{name}` lists them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
-    }
-}
-
 /// What a sink is built with besides its options.
 #[derive(Clone, Debug)]
 pub struct OutputContext {
@@ -152,126 +137,18 @@ pub struct OutputContext {
     pub batch_max: usize,
 }
 
-/// Builds sinks of one kind from options. Implemented through [`Output`];
-/// the service only ever sees this object-safe face.
-pub trait OutputFactory: Send + Sync {
-    /// The `type = "..."` of `[[output]]` and the default output name.
-    fn kind(&self) -> &'static str;
-    fn description(&self) -> &'static str;
-    /// JSON Schema of the output's own options.
-    fn options_schema(&self) -> schemars::Schema;
-    /// Option names whose values are secrets: stored, never shown (the
-    /// view says `<name>_set: true`), masked in every error text.
-    fn secret_fields(&self) -> &'static [&'static str];
-    /// Every problem with `options` (unknown keys, wrong types, values out
-    /// of range, missing requirements), not just the first.
-    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError>;
-    /// Builds the sink; `options` passed [`OutputFactory::check`].
-    fn build(&self, options: &Map<String, Value>, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>>;
+/// Outputs: built from an [`OutputContext`], they build a [`Sink`]. An
+/// output implements [`Component`](crate::component::Component) with
+/// `type Family = OutputFamily`.
+pub struct OutputFamily;
+
+impl Family for OutputFamily {
+    type Context = OutputContext;
+    type Built = dyn Sink;
 }
 
-/// The typed way to write an output: options as a struct (serde +
-/// schemars, doc comments on every field, every field defaultable so each
-/// can be checked on its own), and the blanket implementation makes it an
-/// [`OutputFactory`].
-pub trait Output: Send + Sync {
-    /// The output's options (`deny_unknown_fields`, `default`).
-    type Options: DeserializeOwned + schemars::JsonSchema + Default;
-
-    fn kind(&self) -> &'static str;
-    fn description(&self) -> &'static str;
-    /// See [`OutputFactory::secret_fields`].
-    fn secret_fields(&self) -> &'static [&'static str] {
-        &[]
-    }
-    /// Checks a type cannot express (required fields, URLs, ranges),
-    /// every problem listed.
-    fn validate(&self, options: &Self::Options) -> Vec<FieldError>;
-    fn build(&self, options: Self::Options, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>>;
-}
-
-impl<O: Output> OutputFactory for O {
-    fn kind(&self) -> &'static str {
-        Output::kind(self)
-    }
-
-    fn description(&self) -> &'static str {
-        Output::description(self)
-    }
-
-    fn options_schema(&self) -> schemars::Schema {
-        schemars::schema_for!(O::Options)
-    }
-
-    fn secret_fields(&self) -> &'static [&'static str] {
-        Output::secret_fields(self)
-    }
-
-    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError> {
-        check_options::<O::Options>(options, |typed| Output::validate(self, typed))
-    }
-
-    fn build(&self, options: &Map<String, Value>, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
-        let typed = O::Options::deserialize(Value::Object(options.clone()))
-            .map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
-        Output::build(self, typed, ctx)
-    }
-}
-
-use serde::Deserialize as _;
-
-/// Every problem with typed options: [`check_keys`], then `validate` (the
-/// checks a type cannot express) on the keys that parsed, so a bad URL is
-/// reported beside an unknown key, not after it. Outputs and sources alike.
-pub fn check_options<T: DeserializeOwned>(
-    options: &Map<String, Value>,
-    validate: impl FnOnce(&T) -> Vec<FieldError>,
-) -> Vec<FieldError> {
-    let (mut errors, parsed) = check_keys::<T>(options);
-    if let Some(typed) = parsed {
-        let more: Vec<FieldError> =
-            validate(&typed).into_iter().filter(|e| !errors.iter().any(|known| known.field == e.field)).collect();
-        errors.extend(more);
-    }
-    errors
-}
-
-/// Every key of `options` that does not deserialize into `T` on its own (a
-/// type every field of which has a default), and `T` from the keys that
-/// do. serde stops at the first error; checking each key alone lists them
-/// all, and the rest can still be validated.
-pub fn check_keys<T: DeserializeOwned>(options: &Map<String, Value>) -> (Vec<FieldError>, Option<T>) {
-    let mut errors = Vec::new();
-    for (key, value) in options {
-        let one = Map::from_iter([(key.clone(), value.clone())]);
-        if let Err(e) = T::deserialize(Value::Object(one)) {
-            errors.push(FieldError::new(key.clone(), serde_message(&e.to_string())));
-        }
-    }
-    let good: Map<String, Value> = options
-        .iter()
-        .filter(|(k, _)| !errors.iter().any(|e| &e.field == *k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    match T::deserialize(Value::Object(good)) {
-        Ok(parsed) => (errors, Some(parsed)),
-        Err(e) => {
-            if errors.is_empty() {
-                errors.push(FieldError::new("", serde_message(&e.to_string())));
-            }
-            (errors, None)
-        }
-    }
-}
-
-/// serde's message without its " at line 1 column 9" tail (meaningless for
-/// a value checked on its own).
-fn serde_message(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
-    }
-}
+/// What the registry holds for an output kind.
+pub type OutputFactory = dyn Factory<OutputFamily>;
 
 /// A URL with the parts that may carry secrets masked: `user:password@`,
 /// the query string and the fragment. Scheme, host, port and path stay, so
@@ -315,6 +192,9 @@ pub fn check_http_url(field: &str, url: &str) -> Result<(), FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::component::Component;
+    use serde_json::{Map, Value};
+    use std::sync::Arc;
 
     #[test]
     fn credentials_in_urls_are_masked() {
@@ -345,7 +225,8 @@ mod tests {
     }
 
     struct Dummy;
-    impl Output for Dummy {
+    impl Component for Dummy {
+        type Family = OutputFamily;
         type Options = Opts;
         fn kind(&self) -> &'static str {
             "dummy"

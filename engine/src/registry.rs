@@ -14,10 +14,10 @@ use crate::updater::UpdaterFactory;
 #[derive(Default)]
 pub struct Registry {
     factories: Vec<Box<dyn PluginFactory>>,
-    outputs: Vec<Box<dyn OutputFactory>>,
-    sources: Vec<Box<dyn SourceFactory>>,
-    updaters: Vec<Box<dyn UpdaterFactory>>,
-    forwarders: Vec<Box<dyn ForwardFactory>>,
+    outputs: Vec<Box<OutputFactory>>,
+    sources: Vec<Box<SourceFactory>>,
+    updaters: Vec<Box<UpdaterFactory>>,
+    forwarders: Vec<Box<ForwardFactory>>,
 }
 
 impl Registry {
@@ -46,61 +46,61 @@ impl Registry {
 
     /// Adds an output kind. Panics on a duplicate kind, like
     /// [`Registry::register`].
-    pub fn register_output(&mut self, factory: Box<dyn OutputFactory>) {
+    pub fn register_output(&mut self, factory: Box<OutputFactory>) {
         assert!(self.output(factory.kind()).is_none(), "output kind {:?} registered twice", factory.kind());
         self.outputs.push(factory);
     }
 
-    pub fn output(&self, kind: &str) -> Option<&dyn OutputFactory> {
+    pub fn output(&self, kind: &str) -> Option<&OutputFactory> {
         self.outputs.iter().find(|f| f.kind() == kind).map(|f| &**f)
     }
 
-    pub fn outputs(&self) -> impl Iterator<Item = &dyn OutputFactory> {
+    pub fn outputs(&self) -> impl Iterator<Item = &OutputFactory> {
         self.outputs.iter().map(|f| &**f)
     }
 
     /// Adds a source kind (`[[source]]` entries). Panics on a duplicate
     /// kind, like [`Registry::register`].
-    pub fn register_source(&mut self, factory: Box<dyn SourceFactory>) {
+    pub fn register_source(&mut self, factory: Box<SourceFactory>) {
         assert!(self.source(factory.kind()).is_none(), "source kind {:?} registered twice", factory.kind());
         self.sources.push(factory);
     }
 
-    pub fn source(&self, kind: &str) -> Option<&dyn SourceFactory> {
+    pub fn source(&self, kind: &str) -> Option<&SourceFactory> {
         self.sources.iter().find(|f| f.kind() == kind).map(|f| &**f)
     }
 
-    pub fn sources(&self) -> impl Iterator<Item = &dyn SourceFactory> {
+    pub fn sources(&self) -> impl Iterator<Item = &SourceFactory> {
         self.sources.iter().map(|f| &**f)
     }
 
     /// Adds a data-file updater kind (`[[update]]` entries). Panics on a
     /// duplicate kind, like [`Registry::register`].
-    pub fn register_updater(&mut self, factory: Box<dyn UpdaterFactory>) {
+    pub fn register_updater(&mut self, factory: Box<UpdaterFactory>) {
         assert!(self.updater(factory.kind()).is_none(), "updater kind {:?} registered twice", factory.kind());
         self.updaters.push(factory);
     }
 
-    pub fn updater(&self, kind: &str) -> Option<&dyn UpdaterFactory> {
+    pub fn updater(&self, kind: &str) -> Option<&UpdaterFactory> {
         self.updaters.iter().find(|f| f.kind() == kind).map(|f| &**f)
     }
 
-    pub fn updaters(&self) -> impl Iterator<Item = &dyn UpdaterFactory> {
+    pub fn updaters(&self) -> impl Iterator<Item = &UpdaterFactory> {
         self.updaters.iter().map(|f| &**f)
     }
 
     /// Adds a forwarding target kind (`[[forward]]` entries). Panics on a
     /// duplicate kind.
-    pub fn register_forwarder(&mut self, factory: Box<dyn ForwardFactory>) {
+    pub fn register_forwarder(&mut self, factory: Box<ForwardFactory>) {
         assert!(self.forwarder(factory.kind()).is_none(), "forward kind {:?} registered twice", factory.kind());
         self.forwarders.push(factory);
     }
 
-    pub fn forwarder(&self, kind: &str) -> Option<&dyn ForwardFactory> {
+    pub fn forwarder(&self, kind: &str) -> Option<&ForwardFactory> {
         self.forwarders.iter().find(|f| f.kind() == kind).map(|f| &**f)
     }
 
-    pub fn forwarders(&self) -> impl Iterator<Item = &dyn ForwardFactory> {
+    pub fn forwarders(&self) -> impl Iterator<Item = &ForwardFactory> {
         self.forwarders.iter().map(|f| &**f)
     }
 }

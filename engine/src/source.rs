@@ -2,7 +2,7 @@
 //! `POST /v1/ingest` (a broker's stream, later others), without the core
 //! knowing any of them.
 //!
-//! A source is a [`SourceFactory`] registered under a kind name. For each
+//! A source is a component of the [`SourceFamily`] registered under a kind name. For each
 //! enabled `[[source]]` entry the service builds a [`SourceRunner`] from the
 //! entry's options and runs it with an [`Ingest`] handle: the **same**
 //! decode → chain → encode → admission path the HTTP handler calls, so a
@@ -35,10 +35,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::output::{check_options, BoxFuture, FieldError};
+use crate::component::{Factory, Family};
+use crate::output::BoxFuture;
 
 /// What a message body is, as the source decided from its headers or
 /// options.
@@ -192,63 +192,15 @@ pub struct SourceContext {
     pub base_dir: std::path::PathBuf,
 }
 
-/// Builds sources of one kind from options; implemented through
-/// [`Source`].
-pub trait SourceFactory: Send + Sync {
-    /// The `type = "..."` of `[[source]]` and the default source name.
-    fn kind(&self) -> &'static str;
-    fn description(&self) -> &'static str;
-    /// JSON Schema of the source's own options.
-    fn options_schema(&self) -> schemars::Schema;
-    /// Option names whose values are secrets (never shown, masked).
-    fn secret_fields(&self) -> &'static [&'static str];
-    /// Every problem with `options`, not just the first.
-    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError>;
-    /// Builds the runner; `options` passed [`SourceFactory::check`].
-    fn build(&self, options: &Map<String, Value>, ctx: &SourceContext) -> anyhow::Result<Arc<dyn SourceRunner>>;
+/// Sources: built from a [`SourceContext`], they build a [`SourceRunner`].
+/// A source implements [`Component`](crate::component::Component) with
+/// `type Family = SourceFamily`.
+pub struct SourceFamily;
+
+impl Family for SourceFamily {
+    type Context = SourceContext;
+    type Built = dyn SourceRunner;
 }
 
-/// The typed way to write a source, like [`crate::output::Output`]:
-/// options as a documented struct, the blanket implementation makes it a
-/// [`SourceFactory`].
-pub trait Source: Send + Sync {
-    /// The source's options (`deny_unknown_fields`, `default`).
-    type Options: DeserializeOwned + schemars::JsonSchema + Default;
-
-    fn kind(&self) -> &'static str;
-    fn description(&self) -> &'static str;
-    fn secret_fields(&self) -> &'static [&'static str] {
-        &[]
-    }
-    /// Checks a type cannot express, every problem listed.
-    fn validate(&self, options: &Self::Options) -> Vec<FieldError>;
-    fn build(&self, options: Self::Options, ctx: &SourceContext) -> anyhow::Result<Arc<dyn SourceRunner>>;
-}
-
-impl<S: Source> SourceFactory for S {
-    fn kind(&self) -> &'static str {
-        Source::kind(self)
-    }
-
-    fn description(&self) -> &'static str {
-        Source::description(self)
-    }
-
-    fn options_schema(&self) -> schemars::Schema {
-        schemars::schema_for!(S::Options)
-    }
-
-    fn secret_fields(&self) -> &'static [&'static str] {
-        Source::secret_fields(self)
-    }
-
-    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError> {
-        check_options::<S::Options>(options, |typed| Source::validate(self, typed))
-    }
-
-    fn build(&self, options: &Map<String, Value>, ctx: &SourceContext) -> anyhow::Result<Arc<dyn SourceRunner>> {
-        let typed = <S::Options as serde::Deserialize>::deserialize(Value::Object(options.clone()))
-            .map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
-        Source::build(self, typed, ctx)
-    }
-}
+/// What the registry holds for a source kind.
+pub type SourceFactory = dyn Factory<SourceFamily>;

@@ -2,7 +2,7 @@
 //! database, a feed) is kept up to date from somewhere else, without the
 //! core knowing any publisher or file format.
 //!
-//! An updater is an [`UpdaterFactory`] registered under a kind name. For
+//! An updater is a component of the [`UpdaterFamily`] registered under a kind name. For
 //! each enabled `[[update]]` entry the service builds an [`UpdateRunner`]
 //! and calls [`UpdateRunner::fetch`] on the entry's schedule (and when an
 //! operator asks). The split of work mirrors the sources' and outputs':
@@ -24,16 +24,14 @@
 //! file in the staging path when it answers [`Fetched::Staged`]; bound
 //! every download in bytes and time; never put a secret (licence key,
 //! token) in an error text (the core also masks the values of
-//! [`UpdaterFactory::secret_fields`]).
+//! [`Factory::secret_fields`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-use crate::output::{check_options, BoxFuture, FieldError};
+use crate::component::{Factory, Family};
+use crate::output::BoxFuture;
 
 /// What the last successful fetch learned about the remote copy, handed
 /// back on the next one so it can ask "changed since?". Kept by the core
@@ -88,63 +86,16 @@ pub trait UpdateRunner: Send + Sync {
     fn fetch<'a>(&'a self, known: &'a Validators, staging: &'a Path) -> BoxFuture<'a, Result<Fetched, String>>;
 }
 
-/// Builds updaters of one kind from options; implemented through
-/// [`Updater`].
-pub trait UpdaterFactory: Send + Sync {
-    /// The `type = "..."` of `[[update]]` and the default entry name.
-    fn kind(&self) -> &'static str;
-    fn description(&self) -> &'static str;
-    /// JSON Schema of the updater's own options.
-    fn options_schema(&self) -> schemars::Schema;
-    /// Option names whose values are secrets (never shown, masked).
-    fn secret_fields(&self) -> &'static [&'static str];
-    /// Every problem with `options`, not just the first.
-    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError>;
-    /// Builds the runner; `options` passed [`UpdaterFactory::check`].
-    fn build(&self, options: &Map<String, Value>, ctx: &UpdateContext) -> anyhow::Result<Arc<dyn UpdateRunner>>;
+/// Data-file updaters: built from an [`UpdateContext`], they build an
+/// [`UpdateRunner`]. An updater implements
+/// [`Component`](crate::component::Component) with
+/// `type Family = UpdaterFamily`.
+pub struct UpdaterFamily;
+
+impl Family for UpdaterFamily {
+    type Context = UpdateContext;
+    type Built = dyn UpdateRunner;
 }
 
-/// The typed way to write an updater, like [`crate::source::Source`]:
-/// options as a documented struct, the blanket implementation makes it an
-/// [`UpdaterFactory`].
-pub trait Updater: Send + Sync {
-    /// The updater's options (`deny_unknown_fields`, `default`).
-    type Options: DeserializeOwned + schemars::JsonSchema + Default;
-
-    fn kind(&self) -> &'static str;
-    fn description(&self) -> &'static str;
-    fn secret_fields(&self) -> &'static [&'static str] {
-        &[]
-    }
-    /// Checks a type cannot express, every problem listed.
-    fn validate(&self, options: &Self::Options) -> Vec<FieldError>;
-    fn build(&self, options: Self::Options, ctx: &UpdateContext) -> anyhow::Result<Arc<dyn UpdateRunner>>;
-}
-
-impl<U: Updater> UpdaterFactory for U {
-    fn kind(&self) -> &'static str {
-        Updater::kind(self)
-    }
-
-    fn description(&self) -> &'static str {
-        Updater::description(self)
-    }
-
-    fn options_schema(&self) -> schemars::Schema {
-        schemars::schema_for!(U::Options)
-    }
-
-    fn secret_fields(&self) -> &'static [&'static str] {
-        Updater::secret_fields(self)
-    }
-
-    fn check(&self, options: &Map<String, Value>) -> Vec<FieldError> {
-        check_options::<U::Options>(options, |typed| Updater::validate(self, typed))
-    }
-
-    fn build(&self, options: &Map<String, Value>, ctx: &UpdateContext) -> anyhow::Result<Arc<dyn UpdateRunner>> {
-        let typed = <U::Options as Deserialize>::deserialize(Value::Object(options.clone()))
-            .map_err(|e| anyhow::anyhow!("invalid options: {e}"))?;
-        Updater::build(self, typed, ctx)
-    }
-}
+/// What the registry holds for an updater kind.
+pub type UpdaterFactory = dyn Factory<UpdaterFamily>;

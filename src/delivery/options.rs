@@ -3,11 +3,11 @@
 //! table).
 //!
 //! The runtime's keys are taken out first and checked here; what remains
-//! goes to the kind's [`OutputFactory::check`]. Both lists of problems are
+//! goes to the kind's [`Factory::check`](enrichd_engine::component::Factory::check). Both lists of problems are
 //! returned together, so a `PUT` with five mistakes gets five field errors
 //! in one 422, not one per attempt.
 
-use enrichd_engine::output::{FieldError, OutputFactory};
+use enrichd_engine::output::FieldError;
 use enrichd_engine::Registry;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -192,7 +192,7 @@ impl OutputSpec {
                 format!(
                     "unknown output type {:?}; known: {}",
                     runtime.kind,
-                    registry.outputs().map(OutputFactory::kind).collect::<Vec<_>>().join(", ")
+                    registry.outputs().map(|f| f.kind()).collect::<Vec<_>>().join(", ")
                 ),
             )),
             Some(factory) => errors.extend(factory.check(&options)),

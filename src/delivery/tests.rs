@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use enrichd_engine::component::Component;
 use enrichd_engine::output::{
-    BoxFuture, FieldError, OutEvent, Outcome, Output, OutputContext, SendReport, Sink, SinkBatch,
+    BoxFuture, FieldError, OutEvent, Outcome, OutputContext, OutputFamily, SendReport, Sink, SinkBatch,
 };
 use enrichd_engine::{Profiles, Registry};
 use serde_json::{json, Map, Value};
@@ -59,7 +60,8 @@ struct ScriptOutput {
     shared: Arc<Shared>,
 }
 
-impl Output for ScriptOutput {
+impl Component for ScriptOutput {
+    type Family = OutputFamily;
     type Options = ScriptOptions;
     fn kind(&self) -> &'static str {
         "script"

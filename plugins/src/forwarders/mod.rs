@@ -3,7 +3,7 @@
 //! `[[forward]] type = ...`).
 //!
 //! Each implements the engine's
-//! [`Forward`](enrichd_engine::forward::Forward) trait: one attempt per
+//! [`Component`](enrichd_engine::component::Component) contract (family [`ForwardFamily`](enrichd_engine::forward::ForwardFamily)): one attempt per
 //! batch, resolving only once the queue holds it durably (the HTTP answer
 //! waits on it). See the contract in `enrichd_engine::forward`.
 //!

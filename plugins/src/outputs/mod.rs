@@ -1,7 +1,9 @@
 //! enrichd's outputs: where enriched events go (`[[output]] type = ...`).
 //!
-//! Each output implements the engine's [`Output`](enrichd_engine::output::Output)
-//! trait and nothing more: it speaks one protocol and reports, per event
+//! Each output implements the engine's
+//! [`Component`](enrichd_engine::component::Component) contract with
+//! family [`OutputFamily`](enrichd_engine::output::OutputFamily) and
+//! nothing more: it speaks one protocol and reports, per event
 //! and per attempt, `Delivered`, `Retry` or `Reject`. Queueing, retries with
 //! backoff, the dead-letter and backpressure belong to the delivery runtime
 //! in the service, so that they are the same for every destination and an

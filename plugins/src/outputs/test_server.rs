@@ -123,7 +123,7 @@ pub(crate) fn context(base_dir: &Path) -> OutputContext {
 
 /// Builds a sink from JSON options after checking them, as the runtime
 /// does.
-pub(crate) fn build(factory: &dyn OutputFactory, options: Value, base_dir: &Path) -> Arc<dyn Sink> {
+pub(crate) fn build(factory: &OutputFactory, options: Value, base_dir: &Path) -> Arc<dyn Sink> {
     let options: Map<String, Value> = serde_json::from_value(options).unwrap();
     let errors = factory.check(&options);
     assert!(errors.is_empty(), "{errors:?}");
@@ -131,7 +131,7 @@ pub(crate) fn build(factory: &dyn OutputFactory, options: Value, base_dir: &Path
 }
 
 /// The field names `check` complains about, in order.
-pub(crate) fn error_fields(factory: &dyn OutputFactory, options: Value) -> Vec<String> {
+pub(crate) fn error_fields(factory: &OutputFactory, options: Value) -> Vec<String> {
     let options: Map<String, Value> = serde_json::from_value(options).unwrap();
     factory.check(&options).into_iter().map(|e| e.field).collect()
 }

@@ -36,7 +36,7 @@ fn every_output_is_registered_with_a_documented_closed_schema() {
 
 #[test]
 fn ca_file_is_read_relative_to_the_base_dir_at_build() {
-    use enrichd_engine::output::OutputFactory;
+    use enrichd_engine::component::Factory;
     let dir = tempfile::tempdir().unwrap();
     let ctx = super::test_server::context(dir.path());
     let build = |extra: serde_json::Value| {

@@ -2,7 +2,7 @@
 //! (`[[source]] type = ...`).
 //!
 //! Each source implements the engine's
-//! [`Source`](enrichd_engine::source::Source) trait and nothing more: it
+//! [`Component`](enrichd_engine::component::Component) contract (family [`SourceFamily`](enrichd_engine::source::SourceFamily)) and nothing more: it
 //! speaks one protocol, hands each message body to the core's
 //! [`Ingest`](enrichd_engine::source::Ingest) handle (the same pipeline and
 //! admission as HTTP ingest) and settles the message from the answer.

@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
-use enrichd_engine::forward::{Forward, ForwardContext, ForwardError, Forwarder, RawBatch};
+use enrichd_engine::component::Component;
+use enrichd_engine::forward::{ForwardContext, ForwardError, ForwardFamily, Forwarder, RawBatch};
 use enrichd_engine::output::{BoxFuture, FieldError};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -70,7 +71,8 @@ impl NatsForwardOptions {
 /// The `nats` forwarding kind.
 pub struct NatsForward;
 
-impl Forward for NatsForward {
+impl Component for NatsForward {
+    type Family = ForwardFamily;
     type Options = NatsForwardOptions;
 
     fn kind(&self) -> &'static str {

@@ -1,5 +1,6 @@
 use async_nats::jetstream;
-use enrichd_engine::forward::{ForwardContext, ForwardError, ForwardFactory, RawBatch};
+use enrichd_engine::component::Factory;
+use enrichd_engine::forward::{ForwardContext, ForwardError, RawBatch};
 use serde_json::{json, Map, Value};
 
 use super::*;
@@ -13,7 +14,7 @@ fn fields(options: Value) -> Vec<String> {
 fn build(options: Value) -> Arc<dyn Forwarder> {
     let options: Map<String, Value> = serde_json::from_value(options).unwrap();
     assert!(NatsForward.check(&options).is_empty());
-    ForwardFactory::build(&NatsForward, &options, &ForwardContext { name: "nats".into() }).unwrap()
+    Factory::build(&NatsForward, &options, &ForwardContext { name: "nats".into() }).unwrap()
 }
 
 #[test]

@@ -30,8 +30,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use enrichd_engine::component::Component;
 use enrichd_engine::output::{
-    redact_url, BoxFuture, FieldError, Outcome, Output, OutputContext, SendReport, Sink, SinkBatch,
+    redact_url, BoxFuture, FieldError, Outcome, OutputContext, OutputFamily, SendReport, Sink, SinkBatch,
 };
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::Deserialize;
@@ -43,7 +44,8 @@ use super::http::{execute, secret_header, snippet, HttpOptions};
 /// Factory of the `elastic` output.
 pub struct ElasticOutput;
 
-impl Output for ElasticOutput {
+impl Component for ElasticOutput {
+    type Family = OutputFamily;
     type Options = ElasticOptions;
 
     fn kind(&self) -> &'static str {

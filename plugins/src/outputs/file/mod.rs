@@ -23,14 +23,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use enrichd_engine::output::{BoxFuture, FieldError, Outcome, Output, OutputContext, SendReport, Sink, SinkBatch};
+use enrichd_engine::component::Component;
+use enrichd_engine::output::{
+    BoxFuture, FieldError, Outcome, OutputContext, OutputFamily, SendReport, Sink, SinkBatch,
+};
 
 pub use self::options::FileOptions;
 
 /// Factory of the `file` output.
 pub struct FileOutput;
 
-impl Output for FileOutput {
+impl Component for FileOutput {
+    type Family = OutputFamily;
     type Options = FileOptions;
 
     fn kind(&self) -> &'static str {

@@ -96,7 +96,7 @@ fn an_unwritable_path_fails_the_build() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("taken")).unwrap();
     let options = serde_json::from_value(json!({ "path": "taken" })).unwrap();
-    let error = enrichd_engine::output::OutputFactory::build(
+    let error = enrichd_engine::component::Factory::build(
         &FileOutput,
         &options,
         &crate::outputs::test_server::context(dir.path()),

@@ -34,8 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
+use enrichd_engine::component::Component;
 use enrichd_engine::output::{
-    BoxFuture, FieldError, OutEvent, Outcome, Output, OutputContext, SendReport, Sink, SinkBatch,
+    BoxFuture, FieldError, OutEvent, Outcome, OutputContext, OutputFamily, SendReport, Sink, SinkBatch,
 };
 
 pub use options::NatsOutputOptions;
@@ -49,7 +50,8 @@ const HEADER_ROOM: usize = 512;
 /// The `nats` output kind.
 pub struct NatsOutput;
 
-impl Output for NatsOutput {
+impl Component for NatsOutput {
+    type Family = OutputFamily;
     type Options = NatsOutputOptions;
 
     fn kind(&self) -> &'static str {

@@ -34,8 +34,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use enrichd_engine::component::Component;
 use enrichd_engine::output::{
-    redact_url, BoxFuture, FieldError, Outcome, Output, OutputContext, SendReport, Sink, SinkBatch,
+    redact_url, BoxFuture, FieldError, Outcome, OutputContext, OutputFamily, SendReport, Sink, SinkBatch,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde::Deserialize;
@@ -53,7 +54,8 @@ const INCORRECT_INDEX: i64 = 7;
 /// Factory of the `splunk` output.
 pub struct SplunkOutput;
 
-impl Output for SplunkOutput {
+impl Component for SplunkOutput {
+    type Family = OutputFamily;
     type Options = SplunkOptions;
 
     fn kind(&self) -> &'static str {

@@ -34,9 +34,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream, AckKind};
+use enrichd_engine::component::Component;
 use enrichd_engine::output::{BoxFuture, FieldError};
 use enrichd_engine::source::{
-    DeadMessage, Ingest, Payload, PayloadShape, Refusal, Source, SourceContext, SourceRunner, SourceStats, StopSignal,
+    DeadMessage, Ingest, Payload, PayloadShape, Refusal, SourceContext, SourceFamily, SourceRunner, SourceStats,
+    StopSignal,
 };
 use futures_util::StreamExt;
 
@@ -45,7 +47,8 @@ pub use options::NatsSourceOptions;
 /// The `nats` source kind.
 pub struct NatsSource;
 
-impl Source for NatsSource {
+impl Component for NatsSource {
+    type Family = SourceFamily;
     type Options = NatsSourceOptions;
 
     fn kind(&self) -> &'static str {

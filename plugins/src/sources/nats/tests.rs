@@ -3,10 +3,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
+use enrichd_engine::component::Factory;
 use enrichd_engine::output::BoxFuture;
-use enrichd_engine::source::{
-    Accepted, DeadMessage, Ingest, Payload, PayloadShape, Refusal, SourceFactory, SourceStats,
-};
+use enrichd_engine::source::{Accepted, DeadMessage, Ingest, Payload, PayloadShape, Refusal, SourceStats};
 use serde_json::{json, Map, Value};
 
 use super::*;
@@ -32,7 +31,7 @@ fn registered_with_a_documented_closed_schema() {
     for (name, property) in properties {
         assert!(property["description"].as_str().is_some_and(|d| d.len() > 10), "{name} is undocumented");
     }
-    assert_eq!(SourceFactory::secret_fields(&NatsSource), ["password", "token"]);
+    assert_eq!(Factory::secret_fields(&NatsSource), ["password", "token"]);
 }
 
 #[test]
@@ -144,7 +143,7 @@ async fn messages_are_acked_termed_or_given_back_as_the_core_answers() {
     let options: Map<String, Value> = serde_json::from_value(options).unwrap();
     assert!(NatsSource.check(&options).is_empty());
     let ctx = SourceContext { name: "nats".into(), base_dir: std::env::temp_dir() };
-    let runner = SourceFactory::build(&NatsSource, &options, &ctx).unwrap();
+    let runner = Factory::build(&NatsSource, &options, &ctx).unwrap();
     let ingest = Arc::new(Scripted { full_refusals: Mutex::new(2), ..Default::default() });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(runner.run(

@@ -27,8 +27,9 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use enrichd_engine::component::Component;
 use enrichd_engine::output::{BoxFuture, FieldError};
-use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, Updater, Validators};
+use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, UpdaterFamily, Validators};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
@@ -139,7 +140,8 @@ fn check_bounds(max_download: u64, max_database: u64, timeout_s: u64, errors: &m
 /// The `maxmind` updater kind.
 pub struct MaxMindUpdater;
 
-impl Updater for MaxMindUpdater {
+impl Component for MaxMindUpdater {
+    type Family = UpdaterFamily;
     type Options = MaxMindOptions;
 
     fn kind(&self) -> &'static str {
@@ -248,7 +250,8 @@ impl RunnerParts for MaxMindRunner {
 /// The `mmdb_url` updater kind.
 pub struct MmdbUrlUpdater;
 
-impl Updater for MmdbUrlUpdater {
+impl Component for MmdbUrlUpdater {
+    type Family = UpdaterFamily;
     type Options = MmdbUrlOptions;
 
     fn kind(&self) -> &'static str {

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, UpdaterFactory, Validators};
+use enrichd_engine::component::Factory;
+use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, Validators};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -99,7 +100,7 @@ async fn serve(remote: Shared) -> String {
     format!("http://{addr}")
 }
 
-fn runner(factory: &dyn UpdaterFactory, options: Value, target: &Path) -> Arc<dyn UpdateRunner> {
+fn runner(factory: &enrichd_engine::updater::UpdaterFactory, options: Value, target: &Path) -> Arc<dyn UpdateRunner> {
     let Value::Object(options) = options else { panic!("options are an object") };
     assert_eq!(factory.check(&options), vec![], "options check");
     let ctx = UpdateContext { name: "t".into(), base_dir: "/".into(), target: target.to_path_buf() };
@@ -277,7 +278,7 @@ async fn downloads_and_databases_are_bounded() {
 
 #[test]
 fn options_are_checked_whole() {
-    let check = |f: &dyn UpdaterFactory, v: Value| {
+    let check = |f: &enrichd_engine::updater::UpdaterFactory, v: Value| {
         let Value::Object(o) = v else { unreachable!() };
         f.check(&o).into_iter().map(|e| e.field).collect::<Vec<_>>()
     };
@@ -295,6 +296,6 @@ fn options_are_checked_whole() {
         unreachable!()
     };
     let ctx = UpdateContext { name: "t".into(), base_dir: "/".into(), target: "/x".into() };
-    let err = UpdaterFactory::build(&MaxMindUpdater, &o, &ctx).err().unwrap().to_string();
+    let err = Factory::build(&MaxMindUpdater, &o, &ctx).err().unwrap().to_string();
     assert!(err.contains("ENRICHD_TEST_NO_SUCH_VAR"), "{err}");
 }
