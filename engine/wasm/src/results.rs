@@ -53,7 +53,11 @@ fn intern(table: &mut HashMap<Box<[u8]>, JsonFragment>, key: &[u8], json: String
     fragment
 }
 
-/// A field value from the guest, checked to be one JSON value.
+/// A field value from the guest, checked to be one JSON value that
+/// JSON readers downstream accept: numbers must fit an IEEE double
+/// (RFC 7493), which a syntax-only check lets through (`24e457`: found by
+/// the `wasm_results` fuzz target). Parsed into a `Value` only on a cache
+/// miss: values repeat.
 fn interned_json_value(
     value: &[u8],
     table: &mut HashMap<Box<[u8]>, JsonFragment>,
@@ -65,7 +69,7 @@ fn interned_json_value(
         return Ok(f.clone());
     }
     let text = std::str::from_utf8(value).map_err(|_| FailureKind::MalformedResult)?;
-    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| FailureKind::MalformedResult)?;
+    serde_json::from_str::<serde_json::Value>(text).map_err(|_| FailureKind::MalformedResult)?;
     Ok(intern(table, &key, text.to_owned()))
 }
 
@@ -309,4 +313,26 @@ impl ResultWriter {
 #[inline]
 fn is_utf8(bytes: &[u8]) -> bool {
     bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_values_are_json_that_readers_accept() {
+        let mut table = HashMap::default();
+        for good in [&b"1.5"[..], b"-0", b"1e308", b"\"x\"", b"{\"a\":[1,2,{\"b\":null}]}", b"true"] {
+            assert!(interned_json_value(good, &mut table).is_ok(), "{}", String::from_utf8_lossy(good));
+        }
+        // The fuzz target's crash (fuzz/artifacts/wasm_results/crash-5d3bdbed…):
+        // a number no double holds made the enriched answer unreadable.
+        for bad in [&b"24e457"[..], b"-1e400", b"[1,2e999]", b"{\"a\":1", b"1 2", b"\xff"] {
+            assert!(
+                matches!(interned_json_value(bad, &mut table), Err(FailureKind::MalformedResult)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }
