@@ -7,7 +7,7 @@
 //! | response                          | outcome                            |
 //! |-----------------------------------|------------------------------------|
 //! | item 2xx                          | `Delivered`                        |
-//! | item 409 on `create` (`id_mode = "hash"`) | `Delivered` (already indexed by an earlier attempt) |
+//! | item 409 on `create` (`id_mode = "hash"`) | `Duplicate` (already indexed by an earlier attempt: sent, and counted as a duplicate) |
 //! | item 429 or 5xx                   | `Retry` (error type and reason)    |
 //! | item other 4xx (mapping, parse)   | `Reject` (error type and reason)   |
 //! | request 429, 5xx, 3xx, 401/403/404/408, network, timeout, unreadable 200 | all `Retry` |
@@ -216,7 +216,7 @@ impl ElasticSink {
         let result = &item.result;
         match result.status {
             200..=299 => Outcome::Delivered,
-            409 if item.op == BulkOp::Create && self.id_mode == IdMode::Hash => Outcome::Delivered,
+            409 if item.op == BulkOp::Create && self.id_mode == IdMode::Hash => Outcome::Duplicate,
             429 | 500.. => Outcome::Retry(result.describe()),
             400..=499 => Outcome::Reject(result.describe()),
             _ => Outcome::Retry(result.describe()),

@@ -39,8 +39,8 @@ pub struct ElasticOptions {
     /// Document ids: `none` lets Elasticsearch choose (a batch retried after
     /// a timeout may then be indexed twice); `hash` sets `_id` to a 128-bit
     /// hash of the event's bytes and uses `create`, so a retried event that
-    /// was already indexed is answered 409 and counted as delivered
-    /// (byte-identical events are then stored once).
+    /// was already indexed is answered 409 and counted as sent and as a
+    /// duplicate (byte-identical events are then stored once).
     pub id_mode: IdMode,
     /// An ingest pipeline to run on every event (`?pipeline=`).
     pub pipeline: Option<String>,

@@ -167,7 +167,7 @@ async fn each_item_gets_its_own_outcome() {
             Outcome::Delivered,
             Outcome::Delivered,
             // Already indexed by an earlier attempt.
-            Outcome::Delivered,
+            Outcome::Duplicate,
             Outcome::Retry("err_429: reason 429".into()),
             Outcome::Reject("err_400: reason 400".into()),
             Outcome::Retry("err_503: reason 503".into()),
