@@ -165,9 +165,17 @@ impl Batch {
 
     /// Writes all events as NDJSON (one object per line).
     pub fn write_ndjson(&self, keys: &[Box<str>], out: &mut Vec<u8>) {
+        self.write_ndjson_part(keys, 0..self.events.len(), out);
+    }
+
+    /// [`Batch::write_ndjson`] of the events in `range` only (one part of
+    /// a batch encoded on several threads).
+    pub fn write_ndjson_part(&self, keys: &[Box<str>], range: std::ops::Range<usize>, out: &mut Vec<u8>) {
         let encoded = EncodedKeys::new(keys);
-        out.reserve(self.source.len() + 64 * self.events.len());
-        for event in &self.events {
+        let events = &self.events[range];
+        let source_share = self.source.len() * events.len() / self.events.len().max(1);
+        out.reserve(source_share + 64 * events.len());
+        for event in events {
             let start = out.len();
             self.write_event_keyed(event, &encoded, out);
             one_line(&mut out[start..]);
@@ -206,13 +214,23 @@ impl Batch {
     /// only where [`one_line`] turned a line break between tokens into a
     /// space.
     pub fn write_ingest_response_from_lines(&self, ndjson: &[u8], out: &mut Vec<u8>) {
-        out.reserve(ndjson.len() + 128);
-        let mut start = 0;
-        let mut ends = memchr::memchr_iter(b'\n', ndjson);
+        self.write_ingest_response_from_line_parts(&[ndjson], out);
+    }
+
+    /// [`Batch::write_ingest_response_from_lines`] from the lines in
+    /// several buffers, in order (parts encoded on several threads).
+    pub fn write_ingest_response_from_line_parts(&self, parts: &[&[u8]], out: &mut Vec<u8>) {
+        out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 128);
+        let mut lines = parts.iter().flat_map(|part| {
+            let mut start = 0;
+            memchr::memchr_iter(b'\n', part).map(move |end| {
+                let line = &part[start..end];
+                start = end + 1;
+                line
+            })
+        });
         self.write_ingest_response_with(out, |_, out| {
-            let end = ends.next().expect("one NDJSON line per event");
-            out.extend_from_slice(&ndjson[start..end]);
-            start = end + 1;
+            out.extend_from_slice(lines.next().expect("one NDJSON line per event"));
         });
     }
 }

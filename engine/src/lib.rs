@@ -45,7 +45,7 @@ pub use fact::{FactDecl, FactId, FactInfo, FactKind, ValuesReader};
 pub use format::Format;
 pub use live::{Engine, Outcome, ReloadReport, StageReload};
 pub use parse::{parse_envelope, parse_ndjson, InputError, Limits, ParseSpec};
-pub use pipeline::{Encoding, Input, Observer, Pipeline, Processed, Shape, Skipped, Timing};
+pub use pipeline::{Encoding, Input, Observer, Pipeline, Processed, Shape, Skipped, Split, Timing};
 pub use plugin::{
     rfc3339, source_info, to_hex, BuildContext, Enricher, EnvOverride, LookupAnswer, LookupTarget, Plugin,
     PluginFactory, PluginState, PluginStatus, SourceInfo, StatusSeries, StatusTable,

@@ -21,6 +21,11 @@ use crate::format::Format;
 use crate::parse::{parse_envelope, parse_ndjson, InputError, Limits};
 use crate::profile::{Plan, Profile};
 
+pub use split::Split;
+
+#[path = "pipeline_split.rs"]
+mod split;
+
 /// What arrives: bytes in one of the accepted input shapes.
 pub enum Input {
     /// A `/v1/ingest` envelope (`collector_id`, `format`, `records`).
@@ -106,11 +111,18 @@ pub struct Skipped {
 pub struct Pipeline {
     limits: Limits,
     observers: Vec<Arc<dyn Observer>>,
+    split: Split,
 }
 
 impl Pipeline {
     pub fn new(limits: Limits) -> Self {
-        Pipeline { limits, observers: Vec::new() }
+        Pipeline { limits, observers: Vec::new(), split: Split::default() }
+    }
+
+    /// How large batches are split over threads (see [`Split`]).
+    pub fn with_split(mut self, split: Split) -> Self {
+        self.split = split;
+        self
     }
 
     /// Adds an observer; observers run in the order added.
@@ -135,11 +147,10 @@ impl Pipeline {
         arrived: Instant,
         out: &mut Vec<u8>,
     ) -> Result<Processed, InputError> {
-        let started = Instant::now();
-        let mut batch = self.decode(chain, input)?;
-        self.enrich(chain, &mut batch, arrived, started);
-        encode(chain, &batch, &encoding, out);
-        Ok(Processed { events: batch.len(), chain_generation: chain.generation() })
+        let mut outs = [std::mem::take(out)];
+        let result = self.run_many(chain, input, std::slice::from_ref(&encoding), arrived, &mut outs);
+        *out = std::mem::take(&mut outs[0]);
+        result
     }
 
     /// [`Pipeline::run`] writing the enriched batch once per encoding
@@ -154,9 +165,15 @@ impl Pipeline {
         outs: &mut [Vec<u8>],
     ) -> Result<Processed, InputError> {
         assert_eq!(encodings.len(), outs.len(), "one output buffer per encoding");
+        let _busy = self.split.enter();
         let started = Instant::now();
         let mut batch = self.decode(chain, input)?;
-        self.enrich(chain, &mut batch, arrived, started);
+        let parts = self.split.parts(batch.len());
+        self.enrich_split(chain, &mut batch, arrived, started, parts);
+        if parts > 1 {
+            split::encode(chain, &batch, encodings, outs, parts);
+            return Ok(Processed { events: batch.len(), chain_generation: chain.generation() });
+        }
         // Encoding is most of a batch's write cost: an answer in the same
         // layout as an NDJSON encoding is built from those lines (a copy)
         // instead of writing every event a second time.
@@ -168,6 +185,9 @@ impl Pipeline {
                 })
                 .flatten()
         };
+        // Where this run's bytes start in each buffer (callers may pass
+        // buffers that already hold something: it is appended to).
+        let starts: Vec<usize> = outs.iter().map(Vec::len).collect();
         for (i, (encoding, out)) in encodings.iter().zip(outs.iter_mut()).enumerate() {
             if ndjson_twin(i).is_none() {
                 encode(chain, &batch, encoding, out);
@@ -176,7 +196,7 @@ impl Pipeline {
         for i in 0..encodings.len() {
             if let Some(j) = ndjson_twin(i) {
                 let mut out = std::mem::take(&mut outs[i]);
-                batch.write_ingest_response_from_lines(&outs[j], &mut out);
+                batch.write_ingest_response_from_lines(&outs[j][starts[j]..], &mut out);
                 outs[i] = out;
             }
         }
@@ -230,12 +250,17 @@ impl Pipeline {
 
     /// Runs the chain over a decoded batch and shows it to the observers.
     pub fn enrich(&self, chain: &Chain, batch: &mut Batch, arrived: Instant, started: Instant) {
+        self.enrich_split(chain, batch, arrived, started, 1);
+    }
+
+    /// [`Pipeline::enrich`] with the chain run over `parts` threads.
+    fn enrich_split(&self, chain: &Chain, batch: &mut Batch, arrived: Instant, started: Instant, parts: usize) {
         let events = batch.len();
         let _left = Left { observers: &self.observers, events };
         for o in &self.observers {
             o.entering(events);
         }
-        chain.run(batch);
+        chain.run_split(batch, parts);
         let done = Instant::now();
         let timing = Timing { lag: done - arrived, processing: done - started };
         for o in &self.observers {

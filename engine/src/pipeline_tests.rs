@@ -169,3 +169,81 @@ fn answer_built_from_ndjson_lines_equals_a_direct_encoding() {
         assert_eq!(String::from_utf8(outs[1 - answer].clone()).unwrap().lines().count(), 3);
     }
 }
+
+/// A body of `n` records in varied shapes: compact, escaped, nested, and
+/// ones already carrying the chain's key (the shadowing path).
+fn varied_body(n: usize, pretty: bool) -> Vec<u8> {
+    let records: Vec<String> = (0..n)
+        .map(|i| match i % 4 {
+            0 => format!("{{\"src_ip\":\"10.0.{}.{}\",\"n\":{i}}}", i / 256, i % 256),
+            1 => format!("{{\"note\":\"a\\\"b\\\\c {i}\",\"x\":[1,{{\"y\":null}}]}}"),
+            2 => format!("{{\"seen\":false,\"i\":{i}}}"),
+            _ if pretty => format!("{{\n  \"i\": {i},\r\n  \"z\": \"q\"\n}}"),
+            _ => format!("{{\"i\":{i},\"z\":\"q\"}}"),
+        })
+        .collect();
+    format!("{{\"collector_id\":\"c\",\"format\":\"flows.v1\",\"records\":[{}]}}", records.join(",")).into_bytes()
+}
+
+/// A batch split over threads comes out exactly as the same batch run
+/// whole: every layout, in order, byte for byte (compact records), and
+/// the stage statistics count it once.
+#[test]
+fn split_batches_equal_whole_batches() {
+    let whole = Pipeline::new(Limits::default()).with_split(Split::new(usize::MAX, 1));
+    let split = Pipeline::new(Limits::default()).with_split(Split::new(8, 3));
+    assert_eq!(split.split.parts(100), 3);
+    assert_eq!(split.split.parts(7), 1, "below the threshold");
+    for n in [8, 9, 10, 31, 100] {
+        let body = varied_body(n, false);
+        for encodings in [
+            vec![Encoding::INGEST_RESPONSE],
+            vec![Encoding::NDJSON],
+            vec![Encoding::INGEST_RESPONSE, Encoding::NDJSON, Encoding::NDJSON],
+        ] {
+            let run = |pipeline: &Pipeline, chain: &Chain| {
+                let mut outs = vec![b"kept:".to_vec(); encodings.len()];
+                let done =
+                    pipeline.run_many(chain, Input::Envelope(body.clone()), &encodings, Instant::now(), &mut outs);
+                assert_eq!(done.unwrap().events, n);
+                outs
+            };
+            let chain = chain();
+            let expected = run(&whole, &chain);
+            let got = run(&split, &chain);
+            for (e, g) in expected.iter().zip(&got) {
+                assert_eq!(String::from_utf8_lossy(g), String::from_utf8_lossy(e), "{n} records, {encodings:?}");
+            }
+            let report = &chain.reports()[0];
+            // One whole run and one split run of the same n events.
+            assert_eq!((report.batches, report.events), (2, 2 * n as u64), "a split batch counts once");
+        }
+    }
+    // Pretty-printed records: the same JSON (line breaks between tokens
+    // become spaces in NDJSON lines, from which a split answer is built).
+    let body = varied_body(40, true);
+    let chain = chain();
+    let mut a = vec![Vec::new()];
+    let mut b = vec![Vec::new()];
+    let answer = [Encoding::INGEST_RESPONSE];
+    whole.run_many(&chain, Input::Envelope(body.clone()), &answer, Instant::now(), &mut a).unwrap();
+    split.run_many(&chain, Input::Envelope(body), &answer, Instant::now(), &mut b).unwrap();
+    let parse = |v: &[u8]| serde_json::from_slice::<serde_json::Value>(v).unwrap();
+    assert_eq!(parse(&a[0]), parse(&b[0]));
+}
+
+/// A batch splits only when it is the only one in the pipeline: when the
+/// cores already have other batches, a split would only add hand-offs.
+#[test]
+fn batches_split_only_when_alone() {
+    let split = Split::new(8, 2);
+    assert_eq!(split.parts(1000), 2);
+    let _first = split.enter();
+    assert_eq!(split.parts(1000), 2, "the batch itself counts");
+    {
+        let _second = split.enter();
+        assert_eq!(split.parts(1000), 1, "another batch is in");
+    }
+    assert_eq!(split.parts(1000), 2, "left again");
+    assert_eq!(Split::new(8, 1).parts(1000), 1, "one core: never");
+}

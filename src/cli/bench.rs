@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use enrichd_engine::{parse_ndjson, Chain, Encoding, Format, Input, Limits, Pipeline};
+use enrichd_engine::{parse_ndjson, Chain, Encoding, Format, Input, Limits, Pipeline, Split};
 
 use crate::app;
 use crate::metrics::Metrics;
@@ -154,8 +154,20 @@ fn bench_chain(
     if args.chain_only {
         return;
     }
-    let full = measure_pipeline(budget, chain, w, args.batch_size);
+    let full = measure_pipeline(budget, chain, w, args.batch_size, Split::new(usize::MAX, 1));
     report("full pipeline: parse, chain, metrics, write", &full, w.records);
+    let split = Split::default();
+    if split.max_parts > 1 && args.batch_size >= split.min_events {
+        // What `/v1/ingest` does with a batch this large when it is alone:
+        // chain and writing split over the idle cores (wall time).
+        let parted = measure_pipeline(budget, chain, w, args.batch_size, split);
+        report(
+            &format!("full pipeline, batch split over up to {} threads", Split::default().max_parts),
+            &parted,
+            w.records,
+        );
+        println!("  split vs one thread: {:.2}x the events/s", full.ns_per_event() / parted.ns_per_event());
+    }
     let (full_ns, value_ns, raw_ns) = (full.ns_per_event(), value.ns_per_event(), raw.ns_per_event());
     println!(
         "  full pipeline events/s: {:.2}x the Value baseline's, {:.2}x the raw pass-through's",
@@ -210,9 +222,12 @@ fn measure(budget: Duration, w: &Workload, mut f: impl FnMut(&str, &mut Vec<u8>)
 
 /// The pipeline users run (the same [`Pipeline`] `/v1/ingest` and `enrichd
 /// enrich` use, live metrics attached, their ticker running), on NDJSON.
-fn measure_pipeline(budget: Duration, chain: &Chain, w: &Workload, batch_size: usize) -> Measurement {
+/// `split`: how batches may be split over threads (the one-core figures
+/// use none).
+fn measure_pipeline(budget: Duration, chain: &Chain, w: &Workload, batch_size: usize, split: Split) -> Measurement {
     let metrics = Arc::new(Metrics::default());
-    let pipeline = Pipeline::new(Limits { max_records: batch_size.max(1) }).with_observer(metrics.clone());
+    let pipeline =
+        Pipeline::new(Limits { max_records: batch_size.max(1) }).with_observer(metrics.clone()).with_split(split);
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         // Ticks once a second like the server's ticker; looks at `stop` more often.
