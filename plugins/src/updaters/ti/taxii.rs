@@ -224,6 +224,12 @@ impl TaxiiRunner {
             Ok(text) => read_converted(&text),
             Err(_) => (ConvertedFile::default(), None),
         };
+        if cursor.is_none() {
+            // A full read (no position: first run, or a server that sends
+            // no X-TAXII-Date-Added-Last) replaces the file: objects the
+            // collection no longer holds must not linger.
+            file = ConvertedFile::default();
+        }
         let mut added_last = cursor.clone();
         let mut next: Option<String> = None;
         let (mut pages, mut objects) = (0u32, 0usize);
@@ -293,7 +299,7 @@ impl TaxiiRunner {
 
 /// A file this updater wrote, back into rows by STIX id and the resume
 /// position. Lines it does not recognise are dropped (the file is ours).
-fn read_converted(text: &str) -> (ConvertedFile, Option<String>) {
+pub(super) fn read_converted(text: &str) -> (ConvertedFile, Option<String>) {
     let mut file = ConvertedFile::default();
     let mut cursor = None;
     for line in text.lines() {

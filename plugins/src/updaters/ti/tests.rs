@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, UpdaterFactory, Validators};
 use serde_json::{json, Value};
+use sha2::Digest;
 
 use super::stix::parse_pattern;
 use super::TiFeedUpdater;
@@ -43,8 +44,17 @@ async fn feed(State(remote): State<Shared>, headers: HeaderMap) -> Response {
     response
 }
 
+async fn checksum(State(remote): State<Shared>) -> String {
+    let body = remote.lock().unwrap().body.clone();
+    format!("{}  feed\n", enrichd_engine::to_hex(&sha2::Sha256::digest(body.as_bytes())))
+}
+
 async fn serve(remote: Shared) -> String {
-    let app = axum::Router::new().route("/feed", axum::routing::get(feed)).with_state(remote);
+    let app = axum::Router::new()
+        .route("/feed", axum::routing::get(feed))
+        .route("/feed.sha256", axum::routing::get(checksum))
+        .route("/wrong.sha256", axum::routing::get(|| async { format!("{}  feed\n", "0".repeat(64)) }))
+        .with_state(remote);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -260,4 +270,42 @@ fn stix_patterns() {
     assert!(err("[ipv4-addr:value = '1.2.3.4'").contains("expected"));
     assert!(err("[ipv4-addr:value = '1.2.3.4").contains("unterminated"));
     assert!(err("").contains("expected"));
+}
+
+#[tokio::test]
+async fn a_published_checksum_skips_unchanged_feeds_and_refuses_mismatches() {
+    let remote = Shared::default();
+    remote.lock().unwrap().body = plain_list(5);
+    let url = serve(remote.clone()).await;
+    let (_dir, target, staging) = setup();
+    let runner = runner(json!({ "url": url, "sha256_url": format!("{url}.sha256") }), &target);
+    let Fetched::Staged { validators, .. } = runner.fetch(&Validators::default(), &staging).await.unwrap() else {
+        panic!("staged")
+    };
+    std::fs::rename(&staging, &target).unwrap();
+    assert_eq!(runner.fetch(&validators, &staging).await.unwrap(), Fetched::Unchanged);
+    assert_eq!(remote.lock().unwrap().seen.len(), 1, "the checksum alone was asked the second time");
+    let wrong = self::runner(json!({ "url": url, "sha256_url": format!("{url}/../wrong.sha256") }), &target);
+    let err = wrong.fetch(&Validators::default(), &staging).await.unwrap_err();
+    assert!(err.contains("is not the published"), "{err}");
+}
+
+#[test]
+fn converted_files_read_back_with_their_position() {
+    use super::stix::Converted;
+    let mut file = super::ConvertedFile::default();
+    let row = |id: &str, ip: &str| Converted::Rows { id: id.into(), rows: vec![format!("{ip},,50,,,,,,{id}")] };
+    file.apply(row("indicator--a", "192.0.2.1"));
+    file.apply(row("indicator--b", "192.0.2.2"));
+    file.apply(Converted::Unsupported { id: "indicator--c".into(), reason: "AND is not supported: [x]".into() });
+    let text = file.render(&["taxii added_after: 2026-01-01T00:00:00.000Z".into()]);
+    let (mut back, cursor) = super::taxii::read_converted(&text);
+    assert_eq!(cursor.as_deref(), Some("2026-01-01T00:00:00.000Z"));
+    assert_eq!(back.render(&["taxii added_after: 2026-01-01T00:00:00.000Z".into()]), text);
+    // A new version replaces, a revocation removes.
+    back.apply(row("indicator--a", "192.0.2.9"));
+    back.apply(Converted::Revoked { id: "indicator--b".into() });
+    let text = back.render(&[]);
+    assert!(text.contains("192.0.2.9") && !text.contains("192.0.2.1,") && !text.contains("192.0.2.2"), "{text}");
+    assert!(text.contains("# unsupported\tindicator--c\tAND is not supported"), "{text}");
 }
