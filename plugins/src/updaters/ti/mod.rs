@@ -189,7 +189,24 @@ struct TiFeedRunner {
 
 impl UpdateRunner for TiFeedRunner {
     fn fetch<'a>(&'a self, known: &'a Validators, staging: &'a Path) -> BoxFuture<'a, Result<Fetched, String>> {
-        Box::pin(async move {
+        Box::pin(async move { self.run(known, staging).await.map_err(|e| self.redact(e)) })
+    }
+}
+
+impl TiFeedRunner {
+    /// Feed URLs often carry an API key in their query string: messages
+    /// (the log, `GET /v1/updates`) name the URLs without it.
+    fn redact(&self, mut message: String) -> String {
+        for url in std::iter::once(&self.options.url).chain(&self.options.sha256_url) {
+            if let Some((bare, _)) = url.split_once('?') {
+                message = message.replace(url.as_str(), &format!("{bare}?***"));
+            }
+        }
+        message
+    }
+
+    async fn run(&self, known: &Validators, staging: &Path) -> Result<Fetched, String> {
+        {
             let o = &self.options;
             // With no file in place, download whatever the validators say.
             let have_file = self.target.is_file();
@@ -221,7 +238,7 @@ impl UpdateRunner for TiFeedRunner {
             let report = stage(&content, &self.target, staging, o.max_shrink)?;
             let validators = Validators { etag, last_modified, digest: Some(published.unwrap_or(sha256)) };
             Ok(Fetched::Staged { validators, detail: format!("{}{note}", summary(&report)) })
-        })
+        }
     }
 }
 

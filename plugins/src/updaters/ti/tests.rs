@@ -125,6 +125,10 @@ async fn etag_304_and_a_failed_fetch_change_nothing() {
     remote.lock().unwrap().status = Some(StatusCode::INTERNAL_SERVER_ERROR);
     let err = runner.fetch(&validators, &staging).await.unwrap_err();
     assert!(err.contains("500"), "{err}");
+    // A key in the URL's query string stays out of the message.
+    let keyed = self::runner(json!({ "url": format!("{url}?apikey=Sekr3t-key") }), &target);
+    let err = keyed.fetch(&validators, &staging).await.unwrap_err();
+    assert!(err.contains("500") && err.contains("/feed?***") && !err.contains("Sekr3t"), "{err}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), plain_list(10));
 }
 
