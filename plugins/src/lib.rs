@@ -55,4 +55,6 @@ pub fn register_all(registry: &mut Registry) {
     registry.register_forwarder(Box::new(forwarders::nats::NatsForward));
     registry.register_updater(Box::new(updaters::mmdb::MaxMindUpdater));
     registry.register_updater(Box::new(updaters::mmdb::MmdbUrlUpdater));
+    registry.register_updater(Box::new(updaters::ti::TiFeedUpdater));
+    registry.register_updater(Box::new(updaters::ti::TaxiiUpdater));
 }

@@ -2,6 +2,13 @@
 //! `enrichd_engine::updater`), one folder per file format:
 //!
 //! - [`mmdb`]: `.mmdb` databases, from MaxMind's download service
-//!   (`maxmind`) or any URL (`mmdb_url`).
+//!   (`maxmind`) or any URL (`mmdb_url`);
+//! - [`ti`]: indicator files of the `ti` stage, from any URL (`ti_feed`:
+//!   plain, CSV, Zeek intel, STIX 2.1 bundles) or a TAXII 2.1 collection
+//!   (`taxii`).
+//!
+//! `http` is the bounded HTTP client they share.
 
+mod http;
 pub mod mmdb;
+pub mod ti;

@@ -33,7 +33,7 @@ use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, UpdaterFamil
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
-use self::fetch::{Fetcher, Got, DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S};
+use super::http::{Fetcher, Got, DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S};
 
 /// `[[update]] type = "maxmind"`: a MaxMind GeoIP2 / GeoLite2 edition from
 /// MaxMind's download service.

@@ -1,0 +1,315 @@
+//! The `ti_feed` updater against a local HTTP server (ETag/304, 500,
+//! truncated and slow bodies, the size cap, the shrink guard, CSV column
+//! mapping, STIX bundles) and the STIX pattern reader. The TAXII updater
+//! is tested end to end against medallion (tests/ti_feeds.rs).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, UpdaterFactory, Validators};
+use serde_json::{json, Value};
+use sha2::Digest;
+
+use super::stix::parse_pattern;
+use super::TiFeedUpdater;
+
+#[derive(Default)]
+struct Remote {
+    body: String,
+    etag: Option<String>,
+    status: Option<StatusCode>,
+    seen: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Remote>>;
+
+async fn feed(State(remote): State<Shared>, headers: HeaderMap) -> Response {
+    let mut r = remote.lock().unwrap();
+    let asked = headers.get("if-none-match").and_then(|v| v.to_str().ok()).map(String::from);
+    r.seen.push(asked.clone().unwrap_or_default());
+    if let Some(status) = r.status {
+        return (status, "upstream broke").into_response();
+    }
+    if asked.is_some() && asked == r.etag {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    let mut response = r.body.clone().into_response();
+    if let Some(etag) = &r.etag {
+        response.headers_mut().insert("etag", etag.parse().unwrap());
+    }
+    response
+}
+
+async fn checksum(State(remote): State<Shared>) -> String {
+    let body = remote.lock().unwrap().body.clone();
+    format!("{}  feed\n", enrichd_engine::to_hex(&sha2::Sha256::digest(body.as_bytes())))
+}
+
+async fn serve(remote: Shared) -> String {
+    let app = axum::Router::new()
+        .route("/feed", axum::routing::get(feed))
+        .route("/feed.sha256", axum::routing::get(checksum))
+        .route("/wrong.sha256", axum::routing::get(|| async { format!("{}  feed\n", "0".repeat(64)) }))
+        .with_state(remote);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/feed")
+}
+
+/// Answers every request with `body`, announcing `announced` bytes, and
+/// sleeping `pause` after the first half.
+async fn raw_server(body: Vec<u8>, announced: usize, pause: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let body = body.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = [0u8; 4096];
+                let _ = socket.read(&mut head).await;
+                let header = format!("HTTP/1.1 200 OK\r\ncontent-length: {announced}\r\n\r\n");
+                let _ = socket.write_all(header.as_bytes()).await;
+                let half = body.len() / 2;
+                let _ = socket.write_all(&body[..half]).await;
+                let _ = socket.flush().await;
+                tokio::time::sleep(pause).await;
+                let _ = socket.write_all(&body[half..]).await;
+            });
+        }
+    });
+    format!("http://{addr}/feed")
+}
+
+fn runner(options: Value, target: &Path) -> Arc<dyn UpdateRunner> {
+    let Value::Object(options) = options else { panic!("options are an object") };
+    assert_eq!(TiFeedUpdater.check(&options), vec![], "options check");
+    let ctx = UpdateContext { name: "t".into(), base_dir: "/".into(), target: target.to_path_buf() };
+    TiFeedUpdater.build(&options, &ctx).unwrap()
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, staging) = (dir.path().join("feed.csv"), dir.path().join(".feed.csv.update"));
+    (dir, target, staging)
+}
+
+fn plain_list(n: usize) -> String {
+    (0..n).map(|i| format!("198.51.{}.{}\n", i / 250, i % 250 + 1)).collect()
+}
+
+#[tokio::test]
+async fn etag_304_and_a_failed_fetch_change_nothing() {
+    let remote = Shared::default();
+    remote.lock().unwrap().body = plain_list(10);
+    remote.lock().unwrap().etag = Some("\"v1\"".into());
+    let url = serve(remote.clone()).await;
+    let (_dir, target, staging) = setup();
+    let runner = runner(json!({ "url": url }), &target);
+    let Fetched::Staged { validators, detail } = runner.fetch(&Validators::default(), &staging).await.unwrap() else {
+        panic!("staged")
+    };
+    assert_eq!(detail, "plain: 10 indicators");
+    assert_eq!(validators.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(std::fs::read_to_string(&staging).unwrap(), plain_list(10));
+    std::fs::rename(&staging, &target).unwrap();
+    assert_eq!(runner.fetch(&validators, &staging).await.unwrap(), Fetched::Unchanged);
+    assert_eq!(remote.lock().unwrap().seen, ["", "\"v1\""], "asked conditionally the second time");
+    // A 500 is an error (the core keeps the current file and validators).
+    remote.lock().unwrap().status = Some(StatusCode::INTERNAL_SERVER_ERROR);
+    let err = runner.fetch(&validators, &staging).await.unwrap_err();
+    assert!(err.contains("500"), "{err}");
+    // A key in the URL's query string stays out of the message.
+    let keyed = self::runner(json!({ "url": format!("{url}?apikey=Sekr3t-key") }), &target);
+    let err = keyed.fetch(&validators, &staging).await.unwrap_err();
+    assert!(err.contains("500") && err.contains("/feed?***") && !err.contains("Sekr3t"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), plain_list(10));
+}
+
+#[tokio::test]
+async fn truncated_slow_and_oversized_bodies_are_refused() {
+    let (_dir, target, staging) = setup();
+    let body = plain_list(100).into_bytes();
+    // The connection closes before the announced length.
+    let url = raw_server(body.clone(), body.len() + 100, Duration::ZERO).await;
+    let err = runner(json!({ "url": url }), &target).fetch(&Validators::default(), &staging).await.unwrap_err();
+    assert!(err.contains("cut off") || err.contains("truncated"), "{err}");
+    // The body stalls past timeout_s.
+    let url = raw_server(body.clone(), body.len(), Duration::from_secs(5)).await;
+    let started = Instant::now();
+    let err = runner(json!({ "url": url, "timeout_s": 1 }), &target)
+        .fetch(&Validators::default(), &staging)
+        .await
+        .unwrap_err();
+    assert!(err.contains("timed out") || err.contains("cut off"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    // Over the size cap.
+    let url = raw_server(body.clone(), body.len(), Duration::ZERO).await;
+    let err = runner(json!({ "url": url, "max_download_bytes": 500 }), &target)
+        .fetch(&Validators::default(), &staging)
+        .await
+        .unwrap_err();
+    assert!(err.contains("max_download_bytes"), "{err}");
+    assert!(!target.exists());
+}
+
+#[tokio::test]
+async fn a_feed_shrinking_past_max_shrink_is_held_back() {
+    let remote = Shared::default();
+    remote.lock().unwrap().body = plain_list(100);
+    let url = serve(remote.clone()).await;
+    let (_dir, target, staging) = setup();
+    let runner = runner(json!({ "url": url, "max_shrink": 0.3 }), &target);
+    assert!(matches!(runner.fetch(&Validators::default(), &staging).await.unwrap(), Fetched::Staged { .. }));
+    std::fs::rename(&staging, &target).unwrap();
+    // 75 of 100: a loss of 25%, within 30%.
+    remote.lock().unwrap().body = plain_list(75);
+    assert!(matches!(runner.fetch(&Validators::default(), &staging).await.unwrap(), Fetched::Staged { .. }));
+    std::fs::rename(&staging, &target).unwrap();
+    // 50 of 75: a third, held back.
+    remote.lock().unwrap().body = plain_list(50);
+    let err = runner.fetch(&Validators::default(), &staging).await.unwrap_err();
+    assert!(err.contains("held back") && err.contains("50") && err.contains("75"), "{err}");
+    // Garbage is refused whatever the guard says.
+    remote.lock().unwrap().body = "<html>maintenance</html>\n".repeat(80);
+    let err = runner.fetch(&Validators::default(), &staging).await.unwrap_err();
+    assert!(err.contains("no valid indicator"), "{err}");
+}
+
+#[tokio::test]
+async fn csv_columns_rename_the_feeds_header() {
+    let remote = Shared::default();
+    remote.lock().unwrap().body =
+        "ioc,score,kind,expires\n203.0.113.9,80,c2,2030-01-01\nbad.example,40,phishing,\n".into();
+    let url = serve(remote.clone()).await;
+    let (_dir, target, staging) = setup();
+    let options = json!({ "url": url, "format": "csv",
+        "csv_columns": { "indicator": "ioc", "confidence": "score", "category": "kind", "valid_until": "expires" } });
+    let Fetched::Staged { detail, .. } =
+        runner(options, &target).fetch(&Validators::default(), &staging).await.unwrap()
+    else {
+        panic!("staged")
+    };
+    assert_eq!(detail, "csv: 2 indicators");
+    let staged = std::fs::read_to_string(&staging).unwrap();
+    assert!(staged.starts_with("indicator,confidence,category,valid_until\n"), "{staged}");
+    // A declared format the body contradicts is refused.
+    remote.lock().unwrap().body = plain_list(3);
+    let err = runner(json!({ "url": url, "format": "zeek" }), &target)
+        .fetch(&Validators::default(), &staging)
+        .await
+        .unwrap_err();
+    assert!(err.contains("reads as plain"), "{err}");
+    // Unknown columns are an options error.
+    let Value::Object(bad) = json!({ "url": url, "format": "csv", "csv_columns": { "ioc": "x" } }) else { panic!() };
+    assert_eq!(TiFeedUpdater.check(&bad).len(), 1);
+}
+
+#[tokio::test]
+async fn stix_bundles_are_converted_with_their_metadata() {
+    let bundle = json!({"type": "bundle", "id": "bundle--1", "objects": [
+        {"type": "indicator", "id": "indicator--a", "pattern_type": "stix",
+         "pattern": "[ipv4-addr:value = '203.0.113.7'] OR [domain-name:value = 'Evil.Example']",
+         "valid_from": "2024-01-01T00:00:00.000Z", "valid_until": "2031-01-01T00:00:00Z",
+         "confidence": 85, "labels": ["c2", "apt,x"], "name": "C2, \"quoted\""},
+        {"type": "indicator", "id": "indicator--b", "pattern_type": "stix",
+         "pattern": "[file:hashes.'SHA-256' = 'aa']", "valid_from": "2024-01-01T00:00:00Z"},
+        {"type": "indicator", "id": "indicator--c", "pattern_type": "stix", "revoked": true,
+         "pattern": "[ipv4-addr:value = '203.0.113.8']", "valid_from": "2024-01-01T00:00:00Z"},
+        {"type": "identity", "id": "identity--x", "name": "someone"}
+    ]});
+    let remote = Shared::default();
+    remote.lock().unwrap().body = bundle.to_string();
+    let url = serve(remote.clone()).await;
+    let (_dir, target, staging) = setup();
+    let Fetched::Staged { detail, .. } =
+        runner(json!({ "url": url }), &target).fetch(&Validators::default(), &staging).await.unwrap()
+    else {
+        panic!("staged")
+    };
+    assert!(
+        detail.starts_with("csv: 2 indicators; 1 revoked; 1 unsupported STIX pattern(s): indicator--b: "),
+        "{detail}"
+    );
+    let staged = std::fs::read_to_string(&staging).unwrap();
+    assert!(staged.contains("203.0.113.7,,85,\"C2, \"\"quoted\"\"\",c2|apt x,2024-01-01T00:00:00.000Z,,2031-01-01T00:00:00Z,indicator--a\n"), "{staged}");
+    assert!(staged.contains("domain:evil.example,"), "{staged}");
+    assert!(!staged.contains("203.0.113.8"), "revoked: {staged}");
+    // Malformed JSON is an error, not a panic.
+    remote.lock().unwrap().body = "{\"type\": \"bundle\", \"objects\": [".into();
+    let err = runner(json!({ "url": url }), &target).fetch(&Validators::default(), &staging).await.unwrap_err();
+    assert!(err.contains("not a STIX bundle"), "{err}");
+}
+
+#[test]
+fn stix_patterns() {
+    let ok = |p: &str| parse_pattern(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(ok("[ipv4-addr:value = '198.51.100.1']"), ["198.51.100.1"]);
+    assert_eq!(ok("[ipv4-addr:value = '10.0.0.0/8']"), ["10.0.0.0/8"]);
+    assert_eq!(ok("[ipv6-addr:value = '2001:db8::1']"), ["2001:db8::1"]);
+    assert_eq!(ok("[domain-name:value = 'A.Example.COM.']"), ["domain:a.example.com"]);
+    assert_eq!(ok("[url:value = 'https://bad.example:8443/x?y=1']"), ["domain:bad.example"]);
+    assert_eq!(ok("[url:value = 'http://[2001:db8::2]/p']"), ["2001:db8::2"]);
+    assert_eq!(
+        ok("[ipv4-addr:value = '1.2.3.4' OR domain-name:value = 'x.example'] OR ([url:value = 'http://5.6.7.8/'])"),
+        ["1.2.3.4", "domain:x.example", "5.6.7.8"]
+    );
+    // Escaped quotes are read (and the name then refused: `'` is no
+    // domain character).
+    assert!(parse_pattern(r"[domain-name:value = 'it\'s.example']").unwrap_err().contains("it's.example"));
+    let err = |p: &str| parse_pattern(p).expect_err(p);
+    assert!(err("[ipv4-addr:value = '1.2.3.4' AND ipv4-addr:value = '5.6.7.8']").contains("AND"));
+    assert!(err("[ipv4-addr:value = '1.2.3.4'] AND [domain-name:value = 'a.example']").contains("AND"));
+    assert!(err("[ipv4-addr:value = '1.2.3.4'] WITHIN 5 SECONDS").contains("WITHIN"));
+    assert!(err("[ipv4-addr:value != '1.2.3.4']").contains("!="));
+    assert!(err("[ipv4-addr:value LIKE '1.2.%']").contains("LIKE"));
+    assert!(err("[ipv4-addr:value = '2001:db8::1']").contains("not an ipv4-addr"));
+    assert!(err("[file:hashes.MD5 = 'aa']").contains("not supported"));
+    assert!(err("[ipv4-addr:value = '1.2.3.4'").contains("expected"));
+    assert!(err("[ipv4-addr:value = '1.2.3.4").contains("unterminated"));
+    assert!(err("").contains("expected"));
+}
+
+#[tokio::test]
+async fn a_published_checksum_skips_unchanged_feeds_and_refuses_mismatches() {
+    let remote = Shared::default();
+    remote.lock().unwrap().body = plain_list(5);
+    let url = serve(remote.clone()).await;
+    let (_dir, target, staging) = setup();
+    let runner = runner(json!({ "url": url, "sha256_url": format!("{url}.sha256") }), &target);
+    let Fetched::Staged { validators, .. } = runner.fetch(&Validators::default(), &staging).await.unwrap() else {
+        panic!("staged")
+    };
+    std::fs::rename(&staging, &target).unwrap();
+    assert_eq!(runner.fetch(&validators, &staging).await.unwrap(), Fetched::Unchanged);
+    assert_eq!(remote.lock().unwrap().seen.len(), 1, "the checksum alone was asked the second time");
+    let wrong = self::runner(json!({ "url": url, "sha256_url": format!("{url}/../wrong.sha256") }), &target);
+    let err = wrong.fetch(&Validators::default(), &staging).await.unwrap_err();
+    assert!(err.contains("is not the published"), "{err}");
+}
+
+#[test]
+fn converted_files_read_back_with_their_position() {
+    use super::stix::Converted;
+    let mut file = super::ConvertedFile::default();
+    let row = |id: &str, ip: &str| Converted::Rows { id: id.into(), rows: vec![format!("{ip},,50,,,,,,{id}")] };
+    file.apply(row("indicator--a", "192.0.2.1"));
+    file.apply(row("indicator--b", "192.0.2.2"));
+    file.apply(Converted::Unsupported { id: "indicator--c".into(), reason: "AND is not supported: [x]".into() });
+    let text = file.render(&["taxii added_after: 2026-01-01T00:00:00.000Z".into()]);
+    let (mut back, cursor) = super::taxii::read_converted(&text);
+    assert_eq!(cursor.as_deref(), Some("2026-01-01T00:00:00.000Z"));
+    assert_eq!(back.render(&["taxii added_after: 2026-01-01T00:00:00.000Z".into()]), text);
+    // A new version replaces, a revocation removes.
+    back.apply(row("indicator--a", "192.0.2.9"));
+    back.apply(Converted::Revoked { id: "indicator--b".into() });
+    let text = back.render(&[]);
+    assert!(text.contains("192.0.2.9") && !text.contains("192.0.2.1,") && !text.contains("192.0.2.2"), "{text}");
+    assert!(text.contains("# unsupported\tindicator--c\tAND is not supported"), "{text}");
+}
