@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use enrichd_engine::updater::{Fetched, UpdateContext, UpdaterFactory, Validators};
+use enrichd_engine::component::Factory;
+use enrichd_engine::updater::{Fetched, UpdateContext, Validators};
 use enrichd_plugins::ti::index::IndexBuilder;
 use enrichd_plugins::ti::loader;
 use enrichd_plugins::updaters::ti::TiFeedUpdater;

@@ -29,8 +29,9 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use enrichd_engine::component::Component;
 use enrichd_engine::output::{BoxFuture, FieldError};
-use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, Updater, Validators};
+use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, UpdaterFamily, Validators};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -140,7 +141,8 @@ pub(crate) fn check_common(max_bytes: u64, timeout_s: u64, max_shrink: f64, erro
 /// The `ti_feed` updater kind.
 pub struct TiFeedUpdater;
 
-impl Updater for TiFeedUpdater {
+impl Component for TiFeedUpdater {
+    type Family = UpdaterFamily;
     type Options = TiFeedOptions;
 
     fn kind(&self) -> &'static str {

@@ -21,8 +21,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use enrichd_engine::component::Component;
 use enrichd_engine::output::{BoxFuture, FieldError};
-use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, Updater, Validators};
+use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, UpdaterFamily, Validators};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -92,7 +93,8 @@ impl Default for TaxiiOptions {
 /// The `taxii` updater kind.
 pub struct TaxiiUpdater;
 
-impl Updater for TaxiiUpdater {
+impl Component for TaxiiUpdater {
+    type Family = UpdaterFamily;
     type Options = TaxiiOptions;
 
     fn kind(&self) -> &'static str {

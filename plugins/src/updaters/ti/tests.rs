@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, UpdaterFactory, Validators};
+use enrichd_engine::component::Factory;
+use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, Validators};
 use serde_json::{json, Value};
 use sha2::Digest;
 
