@@ -20,6 +20,19 @@
 //!   reloaded through the ordinary keep-last-good reload (a file the
 //!   enricher refuses leaves the previous data live).
 //!
+//! Two optional abilities, for publishers that can push (a message broker's
+//! bucket) rather than be polled (a URL):
+//!
+//! - [`UpdateRunner::changes`]: a future that completes when the remote
+//!   copy may have changed; the core then fetches at once, so a change goes
+//!   live in about the time of one download and reload instead of waiting
+//!   for `interval_s` (which stays as the fallback check). The core runs
+//!   the same fetch-stage-swap-reload path either way: there is no second
+//!   reload mechanism to get wrong.
+//! - [`UpdateRunner::publish`]: put a new version where every instance's
+//!   updater of the same entry fetches from (`enrichd publish`), so the
+//!   command needs no protocol of its own in the binary.
+//!
 //! The contract an updater must keep: never leave a partial or unverified
 //! file in the staging path when it answers [`Fetched::Staged`]; bound
 //! every download in bytes and time; never put a secret (licence key,
@@ -86,6 +99,24 @@ pub trait UpdateRunner: Send + Sync {
     /// words an operator can act on, without secrets; the staging file is
     /// then removed by the core.
     fn fetch<'a>(&'a self, known: &'a Validators, staging: &'a Path) -> BoxFuture<'a, Result<Fetched, String>>;
+
+    /// For publishers that push: a future completing when the remote copy
+    /// may have changed (a spurious wake-up is fine: the fetch answers
+    /// [`Fetched::Unchanged`]). Called again after each fetch; a change
+    /// between two calls must not be lost (remember it until the next
+    /// call). `None` (the default): the schedule alone decides.
+    fn changes(&self) -> Option<BoxFuture<'_, ()>> {
+        None
+    }
+
+    /// Publishes `content` as the new version of what this entry fetches,
+    /// for every instance configured with the same entry; answers one line
+    /// naming the new revision. `None` (the default): this kind can only
+    /// read (a URL, a vendor's download service).
+    fn publish<'a>(&'a self, content: &'a [u8]) -> Option<BoxFuture<'a, Result<String, String>>> {
+        let _ = content;
+        None
+    }
 }
 
 /// Builds updaters of one kind from options; implemented through

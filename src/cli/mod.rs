@@ -4,6 +4,7 @@
 pub(crate) mod bench;
 pub(crate) mod enrich;
 pub(crate) mod key;
+pub(crate) mod publish;
 pub(crate) mod reference;
 pub(crate) mod remote;
 pub(crate) mod rule;

@@ -3,5 +3,8 @@
 //!
 //! - [`mmdb`]: `.mmdb` databases, from MaxMind's download service
 //!   (`maxmind`) or any URL (`mmdb_url`).
+//! - [`nats`]: any file, mirrored from a NATS JetStream Object Store bucket
+//!   (`nats_object`; watched, and written by `enrichd publish`).
 
 pub mod mmdb;
+pub mod nats;
