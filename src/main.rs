@@ -116,6 +116,10 @@ enum Command {
     /// (through an `[[update]]` entry that can publish, e.g. `nats_object`).
     #[command(subcommand)]
     Publish(cli::publish::PublishCommand),
+    /// The fleet's instances as they report themselves (through an
+    /// `[[update]]` entry that keeps a status board, e.g. `nats_object`).
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCommand),
     /// Make API keys for `[[auth.keys]]` (stored as their SHA-256).
     #[command(subcommand)]
     Key(cli::key::KeyCommand),
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
         Command::Rule(command) => cli::rule::run(command),
         Command::Key(command) => cli::key::run(command),
         Command::Publish(command) => cli::publish::run(command),
+        Command::Cluster(command) => cli::cluster::run(command),
         Command::Tap(args) => cli::remote::tap(args),
         Command::Top(args) => cli::remote::top(args),
         Command::Completions { shell } => {

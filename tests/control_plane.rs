@@ -5,7 +5,7 @@
 //! within 2 s (each instance's answer to a probe event shows the new
 //! rule's verdict); a broken module published behind the CLI's back must
 //! leave all three on the old rule, each reporting the refusal; published
-//! indicators must match.
+//! indicators must match; `enrichd cluster status` must list the three.
 
 mod common;
 
@@ -169,6 +169,37 @@ fn a_rule_published_once_is_live_on_every_instance_and_a_broken_one_nowhere() {
     });
     for s in &instances {
         assert_eq!(stage(s, "ti")["sources"][0]["origin"]["update"], "indicators");
+    }
+
+    // The status board: every instance reports itself (renewed every 5 s),
+    // with the rule's revision it serves.
+    let ids: Vec<String> =
+        instances.iter().map(|s| s.get_auth("/v1/enrichers").json()["instance"]["id"].as_str().unwrap().to_string()).collect();
+    let mut members = Vec::new();
+    wait_for("three instances on the board, each serving the published rule", Duration::from_secs(15), || {
+        let out = bin().args(["cluster", "status", "--json", "--config"]).arg(&config_path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        members = serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap();
+        members.len() == 3
+            && members.iter().all(|m| {
+                let risk = m["stages"].as_array().unwrap().iter().find(|s| s["name"] == "risk").unwrap();
+                risk["content"][0]["revision"] == revision.as_str()
+            })
+    });
+    for m in &members {
+        assert!(ids.iter().any(|id| m["instance"] == id.as_str()), "{m}");
+        assert!(m["uptime_s"].is_u64() && m["events_per_s"].is_number(), "{m}");
+        let risk = m["stages"].as_array().unwrap().iter().find(|s| s["name"] == "risk").unwrap();
+        assert_eq!(risk["generation"], 2, "{m}");
+        assert_eq!(risk["content"][0]["sha256"].as_str().map(str::len), Some(64), "{m}");
+    }
+    let out = bin().args(["cluster", "status", "--config"]).arg(&config_path).output().unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("3 instance(s)") && ids.iter().all(|id| table.contains(id.as_str())), "{table}");
+    for s in &instances {
+        let board = &s.get_auth("/v1/enrichers").json()["instance"]["board"];
+        assert_eq!(board["update"], "risk", "{board}");
+        assert!(board["announces"].as_u64().unwrap() >= 1 && board["last_error"].is_null(), "{board}");
     }
 
     // Publishing through an entry that does not exist says which do.

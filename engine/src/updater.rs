@@ -32,6 +32,10 @@
 //! - [`UpdateRunner::publish`]: put a new version where every instance's
 //!   updater of the same entry fetches from (`enrichd publish`), so the
 //!   command needs no protocol of its own in the binary.
+//! - [`UpdateRunner::announce`] / [`UpdateRunner::members`]: a status
+//!   board beside the published files, where every instance reports itself
+//!   with a time to live (`enrichd cluster status` reads it). It lives here
+//!   because the instances that fetch from one place are the fleet.
 //!
 //! The contract an updater must keep: never leave a partial or unverified
 //! file in the staging path when it answers [`Fetched::Staged`]; bound
@@ -115,6 +119,20 @@ pub trait UpdateRunner: Send + Sync {
     /// read (a URL, a vendor's download service).
     fn publish<'a>(&'a self, content: &'a [u8]) -> Option<BoxFuture<'a, Result<String, String>>> {
         let _ = content;
+        None
+    }
+
+    /// For publishers that also keep a status board for the instances that
+    /// fetch from them (`enrichd cluster status`): writes `status` as
+    /// `instance`'s entry, replacing its previous one; an entry not renewed
+    /// expires (the kind's time to live). `None` (the default): no board.
+    fn announce<'a>(&'a self, instance: &'a str, status: &'a Value) -> Option<BoxFuture<'a, Result<(), String>>> {
+        let _ = (instance, status);
+        None
+    }
+
+    /// Every unexpired entry of the board [`UpdateRunner::announce`] writes.
+    fn members(&self) -> Option<BoxFuture<'_, Result<Vec<Value>, String>>> {
         None
     }
 }

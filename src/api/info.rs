@@ -80,6 +80,7 @@ fn chain_document(state: &AppState, chain: &enrichd_engine::Chain, reports: Vec<
         "chain_generation": chain.generation(),
         "reload": state.reload.snapshot(),
         "enrichers": with_origins(state, reports),
+        "instance": state.presence.view(),
     })
 }
 

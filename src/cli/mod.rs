@@ -2,6 +2,7 @@
 //! without HTTP.
 
 pub(crate) mod bench;
+pub(crate) mod cluster;
 pub(crate) mod enrich;
 pub(crate) mod key;
 pub(crate) mod publish;

@@ -71,7 +71,8 @@ fn check_rule(file: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not a module the wasm stage would load; not published", file.display()))
 }
 
-async fn publish(config_path: &Path, name: &str, content: &[u8]) -> anyhow::Result<String> {
+/// The `[[update]]` entries of a configuration file, built (not started).
+pub(crate) fn updates_of(config_path: &Path) -> anyhow::Result<Updates> {
     let registry = app::registry();
     let mut config = crate::service::ServiceConfig::load(config_path)?;
     config.apply_env(&registry, |name| std::env::var(name).ok())?;
@@ -80,6 +81,11 @@ async fn publish(config_path: &Path, name: &str, content: &[u8]) -> anyhow::Resu
     updates
         .configure(&registry, &config.updates, &config.engine.base_dir, &config.state_dir())
         .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    Ok(updates)
+}
+
+async fn publish(config_path: &Path, name: &str, content: &[u8]) -> anyhow::Result<String> {
+    let updates = updates_of(config_path)?;
     let Some((kind, runner)) = updates.runner(name) else {
         let names = updates.names();
         bail!(

@@ -457,6 +457,11 @@ impl Updates {
         Some((lane.spec.kind.clone(), lane.runner.clone()?))
     }
 
+    /// The enabled entries' runners, in configuration order.
+    pub(crate) fn runners(&self) -> Vec<(String, Arc<dyn UpdateRunner>)> {
+        self.lanes().iter().filter_map(|l| Some((l.spec.name.clone(), l.runner.clone()?))).collect()
+    }
+
     /// The entries' names, in configuration order.
     pub(crate) fn names(&self) -> Vec<String> {
         self.lanes().iter().map(|l| l.spec.name.clone()).collect()

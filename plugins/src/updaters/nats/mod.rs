@@ -20,6 +20,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use async_nats::jetstream::kv;
 use async_nats::jetstream::object_store::{self, ObjectStore};
 use enrichd_engine::output::{BoxFuture, FieldError};
 use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, Updater, Validators};
@@ -57,6 +58,13 @@ pub struct NatsObjectOptions {
     /// Largest object accepted, in bytes (default 268435456); a larger one
     /// is refused and the current file stays.
     pub max_bytes: u64,
+    /// The KV bucket instances report their status into (default
+    /// `enrichd_status`; `enrichd cluster status` reads it).
+    pub status_bucket: String,
+    /// Seconds an instance's status entry lives without being renewed
+    /// (default 15, 3-3600; instances renew every 5 s): the bucket's
+    /// `max_age`, so a stopped instance drops off the board.
+    pub status_ttl_s: u64,
 }
 
 impl Default for NatsObjectOptions {
@@ -67,6 +75,8 @@ impl Default for NatsObjectOptions {
             object: None,
             replicas: 1,
             max_bytes: 256 << 20,
+            status_bucket: "enrichd_status".into(),
+            status_ttl_s: 15,
         }
     }
 }
@@ -104,6 +114,12 @@ impl Updater for NatsObjectUpdater {
                 errors.push(FieldError::new("object", "a name without spaces"));
             }
         }
+        if !bucket_name_ok(&options.status_bucket) {
+            errors.push(FieldError::new("status_bucket", "letters, digits, `_` and `-`"));
+        }
+        if !(3..=3600).contains(&options.status_ttl_s) {
+            errors.push(FieldError::new("status_ttl_s", "between 3 and 3600"));
+        }
         if !(1..=5).contains(&options.replicas) {
             errors.push(FieldError::new("replicas", "between 1 and 5"));
         }
@@ -120,6 +136,7 @@ impl Updater for NatsObjectUpdater {
             object,
             name: ctx.name.clone(),
             store: tokio::sync::Mutex::new(None),
+            board: tokio::sync::Mutex::new(None),
             changed: Arc::new(Notify::new()),
             watching: OnceLock::new(),
             watch_error: Arc::new(Mutex::new(None)),
@@ -133,6 +150,8 @@ struct NatsObjectRunner {
     name: String,
     /// The bucket handle, made on first use (and again after a failure).
     store: tokio::sync::Mutex<Option<ObjectStore>>,
+    /// The status board (KV), made on first use.
+    board: tokio::sync::Mutex<Option<kv::Store>>,
     /// Set by the watch task for every new version of the object; a
     /// `Notify` keeps one wake-up while nobody waits, so a publish during a
     /// fetch is not lost.
@@ -156,6 +175,33 @@ impl NatsObjectRunner {
         let store = open_bucket(&self.options, &self.name).await?;
         *slot = Some(store.clone());
         Ok(store)
+    }
+
+    /// The status board, created when missing.
+    async fn board(&self) -> Result<kv::Store, String> {
+        let mut slot = self.board.lock().await;
+        if let Some(board) = slot.as_ref() {
+            return Ok(board.clone());
+        }
+        let bucket = &self.options.status_bucket;
+        let client = self.options.connection.connect(&format!("status {}", self.name)).await.map_err(|e| format!("{e:#}"))?;
+        let js = async_nats::jetstream::new(client);
+        let board = match js.get_key_value(bucket.as_str()).await {
+            Ok(board) => board,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    description: "enrichd instances' status (enrichd cluster status)".into(),
+                    history: 1,
+                    max_age: Duration::from_secs(self.options.status_ttl_s),
+                    num_replicas: self.options.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("opening or creating KV bucket {bucket:?}: {e}"))?,
+        };
+        *slot = Some(board.clone());
+        Ok(board)
     }
 
     async fn forget_store(&self) {
@@ -300,6 +346,46 @@ impl UpdateRunner for NatsObjectRunner {
     fn changes(&self) -> Option<BoxFuture<'_, ()>> {
         self.start_watch();
         Some(Box::pin(self.changed.notified()))
+    }
+
+    fn announce<'a>(
+        &'a self,
+        instance: &'a str,
+        status: &'a serde_json::Value,
+    ) -> Option<BoxFuture<'a, Result<(), String>>> {
+        Some(Box::pin(async move {
+            let board = self.board().await?;
+            let body = serde_json::to_vec(status).map_err(|e| e.to_string())?;
+            if let Err(e) = board.put(instance, body.into()).await {
+                *self.board.lock().await = None;
+                return Err(format!("writing status to KV bucket {:?}: {e}", self.options.status_bucket));
+            }
+            Ok(())
+        }))
+    }
+
+    fn members(&self) -> Option<BoxFuture<'_, Result<Vec<serde_json::Value>, String>>> {
+        Some(Box::pin(async move {
+            let board = self.board().await?;
+            let bucket = &self.options.status_bucket;
+            let failed = |e: &dyn std::fmt::Display| format!("reading KV bucket {bucket:?}: {e}");
+            let keys: Vec<String> = board
+                .keys()
+                .await
+                .map_err(|e| failed(&e))?
+                .filter_map(|k| async move { k.ok() })
+                .collect()
+                .await;
+            let mut out = Vec::new();
+            for key in keys {
+                if let Some(value) = board.get(key.as_str()).await.map_err(|e| failed(&e))? {
+                    if let Ok(status) = serde_json::from_slice(&value) {
+                        out.push(status);
+                    }
+                }
+            }
+            Ok(out)
+        }))
     }
 
     fn publish<'a>(&'a self, content: &'a [u8]) -> Option<BoxFuture<'a, Result<String, String>>> {
