@@ -173,8 +173,10 @@ fn a_rule_published_once_is_live_on_every_instance_and_a_broken_one_nowhere() {
 
     // The status board: every instance reports itself (renewed every 5 s),
     // with the rule's revision it serves.
-    let ids: Vec<String> =
-        instances.iter().map(|s| s.get_auth("/v1/enrichers").json()["instance"]["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = instances
+        .iter()
+        .map(|s| s.get_auth("/v1/enrichers").json()["instance"]["id"].as_str().unwrap().to_string())
+        .collect();
     let mut members = Vec::new();
     wait_for("three instances on the board, each serving the published rule", Duration::from_secs(15), || {
         let out = bin().args(["cluster", "status", "--json", "--config"]).arg(&config_path).output().unwrap();

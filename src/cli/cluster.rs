@@ -43,7 +43,10 @@ pub(crate) fn run(command: ClusterCommand) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&members)?);
         return Ok(());
     }
-    println!("{:<24} {:>9} {:>9} {:>9}  STAGES (name:generation:sha256[@revision])", "INSTANCE", "UPTIME", "EVENTS/S", "LAG P95");
+    println!(
+        "{:<24} {:>9} {:>9} {:>9}  STAGES (name:generation:sha256[@revision])",
+        "INSTANCE", "UPTIME", "EVENTS/S", "LAG P95"
+    );
     for m in &members {
         println!(
             "{:<24} {:>8}s {:>9.1} {:>7.1}ms  {}",

@@ -79,7 +79,7 @@ pub(super) struct Sections {
     #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
     source: Vec<toml::Table>,
     /// Data files kept current (`[geoip_update]` of the issue): `type`
-    /// (`maxmind`, `mmdb_url`), `path` (the file, as the stage's
+    /// (`maxmind`, `mmdb_url`, `nats_object`), `path` (the file, as the stage's
     /// `database`), `name`, `enabled`, `interval_s` (default 86400),
     /// `on_start` (default true) and the updater's own options.
     /// `enrichd config-schema` lists each updater kind's options under

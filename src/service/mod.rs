@@ -19,9 +19,9 @@ mod config_fuzz;
 pub(crate) mod config_schema;
 pub(crate) mod forward;
 pub(crate) mod ingest;
+pub(crate) mod presence;
 pub(crate) mod reload_state;
 pub(crate) mod sources;
-pub(crate) mod presence;
 pub(crate) mod updates;
 
 use std::sync::Arc;

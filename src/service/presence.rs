@@ -84,9 +84,9 @@ impl Presence {
                 let Some(state) = service.upgrade() else { return };
                 let status = status(&state, &id);
                 let written = match runner.announce(&id, &status) {
-                    Some(announce) => tokio::time::timeout(HEARTBEAT, announce).await.unwrap_or_else(|_| {
-                        Err(format!("writing the status took over {} s", HEARTBEAT.as_secs()))
-                    }),
+                    Some(announce) => tokio::time::timeout(HEARTBEAT, announce)
+                        .await
+                        .unwrap_or_else(|_| Err(format!("writing the status took over {} s", HEARTBEAT.as_secs()))),
                     None => return,
                 };
                 {

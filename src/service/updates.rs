@@ -64,7 +64,7 @@ pub(crate) struct UpdateEntry {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct UpdateRuntime {
-    /// The updater type (`maxmind`, `mmdb_url`). Required.
+    /// The updater type (`maxmind`, `mmdb_url`, `nats_object`). Required.
     #[serde(rename = "type")]
     pub kind: String,
     /// The entry's name in the API and the metrics (1-64 letters, digits,

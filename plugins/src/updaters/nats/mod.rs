@@ -96,7 +96,7 @@ impl Updater for NatsObjectUpdater {
     }
 
     fn description(&self) -> &'static str {
-        "a file mirrored from a NATS JetStream Object Store bucket (watched; `enrichd publish` writes it)"
+        "A file mirrored from a NATS JetStream Object Store bucket (watched; `enrichd publish` writes it)"
     }
 
     fn secret_fields(&self) -> &'static [&'static str] {
@@ -163,7 +163,12 @@ struct NatsObjectRunner {
 
 impl NatsObjectRunner {
     fn describe(&self) -> String {
-        format!("object {:?} of bucket {:?} at {}", self.object, self.options.bucket, self.options.connection.describe())
+        format!(
+            "object {:?} of bucket {:?} at {}",
+            self.object,
+            self.options.bucket,
+            self.options.connection.describe()
+        )
     }
 
     /// The bucket, created when missing.
@@ -184,7 +189,8 @@ impl NatsObjectRunner {
             return Ok(board.clone());
         }
         let bucket = &self.options.status_bucket;
-        let client = self.options.connection.connect(&format!("status {}", self.name)).await.map_err(|e| format!("{e:#}"))?;
+        let client =
+            self.options.connection.connect(&format!("status {}", self.name)).await.map_err(|e| format!("{e:#}"))?;
         let js = async_nats::jetstream::new(client);
         let board = match js.get_key_value(bucket.as_str()).await {
             Ok(board) => board,
@@ -332,7 +338,11 @@ fn write_synced(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
 }
 
 impl UpdateRunner for NatsObjectRunner {
-    fn fetch<'a>(&'a self, known: &'a Validators, staging: &'a std::path::Path) -> BoxFuture<'a, Result<Fetched, String>> {
+    fn fetch<'a>(
+        &'a self,
+        known: &'a Validators,
+        staging: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<Fetched, String>> {
         Box::pin(async move {
             let result = self.fetch_inner(known, staging).await;
             let watch = self.watch_error.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -369,13 +379,8 @@ impl UpdateRunner for NatsObjectRunner {
             let board = self.board().await?;
             let bucket = &self.options.status_bucket;
             let failed = |e: &dyn std::fmt::Display| format!("reading KV bucket {bucket:?}: {e}");
-            let keys: Vec<String> = board
-                .keys()
-                .await
-                .map_err(|e| failed(&e))?
-                .filter_map(|k| async move { k.ok() })
-                .collect()
-                .await;
+            let keys: Vec<String> =
+                board.keys().await.map_err(|e| failed(&e))?.filter_map(|k| async move { k.ok() }).collect().await;
             let mut out = Vec::new();
             for key in keys {
                 if let Some(value) = board.get(key.as_str()).await.map_err(|e| failed(&e))? {

@@ -24,7 +24,8 @@ fn runner(url: &str, extra: Value) -> Arc<dyn UpdateRunner> {
 
 #[test]
 fn options_are_checked() {
-    let bad = options(json!({"servers": [], "bucket": "a.b", "replicas": 9, "max_bytes": 0, "object": "a b", "bogus": 1}));
+    let bad =
+        options(json!({"servers": [], "bucket": "a.b", "replicas": 9, "max_bytes": 0, "object": "a b", "bogus": 1}));
     let fields: Vec<String> = NatsObjectUpdater.check(&bad).into_iter().map(|e| e.field).collect();
     for want in ["servers", "bucket", "replicas", "max_bytes", "object", "bogus"] {
         assert!(fields.iter().any(|f| f == want), "{want} in {fields:?}");
