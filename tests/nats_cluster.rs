@@ -54,13 +54,8 @@ fn start_cluster(binary: &PathBuf) -> Vec<Node> {
             ),
         )
         .unwrap();
-        let mut child = Command::new(binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child =
+            Command::new(binary).arg("-c").arg(&config).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -192,10 +187,7 @@ fn killing_the_stream_leader_mid_load_loses_nothing() {
     // there twice: at least once).
     let seen = rt.block_on(async {
         let raw = js.get_stream("RAW").await.unwrap();
-        let consumer = raw
-            .create_consumer(consumer::pull::OrderedConfig { ..Default::default() })
-            .await
-            .unwrap();
+        let consumer = raw.create_consumer(consumer::pull::OrderedConfig { ..Default::default() }).await.unwrap();
         let mut messages = consumer.messages().await.unwrap();
         let mut seen = vec![false; BATCHES * PER_BATCH];
         let deadline = Instant::now() + Duration::from_secs(20);
