@@ -135,6 +135,7 @@ impl Updater for NatsObjectUpdater {
             options,
             object,
             name: ctx.name.clone(),
+            client: Arc::new(tokio::sync::OnceCell::new()),
             store: tokio::sync::Mutex::new(None),
             board: tokio::sync::Mutex::new(None),
             changed: Arc::new(Notify::new()),
@@ -148,6 +149,9 @@ struct NatsObjectRunner {
     options: NatsObjectOptions,
     object: String,
     name: String,
+    /// One connection for the bucket, the watch and the board, made on
+    /// first use (the client reconnects on its own after that).
+    client: Arc<tokio::sync::OnceCell<async_nats::Client>>,
     /// The bucket handle, made on first use (and again after a failure).
     store: tokio::sync::Mutex<Option<ObjectStore>>,
     /// The status board (KV), made on first use.
@@ -177,7 +181,8 @@ impl NatsObjectRunner {
         if let Some(store) = slot.as_ref() {
             return Ok(store.clone());
         }
-        let store = open_bucket(&self.options, &self.name).await?;
+        let client = connect(&self.client, &self.options, &self.name).await?;
+        let store = open_bucket(&self.options, client).await?;
         *slot = Some(store.clone());
         Ok(store)
     }
@@ -189,8 +194,7 @@ impl NatsObjectRunner {
             return Ok(board.clone());
         }
         let bucket = &self.options.status_bucket;
-        let client =
-            self.options.connection.connect(&format!("status {}", self.name)).await.map_err(|e| format!("{e:#}"))?;
+        let client = connect(&self.client, &self.options, &self.name).await?;
         let js = async_nats::jetstream::new(client);
         let board = match js.get_key_value(bucket.as_str()).await {
             Ok(board) => board,
@@ -281,10 +285,13 @@ impl NatsObjectRunner {
             return;
         }
         let (options, name, object) = (self.options.clone(), self.name.clone(), self.object.clone());
-        let (changed, watch_error) = (self.changed.clone(), self.watch_error.clone());
+        let (changed, watch_error, client) = (self.changed.clone(), self.watch_error.clone(), self.client.clone());
         tokio::spawn(async move {
             loop {
-                let outcome = watch_once(&options, &name, &object, &changed).await;
+                let outcome = match connect(&client, &options, &name).await {
+                    Ok(client) => watch_once(&options, client, &object, &changed).await,
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = outcome {
                     tracing::warn!(updater = %name, error = %e, "watching the bucket; retrying");
                     *watch_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
@@ -298,8 +305,13 @@ impl NatsObjectRunner {
 }
 
 /// Follows the bucket's changes until the watch breaks.
-async fn watch_once(options: &NatsObjectOptions, name: &str, object: &str, changed: &Notify) -> Result<(), String> {
-    let store = open_bucket(options, name).await?;
+async fn watch_once(
+    options: &NatsObjectOptions,
+    client: async_nats::Client,
+    object: &str,
+    changed: &Notify,
+) -> Result<(), String> {
+    let store = open_bucket(options, client).await?;
     let mut watch = store.watch().await.map_err(|e| format!("watching bucket {:?}: {e}", options.bucket))?;
     // Anything published before the watch started is caught by this check.
     changed.notify_one();
@@ -313,8 +325,21 @@ async fn watch_once(options: &NatsObjectOptions, name: &str, object: &str, chang
     Err(format!("the watch of bucket {:?} ended", options.bucket))
 }
 
-async fn open_bucket(options: &NatsObjectOptions, name: &str) -> Result<ObjectStore, String> {
-    let client = options.connection.connect(&format!("update {name}")).await.map_err(|e| format!("{e:#}"))?;
+/// The entry's connection, made once (a failed attempt is tried again on
+/// the next call).
+async fn connect(
+    cell: &tokio::sync::OnceCell<async_nats::Client>,
+    options: &NatsObjectOptions,
+    name: &str,
+) -> Result<async_nats::Client, String> {
+    cell.get_or_try_init(|| async {
+        options.connection.connect(&format!("update {name}")).await.map_err(|e| format!("{e:#}"))
+    })
+    .await
+    .cloned()
+}
+
+async fn open_bucket(options: &NatsObjectOptions, client: async_nats::Client) -> Result<ObjectStore, String> {
     let js = async_nats::jetstream::new(client);
     match js.get_object_store(&options.bucket).await {
         Ok(store) => Ok(store),
