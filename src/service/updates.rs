@@ -44,6 +44,9 @@ use serde_json::{json, Map, Value};
 
 use super::AppState;
 use crate::metrics::prometheus::UpdateReading;
+use origin::{same_file, sha256_hex, Origin};
+
+mod origin;
 
 /// Keys of an `[[update]]` entry the runtime takes; the rest are the kind's
 /// own options.
@@ -136,24 +139,6 @@ struct RunState {
     #[serde(skip)]
     running: bool,
 }
-
-/// What one staged file was, as its updater described it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub(crate) struct Origin {
-    /// Hex SHA-256 of the file.
-    pub sha256: String,
-    /// The updater's name for this version (its `etag`, else its digest).
-    pub revision: Option<String>,
-    /// The updater's words (e.g. `nats object enrichd/risk.wasm revision
-    /// ... (N bytes)`).
-    pub detail: String,
-    /// Unix seconds it was put in place.
-    pub at: u64,
-}
-
-/// How many staged files' origins an entry remembers.
-const ORIGINS_KEPT: usize = 8;
 
 /// One entry: its runner and state.
 struct Lane {
@@ -541,10 +526,7 @@ async fn run(service: &Arc<AppState>, lane: &Lane) {
             }
             Ok(Some((validators, detail, sha256))) => {
                 let revision = validators.etag.clone().or_else(|| validators.digest.clone());
-                s.origins.retain(|o| o.sha256 != sha256);
-                s.origins.push(Origin { sha256, revision, detail: detail.clone(), at: now_s() });
-                let excess = s.origins.len().saturating_sub(ORIGINS_KEPT);
-                s.origins.drain(..excess);
+                origin::remember(&mut s.origins, Origin { sha256, revision, detail: detail.clone(), at: now_s() });
                 s.last_success = Some(started);
                 s.last_change = Some(now_s());
                 s.changes += 1;
@@ -569,17 +551,6 @@ async fn run(service: &Arc<AppState>, lane: &Lane) {
         }
     }
     lane.persist();
-}
-
-/// Hex SHA-256, as stages report their sources.
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The same file, by path or (both existing) by canonical path.
-fn same_file(a: &Path, b: &Path) -> bool {
-    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
 /// Renames the staged file over `target` and syncs the directory, so the
