@@ -112,6 +112,14 @@ enum Command {
     /// Check or try out a WebAssembly rule / enricher module.
     #[command(subcommand)]
     Rule(cli::rule::RuleCommand),
+    /// Publish a rule or an indicator file once for every instance
+    /// (through an `[[update]]` entry that can publish, e.g. `nats_object`).
+    #[command(subcommand)]
+    Publish(cli::publish::PublishCommand),
+    /// The fleet's instances as they report themselves (through an
+    /// `[[update]]` entry that keeps a status board, e.g. `nats_object`).
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCommand),
     /// Make API keys for `[[auth.keys]]` (stored as their SHA-256).
     #[command(subcommand)]
     Key(cli::key::KeyCommand),
@@ -184,6 +192,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::bench::run(args),
         Command::Rule(command) => cli::rule::run(command),
         Command::Key(command) => cli::key::run(command),
+        Command::Publish(command) => cli::publish::run(command),
+        Command::Cluster(command) => cli::cluster::run(command),
         Command::Tap(args) => cli::remote::tap(args),
         Command::Top(args) => cli::remote::top(args),
         Command::Completions { shell } => {

@@ -93,6 +93,7 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("{}: {e}", state.config.path().display()))?;
     state.updates.start(&state);
+    state.presence.start(&state);
     let tls = match state.config.tls_files() {
         Some(files) => Some(crate::tls::Tls::load(files).context("[server] TLS")?),
         None => None,

@@ -20,6 +20,23 @@
 //!   reloaded through the ordinary keep-last-good reload (a file the
 //!   enricher refuses leaves the previous data live).
 //!
+//! Two optional abilities, for publishers that can push (a message broker's
+//! bucket) rather than be polled (a URL):
+//!
+//! - [`UpdateRunner::changes`]: a future that completes when the remote
+//!   copy may have changed; the core then fetches at once, so a change goes
+//!   live in about the time of one download and reload instead of waiting
+//!   for `interval_s` (which stays as the fallback check). The core runs
+//!   the same fetch-stage-swap-reload path either way: there is no second
+//!   reload mechanism to get wrong.
+//! - [`UpdateRunner::publish`]: put a new version where every instance's
+//!   updater of the same entry fetches from (`enrichd publish`), so the
+//!   command needs no protocol of its own in the binary.
+//! - [`UpdateRunner::announce`] / [`UpdateRunner::members`]: a status
+//!   board beside the published files, where every instance reports itself
+//!   with a time to live (`enrichd cluster status` reads it). It lives here
+//!   because the instances that fetch from one place are the fleet.
+//!
 //! The contract an updater must keep: never leave a partial or unverified
 //! file in the staging path when it answers [`Fetched::Staged`]; bound
 //! every download in bytes and time; never put a secret (licence key,
@@ -32,6 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::{Factory, Family};
 use crate::output::BoxFuture;
+use serde_json::Value;
 
 /// What the last successful fetch learned about the remote copy, handed
 /// back on the next one so it can ask "changed since?". Kept by the core
@@ -84,6 +102,38 @@ pub trait UpdateRunner: Send + Sync {
     /// words an operator can act on, without secrets; the staging file is
     /// then removed by the core.
     fn fetch<'a>(&'a self, known: &'a Validators, staging: &'a Path) -> BoxFuture<'a, Result<Fetched, String>>;
+
+    /// For publishers that push: a future completing when the remote copy
+    /// may have changed (a spurious wake-up is fine: the fetch answers
+    /// [`Fetched::Unchanged`]). Called again after each fetch; a change
+    /// between two calls must not be lost (remember it until the next
+    /// call). `None` (the default): the schedule alone decides.
+    fn changes(&self) -> Option<BoxFuture<'_, ()>> {
+        None
+    }
+
+    /// Publishes `content` as the new version of what this entry fetches,
+    /// for every instance configured with the same entry; answers one line
+    /// naming the new revision. `None` (the default): this kind can only
+    /// read (a URL, a vendor's download service).
+    fn publish<'a>(&'a self, content: &'a [u8]) -> Option<BoxFuture<'a, Result<String, String>>> {
+        let _ = content;
+        None
+    }
+
+    /// For publishers that also keep a status board for the instances that
+    /// fetch from them (`enrichd cluster status`): writes `status` as
+    /// `instance`'s entry, replacing its previous one; an entry not renewed
+    /// expires (the kind's time to live). `None` (the default): no board.
+    fn announce<'a>(&'a self, instance: &'a str, status: &'a Value) -> Option<BoxFuture<'a, Result<(), String>>> {
+        let _ = (instance, status);
+        None
+    }
+
+    /// Every unexpired entry of the board [`UpdateRunner::announce`] writes.
+    fn members(&self) -> Option<BoxFuture<'_, Result<Vec<Value>, String>>> {
+        None
+    }
 }
 
 /// Data-file updaters: built from an [`UpdateContext`], they build an

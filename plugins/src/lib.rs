@@ -15,7 +15,8 @@
 //! - [`sources`]: where events come from besides HTTP: `nats`.
 //! - [`forwarders`]: where an HTTP-ingest instance publishes raw batches
 //!   instead of enriching them (`[ingest] forward`): `nats`.
-//! - [`updaters`]: how data files are kept current: `maxmind`, `mmdb_url`.
+//! - [`updaters`]: how data files are kept current: `maxmind`, `mmdb_url`,
+//!   `nats_object`.
 //!
 //! The binary calls [`register_all`]; the engine core never names them.
 
@@ -57,4 +58,5 @@ pub fn register_all(registry: &mut Registry) {
     registry.register_updater(Box::new(updaters::mmdb::MmdbUrlUpdater));
     registry.register_updater(Box::new(updaters::ti::TiFeedUpdater));
     registry.register_updater(Box::new(updaters::ti::TaxiiUpdater));
+    registry.register_updater(Box::new(updaters::nats::NatsObjectUpdater));
 }

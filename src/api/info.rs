@@ -79,8 +79,24 @@ fn chain_document(state: &AppState, chain: &enrichd_engine::Chain, reports: Vec<
     json!({
         "chain_generation": chain.generation(),
         "reload": state.reload.snapshot(),
-        "enrichers": reports,
+        "enrichers": with_origins(state, reports),
+        "instance": state.presence.view(),
     })
+}
+
+/// The stage reports, each source with its `origin` (an `[[update]]`
+/// entry's revision, or the file as found).
+fn with_origins(state: &AppState, reports: Vec<enrichd_engine::StageReport>) -> Value {
+    let annotated = reports.iter().map(|report| {
+        let mut view = serde_json::to_value(report).unwrap_or(Value::Null);
+        if let Some(sources) = view.get_mut("sources").and_then(Value::as_array_mut) {
+            for (view, source) in sources.iter_mut().zip(&report.status.sources) {
+                view["origin"] = state.updates.origin_view(&source.path, source.sha256.as_deref(), true);
+            }
+        }
+        view
+    });
+    Value::Array(annotated.collect())
 }
 
 pub(super) async fn version() -> Json<Value> {

@@ -73,7 +73,23 @@ pub(super) async fn prometheus(
     let rate_limited = state.rate_limits.refused().map(|(by, n)| (by.label(), n));
     let sources = state.sources.readings();
     let updates = state.updates.readings();
+    let origins: Vec<prometheus::OriginReading> = stages
+        .iter()
+        .flat_map(|stage| {
+            stage.status.sources.iter().map(|s| {
+                let view = state.updates.origin_view(&s.path, s.sha256.as_deref(), false);
+                let text = |key: &str| view.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+                prometheus::OriginReading {
+                    stage: stage.name.clone(),
+                    from: text("from"),
+                    update: text("update"),
+                    revision: text("revision"),
+                }
+            })
+        })
+        .collect();
     let ctx = prometheus::Context {
+        origins: &origins,
         stages: &stages,
         outputs: &outputs,
         sources: &sources,
@@ -139,6 +155,12 @@ fn enrichers(state: &AppState, with_key: bool) -> Value {
         .reports()
         .into_iter()
         .map(|r| {
+            let origins: Vec<Value> = r
+                .status
+                .sources
+                .iter()
+                .map(|s| state.updates.origin_view(&s.path, s.sha256.as_deref(), false))
+                .collect();
             let mut details = r.status.details;
             if let Some(d) = details.as_object_mut() {
                 d.remove("files"); // per-file reports name paths
@@ -150,7 +172,7 @@ fn enrichers(state: &AppState, with_key: bool) -> Value {
                 "reloads": r.reloads, "reload_failures": r.reload_failures,
                 "last_reload_error": shown(r.last_reload_error),
                 "batches": r.batches, "events": r.events, "mean_ns_per_event": r.mean_ns_per_event,
-                "details": details, "tables": r.status.tables,
+                "details": details, "tables": r.status.tables, "origins": origins,
             })
         })
         .collect()

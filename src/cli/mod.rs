@@ -2,8 +2,10 @@
 //! without HTTP.
 
 pub(crate) mod bench;
+pub(crate) mod cluster;
 pub(crate) mod enrich;
 pub(crate) mod key;
+pub(crate) mod publish;
 pub(crate) mod reference;
 pub(crate) mod remote;
 pub(crate) mod rule;

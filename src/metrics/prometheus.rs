@@ -31,6 +31,8 @@ pub(crate) struct Context<'a> {
     pub sources: &'a [SourceReading],
     /// Each `[[update]]` entry's counters.
     pub updates: &'a [UpdateReading],
+    /// Where each stage's loaded files came from.
+    pub origins: &'a [OriginReading],
     /// `enrichd_build_info` labels.
     pub build: &'a [(&'static str, String)],
     /// Requests refused by a rate limit, by what limited them.
@@ -87,6 +89,18 @@ pub(crate) struct UpdateReading {
     pub last_success: u64,
     /// The last check did not fail.
     pub healthy: bool,
+}
+
+/// Where one file a stage serves came from (`telemetry_enricher_content_info`).
+#[derive(Debug, Default)]
+pub(crate) struct OriginReading {
+    pub stage: String,
+    /// `update` or `file`.
+    pub from: String,
+    /// The `[[update]]` entry (empty for `file`).
+    pub update: String,
+    /// The updater's revision (empty for `file`).
+    pub revision: String,
 }
 
 /// A per-output (per-source) family: name, help, and how to read it.
@@ -354,6 +368,23 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
         "Live generation of each enricher (1 at start, +1 per reload).",
         MetricType::Gauge,
         per_stage(&|s| Sample::Gauge(s.generation as f64)),
+    );
+    x.add(
+        "telemetry_enricher_content_info",
+        "Where each file an enricher serves came from: an [[update]] entry and its revision, or the file as found (from=file).",
+        MetricType::Gauge,
+        ctx.origins
+            .iter()
+            .map(|o| {
+                let labels = vec![
+                    ("enricher", o.stage.clone()),
+                    ("from", o.from.clone()),
+                    ("update", o.update.clone()),
+                    ("revision", o.revision.clone()),
+                ];
+                (labels, Sample::Gauge(1.0))
+            })
+            .collect(),
     );
     x.add(
         "telemetry_enricher_up",

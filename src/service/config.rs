@@ -78,9 +78,10 @@ pub(super) struct Sections {
     #[serde(default)]
     #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
     source: Vec<toml::Table>,
-    /// Data files kept current (`[geoip_update]` of the issue, threat-intel
-    /// feeds): `type` (a kind a plugin registers), `path` (the file the
-    /// stage reads), `name`, `enabled`, `interval_s` (default 86400),
+    /// Data files kept current (databases, threat-intel feeds, files
+    /// published to the fleet): `type` (a kind a plugin registers), `path`
+    /// (the file the stage reads), `name`, `enabled`, `interval_s` (default
+    /// 86400),
     /// `on_start` (default true) and the updater's own options.
     /// `enrichd config-schema` lists each updater kind's options under
     /// `$defs`.

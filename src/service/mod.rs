@@ -19,6 +19,7 @@ mod config_fuzz;
 pub(crate) mod config_schema;
 pub(crate) mod forward;
 pub(crate) mod ingest;
+pub(crate) mod presence;
 pub(crate) mod reload_state;
 pub(crate) mod sources;
 pub(crate) mod updates;
@@ -67,6 +68,8 @@ pub(crate) struct AppState {
     pub sources: sources::Sources,
     /// The `[[update]]` entries (data files kept current).
     pub updates: updates::Updates,
+    /// This instance on its fleet's status board.
+    pub presence: presence::Presence,
     /// `[ingest] forward`: where `POST /v1/ingest` publishes raw batches
     /// instead of enriching them (`None`: enrich here). Set once at start.
     pub forward: std::sync::OnceLock<Option<forward::Forwarding>>,
@@ -125,6 +128,7 @@ impl AppState {
             delivery: Arc::new(crate::delivery::Delivery::new(&state_dir, &base_dir)),
             sources: sources::Sources::new(state_dir.clone(), base_dir.clone()),
             updates: updates::Updates::default(),
+            presence: presence::Presence::default(),
             forward: std::sync::OnceLock::new(),
             profiles,
             started: Instant::now(),

@@ -19,6 +19,15 @@
 //! - **Secrets never leave.** Values of the kind's secret options are
 //!   masked in every stored or logged error (the updaters also mask what
 //!   they read from the environment), and views show `<key>_set: true`.
+//! - **Push as well as poll.** A runner that can say when its remote copy
+//!   changed (`UpdateRunner::changes`, e.g. a watched bucket) is fetched at
+//!   once on that signal, through the same run as a scheduled check;
+//!   `interval_s` stays as the fallback.
+//! - **Content origin by hash.** Each staged file's SHA-256 is remembered
+//!   with what the updater said it was (revision, detail); a stage whose
+//!   loaded source has that hash reports it as its `origin`. By hash, not
+//!   by path: a published file a stage refused is on disk, but the stage
+//!   still serves (and reports the origin of) its last good content.
 //! - **Configured at start.** A reload of the file does not change running
 //!   updaters (the entries are read once); restart to change them.
 
@@ -35,6 +44,9 @@ use serde_json::{json, Map, Value};
 
 use super::AppState;
 use crate::metrics::prometheus::UpdateReading;
+use origin::{same_file, sha256_hex, Origin};
+
+mod origin;
 
 /// Keys of an `[[update]]` entry the runtime takes; the rest are the kind's
 /// own options.
@@ -118,6 +130,8 @@ struct RunState {
     last_detail: Option<String>,
     /// What the reload made of the last change, per stage.
     last_apply: Option<Value>,
+    /// The last few staged files: what each one was, by SHA-256.
+    origins: Vec<Origin>,
     checks: u64,
     changes: u64,
     failures: u64,
@@ -349,6 +363,7 @@ impl Updates {
         for lane in self.lanes().iter().filter(|l| l.runner.is_some()) {
             let (lane, service) = (lane.clone(), Arc::downgrade(state));
             let mut shutdown = state.shutdown.subscribe();
+            let runner = lane.runner.clone().expect("filtered on runner");
             let interval = lane.spec.interval.as_secs();
             let now = now_s();
             let first = match lane.state().last_check {
@@ -362,8 +377,15 @@ impl Updates {
                 loop {
                     let next = lane.state().next_run.unwrap_or_else(now_s);
                     let wait = Duration::from_secs(next.saturating_sub(now_s()));
+                    let pushed = runner.changes();
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
+                        _ = async move {
+                            match pushed {
+                                Some(changed) => changed.await,
+                                None => std::future::pending().await,
+                            }
+                        } => {}
                         _ = shutdown.wait_for(|s| *s) => return,
                     }
                     let Some(service) = service.upgrade() else { return };
@@ -381,6 +403,49 @@ impl Updates {
             run(state, &lane).await;
         }
         Some(lane.view())
+    }
+
+    /// Where a stage's loaded file came from: the entry that keeps `path`
+    /// current and what it staged with this `sha256`; `None` when no entry
+    /// keeps the path or the content is not one it staged (a file put
+    /// there by other means).
+    pub(crate) fn origin(&self, path: &Path, sha256: &str) -> Option<(String, String, Origin)> {
+        let lane = self.lanes().iter().find(|l| same_file(&l.spec.target, path))?;
+        let origin = lane.state().origins.iter().rev().find(|o| o.sha256 == sha256)?.clone();
+        Some((lane.spec.name.clone(), lane.spec.kind.clone(), origin))
+    }
+
+    /// [`Updates::origin`] as the API shows it beside a stage's source:
+    /// `{"from": "update", "update", "type", "revision", "detail", "at"}`,
+    /// or `{"from": "file"}` for content no entry staged. `detail` is left
+    /// out for public documents.
+    pub(crate) fn origin_view(&self, path: &Path, sha256: Option<&str>, with_detail: bool) -> Value {
+        let Some((name, kind, origin)) = sha256.and_then(|sha| self.origin(path, sha)) else {
+            return json!({ "from": "file" });
+        };
+        let mut view = json!({
+            "from": "update",
+            "update": name,
+            "type": kind,
+            "revision": origin.revision,
+            "at": enrichd_engine::rfc3339(UNIX_EPOCH + Duration::from_secs(origin.at)),
+        });
+        if with_detail {
+            view["detail"] = origin.detail.into();
+        }
+        view
+    }
+
+    /// `enrichd publish`: the runner of the entry `name` (built from the
+    /// configuration, not started), for [`UpdateRunner::publish`].
+    pub(crate) fn runner(&self, name: &str) -> Option<(String, Arc<dyn UpdateRunner>)> {
+        let lane = self.lanes().iter().find(|l| l.spec.name == name)?;
+        Some((lane.spec.kind.clone(), lane.runner.clone()?))
+    }
+
+    /// The enabled entries' runners, in configuration order.
+    pub(crate) fn runners(&self) -> Vec<(String, Arc<dyn UpdateRunner>)> {
+        self.lanes().iter().filter_map(|l| Some((l.spec.name.clone(), l.runner.clone()?))).collect()
     }
 
     /// The entries' names, in configuration order.
@@ -426,7 +491,15 @@ async fn run(service: &Arc<AppState>, lane: &Lane) {
     let outcome = match fetched {
         Ok(Fetched::Unchanged) => Ok(None),
         Ok(Fetched::Staged { validators, detail }) => {
-            swap(&staging, &lane.spec.target).map(|()| Some((validators, detail)))
+            let hashed = staging.clone();
+            let sha256 = tokio::task::spawn_blocking(move || std::fs::read(&hashed).map(|b| sha256_hex(&b)))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| format!("reading the staged file: {e}")));
+            match sha256 {
+                Ok(sha256) => swap(&staging, &lane.spec.target).map(|()| Some((validators, detail, sha256))),
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     };
@@ -452,7 +525,9 @@ async fn run(service: &Arc<AppState>, lane: &Lane) {
                 s.last_result = Some("unchanged".into());
                 tracing::info!(updater = %lane.spec.name, "data file unchanged");
             }
-            Ok(Some((validators, detail))) => {
+            Ok(Some((validators, detail, sha256))) => {
+                let revision = validators.etag.clone().or_else(|| validators.digest.clone());
+                origin::remember(&mut s.origins, Origin { sha256, revision, detail: detail.clone(), at: now_s() });
                 s.last_success = Some(started);
                 s.last_change = Some(now_s());
                 s.changes += 1;

@@ -27,7 +27,7 @@ pub(crate) struct NatsServer {
     _store: tempfile::TempDir,
 }
 
-fn find_binary() -> Option<PathBuf> {
+pub(crate) fn find_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("NATS_SERVER") {
         return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }

@@ -5,10 +5,13 @@
 //!   (`maxmind`) or any URL (`mmdb_url`);
 //! - [`ti`]: indicator files of the `ti` stage, from any URL (`ti_feed`:
 //!   plain, CSV, Zeek intel, STIX 2.1 bundles) or a TAXII 2.1 collection
-//!   (`taxii`).
+//!   (`taxii`);
+//! - [`nats`]: any file, mirrored from a NATS JetStream Object Store bucket
+//!   (`nats_object`; watched, and written by `enrichd publish`).
 //!
-//! `http` is the bounded HTTP client they share.
+//! `http` is the bounded HTTP client the HTTP ones share.
 
 mod http;
 pub mod mmdb;
+pub mod nats;
 pub mod ti;

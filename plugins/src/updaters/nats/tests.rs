@@ -1,0 +1,75 @@
+//! `nats_object` against a real nats-server: publish, fetch, unchanged,
+//! the watch's wake-up, and the bounds.
+
+use std::time::Duration;
+
+use enrichd_engine::component::Factory;
+use enrichd_engine::updater::{Fetched, UpdateContext, Validators};
+use serde_json::{json, Map, Value};
+
+use super::*;
+use crate::nats::test_server::NatsServer;
+
+fn options(value: Value) -> Map<String, Value> {
+    let Value::Object(map) = value else { unreachable!() };
+    map
+}
+
+fn runner(url: &str, extra: Value) -> Arc<dyn UpdateRunner> {
+    let mut o = options(json!({"servers": [url], "bucket": "test", "timeout_ms": 2000}));
+    o.extend(options(extra));
+    assert!(NatsObjectUpdater.check(&o).is_empty(), "{:?}", NatsObjectUpdater.check(&o));
+    let ctx = UpdateContext { name: "rule".into(), base_dir: "/".into(), target: "/nonexistent/rule.wasm".into() };
+    Factory::build(&NatsObjectUpdater, &o, &ctx).unwrap()
+}
+
+#[test]
+fn options_are_checked() {
+    let bad =
+        options(json!({"servers": [], "bucket": "a.b", "replicas": 9, "max_bytes": 0, "object": "a b", "bogus": 1}));
+    let fields: Vec<String> = NatsObjectUpdater.check(&bad).into_iter().map(|e| e.field).collect();
+    for want in ["servers", "bucket", "replicas", "max_bytes", "object", "bogus"] {
+        assert!(fields.iter().any(|f| f == want), "{want} in {fields:?}");
+    }
+    assert_eq!(Factory::secret_fields(&NatsObjectUpdater), &["password", "token"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_fetches_and_wakes_on_a_new_version() {
+    let Some(nats) = NatsServer::start("publishes_fetches_and_wakes_on_a_new_version") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join("staged");
+    let reader = runner(&nats.url, json!({}));
+    let writer = runner(&nats.url, json!({}));
+
+    // Nothing published yet: an error that says so, and no staged file.
+    let err = reader.fetch(&Validators::default(), &staging).await.unwrap_err();
+    assert!(err.contains("nothing published"), "{err}");
+
+    let published = writer.publish(b"version one").unwrap().await.unwrap();
+    assert!(published.contains("test/rule revision"), "{published}");
+    let Fetched::Staged { validators, detail } = reader.fetch(&Validators::default(), &staging).await.unwrap() else {
+        panic!("expected a staged file")
+    };
+    assert_eq!(std::fs::read(&staging).unwrap(), b"version one");
+    assert!(detail.contains("11 bytes"), "{detail}");
+    assert!(validators.digest.as_deref().is_some_and(|d| d.starts_with("SHA-256=")), "{validators:?}");
+    assert_eq!(reader.fetch(&validators, &staging).await.unwrap(), Fetched::Unchanged);
+
+    // The watch: the first wake-up is the check after it starts; the next
+    // one must come from the publish.
+    tokio::time::timeout(Duration::from_secs(5), reader.changes().unwrap()).await.expect("initial wake-up");
+    let wake = reader.changes().unwrap();
+    writer.publish(b"version two").unwrap().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wake).await.expect("a publish wakes the watcher");
+    let Fetched::Staged { .. } = reader.fetch(&validators, &staging).await.unwrap() else { panic!("new version") };
+    assert_eq!(std::fs::read(&staging).unwrap(), b"version two");
+
+    // Over max_bytes: refused on both sides, the file untouched.
+    let small = runner(&nats.url, json!({"max_bytes": 4}));
+    assert!(small.publish(b"too large").unwrap().await.unwrap_err().contains("max_bytes"));
+    std::fs::remove_file(&staging).unwrap();
+    let err = small.fetch(&Validators::default(), &staging).await.unwrap_err();
+    assert!(err.contains("over max_bytes"), "{err}");
+    assert!(!staging.exists());
+}
