@@ -28,6 +28,8 @@
 //! `engine/` is historical; moving the folder would only churn paths.
 
 #[cfg(feature = "runtime")]
+mod actions;
+#[cfg(feature = "runtime")]
 mod enricher;
 #[cfg(feature = "runtime")]
 mod host;
@@ -38,11 +40,15 @@ pub mod results;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 #[cfg(feature = "runtime")]
+mod shadow;
+#[cfg(feature = "runtime")]
 pub mod signature;
 #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
 mod stats;
 #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
 mod text;
+#[cfg(feature = "runtime")]
+mod versions;
 
 /// The guest ABI this host runs (`--version` reports it).
 pub use enrichd_sdk::abi::{ABI_MAJOR, ABI_MINOR};
@@ -68,6 +74,10 @@ impl Plugin for WasmFactory {
 
     fn description(&self) -> &'static str {
         "A WebAssembly rule or custom enricher (ABI v1), sandboxed in wasmtime"
+    }
+
+    fn stage_collection(&self) -> Option<&'static str> {
+        Some("rules")
     }
 
     fn build(&self, options: WasmOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
