@@ -121,7 +121,8 @@ async fn call(
     };
     if method.mutates() {
         tracing::info!(key_id = %key.id(), target, status = answer.status, "stage action");
-        let mut entry = AuditEntry::new("api", if method == StageMethod::Post { "stage_post" } else { "stage_delete" }, target);
+        let mut entry =
+            AuditEntry::new("api", if method == StageMethod::Post { "stage_post" } else { "stage_delete" }, target);
         entry.key_id = Some(key.id());
         entry.before_sha256 = before;
         entry.after_sha256 = Some(reload::chain_hash(&state));

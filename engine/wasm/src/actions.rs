@@ -73,15 +73,25 @@ fn signature_of(query: &str) -> Result<Option<Vec<u8>>, AdminResponse> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name != "signature" {
-            return Err(AdminResponse::error(400, "invalid_query", format!("unknown parameter {name:?}; the only one is `signature`"))
-                .with(json!({"param": name})));
+            return Err(AdminResponse::error(
+                400,
+                "invalid_query",
+                format!("unknown parameter {name:?}; the only one is `signature`"),
+            )
+            .with(json!({"param": name})));
         }
         let bytes = (value.len() == 128)
-            .then(|| (0..64).map(|i| u8::from_str_radix(&value[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>())
+            .then(|| {
+                (0..64).map(|i| u8::from_str_radix(&value[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>()
+            })
             .flatten()
             .ok_or_else(|| {
-                AdminResponse::error(400, "invalid_signature", "`signature` must be the Ed25519 signature as 128 hex digits")
-                    .with(json!({"param": "signature"}))
+                AdminResponse::error(
+                    400,
+                    "invalid_signature",
+                    "`signature` must be the Ed25519 signature as 128 hex digits",
+                )
+                .with(json!({"param": "signature"}))
             })?;
         signature = Some(bytes);
     }
@@ -112,7 +122,8 @@ fn deploy(stage: &WasmEnricher, request: StageRequest<'_>) -> Result<AdminRespon
     let sha = to_hex(&Sha256::digest(bytes));
     let path = versions::version_path(request.state_dir, &stage.stage, &sha);
     let existed = path.exists();
-    let path = versions::store(request.state_dir, &stage.stage, &sha, bytes, signature.as_deref()).map_err(store_error)?;
+    let path =
+        versions::store(request.state_dir, &stage.stage, &sha, bytes, signature.as_deref()).map_err(store_error)?;
     let (module, signed_by) = match stage.load_candidate(&path, bytes, Some(request.state_dir)) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -148,7 +159,10 @@ fn new_shadow(
         added_by: by.map(str::to_string),
         signed_by,
         stats: ModuleStats::default(),
-        breaker: CircuitBreaker::new(stage.options.breaker_failures, std::time::Duration::from_secs(stage.options.breaker_window_s)),
+        breaker: CircuitBreaker::new(
+            stage.options.breaker_failures,
+            std::time::Duration::from_secs(stage.options.breaker_window_s),
+        ),
         summary: Summary::default(),
     }
 }
@@ -192,7 +206,11 @@ fn promote(stage: &WasmEnricher, request: StageRequest<'_>) -> Result<AdminRespo
     if shadow.origin == Origin::Config {
         let bytes = std::fs::read(&shadow.path).map_err(store_error)?;
         if to_hex(&Sha256::digest(&bytes)) != shadow.sha256 {
-            return Err(AdminResponse::error(409, "shadow_changed", "the shadow module file changed since it was loaded; reload first"));
+            return Err(AdminResponse::error(
+                409,
+                "shadow_changed",
+                "the shadow module file changed since it was loaded; reload first",
+            ));
         }
         let sig = std::fs::read(crate::signature::signature_path(&shadow.path)).ok();
         versions::store(dir, &stage.stage, &shadow.sha256, &bytes, sig.as_deref()).map_err(store_error)?;

@@ -21,8 +21,8 @@ use crate::host::{CallContext, HostState, LogBudget};
 use crate::limits::{thread_cpu_time, CpuBudget};
 use crate::options::WasmOptions;
 use crate::results::{ResultWriter, Scratch, Verdict};
-use crate::shadow::{Shadow, ShadowCell};
 use crate::runtime::{self, LimitHit, Limits, LoadedModule, Worker};
+use crate::shadow::{Shadow, ShadowCell};
 use crate::stats::{CircuitBreaker, FailureKind, ModuleStats};
 use crate::text;
 
@@ -228,7 +228,8 @@ impl WasmEnricher {
         let configured_sha = to_hex(&Sha256::digest(&bytes));
         // A promoted version applies while the configured file is the one
         // it was promoted over (see `versions`).
-        if let Some(promoted) = ctx.state_dir().and_then(|d| crate::versions::active(d, ctx.stage_name(), &configured_sha))
+        if let Some(promoted) =
+            ctx.state_dir().and_then(|d| crate::versions::active(d, ctx.stage_name(), &configured_sha))
         {
             bytes = read_module(&promoted, module_size_limit(&options))
                 .with_context(|| format!("reading the promoted module {}", promoted.display()))?;
@@ -238,7 +239,7 @@ impl WasmEnricher {
         // Before compiling: a refused module never reaches wasmtime.
         enricher.signing =
             crate::signature::Signing::check(options.require_signature, enricher.key_paths.clone(), &path, &bytes)
-            .with_context(|| format!("WASM module {}", path.display()))?;
+                .with_context(|| format!("WASM module {}", path.display()))?;
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let module = runtime::compile(&bytes, sha, ctx.state_dir())
             .with_context(|| format!("WASM module {}", path.display()))?;
@@ -287,7 +288,13 @@ impl WasmEnricher {
     }
 
     fn host_state(&self, name: Arc<str>) -> HostState {
-        HostState::new(name, self.config.clone(), self.earlier_keys.clone(), self.earlier_facts.clone(), self.logs.clone())
+        HostState::new(
+            name,
+            self.config.clone(),
+            self.earlier_keys.clone(),
+            self.earlier_facts.clone(),
+            self.logs.clone(),
+        )
     }
 
     pub(crate) fn module_size_limit(&self) -> u64 {
@@ -315,8 +322,12 @@ impl WasmEnricher {
     ) -> Result<&'w [u8], FailureKind> {
         let module = target.module;
         if slot.as_ref().is_none_or(|w| w.generation != module.generation) {
-            match runtime::instantiate(&module.pre, self.host_state(target.name.clone()), self.limits, module.generation)
-            {
+            match runtime::instantiate(
+                &module.pre,
+                self.host_state(target.name.clone()),
+                self.limits,
+                module.generation,
+            ) {
                 Ok(w) => *slot = Some(w),
                 Err(e) => {
                     tracing::warn!(module = %target.name, error = %text::error_text(&e), "WASM instantiation failed");
@@ -655,17 +666,13 @@ impl Enricher for WasmEnricher {
                 value: value as f64,
             };
             status.series.extend([
-                series("shadow_compared_total", "Events a shadow rule's verdict was compared on.", summary.compared()),
+                series("shadow_compared", "Events a shadow rule's verdict was compared on.", summary.compared()),
                 series(
-                    "shadow_differing_total",
+                    "shadow_differing",
                     "Events whose shadow verdict (score or reasons) differed from the live one.",
                     summary.differing(),
                 ),
-                series(
-                    "shadow_failed_total",
-                    "Events the shadow rule failed on (not compared).",
-                    summary.shadow_failed(),
-                ),
+                series("shadow_failed", "Events the shadow rule failed on (not compared).", summary.shadow_failed()),
             ]);
         }
         status.details = details;
