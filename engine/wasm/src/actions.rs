@@ -17,14 +17,53 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use enrichd_engine::{to_hex, AdminResponse, StageMethod, StageRequest};
+use enrichd_engine::{
+    to_hex, AdminResponse, BatchView, BuildContext, Enricher, PluginStatus, StageMethod, StageRequest,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::enricher::WasmEnricher;
+use crate::options::WasmOptions;
 use crate::shadow::{Origin, Shadow, Summary};
 use crate::stats::{CircuitBreaker, ModuleStats};
 use crate::versions;
+
+/// A `wasm` stage as the engine sees it: the enricher, plus its actions.
+/// A wrapper rather than a method of [`WasmEnricher`], so that the actions
+/// (which use the enricher) and the enricher (which runs batches) do not
+/// depend on each other.
+pub(crate) struct WasmStage(pub(crate) WasmEnricher);
+
+impl WasmStage {
+    /// Builds the stage: the live module, then the configured shadow, if any.
+    pub(crate) fn build(options: WasmOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<WasmStage> {
+        let shadow = options.shadow_module.as_ref().map(|p| ctx.resolve_path(p));
+        let enricher = WasmEnricher::build(options, ctx)?;
+        if let Some(path) = shadow {
+            config_shadow(&enricher, &path, ctx.state_dir())?;
+        }
+        Ok(WasmStage(enricher))
+    }
+}
+
+impl Enricher for WasmStage {
+    fn enrich(&self, batch: &mut BatchView<'_>) {
+        self.0.enrich(batch)
+    }
+
+    fn status(&self) -> PluginStatus {
+        self.0.status()
+    }
+
+    fn watch_paths(&self) -> Vec<std::path::PathBuf> {
+        self.0.watch_paths()
+    }
+
+    fn stage_action(&self, request: StageRequest<'_>) -> Option<AdminResponse> {
+        handle(&self.0, request)
+    }
+}
 
 pub(crate) fn handle(stage: &WasmEnricher, request: StageRequest<'_>) -> Option<AdminResponse> {
     let answer = match (request.action, request.method) {

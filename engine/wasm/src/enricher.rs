@@ -261,9 +261,6 @@ impl WasmEnricher {
         enricher.live_sha256 = Some(to_hex(&sha));
         enricher.live_bytes = Some(bytes.into());
         enricher.path = path;
-        if let Some(shadow_path) = &options.shadow_module {
-            crate::actions::config_shadow(&enricher, &ctx.resolve_path(shadow_path), ctx.state_dir())?;
-        }
         Ok(enricher)
     }
 
@@ -610,10 +607,6 @@ impl Enricher for WasmEnricher {
                 self.run_shadow(shadow, source, chunk, &mut slot, live);
             }
         }
-    }
-
-    fn stage_action(&self, request: enrichd_engine::StageRequest<'_>) -> Option<enrichd_engine::AdminResponse> {
-        crate::actions::handle(self, request)
     }
 
     fn status(&self) -> PluginStatus {

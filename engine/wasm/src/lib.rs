@@ -83,7 +83,7 @@ impl Plugin for WasmFactory {
     fn build(&self, options: WasmOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         // Load errors are logged, kept and served: they may quote names the
         // module chose, so they are escaped and bounded.
-        let enricher = WasmEnricher::build(options, ctx).map_err(|e| anyhow::anyhow!(text::error_text(&e)))?;
+        let enricher = actions::WasmStage::build(options, ctx).map_err(|e| anyhow::anyhow!(text::error_text(&e)))?;
         Ok(Box::new(enricher))
     }
 }
