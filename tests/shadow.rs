@@ -203,3 +203,47 @@ fn with_signatures_required_a_shadow_must_be_signed() {
     assert_eq!(r.json()["live"]["stages"][0]["outcome"], "reloaded", "{}", r.text);
     assert_eq!(scores(&s), [json!(60), json!(0), json!(70)]);
 }
+
+#[test]
+fn rule_diff_compares_two_modules_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.ndjson");
+    let lines: Vec<String> = events_as_lines();
+    std::fs::write(&events, lines.join("\n")).unwrap();
+    let diff = |extra: &[&str]| {
+        let out = bin()
+            .args(["rule", "diff"])
+            .arg(repo().join("rules/risk.wasm"))
+            .arg(repo().join("rules/examples/admin_ports.wasm"))
+            .arg("--input")
+            .arg(&events)
+            .args(["-f", "flows.v1", "--ti"])
+            .arg(repo().join("ti/indicators.txt"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = diff(&[]);
+    assert!(text.contains("events compared: 3\nevents differing: 3 (score: 3, reasons: 2)"), "{text}");
+    assert!(text.contains("<= 90          1        0"), "{text}");
+    let json: Value = serde_json::from_str(&diff(&["--json"])).unwrap();
+    // The same summary as the server's (same events, same modules).
+    assert_eq!(json["summary"]["events_differing"], 3);
+    assert_eq!(json["summary"]["samples"][0]["shadow"]["reasons"], json!(["rdp"]));
+    let bad = bin()
+        .args(["rule", "diff"])
+        .arg(repo().join("rules/risk.wasm"))
+        .arg(dir.path().join("missing.wasm"))
+        .arg("--input")
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("missing.wasm"));
+}
+
+fn events_as_lines() -> Vec<String> {
+    events().as_array().unwrap().iter().map(Value::to_string).collect()
+}

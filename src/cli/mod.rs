@@ -7,6 +7,7 @@ pub(crate) mod key;
 pub(crate) mod reference;
 pub(crate) mod remote;
 pub(crate) mod rule;
+mod rule_diff;
 mod zeek_tsv;
 
 use std::io::{BufRead, BufReader, Read};
