@@ -36,6 +36,8 @@ mod host;
 #[cfg(feature = "runtime")]
 mod limits;
 mod options;
+#[cfg(feature = "runtime")]
+mod record;
 pub mod results;
 #[cfg(feature = "runtime")]
 pub mod runtime;
@@ -53,8 +55,10 @@ mod versions;
 /// The guest ABI this host runs (`--version` reports it).
 pub use enrichd_sdk::abi::{ABI_MAJOR, ABI_MINOR};
 #[cfg(feature = "runtime")]
-pub use enricher::{inspect, to_record, ModuleReport, RecordSlots, WasmEnricher};
+pub use enricher::{inspect, ModuleReport, WasmEnricher};
 pub use options::{Role, WasmOptions};
+#[cfg(feature = "runtime")]
+pub use record::{to_record, RecordSlots};
 pub use stats::FailureKind;
 
 #[cfg(feature = "runtime")]
