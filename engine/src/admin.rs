@@ -107,3 +107,45 @@ impl AdminResponse {
         self
     }
 }
+
+/// What a stage action asks (`/v1/{collection}/{stage}/{action}`).
+///
+/// A plugin may name a collection ([`crate::PluginFactory::stage_collection`],
+/// e.g. the `wasm` plugin's `rules`) under which each of its stages answers
+/// actions by name (`shadow`, `promote`, ...): operations on one stage,
+/// where [`AdminResource`]s are plugin-wide. The service routes the call to
+/// the live stage of that name ([`crate::Enricher::stage_action`]) and
+/// knows nothing of what the actions mean: `GET` needs the read scope,
+/// `POST` and `DELETE` the admin scope, are serialized, audited, and the
+/// stages watching [`AdminResponse::changed`] are reloaded before the
+/// answer (as for admin resources).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageMethod {
+    Get,
+    Post,
+    Delete,
+}
+
+impl StageMethod {
+    /// Whether the call may change data (admin scope, serialized, audited).
+    pub fn mutates(self) -> bool {
+        !matches!(self, StageMethod::Get)
+    }
+}
+
+/// One call of a stage action.
+#[derive(Clone, Copy, Debug)]
+pub struct StageRequest<'a> {
+    pub method: StageMethod,
+    /// The `{action}` path segment.
+    pub action: &'a str,
+    /// The raw query string (empty when none).
+    pub query: &'a str,
+    /// The request body (empty for `GET`), already size-checked.
+    pub body: &'a [u8],
+    /// The server's writable state directory (`server.state_dir`).
+    pub state_dir: &'a Path,
+    /// The id of the caller's key (never the key), for records of who did
+    /// what; `None` when the call came from no key.
+    pub actor: Option<&'a str>,
+}

@@ -310,6 +310,19 @@ impl Chain {
         Ok(out)
     }
 
+    /// Calls the stage action `request` on the enabled stage `name` built
+    /// by the plugin `kind` (see [`crate::admin::StageRequest`]). `None`
+    /// when there is no such stage or it has no such action.
+    pub fn stage_action(
+        &self,
+        kind: &str,
+        name: &str,
+        request: crate::admin::StageRequest<'_>,
+    ) -> Option<crate::admin::AdminResponse> {
+        let stage = self.stages.iter().find(|s| s.name == name && s.entry.plugin == kind)?;
+        stage.enricher.as_ref()?.stage_action(request)
+    }
+
     /// Enriches a single synthetic event with `ip` as its destination (and
     /// source), returning it serialized: the offline `enrichd lookup` view of
     /// what an event would get.

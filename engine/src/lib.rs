@@ -35,7 +35,7 @@ pub mod registry;
 pub mod source;
 pub mod updater;
 
-pub use admin::{AdminHandler, AdminMethod, AdminRequest, AdminResource, AdminResponse};
+pub use admin::{AdminHandler, AdminMethod, AdminRequest, AdminResource, AdminResponse, StageMethod, StageRequest};
 pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
 pub use chain::{BuildEnv, Chain, StageReport, EVENT_DURATION_BOUNDS_NS};
 pub use config::Config;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::admin::AdminResource;
+use crate::admin::{AdminResource, AdminResponse, StageRequest};
 use crate::batch::BatchView;
 use crate::event::{Event, KeyId, TextFieldId};
 use crate::fact::{FactDecl, FactId, FactInfo};
@@ -47,6 +47,13 @@ pub trait PluginFactory: Send + Sync {
     /// see [`Enricher::view`]. None by default.
     fn views(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// The collection under which this plugin's stages answer actions at
+    /// `/v1/{collection}/{stage}/{action}` (see [`crate::admin::StageRequest`]
+    /// and [`Enricher::stage_action`]). None by default.
+    fn stage_collection(&self) -> Option<&'static str> {
+        None
     }
 
     /// Validates `options` and builds the enricher. A missing data file is
@@ -87,6 +94,11 @@ pub trait Plugin: Send + Sync {
         &[]
     }
 
+    /// See [`PluginFactory::stage_collection`].
+    fn stage_collection(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Builds the enricher from parsed options (checks that a type cannot
     /// express, such as "not empty", belong here).
     fn build(&self, options: Self::Options, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>>;
@@ -115,6 +127,10 @@ impl<P: Plugin> PluginFactory for P {
 
     fn views(&self) -> &'static [&'static str] {
         Plugin::views(self)
+    }
+
+    fn stage_collection(&self) -> Option<&'static str> {
+        Plugin::stage_collection(self)
     }
 
     fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
@@ -173,6 +189,14 @@ pub trait Enricher: Send + Sync {
     /// when the view is not this enricher's; `Err` refuses the query (a 400
     /// naming what is wrong).
     fn view(&self, _view: &str, _query: &str) -> Option<Result<serde_json::Value, String>> {
+        None
+    }
+
+    /// Answers a stage action (`/v1/{collection}/{stage}/{action}`, for a
+    /// factory with a [`PluginFactory::stage_collection`]); `None` when the
+    /// action is not one this stage has (a 404). Called off the async
+    /// threads: blocking file I/O is fine.
+    fn stage_action(&self, _request: StageRequest<'_>) -> Option<AdminResponse> {
         None
     }
 }

@@ -175,7 +175,7 @@ async fn call(
     Ok(respond(answer))
 }
 
-fn respond(answer: AdminResponse) -> Response {
+pub(super) fn respond(answer: AdminResponse) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or_else(|_| {
         tracing::error!(status = answer.status, "admin resource answered with an invalid status code");
         StatusCode::INTERNAL_SERVER_ERROR
@@ -185,7 +185,7 @@ fn respond(answer: AdminResponse) -> Response {
 
 /// Reloads the stages that watch `changed`, so the change is live when the
 /// call returns; says so when no enabled stage loads those files.
-fn live_after_change(state: &AppState, changed: &[PathBuf]) -> Value {
+pub(super) fn live_after_change(state: &AppState, changed: &[PathBuf]) -> Value {
     let report = state.engine.reload_paths(changed);
     if report.stages.is_empty() {
         let files: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();

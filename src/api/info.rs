@@ -35,6 +35,7 @@ pub(super) async fn index(State(state): State<Arc<AppState>>) -> Json<Value> {
     .into();
     api.extend(super::admin::resource_paths(&state));
     api.extend(super::views::paths(&state));
+    api.extend(super::stages::paths(&state));
     Json(json!({
         "service": "enrichd",
         "version": env!("CARGO_PKG_VERSION"),

@@ -17,6 +17,7 @@ mod openapi;
 mod outputs;
 mod page;
 mod sources;
+mod stages;
 mod tap;
 mod updates;
 mod views;
@@ -71,6 +72,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit", get(admin::audit))
         .merge(admin::routes(&state))
         .merge(views::routes(&state))
+        .merge(stages::routes(&state))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), common_headers))
         .with_state(state)

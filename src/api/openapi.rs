@@ -245,6 +245,36 @@ pub(crate) fn document(state: &AppState) -> Value {
     for path in super::views::paths(state) {
         ops.push(read("get", path, "A plugin's read-only view (e.g. indicator hit statistics), per stage").or(&[400]));
     }
+    let reports = chain.reports();
+    for (collection, kind) in super::stages::collections(state) {
+        let path = format!("/v1/{collection}/{{stage}}/{{action}}");
+        let stages: Vec<String> =
+            reports.iter().filter(|r| r.plugin == kind && r.enabled).map(|r| r.name.clone()).collect();
+        let stage = existing(&stages);
+        let action = json!({ "type": "string", "pattern": "^[a-z_]{1,32}$" });
+        ops.push(
+            read("get", path.clone(), "A stage action's state (e.g. a rule's shadow summary or version history)")
+                .or(&[404, 405])
+                .param("stage", stage.clone())
+                .param("action", action.clone()),
+        );
+        ops.push(
+            admin(
+                "post",
+                path.clone(),
+                "A stage action (e.g. deploy a shadow rule: body = the module's bytes; promote; rollback)",
+            )
+            .or(&[404, 405, 409, 422])
+            .param("stage", stage.clone())
+            .param("action", action.clone()),
+        );
+        ops.push(
+            admin("delete", path, "Undo a stage action (e.g. remove a rule's shadow)")
+                .or(&[404, 405])
+                .param("stage", stage)
+                .param("action", action),
+        );
+    }
     let mut paths = Map::new();
     for op in ops {
         let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));

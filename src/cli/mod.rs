@@ -9,6 +9,7 @@ pub(crate) mod publish;
 pub(crate) mod reference;
 pub(crate) mod remote;
 pub(crate) mod rule;
+mod rule_diff;
 mod zeek_tsv;
 
 use std::io::{BufRead, BufReader, Read};

@@ -51,6 +51,10 @@ pub(crate) enum RuleCommand {
         #[arg(long)]
         ti: Option<PathBuf>,
     },
+    /// Run OLD live and NEW in shadow over NDJSON events offline (the
+    /// server's shadow comparison) and print the summary: events compared
+    /// and differing, score histograms side by side, differing samples.
+    Diff(super::rule_diff::DiffArgs),
     /// Make an Ed25519 key pair for signing modules: PREFIX.pem (private,
     /// 0600; keep it off the servers) and PREFIX.pub.pem (for a stage's
     /// `trusted_keys`).
@@ -123,6 +127,7 @@ fn verify(module: PathBuf, keys: Vec<PathBuf>) -> anyhow::Result<()> {
 
 pub(crate) fn run(command: RuleCommand) -> anyhow::Result<()> {
     match command {
+        RuleCommand::Diff(args) => super::rule_diff::run(args),
         RuleCommand::Keygen { prefix } => keygen(prefix),
         RuleCommand::Sign { module, key } => sign(module, key),
         RuleCommand::Verify { module, keys } => verify(module, keys),

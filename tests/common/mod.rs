@@ -207,7 +207,7 @@ impl Reply {
     }
 }
 
-fn read(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+pub(crate) fn read(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
     let mut resp = resp.expect("HTTP exchange");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();

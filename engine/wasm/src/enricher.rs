@@ -2,17 +2,16 @@
 //! 256 events, applies its results, and isolates its failures.
 
 use std::cell::RefCell;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use enrichd_engine::{
-    fact, source_info, to_hex, BatchView, BuildContext, Enricher, Event, FactInfo, FactKind, FactMask, KeyId,
-    PluginState, PluginStatus, Side, SourceInfo, SourceText,
+    source_info, to_hex, BatchView, BuildContext, Enricher, Event, FactInfo, KeyId, PluginState, PluginStatus,
+    SourceInfo, SourceText,
 };
-use enrichd_sdk::abi::{self, present, EventRecord};
+use enrichd_sdk::abi::{self, EventRecord};
 use sha2::{Digest, Sha256};
 use thread_local::ThreadLocal;
 use wasmtime::Trap;
@@ -20,17 +19,32 @@ use wasmtime::Trap;
 use crate::host::{CallContext, HostState, LogBudget};
 use crate::limits::{thread_cpu_time, CpuBudget};
 use crate::options::WasmOptions;
-use crate::results::{ResultWriter, Scratch};
+use crate::record::{to_record, RecordSlots};
+use crate::results::{ResultWriter, Scratch, Verdict};
 use crate::runtime::{self, LimitHit, Limits, LoadedModule, Worker};
+use crate::shadow::{Shadow, ShadowCell};
 use crate::stats::{CircuitBreaker, FailureKind, ModuleStats};
 use crate::text;
 
-/// Per-thread scratch: the instance and reusable buffers.
+/// Per-thread scratch: the instances and reusable buffers.
 #[derive(Default)]
 struct ThreadSlot {
     worker: Option<Worker>,
     records: Vec<EventRecord>,
     scratch: Scratch,
+    /// The shadow's instance, results and both sides' verdicts (used only
+    /// while the stage has a shadow).
+    shadow_worker: Option<Worker>,
+    shadow_scratch: Scratch,
+    live_verdicts: Vec<Verdict>,
+    shadow_verdicts: Vec<Verdict>,
+}
+
+/// One module to call: the live one or the shadow.
+struct Target<'a> {
+    name: &'a Arc<str>,
+    module: &'a LoadedModule,
+    stats: &'a ModuleStats,
 }
 
 pub struct WasmEnricher {
@@ -55,6 +69,24 @@ pub struct WasmEnricher {
     slots: ThreadLocal<RefCell<ThreadSlot>>,
     /// The signing policy and who signed the module (`None`: no policy).
     signing: Option<crate::signature::Signing>,
+    /// The stage's shadow (carried across generations) and what building
+    /// or promoting one needs.
+    pub(crate) shadow: Arc<ShadowCell>,
+    pub(crate) stage: Arc<str>,
+    pub(crate) options: WasmOptions,
+    /// The configured module file's SHA-256 (hex) and the live module's
+    /// bytes and SHA-256: a promotion keeps the live version for rollback.
+    pub(crate) configured_sha256: Option<String>,
+    pub(crate) live_bytes: Option<Arc<[u8]>>,
+    pub(crate) live_sha256: Option<String>,
+    /// The configured module path (the live module may be a promoted
+    /// version in the state directory instead).
+    pub(crate) configured_path: PathBuf,
+    /// The stage's versions state file, watched: a promotion or rollback
+    /// reloads the stage.
+    versions_file: Option<PathBuf>,
+    /// `trusted_keys`, resolved.
+    key_paths: Vec<PathBuf>,
 }
 
 /// What `enrichd rule check` reports about a module.
@@ -151,7 +183,8 @@ fn read_capped(reader: impl std::io::Read, size: u64, limit: u64) -> std::io::Re
 
 impl WasmEnricher {
     pub fn build(options: WasmOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<WasmEnricher> {
-        let path = ctx.resolve_path(&options.module);
+        let configured_path = ctx.resolve_path(&options.module);
+        let mut path = configured_path.clone();
         let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "module".into());
         let earlier_keys = Arc::new(ctx.declared_keys());
         let earlier_facts: Arc<[FactInfo]> = ctx.declared_facts().into();
@@ -173,8 +206,17 @@ impl WasmEnricher {
             breaker: CircuitBreaker::new(options.breaker_failures, Duration::from_secs(options.breaker_window_s)),
             slots: ThreadLocal::new(),
             signing: None,
+            shadow: ctx.carried::<ShadowCell>(),
+            stage: ctx.stage_name().into(),
+            options: options.clone(),
+            configured_sha256: None,
+            live_bytes: None,
+            live_sha256: None,
+            configured_path: configured_path.clone(),
+            versions_file: ctx.state_dir().map(|d| crate::versions::state_path(d, ctx.stage_name())),
+            key_paths: options.trusted_keys.iter().map(|p| ctx.resolve_path(p)).collect(),
         };
-        let bytes = match read_module(&path, module_size_limit(&options)) {
+        let mut bytes = match read_module(&path, module_size_limit(&options)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(module = %path.display(), "WASM module not found; its events get the fallback");
@@ -183,10 +225,21 @@ impl WasmEnricher {
             }
             Err(e) => return Err(e).with_context(|| format!("reading WASM module {}", path.display())),
         };
+        let configured_sha = to_hex(&Sha256::digest(&bytes));
+        // A promoted version applies while the configured file is the one
+        // it was promoted over (see `versions`).
+        if let Some(promoted) =
+            ctx.state_dir().and_then(|d| crate::versions::active(d, ctx.stage_name(), &configured_sha))
+        {
+            bytes = read_module(&promoted, module_size_limit(&options))
+                .with_context(|| format!("reading the promoted module {}", promoted.display()))?;
+            path = promoted;
+        }
+        enricher.configured_sha256 = Some(configured_sha);
         // Before compiling: a refused module never reaches wasmtime.
-        let key_paths = options.trusted_keys.iter().map(|p| ctx.resolve_path(p)).collect();
-        enricher.signing = crate::signature::Signing::check(options.require_signature, key_paths, &path, &bytes)
-            .with_context(|| format!("WASM module {}", path.display()))?;
+        enricher.signing =
+            crate::signature::Signing::check(options.require_signature, enricher.key_paths.clone(), &path, &bytes)
+                .with_context(|| format!("WASM module {}", path.display()))?;
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let module = runtime::compile(&bytes, sha, ctx.state_dir())
             .with_context(|| format!("WASM module {}", path.display()))?;
@@ -205,44 +258,86 @@ impl WasmEnricher {
             .with_context(|| format!("WASM module {}", path.display()))?;
         enricher.source = Some(source_info(&path, &bytes));
         enricher.module = Some(Arc::new(LoadedModule { pre, generation: runtime::new_generation() }));
+        enricher.live_sha256 = Some(to_hex(&sha));
+        enricher.live_bytes = Some(bytes.into());
+        enricher.path = path;
         Ok(enricher)
     }
 
-    /// Runs the module over one chunk; on failure nothing of it is applied.
-    fn run_chunk(
+    /// Compiles and probes a candidate module the way `build` does the live
+    /// one (signature checked first, with the stage's policy, on `path` and
+    /// its `.sig`), for a shadow.
+    pub(crate) fn load_candidate(
         &self,
+        path: &Path,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+    ) -> anyhow::Result<(Arc<LoadedModule>, Option<String>)> {
+        let signing =
+            crate::signature::Signing::check(self.options.require_signature, self.key_paths.clone(), path, bytes)?;
+        let sha: [u8; 32] = Sha256::digest(bytes).into();
+        let module = runtime::compile(bytes, sha, cache_dir)?;
+        runtime::check_interface(&module)?;
+        let pre = runtime::prelink(&module)?;
+        runtime::instantiate(&pre, self.host_state(self.name.clone()), self.limits, 0)?;
+        let signed_by = signing.and_then(|s| s.signed_by().map(str::to_string));
+        Ok((Arc::new(LoadedModule { pre, generation: runtime::new_generation() }), signed_by))
+    }
+
+    fn host_state(&self, name: Arc<str>) -> HostState {
+        HostState::new(
+            name,
+            self.config.clone(),
+            self.earlier_keys.clone(),
+            self.earlier_facts.clone(),
+            self.logs.clone(),
+        )
+    }
+
+    pub(crate) fn module_size_limit(&self) -> u64 {
+        module_size_limit(&self.options)
+    }
+
+    /// The file the live module was loaded from.
+    pub(crate) fn live_path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn results(&self) -> &ResultWriter {
+        &self.results
+    }
+
+    /// Calls `target` over one chunk whose records are in `records`; the
+    /// guest's result buffer on success. A failed instance is recycled.
+    fn call_guest<'w>(
+        &self,
+        target: &Target<'_>,
         source: SourceText<'_>,
-        events: &mut [Event],
-        slot: &mut ThreadSlot,
-    ) -> Result<(), FailureKind> {
-        if self.breaker.is_open() {
-            return Err(FailureKind::CircuitOpen);
-        }
-        let module = self.module.as_ref().ok_or(FailureKind::Unavailable)?;
-        if slot.worker.as_ref().is_none_or(|w| w.generation != module.generation) {
-            let state = HostState::new(
-                self.name.clone(),
-                self.config.clone(),
-                self.earlier_keys.clone(),
-                self.earlier_facts.clone(),
-                self.logs.clone(),
-            );
-            match runtime::instantiate(&module.pre, state, self.limits, module.generation) {
-                Ok(w) => slot.worker = Some(w),
+        events: &[Event],
+        records: &[EventRecord],
+        slot: &'w mut Option<Worker>,
+    ) -> Result<&'w [u8], FailureKind> {
+        let module = target.module;
+        if slot.as_ref().is_none_or(|w| w.generation != module.generation) {
+            match runtime::instantiate(
+                &module.pre,
+                self.host_state(target.name.clone()),
+                self.limits,
+                module.generation,
+            ) {
+                Ok(w) => *slot = Some(w),
                 Err(e) => {
-                    tracing::warn!(module = %self.name, error = %text::error_text(&e), "WASM instantiation failed");
+                    tracing::warn!(module = %target.name, error = %text::error_text(&e), "WASM instantiation failed");
                     return Err(FailureKind::Instantiation);
                 }
             }
         }
-        let worker = slot.worker.as_mut().expect("instantiated above");
-        slot.records.clear();
-        slot.records.extend(events.iter().map(|e| to_record(e, &self.record_slots)));
+        let worker = slot.as_mut().expect("instantiated above");
         // SAFETY: EventRecord is repr(C), 112 bytes with explicit padding
         // fields, so every byte is initialised; the host is little-endian
         // like wasm.
         let bytes = unsafe {
-            std::slice::from_raw_parts(slot.records.as_ptr() as *const u8, slot.records.len() * abi::EVENT_RECORD_SIZE)
+            std::slice::from_raw_parts(records.as_ptr() as *const u8, records.len() * abi::EVENT_RECORD_SIZE)
         };
         let io = worker.io;
         worker.memory.data_mut(&mut worker.store)[io..io + bytes.len()].copy_from_slice(bytes);
@@ -262,47 +357,121 @@ impl WasmEnricher {
         let elapsed = started.elapsed();
         let cpu_used = thread_cpu_time().saturating_sub(cpu_started);
         worker.store.data_mut().call = None;
-        self.stats.record_call(events.len(), elapsed);
+        target.stats.record_call(events.len(), elapsed);
 
-        let status = match result {
-            Ok(status) => status,
-            Err(e) => {
-                let hit = worker.store.data().limits.hit;
-                slot.worker = None; // a trapped instance may be half-updated: recycle it
-                return Err(classify(&e, hit));
-            }
+        let failure = match result {
+            Err(e) => Some(classify(&e, worker.store.data().limits.hit)),
+            // The epoch is checked at function entries, loop headers and
+            // before bulk operations, not inside or after a host-side
+            // operation (a grow, a bulk fill, a host call): a call can
+            // return having used more CPU than its deadline. Such a call
+            // failed: its verdicts came later than promised, so they are
+            // not applied (the events get the fallback like any timeout),
+            // and the breaker counts it. The instance is recycled, with
+            // whatever it had grown.
+            Ok(_) if cpu_used > self.limits.deadline => Some(FailureKind::Timeout),
+            Ok(0) => None,
+            Ok(_) => Some(FailureKind::GuestError),
         };
-        // The epoch is checked at function entries, loop headers and before
-        // bulk operations, not inside or after a host-side operation (a
-        // grow, a bulk fill, a host call): a call can return having used
-        // more CPU than its deadline. Such a call failed: its verdicts
-        // came later than promised, so they are not applied (the events
-        // get the fallback like any timeout), and the breaker counts it.
-        // The instance is recycled, with whatever it had grown.
-        if cpu_used > self.limits.deadline {
-            slot.worker = None;
-            return Err(FailureKind::Timeout);
+        if let Some(kind) = failure {
+            *slot = None; // a failed instance may be half-updated: recycle it
+            return Err(kind);
         }
-        if status != 0 {
-            slot.worker = None;
-            return Err(FailureKind::GuestError);
-        }
-        let data = worker.memory.data(&worker.store);
-        let out_len = u32::from_le_bytes(
-            data[io + abi::IO_OUT_LEN_OFFSET..io + abi::IO_OUT_LEN_OFFSET + 4].try_into().expect("4 bytes"),
-        ) as usize;
+        let out_len = {
+            let worker = slot.as_ref().expect("kept on success");
+            let data = worker.memory.data(&worker.store);
+            u32::from_le_bytes(
+                data[io + abi::IO_OUT_LEN_OFFSET..io + abi::IO_OUT_LEN_OFFSET + 4].try_into().expect("4 bytes"),
+            ) as usize
+        };
         if out_len > abi::OUT_CAPACITY {
-            slot.worker = None;
+            *slot = None;
             return Err(FailureKind::MalformedResult);
         }
+        let worker = slot.as_ref().expect("kept on success");
+        let data = worker.memory.data(&worker.store);
         // Read in place: the guest is not running, and `events` and the
         // scratch buffers are disjoint from the store.
-        let out = &data[io + abi::IO_OUT_OFFSET..io + abi::IO_OUT_OFFSET + out_len];
-        let applied = self.results.apply(events, out, &mut slot.scratch);
+        Ok(&data[io + abi::IO_OUT_OFFSET..io + abi::IO_OUT_OFFSET + out_len])
+    }
+
+    /// Runs the live module over one chunk (records already built); on
+    /// failure nothing of it is applied. With `verdicts`, the applied
+    /// verdicts are also reduced into `slot.live_verdicts` for a shadow.
+    fn run_chunk(
+        &self,
+        source: SourceText<'_>,
+        events: &mut [Event],
+        slot: &mut ThreadSlot,
+        verdicts: bool,
+    ) -> Result<(), FailureKind> {
+        if self.breaker.is_open() {
+            return Err(FailureKind::CircuitOpen);
+        }
+        let module = self.module.as_deref().ok_or(FailureKind::Unavailable)?;
+        let target = Target { name: &self.name, module, stats: &self.stats };
+        let ThreadSlot { worker, records, scratch, live_verdicts, .. } = slot;
+        let out = self.call_guest(&target, source, events, records, worker)?;
+        let applied = self.results.apply(events, out, scratch);
+        if applied.is_ok() && verdicts {
+            self.results.verdicts(events.len(), out, scratch, live_verdicts);
+        }
         if applied.is_err() {
-            slot.worker = None;
+            *worker = None;
         }
         applied
+    }
+
+    /// Runs the shadow over the chunk the live module just ran on and
+    /// compares its verdicts; applies nothing. `live` is how the live call
+    /// ended (its verdicts are in `slot.live_verdicts` when it succeeded).
+    fn run_shadow(
+        &self,
+        shadow: &Shadow,
+        source: SourceText<'_>,
+        events: &[Event],
+        slot: &mut ThreadSlot,
+        live: Result<(), FailureKind>,
+    ) {
+        let started = Instant::now();
+        let result = if shadow.breaker.is_open() {
+            Err(FailureKind::CircuitOpen)
+        } else {
+            let target = Target { name: &shadow.name, module: &shadow.module, stats: &shadow.stats };
+            let ThreadSlot { shadow_worker, records, shadow_scratch, shadow_verdicts, live_verdicts, .. } = slot;
+            match self.call_guest(&target, source, events, records, shadow_worker) {
+                Err(kind) => Err(kind),
+                Ok(out) => match self.results.check(events.len(), out, shadow_scratch) {
+                    Err(kind) => Err(kind),
+                    Ok(()) => {
+                        self.results.verdicts(events.len(), out, shadow_scratch, shadow_verdicts);
+                        if live.is_ok() {
+                            if let Some(d) = shadow.summary.compare(live_verdicts, shadow_verdicts) {
+                                let ev = &events[d.index];
+                                let live_reasons = self.results.written_reasons(ev);
+                                let s = shadow_verdicts[d.index];
+                                let shadow_reasons = self.results.reasons(d.index, out, shadow_scratch);
+                                shadow.summary.sample(
+                                    ev,
+                                    (live_verdicts[d.index].score, live_reasons),
+                                    (s.score, shadow_reasons),
+                                );
+                            }
+                        } else {
+                            shadow.summary.not_compared(events.len(), true);
+                        }
+                        Ok(())
+                    }
+                },
+            }
+        };
+        if let Err(kind) = result {
+            if kind == FailureKind::MalformedResult {
+                slot.shadow_worker = None;
+            }
+            shadow.failed(kind, events.len());
+        }
+        shadow.summary.add_time(started.elapsed());
     }
 }
 
@@ -318,114 +487,28 @@ fn classify(e: &wasmtime::Error, hit: Option<LimitHit>) -> FailureKind {
     }
 }
 
-fn ip_bytes(ip: IpAddr) -> ([u8; 16], bool) {
-    match ip {
-        IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), true),
-        IpAddr::V6(v6) => (v6.octets(), false),
-    }
-}
-
-/// The engine's event as the ABI's fixed record. The ASN, country and
-/// match slots come from the event's facts by kind and side (`facts` is the
-/// chain's fact table, or the part of it declared before the rule): the
-/// first fact set of kind `AsNumber` on the source side fills `src_asn`,
-/// and so on; `ti_matches` is the sum of the `IndicatorMatches` facts.
-/// Never by name: renaming an output changes nothing here.
-pub fn to_record(ev: &Event, slots: &RecordSlots) -> EventRecord {
-    let mut r = EventRecord::EMPTY;
-    let mut p = 0u32;
-    if let Some(ip) = ev.src_ip {
-        let (b, v4) = ip_bytes(ip);
-        r.src_ip = b;
-        p |= present::SRC_IP | if v4 { present::SRC_IPV4 } else { 0 };
-    }
-    if let Some(ip) = ev.dst_ip {
-        let (b, v4) = ip_bytes(ip);
-        r.dst_ip = b;
-        p |= present::DST_IP | if v4 { present::DST_IPV4 } else { 0 };
-    }
-    macro_rules! copy {
-        ($field:ident, $bit:expr) => {
-            if let Some(v) = ev.$field {
-                r.$field = v;
-                p |= $bit;
-            }
-        };
-    }
-    copy!(ts, present::TS);
-    copy!(bytes, present::BYTES);
-    copy!(orig_bytes, present::ORIG_BYTES);
-    copy!(resp_bytes, present::RESP_BYTES);
-    copy!(packets, present::PACKETS);
-    copy!(duration, present::DURATION);
-    copy!(src_port, present::SRC_PORT);
-    copy!(dst_port, present::DST_PORT);
-    copy!(proto, present::PROTO);
-    let first = |mask: &FactMask| ev.first_fact(mask).map(|(_, v)| v);
-    if let Some(asn) = first(&slots.src_asn) {
-        r.src_asn = asn;
-        p |= present::SRC_ASN;
-    }
-    if let Some(asn) = first(&slots.dst_asn) {
-        r.dst_asn = asn;
-        p |= present::DST_ASN;
-    }
-    if let Some(code) = first(&slots.src_country) {
-        r.src_country = fact::country_bytes(code);
-        p |= present::SRC_COUNTRY;
-    }
-    if let Some(code) = first(&slots.dst_country) {
-        r.dst_country = fact::country_bytes(code);
-        p |= present::DST_COUNTRY;
-    }
-    r.ti_matches = ev.facts_in(&slots.matches).fold(0u32, |sum, (_, n)| sum.saturating_add(n));
-    r.present = p;
-    r
-}
-
-/// Which facts fill the event record's fact slots, worked out once per
-/// build from the declared kinds and sides: per slot the candidate ids in
-/// declaration (chain) order, the first one set wins; `matches` are summed.
-/// Filling a record is then a few O(1) fact reads, whatever else the event
-/// carries.
-#[derive(Clone, Debug, Default)]
-pub struct RecordSlots {
-    src_asn: FactMask,
-    dst_asn: FactMask,
-    src_country: FactMask,
-    dst_country: FactMask,
-    matches: FactMask,
-}
-
-impl RecordSlots {
-    pub fn of(facts: &[FactInfo]) -> Self {
-        let ids = |kind: FactKind, side: Option<Option<Side>>| {
-            FactMask::of(
-                facts.iter().filter(|f| f.decl.kind == kind && side.is_none_or(|s| f.decl.side == s)).map(|f| f.id),
-            )
-        };
-        RecordSlots {
-            src_asn: ids(FactKind::AsNumber, Some(Some(Side::Source))),
-            dst_asn: ids(FactKind::AsNumber, Some(Some(Side::Destination))),
-            src_country: ids(FactKind::CountryCode, Some(Some(Side::Source))),
-            dst_country: ids(FactKind::CountryCode, Some(Some(Side::Destination))),
-            matches: ids(FactKind::IndicatorMatches, None),
-        }
-    }
-}
-
 impl Enricher for WasmEnricher {
     fn enrich(&self, batch: &mut BatchView<'_>) {
         let source = batch.source;
         let cell = self.slots.get_or(Default::default);
         let mut slot = cell.borrow_mut();
+        // One load per batch; the guard keeps this shadow for the batch.
+        let shadow = self.shadow.current.load();
         for chunk in batch.events.chunks_mut(abi::MAX_BATCH) {
-            if let Err(kind) = self.run_chunk(source, chunk, &mut slot) {
+            slot.records.clear();
+            slot.records.extend(chunk.iter().map(|e| to_record(e, &self.record_slots)));
+            let live = self.run_chunk(source, chunk, &mut slot, shadow.is_some());
+            if let Err(kind) = live {
                 self.stats.record_error(kind);
                 if self.breaker.record(kind) {
                     tracing::error!(module = %self.name, "circuit breaker open: the module is no longer called until it is replaced");
                 }
                 self.results.fallback(chunk, kind);
+            }
+            // After the live verdicts are written: whatever the shadow
+            // does, they stand.
+            if let Some(shadow) = shadow.as_deref() {
+                self.run_shadow(shadow, source, chunk, &mut slot, live);
             }
         }
     }
@@ -460,12 +543,45 @@ impl Enricher for WasmEnricher {
         if let Some(signing) = &self.signing {
             details["signature"] = signing.to_json();
         }
+        if self.path != self.configured_path {
+            details["promoted"] = true.into();
+            details["configured_module"] = self.configured_path.display().to_string().into();
+        }
+        if let Some(shadow) = self.shadow.current.load().as_deref() {
+            let summary = &shadow.summary;
+            details["shadow"] = serde_json::json!({
+                "sha256": shadow.sha256,
+                "events_compared": summary.compared(),
+                "events_differing": summary.differing(),
+                "events_failed": summary.shadow_failed(),
+            });
+            let series = |name, help, value: u64| enrichd_engine::StatusSeries {
+                name,
+                help,
+                counter: true,
+                labels: Vec::new(),
+                value: value as f64,
+            };
+            status.series.extend([
+                series("shadow_compared", "Events a shadow rule's verdict was compared on.", summary.compared()),
+                series(
+                    "shadow_differing",
+                    "Events whose shadow verdict (score or reasons) differed from the live one.",
+                    summary.differing(),
+                ),
+                series("shadow_failed", "Events the shadow rule failed on (not compared).", summary.shadow_failed()),
+            ]);
+        }
         status.details = details;
         status
     }
 
     fn watch_paths(&self) -> Vec<PathBuf> {
-        let mut paths = vec![self.path.clone()];
+        let mut paths = vec![self.configured_path.clone()];
+        if self.path != self.configured_path {
+            paths.push(self.path.clone());
+        }
+        paths.extend(self.versions_file.clone());
         paths.extend(self.signing.iter().flat_map(|s| s.watch_paths()));
         paths
     }

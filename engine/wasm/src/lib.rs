@@ -28,27 +28,37 @@
 //! `engine/` is historical; moving the folder would only churn paths.
 
 #[cfg(feature = "runtime")]
+mod actions;
+#[cfg(feature = "runtime")]
 mod enricher;
 #[cfg(feature = "runtime")]
 mod host;
 #[cfg(feature = "runtime")]
 mod limits;
 mod options;
+#[cfg(feature = "runtime")]
+mod record;
 pub mod results;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+#[cfg(feature = "runtime")]
+mod shadow;
 #[cfg(feature = "runtime")]
 pub mod signature;
 #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
 mod stats;
 #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
 mod text;
+#[cfg(feature = "runtime")]
+mod versions;
 
 /// The guest ABI this host runs (`--version` reports it).
 pub use enrichd_sdk::abi::{ABI_MAJOR, ABI_MINOR};
 #[cfg(feature = "runtime")]
-pub use enricher::{inspect, to_record, ModuleReport, RecordSlots, WasmEnricher};
+pub use enricher::{inspect, ModuleReport, WasmEnricher};
 pub use options::{Role, WasmOptions};
+#[cfg(feature = "runtime")]
+pub use record::{to_record, RecordSlots};
 pub use stats::FailureKind;
 
 #[cfg(feature = "runtime")]
@@ -70,10 +80,14 @@ impl Plugin for WasmFactory {
         "A WebAssembly rule or custom enricher (ABI v1), sandboxed in wasmtime"
     }
 
+    fn stage_collection(&self) -> Option<&'static str> {
+        Some("rules")
+    }
+
     fn build(&self, options: WasmOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         // Load errors are logged, kept and served: they may quote names the
         // module chose, so they are escaped and bounded.
-        let enricher = WasmEnricher::build(options, ctx).map_err(|e| anyhow::anyhow!(text::error_text(&e)))?;
+        let enricher = actions::WasmStage::build(options, ctx).map_err(|e| anyhow::anyhow!(text::error_text(&e)))?;
         Ok(Box::new(enricher))
     }
 }

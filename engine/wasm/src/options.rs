@@ -86,6 +86,13 @@ pub struct WasmOptions {
     /// not required.
     #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
+    /// A candidate rule run in shadow next to this one: on the same
+    /// batches, its verdicts compared with the live ones and summarised at
+    /// `GET /v1/rules/{name}/shadow`, never written (see README "Shadow
+    /// rules"). Loaded with this stage's limits and signing policy; a
+    /// shadow deployed through the API takes its place until removed.
+    #[serde(default)]
+    pub shadow_module: Option<PathBuf>,
 }
 
 fn default_deadline_ms() -> u64 {

@@ -156,10 +156,18 @@ impl ResultWriter {
     /// interned per thread by the guest's raw bytes, so a repeated list is
     /// neither re-validated, re-escaped nor re-allocated.
     pub fn apply(&self, events: &mut [Event], out: &[u8], scratch: &mut Scratch) -> Result<(), FailureKind> {
-        let Scratch { entries, counts, lists, interned, computed } = scratch;
+        self.check(events.len(), out, scratch)?;
+        self.write(events, out, scratch)
+    }
+
+    /// Validates the result buffer for `n` events and indexes its entries
+    /// (sorted by event) in `scratch`, applying nothing: what a shadow
+    /// module's results go through before they are compared.
+    pub fn check(&self, n: usize, out: &[u8], scratch: &mut Scratch) -> Result<(), FailureKind> {
+        let Scratch { entries, counts, .. } = scratch;
         entries.clear();
         counts.clear();
-        counts.resize(events.len(), 0);
+        counts.resize(n, 0);
         let base = out.as_ptr() as usize;
         let mut sorted = true;
         for entry in abi::entries(out) {
@@ -189,6 +197,12 @@ impl ResultWriter {
         if !sorted {
             entries.sort_by_key(|&(event, ..)| event);
         }
+        Ok(())
+    }
+
+    /// Writes the entries indexed by [`ResultWriter::check`] into `events`.
+    fn write(&self, events: &mut [Event], out: &[u8], scratch: &mut Scratch) -> Result<(), FailureKind> {
+        let Scratch { entries, lists, interned, computed, .. } = scratch;
         match &self.outputs {
             Outputs::Rule { score, reasons, tags, facts } => {
                 // Everything is validated: write straight into the events.
@@ -285,6 +299,55 @@ impl ResultWriter {
         fragment
     }
 
+    /// Whether results are verdicts (a rule) rather than fields.
+    pub fn is_rule(&self) -> bool {
+        matches!(self.outputs, Outputs::Rule { .. })
+    }
+
+    /// The verdict of each of `n` events from the entries indexed by
+    /// [`ResultWriter::check`] (or a successful [`ResultWriter::apply`]) of
+    /// `out`, into `into` (cleared first). No allocation once `into` has
+    /// grown: reasons are compared by a hash of their bytes.
+    pub fn verdicts(&self, n: usize, out: &[u8], scratch: &Scratch, into: &mut Vec<Verdict>) {
+        into.clear();
+        into.resize(n, Verdict::default());
+        for &(event, kind, at, len) in &scratch.entries {
+            let Some(v) = into.get_mut(event as usize) else { continue };
+            let payload = &out[at..at + len];
+            match kind {
+                kind::SCORE => {
+                    v.score = Some(i32::from_le_bytes(payload.try_into().expect("4 bytes")).clamp(0, 100) as u8)
+                }
+                kind::REASON => v.reasons = mix(v.reasons, payload),
+                _ => {}
+            }
+        }
+    }
+
+    /// The reasons of event `event` as text, from the entries indexed in
+    /// `scratch` (for the few events a shadow summary quotes).
+    pub fn reasons(&self, event: usize, out: &[u8], scratch: &Scratch) -> Vec<String> {
+        scratch
+            .entries
+            .iter()
+            .filter(|&&(e, kind, ..)| e as usize == event && kind == kind::REASON)
+            .map(|&(_, _, at, len)| String::from_utf8_lossy(&out[at..at + len]).into_owned())
+            .collect()
+    }
+
+    /// The reasons a rule wrote into `event` (read back from its output,
+    /// for a quoted sample).
+    pub fn written_reasons(&self, event: &Event) -> Vec<String> {
+        let Outputs::Rule { reasons, .. } = &self.outputs else { return Vec::new() };
+        event.output(*reasons).and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default()
+    }
+
+    /// The verdict the fallback gives (what a failed chunk's events carry).
+    pub fn fallback_verdict(&self, kind: FailureKind) -> Verdict {
+        let reason = format!("rule error: {}", kind.name());
+        Verdict { score: self.fallback_score.parse().ok(), reasons: mix(0, reason.as_bytes()) }
+    }
+
     pub fn fallback(&self, events: &mut [Event], kind: FailureKind) {
         let reason = format!("rule error: {}", kind.name());
         match &self.outputs {
@@ -313,6 +376,25 @@ impl ResultWriter {
 #[inline]
 fn is_utf8(bytes: &[u8]) -> bool {
     bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+}
+
+/// A rule's verdict on one event, reduced for comparison: the score and a
+/// hash of the reasons in order (0: none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub score: Option<u8>,
+    pub reasons: u64,
+}
+
+/// Folds one reason into a reasons hash (order matters; never 0 after a
+/// reason, so "no reasons" and "one empty reason" differ).
+fn mix(hash: u64, reason: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write_u64(hash);
+    h.write(reason);
+    h.write_u8(0xff);
+    h.finish() | 1
 }
 
 #[cfg(test)]

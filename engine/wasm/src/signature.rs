@@ -93,6 +93,11 @@ impl Signing {
         std::iter::once(self.sig_path.clone()).chain(self.key_paths.iter().cloned())
     }
 
+    /// The id of the key that signed the module, if it was signed.
+    pub fn signed_by(&self) -> Option<&str> {
+        self.signed_by.as_deref()
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({ "required": self.required, "signed_by": self.signed_by })
     }
