@@ -119,10 +119,17 @@ const CSV_COLUMNS: &[&str] = &[
     "valid_until",
 ];
 
+/// An absolute http(s) URL without credentials in it: user and password
+/// in a URL would show wherever the URL does (errors, the log, the
+/// settings view). The URL itself is not quoted: it may hold a key.
 pub(crate) fn check_http_url(field: &str, url: &str, errors: &mut Vec<FieldError>) {
     match reqwest::Url::parse(url) {
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => errors.push(FieldError::new(
+            field,
+            "must not carry credentials (user:password@): they would be shown with the URL",
+        )),
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-        _ => errors.push(FieldError::new(field, format!("{url:?} is not an http(s) URL"))),
+        _ => errors.push(FieldError::new(field, "is not an absolute http(s) URL")),
     }
 }
 

@@ -97,7 +97,7 @@ pub(crate) fn convert(object: &Value) -> Converted {
 /// syntax (`1.2.3.4`, `10.0.0.0/8`, `domain:example.com`).
 pub(crate) fn parse_pattern(pattern: &str) -> Result<Vec<String>, String> {
     let tokens = tokenize(pattern)?;
-    let mut p = PatternParser { tokens: &tokens, at: 0, out: Vec::new() };
+    let mut p = PatternParser { tokens: &tokens, at: 0, out: Vec::new(), depth: 0 };
     p.expression()?;
     match p.tokens.get(p.at) {
         None if p.out.is_empty() => Err("no observable".into()),
@@ -175,7 +175,14 @@ struct PatternParser<'a> {
     tokens: &'a [Token],
     at: usize,
     out: Vec<String>,
+    /// Open brackets and parentheses around the current position: the
+    /// parser recurses once per level, so a hostile pattern of thousands
+    /// of `(` would otherwise overflow the stack and abort the process.
+    depth: usize,
 }
+
+/// Deepest nesting of `[`, `(` accepted in a pattern (real ones use 2-3).
+const MAX_PATTERN_DEPTH: usize = 32;
 
 impl PatternParser<'_> {
     fn next_is_or(&self) -> bool {
@@ -192,8 +199,24 @@ impl PatternParser<'_> {
         Ok(())
     }
 
+    /// One level deeper, refused past [`MAX_PATTERN_DEPTH`].
+    fn nest(&mut self) -> Result<(), String> {
+        self.depth += 1;
+        if self.depth > MAX_PATTERN_DEPTH {
+            return Err(format!("nested deeper than {MAX_PATTERN_DEPTH} levels"));
+        }
+        Ok(())
+    }
+
     /// `[ comparisons ]` or `( expression )`
     fn observation(&mut self) -> Result<(), String> {
+        self.nest()?;
+        let result = self.observation_inner();
+        self.depth -= 1;
+        result
+    }
+
+    fn observation_inner(&mut self) -> Result<(), String> {
         match self.tokens.get(self.at) {
             Some(Token::Open) => {
                 self.at += 1;
@@ -226,7 +249,10 @@ impl PatternParser<'_> {
     fn comparison(&mut self) -> Result<(), String> {
         if self.tokens.get(self.at) == Some(&Token::LParen) {
             self.at += 1;
-            self.comparisons()?;
+            self.nest()?;
+            let inner = self.comparisons();
+            self.depth -= 1;
+            inner?;
             return self.expect(Token::RParen);
         }
         let Some(Token::Word(path)) = self.tokens.get(self.at) else {

@@ -121,6 +121,9 @@ impl Component for TaxiiUpdater {
         if (o.password.is_some() || o.password_env.is_some()) && o.user.is_none() {
             errors.push(FieldError::new("user", "a password needs a user"));
         }
+        if o.user.is_some() && !credentials_safe_over(&o.url) {
+            errors.push(FieldError::new("url", "credentials would cross the network in clear text: use https"));
+        }
         if !(1..=10_000).contains(&o.page_size) {
             errors.push(FieldError::new("page_size", "must be between 1 and 10000"));
         }
@@ -194,6 +197,15 @@ impl TaxiiRunner {
         // API roots may be relative to the discovery URL.
         let base = reqwest::Url::parse(&o.url).map_err(|e| format!("{}: {e}", o.url))?;
         let mut root = base.join(root).map_err(|e| format!("API root {root:?}: {e}"))?;
+        // Credentials go to the discovery URL's origin only: a discovery
+        // answer (hostile, or tampered with) naming a root elsewhere must
+        // not collect the password or aim requests at other hosts.
+        if o.user.is_some() && root.origin() != base.origin() {
+            return Err(format!(
+                "API root {} is not on the discovery URL's origin; credentials are only sent there",
+                stix::clean(root.as_str(), 128)
+            ));
+        }
         if !root.path().ends_with('/') {
             root.set_path(&format!("{}/", root.path()));
         }
@@ -250,11 +262,11 @@ impl TaxiiRunner {
             }
             let (page, headers) = self.get(url.as_str(), o.max_download_bytes).await?;
             pages += 1;
+            // Pages come in the order objects were added (TAXII 2.1 §3.4),
+            // so the latest page's header is the position read to. (Not a
+            // string maximum: `…00.1Z` sorts after `…00.123Z`.)
             if let Some(last) = headers.get("x-taxii-date-added-last").and_then(|v| v.to_str().ok()) {
-                let last = stix::clean(last, 40);
-                if added_last.as_deref().is_none_or(|a| last.as_str() > a) {
-                    added_last = Some(last);
-                }
+                added_last = Some(stix::clean(last, 40));
             }
             for object in page.get("objects").and_then(Value::as_array).into_iter().flatten() {
                 objects += 1;
@@ -272,9 +284,10 @@ impl TaxiiRunner {
                 break;
             }
             if pages >= o.max_pages {
-                // The cursor stays where this run started: the next run
-                // reads the rest (the pages already read again, cheaply).
-                added_last = cursor.clone();
+                // What was read is kept with the position it was read to:
+                // the next run asks `added_after` it and reads on (a
+                // collection larger than max_pages x page_size fills in
+                // over several runs instead of stopping at the same page).
                 tracing::warn!(pages, "TAXII: max_pages reached; the rest waits for the next run");
                 break;
             }
@@ -320,4 +333,17 @@ pub(super) fn read_converted(text: &str) -> (ConvertedFile, Option<String>) {
         }
     }
     (file, cursor)
+}
+
+/// Whether basic-auth credentials may be sent to `url`: over https, or
+/// over plain http to this machine only (tests, a local proxy).
+fn credentials_safe_over(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else { return true }; // the URL's own error is reported
+    match url.scheme() {
+        "https" => true,
+        _ => {
+            let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+            host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+        }
+    }
 }

@@ -212,6 +212,25 @@ async fn csv_columns_rename_the_feeds_header() {
     assert_eq!(TiFeedUpdater.check(&bad).len(), 1);
 }
 
+#[test]
+fn credentials_stay_out_of_urls_and_off_plain_http() {
+    let fields = |f: &dyn Fn(&serde_json::Map<String, Value>) -> Vec<enrichd_engine::output::FieldError>, v: Value| {
+        let Value::Object(o) = v else { panic!() };
+        f(&o).into_iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>()
+    };
+    let feed = |o: &serde_json::Map<String, Value>| TiFeedUpdater.check(o);
+    let errors = fields(&feed, json!({ "url": "https://bob:s3cret@intel.example/feed.csv" }));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("credentials") && !errors[0].contains("s3cret"), "{errors:?}");
+    let taxii = |o: &serde_json::Map<String, Value>| super::TaxiiUpdater.check(o);
+    let base = |url: &str| json!({ "url": url, "collection": "c", "user": "u", "password": "p" });
+    assert!(fields(&taxii, base("http://taxii.example/taxii2/"))[0].contains("use https"));
+    for fine in ["https://taxii.example/taxii2/", "http://127.0.0.1:9/taxii2/", "http://[::1]:9/", "http://localhost/"]
+    {
+        assert_eq!(fields(&taxii, base(fine)), Vec::<String>::new(), "{fine}");
+    }
+}
+
 #[tokio::test]
 async fn stix_bundles_are_converted_with_their_metadata() {
     let bundle = json!({"type": "bundle", "id": "bundle--1", "objects": [
@@ -275,6 +294,22 @@ fn stix_patterns() {
     assert!(err("[ipv4-addr:value = '1.2.3.4'").contains("expected"));
     assert!(err("[ipv4-addr:value = '1.2.3.4").contains("unterminated"));
     assert!(err("").contains("expected"));
+    // Hostile nesting is refused, not recursed into until the stack
+    // overflows (which would abort the process), on a small-stack thread.
+    let deep = std::thread::Builder::new()
+        .stack_size(512 * 1024)
+        .spawn(|| {
+            let brackets = format!("{}[ipv4-addr:value = '1.2.3.4']{}", "(".repeat(1500), ")".repeat(1500));
+            let parens = format!("[{}ipv4-addr:value = '1.2.3.4'{}]", "(".repeat(1500), ")".repeat(1500));
+            (parse_pattern(&brackets), parse_pattern(&parens))
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    let (brackets, parens) = deep;
+    assert!(brackets.unwrap_err().contains("nested deeper"));
+    assert!(parens.unwrap_err().contains("nested deeper"));
+    assert_eq!(ok("(([ipv4-addr:value = '1.2.3.4']))"), ["1.2.3.4"]);
 }
 
 #[tokio::test]
