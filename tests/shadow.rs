@@ -83,6 +83,10 @@ fn a_shadow_rule_is_compared_never_applied_and_cannot_hurt_the_live_one() {
     assert_eq!((r.status, &r.json()["error"]), (422, &json!("invalid_module")), "{}", r.text);
     let r = admin(&s, "POST", "/v1/rules/risk/shadow?signature=zz", &module);
     assert_eq!((r.status, &r.json()["param"]), (400, &json!("signature")), "{}", r.text);
+    // 128 bytes that are not 128 characters (é is two bytes, percent-encoded).
+    let multibyte = format!("/v1/rules/risk/shadow?signature={}", "%C3%A9".repeat(64));
+    let r = admin(&s, "POST", &multibyte, &module);
+    assert_eq!((r.status, &r.json()["param"]), (400, &json!("signature")), "{}", r.text);
     let r = admin(&s, "POST", "/v1/rules/nope/shadow", &module);
     assert_eq!(r.status, 404, "{}", r.text);
     let r = admin(&s, "POST", "/v1/rules/risk/bogus", &module);
@@ -246,4 +250,18 @@ fn rule_diff_compares_two_modules_offline() {
 
 fn events_as_lines() -> Vec<String> {
     events().as_array().unwrap().iter().map(Value::to_string).collect()
+}
+
+/// A `shadow_module` that cannot load fails only itself: the live rule
+/// starts and scores, the stage reports the shadow's problem.
+#[test]
+fn a_broken_configured_shadow_leaves_the_live_rule_serving() {
+    let s = start(tempfile::tempdir().unwrap(), "shadow_module = \"missing.wasm\"\n");
+    assert_eq!(scores(&s), [json!(90), json!(10), json!(20)], "the live rule's verdicts");
+    let r = call(&s, "GET", "/v1/enrichers", common::KEY, b"");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let stage = r.json()["enrichers"].as_array().unwrap().iter().find(|e| e["name"] == "risk").cloned().unwrap();
+    assert_eq!(stage["state"], "loaded", "{stage}");
+    let error = stage["details"]["shadow_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("missing.wasm"), "{stage}");
 }

@@ -33,17 +33,33 @@ use crate::versions;
 /// A wrapper rather than a method of [`WasmEnricher`], so that the actions
 /// (which use the enricher) and the enricher (which runs batches) do not
 /// depend on each other.
-pub(crate) struct WasmStage(pub(crate) WasmEnricher);
+pub(crate) struct WasmStage(pub(crate) WasmEnricher, Option<String>);
 
 impl WasmStage {
     /// Builds the stage: the live module, then the configured shadow, if any.
     pub(crate) fn build(options: WasmOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<WasmStage> {
         let shadow = options.shadow_module.as_ref().map(|p| ctx.resolve_path(p));
         let enricher = WasmEnricher::build(options, ctx)?;
-        if let Some(path) = shadow {
-            config_shadow(&enricher, &path, ctx.state_dir())?;
+        let mut shadow_error = None;
+        match shadow {
+            // A shadow that cannot load fails only itself: the live rule
+            // builds and serves, the problem is reported in the status.
+            Some(path) => {
+                if let Err(e) = config_shadow(&enricher, &path, ctx.state_dir()) {
+                    let error = enrichd_engine::limits::cap_message(format!("{e:#}"));
+                    tracing::warn!(stage = ctx.stage_name(), %error, "shadow module not loaded; the live rule serves");
+                    shadow_error = Some(error);
+                }
+            }
+            // `shadow_module` gone from the configuration: its shadow goes
+            // too (one deployed through the API stays).
+            None => {
+                if enricher.shadow.current.load().as_deref().is_some_and(|s| s.origin == Origin::Config) {
+                    enricher.shadow.current.store(None);
+                }
+            }
         }
-        Ok(WasmStage(enricher))
+        Ok(WasmStage(enricher, shadow_error))
     }
 }
 
@@ -53,7 +69,11 @@ impl Enricher for WasmStage {
     }
 
     fn status(&self) -> PluginStatus {
-        self.0.status()
+        let mut status = self.0.status();
+        if let (Some(error), Some(details)) = (&self.1, status.details.as_object_mut()) {
+            details.insert("shadow_error".into(), error.clone().into());
+        }
+        status
     }
 
     fn watch_paths(&self) -> Vec<std::path::PathBuf> {
@@ -119,7 +139,7 @@ fn signature_of(query: &str) -> Result<Option<Vec<u8>>, AdminResponse> {
             )
             .with(json!({"param": name})));
         }
-        let bytes = (value.len() == 128)
+        let bytes = (value.len() == 128 && value.is_ascii())
             .then(|| {
                 (0..64).map(|i| u8::from_str_radix(&value[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>()
             })

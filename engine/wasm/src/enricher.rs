@@ -231,9 +231,18 @@ impl WasmEnricher {
         if let Some(promoted) =
             ctx.state_dir().and_then(|d| crate::versions::active(d, ctx.stage_name(), &configured_sha))
         {
-            bytes = read_module(&promoted, module_size_limit(&options))
-                .with_context(|| format!("reading the promoted module {}", promoted.display()))?;
-            path = promoted;
+            // An unreadable promoted version falls back to the configured
+            // module rather than leaving the stage without a rule.
+            match read_module(&promoted, module_size_limit(&options)) {
+                Ok(promoted_bytes) => {
+                    bytes = promoted_bytes;
+                    path = promoted;
+                }
+                Err(e) => tracing::warn!(
+                    module = %promoted.display(), error = %e,
+                    "promoted rule version unreadable; loading the configured module"
+                ),
+            }
         }
         enricher.configured_sha256 = Some(configured_sha);
         // Before compiling: a refused module never reaches wasmtime.

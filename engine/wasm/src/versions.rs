@@ -108,12 +108,16 @@ pub(crate) fn store(
     signature: Option<&[u8]>,
 ) -> std::io::Result<PathBuf> {
     let path = version_path(state_dir, stage, sha256);
-    if !path.exists() {
-        write_atomic(&path, bytes)?;
+    if path.exists() {
+        // A kept version keeps its signature: a second upload of the same
+        // bytes with another (possibly bad) signature must not replace
+        // the one the live stage was verified with.
+        return Ok(path);
     }
     if let Some(sig) = signature {
         write_atomic(&crate::signature::signature_path(&path), sig)?;
     }
+    write_atomic(&path, bytes)?;
     Ok(path)
 }
 
@@ -164,7 +168,10 @@ pub(crate) fn promote(
     }
     state.stack.push(next.sha256.to_string());
     if state.stack.len() > KEEP {
-        state.stack.drain(..state.stack.len() - KEEP);
+        // The oldest promotions go; the base (the configured module, the
+        // stack's first entry) stays, so rolling all the way back always
+        // ends on it and `active` reads the stack as it is meant.
+        state.stack.drain(1..state.stack.len() - KEEP + 1);
     }
     record(&mut state, next, "promoted", by, Some(live.sha256));
     let path = save(state_dir, stage, &state)?;
@@ -272,6 +279,30 @@ mod tests {
         let files = std::fs::read_dir(super::dir(d, "r")).unwrap().count();
         assert!(files <= 2 * (KEEP + 1) + 1, "{files} files");
         assert!(!version_path(d, "r", "n0").exists(), "pruned");
+        assert_eq!(state.stack[0], "c0", "the configured module stays the base");
+        // Rolling all the way back: every step names the version loaded,
+        // and the last one is the configured module (not a pruned one).
+        let mut restored = Vec::new();
+        while let Some((_, _, to)) = rollback(d, "r", "c0", None).unwrap() {
+            restored.push(to.clone());
+            let loaded = active(d, "r", "c0");
+            if to == "c0" {
+                assert_eq!(loaded, None, "the configured file is loaded");
+            } else {
+                assert_eq!(loaded, Some(version_path(d, "r", &to)));
+            }
+        }
+        assert_eq!(restored.last().map(String::as_str), Some("c0"));
+        assert_eq!(restored.len(), KEEP - 1);
+    }
+
+    #[test]
+    fn a_kept_version_keeps_its_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let path = store(d, "r", "aa", b"module", Some(b"good")).unwrap();
+        store(d, "r", "aa", b"module", Some(b"forged")).unwrap();
+        assert_eq!(std::fs::read(crate::signature::signature_path(&path)).unwrap(), b"good");
     }
 
     #[test]
