@@ -155,7 +155,7 @@ fn enrichers(state: &AppState, with_key: bool) -> Value {
         .reports()
         .into_iter()
         .map(|r| {
-            let origins: Vec<Value> = r
+            let mut origins: Vec<Value> = r
                 .status
                 .sources
                 .iter()
@@ -164,6 +164,10 @@ fn enrichers(state: &AppState, with_key: bool) -> Value {
             let mut details = r.status.details;
             if let Some(d) = details.as_object_mut() {
                 d.remove("files"); // per-file reports name paths
+            }
+            if !with_key {
+                withhold_private(&mut details);
+                origins.iter_mut().for_each(withhold_private);
             }
             json!({
                 "name": r.name, "plugin": r.plugin, "enabled": r.enabled, "state": r.status.state,
@@ -178,8 +182,52 @@ fn enrichers(state: &AppState, with_key: bool) -> Value {
         .collect()
 }
 
+/// Drops from a plugin's details what a public document must not show,
+/// whatever the plugin: error texts (keys `error`, `*_error`), paths and
+/// digests (string values with a path separator, or 32+ hex digits).
+/// Figures, states and names stay.
+fn withhold_private(value: &mut Value) {
+    let private_text = |t: &str| t.contains(['/', '\\']) || (t.len() >= 32 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+    match value {
+        Value::Object(map) => {
+            map.retain(|k, v| {
+                let error_key = k == "error" || k.ends_with("_error");
+                !error_key && !matches!(v, Value::String(t) if private_text(t))
+            });
+            map.values_mut().for_each(withhold_private);
+        }
+        Value::Array(items) => {
+            items.retain(|v| !matches!(v, Value::String(t) if private_text(t)));
+            items.iter_mut().for_each(withhold_private);
+        }
+        _ => {}
+    }
+}
+
 /// Each output's delivery counters and backlog. Settings (hosts, user
 /// names, indices; never secrets) only for a caller with a valid API key.
 fn outputs(state: &AppState, with_key: bool) -> Value {
     crate::delivery::metrics_document(&state.delivery, state.engine.registry(), with_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_details_keep_figures_and_names_only() {
+        let mut details = json!({
+            "events": 12, "state": "loaded", "feed": "blocklist",
+            "configured_module": "/etc/enrichd/rules/risk.wasm",
+            "shadow": {"sha256": "ab".repeat(32), "events_compared": 3},
+            "shadow_error": "shadow module missing.wasm: not found",
+            "files": ["C:\\rules\\x.wasm", "name"],
+            "error": "anything",
+        });
+        withhold_private(&mut details);
+        assert_eq!(
+            details,
+            json!({"events": 12, "state": "loaded", "feed": "blocklist", "shadow": {"events_compared": 3}, "files": ["name"]})
+        );
+    }
 }
