@@ -63,7 +63,7 @@ pub struct NatsObjectOptions {
     /// `enrichd_status`; `enrichd cluster status` reads it).
     pub status_bucket: String,
     /// Seconds an instance's status entry lives without being renewed
-    /// (default 15, 3-3600; instances renew every 5 s): the bucket's
+    /// (default 15, 15-3600; instances renew every 5 s): the bucket's
     /// `max_age`, so a stopped instance drops off the board.
     pub status_ttl_s: u64,
 }
@@ -119,8 +119,10 @@ impl Component for NatsObjectUpdater {
         if !bucket_name_ok(&options.status_bucket) {
             errors.push(FieldError::new("status_bucket", "letters, digits, `_` and `-`"));
         }
-        if !(3..=3600).contains(&options.status_ttl_s) {
-            errors.push(FieldError::new("status_ttl_s", "between 3 and 3600"));
+        // Instances renew every 5 s and a write may take up to 5 s more:
+        // a shorter life would drop live instances off the board.
+        if !(15..=3600).contains(&options.status_ttl_s) {
+            errors.push(FieldError::new("status_ttl_s", "between 15 and 3600"));
         }
         if !(1..=5).contains(&options.replicas) {
             errors.push(FieldError::new("replicas", "between 1 and 5"));
@@ -137,6 +139,7 @@ impl Component for NatsObjectUpdater {
             options,
             object,
             name: ctx.name.clone(),
+            target: ctx.target.clone(),
             client: Arc::new(tokio::sync::OnceCell::new()),
             store: tokio::sync::Mutex::new(None),
             board: tokio::sync::Mutex::new(None),
@@ -151,6 +154,9 @@ struct NatsObjectRunner {
     options: NatsObjectOptions,
     object: String,
     name: String,
+    /// The local file: a version already fetched is fetched again when it
+    /// is gone (deleted by hand, a wiped volume).
+    target: std::path::PathBuf,
     /// One connection for the bucket, the watch and the board, made on
     /// first use (the client reconnects on its own after that).
     client: Arc<tokio::sync::OnceCell<async_nats::Client>>,
@@ -235,7 +241,7 @@ impl NatsObjectRunner {
         if info.deleted {
             return Err(format!("{} was deleted; the local file stays", self.describe()));
         }
-        if known.etag.as_deref() == Some(info.nuid.as_str()) && known.digest == info.digest {
+        if known.etag.as_deref() == Some(info.nuid.as_str()) && known.digest == info.digest && self.target.is_file() {
             return Ok(Fetched::Unchanged);
         }
         if info.size as u64 > self.options.max_bytes {
@@ -289,18 +295,26 @@ impl NatsObjectRunner {
         let (options, name, object) = (self.options.clone(), self.name.clone(), self.object.clone());
         let (changed, watch_error, client) = (self.changed.clone(), self.watch_error.clone(), self.client.clone());
         tokio::spawn(async move {
+            // Retries back off from 1 s to a minute while the server stays
+            // away; no fetch is triggered meanwhile (a watch that starts
+            // checks once: see `watch_once`), so an outage costs neither a
+            // failed fetch nor a state-file write per second.
+            let mut backoff = Duration::from_secs(1);
             loop {
+                let started = std::time::Instant::now();
                 let outcome = match connect(&client, &options, &name).await {
                     Ok(client) => watch_once(&options, client, &object, &changed).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = outcome {
-                    tracing::warn!(updater = %name, error = %e, "watching the bucket; retrying");
+                    tracing::warn!(updater = %name, error = %e, retry_in_s = backoff.as_secs(), "watching the bucket");
                     *watch_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 }
-                // A (re)started watch may have missed a change: check once.
-                changed.notify_one();
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_secs(1);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
             }
         });
     }

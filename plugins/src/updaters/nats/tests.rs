@@ -15,11 +15,11 @@ fn options(value: Value) -> Map<String, Value> {
     map
 }
 
-fn runner(url: &str, extra: Value) -> Arc<dyn UpdateRunner> {
+fn runner(url: &str, extra: Value, target: &std::path::Path) -> Arc<dyn UpdateRunner> {
     let mut o = options(json!({"servers": [url], "bucket": "test", "timeout_ms": 2000}));
     o.extend(options(extra));
     assert!(NatsObjectUpdater.check(&o).is_empty(), "{:?}", NatsObjectUpdater.check(&o));
-    let ctx = UpdateContext { name: "rule".into(), base_dir: "/".into(), target: "/nonexistent/rule.wasm".into() };
+    let ctx = UpdateContext { name: "rule".into(), base_dir: "/".into(), target: target.to_path_buf() };
     Factory::build(&NatsObjectUpdater, &o, &ctx).unwrap()
 }
 
@@ -39,8 +39,9 @@ async fn publishes_fetches_and_wakes_on_a_new_version() {
     let Some(nats) = NatsServer::start("publishes_fetches_and_wakes_on_a_new_version") else { return };
     let dir = tempfile::tempdir().unwrap();
     let staging = dir.path().join("staged");
-    let reader = runner(&nats.url, json!({}));
-    let writer = runner(&nats.url, json!({}));
+    let target = dir.path().join("rule.wasm");
+    let reader = runner(&nats.url, json!({}), &target);
+    let writer = runner(&nats.url, json!({}), &target);
 
     // Nothing published yet: an error that says so, and no staged file.
     let err = reader.fetch(&Validators::default(), &staging).await.unwrap_err();
@@ -54,6 +55,10 @@ async fn publishes_fetches_and_wakes_on_a_new_version() {
     assert_eq!(std::fs::read(&staging).unwrap(), b"version one");
     assert!(detail.contains("11 bytes"), "{detail}");
     assert!(validators.digest.as_deref().is_some_and(|d| d.starts_with("SHA-256=")), "{validators:?}");
+    // While the local file is missing, the same version is fetched again
+    // (a file deleted by hand comes back); once it is there, unchanged.
+    assert!(matches!(reader.fetch(&validators, &staging).await.unwrap(), Fetched::Staged { .. }));
+    std::fs::rename(&staging, &target).unwrap();
     assert_eq!(reader.fetch(&validators, &staging).await.unwrap(), Fetched::Unchanged);
 
     // The watch: the first wake-up is the check after it starts; the next
@@ -66,7 +71,7 @@ async fn publishes_fetches_and_wakes_on_a_new_version() {
     assert_eq!(std::fs::read(&staging).unwrap(), b"version two");
 
     // Over max_bytes: refused on both sides, the file untouched.
-    let small = runner(&nats.url, json!({"max_bytes": 4}));
+    let small = runner(&nats.url, json!({"max_bytes": 4}), &target);
     assert!(small.publish(b"too large").unwrap().await.unwrap_err().contains("max_bytes"));
     std::fs::remove_file(&staging).unwrap();
     let err = small.fetch(&Validators::default(), &staging).await.unwrap_err();
