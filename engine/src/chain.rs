@@ -186,10 +186,25 @@ impl Chain {
         let mut chunks = view.events.chunks_mut(len.div_ceil(parts));
         let first = chunks.next().expect("a non-empty batch has a first part");
         std::thread::scope(|scope| {
+            let mut here = Vec::new();
             for chunk in chunks {
-                scope.spawn(move || self.run_part(BatchView { source, events: chunk }, false));
+                // A thread that cannot start (limits, memory): its part
+                // runs here, after the first.
+                let part = Arc::new(Mutex::new(Some(chunk)));
+                let theirs = part.clone();
+                let spawned = std::thread::Builder::new().spawn_scoped(scope, move || {
+                    if let Some(events) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        self.run_part(BatchView { source, events }, false)
+                    }
+                });
+                if spawned.is_err() {
+                    here.extend(part.lock().unwrap_or_else(|e| e.into_inner()).take());
+                }
             }
             self.run_part(BatchView { source, events: first }, true);
+            for events in here {
+                self.run_part(BatchView { source, events }, false);
+            }
         });
     }
 

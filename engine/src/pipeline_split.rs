@@ -103,10 +103,19 @@ pub(super) fn encode(chain: &Chain, batch: &Batch, encodings: &[Encoding], outs:
     };
     // lines[part][layout]
     let lines: Vec<Vec<Vec<u8>>> = std::thread::scope(|scope| {
-        let others: Vec<_> = ranges.iter().skip(1).map(|r| scope.spawn(move || write_part(r))).collect();
+        // A part whose thread cannot start (limits, memory) is written
+        // here instead.
+        let others: Vec<_> = ranges
+            .iter()
+            .skip(1)
+            .map(|r| std::thread::Builder::new().spawn_scoped(scope, move || write_part(r)).map_err(|_| r))
+            .collect();
         let mut all = Vec::with_capacity(ranges.len());
         all.push(ranges.first().map(write_part).unwrap_or_default());
-        all.extend(others.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
+        all.extend(others.into_iter().map(|spawned| match spawned {
+            Ok(h) => h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(range) => write_part(range),
+        }));
         all
     });
     for ((encoding, out), layout) in encodings.iter().zip(outs.iter_mut()).zip(layout_of) {
