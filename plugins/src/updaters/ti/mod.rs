@@ -237,14 +237,23 @@ impl TiFeedRunner {
                     return Err(format!("{}: SHA-256 {sha256} is not the published {want}; not used", o.url));
                 }
             }
-            let mut bytes = Vec::new();
-            file.rewind()
-                .and_then(|()| file.read_to_end(&mut bytes))
-                .map_err(|e| format!("reading the download: {e}"))?;
-            let text = String::from_utf8(bytes)
-                .map_err(|e| format!("{}: not UTF-8 text (at byte {})", o.url, e.utf8_error().valid_up_to()))?;
-            let (content, note) = convert(o, text)?;
-            let report = stage(&content, &self.target, staging, o.max_shrink)?;
+            // Reading, converting and the loader's checks are CPU work on
+            // up to max_download_bytes: off the async threads.
+            let (options, target, staging) = (o.clone(), self.target.clone(), staging.to_path_buf());
+            let (report, note) = tokio::task::spawn_blocking(move || {
+                let mut bytes = Vec::new();
+                file.rewind()
+                    .and_then(|()| file.read_to_end(&mut bytes))
+                    .map_err(|e| format!("reading the download: {e}"))?;
+                let text = String::from_utf8(bytes).map_err(|e| {
+                    format!("{}: not UTF-8 text (at byte {})", options.url, e.utf8_error().valid_up_to())
+                })?;
+                let (content, note) = convert(&options, text)?;
+                let report = stage(&content, &target, &staging, options.max_shrink)?;
+                Ok::<_, String>((report, note))
+            })
+            .await
+            .map_err(|e| format!("converting the feed: {e}"))??;
             let validators = Validators { etag, last_modified, digest: Some(published.unwrap_or(sha256)) };
             Ok(Fetched::Staged { validators, detail: format!("{}{note}", summary(&report)) })
         }

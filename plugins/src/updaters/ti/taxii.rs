@@ -299,8 +299,15 @@ impl TaxiiRunner {
         if let Some(c) = &added_last {
             headers.push(format!("{CURSOR}{c}"));
         }
-        let content = file.render(&headers);
-        let report = stage(&content, &self.target, staging, o.max_shrink)?;
+        // Rendering and the loader's checks (a full parse, twice with the
+        // shrink guard) are CPU work: off the async threads.
+        let (target, staging_path, max_shrink) = (self.target.clone(), staging.to_path_buf(), o.max_shrink);
+        let (report, file) = tokio::task::spawn_blocking(move || {
+            let content = file.render(&headers);
+            stage(&content, &target, &staging_path, max_shrink).map(|report| (report, file))
+        })
+        .await
+        .map_err(|e| format!("converting the collection: {e}"))??;
         let detail = format!(
             "collection {}: {} ({objects} objects in {pages} page(s)){}",
             stix::clean(&o.collection, 64),
