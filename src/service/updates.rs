@@ -44,7 +44,7 @@ use serde_json::{json, Map, Value};
 
 use super::AppState;
 use crate::metrics::prometheus::UpdateReading;
-use origin::{same_file, sha256_hex, Origin};
+use origin::{same_file, sha256_file, Origin};
 
 mod origin;
 
@@ -492,18 +492,38 @@ async fn run(service: &Arc<AppState>, lane: &Lane) {
         Ok(Fetched::Unchanged) => Ok(None),
         Ok(Fetched::Staged { validators, detail }) => {
             let hashed = staging.clone();
-            let sha256 = tokio::task::spawn_blocking(move || std::fs::read(&hashed).map(|b| sha256_hex(&b)))
+            let sha256 = tokio::task::spawn_blocking(move || sha256_file(&hashed))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| format!("reading the staged file: {e}")));
             match sha256 {
-                Ok(sha256) => swap(&staging, &lane.spec.target).map(|()| Some((validators, detail, sha256))),
+                Ok(sha256) => {
+                    // Known before the file is swapped in: whoever sees the
+                    // new content (a stage reloading on the rename) can
+                    // already tell where it came from.
+                    let revision = validators.etag.clone().or_else(|| validators.digest.clone());
+                    let origin = Origin { sha256, revision, detail: detail.clone(), at: now_s() };
+                    origin::remember(&mut lane.state().origins, origin);
+                    swap(&staging, &lane.spec.target).map(|()| Some((validators, detail)))
+                }
                 Err(e) => Err(e),
             }
         }
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_file(&staging);
+    if let Ok(Some((validators, _))) = &outcome {
+        // The new file is in place: its validators are written before the
+        // stages see it, so a restart right after (even before the reload
+        // answers) does not fetch the same version again.
+        {
+            let mut s = lane.state();
+            s.validators = validators.clone();
+            s.last_check = Some(started);
+            s.last_success = Some(started);
+        }
+        lane.persist();
+    }
     let apply = match &outcome {
         Ok(Some(_)) => {
             let target = lane.spec.target.clone();
@@ -525,9 +545,7 @@ async fn run(service: &Arc<AppState>, lane: &Lane) {
                 s.last_result = Some("unchanged".into());
                 tracing::info!(updater = %lane.spec.name, "data file unchanged");
             }
-            Ok(Some((validators, detail, sha256))) => {
-                let revision = validators.etag.clone().or_else(|| validators.digest.clone());
-                origin::remember(&mut s.origins, Origin { sha256, revision, detail: detail.clone(), at: now_s() });
+            Ok(Some((validators, detail))) => {
                 s.last_success = Some(started);
                 s.last_change = Some(now_s());
                 s.changes += 1;

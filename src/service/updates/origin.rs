@@ -34,9 +34,13 @@ pub(super) fn remember(origins: &mut Vec<Origin>, origin: Origin) {
 }
 
 /// Hex SHA-256, as stages report their sources.
-pub(super) fn sha256_hex(bytes: &[u8]) -> String {
+/// The SHA-256 of a file, read in a stream (staged databases may be
+/// up to a GiB).
+pub(super) fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(enrichd_engine::to_hex(&hasher.finalize()))
 }
 
 /// The same file, by path or (both existing) by canonical path.
@@ -60,6 +64,11 @@ mod tests {
         assert_eq!(origins.last().map(|o| (o.sha256.as_str(), o.at)), Some(("h5", 99)));
         assert_eq!(origins.iter().filter(|o| o.sha256 == "h5").count(), 1);
         assert!(!origins.iter().any(|o| o.sha256 == "h0" || o.sha256 == "h1"));
-        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("abc"), b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&dir.path().join("abc")).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }
