@@ -339,6 +339,14 @@ pub(crate) struct ConvertedFile {
     pub(crate) rows: BTreeMap<String, Vec<String>>,
     pub(crate) unsupported: BTreeMap<String, String>,
     pub(crate) revoked: usize,
+    /// Bytes the rows render to (kept as rows come and go): what a
+    /// collection would make the stage read, checked while it is read.
+    row_bytes: usize,
+}
+
+/// Bytes of rows as rendered (one line each).
+fn rendered(rows: &[String]) -> usize {
+    rows.iter().map(|r| r.len() + 1).sum()
 }
 
 impl ConvertedFile {
@@ -347,18 +355,37 @@ impl ConvertedFile {
             stix::Converted::Other => {}
             stix::Converted::Revoked { id } => {
                 self.revoked += 1;
-                self.rows.remove(&id);
+                self.remove_rows(&id);
                 self.unsupported.remove(&id);
             }
             stix::Converted::Rows { id, rows } => {
                 self.unsupported.remove(&id);
+                self.remove_rows(&id);
+                self.row_bytes += rendered(&rows);
                 self.rows.insert(id, rows);
             }
             stix::Converted::Unsupported { id, reason } => {
-                self.rows.remove(&id);
+                self.remove_rows(&id);
                 self.unsupported.insert(id, reason);
             }
         }
+    }
+
+    /// Adds one row read back from a converted file.
+    pub(crate) fn push_row(&mut self, id: &str, row: &str) {
+        self.row_bytes += row.len() + 1;
+        self.rows.entry(id.to_string()).or_default().push(row.to_string());
+    }
+
+    fn remove_rows(&mut self, id: &str) {
+        if let Some(old) = self.rows.remove(id) {
+            self.row_bytes = self.row_bytes.saturating_sub(rendered(&old));
+        }
+    }
+
+    /// Bytes the rows render to.
+    pub(crate) fn row_bytes(&self) -> usize {
+        self.row_bytes
     }
 
     /// The file: `headers` as comments, the CSV, then one comment per

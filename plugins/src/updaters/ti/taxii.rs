@@ -31,6 +31,9 @@ use serde_json::Value;
 use super::super::http::Fetcher;
 use super::{check_common, check_http_url, stage, stix, summary, ConvertedFile, DEFAULT_MAX_SHRINK, DEFAULT_TIMEOUT_S};
 
+/// Most bytes a collection's converted rows may take: the ti stage's
+/// default `max_file_bytes` (it would refuse a larger file anyway).
+const MAX_RENDERED_BYTES: u64 = 128 << 20;
 const TAXII: &str = "application/taxii+json;version=2.1";
 /// The comment naming the resume position in a converted file.
 const CURSOR: &str = "taxii added_after: ";
@@ -277,6 +280,14 @@ impl TaxiiRunner {
                         o.max_objects
                     ));
                 }
+                // One object may expand to many rows (an OR of values):
+                // the rendered size is bounded too, while reading.
+                if file.row_bytes() as u64 > MAX_RENDERED_BYTES {
+                    return Err(format!(
+                        "the collection's indicators render to over {} MiB; not used",
+                        MAX_RENDERED_BYTES >> 20
+                    ));
+                }
             }
             let more = page.get("more").and_then(Value::as_bool).unwrap_or(false);
             next = page.get("next").and_then(Value::as_str).map(|n| stix::clean(n, 256));
@@ -335,7 +346,7 @@ pub(super) fn read_converted(text: &str) -> (ConvertedFile, Option<String>) {
             // The id is the last field, never quoted (STIX ids have no
             // comma or quote).
             if let Some((_, id)) = line.rsplit_once(',') {
-                file.rows.entry(id.to_string()).or_default().push(line.to_string());
+                file.push_row(id, line);
             }
         }
     }

@@ -348,4 +348,11 @@ fn converted_files_read_back_with_their_position() {
     let text = back.render(&[]);
     assert!(text.contains("192.0.2.9") && !text.contains("192.0.2.1,") && !text.contains("192.0.2.2"), "{text}");
     assert!(text.contains("# unsupported\tindicator--c\tAND is not supported"), "{text}");
+    // The rendered size is kept as rows come and go (TAXII bounds it while
+    // reading): it equals the rows' lines of the rendered file.
+    let rows_bytes = |f: &super::ConvertedFile| f.rows.values().flatten().map(|r| r.len() + 1).sum::<usize>();
+    assert_eq!(back.row_bytes(), rows_bytes(&back));
+    assert_eq!(file.row_bytes(), rows_bytes(&file));
+    back.apply(Converted::Unsupported { id: "indicator--a".into(), reason: "x".into() });
+    assert_eq!(back.row_bytes(), 0);
 }
