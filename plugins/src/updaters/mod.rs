@@ -14,4 +14,6 @@
 mod http;
 pub mod mmdb;
 pub mod nats;
+#[cfg(test)]
+mod test_server;
 pub mod ti;

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::{MaxMindUpdater, MmdbUrlUpdater};
 use crate::test_support::data;
+use crate::updaters::test_server::raw_server;
 
 const KEY: &str = "lic-7Hq2-secret";
 const BASIC: &str = "Basic NDI6bGljLTdIcTItc2VjcmV0"; // base64("42:lic-7Hq2-secret")
@@ -196,39 +198,17 @@ async fn archives_without_a_valid_database_of_the_edition_are_refused() {
     assert!(err.contains("archive"), "{err}");
 }
 
-/// A server that announces the whole body and closes after half of it.
-async fn truncating_server(body: Vec<u8>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
-            let body = body.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut head = [0u8; 4096];
-                let _ = socket.read(&mut head).await;
-                let header = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-                let _ = socket.write_all(header.as_bytes()).await;
-                let _ = socket.write_all(&body[..body.len() / 2]).await;
-                let _ = socket.shutdown().await;
-            });
-        }
-    });
-    format!("http://{addr}/db")
-}
-
 #[tokio::test]
 async fn truncated_downloads_are_refused() {
     let (_dir, target, staging) = setup();
     // The connection closes early.
-    let url = truncating_server(archive("GeoIP2-City.mmdb", &city())).await;
+    let whole = archive("GeoIP2-City.mmdb", &city());
+    let url = raw_server(whole[..whole.len() / 2].to_vec(), whole.len(), Duration::ZERO).await;
     let runner = runner(&MmdbUrlUpdater, json!({ "url": url }), &target);
     let err = runner.fetch(&Validators::default(), &staging).await.unwrap_err();
     assert!(err.contains("cut off") || err.contains("truncated"), "{err}");
     // A complete response whose content is a cut archive.
     let remote = Shared::default();
-    let whole = archive("GeoIP2-City.mmdb", &city());
     remote.lock().unwrap().archive = whole[..whole.len() * 2 / 3].to_vec();
     let base = serve(remote).await;
     let runner = self::runner(&MmdbUrlUpdater, json!({ "url": format!("{base}/db") }), &target);

@@ -17,6 +17,7 @@ use sha2::Digest;
 
 use super::stix::parse_pattern;
 use super::TiFeedUpdater;
+use crate::updaters::test_server::raw_server;
 
 #[derive(Default)]
 struct Remote {
@@ -59,32 +60,6 @@ async fn serve(remote: Shared) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/feed")
-}
-
-/// Answers every request with `body`, announcing `announced` bytes, and
-/// sleeping `pause` after the first half.
-async fn raw_server(body: Vec<u8>, announced: usize, pause: Duration) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
-            let body = body.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut head = [0u8; 4096];
-                let _ = socket.read(&mut head).await;
-                let header = format!("HTTP/1.1 200 OK\r\ncontent-length: {announced}\r\n\r\n");
-                let _ = socket.write_all(header.as_bytes()).await;
-                let half = body.len() / 2;
-                let _ = socket.write_all(&body[..half]).await;
-                let _ = socket.flush().await;
-                tokio::time::sleep(pause).await;
-                let _ = socket.write_all(&body[half..]).await;
-            });
-        }
-    });
     format!("http://{addr}/feed")
 }
 
