@@ -57,17 +57,6 @@ fn scores(s: &Server) -> Vec<Value> {
     r.json()["records"].as_array().unwrap().iter().map(|r| r["risk_score"].clone()).collect()
 }
 
-/// A module that loops forever on destination port 666 and scores 42
-/// otherwise (as in tests/wasm.rs).
-const LOOPS_ON_666: &str = r#"(module (memory (export "memory") 2)
-  (func (export "enrichd_abi_version") (result i32) (i32.const 65536))
-  (func (export "enrichd_io") (result i32) (i32.const 0))
-  (func (export "enrichd_process") (param $n i32) (result i32)
-    (if (i32.eq (i32.load16_u (i32.const 98)) (i32.const 666)) (then (loop $l (br $l))))
-    (i32.store16 (i32.const 28680) (i32.const 0)) (i32.store8 (i32.const 28682) (i32.const 1))
-    (i32.store16 (i32.const 28683) (i32.const 4)) (i32.store (i32.const 28685) (i32.const 42))
-    (i32.store (i32.const 28672) (i32.const 9)) (i32.const 0)))"#;
-
 #[test]
 fn a_shadow_rule_is_compared_never_applied_and_cannot_hurt_the_live_one() {
     let s = start(tempfile::tempdir().unwrap(), "");
@@ -120,7 +109,7 @@ fn a_shadow_rule_is_compared_never_applied_and_cannot_hurt_the_live_one() {
 
     // A hostile shadow: loops on one event. The live verdicts stand, the
     // shadow's failure is counted and reported.
-    let r = admin(&s, "POST", shadow, LOOPS_ON_666.as_bytes());
+    let r = admin(&s, "POST", shadow, common::LOOPS_ON_666.as_bytes());
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.json()["replaced"].is_string());
     let r = s.ingest("flows.v1", json!([{"src_ip": "45.149.3.1", "dst_port": 666}]));

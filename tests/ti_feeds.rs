@@ -48,16 +48,7 @@ async fn feed(State(remote): State<Shared>, headers: HeaderMap) -> Response {
 fn remote() -> (Shared, String) {
     let remote = Shared::default();
     let app = axum::Router::new().route("/feed.csv", axum::routing::get(feed)).with_state(remote.clone());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (remote, format!("http://{}/feed.csv", rx.recv().unwrap()))
+    (remote, format!("http://{}/feed.csv", common::serve_app(app)))
 }
 
 fn run_update(server: &Server, name: &str) -> Value {
@@ -72,14 +63,7 @@ fn run_update(server: &Server, name: &str) -> Value {
 
 /// The `ti` matches of one flow to `dst` (and a DNS `query`).
 fn matches(s: &Server, dst: &str, query: Option<&str>) -> Value {
-    let mut rec =
-        json!({"src_ip": "10.1.1.1", "dst_ip": dst, "src_port": 50000, "dst_port": 80, "protocol": "tcp", "bytes": 10});
-    if let Some(q) = query {
-        rec["query"] = q.into();
-    }
-    let r = s.ingest("flows.v1", json!([rec]));
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["records"][0]["ti"]["matches"].clone()
+    common::enrich_one_flow(s, dst, query)["ti"]["matches"].clone()
 }
 
 fn config(update: &str, file: &std::path::Path) -> String {

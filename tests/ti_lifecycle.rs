@@ -49,14 +49,7 @@ fn now() -> i64 {
 }
 
 fn record(s: &Server, dst: &str, query: Option<&str>) -> Value {
-    let mut rec =
-        json!({"src_ip": "10.1.1.1", "dst_ip": dst, "src_port": 50000, "dst_port": 80, "protocol": "tcp", "bytes": 10});
-    if let Some(q) = query {
-        rec["query"] = q.into();
-    }
-    let r = s.ingest("flows.v1", json!([rec]));
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["records"][0].clone()
+    common::enrich_one_flow(s, dst, query)
 }
 
 fn feed<'a>(status: &'a Value, name: &str) -> &'a Value {

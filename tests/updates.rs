@@ -71,16 +71,7 @@ fn remote() -> (Shared, String) {
     let app = axum::Router::new()
         .route("/geoip/databases/GeoIP2-City/download", axum::routing::get(download))
         .with_state(remote.clone());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (remote, format!("http://{}", rx.recv().unwrap()))
+    (remote, format!("http://{}", common::serve_app(app)))
 }
 
 fn run_update(server: &Server, name: &str) -> (u16, Value) {

@@ -42,19 +42,7 @@ fn risk_rule_scores_ingested_events() {
 fn a_hostile_module_fails_only_its_batch() {
     let dir = tempfile::tempdir().unwrap();
     let wat = dir.path().join("evil.wat");
-    // Loops forever on destination port 666, scores 42 otherwise.
-    std::fs::write(
-        &wat,
-        r#"(module (memory (export "memory") 2)
-  (func (export "enrichd_abi_version") (result i32) (i32.const 65536))
-  (func (export "enrichd_io") (result i32) (i32.const 0))
-  (func (export "enrichd_process") (param $n i32) (result i32)
-    (if (i32.eq (i32.load16_u (i32.const 98)) (i32.const 666)) (then (loop $l (br $l))))
-    (i32.store16 (i32.const 28680) (i32.const 0)) (i32.store8 (i32.const 28682) (i32.const 1))
-    (i32.store16 (i32.const 28683) (i32.const 4)) (i32.store (i32.const 28685) (i32.const 42))
-    (i32.store (i32.const 28672) (i32.const 9)) (i32.const 0)))"#,
-    )
-    .unwrap();
+    std::fs::write(&wat, common::LOOPS_ON_666).unwrap();
     let chain = format!(
         "{}\n[[chain]]\nplugin = \"wasm\"\nname = \"evil\"\nmodule = \"{}\"\nscore_field = \"evil_score\"\nreasons_field = \"evil_reasons\"\ntags_field = \"evil_tags\"\nfallback_score = 99\n",
         risk_chain(""),

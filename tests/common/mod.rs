@@ -16,6 +16,17 @@ use serde_json::Value;
 
 pub(crate) const KEY: &str = "test-key-7f3a";
 
+/// A WebAssembly rule (text format) that loops forever on destination
+/// port 666 and scores 42 otherwise: a guest the epoch deadline must stop.
+pub(crate) const LOOPS_ON_666: &str = r#"(module (memory (export "memory") 2)
+  (func (export "enrichd_abi_version") (result i32) (i32.const 65536))
+  (func (export "enrichd_io") (result i32) (i32.const 0))
+  (func (export "enrichd_process") (param $n i32) (result i32)
+    (if (i32.eq (i32.load16_u (i32.const 98)) (i32.const 666)) (then (loop $l (br $l))))
+    (i32.store16 (i32.const 28680) (i32.const 0)) (i32.store8 (i32.const 28682) (i32.const 1))
+    (i32.store16 (i32.const 28683) (i32.const 4)) (i32.store (i32.const 28685) (i32.const 42))
+    (i32.store (i32.const 28672) (i32.const 9)) (i32.const 0)))"#;
+
 /// Environment variables that override configuration: cleared for every
 /// spawned binary so the developer's shell cannot change a test.
 pub(crate) const OVERRIDE_VARS: [&str; 9] = [
@@ -29,6 +40,35 @@ pub(crate) const OVERRIDE_VARS: [&str; 9] = [
     "ENRICH_ENABLE_ASN",
     "ENRICH_ENABLE_TI",
 ];
+
+/// The enriched record of one TCP flow from 10.1.1.1 to `dst` (with a DNS
+/// `query` when given), sent through `/v1/ingest`.
+pub(crate) fn enrich_one_flow(s: &Server, dst: &str, query: Option<&str>) -> Value {
+    let mut rec = serde_json::json!({
+        "src_ip": "10.1.1.1", "dst_ip": dst, "src_port": 50000, "dst_port": 80, "protocol": "tcp", "bytes": 10
+    });
+    if let Some(q) = query {
+        rec["query"] = q.into();
+    }
+    let r = s.ingest("flows.v1", serde_json::json!([rec]));
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["records"][0].clone()
+}
+
+/// Serves `app` on a free loopback port from its own runtime thread (for
+/// stand-ins of remote servers: feeds, download services); its address.
+pub(crate) fn serve_app(app: axum::Router) -> std::net::SocketAddr {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
 
 /// The repository root (paths in test configs are made absolute with it).
 pub(crate) fn repo() -> PathBuf {
