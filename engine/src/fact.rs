@@ -39,6 +39,11 @@ use serde::Serialize;
 pub use crate::event::FactId;
 use crate::event::{KeyId, Side};
 
+/// Upper bounds of every histogram of [`FactKind::Score`] values (the live
+/// risk metrics, shadow-rule comparisons), +Inf after the last: one set,
+/// so the histograms read side by side.
+pub const SCORE_BOUNDS: [u8; 10] = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
+
 /// The type of a fact's scalar (what the `u32` means), not its meaning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -47,8 +47,9 @@ pub(crate) const HIGH_RISK_KEEP: usize = 50;
 /// AS labels collected per shard and tick (new AS numbers are rare).
 const LABELS_PER_TICK: usize = 64;
 
-/// Upper bounds of the risk-score histogram buckets.
-pub(crate) const RISK_BOUNDS: [u8; 10] = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
+/// Upper bounds of the risk-score histogram buckets (the engine's, shared
+/// with shadow-rule comparisons).
+pub(crate) const RISK_BOUNDS: [u8; 10] = enrichd_engine::fact::SCORE_BOUNDS;
 
 /// What metrics make of each declared fact, by fact index.
 #[derive(Clone, Copy, Debug, Default)]

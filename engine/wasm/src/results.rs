@@ -342,12 +342,6 @@ impl ResultWriter {
         event.output(*reasons).and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default()
     }
 
-    /// The verdict the fallback gives (what a failed chunk's events carry).
-    pub fn fallback_verdict(&self, kind: FailureKind) -> Verdict {
-        let reason = format!("rule error: {}", kind.name());
-        Verdict { score: self.fallback_score.parse().ok(), reasons: mix(0, reason.as_bytes()) }
-    }
-
     pub fn fallback(&self, events: &mut [Event], kind: FailureKind) {
         let reason = format!("rule error: {}", kind.name());
         match &self.outputs {

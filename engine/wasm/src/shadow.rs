@@ -33,11 +33,7 @@ use serde_json::{json, Value};
 use crate::results::Verdict;
 use crate::runtime::LoadedModule;
 use crate::stats::{CircuitBreaker, FailureKind, ModuleStats};
-
-/// Upper bounds of the score histogram buckets: the same as the risk
-/// histogram of the live metrics (`src/metrics/feed.rs` `RISK_BOUNDS`), so
-/// the two read side by side with the dashboard's.
-pub(crate) const SCORE_BOUNDS: [u8; 10] = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
+use enrichd_engine::fact::SCORE_BOUNDS;
 
 /// Differing events quoted in full, newest last.
 pub(crate) const MAX_SAMPLES: usize = 20;
