@@ -17,3 +17,11 @@ pub mod nats;
 #[cfg(test)]
 mod test_server;
 pub mod ti;
+
+/// Writes `content` to a staging path and syncs it: what a runner leaves
+/// there must survive a crash right after the core renames it in.
+pub(crate) fn write_staged(path: &std::path::Path, content: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    file.write_all(content).and_then(|()| file.sync_all()).map_err(|e| format!("writing {}: {e}", path.display()))
+}

@@ -275,7 +275,7 @@ impl NatsObjectRunner {
                 info.size
             ));
         }
-        write_synced(staging, &content).map_err(|e| format!("writing {}: {e}", staging.display()))?;
+        super::write_staged(staging, &content)?;
         let modified = info.modified.map(|m| format!(", published {m}")).unwrap_or_default();
         Ok(Fetched::Staged {
             validators: Validators { etag: Some(info.nuid.clone()), last_modified: None, digest: info.digest.clone() },
@@ -369,13 +369,6 @@ async fn open_bucket(options: &NatsObjectOptions, client: async_nats::Client) ->
             .await
             .map_err(|e| format!("opening or creating bucket {:?}: {e}", options.bucket)),
     }
-}
-
-fn write_synced(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path)?;
-    file.write_all(content)?;
-    file.sync_all()
 }
 
 impl UpdateRunner for NatsObjectRunner {

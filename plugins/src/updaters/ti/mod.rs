@@ -25,7 +25,7 @@ mod taxii;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -448,10 +448,7 @@ pub(crate) fn stage(content: &str, target: &Path, staging: &Path, max_shrink: f6
             ));
         }
     }
-    let mut file = std::fs::File::create(staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
-    file.write_all(content.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("writing {}: {e}", staging.display()))?;
+    super::write_staged(staging, content.as_bytes())?;
     Ok(report)
 }
 
