@@ -142,37 +142,64 @@ async fn call(
         Some(body) => super::body::read(&state, &headers, body).await?,
         None => Vec::new(),
     };
-    let worker = state.clone();
     let before = method.mutates().then(|| reload::chain_hash(&state));
-    let answer = blocking(move || {
-        let _guard = method.mutates().then(|| worker.admin_changes.lock().unwrap_or_else(|e| e.into_inner()));
+    let answer = run_change(&state, method.mutates(), move |state_dir| {
+        Some(handler.handle(AdminRequest { method, id: id.as_deref(), body: &body, state_dir }))
+    })
+    .await?
+    .expect("a resource handler always answers");
+    if method.mutates() {
+        let (status, target) = (answer.status, target.as_deref().unwrap_or(""));
+        tracing::info!(key_id = %key.id(), resource, method = ?method, id = target, status, "admin change");
+        let action = if method == AdminMethod::Put { "resource_put" } else { "resource_delete" };
+        let target = format!("/v1/{resource}{}{target}", if target.is_empty() { "" } else { "/" });
+        audit_change(&state, &key, action, target, before, status);
+    }
+    Ok(respond(answer))
+}
+
+/// Runs an admin-side change (`change`, given the state directory) off the
+/// async threads: mutating calls one at a time, and after a successful
+/// change the reload of the stages watching the changed files, reported as
+/// `live` in the answer, so the change is live when the call returns.
+/// `None` from `change`: nobody answers the call.
+pub(super) async fn run_change(
+    state: &Arc<AppState>,
+    mutates: bool,
+    change: impl FnOnce(&std::path::Path) -> Option<AdminResponse> + Send + 'static,
+) -> Result<Option<AdminResponse>, ApiError> {
+    let worker = state.clone();
+    blocking(move || {
+        let _guard = mutates.then(|| worker.admin_changes.lock().unwrap_or_else(|e| e.into_inner()));
         let state_dir = worker.config.state_dir();
-        let mut answer = handler.handle(AdminRequest { method, id: id.as_deref(), body: &body, state_dir: &state_dir });
+        let mut answer = change(&state_dir)?;
         if (200..300).contains(&answer.status) && !answer.changed.is_empty() {
             let live = live_after_change(&worker, &answer.changed);
             if let Some(obj) = answer.body.as_object_mut() {
                 obj.insert("live".into(), live);
             }
         }
-        answer
+        Some(answer)
     })
-    .await?;
-    if method.mutates() {
-        let (status, target) = (answer.status, target.as_deref().unwrap_or(""));
-        tracing::info!(key_id = %key.id(), resource, method = ?method, id = target, status, "admin change");
-        let action = if method == AdminMethod::Put { "resource_put" } else { "resource_delete" };
-        let mut entry = AuditEntry::new(
-            "api",
-            action,
-            format!("/v1/{resource}{}{target}", if target.is_empty() { "" } else { "/" }),
-        );
-        entry.key_id = Some(key.id());
-        entry.before_sha256 = before;
-        entry.after_sha256 = Some(reload::chain_hash(&state));
-        entry.result = status.to_string();
-        state.audit.record(entry);
-    }
-    Ok(respond(answer))
+    .await
+}
+
+/// The audit entry of a change made through the API: who (key id), what,
+/// the chain's hash before and after, and the answer's status.
+pub(super) fn audit_change(
+    state: &AppState,
+    key: &KeyDigest,
+    action: &'static str,
+    target: String,
+    before: Option<String>,
+    status: u16,
+) {
+    let mut entry = AuditEntry::new("api", action, target);
+    entry.key_id = Some(key.id());
+    entry.before_sha256 = before;
+    entry.after_sha256 = Some(reload::chain_hash(state));
+    entry.result = status.to_string();
+    state.audit.record(entry);
 }
 
 pub(super) fn respond(answer: AdminResponse) -> Response {

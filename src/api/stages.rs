@@ -22,7 +22,6 @@ use axum::Router;
 use enrichd_engine::{StageMethod, StageRequest};
 
 use super::{ApiError, AppState};
-use crate::audit::AuditEntry;
 use crate::reload;
 
 /// Every collection's action path (`/v1/{collection}/{stage}/{action}`),
@@ -82,35 +81,22 @@ async fn call(
         _ => super::body::read(&state, &headers, body).await?,
     };
     let target = format!("/v1/{collection}/{stage}/{action}");
-    let worker = state.clone();
     let key_id = key.id();
     let before = method.mutates().then(|| reload::chain_hash(&state));
     let (stage_name, action_name) = (stage.clone(), action.clone());
-    let answer = tokio::task::spawn_blocking(move || {
-        let _guard = method.mutates().then(|| worker.admin_changes.lock().unwrap_or_else(|e| e.into_inner()));
-        let state_dir = worker.config.state_dir();
+    let worker = state.clone();
+    let answer = super::admin::run_change(&state, method.mutates(), move |state_dir| {
         let request = StageRequest {
             method,
             action: &action_name,
             query: query.as_deref().unwrap_or(""),
             body: &body,
-            state_dir: &state_dir,
+            state_dir,
             actor: Some(&key_id),
         };
-        let mut answer = worker.engine.chain().stage_action(kind, &stage_name, request)?;
-        if (200..300).contains(&answer.status) && !answer.changed.is_empty() {
-            let live = super::admin::live_after_change(&worker, &answer.changed);
-            if let Some(obj) = answer.body.as_object_mut() {
-                obj.insert("live".into(), live);
-            }
-        }
-        Some(answer)
+        worker.engine.chain().stage_action(kind, &stage_name, request)
     })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "stage action worker failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the action could not be completed")
-    })?;
+    .await?;
     let Some(answer) = answer else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -121,13 +107,8 @@ async fn call(
     };
     if method.mutates() {
         tracing::info!(key_id = %key.id(), target, status = answer.status, "stage action");
-        let mut entry =
-            AuditEntry::new("api", if method == StageMethod::Post { "stage_post" } else { "stage_delete" }, target);
-        entry.key_id = Some(key.id());
-        entry.before_sha256 = before;
-        entry.after_sha256 = Some(reload::chain_hash(&state));
-        entry.result = answer.status.to_string();
-        state.audit.record(entry);
+        let action = if method == StageMethod::Post { "stage_post" } else { "stage_delete" };
+        super::admin::audit_change(&state, &key, action, target, before, answer.status);
     }
     Ok(super::admin::respond(answer))
 }
