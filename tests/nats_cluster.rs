@@ -186,9 +186,27 @@ fn killing_the_stream_leader_mid_load_loses_nothing() {
     // Nothing lost: every record is in the stream (a resent batch may be
     // there twice: at least once).
     let seen = rt.block_on(async {
-        let raw = js.get_stream("RAW").await.unwrap();
-        let consumer = raw.create_consumer(consumer::pull::OrderedConfig { ..Default::default() }).await.unwrap();
-        let mut messages = consumer.messages().await.unwrap();
+        // Making a consumer is a meta-leader operation: when the killed node
+        // also led the meta group, that election may still be running after
+        // the stream's own leader took publishes again. Retry until then.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut messages = loop {
+            let made = async {
+                let raw = js.get_stream("RAW").await.map_err(|e| e.to_string())?;
+                let consumer = raw
+                    .create_consumer(consumer::pull::OrderedConfig { ..Default::default() })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                consumer.messages().await.map_err(|e| e.to_string())
+            };
+            match made.await {
+                Ok(messages) => break messages,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no consumer on the stream after the election: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
         let mut seen = vec![false; BATCHES * PER_BATCH];
         let deadline = Instant::now() + Duration::from_secs(20);
         while seen.iter().any(|s| !s) {
