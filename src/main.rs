@@ -112,7 +112,7 @@ enum Command {
     /// Check or try out a WebAssembly rule / enricher module.
     #[command(subcommand)]
     Rule(cli::rule::RuleCommand),
-    /// Publish a rule or an indicator file once for every instance
+    /// Publish a rule, an indicator file or a chain file once for every instance
     /// (through an `[[update]]` entry that can publish, e.g. `nats_object`).
     #[command(subcommand)]
     Publish(cli::publish::PublishCommand),

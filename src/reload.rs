@@ -44,10 +44,13 @@ pub(crate) fn reload_everything(state: &AppState, actor: Actor, key_id: Option<S
 /// Reloads what the changed paths concern (the watcher).
 pub(crate) fn reload_changed(state: &AppState, changed: &[PathBuf]) -> Value {
     let before = content_hashes(state);
-    let config_path = enrichd_engine::live::absolute(state.config.path());
+    // The configuration file, and the chain file it names (the running
+    // one's: a changed `chain_file` is followed after a restart).
+    let mut config_files = vec![enrichd_engine::live::absolute(state.config.path())];
+    config_files.extend(state.config.engine.chain_file.as_ref().map(|f| enrichd_engine::live::absolute(&f.path)));
     let config = changed
         .iter()
-        .any(|p| enrichd_engine::live::absolute(p) == config_path)
+        .any(|p| config_files.contains(&enrichd_engine::live::absolute(p)))
         .then(|| reload_config(state, Actor::WATCHER, None));
     let stages = state.engine.reload_paths(changed);
     audit_swaps(state, &before, &stages, Actor::WATCHER, None);
@@ -154,10 +157,11 @@ fn reload_config(state: &AppState, actor: Actor, key_id: Option<&str>) -> Option
     // parses, is not a request to stop enriching: only `chain = []`
     // written out empties a running chain.
     if config.engine.chain.is_empty() && !config.engine.chain_declared && !state.engine.chain().reports().is_empty() {
+        let file = config.engine.chain_file.as_ref().map_or(config.path(), |f| f.path.as_path());
         let error = format!(
             "{}: no [[chain]] entry: refusing to remove every stage (the file is empty or was cut mid-write?); \
              the running chain stays. Write `chain = []` to run without enrichers on purpose",
-            config.path().display()
+            file.display()
         );
         return Some(config_refused(state, error));
     }
@@ -171,6 +175,10 @@ fn reload_config(state: &AppState, actor: Actor, key_id: Option<&str>) -> Option
     }
     if config.reload != running.reload {
         needs_restart.push("reload".to_string());
+    }
+    // The watch follows the chain file named at start.
+    if config.engine.chain_file.as_ref().map(|f| &f.path) != running.engine.chain_file.as_ref().map(|f| &f.path) {
+        needs_restart.push("chain_file".to_string());
     }
     if config.profiles != running.profiles {
         needs_restart.push("profiles".to_string());
@@ -224,6 +232,7 @@ fn reload_config(state: &AppState, actor: Actor, key_id: Option<&str>) -> Option
                 s.config_reloads += 1;
                 s.last_config_error = None;
                 s.needs_restart = needs_restart;
+                s.chain_file = config.engine.chain_file.clone();
             });
             Some(json!({ "outcome": if report.swapped { "applied" } else { "unchanged" }, "stages": report.stages }))
         }

@@ -92,7 +92,7 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
             &state.config.state_dir(),
         )
         .map_err(|e| anyhow::anyhow!("{}: {e}", state.config.path().display()))?;
-    state.updates.start(&state);
+    state.updates.start(&state, crate::reload::reload_changed);
     state.presence.start(&state);
     let tls = match state.config.tls_files() {
         Some(files) => Some(crate::tls::Tls::load(files).context("[server] TLS")?),

@@ -104,10 +104,12 @@ fn collect(event: notify::Result<Event>, into: &mut BTreeSet<PathBuf>) {
     }
 }
 
-/// The directories to watch: the configuration file's, and for every path
+/// The directories to watch: the configuration file's (and its chain
+/// file's), and for every path
 /// a stage reloads on, its directory (and the path itself if it is one).
 fn wanted_dirs(state: &AppState) -> BTreeSet<PathBuf> {
     let mut paths = vec![state.config.path().to_path_buf()];
+    paths.extend(state.config.engine.chain_file.as_ref().map(|f| f.path.clone()));
     paths.extend(state.engine.chain().watched_paths().into_iter().map(|(p, _)| p));
     let mut dirs = BTreeSet::new();
     for path in paths {

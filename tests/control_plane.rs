@@ -6,6 +6,8 @@
 //! rule's verdict); a broken module published behind the CLI's back must
 //! leave all three on the old rule, each reporting the refusal; published
 //! indicators must match; `enrichd cluster status` must list the three.
+//! A chain file (`chain_file`) published the same way changes every
+//! instance's chain; a broken one changes none.
 
 mod common;
 
@@ -209,4 +211,105 @@ fn a_rule_published_once_is_live_on_every_instance_and_a_broken_one_nowhere() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no enabled [[update]] entry named \"nope\"") && err.contains("risk, indicators"), "{err}");
+}
+
+/// An instance whose chain lives in `chain.toml`, kept current from the
+/// bucket by the `[[update]]` entry `chain`.
+fn chain_file_instance(url: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo().join("rules/risk.wasm"), dir.path().join("rule.wasm")).unwrap();
+    std::fs::write(dir.path().join("ti.txt"), "203.0.113.77\n").unwrap();
+    std::fs::write(dir.path().join("chain.toml"), "[[chain]]\nplugin = \"ti\"\npaths = [\"ti.txt\"]\n").unwrap();
+    let config = format!(
+        r#"chain_file = "chain.toml"
+
+[auth]
+api_keys = ["{KEY}"]
+
+[[update]]
+type = "nats_object"
+name = "chain"
+path = "chain.toml"
+servers = ["{url}"]
+bucket = "control"
+interval_s = 3600
+"#
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    Server::start_file(&path, &[], dir)
+}
+
+#[test]
+fn a_chain_file_published_once_changes_every_instance_and_a_broken_one_none() {
+    let Some(nats) = NatsServer::start("a_chain_file_published_once_changes_every_instance_and_a_broken_one_none")
+    else {
+        return;
+    };
+    let instances: Vec<Server> = (0..2).map(|_| chain_file_instance(&nats.url)).collect();
+    let config_path = instances[0].dir.path().join("config.toml");
+    for s in &instances {
+        let record = probe(s);
+        assert!(record["ti"].to_string().contains("203.0.113.77") && record["risk_score"].is_null(), "{record}");
+        let doc = s.get_auth("/v1/enrichers").json();
+        assert_eq!(doc["chain_file"]["origin"], json!({"from": "file"}), "{doc}");
+    }
+
+    // The CLI refuses a chain no instance could build...
+    let dir = tempfile::tempdir().unwrap();
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "[[chain]]\nplugin = \"ti\"\npaths = [\"ti.txt\"]\n\n[[chain]]\nplugin = \"nope\"\n")
+        .unwrap();
+    let out = publish("chain", "chain", &unknown, &config_path);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown.toml:5") && err.contains("unknown plugin \"nope\""), "{err}");
+    let sections = dir.path().join("sections.toml");
+    std::fs::write(&sections, "[[chain]]\nplugin = \"ti\"\n\n[auth]\napi_keys = [\"x\"]\n").unwrap();
+    let out = publish("chain", "chain", &sections, &config_path);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `auth`"));
+
+    // ...and publishes a good one: the risk rule joins every chain.
+    let good = dir.path().join("chain.toml");
+    let text = "[[chain]]\nplugin = \"ti\"\npaths = [\"ti.txt\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"risk\"\nmodule = \"rule.wasm\"\n";
+    std::fs::write(&good, text).unwrap();
+    let out = publish("chain", "chain", &good, &config_path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let revision = printed.split("revision ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string();
+    wait_for("the published chain on both instances", Duration::from_secs(10), || {
+        instances.iter().all(|s| probe(s)["risk_score"].is_number())
+    });
+    for s in &instances {
+        let doc = s.get_auth("/v1/enrichers").json();
+        let origin = &doc["chain_file"]["origin"];
+        assert_eq!(origin["update"], "chain", "{doc}");
+        assert_eq!(origin["revision"], revision.as_str(), "{doc}");
+        // Applied by the updater (and seen again, unchanged, by the watcher).
+        assert!(doc["reload"]["config_reloads"].as_u64() >= Some(1), "{doc}");
+        assert!(doc["enrichers"].as_array().unwrap().iter().any(|e| e["name"] == "risk"), "{doc}");
+        // The public view names no path.
+        assert!(!s.get("/v1/metrics").text.contains("chain.toml"));
+    }
+
+    // Put into the bucket behind the CLI's back, a chain naming an unknown
+    // plugin is refused by every instance, which keeps its running chain.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+        let store = js.get_object_store("control").await.unwrap();
+        store.put("chain", &mut &b"[[chain]]\nplugin = \"nope\"\n"[..]).await.unwrap();
+    });
+    wait_for("the refusal on both instances", Duration::from_secs(10), || {
+        instances
+            .iter()
+            .all(|s| s.get_auth("/v1/enrichers").json()["reload"]["config_reload_failures"].as_u64() >= Some(1))
+    });
+    for s in &instances {
+        let doc = s.get_auth("/v1/enrichers").json();
+        let error = doc["reload"]["last_config_error"].as_str().unwrap_or_default();
+        assert!(error.contains("nope"), "{doc}");
+        assert!(probe(s)["risk_score"].is_number(), "the published chain keeps serving");
+    }
 }

@@ -717,3 +717,37 @@ fn changes_are_audited_with_key_ids_and_hashes() {
     let text = fs::read_to_string(&file).unwrap();
     assert!(!text.contains(ADMIN) && !text.contains(KEY), "a key in the audit log");
 }
+
+/// `chain_file`: the entries live in their own file, which is watched like
+/// `config.toml`: an edit changes the chain, an emptied file is refused
+/// (naming the chain file) and the running chain stays.
+#[test]
+fn a_chain_file_is_watched_and_an_emptied_one_keeps_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("feed.txt"), format!("{TARGET}\n")).unwrap();
+    fs::write(dir.path().join("other.txt"), format!("# other\n{TARGET}\n")).unwrap();
+    let chain_path = dir.path().join("chain.toml");
+    fs::write(&chain_path, ti_chain("\"feed.txt\"")).unwrap();
+    // A top-level key, so before the first section.
+    let server = start(dir, &format!("chain_file = \"chain.toml\"\n{}", config("", "")));
+    let probe = flows(2, 443, "192.0.2.1");
+    wait_for(&server.base, &probe, ti_of_target, &format!("{TARGET}@feed.txt"), LIVE_WITHIN);
+    let sha = server.get_auth("/v1/enrichers").json()["chain_file"]["sha256"].clone();
+    assert_eq!(sha.as_str().map(str::len), Some(64));
+
+    rename_over(&chain_path, ti_chain("\"other.txt\"").as_bytes());
+    wait_for(&server.base, &probe, ti_of_target, &format!("{TARGET}@other.txt"), LIVE_WITHIN);
+    let status = server.get_auth("/v1/enrichers").json();
+    assert_ne!(status["chain_file"]["sha256"], sha, "{status}");
+    assert_eq!(status["reload"]["needs_restart"], json!([]), "{status}");
+
+    fs::write(&chain_path, "").unwrap();
+    let started = Instant::now();
+    while server.get_auth("/v1/enrichers").json()["reload"]["config_reload_failures"] != json!(1) {
+        assert!(started.elapsed() < LIVE_WITHIN, "not refused: {}", server.get_auth("/v1/enrichers").text);
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    stays(&server.base, &probe, ti_of_target, &format!("{TARGET}@other.txt"), Duration::from_millis(200));
+    let error = server.get_auth("/v1/enrichers").json()["reload"]["last_config_error"].as_str().unwrap().to_string();
+    assert!(error.contains("chain.toml: no [[chain]] entry"), "{error}");
+}

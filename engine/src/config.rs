@@ -34,11 +34,37 @@ pub struct Config {
     /// relative paths in it are resolved against.
     pub path: PathBuf,
     pub base_dir: PathBuf,
+    /// Set when the entries came from the file `chain_file` names rather
+    /// than from this one.
+    pub chain_file: Option<ChainFileInfo>,
+}
+
+/// The separate file the `[[chain]]` entries were read from (`chain_file =
+/// "chain.toml"`): a file a fleet can be sent as a whole (an `[[update]]`
+/// entry mirrors it from a bucket) without also sending each instance's
+/// server settings and keys, which stay in `config.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainFileInfo {
+    /// Resolved against `config.toml`'s directory.
+    pub path: PathBuf,
+    /// SHA-256 of the bytes the entries were parsed from: the content's
+    /// identity for reports and origins.
+    pub sha256: String,
 }
 
 /// The top level as the engine sees it: other keys are the service's.
 #[derive(Deserialize)]
-struct ChainFile {
+struct TopLevel {
+    #[serde(default)]
+    chain: Vec<ChainEntryConfig>,
+    chain_file: Option<PathBuf>,
+}
+
+/// A chain file holds `[[chain]]` entries and nothing else: a published
+/// file cannot carry server settings or keys into an instance.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChainOnly {
     #[serde(default)]
     chain: Vec<ChainEntryConfig>,
 }
@@ -61,22 +87,52 @@ impl Config {
         Config::parse(&Config::read(path)?, path)
     }
 
+    /// Parses a chain file (`chain_file = ...`): `[[chain]]` entries and
+    /// nothing else, each located in that file. Also what `enrichd publish
+    /// chain` checks before a fleet is sent the file.
+    pub fn parse_chain_file(text: &str, path: &Path) -> Result<Vec<ChainEntryConfig>, ConfigError> {
+        let only: ChainOnly = Config::parse_sections(text, path)?;
+        Ok(located(only.chain, text, path))
+    }
+
     /// Parses configuration text; `path` is used for messages and to resolve
     /// relative paths.
+    ///
+    /// With `chain_file = "..."` the entries are read from that file
+    /// instead (relative to this file's directory; every path inside it is
+    /// too, so one published chain file means the same on every instance).
+    /// Setting both is refused: which one wins would be a guess.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let file: ChainFile = Config::parse_sections(text, path)?;
-        let mut config = Config { chain: file.chain, ..Config::default() };
-        // A second parse of a small file, to tell `chain = []` from no chain.
-        config.chain_declared =
-            !config.chain.is_empty() || toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("chain"));
-        for entry in &mut config.chain {
-            entry.location = Location { path: path.to_path_buf(), line: entry.location.line.map(|o| line_of(text, o)) };
+        let top: TopLevel = Config::parse_sections(text, path)?;
+        let mut base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if base_dir.as_os_str().is_empty() {
+            base_dir = PathBuf::from(".");
         }
-        config.path = path.to_path_buf();
-        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        if config.base_dir.as_os_str().is_empty() {
-            config.base_dir = PathBuf::from(".");
+        let mut config = Config { path: path.to_path_buf(), ..Config::default() };
+        let declared_here = declares_chain(&top.chain, text);
+        match top.chain_file {
+            None => {
+                config.chain = located(top.chain, text, path);
+                config.chain_declared = declared_here;
+            }
+            Some(_) if declared_here => {
+                let offset = text.find("chain_file").unwrap_or(0);
+                return Err(ConfigError {
+                    location: Location { path: path.to_path_buf(), line: Some(line_of(text, offset)) },
+                    message: "chain_file: set either `chain_file` or [[chain]] entries in this file, not both".into(),
+                });
+            }
+            Some(file) => {
+                let chain_path = resolve_relative(&base_dir, &file);
+                let chain_text = Config::read(&chain_path)?;
+                config.chain = Config::parse_chain_file(&chain_text, &chain_path)?;
+                config.chain_declared = declares_chain(&config.chain, &chain_text);
+                use sha2::{Digest, Sha256};
+                let sha256 = crate::plugin::to_hex(&Sha256::digest(chain_text.as_bytes()));
+                config.chain_file = Some(ChainFileInfo { path: chain_path, sha256 });
+            }
         }
+        config.base_dir = base_dir;
         Ok(config)
     }
 
@@ -159,6 +215,20 @@ impl Config {
     }
 }
 
+/// Whether a file names the chain at all: entries, or `chain = []` written
+/// out (a second parse of a small file tells that from no chain).
+fn declares_chain(entries: &[ChainEntryConfig], text: &str) -> bool {
+    !entries.is_empty() || toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("chain"))
+}
+
+/// The entries with their lines in the file they were read from.
+fn located(mut entries: Vec<ChainEntryConfig>, text: &str, path: &Path) -> Vec<ChainEntryConfig> {
+    for entry in &mut entries {
+        entry.location = Location { path: path.to_path_buf(), line: entry.location.line.map(|o| line_of(text, o)) };
+    }
+    entries
+}
+
 /// The setting whose value starts at `offset`: `[table] key` when the
 /// line reads `key = value`, `None` for anything else (a header, a value
 /// spread over lines).
@@ -209,5 +279,41 @@ mod tests {
         assert!(e.message.starts_with("[reload] debounce_ms: invalid type: string \"x\""), "{}", e.message);
         assert_eq!(key_at("a = 1\n", 4).as_deref(), Some("a"));
         assert_eq!(key_at("[t]\n", 1), None);
+    }
+
+    #[test]
+    fn a_chain_file_holds_the_entries_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let chain = dir.path().join("chain.toml");
+        std::fs::write(&chain, "# published\n[[chain]]\nplugin = \"geoip\"\n\n[[chain]]\nplugin = \"ti\"\n").unwrap();
+        let c = Config::parse("chain_file = \"chain.toml\"\n[reload]\nwatch = true\n", &config).unwrap();
+        assert_eq!(c.chain.iter().map(|e| e.plugin.as_str()).collect::<Vec<_>>(), ["geoip", "ti"]);
+        assert!(c.chain_declared);
+        // Lines and messages name the chain file; paths resolve against
+        // config.toml's directory.
+        assert_eq!(c.chain[1].location.path, chain);
+        assert_eq!(c.chain[1].location.line, Some(5));
+        assert_eq!(c.base_dir, dir.path());
+        let info = c.chain_file.unwrap();
+        assert_eq!(info.path, chain);
+        assert_eq!(info.sha256.len(), 64);
+
+        // A chain file cannot carry other sections.
+        std::fs::write(&chain, "[[chain]]\nplugin = \"geoip\"\n\n[server]\nlisten = \"0.0.0.0:1\"\n").unwrap();
+        let e = Config::parse("chain_file = \"chain.toml\"\n", &config).unwrap_err();
+        assert_eq!(e.location.path, chain);
+        assert!(e.message.contains("unknown field `server`"), "{}", e.message);
+
+        // Both at once is refused, naming the line of `chain_file`.
+        let e = Config::parse("\nchain_file = \"chain.toml\"\n[[chain]]\nplugin = \"ti\"\n", &config).unwrap_err();
+        assert_eq!(e.location.line, Some(2));
+        assert!(e.message.contains("not both"), "{}", e.message);
+
+        // A missing file is an error naming it; an empty one declares no chain.
+        let e = Config::parse("chain_file = \"gone.toml\"\n", &config).unwrap_err();
+        assert!(e.to_string().contains("gone.toml"), "{e}");
+        std::fs::write(&chain, "").unwrap();
+        assert!(!Config::parse("chain_file = \"chain.toml\"\n", &config).unwrap().chain_declared);
     }
 }

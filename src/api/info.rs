@@ -77,12 +77,23 @@ pub(super) async fn enrichers(State(state): State<Arc<AppState>>, headers: Heade
 /// The chain's generation, the reload status and every stage's report
 /// (taken from one chain snapshot, so they agree).
 fn chain_document(state: &AppState, chain: &enrichd_engine::Chain, reports: Vec<enrichd_engine::StageReport>) -> Value {
-    json!({
+    let reload = state.reload.snapshot();
+    let mut doc = json!({
         "chain_generation": chain.generation(),
-        "reload": state.reload.snapshot(),
         "enrichers": with_origins(state, reports),
         "instance": state.presence.view(),
-    })
+    });
+    // Where the entries came from when a chain file holds them: its
+    // content hash and origin (a published revision, or the file as found).
+    if let Some(file) = &reload.chain_file {
+        doc["chain_file"] = json!({
+            "path": file.path.display().to_string(),
+            "sha256": file.sha256,
+            "origin": state.updates.origin_view(&file.path, Some(&file.sha256), true),
+        });
+    }
+    doc["reload"] = serde_json::to_value(reload).unwrap_or(Value::Null);
+    doc
 }
 
 /// The stage reports, each source with its `origin` (an `[[update]]`

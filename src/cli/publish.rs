@@ -1,4 +1,4 @@
-//! `enrichd publish rule|indicators NAME FILE`: put a new version of a file
+//! `enrichd publish rule|indicators|chain NAME FILE`: put a new version of a file
 //! where every instance's `[[update]]` entry NAME fetches it from, so a
 //! fleet goes live on it at once (each instance stages, swaps and reloads
 //! it with the keep-last-good rule).
@@ -7,7 +7,8 @@
 //! same configuration the instances use and calls its `publish` (a kind
 //! that can only read, like a vendor's download service, says so). A rule
 //! is checked first as `enrichd rule check` would (ABI, exports): a module
-//! every instance would refuse is better refused here, once.
+//! every instance would refuse is better refused here, once; so is a chain
+//! file that does not parse or names a plugin this build does not have.
 
 use std::path::{Path, PathBuf};
 
@@ -40,13 +41,24 @@ pub(crate) enum PublishCommand {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Publish a chain file (`[[chain]]` entries only, as `chain_file`
+    /// names) through the `[[update]]` entry NAME; prints the revision.
+    Chain {
+        /// The `[[update]]` entry that keeps the chain file current.
+        name: String,
+        /// The chain file.
+        file: PathBuf,
+        /// Configuration file (the instances' own).
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
 }
 
 pub(crate) fn run(command: PublishCommand) -> anyhow::Result<()> {
     let (name, file, config) = match &command {
-        PublishCommand::Rule { name, file, config } | PublishCommand::Indicators { name, file, config } => {
-            (name, file, config)
-        }
+        PublishCommand::Rule { name, file, config }
+        | PublishCommand::Indicators { name, file, config }
+        | PublishCommand::Chain { name, file, config } => (name, file, config),
     };
     let content = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     match command {
@@ -56,6 +68,7 @@ pub(crate) fn run(command: PublishCommand) -> anyhow::Result<()> {
                 bail!("{}: an indicator file is non-empty UTF-8 text", file.display());
             }
         }
+        PublishCommand::Chain { .. } => check_chain(file, &content)?,
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let revision = runtime.block_on(publish(config, name, &content))?;
@@ -69,6 +82,35 @@ fn check_rule(file: &Path) -> anyhow::Result<()> {
     enrichd_wasm::inspect(file, &options)
         .map(|_| ())
         .with_context(|| format!("{} is not a module the wasm stage would load; not published", file.display()))
+}
+
+/// Parses the chain file as an instance would and checks every entry
+/// names a plugin of this build. The options are checked by each instance
+/// when it builds the stages (they may name files only the instances have);
+/// a refusal there keeps that instance's running chain.
+fn check_chain(file: &Path, content: &[u8]) -> anyhow::Result<()> {
+    let text = std::str::from_utf8(content).with_context(|| format!("{} is not UTF-8 text", file.display()))?;
+    let entries =
+        enrichd_engine::Config::parse_chain_file(text, file).map_err(|e| anyhow::anyhow!("{e}; not published"))?;
+    let declared = !entries.is_empty() || toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("chain"));
+    if !declared {
+        bail!(
+            "{}: no [[chain]] entry (write `chain = []` to publish an empty chain on purpose); not published",
+            file.display()
+        );
+    }
+    let registry = app::registry();
+    for entry in &entries {
+        if registry.get(&entry.plugin).is_none() {
+            bail!(
+                "{}: unknown plugin {:?} (known: {}); not published",
+                entry.location,
+                entry.plugin,
+                registry.kinds().join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The `[[update]]` entries of a configuration file, built (not started).

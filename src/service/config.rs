@@ -104,6 +104,14 @@ pub(super) struct Sections {
     #[schemars(skip)]
     #[allow(dead_code)]
     chain: serde::de::IgnoredAny,
+    /// A file holding the `[[chain]]` entries instead of this one
+    /// (relative to this file's directory, as are the paths inside it; the
+    /// file holds only `[[chain]]` entries). Watched and hot-reloaded like
+    /// this file; an `[[update]]` entry with this `path` keeps it equal to
+    /// a published version (`enrichd publish chain`). Read by the engine.
+    #[serde(default)]
+    #[allow(dead_code)]
+    chain_file: Option<String>,
 }
 
 impl ServiceConfig {

@@ -111,6 +111,7 @@ impl AppState {
             config.server.rate_limit_per_address,
             config.server.rate_limit_burst_s,
         );
+        let reload = ReloadStatus::with_chain_file(config.engine.chain_file.clone());
         AppState {
             key_profiles,
             engine,
@@ -122,7 +123,7 @@ impl AppState {
             tls: std::sync::OnceLock::new(),
             tap,
             pipeline,
-            reload: ReloadStatus::default(),
+            reload,
             overrides: Default::default(),
             admin_changes: Default::default(),
             delivery: Arc::new(crate::delivery::Delivery::new(&state_dir, &base_dir)),

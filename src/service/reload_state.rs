@@ -53,9 +53,17 @@ pub(crate) struct ReloadState {
     pub needs_restart: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_reload_at: Option<String>,
+    /// The chain file the running chain was read from (shown with its
+    /// origin in `/v1/enrichers`, never on the public endpoints: a path).
+    #[serde(skip)]
+    pub chain_file: Option<enrichd_engine::config::ChainFileInfo>,
 }
 
 impl ReloadStatus {
+    pub(crate) fn with_chain_file(chain_file: Option<enrichd_engine::config::ChainFileInfo>) -> Self {
+        ReloadStatus { inner: Mutex::new(ReloadState { chain_file, ..ReloadState::default() }) }
+    }
+
     pub(crate) fn snapshot(&self) -> ReloadState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -161,7 +161,14 @@ struct Lane {
 #[derive(Default)]
 pub(crate) struct Updates {
     lanes: OnceLock<Vec<Arc<Lane>>>,
+    /// How a swapped file is reloaded, handed in by [`Updates::start`]: the
+    /// service's own reload (the stages reading the file, or the whole
+    /// chain when it is the chain file), which lives above this module.
+    reload: OnceLock<ReloadChanged>,
 }
+
+/// Reloads what the changed paths concern and reports it.
+pub(crate) type ReloadChanged = fn(&AppState, &[PathBuf]) -> Value;
 
 fn now_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -360,8 +367,10 @@ impl Updates {
         self.lanes.get().map_or(&[], |l| l.as_slice())
     }
 
-    /// Starts each enabled entry's schedule (on the current runtime).
-    pub(crate) fn start(&self, state: &Arc<AppState>) {
+    /// Starts each enabled entry's schedule (on the current runtime); a
+    /// swapped file is reloaded with `reload`.
+    pub(crate) fn start(&self, state: &Arc<AppState>, reload: ReloadChanged) {
+        let _ = self.reload.set(reload);
         for lane in self.lanes().iter().filter(|l| l.runner.is_some()) {
             let (lane, service) = (lane.clone(), Arc::downgrade(state));
             let mut shutdown = state.shutdown.subscribe();

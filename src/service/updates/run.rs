@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use enrichd_engine::updater::Fetched;
-use serde_json::Value;
 
 use super::origin::{self, sha256_file, Origin};
 use super::{now_s, AppState, Lane};
@@ -62,8 +61,14 @@ pub(super) async fn run(service: &Arc<AppState>, lane: &Lane) {
         Ok(Some(_)) => {
             let target = lane.spec.target.clone();
             let service = service.clone();
-            let report = tokio::task::spawn_blocking(move || service.engine.reload_paths(&[target])).await;
-            report.ok().map(|r| serde_json::to_value(&r).unwrap_or(Value::Null))
+            // The same reload as the file watcher's: the stages reading the
+            // file, or the whole chain when the file is the chain file.
+            let report = tokio::task::spawn_blocking(move || match service.updates.reload.get() {
+                Some(reload) => reload(&service, &[target]),
+                None => serde_json::to_value(service.engine.reload_paths(&[target])).unwrap_or_default(),
+            })
+            .await;
+            report.ok()
         }
         _ => None,
     };
