@@ -22,6 +22,8 @@
 //! spool+async,...` picks the runs (`+async`: `?mode=async`, no records
 //! in the answer).
 
+#[path = "support/inputs.rs"]
+mod inputs;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -134,7 +136,10 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
     };
     std::fs::write(
         &config,
-        format!("[auth]\napi_keys = [\"{KEY}\"]\n[server]\nmax_records = 10000\n{output}{}", chain(repo)),
+        format!(
+            "[auth]\napi_keys = [\"{KEY}\"]\n[server]\nmax_records = 10000\n{output}{}",
+            inputs::stage3_chain(repo)
+        ),
     )
     .unwrap();
     let (mut child, base) = support::spawn(bin, &config);
@@ -213,28 +218,6 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
         delivered: receiver.count.load(Relaxed) - before,
         event_bytes: (receiver.bytes.load(Relaxed) - bytes_before) / (receiver.count.load(Relaxed) - before).max(1),
     }
-}
-
-/// The chain of `scripts/bench`.
-fn chain(repo: &Path) -> String {
-    let shared = repo.join("../shared/testdata/mmdb/geolite2-2018-02");
-    let (city, asn) = if shared.join("GeoLite2-City.mmdb").exists() {
-        (shared.join("GeoLite2-City.mmdb"), shared.join("GeoLite2-ASN.mmdb"))
-    } else {
-        (repo.join("tests/data/maxmind/GeoIP2-City-Test.mmdb"), repo.join("tests/data/maxmind/GeoLite2-ASN-Test.mmdb"))
-    };
-    format!(
-        "[[chain]]\nplugin = \"geoip\"\ndatabase = \"{}\"\ntargets = [{{ address = \"source\", output = \"src_geo\" }}, \
-         {{ address = \"destination\", output = \"dst_geo\" }}]\n\
-         [[chain]]\nplugin = \"asn\"\ndatabase = \"{}\"\ntargets = [{{ address = \"source\", output = \"src_asn\" }}, \
-         {{ address = \"destination\", output = \"dst_asn\" }}]\n\
-         [[chain]]\nplugin = \"ti\"\npaths = [\"{}\"]\n\
-         [[chain]]\nplugin = \"wasm\"\nname = \"risk\"\nmodule = \"{}\"\n",
-        city.display(),
-        asn.display(),
-        repo.join("ti/indicators.txt").display(),
-        repo.join("rules/risk.wasm").display()
-    )
 }
 
 /// 1,000 Zeek conn records with varied public addresses (deterministic).

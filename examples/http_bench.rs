@@ -31,9 +31,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
-#[allow(dead_code)]
-#[path = "../src/cli/zeek_tsv.rs"]
-mod zeek_tsv;
+#[path = "support/inputs.rs"]
+mod inputs;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -90,7 +89,7 @@ fn main() {
         };
         running.push((name.clone(), child, addr));
     }
-    let zeek = zeek_records(&repo);
+    let zeek = inputs::zeek_records(&repo);
     println!("{} replayed Zeek records; {seconds} s per figure; servers {servers:?}", zeek.len());
     for &(batch, conns) in &cases {
         for kind in &bodies {
@@ -350,37 +349,6 @@ fn chain_toml(repo: &Path, chain: &str) -> String {
         repo.join("ti/indicators.txt").display(),
         repo.join("rules/risk.wasm").display()
     )
-}
-
-/// The conn logs of the RITA sets `scripts/bench` reads from (all of them,
-/// not only its `conn.0*` subset), as JSON texts.
-fn zeek_records(repo: &Path) -> Vec<String> {
-    let shared = repo.join("../shared/testdata/zeek/rita");
-    let mut files: Vec<PathBuf> = ["missing_host-2024-04-20", "proxy_rolling"]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(shared.join(d)).ok())
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name.starts_with("conn.") && name.ends_with(".log.gz")
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        files.push(repo.join("tests/data/zeek/zat-conn.log"));
-    }
-    let mut records = Vec::new();
-    for path in files {
-        let file = std::fs::File::open(&path).unwrap();
-        let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
-            Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
-        } else {
-            Box::new(BufReader::new(file))
-        };
-        records.extend(zeek_tsv::ZeekTsvReader::new(reader).map(|r| r.expect("Zeek TSV row")));
-    }
-    records
 }
 
 /// Flow records with uniformly random IPv4 addresses (the generator of
