@@ -11,8 +11,8 @@
 //!   another's declared facts; registered by the binary, not by
 //!   [`register_all`]).
 //! - [`outputs`]: where enriched events go: `elastic`, `splunk`, `file`,
-//!   `nats`.
-//! - [`sources`]: where events come from besides HTTP: `nats`.
+//!   `nats`, `kafka`.
+//! - [`sources`]: where events come from besides HTTP: `nats`, `kafka`.
 //! - [`forwarders`]: where an HTTP-ingest instance publishes raw batches
 //!   instead of enriching them (`[ingest] forward`): `nats`.
 //! - [`updaters`]: how data files are kept current: `maxmind`, `mmdb_url`,
@@ -24,6 +24,7 @@ pub mod asn;
 pub mod asn_class;
 pub mod forwarders;
 pub mod geoip;
+mod kafka;
 mod mmdb;
 mod mmdb_probe;
 mod nats;
@@ -52,7 +53,9 @@ pub fn register_all(registry: &mut Registry) {
     registry.register_output(Box::new(outputs::splunk::SplunkOutput));
     registry.register_output(Box::new(outputs::file::FileOutput));
     registry.register_output(Box::new(outputs::nats::NatsOutput));
+    registry.register_output(Box::new(outputs::kafka::KafkaOutput));
     registry.register_source(Box::new(sources::nats::NatsSource));
+    registry.register_source(Box::new(sources::kafka::KafkaSource));
     registry.register_forwarder(Box::new(forwarders::nats::NatsForward));
     registry.register_updater(Box::new(updaters::mmdb::MaxMindUpdater));
     registry.register_updater(Box::new(updaters::mmdb::MmdbUrlUpdater));

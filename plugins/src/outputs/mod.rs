@@ -20,6 +20,8 @@
 //! - [`file`]: NDJSON into a local file, rotated by size.
 //! - [`nats`]: NDJSON messages published to a NATS JetStream subject,
 //!   acknowledged by the stream.
+//! - [`kafka`]: NDJSON messages produced to a Kafka topic by an idempotent
+//!   producer, acknowledged by every in-sync replica.
 //!
 //! The HTTP outputs share their client options ([`HttpOptions`]: TLS, CA
 //! file, timeout, gzip), flattened into their own.
@@ -27,7 +29,9 @@
 pub mod elastic;
 pub mod file;
 mod http;
+pub mod kafka;
 pub mod nats;
+mod pack;
 pub mod splunk;
 #[cfg(test)]
 mod test_server;

@@ -10,7 +10,7 @@ fn every_output_is_registered_with_a_documented_closed_schema() {
     let mut registry = Registry::new();
     crate::register_all(&mut registry);
     let kinds: Vec<&str> = registry.outputs().map(|f| f.kind()).collect();
-    assert_eq!(kinds, ["elastic", "splunk", "file", "nats"]);
+    assert_eq!(kinds, ["elastic", "splunk", "file", "nats", "kafka"]);
     let secrets: Vec<&[&str]> = registry.outputs().map(|f| f.secret_fields()).collect();
     assert_eq!(secrets, [&["password", "api_key"][..], &["token"], &[], &["password", "token"]]);
     for factory in registry.outputs() {

@@ -37,8 +37,7 @@ use async_nats::jetstream::{self, consumer, stream, AckKind};
 use enrichd_engine::component::Component;
 use enrichd_engine::output::{BoxFuture, FieldError};
 use enrichd_engine::source::{
-    DeadMessage, Ingest, Payload, PayloadShape, Refusal, SourceContext, SourceFamily, SourceRunner, SourceStats,
-    StopSignal,
+    DeadMessage, Ingest, Payload, Refusal, SourceContext, SourceFamily, SourceRunner, SourceStats, StopSignal,
 };
 use futures_util::StreamExt;
 
@@ -348,31 +347,9 @@ impl Pause {
     }
 }
 
-/// The payload of a message: its shape from headers or `format`, gzip
-/// from `Content-Encoding` or the magic bytes. `Err`: why it cannot be
-/// read at all.
+/// The payload of a message (see [`super::payload`]), from its NATS
+/// headers.
 fn shape(message: &async_nats::Message, format: Option<&str>) -> Result<Payload, String> {
     let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().trim().to_string());
-    let explicit = header("Enrichd-Format");
-    let content_type = header("Content-Type").map(|c| c.to_ascii_lowercase());
-    let shape = match (explicit.as_deref(), content_type.as_deref()) {
-        (Some(f), _) if f.eq_ignore_ascii_case("envelope") => PayloadShape::Envelope,
-        (Some(f), _) => PayloadShape::Ndjson { format: f.to_string() },
-        (None, Some(ct)) if ct.contains("ndjson") => match format {
-            Some(f) => PayloadShape::Ndjson { format: f.to_string() },
-            None => {
-                return Err(format!(
-                    "NDJSON body ({ct}) without a record format: set the Enrichd-Format header or the source's `format`"
-                ))
-            }
-        },
-        (None, Some(ct)) if ct.starts_with("application/json") => PayloadShape::Envelope,
-        _ => match format {
-            Some(f) => PayloadShape::Ndjson { format: f.to_string() },
-            None => PayloadShape::Envelope,
-        },
-    };
-    let gzip = header("Content-Encoding").is_some_and(|e| e.eq_ignore_ascii_case("gzip"))
-        || message.payload.starts_with(&[0x1f, 0x8b]);
-    Ok(Payload { body: message.payload.to_vec(), gzip, shape, origin: None })
+    super::payload(&message.payload, header, format)
 }

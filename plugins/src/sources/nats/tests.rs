@@ -21,7 +21,7 @@ fn registered_with_a_documented_closed_schema() {
     let mut registry = enrichd_engine::Registry::new();
     crate::register_all(&mut registry);
     let kinds: Vec<&str> = registry.sources().map(|f| f.kind()).collect();
-    assert_eq!(kinds, ["nats"]);
+    assert_eq!(kinds, ["nats", "kafka"]);
     let schema = serde_json::to_value(NatsSource.options_schema()).unwrap();
     assert_eq!(schema["additionalProperties"], Value::Bool(false), "{schema:#}");
     let properties = schema["properties"].as_object().unwrap();

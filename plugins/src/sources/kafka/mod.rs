@@ -1,0 +1,398 @@
+//! The `kafka` source: a member of a Kafka consumer group, offsets
+//! committed by hand after the core accepted a message's events.
+//!
+//! Each message goes through the core's ingest step and is settled from
+//! its answer:
+//!
+//! | core's answer          | message                                   | why |
+//! |------------------------|-------------------------------------------|-----|
+//! | accepted               | offset stored, committed within `commit_interval_ms` | every enabled output holds the events as durably as it promises |
+//! | bad input (4xx)        | dead-lettered, offset stored (committed past) | it would fail again: never a redelivery loop |
+//! | backpressure / outage  | held, partitions paused, the same message retried after a growing pause | not the message's fault; nothing new is fetched meanwhile |
+//!
+//! Kafka's unit of acknowledgement is a partition's *position*, not a
+//! message: committing offset `n` settles everything before it. So the
+//! source settles messages strictly in the order the consumer returns
+//! them, one at a time, and only ever stores the offset of a settled
+//! message (`enable.auto.commit` and `enable.auto.offset.store` off). That
+//! keeps the committed position a contiguous prefix of settled messages
+//! without tracking gaps, at the price of one message in flight per
+//! instance; put several events in a message (an envelope, NDJSON) and
+//! scale out with partitions and instances, as with the `nats` source's
+//! `concurrency`.
+//!
+//! Delivery is at least once end to end: a crash between acceptance and
+//! the commit redelivers messages from the last committed offset to the
+//! group's next member, and their events are enriched and queued twice.
+//! Each payload carries the origin key `<topic>:<partition>:<offset>` (the
+//! same on every delivery, in any instance), from which outputs derive
+//! their ids: the `nats` output's `Nats-Msg-Id` drops the second copy, the
+//! `kafka` output's message key and `Enrichd-Msg-Id` header repeat, so a
+//! reader can drop it.
+//!
+//! Why `StreamConsumer` (librdkafka's own threads, awaited from tokio)
+//! rather than a `BaseConsumer` on a blocking thread: the source waits on
+//! `Ingest::submit` (async) between messages, and librdkafka already
+//! runs the group protocol (heartbeats, rebalances) on its own threads, so
+//! no thread of ours has to poll. The blocking calls (the final
+//! synchronous commit, closing the consumer, which leaves the group) run
+//! on tokio's blocking pool.
+//!
+//! Kafka keeps no delivery count, so the `redelivered` counter stays 0;
+//! `nacked` counts refused attempts.
+
+mod options;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enrichd_engine::component::Component;
+use enrichd_engine::output::{BoxFuture, FieldError};
+use enrichd_engine::source::{
+    DeadMessage, Ingest, Refusal, SourceContext, SourceFamily, SourceRunner, SourceStats, StopSignal,
+};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use tokio::sync::watch;
+
+use crate::kafka::LogContext;
+pub use options::{KafkaSourceOptions, StartAt};
+
+/// The `kafka` source kind.
+pub struct KafkaSource;
+
+impl Component for KafkaSource {
+    type Family = SourceFamily;
+    type Options = KafkaSourceOptions;
+
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn description(&self) -> &'static str {
+        "Kafka: a consumer group member; each message (a /v1/ingest envelope or NDJSON records) has its offset \
+         committed once its enriched events are accepted by every output"
+    }
+
+    fn secret_fields(&self) -> &'static [&'static str] {
+        crate::kafka::SECRET_FIELDS
+    }
+
+    fn validate(&self, options: &KafkaSourceOptions) -> Vec<FieldError> {
+        options.validate()
+    }
+
+    fn build(&self, options: KafkaSourceOptions, ctx: &SourceContext) -> anyhow::Result<Arc<dyn SourceRunner>> {
+        Ok(Arc::new(KafkaRunner { options, name: ctx.name.clone() }))
+    }
+}
+
+struct KafkaRunner {
+    options: KafkaSourceOptions,
+    name: String,
+}
+
+/// Longest pause between attempts to create the consumer.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Longest pause after a refusal for backpressure.
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// How long a stopping source may take to finish the message in hand and
+/// commit.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+type GroupConsumer = StreamConsumer<GroupContext>;
+
+impl SourceRunner for KafkaRunner {
+    fn run(self: Arc<Self>, ingest: Arc<dyn Ingest>, stop: StopSignal) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut stop = stop;
+            let (stopping, stopped) = watch::channel(false);
+            let consume = self.consume(&ingest, stopped);
+            tokio::pin!(consume);
+            tokio::select! {
+                _ = &mut stop => {}
+                _ = &mut consume => return,
+            }
+            // Finish the message in hand and commit what was settled, so a
+            // restart does not process it again.
+            let _ = stopping.send(true);
+            if tokio::time::timeout(STOP_GRACE, consume).await.is_err() {
+                ingest.stats().set_error(&self.name, "stopped before the last offsets were committed");
+            }
+        })
+    }
+}
+
+/// How processing a message ended.
+enum Settled {
+    /// Its offset is stored (accepted, or dead-lettered).
+    Stored,
+    /// The source is stopping: the message stays uncommitted (redelivered).
+    Stopped,
+}
+
+impl KafkaRunner {
+    /// Creates the consumer and consumes until `stopped`; a consumer that
+    /// cannot be created (a setting librdkafka refuses) is reported and
+    /// tried again with a growing pause.
+    async fn consume(&self, ingest: &Arc<dyn Ingest>, mut stopped: watch::Receiver<bool>) {
+        let stats = ingest.stats();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match self.consumer(ingest) {
+                Ok(consumer) => return self.poll(Arc::new(consumer), ingest, stopped).await,
+                Err(e) => stats.set_error(&self.name, format!("{e:#}")),
+            }
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// The group member, subscribed. librdkafka connects in the
+    /// background and reports broker problems through the context.
+    fn consumer(&self, ingest: &Arc<dyn Ingest>) -> anyhow::Result<GroupConsumer> {
+        let o = &self.options;
+        let mut config = o.connection.client_config(&self.name);
+        config
+            .set("group.id", &o.group_id)
+            // Offsets are stored only for settled messages and committed
+            // by the source: at least once.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "auto.offset.reset",
+                match o.start_at {
+                    StartAt::Earliest => "earliest",
+                    StartAt::Latest => "latest",
+                },
+            );
+        let (name, errors) = (self.name.clone(), ingest.clone());
+        let context = GroupContext {
+            log: LogContext {
+                name: self.name.clone(),
+                on_error: Box::new(move |e| errors.stats().set_error(&name, e)),
+            },
+        };
+        let consumer: GroupConsumer = config
+            .create_with_context(context)
+            .map_err(|e| anyhow::anyhow!("kafka consumer for {}: {e}", o.connection.describe()))?;
+        let topics: Vec<&str> = o.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(|e| anyhow::anyhow!("subscribing to {topics:?}: {e}"))?;
+        Ok(consumer)
+    }
+
+    /// Receives and settles messages until `stopped`, committing stored
+    /// offsets every `commit_interval_ms`; then commits and leaves the
+    /// group.
+    async fn poll(&self, consumer: Arc<GroupConsumer>, ingest: &Arc<dyn Ingest>, mut stopped: watch::Receiver<bool>) {
+        let stats = ingest.stats();
+        let interval = Duration::from_millis(self.options.commit_interval_ms);
+        let tick = interval.clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut last_commit = Instant::now();
+        let mut dirty = false;
+        let mut failures = 0u32;
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = stopped.changed() => break,
+                received = tokio::time::timeout(tick, consumer.recv()) => received,
+            };
+            match received {
+                Err(_idle) => {}
+                Ok(Err(e)) => {
+                    // librdkafka retries on its own; pause a little so a
+                    // persistent error does not spin.
+                    failures += 1;
+                    stats.set_error(&self.name, format!("receiving from {:?}: {e}", self.options.topics));
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
+                }
+                Ok(Ok(message)) => {
+                    failures = 0;
+                    match self.process(&consumer, &message, ingest, &mut stopped).await {
+                        Settled::Stored => dirty = true,
+                        Settled::Stopped => break,
+                    }
+                }
+            }
+            if dirty && last_commit.elapsed() >= interval {
+                // Asynchronous: the next commit (or the final synchronous
+                // one) covers a failed one.
+                commit(&*consumer, CommitMode::Async, &self.name, stats);
+                dirty = false;
+                last_commit = Instant::now();
+            }
+        }
+        // Off the async threads: a synchronous commit waits for the
+        // broker, and dropping the consumer leaves the group (a rebalance
+        // hands its partitions to the others at once, not after the
+        // session timeout).
+        let (name, stats_of) = (self.name.clone(), ingest.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            if dirty {
+                commit(&*consumer, CommitMode::Sync, &name, stats_of.stats());
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+        })
+        .await;
+    }
+
+    /// One message: submit (again while refused), then settle it.
+    async fn process(
+        &self,
+        consumer: &GroupConsumer,
+        message: &BorrowedMessage<'_>,
+        ingest: &Arc<dyn Ingest>,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> Settled {
+        let stats = ingest.stats();
+        SourceStats::count(&stats.messages, 1);
+        let body = message.payload().unwrap_or_default();
+        let header = |name: &str| {
+            let headers = message.headers()?;
+            let found = headers.iter().find(|h| h.key.eq_ignore_ascii_case(name))?;
+            found.value.map(|v| String::from_utf8_lossy(v).trim().to_string())
+        };
+        let mut payload = match super::payload(body, header, self.options.format.as_deref()) {
+            Ok(payload) => payload,
+            Err(reason) => return self.poison(consumer, message, &reason, ingest),
+        };
+        payload.origin = Some(format!("{}:{}:{}", message.topic(), message.partition(), message.offset()));
+        let mut paused = false;
+        let mut wait = Duration::from_millis(50);
+        let settled = loop {
+            match ingest.submit(payload.clone()).await {
+                Ok(_) => {
+                    self.store(consumer, message, stats);
+                    SourceStats::count(&stats.acked, 1);
+                    break Settled::Stored;
+                }
+                Err(Refusal::BadInput { code, message: why }) => {
+                    break self.poison(consumer, message, &format!("{code}: {why}"), ingest);
+                }
+                Err(
+                    Refusal::Backpressure { message: why, retry_after }
+                    | Refusal::Unavailable { message: why, retry_after },
+                ) => {
+                    SourceStats::count(&stats.nacked, 1);
+                    wait = (wait * 2).min(MAX_PAUSE).min(retry_after.max(Duration::from_millis(100)));
+                    stats.set_error(
+                        &self.name,
+                        format!(
+                            "message {}:{}:{} refused, again in {} ms: {why}",
+                            message.topic(),
+                            message.partition(),
+                            message.offset(),
+                            wait.as_millis()
+                        ),
+                    );
+                    // Stop fetching while the outputs are full: nothing
+                    // new piles up in librdkafka's queue meanwhile.
+                    if !paused {
+                        paused = set_paused(consumer, true);
+                    }
+                    tokio::select! {
+                        _ = stopped.changed() => break Settled::Stopped,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        };
+        if paused {
+            set_paused(consumer, false);
+        }
+        settled
+    }
+
+    /// Bad input: the dead-letter, and the offset stored so it is
+    /// committed past (never a redelivery loop).
+    fn poison(
+        &self,
+        consumer: &GroupConsumer,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        ingest: &Arc<dyn Ingest>,
+    ) -> Settled {
+        let stats = ingest.stats();
+        let origin = serde_json::json!({
+            "topic": message.topic(),
+            "partition": message.partition(),
+            "offset": message.offset(),
+        });
+        let body = message.payload().unwrap_or_default();
+        ingest.dead_letter(DeadMessage { origin: &origin, reason, body });
+        self.store(consumer, message, stats);
+        SourceStats::count(&stats.termed, 1);
+        Settled::Stored
+    }
+
+    fn store(&self, consumer: &GroupConsumer, message: &BorrowedMessage<'_>, stats: &SourceStats) {
+        // Fails when the partition was revoked meanwhile: its new owner
+        // starts from the last commit and processes the message again.
+        if let Err(e) = consumer.store_offset_from_message(message) {
+            stats.set_error(
+                &self.name,
+                format!(
+                    "storing offset {} of {}:{} (it will be processed again): {e}",
+                    message.offset(),
+                    message.topic(),
+                    message.partition()
+                ),
+            );
+        }
+    }
+}
+
+/// Commits the stored offsets; "nothing to commit" is not a problem.
+fn commit<C: ConsumerContext>(consumer: &impl Consumer<C>, mode: CommitMode, name: &str, stats: &SourceStats) {
+    match consumer.commit_consumer_state(mode) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => stats.set_error(name, format!("committing offsets (they will be committed later): {e}")),
+    }
+}
+
+/// Pauses (or resumes) fetching from every assigned partition. Returns
+/// whether it took effect.
+fn set_paused(consumer: &GroupConsumer, pause: bool) -> bool {
+    let Ok(assignment) = consumer.assignment() else { return false };
+    let done = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+    done.is_ok()
+}
+
+/// The consumer's context: librdkafka's logs and errors (see
+/// [`LogContext`]), and a commit of the settled offsets before a
+/// rebalance takes partitions away, so their next owner does not process
+/// those messages again.
+struct GroupContext {
+    log: LogContext,
+}
+
+impl rdkafka::ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => (self.log.on_error)(format!("committing offsets before a rebalance: {e}")),
+            }
+        }
+    }
+}
