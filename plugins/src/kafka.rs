@@ -227,6 +227,74 @@ impl rdkafka::ClientContext for LogContext {
 #[path = "../../tests/common/kafka.rs"]
 pub(crate) mod test_broker;
 
+/// What the source's and output's tests do to a test broker besides
+/// running the component: create topics, produce raw messages, read
+/// everything back.
+#[cfg(test)]
+pub(crate) mod test_client {
+    use std::time::{Duration, Instant};
+
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{ClientConfig, Message};
+
+    pub(crate) async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+        let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+        let results = admin
+            .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+            .await
+            .unwrap();
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+        }
+    }
+
+    /// Produces `body` with `headers`, acknowledged.
+    pub(crate) async fn produce(brokers: &str, topic: &str, body: &[u8], headers: &[(&str, &str)]) {
+        let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+        let mut h = OwnedHeaders::new();
+        for (key, value) in headers {
+            h = h.insert(Header { key, value: Some(*value) });
+        }
+        let record = FutureRecord::<(), _>::to(topic).payload(body).headers(h);
+        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+
+    /// A consumer of `topic` in a group of its own, from the start.
+    pub(crate) fn reader(brokers: &str, group: &str, topic: &str) -> StreamConsumer {
+        let c: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        c.subscribe(&[topic]).unwrap();
+        c
+    }
+
+    /// Messages read until `n` arrived or `timeout` passed.
+    pub(crate) async fn read(c: &StreamConsumer, n: usize, timeout: Duration) -> Vec<OwnedMessage> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(200), c.recv()).await {
+                got.push(m.detach());
+            }
+        }
+        got
+    }
+
+    /// The header `key` of `m`, as text.
+    pub(crate) fn header(m: &OwnedMessage, key: &str) -> Option<String> {
+        use rdkafka::message::Headers;
+        let h = m.headers()?;
+        h.iter().find(|h| h.key == key).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

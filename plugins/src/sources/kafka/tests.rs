@@ -1,1 +1,208 @@
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use enrichd_engine::component::Factory;
+use enrichd_engine::output::BoxFuture;
+use enrichd_engine::source::{Accepted, DeadMessage, Ingest, Payload, PayloadShape, Refusal, SourceStats};
+use rdkafka::consumer::Consumer;
+use rdkafka::TopicPartitionList;
+use serde_json::{json, Map, Value};
+
+use super::*;
+use crate::kafka::test_broker::KafkaBroker;
+use crate::kafka::test_client::{create_topic, produce};
+
+fn errors(options: Value) -> Vec<String> {
+    let options: Map<String, Value> = serde_json::from_value(options).unwrap();
+    KafkaSource.check(&options).into_iter().map(|e| e.field).collect()
+}
+
+#[test]
+fn kafka_source_registered_with_a_documented_closed_schema() {
+    let mut registry = enrichd_engine::Registry::new();
+    crate::register_all(&mut registry);
+    assert!(registry.sources().any(|f| f.kind() == "kafka"));
+    let schema = serde_json::to_value(KafkaSource.options_schema()).unwrap();
+    assert_eq!(schema["additionalProperties"], Value::Bool(false), "{schema:#}");
+    let properties = schema["properties"].as_object().unwrap();
+    for key in ["brokers", "client", "sasl_password", "topics", "group_id", "start_at", "commit_interval_ms", "format"]
+    {
+        assert!(properties.contains_key(key), "{key}: {schema:#}");
+    }
+    for (name, property) in properties {
+        assert!(property["description"].as_str().is_some_and(|d| d.len() > 10), "{name} is undocumented");
+    }
+    assert_eq!(Factory::secret_fields(&KafkaSource), ["sasl_password"]);
+}
+
+#[test]
+fn kafka_source_options_are_checked() {
+    assert_eq!(errors(json!({})), ["topics"]);
+    assert!(errors(json!({"topics": ["raw"], "brokers": ["k1:9092", "k2:9092"]})).is_empty());
+    assert_eq!(
+        errors(json!({
+            "topics": ["a b"], "group_id": "", "brokers": ["k1"], "commit_interval_ms": 700000,
+            "format": "csv", "start_at": "middle", "client": {"enable.auto.commit": "true"},
+        })),
+        ["start_at", "brokers", "client", "topics", "group_id", "commit_interval_ms", "format"]
+    );
+}
+
+#[test]
+fn kafka_bodies_are_read_like_the_nats_sources() {
+    let shape_of = |headers: &[(&str, &str)], format: Option<&str>| {
+        let header =
+            |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string());
+        crate::sources::payload(b"{}", header, format).map(|p| p.shape)
+    };
+    assert_eq!(shape_of(&[], None), Ok(PayloadShape::Envelope));
+    assert_eq!(
+        shape_of(&[("enrichd-format", "zeek.conn.v1")], None),
+        Ok(PayloadShape::Ndjson { format: "zeek.conn.v1".into() })
+    );
+    assert!(shape_of(&[("Content-Type", "application/x-ndjson")], None).is_err());
+}
+
+/// An ingest that answers by body: `bad` refused as bad input, `full`
+/// refused for backpressure the first `full_refusals` times, anything else
+/// accepted (its origin recorded).
+#[derive(Default)]
+struct Scripted {
+    stats: SourceStats,
+    dead: Mutex<Vec<(Value, String)>>,
+    full_refusals: Mutex<u32>,
+    accepted: Mutex<Vec<(String, String)>>,
+}
+
+impl Ingest for Scripted {
+    fn submit(&self, payload: Payload) -> BoxFuture<'_, Result<Accepted, Refusal>> {
+        Box::pin(async move {
+            let body = String::from_utf8(payload.body).unwrap();
+            if body == "bad" {
+                return Err(Refusal::BadInput { code: "invalid_json".into(), message: "not JSON".into() });
+            }
+            if body == "full" {
+                let mut n = self.full_refusals.lock().unwrap();
+                if *n > 0 {
+                    *n -= 1;
+                    return Err(Refusal::Backpressure {
+                        message: "backlog full".into(),
+                        retry_after: Duration::from_millis(200),
+                    });
+                }
+            }
+            self.accepted.lock().unwrap().push((body, payload.origin.unwrap_or_default()));
+            Ok(Accepted { events: 1 })
+        })
+    }
+    fn dead_letter(&self, m: DeadMessage<'_>) {
+        self.dead.lock().unwrap().push((m.origin.clone(), m.reason.to_string()));
+    }
+    fn stats(&self) -> &SourceStats {
+        &self.stats
+    }
+}
+
+/// Runs the source on `options` until the returned sender is used.
+fn start(options: Value, ingest: Arc<Scripted>) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let options: Map<String, Value> = serde_json::from_value(options).unwrap();
+    assert!(KafkaSource.check(&options).is_empty(), "{:?}", KafkaSource.check(&options));
+    let ctx = SourceContext { name: "kafka".into(), base_dir: std::env::temp_dir() };
+    let runner = Factory::build(&KafkaSource, &options, &ctx).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(
+        ingest,
+        Box::pin(async move {
+            let _ = stop_rx.await;
+        }),
+    ));
+    (stop_tx, task)
+}
+
+async fn wait_accepted(ingest: &Scripted, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ingest.accepted.lock().unwrap().len() < n {
+        assert!(std::time::Instant::now() < deadline, "accepted: {:?}", ingest.accepted.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The group's committed offset of partition 0 of `topic`.
+fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
+    let c = crate::kafka::test_client::reader(brokers, group, topic);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let offsets = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    offsets.find_partition(topic, 0).unwrap().offset().to_raw().unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_messages_are_committed_dead_lettered_or_held_as_the_core_answers() {
+    let test = "kafka_messages_are_committed_dead_lettered_or_held_as_the_core_answers";
+    let Some(broker) = KafkaBroker::start(test) else { return };
+    let brokers = broker.address.clone();
+    create_topic(&brokers, "raw", 1).await;
+    for body in ["good1", "bad", "full", "good2"] {
+        produce(&brokers, "raw", body.as_bytes(), &[]).await;
+    }
+    let options = json!({"brokers": [brokers], "topics": ["raw"], "group_id": "g", "commit_interval_ms": 0});
+    let ingest = Arc::new(Scripted { full_refusals: Mutex::new(2), ..Default::default() });
+    let (stop, task) = start(options.clone(), ingest.clone());
+    wait_accepted(&ingest, 3).await;
+    let s = &ingest.stats;
+    assert_eq!(s.messages.load(Relaxed), 4, "the refused message is held, not fetched again");
+    assert_eq!(s.acked.load(Relaxed), 3);
+    assert_eq!(s.termed.load(Relaxed), 1);
+    assert_eq!(s.nacked.load(Relaxed), 2, "two refusals, then accepted");
+    let accepted = ingest.accepted.lock().unwrap().clone();
+    let bodies: Vec<&str> = accepted.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(bodies, ["good1", "full", "good2"], "in order");
+    assert_eq!(accepted[0].1, "raw:0:0", "origin key");
+    assert_eq!(accepted[2].1, "raw:0:3");
+    let dead = ingest.dead.lock().unwrap().clone();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, json!({"topic": "raw", "partition": 0, "offset": 1}));
+    assert!(dead[0].1.starts_with("invalid_json"), "{dead:?}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task).await.expect("stops promptly").unwrap();
+    assert_eq!(committed(&brokers, "g", "raw"), 4, "committed past every settled message");
+
+    // Started again in the same group: it resumes after the commit, and
+    // takes only what is new.
+    produce(&brokers, "raw", b"good3", &[("Enrichd-Format", "zeek.conn.v1")]).await;
+    let again = Arc::new(Scripted::default());
+    let (stop, task) = start(options, again.clone());
+    wait_accepted(&again, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(again.accepted.lock().unwrap().clone(), [("good3".to_string(), "raw:0:4".to_string())]);
+    assert_eq!(again.stats.messages.load(Relaxed), 1);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task).await.expect("stops promptly").unwrap();
+    assert_eq!(committed(&brokers, "g", "raw"), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source_stops_while_refused_without_committing_the_held_message() {
+    let test = "kafka_source_stops_while_refused_without_committing_the_held_message";
+    let Some(broker) = KafkaBroker::start(test) else { return };
+    let brokers = broker.address.clone();
+    create_topic(&brokers, "raw", 1).await;
+    for body in ["good1", "full"] {
+        produce(&brokers, "raw", body.as_bytes(), &[]).await;
+    }
+    let options = json!({"brokers": [brokers], "topics": ["raw"], "group_id": "g", "commit_interval_ms": 60000});
+    let ingest = Arc::new(Scripted { full_refusals: Mutex::new(u32::MAX), ..Default::default() });
+    let (stop, task) = start(options, ingest.clone());
+    wait_accepted(&ingest, 1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ingest.stats.nacked.load(Relaxed) < 2 {
+        assert!(std::time::Instant::now() < deadline, "refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task).await.expect("stops promptly").unwrap();
+    // The final commit covers the settled message (the interval had not
+    // passed), not the one still refused: it is redelivered.
+    assert_eq!(committed(&brokers, "g", "raw"), 1);
+}
