@@ -90,9 +90,10 @@ pub struct KafkaConnection {
     /// The SASL password (librdkafka's `sasl.password`; a secret: never
     /// shown).
     pub sasl_password: Option<String>,
-    /// Time limit for a delivery (an output's message, from queueing to the
-    /// brokers' acknowledgement) and for a final offset commit, in
-    /// milliseconds (default 30000, at most 600000).
+    /// Time limit, in milliseconds (default 30000, at most 600000), for an
+    /// output's message (from queueing to the brokers' acknowledgement,
+    /// librdkafka's retries included) or for a source to stop (finish the
+    /// message in hand and commit the settled offsets).
     pub timeout_ms: u64,
 }
 

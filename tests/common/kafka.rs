@@ -89,8 +89,10 @@ impl KafkaBroker {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "warn")
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"])
-            .arg(format!("sqlite://{}", dir.path().join("tansu.db").display()))
+            // tansu takes the database path relative to its working
+            // directory (the temporary one).
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

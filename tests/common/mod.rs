@@ -2,6 +2,7 @@
 //! on a free port with a given configuration and talk HTTP to it.
 #![allow(dead_code)]
 
+pub(crate) mod kafka;
 pub(crate) mod medallion;
 pub(crate) mod nats;
 pub(crate) mod receivers;

@@ -101,10 +101,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest pause after a refusal for backpressure.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
-/// How long a stopping source may take to finish the message in hand and
-/// commit.
-const STOP_GRACE: Duration = Duration::from_secs(10);
-
 type GroupConsumer = StreamConsumer<GroupContext>;
 
 impl SourceRunner for KafkaRunner {
@@ -121,7 +117,9 @@ impl SourceRunner for KafkaRunner {
             // Finish the message in hand and commit what was settled, so a
             // restart does not process it again.
             let _ = stopping.send(true);
-            if tokio::time::timeout(STOP_GRACE, consume).await.is_err() {
+            // `timeout_ms` bounds it: a broker that does not answer the
+            // final commit cannot hold up a shutdown or a reload.
+            if tokio::time::timeout(self.options.connection.timeout(), consume).await.is_err() {
                 ingest.stats().set_error(&self.name, "stopped before the last offsets were committed");
             }
         })

@@ -2,12 +2,12 @@
 
 use enrichd_engine::output::FieldError;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::kafka::{good_topic, KafkaConnection, Role};
 
 /// Where a group with no committed offset for a partition starts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StartAt {
     /// The oldest message the broker still holds: nothing already in the

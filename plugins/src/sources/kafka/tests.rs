@@ -123,14 +123,23 @@ fn start(options: Value, ingest: Arc<Scripted>) -> (tokio::sync::oneshot::Sender
 async fn wait_accepted(ingest: &Scripted, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while ingest.accepted.lock().unwrap().len() < n {
-        assert!(std::time::Instant::now() < deadline, "accepted: {:?}", ingest.accepted.lock().unwrap());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "accepted: {:?}, {} messages, last error {:?}",
+            ingest.accepted.lock().unwrap(),
+            ingest.stats.messages.load(Relaxed),
+            ingest.stats.last_error()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// The group's committed offset of partition 0 of `topic`.
+/// The group's committed offset of partition 0 of `topic`, asked by a
+/// client that does not join the group (a member that joins and goes
+/// away can leave tansu's group rebalancing for good).
 fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
-    let c = crate::kafka::test_client::reader(brokers, group, topic);
+    let c: rdkafka::consumer::BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, 0);
     let offsets = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
