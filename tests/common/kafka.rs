@@ -13,7 +13,9 @@
 //! The binary: `TANSU`, else `tansu` on `PATH`, else `~/.cargo/bin/tansu`.
 //! Without one a test skips with a message saying how to install it,
 //! except under `CI=true`, where it fails (a skip there would be a silent
-//! pass).
+//! pass) unless `TANSU_UNAVAILABLE` says why CI has none (`.ci/run` sets it
+//! when the broker's build does not fit CI's time: the issue makes Kafka
+//! no CI gate then); the skip prints that reason.
 //!
 //! Its defaults bind 0.0.0.0 and read `.env` from the working directory:
 //! every listener URL is passed explicitly (loopback) and it runs from the
@@ -60,6 +62,11 @@ impl KafkaBroker {
         let Some(binary) = find_binary() else {
             let how = "cargo install --locked tansu --version 0.6.0 --features libsql,dynostore (~10 min; or set \
                        TANSU to a tansu binary)";
+            if let Some(reason) = std::env::var("TANSU_UNAVAILABLE").ok().filter(|r| !r.is_empty()) {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+                return None;
+            }
             if in_ci() {
                 panic!("{test}: no tansu found (CI=true, so this is a failure, not a skip). {how}");
             }
