@@ -65,24 +65,6 @@ flush_interval_ms = 20
     )
 }
 
-/// An envelope of `n` Zeek conn records with uids `U<from+i>`.
-fn envelope(from: usize, n: usize) -> Vec<u8> {
-    let records: Vec<Value> = (from..from + n)
-        .map(|i| {
-            json!({
-                "ts": 1723351200.5 + i as f64, "uid": format!("U{i}"),
-                "id.orig_h": "10.1.2.3", "id.orig_p": 40000 + (i % 20000), "id.resp_h": "81.2.69.160",
-                "id.resp_p": 443, "proto": "tcp",
-            })
-        })
-        .collect();
-    json!({"collector_id": "kafka-test", "format": "zeek.conn.v1", "records": records}).to_string().into_bytes()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
 async fn create_topics(brokers: &str) {
     let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
     let topics =
@@ -100,7 +82,7 @@ fn producer(brokers: &str) -> FutureProducer {
 /// each acknowledged.
 async fn produce(p: &FutureProducer, from: usize, messages: usize, per: usize) {
     let bodies: Vec<(String, Vec<u8>)> =
-        (from..from + messages).map(|m| (m.to_string(), envelope(m * per, per))).collect();
+        (from..from + messages).map(|m| (m.to_string(), common::conn_envelope("kafka-test", m * per, per))).collect();
     // Keyed, so the messages spread over the three partitions.
     let sends = bodies.iter().map(|(key, body)| {
         let record = FutureRecord::to("raw").key(key).payload(body);
@@ -194,7 +176,7 @@ fn events_flow_and_a_restart_resumes_from_the_committed_offsets() {
     let test = "events_flow_and_a_restart_resumes_from_the_committed_offsets";
     let Some(broker) = KafkaBroker::start(test) else { return };
     let brokers = broker.address.clone();
-    let rt = runtime();
+    let rt = common::broker_runtime();
     // rdkafka's clients start timers when created and sending: in the
     // runtime's context.
     let _entered = rt.enter();
@@ -251,7 +233,7 @@ fn a_poison_message_is_dead_lettered_once_and_committed_past() {
         return;
     };
     let brokers = broker.address.clone();
-    let rt = runtime();
+    let rt = common::broker_runtime();
     // rdkafka's clients start timers when created and sending: in the
     // runtime's context.
     let _entered = rt.enter();
@@ -262,7 +244,7 @@ fn a_poison_message_is_dead_lettered_once_and_committed_past() {
         let record = FutureRecord::<(), _>::to("raw").partition(1).payload(body).headers(headers);
         rt.block_on(p.send(record, Duration::from_secs(10))).map_err(|(e, _)| e).expect("produced");
     };
-    send(&envelope(0, 10), OwnedHeaders::new());
+    send(&common::conn_envelope("kafka-test", 0, 10), OwnedHeaders::new());
     send(b"this is not JSON", OwnedHeaders::new());
     let ndjson = "{\"ts\":1.0,\"uid\":\"N1\",\"id.orig_h\":\"10.0.0.1\",\"id.resp_h\":\"81.2.69.160\"}\n";
     send(ndjson.as_bytes(), OwnedHeaders::new().insert(Header { key: "Enrichd-Format", value: Some("zeek.conn.v1") }));

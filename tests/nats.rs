@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use common::nats::NatsServer;
 use common::Server;
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The source, the output and the test chain, on `url`.
 fn config(url: &str, ack_wait_ms: u64) -> String {
@@ -56,24 +56,6 @@ flush_interval_ms = 20
     )
 }
 
-/// An envelope of `n` Zeek conn records with uids `U<from+i>`.
-fn envelope(from: usize, n: usize) -> Vec<u8> {
-    let records: Vec<Value> = (from..from + n)
-        .map(|i| {
-            json!({
-                "ts": 1723351200.5 + i as f64, "uid": format!("U{i}"),
-                "id.orig_h": "10.1.2.3", "id.orig_p": 40000 + (i % 20000), "id.resp_h": "81.2.69.160",
-                "id.resp_p": 443, "proto": "tcp",
-            })
-        })
-        .collect();
-    json!({"collector_id": "nats-test", "format": "zeek.conn.v1", "records": records}).to_string().into_bytes()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
 async fn jetstream(url: &str) -> jetstream::Context {
     jetstream::new(async_nats::connect(url).await.expect("connect to the test nats-server"))
 }
@@ -90,7 +72,7 @@ async fn publish(js: &jetstream::Context, messages: usize, per: usize) {
     .unwrap();
     let mut acks = Vec::new();
     for m in 0..messages {
-        acks.push(js.publish("raw.zeek", envelope(m * per, per).into()).await.unwrap());
+        acks.push(js.publish("raw.zeek", common::conn_envelope("nats-test", m * per, per).into()).await.unwrap());
     }
     for ack in acks {
         ack.await.expect("publish acknowledged");
@@ -183,7 +165,7 @@ fn source_view(s: &Server) -> Value {
 #[test]
 fn events_flow_from_the_raw_stream_to_the_output_stream() {
     let Some(nats) = NatsServer::start("events_flow_from_the_raw_stream_to_the_output_stream") else { return };
-    let rt = runtime();
+    let rt = common::broker_runtime();
     let js = rt.block_on(jetstream(&nats.url));
     let (messages, per) = (200, 100);
     rt.block_on(publish(&js, messages, per));
@@ -211,7 +193,7 @@ fn events_flow_from_the_raw_stream_to_the_output_stream() {
 #[test]
 fn a_poison_message_is_termed_and_dead_lettered_once() {
     let Some(nats) = NatsServer::start("a_poison_message_is_termed_and_dead_lettered_once") else { return };
-    let rt = runtime();
+    let rt = common::broker_runtime();
     let js = rt.block_on(jetstream(&nats.url));
     rt.block_on(publish(&js, 1, 10));
     rt.block_on(async {
@@ -269,7 +251,7 @@ fn a_poison_message_is_termed_and_dead_lettered_once() {
 #[test]
 fn kill_9_mid_load_loses_no_event() {
     let Some(nats) = NatsServer::start("kill_9_mid_load_loses_no_event") else { return };
-    let rt = runtime();
+    let rt = common::broker_runtime();
     let js = rt.block_on(jetstream(&nats.url));
     let (messages, per) = (400, 50);
     rt.block_on(publish(&js, 1, per));
@@ -281,7 +263,9 @@ fn kill_9_mid_load_loses_no_event() {
         rt.spawn(async move {
             let mut acks = Vec::new();
             for m in 1..messages {
-                acks.push(js.publish("raw.zeek", envelope(m * per, per).into()).await.unwrap());
+                acks.push(
+                    js.publish("raw.zeek", common::conn_envelope("nats-test", m * per, per).into()).await.unwrap(),
+                );
                 if m % 20 == 0 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -327,7 +311,7 @@ fn output_view(s: &Server) -> Value {
 #[test]
 fn redelivered_messages_are_stored_once() {
     let Some(nats) = NatsServer::start("redelivered_messages_are_stored_once") else { return };
-    let rt = runtime();
+    let rt = common::broker_runtime();
     let js = rt.block_on(jetstream(&nats.url));
     let (messages, per) = (20, 50);
     rt.block_on(publish(&js, messages, per));
@@ -391,7 +375,7 @@ fn backpressure_pauses_the_source_and_loses_nothing() {
     let test = "backpressure_pauses_the_source_and_loses_nothing";
     let Some(raw) = NatsServer::start(test) else { return };
     let out_port = common::nats::free_port().unwrap();
-    let rt = runtime();
+    let rt = common::broker_runtime();
     let js = rt.block_on(jetstream(&raw.url));
     let (messages, per) = (40, 100);
     rt.block_on(publish(&js, messages, per));
@@ -432,7 +416,7 @@ fn backpressure_pauses_the_source_and_loses_nothing() {
 #[test]
 fn three_instances_and_a_kill_9_lose_nothing() {
     let Some(nats) = NatsServer::start("three_instances_and_a_kill_9_lose_nothing") else { return };
-    let rt = runtime();
+    let rt = common::broker_runtime();
     let js = rt.block_on(jetstream(&nats.url));
     let (messages, per) = (2000, 100);
     rt.block_on(publish(&js, 1, per));
@@ -445,7 +429,9 @@ fn three_instances_and_a_kill_9_lose_nothing() {
         rt.spawn(async move {
             let mut acks = Vec::new();
             for m in 1..messages {
-                acks.push(js.publish("raw.zeek", envelope(m * per, per).into()).await.unwrap());
+                acks.push(
+                    js.publish("raw.zeek", common::conn_envelope("nats-test", m * per, per).into()).await.unwrap(),
+                );
                 if acks.len() >= 200 {
                     for ack in acks.drain(..) {
                         ack.await.expect("publish acknowledged");

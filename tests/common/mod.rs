@@ -292,3 +292,25 @@ impl Server {
         self.get("/v1/metrics").json()
     }
 }
+
+/// A `/v1/ingest` envelope of `n` Zeek conn records with uids
+/// `U<from+i>`, as the broker tests publish them.
+pub(crate) fn conn_envelope(collector: &str, from: usize, n: usize) -> Vec<u8> {
+    let records: Vec<serde_json::Value> = (from..from + n)
+        .map(|i| {
+            serde_json::json!({
+                "ts": 1723351200.5 + i as f64, "uid": format!("U{i}"),
+                "id.orig_h": "10.1.2.3", "id.orig_p": 40000 + (i % 20000), "id.resp_h": "81.2.69.160",
+                "id.resp_p": 443, "proto": "tcp",
+            })
+        })
+        .collect();
+    serde_json::json!({"collector_id": collector, "format": "zeek.conn.v1", "records": records})
+        .to_string()
+        .into_bytes()
+}
+
+/// The runtime the broker tests drive their clients on.
+pub(crate) fn broker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
