@@ -12,7 +12,7 @@ fn every_output_is_registered_with_a_documented_closed_schema() {
     let kinds: Vec<&str> = registry.outputs().map(|f| f.kind()).collect();
     assert_eq!(kinds, ["elastic", "splunk", "file", "nats", "kafka"]);
     let secrets: Vec<&[&str]> = registry.outputs().map(|f| f.secret_fields()).collect();
-    assert_eq!(secrets, [&["password", "api_key"][..], &["token"], &[], &["password", "token"]]);
+    assert_eq!(secrets, [&["password", "api_key"][..], &["token"], &[], &["password", "token"], &["sasl_password"]]);
     for factory in registry.outputs() {
         let kind = factory.kind();
         let schema = serde_json::to_value(factory.options_schema()).unwrap();
@@ -21,6 +21,10 @@ fn every_output_is_registered_with_a_documented_closed_schema() {
         if kind == "nats" {
             for nats in ["servers", "user", "password", "token", "timeout_ms"] {
                 assert!(properties.contains_key(nats), "{kind} lacks {nats}: {schema:#}");
+            }
+        } else if kind == "kafka" {
+            for kafka in ["brokers", "topic", "client", "sasl_password", "max_message_bytes", "timeout_ms"] {
+                assert!(properties.contains_key(kafka), "{kind} lacks {kafka}: {schema:#}");
             }
         } else if kind != "file" {
             for http in ["tls_verify", "ca_file", "timeout_ms", "gzip"] {
