@@ -86,14 +86,6 @@ fn publish(kind: &str, name: &str, file: &Path, config: &Path) -> std::process::
     bin().args(["publish", kind, name]).arg(file).arg("--config").arg(config).output().unwrap()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_rule_published_once_is_live_on_every_instance_and_a_broken_one_nowhere() {
     let Some(nats) = NatsServer::start("a_rule_published_once_is_live_on_every_instance_and_a_broken_one_nowhere")
@@ -116,7 +108,7 @@ fn a_rule_published_once_is_live_on_every_instance_and_a_broken_one_nowhere() {
     let printed = String::from_utf8(out.stdout).unwrap();
     let published = Instant::now();
     let revision = printed.split("revision ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string();
-    wait_for("the new rule on all three instances", Duration::from_secs(10), || {
+    common::wait_for("the new rule on all three instances", Duration::from_secs(10), || {
         instances.iter().all(|s| verdict(&probe(s)) == new)
     });
     let took = published.elapsed();
@@ -150,7 +142,7 @@ fn a_rule_published_once_is_live_on_every_instance_and_a_broken_one_nowhere() {
         let store = js.get_object_store("control").await.unwrap();
         store.put("risk.wasm", &mut &b"\0asm\x01\0\0\0 this is not a module"[..]).await.unwrap();
     });
-    wait_for("the refusal on all three instances", Duration::from_secs(10), || {
+    common::wait_for("the refusal on all three instances", Duration::from_secs(10), || {
         instances.iter().all(|s| stage(s, "risk")["reload_failures"].as_u64().unwrap_or(0) >= 1)
     });
     for s in &instances {
@@ -166,7 +158,7 @@ fn a_rule_published_once_is_live_on_every_instance_and_a_broken_one_nowhere() {
     assert!(probe(&instances[0])["ti"].is_null() || !probe(&instances[0])["ti"].to_string().contains("203.0.113.77"));
     let out = publish("indicators", "indicators", &indicators, &config_path);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_for("the published indicator on all three instances", Duration::from_secs(10), || {
+    common::wait_for("the published indicator on all three instances", Duration::from_secs(10), || {
         instances.iter().all(|s| probe(s)["ti"].to_string().contains("203.0.113.77"))
     });
     for s in &instances {
@@ -180,7 +172,7 @@ fn a_rule_published_once_is_live_on_every_instance_and_a_broken_one_nowhere() {
         .map(|s| s.get_auth("/v1/enrichers").json()["instance"]["id"].as_str().unwrap().to_string())
         .collect();
     let mut members = Vec::new();
-    wait_for("three instances on the board, each serving the published rule", Duration::from_secs(15), || {
+    common::wait_for("three instances on the board, each serving the published rule", Duration::from_secs(15), || {
         let out = bin().args(["cluster", "status", "--json", "--config"]).arg(&config_path).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         members = serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap();
@@ -278,7 +270,7 @@ fn a_chain_file_published_once_changes_every_instance_and_a_broken_one_none() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8(out.stdout).unwrap();
     let revision = printed.split("revision ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string();
-    wait_for("the published chain on both instances", Duration::from_secs(10), || {
+    common::wait_for("the published chain on both instances", Duration::from_secs(10), || {
         instances.iter().all(|s| probe(s)["risk_score"].is_number())
     });
     for s in &instances {
@@ -301,7 +293,7 @@ fn a_chain_file_published_once_changes_every_instance_and_a_broken_one_none() {
         let store = js.get_object_store("control").await.unwrap();
         store.put("chain", &mut &b"[[chain]]\nplugin = \"nope\"\n"[..]).await.unwrap();
     });
-    wait_for("the refusal on both instances", Duration::from_secs(10), || {
+    common::wait_for("the refusal on both instances", Duration::from_secs(10), || {
         instances
             .iter()
             .all(|s| s.get_auth("/v1/enrichers").json()["reload"]["config_reload_failures"].as_u64() >= Some(1))

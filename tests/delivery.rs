@@ -43,14 +43,6 @@ fn ingest_async(s: &Server, from: usize, n: usize, poison_every: usize) -> Reply
     s.ingest_query("zeek.conn.v1", "mode=async", records(from, n, poison_every))
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn output(s: &Server, name: &str) -> Value {
     let r = s.get_auth(&format!("/v1/outputs/{name}"));
     assert_eq!(r.status, 200, "{}", r.text);
@@ -116,8 +108,8 @@ fn reference_requests_configure_working_outputs() {
         assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(r.json()["records"].as_array().unwrap().len(), 100, "the records still come back");
     }
-    wait_for("300 documents", Duration::from_secs(30), || bulk.doc_count() == 300);
-    wait_for("300 HEC events", Duration::from_secs(30), || hec.events().len() == 300);
+    common::wait_for("300 documents", Duration::from_secs(30), || bulk.doc_count() == 300);
+    common::wait_for("300 HEC events", Duration::from_secs(30), || hec.events().len() == 300);
     let docs = bulk.docs();
     assert!(docs.iter().all(|d| d.index.starts_with("telemetry-20")), "daily index: {}", docs[0].index);
     assert!(docs.iter().any(|d| d.source["geo"]["country"] == "GB"), "enriched: {}", docs[0].source);
@@ -135,7 +127,7 @@ fn reference_requests_configure_working_outputs() {
     assert_eq!(names, ["elastic", "splunk"]);
     // The receiver counts a document when the request arrives; the output
     // counts it sent once the answer is read: wait for the answer.
-    wait_for("the elastic output to count 300 sent", Duration::from_secs(10), || {
+    common::wait_for("the elastic output to count 300 sent", Duration::from_secs(10), || {
         counter(&output(&s, "elastic"), "sent") == 300
     });
     let o = output(&s, "elastic");
@@ -168,7 +160,7 @@ fn reference_requests_configure_working_outputs() {
     let o = output(&s, "splunk");
     assert_eq!(o["settings"]["token_set"], true, "{o}");
     s.ingest("zeek.conn.v1", records(300, 10, 0));
-    wait_for("310 HEC events", Duration::from_secs(30), || hec.events().len() == 310);
+    common::wait_for("310 HEC events", Duration::from_secs(30), || hec.events().len() == 310);
     let r = delete(&s, "/v1/outputs/splunk");
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(delete(&s, "/v1/outputs/splunk").status, 404);
@@ -258,7 +250,7 @@ backoff_max_ms = 1000
     let poisoned = (accepted as usize / POISON_EVERY) as u64;
     let t0 = Instant::now();
     for name in ["elastic", "splunk"] {
-        wait_for(&format!("{name} to drain"), Duration::from_secs(180), || {
+        common::wait_for(&format!("{name} to drain"), Duration::from_secs(180), || {
             let o = output(&s, name);
             o["backlog"]["events"] == 0 && counter(&o, "sent") + counter(&o, "dead_lettered") >= accepted
         });
@@ -298,7 +290,7 @@ backoff_max_ms = 1000
     let r = s.post("/v1/outputs/elastic/deadletter/replay", &json!({}));
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["replayed"], poisoned);
-    wait_for("the replay", Duration::from_secs(30), || {
+    common::wait_for("the replay", Duration::from_secs(30), || {
         counter(&output(&s, "elastic"), "dead_lettered") == 2 * poisoned
     });
     assert_eq!(s.get_auth("/v1/outputs/elastic/deadletter").json()["total"], poisoned);
@@ -344,7 +336,7 @@ fn kill_9_in_spool_mode_loses_nothing_answered() {
     bulk.outage(false);
     let expected: HashSet<String> =
         answered.iter().flat_map(|b| (b * 200..b * 200 + 200).map(|i| format!("U{i}"))).collect();
-    wait_for("every answered event", Duration::from_secs(60), || {
+    common::wait_for("every answered event", Duration::from_secs(60), || {
         let have: HashSet<String> = bulk.docs().iter().map(|d| uid(&d.source)).collect();
         expected.is_subset(&have)
     });
@@ -395,8 +387,10 @@ fn a_full_spool_answers_503_and_loses_nothing() {
     assert_eq!(counter(&o, "queued"), accepted, "refused requests queued nothing: {o}");
     assert!(counter(&o, "refused") >= 200 * 101);
     bulk.outage(false);
-    wait_for("the spool to drain", Duration::from_secs(60), || bulk.doc_count() as u64 == accepted);
-    wait_for("the backlog to clear", Duration::from_secs(10), || output(&s, "elastic")["backlog"]["events"] == 0);
+    common::wait_for("the spool to drain", Duration::from_secs(60), || bulk.doc_count() as u64 == accepted);
+    common::wait_for("the backlog to clear", Duration::from_secs(10), || {
+        output(&s, "elastic")["backlog"]["events"] == 0
+    });
     assert_eq!(ingest_async(&s, 2_000_000, 10, 0).status, 202, "accepting again");
 }
 
@@ -429,7 +423,7 @@ fn ack_mode_answers_after_delivery() {
     assert_eq!(r.status, 504, "{}", r.text);
     assert_eq!(r.json()["error"], "delivery_timeout");
     bulk.outage(false);
-    wait_for("the late events", Duration::from_secs(30), || bulk.doc_count() == 60);
+    common::wait_for("the late events", Duration::from_secs(30), || bulk.doc_count() == 60);
     let r = s.ingest_query("zeek.conn.v1", "mode=later", records(0, 1, 0));
     assert_eq!(r.status, 400);
 }
@@ -452,18 +446,18 @@ fn config_outputs_reload_and_the_file_output() {
         std::fs::read_to_string(s.dir.path().join(format!("out/{name}.ndjson"))).map_or(0, |t| t.lines().count())
     };
     assert_eq!(s.ingest("zeek.conn.v1", records(0, 20, 0)).status, 200);
-    wait_for("20 lines", Duration::from_secs(15), || lines("first") == 20);
+    common::wait_for("20 lines", Duration::from_secs(15), || lines("first") == 20);
     std::fs::write(&path, format!("{head}{}{}{}", entry("first"), entry("second"), common::test_chain())).unwrap();
-    wait_for("the second output", Duration::from_secs(15), || s.get_auth("/v1/outputs/second").status == 200);
+    common::wait_for("the second output", Duration::from_secs(15), || s.get_auth("/v1/outputs/second").status == 200);
     assert_eq!(output(&s, "second")["source"], "config");
     assert_eq!(s.ingest("zeek.conn.v1", records(20, 10, 0)).status, 200);
-    wait_for("both files", Duration::from_secs(15), || lines("first") == 30 && lines("second") == 10);
+    common::wait_for("both files", Duration::from_secs(15), || lines("first") == 30 && lines("second") == 10);
     // A config-only output cannot be deleted through the API.
     assert_eq!(delete(&s, "/v1/outputs/first").status, 409);
     // A bad entry is refused whole; the running outputs stay.
     std::fs::write(&path, format!("{head}{}[[output]]\ntype = \"nope\"\n{}", entry("first"), common::test_chain()))
         .unwrap();
-    wait_for("the refusal", Duration::from_secs(15), || {
+    common::wait_for("the refusal", Duration::from_secs(15), || {
         s.get_auth("/v1/enrichers").json()["reload"]["last_config_error"].as_str().is_some_and(|e| e.contains("nope"))
     });
     assert_eq!(s.get_auth("/v1/outputs/second").status, 200, "keep-last-good");

@@ -153,22 +153,8 @@ impl Reader {
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn source_view(s: &Server) -> Value {
-    let r = s.get_auth("/v1/sources");
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["sources"][0].clone()
-}
-
 fn counter(s: &Server, name: &str) -> u64 {
-    source_view(s)["counters"][name].as_u64().unwrap()
+    common::source_view(s)["counters"][name].as_u64().unwrap()
 }
 
 #[test]
@@ -197,14 +183,14 @@ fn events_flow_and_a_restart_resumes_from_the_committed_offsets() {
     rt.block_on(produce(&p, messages / 2, messages / 2, per));
     s.start_again();
     rt.block_on(reader.until(messages * per, Duration::from_secs(90)));
-    wait_for("the source to settle", Duration::from_secs(20), || {
-        let view = source_view(&s);
+    common::wait_for("the source to settle", Duration::from_secs(20), || {
+        let view = common::source_view(&s);
         view["counters"]["acked"].as_u64().unwrap() + acked_before >= messages as u64
             || view["counters"]["messages"].as_u64().unwrap() + acked_before >= messages as u64
     });
     rt.block_on(reader.read(Duration::from_secs(1)));
 
-    let view = source_view(&s);
+    let view = common::source_view(&s);
     let taken_after = view["counters"]["messages"].as_u64().unwrap();
     eprintln!(
         "kafka restart after {acked_before} messages acked: {} events, {} stored twice, {} repeated message ids, \
@@ -252,9 +238,9 @@ fn a_poison_message_is_dead_lettered_once_and_committed_past() {
     let mut s = Server::start_with(&config(&brokers), &[]);
     let mut reader = Reader::new(&brokers);
     rt.block_on(reader.until(11, Duration::from_secs(60)));
-    wait_for("the poison message to be dead-lettered", Duration::from_secs(10), || counter(&s, "termed") == 1);
+    common::wait_for("the poison message to be dead-lettered", Duration::from_secs(10), || counter(&s, "termed") == 1);
     std::thread::sleep(Duration::from_millis(1000));
-    let view = source_view(&s);
+    let view = common::source_view(&s);
     assert_eq!(view["counters"]["messages"], 3, "{view}");
     assert_eq!(view["counters"]["acked"], 2, "{view}");
     assert_eq!(view["counters"]["termed"], 1, "{view}");
@@ -271,9 +257,11 @@ fn a_poison_message_is_dead_lettered_once_and_committed_past() {
     // included; nothing is consumed again.
     assert!(s.terminate().success());
     s.start_again();
-    wait_for("the source to run again", Duration::from_secs(20), || source_view(&s)["state"] == "running");
+    common::wait_for("the source to run again", Duration::from_secs(20), || {
+        common::source_view(&s)["state"] == "running"
+    });
     std::thread::sleep(Duration::from_secs(5));
-    let view = source_view(&s);
+    let view = common::source_view(&s);
     assert_eq!(view["counters"]["messages"], 0, "committed past: {view}");
     rt.block_on(reader.read(Duration::from_millis(500)));
     assert_eq!(reader.duplicates(), 0);

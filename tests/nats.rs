@@ -148,20 +148,6 @@ async fn raw_consumer_idle(js: &jetstream::Context) -> bool {
     info.num_pending == 0 && info.num_ack_pending == 0
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn source_view(s: &Server) -> Value {
-    let r = s.get_auth("/v1/sources");
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.json()["sources"][0].clone()
-}
-
 #[test]
 fn events_flow_from_the_raw_stream_to_the_output_stream() {
     let Some(nats) = NatsServer::start("events_flow_from_the_raw_stream_to_the_output_stream") else { return };
@@ -173,9 +159,9 @@ fn events_flow_from_the_raw_stream_to_the_output_stream() {
     let mut reader = rt.block_on(Reader::new(&js));
     rt.block_on(reader.until(messages * per, Duration::from_secs(40)));
     assert_eq!(reader.duplicates(), 0, "no crash, no duplicates");
-    wait_for("the raw consumer to settle", Duration::from_secs(10), || rt.block_on(raw_consumer_idle(&js)));
+    common::wait_for("the raw consumer to settle", Duration::from_secs(10), || rt.block_on(raw_consumer_idle(&js)));
 
-    let view = source_view(&s);
+    let view = common::source_view(&s);
     assert_eq!(view["name"], "nats");
     assert_eq!(view["state"], "running", "{view}");
     assert_eq!(view["counters"]["acked"], messages, "{view}");
@@ -208,10 +194,12 @@ fn a_poison_message_is_termed_and_dead_lettered_once() {
     let s = Server::start_with(&config(&nats.url, 500), &[]);
     let mut reader = rt.block_on(Reader::new(&js));
     rt.block_on(reader.until(11, Duration::from_secs(20)));
-    wait_for("the poison message to be termed", Duration::from_secs(10), || source_view(&s)["counters"]["termed"] == 1);
+    common::wait_for("the poison message to be termed", Duration::from_secs(10), || {
+        common::source_view(&s)["counters"]["termed"] == 1
+    });
     // Several ack_waits later: still once.
     std::thread::sleep(Duration::from_millis(2000));
-    let view = source_view(&s);
+    let view = common::source_view(&s);
     assert_eq!(view["counters"]["messages"], 3, "{view}");
     assert_eq!(view["counters"]["redelivered"], 0, "{view}");
     assert_eq!(view["counters"]["termed"], 1, "{view}");
@@ -236,15 +224,15 @@ fn a_poison_message_is_termed_and_dead_lettered_once() {
     };
     let good = config(&nats.url, 500);
     reload(good.replace("batch = 32\n", "batch = 32\nmax_deliver = 0\n"));
-    wait_for("the refusal", Duration::from_secs(10), || {
+    common::wait_for("the refusal", Duration::from_secs(10), || {
         s.get_auth("/v1/enrichers").json()["reload"]["last_config_error"]
             .as_str()
             .is_some_and(|e| e.contains("[[source]]") && e.contains("max_deliver"))
     });
-    assert_eq!(source_view(&s)["state"], "running", "keep-last-good");
+    assert_eq!(common::source_view(&s)["state"], "running", "keep-last-good");
     reload(good.replace("batch = 32\n", "batch = 32\nenabled = false\n"));
-    wait_for("the source to stop", Duration::from_secs(10), || source_view(&s)["state"] == "disabled");
-    assert_eq!(source_view(&s)["counters"]["termed"], 1, "counters kept");
+    common::wait_for("the source to stop", Duration::from_secs(10), || common::source_view(&s)["state"] == "disabled");
+    assert_eq!(common::source_view(&s)["counters"]["termed"], 1, "counters kept");
     assert!(s.get("/metrics").text.contains("telemetry_source_enabled{source=\"nats\"} 0"));
 }
 
@@ -280,7 +268,7 @@ fn kill_9_mid_load_loses_no_event() {
     s.restart(); // SIGKILL, then the same configuration and state directory
     rt.block_on(publisher).unwrap();
     rt.block_on(reader.until(messages * per, Duration::from_secs(40)));
-    wait_for("the raw consumer to settle", Duration::from_secs(15), || rt.block_on(raw_consumer_idle(&js)));
+    common::wait_for("the raw consumer to settle", Duration::from_secs(15), || rt.block_on(raw_consumer_idle(&js)));
     let duplicates = reader.duplicates();
     let deduped = output_view(&s)["counters"]["duplicates"].as_u64().unwrap();
     eprintln!(
@@ -321,8 +309,8 @@ fn redelivered_messages_are_stored_once() {
     );
     assert!(text.contains("durability = \"ack\"") && !text.contains("create_stream"), "{text}");
     let mut s = Server::start_with(&text, &[]);
-    wait_for("messages given back and redelivered", Duration::from_secs(20), || {
-        source_view(&s)["counters"]["redelivered"].as_u64().unwrap() >= 3
+    common::wait_for("messages given back and redelivered", Duration::from_secs(20), || {
+        common::source_view(&s)["counters"]["redelivered"].as_u64().unwrap() >= 3
     });
     rt.block_on(async {
         js.create_stream(stream::Config {
@@ -335,12 +323,12 @@ fn redelivered_messages_are_stored_once() {
     });
     let mut reader = rt.block_on(Reader::new(&js));
     rt.block_on(reader.until(messages * per, Duration::from_secs(30)));
-    wait_for("the raw consumer to settle", Duration::from_secs(15), || rt.block_on(raw_consumer_idle(&js)));
-    wait_for("the output to drain", Duration::from_secs(10), || {
+    common::wait_for("the raw consumer to settle", Duration::from_secs(15), || rt.block_on(raw_consumer_idle(&js)));
+    common::wait_for("the output to drain", Duration::from_secs(10), || {
         output_view(&s)["backlog"]["events"].as_u64().unwrap_or(0) == 0
     });
     rt.block_on(reader.read());
-    let view = source_view(&s);
+    let view = common::source_view(&s);
     let out = output_view(&s);
     eprintln!("source {view}\noutput {out}");
     assert_eq!(reader.seen.len(), messages * per);
@@ -357,7 +345,7 @@ fn redelivered_messages_are_stored_once() {
     let path = s.dir.path().join("config.toml");
     std::fs::write(&path, text.replace("durable = \"enrichd\"", "durable = \"again\"")).unwrap();
     s.restart();
-    wait_for("the second pass", Duration::from_secs(30), || {
+    common::wait_for("the second pass", Duration::from_secs(30), || {
         let out = output_view(&s);
         out["counters"]["duplicates"].as_u64().unwrap() >= (messages * per) as u64
     });
@@ -390,10 +378,10 @@ fn backpressure_pauses_the_source_and_loses_nothing() {
         );
     assert!(text.contains(&out_port.to_string()), "{text}");
     let s = Server::start_with(&text, &[]);
-    wait_for("messages given back", Duration::from_secs(20), || {
-        source_view(&s)["counters"]["nacked"].as_u64().unwrap() > 0
+    common::wait_for("messages given back", Duration::from_secs(20), || {
+        common::source_view(&s)["counters"]["nacked"].as_u64().unwrap() > 0
     });
-    let view = source_view(&s);
+    let view = common::source_view(&s);
     assert!(view["counters"]["events"].as_u64().unwrap() <= 1000, "at most the bound accepted: {view}");
     assert!(!rt.block_on(raw_consumer_idle(&js)), "the rest waits in the stream");
 
@@ -402,8 +390,8 @@ fn backpressure_pauses_the_source_and_loses_nothing() {
     let mut reader = rt.block_on(Reader::new(&out_js));
     rt.block_on(reader.until(messages * per, Duration::from_secs(40)));
     assert_eq!(reader.duplicates(), 0);
-    wait_for("the raw consumer to settle", Duration::from_secs(10), || rt.block_on(raw_consumer_idle(&js)));
-    let view = source_view(&s);
+    common::wait_for("the raw consumer to settle", Duration::from_secs(10), || rt.block_on(raw_consumer_idle(&js)));
+    let view = common::source_view(&s);
     assert_eq!(view["counters"]["acked"], messages, "{view}");
     assert_eq!(view["counters"]["termed"], 0, "{view}");
 }
@@ -445,15 +433,16 @@ fn three_instances_and_a_kill_9_lose_nothing() {
     };
     rt.block_on(reader.until(20_000, Duration::from_secs(60)));
     // It is working when it dies: it has taken messages.
-    let before = source_view(&servers[1])["counters"]["messages"].as_u64().unwrap();
+    let before = common::source_view(&servers[1])["counters"]["messages"].as_u64().unwrap();
     assert!(before > 0, "the instance killed had work");
     servers[1].restart(); // SIGKILL, then the same configuration and state
     rt.block_on(publisher).unwrap();
     rt.block_on(reader.until(messages * per, Duration::from_secs(120)));
-    wait_for("the raw consumer to settle", Duration::from_secs(20), || rt.block_on(raw_consumer_idle(&js)));
+    common::wait_for("the raw consumer to settle", Duration::from_secs(20), || rt.block_on(raw_consumer_idle(&js)));
     rt.block_on(reader.read());
     let deduped: u64 = servers.iter().map(|s| output_view(s)["counters"]["duplicates"].as_u64().unwrap()).sum();
-    let redelivered: u64 = servers.iter().map(|s| source_view(s)["counters"]["redelivered"].as_u64().unwrap()).sum();
+    let redelivered: u64 =
+        servers.iter().map(|s| common::source_view(s)["counters"]["redelivered"].as_u64().unwrap()).sum();
     eprintln!(
         "3 instances, kill -9 of one after it took {before} messages: {} events in {:.1} s, {} stored twice, \
          {deduped} dropped by the stream, {redelivered} redeliveries",

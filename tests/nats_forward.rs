@@ -81,14 +81,6 @@ fn records(from: usize, n: usize) -> Value {
         .collect()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// uid -> times seen in ENRICHED, each event checked to be enriched.
 async fn read_enriched(js: &jetstream::Context, want: usize, timeout: Duration) -> HashMap<String, u32> {
     let deadline = Instant::now() + timeout;
@@ -168,7 +160,7 @@ fn http_batches_forwarded_by_one_instance_are_enriched_by_another() {
     assert_eq!(edge.metrics()["totals"]["events"], 0, "nothing enriched at the edge");
     let raw = rt.block_on(async { js.get_stream("RAW").await.unwrap().info().await.unwrap().state.messages });
     assert_eq!(raw, batches as u64 + 1, "one message per batch");
-    wait_for("the worker to ack every message", Duration::from_secs(10), || {
+    common::wait_for("the worker to ack every message", Duration::from_secs(10), || {
         worker.get_auth("/v1/sources").json()["sources"][0]["counters"]["acked"] == batches + 1
     });
 }
@@ -189,7 +181,7 @@ fn forwarding_without_a_server_answers_503_and_a_reload_asks_for_a_restart() {
     std::fs::write(&path, forwarder_config(&url, 300).replace("forward = \"nats\"\n", "")).unwrap();
     // SAFETY: kill(2) with the pid of the enrichd this test spawned.
     unsafe { libc::kill(edge.pid() as i32, libc::SIGHUP) };
-    wait_for("the reload", Duration::from_secs(10), || {
+    common::wait_for("the reload", Duration::from_secs(10), || {
         edge.get_auth("/v1/enrichers").json()["reload"]["needs_restart"]
             .as_array()
             .is_some_and(|a| a.iter().any(|s| s == "forward"))

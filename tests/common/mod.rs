@@ -314,3 +314,19 @@ pub(crate) fn conn_envelope(collector: &str, from: usize, n: usize) -> Vec<u8> {
 pub(crate) fn broker_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
+
+/// Polls `done` every 50 ms; fails the test naming `what` after `timeout`.
+pub(crate) fn wait_for(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The first `[[source]]`'s view in `/v1/sources`.
+pub(crate) fn source_view(s: &Server) -> serde_json::Value {
+    let r = s.get_auth("/v1/sources");
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["sources"][0].clone()
+}
