@@ -217,7 +217,7 @@ impl Config {
 
 /// Whether a file names the chain at all: entries, or `chain = []` written
 /// out (a second parse of a small file tells that from no chain).
-fn declares_chain(entries: &[ChainEntryConfig], text: &str) -> bool {
+pub fn declares_chain(entries: &[ChainEntryConfig], text: &str) -> bool {
     !entries.is_empty() || toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("chain"))
 }
 

@@ -92,8 +92,7 @@ fn check_chain(file: &Path, content: &[u8]) -> anyhow::Result<()> {
     let text = std::str::from_utf8(content).with_context(|| format!("{} is not UTF-8 text", file.display()))?;
     let entries =
         enrichd_engine::Config::parse_chain_file(text, file).map_err(|e| anyhow::anyhow!("{e}; not published"))?;
-    let declared = !entries.is_empty() || toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("chain"));
-    if !declared {
+    if !enrichd_engine::config::declares_chain(&entries, text) {
         bail!(
             "{}: no [[chain]] entry (write `chain = []` to publish an empty chain on purpose); not published",
             file.display()
