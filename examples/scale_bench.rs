@@ -346,10 +346,11 @@ fn enrich(
          [[source]]\ntype = \"nats\"\nservers = [\"{url}\"]\nstream = \"RAW\"\nsubjects = [\"raw.>\"]\n\
          durable = \"enrichd\"\ncreate = false\nmax_ack_pending = {max_ack_pending}\nbatch = {}\nconcurrency = {}\n\
          [[output]]\ntype = \"nats\"\nname = \"enriched\"\nservers = [\"{url}\"]\nsubject = \"enriched.conn\"\n\
-         durability = \"{}\"\n{}",
+         durability = \"{}\"\n{}\n{}",
         o.batch,
         o.concurrency,
         o.durability,
+        std::env::var("OUTPUT_OPTIONS").unwrap_or_default().replace(';', "\n"),
         inputs::stage3_chain(repo)
     );
     let mut instances = Vec::new();

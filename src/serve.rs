@@ -147,6 +147,7 @@ async fn serve(state: Arc<AppState>) -> anyhow::Result<()> {
     let deadline = std::time::Duration::from_millis(state.config.server.shutdown_flush_ms);
     tracing::info!(deadline_ms = deadline.as_millis() as u64, "flushing outputs");
     state.delivery.shutdown(std::time::Instant::now() + deadline).await;
+    state.presence.withdraw().await;
     tracing::info!("enrichd stopped");
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! within 2 s (each instance's answer to a probe event shows the new
 //! rule's verdict); a broken module published behind the CLI's back must
 //! leave all three on the old rule, each reporting the refusal; published
-//! indicators must match; `enrichd cluster status` must list the three.
+//! indicators must match; `enrichd cluster status` must list the three,
+//! and an instance stopped cleanly must leave that list at once.
 //! A chain file (`chain_file`) published the same way changes every
 //! instance's chain; a broken one changes none.
 
@@ -197,6 +198,20 @@ fn a_rule_published_once_is_live_on_every_instance_and_a_broken_one_nowhere() {
         assert_eq!(board["update"], "risk", "{board}");
         assert!(board["announces"].as_u64().unwrap() >= 1 && board["last_error"].is_null(), "{board}");
     }
+
+    // A clean shutdown takes the instance off the board at once, not
+    // after its entry's 15 s time to live.
+    let mut instances = instances;
+    let mut stopped = instances.pop().unwrap();
+    let stopped_id = &ids[2];
+    assert!(stopped.terminate().success());
+    common::wait_for("the stopped instance's log line", Duration::from_secs(5), || {
+        stopped.log().contains("removed this instance from the status board")
+    });
+    let out = bin().args(["cluster", "status", "--json", "--config"]).arg(&config_path).output().unwrap();
+    let members = serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(members.iter().all(|m| m["instance"] != stopped_id.as_str()), "{members:?}");
 
     // Publishing through an entry that does not exist says which do.
     let out = publish("indicators", "nope", &indicators, &config_path);

@@ -134,6 +134,15 @@ pub trait UpdateRunner: Send + Sync {
     fn members(&self) -> Option<BoxFuture<'_, Result<Vec<Value>, String>>> {
         None
     }
+
+    /// Removes `instance`'s entry from the board at once (a clean
+    /// shutdown), so the fleet's view does not show a stopped instance
+    /// until its entry expires. `None` (the default): no board, or entries
+    /// only expire.
+    fn withdraw<'a>(&'a self, instance: &'a str) -> Option<BoxFuture<'a, Result<(), String>>> {
+        let _ = instance;
+        None
+    }
 }
 
 /// Data-file updaters: built from an [`UpdateContext`], they build an

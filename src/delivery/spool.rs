@@ -57,8 +57,16 @@
 //! Per entry 24 bytes of metadata stay in memory (an entry is one ingest
 //! request, not one event), so `stats` and locating a seq cost no I/O.
 //! `open` reads every segment once to check it.
+//!
+//! # Reused files
+//!
+//! A delivered segment's file is kept (up to a few, within the byte
+//! bound) and written over by a later segment instead of deleted and
+//! created anew: see [`spares`] for why and `disk` for how old bytes in
+//! such a file are told apart from damage.
 
 mod disk;
+mod spares;
 #[cfg(test)]
 mod tests;
 
@@ -160,7 +168,11 @@ struct Segment {
     first_seq: u64,
     path: PathBuf,
     file: Arc<File>,
+    /// Bytes of this segment's entries.
     disk_bytes: u64,
+    /// The file's length: more than `disk_bytes` while a reused file
+    /// still holds an older segment's bytes past the entries.
+    file_len: u64,
     entries: Vec<EntryMeta>,
 }
 
@@ -186,6 +198,17 @@ struct State {
     unsynced: Vec<Arc<File>>,
     /// A segment was created since the last fsync round.
     dir_dirty: bool,
+    /// Delivered segments' files kept for reuse.
+    spares: spares::Spares,
+}
+
+impl State {
+    /// Bytes on disk the bound counts: the entries, the older bytes a
+    /// reused last segment still holds past them, and the spares.
+    fn bytes_on_disk(&self) -> u64 {
+        let stale = self.segments.back().map_or(0, |s| s.file_len.saturating_sub(s.disk_bytes));
+        self.used_bytes + stale + self.spares.bytes
+    }
 }
 
 struct SyncState {
@@ -252,11 +275,21 @@ impl Spool {
                 recovery.corrupt_entries += 1;
                 recovery.corrupt_bytes += cut;
                 recovery.problems.push(format!("{name}: {problem}; dropped the last {cut} bytes of the segment"));
+            }
+            // Damage, or an end marker and older bytes of a reused file
+            // (no damage): either way the segment continues from here.
+            if scan.valid_len < scan.file_len {
                 file.set_len(scan.valid_len).with_context(|| format!("truncating {name}"))?;
                 file.sync_all().with_context(|| format!("syncing {name}"))?;
             }
-            let segment =
-                Segment { first_seq, path, file: Arc::new(file), disk_bytes: scan.valid_len, entries: scan.entries };
+            let segment = Segment {
+                first_seq,
+                path,
+                file: Arc::new(file),
+                disk_bytes: scan.valid_len,
+                file_len: scan.valid_len,
+                entries: scan.entries,
+            };
             if segment.entries.is_empty() || segment.end_seq() <= first_unacked {
                 fs::remove_file(&segment.path).with_context(|| format!("removing {name}"))?;
                 removed_any = true;
@@ -276,6 +309,8 @@ impl Spool {
         if removed_any {
             disk::sync_dir(&dir).context("syncing the spool directory")?;
         }
+        st.spares = spares::Spares::adopt(&dir, max_bytes.saturating_sub(st.used_bytes), segment_bytes)
+            .context("reading the spool's spare files")?;
         recovery.entries = st.unacked_entries;
         recovery.events = st.unacked_events;
         recovery.bytes = st.unacked_bytes;
@@ -337,8 +372,11 @@ impl Spool {
         }
         let region_len = prefix.len() + payload.len();
         let disk_len = HEADER_LEN as u64 + region_len as u64;
-        if st.used_bytes + disk_len > self.max_bytes {
-            return Err(AppendError::Full { used: st.used_bytes, max: self.max_bytes });
+        // Room is made by giving up spares before refusing.
+        while st.bytes_on_disk() + disk_len > self.max_bytes {
+            if !st.spares.give_up_one() {
+                return Err(AppendError::Full { used: st.bytes_on_disk(), max: self.max_bytes });
+            }
         }
         let seq = st.next_seq;
         let roll = match st.segments.back() {
@@ -348,46 +386,76 @@ impl Spool {
             }
         };
         if roll {
-            if let Some(last) = st.segments.back() {
-                st.unsynced.push(Arc::clone(&last.file));
-            }
-            let path = disk::segment_path(&self.dir, seq);
-            let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-            st.dir_dirty = true;
-            st.segments.push_back(Segment {
-                first_seq: seq,
-                path,
-                file: Arc::new(file),
-                disk_bytes: 0,
-                entries: Vec::new(),
-            });
+            self.open_segment(st, seq)?;
         }
         let segment = st.segments.back_mut().expect("a segment was just ensured");
         let header = disk::encode_header(prefix, payload, events, seq, accepted_unix_ms);
         let offset = segment.disk_bytes;
         let start = offset + HEADER_LEN as u64;
+        let end = offset + disk_len;
+        // Over a reused file's older bytes the entry is followed by an end
+        // marker, so a restart does not read those bytes as damage.
+        let marked = segment.file_len > end;
         let written = segment
             .file
             .write_all_at(&header, offset)
             .and_then(|()| segment.file.write_all_at(prefix, start))
-            .and_then(|()| segment.file.write_all_at(payload, start + prefix.len() as u64));
+            .and_then(|()| segment.file.write_all_at(payload, start + prefix.len() as u64))
+            .and_then(|()| if marked { segment.file.write_all_at(&disk::end_marker(seq + 1), end) } else { Ok(()) });
         if let Err(e) = written {
             // Cut the partial entry off so the next one starts on a boundary;
             // if even that fails, the segment's tail is unknown: stop.
-            if segment.file.set_len(offset).is_err() {
-                self.poisoned.store(true, Ordering::Release);
+            match segment.file.set_len(offset) {
+                Ok(()) => segment.file_len = offset,
+                Err(_) => self.poisoned.store(true, Ordering::Release),
             }
             return Err(e.into());
         }
         let meta = EntryMeta { offset, len: region_len as u32, events, accepted_unix_ms };
         segment.entries.push(meta);
         segment.disk_bytes += disk_len;
+        segment.file_len = segment.file_len.max(if marked { end + HEADER_LEN as u64 } else { end });
         st.used_bytes += disk_len;
         st.unacked_bytes += disk_len;
         st.unacked_entries += 1;
         st.unacked_events += u64::from(events);
         st.next_seq += 1;
         Ok(seq)
+    }
+
+    /// Starts the segment whose first entry is `seq`, in a spare file when
+    /// there is one. The previous segment is cut to its entries (a reused
+    /// file's older bytes after them dropped) and queued for the next fsync.
+    fn open_segment(&self, st: &mut State, seq: u64) -> Result<(), AppendError> {
+        if let Some(last) = st.segments.back_mut() {
+            if last.file_len > last.disk_bytes {
+                last.file.set_len(last.disk_bytes)?;
+                last.file_len = last.disk_bytes;
+            }
+            st.unsynced.push(Arc::clone(&last.file));
+        }
+        let path = disk::segment_path(&self.dir, seq);
+        let reused = match st.spares.take() {
+            Some(spare) if !path.exists() => match fs::rename(&spare.path, &path) {
+                Ok(()) => Some((spare.file, spare.len)),
+                Err(_) => {
+                    let _ = fs::remove_file(&spare.path);
+                    None
+                }
+            },
+            Some(spare) => {
+                let _ = fs::remove_file(&spare.path);
+                None
+            }
+            None => None,
+        };
+        let (file, file_len) = match reused {
+            Some(found) => found,
+            None => (Arc::new(OpenOptions::new().read(true).write(true).create_new(true).open(&path)?), 0),
+        };
+        st.dir_dirty = true;
+        st.segments.push_back(Segment { first_seq: seq, path, file, disk_bytes: 0, file_len, entries: Vec::new() });
+        Ok(())
     }
 
     /// Group commit: returns once an fsync covering `seq` succeeded, doing
@@ -567,8 +635,15 @@ impl Spool {
             let segment = st.segments.pop_front().expect("front exists");
             st.used_bytes -= segment.disk_bytes;
             // Under the state lock, so a new segment of the same name
-            // (the last one, emptied) cannot be created in between.
-            if let Err(e) = fs::remove_file(&segment.path) {
+            // (the last one, emptied) cannot be created in between. Kept
+            // as a spare only when the bound leaves room for it.
+            let len = segment.file_len;
+            let retired = if st.bytes_on_disk() + len <= self.max_bytes {
+                st.spares.retire(&self.dir, segment.first_seq, &segment.path, segment.file, len, self.segment_bytes)
+            } else {
+                fs::remove_file(&segment.path)
+            };
+            if let Err(e) = retired {
                 first_error.get_or_insert(anyhow::anyhow!(
                     "removing the delivered spool segment {}: {e}",
                     segment.path.display()

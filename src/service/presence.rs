@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use enrichd_engine::updater::UpdateRunner;
 use serde_json::{json, Value};
 
 use super::AppState;
@@ -26,10 +27,15 @@ use super::AppState;
 /// be longer: the `nats_object` default is 15 s).
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// How long a clean shutdown waits to take the entry off the board.
+const WITHDRAW_WITHIN: Duration = Duration::from_secs(2);
+
 #[derive(Default)]
 pub(crate) struct Presence {
     id: OnceLock<String>,
     state: Mutex<Reporting>,
+    /// The heartbeat and the entry it writes through, for [`Presence::withdraw`].
+    heartbeat: Mutex<Option<(tokio::task::JoinHandle<()>, Arc<dyn UpdateRunner>)>>,
 }
 
 #[derive(Default, Clone)]
@@ -79,7 +85,8 @@ impl Presence {
         self.reporting().via = Some(via.clone());
         let service = Arc::downgrade(state);
         let mut shutdown = state.shutdown.subscribe();
-        tokio::spawn(async move {
+        let writer = runner.clone();
+        let task = tokio::spawn(async move {
             loop {
                 let Some(state) = service.upgrade() else { return };
                 let status = status(&state, &id);
@@ -113,6 +120,31 @@ impl Presence {
                 }
             }
         });
+        *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Some((task, writer));
+    }
+
+    /// On a clean shutdown: stops the heartbeat, then takes this instance's
+    /// entry off the board, so `enrichd cluster status` stops listing it
+    /// at once instead of after the entry's time to live. Bounded: a broker
+    /// that does not answer delays shutdown by at most [`WITHDRAW_WITHIN`];
+    /// the entry then expires as after a crash.
+    pub(crate) async fn withdraw(&self) {
+        let Some((task, runner)) = self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let Some(id) = self.id.get() else { return };
+        // The shutdown signal ends the loop; a write in flight finishes
+        // first, so it cannot put the entry back after the delete.
+        let _ = tokio::time::timeout(WITHDRAW_WITHIN, task).await;
+        let Some(withdraw) = runner.withdraw(id) else { return };
+        match tokio::time::timeout(WITHDRAW_WITHIN, withdraw).await {
+            Ok(Ok(())) => tracing::info!(instance = %id, "removed this instance from the status board"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "removing this instance from the status board (it expires)"),
+            Err(_) => tracing::warn!(
+                within_s = WITHDRAW_WITHIN.as_secs(),
+                "removing this instance from the status board took too long (it expires)"
+            ),
+        }
     }
 
     fn reporting(&self) -> std::sync::MutexGuard<'_, Reporting> {

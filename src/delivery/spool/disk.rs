@@ -8,7 +8,7 @@
 //! |--------|------|-----------------------------------------|
 //! | 0      | 2    | magic `b"Sp"`                           |
 //! | 2      | 1    | format version (1)                      |
-//! | 3      | 1    | flags: bit 0 = the entry has an origin key |
+//! | 3      | 1    | flags: bit 0 = the entry has an origin key; bit 1 = end marker |
 //! | 4      | 4    | payload length                          |
 //! | 8      | 4    | events in the payload                   |
 //! | 12     | 8    | seq                                     |
@@ -26,6 +26,21 @@
 //! caught, not only a damaged payload. The seq is checked against its
 //! position (segment's first seq + index), which catches a stale entry left
 //! behind by an earlier, longer file.
+//!
+//! # Reused segment files
+//!
+//! A delivered segment's file is kept as a spare and written over by a
+//! later segment (see `spares`), so the bytes after the last entry may be
+//! an older segment's. Two rules keep that from reading as damage:
+//! - an entry written where older bytes follow is followed by an **end
+//!   marker**: a header alone, flag bit 1, length 0, the seq the next
+//!   entry will have, CRC over the header. The next entry overwrites it.
+//! - an intact entry or marker (CRC holds) whose seq is *below* the one
+//!   expected is an older segment's: the data ends there. A CRC cannot
+//!   hold by accident, so damage is still told apart from old data.
+//!
+//! A binary from before markers existed reads a marker as damage (cut off,
+//! counted); nothing delivered is lost by that.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
@@ -38,6 +53,8 @@ const MAGIC: [u8; 2] = *b"Sp";
 const VERSION: u8 = 1;
 /// Flag: the region starts with an origin key.
 const FLAG_ORIGIN: u8 = 1;
+/// Flag: an end marker, not an entry (see the module docs).
+const FLAG_END: u8 = 2;
 /// Longest origin key kept (longer keys are refused by the caller).
 pub(crate) const MAX_ORIGIN_LEN: usize = u16::MAX as usize;
 const SEGMENT_SUFFIX: &str = ".seg";
@@ -98,6 +115,19 @@ pub(super) fn encode_header(
     h
 }
 
+/// The end marker written after an entry when older bytes follow it:
+/// says the data ends here and the next entry will be `next_seq`.
+pub(super) fn end_marker(next_seq: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..2].copy_from_slice(&MAGIC);
+    h[2] = VERSION;
+    h[3] = FLAG_END;
+    h[12..20].copy_from_slice(&next_seq.to_le_bytes());
+    let crc = crc(&h, &[]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
 fn crc(header: &[u8; HEADER_LEN], region: &[&[u8]]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&header[..28]);
@@ -120,7 +150,7 @@ fn decode_header(h: &[u8; HEADER_LEN]) -> Result<Header, String> {
     if h[0..2] != MAGIC {
         return Err(format!("bad magic {:02x}{:02x}", h[0], h[1]));
     }
-    if h[2] != VERSION || h[3] & !FLAG_ORIGIN != 0 {
+    if h[2] != VERSION || h[3] & !(FLAG_ORIGIN | FLAG_END) != 0 || h[3] == FLAG_ORIGIN | FLAG_END {
         return Err(format!("unknown version {} (flags {})", h[2], h[3]));
     }
     let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
@@ -142,11 +172,15 @@ pub(super) struct Scan {
     /// Bytes of intact entries from the start of the file.
     pub(super) valid_len: u64,
     pub(super) file_len: u64,
+    /// Why the data stopped before `file_len`, when that is damage. `None`
+    /// with `valid_len < file_len`: an end marker or an older segment's
+    /// bytes follow (a reused file), which is no damage.
     pub(super) problem: Option<String>,
 }
 
 /// Reads a segment from the start, checking every entry (header, seq,
-/// length against the file, CRC); stops at the first one that fails.
+/// length against the file, CRC); stops at the first one that fails, or
+/// cleanly at an end marker or an older segment's intact entry.
 pub(super) fn scan_segment(file: &File, first_seq: u64) -> io::Result<Scan> {
     let file_len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 16, file);
@@ -168,15 +202,25 @@ pub(super) fn scan_segment(file: &File, first_seq: u64) -> io::Result<Scan> {
             Err(e) => break Some(format!("{e} at offset {offset}")),
         };
         let expected = first_seq + entries.len() as u64;
-        if header.seq != expected {
-            break Some(format!("seq {} where {expected} was expected, at offset {offset}", header.seq));
+        if header.flags & FLAG_END != 0 {
+            if header.len == 0 && crc(&h, &[]) == header.crc && header.seq <= expected {
+                break None; // ours (seq == expected) or an older segment's
+            }
+            break Some(format!("damaged end marker at offset {offset}"));
         }
         if u64::from(header.len) > remaining - HEADER_LEN as u64 {
             break Some(format!("payload length {} runs past the end of the file, at offset {offset}", header.len));
         }
         payload.resize(header.len as usize, 0);
         reader.read_exact(&mut payload)?;
-        if crc(&h, &[&payload]) != header.crc {
+        let intact = crc(&h, &[&payload]) == header.crc;
+        if intact && header.seq < expected {
+            break None; // an older segment's entry: this file was reused
+        }
+        if header.seq != expected {
+            break Some(format!("seq {} where {expected} was expected, at offset {offset}", header.seq));
+        }
+        if !intact {
             break Some(format!("CRC mismatch at offset {offset} (seq {expected})"));
         }
         let meta =

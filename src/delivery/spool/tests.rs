@@ -397,3 +397,97 @@ fn origin_keys_survive_a_restart() {
     let (_spool, recovery) = open(dir.path(), 64 * MB, MB);
     assert_eq!((recovery.entries, recovery.corrupt_entries), (1, 1), "{recovery:?}");
 }
+
+fn spares(dir: &Path) -> usize {
+    fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "spare")).count()
+}
+
+/// Delivered segments' files are written over by later segments; entries
+/// shorter than the older ones leave older bytes behind them, which a
+/// restart must neither read back nor count as damage.
+#[test]
+fn reused_segment_files_read_back_only_their_own_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = |i: u64| format!("{{\"event\":{i:03},\"pad\":\"{}\"}}\n", "x".repeat(200)).into_bytes();
+    let segment = 4 * (HEADER_LEN as u64 + big(0).len() as u64);
+    let (spool, _) = open(dir.path(), MB, segment);
+    for i in 0..12 {
+        spool.append(&big(i), 1, i).unwrap();
+    }
+    spool.ack_through(11).unwrap(); // all delivered: persisted at once
+    assert!(segments(dir.path()).is_empty());
+    assert_eq!(spares(dir.path()), 3, "the three delivered files are kept");
+    // Short entries: each lands on older, longer bytes.
+    append_n(&spool, 5);
+    assert_eq!(spares(dir.path()), 2, "a new segment took a kept file");
+    assert_eq!(seqs(&read_all(&spool)), [12, 13, 14, 15, 16]);
+    std::mem::forget(spool); // a crash
+    let (spool, recovery) = open(dir.path(), MB, segment);
+    assert_eq!((recovery.entries, recovery.corrupt_entries), (5, 0), "{:?}", recovery.problems);
+    let entries = read_all(&spool);
+    assert_eq!(seqs(&entries), [12, 13, 14, 15, 16]);
+    assert!(entries.iter().all(|e| e.payload == payload(e.seq)), "only the new entries' bytes");
+    // Appends go on after the restart, and a second restart agrees.
+    append_n(&spool, 2);
+    drop(spool);
+    let (spool, recovery) = open(dir.path(), MB, segment);
+    assert_eq!((recovery.entries, recovery.corrupt_entries), (7, 0), "{:?}", recovery.problems);
+    assert_eq!(seqs(&read_all(&spool)), (12..19).collect::<Vec<_>>());
+}
+
+/// A crash right after a kept file became a segment, before its first
+/// entry was durable: the file holds only an older segment's entries,
+/// which is no damage and no data.
+#[test]
+fn a_reused_file_with_none_of_its_own_entries_is_empty_not_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), MB, 2 * entry_len());
+    append_n(&spool, 4);
+    spool.ack_through(3).unwrap();
+    drop(spool);
+    let spare =
+        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().unwrap() == "spare");
+    fs::rename(spare.unwrap(), disk::segment_path(dir.path(), 4)).unwrap();
+    let (spool, recovery) = open(dir.path(), MB, 2 * entry_len());
+    assert_eq!((recovery.entries, recovery.corrupt_entries), (0, 0), "{:?}", recovery.problems);
+    assert_eq!(spool.append(b"x", 1, 0).unwrap(), 4);
+}
+
+/// Damage is still damage in a reused file: a flipped byte in an end
+/// marker is reported and cut off like any other.
+#[test]
+fn a_damaged_end_marker_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(100)).into_bytes();
+    let (spool, _) = open(dir.path(), MB, 2 * (HEADER_LEN as u64 + big.len() as u64));
+    spool.append(&big, 1, 0).unwrap();
+    spool.append(&big, 1, 0).unwrap();
+    spool.ack_through(1).unwrap();
+    spool.append(b"{}\n", 1, 0).unwrap(); // seq 2 over the kept file, then a marker
+    drop(spool);
+    let seg = disk::segment_path(dir.path(), 2);
+    let mut bytes = fs::read(&seg).unwrap();
+    let marker = HEADER_LEN + 3;
+    assert_eq!(&bytes[marker..marker + 2], b"Sp", "an end marker follows the entry");
+    bytes[marker + 14] ^= 1; // its seq
+    fs::write(&seg, bytes).unwrap();
+    let (_spool, recovery) = open(dir.path(), MB, 2 * (HEADER_LEN as u64 + big.len() as u64));
+    assert_eq!((recovery.entries, recovery.corrupt_entries), (1, 1), "{recovery:?}");
+    assert!(recovery.problems[0].contains("end marker"), "{:?}", recovery.problems);
+}
+
+/// Kept files count against the bound and give way before an append is
+/// refused.
+#[test]
+fn kept_files_give_way_to_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), 4 * entry_len(), 2 * entry_len());
+    append_n(&spool, 4);
+    spool.ack_through(1).unwrap();
+    assert_eq!(spares(dir.path()), 1);
+    append_n(&spool, 2); // needs the kept file's room (or the file itself)
+    assert_eq!(seqs(&read_all(&spool)), [2, 3, 4, 5]);
+    let on_disk: u64 = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum::<u64>()
+        - fs::metadata(dir.path().join("ack")).map_or(0, |m| m.len());
+    assert!(on_disk <= 4 * entry_len(), "{on_disk} bytes on disk");
+}

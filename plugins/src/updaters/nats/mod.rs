@@ -408,6 +408,18 @@ impl UpdateRunner for NatsObjectRunner {
         }))
     }
 
+    fn withdraw<'a>(&'a self, instance: &'a str) -> Option<BoxFuture<'a, Result<(), String>>> {
+        Some(Box::pin(async move {
+            let board = self.board().await?;
+            // A delete marker: `keys` and `get` no longer see the entry, and
+            // the bucket's history keeps who was there.
+            board
+                .delete(instance)
+                .await
+                .map_err(|e| format!("removing the status from KV bucket {:?}: {e}", self.options.status_bucket))
+        }))
+    }
+
     fn members(&self) -> Option<BoxFuture<'_, Result<Vec<serde_json::Value>, String>>> {
         Some(Box::pin(async move {
             let board = self.board().await?;
