@@ -18,7 +18,11 @@
 //!    pulls from `RAW` the way enrichd's source does (same fetch batch and
 //!    concurrency), publishes each body unchanged to `ENRICHED`, acks the
 //!    raw message after the publish ack: events/s and CPU seconds per
-//!    million events (utime + stime from `/proc/<pid>/stat`);
+//!    million events (utime + stime from `/proc/<pid>/stat`); then the
+//!    **validating relay**, the same on a fresh backlog but checking each
+//!    message as the cheapest correct service would (envelope and records
+//!    parsed as JSON, records written back verbatim as NDJSON: issue 18's
+//!    raw pass-through);
 //! 4. **enrich ×k** (k = 1, 2, 3): M messages published first (a backlog:
 //!    the drain rate of the enrichment tier is measured alone, not mixed
 //!    with the publisher), the durable consumer created *paused*, k release
@@ -35,7 +39,8 @@
 //! Reported: events/s, its ratio to the broker's publish and consume
 //! figures and to the relay; CPU seconds per million events of the
 //! instances (and of nats-server, which shares the two cores); enrich CPU
-//! over relay CPU − 1 (the issue's target: < 25 %); load average before
+//! over relay CPU − 1 (the issue's target: < 25 %) and over the validating
+//! relay's (see docs/SCALING.md for why the second); load average before
 //! and after. The last lines are a markdown table for `docs/SCALING.md`.
 //!
 //! `cargo build --release && cargo run --release --example scale_bench --
@@ -44,7 +49,9 @@
 //! as `docs/SCALING.md` deploys it, or `memory`), `BATCH` and
 //! `CONCURRENCY` of the source and the relay (enrichd's defaults 64 and
 //! 4), `MAX_ACK_PENDING` (default 1000 × instances), `VERIFY=0`,
-//! `ENRICHD_BIN` another enrichd binary, `TIMEOUT_S` per phase (600).
+//! `ENRICHD_BIN` another enrichd binary, `TIMEOUT_S` per phase (600),
+//! `OUTPUT_OPTIONS` extra `[[output]]` settings, `;`-separated
+//! (docs/SCALING.md: `max_in_flight = 16;batch_max = 4000`).
 
 #[path = "support/inputs.rs"]
 mod inputs;
@@ -158,7 +165,12 @@ fn main() -> anyhow::Result<()> {
     rows.push(Row { name: "broker publish".into(), events, secs, cpu: None, per_instance: vec![], broker_cpu });
     let (secs, broker_cpu) = measured(broker, || rt.block_on(consume(&js, m, opts.batch, opts.timeout)))?;
     rows.push(Row { name: "broker consume".into(), events, secs, cpu: None, per_instance: vec![], broker_cpu });
-    rows.push(relay(&rt, &js, &server.url, &opts, broker)?);
+    rows.push(relay(&rt, &js, &server.url, &opts, broker, false)?);
+    print_row(rows.last().unwrap());
+    rt.block_on(fresh_streams(&js))?;
+    let secs = rt.block_on(publish(&js, &bodies, m))?;
+    publishes.push(events as f64 / secs);
+    rows.push(relay(&rt, &js, &server.url, &opts, broker, true)?);
     print_row(rows.last().unwrap());
 
     for &k in &opts.instances {
@@ -232,12 +244,23 @@ async fn consume(js: &Context, n: usize, batch: usize, timeout: Duration) -> any
 }
 
 /// The relay phase: a child process (`scale_bench relay`) drains `RAW`
-/// into `ENRICHED`; its CPU from `/proc`.
-fn relay(rt: &tokio::runtime::Runtime, js: &Context, url: &str, o: &Opts, broker: u32) -> anyhow::Result<Row> {
+/// into `ENRICHED`; its CPU from `/proc`. `validate`: the relay checks
+/// each message the way the cheapest correct service would (envelope and
+/// records parsed as JSON, records written back verbatim as NDJSON: issue
+/// 18's raw pass-through), not only forwards its bytes.
+fn relay(
+    rt: &tokio::runtime::Runtime,
+    js: &Context,
+    url: &str,
+    o: &Opts,
+    broker: u32,
+    validate: bool,
+) -> anyhow::Result<Row> {
     let raw = rt.block_on(js.get_stream("RAW"))?;
     rt.block_on(raw.create_consumer(raw_consumer("relay", 1000))).map_err(|e| anyhow!("relay consumer: {e}"))?;
+    let mode = if validate { "validate" } else { "forward" };
     let child = Command::new(std::env::current_exe()?)
-        .args(["relay", url, &o.messages.to_string(), &o.batch.to_string(), &o.concurrency.to_string()])
+        .args(["relay", url, &o.messages.to_string(), &o.batch.to_string(), &o.concurrency.to_string(), mode])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -266,7 +289,8 @@ fn relay(rt: &tokio::runtime::Runtime, js: &Context, url: &str, o: &Opts, broker
         bail!("relay: ENRICHED holds {stored} messages, {} expected", o.messages);
     }
     let events = (o.messages * PER_MESSAGE) as u64;
-    Ok(Row { name: "plain relay".into(), events, secs, cpu: Some(cpu), per_instance: vec![(events, cpu)], broker_cpu })
+    let name = if validate { "validating relay" } else { "plain relay" };
+    Ok(Row { name: name.into(), events, secs, cpu: Some(cpu), per_instance: vec![(events, cpu)], broker_cpu })
 }
 
 fn go(stdin: &mut Option<ChildStdin>) -> anyhow::Result<()> {
@@ -275,13 +299,14 @@ fn go(stdin: &mut Option<ChildStdin>) -> anyhow::Result<()> {
     Ok(stdin.flush()?)
 }
 
-/// `scale_bench relay URL MESSAGES BATCH CONCURRENCY`: prints `ready`,
+/// `scale_bench relay URL MESSAGES BATCH CONCURRENCY forward|validate`: prints `ready`,
 /// waits for a line on stdin, relays MESSAGES messages from the `relay`
 /// consumer of `RAW` to `enriched.relay` (publish, await the ack, then ack
 /// the raw message; fetches of BATCH, CONCURRENCY messages at once, like
 /// enrichd's source), prints `done`, exits at the end of stdin.
 fn relay_main(args: &[String]) -> anyhow::Result<()> {
-    let [url, n, batch, concurrency] = args else { bail!("relay URL MESSAGES BATCH CONCURRENCY") };
+    let [url, n, batch, concurrency, mode] = args else { bail!("relay URL MESSAGES BATCH CONCURRENCY MODE") };
+    let validate = mode == "validate";
     let (n, batch, concurrency): (usize, usize, usize) = (n.parse()?, batch.parse()?, concurrency.parse()?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
@@ -301,7 +326,8 @@ fn relay_main(args: &[String]) -> anyhow::Result<()> {
                 .for_each_concurrent(concurrency, |message| async {
                     let relayed = async {
                         let message = message.map_err(|e| anyhow!("receive: {e}"))?;
-                        let ack = js.publish("enriched.relay", message.payload.clone()).await?;
+                        let body = if validate { passthrough(&message.payload)? } else { message.payload.clone() };
+                        let ack = js.publish("enriched.relay", body).await?;
                         ack.await?;
                         message.ack().await.map_err(|e| anyhow!("ack: {e}"))
                     };
@@ -319,6 +345,23 @@ fn relay_main(args: &[String]) -> anyhow::Result<()> {
         while stdin.read_line(&mut line)? > 0 {}
         anyhow::Ok(())
     })
+}
+
+/// A `/v1/ingest` envelope checked as JSON, its records written back
+/// verbatim as NDJSON (no field decoded).
+fn passthrough(body: &[u8]) -> anyhow::Result<Bytes> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        records: Vec<&'a serde_json::value::RawValue>,
+    }
+    let envelope: Envelope = serde_json::from_slice(body)?;
+    let mut out = Vec::with_capacity(body.len());
+    for record in envelope.records {
+        out.extend_from_slice(record.get().as_bytes());
+        out.push(b'\n');
+    }
+    Ok(out.into())
 }
 
 /// One enrichment run with `k` instances on a backlog of `o.messages`.
@@ -533,6 +576,7 @@ fn table(rows: &[Row], o: &Opts, before: &str, after: &str) {
     let (publish, consume, relay) = (find("broker publish"), find("broker consume"), find("plain relay"));
     let eps = |r: Option<&Row>| r.map_or(f64::NAN, Row::eps);
     let relay_cpu = relay.and_then(Row::cpu_per_mev).unwrap_or(f64::NAN);
+    let validating_cpu = find("validating relay").and_then(Row::cpu_per_mev).unwrap_or(f64::NAN);
     println!(
         "{} messages x {PER_MESSAGE} events, output durability `{}`, source batch {} x concurrency {}; \
          load average {before} before, {after} after.\n",
@@ -540,9 +584,9 @@ fn table(rows: &[Row], o: &Opts, before: &str, after: &str) {
     );
     println!(
         "| run | events/s | vs broker publish | vs broker consume | vs relay | CPU s / M events (per instance) | \
-         CPU over relay | nats-server CPU s / M events |"
+         CPU over relay | CPU over validating relay | nats-server CPU s / M events |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let per: Vec<String> = r
             .per_instance
@@ -556,8 +600,12 @@ fn table(rows: &[Row], o: &Opts, before: &str, after: &str) {
             }
             _ => "-".into(),
         };
+        let over_validating = match (r.name.starts_with("enrichd"), r.cpu_per_mev()) {
+            (true, Some(c)) => format!("{:+.0} %", (c / validating_cpu - 1.0) * 100.0),
+            _ => "-".into(),
+        };
         println!(
-            "| {} | {:.0} | {:.2}x | {:.2}x | {} | {} | {over} | {:.2} |",
+            "| {} | {:.0} | {:.2}x | {:.2}x | {} | {} | {over} | {over_validating} | {:.2} |",
             r.name,
             r.eps(),
             r.eps() / eps(publish),
