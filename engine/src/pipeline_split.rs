@@ -122,7 +122,7 @@ pub(super) fn encode(chain: &Chain, batch: &Batch, encodings: &[Encoding], outs:
         let parts: Vec<&[u8]> = lines.iter().filter_map(|p| p.get(layout).map(Vec::as_slice)).collect();
         match encoding.shape {
             Shape::Ndjson => {
-                out.reserve(parts.iter().map(|p| p.len()).sum());
+                crate::batch::reserve_room(out, parts.iter().map(|p| p.len()).sum());
                 for part in parts {
                     out.extend_from_slice(part);
                 }

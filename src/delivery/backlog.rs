@@ -115,7 +115,13 @@ impl Backlog for MemoryQueue {
         q.stats.events += u64::from(events);
         q.stats.oldest_accepted_unix_ms.get_or_insert(accepted_unix_ms);
         let origin = origin.map(str::to_string);
-        q.entries.push_back(Entry { seq, events, accepted_unix_ms, origin, payload: payload.to_vec() });
+        q.entries.push_back(Entry {
+            seq,
+            events,
+            accepted_unix_ms,
+            origin,
+            payload: bytes::Bytes::copy_from_slice(payload),
+        });
         Ok(seq)
     }
 

@@ -123,7 +123,8 @@ pub(crate) struct Entry {
     /// The input's idempotency key (`enrichd_engine::source::Payload::origin`),
     /// kept so a retry after a restart derives the same destination ids.
     pub(crate) origin: Option<String>,
-    pub(crate) payload: Vec<u8>,
+    /// Shared, not copied, between the backlog and the worker's rounds.
+    pub(crate) payload: bytes::Bytes,
 }
 
 /// The unacked data: bytes on disk (headers included), entries, events,

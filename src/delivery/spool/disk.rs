@@ -233,7 +233,7 @@ pub(super) fn scan_segment(file: &File, first_seq: u64) -> io::Result<Scan> {
 
 /// Reads one entry back, checking it is still what was written: its
 /// origin key (if it has one) and its payload.
-pub(super) fn read_entry(file: &File, seq: u64, meta: &EntryMeta) -> io::Result<(Option<String>, Vec<u8>)> {
+pub(super) fn read_entry(file: &File, seq: u64, meta: &EntryMeta) -> io::Result<(Option<String>, bytes::Bytes)> {
     let mut h = [0u8; HEADER_LEN];
     file.read_exact_at(&mut h, meta.offset)?;
     let mut region = vec![0u8; meta.len as usize];
@@ -243,7 +243,7 @@ pub(super) fn read_entry(file: &File, seq: u64, meta: &EntryMeta) -> io::Result<
         return Err(corrupt(seq, "header or CRC no longer matches what was written"));
     }
     if header.flags & FLAG_ORIGIN == 0 {
-        return Ok((None, region));
+        return Ok((None, region.into()));
     }
     let key_len = match region.get(..2) {
         Some(b) => usize::from(u16::from_le_bytes([b[0], b[1]])),
@@ -254,8 +254,8 @@ pub(super) fn read_entry(file: &File, seq: u64, meta: &EntryMeta) -> io::Result<
         .and_then(|k| std::str::from_utf8(k).ok())
         .map(str::to_string)
         .ok_or_else(|| corrupt(seq, "origin key runs past the entry or is not UTF-8"))?;
-    region.drain(..2 + key_len);
-    Ok((Some(key), region))
+    // The payload is the region after the key: a view, not a copy.
+    Ok((Some(key), bytes::Bytes::from(region).slice(2 + key_len..)))
 }
 
 fn corrupt(seq: u64, what: &str) -> io::Error {

@@ -70,7 +70,7 @@ fn round_trip_and_reopen() {
     let entries = read_all(&spool);
     assert_eq!(seqs(&entries), [0, 1, 2]);
     for e in &entries {
-        assert_eq!((e.events, e.accepted_unix_ms, &e.payload), (3, 1_000 + e.seq, &payload(e.seq)));
+        assert_eq!((e.events, e.accepted_unix_ms, &e.payload[..]), (3, 1_000 + e.seq, &payload(e.seq)[..]));
     }
     let stats = spool.stats();
     assert_eq!((stats.entries, stats.events, stats.bytes), (3, 9, 3 * entry_len()));
@@ -182,7 +182,7 @@ fn assert_recovers(dir: &Path, spool: Spool, intact: u64) {
     assert_eq!((recovery.corrupt_entries, recovery.entries), (0, intact + 1), "{:?}", recovery.problems);
     let entries = read_all(&spool);
     assert_eq!(seqs(&entries), (0..=intact).collect::<Vec<_>>());
-    assert_eq!(entries.last().unwrap().payload, b"after");
+    assert_eq!(entries.last().unwrap().payload, &b"after"[..]);
 }
 
 #[test]
@@ -276,7 +276,7 @@ fn concurrent_appends_are_all_durable_with_unique_seqs() {
     drop(spool);
     let (spool, recovery) = open(dir.path(), 64 * MB, 4096);
     assert_eq!((recovery.entries, recovery.corrupt_entries), (8 * per_thread, 0));
-    let read: Vec<_> = read_all(&spool).into_iter().map(|e| (e.seq, e.payload)).collect();
+    let read: Vec<_> = read_all(&spool).into_iter().map(|e| (e.seq, e.payload.to_vec())).collect();
     assert_eq!(read, all);
 }
 

@@ -191,6 +191,12 @@ impl ElasticSink {
         let status_code = Some(status);
         let all = |outcome| SendReport::all(n, outcome, status_code);
         match status {
+            // Every item succeeded (`errors: false`, one item per event):
+            // nothing to read per item. Any failed item, a 409 included,
+            // sets `errors` and takes the full reading below.
+            200..=299 if matches!(serde_json::from_slice::<BulkSummary>(body), Ok(BulkSummary { errors: Some(false), items: ItemCount(count) }) if count == n) => {
+                all(Outcome::Delivered)
+            }
             200..=299 => match serde_json::from_slice::<BulkResponse>(body) {
                 Ok(bulk) if bulk.items.len() == n => SendReport {
                     outcomes: bulk.items.iter().map(|item| self.item_outcome(item)).collect(),
@@ -280,6 +286,35 @@ fn error_text(body: &[u8]) -> String {
 #[derive(Deserialize)]
 struct BulkResponse {
     items: Vec<BulkItem>,
+}
+
+/// A `_bulk` reply's `errors` flag and item count, items skipped unread.
+#[derive(Deserialize)]
+struct BulkSummary {
+    errors: Option<bool>,
+    items: ItemCount,
+}
+
+struct ItemCount(usize);
+
+impl<'de> Deserialize<'de> for ItemCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl<'de> serde::de::Visitor<'de> for Count {
+            type Value = ItemCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of bulk items")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ItemCount, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(ItemCount(n))
+            }
+        }
+        d.deserialize_seq(Count)
+    }
 }
 
 /// `{"index": {...}}` or `{"create": {...}}`: read without allocating
