@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use bytes::Bytes;
+
 use super::spool::{AppendError, Entry, Spool};
 
 /// The unacknowledged part of a backlog.
@@ -27,9 +29,11 @@ pub(crate) trait Backlog: Send + Sync {
     /// Appends one batch (NDJSON, `events` lines) with its input's origin
     /// key (see [`Entry::origin`]); returns its sequence number. Bounds are
     /// enforced by admission ([`Bounds`]) before this.
+    /// `payload` is shared, not copied (the spool also keeps it for the
+    /// worker while it is recent).
     fn append(
         &self,
-        payload: &[u8],
+        payload: &Bytes,
         events: u32,
         accepted_unix_ms: u64,
         origin: Option<&str>,
@@ -49,12 +53,12 @@ impl Backlog for Spool {
     }
     fn append(
         &self,
-        payload: &[u8],
+        payload: &Bytes,
         events: u32,
         accepted_unix_ms: u64,
         origin: Option<&str>,
     ) -> Result<u64, AppendError> {
-        Spool::append_with_origin(self, payload, events, accepted_unix_ms, origin)
+        Spool::append_shared(self, payload, events, accepted_unix_ms, origin)
     }
     fn read(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
         Spool::read_bounded(self, from_seq, usize::MAX, max_events, max_bytes)
@@ -102,7 +106,7 @@ impl Backlog for MemoryQueue {
 
     fn append(
         &self,
-        payload: &[u8],
+        payload: &Bytes,
         events: u32,
         accepted_unix_ms: u64,
         origin: Option<&str>,
@@ -115,13 +119,7 @@ impl Backlog for MemoryQueue {
         q.stats.events += u64::from(events);
         q.stats.oldest_accepted_unix_ms.get_or_insert(accepted_unix_ms);
         let origin = origin.map(str::to_string);
-        q.entries.push_back(Entry {
-            seq,
-            events,
-            accepted_unix_ms,
-            origin,
-            payload: bytes::Bytes::copy_from_slice(payload),
-        });
+        q.entries.push_back(Entry { seq, events, accepted_unix_ms, origin, payload: payload.clone() });
         Ok(seq)
     }
 
@@ -234,7 +232,7 @@ mod tests {
     fn memory_queue_acks_a_prefix() {
         let q = MemoryQueue::default();
         for i in 0..5u64 {
-            assert_eq!(q.append(format!("{{\"n\":{i}}}\n").as_bytes(), 1, 1000 + i, None).unwrap(), i);
+            assert_eq!(q.append(&Bytes::from(format!("{{\"n\":{i}}}\n")), 1, 1000 + i, None).unwrap(), i);
         }
         assert_eq!(q.stats().events, 5);
         let read = q.read(2, 2, u64::MAX).unwrap(); // two events, one each

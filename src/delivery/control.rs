@@ -78,10 +78,11 @@ pub(crate) fn replay(lane: &Arc<Lane>) -> Result<u64, String> {
     if !lane.bounds.reserve(&*lane.backlog, payload.len() as u64, events) {
         return Err(restore(format!("output {:?} has no room in its backlog for {events} events", lane.name)));
     }
-    let appended = // A replay is a new input: no origin key (its destination ids come
+    let len = payload.len() as u64;
+    // A replay is a new input: no origin key (its destination ids come
     // from the backlog position).
-    lane.backlog.append(&payload, events as u32, super::unix_ms(), None);
-    lane.bounds.release(payload.len() as u64, events);
+    let appended = lane.backlog.append(&payload.into(), events as u32, super::unix_ms(), None);
+    lane.bounds.release(len, events);
     match appended {
         Ok(_) => {
             lane.stats.replayed.fetch_add(events, Relaxed);

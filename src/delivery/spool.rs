@@ -56,6 +56,10 @@
 //!
 //! Per entry 24 bytes of metadata stay in memory (an entry is one ingest
 //! request, not one event), so `stats` and locating a seq cost no I/O.
+//! The latest entries' payloads (at most [`RECENT_MAX_BYTES`], shared with
+//! the request that wrote them, not copied) stay too until acknowledged, so
+//! an output that keeps up never reads its spool back; the file is read for
+//! older entries and after a restart.
 //! `open` reads every segment once to check it.
 //!
 //! # Reused files
@@ -65,7 +69,9 @@
 //! created anew: see [`spares`] for why and `disk` for how old bytes in
 //! such a file are told apart from damage.
 
+mod commit;
 mod disk;
+mod open;
 mod spares;
 #[cfg(test)]
 mod tests;
@@ -88,6 +94,12 @@ pub(crate) use disk::HEADER_LEN;
 /// Longest time an acknowledged position stays only in memory while
 /// deliveries go on: what a crash can make the output receive twice.
 pub(crate) const ACK_PERSIST_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Payload bytes of recent entries kept in memory for the worker. An output
+/// that keeps up reads every entry from here (no read back, no CRC pass:
+/// ~4 % of the CPU on the delivery path); one that falls behind reads the
+/// older entries from the file, as after a restart.
+const RECENT_MAX_BYTES: u64 = 32 << 20;
 
 /// Where the spool lives and how large it may grow.
 #[derive(Clone, Debug)]
@@ -201,6 +213,11 @@ struct State {
     dir_dirty: bool,
     /// Delivered segments' files kept for reuse.
     spares: spares::Spares,
+    /// The latest entries appended with [`Spool::append_shared`], in seq
+    /// order, at most [`RECENT_MAX_BYTES`] of payload: the worker reads
+    /// them from here, not back from the file.
+    recent: VecDeque<Entry>,
+    recent_bytes: u64,
 }
 
 impl State {
@@ -229,109 +246,6 @@ fn poisoned_error() -> io::Error {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `config.dir`, checking every segment.
-    /// Damage is cut off, counted and described in the `Recovery`; only an
-    /// I/O error (unreadable directory, failed truncate) fails the open.
-    pub(crate) fn open(config: SpoolConfig) -> anyhow::Result<(Spool, Recovery)> {
-        let SpoolConfig { dir, max_bytes, segment_bytes } = config;
-        if segment_bytes == 0 || max_bytes == 0 {
-            bail!("spool max_bytes and segment_bytes must be positive");
-        }
-        fs::create_dir_all(&dir).with_context(|| format!("creating the spool directory {}", dir.display()))?;
-        let mut recovery = Recovery::default();
-        let first_unacked = match disk::read_ack(&dir).context("reading the spool's ack file")? {
-            None => 0,
-            Some(Ok(n)) => n,
-            Some(Err(text)) => {
-                recovery
-                    .problems
-                    .push(format!("ack file unreadable ({text:?}): delivering from the oldest entry again"));
-                0
-            }
-        };
-        let mut st = State {
-            first_unacked,
-            persisted_first_unacked: first_unacked,
-            next_seq: first_unacked,
-            ..State::default()
-        };
-        let mut removed_any = false;
-        for (first_seq, path) in disk::list_segments(&dir).context("listing the spool directory")? {
-            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            let prev_end = st.segments.back().map_or(0, Segment::end_seq);
-            if first_seq < prev_end {
-                let len = fs::metadata(&path).map_or(0, |m| m.len());
-                recovery.corrupt_entries += 1;
-                recovery.corrupt_bytes += len;
-                recovery
-                    .problems
-                    .push(format!("{name}: overlaps the previous segment (which ends before seq {prev_end}); ignored"));
-                continue;
-            }
-            let file =
-                OpenOptions::new().read(true).write(true).open(&path).with_context(|| format!("opening {name}"))?;
-            let scan = disk::scan_segment(&file, first_seq).with_context(|| format!("reading {name}"))?;
-            if let Some(problem) = &scan.problem {
-                let cut = scan.file_len - scan.valid_len;
-                recovery.corrupt_entries += 1;
-                recovery.corrupt_bytes += cut;
-                recovery.problems.push(format!("{name}: {problem}; dropped the last {cut} bytes of the segment"));
-            }
-            // Damage, or an end marker and older bytes of a reused file
-            // (no damage): either way the segment continues from here.
-            if scan.valid_len < scan.file_len {
-                file.set_len(scan.valid_len).with_context(|| format!("truncating {name}"))?;
-                file.sync_all().with_context(|| format!("syncing {name}"))?;
-            }
-            let segment = Segment {
-                first_seq,
-                path,
-                file: Arc::new(file),
-                disk_bytes: scan.valid_len,
-                file_len: scan.valid_len,
-                entries: scan.entries,
-            };
-            if segment.entries.is_empty() || segment.end_seq() <= first_unacked {
-                fs::remove_file(&segment.path).with_context(|| format!("removing {name}"))?;
-                removed_any = true;
-                continue;
-            }
-            st.used_bytes += segment.disk_bytes;
-            for (i, meta) in segment.entries.iter().enumerate() {
-                if first_seq + i as u64 >= first_unacked {
-                    st.unacked_bytes += meta.disk_len();
-                    st.unacked_entries += 1;
-                    st.unacked_events += u64::from(meta.events);
-                }
-            }
-            st.next_seq = st.next_seq.max(segment.end_seq());
-            st.segments.push_back(segment);
-        }
-        if removed_any {
-            disk::sync_dir(&dir).context("syncing the spool directory")?;
-        }
-        st.spares = spares::Spares::adopt(&dir, max_bytes.saturating_sub(st.used_bytes), segment_bytes)
-            .context("reading the spool's spare files")?;
-        recovery.entries = st.unacked_entries;
-        recovery.events = st.unacked_events;
-        recovery.bytes = st.unacked_bytes;
-        let synced_next = st.next_seq;
-        let spool = Spool {
-            dir,
-            max_bytes,
-            segment_bytes,
-            state: Mutex::new(st),
-            sync: Mutex::new(SyncState { synced_next, syncing: false, failed: false }),
-            synced: Condvar::new(),
-            poisoned: AtomicBool::new(false),
-            ack_lock: Mutex::new(None),
-            fsyncs: AtomicU64::new(0),
-            #[cfg(test)]
-            test_hooks: tests::Hooks::default(),
-        };
-        Ok((spool, recovery))
-    }
-
     /// Whether an entry with this many payload bytes would be accepted now.
     #[cfg_attr(not(test), allow(dead_code))] // tests and future metrics
     pub(crate) fn has_room(&self, payload_bytes: u64) -> bool {
@@ -352,6 +266,29 @@ impl Spool {
         accepted_unix_ms: u64,
         origin: Option<&str>,
     ) -> Result<u64, AppendError> {
+        self.append_inner(payload, None, events, accepted_unix_ms, origin)
+    }
+
+    /// [`Spool::append_with_origin`] that also keeps `payload` (shared, not
+    /// copied) for the worker's next read while it is recent.
+    pub(crate) fn append_shared(
+        &self,
+        payload: &bytes::Bytes,
+        events: u32,
+        accepted_unix_ms: u64,
+        origin: Option<&str>,
+    ) -> Result<u64, AppendError> {
+        self.append_inner(payload, Some(payload), events, accepted_unix_ms, origin)
+    }
+
+    fn append_inner(
+        &self,
+        payload: &[u8],
+        keep: Option<&bytes::Bytes>,
+        events: u32,
+        accepted_unix_ms: u64,
+        origin: Option<&str>,
+    ) -> Result<u64, AppendError> {
         if origin.is_some_and(|k| k.len() > disk::MAX_ORIGIN_LEN) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "origin keys are limited to 64 KiB").into());
         }
@@ -359,13 +296,28 @@ impl Spool {
         if u32::try_from(prefix.len() + payload.len()).is_err() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "spool entries are limited to 4 GiB").into());
         }
-        let seq = self.write(&prefix, payload, events, accepted_unix_ms)?;
+        let kept = keep.map(|payload| Entry {
+            seq: 0,
+            events,
+            accepted_unix_ms,
+            origin: origin.map(str::to_string),
+            payload: payload.clone(),
+        });
+        let seq = self.write(&prefix, payload, events, accepted_unix_ms, kept)?;
         self.wait_durable(seq)?;
         Ok(seq)
     }
 
-    /// Writes the entry (not synced) under the state lock.
-    fn write(&self, prefix: &[u8], payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
+    /// Writes the entry (not synced) under the state lock; `kept` (its seq
+    /// filled in here) joins the recent entries.
+    fn write(
+        &self,
+        prefix: &[u8],
+        payload: &[u8],
+        events: u32,
+        accepted_unix_ms: u64,
+        kept: Option<Entry>,
+    ) -> Result<u64, AppendError> {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
         if self.poisoned.load(Ordering::Acquire) {
@@ -421,6 +373,15 @@ impl Spool {
         st.unacked_entries += 1;
         st.unacked_events += u64::from(events);
         st.next_seq += 1;
+        if let Some(mut entry) = kept.filter(|e| e.payload.len() as u64 <= RECENT_MAX_BYTES) {
+            entry.seq = seq;
+            st.recent_bytes += entry.payload.len() as u64;
+            st.recent.push_back(entry);
+            while st.recent_bytes > RECENT_MAX_BYTES {
+                let old = st.recent.pop_front().expect("bytes counted are held");
+                st.recent_bytes -= old.payload.len() as u64;
+            }
+        }
         Ok(seq)
     }
 
@@ -459,61 +420,6 @@ impl Spool {
         Ok(())
     }
 
-    /// Group commit: returns once an fsync covering `seq` succeeded, doing
-    /// that fsync itself if nobody else is.
-    fn wait_durable(&self, seq: u64) -> Result<(), AppendError> {
-        let mut sync = lock(&self.sync);
-        loop {
-            if sync.synced_next > seq {
-                return Ok(());
-            }
-            if sync.failed {
-                return Err(poisoned_error().into());
-            }
-            if !sync.syncing {
-                break;
-            }
-            sync = self.synced.wait(sync).unwrap_or_else(PoisonError::into_inner);
-        }
-        sync.syncing = true;
-        drop(sync);
-        let result = self.sync_round();
-        let mut sync = lock(&self.sync);
-        sync.syncing = false;
-        match &result {
-            Ok(target) => sync.synced_next = sync.synced_next.max(*target),
-            Err(_) => {
-                sync.failed = true;
-                self.poisoned.store(true, Ordering::Release);
-            }
-        }
-        self.synced.notify_all();
-        drop(sync);
-        result.map(|_| ()).map_err(AppendError::Io)
-    }
-
-    /// One leader's fsync of everything written so far; returns the seq
-    /// below which all entries are now durable.
-    fn sync_round(&self) -> io::Result<u64> {
-        let (target, files, dir_dirty) = {
-            let mut st = lock(&self.state);
-            let mut files = std::mem::take(&mut st.unsynced);
-            files.extend(st.segments.back().map(|s| Arc::clone(&s.file)));
-            (st.next_seq, files, std::mem::take(&mut st.dir_dirty))
-        };
-        #[cfg(test)]
-        self.test_hooks.before_sync()?;
-        for file in files {
-            self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            file.sync_data()?;
-        }
-        if dir_dirty {
-            self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            disk::sync_dir(&self.dir)?;
-        }
-        Ok(target)
-    }
-
     /// Durable entries from `from_seq` on (or from the first unacked one,
     /// if later): at most `max_entries`, and no more than `max_bytes` of
     /// payload, except that the first entry is always returned.
@@ -533,7 +439,8 @@ impl Spool {
         max_bytes: u64,
     ) -> anyhow::Result<Vec<Entry>> {
         let durable = lock(&self.sync).synced_next;
-        let mut plan: Vec<(Arc<File>, u64, EntryMeta)> = Vec::new();
+        // Per entry: kept in memory, or where to read it in its file.
+        let mut plan: Vec<Result<Entry, (Arc<File>, u64, EntryMeta)>> = Vec::new();
         {
             let st = lock(&self.state);
             let from = from_seq.max(st.first_unacked);
@@ -552,14 +459,22 @@ impl Spool {
                     }
                     bytes += u64::from(meta.len);
                     events += u64::from(meta.events);
-                    plan.push((Arc::clone(&segment.file), seq, *meta));
+                    let at = st.recent.partition_point(|e| e.seq < seq);
+                    plan.push(match st.recent.get(at).filter(|e| e.seq == seq) {
+                        Some(kept) => Ok(kept.clone()),
+                        None => Err((Arc::clone(&segment.file), seq, *meta)),
+                    });
                 }
             }
         }
         // Outside the lock: an open descriptor stays readable even if an
         // ack deletes the segment meanwhile.
         plan.into_iter()
-            .map(|(file, seq, meta)| {
+            .map(|planned| {
+                let (file, seq, meta) = match planned {
+                    Ok(kept) => return Ok(kept),
+                    Err(on_disk) => on_disk,
+                };
                 let (origin, payload) = disk::read_entry(&file, seq, &meta)?;
                 Ok(Entry { seq, events: meta.events, accepted_unix_ms: meta.accepted_unix_ms, origin, payload })
             })
@@ -606,6 +521,10 @@ impl Spool {
                 }
             }
             st.first_unacked = new_first;
+            while st.recent.front().is_some_and(|e| e.seq < new_first) {
+                let done = st.recent.pop_front().expect("front exists");
+                st.recent_bytes -= done.payload.len() as u64;
+            }
             last_persist.is_none_or(|at| at.elapsed() >= ACK_PERSIST_INTERVAL)
                 || new_first == st.next_seq
                 || st.used_bytes > self.max_bytes / 2

@@ -33,7 +33,7 @@ pub(crate) struct Refused {
 /// (spool appends fsync): call on a blocking thread.
 pub(crate) fn submit(
     active: Arc<Vec<Active>>,
-    payloads: &[&[u8]],
+    payloads: &[bytes::Bytes],
     events: u32,
     origin: Option<&str>,
 ) -> Result<Admitted, Refused> {

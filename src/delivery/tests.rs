@@ -113,7 +113,8 @@ impl Fixture {
     fn submit(&self, from: usize, n: usize) -> Result<Admitted, Refused> {
         let payload: String = (from..from + n).map(|i| format!("{{\"n\":{i}}}\n")).collect();
         let active = self.delivery.active();
-        let payloads: Vec<&[u8]> = active.iter().map(|_| payload.as_bytes()).collect();
+        let payload = bytes::Bytes::from(payload);
+        let payloads: Vec<bytes::Bytes> = active.iter().map(|_| payload.clone()).collect();
         submit(active, &payloads, n as u32, None)
     }
 

@@ -89,7 +89,8 @@ pub(crate) async fn ingest(
         let admitted = if outputs.is_empty() || processed.events == 0 {
             None
         } else {
-            let payloads: Vec<&[u8]> = layout_of.iter().map(|&i| outs[i].as_slice()).collect();
+            let layouts: Vec<bytes::Bytes> = outs.drain(first_output..).map(bytes::Bytes::from).collect();
+            let payloads: Vec<bytes::Bytes> = layout_of.iter().map(|&i| layouts[i - first_output].clone()).collect();
             let events = u32::try_from(processed.events).unwrap_or(u32::MAX);
             Some(
                 crate::delivery::submit(outputs.clone(), &payloads, events, origin.as_deref())

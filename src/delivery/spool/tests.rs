@@ -491,3 +491,38 @@ fn kept_files_give_way_to_entries() {
         - fs::metadata(dir.path().join("ack")).map_or(0, |m| m.len());
     assert!(on_disk <= 4 * entry_len(), "{on_disk} bytes on disk");
 }
+
+/// Entries appended with `append_shared` are read back from memory while
+/// recent (a byte changed on disk afterwards does not show), from the
+/// file once pushed out of the recent window, and from the file after a
+/// restart.
+#[test]
+fn recent_entries_are_read_from_memory_and_older_ones_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), 256 * MB, 64 * MB);
+    let big = bytes::Bytes::from(vec![b'x'; MB as usize]);
+    let count = RECENT_MAX_BYTES / MB + 2; // the first two fall out of memory
+    for i in 0..count {
+        assert_eq!(spool.append_shared(&big, 1, i, Some("RAW:1")).unwrap(), i);
+    }
+    // Damage every entry's first payload byte on disk.
+    let seg = &segments(dir.path())[0];
+    let mut bytes = fs::read(seg).unwrap();
+    let key = 2 + "RAW:1".len();
+    for i in 0..count as usize {
+        bytes[i * (HEADER_LEN + key + MB as usize) + HEADER_LEN + key] = b'y';
+    }
+    fs::write(seg, bytes).unwrap();
+    let err = spool.read(0, 1, u64::MAX).unwrap_err();
+    assert!(format!("{err:#}").contains("damaged"), "seq 0 is read from the file: {err:#}");
+    let recent = spool.read(2, usize::MAX, u64::MAX).unwrap();
+    assert_eq!(seqs(&recent), (2..count).collect::<Vec<_>>());
+    assert!(recent.iter().all(|e| e.payload == big && e.origin.as_deref() == Some("RAW:1")), "from memory");
+    // Acked entries leave memory; after a restart everything is on disk.
+    spool.ack_through(count - 2).unwrap();
+    assert_eq!(seqs(&spool.read(0, usize::MAX, u64::MAX).unwrap()), [count - 1]);
+    drop(spool);
+    let (spool, recovery) = open(dir.path(), 256 * MB, 64 * MB);
+    assert_eq!(recovery.corrupt_entries, 1, "the damage is found on disk: {recovery:?}");
+    assert!(read_all(&spool).is_empty());
+}
