@@ -189,6 +189,12 @@ struct Segment {
     entries: Vec<EntryMeta>,
 }
 
+/// An entry a read will return: kept in memory, or where it is on disk.
+enum Planned {
+    Kept(Entry),
+    OnDisk(Arc<File>, u64, EntryMeta),
+}
+
 impl Segment {
     fn end_seq(&self) -> u64 {
         self.first_seq + self.entries.len() as u64
@@ -439,8 +445,7 @@ impl Spool {
         max_bytes: u64,
     ) -> anyhow::Result<Vec<Entry>> {
         let durable = lock(&self.sync).synced_next;
-        // Per entry: kept in memory, or where to read it in its file.
-        let mut plan: Vec<Result<Entry, (Arc<File>, u64, EntryMeta)>> = Vec::new();
+        let mut plan: Vec<Planned> = Vec::new();
         {
             let st = lock(&self.state);
             let from = from_seq.max(st.first_unacked);
@@ -461,8 +466,8 @@ impl Spool {
                     events += u64::from(meta.events);
                     let at = st.recent.partition_point(|e| e.seq < seq);
                     plan.push(match st.recent.get(at).filter(|e| e.seq == seq) {
-                        Some(kept) => Ok(kept.clone()),
-                        None => Err((Arc::clone(&segment.file), seq, *meta)),
+                        Some(kept) => Planned::Kept(kept.clone()),
+                        None => Planned::OnDisk(Arc::clone(&segment.file), seq, *meta),
                     });
                 }
             }
@@ -472,8 +477,8 @@ impl Spool {
         plan.into_iter()
             .map(|planned| {
                 let (file, seq, meta) = match planned {
-                    Ok(kept) => return Ok(kept),
-                    Err(on_disk) => on_disk,
+                    Planned::Kept(entry) => return Ok(entry),
+                    Planned::OnDisk(file, seq, meta) => (file, seq, meta),
                 };
                 let (origin, payload) = disk::read_entry(&file, seq, &meta)?;
                 Ok(Entry { seq, events: meta.events, accepted_unix_ms: meta.accepted_unix_ms, origin, payload })

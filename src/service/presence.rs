@@ -35,8 +35,11 @@ pub(crate) struct Presence {
     id: OnceLock<String>,
     state: Mutex<Reporting>,
     /// The heartbeat and the entry it writes through, for [`Presence::withdraw`].
-    heartbeat: Mutex<Option<(tokio::task::JoinHandle<()>, Arc<dyn UpdateRunner>)>>,
+    heartbeat: Mutex<Option<Heartbeat>>,
 }
+
+/// The heartbeat task and the board it writes to.
+type Heartbeat = (tokio::task::JoinHandle<()>, Arc<dyn UpdateRunner>);
 
 #[derive(Default, Clone)]
 struct Reporting {
