@@ -172,20 +172,7 @@ impl Batch {
     /// a batch encoded on several threads).
     pub fn write_ndjson_part(&self, keys: &[Box<str>], range: std::ops::Range<usize>, out: &mut Vec<u8>) {
         let encoded = EncodedKeys::new(keys);
-        let events = &self.events[range];
-        for (i, event) in events.iter().enumerate() {
-            let start = out.len();
-            self.write_event_keyed(event, &encoded, out);
-            one_line(&mut out[start..]);
-            out.push(b'\n');
-            if i == 0 {
-                // The first line is the best guess at the others' size
-                // (enrichment can triple a small record): one allocation,
-                // not a growth that copies what was written so far.
-                let line = out.len() - start;
-                reserve_room(out, (line + line / 4) * (events.len() - 1));
-            }
-        }
+        write_lines(&self.events[range], out, |event, out| self.write_event_keyed(event, &encoded, out));
     }
 
     /// Writes the `/v1/ingest` response:
@@ -207,7 +194,11 @@ impl Batch {
             if i > 0 {
                 out.push(b',');
             }
+            let start = out.len();
             write(event, out);
+            if i == 0 {
+                sized_after_first(out, out.len() - start + 1, self.events.len());
+            }
         }
         out.push(b']');
         out.push(b'}');
@@ -238,6 +229,33 @@ impl Batch {
             out.extend_from_slice(lines.next().expect("one NDJSON line per event"));
         });
     }
+}
+
+/// Writes `events` as NDJSON lines (each made one line, see [`one_line`])
+/// with `write` encoding one event.
+pub fn write_lines<'e>(
+    events: impl IntoIterator<Item = &'e Event>,
+    out: &mut Vec<u8>,
+    mut write: impl FnMut(&Event, &mut Vec<u8>),
+) {
+    let events = events.into_iter();
+    let count = events.size_hint().0;
+    for (i, event) in events.enumerate() {
+        let start = out.len();
+        write(event, out);
+        one_line(&mut out[start..]);
+        out.push(b'\n');
+        if i == 0 {
+            sized_after_first(out, out.len() - start, count);
+        }
+    }
+}
+
+/// After the first of `count` items (`first` bytes) is written: room for
+/// the rest, guessed from the first (enrichment can triple a small
+/// record). One allocation instead of growths that copy what was written.
+fn sized_after_first(out: &mut Vec<u8>, first: usize, count: usize) {
+    reserve_room(out, (first + first / 4).saturating_mul(count.saturating_sub(1)) + 2);
 }
 
 /// Makes room for `additional` more bytes in `out`. A buffer too small is

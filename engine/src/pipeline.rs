@@ -280,14 +280,7 @@ pub fn encode(chain: &Chain, batch: &Batch, encoding: &Encoding, out: &mut Vec<u
             let write = |event: &_, out: &mut Vec<u8>| plan.write_event(batch.source().raw_record(event), event, out);
             match shape {
                 Shape::IngestResponse => batch.write_ingest_response_with(out, write),
-                Shape::Ndjson => {
-                    for event in batch.events() {
-                        let start = out.len();
-                        write(event, out);
-                        crate::batch::one_line(&mut out[start..]);
-                        out.push(b'\n');
-                    }
-                }
+                Shape::Ndjson => crate::batch::write_lines(batch.events(), out, write),
             }
         }
     }

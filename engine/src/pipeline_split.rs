@@ -139,12 +139,9 @@ fn lines(chain: &Chain, batch: &Batch, profile: &Option<Arc<Profile>>, range: Ra
         None => batch.write_ndjson_part(chain.keys(), range, &mut out),
         Some(profile) => {
             let plan = Plan::new(profile, chain);
-            for event in &batch.events()[range] {
-                let start = out.len();
-                plan.write_event(batch.source().raw_record(event), event, &mut out);
-                crate::batch::one_line(&mut out[start..]);
-                out.push(b'\n');
-            }
+            crate::batch::write_lines(&batch.events()[range], &mut out, |event, out| {
+                plan.write_event(batch.source().raw_record(event), event, out)
+            });
         }
     }
     out
