@@ -20,7 +20,8 @@
 //! `cargo build --release && cargo run --release --example delivery_bench --
 //! [SECONDS] [CLIENTS]` (defaults: 10 s, 4 clients). `MODES=none,memory,
 //! spool+async,...` picks the runs (`+async`: `?mode=async`, no records
-//! in the answer).
+//! in the answer); `OUTPUT_OPTIONS` adds `[[output]]` settings,
+//! `;`-separated (e.g. `max_in_flight = 8`).
 
 #[path = "support/inputs.rs"]
 mod inputs;
@@ -135,8 +136,9 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
         "none" => String::new(),
         durability => format!(
             "[[output]]\ntype = \"elastic\"\nurl = \"{}\"\ndurability = \"{durability}\"\nbatch_max = 1000\n\
-             flush_interval_ms = 100\ngzip = false\n",
-            receiver.url
+             flush_interval_ms = 100\ngzip = false\n{}\n",
+            receiver.url,
+            std::env::var("OUTPUT_OPTIONS").unwrap_or_default().replace(';', "\n")
         ),
     };
     std::fs::write(
