@@ -137,8 +137,12 @@ impl Presence {
         };
         let Some(id) = self.id.get() else { return };
         // The shutdown signal ends the loop; a write in flight finishes
-        // first, so it cannot put the entry back after the delete.
-        let _ = tokio::time::timeout(WITHDRAW_WITHIN, task).await;
+        // first, so it cannot put the entry back after the delete. One that
+        // does not finish in time is abandoned (aborted) before the delete.
+        let mut task = task;
+        if tokio::time::timeout(WITHDRAW_WITHIN, &mut task).await.is_err() {
+            task.abort();
+        }
         let Some(withdraw) = runner.withdraw(id) else { return };
         match tokio::time::timeout(WITHDRAW_WITHIN, withdraw).await {
             Ok(Ok(())) => tracing::info!(instance = %id, "removed this instance from the status board"),
