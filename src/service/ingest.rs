@@ -8,7 +8,6 @@
 //! limits, the 4xx checks, the metrics and the all-or-nothing admission
 //! without copying them.
 
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,12 +79,12 @@ pub(crate) async fn ingest(
                     }),
             );
         }
+        // A first guess: the writers size each buffer from its first
+        // record when the guess is short (engine `batch::write_lines`).
         let size = input_len(&input);
-        let guess = OUTPUT_SIZE.guess(size);
-        let mut outs: Vec<Vec<u8>> = encodings.iter().map(|_| Vec::with_capacity(guess)).collect();
+        let mut outs: Vec<Vec<u8>> = encodings.iter().map(|_| Vec::with_capacity(size * 2 + 4096)).collect();
         let processed =
             worker.pipeline.run_many(&chain, input, &encodings, arrived, &mut outs).map_err(IngestError::BadInput)?;
-        OUTPUT_SIZE.learn(size, outs.iter().map(Vec::len).max().unwrap_or(0));
         let admitted = if outputs.is_empty() || processed.events == 0 {
             None
         } else {
@@ -114,33 +113,6 @@ pub(crate) async fn ingest(
         names = admitted.active.iter().map(|o| o.lane.name.clone()).collect();
     }
     Ok(Ingested { response, events, outputs: names })
-}
-
-/// How large an encoded batch is against its input, learnt from the last
-/// batches: each output buffer is allocated once at about its final size.
-/// A fixed guess (twice the input) was short for chains that triple small
-/// records, and every growth copied the whole buffer. Shared by all
-/// requests: a guess, so a race between two updates costs nothing.
-static OUTPUT_SIZE: SizeGuess = SizeGuess(AtomicU32::new(2 * SizeGuess::ONE));
-
-struct SizeGuess(AtomicU32);
-
-impl SizeGuess {
-    /// Fixed point: output bytes per input byte, in 1/64ths.
-    const ONE: u32 = 64;
-
-    fn guess(&self, input: usize) -> usize {
-        let ratio = self.0.load(Relaxed) as usize;
-        input.saturating_mul(ratio) / Self::ONE as usize + 4096
-    }
-
-    fn learn(&self, input: usize, output: usize) {
-        if input >= 4096 {
-            // 1/8 of headroom over what was seen; at most 16x.
-            let seen = output.saturating_mul(Self::ONE as usize) / input;
-            self.0.store((seen + seen / 8).clamp(Self::ONE as usize / 2, 16 * Self::ONE as usize) as u32, Relaxed);
-        }
-    }
 }
 
 fn input_len(input: &Input) -> usize {
