@@ -222,8 +222,46 @@ struct State {
     /// The latest entries appended with [`Spool::append_shared`], in seq
     /// order, at most [`RECENT_MAX_BYTES`] of payload: the worker reads
     /// them from here, not back from the file.
-    recent: VecDeque<Entry>,
-    recent_bytes: u64,
+    recent: Recent,
+}
+
+/// See [`State::recent`].
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<Entry>,
+    bytes: u64,
+}
+
+impl Recent {
+    /// Keeps `entry` (the newest), forgetting the oldest past the bound.
+    fn keep(&mut self, entry: Entry) {
+        if entry.payload.len() as u64 > RECENT_MAX_BYTES {
+            return;
+        }
+        self.bytes += entry.payload.len() as u64;
+        self.entries.push_back(entry);
+        while self.bytes > RECENT_MAX_BYTES {
+            self.forget_oldest();
+        }
+    }
+
+    /// Forgets the entries below `seq` (acknowledged).
+    fn forget_below(&mut self, seq: u64) {
+        while self.entries.front().is_some_and(|e| e.seq < seq) {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some(old) = self.entries.pop_front() {
+            self.bytes -= old.payload.len() as u64;
+        }
+    }
+
+    fn get(&self, seq: u64) -> Option<&Entry> {
+        let at = self.entries.partition_point(|e| e.seq < seq);
+        self.entries.get(at).filter(|e| e.seq == seq)
+    }
 }
 
 impl State {
@@ -379,14 +417,8 @@ impl Spool {
         st.unacked_entries += 1;
         st.unacked_events += u64::from(events);
         st.next_seq += 1;
-        if let Some(mut entry) = kept.filter(|e| e.payload.len() as u64 <= RECENT_MAX_BYTES) {
-            entry.seq = seq;
-            st.recent_bytes += entry.payload.len() as u64;
-            st.recent.push_back(entry);
-            while st.recent_bytes > RECENT_MAX_BYTES {
-                let old = st.recent.pop_front().expect("bytes counted are held");
-                st.recent_bytes -= old.payload.len() as u64;
-            }
+        if let Some(entry) = kept {
+            st.recent.keep(Entry { seq, ..entry });
         }
         Ok(seq)
     }
@@ -403,20 +435,15 @@ impl Spool {
             st.unsynced.push(Arc::clone(&last.file));
         }
         let path = disk::segment_path(&self.dir, seq);
-        let reused = match st.spares.take() {
-            Some(spare) if !path.exists() => match fs::rename(&spare.path, &path) {
-                Ok(()) => Some((spare.file, spare.len)),
-                Err(_) => {
-                    let _ = fs::remove_file(&spare.path);
-                    None
-                }
-            },
-            Some(spare) => {
+        // Never over an existing file (create_new below refuses that too);
+        // a spare that cannot become the segment is given up.
+        let reused = st.spares.take().and_then(|spare| {
+            let renamed = !path.exists() && fs::rename(&spare.path, &path).is_ok();
+            if !renamed {
                 let _ = fs::remove_file(&spare.path);
-                None
             }
-            None => None,
-        };
+            renamed.then_some((spare.file, spare.len))
+        });
         let (file, file_len) = match reused {
             Some(found) => found,
             None => (Arc::new(OpenOptions::new().read(true).write(true).create_new(true).open(&path)?), 0),
@@ -464,8 +491,7 @@ impl Spool {
                     }
                     bytes += u64::from(meta.len);
                     events += u64::from(meta.events);
-                    let at = st.recent.partition_point(|e| e.seq < seq);
-                    plan.push(match st.recent.get(at).filter(|e| e.seq == seq) {
+                    plan.push(match st.recent.get(seq) {
                         Some(kept) => Planned::Kept(kept.clone()),
                         None => Planned::OnDisk(Arc::clone(&segment.file), seq, *meta),
                     });
@@ -526,10 +552,7 @@ impl Spool {
                 }
             }
             st.first_unacked = new_first;
-            while st.recent.front().is_some_and(|e| e.seq < new_first) {
-                let done = st.recent.pop_front().expect("front exists");
-                st.recent_bytes -= done.payload.len() as u64;
-            }
+            st.recent.forget_below(new_first);
             last_persist.is_none_or(|at| at.elapsed() >= ACK_PERSIST_INTERVAL)
                 || new_first == st.next_seq
                 || st.used_bytes > self.max_bytes / 2

@@ -132,14 +132,13 @@ impl Presence {
     /// that does not answer delays shutdown by at most [`WITHDRAW_WITHIN`];
     /// the entry then expires as after a crash.
     pub(crate) async fn withdraw(&self) {
-        let Some((task, runner)) = self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some((mut task, runner)) = self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
         let Some(id) = self.id.get() else { return };
         // The shutdown signal ends the loop; a write in flight finishes
         // first, so it cannot put the entry back after the delete. One that
         // does not finish in time is abandoned (aborted) before the delete.
-        let mut task = task;
         if tokio::time::timeout(WITHDRAW_WITHIN, &mut task).await.is_err() {
             task.abort();
         }

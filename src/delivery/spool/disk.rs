@@ -102,15 +102,21 @@ pub(super) fn encode_header(
     accepted_unix_ms: u64,
 ) -> [u8; HEADER_LEN] {
     let len = u32::try_from(prefix.len() + payload.len()).expect("caller checks the payload fits in u32");
+    let flags = if prefix.is_empty() { 0 } else { FLAG_ORIGIN };
+    header(flags, len, events, seq, accepted_unix_ms, &[prefix, payload])
+}
+
+/// A header with its CRC over itself and `region` (the bytes it describes).
+fn header(flags: u8, len: u32, events: u32, seq: u64, accepted_unix_ms: u64, region: &[&[u8]]) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..2].copy_from_slice(&MAGIC);
     h[2] = VERSION;
-    h[3] = if prefix.is_empty() { 0 } else { FLAG_ORIGIN };
+    h[3] = flags;
     h[4..8].copy_from_slice(&len.to_le_bytes());
     h[8..12].copy_from_slice(&events.to_le_bytes());
     h[12..20].copy_from_slice(&seq.to_le_bytes());
     h[20..28].copy_from_slice(&accepted_unix_ms.to_le_bytes());
-    let crc = crc(&h, &[prefix, payload]);
+    let crc = crc(&h, region);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
 }
@@ -118,14 +124,7 @@ pub(super) fn encode_header(
 /// The end marker written after an entry when older bytes follow it:
 /// says the data ends here and the next entry will be `next_seq`.
 pub(super) fn end_marker(next_seq: u64) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[0..2].copy_from_slice(&MAGIC);
-    h[2] = VERSION;
-    h[3] = FLAG_END;
-    h[12..20].copy_from_slice(&next_seq.to_le_bytes());
-    let crc = crc(&h, &[]);
-    h[28..32].copy_from_slice(&crc.to_le_bytes());
-    h
+    header(FLAG_END, 0, 0, next_seq, 0, &[])
 }
 
 fn crc(header: &[u8; HEADER_LEN], region: &[&[u8]]) -> u32 {
