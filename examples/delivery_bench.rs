@@ -138,7 +138,7 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
             "[[output]]\ntype = \"elastic\"\nurl = \"{}\"\ndurability = \"{durability}\"\nbatch_max = 1000\n\
              flush_interval_ms = 100\ngzip = false\n{}\n",
             receiver.url,
-            std::env::var("OUTPUT_OPTIONS").unwrap_or_default().replace(';', "\n")
+            support::output_options()
         ),
     };
     std::fs::write(

@@ -350,12 +350,7 @@ fn relay_main(args: &[String]) -> anyhow::Result<()> {
 /// A `/v1/ingest` envelope checked as JSON, its records written back
 /// verbatim as NDJSON (no field decoded).
 fn passthrough(body: &[u8]) -> anyhow::Result<Bytes> {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(borrow)]
-        records: Vec<&'a serde_json::value::RawValue>,
-    }
-    let envelope: Envelope = serde_json::from_slice(body)?;
+    let envelope = support::RawEnvelope::parse(body).context("not a /v1/ingest envelope of objects")?;
     let mut out = Vec::with_capacity(body.len());
     for record in envelope.records {
         out.extend_from_slice(record.get().as_bytes());
@@ -393,7 +388,7 @@ fn enrich(
         o.batch,
         o.concurrency,
         o.durability,
-        std::env::var("OUTPUT_OPTIONS").unwrap_or_default().replace(';', "\n"),
+        support::output_options(),
         inputs::stage3_chain(repo)
     );
     let mut instances = Vec::new();

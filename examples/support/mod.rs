@@ -55,6 +55,31 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 / hz as f64)
 }
 
+/// `OUTPUT_OPTIONS` from the environment: extra `[[output]]` settings,
+/// `;`-separated, as TOML lines (empty when unset).
+pub(crate) fn output_options() -> String {
+    std::env::var("OUTPUT_OPTIONS").unwrap_or_default().replace(';', "\n")
+}
+
+/// A `/v1/ingest` envelope read the way a raw pass-through does: checked
+/// as JSON, `format` present, every record an object, nothing decoded.
+#[derive(serde::Deserialize)]
+pub(crate) struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    pub(crate) collector_id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    pub(crate) format: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    pub(crate) records: Vec<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> RawEnvelope<'a> {
+    pub(crate) fn parse(body: &'a [u8]) -> Option<Self> {
+        let envelope: RawEnvelope = serde_json::from_str(std::str::from_utf8(body).ok()?).ok()?;
+        envelope.records.iter().all(|r| r.get().starts_with('{')).then_some(envelope)
+    }
+}
+
 /// The `q` quantile of `samples` in milliseconds (NaN when empty).
 pub(crate) fn pct(samples: &[Duration], q: f64) -> f64 {
     if samples.is_empty() {
