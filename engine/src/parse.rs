@@ -152,7 +152,7 @@ fn envelope_serde(source: String, filter: &fast::KeyFilter, limits: Limits) -> R
     let mut events = Vec::with_capacity(records.len());
     for (index, raw) in records.iter().enumerate() {
         let start = raw.get().as_ptr() as usize - base;
-        events.push(parse_record(&source, start, raw.get().len(), index, filter)?);
+        parse_record(&source, start, raw.get().len(), index, filter, &mut events)?;
     }
     drop(records);
     Ok(Batch::new(source, format, collector_id, events))
@@ -171,7 +171,14 @@ pub fn parse_ndjson(text: String, format: Format, spec: &ParseSpec, first_index:
         let lead = content.len() - content.trim_start().len();
         let body = content.trim();
         if !body.is_empty() {
-            events.push(parse_record(&text, offset + lead, body.len(), index, &filter)?);
+            if events.is_empty() {
+                // Room for as many records as there would be of the first
+                // one's size (growing by doubling copied every event
+                // several times), capped so a tiny first line cannot ask
+                // for a huge allocation.
+                events.reserve((text.len() / line.len()).min(NDJSON_RESERVE_MAX));
+            }
+            parse_record(&text, offset + lead, body.len(), index, &filter, &mut events)?;
             index += 1;
         }
         offset += line.len();
@@ -179,19 +186,32 @@ pub fn parse_ndjson(text: String, format: Format, spec: &ParseSpec, first_index:
     Ok(Batch::new(text, format, None, events))
 }
 
-/// Parses the record whose JSON text is `source[start..start+len]`: the
-/// fast path when it can, else the serde path (which also words the error).
+/// The most events [`parse_ndjson`] makes room for before it has read them.
+const NDJSON_RESERVE_MAX: usize = 8192;
+
+/// Parses the record whose JSON text is `source[start..start+len]` onto the
+/// end of `events`: the fast path when it can, else the serde path (which
+/// also words the error).
 fn parse_record(
     source: &str,
     start: usize,
     len: usize,
     index: usize,
     filter: &fast::KeyFilter,
-) -> Result<Event, InputError> {
-    match fast::record(source, start, len, filter) {
-        Some(event) => Ok(event),
-        None => parse_record_serde(source, start, len, index, filter.spec()),
+    events: &mut Vec<Event>,
+) -> Result<(), InputError> {
+    events.push(Event::default());
+    let event = events.last_mut().expect("just pushed");
+    if fast::record(source, start, len, filter, event).is_none() {
+        match parse_record_serde(source, start, len, index, filter.spec()) {
+            Ok(parsed) => *event = parsed,
+            Err(e) => {
+                events.pop();
+                return Err(e);
+            }
+        }
     }
+    Ok(())
 }
 
 /// The serde path of [`parse_record`].
@@ -616,7 +636,15 @@ impl<'de> Deserialize<'de> for AnyText<'de> {
 #[cfg(test)]
 pub(crate) fn record_both_ways(text: &str, spec: &ParseSpec) -> (Option<Event>, Result<Event, InputError>) {
     let filter = fast::KeyFilter::new(spec);
-    (fast::record(text, 0, text.len(), &filter), parse_record_serde(text, 0, text.len(), 0, spec))
+    let mut fast_event = Event::default();
+    let fast = fast::record(text, 0, text.len(), &filter, &mut fast_event).map(|()| fast_event);
+    (fast, parse_record_serde(text, 0, text.len(), 0, spec))
+}
+
+/// The fast path's address reader (checked against `IpAddr::from_str`).
+#[cfg(test)]
+pub(crate) fn fast_ip(text: &str) -> Option<std::net::IpAddr> {
+    fast::parse_ip_for_test(text)
 }
 
 /// Both paths on one envelope: the fast one (if it was sure) and the

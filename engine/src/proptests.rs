@@ -374,6 +374,30 @@ proptest! {
     }
 }
 
+/// Address-like texts: plain dotted quads, and the near misses the fast
+/// IPv4 reader must hand to the standard parser (leading zeros, octets
+/// over 255, three or five parts, signs, spaces, IPv6 and mapped forms).
+fn address_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(|o| std::net::Ipv4Addr::from(o).to_string()),
+        any::<[u16; 8]>().prop_map(|s| std::net::Ipv6Addr::from(s).to_string()),
+        any::<[u8; 4]>().prop_map(|o| format!("::ffff:{}", std::net::Ipv4Addr::from(o))),
+        "[0-9.]{0,17}",
+        "[0-9]{1,4}(\\.[0-9]{1,4}){2,4}",
+        "[-+ 0-9.a-f:]{0,20}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fast_address_reader_agrees_with_the_standard_parser(text in address_text()) {
+        let fast = crate::parse::fast_ip(&text);
+        prop_assert_eq!(fast, text.parse::<std::net::IpAddr>().ok(), "{:?}", text);
+    }
+}
+
 /// Found by the properties above: a record carrying the chain's own key
 /// took a path that re-parsed it into a `serde_json::Value`, which refuses
 /// numbers out of `f64` range (the parser accepts them), so the writer
