@@ -166,7 +166,14 @@ pub fn parse_ndjson(text: String, format: Format, spec: &ParseSpec, first_index:
     let mut events = Vec::new();
     let mut offset = 0usize;
     let mut index = first_index;
-    for line in text.split_inclusive('\n') {
+    // `split_inclusive('\n')`, with the memchr crate's vectorised search
+    // (the standard library's byte search showed up in profiles).
+    let lines = memchr::memchr_iter(b'\n', text.as_bytes())
+        .map(|i| i + 1)
+        .chain((!text.ends_with('\n')).then_some(text.len()))
+        .scan(0, |from, end| Some(&text[std::mem::replace(from, end)..end]))
+        .filter(|line| !line.is_empty());
+    for line in lines {
         let content = line.trim_end_matches(['\n', '\r']);
         let lead = content.len() - content.trim_start().len();
         let body = content.trim();
@@ -280,7 +287,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         let mut seen_other: SmallVec<[Cow<'de, str>; 32]> = SmallVec::new();
         while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             ev.raw_has_fields = true;
-            let known = Known::of(&key);
+            let known = Known::of(key.as_bytes());
             let duplicate = match known {
                 Some(k) => {
                     let seen = seen_known & k.bit() != 0;
@@ -329,19 +336,19 @@ enum Known {
 }
 
 impl Known {
-    fn of(key: &str) -> Option<Known> {
+    fn of(key: &[u8]) -> Option<Known> {
         Some(match key {
-            "ts" => Known::Ts,
-            "src_ip" | "id.orig_h" | "id_orig_h" => Known::SrcIp,
-            "dst_ip" | "id.resp_h" | "id_resp_h" => Known::DstIp,
-            "src_port" | "id.orig_p" | "id_orig_p" => Known::SrcPort,
-            "dst_port" | "id.resp_p" | "id_resp_p" => Known::DstPort,
-            "protocol" | "proto" => Known::Proto,
-            "bytes" => Known::Bytes,
-            "orig_bytes" => Known::OrigBytes,
-            "resp_bytes" => Known::RespBytes,
-            "packets" => Known::Packets,
-            "duration" => Known::Duration,
+            b"ts" => Known::Ts,
+            b"src_ip" | b"id.orig_h" | b"id_orig_h" => Known::SrcIp,
+            b"dst_ip" | b"id.resp_h" | b"id_resp_h" => Known::DstIp,
+            b"src_port" | b"id.orig_p" | b"id_orig_p" => Known::SrcPort,
+            b"dst_port" | b"id.resp_p" | b"id_resp_p" => Known::DstPort,
+            b"protocol" | b"proto" => Known::Proto,
+            b"bytes" => Known::Bytes,
+            b"orig_bytes" => Known::OrigBytes,
+            b"resp_bytes" => Known::RespBytes,
+            b"packets" => Known::Packets,
+            b"duration" => Known::Duration,
             _ => return None,
         })
     }

@@ -104,16 +104,18 @@ struct Num {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of `w` is `"`, `\` or a control character (< 0x20): the
-/// bytes that end the plain part of a string. Exact for "any" (the usual
-/// has-zero-byte / has-less-than tricks), which is all the caller asks.
+/// The bytes of `w` that are `"`, `\` or a control character (< 0x20),
+/// the bytes that end the plain part of a string, as their high bits (the
+/// usual has-zero-byte / has-less-than tricks). A borrow can set a false
+/// bit only above a true one, so the lowest bit set is exact: it is the
+/// first such byte of the (little-endian) word.
 #[inline]
-fn special_in(w: u64) -> bool {
+fn specials(w: u64) -> u64 {
     let quote = w ^ (ONES * b'"' as u64);
     let backslash = w ^ (ONES * b'\\' as u64);
     let zero_in = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
     let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-    (zero_in(quote) | zero_in(backslash) | control) != 0
+    zero_in(quote) | zero_in(backslash) | control
 }
 
 impl<'a> Cursor<'a> {
@@ -133,6 +135,18 @@ impl<'a> Cursor<'a> {
             }
             self.at += 1;
         }
+    }
+
+    /// Eats `c` after optional whitespace: one compare when the JSON is
+    /// compact, which is what collectors send.
+    #[inline(always)]
+    fn eat_after_ws(&mut self, c: u8) -> bool {
+        if self.peek() == Some(c) {
+            self.at += 1;
+            return true;
+        }
+        self.ws();
+        self.eat(c)
     }
 
     #[inline]
@@ -165,7 +179,9 @@ impl<'a> Cursor<'a> {
         let mut escaped = false;
         loop {
             while let Some(chunk) = b.get(i..i + 8) {
-                if special_in(u64::from_le_bytes(chunk.try_into().unwrap())) {
+                let found = specials(u64::from_le_bytes(chunk.try_into().unwrap()));
+                if found != 0 {
+                    i += (found.trailing_zeros() / 8) as usize;
                     break;
                 }
                 i += 8;
@@ -398,7 +414,7 @@ fn fields<'a>(c: &mut Cursor<'a>, filter: &KeyFilter, ev: &mut Event) -> Option<
     }
     let mut seen_known = 0u16;
     let mut seen = SeenKeys::default();
-    let (text, bytes) = (c.s, c.b);
+    let bytes = c.b;
     loop {
         if c.peek() != Some(b'"') {
             return None;
@@ -408,13 +424,14 @@ fn fields<'a>(c: &mut Cursor<'a>, filter: &KeyFilter, ev: &mut Event) -> Option<
             // The serde path decodes the key before comparing it.
             return None;
         }
-        c.ws();
-        if !c.eat(b':') {
+        if !c.eat_after_ws(b':') {
             return None;
         }
         c.ws();
         ev.raw_has_fields = true;
-        let key = &text[ks..ke];
+        // As bytes: slicing the text would check char boundaries, and
+        // both ends are next to a quote anyway.
+        let key = &bytes[ks..ke];
         match Known::of(key) {
             Some(known) => {
                 if seen_known & known.bit() != 0 {
@@ -424,15 +441,14 @@ fn fields<'a>(c: &mut Cursor<'a>, filter: &KeyFilter, ev: &mut Event) -> Option<
                 known_value(c, known, key, ev)?;
             }
             None => {
-                let hash = key_hash(key.as_bytes());
-                if seen.repeat(&bytes[ks..ke], hash) {
+                let hash = key_hash(key);
+                if seen.repeat(key, hash) {
                     return None;
                 }
                 other_value(c, key, hash, filter, ev)?;
             }
         }
-        c.ws();
-        if c.eat(b',') {
+        if c.eat_after_ws(b',') {
             c.ws();
         } else if c.eat(b'}') {
             return Some(());
@@ -445,13 +461,13 @@ fn fields<'a>(c: &mut Cursor<'a>, filter: &KeyFilter, ev: &mut Event) -> Option<
 /// A field that is not well-known: captured when the chain reads it as
 /// text, otherwise checked and stepped over.
 #[inline]
-fn other_value(c: &mut Cursor, key: &str, hash: u32, filter: &KeyFilter, ev: &mut Event) -> Option<()> {
+fn other_value(c: &mut Cursor, key: &[u8], hash: u32, filter: &KeyFilter, ev: &mut Event) -> Option<()> {
     if filter.bits & (1u128 << hash) != 0 {
         let spec = filter.spec;
-        if spec.output_keys.iter().any(|k| &**k == key) {
+        if spec.output_keys.iter().any(|k| k.as_bytes() == key) {
             ev.shadows_output = true;
         }
-        if let Some(i) = spec.text_fields.iter().position(|k| &**k == key) {
+        if let Some(i) = spec.text_fields.iter().position(|k| k.as_bytes() == key) {
             if c.peek() == Some(b'"') {
                 let (s, e, escaped) = c.string()?;
                 if escaped {
@@ -466,7 +482,7 @@ fn other_value(c: &mut Cursor, key: &str, hash: u32, filter: &KeyFilter, ev: &mu
 }
 
 /// A well-known field's value, converted as the serde path's visitors do.
-fn known_value(c: &mut Cursor, known: Known, key: &str, ev: &mut Event) -> Option<()> {
+fn known_value(c: &mut Cursor, known: Known, key: &[u8], ev: &mut Event) -> Option<()> {
     match c.peek()? {
         b'"' => {
             let (s, e, escaped) = c.string()?;
@@ -480,7 +496,11 @@ fn known_value(c: &mut Cursor, known: Known, key: &str, ev: &mut Event) -> Optio
                     let source = matches!(known, Known::SrcIp);
                     match parse_ip(text) {
                         Some(ip) => *(if source { &mut ev.src_ip } else { &mut ev.dst_ip }) = Some(ip),
-                        None => set_ip(ev, key, IpValue::Invalid(text.to_owned()), source),
+                        None => {
+                            // The key is text between quotes of a `str`: UTF-8.
+                            let field = std::str::from_utf8(key).unwrap_or_default();
+                            set_ip(ev, field, IpValue::Invalid(text.to_owned()), source)
+                        }
                     }
                 }
                 Known::Proto => {

@@ -163,6 +163,11 @@ fn ndjson_lines_skip_blanks_and_number_records() {
     let err =
         parse_ndjson("{}\n{\"dst_port\":\"x\"}\n".into(), Format::FlowsV1, &ParseSpec::default(), 10).unwrap_err();
     assert!(matches!(err, InputError::Record { index: 11, .. }), "{err:?}");
+    // The last line needs no newline; an empty text is an empty batch.
+    let b = parse_ndjson("\n{}\n {\"src_ip\":\"3.3.3.3\"}".into(), Format::FlowsV1, &ParseSpec::default(), 0).unwrap();
+    assert_eq!(b.len(), 2);
+    assert_eq!(b.source().raw_record(&b.events()[1]), "{\"src_ip\":\"3.3.3.3\"}");
+    assert_eq!(parse_ndjson(String::new(), Format::FlowsV1, &ParseSpec::default(), 0).unwrap().len(), 0);
 }
 
 fn record_error(records: &str) -> (usize, Option<String>, String) {
