@@ -99,6 +99,12 @@ struct Num {
     exponent: bool,
     /// Digits before the point.
     int_digits: usize,
+    /// Digits after the point.
+    frac_digits: usize,
+    /// The digits before the exponent as one integer, the point left out,
+    /// accumulated while scanning (wrapping: only read where at most 19
+    /// digits make it exact).
+    mantissa: u64,
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -210,10 +216,12 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Steps over decimal digits, folding them into `acc`; how many.
     #[inline]
-    fn digits(&mut self) -> usize {
+    fn digits(&mut self, acc: &mut u64) -> usize {
         let from = self.at;
-        while matches!(self.b.get(self.at), Some(b'0'..=b'9')) {
+        while let Some(&d @ b'0'..=b'9') = self.b.get(self.at) {
+            *acc = acc.wrapping_mul(10).wrapping_add((d - b'0') as u64);
             self.at += 1;
         }
         self.at - from
@@ -226,18 +234,21 @@ impl<'a> Cursor<'a> {
     fn number(&mut self) -> Option<Num> {
         let start = self.at;
         let negative = self.eat(b'-');
+        let mut mantissa = 0u64;
         let int_digits = match self.peek()? {
             b'0' => {
                 self.at += 1;
                 1
             }
-            b'1'..=b'9' => self.digits(),
+            b'1'..=b'9' => self.digits(&mut mantissa),
             _ => return None,
         };
         let mut integer = true;
+        let mut frac_digits = 0;
         if self.eat(b'.') {
             integer = false;
-            if self.digits() == 0 {
+            frac_digits = self.digits(&mut mantissa);
+            if frac_digits == 0 {
                 return None;
             }
         }
@@ -248,11 +259,11 @@ impl<'a> Cursor<'a> {
             if matches!(self.peek(), Some(b'+' | b'-')) {
                 self.at += 1;
             }
-            if self.digits() == 0 {
+            if self.digits(&mut 0) == 0 {
                 return None;
             }
         }
-        Some(Num { start, end: self.at, negative, integer, exponent, int_digits })
+        Some(Num { start, end: self.at, negative, integer, exponent, int_digits, frac_digits, mantissa })
     }
 
     /// Steps over one value, checking it.
@@ -329,11 +340,11 @@ impl Num {
     /// anything else is left to the serde path (fractions such as `1024.0`
     /// and negative values have their own rules there).
     #[inline]
-    fn small_u64(&self, b: &[u8]) -> Option<u64> {
+    fn small_u64(&self) -> Option<u64> {
         if !self.integer || self.negative || self.int_digits > 19 {
             return None;
         }
-        Some(b[self.start..self.end].iter().fold(0u64, |n, d| n * 10 + (d - b'0') as u64))
+        Some(self.mantissa)
     }
 
     /// The value as serde_json's `f64` reads it. The plain decimal case is
@@ -341,21 +352,16 @@ impl Num {
     /// fraction digits, `m / 10^k` is one correctly rounded division, which
     /// is what serde_json computes too. Other forms go to serde_json.
     fn f64(&self, s: &str) -> Option<f64> {
-        let b = s.as_bytes();
         if self.integer {
-            if let Some(n) = self.small_u64(b) {
+            if let Some(n) = self.small_u64() {
                 return Some(n as f64);
             }
         } else if !self.exponent {
-            // Up to 19 digits and the point: the digits fit a u64.
-            let digits = &b[self.start + self.negative as usize..self.end];
-            let frac = digits.len() - self.int_digits - 1;
-            if frac <= 22 && digits.len() <= 20 {
-                let m = digits.iter().filter(|&&d| d != b'.').fold(0u64, |n, d| n * 10 + (d - b'0') as u64);
-                if m < 1 << 53 {
-                    let v = m as f64 / POW10[frac];
-                    return Some(if self.negative { -v } else { v });
-                }
+            // Up to 19 digits: the mantissa is exact.
+            let frac = self.frac_digits;
+            if frac <= 22 && self.int_digits + frac <= 19 && self.mantissa < 1 << 53 {
+                let v = self.mantissa as f64 / POW10[frac];
+                return Some(if self.negative { -v } else { v });
             }
         }
         serde_json::from_str::<f64>(&s[self.start..self.end]).ok()
@@ -529,7 +535,7 @@ fn known_value(c: &mut Cursor, known: Known, key: &[u8], ev: &mut Event) -> Opti
         }
         b'-' | b'0'..=b'9' => {
             let n = c.number()?;
-            let count = || n.small_u64(c.b);
+            let count = || n.small_u64();
             match known {
                 Known::SrcIp | Known::DstIp => return None,
                 Known::Ts => ev.ts = Some(n.f64(c.s)?),
