@@ -25,7 +25,6 @@ mod options;
 #[cfg(test)]
 mod tests;
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -171,15 +170,18 @@ impl ElasticSink {
             }
         };
         // Names were checked (no quote or backslash): no JSON escaping needed.
-        let mut action = String::with_capacity(100);
+        // The action line is the same for every event but the `_id`: its
+        // two parts are written once per batch, not formatted per event.
+        let head = format!("{{\"{op}\":{{\"_index\":\"{index}\"");
+        let id_mode = self.id_mode == IdMode::Hash;
         for event in batch.events {
-            action.clear();
-            let _ = write!(action, "{{\"{op}\":{{\"_index\":\"{index}\"");
-            if self.id_mode == IdMode::Hash {
-                let _ = write!(action, ",\"_id\":\"{}\"", event_id(event.json));
+            body.extend_from_slice(head.as_bytes());
+            if id_mode {
+                body.extend_from_slice(b",\"_id\":\"");
+                body.extend_from_slice(event_id(event.json).as_bytes());
+                body.push(b'"');
             }
-            action.push_str("}}\n");
-            body.extend_from_slice(action.as_bytes());
+            body.extend_from_slice(b"}}\n");
             push_one_line(&mut body, event.json);
             body.push(b'\n');
         }
@@ -233,10 +235,12 @@ impl ElasticSink {
 /// The `_id` of an event with `id_mode = "hash"`: the first 128 bits of its
 /// SHA-256, in hex.
 pub(crate) fn event_id(json: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(json);
     let mut hex = String::with_capacity(32);
     for byte in &digest[..16] {
-        let _ = write!(hex, "{byte:02x}");
+        hex.push(HEX[usize::from(byte >> 4)] as char);
+        hex.push(HEX[usize::from(byte & 15)] as char);
     }
     hex
 }
