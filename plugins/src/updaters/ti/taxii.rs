@@ -39,6 +39,9 @@ const TAXII: &str = "application/taxii+json;version=2.1";
 const CURSOR: &str = "taxii added_after: ";
 /// Largest discovery / collections document read.
 const MAX_SMALL_BYTES: u64 = 1 << 20;
+/// Default and largest `max_run_s`.
+const DEFAULT_MAX_RUN_S: u64 = 1800;
+const MAX_RUN_S: u64 = 86_400;
 
 /// `[[update]] type = "taxii"`: indicators of a TAXII 2.1 collection.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -69,6 +72,13 @@ pub struct TaxiiOptions {
     pub max_download_bytes: u64,
     /// Time allowed for each request in seconds (default 120, at most 3600).
     pub timeout_s: u64,
+    /// Time one run may spend reading pages, in seconds (default 1800, at
+    /// most 86400). When it has passed, what was read is kept with the
+    /// position it was read to and the rest waits for the next run, as
+    /// with `max_pages`; a request already under way still has its
+    /// `timeout_s`. Without it, a server answering each page just inside
+    /// `timeout_s` could hold a run for `max_pages` x `timeout_s`.
+    pub max_run_s: u64,
     /// Largest fraction of the current indicators one update may remove
     /// (default 0.5); an update removing more is held back and reported.
     pub max_shrink: f64,
@@ -88,6 +98,7 @@ impl Default for TaxiiOptions {
             max_objects: 1_000_000,
             max_download_bytes: 32 << 20,
             timeout_s: DEFAULT_TIMEOUT_S,
+            max_run_s: DEFAULT_MAX_RUN_S,
             max_shrink: DEFAULT_MAX_SHRINK,
         }
     }
@@ -129,6 +140,9 @@ impl Component for TaxiiUpdater {
         }
         if !(1..=10_000).contains(&o.page_size) {
             errors.push(FieldError::new("page_size", "must be between 1 and 10000"));
+        }
+        if !(1..=MAX_RUN_S).contains(&o.max_run_s) {
+            errors.push(FieldError::new("max_run_s", format!("must be between 1 and {MAX_RUN_S}")));
         }
         if o.max_pages == 0 {
             errors.push(FieldError::new("max_pages", "must be at least 1"));
@@ -248,6 +262,7 @@ impl TaxiiRunner {
             file = ConvertedFile::default();
         }
         let mut added_last = cursor.clone();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(o.max_run_s);
         let mut next: Option<String> = None;
         let (mut pages, mut objects) = (0u32, 0usize);
         loop {
@@ -300,6 +315,14 @@ impl TaxiiRunner {
                 // collection larger than max_pages x page_size fills in
                 // over several runs instead of stopping at the same page).
                 tracing::warn!(pages, "TAXII: max_pages reached; the rest waits for the next run");
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    pages,
+                    max_run_s = o.max_run_s,
+                    "TAXII: max_run_s passed; the rest waits for the next run"
+                );
                 break;
             }
         }

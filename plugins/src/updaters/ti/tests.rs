@@ -331,3 +331,69 @@ fn converted_files_read_back_with_their_position() {
     back.apply(Converted::Unsupported { id: "indicator--a".into(), reason: "x".into() });
     assert_eq!(back.row_bytes(), 0);
 }
+
+/// A TAXII server whose collection never ends (`more: true` on every
+/// page) and answers each page after 300 ms: a run stops at `max_run_s`,
+/// keeping what it read with its position, instead of reading for
+/// `max_pages` x the page time.
+#[tokio::test]
+async fn a_taxii_run_stops_at_max_run_s_and_keeps_what_it_read() {
+    use axum::extract::Query;
+    use std::collections::HashMap;
+    async fn page(Query(q): Query<HashMap<String, String>>) -> Response {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let n: u32 = q.get("next").and_then(|n| n.strip_prefix('p')).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let body = json!({ "more": true, "next": format!("p{}", n + 1), "objects": [
+            {"type": "indicator", "id": format!("indicator--{n}"), "pattern_type": "stix",
+             "pattern": format!("[ipv4-addr:value = '198.51.100.{}']", n + 1), "valid_from": "2024-01-01T00:00:00Z"}
+        ]});
+        let added = format!("2026-01-01T00:00:{:02}.000Z", n % 60);
+        (
+            [("content-type", "application/taxii+json;version=2.1"), ("x-taxii-date-added-last", added.as_str())],
+            body.to_string(),
+        )
+            .into_response()
+    }
+    let app = axum::Router::new()
+        .route("/taxii2/", axum::routing::get(|| async { axum::Json(json!({ "api_roots": ["/api1/"] })) }))
+        .route(
+            "/api1/collections/",
+            axum::routing::get(|| async {
+                axum::Json(json!({ "collections": [{ "id": "c1", "title": "intel", "can_read": true }] }))
+            }),
+        )
+        .route("/api1/collections/c1/objects/", axum::routing::get(page));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let Value::Object(options) =
+        json!({ "url": format!("http://{addr}/taxii2/"), "collection": "intel", "max_run_s": 1 })
+    else {
+        unreachable!()
+    };
+    assert_eq!(super::TaxiiUpdater.check(&options), vec![], "options check");
+    let (_dir, target, staging) = setup();
+    let ctx = UpdateContext { name: "t".into(), base_dir: "/".into(), target: target.clone() };
+    let runner = super::TaxiiUpdater.build(&options, &ctx).unwrap();
+    let started = Instant::now();
+    let fetched = tokio::time::timeout(Duration::from_secs(30), runner.fetch(&Validators::default(), &staging))
+        .await
+        .expect("the run ends at max_run_s, not after max_pages (1000) pages")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(5), "{took:?}");
+    let Fetched::Staged { detail, .. } = fetched else { panic!("staged") };
+    let staged = std::fs::read_to_string(&staging).unwrap();
+    let pages = staged.matches("198.51.100.").count();
+    assert!((3..=10).contains(&pages), "{pages} pages read: {detail}\n{staged}");
+    assert!(staged.contains(&format!("taxii added_after: 2026-01-01T00:00:{:02}.000Z", pages - 1)), "{staged}");
+
+    // Out of range: refused by the options check, by name.
+    let Value::Object(bad) = json!({ "url": format!("http://{addr}/taxii2/"), "collection": "intel", "max_run_s": 0 })
+    else {
+        unreachable!()
+    };
+    let errors = super::TaxiiUpdater.check(&bad);
+    assert!(errors.iter().any(|e| e.field == "max_run_s"), "{errors:?}");
+}
