@@ -399,15 +399,17 @@ fn records(c: &mut Cursor, filter: &KeyFilter, limits: Limits) -> Option<Vec<Eve
             return None;
         }
         let start = c.at;
-        let mut event = Event::default();
-        fields(c, filter, &mut event)?;
+        // Filled where it lies, as in `record` (on any failure the whole
+        // envelope goes to the serde path, so a half-filled event is dropped).
+        events.push(Event::default());
+        let event = events.last_mut().expect("just pushed");
+        fields(c, filter, event)?;
         event.raw = Span { start: start as u32, len: (c.at - start) as u32 };
-        if events.is_empty() {
+        if events.len() == 1 {
             // Room for as many records as there would be of the first one's size.
             let guess = (c.b.len() - start) / (c.at - start + 1) + 1;
             events.reserve(guess.min(limits.max_records));
         }
-        events.push(event);
         c.ws();
         if c.eat(b',') {
             c.ws();
