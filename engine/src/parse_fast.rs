@@ -287,11 +287,15 @@ fn parse_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
             if !d.is_ascii_digit() {
                 break;
             }
+            if i - from == 3 {
+                // A fourth digit: no octet (and `value` stays small).
+                return None;
+            }
             value = value * 10 + (d - b'0') as u32;
             i += 1;
         }
         let digits = i - from;
-        if digits == 0 || digits > 3 || (digits > 1 && b[from] == b'0') || value > 255 {
+        if digits == 0 || (digits > 1 && b[from] == b'0') || value > 255 {
             return None;
         }
         *octet = value as u8;

@@ -270,3 +270,19 @@ fn fast_path_takes_typical_records_and_hands_over_the_rest() {
         assert!(envelope_both_ways(body, &spec, Limits { max_records: 2 }).0.is_none(), "fast path kept {body}");
     }
 }
+
+/// Found by the ingest fuzz targets: an address field holding a long run
+/// of digits overflowed the fast IPv4 reader's octet value (a panic with
+/// overflow checks on) before its length was judged. Such a field is not
+/// an address: the record is kept, with a warning.
+#[test]
+fn an_address_made_of_long_digit_runs_is_a_warning_not_a_panic() {
+    for address in ["1234567890123", "99999999999.1.1", "1.1.9999999999", "10.18.20.97000000000"] {
+        let text = format!("{{\"id.orig_h\":\"{address}\",\"id.resp_h\":\"10.18.20.8\"}}\n");
+        let b = parse_ndjson(text, Format::ZeekConnV1, &ParseSpec::default(), 0).unwrap();
+        let e = &b.events()[0];
+        assert_eq!(e.src_ip, None, "{address}");
+        assert_eq!(e.dst_ip, Some("10.18.20.8".parse().unwrap()));
+        assert!(e.warnings()[0].contains("is not a valid IP address"), "{:?}", e.warnings());
+    }
+}

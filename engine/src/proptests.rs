@@ -384,6 +384,9 @@ fn address_text() -> impl Strategy<Value = String> {
         any::<[u8; 4]>().prop_map(|o| format!("::ffff:{}", std::net::Ipv4Addr::from(o))),
         "[0-9.]{0,17}",
         "[0-9]{1,4}(\\.[0-9]{1,4}){2,4}",
+        // Long digit runs: found by the ingest fuzz targets (an octet's
+        // value overflowed before its length was judged).
+        "[0-9]{4,15}(\\.[0-9]{1,15}){0,3}",
         "[-+ 0-9.a-f:]{0,20}",
     ]
 }
