@@ -209,8 +209,7 @@ impl<'a> Cursor<'a> {
                     return None;
                 }
                 self.at += 1;
-                self.ws();
-                if self.eat(b'}') {
+                if self.eat_after_ws(b'}') {
                     return Some(());
                 }
                 loop {
@@ -218,14 +217,12 @@ impl<'a> Cursor<'a> {
                         return None;
                     }
                     self.string()?;
-                    self.ws();
-                    if !self.eat(b':') {
+                    if !self.eat_after_ws(b':') {
                         return None;
                     }
                     self.ws();
                     self.skip_value(depth + 1)?;
-                    self.ws();
-                    if self.eat(b',') {
+                    if self.eat_after_ws(b',') {
                         self.ws();
                     } else if self.eat(b'}') {
                         return Some(());
@@ -239,14 +236,12 @@ impl<'a> Cursor<'a> {
                     return None;
                 }
                 self.at += 1;
-                self.ws();
-                if self.eat(b']') {
+                if self.eat_after_ws(b']') {
                     return Some(());
                 }
                 loop {
                     self.skip_value(depth + 1)?;
-                    self.ws();
-                    if self.eat(b',') {
+                    if self.eat_after_ws(b',') {
                         self.ws();
                     } else if self.eat(b']') {
                         return Some(());

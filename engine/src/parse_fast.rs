@@ -81,11 +81,10 @@ fn key_hash(k: &[u8]) -> u32 {
     (h >> 57) as u32
 }
 
-/// The record whose text is `source[start..start + len]`, or `None` when
-/// the serde path must decide.
-/// `event` is a default one, filled in where it lies (an event is a few
+/// Reads the record whose text is `source[start..start + len]` into
+/// `event`, a default one where it lies in the batch (an event is a few
 /// hundred bytes: building it on the stack and moving it into the batch
-/// cost a copy per record).
+/// cost a copy per record); `None` when the serde path must decide.
 pub(super) fn record(source: &str, start: usize, len: usize, filter: &KeyFilter, event: &mut Event) -> Option<()> {
     let mut c = Cursor::new(source, start, start + len);
     if c.peek() != Some(b'{') {
@@ -122,8 +121,7 @@ impl<'a> SeenKeys<'a> {
 /// The fields of the object at the cursor (on its `{`), into `ev`.
 fn fields<'a>(c: &mut Cursor<'a>, filter: &KeyFilter, ev: &mut Event) -> Option<()> {
     c.at += 1;
-    c.ws();
-    if c.eat(b'}') {
+    if c.eat_after_ws(b'}') {
         return Some(());
     }
     let mut seen_known = 0u16;
@@ -269,7 +267,7 @@ fn known_value(c: &mut Cursor, known: Known, key: &[u8], ev: &mut Event) -> Opti
 /// three digits, no leading zero, each at most 255 — exactly the texts the
 /// standard parser accepts as IPv4 (`proptests.rs` checks the two agree).
 #[inline]
-fn parse_ip(text: &str) -> Option<IpAddr> {
+pub(super) fn parse_ip(text: &str) -> Option<IpAddr> {
     parse_ipv4(text.as_bytes()).map(IpAddr::V4).or_else(|| text.parse().ok())
 }
 
@@ -309,11 +307,6 @@ fn parse_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
     (i == b.len()).then(|| Ipv4Addr::from(octets))
 }
 
-#[cfg(test)]
-pub(super) fn parse_ip_for_test(text: &str) -> Option<IpAddr> {
-    parse_ip(text)
-}
-
 /// What [`envelope`] read.
 pub(super) struct Envelope<'a> {
     pub collector_id: Option<&'a str>,
@@ -326,13 +319,11 @@ pub(super) struct Envelope<'a> {
 /// records, a repeated envelope key, escapes in a key or a name).
 pub(super) fn envelope<'a>(source: &'a str, filter: &KeyFilter, limits: Limits) -> Option<Envelope<'a>> {
     let mut c = Cursor::new(source, 0, source.len());
-    c.ws();
-    if !c.eat(b'{') {
+    if !c.eat_after_ws(b'{') {
         return None;
     }
     let (mut collector_id, mut format, mut events) = (None, None, None);
-    c.ws();
-    if !c.eat(b'}') {
+    if !c.eat_after_ws(b'}') {
         loop {
             if c.peek() != Some(b'"') {
                 return None;
@@ -341,8 +332,7 @@ pub(super) fn envelope<'a>(source: &'a str, filter: &KeyFilter, limits: Limits) 
             if escaped {
                 return None;
             }
-            c.ws();
-            if !c.eat(b':') {
+            if !c.eat_after_ws(b':') {
                 return None;
             }
             c.ws();
@@ -371,8 +361,7 @@ pub(super) fn envelope<'a>(source: &'a str, filter: &KeyFilter, limits: Limits) 
                 "collector_id" | "format" | "records" => return None,
                 _ => c.skip_value(1)?,
             }
-            c.ws();
-            if c.eat(b',') {
+            if c.eat_after_ws(b',') {
                 c.ws();
             } else if c.eat(b'}') {
                 break;
@@ -394,8 +383,7 @@ fn records(c: &mut Cursor, filter: &KeyFilter, limits: Limits) -> Option<Vec<Eve
         return None;
     }
     let mut events = Vec::new();
-    c.ws();
-    if c.eat(b']') {
+    if c.eat_after_ws(b']') {
         return Some(events);
     }
     loop {
@@ -414,8 +402,7 @@ fn records(c: &mut Cursor, filter: &KeyFilter, limits: Limits) -> Option<Vec<Eve
             let guess = (c.b.len() - start) / (c.at - start + 1) + 1;
             events.reserve(guess.min(limits.max_records));
         }
-        c.ws();
-        if c.eat(b',') {
+        if c.eat_after_ws(b',') {
             c.ws();
         } else if c.eat(b']') {
             return Some(events);
