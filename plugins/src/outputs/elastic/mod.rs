@@ -173,10 +173,10 @@ impl ElasticSink {
         // The action line is the same for every event but the `_id`: its
         // two parts are written once per batch, not formatted per event.
         let head = format!("{{\"{op}\":{{\"_index\":\"{index}\"");
-        let id_mode = self.id_mode == IdMode::Hash;
+        let hash_ids = self.id_mode == IdMode::Hash;
         for event in batch.events {
             body.extend_from_slice(head.as_bytes());
-            if id_mode {
+            if hash_ids {
                 body.extend_from_slice(b",\"_id\":\"");
                 body.extend_from_slice(event_id(event.json).as_bytes());
                 body.push(b'"');
@@ -235,14 +235,7 @@ impl ElasticSink {
 /// The `_id` of an event with `id_mode = "hash"`: the first 128 bits of its
 /// SHA-256, in hex.
 pub(crate) fn event_id(json: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(json);
-    let mut hex = String::with_capacity(32);
-    for byte in &digest[..16] {
-        hex.push(HEX[usize::from(byte >> 4)] as char);
-        hex.push(HEX[usize::from(byte & 15)] as char);
-    }
-    hex
+    enrichd_engine::to_hex(&Sha256::digest(json)[..16])
 }
 
 /// Appends `json` with any line break turned into a space. Compact JSON has

@@ -309,20 +309,17 @@ impl TaxiiRunner {
             if !more || next.is_none() {
                 break;
             }
-            if pages >= o.max_pages {
-                // What was read is kept with the position it was read to:
-                // the next run asks `added_after` it and reads on (a
-                // collection larger than max_pages x page_size fills in
-                // over several runs instead of stopping at the same page).
-                tracing::warn!(pages, "TAXII: max_pages reached; the rest waits for the next run");
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    pages,
-                    max_run_s = o.max_run_s,
-                    "TAXII: max_run_s passed; the rest waits for the next run"
-                );
+            // At either bound, what was read is kept with the position it
+            // was read to: the next run asks `added_after` it and reads on
+            // (a collection larger than one run's reach fills in over
+            // several runs instead of stopping at the same page).
+            let bound = if pages >= o.max_pages {
+                Some("max_pages reached")
+            } else {
+                (tokio::time::Instant::now() >= deadline).then_some("max_run_s passed")
+            };
+            if let Some(bound) = bound {
+                tracing::warn!(pages, "TAXII: {bound}; the rest waits for the next run");
                 break;
             }
         }
