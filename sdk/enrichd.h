@@ -1,5 +1,5 @@
 /*
- * enrichd guest ABI v1 for C (clang --target=wasm32, no libc needed).
+ * enrichd guest ABI v1.1 for C (clang --target=wasm32, no libc needed).
  * The byte layout is specified in ABI.md; these structs mirror it and the
  * static asserts pin the offsets.
  *
@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define ENRICHD_ABI_VERSION (1u << 16)
+#define ENRICHD_ABI_VERSION ((1u << 16) | 1u)
 #define ENRICHD_MAX_BATCH 256
 #define ENRICHD_OUT_CAPACITY 65536
 
@@ -25,7 +25,10 @@ enum {
   ENRICHD_SRC_IPV4 = 1u << 15, ENRICHD_DST_IPV4 = 1u << 16
 };
 
-enum { ENRICHD_SCORE = 1, ENRICHD_REASON = 2, ENRICHD_TAG = 3, ENRICHD_FIELD = 4 };
+enum {
+  ENRICHD_SCORE = 1, ENRICHD_REASON = 2, ENRICHD_TAG = 3, ENRICHD_FIELD = 4,
+  ENRICHD_REASON_ID = 5, ENRICHD_TAG_ID = 6 /* ABI 1.1: a declared text, by id */
+};
 
 typedef struct {
   uint8_t src_ip[16];      /* 0 */
@@ -86,6 +89,24 @@ static inline void enrichd_score(enrichd_out *o, int32_t score) {
 }
 static inline void enrichd_reason(enrichd_out *o, const char *r) { enrichd_entry(o, ENRICHD_REASON, r, enrichd_strlen(r)); }
 static inline void enrichd_tag(enrichd_out *o, const char *t) { enrichd_entry(o, ENRICHD_TAG, t, enrichd_strlen(t)); }
+/* ABI 1.1: reasons and tags declared once per module, written by id (one
+ * byte per event instead of the text). List the texts once with
+ * ENRICHD_TEXTS(ENRICHD_TEXT("a"), ENRICHD_TEXT("b")); text i has id i (an
+ * enum in the same order names them). At most 255. */
+typedef struct { const char *ptr; uint32_t len; } enrichd_text_ref;
+#define ENRICHD_TEXT(s) { s, sizeof(s) - 1 }
+#define ENRICHD_TEXTS(...)                                                          \
+  static const struct {                                                             \
+    uint32_t count;                                                                 \
+    enrichd_text_ref texts[sizeof((enrichd_text_ref[]){__VA_ARGS__}) / sizeof(enrichd_text_ref)]; \
+  } enrichd_text_table = {                                                          \
+    sizeof((enrichd_text_ref[]){__VA_ARGS__}) / sizeof(enrichd_text_ref), {__VA_ARGS__} \
+  };                                                                                \
+  __attribute__((export_name("enrichd_texts"))) int32_t enrichd_texts(void) {      \
+    return (int32_t)(uintptr_t)&enrichd_text_table;                                 \
+  }
+static inline void enrichd_reason_id(enrichd_out *o, uint8_t id) { enrichd_entry(o, ENRICHD_REASON_ID, &id, 1); }
+static inline void enrichd_tag_id(enrichd_out *o, uint8_t id) { enrichd_entry(o, ENRICHD_TAG_ID, &id, 1); }
 static inline int enrichd_has(const enrichd_event *e, uint32_t bit) { return (e->present & bit) != 0; }
 
 #define ENRICHD_EXPORT(fn)                                                          \

@@ -69,7 +69,9 @@ fn rule_check_and_rule_test_cli() {
     let out = bin().args(["rule", "check"]).arg(repo().join("rules/risk.wasm")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["abi_version"], "1.0");
+    assert_eq!(report["abi_version"], "1.1");
+    // Its six fixed reasons (rules/risk/src/lib.rs), declared once.
+    assert_eq!(report["declared_texts"], 6);
     assert_eq!(report["imports"], json!([]));
     assert!(report["exports"].as_array().unwrap().contains(&json!("enrichd_process")));
     assert_eq!(report["memory_limit_mib"], 16);

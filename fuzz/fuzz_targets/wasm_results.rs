@@ -6,6 +6,8 @@
 //!
 //! Input: byte 0 picks the role (even: rule, odd: enricher with fields
 //! `f1`, `f2`) and the number of events (1-8); the rest is the buffer.
+//! The "module" declares three texts (ABI 1.1), one of them needing JSON
+//! escapes, so `REASON_ID` / `TAG_ID` entries name ids 0-2 (3+ are refused).
 #![no_main]
 
 use std::cell::RefCell;
@@ -15,6 +17,7 @@ use std::sync::Mutex;
 use enrichd_engine::{
     parse_envelope, BatchView, BuildContext, Chain, Config, Enricher, Limits, Plugin, PluginState, PluginStatus, Registry,
 };
+use enrichd_wasm::declared::DeclaredTexts;
 use enrichd_wasm::results::{ResultWriter, Scratch};
 use enrichd_wasm::WasmOptions;
 use libfuzzer_sys::fuzz_target;
@@ -33,6 +36,7 @@ struct FakeModule;
 
 struct FakeEnricher {
     results: ResultWriter,
+    texts: DeclaredTexts,
     scratch: Mutex<Scratch>,
 }
 
@@ -49,14 +53,15 @@ impl Plugin for FakeModule {
 
     fn build(&self, options: WasmOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         let results = ResultWriter::declare("fuzz.wasm".into(), &options, ctx)?;
-        Ok(Box::new(FakeEnricher { results, scratch: Default::default() }))
+        let texts = DeclaredTexts::of(&["port 23", "quote \" and \\ and \u{1}", "ünï"]);
+        Ok(Box::new(FakeEnricher { results, texts, scratch: Default::default() }))
     }
 }
 
 impl Enricher for FakeEnricher {
     fn enrich(&self, batch: &mut BatchView<'_>) {
         OUT.with_borrow(|out| {
-            let applied = self.results.apply(batch.events, out, &mut self.scratch.lock().expect("scratch"));
+            let applied = self.results.apply(batch.events, out, &self.texts, &mut self.scratch.lock().expect("scratch"));
             REFUSED.set(applied.is_err());
             if let Err(kind) = applied {
                 self.results.fallback(batch.events, kind);

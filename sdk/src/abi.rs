@@ -1,4 +1,4 @@
-//! ABI v1: the byte layout shared by the host and guests (see `ABI.md`).
+//! ABI v1.1: the byte layout shared by the host and guests (see `ABI.md`).
 //!
 //! Everything is little-endian and pointer-free, so the same `#[repr(C)]`
 //! structs describe guest memory on wasm32 and the host's view of it on
@@ -7,7 +7,7 @@
 
 /// `major << 16 | minor`. The host accepts modules of the same major
 /// version whose minor is not newer than its own.
-pub const ABI_VERSION: u32 = 1 << 16;
+pub const ABI_VERSION: u32 = (1 << 16) | 1;
 pub const ABI_MAJOR: u32 = ABI_VERSION >> 16;
 pub const ABI_MINOR: u32 = ABI_VERSION & 0xffff;
 
@@ -20,6 +20,8 @@ pub const MAX_BATCH: usize = 256;
 pub const OUT_CAPACITY: usize = 65536;
 /// Longest reason / tag / field key or value the host accepts.
 pub const MAX_TEXT: usize = 1024;
+/// Most texts a module declares (ABI 1.1): ids are one byte.
+pub const MAX_DECLARED_TEXTS: usize = 255;
 
 /// Presence bits of [`EventRecord::present`].
 pub mod present {
@@ -138,7 +140,43 @@ pub mod kind {
     pub const TAG: u8 = 3;
     /// `key_len: u8`, key (UTF-8), then a JSON value (UTF-8): set a field.
     pub const FIELD: u8 = 4;
+    /// ABI 1.1, `u8`: one reason, by the id of a text the module declared.
+    pub const REASON_ID: u8 = 5;
+    /// ABI 1.1, `u8`: one tag, by the id of a declared text.
+    pub const TAG_ID: u8 = 6;
+    /// The highest kind this version knows.
+    pub const LAST: u8 = TAG_ID;
 }
+
+/// One declared text in the table `enrichd_texts()` points at (ABI 1.1):
+/// the address and length of UTF-8 bytes in the module's memory. 8 bytes
+/// on wasm32, where the table exists; the host reads it as two `u32`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TextRef {
+    pub ptr: *const u8,
+    pub len: u32,
+}
+
+impl TextRef {
+    pub const fn new(text: &'static str) -> Self {
+        TextRef { ptr: text.as_ptr(), len: text.len() as u32 }
+    }
+}
+
+/// The table of declared texts: `count: u32`, then `count` [`TextRef`]s;
+/// text `i` has id `i`. Made by [`crate::texts!`].
+#[repr(C)]
+pub struct TextTable<const N: usize> {
+    pub count: u32,
+    pub texts: [TextRef; N],
+}
+
+// SAFETY: the table is immutable and points at `'static` string data.
+unsafe impl<const N: usize> Sync for TextTable<N> {}
+
+/// Bytes of one table entry as the host reads it (wasm32 layout).
+pub const TEXT_REF_SIZE: usize = 8;
 
 /// Header of one result entry: `event: u16, kind: u8, len: u16`, then `len`
 /// payload bytes.
@@ -189,7 +227,7 @@ impl<'a> Iterator for Entries<'a> {
             self.pos = self.buf.len();
             return Some(Err(DecodeError::Truncated { offset: at }));
         }
-        if !(kind::SCORE..=kind::FIELD).contains(&kind) {
+        if !(kind::SCORE..=kind::LAST).contains(&kind) {
             self.pos = self.buf.len();
             return Some(Err(DecodeError::UnknownKind { offset: at, kind }));
         }

@@ -36,7 +36,7 @@ mod text;
 
 pub use abi::EventRecord;
 pub use event::{Event, Ip};
-pub use output::Output;
+pub use output::{DeclaredText, Output};
 pub use text::Text;
 
 /// Host functions (wasm) or the test harness's stand-ins (native).
@@ -130,6 +130,51 @@ pub mod __wasm {
     fn panic(_: &core::panic::PanicInfo) -> ! {
         core::arch::wasm32::unreachable()
     }
+}
+
+/// Declares the module's fixed reason and tag texts once (ABI 1.1), as
+/// constants to pass to [`Output::declared_reason`] and
+/// [`Output::declared_tag`]:
+///
+/// ```ignore
+/// enrichd_sdk::texts! {
+///     const TELNET = "telnet +10";
+///     const LARGE = "large transfer";
+/// }
+/// // ... out.declared_reason(TELNET);
+/// ```
+///
+/// Why: a text written per event is copied into the result buffer, then
+/// checked, hashed and compared by the host, event after event; a declared
+/// one is one byte, and the host reuses the JSON list it built for the same
+/// ids. Texts that vary per event (numbers in them) stay with
+/// [`Output::reason`]; both can be mixed in one event, in any order.
+/// Generates the export `enrichd_texts` on wasm32: use once per module.
+#[macro_export]
+macro_rules! texts {
+    ($($(#[$attr:meta])* $vis:vis const $name:ident = $text:literal;)+) => {
+        // Ids are the declaration order; a 256th text overflows the `u8`
+        // discriminant and does not compile.
+        #[allow(non_camel_case_types, dead_code)]
+        #[repr(u8)]
+        enum __EnrichdTextId { $($name),+ }
+        $(
+            $(#[$attr])*
+            $vis const $name: $crate::DeclaredText = $crate::DeclaredText::new(__EnrichdTextId::$name as u8, $text);
+            const _: () = assert!($text.len() <= $crate::abi::MAX_TEXT, "a declared text is at most 1,024 bytes");
+        )+
+
+        #[cfg(target_arch = "wasm32")]
+        #[no_mangle]
+        pub extern "C" fn enrichd_texts() -> i32 {
+            const N: usize = [$($text),+].len();
+            static TABLE: $crate::abi::TextTable<N> = $crate::abi::TextTable {
+                count: N as u32,
+                texts: [$($crate::abi::TextRef::new($text)),+],
+            };
+            &TABLE as *const $crate::abi::TextTable<N> as i32
+        }
+    };
 }
 
 /// Exports `f` (a `fn(&Event, &mut Output)`) as this module's rule or

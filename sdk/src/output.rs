@@ -2,6 +2,30 @@
 
 use crate::abi::{kind, ENTRY_HEADER, MAX_TEXT};
 
+/// A reason or tag text declared once per module by [`crate::texts!`]
+/// (ABI 1.1), written by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeclaredText {
+    id: u8,
+    text: &'static str,
+}
+
+impl DeclaredText {
+    #[doc(hidden)]
+    pub const fn new(id: u8, text: &'static str) -> Self {
+        DeclaredText { id, text }
+    }
+
+    /// The id the host knows this text by (its place in the declaration).
+    pub const fn id(self) -> u8 {
+        self.id
+    }
+
+    pub const fn text(self) -> &'static str {
+        self.text
+    }
+}
+
 /// Results of the current event, appended to the exchange area.
 pub struct Output<'o> {
     buf: &'o mut [u8],
@@ -56,6 +80,31 @@ impl<'o> Output<'o> {
     #[inline]
     pub fn tag(&mut self, tag: &str) {
         self.entry(kind::TAG, &[tag.as_bytes()]);
+    }
+
+    /// Adds a reason the module declared with [`crate::texts!`]: one byte
+    /// in the result buffer instead of the text, and the host reuses the
+    /// JSON it made for the same list of declared texts. Natively (tests)
+    /// the text itself is written, which is what the host turns the id into.
+    #[inline]
+    pub fn declared_reason(&mut self, reason: DeclaredText) {
+        self.declared(kind::REASON_ID, kind::REASON, reason);
+    }
+
+    /// Adds a tag the module declared with [`crate::texts!`] (see
+    /// [`Output::declared_reason`]).
+    #[inline]
+    pub fn declared_tag(&mut self, tag: DeclaredText) {
+        self.declared(kind::TAG_ID, kind::TAG, tag);
+    }
+
+    #[inline]
+    fn declared(&mut self, by_id: u8, by_text: u8, text: DeclaredText) {
+        if cfg!(target_arch = "wasm32") {
+            self.entry(by_id, &[&[text.id]]);
+        } else {
+            self.entry(by_text, &[text.text.as_bytes()]);
+        }
     }
 
     /// Sets field `key` to a JSON value given as text (`"\"inbound\""`,

@@ -95,7 +95,10 @@ pub struct ModuleReport {
     pub path: PathBuf,
     pub size_bytes: usize,
     pub sha256: String,
+    /// The ABI version the module declares.
     pub abi_version: String,
+    /// Reason / tag texts it declares (ABI 1.1).
+    pub declared_texts: usize,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
     pub memory_limit_mib: u64,
@@ -126,12 +129,15 @@ fn inspect_inner(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleRep
         Default::default(),
     );
     let limits = limits_of(options);
-    runtime::instantiate(&pre, state, limits, 0).with_context(|| format!("module {}", path.display()))?;
+    let mut probe =
+        runtime::instantiate(&pre, state, limits, 0).with_context(|| format!("module {}", path.display()))?;
+    let loaded = LoadedModule::new(pre, &mut probe).with_context(|| format!("module {}", path.display()))?;
     Ok(ModuleReport {
         path: path.to_path_buf(),
         size_bytes: bytes.len(),
         sha256: to_hex(&sha),
-        abi_version: format!("{}.{}", abi::ABI_MAJOR, abi::ABI_MINOR),
+        abi_version: format!("{}.{}", abi::ABI_MAJOR, loaded.abi_minor),
+        declared_texts: loaded.texts.len(),
         imports: module.imports().map(|i| format!("{}.{}", i.module(), i.name())).collect(),
         exports: module.exports().map(|e| e.name().to_string()).collect(),
         memory_limit_mib: options.memory_limit_mib,
@@ -263,10 +269,11 @@ impl WasmEnricher {
             enricher.earlier_facts.clone(),
             enricher.logs.clone(),
         );
-        runtime::instantiate(&pre, probe, enricher.limits, 0)
+        let mut probe = runtime::instantiate(&pre, probe, enricher.limits, 0)
             .with_context(|| format!("WASM module {}", path.display()))?;
+        let loaded = LoadedModule::new(pre, &mut probe).with_context(|| format!("WASM module {}", path.display()))?;
         enricher.source = Some(source_info(&path, &bytes));
-        enricher.module = Some(Arc::new(LoadedModule { pre, generation: runtime::new_generation() }));
+        enricher.module = Some(Arc::new(loaded));
         enricher.live_sha256 = Some(to_hex(&sha));
         enricher.live_bytes = Some(bytes.into());
         enricher.path = path;
@@ -288,9 +295,10 @@ impl WasmEnricher {
         let module = runtime::compile(bytes, sha, cache_dir)?;
         runtime::check_interface(&module)?;
         let pre = runtime::prelink(&module)?;
-        runtime::instantiate(&pre, self.host_state(self.name.clone()), self.limits, 0)?;
+        let mut probe = runtime::instantiate(&pre, self.host_state(self.name.clone()), self.limits, 0)?;
+        let loaded = LoadedModule::new(pre, &mut probe)?;
         let signed_by = signing.and_then(|s| s.signed_by().map(str::to_string));
-        Ok((Arc::new(LoadedModule { pre, generation: runtime::new_generation() }), signed_by))
+        Ok((Arc::new(loaded), signed_by))
     }
 
     fn host_state(&self, name: Arc<str>) -> HostState {
@@ -421,9 +429,9 @@ impl WasmEnricher {
         let target = Target { name: &self.name, module, stats: &self.stats };
         let ThreadSlot { worker, records, scratch, live_verdicts, .. } = slot;
         let out = self.call_guest(&target, source, events, records, worker)?;
-        let applied = self.results.apply(events, out, scratch);
+        let applied = self.results.apply(events, out, &module.texts, scratch);
         if applied.is_ok() && verdicts {
-            self.results.verdicts(events.len(), out, scratch, live_verdicts);
+            self.results.verdicts(events.len(), out, &module.texts, scratch, live_verdicts);
         }
         if applied.is_err() {
             *worker = None;
@@ -450,16 +458,17 @@ impl WasmEnricher {
             let ThreadSlot { shadow_worker, records, shadow_scratch, shadow_verdicts, live_verdicts, .. } = slot;
             match self.call_guest(&target, source, events, records, shadow_worker) {
                 Err(kind) => Err(kind),
-                Ok(out) => match self.results.check(events.len(), out, shadow_scratch) {
+                Ok(out) => match self.results.check(events.len(), out, &shadow.module.texts, shadow_scratch) {
                     Err(kind) => Err(kind),
                     Ok(()) => {
-                        self.results.verdicts(events.len(), out, shadow_scratch, shadow_verdicts);
+                        self.results.verdicts(events.len(), out, &shadow.module.texts, shadow_scratch, shadow_verdicts);
                         if live.is_ok() {
                             if let Some(d) = shadow.summary.compare(live_verdicts, shadow_verdicts) {
                                 let ev = &events[d.index];
                                 let live_reasons = self.results.written_reasons(ev);
                                 let s = shadow_verdicts[d.index];
-                                let shadow_reasons = self.results.reasons(d.index, out, shadow_scratch);
+                                let shadow_reasons =
+                                    self.results.reasons(d.index, out, &shadow.module.texts, shadow_scratch);
                                 shadow.summary.sample(
                                     ev,
                                     (live_verdicts[d.index].score, live_reasons),
@@ -533,8 +542,8 @@ impl Enricher for WasmEnricher {
         };
         let mut status = PluginStatus::new(state);
         status.error = error;
-        status.version = self.source.as_ref().map(|s| {
-            format!("{} (ABI {}.{}, {} bytes)", self.name, abi::ABI_MAJOR, abi::ABI_MINOR, s.size_bytes.unwrap_or(0))
+        status.version = self.source.as_ref().zip(self.module.as_deref()).map(|(s, m)| {
+            format!("{} (ABI {}.{}, {} bytes)", self.name, abi::ABI_MAJOR, m.abi_minor, s.size_bytes.unwrap_or(0))
         });
         status.sources = vec![self.source.clone().unwrap_or(SourceInfo {
             path: self.path.clone(),
@@ -549,6 +558,7 @@ impl Enricher for WasmEnricher {
         details["memory_limit_mib"] = (self.limits.memory_bytes >> 20).into();
         details["table_limit_elements"] = self.limits.table_elements.into();
         details["log_lines_dropped"] = self.logs.dropped.load(std::sync::atomic::Ordering::Relaxed).into();
+        details["declared_texts"] = self.module.as_deref().map_or(0, |m| m.texts.len()).into();
         if let Some(signing) = &self.signing {
             details["signature"] = signing.to_json();
         }

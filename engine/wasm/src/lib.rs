@@ -29,6 +29,7 @@
 
 #[cfg(feature = "runtime")]
 mod actions;
+pub mod declared;
 #[cfg(feature = "runtime")]
 mod enricher;
 #[cfg(feature = "runtime")]

@@ -13,6 +13,7 @@ use enrichd_engine::{BuildContext, Event, FactDecl, FactId, FactKind, JsonFragme
 use enrichd_sdk::abi::{self, kind};
 use rustc_hash::FxHashMap as HashMap;
 
+use crate::declared::DeclaredTexts;
 use crate::options::{Role, WasmOptions};
 use crate::stats::FailureKind;
 
@@ -25,6 +26,8 @@ pub struct Scratch {
     counts: Vec<u8>,
     /// Reason / tag list keys and the last list made.
     lists: ListCache,
+    /// Lists made only of declared texts, by their packed ids.
+    id_lists: IdListCache,
     /// Guest bytes -> validated JSON fragment.
     interned: HashMap<Box<[u8]>, JsonFragment>,
     /// Enricher fields checked but not yet applied: `(event, key, value)`.
@@ -39,6 +42,66 @@ struct ListCache {
     /// and fragment.
     last_key: Vec<u8>,
     last: JsonFragment,
+}
+
+/// JSON lists of declared texts (ABI 1.1) by packed ids: a direct-mapped
+/// table, so a lookup is one multiply and one compare, with no hashing or
+/// comparing of text. A collision only costs rebuilding a list.
+#[derive(Default)]
+struct IdListCache {
+    /// Whose ids the keys are ([`DeclaredTexts::generation`]).
+    generation: u64,
+    slots: Vec<(u64, JsonFragment)>,
+}
+
+const ID_LIST_SLOTS: usize = 64;
+
+impl IdListCache {
+    fn get(&mut self, key: u64, texts: &DeclaredTexts, build: impl FnOnce() -> String) -> JsonFragment {
+        if self.generation != texts.generation() || self.slots.is_empty() {
+            self.generation = texts.generation();
+            self.slots.clear();
+            self.slots.resize(ID_LIST_SLOTS, (0, JsonFragment::from("")));
+        }
+        // Fibonacci hashing: the product's top bits pick the slot.
+        let slot = &mut self.slots[(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - ID_LIST_SLOTS.ilog2())) as usize];
+        if slot.0 != key {
+            *slot = (key, Arc::from(build()));
+        }
+        slot.1.clone()
+    }
+}
+
+/// A reason or tag list being read from one event's entries: its length,
+/// and its declared ids packed while it has only those.
+#[derive(Default)]
+struct ListKey {
+    count: u32,
+    /// `id + 1` per item, 8 bits each, the last in the low byte: never 0
+    /// for a list of 1-8 ids, and a list's JSON depends on nothing else.
+    ids: u64,
+    has_text: bool,
+}
+
+impl ListKey {
+    #[inline]
+    fn id(&mut self, id: u8) {
+        self.count += 1;
+        self.ids = self.ids << 8 | (u64::from(id) + 1);
+    }
+
+    #[inline]
+    fn text(&mut self) {
+        self.count += 1;
+        self.has_text = true;
+    }
+
+    /// The list's key in the [`IdListCache`], if it is made only of
+    /// declared texts and short enough to pack (at most 8).
+    #[inline]
+    fn packed(&self) -> Option<u64> {
+        (!self.has_text && (1..=8).contains(&self.count)).then_some(self.ids)
+    }
 }
 
 /// Most interned JSON texts kept per thread before the table is reset.
@@ -149,21 +212,29 @@ impl ResultWriter {
     }
 
     /// Validates the whole result buffer, then writes it into the events:
-    /// nothing is applied unless every entry is acceptable.
+    /// nothing is applied unless every entry is acceptable. `texts` are
+    /// the module's declared texts, which `*_ID` entries name.
     ///
     /// Allocation-free in steady state: entries are indexed into reused
-    /// buffers, and the JSON of reason / tag lists and field values is
-    /// interned per thread by the guest's raw bytes, so a repeated list is
-    /// neither re-validated, re-escaped nor re-allocated.
-    pub fn apply(&self, events: &mut [Event], out: &[u8], scratch: &mut Scratch) -> Result<(), FailureKind> {
-        self.check(events.len(), out, scratch)?;
-        self.write(events, out, scratch)
+    /// buffers; lists of declared texts are found by their packed ids, and
+    /// other reason / tag lists and field values are interned per thread by
+    /// the guest's raw bytes, so a repeated list is neither re-validated,
+    /// re-escaped nor re-allocated.
+    pub fn apply(
+        &self,
+        events: &mut [Event],
+        out: &[u8],
+        texts: &DeclaredTexts,
+        scratch: &mut Scratch,
+    ) -> Result<(), FailureKind> {
+        self.check(events.len(), out, texts, scratch)?;
+        self.write(events, out, texts, scratch)
     }
 
     /// Validates the result buffer for `n` events and indexes its entries
     /// (sorted by event) in `scratch`, applying nothing: what a shadow
     /// module's results go through before they are compared.
-    pub fn check(&self, n: usize, out: &[u8], scratch: &mut Scratch) -> Result<(), FailureKind> {
+    pub fn check(&self, n: usize, out: &[u8], texts: &DeclaredTexts, scratch: &mut Scratch) -> Result<(), FailureKind> {
         let Scratch { entries, counts, .. } = scratch;
         entries.clear();
         counts.clear();
@@ -175,10 +246,14 @@ impl ResultWriter {
             let count = counts.get_mut(e.event as usize).ok_or(FailureKind::MalformedResult)?;
             match e.kind {
                 kind::SCORE if e.payload.len() != 4 => return Err(FailureKind::MalformedResult),
-                kind::REASON | kind::TAG => {
+                kind::REASON | kind::TAG | kind::REASON_ID | kind::TAG_ID => {
                     *count += 1;
                     // Checked here, so that applying below cannot fail.
-                    if *count > 32 || e.payload.len() > abi::MAX_TEXT || !is_utf8(e.payload) {
+                    let acceptable = match e.kind {
+                        kind::REASON | kind::TAG => e.payload.len() <= abi::MAX_TEXT && is_utf8(e.payload),
+                        _ => matches!(e.payload, [id] if (*id as usize) < texts.len()),
+                    };
+                    if *count > 32 || !acceptable {
                         return Err(FailureKind::MalformedResult);
                     }
                 }
@@ -201,36 +276,56 @@ impl ResultWriter {
     }
 
     /// Writes the entries indexed by [`ResultWriter::check`] into `events`.
-    fn write(&self, events: &mut [Event], out: &[u8], scratch: &mut Scratch) -> Result<(), FailureKind> {
-        let Scratch { entries, lists, interned, computed, .. } = scratch;
+    fn write(
+        &self,
+        events: &mut [Event],
+        out: &[u8],
+        texts: &DeclaredTexts,
+        scratch: &mut Scratch,
+    ) -> Result<(), FailureKind> {
+        let Scratch { entries, lists, id_lists, interned, computed, .. } = scratch;
         match &self.outputs {
             Outputs::Rule { score, reasons, tags, facts } => {
-                // Everything is validated: write straight into the events.
+                // Everything is validated: write straight into the events,
+                // reading each event's entries once.
                 let (score_key, reasons_key, tags_key) = (*score, *reasons, *tags);
                 let [score_fact, reasons_fact, tags_fact] = *facts;
                 let mut rest = &entries[..];
                 for (i, ev) in events.iter_mut().enumerate() {
-                    let n = rest.iter().take_while(|&&(event, ..)| event as usize == i).count();
+                    let n = rest.iter().position(|&(event, ..)| event as usize != i).unwrap_or(rest.len());
                     let (mine, next) = rest.split_at(n);
                     rest = next;
-                    let payload = |&(_, _, at, len): &(u16, u8, usize, usize)| &out[at..at + len];
-                    let s = mine
-                        .iter()
-                        .rev()
-                        .find(|e| e.1 == kind::SCORE)
-                        .map(|e| i32::from_le_bytes(payload(e).try_into().expect("4 bytes")).clamp(0, 100) as u8);
-                    let reasons = mine.iter().filter(|e| e.1 == kind::REASON);
-                    let r = self.string_list(reasons.clone().map(payload), lists, interned);
-                    if let Some(s) = s {
+                    let mut score = None;
+                    let (mut reason_list, mut tag_list) = (ListKey::default(), ListKey::default());
+                    for &(_, k, at, len) in mine {
+                        match k {
+                            // The last score written counts.
+                            kind::SCORE => {
+                                score = Some(i32::from_le_bytes(out[at..at + len].try_into().expect("4 bytes")))
+                            }
+                            kind::REASON => reason_list.text(),
+                            kind::REASON_ID => reason_list.id(out[at]),
+                            kind::TAG => tag_list.text(),
+                            kind::TAG_ID => tag_list.id(out[at]),
+                            _ => {}
+                        }
+                    }
+                    let score = score.map(|s| s.clamp(0, 100) as u8);
+                    if let Some(s) = score {
                         ev.set_fact(score_fact, u32::from(s));
                     }
-                    ev.set_fact(reasons_fact, reasons.count() as u32);
-                    ev.set_output(score_key, s.map_or_else(|| self.null.clone(), |s| self.scores[s as usize].clone()));
+                    ev.set_fact(reasons_fact, reason_list.count);
+                    ev.set_output(
+                        score_key,
+                        score.map_or_else(|| self.null.clone(), |s| self.scores[s as usize].clone()),
+                    );
+                    let caches = (&mut *lists, &mut *id_lists, &mut *interned);
+                    let r = self.list(&reason_list, (kind::REASON, kind::REASON_ID), mine, out, texts, caches);
                     ev.set_output(reasons_key, r);
-                    let tags = mine.iter().filter(|e| e.1 == kind::TAG);
-                    if tags.clone().next().is_some() {
-                        let t = self.string_list(tags.clone().map(payload), lists, interned);
-                        ev.set_fact(tags_fact, tags.count() as u32);
+                    if tag_list.count > 0 {
+                        let caches = (&mut *lists, &mut *id_lists, &mut *interned);
+                        let t = self.list(&tag_list, (kind::TAG, kind::TAG_ID), mine, out, texts, caches);
+                        ev.set_fact(tags_fact, tag_list.count);
                         ev.set_output(tags_key, t);
                     }
                 }
@@ -256,12 +351,42 @@ impl ResultWriter {
         Ok(())
     }
 
-    /// A JSON array of the strings `items` (UTF-8, checked by the caller),
-    /// shared with earlier identical lists. Consecutive events mostly get
-    /// the same list, so the previous one is compared before hashing.
+    /// The JSON array of one event's reasons or tags (`kinds`: the by-text
+    /// and by-id entry kinds), read from its entries `mine`, described by
+    /// `key`. Lists of declared texts come from the id cache; others are
+    /// interned by their bytes.
+    fn list(
+        &self,
+        key: &ListKey,
+        (by_text, by_id): (u8, u8),
+        mine: &[(u16, u8, usize, usize)],
+        out: &[u8],
+        texts: &DeclaredTexts,
+        (lists, id_lists, interned): (&mut ListCache, &mut IdListCache, &mut HashMap<Box<[u8]>, JsonFragment>),
+    ) -> JsonFragment {
+        if key.count == 0 {
+            return self.empty_list.clone();
+        }
+        let items = mine.iter().filter(move |e| e.1 == by_text || e.1 == by_id).map(move |&(_, k, at, len)| {
+            if k == by_id {
+                Item::Declared(out[at])
+            } else {
+                Item::Text(&out[at..at + len])
+            }
+        });
+        match key.packed() {
+            Some(packed) => id_lists.get(packed, texts, || json_list(items, texts)),
+            None => self.string_list(items, texts, lists, interned),
+        }
+    }
+
+    /// A JSON array of `items`, shared with earlier identical lists.
+    /// Consecutive events mostly get the same list, so the previous one is
+    /// compared before hashing.
     fn string_list<'s>(
         &self,
-        items: impl Iterator<Item = &'s [u8]> + Clone,
+        items: impl Iterator<Item = Item<'s>> + Clone,
+        texts: &DeclaredTexts,
         lists: &mut ListCache,
         interned: &mut HashMap<Box<[u8]>, JsonFragment>,
     ) -> JsonFragment {
@@ -269,30 +394,15 @@ impl ResultWriter {
         key.clear();
         key.push(b'L');
         for item in items.clone() {
-            key.extend_from_slice(item);
+            key.extend_from_slice(item.bytes(texts));
             key.push(0xff); // never part of UTF-8: an unambiguous separator
-        }
-        if key.len() == 1 {
-            return self.empty_list.clone();
         }
         if lists.last_key == *key {
             return lists.last.clone();
         }
         let fragment = match interned.get(key.as_slice()) {
             Some(f) => f.clone(),
-            None => {
-                let mut json = String::with_capacity(key.len() + 8);
-                json.push('[');
-                for (i, item) in items.enumerate() {
-                    let text = std::str::from_utf8(item).expect("validated with the result buffer");
-                    if i > 0 {
-                        json.push(',');
-                    }
-                    json.push_str(&serde_json::to_string(text).expect("strings serialize"));
-                }
-                json.push(']');
-                intern(interned, key, json)
-            }
+            None => intern(interned, key, json_list(items, texts)),
         };
         lists.last_key.clone_from(key);
         lists.last = fragment.clone();
@@ -308,7 +418,9 @@ impl ResultWriter {
     /// [`ResultWriter::check`] (or a successful [`ResultWriter::apply`]) of
     /// `out`, into `into` (cleared first). No allocation once `into` has
     /// grown: reasons are compared by a hash of their bytes.
-    pub fn verdicts(&self, n: usize, out: &[u8], scratch: &Scratch, into: &mut Vec<Verdict>) {
+    /// A reason is hashed by its text, whether written or declared, so a
+    /// module and its shadow compare equal however each writes it.
+    pub fn verdicts(&self, n: usize, out: &[u8], texts: &DeclaredTexts, scratch: &Scratch, into: &mut Vec<Verdict>) {
         into.clear();
         into.resize(n, Verdict::default());
         for &(event, kind, at, len) in &scratch.entries {
@@ -319,6 +431,7 @@ impl ResultWriter {
                     v.score = Some(i32::from_le_bytes(payload.try_into().expect("4 bytes")).clamp(0, 100) as u8)
                 }
                 kind::REASON => v.reasons = mix(v.reasons, payload),
+                kind::REASON_ID => v.reasons = mix(v.reasons, texts.text(payload[0]).as_bytes()),
                 _ => {}
             }
         }
@@ -326,12 +439,15 @@ impl ResultWriter {
 
     /// The reasons of event `event` as text, from the entries indexed in
     /// `scratch` (for the few events a shadow summary quotes).
-    pub fn reasons(&self, event: usize, out: &[u8], scratch: &Scratch) -> Vec<String> {
+    pub fn reasons(&self, event: usize, out: &[u8], texts: &DeclaredTexts, scratch: &Scratch) -> Vec<String> {
         scratch
             .entries
             .iter()
-            .filter(|&&(e, kind, ..)| e as usize == event && kind == kind::REASON)
-            .map(|&(_, _, at, len)| String::from_utf8_lossy(&out[at..at + len]).into_owned())
+            .filter(|&&(e, kind, ..)| e as usize == event && (kind == kind::REASON || kind == kind::REASON_ID))
+            .map(|&(_, kind, at, len)| match kind {
+                kind::REASON_ID => texts.text(out[at]).to_owned(),
+                _ => String::from_utf8_lossy(&out[at..at + len]).into_owned(),
+            })
             .collect()
     }
 
@@ -365,6 +481,45 @@ impl ResultWriter {
     }
 }
 
+/// One reason or tag: written out, or a declared text's id.
+#[derive(Clone, Copy)]
+enum Item<'o> {
+    Text(&'o [u8]),
+    Declared(u8),
+}
+
+impl<'o> Item<'o> {
+    #[inline]
+    fn bytes<'t>(self, texts: &'t DeclaredTexts) -> &'t [u8]
+    where
+        'o: 't,
+    {
+        match self {
+            Item::Text(bytes) => bytes,
+            Item::Declared(id) => texts.text(id).as_bytes(),
+        }
+    }
+}
+
+/// The JSON array of `items` (texts checked to be UTF-8 by the caller).
+fn json_list<'o>(items: impl Iterator<Item = Item<'o>>, texts: &DeclaredTexts) -> String {
+    let mut json = String::from("[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        match item {
+            Item::Declared(id) => json.push_str(texts.json(id)),
+            Item::Text(bytes) => {
+                let text = std::str::from_utf8(bytes).expect("validated with the result buffer");
+                json.push_str(&serde_json::to_string(text).expect("strings serialize"));
+            }
+        }
+    }
+    json.push(']');
+    json
+}
+
 /// UTF-8 check with an inlined ASCII fast path (reasons and tags are
 /// nearly always ASCII; `from_utf8` is an out-of-line call).
 #[inline]
@@ -394,6 +549,24 @@ fn mix(hash: u64, reason: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_id_list_cache_survives_collisions_and_a_new_module() {
+        let slot = |key: u64| key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
+        // Two keys of the same slot: each lookup must give its own list.
+        let a = 0x0102;
+        let b = (0x0103..).find(|&k| slot(k) == slot(a)).unwrap();
+        let texts = DeclaredTexts::of(&["x", "y", "z"]);
+        let mut cache = IdListCache::default();
+        for _ in 0..2 {
+            assert_eq!(&*cache.get(a, &texts, || "A".into()), "A");
+            assert_eq!(&*cache.get(b, &texts, || "B".into()), "B");
+        }
+        // A cached list is not rebuilt; another module's ids start afresh.
+        assert_eq!(&*cache.get(b, &texts, || unreachable!()), "B");
+        let other = DeclaredTexts::of(&["x", "y", "z"]);
+        assert_eq!(&*cache.get(b, &other, || "B'".into()), "B'");
+    }
 
     #[test]
     fn field_values_are_json_that_readers_accept() {

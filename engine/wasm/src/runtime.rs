@@ -23,6 +23,7 @@ use wasmtime::{
     ValType,
 };
 
+use crate::declared::DeclaredTexts;
 use crate::host::HostState;
 use crate::limits::{cpu_deadline_update, thread_cpu_time, CpuBudget};
 pub use crate::limits::{GuestLimits, LimitHit, Limits};
@@ -228,10 +229,38 @@ pub fn check_interface(module: &Module) -> anyhow::Result<()> {
             Some(_) => bail!("exports `{name}` but it is not a function"),
         }
     }
+    // Optional (ABI 1.1): the declared texts' table.
+    let texts = FuncType::new(e, [], [ValType::I32]);
+    match module.get_export(TEXTS_EXPORT) {
+        None => {}
+        Some(ExternType::Func(got)) if same_type(&texts, &got) => {}
+        Some(ExternType::Func(got)) => {
+            bail!("exports `{TEXTS_EXPORT}` as {}, expected {}", describe(&got), describe(&texts))
+        }
+        Some(_) => bail!("exports `{TEXTS_EXPORT}` but it is not a function"),
+    }
     match module.get_export("memory") {
         Some(ExternType::Memory(_)) => Ok(()),
         _ => bail!("lacks the export `memory`"),
     }
+}
+
+/// The export that returns the declared texts' table (ABI 1.1).
+const TEXTS_EXPORT: &str = "enrichd_texts";
+
+/// The texts `worker`'s module declared (ABI 1.1 `enrichd_texts`; none for
+/// a 1.0 module or one without the export), read from its memory. Called
+/// once per load, on the probe instance, within its setup deadline.
+pub fn declared_texts(worker: &mut Worker) -> anyhow::Result<DeclaredTexts> {
+    if worker.minor < 1 {
+        return Ok(DeclaredTexts::none());
+    }
+    let Ok(f) = worker.instance.get_typed_func::<(), i32>(&mut worker.store, TEXTS_EXPORT) else {
+        return Ok(DeclaredTexts::none());
+    };
+    worker.store.set_epoch_deadline(SETUP_TICKS);
+    let table = f.call(&mut worker.store, ()).map_err(|e| anyhow!("{TEXTS_EXPORT} failed: {e:#}"))? as u32;
+    DeclaredTexts::read(worker.memory.data(&worker.store), table as usize).map_err(|e| anyhow!("{TEXTS_EXPORT}: {e:#}"))
 }
 
 /// Builds the linker with the host functions and pre-links `module`.
@@ -264,6 +293,9 @@ pub struct Worker {
     /// Address of the exchange area in guest memory.
     pub io: usize,
     pub generation: u64,
+    instance: Instance,
+    /// The ABI minor version the module declared.
+    pub minor: u32,
 }
 
 /// Deadline of instantiation (start function, `enrichd_abi_version`,
@@ -313,13 +345,24 @@ pub fn instantiate(
         );
     }
     let process = instance.get_typed_func::<i32, i32>(&mut store, "enrichd_process").map_err(|e| anyhow!("{e:#}"))?;
-    Ok(Worker { store, memory, process, io, generation })
+    Ok(Worker { store, memory, process, io, generation, instance, minor })
 }
 
 /// Shared, immutable facts about a loaded module.
 pub struct LoadedModule {
     pub pre: InstancePre<HostState>,
     pub generation: u64,
+    /// Texts its results name by id (ABI 1.1).
+    pub texts: DeclaredTexts,
+    /// The ABI minor version it declared.
+    pub abi_minor: u32,
+}
+
+impl LoadedModule {
+    /// Reads what a module declares from its load-time probe instance.
+    pub fn new(pre: InstancePre<HostState>, probe: &mut Worker) -> anyhow::Result<Self> {
+        Ok(LoadedModule { pre, generation: new_generation(), texts: declared_texts(probe)?, abi_minor: probe.minor })
+    }
 }
 
 pub fn new_generation() -> u64 {

@@ -22,41 +22,51 @@ pub const LARGE_TRANSFER: i32 = 10;
 pub const SENSITIVE_PORTS: [u16; 4] = [23, 445, 1433, 3389];
 pub const LARGE_TRANSFER_BYTES: u64 = 1_000_000;
 
+// The fixed reasons, declared once (ABI 1.1): each is one byte per event
+// in the result buffer, and the host reuses the JSON of a repeated list.
+enrichd_sdk::texts! {
+    const ONE_MATCH = "threat intel match (1 indicator) +60";
+    const PORT_23 = "sensitive destination port 23 +10";
+    const PORT_445 = "sensitive destination port 445 +10";
+    const PORT_1433 = "sensitive destination port 1433 +10";
+    const PORT_3389 = "sensitive destination port 3389 +10";
+    // No per-event numbers here (they are in the record).
+    const LARGE_TRANSFER_REASON = "large transfer (> 1,000,000 bytes) from an ephemeral source port +10";
+}
+
 pub fn score(ev: &Event, out: &mut Output) {
     let mut score = BASE;
     let matches = ev.ti_matches();
     if matches > 0 {
         score += THREAT_MATCH;
         if matches == 1 {
-            out.reason("threat intel match (1 indicator) +60");
+            out.declared_reason(ONE_MATCH);
         } else {
+            // Counts vary: a text of its own.
             let mut r = Text::<64>::new();
             r.push_str("threat intel match (").push_u64(matches as u64).push_str(" indicators) +60");
             out.reason(r.as_str());
         }
     }
     if let Some(port) = ev.dst_port() {
-        // Static texts: no formatting on the hot path.
         let reason = match port {
-            23 => Some("sensitive destination port 23 +10"),
-            445 => Some("sensitive destination port 445 +10"),
-            1433 => Some("sensitive destination port 1433 +10"),
-            3389 => Some("sensitive destination port 3389 +10"),
+            23 => Some(PORT_23),
+            445 => Some(PORT_445),
+            1433 => Some(PORT_1433),
+            3389 => Some(PORT_3389),
             _ => None,
         };
         if let Some(reason) = reason {
             debug_assert!(SENSITIVE_PORTS.contains(&port));
             score += SENSITIVE_PORT;
-            out.reason(reason);
+            out.declared_reason(reason);
         }
     }
     let bytes = ev.bytes().or_else(|| ev.orig_bytes());
     if let (Some(bytes), Some(src_port)) = (bytes, ev.src_port()) {
         if bytes > LARGE_TRANSFER_BYTES && src_port >= 1024 {
             score += LARGE_TRANSFER;
-            // No per-event numbers here (they are in the record): a reason
-            // list that repeats is shared by the host, not re-allocated.
-            out.reason("large transfer (> 1,000,000 bytes) from an ephemeral source port +10");
+            out.declared_reason(LARGE_TRANSFER_REASON);
         }
     }
     out.score(score.clamp(0, 100));
