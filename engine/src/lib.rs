@@ -44,7 +44,9 @@ pub use event::{AddressSelector, Event, FactMask, JsonFragment, KeyId, Side, Tex
 pub use fact::{FactDecl, FactId, FactInfo, FactKind, ValuesReader};
 pub use format::Format;
 pub use live::{Engine, Outcome, ReloadReport, StageReload};
-pub use parse::{parse_envelope, parse_ndjson, InputError, Limits, ParseSpec};
+pub use parse::{
+    parse_envelope, parse_envelope_in_parts, parse_ndjson, parse_ndjson_in_parts, InputError, Limits, ParseSpec,
+};
 pub use pipeline::{Encoding, Input, Observer, Pipeline, Processed, Shape, Skipped, Split, Timing};
 pub use plugin::{
     rfc3339, source_info, to_hex, BuildContext, Enricher, EnvOverride, LookupAnswer, LookupTarget, Plugin,

@@ -22,6 +22,10 @@ use crate::format::{protocol_number, Format};
 
 #[path = "parse_fast.rs"]
 mod fast;
+#[path = "parse_ndjson.rs"]
+mod ndjson;
+
+pub use ndjson::{parse_ndjson, parse_ndjson_in_parts};
 
 /// What the parser must look for beyond the well-known fields; derived from
 /// the chain (see [`crate::Chain::parse_spec`]).
@@ -103,6 +107,17 @@ struct Envelope<'a> {
 
 /// Parses a `/v1/ingest` body: `{"collector_id", "format", "records": [...]}`.
 pub fn parse_envelope(body: Vec<u8>, spec: &ParseSpec, limits: Limits) -> Result<Batch, InputError> {
+    parse_envelope_in_parts(body, spec, limits, 1)
+}
+
+/// [`parse_envelope`] reading the records on up to `parts` threads (the
+/// same batch; see `parse_split.rs`).
+pub fn parse_envelope_in_parts(
+    body: Vec<u8>,
+    spec: &ParseSpec,
+    limits: Limits,
+    parts: usize,
+) -> Result<Batch, InputError> {
     let source = String::from_utf8(body).map_err(|e| InputError::InvalidUtf8(e.utf8_error().valid_up_to()))?;
     let trimmed = source.trim_start();
     if !trimmed.starts_with('{') {
@@ -116,7 +131,7 @@ pub fn parse_envelope(body: Vec<u8>, spec: &ParseSpec, limits: Limits) -> Result
         });
     }
     let filter = fast::KeyFilter::new(spec);
-    if let Some(fast::Envelope { collector_id, format, events }) = fast::envelope(&source, &filter, limits) {
+    if let Some(fast::Envelope { collector_id, format, events }) = fast::envelope(&source, &filter, limits, parts) {
         let collector_id = collector_id.map(str::to_owned);
         return Ok(Batch::new(source, format, collector_id, events));
     }
@@ -157,42 +172,6 @@ fn envelope_serde(source: String, filter: &fast::KeyFilter, limits: Limits) -> R
     drop(records);
     Ok(Batch::new(source, format, collector_id, events))
 }
-
-/// Parses newline-delimited JSON records (one object per line; blank lines
-/// are skipped). `first_index` numbers records in error messages, so a caller
-/// reading a long stream in chunks reports absolute positions.
-pub fn parse_ndjson(text: String, format: Format, spec: &ParseSpec, first_index: usize) -> Result<Batch, InputError> {
-    let filter = fast::KeyFilter::new(spec);
-    let mut events = Vec::new();
-    let mut index = first_index;
-    let mut from = 0;
-    while from < text.len() {
-        // Each line with its newline, as `split_inclusive('\n')` gives it,
-        // found with the memchr crate's vectorised search (the standard
-        // library's byte search showed up in profiles).
-        let end = memchr::memchr(b'\n', &text.as_bytes()[from..]).map_or(text.len(), |i| from + i + 1);
-        let line = &text[from..end];
-        let content = line.trim_end_matches(['\n', '\r']);
-        let lead = content.len() - content.trim_start().len();
-        let body = content.trim();
-        if !body.is_empty() {
-            if events.is_empty() {
-                // Room for as many records as there would be of the first
-                // one's size (growing by doubling copied every event
-                // several times), capped so a tiny first line cannot ask
-                // for a huge allocation.
-                events.reserve((text.len() / line.len()).min(NDJSON_RESERVE_MAX));
-            }
-            parse_record(&text, from + lead, body.len(), index, &filter, &mut events)?;
-            index += 1;
-        }
-        from = end;
-    }
-    Ok(Batch::new(text, format, None, events))
-}
-
-/// The most events [`parse_ndjson`] makes room for before it has read them.
-const NDJSON_RESERVE_MAX: usize = 8192;
 
 /// Parses the record whose JSON text is `source[start..start+len]` onto the
 /// end of `events`: the fast path when it can, else the serde path (which
@@ -661,7 +640,7 @@ pub(crate) fn envelope_both_ways(
     limits: Limits,
 ) -> (Option<Batch>, Result<Batch, InputError>) {
     let filter = fast::KeyFilter::new(spec);
-    let fast = fast::envelope(body, &filter, limits)
+    let fast = fast::envelope(body, &filter, limits, 1)
         .map(|e| Batch::new(body.to_owned(), e.format, e.collector_id.map(str::to_owned), e.events));
     (fast, envelope_serde(body.to_owned(), &filter, limits))
 }

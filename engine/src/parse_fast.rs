@@ -35,6 +35,8 @@ use crate::format::{protocol_number, Format};
 
 #[path = "parse_cursor.rs"]
 mod cursor;
+#[path = "parse_split.rs"]
+mod split;
 
 use cursor::Cursor;
 
@@ -314,10 +316,11 @@ pub(super) struct Envelope<'a> {
     pub events: Vec<Event>,
 }
 
-/// A `/v1/ingest` envelope read in one pass, its records included; `None`
-/// when the serde path must decide (any error, an unknown format, too many
-/// records, a repeated envelope key, escapes in a key or a name).
-pub(super) fn envelope<'a>(source: &'a str, filter: &KeyFilter, limits: Limits) -> Option<Envelope<'a>> {
+/// A `/v1/ingest` envelope read in one pass, its records included (on up
+/// to `parts` threads); `None` when the serde path must decide (any error,
+/// an unknown format, too many records, a repeated envelope key, escapes in
+/// a key or a name).
+pub(super) fn envelope<'a>(source: &'a str, filter: &KeyFilter, limits: Limits, parts: usize) -> Option<Envelope<'a>> {
     let mut c = Cursor::new(source, 0, source.len());
     if !c.eat_after_ws(b'{') {
         return None;
@@ -357,7 +360,7 @@ pub(super) fn envelope<'a>(source: &'a str, filter: &KeyFilter, limits: Limits) 
                     },
                     _ => return None,
                 },
-                "records" if events.is_none() => events = Some(records(&mut c, filter, limits)?),
+                "records" if events.is_none() => events = Some(records(&mut c, filter, limits, parts)?),
                 "collector_id" | "format" | "records" => return None,
                 _ => c.skip_value(1)?,
             }
@@ -377,17 +380,44 @@ pub(super) fn envelope<'a>(source: &'a str, filter: &KeyFilter, limits: Limits) 
     Some(Envelope { collector_id: collector_id.flatten(), format: format?, events: events? })
 }
 
-/// The records array at the cursor.
-fn records(c: &mut Cursor, filter: &KeyFilter, limits: Limits) -> Option<Vec<Event>> {
+/// The records array at the cursor, read in up to `parts` runs on threads
+/// (see [`split`]) when `parts` > 1.
+fn records(c: &mut Cursor, filter: &KeyFilter, limits: Limits, parts: usize) -> Option<Vec<Event>> {
     if !c.eat(b'[') {
         return None;
     }
-    let mut events = Vec::new();
     if c.eat_after_ws(b']') {
-        return Some(events);
+        return Some(Vec::new());
     }
+    if parts > 1 {
+        return split::records(c, filter, limits, parts);
+    }
+    let mut events = Vec::new();
+    match run(c, filter, limits.max_records, usize::MAX, &mut events)? {
+        Stop::End => Some(events),
+        Stop::Landed => unreachable!("no run stops at usize::MAX"),
+    }
+}
+
+/// Where a [`run`] of records stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// After the array's `]`.
+    End,
+    /// On the `until` it was given, a record's first byte.
+    Landed,
+}
+
+/// Reads records of an array from the cursor (on a record's first byte,
+/// after the `[` or a comma) onto `events`, until the array's `]`
+/// ([`Stop::End`], the `]` consumed) or until the cursor lands exactly on
+/// `until` after a comma ([`Stop::Landed`]); a run that passes `until`
+/// without landing on it reads on to the end. `None`: a record is not an
+/// object, not valid, needs the serde path, or `events` would exceed `max`.
+fn run(c: &mut Cursor, filter: &KeyFilter, max: usize, mut until: usize, events: &mut Vec<Event>) -> Option<Stop> {
+    let first = events.len();
     loop {
-        if c.peek() != Some(b'{') || events.len() == limits.max_records {
+        if c.peek() != Some(b'{') || events.len() == max {
             return None;
         }
         let start = c.at;
@@ -397,15 +427,22 @@ fn records(c: &mut Cursor, filter: &KeyFilter, limits: Limits) -> Option<Vec<Eve
         let event = events.last_mut().expect("just pushed");
         fields(c, filter, event)?;
         event.raw = Span { start: start as u32, len: (c.at - start) as u32 };
-        if events.len() == 1 {
-            // Room for as many records as there would be of the first one's size.
-            let guess = (c.b.len() - start) / (c.at - start + 1) + 1;
-            events.reserve(guess.min(limits.max_records));
+        if events.len() == first + 1 {
+            // Room for as many records as there would be of the first one's
+            // size in the bytes this run reads.
+            let guess = (until.min(c.b.len()) - start) / (c.at - start + 1) + 1;
+            events.reserve(guess.min(max));
         }
         if c.eat_after_ws(b',') {
             c.ws();
+            if c.at >= until {
+                if c.at == until {
+                    return Some(Stop::Landed);
+                }
+                until = usize::MAX;
+            }
         } else if c.eat(b']') {
-            return Some(events);
+            return Some(Stop::End);
         } else {
             return None;
         }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::batch::Batch;
 use crate::chain::Chain;
 use crate::format::Format;
-use crate::parse::{parse_envelope, parse_ndjson, InputError, Limits};
+use crate::parse::{parse_envelope_in_parts, parse_ndjson_in_parts, InputError, Limits};
 use crate::profile::{Plan, Profile};
 
 pub use split::Split;
@@ -237,9 +237,13 @@ impl Pipeline {
     /// Decodes `input` with this pipeline's limits and the chain's parse spec.
     pub fn decode(&self, chain: &Chain, input: Input) -> Result<Batch, InputError> {
         match input {
-            Input::Envelope(body) => parse_envelope(body, chain.parse_spec(), self.limits),
+            Input::Envelope(body) => {
+                let parts = self.split.decode_parts(body.len());
+                parse_envelope_in_parts(body, chain.parse_spec(), self.limits, parts)
+            }
             Input::Ndjson { text, format, first_index } => {
-                let batch = parse_ndjson(text, format, chain.parse_spec(), first_index)?;
+                let parts = self.split.decode_parts(text.len());
+                let batch = parse_ndjson_in_parts(text, format, chain.parse_spec(), first_index, parts)?;
                 if batch.len() > self.limits.max_records {
                     return Err(InputError::TooManyRecords { count: batch.len(), max: self.limits.max_records });
                 }

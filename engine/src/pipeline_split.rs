@@ -11,10 +11,11 @@
 //! - **Only when large.** A scoped thread costs some microseconds to start
 //!   and the parts are joined with one copy of the encoded bytes; below
 //!   [`Split::min_events`] (4,096 by default) that is not worth it.
-//! - **Chain and encoding split, decoding not.** The decoder is one
-//!   validating pass over the body (record boundaries are only known after
-//!   it); the chain and the writer work per event, so their parts are
-//!   independent. Each part writes NDJSON lines for every distinct layout;
+//! - **Decoding, chain and encoding all split.** NDJSON is cut at line
+//!   breaks; an envelope's records array is read from guessed record
+//!   boundaries that the first thread proves by reading up to them
+//!   (`parse_split.rs`). The chain and the writer work per event, so their
+//!   parts are independent. Each part writes NDJSON lines for every distinct layout;
 //!   the `/v1/ingest` answer is assembled from those lines in order (the
 //!   same bytes the one-thread path writes when an NDJSON twin exists).
 //! - **Same answer.** Events keep their order; stage statistics count the
@@ -62,6 +63,13 @@ impl Split {
         Busy(&self.busy)
     }
 
+    /// How many parts a body of `bytes` is decoded in now: as for
+    /// [`Split::parts`], counting a record as [`BYTES_PER_RECORD`] bytes
+    /// (the count is only known after decoding).
+    pub(super) fn decode_parts(&self, bytes: usize) -> usize {
+        self.parts(bytes / BYTES_PER_RECORD)
+    }
+
     /// How many parts a batch of `events` runs in now.
     pub(super) fn parts(&self, events: usize) -> usize {
         if self.max_parts <= 1 || events < self.min_events.max(2) || self.busy.load(Relaxed) > 1 {
@@ -71,6 +79,11 @@ impl Split {
         self.max_parts.min(events / (self.min_events / 2).max(1)).max(1)
     }
 }
+
+/// A small record's size, for [`Split::decode_parts`]: replayed Zeek conn
+/// records are 300-400 bytes, flow records 150-200; erring small splits a
+/// few bodies that would not pay, never fails to split a large one.
+const BYTES_PER_RECORD: usize = 128;
 
 /// See [`Split::enter`].
 pub(super) struct Busy<'a>(&'a AtomicUsize);

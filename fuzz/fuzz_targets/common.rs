@@ -13,6 +13,25 @@ pub fn spec() -> ParseSpec {
     }
 }
 
+/// Two parses of the same bytes give the same batch: the same answer,
+/// byte for byte, or both an error (the same one).
+pub fn same_result(
+    a: &Result<Batch, enrichd_engine::InputError>,
+    b: &Result<Batch, enrichd_engine::InputError>,
+    what: &str,
+) {
+    match (a, b) {
+        (Ok(a), Ok(b)) => {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            a.write_ingest_response(&[], &mut x);
+            b.write_ingest_response(&[], &mut y);
+            assert_eq!(String::from_utf8_lossy(&x), String::from_utf8_lossy(&y), "{what}");
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "{what}"),
+        (a, b) => panic!("{what}: one read accepted, the other refused: {:?} / {:?}", a.as_ref().err(), b.as_ref().err()),
+    }
+}
+
 /// The ingest answer is one JSON document and the NDJSON form is one valid
 /// JSON object per record.
 pub fn check_encodings(batch: &Batch) {

@@ -1,9 +1,10 @@
 //! NDJSON input (`enrichd enrich`, `[[source]]` NDJSON payloads): the first
 //! byte picks the format, the rest is the text. Refused with an
-//! `InputError` or parsed into a batch whose encodings are valid JSON.
+//! `InputError` or parsed into a batch whose encodings are valid JSON;
+//! read in 2-4 parts, the same answer or error.
 #![no_main]
 
-use enrichd_engine::{parse_ndjson, Format};
+use enrichd_engine::{parse_ndjson, parse_ndjson_in_parts, Format};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -14,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(rest) else { return };
     let format = if first & 1 == 0 { Format::from_name("zeek") } else { Format::from_name("flows.v1") };
     let format = format.expect("known format names");
-    if let Ok(batch) = parse_ndjson(text.to_owned(), format, &common::spec(), 1) {
-        common::check_encodings(&batch);
+    let whole = parse_ndjson(text.to_owned(), format, &common::spec(), 1);
+    if let Ok(batch) = &whole {
+        common::check_encodings(batch);
     }
+    let split = parse_ndjson_in_parts(text.to_owned(), format, &common::spec(), 1, 2 + first as usize % 3);
+    common::same_result(&whole, &split, "split NDJSON");
 });

@@ -154,19 +154,23 @@ fn bench_chain(
     if args.chain_only {
         return;
     }
-    let full = measure_pipeline(budget, chain, w, args.batch_size, Split::new(usize::MAX, 1));
+    let one_thread = || Split::new(usize::MAX, 1);
+    let full = measure_pipeline(budget, chain, w, args.batch_size, one_thread(), Body::Ndjson);
     report("full pipeline: parse, chain, metrics, write", &full, w.records);
     let split = Split::default();
     if split.max_parts > 1 && args.batch_size >= split.min_events {
         // What `/v1/ingest` does with a batch this large when it is alone:
-        // chain and writing split over the idle cores (wall time).
-        let parted = measure_pipeline(budget, chain, w, args.batch_size, split);
-        report(
-            &format!("full pipeline, batch split over up to {} threads", Split::default().max_parts),
-            &parted,
-            w.records,
-        );
+        // decoding, chain and writing split over the idle cores (wall
+        // time), on NDJSON and on envelope bodies (whose records array is
+        // split at guessed boundaries).
+        let parted = measure_pipeline(budget, chain, w, args.batch_size, split.clone(), Body::Ndjson);
+        report(&format!("full pipeline, batch split over up to {} threads", split.max_parts), &parted, w.records);
         println!("  split vs one thread: {:.2}x the events/s", full.ns_per_event() / parted.ns_per_event());
+        let whole = measure_pipeline(budget, chain, w, args.batch_size, one_thread(), Body::Envelope);
+        report("full pipeline, envelope bodies, one thread", &whole, w.records);
+        let parted = measure_pipeline(budget, chain, w, args.batch_size, split, Body::Envelope);
+        report("full pipeline, envelope bodies, split", &parted, w.records);
+        println!("  split vs one thread: {:.2}x the events/s", whole.ns_per_event() / parted.ns_per_event());
     }
     let (full_ns, value_ns, raw_ns) = (full.ns_per_event(), value.ns_per_event(), raw.ns_per_event());
     println!(
@@ -235,11 +239,26 @@ fn measure_owned<'w, T>(
     m
 }
 
+/// How a measured batch arrives.
+#[derive(Clone, Copy)]
+enum Body {
+    Ndjson,
+    /// `{"format", "records": [...]}`, as `/v1/ingest` gets it.
+    Envelope,
+}
+
 /// The pipeline users run (the same [`Pipeline`] `/v1/ingest` and `enrichd
-/// enrich` use, live metrics attached, their ticker running), on NDJSON.
+/// enrich` use, live metrics attached, their ticker running), on `body`s.
 /// `split`: how batches may be split over threads (the one-core figures
 /// use none).
-fn measure_pipeline(budget: Duration, chain: &Chain, w: &Workload, batch_size: usize, split: Split) -> Measurement {
+fn measure_pipeline(
+    budget: Duration,
+    chain: &Chain,
+    w: &Workload,
+    batch_size: usize,
+    split: Split,
+    body: Body,
+) -> Measurement {
     let metrics = Arc::new(Metrics::default());
     let pipeline =
         Pipeline::new(Limits { max_records: batch_size.max(1) }).with_observer(metrics.clone()).with_split(split);
@@ -257,7 +276,17 @@ fn measure_pipeline(budget: Duration, chain: &Chain, w: &Workload, batch_size: u
                 }
             }
         });
-        let owned = |chunk: &str| Input::Ndjson { text: chunk.to_owned(), format: w.format, first_index: 0 };
+        let owned = |chunk: &str| match body {
+            Body::Ndjson => Input::Ndjson { text: chunk.to_owned(), format: w.format, first_index: 0 },
+            Body::Envelope => Input::Envelope(
+                format!(
+                    r#"{{"format":"{}","records":[{}]}}"#,
+                    w.format.name(),
+                    chunk.lines().collect::<Vec<_>>().join(",")
+                )
+                .into_bytes(),
+            ),
+        };
         let m = measure_owned(budget, w, owned, |input, out| {
             pipeline.run(chain, input, Encoding::NDJSON, Instant::now(), out).expect("bench input parses");
         });
