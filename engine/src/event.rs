@@ -13,7 +13,6 @@
 //! ([`crate::fact`]): the core has no field named after any plugin's answer.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use smallvec::SmallVec;
 
@@ -180,7 +179,48 @@ pub struct TextFieldId(pub(crate) u16);
 ///
 /// Plugins build these once per distinct answer and share them between
 /// events; the engine writes the text verbatim into the output.
-pub type JsonFragment = Arc<str>;
+///
+/// Why `ArcStr` and not `Arc<str>`: every event holds several fragments,
+/// and cloning one into an event and dropping it with the event were two
+/// atomic read-modify-writes each, a third of the WASM rule's per-event
+/// time in its profile (issue 18). An `ArcStr` is one pointer (an event's
+/// output slots shrink by half), and a [`constant_fragment`] clones and
+/// drops with no atomic at all.
+pub type JsonFragment = arcstr::ArcStr;
+
+/// The fragment for `json`, made once per process and never freed: for
+/// values written into event after event (`null`, `[]`, the scores 0-100,
+/// a stage's "no match" answer, a rule's lists of declared reasons). One
+/// per distinct text, and at most [`MAX_CONSTANT_BYTES`] of them in all:
+/// past that (a module emitting ever new lists, say) fragments are
+/// ordinary, counted and freed, so neither traffic nor reloads can grow
+/// the memory without bound. Not for the hot path: it takes a lock; callers
+/// keep what it returns.
+pub fn constant_fragment(json: &str) -> JsonFragment {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    #[derive(Default)]
+    struct Constants {
+        by_text: HashMap<Box<str>, JsonFragment>,
+        bytes: usize,
+    }
+    static CONSTANTS: OnceLock<Mutex<Constants>> = OnceLock::new();
+    let mut constants = CONSTANTS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(fragment) = constants.by_text.get(json) {
+        return fragment.clone();
+    }
+    let fragment = JsonFragment::from(json);
+    if constants.bytes + 2 * json.len() <= MAX_CONSTANT_BYTES {
+        fragment.leak();
+        constants.bytes += 2 * json.len();
+        constants.by_text.insert(json.into(), fragment.clone());
+    }
+    fragment
+}
+
+/// Bytes of text [`constant_fragment`] keeps (each text twice: the
+/// fragment and the table's key).
+pub const MAX_CONSTANT_BYTES: usize = 1 << 20;
 
 /// One telemetry record.
 #[derive(Clone, Debug, Default)]
@@ -367,5 +407,17 @@ mod tests {
         assert_eq!(e.first_fact(&FactMask::of([FactId(5), FactId(41)])), None);
         assert_eq!(e.first_fact(&FactMask::of([FactId(41), FactId(40)])).map(|(id, _)| id.0), Some(40));
         assert!(FactMask::of([]).is_empty());
+    }
+
+    #[test]
+    fn a_constant_fragment_is_made_once_and_never_counted() {
+        let a = constant_fragment("[\"constant test\"]");
+        let b = constant_fragment("[\"constant test\"]");
+        assert!(JsonFragment::ptr_eq(&a, &b), "one per distinct text");
+        assert!(JsonFragment::is_static(&a), "clones and drops touch no counter");
+        assert_eq!(&*a, "[\"constant test\"]");
+        let other = constant_fragment("[\"another\"]");
+        assert!(!JsonFragment::ptr_eq(&a, &other));
+        assert!(!JsonFragment::is_static(&JsonFragment::from("[1]")), "ordinary fragments are counted and freed");
     }
 }

@@ -40,7 +40,7 @@ pub use batch::{Batch, BatchView, SourceText, WARNINGS_KEY};
 pub use chain::{BuildEnv, Chain, StageReport, EVENT_DURATION_BOUNDS_NS};
 pub use config::Config;
 pub use entry::{ChainEntryConfig, ConfigError, Location};
-pub use event::{AddressSelector, Event, FactMask, JsonFragment, KeyId, Side, TextFieldId};
+pub use event::{constant_fragment, AddressSelector, Event, FactMask, JsonFragment, KeyId, Side, TextFieldId};
 pub use fact::{FactDecl, FactId, FactInfo, FactKind, ValuesReader};
 pub use format::Format;
 pub use live::{Engine, Outcome, ReloadReport, StageReload};

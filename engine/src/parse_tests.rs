@@ -1,7 +1,5 @@
-use std::sync::Arc;
-
 use super::*;
-use crate::event::KeyId;
+use crate::event::{JsonFragment, KeyId};
 
 fn spec(texts: &[&str], outputs: &[&str]) -> ParseSpec {
     ParseSpec {
@@ -55,11 +53,11 @@ fn record_text_passes_through_and_outputs_are_appended() {
     )
     .unwrap();
     let keys: Vec<Box<str>> = vec!["geo".into(), "ti".into()];
-    let frag: Arc<str> = Arc::from(r#"{"country":"GB"}"#);
+    let frag = JsonFragment::from(r#"{"country":"GB"}"#);
     for e in b.view().events.iter_mut() {
         e.set_output(KeyId(0), frag.clone());
     }
-    b.view().events[1].set_output(KeyId(1), Arc::from("null"));
+    b.view().events[1].set_output(KeyId(1), JsonFragment::from("null"));
     let mut out = Vec::new();
     b.write_events_array(&keys, &mut out);
     let text = String::from_utf8(out).unwrap();
@@ -73,7 +71,7 @@ fn record_text_passes_through_and_outputs_are_appended() {
 #[test]
 fn record_keys_that_the_chain_writes_are_replaced() {
     let mut b = envelope(r#"{"format":"flows.v1","records":[{"geo":"mine","keep":1}]}"#).unwrap();
-    b.view().events[0].set_output(KeyId(0), Arc::from("null"));
+    b.view().events[0].set_output(KeyId(0), JsonFragment::from("null"));
     let mut out = Vec::new();
     b.write_event(&b.events()[0], &["geo".into()], &mut out);
     assert_eq!(String::from_utf8(out).unwrap(), r#"{"keep":1,"geo":null}"#);

@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -391,7 +390,7 @@ thread_local! {
 /// The fragment after the field's renames (and null removal), `None` when
 /// nothing is left. Cached per (profile, field, fragment).
 pub(super) fn reencode(profile: &Profile, field: usize, fragment: &JsonFragment) -> Option<JsonFragment> {
-    let key = (profile.uid, field, Arc::as_ptr(fragment) as *const u8 as usize);
+    let key = (profile.uid, field, fragment.as_ptr() as usize);
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if let Some((_, encoded)) = c.get(&key) {

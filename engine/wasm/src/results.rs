@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use enrichd_engine::{BuildContext, Event, FactDecl, FactId, FactKind, JsonFragment, KeyId};
+use enrichd_engine::{constant_fragment, BuildContext, Event, FactDecl, FactId, FactKind, JsonFragment, KeyId};
 use enrichd_sdk::abi::{self, kind};
 use rustc_hash::FxHashMap as HashMap;
 
@@ -54,7 +54,9 @@ struct IdListCache {
     slots: Vec<(u64, JsonFragment)>,
 }
 
-const ID_LIST_SLOTS: usize = 64;
+/// Slots per thread and module: a miss takes the constants' lock, so room
+/// for many more lists than a rule writes (16 bytes a slot).
+const ID_LIST_SLOTS: usize = 256;
 
 impl IdListCache {
     fn get(&mut self, key: u64, texts: &DeclaredTexts, build: impl FnOnce() -> String) -> JsonFragment {
@@ -66,7 +68,9 @@ impl IdListCache {
         // Fibonacci hashing: the product's top bits pick the slot.
         let slot = &mut self.slots[(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - ID_LIST_SLOTS.ilog2())) as usize];
         if slot.0 != key {
-            *slot = (key, Arc::from(build()));
+            // Few distinct lists per module: kept as constants, so events
+            // clone and drop them without atomics.
+            *slot = (key, constant_fragment(&build()));
         }
         slot.1.clone()
     }
@@ -111,7 +115,7 @@ fn intern(table: &mut HashMap<Box<[u8]>, JsonFragment>, key: &[u8], json: String
     if table.len() >= MAX_INTERNED {
         table.clear();
     }
-    let fragment: JsonFragment = Arc::from(json);
+    let fragment = JsonFragment::from(json);
     table.insert(key.into(), fragment.clone());
     fragment
 }
@@ -204,10 +208,12 @@ impl ResultWriter {
             outputs,
             fallback_score: options
                 .fallback_score
-                .map_or_else(|| Arc::from("null"), |s| Arc::from(s.min(100).to_string())),
-            scores: (0..=100).map(|s| Arc::from(s.to_string())).collect(),
-            empty_list: Arc::from("[]"),
-            null: Arc::from("null"),
+                .map_or_else(|| constant_fragment("null"), |s| constant_fragment(&s.min(100).to_string())),
+            // Written into event after event: constants clone and drop
+            // without atomics.
+            scores: (0..=100).map(|s| constant_fragment(&s.to_string())).collect(),
+            empty_list: constant_fragment("[]"),
+            null: constant_fragment("null"),
         })
     }
 
@@ -462,7 +468,7 @@ impl ResultWriter {
         let reason = format!("rule error: {}", kind.name());
         match &self.outputs {
             Outputs::Rule { score, reasons, facts, .. } => {
-                let reasons_json: JsonFragment = Arc::from(serde_json::to_string(&[&reason]).expect("serializes"));
+                let reasons_json = JsonFragment::from(serde_json::to_string(&[&reason]).expect("serializes"));
                 for ev in events {
                     ev.set_fact(facts[1], 1);
                     ev.set_output(*score, self.fallback_score.clone());
@@ -552,7 +558,7 @@ mod tests {
 
     #[test]
     fn the_id_list_cache_survives_collisions_and_a_new_module() {
-        let slot = |key: u64| key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
+        let slot = |key: u64| key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - ID_LIST_SLOTS.ilog2());
         // Two keys of the same slot: each lookup must give its own list.
         let a = 0x0102;
         let b = (0x0103..).find(|&k| slot(k) == slot(a)).unwrap();

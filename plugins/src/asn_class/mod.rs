@@ -93,8 +93,8 @@ impl Plugin for AsnClassFactory {
             address: options.address,
             sources,
             keywords: [lower(&options.hosting), lower(&options.isp), lower(&options.education)],
-            fragments: CLASSES.map(|c| JsonFragment::from(format!("\"{c}\""))),
-            null: JsonFragment::from("null"),
+            fragments: CLASSES.map(|c| enrichd_engine::constant_fragment(&format!("\"{c}\""))),
+            null: enrichd_engine::constant_fragment("null"),
             status,
             cache: ThreadLocal::new(),
         }))

@@ -9,7 +9,6 @@
 //! few lookups ahead.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use enrichd_engine::{JsonFragment, Side};
 
@@ -85,7 +84,7 @@ impl Caches {
             // is IPv6 and no database has a record for it worth caching.
             by_ip: vec![(0, 0, NOT_FOUND); 1 << IP_BITS].into_boxed_slice(),
             records: Records {
-                null: Arc::from("null"),
+                null: enrichd_engine::constant_fragment("null"),
                 by_offset: (0..1 << bits).map(|_| (0, None)).collect(),
                 bits,
                 scratch: Vec::with_capacity(256),
@@ -202,7 +201,7 @@ impl Records {
         let fragment = if self.scratch == b"null" {
             self.null.clone()
         } else {
-            Arc::from(std::str::from_utf8(&self.scratch).expect("encoders write UTF-8"))
+            JsonFragment::from(std::str::from_utf8(&self.scratch).expect("encoders write UTF-8"))
         };
         self.by_offset[slot] = (offset, Some((fragment.clone(), fact)));
         Ok((fragment, fact))

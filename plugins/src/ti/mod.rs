@@ -220,7 +220,8 @@ impl TiEnricher {
             dst_or_src: has(AddressSelector::DestinationOrSource),
             domain_fields,
             matched_flag: opts.matched_flag,
-            empty: Arc::from(empty),
+            // The same text for every batch: no atomics per event.
+            empty: enrichd_engine::constant_fragment(empty),
             status,
             watched: Vec::new(),
             counts,
@@ -350,7 +351,7 @@ impl Enricher for TiEnricher {
             }
             let value = match out.finish(self.matched_flag) {
                 None => self.empty.clone(),
-                Some(text) => Arc::from(text),
+                Some(text) => JsonFragment::from(text),
             };
             event.set_output(self.key, value);
         }
