@@ -19,7 +19,7 @@ use wasmtime::Trap;
 use crate::host::{CallContext, HostState, LogBudget};
 use crate::limits::{thread_cpu_time, CpuBudget};
 use crate::options::WasmOptions;
-use crate::record::{to_record, RecordSlots};
+use crate::record::{fill_record, RecordSlots};
 use crate::results::{ResultWriter, Scratch, Verdict};
 use crate::runtime::{self, LimitHit, Limits, LoadedModule, Worker};
 use crate::shadow::{Shadow, ShadowCell};
@@ -513,8 +513,10 @@ impl Enricher for WasmEnricher {
         // One load per batch; the guard keeps this shadow for the batch.
         let shadow = self.shadow.current.load();
         for chunk in batch.events.chunks_mut(abi::MAX_BATCH) {
-            slot.records.clear();
-            slot.records.extend(chunk.iter().map(|e| to_record(e, &self.record_slots)));
+            slot.records.resize(chunk.len(), EventRecord::EMPTY);
+            for (record, event) in slot.records.iter_mut().zip(chunk.iter()) {
+                fill_record(record, event, &self.record_slots);
+            }
             let live = self.run_chunk(source, chunk, &mut slot, shadow.is_some());
             if let Err(kind) = live {
                 self.stats.record_error(kind);

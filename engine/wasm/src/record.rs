@@ -22,6 +22,16 @@ fn ip_bytes(ip: IpAddr) -> ([u8; 16], bool) {
 /// Never by name: renaming an output changes nothing here.
 pub fn to_record(ev: &Event, slots: &RecordSlots) -> EventRecord {
     let mut r = EventRecord::EMPTY;
+    fill_record(&mut r, ev, slots);
+    r
+}
+
+/// [`to_record`] written where the record lies (a chunk's records are
+/// written straight into the buffer the guest's area is copied from:
+/// building each on the stack and moving it stalled on the copy).
+#[inline]
+pub(crate) fn fill_record(r: &mut EventRecord, ev: &Event, slots: &RecordSlots) {
+    *r = EventRecord::EMPTY;
     let mut p = 0u32;
     if let Some(ip) = ev.src_ip {
         let (b, v4) = ip_bytes(ip);
@@ -69,7 +79,6 @@ pub fn to_record(ev: &Event, slots: &RecordSlots) -> EventRecord {
     }
     r.ti_matches = ev.facts_in(&slots.matches).fold(0u32, |sum, (_, n)| sum.saturating_add(n));
     r.present = p;
-    r
 }
 
 /// Which facts fill the event record's fact slots, worked out once per

@@ -59,20 +59,32 @@ struct IdListCache {
 const ID_LIST_SLOTS: usize = 256;
 
 impl IdListCache {
-    fn get(&mut self, key: u64, texts: &DeclaredTexts, build: impl FnOnce() -> String) -> JsonFragment {
+    /// The list of packed ids `key` of `texts`' module, if cached.
+    #[inline]
+    fn get(&mut self, key: u64, texts: &DeclaredTexts) -> Option<JsonFragment> {
         if self.generation != texts.generation() || self.slots.is_empty() {
             self.generation = texts.generation();
             self.slots.clear();
-            self.slots.resize(ID_LIST_SLOTS, (0, JsonFragment::from("")));
+            self.slots.resize(ID_LIST_SLOTS, (0, JsonFragment::new()));
         }
-        // Fibonacci hashing: the product's top bits pick the slot.
-        let slot = &mut self.slots[(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - ID_LIST_SLOTS.ilog2())) as usize];
-        if slot.0 != key {
-            // Few distinct lists per module: kept as constants, so events
-            // clone and drop them without atomics.
-            *slot = (key, constant_fragment(&build()));
-        }
-        slot.1.clone()
+        let slot = &self.slots[Self::slot(key)];
+        (slot.0 == key).then(|| slot.1.clone())
+    }
+
+    /// Caches `json` as the list `key` (after a [`IdListCache::get`] miss)
+    /// and returns its fragment. Few distinct lists per module: kept as
+    /// constants, so events clone and drop them without atomics.
+    #[cold]
+    fn insert(&mut self, key: u64, json: &str) -> JsonFragment {
+        let fragment = constant_fragment(json);
+        self.slots[Self::slot(key)] = (key, fragment.clone());
+        fragment
+    }
+
+    /// Fibonacci hashing: the product's top bits pick the slot.
+    #[inline]
+    fn slot(key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - ID_LIST_SLOTS.ilog2())) as usize
     }
 }
 
@@ -246,7 +258,7 @@ impl ResultWriter {
         counts.clear();
         counts.resize(n, 0);
         let base = out.as_ptr() as usize;
-        let mut sorted = true;
+        let (mut sorted, mut last) = (true, 0);
         for entry in abi::entries(out) {
             let e = entry.map_err(|_| FailureKind::MalformedResult)?;
             let count = counts.get_mut(e.event as usize).ok_or(FailureKind::MalformedResult)?;
@@ -272,7 +284,8 @@ impl ResultWriter {
                 }
                 _ => {}
             }
-            sorted &= entries.last().is_none_or(|&(last, ..)| last <= e.event);
+            sorted &= last <= e.event;
+            last = e.event;
             entries.push((e.event, e.kind, e.payload.as_ptr() as usize - base, e.payload.len()));
         }
         if !sorted {
@@ -373,16 +386,23 @@ impl ResultWriter {
         if key.count == 0 {
             return self.empty_list.clone();
         }
-        let items = mine.iter().filter(move |e| e.1 == by_text || e.1 == by_id).map(move |&(_, k, at, len)| {
-            if k == by_id {
-                Item::Declared(out[at])
-            } else {
-                Item::Text(&out[at..at + len])
-            }
-        });
+        // Made only when needed: on the hot path (a cached list of ids)
+        // building the iterator cost a stall of its own.
+        let items = || {
+            mine.iter().filter(move |e| e.1 == by_text || e.1 == by_id).map(move |&(_, k, at, len)| {
+                if k == by_id {
+                    Item::Declared(out[at])
+                } else {
+                    Item::Text(&out[at..at + len])
+                }
+            })
+        };
         match key.packed() {
-            Some(packed) => id_lists.get(packed, texts, || json_list(items, texts)),
-            None => self.string_list(items, texts, lists, interned),
+            Some(packed) => match id_lists.get(packed, texts) {
+                Some(fragment) => fragment,
+                None => id_lists.insert(packed, &json_list(items(), texts)),
+            },
+            None => self.string_list(items(), texts, lists, interned),
         }
     }
 
@@ -558,20 +578,22 @@ mod tests {
 
     #[test]
     fn the_id_list_cache_survives_collisions_and_a_new_module() {
-        let slot = |key: u64| key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - ID_LIST_SLOTS.ilog2());
         // Two keys of the same slot: each lookup must give its own list.
         let a = 0x0102;
-        let b = (0x0103..).find(|&k| slot(k) == slot(a)).unwrap();
+        let b = (0x0103..).find(|&k| IdListCache::slot(k) == IdListCache::slot(a)).unwrap();
         let texts = DeclaredTexts::of(&["x", "y", "z"]);
         let mut cache = IdListCache::default();
+        let get = |cache: &mut IdListCache, key, texts: &DeclaredTexts, json: &str| {
+            cache.get(key, texts).unwrap_or_else(|| cache.insert(key, json))
+        };
         for _ in 0..2 {
-            assert_eq!(&*cache.get(a, &texts, || "A".into()), "A");
-            assert_eq!(&*cache.get(b, &texts, || "B".into()), "B");
+            assert_eq!(&*get(&mut cache, a, &texts, "A"), "A");
+            assert_eq!(&*get(&mut cache, b, &texts, "B"), "B");
         }
-        // A cached list is not rebuilt; another module's ids start afresh.
-        assert_eq!(&*cache.get(b, &texts, || unreachable!()), "B");
+        // A cached list is found; another module's ids start afresh.
+        assert_eq!(cache.get(b, &texts).as_deref(), Some("B"));
         let other = DeclaredTexts::of(&["x", "y", "z"]);
-        assert_eq!(&*cache.get(b, &other, || "B'".into()), "B'");
+        assert_eq!(cache.get(b, &other), None);
     }
 
     #[test]
