@@ -36,6 +36,7 @@ mod enricher;
 mod host;
 #[cfg(feature = "runtime")]
 mod limits;
+mod lists;
 mod options;
 #[cfg(feature = "runtime")]
 mod record;
@@ -78,7 +79,7 @@ impl Plugin for WasmFactory {
     }
 
     fn description(&self) -> &'static str {
-        "A WebAssembly rule or custom enricher (ABI v1), sandboxed in wasmtime"
+        "A WebAssembly rule or custom enricher (ABI v1.1), sandboxed in wasmtime"
     }
 
     fn stage_collection(&self) -> Option<&'static str> {
