@@ -430,7 +430,7 @@ fn run(c: &mut Cursor, filter: &KeyFilter, max: usize, mut until: usize, events:
         if events.len() == first + 1 {
             // Room for as many records as there would be of the first one's
             // size in the bytes this run reads.
-            let guess = (until.min(c.b.len()) - start) / (c.at - start + 1) + 1;
+            let guess = until.min(c.b.len()).saturating_sub(start) / (c.at - start + 1) + 1;
             events.reserve(guess.min(max));
         }
         if c.eat_after_ws(b',') {

@@ -167,7 +167,7 @@ impl Pipeline {
         assert_eq!(encodings.len(), outs.len(), "one output buffer per encoding");
         let _busy = self.split.enter();
         let started = Instant::now();
-        let mut batch = self.decode(chain, input)?;
+        let mut batch = self.decode_entered(chain, input)?;
         let parts = self.split.parts(batch.len());
         self.enrich_split(chain, &mut batch, arrived, started, parts);
         if parts > 1 {
@@ -234,8 +234,16 @@ impl Pipeline {
         skipped
     }
 
-    /// Decodes `input` with this pipeline's limits and the chain's parse spec.
+    /// Decodes `input` with this pipeline's limits and the chain's parse spec
+    /// (counted as a batch in the pipeline: a large body alone decodes on
+    /// the idle cores, one among others on its own).
     pub fn decode(&self, chain: &Chain, input: Input) -> Result<Batch, InputError> {
+        let _busy = self.split.enter();
+        self.decode_entered(chain, input)
+    }
+
+    /// [`Pipeline::decode`] for a caller that counted the batch already.
+    fn decode_entered(&self, chain: &Chain, input: Input) -> Result<Batch, InputError> {
         match input {
             Input::Envelope(body) => {
                 let parts = self.split.decode_parts(body.len());
