@@ -43,9 +43,7 @@ use options::{Durability, OutputSpec};
 use stats::{LostReason, OutputStats};
 
 pub(crate) use control::{metrics_document, readings, replay, views};
-#[cfg(test)]
-use submit::Admitted;
-pub(crate) use submit::{submit, Refused};
+pub(crate) use submit::{submit, Admitted, Refused};
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn unix_ms() -> u64 {

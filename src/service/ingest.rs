@@ -56,54 +56,27 @@ pub(crate) async fn ingest(
     let origin = origin.map(str::to_string);
     let worker = state.clone();
     let outputs = state.delivery.active();
+    let no_outputs = outputs.is_empty();
     // Counted until enriched: waiting for a blocking thread, then running.
     let _queued = state.metrics.batch_in_flight();
-    // Parsing, enrichment and spool appends are CPU and disk work: keep
-    // them off the I/O threads.
-    let (response, events, admitted) = tokio::task::spawn_blocking(move || {
-        let chain = worker.engine.chain();
-        // The caller's answer (if any), then one NDJSON layout per distinct
-        // output profile.
-        let mut encodings = Vec::with_capacity(1 + outputs.len());
-        let responding = respond.is_some();
-        encodings.extend(respond);
-        let first_output = encodings.len();
-        let mut layout_of = Vec::with_capacity(outputs.len());
-        for o in outputs.iter() {
-            let same = encodings[first_output..].iter().position(|e| same_profile(&e.profile, &o.profile));
-            layout_of.push(
-                first_output
-                    + same.unwrap_or_else(|| {
-                        encodings.push(Encoding::NDJSON.with_profile(o.profile.clone()));
-                        encodings.len() - first_output - 1
-                    }),
-            );
-        }
-        // A first guess: the writers size each buffer from its first
-        // record when the guess is short (engine `batch::write_lines`).
-        let size = input_len(&input);
-        let mut outs: Vec<Vec<u8>> = encodings.iter().map(|_| Vec::with_capacity(size * 2 + 4096)).collect();
-        let processed =
-            worker.pipeline.run_many(&chain, input, &encodings, arrived, &mut outs).map_err(IngestError::BadInput)?;
-        let admitted = if outputs.is_empty() || processed.events == 0 {
-            None
-        } else {
-            let layouts: Vec<bytes::Bytes> = outs.drain(first_output..).map(bytes::Bytes::from).collect();
-            let payloads: Vec<bytes::Bytes> = layout_of.iter().map(|&i| layouts[i - first_output].clone()).collect();
-            let events = u32::try_from(processed.events).unwrap_or(u32::MAX);
-            Some(
-                crate::delivery::submit(outputs.clone(), &payloads, events, origin.as_deref())
-                    .map_err(IngestError::Backpressure)?,
-            )
-        };
-        let response = if responding { outs.swap_remove(0) } else { Vec::new() };
-        Ok::<_, IngestError>((response, processed.events, admitted))
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "ingest worker failed");
-        IngestError::Internal
-    })??;
+    let size = input_len(&input);
+    let work = move || enrich_and_admit(&worker, input, respond, &outputs, arrived, origin.as_deref());
+    // Parsing, enrichment and spool appends are CPU and disk work: kept off
+    // the I/O threads, except a small batch when no output is enabled (no
+    // disk on its path): its work (~100 us for 100 events) costs less than
+    // the two thread hand-offs of the blocking pool. A panic there is the
+    // same 500 as on a blocking thread.
+    let (response, events, admitted) = if size <= INLINE_MAX_BYTES && no_outputs {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|_| {
+            tracing::error!("ingest worker failed");
+            IngestError::Internal
+        })??
+    } else {
+        tokio::task::spawn_blocking(work).await.map_err(|e| {
+            tracing::error!(error = %e, "ingest worker failed");
+            IngestError::Internal
+        })??
+    };
     let mut names = Vec::new();
     if let Some(admitted) = &admitted {
         admitted
@@ -113,6 +86,57 @@ pub(crate) async fn ingest(
         names = admitted.active.iter().map(|o| o.lane.name.clone()).collect();
     }
     Ok(Ingested { response, events, outputs: names })
+}
+
+/// Bodies up to this size with no output enabled are enriched on the I/O
+/// thread that read them (see [`ingest`]).
+const INLINE_MAX_BYTES: usize = 64 << 10;
+
+/// What [`ingest`] does with a batch, on a blocking thread (or, small and
+/// with no output enabled, on the I/O thread): the pipeline run with every
+/// encoding needed, then admission to every output.
+fn enrich_and_admit(
+    worker: &Arc<AppState>,
+    input: Input,
+    respond: Option<Encoding>,
+    outputs: &Arc<Vec<crate::delivery::Active>>,
+    arrived: Instant,
+    origin: Option<&str>,
+) -> Result<(Vec<u8>, usize, Option<crate::delivery::Admitted>), IngestError> {
+    let chain = worker.engine.chain();
+    // The caller's answer (if any), then one NDJSON layout per distinct
+    // output profile.
+    let mut encodings = Vec::with_capacity(1 + outputs.len());
+    let responding = respond.is_some();
+    encodings.extend(respond);
+    let first_output = encodings.len();
+    let mut layout_of = Vec::with_capacity(outputs.len());
+    for o in outputs.iter() {
+        let same = encodings[first_output..].iter().position(|e| same_profile(&e.profile, &o.profile));
+        layout_of.push(
+            first_output
+                + same.unwrap_or_else(|| {
+                    encodings.push(Encoding::NDJSON.with_profile(o.profile.clone()));
+                    encodings.len() - first_output - 1
+                }),
+        );
+    }
+    // A first guess: the writers size each buffer from its first
+    // record when the guess is short (engine `batch::write_lines`).
+    let size = input_len(&input);
+    let mut outs: Vec<Vec<u8>> = encodings.iter().map(|_| Vec::with_capacity(size * 2 + 4096)).collect();
+    let processed =
+        worker.pipeline.run_many(&chain, input, &encodings, arrived, &mut outs).map_err(IngestError::BadInput)?;
+    let admitted = if outputs.is_empty() || processed.events == 0 {
+        None
+    } else {
+        let layouts: Vec<bytes::Bytes> = outs.drain(first_output..).map(bytes::Bytes::from).collect();
+        let payloads: Vec<bytes::Bytes> = layout_of.iter().map(|&i| layouts[i - first_output].clone()).collect();
+        let events = u32::try_from(processed.events).unwrap_or(u32::MAX);
+        Some(crate::delivery::submit(outputs.clone(), &payloads, events, origin).map_err(IngestError::Backpressure)?)
+    };
+    let response = if responding { outs.swap_remove(0) } else { Vec::new() };
+    Ok::<_, IngestError>((response, processed.events, admitted))
 }
 
 fn input_len(input: &Input) -> usize {
