@@ -37,6 +37,8 @@ mod host;
 #[cfg(feature = "runtime")]
 mod limits;
 mod lists;
+#[cfg(feature = "runtime")]
+mod module_file;
 mod options;
 #[cfg(feature = "runtime")]
 mod record;
@@ -57,7 +59,9 @@ mod versions;
 /// The guest ABI this host runs (`--version` reports it).
 pub use enrichd_sdk::abi::{ABI_MAJOR, ABI_MINOR};
 #[cfg(feature = "runtime")]
-pub use enricher::{inspect, ModuleReport, WasmEnricher};
+pub use enricher::WasmEnricher;
+#[cfg(feature = "runtime")]
+pub use module_file::{inspect, ModuleReport};
 pub use options::{Role, WasmOptions};
 #[cfg(feature = "runtime")]
 pub use record::{to_record, RecordSlots};
