@@ -161,10 +161,6 @@ impl WasmEnricher {
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let module = runtime::compile(&bytes, sha, ctx.state_dir())
             .with_context(|| format!("WASM module {}", path.display()))?;
-        runtime::check_interface(&module).with_context(|| format!("WASM module {}", path.display()))?;
-        let pre = runtime::prelink(&module).with_context(|| format!("WASM module {}", path.display()))?;
-        // Instantiate once now: version and exchange-area problems are load
-        // errors, not failures at the first batch.
         let probe = HostState::new(
             name,
             enricher.config.clone(),
@@ -172,9 +168,8 @@ impl WasmEnricher {
             enricher.earlier_facts.clone(),
             enricher.logs.clone(),
         );
-        let mut probe = runtime::instantiate(&pre, probe, enricher.limits, 0)
+        let loaded = LoadedModule::load(&module, probe, enricher.limits)
             .with_context(|| format!("WASM module {}", path.display()))?;
-        let loaded = LoadedModule::new(pre, &mut probe).with_context(|| format!("WASM module {}", path.display()))?;
         enricher.source = Some(source_info(&path, &bytes));
         enricher.module = Some(Arc::new(loaded));
         enricher.live_sha256 = Some(to_hex(&sha));
@@ -196,10 +191,7 @@ impl WasmEnricher {
             crate::signature::Signing::check(self.options.require_signature, self.key_paths.clone(), path, bytes)?;
         let sha: [u8; 32] = Sha256::digest(bytes).into();
         let module = runtime::compile(bytes, sha, cache_dir)?;
-        runtime::check_interface(&module)?;
-        let pre = runtime::prelink(&module)?;
-        let mut probe = runtime::instantiate(&pre, self.host_state(self.name.clone()), self.limits, 0)?;
-        let loaded = LoadedModule::new(pre, &mut probe)?;
+        let loaded = LoadedModule::load(&module, self.host_state(self.name.clone()), self.limits)?;
         let signed_by = signing.and_then(|s| s.signed_by().map(str::to_string));
         Ok((Arc::new(loaded), signed_by))
     }

@@ -46,8 +46,6 @@ fn inspect_inner(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleRep
     let sha: [u8; 32] = Sha256::digest(&bytes).into();
     let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "module".into());
     let module = runtime::compile(&bytes, sha, None).with_context(|| format!("module {}", path.display()))?;
-    runtime::check_interface(&module).with_context(|| format!("module {}", path.display()))?;
-    let pre = runtime::prelink(&module)?;
     let state = HostState::new(
         name,
         Arc::new(options.config_strings()),
@@ -55,10 +53,8 @@ fn inspect_inner(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleRep
         Arc::new([]),
         Default::default(),
     );
-    let limits = limits_of(options);
-    let mut probe =
-        runtime::instantiate(&pre, state, limits, 0).with_context(|| format!("module {}", path.display()))?;
-    let loaded = LoadedModule::new(pre, &mut probe).with_context(|| format!("module {}", path.display()))?;
+    let loaded =
+        LoadedModule::load(&module, state, limits_of(options)).with_context(|| format!("module {}", path.display()))?;
     Ok(ModuleReport {
         path: path.to_path_buf(),
         size_bytes: bytes.len(),

@@ -216,28 +216,21 @@ pub fn check_interface(module: &Module) -> anyhow::Result<()> {
         }
     }
     let e = engine();
+    // `(name, type, required)`: `enrichd_texts` is optional (ABI 1.1).
     let wanted = [
-        ("enrichd_abi_version", FuncType::new(e, [], [ValType::I32])),
-        ("enrichd_io", FuncType::new(e, [], [ValType::I32])),
-        ("enrichd_process", FuncType::new(e, [ValType::I32], [ValType::I32])),
+        ("enrichd_abi_version", FuncType::new(e, [], [ValType::I32]), true),
+        ("enrichd_io", FuncType::new(e, [], [ValType::I32]), true),
+        ("enrichd_process", FuncType::new(e, [ValType::I32], [ValType::I32]), true),
+        (TEXTS_EXPORT, FuncType::new(e, [], [ValType::I32]), false),
     ];
-    for (name, want) in &wanted {
+    for (name, want, required) in &wanted {
         match module.get_export(name) {
+            None if !required => {}
             None => bail!("lacks the export `{name}` {} (not an enrichd ABI v1 module?)", describe(want)),
             Some(ExternType::Func(got)) if same_type(want, &got) => {}
             Some(ExternType::Func(got)) => bail!("exports `{name}` as {}, expected {}", describe(&got), describe(want)),
             Some(_) => bail!("exports `{name}` but it is not a function"),
         }
-    }
-    // Optional (ABI 1.1): the declared texts' table.
-    let texts = FuncType::new(e, [], [ValType::I32]);
-    match module.get_export(TEXTS_EXPORT) {
-        None => {}
-        Some(ExternType::Func(got)) if same_type(&texts, &got) => {}
-        Some(ExternType::Func(got)) => {
-            bail!("exports `{TEXTS_EXPORT}` as {}, expected {}", describe(&got), describe(&texts))
-        }
-        Some(_) => bail!("exports `{TEXTS_EXPORT}` but it is not a function"),
     }
     match module.get_export("memory") {
         Some(ExternType::Memory(_)) => Ok(()),
@@ -251,7 +244,7 @@ const TEXTS_EXPORT: &str = "enrichd_texts";
 /// The texts `worker`'s module declared (ABI 1.1 `enrichd_texts`; none for
 /// a 1.0 module or one without the export), read from its memory. Called
 /// once per load, on the probe instance, within its setup deadline.
-pub fn declared_texts(worker: &mut Worker) -> anyhow::Result<DeclaredTexts> {
+fn declared_texts(worker: &mut Worker) -> anyhow::Result<DeclaredTexts> {
     if worker.minor < 1 {
         return Ok(DeclaredTexts::none());
     }
@@ -359,9 +352,20 @@ pub struct LoadedModule {
 }
 
 impl LoadedModule {
-    /// Reads what a module declares from its load-time probe instance.
-    pub fn new(pre: InstancePre<HostState>, probe: &mut Worker) -> anyhow::Result<Self> {
-        Ok(LoadedModule { pre, generation: new_generation(), texts: declared_texts(probe)?, abi_minor: probe.minor })
+    /// Makes `module` ready to run: its imports and exports checked against
+    /// the ABI, pre-linked, and instantiated once with `probe` (so version
+    /// and exchange-area problems are load errors, not failures at the
+    /// first batch), which also reads what it declares.
+    pub fn load(module: &Module, probe: HostState, limits: Limits) -> anyhow::Result<Self> {
+        check_interface(module)?;
+        let pre = prelink(module)?;
+        let mut probe = instantiate(&pre, probe, limits, 0)?;
+        Ok(LoadedModule {
+            generation: new_generation(),
+            texts: declared_texts(&mut probe)?,
+            abi_minor: probe.minor,
+            pre,
+        })
     }
 }
 
