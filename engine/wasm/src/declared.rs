@@ -54,8 +54,7 @@ impl DeclaredTexts {
                 .map_err(|e| anyhow::anyhow!("declared text {i} {e}"))?;
             texts.push(text);
         }
-        let json = texts.iter().map(|t| serde_json::to_string(&**t).expect("strings serialize").into()).collect();
-        Ok(DeclaredTexts { generation: next_generation(), texts, json })
+        Ok(DeclaredTexts::from_texts(texts))
     }
 
     /// No texts: a module of ABI 1.0, or one without `enrichd_texts`.
@@ -66,11 +65,13 @@ impl DeclaredTexts {
     /// Texts given directly (tests, the fuzz harness).
     pub fn of(texts: &[&str]) -> Self {
         assert!(texts.len() <= MAX_DECLARED_TEXTS);
-        DeclaredTexts {
-            generation: next_generation(),
-            texts: texts.iter().map(|&t| t.into()).collect(),
-            json: texts.iter().map(|t| serde_json::to_string(t).expect("strings serialize").into()).collect(),
-        }
+        DeclaredTexts::from_texts(texts.iter().map(|&t| t.into()).collect())
+    }
+
+    /// Checked texts, JSON-encoded once.
+    fn from_texts(texts: Vec<Box<str>>) -> Self {
+        let json = texts.iter().map(|t| serde_json::to_string(&**t).expect("strings serialize").into()).collect();
+        DeclaredTexts { generation: next_generation(), texts, json }
     }
 
     #[inline]

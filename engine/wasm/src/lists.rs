@@ -117,23 +117,22 @@ impl ListCache {
         texts: &DeclaredTexts,
         interned: &mut HashMap<Box<[u8]>, JsonFragment>,
     ) -> JsonFragment {
-        let lists = self;
-        let key = &mut lists.key;
+        let key = &mut self.key;
         key.clear();
         key.push(b'L');
         for item in items.clone() {
             key.extend_from_slice(item.bytes(texts));
             key.push(0xff); // never part of UTF-8: an unambiguous separator
         }
-        if lists.last_key == *key {
-            return lists.last.clone();
+        if self.last_key == *key {
+            return self.last.clone();
         }
         let fragment = match interned.get(key.as_slice()) {
             Some(f) => f.clone(),
             None => intern(interned, key, json_list(items, texts)),
         };
-        lists.last_key.clone_from(key);
-        lists.last = fragment.clone();
+        self.last_key.clone_from(key);
+        self.last = fragment.clone();
         fragment
     }
 }
