@@ -87,6 +87,21 @@ impl<'a> Cursor<'a> {
         self.eat(c)
     }
 
+    /// After an array element or an object member: `Some(true)` past a
+    /// comma and the whitespace after it (another one follows),
+    /// `Some(false)` past the closing `close`, `None` on anything else.
+    #[inline(always)]
+    pub(super) fn after_item(&mut self, close: u8) -> Option<bool> {
+        if self.eat_after_ws(b',') {
+            self.ws();
+            Some(true)
+        } else if self.eat(close) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     #[inline]
     pub(super) fn peek(&self) -> Option<u8> {
         self.b.get(self.at).copied()
@@ -222,12 +237,8 @@ impl<'a> Cursor<'a> {
                     }
                     self.ws();
                     self.skip_value(depth + 1)?;
-                    if self.eat_after_ws(b',') {
-                        self.ws();
-                    } else if self.eat(b'}') {
+                    if !self.after_item(b'}')? {
                         return Some(());
-                    } else {
-                        return None;
                     }
                 }
             }
@@ -241,12 +252,8 @@ impl<'a> Cursor<'a> {
                 }
                 loop {
                     self.skip_value(depth + 1)?;
-                    if self.eat_after_ws(b',') {
-                        self.ws();
-                    } else if self.eat(b']') {
+                    if !self.after_item(b']')? {
                         return Some(());
-                    } else {
-                        return None;
                     }
                 }
             }

@@ -162,12 +162,8 @@ fn fields<'a>(c: &mut Cursor<'a>, filter: &KeyFilter, ev: &mut Event) -> Option<
                 other_value(c, key, hash, filter, ev)?;
             }
         }
-        if c.eat_after_ws(b',') {
-            c.ws();
-        } else if c.eat(b'}') {
+        if !c.after_item(b'}')? {
             return Some(());
-        } else {
-            return None;
         }
     }
 }
@@ -364,12 +360,8 @@ pub(super) fn envelope<'a>(source: &'a str, filter: &KeyFilter, limits: Limits, 
                 "collector_id" | "format" | "records" => return None,
                 _ => c.skip_value(1)?,
             }
-            if c.eat_after_ws(b',') {
-                c.ws();
-            } else if c.eat(b'}') {
+            if !c.after_item(b'}')? {
                 break;
-            } else {
-                return None;
             }
         }
     }
@@ -433,18 +425,14 @@ fn run(c: &mut Cursor, filter: &KeyFilter, max: usize, mut until: usize, events:
             let guess = until.min(c.b.len()).saturating_sub(start) / (c.at - start + 1) + 1;
             events.reserve(guess.min(max));
         }
-        if c.eat_after_ws(b',') {
-            c.ws();
-            if c.at >= until {
-                if c.at == until {
-                    return Some(Stop::Landed);
-                }
-                until = usize::MAX;
-            }
-        } else if c.eat(b']') {
+        if !c.after_item(b']')? {
             return Some(Stop::End);
-        } else {
-            return None;
+        }
+        if c.at >= until {
+            if c.at == until {
+                return Some(Stop::Landed);
+            }
+            until = usize::MAX;
         }
     }
 }
