@@ -49,7 +49,7 @@ pub use parse::{
 };
 pub use pipeline::{Encoding, Input, Observer, Pipeline, Processed, Shape, Skipped, Split, Timing};
 pub use plugin::{
-    rfc3339, source_info, to_hex, BuildContext, Enricher, EnvOverride, LookupAnswer, LookupTarget, Plugin,
+    rfc3339, source_info, to_hex, write_hex, BuildContext, Enricher, EnvOverride, LookupAnswer, LookupTarget, Plugin,
     PluginFactory, PluginState, PluginStatus, SourceInfo, StatusSeries, StatusTable,
 };
 pub use profile::{Profile, Profiles};

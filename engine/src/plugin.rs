@@ -494,16 +494,21 @@ pub fn source_info(path: &Path, bytes: &[u8]) -> SourceInfo {
 }
 
 /// Lowercase hex of `bytes` (digests in reports, ids, file names).
-/// Without a formatter per byte: the Elasticsearch output's `_id` of
-/// every event (id_mode = "hash") goes through here.
 pub fn to_hex(bytes: &[u8]) -> String {
+    let mut hex = Vec::with_capacity(bytes.len() * 2);
+    write_hex(bytes, &mut hex);
+    String::from_utf8(hex).expect("hex digits are ASCII")
+}
+
+/// [`to_hex`] appended to `out`, without a formatter or an allocation per
+/// call: the Elasticsearch output's `_id` of every event (id_mode =
+/// "hash") is written this way.
+pub fn write_hex(bytes: &[u8], out: &mut Vec<u8>) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
     }
-    s
 }
 
 /// RFC 3339 UTC time to the second, as every report shows times.

@@ -178,7 +178,7 @@ impl ElasticSink {
             body.extend_from_slice(head.as_bytes());
             if hash_ids {
                 body.extend_from_slice(b",\"_id\":\"");
-                body.extend_from_slice(event_id(event.json).as_bytes());
+                write_event_id(event.json, &mut body);
                 body.push(b'"');
             }
             body.extend_from_slice(b"}}\n");
@@ -233,9 +233,9 @@ impl ElasticSink {
 }
 
 /// The `_id` of an event with `id_mode = "hash"`: the first 128 bits of its
-/// SHA-256, in hex.
-pub(crate) fn event_id(json: &[u8]) -> String {
-    enrichd_engine::to_hex(&Sha256::digest(json)[..16])
+/// SHA-256, in hex, appended to `out` (no allocation per event).
+pub(crate) fn write_event_id(json: &[u8], out: &mut Vec<u8>) {
+    enrichd_engine::write_hex(&Sha256::digest(json)[..16], out);
 }
 
 /// Appends `json` with any line break turned into a space. Compact JSON has
