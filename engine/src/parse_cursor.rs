@@ -231,7 +231,13 @@ impl<'a> Cursor<'a> {
                     if self.peek() != Some(b'"') {
                         return None;
                     }
-                    self.string()?;
+                    // serde_json reads the keys of an ignored object as
+                    // strings, strictly (a lone surrogate is an error),
+                    // where an ignored string value passes: an escaped key
+                    // at any depth goes to the serde path, as at the top.
+                    if self.string()?.2 {
+                        return None;
+                    }
                     if !self.eat_after_ws(b':') {
                         return None;
                     }

@@ -7,8 +7,8 @@
 //! but it costs three passes over an envelope (the envelope, the records
 //! array, each record) and a serde visitor per field. This path only ever
 //! answers "here is the batch" or "not sure": on anything it does not
-//! handle itself (an error of any kind, escapes in a key or in a value the
-//! chain reads, a number written in an unusual form for a known field,
+//! handle itself (an error of any kind, escapes in a key at any depth or
+//! in a value the chain reads, a number written in an unusual form for a known field,
 //! duplicate envelope keys, deep nesting) it gives up and the caller runs
 //! the serde path on the same bytes, which then accepts or refuses with
 //! its usual message. So the contract is the serde path's by construction,
