@@ -57,7 +57,8 @@ pub(crate) async fn ingest(
     let worker = state.clone();
     let outputs = state.delivery.active();
     let no_outputs = outputs.is_empty();
-    // Counted until enriched: waiting for a blocking thread, then running.
+    // Counted until enriched: waiting for a blocking thread (if it goes to
+    // one), then running.
     let _queued = state.metrics.batch_in_flight();
     let size = input_len(&input);
     let work = move || enrich_and_admit(&worker, input, respond, &outputs, arrived, origin.as_deref());
