@@ -197,25 +197,33 @@ pub type JsonFragment = arcstr::ArcStr;
 /// the memory without bound. Not for the hot path: it takes a lock; callers
 /// keep what it returns.
 pub fn constant_fragment(json: &str) -> JsonFragment {
-    use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    #[derive(Default)]
-    struct Constants {
-        by_text: HashMap<Box<str>, JsonFragment>,
-        bytes: usize,
-    }
     static CONSTANTS: OnceLock<Mutex<Constants>> = OnceLock::new();
     let mut constants = CONSTANTS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(fragment) = constants.by_text.get(json) {
-        return fragment.clone();
+    constants.get(json, MAX_CONSTANT_BYTES)
+}
+
+/// The table behind [`constant_fragment`], with its bound as a parameter
+/// (so a test can reach it without filling the process's table).
+#[derive(Default)]
+struct Constants {
+    by_text: std::collections::HashMap<Box<str>, JsonFragment>,
+    bytes: usize,
+}
+
+impl Constants {
+    fn get(&mut self, json: &str, max_bytes: usize) -> JsonFragment {
+        if let Some(fragment) = self.by_text.get(json) {
+            return fragment.clone();
+        }
+        let fragment = JsonFragment::from(json);
+        if self.bytes + 2 * json.len() <= max_bytes {
+            fragment.leak();
+            self.bytes += 2 * json.len();
+            self.by_text.insert(json.into(), fragment.clone());
+        }
+        fragment
     }
-    let fragment = JsonFragment::from(json);
-    if constants.bytes + 2 * json.len() <= MAX_CONSTANT_BYTES {
-        fragment.leak();
-        constants.bytes += 2 * json.len();
-        constants.by_text.insert(json.into(), fragment.clone());
-    }
-    fragment
 }
 
 /// Bytes of text [`constant_fragment`] keeps (each text twice: the
@@ -419,5 +427,19 @@ mod tests {
         let other = constant_fragment("[\"another\"]");
         assert!(!JsonFragment::ptr_eq(&a, &other));
         assert!(!JsonFragment::is_static(&JsonFragment::from("[1]")), "ordinary fragments are counted and freed");
+    }
+
+    #[test]
+    fn constants_stop_at_their_bound_and_are_ordinary_past_it() {
+        // 2 x 4 bytes a text: room for two under a bound of 17.
+        let mut table = Constants::default();
+        let (a, b) = (table.get("\"aa\"", 17), table.get("\"bb\"", 17));
+        assert!(JsonFragment::is_static(&a) && JsonFragment::is_static(&b));
+        let c = table.get("\"cc\"", 17);
+        assert!(!JsonFragment::is_static(&c), "past the bound: counted and freed");
+        assert_eq!((table.bytes, table.by_text.len()), (16, 2), "nothing kept past the bound");
+        // Kept ones are still found; a text past the bound is made anew.
+        assert!(JsonFragment::ptr_eq(&a, &table.get("\"aa\"", 17)));
+        assert!(!JsonFragment::ptr_eq(&c, &table.get("\"cc\"", 17)));
     }
 }
