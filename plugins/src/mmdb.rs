@@ -18,11 +18,15 @@
 //! format by [`RecordFormat::CACHE_BITS`], since even uniformly random
 //! addresses keep drawing from a long tail of records). They sit in a `ThreadLocal`
 //! owned by the enricher, so they die with its database, need no lock, and
-//! the `Arc` counts they bump stay on the thread that made them.
+//! the `Arc` counts they bump stay on the thread that made them. Behind
+//! them, one byte-bounded table per database ([`shared`]) keeps every
+//! answer any thread decoded, so traffic from more networks than a
+//! thread's table holds decodes each record once, not once per miss.
 
 mod cache;
 mod data;
 mod fresh;
+mod shared;
 pub(crate) mod tree;
 
 use std::cell::RefCell;
@@ -49,6 +53,7 @@ pub(crate) use self::data::{DataError, DataSection, Map, Value};
 pub(crate) use self::fresh::Freshness;
 pub(crate) use self::fresh::StalePolicy;
 use self::fresh::Staleness;
+use self::shared::SharedRecords;
 use self::tree::{Found, Tree};
 
 /// One address to look up per event and where its answer goes.
@@ -114,6 +119,12 @@ pub(crate) type Fact = u32;
 /// so several GiB would be a real cost, not a database.
 pub(crate) const DEFAULT_MAX_DATABASE_BYTES: u64 = 1 << 30;
 
+/// Default `record_cache_mb`: room for every answer of GeoLite2-City
+/// (~429,000 records) is ~80 MiB; 64 holds the ones traffic asks for.
+pub(crate) fn default_record_cache_mb() -> u32 {
+    64
+}
+
 pub(crate) fn default_max_database_bytes() -> u64 {
     DEFAULT_MAX_DATABASE_BYTES
 }
@@ -124,12 +135,14 @@ pub(crate) fn build<F: RecordFormat>(
     database: &Path,
     targets: &[Target],
     max_bytes: u64,
+    record_cache_mb: u32,
     freshness: Freshness,
     ctx: &mut BuildContext<'_>,
 ) -> anyhow::Result<Box<dyn Enricher>> {
     check_targets(targets)?;
     let (db, status) = match Database::open(database, F::LABEL, max_bytes)? {
-        Some((db, status)) => {
+        Some((mut db, status)) => {
+            db.shared = SharedRecords::new((record_cache_mb as usize) << 20);
             F::check_database(database, db.reader.metadata())?;
             db.validate::<F>().map_err(|e| anyhow!("{} database {}: {e}", F::LABEL, database.display()))?;
             (Some(db), status)
@@ -208,6 +221,8 @@ struct Database {
     /// Where the search tree (from 0) and the data section lie in `map`.
     tree_len: usize,
     data: Range<usize>,
+    /// Answers decoded by any thread (see [`shared`]).
+    shared: SharedRecords,
 }
 
 const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
@@ -264,7 +279,8 @@ impl Database {
         let md = reader.metadata();
         let (tree, tree_len, data) = layout(&map, md).map_err(|e| fail(&e))?;
         let status = loaded_status(md, source);
-        Ok(Some((Database { reader, map, tree, tree_len, data }, status)))
+        let shared = SharedRecords::new(0);
+        Ok(Some((Database { reader, map, tree, tree_len, data, shared }, status)))
     }
 
     /// Checks a sample of the database before it goes live: the records of
@@ -480,6 +496,14 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
 
     fn status(&self) -> PluginStatus {
         let mut status = self.status.clone();
+        if let Some(db) = &self.db {
+            let cache = db.shared.stats();
+            status.details["record_cache"] = serde_json::json!({
+                "entries": cache.entries,
+                "bytes": cache.bytes,
+                "max_bytes": cache.max_bytes,
+            });
+        }
         if let Some(days) = self.staleness.stale_days() {
             let reason = self.staleness.reason(F::LABEL, days);
             status.details["stale"] = serde_json::Value::Bool(true);

@@ -29,6 +29,14 @@ pub struct GeoIpOptions {
     /// reload keeps the database live.
     #[serde(default = "crate::mmdb::default_max_database_bytes")]
     pub max_database_bytes: u64,
+    /// MiB of decoded answers kept for every thread (default 64; 0: none).
+    /// Each thread keeps its recent answers nearby; traffic from many
+    /// networks (scans, floods, an Internet edge) misses those, and a miss
+    /// decodes the record again (~1 µs on GeoLite2-City). Answers kept here
+    /// are decoded once per database. Grows with use up to the bound, then
+    /// keeps what it has; emptied when the database reloads.
+    #[serde(default = "crate::mmdb::default_record_cache_mb")]
+    pub record_cache_mb: u32,
     /// Days after the database's build date (its metadata's
     /// `build_epoch`, not the file's time) from which it counts as stale;
     /// 0 (the default) never. 30 is the age at which Elastic stops using a

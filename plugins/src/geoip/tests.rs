@@ -264,6 +264,28 @@ fn loaded_status_describes_the_database() {
     assert!(status.details["languages"].as_array().unwrap().contains(&json!("en")));
 }
 
+/// The shared record cache: filled by one thread, answering another, and
+/// off with `record_cache_mb = 0`; the answers are the same every way (and
+/// the oracle tests above run through it with 8-slot per-thread tables).
+#[test]
+fn record_cache_is_shared_bounded_and_reported() {
+    let (_, probes) = oracle("GeoIP2-City-Test.json");
+    let events = || probes.iter().map(|p| event(None, Some(&p.ip.to_string()))).collect::<Vec<_>>();
+    let db = "database = \"tests/data/maxmind/GeoIP2-City-Test.mmdb\"";
+    let shared = chain(&format!("[[chain]]\nplugin = \"geoip\"\n{db}\n")).unwrap();
+    let off = chain(&format!("[[chain]]\nplugin = \"geoip\"\n{db}\nrecord_cache_mb = 0\n")).unwrap();
+    let filled = std::thread::scope(|s| s.spawn(|| run(&shared, events())).join().unwrap());
+    let cache = shared.reports()[0].status.details["record_cache"].clone();
+    assert!(cache["entries"].as_u64().unwrap() > 50, "{cache}");
+    assert_eq!(cache["max_bytes"], 64 << 20);
+    let other_thread = std::thread::scope(|s| s.spawn(|| run(&shared, events())).join().unwrap());
+    assert_eq!(filled, other_thread);
+    assert_eq!(shared.reports()[0].status.details["record_cache"]["entries"], cache["entries"]);
+    assert_eq!(run(&off, events()), filled);
+    let none = &off.reports()[0].status.details["record_cache"];
+    assert_eq!((&none["entries"], &none["max_bytes"]), (&json!(0), &json!(0)));
+}
+
 #[test]
 fn missing_file_reports_missing_and_writes_null() {
     let chain = geoip_chain("no-such.mmdb");

@@ -197,12 +197,14 @@ impl Records {
                 return Ok(hit.clone());
             }
         }
+        if let Some(kept) = db.shared.get(offset, &self.null) {
+            self.by_offset[slot] = (offset, Some(kept.clone()));
+            return Ok(kept);
+        }
         let fact = db.encode::<F>(offset, &mut self.scratch)?;
-        let fragment = if self.scratch == b"null" {
-            self.null.clone()
-        } else {
-            JsonFragment::from(std::str::from_utf8(&self.scratch).expect("encoders write UTF-8"))
-        };
+        let text = std::str::from_utf8(&self.scratch).expect("encoders write UTF-8");
+        db.shared.insert(offset, text, fact);
+        let fragment = if text == "null" { self.null.clone() } else { JsonFragment::from(text) };
         self.by_offset[slot] = (offset, Some((fragment.clone(), fact)));
         Ok((fragment, fact))
     }
