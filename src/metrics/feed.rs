@@ -281,10 +281,10 @@ impl Shard {
         for event in events {
             match event.src_ip {
                 Some(IpAddr::V4(ip)) => {
-                    self.sources_v4.add(&u32::from(ip), 1);
+                    self.sources_v4.add_copy(u32::from(ip), 1);
                 }
                 Some(IpAddr::V6(ip)) => {
-                    self.sources_v6.add(&u128::from(ip), 1);
+                    self.sources_v6.add_copy(u128::from(ip), 1);
                 }
                 None => {}
             }
@@ -298,13 +298,13 @@ impl Shard {
                         &mut fact_values.last_mut().expect("pushed").1
                     }
                 };
-                counter.add(&value, 1);
+                counter.add_copy(value, 1);
             });
             if let Some((_, code)) = r.country {
                 self.countries.add(enrichd_engine::fact::country_bytes(code));
             }
             if let Some((_, asn, id)) = r.asn {
-                if self.asns.add(&asn, 1) && self.asn_labels.len() < LABELS_PER_TICK {
+                if self.asns.add_copy(asn, 1) && self.asn_labels.len() < LABELS_PER_TICK {
                     if let Some((fragment, Some(reader))) = fact_output(&self.roles, event, id) {
                         self.asn_labels.push((asn, fragment.clone(), reader));
                     }

@@ -22,6 +22,7 @@ pub(crate) mod latency;
 pub(crate) mod process;
 pub(crate) mod prometheus;
 pub(crate) mod report;
+pub(crate) mod summary;
 pub(crate) mod topn;
 pub(crate) mod window;
 

@@ -7,18 +7,15 @@
 //! memory. The ticker pours counters into one summary per wall-clock
 //! minute; the 5- and 15-minute lists merge the last 5 / 15 minutes.
 //!
-//! Summaries are the `topk` crate's Filtered Space-Saving (Homem & Carvalho
-//! 2010) with [`CAPACITY`] monitored keys. Guarantees, per summary of a
-//! stream of N counts: a reported count is never below the true count, and
-//! `count - error` never above it (the error is reported with each entry);
-//! a key whose true count exceeds N / CAPACITY is monitored. Merging keeps
-//! the first two bounds (errors add up).
+//! Summaries are Space-Saving summaries ([`super::summary`]) of
+//! [`CAPACITY`] keys. Guarantees, per summary of a stream of N counts,
+//! merged ones included: a reported count is never below the true count,
+//! and `count - error` never above it (the error is reported with each
+//! entry); a key whose true count exceeds N / CAPACITY is reported.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-
-use topk::FilteredSpaceSaving;
 
 use super::distinct::{sketch, Sketch};
 
@@ -29,7 +26,7 @@ pub(crate) const EXACT_CAP: usize = 16_384;
 /// Minutes of history kept.
 pub(crate) const MINUTES: u64 = 15;
 
-pub(crate) type Summary<K> = FilteredSpaceSaving<K>;
+pub(crate) use super::summary::Summary;
 
 type Fast = foldhash::fast::RandomState;
 
@@ -49,6 +46,27 @@ impl<K: Eq + Hash> Default for Counter<K> {
     }
 }
 
+impl<K: Eq + Hash + Copy> Counter<K> {
+    /// [`Counter::add`] for keys that are copied (addresses, numbers): one
+    /// probe of the map per event, not two (it is most of the metrics
+    /// fold's time when every event brings a new source).
+    pub(crate) fn add_copy(&mut self, key: K, n: u32) -> bool {
+        if self.exact.len() >= EXACT_CAP && !self.exact.contains_key(&key) {
+            self.spill();
+        }
+        match self.exact.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut kept) => {
+                *kept.get_mut() = kept.get().saturating_add(n);
+                false
+            }
+            std::collections::hash_map::Entry::Vacant(new) => {
+                new.insert(n);
+                true
+            }
+        }
+    }
+}
+
 impl<K: Eq + Hash + Clone> Counter<K> {
     /// Counts `key` `n` times; true when the key is new in this tick.
     pub(crate) fn add<Q>(&mut self, key: &Q, n: u32) -> bool
@@ -61,14 +79,19 @@ impl<K: Eq + Hash + Clone> Counter<K> {
             return false;
         }
         if self.exact.len() >= EXACT_CAP {
-            let (summary, seen) = self.spill.get_or_insert_with(|| (Summary::new(CAPACITY), Box::new(sketch())));
-            for (k, c) in self.exact.drain() {
-                seen.insert(&k);
-                summary.insert(k, u64::from(c));
-            }
+            self.spill();
         }
         self.exact.insert(key.to_owned(), n);
         true
+    }
+
+    /// Empties the exact map into the spill summary.
+    fn spill(&mut self) {
+        let (summary, seen) = self.spill.get_or_insert_with(|| (Summary::new(CAPACITY), Box::new(sketch())));
+        for (k, c) in self.exact.drain() {
+            seen.insert(&k);
+            summary.insert(k, u64::from(c));
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -84,7 +107,7 @@ impl<K: Eq + Hash + Clone> Counter<K> {
         }
         if let Some((summary, seen)) = self.spill.take() {
             distinct(Seen::Sketch(&seen));
-            let _ = into.merge(&summary); // same capacity: cannot fail
+            into.merge(&summary);
         }
     }
 }
@@ -184,7 +207,7 @@ impl<K: Eq + Hash + Clone> WindowedTop<K> {
         let mut merged = Summary::new(CAPACITY);
         for (m, summary) in &self.minutes {
             if *m <= now_minute && now_minute - m < minutes {
-                let _ = merged.merge(summary);
+                merged.merge(summary);
             }
         }
         merged
