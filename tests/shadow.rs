@@ -121,8 +121,18 @@ fn a_shadow_rule_is_compared_never_applied_and_cannot_hurt_the_live_one() {
     assert_eq!(scores(&s), [json!(90), json!(10), json!(20)]);
     let sum = call(&s, "GET", shadow, common::KEY, b"").json();
     assert_eq!(sum["summary"]["events_compared"], 3, "{sum}");
-    // Removed: nothing is compared any more.
+    // The replaced upload is deleted from the state directory; the running
+    // one stays until it is removed.
+    let kept = || {
+        let dir = s.dir.path().join("state/rules/risk");
+        let names: Vec<std::ffi::OsString> =
+            std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        names.iter().filter(|n| n.to_string_lossy().ends_with(".wasm")).count()
+    };
+    assert_eq!(kept(), 1, "one upload kept: the running shadow");
+    // Removed: nothing is compared any more, and nothing is kept.
     assert_eq!(admin(&s, "DELETE", shadow, b"").status, 200);
+    assert_eq!(kept(), 0);
     assert_eq!(admin(&s, "DELETE", shadow, b"").status, 404);
     assert_eq!(s.metrics()["requests_by_class"]["5xx"], 0);
 }

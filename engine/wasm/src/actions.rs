@@ -89,7 +89,7 @@ pub(crate) fn handle(stage: &WasmEnricher, request: StageRequest<'_>) -> Option<
     let answer = match (request.action, request.method) {
         ("shadow", StageMethod::Get) => Ok(summary(stage)),
         ("shadow", StageMethod::Post) => deploy(stage, request),
-        ("shadow", StageMethod::Delete) => Ok(remove(stage)),
+        ("shadow", StageMethod::Delete) => Ok(remove(stage, request.state_dir)),
         ("promote", StageMethod::Post) => promote(stage, request),
         ("rollback", StageMethod::Post) => rollback(stage, request),
         ("history", StageMethod::Get) => history(stage, request.state_dir),
@@ -114,9 +114,13 @@ fn summary(stage: &WasmEnricher) -> AdminResponse {
     }
 }
 
-fn remove(stage: &WasmEnricher) -> AdminResponse {
+fn remove(stage: &WasmEnricher, state_dir: &Path) -> AdminResponse {
+    let _changes = versions::lock_changes();
     match stage.shadow.current.swap(None) {
-        Some(old) => AdminResponse::ok(json!({"removed": old.sha256, "summary": old.summary.to_json()})),
+        Some(old) => {
+            versions::prune_unused(state_dir, &stage.stage, None);
+            AdminResponse::ok(json!({"removed": old.sha256, "summary": old.summary.to_json()}))
+        }
         None => no_shadow(stage),
     }
 }
@@ -179,6 +183,7 @@ fn deploy(stage: &WasmEnricher, request: StageRequest<'_>) -> Result<AdminRespon
         ));
     }
     let sha = to_hex(&Sha256::digest(bytes));
+    let _changes = versions::lock_changes();
     let path = versions::version_path(request.state_dir, &stage.stage, &sha);
     let existed = path.exists();
     let path =
@@ -193,8 +198,9 @@ fn deploy(stage: &WasmEnricher, request: StageRequest<'_>) -> Result<AdminRespon
             return Err(AdminResponse::error(422, "invalid_module", crate::text::error_text(&e)));
         }
     };
-    let shadow = new_shadow(stage, module, (path, sha, bytes.len()), Origin::Api, request.actor, signed_by);
+    let shadow = new_shadow(stage, module, (path, sha.clone(), bytes.len()), Origin::Api, request.actor, signed_by);
     let replaced = stage.shadow.current.swap(Some(Arc::new(shadow))).map(|old| old.sha256.clone());
+    versions::prune_unused(request.state_dir, &stage.stage, Some(&sha));
     tracing::info!(stage = %stage.stage, by = request.actor, "shadow rule deployed");
     Ok(summary(stage).with(json!({"replaced": replaced})))
 }
@@ -255,6 +261,7 @@ pub(crate) fn config_shadow(stage: &WasmEnricher, path: &Path, state_dir: Option
 }
 
 fn promote(stage: &WasmEnricher, request: StageRequest<'_>) -> Result<AdminResponse, AdminResponse> {
+    let _changes = versions::lock_changes();
     let shadow = stage.shadow.current.load_full().ok_or_else(|| no_shadow(stage))?;
     let (Some(configured), Some(live_sha), Some(live_bytes)) =
         (&stage.configured_sha256, &stage.live_sha256, &stage.live_bytes)
@@ -299,6 +306,7 @@ fn promote(stage: &WasmEnricher, request: StageRequest<'_>) -> Result<AdminRespo
 }
 
 fn rollback(stage: &WasmEnricher, request: StageRequest<'_>) -> Result<AdminResponse, AdminResponse> {
+    let _changes = versions::lock_changes();
     let Some(configured) = &stage.configured_sha256 else {
         return Err(AdminResponse::error(409, "no_live_module", "the stage has no configured module loaded"));
     };

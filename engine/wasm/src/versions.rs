@@ -17,11 +17,23 @@
 //! loads the configured file again.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
 /// Versions kept in the history (and on the live stack).
 pub(crate) const KEEP: usize = 10;
+
+/// Held by every change to the kept versions (a shadow deployed or
+/// removed, a promotion, a rollback): a prune must not delete a file that
+/// another change has just stored and is about to use. (The service also
+/// runs admin changes one at a time; this crate does not rely on it.)
+static CHANGES: Mutex<()> = Mutex::new(());
+
+/// Serializes changes to the kept versions (admin actions: rare).
+pub(crate) fn lock_changes() -> MutexGuard<'static, ()> {
+    CHANGES.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// `state.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -175,7 +187,7 @@ pub(crate) fn promote(
     }
     record(&mut state, next, "promoted", by, Some(live.sha256));
     let path = save(state_dir, stage, &state)?;
-    prune(state_dir, stage, &state);
+    prune(state_dir, stage, &state, None);
     Ok(path)
 }
 
@@ -213,13 +225,26 @@ fn record(state: &mut State, version: Version<'_>, action: &str, by: Option<&str
     }
 }
 
-/// Deletes kept modules neither the stack nor the history names.
-fn prune(state_dir: &Path, stage: &str, state: &State) {
+/// Deletes the uploaded modules that are no longer of use: a shadow
+/// replaced or removed before it was promoted. Kept: what the stack or the
+/// history names, and `shadow` (the one running now). Without this, every
+/// upload stayed in the state directory for good.
+pub(crate) fn prune_unused(state_dir: &Path, stage: &str, shadow: Option<&str>) {
+    match load(state_dir, stage) {
+        Ok(state) => prune(state_dir, stage, &state, shadow),
+        // Unreadable: what it names is unknown, so nothing is deleted.
+        Err(e) => tracing::warn!(stage, error = %e, "rule versions unreadable; nothing pruned"),
+    }
+}
+
+/// Deletes kept modules neither the stack, the history nor `shadow` names.
+fn prune(state_dir: &Path, stage: &str, state: &State, shadow: Option<&str>) {
     let Ok(entries) = std::fs::read_dir(dir(state_dir, stage)) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(sha) = name.strip_suffix(".wasm.sig").or_else(|| name.strip_suffix(".wasm")) else { continue };
-        let named = state.stack.iter().chain(state.history.iter().map(|e| &e.sha256)).any(|s| s == sha);
+        let named =
+            state.stack.iter().chain(state.history.iter().map(|e| &e.sha256)).any(|s| s == sha) || shadow == Some(sha);
         if !named {
             let _ = std::fs::remove_file(entry.path());
         }
@@ -294,6 +319,29 @@ mod tests {
         }
         assert_eq!(restored.last().map(String::as_str), Some("c0"));
         assert_eq!(restored.len(), KEEP - 1);
+    }
+
+    #[test]
+    fn uploads_no_longer_of_use_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sha in ["base", "live"] {
+            store(d, "r", sha, sha.as_bytes(), Some(b"sig")).unwrap();
+        }
+        promote(d, "r", "base", v("base"), v("live"), None, || Ok(())).unwrap();
+        // Shadows uploaded since, one after the other.
+        for sha in ["old", "replaced", "running"] {
+            store(d, "r", sha, sha.as_bytes(), Some(b"sig")).unwrap();
+        }
+        prune_unused(d, "r", Some("running"));
+        for (sha, kept) in [("base", true), ("live", true), ("running", true), ("old", false), ("replaced", false)] {
+            assert_eq!(version_path(d, "r", sha).exists(), kept, "{sha}");
+            let sig = crate::signature::signature_path(&version_path(d, "r", sha));
+            assert_eq!(sig.exists(), kept, "{sha}'s signature");
+        }
+        prune_unused(d, "r", None);
+        assert!(!version_path(d, "r", "running").exists(), "removed, so no longer kept");
+        assert!(version_path(d, "r", "live").exists());
     }
 
     #[test]
