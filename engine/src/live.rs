@@ -98,6 +98,32 @@ fn same_content(a: &PluginStatus, b: &PluginStatus) -> bool {
         && a.sources.iter().zip(&b.sources).all(|(x, y)| x.path == y.path && x.sha256 == y.sha256)
 }
 
+/// True when every file `enricher` watches is, byte for byte, what it
+/// loaded (the size and SHA-256 its status reports): rebuilding it from
+/// those files would give the live stage again.
+///
+/// Why: one write is often seen twice. An updater that publishes a file
+/// reloads its stage, then the file watcher reports the same write; an
+/// editor may save twice. Rebuilding a full-size GeoIP database costs
+/// seconds (snapshot copy, validation, tables) only to find nothing new.
+/// A size that differs answers without reading the file; a watched path
+/// the status does not describe (a directory, a signature) means "build".
+fn files_as_loaded(enricher: &dyn crate::plugin::Enricher) -> bool {
+    use sha2::{Digest, Sha256};
+    let status = enricher.status();
+    let watched = enricher.watch_paths();
+    !watched.is_empty()
+        && watched.iter().all(|path| {
+            let Some(loaded) = status.sources.iter().find(|s| s.path == *path) else { return false };
+            let (Some(sha256), Some(size)) = (loaded.sha256.as_deref(), loaded.size_bytes) else { return false };
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_file() && m.len() == size => {}
+                _ => return false,
+            }
+            std::fs::read(path).is_ok_and(|bytes| crate::plugin::to_hex(&Sha256::digest(&bytes)) == sha256)
+        })
+}
+
 impl Engine {
     pub fn new(chain: Chain, registry: Registry) -> Self {
         Engine { chain: ArcSwap::from_pointee(chain), registry, reload_lock: Mutex::new(()) }
@@ -116,18 +142,22 @@ impl Engine {
     /// directories they live in).
     pub fn reload_paths(&self, changed: &[PathBuf]) -> ReloadReport {
         let changed: Vec<PathBuf> = changed.iter().map(|p| absolute(p)).collect();
-        self.reload_where(|stage| {
+        let wanted = |stage: &Stage| {
             let Some(e) = &stage.enricher else { return false };
             e.watch_paths().iter().map(|w| absolute(w)).any(|w| changed.iter().any(|c| affects(c, &w)))
-        })
+        };
+        self.reload_where(wanted, true)
     }
 
-    /// Reloads every enabled stage (`POST /v1/reload`, SIGHUP).
+    /// Reloads every enabled stage (`POST /v1/reload`, SIGHUP): each is
+    /// rebuilt, even from the files it runs (an explicit reload).
     pub fn reload_all(&self) -> ReloadReport {
-        self.reload_where(|stage| stage.enricher.is_some())
+        self.reload_where(|stage| stage.enricher.is_some(), false)
     }
 
-    fn reload_where(&self, wanted: impl Fn(&Stage) -> bool) -> ReloadReport {
+    /// `skip_as_loaded`: a stage whose files are what it loaded is
+    /// reported unchanged without a rebuild ([`files_as_loaded`]).
+    fn reload_where(&self, wanted: impl Fn(&Stage) -> bool, skip_as_loaded: bool) -> ReloadReport {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.chain.load_full();
         let mut tables = KeyTables::of(&current);
@@ -138,7 +168,16 @@ impl Engine {
             if !wanted(slot) {
                 continue;
             }
-            let (outcome, error) = match self.rebuild(slot, &current, &mut tables) {
+            let as_loaded = skip_as_loaded && slot.enricher.as_deref().is_some_and(files_as_loaded);
+            let rebuilt = if as_loaded {
+                // As for a rebuild with the same content (below): an
+                // earlier refusal no longer describes the files.
+                *slot.history.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(None)
+            } else {
+                self.rebuild(slot, &current, &mut tables)
+            };
+            let (outcome, error) = match rebuilt {
                 Ok(Some(stage)) => {
                     *slot = Arc::new(stage);
                     swapped = true;
@@ -281,6 +320,12 @@ mod tests {
     use crate::config::Config;
     use crate::plugin::{source_info, BuildContext, Enricher, PluginFactory};
 
+    thread_local! {
+        /// Builds of the word plugin on this thread (reloads run on the
+        /// caller's thread).
+        static BUILDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     /// A plugin whose data is one file holding a word; "bad" fails to load.
     struct WordFactory;
     struct Word(PluginStatus);
@@ -296,6 +341,7 @@ mod tests {
             schemars::json_schema!({})
         }
         fn build(&self, options: &toml::Table, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
+            BUILDS.with(|b| b.set(b.get() + 1));
             let path = ctx.resolve_path(options["file"].as_str().unwrap());
             ctx.output_key("word");
             let mut status = match std::fs::read(&path) {
@@ -388,6 +434,44 @@ mod tests {
         engine.reload_paths(std::slice::from_ref(&a));
         assert_eq!(version(&engine, 0).as_deref(), Some("three"));
         assert!(engine.chain().reports()[0].last_reload_error.is_none());
+    }
+
+    #[test]
+    fn a_write_seen_again_is_not_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.txt");
+        std::fs::write(&a, "one").unwrap();
+        std::fs::write(dir.path().join("b.txt"), "uno").unwrap();
+        let engine = engine(dir.path());
+        let builds = || BUILDS.with(|b| b.get());
+        let reload = |expected: Outcome, built: usize| {
+            let before = builds();
+            let report = engine.reload_paths(std::slice::from_ref(&a));
+            assert_eq!(report.stages[0].outcome, expected);
+            assert_eq!(builds() - before, built, "builds for {expected:?}");
+        };
+        std::fs::write(&a, "two").unwrap();
+        reload(Outcome::Reloaded, 1);
+        // The same write reported again (an updater's reload, then the
+        // watcher's), or rewritten with the same bytes: nothing is built.
+        reload(Outcome::Unchanged, 0);
+        std::fs::write(&a, "two").unwrap();
+        reload(Outcome::Unchanged, 0);
+        // Same size, other bytes: rebuilt.
+        std::fs::write(&a, "owt").unwrap();
+        reload(Outcome::Reloaded, 1);
+        assert_eq!(version(&engine, 0).as_deref(), Some("owt"));
+        // A refused file stays refused until it changes, then a write back
+        // to what is live clears the refusal without a build.
+        std::fs::write(&a, "bad").unwrap();
+        reload(Outcome::Rejected, 1);
+        std::fs::write(&a, "owt").unwrap();
+        reload(Outcome::Unchanged, 0);
+        assert!(engine.chain().reports()[0].last_reload_error.is_none());
+        // An explicit reload builds every stage anyway.
+        let before = builds();
+        assert!(!engine.reload_all().swapped);
+        assert_eq!(builds() - before, 2);
     }
 
     #[test]
