@@ -22,6 +22,7 @@
 
 pub mod asn;
 pub mod asn_class;
+mod civil;
 pub mod forwarders;
 pub mod geoip;
 mod kafka;

@@ -116,6 +116,13 @@ pub(crate) type Fact = u32;
 /// so several GiB would be a real cost, not a database.
 pub(crate) const DEFAULT_MAX_DATABASE_BYTES: u64 = 1 << 30;
 
+/// The options both plugins share, besides the path and the targets.
+pub(crate) struct Settings {
+    pub max_database_bytes: u64,
+    pub record_cache_mb: u32,
+    pub freshness: Freshness,
+}
+
 /// Default `record_cache_mb`: room for every answer of GeoLite2-City
 /// (~429,000 records) is ~80 MiB; 64 holds the ones traffic asks for.
 pub(crate) fn default_record_cache_mb() -> u32 {
@@ -131,13 +138,12 @@ pub(crate) fn default_max_database_bytes() -> u64 {
 pub(crate) fn build<F: RecordFormat>(
     database: &Path,
     targets: &[Target],
-    max_bytes: u64,
-    record_cache_mb: u32,
-    freshness: Freshness,
+    settings: Settings,
     ctx: &mut BuildContext<'_>,
 ) -> anyhow::Result<Box<dyn Enricher>> {
     check_targets(targets)?;
-    let (db, status) = match Database::open(database, F::LABEL, max_bytes)? {
+    let Settings { max_database_bytes, record_cache_mb, freshness } = settings;
+    let (db, status) = match Database::open(database, F::LABEL, max_database_bytes)? {
         Some((mut db, status)) => {
             db.shared = SharedRecords::new((record_cache_mb as usize) << 20);
             F::check_database(database, db.metadata())?;

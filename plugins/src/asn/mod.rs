@@ -41,14 +41,7 @@ impl Plugin for AsnFactory {
 
     fn build(&self, options: AsnOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         let database = ctx.resolve_path(&options.database);
-        mmdb::build::<Asn>(
-            &database,
-            &options.targets,
-            options.max_database_bytes,
-            options.record_cache_mb,
-            options.freshness(),
-            ctx,
-        )
+        mmdb::build::<Asn>(&database, &options.targets, options.settings(), ctx)
     }
 }
 

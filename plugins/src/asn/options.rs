@@ -50,8 +50,13 @@ pub struct AsnOptions {
 }
 
 impl AsnOptions {
-    pub(crate) fn freshness(&self) -> crate::mmdb::Freshness {
-        crate::mmdb::Freshness { max_age_days: self.max_age_days, policy: self.stale }
+    /// What the shared mmdb code needs besides the path and targets.
+    pub(crate) fn settings(&self) -> crate::mmdb::Settings {
+        crate::mmdb::Settings {
+            max_database_bytes: self.max_database_bytes,
+            record_cache_mb: self.record_cache_mb,
+            freshness: crate::mmdb::Freshness { max_age_days: self.max_age_days, policy: self.stale },
+        }
     }
 }
 

@@ -48,14 +48,7 @@ impl Plugin for GeoIpFactory {
 
     fn build(&self, options: GeoIpOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<Box<dyn Enricher>> {
         let database = ctx.resolve_path(&options.database);
-        mmdb::build::<Geo>(
-            &database,
-            &options.targets,
-            options.max_database_bytes,
-            options.record_cache_mb,
-            options.freshness(),
-            ctx,
-        )
+        mmdb::build::<Geo>(&database, &options.targets, options.settings(), ctx)
     }
 }
 

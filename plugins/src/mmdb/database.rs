@@ -218,17 +218,9 @@ pub(super) fn missing_status(path: &Path) -> PluginStatus {
     status
 }
 
-/// `YYYY-MM-DD` (UTC) of a Unix time; civil-from-days after H. Hinnant.
+/// `YYYY-MM-DD` (UTC) of a Unix time.
 pub(crate) fn utc_date(epoch: u64) -> String {
-    let z = (epoch / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::civil::civil_from_days((epoch / 86_400) as i64);
     format!("{year:04}-{month:02}-{day:02}")
 }
 

@@ -329,7 +329,7 @@ pub fn parse_time(s: &str) -> Option<i64> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    let days = days_from_civil(y, m, d);
+    let days = crate::civil::days_from_civil(y, m, d);
     if b.len() == 10 {
         return Some(days * 86_400);
     }
@@ -364,18 +364,6 @@ pub fn parse_time(s: &str) -> Option<i64> {
         }
     };
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss - offset)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Unix seconds as RFC 3339 UTC.

@@ -250,19 +250,9 @@ fn push_one_line(body: &mut Vec<u8>, json: &[u8]) {
     }
 }
 
-/// `YYYY.MM.DD` of a Unix time in milliseconds, UTC (Howard Hinnant's
-/// civil-from-days).
+/// `YYYY.MM.DD` of a Unix time in milliseconds, UTC.
 pub(crate) fn utc_date(unix_ms: u64) -> String {
-    let days = (unix_ms / 86_400_000) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::civil::civil_from_days((unix_ms / 86_400_000) as i64);
     format!("{year:04}.{month:02}.{day:02}")
 }
 
