@@ -22,6 +22,7 @@ pub mod event;
 pub mod fact;
 pub mod format;
 pub mod forward;
+pub mod hint;
 pub mod limits;
 pub mod live;
 pub mod output;

@@ -207,6 +207,10 @@ struct TargetSlot {
     facts: [Option<FactId>; 2],
 }
 
+/// How many events ahead of the one whose addresses are read one is
+/// prefetched (geoip on random flows: 208-212 -> 192-198 ns/event).
+const PREFETCH_AHEAD: usize = 4;
+
 /// The enricher both plugins use, parameterized by record format.
 struct MmdbEnricher<F> {
     /// `None` while the file is missing: every target gets `null`.
@@ -242,7 +246,12 @@ impl<F: RecordFormat> Enricher for MmdbEnricher<F> {
         let mut caches = self.caches.get_or(|| RefCell::new(Caches::new(F::CACHE_BITS))).borrow_mut();
         let caches = &mut *caches;
         caches.jobs.clear();
-        for (index, event) in batch.events.iter_mut().enumerate() {
+        let events = &mut *batch.events;
+        for index in 0..events.len() {
+            if let Some(ahead) = events.get(index + PREFETCH_AHEAD) {
+                ahead.prefetch(); // cold after the stages before
+            }
+            let event = &mut events[index];
             for (target, &TargetSlot { address, key, .. }) in self.targets.iter().enumerate() {
                 match (address.pick_side(event), &self.db) {
                     (Some((side, ip)), Some(_)) => caches.jobs.push(Job::new(index, target, side, ip)),

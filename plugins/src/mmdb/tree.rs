@@ -259,20 +259,7 @@ fn prefetch<const BITS: usize>(tree: &[u8], node: usize, bit: usize) {
     }
 }
 
-/// Asks the CPU to start loading the cache line at `at` (a no-op where we
-/// have no prefetch instruction). A prefetch is only a hint: it never
-/// faults and changes nothing the program can observe.
-#[inline(always)]
-pub(crate) fn prefetch_line<T: ?Sized>(at: *const T) {
-    // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has (it is
-    // in the target's baseline); it does not dereference the pointer.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
-}
+pub(crate) use enrichd_engine::hint::prefetch_line;
 
 #[cfg(test)]
 mod tests {
