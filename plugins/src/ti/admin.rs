@@ -113,6 +113,45 @@ fn parse_new_indicators(body: &[u8]) -> Result<Vec<ApiIndicator>, AdminResponse>
         .collect()
 }
 
+/// `feed=NAME&top=N` (both optional; `top` 1 to 1000, default 20).
+pub(super) fn hits_query(query: &str) -> Result<(Option<String>, usize), String> {
+    let (mut feed, mut top) = (None, 20);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| format!("`{key}` is not valid percent-encoded UTF-8"))?;
+        match key {
+            "feed" if !value.is_empty() => feed = Some(value),
+            "feed" => {}
+            "top" => {
+                top = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or("`top` is a number from 1 to 1000")?
+            }
+            _ => return Err(format!("unknown parameter `{key}` (known: feed, top)")),
+        }
+    }
+    Ok((feed, top))
+}
+
+/// `%XX` and `+` decoding of a query value.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,32 +34,35 @@ pub mod api_store;
 pub mod hits;
 pub mod index;
 pub mod loader;
+mod matches;
 pub mod meta;
 pub mod options;
 pub mod output;
 #[cfg(test)]
 mod proptests;
+mod status;
 #[cfg(test)]
 mod tests;
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use enrichd_engine::{
     AddressSelector, AdminResource, BatchView, BuildContext, Enricher, EnvOverride, FactDecl, FactId, FactKind,
-    JsonFragment, KeyId, LookupAnswer, LookupTarget, Plugin, PluginState, PluginStatus, StatusSeries, StatusTable,
-    TextFieldId,
+    JsonFragment, KeyId, LookupAnswer, LookupTarget, Plugin, PluginStatus, StatusSeries, TextFieldId,
 };
 use serde_json::json;
 
 use hits::{FeedHits, HitStats};
 use index::{Index, IndexBuilder};
 use loader::FileReport;
+use matches::{Matches, Value};
 use meta::push_json_str;
 use meta::{Feed, Life, Meta};
 pub use options::TiOptions;
+use status::{build_status, feed_table};
 
 /// Factory of `plugin = "ti"` chain entries.
 pub struct TiFactory;
@@ -411,7 +414,7 @@ impl Enricher for TiEnricher {
         if view != HITS_VIEW {
             return None;
         }
-        Some(hits_query(query).map(|(feed, top)| {
+        Some(admin::hits_query(query).map(|(feed, top)| {
             let mut feeds = self.feed_report(unix_now());
             if let Some(f) = &feed {
                 feeds.retain(|v| v["feed"] == f.as_str());
@@ -541,92 +544,6 @@ impl fmt::Display for Indicator<'_> {
     }
 }
 
-enum Value<'a> {
-    Ip(IpAddr),
-    Text(&'a str),
-}
-
-/// Accumulates one event's matches as JSON; allocates on the first match.
-#[derive(Default)]
-struct Matches {
-    text: Option<String>,
-    count: u32,
-    /// Highest (effective) confidence among the matches that have one.
-    confidence: Option<u8>,
-    /// Highest severity (0: none).
-    severity: u8,
-    /// Distinct feeds matched.
-    feeds: Feeds,
-}
-
-/// A small set of feed ids (an event matching more than 8 feeds counts 8).
-#[derive(Default)]
-struct Feeds {
-    ids: [u16; 8],
-    len: u8,
-}
-
-impl Feeds {
-    fn insert(&mut self, id: u16) {
-        let len = self.len as usize;
-        if len < self.ids.len() && !self.ids[..len].contains(&id) {
-            self.ids[len] = id;
-            self.len += 1;
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.len as usize
-    }
-}
-
-impl Matches {
-    /// `confidence`: the effective one (written as `effective_confidence`
-    /// when the feed decays, where it differs from the listed one).
-    fn push(&mut self, hit: &Hit<'_>, field: &str, value: Value<'_>, confidence: Option<u8>, decays: bool) {
-        self.confidence = self.confidence.max(confidence);
-        self.severity = self.severity.max(hit.meta.severity);
-        self.feeds.insert(hit.meta.feed);
-        let s = self.text.get_or_insert_with(|| {
-            let mut s = String::with_capacity(256);
-            s.push_str("{\"matches\":[");
-            s
-        });
-        if self.count > 0 {
-            s.push(',');
-        }
-        self.count += 1;
-        // Indicator texts are IPs, networks or validated domain names: no
-        // character needs escaping.
-        let _ = write!(
-            s,
-            "{{\"indicator\":\"{}\",\"type\":\"{}\",\"field\":{field},\"value\":",
-            hit.indicator,
-            hit.kind.name()
-        );
-        match value {
-            Value::Ip(ip) => {
-                let _ = write!(s, "\"{ip}\"");
-            }
-            Value::Text(t) => push_json_str(s, t),
-        }
-        if let (true, Some(c)) = (decays, confidence) {
-            let _ = write!(s, ",\"effective_confidence\":{c}");
-        }
-        s.push_str(hit.tail);
-    }
-
-    fn finish(self, matched_flag: bool) -> Option<String> {
-        let mut s = self.text?;
-        s.push(']');
-        if matched_flag {
-            s.push_str(",\"matched\":true");
-        }
-        s.push('}');
-        Some(s)
-    }
-}
-
 /// The name in a domain field: trimmed, without a `:port` (HTTP `Host`);
 /// an IPv6 literal yields an empty name, which matches nothing.
 fn host_part(value: &str) -> &str {
@@ -646,113 +563,8 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-/// `feed=NAME&top=N` (both optional; `top` 1 to 1000, default 20).
-fn hits_query(query: &str) -> Result<(Option<String>, usize), String> {
-    let (mut feed, mut top) = (None, 20);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value).ok_or_else(|| format!("`{key}` is not valid percent-encoded UTF-8"))?;
-        match key {
-            "feed" if !value.is_empty() => feed = Some(value),
-            "feed" => {}
-            "top" => {
-                top = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or("`top` is a number from 1 to 1000")?
-            }
-            _ => return Err(format!("unknown parameter `{key}` (known: feed, top)")),
-        }
-    }
-    Ok((feed, top))
-}
-
-/// `%XX` and `+` decoding of a query value.
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-            }
-            b => out.push(b),
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 fn json_string(s: &str) -> Box<str> {
     let mut out = String::new();
     push_json_str(&mut out, s);
     out.into()
-}
-
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
-fn build_status(index: Option<&Index>, reports: &[FileReport]) -> PluginStatus {
-    let failed: Vec<&FileReport> = reports.iter().filter(|r| r.error.is_some()).collect();
-    let loaded = reports.len() - failed.len();
-    let state = match index {
-        Some(_) => PluginState::Loaded,
-        None if failed.iter().all(|r| r.missing) => PluginState::Missing,
-        None => PluginState::Error,
-    };
-    for r in &failed {
-        tracing::warn!("ti: {}: {}", r.path.display(), r.error.as_deref().unwrap_or_default());
-    }
-    let mut status = PluginStatus::new(state);
-    status.sources = reports.iter().map(FileReport::source_info).collect();
-    let [addr, subnet, domain] = index.map(Index::counts).unwrap_or_default();
-    if let Some(index) = index {
-        status.version = Some(format!(
-            "{} from {}",
-            plural(addr + subnet + domain, "indicator", "indicators"),
-            plural(loaded, "file", "files")
-        ));
-        tracing::info!(
-            "ti: {}, index {} KiB",
-            status.version.as_deref().unwrap_or_default(),
-            index.heap_bytes().div_ceil(1024)
-        );
-    }
-    // With some files loaded the stage works, but degraded: say which
-    // files failed (a reload will not swap such a load over a clean one).
-    if !failed.is_empty() {
-        let errors: Vec<String> =
-            failed.iter().map(|r| format!("{}: {}", r.path.display(), r.error.as_deref().unwrap_or(""))).collect();
-        status.error = Some(errors.join("; "));
-    }
-    status.details = json!({
-        "indicators": {"addr": addr, "subnet": subnet, "domain": domain},
-        "skipped_lines": reports.iter().map(|r| r.skipped_lines).sum::<usize>(),
-        "unsupported": reports.iter().map(|r| r.unsupported).sum::<usize>(),
-        "files": reports,
-    });
-    status
-}
-
-/// The dashboard's "Feeds" panel: per feed its indicators by state and its
-/// hits (from [`TiEnricher::feed_report`]'s rows).
-fn feed_table(feeds: &[serde_json::Value]) -> StatusTable {
-    use enrichd_engine::plugin::{ColumnKind::*, StatusColumn as C};
-    let columns = [
-        ("feed", "feed", Text),
-        ("live", "live", Count),
-        ("expired", "expired", Count),
-        ("decayed", "decayed", Count),
-        ("hits", "hits", Count),
-        ("distinct_sources", "sources hit", Count),
-        ("last_hit", "last hit", Time),
-    ];
-    let mut table = StatusTable::new("Feeds", columns.iter().map(|&(_, label, kind)| C::new(label, kind)).collect());
-    for f in feeds {
-        table.push_row(columns.iter().map(|&(key, _, _)| f[key].clone()).collect());
-    }
-    table
 }
