@@ -165,14 +165,21 @@ impl Batch {
 
     /// Writes all events as NDJSON (one object per line).
     pub fn write_ndjson(&self, keys: &[Box<str>], out: &mut Vec<u8>) {
-        self.write_ndjson_part(keys, 0..self.events.len(), out);
+        self.write_ndjson_part(keys, 0..self.events.len(), out, &mut Vec::new());
     }
 
     /// [`Batch::write_ndjson`] of the events in `range` only (one part of
-    /// a batch encoded on several threads).
-    pub fn write_ndjson_part(&self, keys: &[Box<str>], range: std::ops::Range<usize>, out: &mut Vec<u8>) {
+    /// a batch encoded on several threads), pushing where each line ends
+    /// to `line_ends` (see [`write_lines`]).
+    pub fn write_ndjson_part(
+        &self,
+        keys: &[Box<str>],
+        range: std::ops::Range<usize>,
+        out: &mut Vec<u8>,
+        line_ends: &mut Vec<usize>,
+    ) {
         let encoded = EncodedKeys::new(keys);
-        write_lines(&self.events[range], out, |event, out| self.write_event_keyed(event, &encoded, out));
+        write_lines(&self.events[range], out, line_ends, |event, out| self.write_event_keyed(event, &encoded, out));
     }
 
     /// Writes the `/v1/ingest` response:
@@ -204,50 +211,119 @@ impl Batch {
         out.push(b'}');
     }
 
-    /// [`Batch::write_ingest_response`] from this batch's events already
-    /// encoded as NDJSON (one line per event, in order): each line is
-    /// copied, not written again. The records differ from a direct encoding
-    /// only where [`one_line`] turned a line break between tokens into a
-    /// space.
-    pub fn write_ingest_response_from_lines(&self, ndjson: &[u8], out: &mut Vec<u8>) {
-        self.write_ingest_response_from_line_parts(&[ndjson], out);
+    /// The `/v1/ingest` response (default layout) into `answer` and the same records as
+    /// NDJSON lines into `lines` (with their ends, see [`write_lines`]), in
+    /// one pass: each record is written once, with `write`, as a line, and
+    /// copied into the answer at once, while it is still in cache. Copying
+    /// the lines afterwards read them back from memory (a batch's lines
+    /// outgrow the caches), a measured ~4 % of enrichd's CPU with an output.
+    pub fn write_ingest_response_and_ndjson(
+        &self,
+        keys: &[Box<str>],
+        answer: &mut Vec<u8>,
+        lines: &mut Vec<u8>,
+        line_ends: &mut Vec<usize>,
+    ) {
+        let encoded = EncodedKeys::new(keys);
+        self.write_ingest_response_and_lines(answer, lines, line_ends, |event, out| {
+            self.write_event_keyed(event, &encoded, out)
+        });
     }
 
-    /// [`Batch::write_ingest_response_from_lines`] from the lines in
-    /// several buffers, in order (parts encoded on several threads).
-    pub fn write_ingest_response_from_line_parts(&self, parts: &[&[u8]], out: &mut Vec<u8>) {
-        reserve_room(out, parts.iter().map(|p| p.len()).sum::<usize>() + 128);
-        let mut lines = parts.iter().flat_map(|part| {
-            let mut start = 0;
-            memchr::memchr_iter(b'\n', part).map(move |end| {
-                let line = &part[start..end];
-                start = end + 1;
-                line
-            })
+    /// [`Batch::write_ingest_response_and_ndjson`] with each record written
+    /// by `write` (output profiles).
+    pub fn write_ingest_response_and_lines(
+        &self,
+        answer: &mut Vec<u8>,
+        lines: &mut Vec<u8>,
+        line_ends: &mut Vec<usize>,
+        mut write: impl FnMut(&Event, &mut Vec<u8>),
+    ) {
+        let mut writer = LineWriter::new(lines, line_ends, self.events.len());
+        self.write_ingest_response_with(answer, |event, answer| {
+            let line = writer.line(lines, line_ends, |out| write(event, out));
+            answer.extend_from_slice(&lines[line]);
         });
+    }
+
+    /// [`Batch::write_ingest_response`] from this batch's events already
+    /// encoded as NDJSON lines, in order, in one or more parts (encoded on
+    /// several threads): `(bytes, line ends)` as [`write_lines`] wrote
+    /// them. Each line is copied, not written again, and found from its
+    /// recorded end rather than searched for. The records differ from a
+    /// direct encoding only where [`one_line`] turned a line break between
+    /// tokens into a space.
+    pub fn write_ingest_response_from_lines(&self, parts: &[(&[u8], &[usize])], out: &mut Vec<u8>) {
+        reserve_room(out, parts.iter().map(|(p, _)| p.len()).sum::<usize>() + 128);
+        let mut lines = parts.iter().flat_map(|&(part, ends)| split_lines(part, ends));
         self.write_ingest_response_with(out, |_, out| {
             out.extend_from_slice(lines.next().expect("one NDJSON line per event"));
         });
     }
 }
 
+/// The lines of `bytes` whose ends (positions of their line feeds) are
+/// `ends`, as [`write_lines`] records them.
+pub fn split_lines<'b>(bytes: &'b [u8], ends: &'b [usize]) -> impl Iterator<Item = &'b [u8]> + 'b {
+    let mut start = 0;
+    ends.iter().map(move |&end| {
+        let line = &bytes[start..end];
+        start = end + 1;
+        line
+    })
+}
+
 /// Writes `events` as NDJSON lines (each made one line, see [`one_line`])
-/// with `write` encoding one event.
+/// with `write` encoding one event, and pushes where each line ends (the
+/// position of its line feed, counted from where this call began writing
+/// in `out`) to `line_ends`: whoever reads the lines again (the answer
+/// built from them, an output's worker) need not search for them.
 pub fn write_lines<'e>(
     events: impl IntoIterator<Item = &'e Event>,
     out: &mut Vec<u8>,
+    line_ends: &mut Vec<usize>,
     mut write: impl FnMut(&Event, &mut Vec<u8>),
 ) {
     let events = events.into_iter();
-    let count = events.size_hint().0;
-    for (i, event) in events.enumerate() {
+    let mut lines = LineWriter::new(out, line_ends, events.size_hint().0);
+    for event in events {
+        lines.line(out, line_ends, |out| write(event, out));
+    }
+}
+
+/// [`write_lines`] one line at a time, for callers that do something with
+/// each line while it is still in cache.
+struct LineWriter {
+    /// Where the first line starts in the buffer.
+    base: usize,
+    /// Lines expected (for sizing the buffer after the first).
+    count: usize,
+}
+
+impl LineWriter {
+    fn new(out: &[u8], line_ends: &mut Vec<usize>, count: usize) -> Self {
+        line_ends.reserve(count);
+        LineWriter { base: out.len(), count }
+    }
+
+    /// Writes one line with `write` and returns where its text is in `out`
+    /// (without the line feed).
+    fn line(
+        &mut self,
+        out: &mut Vec<u8>,
+        line_ends: &mut Vec<usize>,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> std::ops::Range<usize> {
         let start = out.len();
-        write(event, out);
+        write(out);
         one_line(&mut out[start..]);
+        let end = out.len();
+        line_ends.push(end - self.base);
         out.push(b'\n');
-        if i == 0 {
-            sized_after_first(out, out.len() - start, count);
+        if line_ends.len() == 1 {
+            sized_after_first(out, end + 1 - start, self.count);
         }
+        start..end
     }
 }
 

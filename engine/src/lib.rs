@@ -48,7 +48,7 @@ pub use live::{Engine, Outcome, ReloadReport, StageReload};
 pub use parse::{
     parse_envelope, parse_envelope_in_parts, parse_ndjson, parse_ndjson_in_parts, InputError, Limits, ParseSpec,
 };
-pub use pipeline::{Encoding, Input, Observer, Pipeline, Processed, Shape, Skipped, Split, Timing};
+pub use pipeline::{Encoded, Encoding, Input, Observer, Pipeline, Processed, Shape, Skipped, Split, Timing};
 pub use plugin::{
     rfc3339, source_info, to_hex, write_hex, BuildContext, Enricher, EnvOverride, LookupAnswer, LookupTarget, Plugin,
     PluginFactory, PluginState, PluginStatus, SourceInfo, StatusSeries, StatusTable,

@@ -34,7 +34,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Clone, Copy, Debug)]
 pub struct OutEvent<'a> {
     /// The event as one JSON object (no trailing newline), in the output's
-    /// profile.
+    /// profile, on one line: the runtime hands sinks the lines the pipeline
+    /// wrote (`batch::one_line` turned any raw CR or LF, whitespace between
+    /// tokens, into a space), so a sink framing events by line breaks need
+    /// not look for them again.
     pub json: &'a [u8],
     /// Unique per event within [`SinkBatch::id_scope`] and stable across
     /// retries (derived from the backlog position): sinks may use it as a

@@ -90,6 +90,25 @@ pub trait Observer: Send + Sync {
     fn observe(&self, chain: &Chain, batch: &Batch, timing: Timing);
 }
 
+/// One encoding's bytes as [`Pipeline::run_many`] wrote them.
+#[derive(Clone, Debug, Default)]
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    /// For an NDJSON encoding: where each line of this run ends (the
+    /// position of its line feed, counted from where the run began writing
+    /// in `bytes`), one per event in order. Empty for other shapes. Kept so
+    /// that readers of the lines (an output's worker) need not search for
+    /// them.
+    pub line_ends: Vec<usize>,
+}
+
+impl Encoded {
+    /// An empty buffer with room for `bytes` bytes.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Encoded { bytes: Vec::with_capacity(bytes), line_ends: Vec::new() }
+    }
+}
+
 /// What one run did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Processed {
@@ -147,9 +166,10 @@ impl Pipeline {
         arrived: Instant,
         out: &mut Vec<u8>,
     ) -> Result<Processed, InputError> {
-        let mut outs = [std::mem::take(out)];
+        let mut outs = [Encoded { bytes: std::mem::take(out), line_ends: Vec::new() }];
         let result = self.run_many(chain, input, std::slice::from_ref(&encoding), arrived, &mut outs);
-        *out = std::mem::take(&mut outs[0]);
+        let [done] = outs;
+        *out = done.bytes;
         result
     }
 
@@ -162,7 +182,7 @@ impl Pipeline {
         input: Input,
         encodings: &[Encoding],
         arrived: Instant,
-        outs: &mut [Vec<u8>],
+        outs: &mut [Encoded],
     ) -> Result<Processed, InputError> {
         assert_eq!(encodings.len(), outs.len(), "one output buffer per encoding");
         let _busy = self.split.enter();
@@ -170,6 +190,9 @@ impl Pipeline {
         let mut batch = self.decode_entered(chain, input)?;
         let parts = self.split.parts(batch.len());
         self.enrich_split(chain, &mut batch, arrived, started, parts);
+        for out in outs.iter_mut() {
+            out.line_ends.clear();
+        }
         if parts > 1 {
             split::encode(chain, &batch, encodings, outs, parts);
             return Ok(Processed { events: batch.len(), chain_generation: chain.generation() });
@@ -185,19 +208,26 @@ impl Pipeline {
                 })
                 .flatten()
         };
-        // Where this run's bytes start in each buffer (callers may pass
-        // buffers that already hold something: it is appended to).
-        let starts: Vec<usize> = outs.iter().map(Vec::len).collect();
-        for (i, (encoding, out)) in encodings.iter().zip(outs.iter_mut()).enumerate() {
-            if ndjson_twin(i).is_none() {
-                encode(chain, &batch, encoding, out);
+        // Each answer with a twin is written together with it, each record
+        // copied into the answer right after it is written as a line.
+        // (An NDJSON encoding twins with one answer; a second answer in the
+        // same layout is written on its own.)
+        let mut twins: Vec<(usize, usize)> = Vec::new();
+        for i in 0..encodings.len() {
+            if let Some(j) = ndjson_twin(i).filter(|j| !twins.iter().any(|&(_, t)| t == *j)) {
+                twins.push((i, j));
             }
         }
-        for i in 0..encodings.len() {
-            if let Some(j) = ndjson_twin(i) {
-                let mut out = std::mem::take(&mut outs[i]);
-                batch.write_ingest_response_from_lines(&outs[j][starts[j]..], &mut out);
-                outs[i] = out;
+        for (i, encoding) in encodings.iter().enumerate() {
+            if twins.iter().any(|&(a, _)| a == i) {
+                continue;
+            }
+            if let Some(&(a, _)) = twins.iter().find(|&&(_, j)| j == i) {
+                let mut answer = std::mem::take(&mut outs[a].bytes);
+                encode_twins(chain, &batch, &encoding.profile, &mut answer, &mut outs[i]);
+                outs[a].bytes = answer;
+            } else {
+                encode(chain, &batch, encoding, &mut outs[i]);
             }
         }
         Ok(Processed { events: batch.len(), chain_generation: chain.generation() })
@@ -283,17 +313,40 @@ impl Pipeline {
 
 /// Writes an enriched batch in `encoding`. The default layout (no profile)
 /// is the direct path: record bytes, then the shared fragments.
-pub fn encode(chain: &Chain, batch: &Batch, encoding: &Encoding, out: &mut Vec<u8>) {
+pub fn encode(chain: &Chain, batch: &Batch, encoding: &Encoding, out: &mut Encoded) {
+    let Encoded { bytes, line_ends } = out;
     match (&encoding.profile, encoding.shape) {
-        (None, Shape::IngestResponse) => batch.write_ingest_response(chain.keys(), out),
-        (None, Shape::Ndjson) => batch.write_ndjson(chain.keys(), out),
+        (None, Shape::IngestResponse) => batch.write_ingest_response(chain.keys(), bytes),
+        (None, Shape::Ndjson) => batch.write_ndjson_part(chain.keys(), 0..batch.len(), bytes, line_ends),
         (Some(profile), shape) => {
             let plan = Plan::new(profile, chain);
             let write = |event: &_, out: &mut Vec<u8>| plan.write_event(batch.source().raw_record(event), event, out);
             match shape {
-                Shape::IngestResponse => batch.write_ingest_response_with(out, write),
-                Shape::Ndjson => crate::batch::write_lines(batch.events(), out, write),
+                Shape::IngestResponse => batch.write_ingest_response_with(bytes, write),
+                Shape::Ndjson => crate::batch::write_lines(batch.events(), bytes, line_ends, write),
             }
+        }
+    }
+}
+
+/// The `/v1/ingest` answer into `answer` and NDJSON lines into `lines`, both
+/// in `profile`'s layout, in one pass (see
+/// [`Batch::write_ingest_response_and_lines`]).
+fn encode_twins(
+    chain: &Chain,
+    batch: &Batch,
+    profile: &Option<Arc<Profile>>,
+    answer: &mut Vec<u8>,
+    lines: &mut Encoded,
+) {
+    let Encoded { bytes, line_ends } = lines;
+    match profile {
+        None => batch.write_ingest_response_and_ndjson(chain.keys(), answer, bytes, line_ends),
+        Some(profile) => {
+            let plan = Plan::new(profile, chain);
+            batch.write_ingest_response_and_lines(answer, bytes, line_ends, |event, out| {
+                plan.write_event(batch.source().raw_record(event), event, out)
+            });
         }
     }
 }

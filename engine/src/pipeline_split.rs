@@ -26,7 +26,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
-use super::{same_profile, Encoding, Shape};
+use super::{same_profile, Encoded, Encoding, Shape};
 use crate::batch::Batch;
 use crate::chain::Chain;
 use crate::profile::{Plan, Profile};
@@ -96,7 +96,7 @@ impl Drop for Busy<'_> {
 
 /// Encodes `batch` once per encoding (`outs[i]` gets `encodings[i]`), its
 /// events written in `parts` runs on scoped threads.
-pub(super) fn encode(chain: &Chain, batch: &Batch, encodings: &[Encoding], outs: &mut [Vec<u8>], parts: usize) {
+pub(super) fn encode(chain: &Chain, batch: &Batch, encodings: &[Encoding], outs: &mut [Encoded], parts: usize) {
     // One set of NDJSON lines per distinct layout.
     let mut layouts: Vec<&Option<Arc<Profile>>> = Vec::new();
     let layout_of: Vec<usize> = encodings
@@ -111,11 +111,11 @@ pub(super) fn encode(chain: &Chain, batch: &Batch, encodings: &[Encoding], outs:
     let n = batch.len();
     let chunk = n.div_ceil(parts.max(1)).max(1);
     let ranges: Vec<Range<usize>> = (0..n).step_by(chunk).map(|start| start..(start + chunk).min(n)).collect();
-    let write_part = |range: &Range<usize>| -> Vec<Vec<u8>> {
+    let write_part = |range: &Range<usize>| -> Vec<Encoded> {
         layouts.iter().map(|profile| lines(chain, batch, profile, range.clone())).collect()
     };
     // lines[part][layout]
-    let lines: Vec<Vec<Vec<u8>>> = std::thread::scope(|scope| {
+    let lines: Vec<Vec<Encoded>> = std::thread::scope(|scope| {
         // A part whose thread cannot start (limits, memory) is written
         // here instead.
         let others: Vec<_> = ranges
@@ -132,27 +132,31 @@ pub(super) fn encode(chain: &Chain, batch: &Batch, encodings: &[Encoding], outs:
         all
     });
     for ((encoding, out), layout) in encodings.iter().zip(outs.iter_mut()).zip(layout_of) {
-        let parts: Vec<&[u8]> = lines.iter().filter_map(|p| p.get(layout).map(Vec::as_slice)).collect();
+        let parts: Vec<(&[u8], &[usize])> =
+            lines.iter().filter_map(|p| p.get(layout).map(|e| (e.bytes.as_slice(), e.line_ends.as_slice()))).collect();
         match encoding.shape {
             Shape::Ndjson => {
-                crate::batch::reserve_room(out, parts.iter().map(|p| p.len()).sum());
-                for part in parts {
-                    out.extend_from_slice(part);
+                crate::batch::reserve_room(&mut out.bytes, parts.iter().map(|(p, _)| p.len()).sum());
+                let base = out.bytes.len();
+                for (part, ends) in parts {
+                    let at = out.bytes.len() - base;
+                    out.line_ends.extend(ends.iter().map(|end| at + end));
+                    out.bytes.extend_from_slice(part);
                 }
             }
-            Shape::IngestResponse => batch.write_ingest_response_from_line_parts(&parts, out),
+            Shape::IngestResponse => batch.write_ingest_response_from_lines(&parts, &mut out.bytes),
         }
     }
 }
 
 /// The events of `range` as NDJSON lines in `profile`'s layout.
-fn lines(chain: &Chain, batch: &Batch, profile: &Option<Arc<Profile>>, range: Range<usize>) -> Vec<u8> {
-    let mut out = Vec::new();
+fn lines(chain: &Chain, batch: &Batch, profile: &Option<Arc<Profile>>, range: Range<usize>) -> Encoded {
+    let mut out = Encoded::default();
     match profile {
-        None => batch.write_ndjson_part(chain.keys(), range, &mut out),
+        None => batch.write_ndjson_part(chain.keys(), range, &mut out.bytes, &mut out.line_ends),
         Some(profile) => {
             let plan = Plan::new(profile, chain);
-            crate::batch::write_lines(&batch.events()[range], &mut out, |event, out| {
+            crate::batch::write_lines(&batch.events()[range], &mut out.bytes, &mut out.line_ends, |event, out| {
                 plan.write_event(batch.source().raw_record(event), event, out)
             });
         }

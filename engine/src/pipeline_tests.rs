@@ -137,15 +137,17 @@ fn pretty_printed_records_stay_one_line_in_ndjson() {
     let pipeline = Pipeline::new(Limits::default());
     let body = b"{\"collector_id\":\"c\",\"format\":\"flows.v1\",\"records\":[{\r\n  \"src_ip\": \"1.2.3.4\",\n  \"note\": \"a\\nb\"\n}, {\"x\":\n1}]}";
     let encodings = [Encoding::NDJSON, Encoding::INGEST_RESPONSE];
-    let mut outs = vec![Vec::new(), Vec::new()];
+    let mut outs = vec![Encoded::default(), Encoded::default()];
     pipeline.run_many(&chain, Input::Envelope(body.to_vec()), &encodings, Instant::now(), &mut outs).unwrap();
-    let text = String::from_utf8(outs[0].clone()).unwrap();
+    let text = String::from_utf8(outs[0].bytes.clone()).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
+    let recorded: Vec<&[u8]> = crate::batch::split_lines(&outs[0].bytes, &outs[0].line_ends).collect();
+    assert_eq!(recorded, lines.iter().map(|l| l.as_bytes()).collect::<Vec<_>>(), "the recorded line ends");
     let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(first["note"], "a\nb", "escaped newlines inside strings are kept");
     assert_eq!(first["seen"], true);
-    let answer: serde_json::Value = serde_json::from_slice(&outs[1]).unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&outs[1].bytes).unwrap();
     assert_eq!(answer["records"][0], first, "the answer and the output agree");
 }
 
@@ -162,12 +164,18 @@ fn answer_built_from_ndjson_lines_equals_a_direct_encoding() {
         .run(&chain, Input::Envelope(body.to_vec()), Encoding::INGEST_RESPONSE, Instant::now(), &mut direct)
         .unwrap();
     for encodings in [[Encoding::INGEST_RESPONSE, Encoding::NDJSON], [Encoding::NDJSON, Encoding::INGEST_RESPONSE]] {
-        let mut outs = vec![Vec::new(), Vec::new()];
+        let mut outs = vec![Encoded::default(), Encoded::default()];
         pipeline.run_many(&chain, Input::Envelope(body.to_vec()), &encodings, Instant::now(), &mut outs).unwrap();
         let answer = encodings.iter().position(|e| e.shape == Shape::IngestResponse).unwrap();
-        assert_eq!(String::from_utf8_lossy(&outs[answer]), String::from_utf8_lossy(&direct));
-        assert_eq!(String::from_utf8(outs[1 - answer].clone()).unwrap().lines().count(), 3);
+        assert_eq!(String::from_utf8_lossy(&outs[answer].bytes), String::from_utf8_lossy(&direct));
+        assert_eq!(String::from_utf8(outs[1 - answer].bytes.clone()).unwrap().lines().count(), 3);
+        assert!(outs[answer].line_ends.is_empty(), "an answer has no lines to record");
     }
+    // Two answers in one layout: the second is written on its own, alike.
+    let encodings = [Encoding::INGEST_RESPONSE, Encoding::NDJSON, Encoding::INGEST_RESPONSE];
+    let mut outs = vec![Encoded::default(); 3];
+    pipeline.run_many(&chain, Input::Envelope(body.to_vec()), &encodings, Instant::now(), &mut outs).unwrap();
+    assert_eq!((outs[0].bytes.as_slice(), outs[2].bytes.as_slice()), (direct.as_slice(), direct.as_slice()));
 }
 
 /// A body of `n` records in varied shapes: compact, escaped, nested, and
@@ -202,7 +210,8 @@ fn split_batches_equal_whole_batches() {
             vec![Encoding::INGEST_RESPONSE, Encoding::NDJSON, Encoding::NDJSON],
         ] {
             let run = |pipeline: &Pipeline, chain: &Chain| {
-                let mut outs = vec![b"kept:".to_vec(); encodings.len()];
+                let kept = Encoded { bytes: b"kept:".to_vec(), line_ends: vec![7] };
+                let mut outs = vec![kept; encodings.len()];
                 let done =
                     pipeline.run_many(chain, Input::Envelope(body.clone()), &encodings, Instant::now(), &mut outs);
                 assert_eq!(done.unwrap().events, n);
@@ -211,8 +220,20 @@ fn split_batches_equal_whole_batches() {
             let chain = chain();
             let expected = run(&whole, &chain);
             let got = run(&split, &chain);
-            for (e, g) in expected.iter().zip(&got) {
-                assert_eq!(String::from_utf8_lossy(g), String::from_utf8_lossy(e), "{n} records, {encodings:?}");
+            for ((e, g), encoding) in expected.iter().zip(&got).zip(&encodings) {
+                assert_eq!(
+                    String::from_utf8_lossy(&g.bytes),
+                    String::from_utf8_lossy(&e.bytes),
+                    "{n} records, {encodings:?}"
+                );
+                assert_eq!(g.line_ends, e.line_ends, "{n} records, {encodings:?}");
+                if encoding.shape == Shape::Ndjson {
+                    // Counted from where this run began (after "kept:").
+                    let lines: Vec<&[u8]> = crate::batch::split_lines(&g.bytes[5..], &g.line_ends).collect();
+                    let expected_lines: Vec<&[u8]> =
+                        g.bytes[5..].split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+                    assert_eq!(lines, expected_lines, "{n} records");
+                }
             }
             let report = &chain.reports()[0];
             // One whole run and one split run of the same n events.
@@ -223,13 +244,13 @@ fn split_batches_equal_whole_batches() {
     // become spaces in NDJSON lines, from which a split answer is built).
     let body = varied_body(40, true);
     let chain = chain();
-    let mut a = vec![Vec::new()];
-    let mut b = vec![Vec::new()];
+    let mut a = vec![Encoded::default()];
+    let mut b = vec![Encoded::default()];
     let answer = [Encoding::INGEST_RESPONSE];
     whole.run_many(&chain, Input::Envelope(body.clone()), &answer, Instant::now(), &mut a).unwrap();
     split.run_many(&chain, Input::Envelope(body), &answer, Instant::now(), &mut b).unwrap();
     let parse = |v: &[u8]| serde_json::from_slice::<serde_json::Value>(v).unwrap();
-    assert_eq!(parse(&a[0]), parse(&b[0]));
+    assert_eq!(parse(&a[0].bytes), parse(&b[0].bytes));
 }
 
 /// A batch splits only when it is the only one in the pipeline: when the

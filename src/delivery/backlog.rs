@@ -10,9 +10,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use bytes::Bytes;
-
-use super::spool::{AppendError, Entry, Spool};
+use super::spool::{AppendError, Entry, Payload, Spool};
 
 /// The unacknowledged part of a backlog.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,7 +31,7 @@ pub(crate) trait Backlog: Send + Sync {
     /// worker while it is recent).
     fn append(
         &self,
-        payload: &Bytes,
+        payload: &Payload,
         events: u32,
         accepted_unix_ms: u64,
         origin: Option<&str>,
@@ -53,7 +51,7 @@ impl Backlog for Spool {
     }
     fn append(
         &self,
-        payload: &Bytes,
+        payload: &Payload,
         events: u32,
         accepted_unix_ms: u64,
         origin: Option<&str>,
@@ -106,7 +104,7 @@ impl Backlog for MemoryQueue {
 
     fn append(
         &self,
-        payload: &Bytes,
+        payload: &Payload,
         events: u32,
         accepted_unix_ms: u64,
         origin: Option<&str>,
@@ -114,12 +112,19 @@ impl Backlog for MemoryQueue {
         let mut q = self.lock();
         let seq = q.next_seq;
         q.next_seq += 1;
-        q.stats.bytes += payload.len() as u64;
+        q.stats.bytes += payload.bytes.len() as u64;
         q.stats.entries += 1;
         q.stats.events += u64::from(events);
         q.stats.oldest_accepted_unix_ms.get_or_insert(accepted_unix_ms);
         let origin = origin.map(str::to_string);
-        q.entries.push_back(Entry { seq, events, accepted_unix_ms, origin, payload: payload.clone() });
+        q.entries.push_back(Entry {
+            seq,
+            events,
+            accepted_unix_ms,
+            origin,
+            payload: payload.bytes.clone(),
+            line_ends: payload.line_ends.clone(),
+        });
         Ok(seq)
     }
 
@@ -232,7 +237,7 @@ mod tests {
     fn memory_queue_acks_a_prefix() {
         let q = MemoryQueue::default();
         for i in 0..5u64 {
-            assert_eq!(q.append(&Bytes::from(format!("{{\"n\":{i}}}\n")), 1, 1000 + i, None).unwrap(), i);
+            assert_eq!(q.append(&bytes::Bytes::from(format!("{{\"n\":{i}}}\n")).into(), 1, 1000 + i, None).unwrap(), i);
         }
         assert_eq!(q.stats().events, 5);
         let read = q.read(2, 2, u64::MAX).unwrap(); // two events, one each

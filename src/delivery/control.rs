@@ -81,7 +81,7 @@ pub(crate) fn replay(lane: &Arc<Lane>) -> Result<u64, String> {
     let len = payload.len() as u64;
     // A replay is a new input: no origin key (its destination ids come
     // from the backlog position).
-    let appended = lane.backlog.append(&payload.into(), events as u32, super::unix_ms(), None);
+    let appended = lane.backlog.append(&bytes::Bytes::from(payload).into(), events as u32, super::unix_ms(), None);
     lane.bounds.release(len, events);
     match appended {
         Ok(_) => {

@@ -43,6 +43,7 @@ use options::{Durability, OutputSpec};
 use stats::{LostReason, OutputStats};
 
 pub(crate) use control::{metrics_document, readings, replay, views};
+pub(crate) use spool::Payload;
 pub(crate) use submit::{submit, Admitted, Refused};
 
 /// Milliseconds since the Unix epoch.

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::spool::Payload;
 use super::{unix_ms, Active};
 
 /// The batch was queued: `(output index in the snapshot, sequence)` per
@@ -33,15 +34,15 @@ pub(crate) struct Refused {
 /// (spool appends fsync): call on a blocking thread.
 pub(crate) fn submit(
     active: Arc<Vec<Active>>,
-    payloads: &[bytes::Bytes],
+    payloads: &[Payload],
     events: u32,
     origin: Option<&str>,
 ) -> Result<Admitted, Refused> {
     debug_assert_eq!(active.len(), payloads.len());
     for (reserved, (a, payload)) in active.iter().zip(payloads).enumerate() {
-        if !a.lane.bounds.reserve(&*a.lane.backlog, payload.len() as u64, u64::from(events)) {
+        if !a.lane.bounds.reserve(&*a.lane.backlog, payload.bytes.len() as u64, u64::from(events)) {
             for (b, p) in active.iter().zip(payloads).take(reserved) {
-                b.lane.bounds.release(p.len() as u64, u64::from(events));
+                b.lane.bounds.release(p.bytes.len() as u64, u64::from(events));
             }
             a.lane.stats.refused.fetch_add(u64::from(events), Relaxed);
             let queued = a.lane.backlog.stats();
@@ -61,7 +62,7 @@ pub(crate) fn submit(
     let mut failure = None;
     for (a, payload) in active.iter().zip(payloads) {
         let result = a.lane.backlog.append(payload, events, now, origin);
-        a.lane.bounds.release(payload.len() as u64, u64::from(events));
+        a.lane.bounds.release(payload.bytes.len() as u64, u64::from(events));
         match result {
             Ok(seq) => {
                 a.lane.stats.queued.fetch_add(u64::from(events), Relaxed);

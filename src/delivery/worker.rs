@@ -228,21 +228,35 @@ impl Worker {
             let mut start = 0;
             let mut index = 0u64;
             let payload = &entry.payload;
-            // memchr: a line is ~1 KB, and a byte-at-a-time split showed in
-            // profiles.
-            for end in memchr::memchr_iter(b'\n', payload).chain([payload.len()]) {
-                if end > start {
-                    slots.push(Slot {
-                        entry: i,
-                        start,
-                        end,
-                        id: entry.seq << 24 | index,
-                        index: index as u32,
-                        attempts: 0,
-                    });
-                    index += 1;
+            let mut push = |start: usize, end: usize| {
+                slots.push(Slot {
+                    entry: i,
+                    start,
+                    end,
+                    id: entry.seq << 24 | index,
+                    index: index as u32,
+                    attempts: 0,
+                });
+                index += 1;
+            };
+            match entry.line_ends.as_deref() {
+                // Recorded by the writer: no search (see `Payload`).
+                Some(ends) if ends.last().is_none_or(|&end| end < payload.len()) => {
+                    for &end in ends {
+                        push(start, end);
+                        start = end + 1;
+                    }
                 }
-                start = end + 1;
+                // memchr: a line is ~1 KB, and a byte-at-a-time split
+                // showed in profiles.
+                _ => {
+                    for end in memchr::memchr_iter(b'\n', payload).chain([payload.len()]) {
+                        if end > start {
+                            push(start, end);
+                        }
+                        start = end + 1;
+                    }
+                }
             }
             if index != u64::from(entry.events) {
                 tracing::warn!(output = %self.lane.name, seq = entry.seq, lines = index, events = entry.events,

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enrichd_engine::{Encoding, Input, InputError};
+use enrichd_engine::{Encoded, Encoding, Input, InputError};
 
 use super::AppState;
 use crate::delivery::Refused;
@@ -125,18 +125,21 @@ fn enrich_and_admit(
     // A first guess: the writers size each buffer from its first
     // record when the guess is short (engine `batch::write_lines`).
     let size = input_len(&input);
-    let mut outs: Vec<Vec<u8>> = encodings.iter().map(|_| Vec::with_capacity(size * 2 + 4096)).collect();
+    let mut outs: Vec<Encoded> = encodings.iter().map(|_| Encoded::with_capacity(size * 2 + 4096)).collect();
     let processed =
         worker.pipeline.run_many(&chain, input, &encodings, arrived, &mut outs).map_err(IngestError::BadInput)?;
     let admitted = if outputs.is_empty() || processed.events == 0 {
         None
     } else {
-        let layouts: Vec<bytes::Bytes> = outs.drain(first_output..).map(bytes::Bytes::from).collect();
-        let payloads: Vec<bytes::Bytes> = layout_of.iter().map(|&i| layouts[i - first_output].clone()).collect();
+        let layouts: Vec<crate::delivery::Payload> = outs
+            .drain(first_output..)
+            .map(|o| crate::delivery::Payload { bytes: o.bytes.into(), line_ends: Some(o.line_ends.into()) })
+            .collect();
+        let payloads: Vec<_> = layout_of.iter().map(|&i| layouts[i - first_output].clone()).collect();
         let events = u32::try_from(processed.events).unwrap_or(u32::MAX);
         Some(crate::delivery::submit(outputs.clone(), &payloads, events, origin).map_err(IngestError::Backpressure)?)
     };
-    let response = if responding { outs.swap_remove(0) } else { Vec::new() };
+    let response = if responding { outs.swap_remove(0).bytes } else { Vec::new() };
     Ok::<_, IngestError>((response, processed.events, admitted))
 }
 

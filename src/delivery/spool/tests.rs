@@ -501,9 +501,11 @@ fn recent_entries_are_read_from_memory_and_older_ones_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = open(dir.path(), 256 * MB, 64 * MB);
     let big = bytes::Bytes::from(vec![b'x'; MB as usize]);
+    let ends: std::sync::Arc<[usize]> = vec![MB as usize - 1].into();
+    let payload = Payload { bytes: big.clone(), line_ends: Some(ends.clone()) };
     let count = RECENT_MAX_BYTES / MB + 2; // the first two fall out of memory
     for i in 0..count {
-        assert_eq!(spool.append_shared(&big, 1, i, Some("RAW:1")).unwrap(), i);
+        assert_eq!(spool.append_shared(&payload, 1, i, Some("RAW:1")).unwrap(), i);
     }
     // Damage every entry's first payload byte on disk.
     let seg = &segments(dir.path())[0];
@@ -518,6 +520,7 @@ fn recent_entries_are_read_from_memory_and_older_ones_from_disk() {
     let recent = spool.read(2, usize::MAX, u64::MAX).unwrap();
     assert_eq!(seqs(&recent), (2..count).collect::<Vec<_>>());
     assert!(recent.iter().all(|e| e.payload == big && e.origin.as_deref() == Some("RAW:1")), "from memory");
+    assert!(recent.iter().all(|e| e.line_ends.as_ref() == Some(&ends)), "with the recorded line ends");
     // Acked entries leave memory; after a restart everything is on disk.
     spool.ack_through(count - 2).unwrap();
     assert_eq!(seqs(&spool.read(0, usize::MAX, u64::MAX).unwrap()), [count - 1]);
@@ -525,4 +528,20 @@ fn recent_entries_are_read_from_memory_and_older_ones_from_disk() {
     let (spool, recovery) = open(dir.path(), 256 * MB, 64 * MB);
     assert_eq!(recovery.corrupt_entries, 1, "the damage is found on disk: {recovery:?}");
     assert!(read_all(&spool).is_empty());
+}
+
+/// Entries read back from the file carry no line ends (the worker then
+/// searches for the lines): the ends live in memory only.
+#[test]
+fn entries_from_the_file_have_no_line_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), 256 * MB, 64 * MB);
+    let payload =
+        Payload { bytes: bytes::Bytes::from_static(b"{\"a\":1}\n{\"b\":2}\n"), line_ends: Some(vec![7, 15].into()) };
+    spool.append_shared(&payload, 2, 0, None).unwrap();
+    assert_eq!(spool.read(0, usize::MAX, u64::MAX).unwrap()[0].line_ends.as_deref(), Some(&[7, 15][..]));
+    drop(spool);
+    let (spool, _) = open(dir.path(), 256 * MB, 64 * MB);
+    let entries = spool.read(0, usize::MAX, u64::MAX).unwrap();
+    assert_eq!((entries[0].payload.as_ref(), entries[0].line_ends.as_deref()), (&payload.bytes[..], None));
 }

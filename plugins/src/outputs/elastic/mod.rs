@@ -182,7 +182,9 @@ impl ElasticSink {
                 body.push(b'"');
             }
             body.extend_from_slice(b"}}\n");
-            push_one_line(&mut body, event.json);
+            // One line by the interface's promise (`OutEvent::json`).
+            debug_assert!(!event.json.iter().any(|&b| b == b'\n' || b == b'\r'));
+            body.extend_from_slice(event.json);
             body.push(b'\n');
         }
         body
@@ -236,18 +238,6 @@ impl ElasticSink {
 /// SHA-256, in hex, appended to `out` (no allocation per event).
 pub(crate) fn write_event_id(json: &[u8], out: &mut Vec<u8>) {
     enrichd_engine::write_hex(&Sha256::digest(json)[..16], out);
-}
-
-/// Appends `json` with any line break turned into a space. Compact JSON has
-/// none; in pretty JSON they can only be whitespace between tokens (a
-/// string cannot hold a raw one), so the event is unchanged, and NDJSON
-/// framing holds.
-fn push_one_line(body: &mut Vec<u8>, json: &[u8]) {
-    if memchr::memchr2(b'\n', b'\r', json).is_some() {
-        body.extend(json.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
-    } else {
-        body.extend_from_slice(json);
-    }
 }
 
 /// `YYYY.MM.DD` of a Unix time in milliseconds, UTC.

@@ -97,7 +97,7 @@ async fn sends_gzipped_action_and_source_pairs_to_the_daily_index() {
         json!({ "url": format!("{}/prefix/", server.url), "username": "elastic", "password": "s3cret", "index": "logs" }),
         dir.path(),
     );
-    let report = send(&*sink, &[r#"{"a":1}"#, "{\n  \"b\": 2\n}"], T).await;
+    let report = send(&*sink, &[r#"{"a":1}"#, r#"{  "b": 2 }"#], T).await;
     assert_eq!(report.outcomes, [Outcome::Delivered, Outcome::Delivered]);
     assert_eq!(report.http_status, Some(200));
     let seen = server.seen();

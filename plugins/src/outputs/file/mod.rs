@@ -155,14 +155,9 @@ impl FileState {
                 self.rotate()?;
             }
             let writer = self.writer.as_mut().expect("opened above");
-            if event.contains(&b'\n') || event.contains(&b'\r') {
-                // Line breaks in JSON are whitespace between tokens.
-                let one_line: Vec<u8> =
-                    event.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }).collect();
-                writer.write_all(&one_line)?;
-            } else {
-                writer.write_all(event)?;
-            }
+            // One line by the interface's promise (`OutEvent::json`).
+            debug_assert!(!event.iter().any(|&b| b == b'\n' || b == b'\r'));
+            writer.write_all(event)?;
             writer.write_all(b"\n")?;
             self.size += line_len;
         }

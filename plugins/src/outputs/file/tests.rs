@@ -30,7 +30,7 @@ async fn appends_one_line_per_event_relative_to_the_base_dir() {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, "{\"old\":true}\n").unwrap();
     let sink = build(&FileOutput, json!({ "path": "out/events.ndjson", "fsync": true }), dir.path());
-    let report = send(&*sink, &[r#"{"a":1}"#, "{\n \"b\": 2\n}"], 0).await;
+    let report = send(&*sink, &[r#"{"a":1}"#, r#"{  "b": 2 }"#], 0).await;
     assert_eq!(report.outcomes, [Outcome::Delivered, Outcome::Delivered]);
     assert_eq!(report.http_status, None);
     // Delivered means written: readable before close.
