@@ -118,6 +118,7 @@ fn reference_requests_configure_working_outputs() {
     assert_eq!(events[0].index.as_deref(), Some("main"));
     assert!(bulk.stats().malformed_rejected.is_empty(), "{:?}", bulk.stats().malformed_rejected);
     assert!(hec.stats().malformed_rejected.is_empty(), "{:?}", hec.stats().malformed_rejected);
+    assert_eq!(bulk.stats().filtered_replies, bulk.stats().requests, "every _bulk answer filtered (filter_path)");
 
     let listed = s.get_auth("/v1/outputs");
     assert_eq!(listed.status, 200);

@@ -95,6 +95,30 @@ fn bulk_stores_documents_and_answers_per_contract() {
     assert_eq!(es.stats().items_ok, 3);
 }
 
+/// `filter_path` as Beats, Logstash and enrichd send it: only the kept
+/// paths come back; an unknown parameter is refused like Elasticsearch
+/// refuses it.
+#[test]
+fn bulk_filters_answers_by_filter_path() {
+    let es = bulk();
+    let body = "{\"create\":{\"_index\":\"logs\",\"_id\":\"x\"}}\n{\"v\":1}\n{\"create\":{\"_index\":\"logs\",\"_id\":\"x\"}}\n{\"v\":2}\n";
+    let url = format!("{}/_bulk?filter_path=errors%2Citems.*.error%2Citems.*.status", es.url());
+    let answer = post(&url, &[NDJSON], body.as_bytes());
+    assert_eq!(answer.status, 200);
+    let conflict = &answer.body["items"][1]["create"];
+    assert_eq!(conflict["error"]["type"], "version_conflict_engine_exception");
+    assert_eq!(
+        answer.body,
+        json!({"errors": true, "items": [{"create": {"status": 201}}, {"create": {"status": 409, "error": conflict["error"]}}]})
+    );
+    assert_eq!(es.stats().filtered_replies, 1);
+    let answer = post(&format!("{}/_bulk?filter_path=items.*.status", es.url()), &[NDJSON], bulk_body(1).as_bytes());
+    assert_eq!(answer.body, json!({"items": [{"index": {"status": 201}}]}));
+    let answer = post(&format!("{}/_bulk?refresh=true&colour=red", es.url()), &[NDJSON], bulk_body(1).as_bytes());
+    assert_eq!(answer.status, 400);
+    assert!(answer.body["error"]["reason"].as_str().unwrap().contains("[colour]"), "{}", answer.body);
+}
+
 #[test]
 fn bulk_create_of_an_existing_id_is_a_409_item() {
     let es = bulk();

@@ -1,7 +1,6 @@
 //! A strict Elasticsearch `_bulk` receiver (the 8.x wire contract).
 //!
-//! Accepted: `POST`/`PUT` `/_bulk` and `/{index}/_bulk` (query string
-//! ignored), `Content-Type` `application/x-ndjson` or `application/json`
+//! Accepted: `POST`/`PUT` `/_bulk` and `/{index}/_bulk`, `Content-Type` `application/x-ndjson` or `application/json`
 //! (or the 8.x `vnd.elasticsearch+` forms), `Content-Encoding: gzip`.
 //! The body is NDJSON pairs: an action line that is exactly one of `index`
 //! or `create` with `_index` (required unless the path names one), optional
@@ -21,6 +20,13 @@
 //! `version_conflict_engine_exception`. Documents are kept by
 //! `(index, _id)`; an `index` of an existing id replaces it (`updated`) and
 //! counts in `times_written`, which is how tests spot duplicate deliveries.
+//!
+//! Query parameters: `filter_path` (response filtering, as Elasticsearch
+//! applies it to any response) in the forms `key` and `items.*.key`,
+//! comma-separated (other path forms fail the request: not implemented
+//! here). The other `_bulk` parameters of the 8.x reference are accepted
+//! and ignored; an unknown one fails the request with 400, as
+//! Elasticsearch does. The stats count filtered answers.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -189,12 +195,102 @@ fn route(state: &mut State, req: &Request) -> Reply {
             return Reply::json(400, es_error(400, "illegal_argument_exception", &reason));
         }
     };
+    let filter = match filter_path(req.query.as_deref()) {
+        Ok(filter) => filter,
+        Err(reason) => return Reply::json(400, es_error(400, "illegal_argument_exception", &reason)),
+    };
     let started = Instant::now();
     let items: Vec<Value> = ops.into_iter().map(|op| apply(state, op)).collect();
     let errors = items
         .iter()
         .any(|item| item.as_object().and_then(|o| o.values().next()).is_some_and(|r| r.get("error").is_some()));
-    Reply::json(200, json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": items}))
+    let reply = json!({"took": started.elapsed().as_millis() as u64, "errors": errors, "items": items});
+    match filter {
+        Some(filter) => {
+            state.stats.filtered_replies += 1;
+            Reply::json(200, filter.apply(reply))
+        }
+        None => Reply::json(200, reply),
+    }
+}
+
+/// A `filter_path`: top-level keys kept, and keys kept inside each item's
+/// result (`items.*.key`).
+struct FilterPath {
+    top: Vec<String>,
+    item: Vec<String>,
+}
+
+fn filter_path(query: Option<&str>) -> Result<Option<FilterPath>, String> {
+    let mut filter = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = value.replace("%2C", ",").replace("%2c", ",");
+        match key {
+            "pipeline"
+            | "refresh"
+            | "routing"
+            | "timeout"
+            | "wait_for_active_shards"
+            | "require_alias"
+            | "require_data_stream"
+            | "list_executed_pipelines"
+            | "include_source_on_error"
+            | "_source"
+            | "_source_includes"
+            | "_source_excludes"
+            | "error_trace"
+            | "human"
+            | "pretty" => {}
+            "filter_path" => {
+                let mut f = FilterPath { top: Vec::new(), item: Vec::new() };
+                for path in value.split(',') {
+                    match path.split('.').collect::<Vec<_>>().as_slice() {
+                        [key] if !key.is_empty() && !key.contains('*') => f.top.push(key.to_string()),
+                        ["items", "*", key] if !key.is_empty() && !key.contains('*') => f.item.push(key.to_string()),
+                        _ => return Err(format!("filter_path form this receiver does not implement: [{path}]")),
+                    }
+                }
+                filter = Some(f);
+            }
+            other => return Err(format!("request [/_bulk] contains unrecognized parameter: [{other}]")),
+        }
+    }
+    Ok(filter)
+}
+
+impl FilterPath {
+    /// What Elasticsearch answers: only the kept paths (an item result with
+    /// none of its keys kept disappears, and `items` with it when empty).
+    fn apply(&self, reply: Value) -> Value {
+        let Value::Object(reply) = reply else { return reply };
+        let mut out = Map::new();
+        for (key, value) in reply {
+            if self.top.contains(&key) {
+                out.insert(key, value);
+            } else if key == "items" && !self.item.is_empty() {
+                let items: Vec<Value> = value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|item| {
+                        let (op, result) = item.as_object()?.iter().next()?;
+                        let kept: Map<String, Value> = result
+                            .as_object()?
+                            .iter()
+                            .filter(|(k, _)| self.item.contains(k))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
+                        (!kept.is_empty()).then(|| json!({ op: kept }))
+                    })
+                    .collect();
+                if !items.is_empty() {
+                    out.insert(key, Value::Array(items));
+                }
+            }
+        }
+        Value::Object(out)
+    }
 }
 
 /// `None` when the request carries the configured credentials.

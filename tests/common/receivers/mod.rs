@@ -79,6 +79,8 @@ pub(crate) struct Stats {
     pub(crate) requests_429: u64,
     pub(crate) unauthorized: u64,
     pub(crate) acks_lost: u64,
+    /// `_bulk` answers filtered by a `filter_path` parameter.
+    pub(crate) filtered_replies: u64,
 }
 
 /// xorshift64*: deterministic fault draws without a dependency.
@@ -109,6 +111,8 @@ pub(crate) struct Request {
     pub(crate) method: Method,
     /// Path without the query string.
     pub(crate) path: String,
+    /// The query string (without `?`), if any.
+    pub(crate) query: Option<String>,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
 }
@@ -285,7 +289,13 @@ async fn rebind(addr: SocketAddr) -> TcpListener {
 async fn answer(req: hyper::Request<Incoming>, handler: Handler) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
-    let request = Request { method: parts.method, path: parts.uri.path().to_string(), headers: parts.headers, body };
+    let request = Request {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts.headers,
+        body,
+    };
     let reply = handler(request);
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;

@@ -4,7 +4,7 @@
 use enrichd_engine::output::Outcome;
 use serde_json::{json, Value};
 
-use super::{base64, utc_date, write_event_id, ElasticOutput};
+use super::{base64, says_all_delivered, utc_date, write_event_id, ElasticOutput};
 use crate::outputs::test_server::{build, error_fields, refused_addr, send, serve, silent_server, Seen};
 
 /// 2023-11-14T22:13:20Z.
@@ -68,6 +68,43 @@ fn check_lists_every_error() {
     );
 }
 
+/// The parser-free reading of an all-success answer says yes only to
+/// Elasticsearch's own shape with exactly one success per event; anything
+/// else goes to the parser (which the answer-mapping tests below cover).
+#[test]
+fn all_delivered_is_read_without_a_parser_only_when_certain() {
+    let filtered = |n: usize| {
+        let items = vec![r#"{"index":{"status":201}}"#; n].join(",");
+        format!(r#"{{"errors":false,"items":[{items}]}}"#)
+    };
+    for n in [1, 2, 1000] {
+        assert!(says_all_delivered(filtered(n).as_bytes(), n));
+        assert!(!says_all_delivered(filtered(n).as_bytes(), n + 1));
+        assert!(!says_all_delivered(filtered(n).as_bytes(), n - 1));
+    }
+    // Unfiltered, as a cluster without filter_path support answers.
+    let full = r#"{"took":30,"errors":false,"items":[{"index":{"_index":"a","_id":"1","_version":1,"result":"created","_shards":{"total":2,"successful":1,"failed":0},"_seq_no":0,"_primary_term":1,"status":201}}]}"#;
+    assert!(says_all_delivered(full.as_bytes(), 1));
+    // A key-like text inside a string is escaped, so it does not count.
+    let tricky = r#"{"errors":false,"items":[{"index":{"_id":"x\"status\":1","status":201}}]}"#;
+    assert!(says_all_delivered(tricky.as_bytes(), 1));
+    for declined in [
+        bulk_reply("index", &[201, 429]),
+        // Keys after `items` (this helper sorts them): left to the parser.
+        bulk_reply("create", &[201]),
+        r#"{"errors":true,"items":[{"index":{"status":201}}]}"#.to_string(),
+        r#"{"items":[{"index":{"status":201}}],"errors":false}"#.to_string(),
+        r#"{"errors":false,"items":[{"index":{"status":201}}"#.to_string(),
+        r#"{"errors":false}"#.to_string(),
+        r#"{"took":1,"nested":{"errors":false,"items":[{"index":{"status":201}}]}}"#.to_string(),
+        r#"{"errors": false, "items" : [{"index": {"status" : 201}}]}"#.to_string(),
+        "not json \"items\": [\"status\":]}".to_string(),
+        String::new(),
+    ] {
+        assert!(!says_all_delivered(declined.as_bytes(), 1), "{declined}");
+    }
+}
+
 #[test]
 fn daily_index_dates_are_utc_civil_dates() {
     assert_eq!(utc_date(0), "1970.01.01");
@@ -103,7 +140,11 @@ async fn sends_gzipped_action_and_source_pairs_to_the_daily_index() {
     let seen = server.seen();
     assert_eq!(seen.len(), 1);
     let request = &seen[0];
-    assert_eq!((request.method.as_str(), request.path.as_str(), request.query.as_str()), ("POST", "/prefix/_bulk", ""));
+    let filter = "filter_path=errors%2Citems.*.error%2Citems.*.status";
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str(), request.query.as_str()),
+        ("POST", "/prefix/_bulk", filter)
+    );
     assert_eq!(request.header("content-encoding"), "gzip");
     assert_eq!(request.header("content-type"), "application/x-ndjson");
     assert_eq!(request.header("authorization"), "Basic ZWxhc3RpYzpzM2NyZXQ=");
@@ -134,7 +175,7 @@ async fn hash_ids_are_stable_and_use_create() {
     assert_eq!(seen[0].header("content-encoding"), "");
     // The configured key wins over credentials in the URL: one header.
     assert_eq!(seen[0].headers.get_all("authorization").iter().collect::<Vec<_>>(), ["ApiKey a2V5"]);
-    assert_eq!(seen[0].query, "pipeline=geo+%26+more");
+    assert_eq!(seen[0].query, "pipeline=geo+%26+more&filter_path=errors%2Citems.*.error%2Citems.*.status");
     let first = lines(&seen[0]);
     let mut id = Vec::new();
     write_event_id(events[0].as_bytes(), &mut id);
