@@ -21,7 +21,9 @@
 //! [SECONDS] [CLIENTS]` (defaults: 10 s, 4 clients). `MODES=none,memory,
 //! spool+async,...` picks the runs (`+async`: `?mode=async`, no records
 //! in the answer); `OUTPUT_OPTIONS` adds `[[output]]` settings,
-//! `;`-separated (e.g. `max_in_flight = 8`).
+//! `;`-separated (e.g. `max_in_flight = 8`). `+gzip` turns on the
+//! output's gzip (its default; off in the other modes so that they
+//! measure the rest of the path): the receiver then also inflates.
 
 #[path = "support/inputs.rs"]
 mod inputs;
@@ -127,16 +129,18 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     // `spool+async`: the same with `?mode=async` (202, no records back),
-    // as a collector feeding only the SIEM would send.
-    let (durability, query) = match mode.split_once('+') {
-        Some((d, "async")) => (d, "?mode=async"),
-        _ => (mode, ""),
-    };
+    // as a collector feeding only the SIEM would send. `+gzip`: the
+    // output's default `gzip = true` (off otherwise, to measure the rest).
+    let mut flags = mode.split('+');
+    let durability = flags.next().unwrap_or("none");
+    let flags: Vec<&str> = flags.collect();
+    let query = if flags.contains(&"async") { "?mode=async" } else { "" };
+    let gzip = flags.contains(&"gzip");
     let output = match durability {
         "none" => String::new(),
         durability => format!(
             "[[output]]\ntype = \"elastic\"\nurl = \"{}\"\ndurability = \"{durability}\"\nbatch_max = 1000\n\
-             flush_interval_ms = 100\ngzip = false\n{}\n",
+             flush_interval_ms = 100\ngzip = {gzip}\n{}\n",
             receiver.url,
             support::output_options()
         ),
@@ -279,7 +283,15 @@ impl Receiver {
                             let (counter, byte_counter) = (counter.clone(), byte_counter.clone());
                             async move {
                                 use http_body_util::BodyExt;
-                                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                let gzipped = req.headers().get("content-encoding").is_some_and(|v| v == "gzip");
+                                let mut body =
+                                    req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                if gzipped {
+                                    use std::io::Read;
+                                    let mut plain = Vec::with_capacity(body.len() * 12);
+                                    flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut plain).unwrap();
+                                    body = plain.into();
+                                }
                                 // Every second line is an event (its bytes are what the
                                 // spool holds per event, with the LF).
                                 let (mut lines, mut event_bytes, mut start) = (0usize, 0usize, 0usize);

@@ -56,3 +56,31 @@ fn ca_file_is_read_relative_to_the_base_dir_at_build() {
     assert!(junk.contains("junk.pem"), "{junk}");
     assert_eq!(build(serde_json::json!({ "tls_verify": false })), None);
 }
+
+/// The gzip framing written around the deflate stream is what a standard
+/// decoder expects: it inflates to the input, and it checks the CRC and
+/// length this code wrote (a damaged trailer is refused).
+#[test]
+fn gzip_bodies_decode_with_a_standard_decoder() {
+    use std::io::Read as _;
+    let inflate = |gz: &[u8]| {
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(gz).read_to_end(&mut plain).map(|_| plain)
+    };
+    let json: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("{{\"n\":{i},\"src_ip\":\"10.0.{}.{}\"}}\n", i / 256, i % 256).into_bytes())
+        .collect();
+    let noise: Vec<u8> = (0..300_000u64).map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect();
+    for body in [&b""[..], b"x", &json, &noise] {
+        let gz = super::http::gzip(body);
+        assert_eq!(gz[..4], [0x1f, 0x8b, 8, 0]);
+        assert_eq!(inflate(&gz).unwrap(), body);
+        for from_end in [8, 1] {
+            // A CRC byte, then a length byte.
+            let mut damaged = gz.clone();
+            let at = damaged.len() - from_end;
+            damaged[at] ^= 1;
+            assert!(inflate(&damaged).is_err(), "trailer byte -{from_end} damaged, {} bytes", body.len());
+        }
+    }
+}
