@@ -203,14 +203,10 @@ impl ElasticSink {
         let all = |outcome| SendReport::all(n, outcome, status_code);
         match status {
             // Every item succeeded (`errors: false`, one item per event):
-            // nothing to read per item. Any failed item, a 409 included,
-            // sets `errors` and takes the full reading below.
-            200..=299
-                if says_all_delivered(body, n)
-                    || matches!(serde_json::from_slice::<BulkSummary>(body), Ok(BulkSummary { errors: Some(false), items: ItemCount(count) }) if count == n) =>
-            {
-                all(Outcome::Delivered)
-            }
+            // nothing to read per item. Anything else (a failed item, a
+            // 409 included, sets `errors`; another shape) is read once, in
+            // full, below.
+            200..=299 if says_all_delivered(body, n) => all(Outcome::Delivered),
             200..=299 => match serde_json::from_slice::<BulkResponse>(body) {
                 Ok(bulk) if bulk.items.len() == n => SendReport {
                     outcomes: bulk.items.iter().map(|item| self.item_outcome(item)).collect(),
@@ -305,35 +301,6 @@ fn says_all_delivered(body: &[u8], n: usize) -> bool {
     rest.trim_ascii().starts_with(b"[")
         && rest.trim_ascii().ends_with(b"]}")
         && memchr::memmem::find_iter(rest, b"\"status\":").count() == n
-}
-
-/// A `_bulk` reply's `errors` flag and item count, items skipped unread.
-#[derive(Deserialize)]
-struct BulkSummary {
-    errors: Option<bool>,
-    items: ItemCount,
-}
-
-struct ItemCount(usize);
-
-impl<'de> Deserialize<'de> for ItemCount {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Count;
-        impl<'de> serde::de::Visitor<'de> for Count {
-            type Value = ItemCount;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an array of bulk items")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ItemCount, A::Error> {
-                let mut n = 0;
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
-                    n += 1;
-                }
-                Ok(ItemCount(n))
-            }
-        }
-        d.deserialize_seq(Count)
-    }
 }
 
 /// `{"index": {...}}` or `{"create": {...}}`: read without allocating
