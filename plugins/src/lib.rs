@@ -25,6 +25,7 @@ pub mod asn_class;
 mod civil;
 pub mod forwarders;
 pub mod geoip;
+mod gzip;
 mod kafka;
 mod mmdb;
 mod mmdb_probe;

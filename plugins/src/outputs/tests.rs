@@ -72,7 +72,7 @@ fn gzip_bodies_decode_with_a_standard_decoder() {
         .collect();
     let noise: Vec<u8> = (0..300_000u64).map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect();
     for body in [&b""[..], b"x", &json, &noise] {
-        let gz = super::http::gzip(body);
+        let gz = crate::gzip::gzip(body);
         assert_eq!(gz[..4], [0x1f, 0x8b, 8, 0]);
         assert_eq!(inflate(&gz).unwrap(), body);
         for from_end in [8, 1] {

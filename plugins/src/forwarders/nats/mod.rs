@@ -20,7 +20,6 @@
 mod tests;
 
 use std::future::IntoFuture;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use enrichd_engine::output::{BoxFuture, FieldError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::gzip::gzip;
 use crate::nats::NatsConnection;
 
 /// Room left in a message for its headers and protocol framing.
@@ -125,13 +125,6 @@ impl NatsForwarder {
         *conn = Some(c.clone());
         Ok(c)
     }
-}
-
-/// `body` gzipped (fast level: this is on the request's path).
-fn gzip(body: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
-    encoder.write_all(body).expect("writing to a Vec");
-    encoder.finish().expect("writing to a Vec")
 }
 
 impl Forwarder for NatsForwarder {
