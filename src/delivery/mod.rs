@@ -42,8 +42,8 @@ use deadletter::DeadLetter;
 use options::{Durability, OutputSpec};
 use stats::{LostReason, OutputStats};
 
+pub(crate) use backlog::Payload;
 pub(crate) use control::{metrics_document, readings, replay, views};
-pub(crate) use spool::Payload;
 pub(crate) use submit::{submit, Admitted, Refused};
 
 /// Milliseconds since the Unix epoch.

@@ -56,7 +56,7 @@
 //!
 //! Per entry 24 bytes of metadata stay in memory (an entry is one ingest
 //! request, not one event), so `stats` and locating a seq cost no I/O.
-//! The latest entries' payloads (at most [`RECENT_MAX_BYTES`], shared with
+//! The latest entries' payloads (at most [`recent::RECENT_MAX_BYTES`], shared with
 //! the request that wrote them, not copied) stay too until acknowledged, so
 //! an output that keeps up never reads its spool back; the file is read for
 //! older entries and after a restart.
@@ -72,6 +72,7 @@
 mod commit;
 mod disk;
 mod open;
+mod recent;
 mod spares;
 #[cfg(test)]
 mod tests;
@@ -88,18 +89,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use super::backlog::Payload;
 use disk::EntryMeta;
 pub(crate) use disk::HEADER_LEN;
+use recent::Recent;
+#[cfg(test)]
+use recent::RECENT_MAX_BYTES;
 
 /// Longest time an acknowledged position stays only in memory while
 /// deliveries go on: what a crash can make the output receive twice.
 pub(crate) const ACK_PERSIST_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Payload bytes of recent entries kept in memory for the worker. An output
-/// that keeps up reads every entry from here (no read back, no CRC pass:
-/// ~4 % of the CPU on the delivery path); one that falls behind reads the
-/// older entries from the file, as after a restart.
-const RECENT_MAX_BYTES: u64 = 32 << 20;
 
 /// Where the spool lives and how large it may grow.
 #[derive(Clone, Debug)]
@@ -140,24 +139,6 @@ pub(crate) struct Entry {
     /// Where the payload's lines end, when its writer recorded them (see
     /// [`Payload::line_ends`]); `None` for entries read back from disk.
     pub(crate) line_ends: Option<Arc<[usize]>>,
-}
-
-/// One batch's NDJSON as the pipeline wrote it for an output.
-#[derive(Clone, Debug)]
-pub(crate) struct Payload {
-    pub(crate) bytes: bytes::Bytes,
-    /// The position of each line's line feed in `bytes`, one per event:
-    /// recorded while writing, so the worker does not search a backlog
-    /// entry for its events (that search was a twentieth of enrichd's CPU
-    /// with an output enabled). Kept in memory only: an entry read back
-    /// from the spool file is split by searching.
-    pub(crate) line_ends: Option<Arc<[usize]>>,
-}
-
-impl From<bytes::Bytes> for Payload {
-    fn from(bytes: bytes::Bytes) -> Self {
-        Payload { bytes, line_ends: None }
-    }
 }
 
 /// The unacked data: bytes on disk (headers included), entries, events,
@@ -241,48 +222,9 @@ struct State {
     /// Delivered segments' files kept for reuse.
     spares: spares::Spares,
     /// The latest entries appended with [`Spool::append_shared`], in seq
-    /// order, at most [`RECENT_MAX_BYTES`] of payload: the worker reads
+    /// order, at most [`recent::RECENT_MAX_BYTES`] of payload: the worker reads
     /// them from here, not back from the file.
     recent: Recent,
-}
-
-/// See [`State::recent`].
-#[derive(Default)]
-struct Recent {
-    entries: VecDeque<Entry>,
-    bytes: u64,
-}
-
-impl Recent {
-    /// Keeps `entry` (the newest), forgetting the oldest past the bound.
-    fn keep(&mut self, entry: Entry) {
-        if entry.payload.len() as u64 > RECENT_MAX_BYTES {
-            return;
-        }
-        self.bytes += entry.payload.len() as u64;
-        self.entries.push_back(entry);
-        while self.bytes > RECENT_MAX_BYTES {
-            self.forget_oldest();
-        }
-    }
-
-    /// Forgets the entries below `seq` (acknowledged).
-    fn forget_below(&mut self, seq: u64) {
-        while self.entries.front().is_some_and(|e| e.seq < seq) {
-            self.forget_oldest();
-        }
-    }
-
-    fn forget_oldest(&mut self) {
-        if let Some(old) = self.entries.pop_front() {
-            self.bytes -= old.payload.len() as u64;
-        }
-    }
-
-    fn get(&self, seq: u64) -> Option<&Entry> {
-        let at = self.entries.partition_point(|e| e.seq < seq);
-        self.entries.get(at).filter(|e| e.seq == seq)
-    }
 }
 
 impl State {
