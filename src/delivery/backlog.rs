@@ -8,9 +8,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use super::spool::{AppendError, Entry, Spool};
+use super::entry::{Entry, Payload};
+use super::spool::{AppendError, Spool};
 
 /// The unacknowledged part of a backlog.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,24 +20,6 @@ pub(crate) struct BacklogStats {
     pub entries: u64,
     pub events: u64,
     pub oldest_accepted_unix_ms: Option<u64>,
-}
-
-/// One batch's NDJSON as the pipeline wrote it for an output.
-#[derive(Clone, Debug)]
-pub(crate) struct Payload {
-    pub(crate) bytes: bytes::Bytes,
-    /// The position of each line's line feed in `bytes`, one per event:
-    /// recorded while writing, so the worker does not search a backlog
-    /// entry for its events (that search was a twentieth of enrichd's CPU
-    /// with an output enabled). Kept in memory only: an entry read back
-    /// from the spool file is split by searching.
-    pub(crate) line_ends: Option<Arc<[usize]>>,
-}
-
-impl From<bytes::Bytes> for Payload {
-    fn from(bytes: bytes::Bytes) -> Self {
-        Payload { bytes, line_ends: None }
-    }
 }
 
 pub(crate) trait Backlog: Send + Sync {

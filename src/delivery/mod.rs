@@ -18,6 +18,7 @@
 pub(crate) mod backlog;
 mod control;
 pub(crate) mod deadletter;
+mod entry;
 pub(crate) mod options;
 pub(crate) mod spool;
 pub(crate) mod stats;
@@ -42,8 +43,8 @@ use deadletter::DeadLetter;
 use options::{Durability, OutputSpec};
 use stats::{LostReason, OutputStats};
 
-pub(crate) use backlog::Payload;
 pub(crate) use control::{metrics_document, readings, replay, views};
+pub(crate) use entry::Payload;
 pub(crate) use submit::{submit, Admitted, Refused};
 
 /// Milliseconds since the Unix epoch.

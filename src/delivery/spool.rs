@@ -89,7 +89,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::backlog::Payload;
+use super::entry::{Entry, Payload};
 use disk::EntryMeta;
 pub(crate) use disk::HEADER_LEN;
 use recent::Recent;
@@ -123,22 +123,6 @@ pub(crate) struct Recovery {
     pub(crate) corrupt_bytes: u64,
     /// One sentence per damaged segment or unreadable file.
     pub(crate) problems: Vec<String>,
-}
-
-/// One entry as appended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Entry {
-    pub(crate) seq: u64,
-    pub(crate) events: u32,
-    pub(crate) accepted_unix_ms: u64,
-    /// The input's idempotency key (`enrichd_engine::source::Payload::origin`),
-    /// kept so a retry after a restart derives the same destination ids.
-    pub(crate) origin: Option<String>,
-    /// Shared, not copied, between the backlog and the worker's rounds.
-    pub(crate) payload: bytes::Bytes,
-    /// Where the payload's lines end, when its writer recorded them (see
-    /// [`Payload::line_ends`]); `None` for entries read back from disk.
-    pub(crate) line_ends: Option<Arc<[usize]>>,
 }
 
 /// The unacked data: bytes on disk (headers included), entries, events,

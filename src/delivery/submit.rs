@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::backlog::Payload;
+use super::entry::Payload;
 use super::{unix_ms, Active};
 
 /// The batch was queued: `(output index in the snapshot, sequence)` per

@@ -33,8 +33,8 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::watch;
 
 use super::deadletter::DeadRecord;
+use super::entry::Entry;
 use super::options::RuntimeOptions;
-use super::spool::Entry;
 use super::stats::LostReason;
 use super::Lane;
 
