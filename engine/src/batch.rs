@@ -296,6 +296,8 @@ pub fn write_lines<'e>(
 struct LineWriter {
     /// Where the first line starts in the buffer.
     base: usize,
+    /// How many line ends the caller's list held before the first line.
+    ends_before: usize,
     /// Lines expected (for sizing the buffer after the first).
     count: usize,
 }
@@ -303,7 +305,7 @@ struct LineWriter {
 impl LineWriter {
     fn new(out: &[u8], line_ends: &mut Vec<usize>, count: usize) -> Self {
         line_ends.reserve(count);
-        LineWriter { base: out.len(), count }
+        LineWriter { base: out.len(), ends_before: line_ends.len(), count }
     }
 
     /// Writes one line with `write` and returns where its text is in `out`
@@ -320,7 +322,7 @@ impl LineWriter {
         let end = out.len();
         line_ends.push(end - self.base);
         out.push(b'\n');
-        if line_ends.len() == 1 {
+        if line_ends.len() == self.ends_before + 1 {
             sized_after_first(out, end + 1 - start, self.count);
         }
         start..end
