@@ -118,14 +118,7 @@ impl Backlog for MemoryQueue {
         q.stats.events += u64::from(events);
         q.stats.oldest_accepted_unix_ms.get_or_insert(accepted_unix_ms);
         let origin = origin.map(str::to_string);
-        q.entries.push_back(Entry {
-            seq,
-            events,
-            accepted_unix_ms,
-            origin,
-            payload: payload.bytes.clone(),
-            line_ends: payload.line_ends.clone(),
-        });
+        q.entries.push_back(Entry { seq, events, accepted_unix_ms, origin, payload: payload.clone() });
         Ok(seq)
     }
 
@@ -136,11 +129,11 @@ impl Backlog for MemoryQueue {
         // Entries are in sequence order: skip to `from_seq` by position.
         let start = q.entries.partition_point(|e| e.seq < from_seq);
         for e in q.entries.range(start..) {
-            let full = bytes + e.payload.len() as u64 > max_bytes || events + u64::from(e.events) > max_events;
+            let full = bytes + e.payload.bytes.len() as u64 > max_bytes || events + u64::from(e.events) > max_events;
             if !out.is_empty() && full {
                 break;
             }
-            bytes += e.payload.len() as u64;
+            bytes += e.payload.bytes.len() as u64;
             events += u64::from(e.events);
             out.push(e.clone());
         }
@@ -151,7 +144,7 @@ impl Backlog for MemoryQueue {
         let mut q = self.lock();
         while q.entries.front().is_some_and(|e| e.seq <= seq) {
             let e = q.entries.pop_front().expect("front exists");
-            q.stats.bytes -= e.payload.len() as u64;
+            q.stats.bytes -= e.payload.bytes.len() as u64;
             q.stats.entries -= 1;
             q.stats.events -= u64::from(e.events);
         }

@@ -14,21 +14,21 @@ pub(crate) struct Entry {
     /// kept so a retry after a restart derives the same destination ids.
     pub(crate) origin: Option<String>,
     /// Shared, not copied, between the backlog and the worker's rounds.
-    pub(crate) payload: bytes::Bytes,
-    /// Where the payload's lines end, when its writer recorded them (see
-    /// [`Payload::line_ends`]); `None` for entries read back from disk.
-    pub(crate) line_ends: Option<Arc<[usize]>>,
+    /// Its line ends are known when ingest recorded them and the entry was
+    /// kept in memory; `None` when it was read back from a spool file.
+    pub(crate) payload: Payload,
 }
 
 /// One batch's NDJSON as the pipeline wrote it for an output.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Payload {
     pub(crate) bytes: bytes::Bytes,
     /// The position of each line's line feed in `bytes`, one per event:
     /// recorded while writing, so the worker does not search a backlog
-    /// entry for its events (that search was a twentieth of enrichd's CPU
-    /// with an output enabled). Kept in memory only: an entry read back
-    /// from the spool file is split by searching.
+    /// entry for its events. (Measured alone this saved little: the search
+    /// was the first touch of cold lines, and the next copy pays for that
+    /// touch instead; docs/PERFORMANCE.md.) Kept in memory only: an entry
+    /// read back from the spool file is split by searching.
     pub(crate) line_ends: Option<Arc<[usize]>>,
 }
 

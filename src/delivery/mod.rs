@@ -454,7 +454,7 @@ fn dead_letter_rest(lane: &Lane, reason: &str) {
     let mut events = 0u64;
     let records: Vec<deadletter::DeadRecord<'_>> = entries
         .iter()
-        .flat_map(|e| e.payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()))
+        .flat_map(|e| e.payload.bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()))
         .map(|event| {
             events += 1;
             deadletter::DeadRecord { event, error: &error, attempts: 0, unix_ms: now }

@@ -292,8 +292,7 @@ impl Spool {
             events,
             accepted_unix_ms,
             origin: origin.map(str::to_string),
-            payload: payload.bytes.clone(),
-            line_ends: payload.line_ends.clone(),
+            payload: payload.clone(),
         });
         let seq = self.write(&prefix, payload, events, accepted_unix_ms, kept)?;
         self.wait_durable(seq)?;
@@ -460,8 +459,7 @@ impl Spool {
                     events: meta.events,
                     accepted_unix_ms: meta.accepted_unix_ms,
                     origin,
-                    payload,
-                    line_ends: None,
+                    payload: payload.into(),
                 })
             })
             .collect()

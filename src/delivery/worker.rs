@@ -227,7 +227,7 @@ impl Worker {
         for (i, entry) in entries.iter().enumerate() {
             let mut start = 0;
             let mut index = 0u64;
-            let payload = &entry.payload;
+            let payload = &entry.payload.bytes;
             let mut push = |start: usize, end: usize| {
                 slots.push(Slot {
                     entry: i,
@@ -239,7 +239,7 @@ impl Worker {
                 });
                 index += 1;
             };
-            match entry.line_ends.as_deref() {
+            match entry.payload.line_ends.as_deref() {
                 // Recorded by the writer: no search (see `Payload`).
                 Some(ends) if ends.last().is_none_or(|&end| end < payload.len()) => {
                     for &end in ends {
@@ -289,7 +289,7 @@ impl Worker {
                     let s = &slots[i];
                     let entry = &entries[s.entry];
                     let origin = entry.origin.as_deref().map(|key| EventOrigin { key, index: s.index });
-                    OutEvent { json: &entry.payload[s.start..s.end], id: s.id, origin }
+                    OutEvent { json: &entry.payload.bytes[s.start..s.end], id: s.id, origin }
                 })
                 .collect();
             let started = Instant::now();
@@ -377,7 +377,7 @@ impl Worker {
             .iter()
             .map(|(i, reason)| {
                 let s = &slots[*i];
-                (entries[s.entry].payload[s.start..s.end].to_vec(), self.lane.mask(reason), s.attempts.max(1))
+                (entries[s.entry].payload.bytes[s.start..s.end].to_vec(), self.lane.mask(reason), s.attempts.max(1))
             })
             .collect();
         let owned = Arc::new(owned);

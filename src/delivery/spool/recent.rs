@@ -22,10 +22,10 @@ pub(super) struct Recent {
 impl Recent {
     /// Keeps `entry` (the newest), forgetting the oldest past the bound.
     pub(super) fn keep(&mut self, entry: Entry) {
-        if entry.payload.len() as u64 > RECENT_MAX_BYTES {
+        if entry.payload.bytes.len() as u64 > RECENT_MAX_BYTES {
             return;
         }
-        self.bytes += entry.payload.len() as u64;
+        self.bytes += entry.payload.bytes.len() as u64;
         self.entries.push_back(entry);
         while self.bytes > RECENT_MAX_BYTES {
             self.forget_oldest();
@@ -41,7 +41,7 @@ impl Recent {
 
     fn forget_oldest(&mut self) {
         if let Some(old) = self.entries.pop_front() {
-            self.bytes -= old.payload.len() as u64;
+            self.bytes -= old.payload.bytes.len() as u64;
         }
     }
 

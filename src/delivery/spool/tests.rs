@@ -70,7 +70,7 @@ fn round_trip_and_reopen() {
     let entries = read_all(&spool);
     assert_eq!(seqs(&entries), [0, 1, 2]);
     for e in &entries {
-        assert_eq!((e.events, e.accepted_unix_ms, &e.payload[..]), (3, 1_000 + e.seq, &payload(e.seq)[..]));
+        assert_eq!((e.events, e.accepted_unix_ms, &e.payload.bytes[..]), (3, 1_000 + e.seq, &payload(e.seq)[..]));
     }
     let stats = spool.stats();
     assert_eq!((stats.entries, stats.events, stats.bytes), (3, 9, 3 * entry_len()));
@@ -182,7 +182,7 @@ fn assert_recovers(dir: &Path, spool: Spool, intact: u64) {
     assert_eq!((recovery.corrupt_entries, recovery.entries), (0, intact + 1), "{:?}", recovery.problems);
     let entries = read_all(&spool);
     assert_eq!(seqs(&entries), (0..=intact).collect::<Vec<_>>());
-    assert_eq!(entries.last().unwrap().payload, &b"after"[..]);
+    assert_eq!(entries.last().unwrap().payload.bytes, &b"after"[..]);
 }
 
 #[test]
@@ -276,7 +276,7 @@ fn concurrent_appends_are_all_durable_with_unique_seqs() {
     drop(spool);
     let (spool, recovery) = open(dir.path(), 64 * MB, 4096);
     assert_eq!((recovery.entries, recovery.corrupt_entries), (8 * per_thread, 0));
-    let read: Vec<_> = read_all(&spool).into_iter().map(|e| (e.seq, e.payload.to_vec())).collect();
+    let read: Vec<_> = read_all(&spool).into_iter().map(|e| (e.seq, e.payload.bytes.to_vec())).collect();
     assert_eq!(read, all);
 }
 
@@ -384,7 +384,7 @@ fn origin_keys_survive_a_restart() {
     let entries = read_all(&spool);
     let origins: Vec<Option<&str>> = entries.iter().map(|e| e.origin.as_deref()).collect();
     assert_eq!(origins, [None, Some("RAW:42"), Some("")]);
-    assert_eq!(entries[1].payload, payload(1), "the key is not part of the payload");
+    assert_eq!(entries[1].payload.bytes, payload(1), "the key is not part of the payload");
     assert_eq!(entries[1].events, 3);
     drop(spool);
     // Flip a byte of the key: the entry (and what follows it) is cut off.
@@ -426,7 +426,7 @@ fn reused_segment_files_read_back_only_their_own_entries() {
     assert_eq!((recovery.entries, recovery.corrupt_entries), (5, 0), "{:?}", recovery.problems);
     let entries = read_all(&spool);
     assert_eq!(seqs(&entries), [12, 13, 14, 15, 16]);
-    assert!(entries.iter().all(|e| e.payload == payload(e.seq)), "only the new entries' bytes");
+    assert!(entries.iter().all(|e| e.payload.bytes == payload(e.seq)), "only the new entries' bytes");
     // Appends go on after the restart, and a second restart agrees.
     append_n(&spool, 2);
     drop(spool);
@@ -519,8 +519,8 @@ fn recent_entries_are_read_from_memory_and_older_ones_from_disk() {
     assert!(format!("{err:#}").contains("damaged"), "seq 0 is read from the file: {err:#}");
     let recent = spool.read(2, usize::MAX, u64::MAX).unwrap();
     assert_eq!(seqs(&recent), (2..count).collect::<Vec<_>>());
-    assert!(recent.iter().all(|e| e.payload == big && e.origin.as_deref() == Some("RAW:1")), "from memory");
-    assert!(recent.iter().all(|e| e.line_ends.as_ref() == Some(&ends)), "with the recorded line ends");
+    assert!(recent.iter().all(|e| e.payload.bytes == big && e.origin.as_deref() == Some("RAW:1")), "from memory");
+    assert!(recent.iter().all(|e| e.payload.line_ends.as_ref() == Some(&ends)), "with the recorded line ends");
     // Acked entries leave memory; after a restart everything is on disk.
     spool.ack_through(count - 2).unwrap();
     assert_eq!(seqs(&spool.read(0, usize::MAX, u64::MAX).unwrap()), [count - 1]);
@@ -539,9 +539,12 @@ fn entries_from_the_file_have_no_line_ends() {
     let payload =
         Payload { bytes: bytes::Bytes::from_static(b"{\"a\":1}\n{\"b\":2}\n"), line_ends: Some(vec![7, 15].into()) };
     spool.append_shared(&payload, 2, 0, None).unwrap();
-    assert_eq!(spool.read(0, usize::MAX, u64::MAX).unwrap()[0].line_ends.as_deref(), Some(&[7, 15][..]));
+    assert_eq!(spool.read(0, usize::MAX, u64::MAX).unwrap()[0].payload.line_ends.as_deref(), Some(&[7, 15][..]));
     drop(spool);
     let (spool, _) = open(dir.path(), 256 * MB, 64 * MB);
     let entries = spool.read(0, usize::MAX, u64::MAX).unwrap();
-    assert_eq!((entries[0].payload.as_ref(), entries[0].line_ends.as_deref()), (&payload.bytes[..], None));
+    assert_eq!(
+        (entries[0].payload.bytes.as_ref(), entries[0].payload.line_ends.as_deref()),
+        (&payload.bytes[..], None)
+    );
 }
