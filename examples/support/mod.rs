@@ -89,3 +89,25 @@ pub(crate) fn pct(samples: &[Duration], q: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
+
+/// The machine's CPU ticks so far: `(steal, total)` from `/proc/stat`'s
+/// `cpu` line. On a shared VM the hypervisor gives our vCPUs' time to
+/// other guests ("steal"); a run with much of it is not comparable to one
+/// without, so the benchmarks print it beside their figures.
+pub(crate) fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .map(|l| l.split_whitespace().filter_map(|f| f.parse().ok()).collect())
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal (guest counted in user)
+    (fields.get(7).copied().unwrap_or(0), fields.iter().take(8).sum())
+}
+
+/// Steal as a share of the machine's CPU time between two [`cpu_ticks`].
+pub(crate) fn steal_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1).max(1);
+    100.0 * after.0.saturating_sub(before.0) as f64 / total as f64
+}
