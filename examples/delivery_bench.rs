@@ -25,6 +25,8 @@
 //! output's gzip (its default; off in the other modes so that they
 //! measure the rest of the path): the receiver then also inflates.
 
+#[path = "support/delivery_floor.rs"]
+mod delivery_floor;
 #[path = "support/inputs.rs"]
 mod inputs;
 #[path = "support/mod.rs"]
@@ -53,7 +55,22 @@ fn main() {
     let mut results = Vec::new();
     let modes = std::env::var("MODES").unwrap_or_else(|_| "none,memory,spool,none".into());
     let modes: Vec<&str> = modes.split(',').collect();
+    let mut floors = Vec::new();
     for &mode in &modes {
+        if let Some(kind) = mode.strip_prefix("floor") {
+            let (lines, bulk) = enriched_batch(&bin, &repo, &body);
+            let f = delivery_floor::run(&receiver.url, &lines, &bulk, BATCH as u64, kind == "+disk", seconds, clients);
+            println!(
+                "{mode:>7}: {:>9.0} ev/s delivered with no enrichment, CPU {:.0} ns/ev (clients, {}receiver), steal \
+                 {:.0} %",
+                f.events_per_second,
+                f.cpu_ns,
+                if kind == "+disk" { "group commit, " } else { "" },
+                f.steal_pct
+            );
+            floors.push((mode, f.cpu_ns));
+            continue;
+        }
         let r = run(&bin, &repo, mode, &receiver, &body, seconds, clients);
         println!(
             "{mode:>7}: ingest {:>9.0} ev/s, end-to-end {:>9.0} ev/s ({:.0} ns/ev), enrichd CPU {:.0} ns/ev, bench CPU {:.0} \
@@ -76,8 +93,22 @@ fn main() {
     };
     let base = figure("none");
     println!("ingest-only (mean of its runs): {base:.0} ev/s");
-    for &mode in modes.iter().filter(|m| **m != "none") {
+    for &mode in modes.iter().filter(|m| **m != "none" && !m.starts_with("floor")) {
         println!("{mode:>13}: {:.0} % of ingest-only", 100.0 * figure(mode) / base);
+    }
+    // The bound the floor puts on the ratio: ingest-only's CPU per event
+    // (enrichd and its clients) over that plus the floor's.
+    let ingest_cpu: Vec<f64> =
+        results.iter().filter(|(m, _)| *m == "none").map(|(_, r)| r.server_cpu_ns + r.bench_cpu_ns).collect();
+    if !ingest_cpu.is_empty() {
+        let ingest_cpu = ingest_cpu.iter().sum::<f64>() / ingest_cpu.len() as f64;
+        for (mode, floor) in &floors {
+            println!(
+                "{mode:>13}: ingest-only uses {ingest_cpu:.0} ns of CPU per event, so delivery costing {floor:.0} more \
+                 caps the ratio at {:.0} % of ingest-only",
+                100.0 * ingest_cpu / (ingest_cpu + floor)
+            );
+        }
     }
     let (memory, spool) = (figure("memory"), figure("spool"));
     if memory > 0.0 && spool > 0.0 {
@@ -246,6 +277,37 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
         delivered: receiver.count.load(Relaxed) - before,
         event_bytes: (receiver.bytes.load(Relaxed) - bytes_before) / (receiver.count.load(Relaxed) - before).max(1),
     }
+}
+
+/// The bench batch as enriched NDJSON (from an enrichd answer, one record
+/// per line) and as the `_bulk` body the elastic output would send.
+fn enriched_batch(bin: &Path, repo: &Path, body: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("[auth]\napi_keys = [\"{KEY}\"]\n{}", inputs::stage3_chain(repo))).unwrap();
+    let (mut child, base) = support::spawn(bin, &config);
+    let answer: Value = ureq::post(&format!("{base}/v1/ingest"))
+        .header("Authorization", format!("Bearer {KEY}"))
+        .header("Content-Type", "application/json")
+        .send(body)
+        .expect("ingest")
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_json()
+        .expect("answer");
+    let _ = child.kill();
+    let _ = child.wait();
+    let (mut lines, mut bulk) = (Vec::new(), Vec::new());
+    for record in answer["records"].as_array().expect("records") {
+        let line = serde_json::to_vec(record).unwrap();
+        lines.extend_from_slice(&line);
+        lines.push(b'\n');
+        bulk.extend_from_slice(b"{\"index\":{\"_index\":\"enrichd-2026.12.07\"}}\n");
+        bulk.extend_from_slice(&line);
+        bulk.push(b'\n');
+    }
+    (lines, bulk)
 }
 
 /// 1,000 Zeek conn records with varied public addresses (deterministic).
