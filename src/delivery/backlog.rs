@@ -40,8 +40,26 @@ pub(crate) trait Backlog: Send + Sync {
     /// Entries from `from_seq` on, stopping before `max_events` events or
     /// `max_bytes` bytes: at least one if there is one.
     fn read(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> anyhow::Result<Vec<Entry>>;
-    /// Everything up to `seq` is done with.
-    fn ack_through(&self, seq: u64) -> anyhow::Result<()>;
+    /// [`Backlog::read`] when it needs no I/O, else `None` (nothing read).
+    /// The worker tries this on its own thread first: a hop to the
+    /// blocking pool and back costs two thread wake-ups, which on a VM are
+    /// IPIs and cost more than the read (docs/PERFORMANCE.md). It may wait
+    /// on a lock an appender holds for one write, never on disk I/O.
+    fn read_in_memory(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> Option<Vec<Entry>>;
+    /// Everything up to `seq` is done with: [`Backlog::ack_in_memory`],
+    /// then [`Backlog::persist`] when that says so. Blocking.
+    fn ack_through(&self, seq: u64) -> anyhow::Result<()> {
+        if self.ack_in_memory(seq)? {
+            self.persist()?;
+        }
+        Ok(())
+    }
+    /// Marks everything up to `seq` done, without I/O. `true`: the
+    /// position is due to be made durable now ([`Backlog::persist`]).
+    fn ack_in_memory(&self, seq: u64) -> anyhow::Result<bool>;
+    /// Makes the acknowledged position durable (a no-op where nothing is).
+    /// Blocking.
+    fn persist(&self) -> anyhow::Result<()>;
     fn first_unacked(&self) -> u64;
     fn stats(&self) -> BacklogStats;
 }
@@ -62,8 +80,17 @@ impl Backlog for Spool {
     fn read(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
         Spool::read_bounded(self, from_seq, usize::MAX, max_events, max_bytes)
     }
+    fn read_in_memory(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> Option<Vec<Entry>> {
+        Spool::read_recent(self, from_seq, max_events, max_bytes)
+    }
     fn ack_through(&self, seq: u64) -> anyhow::Result<()> {
         Spool::ack_through(self, seq)
+    }
+    fn ack_in_memory(&self, seq: u64) -> anyhow::Result<bool> {
+        Spool::ack_in_memory(self, seq)
+    }
+    fn persist(&self) -> anyhow::Result<()> {
+        Spool::persist(self)
     }
     fn first_unacked(&self) -> u64 {
         Spool::first_unacked(self)
@@ -123,6 +150,10 @@ impl Backlog for MemoryQueue {
     }
 
     fn read(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
+        Ok(self.read_in_memory(from_seq, max_events, max_bytes).unwrap_or_default())
+    }
+
+    fn read_in_memory(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> Option<Vec<Entry>> {
         let q = self.lock();
         let mut out = Vec::new();
         let (mut bytes, mut events) = (0, 0);
@@ -137,10 +168,10 @@ impl Backlog for MemoryQueue {
             events += u64::from(e.events);
             out.push(e.clone());
         }
-        Ok(out)
+        Some(out)
     }
 
-    fn ack_through(&self, seq: u64) -> anyhow::Result<()> {
+    fn ack_in_memory(&self, seq: u64) -> anyhow::Result<bool> {
         let mut q = self.lock();
         while q.entries.front().is_some_and(|e| e.seq <= seq) {
             let e = q.entries.pop_front().expect("front exists");
@@ -149,6 +180,10 @@ impl Backlog for MemoryQueue {
             q.stats.events -= u64::from(e.events);
         }
         q.stats.oldest_accepted_unix_ms = q.entries.front().map(|e| e.accepted_unix_ms);
+        Ok(false)
+    }
+
+    fn persist(&self) -> anyhow::Result<()> {
         Ok(())
     }
 
@@ -242,6 +277,10 @@ mod tests {
         assert_eq!(q.stats().oldest_accepted_unix_ms, Some(1003));
         // A huge first entry still comes back alone.
         assert_eq!(q.read(3, 10, 1).unwrap().len(), 1);
+        // Every read is in memory; nothing is ever due to persist.
+        assert_eq!(q.read_in_memory(3, 10, u64::MAX).map(|e| e.len()), Some(2));
+        assert!(!q.ack_in_memory(3).unwrap());
+        assert_eq!(q.first_unacked(), 4);
     }
 
     #[test]

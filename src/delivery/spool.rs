@@ -72,6 +72,7 @@
 mod commit;
 mod disk;
 mod open;
+mod read;
 mod recent;
 mod spares;
 #[cfg(test)]
@@ -173,12 +174,6 @@ struct Segment {
     /// still holds an older segment's bytes past the entries.
     file_len: u64,
     entries: Vec<EntryMeta>,
-}
-
-/// An entry a read will return: kept in memory, or where it is on disk.
-enum Planned {
-    Kept(Entry),
-    OnDisk(Arc<File>, u64, EntryMeta),
 }
 
 impl Segment {
@@ -400,71 +395,6 @@ impl Spool {
         Ok(())
     }
 
-    /// Durable entries from `from_seq` on (or from the first unacked one,
-    /// if later): at most `max_entries`, and no more than `max_bytes` of
-    /// payload, except that the first entry is always returned.
-    #[cfg_attr(not(test), allow(dead_code))] // the runtime uses read_bounded
-    pub(crate) fn read(&self, from_seq: u64, max_entries: usize, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
-        self.read_bounded(from_seq, max_entries, u64::MAX, max_bytes)
-    }
-
-    /// [`Spool::read`] that also stops before `max_events` events (still
-    /// returning at least one entry): the delivery worker reads one batch's
-    /// worth, not every entry that fits in `max_bytes`.
-    pub(crate) fn read_bounded(
-        &self,
-        from_seq: u64,
-        max_entries: usize,
-        max_events: u64,
-        max_bytes: u64,
-    ) -> anyhow::Result<Vec<Entry>> {
-        let durable = lock(&self.sync).synced_next;
-        let mut plan: Vec<Planned> = Vec::new();
-        {
-            let st = lock(&self.state);
-            let from = from_seq.max(st.first_unacked);
-            let start = st.segments.partition_point(|s| s.end_seq() <= from);
-            let mut bytes = 0u64;
-            let mut events = 0u64;
-            'segments: for segment in st.segments.range(start..) {
-                let skip = from.saturating_sub(segment.first_seq) as usize;
-                for (i, meta) in segment.entries.iter().enumerate().skip(skip) {
-                    let seq = segment.first_seq + i as u64;
-                    let full = plan.len() >= max_entries
-                        || bytes + u64::from(meta.len) > max_bytes
-                        || events + u64::from(meta.events) > max_events;
-                    if seq >= durable || (!plan.is_empty() && full) {
-                        break 'segments;
-                    }
-                    bytes += u64::from(meta.len);
-                    events += u64::from(meta.events);
-                    plan.push(match st.recent.get(seq) {
-                        Some(kept) => Planned::Kept(kept.clone()),
-                        None => Planned::OnDisk(Arc::clone(&segment.file), seq, *meta),
-                    });
-                }
-            }
-        }
-        // Outside the lock: an open descriptor stays readable even if an
-        // ack deletes the segment meanwhile.
-        plan.into_iter()
-            .map(|planned| {
-                let (file, seq, meta) = match planned {
-                    Planned::Kept(entry) => return Ok(entry),
-                    Planned::OnDisk(file, seq, meta) => (file, seq, meta),
-                };
-                let (origin, payload) = disk::read_entry(&file, seq, &meta)?;
-                Ok(Entry {
-                    seq,
-                    events: meta.events,
-                    accepted_unix_ms: meta.accepted_unix_ms,
-                    origin,
-                    payload: payload.into(),
-                })
-            })
-            .collect()
-    }
-
     pub(crate) fn first_unacked(&self) -> u64 {
         lock(&self.state).first_unacked
     }
@@ -479,42 +409,55 @@ impl Spool {
     /// is persisted, and the segments left with no unacked entry deleted,
     /// when due (see the module docs).
     pub(crate) fn ack_through(&self, seq: u64) -> anyhow::Result<()> {
-        let mut last_persist = lock(&self.ack_lock);
-        let new_first = seq.saturating_add(1);
-        let due = {
-            let mut guard = lock(&self.state);
-            let st = &mut *guard;
-            if new_first <= st.first_unacked {
-                return Ok(());
-            }
-            if seq >= st.next_seq {
-                bail!("cannot ack seq {seq}: the spool's next seq is {}", st.next_seq);
-            }
-            let old_first = st.first_unacked;
-            let start = st.segments.partition_point(|s| s.end_seq() <= old_first);
-            for segment in st.segments.range(start..) {
-                let from = old_first.max(segment.first_seq);
-                let to = new_first.min(segment.end_seq());
-                if from >= to {
-                    break;
-                }
-                for meta in &segment.entries[(from - segment.first_seq) as usize..(to - segment.first_seq) as usize] {
-                    st.unacked_bytes -= meta.disk_len();
-                    st.unacked_entries -= 1;
-                    st.unacked_events -= u64::from(meta.events);
-                }
-            }
-            st.first_unacked = new_first;
-            st.recent.forget_below(new_first);
-            last_persist.is_none_or(|at| at.elapsed() >= ACK_PERSIST_INTERVAL)
-                || new_first == st.next_seq
-                || st.used_bytes > self.max_bytes / 2
-        };
-        if due {
-            *last_persist = Some(Instant::now());
-            self.persist_ack()?;
+        if self.ack_in_memory(seq)? {
+            self.persist()?;
         }
         Ok(())
+    }
+
+    /// The in-memory part of [`Spool::ack_through`]: `true` when the
+    /// position is due to be persisted ([`Spool::persist`]).
+    pub(crate) fn ack_in_memory(&self, seq: u64) -> anyhow::Result<bool> {
+        let mut last_persist = lock(&self.ack_lock);
+        let new_first = seq.saturating_add(1);
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        if new_first <= st.first_unacked {
+            return Ok(false);
+        }
+        if seq >= st.next_seq {
+            bail!("cannot ack seq {seq}: the spool's next seq is {}", st.next_seq);
+        }
+        let old_first = st.first_unacked;
+        let start = st.segments.partition_point(|s| s.end_seq() <= old_first);
+        for segment in st.segments.range(start..) {
+            let from = old_first.max(segment.first_seq);
+            let to = new_first.min(segment.end_seq());
+            if from >= to {
+                break;
+            }
+            for meta in &segment.entries[(from - segment.first_seq) as usize..(to - segment.first_seq) as usize] {
+                st.unacked_bytes -= meta.disk_len();
+                st.unacked_entries -= 1;
+                st.unacked_events -= u64::from(meta.events);
+            }
+        }
+        st.first_unacked = new_first;
+        st.recent.forget_below(new_first);
+        let due = last_persist.is_none_or(|at| at.elapsed() >= ACK_PERSIST_INTERVAL)
+            || new_first == st.next_seq
+            || st.used_bytes > self.max_bytes / 2;
+        if due {
+            // Taken now, so acks until the persist are not due again.
+            *last_persist = Some(Instant::now());
+        }
+        Ok(due)
+    }
+
+    /// Persists the acknowledged position (see [`Spool::persist_ack`]).
+    pub(crate) fn persist(&self) -> anyhow::Result<()> {
+        let _serialized = lock(&self.ack_lock);
+        self.persist_ack()
     }
 
     /// Writes the in-memory position to the `ack` file and deletes the

@@ -76,7 +76,11 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
         let ready =
             unread >= batch_max || (inflight.is_empty() && unread > 0 && (stopping.is_some() || now_ms >= flush_due));
         if ready && !past_deadline && inflight.len() < max_in_flight {
-            match read(&worker.lane, next, worker.options.batch_max).await {
+            let read = match worker.lane.backlog.read_in_memory(next, batch_max, READ_MAX_BYTES) {
+                Some(entries) => Ok(entries),
+                None => read(&worker.lane, next, worker.options.batch_max).await,
+            };
+            match read {
                 Ok(entries) if !entries.is_empty() => {
                     read_failures = 0;
                     let last = entries.last().expect("not empty").seq;
@@ -137,11 +141,18 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
                     return;
                 }
                 inflight_events -= events;
-                let lane = worker.lane.clone();
-                match tokio::task::spawn_blocking(move || lane.backlog.ack_through(last)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => worker.lane.error(format!("acknowledging the backlog: {e:#}")),
-                    Err(e) => worker.lane.error(format!("acknowledging the backlog: {e}")),
+                // In memory here; only persisting the position (a spool's,
+                // at most every 250 ms under load) goes to the blocking pool.
+                let persisted = match worker.lane.backlog.ack_in_memory(last) {
+                    Ok(false) => Ok(()),
+                    Ok(true) => {
+                        let lane = worker.lane.clone();
+                        tokio::task::spawn_blocking(move || lane.backlog.persist()).await.unwrap_or_else(|e| Err(e.into()))
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = persisted {
+                    worker.lane.error(format!("acknowledging the backlog: {e:#}"));
                 }
                 worker.lane.acked.send_replace(last + 1);
             }

@@ -365,6 +365,30 @@ fn acks_are_persisted_at_most_every_interval_and_at_drop() {
     assert_eq!(seqs(&read_all(&spool)), [6, 7]);
 }
 
+/// The worker's split acknowledgement: in memory, then a persist only
+/// when it says one is due; a crash in between re-delivers, never skips.
+#[test]
+fn an_ack_in_memory_says_when_to_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), MB, 2 * entry_len());
+    append_n(&spool, 6);
+    assert!(spool.ack_in_memory(0).unwrap(), "the first ack is due at once");
+    spool.persist().unwrap();
+    assert!(!spool.ack_in_memory(2).unwrap(), "inside the interval, entries left: not due");
+    assert!(!spool.ack_in_memory(1).unwrap(), "an older ack changes nothing");
+    assert_eq!(spool.first_unacked(), 3);
+    assert!(spool.ack_in_memory(9).is_err(), "beyond the last entry");
+    assert!(spool.ack_in_memory(5).unwrap(), "the backlog is empty: due");
+    std::mem::forget(spool); // a crash before the persist
+    let (spool, _) = open(dir.path(), MB, 2 * entry_len());
+    assert_eq!(seqs(&read_all(&spool)), [1, 2, 3, 4, 5], "from the last persisted position");
+    assert!(spool.ack_in_memory(5).unwrap());
+    spool.persist().unwrap();
+    std::mem::forget(spool);
+    let (spool, _) = open(dir.path(), MB, 2 * entry_len());
+    assert!(read_all(&spool).is_empty());
+}
+
 /// An entry's origin key survives a restart beside keyless entries (the
 /// format before keys), and a damaged key is caught by the CRC like a
 /// damaged payload.
@@ -521,6 +545,12 @@ fn recent_entries_are_read_from_memory_and_older_ones_from_disk() {
     assert_eq!(seqs(&recent), (2..count).collect::<Vec<_>>());
     assert!(recent.iter().all(|e| e.payload.bytes == big && e.origin.as_deref() == Some("RAW:1")), "from memory");
     assert!(recent.iter().all(|e| e.payload.line_ends.as_ref() == Some(&ends)), "with the recorded line ends");
+    // The worker's read without I/O: only where every entry is in memory.
+    assert!(spool.read_recent(0, u64::MAX, u64::MAX).is_none(), "seq 0 needs the file");
+    assert!(spool.read_recent(1, u64::MAX, u64::MAX).is_none(), "seq 1 needs the file");
+    assert_eq!(seqs(&spool.read_recent(2, u64::MAX, u64::MAX).expect("in memory")), seqs(&recent));
+    assert_eq!(seqs(&spool.read_recent(2, 1, u64::MAX).expect("in memory")), [2], "bounded like a read");
+    assert_eq!(spool.read_recent(count, u64::MAX, u64::MAX).map(|e| e.len()), Some(0), "nothing new: no I/O");
     // Acked entries leave memory; after a restart everything is on disk.
     spool.ack_through(count - 2).unwrap();
     assert_eq!(seqs(&spool.read(0, usize::MAX, u64::MAX).unwrap()), [count - 1]);
