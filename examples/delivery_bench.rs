@@ -24,6 +24,10 @@
 //! `;`-separated (e.g. `max_in_flight = 8`). `+gzip` turns on the
 //! output's gzip (its default; off in the other modes so that they
 //! measure the rest of the path): the receiver then also inflates.
+//! `floor` and `floor+disk` run no enrichd: they deliver the batch as
+//! enrichd enriched it (and with `+disk` append it to a file and fdatasync
+//! first), to show what delivering alone costs this machine and the
+//! ceiling that puts on the ratio to ingest-only (`support/delivery_floor.rs`).
 
 #[path = "support/delivery_floor.rs"]
 mod delivery_floor;
