@@ -227,6 +227,7 @@ fn new_shadow(
         breaker: CircuitBreaker::new(
             stage.options.breaker_failures,
             std::time::Duration::from_secs(stage.options.breaker_window_s),
+            std::time::Duration::from_secs(stage.options.breaker_cooldown_s),
         ),
         summary: Summary::default(),
     }

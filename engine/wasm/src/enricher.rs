@@ -24,7 +24,7 @@ use crate::record::{fill_record, RecordSlots};
 use crate::results::{ResultWriter, Scratch, Verdict};
 use crate::runtime::{self, LimitHit, Limits, LoadedModule, Worker};
 use crate::shadow::{Shadow, ShadowCell};
-use crate::stats::{CircuitBreaker, FailureKind, ModuleStats};
+use crate::stats::{CircuitBreaker, FailureKind, ModuleStats, Transition};
 use crate::text;
 
 /// Per-thread scratch: the instances and reusable buffers.
@@ -112,7 +112,11 @@ impl WasmEnricher {
             earlier_facts,
             results,
             stats: ModuleStats::default(),
-            breaker: CircuitBreaker::new(options.breaker_failures, Duration::from_secs(options.breaker_window_s)),
+            breaker: CircuitBreaker::new(
+                options.breaker_failures,
+                Duration::from_secs(options.breaker_window_s),
+                Duration::from_secs(options.breaker_cooldown_s),
+            ),
             slots: ThreadLocal::new(),
             signing: None,
             shadow: ctx.carried::<ShadowCell>(),
@@ -317,9 +321,6 @@ impl WasmEnricher {
         slot: &mut ThreadSlot,
         verdicts: bool,
     ) -> Result<(), FailureKind> {
-        if self.breaker.is_open() {
-            return Err(FailureKind::CircuitOpen);
-        }
         let module = self.module.as_deref().ok_or(FailureKind::Unavailable)?;
         let target = Target { name: &self.name, module, stats: &self.stats };
         let ThreadSlot { worker, records, scratch, live_verdicts, .. } = slot;
@@ -346,7 +347,8 @@ impl WasmEnricher {
         live: Result<(), FailureKind>,
     ) {
         let started = Instant::now();
-        let result = if shadow.breaker.is_open() {
+        let admitted = shadow.breaker.admit();
+        let result = if admitted.is_none() {
             Err(FailureKind::CircuitOpen)
         } else {
             let target = Target { name: &shadow.name, module: &shadow.module, stats: &shadow.stats };
@@ -378,6 +380,9 @@ impl WasmEnricher {
                 },
             }
         };
+        if let Some(trial) = admitted {
+            log_transition(&shadow.name, "shadow ", shadow.breaker.settle(trial, result));
+        }
         if let Err(kind) = result {
             if kind == FailureKind::MalformedResult {
                 slot.shadow_worker = None;
@@ -385,6 +390,22 @@ impl WasmEnricher {
             shadow.failed(kind, events.len());
         }
         shadow.summary.add_time(started.elapsed());
+    }
+}
+
+/// Logs a change of a breaker's state (`what`: "" or "shadow ").
+fn log_transition(module: &str, what: &str, transition: Transition) {
+    match transition {
+        Transition::None => {}
+        Transition::Opened => {
+            tracing::error!(%module, "{what}circuit breaker open after repeated failures: the module is not called")
+        }
+        Transition::Reopened(wait) => tracing::error!(
+            %module, wait_s = wait.as_secs(), "{what}circuit breaker trial failed: open again"
+        ),
+        Transition::Closed => {
+            tracing::warn!(%module, "{what}circuit breaker trial succeeded: closed, the module is called again")
+        }
     }
 }
 
@@ -420,12 +441,16 @@ impl Enricher for WasmEnricher {
                 }
                 fill_record(record, event, &self.record_slots);
             }
-            let live = self.run_chunk(source, chunk, &mut slot, shadow.is_some());
+            let live = match self.breaker.admit() {
+                None => Err(FailureKind::CircuitOpen),
+                Some(trial) => {
+                    let live = self.run_chunk(source, chunk, &mut slot, shadow.is_some());
+                    log_transition(&self.name, "", self.breaker.settle(trial, live));
+                    live
+                }
+            };
             if let Err(kind) = live {
                 self.stats.record_error(kind);
-                if self.breaker.record(kind) {
-                    tracing::error!(module = %self.name, "circuit breaker open: the module is no longer called until it is replaced");
-                }
                 self.results.fallback(chunk, kind);
             }
             // After the live verdicts are written: whatever the shadow
@@ -441,7 +466,11 @@ impl Enricher for WasmEnricher {
             (None, Some(e)) if e == "file not found" => (PluginState::Missing, Some(e.clone())),
             (None, e) => (PluginState::Error, e.clone()),
             (Some(_), _) if self.breaker.is_open() => {
-                (PluginState::Error, Some("circuit breaker open after repeated failures; replace the module".into()))
+                let next = match self.breaker.next_trial_in_s() {
+                    Some(s) => format!("a trial call in {s} s"),
+                    None => "replace the module".into(),
+                };
+                (PluginState::Error, Some(format!("circuit breaker open after repeated failures; {next}")))
             }
             (Some(_), _) => (PluginState::Loaded, None),
         };
@@ -459,6 +488,8 @@ impl Enricher for WasmEnricher {
         })];
         let mut details = self.stats.to_json();
         details["circuit_open"] = self.breaker.is_open().into();
+        details["circuit_opened"] = self.breaker.opened().into();
+        details["circuit_next_trial_s"] = self.breaker.next_trial_in_s().into();
         details["deadline_ms"] = (self.limits.deadline_ticks * runtime::TICK.as_millis() as u64).into();
         details["memory_limit_mib"] = (self.limits.memory_bytes >> 20).into();
         details["table_limit_elements"] = self.limits.table_elements.into();

@@ -73,6 +73,11 @@ pub struct WasmOptions {
     /// longer count.
     #[serde(default = "default_breaker_window_s")]
     pub breaker_window_s: u64,
+    /// Seconds the open breaker waits before letting one call through as a
+    /// trial: success closes it, failure opens it again for twice as long
+    /// (at most 600 s). `0`: it stays open until the module is replaced.
+    #[serde(default = "default_breaker_cooldown_s")]
+    pub breaker_cooldown_s: u64,
     /// Load the module only with a valid Ed25519 signature by one of
     /// `trusted_keys` in `<module>.sig` (raw 64 bytes or base64, as
     /// `openssl pkeyutl -sign -rawin` or `enrichd rule sign` write it).
@@ -128,6 +133,9 @@ fn default_breaker_failures() -> usize {
 }
 fn default_breaker_window_s() -> u64 {
     60
+}
+fn default_breaker_cooldown_s() -> u64 {
+    30
 }
 
 impl WasmOptions {

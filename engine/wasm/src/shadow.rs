@@ -249,12 +249,9 @@ impl Shadow {
         })
     }
 
-    /// Records a failed shadow call: counted, and the breaker told.
+    /// Records a failed shadow call (the breaker is told by the caller).
     pub(crate) fn failed(&self, kind: FailureKind, events: usize) {
         self.stats.record_error(kind);
-        if self.breaker.record(kind) {
-            tracing::warn!(module = %self.name, "shadow circuit breaker open: the shadow is no longer called");
-        }
         self.summary.not_compared(events, false);
     }
 }

@@ -4,7 +4,7 @@
 //! only taken when a call fails, never on the success path.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -137,45 +137,150 @@ impl ModuleStats {
     }
 }
 
-/// Stops calling a module after `threshold` failures within `window`, until
-/// the module is replaced (a new enricher is built).
+/// Stops calling a module after `threshold` failures within `window`;
+/// after a cool-down lets one call through as a trial (half-open): a
+/// trial that succeeds closes the breaker, one that fails opens it again
+/// for twice as long (up to [`MAX_COOLDOWN`]). With no cool-down it stays
+/// open until the module is replaced (a new enricher is built).
+///
+/// Why trials: the deadline is CPU time, so a busy host no longer opens
+/// the breaker, but a burst of input a rule cannot handle, or a transient
+/// host fault, still can; scoring should come back on its own when the
+/// cause is gone, and stay off (with backoff) while it is not. The closed
+/// state costs one relaxed load per call.
 pub(crate) struct CircuitBreaker {
     threshold: usize,
     window: Duration,
+    /// The first cool-down; zero: no trials.
+    cooldown: Duration,
     open: AtomicBool,
-    failures: Mutex<VecDeque<Instant>>,
+    /// A trial call is under way (one at a time).
+    trial: AtomicBool,
+    /// While open: when the next trial may start, in ms from `epoch`.
+    trial_at_ms: AtomicU64,
+    epoch: Instant,
+    /// Times the breaker opened (again), for status.
+    opened: AtomicU64,
+    inner: Mutex<BreakerInner>,
+}
+
+struct BreakerInner {
+    failures: VecDeque<Instant>,
+    /// The cool-down the next opening waits.
+    next_cooldown: Duration,
+}
+
+/// The longest cool-down between trials.
+pub(crate) const MAX_COOLDOWN: Duration = Duration::from_secs(600);
+
+/// A change of the breaker's state, for the caller to log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transition {
+    None,
+    /// Enough failures in the window: opened.
+    Opened,
+    /// A trial failed: open again, for the returned cool-down.
+    Reopened(Duration),
+    /// A trial succeeded: closed.
+    Closed,
 }
 
 impl CircuitBreaker {
-    pub(crate) fn new(threshold: usize, window: Duration) -> Self {
+    pub(crate) fn new(threshold: usize, window: Duration, cooldown: Duration) -> Self {
         CircuitBreaker {
             threshold: threshold.max(1),
             window,
+            cooldown,
             open: AtomicBool::new(false),
-            failures: Mutex::new(VecDeque::new()),
+            trial: AtomicBool::new(false),
+            trial_at_ms: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            opened: AtomicU64::new(0),
+            inner: Mutex::new(BreakerInner { failures: VecDeque::new(), next_cooldown: cooldown }),
         }
     }
 
+    /// Open (a trial may be under way): status reports this.
     pub(crate) fn is_open(&self) -> bool {
         self.open.load(Relaxed)
     }
 
-    /// Records a failure; returns true when this one opened the circuit.
-    pub(crate) fn record(&self, kind: FailureKind) -> bool {
+    /// Times it opened, first and again.
+    pub(crate) fn opened(&self) -> u64 {
+        self.opened.load(Relaxed)
+    }
+
+    /// Whether to call the module now: `None` while open; `Some(true)` for
+    /// the one trial call after a cool-down, `Some(false)` for a normal
+    /// call. Pass it to [`CircuitBreaker::settle`] with the outcome.
+    pub(crate) fn admit(&self) -> Option<bool> {
+        if !self.open.load(Relaxed) {
+            return Some(false);
+        }
+        let due = self.now_ms() >= self.trial_at_ms.load(Relaxed);
+        (due && self.trial.compare_exchange(false, true, Acquire, Relaxed).is_ok()).then_some(true)
+    }
+
+    /// Records how an admitted call ended.
+    pub(crate) fn settle(&self, trial: bool, outcome: Result<(), FailureKind>) -> Transition {
+        match (trial, outcome) {
+            (false, Ok(())) => Transition::None,
+            (false, Err(kind)) => self.record(kind),
+            (true, Ok(())) => {
+                let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                inner.failures.clear();
+                inner.next_cooldown = self.cooldown;
+                self.open.store(false, Relaxed);
+                self.trial.store(false, Release);
+                Transition::Closed
+            }
+            (true, Err(_)) => {
+                let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                inner.next_cooldown = (inner.next_cooldown * 2).min(MAX_COOLDOWN);
+                let wait = inner.next_cooldown;
+                self.open_for(wait);
+                self.trial.store(false, Release);
+                Transition::Reopened(wait)
+            }
+        }
+    }
+
+    /// Records a failure of a normal call.
+    fn record(&self, kind: FailureKind) -> Transition {
         if !kind.counts_for_breaker() || self.is_open() {
-            return false;
+            return Transition::None;
         }
         let now = Instant::now();
-        let mut failures = self.failures.lock().expect("breaker lock");
-        failures.push_back(now);
-        while failures.front().is_some_and(|t| now.duration_since(*t) > self.window) {
-            failures.pop_front();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.failures.push_back(now);
+        while inner.failures.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+            inner.failures.pop_front();
         }
-        if failures.len() >= self.threshold {
-            self.open.store(true, Relaxed);
-            return true;
+        if inner.failures.len() < self.threshold || self.is_open() {
+            return Transition::None;
         }
-        false
+        let wait = inner.next_cooldown;
+        self.open_for(wait);
+        Transition::Opened
+    }
+
+    /// Opens; the next trial after `wait` (never, when zero).
+    fn open_for(&self, wait: Duration) {
+        let at = if wait.is_zero() { u64::MAX } else { self.now_ms().saturating_add(wait.as_millis() as u64) };
+        self.trial_at_ms.store(at, Relaxed);
+        self.open.store(true, Relaxed);
+        self.opened.fetch_add(1, Relaxed);
+    }
+
+    /// Seconds until the next trial may start (0: now or under way);
+    /// `None` while closed or when it stays open until replaced.
+    pub(crate) fn next_trial_in_s(&self) -> Option<u64> {
+        let at = self.trial_at_ms.load(Relaxed);
+        (self.is_open() && at != u64::MAX).then(|| at.saturating_sub(self.now_ms()).div_ceil(1000))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 }
 
@@ -183,24 +288,67 @@ impl CircuitBreaker {
 mod tests {
     use super::*;
 
+    fn fail(b: &CircuitBreaker, kind: FailureKind) -> Transition {
+        let trial = b.admit().expect("admitted");
+        b.settle(trial, Err(kind))
+    }
+
     #[test]
     fn breaker_opens_after_threshold_within_window() {
-        let b = CircuitBreaker::new(3, Duration::from_secs(60));
-        assert!(!b.record(FailureKind::Trap));
-        assert!(!b.record(FailureKind::CircuitOpen), "not the module's fault");
-        assert!(!b.record(FailureKind::Timeout));
+        let b = CircuitBreaker::new(3, Duration::from_secs(60), Duration::ZERO);
+        assert_eq!(fail(&b, FailureKind::Trap), Transition::None);
+        assert_eq!(fail(&b, FailureKind::CircuitOpen), Transition::None, "not the module's fault");
+        assert_eq!(b.settle(false, Ok(())), Transition::None, "a success does not reset the window");
+        assert_eq!(fail(&b, FailureKind::Timeout), Transition::None);
         assert!(!b.is_open());
-        assert!(b.record(FailureKind::Memory));
+        assert_eq!(fail(&b, FailureKind::Memory), Transition::Opened);
         assert!(b.is_open());
+        assert_eq!(b.admit(), None, "no cool-down: open until replaced");
+        assert_eq!(b.next_trial_in_s(), None);
+        assert_eq!(b.opened(), 1);
     }
 
     #[test]
     fn old_failures_fall_out_of_the_window() {
-        let b = CircuitBreaker::new(2, Duration::from_millis(1));
-        b.record(FailureKind::Trap);
+        let b = CircuitBreaker::new(2, Duration::from_millis(1), Duration::ZERO);
+        fail(&b, FailureKind::Trap);
         std::thread::sleep(Duration::from_millis(5));
-        assert!(!b.record(FailureKind::Trap));
+        assert_eq!(fail(&b, FailureKind::Trap), Transition::None);
         assert!(!b.is_open());
+    }
+
+    #[test]
+    fn one_trial_after_the_cool_down_closes_or_doubles_it() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(60), Duration::from_millis(40));
+        assert_eq!(fail(&b, FailureKind::Trap), Transition::Opened);
+        assert_eq!(b.admit(), None, "cooling down");
+        assert_eq!(b.next_trial_in_s(), Some(1));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.admit(), Some(true), "the trial");
+        assert_eq!(b.admit(), None, "one trial at a time");
+        assert_eq!(b.settle(true, Err(FailureKind::Trap)), Transition::Reopened(Duration::from_millis(80)));
+        assert!(b.is_open());
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(b.admit(), None, "twice as long now");
+        std::thread::sleep(Duration::from_millis(50));
+        let trial = b.admit().expect("the second trial");
+        assert_eq!(b.settle(trial, Ok(())), Transition::Closed);
+        assert!(!b.is_open());
+        assert_eq!(b.admit(), Some(false));
+        assert_eq!(b.opened(), 2);
+        // Closed again with a clean window and the first cool-down.
+        assert_eq!(fail(&b, FailureKind::Trap), Transition::Opened);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.admit(), Some(true), "back to the first cool-down");
+    }
+
+    #[test]
+    fn cool_downs_stop_growing_at_the_cap() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(60), MAX_COOLDOWN / 2 + Duration::from_secs(1));
+        fail(&b, FailureKind::Trap);
+        b.trial_at_ms.store(0, Relaxed); // as if the cool-down had passed
+        let trial = b.admit().expect("trial");
+        assert_eq!(b.settle(trial, Err(FailureKind::Trap)), Transition::Reopened(MAX_COOLDOWN));
     }
 
     #[test]

@@ -65,9 +65,15 @@ fn chain(dir: &Path, wat: &str, extra: &str) -> Result<Chain, String> {
 /// 300 events: chunk 1 = events 0..256, chunk 2 = 256..300; `poison` puts
 /// port 666 on the first event of chunk 2.
 fn run(chain: &Chain, poison: bool) -> Vec<Value> {
+    run_poisoned(chain, poison.then_some(256))
+}
+
+/// 300 events (chunks of 256): the one at `poisoned` makes the test
+/// module misbehave.
+fn run_poisoned(chain: &Chain, poisoned: Option<usize>) -> Vec<Value> {
     let lines: Vec<String> = (0..300)
         .map(|i| {
-            let port = if poison && i == 256 { 666 } else { 80 };
+            let port = if poisoned == Some(i) { 666 } else { 80 };
             format!(r#"{{"src_ip":"45.149.3.{}","dst_port":{port}}}"#, i % 250)
         })
         .collect();
@@ -308,6 +314,43 @@ fn circuit_breaker_opens_and_says_so() {
     let events = run(&chain, false);
     assert_eq!(events[0]["reasons"], serde_json::json!(["rule error: circuit_open"]));
     assert!(events[0]["risk_score"].is_null(), "no fallback_score configured: null");
+}
+
+/// Half-open: after its cool-down the breaker lets one call through; a
+/// good one closes it, a bad one opens it for twice as long.
+#[test]
+fn circuit_breaker_tries_again_after_its_cool_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain =
+        chain(dir.path(), &module(65536, "(unreachable)"), "breaker_failures = 2\nbreaker_cooldown_s = 1").unwrap();
+    let open_twice = |opened: u64| {
+        for _ in 0..2 {
+            run(&chain, true);
+        }
+        let d = details(&chain);
+        assert_eq!(
+            (d["details"]["circuit_open"].as_bool(), d["details"]["circuit_opened"].as_u64()),
+            (Some(true), Some(opened))
+        );
+        assert!(d["error"].as_str().unwrap().contains("a trial call in 1 s"), "{d}");
+        assert_eq!(run(&chain, false)[0]["reasons"], serde_json::json!(["rule error: circuit_open"]), "cooling down");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    };
+    open_twice(1);
+    // The first chunk is the trial: it succeeds, so every chunk is scored.
+    let events = run(&chain, false);
+    assert!(events.iter().all(|e| e["risk_score"].is_u64()), "closed again: {}", events[0]);
+    let d = details(&chain);
+    assert_eq!((d["state"].as_str(), d["details"]["circuit_open"].as_bool()), (Some("loaded"), Some(false)), "{d}");
+
+    open_twice(2);
+    // A trial that fails: open again for twice the cool-down.
+    let events = run_poisoned(&chain, Some(0));
+    assert_eq!(events[0]["reasons"], serde_json::json!(["rule error: trap"]), "the trial ran and failed");
+    assert_eq!(events[299]["reasons"], serde_json::json!(["rule error: circuit_open"]), "the rest was not called");
+    let d = details(&chain);
+    assert_eq!(d["details"]["circuit_opened"], 3);
+    assert_eq!(d["details"]["circuit_next_trial_s"], 2, "{d}");
 }
 
 #[test]
