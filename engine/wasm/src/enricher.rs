@@ -347,8 +347,8 @@ impl WasmEnricher {
         live: Result<(), FailureKind>,
     ) {
         let started = Instant::now();
-        let admitted = shadow.breaker.admit();
-        let result = if admitted.is_none() {
+        let ticket = shadow.breaker.admit();
+        let result = if ticket.is_none() {
             Err(FailureKind::CircuitOpen)
         } else {
             let target = Target { name: &shadow.name, module: &shadow.module, stats: &shadow.stats };
@@ -380,8 +380,8 @@ impl WasmEnricher {
                 },
             }
         };
-        if let Some(trial) = admitted {
-            log_transition(&shadow.name, "shadow ", shadow.breaker.settle(trial, result));
+        if let Some(ticket) = ticket {
+            log_transition(&shadow.name, "shadow ", ticket.settle(result));
         }
         if let Err(kind) = result {
             if kind == FailureKind::MalformedResult {
@@ -443,9 +443,9 @@ impl Enricher for WasmEnricher {
             }
             let live = match self.breaker.admit() {
                 None => Err(FailureKind::CircuitOpen),
-                Some(trial) => {
+                Some(ticket) => {
                     let live = self.run_chunk(source, chunk, &mut slot, shadow.is_some());
-                    log_transition(&self.name, "", self.breaker.settle(trial, live));
+                    log_transition(&self.name, "", ticket.settle(live));
                     live
                 }
             };

@@ -185,6 +185,38 @@ pub(crate) enum Transition {
     Closed,
 }
 
+/// Leave to call a module once ([`CircuitBreaker::admit`]). A trial
+/// ticket dropped unsettled (the call unwound: a host bug) counts as a
+/// failed trial, so the breaker does not wait for a verdict forever.
+#[must_use = "settle the ticket with the call's outcome"]
+pub(crate) struct Ticket<'b> {
+    breaker: &'b CircuitBreaker,
+    trial: bool,
+}
+
+impl Ticket<'_> {
+    /// This call decides whether the open breaker closes.
+    #[cfg(test)]
+    pub(crate) fn is_trial(&self) -> bool {
+        self.trial
+    }
+
+    /// Records how the call ended.
+    pub(crate) fn settle(self, outcome: Result<(), FailureKind>) -> Transition {
+        let transition = self.breaker.settle(self.trial, outcome);
+        std::mem::forget(self);
+        transition
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.trial {
+            self.breaker.settle(true, Err(FailureKind::Trap));
+        }
+    }
+}
+
 impl CircuitBreaker {
     pub(crate) fn new(threshold: usize, window: Duration, cooldown: Duration) -> Self {
         CircuitBreaker {
@@ -210,19 +242,20 @@ impl CircuitBreaker {
         self.opened.load(Relaxed)
     }
 
-    /// Whether to call the module now: `None` while open; `Some(true)` for
-    /// the one trial call after a cool-down, `Some(false)` for a normal
-    /// call. Pass it to [`CircuitBreaker::settle`] with the outcome.
-    pub(crate) fn admit(&self) -> Option<bool> {
+    /// Whether to call the module now: `None` while open, else a ticket
+    /// to settle with the call's outcome ([`Ticket::settle`]). The one call
+    /// let through after a cool-down holds the trial ticket.
+    pub(crate) fn admit(&self) -> Option<Ticket<'_>> {
         if !self.open.load(Relaxed) {
-            return Some(false);
+            return Some(Ticket { breaker: self, trial: false });
         }
         let due = self.now_ms() >= self.trial_at_ms.load(Relaxed);
-        (due && self.trial.compare_exchange(false, true, Acquire, Relaxed).is_ok()).then_some(true)
+        (due && self.trial.compare_exchange(false, true, Acquire, Relaxed).is_ok())
+            .then(|| Ticket { breaker: self, trial: true }) // lazily: a dropped trial ticket settles
     }
 
     /// Records how an admitted call ended.
-    pub(crate) fn settle(&self, trial: bool, outcome: Result<(), FailureKind>) -> Transition {
+    fn settle(&self, trial: bool, outcome: Result<(), FailureKind>) -> Transition {
         match (trial, outcome) {
             (false, Ok(())) => Transition::None,
             (false, Err(kind)) => self.record(kind),
@@ -289,8 +322,15 @@ mod tests {
     use super::*;
 
     fn fail(b: &CircuitBreaker, kind: FailureKind) -> Transition {
-        let trial = b.admit().expect("admitted");
-        b.settle(trial, Err(kind))
+        b.admit().expect("admitted").settle(Err(kind))
+    }
+
+    fn admits(b: &CircuitBreaker) -> Option<bool> {
+        b.admit().map(|t| {
+            let trial = t.is_trial();
+            let _ = t.settle(Ok(()));
+            trial
+        })
     }
 
     #[test]
@@ -298,12 +338,12 @@ mod tests {
         let b = CircuitBreaker::new(3, Duration::from_secs(60), Duration::ZERO);
         assert_eq!(fail(&b, FailureKind::Trap), Transition::None);
         assert_eq!(fail(&b, FailureKind::CircuitOpen), Transition::None, "not the module's fault");
-        assert_eq!(b.settle(false, Ok(())), Transition::None, "a success does not reset the window");
+        assert_eq!(b.admit().unwrap().settle(Ok(())), Transition::None, "a success does not reset the window");
         assert_eq!(fail(&b, FailureKind::Timeout), Transition::None);
         assert!(!b.is_open());
         assert_eq!(fail(&b, FailureKind::Memory), Transition::Opened);
         assert!(b.is_open());
-        assert_eq!(b.admit(), None, "no cool-down: open until replaced");
+        assert!(b.admit().is_none(), "no cool-down: open until replaced");
         assert_eq!(b.next_trial_in_s(), None);
         assert_eq!(b.opened(), 1);
     }
@@ -321,25 +361,41 @@ mod tests {
     fn one_trial_after_the_cool_down_closes_or_doubles_it() {
         let b = CircuitBreaker::new(1, Duration::from_secs(60), Duration::from_millis(40));
         assert_eq!(fail(&b, FailureKind::Trap), Transition::Opened);
-        assert_eq!(b.admit(), None, "cooling down");
+        assert!(b.admit().is_none(), "cooling down");
         assert_eq!(b.next_trial_in_s(), Some(1));
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(b.admit(), Some(true), "the trial");
-        assert_eq!(b.admit(), None, "one trial at a time");
-        assert_eq!(b.settle(true, Err(FailureKind::Trap)), Transition::Reopened(Duration::from_millis(80)));
+        let trial = b.admit().expect("the trial");
+        assert!(trial.is_trial());
+        assert!(b.admit().is_none(), "one trial at a time");
+        assert_eq!(trial.settle(Err(FailureKind::Trap)), Transition::Reopened(Duration::from_millis(80)));
         assert!(b.is_open());
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(b.admit(), None, "twice as long now");
+        assert!(b.admit().is_none(), "twice as long now");
         std::thread::sleep(Duration::from_millis(50));
         let trial = b.admit().expect("the second trial");
-        assert_eq!(b.settle(trial, Ok(())), Transition::Closed);
+        assert_eq!(trial.settle(Ok(())), Transition::Closed);
         assert!(!b.is_open());
-        assert_eq!(b.admit(), Some(false));
+        assert_eq!(admits(&b), Some(false));
         assert_eq!(b.opened(), 2);
         // Closed again with a clean window and the first cool-down.
         assert_eq!(fail(&b, FailureKind::Trap), Transition::Opened);
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(b.admit(), Some(true), "back to the first cool-down");
+        assert_eq!(admits(&b), Some(true), "back to the first cool-down");
+    }
+
+    #[test]
+    fn a_trial_that_unwinds_counts_as_failed() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(60), Duration::from_millis(1));
+        fail(&b, FailureKind::Trap);
+        std::thread::sleep(Duration::from_millis(5));
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ticket = b.admit().expect("the trial");
+            panic!("a host bug during the call");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!((b.is_open(), b.opened()), (true, 2), "failed: open again, and trials go on");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(admits(&b), Some(true));
     }
 
     #[test]
@@ -348,7 +404,7 @@ mod tests {
         fail(&b, FailureKind::Trap);
         b.trial_at_ms.store(0, Relaxed); // as if the cool-down had passed
         let trial = b.admit().expect("trial");
-        assert_eq!(b.settle(trial, Err(FailureKind::Trap)), Transition::Reopened(MAX_COOLDOWN));
+        assert_eq!(trial.settle(Err(FailureKind::Trap)), Transition::Reopened(MAX_COOLDOWN));
     }
 
     #[test]
