@@ -62,6 +62,12 @@ pub(crate) trait Backlog: Send + Sync {
     fn persist(&self) -> anyhow::Result<()>;
     fn first_unacked(&self) -> u64;
     fn stats(&self) -> BacklogStats;
+    /// What `payload` counts against this backlog's byte bound (see
+    /// [`Bounds`]): its NDJSON here; the memory queue adds what else it
+    /// keeps in memory.
+    fn cost(&self, payload: &Payload) -> u64 {
+        payload.bytes.len() as u64
+    }
 }
 
 impl Backlog for Spool {
@@ -126,6 +132,10 @@ impl MemoryQueue {
 }
 
 impl Backlog for MemoryQueue {
+    fn cost(&self, payload: &Payload) -> u64 {
+        payload.memory_bytes()
+    }
+
     fn durable(&self) -> bool {
         false
     }
@@ -140,7 +150,7 @@ impl Backlog for MemoryQueue {
         let mut q = self.lock();
         let seq = q.next_seq;
         q.next_seq += 1;
-        q.stats.bytes += payload.bytes.len() as u64;
+        q.stats.bytes += payload.memory_bytes();
         q.stats.entries += 1;
         q.stats.events += u64::from(events);
         q.stats.oldest_accepted_unix_ms.get_or_insert(accepted_unix_ms);
@@ -175,7 +185,7 @@ impl Backlog for MemoryQueue {
         let mut q = self.lock();
         while q.entries.front().is_some_and(|e| e.seq <= seq) {
             let e = q.entries.pop_front().expect("front exists");
-            q.stats.bytes -= e.payload.bytes.len() as u64;
+            q.stats.bytes -= e.payload.memory_bytes();
             q.stats.entries -= 1;
             q.stats.events -= u64::from(e.events);
         }
@@ -277,6 +287,19 @@ mod tests {
         assert_eq!(q.stats().oldest_accepted_unix_ms, Some(1003));
         // A huge first entry still comes back alone.
         assert_eq!(q.read(3, 10, 1).unwrap().len(), 1);
+        // The bound counts what the queue holds in memory: line ends too.
+        let with_ends = Payload { bytes: bytes::Bytes::from_static(b"{}\n{}\n"), line_ends: Some(vec![2, 5].into()) };
+        assert_eq!(q.cost(&with_ends), 6 + 2 * std::mem::size_of::<usize>() as u64);
+        let before = q.stats().bytes;
+        let seq = q.append(&with_ends, 2, 1005, None).unwrap();
+        assert_eq!(q.stats().bytes - before, q.cost(&with_ends));
+        q.ack_through(seq).unwrap();
+        assert_eq!(q.stats().bytes, 0, "acked back to nothing");
+        let q = MemoryQueue::default();
+        for i in 0..5u64 {
+            q.append(&bytes::Bytes::from(format!("{{\"n\":{i}}}\n")).into(), 1, 1000 + i, None).unwrap();
+        }
+        q.ack_through(2).unwrap();
         // Every read is in memory; nothing is ever due to persist.
         assert_eq!(q.read_in_memory(3, 10, u64::MAX).map(|e| e.len()), Some(2));
         assert!(!q.ack_in_memory(3).unwrap());

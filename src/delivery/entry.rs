@@ -32,6 +32,16 @@ pub(crate) struct Payload {
     pub(crate) line_ends: Option<Arc<[usize]>>,
 }
 
+impl Payload {
+    /// Bytes it holds in memory: the NDJSON and its recorded line ends
+    /// (8 bytes per event, ~1.3 % of a typical line). What a memory
+    /// queue's bound counts, so the bound is on real memory.
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        let ends = self.line_ends.as_deref().map_or(0, std::mem::size_of_val);
+        (self.bytes.len() + ends) as u64
+    }
+}
+
 impl From<bytes::Bytes> for Payload {
     fn from(bytes: bytes::Bytes) -> Self {
         Payload { bytes, line_ends: None }

@@ -68,7 +68,8 @@ pub(crate) struct RuntimeOptions {
     pub spool_max_bytes: u64,
     /// Bound of the in-memory queue (`memory`, `ack`), in events.
     pub queue_max_events: u64,
-    /// Bound of the in-memory queue (`memory`, `ack`), in bytes.
+    /// Bound of the in-memory queue (`memory`, `ack`), in bytes of memory
+    /// its events take (their NDJSON and 8 bytes per event of line ends).
     pub queue_max_bytes: u64,
     /// Bound of the dead-letter, in bytes; the oldest records are evicted
     /// past it (and counted as lost).

@@ -40,9 +40,9 @@ pub(crate) fn submit(
 ) -> Result<Admitted, Refused> {
     debug_assert_eq!(active.len(), payloads.len());
     for (reserved, (a, payload)) in active.iter().zip(payloads).enumerate() {
-        if !a.lane.bounds.reserve(&*a.lane.backlog, payload.bytes.len() as u64, u64::from(events)) {
+        if !a.lane.bounds.reserve(&*a.lane.backlog, a.lane.backlog.cost(payload), u64::from(events)) {
             for (b, p) in active.iter().zip(payloads).take(reserved) {
-                b.lane.bounds.release(p.bytes.len() as u64, u64::from(events));
+                b.lane.bounds.release(b.lane.backlog.cost(p), u64::from(events));
             }
             a.lane.stats.refused.fetch_add(u64::from(events), Relaxed);
             let queued = a.lane.backlog.stats();
@@ -62,7 +62,7 @@ pub(crate) fn submit(
     let mut failure = None;
     for (a, payload) in active.iter().zip(payloads) {
         let result = a.lane.backlog.append(payload, events, now, origin);
-        a.lane.bounds.release(payload.bytes.len() as u64, u64::from(events));
+        a.lane.bounds.release(a.lane.backlog.cost(payload), u64::from(events));
         match result {
             Ok(seq) => {
                 a.lane.stats.queued.fetch_add(u64::from(events), Relaxed);
