@@ -216,14 +216,7 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
             support::output_options()
         ),
     };
-    std::fs::write(
-        &config,
-        format!(
-            "[auth]\napi_keys = [\"{KEY}\"]\n[server]\nmax_records = 10000\n{output}{}",
-            inputs::stage3_chain(repo)
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, config_text(repo, &output)).unwrap();
     let (mut child, base) = support::spawn(bin, &config);
     let cpu_before = support::cpu_seconds(child.id()).unwrap_or(f64::NAN);
     let bench_cpu_before = support::cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
@@ -311,12 +304,18 @@ fn run(bin: &Path, repo: &Path, mode: &str, receiver: &Receiver, body: &[u8], se
     }
 }
 
+/// enrichd's configuration for a run: the bench key, the chain of
+/// `scripts/bench`, and `output` (`[[output]]` TOML, or empty).
+fn config_text(repo: &Path, output: &str) -> String {
+    format!("[auth]\napi_keys = [\"{KEY}\"]\n[server]\nmax_records = 10000\n{output}{}", inputs::stage3_chain(repo))
+}
+
 /// The bench batch as enriched NDJSON (from an enrichd answer, one record
 /// per line) and as the `_bulk` body the elastic output would send.
 fn enriched_batch(bin: &Path, repo: &Path, body: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, format!("[auth]\napi_keys = [\"{KEY}\"]\n{}", inputs::stage3_chain(repo))).unwrap();
+    std::fs::write(&config, config_text(repo, "")).unwrap();
     let (mut child, base) = support::spawn(bin, &config);
     let answer: Value = ureq::post(&format!("{base}/v1/ingest"))
         .header("Authorization", format!("Bearer {KEY}"))

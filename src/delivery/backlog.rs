@@ -89,9 +89,6 @@ impl Backlog for Spool {
     fn read_in_memory(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> Option<Vec<Entry>> {
         Spool::read_recent(self, from_seq, max_events, max_bytes)
     }
-    fn ack_through(&self, seq: u64) -> anyhow::Result<()> {
-        Spool::ack_through(self, seq)
-    }
     fn ack_in_memory(&self, seq: u64) -> anyhow::Result<bool> {
         Spool::ack_in_memory(self, seq)
     }

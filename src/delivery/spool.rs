@@ -40,7 +40,7 @@
 //!
 //! # Acks and delivery guarantee
 //!
-//! `ack_through(seq)` moves the position in memory at once; persisting it
+//! `ack_in_memory(seq)` moves the position in memory at once; persisting it
 //! (atomic rename, two fsyncs) and deleting the segments whose entries are
 //! all acked happen at most every [`ACK_PERSIST_INTERVAL`], and at once
 //! when the backlog is empty, when the spool is over half full, and when
@@ -155,7 +155,7 @@ pub(crate) struct Spool {
     /// Set for good when an fsync failed (or a failed write could not be
     /// undone); read under the state lock by every append.
     poisoned: AtomicBool,
-    /// Serialises `ack_through` without holding the state lock over its
+    /// Serialises acks and persists without holding the state lock over its
     /// fsyncs; holds when the position was last persisted (`None`: not yet).
     ack_lock: Mutex<Option<Instant>>,
     /// fsync calls on segments and the directory, for tests and metrics.
@@ -405,18 +405,10 @@ impl Spool {
         lock(&self.state).next_seq
     }
 
-    /// Marks every entry up to and including `seq` delivered. The position
-    /// is persisted, and the segments left with no unacked entry deleted,
-    /// when due (see the module docs).
-    pub(crate) fn ack_through(&self, seq: u64) -> anyhow::Result<()> {
-        if self.ack_in_memory(seq)? {
-            self.persist()?;
-        }
-        Ok(())
-    }
-
-    /// The in-memory part of [`Spool::ack_through`]: `true` when the
-    /// position is due to be persisted ([`Spool::persist`]).
+    /// Marks every entry up to and including `seq` delivered, in memory:
+    /// `true` when the position is due to be persisted ([`Spool::persist`],
+    /// which also deletes the segments left with no unacked entry; see the
+    /// module docs). `Backlog::ack_through` does both.
     pub(crate) fn ack_in_memory(&self, seq: u64) -> anyhow::Result<bool> {
         let mut last_persist = lock(&self.ack_lock);
         let new_first = seq.saturating_add(1);

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::*;
+use crate::delivery::backlog::Backlog as _;
 
 /// Fault injection for the fsync path.
 #[derive(Default)]
