@@ -76,11 +76,11 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
         let ready =
             unread >= batch_max || (inflight.is_empty() && unread > 0 && (stopping.is_some() || now_ms >= flush_due));
         if ready && !past_deadline && inflight.len() < max_in_flight {
-            let read = match worker.lane.backlog.read_in_memory(next, batch_max, READ_MAX_BYTES) {
+            let round = match worker.lane.backlog.read_in_memory(next, batch_max, READ_MAX_BYTES) {
                 Some(entries) => Ok(entries),
                 None => read(&worker.lane, next, worker.options.batch_max).await,
             };
-            match read {
+            match round {
                 Ok(entries) if !entries.is_empty() => {
                     read_failures = 0;
                     let last = entries.last().expect("not empty").seq;
