@@ -11,7 +11,16 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use super::entry::{Entry, Payload};
-use super::spool::{AppendError, Spool};
+
+/// Why an append failed; both backlogs answer with it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AppendError {
+    /// Admission should have said no: answer 503 / 429, nothing written.
+    #[error("spool full: {used} of {max} bytes in use")]
+    Full { used: u64, max: u64 },
+    #[error("spool I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// The unacknowledged part of a backlog.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,45 +76,6 @@ pub(crate) trait Backlog: Send + Sync {
     /// keeps in memory.
     fn cost(&self, payload: &Payload) -> u64 {
         payload.bytes.len() as u64
-    }
-}
-
-impl Backlog for Spool {
-    fn durable(&self) -> bool {
-        true
-    }
-    fn append(
-        &self,
-        payload: &Payload,
-        events: u32,
-        accepted_unix_ms: u64,
-        origin: Option<&str>,
-    ) -> Result<u64, AppendError> {
-        Spool::append_shared(self, payload, events, accepted_unix_ms, origin)
-    }
-    fn read(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
-        Spool::read_bounded(self, from_seq, usize::MAX, max_events, max_bytes)
-    }
-    fn read_in_memory(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> Option<Vec<Entry>> {
-        Spool::read_recent(self, from_seq, max_events, max_bytes)
-    }
-    fn ack_in_memory(&self, seq: u64) -> anyhow::Result<bool> {
-        Spool::ack_in_memory(self, seq)
-    }
-    fn persist(&self) -> anyhow::Result<()> {
-        Spool::persist(self)
-    }
-    fn first_unacked(&self) -> u64 {
-        Spool::first_unacked(self)
-    }
-    fn stats(&self) -> BacklogStats {
-        let s = Spool::stats(self);
-        BacklogStats {
-            bytes: s.bytes,
-            entries: s.entries,
-            events: s.events,
-            oldest_accepted_unix_ms: s.oldest_accepted_unix_ms,
-        }
     }
 }
 

@@ -69,6 +69,7 @@
 //! created anew: see [`spares`] for why and `disk` for how old bytes in
 //! such a file are told apart from damage.
 
+mod as_backlog;
 mod commit;
 mod disk;
 mod open;
@@ -90,6 +91,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub(crate) use super::backlog::AppendError;
 use super::entry::{Entry, Payload};
 use disk::EntryMeta;
 pub(crate) use disk::HEADER_LEN;
@@ -134,15 +136,6 @@ pub(crate) struct SpoolStats {
     pub(crate) entries: u64,
     pub(crate) events: u64,
     pub(crate) oldest_accepted_unix_ms: Option<u64>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum AppendError {
-    /// Admission should have said no: answer 503 / 429, nothing written.
-    #[error("spool full: {used} of {max} bytes in use")]
-    Full { used: u64, max: u64 },
-    #[error("spool I/O error: {0}")]
-    Io(#[from] io::Error),
 }
 
 pub(crate) struct Spool {
