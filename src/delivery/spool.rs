@@ -193,7 +193,7 @@ struct State {
     dir_dirty: bool,
     /// Delivered segments' files kept for reuse.
     spares: spares::Spares,
-    /// The latest entries appended with [`Spool::append_shared`], in seq
+    /// The latest entries appended through the backlog interface, in seq
     /// order, at most [`recent::RECENT_MAX_BYTES`] of payload: the worker reads
     /// them from here, not back from the file.
     recent: Recent,
@@ -231,35 +231,18 @@ impl Spool {
         lock(&self.state).used_bytes.saturating_add(HEADER_LEN as u64 + payload_bytes) <= self.max_bytes
     }
 
-    /// Appends one entry and returns its seq once it is durable.
-    #[cfg_attr(not(test), allow(dead_code))] // the runtime appends with an origin
+    /// Appends one entry (no origin key, not kept in memory) and returns
+    /// its seq once it is durable. The runtime appends through
+    /// [`Backlog::append`](crate::delivery::backlog::Backlog::append).
+    #[cfg(test)]
     pub(crate) fn append(&self, payload: &[u8], events: u32, accepted_unix_ms: u64) -> Result<u64, AppendError> {
-        self.append_with_origin(payload, events, accepted_unix_ms, None)
+        self.append_inner(payload, None, events, accepted_unix_ms, None)
     }
 
-    /// [`Spool::append`] with the input's origin key (see [`Entry::origin`]).
-    pub(crate) fn append_with_origin(
-        &self,
-        payload: &[u8],
-        events: u32,
-        accepted_unix_ms: u64,
-        origin: Option<&str>,
-    ) -> Result<u64, AppendError> {
-        self.append_inner(payload, None, events, accepted_unix_ms, origin)
-    }
-
-    /// [`Spool::append_with_origin`] that also keeps `payload` (shared, not
-    /// copied) for the worker's next read while it is recent.
-    pub(crate) fn append_shared(
-        &self,
-        payload: &Payload,
-        events: u32,
-        accepted_unix_ms: u64,
-        origin: Option<&str>,
-    ) -> Result<u64, AppendError> {
-        self.append_inner(&payload.bytes, Some(payload), events, accepted_unix_ms, origin)
-    }
-
+    /// Appends one entry with its input's origin key (see
+    /// [`Entry::origin`]) and returns its seq once it is durable. With
+    /// `keep`, the payload (shared, not copied) also stays for the worker's
+    /// next read while it is recent.
     fn append_inner(
         &self,
         payload: &[u8],

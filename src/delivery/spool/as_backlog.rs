@@ -16,7 +16,7 @@ impl Backlog for Spool {
         accepted_unix_ms: u64,
         origin: Option<&str>,
     ) -> Result<u64, AppendError> {
-        Spool::append_shared(self, payload, events, accepted_unix_ms, origin)
+        self.append_inner(&payload.bytes, Some(payload), events, accepted_unix_ms, origin)
     }
     fn read(&self, from_seq: u64, max_events: u64, max_bytes: u64) -> anyhow::Result<Vec<Entry>> {
         Spool::read_bounded(self, from_seq, usize::MAX, max_events, max_bytes)

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::*;
-use crate::delivery::backlog::Backlog as _;
+use crate::delivery::backlog::Backlog;
 
 /// Fault injection for the fsync path.
 #[derive(Default)]
@@ -399,10 +399,13 @@ fn origin_keys_survive_a_restart() {
     {
         let (spool, _) = open(dir.path(), 64 * MB, MB);
         spool.append(&payload(0), 3, 1).unwrap();
-        spool.append_with_origin(&payload(1), 3, 2, Some("RAW:42")).unwrap();
-        spool.append_with_origin(&payload(2), 3, 3, Some("")).unwrap();
+        Backlog::append(&spool, &bytes::Bytes::from(payload(1)).into(), 3, 2, Some("RAW:42")).unwrap();
+        Backlog::append(&spool, &bytes::Bytes::from(payload(2)).into(), 3, 3, Some("")).unwrap();
         let long = "k".repeat(disk::MAX_ORIGIN_LEN + 1);
-        assert!(spool.append_with_origin(b"x", 1, 4, Some(&long)).is_err(), "keys are bounded");
+        assert!(
+            Backlog::append(&spool, &bytes::Bytes::from_static(b"x").into(), 1, 4, Some(&long)).is_err(),
+            "keys are bounded"
+        );
     }
     let (spool, recovery) = open(dir.path(), 64 * MB, MB);
     assert_eq!((recovery.entries, recovery.corrupt_entries), (3, 0));
@@ -517,7 +520,7 @@ fn kept_files_give_way_to_entries() {
     assert!(on_disk <= 4 * entry_len(), "{on_disk} bytes on disk");
 }
 
-/// Entries appended with `append_shared` are read back from memory while
+/// Entries appended through the backlog interface are read back from memory while
 /// recent (a byte changed on disk afterwards does not show), from the
 /// file once pushed out of the recent window, and from the file after a
 /// restart.
@@ -530,7 +533,7 @@ fn recent_entries_are_read_from_memory_and_older_ones_from_disk() {
     let payload = Payload { bytes: big.clone(), line_ends: Some(ends.clone()) };
     let count = RECENT_MAX_BYTES / MB + 2; // the first two fall out of memory
     for i in 0..count {
-        assert_eq!(spool.append_shared(&payload, 1, i, Some("RAW:1")).unwrap(), i);
+        assert_eq!(Backlog::append(&spool, &payload, 1, i, Some("RAW:1")).unwrap(), i);
     }
     // Damage every entry's first payload byte on disk.
     let seg = &segments(dir.path())[0];
@@ -569,7 +572,7 @@ fn entries_from_the_file_have_no_line_ends() {
     let (spool, _) = open(dir.path(), 256 * MB, 64 * MB);
     let payload =
         Payload { bytes: bytes::Bytes::from_static(b"{\"a\":1}\n{\"b\":2}\n"), line_ends: Some(vec![7, 15].into()) };
-    spool.append_shared(&payload, 2, 0, None).unwrap();
+    Backlog::append(&spool, &payload, 2, 0, None).unwrap();
     assert_eq!(spool.read(0, usize::MAX, u64::MAX).unwrap()[0].payload.line_ends.as_deref(), Some(&[7, 15][..]));
     drop(spool);
     let (spool, _) = open(dir.path(), 256 * MB, 64 * MB);
