@@ -1,0 +1,97 @@
+//! Hostile and shrinking indicator files: refused cheaply, held back.
+
+use super::*;
+
+/// Issue 17, item 1: a sparse 1 GiB file is refused unread; an over-long
+/// line is skipped and never quoted whole; every text the status holds
+/// stays small.
+#[test]
+fn oversized_files_and_lines_are_refused_cheaply() {
+    let dir = TempDir::new();
+    let good = dir.write("good.txt", "45.149.3.0/24\n");
+    let sparse = dir.0.join("sparse.txt");
+    fs::File::create(&sparse).unwrap().set_len(1 << 30).unwrap();
+    let started = std::time::Instant::now();
+    let chain = ti_chain(&[&good, &sparse.display().to_string()], "");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused by its size, not read");
+    let st = status(&chain);
+    assert_eq!(st["version"], "1 indicator from 1 file");
+    let error = st["error"].as_str().unwrap();
+    assert!(error.contains("1073741824 bytes") && error.contains("max_file_bytes"), "{error}");
+    assert!(st.to_string().len() < 4096, "{}", st.to_string().len());
+
+    // The cap is an option, and a file under it is read.
+    let small = dir.write("small.txt", "45.149.3.0/24\n198.51.100.7\n");
+    let chain = ti_chain(&[&small], "max_file_bytes = 20\n");
+    assert!(status(&chain)["error"].as_str().unwrap().contains("over the limit of 20 bytes"));
+    let chain = ti_chain(&[&small], "max_file_bytes = 64\n");
+    assert!(status(&chain)["error"].is_null());
+
+    // One good line, one 10 MB bad line of NULs: the good one loads, the
+    // bad one is reported by its length.
+    let mut text = b"198.51.100.7\n".to_vec();
+    text.extend(std::iter::repeat_n(0u8, 10 << 20));
+    text.extend(b"\n203.0.113.9\n");
+    let mixed = dir.write("mixed.txt", &text);
+    let chain = ti_chain(&[&mixed], "");
+    let st = status(&chain);
+    assert_eq!(st["version"], "2 indicators from 1 file", "{st}");
+    assert_eq!(st["details"]["skipped_lines"], 1);
+    let bad = st["details"]["files"][0]["bad_lines"][0].as_str().unwrap();
+    assert_eq!(bad, "2: line is 10485760 bytes, over `max_line_bytes` (8192)");
+    assert!(st.to_string().len() < 4096);
+
+    // Only an over-long line: no indicator, an error, still small.
+    let only = dir.write("only.txt", vec![b'a'; 1 << 20]);
+    let st = status(&ti_chain(&[&only], ""));
+    assert_eq!(st["state"], "error");
+    assert!(st["error"].as_str().unwrap().contains("no valid indicator"), "{st}");
+    assert!(st.to_string().len() < 4096);
+
+    // Under the line cap, a long bad token is quoted as an excerpt.
+    let long = dir.write("long.txt", format!("1.2.3.4\n{}\n", "x".repeat(5000)));
+    let st = status(&ti_chain(&[&long], ""));
+    let bad = st["details"]["files"][0]["bad_lines"][0].as_str().unwrap();
+    assert!(bad.len() < 400 && bad.contains("(5000 bytes in all)"), "{bad}");
+}
+
+/// Issue 17, item 4, the shrink rule: a file of at least 100 indicators
+/// losing more than `max_shrink` of them is held back; small files, and
+/// any loss with `max_shrink = 1`, are not.
+#[test]
+fn large_shrinks_are_held_back() {
+    use enrichd_engine::{Engine, Outcome};
+    let dir = TempDir::new();
+    let list = |n: usize| (0..n).map(|i| format!("10.0.{}.{}\n", i / 250, i % 250 + 1)).collect::<String>();
+    let feed = dir.write("feed.txt", list(200));
+    let small = dir.write("small.txt", list(10));
+    let engine_with = |extra: &str| {
+        let toml = format!("[[chain]]\nplugin = \"ti\"\npaths = [{feed:?}, {small:?}]\n{extra}");
+        let config = Config::parse(&toml, &dir.0.join("config.toml")).unwrap();
+        Engine::new(Chain::build(&config.chain, &registry(), &config.base_dir).unwrap(), registry())
+    };
+    let engine = engine_with("");
+    let reload = |engine: &Engine| {
+        let report = engine.reload_all();
+        (report.stages[0].outcome, report.stages[0].error.clone())
+    };
+    fs::write(&feed, list(101)).unwrap(); // lost 49.5 %
+    assert_eq!(reload(&engine), (Outcome::Reloaded, None));
+    fs::write(&feed, list(40)).unwrap(); // lost 60 % of 101
+    let (outcome, error) = reload(&engine);
+    assert_eq!(outcome, Outcome::HeldBack);
+    assert!(error.unwrap().contains("has 40 indicators where the live one has 101"));
+    assert_eq!(engine.chain().reports()[0].status.version.as_deref(), Some("111 indicators from 2 files"));
+    fs::write(&small, list(1)).unwrap(); // small files may shrink at will
+    fs::write(&feed, list(101)).unwrap();
+    assert_eq!(reload(&engine).0, Outcome::Reloaded);
+
+    let engine = engine_with("max_shrink = 1.0\n");
+    fs::write(&feed, list(1)).unwrap();
+    assert_eq!(reload(&engine).0, Outcome::Reloaded);
+    fs::write(&feed, "").unwrap(); // empty stays held back: `# empty` says it
+    assert_eq!(reload(&engine).0, Outcome::HeldBack);
+    let bad = Config::parse("[[chain]]\nplugin = \"ti\"\nmax_shrink = 1.5\n", &dir.0.join("c.toml")).unwrap();
+    let err = Chain::build(&bad.chain, &registry(), &dir.0).unwrap_err().to_string();
+    assert!(err.contains("max_shrink"), "{err}");
+}
