@@ -75,7 +75,8 @@ pub struct WasmOptions {
     pub breaker_window_s: u64,
     /// Seconds the open breaker waits before letting one call through as a
     /// trial: success closes it, failure opens it again for twice as long
-    /// (at most 600 s). `0`: it stays open until the module is replaced.
+    /// (at most 600 s; a larger value is taken as 600). `0`: it stays open
+    /// until the module is replaced.
     #[serde(default = "default_breaker_cooldown_s")]
     pub breaker_cooldown_s: u64,
     /// Load the module only with a valid Ed25519 signature by one of

@@ -238,6 +238,8 @@ impl Shadow {
     pub(crate) fn to_json(&self) -> Value {
         let mut stats = self.stats.to_json();
         stats["circuit_open"] = self.breaker.is_open().into();
+        stats["circuit_opened"] = self.breaker.opened().into();
+        stats["circuit_next_trial_s"] = self.breaker.next_trial_in_s().into();
         json!({
             "module": {
                 "sha256": self.sha256, "size_bytes": self.size_bytes, "path": self.path,

@@ -4,7 +4,7 @@
 //! only taken when a call fails, never on the success path.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -153,16 +153,26 @@ pub(crate) struct CircuitBreaker {
     window: Duration,
     /// The first cool-down; zero: no trials.
     cooldown: Duration,
-    open: AtomicBool,
-    /// A trial call is under way (one at a time).
-    trial: AtomicBool,
-    /// While open: when the next trial may start, in ms from `epoch`.
-    trial_at_ms: AtomicU64,
+    /// [`CLOSED`], [`NEVER`] (open until replaced), [`IN_TRIAL`], or open
+    /// with the next trial due at this many ms from `epoch`. One atomic,
+    /// so a thread can never pair "open" with a stale due time, nor claim
+    /// a trial from a state that has since changed: a claim is a
+    /// compare-exchange from the very due time it read, and every later
+    /// state differs from it (a new due time is later; the others are
+    /// sentinels).
+    state: AtomicU64,
     epoch: Instant,
     /// Times the breaker opened (again), for status.
     opened: AtomicU64,
     inner: Mutex<BreakerInner>,
 }
+
+/// [`CircuitBreaker::state`]: closed.
+const CLOSED: u64 = u64::MAX;
+/// Open with no trials (no cool-down): until the module is replaced.
+const NEVER: u64 = u64::MAX - 1;
+/// Open, and the one trial call is under way.
+const IN_TRIAL: u64 = u64::MAX - 2;
 
 struct BreakerInner {
     failures: VecDeque<Instant>,
@@ -218,14 +228,14 @@ impl Drop for Ticket<'_> {
 }
 
 impl CircuitBreaker {
+    /// `cooldown` above [`MAX_COOLDOWN`] is taken as that.
     pub(crate) fn new(threshold: usize, window: Duration, cooldown: Duration) -> Self {
+        let cooldown = cooldown.min(MAX_COOLDOWN);
         CircuitBreaker {
             threshold: threshold.max(1),
             window,
             cooldown,
-            open: AtomicBool::new(false),
-            trial: AtomicBool::new(false),
-            trial_at_ms: AtomicU64::new(u64::MAX),
+            state: AtomicU64::new(CLOSED),
             epoch: Instant::now(),
             opened: AtomicU64::new(0),
             inner: Mutex::new(BreakerInner { failures: VecDeque::new(), next_cooldown: cooldown }),
@@ -234,7 +244,7 @@ impl CircuitBreaker {
 
     /// Open (a trial may be under way): status reports this.
     pub(crate) fn is_open(&self) -> bool {
-        self.open.load(Relaxed)
+        self.state.load(Relaxed) != CLOSED
     }
 
     /// Times it opened, first and again.
@@ -246,11 +256,12 @@ impl CircuitBreaker {
     /// to settle with the call's outcome ([`Ticket::settle`]). The one call
     /// let through after a cool-down holds the trial ticket.
     pub(crate) fn admit(&self) -> Option<Ticket<'_>> {
-        if !self.open.load(Relaxed) {
+        let state = self.state.load(Relaxed);
+        if state == CLOSED {
             return Some(Ticket { breaker: self, trial: false });
         }
-        let due = self.now_ms() >= self.trial_at_ms.load(Relaxed);
-        (due && self.trial.compare_exchange(false, true, Acquire, Relaxed).is_ok())
+        let due = state != NEVER && state != IN_TRIAL && self.now_ms() >= state;
+        (due && self.state.compare_exchange(state, IN_TRIAL, Acquire, Relaxed).is_ok())
             .then(|| Ticket { breaker: self, trial: true }) // lazily: a dropped trial ticket settles
     }
 
@@ -263,22 +274,21 @@ impl CircuitBreaker {
                 let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
                 inner.failures.clear();
                 inner.next_cooldown = self.cooldown;
-                self.open.store(false, Relaxed);
-                self.trial.store(false, Release);
+                self.state.store(CLOSED, Release);
                 Transition::Closed
             }
             (true, Err(_)) => {
                 let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-                inner.next_cooldown = (inner.next_cooldown * 2).min(MAX_COOLDOWN);
+                inner.next_cooldown = inner.next_cooldown.saturating_mul(2).min(MAX_COOLDOWN);
                 let wait = inner.next_cooldown;
                 self.open_for(wait);
-                self.trial.store(false, Release);
                 Transition::Reopened(wait)
             }
         }
     }
 
-    /// Records a failure of a normal call.
+    /// Records a failure of a normal call (one admitted while closed: its
+    /// failure no longer counts once the breaker has opened).
     fn record(&self, kind: FailureKind) -> Transition {
         if !kind.counts_for_breaker() || self.is_open() {
             return Transition::None;
@@ -297,19 +307,27 @@ impl CircuitBreaker {
         Transition::Opened
     }
 
-    /// Opens; the next trial after `wait` (never, when zero).
+    /// Opens (or opens again after a trial); the next trial after `wait`
+    /// (never, when zero). Called with `inner` locked.
     fn open_for(&self, wait: Duration) {
-        let at = if wait.is_zero() { u64::MAX } else { self.now_ms().saturating_add(wait.as_millis() as u64) };
-        self.trial_at_ms.store(at, Relaxed);
-        self.open.store(true, Relaxed);
+        // Cool-downs are at most MAX_COOLDOWN: far below the sentinels.
+        let at = if wait.is_zero() {
+            NEVER
+        } else {
+            self.now_ms().saturating_add(wait.as_millis() as u64).min(IN_TRIAL - 1)
+        };
+        self.state.store(at, Release);
         self.opened.fetch_add(1, Relaxed);
     }
 
     /// Seconds until the next trial may start (0: now or under way);
     /// `None` while closed or when it stays open until replaced.
     pub(crate) fn next_trial_in_s(&self) -> Option<u64> {
-        let at = self.trial_at_ms.load(Relaxed);
-        (self.is_open() && at != u64::MAX).then(|| at.saturating_sub(self.now_ms()).div_ceil(1000))
+        match self.state.load(Relaxed) {
+            CLOSED | NEVER => None,
+            IN_TRIAL => Some(0),
+            at => Some(at.saturating_sub(self.now_ms()).div_ceil(1000)),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -359,19 +377,22 @@ mod tests {
 
     #[test]
     fn one_trial_after_the_cool_down_closes_or_doubles_it() {
-        let b = CircuitBreaker::new(1, Duration::from_secs(60), Duration::from_millis(40));
+        // Margins of 100 ms and more either side of each due time: a busy
+        // CI machine oversleeps.
+        let b = CircuitBreaker::new(1, Duration::from_secs(60), Duration::from_millis(150));
         assert_eq!(fail(&b, FailureKind::Trap), Transition::Opened);
         assert!(b.admit().is_none(), "cooling down");
         assert_eq!(b.next_trial_in_s(), Some(1));
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(250));
         let trial = b.admit().expect("the trial");
         assert!(trial.is_trial());
         assert!(b.admit().is_none(), "one trial at a time");
-        assert_eq!(trial.settle(Err(FailureKind::Trap)), Transition::Reopened(Duration::from_millis(80)));
+        assert_eq!(b.next_trial_in_s(), Some(0), "under way");
+        assert_eq!(trial.settle(Err(FailureKind::Trap)), Transition::Reopened(Duration::from_millis(300)));
         assert!(b.is_open());
         std::thread::sleep(Duration::from_millis(50));
         assert!(b.admit().is_none(), "twice as long now");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(400));
         let trial = b.admit().expect("the second trial");
         assert_eq!(trial.settle(Ok(())), Transition::Closed);
         assert!(!b.is_open());
@@ -379,8 +400,55 @@ mod tests {
         assert_eq!(b.opened(), 2);
         // Closed again with a clean window and the first cool-down.
         assert_eq!(fail(&b, FailureKind::Trap), Transition::Opened);
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(250));
         assert_eq!(admits(&b), Some(true), "back to the first cool-down");
+    }
+
+    /// Many threads asking at once while a trial is due: exactly one call
+    /// is let through per cool-down, and a normal call admitted before the
+    /// opening never settles as a trial.
+    #[test]
+    fn one_trial_among_many_threads() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(60), Duration::from_millis(1));
+        let before = b.admit().expect("closed: a normal call");
+        assert_eq!(fail(&b, FailureKind::Trap), Transition::Opened);
+        std::thread::sleep(Duration::from_millis(5));
+        let trials = AtomicU64::new(0);
+        let go = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    go.wait();
+                    for _ in 0..10_000 {
+                        if let Some(ticket) = b.admit() {
+                            assert!(ticket.is_trial(), "open: only trials are let through");
+                            trials.fetch_add(1, Relaxed);
+                            // Hold it: nobody else may get one meanwhile.
+                            std::thread::sleep(Duration::from_millis(2));
+                            let _ = ticket.settle(Err(FailureKind::Trap));
+                        }
+                    }
+                });
+            }
+        });
+        let trials = trials.load(Relaxed);
+        assert!(trials >= 1, "a trial was due");
+        // Each failed trial doubles the wait (1, 2, 4, ... ms): 10,000 quick
+        // asks per thread cannot fit more than a handful.
+        assert!(trials <= 20, "{trials} trials");
+        assert_eq!(b.opened(), 1 + trials);
+        assert_eq!(before.settle(Err(FailureKind::Trap)), Transition::None, "counted only while closed");
+        assert!(b.is_open());
+    }
+
+    #[test]
+    fn a_cool_down_above_the_cap_is_the_cap() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(60), Duration::from_secs(u64::MAX / 2));
+        assert_eq!(fail(&b, FailureKind::Trap), Transition::Opened);
+        assert_eq!(b.next_trial_in_s(), Some(MAX_COOLDOWN.as_secs()));
+        b.state.store(0, Relaxed); // as if the cool-down had passed
+        let trial = b.admit().expect("trial");
+        assert_eq!(trial.settle(Err(FailureKind::Trap)), Transition::Reopened(MAX_COOLDOWN));
     }
 
     #[test]
@@ -402,7 +470,7 @@ mod tests {
     fn cool_downs_stop_growing_at_the_cap() {
         let b = CircuitBreaker::new(1, Duration::from_secs(60), MAX_COOLDOWN / 2 + Duration::from_secs(1));
         fail(&b, FailureKind::Trap);
-        b.trial_at_ms.store(0, Relaxed); // as if the cool-down had passed
+        b.state.store(0, Relaxed); // as if the cool-down had passed
         let trial = b.admit().expect("trial");
         assert_eq!(trial.settle(Err(FailureKind::Trap)), Transition::Reopened(MAX_COOLDOWN));
     }
