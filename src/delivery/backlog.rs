@@ -22,6 +22,23 @@ pub(crate) enum AppendError {
     Io(#[from] std::io::Error),
 }
 
+/// Longest time an acknowledged position stays only in memory while
+/// deliveries go on: what a crash can make the output receive twice (see
+/// the spool's module docs, "Acks and delivery guarantee").
+pub(crate) const ACK_PERSIST_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Whether an acknowledged position still has to be made durable
+/// ([`Backlog::persist_due`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PersistDue {
+    /// Persisted (or nothing is ever persisted).
+    Nothing,
+    /// Persist now: the caller has the turn.
+    Now,
+    /// Pending, and due after this long.
+    In(std::time::Duration),
+}
+
 /// The unacknowledged part of a backlog.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct BacklogStats {
@@ -69,6 +86,18 @@ pub(crate) trait Backlog: Send + Sync {
     /// Makes the acknowledged position durable (a no-op where nothing is).
     /// Blocking.
     fn persist(&self) -> anyhow::Result<()>;
+    /// Whether a position acknowledged in memory is still to be persisted,
+    /// and when, without I/O: the worker asks when it has no ack to make
+    /// (idle, or every round in flight), so a persist that was not yet due
+    /// or that failed is done later, not left in memory until the next
+    /// ack. `Now` hands the caller the turn (the next one is an interval
+    /// later).
+    fn persist_due(&self) -> PersistDue {
+        PersistDue::Nothing
+    }
+    /// Events of the entry `seq` if it is unacknowledged, without I/O
+    /// (what skipping it loses).
+    fn entry_events(&self, seq: u64) -> Option<u32>;
     fn first_unacked(&self) -> u64;
     fn stats(&self) -> BacklogStats;
     /// What `payload` counts against this backlog's byte bound (see
@@ -101,6 +130,10 @@ impl MemoryQueue {
 impl Backlog for MemoryQueue {
     fn cost(&self, payload: &Payload) -> u64 {
         payload.memory_bytes()
+    }
+
+    fn entry_events(&self, seq: u64) -> Option<u32> {
+        self.lock().entries.iter().find(|e| e.seq == seq).map(|e| e.events)
     }
 
     fn durable(&self) -> bool {

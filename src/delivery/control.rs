@@ -75,14 +75,15 @@ pub(crate) fn replay(lane: &Arc<Lane>) -> Result<u64, String> {
         }
         why
     };
-    if !lane.bounds.reserve(&*lane.backlog, payload.len() as u64, events) {
+    let payload: super::Payload = bytes::Bytes::from(payload).into();
+    let cost = lane.backlog.cost(&payload);
+    if !lane.bounds.reserve(&*lane.backlog, cost, events) {
         return Err(restore(format!("output {:?} has no room in its backlog for {events} events", lane.name)));
     }
-    let len = payload.len() as u64;
     // A replay is a new input: no origin key (its destination ids come
     // from the backlog position).
-    let appended = lane.backlog.append(&bytes::Bytes::from(payload).into(), events as u32, super::unix_ms(), None);
-    lane.bounds.release(len, events);
+    let appended = lane.backlog.append(&payload, events as u32, super::unix_ms(), None);
+    lane.bounds.release(cost, events);
     match appended {
         Ok(_) => {
             lane.stats.replayed.fetch_add(events, Relaxed);

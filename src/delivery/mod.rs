@@ -369,8 +369,14 @@ impl Delivery {
         futures_util::future::join_all(stops).await;
         let lanes: Vec<Arc<Lane>> = self.lanes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for lane in lanes {
-            if !lane.backlog.durable() {
-                let lane2 = lane.clone();
+            let lane2 = lane.clone();
+            if lane.backlog.durable() {
+                // The workers persist as they stop; this covers one that
+                // did not get to (a panic), and lanes no longer configured.
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || lane2.backlog.persist()).await {
+                    lane.error(format!("persisting the backlog's position at shutdown: {e:#}"));
+                }
+            } else {
                 let _ = tokio::task::spawn_blocking(move || dead_letter_rest(&lane2, "shutdown")).await;
             }
         }

@@ -44,7 +44,10 @@
 //! (atomic rename, two fsyncs) and deleting the segments whose entries are
 //! all acked happen at most every [`ACK_PERSIST_INTERVAL`], and at once
 //! when the backlog is empty, when the spool is over half full, and when
-//! the spool is dropped. Persisting every ack put two fsyncs on the
+//! the spool is dropped. A position left pending (not yet due, or its
+//! persist failed) is persisted once due without waiting for another ack:
+//! the worker asks `persist_due` while idle or while rounds are in flight,
+//! and persists as it stops. Persisting every ack put two fsyncs on the
 //! delivery path of every batch and halved the drain rate. Segments are
 //! deleted only behind the persisted position, so a crash never leaves
 //! the ack file pointing before a deleted entry it would then miss.
@@ -87,21 +90,17 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-pub(crate) use super::backlog::AppendError;
+pub(crate) use super::backlog::{AppendError, PersistDue, ACK_PERSIST_INTERVAL};
 use super::entry::{Entry, Payload};
 use disk::EntryMeta;
 pub(crate) use disk::HEADER_LEN;
 use recent::Recent;
 #[cfg(test)]
 use recent::RECENT_MAX_BYTES;
-
-/// Longest time an acknowledged position stays only in memory while
-/// deliveries go on: what a crash can make the output receive twice.
-pub(crate) const ACK_PERSIST_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Where the spool lives and how large it may grow.
 #[derive(Clone, Debug)]
@@ -420,6 +419,35 @@ impl Spool {
             *last_persist = Some(Instant::now());
         }
         Ok(due)
+    }
+
+    /// See [`Backlog::persist_due`](super::backlog::Backlog::persist_due).
+    pub(crate) fn persist_due(&self) -> PersistDue {
+        let mut last_persist = lock(&self.ack_lock);
+        {
+            let st = lock(&self.state);
+            if st.first_unacked == st.persisted_first_unacked {
+                return PersistDue::Nothing;
+            }
+        }
+        match last_persist.map(|at| at.elapsed()) {
+            Some(since) if since < ACK_PERSIST_INTERVAL => PersistDue::In(ACK_PERSIST_INTERVAL - since),
+            _ => {
+                *last_persist = Some(Instant::now());
+                PersistDue::Now
+            }
+        }
+    }
+
+    /// Events of the unacknowledged entry `seq`, from its metadata.
+    pub(crate) fn entry_events(&self, seq: u64) -> Option<u32> {
+        let st = lock(&self.state);
+        if seq < st.first_unacked {
+            return None;
+        }
+        let at = st.segments.partition_point(|s| s.end_seq() <= seq);
+        let segment = st.segments.get(at)?;
+        segment.entries.get(usize::try_from(seq.checked_sub(segment.first_seq)?).ok()?).map(|m| m.events)
     }
 
     /// Persists the acknowledged position (see [`Spool::persist_ack`]).

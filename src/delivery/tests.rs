@@ -333,3 +333,60 @@ fn file_api_and_environment_merge() {
     assert!(problems[0].contains("line 14") && problems[0].contains("batch_max"), "{problems:?}");
     assert!(problems[1].contains("EXPORT_SPLUNK_ENABLED"), "{problems:?}");
 }
+
+/// A spooled entry damaged on disk after start is found among the entries
+/// a read covers (a read fails whole), skipped alone, and its events, not
+/// one per entry, counted as lost; the intact entries around it are
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_entry_is_skipped_alone_and_counted_by_its_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One round of at most 30 events at a time: entry 0 alone, then
+    // entries 1-3 together.
+    let out = vec![entry(json!({"name": "disk", "durability": "spool", "batch_max": 30, "max_in_flight": 1}))];
+    {
+        let f = fixture(tmp.path(), |_, _| Outcome::Retry("down".into()));
+        f.apply(out.clone()).await.unwrap();
+        for (from, n) in [(0, 30), (30, 10), (40, 10), (50, 10)] {
+            f.submit(from, n).unwrap();
+        }
+        f.delivery.shutdown(Instant::now() + Duration::from_millis(50)).await;
+    }
+    // After a restart nothing is kept in memory: every read is from disk.
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_up = up.clone();
+    let f = fixture(
+        tmp.path(),
+        move |_, _| {
+            if is_up.load(Relaxed) {
+                Outcome::Delivered
+            } else {
+                Outcome::Retry("down".into())
+            }
+        },
+    );
+    f.apply(out).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.shared.calls.load(Relaxed) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Entry 0 is in flight (read before the damage); damage entry 2.
+    let dir = tmp.path().join("spool").join("disk");
+    let mut damaged = 0;
+    for file in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()) {
+        let mut bytes = std::fs::read(&file).unwrap();
+        if let Some(at) = bytes.windows(8).position(|w| w == b"{\"n\":45}") {
+            bytes[at + 5] = b'7';
+            std::fs::write(&file, bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert_eq!(damaged, 1, "event 45 is in one segment file");
+    up.store(true, Relaxed);
+    let lane = f.settle("disk", 50).await;
+    let mut got: Vec<u64> = f.shared.delivered.lock().unwrap().iter().map(|e| number(e)).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..40).chain(50..60).collect::<Vec<_>>(), "every intact entry, each once");
+    assert_eq!(lane.stats.view()["lost_by_reason"]["spool_corrupt"], 10, "the entry's events");
+    assert_eq!(lane.backlog.stats().events, 0);
+}

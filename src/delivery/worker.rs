@@ -32,6 +32,7 @@ use enrichd_engine::output::{EventOrigin, OutEvent, Outcome, Sink, SinkBatch};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::watch;
 
+use super::backlog::{PersistDue, ACK_PERSIST_INTERVAL};
 use super::deadletter::DeadRecord;
 use super::entry::Entry;
 use super::options::RuntimeOptions;
@@ -61,6 +62,10 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
     let batch_max = worker.options.batch_max as u64;
     let mut next = worker.lane.backlog.first_unacked();
     let mut read_failures = 0;
+    // After a read of several entries failed: read one at a time until one
+    // succeeds, so that a damaged entry is found and skipped, not the
+    // intact ones before it (a read fails whole).
+    let mut narrow = false;
     let mut inflight = FuturesOrdered::new();
     let mut inflight_events = 0u64;
     loop {
@@ -77,12 +82,14 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
             unread >= batch_max || (inflight.is_empty() && unread > 0 && (stopping.is_some() || now_ms >= flush_due));
         if ready && !past_deadline && inflight.len() < max_in_flight {
             let round = match worker.lane.backlog.read_in_memory(next, batch_max, READ_MAX_BYTES) {
+                _ if narrow => read(&worker.lane, next, 1).await,
                 Some(entries) => Ok(entries),
                 None => read(&worker.lane, next, worker.options.batch_max).await,
             };
             match round {
                 Ok(entries) if !entries.is_empty() => {
                     read_failures = 0;
+                    narrow = false;
                     let last = entries.last().expect("not empty").seq;
                     let events: u64 = entries.iter().map(|e| u64::from(e.events)).sum();
                     next = last + 1;
@@ -112,6 +119,9 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
                         _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                     }
                 }
+                // Find the damaged entry at once: this failure is not
+                // counted against an entry yet.
+                Err(_) if !narrow => narrow = true,
                 Err(e) => {
                     read_failures += 1;
                     worker.skip_unreadable(&e, &mut next, &mut read_failures, inflight.is_empty()).await;
@@ -121,9 +131,17 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
         }
         if inflight.is_empty() {
             if stopping.is_some() && (unread == 0 || past_deadline) {
+                // Where delivery got to survives the stop (a no-op when
+                // already persisted).
+                worker.persist().await;
                 return;
             }
-            let wait = if unread > 0 { flush_due.saturating_sub(now_ms).max(1) } else { 60_000 };
+            let mut wait = if unread > 0 { flush_due.saturating_sub(now_ms).max(1) } else { 60_000 };
+            match worker.lane.backlog.persist_due() {
+                PersistDue::Now => worker.persist().await,
+                PersistDue::In(due) => wait = wait.min(due.as_millis() as u64 + 1),
+                PersistDue::Nothing => {}
+            }
             tokio::select! {
                 _ = worker.lane.wake.notified() => {}
                 _ = stop.changed() => {}
@@ -137,52 +155,77 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
                 // A round that panicked is not settled: stop, unacknowledged.
                 let (settled, last, events) = done.unwrap_or((false, 0, 0));
                 if !settled {
-                    // Stopped mid-round: it and what follows stay unacknowledged.
+                    // Stopped mid-round: it and what follows stay
+                    // unacknowledged; what was acknowledged before stays so.
+                    worker.persist().await;
                     return;
                 }
                 inflight_events -= events;
                 // In memory here; only persisting the position (a spool's,
                 // at most every 250 ms under load) goes to the blocking pool.
-                let persisted = match worker.lane.backlog.ack_in_memory(last) {
-                    Ok(false) => Ok(()),
-                    Ok(true) => {
-                        let lane = worker.lane.clone();
-                        tokio::task::spawn_blocking(move || lane.backlog.persist()).await.unwrap_or_else(|e| Err(e.into()))
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = persisted {
-                    worker.lane.error(format!("acknowledging the backlog: {e:#}"));
+                match worker.lane.backlog.ack_in_memory(last) {
+                    Ok(false) => {}
+                    Ok(true) => worker.persist().await,
+                    Err(e) => worker.lane.error(format!("acknowledging the backlog: {e:#}")),
                 }
                 worker.lane.acked.send_replace(last + 1);
             }
             _ = worker.lane.wake.notified(), if inflight.len() < max_in_flight => {}
             _ = stop.changed() => {}
+            // Rounds in flight for long (a destination down): acks made
+            // before are persisted when due, not held until the next ack.
+            _ = tokio::time::sleep(ACK_PERSIST_INTERVAL) => {
+                if worker.lane.backlog.persist_due() == PersistDue::Now {
+                    worker.persist().await;
+                }
+            }
         }
     }
 }
 
 impl Worker {
-    /// A read failed. After [`READ_ATTEMPTS`] in a row, the entry at
-    /// `next` is taken to be damaged on disk after start (its checksum
-    /// fails on every read): it is skipped and counted, rather than block
-    /// every event behind it. Its event count is unreadable, so the loss
-    /// is counted per entry. Only with nothing in flight (acknowledging is
-    /// in order).
+    /// A read of one entry failed. After [`READ_ATTEMPTS`] in a row, the
+    /// entry at `next` is taken to be damaged on disk after start (its
+    /// checksum fails on every read): it is skipped and its events counted
+    /// as lost (its metadata, kept in memory, says how many), rather than
+    /// block every event behind it. Only with nothing in flight
+    /// (acknowledging is in order).
     async fn skip_unreadable(&self, e: &anyhow::Error, next: &mut u64, failures: &mut u32, idle: bool) {
         self.lane.error(format!("reading the backlog: {e:#}"));
         if *failures >= READ_ATTEMPTS && idle {
-            let at = *next;
-            self.lane.error(format!("skipping backlog entry {at}: unreadable after {READ_ATTEMPTS} attempts"));
-            let lane = self.lane.clone();
-            if let Ok(Ok(())) = tokio::task::spawn_blocking(move || lane.backlog.ack_through(at)).await {
-                self.lane.stats.lose(LostReason::SpoolCorrupt, 1);
-                *next = at + 1;
-                self.lane.acked.send_replace(*next);
+            // Reads start at the first unacknowledged entry at the latest.
+            let at = (*next).max(self.lane.backlog.first_unacked());
+            let events = self.lane.backlog.entry_events(at).map_or(1, u64::from);
+            self.lane.error(format!(
+                "skipping backlog entry {at} ({events} events): unreadable after {READ_ATTEMPTS} attempts"
+            ));
+            match self.lane.backlog.ack_in_memory(at) {
+                Ok(due) => {
+                    // Skipped from now on, whether or not the position is
+                    // persisted yet: counted now.
+                    self.lane.stats.lose(LostReason::SpoolCorrupt, events);
+                    *next = at + 1;
+                    self.lane.acked.send_replace(*next);
+                    if due {
+                        self.persist().await;
+                    }
+                }
+                Err(e) => self.lane.error(format!("skipping backlog entry {at}: {e:#}")),
             }
             *failures = 0;
         }
         tokio::time::sleep(Duration::from_millis(self.options.backoff_max_ms.min(1000))).await;
+    }
+
+    /// Persists the backlog's acknowledged position, on the blocking pool;
+    /// a failure is the lane's error (retried when next due).
+    async fn persist(&self) {
+        let lane = self.lane.clone();
+        let persisted =
+            tokio::task::spawn_blocking(move || lane.backlog.persist()).await.unwrap_or_else(|e| Err(e.into()));
+        if let Err(e) = persisted {
+            self.lane.error(format!("acknowledging the backlog: {e:#}"));
+        }
     }
 }
 

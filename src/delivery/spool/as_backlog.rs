@@ -2,7 +2,7 @@
 //! It lives here, not in `backlog`, so the interface knows no backlog kind.
 
 use super::Spool;
-use crate::delivery::backlog::{AppendError, Backlog, BacklogStats};
+use crate::delivery::backlog::{AppendError, Backlog, BacklogStats, PersistDue};
 use crate::delivery::entry::{Entry, Payload};
 
 impl Backlog for Spool {
@@ -29,6 +29,12 @@ impl Backlog for Spool {
     }
     fn persist(&self) -> anyhow::Result<()> {
         Spool::persist(self)
+    }
+    fn persist_due(&self) -> PersistDue {
+        Spool::persist_due(self)
+    }
+    fn entry_events(&self, seq: u64) -> Option<u32> {
+        Spool::entry_events(self, seq)
     }
     fn first_unacked(&self) -> u64 {
         Spool::first_unacked(self)

@@ -366,6 +366,35 @@ fn acks_are_persisted_at_most_every_interval_and_at_drop() {
     assert_eq!(seqs(&read_all(&spool)), [6, 7]);
 }
 
+/// An ack left in memory (not yet due, or its persist failed) is asked
+/// for again without a new ack: `persist_due` says when, and hands out one
+/// turn per interval. Entry sizes come from the metadata, without I/O.
+#[test]
+fn a_pending_position_is_due_later_without_another_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), MB, MB);
+    append_n(&spool, 4);
+    assert_eq!(spool.persist_due(), PersistDue::Nothing);
+    assert_eq!(spool.entry_events(2), Some(3));
+    assert_eq!(spool.entry_events(9), None, "never appended");
+    assert!(spool.ack_in_memory(0).unwrap(), "the first ack is due");
+    spool.persist().unwrap();
+    assert!(!spool.ack_in_memory(1).unwrap(), "inside the interval");
+    assert_eq!(spool.entry_events(1), None, "acknowledged");
+    match spool.persist_due() {
+        PersistDue::In(wait) => assert!(wait <= ACK_PERSIST_INTERVAL),
+        other => panic!("pending, not yet due: {other:?}"),
+    }
+    std::thread::sleep(ACK_PERSIST_INTERVAL);
+    assert_eq!(spool.persist_due(), PersistDue::Now);
+    assert!(matches!(spool.persist_due(), PersistDue::In(_)), "one turn per interval");
+    spool.persist().unwrap();
+    assert_eq!(spool.persist_due(), PersistDue::Nothing);
+    std::mem::forget(spool); // a crash: the position was persisted all the same
+    let (spool, _) = open(dir.path(), MB, MB);
+    assert_eq!(seqs(&read_all(&spool)), [2, 3]);
+}
+
 /// The worker's split acknowledgement: in memory, then a persist only
 /// when it says one is due; a crash in between re-delivers, never skips.
 #[test]
