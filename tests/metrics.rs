@@ -313,3 +313,35 @@ fn public_metrics_withhold_error_texts() {
     assert!(ti["last_reload_error"].as_str().unwrap().starts_with("withheld"), "{ti}");
     assert_eq!(ti["reload_failures"], 1, "the count stays public: {ti}");
 }
+
+/// The same for outputs: a failing output's last error names its file (or
+/// host, or what the destination answered); public readers see that there
+/// is one, and when, not its text.
+#[test]
+fn public_metrics_withhold_output_error_texts() {
+    // /dev/full opens and then refuses every write (ENOSPC).
+    let config = format!(
+        "[auth]\napi_keys = [\"{KEY}\"]\n[[output]]\ntype = \"file\"\nname = \"archive\"\npath = \"/dev/full\"\n\
+         flush_interval_ms = 20\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n"
+    );
+    let s = Server::start_with(&config, &[]);
+    assert_eq!(s.ingest("flows.v1", batch(0)).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let keyed = loop {
+        let doc = s.get_auth("/v1/metrics").json();
+        let error = doc["outputs"][0]["counters"]["last_error"]["message"].clone();
+        if error.is_string() {
+            break error.as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the write never failed: {doc}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(keyed.contains("/dev/full"), "with a key, the text names the file: {keyed}");
+    for path in ["/v1/metrics", "/metrics"] {
+        let public = s.get(path).text;
+        assert!(!public.contains("/dev/full"), "{path}: {public}");
+    }
+    let error = &s.metrics()["outputs"][0]["counters"]["last_error"];
+    assert!(error["message"].as_str().unwrap().starts_with("withheld"), "{error}");
+    assert!(error["unix_ms"].is_u64(), "when stays public: {error}");
+}

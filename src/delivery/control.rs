@@ -133,13 +133,18 @@ pub(crate) fn readings(delivery: &Delivery) -> Vec<OutputReading> {
 }
 
 /// `outputs` of `/v1/metrics`: per output, its counters and backlog; its
-/// settings only `with_key` (the document may be public).
+/// settings and the text of its last error (which can name files, hosts
+/// and what a destination answered) only `with_key`: the document may be
+/// public. Without a key the error says only that there is one, and when.
 pub(crate) fn metrics_document(delivery: &Delivery, registry: &Registry, with_key: bool) -> Value {
     let mut views = views(delivery, registry);
-    for v in &mut views {
-        if let Some(o) = v.as_object_mut() {
-            if !with_key {
+    if !with_key {
+        for v in &mut views {
+            if let Some(o) = v.as_object_mut() {
                 o.remove("settings");
+            }
+            if let Some(message) = v.pointer_mut("/counters/last_error/message") {
+                *message = Value::from("withheld: details need an API key (GET /v1/outputs)");
             }
         }
     }
