@@ -93,9 +93,10 @@ pub(super) async fn set(
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_settings", format!("{} field error(s)", errors.len()))
             .with(json!({ "errors": errors }))
     })?;
+    let store = &state.delivery.store;
+    let _one_change_at_a_time = store.changing.lock().await;
     let existed = state.delivery.snapshot().iter().any(|o| o.spec.runtime.name == name);
     let before = settings_hash(&state, &name);
-    let store = &state.delivery.store;
     let previous = store.load().0.into_iter().find(|(n, _)| *n == name).map(|(_, m)| m);
     store.save(&name, &entry).map_err(|e| storage_error(&e))?;
     if let Err(e) = crate::service::reconcile_outputs(&state).await {
@@ -126,6 +127,7 @@ pub(super) async fn remove(
 ) -> Result<Json<Value>, ApiError> {
     let key_id = check_write(&state, &headers)?;
     checked_name(&name)?;
+    let _one_change_at_a_time = state.delivery.store.changing.lock().await;
     let before = settings_hash(&state, &name);
     let removed = state.delivery.store.remove(&name).map_err(|e| storage_error(&e))?;
     let in_config = state.delivery.config_entry_named(&name);

@@ -21,11 +21,18 @@ pub(crate) type Stored = Vec<(String, Map<String, Value>)>;
 
 pub(crate) struct SettingsStore {
     dir: PathBuf,
+    /// Held by an API change across save, apply and (on failure) undo, so
+    /// two changes cannot interleave and one's undo cannot overwrite the
+    /// other's accepted settings.
+    pub(crate) changing: tokio::sync::Mutex<()>,
 }
+
+/// Makes each write's temporary file name unique within the process.
+static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl SettingsStore {
     pub(crate) fn new(state_dir: &Path) -> Self {
-        SettingsStore { dir: state_dir.join("outputs") }
+        SettingsStore { dir: state_dir.join("outputs"), changing: tokio::sync::Mutex::new(()) }
     }
 
     /// Every stored entry by name. An unreadable file is reported and
@@ -59,7 +66,9 @@ impl SettingsStore {
     pub(crate) fn save(&self, name: &str, entry: &Map<String, Value>) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir).context("creating the output settings directory")?;
         let path = self.dir.join(format!("{name}.json"));
-        let tmp = self.dir.join(format!(".{name}.json.tmp"));
+        // A name of its own per write: two writers never share a file.
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".{name}.json.{}.{n}.tmp", std::process::id()));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -67,9 +76,14 @@ impl SettingsStore {
             .mode(0o600)
             .open(&tmp)
             .context("writing output settings")?;
-        file.write_all(&serde_json::to_vec_pretty(entry)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path).context("replacing output settings")?;
+        let written = file
+            .write_all(&serde_json::to_vec_pretty(entry).map_err(std::io::Error::other)?)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(anyhow::Error::from(e).context("replacing output settings"));
+        }
         if let Ok(dir) = std::fs::File::open(&self.dir) {
             let _ = dir.sync_all();
         }

@@ -142,14 +142,28 @@ pub fn load(path: &Path) -> io::Result<Vec<ApiIndicator>> {
 pub fn save(path: &Path, items: &[ApiIndicator]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-    {
-        let mut file = fs::File::create(&tmp)?;
+    // Unique per write (callers may save concurrently); 0600 like the
+    // other state files: indicator metadata can be sensitive.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{FILE_NAME}.{}.{n}.tmp", std::process::id()));
+    let written = (|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         serde_json::to_writer_pretty(&mut file, items).map_err(io::Error::other)?;
         file.write_all(b"\n")?;
         file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path)
+    written?;
+    // The rename is durable once the directory is.
+    if let Ok(dir) = fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 /// Adds or updates `item` (same id); returns whether it was new.
@@ -230,6 +244,9 @@ mod tests {
         assert!(!upsert(&mut items, new("45.149.3.7").normalize("t2".into()).unwrap()));
         save(&path, &items).unwrap();
         assert_eq!(load(&path).unwrap(), items);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "owner only");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
         let mut builder = IndexBuilder::default();
         let report = load_into(&path, &mut builder);
         assert_eq!((report.indicators, report.addr), (1, 1));
