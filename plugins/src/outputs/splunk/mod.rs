@@ -167,7 +167,9 @@ impl SplunkSink {
             Err(failed) => return SendReport::all(n, Outcome::Retry(failed.message), None),
         };
         let status = reply.status;
-        let hec: HecReply = serde_json::from_slice(&reply.body).unwrap_or_default();
+        let parsed: Option<HecReply> = serde_json::from_slice(&reply.body).ok();
+        let is_hec = parsed.as_ref().is_some_and(|h| h.code.is_some());
+        let hec = parsed.unwrap_or_default();
         let text = match hec.text {
             text if !text.is_empty() => snippet(&text, 500),
             _ if reply.body.is_empty() => "no body".into(),
@@ -175,9 +177,25 @@ impl SplunkSink {
         };
         let all = |outcome| SendReport::all(n, outcome, Some(status));
         match status {
+            // HEC answers every success with its JSON (`{"text":"Success",
+            // "code":0}`, plus `ackId` with indexer acknowledgement): any
+            // other 2xx (a proxy's page, a wrong path) proves nothing.
+            200..=299 if !is_hec => {
+                all(Outcome::Retry(format!("HTTP {status} but not a HEC reply ({text}): check hec_url")))
+            }
             200..=299 => match (&self.ack, hec.ack_id) {
-                (Some(ack), Some(id)) => all(self.wait_for_ack(ack, id).await),
-                _ => all(Outcome::Delivered),
+                (Some(ack), Some(id)) => match self.wait_for_ack(ack, id).await {
+                    // Not a verdict on the events: HEC took them and has
+                    // not said; waited for like a destination that is
+                    // down, not charged to each event's retries.
+                    Outcome::Retry(why) => SendReport::all(n, Outcome::Retry(why), None),
+                    outcome => all(outcome),
+                },
+                (Some(_), None) => all(Outcome::Retry(format!(
+                    "HTTP {status} without an ackId: indexer acknowledgement is off for this token \
+                     (turn it on, or indexer_ack = false)"
+                ))),
+                (None, _) => all(Outcome::Delivered),
             },
             400 if hec.code == Some(INCORRECT_INDEX) => {
                 all(Outcome::Retry(format!("HTTP 400: {text} (check index and the token's allowed indexes)")))

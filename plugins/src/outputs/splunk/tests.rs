@@ -184,7 +184,29 @@ async fn indexer_ack_times_out_into_a_retry() {
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(200) && elapsed < Duration::from_secs(3), "{elapsed:?}");
     assert!(retry_text(&report.outcomes[0]).starts_with("indexer ack timeout"), "{report:?}");
+    assert_eq!(report.http_status, None, "no verdict on the events: waited for, not charged to them");
     assert!(server.seen().len() > 2);
+}
+
+/// A 2xx proves delivery only as HEC's own answer; with indexer ack it
+/// must carry an ackId to poll.
+#[tokio::test]
+async fn a_success_that_is_not_hec_proves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (json!({}), "<html>catch-all</html>", "not a HEC reply"),
+        (json!({"indexer_ack": true}), r#"{"text":"Success","code":0}"#, "without an ackId"),
+    ];
+    for (extra, body, why) in cases {
+        let server = serve(move |_, _| (200, body.to_string())).await;
+        let mut options = json!({ "hec_url": server.url, "token": "t" });
+        options.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let sink = build(&SplunkOutput, options, dir.path());
+        let report = send(&*sink, &["{}", "{}"], T).await;
+        for outcome in &report.outcomes {
+            assert!(retry_text(outcome).contains(why), "{body}: {report:?}");
+        }
+    }
 }
 
 #[tokio::test]
