@@ -69,9 +69,14 @@ pub(crate) fn replay(lane: &Arc<Lane>) -> Result<u64, String> {
                 unix_ms: r.unix_ms,
             })
             .collect();
-        if let Err(e) = lane.deadletter.append(&back) {
-            lane.stats.lose(super::stats::LostReason::DeadLetterEvicted, events);
-            lane.error(format!("restoring the dead-letter after a refused replay: {e:#}"));
+        // Put back, what the bound pushes out (newer dead letters arrived
+        // meanwhile) is counted like any eviction.
+        match lane.deadletter.append(&back) {
+            Ok(evicted) => lane.stats.lose(super::stats::LostReason::DeadLetterEvicted, evicted),
+            Err(e) => {
+                lane.stats.lose(super::stats::LostReason::DeadLetterEvicted, events + e.evicted);
+                lane.error(format!("restoring the dead-letter after a refused replay: {e}"));
+            }
         }
         why
     };

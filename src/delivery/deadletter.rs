@@ -82,12 +82,32 @@ pub(crate) struct DeadLetter {
     current_path: PathBuf,
     rotated_path: PathBuf,
     state: Mutex<State>,
+    /// Tests: the next rotation fails to create the new current file.
+    #[cfg(test)]
+    fail_next_create: std::sync::atomic::AtomicBool,
 }
 
 struct State {
     file: File,
     current: Part,
     rotated: Part,
+    /// A rotation renamed the current file but could not create its
+    /// successor: `file` is the renamed one and must not be written.
+    reopen: bool,
+}
+
+/// An append that failed part way: what it had already evicted (rotated
+/// out for good) is counted by the caller all the same.
+#[derive(Debug)]
+pub(crate) struct AppendFailed {
+    pub evicted: u64,
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for AppendFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -181,7 +201,7 @@ impl DeadLetter {
                 .with_context(|| context(&rotated_path))?;
         }
         sync_dir(&dir).with_context(|| format!("syncing {}", dir.display()))?;
-        let state = State { file, current: count(&bytes), rotated: count(&rotated_bytes) };
+        let state = State { file, current: count(&bytes), rotated: count(&rotated_bytes), reopen: false };
         Ok(DeadLetter {
             output: output.to_owned(),
             max_bytes,
@@ -189,21 +209,36 @@ impl DeadLetter {
             current_path,
             rotated_path,
             state: Mutex::new(state),
+            #[cfg(test)]
+            fail_next_create: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Appends the records and fsyncs; returns how many events were evicted
-    /// (older ones rotated out, or records too large to keep at all).
-    pub(crate) fn append(&self, records: &[DeadRecord<'_>]) -> anyhow::Result<u64> {
+    /// (older ones rotated out, or records too large to keep at all), also
+    /// when it fails part way ([`AppendFailed::evicted`]).
+    pub(crate) fn append(&self, records: &[DeadRecord<'_>]) -> Result<u64, AppendFailed> {
         let mut st = lock(&self.state);
         let mut evicted = 0;
+        match self.append_locked(&mut st, records, &mut evicted) {
+            Ok(()) => Ok(evicted),
+            Err(error) => Err(AppendFailed { evicted, error }),
+        }
+    }
+
+    fn append_locked(&self, st: &mut State, records: &[DeadRecord<'_>], evicted: &mut u64) -> anyhow::Result<()> {
+        if st.reopen {
+            st.file = open_file(&self.current_path)
+                .with_context(|| format!("creating the dead-letter file {}", self.current_path.display()))?;
+            st.reopen = false;
+        }
         let mut pending = Vec::new();
         let mut pending_lines = 0;
         for record in records {
             let line = self.encode(record)?;
             let len = line.len() as u64;
             if len > self.max_bytes {
-                evicted += 1;
+                *evicted += 1;
                 continue;
             }
             loop {
@@ -213,14 +248,13 @@ impl DeadLetter {
                 if !over_bound && !over_half {
                     break;
                 }
-                self.flush(&mut st, &mut pending, &mut pending_lines)?;
-                evicted += self.rotate(&mut st)?;
+                self.flush(st, &mut pending, &mut pending_lines)?;
+                self.rotate(st, evicted)?;
             }
             pending.extend_from_slice(&line);
             pending_lines += 1;
         }
-        self.flush(&mut st, &mut pending, &mut pending_lines)?;
-        Ok(evicted)
+        self.flush(st, &mut pending, &mut pending_lines)
     }
 
     fn encode(&self, record: &DeadRecord<'_>) -> anyhow::Result<Vec<u8>> {
@@ -263,17 +297,24 @@ impl DeadLetter {
     }
 
     /// The current file becomes the rotated one (dropping the old rotated
-    /// file); returns the number of lines dropped.
-    fn rotate(&self, st: &mut State) -> anyhow::Result<u64> {
+    /// file): the dropped lines are added to `evicted` as soon as the
+    /// rename has happened, whatever fails after it.
+    fn rotate(&self, st: &mut State, evicted: &mut u64) -> anyhow::Result<()> {
         fs::rename(&self.current_path, &self.rotated_path)
             .with_context(|| format!("rotating the dead-letter file {}", self.current_path.display()))?;
-        let evicted = st.rotated.lines;
+        *evicted += st.rotated.lines;
         st.rotated = st.current;
         st.current = Part::default();
+        st.reopen = true;
+        #[cfg(test)]
+        if self.fail_next_create.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            anyhow::bail!("creating the dead-letter file: injected failure");
+        }
         st.file = open_file(&self.current_path)
             .with_context(|| format!("creating the dead-letter file {}", self.current_path.display()))?;
+        st.reopen = false;
         sync_dir(&self.dir).with_context(|| format!("syncing {}", self.dir.display()))?;
-        Ok(evicted)
+        Ok(())
     }
 
     /// Both files' lines in order, oldest first (call with the lock held).

@@ -472,7 +472,8 @@ fn dead_letter_rest(lane: &Lane, reason: &str) {
             lane.stats.lose(LostReason::DeadLetterEvicted, evicted);
         }
         Err(e) => {
-            lane.error(format!("writing the dead-letter at shutdown: {e:#}"));
+            lane.error(format!("writing the dead-letter at shutdown: {e}"));
+            lane.stats.lose(LostReason::DeadLetterEvicted, e.evicted);
             lane.stats.lose(LostReason::Shutdown, events);
         }
     }

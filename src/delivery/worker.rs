@@ -453,7 +453,10 @@ impl Worker {
                     self.lane.stats.lose(LostReason::DeadLetterEvicted, evicted);
                     return true;
                 }
-                Ok(Err(e)) => self.lane.error(format!("writing the dead-letter: {e:#}")),
+                Ok(Err(e)) => {
+                    self.lane.stats.lose(LostReason::DeadLetterEvicted, e.evicted);
+                    self.lane.error(format!("writing the dead-letter: {e}"));
+                }
                 Err(e) => self.lane.error(format!("writing the dead-letter: {e}")),
             }
             failures += 1;

@@ -164,3 +164,36 @@ fn a_torn_last_line_is_ended_and_kept() {
     let taken = dl.take_all().unwrap();
     assert_eq!(taken[1].event, br#"{"output":"es","err"#);
 }
+
+/// A rotation evicts the oldest file as soon as it renames; an append that
+/// fails after that (the new file cannot be created) still reports what it
+/// evicted, and the next append creates the file and goes on.
+#[test]
+fn evictions_are_reported_when_the_append_fails_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let dl = DeadLetter::open(&prefix(dir.path()), "es", 4 * line_len()).unwrap();
+    let (mut written, mut evicted) = (0, 0);
+    for i in 0..9 {
+        evicted += dl.append(&[record(&event(i), 1000 + i)]).unwrap();
+        written += 1;
+    }
+    assert!(evicted > 0, "a rotated file with lines exists");
+    dl.fail_next_create.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failed = (0..10).find_map(|i| match dl.append(&[record(&event(i % 10), 2000 + i)]) {
+        Ok(n) => {
+            evicted += n;
+            written += 1;
+            None
+        }
+        Err(e) => Some(e),
+    });
+    let failed = failed.expect("a rotation within a few appends");
+    assert!(failed.evicted > 0, "the rename dropped the oldest lines: {failed}");
+    evicted += failed.evicted;
+    assert_eq!(dl.stats().events + evicted, written, "kept or counted, nothing else");
+    evicted += dl.append(&[record(&event(1), 3000)]).expect("the file is created again");
+    written += 1;
+    assert_eq!(dl.stats().events + evicted, written);
+    let (_, page) = dl.list(0, 100).unwrap();
+    assert_eq!(page.last().unwrap()["unix_ms"], 3000, "written to the new current file, newest last");
+}
