@@ -260,8 +260,14 @@ impl Lane {
     fn persist(&self) {
         let text = serde_json::to_vec_pretty(&*self.state()).expect("state serializes");
         let tmp = self.file.with_extension("json.tmp");
+        // 0600 like the other state files: errors may name hosts.
         let written = std::fs::create_dir_all(self.file.parent().unwrap_or(Path::new(".")))
-            .and_then(|()| std::fs::write(&tmp, &text))
+            .and_then(|()| {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file =
+                    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                std::io::Write::write_all(&mut file, &text)
+            })
             .and_then(|()| std::fs::rename(&tmp, &self.file));
         if let Err(e) = written {
             tracing::warn!(updater = %self.spec.name, error = %e, path = %self.file.display(), "keeping update state");
@@ -282,7 +288,16 @@ impl Lane {
             if self.secret_fields.contains(&k.as_str()) {
                 settings.insert(format!("{k}_set"), Value::Bool(true));
             } else {
-                settings.insert(k.clone(), v.clone());
+                // URLs often carry credentials (`user:password@`, an API
+                // key in the query): shown without them, whatever the
+                // option is called.
+                let shown = match v {
+                    Value::String(text) if text.contains("://") => {
+                        Value::from(enrichd_engine::output::redact_url(text))
+                    }
+                    other => other.clone(),
+                };
+                settings.insert(k.clone(), shown);
             }
         }
         let state = match (&self.runner, s.running, s.last_result.as_deref()) {

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
+use enrichd_engine::output::redact_url;
 use enrichd_engine::to_hex;
 use reqwest::header::{
     HeaderMap, AUTHORIZATION, CONTENT_LENGTH, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
@@ -86,13 +87,15 @@ impl Fetcher {
     /// A published checksum: the first word of a small text file, 64 hex
     /// digits (the `sha256sum` format MaxMind serves).
     pub(crate) async fn checksum(&self, url: &str) -> Result<String, String> {
-        let mut response = self.request(url, HeaderMap::new()).send().await.map_err(|e| self.describe(url, e))?;
-        check_status(url, response.status())?;
+        // In messages only: user:password@ and query strings (API keys) are not.
+        let shown = redact_url(url);
+        let mut response = self.request(url, HeaderMap::new()).send().await.map_err(|e| self.describe(&shown, e))?;
+        check_status(&shown, response.status())?;
         let mut text = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.describe(url, e))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.describe(&shown, e))? {
             text.extend_from_slice(&chunk);
             if text.len() as u64 > MAX_CHECKSUM_BYTES {
-                return Err(format!("{url}: checksum file over {MAX_CHECKSUM_BYTES} bytes"));
+                return Err(format!("{shown}: checksum file over {MAX_CHECKSUM_BYTES} bytes"));
             }
         }
         let text = String::from_utf8_lossy(&text);
@@ -100,7 +103,7 @@ impl Fetcher {
         if word.len() == 64 && word.bytes().all(|b| b.is_ascii_hexdigit()) {
             Ok(word.to_ascii_lowercase())
         } else {
-            Err(format!("{url}: not a SHA-256 checksum file (expected 64 hex digits first)"))
+            Err(format!("{shown}: not a SHA-256 checksum file (expected 64 hex digits first)"))
         }
     }
 
@@ -113,6 +116,8 @@ impl Fetcher {
         conditional: Option<(&Option<String>, &Option<String>)>,
         staging: &Path,
     ) -> Result<Got, String> {
+        // In messages only: user:password@ and query strings (API keys) are not.
+        let shown = redact_url(url);
         let mut headers = HeaderMap::new();
         if let Some((etag, last_modified)) = conditional {
             if let Some(v) = etag.as_deref().and_then(|v| v.parse().ok()) {
@@ -123,17 +128,17 @@ impl Fetcher {
             }
         }
         debug_assert!(!headers.contains_key(AUTHORIZATION));
-        let mut response = self.request(url, headers).send().await.map_err(|e| self.describe(url, e))?;
+        let mut response = self.request(url, headers).send().await.map_err(|e| self.describe(&shown, e))?;
         if response.status() == StatusCode::NOT_MODIFIED {
             return Ok(Got::NotModified);
         }
-        check_status(url, response.status())?;
+        check_status(&shown, response.status())?;
         let header = |name| response.headers().get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok());
         let (etag, last_modified) = (header(ETAG).map(String::from), header(LAST_MODIFIED).map(String::from));
         let announced: Option<u64> = header(CONTENT_LENGTH).and_then(|v| v.parse().ok());
         if announced.is_some_and(|n| n > self.max_download_bytes) {
             return Err(format!(
-                "{url}: {} bytes announced, over max_download_bytes = {}; not downloaded",
+                "{shown}: {} bytes announced, over max_download_bytes = {}; not downloaded",
                 announced.unwrap_or(0),
                 self.max_download_bytes
             ));
@@ -143,11 +148,11 @@ impl Fetcher {
             tempfile::tempfile_in(dir).map_err(|e| format!("creating a download file in {}: {e}", dir.display()))?;
         let mut hash = Sha256::new();
         let mut total = 0u64;
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.describe(url, e))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.describe(&shown, e))? {
             total += chunk.len() as u64;
             if total > self.max_download_bytes {
                 return Err(format!(
-                    "{url}: over max_download_bytes = {}; download abandoned",
+                    "{shown}: over max_download_bytes = {}; download abandoned",
                     self.max_download_bytes
                 ));
             }
@@ -155,7 +160,7 @@ impl Fetcher {
             file.write_all(&chunk).map_err(|e| format!("writing the download: {e}"))?;
         }
         if let Some(n) = announced.filter(|&n| n != total) {
-            return Err(format!("{url}: truncated download ({total} of {n} bytes); not used"));
+            return Err(format!("{shown}: truncated download ({total} of {n} bytes); not used"));
         }
         Ok(Got::Body { file, sha256: to_hex(&hash.finalize()), etag, last_modified })
     }
@@ -168,32 +173,34 @@ impl Fetcher {
         accept: &str,
         max_bytes: u64,
     ) -> Result<(Vec<u8>, HeaderMap), String> {
+        // In messages only: user:password@ and query strings (API keys) are not.
+        let shown = redact_url(url);
         let mut headers = HeaderMap::new();
         if let Ok(v) = accept.parse() {
             headers.insert(reqwest::header::ACCEPT, v);
         }
-        let mut response = self.request(url, headers).send().await.map_err(|e| self.describe(url, e))?;
-        check_status(url, response.status())?;
+        let mut response = self.request(url, headers).send().await.map_err(|e| self.describe(&shown, e))?;
+        check_status(&shown, response.status())?;
         let headers = response.headers().clone();
         let announced: Option<u64> =
             headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         if announced.is_some_and(|n| n > max_bytes) {
-            return Err(format!("{url}: {} bytes announced, over {max_bytes}; not read", announced.unwrap_or(0)));
+            return Err(format!("{shown}: {} bytes announced, over {max_bytes}; not read", announced.unwrap_or(0)));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.describe(url, e))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.describe(&shown, e))? {
             body.extend_from_slice(&chunk);
             if body.len() as u64 > max_bytes {
-                return Err(format!("{url}: answer over {max_bytes} bytes; abandoned"));
+                return Err(format!("{shown}: answer over {max_bytes} bytes; abandoned"));
             }
         }
         if let Some(n) = announced.filter(|&n| n != body.len() as u64) {
-            return Err(format!("{url}: truncated answer ({} of {n} bytes); not used", body.len()));
+            return Err(format!("{shown}: truncated answer ({} of {n} bytes); not used", body.len()));
         }
         Ok((body, headers))
     }
 
-    /// A transport error in words, with no secret in it.
+    /// A transport error in words, with no secret in it (`url` as shown).
     fn describe(&self, url: &str, error: reqwest::Error) -> String {
         let what = if error.is_timeout() {
             "timed out".to_string()

@@ -24,6 +24,7 @@ mod fetch;
 #[cfg(test)]
 mod tests;
 
+use enrichd_engine::output::redact_url;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -121,7 +122,7 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
 fn check_http_url(field: &str, url: &str, errors: &mut Vec<FieldError>) {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-        _ => errors.push(FieldError::new(field, format!("{url:?} is not an http(s) URL"))),
+        _ => errors.push(FieldError::new(field, format!("{:?} is not an http(s) URL", redact_url(url)))),
     }
 }
 
@@ -224,12 +225,12 @@ impl UpdateRunner for MaxMindRunner {
                 return Ok(Fetched::Unchanged);
             }
             let Got::Body { file, sha256, .. } = self.fetcher.download(&self.archive_url, None, staging).await? else {
-                return Err(format!("{}: 304 to an unconditional request", self.archive_url));
+                return Err(format!("{}: 304 to an unconditional request", redact_url(&self.archive_url)));
             };
             if sha256 != published {
                 return Err(format!(
                     "{}: SHA-256 {sha256} differs from the published {published}; not used",
-                    self.archive_url
+                    redact_url(&self.archive_url)
                 ));
             }
             let facts = finish(self, file, staging, Some(&self.member), Some(&self.edition)).await?;
@@ -314,7 +315,7 @@ impl UpdateRunner for UrlRunner {
             if let Some(published) = published.as_deref().filter(|p| *p != sha256) {
                 return Err(format!(
                     "{}: SHA-256 {sha256} differs from the published {published}; not used",
-                    self.options.url
+                    redact_url(&self.options.url)
                 ));
             }
             if exists && known.digest.as_deref() == Some(sha256.as_str()) {

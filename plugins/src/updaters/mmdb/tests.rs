@@ -207,6 +207,15 @@ async fn truncated_downloads_are_refused() {
     let runner = runner(&MmdbUrlUpdater, json!({ "url": url }), &target);
     let err = runner.fetch(&Validators::default(), &staging).await.unwrap_err();
     assert!(err.contains("cut off") || err.contains("truncated"), "{err}");
+    // Credentials in the URL (a mirror behind basic auth, a key in the
+    // query) never appear in what the error says.
+    let url = raw_server(whole[..whole.len() / 2].to_vec(), whole.len(), Duration::ZERO).await;
+    let secret = format!("{}?key=Qk3y-77", url.replacen("://", "://mirror:Pa55w0rd-9@", 1));
+    let err = self::runner(&MmdbUrlUpdater, json!({ "url": secret }), &target)
+        .fetch(&Validators::default(), &staging)
+        .await
+        .unwrap_err();
+    assert!(err.contains("***@") && !err.contains("Pa55w0rd") && !err.contains("Qk3y"), "{err}");
     // A complete response whose content is a cut archive.
     let remote = Shared::default();
     remote.lock().unwrap().archive = whole[..whole.len() * 2 / 3].to_vec();
