@@ -513,3 +513,18 @@ fn json_access_log_names_keys_by_id_only() {
     assert!(!loaded["version"].as_str().unwrap().starts_with("Some("), "{loaded}");
     assert!(!log.contains(KEY) && !log.contains(ADMIN), "a key in the log");
 }
+
+/// With several keys and none of them admin (collectors' keys, a viewer's
+/// key), no key may redirect the enriched events: output changes need an
+/// admin key then. A single key (the reference project's `API_KEY`) still
+/// may, as the single-key tests above show.
+#[test]
+fn several_keys_without_an_admin_cannot_change_outputs() {
+    let s = Server::start_with(
+        &format!("[auth]\napi_keys = [\"{KEY}\", \"collector-key-2f9c\"]\n{}", common::test_chain()),
+        &[],
+    );
+    let answer = s.post("/v1/outputs/elastic", &json!({"url": "https://attacker.example:9200"}));
+    assert_client_error(&answer, 403, "admin_disabled");
+    assert_eq!(s.get_auth("/v1/outputs").json()["outputs"], json!([]), "nothing configured");
+}

@@ -31,14 +31,19 @@ use super::page::Page;
 use super::{ApiError, AppState};
 use crate::delivery::options::{valid_name, OutputSpec};
 
-/// Changing outputs takes an admin key, or any API key when no admin key
-/// is configured; the key's id, for the log of the change.
+/// Changing outputs takes an admin key; in a single-key deployment (one
+/// key in all, as the reference project's `API_KEY`) that key. With
+/// several keys and none of them admin, a collector's or a viewer's key
+/// must not be able to send every enriched event elsewhere: changes are
+/// refused until an admin key is configured. Returns the key's id, for
+/// the log of the change.
 fn check_write(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     use crate::service::Scope;
-    // Single-key deployments (no key with `admin`): any reading key.
-    let needed = if state.keys.load().any_with(Scope::Admin) { Scope::Admin } else { Scope::Read };
-    let key = state.require(headers, needed)?;
-    Ok(key.id())
+    let keys = state.keys.load();
+    if keys.len() == 1 && !keys.any_with(Scope::Admin) {
+        return Ok(state.require(headers, Scope::Read)?.id());
+    }
+    Ok(super::admin::check_admin(state, headers)?.id())
 }
 
 fn checked_name(name: &str) -> Result<(), ApiError> {

@@ -28,8 +28,9 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct AuthConfig {
-    /// Bearer tokens with the `ingest` and `read` scopes (and, where no
-    /// key has `admin`, output settings: the single-key deployments). The
+    /// Bearer tokens with the `ingest` and `read` scopes (and, when it is
+    /// the only key configured, output settings: the single-key
+    /// deployments). The
     /// `API_KEY` environment variable adds one. With no key at all,
     /// protected endpoints refuse every request (fail closed).
     pub api_keys: Vec<String>,
