@@ -237,18 +237,25 @@ impl Delivery {
                 continue;
             }
             let lane = self.lane(&d.spec, running.iter().find(|r| r.spec.runtime.name == name).map(|r| &r.lane))?;
-            *lane.secrets.lock().unwrap_or_else(|e| e.into_inner()) = d.spec.secrets(registry);
             let sink = if d.spec.runtime.enabled {
                 let factory = registry.output(&d.spec.runtime.kind).context("unknown output type")?;
                 let ctx = self.context(&name, d.spec.runtime.batch_max);
-                let sink = factory
-                    .build(&d.spec.options, &ctx)
-                    .map_err(|e| anyhow::anyhow!("output {name:?}: {}", lane.mask(&format!("{e:#}"))))?;
+                let sink = factory.build(&d.spec.options, &ctx).map_err(|e| {
+                    // Masked with the new secrets and the running ones.
+                    let text = stats::mask(&lane.mask(&format!("{e:#}")), &d.spec.secrets(registry));
+                    anyhow::anyhow!("output {name:?}: {text}")
+                })?;
                 Some(sink)
             } else {
                 None
             };
             fresh.push((d, sink, lane, profile));
+        }
+        // Every sink built: only now do the lanes take the new secrets and
+        // bounds (a refused change leaves the running outputs as they were).
+        for (d, _, lane, _) in &fresh {
+            *lane.secrets.lock().unwrap_or_else(|e| e.into_inner()) = d.spec.secrets(registry);
+            lane.bounds.set(bounds_of(&d.spec));
         }
         // Stop what is removed or changed, then start the new set.
         let old: Vec<Running> = std::mem::take(&mut *running);
@@ -297,7 +304,7 @@ impl Delivery {
         if let Some(lane) = existing {
             let durable = |d: Durability| d == Durability::Spool;
             if durable(lane.durability) == durable(spec.runtime.durability) {
-                lane.bounds.set(bounds_of(spec));
+                // Its bounds change once every sink is built (`apply`).
                 return Ok(lane);
             }
             let queued = lane.backlog.stats().events;

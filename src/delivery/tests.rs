@@ -53,6 +53,9 @@ impl Sink for ScriptSink {
 #[serde(deny_unknown_fields, default)]
 struct ScriptOptions {
     secret: Option<String>,
+    /// The build fails, naming the secret (as a client library's error
+    /// might).
+    fail: bool,
 }
 
 struct ScriptOutput {
@@ -75,7 +78,10 @@ impl Component for ScriptOutput {
     fn validate(&self, _: &ScriptOptions) -> Vec<FieldError> {
         Vec::new()
     }
-    fn build(&self, _: ScriptOptions, _: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
+    fn build(&self, options: ScriptOptions, _: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
+        if options.fail {
+            anyhow::bail!("could not log in with {:?}", options.secret.unwrap_or_default());
+        }
         Ok(Arc::new(ScriptSink { script: self.script.clone(), shared: self.shared.clone() }))
     }
 }
@@ -389,4 +395,27 @@ async fn a_damaged_entry_is_skipped_alone_and_counted_by_its_events() {
     assert_eq!(got, (0..40).chain(50..60).collect::<Vec<_>>(), "every intact entry, each once");
     assert_eq!(lane.stats.view()["lost_by_reason"]["spool_corrupt"], 10, "the entry's events");
     assert_eq!(lane.backlog.stats().events, 0);
+}
+
+/// A change whose sink cannot be built is refused whole: the running
+/// output keeps its bounds and the secrets its errors are masked with, and
+/// the refusal shows neither secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_change_leaves_the_running_output_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path(), |_, _| Outcome::Delivered);
+    let running = json!({"name": "o", "durability": "memory", "queue_max_bytes": 1_000_000, "secret": "old-s3cret"});
+    f.apply(vec![entry(running)]).await.unwrap();
+    let lane = f.delivery.lane_named("o").unwrap();
+    let bound = lane.bounds.max_bytes();
+    let refused = json!({
+        "name": "o", "durability": "memory", "queue_max_bytes": 2_000_000, "secret": "new-s3cret", "fail": true,
+    });
+    let error = format!("{:#}", f.apply(vec![entry(refused)]).await.unwrap_err());
+    assert!(error.contains("could not log in") && !error.contains("new-s3cret"), "{error}");
+    assert_eq!(lane.bounds.max_bytes(), bound, "the bound of the running output");
+    assert!(!lane.mask("old-s3cret").contains("old-s3cret"), "still masked with the running secret");
+    f.submit(0, 3).unwrap();
+    f.settle("o", 3).await;
+    assert_eq!(f.shared.delivered.lock().unwrap().len(), 3, "the running sink still delivers");
 }
