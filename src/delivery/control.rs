@@ -55,7 +55,9 @@ pub(crate) fn replay(lane: &Arc<Lane>) -> Result<u64, String> {
     }
     let mut payload = Vec::new();
     for r in &records {
-        payload.extend_from_slice(&r.event);
+        // One line per record, as the entry's event count says: a record
+        // kept raw (not JSON) may hold line breaks, whitespace to JSON.
+        payload.extend(r.event.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
         payload.push(b'\n');
     }
     let events = records.len() as u64;

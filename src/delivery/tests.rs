@@ -419,3 +419,19 @@ async fn a_refused_change_leaves_the_running_output_as_it_was() {
     f.settle("o", 3).await;
     assert_eq!(f.shared.delivered.lock().unwrap().len(), 3, "the running sink still delivers");
 }
+
+/// A record dead-lettered raw (not JSON) may hold line breaks; replayed it
+/// is still one event, one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_record_with_line_breaks_replays_as_one_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path(), |_, _| Outcome::Delivered);
+    f.apply(vec![entry(json!({"durability": "memory"}))]).await.unwrap();
+    let lane = f.delivery.lane_named("script").unwrap();
+    let raw = deadletter::DeadRecord { event: b"not\njson\r\n{", error: "bad", attempts: 1, unix_ms: 1 };
+    lane.deadletter.append(&[raw]).unwrap();
+    assert_eq!(replay(&lane).unwrap(), 1);
+    f.settle("script", 1).await;
+    let delivered = f.shared.delivered.lock().unwrap().clone();
+    assert_eq!(delivered, [b"not json  {".to_vec()], "one line: the breaks became spaces");
+}
