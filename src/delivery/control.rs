@@ -46,59 +46,38 @@ pub(crate) fn views(delivery: &Delivery, registry: &Registry) -> Vec<Value> {
 }
 
 /// Moves the output's dead-lettered events back into its backlog; returns
-/// how many. Refused (and the dead-letter kept) when the backlog has no
-/// room for them.
+/// how many. Refused (and the dead-letter kept as it is) when the backlog
+/// has no room for them or the append fails: the dead-letter is emptied
+/// only once the events are queued
+/// ([`DeadLetter::replay_with`](super::deadletter::DeadLetter::replay_with)).
 pub(crate) fn replay(lane: &Arc<Lane>) -> Result<u64, String> {
-    let records = lane.deadletter.take_all().map_err(|e| format!("reading the dead-letter: {e:#}"))?;
-    if records.is_empty() {
-        return Ok(0);
-    }
-    let mut payload = Vec::new();
-    for r in &records {
-        // One line per record, as the entry's event count says: a record
-        // kept raw (not JSON) may hold line breaks, whitespace to JSON.
-        payload.extend(r.event.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
-        payload.push(b'\n');
-    }
-    let events = records.len() as u64;
-    let restore = |why: String| {
-        let back: Vec<super::deadletter::DeadRecord<'_>> = records
-            .iter()
-            .map(|r| super::deadletter::DeadRecord {
-                event: &r.event,
-                error: &r.error,
-                attempts: r.attempts,
-                unix_ms: r.unix_ms,
-            })
-            .collect();
-        // Put back, what the bound pushes out (newer dead letters arrived
-        // meanwhile) is counted like any eviction.
-        match lane.deadletter.append(&back) {
-            Ok(evicted) => lane.stats.lose(super::stats::LostReason::DeadLetterEvicted, evicted),
-            Err(e) => {
-                lane.stats.lose(super::stats::LostReason::DeadLetterEvicted, events + e.evicted);
-                lane.error(format!("restoring the dead-letter after a refused replay: {e}"));
-            }
+    lane.deadletter.replay_with(|records| {
+        if records.is_empty() {
+            return Ok(0);
         }
-        why
-    };
-    let payload: super::Payload = bytes::Bytes::from(payload).into();
-    let cost = lane.backlog.cost(&payload);
-    if !lane.bounds.reserve(&*lane.backlog, cost, events) {
-        return Err(restore(format!("output {:?} has no room in its backlog for {events} events", lane.name)));
-    }
-    // A replay is a new input: no origin key (its destination ids come
-    // from the backlog position).
-    let appended = lane.backlog.append(&payload, events as u32, super::unix_ms(), None);
-    lane.bounds.release(cost, events);
-    match appended {
-        Ok(_) => {
-            lane.stats.replayed.fetch_add(events, Relaxed);
-            lane.wake.notify_one();
-            Ok(events)
+        let mut payload = Vec::new();
+        for r in records {
+            // One line per record, as the entry's event count says: a
+            // record kept raw (not JSON) may hold line breaks, whitespace
+            // to JSON.
+            payload.extend(r.event.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+            payload.push(b'\n');
         }
-        Err(e) => Err(restore(format!("queueing the replay: {e}"))),
-    }
+        let events = records.len() as u64;
+        let payload: super::Payload = bytes::Bytes::from(payload).into();
+        let cost = lane.backlog.cost(&payload);
+        if !lane.bounds.reserve(&*lane.backlog, cost, events) {
+            return Err(format!("output {:?} has no room in its backlog for {events} events", lane.name));
+        }
+        // A replay is a new input: no origin key (its destination ids come
+        // from the backlog position).
+        let appended = lane.backlog.append(&payload, events as u32, super::unix_ms(), None);
+        lane.bounds.release(cost, events);
+        appended.map_err(|e| format!("queueing the replay: {e}"))?;
+        lane.stats.replayed.fetch_add(events, Relaxed);
+        lane.wake.notify_one();
+        Ok(events)
+    })
 }
 
 /// Every output's numbers for `/metrics` (also outputs no longer

@@ -344,13 +344,20 @@ impl DeadLetter {
         Ok((total, page))
     }
 
-    /// Every dead-lettered event, oldest first, for replay; empties the
-    /// dead-letter. An unparseable line comes back whole as the event, with
-    /// an error saying so, rather than being dropped.
-    pub(crate) fn take_all(&self) -> anyhow::Result<Vec<OwnedDeadRecord>> {
+    /// Every dead-lettered event, oldest first, handed to `requeue`; the
+    /// dead-letter is emptied only once `requeue` succeeded, all under the
+    /// lock (nothing is dead-lettered in between). So a refused requeue
+    /// leaves it as it was, and a crash at any point loses nothing: at
+    /// worst (a crash after the requeue, before the emptying is durable)
+    /// the events are replayed twice. An unparseable line comes back whole
+    /// as the event, with an error saying so, rather than being dropped.
+    pub(crate) fn replay_with<T>(
+        &self,
+        requeue: impl FnOnce(&[OwnedDeadRecord]) -> Result<T, String>,
+    ) -> Result<T, String> {
         let mut st = lock(&self.state);
-        let bytes = self.read_all()?;
-        let records = lines(&bytes)
+        let bytes = self.read_all().map_err(|e| format!("reading the dead-letter: {e:#}"))?;
+        let records: Vec<OwnedDeadRecord> = lines(&bytes)
             .map(|line| match serde_json::from_slice::<LineIn>(line) {
                 Ok(LineIn { error, attempts, unix_ms, event: Some(event), .. }) => {
                     OwnedDeadRecord { event: event.get().as_bytes().to_vec(), error, attempts, unix_ms }
@@ -361,15 +368,24 @@ impl DeadLetter {
                 _ => OwnedDeadRecord { event: line.to_vec(), error: UNPARSEABLE.to_owned(), attempts: 0, unix_ms: 0 },
             })
             .collect();
-        // Once read, the records are the caller's: if emptying fails they
-        // are still returned (and stay on disk, to be replayed twice rather
-        // than lost), and the counters follow what is really left.
+        let requeued = requeue(&records)?;
+        if records.is_empty() {
+            return Ok(requeued);
+        }
+        // Requeued: if emptying fails they stay on disk too (replayed twice
+        // rather than lost), and the counters follow what is really left.
         if let Err(e) = self.empty(&mut st) {
-            tracing::warn!(output = %self.output, "dead-letter read for replay but not emptied: {e:#}");
+            tracing::warn!(output = %self.output, "dead-letter replayed but not emptied: {e:#}");
             st.current = count(&read_or_empty(&self.current_path).unwrap_or_default());
             st.rotated = count(&read_or_empty(&self.rotated_path).unwrap_or_default());
         }
-        Ok(records)
+        Ok(requeued)
+    }
+
+    /// [`DeadLetter::replay_with`] that just takes the records.
+    #[cfg(test)]
+    pub(crate) fn take_all(&self) -> Result<Vec<OwnedDeadRecord>, String> {
+        self.replay_with(|records| Ok(records.to_vec()))
     }
 
     fn empty(&self, st: &mut State) -> anyhow::Result<()> {

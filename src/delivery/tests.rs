@@ -435,3 +435,25 @@ async fn a_raw_record_with_line_breaks_replays_as_one_event() {
     let delivered = f.shared.delivered.lock().unwrap().clone();
     assert_eq!(delivered, [b"not json  {".to_vec()], "one line: the breaks became spaces");
 }
+
+/// A replay the backlog has no room for is refused and leaves the
+/// dead-letter exactly as it was (it is emptied only once the events are
+/// queued).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_replay_leaves_the_dead_letter_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path(), |_, _| Outcome::Retry("down".into()));
+    f.apply(vec![entry(json!({"durability": "memory", "queue_max_events": 5}))]).await.unwrap();
+    let lane = f.delivery.lane_named("script").unwrap();
+    let events: Vec<Vec<u8>> = (0..3).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
+    let records: Vec<_> =
+        events.iter().map(|e| deadletter::DeadRecord { event: e, error: "bad", attempts: 1, unix_ms: 1 }).collect();
+    lane.deadletter.append(&records).unwrap();
+    f.submit(10, 4).unwrap(); // the queue holds 4 of its 5 events
+    let refused = replay(&lane).unwrap_err();
+    assert!(refused.contains("no room"), "{refused}");
+    assert_eq!(lane.deadletter.stats().events, 3, "kept, not taken and put back");
+    let kept = lane.deadletter.take_all().unwrap();
+    assert_eq!(kept.iter().map(|r| r.event.clone()).collect::<Vec<_>>(), events, "in order");
+    assert_eq!(lane.stats.view()["lost"], 0);
+}
