@@ -171,8 +171,68 @@ pub fn check_keys<T: DeserializeOwned>(options: &Map<String, Value>) -> (Vec<Fie
 /// serde's message without its " at line 1 column 9" tail (meaningless for
 /// a value checked on its own).
 fn serde_message(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
+    let message = match message.rfind(" at line ") {
+        Some(at) => &message[..at],
+        None => message,
+    };
+    crate::limits::cap_message(without_strings(message))
+}
+
+/// serde names a refused string value (`invalid type: string "…"`): in
+/// settings that may be a secret, or a URL with one in it, so the value
+/// is left out (`a string`); what was expected stays.
+fn without_strings(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("string \"") {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        // Skip the quoted value, escapes included (serde writes it as
+        // `{:?}` does).
+        let value = &rest[at + "string \"".len()..];
+        let mut chars = value.char_indices();
+        let mut end = value.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug, Default)]
+    #[serde(deny_unknown_fields, default)]
+    #[allow(dead_code)] // read only through serde
+    struct Settings {
+        urls: Vec<String>,
+        port: u16,
+    }
+
+    /// A refused value is not echoed: settings hold secrets (a password in
+    /// a URL given where a list was expected).
+    #[test]
+    fn field_errors_leave_string_values_out() {
+        let options = serde_json::json!({"urls": "https://u:pa\"ss@h", "port": "80"});
+        let (errors, _) = check_keys::<Settings>(options.as_object().unwrap());
+        let text: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+        assert_eq!(
+            text,
+            ["port: invalid type: a string, expected u16", "urls: invalid type: a string, expected a sequence"]
+        );
+        assert_eq!(without_strings(r#"x string "a\"b" y string "c""#), "x a string y a string");
     }
 }

@@ -67,7 +67,8 @@ pub enum InputError {
     Field { field: &'static str, message: String },
     #[error("field `format` is required (one of: zeek.conn.v1, flows.v1)")]
     MissingFormat,
-    #[error("unsupported format {0:?}: expected zeek.conn.v1 (aliases zeek, zeek.conn) or flows.v1")]
+    /// The name as given, quoted and cut short ([`crate::limits::quote`]).
+    #[error("unsupported format {0}: expected zeek.conn.v1 (aliases zeek, zeek.conn) or flows.v1")]
     UnknownFormat(String),
     #[error("too many records: {count} (max {max})")]
     TooManyRecords { count: usize, max: usize },
@@ -157,7 +158,8 @@ fn envelope_serde(source: String, filter: &fast::KeyFilter, limits: Limits) -> R
         Some(Ok(Some(name))) => name,
         Some(Err(_)) => return Err(InputError::Field { field: "format", message: "must be a string".into() }),
     };
-    let format = Format::from_name(&format_name).ok_or(InputError::UnknownFormat(format_name))?;
+    let format =
+        Format::from_name(&format_name).ok_or_else(|| InputError::UnknownFormat(crate::limits::quote(&format_name)))?;
     let records = envelope
         .records
         .ok_or(InputError::Field { field: "records", message: "is required (an array of record objects)".into() })?;
@@ -284,12 +286,12 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                     }
                     _ => "duplicate key: this field was already given".to_string(),
                 };
-                *self.current_field = Some(key.into_owned());
+                *self.current_field = Some(field_name(&key));
                 return Err(de::Error::custom(message));
             }
             // The field name is only copied when its value is refused.
             if let Err(e) = read_field(known, &key, &mut map, ev, self.spec, self.base) {
-                *self.current_field = Some(key.into_owned());
+                *self.current_field = Some(field_name(&key));
                 return Err(e);
             }
             if known.is_none() {
@@ -454,3 +456,10 @@ pub(crate) fn envelope_both_ways(
 #[cfg(test)]
 #[path = "parse_tests.rs"]
 mod tests;
+
+/// A field name for an error: as given, but never more than
+/// [`crate::limits::EXCERPT_BYTES`] of it (a client's megabyte-long key is
+/// not echoed back whole).
+fn field_name(key: &str) -> String {
+    crate::limits::excerpt(key, crate::limits::EXCERPT_BYTES).into_owned()
+}
