@@ -83,13 +83,12 @@ impl Component for SplunkOutput {
         };
         let event_url = parse("/services/collector/event")?;
         let ack_url = parse("/services/collector/ack")?;
-        let channel = uuid::Uuid::new_v4().to_string();
         Ok(Arc::new(SplunkSink {
             client: options.http.client(&ctx.base_dir)?,
             event_url,
             ack_url,
             auth: secret_header(&format!("Splunk {token}"))?,
-            channel: HeaderValue::from_str(&channel)?,
+            channel: std::sync::Mutex::new(Channel::new(0)?),
             fields: envelope_fields(&options),
             ack: options.indexer_ack.then(|| AckPolling {
                 timeout: Duration::from_millis(options.ack_timeout_ms),
@@ -121,13 +120,35 @@ struct AckPolling {
     every: Duration,
 }
 
+/// A HEC channel and the ack ids awaited on it. HEC hands out each id once
+/// per channel; an id handed out again while still awaited means HEC lost
+/// the channel (a restart, an expiry, another indexer behind a balancer)
+/// and numbers from 0 again: the id then names two requests, so the sink
+/// moves to a new channel and retries what it can no longer tell apart.
+/// (Not "an id lower than before": with several requests in flight their
+/// answers are read in any order.)
+struct Channel {
+    header: HeaderValue,
+    /// Bumped at each move to a new channel.
+    generation: u64,
+    awaited: std::collections::HashSet<u64>,
+}
+
+impl Channel {
+    fn new(generation: u64) -> anyhow::Result<Channel> {
+        let header = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())?;
+        Ok(Channel { header, generation, awaited: Default::default() })
+    }
+}
+
 struct SplunkSink {
     client: reqwest::Client,
     event_url: reqwest::Url,
     ack_url: reqwest::Url,
     /// `Splunk <token>`, sensitive.
     auth: HeaderValue,
-    channel: HeaderValue,
+    /// The indexer-acknowledgement channel every request names.
+    channel: std::sync::Mutex<Channel>,
     fields: String,
     ack: Option<AckPolling>,
     http: HttpOptions,
@@ -160,7 +181,11 @@ impl SplunkSink {
         }
         let (body, mut headers) = self.http.encode(self.body(&batch), "application/json");
         headers.insert(AUTHORIZATION, self.auth.clone());
-        headers.insert(CHANNEL_HEADER, self.channel.clone());
+        let (channel, generation) = {
+            let c = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+            (c.header.clone(), c.generation)
+        };
+        headers.insert(CHANNEL_HEADER, channel.clone());
         let request = self.client.post(self.event_url.clone()).headers(headers).body(body);
         let reply = match execute(request, self.event_url.as_str()).await {
             Ok(reply) => reply,
@@ -184,7 +209,10 @@ impl SplunkSink {
                 all(Outcome::Retry(format!("HTTP {status} but not a HEC reply ({text}): check hec_url")))
             }
             200..=299 => match (&self.ack, hec.ack_id) {
-                (Some(ack), Some(id)) => match self.wait_for_ack(ack, id).await {
+                (Some(_), Some(id)) if !self.await_ack_id(generation, id) => all(Outcome::Retry(format!(
+                    "HEC channel reset (ackId {id} handed out again): resent on a new channel"
+                ))),
+                (Some(ack), Some(id)) => match self.wait_for_ack_once(ack, id, &channel, generation).await {
                     // Not a verdict on the events: HEC took them and has
                     // not said; waited for like a destination that is
                     // down, not charged to each event's retries.
@@ -238,9 +266,34 @@ impl SplunkSink {
         body
     }
 
+    /// Records `id` as awaited on the channel of `generation`; `false`
+    /// when it already was (the channel was reset: a new one is taken).
+    /// Ids of a channel already left behind are not tracked.
+    fn await_ack_id(&self, generation: u64, id: u64) -> bool {
+        let mut c = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+        if c.generation != generation || c.awaited.insert(id) {
+            return true;
+        }
+        if let Ok(fresh) = Channel::new(generation + 1) {
+            *c = fresh;
+        }
+        false
+    }
+
+    /// [`SplunkSink::wait_for_ack`], then `id` is no longer awaited.
+    async fn wait_for_ack_once(&self, ack: &AckPolling, id: u64, channel: &HeaderValue, generation: u64) -> Outcome {
+        let outcome = self.wait_for_ack(ack, id, channel, generation).await;
+        let mut c = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+        if c.generation == generation {
+            c.awaited.remove(&id);
+        }
+        outcome
+    }
+
     /// Polls the ack endpoint until `id` is acknowledged or `ack.timeout`
-    /// has passed.
-    async fn wait_for_ack(&self, ack: &AckPolling, id: u64) -> Outcome {
+    /// has passed. A `true` after the channel was found reset is not
+    /// trusted (it may answer for a request sent after the reset).
+    async fn wait_for_ack(&self, ack: &AckPolling, id: u64, channel: &HeaderValue, generation: u64) -> Outcome {
         #[derive(Deserialize)]
         struct AckReply {
             acks: std::collections::HashMap<String, bool>,
@@ -249,7 +302,7 @@ impl SplunkSink {
         let body = format!("{{\"acks\":[{id}]}}");
         let mut ack_headers = HeaderMap::new();
         ack_headers.insert(AUTHORIZATION, self.auth.clone());
-        ack_headers.insert(CHANNEL_HEADER, self.channel.clone());
+        ack_headers.insert(CHANNEL_HEADER, channel.clone());
         ack_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let mut last = String::from("not acknowledged yet");
         loop {
@@ -264,7 +317,17 @@ impl SplunkSink {
                 Err(_) => break,
                 Ok(Err(failed)) => last = failed.message,
                 Ok(Ok(reply)) if reply.status == 200 => match serde_json::from_slice::<AckReply>(&reply.body) {
-                    Ok(acks) if acks.acks.get(&id.to_string()) == Some(&true) => return Outcome::Delivered,
+                    Ok(acks) if acks.acks.get(&id.to_string()) == Some(&true) => {
+                        let reset = self.channel.lock().unwrap_or_else(|e| e.into_inner()).generation != generation;
+                        return if reset {
+                            Outcome::Retry(format!(
+                                "HEC channel reset while ackId {id} was awaited: its answer may be another \
+                                 request's; resent"
+                            ))
+                        } else {
+                            Outcome::Delivered
+                        };
+                    }
                     Ok(_) => last = String::from("not acknowledged yet"),
                     Err(e) => last = format!("unreadable ack reply: {e}"),
                 },

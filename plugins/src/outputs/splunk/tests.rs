@@ -229,3 +229,45 @@ async fn network_errors_are_retried_without_the_token() {
     assert!(message.starts_with(&format!("https://{addr}/services/collector/event: cannot connect")), "{message}");
     assert!(!message.contains("sekrit"), "{message}");
 }
+
+/// HEC lost the channel (a restart): it hands out an ack id still awaited
+/// here. That request is resent on a new channel, and the earlier one's
+/// `true`, which may now answer for the newer request, is not trusted.
+#[tokio::test]
+async fn a_reset_channel_is_left_and_its_ambiguous_acks_retried() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    let restarted = Arc::new(AtomicBool::new(false));
+    let server = serve({
+        let restarted = restarted.clone();
+        move |seen, _| {
+            if seen.path == "/services/collector/event" {
+                // Before and after the restart, the channel's count is at 7.
+                return (200, r#"{"text":"Success","code":0,"ackId":7}"#.into());
+            }
+            (200, json!({ "acks": { "7": restarted.load(Relaxed) } }).to_string())
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = json!({ "hec_url": server.url, "token": "t", "indexer_ack": true, "ack_poll_ms": 10 });
+    let sink = build(&SplunkOutput, options, dir.path());
+    let first = send(&*sink, &["{}"], T);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(100)).await; // the first is polling
+        let report = send(&*sink, &["{}"], T).await;
+        restarted.store(true, Relaxed); // now "7" is acknowledged: whose?
+        report
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert!(retry_text(&second.outcomes[0]).contains("handed out again"), "{second:?}");
+    assert!(retry_text(&first.outcomes[0]).contains("channel reset while ackId 7"), "{first:?}");
+    // What follows goes on a new channel.
+    let seen = server.seen();
+    let channels: Vec<String> = seen.iter().map(|s| s.header("x-splunk-request-channel").to_string()).collect();
+    let third = send(&*sink, &["{}"], T).await;
+    assert_eq!(third.outcomes, [Outcome::Delivered]);
+    let later = server.seen();
+    let new_channel = later[seen.len()].header("x-splunk-request-channel");
+    assert!(channels.iter().all(|c| c != new_channel), "{new_channel} was used before");
+}
