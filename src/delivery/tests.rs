@@ -34,6 +34,10 @@ impl Sink for ScriptSink {
             let call = self.shared.calls.fetch_add(1, Relaxed);
             let outcomes: Vec<Outcome> =
                 batch.events.iter().map(|e: &OutEvent<'_>| (self.script)(e.json, call)).collect();
+            // A destination that never answers.
+            if outcomes.iter().any(|o| matches!(o, Outcome::Retry(r) if r == "hang")) {
+                std::future::pending::<()>().await;
+            }
             let mut delivered = self.shared.delivered.lock().unwrap();
             for (e, o) in batch.events.iter().zip(&outcomes) {
                 if *o == Outcome::Delivered {
@@ -456,4 +460,25 @@ async fn a_refused_replay_leaves_the_dead_letter_as_it_was() {
     let kept = lane.deadletter.take_all().unwrap();
     assert_eq!(kept.iter().map(|r| r.event.clone()).collect::<Vec<_>>(), events, "in order");
     assert_eq!(lane.stats.view()["lost"], 0);
+}
+
+/// A destination that never answers does not hold a shutdown past its
+/// deadline: the send under way is abandoned (its events stay queued, and a
+/// memory queue's go to the dead-letter as at any shutdown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_never_ends_does_not_hold_the_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path(), |_, _| Outcome::Retry("hang".into()));
+    f.apply(vec![entry(json!({"durability": "memory"}))]).await.unwrap();
+    f.submit(0, 5).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.shared.calls.load(Relaxed) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(5), f.delivery.shutdown(Instant::now() + Duration::from_millis(100)))
+            .await;
+    assert!(stopped.is_ok(), "the shutdown waited for the hanging send");
+    let lane = f.delivery.lane_named("script").unwrap();
+    assert_eq!(lane.stats.dead_lettered.load(Relaxed), 5, "the queue went to the dead-letter");
 }

@@ -347,8 +347,15 @@ impl Worker {
                 })
                 .collect();
             let started = Instant::now();
-            let mut report =
-                self.sink.send(SinkBatch { events: &batch, accepted_unix_ms, id_scope: self.lane.id_scope }).await;
+            let send = self.sink.send(SinkBatch { events: &batch, accepted_unix_ms, id_scope: self.lane.id_scope });
+            // A stop's deadline ends a send under way too (a slow or
+            // unacknowledging destination could hold a shutdown or a
+            // reconfiguration for the whole request and ack timeouts): the
+            // round stays unacknowledged and is sent again (at least once).
+            let mut report = tokio::select! {
+                report = send => report,
+                () = past_stop_deadline(stop) => return false,
+            };
             stats.record_batch(started.elapsed());
             if report.outcomes.len() != batch.len() {
                 let message = format!("output answered {} outcomes for {} events", report.outcomes.len(), batch.len());
@@ -492,6 +499,33 @@ impl Worker {
             }
             if Instant::now() >= deadline {
                 return true;
+            }
+        }
+    }
+}
+
+/// Resolves once a stop has been asked for and its deadline has passed.
+async fn past_stop_deadline(stop: &mut StopSignal) {
+    loop {
+        let stopping = *stop.borrow_and_update();
+        match stopping {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => return,
+                    // An earlier deadline may follow.
+                    changed = stop.changed() => {
+                        if changed.is_err() {
+                            tokio::time::sleep_until(at.into()).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            None => {
+                if stop.changed().await.is_err() {
+                    // Nobody can ask any more.
+                    std::future::pending::<()>().await;
+                }
             }
         }
     }
