@@ -20,6 +20,7 @@ mod control;
 pub(crate) mod deadletter;
 mod entry;
 pub(crate) mod options;
+pub(crate) mod settled;
 pub(crate) mod spool;
 pub(crate) mod stats;
 pub(crate) mod store;
@@ -71,6 +72,8 @@ pub(crate) struct Lane {
     secrets: Mutex<Vec<String>>,
     /// See [`enrichd_engine::output::SinkBatch::id_scope`].
     pub id_scope: u64,
+    /// Events an interrupted round already settled (see [`settled`]).
+    pub settled: settled::Settled,
 }
 
 impl Lane {
@@ -360,6 +363,7 @@ impl Delivery {
             acked: watch::Sender::new(first),
             secrets: Mutex::new(Vec::new()),
             id_scope,
+            settled: settled::Settled::default(),
         });
         lane.bounds.set(bounds_of(spec));
         lanes.insert(name.clone(), lane.clone());
@@ -465,9 +469,14 @@ fn dead_letter_rest(lane: &Lane, reason: &str) {
     let now = unix_ms();
     let error = format!("{reason}: not delivered before the flush deadline");
     let mut events = 0u64;
+    // Events an interrupted round delivered or dead-lettered are done.
+    let settled = lane.settled.snapshot().unwrap_or_default();
     let records: Vec<deadletter::DeadRecord<'_>> = entries
         .iter()
-        .flat_map(|e| e.payload.bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()))
+        .flat_map(|e| {
+            let lines = e.payload.bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+            lines.enumerate().filter(|(i, _)| !settled.contains(&(e.seq, *i as u32))).map(|(_, line)| line)
+        })
         .map(|event| {
             events += 1;
             deadletter::DeadRecord { event, error: &error, attempts: 0, unix_ms: now }
@@ -485,6 +494,7 @@ fn dead_letter_rest(lane: &Lane, reason: &str) {
         }
     }
     let _ = lane.backlog.ack_through(last);
+    lane.settled.forget_through(last);
 }
 
 /// Merges the file's `[[output]]` entries with the API's stored settings

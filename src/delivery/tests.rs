@@ -482,3 +482,39 @@ async fn a_send_that_never_ends_does_not_hold_the_shutdown() {
     let lane = f.delivery.lane_named("script").unwrap();
     assert_eq!(lane.stats.dead_lettered.load(Relaxed), 5, "the queue went to the dead-letter");
 }
+
+/// A round interrupted by a reconfiguration after part of it was
+/// delivered is sent again by the next worker without the part already
+/// delivered: each event reaches the destination and the counters once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_round_is_not_delivered_or_counted_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_up = up.clone();
+    // The second half of the entry waits for the destination.
+    let f = fixture(tmp.path(), move |event, _| {
+        if number(event) < 5 || is_up.load(Relaxed) {
+            Outcome::Delivered
+        } else {
+            Outcome::Retry("down".into())
+        }
+    });
+    let first = json!({"durability": "memory", "batch_max": 5, "backoff_max_ms": 20});
+    f.apply(vec![entry(first)]).await.unwrap();
+    f.submit(0, 10).unwrap(); // one entry, sent in two chunks of 5
+    let lane = f.delivery.lane_named("script").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (lane.stats.sent.load(Relaxed) < 5 || f.shared.calls.load(Relaxed) < 3) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A changed setting: the worker stops mid-round and a new one starts.
+    let changed = json!({"durability": "memory", "batch_max": 5, "backoff_max_ms": 25});
+    f.apply(vec![entry(changed)]).await.unwrap();
+    up.store(true, Relaxed);
+    f.settle("script", 10).await;
+    let mut got: Vec<u64> = f.shared.delivered.lock().unwrap().iter().map(|e| number(e)).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..10).collect::<Vec<_>>(), "each event once");
+    assert_eq!(lane.stats.sent.load(Relaxed), 10);
+    assert!(lane.settled.snapshot().is_none(), "forgotten once acknowledged");
+}

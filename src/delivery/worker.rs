@@ -168,6 +168,7 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
                     Ok(true) => worker.persist().await,
                     Err(e) => worker.lane.error(format!("acknowledging the backlog: {e:#}")),
                 }
+                worker.lane.settled.forget_through(last);
                 worker.lane.acked.send_replace(last + 1);
             }
             _ = worker.lane.wake.notified(), if inflight.len() < max_in_flight => {}
@@ -270,6 +271,8 @@ struct Slot {
     /// The event's index in its entry (see `EventOrigin::index`).
     index: u32,
     attempts: u32,
+    /// Delivered or dead-lettered (recorded if the round is interrupted).
+    settled: bool,
 }
 
 impl Worker {
@@ -277,20 +280,25 @@ impl Worker {
     /// before that (the round stays unacknowledged).
     async fn round(&self, entries: &[Entry], stop: &mut StopSignal) -> bool {
         let mut rng = seed() ^ entries[0].seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // Settled by an interrupted round before: not sent again.
+        let done = self.lane.settled.snapshot();
         let mut slots = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
             let mut start = 0;
             let mut index = 0u64;
             let payload = &entry.payload.bytes;
             let mut push = |start: usize, end: usize| {
-                slots.push(Slot {
-                    entry: i,
-                    start,
-                    end,
-                    id: entry.seq << 24 | index,
-                    index: index as u32,
-                    attempts: 0,
-                });
+                if !done.as_ref().is_some_and(|d| d.contains(&(entry.seq, index as u32))) {
+                    slots.push(Slot {
+                        entry: i,
+                        start,
+                        end,
+                        id: entry.seq << 24 | index,
+                        index: index as u32,
+                        attempts: 0,
+                        settled: false,
+                    });
+                }
                 index += 1;
             };
             match entry.payload.line_ends.as_deref() {
@@ -322,6 +330,8 @@ impl Worker {
         while begin < slots.len() {
             let end = (begin + batch_max).min(slots.len());
             if !self.chunk(entries, &mut slots[begin..end], stop, &mut rng).await {
+                // Unacknowledged: what it settled must not go twice.
+                self.lane.settled.record(slots.iter().filter(|s| s.settled).map(|s| (entries[s.entry].seq, s.index)));
                 return false;
             }
             begin = end;
@@ -376,10 +386,12 @@ impl Worker {
                 match outcome {
                     Outcome::Delivered => {
                         stats.sent.fetch_add(1, Relaxed);
+                        slots[i].settled = true;
                     }
                     Outcome::Duplicate => {
                         stats.sent.fetch_add(1, Relaxed);
                         stats.duplicates.fetch_add(1, Relaxed);
+                        slots[i].settled = true;
                     }
                     Outcome::Reject(reason) => {
                         stats.failed.fetch_add(1, Relaxed);
@@ -404,8 +416,13 @@ impl Worker {
             if let Some(e) = last_error {
                 self.lane.error(e);
             }
-            if !dead.is_empty() && !self.dead_letter(entries, slots, &dead, stop, rng).await {
-                return false;
+            if !dead.is_empty() {
+                if !self.dead_letter(entries, slots, &dead, stop, rng).await {
+                    return false;
+                }
+                for &(i, _) in &dead {
+                    slots[i].settled = true;
+                }
             }
             if still.is_empty() {
                 return true;
