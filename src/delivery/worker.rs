@@ -81,10 +81,13 @@ pub(crate) async fn run(lane: Arc<Lane>, sink: Arc<dyn Sink>, options: RuntimeOp
         let ready =
             unread >= batch_max || (inflight.is_empty() && unread > 0 && (stopping.is_some() || now_ms >= flush_due));
         if ready && !past_deadline && inflight.len() < max_in_flight {
-            let round = match worker.lane.backlog.read_in_memory(next, batch_max, READ_MAX_BYTES) {
-                _ if narrow => read(&worker.lane, next, 1).await,
-                Some(entries) => Ok(entries),
-                None => read(&worker.lane, next, worker.options.batch_max).await,
+            let round = if narrow {
+                read(&worker.lane, next, 1).await
+            } else {
+                match worker.lane.backlog.read_in_memory(next, batch_max, READ_MAX_BYTES) {
+                    Some(entries) => Ok(entries),
+                    None => read(&worker.lane, next, worker.options.batch_max).await,
+                }
             };
             match round {
                 Ok(entries) if !entries.is_empty() => {
@@ -498,25 +501,12 @@ impl Worker {
         // and spread so many instances do not retry in step.
         let wait = cap / 2 + next_random(rng) % (cap / 2 + 1);
         let deadline = Instant::now() + Duration::from_millis(wait);
-        loop {
-            let stopping = *stop.borrow_and_update();
-            if let Some(stop_at) = stopping {
-                if Instant::now() >= stop_at {
-                    return false;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline.min(stop_at).into()) => {}
-                    _ = stop.changed() => {}
-                }
-            } else {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline.into()) => {}
-                    _ = stop.changed() => { continue; }
-                }
-            }
-            if Instant::now() >= deadline {
-                return true;
-            }
+        // A stop whose deadline has passed ends the wait (and is checked
+        // first: a stop already due wins over a wait already over).
+        tokio::select! {
+            biased;
+            () = past_stop_deadline(stop) => false,
+            _ = tokio::time::sleep_until(deadline.into()) => true,
         }
     }
 }
