@@ -215,6 +215,19 @@ struct SyncState {
     failed: bool,
 }
 
+/// Whether persisting the position is due now (`forced`, or an interval
+/// since the last turn); a turn given is taken at once, so callers until
+/// the persist are not given it again.
+fn take_turn(last_persist: &mut Option<Instant>, forced: bool) -> PersistDue {
+    match last_persist.map(|at| at.elapsed()) {
+        Some(since) if !forced && since < ACK_PERSIST_INTERVAL => PersistDue::In(ACK_PERSIST_INTERVAL - since),
+        _ => {
+            *last_persist = Some(Instant::now());
+            PersistDue::Now
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -411,14 +424,8 @@ impl Spool {
         }
         st.first_unacked = new_first;
         st.recent.forget_below(new_first);
-        let due = last_persist.is_none_or(|at| at.elapsed() >= ACK_PERSIST_INTERVAL)
-            || new_first == st.next_seq
-            || st.used_bytes > self.max_bytes / 2;
-        if due {
-            // Taken now, so acks until the persist are not due again.
-            *last_persist = Some(Instant::now());
-        }
-        Ok(due)
+        let forced = new_first == st.next_seq || st.used_bytes > self.max_bytes / 2;
+        Ok(take_turn(&mut last_persist, forced) == PersistDue::Now)
     }
 
     /// See [`Backlog::persist_due`](super::backlog::Backlog::persist_due).
@@ -430,13 +437,7 @@ impl Spool {
                 return PersistDue::Nothing;
             }
         }
-        match last_persist.map(|at| at.elapsed()) {
-            Some(since) if since < ACK_PERSIST_INTERVAL => PersistDue::In(ACK_PERSIST_INTERVAL - since),
-            _ => {
-                *last_persist = Some(Instant::now());
-                PersistDue::Now
-            }
-        }
+        take_turn(&mut last_persist, false)
     }
 
     /// Events of the unacknowledged entry `seq`, from its metadata.
