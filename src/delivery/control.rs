@@ -60,7 +60,9 @@ pub(crate) fn replay(lane: &Arc<Lane>) -> Result<u64, String> {
             // One line per record, as the entry's event count says: a
             // record kept raw (not JSON) may hold line breaks, whitespace
             // to JSON.
-            payload.extend(r.event.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+            let start = payload.len();
+            payload.extend_from_slice(&r.event);
+            enrichd_engine::batch::one_line(&mut payload[start..]);
             payload.push(b'\n');
         }
         let events = records.len() as u64;

@@ -261,7 +261,9 @@ impl DeadLetter {
         let event: Cow<'_, [u8]> = if record.event.iter().any(|&b| b == b'\n' || b == b'\r') {
             // Outside strings (where JSON forbids raw line breaks) they are
             // whitespace: a space keeps the event's meaning.
-            record.event.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }).collect()
+            let mut event = record.event.to_vec();
+            enrichd_engine::batch::one_line(&mut event);
+            Cow::Owned(event)
         } else {
             Cow::Borrowed(record.event)
         };
