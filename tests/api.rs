@@ -528,3 +528,29 @@ fn several_keys_without_an_admin_cannot_change_outputs() {
     assert_client_error(&answer, 403, "admin_disabled");
     assert_eq!(s.get_auth("/v1/outputs").json()["outputs"], json!([]), "nothing configured");
 }
+
+/// A lone key that may only read (a dashboard's, with events arriving from
+/// brokers) is not the reference project's single `API_KEY`: it must not
+/// redirect the enriched events either.
+#[test]
+fn a_lone_read_only_key_cannot_change_outputs() {
+    let viewer = "viewer-key-5c1e77";
+    let s = Server::start_with(
+        &format!(
+            "[auth]\n[[auth.keys]]\nname = \"viewer\"\nkey_env = \"VIEWER_KEY\"\nscopes = [\"read\"]\n{}",
+            common::test_chain()
+        ),
+        &[("VIEWER_KEY", viewer)],
+    );
+    let answer = common::agent()
+        .put(&s.url("/v1/outputs/elastic"))
+        .header("Authorization", format!("Bearer {viewer}"))
+        .header("Content-Type", "application/json")
+        .send(json!({"url": "https://attacker.example:9200"}).to_string().as_bytes())
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 403);
+    let mut listed =
+        common::agent().get(&s.url("/v1/outputs")).header("Authorization", format!("Bearer {viewer}")).call().unwrap();
+    let listed: Value = serde_json::from_str(&listed.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(listed["outputs"], json!([]), "nothing configured");
+}

@@ -471,3 +471,38 @@ fn config_outputs_reload_and_the_file_output() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("[profiles]") && stderr.contains(":1"), "{stderr}");
 }
+
+/// Settings that come through the API name files only inside the state
+/// directory's `output-files/`: an API key that may change outputs must
+/// not be a way to append events to any file the service can write (a
+/// shell profile, a cron file) or to read any file as a CA.
+#[test]
+fn api_outputs_name_files_only_inside_the_state_directory() {
+    let s = Server::start(&common::test_chain());
+    let outside = s.dir.path().join("outside.ndjson");
+    let refused = [
+        json!({"type": "file", "path": outside.display().to_string()}),
+        json!({"type": "file", "path": "../outside.ndjson"}),
+        json!({"type": "file", "path": "events/../../outside.ndjson"}),
+        json!({"type": "elastic", "url": "https://es.example:9200", "ca_file": "/etc/passwd"}),
+        json!({"type": "splunk", "hec_url": "https://hec.example:8088", "token": "t", "ca_file": "../ca.pem"}),
+    ];
+    for body in refused {
+        let r = put(&s, "/v1/outputs/confined", &body);
+        assert_eq!(r.status, 422, "{body} -> {}", r.text);
+        let fields: Vec<String> =
+            r.json()["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_string()).collect();
+        assert!(fields.iter().any(|f| f == "path" || f == "ca_file"), "{body} -> {fields:?}");
+    }
+    assert_eq!(s.get_auth("/v1/outputs/confined").status, 404, "nothing was configured");
+
+    let r =
+        put(&s, "/v1/outputs/confined", &json!({"type": "file", "path": "events/out.ndjson", "flush_interval_ms": 20}));
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(s.ingest("zeek.conn.v1", records(0, 5, 0)).status, 200);
+    let inside = s.dir.path().join("state/output-files/events/out.ndjson");
+    common::wait_for("5 lines inside the state directory", Duration::from_secs(15), || {
+        std::fs::read_to_string(&inside).is_ok_and(|t| t.lines().count() == 5)
+    });
+    assert!(!outside.exists());
+}

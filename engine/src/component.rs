@@ -51,6 +51,10 @@ pub trait Component: Send + Sync {
     fn secret_fields(&self) -> &'static [&'static str] {
         &[]
     }
+    /// See [`Factory::path_fields`].
+    fn path_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Checks a type cannot express (required fields, URLs, ranges), every
     /// problem listed.
     fn validate(&self, options: &Self::Options) -> Vec<FieldError>;
@@ -72,6 +76,11 @@ pub trait Factory<F: Family>: Send + Sync {
     /// Option names whose values are secrets: stored, never shown (views
     /// say `<name>_set: true`), masked in every error text.
     fn secret_fields(&self) -> &'static [&'static str];
+    /// Option names whose values are file paths the component reads or
+    /// writes. Settings that arrive over the API may only name files inside
+    /// a directory the operator set aside: an API key must not be a way to
+    /// read or append to any file the service can reach.
+    fn path_fields(&self) -> &'static [&'static str];
     /// Every problem with `options` (unknown keys, wrong types, values out
     /// of range, missing requirements), not just the first.
     fn check(&self, options: &Map<String, Value>) -> Vec<FieldError>;
@@ -94,6 +103,10 @@ impl<C: Component> Factory<C::Family> for C {
 
     fn secret_fields(&self) -> &'static [&'static str] {
         Component::secret_fields(self)
+    }
+
+    fn path_fields(&self) -> &'static [&'static str] {
+        Component::path_fields(self)
     }
 
     fn check(&self, options: &Map<String, Value>) -> Vec<FieldError> {

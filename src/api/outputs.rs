@@ -32,15 +32,17 @@ use super::{ApiError, AppState};
 use crate::delivery::options::{valid_name, OutputSpec};
 
 /// Changing outputs takes an admin key; in a single-key deployment (one
-/// key in all, as the reference project's `API_KEY`) that key. With
-/// several keys and none of them admin, a collector's or a viewer's key
-/// must not be able to send every enriched event elsewhere: changes are
-/// refused until an admin key is configured. Returns the key's id, for
-/// the log of the change.
+/// key in all that both ingests and reads, as the reference project's
+/// `API_KEY`) that key. With several keys and none of them admin, or a
+/// lone key that may only read (a dashboard's), a collector's or a
+/// viewer's key must not be able to send every enriched event elsewhere:
+/// changes are refused until an admin key is configured. Returns the
+/// key's id, for the log of the change.
 fn check_write(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     use crate::service::Scope;
     let keys = state.keys.load();
-    if keys.len() == 1 && !keys.any_with(Scope::Admin) {
+    if keys.len() == 1 && !keys.any_with(Scope::Admin) && keys.any_with(Scope::Ingest) {
+        state.require(headers, Scope::Ingest)?;
         return Ok(state.require(headers, Scope::Read)?.id());
     }
     Ok(super::admin::check_admin(state, headers)?.id())
@@ -203,7 +205,7 @@ pub(super) async fn test(
     })?;
     let registry = state.engine.registry();
     let snapshot = state.delivery.snapshot();
-    let Some(crate::delivery::Summary { spec, lane, .. }) =
+    let Some(crate::delivery::Summary { spec, lane, source, .. }) =
         snapshot.iter().find(|s| s.spec.runtime.name == request.target)
     else {
         return Err(ApiError::new(
@@ -213,7 +215,7 @@ pub(super) async fn test(
         ));
     };
     let factory = registry.output(&spec.runtime.kind).expect("checked specs have a known kind");
-    let ctx = state.delivery.context(&spec.runtime.name, 1);
+    let ctx = state.delivery.context(&spec.runtime.name, 1, *source);
     let started = Instant::now();
     let (ok, http_status, error) = match factory.build(&spec.options, &ctx) {
         Err(e) => (false, None, Some(lane.mask(&format!("{e:#}")))),

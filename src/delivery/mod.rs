@@ -170,11 +170,21 @@ impl Delivery {
     }
 
     /// What output `name`'s sink is built with (its own state directory,
-    /// created here).
-    pub(crate) fn context(&self, name: &str, batch_max: usize) -> OutputContext {
+    /// created here). Relative paths of the API's settings resolve in the
+    /// state directory's [`options::API_FILES_DIR`], those of `config.toml`
+    /// next to the file.
+    pub(crate) fn context(&self, name: &str, batch_max: usize, source: Source) -> OutputContext {
+        let base_dir = match source {
+            Source::Config => self.base_dir.clone(),
+            Source::Api => {
+                let dir = self.state_dir.join(options::API_FILES_DIR);
+                std::fs::create_dir_all(&dir).ok();
+                dir
+            }
+        };
         let ctx = OutputContext {
             name: name.to_string(),
-            base_dir: self.base_dir.clone(),
+            base_dir,
             state_dir: self.state_dir.join("output-state").join(name),
             batch_max,
         };
@@ -242,7 +252,7 @@ impl Delivery {
             let lane = self.lane(&d.spec, running.iter().find(|r| r.spec.runtime.name == name).map(|r| &r.lane))?;
             let sink = if d.spec.runtime.enabled {
                 let factory = registry.output(&d.spec.runtime.kind).context("unknown output type")?;
-                let ctx = self.context(&name, d.spec.runtime.batch_max);
+                let ctx = self.context(&name, d.spec.runtime.batch_max, d.source);
                 let sink = factory.build(&d.spec.options, &ctx).map_err(|e| {
                     // Masked with the new secrets and the running ones.
                     let text = stats::mask(&lane.mask(&format!("{e:#}")), &d.spec.secrets(registry));

@@ -196,7 +196,12 @@ impl OutputSpec {
                     registry.outputs().map(|f| f.kind()).collect::<Vec<_>>().join(", ")
                 ),
             )),
-            Some(factory) => errors.extend(factory.check(&options)),
+            Some(factory) => {
+                errors.extend(factory.check(&options));
+                if implied.is_some() {
+                    errors.extend(confined_paths(factory.path_fields(), &options));
+                }
+            }
         }
         if errors.is_empty() {
             Ok(OutputSpec { runtime, options })
@@ -234,6 +239,30 @@ impl OutputSpec {
         }
         Value::Object(out)
     }
+}
+
+/// The directory, under the state directory, that files named by
+/// API-set outputs live in ([`confined_paths`]).
+pub(crate) const API_FILES_DIR: &str = "output-files";
+
+/// Settings that come through the API may name files only inside
+/// `<state_dir>/output-files/`: a relative path of plain components. A key
+/// that may change outputs must not be a way to append events to any file
+/// the service can write (a shell profile, a cron file) or to probe files
+/// it can read. `config.toml` entries are the operator's and stay free.
+fn confined_paths(fields: &[&str], options: &Map<String, Value>) -> Vec<FieldError> {
+    use std::path::{Component, Path};
+    fields
+        .iter()
+        .filter_map(|field| Some((*field, options.get(*field)?.as_str()?)))
+        .filter(|(_, path)| !Path::new(path).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)))
+        .map(|(field, _)| {
+            FieldError::new(
+                field,
+                format!("set through the API, a path must be relative to the state directory's {API_FILES_DIR}/ and stay inside it (no absolute path, no `..`)"),
+            )
+        })
+        .collect()
 }
 
 /// Strings that look like URLs are shown with credentials masked.

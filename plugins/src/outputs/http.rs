@@ -22,6 +22,9 @@ const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// Longest accepted `timeout_ms` (ten minutes).
 const MAX_TIMEOUT_MS: u64 = 600_000;
 
+/// The options of [`HttpOptions`] that name files.
+pub(crate) const PATH_FIELDS: &[&str] = &["ca_file"];
+
 /// HTTP client options, shared by the `elastic` and `splunk` outputs.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(default)]
@@ -31,7 +34,8 @@ pub struct HttpOptions {
     /// `ca_file` is the better fix.
     pub tls_verify: bool,
     /// A PEM file of CA certificates trusted besides the built-in web
-    /// roots (a private CA), relative to the config file's directory.
+    /// roots (a private CA), relative to the config file's directory; set
+    /// through the API, relative to `<state_dir>/output-files/` and inside it.
     pub ca_file: Option<PathBuf>,
     /// Time limit of one request, from connecting to the last byte of the
     /// response, in milliseconds (default 10000, at most 600000). A request

@@ -62,6 +62,10 @@ impl Component for ElasticOutput {
         &["password", "api_key"]
     }
 
+    fn path_fields(&self) -> &'static [&'static str] {
+        super::http::PATH_FIELDS
+    }
+
     fn validate(&self, options: &ElasticOptions) -> Vec<FieldError> {
         options.validate()
     }

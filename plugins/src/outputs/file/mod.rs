@@ -45,6 +45,10 @@ impl Component for FileOutput {
         "NDJSON file, rotated by size"
     }
 
+    fn path_fields(&self) -> &'static [&'static str] {
+        &["path"]
+    }
+
     fn validate(&self, options: &FileOptions) -> Vec<FieldError> {
         options.validate()
     }

@@ -15,7 +15,9 @@ const MAX_FILES: u32 = 1000;
 #[serde(deny_unknown_fields, default)]
 pub struct FileOptions {
     /// The file, relative to the config file's directory; created (with its
-    /// directory) if missing, appended to if present. Required.
+    /// directory) if missing, appended to if present. Required. Set through
+    /// the API, it is relative to `<state_dir>/output-files/` and must stay
+    /// inside it (no absolute path, no `..`).
     pub path: Option<PathBuf>,
     /// Rotate when the file would grow past this many bytes (default
     /// 104857600, 100 MiB): it becomes `path.1`, `path.1` becomes `path.2`,

@@ -70,6 +70,10 @@ impl Component for SplunkOutput {
         &["token"]
     }
 
+    fn path_fields(&self) -> &'static [&'static str] {
+        super::http::PATH_FIELDS
+    }
+
     fn validate(&self, options: &SplunkOptions) -> Vec<FieldError> {
         options.validate()
     }
