@@ -25,6 +25,7 @@ use std::pin::Pin;
 
 pub use crate::component::{check_keys, check_options, FieldError};
 use crate::component::{Factory, Family};
+use serde_json::Value;
 
 /// A boxed future, so [`Sink`] stays object-safe without an async runtime
 /// in the core.
@@ -152,6 +153,17 @@ impl Family for OutputFamily {
 
 /// What the registry holds for an output kind.
 pub type OutputFactory = dyn Factory<OutputFamily>;
+
+/// A settings value as views show it: every string that looks like a URL
+/// (in arrays and objects too) passed through [`redact_url`].
+pub fn redact_value(value: &Value) -> Value {
+    match value {
+        Value::String(s) if s.contains("://") => Value::String(redact_url(s)),
+        Value::Array(items) => Value::Array(items.iter().map(redact_value).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), redact_value(v))).collect()),
+        other => other.clone(),
+    }
+}
 
 /// A URL with the parts that may carry secrets masked: `user:password@`,
 /// the query string and the fragment. Scheme, host, port and path stay, so

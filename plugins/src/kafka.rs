@@ -123,7 +123,11 @@ impl KafkaConnection {
                 !host.is_empty() && !host.contains(['/', '@', ',']) && port.parse::<u16>().is_ok_and(|p| p > 0)
             });
             if !ok || b.contains(char::is_whitespace) {
-                errors.push(FieldError::new("brokers", format!("{b:?} is not host:port")));
+                // Masked: a refused `user:password@host:port` must not echo.
+                errors.push(FieldError::new(
+                    "brokers",
+                    format!("{:?} is not host:port", enrichd_engine::output::redact_url(b)),
+                ));
             }
         }
         for (key, value) in &self.client {

@@ -234,7 +234,7 @@ impl OutputSpec {
             if secret_fields.contains(&key.as_str()) {
                 out.insert(format!("{key}_set"), Value::Bool(!value.is_null()));
             } else {
-                out.insert(key.clone(), redact_value(value));
+                out.insert(key.clone(), enrichd_engine::output::redact_value(value));
             }
         }
         Value::Object(out)
@@ -263,15 +263,6 @@ fn confined_paths(fields: &[&str], options: &Map<String, Value>) -> Vec<FieldErr
             )
         })
         .collect()
-}
-
-/// Strings that look like URLs are shown with credentials masked.
-fn redact_value(value: &Value) -> Value {
-    match value {
-        Value::String(s) if s.contains("://") => Value::String(enrichd_engine::output::redact_url(s)),
-        Value::Array(items) => Value::Array(items.iter().map(redact_value).collect()),
-        other => other.clone(),
-    }
 }
 
 fn runtime_errors(r: &RuntimeOptions) -> Vec<FieldError> {

@@ -133,7 +133,8 @@ impl SourceSpec {
         }
     }
 
-    /// The settings with secret values replaced by `<key>_set: true`.
+    /// The settings with secret values replaced by `<key>_set: true` and
+    /// credentials in URLs masked.
     fn view(&self, registry: &Registry) -> Value {
         let secrets = registry.source(&self.kind).map_or(&[][..], |f| f.secret_fields());
         let mut out = Map::new();
@@ -141,7 +142,8 @@ impl SourceSpec {
             if secrets.contains(&k.as_str()) {
                 out.insert(format!("{k}_set"), Value::Bool(true));
             } else {
-                out.insert(k.clone(), v.clone());
+                // `nats://user:password@host` is as secret as `password`.
+                out.insert(k.clone(), enrichd_engine::output::redact_value(v));
             }
         }
         Value::Object(out)
@@ -545,6 +547,21 @@ mod tests {
         assert_eq!(code(decode(ndjson(b"not gzip", "zeek", true), 1000)), "decompress_failed");
         assert_eq!(code(decode(ndjson(&[b' '; 2000], "zeek", false), 1000)), "body_too_large");
         assert_eq!(code(decode(ndjson(b"{}", "zeek.conn.v1", false), 1000)), "ok");
+    }
+
+    #[test]
+    fn views_mask_credentials_in_urls() {
+        let mut registry = Registry::new();
+        enrichd_plugins::register_all(&mut registry);
+        let entry = json!({
+            "type": "nats", "name": "feed", "stream": "TELEMETRY", "subjects": ["telemetry.>"],
+            "servers": ["nats://alice:s3cr3t-pw@nats.example:4222"], "user": "bob", "password": "other-secret",
+        });
+        let specs = desired(&registry, &[SourceEntry { options: entry.as_object().unwrap().clone(), line: None }])
+            .expect("a valid entry");
+        let view = specs[0].view(&registry).to_string();
+        assert!(!view.contains("s3cr3t-pw") && !view.contains("other-secret"), "{view}");
+        assert!(view.contains("nats.example:4222") && view.contains("password_set"), "{view}");
     }
 
     #[test]

@@ -50,6 +50,14 @@ fn kafka_source_options_are_checked() {
 }
 
 #[test]
+fn a_refused_broker_with_credentials_is_not_echoed() {
+    let options = json!({"topics": ["raw"], "brokers": ["alice:s3cr3t-pw@k1:9092"]});
+    let errors = KafkaSource.check(options.as_object().unwrap());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(!errors[0].message.contains("s3cr3t-pw") && errors[0].message.contains("k1:9092"), "{errors:?}");
+}
+
+#[test]
 fn kafka_bodies_are_read_like_the_nats_sources() {
     let shape_of = |headers: &[(&str, &str)], format: Option<&str>| {
         let header =
