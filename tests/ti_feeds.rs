@@ -186,3 +186,41 @@ fn a_taxii_collection_is_mirrored_with_paging_revocation_and_unsupported_pattern
     let all = server.get_auth("/v1/updates").text;
     assert!(!all.contains(PASSWORD) && !server.log().contains(PASSWORD), "{all}");
 }
+
+/// A file the updater accepts but a stage reading it refuses (here over
+/// the stage's own `max_file_bytes`) does not stay on disk: the previous
+/// file is put back, the run is reported failed, and a restart still loads
+/// the last good set.
+#[test]
+fn a_file_the_stage_refuses_does_not_replace_the_last_good_one_on_disk() {
+    let (remote, url) = remote();
+    *remote.lock().unwrap() = Remote { body: csv(20), etag: "\"v1\"".into(), status: None };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("feeds/acme.csv");
+    let update = format!("type = \"ti_feed\"\nname = \"acme\"\nurl = \"{url}\"");
+    let config = config(&update, &file).replace(
+        &format!("paths = [\"{}\"]", file.display()),
+        &format!("paths = [\"{}\"]\nmax_file_bytes = 1000", file.display()),
+    );
+    assert!(config.contains("max_file_bytes = 1000"), "{config}");
+    let mut server = Server::start_with(&config, &[]);
+    assert_eq!(run_update(&server, "acme")["last_result"], "changed");
+    let good = std::fs::read_to_string(&file).unwrap();
+    assert!(good.len() < 1000, "{}", good.len());
+
+    // 80 rows: well over the stage's 1000 bytes, nothing the feed's own
+    // checks refuse.
+    *remote.lock().unwrap() = Remote { body: csv(80), etag: "\"v2\"".into(), status: None };
+    let view = run_update(&server, "acme");
+    assert_eq!(view["last_result"], "failed", "{view}");
+    assert!(view["last_error"].as_str().unwrap().contains("refused"), "{view}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), good, "the last good file is back");
+    assert_eq!(matches(&server, "198.51.100.19", None)[0]["confidence"], 30);
+    assert_eq!(matches(&server, "198.51.100.50", None), json!([]));
+
+    // The refused version is fetched again next time (its validators were
+    // not kept), and a restart loads the last good set.
+    assert_eq!(run_update(&server, "acme")["last_result"], "failed");
+    server.restart();
+    assert_eq!(matches(&server, "198.51.100.19", None)[0]["confidence"], 30);
+}

@@ -266,7 +266,10 @@ impl Lane {
                 use std::os::unix::fs::OpenOptionsExt;
                 let mut file =
                     std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-                std::io::Write::write_all(&mut file, &text)
+                std::io::Write::write_all(&mut file, &text)?;
+                // On disk before the rename: a crash must not leave an
+                // empty state file, read back as "never fetched".
+                file.sync_all()
             })
             .and_then(|()| std::fs::rename(&tmp, &self.file));
         if let Err(e) = written {
@@ -279,6 +282,13 @@ impl Lane {
     fn staging(&self) -> PathBuf {
         let file = self.spec.target.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
         self.spec.target.with_file_name(format!(".{file}.{}.update", self.spec.name))
+    }
+
+    /// Where the file an update replaces is kept until the stages have
+    /// taken the new one (next to the target, like the staging file).
+    fn last_good(&self) -> PathBuf {
+        let file = self.spec.target.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+        self.spec.target.with_file_name(format!(".{file}.{}.last-good", self.spec.name))
     }
 
     fn view(&self) -> Value {

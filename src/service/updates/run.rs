@@ -15,7 +15,10 @@ pub(super) async fn run(service: &Arc<AppState>, lane: &Lane) {
     let _one = lane.run_lock.lock().await;
     lane.state().running = true;
     let staging = lane.staging();
-    let known = lane.state().validators.clone();
+    let (known, previous_success) = {
+        let s = lane.state();
+        (s.validators.clone(), s.last_success)
+    };
     let started = now_s();
     let fetched = match std::fs::create_dir_all(staging.parent().unwrap_or(Path::new("."))) {
         Ok(()) => runner.fetch(&known, &staging).await,
@@ -37,7 +40,9 @@ pub(super) async fn run(service: &Arc<AppState>, lane: &Lane) {
                     let revision = validators.etag.clone().or_else(|| validators.digest.clone());
                     let origin = Origin { sha256, revision, detail: detail.clone(), at: now_s() };
                     origin::remember(&mut lane.state().origins, origin);
-                    swap(&staging, &lane.spec.target).map(|()| Some((validators, detail)))
+                    keep_previous(&lane.spec.target, &lane.last_good())
+                        .and_then(|()| swap(&staging, &lane.spec.target))
+                        .map(|()| Some((validators, detail)))
                 }
                 Err(e) => Err(e),
             }
@@ -72,6 +77,31 @@ pub(super) async fn run(service: &Arc<AppState>, lane: &Lane) {
         }
         _ => None,
     };
+    // The updater's checks are the feed's; a stage reading the file may
+    // still refuse it (its own size limits, a shrink it holds back, a
+    // database it cannot use). The stage then keeps its last good data in
+    // memory, and the disk must keep it too, or the next start would load
+    // the refused file.
+    let outcome = match (outcome, apply.as_ref().and_then(refusal)) {
+        (Ok(Some(_)), Some(reason)) => {
+            let restored = restore_previous(&lane.spec.target, &lane.last_good());
+            {
+                let mut s = lane.state();
+                s.validators = known.clone();
+                s.last_success = previous_success;
+            }
+            Err(match restored {
+                Ok(()) => {
+                    format!("the stages reading the file refused the new version ({reason}); the previous file is back")
+                }
+                Err(e) => format!("the stages reading the file refused the new version ({reason}); {e}"),
+            })
+        }
+        (outcome, _) => {
+            let _ = std::fs::remove_file(lane.last_good());
+            outcome
+        }
+    };
     {
         let mut s = lane.state();
         s.checks += 1;
@@ -99,6 +129,9 @@ pub(super) async fn run(service: &Arc<AppState>, lane: &Lane) {
                 s.last_apply = apply;
             }
             Err(e) => {
+                if apply.is_some() {
+                    s.last_apply = apply;
+                }
                 let e = lane.mask(e);
                 tracing::warn!(updater = %lane.spec.name, error = %e, "update failed; the current file stays");
                 s.failures += 1;
@@ -111,14 +144,58 @@ pub(super) async fn run(service: &Arc<AppState>, lane: &Lane) {
     lane.persist();
 }
 
-/// Renames the staged file over `target` and syncs the directory, so the
-/// new file survives a crash right after.
-fn swap(staging: &Path, target: &Path) -> Result<(), String> {
-    std::fs::rename(staging, target).map_err(|e| format!("replacing {} with the download: {e}", target.display()))?;
+/// Why the reload after a swap refused the new file: a stage (or the
+/// configuration, for a chain file) rejected it or held it back.
+fn refusal(report: &serde_json::Value) -> Option<String> {
+    let mut reasons: Vec<String> = report["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|stage| matches!(stage["outcome"].as_str(), Some("rejected" | "held_back")))
+        .map(|stage| match stage["error"].as_str() {
+            Some(error) => format!("{}: {error}", stage["name"].as_str().unwrap_or("?")),
+            None => format!("{}: {}", stage["name"].as_str().unwrap_or("?"), stage["outcome"].as_str().unwrap_or("?")),
+        })
+        .collect();
+    if report["config"]["outcome"] == "rejected" {
+        reasons.push(format!("configuration: {}", report["config"]["error"].as_str().unwrap_or("rejected")));
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
+/// Keeps the file about to be replaced as `last_good` (a hard link: no
+/// copy, same file system as the target), so a refused update can put it
+/// back. No file yet: nothing to keep.
+fn keep_previous(target: &Path, last_good: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_file(last_good);
+    match std::fs::hard_link(target, last_good) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("keeping the current {} before replacing it: {e}", target.display())),
+    }
+}
+
+/// Puts the file kept by [`keep_previous`] back over `target`, or removes
+/// `target` when there was none before.
+fn restore_previous(target: &Path, last_good: &Path) -> Result<(), String> {
+    let restored = if last_good.exists() { std::fs::rename(last_good, target) } else { std::fs::remove_file(target) };
+    restored.map_err(|e| format!("putting the previous {} back failed: {e}", target.display()))?;
+    sync_parent(target);
+    Ok(())
+}
+
+fn sync_parent(target: &Path) {
     if let Some(dir) = target.parent() {
         if let Ok(dir) = std::fs::File::open(dir) {
             let _ = dir.sync_all();
         }
     }
+}
+
+/// Renames the staged file over `target` and syncs the directory, so the
+/// new file survives a crash right after.
+fn swap(staging: &Path, target: &Path) -> Result<(), String> {
+    std::fs::rename(staging, target).map_err(|e| format!("replacing {} with the download: {e}", target.display()))?;
+    sync_parent(target);
     Ok(())
 }
