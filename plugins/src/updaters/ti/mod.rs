@@ -315,6 +315,11 @@ fn rename_csv_header(text: &str, columns: &BTreeMap<String, String>) -> Result<S
     Ok(out)
 }
 
+/// Most bytes converted STIX rows may take: the ti stage's default
+/// `max_file_bytes` (it would refuse a larger file anyway). Checked while
+/// converting, object by object: one object may expand to many rows.
+pub(crate) const MAX_RENDERED_BYTES: u64 = 128 << 20;
+
 /// A STIX 2.1 bundle as the stage's CSV form; the note counts and lists
 /// the unsupported patterns.
 fn bundle_to_csv(text: &str) -> Result<(String, String), String> {
@@ -327,6 +332,9 @@ fn bundle_to_csv(text: &str) -> Result<(String, String), String> {
     let mut file = ConvertedFile::default();
     for object in objects {
         file.apply(stix::convert(object));
+        if file.row_bytes() as u64 > MAX_RENDERED_BYTES {
+            return Err(format!("the bundle's indicators render to over {} MiB; not used", MAX_RENDERED_BYTES >> 20));
+        }
     }
     Ok((file.render(&[]), file.note()))
 }

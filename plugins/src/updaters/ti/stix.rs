@@ -19,6 +19,7 @@
 use serde_json::Value;
 
 use crate::ti::loader::{normalize_domain, parse_net};
+use crate::ti::meta::{MAX_TAGS, MAX_TAG_BYTES};
 
 /// The CSV header of converted files; `stix_id` is not a loader column.
 pub(crate) const CSV_HEADER: &str =
@@ -77,7 +78,11 @@ pub(crate) fn convert(object: &Value) -> Converted {
     };
     let confidence = object.get("confidence").and_then(Value::as_u64).filter(|&c| c <= 100);
     let description = text("name").or_else(|| text("description")).unwrap_or("");
-    let tags: Vec<String> = list("labels").iter().map(|t| clean(t, 64).replace([',', ';', '|'], " ")).collect();
+    // As many tags as the stage keeps, no more: every row of the pattern
+    // repeats them, so an object with a thousand values and a million
+    // labels must not render to gigabytes (or rows over the line cap).
+    let tags: Vec<String> =
+        list("labels").iter().take(MAX_TAGS).map(|t| clean(t, MAX_TAG_BYTES).replace([',', ';', '|'], " ")).collect();
     let fields_after = [
         csv_field(&clean(list("indicator_types").first().copied().unwrap_or(""), 64)),
         confidence.map(|c| c.to_string()).unwrap_or_default(),

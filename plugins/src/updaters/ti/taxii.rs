@@ -22,18 +22,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use enrichd_engine::component::Component;
-use enrichd_engine::output::{BoxFuture, FieldError};
+use enrichd_engine::output::{redact_url, BoxFuture, FieldError};
 use enrichd_engine::updater::{Fetched, UpdateContext, UpdateRunner, UpdaterFamily, Validators};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::super::http::Fetcher;
-use super::{check_common, check_http_url, stage, stix, summary, ConvertedFile, DEFAULT_MAX_SHRINK, DEFAULT_TIMEOUT_S};
+use super::{
+    check_common, check_http_url, stage, stix, summary, ConvertedFile, DEFAULT_MAX_SHRINK, DEFAULT_TIMEOUT_S,
+    MAX_RENDERED_BYTES,
+};
 
-/// Most bytes a collection's converted rows may take: the ti stage's
-/// default `max_file_bytes` (it would refuse a larger file anyway).
-const MAX_RENDERED_BYTES: u64 = 128 << 20;
 const TAXII: &str = "application/taxii+json;version=2.1";
 /// The comment naming the resume position in a converted file.
 const CURSOR: &str = "taxii added_after: ";
@@ -189,13 +189,16 @@ impl UpdateRunner for TaxiiRunner {
 impl TaxiiRunner {
     async fn get(&self, url: &str, max: u64) -> Result<(Value, reqwest::header::HeaderMap), String> {
         let (body, headers) = self.fetcher.get_capped(url, TAXII, max).await?;
-        let value = serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
+        let value = serde_json::from_slice(&body).map_err(|e| format!("{}: not JSON: {e}", redact_url(url)))?;
         Ok((value, headers))
     }
 
     /// The collection's `objects/` URL.
     async fn objects_url(&self) -> Result<String, String> {
         let o = &self.options;
+        // Errors name the URL without what may be secret in it (a query
+        // string's API key).
+        let shown = redact_url(&o.url);
         let (discovery, _) = self.get(&o.url, MAX_SMALL_BYTES).await?;
         let roots: Vec<&str> = discovery
             .get("api_roots")
@@ -208,11 +211,11 @@ impl TaxiiRunner {
                 .iter()
                 .copied()
                 .find(|r| *r == want || r.trim_end_matches('/').rsplit('/').next() == Some(want.trim_matches('/')))
-                .ok_or_else(|| format!("{}: the discovery lists no API root {want:?}", o.url))?,
-            None => default.or(roots.first().copied()).ok_or_else(|| format!("{}: no API root listed", o.url))?,
+                .ok_or_else(|| format!("{shown}: the discovery lists no API root {want:?}"))?,
+            None => default.or(roots.first().copied()).ok_or_else(|| format!("{shown}: no API root listed"))?,
         };
         // API roots may be relative to the discovery URL.
-        let base = reqwest::Url::parse(&o.url).map_err(|e| format!("{}: {e}", o.url))?;
+        let base = reqwest::Url::parse(&o.url).map_err(|e| format!("{shown}: {e}"))?;
         let mut root = base.join(root).map_err(|e| format!("API root {root:?}: {e}"))?;
         // Credentials go to the discovery URL's origin only: a discovery
         // answer (hostile, or tampered with) naming a root elsewhere must

@@ -397,3 +397,61 @@ async fn a_taxii_run_stops_at_max_run_s_and_keeps_what_it_read() {
     let errors = super::TaxiiUpdater.check(&bad);
     assert!(errors.iter().any(|e| e.field == "max_run_s"), "{errors:?}");
 }
+
+/// Every row of a pattern repeats the object's tags: an object with
+/// hundreds of values and thousands of labels keeps the stage's eight tags
+/// per row, each row under the loader's line cap.
+#[test]
+fn labels_are_capped_before_they_repeat_on_every_row() {
+    use super::stix::{convert, Converted};
+    let values: Vec<String> = (0..600).map(|i| format!("[ipv4-addr:value = '10.{}.{}.1']", i / 256, i % 256)).collect();
+    let labels: Vec<String> = (0..2000).map(|i| format!("{i:0>64}")).collect();
+    let object = json!({
+        "type": "indicator", "id": "indicator--00000000-0000-4000-8000-000000000001",
+        "pattern": values.join(" OR "), "pattern_type": "stix", "labels": labels,
+    });
+    let Converted::Rows { rows, .. } = convert(&object) else { panic!("not converted") };
+    assert_eq!(rows.len(), 600);
+    for row in &rows {
+        assert!(row.len() < crate::ti::loader::DEFAULT_MAX_LINE_BYTES, "{} bytes", row.len());
+        let tags = row.split(',').nth(4).unwrap();
+        assert_eq!(tags.split('|').count(), crate::ti::meta::MAX_TAGS, "{row}");
+    }
+}
+
+/// A bundle whose rows would render past the bound is refused while it is
+/// converted, not after.
+#[test]
+fn a_bundle_that_renders_too_large_is_refused() {
+    let values: Vec<String> =
+        (0..600).map(|i| format!("[domain-name:value = '{}.example']", "x".repeat(40) + &i.to_string())).collect();
+    let description = "d".repeat(600);
+    let objects: Vec<Value> = (0..400)
+        .map(|n| {
+            json!({
+                "type": "indicator", "id": format!("indicator--00000000-0000-4000-8000-{n:012}"),
+                "pattern": values.join(" OR "), "pattern_type": "stix", "name": description,
+            })
+        })
+        .collect();
+    let bundle = json!({"type": "bundle", "id": "bundle--1", "objects": objects}).to_string();
+    let error = super::bundle_to_csv(&bundle).unwrap_err();
+    assert!(error.contains("MiB"), "{error}");
+}
+
+/// A key in the discovery URL's query string stays out of every error
+/// (here a discovery answer that is not JSON, and one listing no root).
+#[tokio::test]
+async fn a_taxii_url_key_is_not_in_errors() {
+    let (_dir, target, staging) = setup();
+    for body in [&b"not json"[..], &b"{\"api_roots\": []}"[..]] {
+        let url = raw_server(body.to_vec(), body.len(), Duration::ZERO).await;
+        let Value::Object(options) = json!({ "url": format!("{url}?apikey=Sekr3t-key"), "collection": "intel" }) else {
+            unreachable!()
+        };
+        let ctx = UpdateContext { name: "t".into(), base_dir: "/".into(), target: target.clone() };
+        let runner = super::TaxiiUpdater.build(&options, &ctx).unwrap();
+        let err = runner.fetch(&Validators::default(), &staging).await.unwrap_err();
+        assert!(!err.contains("Sekr3t") && err.contains("?***"), "{err}");
+    }
+}
