@@ -453,3 +453,35 @@ fn three_instances_and_a_kill_9_lose_nothing() {
     assert_eq!(reader.seen.len(), messages * per);
     assert_eq!(reader.duplicates(), 0, "every event stored once");
 }
+
+/// The durable consumer deleted under a running source (an operator's
+/// mistake, a stream recreated): the source looks it up again, creates it,
+/// and consumes what is published afterwards, instead of pulling from a
+/// consumer that is gone.
+#[test]
+fn a_deleted_consumer_is_created_again() {
+    let Some(nats) = NatsServer::start("a_deleted_consumer_is_created_again") else { return };
+    let rt = common::broker_runtime();
+    let js = rt.block_on(jetstream(&nats.url));
+    let per = 10;
+    rt.block_on(publish(&js, 2, per));
+    let s = Server::start_with(&config(&nats.url, 30_000), &[]);
+    let mut reader = rt.block_on(Reader::new(&js));
+    rt.block_on(reader.until(2 * per, Duration::from_secs(30)));
+    common::wait_for("the raw consumer to settle", Duration::from_secs(10), || rt.block_on(raw_consumer_idle(&js)));
+
+    rt.block_on(async {
+        let stream = js.get_stream("RAW").await.unwrap();
+        assert!(stream.delete_consumer("enrichd").await.unwrap().success);
+        for m in 2..4 {
+            js.publish("raw.zeek", common::conn_envelope("nats-test", m * per, per).into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+    rt.block_on(reader.until(4 * per, Duration::from_secs(30)));
+    let view = common::source_view(&s);
+    assert_eq!(view["state"], "running", "{view}");
+}

@@ -29,7 +29,7 @@ mod options;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -195,15 +195,38 @@ impl NatsRunner {
                     continue;
                 }
             };
-            failures = 0;
+            // A batch of nothing but errors (the durable consumer deleted,
+            // the stream recreated: every pull answers "no responders") is
+            // a failed fetch too: three in a row and the consumer is looked
+            // up again (and created, if allowed) after a pause, instead of
+            // pulling from a consumer that is gone, at once and forever.
+            let received = AtomicUsize::new(0);
+            let last_error = std::sync::Mutex::new(None);
             batch
                 .for_each_concurrent(o.concurrency, |message| async {
                     match message {
-                        Ok(message) => self.process(message, ingest, &pause, stopping).await,
-                        Err(e) => ingest.stats().set_error(&self.name, format!("receiving a message: {e}")),
+                        Ok(message) => {
+                            received.fetch_add(1, Relaxed);
+                            self.process(message, ingest, &pause, stopping).await
+                        }
+                        Err(e) => {
+                            let e = format!("receiving a message: {e}");
+                            ingest.stats().set_error(&self.name, e.clone());
+                            *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        }
                     }
                 })
                 .await;
+            match last_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                Some(e) if received.load(Relaxed) == 0 => {
+                    failures += 1;
+                    if failures >= 3 {
+                        return Some(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                _ => failures = 0,
+            }
         }
         None
     }
