@@ -485,3 +485,44 @@ fn a_deleted_consumer_is_created_again() {
     let view = common::source_view(&s);
     assert_eq!(view["state"], "running", "{view}");
 }
+
+/// An `ack` output that cannot confirm for a while (its destination down):
+/// the source's message stays unsettled (in progress) instead of going back
+/// to the broker after `ack_mode_timeout_ms` and being queued again on
+/// every redelivery; once the destination is back every event is delivered
+/// once and the message acknowledged.
+#[test]
+fn an_ack_output_that_waits_does_not_queue_redeliveries() {
+    use common::receivers::{BulkConfig, BulkReceiver};
+    let Some(nats) = NatsServer::start("an_ack_output_that_waits_does_not_queue_redeliveries") else { return };
+    let rt = common::broker_runtime();
+    let js = rt.block_on(jetstream(&nats.url));
+    let bulk = BulkReceiver::start(BulkConfig::default());
+    bulk.outage(true);
+    let config = format!(
+        "[auth]\napi_keys = [\"{key}\"]\n[reload]\nwatch = false\n[[source]]\ntype = \"nats\"\nservers = [\"{url}\"]\n\
+         stream = \"RAW\"\nsubjects = [\"raw.>\"]\ndurable = \"enrichd\"\nack_wait_ms = 1000\n\
+         [[output]]\ntype = \"elastic\"\nurl = \"{bulk}\"\ndurability = \"ack\"\nflush_interval_ms = 1\n\
+         ack_mode_timeout_ms = 200\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n{chain}",
+        key = common::KEY,
+        url = nats.url,
+        bulk = bulk.url(),
+        chain = common::test_chain(),
+    );
+    let s = Server::start_with(&config, &[]);
+    rt.block_on(publish(&js, 1, 10));
+    // Ten ack timeouts, and a few ack_waits, pass with the destination down.
+    std::thread::sleep(Duration::from_millis(2500));
+    let queued = |s: &Server| {
+        let o = s.get_auth("/v1/outputs/elastic").json();
+        o["counters"]["queued"].as_u64().unwrap_or_else(|| panic!("{o}"))
+    };
+    assert_eq!(queued(&s), 10, "queued once, not once per redelivery");
+    bulk.outage(false);
+    common::wait_for("10 documents", Duration::from_secs(30), || bulk.doc_count() == 10);
+    common::wait_for("the message acknowledged", Duration::from_secs(10), || {
+        common::source_view(&s)["counters"]["acked"] == 1
+    });
+    assert_eq!(queued(&s), 10);
+    assert!(bulk.docs().iter().all(|d| d.times_written == 1), "no event twice");
+}

@@ -91,24 +91,26 @@ async fn read_and_enrich(
         return forward(state, forwarding, body).await;
     }
     let respond = (!respond_async).then_some(encoding);
-    let done = core::ingest(state, Input::Envelope(body), arrived, respond, None).await.map_err(|e| match e {
-        IngestError::BadInput(e) => ApiError::from(e),
-        IngestError::Backpressure(r) => refused(r),
-        IngestError::AckTimeout { output, timeout } => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "delivery_timeout",
-            format!(
-                "output {output:?} did not confirm delivery within {} ms; the events stay queued and will \
+    let done = core::ingest(state, Input::Envelope(body), arrived, respond, None, core::AckWait::Timeout)
+        .await
+        .map_err(|e| match e {
+            IngestError::BadInput(e) => ApiError::from(e),
+            IngestError::Backpressure(r) => refused(r),
+            IngestError::AckTimeout { output, timeout } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "delivery_timeout",
+                format!(
+                    "output {output:?} did not confirm delivery within {} ms; the events stay queued and will \
                  still be delivered (resending duplicates them)",
-                timeout.as_millis()
+                    timeout.as_millis()
+                ),
             ),
-        ),
-        IngestError::Internal => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "enrichment failed; the batch was not processed",
-        ),
-    })?;
+            IngestError::Internal => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "enrichment failed; the batch was not processed",
+            ),
+        })?;
     if respond_async {
         let body = serde_json::json!({ "accepted": done.events, "outputs": done.outputs });
         return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());

@@ -108,6 +108,27 @@ impl Admitted {
         Ok(())
     }
 
+    /// [`Admitted::wait_acks`] with no time limit: until every `ack`
+    /// output has delivered (or dead-lettered) the batch, or `shutdown`
+    /// turns true (`Err(name)` of the output still waited for).
+    pub(crate) async fn wait_acks_until(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
+        for (a, seq) in self.active.iter().zip(&self.queued) {
+            if a.lane.durability != super::options::Durability::Ack {
+                continue;
+            }
+            let mut rx = a.lane.acked.subscribe();
+            tokio::select! {
+                done = rx.wait_for(|acked| *acked > *seq) => {
+                    if done.is_err() {
+                        return Err(a.lane.name.clone());
+                    }
+                }
+                _ = shutdown.wait_for(|stopping| *stopping) => return Err(a.lane.name.clone()),
+            }
+        }
+        Ok(())
+    }
+
     /// Longest ack wait configured among the outputs (for messages).
     pub(crate) fn ack_timeout(&self) -> Duration {
         self.active.iter().map(|a| a.ack_timeout).max().unwrap_or_default()

@@ -41,6 +41,17 @@ pub(crate) enum IngestError {
     Internal,
 }
 
+/// How long a batch waits for its `ack` outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AckWait {
+    /// Up to each output's `ack_timeout` (an HTTP client, which retries).
+    Timeout,
+    /// Until delivered, or until shutdown (a broker source: its message
+    /// stays unsettled meanwhile; giving it back after a timeout would
+    /// queue the same events again, once per redelivery).
+    UntilDelivered,
+}
+
 /// Runs `input` through the pipeline and hands it to every enabled output.
 /// `respond`: the encoding the caller wants back (`None`: only counts).
 /// `arrived` is when the input arrived, for the lag metrics. `origin`: the
@@ -52,6 +63,7 @@ pub(crate) async fn ingest(
     arrived: Instant,
     respond: Option<Encoding>,
     origin: Option<&str>,
+    ack_wait: AckWait,
 ) -> Result<Ingested, IngestError> {
     let origin = origin.map(str::to_string);
     let worker = state.clone();
@@ -80,10 +92,11 @@ pub(crate) async fn ingest(
     };
     let mut names = Vec::new();
     if let Some(admitted) = &admitted {
-        admitted
-            .wait_acks()
-            .await
-            .map_err(|output| IngestError::AckTimeout { output, timeout: admitted.ack_timeout() })?;
+        let waited = match ack_wait {
+            AckWait::Timeout => admitted.wait_acks().await,
+            AckWait::UntilDelivered => admitted.wait_acks_until(state.shutdown.subscribe()).await,
+        };
+        waited.map_err(|output| IngestError::AckTimeout { output, timeout: admitted.ack_timeout() })?;
         names = admitted.active.iter().map(|o| o.lane.name.clone()).collect();
     }
     Ok(Ingested { response, events, outputs: names })

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
-use super::ingest::{ingest, IngestError};
+use super::ingest::{ingest, AckWait, IngestError};
 use super::AppState;
 use crate::delivery::deadletter::{DeadLetter, DeadRecord};
 
@@ -439,7 +439,7 @@ impl Ingest for Handle {
             let max = state.config.server.max_body_bytes;
             let origin = payload.origin.clone();
             let input = decode(payload, max).inspect_err(|_| state.metrics.record_rejected_batch())?;
-            match ingest(&state, input, arrived, None, origin.as_deref()).await {
+            match ingest(&state, input, arrived, None, origin.as_deref(), AckWait::UntilDelivered).await {
                 Ok(done) => {
                     SourceStats::count(&self.lane.stats.events, done.events as u64);
                     Ok(Accepted { events: done.events })
@@ -452,11 +452,13 @@ impl Ingest for Handle {
                     message: r.message,
                     retry_after: Duration::from_secs(r.retry_after_secs.max(1)),
                 }),
-                Err(IngestError::AckTimeout { output, timeout }) => Err(Refusal::Unavailable {
-                    message: format!(
-                        "output {output:?} did not confirm delivery within {} ms (the events stay queued)",
-                        timeout.as_millis()
-                    ),
+                // Waited for without a time limit (`AckWait::UntilDelivered`):
+                // only a shutdown ends the wait. The message goes back to the
+                // broker; the queued events are delivered or dead-lettered
+                // at shutdown, so a redelivery may bring them twice (at
+                // least once), never zero times.
+                Err(IngestError::AckTimeout { output, .. }) => Err(Refusal::Unavailable {
+                    message: format!("shutting down before output {output:?} confirmed delivery"),
                     retry_after: Duration::from_secs(1),
                 }),
                 Err(IngestError::Internal) => Err(Refusal::Unavailable {
