@@ -175,6 +175,7 @@ fn connection_limits(config: &crate::service::config::ServerConfig) -> anyhow::R
         max_connections,
         header_timeout: seconds("header_timeout_s", config.header_timeout_s)?,
         keepalive_timeout: seconds("keepalive_timeout_s", config.keepalive_timeout_s)?,
+        drain_timeout: std::time::Duration::from_millis(config.shutdown_flush_ms),
     })
 }
 

@@ -51,6 +51,11 @@ pub(crate) struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// At shutdown, how long requests in flight get to finish before their
+    /// connections are dropped (`shutdown_flush_ms`): a client that stops
+    /// reading a stream must not hold the shutdown, and the outputs' flush,
+    /// open for ever.
+    pub drain_timeout: Duration,
 }
 
 /// How long a connection accepted over the cap waits for the connection it
@@ -149,7 +154,12 @@ pub(crate) async fn serve(
     }
     drop(listener);
     tracing::info!(connections = graceful.count(), "no longer accepting; waiting for requests in flight");
-    graceful.shutdown().await;
+    if tokio::time::timeout(server.limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            after_ms = server.limits.drain_timeout.as_millis() as u64,
+            "requests still in flight at the shutdown deadline; their connections are dropped"
+        );
+    }
 }
 
 /// Serves HTTP/1.1 on one accepted (and, with TLS, handshaken) connection

@@ -119,3 +119,42 @@ fn tap_and_top_commands() {
         assert!(view.lines().any(|l| l.starts_with(stage) && l.contains("loaded")), "{stage}: {view}");
     }
 }
+
+/// A client that opens the tap and never reads: once its socket is full
+/// the stream cannot be polled to see the shutdown, so graceful shutdown
+/// must not wait for it beyond `shutdown_flush_ms`.
+#[test]
+fn a_tap_client_that_stops_reading_does_not_hold_the_shutdown() {
+    use std::io::Write;
+    let mut s = Server::start_with(
+        &format!("[auth]\napi_keys = [\"{KEY}\"]\n[server]\nshutdown_flush_ms = 1000\n{}", test_chain()),
+        &[],
+    );
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut stuck = std::net::TcpStream::connect(&addr).unwrap();
+    write!(stuck, "GET /v1/tap?rate=1000 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\n\r\n").unwrap();
+    wait_for_watchers(&s, 1);
+    // Far more than the socket buffers hold (the sender's grows to a few
+    // MiB), at the tap's top rate: 1,000 events/s of ~4 KiB.
+    let mut big = flows(1000, 7);
+    for r in big.as_array_mut().unwrap() {
+        r["pad"] = json!("x".repeat(4 << 10));
+    }
+    for _ in 0..5 {
+        assert_eq!(s.ingest("flows.v1", big.clone()).status, 200);
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let pid = s.pid();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let status = s.terminate();
+        let _ = tx.send(status);
+    });
+    let ended = rx.recv_timeout(Duration::from_secs(15));
+    if ended.is_err() {
+        // SAFETY: kill(2) on the child this test spawned, not yet reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        panic!("enrichd did not exit within 15 s of SIGTERM");
+    }
+    drop(stuck);
+}

@@ -265,9 +265,12 @@ pub(crate) struct ServerConfig {
     /// Seconds the server waits for the next piece of a request body; a
     /// stalled body gets 408 and the connection is closed.
     pub body_timeout_s: u64,
-    /// At shutdown (SIGTERM/SIGINT), milliseconds the outputs get to
-    /// deliver what is queued; then spools keep the rest for the next
-    /// start and memory queues move it to the dead-letter.
+    /// At shutdown (SIGTERM/SIGINT), milliseconds requests in flight get to
+    /// finish (then their connections are dropped: a client that stopped
+    /// reading a stream does not hold the shutdown), and then milliseconds
+    /// the outputs get to deliver what is queued; then spools keep the
+    /// rest for the next start and memory queues move it to the
+    /// dead-letter.
     pub shutdown_flush_ms: u64,
     /// Log one line per HTTP request at info (target `enrichd::access`):
     /// method, path, route group, status, duration, request id and the
