@@ -345,3 +345,22 @@ fn public_metrics_withhold_output_error_texts() {
     assert!(error["message"].as_str().unwrap().starts_with("withheld"), "{error}");
     assert!(error["unix_ms"].is_u64(), "when stays public: {error}");
 }
+
+/// Every series appears once: two indicator files found as they are have
+/// the same origin labels, and must still make one `content_info` series.
+#[test]
+fn every_prometheus_series_is_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.txt"), dir.path().join("b.txt"));
+    std::fs::write(&a, "198.51.100.1\n").unwrap();
+    std::fs::write(&b, "198.51.100.2\n").unwrap();
+    let s = Server::start(&format!("[[chain]]\nplugin = \"ti\"\npaths = [\"{}\", \"{}\"]\n", a.display(), b.display()));
+    let text = s.get("/metrics").text;
+    let mut seen = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let series = line.rsplit_once(' ').map_or(line, |(series, _)| series);
+        assert!(seen.insert(series.to_string()), "{series} twice in\n{text}");
+    }
+    assert!(text.contains("telemetry_enricher_content_info{enricher=\"ti\",from=\"file\""), "{text}");
+    promtool::check(&text);
+}

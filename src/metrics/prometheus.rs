@@ -350,7 +350,6 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
             }
         }
     }
-    x.0.extend(families);
     x.add(
         "telemetry_enricher_reloads",
         "Reloads swapped in for each enricher (new data, module or options).",
@@ -373,15 +372,16 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
         "telemetry_enricher_content_info",
         "Where each file an enricher serves came from: an [[update]] entry and its revision, or the file as found (from=file).",
         MetricType::Gauge,
+        // One series per distinct origin: two files found as they are (a
+        // `ti` stage's two lists) have the same labels, and a label set
+        // twice in one family is invalid exposition.
         ctx.origins
             .iter()
-            .map(|o| {
-                let labels = vec![
-                    ("enricher", o.stage.clone()),
-                    ("from", o.from.clone()),
-                    ("update", o.update.clone()),
-                    ("revision", o.revision.clone()),
-                ];
+            .map(|o| (o.stage.clone(), o.from.clone(), o.update.clone(), o.revision.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|(stage, from, update, revision)| {
+                let labels = vec![("enricher", stage), ("from", from), ("update", update), ("revision", revision)];
                 (labels, Sample::Gauge(1.0))
             })
             .collect(),
@@ -392,6 +392,10 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
         MetricType::Gauge,
         per_stage(&|s| Sample::Gauge(f64::from(u8::from(s.status.state == enrichd_engine::PluginState::Loaded)))),
     );
+    // A plugin's series never shadows a built-in family (a second
+    // HELP/TYPE for one name is invalid exposition).
+    families.retain(|f| !x.0.iter().any(|built_in| built_in.name == f.name));
+    x.0.extend(families);
 
     let per_output = |f: &dyn Fn(&OutputReading) -> Sample| -> Vec<(Labels, Sample)> {
         ctx.outputs.iter().map(|o| (vec![("output", o.name.clone())], f(o))).collect()
