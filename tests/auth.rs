@@ -140,3 +140,36 @@ fn key_hash_prints_the_digest_and_id_logs_use() {
     assert!(text.contains(&format!("sha256 = \"{expected}\"")), "{text}");
     assert!(text.contains(&format!("id = {}", &expected[..12])), "{text}");
 }
+
+/// A key removed by a reload also stops what it was watching: an open tap
+/// ends within a couple of seconds, instead of streaming event content
+/// to a key that no longer exists.
+#[test]
+fn a_removed_key_ends_its_open_tap() {
+    use std::io::{BufRead, BufReader};
+    let (old, admin) = ("old-key-4d1c", "admin-key-8e2a");
+    let config = |keys: &str| {
+        format!("[reload]\nwatch = false\n[auth]\napi_keys = [{keys}]\nadmin_keys = [\"{admin}\"]\n{}", test_chain())
+    };
+    let s = Server::start_with(&config(&format!("\"{old}\", \"new-key-77f0\"")), &[("API_KEY", "")]);
+    let response =
+        agent().get(&s.url("/v1/tap?rate=1000")).header("Authorization", format!("Bearer {old}")).call().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(response.into_body().into_reader()).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+        // Dropping `tx` tells the test the stream ended.
+    });
+    fs::write(s.dir.path().join("config.toml"), config("\"new-key-77f0\"")).unwrap();
+    assert_eq!(call(&s, "POST", "/v1/reload", Some(admin), None).status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert_eq!(call(&s, "POST", "/v1/ingest", Some("new-key-77f0"), Some(&ingest_body())).status, 200);
+        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            _ => assert!(std::time::Instant::now() < deadline, "the tap still streams to a removed key"),
+        }
+    }
+}

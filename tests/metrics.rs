@@ -364,3 +364,37 @@ fn every_prometheus_series_is_unique() {
     assert!(text.contains("telemetry_enricher_content_info{enricher=\"ti\",from=\"file\""), "{text}");
     promtool::check(&text);
 }
+
+/// `/v1/stream` holds a connection for as long as its client likes and is
+/// public by default: the number open at once is bounded, so they cannot
+/// take every connection slot, and health checks keep answering.
+#[test]
+fn metrics_streams_are_bounded() {
+    use std::io::{Read, Write};
+    let s = Server::start(&test_chain());
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let open = |n: usize| -> Vec<std::net::TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut c = std::net::TcpStream::connect(&addr).unwrap();
+                write!(c, "GET /v1/stream HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+                let mut head = [0u8; 12];
+                c.read_exact(&mut head).unwrap();
+                assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+                c
+            })
+            .collect()
+    };
+    let streams = open(64);
+    let r = s.get("/v1/stream");
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.json()["error"], "too_many_streams");
+    assert_eq!(s.get("/v1/health").status, 200);
+    drop(streams);
+    common::wait_for("a stream slot", Duration::from_secs(10), || {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        write!(c, "GET /v1/stream HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 200"
+    });
+}

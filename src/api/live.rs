@@ -34,26 +34,65 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderM
     Ok(Json(document(&state, with_key)))
 }
 
+/// Most `GET /v1/stream` responses open at once. Each holds a connection
+/// for as long as its client likes, and the stream is public unless
+/// `metrics_require_key`: without a bound, a few thousand of them would
+/// take every connection slot (health checks included).
+const MAX_LIVE_STREAMS: usize = 64;
+
 /// One `metrics` event per second, the first at once; keep-alive comments
-/// in between. Ends when the server shuts down.
+/// in between. Ends when the server shuts down, or when the key it was
+/// opened with is no longer valid where a key is required (a key removed
+/// by a reload stops seeing what it saw).
 pub(super) async fn stream(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let with_key = authorize(&state, &headers)?;
+    authorize(&state, &headers)?;
+    let open = LiveStream::open(state.clone()).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!("at most {MAX_LIVE_STREAMS} metrics streams at once; close one or poll /v1/metrics"),
+        )
+        .retry_after(5)
+    })?;
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = state.shutdown.subscribe();
-    let events =
-        futures_util::stream::unfold((state, ticks, shutdown), move |(state, mut ticks, mut shutdown)| async move {
+    let events = futures_util::stream::unfold(
+        (open, headers, ticks, shutdown),
+        move |(open, headers, mut ticks, mut shutdown)| async move {
             tokio::select! {
                 _ = ticks.tick() => {}
                 _ = shutdown.wait_for(|stopping| *stopping) => return None,
             }
-            let event = Event::default().event("metrics").data(document(&state, with_key).to_string());
-            Some((Ok(event), (state, ticks, shutdown)))
-        });
+            // Checked again each time: what a key may see follows the
+            // keys live now, not the ones the stream was opened with.
+            let with_key = authorize(&open.0, &headers).ok()?;
+            let event = Event::default().event("metrics").data(document(&open.0, with_key).to_string());
+            Some((Ok(event), (open, headers, ticks, shutdown)))
+        },
+    );
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// One open `/v1/stream` response, counted in `AppState::live_streams`
+/// until dropped.
+struct LiveStream(Arc<AppState>);
+
+impl LiveStream {
+    fn open(state: Arc<AppState>) -> Option<LiveStream> {
+        use std::sync::atomic::Ordering::Relaxed;
+        state.live_streams.fetch_update(Relaxed, Relaxed, |n| (n < MAX_LIVE_STREAMS).then_some(n + 1)).ok()?;
+        Some(LiveStream(state))
+    }
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        self.0.live_streams.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 pub(super) async fn prometheus(
@@ -116,7 +155,8 @@ pub(super) fn document(state: &AppState, with_key: bool) -> Value {
     let mut updates = state.updates.views();
     if !with_key {
         for v in updates.iter_mut().filter_map(|v| v.as_object_mut()) {
-            for k in ["settings", "last_error", "validators", "last_apply", "path"] {
+            // `last_detail` names buckets, objects and collections.
+            for k in ["settings", "last_error", "last_detail", "validators", "last_apply", "path"] {
                 v.remove(k);
             }
         }

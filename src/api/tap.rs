@@ -120,18 +120,37 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The subscription as a stream of lines, ending at `limit` or shutdown.
-fn lines(state: Arc<AppState>, sub: Subscription, limit: Option<u64>) -> impl Stream<Item = Vec<u8>> {
+/// How often an open tap checks that its key is still valid.
+const KEY_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The subscription as a stream of lines, ending at `limit`, at shutdown,
+/// or within [`KEY_RECHECK`] of its key being removed (a reload that
+/// rotates a key must also stop what that key was watching).
+fn lines(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    sub: Subscription,
+    limit: Option<u64>,
+) -> impl Stream<Item = Vec<u8>> {
     let shutdown = state.shutdown.subscribe();
-    stream::unfold((sub, shutdown, 0u64), move |(mut sub, mut shutdown, sent)| async move {
+    let recheck = tokio::time::interval(KEY_RECHECK);
+    let open = (state, headers, sub, shutdown, recheck, 0u64);
+    stream::unfold(open, move |(state, headers, mut sub, mut shutdown, mut recheck, sent)| async move {
         if limit.is_some_and(|l| sent >= l) {
             return None;
         }
-        let line = tokio::select! {
-            line = sub.events.recv() => line,
-            _ = shutdown.wait_for(|stopping| *stopping) => None,
+        let line = loop {
+            tokio::select! {
+                line = sub.events.recv() => break line?,
+                _ = shutdown.wait_for(|stopping| *stopping) => return None,
+                _ = recheck.tick() => {
+                    if state.require(&headers, crate::service::Scope::Read).is_err() {
+                        return None;
+                    }
+                }
+            }
         };
-        line.map(|line| (line, (sub, shutdown, sent + 1)))
+        Some((line, (state, headers, sub, shutdown, recheck, sent + 1)))
     })
 }
 
@@ -153,7 +172,7 @@ pub(super) async fn tap(
         )
         .retry_after(5));
     };
-    let lines = lines(state, sub, q.limit);
+    let lines = lines(state, headers, sub, q.limit);
     if wants_sse {
         let events =
             lines.map(|line| Ok::<_, Infallible>(Event::default().event("event").data(String::from_utf8_lossy(&line))));

@@ -83,6 +83,9 @@ pub(crate) struct AppState {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Value of the `X-API-Version` header (`server.api_version`).
     pub api_version: HeaderValue,
+    /// `GET /v1/stream` responses open now (bounded: each holds a
+    /// connection for as long as the client likes).
+    pub live_streams: std::sync::atomic::AtomicUsize,
 }
 
 impl AppState {
@@ -135,6 +138,7 @@ impl AppState {
             started: Instant::now(),
             shutdown: tokio::sync::watch::Sender::new(false),
             api_version,
+            live_streams: Default::default(),
         }
     }
 }
