@@ -21,7 +21,12 @@ pub(crate) fn unpack(mut download: File, staging: &Path, want: Option<&str>, max
     download.rewind().map_err(|e| format!("reading the download: {e}"))?;
     let mut out = File::create(staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
     let written = if n == 2 && magic == [0x1f, 0x8b] {
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(download));
+        // Every member before the database is inflated to be skipped: the
+        // whole archive's inflated bytes are bounded, not only the
+        // database's, or a bomb under any other name costs unbounded time.
+        let inflated =
+            Inflated { inner: flate2::read::GzDecoder::new(download), left: max_bytes + OTHER_MEMBERS_BYTES };
+        let mut archive = tar::Archive::new(inflated);
         let mut found = None;
         let entries = archive.entries().map_err(|e| format!("not a .tar.gz archive: {e}"))?;
         for entry in entries {
@@ -57,6 +62,29 @@ pub(crate) fn unpack(mut download: File, staging: &Path, want: Option<&str>, max
         return Err("the database is empty".into());
     }
     Ok(())
+}
+
+/// What an archive may inflate to besides the database itself (MaxMind's
+/// hold a licence, a copyright notice and a readme of a few kB).
+const OTHER_MEMBERS_BYTES: u64 = 16 << 20;
+
+/// A reader that fails once more than `left` bytes came out of `inner`.
+struct Inflated<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Inflated<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::other(format!(
+                "the archive inflates to over max_database_bytes + {} MiB; not used",
+                OTHER_MEMBERS_BYTES >> 20
+            ))
+        })?;
+        Ok(n)
+    }
 }
 
 fn copy_capped(from: impl Read, to: &mut File, max_bytes: u64, what: &str) -> Result<u64, String> {

@@ -288,3 +288,35 @@ fn options_are_checked_whole() {
     let err = Factory::build(&MaxMindUpdater, &o, &ctx).err().unwrap().to_string();
     assert!(err.contains("ENRICHD_TEST_NO_SUCH_VAR"), "{err}");
 }
+
+/// A member before the database that inflates without end (a gzip bomb
+/// under a harmless name) is refused once the whole archive's inflated
+/// bytes pass the bound, not read to its end to be skipped.
+#[test]
+fn a_bomb_before_the_database_is_refused_within_the_bound() {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let bomb: u64 = 24 << 20;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bomb);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "GeoIP2-City_20240101/README.txt", std::io::Read::take(std::io::repeat(0), bomb))
+        .unwrap();
+    let db = city();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(db.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "GeoIP2-City_20240101/GeoIP2-City.mmdb", &db[..]).unwrap();
+    let archive = tar.into_inner().unwrap().finish().unwrap();
+    assert!(archive.len() < 1 << 20, "{} bytes", archive.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let download = dir.path().join("download");
+    std::fs::write(&download, &archive).unwrap();
+    let staging = dir.path().join("staging");
+    let err = super::fetch::unpack(std::fs::File::open(&download).unwrap(), &staging, None, 1 << 20).unwrap_err();
+    assert!(err.contains("inflates to over"), "{err}");
+    // Within the bound the same archive is fine.
+    super::fetch::unpack(std::fs::File::open(&download).unwrap(), &staging, None, 16 << 20).unwrap();
+}
