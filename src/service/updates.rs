@@ -436,7 +436,11 @@ impl Updates {
     pub(crate) async fn run_now(&self, state: &Arc<AppState>, name: &str) -> Option<Value> {
         let lane = self.lanes().iter().find(|l| l.spec.name == name)?.clone();
         if lane.runner.is_some() {
-            run(state, &lane).await;
+            // A task of its own: a client that goes away mid-run must not
+            // cancel it halfway (a file swapped in with its state, audit
+            // entry and `running` flag never recorded).
+            let (state, run_lane) = (state.clone(), lane.clone());
+            let _ = tokio::spawn(async move { run(&state, &run_lane).await }).await;
         }
         Some(lane.view())
     }
