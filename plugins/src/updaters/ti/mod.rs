@@ -330,13 +330,21 @@ fn bundle_to_csv(text: &str) -> Result<(String, String), String> {
         .filter(|_| bundle.get("type").and_then(|t| t.as_str()) == Some("bundle"))
         .ok_or("not a STIX bundle (type \"bundle\" with objects)")?;
     let mut file = ConvertedFile::default();
-    for object in objects {
+    for object in stix::oldest_first(objects) {
         file.apply(stix::convert(object));
         if file.row_bytes() as u64 > MAX_RENDERED_BYTES {
             return Err(format!("the bundle's indicators render to over {} MiB; not used", MAX_RENDERED_BYTES >> 20));
         }
     }
     Ok((file.render(&[]), file.note()))
+}
+
+/// The `valid_until` of a converted row: the field before the STIX id,
+/// both last and never quoted (a timestamp and an id hold no comma).
+fn valid_until(row: &str) -> Option<i64> {
+    let mut fields = row.rsplitn(3, ',');
+    fields.next()?; // the id
+    crate::ti::meta::parse_time(fields.next()?)
 }
 
 /// Converted STIX indicators by id: rows, and the unsupported ones with
@@ -383,6 +391,24 @@ impl ConvertedFile {
     pub(crate) fn push_row(&mut self, id: &str, row: &str) {
         self.row_bytes += row.len() + 1;
         self.rows.entry(id.to_string()).or_default().push(row.to_string());
+    }
+
+    /// Drops the indicators whose `valid_until` is before `now` (Unix
+    /// seconds); returns how many. A TAXII collection read incrementally
+    /// keeps its rows across runs: without this, expired ones would stay in
+    /// the file, count toward `max_objects` and the size bound, and in the
+    /// end stop every run.
+    pub(crate) fn drop_expired(&mut self, now: i64) -> usize {
+        let expired: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|(_, rows)| rows.first().and_then(|row| valid_until(row)).is_some_and(|t| t < now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            self.remove_rows(id);
+        }
+        expired.len()
     }
 
     fn remove_rows(&mut self, id: &str) {

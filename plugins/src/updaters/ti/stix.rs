@@ -98,6 +98,29 @@ pub(crate) fn convert(object: &Value) -> Converted {
     Converted::Rows { id, rows }
 }
 
+/// `objects` in the order their versions were made (`modified`, then as
+/// listed): applied in that order, the newest version of an indicator is
+/// the one kept, wherever the list puts it (a bundle may list a revoked v2
+/// before the v1 it revokes).
+pub(crate) fn oldest_first(objects: &[Value]) -> Vec<&Value> {
+    let modified = |o: &Value| {
+        let text = o.get("modified").and_then(Value::as_str).unwrap_or("");
+        // Seconds first: RFC 3339 strings with different fractions do not
+        // sort as text (`…00.1Z` after `…00.123Z`).
+        (crate::ti::meta::parse_time(text).unwrap_or(i64::MIN), fraction(text))
+    };
+    let mut sorted: Vec<&Value> = objects.iter().collect();
+    sorted.sort_by_cached_key(|o| modified(o)); // stable: ties keep the list's order
+    sorted
+}
+
+/// The fractional seconds of an RFC 3339 time, in nanoseconds.
+fn fraction(text: &str) -> u32 {
+    let Some((_, frac)) = text.split_once('.') else { return 0 };
+    let digits: String = frac.chars().take_while(char::is_ascii_digit).take(9).collect();
+    format!("{digits:0<9}").parse().unwrap_or(0)
+}
+
 /// The observables of a supported pattern, in the loader's indicator
 /// syntax (`1.2.3.4`, `10.0.0.0/8`, `domain:example.com`).
 pub(crate) fn parse_pattern(pattern: &str) -> Result<Vec<String>, String> {

@@ -264,6 +264,8 @@ impl TaxiiRunner {
             // collection no longer holds must not linger.
             file = ConvertedFile::default();
         }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let expired = file.drop_expired(now);
         let mut added_last = cursor.clone();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(o.max_run_s);
         let mut next: Option<String> = None;
@@ -289,7 +291,8 @@ impl TaxiiRunner {
             if let Some(last) = headers.get("x-taxii-date-added-last").and_then(|v| v.to_str().ok()) {
                 added_last = Some(stix::clean(last, 40));
             }
-            for object in page.get("objects").and_then(Value::as_array).into_iter().flatten() {
+            let page_objects = page.get("objects").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+            for object in stix::oldest_first(page_objects) {
                 objects += 1;
                 file.apply(stix::convert(object));
                 if file.rows.len() + file.unsupported.len() > o.max_objects {
@@ -323,10 +326,19 @@ impl TaxiiRunner {
             };
             if let Some(bound) = bound {
                 tracing::warn!(pages, "TAXII: {bound}; the rest waits for the next run");
+                // `added_after` is exclusive, and objects of a bulk import
+                // share one `date_added`: resuming right after the last
+                // page's would skip those of that instant not read yet.
+                // One second back re-reads a few (rows are kept by STIX
+                // id, so twice is once) and skips none.
+                added_last = added_last.map(|last| match crate::ti::meta::parse_time(&last) {
+                    Some(t) => crate::ti::meta::format_time(t - 1),
+                    None => last,
+                });
                 break;
             }
         }
-        if objects == 0 && self.target.is_file() {
+        if objects == 0 && expired == 0 && self.target.is_file() {
             return Ok(Fetched::Unchanged);
         }
         let mut headers = vec![format!("collection: {}", stix::clean(&o.collection, 128))];

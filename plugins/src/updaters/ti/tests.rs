@@ -387,7 +387,10 @@ async fn a_taxii_run_stops_at_max_run_s_and_keeps_what_it_read() {
     let staged = std::fs::read_to_string(&staging).unwrap();
     let pages = staged.matches("198.51.100.").count();
     assert!((3..=10).contains(&pages), "{pages} pages read: {detail}\n{staged}");
-    assert!(staged.contains(&format!("taxii added_after: 2026-01-01T00:00:{:02}.000Z", pages - 1)), "{staged}");
+    // The position is one second before the last page's `date_added`:
+    // `added_after` is exclusive, and objects of that instant not read yet
+    // must not be skipped.
+    assert!(staged.contains(&format!("taxii added_after: 2026-01-01T00:00:{:02}Z", pages - 2)), "{staged}");
 
     // Out of range: refused by the options check, by name.
     let Value::Object(bad) = json!({ "url": format!("http://{addr}/taxii2/"), "collection": "intel", "max_run_s": 0 })
@@ -454,4 +457,49 @@ async fn a_taxii_url_key_is_not_in_errors() {
         let err = runner.fetch(&Validators::default(), &staging).await.unwrap_err();
         assert!(!err.contains("Sekr3t") && err.contains("?***"), "{err}");
     }
+}
+
+/// Two versions of one indicator in a bundle: the newest (`modified`)
+/// wins wherever it is listed, so a revocation listed before the version
+/// it revokes still removes it.
+#[test]
+fn the_newest_version_of_an_indicator_wins() {
+    let v1 = json!({"type": "indicator", "id": "indicator--5e2c0d44-0000-4000-8000-000000000001",
+        "pattern": "[ipv4-addr:value = '203.0.113.9']", "pattern_type": "stix",
+        "modified": "2026-01-01T00:00:00.5Z"});
+    let mut v2 = v1.clone();
+    v2["modified"] = json!("2026-01-01T00:00:00.25Z");
+    v2["revoked"] = json!(true);
+    let mut v3 = v1.clone();
+    v3["modified"] = json!("2026-01-02T00:00:00Z");
+    v3["revoked"] = json!(true);
+    let csv = |objects: Vec<&Value>| {
+        super::bundle_to_csv(&json!({"type": "bundle", "id": "bundle--1", "objects": objects}).to_string()).unwrap().0
+    };
+    assert!(!csv(vec![&v3, &v1]).contains("203.0.113.9"), "the revocation is newer");
+    // 00.5 is after 00.25 (as times, not as text): v1 is the newer one.
+    assert!(csv(vec![&v1, &v2]).contains("203.0.113.9"));
+    assert!(csv(vec![&v2, &v1]).contains("203.0.113.9"));
+}
+
+/// Indicators past their `valid_until` leave a converted file when it is
+/// read back for an incremental run; current ones stay.
+#[test]
+fn expired_indicators_leave_the_converted_file() {
+    use super::stix::convert;
+    let indicator = |n: u32, valid_until: &str| {
+        json!({"type": "indicator", "id": format!("indicator--5e2c0d44-0000-4000-8000-00000000000{n}"),
+            "pattern": format!("[ipv4-addr:value = '203.0.113.{n}']"), "pattern_type": "stix",
+            "name": "a, quoted description", "valid_until": valid_until})
+    };
+    let mut file = super::ConvertedFile::default();
+    file.apply(convert(&indicator(1, "2020-01-01T00:00:00Z")));
+    file.apply(convert(&indicator(2, "2031-01-01T00:00:00Z")));
+    file.apply(convert(&indicator(3, "")));
+    let (mut back, _) = super::taxii::read_converted(&file.render(&[]));
+    let before = back.row_bytes();
+    assert_eq!(back.drop_expired(1_800_000_000), 1);
+    assert!(back.row_bytes() < before);
+    let text = back.render(&[]);
+    assert!(!text.contains("203.0.113.1,") && text.contains("203.0.113.2,") && text.contains("203.0.113.3,"), "{text}");
 }
