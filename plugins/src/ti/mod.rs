@@ -432,22 +432,34 @@ impl Enricher for TiEnricher {
     }
 
     /// Holds back a generation in which a file read now and live became
-    /// empty (without a `#` comment declaring it) or lost more than
-    /// `max_shrink` of its indicators. New, removed and failing files are
-    /// not judged here (failures already make the load less healthy); the
-    /// API store is never held back (its deletions are deliberate).
+    /// empty (without a `#` comment declaring it), lost more than
+    /// `max_shrink` of its indicators, or could not be read. The last
+    /// matters when the stage is already degraded (another file missing):
+    /// the engine's health check sees no change then, and the unreadable
+    /// file's live indicators would silently go. New and removed files are
+    /// not judged here; the API store is never held back (its deletions
+    /// are deliberate).
     fn vet_successor(&self, next: &PluginStatus) -> Result<(), String> {
         let files = next.details.get("files").and_then(serde_json::Value::as_array);
         let mut held = Vec::new();
         for file in files.into_iter().flatten() {
-            let (Some(path), None) = (file["path"].as_str(), file.get("error")) else { continue };
+            let Some(path) = file["path"].as_str() else { continue };
             if file["format"] == "api" {
                 continue;
             }
             let Some(&(_, before)) = self.counts.iter().find(|(p, _)| p == path) else { continue };
+            let source = file["source"].as_str().unwrap_or(path);
+            if let Some(error) = file.get("error") {
+                if before > 0 {
+                    let error = error.as_str().map_or_else(|| error.to_string(), str::to_string);
+                    held.push(format!(
+                        "{source} could not be read ({error}) where the live one has {before} indicators"
+                    ));
+                }
+                continue;
+            }
             let now =
                 [&file["indicators"], &file["duplicates"]].iter().filter_map(|v| v.as_u64()).sum::<u64>() as usize;
-            let source = file["source"].as_str().unwrap_or(path);
             if now == 0 && before > 0 && file["declared_empty"] != true {
                 held.push(format!(
                     "{source} has no indicator where the live one has {before} (emptied, or caught mid-write?); \

@@ -95,3 +95,26 @@ fn large_shrinks_are_held_back() {
     let err = Chain::build(&bad.chain, &registry(), &dir.0).unwrap_err().to_string();
     assert!(err.contains("max_shrink"), "{err}");
 }
+
+/// A stage already degraded (one feed missing since start) does not take
+/// a generation in which another feed became unreadable: the engine's
+/// health check sees no change (degraded before and after), so the stage
+/// holds it back itself, and the unreadable feed's indicators keep matching.
+#[test]
+fn a_degraded_stage_does_not_lose_another_feed() {
+    use enrichd_engine::{Engine, Outcome};
+    let dir = TempDir::new();
+    let good = dir.write("good.txt", "198.51.100.7\n");
+    let spoiled = dir.write("spoiled.txt", "203.0.113.9\n");
+    let missing = dir.0.join("missing.txt").display().to_string();
+    let toml = format!("[[chain]]\nplugin = \"ti\"\npaths = [{good:?}, {spoiled:?}, {missing:?}]\n");
+    let config = Config::parse(&toml, &dir.0.join("config.toml")).unwrap();
+    let engine = Engine::new(Chain::build(&config.chain, &registry(), &config.base_dir).unwrap(), registry());
+    assert_eq!(engine.chain().reports()[0].status.version.as_deref(), Some("2 indicators from 2 files"));
+    fs::write(&spoiled, [0xffu8, 0xfe, 0x00]).unwrap(); // not UTF-8
+    let report = engine.reload_all();
+    assert_eq!(report.stages[0].outcome, Outcome::HeldBack, "{:?}", report.stages[0].error);
+    let error = report.stages[0].error.clone().unwrap();
+    assert!(error.contains("could not be read") && error.contains("live one has 1"), "{error}");
+    assert_eq!(engine.chain().reports()[0].status.version.as_deref(), Some("2 indicators from 2 files"));
+}
