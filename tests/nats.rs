@@ -526,3 +526,34 @@ fn an_ack_output_that_waits_does_not_queue_redeliveries() {
     assert_eq!(queued(&s), 10);
     assert!(bulk.docs().iter().all(|d| d.times_written == 1), "no event twice");
 }
+
+/// Bad-input messages beyond what the bounded dead-letter holds: each is
+/// dead-lettered, and the records the bound pushes out are counted as lost
+/// with their reason, so dead-lettered = kept + lost.
+#[test]
+fn dead_letter_evictions_are_counted_as_lost() {
+    let Some(nats) = NatsServer::start("dead_letter_evictions_are_counted_as_lost") else { return };
+    let rt = common::broker_runtime();
+    let js = rt.block_on(jetstream(&nats.url));
+    rt.block_on(publish(&js, 0, 0));
+    rt.block_on(async {
+        for i in 0..10 {
+            let body = format!("not JSON {i} {}", "x".repeat(1000));
+            js.publish("raw.zeek", body.into()).await.unwrap().await.unwrap();
+        }
+    });
+    let config = config(&nats.url, 30_000).replace("batch = 32\n", "batch = 32\ndeadletter_max_bytes = 4096\n");
+    let s = Server::start_with(&config, &[]);
+    common::wait_for("10 messages termed", Duration::from_secs(20), || {
+        common::source_view(&s)["counters"]["termed"] == 10
+    });
+    let view = common::source_view(&s);
+    let evicted = view["counters"]["lost"]["deadletter_evicted"].as_u64().unwrap();
+    assert!(evicted > 0, "{view}");
+    assert_eq!(view["counters"]["dead_lettered"], 10, "{view}");
+    let kept = s.get_auth("/v1/sources/nats/deadletter").json()["total"].as_u64().unwrap();
+    assert_eq!(kept + evicted, 10, "{view}");
+    let m = s.get("/metrics").text;
+    let line = format!("telemetry_source_lost_total{{source=\"nats\",reason=\"deadletter_evicted\"}} {evicted}");
+    assert!(m.contains(&line), "{line} in\n{m}");
+}

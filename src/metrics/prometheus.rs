@@ -76,6 +76,8 @@ pub(crate) struct SourceReading {
     pub nacked: u64,
     pub redelivered: u64,
     pub dead_lettered: u64,
+    /// Messages lost, by reason.
+    pub lost: Vec<(&'static str, u64)>,
 }
 
 /// One `[[update]]` entry's numbers, read by the caller from the updaters.
@@ -477,6 +479,19 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
     for (name, help, read) in source_counters {
         x.add(name, help, MetricType::Counter, per_source(&|s| Sample::Counter(read(s))));
     }
+    x.add(
+        "telemetry_source_lost",
+        "Bad-input messages settled without a dead-letter record, by reason (the write failed; evicted by the bound).",
+        MetricType::Counter,
+        ctx.sources
+            .iter()
+            .flat_map(|s| {
+                s.lost.iter().map(|(reason, n)| {
+                    (vec![("source", s.name.clone()), ("reason", (*reason).to_string())], Sample::Counter(*n))
+                })
+            })
+            .collect(),
+    );
     x.add(
         "telemetry_source_running",
         "1 when the source's consumer task runs.",

@@ -181,6 +181,11 @@ pub(crate) struct SourceLane {
     pub stats: SourceStats,
     pub deadletter: DeadLetter,
     pub dead_lettered: AtomicU64,
+    /// Messages settled as bad input whose dead-letter record is gone:
+    /// the write failed (a full disk), or the bounded dead-letter evicted
+    /// it. Counted, never silent.
+    pub lost_deadletter_failed: AtomicU64,
+    pub lost_deadletter_evicted: AtomicU64,
 }
 
 struct Running {
@@ -244,6 +249,8 @@ impl Sources {
             stats: SourceStats::default(),
             deadletter,
             dead_lettered: AtomicU64::new(0),
+            lost_deadletter_failed: AtomicU64::new(0),
+            lost_deadletter_evicted: AtomicU64::new(0),
         });
         lanes.insert(spec.name.clone(), lane.clone());
         Ok(lane)
@@ -363,6 +370,10 @@ impl Sources {
                     nacked: s.nacked.load(Relaxed),
                     redelivered: s.redelivered.load(Relaxed),
                     dead_lettered: lane.dead_lettered.load(Relaxed),
+                    lost: vec![
+                        ("deadletter_write_failed", lane.lost_deadletter_failed.load(Relaxed)),
+                        ("deadletter_evicted", lane.lost_deadletter_evicted.load(Relaxed)),
+                    ],
                 }
             })
             .collect()
@@ -389,6 +400,10 @@ fn counters(lane: &SourceLane) -> Value {
         "nacked": s.nacked.load(Relaxed),
         "redelivered": s.redelivered.load(Relaxed),
         "dead_lettered": lane.dead_lettered.load(Relaxed),
+        "lost": {
+            "deadletter_write_failed": lane.lost_deadletter_failed.load(Relaxed),
+            "deadletter_evicted": lane.lost_deadletter_evicted.load(Relaxed),
+        },
     })
 }
 
@@ -483,11 +498,19 @@ impl Ingest for Handle {
             attempts: 1,
             unix_ms: crate::delivery::unix_ms(),
         };
+        // The message is settled for good whatever happens here (it is bad
+        // input: redelivering it would only fail again), so a record that
+        // does not make it, or pushes older ones out, is counted as lost.
         match self.lane.deadletter.append(&[record]) {
-            Ok(_) => {
+            Ok(evicted) => {
                 self.lane.dead_lettered.fetch_add(1, Relaxed);
+                self.lane.lost_deadletter_evicted.fetch_add(evicted, Relaxed);
             }
-            Err(e) => self.lane.stats.set_error(&self.lane.name, format!("writing the dead-letter: {e:#}")),
+            Err(e) => {
+                self.lane.lost_deadletter_failed.fetch_add(1, Relaxed);
+                self.lane.lost_deadletter_evicted.fetch_add(e.evicted, Relaxed);
+                self.lane.stats.set_error(&self.lane.name, format!("writing the dead-letter: {e:#}"));
+            }
         }
     }
 
