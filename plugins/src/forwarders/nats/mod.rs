@@ -92,7 +92,11 @@ impl Component for NatsForward {
     }
 
     fn build(&self, options: NatsForwardOptions, ctx: &ForwardContext) -> anyhow::Result<Arc<dyn Forwarder>> {
-        Ok(Arc::new(NatsForwarder { options, name: ctx.name.clone(), conn: tokio::sync::Mutex::new(None) }))
+        Ok(Arc::new(NatsForwarder {
+            options,
+            name: ctx.name.clone(),
+            conn: tokio::sync::Mutex::new(Connection::NotYet),
+        }))
     }
 }
 
@@ -100,16 +104,38 @@ struct NatsForwarder {
     options: NatsForwardOptions,
     name: String,
     /// Connected on first use (the client then reconnects on its own).
-    conn: tokio::sync::Mutex<Option<(jetstream::Context, usize)>>,
+    conn: tokio::sync::Mutex<Connection>,
+}
+
+/// How long a failed connection attempt answers for the next ones: the
+/// requests that queued behind an attempt to an unreachable server get its
+/// error at once, instead of each trying (and waiting) again in turn.
+const FAILURE_HELD: Duration = Duration::from_secs(1);
+
+enum Connection {
+    NotYet,
+    Up(jetstream::Context, usize),
+    Failed(std::time::Instant, String),
 }
 
 impl NatsForwarder {
     /// The JetStream context and the largest body to publish.
     async fn connection(&self) -> Result<(jetstream::Context, usize), String> {
         let mut conn = self.conn.lock().await;
-        if let Some(c) = conn.as_ref() {
-            return Ok(c.clone());
+        match &*conn {
+            Connection::Up(js, limit) => return Ok((js.clone(), *limit)),
+            Connection::Failed(at, error) if at.elapsed() < FAILURE_HELD => return Err(error.clone()),
+            _ => {}
         }
+        let connected = self.connect().await;
+        *conn = match &connected {
+            Ok((js, limit)) => Connection::Up(js.clone(), *limit),
+            Err(e) => Connection::Failed(std::time::Instant::now(), e.clone()),
+        };
+        connected
+    }
+
+    async fn connect(&self) -> Result<(jetstream::Context, usize), String> {
         let o = &self.options;
         let client = o.connection.connect(&format!("forward {}", self.name)).await.map_err(|e| format!("{e:#}"))?;
         let server_max = client.server_info().max_payload.max(2 * HEADER_ROOM);
@@ -121,9 +147,7 @@ impl NatsForwarder {
                 .await
                 .map_err(|e| format!("stream {name:?} (created if missing): {e}"))?;
         }
-        let c = (js, wanted.saturating_sub(HEADER_ROOM).max(HEADER_ROOM));
-        *conn = Some(c.clone());
-        Ok(c)
+        Ok((js, wanted.saturating_sub(HEADER_ROOM).max(HEADER_ROOM)))
     }
 }
 

@@ -35,6 +35,27 @@ async fn an_unreachable_server_is_unavailable() {
     assert!(matches!(answer, Err(ForwardError::Unavailable(_))), "{answer:?}");
 }
 
+/// A server that accepts and never answers: the requests queued behind
+/// one connection attempt get its failure when it times out, instead of
+/// each trying again in turn (the tenth waiting ten timeouts).
+#[tokio::test]
+async fn concurrent_forwards_share_one_failed_attempt() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket); // never a byte: no INFO
+        }
+    });
+    let f = build(json!({"subject": "raw.http", "servers": [format!("nats://127.0.0.1:{port}")], "timeout_ms": 500}));
+    let started = std::time::Instant::now();
+    let answers = futures_util::future::join_all((0..10).map(|_| f.forward(RawBatch { body: b"{}", events: 0 }))).await;
+    assert!(answers.iter().all(|a| matches!(a, Err(ForwardError::Unavailable(_)))), "{answers:?}");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(3), "{took:?} for 10 forwards with a 500 ms timeout");
+}
+
 /// Small batches go as they are; a large one gzipped; one too large even
 /// then is refused. Each published batch is acknowledged and in the
 /// stream with the headers a `nats` source reads.
