@@ -174,9 +174,14 @@ pub trait Ingest: Send + Sync {
 /// Resolves when the source must stop (configuration changed, shutdown).
 pub type StopSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// How long a source's [`SourceRunner::run`] has to return once its
+/// [`StopSignal`] resolved; the runtime aborts it after that. Final work
+/// (a last offset commit) must fit within it.
+pub const STOP_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running source: one protocol's consumer.
 pub trait SourceRunner: Send + Sync {
-    /// Consumes until `stop` resolves, then returns promptly: messages not
+    /// Consumes until `stop` resolves, then returns within [`STOP_BUDGET`]: messages not
     /// yet acknowledged are left to the broker's redelivery. Connection
     /// problems are retried inside (reported with
     /// [`SourceStats::set_error`]), never a reason to return early.

@@ -50,7 +50,7 @@ pub(crate) const RUNTIME_KEYS: [&str; 4] = ["type", "name", "enabled", "deadlett
 const DEAD_BODY_BYTES: usize = 4096;
 
 /// How long a stopping source gets before its task is aborted.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_TIMEOUT: Duration = enrichd_engine::source::STOP_BUDGET;
 
 /// A `[[source]]` table of the file, as JSON, with its line.
 #[derive(Clone, Debug, PartialEq)]

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use enrichd_engine::component::Component;
 use enrichd_engine::output::{BoxFuture, FieldError};
 use enrichd_engine::source::{
-    DeadMessage, Ingest, Refusal, SourceContext, SourceFamily, SourceRunner, SourceStats, StopSignal,
+    DeadMessage, Ingest, Refusal, SourceContext, SourceFamily, SourceRunner, SourceStats, StopSignal, STOP_BUDGET,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -117,9 +117,12 @@ impl SourceRunner for KafkaRunner {
             // Finish the message in hand and commit what was settled, so a
             // restart does not process it again.
             let _ = stopping.send(true);
-            // `timeout_ms` bounds it: a broker that does not answer the
-            // final commit cannot hold up a shutdown or a reload.
-            if tokio::time::timeout(self.options.connection.timeout(), consume).await.is_err() {
+            // `timeout_ms` bounds it, within the runtime's stop budget
+            // (past it the task is aborted and this error never set): a
+            // broker that does not answer the final commit cannot hold up
+            // a shutdown or a reload.
+            let budget = self.options.connection.timeout().min(STOP_BUDGET.saturating_sub(Duration::from_secs(2)));
+            if tokio::time::timeout(budget, consume).await.is_err() {
                 ingest.stats().set_error(&self.name, "stopped before the last offsets were committed");
             }
         })
@@ -268,7 +271,15 @@ impl KafkaRunner {
         let mut paused = false;
         let mut wait = Duration::from_millis(50);
         let settled = loop {
-            match ingest.submit(payload.clone()).await {
+            // A submit can wait long (an `ack` output until it delivers):
+            // a stop does not wait for it. The message stays uncommitted
+            // and comes again (its events may then be queued twice: at
+            // least once).
+            let answer = tokio::select! {
+                answer = ingest.submit(payload.clone()) => answer,
+                _ = stopped.changed() => break Settled::Stopped,
+            };
+            match answer {
                 Ok(_) => {
                     self.store(consumer, message, stats);
                     SourceStats::count(&stats.acked, 1);
