@@ -23,6 +23,15 @@ pub(crate) const MAX_WATCHERS: usize = 16;
 const QUEUE: usize = 256;
 /// Highest `rate` a watcher may ask for, events per second.
 pub(crate) const MAX_RATE: u32 = 1000;
+/// Events of one batch a watcher with JSON conditions (`has=`, `where=`)
+/// may encode and parse to test them: a filter that never matches must not
+/// cost an encode and a parse of every event, per watcher, on the ingest
+/// path. The tap is a sample; the rest of the batch is not looked at.
+const JSON_TESTS_PER_BATCH: usize = 256;
+/// Largest event a watcher is sent (bytes, encoded): with [`QUEUE`] and
+/// [`MAX_WATCHERS`] it bounds what slow watchers hold (64 MiB at most).
+/// Larger events are counted as dropped.
+const MAX_EVENT_BYTES: usize = 16 << 10;
 
 /// Which events a watcher wants. Every condition given must hold.
 #[derive(Clone, Debug, Default)]
@@ -160,9 +169,16 @@ impl Observer for Tap {
         let watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut encoded = Vec::new();
         for watcher in &watchers {
+            let mut json_tests = 0;
             for event in batch.events() {
                 if !watcher.filter.facts_pass(chain, event) {
                     continue;
+                }
+                if watcher.filter.needs_json() {
+                    if json_tests == JSON_TESTS_PER_BATCH {
+                        break;
+                    }
+                    json_tests += 1;
                 }
                 encoded.clear();
                 batch.write_event(event, chain.keys(), &mut encoded);
@@ -172,6 +188,10 @@ impl Observer for Tap {
                     if !passes {
                         continue;
                     }
+                }
+                if encoded.len() > MAX_EVENT_BYTES {
+                    self.dropped.fetch_add(1, Relaxed);
+                    continue;
                 }
                 if !watcher.take_token() {
                     // Over the rate: the rest of this batch is not shown.

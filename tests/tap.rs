@@ -158,3 +158,32 @@ fn a_tap_client_that_stops_reading_does_not_hold_the_shutdown() {
     }
     drop(stuck);
 }
+
+/// What a watcher can cost is bounded: an event over 16 KiB encoded is
+/// counted as dropped instead of queued (slow watchers hold at most their
+/// queue of small events), and a JSON condition that never matches tests
+/// at most 256 events of a batch.
+#[test]
+fn large_events_are_dropped_and_json_tests_bounded() {
+    let s = Server::start(&test_chain());
+    let tap = open_tap(&s, "rate=1000");
+    wait_for_watchers(&s, 1);
+    let mut records = flows(4, 1000);
+    records[1]["pad"] = json!("x".repeat(20 << 10));
+    assert_eq!(s.ingest("flows.v1", records).status, 200);
+    let seqs: Vec<u64> =
+        (0..3).map(|_| tap.recv_timeout(Duration::from_secs(10)).expect("event")["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [0, 2, 3], "the large event is not sent");
+    assert_eq!(s.metrics()["tap"]["dropped"], 1);
+
+    // `where` on a value no event has, then on one only the 300th has:
+    // beyond the first 256 events of the batch nothing is tested.
+    let never = open_tap(&s, "rate=1000&where=seq%3D299");
+    wait_for_watchers(&s, 2);
+    assert_eq!(s.ingest("flows.v1", flows(1000, 1000)).status, 200);
+    assert!(never.recv_timeout(Duration::from_millis(500)).is_err(), "the 300th event is past the tested ones");
+    let hit = open_tap(&s, "rate=1000&where=seq%3D99");
+    wait_for_watchers(&s, 3);
+    assert_eq!(s.ingest("flows.v1", flows(1000, 1000)).status, 200);
+    assert_eq!(hit.recv_timeout(Duration::from_secs(10)).expect("the 100th")["seq"], 99);
+}
