@@ -303,15 +303,31 @@ fn redelivered_messages_are_stored_once() {
     let js = rt.block_on(jetstream(&nats.url));
     let (messages, per) = (20, 50);
     rt.block_on(publish(&js, messages, per));
-    let text = config(&nats.url, 30_000).replace("create_stream = \"ENRICHED\"\n", "").replace(
+    let text = config(&nats.url, 1_000).replace("create_stream = \"ENRICHED\"\n", "").replace(
         "durability = \"spool\"",
         "durability = \"ack\"\nack_mode_timeout_ms = 300\nbackoff_max_ms = 200\ntimeout_ms = 500",
     );
     assert!(text.contains("durability = \"ack\"") && !text.contains("create_stream"), "{text}");
     let mut s = Server::start_with(&text, &[]);
-    common::wait_for("messages given back and redelivered", Duration::from_secs(20), || {
+    // The output's stream does not exist yet: its events wait in the `ack`
+    // output's queue, and their messages wait unsettled. Restarting the
+    // source (a reload that changes it) leaves them unacknowledged: the
+    // server redelivers them after `ack_wait_ms` and their events are
+    // queued again.
+    let path = s.dir.path().join("config.toml");
+    for batch in [31, 30, 29] {
+        common::wait_for("messages in hand", Duration::from_secs(20), || {
+            common::source_view(&s)["counters"]["messages"].as_u64().unwrap() > 0
+        });
+        std::fs::write(&path, text.replace("batch = 32\n", &format!("batch = {batch}\n"))).unwrap();
+        // SAFETY: kill(2) with the pid of the enrichd this test spawned.
+        unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    common::wait_for("messages redelivered", Duration::from_secs(30), || {
         common::source_view(&s)["counters"]["redelivered"].as_u64().unwrap() >= 3
     });
+    std::fs::write(&path, &text).unwrap();
     rt.block_on(async {
         js.create_stream(stream::Config {
             name: "ENRICHED".into(),
@@ -342,7 +358,6 @@ fn redelivered_messages_are_stored_once() {
 
     // The whole raw stream again, through a new consumer, after a restart
     // (a new process, a new backlog): every event is a duplicate.
-    let path = s.dir.path().join("config.toml");
     std::fs::write(&path, text.replace("durable = \"enrichd\"", "durable = \"again\"")).unwrap();
     s.restart();
     common::wait_for("the second pass", Duration::from_secs(30), || {
