@@ -39,6 +39,14 @@ const NONE: u32 = u32::MAX;
 /// Longest DNS name (without the trailing dot), RFC 1035.
 pub const MAX_NAME: usize = 253;
 
+/// Most listings one indicator (a network, a domain) keeps: the same
+/// indicator listed again with other metadata (another description, feed or
+/// category) adds a listing, and every event it matches carries them all.
+/// A feed repeating one indicator a million times must cost neither a
+/// quadratic build nor a megabyte per matching event; further listings are
+/// dropped like duplicates.
+pub const MAX_LISTINGS_PER_INDICATOR: usize = 32;
+
 /// One listing of an indicator: its type and the id of its pre-serialized
 /// JSON tail (source file and metadata, see [`IndexBuilder::tail`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,17 +66,20 @@ struct Lists {
 
 impl Lists {
     /// Adds `l` to `key` (a new key when `key == number of keys`); `false`
-    /// if the key already has an identical listing.
+    /// if the key already has an identical listing, or
+    /// [`MAX_LISTINGS_PER_INDICATOR`] of them.
     fn add(&mut self, key: usize, l: Listing) -> bool {
         let link = self.links.len() as u32;
         if key == self.ends.len() {
             self.ends.push((link, link));
         } else {
             let (mut i, last) = self.ends[key];
+            let mut listed = 0;
             while i != NONE {
-                if self.links[i as usize].0 == l {
+                if self.links[i as usize].0 == l || listed == MAX_LISTINGS_PER_INDICATOR - 1 {
                     return false;
                 }
+                listed += 1;
                 i = self.links[i as usize].1;
             }
             self.links[last as usize].1 = link;

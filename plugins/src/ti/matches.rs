@@ -14,10 +14,17 @@ pub(super) enum Value<'a> {
     Text(&'a str),
 }
 
+/// Most matches written into one event; past it `more_matches` says how
+/// many more there were (an event's size stays bounded whatever the feeds
+/// list: the same network listed with a thousand descriptions, nested
+/// networks by the dozen).
+pub(super) const MAX_WRITTEN: usize = 32;
+
 /// Accumulates one event's matches as JSON; allocates on the first match.
 #[derive(Default)]
 pub(super) struct Matches {
     text: Option<String>,
+    /// Matches found (all of them, written or not).
     pub(super) count: u32,
     /// Highest (effective) confidence among the matches that have one.
     pub(super) confidence: Option<u8>,
@@ -55,6 +62,12 @@ impl Matches {
         self.confidence = self.confidence.max(confidence);
         self.severity = self.severity.max(hit.meta.severity);
         self.feeds.insert(hit.meta.feed);
+        if self.count as usize >= MAX_WRITTEN {
+            // Counted (and in the confidence, severity and feeds above),
+            // not written: see `finish`.
+            self.count += 1;
+            return;
+        }
         let s = self.text.get_or_insert_with(|| {
             let mut s = String::with_capacity(256);
             s.push_str("{\"matches\":[");
@@ -87,6 +100,9 @@ impl Matches {
     pub(super) fn finish(self, matched_flag: bool) -> Option<String> {
         let mut s = self.text?;
         s.push(']');
+        if self.count as usize > MAX_WRITTEN {
+            let _ = write!(s, ",\"more_matches\":{}", self.count as usize - MAX_WRITTEN);
+        }
         if matched_flag {
             s.push_str(",\"matched\":true");
         }

@@ -214,8 +214,10 @@ impl<K: IpKey> NetBuilder<K> {
         while let Some(&(start, len, _)) = rest.first() {
             let n = rest.iter().take_while(|&&(k, l, _)| k == start && l == len).count();
             let first = table.listings.len() as u32;
-            table.listings.extend(rest[..n].iter().map(|&(.., listing)| listing));
-            table.nodes.push(Node { start, len, parent: NONE, first, count: n as u32 });
+            // At most MAX_LISTINGS_PER_INDICATOR, in file order (see there).
+            let kept = n.min(super::MAX_LISTINGS_PER_INDICATOR);
+            table.listings.extend(rest[..kept].iter().map(|&(.., listing)| listing));
+            table.nodes.push(Node { start, len, parent: NONE, first, count: kept as u32 });
             rest = &rest[n..];
         }
         drop(entries);

@@ -118,3 +118,33 @@ fn a_degraded_stage_does_not_lose_another_feed() {
     assert!(error.contains("could not be read") && error.contains("live one has 1"), "{error}");
     assert_eq!(engine.chain().reports()[0].status.version.as_deref(), Some("2 indicators from 2 files"));
 }
+
+/// One indicator listed again and again with other metadata keeps at most
+/// MAX_LISTINGS_PER_INDICATOR listings (built in linear time, not by a
+/// scan of its list per line), and an event writes at most 32 matches,
+/// the rest counted in `more_matches` and in the match count.
+#[test]
+fn repeated_indicators_and_matches_are_bounded() {
+    let dir = TempDir::new();
+    let mut csv = String::from("indicator,description\n");
+    for i in 0..100_000 {
+        csv.push_str(&format!("domain:evil.example,d{i}\n"));
+    }
+    for i in 0..1000 {
+        csv.push_str(&format!("0.0.0.0/0,w{i}\n10.0.0.0/8,t{i}\n"));
+    }
+    let feed = dir.write("feed.csv", csv);
+    let started = std::time::Instant::now();
+    let chain = ti_chain(&[&feed], "");
+    // Quadratic, this was ~5 * 10^9 comparisons: minutes, not a second.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    let (records, counts) = run_ips(&chain, &[(Some("10.1.2.3"), None)]);
+    let matches = records[0]["ti"]["matches"].as_array().unwrap();
+    assert_eq!(matches.len(), 32, "{}", records[0]);
+    let listed = crate::ti::index::MAX_LISTINGS_PER_INDICATOR as u64;
+    assert_eq!(records[0]["ti"]["more_matches"], 2 * listed - 32, "{}", records[0]);
+    assert_eq!(u64::from(counts[0]), 2 * listed);
+    assert!(records[0].to_string().len() < 16 << 10);
+    let domain = run_ndjson(&chain, "{\"src_ip\":\"192.0.2.1\",\"domain\":\"a.evil.example\"}\n");
+    assert_eq!(domain[0]["ti"]["matches"].as_array().unwrap().len(), listed as usize, "{}", domain[0]);
+}
