@@ -20,6 +20,10 @@ use super::{DataError, Database, Fact, RecordFormat};
 /// Tests use 8 slots so that collisions and evictions happen all the time.
 const IP_BITS: u32 = if cfg!(test) { 3 } else { 10 };
 
+/// Largest answer (encoded fragment) a record may give, bytes; a real City
+/// answer is a few hundred. Larger ones are refused as malformed records.
+const MAX_ANSWER_BYTES: usize = 8 << 10;
+
 /// `by_ip` value for an address with no record.
 const NOT_FOUND: usize = usize::MAX;
 
@@ -202,6 +206,12 @@ impl Records {
             return Ok(kept);
         }
         let fact = db.encode::<F>(offset, &mut self.scratch)?;
+        if self.scratch.len() > MAX_ANSWER_BYTES {
+            // Kept out of the caches and out of events: a crafted record
+            // (names pointing at one long string) must not put megabytes
+            // into every event it answers, or into each thread's table.
+            return Err(DataError { offset });
+        }
         let text = std::str::from_utf8(&self.scratch).expect("encoders write UTF-8");
         db.shared.insert(offset, text, fact);
         let fragment = if text == "null" { self.null.clone() } else { JsonFragment::from(text) };

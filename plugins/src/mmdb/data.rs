@@ -27,6 +27,14 @@ const MAX_DEPTH: u32 = 64;
 /// record, shared maps included, has a few hundred).
 const MAX_VALUES: u32 = 100_000;
 
+/// Entries of one map or array at most (real ones: a handful of languages,
+/// a few subdivisions). Larger ones make the record malformed.
+const MAX_CONTAINER_ENTRIES: usize = 4096;
+
+/// Bytes of one string or byte value at most. Larger ones make the record
+/// malformed (the format allows 16 MiB).
+const MAX_STRING_BYTES: usize = 16 << 10;
+
 const POINTER: u8 = 1;
 const STRING: u8 = 2;
 const DOUBLE: u8 = 3;
@@ -144,8 +152,13 @@ impl<'a> DataSection<'a> {
         let value = Value { head, pos };
         let size = value.size();
         let ok = match value.kind() {
-            MAP | ARRAY => true, // entries are checked as they are read
-            STRING | BYTES => true,
+            // Entries are checked as they are read. A container larger
+            // than any real database has is refused here, before a lookup
+            // steps through millions of declared entries to find a key.
+            MAP | ARRAY => size <= MAX_CONTAINER_ENTRIES,
+            // Likewise a string no answer could carry (real ones are names
+            // and codes, a few hundred bytes at most).
+            STRING | BYTES => size <= MAX_STRING_BYTES,
             DOUBLE => size == 8,
             FLOAT => size == 4,
             UINT16 => size <= 2,
@@ -421,5 +434,32 @@ mod tests {
         ok.extend([0xa1, 0x07]); // uint16 7 at the bottom: 60 levels are fine
         let data = DataSection::new(&ok);
         assert!(data.get(data.record(0).unwrap().unwrap(), "x").unwrap().is_none());
+    }
+
+    /// A map declaring 16 million entries, and a 1 MiB string: sizes the
+    /// format allows and no real database uses. Both are refused from their
+    /// header, before a lookup steps through millions of entries or an
+    /// answer carries a megabyte.
+    #[test]
+    fn oversized_containers_and_strings_are_refused_from_their_header() {
+        // map of 29 + 65,821 + 0xffffff entries (the 3-byte size form).
+        let mut huge_map = vec![0xff, 0xff, 0xff, 0xff];
+        huge_map.extend([0x41, b'k', 0xa1, 0x01]);
+        let data = DataSection::new(&huge_map);
+        assert!(data.record(0).is_err());
+        // {"k": "<1 MiB>"}: the string's header is refused.
+        let mut long = vec![0xe1, 0x41, b'k', 0x5f];
+        let size = (1usize << 20) - 65_821;
+        long.extend(&(size as u32).to_be_bytes()[1..]);
+        long.extend(std::iter::repeat_n(b'x', 1 << 20));
+        let data = DataSection::new(&long);
+        let map = data.record(0).unwrap().unwrap();
+        assert!(data.get(map, "k").is_err() || data.str(data.get(map, "k").unwrap()).is_none());
+        assert!(data.validate(0).is_err());
+        // Sizes up to the bounds still read.
+        let mut fine = vec![0xe1, 0x41, b'k', 0x5d, 0x00];
+        fine.extend(std::iter::repeat_n(b'y', 29 + 0));
+        let data = DataSection::new(&fine);
+        assert_eq!(data.str(data.get(data.record(0).unwrap().unwrap(), "k").unwrap()).map(str::len), Some(29));
     }
 }
