@@ -16,11 +16,21 @@ pub enum Net {
 impl Net {
     /// A network from an address and prefix length, host bits cleared
     /// (the flag says whether there were any); `None` if `len` is too long.
+    /// An IPv4-mapped IPv6 network (`::ffff:1.2.3.4`, `::ffff:0:0/96`) is
+    /// the IPv4 network it maps: lookups see events' mapped addresses as
+    /// IPv4, so stored as IPv6 it would never match.
     pub fn new(ip: IpAddr, len: u8) -> Option<(Net, bool)> {
         fn clear<K: IpKey>(k: K, len: u8) -> Option<(K, bool)> {
             let n = K::narrow(k.widen() & !K::host_mask(len).widen());
             (len as u32 <= K::BITS).then_some((n, n != k))
         }
+        let (ip, len) = match ip {
+            IpAddr::V6(a) if (96..=128).contains(&len) => match a.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), len - 96),
+                None => (ip, len),
+            },
+            _ => (ip, len),
+        };
         match ip {
             IpAddr::V4(a) => clear(u32::from(a), len).map(|(k, c)| (Net::V4(k, len), c)),
             IpAddr::V6(a) => clear(u128::from(a), len).map(|(k, c)| (Net::V6(k, len), c)),
@@ -28,7 +38,7 @@ impl Net {
     }
 
     pub fn host(ip: IpAddr) -> Net {
-        match ip {
+        match ip.to_canonical() {
             IpAddr::V4(a) => Net::V4(a.into(), 32),
             IpAddr::V6(a) => Net::V6(a.into(), 128),
         }

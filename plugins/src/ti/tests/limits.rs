@@ -148,3 +148,22 @@ fn repeated_indicators_and_matches_are_bounded() {
     let domain = run_ndjson(&chain, "{\"src_ip\":\"192.0.2.1\",\"domain\":\"a.evil.example\"}\n");
     assert_eq!(domain[0]["ti"]["matches"].as_array().unwrap().len(), listed as usize, "{}", domain[0]);
 }
+
+/// IPv4-mapped IPv6 indicators are the IPv4 ones they map: events' mapped
+/// addresses are looked up as IPv4, so they match both ways.
+#[test]
+fn ipv4_mapped_indicators_match() {
+    let dir = TempDir::new();
+    let feed = dir.write("mapped.txt", "::ffff:203.0.113.9\n::ffff:198.51.100.0/120\n");
+    let chain = ti_chain(&[&feed], "");
+    let (_, counts) = run_ips(
+        &chain,
+        &[
+            (Some("203.0.113.9"), None),
+            (Some("::ffff:203.0.113.9"), None),
+            (Some("198.51.100.77"), None),
+            (Some("10.0.0.1"), None),
+        ],
+    );
+    assert_eq!(counts, [1, 1, 1, 0]);
+}
