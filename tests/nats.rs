@@ -572,3 +572,32 @@ fn dead_letter_evictions_are_counted_as_lost() {
     let line = format!("telemetry_source_lost_total{{source=\"nats\",reason=\"deadletter_evicted\"}} {evicted}");
     assert!(m.contains(&line), "{line} in\n{m}");
 }
+
+/// A stream deleted and created again numbers its messages from 1 anew:
+/// the new messages must not share message ids with the old ones in the
+/// output stream, whose duplicate window would drop them as repeats
+/// (silent loss). Origins carry the stream's creation time.
+#[test]
+fn a_recreated_stream_is_not_taken_for_repeats() {
+    let Some(nats) = NatsServer::start("a_recreated_stream_is_not_taken_for_repeats") else { return };
+    let rt = common::broker_runtime();
+    let js = rt.block_on(jetstream(&nats.url));
+    let per = 10;
+    rt.block_on(publish(&js, 1, per));
+    let s = Server::start_with(&config(&nats.url, 30_000), &[]);
+    let mut reader = rt.block_on(Reader::new(&js));
+    rt.block_on(reader.until(per, Duration::from_secs(30)));
+    common::wait_for("the raw consumer to settle", Duration::from_secs(10), || rt.block_on(raw_consumer_idle(&js)));
+    rt.block_on(async {
+        js.delete_stream("RAW").await.unwrap();
+        js.create_stream(stream::Config { name: "RAW".into(), subjects: vec!["raw.>".into()], ..Default::default() })
+            .await
+            .unwrap();
+        // Sequence 1 again, other events.
+        js.publish("raw.zeek", common::conn_envelope("nats-test", 1000, per).into()).await.unwrap().await.unwrap();
+    });
+    rt.block_on(reader.until(2 * per, Duration::from_secs(30)));
+    assert_eq!(reader.duplicates(), 0);
+    let out = output_view(&s);
+    assert_eq!(out["counters"]["duplicates"], 0, "{out}");
+}

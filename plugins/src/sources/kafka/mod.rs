@@ -201,6 +201,10 @@ impl KafkaRunner {
         let mut last_commit = Instant::now();
         let mut dirty = false;
         let mut failures = 0u32;
+        let cluster = tokio::select! {
+            _ = stopped.changed() => return,
+            cluster = self.cluster(&consumer, stats) => cluster,
+        };
         loop {
             let received = tokio::select! {
                 biased;
@@ -218,7 +222,7 @@ impl KafkaRunner {
                 }
                 Ok(Ok(message)) => {
                     failures = 0;
-                    match self.process(&consumer, &message, ingest, &mut stopped).await {
+                    match self.process(&consumer, &cluster, &message, ingest, &mut stopped).await {
                         Settled::Stored => dirty = true,
                         Settled::Stopped => break,
                     }
@@ -247,10 +251,37 @@ impl KafkaRunner {
         .await;
     }
 
+    /// The cluster's identity for origins: topic, partition and offset
+    /// alone are the same in two clusters, and two inputs with one origin
+    /// get one message id downstream, where a duplicate window drops the
+    /// second (silent loss). The cluster id the brokers report, asked until
+    /// they answer (nothing is consumed before they do anyway); a broker
+    /// too old to have one: the bootstrap brokers' checksum.
+    async fn cluster(&self, consumer: &Arc<GroupConsumer>, stats: &SourceStats) -> String {
+        for attempt in 1..=3 {
+            let asking = consumer.clone();
+            let id = tokio::task::spawn_blocking(move || asking.client().fetch_cluster_id(Duration::from_secs(5)))
+                .await
+                .ok()
+                .flatten();
+            if let Some(id) = id.filter(|id| !id.is_empty()) {
+                return id;
+            }
+            if attempt < 3 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        let mut brokers = self.options.connection.brokers.clone();
+        brokers.sort();
+        stats.set_error(&self.name, "the brokers report no cluster id; origins name the bootstrap brokers instead");
+        format!("brokers-{:08x}", crc32fast::hash(brokers.join(",").as_bytes()))
+    }
+
     /// One message: submit (again while refused), then settle it.
     async fn process(
         &self,
         consumer: &GroupConsumer,
+        cluster: &str,
         message: &BorrowedMessage<'_>,
         ingest: &Arc<dyn Ingest>,
         stopped: &mut watch::Receiver<bool>,
@@ -267,7 +298,7 @@ impl KafkaRunner {
             Ok(payload) => payload,
             Err(reason) => return self.poison(consumer, message, &reason, ingest),
         };
-        payload.origin = Some(format!("{}:{}:{}", message.topic(), message.partition(), message.offset()));
+        payload.origin = Some(format!("{cluster}/{}:{}:{}", message.topic(), message.partition(), message.offset()));
         let mut paused = false;
         let mut wait = Duration::from_millis(50);
         let settled = loop {

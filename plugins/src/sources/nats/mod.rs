@@ -114,9 +114,9 @@ impl NatsRunner {
         let mut backoff = Duration::from_millis(250);
         while !stopping.load(Relaxed) {
             match self.consumer().await {
-                Ok(consumer) => {
+                Ok((consumer, origin)) => {
                     backoff = Duration::from_millis(250);
-                    match self.pull(&consumer, ingest, stopping).await {
+                    match self.pull(&consumer, &origin, ingest, stopping).await {
                         Some(error) => stats.set_error(&self.name, error),
                         None => return,
                     }
@@ -129,8 +129,13 @@ impl NatsRunner {
     }
 
     /// The durable consumer, created (with its stream) if missing and
-    /// allowed.
-    async fn consumer(&self) -> anyhow::Result<consumer::Consumer<consumer::pull::Config>> {
+    /// allowed, and the stream's identity for origins: its name and when
+    /// it was created. Two streams of one name (two clusters, a stream
+    /// deleted and created again) number their messages from 1 alike; an
+    /// origin of name and sequence alone would give their messages the same
+    /// message ids downstream, where a stream's duplicate window would drop
+    /// the second as a repeat: silent loss.
+    async fn consumer(&self) -> anyhow::Result<(consumer::Consumer<consumer::pull::Config>, String)> {
         let o = &self.options;
         let client = o.connection.connect(&self.name).await?;
         let js = jetstream::new(client);
@@ -161,8 +166,9 @@ impl NatsRunner {
             stream.get_consumer(&o.durable).await.map_err(|e| failed(&e))?
         };
         // Confirms the stream answers before the first fetch.
-        stream.info().await.map_err(|e| anyhow::anyhow!("stream {stream_name:?}: {e}"))?;
-        Ok(consumer)
+        let info = stream.info().await.map_err(|e| anyhow::anyhow!("stream {stream_name:?}: {e}"))?;
+        let origin = format!("{}@{}", info.config.name, info.created.unix_timestamp_nanos());
+        Ok((consumer, origin))
     }
 
     /// Fetches and processes batches until fetching fails (returns why) or
@@ -170,6 +176,7 @@ impl NatsRunner {
     async fn pull(
         &self,
         consumer: &consumer::Consumer<consumer::pull::Config>,
+        origin: &str,
         ingest: &Arc<dyn Ingest>,
         stopping: &AtomicBool,
     ) -> Option<String> {
@@ -207,7 +214,7 @@ impl NatsRunner {
                     match message {
                         Ok(message) => {
                             received.fetch_add(1, Relaxed);
-                            self.process(message, ingest, &pause, stopping).await
+                            self.process(message, origin, ingest, &pause, stopping).await
                         }
                         Err(e) => {
                             let e = format!("receiving a message: {e}");
@@ -235,13 +242,15 @@ impl NatsRunner {
     async fn process(
         &self,
         message: jetstream::Message,
+        origin: &str,
         ingest: &Arc<dyn Ingest>,
         pause: &Pause,
         stopping: &AtomicBool,
     ) {
         let stats = ingest.stats();
         SourceStats::count(&stats.messages, 1);
-        let (stream_seq, delivered) = message.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 1));
+        let info = message.info().ok().map(|i| (i.stream_sequence, i.delivered));
+        let (stream_seq, delivered) = info.unwrap_or((0, 1));
         if delivered > 1 {
             SourceStats::count(&stats.redelivered, 1);
         }
@@ -257,12 +266,10 @@ impl NatsRunner {
         }
         let payload = match shape(&message.message, self.options.format.as_deref()) {
             Ok(mut payload) => {
-                // The stream's name as the server reports it (the options'
-                // is the same; the server's is authoritative).
-                let stream = message
-                    .info()
-                    .map_or_else(|_| self.options.stream.clone().unwrap_or_default(), |i| i.stream.to_string());
-                payload.origin = Some(format!("{stream}:{stream_seq}"));
+                // The stream's identity and the message's sequence; none
+                // when the server's reply subject did not say the sequence
+                // (every such message would share sequence 0).
+                payload.origin = info.map(|_| format!("{origin}:{stream_seq}"));
                 payload
             }
             Err(reason) => return self.poison(&message, stream_seq, delivered, &reason, ingest).await,
