@@ -458,7 +458,7 @@ mod tests {
         assert!(data.validate(0).is_err());
         // Sizes up to the bounds still read.
         let mut fine = vec![0xe1, 0x41, b'k', 0x5d, 0x00];
-        fine.extend(std::iter::repeat_n(b'y', 29 + 0));
+        fine.extend(std::iter::repeat_n(b'y', 29));
         let data = DataSection::new(&fine);
         assert_eq!(data.str(data.get(data.record(0).unwrap().unwrap(), "k").unwrap()).map(str::len), Some(29));
     }
