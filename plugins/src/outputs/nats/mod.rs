@@ -30,6 +30,7 @@ mod options;
 mod tests;
 
 use std::future::IntoFuture;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +75,12 @@ impl Component for NatsOutput {
     }
 
     fn build(&self, options: NatsOutputOptions, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
-        Ok(Arc::new(NatsSink { options, name: ctx.name.clone(), conn: tokio::sync::Mutex::new(None) }))
+        Ok(Arc::new(NatsSink {
+            options,
+            name: ctx.name.clone(),
+            conn: tokio::sync::Mutex::new(None),
+            stream_limit: AtomicUsize::new(usize::MAX),
+        }))
     }
 }
 
@@ -83,6 +89,12 @@ struct NatsSink {
     name: String,
     /// Connected on first use (the client then reconnects on its own).
     conn: tokio::sync::Mutex<Option<Conn>>,
+    /// A smaller message limit learned from the stream: a stream's
+    /// `max_msg_size` below the server's `max_payload` refuses full-size
+    /// messages. Each refusal halves it (the next round packs smaller
+    /// messages); an event alone over it is refused for good. Without
+    /// this every round was retried as it was, for ever.
+    stream_limit: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -124,13 +136,14 @@ impl Sink for NatsSink {
                 Err(e) => return SendReport::all(n, Outcome::Retry(e), None),
             };
             let subject = self.options.subject.clone().unwrap_or_default();
-            let (messages, too_large) = pack(batch.events, conn.limit);
+            let limit = conn.limit.min(self.stream_limit.load(Relaxed));
+            let (messages, too_large) = pack(batch.events, limit);
             let mut outcomes = vec![Outcome::Delivered; n];
             for i in too_large {
                 outcomes[i] = Outcome::Reject(format!(
                     "event of {} bytes is larger than a message may be ({} bytes)",
                     batch.events[i].json.len(),
-                    conn.limit
+                    limit
                 ));
             }
             // Publish a wave of messages, then wait for their acks together
@@ -190,6 +203,25 @@ impl NatsSink {
                     }
                     continue;
                 }
+                Ok(Err(e)) if over_stream_limit(&e) => {
+                    let size: usize = indices.iter().map(|&i| batch.events[i].json.len() + 1).sum();
+                    let halved = (size / 2).max(HEADER_ROOM);
+                    self.stream_limit.fetch_min(halved, Relaxed);
+                    for &i in indices {
+                        outcomes[i] = if indices.len() == 1 {
+                            Outcome::Reject(format!(
+                                "an event of {} bytes is over the stream's maximum message size ({subject:?})",
+                                batch.events[i].json.len()
+                            ))
+                        } else {
+                            Outcome::Retry(format!(
+                                "a message of {size} bytes is over the stream's maximum message size \
+                                 ({subject:?}); sent again in messages of at most {halved} bytes"
+                            ))
+                        };
+                    }
+                    continue;
+                }
                 Ok(Err(e)) => format!("no publish acknowledgement from the stream for {subject:?}: {e}"),
                 Err(_) => format!("no publish acknowledgement within {} ms for {subject:?}", timeout.as_millis()),
             };
@@ -198,4 +230,13 @@ impl NatsSink {
             }
         }
     }
+}
+
+/// Whether the stream refused a message for its size (JetStream error
+/// 10054, the stream's `max_msg_size`).
+fn over_stream_limit(e: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|api| api.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
 }

@@ -141,3 +141,48 @@ async fn more_messages_than_one_ack_wave() {
     let info = js.get_stream("OUT").await.unwrap().info().await.unwrap().clone();
     assert_eq!(info.state.messages as usize, jsons.len());
 }
+
+/// A stream whose `max_msg_size` is below the server's `max_payload`
+/// refuses full-size messages: the sink learns a smaller limit round by
+/// round until the events go through, and refuses for good an event that
+/// is over it on its own, instead of retrying the same messages for ever.
+#[tokio::test]
+async fn a_stream_with_a_smaller_message_limit_is_learned() {
+    let Some(nats) = NatsServer::start("a_stream_with_a_smaller_message_limit_is_learned") else { return };
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    js.create_stream(jetstream::stream::Config {
+        name: "SMALL".into(),
+        subjects: vec!["small.events".into()],
+        max_message_size: 4096,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = build(&NatsOutput, json!({"subject": "small.events", "servers": [nats.url]}), dir.path());
+    let mut jsons: Vec<String> = (0..40).map(|i| json!({"n": i, "pad": "p".repeat(180)}).to_string()).collect();
+    jsons.push(json!({"big": "b".repeat(6000)}).to_string());
+    let ev = events(&jsons);
+    let batch = SinkBatch { events: &ev, accepted_unix_ms: 0, id_scope: 9 };
+    let mut settled = vec![false; ev.len()];
+    for _round in 0..8 {
+        let report = sink.send(batch).await;
+        for (i, o) in report.outcomes.iter().enumerate() {
+            match o {
+                Outcome::Delivered | Outcome::Duplicate => settled[i] = true,
+                Outcome::Reject(why) => {
+                    assert_eq!(i, 40, "only the big event is refused: {why}");
+                    settled[i] = true;
+                }
+                Outcome::Retry(_) => {}
+            }
+        }
+        if settled.iter().all(|s| *s) {
+            break;
+        }
+    }
+    assert!(settled.iter().all(|s| *s), "{settled:?}");
+    let mut stream = js.get_stream("SMALL").await.unwrap();
+    let messages = stream.info().await.unwrap().state.messages;
+    assert!(messages >= 2, "{messages}");
+}
