@@ -238,7 +238,11 @@ impl<'a> Attrs<'a> {
         for (key, v) in [("feed", self.feed), ("description", self.description), ("url", self.url)] {
             if let Some(v) = v {
                 let _ = write!(out, ",\"{key}\":");
-                push_json_str(out, v);
+                // Every match carries these texts, and an index holds one
+                // per distinct metadata: a feed's 8 KiB lines of control
+                // characters (6 bytes each, escaped) must not make each a
+                // 48 KiB tail.
+                push_json_str(out, cut(v, MAX_TEXT_BYTES));
             }
         }
         out.push('}');
@@ -370,6 +374,21 @@ pub fn parse_time(s: &str) -> Option<i64> {
 pub fn format_time(t: i64) -> String {
     let secs = u64::try_from(t).unwrap_or(0);
     enrichd_engine::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// Longest description, feed name or URL kept with an indicator, bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Appends `s` as a JSON string literal.

@@ -351,7 +351,9 @@ pub fn parse_text_with(
 ) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.len() > 1 << 20 {
-        builder.reserve_nets(text.bytes().filter(|&b| b == b'\n').count());
+        // A guess from the line count, capped: a file of newlines must not
+        // reserve gigabytes (the vector still grows as lines come).
+        builder.reserve_nets(text.bytes().filter(|&b| b == b'\n').count().min(1 << 20));
     }
     let mut parser = Parser::new(report, builder, max_line, defaults, loaded_at);
     for line in text.lines() {

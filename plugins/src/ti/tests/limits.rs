@@ -167,3 +167,20 @@ fn ipv4_mapped_indicators_match() {
     );
     assert_eq!(counts, [1, 1, 1, 0]);
 }
+
+/// Descriptions of control characters (6 bytes each once escaped) on
+/// every line: each indicator's metadata text is bounded, so the index
+/// stays near the file's size instead of a dozen times it.
+#[test]
+fn escaped_metadata_does_not_multiply_memory() {
+    let dir = TempDir::new();
+    let mut csv = String::from("indicator,description\n");
+    for i in 0..1000 {
+        csv.push_str(&format!("198.51.{}.{},{}{i}\n", i / 250, i % 250 + 1, "\u{1}".repeat(7000)));
+    }
+    let feed = dir.write("feed.csv", &csv);
+    let (index, _) = crate::ti::load(&[feed], None, |p| PathBuf::from(p), &Default::default(), &[]);
+    let index = index.expect("loaded");
+    assert_eq!(index.counts()[0], 1000);
+    assert!(index.heap_bytes() < 2 * csv.len(), "{} bytes for a {}-byte file", index.heap_bytes(), csv.len());
+}
