@@ -223,9 +223,25 @@ impl<'a> DataSection<'a> {
     /// keys, nesting depth, and at most `MAX_VALUES` values in all (shared
     /// maps reached through pointers count each time). For validating a
     /// database before it goes live; lookups read lazily instead.
+    #[cfg(test)]
     pub(crate) fn validate(&self, offset: usize) -> Result<()> {
         let mut budget = MAX_VALUES;
         self.walk(offset, 0, &mut budget).map(drop).ok_or(DataError { offset })
+    }
+
+    /// [`DataSection::validate`], the values visited also taken from
+    /// `total` (a sample's budget across its records): `None` when `total`
+    /// ran out before the record was checked whole.
+    pub(crate) fn validate_within(&self, offset: usize, total: &mut u64) -> Option<Result<()>> {
+        let mut budget = MAX_VALUES.min(u32::try_from(*total).unwrap_or(u32::MAX));
+        let start = budget;
+        let walked = self.walk(offset, 0, &mut budget);
+        *total -= u64::from(start - budget);
+        match walked {
+            Some(_) => Some(Ok(())),
+            None if *total == 0 => None,
+            None => Some(Err(DataError { offset })),
+        }
     }
 
     /// [`DataSection::validate`]'s walk: the position after the value at
@@ -434,6 +450,28 @@ mod tests {
         ok.extend([0xa1, 0x07]); // uint16 7 at the bottom: 60 levels are fine
         let data = DataSection::new(&ok);
         assert!(data.get(data.record(0).unwrap().unwrap(), "x").unwrap().is_none());
+    }
+
+    /// A sample's budget is shared by its records: each takes what it
+    /// visits, and a record met when the budget is gone is left unchecked
+    /// rather than walked (distinct records pointing at one large shared
+    /// structure cost one budget, not one per record).
+    #[test]
+    fn validation_draws_on_a_shared_budget() {
+        let bytes = sample();
+        let data = DataSection::new(&bytes);
+        let mut total = 1_000;
+        assert_eq!(data.validate_within(0, &mut total), Some(Ok(())));
+        let used = 1_000 - total;
+        assert!(used >= 9, "the map, 4 keys, 4 values and the pointed string: {used}");
+        let mut short = used - 1;
+        assert_eq!(data.validate_within(0, &mut short), None, "ran out: unchecked, not refused");
+        assert_eq!(short, 0);
+        let mut bad = sample();
+        let at = bad.len() - 3;
+        bad[at] = 0x45; // the pointed string claims 5 bytes of 2
+        let data = DataSection::new(&bad);
+        assert!(matches!(data.validate_within(0, &mut 1_000), Some(Err(_))));
     }
 
     /// A map declaring 16 million entries, and a 1 MiB string: sizes the
