@@ -176,6 +176,19 @@ impl Sink for KafkaSink {
                     outcomes[i] = Outcome::Retry(failure.clone());
                 }
             }
+            // A fatal error (InitProducerId refused for a missing
+            // IdempotentWrite ACL, an idempotence sequence broken) ends this
+            // producer: every later message would fail with it, even once
+            // the cause is fixed. The next round makes a new one.
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                let fatal = format!("the producer hit a fatal error ({code:?}: {reason}); a new one is made");
+                for o in outcomes.iter_mut().filter(|o| matches!(o, Outcome::Retry(_))) {
+                    *o = Outcome::Retry(fatal.clone());
+                }
+                let old = self.producer.lock().unwrap_or_else(|e| e.into_inner()).take();
+                // Destroying a producer waits on librdkafka: off the async threads.
+                let _ = tokio::task::spawn_blocking(move || drop((old, producer))).await;
+            }
             SendReport { outcomes, http_status: None }
         })
     }

@@ -109,3 +109,36 @@ async fn kafka_batches_are_split_produced_and_keyed_stably() {
     assert_eq!(messages.len(), 2 * ids.len(), "the retry repeated every id: {} messages", messages.len());
     assert_eq!(lines, 40, "each event once after dropping repeated ids");
 }
+
+/// A fatal producer error (InitProducerId refused: the IdempotentWrite ACL
+/// missing) ends the producer; once the cause is gone the output delivers
+/// again with a new one, instead of failing every round until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_is_left_behind() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("enriched", 1, 1).unwrap();
+    cluster.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED; 3],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let options = json!({"topic": "enriched", "brokers": [cluster.bootstrap_servers()], "timeout_ms": 3000});
+    let sink = build(&KafkaOutput, options, dir.path());
+    let jsons = vec![json!({"n": 1}).to_string()];
+    let events: Vec<OutEvent<'_>> =
+        jsons.iter().map(|j| OutEvent { json: j.as_bytes(), id: 1, origin: None }).collect();
+    let batch = SinkBatch { events: &events, accepted_unix_ms: 0, id_scope: 1 };
+    let first = sink.send(batch).await;
+    assert!(matches!(&first.outcomes[0], Outcome::Retry(why) if why.contains("fatal")), "{:?}", first.outcomes);
+    cluster.clear_request_errors(RDKafkaApiKey::InitProducerId);
+    let mut delivered = false;
+    for _ in 0..5 {
+        if sink.send(batch).await.outcomes[0] == Outcome::Delivered {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "a new producer delivers once the cause is gone");
+}
