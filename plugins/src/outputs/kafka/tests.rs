@@ -126,7 +126,7 @@ async fn a_fatal_producer_error_is_left_behind() {
     let dir = tempfile::tempdir().unwrap();
     let options = json!({"topic": "enriched", "brokers": [cluster.bootstrap_servers()], "timeout_ms": 3000});
     let sink = build(&KafkaOutput, options, dir.path());
-    let jsons = vec![json!({"n": 1}).to_string()];
+    let jsons = [json!({"n": 1}).to_string()];
     let events: Vec<OutEvent<'_>> =
         jsons.iter().map(|j| OutEvent { json: j.as_bytes(), id: 1, origin: None }).collect();
     let batch = SinkBatch { events: &events, accepted_unix_ms: 0, id_scope: 1 };
