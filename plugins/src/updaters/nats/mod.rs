@@ -428,11 +428,18 @@ impl UpdateRunner for NatsObjectRunner {
             let keys: Vec<String> =
                 board.keys().await.map_err(|e| failed(&e))?.filter_map(|k| async move { k.ok() }).collect().await;
             let mut out = Vec::new();
+            // Entries older than `status_ttl_s` are gone instances, whatever
+            // the bucket keeps: one created by hand (`nats kv add`) may have
+            // no `max_age`, or an older one than the option says now.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let oldest = i64::try_from(now.saturating_sub(self.options.status_ttl_s)).unwrap_or(i64::MAX);
             for key in keys {
-                if let Some(value) = board.get(key.as_str()).await.map_err(|e| failed(&e))? {
-                    if let Ok(status) = serde_json::from_slice(&value) {
-                        out.push(status);
-                    }
+                let Some(entry) = board.entry(key.as_str()).await.map_err(|e| failed(&e))? else { continue };
+                if entry.operation != kv::Operation::Put || entry.created.unix_timestamp() < oldest {
+                    continue;
+                }
+                if let Ok(status) = serde_json::from_slice(&entry.value) {
+                    out.push(status);
                 }
             }
             Ok(out)

@@ -78,3 +78,24 @@ async fn publishes_fetches_and_wakes_on_a_new_version() {
     assert!(err.contains("over max_bytes"), "{err}");
     assert!(!staging.exists());
 }
+
+/// A status board bucket created by hand without `max_age` keeps every
+/// entry for ever: instances older than `status_ttl_s` are still left out
+/// of the members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_older_than_the_ttl_are_left_out() {
+    let Some(nats) = NatsServer::start("members_older_than_the_ttl_are_left_out") else { return };
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    js.create_key_value(kv::Config { bucket: "enrichd-status".into(), history: 1, ..Default::default() })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let board =
+        runner(&nats.url, json!({"status_bucket": "enrichd-status", "status_ttl_s": 15}), &dir.path().join("x"));
+    board.announce("gone", &json!({"instance": "gone"})).unwrap().await.unwrap();
+    assert_eq!(board.members().unwrap().await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    board.announce("here", &json!({"instance": "here"})).unwrap().await.unwrap();
+    let members = board.members().unwrap().await.unwrap();
+    assert_eq!(members, [json!({"instance": "here"})]);
+}
