@@ -6,12 +6,14 @@
 
 use enrichd_engine::output::OutEvent;
 
-/// Whether `next` may follow `last` in one message: both without an
-/// origin, or consecutive events of the same input (a message id then
-/// names the range; see the module docs).
+/// Whether `next` may follow `last` in one message: consecutive events
+/// (by backlog id) without an origin, or consecutive events of the same
+/// input (a message id then names the range; see the module docs). A gap
+/// (events settled in an earlier round) breaks the message either way, so
+/// a retry packs the events left into the messages, and ids, they had.
 fn continues(last: &OutEvent<'_>, next: &OutEvent<'_>) -> bool {
     match (last.origin, next.origin) {
-        (None, None) => true,
+        (None, None) => last.id.checked_add(1) == Some(next.id),
         (Some(a), Some(b)) => a.key == b.key && a.index.checked_add(1) == Some(b.index),
         _ => false,
     }
