@@ -200,6 +200,10 @@ impl KafkaRunner {
         let tick = interval.clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut last_commit = Instant::now();
         let mut dirty = false;
+        // Whether anything was stored in this run: the final commit is then
+        // synchronous whatever the asynchronous ones did (a failed one is
+        // only logged by librdkafka, and `dirty` is cleared when it is sent).
+        let mut stored_any = false;
         let mut failures = 0u32;
         let cluster = tokio::select! {
             _ = stopped.changed() => return,
@@ -223,7 +227,7 @@ impl KafkaRunner {
                 Ok(Ok(message)) => {
                     failures = 0;
                     match self.process(&consumer, &cluster, &message, ingest, &mut stopped).await {
-                        Settled::Stored => dirty = true,
+                        Settled::Stored => (dirty, stored_any) = (true, true),
                         Settled::Stopped => break,
                     }
                 }
@@ -242,7 +246,7 @@ impl KafkaRunner {
         // session timeout).
         let (name, stats_of) = (self.name.clone(), ingest.clone());
         let _ = tokio::task::spawn_blocking(move || {
-            if dirty {
+            if dirty || stored_any {
                 commit(&*consumer, CommitMode::Sync, &name, stats_of.stats());
             }
             consumer.unsubscribe();
