@@ -131,7 +131,12 @@ pub struct SourceStats {
     /// Messages the broker delivered more than once.
     pub redelivered: AtomicU64,
     running: AtomicBool,
+    /// Whether the broker answers now, as the source last saw it.
+    connected: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Unix seconds of the last error (0: none), so a view can tell an
+    /// old error from a current one.
+    last_error_at: AtomicU64,
 }
 
 impl SourceStats {
@@ -147,15 +152,33 @@ impl SourceStats {
         self.running.load(Relaxed)
     }
 
-    /// Records (and logs) a problem; it stays until the next one.
+    /// Records (and logs) a problem; it stays until the next one, with
+    /// when it happened.
     pub fn set_error(&self, source: &str, error: impl Into<String>) {
         let error = crate::limits::cap_message(error.into());
         tracing::warn!(source, %error, "source");
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.last_error_at.store(now, Relaxed);
     }
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Unix seconds of the last error (0: none).
+    pub fn last_error_at(&self) -> u64 {
+        self.last_error_at.load(Relaxed)
+    }
+
+    /// Whether the broker answers, as the source sees it now (connected,
+    /// a fetch or a poll that worked; not: a connection lost, refused).
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Relaxed);
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Relaxed)
     }
 }
 

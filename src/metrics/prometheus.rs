@@ -69,6 +69,8 @@ pub(crate) struct SourceReading {
     pub name: String,
     pub enabled: bool,
     pub running: bool,
+    /// The broker answers, as the source sees it now.
+    pub connected: bool,
     pub messages: u64,
     pub events: u64,
     pub acked: u64,
@@ -503,6 +505,12 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
         "1 when the source is enabled.",
         MetricType::Gauge,
         per_source(&|s| Sample::Gauge(f64::from(u8::from(s.enabled)))),
+    );
+    x.add(
+        "telemetry_source_connected",
+        "1 when the source's broker answers (connected, fetching); 0 during an outage.",
+        MetricType::Gauge,
+        per_source(&|s| Sample::Gauge(f64::from(u8::from(s.connected)))),
     );
     let per_update = |f: &dyn Fn(&UpdateReading) -> Sample| -> Vec<(Labels, Sample)> {
         ctx.updates.iter().map(|u| (vec![("updater", u.name.clone())], f(u))).collect()

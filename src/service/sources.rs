@@ -341,7 +341,12 @@ impl Sources {
                     "type": spec.kind,
                     "enabled": spec.enabled,
                     "state": state,
+                    // Whether the broker answers now; `last_error` may be
+                    // an old one (`last_error_at` says when).
+                    "connected": state == "running" && s.connected(),
                     "last_error": s.last_error(),
+                    "last_error_at": (s.last_error_at() > 0)
+                        .then(|| enrichd_engine::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(s.last_error_at()))),
                     "settings": spec.view(registry),
                     "counters": counters(lane),
                     "deadletter": { "events": dead.events, "bytes": dead.bytes },
@@ -363,6 +368,7 @@ impl Sources {
                     name: lane.name.clone(),
                     enabled: summary.iter().any(|(spec, l)| spec.enabled && Arc::ptr_eq(l, lane)),
                     running: s.running(),
+                    connected: s.running() && s.connected(),
                     messages: s.messages.load(Relaxed),
                     events: s.events.load(Relaxed),
                     acked: s.acked.load(Relaxed),

@@ -136,3 +136,24 @@ fn a_recreated_stream_is_not_taken_for_repeats() {
     let out = output_view(&s);
     assert_eq!(out["counters"]["duplicates"], 0, "{out}");
 }
+
+/// The source says whether its broker answers: `connected` (and
+/// `telemetry_source_connected`) turns false during an outage, with the
+/// time of the error, and true again once the server is back.
+#[test]
+fn the_source_reports_its_connection() {
+    let test = "the_source_reports_its_connection";
+    let port = common::nats::free_port().unwrap();
+    let Some(nats) = NatsServer::start_at(test, Some(port)) else { return };
+    let s = Server::start_with(&config(&nats.url, 30_000), &[]);
+    let connected = |s: &Server| common::source_view(s)["connected"] == true;
+    common::wait_for("connected", Duration::from_secs(20), || connected(&s));
+    assert!(s.get("/metrics").text.contains("telemetry_source_connected{source=\"nats\"} 1"));
+    drop(nats);
+    common::wait_for("disconnected", Duration::from_secs(30), || !connected(&s));
+    let view = common::source_view(&s);
+    assert!(view["last_error_at"].is_string(), "{view}");
+    assert!(s.get("/metrics").text.contains("telemetry_source_connected{source=\"nats\"} 0"));
+    let _back = NatsServer::start_at(test, Some(port)).expect("found above");
+    common::wait_for("connected again", Duration::from_secs(30), || connected(&s));
+}

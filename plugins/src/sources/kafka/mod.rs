@@ -180,7 +180,12 @@ impl KafkaRunner {
         let context = GroupContext {
             log: LogContext {
                 name: self.name.clone(),
-                on_error: Box::new(move |e| errors.stats().set_error(&name, e)),
+                on_error: Box::new(move |e| {
+                    // librdkafka's client errors: brokers down, refused
+                    // credentials (it retries on its own).
+                    errors.stats().set_connected(false);
+                    errors.stats().set_error(&name, e)
+                }),
             },
         };
         let consumer: GroupConsumer = config
@@ -221,11 +226,13 @@ impl KafkaRunner {
                     // librdkafka retries on its own; pause a little so a
                     // persistent error does not spin.
                     failures += 1;
+                    stats.set_connected(false);
                     stats.set_error(&self.name, format!("receiving from {:?}: {e}", self.options.topics));
                     tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
                 }
                 Ok(Ok(message)) => {
                     failures = 0;
+                    stats.set_connected(true);
                     match self.process(&consumer, &cluster, &message, ingest, &mut stopped).await {
                         Settled::Stored => (dirty, stored_any) = (true, true),
                         Settled::Stopped => break,
@@ -269,6 +276,7 @@ impl KafkaRunner {
                 .ok()
                 .flatten();
             if let Some(id) = id.filter(|id| !id.is_empty()) {
+                stats.set_connected(true);
                 return id;
             }
             if attempt < 3 {

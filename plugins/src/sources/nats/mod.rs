@@ -114,15 +114,16 @@ impl NatsRunner {
         let mut backoff = Duration::from_millis(250);
         while !stopping.load(Relaxed) {
             match self.consumer().await {
-                Ok((consumer, origin)) => {
+                Ok((consumer, origin, client)) => {
                     backoff = Duration::from_millis(250);
-                    match self.pull(&consumer, &origin, ingest, stopping).await {
+                    match self.pull(&consumer, &origin, &client, ingest, stopping).await {
                         Some(error) => stats.set_error(&self.name, error),
                         None => return,
                     }
                 }
                 Err(e) => stats.set_error(&self.name, format!("{e:#}")),
             }
+            stats.set_connected(false);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -135,10 +136,13 @@ impl NatsRunner {
     /// origin of name and sequence alone would give their messages the same
     /// message ids downstream, where a stream's duplicate window would drop
     /// the second as a repeat: silent loss.
-    async fn consumer(&self) -> anyhow::Result<(consumer::Consumer<consumer::pull::Config>, String)> {
+    /// The client comes along: its connection state is the source's.
+    async fn consumer(
+        &self,
+    ) -> anyhow::Result<(consumer::Consumer<consumer::pull::Config>, String, async_nats::Client)> {
         let o = &self.options;
         let client = o.connection.connect(&self.name).await?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let stream_name = o.stream.clone().unwrap_or_default();
         let mut stream = if o.create {
             let subjects =
@@ -168,7 +172,7 @@ impl NatsRunner {
         // Confirms the stream answers before the first fetch.
         let info = stream.info().await.map_err(|e| anyhow::anyhow!("stream {stream_name:?}: {e}"))?;
         let origin = format!("{}@{}", info.config.name, info.created.unix_timestamp_nanos());
-        Ok((consumer, origin))
+        Ok((consumer, origin, client))
     }
 
     /// Fetches and processes batches until fetching fails (returns why) or
@@ -177,6 +181,7 @@ impl NatsRunner {
         &self,
         consumer: &consumer::Consumer<consumer::pull::Config>,
         origin: &str,
+        client: &async_nats::Client,
         ingest: &Arc<dyn Ingest>,
         stopping: &AtomicBool,
     ) -> Option<String> {
@@ -184,6 +189,13 @@ impl NatsRunner {
         let pause = Pause::default();
         let mut failures = 0;
         while !stopping.load(Relaxed) {
+            // A fetch during an outage just ends on its timer, without an
+            // error: the client's own state says whether the server answers.
+            let connected = client.connection_state() == async_nats::connection::State::Connected;
+            if ingest.stats().connected() && !connected {
+                ingest.stats().set_error(&self.name, "disconnected from the NATS server; reconnecting");
+            }
+            ingest.stats().set_connected(connected);
             // Backpressure: no new messages until the pause is over.
             if let Some(wait) = pause.remaining() {
                 tokio::time::sleep(wait).await;
