@@ -253,6 +253,12 @@ impl NatsObjectRunner {
             ));
         }
         let mut object = store.get(&self.object).await.map_err(|e| format!("downloading {}: {e}", self.describe()))?;
+        // What is read is the version `get` found, which may be newer than
+        // the `info` above (a publish in between): its own info names it.
+        let info = object.info.clone();
+        if info.deleted || info.size as u64 > self.options.max_bytes {
+            return Err(format!("{} changed while it was read; the local file stays", self.describe()));
+        }
         // The object's own reader checks the chunks against the published
         // SHA-256 at the end; the bound guards a size that lies.
         let mut content = Vec::with_capacity(info.size);
@@ -274,6 +280,18 @@ impl NatsObjectRunner {
                 content.len(),
                 info.size
             ));
+        }
+        // The client checks the chunks against the published digest only
+        // when the object has one: one without it is not taken.
+        let digest = {
+            use base64::Engine as _;
+            use sha2::Digest as _;
+            format!("SHA-256={}", base64::engine::general_purpose::URL_SAFE.encode(sha2::Sha256::digest(&content)))
+        };
+        match info.digest.as_deref() {
+            Some(published) if published.trim_end_matches('=') == digest.trim_end_matches('=') => {}
+            Some(_) => return Err(format!("downloading {}: the content does not match its digest", self.describe())),
+            None => return Err(format!("{} has no digest to check it against; not used", self.describe())),
         }
         super::write_staged(staging, &content)?;
         let modified = info.modified.map(|m| format!(", published {m}")).unwrap_or_default();

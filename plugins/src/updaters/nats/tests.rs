@@ -99,3 +99,32 @@ async fn members_older_than_the_ttl_are_left_out() {
     let members = board.members().unwrap().await.unwrap();
     assert_eq!(members, [json!({"instance": "here"})]);
 }
+
+/// An object whose metadata carries no digest (written by another client,
+/// or tampered with) is not taken: the client checks the chunks only when
+/// there is a digest to check them against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_without_a_digest_is_refused() {
+    use base64::Engine as _;
+    let Some(nats) = NatsServer::start("an_object_without_a_digest_is_refused") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("rule.wasm");
+    let writer = runner(&nats.url, json!({}), &target);
+    // The bucket, made by a regular publish; then the object's metadata
+    // replaced by one without a digest over a chunk of other content.
+    writer.publish(b"version one").unwrap().await.unwrap();
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish("$O.test.C.forged", "tampered!!!".into()).await.unwrap().await.unwrap();
+    let meta = json!({
+        "name": "rule", "bucket": "test", "nuid": "forged", "size": 11, "chunks": 1,
+        "mtime": "2026-01-01T00:00:00Z",
+    });
+    let subject = format!("$O.test.M.{}", base64::engine::general_purpose::URL_SAFE.encode("rule"));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Rollup", "sub");
+    js.publish_with_headers(subject, headers, meta.to_string().into()).await.unwrap().await.unwrap();
+    let reader = runner(&nats.url, json!({}), &target);
+    let err = reader.fetch(&Validators::default(), &dir.path().join("staged")).await.unwrap_err();
+    assert!(err.contains("no digest"), "{err}");
+}
