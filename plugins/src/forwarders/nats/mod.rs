@@ -179,9 +179,17 @@ impl Forwarder for NatsForwarder {
                 .map_err(|e| ForwardError::Unavailable(format!("publishing to {subject:?}: {e}")))?;
             match tokio::time::timeout(timeout + Duration::from_millis(100), ack.into_future()).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(ForwardError::Unavailable(format!(
-                    "no publish acknowledgement from the stream for {subject:?}: {e}"
-                ))),
+                Ok(Err(e)) => {
+                    // No stream takes the subject (deleted since the
+                    // connection was made): connect again next time, which
+                    // creates it when `create_stream` says so.
+                    if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound {
+                        *self.conn.lock().await = Connection::NotYet;
+                    }
+                    Err(ForwardError::Unavailable(format!(
+                        "no publish acknowledgement from the stream for {subject:?}: {e}"
+                    )))
+                }
                 Err(_) => Err(ForwardError::Unavailable(format!(
                     "no publish acknowledgement within {} ms for {subject:?} (a resend may duplicate the batch)",
                     timeout.as_millis()

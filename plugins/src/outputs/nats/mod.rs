@@ -222,7 +222,15 @@ impl NatsSink {
                     }
                     continue;
                 }
-                Ok(Err(e)) => format!("no publish acknowledgement from the stream for {subject:?}: {e}"),
+                Ok(Err(e)) => {
+                    // No stream takes the subject (deleted since the
+                    // connection was made): connect again next round, which
+                    // creates it when `create_stream` says so.
+                    if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound {
+                        *self.conn.lock().await = None;
+                    }
+                    format!("no publish acknowledgement from the stream for {subject:?}: {e}")
+                }
                 Err(_) => format!("no publish acknowledgement within {} ms for {subject:?}", timeout.as_millis()),
             };
             for &i in indices {

@@ -200,3 +200,29 @@ async fn a_stream_with_a_smaller_message_limit_is_learned() {
     let messages = stream.info().await.unwrap().state.messages;
     assert!(messages >= 2, "{messages}");
 }
+
+/// The output's stream deleted under it (`create_stream` set): the round
+/// that finds no stream is retried, and the next connects again and
+/// creates it, instead of publishing to nothing until a restart.
+#[tokio::test]
+async fn a_deleted_stream_is_created_again() {
+    let Some(nats) = NatsServer::start("a_deleted_stream_is_created_again") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let options = json!({"subject": "out.events", "servers": [nats.url], "create_stream": "OUT", "timeout_ms": 1000});
+    let sink = build(&NatsOutput, options, dir.path());
+    let jsons = [json!({"n": 1}).to_string()];
+    let ev = events(&jsons);
+    let batch = |scope| SinkBatch { events: &ev, accepted_unix_ms: 0, id_scope: scope };
+    assert_eq!(sink.send(batch(1)).await.outcomes, [Outcome::Delivered]);
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    js.delete_stream("OUT").await.unwrap();
+    let mut delivered = false;
+    for round in 2..6 {
+        if sink.send(batch(round)).await.outcomes == [Outcome::Delivered] {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "the stream was not created again");
+    assert!(js.get_stream("OUT").await.is_ok());
+}
