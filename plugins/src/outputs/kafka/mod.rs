@@ -41,8 +41,12 @@ use super::pack::{message_id, pack};
 use crate::kafka::{KafkaConnection, LogContext};
 pub use options::KafkaOutputOptions;
 
-/// Room left in a message for its key, headers and record framing.
-const HEADER_ROOM: usize = 512;
+/// Room left in a message for its key, headers and record framing: the
+/// message id goes twice (key and `Enrichd-Msg-Id`), and with a cluster id,
+/// a 249-character topic, a partition and an offset in its origin it runs
+/// to ~400 bytes. 512 left a message packed to the limit over
+/// `message.max.bytes`, which librdkafka refuses (`MSG_SIZE_TOO_LARGE`).
+const HEADER_ROOM: usize = 1024;
 
 /// The `kafka` output kind.
 pub struct KafkaOutput;

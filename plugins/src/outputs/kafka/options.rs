@@ -18,8 +18,9 @@ pub struct KafkaOutputOptions {
     pub topic: Option<String>,
     /// Largest message body in bytes (default 1000000, Kafka's default
     /// `message.max.bytes`; at least 1024). Events are packed into messages
-    /// up to it; an event larger on its own is dead-lettered. Keep it
-    /// within the topic's `max.message.bytes`.
+    /// up to it; an event larger on its own is dead-lettered. Keep it 1 KiB
+    /// within the topic's `max.message.bytes` (the key and headers are
+    /// sent beside the body).
     pub max_message_bytes: usize,
 }
 

@@ -35,7 +35,7 @@ fn kafka_producer_guarantees_win_over_the_passthrough() {
     assert_eq!(config.get("enable.idempotence"), Some("true"));
     assert_eq!(config.get("acks"), Some("all"));
     assert_eq!(config.get("linger.ms"), Some("5"));
-    assert_eq!(config.get("message.max.bytes"), Some("4608"));
+    assert_eq!(config.get("message.max.bytes"), Some("5120"));
 }
 
 fn events(jsons: &[String], key: Option<&'static str>) -> Vec<OutEvent<'static>> {
