@@ -28,11 +28,7 @@ pub fn excerpt(s: &str, max: usize) -> Cow<'_, str> {
     if s.len() <= max {
         return Cow::Borrowed(s);
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}… ({} bytes in all)", &s[..end], s.len()))
+    Cow::Owned(format!("{}… ({} bytes in all)", &s[..s.floor_char_boundary(max)], s.len()))
 }
 
 /// `s` quoted and escaped like `{:?}`, at most [`EXCERPT_BYTES`] of it,
@@ -41,11 +37,7 @@ pub fn quote(s: &str) -> String {
     if s.len() <= EXCERPT_BYTES {
         return format!("{s:?}");
     }
-    let mut end = EXCERPT_BYTES;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{:?}… ({} bytes in all)", &s[..end], s.len())
+    format!("{:?}… ({} bytes in all)", &s[..s.floor_char_boundary(EXCERPT_BYTES)], s.len())
 }
 
 /// An error message capped at [`MESSAGE_BYTES`] (see [`excerpt`]).

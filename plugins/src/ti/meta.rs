@@ -242,7 +242,7 @@ impl<'a> Attrs<'a> {
                 // per distinct metadata: a feed's 8 KiB lines of control
                 // characters (6 bytes each, escaped) must not make each a
                 // 48 KiB tail.
-                push_json_str(out, cut(v, MAX_TEXT_BYTES));
+                push_json_str(out, &v[..v.floor_char_boundary(MAX_TEXT_BYTES)]);
             }
         }
         out.push('}');
@@ -378,18 +378,6 @@ pub fn format_time(t: i64) -> String {
 
 /// Longest description, feed name or URL kept with an indicator, bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
-
-/// `s` cut to at most `max` bytes, on a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
 
 /// Appends `s` as a JSON string literal.
 pub fn push_json_str(out: &mut String, s: &str) {
