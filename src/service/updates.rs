@@ -280,15 +280,19 @@ impl Lane {
     /// Where the updater writes: beside the target, so the swap is a
     /// rename within one directory.
     fn staging(&self) -> PathBuf {
-        let file = self.spec.target.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
-        self.spec.target.with_file_name(format!(".{file}.{}.update", self.spec.name))
+        self.beside_target("update")
     }
 
     /// Where the file an update replaces is kept until the stages have
     /// taken the new one (next to the target, like the staging file).
     fn last_good(&self) -> PathBuf {
+        self.beside_target("last-good")
+    }
+
+    /// `.<target file>.<entry name>.<what>` in the target's directory.
+    fn beside_target(&self, what: &str) -> PathBuf {
         let file = self.spec.target.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
-        self.spec.target.with_file_name(format!(".{file}.{}.last-good", self.spec.name))
+        self.spec.target.with_file_name(format!(".{file}.{}.{what}", self.spec.name))
     }
 
     fn view(&self) -> Value {
