@@ -135,8 +135,8 @@ impl NatsRunner {
     /// deleted and created again) number their messages from 1 alike; an
     /// origin of name and sequence alone would give their messages the same
     /// message ids downstream, where a stream's duplicate window would drop
-    /// the second as a repeat: silent loss.
-    /// The client comes along: its connection state is the source's.
+    /// the second as a repeat: silent loss. The client comes along too: its
+    /// connection state is the source's.
     async fn consumer(
         &self,
     ) -> anyhow::Result<(consumer::Consumer<consumer::pull::Config>, String, async_nats::Client)> {
@@ -203,48 +203,43 @@ impl NatsRunner {
             }
             let batch =
                 consumer.batch().max_messages(o.batch).expires(Duration::from_millis(o.fetch_wait_ms)).messages().await;
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(e) => {
-                    failures += 1;
-                    if failures >= 3 {
-                        return Some(format!("fetching from the consumer: {e}"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+            // A failed fetch, or a batch of nothing but errors (the durable
+            // consumer deleted, the stream recreated: every pull answers "no
+            // responders"): three in a row and the consumer is looked up
+            // again (and created, if allowed) after a pause, instead of
+            // pulling from a consumer that is gone, at once and for ever.
+            let failure = match batch {
+                Err(e) => Some(format!("fetching from the consumer: {e}")),
+                Ok(batch) => {
+                    let received = AtomicUsize::new(0);
+                    let last_error = std::sync::Mutex::new(None);
+                    batch
+                        .for_each_concurrent(o.concurrency, |message| async {
+                            match message {
+                                Ok(message) => {
+                                    received.fetch_add(1, Relaxed);
+                                    self.process(message, origin, ingest, &pause, stopping).await
+                                }
+                                Err(e) => {
+                                    let e = format!("receiving a message: {e}");
+                                    ingest.stats().set_error(&self.name, e.clone());
+                                    *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                                }
+                            }
+                        })
+                        .await;
+                    last_error.into_inner().unwrap_or_else(|p| p.into_inner()).filter(|_| received.load(Relaxed) == 0)
                 }
             };
-            // A batch of nothing but errors (the durable consumer deleted,
-            // the stream recreated: every pull answers "no responders") is
-            // a failed fetch too: three in a row and the consumer is looked
-            // up again (and created, if allowed) after a pause, instead of
-            // pulling from a consumer that is gone, at once and forever.
-            let received = AtomicUsize::new(0);
-            let last_error = std::sync::Mutex::new(None);
-            batch
-                .for_each_concurrent(o.concurrency, |message| async {
-                    match message {
-                        Ok(message) => {
-                            received.fetch_add(1, Relaxed);
-                            self.process(message, origin, ingest, &pause, stopping).await
-                        }
-                        Err(e) => {
-                            let e = format!("receiving a message: {e}");
-                            ingest.stats().set_error(&self.name, e.clone());
-                            *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                        }
-                    }
-                })
-                .await;
-            match last_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-                Some(e) if received.load(Relaxed) == 0 => {
+            match failure {
+                Some(e) => {
                     failures += 1;
                     if failures >= 3 {
                         return Some(e);
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                _ => failures = 0,
+                None => failures = 0,
             }
         }
         None
