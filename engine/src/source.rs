@@ -116,7 +116,7 @@ pub struct DeadMessage<'a> {
 /// A source's counters and state, read by the API view and the metrics.
 /// The source updates them; the core creates them and keeps them across
 /// reconfigurations.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SourceStats {
     /// Messages taken from the broker (redeliveries included).
     pub messages: AtomicU64,
@@ -137,6 +137,30 @@ pub struct SourceStats {
     /// Unix seconds of the last error (0: none), so a view can tell an
     /// old error from a current one.
     last_error_at: AtomicU64,
+    /// Messages waiting in the broker for this consumer, as last reported
+    /// ([`UNKNOWN_BACKLOG`]: not reported yet).
+    backlog: AtomicU64,
+}
+
+/// `SourceStats::backlog` before a source has reported one.
+const UNKNOWN_BACKLOG: u64 = u64::MAX;
+
+impl Default for SourceStats {
+    fn default() -> Self {
+        SourceStats {
+            messages: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            termed: AtomicU64::new(0),
+            nacked: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            last_error_at: AtomicU64::new(0),
+            backlog: AtomicU64::new(UNKNOWN_BACKLOG),
+        }
+    }
 }
 
 impl SourceStats {
@@ -179,6 +203,19 @@ impl SourceStats {
 
     pub fn connected(&self) -> bool {
         self.connected.load(Relaxed)
+    }
+
+    /// How many messages wait in the broker for this consumer (not yet
+    /// delivered to it: a stream's pending count, a partition's lag), as
+    /// the broker last said. What tells an operator that instances fall
+    /// behind, before anything is lost. `None`: not known (yet, or the
+    /// broker stopped saying).
+    pub fn set_backlog(&self, messages: Option<u64>) {
+        self.backlog.store(messages.unwrap_or(UNKNOWN_BACKLOG), Relaxed);
+    }
+
+    pub fn backlog(&self) -> Option<u64> {
+        Some(self.backlog.load(Relaxed)).filter(|&n| n != UNKNOWN_BACKLOG)
     }
 }
 

@@ -71,6 +71,8 @@ pub(crate) struct SourceReading {
     pub running: bool,
     /// The broker answers, as the source sees it now.
     pub connected: bool,
+    /// Messages waiting in the broker for the source (`None`: not known).
+    pub backlog: Option<u64>,
     pub messages: u64,
     pub events: u64,
     pub acked: u64,
@@ -511,6 +513,16 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
         "1 when the source's broker answers (connected, fetching); 0 during an outage.",
         MetricType::Gauge,
         per_source(&|s| Sample::Gauge(f64::from(u8::from(s.connected)))),
+    );
+    x.add(
+        "telemetry_source_backlog_messages",
+        "Messages waiting in the broker for each source (a stream consumer's pending count, the lag of a Kafka \
+         member's partitions), as the broker last said; absent while not known.",
+        MetricType::Gauge,
+        ctx.sources
+            .iter()
+            .filter_map(|s| Some((vec![("source", s.name.clone())], Sample::Gauge(s.backlog? as f64))))
+            .collect(),
     );
     let per_update = |f: &dyn Fn(&UpdateReading) -> Sample| -> Vec<(Labels, Sample)> {
         ctx.updates.iter().map(|u| (vec![("updater", u.name.clone())], f(u))).collect()

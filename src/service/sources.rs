@@ -344,6 +344,9 @@ impl Sources {
                     // Whether the broker answers now; `last_error` may be
                     // an old one (`last_error_at` says when).
                     "connected": state == "running" && s.connected(),
+                    // Messages waiting in the broker for this source, as
+                    // the broker last said (`null`: not known).
+                    "backlog": s.backlog().filter(|_| state == "running"),
                     "last_error": s.last_error(),
                     "last_error_at": (s.last_error_at() > 0)
                         .then(|| enrichd_engine::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(s.last_error_at()))),
@@ -369,6 +372,7 @@ impl Sources {
                     enabled: summary.iter().any(|(spec, l)| spec.enabled && Arc::ptr_eq(l, lane)),
                     running: s.running(),
                     connected: s.running() && s.connected(),
+                    backlog: s.backlog().filter(|_| s.running()),
                     messages: s.messages.load(Relaxed),
                     events: s.events.load(Relaxed),
                     acked: s.acked.load(Relaxed),

@@ -169,6 +169,9 @@ impl KafkaRunner {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
+            // The partitions' lag, for the source's backlog (see
+            // `GroupContext::stats_raw`).
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
             .set(
                 "auto.offset.reset",
                 match o.start_at {
@@ -178,6 +181,7 @@ impl KafkaRunner {
             );
         let (name, errors) = (self.name.clone(), ingest.clone());
         let context = GroupContext {
+            ingest: ingest.clone(),
             log: LogContext {
                 name: self.name.clone(),
                 on_error: Box::new(move |e| {
@@ -426,6 +430,67 @@ fn set_paused(consumer: &GroupConsumer, pause: bool) -> bool {
 /// those messages again.
 struct GroupContext {
     log: LogContext,
+    /// Whose backlog the statistics report.
+    ingest: Arc<dyn Ingest>,
+}
+
+/// How often librdkafka reports statistics (the backlog's freshness).
+const STATISTICS_INTERVAL_MS: &str = "1000";
+
+/// The little of librdkafka's statistics (`STATISTICS.md`) the backlog
+/// needs; read by hand rather than into rdkafka's full `Statistics`, whose
+/// every field must match the library's version.
+#[derive(serde::Deserialize)]
+struct GroupStatistics {
+    #[serde(default)]
+    topics: std::collections::HashMap<String, TopicStatistics>,
+    cgrp: Option<GroupState>,
+}
+
+#[derive(serde::Deserialize)]
+struct TopicStatistics {
+    #[serde(default)]
+    partitions: std::collections::HashMap<String, PartitionStatistics>,
+}
+
+#[derive(serde::Deserialize)]
+struct PartitionStatistics {
+    partition: i32,
+    /// High watermark minus the consumer's position; -1 when unknown
+    /// (not assigned here, nothing fetched yet).
+    #[serde(default = "unknown_lag")]
+    consumer_lag: i64,
+}
+
+fn unknown_lag() -> i64 {
+    -1
+}
+
+#[derive(serde::Deserialize)]
+struct GroupState {
+    /// `up` once the coordinator answers.
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    assignment_size: i64,
+}
+
+impl GroupStatistics {
+    /// Messages waiting in this member's partitions: `Some(0)` with no
+    /// partition assigned, `None` before the group answers or while no
+    /// assigned partition's lag is known yet.
+    fn backlog(&self) -> Option<u64> {
+        let group = self.cgrp.as_ref().filter(|g| g.state == "up")?;
+        let lags = self.topics.values().flat_map(|t| t.partitions.values());
+        // Partition -1 is librdkafka's internal "unassigned" one.
+        let known = lags.filter(|p| p.partition >= 0 && p.consumer_lag >= 0).map(|p| p.consumer_lag as u64);
+        let (count, sum) = known.fold((0, 0u64), |(n, sum), lag| (n + 1, sum.saturating_add(lag)));
+        match group.assignment_size {
+            0 => Some(0),
+            _ if count == 0 => None,
+            _ => Some(sum),
+        }
+    }
 }
 
 impl rdkafka::ClientContext for GroupContext {
@@ -435,6 +500,11 @@ impl rdkafka::ClientContext for GroupContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.log.error(error, reason);
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        let backlog = serde_json::from_slice::<GroupStatistics>(statistics).ok().and_then(|s| s.backlog());
+        self.ingest.stats().set_backlog(backlog);
     }
 }
 

@@ -228,3 +228,60 @@ async fn kafka_source_stops_while_refused_without_committing_the_held_message() 
     // passed), not the one still refused: it is redelivered.
     assert_eq!(committed(&brokers, "g", "raw"), 1);
 }
+
+/// The backlog from librdkafka's statistics (the shape of its
+/// STATISTICS.md, trimmed): the lag of the partitions this member holds,
+/// not of the internal partition -1 nor of partitions it does not hold.
+#[test]
+fn the_backlog_is_the_lag_of_the_assigned_partitions() {
+    let stats = |state: &str, assigned: i64, lags: &[(i32, i64)]| {
+        let partitions: Map<String, Value> = lags
+            .iter()
+            .map(|(p, lag)| (p.to_string(), json!({"partition": p, "consumer_lag": lag, "fetch_state": "active"})))
+            .collect();
+        let doc = json!({
+            "name": "rdkafka#consumer-1", "type": "consumer",
+            "topics": {"raw": {"topic": "raw", "partitions": partitions}},
+            "cgrp": {"state": state, "join_state": "steady", "assignment_size": assigned},
+        });
+        serde_json::from_value::<GroupStatistics>(doc).unwrap().backlog()
+    };
+    assert_eq!(stats("up", 2, &[(0, 7), (1, 5), (2, -1), (-1, 40)]), Some(12));
+    assert_eq!(stats("up", 1, &[(0, -1), (-1, 3)]), None, "assigned, nothing known yet");
+    assert_eq!(stats("up", 0, &[(0, -1)]), Some(0), "no partition here: nothing waits for it");
+    assert_eq!(stats("wait-coord", 0, &[]), None, "the group has not answered");
+    let bare = serde_json::from_value::<GroupStatistics>(json!({"name": "c", "type": "consumer"})).unwrap();
+    assert_eq!(bare.backlog(), None);
+}
+
+/// The backlog a running member reports: none once everything it was
+/// given is accepted and committed. (librdkafka hands its statistics over
+/// when the consumer is polled, which it is not while a message is held:
+/// a number during a long refusal is the last one from before it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source_reports_its_backlog() {
+    let test = "kafka_source_reports_its_backlog";
+    let Some(broker) = KafkaBroker::start(test) else { return };
+    let brokers = broker.address.clone();
+    create_topic(&brokers, "raw", 1).await;
+    for body in ["good1", "good2", "good3"] {
+        produce(&brokers, "raw", body.as_bytes(), &[]).await;
+    }
+    let options = json!({"brokers": [brokers], "topics": ["raw"], "group_id": "g", "commit_interval_ms": 0});
+    let ingest = Arc::new(Scripted::default());
+    assert_eq!(ingest.stats.backlog(), None, "unknown before the group answers");
+    let (stop, task) = start(options, ingest.clone());
+    wait_accepted(&ingest, 3).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ingest.stats.backlog() != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backlog {:?}; last error {:?}",
+            ingest.stats.backlog(),
+            ingest.stats.last_error()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task).await.expect("stops promptly").unwrap();
+}

@@ -83,6 +83,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest pause after a refusal for backpressure.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
+/// How often an idle source asks the server for its consumer's backlog.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a stopping source may take to finish the batch in hand.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -124,6 +127,7 @@ impl NatsRunner {
                 Err(e) => stats.set_error(&self.name, format!("{e:#}")),
             }
             stats.set_connected(false);
+            stats.set_backlog(None);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -188,6 +192,7 @@ impl NatsRunner {
         let o = &self.options;
         let pause = Pause::default();
         let mut failures = 0;
+        let mut backlog_asked: Option<Instant> = None;
         while !stopping.load(Relaxed) {
             // A fetch during an outage just ends on its timer, without an
             // error: the client's own state says whether the server answers.
@@ -196,6 +201,9 @@ impl NatsRunner {
                 ingest.stats().set_error(&self.name, "disconnected from the NATS server; reconnecting");
             }
             ingest.stats().set_connected(connected);
+            if !connected {
+                ingest.stats().set_backlog(None);
+            }
             // Backpressure: no new messages until the pause is over.
             if let Some(wait) = pause.remaining() {
                 tokio::time::sleep(wait).await;
@@ -228,7 +236,19 @@ impl NatsRunner {
                             }
                         })
                         .await;
-                    last_error.into_inner().unwrap_or_else(|p| p.into_inner()).filter(|_| received.load(Relaxed) == 0)
+                    let received = received.load(Relaxed);
+                    if received == 0 && connected && backlog_asked.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY) {
+                        // Nothing came: messages delivered tell the backlog
+                        // as they come, an empty fetch does not (other
+                        // instances may hold every message the consumer
+                        // lets out), so the server is asked.
+                        backlog_asked = Some(Instant::now());
+                        let info = tokio::time::timeout(BACKLOG_EVERY, consumer.get_info()).await;
+                        if let Ok(Ok(info)) = info {
+                            ingest.stats().set_backlog(Some(info.num_pending));
+                        }
+                    }
+                    last_error.into_inner().unwrap_or_else(|p| p.into_inner()).filter(|_| received == 0)
                 }
             };
             match failure {
@@ -256,8 +276,12 @@ impl NatsRunner {
     ) {
         let stats = ingest.stats();
         SourceStats::count(&stats.messages, 1);
-        let info = message.info().ok().map(|i| (i.stream_sequence, i.delivered));
-        let (stream_seq, delivered) = info.unwrap_or((0, 1));
+        let info = message.info().ok().map(|i| (i.stream_sequence, i.delivered, i.pending));
+        let (stream_seq, delivered) = info.map_or((0, 1), |(seq, delivered, _)| (seq, delivered));
+        if let Some((_, _, pending)) = info {
+            // What the stream still holds for the consumer beyond this one.
+            stats.set_backlog(Some(pending));
+        }
         if delivered > 1 {
             SourceStats::count(&stats.redelivered, 1);
         }

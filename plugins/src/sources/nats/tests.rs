@@ -187,3 +187,63 @@ async fn messages_are_acked_termed_or_given_back_as_the_core_answers() {
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops promptly").unwrap();
 }
+
+/// The backlog the source reports: what the stream holds for its consumer
+/// while a message is refused, nothing once all are accepted (asked of the
+/// server when a fetch brings nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_reports_its_backlog() {
+    let Some(nats) = NatsServer::start("the_source_reports_its_backlog") else { return };
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    js.create_stream(jetstream::stream::Config {
+        name: "RAW".into(),
+        subjects: vec!["raw.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for body in ["full", "good1", "good2", "good3", "good4", "good5"] {
+        js.publish("raw.x", body.into()).await.unwrap().await.unwrap();
+    }
+    let options =
+        json!({"servers": [nats.url], "stream": "RAW", "subjects": ["raw.>"], "batch": 1, "fetch_wait_ms": 200});
+    let options: Map<String, Value> = serde_json::from_value(options).unwrap();
+    assert!(NatsSource.check(&options).is_empty(), "{:?}", NatsSource.check(&options));
+    let ctx = SourceContext { name: "nats".into(), base_dir: std::env::temp_dir() };
+    let runner = Factory::build(&NatsSource, &options, &ctx).unwrap();
+    let ingest = Arc::new(Scripted { full_refusals: Mutex::new(u32::MAX), ..Default::default() });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(
+        ingest.clone(),
+        Box::pin(async move {
+            let _ = stop_rx.await;
+        }),
+    ));
+    let backlog_becomes = |want: std::ops::RangeInclusive<u64>| {
+        let ingest = ingest.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while !ingest.stats.backlog().is_some_and(|n| want.contains(&n)) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "backlog {:?}, not {want:?}; last error {:?}",
+                    ingest.stats.backlog(),
+                    ingest.stats.last_error()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // `full` is refused and given back: the five behind it wait (one of
+    // them may be taken before `full` comes again).
+    backlog_becomes(4..=5).await;
+    *ingest.full_refusals.lock().unwrap() = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while ingest.accepted.lock().unwrap().len() < 6 {
+        assert!(std::time::Instant::now() < deadline, "accepted: {:?}", ingest.accepted.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    backlog_becomes(0..=0).await;
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops promptly").unwrap();
+}
