@@ -109,7 +109,7 @@ pub(crate) async fn serve(
             Err(_) => match server.evict_one() {
                 Some(handoff) => Err(handoff),
                 None => {
-                    refuse(stream, limits.max_connections);
+                    refuse(stream, limits.max_connections, tls.is_some());
                     continue;
                 }
             },
@@ -126,7 +126,7 @@ pub(crate) async fn serve(
                 Ok(permit) => permit,
                 Err(handoff) => match tokio::time::timeout(EVICTION_WAIT, handoff).await {
                     Ok(Ok(permit)) => permit,
-                    _ => return refuse(stream, server.limits.max_connections),
+                    _ => return refuse(stream, server.limits.max_connections, tls.is_some()),
                 },
             };
             let conn = server.register();
@@ -135,13 +135,21 @@ pub(crate) async fn serve(
                 Some(tls) => {
                     // The handshake is part of the request head's time: a
                     // client that stalls in it is cut off like a slow head.
+                    // A connection at the cap may be evicted before it
+                    // has said anything: one that never starts its
+                    // handshake is the cheapest to hoard, so it must give
+                    // its place up at once, as an idle one does.
                     let acceptor = tls.acceptor();
-                    match tokio::time::timeout(server.limits.header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            serve_connection(stream, conn.clone(), peer, &server, &http, router, watcher).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    let handshake = tokio::time::timeout(server.limits.header_timeout, acceptor.accept(stream));
+                    tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(stream)) => {
+                                serve_connection(stream, conn.clone(), peer, &server, &http, router, watcher).await
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
+                        () = conn.evict.notified() => tracing::debug!(%peer, "evicted during its TLS handshake"),
                     }
                 }
             }
@@ -396,7 +404,12 @@ fn ms_since(epoch: Instant) -> u64 {
 
 /// Over the cap with nothing to evict: a JSON 503, written without waiting
 /// (a client that does not read gets nothing), then close.
-fn refuse(stream: TcpStream, cap: usize) {
+fn refuse(stream: TcpStream, cap: usize, tls: bool) {
+    if tls {
+        // A TLS client would read a plain-text answer as a broken
+        // handshake: closing says as much, and costs nothing.
+        return;
+    }
     let body = serde_json::json!({
         "error": "too_many_connections",
         "detail": format!("the server is at its connection limit ({cap}, server.max_connections) with every connection in a request; retry shortly"),

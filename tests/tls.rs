@@ -167,6 +167,62 @@ fn https_with_client_certificates_rotates_and_keeps_the_last_good_pair() {
     }
 }
 
+/// A test CA and a server certificate in `dir`.
+fn ca_and_server(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=enrichd test CA",
+        ],
+    );
+    issue(dir, "server", "enrichd-1", "serverAuth");
+}
+
+/// Sockets that never start their handshake, as many as the connection
+/// cap, do not lock HTTPS clients out: each newcomer evicts one at once
+/// (before, a stalled handshake ignored eviction, and newcomers were
+/// refused until `header_timeout_s` ended it), and nothing in plain text
+/// is written to a TLS client.
+#[test]
+fn silent_sockets_at_the_cap_do_not_lock_https_clients_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    ca_and_server(tmp.path());
+    let config = format!(
+        "[server]\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\nmax_connections = 4\nheader_timeout_s = 30\n\
+         [auth]\napi_keys = [\"{KEY}\"]\n[reload]\nwatch = false\n\n{}",
+        common::test_chain()
+    );
+    let config_path = tmp.path().join("config.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let s = Server::start_file(&config_path, &[], tmp);
+    let dir = s.dir.path();
+    let address = s.base.trim_start_matches("https://").to_string();
+    let hoard: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&address).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let out = curl(dir, &s.url("/v1/health"), &[]);
+        assert!(out.status.success(), "refused at the cap: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"status":"ok"}"#);
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    }
+    drop(hoard);
+}
+
 #[test]
 fn tls_settings_that_cannot_work_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
