@@ -142,13 +142,18 @@ impl Config {
     pub fn parse_sections<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let key = e.span().and_then(|s| key_at(text, s.start));
+            // serde quotes the value it refused (`invalid type: string
+            // "…"`); in a secret setting that value is the secret, and
+            // these errors reach logs and read-only API keys.
+            let secret = e.span().is_some_and(|s| in_secret_setting(text, s.start, key.as_deref()));
+            let said = if secret { unquote(e.message()) } else { e.message().to_string() };
             ConfigError {
                 location: Location { path: path.to_path_buf(), line: e.span().map(|s| line_of(text, s.start)) },
                 // serde's type errors name the expected type, not the key:
                 // `expected u64` alone does not say which setting.
                 message: match key {
-                    Some(key) if !e.message().contains(&format!("`{key}`")) => format!("{key}: {}", e.message()),
-                    _ => e.message().to_string(),
+                    Some(key) if !said.contains(&format!("`{key}`")) => format!("{key}: {said}"),
+                    _ => said,
                 },
             }
         })
@@ -248,6 +253,34 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     })
 }
 
+/// Whether the error at `offset` concerns a setting that may hold a
+/// secret: anything in `[auth]` (keys, digests), or a key named like one.
+fn in_secret_setting(text: &str, offset: usize, key: Option<&str>) -> bool {
+    let offset = offset.min(text.len());
+    let table = text[..offset].lines().rev().map(str::trim).find(|l| l.starts_with('['));
+    let in_auth = table.is_some_and(|t| t.trim_start_matches('[').starts_with("auth"));
+    let named = key.and_then(|k| k.rsplit([' ', '.']).next()).is_some_and(|name| {
+        let name = name.to_ascii_lowercase();
+        ["key", "keys", "password", "token", "secret", "sha256"].iter().any(|s| name.ends_with(s))
+    });
+    in_auth || named
+}
+
+/// `message` with every double-quoted part replaced by `"…"`.
+fn unquote(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    out.push_str(parts.next().unwrap_or_default());
+    for (i, part) in parts.enumerate() {
+        // Odd parts are inside quotes.
+        out.push_str(if i % 2 == 0 { "\"…" } else { "\"" });
+        if i % 2 == 1 {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
@@ -259,6 +292,41 @@ fn parse_bool(s: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A secret given with the wrong type is not quoted back: these errors
+    /// go to logs and to read-only API keys (`last_config_error`).
+    #[test]
+    fn errors_in_secret_settings_do_not_quote_the_value() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Auth {
+            auth: Keys,
+            output: Option<Vec<Creds>>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Keys {
+            admin_keys: Vec<String>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Creds {
+            batch_max: Option<u32>,
+            password: Option<Vec<String>>,
+        }
+        let error = |text: &str| Config::parse_sections::<Auth>(text, Path::new("c.toml")).unwrap_err().message;
+        let e = error("[auth]\nadmin_keys = \"s3cr3t-admin\"\n");
+        assert!(!e.contains("s3cr3t"), "{e}");
+        assert!(e.contains("admin_keys") && e.contains("expected a sequence"), "{e}");
+        let e = error("[auth]\nadmin_keys = [\n  \"fine\",\n  \"s3cr3t\" \"\n]\n");
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let e = error("[auth]\nadmin_keys = []\n[[output]]\npassword = \"hunter2\"\n");
+        assert!(!e.contains("hunter2"), "{e}");
+        // Other settings still say what they refused.
+        let e = error("[auth]\nadmin_keys = []\n[[output]]\nbatch_max = \"lots\"\n");
+        assert!(e.contains("\"lots\""), "{e}");
+        assert_eq!(unquote(r#"a "b" c "d"#), r#"a "…" c "…"#);
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[allow(dead_code)]

@@ -104,8 +104,23 @@ impl AuthConfig {
                     }
                 }
                 (None, Some(var)) => {
+                    // A key pasted where its variable's name belongs must
+                    // not be echoed into logs and `last_config_error`: the
+                    // name is shown only when it looks like one (upper case,
+                    // as variables are named; generated keys are lower-case
+                    // hex).
+                    let shown = var.len() <= 64
+                        && var.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+                        && var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
                     if env(var).is_none_or(|v| v.trim().is_empty()) {
-                        problems.push(format!("{at}: key_env names {var}, which is not set"));
+                        problems.push(if shown {
+                            format!("{at}: key_env names {var}, which is not set")
+                        } else {
+                            format!(
+                                "{at}: key_env names a variable that is not set (its name is not shown: it does not \
+                                 look like a variable's name, and may be the key itself)"
+                            )
+                        });
                     }
                 }
                 _ => problems.push(format!("{at}: set exactly one of sha256 and key_env")),
@@ -283,6 +298,28 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(name, value.parse().unwrap());
         h
+    }
+
+    /// A key pasted into `key_env` is not echoed; a variable's name is.
+    #[test]
+    fn key_env_problems_do_not_echo_a_pasted_key() {
+        let entry = |var: &str| AuthConfig {
+            keys: vec![ScopedKey {
+                name: "c".into(),
+                sha256: None,
+                key_env: Some(var.into()),
+                scopes: vec![Scope::Ingest],
+            }],
+            ..Default::default()
+        };
+        let pasted = "enr_9f86d081884c7d659a2feaa0c55ad015";
+        let problems = entry(pasted).check(&|_| None);
+        assert_eq!(problems.len(), 1);
+        assert!(!problems[0].contains("9f86d081"), "{problems:?}");
+        assert!(problems[0].contains("not set"), "{problems:?}");
+        let problems = entry("COLLECTOR_KEY").check(&|_| None);
+        assert!(problems[0].contains("COLLECTOR_KEY, which is not set"), "{problems:?}");
+        assert!(entry(pasted).check(&|_| Some("x".into())).is_empty(), "a set variable is fine whatever its name");
     }
 
     #[test]
