@@ -491,4 +491,21 @@ fn rate_limits_refuse_with_429_and_retry_after_per_key_and_per_address() {
     assert!(refusal.header("retry-after").is_some());
     let after = get_as(&s, "/metrics", None).text;
     assert!(after.contains("telemetry_rate_limited_total{by=\"address\"} "), "{after}");
+    drop(s);
+
+    // Wrong keys are charged to the address even where probes are free:
+    // `/v1/health/details` checks keys, and guessing there was unlimited.
+    let s = Server::start_with(&config("rate_limit_per_address = 3\nrate_limit_burst_s = 1"), &[]);
+    let mut refused = None;
+    for _ in 0..10 {
+        let r = get_as(&s, "/v1/health/details", Some("a-guess"));
+        if r.status == 429 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 401, "{}", r.text);
+    }
+    let refusal = refused.expect("ten wrong keys at /v1/health/details and no 429");
+    assert_eq!(assert_json_error(&refusal, 429, "rate_limited")["limited_by"], "address");
+    assert_eq!(get_as(&s, "/v1/health", None).status, 200, "anonymous probes stay free");
 }

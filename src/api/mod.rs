@@ -179,8 +179,12 @@ fn rate_limited(state: &AppState, request: &Request, group: RouteGroup) -> Optio
     }
     let headers = request.headers();
     let key = state.caller(headers);
-    // Probes and scrapers are not held to an address's budget.
-    let address = (!matches!(group, RouteGroup::Health | RouteGroup::Metrics))
+    // Probes and scrapers are not held to an address's budget, unless
+    // they present a key that is not one: `/v1/health/details` and the
+    // metrics check keys, and wrong ones must not be guessed at full speed.
+    let presented = headers.contains_key(axum::http::header::AUTHORIZATION) || headers.contains_key("x-api-key");
+    let probe = matches!(group, RouteGroup::Health | RouteGroup::Metrics) && (key.is_some() || !presented);
+    let address = (!probe)
         .then(|| request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()))
         .flatten();
     let (by, wait) = state.rate_limits.check(key.as_ref().map(|k| &k.0), address).err()?;
