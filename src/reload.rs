@@ -144,6 +144,7 @@ fn finish(state: &AppState, config: Option<Value>, stages: ReloadReport) -> Valu
 /// Re-reads the configuration file and applies its chain entries.
 /// `None` when the file did not change what the chain is built from.
 fn reload_config(state: &AppState, actor: Actor, key_id: Option<&str>) -> Option<Value> {
+    let _one_at_a_time = state.config_reloads.lock().unwrap_or_else(|e| e.into_inner());
     let loaded = ServiceConfig::load(state.config.path()).and_then(|mut c| {
         c.apply_env(state.engine.registry(), |name| std::env::var(name).ok())?;
         state.overrides.apply(&mut c);
@@ -192,32 +193,27 @@ fn reload_config(state: &AppState, actor: Actor, key_id: Option<&str>) -> Option
     if config.ingest != running.ingest || config.forwards != running.forwards {
         needs_restart.push("forward".to_string());
     }
-    // Outputs first: a bad `[[output]]` refuses the whole file, like a bad
-    // chain entry (keep-last-good), before the chain changes.
+    // Outputs, then sources, then the chain; whatever fails refuses the
+    // whole file (keep-last-good), and what went live before it is put
+    // back: a file is never half applied (say, a new output delivering
+    // while the answer says "rejected" and the next reload, seeing no
+    // change, never revisiting it).
     let previous_outputs = state.delivery.config_entries();
-    if config.outputs != previous_outputs {
-        state.delivery.set_config_entries(config.outputs.clone());
-        // Called on the watcher's thread or a blocking one: never inside
-        // the async context, so blocking on the runtime is allowed.
-        let applied = match state.delivery.runtime() {
-            Some(rt) => rt.block_on(crate::service::reconcile_outputs(state)),
-            None => Err("outputs are not running yet".to_string()),
-        };
-        if let Err(e) = applied {
-            state.delivery.set_config_entries(previous_outputs);
+    let outputs_changed = config.outputs != previous_outputs;
+    if outputs_changed {
+        if let Err(e) = set_outputs(state, config.outputs.clone()) {
+            restore_outputs(state, previous_outputs);
             return Some(config_refused(state, format!("{}: outputs: {e}", config.path().display())));
         }
     }
-    // Sources next, the same way (keep-last-good as a whole).
     let previous_sources = state.sources.entries();
-    if config.sources != previous_sources {
-        state.sources.set_entries(config.sources.clone());
-        let applied = match state.delivery.runtime() {
-            Some(rt) => rt.block_on(crate::service::sources::reconcile(state)),
-            None => Err("sources are not running yet".to_string()),
-        };
-        if let Err(e) = applied {
-            state.sources.set_entries(previous_sources);
+    let sources_changed = config.sources != previous_sources;
+    if sources_changed {
+        if let Err(e) = set_sources(state, config.sources.clone()) {
+            restore_sources(state, previous_sources);
+            if outputs_changed {
+                restore_outputs(state, previous_outputs);
+            }
             return Some(config_refused(state, format!("{}: sources: {e}", config.path().display())));
         }
     }
@@ -236,7 +232,48 @@ fn reload_config(state: &AppState, actor: Actor, key_id: Option<&str>) -> Option
             });
             Some(json!({ "outcome": if report.swapped { "applied" } else { "unchanged" }, "stages": report.stages }))
         }
-        Err(e) => Some(config_refused(state, e.to_string())),
+        Err(e) => {
+            if sources_changed {
+                restore_sources(state, previous_sources);
+            }
+            if outputs_changed {
+                restore_outputs(state, previous_outputs);
+            }
+            Some(config_refused(state, e.to_string()))
+        }
+    }
+}
+
+/// Makes `entries` the file's outputs and starts, stops or reconfigures
+/// outputs to match. Called on the watcher's thread or a blocking one:
+/// never inside the async context, so blocking on the runtime is allowed.
+fn set_outputs(state: &AppState, entries: Vec<crate::delivery::options::OutputEntry>) -> Result<(), String> {
+    state.delivery.set_config_entries(entries);
+    match state.delivery.runtime() {
+        Some(rt) => rt.block_on(crate::service::reconcile_outputs(state)),
+        None => Err("outputs are not running yet".to_string()),
+    }
+}
+
+/// Puts the outputs that ran before a refused file back.
+fn restore_outputs(state: &AppState, previous: Vec<crate::delivery::options::OutputEntry>) {
+    if let Err(e) = set_outputs(state, previous) {
+        tracing::error!(error = %e, "putting the previous outputs back after a refused configuration");
+    }
+}
+
+/// [`set_outputs`] for `[[source]]` entries.
+fn set_sources(state: &AppState, entries: Vec<crate::service::sources::SourceEntry>) -> Result<(), String> {
+    state.sources.set_entries(entries);
+    match state.delivery.runtime() {
+        Some(rt) => rt.block_on(crate::service::sources::reconcile(state)),
+        None => Err("sources are not running yet".to_string()),
+    }
+}
+
+fn restore_sources(state: &AppState, previous: Vec<crate::service::sources::SourceEntry>) {
+    if let Err(e) = set_sources(state, previous) {
+        tracing::error!(error = %e, "putting the previous sources back after a refused configuration");
     }
 }
 

@@ -462,6 +462,20 @@ fn config_outputs_reload_and_the_file_output() {
         s.get_auth("/v1/enrichers").json()["reload"]["last_config_error"].as_str().is_some_and(|e| e.contains("nope"))
     });
     assert_eq!(s.get_auth("/v1/outputs/second").status, 200, "keep-last-good");
+    // A good new output beside a bad chain entry: refused whole, the new
+    // output is not left delivering (it was, under a \"rejected\" answer).
+    let reloads = |s: &Server| s.get_auth("/v1/enrichers").json()["reload"]["config_reload_failures"].as_u64();
+    let failures = reloads(&s);
+    std::fs::write(
+        &path,
+        format!("{head}{}{}{}\n[[chain]]\nplugin = \"nope\"\n", entry("first"), entry("third"), common::test_chain()),
+    )
+    .unwrap();
+    common::wait_for("the refusal", Duration::from_secs(15), || reloads(&s) > failures);
+    let r = s.get_auth("/v1/enrichers").json();
+    assert!(r["reload"]["last_config_error"].as_str().is_some_and(|e| e.contains("nope")), "{r}");
+    assert_eq!(s.get_auth("/v1/outputs/third").status, 404, "a refused file's output went live");
+    assert_eq!(s.get_auth("/v1/outputs/second").status, 200, "the running outputs stay");
 
     let old = tempfile::tempdir().unwrap();
     let old_path = old.path().join("config.toml");

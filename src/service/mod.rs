@@ -62,6 +62,10 @@ pub(crate) struct AppState {
     /// Serializes the plugins' mutating admin calls (`PUT`/`DELETE` on an
     /// admin resource) and the reloads that make them live.
     pub admin_changes: std::sync::Mutex<()>,
+    /// Serializes configuration reloads (the watcher, SIGHUP, the API and
+    /// updaters all reload): one file's outputs, sources and chain go live
+    /// together or not at all, never interleaved with another reload's.
+    pub config_reloads: std::sync::Mutex<()>,
     /// The outputs enriched events are delivered to.
     pub delivery: Arc<crate::delivery::Delivery>,
     /// The running `[[source]]` entries.
@@ -129,6 +133,7 @@ impl AppState {
             reload,
             overrides: Default::default(),
             admin_changes: Default::default(),
+            config_reloads: Default::default(),
             delivery: Arc::new(crate::delivery::Delivery::new(&state_dir, &base_dir)),
             sources: sources::Sources::new(state_dir.clone(), base_dir.clone()),
             updates: updates::Updates::default(),
