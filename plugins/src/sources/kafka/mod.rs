@@ -8,7 +8,7 @@
 //! |------------------------|-------------------------------------------|-----|
 //! | accepted               | offset stored, committed within `commit_interval_ms` | every enabled output holds the events as durably as it promises |
 //! | bad input (4xx)        | dead-lettered, offset stored (committed past) | it would fail again: never a redelivery loop |
-//! | backpressure / outage  | held, partitions paused, the same message retried after a growing pause | not the message's fault; nothing new is fetched meanwhile |
+//! | backpressure / outage  | held, partitions paused, the same message retried after a growing pause (the consumer is still polled) | not the message's fault; nothing new is fetched meanwhile |
 //!
 //! Kafka's unit of acknowledgement is a partition's *position*, not a
 //! message: committing offset `n` settles everything before it. So the
@@ -33,8 +33,10 @@
 //! Why `StreamConsumer` (librdkafka's own threads, awaited from tokio)
 //! rather than a `BaseConsumer` on a blocking thread: the source waits on
 //! `Ingest::submit` (async) between messages, and librdkafka already
-//! runs the group protocol (heartbeats, rebalances) on its own threads, so
-//! no thread of ours has to poll. The blocking calls (the final
+//! runs the group protocol (heartbeats, rebalances) on its own threads.
+//! It still has to be polled at least every `max.poll.interval.ms`, or the
+//! member is counted as failed, so a held message is waited on while
+//! polling (`hold`). The blocking calls (the final
 //! synchronous commit, closing the consumer, which leaves the group) run
 //! on tokio's blocking pool.
 //!
@@ -45,6 +47,7 @@ mod options;
 #[cfg(test)]
 mod tests;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -218,11 +221,17 @@ impl KafkaRunner {
             _ = stopped.changed() => return,
             cluster = self.cluster(&consumer, stats) => cluster,
         };
+        // Messages that arrived while one was held (see `hold`), next in
+        // line before anything new.
+        let mut early = VecDeque::new();
         loop {
-            let received = tokio::select! {
-                biased;
-                _ = stopped.changed() => break,
-                received = tokio::time::timeout(tick, consumer.recv()) => received,
+            let received = match early.pop_front() {
+                Some(message) => Ok(Ok(message)),
+                None => tokio::select! {
+                    biased;
+                    _ = stopped.changed() => break,
+                    received = tokio::time::timeout(tick, consumer.recv()) => received,
+                },
             };
             match received {
                 Err(_idle) => {}
@@ -237,7 +246,7 @@ impl KafkaRunner {
                 Ok(Ok(message)) => {
                     failures = 0;
                     stats.set_connected(true);
-                    match self.process(&consumer, &cluster, &message, ingest, &mut stopped).await {
+                    match self.process(&consumer, &cluster, &message, ingest, &mut stopped, &mut early).await {
                         Settled::Stored => (dirty, stored_any) = (true, true),
                         Settled::Stopped => break,
                     }
@@ -294,13 +303,14 @@ impl KafkaRunner {
     }
 
     /// One message: submit (again while refused), then settle it.
-    async fn process(
+    async fn process<'c>(
         &self,
-        consumer: &GroupConsumer,
+        consumer: &'c GroupConsumer,
         cluster: &str,
-        message: &BorrowedMessage<'_>,
+        message: &BorrowedMessage<'c>,
         ingest: &Arc<dyn Ingest>,
         stopped: &mut watch::Receiver<bool>,
+        early: &mut VecDeque<BorrowedMessage<'c>>,
     ) -> Settled {
         let stats = ingest.stats();
         SourceStats::count(&stats.messages, 1);
@@ -356,9 +366,8 @@ impl KafkaRunner {
                     if !paused {
                         paused = set_paused(consumer, true);
                     }
-                    tokio::select! {
-                        _ = stopped.changed() => break Settled::Stopped,
-                        _ = tokio::time::sleep(wait) => {}
+                    if hold(consumer, wait, stopped, early, stats, &self.name).await.is_err() {
+                        break Settled::Stopped;
                     }
                 }
             }
@@ -404,6 +413,42 @@ impl KafkaRunner {
                     message.partition()
                 ),
             );
+        }
+    }
+}
+
+/// Waits `wait` with a message held, polling the consumer meanwhile:
+/// librdkafka counts a member that has not polled for
+/// `max.poll.interval.ms` (5 minutes) as failed and rebalances its
+/// partitions away, and it hands over its statistics (the backlog) and
+/// rebalance events only when polled, so an output full for minutes must
+/// not stop the polling. The paused partitions deliver nothing (pausing
+/// drops what was fetched ahead and resumes from the held message's
+/// successor); a message from a partition assigned meanwhile is kept in
+/// `early`, in order, and its partition paused too. `Err` when stopping.
+async fn hold<'c>(
+    consumer: &'c GroupConsumer,
+    wait: Duration,
+    stopped: &mut watch::Receiver<bool>,
+    early: &mut VecDeque<BorrowedMessage<'c>>,
+    stats: &SourceStats,
+    name: &str,
+) -> Result<(), ()> {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return Err(()),
+            _ = tokio::time::sleep_until(until) => return Ok(()),
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    early.push_back(message);
+                    set_paused(consumer, true);
+                }
+                Err(e) => {
+                    stats.set_error(name, format!("receiving while a message is held: {e}"));
+                    tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_millis(100))).await;
+                }
+            },
         }
     }
 }

@@ -254,34 +254,48 @@ fn the_backlog_is_the_lag_of_the_assigned_partitions() {
     assert_eq!(bare.backlog(), None);
 }
 
-/// The backlog a running member reports: none once everything it was
-/// given is accepted and committed. (librdkafka hands its statistics over
-/// when the consumer is polled, which it is not while a message is held:
-/// a number during a long refusal is the last one from before it.)
+/// The backlog a running member reports: the messages behind its group's
+/// commit while one is held (refused), none once everything is accepted.
+/// The number during the hold also shows the consumer is polled while it
+/// holds a message (librdkafka hands statistics over only when polled,
+/// and counts a member that stops polling as failed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_source_reports_its_backlog() {
     let test = "kafka_source_reports_its_backlog";
     let Some(broker) = KafkaBroker::start(test) else { return };
     let brokers = broker.address.clone();
     create_topic(&brokers, "raw", 1).await;
-    for body in ["good1", "good2", "good3"] {
+    for body in ["good1", "full", "good2", "good3", "good4"] {
         produce(&brokers, "raw", body.as_bytes(), &[]).await;
     }
     let options = json!({"brokers": [brokers], "topics": ["raw"], "group_id": "g", "commit_interval_ms": 0});
-    let ingest = Arc::new(Scripted::default());
+    let ingest = Arc::new(Scripted { full_refusals: Mutex::new(u32::MAX), ..Default::default() });
     assert_eq!(ingest.stats.backlog(), None, "unknown before the group answers");
     let (stop, task) = start(options, ingest.clone());
-    wait_accepted(&ingest, 3).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while ingest.stats.backlog() != Some(0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "backlog {:?}; last error {:?}",
-            ingest.stats.backlog(),
-            ingest.stats.last_error()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_accepted(&ingest, 1).await;
+    let backlog_becomes = |want: u64| {
+        let ingest = ingest.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while ingest.stats.backlog() != Some(want) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "backlog {:?}, not {want}; last error {:?}",
+                    ingest.stats.backlog(),
+                    ingest.stats.last_error()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // `good1` committed; `full` held: four messages wait.
+    backlog_becomes(4).await;
+    assert_eq!(ingest.stats.messages.load(Relaxed), 2, "nothing is taken past the held message");
+    *ingest.full_refusals.lock().unwrap() = 0;
+    wait_accepted(&ingest, 5).await;
+    let bodies: Vec<String> = ingest.accepted.lock().unwrap().iter().map(|(b, _)| b.clone()).collect();
+    assert_eq!(bodies, ["good1", "full", "good2", "good3", "good4"], "in order, each once");
+    backlog_becomes(0).await;
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(15), task).await.expect("stops promptly").unwrap();
 }
