@@ -72,7 +72,11 @@ pub enum InputError {
     /// The name as given, quoted and cut short ([`crate::limits::quote`]).
     #[error("unsupported format {0}: expected zeek.conn.v1 (aliases zeek, zeek.conn) or flows.v1")]
     UnknownFormat(String),
-    #[error("too many records: {count} (max {max})")]
+    /// `count` is a lower bound: an envelope's records are all counted,
+    /// but NDJSON is read no further than record `max + 1` (counting the
+    /// rest would mean reading them), so its count is `max + 1` however
+    /// many lines follow.
+    #[error("too many records: at least {count} (max {max})")]
     TooManyRecords { count: usize, max: usize },
     #[error("record {index}{}: {message}", field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
     Record { index: usize, field: Option<String>, message: String },
