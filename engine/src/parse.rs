@@ -99,11 +99,15 @@ impl InputError {
 }
 
 /// serde_json appends " at line L column C" to its messages; inside a record
-/// those positions are relative to the record, which only confuses.
+/// those positions are relative to the record, which only confuses. The
+/// message is capped ([`crate::limits::cap_message`]): serde quotes a value
+/// of the wrong type whole (`invalid type: string "…"` for a port, a count,
+/// a duration), and a client's 4 MB string is not sent back in the 400
+/// answer, nor kept in a source's dead-letter reason or a log line.
 fn bare_message(err: &serde_json::Error) -> String {
     let text = err.to_string();
     let suffix = format!(" at line {} column {}", err.line(), err.column());
-    text.strip_suffix(&suffix).map(str::to_owned).unwrap_or(text)
+    crate::limits::cap_message(text.strip_suffix(&suffix).map(str::to_owned).unwrap_or(text))
 }
 
 #[derive(Deserialize)]

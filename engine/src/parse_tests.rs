@@ -131,6 +131,22 @@ fn errors_name_the_record_and_field() {
     }
 }
 
+/// A value of the wrong type is quoted in the error, but never whole: a
+/// 100 KB string came back in full in the 400 answer.
+#[test]
+fn errors_quote_a_long_value_only_in_part() {
+    let long = "A".repeat(100 << 10);
+    for field in ["dst_port", "bytes", "duration"] {
+        let err = envelope(&format!(r#"{{"format":"flows.v1","records":[{{"{field}":"{long}"}}]}}"#)).unwrap_err();
+        let InputError::Record { field: Some(named), .. } = &err else { panic!("{field}: {err:?}") };
+        assert_eq!(named, field);
+        let detail = err.to_string();
+        assert!(detail.len() < 2048, "{field}: {} bytes", detail.len());
+        assert!(detail.contains(&format!("field `{field}`: invalid type: string \"AAAA")), "{detail:.300}");
+        assert!(detail.ends_with(" bytes in all)"), "{field}: the cut is marked");
+    }
+}
+
 #[test]
 fn envelope_errors() {
     assert!(matches!(envelope("nope"), Err(InputError::InvalidJson(_))));
