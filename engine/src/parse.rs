@@ -8,7 +8,9 @@
 //! own text is kept, so unknown fields pass through exactly as sent.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::Hash;
 use std::net::IpAddr;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -70,7 +72,11 @@ pub enum InputError {
     /// The name as given, quoted and cut short ([`crate::limits::quote`]).
     #[error("unsupported format {0}: expected zeek.conn.v1 (aliases zeek, zeek.conn) or flows.v1")]
     UnknownFormat(String),
-    #[error("too many records: {count} (max {max})")]
+    /// `count` is a lower bound: an envelope's records are all counted,
+    /// but NDJSON is read no further than record `max + 1` (counting the
+    /// rest would mean reading them), so its count is `max + 1` however
+    /// many lines follow.
+    #[error("too many records: at least {count} (max {max})")]
     TooManyRecords { count: usize, max: usize },
     #[error("record {index}{}: {message}", field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
     Record { index: usize, field: Option<String>, message: String },
@@ -93,11 +99,15 @@ impl InputError {
 }
 
 /// serde_json appends " at line L column C" to its messages; inside a record
-/// those positions are relative to the record, which only confuses.
+/// those positions are relative to the record, which only confuses. The
+/// message is capped ([`crate::limits::cap_message`]): serde quotes a value
+/// of the wrong type whole (`invalid type: string "…"` for a port, a count,
+/// a duration), and a client's 4 MB string is not sent back in the 400
+/// answer, nor kept in a source's dead-letter reason or a log line.
 fn bare_message(err: &serde_json::Error) -> String {
     let text = err.to_string();
     let suffix = format!(" at line {} column {}", err.line(), err.column());
-    text.strip_suffix(&suffix).map(str::to_owned).unwrap_or(text)
+    crate::limits::cap_message(text.strip_suffix(&suffix).map(str::to_owned).unwrap_or(text))
 }
 
 #[derive(Deserialize)]
@@ -263,11 +273,11 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         // Duplicate keys are refused: which value would count is a guess, and
         // whoever reads the record downstream may guess differently. Known
         // fields (and their aliases: `src_ip` / `id.orig_h` / `id_orig_h`,
-        // `protocol` / `proto`) are one bit each; other keys are compared
-        // with those seen before, kept on the stack up to 32 (mostly borrowed
-        // slices of the input, so no allocation for typical records).
+        // `protocol` / `proto`) are one bit each; other keys go in a
+        // [`KeySet`] (mostly borrowed slices of the input, so no allocation
+        // for typical records, and linear time for a record of many keys).
         let mut seen_known = 0u16;
-        let mut seen_other: SmallVec<[Cow<'de, str>; 32]> = SmallVec::new();
+        let mut seen_other: KeySet<Cow<'de, str>> = KeySet::default();
         while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             ev.raw_has_fields = true;
             let known = Known::of(key.as_bytes());
@@ -295,10 +305,58 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                 return Err(e);
             }
             if known.is_none() {
-                seen_other.push(key);
+                seen_other.insert_new(key);
             }
         }
         Ok(())
+    }
+}
+
+/// Keys a [`KeySet`] keeps and compares on the stack before it builds its
+/// hash set.
+const FEW_KEYS: usize = 32;
+
+/// The keys of a record seen so far, for the duplicate check (both paths).
+///
+/// Records have a few dozen keys at most, compared on the stack without
+/// allocating; past [`FEW_KEYS`] the keys move to a hash set, since a
+/// linear search per key would make one record of a few hundred thousand
+/// keys (a 5 MB body holds that many) cost ~10^11 comparisons and hold a
+/// worker for minutes. The set uses the standard library's keyed SipHash,
+/// not a faster fixed-seed hash: the keys are the client's choice, and a
+/// hash a client can predict lets it send keys that all collide, which
+/// would bring the quadratic cost back through the set.
+pub(super) struct KeySet<K> {
+    few: SmallVec<[K; FEW_KEYS]>,
+    many: Option<HashSet<K>>,
+}
+
+impl<K> Default for KeySet<K> {
+    fn default() -> Self {
+        KeySet { few: SmallVec::new(), many: None }
+    }
+}
+
+impl<K: Eq + Hash> KeySet<K> {
+    pub(super) fn contains(&self, key: &K) -> bool {
+        match &self.many {
+            Some(many) => many.contains(key),
+            None => self.few.contains(key),
+        }
+    }
+
+    /// Adds `key`, which the caller checked is not in the set yet.
+    pub(super) fn insert_new(&mut self, key: K) {
+        if let Some(many) = &mut self.many {
+            many.insert(key);
+        } else if self.few.len() < FEW_KEYS {
+            self.few.push(key);
+        } else {
+            let mut many = HashSet::with_capacity(4 * FEW_KEYS);
+            many.extend(self.few.drain(..));
+            many.insert(key);
+            self.many = Some(many);
+        }
     }
 }
 

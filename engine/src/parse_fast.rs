@@ -27,9 +27,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use smallvec::SmallVec;
-
-use super::{set_ip, IpValue, Known, Limits, ParseSpec};
+use super::{set_ip, IpValue, KeySet, Known, Limits, ParseSpec};
 use crate::event::{Event, Span, Text, TextFieldId};
 use crate::format::{protocol_number, Format};
 
@@ -99,11 +97,12 @@ pub(super) fn record(source: &str, start: usize, len: usize, filter: &KeyFilter,
 }
 
 /// The keys of a record seen so far that are not well-known, for the
-/// duplicate check: a 128-bit filter first, the strings only on a hit.
+/// duplicate check: a 128-bit filter first (most new keys miss it, and are
+/// added without a lookup), the [`KeySet`] only on a hit.
 #[derive(Default)]
 struct SeenKeys<'a> {
     bits: u128,
-    keys: SmallVec<[&'a [u8]; 32]>,
+    keys: KeySet<&'a [u8]>,
 }
 
 impl<'a> SeenKeys<'a> {
@@ -115,7 +114,7 @@ impl<'a> SeenKeys<'a> {
             return true;
         }
         self.bits |= bit;
-        self.keys.push(key);
+        self.keys.insert_new(key);
         false
     }
 }

@@ -9,38 +9,51 @@
 
 use std::ops::Range;
 
-use super::{fast, parse_record, InputError, ParseSpec};
+use super::{fast, parse_record, InputError, Limits, ParseSpec};
 use crate::batch::Batch;
 use crate::event::Event;
 use crate::format::Format;
 
 /// Parses newline-delimited JSON records (one object per line; blank lines
 /// are skipped). `first_index` numbers records in error messages, so a caller
-/// reading a long stream in chunks reports absolute positions.
+/// reading a long stream in chunks reports absolute positions. No record
+/// limit: for text the caller trusts (tools, tests); the pipeline reads
+/// with [`parse_ndjson_in_parts`] and its [`Limits`].
 pub fn parse_ndjson(text: String, format: Format, spec: &ParseSpec, first_index: usize) -> Result<Batch, InputError> {
+    whole(text, format, spec, first_index, usize::MAX)
+}
+
+/// [`parse_ndjson`] on one thread with at most `max` records.
+fn whole(text: String, format: Format, spec: &ParseSpec, first_index: usize, max: usize) -> Result<Batch, InputError> {
     let filter = fast::KeyFilter::new(spec);
     let mut events = Vec::new();
-    lines(&text, 0..text.len(), first_index, &filter, &mut events)?;
+    lines(&text, 0..text.len(), first_index, max, &filter, &mut events)?;
     Ok(Batch::new(text, format, None, events))
 }
 
-/// [`parse_ndjson`] reading the lines in up to `parts` runs on threads:
-/// the same batch, or the same error.
+/// [`parse_ndjson`] held to `limits` (more records than
+/// `limits.max_records` is [`InputError::TooManyRecords`]), reading the
+/// lines in up to `parts` runs on threads: the same batch, or the same
+/// error, as one thread.
 pub fn parse_ndjson_in_parts(
     text: String,
     format: Format,
     spec: &ParseSpec,
     first_index: usize,
+    limits: Limits,
     parts: usize,
 ) -> Result<Batch, InputError> {
+    let max = limits.max_records;
     let ranges = cut(&text, parts);
     if ranges.len() < 2 {
-        return parse_ndjson(text, format, spec, first_index);
+        return whole(text, format, spec, first_index, max);
     }
     let filter = fast::KeyFilter::new(spec);
+    // Each part stops past `max` records of its own, so the parts hold at
+    // most `parts * max` events between them before the total is judged.
     let read = |range: &Range<usize>| -> Option<Vec<Event>> {
         let mut events = Vec::new();
-        lines(&text, range.clone(), 0, &filter, &mut events).ok().map(|_| events)
+        lines(&text, range.clone(), 0, max, &filter, &mut events).ok().map(|_| events)
     };
     let parts: Option<Vec<Vec<Event>>> = std::thread::scope(|scope| {
         let others: Vec<_> = ranges[1..]
@@ -56,7 +69,7 @@ pub fn parse_ndjson_in_parts(
         std::iter::once(first).chain(rest).collect()
     });
     match parts {
-        Some(parts) => {
+        Some(parts) if parts.iter().map(Vec::len).sum::<usize>() <= max => {
             // The first part's events stay where they are; the others are
             // moved after them.
             let total = parts.iter().map(Vec::len).sum::<usize>();
@@ -68,7 +81,10 @@ pub fn parse_ndjson_in_parts(
             }
             Ok(Batch::new(text, format, None, events))
         }
-        None => parse_ndjson(text, format, spec, first_index),
+        // An error, or too many records in all: read again on one thread,
+        // which words the error as it would have alone (a bad record
+        // before the limit is reported as such) and stops past the limit.
+        _ => whole(text, format, spec, first_index, max),
     }
 }
 
@@ -91,11 +107,15 @@ fn cut(text: &str, parts: usize) -> Vec<Range<usize>> {
 }
 
 /// Reads the lines of `text[range]` (whole lines) onto `events`; records
-/// are numbered from `first_index` in errors.
+/// are numbered from `first_index` in errors. A record past the `max`th is
+/// [`InputError::TooManyRecords`], found before it is read: a body of
+/// millions of `{}` lines costs `max` events, not millions (checked only
+/// after reading, a 5 MB body of them built ~1 GB of events first).
 fn lines(
     text: &str,
     range: Range<usize>,
     first_index: usize,
+    max: usize,
     filter: &fast::KeyFilter,
     events: &mut Vec<Event>,
 ) -> Result<(), InputError> {
@@ -112,12 +132,17 @@ fn lines(
         let lead = content.len() - content.trim_start().len();
         let body = content.trim();
         if !body.is_empty() {
+            if events.len() - first == max {
+                // The lines after this one are not counted: the count says
+                // "at least", as the error's message does.
+                return Err(InputError::TooManyRecords { count: max + 1, max });
+            }
             if events.len() == first {
                 // Room for as many records as there would be of the first
                 // one's size (growing by doubling copied every event
                 // several times), capped so a tiny first line cannot ask
                 // for a huge allocation.
-                events.reserve(((range.end - range.start) / line.len()).min(RESERVE_MAX));
+                events.reserve(((range.end - range.start) / line.len()).min(RESERVE_MAX).min(max));
             }
             parse_record(text, from + lead, body.len(), index, filter, events)?;
             index += 1;
@@ -144,7 +169,8 @@ mod tests {
         let text = records.join("\n\r\n") + "\n";
         let whole = parse_ndjson(text.clone(), Format::FlowsV1, &spec, 0).unwrap();
         for parts in [2, 3, 4, 7] {
-            let split = parse_ndjson_in_parts(text.clone(), Format::FlowsV1, &spec, 0, parts).unwrap();
+            let split =
+                parse_ndjson_in_parts(text.clone(), Format::FlowsV1, &spec, 0, Limits::default(), parts).unwrap();
             assert_eq!(split.len(), whole.len(), "{parts}");
             let ours: Vec<_> = split.events().iter().map(|e| (e.raw.start, e.raw.len, e.src_ip)).collect();
             let theirs: Vec<_> = whole.events().iter().map(|e| (e.raw.start, e.raw.len, e.src_ip)).collect();
@@ -153,7 +179,8 @@ mod tests {
         // Record 900 is broken: every cut reports it by its index in the body.
         let bad = text.replacen(&records[900], r#"{"src_ip":"10.0.3.132""#, 1);
         for parts in [1, 2, 4] {
-            let err = parse_ndjson_in_parts(bad.clone(), Format::FlowsV1, &spec, 5, parts).err().unwrap();
+            let err =
+                parse_ndjson_in_parts(bad.clone(), Format::FlowsV1, &spec, 5, Limits::default(), parts).err().unwrap();
             assert!(matches!(err, InputError::Record { index: 905, .. }), "{parts}: {err}");
         }
     }

@@ -131,6 +131,22 @@ fn errors_name_the_record_and_field() {
     }
 }
 
+/// A value of the wrong type is quoted in the error, but never whole: a
+/// 100 KB string came back in full in the 400 answer.
+#[test]
+fn errors_quote_a_long_value_only_in_part() {
+    let long = "A".repeat(100 << 10);
+    for field in ["dst_port", "bytes", "duration"] {
+        let err = envelope(&format!(r#"{{"format":"flows.v1","records":[{{"{field}":"{long}"}}]}}"#)).unwrap_err();
+        let InputError::Record { field: Some(named), .. } = &err else { panic!("{field}: {err:?}") };
+        assert_eq!(named, field);
+        let detail = err.to_string();
+        assert!(detail.len() < 2048, "{field}: {} bytes", detail.len());
+        assert!(detail.contains(&format!("field `{field}`: invalid type: string \"AAAA")), "{detail:.300}");
+        assert!(detail.ends_with(" bytes in all)"), "{field}: the cut is marked");
+    }
+}
+
 #[test]
 fn envelope_errors() {
     assert!(matches!(envelope("nope"), Err(InputError::InvalidJson(_))));
@@ -211,6 +227,28 @@ fn duplicate_unknown_and_captured_keys_are_refused() {
     assert_eq!(field.as_deref(), Some("k7"));
     let b = envelope(&format!(r#"{{"format":"flows.v1","records":[{{{}}}]}}"#, many.join(","))).unwrap();
     assert_eq!(b.len(), 1, "100 distinct keys are fine");
+}
+
+/// A record of very many distinct keys (one 5 MB record holds a few
+/// hundred thousand) is read in linear time: comparing each key with every
+/// earlier one took minutes here and held a worker that long. Both paths:
+/// plain keys are the fast path's (which must notice the duplicate to hand
+/// over), an escaped first key sends the record to the serde path.
+#[test]
+fn a_record_of_200k_distinct_keys_reads_quickly_and_a_late_duplicate_is_found() {
+    let keys: String = (0..200_000).map(|i| format!(r#""{i:06}":0,"#)).collect();
+    for first in [r#""plain":0"#, r#""\u0061":0"#] {
+        let record = format!("{{{keys}{first}}}");
+        let (fast, serde) = record_both_ways(&record, &ParseSpec::default());
+        assert_eq!(fast.is_some(), first.starts_with(r#""p"#), "{first}: the path taken");
+        assert!(serde.is_ok(), "{first}: {serde:?}");
+        let b = envelope(&format!(r#"{{"format":"flows.v1","records":[{{}},{record}]}}"#)).unwrap();
+        assert_eq!(b.len(), 2, "{first}");
+        // The same key again as the record's last one.
+        let (index, field, message) = record_error(&format!(r#"[{{}},{{{first},{keys}"123456":1}}]"#));
+        assert_eq!((index, field.as_deref()), (1, Some("123456")), "{first}");
+        assert!(message.contains("duplicate key"), "{message}");
+    }
 }
 
 #[test]

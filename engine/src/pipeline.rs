@@ -281,11 +281,7 @@ impl Pipeline {
             }
             Input::Ndjson { text, format, first_index } => {
                 let parts = self.split.decode_parts(text.len());
-                let batch = parse_ndjson_in_parts(text, format, chain.parse_spec(), first_index, parts)?;
-                if batch.len() > self.limits.max_records {
-                    return Err(InputError::TooManyRecords { count: batch.len(), max: self.limits.max_records });
-                }
-                Ok(batch)
+                parse_ndjson_in_parts(text, format, chain.parse_spec(), first_index, self.limits, parts)
             }
         }
     }

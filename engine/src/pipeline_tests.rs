@@ -113,6 +113,27 @@ fn ndjson_is_held_to_the_record_limit() {
     assert_eq!(err.unwrap_err(), InputError::TooManyRecords { count: 3, max: 2 });
 }
 
+/// The limit stops NDJSON reading past record `max + 1`, on one thread and
+/// in parts: a million `{}` lines (3 MB, under the 5 MiB body limit) built
+/// a million events (a few hundred MB) before the count was checked.
+#[test]
+fn ndjson_reading_stops_past_the_record_limit() {
+    let chain = chain();
+    let many = "{}\n".repeat(1_000_000);
+    for split in [Split::new(1, 1), Split::new(2, 4)] {
+        let pipeline = Pipeline::new(Limits { max_records: 10 }).with_split(split);
+        let err = pipeline.decode(&chain, ndjson(&many)).unwrap_err();
+        let InputError::TooManyRecords { count, max: 10 } = err else { panic!("{err:?}") };
+        assert!(count <= 11, "{count}: read further than the limit");
+        assert_eq!(err.to_string(), "too many records: at least 11 (max 10)");
+        // At the limit, and a bad record before it, read as before.
+        assert_eq!(pipeline.decode(&chain, ndjson(&"{}\n".repeat(10))).unwrap().len(), 10);
+        let bad = "{}\n".repeat(4) + "{\"bytes\":-1}\n" + &many;
+        let err = pipeline.decode(&chain, ndjson(&bad)).unwrap_err();
+        assert!(matches!(err, InputError::Record { index: 5, .. }), "{err:?}");
+    }
+}
+
 #[test]
 fn lenient_run_skips_only_the_bad_lines() {
     let chain = chain();

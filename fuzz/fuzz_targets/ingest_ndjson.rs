@@ -4,7 +4,7 @@
 //! read in 2-4 parts, the same answer or error.
 #![no_main]
 
-use enrichd_engine::{parse_ndjson, parse_ndjson_in_parts, Format};
+use enrichd_engine::{parse_ndjson, parse_ndjson_in_parts, Format, Limits};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -19,6 +19,13 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(batch) = &whole {
         common::check_encodings(batch);
     }
-    let split = parse_ndjson_in_parts(text.to_owned(), format, &common::spec(), 1, 2 + first as usize % 3);
+    let split = parse_ndjson_in_parts(
+        text.to_owned(),
+        format,
+        &common::spec(),
+        1,
+        Limits { max_records: usize::MAX },
+        2 + first as usize % 3,
+    );
     common::same_result(&whole, &split, "split NDJSON");
 });
