@@ -111,7 +111,11 @@ impl Batch {
             out.push(b'{');
             has_fields = false;
             let kept = for_each_field(raw, |key, key_text, value| {
-                if key == WARNINGS_KEY || keys.iter().any(|k| **k == *key) {
+                // The record's own warnings give way only to the chain's:
+                // with none, they are a field like any other.
+                let written =
+                    if key == WARNINGS_KEY { !event.warnings.is_empty() } else { keys.iter().any(|k| **k == *key) };
+                if written {
                     return;
                 }
                 if has_fields {

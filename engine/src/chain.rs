@@ -162,7 +162,11 @@ impl Chain {
             }
             (key, JsonFragment::from(serde_json::Value::Object(map).to_string()))
         });
-        let spec = ParseSpec { text_fields: tables.text_fields.clone(), output_keys: tables.keys.clone() };
+        // A record's own `enrichment_warnings` is a key the writer may add
+        // too (when the chain warns): the parser flags it like the chain's.
+        let mut output_keys = tables.keys.clone();
+        output_keys.push(crate::WARNINGS_KEY.into());
+        let spec = ParseSpec { text_fields: tables.text_fields.clone(), output_keys };
         Chain { stages, keys: tables.keys, facts: tables.facts.into(), spec, env, generation, stamp }
     }
 

@@ -289,3 +289,34 @@ fn batches_split_only_when_alone() {
     assert_eq!(split.parts(1000), 2, "left again");
     assert_eq!(Split::new(8, 1).parts(1000), 1, "one core: never");
 }
+
+/// A record that carries `enrichment_warnings` of its own (re-ingested
+/// output): written once, whether or not the chain warns, and kept as sent
+/// when it does not (before: twice when the chain warned, which
+/// Elasticsearch refuses; dropped on the shadowing path when it did not).
+#[test]
+fn a_records_own_warnings_are_written_once() {
+    let chain = chain();
+    let pipeline = Pipeline::new(Limits::default());
+    let run = |records: &str| {
+        let body = format!(r#"{{"format":"flows.v1","records":[{records}]}}"#);
+        let mut out = Vec::new();
+        pipeline.run(&chain, Input::Envelope(body.into_bytes()), Encoding::NDJSON, Instant::now(), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    for escaped in [false, true] {
+        let key = if escaped { r#""enrichment_warning\u0073""# } else { r#""enrichment_warnings""# };
+        // The chain warns (an address that is none): its warnings replace the record's.
+        let out = run(&format!(r#"{{"src_ip":"nope",{key}:["upstream"]}}"#));
+        assert_eq!(out.matches("enrichment_warnings").count() + out.matches("warning\\u0073").count(), 1, "{out}");
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert!(line["enrichment_warnings"][0].as_str().unwrap().contains("src_ip"), "{out}");
+        // It does not: the record's own stay, as sent.
+        let out = run(&format!(r#"{{"src_ip":"1.2.3.4",{key}:["upstream"]}}"#));
+        assert!(out.contains(&format!(r#"{key}:["upstream"]"#)), "{out}");
+        // With a key the chain writes too (the shadowing path).
+        let out = run(&format!(r#"{{"seen":1,"src_ip":"1.2.3.4",{key}:["upstream"]}}"#));
+        assert!(out.contains(&format!(r#"{key}:["upstream"]"#)), "{out}");
+        assert_eq!(out.matches("seen").count(), 1, "{out}");
+    }
+}
