@@ -92,7 +92,8 @@ static inline void enrichd_tag(enrichd_out *o, const char *t) { enrichd_entry(o,
 /* ABI 1.1: reasons and tags declared once per module, written by id (one
  * byte per event instead of the text). List the texts once with
  * ENRICHD_TEXTS(ENRICHD_TEXT("a"), ENRICHD_TEXT("b")); text i has id i (an
- * enum in the same order names them). At most 255. */
+ * enum in the same order names them). At most 255, of at most 1,024 bytes
+ * each and 16 KiB in all (a bigger table is a load error). */
 typedef struct { const char *ptr; uint32_t len; } enrichd_text_ref;
 #define ENRICHD_TEXT(s) { s, sizeof(s) - 1 }
 #define ENRICHD_TEXTS(...)                                                          \

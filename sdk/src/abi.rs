@@ -22,6 +22,16 @@ pub const OUT_CAPACITY: usize = 65536;
 pub const MAX_TEXT: usize = 1024;
 /// Most texts a module declares (ABI 1.1): ids are one byte.
 pub const MAX_DECLARED_TEXTS: usize = 255;
+/// Most bytes of declared texts in all (ABI 1.1): each id a module writes
+/// expands to its text, so the table's size bounds what a one-byte entry
+/// can become (see also [`MAX_LISTS_JSON`]).
+pub const MAX_DECLARED_BYTES: usize = 16 * 1024;
+/// Most bytes the reasons and tags of one call may take as JSON (declared
+/// texts counted as their JSON each time named): 16 times the result
+/// buffer, so a call of texts written out (at most 6 bytes of JSON per
+/// byte) never reaches it, while ids cannot turn a small buffer into
+/// tens of megabytes.
+pub const MAX_LISTS_JSON: usize = 16 * OUT_CAPACITY;
 
 /// Presence bits of [`EventRecord::present`].
 pub mod present {

@@ -163,6 +163,10 @@ macro_rules! texts {
             $vis const $name: $crate::DeclaredText = $crate::DeclaredText::new(__EnrichdTextId::$name as u8, $text);
             const _: () = assert!($text.len() <= $crate::abi::MAX_TEXT, "a declared text is at most 1,024 bytes");
         )+
+        const _: () = assert!(
+            0 $(+ $text.len())+ <= $crate::abi::MAX_DECLARED_BYTES,
+            "declared texts are at most 16 KiB in all"
+        );
 
         #[cfg(target_arch = "wasm32")]
         #[no_mangle]

@@ -11,7 +11,7 @@
 //! instance, and kept by the host: what a module later does to its own
 //! memory cannot change a text the host applies.
 
-use enrichd_sdk::abi::{MAX_DECLARED_TEXTS, MAX_TEXT, TEXT_REF_SIZE};
+use enrichd_sdk::abi::{MAX_DECLARED_BYTES, MAX_DECLARED_TEXTS, MAX_TEXT, TEXT_REF_SIZE};
 
 /// A loaded module's declared texts, by id.
 #[derive(Debug)]
@@ -40,6 +40,9 @@ impl DeclaredTexts {
             "declares {count} texts; at most {MAX_DECLARED_TEXTS} (ids are one byte)"
         );
         let mut texts = Vec::with_capacity(count);
+        // Each id a result names expands to its text: the table's total
+        // bounds what a one-byte entry can become.
+        let mut total = 0;
         for i in 0..count {
             let entry = table + 4 + i * TEXT_REF_SIZE;
             let text = u32_at(entry)
@@ -52,6 +55,11 @@ impl DeclaredTexts {
                     Ok(Box::<str>::from(text))
                 })
                 .map_err(|e| anyhow::anyhow!("declared text {i} {e}"))?;
+            total += text.len();
+            anyhow::ensure!(
+                total <= MAX_DECLARED_BYTES,
+                "declared text {i} brings the texts to {total} bytes; at most {MAX_DECLARED_BYTES} in all"
+            );
             texts.push(text);
         }
         Ok(DeclaredTexts::from_texts(texts))
@@ -65,6 +73,7 @@ impl DeclaredTexts {
     /// Texts given directly (tests, the fuzz harness).
     pub fn of(texts: &[&str]) -> Self {
         assert!(texts.len() <= MAX_DECLARED_TEXTS);
+        assert!(texts.iter().map(|t| t.len()).sum::<usize>() <= MAX_DECLARED_BYTES);
         DeclaredTexts::from_texts(texts.iter().map(|&t| t.into()).collect())
     }
 
@@ -143,6 +152,15 @@ mod tests {
         let mut bad = table(&[(0, 2)], 1);
         bad[..2].copy_from_slice(&[0xc3, 0x28]);
         assert!(err(&bad, 64).contains("declared text 0 is not UTF-8"));
+        // Seventeen texts of 1,024 bytes: each fits, together they do not.
+        let mut big = table(&[(0, 1024); 17], 17);
+        big.splice(..0, vec![b'a'; 1024]);
+        let at = big.len() - 4 - 17 * 8;
+        assert!(
+            err(&big, at).contains("declared text 16 brings the texts to 17408 bytes; at most 16384 in all"),
+            "{}",
+            err(&big, at)
+        );
         // An empty table is fine: the module names no text by id.
         assert!(DeclaredTexts::read(&table(&[], 0), 64).unwrap().is_empty());
     }

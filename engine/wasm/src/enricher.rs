@@ -163,7 +163,7 @@ impl WasmEnricher {
             crate::signature::Signing::check(options.require_signature, enricher.key_paths.clone(), &path, &bytes)
                 .with_context(|| format!("WASM module {}", path.display()))?;
         let sha: [u8; 32] = Sha256::digest(&bytes).into();
-        let module = runtime::compile(&bytes, sha, ctx.state_dir())
+        let module = runtime::compile(&bytes, sha, artifact_cache(&enricher.signing, ctx.state_dir()))
             .with_context(|| format!("WASM module {}", path.display()))?;
         let probe = HostState::new(
             name,
@@ -194,7 +194,7 @@ impl WasmEnricher {
         let signing =
             crate::signature::Signing::check(self.options.require_signature, self.key_paths.clone(), path, bytes)?;
         let sha: [u8; 32] = Sha256::digest(bytes).into();
-        let module = runtime::compile(bytes, sha, cache_dir)?;
+        let module = runtime::compile(bytes, sha, artifact_cache(&signing, cache_dir))?;
         let loaded = LoadedModule::load(&module, self.host_state(self.name.clone()), self.limits)?;
         let signed_by = signing.and_then(|s| s.signed_by().map(str::to_string));
         Ok((Arc::new(loaded), signed_by))
@@ -390,6 +390,18 @@ impl WasmEnricher {
             shadow.failed(kind, events.len());
         }
         shadow.summary.add_time(started.elapsed());
+    }
+}
+
+/// Where precompiled artifacts may be read and written for a module
+/// loaded under `signing`: nowhere when the stage checks signatures, so
+/// that it runs code compiled from the bytes it verified, not whatever a
+/// file in the state directory holds under their hash.
+fn artifact_cache<'d>(signing: &Option<crate::signature::Signing>, state_dir: Option<&'d Path>) -> Option<&'d Path> {
+    if signing.is_some() {
+        None
+    } else {
+        state_dir
     }
 }
 

@@ -29,6 +29,8 @@
 
 #[cfg(feature = "runtime")]
 mod actions;
+#[cfg(feature = "runtime")]
+mod artifacts;
 pub mod declared;
 #[cfg(feature = "runtime")]
 mod enricher;

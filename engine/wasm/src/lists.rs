@@ -48,9 +48,14 @@ impl IdListCache {
 
     /// Caches `json` as the list `key` (after a [`IdListCache::get`] miss)
     /// and returns its fragment. Few distinct lists per module: kept as
-    /// constants, so events clone and drop them without atomics.
+    /// constants, so events clone and drop them without atomics. A list
+    /// longer than [`MAX_INTERNED_JSON`] is made but not kept, so that the
+    /// slots hold at most a MiB per thread whatever the texts.
     #[cold]
     pub(crate) fn insert(&mut self, key: u64, json: &str) -> JsonFragment {
+        if json.len() > MAX_INTERNED_JSON {
+            return JsonFragment::from(json);
+        }
         let fragment = constant_fragment(json);
         self.slots[Self::slot(key)] = (key, fragment.clone());
         fragment
@@ -97,14 +102,43 @@ impl ListKey {
 
 /// Most interned JSON texts kept per thread before the table is reset.
 const MAX_INTERNED: usize = 4096;
+/// Most bytes (keys and JSON) an interned table holds before it is reset:
+/// the count alone let entries of a few hundred KiB (a list of 32 long
+/// texts) fill a thread's table to most of a gigabyte.
+const MAX_INTERNED_BYTES: usize = 4 << 20;
+/// Longest JSON interned (a field value, at most 4,096 bytes, always is):
+/// longer lists are rare, and rebuilt rather than kept.
+pub(crate) const MAX_INTERNED_JSON: usize = 4096;
 
-pub(crate) fn intern(table: &mut HashMap<Box<[u8]>, JsonFragment>, key: &[u8], json: String) -> JsonFragment {
-    if table.len() >= MAX_INTERNED {
-        table.clear();
+/// Guest bytes -> validated JSON fragment, bounded in count and bytes.
+#[derive(Default)]
+pub(crate) struct Interned {
+    map: HashMap<Box<[u8]>, JsonFragment>,
+    bytes: usize,
+}
+
+impl Interned {
+    #[inline]
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&JsonFragment> {
+        self.map.get(key)
     }
-    let fragment = JsonFragment::from(json);
-    table.insert(key.into(), fragment.clone());
-    fragment
+
+    /// Interns `json` under `key`, unless it is too long to be worth
+    /// keeping; clears the table first when it is full.
+    pub(crate) fn intern(&mut self, key: &[u8], json: String) -> JsonFragment {
+        let size = key.len() + json.len();
+        let fragment = JsonFragment::from(json);
+        if fragment.len() > MAX_INTERNED_JSON {
+            return fragment;
+        }
+        if self.map.len() >= MAX_INTERNED || self.bytes + size > MAX_INTERNED_BYTES {
+            self.map.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.map.insert(key.into(), fragment.clone());
+        fragment
+    }
 }
 
 impl ListCache {
@@ -115,7 +149,7 @@ impl ListCache {
         &mut self,
         items: impl Iterator<Item = Item<'s>> + Clone,
         texts: &DeclaredTexts,
-        interned: &mut HashMap<Box<[u8]>, JsonFragment>,
+        interned: &mut Interned,
     ) -> JsonFragment {
         let key = &mut self.key;
         key.clear();
@@ -129,7 +163,7 @@ impl ListCache {
         }
         let fragment = match interned.get(key.as_slice()) {
             Some(f) => f.clone(),
-            None => intern(interned, key, json_list(items, texts)),
+            None => interned.intern(key, json_list(items, texts)),
         };
         self.last_key.clone_from(key);
         self.last = fragment.clone();
@@ -179,6 +213,24 @@ pub(crate) fn json_list<'o>(items: impl Iterator<Item = Item<'o>>, texts: &Decla
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_interned_table_is_bounded_in_bytes_and_keeps_no_long_entry() {
+        let mut table = Interned::default();
+        // A long list is made but not kept.
+        let long = "x".repeat(MAX_INTERNED_JSON + 1);
+        assert_eq!(&*table.intern(b"long", long.clone()), long);
+        assert!(table.get(b"long").is_none());
+        // Entries of 4 KiB (with their keys): far fewer than the count
+        // bound, the table is reset by its bytes.
+        let json = "y".repeat(MAX_INTERNED_JSON - 8);
+        for i in 0..2 * MAX_INTERNED_BYTES / MAX_INTERNED_JSON {
+            table.intern(format!("key{i:05}").as_bytes(), json.clone());
+            assert!(table.bytes <= MAX_INTERNED_BYTES, "{} bytes after {i}", table.bytes);
+            assert_eq!(table.bytes, table.map.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>());
+        }
+        assert!(table.map.len() <= MAX_INTERNED_BYTES / MAX_INTERNED_JSON);
+    }
 
     #[test]
     fn the_id_list_cache_survives_collisions_and_a_new_module() {

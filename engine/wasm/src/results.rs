@@ -11,10 +11,9 @@ use std::sync::Arc;
 
 use enrichd_engine::{constant_fragment, BuildContext, Event, FactDecl, FactId, FactKind, JsonFragment, KeyId};
 use enrichd_sdk::abi::{self, kind};
-use rustc_hash::FxHashMap as HashMap;
 
 use crate::declared::DeclaredTexts;
-use crate::lists::{intern, json_list, IdListCache, Item, ListCache, ListKey};
+use crate::lists::{json_list, IdListCache, Interned, Item, ListCache, ListKey};
 use crate::options::{Role, WasmOptions};
 use crate::stats::FailureKind;
 
@@ -30,7 +29,7 @@ pub struct Scratch {
     /// Lists made only of declared texts, by their packed ids.
     id_lists: IdListCache,
     /// Guest bytes -> validated JSON fragment.
-    interned: HashMap<Box<[u8]>, JsonFragment>,
+    interned: Interned,
     /// Enricher fields checked but not yet applied: `(event, key, value)`.
     computed: Vec<(usize, KeyId, JsonFragment)>,
 }
@@ -40,10 +39,7 @@ pub struct Scratch {
 /// (RFC 7493), which a syntax-only check lets through (`24e457`: found by
 /// the `wasm_results` fuzz target). Parsed into a `Value` only on a cache
 /// miss: values repeat.
-fn interned_json_value(
-    value: &[u8],
-    table: &mut HashMap<Box<[u8]>, JsonFragment>,
-) -> Result<JsonFragment, FailureKind> {
+fn interned_json_value(value: &[u8], table: &mut Interned) -> Result<JsonFragment, FailureKind> {
     let mut key = Vec::with_capacity(value.len() + 1);
     key.push(b'V');
     key.extend_from_slice(value);
@@ -52,7 +48,7 @@ fn interned_json_value(
     }
     let text = std::str::from_utf8(value).map_err(|_| FailureKind::MalformedResult)?;
     serde_json::from_str::<serde_json::Value>(text).map_err(|_| FailureKind::MalformedResult)?;
-    Ok(intern(table, &key, text.to_owned()))
+    Ok(table.intern(&key, text.to_owned()))
 }
 
 enum Outputs {
@@ -162,6 +158,13 @@ impl ResultWriter {
         counts.resize(n, 0);
         let base = out.as_ptr() as usize;
         let (mut sorted, mut last) = (true, 0);
+        // Bytes of JSON the call's reasons and tags become: an id is one
+        // byte of the buffer but its text's JSON (up to 6 KiB) in every
+        // event it is written into, so without this bound a 64 KiB buffer
+        // made tens of MB of reasons per call. A text written out counts
+        // its bytes and quotes; its escapes (at most 5 bytes more per
+        // byte) are bounded by the buffer, within the bound's margin.
+        let mut lists_json = 0usize;
         for entry in abi::entries(out) {
             let e = entry.map_err(|_| FailureKind::MalformedResult)?;
             let count = counts.get_mut(e.event as usize).ok_or(FailureKind::MalformedResult)?;
@@ -171,10 +174,19 @@ impl ResultWriter {
                     *count += 1;
                     // Checked here, so that applying below cannot fail.
                     let acceptable = match e.kind {
-                        kind::REASON | kind::TAG => e.payload.len() <= abi::MAX_TEXT && is_utf8(e.payload),
-                        _ => matches!(e.payload, [id] if (*id as usize) < texts.len()),
+                        kind::REASON | kind::TAG => {
+                            lists_json += e.payload.len() + 3;
+                            e.payload.len() <= abi::MAX_TEXT && is_utf8(e.payload)
+                        }
+                        _ => match e.payload {
+                            [id] if (*id as usize) < texts.len() => {
+                                lists_json += texts.json(*id).len() + 1;
+                                true
+                            }
+                            _ => false,
+                        },
                     };
-                    if *count > 32 || !acceptable {
+                    if *count > 32 || !acceptable || lists_json > abi::MAX_LISTS_JSON {
                         return Err(FailureKind::MalformedResult);
                     }
                 }
@@ -284,7 +296,7 @@ impl ResultWriter {
         mine: &[(u16, u8, usize, usize)],
         out: &[u8],
         texts: &DeclaredTexts,
-        (lists, id_lists, interned): (&mut ListCache, &mut IdListCache, &mut HashMap<Box<[u8]>, JsonFragment>),
+        (lists, id_lists, interned): (&mut ListCache, &mut IdListCache, &mut Interned),
     ) -> JsonFragment {
         if key.count == 0 {
             return self.empty_list.clone();
@@ -413,7 +425,7 @@ mod tests {
 
     #[test]
     fn field_values_are_json_that_readers_accept() {
-        let mut table = HashMap::default();
+        let mut table = Interned::default();
         for good in [&b"1.5"[..], b"-0", b"1e308", b"\"x\"", b"{\"a\":[1,2,{\"b\":null}]}", b"true"] {
             assert!(interned_json_value(good, &mut table).is_ok(), "{}", String::from_utf8_lossy(good));
         }

@@ -23,6 +23,7 @@ use wasmtime::{
     ValType,
 };
 
+use crate::artifacts;
 use crate::declared::DeclaredTexts;
 use crate::host::HostState;
 use crate::limits::{cpu_deadline_update, thread_cpu_time, CpuBudget};
@@ -57,124 +58,47 @@ pub fn engine() -> &'static Engine {
 
 /// Compiles `bytes`, reusing an earlier compilation of identical content:
 /// from memory within the process, and from `cache_dir` (the server's state
-/// directory) across restarts.
+/// directory) across restarts, if the artifact there is trusted
+/// ([`crate::artifacts`]).
+///
+/// Without `cache_dir` nothing read from disk is used, not even through the
+/// in-memory cache: a stage that checks signatures passes none, so that
+/// the code it runs is compiled from the bytes it verified.
 pub fn compile(bytes: &[u8], sha256: [u8; 32], cache_dir: Option<&Path>) -> anyhow::Result<Module> {
-    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Module>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(m) = cache.lock().expect("module cache").get(&sha256) {
-        return Ok(m.clone());
+    let cache = compiled();
+    if let Some((m, from_disk)) = cache.lock().expect("module cache").get(&sha256) {
+        if cache_dir.is_some() || !from_disk {
+            return Ok(m.clone());
+        }
     }
-    let on_disk = cache_dir.map(|dir| dir.join("wasm-cache").join(artifact_name(&sha256)));
-    let module = match on_disk.as_deref().and_then(load_artifact) {
-        Some(module) => module,
+    let on_disk = cache_dir.map(|dir| (artifacts::cache_dir(dir), artifacts::artifact_name(&sha256)));
+    let (module, from_disk) = match on_disk.as_ref().and_then(|(dir, name)| artifacts::load(dir, name)) {
+        Some(module) => (module, true),
         None => {
             let module = Module::new(engine(), bytes).map_err(|e| anyhow!("not a valid WebAssembly module: {e:#}"))?;
-            if let Some(path) = &on_disk {
-                store_artifact(&module, path);
+            if let Some((dir, name)) = &on_disk {
+                artifacts::store(dir, name, &module);
             }
-            module
+            (module, false)
         }
     };
-    cache.lock().expect("module cache").insert(sha256, module.clone());
+    cache.lock().expect("module cache").insert(sha256, (module.clone(), from_disk));
     Ok(module)
 }
 
-/// `<content sha256>-<engine compatibility hash>.cwasm`: an artifact is
-/// only ever loaded by an engine that could have produced it.
-fn artifact_name(sha256: &[u8; 32]) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    engine().precompile_compatibility_hash().hash(&mut h);
-    format!("{}-{:016x}.cwasm", enrichd_engine::to_hex(sha256), h.finish())
+/// Modules compiled in this process by content hash, each with whether it
+/// was read from a precompiled artifact.
+type Compiled = Mutex<HashMap<[u8; 32], (Module, bool)>>;
+
+fn compiled() -> &'static Compiled {
+    static CACHE: OnceLock<Compiled> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
 }
 
-fn load_artifact(path: &Path) -> Option<Module> {
-    if !path.is_file() {
-        return None;
-    }
-    // SAFETY: `deserialize_file` trusts the artifact to be wasmtime's own
-    // output. It is: the file sits in our private state directory, under a
-    // name binding it to the module's content hash and to this engine's
-    // configuration, written whole by `store_artifact` (temporary file,
-    // then rename). wasmtime also checks the version and settings header.
-    match unsafe { Module::deserialize_file(engine(), path) } {
-        Ok(module) => {
-            // Recently used artifacts are the last evicted (see `evict`).
-            touch(path);
-            Some(module)
-        }
-        Err(e) => {
-            tracing::warn!(artifact = %path.display(), error = %e, "ignoring an unusable precompiled module");
-            let _ = std::fs::remove_file(path);
-            None
-        }
-    }
-}
-
-/// Best effort: a cache that cannot be written only costs a compilation.
-fn store_artifact(module: &Module, path: &Path) {
-    let write = || -> anyhow::Result<()> {
-        let dir = path.parent().expect("artifact paths have a directory");
-        std::fs::create_dir_all(dir)?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let bytes = module.serialize().map_err(|e| anyhow!("{e:#}"))?;
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)?;
-        evict(dir, path, MAX_CACHED_ARTIFACTS, MAX_CACHE_BYTES)?;
-        Ok(())
-    };
-    if let Err(e) = write() {
-        tracing::debug!(artifact = %path.display(), error = %e, "precompiled module not cached");
-    }
-}
-
-/// Most precompiled artifacts kept in `wasm-cache`: every distinct module
-/// content (each edit of a rule) leaves one, so without a bound the
-/// directory grows for as long as the server's state directory lives.
-const MAX_CACHED_ARTIFACTS: usize = 32;
-/// Most bytes of precompiled artifacts kept (a compiled rule is typically
-/// a few hundred KiB to a few MiB).
-const MAX_CACHE_BYTES: u64 = 256 << 20;
-
-/// Marks an artifact as used now (its modification time), best effort.
-fn touch(path: &Path) {
-    let now = std::time::SystemTime::now();
-    if let Err(e) = std::fs::File::options().append(true).open(path).and_then(|f| f.set_modified(now)) {
-        tracing::debug!(artifact = %path.display(), error = %e, "cannot mark a precompiled module as used");
-    }
-}
-
-/// Keeps the cache directory within `max_files` artifacts and `max_bytes`:
-/// the least recently used (oldest modification time: written or loaded)
-/// go first; `keep`, just written, always stays. Only `.cwasm` files are
-/// counted or removed.
-fn evict(dir: &Path, keep: &Path, max_files: usize, max_bytes: u64) -> std::io::Result<()> {
-    let mut artifacts = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "cwasm") || path == keep {
-            continue;
-        }
-        let Ok(meta) = entry.metadata() else { continue };
-        let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-        artifacts.push((used, meta.len(), path));
-    }
-    // Newest first; what no longer fits after the newest is removed.
-    artifacts.sort_by_key(|a| std::cmp::Reverse(a.0));
-    let mut files = 1;
-    let mut bytes = std::fs::metadata(keep).map_or(0, |m| m.len());
-    for (_, len, path) in artifacts {
-        files += 1;
-        bytes += len;
-        if files > max_files || bytes > max_bytes {
-            tracing::debug!(artifact = %path.display(), "evicting a precompiled module from the cache");
-            let _ = std::fs::remove_file(&path);
-            bytes -= len;
-            files -= 1;
-        }
-    }
-    Ok(())
+/// Forgets the in-process compilation of `sha256`, as a restart would.
+#[cfg(test)]
+pub(crate) fn forget(sha256: &[u8; 32]) {
+    compiled().lock().expect("module cache").remove(sha256);
 }
 
 /// The imports the host provides, with their types.
@@ -379,46 +303,100 @@ pub type Shared = Arc<LoadedModule>;
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
-    use std::time::{Duration, SystemTime};
+
+    use sha2::{Digest, Sha256};
 
     use super::*;
 
-    fn artifact(dir: &Path, name: &str, len: usize, age_s: u64) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, vec![0u8; len]).unwrap();
-        let file = std::fs::File::options().append(true).open(&path).unwrap();
-        file.set_modified(SystemTime::now() - Duration::from_secs(age_s)).unwrap();
-        path
+    /// A module (WAT text) whose export `answer` returns `n`, its hash and
+    /// its artifact's path under `state`.
+    fn answering(n: i32, state: &Path) -> (String, [u8; 32], PathBuf) {
+        let wat = format!(r#"(module (func (export "answer") (result i32) (i32.const {n})))"#);
+        let sha: [u8; 32] = Sha256::digest(&wat).into();
+        let path = artifacts::cache_dir(state).join(artifacts::artifact_name(&sha));
+        (wat, sha, path)
     }
 
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
+    fn answer(module: &Module) -> i32 {
+        let mut store = Store::new(engine(), ());
+        store.set_epoch_deadline(1_000_000);
+        let instance = Instance::new(&mut store, module, &[]).unwrap();
+        instance.get_typed_func::<(), i32>(&mut store, "answer").unwrap().call(&mut store, ()).unwrap()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
     #[test]
-    fn the_artifact_cache_keeps_the_most_recently_used_within_its_bounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        artifact(d, "a.cwasm", 100, 50);
-        artifact(d, "b.cwasm", 100, 40);
-        let c = artifact(d, "c.cwasm", 100, 30);
-        artifact(d, "d.cwasm", 100, 20);
-        artifact(d, "notes.txt", 10_000, 60);
-        // Loading `c` makes it the most recently used.
-        touch(&c);
-        let new = artifact(d, "new.cwasm", 100, 0);
-        // By count: the new one and the two most recent others.
-        evict(d, &new, 3, u64::MAX).unwrap();
-        assert_eq!(names(d), ["c.cwasm", "d.cwasm", "new.cwasm", "notes.txt"]);
-        // By bytes: 250 leaves room for the new one and one more.
-        evict(d, &new, 10, 250).unwrap();
-        assert_eq!(names(d), ["c.cwasm", "new.cwasm", "notes.txt"]);
-        // The artifact just written stays even when it alone is too big.
-        evict(d, &new, 1, 10).unwrap();
-        assert_eq!(names(d), ["new.cwasm", "notes.txt"]);
+    fn the_artifact_cache_is_private() {
+        let state = tempfile::tempdir().unwrap();
+        let (wat, sha, path) = answering(1001, state.path());
+        assert_eq!(answer(&compile(wat.as_bytes(), sha, Some(state.path())).unwrap()), 1001);
+        assert_eq!(mode(&artifacts::cache_dir(state.path())), 0o700);
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    /// Module B's artifact put under module A's name, as someone who can
+    /// write the state directory could: A must still run as A unless the
+    /// file could only have been written by this user.
+    #[test]
+    fn an_artifact_others_could_have_written_is_not_run() {
+        let state = tempfile::tempdir().unwrap();
+        let s = Some(state.path());
+        let (a, sha_a, path_a) = answering(2001, state.path());
+        let (b, sha_b, path_b) = answering(2002, state.path());
+        compile(a.as_bytes(), sha_a, s).unwrap();
+        compile(b.as_bytes(), sha_b, s).unwrap();
+        // A restart (the in-process compilation forgotten) loads A from
+        // `path_a` after it was replaced by B's artifact in some way.
+        let restart_a = |dir: Option<&Path>| {
+            forget(&sha_a);
+            answer(&compile(a.as_bytes(), sha_a, dir).unwrap())
+        };
+        let plant = || {
+            let _ = std::fs::remove_file(&path_a);
+            std::fs::copy(&path_b, &path_a).unwrap();
+            chmod(&path_a, 0o600);
+        };
+
+        // Control: a private file of ours is trusted (this user can run
+        // any code anyway), which shows the swap is visible to the test.
+        plant();
+        assert_eq!(restart_a(s), 2002);
+        // Without a cache directory (a stage checking signatures) neither
+        // the disk nor what was read from it is used.
+        assert_eq!(answer(&compile(a.as_bytes(), sha_a, None).unwrap()), 2001);
+
+        // Writable by others: recompiled, and replaced by a private A.
+        plant();
+        chmod(&path_a, 0o666);
+        assert_eq!(restart_a(s), 2001);
+        assert_eq!(mode(&path_a), 0o600);
+        assert_eq!(restart_a(s), 2001);
+
+        // A hard link to B's artifact, a symbolic link to it.
+        let _ = std::fs::remove_file(&path_a);
+        std::fs::hard_link(&path_b, &path_a).unwrap();
+        assert_eq!(restart_a(s), 2001);
+        let _ = std::fs::remove_file(&path_a);
+        std::os::unix::fs::symlink(&path_b, &path_a).unwrap();
+        assert_eq!(restart_a(s), 2001);
+        assert!(!std::fs::symlink_metadata(&path_a).unwrap().is_symlink());
+
+        // A directory others could write: made private and emptied of
+        // what it held (B's artifact too), A recompiled.
+        plant();
+        let dir = artifacts::cache_dir(state.path());
+        chmod(&dir, 0o777);
+        assert_eq!(restart_a(s), 2001);
+        assert_eq!(mode(&dir), 0o700);
+        assert!(!path_b.exists() && path_a.exists());
     }
 }

@@ -167,3 +167,81 @@ fn a_hostile_text_table_is_a_load_error_naming_it() {
         assert!(err.contains(&want), "{want}: {err}");
     }
 }
+
+/// `count` declared texts, each the same 1,024 bytes of `\x01` (6 bytes of
+/// JSON each: 6,146 per text as a JSON string). Each event gets
+/// `dst_port` reasons, all id 0: 6-byte entries that expand a thousandfold.
+fn expanding_module(count: u32) -> String {
+    let text = "\\01".repeat(1024);
+    let entries = "\"\\a0\\86\\01\\00\" \"\\00\\04\\00\\00\" ".repeat(count as usize);
+    format!(
+        r#"(module
+  (memory (export "memory") 2)
+  (data (i32.const 100000) "{text}")
+  (data (i32.const 102000) "\{count:02x}\00\00\00" {entries})
+  (func (export "enrichd_abi_version") (result i32) (i32.const {V1_1}))
+  (func (export "enrichd_io") (result i32) (i32.const 0))
+  (func (export "enrichd_texts") (result i32) (i32.const 102000))
+  (func (export "enrichd_process") (param $n i32) (result i32)
+    (local $i i32) (local $at i32) (local $k i32)
+    (local.set $at (i32.const 28680))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $k (i32.load16_u offset=98 (i32.mul (local.get $i) (i32.const 112))))
+      (block $d (loop $l
+        (br_if $d (i32.eqz (local.get $k)))
+        (i32.store16 (local.get $at) (local.get $i))
+        (i32.store8 offset=2 (local.get $at) (i32.const 5))
+        (i32.store16 offset=3 (local.get $at) (i32.const 1))
+        (i32.store8 offset=5 (local.get $at) (i32.const 0))
+        (local.set $at (i32.add (local.get $at) (i32.const 6)))
+        (local.set $k (i32.sub (local.get $k) (i32.const 1)))
+        (br $l)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (i32.store (i32.const 28672) (i32.sub (local.get $at) (i32.const 28680)))
+    (i32.const 0)))"#,
+    )
+}
+
+/// `n` events to destination port `port`, run through `chain`: the events
+/// and the size of their JSON.
+fn run_port(chain: &Chain, n: usize, port: u16) -> (Vec<Value>, usize) {
+    let lines: Vec<String> = (0..n).map(|_| format!(r#"{{"src_ip":"10.0.0.1","dst_port":{port}}}"#)).collect();
+    let mut batch = parse_ndjson(lines.join("\n"), Format::FlowsV1, chain.parse_spec(), 0).unwrap();
+    chain.run(&mut batch);
+    let mut out = Vec::new();
+    batch.write_events_array(chain.keys(), &mut out);
+    (serde_json::from_slice(&out).unwrap(), out.len())
+}
+
+#[test]
+fn declared_texts_are_bounded_in_all_and_in_what_one_call_makes_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // 17 KiB of texts is refused at load; 16 KiB is the bound.
+    let err = chain(dir.path(), &expanding_module(17)).err().unwrap_or_default();
+    assert!(err.contains("declared text 16 brings the texts to 17408 bytes; at most 16384 in all"), "{err}");
+    let chain16 = chain(dir.path(), &expanding_module(16)).unwrap();
+    let text = "\u{1}".repeat(1024);
+    let (events, _) = run_port(&chain16, 10, 1);
+    assert!(events.iter().all(|e| e["reasons"] == json!([text])), "{}", events[0]);
+
+    // Within the table's bound, a call that would expand past 1 MiB of
+    // reasons (10 events x 32 ids x 6 KiB) is a malformed result, not
+    // 2 MB of output...
+    let chain1 = chain(dir.path(), &expanding_module(1)).unwrap();
+    let (events, _) = run_port(&chain1, 10, 32);
+    assert!(
+        events.iter().all(|e| e["risk_score"] == 77 && e["reasons"] == json!(["rule error: malformed_result"])),
+        "{}",
+        events[0]
+    );
+    // ... and a batch of 600 such events (118 MB of reasons unbounded)
+    // stays small, whatever the breaker makes of the failures.
+    let (events, bytes) = run_port(&chain1, 600, 32);
+    assert!(bytes < 200_000, "{bytes} bytes of events");
+    assert!(events.iter().all(|e| e["risk_score"] == 77), "{}", events[0]);
+    // Fewer are fine: 100 events x 1 id x 6 KiB (600 KiB) in one call.
+    let (events, _) = run_port(&chain1, 100, 1);
+    assert!(events.iter().all(|e| e["reasons"] == json!([text])), "{}", events[0]);
+}
