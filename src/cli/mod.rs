@@ -60,8 +60,10 @@ pub(crate) fn check_config(path: &Path, allow_missing: bool) -> anyhow::Result<(
             ));
         }
     }
-    if config.auth.api_keys.is_empty() {
-        println!("  warning: no API key configured (auth.api_keys or env API_KEY)");
+    if crate::service::Keyring::new(&config.auth, &|name| std::env::var(name).ok()).is_empty() {
+        println!(
+            "  warning: no usable API key configured (auth.api_keys, auth.admin_keys, [[auth.keys]] or env API_KEY)"
+        );
     }
     if !problems.is_empty() {
         let hint = if allow_missing { "" } else { "; --allow-missing accepts files that are not there yet" };

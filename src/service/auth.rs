@@ -166,7 +166,11 @@ impl Keyring {
     pub(crate) fn new(auth: &AuthConfig, env: &dyn Fn(&str) -> Option<String>) -> Self {
         let plain = |keys: &[String], scopes: &[Scope]| {
             let bits = scopes.iter().fold(0, |b, s| b | s.bit());
-            keys.iter().filter(|k| !k.is_empty()).map(move |k| (digest(k.as_bytes()), bits)).collect::<Vec<_>>()
+            // Trimmed as presented keys are: a key read from a secret file
+            // or an EnvironmentFile often ends in a newline, and would
+            // otherwise match no request, silently.
+            let keys = keys.iter().map(|k| k.trim()).filter(|k| !k.is_empty());
+            keys.map(move |k| (digest(k.as_bytes()), bits)).collect::<Vec<_>>()
         };
         let mut keys = plain(&auth.api_keys, &[Scope::Ingest, Scope::Read]);
         keys.extend(plain(&auth.admin_keys, &[Scope::Admin, Scope::Read]));
@@ -298,6 +302,16 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(name, value.parse().unwrap());
         h
+    }
+
+    /// A configured key with a trailing newline (a secret file, an
+    /// EnvironmentFile) matches the key presented without it.
+    #[test]
+    fn configured_keys_are_trimmed_like_presented_ones() {
+        let auth = AuthConfig { api_keys: vec!["abc\n".into(), " \n".into()], ..Default::default() };
+        let keys = Keyring::new(&auth, &|_| None);
+        assert_eq!(keys.len(), 1, "a blank key is no key");
+        assert!(keys.check(&headers("authorization", "Bearer abc")).is_ok());
     }
 
     /// A key pasted into `key_env` is not echoed; a variable's name is.

@@ -183,10 +183,10 @@ impl ServiceConfig {
         registry: &Registry,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
-        if let Some(key) = env("API_KEY").filter(|k| !k.is_empty()) {
+        if let Some(key) = env("API_KEY").filter(|k| !k.trim().is_empty()) {
             self.auth.api_keys.push(key);
         }
-        if let Some(key) = env("ADMIN_API_KEY").filter(|k| !k.is_empty()) {
+        if let Some(key) = env("ADMIN_API_KEY").filter(|k| !k.trim().is_empty()) {
             self.auth.admin_keys.push(key);
         }
         if let Some(problem) = self.auth.check(&env).into_iter().next() {
