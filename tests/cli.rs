@@ -300,6 +300,25 @@ fn enrich_ndjson_and_zeek_tsv_offline() {
         std::fs::read_to_string(&zeek).unwrap().lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
     assert_eq!(rows.len(), expected);
     assert!(rows.iter().all(|r| r["id.orig_h"].is_string() && r["ti"]["matches"].is_array()));
+    // A row cut short (a live log's half-written last line) and a line that
+    // is not UTF-8 are skipped and reported; the run goes on and the
+    // records read before them are not lost (the run used to end there,
+    // writing nothing).
+    let cut = "#separator \\x09\n#fields\tts\tid.orig_h\tid.resp_h\n#types\ttime\taddr\taddr\n\
+               1.0\t10.0.0.1\t8.8.8.8\n2.0\t10.0.0.2\n3.0\t10.0.0.3\t1.1.1.1\n";
+    let out = run(&["enrich", "--config", &path, "--zeek-tsv"], cut, &[]);
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout).lines().count(), 2, "{err}");
+    assert!(err.contains("Zeek TSV line 5: 2 columns") && err.contains("1 record(s) skipped, 2 enriched"), "{err}");
+    let mut bytes = b"{\"id.orig_h\":\"10.0.0.1\"}\n".to_vec();
+    bytes.extend_from_slice(b"{\"x\":\"\xff\"}\n{\"id.orig_h\":\"10.0.0.2\"}\n");
+    let dir_in = tempfile::tempdir().unwrap();
+    let latin = dir_in.path().join("latin1.ndjson");
+    std::fs::write(&latin, bytes).unwrap();
+    let out = run(&["enrich", "--config", &path, latin.to_str().unwrap()], "", &[]);
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout).lines().count(), 2, "{err}");
+    assert!(err.contains("line 2: ") && err.contains("1 record(s) skipped"), "{err}");
 
     // The same log without --zeek-tsv: recognised by its header, said so.
     let out = run(&["enrich", "--config", &path, &zeek], "", &[]);

@@ -126,6 +126,9 @@ pub(crate) fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
     let (mut line_no, mut first_line, mut in_chunk) = (0usize, 1usize, 0usize);
     let (mut skipped, mut written) = (0usize, 0usize);
     let mut buf = Vec::new();
+    // Rows are numbered by file line in NDJSON; a TSV log's records are
+    // counted without its header lines, so they are called records there.
+    let unit = if zeek_tsv { "record" } else { "line" };
     let mut flush = |chunk: &mut String, first_line: usize, out: &mut dyn Write, skipped: &mut usize| {
         let text = std::mem::take(chunk);
         let records = text.lines().filter(|l| !l.trim().is_empty()).count();
@@ -138,9 +141,9 @@ pub(crate) fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
             let message = match error {
                 InputError::Record { field, message, .. } => {
                     let field = field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default();
-                    format!("enrichd: line {index}{field}: {message}")
+                    format!("enrichd: {unit} {index}{field}: {message}")
                 }
-                e => format!("enrichd: line {index}: {e}"),
+                e => format!("enrichd: {unit} {index}: {e}"),
             };
             bar.suspend(|| eprintln!("{message}"));
         }
@@ -150,7 +153,26 @@ pub(crate) fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
         anyhow::Ok(records - bad.len())
     };
     for line in lines {
-        let line = line?;
+        let line = match line {
+            Ok(line) => line,
+            // A row that cannot be read (a TSV row with the wrong number of
+            // columns, as the half-written last line of a live log is; a
+            // line that is not UTF-8) is skipped and reported like a bad
+            // record: the run goes on, and the records already collected are
+            // not lost. Reading itself failing still ends the run.
+            Err(e) if is_bad_row(&e) => {
+                skipped += 1;
+                if !zeek_tsv {
+                    line_no += 1; // TSV counts records, not rows
+                }
+                if skipped <= SHOWN_ERRORS {
+                    let at = if zeek_tsv { String::new() } else { format!("line {line_no}: ") };
+                    bar.suspend(|| eprintln!("enrichd: {at}{e:#}"));
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         line_no += 1;
         chunk.push_str(&line);
         chunk.push('\n');
@@ -187,6 +209,15 @@ pub(crate) fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
         bail!("{skipped} record(s) skipped, {written} enriched ({shown})");
     }
     Ok(())
+}
+
+/// Whether a read error concerns one row (skipped) rather than the input
+/// (the run ends): anything but an I/O error, or text that is not UTF-8.
+fn is_bad_row(error: &anyhow::Error) -> bool {
+    match error.downcast_ref::<std::io::Error>() {
+        Some(io) => io.kind() == std::io::ErrorKind::InvalidData,
+        None => true,
+    }
 }
 
 #[cfg(test)]
