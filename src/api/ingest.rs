@@ -163,9 +163,13 @@ async fn forward(
     }
 }
 
-/// A full backlog: 503 with `Retry-After`, naming the output.
+/// A full backlog, or an output that could not queue: 503 with
+/// `Retry-After`, naming the output (and, when others took the batch
+/// anyway, those: a resend reaches them twice).
 fn refused(r: crate::delivery::Refused) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "output_backlog_full", r.message)
-        .with(serde_json::json!({ "output": r.output, "retry_after_s": r.retry_after_secs }))
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, r.code, r.message)
+        .with(
+            serde_json::json!({ "output": r.output, "retry_after_s": r.retry_after_secs, "queued_for": r.queued_for }),
+        )
         .retry_after(r.retry_after_secs)
 }

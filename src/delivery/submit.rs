@@ -20,13 +20,19 @@ pub(crate) struct Admitted {
     pub queued: Vec<u64>,
 }
 
-/// Why a batch was not queued (the request answers 503).
+/// Why a batch was not queued everywhere (the request answers 503).
 #[derive(Debug)]
 pub(crate) struct Refused {
+    /// `output_backlog_full` (nothing queued anywhere) or
+    /// `output_unavailable` (an append failed after the outputs in
+    /// `queued_for` had taken the batch).
+    pub code: &'static str,
     pub output: String,
     pub message: String,
     /// Seconds the client should wait before resending.
     pub retry_after_secs: u64,
+    /// Outputs that hold the batch anyway: a resend may reach them twice.
+    pub queued_for: Vec<String>,
 }
 
 /// Admits and appends `payloads[i]` (NDJSON, `events` lines) to output `i`
@@ -47,6 +53,8 @@ pub(crate) fn submit(
             a.lane.stats.refused.fetch_add(u64::from(events), Relaxed);
             let queued = a.lane.backlog.stats();
             return Err(Refused {
+                code: "output_backlog_full",
+                queued_for: Vec::new(),
                 output: a.lane.name.clone(),
                 message: format!(
                     "output {:?} is at its backlog bound ({} events, {} bytes queued); nothing of this request \
@@ -70,23 +78,38 @@ pub(crate) fn submit(
                 queued.push(seq);
             }
             Err(e) => {
-                // Outputs before this one have the batch: a resend
-                // duplicates it there (at least once, as documented).
+                // Other outputs may have the batch: a resend duplicates it
+                // there (at least once), and the answer says where.
                 a.lane.error(format!("appending to the backlog: {e}"));
                 failure.get_or_insert(Refused {
+                    code: "output_unavailable",
                     output: a.lane.name.clone(),
-                    message: format!(
-                        "output {:?} cannot queue events now (see its last_error); retry later",
-                        a.lane.name
-                    ),
+                    message: format!("output {:?} cannot queue events now (see its last_error)", a.lane.name),
                     retry_after_secs: 5,
+                    queued_for: Vec::new(),
                 });
                 queued.push(u64::MAX);
             }
         }
     }
     match failure {
-        Some(refused) => Err(refused),
+        Some(mut refused) => {
+            refused.queued_for = active
+                .iter()
+                .zip(&queued)
+                .filter(|(_, &seq)| seq != u64::MAX)
+                .map(|(a, _)| a.lane.name.clone())
+                .collect();
+            refused.message = match refused.queued_for.is_empty() {
+                true => format!("{}; nothing of this request was queued: retry later", refused.message),
+                false => format!(
+                    "{}; the batch was queued for {:?} all the same: a resend reaches them twice (outputs with \
+                     id_mode = \"hash\" or message ids drop the repeat)",
+                    refused.message, refused.queued_for
+                ),
+            };
+            Err(refused)
+        }
         None => Ok(Admitted { active, queued }),
     }
 }

@@ -254,6 +254,31 @@ async fn a_full_output_refuses_the_batch_for_every_output() {
     assert_eq!(f.delivery.lane_named("tight").unwrap().stats.refused.load(Relaxed), 100);
 }
 
+/// An append that fails after another output took the batch: the refusal
+/// says so (a resend reaches that output twice), instead of the "nothing
+/// was queued" of a full backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_append_names_the_outputs_that_took_the_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path(), |_, _| Outcome::Retry("down".into()));
+    f.apply(vec![
+        entry(json!({"name": "mem", "durability": "memory"})),
+        entry(json!({"name": "disk", "durability": "spool"})),
+    ])
+    .await
+    .unwrap();
+    let payload = Payload { bytes: bytes::Bytes::from_static(b"{\"n\":1}\n"), line_ends: None };
+    let active = f.delivery.active();
+    let payloads: Vec<Payload> = active.iter().map(|_| payload.clone()).collect();
+    // An origin key over the spool's 64 KiB: only the spool refuses it.
+    let origin = "o".repeat(70 << 10);
+    let Err(refused) = submit(active, &payloads, 1, Some(&origin)) else { panic!("admitted") };
+    assert_eq!((refused.code, refused.output.as_str()), ("output_unavailable", "disk"));
+    assert_eq!(refused.queued_for, ["mem"]);
+    assert!(refused.message.contains("queued for [\"mem\"]"), "{}", refused.message);
+    assert_eq!(f.delivery.lane_named("mem").unwrap().backlog.stats().events, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spool_survives_a_restart_and_memory_queues_are_dead_lettered_at_shutdown() {
     let tmp = tempfile::tempdir().unwrap();
