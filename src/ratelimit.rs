@@ -63,7 +63,7 @@ impl RateLimits {
     pub(crate) fn check(&self, key: Option<&[u8; 32]>, address: Option<IpAddr>) -> Result<(), (LimitedBy, Duration)> {
         let clock = DefaultClock::default();
         if let (Some(limiter), Some(address)) = (&self.per_address, address) {
-            if let Err(not_until) = limiter.check_key(&address) {
+            if let Err(not_until) = limiter.check_key(&budget_of(address)) {
                 self.limited_by_address.fetch_add(1, Relaxed);
                 return Err((LimitedBy::Address, not_until.wait_time_from(clock.now())));
             }
@@ -102,6 +102,18 @@ impl RateLimits {
     }
 }
 
+/// The address a request's budget is kept under: an IPv4 address, or the
+/// /64 of an IPv6 one. A /64 is one subnet, which a single host is given
+/// whole (SLAAC, privacy addresses): per /128, one client could rotate
+/// through 2^64 addresses and never meet the limit. IPv4-mapped addresses
+/// count as IPv4.
+fn budget_of(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +136,18 @@ mod tests {
         assert!(by_address.check(None, None).is_ok(), "exempt requests pass");
         assert_eq!(limits.refused()[0].1, 11);
         assert!(!RateLimits::new(0, 0, 2).enabled());
+    }
+
+    /// IPv6 clients share their /64's budget: rotating addresses inside a
+    /// subnet does not escape it; another /64 has its own.
+    #[test]
+    fn an_ipv6_subnet_shares_one_budget() {
+        let limits = RateLimits::new(0, 1, 1);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert!(limits.check(None, ip("2001:db8:1:2::1")).is_ok());
+        assert_eq!(limits.check(None, ip("2001:db8:1:2:ffff::7")).unwrap_err().0, LimitedBy::Address);
+        assert!(limits.check(None, ip("2001:db8:1:3::1")).is_ok());
+        assert!(limits.check(None, ip("::ffff:192.0.2.9")).is_ok());
+        assert_eq!(limits.check(None, ip("192.0.2.9")).unwrap_err().0, LimitedBy::Address, "mapped is IPv4");
     }
 }
