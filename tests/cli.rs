@@ -467,3 +467,26 @@ fn serve_runs_anywhere_on_the_built_in_default() {
     let out = run(&["init", &init_dir.display().to_string()], "", &[]);
     assert!(text(&out.stdout).lines().filter(|l| l.starts_with("kept")).count() == 4, "{}", text(&out.stdout));
 }
+
+/// `bench` refuses what it cannot measure with a message and exit code 1,
+/// not a panic (101): no time, input that is not records.
+#[test]
+fn bench_refuses_bad_arguments_and_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &test_chain());
+    for seconds in ["0", "NaN", "1e9"] {
+        let out = run(&["bench", "--config", &path, "--random", "10", "--seconds", seconds], "", &[]);
+        assert_eq!(out.status.code(), Some(1), "--seconds {seconds}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("--seconds"), "{}", text(&out.stderr));
+    }
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, "{\"src_ip\":\"10.0.0.1\"}\nnot json\n").unwrap();
+    let args = ["bench", "--config", &path, "--random", "0", "--seconds", "0.05", "--ndjson", input.to_str().unwrap()];
+    let out = run(&args, "", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("replayed record 2 is not JSON"), "{}", text(&out.stderr));
+    // Blank lines are skipped, not records.
+    std::fs::write(&input, "{\"src_ip\":\"10.0.0.1\"}\n\n\n").unwrap();
+    let out = run(&args, "", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

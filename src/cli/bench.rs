@@ -63,6 +63,9 @@ struct Workload {
 }
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !(args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= 3600.0) {
+        anyhow::bail!("--seconds must be a number of seconds above 0 (at most 3600), not {}", args.seconds);
+    }
     let mut chains = Vec::new();
     for path in &args.config {
         let (_, chain) = app::load(path, &app::registry())?;
@@ -85,8 +88,24 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             lines.push(line?);
         }
     }
+    // Blank lines are no records; anything else must be one, checked
+    // before measuring (the measured loops take it for granted).
+    lines.retain(|l| !l.trim().is_empty());
+    for (i, line) in lines.iter().enumerate() {
+        serde_json::from_str::<&serde_json::value::RawValue>(line)
+            .with_context(|| format!("replayed record {} is not JSON", i + 1))?;
+    }
     if !lines.is_empty() {
         workloads.push(workload("replayed logs", format, lines, args.batch_size));
+    }
+    for w in &workloads {
+        for (name, chain) in &chains {
+            for chunk in &w.chunks {
+                if let Err(e) = parse_ndjson(chunk.clone(), w.format, chain.parse_spec(), 0) {
+                    anyhow::bail!("{}: not records of {} for the chain of {name}: {e}", w.name, w.format.name());
+                }
+            }
+        }
     }
     if args.random > 0 {
         workloads.push(workload("random IPv4", Format::FlowsV1, random_flows(args.random), args.batch_size));
