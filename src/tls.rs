@@ -139,6 +139,23 @@ fn stamps(files: &TlsFiles) -> Vec<Option<(u64, SystemTime)>> {
         .collect()
 }
 
+/// Says so when the private key file is open to other users. Only a
+/// warning: secrets mounted by orchestrators are often 0644 inside a
+/// container that holds nothing else, and refusing would stop the API.
+fn warn_if_readable_by_others(key: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(key) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %key.display(),
+                mode = format!("{mode:04o}"),
+                "tls_key is readable or writable by other users; chmod 600 it"
+            );
+        }
+    }
+}
+
 fn build(files: &TlsFiles) -> anyhow::Result<(rustls::ServerConfig, String)> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|certs| certs.collect::<Result<_, _>>())
@@ -149,6 +166,7 @@ fn build(files: &TlsFiles) -> anyhow::Result<(rustls::ServerConfig, String)> {
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("tls_key {}", files.key.display()))?;
+    warn_if_readable_by_others(&files.key);
     // ring, not aws-lc-rs: it is already in the build (reqwest's) and
     // needs no C toolchain; rustls 0.23.48 deprecates it for lacking the
     // post-quantum key exchange (X25519MLKEM768), which the API's clients
