@@ -46,6 +46,17 @@ fn new_key(name: &str, scopes: &str) -> (String, String) {
     (key, entry)
 }
 
+/// The printed entry is TOML whatever the name holds (Rust's `{:?}`
+/// printed a zero-width space as `\u{200b}`, which TOML does not read).
+#[test]
+fn key_new_prints_an_entry_toml_reads_for_any_name() {
+    for name in ["sensor \"eu\"", "soc\u{200b}desk", "tab\there", "ünï"] {
+        let (_, entry) = new_key(name, "read");
+        let doc: toml::Table = toml::from_str(&entry).unwrap_or_else(|e| panic!("{entry}: {e}"));
+        assert_eq!(doc["auth"]["keys"][0]["name"].as_str(), Some(name), "{entry}");
+    }
+}
+
 fn ingest_body() -> Value {
     json!({"collector_id": "t", "format": "flows.v1", "records": [{"src_ip": "10.0.0.1", "dst_ip": "1.128.0.1",
         "src_port": 1, "dst_port": 443, "protocol": "tcp", "bytes": 1, "packets": 1}]})

@@ -50,7 +50,7 @@ pub(crate) fn run(command: ClusterCommand) -> anyhow::Result<()> {
     for m in &members {
         println!(
             "{:<24} {:>8}s {:>9.1} {:>7.1}ms  {}",
-            m["instance"].as_str().unwrap_or("?"),
+            printable(m["instance"].as_str().unwrap_or("?")),
             m["uptime_s"].as_u64().unwrap_or(0),
             m["events_per_s"].as_f64().unwrap_or(0.0),
             m["lag_ms_p95"].as_f64().unwrap_or(0.0),
@@ -70,14 +70,30 @@ fn stages(member: &Value) -> String {
             .unwrap_or_default()
             .iter()
             .map(|c| {
-                let sha: String = c["sha256"].as_str().unwrap_or("-").chars().take(12).collect();
+                let sha: String = printable(c["sha256"].as_str().unwrap_or("-")).chars().take(12).collect();
                 match c["revision"].as_str() {
-                    Some(rev) => format!("{sha}@{rev}"),
+                    Some(rev) => format!("{sha}@{}", printable(rev)),
                     None => sha,
                 }
             })
             .collect();
-        format!("{}:{}:{}", s["name"].as_str().unwrap_or("?"), s["generation"], content.join("+"))
+        format!("{}:{}:{}", printable(s["name"].as_str().unwrap_or("?")), s["generation"], content.join("+"))
     };
     stages.iter().map(one).collect::<Vec<_>>().join(" ")
+}
+
+/// `text` with control characters shown as `?`: the board is written by
+/// every instance (and anyone who can write the bucket), and a terminal
+/// must not take an escape sequence from it.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn board_text_reaches_the_terminal_without_control_characters() {
+        assert_eq!(super::printable("node-1\u{1b}]0;pwned\u{7}\r\n"), "node-1?]0;pwned???");
+        assert_eq!(super::printable("enrichd-7 ü"), "enrichd-7 ü");
+    }
 }

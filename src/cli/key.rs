@@ -43,7 +43,7 @@ pub(crate) fn run(command: KeyCommand) -> anyhow::Result<()> {
             println!();
             println!("# For config.toml (applied on reload, no restart):");
             println!("[[auth.keys]]");
-            println!("name = {name:?}");
+            println!("name = {}", super::toml_string(&name));
             println!("sha256 = \"{}\"", sha256_hex(&key));
             println!("scopes = [{}]", scopes.join(", "));
             Ok(())

@@ -124,3 +124,9 @@ pub(crate) fn read_lines(input: Box<dyn BufRead>, zeek_tsv: bool) -> Box<dyn Ite
         Box::new(input.lines().map(|l| l.map_err(Into::into)))
     }
 }
+
+/// `s` as a TOML string, quoted and escaped by TOML's rules (Rust's `{:?}`
+/// escapes some characters as `\u{…}`, which TOML does not read).
+pub(crate) fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}

@@ -78,7 +78,8 @@ pub(crate) fn run(command: PublishCommand) -> anyhow::Result<()> {
 
 /// Loads the module as a stage would (the host's own checks).
 fn check_rule(file: &Path) -> anyhow::Result<()> {
-    let options: enrichd_wasm::WasmOptions = toml::from_str(&format!("module = {:?}\n", file.display().to_string()))?;
+    let options: enrichd_wasm::WasmOptions =
+        toml::from_str(&format!("module = {}\n", super::toml_string(&file.display().to_string())))?;
     enrichd_wasm::inspect(file, &options)
         .map(|_| ())
         .with_context(|| format!("{} is not a module the wasm stage would load; not published", file.display()))

@@ -133,8 +133,8 @@ pub(crate) fn run(command: RuleCommand) -> anyhow::Result<()> {
         RuleCommand::Verify { module, keys } => verify(module, keys),
         RuleCommand::Check { module, memory_limit_mib, deadline_ms } => {
             let options: enrichd_wasm::WasmOptions = toml::from_str(&format!(
-                "module = {:?}\nmemory_limit_mib = {memory_limit_mib}\ndeadline_ms = {deadline_ms}\n",
-                module.display().to_string()
+                "module = {}\nmemory_limit_mib = {memory_limit_mib}\ndeadline_ms = {deadline_ms}\n",
+                super::toml_string(&module.display().to_string())
             ))?;
             let report = enrichd_wasm::inspect(&module, &options)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -146,17 +146,22 @@ pub(crate) fn run(command: RuleCommand) -> anyhow::Result<()> {
             let mut toml = String::new();
             if let Some(ti) = ti {
                 toml.push_str(&format!(
-                    "[[chain]]\nplugin = \"ti\"\npaths = [{:?}]\n\n",
-                    abs(ti)?.display().to_string()
+                    "[[chain]]\nplugin = \"ti\"\npaths = [{}]\n\n",
+                    super::toml_string(&abs(ti)?.display().to_string())
                 ));
             }
             let config: Vec<String> = config
                 .iter()
-                .map(|kv| kv.split_once('=').map(|(k, v)| format!("{k:?} = {v:?}")).context("--set takes key=value"))
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').context("--set takes key=value")?;
+                    anyhow::Ok(format!("{} = {}", super::toml_string(k), super::toml_string(v)))
+                })
                 .collect::<anyhow::Result<_>>()?;
             toml.push_str(&format!(
-                "[[chain]]\nplugin = \"wasm\"\nname = \"module\"\nmodule = {:?}\nrole = {role:?}\nfields = {fields:?}\nconfig = {{ {} }}\n",
-                abs(module)?.display().to_string(),
+                "[[chain]]\nplugin = \"wasm\"\nname = \"module\"\nmodule = {}\nrole = {}\nfields = {}\nconfig = {{ {} }}\n",
+                super::toml_string(&abs(module)?.display().to_string()),
+                super::toml_string(&role),
+                toml::Value::Array(fields.iter().map(|f| toml::Value::String(f.clone())).collect()),
                 config.join(", ")
             ));
             let registry = app::registry();
