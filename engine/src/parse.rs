@@ -280,6 +280,8 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         let mut seen_other: KeySet<Cow<'de, str>> = KeySet::default();
         while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             ev.raw_has_fields = true;
+            // serde_json hands out an owned key only when it had to unescape it.
+            ev.raw_key_escaped |= matches!(key, Cow::Owned(_));
             let known = Known::of(key.as_bytes());
             let duplicate = match known {
                 Some(k) => {
