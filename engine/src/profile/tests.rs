@@ -303,6 +303,13 @@ fn a_conflict_is_found_in_records_a_value_cannot_hold_and_they_stay_as_sent() {
         assert_eq!(moved["source"]["ip"], "8.8.8.8", "{line}");
         assert_eq!(moved["source"]["geo"]["country_iso_code"], "GB", "{line}");
     }
+    // The review's trigger, in the embedded `ecs` profile.
+    let (_, ecs) = EMBEDDED.iter().find(|(name, _)| *name == "ecs").unwrap();
+    let line = &write_lines(&c, ecs, &format!("{}\n", records[0]))[0];
+    let fields = top_fields(line);
+    assert_eq!(fields.iter().filter(|(k, _)| k == "source").count(), 1, "{line}");
+    assert!(line.starts_with(r#"{"source":"fw1","n":1e400,"src_ip":"8.8.8.8","#), "{line}");
+    assert!(line.contains(r#""enrichment":{"source":{"#), "{line}");
 }
 
 #[test]
