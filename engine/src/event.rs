@@ -240,6 +240,12 @@ pub struct Event {
     /// The record carries a key the chain writes; those are dropped on output
     /// so the response never holds the same key twice.
     pub(crate) shadows_output: bool,
+    /// A key of the record is written with escapes (`"sourc\u0065"`), so
+    /// a search of the raw text for a key's plain spelling can miss it
+    /// (output profiles check their keys that way; see
+    /// `profile::write::Plan::may_conflict`). Only the serde path reads
+    /// such keys, so the fast path never pays for the flag.
+    pub(crate) raw_key_escaped: bool,
 
     /// Event time, seconds since the Unix epoch, when given as a number.
     pub ts: Option<f64>,

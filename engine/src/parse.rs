@@ -24,6 +24,8 @@ use crate::format::Format;
 
 #[path = "parse_fast.rs"]
 mod fast;
+#[path = "parse_locate.rs"]
+mod locate;
 #[path = "parse_ndjson.rs"]
 mod ndjson;
 #[path = "parse_values.rs"]
@@ -156,7 +158,8 @@ pub fn parse_envelope_in_parts(
 /// The serde path of [`parse_envelope`]: slower, and the one that says what
 /// is wrong.
 fn envelope_serde(source: String, filter: &fast::KeyFilter, limits: Limits) -> Result<Batch, InputError> {
-    let envelope: Envelope<'_> = serde_json::from_str(&source).map_err(|e| InputError::InvalidJson(e.to_string()))?;
+    let envelope: Envelope<'_> = serde_json::from_str(&source)
+        .map_err(|e| locate::record_of_error(&source, &e).unwrap_or_else(|| InputError::InvalidJson(e.to_string())))?;
 
     let collector_id = match envelope.collector_id.map(|r| serde_json::from_str::<Option<String>>(r.get())) {
         None => None,
@@ -280,6 +283,8 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         let mut seen_other: KeySet<Cow<'de, str>> = KeySet::default();
         while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
             ev.raw_has_fields = true;
+            // serde_json hands out an owned key only when it had to unescape it.
+            ev.raw_key_escaped |= matches!(key, Cow::Owned(_));
             let known = Known::of(key.as_bytes());
             let duplicate = match known {
                 Some(k) => {

@@ -322,3 +322,40 @@ fn an_address_made_of_long_digit_runs_is_a_warning_not_a_panic() {
         assert!(e.warnings()[0].contains("is not a valid IP address"), "{:?}", e.warnings());
     }
 }
+
+/// A syntax error inside a record names the record (0-based, like every
+/// record error), with its position in the body; one outside the records
+/// array is the envelope's, with no index.
+#[test]
+fn a_syntax_error_in_a_record_names_the_record() {
+    for (records, index) in [
+        (r#"[{"a":1},{"b":tru}]"#, 1),
+        ("[\n  {\"a\":1},\n  {\"b\":[{\"c\":}]},\n  {}\n]", 1),
+        (r#"[{"a":1} {"b":1}]"#, 1),
+        (r#"[{"a":"x\q"}]"#, 0),
+        (r#"[{"a":1},{},{"b":"#, 2),
+    ] {
+        let body = format!(r#"{{"format":"flows.v1","records":{records}}}"#);
+        match envelope(&body) {
+            Err(InputError::Record { index: i, field: None, message }) => {
+                assert_eq!(i, index, "{records}: {message}");
+                assert!(message.contains(" of the body)"), "{records}: {message}");
+            }
+            other => panic!("{records}: {:?}", other.map(|b| b.len())),
+        }
+    }
+    let err = envelope(r#"{"format":"flows.v1","records":[{"a":1},{"b":tru}]}"#).unwrap_err();
+    assert_eq!(err.code(), "invalid_record");
+    assert_eq!(err.to_string(), "record 1: expected ident (at line 1 column 49 of the body)");
+    for body in [
+        r#"{"format":tru,"records":[{"a":1},{"b":tru}]}"#,
+        r#"{"format":"flows.v1" "records":[{"a":1}]}"#,
+        r#"{"format":"flows.v1","records":[{"a":1}],"x":tru}"#,
+        r#"{"format":"flows.v1","records":[{"a":1}],}"#,
+        r#"{"format":"flows.v1","records":[{"a":1}]"#,
+        r#"{"format":"flows.v1","records":{"a":tru}}"#,
+        r#"{"format":"flows.v1","records":[{"a":1}]} {"b":tru}"#,
+    ] {
+        assert!(matches!(envelope(body), Err(InputError::InvalidJson(_))), "{body}: {:?}", envelope(body).err());
+    }
+}

@@ -35,8 +35,11 @@
 //!   as sent and the profile's value goes under `enrichment.<key>`; if the
 //!   record also has `enrichment`, the profile's value is dropped and the
 //!   record gets a warning. Downstream parsers never see a key twice.
-//!   Records are checked for such keys with a substring test first, so the
-//!   full parse runs only for records that may carry one.
+//!   Records are checked for such keys with a substring test first (or,
+//!   for a record with an escaped key, which the parser flags, always), so
+//!   only records that may carry one have their keys read, decoded. Even
+//!   then the record is copied as text, never re-encoded: its key order,
+//!   number text (`1e400`) and escapes stay as sent.
 
 use std::collections::BTreeMap;
 use std::path::Path;

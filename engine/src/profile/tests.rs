@@ -250,3 +250,100 @@ fn reencode_cache_is_bounded() {
     assert!(!JsonFragment::ptr_eq(&first, &again), "the cache was cleared when full");
     assert_eq!(first, again, "and the answer is the same");
 }
+
+/// Each record written in `profile`, as text (the records below hold what
+/// a `serde_json::Value` cannot).
+fn write_lines(chain: &Chain, profile: &str, records: &str) -> Vec<String> {
+    let profile = Profile::parse(profile).unwrap();
+    let mut batch = parse_ndjson(records.into(), Format::FlowsV1, chain.parse_spec(), 1).unwrap();
+    chain.run(&mut batch);
+    let plan = Plan::new(&profile, chain);
+    let mut lines = Vec::new();
+    for event in batch.events() {
+        let mut out = Vec::new();
+        plan.write_event(batch.source().raw_record(event), event, &mut out);
+        lines.push(String::from_utf8(out).unwrap());
+    }
+    lines
+}
+
+/// The top-level keys of a JSON object, decoded, with their values' text;
+/// panics when the text is not one JSON object.
+fn top_fields(text: &str) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    crate::batch::for_each_field(text, |key, _, value| fields.push((key.to_owned(), value.to_owned()))).expect(text);
+    serde_json::from_str::<serde::de::IgnoredAny>(text).expect(text);
+    fields
+}
+
+#[test]
+fn a_conflict_is_found_in_records_a_value_cannot_hold_and_they_stay_as_sent() {
+    let c = chain("");
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let records = [
+        // A number out of f64's range, a lone surrogate, nesting past 128.
+        r#"{"source":"fw1","n":1e400,"src_ip":"8.8.8.8"}"#.to_string(),
+        r#"{"source":"fw1", "s":"\ud800","src_ip":"8.8.8.8"}"#.to_string(),
+        format!(r#"{{"source":"fw1","d":{deep},"src_ip":"8.8.8.8"}}"#),
+        // The key written with an escape, the record's order and escapes kept.
+        r#"{"z":1,"sourc\u0065":"fw1","a":"\u00e9\/","src_ip":"8.8.8.8"}"#.to_string(),
+    ];
+    let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+    let lines = write_lines(&c, NESTED, &text);
+    for (record, line) in records.iter().zip(&lines) {
+        // The record's text first, byte for byte; then the profile's members.
+        assert!(line.starts_with(&record[..record.len() - 1]), "{line}");
+        let fields = top_fields(line);
+        let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names.iter().filter(|k| **k == "source").count(), 1, "{line}");
+        let (_, source) = fields.iter().find(|(k, _)| k == "source").unwrap();
+        assert_eq!(source, "\"fw1\"", "the record's value is kept: {line}");
+        let (_, moved) = fields.iter().find(|(k, _)| k == "enrichment").expect(line);
+        let moved: Value = serde_json::from_str(moved).unwrap();
+        assert_eq!(moved["source"]["ip"], "8.8.8.8", "{line}");
+        assert_eq!(moved["source"]["geo"]["country_iso_code"], "GB", "{line}");
+    }
+    // The review's trigger, in the embedded `ecs` profile.
+    let (_, ecs) = EMBEDDED.iter().find(|(name, _)| *name == "ecs").unwrap();
+    let line = &write_lines(&c, ecs, &format!("{}\n", records[0]))[0];
+    let fields = top_fields(line);
+    assert_eq!(fields.iter().filter(|(k, _)| k == "source").count(), 1, "{line}");
+    assert!(line.starts_with(r#"{"source":"fw1","n":1e400,"src_ip":"8.8.8.8","#), "{line}");
+    assert!(line.contains(r#""enrichment":{"source":{"#), "{line}");
+}
+
+#[test]
+fn a_record_without_a_conflict_stays_byte_for_byte() {
+    let c = chain("");
+    // A string spelling the key, a key that merely starts with it, and an
+    // escaped key that is not the profile's: each takes the exact check.
+    let records = [
+        r#"{"z":1,"note":"source","n":1e400,"e":"\u00e9\/","src_ip":"8.8.8.8"}"#,
+        r#"{"sources":[1],"src_ip":"8.8.8.8"}"#,
+        r#"{"sourc\u0065s":"\ud800","src_ip":"8.8.8.8"}"#,
+    ];
+    let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+    for (record, line) in records.iter().zip(write_lines(&c, NESTED, &text)) {
+        assert!(line.starts_with(&record[..record.len() - 1]), "{line}");
+        let rest = &line[record.len() - 1..];
+        assert!(rest.starts_with(",\"source\":{\"geo\":"), "the profile's members follow: {line}");
+        assert_eq!(top_fields(&line).iter().filter(|(k, _)| k == "source").count(), 1, "{line}");
+    }
+}
+
+#[test]
+fn a_dropped_conflict_keeps_the_other_members_as_sent() {
+    let c = chain("");
+    // `enrichment` is taken too: the profile's `source` is left out with a
+    // warning, which replaces the record's own; every other member is kept as
+    // written, in order.
+    let record =
+        r#"{"b":1e400, "sourc\u0065":1,"enrichment_warnings":["old"],"enrichment":{"k":"\/"},"src_ip":"8.8.8.8"}"#;
+    let line = &write_lines(&c, NESTED, &format!("{record}\n"))[0];
+    let expected_start = r#"{"b":1e400,"sourc\u0065":1,"enrichment":{"k":"\/"},"src_ip":"8.8.8.8","#;
+    assert!(line.starts_with(expected_start), "{line}");
+    let fields = top_fields(line);
+    let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["b", "source", "enrichment", "src_ip", "enrichment_warnings"], "{line}");
+    assert!(fields[4].1.contains("left out") && !fields[4].1.contains("old"), "{line}");
+}

@@ -2,14 +2,15 @@
 //! chain ([`Plan`], once per batch), then applied per event, with the
 //! per-thread cache of re-encoded fragments (see the parent module's docs).
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
 use serde_json::{Map, Value};
+use smallvec::{smallvec, SmallVec};
 
 use super::{FieldSpec, InputField, Profile, Rename, SideSpec, ValueSpec, CACHE_CAPACITY, CONFLICT_KEY};
+use crate::batch::{for_each_field, WARNINGS_KEY};
 use crate::chain::Chain;
 use crate::event::{Event, JsonFragment, KeyId};
 use crate::fact::{country_bytes, FactId, FactInfo, FactKind};
@@ -84,10 +85,8 @@ impl<'a> Plan<'a> {
 
     /// Writes one enriched event as a JSON object in this profile.
     pub fn write_event(&self, raw: &str, event: &Event, out: &mut Vec<u8>) {
-        if self.may_conflict(raw, event) {
-            if let Some(map) = self.conflicting_record(raw, event) {
-                return self.write_merged(map, event, out);
-            }
+        if self.may_conflict(raw, event) && self.write_merged(raw, event, out) {
+            return;
         }
         let mut has_fields = event.raw_has_fields;
         if raw.is_empty() {
@@ -104,15 +103,28 @@ impl<'a> Plan<'a> {
     /// The profile's own members (no braces), each preceded by a comma
     /// when `has_fields`.
     fn write_members(&self, event: &Event, has_fields: &mut bool, out: &mut Vec<u8>) {
-        for node in &self.tops {
-            self.write_node(node, event, has_fields, out);
+        for top in 0..self.top_count() {
+            self.write_top(top, event, has_fields, out);
         }
-        if let Some((key, name)) = self.stamp {
-            if let Some(v) = event.output(key) {
-                member(name, has_fields, out);
-                out.extend_from_slice(v.as_bytes());
-            }
+    }
+
+    /// How many top-level members the profile can write: its top nodes,
+    /// then the generation stamp (the order of [`Plan::top_keys`]).
+    fn top_count(&self) -> usize {
+        self.tops.len() + usize::from(self.stamp.is_some())
+    }
+
+    /// Writes top-level member `top` (see [`Plan::top_count`]) when it has
+    /// a value; returns whether it did.
+    fn write_top(&self, top: usize, event: &Event, has_fields: &mut bool, out: &mut Vec<u8>) -> bool {
+        if let Some(node) = self.tops.get(top) {
+            return self.write_node(node, event, has_fields, out);
         }
+        let Some((key, name)) = self.stamp else { return false };
+        let Some(v) = event.output(key) else { return false };
+        member(name, has_fields, out);
+        out.extend_from_slice(v.as_bytes());
+        true
     }
 
     /// Writes `"name":value` when the node has a value; returns whether it did.
@@ -182,68 +194,113 @@ impl<'a> Plan<'a> {
     }
 
     /// Cheap test: can the record hold one of the profile's top-level keys
-    /// (or the keys a conflict is resolved with)?
+    /// (or the keys a conflict is resolved with)? A key spelled plainly is
+    /// found as `"key"` in the text (a string value spelling it is a false
+    /// alarm, which [`Plan::write_merged`] sorts out); a key written with
+    /// escapes (`"sourc\u0065"`) is not, so a record the parser saw such a
+    /// key in always takes the exact check. The flag costs nothing here.
     fn may_conflict(&self, raw: &str, event: &Event) -> bool {
         if !event.raw_has_fields {
             return false;
+        }
+        if event.raw_key_escaped {
+            return true;
         }
         let quoted = |k: &str| {
             let b = raw.as_bytes();
             raw.match_indices(k).any(|(at, _)| at > 0 && b[at - 1] == b'"' && b.get(at + k.len()) == Some(&b'"'))
         };
-        self.top_keys().any(quoted) || quoted(crate::batch::WARNINGS_KEY)
+        self.top_keys().any(quoted) || quoted(WARNINGS_KEY)
     }
 
-    /// The record as a map, when it really carries a conflicting key at its top.
-    fn conflicting_record(&self, raw: &str, event: &Event) -> Option<Map<String, Value>> {
-        let keys: HashMap<Cow<'_, str>, serde::de::IgnoredAny> = serde_json::from_str(raw).ok()?;
-        let conflict = self.top_keys().any(|k| keys.contains_key(k))
-            || (keys.contains_key(crate::batch::WARNINGS_KEY) && !event.warnings.is_empty());
-        if !conflict {
-            return None;
+    /// The slow path, for records that may carry a key the profile writes.
+    /// The record's top-level keys are read decoded; when one of them is a
+    /// profile's top-level key, or the record's `enrichment_warnings` must
+    /// give way to the chain's, the event is written here: the record's
+    /// members as sent, the profile's other members after them, the
+    /// conflicting ones under `enrichment` (see the module docs). Returns
+    /// false, having written nothing, when there is no conflict after all.
+    ///
+    /// The record is copied as text (whole, or member by member, key and
+    /// value as written, when its warnings are dropped), never through a
+    /// `serde_json::Value`: that would reorder its keys, round its numbers,
+    /// rewrite its escapes, and fail on what the parser accepts (`1e400`, a
+    /// lone surrogate in a string, nesting deeper than 128), which used to
+    /// send such a record down the plain path with the key written twice.
+    fn write_merged(&self, raw: &str, event: &Event, out: &mut Vec<u8>) -> bool {
+        let keys: SmallVec<[&str; 16]> = self.top_keys().collect();
+        let mut carried: SmallVec<[bool; 16]> = smallvec![false; keys.len()];
+        let (mut has_warnings, mut has_conflict_key) = (false, false);
+        let read = for_each_field(raw, |key, _, _| {
+            if let Some(i) = keys.iter().position(|k| *k == key) {
+                carried[i] = true;
+            }
+            has_warnings |= key == WARNINGS_KEY;
+            has_conflict_key |= key == CONFLICT_KEY;
+        });
+        debug_assert!(read.is_ok(), "record text was validated by the parser");
+        let warnings_give_way = has_warnings && !event.warnings.is_empty();
+        if !carried.contains(&true) && !warnings_give_way {
+            return false;
         }
-        serde_json::from_str(raw).ok()
-    }
-
-    /// The slow path: the record's own keys win; see the module docs.
-    fn write_merged(&self, mut record: Map<String, Value>, event: &Event, out: &mut Vec<u8>) {
-        let mut mine = vec![b'{'];
-        let mut any = false;
-        self.write_members(event, &mut any, &mut mine);
-        mine.push(b'}');
-        let mine: Map<String, Value> = serde_json::from_slice(&mine).expect("the profile writes valid JSON");
-        if !event.warnings.is_empty() {
-            record.remove(crate::batch::WARNINGS_KEY);
-        }
-        let mut moved = Map::new();
-        for (k, v) in mine {
-            if record.contains_key(&k) {
-                moved.insert(k, v);
-            } else {
-                record.insert(k, v);
+        // The profile's members the record lacks, and those it carries (to move).
+        let (mut added, mut moved) = (Vec::new(), Vec::new());
+        let (mut any_added, mut any_moved) = (false, false);
+        let mut moved_names: SmallVec<[&str; 4]> = SmallVec::new();
+        for (top, name) in keys.iter().enumerate() {
+            if carried[top] {
+                if self.write_top(top, event, &mut any_moved, &mut moved) {
+                    moved_names.push(name);
+                }
+            } else if self.write_top(top, event, &mut any_added, &mut added) && *name == CONFLICT_KEY {
+                // A profile path under `enrichment.` takes the key itself.
+                has_conflict_key = true;
             }
         }
-        let mut extra = Vec::new();
-        if !moved.is_empty() {
-            if record.contains_key(CONFLICT_KEY) {
-                let names: Vec<&str> = moved.keys().map(String::as_str).collect();
-                extra.push(format!(
-                    "output profile {}: the record already has {} and {CONFLICT_KEY:?}; the profile's values were left out",
-                    self.profile.name,
-                    names.join(", ")
-                ));
-            } else {
-                record.insert(CONFLICT_KEY.into(), Value::Object(moved));
+        let extra = (!moved_names.is_empty() && has_conflict_key).then(|| {
+            format!(
+                "output profile {}: the record already has {} and {CONFLICT_KEY:?}; the profile's values were left out",
+                self.profile.name,
+                moved_names.join(", ")
+            )
+        });
+        let mut has_fields = event.raw_has_fields;
+        if has_warnings && (!event.warnings.is_empty() || extra.is_some()) {
+            // The record's warnings give way to ours: copy the other members.
+            out.push(b'{');
+            has_fields = false;
+            let _ = for_each_field(raw, |key, key_text, value| {
+                if key == WARNINGS_KEY {
+                    return;
+                }
+                if has_fields {
+                    out.push(b',');
+                }
+                has_fields = true;
+                out.extend_from_slice(key_text.as_bytes());
+                out.push(b':');
+                out.extend_from_slice(value.as_bytes());
+            });
+        } else {
+            let body = raw.trim_end();
+            out.extend_from_slice(body[..body.len() - 1].trim_end().as_bytes());
+        }
+        if any_added {
+            if has_fields {
+                out.push(b',');
             }
+            has_fields = true;
+            out.extend_from_slice(&added);
         }
-        if !extra.is_empty() {
-            record.remove(crate::batch::WARNINGS_KEY);
+        if any_moved && extra.is_none() {
+            member(CONFLICT_KEY, &mut has_fields, out);
+            out.push(b'{');
+            out.extend_from_slice(&moved);
+            out.push(b'}');
         }
-        let has_fields = !record.is_empty();
-        let text = serde_json::to_vec(&record).expect("a JSON map serializes");
-        out.extend_from_slice(&text[..text.len() - 1]);
-        write_warnings(&event.warnings, &extra, has_fields, out);
+        write_warnings(&event.warnings, extra.as_slice(), has_fields, out);
         out.push(b'}');
+        true
     }
 }
 
@@ -252,7 +309,7 @@ fn write_warnings(warnings: &[String], extra: &[String], has_fields: bool, out: 
         return;
     }
     let mut has = has_fields;
-    member(crate::batch::WARNINGS_KEY, &mut has, out);
+    member(WARNINGS_KEY, &mut has, out);
     let all: Vec<&String> = warnings.iter().chain(extra).collect();
     serde_json::to_writer(&mut *out, &all).expect("strings serialize");
 }

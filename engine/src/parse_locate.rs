@@ -1,0 +1,88 @@
+//! Naming the record a syntax error in an envelope is in (the error path
+//! of [`super::parse_envelope`] only).
+
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+use super::values::Str;
+use super::{bare_message, InputError};
+
+/// The error for a syntax error met inside a record of the envelope: the
+/// record named by its index like any other record error (as NDJSON lines
+/// are), and the position, here counted in the whole body. The envelope
+/// reads its records as raw text in one pass, so a broken record fails the
+/// whole parse with a position only; on that (rare) path the body is read
+/// again, counting the records, and the record the same error is met in is
+/// named. `None` (the plain `invalid_json`) when the error is outside the
+/// records array, or is not met again at the same place.
+pub(super) fn record_of_error(source: &str, err: &serde_json::Error) -> Option<InputError> {
+    /// The envelope, with `records` walked element by element.
+    struct Walk<'c>(&'c Cell<Option<usize>>);
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an envelope")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+                if key == "records" {
+                    map.next_value_seed(Records(self.0))?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+    /// The records array: the index of the element being read is kept in
+    /// the cell, and left there when reading it fails.
+    struct Records<'c>(&'c Cell<Option<usize>>);
+    impl<'de> DeserializeSeed<'de> for Records<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Records<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of records")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut index = 0;
+            loop {
+                self.0.set(Some(index));
+                if seq.next_element::<IgnoredAny>()?.is_none() {
+                    break;
+                }
+                index += 1;
+            }
+            self.0.set(None);
+            Ok(())
+        }
+    }
+
+    if !err.is_syntax() && !err.is_eof() {
+        return None;
+    }
+    let at = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(source);
+    let again = Walk(&at).deserialize(&mut de).and_then(|()| de.end()).err()?;
+    // Only the same error at the same place: otherwise this walk and the
+    // envelope's parse disagree on where it went wrong, and no index is
+    // better than a wrong one.
+    if (again.line(), again.column(), again.classify()) != (err.line(), err.column(), err.classify()) {
+        return None;
+    }
+    let index = at.get()?;
+    let message = format!("{} (at line {} column {} of the body)", bare_message(err), err.line(), err.column());
+    Some(InputError::Record { index, field: None, message })
+}
