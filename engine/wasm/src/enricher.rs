@@ -24,7 +24,7 @@ use crate::record::{fill_record, RecordSlots};
 use crate::results::{ResultWriter, Scratch, Verdict};
 use crate::runtime::{self, LimitHit, Limits, LoadedModule, Worker};
 use crate::shadow::{Shadow, ShadowCell};
-use crate::stats::{CircuitBreaker, FailureKind, ModuleStats, Transition};
+use crate::stats::{FailureKind, HealthKey, ModuleHealth, ModuleStats, Transition};
 use crate::text;
 
 /// Per-thread scratch: the instances and reusable buffers.
@@ -65,8 +65,9 @@ pub struct WasmEnricher {
     record_slots: RecordSlots,
     /// Checks the module's result buffer and writes it into the events.
     results: ResultWriter,
-    stats: ModuleStats,
-    breaker: CircuitBreaker,
+    /// Counters and breaker: carried across rebuilds while the module and
+    /// its limits are unchanged ([`HealthKey`]).
+    health: Arc<ModuleHealth>,
     slots: ThreadLocal<RefCell<ThreadSlot>>,
     /// The signing policy and who signed the module (`None`: no policy).
     signing: Option<crate::signature::Signing>,
@@ -111,12 +112,7 @@ impl WasmEnricher {
             record_slots: RecordSlots::of(&earlier_facts),
             earlier_facts,
             results,
-            stats: ModuleStats::default(),
-            breaker: CircuitBreaker::new(
-                options.breaker_failures,
-                Duration::from_secs(options.breaker_window_s),
-                Duration::from_secs(options.breaker_cooldown_s),
-            ),
+            health: Arc::new(new_health(&options)),
             slots: ThreadLocal::new(),
             signing: None,
             shadow: ctx.carried::<ShadowCell>(),
@@ -174,6 +170,20 @@ impl WasmEnricher {
         );
         let loaded = LoadedModule::load(&module, probe, enricher.limits)
             .with_context(|| format!("WASM module {}", path.display()))?;
+        // Only now, with the module loaded: a generation that failed to
+        // load must not keep (or create) the entry a live one shares.
+        let key = HealthKey {
+            sha256: sha,
+            memory_bytes: enricher.limits.memory_bytes,
+            table_elements: enricher.limits.table_elements,
+            deadline: enricher.limits.deadline,
+            breaker: (
+                options.breaker_failures,
+                Duration::from_secs(options.breaker_window_s),
+                Duration::from_secs(options.breaker_cooldown_s),
+            ),
+        };
+        enricher.health = enricher.shadow.health.get_or(key, || new_health(&options));
         enricher.source = Some(source_info(&path, &bytes));
         enricher.module = Some(Arc::new(loaded));
         enricher.live_sha256 = Some(to_hex(&sha));
@@ -322,7 +332,7 @@ impl WasmEnricher {
         verdicts: bool,
     ) -> Result<(), FailureKind> {
         let module = self.module.as_deref().ok_or(FailureKind::Unavailable)?;
-        let target = Target { name: &self.name, module, stats: &self.stats };
+        let target = Target { name: &self.name, module, stats: &self.health.stats };
         let ThreadSlot { worker, records, scratch, live_verdicts, .. } = slot;
         let out = self.call_guest(&target, source, events, records, worker)?;
         let applied = self.results.apply(events, out, &module.texts, scratch);
@@ -393,6 +403,15 @@ impl WasmEnricher {
     }
 }
 
+/// Fresh counters and a closed breaker with the entry's settings.
+fn new_health(options: &WasmOptions) -> ModuleHealth {
+    ModuleHealth::new(
+        options.breaker_failures,
+        Duration::from_secs(options.breaker_window_s),
+        Duration::from_secs(options.breaker_cooldown_s),
+    )
+}
+
 /// Where precompiled artifacts may be read and written for a module
 /// loaded under `signing`: nowhere when the stage checks signatures, so
 /// that it runs code compiled from the bytes it verified, not whatever a
@@ -453,7 +472,7 @@ impl Enricher for WasmEnricher {
                 }
                 fill_record(record, event, &self.record_slots);
             }
-            let live = match self.breaker.admit() {
+            let live = match self.health.breaker.admit() {
                 None => Err(FailureKind::CircuitOpen),
                 Some(ticket) => {
                     let live = self.run_chunk(source, chunk, &mut slot, shadow.is_some());
@@ -462,7 +481,7 @@ impl Enricher for WasmEnricher {
                 }
             };
             if let Err(kind) = live {
-                self.stats.record_error(kind);
+                self.health.stats.record_error(kind);
                 self.results.fallback(chunk, kind);
             }
             // After the live verdicts are written: whatever the shadow
@@ -477,8 +496,8 @@ impl Enricher for WasmEnricher {
         let (state, error) = match (&self.module, &self.load_error) {
             (None, Some(e)) if e == "file not found" => (PluginState::Missing, Some(e.clone())),
             (None, e) => (PluginState::Error, e.clone()),
-            (Some(_), _) if self.breaker.is_open() => {
-                let next = match self.breaker.next_trial_in_s() {
+            (Some(_), _) if self.health.breaker.is_open() => {
+                let next = match self.health.breaker.next_trial_in_s() {
                     Some(s) => format!("a trial call in {s} s"),
                     None => "replace the module".into(),
                 };
@@ -498,10 +517,11 @@ impl Enricher for WasmEnricher {
             loaded_at: None,
             error: self.load_error.clone(),
         })];
-        let mut details = self.stats.to_json();
-        details["circuit_open"] = self.breaker.is_open().into();
-        details["circuit_opened"] = self.breaker.opened().into();
-        details["circuit_next_trial_s"] = self.breaker.next_trial_in_s().into();
+        let breaker = &self.health.breaker;
+        let mut details = self.health.stats.to_json();
+        details["circuit_open"] = breaker.is_open().into();
+        details["circuit_opened"] = breaker.opened().into();
+        details["circuit_next_trial_s"] = breaker.next_trial_in_s().into();
         details["deadline_ms"] = (self.limits.deadline_ticks * runtime::TICK.as_millis() as u64).into();
         details["memory_limit_mib"] = (self.limits.memory_bytes >> 20).into();
         details["table_limit_elements"] = self.limits.table_elements.into();
