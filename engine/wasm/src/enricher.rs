@@ -96,8 +96,11 @@ impl WasmEnricher {
         let configured_path = ctx.resolve_path(&options.module);
         let mut path = configured_path.clone();
         let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "module".into());
-        let earlier_keys = Arc::new(ctx.declared_keys());
-        let earlier_facts: Arc<[FactInfo]> = ctx.declared_facts().into();
+        // Only the stages before this one: a rebuild (a reload) sees the
+        // whole, append-only tables, this stage's own keys and facts and
+        // later stages' among them, and must read what the first build did.
+        let earlier_keys = Arc::new(ctx.earlier_keys());
+        let earlier_facts: Arc<[FactInfo]> = ctx.earlier_facts().into();
         let results = ResultWriter::declare(name.clone(), &options, ctx)?;
         let mut enricher = WasmEnricher {
             name: name.clone(),
