@@ -171,8 +171,7 @@ impl WasmEnricher {
             enricher.earlier_facts.clone(),
             enricher.logs.clone(),
         );
-        let loaded = LoadedModule::load(&module, probe, enricher.limits)
-            .with_context(|| format!("WASM module {}", path.display()))?;
+        let loaded = module.load(probe, enricher.limits).with_context(|| format!("WASM module {}", path.display()))?;
         // Only now, with the module loaded: a generation that failed to
         // load must not keep (or create) the entry a live one shares.
         let key = HealthKey {
@@ -208,7 +207,7 @@ impl WasmEnricher {
             crate::signature::Signing::check(self.options.require_signature, self.key_paths.clone(), path, bytes)?;
         let sha: [u8; 32] = Sha256::digest(bytes).into();
         let module = runtime::compile(bytes, sha, artifact_cache(&signing, cache_dir))?;
-        let loaded = LoadedModule::load(&module, self.host_state(self.name.clone()), self.limits)?;
+        let loaded = module.load(self.host_state(self.name.clone()), self.limits)?;
         let signed_by = signing.and_then(|s| s.signed_by().map(str::to_string));
         Ok((Arc::new(loaded), signed_by))
     }
