@@ -252,6 +252,7 @@ impl WasmEnricher {
                 self.host_state(target.name.clone()),
                 self.limits,
                 module.generation,
+                runtime::Setup::Call,
             ) {
                 Ok(w) => *slot = Some(w),
                 Err(e) => {

@@ -275,11 +275,28 @@ pub struct Worker {
     pub minor: u32,
 }
 
-/// Deadline of instantiation (start function, `enrichd_abi_version`,
-/// `enrichd_io`), in ticks: 1 s, or `deadline_ms` if longer. It handles no
-/// events, and a batch-sized deadline made loads fail on a busy host
-/// (a debug-build instantiation waiting for a core can take 20 ms).
+/// Deadline of the instantiation at load (start function,
+/// `enrichd_abi_version`, `enrichd_io`), in ticks: 1 s, or `deadline_ms`
+/// if longer. It handles no events, and a batch-sized deadline made loads
+/// fail on a busy host (a debug-build instantiation waiting for a core can
+/// take 20 ms).
 const SETUP_TICKS: u64 = 1000;
+
+/// Which budget an instantiation runs its guest code (start function,
+/// `enrichd_abi_version`, `enrichd_io`) under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    /// The probe at load, off the hot path: [`SETUP_TICKS`] (or the
+    /// deadline, if longer).
+    Load,
+    /// On the hot path (a first call on a thread, after a failed call,
+    /// after a reload): the call deadline. Here the instantiation holds up
+    /// a batch like a call does, and a module whose start function spins
+    /// under the load budget would otherwise stall a batch for up to a
+    /// second each time its instance is recycled, too rarely for the
+    /// breaker to notice.
+    Call,
+}
 
 /// Instantiates and checks the ABI version and exchange area.
 pub fn instantiate(
@@ -287,14 +304,18 @@ pub fn instantiate(
     state: HostState,
     limits: Limits,
     generation: u64,
+    setup: Setup,
 ) -> anyhow::Result<Worker> {
+    let (budget, ticks) = match setup {
+        Setup::Load => (limits.deadline.max(TICK * SETUP_TICKS as u32), limits.deadline_ticks.max(SETUP_TICKS)),
+        Setup::Call => (limits.deadline, limits.deadline_ticks),
+    };
     let mut store = Store::new(engine(), state);
     store.data_mut().limits = GuestLimits::new(limits);
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_callback(|ctx| Ok(cpu_deadline_update(ctx.data().limits.cpu, thread_cpu_time(), TICK)));
-    store.data_mut().limits.cpu =
-        CpuBudget { started: thread_cpu_time(), budget: limits.deadline.max(TICK * SETUP_TICKS as u32) };
-    store.set_epoch_deadline(limits.deadline_ticks.max(SETUP_TICKS));
+    store.data_mut().limits.cpu = CpuBudget { started: thread_cpu_time(), budget };
+    store.set_epoch_deadline(ticks);
     let instance: Instance = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiation failed: {e:#}"))?;
     let version = instance
         .get_typed_func::<(), i32>(&mut store, "enrichd_abi_version")
@@ -309,7 +330,7 @@ pub fn instantiate(
             abi::ABI_MINOR
         );
     }
-    store.set_epoch_deadline(limits.deadline_ticks.max(SETUP_TICKS));
+    store.set_epoch_deadline(ticks);
     let io = instance
         .get_typed_func::<(), i32>(&mut store, "enrichd_io")
         .and_then(|f| f.call(&mut store, ()))
@@ -343,7 +364,7 @@ impl LoadedModule {
     pub fn load(module: &Module, probe: HostState, limits: Limits) -> anyhow::Result<Self> {
         check_interface(module)?;
         let pre = prelink(module)?;
-        let mut probe = instantiate(&pre, probe, limits, 0)?;
+        let mut probe = instantiate(&pre, probe, limits, 0, Setup::Load)?;
         Ok(LoadedModule {
             generation: new_generation(),
             texts: declared_texts(&mut probe)?,
