@@ -55,6 +55,10 @@ pub struct Stage {
     pub(crate) generation: u64,
     pub(crate) loaded_at: SystemTime,
     pub(crate) history: Arc<StageHistory>,
+    /// The output keys this generation declared: a later stage's
+    /// [`BuildContext::earlier_keys`] (`BuildContext::output_key` records
+    /// them).
+    pub(crate) keys: Vec<KeyId>,
 }
 
 /// Upper bounds (nanoseconds) of the per-event time histogram of a stage:
@@ -141,7 +145,7 @@ impl Chain {
         let mut tables = KeyTables::default();
         let mut stages = Vec::with_capacity(entries.len());
         for entry in entries {
-            let stage = build_stage(entry, registry, env, &mut tables, 1, Arc::default())?;
+            let stage = build_stage(entry, registry, env, &mut tables, 1, Arc::default(), &stages)?;
             if stages.iter().any(|s: &Arc<Stage>| s.name == stage.name) {
                 return Err(entry.duplicate_name(&stage.name));
             }
@@ -427,11 +431,13 @@ pub(crate) fn build_stage(
     tables: &mut KeyTables,
     generation: u64,
     history: Arc<StageHistory>,
+    earlier: &[Arc<Stage>],
 ) -> Result<Stage, ConfigError> {
     let factory = registry.get(&entry.plugin).ok_or_else(|| {
         entry.error(format!("unknown plugin {:?} (known: {})", entry.plugin, registry.kinds().join(", ")))
     })?;
     let name = entry.stage_name();
+    let mut keys = Vec::new();
     let enricher = if entry.enabled {
         let mut ctx = BuildContext {
             base_dir: &env.base_dir,
@@ -441,12 +447,16 @@ pub(crate) fn build_stage(
             facts: &mut tables.facts,
             stage: Arc::from(name.as_str()),
             carried: &history.carried,
+            earlier,
+            declared: Vec::new(),
         };
-        Some(factory.build(&entry.options, &mut ctx).map_err(|e| entry.error(cap_message(format!("{name}: {e:#}"))))?)
+        let built = factory.build(&entry.options, &mut ctx);
+        keys = ctx.declared;
+        Some(built.map_err(|e| entry.error(cap_message(format!("{name}: {e:#}"))))?)
     } else {
         None
     };
-    Ok(Stage { name, entry: entry.clone(), enricher, generation, loaded_at: SystemTime::now(), history })
+    Ok(Stage { name, entry: entry.clone(), enricher, generation, loaded_at: SystemTime::now(), history, keys })
 }
 
 impl std::fmt::Debug for Chain {

@@ -164,7 +164,11 @@ impl Engine {
         let mut stages = current.stages.clone();
         let mut results = Vec::new();
         let mut swapped = false;
-        for slot in stages.iter_mut() {
+        for i in 0..stages.len() {
+            // The stages before it, as this chain will have them (those
+            // rebuilt already included): what the stage reads from.
+            let (earlier, rest) = stages.split_at_mut(i);
+            let slot = &mut rest[0];
             if !wanted(slot) {
                 continue;
             }
@@ -175,7 +179,7 @@ impl Engine {
                 *slot.history.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 Ok(None)
             } else {
-                self.rebuild(slot, &current, &mut tables)
+                self.rebuild(slot, earlier, &current, &mut tables)
             };
             let (outcome, error) = match rebuilt {
                 Ok(Some(stage)) => {
@@ -197,13 +201,15 @@ impl Engine {
     fn rebuild(
         &self,
         stage: &Stage,
+        earlier: &[Arc<Stage>],
         chain: &Chain,
         tables: &mut KeyTables,
     ) -> Result<Option<Stage>, (Outcome, String)> {
         let history = Arc::clone(&stage.history);
         let started = std::time::Instant::now();
         let mut trial = tables.clone();
-        let built = build_stage(&stage.entry, &self.registry, &chain.env, &mut trial, stage.generation + 1, history);
+        let generation = stage.generation + 1;
+        let built = build_stage(&stage.entry, &self.registry, &chain.env, &mut trial, generation, history, earlier);
         let old = stage.status();
         let verdict = match built {
             Err(e) => Err((Outcome::Rejected, crate::limits::cap_message(e.message))),
@@ -274,7 +280,8 @@ impl Engine {
                 _ => {
                     let (generation, history) =
                         old.map_or((1, Arc::default()), |o| (o.generation + 1, Arc::clone(&o.history)));
-                    let stage = build_stage(entry, &self.registry, &current.env, &mut tables, generation, history)?;
+                    let stage =
+                        build_stage(entry, &self.registry, &current.env, &mut tables, generation, history, &stages)?;
                     let outcome = if old.is_some() { Outcome::Reloaded } else { Outcome::Added };
                     results.push(StageReload { name, outcome, generation, error: None });
                     Arc::new(stage)

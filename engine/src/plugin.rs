@@ -232,6 +232,13 @@ pub struct BuildContext<'a> {
     pub(crate) stage: Arc<str>,
     /// The stage's carried state, shared by its generations.
     pub(crate) carried: &'a Carried,
+    /// The stages before this one in the chain being built: what
+    /// [`BuildContext::earlier_keys`] and [`BuildContext::earlier_facts`]
+    /// describe.
+    pub(crate) earlier: &'a [Arc<crate::chain::Stage>],
+    /// The output keys this build declared (kept as [`crate::chain::Stage`]'s
+    /// `keys`, for the stages after it).
+    pub(crate) declared: Vec<KeyId>,
 }
 
 /// A stage's state kept across rebuilds ([`BuildContext::carried`]).
@@ -267,7 +274,11 @@ impl<'a> BuildContext<'a> {
 
     /// Declares an output key this enricher writes and returns its id.
     pub fn output_key(&mut self, name: &str) -> KeyId {
-        KeyId(intern(self.keys, name))
+        let id = KeyId(intern(self.keys, name));
+        if !self.declared.contains(&id) {
+            self.declared.push(id);
+        }
+        id
     }
 
     /// The id of an output key declared by an earlier chain stage, if any
@@ -279,6 +290,25 @@ impl<'a> BuildContext<'a> {
     /// All output keys declared so far, by id.
     pub fn declared_keys(&self) -> Vec<(String, KeyId)> {
         self.keys.iter().enumerate().map(|(i, k)| (k.to_string(), KeyId(i as u16))).collect()
+    }
+
+    /// The output keys declared by the stages before this one in the chain,
+    /// by id: what they may have written on an event by the time this stage
+    /// runs.
+    ///
+    /// Why not [`BuildContext::declared_keys`]: the tables are append-only,
+    /// so when a stage is rebuilt (a reload) they also hold its own keys and
+    /// those of the stages after it; a stage that reads the keys before it
+    /// must see the same ones at every build.
+    pub fn earlier_keys(&self) -> Vec<(String, KeyId)> {
+        let earlier = |id: KeyId| self.earlier.iter().any(|s| s.keys.contains(&id));
+        self.declared_keys().into_iter().filter(|(_, id)| earlier(*id)).collect()
+    }
+
+    /// The facts declared by the stages before this one in the chain (in
+    /// id order), for the same reason as [`BuildContext::earlier_keys`].
+    pub fn earlier_facts(&self) -> Vec<FactInfo> {
+        self.facts.iter().filter(|f| self.earlier.iter().any(|s| *s.name == *f.stage)).cloned().collect()
     }
 
     /// Declares a fact this enricher sets on events (see [`crate::fact`])

@@ -24,7 +24,7 @@ use crate::record::{fill_record, RecordSlots};
 use crate::results::{ResultWriter, Scratch, Verdict};
 use crate::runtime::{self, LimitHit, Limits, LoadedModule, Worker};
 use crate::shadow::{Shadow, ShadowCell};
-use crate::stats::{CircuitBreaker, FailureKind, ModuleStats, Transition};
+use crate::stats::{FailureKind, HealthKey, ModuleHealth, ModuleStats, Transition};
 use crate::text;
 
 /// Per-thread scratch: the instances and reusable buffers.
@@ -65,8 +65,9 @@ pub struct WasmEnricher {
     record_slots: RecordSlots,
     /// Checks the module's result buffer and writes it into the events.
     results: ResultWriter,
-    stats: ModuleStats,
-    breaker: CircuitBreaker,
+    /// Counters and breaker: carried across rebuilds while the module and
+    /// its limits are unchanged ([`HealthKey`]).
+    health: Arc<ModuleHealth>,
     slots: ThreadLocal<RefCell<ThreadSlot>>,
     /// The signing policy and who signed the module (`None`: no policy).
     signing: Option<crate::signature::Signing>,
@@ -95,8 +96,11 @@ impl WasmEnricher {
         let configured_path = ctx.resolve_path(&options.module);
         let mut path = configured_path.clone();
         let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "module".into());
-        let earlier_keys = Arc::new(ctx.declared_keys());
-        let earlier_facts: Arc<[FactInfo]> = ctx.declared_facts().into();
+        // Only the stages before this one: a rebuild (a reload) sees the
+        // whole, append-only tables, this stage's own keys and facts and
+        // later stages' among them, and must read what the first build did.
+        let earlier_keys = Arc::new(ctx.earlier_keys());
+        let earlier_facts: Arc<[FactInfo]> = ctx.earlier_facts().into();
         let results = ResultWriter::declare(name.clone(), &options, ctx)?;
         let mut enricher = WasmEnricher {
             name: name.clone(),
@@ -111,12 +115,7 @@ impl WasmEnricher {
             record_slots: RecordSlots::of(&earlier_facts),
             earlier_facts,
             results,
-            stats: ModuleStats::default(),
-            breaker: CircuitBreaker::new(
-                options.breaker_failures,
-                Duration::from_secs(options.breaker_window_s),
-                Duration::from_secs(options.breaker_cooldown_s),
-            ),
+            health: Arc::new(new_health(&options)),
             slots: ThreadLocal::new(),
             signing: None,
             shadow: ctx.carried::<ShadowCell>(),
@@ -172,8 +171,21 @@ impl WasmEnricher {
             enricher.earlier_facts.clone(),
             enricher.logs.clone(),
         );
-        let loaded = LoadedModule::load(&module, probe, enricher.limits)
-            .with_context(|| format!("WASM module {}", path.display()))?;
+        let loaded = module.load(probe, enricher.limits).with_context(|| format!("WASM module {}", path.display()))?;
+        // Only now, with the module loaded: a generation that failed to
+        // load must not keep (or create) the entry a live one shares.
+        let key = HealthKey {
+            sha256: sha,
+            memory_bytes: enricher.limits.memory_bytes,
+            table_elements: enricher.limits.table_elements,
+            deadline: enricher.limits.deadline,
+            breaker: (
+                options.breaker_failures,
+                Duration::from_secs(options.breaker_window_s),
+                Duration::from_secs(options.breaker_cooldown_s),
+            ),
+        };
+        enricher.health = enricher.shadow.health.get_or(key, || new_health(&options));
         enricher.source = Some(source_info(&path, &bytes));
         enricher.module = Some(Arc::new(loaded));
         enricher.live_sha256 = Some(to_hex(&sha));
@@ -195,7 +207,7 @@ impl WasmEnricher {
             crate::signature::Signing::check(self.options.require_signature, self.key_paths.clone(), path, bytes)?;
         let sha: [u8; 32] = Sha256::digest(bytes).into();
         let module = runtime::compile(bytes, sha, artifact_cache(&signing, cache_dir))?;
-        let loaded = LoadedModule::load(&module, self.host_state(self.name.clone()), self.limits)?;
+        let loaded = module.load(self.host_state(self.name.clone()), self.limits)?;
         let signed_by = signing.and_then(|s| s.signed_by().map(str::to_string));
         Ok((Arc::new(loaded), signed_by))
     }
@@ -240,6 +252,7 @@ impl WasmEnricher {
                 self.host_state(target.name.clone()),
                 self.limits,
                 module.generation,
+                runtime::Setup::Call,
             ) {
                 Ok(w) => *slot = Some(w),
                 Err(e) => {
@@ -322,7 +335,7 @@ impl WasmEnricher {
         verdicts: bool,
     ) -> Result<(), FailureKind> {
         let module = self.module.as_deref().ok_or(FailureKind::Unavailable)?;
-        let target = Target { name: &self.name, module, stats: &self.stats };
+        let target = Target { name: &self.name, module, stats: &self.health.stats };
         let ThreadSlot { worker, records, scratch, live_verdicts, .. } = slot;
         let out = self.call_guest(&target, source, events, records, worker)?;
         let applied = self.results.apply(events, out, &module.texts, scratch);
@@ -393,6 +406,15 @@ impl WasmEnricher {
     }
 }
 
+/// Fresh counters and a closed breaker with the entry's settings.
+fn new_health(options: &WasmOptions) -> ModuleHealth {
+    ModuleHealth::new(
+        options.breaker_failures,
+        Duration::from_secs(options.breaker_window_s),
+        Duration::from_secs(options.breaker_cooldown_s),
+    )
+}
+
 /// Where precompiled artifacts may be read and written for a module
 /// loaded under `signing`: nowhere when the stage checks signatures, so
 /// that it runs code compiled from the bytes it verified, not whatever a
@@ -453,7 +475,7 @@ impl Enricher for WasmEnricher {
                 }
                 fill_record(record, event, &self.record_slots);
             }
-            let live = match self.breaker.admit() {
+            let live = match self.health.breaker.admit() {
                 None => Err(FailureKind::CircuitOpen),
                 Some(ticket) => {
                     let live = self.run_chunk(source, chunk, &mut slot, shadow.is_some());
@@ -462,7 +484,7 @@ impl Enricher for WasmEnricher {
                 }
             };
             if let Err(kind) = live {
-                self.stats.record_error(kind);
+                self.health.stats.record_error(kind);
                 self.results.fallback(chunk, kind);
             }
             // After the live verdicts are written: whatever the shadow
@@ -477,8 +499,8 @@ impl Enricher for WasmEnricher {
         let (state, error) = match (&self.module, &self.load_error) {
             (None, Some(e)) if e == "file not found" => (PluginState::Missing, Some(e.clone())),
             (None, e) => (PluginState::Error, e.clone()),
-            (Some(_), _) if self.breaker.is_open() => {
-                let next = match self.breaker.next_trial_in_s() {
+            (Some(_), _) if self.health.breaker.is_open() => {
+                let next = match self.health.breaker.next_trial_in_s() {
                     Some(s) => format!("a trial call in {s} s"),
                     None => "replace the module".into(),
                 };
@@ -498,10 +520,11 @@ impl Enricher for WasmEnricher {
             loaded_at: None,
             error: self.load_error.clone(),
         })];
-        let mut details = self.stats.to_json();
-        details["circuit_open"] = self.breaker.is_open().into();
-        details["circuit_opened"] = self.breaker.opened().into();
-        details["circuit_next_trial_s"] = self.breaker.next_trial_in_s().into();
+        let breaker = &self.health.breaker;
+        let mut details = self.health.stats.to_json();
+        details["circuit_open"] = breaker.is_open().into();
+        details["circuit_opened"] = breaker.opened().into();
+        details["circuit_next_trial_s"] = breaker.next_trial_in_s().into();
         details["deadline_ms"] = (self.limits.deadline_ticks * runtime::TICK.as_millis() as u64).into();
         details["memory_limit_mib"] = (self.limits.memory_bytes >> 20).into();
         details["table_limit_elements"] = self.limits.table_elements.into();

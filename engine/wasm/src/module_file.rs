@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::host::HostState;
 use crate::options::WasmOptions;
-use crate::runtime::{self, Limits, LoadedModule};
+use crate::runtime::{self, Limits};
 use crate::text;
 
 /// What `enrichd rule check` reports about a module.
@@ -53,16 +53,15 @@ fn inspect_inner(path: &Path, options: &WasmOptions) -> anyhow::Result<ModuleRep
         Arc::new([]),
         Default::default(),
     );
-    let loaded =
-        LoadedModule::load(&module, state, limits_of(options)).with_context(|| format!("module {}", path.display()))?;
+    let loaded = module.load(state, limits_of(options)).with_context(|| format!("module {}", path.display()))?;
     Ok(ModuleReport {
         path: path.to_path_buf(),
         size_bytes: bytes.len(),
         sha256: to_hex(&sha),
         abi_version: format!("{}.{}", abi::ABI_MAJOR, loaded.abi_minor),
         declared_texts: loaded.texts.len(),
-        imports: module.imports().map(|i| format!("{}.{}", i.module(), i.name())).collect(),
-        exports: module.exports().map(|e| e.name().to_string()).collect(),
+        imports: module.module.imports().map(|i| format!("{}.{}", i.module(), i.name())).collect(),
+        exports: module.module.exports().map(|e| e.name().to_string()).collect(),
         memory_limit_mib: options.memory_limit_mib,
         table_limit_elements: options.table_limit_elements,
         module_size_limit_mib: options.module_size_limit_mib,

@@ -1,6 +1,6 @@
 //! The wasmtime side: one `Engine` for the process, modules compiled once
-//! (cached by content hash, in memory and as precompiled artifacts in the
-//! state directory), checked against ABI v1 before anything runs,
+//! (cached by content hash: the last few loaded in memory, and as
+//! precompiled artifacts in the state directory), checked against ABI v1 before anything runs,
 //! and per-thread instances built from an `InstancePre`.
 //!
 //! Sandbox: no WASI and no ambient imports (only the three `enrichd_v1`
@@ -11,7 +11,7 @@
 //! instance / table / memory count caps through the store's resource
 //! limiter (a refused grow traps), a bounded wasm stack.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -59,16 +59,17 @@ pub fn engine() -> &'static Engine {
 /// Compiles `bytes`, reusing an earlier compilation of identical content:
 /// from memory within the process, and from `cache_dir` (the server's state
 /// directory) across restarts, if the artifact there is trusted
-/// ([`crate::artifacts`]).
+/// ([`crate::artifacts`]). The result joins the in-memory cache only once
+/// it has loaded ([`Compiled::load`]): a module that fails its interface
+/// checks or its probe is not kept.
 ///
 /// Without `cache_dir` nothing read from disk is used, not even through the
 /// in-memory cache: a stage that checks signatures passes none, so that
 /// the code it runs is compiled from the bytes it verified.
-pub fn compile(bytes: &[u8], sha256: [u8; 32], cache_dir: Option<&Path>) -> anyhow::Result<Module> {
-    let cache = compiled();
-    if let Some((m, from_disk)) = cache.lock().expect("module cache").get(&sha256) {
+pub fn compile(bytes: &[u8], sha256: [u8; 32], cache_dir: Option<&Path>) -> anyhow::Result<Compiled> {
+    if let Some((module, from_disk)) = compiled().lock().expect("module cache").get(&sha256) {
         if cache_dir.is_some() || !from_disk {
-            return Ok(m.clone());
+            return Ok(Compiled { module, sha256, from_disk });
         }
     }
     let on_disk = cache_dir.map(|dir| (artifacts::cache_dir(dir), artifacts::artifact_name(&sha256)));
@@ -82,23 +83,82 @@ pub fn compile(bytes: &[u8], sha256: [u8; 32], cache_dir: Option<&Path>) -> anyh
             (module, false)
         }
     };
-    cache.lock().expect("module cache").insert(sha256, (module.clone(), from_disk));
-    Ok(module)
+    Ok(Compiled { module, sha256, from_disk })
 }
+
+/// A compiled module ([`compile`]), not yet remembered.
+pub struct Compiled {
+    pub module: Module,
+    sha256: [u8; 32],
+    /// Read from a precompiled artifact (see [`compile`]).
+    from_disk: bool,
+}
+
+impl Compiled {
+    /// [`LoadedModule::load`]; on success the compilation is remembered for
+    /// the next build of the same content (a reload, a shadow, a restart of
+    /// the stage with other options).
+    pub fn load(&self, probe: HostState, limits: Limits) -> anyhow::Result<LoadedModule> {
+        let loaded = LoadedModule::load(&self.module, probe, limits)?;
+        self.remember();
+        Ok(loaded)
+    }
+
+    fn remember(&self) {
+        compiled().lock().expect("module cache").insert(self.sha256, self.module.clone(), self.from_disk);
+    }
+}
+
+/// Compiled modules kept in memory, most recently used last. Bounded: every
+/// edit of a rule, every shadow uploaded through the API, every module
+/// inspected is compiled, and a server running for months must not keep
+/// them all. Enough for a chain's rules and their shadows to be rebuilt by
+/// a reload without compiling again; one evicted is compiled again (or
+/// read from its artifact) when needed, and a live stage keeps its own.
+pub(crate) const CACHED_MODULES: usize = 16;
 
 /// Modules compiled in this process by content hash, each with whether it
 /// was read from a precompiled artifact.
-type Compiled = Mutex<HashMap<[u8; 32], (Module, bool)>>;
+#[derive(Default)]
+struct ModuleCache {
+    entries: VecDeque<([u8; 32], Module, bool)>,
+}
 
-fn compiled() -> &'static Compiled {
-    static CACHE: OnceLock<Compiled> = OnceLock::new();
+impl ModuleCache {
+    /// The module for `sha256`, made the most recently used.
+    fn get(&mut self, sha256: &[u8; 32]) -> Option<(Module, bool)> {
+        let at = self.entries.iter().position(|(k, ..)| k == sha256)?;
+        let entry = self.entries.remove(at).expect("found above");
+        let found = (entry.1.clone(), entry.2);
+        self.entries.push_back(entry);
+        Some(found)
+    }
+
+    fn insert(&mut self, sha256: [u8; 32], module: Module, from_disk: bool) {
+        self.entries.retain(|(k, ..)| *k != sha256);
+        self.entries.push_back((sha256, module, from_disk));
+        while self.entries.len() > CACHED_MODULES {
+            self.entries.pop_front();
+        }
+    }
+}
+
+fn compiled() -> &'static Mutex<ModuleCache> {
+    static CACHE: OnceLock<Mutex<ModuleCache>> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
 /// Forgets the in-process compilation of `sha256`, as a restart would.
 #[cfg(test)]
 pub(crate) fn forget(sha256: &[u8; 32]) {
-    compiled().lock().expect("module cache").remove(sha256);
+    compiled().lock().expect("module cache").entries.retain(|(k, ..)| k != sha256);
+}
+
+/// Whether the in-process cache holds `sha256`, and how many it holds.
+#[cfg(test)]
+pub(crate) fn cached(sha256: &[u8; 32]) -> (bool, usize) {
+    let cache = compiled().lock().expect("module cache");
+    (cache.entries.iter().any(|(k, ..)| k == sha256), cache.entries.len())
 }
 
 /// The imports the host provides, with their types.
@@ -215,11 +275,28 @@ pub struct Worker {
     pub minor: u32,
 }
 
-/// Deadline of instantiation (start function, `enrichd_abi_version`,
-/// `enrichd_io`), in ticks: 1 s, or `deadline_ms` if longer. It handles no
-/// events, and a batch-sized deadline made loads fail on a busy host
-/// (a debug-build instantiation waiting for a core can take 20 ms).
+/// Deadline of the instantiation at load (start function,
+/// `enrichd_abi_version`, `enrichd_io`), in ticks: 1 s, or `deadline_ms`
+/// if longer. It handles no events, and a batch-sized deadline made loads
+/// fail on a busy host (a debug-build instantiation waiting for a core can
+/// take 20 ms).
 const SETUP_TICKS: u64 = 1000;
+
+/// Which budget an instantiation runs its guest code (start function,
+/// `enrichd_abi_version`, `enrichd_io`) under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    /// The probe at load, off the hot path: [`SETUP_TICKS`] (or the
+    /// deadline, if longer).
+    Load,
+    /// On the hot path (a first call on a thread, after a failed call,
+    /// after a reload): the call deadline. Here the instantiation holds up
+    /// a batch like a call does, and a module whose start function spins
+    /// under the load budget would otherwise stall a batch for up to a
+    /// second each time its instance is recycled, too rarely for the
+    /// breaker to notice.
+    Call,
+}
 
 /// Instantiates and checks the ABI version and exchange area.
 pub fn instantiate(
@@ -227,14 +304,18 @@ pub fn instantiate(
     state: HostState,
     limits: Limits,
     generation: u64,
+    setup: Setup,
 ) -> anyhow::Result<Worker> {
+    let (budget, ticks) = match setup {
+        Setup::Load => (limits.deadline.max(TICK * SETUP_TICKS as u32), limits.deadline_ticks.max(SETUP_TICKS)),
+        Setup::Call => (limits.deadline, limits.deadline_ticks),
+    };
     let mut store = Store::new(engine(), state);
     store.data_mut().limits = GuestLimits::new(limits);
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_callback(|ctx| Ok(cpu_deadline_update(ctx.data().limits.cpu, thread_cpu_time(), TICK)));
-    store.data_mut().limits.cpu =
-        CpuBudget { started: thread_cpu_time(), budget: limits.deadline.max(TICK * SETUP_TICKS as u32) };
-    store.set_epoch_deadline(limits.deadline_ticks.max(SETUP_TICKS));
+    store.data_mut().limits.cpu = CpuBudget { started: thread_cpu_time(), budget };
+    store.set_epoch_deadline(ticks);
     let instance: Instance = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiation failed: {e:#}"))?;
     let version = instance
         .get_typed_func::<(), i32>(&mut store, "enrichd_abi_version")
@@ -249,7 +330,7 @@ pub fn instantiate(
             abi::ABI_MINOR
         );
     }
-    store.set_epoch_deadline(limits.deadline_ticks.max(SETUP_TICKS));
+    store.set_epoch_deadline(ticks);
     let io = instance
         .get_typed_func::<(), i32>(&mut store, "enrichd_io")
         .and_then(|f| f.call(&mut store, ()))
@@ -283,7 +364,7 @@ impl LoadedModule {
     pub fn load(module: &Module, probe: HostState, limits: Limits) -> anyhow::Result<Self> {
         check_interface(module)?;
         let pre = prelink(module)?;
-        let mut probe = instantiate(&pre, probe, limits, 0)?;
+        let mut probe = instantiate(&pre, probe, limits, 0, Setup::Load)?;
         Ok(LoadedModule {
             generation: new_generation(),
             texts: declared_texts(&mut probe)?,
@@ -319,6 +400,14 @@ mod tests {
         (wat, sha, path)
     }
 
+    /// Compiles and remembers `bytes`, as a successful load would (these
+    /// test modules are not enrichd modules, so they cannot load).
+    fn remembered(bytes: &[u8], sha: [u8; 32], dir: Option<&Path>) -> Module {
+        let compiled = compile(bytes, sha, dir).unwrap();
+        compiled.remember();
+        compiled.module
+    }
+
     fn answer(module: &Module) -> i32 {
         let mut store = Store::new(engine(), ());
         store.set_epoch_deadline(1_000_000);
@@ -338,7 +427,7 @@ mod tests {
     fn the_artifact_cache_is_private() {
         let state = tempfile::tempdir().unwrap();
         let (wat, sha, path) = answering(1001, state.path());
-        assert_eq!(answer(&compile(wat.as_bytes(), sha, Some(state.path())).unwrap()), 1001);
+        assert_eq!(answer(&remembered(wat.as_bytes(), sha, Some(state.path()))), 1001);
         assert_eq!(mode(&artifacts::cache_dir(state.path())), 0o700);
         assert_eq!(mode(&path), 0o600);
     }
@@ -352,13 +441,13 @@ mod tests {
         let s = Some(state.path());
         let (a, sha_a, path_a) = answering(2001, state.path());
         let (b, sha_b, path_b) = answering(2002, state.path());
-        compile(a.as_bytes(), sha_a, s).unwrap();
-        compile(b.as_bytes(), sha_b, s).unwrap();
+        remembered(a.as_bytes(), sha_a, s);
+        remembered(b.as_bytes(), sha_b, s);
         // A restart (the in-process compilation forgotten) loads A from
         // `path_a` after it was replaced by B's artifact in some way.
         let restart_a = |dir: Option<&Path>| {
             forget(&sha_a);
-            answer(&compile(a.as_bytes(), sha_a, dir).unwrap())
+            answer(&remembered(a.as_bytes(), sha_a, dir))
         };
         let plant = || {
             let _ = std::fs::remove_file(&path_a);
@@ -372,7 +461,7 @@ mod tests {
         assert_eq!(restart_a(s), 2002);
         // Without a cache directory (a stage checking signatures) neither
         // the disk nor what was read from it is used.
-        assert_eq!(answer(&compile(a.as_bytes(), sha_a, None).unwrap()), 2001);
+        assert_eq!(answer(&remembered(a.as_bytes(), sha_a, None)), 2001);
 
         // Writable by others: recompiled, and replaced by a private A.
         plant();
@@ -398,5 +487,43 @@ mod tests {
         assert_eq!(restart_a(s), 2001);
         assert_eq!(mode(&dir), 0o700);
         assert!(!path_b.exists() && path_a.exists());
+    }
+
+    fn probe() -> (HostState, Limits) {
+        let state = HostState::new("m".into(), Arc::default(), Arc::default(), Arc::new([]), Arc::default());
+        let deadline = Duration::from_millis(50);
+        (state, Limits { memory_bytes: 1 << 20, table_elements: 100, deadline, deadline_ticks: 50 })
+    }
+
+    /// The cache used to keep every module compiled since start: every
+    /// edit of a rule, every shadow uploaded, and modules that failed
+    /// their checks (inserted before loading).
+    #[test]
+    fn the_module_cache_is_bounded_and_keeps_only_loaded_modules() {
+        // Distinct enrichd modules (by a data segment), each loaded.
+        let shas: Vec<[u8; 32]> = (0..CACHED_MODULES + 5)
+            .map(|n| {
+                let wat = format!(
+                    r#"(module (memory (export "memory") 2) (data (i32.const 16) "cache test {n}")
+                      (func (export "enrichd_abi_version") (result i32) (i32.const 65536))
+                      (func (export "enrichd_io") (result i32) (i32.const 0))
+                      (func (export "enrichd_process") (param i32) (result i32) (i32.const 0)))"#
+                );
+                let sha: [u8; 32] = Sha256::digest(&wat).into();
+                let (state, limits) = probe();
+                compile(wat.as_bytes(), sha, None).unwrap().load(state, limits).unwrap();
+                sha
+            })
+            .collect();
+        let (first, _) = cached(&shas[0]);
+        let (last, len) = cached(shas.last().unwrap());
+        assert!(!first && last && len <= CACHED_MODULES, "first kept: {first}, last kept: {last}, {len} cached");
+
+        // Compiled, but no enrichd module: not kept.
+        let dir = tempfile::tempdir().unwrap();
+        let (wat, sha, _) = answering(3001, dir.path());
+        let (state, limits) = probe();
+        assert!(compile(wat.as_bytes(), sha, None).unwrap().load(state, limits).is_err());
+        assert!(!cached(&sha).0);
     }
 }

@@ -38,10 +38,15 @@ use enrichd_engine::fact::SCORE_BOUNDS;
 /// Differing events quoted in full, newest last.
 pub(crate) const MAX_SAMPLES: usize = 20;
 
-/// A stage's shadow, shared by all generations of the stage.
+/// A stage's shadow, shared by all generations of the stage; also the
+/// stage's carried state for what else must survive a rebuild (a stage
+/// carries one type).
 #[derive(Default)]
 pub(crate) struct ShadowCell {
     pub(crate) current: ArcSwapOption<Shadow>,
+    /// The live module's counters and breaker, kept across rebuilds of
+    /// the same content (see [`crate::stats::ModuleHealth`]).
+    pub(crate) health: crate::stats::HealthCell,
 }
 
 /// Where a shadow came from.

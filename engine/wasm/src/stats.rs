@@ -137,6 +137,63 @@ impl ModuleStats {
     }
 }
 
+/// A live module's counters and circuit breaker. Shared by every
+/// generation of a stage that runs the same module under the same limits
+/// and breaker settings ([`HealthKey`]): a reload that rebuilds the stage
+/// from unchanged content (`POST /v1/reload`, SIGHUP, a watched-path event)
+/// must neither close an open breaker nor reset its counters, or an
+/// explicit reload would re-enable a rule that `breaker_cooldown_s = 0`
+/// keeps off "until the module is replaced".
+pub(crate) struct ModuleHealth {
+    pub(crate) stats: ModuleStats,
+    pub(crate) breaker: CircuitBreaker,
+}
+
+/// What must be unchanged for a rebuilt stage to keep the live module's
+/// [`ModuleHealth`]: the module (SHA-256), the limits its calls fail
+/// against, and the breaker's settings. A change of any of them is a
+/// different module as far as its failures go, and starts afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HealthKey {
+    pub(crate) sha256: [u8; 32],
+    pub(crate) memory_bytes: usize,
+    pub(crate) table_elements: usize,
+    pub(crate) deadline: Duration,
+    pub(crate) breaker: (usize, Duration, Duration),
+}
+
+impl ModuleHealth {
+    /// Fresh counters and a closed breaker with these settings.
+    pub(crate) fn new(threshold: usize, window: Duration, cooldown: Duration) -> Self {
+        ModuleHealth { stats: ModuleStats::default(), breaker: CircuitBreaker::new(threshold, window, cooldown) }
+    }
+}
+
+/// The [`ModuleHealth`] of a stage's generations, by [`HealthKey`]; kept in
+/// the stage's carried state. Entries are weak: one lives as long as a
+/// generation using it does (a rejected rebuild of other content does not
+/// displace the live one's), and a module no generation runs any more is
+/// forgotten (coming back to it later starts afresh).
+#[derive(Default)]
+pub(crate) struct HealthCell {
+    entries: Mutex<Vec<(HealthKey, std::sync::Weak<ModuleHealth>)>>,
+}
+
+impl HealthCell {
+    /// The health of `key`'s module: the one a live generation shares, or
+    /// a new one from `fresh`.
+    pub(crate) fn get_or(&self, key: HealthKey, fresh: impl FnOnce() -> ModuleHealth) -> std::sync::Arc<ModuleHealth> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(found) = entries.iter().find(|(k, _)| *k == key).and_then(|(_, weak)| weak.upgrade()) {
+            return found;
+        }
+        let health = std::sync::Arc::new(fresh());
+        entries.push((key, std::sync::Arc::downgrade(&health)));
+        health
+    }
+}
+
 /// Stops calling a module after `threshold` failures within `window`;
 /// after a cool-down lets one call through as a trial (half-open): a
 /// trial that succeeds closes the breaker, one that fails opens it again

@@ -1,0 +1,139 @@
+//! A `wasm` stage rebuilt by a reload (`POST /v1/reload`, SIGHUP, a watched
+//! path) from unchanged content must behave as the generation it replaces:
+//! the same breaker state and counters, the same view of the record.
+
+use std::path::Path;
+
+use enrichd_engine::{parse_ndjson, Engine, Format, Outcome, Registry};
+use serde_json::{json, Value};
+
+/// A rule whose `enrichd_process` runs `body` (WAT instructions leaving
+/// the status on the stack); `imports` and `data` go before it.
+fn rule(imports: &str, data: &str, body: &str) -> String {
+    format!(
+        r#"(module
+  {imports}
+  (memory (export "memory") 3)
+  {data}
+  (func (export "enrichd_abi_version") (result i32) (i32.const 65536))
+  (func (export "enrichd_io") (result i32) (i32.const 0))
+  (func (export "enrichd_process") (param $n i32) (result i32) {body}))"#
+    )
+}
+
+/// An engine running an indicator stage, then the rule in `wat` as stage
+/// "rule" with the entry options `extra`.
+fn engine(dir: &Path, wat: &str, extra: &str) -> Engine {
+    engine_then(dir, wat, extra, "")
+}
+
+/// [`engine`], with the chain entries `after` after the rule.
+fn engine_then(dir: &Path, wat: &str, extra: &str, after: &str) -> Engine {
+    let path = dir.join("rule.wat");
+    std::fs::write(&path, wat).unwrap();
+    let toml = format!(
+        "[[chain]]\nplugin = \"ti\"\npaths = [\"{ti}\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"rule\"\nmodule = \"{m}\"\n{extra}\n{after}\n",
+        ti = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ti/indicators.txt"),
+        m = path.display(),
+    );
+    let mut registry = Registry::new();
+    enrichd_plugins::register_all(&mut registry);
+    registry.register(Box::new(enrichd_wasm::WasmFactory));
+    let config = enrichd_engine::Config::parse(&toml, &dir.join("c.toml")).unwrap();
+    let chain = enrichd_engine::Chain::build(&config.chain, &registry, dir).unwrap();
+    Engine::new(chain, registry)
+}
+
+/// Runs `lines` (NDJSON) through the engine's current chain.
+fn run(engine: &Engine, lines: &str) -> Vec<Value> {
+    let chain = engine.chain();
+    let mut batch = parse_ndjson(lines.into(), Format::FlowsV1, chain.parse_spec(), 0).unwrap();
+    chain.run(&mut batch);
+    let mut out = Vec::new();
+    batch.write_events_array(chain.keys(), &mut out);
+    serde_json::from_slice(&out).unwrap()
+}
+
+fn report(engine: &Engine) -> Value {
+    let r = engine.chain().reports().into_iter().find(|r| r.name == "rule").unwrap();
+    serde_json::to_value(&r).unwrap()
+}
+
+fn reload_outcome(engine: &Engine) -> Outcome {
+    engine.reload_all().stages.into_iter().find(|s| s.name == "rule").unwrap().outcome
+}
+
+const EVENT: &str = r#"{"src_ip":"45.149.3.7","dst_port":80}"#;
+
+/// With `breaker_cooldown_s = 0` the breaker stays open "until the module
+/// is replaced": reloading everything (here with nothing changed) is not
+/// replacing it. Before, the rebuilt stage came with a closed breaker and
+/// zeroed counters, reported `loaded` where the live one reported
+/// `error`, and was swapped in as an improvement, calling the failing rule
+/// again.
+#[test]
+fn a_reload_of_the_same_module_keeps_its_open_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let trapping = rule("", "", "(unreachable)");
+    let engine = engine(dir.path(), &trapping, "breaker_failures = 1\nbreaker_cooldown_s = 0");
+    assert_eq!(run(&engine, EVENT)[0]["reasons"], json!(["rule error: trap"]));
+    let before = report(&engine);
+    assert_eq!((before["state"].as_str(), before["details"]["circuit_open"].as_bool()), (Some("error"), Some(true)));
+
+    assert_eq!(reload_outcome(&engine), Outcome::Unchanged);
+    let after = report(&engine);
+    assert_eq!(after["details"]["circuit_open"], true, "{after}");
+    assert_eq!(after["details"]["errors"]["trap"], 1, "the counters are kept too: {after}");
+    assert_eq!(run(&engine, EVENT)[0]["reasons"], json!(["rule error: circuit_open"]), "not called again");
+
+    // Another module is a replacement: a fresh breaker, and it runs.
+    let good = rule("", "", "(i32.store (i32.const 28672) (i32.const 0)) (i32.const 0)");
+    std::fs::write(dir.path().join("rule.wat"), good).unwrap();
+    assert_eq!(reload_outcome(&engine), Outcome::Reloaded);
+    assert_eq!(report(&engine)["details"]["circuit_open"], false);
+    assert_eq!(run(&engine, EVENT)[0]["reasons"], json!([]));
+}
+
+/// A rule tagging event 0 with the JSON `field` gives for `tags` (a key
+/// this rule itself writes) and `later` (one a later stage writes): at the
+/// rule's turn neither is written yet, so both come from the raw record.
+const ECHO: &str = r#"
+  (func $tag (param $key i32) (param $klen i32) (param $at i32) (result i32) (local $n i32)
+    (local.set $n (call $field (i32.const 0) (local.get $key) (local.get $klen) (i32.add (local.get $at) (i32.const 5)) (i32.const 100)))
+    (if (i32.lt_s (local.get $n) (i32.const 0)) (then (return (i32.const 0))))
+    (i32.store16 (local.get $at) (i32.const 0))
+    (i32.store8 offset=2 (local.get $at) (i32.const 3))
+    (i32.store16 offset=3 (local.get $at) (local.get $n))
+    (i32.add (local.get $n) (i32.const 5)))"#;
+
+/// Before, a rebuilt stage's `field` read the whole, append-only key table
+/// (its own keys and later stages' included, unlike at its first build):
+/// after a reload both lookups found a key not yet written and answered
+/// "absent" instead of the record's value.
+#[test]
+fn field_reads_the_same_keys_after_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let field = r#"(import "enrichd_v1" "field" (func $field (param i32 i32 i32 i32 i32) (result i32)))"#;
+    let data = format!(r#"(data (i32.const 100000) "tags") (data (i32.const 100016) "later") {ECHO}"#);
+    let body = "(local $len i32)
+        (local.set $len (call $tag (i32.const 100000) (i32.const 4) (i32.const 28680)))
+        (local.set $len (i32.add (local.get $len) (call $tag (i32.const 100016) (i32.const 5) (i32.add (i32.const 28680) (local.get $len)))))
+        (i32.store (i32.const 28672) (local.get $len))
+        (i32.const 0)";
+    let echo = rule(field, &data, body);
+    let later = dir.path().join("later.wat");
+    std::fs::write(&later, rule("", "", "(i32.store (i32.const 28672) (i32.const 0)) (i32.const 0)")).unwrap();
+    let after = format!(
+        "[[chain]]\nplugin = \"wasm\"\nname = \"later\"\nmodule = \"{}\"\nrole = \"enricher\"\nfields = [\"later\"]\n",
+        later.display()
+    );
+    let engine = engine_then(dir.path(), &echo, "", &after);
+    let event = r#"{"src_ip":"45.149.3.7","dst_port":80,"tags":["client"],"later":"raw"}"#;
+    let expected = json!(["[\"client\"]", "\"raw\""]);
+    assert_eq!(run(&engine, event)[0]["tags"], expected, "at the first build");
+
+    // Other bytes, same behaviour: the rebuilt stage is swapped in.
+    std::fs::write(dir.path().join("rule.wat"), format!("{echo}\n;; edited\n")).unwrap();
+    assert_eq!(reload_outcome(&engine), Outcome::Reloaded);
+    assert_eq!(run(&engine, event)[0]["tags"], expected, "after a reload");
+}
