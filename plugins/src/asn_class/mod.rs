@@ -64,8 +64,10 @@ impl Plugin for AsnClassFactory {
         );
         // AS number facts of earlier stages that say where their answer is
         // and how to read the organisation out of it.
+        // (Earlier only: on a rebuild the fact table also holds this and
+        // later stages' facts, which a first build never saw.)
         let sources: Vec<AsSource> = ctx
-            .declared_facts()
+            .earlier_facts()
             .iter()
             .filter(|f| f.decl.kind == FactKind::AsNumber)
             .filter_map(|f| {
