@@ -128,9 +128,13 @@ fn lines(
         // library's byte search showed up in profiles).
         let end = memchr::memchr(b'\n', &text.as_bytes()[from..range.end]).map_or(range.end, |i| from + i + 1);
         let line = &text[from..end];
+        // JSON's own whitespace only: `str::trim` would also take Unicode
+        // spaces (U+00A0, U+2028, VT, FF), which JSON does not allow
+        // around a value, and accept or skip such lines.
         let content = line.trim_end_matches(['\n', '\r']);
-        let lead = content.len() - content.trim_start().len();
-        let body = content.trim();
+        let body = content.trim_start_matches(JSON_SPACE);
+        let lead = content.len() - body.len();
+        let body = body.trim_end_matches(JSON_SPACE);
         if !body.is_empty() {
             if events.len() - first == max {
                 // The lines after this one are not counted: the count says
@@ -151,6 +155,9 @@ fn lines(
     }
     Ok(())
 }
+
+/// What JSON counts as whitespace (RFC 8259, section 2).
+const JSON_SPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 
 /// The most events a run of lines makes room for before it has read them.
 const RESERVE_MAX: usize = 8192;
@@ -182,6 +189,22 @@ mod tests {
             let err =
                 parse_ndjson_in_parts(bad.clone(), Format::FlowsV1, &spec, 5, Limits::default(), parts).err().unwrap();
             assert!(matches!(err, InputError::Record { index: 905, .. }), "{parts}: {err}");
+        }
+    }
+
+    /// Around a record, only JSON's whitespace: a no-break space, a line
+    /// separator, a vertical tab or a form feed makes the line a bad
+    /// record (it was accepted, or skipped as blank).
+    #[test]
+    fn only_json_whitespace_surrounds_a_record() {
+        let spec = ParseSpec::default();
+        let read = |text: &str| parse_ndjson(text.to_string(), Format::FlowsV1, &spec, 1).map(|b| b.len());
+        assert_eq!(read(" \t{\"src_ip\":\"10.0.0.1\"} \r\n\n  \t\n").unwrap(), 1);
+        for space in ['\u{a0}', '\u{2028}', '\u{b}', '\u{c}'] {
+            let before = format!("{{}}\n{space}{{\"src_ip\":\"10.0.0.1\"}}\n");
+            assert!(matches!(read(&before), Err(InputError::Record { index: 2, .. })), "{space:?} before");
+            let alone = format!("{{}}\n{space}\n");
+            assert!(matches!(read(&alone), Err(InputError::Record { index: 2, .. })), "{space:?} alone");
         }
     }
 

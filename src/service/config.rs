@@ -150,6 +150,17 @@ impl ServiceConfig {
                 message: format!("[server] listen: {message}"),
             });
         }
+        // Record positions inside a batch are 32-bit (`Span`): a body of
+        // 4 GiB or more would wrap them. Nothing near that is a request.
+        if sections.server.max_body_bytes == 0 || sections.server.max_body_bytes > MAX_BODY_BYTES {
+            return Err(ConfigError {
+                location: Location { path: path.to_path_buf(), line: key_line(text, "[server]", "max_body_bytes") },
+                message: format!(
+                    "[server] max_body_bytes: {} is not from 1 to {MAX_BODY_BYTES} (1 GiB)",
+                    sections.server.max_body_bytes
+                ),
+            });
+        }
         if let Err(message) = check_tls(&sections.server) {
             return Err(ConfigError {
                 location: Location { path: path.to_path_buf(), line: header_lines(text, "[server]").first().copied() },
@@ -237,7 +248,7 @@ pub(crate) struct ServerConfig {
     /// Address and port to listen on (`--listen` overrides).
     pub listen: String,
     /// Largest accepted request body in bytes, counted on the bytes actually
-    /// received and again after gzip decompression.
+    /// received and again after gzip decompression (1 byte to 1 GiB).
     pub max_body_bytes: usize,
     /// Most records accepted in one `/v1/ingest` batch.
     pub max_records: usize,
@@ -371,6 +382,16 @@ mod tests {
         }
     }
 
+    /// Spans into a batch are 32-bit: a body limit past them is refused at
+    /// load, with its line, instead of wrapping record positions.
+    #[test]
+    fn the_body_limit_is_bounded() {
+        let e = parse("[server]\nmax_body_bytes = 5368709120\n").unwrap_err();
+        assert!(e.contains("c.toml:2") && e.contains("max_body_bytes") && e.contains("1 GiB"), "{e}");
+        assert!(parse("[server]\nmax_body_bytes = 0\n").is_err());
+        assert_eq!(parse("[server]\nmax_body_bytes = 1073741824\n").unwrap().server.max_body_bytes, 1 << 30);
+    }
+
     #[test]
     fn both_layers_read_the_same_file() {
         let c = parse("[server]\nlisten = \"0.0.0.0:1\"\n\n[[chain]]\nplugin = \"geoip\"\n\n[reload]\nwatch = false\n")
@@ -455,6 +476,9 @@ fn entries<E>(
         })
         .collect()
 }
+
+/// Largest `max_body_bytes` allowed: 1 GiB (spans into a batch are 32-bit).
+const MAX_BODY_BYTES: usize = 1 << 30;
 
 /// A listen address as `host:port` (an IP address, `[v6]`, or a name):
 /// refused here with the reason rather than at bind time, after the chain
