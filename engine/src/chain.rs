@@ -447,7 +447,10 @@ pub(crate) fn build_stage(
             facts: &mut tables.facts,
             stage: Arc::from(name.as_str()),
             carried: &history.carried,
-            earlier,
+            earlier: crate::plugin::Earlier {
+                stages: earlier.iter().map(|s| s.name.clone()).collect(),
+                keys: earlier.iter().flat_map(|s| s.keys.iter().copied()).collect(),
+            },
             declared: Vec::new(),
         };
         let built = factory.build(&entry.options, &mut ctx);

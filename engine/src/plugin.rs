@@ -235,10 +235,18 @@ pub struct BuildContext<'a> {
     /// The stages before this one in the chain being built: what
     /// [`BuildContext::earlier_keys`] and [`BuildContext::earlier_facts`]
     /// describe.
-    pub(crate) earlier: &'a [Arc<crate::chain::Stage>],
-    /// The output keys this build declared (kept as [`crate::chain::Stage`]'s
+    pub(crate) earlier: Earlier,
+    /// The output keys this build declared (kept with the built stage as its
     /// `keys`, for the stages after it).
     pub(crate) declared: Vec<KeyId>,
+}
+
+/// What the stages before the one being built declared: their names (for
+/// their facts) and their output keys.
+#[derive(Default)]
+pub(crate) struct Earlier {
+    pub(crate) stages: Vec<String>,
+    pub(crate) keys: Vec<KeyId>,
 }
 
 /// A stage's state kept across rebuilds ([`BuildContext::carried`]).
@@ -301,14 +309,14 @@ impl<'a> BuildContext<'a> {
     /// those of the stages after it; a stage that reads the keys before it
     /// must see the same ones at every build.
     pub fn earlier_keys(&self) -> Vec<(String, KeyId)> {
-        let earlier = |id: KeyId| self.earlier.iter().any(|s| s.keys.contains(&id));
+        let earlier = |id: KeyId| self.earlier.keys.contains(&id);
         self.declared_keys().into_iter().filter(|(_, id)| earlier(*id)).collect()
     }
 
     /// The facts declared by the stages before this one in the chain (in
     /// id order), for the same reason as [`BuildContext::earlier_keys`].
     pub fn earlier_facts(&self) -> Vec<FactInfo> {
-        self.facts.iter().filter(|f| self.earlier.iter().any(|s| *s.name == *f.stage)).cloned().collect()
+        self.facts.iter().filter(|f| self.earlier.stages.iter().any(|s| **s == *f.stage)).cloned().collect()
     }
 
     /// Declares a fact this enricher sets on events (see [`crate::fact`])

@@ -24,9 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use wasmtime::Module;
-
-use crate::runtime::engine;
+use wasmtime::{Engine, Module};
 
 /// The cache's directory in the state directory.
 pub(crate) fn cache_dir(state_dir: &Path) -> PathBuf {
@@ -35,10 +33,10 @@ pub(crate) fn cache_dir(state_dir: &Path) -> PathBuf {
 
 /// `<content sha256>-<engine compatibility hash>.cwasm`: an artifact is
 /// only ever loaded by an engine that could have produced it.
-pub(crate) fn artifact_name(sha256: &[u8; 32]) -> String {
+pub(crate) fn artifact_name(sha256: &[u8; 32], engine: &Engine) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    engine().precompile_compatibility_hash().hash(&mut h);
+    engine.precompile_compatibility_hash().hash(&mut h);
     format!("{}-{:016x}.cwasm", enrichd_engine::to_hex(sha256), h.finish())
 }
 
@@ -108,7 +106,7 @@ fn usable_dir(dir: &Path, create: bool) -> bool {
 
 /// The artifact `name` in `dir`, if present and trusted (see the module
 /// documentation). An artifact wasmtime refuses is removed.
-pub(crate) fn load(dir: &Path, name: &str) -> Option<Module> {
+pub(crate) fn load(dir: &Path, name: &str, engine: &Engine) -> Option<Module> {
     let path = dir.join(name);
     if !path.exists() || !usable_dir(dir, false) {
         return None;
@@ -136,7 +134,7 @@ pub(crate) fn load(dir: &Path, name: &str) -> Option<Module> {
     // rename), under a name binding it to the module's content hash and to
     // this engine's configuration; wasmtime also checks the version and
     // settings header.
-    match unsafe { Module::deserialize_open_file(engine(), file) } {
+    match unsafe { Module::deserialize_open_file(engine, file) } {
         Ok(module) => {
             // Recently used artifacts are the last evicted (see `evict`).
             touch(&path);

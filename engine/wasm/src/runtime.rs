@@ -72,8 +72,8 @@ pub fn compile(bytes: &[u8], sha256: [u8; 32], cache_dir: Option<&Path>) -> anyh
             return Ok(Compiled { module, sha256, from_disk });
         }
     }
-    let on_disk = cache_dir.map(|dir| (artifacts::cache_dir(dir), artifacts::artifact_name(&sha256)));
-    let (module, from_disk) = match on_disk.as_ref().and_then(|(dir, name)| artifacts::load(dir, name)) {
+    let on_disk = cache_dir.map(|dir| (artifacts::cache_dir(dir), artifacts::artifact_name(&sha256, engine())));
+    let (module, from_disk) = match on_disk.as_ref().and_then(|(dir, name)| artifacts::load(dir, name, engine())) {
         Some(module) => (module, true),
         None => {
             let module = Module::new(engine(), bytes).map_err(|e| anyhow!("not a valid WebAssembly module: {e:#}"))?;
@@ -396,7 +396,7 @@ mod tests {
     fn answering(n: i32, state: &Path) -> (String, [u8; 32], PathBuf) {
         let wat = format!(r#"(module (func (export "answer") (result i32) (i32.const {n})))"#);
         let sha: [u8; 32] = Sha256::digest(&wat).into();
-        let path = artifacts::cache_dir(state).join(artifacts::artifact_name(&sha));
+        let path = artifacts::cache_dir(state).join(artifacts::artifact_name(&sha, engine()));
         (wat, sha, path)
     }
 
