@@ -205,6 +205,19 @@ fn with_signatures_required_a_shadow_must_be_signed() {
     let r = admin(&s, "POST", "/v1/rules/risk/promote", b"");
     assert_eq!(r.json()["live"]["stages"][0]["outcome"], "reloaded", "{}", r.text);
     assert_eq!(scores(&s), [json!(60), json!(0), json!(70)]);
+
+    // The team's key is rotated: the configured module is signed with the
+    // new one, the promoted version is not. The service still starts, on
+    // the configured module (it refused to start before: the promoted
+    // version's signature failed the build).
+    let mut s = s;
+    let p = |name: &str| s.dir.path().join(name);
+    run(bin().args(["rule", "keygen"]).arg(p("team2")));
+    run(bin().args(["rule", "sign"]).arg(p("risk.wasm")).arg("--key").arg(p("team2.pem")));
+    let config = std::fs::read_to_string(p("config.toml")).unwrap().replace("team.pub.pem", "team2.pub.pem");
+    std::fs::write(p("config.toml"), config).unwrap();
+    s.restart();
+    assert_eq!(scores(&s), [json!(90), json!(10), json!(20)]);
 }
 
 #[test]

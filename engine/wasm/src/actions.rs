@@ -238,12 +238,10 @@ fn new_shadow(
 /// on), or it is the live module itself (just promoted).
 pub(crate) fn config_shadow(stage: &WasmEnricher, path: &Path, state_dir: Option<&Path>) -> anyhow::Result<()> {
     use anyhow::Context;
-    let bytes = std::fs::read(path).with_context(|| format!("reading the shadow module {}", path.display()))?;
-    anyhow::ensure!(
-        bytes.len() as u64 <= stage.module_size_limit(),
-        "shadow module {}: over module_size_limit_mib",
-        path.display()
-    );
+    // Capped while reading, as the live module is: a huge file named here
+    // must not be read whole first.
+    let bytes = crate::module_file::read_module(path, stage.module_size_limit())
+        .with_context(|| format!("reading the shadow module {} (module_size_limit_mib)", path.display()))?;
     let sha = to_hex(&Sha256::digest(&bytes));
     if stage.live_sha256.as_deref() == Some(sha.as_str()) {
         return Ok(());

@@ -139,39 +139,40 @@ impl WasmEnricher {
         };
         let configured_sha = to_hex(&Sha256::digest(&bytes));
         // A promoted version applies while the configured file is the one
-        // it was promoted over (see `versions`).
-        if let Some(promoted) =
-            ctx.state_dir().and_then(|d| crate::versions::active(d, ctx.stage_name(), &configured_sha))
-        {
-            // An unreadable promoted version falls back to the configured
-            // module rather than leaving the stage without a rule.
-            match read_module(&promoted, module_size_limit(&options)) {
-                Ok(promoted_bytes) => {
-                    bytes = promoted_bytes;
-                    path = promoted;
+        // it was promoted over (see `versions`). One that cannot be read,
+        // or no longer passes the stage's checks (its signing key was
+        // rotated out, say), falls back to the configured module rather
+        // than leaving the stage without a rule, or the service unable to
+        // start.
+        let promoted = ctx.state_dir().and_then(|d| crate::versions::active(d, ctx.stage_name(), &configured_sha));
+        let promoted = promoted.and_then(|promoted| {
+            let loaded =
+                read_module(&promoted, module_size_limit(&options)).map_err(anyhow::Error::from).and_then(|bytes| {
+                    Ok((enricher.load_checked(name.clone(), &promoted, &bytes, ctx.state_dir())?, bytes))
+                });
+            match loaded {
+                Ok((checked, bytes)) => Some((promoted, bytes, checked)),
+                Err(e) => {
+                    tracing::warn!(
+                        module = %promoted.display(), error = %format!("{e:#}"),
+                        "promoted rule version does not load; loading the configured module"
+                    );
+                    None
                 }
-                Err(e) => tracing::warn!(
-                    module = %promoted.display(), error = %e,
-                    "promoted rule version unreadable; loading the configured module"
-                ),
             }
-        }
+        });
         enricher.configured_sha256 = Some(configured_sha);
-        // Before compiling: a refused module never reaches wasmtime.
-        enricher.signing =
-            crate::signature::Signing::check(options.require_signature, enricher.key_paths.clone(), &path, &bytes)
-                .with_context(|| format!("WASM module {}", path.display()))?;
-        let sha: [u8; 32] = Sha256::digest(&bytes).into();
-        let module = runtime::compile(&bytes, sha, artifact_cache(&enricher.signing, ctx.state_dir()))
-            .with_context(|| format!("WASM module {}", path.display()))?;
-        let probe = HostState::new(
-            name,
-            enricher.config.clone(),
-            enricher.earlier_keys.clone(),
-            enricher.earlier_facts.clone(),
-            enricher.logs.clone(),
-        );
-        let loaded = module.load(probe, enricher.limits).with_context(|| format!("WASM module {}", path.display()))?;
+        let (signing, loaded, sha) = match promoted {
+            Some((promoted, promoted_bytes, checked)) => {
+                bytes = promoted_bytes;
+                path = promoted;
+                checked
+            }
+            None => enricher
+                .load_checked(name.clone(), &path, &bytes, ctx.state_dir())
+                .with_context(|| format!("WASM module {}", path.display()))?,
+        };
+        enricher.signing = signing;
         // Only now, with the module loaded: a generation that failed to
         // load must not keep (or create) the entry a live one shares.
         let key = HealthKey {
@@ -203,13 +204,27 @@ impl WasmEnricher {
         bytes: &[u8],
         cache_dir: Option<&Path>,
     ) -> anyhow::Result<(Arc<LoadedModule>, Option<String>)> {
+        let (signing, loaded, _) = self.load_checked(self.name.clone(), path, bytes, cache_dir)?;
+        let signed_by = signing.and_then(|s| s.signed_by().map(str::to_string));
+        Ok((Arc::new(loaded), signed_by))
+    }
+
+    /// The stage's checks on a module, in order: its signature (before
+    /// anything reaches wasmtime), compiling, and a probe instance under
+    /// the stage's limits.
+    fn load_checked(
+        &self,
+        name: Arc<str>,
+        path: &Path,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+    ) -> anyhow::Result<(Option<crate::signature::Signing>, LoadedModule, [u8; 32])> {
         let signing =
             crate::signature::Signing::check(self.options.require_signature, self.key_paths.clone(), path, bytes)?;
         let sha: [u8; 32] = Sha256::digest(bytes).into();
         let module = runtime::compile(bytes, sha, artifact_cache(&signing, cache_dir))?;
-        let loaded = module.load(self.host_state(self.name.clone()), self.limits)?;
-        let signed_by = signing.and_then(|s| s.signed_by().map(str::to_string));
-        Ok((Arc::new(loaded), signed_by))
+        let loaded = module.load(self.host_state(name), self.limits)?;
+        Ok((signing, loaded, sha))
     }
 
     fn host_state(&self, name: Arc<str>) -> HostState {
