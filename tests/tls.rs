@@ -80,27 +80,7 @@ const CLIENT: [&str; 4] = ["--cert", "client.pem", "--key", "client.key"];
 fn https_with_client_certificates_rotates_and_keeps_the_last_good_pair() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=enrichd test CA",
-        ],
-    );
-    issue(dir, "server", "enrichd-1", "serverAuth");
+    ca_and_server(dir);
     issue(dir, "client", "sensor-eu", "clientAuth");
     let config = format!(
         "[server]\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\ntls_client_ca = \"ca.pem\"\nheader_timeout_s = 1\n\

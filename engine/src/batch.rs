@@ -108,25 +108,15 @@ impl Batch {
             // value's bytes (a `serde_json::Value` would reorder keys,
             // rewrite numbers and escapes, and refuse `1e400`, which the
             // parser accepts).
-            out.push(b'{');
-            has_fields = false;
-            let kept = for_each_field(raw, |key, key_text, value| {
+            has_fields = write_members_but(raw, out, |key| {
                 // The record's own warnings give way only to the chain's:
                 // with none, they are a field like any other.
-                let written =
-                    if key == WARNINGS_KEY { !event.warnings.is_empty() } else { keys.iter().any(|k| **k == *key) };
-                if written {
-                    return;
+                if key == WARNINGS_KEY {
+                    !event.warnings.is_empty()
+                } else {
+                    keys.iter().any(|k| **k == *key)
                 }
-                if has_fields {
-                    out.push(b',');
-                }
-                has_fields = true;
-                out.extend_from_slice(key_text.as_bytes());
-                out.push(b':');
-                out.extend_from_slice(value.as_bytes());
             });
-            debug_assert!(kept.is_ok(), "record text was validated by the parser");
         } else if raw.is_empty() {
             out.push(b'{');
         } else {
@@ -387,6 +377,28 @@ pub fn one_line(event: &mut [u8]) {
         event[at + i] = b' ';
         at += i + 1;
     }
+}
+
+/// Writes `{` and each member of the record `raw` whose (decoded) key
+/// `drop` does not claim, as sent: its key's text and its value's bytes.
+/// Returns whether any member was written (the next needs a comma).
+pub(crate) fn write_members_but(raw: &str, out: &mut Vec<u8>, mut drop: impl FnMut(&str) -> bool) -> bool {
+    out.push(b'{');
+    let mut has_fields = false;
+    let read = for_each_field(raw, |key, key_text, value| {
+        if drop(key) {
+            return;
+        }
+        if has_fields {
+            out.push(b',');
+        }
+        has_fields = true;
+        out.extend_from_slice(key_text.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
+    });
+    debug_assert!(read.is_ok(), "record text was validated by the parser");
+    has_fields
 }
 
 /// Calls `f(key, key as written, value as written)` for each field of the

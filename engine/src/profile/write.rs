@@ -267,20 +267,7 @@ impl<'a> Plan<'a> {
         let mut has_fields = event.raw_has_fields;
         if has_warnings && (!event.warnings.is_empty() || extra.is_some()) {
             // The record's warnings give way to ours: copy the other members.
-            out.push(b'{');
-            has_fields = false;
-            let _ = for_each_field(raw, |key, key_text, value| {
-                if key == WARNINGS_KEY {
-                    return;
-                }
-                if has_fields {
-                    out.push(b',');
-                }
-                has_fields = true;
-                out.extend_from_slice(key_text.as_bytes());
-                out.push(b':');
-                out.extend_from_slice(value.as_bytes());
-            });
+            has_fields = crate::batch::write_members_but(raw, out, |key| key == WARNINGS_KEY);
         } else {
             let body = raw.trim_end();
             out.extend_from_slice(body[..body.len() - 1].trim_end().as_bytes());
