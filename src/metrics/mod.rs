@@ -114,7 +114,7 @@ pub(crate) struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::with_clock(Box::new(SystemClock))
+        Metrics::with_clock(Box::new(SystemClock::new()))
     }
 }
 
