@@ -264,6 +264,10 @@ impl KafkaRunner {
         // broker, and dropping the consumer leaves the group (a rebalance
         // hands its partitions to the others at once, not after the
         // session timeout).
+        // Messages still in hand must go before the consumer is closed:
+        // librdkafka's close and destroy wait for every message of theirs
+        // to be released, forever.
+        drop(early);
         let (name, stats_of) = (self.name.clone(), ingest.clone());
         let _ = tokio::task::spawn_blocking(move || {
             if dirty || stored_any {
@@ -439,7 +443,7 @@ async fn hold<'c>(
         tokio::select! {
             _ = stopped.changed() => return Err(()),
             _ = tokio::time::sleep_until(until) => return Ok(()),
-            received = consumer.recv() => match received {
+            received = consumer.recv(), if early.len() < EARLY_MAX => match received {
                 Ok(message) => {
                     early.push_back(message);
                     set_paused(consumer, true);
@@ -452,6 +456,11 @@ async fn hold<'c>(
         }
     }
 }
+
+/// Most messages taken in while one is held (should pausing fail, the
+/// consumer is then no longer read until the hold ends: never a queue
+/// growing at fetch speed while the outputs are full).
+const EARLY_MAX: usize = 1_000;
 
 /// Commits the stored offsets; "nothing to commit" is not a problem.
 fn commit<C: ConsumerContext>(consumer: &impl Consumer<C>, mode: CommitMode, name: &str, stats: &SourceStats) {
@@ -501,10 +510,17 @@ struct TopicStatistics {
 #[derive(serde::Deserialize)]
 struct PartitionStatistics {
     partition: i32,
-    /// High watermark minus the consumer's position; -1 when unknown
-    /// (not assigned here, nothing fetched yet).
+    /// High watermark minus the group's committed offset; -1 when unknown
+    /// (nothing committed yet).
     #[serde(default = "unknown_lag")]
     consumer_lag: i64,
+    /// High watermark minus the offset stored for the next commit.
+    #[serde(default = "unknown_lag")]
+    consumer_lag_stored: i64,
+    /// `active` while this member fetches the partition. librdkafka keeps
+    /// a revoked partition's last lag, so only these count.
+    #[serde(default)]
+    fetch_state: String,
 }
 
 fn unknown_lag() -> i64 {
@@ -528,7 +544,13 @@ impl GroupStatistics {
         let group = self.cgrp.as_ref().filter(|g| g.state == "up")?;
         let lags = self.topics.values().flat_map(|t| t.partitions.values());
         // Partition -1 is librdkafka's internal "unassigned" one.
-        let known = lags.filter(|p| p.partition >= 0 && p.consumer_lag >= 0).map(|p| p.consumer_lag as u64);
+        // A group that has committed nothing yet has no `consumer_lag`:
+        // the lag behind what is stored for the next commit stands in.
+        let lag = |p: &PartitionStatistics| {
+            Some(p.consumer_lag).filter(|l| *l >= 0).or(Some(p.consumer_lag_stored).filter(|l| *l >= 0))
+        };
+        let held = lags.filter(|p| p.partition >= 0 && p.fetch_state == "active");
+        let known = held.filter_map(lag).map(|l| l as u64);
         let (count, sum) = known.fold((0, 0u64), |(n, sum), lag| (n + 1, sum.saturating_add(lag)));
         match group.assignment_size {
             0 => Some(0),

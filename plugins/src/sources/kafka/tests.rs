@@ -237,7 +237,13 @@ fn the_backlog_is_the_lag_of_the_assigned_partitions() {
     let stats = |state: &str, assigned: i64, lags: &[(i32, i64)]| {
         let partitions: Map<String, Value> = lags
             .iter()
-            .map(|(p, lag)| (p.to_string(), json!({"partition": p, "consumer_lag": lag, "fetch_state": "active"})))
+            .map(|(p, lag)| {
+                let state = if *p == 9 { "none" } else { "active" }; // 9: revoked, its last lag kept
+                (
+                    p.to_string(),
+                    json!({"partition": p, "consumer_lag": lag, "consumer_lag_stored": -1, "fetch_state": state}),
+                )
+            })
             .collect();
         let doc = json!({
             "name": "rdkafka#consumer-1", "type": "consumer",
@@ -246,10 +252,14 @@ fn the_backlog_is_the_lag_of_the_assigned_partitions() {
         });
         serde_json::from_value::<GroupStatistics>(doc).unwrap().backlog()
     };
-    assert_eq!(stats("up", 2, &[(0, 7), (1, 5), (2, -1), (-1, 40)]), Some(12));
+    assert_eq!(stats("up", 2, &[(0, 7), (1, 5), (2, -1), (-1, 40), (9, 100)]), Some(12));
     assert_eq!(stats("up", 1, &[(0, -1), (-1, 3)]), None, "assigned, nothing known yet");
     assert_eq!(stats("up", 0, &[(0, -1)]), Some(0), "no partition here: nothing waits for it");
     assert_eq!(stats("wait-coord", 0, &[]), None, "the group has not answered");
+    // Nothing committed yet: the lag behind the stored offset stands in.
+    let first = json!({"topics": {"raw": {"partitions": {"0": {"partition": 0, "consumer_lag": -1,
+        "consumer_lag_stored": 6, "fetch_state": "active"}}}}, "cgrp": {"state": "up", "assignment_size": 1}});
+    assert_eq!(serde_json::from_value::<GroupStatistics>(first).unwrap().backlog(), Some(6));
     let bare = serde_json::from_value::<GroupStatistics>(json!({"name": "c", "type": "consumer"})).unwrap();
     assert_eq!(bare.backlog(), None);
 }
