@@ -185,6 +185,7 @@ impl WasmEnricher {
                 Duration::from_secs(options.breaker_window_s),
                 Duration::from_secs(options.breaker_cooldown_s),
             ),
+            options: options_digest(&options),
         };
         enricher.health = enricher.shadow.health.get_or(key, || new_health(&options));
         enricher.source = Some(source_info(&path, &bytes));
@@ -590,4 +591,16 @@ impl Enricher for WasmEnricher {
         paths.extend(self.signing.iter().flat_map(|s| s.watch_paths()));
         paths
     }
+}
+
+/// A digest of the stage's options but its shadow (a shadow comes and goes
+/// without changing what the live module runs with). `Debug` of the
+/// options is deterministic: ordered maps, no hashed containers.
+fn options_digest(options: &WasmOptions) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut options = options.clone();
+    options.shadow_module = None;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{options:?}").hash(&mut h);
+    h.finish()
 }

@@ -160,6 +160,10 @@ pub(crate) struct HealthKey {
     pub(crate) table_elements: usize,
     pub(crate) deadline: Duration,
     pub(crate) breaker: (usize, Duration, Duration),
+    /// Everything else the stage was configured with (what the guest
+    /// reads, the fields it writes): a rule failing on a bad `config`
+    /// value must get a closed breaker once the value is fixed.
+    pub(crate) options: u64,
 }
 
 impl ModuleHealth {

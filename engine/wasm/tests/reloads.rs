@@ -86,6 +86,21 @@ fn a_reload_of_the_same_module_keeps_its_open_breaker() {
     assert_eq!(after["details"]["errors"]["trap"], 1, "the counters are kept too: {after}");
     assert_eq!(run(&engine, EVENT)[0]["reasons"], json!(["rule error: circuit_open"]), "not called again");
 
+    // The same module with other options (a `config` value fixed, say) is
+    // a different rule as far as its failures go: the breaker closes.
+    let toml = format!(
+        "[[chain]]\nplugin = \"ti\"\npaths = [\"{ti}\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"rule\"\nmodule = \"{m}\"\n\
+         breaker_failures = 1\nbreaker_cooldown_s = 0\nconfig = {{ fixed = \"yes\" }}\n",
+        ti = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ti/indicators.txt"),
+        m = dir.path().join("rule.wat").display(),
+    );
+    let config = enrichd_engine::Config::parse(&toml, &dir.path().join("c.toml")).unwrap();
+    let applied = engine.apply_entries(&config.chain).unwrap();
+    let rule_stage = applied.stages.iter().find(|s| s.name == "rule").unwrap();
+    assert_eq!(rule_stage.outcome, Outcome::Reloaded);
+    assert_eq!(report(&engine)["details"]["circuit_open"], false, "{}", report(&engine));
+    assert_eq!(run(&engine, EVENT)[0]["reasons"], json!(["rule error: trap"]), "called again");
+
     // Another module is a replacement: a fresh breaker, and it runs.
     let good = rule("", "", "(i32.store (i32.const 28672) (i32.const 0)) (i32.const 0)");
     std::fs::write(dir.path().join("rule.wat"), good).unwrap();
