@@ -266,19 +266,16 @@ fn in_secret_setting(text: &str, offset: usize, key: Option<&str>) -> bool {
     in_auth || named
 }
 
-/// `message` with every double-quoted part replaced by `"…"`.
+/// `message` with everything from its first double quote to its last
+/// replaced by `"…"`: serde quotes the refused value with Rust's escapes,
+/// so a quote inside it (`\"`) must not end the part that is hidden.
 fn unquote(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut parts = message.split('"');
-    out.push_str(parts.next().unwrap_or_default());
-    for (i, part) in parts.enumerate() {
-        // Odd parts are inside quotes.
-        out.push_str(if i % 2 == 0 { "\"…" } else { "\"" });
-        if i % 2 == 1 {
-            out.push_str(part);
+    match (message.find('"'), message.rfind('"')) {
+        (Some(first), Some(last)) if first < last => {
+            format!("{}\"…\"{}", &message[..first], &message[last + 1..])
         }
+        _ => message.to_string(),
     }
-    out
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -325,7 +322,10 @@ mod tests {
         // Other settings still say what they refused.
         let e = error("[auth]\nadmin_keys = []\n[[output]]\nbatch_max = \"lots\"\n");
         assert!(e.contains("\"lots\""), "{e}");
-        assert_eq!(unquote(r#"a "b" c "d"#), r#"a "…" c "…"#);
+        assert_eq!(unquote(r#"a "b" c "d" e"#), r#"a "…" e"#);
+        // serde's escapes: a quote inside the value does not end the cut.
+        let e = error("[auth]\nadmin_keys = \"ab\\\"cd-secret\"\n");
+        assert!(!e.contains("cd-secret"), "{e}");
     }
 
     #[derive(Debug, serde::Deserialize)]
