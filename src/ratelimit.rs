@@ -63,7 +63,13 @@ impl RateLimits {
     pub(crate) fn check(&self, key: Option<&[u8; 32]>, address: Option<IpAddr>) -> Result<(), (LimitedBy, Duration)> {
         let clock = DefaultClock::default();
         if let (Some(limiter), Some(address)) = (&self.per_address, address) {
-            if let Err(not_until) = limiter.check_key(&budget_of(address)) {
+            // A valid key's requests are held to their own address; only
+            // requests without one share their IPv6 /64's budget (a
+            // subnet in a data centre holds many hosts, collectors among
+            // them, while a client rotating addresses to guess keys or
+            // flood has no key).
+            let budget = if key.is_some() { address.to_canonical() } else { budget_of(address) };
+            if let Err(not_until) = limiter.check_key(&budget) {
                 self.limited_by_address.fetch_add(1, Relaxed);
                 return Err((LimitedBy::Address, not_until.wait_time_from(clock.now())));
             }
@@ -102,11 +108,11 @@ impl RateLimits {
     }
 }
 
-/// The address a request's budget is kept under: an IPv4 address, or the
-/// /64 of an IPv6 one. A /64 is one subnet, which a single host is given
-/// whole (SLAAC, privacy addresses): per /128, one client could rotate
-/// through 2^64 addresses and never meet the limit. IPv4-mapped addresses
-/// count as IPv4.
+/// The address a keyless request's budget is kept under: an IPv4
+/// address, or the /64 of an IPv6 one. A host on a home or office network
+/// is given a whole /64 (SLAAC, privacy addresses): per /128, one client
+/// could rotate through 2^64 addresses and never meet the limit.
+/// IPv4-mapped addresses count as IPv4.
 fn budget_of(address: IpAddr) -> IpAddr {
     match address.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
@@ -138,11 +144,15 @@ mod tests {
         assert!(!RateLimits::new(0, 0, 2).enabled());
     }
 
-    /// IPv6 clients share their /64's budget: rotating addresses inside a
-    /// subnet does not escape it; another /64 has its own.
+    /// Keyless IPv6 clients share their /64's budget: rotating addresses
+    /// inside a subnet does not escape it; another /64 has its own, and
+    /// so does each address of a client with a valid key.
     #[test]
     fn an_ipv6_subnet_shares_one_budget() {
         let limits = RateLimits::new(0, 1, 1);
+        let keyed = |s: &str| limits.check(Some(&[7; 32]), Some(s.parse().unwrap()));
+        assert!(keyed("2001:db8:9::1").is_ok());
+        assert!(keyed("2001:db8:9::2").is_ok(), "another collector in the same subnet");
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         assert!(limits.check(None, ip("2001:db8:1:2::1")).is_ok());
         assert_eq!(limits.check(None, ip("2001:db8:1:2:ffff::7")).unwrap_err().0, LimitedBy::Address);

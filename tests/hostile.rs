@@ -508,4 +508,9 @@ fn rate_limits_refuse_with_429_and_retry_after_per_key_and_per_address() {
     let refusal = refused.expect("ten wrong keys at /v1/health/details and no 429");
     assert_eq!(assert_json_error(&refusal, 429, "rate_limited")["limited_by"], "address");
     assert_eq!(get_as(&s, "/v1/health", None).status, 200, "anonymous probes stay free");
+    // Plain /v1/health checks no key: a header there (an ingress's Basic
+    // auth, say) is no guess, and never charged.
+    for _ in 0..10 {
+        assert_eq!(get_as(&s, "/v1/health", Some("ingress-added")).status, 200);
+    }
 }

@@ -182,8 +182,12 @@ fn rate_limited(state: &AppState, request: &Request, group: RouteGroup) -> Optio
     // Probes and scrapers are not held to an address's budget, unless
     // they present a key that is not one: `/v1/health/details` and the
     // metrics check keys, and wrong ones must not be guessed at full speed.
+    // (Plain `/v1/health` checks no key: a header an ingress adds there,
+    // Basic auth say, is not a guess.)
     let presented = headers.contains_key(axum::http::header::AUTHORIZATION) || headers.contains_key("x-api-key");
-    let probe = matches!(group, RouteGroup::Health | RouteGroup::Metrics) && (key.is_some() || !presented);
+    let checks_keys = request.uri().path() != "/v1/health";
+    let probe =
+        matches!(group, RouteGroup::Health | RouteGroup::Metrics) && (key.is_some() || !presented || !checks_keys);
     let address = (!probe)
         .then(|| request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()))
         .flatten();

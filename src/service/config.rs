@@ -291,9 +291,10 @@ pub(crate) struct ServerConfig {
     /// Requests per second one API key may make (all routes); 0 = no
     /// limit. Over it: 429 with `Retry-After`.
     pub rate_limit_per_key: u32,
-    /// Requests per second one client address may make (an IPv6 client's
-    /// whole /64 counts as one; health checks and metrics scrapes without
-    /// a wrong key not counted); 0 = no limit.
+    /// Requests per second one client address may make (without a valid
+    /// key, an IPv6 client's whole /64 counts as one address; health
+    /// checks and metrics scrapes not counted unless they present a wrong
+    /// key); 0 = no limit.
     pub rate_limit_per_address: u32,
     /// Burst allowed above the rates, in seconds' worth of requests.
     pub rate_limit_burst_s: u32,
