@@ -94,6 +94,7 @@ pub(crate) fn readings(delivery: &Delivery) -> Vec<OutputReading> {
             let s = &lane.stats;
             let backlog = lane.backlog.stats();
             let dead = lane.deadletter.stats();
+            let buckets = s.buckets();
             OutputReading {
                 enabled: enabled.contains(&lane.name),
                 name: lane.name.clone(),
@@ -113,8 +114,11 @@ pub(crate) fn readings(delivery: &Delivery) -> Vec<OutputReading> {
                 deadletter_events: dead.events,
                 deadletter_bytes: dead.bytes,
                 batch_seconds_sum: s.batch_micros.load(Relaxed) as f64 / 1e6,
-                batches: s.batches.load(Relaxed),
-                batch_buckets: s.buckets(),
+                // The count from the buckets read, not the counter: a batch
+                // recorded between the two reads would make `_count` and
+                // `le="+Inf"` disagree in one scrape.
+                batches: buckets.iter().map(|(_, n)| n).sum(),
+                batch_buckets: buckets,
             }
         })
         .collect()

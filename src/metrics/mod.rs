@@ -19,6 +19,7 @@ pub(crate) mod clock;
 pub(crate) mod distinct;
 pub(crate) mod feed;
 pub(crate) mod latency;
+mod monotonic;
 pub(crate) mod process;
 pub(crate) mod prometheus;
 pub(crate) mod report;
@@ -110,6 +111,8 @@ pub(crate) struct Metrics {
     records_in_flight: AtomicU64,
     shards: Shards,
     aggregate: Mutex<Aggregate>,
+    /// Plugin-reported totals exposed as counters that never go back.
+    pub(crate) monotonic: monotonic::Monotonic,
 }
 
 impl Default for Metrics {
@@ -143,6 +146,7 @@ impl Metrics {
             records_in_flight: AtomicU64::new(0),
             shards: Shards::new(shards),
             aggregate: Mutex::new(Aggregate::new(started_ms)),
+            monotonic: Default::default(),
         }
     }
 

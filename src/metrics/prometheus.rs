@@ -325,7 +325,12 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
         "telemetry_enricher_errors",
         "Errors each enricher reported (e.g. WASM traps, timeouts).",
         MetricType::Counter,
-        per_stage(&|s| Sample::Counter(stage_errors(&s.status.details))),
+        // A WASM stage counts its module's errors: a rollout starts again
+        // from 0, the exposed counter does not.
+        per_stage(&|s| {
+            let raw = stage_errors(&s.status.details) as f64;
+            Sample::Counter(m.monotonic.value(format!("errors/{}", s.name), raw) as u64)
+        }),
     );
     x.add(
         "telemetry_enricher_data_age_seconds",
@@ -342,9 +347,14 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
     for stage in ctx.stages {
         for s in &stage.status.series {
             let name = format!("telemetry_enricher_{}", s.name);
-            let sample = if s.counter { Sample::CounterF(s.value) } else { Sample::Gauge(s.value) };
             let mut labels: Labels = vec![("enricher", stage.name.clone())];
             labels.extend(s.labels.iter().cloned());
+            // A plugin's counters may belong to what it runs now (a
+            // shadow's comparisons start again with a new shadow).
+            let sample = match s.counter {
+                true => Sample::CounterF(m.monotonic.value(format!("{name}{labels:?}"), s.value)),
+                false => Sample::Gauge(s.value),
+            };
             match families.iter_mut().find(|f| f.name == name) {
                 Some(f) => f.samples.push((labels, sample)),
                 None => families.push(Family {
