@@ -193,11 +193,17 @@ fn reload_config(state: &AppState, actor: Actor, key_id: Option<&str>) -> Option
     if config.ingest != running.ingest || config.forwards != running.forwards {
         needs_restart.push("forward".to_string());
     }
-    // Outputs, then sources, then the chain; whatever fails refuses the
-    // whole file (keep-last-good), and what went live before it is put
-    // back: a file is never half applied (say, a new output delivering
-    // while the answer says "rejected" and the next reload, seeing no
-    // change, never revisiting it).
+    // The chain is built first, without going live: a file whose chain
+    // does not build changes nothing. Then outputs and sources; one that
+    // is refused refuses the whole file (keep-last-good), and what went
+    // live before it is put back. Then the built chain is swapped in. A
+    // file is never half applied (say, a new output delivering while the
+    // answer says "rejected", the next reload seeing no change in
+    // outputs and never revisiting them).
+    let prepared = match state.engine.prepare_entries(&config.engine.chain) {
+        Ok(prepared) => prepared,
+        Err(e) => return Some(config_refused(state, e.to_string())),
+    };
     let previous_outputs = state.delivery.config_entries();
     let outputs_changed = config.outputs != previous_outputs;
     if outputs_changed {
@@ -217,7 +223,9 @@ fn reload_config(state: &AppState, actor: Actor, key_id: Option<&str>) -> Option
             return Some(config_refused(state, format!("{}: sources: {e}", config.path().display())));
         }
     }
-    match state.engine.apply_entries(&config.engine.chain) {
+    // Built again only if a watched file's reload swapped a stage in
+    // meanwhile (then it could fail, as any build).
+    match state.engine.commit_entries(prepared, &config.engine.chain) {
         Ok(report) => {
             // Only an accepted file says what a restart would change.
             if !needs_restart.is_empty() {
