@@ -364,7 +364,25 @@ impl LoadedModule {
     pub fn load(module: &Module, probe: HostState, limits: Limits) -> anyhow::Result<Self> {
         check_interface(module)?;
         let pre = prelink(module)?;
+        let again = HostState::new(
+            probe.module_name.clone(),
+            probe.config.clone(),
+            probe.earlier_keys.clone(),
+            probe.earlier_facts.clone(),
+            probe.logs.clone(),
+        );
         let mut probe = instantiate(&pre, probe, limits, 0, Setup::Load)?;
+        // Instances made during a batch get the call deadline (see
+        // `Setup::Call`): a start-up that fits only the probe's longer
+        // budget would load, then fail every batch. Refused here instead,
+        // saying why.
+        instantiate(&pre, again, limits, 0, Setup::Call).map_err(|e| {
+            anyhow::anyhow!(
+                "its start-up (instantiation) does not fit deadline_ms ({} ms), the budget an instance made during a \
+                 batch gets: {e:#}",
+                limits.deadline.as_millis()
+            )
+        })?;
         Ok(LoadedModule {
             generation: new_generation(),
             texts: declared_texts(&mut probe)?,

@@ -454,28 +454,22 @@ fn probe_table_grow() {
 
 /// An instantiation on the hot path (a thread's first call, a recycled
 /// instance, a new generation) holds up its batch like a call: it gets the
-/// call deadline, not the second a load's probe gets. Before, a start
-/// function spinning just under a second passed the probe and then
-/// stalled a batch that long every time its instance was recycled.
+/// call deadline, not the second a load's probe gets. So a module whose
+/// start-up fits only the probe's budget is refused at load, saying why,
+/// rather than loaded and then failing every batch (before this stop:
+/// loaded, and stalled a batch up to a second whenever its instance was
+/// recycled).
 #[test]
-fn an_instantiation_on_the_hot_path_gets_the_call_deadline() {
-    // ~100 ms of CPU here: far past the 5 ms deadline, far under the probe's
-    // second (the outcome, not a time, is what is checked).
+fn a_start_up_longer_than_the_call_deadline_is_refused_at_load() {
+    // ~100 ms of CPU here: far past a 5 ms deadline, far under a second.
     let spin = "(func $spin (local $i i32)
       (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br_if $l (i32.lt_u (local.get $i) (i32.const 150000000)))))
     (start $spin)";
     let dir = tempfile::tempdir().unwrap();
-    // Loads: the probe has its second.
-    let c = chain(dir.path(), &module_with(65536, spin, "(unreachable)", "(nop)"), "deadline_ms = 5").unwrap();
-    // Each chunk's instantiation (the second after the first failed) is
-    // cut at the deadline: no call runs, the events get the fallback.
-    let events = run(&c, false);
-    assert_eq!(events[0]["reasons"], serde_json::json!(["rule error: instantiation"]), "{}", events[0]);
-    let d = details(&c);
-    assert_eq!(
-        (d["details"]["errors"]["instantiation"].as_u64(), d["details"]["calls"].as_u64()),
-        (Some(2), Some(0)),
-        "{d}"
-    );
+    let module = module_with(65536, spin, "(unreachable)", "(nop)");
+    let Err(err) = chain(dir.path(), &module, "deadline_ms = 5") else { panic!("loaded") };
+    assert!(err.contains("deadline_ms (5 ms)"), "{err}");
+    // With a deadline its start-up fits, it loads.
+    assert!(chain(dir.path(), &module, "deadline_ms = 1000").is_ok());
 }
