@@ -83,6 +83,25 @@ pub(super) fn record_of_error(source: &str, err: &serde_json::Error) -> Option<I
         return None;
     }
     let index = at.get()?;
+    // An element that never started (a trailing comma, a body cut right
+    // after a comma) is no record to name.
+    if !element_started(source, err) {
+        return None;
+    }
     let message = format!("{} (at line {} column {} of the body)", bare_message(err), err.line(), err.column());
     Some(InputError::Record { index, field: None, message })
+}
+
+/// Whether something of a value stands where `err` is: not so when only
+/// whitespace lies between the comma or bracket before it and the closing
+/// bracket or end of the body at it. serde_json's column is the 1-based
+/// byte position of the character it stopped at (for a body cut short,
+/// its last one).
+fn element_started(source: &str, err: &serde_json::Error) -> bool {
+    let line_start: usize = source.split_inclusive('\n').take(err.line().saturating_sub(1)).map(str::len).sum();
+    // At the end of the body, the column is that of its last character.
+    let at = if err.is_eof() { source.len() } else { (line_start + err.column().saturating_sub(1)).min(source.len()) };
+    let (Some(before), Some(after)) = (source.get(..at), source.get(at..)) else { return true };
+    let after = after.trim_start();
+    !(before.trim_end().ends_with([',', '[']) && (after.is_empty() || after.starts_with(']')))
 }

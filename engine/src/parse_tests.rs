@@ -355,6 +355,10 @@ fn a_syntax_error_in_a_record_names_the_record() {
         r#"{"format":"flows.v1","records":[{"a":1}]"#,
         r#"{"format":"flows.v1","records":{"a":tru}}"#,
         r#"{"format":"flows.v1","records":[{"a":1}]} {"b":tru}"#,
+        // No element started: no record to name.
+        r#"{"format":"flows.v1","records":[{"a":1},]}"#,
+        r#"{"format":"flows.v1","records":[{"a":1}, "#,
+        r#"{"format":"flows.v1","records":["#,
     ] {
         assert!(matches!(envelope(body), Err(InputError::InvalidJson(_))), "{body}: {:?}", envelope(body).err());
     }
