@@ -319,6 +319,19 @@ fn enrich_ndjson_and_zeek_tsv_offline() {
     let err = text(&out.stderr);
     assert_eq!(text(&out.stdout).lines().count(), 2, "{err}");
     assert!(err.contains("line 2: ") && err.contains("1 record(s) skipped"), "{err}");
+    // A bad record after it is reported at its own line (it was one line
+    // early: the unreadable line was not in its batch).
+    let mut bytes = b"{\"id.orig_h\":\"10.0.0.1\"}\n{\"x\":\"\xff\"}\n{\"id.orig_p\":\"x\"}\n".to_vec();
+    bytes.extend_from_slice(b"{\"id.orig_h\":\"10.0.0.2\"}\n");
+    std::fs::write(&latin, bytes).unwrap();
+    let out = run(&["enrich", "--config", &path, latin.to_str().unwrap()], "", &[]);
+    let err = text(&out.stderr);
+    assert!(err.contains("line 3, field `id.orig_p`") && err.contains("2 record(s) skipped, 2 enriched"), "{err}");
+    // Rows that cannot be read at all: stopped, said why.
+    let headless = "1.0\t10.0.0.1\t8.8.8.8\n".repeat(500);
+    let out = run(&["enrich", "--config", &path, "--zeek-tsv"], &headless, &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("the first 100 rows could not be read"), "{}", text(&out.stderr));
 
     // The same log without --zeek-tsv: recognised by its header, said so.
     let out = run(&["enrich", "--config", &path, &zeek], "", &[]);

@@ -161,9 +161,21 @@ pub(crate) fn enrich(args: EnrichArgs) -> anyhow::Result<()> {
             // record: the run goes on, and the records already collected are
             // not lost. Reading itself failing still ends the run.
             Err(e) if is_bad_row(&e) => {
+                // The records before it go first: the lenient run numbers
+                // a batch's records from its first line, consecutively.
+                if in_chunk > 0 {
+                    written += flush(&mut chunk, first_line, &mut out, &mut skipped)?;
+                    in_chunk = 0;
+                }
                 skipped += 1;
                 if !zeek_tsv {
                     line_no += 1; // TSV counts records, not rows
+                }
+                first_line = line_no + 1;
+                if written == 0 && skipped >= 10 * SHOWN_ERRORS {
+                    out.flush()?;
+                    bar.finish_and_clear();
+                    bail!("the first {skipped} rows could not be read: is this a Zeek TSV log with its #fields header, or UTF-8 NDJSON?");
                 }
                 if skipped <= SHOWN_ERRORS {
                     let at = if zeek_tsv { String::new() } else { format!("line {line_no}: ") };
