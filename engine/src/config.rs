@@ -245,20 +245,23 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
         return None;
     }
-    let table = text[..line_start].lines().rev().map(str::trim).find(|l| l.starts_with('['));
-    let table = table.map(|t| t.split('#').next().unwrap_or(t).trim());
-    Some(match table {
+    Some(match table_at(text, line_start) {
         Some(table) => format!("{table} {key}"),
         None => key.to_string(),
     })
 }
 
+/// The last table header (`[server]`, `[[auth.keys]]`) before `end`,
+/// without a trailing comment.
+fn table_at(text: &str, end: usize) -> Option<&str> {
+    let header = text[..end].lines().rev().map(str::trim).find(|l| l.starts_with('['))?;
+    Some(header.split('#').next().unwrap_or(header).trim())
+}
+
 /// Whether the error at `offset` concerns a setting that may hold a
 /// secret: anything in `[auth]` (keys, digests), or a key named like one.
 fn in_secret_setting(text: &str, offset: usize, key: Option<&str>) -> bool {
-    let offset = offset.min(text.len());
-    let table = text[..offset].lines().rev().map(str::trim).find(|l| l.starts_with('['));
-    let in_auth = table.is_some_and(|t| t.trim_start_matches('[').starts_with("auth"));
+    let in_auth = table_at(text, offset.min(text.len())).is_some_and(|t| t.trim_start_matches('[').starts_with("auth"));
     let named = key.and_then(|k| k.rsplit([' ', '.']).next()).is_some_and(|name| {
         let name = name.to_ascii_lowercase();
         ["key", "keys", "password", "token", "secret", "sha256"].iter().any(|s| name.ends_with(s))
