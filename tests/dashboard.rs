@@ -273,6 +273,7 @@ fn dashboard_lists_declared_fact_tops_generically() {
     );
     let server = Server::start(&chain);
     b.goto(&server.url("/"));
+    enter_key(&mut b);
     let records: Vec<_> =
         (0..5).map(|i| serde_json::json!({"src_ip": format!("10.0.0.{i}"), "dst_ip": "1.128.0.1"})).collect();
     assert_eq!(server.ingest("flows.v1", serde_json::Value::Array(records)).status, 200);
@@ -410,6 +411,14 @@ fn distinct_sources(n: usize) -> serde_json::Value {
     serde_json::Value::Array(records)
 }
 
+/// Types the API key into the page's field, as an operator does, and
+/// waits for the stream it opens.
+fn enter_key(b: &mut Browser) {
+    b.type_into("api-key", KEY);
+    b.click("key-save");
+    b.wait_for("the keyed stream", Duration::from_secs(10), |b| (b.connection() == "live").then_some(()));
+}
+
 const POLISH: &str = "dashboard_is_complete_on_load_and_fits_phone_and_laptop_widths";
 
 #[test]
@@ -455,6 +464,24 @@ fn dashboard_is_complete_on_load_and_fits_phone_and_laptop_widths() {
     for (name, t) in &sparks {
         assert!(t.drawn && t.values >= 3, "sparkline {name} is not complete right after load: {t:?}");
     }
+
+    // Public metrics without a key: the lists that name addresses and
+    // indicators say they are hidden (not "none"), and the high-risk feed
+    // shows its events without their endpoints.
+    b.wait_for("the hidden sources list", Duration::from_secs(5), |b| {
+        (b.attr("top-sources", "data-withheld").as_deref() == Some("true")).then_some(())
+    });
+    for id in ["top-sources", "top-indicators"] {
+        let (rows, text) = b.rows(id);
+        assert!(rows == 0 && text.contains("hidden without an API key"), "#{id}: {rows} {text}");
+    }
+    assert!(b.text("feed-count").contains("hidden without an API key"), "{}", b.text("feed-count"));
+    let feed = b.wait_for("high-risk events without a key", Duration::from_secs(5), |b| {
+        let text = b.text("feed");
+        text.contains("AS29518").then_some(text)
+    });
+    assert!(!feed.contains("45.149.3."), "{feed}");
+    enter_key(&mut b);
 
     // Every source seen once: the list would rank noise, so it says so.
     b.wait_for("the sources list", Duration::from_secs(5), |b| {

@@ -309,9 +309,56 @@ fn public_metrics_withhold_error_texts() {
         let public = s.get(path).text;
         assert!(!public.contains("private-feeds-8d2f") && !public.contains("feed.txt"), "{path}: {public}");
     }
-    let ti = s.metrics()["enrichers"][0].clone();
+    let ti = s.get("/v1/metrics").json()["enrichers"][0].clone();
     assert!(ti["last_reload_error"].as_str().unwrap().starts_with("withheld"), "{ti}");
     assert_eq!(ti["reload_failures"], 1, "the count stays public: {ti}");
+}
+
+/// Public metrics keep the monitored network's addresses and what threat
+/// intel flagged to key holders (`server.metrics_public_detail = false`, the
+/// default): counts, countries and AS numbers stay public, the high-risk
+/// events stay with their scores and reasons but without endpoints. The
+/// stream is the same document. With the switch on, the public sees all.
+#[test]
+fn public_metrics_withhold_addresses_and_indicators() {
+    let s = Server::start_with(&format!("[auth]\napi_keys = [\"{KEY}\"]\n{}", chain()), &[]);
+    send_acceptance_traffic(&s);
+    let public = s.get("/v1/metrics");
+    assert_eq!(public.status, 200);
+    for secret in ["45.149.3.", "10.1.", "89.160.20.112", "45.149.3.0/24"] {
+        assert!(!public.text.contains(secret), "public metrics name {secret}: {}", public.text);
+    }
+    let m = public.json();
+    assert_eq!(m["totals"]["events"], 2000, "counts stay public");
+    assert_eq!(m["totals"]["threat_matches"], 200);
+    let top = &m["top"]["5m"];
+    assert_eq!(top["dst_countries"][0]["key"], "SE", "countries stay public: {top}");
+    assert!(top["asns"].as_array().unwrap().iter().any(|a| a["key"] == "29518"), "AS numbers stay public: {top}");
+    assert_eq!((&top["sources"], &top["indicators"]), (&json!([]), &json!([])));
+    let high = m["recent_high_risk"].as_array().unwrap();
+    assert_eq!(high.len(), 50, "the events stay");
+    assert_eq!((high[0]["risk_score"].clone(), high[0]["src_ip"].clone()), (json!(90), Value::Null));
+    assert_eq!(high[0]["dst_port"], 3389);
+    assert!(!high[0]["reasons"].as_array().unwrap().is_empty());
+    let withheld = m["withheld"].as_array().unwrap();
+    assert!(withheld.contains(&json!("top.sources")) && withheld.contains(&json!("recent_high_risk.src_ip")), "{m}");
+
+    let mut resp = agent().get(&s.url("/v1/stream")).call().expect("stream");
+    let event = read_events(resp.body_mut().as_reader(), 1).remove(0);
+    assert_eq!(event["withheld"], m["withheld"], "the stream withholds the same");
+    assert_eq!(event["top"]["5m"]["sources"], json!([]));
+
+    let keyed = s.metrics();
+    assert_eq!(keyed["withheld"], json!([]));
+    assert!(keyed["top"]["5m"]["sources"][0]["key"].as_str().unwrap().starts_with("45.149.3."), "{keyed}");
+    assert_eq!(keyed["recent_high_risk"][0]["indicators"], json!(["45.149.3.0/24"]));
+
+    let config = format!("[server]\nmetrics_public_detail = true\n[auth]\napi_keys = [\"{KEY}\"]\n{}", chain());
+    let open = Server::start_with(&config, &[]);
+    send_acceptance_traffic(&open);
+    let m = open.get("/v1/metrics").json();
+    assert_eq!(m["withheld"], json!([]));
+    assert!(m["top"]["5m"]["sources"][0]["key"].as_str().unwrap().starts_with("45.149.3."), "{m}");
 }
 
 /// The same for outputs: a failing output's last error names its file (or
@@ -341,7 +388,7 @@ fn public_metrics_withhold_output_error_texts() {
         let public = s.get(path).text;
         assert!(!public.contains("/dev/full"), "{path}: {public}");
     }
-    let error = &s.metrics()["outputs"][0]["counters"]["last_error"];
+    let error = &s.get("/v1/metrics").json()["outputs"][0]["counters"]["last_error"];
     assert!(error["message"].as_str().unwrap().starts_with("withheld"), "{error}");
     assert!(error["unix_ms"].is_u64(), "when stays public: {error}");
 }

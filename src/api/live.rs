@@ -163,7 +163,44 @@ pub(super) fn document(state: &AppState, with_key: bool) -> Value {
     }
     doc["updates"] = Value::Array(updates);
     doc["forward"] = state.forward.get().and_then(Option::as_ref).map_or(Value::Null, |f| f.view());
+    let detail = with_key || state.config.server.metrics_public_detail;
+    doc["withheld"] = if detail { json!([]) } else { withhold_detail(&mut doc) };
     doc
+}
+
+/// What [`withhold_detail`] empties, as paths into the document.
+const DETAIL: [&str; 6] = [
+    "top.sources",
+    "top.indicators",
+    "top.facts",
+    "recent_high_risk.src_ip",
+    "recent_high_risk.dst_ip",
+    "recent_high_risk.indicators",
+];
+
+/// Empties what names hosts of the monitored network or what threat intel
+/// flagged (`server.metrics_public_detail`): the top sources, matched
+/// indicators and declared facts' top values (a fact can be a domain),
+/// and the high-risk events' addresses and indicators. The events stay,
+/// with their score, ports, country, AS and reasons, so a wall screen
+/// without a key still shows that something happens and how bad it is.
+/// Returns the list of paths emptied, for clients to say so.
+fn withhold_detail(doc: &mut Value) -> Value {
+    if let Some(windows) = doc.get_mut("top").and_then(Value::as_object_mut) {
+        for top in windows.values_mut() {
+            top["sources"] = json!([]);
+            top["indicators"] = json!([]);
+            top["facts"] = json!({});
+        }
+    }
+    if let Some(events) = doc.get_mut("recent_high_risk").and_then(Value::as_array_mut) {
+        for e in events.iter_mut().filter_map(Value::as_object_mut) {
+            e.insert("src_ip".into(), Value::Null);
+            e.insert("dst_ip".into(), Value::Null);
+            e.insert("indicators".into(), json!([]));
+        }
+    }
+    json!(DETAIL)
 }
 
 /// Each source's state and counters; settings (servers, stream names)

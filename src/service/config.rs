@@ -255,6 +255,12 @@ pub(crate) struct ServerConfig {
     /// Require an API key for `GET /v1/metrics` (public by default, like
     /// health and version).
     pub metrics_require_key: bool,
+    /// On public metrics, show callers without a valid key the addresses
+    /// (top sources, the high-risk events' endpoints), the matched
+    /// indicators and the top values of declared facts. Off by default:
+    /// they name hosts of the monitored network and what threat intel
+    /// flagged; counts, countries and AS numbers stay public either way.
+    pub metrics_public_detail: bool,
     /// Value of the `X-API-Version` header on `/v1` responses.
     pub api_version: String,
     /// Writable directory for state kept across restarts (indicators added
@@ -320,6 +326,7 @@ impl Default for ServerConfig {
             max_body_bytes: 5 * 1024 * 1024,
             max_records: 10_000,
             metrics_require_key: false,
+            metrics_public_detail: false,
             api_version: "1.0.0".into(),
             state_dir: PathBuf::from("state"),
             // Reverse-proxy defaults (nginx: client_header_timeout 60s,

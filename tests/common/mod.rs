@@ -288,8 +288,11 @@ impl Server {
         self.post(&format!("/v1/ingest?{query}"), &body)
     }
 
+    /// `GET /v1/metrics` as an operator reads it: with the API key, so
+    /// addresses and indicators are shown (`metrics_public_detail`).
+    /// Tests of what the public sees call `get("/v1/metrics")`.
     pub(crate) fn metrics(&self) -> Value {
-        self.get("/v1/metrics").json()
+        self.get_auth("/v1/metrics").json()
     }
 }
 

@@ -452,16 +452,23 @@
   // list that does rank something, such entries are shown muted.
   const inexact = (r) => num(r.error) !== null && r.error > 0;
   const withinError = (r) => inexact(r) && (r.count || 0) - r.error <= r.error;
-  function fillTop(table, rows, m, keyText) {
+  // Public metrics without a key list what they emptied (`withheld`:
+  // addresses, matched indicators, fact values); those tables say so
+  // rather than "none in this window".
+  const withheld = (m, path) => Array.isArray(m.withheld) && m.withheld.includes(path);
+  const WITHHELD_TEXT = 'hidden without an API key: enter one above to see addresses and indicators';
+  function fillTop(table, rows, m, keyText, hidden = false) {
     const max = Math.max(1, ...rows.map((r) => r.count || 0));
     const noise = rows.length > 0 && rows.every(withinError);
     table.dataset.noise = String(noise);
-    replaceRows(table.tBodies[0], topWindow, rows, () => {
+    table.dataset.withheld = String(hidden);
+    replaceRows(table.tBodies[0], topWindow + hidden, rows, () => {
       if (!rows.length || noise) {
         const tr = el('tr');
-        const text = noise ? 'no value stands out: too many distinct values to rank (every count is within its error)'
+        const text = hidden ? WITHHELD_TEXT
+          : noise ? 'no value stands out: too many distinct values to rank (every count is within its error)'
           : (m.totals && m.totals.events) ? 'none in this window' : 'no traffic yet';
-        tr.appendChild(el('td', noise ? 'none noise' : 'none', text));
+        tr.appendChild(el('td', hidden ? 'none withheld' : noise ? 'none noise' : 'none', text));
         return [tr];
       }
       return rows.map((r) => {
@@ -518,7 +525,7 @@
     const top = (m.top && m.top[topWindow]) || {};
     for (const name of ['sources', 'dst_countries', 'asns', 'indicators']) {
       const rows = Array.isArray(top[name]) ? top[name] : [];
-      fillTop($('top-' + name), rows, m, name === 'asns' ? asLabel : String);
+      fillTop($('top-' + name), rows, m, name === 'asns' ? asLabel : String, withheld(m, 'top.' + name));
     }
     factTables(m, (top.facts && typeof top.facts === 'object') ? top.facts : {});
   }
@@ -542,7 +549,8 @@
     $('feed-empty').hidden = events.length > 0;
     $('feed-empty').textContent = 'no high-risk events yet';
     const threshold = num(m.recent_high_risk_threshold);
-    $('feed-count').textContent = [threshold !== null ? `score ≥ ${threshold}` : '', events.length ? `${events.length} shown` : '']
+    $('feed-count').textContent = [threshold !== null ? `score ≥ ${threshold}` : '', events.length ? `${events.length} shown` : '',
+      withheld(m, 'recent_high_risk.src_ip') ? 'addresses and indicators hidden without an API key' : '']
       .filter(Boolean).join(' · ');
     replaceRows($('feed').tBodies[0], '', events, () => events.map((e) => {
       const tr = el('tr');
