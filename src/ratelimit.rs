@@ -5,9 +5,10 @@
 //! `Retry-After`, counted in the metrics.
 //!
 //! Keys are limited by their digest (one budget per key, whichever address
-//! uses it); addresses by IP, with health checks and metrics scrapes left
-//! out (a probe or a Prometheus must not be throttled by a busy collector
-//! on the same host). State per key and address is dropped once it has
+//! uses it); addresses by IP (the client's: behind a trusted proxy, the one
+//! its forwarding header names, see `service::proxies`), with health checks
+//! and metrics scrapes left out (a probe or a Prometheus must not be
+//! throttled by a busy collector on the same host). State per key and address is dropped once it has
 //! refilled ([`RateLimits::forget_idle`], every minute), so a spray of
 //! addresses cannot grow it for long.
 

@@ -267,6 +267,11 @@ fn record_count_limit() {
     let v = assert_client_error(&s.ingest("flows.v1", json!(over)), 413, "too_many_records");
     assert_eq!(v["limit"], 10_000);
     assert_eq!(v["observed"], 10_001);
+    // Far more: the records are read no further than one past the limit.
+    let far = vec![json!({}); 200_000];
+    let v = assert_client_error(&s.ingest("flows.v1", json!(far)), 413, "too_many_records");
+    assert_eq!(v["observed"], 10_001, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("at least 10001 (max 10000)"), "{v}");
 }
 
 fn padded_body(total: usize) -> Vec<u8> {

@@ -168,6 +168,30 @@ fn envelope_errors() {
     assert_eq!(err, InputError::InvalidUtf8(1));
 }
 
+/// Far more records than the limit: refused with "at least max + 1", the
+/// records array read no further than that (it held a slice per record
+/// before refusing, ~28 MB for a 5 MB body of `{}`).
+#[test]
+fn envelope_reading_stops_past_the_record_limit() {
+    let many = format!(r#"{{"format":"flows.v1","records":[{}]}}"#, ["{}"; 100_000].join(","));
+    let err = parse_envelope(many.into_bytes(), &ParseSpec::default(), Limits { max_records: 10 }).unwrap_err();
+    assert_eq!(err, InputError::TooManyRecords { count: 11, max: 10 });
+    assert_eq!(err.to_string(), "too many records: at least 11 (max 10)");
+    // The collector stops at element max + 1: what follows is never read
+    // (here it would not even be a value).
+    let err = super::raw_records("[{}, {}, {}, not json]", 2).unwrap_err();
+    assert_eq!(err, InputError::TooManyRecords { count: 3, max: 2 });
+    let up_to = super::raw_records("[{}, 1, {\"a\": [2]}]", 3).unwrap();
+    assert_eq!(up_to.iter().map(|r| r.get()).collect::<Vec<_>>(), ["{}", "1", "{\"a\": [2]}"]);
+    assert!(matches!(super::raw_records("{}", 3), Err(InputError::Field { field: "records", .. })));
+    // At the limit, and a bad record before it, read as before.
+    let at = format!(r#"{{"format":"flows.v1","records":[{}]}}"#, ["{}"; 10].join(","));
+    assert_eq!(parse_envelope(at.into_bytes(), &ParseSpec::default(), Limits { max_records: 10 }).unwrap().len(), 10);
+    let bad = format!(r#"{{"format":"flows.v1","records":[{{}},{{"bytes":-1}},{}]}}"#, ["{}"; 20].join(","));
+    let err = parse_envelope(bad.into_bytes(), &ParseSpec::default(), Limits { max_records: 10 }).unwrap_err();
+    assert_eq!(err, InputError::TooManyRecords { count: 11, max: 10 }, "the count is checked before records are read");
+}
+
 #[test]
 fn ndjson_lines_skip_blanks_and_number_records() {
     let text = "{\"src_ip\":\"1.1.1.1\"}\r\n\n  {\"src_ip\":\"2.2.2.2\"}  \n".to_string();

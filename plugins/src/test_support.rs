@@ -138,15 +138,30 @@ pub(crate) enum Mmdb<'a> {
     Double(f64),
     Float(f32),
     U16(u16),
+    U32(u32),
+    U64(u64),
     Map(Vec<(&'a str, Mmdb<'a>)>),
+    Array(Vec<Mmdb<'a>>),
 }
 
 /// Encodes `value` as an MMDB data section (no pointers).
 pub(crate) fn mmdb_bytes(value: &Mmdb<'_>) -> Vec<u8> {
     fn put(out: &mut Vec<u8>, value: &Mmdb<'_>) {
+        // Control byte (types past 7 in an extension byte), then the size
+        // in the format's 29/30/31 extended forms.
         let head = |out: &mut Vec<u8>, kind: u8, size: usize| {
-            assert!(size < 29, "test values are small");
-            out.push(kind << 5 | size as u8);
+            let (first, extra) = match size {
+                0..29 => (size as u8, Vec::new()),
+                29..285 => (29, vec![(size - 29) as u8]),
+                285..65_821 => (30, ((size - 285) as u16).to_be_bytes().to_vec()),
+                _ => (31, ((size - 65_821) as u32).to_be_bytes()[1..].to_vec()),
+            };
+            if kind > 7 {
+                out.extend([first, kind - 7]);
+            } else {
+                out.push(kind << 5 | first);
+            }
+            out.extend(extra);
         };
         match value {
             Mmdb::Str(s) => {
@@ -165,10 +180,24 @@ pub(crate) fn mmdb_bytes(value: &Mmdb<'_>) -> Vec<u8> {
                 head(out, 5, 2);
                 out.extend_from_slice(&u.to_be_bytes());
             }
+            Mmdb::U32(u) => {
+                head(out, 6, 4);
+                out.extend_from_slice(&u.to_be_bytes());
+            }
+            Mmdb::U64(u) => {
+                head(out, 9, 8);
+                out.extend_from_slice(&u.to_be_bytes());
+            }
             Mmdb::Map(entries) => {
                 head(out, 7, entries.len());
                 for (k, v) in entries {
                     put(out, &Mmdb::Str(k));
+                    put(out, v);
+                }
+            }
+            Mmdb::Array(items) => {
+                head(out, 11, items.len());
+                for v in items {
                     put(out, v);
                 }
             }
@@ -177,4 +206,33 @@ pub(crate) fn mmdb_bytes(value: &Mmdb<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     put(&mut out, value);
     out
+}
+
+/// A whole `.mmdb` file, for databases no real writer would make: an IPv4
+/// tree of one node (24-bit records) where `0.0.0.0/1` has the record
+/// `low` and `128.0.0.0/1` the record `high`, of type `database_type`.
+pub(crate) fn mmdb_file(database_type: &str, low: &Mmdb<'_>, high: &Mmdb<'_>) -> Vec<u8> {
+    let mut data = mmdb_bytes(low);
+    let high_at = data.len();
+    data.extend(mmdb_bytes(high));
+    // A record value past the node count points into the data section,
+    // 16 bytes (the separator) further on.
+    let record = |offset: usize| ((offset + 1 + 16) as u32).to_be_bytes()[1..].to_vec();
+    let mut file = record(0);
+    file.extend(record(high_at));
+    file.extend([0; 16]);
+    file.extend(data);
+    file.extend(b"\xab\xcd\xefMaxMind.com");
+    file.extend(mmdb_bytes(&Mmdb::Map(vec![
+        ("binary_format_major_version", Mmdb::U16(2)),
+        ("binary_format_minor_version", Mmdb::U16(0)),
+        ("build_epoch", Mmdb::U64(1_700_000_000)),
+        ("database_type", Mmdb::Str(database_type)),
+        ("description", Mmdb::Map(vec![("en", Mmdb::Str("crafted for a test"))])),
+        ("ip_version", Mmdb::U16(4)),
+        ("languages", Mmdb::Array(vec![Mmdb::Str("en")])),
+        ("node_count", Mmdb::U32(1)),
+        ("record_size", Mmdb::U16(24)),
+    ])));
+    file
 }

@@ -188,9 +188,7 @@ fn rate_limited(state: &AppState, request: &Request, group: RouteGroup) -> Optio
     let checks_keys = request.uri().path() != "/v1/health";
     let probe =
         matches!(group, RouteGroup::Health | RouteGroup::Metrics) && (key.is_some() || !presented || !checks_keys);
-    let address = (!probe)
-        .then(|| request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()))
-        .flatten();
+    let address = (!probe).then(|| client_address(state, request)).flatten();
     let (by, wait) = state.rate_limits.check(key.as_ref().map(|k| &k.0), address).err()?;
     let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
     Some(
@@ -202,6 +200,15 @@ fn rate_limited(state: &AppState, request: &Request, group: RouteGroup) -> Optio
         .with(serde_json::json!({ "limited_by": by.label(), "retry_after_s": retry_after }))
         .retry_after(retry_after),
     )
+}
+
+/// The client's address: the TCP peer's, or the one a trusted proxy's
+/// forwarding header names (`[server] trusted_proxies`). The only place the
+/// API reads the peer, so a limit or a log line keyed by the client cannot
+/// be keyed by the proxy by mistake.
+pub(crate) fn client_address(state: &AppState, request: &Request) -> Option<std::net::IpAddr> {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?.0.ip();
+    Some(state.config.server.trusted_proxies.client(peer, request.headers()))
 }
 
 /// The group a path's requests are counted in (`telemetry_requests_total`).

@@ -304,6 +304,16 @@ pub(crate) struct ServerConfig {
     pub rate_limit_per_address: u32,
     /// Burst allowed above the rates, in seconds' worth of requests.
     pub rate_limit_burst_s: u32,
+    /// Proxies (CIDR networks or addresses, e.g. `["10.0.0.0/8"]`) whose
+    /// `X-Forwarded-For` (or, when absent, RFC 7239 `Forwarded: for=`)
+    /// names the client: from a peer in this list, the client is the
+    /// rightmost address in the header that is not itself a trusted proxy
+    /// (all trusted: the leftmost). Used for the per-address rate limit. A
+    /// header that does not parse, or from any other peer, is ignored (the
+    /// peer's address counts). A proxy that writes only `Forwarded` must
+    /// remove the client's own `X-Forwarded-For`. Empty (default): the peer.
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: super::proxies::TrustedProxies,
     /// Serve HTTPS with this certificate chain (PEM, leaf first; relative
     /// to this file). Replaced files are picked up within a second, no
     /// restart; a pair that does not load is refused and the running one
@@ -340,6 +350,7 @@ impl Default for ServerConfig {
             rate_limit_per_key: 0,
             rate_limit_per_address: 0,
             rate_limit_burst_s: 2,
+            trusted_proxies: super::proxies::TrustedProxies::default(),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -398,6 +409,15 @@ mod tests {
         assert!(e.contains("c.toml:2") && e.contains("max_body_bytes") && e.contains("1 GiB"), "{e}");
         assert!(parse("[server]\nmax_body_bytes = 0\n").is_err());
         assert_eq!(parse("[server]\nmax_body_bytes = 1073741824\n").unwrap().server.max_body_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn trusted_proxies_are_checked_at_load() {
+        let e = parse("[server]\n\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0/8\"]\n").unwrap_err();
+        assert!(e.contains("c.toml:3") && e.contains("trusted_proxies") && e.contains("\"10.0.0/8\""), "{e}");
+        let c = parse("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.1\"]\n").unwrap();
+        assert_ne!(c.server.trusted_proxies, Default::default());
+        assert_eq!(parse("").unwrap().server.trusted_proxies, Default::default());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub(crate) mod config_schema;
 pub(crate) mod forward;
 pub(crate) mod ingest;
 pub(crate) mod presence;
+pub(crate) mod proxies;
 pub(crate) mod reload_state;
 pub(crate) mod sources;
 pub(crate) mod updates;

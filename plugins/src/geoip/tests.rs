@@ -446,3 +446,52 @@ fn stale_databases_follow_the_policy() {
     let err = chain_err(&config("never"));
     assert!(err.contains("unknown variant"), "{err}");
 }
+
+/// A crafted database whose record encodes to more than 8 KiB
+/// (`MAX_ANSWER_BYTES` in `mmdb/cache.rs`; the reader's own bound on one
+/// string is 16 KiB): the database loads, that answer is refused like a
+/// malformed record (`null` and a warning) every time it is asked for, so
+/// it never went into a cache, and the other network still answers. A
+/// record just under the cap answers.
+#[test]
+fn answers_over_8_kib_are_refused_before_the_caches() {
+    use crate::test_support::{mmdb_file, Mmdb, Mmdb::*};
+    fn city<'a>(name: &'a str, country: &'a str) -> Mmdb<'a> {
+        Map(vec![
+            ("city", Map(vec![("names", Map(vec![("en", Str(name))]))])),
+            ("country", Map(vec![("iso_code", Str(country))])),
+        ])
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crafted.mmdb");
+    let config = format!("[[chain]]\nplugin = \"geoip\"\ndatabase = {:?}\n", path.display().to_string());
+    // 0.0.0.0/1 has the crafted record, 128.0.0.0/1 an ordinary one.
+    let events = || vec![event(Some("1.2.3.4"), None), event(Some("200.1.1.1"), None), event(Some("1.2.3.5"), None)];
+
+    let long = "x".repeat(9 << 10);
+    std::fs::write(&path, mmdb_file("GeoIP2-City", &city(&long, "GB"), &city("Paris", "FR"))).unwrap();
+    let chain = chain(&config).unwrap();
+    assert_eq!(chain.reports()[0].status.state, PluginState::Loaded);
+    assert_eq!(chain.reports()[0].status.error, None);
+    for pass in 0..2 {
+        let out = run(&chain, events());
+        for (i, ip) in [(0, "1.2.3.4"), (2, "1.2.3.5")] {
+            let (answer, warnings) = &out[i];
+            assert_eq!(answer["geo"], Value::Null, "pass {pass}");
+            assert!(
+                warnings.len() == 1 && warnings[0].contains(&format!("lookup of {ip} failed: malformed record data")),
+                "pass {pass}: {warnings:?}"
+            );
+            assert!(warnings[0].len() < 200, "the answer is not quoted: {warnings:?}");
+        }
+        assert_eq!(out[1].0["geo"], json!({"country": "FR", "city": "Paris", "lat": null, "lon": null}));
+        assert!(out[1].1.is_empty());
+    }
+
+    // Just under the cap: answered.
+    let long = "y".repeat(8_100);
+    std::fs::write(&path, mmdb_file("GeoIP2-City", &city(&long, "GB"), &city("Paris", "FR"))).unwrap();
+    let out = run(&crate::test_support::chain(&config).unwrap(), events());
+    assert_eq!(out[0].0["geo"]["city"].as_str().map(str::len), Some(8_100));
+    assert!(out[0].1.is_empty(), "{:?}", out[0].1);
+}

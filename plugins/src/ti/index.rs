@@ -28,6 +28,7 @@ mod nets;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::meta::{Feed, Meta};
 use super::{Hit, Indicator, Kind};
@@ -111,7 +112,9 @@ pub struct Index {
     v4: NetTable<u32>,
     v6: NetTable<u128>,
     domains: DomainTable,
-    tails: Vec<Box<str>>,
+    /// Shared with the builder's interning map while building (one copy
+    /// of each text).
+    tails: Vec<Arc<str>>,
     /// Per tail: the metadata the hot path reads (same id).
     metas: Vec<Meta>,
     /// Per tail: how many listings use it (live/expired counts per feed
@@ -179,7 +182,7 @@ impl Index {
         self.v4.heap_bytes()
             + self.v6.heap_bytes()
             + self.domains.heap_bytes()
-            + self.tails.iter().map(|t| t.len() + 16).sum::<usize>()
+            + self.tails.iter().map(|t| t.len() + 32).sum::<usize>()
             + self.metas.capacity() * size_of::<Meta>()
             + self.uses.capacity() * 4
     }
@@ -191,9 +194,12 @@ pub struct IndexBuilder {
     v4: NetBuilder<u32>,
     v6: NetBuilder<u128>,
     domains: DomainTable,
-    tails: Vec<Box<str>>,
+    tails: Vec<Arc<str>>,
     metas: Vec<Meta>,
-    tail_ids: HashMap<Box<str>, u32>,
+    /// Text -> id, the key sharing its allocation with `tails` (a feed's
+    /// metadata can be most of its bytes: two copies doubled that while
+    /// loading).
+    tail_ids: HashMap<Arc<str>, u32>,
     feeds: Vec<Feed>,
 }
 
@@ -208,9 +214,10 @@ impl IndexBuilder {
             return id;
         }
         let id = self.tails.len() as u32;
-        self.tails.push(text.into());
+        let text: Arc<str> = text.into();
+        self.tails.push(Arc::clone(&text));
         self.metas.push(meta);
-        self.tail_ids.insert(text.into(), id);
+        self.tail_ids.insert(text, id);
         id
     }
 
@@ -260,5 +267,27 @@ impl IndexBuilder {
             uses[l.tail as usize] += 1;
         }
         Index { v4, v6, domains, tails, metas, uses, feeds }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tail interned twice has one id, and its text is held once: the
+    /// interning map's key is the index's own copy.
+    #[test]
+    fn tails_are_interned_and_stored_once() {
+        let mut b = IndexBuilder::default();
+        let text = r#","source":"feed.csv","description":"a long description"}"#;
+        let id = b.tail(text, Meta::default());
+        assert_eq!(b.tail(text, Meta::default()), id);
+        assert_eq!(b.tail(",\"source\":\"other\"}", Meta::default()), id + 1);
+        let (key, &mapped) = b.tail_ids.get_key_value(text).unwrap();
+        assert_eq!(mapped, id);
+        assert!(Arc::ptr_eq(key, &b.tails[id as usize]), "one allocation for the text");
+        let index = b.finish();
+        assert_eq!(Arc::strong_count(&index.tails[id as usize]), 1, "the map's share is gone once built");
+        assert_eq!(&*index.tails[id as usize], text);
     }
 }

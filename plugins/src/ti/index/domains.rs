@@ -2,6 +2,8 @@
 //! right to left so that every parent domain's hash falls out of one pass
 //! (see the parent module's docs).
 
+use std::sync::OnceLock;
+
 use super::{bit, Listing, Lists, MAX_NAME};
 
 /// Names are hashed as a polynomial over their bytes weighted by distance
@@ -10,32 +12,64 @@ use super::{bit, Listing, Lists, MAX_NAME};
 /// hash of every parent domain. The multiplications do not depend on each
 /// other (powers come from a table), so the pass runs at about a cycle per
 /// byte, unlike FNV's serial multiply chain.
-const P: u64 = 0x9e37_79b9_7f4a_7c15;
-static POW: [u64; MAX_NAME] = {
-    let mut t = [1u64; MAX_NAME];
-    let mut i = 1;
-    while i < MAX_NAME {
-        t[i] = t[i - 1].wrapping_mul(P);
-        i += 1;
+///
+/// The names come from indicator feeds, which may be hostile: with a fixed
+/// `P` and final mix, anyone can compute offline which names share a slot
+/// (or a filter bit) and list thousands of them, turning the linear-probing
+/// build and every lookup that reaches that cluster quadratic. So `P` (odd)
+/// and the key of the final mix are drawn once per process, from the
+/// standard library's `RandomState` (the keyed hasher the parser's key sets
+/// use). A per-suffix keyed hasher would cost a pass per parent domain on
+/// the hot path; a polynomial with a secret evaluation point keeps the one
+/// pass. What a feed can still force without the key is equality of the
+/// low ~34 bits of two names' sums (Thue-Morse-like names; longer ones are
+/// beyond [`MAX_NAME`]); the final mix folds all 64 bits into the slot and
+/// the tag, so that buys nothing.
+struct Keys {
+    pow: [u64; MAX_NAME],
+    /// Added before the final mix.
+    key: u64,
+}
+
+impl Keys {
+    fn new(seed: [u64; 2]) -> Keys {
+        let p = seed[0] | 1;
+        let mut pow = [1u64; MAX_NAME];
+        for i in 1..MAX_NAME {
+            pow[i] = pow[i - 1].wrapping_mul(p);
+        }
+        Keys { pow, key: seed[1] }
     }
-    t
-};
 
-#[inline]
-fn term(b: u8, distance_from_end: usize) -> u64 {
-    (b.to_ascii_lowercase() as u64).wrapping_mul(POW[distance_from_end])
-}
+    /// This process's keys.
+    fn process() -> &'static Keys {
+        static KEYS: OnceLock<Keys> = OnceLock::new();
+        KEYS.get_or_init(|| {
+            use std::hash::BuildHasher;
+            let random = std::hash::RandomState::new();
+            Keys::new([random.hash_one(0u8), random.hash_one(1u8)])
+        })
+    }
 
-/// Final mix, so table index and tag use well-spread bits.
-#[inline]
-fn mix(h: u64) -> u64 {
-    let h = (h ^ (h >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
-    h ^ (h >> 32)
-}
+    #[inline]
+    fn term(&self, b: u8, distance_from_end: usize) -> u64 {
+        (b.to_ascii_lowercase() as u64).wrapping_mul(self.pow[distance_from_end])
+    }
 
-/// Hash of a name, lowercased.
-fn name_hash(name: &[u8]) -> u64 {
-    name.iter().rev().enumerate().fold(0u64, |h, (d, &b)| h.wrapping_add(term(b, d)))
+    /// Final mix (keyed; murmur3's finalizer), so table index and tag use
+    /// well-spread bits that each depend on all of the sum's.
+    #[inline]
+    fn mix(&self, h: u64) -> u64 {
+        let mut h = h ^ self.key;
+        h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+
+    /// Hash of a name, lowercased.
+    fn name_hash(&self, name: &[u8]) -> u64 {
+        name.iter().rev().enumerate().fold(0u64, |h, (d, &b)| h.wrapping_add(self.term(b, d)))
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -48,8 +82,9 @@ struct DomainEntry {
 }
 
 /// Domain indicators: an open-addressing table over one string arena.
-#[derive(Default)]
 pub(super) struct DomainTable {
+    /// The process's hash keys, held so lookups need no lazy static.
+    keys: &'static Keys,
     arena: String,
     entries: Vec<DomainEntry>,
     listings: Vec<Listing>,
@@ -61,7 +96,25 @@ pub(super) struct DomainTable {
     lists: Lists,
 }
 
+impl Default for DomainTable {
+    fn default() -> Self {
+        DomainTable::with_keys(Keys::process())
+    }
+}
+
 impl DomainTable {
+    fn with_keys(keys: &'static Keys) -> Self {
+        DomainTable {
+            keys,
+            arena: String::new(),
+            entries: Vec::new(),
+            listings: Vec::new(),
+            slots: Vec::new(),
+            filter: Vec::new(),
+            lists: Lists::default(),
+        }
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -107,7 +160,7 @@ impl DomainTable {
                 }
                 label += 1;
             }
-            h = h.wrapping_add(term(b, last - i));
+            h = h.wrapping_add(self.keys.term(b, last - i));
         }
         if self.find(h, name).is_some() {
             hits |= 1 << label;
@@ -123,7 +176,7 @@ impl DomainTable {
             if hits & (1 << label) == 0 {
                 continue;
             }
-            let id = self.find(name_hash(&name[i..]), &name[i..]).expect("found above");
+            let id = self.find(self.keys.name_hash(&name[i..]), &name[i..]).expect("found above");
             let e = &self.entries[id as usize];
             let listed = self.name(e);
             for l in &self.listings[e.first as usize..(e.first + e.count) as usize] {
@@ -138,7 +191,7 @@ impl DomainTable {
 
     #[inline]
     fn find(&self, hash: u64, name: &[u8]) -> Option<u32> {
-        let m = mix(hash);
+        let m = self.keys.mix(hash);
         // Most probed names are not listed: one bit in an L2-sized filter
         // answers that without touching the (much larger) slot table.
         if self.slots.is_empty()
@@ -165,8 +218,8 @@ impl DomainTable {
         }
     }
 
-    fn insert_slot(slots: &mut [u64], hash: u64, id: u32) {
-        let m = mix(hash);
+    fn insert_slot(keys: &Keys, slots: &mut [u64], hash: u64, id: u32) {
+        let m = keys.mix(hash);
         let mask = slots.len() - 1;
         let mut i = m as usize & mask;
         while slots[i] != 0 {
@@ -179,7 +232,7 @@ impl DomainTable {
         let size = (self.slots.len() * 2).max(64);
         let mut slots = vec![0u64; size];
         for (id, e) in self.entries.iter().enumerate() {
-            Self::insert_slot(&mut slots, name_hash(self.name(e).as_bytes()), id as u32);
+            Self::insert_slot(self.keys, &mut slots, self.keys.name_hash(self.name(e).as_bytes()), id as u32);
         }
         self.slots = slots;
     }
@@ -187,7 +240,7 @@ impl DomainTable {
     /// Build time: adds a listing for `name` (lowercase, validated);
     /// `false` for an exact duplicate.
     pub(super) fn add(&mut self, name: &str, listing: Listing) -> bool {
-        let hash = name_hash(name.as_bytes());
+        let hash = self.keys.name_hash(name.as_bytes());
         let id = match self.find(hash, name.as_bytes()) {
             Some(id) => id,
             None => {
@@ -198,7 +251,7 @@ impl DomainTable {
                 let (offset, len) = (self.arena.len() as u32, name.len() as u8);
                 self.entries.push(DomainEntry { offset, len, first: 0, count: 0 });
                 self.arena.push_str(name);
-                Self::insert_slot(&mut self.slots, hash, id);
+                Self::insert_slot(self.keys, &mut self.slots, hash, id);
                 id
             }
         };
@@ -217,9 +270,98 @@ impl DomainTable {
         let bits = (self.entries.len() * 16).next_power_of_two().clamp(64, 1 << 21);
         let mut filter = vec![0u64; bits / 64];
         for e in &self.entries {
-            let b = (mix(name_hash(self.name(e).as_bytes())) >> 32) as usize & (bits - 1);
+            let b = (self.keys.mix(self.keys.name_hash(self.name(e).as_bytes())) >> 32) as usize & (bits - 1);
             filter[b / 64] |= 1 << (b % 64);
         }
         self.filter = filter;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ti::Kind;
+
+    impl DomainTable {
+        /// The longest distance from an entry's home slot to its slot: how
+        /// far a lookup of it (or of a name hashing next to it) probes.
+        fn longest_probe(&self) -> usize {
+            let mask = self.slots.len() - 1;
+            (0..self.slots.len())
+                .filter(|&i| self.slots[i] != 0)
+                .map(|i| {
+                    let e = &self.entries[(self.slots[i] as u32 - 1) as usize];
+                    let home = self.keys.mix(self.keys.name_hash(self.name(e).as_bytes())) as usize & mask;
+                    i.wrapping_sub(home) & mask
+                })
+                .max()
+                .unwrap_or(0)
+        }
+    }
+
+    /// The slot hash the table used before it was keyed (fixed multiplier
+    /// and mix): what a hostile feed could compute offline.
+    fn unkeyed(name: &[u8]) -> u64 {
+        let h = name.iter().rev().fold((0u64, 1u64), |(h, pow), &b| {
+            (h.wrapping_add(u64::from(b).wrapping_mul(pow)), pow.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        });
+        let h = (h.0 ^ (h.0 >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        h ^ (h >> 32)
+    }
+
+    /// 400 names that all had home slot 0 in the unkeyed table (found by
+    /// brute force, as an attacker would): they would form one cluster, so
+    /// building the table and looking them up probed hundreds of slots
+    /// each. With the process's keys they spread like any names, and every
+    /// one is still found.
+    #[test]
+    fn names_crafted_to_collide_without_the_key_spread_out() {
+        use std::fmt::Write;
+        let mut crafted = Vec::new();
+        let mut name = String::new();
+        for n in 0u64.. {
+            name.clear();
+            write!(name, "{n:x}.evil.test").unwrap();
+            if unkeyed(name.as_bytes()) & 0x7ff == 0 {
+                crafted.push(name.clone());
+                if crafted.len() == 400 {
+                    break;
+                }
+            }
+        }
+        let mut table = DomainTable::default();
+        for name in &crafted {
+            assert!(table.add(name, Listing { kind: Kind::Domain, tail: 0 }));
+        }
+        table.finish();
+        assert!(table.longest_probe() < 64, "longest probe {}", table.longest_probe());
+        for name in &crafted {
+            let mut found = Vec::new();
+            table.for_each_match(&format!("www.{}", name.to_uppercase()), |listed, _| found.push(listed.to_string()));
+            assert_eq!(found, std::slice::from_ref(name));
+        }
+        // Keys someone knows bring the cluster back: the test crafts what
+        // it claims to.
+        let known: &'static Keys = Box::leak(Box::new(Keys::new([7, 0])));
+        let mut clustered = DomainTable::with_keys(known);
+        let mut n = 0u64;
+        while clustered.entries.len() < 400 {
+            name.clear();
+            write!(name, "{n:x}.evil.test").unwrap();
+            if known.mix(known.name_hash(name.as_bytes())) & 0x7ff == 0 {
+                clustered.add(&name, Listing { kind: Kind::Domain, tail: 0 });
+            }
+            n += 1;
+        }
+        assert!(clustered.longest_probe() >= 399, "{}", clustered.longest_probe());
+    }
+
+    /// One process, one set of keys: every table hashes alike.
+    #[test]
+    fn tables_share_the_process_keys() {
+        assert!(std::ptr::eq(DomainTable::default().keys, DomainTable::default().keys));
+        let keys = Keys::process();
+        assert_eq!(keys.pow[1] & 1, 1, "an odd multiplier");
+        assert_eq!(keys.name_hash(b"a.Example.COM"), keys.name_hash(b"a.example.com"));
     }
 }
