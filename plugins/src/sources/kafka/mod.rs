@@ -41,9 +41,13 @@
 //! on tokio's blocking pool.
 //!
 //! Kafka keeps no delivery count, so the `redelivered` counter stays 0;
-//! `nacked` counts refused attempts.
+//! `nacked` counts refused attempts, and messages whose offset could not
+//! be stored because a rebalance took their partition away (they are not
+//! acknowledged: the partition's next owner reads them again, see
+//! `KafkaRunner::store`).
 
 mod options;
+mod statistics;
 #[cfg(test)]
 mod tests;
 
@@ -63,6 +67,7 @@ use tokio::sync::watch;
 
 use crate::kafka::LogContext;
 pub use options::{KafkaSourceOptions, StartAt};
+use statistics::{GroupStatistics, STATISTICS_INTERVAL_MS};
 
 /// The `kafka` source kind.
 pub struct KafkaSource;
@@ -136,6 +141,9 @@ impl SourceRunner for KafkaRunner {
 enum Settled {
     /// Its offset is stored (accepted, or dead-lettered).
     Stored,
+    /// Its offset could not be stored (its partition was taken away): it
+    /// stays uncommitted and its partition's next owner reads it again.
+    GivenBack,
     /// The source is stopping: the message stays uncommitted (redelivered).
     Stopped,
 }
@@ -248,6 +256,7 @@ impl KafkaRunner {
                     stats.set_connected(true);
                     match self.process(&consumer, &cluster, &message, ingest, &mut stopped, &mut early).await {
                         Settled::Stored => (dirty, stored_any) = (true, true),
+                        Settled::GivenBack => {}
                         Settled::Stopped => break,
                     }
                 }
@@ -342,9 +351,11 @@ impl KafkaRunner {
             };
             match answer {
                 Ok(_) => {
-                    self.store(consumer, message, stats);
-                    SourceStats::count(&stats.acked, 1);
-                    break Settled::Stored;
+                    let settled = self.store(consumer, message, stats);
+                    if let Settled::Stored = settled {
+                        SourceStats::count(&stats.acked, 1);
+                    }
+                    break settled;
                 }
                 Err(Refusal::BadInput { code, message: why }) => {
                     break self.poison(consumer, message, &format!("{code}: {why}"), ingest);
@@ -398,25 +409,45 @@ impl KafkaRunner {
             "offset": message.offset(),
         });
         let body = message.payload().unwrap_or_default();
+        // Written before the offset is stored: should the store fail, the
+        // message comes again and is dead-lettered a second time (a
+        // duplicate record), never committed past without a record.
         ingest.dead_letter(DeadMessage { origin: &origin, reason, body });
-        self.store(consumer, message, stats);
-        SourceStats::count(&stats.termed, 1);
-        Settled::Stored
+        let settled = self.store(consumer, message, stats);
+        if let Settled::Stored = settled {
+            SourceStats::count(&stats.termed, 1);
+        }
+        settled
     }
 
-    fn store(&self, consumer: &GroupConsumer, message: &BorrowedMessage<'_>, stats: &SourceStats) {
-        // Fails when the partition was revoked meanwhile: its new owner
-        // starts from the last commit and processes the message again.
-        if let Err(e) = consumer.store_offset_from_message(message) {
-            stats.set_error(
-                &self.name,
-                format!(
-                    "storing offset {} of {}:{} (it will be processed again): {e}",
-                    message.offset(),
-                    message.topic(),
-                    message.partition()
-                ),
-            );
+    /// Stores the offset past `message`, which settles it at the next
+    /// commit. librdkafka refuses only for a partition this member no
+    /// longer holds (`_STATE`: revoked by a rebalance while the message was
+    /// being processed or held; `_UNKNOWN_PARTITION`). Then the message is
+    /// not acknowledged, and not counted as `acked` or `termed`: the
+    /// partition's next owner (this member too, should it get the partition
+    /// back) reads on from the group's committed offset, which is at or
+    /// before this message since messages are settled in order, so it comes
+    /// again. It is counted as given back (`nacked`) and the error shown in
+    /// `last_error`; its events, already accepted, are accepted again when
+    /// it returns (at least once, the origin key the same).
+    fn store(&self, consumer: &GroupConsumer, message: &BorrowedMessage<'_>, stats: &SourceStats) -> Settled {
+        match consumer.store_offset_from_message(message) {
+            Ok(()) => Settled::Stored,
+            Err(e) => {
+                SourceStats::count(&stats.nacked, 1);
+                stats.set_error(
+                    &self.name,
+                    format!(
+                        "offset {} of {}:{} not stored, the message is not acknowledged and will be read again \
+                         by the partition's next owner (its partition was taken away, a rebalance?): {e}",
+                        message.offset(),
+                        message.topic(),
+                        message.partition()
+                    ),
+                );
+                Settled::GivenBack
+            }
         }
     }
 }
@@ -486,78 +517,6 @@ struct GroupContext {
     log: LogContext,
     /// Whose backlog the statistics report.
     ingest: Arc<dyn Ingest>,
-}
-
-/// How often librdkafka reports statistics (the backlog's freshness).
-const STATISTICS_INTERVAL_MS: &str = "1000";
-
-/// The little of librdkafka's statistics (`STATISTICS.md`) the backlog
-/// needs; read by hand rather than into rdkafka's full `Statistics`, whose
-/// every field must match the library's version.
-#[derive(serde::Deserialize)]
-struct GroupStatistics {
-    #[serde(default)]
-    topics: std::collections::HashMap<String, TopicStatistics>,
-    cgrp: Option<GroupState>,
-}
-
-#[derive(serde::Deserialize)]
-struct TopicStatistics {
-    #[serde(default)]
-    partitions: std::collections::HashMap<String, PartitionStatistics>,
-}
-
-#[derive(serde::Deserialize)]
-struct PartitionStatistics {
-    partition: i32,
-    /// High watermark minus the group's committed offset; -1 when unknown
-    /// (nothing committed yet).
-    #[serde(default = "unknown_lag")]
-    consumer_lag: i64,
-    /// High watermark minus the offset stored for the next commit.
-    #[serde(default = "unknown_lag")]
-    consumer_lag_stored: i64,
-    /// `active` while this member fetches the partition. librdkafka keeps
-    /// a revoked partition's last lag, so only these count.
-    #[serde(default)]
-    fetch_state: String,
-}
-
-fn unknown_lag() -> i64 {
-    -1
-}
-
-#[derive(serde::Deserialize)]
-struct GroupState {
-    /// `up` once the coordinator answers.
-    #[serde(default)]
-    state: String,
-    #[serde(default)]
-    assignment_size: i64,
-}
-
-impl GroupStatistics {
-    /// Messages waiting in this member's partitions: `Some(0)` with no
-    /// partition assigned, `None` before the group answers or while no
-    /// assigned partition's lag is known yet.
-    fn backlog(&self) -> Option<u64> {
-        let group = self.cgrp.as_ref().filter(|g| g.state == "up")?;
-        let lags = self.topics.values().flat_map(|t| t.partitions.values());
-        // Partition -1 is librdkafka's internal "unassigned" one.
-        // A group that has committed nothing yet has no `consumer_lag`:
-        // the lag behind what is stored for the next commit stands in.
-        let lag = |p: &PartitionStatistics| {
-            Some(p.consumer_lag).filter(|l| *l >= 0).or(Some(p.consumer_lag_stored).filter(|l| *l >= 0))
-        };
-        let held = lags.filter(|p| p.partition >= 0 && p.fetch_state == "active");
-        let known = held.filter_map(lag).map(|l| l as u64);
-        let (count, sum) = known.fold((0, 0u64), |(n, sum), lag| (n + 1, sum.saturating_add(lag)));
-        match group.assignment_size {
-            0 => Some(0),
-            _ if count == 0 => None,
-            _ => Some(sum),
-        }
-    }
 }
 
 impl rdkafka::ClientContext for GroupContext {

@@ -309,3 +309,51 @@ async fn kafka_source_reports_its_backlog() {
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(15), task).await.expect("stops promptly").unwrap();
 }
+
+/// A message whose offset cannot be stored (its partition was taken away
+/// while it was processed, as a rebalance does) is not acknowledged: not
+/// counted as `acked` (accepted) or `termed` (bad input, dead-lettered
+/// all the same) but as given back (`nacked`), the error in `last_error`,
+/// and nothing is committed past it, so the partition's next owner reads
+/// it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_offset_cannot_be_stored_is_not_counted_as_acknowledged() {
+    let test = "a_message_whose_offset_cannot_be_stored_is_not_counted_as_acknowledged";
+    let Some(broker) = KafkaBroker::start(test) else { return };
+    let brokers = broker.address.clone();
+    create_topic(&brokers, "raw", 1).await;
+    for body in ["good1", "bad"] {
+        produce(&brokers, "raw", body.as_bytes(), &[]).await;
+    }
+    let options = json!({"brokers": [brokers], "topics": ["raw"], "group_id": "g", "commit_interval_ms": 0});
+    let options: KafkaSourceOptions = serde_json::from_value(options).unwrap();
+    let runner = KafkaRunner { options, name: "kafka".into() };
+    let scripted = Arc::new(Scripted::default());
+    let ingest: Arc<dyn Ingest> = scripted.clone();
+    let consumer = Arc::new(runner.consumer(&ingest).unwrap());
+    let mut messages = Vec::new();
+    while messages.len() < 2 {
+        let received = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await;
+        messages.push(received.expect("a message within 30 s").expect("a message"));
+    }
+    // What a rebalance that revokes the partition does to this member.
+    consumer.unassign().unwrap();
+    let (_stopping, mut stopped) = watch::channel(false);
+    let mut early = VecDeque::new();
+    for message in &messages {
+        let settled = runner.process(&consumer, "c", message, &ingest, &mut stopped, &mut early).await;
+        assert!(matches!(settled, Settled::GivenBack));
+    }
+    let s = &scripted.stats;
+    assert_eq!(scripted.accepted.lock().unwrap().len(), 1, "the core accepted good1");
+    assert_eq!(scripted.dead.lock().unwrap().len(), 1, "bad is dead-lettered before its offset is stored");
+    assert_eq!(s.acked.load(Relaxed), 0, "not acknowledged");
+    assert_eq!(s.termed.load(Relaxed), 0, "not settled for good");
+    assert_eq!(s.nacked.load(Relaxed), 2, "given back");
+    let error = s.last_error().unwrap_or_default();
+    assert!(error.contains("offset 1 of raw:0 not stored") && error.contains("read again"), "{error}");
+    commit(&*consumer, CommitMode::Sync, "kafka", s);
+    drop(messages);
+    tokio::task::spawn_blocking(move || drop(consumer)).await.unwrap();
+    assert_eq!(committed(&brokers, "g", "raw"), -1001, "nothing committed past them (-1001: none)");
+}
