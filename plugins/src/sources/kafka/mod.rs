@@ -46,6 +46,7 @@
 //! acknowledged: the partition's next owner reads them again, see
 //! `KafkaRunner::store`).
 
+mod context;
 mod options;
 mod statistics;
 #[cfg(test)]
@@ -60,14 +61,14 @@ use enrichd_engine::output::{BoxFuture, FieldError};
 use enrichd_engine::source::{
     DeadMessage, Ingest, Refusal, SourceContext, SourceFamily, SourceRunner, SourceStats, StopSignal, STOP_BUDGET,
 };
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio::sync::watch;
 
-use crate::kafka::LogContext;
+use context::GroupContext;
 pub use options::{KafkaSourceOptions, StartAt};
-use statistics::{GroupStatistics, STATISTICS_INTERVAL_MS};
+use statistics::STATISTICS_INTERVAL_MS;
 
 /// The `kafka` source kind.
 pub struct KafkaSource;
@@ -190,21 +191,8 @@ impl KafkaRunner {
                     StartAt::Latest => "latest",
                 },
             );
-        let (name, errors) = (self.name.clone(), ingest.clone());
-        let context = GroupContext {
-            ingest: ingest.clone(),
-            log: LogContext {
-                name: self.name.clone(),
-                on_error: Box::new(move |e| {
-                    // librdkafka's client errors: brokers down, refused
-                    // credentials (it retries on its own).
-                    errors.stats().set_connected(false);
-                    errors.stats().set_error(&name, e)
-                }),
-            },
-        };
         let consumer: GroupConsumer = config
-            .create_with_context(context)
+            .create_with_context(GroupContext::new(&self.name, ingest))
             .map_err(|e| anyhow::anyhow!("kafka consumer for {}: {e}", o.connection.describe()))?;
         let topics: Vec<&str> = o.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| anyhow::anyhow!("subscribing to {topics:?}: {e}"))?;
@@ -224,7 +212,7 @@ impl KafkaRunner {
         // synchronous whatever the asynchronous ones did (a failed one is
         // only logged by librdkafka, and `dirty` is cleared when it is sent).
         let mut stored_any = false;
-        let mut failures = 0u32;
+        let mut errors = ReceiveErrors::default();
         let cluster = tokio::select! {
             _ = stopped.changed() => return,
             cluster = self.cluster(&consumer, stats) => cluster,
@@ -242,17 +230,24 @@ impl KafkaRunner {
                 },
             };
             match received {
-                Err(_idle) => {}
+                Err(_idle) => errors.quiet(),
                 Ok(Err(e)) => {
-                    // librdkafka retries on its own; pause a little so a
-                    // persistent error does not spin.
-                    failures += 1;
-                    stats.set_connected(false);
-                    stats.set_error(&self.name, format!("receiving from {:?}: {e}", self.options.topics));
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
+                    // One partition's or topic's trouble (see
+                    // `ReceiveErrors`): reported, while the others' messages
+                    // queued behind it are received at once.
+                    stats.set_error(
+                        &self.name,
+                        format!(
+                            "receiving from {:?} (the other partitions are read meanwhile): {e}",
+                            self.options.topics
+                        ),
+                    );
+                    if let Some(pause) = errors.error() {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
                 Ok(Ok(message)) => {
-                    failures = 0;
+                    errors.quiet();
                     stats.set_connected(true);
                     match self.process(&consumer, &cluster, &message, ingest, &mut stopped, &mut early).await {
                         Settled::Stored => (dirty, stored_any) = (true, true),
@@ -452,6 +447,46 @@ impl KafkaRunner {
     }
 }
 
+/// Errors from the consumer's queue between messages, and whether to
+/// pause before receiving again.
+///
+/// What arrives there is one partition's, one topic's or the group's
+/// trouble: a fetch refused for a partition (librdkafka passes on the
+/// errors it does not handle itself, once per fetch back-off of that
+/// partition), a subscribed topic missing or not authorized, an offset
+/// reset that failed. The brokers answered; losing them comes through
+/// `GroupContext::error`. The queue is shared by every partition, so a
+/// pause after each error (as there was, growing to 1 s) held the healthy
+/// partitions' messages queued behind it, and one broken partition of
+/// many slowed or stalled the whole source; marking the source
+/// disconnected for it was as wrong. So an error costs nothing but its
+/// report, and `connected` is left alone. Only a run of errors with
+/// nothing else between them (no message, no quiet tick: the queue yields
+/// errors alone, back to back) pauses, so such a queue does not spin.
+#[derive(Debug, Default)]
+struct ReceiveErrors {
+    in_a_row: u32,
+}
+
+/// Errors in a row, with nothing else between them, before a pause.
+const ERRORS_BEFORE_PAUSE: u32 = 20;
+
+/// The pause after such a run, per further error.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+impl ReceiveErrors {
+    /// An error was received: the pause before receiving again, if any.
+    fn error(&mut self) -> Option<Duration> {
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        (self.in_a_row >= ERRORS_BEFORE_PAUSE).then_some(ERROR_PAUSE)
+    }
+
+    /// A message arrived, or the queue was empty for a while.
+    fn quiet(&mut self) {
+        self.in_a_row = 0;
+    }
+}
+
 /// Waits `wait` with a message held, polling the consumer meanwhile:
 /// librdkafka counts a member that has not polled for
 /// `max.poll.interval.ms` (5 minutes) as failed and rebalances its
@@ -507,40 +542,4 @@ fn set_paused(consumer: &GroupConsumer, pause: bool) -> bool {
     let Ok(assignment) = consumer.assignment() else { return false };
     let done = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
     done.is_ok()
-}
-
-/// The consumer's context: librdkafka's logs and errors (see
-/// [`LogContext`]), and a commit of the settled offsets before a
-/// rebalance takes partitions away, so their next owner does not process
-/// those messages again.
-struct GroupContext {
-    log: LogContext,
-    /// Whose backlog the statistics report.
-    ingest: Arc<dyn Ingest>,
-}
-
-impl rdkafka::ClientContext for GroupContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        self.log.log(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.log.error(error, reason);
-    }
-
-    fn stats_raw(&self, statistics: &[u8]) {
-        let backlog = serde_json::from_slice::<GroupStatistics>(statistics).ok().and_then(|s| s.backlog());
-        self.ingest.stats().set_backlog(backlog);
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = rebalance {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => (self.log.on_error)(format!("committing offsets before a rebalance: {e}")),
-            }
-        }
-    }
 }
