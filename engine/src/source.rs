@@ -109,7 +109,8 @@ pub struct DeadMessage<'a> {
     /// stream sequence), as a JSON object.
     pub origin: &'a Value,
     pub reason: &'a str,
-    /// The body as received (the core keeps a bounded prefix).
+    /// The body as received (the core keeps it whole, within the
+    /// dead-letter's bound).
     pub body: &'a [u8],
 }
 

@@ -495,7 +495,7 @@ pub(crate) fn render(m: &Metrics, r: &Reading, ctx: &Context<'_>) -> String {
     }
     x.add(
         "telemetry_source_lost",
-        "Bad-input messages settled without a dead-letter record, by reason (the write failed; evicted by the bound).",
+        "Bad-input messages settled without a dead-letter record, by reason (the write failed; evicted by the bound; larger than the whole bound).",
         MetricType::Counter,
         ctx.sources
             .iter()

@@ -18,7 +18,8 @@
 //!   `GET /v1/sources` and the `telemetry_source_*` metrics never go back.
 //! - **Poison messages go to a dead-letter**, the delivery runtime's
 //!   bounded on-disk one (`state_dir/source-deadletter/<name>.ndjson`), with where
-//!   the message came from and why it was refused.
+//!   the message came from and why it was refused, the body whole (see
+//!   [`deadletter`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,14 +41,13 @@ use tokio::sync::watch;
 
 use super::ingest::{ingest, AckWait, IngestError};
 use super::AppState;
-use crate::delivery::deadletter::{DeadLetter, DeadRecord};
+use crate::delivery::deadletter::DeadLetter;
+
+mod deadletter;
 
 /// Keys of a `[[source]]` entry the runtime takes; the rest are the kind's
 /// own options.
 pub(crate) const RUNTIME_KEYS: [&str; 4] = ["type", "name", "enabled", "deadletter_max_bytes"];
-
-/// Bytes of a refused body kept in the dead-letter record.
-const DEAD_BODY_BYTES: usize = 4096;
 
 /// How long a stopping source gets before its task is aborted.
 const STOP_TIMEOUT: Duration = enrichd_engine::source::STOP_BUDGET;
@@ -86,7 +86,9 @@ pub(crate) struct SourceRuntime {
     pub enabled: bool,
     /// Bytes the source's dead-letter of refused messages keeps on disk,
     /// under `state_dir/source-deadletter/<name>.ndjson` (default 16777216, at
-    /// least 4096); the oldest records go first.
+    /// least 4096); each message is kept whole, the oldest records go first
+    /// (counted as lost `deadletter_evicted`), and a message larger than the
+    /// whole bound is counted as lost `deadletter_too_large`.
     pub deadletter_max_bytes: u64,
 }
 
@@ -180,12 +182,15 @@ pub(crate) struct SourceLane {
     pub name: String,
     pub stats: SourceStats,
     pub deadletter: DeadLetter,
+    /// The bound `deadletter` was opened with.
+    pub deadletter_max_bytes: u64,
     pub dead_lettered: AtomicU64,
     /// Messages settled as bad input whose dead-letter record is gone:
-    /// the write failed (a full disk), or the bounded dead-letter evicted
-    /// it. Counted, never silent.
+    /// the write failed (a full disk), the bounded dead-letter evicted
+    /// it, or it was larger than the whole bound. Counted, never silent.
     pub lost_deadletter_failed: AtomicU64,
     pub lost_deadletter_evicted: AtomicU64,
+    pub lost_deadletter_too_large: AtomicU64,
 }
 
 struct Running {
@@ -248,9 +253,11 @@ impl Sources {
             name: spec.name.clone(),
             stats: SourceStats::default(),
             deadletter,
+            deadletter_max_bytes: spec.deadletter_max_bytes,
             dead_lettered: AtomicU64::new(0),
             lost_deadletter_failed: AtomicU64::new(0),
             lost_deadletter_evicted: AtomicU64::new(0),
+            lost_deadletter_too_large: AtomicU64::new(0),
         });
         lanes.insert(spec.name.clone(), lane.clone());
         Ok(lane)
@@ -383,6 +390,7 @@ impl Sources {
                     lost: vec![
                         ("deadletter_write_failed", lane.lost_deadletter_failed.load(Relaxed)),
                         ("deadletter_evicted", lane.lost_deadletter_evicted.load(Relaxed)),
+                        ("deadletter_too_large", lane.lost_deadletter_too_large.load(Relaxed)),
                     ],
                 }
             })
@@ -413,6 +421,7 @@ fn counters(lane: &SourceLane) -> Value {
         "lost": {
             "deadletter_write_failed": lane.lost_deadletter_failed.load(Relaxed),
             "deadletter_evicted": lane.lost_deadletter_evicted.load(Relaxed),
+            "deadletter_too_large": lane.lost_deadletter_too_large.load(Relaxed),
         },
     })
 }
@@ -495,33 +504,7 @@ impl Ingest for Handle {
     }
 
     fn dead_letter(&self, message: DeadMessage<'_>) {
-        let body = &message.body[..message.body.len().min(DEAD_BODY_BYTES)];
-        let event = json!({
-            "origin": message.origin,
-            "body": String::from_utf8_lossy(body),
-            "body_bytes": message.body.len(),
-        })
-        .to_string();
-        let record = DeadRecord {
-            event: event.as_bytes(),
-            error: message.reason,
-            attempts: 1,
-            unix_ms: crate::delivery::unix_ms(),
-        };
-        // The message is settled for good whatever happens here (it is bad
-        // input: redelivering it would only fail again), so a record that
-        // does not make it, or pushes older ones out, is counted as lost.
-        match self.lane.deadletter.append(&[record]) {
-            Ok(evicted) => {
-                self.lane.dead_lettered.fetch_add(1, Relaxed);
-                self.lane.lost_deadletter_evicted.fetch_add(evicted, Relaxed);
-            }
-            Err(e) => {
-                self.lane.lost_deadletter_failed.fetch_add(1, Relaxed);
-                self.lane.lost_deadletter_evicted.fetch_add(e.evicted, Relaxed);
-                self.lane.stats.set_error(&self.lane.name, format!("writing the dead-letter: {e:#}"));
-            }
-        }
+        deadletter::record(&self.lane, message);
     }
 
     fn stats(&self) -> &SourceStats {

@@ -1,6 +1,7 @@
 //! NATS sources and outputs under faults an operator or a cluster can
 //! cause: a durable consumer deleted, a stream deleted and created again,
-//! an `ack` output that cannot confirm, a dead-letter at its bound.
+//! an `ack` output that cannot confirm, a dead-letter at its bound, a
+//! dead-lettered message larger than the dead-letter used to keep.
 
 use super::*;
 
@@ -106,6 +107,57 @@ fn dead_letter_evictions_are_counted_as_lost() {
     let m = s.get("/metrics").text;
     let line = format!("telemetry_source_lost_total{{source=\"nats\",reason=\"deadletter_evicted\"}} {evicted}");
     assert!(m.contains(&line), "{line} in\n{m}");
+}
+
+/// A refused message longer than the 4 KiB the dead-letter used to keep
+/// comes back from `GET /v1/sources/{name}/deadletter` byte for byte: a
+/// UTF-8 body as text, a binary one (bad gzip) as base64. One larger than
+/// the whole dead-letter is counted as lost with its reason, an excerpt
+/// in `last_error`, and pushes nothing out.
+#[test]
+fn a_dead_lettered_message_comes_back_whole() {
+    use base64::Engine as _;
+    let Some(nats) = NatsServer::start("a_dead_lettered_message_comes_back_whole") else { return };
+    let rt = common::broker_runtime();
+    let js = rt.block_on(jetstream(&nats.url));
+    rt.block_on(publish(&js, 0, 0));
+    let text: String = (0..1500).map(|i| format!("not JSON \"{i}\" é\n")).collect();
+    assert!(text.len() > 4 * 4096);
+    let mut binary = vec![0x1f, 0x8b, 0x08, 0x00, 0xff];
+    binary.extend((0..9000u32).map(|i| (i * 7 % 251) as u8));
+    let huge = format!("HUGE{}", "x".repeat(70_000));
+    rt.block_on(async {
+        for body in [text.as_bytes(), &binary, huge.as_bytes()] {
+            js.publish("raw.zeek", body.to_vec().into()).await.unwrap().await.unwrap();
+        }
+    });
+    let config = config(&nats.url, 30_000).replace("batch = 32\n", "batch = 32\ndeadletter_max_bytes = 65536\n");
+    let s = Server::start_with(&config, &[]);
+    common::wait_for("3 messages termed", Duration::from_secs(20), || {
+        common::source_view(&s)["counters"]["termed"] == 3
+    });
+    let dead = s.get_auth("/v1/sources/nats/deadletter").json();
+    assert_eq!(dead["total"], 2, "{dead}");
+    // Messages are processed concurrently: found by stream sequence.
+    let of = |seq: u64| {
+        let records = dead["records"].as_array().unwrap();
+        records.iter().map(|r| &r["event"]).find(|e| e["origin"]["stream_seq"] == seq).expect("a record").clone()
+    };
+    let (first, second) = (of(1), of(2));
+    let keys: Vec<&String> = first.as_object().unwrap().keys().collect();
+    assert!(first["body"].as_str() == Some(text.as_str()), "kept whole: {keys:?}, {} bytes", first["body_bytes"]);
+    assert_eq!(first["body_bytes"], text.len());
+    let decoded = base64::engine::general_purpose::STANDARD.decode(second["body_base64"].as_str().unwrap()).unwrap();
+    assert!(decoded == binary, "the binary body byte for byte");
+    let view = common::source_view(&s);
+    assert_eq!(view["counters"]["dead_lettered"], 2, "{view}");
+    assert_eq!(view["counters"]["lost"]["deadletter_too_large"], 1, "{view}");
+    assert_eq!(view["counters"]["lost"]["deadletter_evicted"], 0, "{view}");
+    let error = view["last_error"].as_str().unwrap();
+    assert!(error.contains("deadletter_too_large") && error.contains("HUGExxx"), "{view}");
+    let m = s.get("/metrics").text;
+    let line = "telemetry_source_lost_total{source=\"nats\",reason=\"deadletter_too_large\"} 1";
+    assert!(m.contains(line), "{line} in\n{m}");
 }
 
 /// A stream deleted and created again numbers its messages from 1 anew:

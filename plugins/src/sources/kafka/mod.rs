@@ -41,9 +41,14 @@
 //! on tokio's blocking pool.
 //!
 //! Kafka keeps no delivery count, so the `redelivered` counter stays 0;
-//! `nacked` counts refused attempts.
+//! `nacked` counts refused attempts, and messages whose offset could not
+//! be stored because a rebalance took their partition away (they are not
+//! acknowledged: the partition's next owner reads them again, see
+//! `KafkaRunner::store`).
 
+mod context;
 mod options;
+mod statistics;
 #[cfg(test)]
 mod tests;
 
@@ -56,13 +61,14 @@ use enrichd_engine::output::{BoxFuture, FieldError};
 use enrichd_engine::source::{
     DeadMessage, Ingest, Refusal, SourceContext, SourceFamily, SourceRunner, SourceStats, StopSignal, STOP_BUDGET,
 };
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio::sync::watch;
 
-use crate::kafka::LogContext;
+use context::GroupContext;
 pub use options::{KafkaSourceOptions, StartAt};
+use statistics::STATISTICS_INTERVAL_MS;
 
 /// The `kafka` source kind.
 pub struct KafkaSource;
@@ -136,6 +142,9 @@ impl SourceRunner for KafkaRunner {
 enum Settled {
     /// Its offset is stored (accepted, or dead-lettered).
     Stored,
+    /// Its offset could not be stored (its partition was taken away): it
+    /// stays uncommitted and its partition's next owner reads it again.
+    GivenBack,
     /// The source is stopping: the message stays uncommitted (redelivered).
     Stopped,
 }
@@ -182,21 +191,8 @@ impl KafkaRunner {
                     StartAt::Latest => "latest",
                 },
             );
-        let (name, errors) = (self.name.clone(), ingest.clone());
-        let context = GroupContext {
-            ingest: ingest.clone(),
-            log: LogContext {
-                name: self.name.clone(),
-                on_error: Box::new(move |e| {
-                    // librdkafka's client errors: brokers down, refused
-                    // credentials (it retries on its own).
-                    errors.stats().set_connected(false);
-                    errors.stats().set_error(&name, e)
-                }),
-            },
-        };
         let consumer: GroupConsumer = config
-            .create_with_context(context)
+            .create_with_context(GroupContext::new(&self.name, ingest))
             .map_err(|e| anyhow::anyhow!("kafka consumer for {}: {e}", o.connection.describe()))?;
         let topics: Vec<&str> = o.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| anyhow::anyhow!("subscribing to {topics:?}: {e}"))?;
@@ -216,7 +212,7 @@ impl KafkaRunner {
         // synchronous whatever the asynchronous ones did (a failed one is
         // only logged by librdkafka, and `dirty` is cleared when it is sent).
         let mut stored_any = false;
-        let mut failures = 0u32;
+        let mut errors = ReceiveErrors::default();
         let cluster = tokio::select! {
             _ = stopped.changed() => return,
             cluster = self.cluster(&consumer, stats) => cluster,
@@ -234,20 +230,28 @@ impl KafkaRunner {
                 },
             };
             match received {
-                Err(_idle) => {}
+                Err(_idle) => errors.quiet(),
                 Ok(Err(e)) => {
-                    // librdkafka retries on its own; pause a little so a
-                    // persistent error does not spin.
-                    failures += 1;
-                    stats.set_connected(false);
-                    stats.set_error(&self.name, format!("receiving from {:?}: {e}", self.options.topics));
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
+                    // One partition's or topic's trouble (see
+                    // `ReceiveErrors`): reported, while the others' messages
+                    // queued behind it are received at once.
+                    stats.set_error(
+                        &self.name,
+                        format!(
+                            "receiving from {:?} (the other partitions are read meanwhile): {e}",
+                            self.options.topics
+                        ),
+                    );
+                    if let Some(pause) = errors.error() {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
                 Ok(Ok(message)) => {
-                    failures = 0;
+                    errors.quiet();
                     stats.set_connected(true);
                     match self.process(&consumer, &cluster, &message, ingest, &mut stopped, &mut early).await {
                         Settled::Stored => (dirty, stored_any) = (true, true),
+                        Settled::GivenBack => {}
                         Settled::Stopped => break,
                     }
                 }
@@ -342,9 +346,11 @@ impl KafkaRunner {
             };
             match answer {
                 Ok(_) => {
-                    self.store(consumer, message, stats);
-                    SourceStats::count(&stats.acked, 1);
-                    break Settled::Stored;
+                    let settled = self.store(consumer, message, stats);
+                    if let Settled::Stored = settled {
+                        SourceStats::count(&stats.acked, 1);
+                    }
+                    break settled;
                 }
                 Err(Refusal::BadInput { code, message: why }) => {
                     break self.poison(consumer, message, &format!("{code}: {why}"), ingest);
@@ -398,26 +404,86 @@ impl KafkaRunner {
             "offset": message.offset(),
         });
         let body = message.payload().unwrap_or_default();
+        // Written before the offset is stored: should the store fail, the
+        // message comes again and is dead-lettered a second time (a
+        // duplicate record), never committed past without a record.
         ingest.dead_letter(DeadMessage { origin: &origin, reason, body });
-        self.store(consumer, message, stats);
-        SourceStats::count(&stats.termed, 1);
-        Settled::Stored
+        let settled = self.store(consumer, message, stats);
+        if let Settled::Stored = settled {
+            SourceStats::count(&stats.termed, 1);
+        }
+        settled
     }
 
-    fn store(&self, consumer: &GroupConsumer, message: &BorrowedMessage<'_>, stats: &SourceStats) {
-        // Fails when the partition was revoked meanwhile: its new owner
-        // starts from the last commit and processes the message again.
-        if let Err(e) = consumer.store_offset_from_message(message) {
-            stats.set_error(
-                &self.name,
-                format!(
-                    "storing offset {} of {}:{} (it will be processed again): {e}",
-                    message.offset(),
-                    message.topic(),
-                    message.partition()
-                ),
-            );
+    /// Stores the offset past `message`, which settles it at the next
+    /// commit. librdkafka refuses only for a partition this member no
+    /// longer holds (`_STATE`: revoked by a rebalance while the message was
+    /// being processed or held; `_UNKNOWN_PARTITION`). Then the message is
+    /// not acknowledged, and not counted as `acked` or `termed`: the
+    /// partition's next owner (this member too, should it get the partition
+    /// back) reads on from the group's committed offset, which is at or
+    /// before this message since messages are settled in order, so it comes
+    /// again. It is counted as given back (`nacked`) and the error shown in
+    /// `last_error`; its events, already accepted, are accepted again when
+    /// it returns (at least once, the origin key the same).
+    fn store(&self, consumer: &GroupConsumer, message: &BorrowedMessage<'_>, stats: &SourceStats) -> Settled {
+        match consumer.store_offset_from_message(message) {
+            Ok(()) => Settled::Stored,
+            Err(e) => {
+                SourceStats::count(&stats.nacked, 1);
+                stats.set_error(
+                    &self.name,
+                    format!(
+                        "offset {} of {}:{} not stored, the message is not acknowledged and will be read again \
+                         by the partition's next owner (its partition was taken away, a rebalance?): {e}",
+                        message.offset(),
+                        message.topic(),
+                        message.partition()
+                    ),
+                );
+                Settled::GivenBack
+            }
         }
+    }
+}
+
+/// Errors from the consumer's queue between messages, and whether to
+/// pause before receiving again.
+///
+/// What arrives there is one partition's, one topic's or the group's
+/// trouble: a fetch refused for a partition (librdkafka passes on the
+/// errors it does not handle itself, once per fetch back-off of that
+/// partition), a subscribed topic missing or not authorized, an offset
+/// reset that failed. The brokers answered; losing them comes through
+/// `GroupContext::error`. The queue is shared by every partition, so a
+/// pause after each error (as there was, growing to 1 s) held the healthy
+/// partitions' messages queued behind it, and one broken partition of
+/// many slowed or stalled the whole source; marking the source
+/// disconnected for it was as wrong. So an error costs nothing but its
+/// report, and `connected` is left alone. Only a run of errors with
+/// nothing else between them (no message, no quiet tick: the queue yields
+/// errors alone, back to back) pauses, so such a queue does not spin.
+#[derive(Debug, Default)]
+struct ReceiveErrors {
+    in_a_row: u32,
+}
+
+/// Errors in a row, with nothing else between them, before a pause.
+const ERRORS_BEFORE_PAUSE: u32 = 20;
+
+/// The pause after such a run, per further error.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+impl ReceiveErrors {
+    /// An error was received: the pause before receiving again, if any.
+    fn error(&mut self) -> Option<Duration> {
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        (self.in_a_row >= ERRORS_BEFORE_PAUSE).then_some(ERROR_PAUSE)
+    }
+
+    /// A message arrived, or the queue was empty for a while.
+    fn quiet(&mut self) {
+        self.in_a_row = 0;
     }
 }
 
@@ -476,112 +542,4 @@ fn set_paused(consumer: &GroupConsumer, pause: bool) -> bool {
     let Ok(assignment) = consumer.assignment() else { return false };
     let done = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
     done.is_ok()
-}
-
-/// The consumer's context: librdkafka's logs and errors (see
-/// [`LogContext`]), and a commit of the settled offsets before a
-/// rebalance takes partitions away, so their next owner does not process
-/// those messages again.
-struct GroupContext {
-    log: LogContext,
-    /// Whose backlog the statistics report.
-    ingest: Arc<dyn Ingest>,
-}
-
-/// How often librdkafka reports statistics (the backlog's freshness).
-const STATISTICS_INTERVAL_MS: &str = "1000";
-
-/// The little of librdkafka's statistics (`STATISTICS.md`) the backlog
-/// needs; read by hand rather than into rdkafka's full `Statistics`, whose
-/// every field must match the library's version.
-#[derive(serde::Deserialize)]
-struct GroupStatistics {
-    #[serde(default)]
-    topics: std::collections::HashMap<String, TopicStatistics>,
-    cgrp: Option<GroupState>,
-}
-
-#[derive(serde::Deserialize)]
-struct TopicStatistics {
-    #[serde(default)]
-    partitions: std::collections::HashMap<String, PartitionStatistics>,
-}
-
-#[derive(serde::Deserialize)]
-struct PartitionStatistics {
-    partition: i32,
-    /// High watermark minus the group's committed offset; -1 when unknown
-    /// (nothing committed yet).
-    #[serde(default = "unknown_lag")]
-    consumer_lag: i64,
-    /// High watermark minus the offset stored for the next commit.
-    #[serde(default = "unknown_lag")]
-    consumer_lag_stored: i64,
-    /// `active` while this member fetches the partition. librdkafka keeps
-    /// a revoked partition's last lag, so only these count.
-    #[serde(default)]
-    fetch_state: String,
-}
-
-fn unknown_lag() -> i64 {
-    -1
-}
-
-#[derive(serde::Deserialize)]
-struct GroupState {
-    /// `up` once the coordinator answers.
-    #[serde(default)]
-    state: String,
-    #[serde(default)]
-    assignment_size: i64,
-}
-
-impl GroupStatistics {
-    /// Messages waiting in this member's partitions: `Some(0)` with no
-    /// partition assigned, `None` before the group answers or while no
-    /// assigned partition's lag is known yet.
-    fn backlog(&self) -> Option<u64> {
-        let group = self.cgrp.as_ref().filter(|g| g.state == "up")?;
-        let lags = self.topics.values().flat_map(|t| t.partitions.values());
-        // Partition -1 is librdkafka's internal "unassigned" one.
-        // A group that has committed nothing yet has no `consumer_lag`:
-        // the lag behind what is stored for the next commit stands in.
-        let lag = |p: &PartitionStatistics| {
-            Some(p.consumer_lag).filter(|l| *l >= 0).or(Some(p.consumer_lag_stored).filter(|l| *l >= 0))
-        };
-        let held = lags.filter(|p| p.partition >= 0 && p.fetch_state == "active");
-        let known = held.filter_map(lag).map(|l| l as u64);
-        let (count, sum) = known.fold((0, 0u64), |(n, sum), lag| (n + 1, sum.saturating_add(lag)));
-        match group.assignment_size {
-            0 => Some(0),
-            _ if count == 0 => None,
-            _ => Some(sum),
-        }
-    }
-}
-
-impl rdkafka::ClientContext for GroupContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        self.log.log(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.log.error(error, reason);
-    }
-
-    fn stats_raw(&self, statistics: &[u8]) {
-        let backlog = serde_json::from_slice::<GroupStatistics>(statistics).ok().and_then(|s| s.backlog());
-        self.ingest.stats().set_backlog(backlog);
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = rebalance {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => (self.log.on_error)(format!("committing offsets before a rebalance: {e}")),
-            }
-        }
-    }
 }

@@ -9,6 +9,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 use serde_json::{json, Map, Value};
 
+use super::statistics::GroupStatistics;
 use super::*;
 use crate::kafka::test_broker::KafkaBroker;
 use crate::kafka::test_client::{create_topic, produce};
@@ -306,6 +307,122 @@ async fn kafka_source_reports_its_backlog() {
     let bodies: Vec<String> = ingest.accepted.lock().unwrap().iter().map(|(b, _)| b.clone()).collect();
     assert_eq!(bodies, ["good1", "full", "good2", "good3", "good4"], "in order, each once");
     backlog_becomes(0).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task).await.expect("stops promptly").unwrap();
+}
+
+/// A message whose offset cannot be stored (its partition was taken away
+/// while it was processed, as a rebalance does) is not acknowledged: not
+/// counted as `acked` (accepted) or `termed` (bad input, dead-lettered
+/// all the same) but as given back (`nacked`), the error in `last_error`,
+/// and nothing is committed past it, so the partition's next owner reads
+/// it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_offset_cannot_be_stored_is_not_counted_as_acknowledged() {
+    let test = "a_message_whose_offset_cannot_be_stored_is_not_counted_as_acknowledged";
+    let Some(broker) = KafkaBroker::start(test) else { return };
+    let brokers = broker.address.clone();
+    create_topic(&brokers, "raw", 1).await;
+    for body in ["good1", "bad"] {
+        produce(&brokers, "raw", body.as_bytes(), &[]).await;
+    }
+    let options = json!({"brokers": [brokers], "topics": ["raw"], "group_id": "g", "commit_interval_ms": 0});
+    let options: KafkaSourceOptions = serde_json::from_value(options).unwrap();
+    let runner = KafkaRunner { options, name: "kafka".into() };
+    let scripted = Arc::new(Scripted::default());
+    let ingest: Arc<dyn Ingest> = scripted.clone();
+    let consumer = Arc::new(runner.consumer(&ingest).unwrap());
+    let mut messages = Vec::new();
+    while messages.len() < 2 {
+        let received = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await;
+        messages.push(received.expect("a message within 30 s").expect("a message"));
+    }
+    // What a rebalance that revokes the partition does to this member.
+    consumer.unassign().unwrap();
+    let (_stopping, mut stopped) = watch::channel(false);
+    let mut early = VecDeque::new();
+    for message in &messages {
+        let settled = runner.process(&consumer, "c", message, &ingest, &mut stopped, &mut early).await;
+        assert!(matches!(settled, Settled::GivenBack));
+    }
+    let s = &scripted.stats;
+    assert_eq!(scripted.accepted.lock().unwrap().len(), 1, "the core accepted good1");
+    assert_eq!(scripted.dead.lock().unwrap().len(), 1, "bad is dead-lettered before its offset is stored");
+    assert_eq!(s.acked.load(Relaxed), 0, "not acknowledged");
+    assert_eq!(s.termed.load(Relaxed), 0, "not settled for good");
+    assert_eq!(s.nacked.load(Relaxed), 2, "given back");
+    let error = s.last_error().unwrap_or_default();
+    assert!(error.contains("offset 1 of raw:0 not stored") && error.contains("read again"), "{error}");
+    commit(&*consumer, CommitMode::Sync, "kafka", s);
+    drop(messages);
+    tokio::task::spawn_blocking(move || drop(consumer)).await.unwrap();
+    assert_eq!(committed(&brokers, "g", "raw"), -1001, "nothing committed past them (-1001: none)");
+}
+
+/// Errors from the consumer's queue are one partition's or topic's: each
+/// is reported without a pause (the pause, growing to 1 s per error, held
+/// every healthy partition's messages queued behind it); only errors back
+/// to back with nothing else between them pause, so such a queue does not
+/// spin.
+#[test]
+fn a_partition_error_does_not_pause_the_other_partitions() {
+    let mut errors = ReceiveErrors::default();
+    for _ in 0..1000 {
+        assert_eq!(errors.error(), None, "an error between messages costs no pause");
+        errors.quiet();
+    }
+    for _ in 1..ERRORS_BEFORE_PAUSE {
+        assert_eq!(errors.error(), None);
+    }
+    assert_eq!(errors.error(), Some(ERROR_PAUSE), "nothing but errors, back to back");
+    assert_eq!(errors.error(), Some(ERROR_PAUSE));
+    errors.quiet();
+    assert_eq!(errors.error(), None);
+}
+
+/// One broker out of reach (its partitions' leaders gone) is reported,
+/// but the source stays connected: the other brokers' partitions are
+/// read. Losing every broker, or being refused by them, disconnects it.
+#[test]
+fn one_broker_down_does_not_disconnect_the_source() {
+    let scripted = Arc::new(Scripted::default());
+    let ingest: Arc<dyn Ingest> = scripted.clone();
+    let context = GroupContext::new("kafka", &ingest);
+    scripted.stats.set_connected(true);
+    let transport = KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure);
+    rdkafka::ClientContext::error(&context, transport, "127.0.0.1:9093/2: Connection refused");
+    assert!(scripted.stats.connected(), "the other brokers still answer");
+    assert!(scripted.stats.last_error().unwrap().contains("9093/2"), "reported all the same");
+    let down = KafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
+    rdkafka::ClientContext::error(&context, down, "3/3 brokers are down");
+    assert!(!scripted.stats.connected());
+}
+
+/// A subscribed topic that does not exist (one topic's trouble, reported
+/// once by librdkafka through the consumer's queue) is shown in
+/// `last_error` but does not mark the source disconnected, and the other
+/// topic's messages are consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_reported_without_disconnecting_the_source() {
+    let test = "a_missing_topic_is_reported_without_disconnecting_the_source";
+    let Some(broker) = KafkaBroker::start(test) else { return };
+    let brokers = broker.address.clone();
+    create_topic(&brokers, "raw", 1).await;
+    let options = json!({"brokers": [brokers], "topics": ["raw", "missing"], "group_id": "g", "commit_interval_ms": 0});
+    let ingest = Arc::new(Scripted::default());
+    let (stop, task) = start(options, ingest.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ingest.stats.last_error().is_some_and(|e| e.contains("missing")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no error for the missing topic: {:?}",
+            ingest.stats.last_error()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ingest.stats.connected(), "the brokers answer: {:?}", ingest.stats.last_error());
+    produce(&brokers, "raw", b"good1", &[]).await;
+    wait_accepted(&ingest, 1).await;
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(15), task).await.expect("stops promptly").unwrap();
 }
