@@ -49,6 +49,30 @@ pub(crate) struct ShadowCell {
     pub(crate) health: crate::stats::HealthCell,
 }
 
+/// A change of the shadow a build decided on (the configured
+/// `shadow_module` added, replaced or removed), applied when the built stage
+/// goes live: a build that is refused must leave the live shadow alone.
+pub(crate) struct ShadowChange {
+    /// The shadow the build saw: the change applies only over it, so a
+    /// shadow deployed through the API between the build and the swap wins.
+    pub(crate) expected: Option<Arc<Shadow>>,
+    pub(crate) next: Option<Arc<Shadow>>,
+}
+
+impl ShadowChange {
+    pub(crate) fn apply(self, cell: &ShadowCell) {
+        let previous = cell.current.compare_and_swap(&self.expected, self.next);
+        let applied = match (&*previous, &self.expected) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !applied {
+            tracing::info!("the configured shadow changed meanwhile (through the API); that one stays");
+        }
+    }
+}
+
 /// Where a shadow came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Origin {
