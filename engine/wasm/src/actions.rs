@@ -243,6 +243,7 @@ fn new_shadow(
             std::time::Duration::from_secs(stage.options.breaker_cooldown_s),
         ),
         summary: Summary::default(),
+        instances: Default::default(),
     }
 }
 
