@@ -365,7 +365,7 @@ impl Engine {
 /// Whether a change at `changed` concerns the watched path `watched`: the
 /// path itself, a file inside a watched directory, or a directory being
 /// replaced that holds the watched path.
-fn affects(changed: &Path, watched: &Path) -> bool {
+pub fn affects(changed: &Path, watched: &Path) -> bool {
     changed == watched || changed.parent() == Some(watched) || watched.starts_with(changed)
 }
 
