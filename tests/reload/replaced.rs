@@ -1,6 +1,7 @@
 //! Watched files and directories replaced rather than edited: a directory
 //! reached through a symlink swapped the way Kubernetes updates a mounted
-//! ConfigMap, and a file symlinked the same way.
+//! ConfigMap, a file symlinked the same way, and a file copied in place
+//! slowly enough that the watcher's cap reloads it half-written.
 
 use super::*;
 
@@ -66,4 +67,37 @@ fn a_file_symlinked_into_a_swapped_configmap_is_reloaded() {
     wait_for(&server.base, &probe, indicators_of_target, TARGET, LIVE_WITHIN);
     configmap_update(&d, 3, &[("feed.txt", "203.0.113.0/24\n".into())]);
     wait_for(&server.base, &probe, indicators_of_target, "203.0.113.0/24", LIVE_WITHIN);
+}
+
+/// A copy in place that takes longer than the watcher's cap (1 s), its
+/// writes closer together than the debounce: the cap reloads the module
+/// half-written, which is refused (the last good rule keeps scoring, no
+/// batch sees anything else), and the end of the copy still reloads the
+/// whole module. The events of writes after a reload began are queued for
+/// the next round, so the final state cannot be missed; this keeps it so.
+#[test]
+fn a_slow_copy_in_place_is_refused_half_written_and_reloaded_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("rule.wasm");
+    fs::copy(repo().join("rules/risk.wasm"), &module).unwrap();
+    let chain = "[[chain]]\nplugin = \"wasm\"\nname = \"risk\"\nmodule = \"rule.wasm\"\nrole = \"rule\"\n";
+    let server = start(dir, &config(chain, ""));
+    let probe = flows(2, 23, "192.0.2.1");
+    assert_eq!(score(&ingest(&server.base, &probe).unwrap()[0]), "20");
+    let load = Load::start(&server.base, flows(50, 23, "192.0.2.1"), "risk", score);
+
+    let new = fs::read(repo().join("rules/examples/admin_ports.wasm")).unwrap();
+    let mut file = fs::OpenOptions::new().write(true).truncate(true).open(&module).unwrap();
+    let started = Instant::now();
+    for chunk in new.chunks(new.len().div_ceil(50)) {
+        std::io::Write::write_all(&mut file, chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(file);
+    assert!(started.elapsed() > Duration::from_millis(2000), "the copy outlasts the watcher's cap");
+    wait_for(&server.base, &probe, score, "70", LIVE_WITHIN);
+    load.finish();
+    let risk = stage(&server, "risk");
+    assert!(risk["reload_failures"].as_u64().unwrap() >= 1, "a half-written module was read and refused: {risk}");
+    assert!(risk["last_reload_error"].is_null(), "the complete module's reload clears the refusal: {risk}");
 }
