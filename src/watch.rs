@@ -2,13 +2,16 @@
 //!
 //! Directories are watched, not files: the editing patterns real tools use
 //! (rename over, delete then create, editors' swap files) replace the
-//! file's inode, and a watch on the old inode would go quiet. Events are
+//! file's inode, and a watch on the old inode would go quiet. A watched
+//! directory can be replaced too (a rename, a swapped symlink: see
+//! [`Watches`]), so each watch remembers the inode it is on and is placed
+//! again when the path leads elsewhere. Events are
 //! debounced (a quiet period after the last one, capped so a file written
 //! continuously still reloads), then handed to `reload::reload_changed`,
 //! which reloads only the stages they concern. The watch set is refreshed
 //! after every reload, since the chain and its files may have changed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -42,7 +45,7 @@ pub(crate) fn spawn(state: Arc<AppState>) {
     // The watches are in place before this returns (before the server says
     // it listens): a change made right after start must not be missed
     // while the watcher thread, at its lower priority, waits for a core.
-    let mut watched = BTreeSet::new();
+    let mut watched = Watches::default();
     sync_watches(&state, &mut watcher, &mut watched);
     let spawned =
         std::thread::Builder::new().name("enrichd-watch".into()).spawn(move || run(state, watcher, watched, rx));
@@ -54,7 +57,7 @@ pub(crate) fn spawn(state: Arc<AppState>) {
 fn run(
     state: Arc<AppState>,
     mut watcher: RecommendedWatcher,
-    mut watched: BTreeSet<PathBuf>,
+    mut watched: Watches,
     rx: mpsc::Receiver<notify::Result<Event>>,
 ) {
     lower_priority();
@@ -74,6 +77,9 @@ fn run(
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
+        // Before the reload reads anything: a replacement made while it
+        // runs is then a difference the next round sees.
+        watched.resolve(&mut changed);
         if changed.is_empty() {
             continue;
         }
@@ -104,41 +110,144 @@ fn collect(event: notify::Result<Event>, into: &mut BTreeSet<PathBuf>) {
     }
 }
 
-/// The directories to watch: the configuration file's (and its chain
-/// file's), and for every path
-/// a stage reloads on, its directory (and the path itself if it is one).
-fn wanted_dirs(state: &AppState) -> BTreeSet<PathBuf> {
+/// What a path is now: the file or directory its symlinks lead to, by
+/// device and inode; `None` when it does not exist (or, off Unix, always).
+type Identity = Option<(u64, u64)>;
+
+fn identity(path: &Path) -> Identity {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+/// A path a reload depends on, as it was when last looked at.
+#[derive(Clone, PartialEq, Eq)]
+struct Target {
+    /// Where its symlinks lead (`None`: it does not resolve).
+    real: Option<PathBuf>,
+    identity: Identity,
+}
+
+impl Target {
+    fn of(path: &Path) -> Target {
+        Target { real: std::fs::canonicalize(path).ok(), identity: identity(path) }
+    }
+}
+
+/// The watcher's state. Watches are kept by path *and* by the identity of
+/// the directory they were placed on, because inotify watches an inode, not
+/// a path: a watched directory replaced by a rename, or reached through a
+/// symlink that is swapped (Kubernetes mounts a ConfigMap as `..data`, a
+/// symlink to a timestamped directory, swapped atomically on every update)
+/// leaves the watch on the old inode, and a watch kept by path alone was
+/// never placed again: every later change went unnoticed.
+#[derive(Default)]
+struct Watches {
+    /// Watched directories, with the identity each had when watched.
+    dirs: BTreeMap<PathBuf, Identity>,
+    /// The paths reloads depend on (configuration, chain file, what the
+    /// stages watch), with where they led when last looked at. A swap of a
+    /// symlink on their way (`..data`) makes events only about the symlink,
+    /// which names no stage's path: a changed target is what says the
+    /// stage's files changed.
+    targets: BTreeMap<PathBuf, Target>,
+}
+
+impl Watches {
+    /// Adds to `changed` the paths of interest whose target moved since
+    /// last looked at, and those a change to their resolved location (a
+    /// directory watched through a symlink, or beside its target) concerns;
+    /// records where each leads now.
+    fn resolve(&mut self, changed: &mut BTreeSet<PathBuf>) {
+        let events: Vec<PathBuf> = changed.iter().cloned().collect();
+        for (path, last) in self.targets.iter_mut() {
+            let now = Target::of(path);
+            let moved = now != *last;
+            let concerned =
+                now.real.as_deref().is_some_and(|real| events.iter().any(|e| enrichd_engine::live::affects(e, real)));
+            if moved || concerned {
+                changed.insert(path.clone());
+            }
+            *last = now;
+        }
+    }
+}
+
+/// The paths reloads depend on: the configuration file (and its chain
+/// file), and every path a stage reloads on.
+fn targets(state: &AppState) -> BTreeSet<PathBuf> {
     let mut paths = vec![state.config.path().to_path_buf()];
     paths.extend(state.config.engine.chain_file.as_ref().map(|f| f.path.clone()));
     paths.extend(state.engine.chain().watched_paths().into_iter().map(|(p, _)| p));
-    let mut dirs = BTreeSet::new();
-    for path in paths {
-        let path = enrichd_engine::live::absolute(&path);
-        if path.is_dir() {
-            dirs.insert(path.clone());
+    paths.iter().map(|p| enrichd_engine::live::absolute(p)).collect()
+}
+
+/// The directories to watch, each with its identity now: for every target,
+/// its directory (and the target itself if it is one), then the same for
+/// where its symlinks lead (an edit there names no path of ours, and a
+/// symlink outside the directory would otherwise hide it). A directory
+/// reached twice (through a symlink and as itself) is watched once: inotify
+/// has one watch per inode.
+fn wanted_dirs(targets: &BTreeSet<PathBuf>) -> BTreeMap<PathBuf, Identity> {
+    let mut candidates = Vec::new();
+    for path in targets {
+        let real = std::fs::canonicalize(path).ok();
+        for p in std::iter::once(path.clone()).chain(real) {
+            if p.is_dir() {
+                candidates.push(p.clone());
+            }
+            candidates.extend(p.parent().filter(|p| p.is_dir()).map(Path::to_path_buf));
         }
-        if let Some(parent) = path.parent().filter(|p| p.is_dir()) {
-            dirs.insert(parent.to_path_buf());
+    }
+    let mut dirs = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for dir in candidates {
+        let id = identity(&dir);
+        if dirs.contains_key(&dir) || id.is_some_and(|id| !seen.insert(id)) {
+            continue;
         }
+        dirs.insert(dir, id);
     }
     dirs
 }
 
-fn sync_watches(state: &AppState, watcher: &mut RecommendedWatcher, watched: &mut BTreeSet<PathBuf>) {
-    let wanted = wanted_dirs(state);
-    for gone in watched.difference(&wanted).cloned().collect::<Vec<_>>() {
-        let _ = watcher.unwatch(&gone);
-        watched.remove(&gone);
+fn sync_watches(state: &AppState, watcher: &mut RecommendedWatcher, watched: &mut Watches) {
+    let targets = targets(state);
+    watched.targets.retain(|p, _| targets.contains(p));
+    for path in targets {
+        // A new target is taken as it is now: the reload that added it
+        // loaded it as it is now.
+        watched.targets.entry(path).or_insert_with_key(|p| Target::of(p));
     }
-    for dir in wanted.difference(&watched.clone()) {
-        match watcher.watch(Path::new(dir), RecursiveMode::NonRecursive) {
+    let wanted = wanted_dirs(&watched.targets.keys().cloned().collect());
+    // Gone, or no longer the directory the watch was placed on: the watch
+    // is on an inode that is not there any more (or soon will not be).
+    let stale: Vec<PathBuf> =
+        watched.dirs.iter().filter(|(dir, id)| wanted.get(*dir) != Some(*id)).map(|(dir, _)| dir.clone()).collect();
+    for dir in stale {
+        let _ = watcher.unwatch(&dir);
+        watched.dirs.remove(&dir);
+    }
+    for (dir, id) in wanted {
+        if watched.dirs.contains_key(&dir) {
+            continue;
+        }
+        match watcher.watch(Path::new(&dir), RecursiveMode::NonRecursive) {
             Ok(()) => {
-                watched.insert(dir.clone());
+                watched.dirs.insert(dir, id);
             }
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory"),
         }
     }
-    let active = !watched.is_empty();
+    let active = !watched.dirs.is_empty();
     state.reload.update(|s| s.watching = active);
 }
 

@@ -151,7 +151,12 @@ impl Chain {
             }
             stages.push(Arc::new(stage));
         }
-        Ok(Chain::assemble(stages, tables, env.clone(), 1))
+        let chain = Chain::assemble(stages, tables, env.clone(), 1);
+        // A first build has no live chain to keep: it is live once built.
+        for enricher in chain.stages.iter().filter_map(|s| s.enricher.as_deref()) {
+            enricher.went_live();
+        }
+        Ok(chain)
     }
 
     /// Puts built stages together; the generation stamp is computed here,

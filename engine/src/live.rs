@@ -349,7 +349,14 @@ impl Engine {
     fn swap(&self, stages: Vec<Arc<Stage>>, tables: KeyTables, current: &Chain) -> u64 {
         let generation = current.generation + 1;
         let chain = Chain::assemble(stages, tables, current.env.clone(), generation);
-        self.chain.store(Arc::new(chain));
+        let chain = Arc::new(chain);
+        self.chain.store(Arc::clone(&chain));
+        // Only the stages this swap made live: a kept stage went live with
+        // an earlier chain, and a candidate never swapped in is never told.
+        let fresh = chain.stages.iter().filter(|s| !current.stages.iter().any(|c| Arc::ptr_eq(c, s)));
+        for enricher in fresh.filter_map(|s| s.enricher.as_deref()) {
+            enricher.went_live();
+        }
         tracing::info!(generation, "chain swapped");
         generation
     }
@@ -358,7 +365,7 @@ impl Engine {
 /// Whether a change at `changed` concerns the watched path `watched`: the
 /// path itself, a file inside a watched directory, or a directory being
 /// replaced that holds the watched path.
-fn affects(changed: &Path, watched: &Path) -> bool {
+pub fn affects(changed: &Path, watched: &Path) -> bool {
     changed == watched || changed.parent() == Some(watched) || watched.starts_with(changed)
 }
 

@@ -178,6 +178,17 @@ pub trait Enricher: Send + Sync {
         Ok(())
     }
 
+    /// Called once when this enricher becomes live: its chain was built at
+    /// start (or offline), or a reload swapped it in. Never called on a
+    /// build that is refused or dropped (a reload refused by keep-last-good,
+    /// a configuration refused by another entry, an output or a source).
+    ///
+    /// Why: `build` must not change anything a live stage sees, because a
+    /// build is only a candidate. State shared with the live generation
+    /// (`BuildContext::carried`) that a build wants to change is changed
+    /// here instead, so a refused candidate leaves it as it was.
+    fn went_live(&self) {}
+
     /// Contributes this enricher's answer for one address or domain to
     /// `POST /v1/lookup` / `enrichd lookup`, under the output key(s) the
     /// stage writes events' answers under. Enrichers that know nothing of

@@ -341,7 +341,12 @@ fn measure_metrics_fold(budget: Duration, chain: &Chain, batches: &mut [enrichd_
             let t0 = Instant::now();
             chain.run(batch);
             let t1 = Instant::now();
-            metrics.observe_batch(chain.facts(), batch.events(), Duration::from_micros(100), Duration::from_micros(50));
+            metrics.observe_batch(
+                (chain.facts(), chain.generation()),
+                batch.events(),
+                Duration::from_micros(100),
+                Duration::from_micros(50),
+            );
             if since_tick >= Duration::from_secs(1) {
                 metrics.tick();
                 since_tick = Duration::ZERO;

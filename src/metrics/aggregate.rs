@@ -12,7 +12,7 @@ use std::sync::Arc;
 use enrichd_engine::FactInfo;
 
 use super::distinct::Distinct;
-use super::feed::{asn_label, HighRisk, Shard, HIGH_RISK_KEEP, RISK_BOUNDS};
+use super::feed::{asn_label, FactCounts, HighRisk, Shard, HIGH_RISK_KEEP, RISK_BOUNDS};
 use super::latency::{Buckets, LatencyWindow, Quantiles};
 use super::topn::{Counter, Entry, Seen, WindowedTop};
 use super::window::{SecondRing, Span, Tally, View};
@@ -46,8 +46,16 @@ pub(crate) struct Aggregate {
     asn_labels: HashMap<u32, String>,
     /// Values of facts declared with `top_values`, by fact index.
     fact_values: HashMap<u16, WindowedTop<u32>>,
-    /// The latest fact table seen (ids only ever grow: it names them all).
+    /// The newest fact table counts arrived under, and its chain
+    /// generation: the top lists are named and rendered with it alone, and
+    /// it only ever moves to a newer generation (never back to an older
+    /// table some shard still carries).
     facts: Option<Arc<[FactInfo]>>,
+    facts_generation: u64,
+    /// The shards' `top_values` counts drained this tick, settled once all
+    /// are in ([`Aggregate::settle_facts`]): which table is newest is known
+    /// only then.
+    pending_facts: Vec<FactCounts>,
     distinct: Distinct,
     /// The distinct-source estimate at the end of each 5-second bucket in
     /// which it changed, as (bucket number = second / 5, estimate), oldest
@@ -140,6 +148,8 @@ impl Aggregate {
             asn_labels: HashMap::new(),
             fact_values: HashMap::new(),
             facts: None,
+            facts_generation: 0,
+            pending_facts: Vec::new(),
             distinct: Distinct::default(),
             sources_history: VecDeque::new(),
             sources_changed: false,
@@ -188,14 +198,7 @@ impl Aggregate {
         if !shard.indicators.is_empty() {
             drain_counter(&mut shard.indicators, &mut self.indicators, minute, None);
         }
-        if let Some(table) = shard.roles.table() {
-            if self.facts.as_ref().is_none_or(|t| t.len() <= table.len()) {
-                self.facts = Some(table.clone());
-            }
-        }
-        for (index, counter) in shard.fact_values.iter_mut().filter(|(_, c)| !c.is_empty()) {
-            drain_counter(counter, self.fact_values.entry(*index).or_default(), minute, None);
-        }
+        self.pending_facts.append(&mut shard.fact_values);
         for (asn, fragment, reader) in shard.asn_labels.drain(..) {
             if !self.asn_labels.contains_key(&asn) {
                 if let Some(label) = asn_label(&fragment, reader) {
@@ -212,6 +215,41 @@ impl Aggregate {
             self.high_risk.make_contiguous().sort_by_key(|h| h.ts_ms);
             while self.high_risk.len() > HIGH_RISK_KEEP {
                 self.high_risk.pop_front();
+            }
+        }
+    }
+
+    /// Pours the `top_values` counts drained from every shard into the top
+    /// lists, after moving to the newest fact table among them. Counts made
+    /// under another table are kept only for facts that table declares the
+    /// same way (same labels); the others, and the lists of a fact whose
+    /// declaration changed, are dropped: a value counted under old labels
+    /// read with new ones would be a wrong label. Before, the table was the
+    /// last one drained: shards carry the table of their last batch (an
+    /// idle one keeps the old table), so the lists flickered between old
+    /// and new labels from one tick to the next, and old and new counts
+    /// were added under one label.
+    pub(crate) fn settle_facts(&mut self, now_ms: u64) {
+        let minute = now_ms / 1000 / 60;
+        let mut pending = std::mem::take(&mut self.pending_facts);
+        if let Some(newest) = pending.iter().max_by_key(|c| c.generation) {
+            if self.facts.is_none() || newest.generation > self.facts_generation {
+                let table = newest.table.clone();
+                match &self.facts {
+                    Some(old) => self.fact_values.retain(|index, _| same_rendering(old, &table, *index)),
+                    None => self.fact_values.clear(),
+                }
+                self.facts = Some(table);
+                self.facts_generation = newest.generation;
+            }
+        }
+        let Some(current) = self.facts.clone() else { return };
+        for counts in &mut pending {
+            let same_table = counts.generation == self.facts_generation && Arc::ptr_eq(&counts.table, &current);
+            for (index, counter) in counts.counters.iter_mut().filter(|(_, c)| !c.is_empty()) {
+                if same_table || same_rendering(&counts.table, &current, *index) {
+                    drain_counter(counter, self.fact_values.entry(*index).or_default(), minute, None);
+                }
             }
         }
     }
@@ -352,5 +390,20 @@ impl Aggregate {
                 .map(|h| HighRisk { asn_label: h.asn.and_then(|a| self.asn_labels.get(&a).cloned()), ..h.clone() })
                 .collect(),
         }
+    }
+}
+
+/// Whether fact `index` is the same fact, with values that read the same,
+/// in both tables (a value counted under `a` may be shown with `b`).
+fn same_rendering(a: &[FactInfo], b: &[FactInfo], index: u16) -> bool {
+    match (a.get(usize::from(index)), b.get(usize::from(index))) {
+        (Some(a), Some(b)) => {
+            a.stage == b.stage
+                && a.decl.name == b.decl.name
+                && a.decl.kind == b.decl.kind
+                && a.decl.labels == b.decl.labels
+                && b.decl.top_values
+        }
+        _ => false,
     }
 }

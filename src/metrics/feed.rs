@@ -125,11 +125,6 @@ impl FactRoles {
     pub(crate) fn is_for(&self, table: &Arc<[FactInfo]>) -> bool {
         self.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, table))
     }
-
-    /// The fact table read.
-    pub(crate) fn table(&self) -> Option<&Arc<[FactInfo]>> {
-        self.table.as_ref()
-    }
 }
 
 /// What one event says, by declared facts.
@@ -245,12 +240,26 @@ pub(crate) struct Shard {
     /// Output fragments (and their fact's reader) of AS numbers first seen
     /// this tick, for their labels.
     pub asn_labels: Vec<(u32, JsonFragment, ValuesReader)>,
-    /// Values of facts declared with `top_values`, by fact index.
-    pub fact_values: Vec<(u16, Counter<u32>)>,
+    /// Values of facts declared with `top_values`, per fact table they
+    /// were counted under (usually one; two around a chain swap).
+    pub fact_values: Vec<FactCounts>,
     /// The fact table of the latest batch and what metrics make of it.
     pub roles: FactRoles,
     /// Newest last, at most [`HIGH_RISK_KEEP`].
     pub high_risk: VecDeque<HighRisk>,
+}
+
+/// Values of facts declared with `top_values`, counted under one fact table
+/// (that of one chain generation). Kept apart per table because a reload
+/// may declare a fact again with other labels under the same id: a value
+/// means a label only in the table it was counted with, and which table is
+/// newer is known only by its generation (a swap re-declaring a fact in
+/// place leaves the table as long as before).
+pub(crate) struct FactCounts {
+    pub generation: u64,
+    pub table: Arc<[FactInfo]>,
+    /// By fact index.
+    pub counters: Vec<(u16, Counter<u32>)>,
 }
 
 /// Totals of one batch, for the exact counters.
@@ -265,7 +274,7 @@ impl Shard {
     /// done; `processing`: parse + enrichment.
     pub(crate) fn observe(
         &mut self,
-        facts: &Arc<[FactInfo]>,
+        (facts, generation): (&Arc<[FactInfo]>, u64),
         events: &[Event],
         now_ms: u64,
         lag: Duration,
@@ -274,6 +283,16 @@ impl Shard {
         if !self.roles.is_for(facts) {
             self.roles = FactRoles::of(facts);
         }
+        let counts = if self.roles.tops.is_empty() {
+            None
+        } else {
+            let at = self.fact_values.iter().position(|c| c.generation == generation && Arc::ptr_eq(&c.table, facts));
+            let at = at.unwrap_or_else(|| {
+                self.fact_values.push(FactCounts { generation, table: facts.clone(), counters: Vec::new() });
+                self.fact_values.len() - 1
+            });
+            Some(at)
+        };
         let mut totals = BatchTotals {
             tally: Tally { events: events.len() as u64, batches: 1, ..Tally::default() },
             ..Default::default()
@@ -290,6 +309,8 @@ impl Shard {
             }
             let fact_values = &mut self.fact_values;
             let r = Reading::of(&self.roles, event, |id, value| {
+                let Some(at) = counts else { return };
+                let fact_values = &mut fact_values[at].counters;
                 let index = id.index() as u16;
                 let counter = match fact_values.iter().position(|(i, _)| *i == index) {
                     Some(at) => &mut fact_values[at].1,
@@ -480,7 +501,8 @@ mod tests {
             e.set_fact(score, if i == 0 { 90 } else { 10 });
         }
         let mut shard = Shard::default();
-        let totals = shard.observe(&facts, &events, 5_000_500, Duration::from_micros(300), Duration::from_micros(90));
+        let totals =
+            shard.observe((&facts, 1), &events, 5_000_500, Duration::from_micros(300), Duration::from_micros(90));
         assert_eq!(totals.tally.events, 11);
         assert_eq!(totals.tally.batches, 1);
         assert_eq!(totals.tally.threats, 10, "every 45.149.3.x source matches 45.149.3.0/24");
@@ -521,10 +543,10 @@ mod tests {
             e.set_fact(facts[2].id, 2);
         }
         let mut shard = Shard::default();
-        shard.observe(&facts, &events, 1, Duration::ZERO, Duration::ZERO);
-        assert_eq!(shard.fact_values.len(), 1);
+        shard.observe((&facts, 1), &events, 1, Duration::ZERO, Duration::ZERO);
+        assert_eq!((shard.fact_values.len(), shard.fact_values[0].counters.len()), (1, 1));
         let mut top = super::super::topn::Summary::new(10);
-        shard.fact_values[0].1.drain_into(&mut top, |_| {});
+        shard.fact_values[0].counters[0].1.drain_into(&mut top, |_| {});
         let top: Vec<(u32, u64)> = top.into_sorted_vec().into_iter().map(|(k, c)| (k, c.estimated_count())).collect();
         assert_eq!(top, [(0, 2), (1, 1)]);
         let mut asns = super::super::topn::Summary::new(10);
@@ -547,7 +569,7 @@ mod tests {
                 e
             })
             .collect();
-        shard.observe(&facts, &events, 1, Duration::ZERO, Duration::ZERO);
+        shard.observe((&facts, 1), &events, 1, Duration::ZERO, Duration::ZERO);
         assert_eq!(shard.high_risk.len(), HIGH_RISK_KEEP);
         assert_eq!(shard.high_risk.back().unwrap().dst_port, Some(79));
     }
@@ -560,7 +582,7 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     let events = vec![Event::synthetic(); 3];
-                    shards.local().observe(&facts, &events, 1000, Duration::ZERO, Duration::ZERO);
+                    shards.local().observe((&facts, 1), &events, 1000, Duration::ZERO, Duration::ZERO);
                 });
             }
         });

@@ -173,12 +173,19 @@ impl Metrics {
     }
 
     /// Folds one enriched batch into this thread's shard. `facts` is the
-    /// chain's fact table (what to count is found there by kind); `lag`
-    /// runs from request arrival to enrichment done, `processing` covers
-    /// parsing and enrichment.
-    pub(crate) fn observe_batch(&self, facts: &Arc<[FactInfo]>, events: &[Event], lag: Duration, processing: Duration) {
+    /// fact table of the chain that enriched it (what to count is found
+    /// there by kind) and `generation` that chain's generation (which of
+    /// two tables is newer); `lag` runs from request arrival to enrichment
+    /// done, `processing` covers parsing and enrichment.
+    pub(crate) fn observe_batch(
+        &self,
+        (facts, generation): (&Arc<[FactInfo]>, u64),
+        events: &[Event],
+        lag: Duration,
+        processing: Duration,
+    ) {
         let now_ms = self.clock.now_ms();
-        self.shards.local().observe(facts, events, now_ms, lag, processing);
+        self.shards.local().observe((facts, generation), events, now_ms, lag, processing);
     }
 
     /// Pours the shards into the windows and rolls them to now: the ticker
@@ -200,6 +207,7 @@ impl Metrics {
         let mut spare = std::mem::take(&mut aggregate.spare);
         self.shards.drain(&mut spare, |shard| aggregate.absorb(shard, now_ms));
         aggregate.spare = spare;
+        aggregate.settle_facts(now_ms);
         aggregate.advance(now_ms, self.requests.total.load(Relaxed));
     }
 
@@ -223,7 +231,7 @@ impl Observer for Metrics {
     }
 
     fn observe(&self, chain: &Chain, batch: &Batch, timing: Timing) {
-        self.observe_batch(chain.facts(), batch.events(), timing.lag, timing.processing);
+        self.observe_batch((chain.facts(), chain.generation()), batch.events(), timing.lag, timing.processing);
     }
 }
 

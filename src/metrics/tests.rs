@@ -44,7 +44,7 @@ fn rates_and_series_from_the_first_second_and_rolling_to_zero() {
     let keys = facts();
     for _ in 0..10 {
         clock.advance(100);
-        m.observe_batch(&keys, &batch(100, 40), Duration::from_micros(250), Duration::from_micros(80));
+        m.observe_batch((&keys, 1), &batch(100, 40), Duration::from_micros(250), Duration::from_micros(80));
     }
     // 1.2 s after start: 1000 events, 10 batches.
     clock.advance(200);
@@ -86,7 +86,7 @@ fn the_ticker_drains_shards_from_other_threads() {
     let (clock, m) = metrics();
     std::thread::scope(|s| {
         for _ in 0..4 {
-            s.spawn(|| m.observe_batch(&facts(), &batch(50, 80), Duration::ZERO, Duration::ZERO));
+            s.spawn(|| m.observe_batch((&facts(), 1), &batch(50, 80), Duration::ZERO, Duration::ZERO));
         }
     });
     m.tick();
@@ -116,14 +116,14 @@ fn every_sparkline_has_its_series_from_the_server() {
     let keys = facts();
     // 1 s in: 100 sources, lag 250 µs, 3 requests.
     clock.advance(800);
-    m.observe_batch(&keys, &batch(100, 40), Duration::from_micros(250), Duration::ZERO);
+    m.observe_batch((&keys, 1), &batch(100, 40), Duration::from_micros(250), Duration::ZERO);
     for status in [200, 200, 401] {
         m.record_request(super::RouteGroup::Api, status);
     }
     m.tick();
     // 20 s later: 300 sources in all, a slower batch, 2 more requests.
     clock.advance(20_000);
-    m.observe_batch(&keys, &batch(300, 40), Duration::from_millis(8), Duration::ZERO);
+    m.observe_batch((&keys, 1), &batch(300, 40), Duration::from_millis(8), Duration::ZERO);
     m.record_request(super::RouteGroup::Ingest, 200);
     m.record_request(super::RouteGroup::Ingest, 200);
     let doc = report::document(&m, &m.read());
@@ -157,4 +157,63 @@ fn every_sparkline_has_its_series_from_the_server() {
     assert_eq!(value(&requests, b2), 2);
     assert_eq!(requests.iter().map(|(_, v)| v.as_u64().unwrap()).sum::<u64>(), 5);
     assert_eq!(doc["requests_total"], 5);
+}
+
+/// A `top_values` label fact, declared with `labels` (a reload declaring
+/// it again with other labels keeps its id).
+fn label_facts(labels: [&str; 2]) -> Arc<[FactInfo]> {
+    enrichd_engine::fact::table([("class", FactDecl::new("class", FactKind::Label).labels(labels).top_values())]).into()
+}
+
+fn labelled(facts: &Arc<[FactInfo]>, n: usize, value: u32) -> Vec<Event> {
+    (0..n)
+        .map(|_| {
+            let mut e = Event::synthetic();
+            e.set_fact(facts[0].id, value);
+            e
+        })
+        .collect()
+}
+
+/// The `class` top list of the 5-minute window, as `label:count`.
+fn class_top(m: &Metrics) -> Vec<String> {
+    let doc = report::document(m, &m.read());
+    let list = doc["top"]["5m"]["facts"]["class"].as_array().cloned().unwrap_or_default();
+    list.iter().map(|e| format!("{}:{}", e["key"].as_str().unwrap(), e["count"])).collect()
+}
+
+/// A reload declares the fact again with other labels (same id, a table as
+/// long as before). Before, the lists were named and rendered with the
+/// table of whichever shard was drained last, and shards keep the table of
+/// their last batch (an idle one the old table), so from one tick to the
+/// next the list flickered between old and new labels, with old counts
+/// added to new ones under one label.
+#[test]
+fn a_reload_relabelling_a_top_fact_never_mixes_tables() {
+    let (clock, m) = metrics();
+    let (old, new) = (label_facts(["low", "high"]), label_facts(["quiet", "loud"]));
+    // Each batch on a thread of its own: threads are dealt different
+    // shards, so both tables are in the shards at once.
+    let on_a_thread = |facts: &Arc<[FactInfo]>, generation: u64, events: Vec<Event>| {
+        std::thread::scope(|s| {
+            s.spawn(|| m.observe_batch((facts, generation), &events, Duration::ZERO, Duration::ZERO));
+        })
+    };
+    on_a_thread(&old, 1, labelled(&old, 5, 0));
+    assert_eq!(class_top(&m), ["low:5"]);
+
+    // The swap: a batch of the new chain, and one of the old chain that
+    // was still running.
+    clock.advance(1000);
+    on_a_thread(&new, 2, labelled(&new, 3, 1));
+    on_a_thread(&old, 1, labelled(&old, 2, 0));
+    for tick in 0..6 {
+        assert_eq!(class_top(&m), ["loud:3"], "tick {tick}: only the new table's counts, with its labels");
+        clock.advance(1000);
+        m.tick();
+    }
+    // An old batch after the new table was seen is not counted with it.
+    on_a_thread(&old, 1, labelled(&old, 4, 1));
+    on_a_thread(&new, 2, labelled(&new, 1, 0));
+    assert_eq!(class_top(&m), ["loud:3", "quiet:1"]);
 }

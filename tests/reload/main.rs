@@ -10,6 +10,7 @@
 mod common;
 mod control;
 mod files;
+mod replaced;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -15,7 +15,7 @@
 //! instantiation) before it runs.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use enrichd_engine::{
     to_hex, AdminResponse, BatchView, BuildContext, Enricher, PluginStatus, StageMethod, StageRequest,
@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::enricher::WasmEnricher;
 use crate::options::WasmOptions;
-use crate::shadow::{Origin, Shadow, Summary};
+use crate::shadow::{Origin, Shadow, ShadowChange, Summary};
 use crate::stats::{CircuitBreaker, ModuleStats};
 use crate::versions;
 
@@ -33,33 +33,39 @@ use crate::versions;
 /// A wrapper rather than a method of [`WasmEnricher`], so that the actions
 /// (which use the enricher) and the enricher (which runs batches) do not
 /// depend on each other.
-pub(crate) struct WasmStage(pub(crate) WasmEnricher, Option<String>);
+pub(crate) struct WasmStage(pub(crate) WasmEnricher, Option<String>, Mutex<Option<ShadowChange>>);
 
 impl WasmStage {
-    /// Builds the stage: the live module, then the configured shadow, if any.
+    /// Builds the stage: the live module, then the configured shadow, if
+    /// any. The shadow is loaded here but installed only when the stage goes
+    /// live ([`Enricher::went_live`]): the shadow cell is shared with the
+    /// live generation, and this build may yet be refused.
     pub(crate) fn build(options: WasmOptions, ctx: &mut BuildContext<'_>) -> anyhow::Result<WasmStage> {
         let shadow = options.shadow_module.as_ref().map(|p| ctx.resolve_path(p));
         let enricher = WasmEnricher::build(options, ctx)?;
         let mut shadow_error = None;
-        match shadow {
+        let change = match shadow {
             // A shadow that cannot load fails only itself: the live rule
             // builds and serves, the problem is reported in the status.
-            Some(path) => {
-                if let Err(e) = config_shadow(&enricher, &path, ctx.state_dir()) {
+            Some(path) => match config_shadow(&enricher, &path, ctx.state_dir()) {
+                Ok(change) => change,
+                Err(e) => {
                     let error = enrichd_engine::limits::cap_message(format!("{e:#}"));
                     tracing::warn!(stage = ctx.stage_name(), %error, "shadow module not loaded; the live rule serves");
                     shadow_error = Some(error);
+                    None
                 }
-            }
+            },
             // `shadow_module` gone from the configuration: its shadow goes
             // too (one deployed through the API stays).
             None => {
-                if enricher.shadow.current.load().as_deref().is_some_and(|s| s.origin == Origin::Config) {
-                    enricher.shadow.current.store(None);
-                }
+                let current = enricher.shadow.current.load_full();
+                current
+                    .filter(|s| s.origin == Origin::Config)
+                    .map(|expected| ShadowChange { expected: Some(expected), next: None })
             }
-        }
-        Ok(WasmStage(enricher, shadow_error))
+        };
+        Ok(WasmStage(enricher, shadow_error, Mutex::new(change)))
     }
 }
 
@@ -82,6 +88,13 @@ impl Enricher for WasmStage {
 
     fn stage_action(&self, request: StageRequest<'_>) -> Option<AdminResponse> {
         handle(&self.0, request)
+    }
+
+    fn went_live(&self) {
+        let change = self.2.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(change) = change {
+            change.apply(&self.0.shadow);
+        }
     }
 }
 
@@ -230,13 +243,19 @@ fn new_shadow(
             std::time::Duration::from_secs(stage.options.breaker_cooldown_s),
         ),
         summary: Summary::default(),
+        instances: Default::default(),
     }
 }
 
-/// Installs the stage's `shadow_module` at build, unless a shadow from the
-/// API runs (it wins) or the same module already does (its summary goes
-/// on), or it is the live module itself (just promoted).
-pub(crate) fn config_shadow(stage: &WasmEnricher, path: &Path, state_dir: Option<&Path>) -> anyhow::Result<()> {
+/// Loads the stage's `shadow_module` at build, for [`Enricher::went_live`]
+/// to install: nothing to do when a shadow from the API runs (it wins) or
+/// the same module already does (its summary goes on), or it is the live
+/// module itself (just promoted).
+pub(crate) fn config_shadow(
+    stage: &WasmEnricher,
+    path: &Path,
+    state_dir: Option<&Path>,
+) -> anyhow::Result<Option<ShadowChange>> {
     use anyhow::Context;
     // Capped while reading, as the live module is: a huge file named here
     // must not be read whole first.
@@ -244,19 +263,19 @@ pub(crate) fn config_shadow(stage: &WasmEnricher, path: &Path, state_dir: Option
         .with_context(|| format!("reading the shadow module {} (module_size_limit_mib)", path.display()))?;
     let sha = to_hex(&Sha256::digest(&bytes));
     if stage.live_sha256.as_deref() == Some(sha.as_str()) {
-        return Ok(());
+        return Ok(None);
     }
-    if let Some(current) = stage.shadow.current.load().as_deref() {
+    let current = stage.shadow.current.load_full();
+    if let Some(current) = current.as_deref() {
         if current.origin == Origin::Api || current.sha256 == sha {
-            return Ok(());
+            return Ok(None);
         }
     }
     anyhow::ensure!(stage.results().is_rule(), "shadow_module: only a rule stage can run a shadow");
     let (module, signed_by) =
         stage.load_candidate(path, &bytes, state_dir).with_context(|| format!("shadow module {}", path.display()))?;
     let shadow = new_shadow(stage, module, (path.to_path_buf(), sha, bytes.len()), Origin::Config, None, signed_by);
-    stage.shadow.current.store(Some(Arc::new(shadow)));
-    Ok(())
+    Ok(Some(ShadowChange { expected: current, next: Some(Arc::new(shadow)) }))
 }
 
 fn promote(stage: &WasmEnricher, request: StageRequest<'_>) -> Result<AdminResponse, AdminResponse> {

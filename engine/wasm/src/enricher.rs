@@ -23,9 +23,13 @@ use crate::options::WasmOptions;
 use crate::record::{fill_record, RecordSlots};
 use crate::results::{ResultWriter, Scratch, Verdict};
 use crate::runtime::{self, LimitHit, Limits, LoadedModule, Worker};
-use crate::shadow::{Shadow, ShadowCell};
+use crate::shadow::ShadowCell;
 use crate::stats::{FailureKind, HealthKey, ModuleHealth, ModuleStats, Transition};
 use crate::text;
+
+// Running the shadow: a child module, for the size of this file.
+#[path = "enricher_shadow.rs"]
+mod shadow_run;
 
 /// Per-thread scratch: the instances and reusable buffers.
 #[derive(Default)]
@@ -33,9 +37,9 @@ struct ThreadSlot {
     worker: Option<Worker>,
     records: Vec<EventRecord>,
     scratch: Scratch,
-    /// The shadow's instance, results and both sides' verdicts (used only
-    /// while the stage has a shadow).
-    shadow_worker: Option<Worker>,
+    /// The shadow's results and both sides' verdicts (used only while the
+    /// stage has a shadow; its instances are the shadow's own, see
+    /// [`crate::shadow::Shadow::instances`]).
     shadow_scratch: Scratch,
     live_verdicts: Vec<Verdict>,
     shadow_verdicts: Vec<Verdict>,
@@ -362,63 +366,6 @@ impl WasmEnricher {
             *worker = None;
         }
         applied
-    }
-
-    /// Runs the shadow over the chunk the live module just ran on and
-    /// compares its verdicts; applies nothing. `live` is how the live call
-    /// ended (its verdicts are in `slot.live_verdicts` when it succeeded).
-    fn run_shadow(
-        &self,
-        shadow: &Shadow,
-        source: SourceText<'_>,
-        events: &[Event],
-        slot: &mut ThreadSlot,
-        live: Result<(), FailureKind>,
-    ) {
-        let started = Instant::now();
-        let ticket = shadow.breaker.admit();
-        let result = if ticket.is_none() {
-            Err(FailureKind::CircuitOpen)
-        } else {
-            let target = Target { name: &shadow.name, module: &shadow.module, stats: &shadow.stats };
-            let ThreadSlot { shadow_worker, records, shadow_scratch, shadow_verdicts, live_verdicts, .. } = slot;
-            match self.call_guest(&target, source, events, records, shadow_worker) {
-                Err(kind) => Err(kind),
-                Ok(out) => match self.results.check(events.len(), out, &shadow.module.texts, shadow_scratch) {
-                    Err(kind) => Err(kind),
-                    Ok(()) => {
-                        self.results.verdicts(events.len(), out, &shadow.module.texts, shadow_scratch, shadow_verdicts);
-                        if live.is_ok() {
-                            if let Some(d) = shadow.summary.compare(live_verdicts, shadow_verdicts) {
-                                let ev = &events[d.index];
-                                let live_reasons = self.results.written_reasons(ev);
-                                let s = shadow_verdicts[d.index];
-                                let shadow_reasons =
-                                    self.results.reasons(d.index, out, &shadow.module.texts, shadow_scratch);
-                                shadow.summary.sample(
-                                    ev,
-                                    (live_verdicts[d.index].score, live_reasons),
-                                    (s.score, shadow_reasons),
-                                );
-                            }
-                        } else {
-                            shadow.summary.not_compared(events.len(), true);
-                        }
-                        Ok(())
-                    }
-                },
-            }
-        };
-        if let Some(ticket) = ticket {
-            log_transition(&shadow.name, "shadow ", ticket.settle(result));
-        }
-        if let Err(kind) = result {
-            if kind == FailureKind::MalformedResult {
-                slot.shadow_worker = None;
-            }
-            shadow.failed(kind, events.len());
-        }
-        shadow.summary.add_time(started.elapsed());
     }
 }
 

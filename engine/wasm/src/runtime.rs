@@ -273,6 +273,42 @@ pub struct Worker {
     instance: Instance,
     /// The ABI minor version the module declared.
     pub minor: u32,
+    /// Counts the instances alive on the creating thread, for tests that
+    /// check an instance is freed when its owner goes.
+    #[cfg(test)]
+    _alive: AliveInstance,
+}
+
+#[cfg(test)]
+thread_local! {
+    static ALIVE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// See `Worker::_alive`: counts on the thread it was created on, so tests
+/// running in parallel do not see each other's instances (create and drop
+/// them on the test's thread).
+#[cfg(test)]
+struct AliveInstance;
+
+#[cfg(test)]
+impl AliveInstance {
+    fn new() -> Self {
+        ALIVE.with(|n| n.set(n.get() + 1));
+        AliveInstance
+    }
+}
+
+#[cfg(test)]
+impl Drop for AliveInstance {
+    fn drop(&mut self) {
+        ALIVE.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Instances created on this thread and not yet dropped.
+#[cfg(test)]
+pub(crate) fn instances_alive() -> usize {
+    ALIVE.with(|n| n.get())
 }
 
 /// Deadline of the instantiation at load (start function,
@@ -343,7 +379,17 @@ pub fn instantiate(
         );
     }
     let process = instance.get_typed_func::<i32, i32>(&mut store, "enrichd_process").map_err(|e| anyhow!("{e:#}"))?;
-    Ok(Worker { store, memory, process, io, generation, instance, minor })
+    Ok(Worker {
+        store,
+        memory,
+        process,
+        io,
+        generation,
+        instance,
+        minor,
+        #[cfg(test)]
+        _alive: AliveInstance::new(),
+    })
 }
 
 /// Shared, immutable facts about a loaded module.

@@ -19,6 +19,7 @@
 //!   survives reloads of the live module; it is in memory only (a restart
 //!   forgets an API shadow; a `shadow_module` in the config is loaded again).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -29,9 +30,10 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use enrichd_engine::Event;
 use serde_json::{json, Value};
+use thread_local::ThreadLocal;
 
 use crate::results::Verdict;
-use crate::runtime::LoadedModule;
+use crate::runtime::{LoadedModule, Worker};
 use crate::stats::{CircuitBreaker, FailureKind, ModuleStats};
 use enrichd_engine::fact::SCORE_BOUNDS;
 
@@ -47,6 +49,30 @@ pub(crate) struct ShadowCell {
     /// The live module's counters and breaker, kept across rebuilds of
     /// the same content (see [`crate::stats::ModuleHealth`]).
     pub(crate) health: crate::stats::HealthCell,
+}
+
+/// A change of the shadow a build decided on (the configured
+/// `shadow_module` added, replaced or removed), applied when the built stage
+/// goes live: a build that is refused must leave the live shadow alone.
+pub(crate) struct ShadowChange {
+    /// The shadow the build saw: the change applies only over it, so a
+    /// shadow deployed through the API between the build and the swap wins.
+    pub(crate) expected: Option<Arc<Shadow>>,
+    pub(crate) next: Option<Arc<Shadow>>,
+}
+
+impl ShadowChange {
+    pub(crate) fn apply(self, cell: &ShadowCell) {
+        let previous = cell.current.compare_and_swap(&self.expected, self.next);
+        let applied = match (&*previous, &self.expected) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !applied {
+            tracing::info!("the configured shadow changed meanwhile (through the API); that one stays");
+        }
+    }
 }
 
 /// Where a shadow came from.
@@ -74,6 +100,12 @@ pub(crate) struct Shadow {
     pub(crate) stats: ModuleStats,
     pub(crate) breaker: CircuitBreaker,
     pub(crate) summary: Summary,
+    /// Its instance on each thread that ran it. Owned by the shadow, not by
+    /// the stage's per-thread slots, so that removing or replacing the
+    /// shadow (`DELETE`, a promotion, a new one) frees every instance and
+    /// the module with it; held by the stage, they stayed until the stage
+    /// was rebuilt, on every thread that had run a batch.
+    pub(crate) instances: ThreadLocal<RefCell<Option<Worker>>>,
 }
 
 /// Counters of a shadow's comparisons: relaxed atomics added once per
@@ -298,5 +330,45 @@ mod tests {
         let samples = s.to_json()["samples"].as_array().unwrap().clone();
         assert_eq!(samples.len(), MAX_SAMPLES);
         assert_eq!(samples[0]["live"]["score"], 5, "the oldest went first");
+    }
+
+    /// Before, the shadow's instance lived in the stage's per-thread slot:
+    /// a removed shadow's instance (its memory, and the module through it)
+    /// stayed on every thread that had run it until the stage was rebuilt.
+    #[test]
+    fn removing_the_shadow_frees_its_instances_at_once() {
+        use enrichd_engine::{AdminResponse, StageMethod, StageRequest};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let rule = |tag: &str| {
+            format!(
+                r#"(module (memory (export "memory") 3)
+                  (func (export "enrichd_abi_version") (result i32) (i32.const 65536))
+                  (func (export "enrichd_io") (result i32) (i32.const 0))
+                  (func (export "enrichd_process") (param $n i32) (result i32)
+                    (i32.store (i32.const 28672) (i32.const 0)) (i32.const 0)))
+                ;; {tag}"#
+            )
+        };
+        std::fs::write(d.join("rule.wat"), rule("live")).unwrap();
+        std::fs::write(d.join("shadow.wat"), rule("shadow")).unwrap();
+        let toml =
+            "[[chain]]\nplugin = \"wasm\"\nname = \"rule\"\nmodule = \"rule.wat\"\nshadow_module = \"shadow.wat\"\n";
+        let config = enrichd_engine::Config::parse(toml, &d.join("c.toml")).unwrap();
+        let mut registry = enrichd_engine::Registry::new();
+        registry.register(Box::new(crate::WasmFactory));
+        let chain = enrichd_engine::Chain::build(&config.chain, &registry, d).unwrap();
+        let before = crate::runtime::instances_alive();
+        let line = r#"{"src_ip":"45.149.3.7","dst_port":80}"#;
+        let mut batch =
+            enrichd_engine::parse_ndjson(line.into(), enrichd_engine::Format::FlowsV1, chain.parse_spec(), 0).unwrap();
+        chain.run(&mut batch);
+        assert_eq!(crate::runtime::instances_alive() - before, 2, "the live module's instance and the shadow's");
+
+        let request =
+            |method| StageRequest { method, action: "shadow", query: "", body: &[], state_dir: d, actor: None };
+        let removed: AdminResponse = chain.stage_action("wasm", "rule", request(StageMethod::Delete)).unwrap();
+        assert_eq!(removed.status, 200);
+        assert_eq!(crate::runtime::instances_alive() - before, 1, "the shadow's instance went with it");
     }
 }

@@ -152,3 +152,72 @@ fn field_reads_the_same_keys_after_a_reload() {
     assert_eq!(reload_outcome(&engine), Outcome::Reloaded);
     assert_eq!(run(&engine, event)[0]["tags"], expected, "after a reload");
 }
+
+/// The `ti` + `rule` entries with the rule's options `extra` and the
+/// entries `after`, as a reloaded configuration would give them.
+fn entries(dir: &Path, extra: &str, after: &str) -> Vec<enrichd_engine::ChainEntryConfig> {
+    let toml = format!(
+        "[[chain]]\nplugin = \"ti\"\npaths = [\"{ti}\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"rule\"\nmodule = \"{m}\"\n{extra}\n{after}\n",
+        ti = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ti/indicators.txt"),
+        m = dir.join("rule.wat").display(),
+    );
+    enrichd_engine::Config::parse(&toml, &dir.join("c.toml")).unwrap().chain
+}
+
+/// The SHA-256 of the shadow the live stage runs (null: none).
+fn shadow_sha(engine: &Engine) -> Value {
+    report(engine)["details"]["shadow"]["sha256"].clone()
+}
+
+/// A refused reload changes nothing live, and the shadow is live state.
+/// Before, building the stage installed its `shadow_module` (or removed
+/// the configured one) in the cell the live generation shares, whether or
+/// not the build then went live: a configuration refused for another
+/// entry, or a rebuild refused by keep-last-good, still started or stopped
+/// a shadow rule.
+#[test]
+fn a_refused_reload_leaves_the_live_shadow_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let body = "(i32.store (i32.const 28672) (i32.const 0)) (i32.const 0)";
+    let (a, b) = (d.join("a.wat"), d.join("b.wat"));
+    std::fs::write(&a, format!("{}\n;; a\n", rule("", "", body))).unwrap();
+    std::fs::write(&b, format!("{}\n;; b\n", rule("", "", body))).unwrap();
+    let with_a = format!("shadow_module = \"{}\"", a.display());
+    let with_b = format!("shadow_module = \"{}\"", b.display());
+    let engine = engine(d, &rule("", "", body), &with_a);
+    let live_a = shadow_sha(&engine);
+    assert!(live_a.is_string(), "the configured shadow runs from the start: {}", report(&engine));
+
+    // A configuration whose chain does not build (a later entry is wrong):
+    // neither a new shadow nor the removal of this one.
+    let broken = "[[chain]]\nplugin = \"no_such_plugin\"\n";
+    assert!(engine.prepare_entries(&entries(d, &with_b, broken)).is_err());
+    assert_eq!(shadow_sha(&engine), live_a, "a refused file started its shadow");
+    assert!(engine.prepare_entries(&entries(d, "", broken)).is_err());
+    assert_eq!(shadow_sha(&engine), live_a, "a refused file stopped the shadow");
+
+    // Built, then refused by what comes after the chain (an output or a
+    // source): the prepared chain is dropped without going live.
+    drop(engine.prepare_entries(&entries(d, &with_b, "")).unwrap());
+    drop(engine.prepare_entries(&entries(d, "", "")).unwrap());
+    assert_eq!(shadow_sha(&engine), live_a, "a prepared, never committed chain changed the shadow");
+
+    // A rebuild refused by keep-last-good (the live module vanished) while
+    // the shadow file changed: the shadow stays the one loaded.
+    std::fs::write(&a, format!("{}\n;; a, edited\n", rule("", "", body))).unwrap();
+    let live = std::fs::read(d.join("rule.wat")).unwrap();
+    std::fs::remove_file(d.join("rule.wat")).unwrap();
+    assert_eq!(reload_outcome(&engine), Outcome::Rejected);
+    assert_eq!(shadow_sha(&engine), live_a, "a refused rebuild replaced the shadow");
+    std::fs::write(d.join("rule.wat"), live).unwrap();
+
+    // Committed, the change applies: another shadow, then none.
+    let prepared = engine.prepare_entries(&entries(d, &with_b, "")).unwrap();
+    assert_eq!(shadow_sha(&engine), live_a, "not before the commit");
+    engine.commit_entries(prepared, &entries(d, &with_b, "")).unwrap();
+    let live_b = shadow_sha(&engine);
+    assert!(live_b.is_string() && live_b != live_a, "{}", report(&engine));
+    engine.apply_entries(&entries(d, "", "")).unwrap();
+    assert_eq!(shadow_sha(&engine), Value::Null, "shadow_module removed and committed");
+}
