@@ -112,6 +112,12 @@ pub(super) async fn set(
             Some(p) => store.save(&name, p),
             None => store.remove(&name).map(|_| ()),
         };
+        // A reload's reconcile may have applied these settings between the
+        // save and the undo: make the running set follow the undo too (a
+        // no-op otherwise).
+        if let Err(e) = crate::service::reconcile_outputs(&state).await {
+            tracing::warn!(output = %name, error = %e, "outputs after undoing a refused change");
+        }
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e).with(
             json!({"errors": [{"field": "", "message": "the output could not be started with these settings"}]}),
         ));

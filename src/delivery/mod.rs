@@ -20,6 +20,7 @@ mod control;
 pub(crate) mod deadletter;
 mod entry;
 pub(crate) mod options;
+mod reconcile;
 pub(crate) mod settled;
 pub(crate) mod spool;
 pub(crate) mod stats;
@@ -36,7 +37,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use enrichd_engine::output::{OutputContext, Sink};
 use enrichd_engine::{Profile, Profiles, Registry};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
 use backlog::{Backlog, Bounds, MemoryQueue};
@@ -46,6 +47,7 @@ use stats::{LostReason, OutputStats};
 
 pub(crate) use control::{metrics_document, readings, replay, views};
 pub(crate) use entry::Payload;
+pub(crate) use reconcile::desired;
 pub(crate) use submit::{submit, Admitted, Refused};
 
 /// Milliseconds since the Unix epoch.
@@ -228,7 +230,10 @@ impl Delivery {
     /// changed ones get a new sink and worker on the same backlog, removed
     /// ones stop (their backlog is kept for a return). Every new sink is
     /// built before anything changes, so a bad setting leaves the running
-    /// set as it was (keep-last-good).
+    /// set as it was (keep-last-good). The service goes through
+    /// [`Delivery::reconcile`], which reads the desired set under the same
+    /// lock; tests hand a set over directly.
+    #[cfg(test)]
     pub(crate) async fn apply(
         &self,
         registry: &Registry,
@@ -236,6 +241,18 @@ impl Delivery {
         profiles: &(Profiles, Option<Arc<Profile>>),
     ) -> anyhow::Result<()> {
         let mut running = self.running.lock().await;
+        self.apply_locked(&mut running, registry, desired, profiles).await
+    }
+
+    /// [`Delivery::apply`] with the running set already locked: the one
+    /// serialization every change of outputs goes through.
+    async fn apply_locked(
+        &self,
+        running: &mut Vec<Running>,
+        registry: &Registry,
+        desired: Vec<Desired>,
+        profiles: &(Profiles, Option<Arc<Profile>>),
+    ) -> anyhow::Result<()> {
         // Build what is new or changed first.
         let mut fresh: Vec<Fresh> = Vec::new();
         for d in desired {
@@ -271,7 +288,7 @@ impl Delivery {
             lane.bounds.set(bounds_of(&d.spec));
         }
         // Stop what is removed or changed, then start the new set.
-        let old: Vec<Running> = std::mem::take(&mut *running);
+        let old: Vec<Running> = std::mem::take(running);
         let mut kept = Vec::new();
         for r in old {
             let stays = fresh.iter().any(|(d, _, _, _)| d.spec == r.spec && d.source == r.source);
@@ -505,50 +522,6 @@ fn dead_letter_rest(lane: &Lane, reason: &str) {
     }
     let _ = lane.backlog.ack_through(last);
     lane.settled.forget_through(last);
-}
-
-/// Merges the file's `[[output]]` entries with the API's stored settings
-/// (the API's win by name) and the `EXPORT_<NAME>_ENABLED` switches (which
-/// win over both). Every problem is returned, with where it comes from.
-pub(crate) fn desired(
-    registry: &Registry,
-    config: &[options::OutputEntry],
-    stored: &[(String, Map<String, Value>)],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> (Vec<Desired>, Vec<String>) {
-    let mut out: Vec<Desired> = Vec::new();
-    let mut problems = Vec::new();
-    let describe = |errors: Vec<enrichd_engine::output::FieldError>| {
-        errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
-    };
-    for entry in config {
-        let at = entry.line.map_or(String::new(), |l| format!(" (line {l})"));
-        match OutputSpec::check(registry, &entry.options, None) {
-            Ok(spec) if out.iter().any(|d| d.spec.runtime.name == spec.runtime.name) => {
-                problems.push(format!("[[output]]{at}: a second output named {:?}", spec.runtime.name))
-            }
-            Ok(spec) => out.push(Desired { spec, source: Source::Config }),
-            Err(errors) => problems.push(format!("[[output]]{at}: {}", describe(errors))),
-        }
-    }
-    for (name, map) in stored {
-        match OutputSpec::check(registry, map, Some(name)) {
-            Ok(spec) => {
-                out.retain(|d| d.spec.runtime.name != *name);
-                out.push(Desired { spec, source: Source::Api });
-            }
-            Err(errors) => problems.push(format!("stored settings of output {name:?}: {}", describe(errors))),
-        }
-    }
-    for d in &mut out {
-        match options::enabled_override(&d.spec.runtime.name, env) {
-            Ok(Some(on)) => d.spec.runtime.enabled = on,
-            Ok(None) => {}
-            Err(e) => problems.push(e),
-        }
-    }
-    out.sort_by(|a, b| a.spec.runtime.name.cmp(&b.spec.runtime.name));
-    (out, problems)
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use serde_json::{json, Map, Value};
 
 use super::*;
 
+mod reconfigure;
+
 /// What the scripted sink does with an event on a given attempt.
 type Script = dyn Fn(&[u8], u32) -> Outcome + Send + Sync;
 
