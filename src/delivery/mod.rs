@@ -266,26 +266,40 @@ impl Delivery {
                 fresh.push((d, r.sink.clone(), r.lane.clone(), profile));
                 continue;
             }
-            let lane = self.lane(&d.spec, running.iter().find(|r| r.spec.runtime.name == name).map(|r| &r.lane))?;
+            let current = running.iter().find(|r| r.spec.runtime.name == name).map(|r| &r.lane);
+            let (kept_lane, current) = self.lane_kept(&d.spec, current)?;
+            // The sink before a new lane: a build that fails must not
+            // leave a lane of the new durability behind.
             let sink = if d.spec.runtime.enabled {
                 let factory = registry.output(&d.spec.runtime.kind).context("unknown output type")?;
                 let ctx = self.context(&name, d.spec.runtime.batch_max, d.source);
                 let sink = factory.build(&d.spec.options, &ctx).map_err(|e| {
                     // Masked with the new secrets and the running ones.
-                    let text = stats::mask(&lane.mask(&format!("{e:#}")), &d.spec.secrets(registry));
-                    anyhow::anyhow!("output {name:?}: {text}")
+                    let text = format!("{e:#}");
+                    let text = current.as_ref().map_or(text.clone(), |lane| lane.mask(&text));
+                    anyhow::anyhow!("output {name:?}: {}", stats::mask(&text, &d.spec.secrets(registry)))
                 })?;
                 Some(sink)
             } else {
                 None
             };
+            let lane = match kept_lane {
+                Some(lane) => lane,
+                None => self.open_lane(&d.spec)?,
+            };
             fresh.push((d, sink, lane, profile));
         }
-        // Every sink built: only now do the lanes take the new secrets and
-        // bounds (a refused change leaves the running outputs as they were).
-        for (d, _, lane, _) in &fresh {
-            *lane.secrets.lock().unwrap_or_else(|e| e.into_inner()) = d.spec.secrets(registry);
-            lane.bounds.set(bounds_of(&d.spec));
+        // Every sink built and lane opened: only now are new lanes
+        // registered (what views, the dead-letter calls and the shutdown
+        // find by name), and the lanes take the new secrets and bounds (a
+        // refused change leaves the running outputs as they were).
+        {
+            let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+            for (d, _, lane, _) in &fresh {
+                lanes.insert(lane.name.clone(), lane.clone());
+                *lane.secrets.lock().unwrap_or_else(|e| e.into_inner()) = d.spec.secrets(registry);
+                lane.bounds.set(bounds_of(&d.spec));
+            }
         }
         // Stop what is removed or changed, then start the new set.
         let old: Vec<Running> = std::mem::take(running);
@@ -323,28 +337,39 @@ impl Delivery {
         Ok(())
     }
 
-    /// The lane for `spec`'s name: the existing one, or a new one opened on
-    /// the state directory. Changing an output's durability needs its
+    /// The lane `spec` keeps, if its name has one of the same kind of
+    /// durability (first), and the lane its name has now, if any (second:
+    /// what errors are masked with). `(None, _)`: a new lane is needed
+    /// ([`Delivery::open_lane`]). Changing an output's durability needs its
     /// backlog drained first (the events would otherwise change guarantee
     /// behind the client's back).
-    fn lane(&self, spec: &OutputSpec, current: Option<&Arc<Lane>>) -> anyhow::Result<Arc<Lane>> {
+    fn lane_kept(
+        &self,
+        spec: &OutputSpec,
+        current: Option<&Arc<Lane>>,
+    ) -> anyhow::Result<(Option<Arc<Lane>>, Option<Arc<Lane>>)> {
         let name = &spec.runtime.name;
-        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        let existing = current.cloned().or_else(|| lanes.get(name).cloned());
-        if let Some(lane) = existing {
-            let durable = |d: Durability| d == Durability::Spool;
-            if durable(lane.durability) == durable(spec.runtime.durability) {
-                // Its bounds change once every sink is built (`apply`).
-                return Ok(lane);
-            }
-            let queued = lane.backlog.stats().events;
-            if queued > 0 {
-                anyhow::bail!(
-                    "output {name:?}: durability cannot change while {queued} events are queued; \
-                     wait for them to drain (or disable the output first)"
-                );
-            }
+        let existing = current.cloned().or_else(|| self.lane_named(name));
+        let Some(lane) = existing else { return Ok((None, None)) };
+        let durable = |d: Durability| d == Durability::Spool;
+        if durable(lane.durability) == durable(spec.runtime.durability) {
+            // Its bounds change once every sink is built (`apply_locked`).
+            return Ok((Some(lane.clone()), Some(lane)));
         }
+        let queued = lane.backlog.stats().events;
+        if queued > 0 {
+            anyhow::bail!(
+                "output {name:?}: durability cannot change while {queued} events are queued; \
+                 wait for them to drain (or disable the output first)"
+            );
+        }
+        Ok((None, Some(lane)))
+    }
+
+    /// A new lane for `spec`, opened on the state directory; registered by
+    /// the caller once the whole change is sure to go live.
+    fn open_lane(&self, spec: &OutputSpec) -> anyhow::Result<Arc<Lane>> {
+        let name = &spec.runtime.name;
         let stats = self.counters.lock().unwrap_or_else(|e| e.into_inner()).entry(name.clone()).or_default().clone();
         // A memory queue numbers from 0 again on every start.
         let mut id_scope = random_u64();
@@ -393,7 +418,6 @@ impl Delivery {
             settled: settled::Settled::default(),
         });
         lane.bounds.set(bounds_of(spec));
-        lanes.insert(name.clone(), lane.clone());
         Ok(lane)
     }
 

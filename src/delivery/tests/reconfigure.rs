@@ -49,3 +49,24 @@ async fn a_waiting_reconcile_applies_the_settings_of_its_turn() {
     waiting.await.unwrap();
     assert_eq!(batch_max(&f), 10, "the restored file's setting, not the refused one's");
 }
+
+/// A change of durability whose sink cannot be built leaves the output on
+/// the lane it runs on: views, the dead-letter calls and the shutdown find
+/// that lane by name, not one of the new durability left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_change_of_durability_leaves_no_new_lane() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path(), |_, _| Outcome::Retry("down".into()));
+    f.apply(vec![entry(json!({"name": "o", "durability": "memory"}))]).await.unwrap();
+    let lane = f.delivery.lane_named("o").unwrap();
+    let refused = f.apply(vec![entry(json!({"name": "o", "durability": "spool", "fail": true}))]).await;
+    assert!(format!("{:#}", refused.unwrap_err()).contains("could not log in"));
+    let found = f.delivery.lane_named("o").unwrap();
+    assert!(Arc::ptr_eq(&found, &lane), "the running lane, not a {:?} one", found.durability);
+    assert!(!tmp.path().join("spool").join("o").exists(), "no spool opened for the refused change");
+    // Still the running output's: what it queues goes to the dead-letter
+    // at shutdown (a memory queue), found through the registered lane.
+    f.submit(0, 3).unwrap();
+    f.delivery.shutdown(Instant::now() + Duration::from_millis(50)).await;
+    assert_eq!(lane.stats.dead_lettered.load(Relaxed), 3);
+}
