@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 use super::*;
 
 mod reconfigure;
+mod replay;
 
 /// What the scripted sink does with an event on a given attempt.
 type Script = dyn Fn(&[u8], u32) -> Outcome + Send + Sync;
@@ -22,6 +23,8 @@ type Script = dyn Fn(&[u8], u32) -> Outcome + Send + Sync;
 #[derive(Default)]
 struct Shared {
     delivered: Mutex<Vec<Vec<u8>>>,
+    /// Every event handed to the sink, with its origin.
+    seen: Mutex<Vec<(Vec<u8>, Option<(String, u32)>)>>,
     calls: AtomicU32,
 }
 
@@ -40,6 +43,9 @@ impl Sink for ScriptSink {
             if outcomes.iter().any(|o| matches!(o, Outcome::Retry(r) if r == "hang")) {
                 std::future::pending::<()>().await;
             }
+            let origins =
+                batch.events.iter().map(|e| (e.json.to_vec(), e.origin.map(|o| (o.key.to_string(), o.index))));
+            self.shared.seen.lock().unwrap().extend(origins);
             let mut delivered = self.shared.delivered.lock().unwrap();
             for (e, o) in batch.events.iter().zip(&outcomes) {
                 if *o == Outcome::Delivered {
