@@ -189,9 +189,29 @@ impl Delivery {
             base_dir,
             state_dir: self.state_dir.join("output-state").join(name),
             batch_max,
+            errors: Default::default(),
         };
         std::fs::create_dir_all(&ctx.state_dir).ok();
         ctx
+    }
+
+    /// Where output `name`'s sink reports errors outside its sends: its
+    /// counters' last error (masked with `secrets`, the sink's own), and
+    /// the log. Its counters, not its lane: they are the output's whatever
+    /// lane it runs on, and exist before a new lane is opened.
+    fn error_report(&self, name: &str, secrets: Vec<String>) -> enrichd_engine::output::ErrorReport {
+        let stats = self.stats_of(name);
+        let name = name.to_string();
+        enrichd_engine::output::ErrorReport::new(move |error| {
+            let text = enrichd_engine::limits::cap_message(stats::mask(&error, &secrets));
+            tracing::warn!(output = %name, error = %text, "output");
+            stats.set_error(text);
+        })
+    }
+
+    /// Output `name`'s counters (kept for the process's life).
+    fn stats_of(&self, name: &str) -> Arc<OutputStats> {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default().clone()
     }
 
     /// Records the runtime workers run on (called once at start).
@@ -272,7 +292,8 @@ impl Delivery {
             // leave a lane of the new durability behind.
             let sink = if d.spec.runtime.enabled {
                 let factory = registry.output(&d.spec.runtime.kind).context("unknown output type")?;
-                let ctx = self.context(&name, d.spec.runtime.batch_max, d.source);
+                let mut ctx = self.context(&name, d.spec.runtime.batch_max, d.source);
+                ctx.errors = self.error_report(&name, d.spec.secrets(registry));
                 let sink = factory.build(&d.spec.options, &ctx).map_err(|e| {
                     // Masked with the new secrets and the running ones.
                     let text = format!("{e:#}");
@@ -370,7 +391,7 @@ impl Delivery {
     /// the caller once the whole change is sure to go live.
     fn open_lane(&self, spec: &OutputSpec) -> anyhow::Result<Arc<Lane>> {
         let name = &spec.runtime.name;
-        let stats = self.counters.lock().unwrap_or_else(|e| e.into_inner()).entry(name.clone()).or_default().clone();
+        let stats = self.stats_of(name);
         // A memory queue numbers from 0 again on every start.
         let mut id_scope = random_u64();
         let (backlog, first): (Arc<dyn Backlog>, u64) = match spec.runtime.durability {

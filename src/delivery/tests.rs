@@ -16,6 +16,7 @@ use super::*;
 
 mod reconfigure;
 mod replay;
+mod state;
 
 /// What the scripted sink does with an event on a given attempt.
 type Script = dyn Fn(&[u8], u32) -> Outcome + Send + Sync;
@@ -68,6 +69,9 @@ struct ScriptOptions {
     /// The build fails, naming the secret (as a client library's error
     /// might).
     fail: bool,
+    /// The build reports a client error naming the secret (as a client
+    /// library's thread might, between sends).
+    client_error: bool,
 }
 
 struct ScriptOutput {
@@ -90,7 +94,11 @@ impl Component for ScriptOutput {
     fn validate(&self, _: &ScriptOptions) -> Vec<FieldError> {
         Vec::new()
     }
-    fn build(&self, options: ScriptOptions, _: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
+    fn build(&self, options: ScriptOptions, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
+        if options.client_error {
+            ctx.errors
+                .report(format!("client: broker down, credentials {:?}", options.secret.clone().unwrap_or_default()));
+        }
         if options.fail {
             anyhow::bail!("could not log in with {:?}", options.secret.unwrap_or_default());
         }
