@@ -18,6 +18,7 @@
 pub(crate) mod backlog;
 mod control;
 pub(crate) mod deadletter;
+mod durable;
 mod entry;
 pub(crate) mod options;
 mod reconcile;
@@ -505,7 +506,7 @@ fn spool_id_scope(dir: &Path) -> anyhow::Result<u64> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+    durable::sync_dir(dir).ok();
     Ok(scope)
 }
 
