@@ -48,7 +48,6 @@ use stats::{LostReason, OutputStats};
 
 pub(crate) use control::{metrics_document, readings, replay, views};
 pub(crate) use entry::Payload;
-pub(crate) use reconcile::desired;
 pub(crate) use submit::{submit, Admitted, Refused};
 
 /// Milliseconds since the Unix epoch.
@@ -127,6 +126,14 @@ struct Running {
     sink: Option<Arc<dyn Sink>>,
     stop: watch::Sender<Option<Instant>>,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What [`Delivery::lane_kept`] found for an output's name.
+struct LaneKept {
+    /// The lane the output goes on with (`None`: a new one is opened).
+    kept: Option<Arc<Lane>>,
+    /// The lane the name has now, if any.
+    current: Option<Arc<Lane>>,
 }
 
 /// The running outputs.
@@ -288,7 +295,7 @@ impl Delivery {
                 continue;
             }
             let current = running.iter().find(|r| r.spec.runtime.name == name).map(|r| &r.lane);
-            let (kept_lane, current) = self.lane_kept(&d.spec, current)?;
+            let LaneKept { kept: kept_lane, current } = self.lane_kept(&d.spec, current)?;
             // The sink before a new lane: a build that fails must not
             // leave a lane of the new durability behind.
             let sink = if d.spec.runtime.enabled {
@@ -360,23 +367,19 @@ impl Delivery {
     }
 
     /// The lane `spec` keeps, if its name has one of the same kind of
-    /// durability (first), and the lane its name has now, if any (second:
-    /// what errors are masked with). `(None, _)`: a new lane is needed
+    /// durability, and the lane its name has now, if any (what errors are
+    /// masked with). No lane kept: a new one is needed
     /// ([`Delivery::open_lane`]). Changing an output's durability needs its
     /// backlog drained first (the events would otherwise change guarantee
     /// behind the client's back).
-    fn lane_kept(
-        &self,
-        spec: &OutputSpec,
-        current: Option<&Arc<Lane>>,
-    ) -> anyhow::Result<(Option<Arc<Lane>>, Option<Arc<Lane>>)> {
+    fn lane_kept(&self, spec: &OutputSpec, current: Option<&Arc<Lane>>) -> anyhow::Result<LaneKept> {
         let name = &spec.runtime.name;
         let existing = current.cloned().or_else(|| self.lane_named(name));
-        let Some(lane) = existing else { return Ok((None, None)) };
+        let Some(lane) = existing else { return Ok(LaneKept { kept: None, current: None }) };
         let durable = |d: Durability| d == Durability::Spool;
         if durable(lane.durability) == durable(spec.runtime.durability) {
             // Its bounds change once every sink is built (`apply_locked`).
-            return Ok((Some(lane.clone()), Some(lane)));
+            return Ok(LaneKept { kept: Some(lane.clone()), current: Some(lane) });
         }
         let queued = lane.backlog.stats().events;
         if queued > 0 {
@@ -385,7 +388,7 @@ impl Delivery {
                  wait for them to drain (or disable the output first)"
             );
         }
-        Ok((None, Some(lane)))
+        Ok(LaneKept { kept: None, current: Some(lane) })
     }
 
     /// A new lane for `spec`, opened on the state directory; registered by

@@ -21,11 +21,14 @@ mod state;
 /// What the scripted sink does with an event on a given attempt.
 type Script = dyn Fn(&[u8], u32) -> Outcome + Send + Sync;
 
+/// An event as the sink got it, and its origin (input key, index).
+type Seen = (Vec<u8>, Option<(String, u32)>);
+
 #[derive(Default)]
 struct Shared {
     delivered: Mutex<Vec<Vec<u8>>>,
     /// Every event handed to the sink, with its origin.
-    seen: Mutex<Vec<(Vec<u8>, Option<(String, u32)>)>>,
+    seen: Mutex<Vec<Seen>>,
     calls: AtomicU32,
 }
 
@@ -375,7 +378,7 @@ fn file_api_and_environment_merge() {
         "EXPORT_SPLUNK_ENABLED" => Some("maybe".to_string()),
         _ => None,
     };
-    let (desired, problems) = super::desired(&f.registry, &config, &stored, &env);
+    let (desired, problems) = super::reconcile::desired(&f.registry, &config, &stored, &env);
     let by_name = |n: &str| desired.iter().find(|d| d.spec.runtime.name == n).unwrap();
     assert!(!by_name("elastic").spec.runtime.enabled, "the switch wins");
     assert_eq!(by_name("splunk").spec.runtime.batch_max, 20, "the API wins over the file");
