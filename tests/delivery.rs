@@ -520,3 +520,34 @@ fn api_outputs_name_files_only_inside_the_state_directory() {
     });
     assert!(!outside.exists());
 }
+
+/// A `DELETE` of an output's API settings that cannot be applied (the
+/// file's entry of that name needs another durability while events are
+/// queued) is refused whole: the API's settings stay stored and running,
+/// and a second `DELETE` is refused the same way, not with "comes from
+/// config.toml" while the API's settings still run.
+#[test]
+fn a_refused_delete_keeps_the_api_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{down}");
+    let file_entry =
+        format!("[[output]]\ntype = \"elastic\"\nname = \"es\"\nurl = \"{url}\"\ndurability = \"spool\"\n");
+    let head = format!("[auth]\napi_keys = [\"{KEY}\"]\n");
+    std::fs::write(&path, format!("{head}{file_entry}{}", common::test_chain())).unwrap();
+    let s = Server::start_file(&path, &[], dir);
+    let r = put(&s, "/v1/outputs/es", &json!({"type": "elastic", "url": url, "durability": "memory"}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(ingest_async(&s, 0, 5, 0).status, 202);
+    common::wait_for("5 events queued", Duration::from_secs(15), || {
+        output(&s, "es")["backlog"]["events"].as_u64() == Some(5)
+    });
+    for _ in 0..2 {
+        let r = delete(&s, "/v1/outputs/es");
+        assert_eq!(r.status, 422, "{}", r.text);
+        assert!(r.text.contains("durability cannot change"), "{}", r.text);
+    }
+    assert_eq!(output(&s, "es")["source"], "api");
+    assert!(s.dir.path().join("state/outputs/es.json").exists(), "the API's settings are still stored");
+}

@@ -139,6 +139,40 @@ pub struct OutputContext {
     pub state_dir: std::path::PathBuf,
     /// The runtime's `batch_max`: the most events one [`Sink::send`] gets.
     pub batch_max: usize,
+    /// Where the sink reports errors no [`Outcome`] carries.
+    pub errors: ErrorReport,
+}
+
+/// Where a sink reports trouble that no [`Outcome`] carries: a client
+/// library's errors from its own threads (a broker down, credentials
+/// refused), met between sends or while none is under way. Only logged,
+/// an operator looking at the output saw nothing wrong until events
+/// backed up; the runtime keeps the last one as the output's `last_error`
+/// (masked with its secret values, like every text it keeps). The default
+/// only logs (a sink built for a one-off probe).
+#[derive(Clone)]
+pub struct ErrorReport(std::sync::Arc<dyn Fn(String) + Send + Sync>);
+
+impl ErrorReport {
+    pub fn new(report: impl Fn(String) + Send + Sync + 'static) -> Self {
+        ErrorReport(std::sync::Arc::new(report))
+    }
+
+    pub fn report(&self, error: impl Into<String>) {
+        (self.0)(error.into())
+    }
+}
+
+impl Default for ErrorReport {
+    fn default() -> Self {
+        ErrorReport::new(|error| tracing::warn!(%error, "output"))
+    }
+}
+
+impl std::fmt::Debug for ErrorReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ErrorReport")
+    }
 }
 
 /// Outputs: built from an [`OutputContext`], they build a [`Sink`]. An

@@ -112,6 +112,12 @@ pub(super) async fn set(
             Some(p) => store.save(&name, p),
             None => store.remove(&name).map(|_| ()),
         };
+        // A reload's reconcile may have applied these settings between the
+        // save and the undo: make the running set follow the undo too (a
+        // no-op otherwise).
+        if let Err(e) = crate::service::reconcile_outputs(&state).await {
+            tracing::warn!(output = %name, error = %e, "outputs after undoing a refused change");
+        }
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e).with(
             json!({"errors": [{"field": "", "message": "the output could not be started with these settings"}]}),
         ));
@@ -134,9 +140,11 @@ pub(super) async fn remove(
 ) -> Result<Json<Value>, ApiError> {
     let key_id = check_write(&state, &headers)?;
     checked_name(&name)?;
-    let _one_change_at_a_time = state.delivery.store.changing.lock().await;
+    let store = &state.delivery.store;
+    let _one_change_at_a_time = store.changing.lock().await;
     let before = settings_hash(&state, &name);
-    let removed = state.delivery.store.remove(&name).map_err(|e| storage_error(&e))?;
+    let previous = store.load().0.into_iter().find(|(n, _)| *n == name).map(|(_, m)| m);
+    let removed = store.remove(&name).map_err(|e| storage_error(&e))?;
     let in_config = state.delivery.config_entry_named(&name);
     if !removed {
         return Err(if in_config {
@@ -149,9 +157,21 @@ pub(super) async fn remove(
             ApiError::new(StatusCode::NOT_FOUND, "unknown_output", format!("no output named {name:?}"))
         });
     }
-    crate::service::reconcile_outputs(&state)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e))?;
+    if let Err(e) = crate::service::reconcile_outputs(&state).await {
+        // Keep-last-good, as for a refused `PUT`: the API's settings go
+        // back, so what runs is what is stored (the output kept running
+        // with them, shown as the API's, while a restart would have
+        // applied the file's entry and the next `DELETE` answered 409).
+        if let Some(p) = &previous {
+            if let Err(e) = store.save(&name, p) {
+                tracing::error!(output = %name, error = %e, "putting the API's settings back after a refused removal");
+            }
+        }
+        if let Err(e) = crate::service::reconcile_outputs(&state).await {
+            tracing::warn!(output = %name, error = %e, "outputs after undoing a refused removal");
+        }
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e));
+    }
     tracing::info!(key_id, output = %name, "output settings removed through the API");
     let after = settings_hash(&state, &name);
     audit(&state, "output_removed", &name, key_id, before, after, None);

@@ -71,8 +71,20 @@ pub(crate) fn replay(lane: &Arc<Lane>) -> Result<u64, String> {
         if !lane.bounds.reserve(&*lane.backlog, cost, events) {
             return Err(format!("output {:?} has no room in its backlog for {events} events", lane.name));
         }
-        // A replay is a new input: no origin key (its destination ids come
-        // from the backlog position).
+        // A replay is a new input: no origin key; its destination ids come
+        // from the backlog position. Decided, not overlooked: an origin
+        // names each event by (input key, index in the input), but an
+        // entry's events are numbered by their place in the entry, so the
+        // input's key on a replayed entry would name dead-lettered events
+        // 3 and 7 of an input as its events 0 and 1, ids of events that
+        // were stored: the destination would drop them as repeats and they
+        // would count as sent (lost in silence). Keeping the true indices
+        // would take an index in the dead-letter and the spool formats,
+        // for what it buys: a repeat caught only within the destination's
+        // duplicate window (JetStream: 2 minutes by default), when a replay
+        // usually follows an operator's fix much later. Fresh ids can never
+        // match a stored message, so a replay may duplicate (as at least
+        // once allows) but never loses an event.
         let appended = lane.backlog.append(&payload, events as u32, super::unix_ms(), None);
         lane.bounds.release(cost, events);
         appended.map_err(|e| format!("queueing the replay: {e}"))?;

@@ -50,6 +50,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::durable::sync_dir;
+
 /// One rejected event, borrowed from the batch being delivered.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DeadRecord<'a> {
@@ -162,11 +164,6 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 fn count(bytes: &[u8]) -> Part {
     Part { lines: lines(bytes).count() as u64, bytes: bytes.len() as u64 }
-}
-
-/// Makes creations, renames and removals in `dir` durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 fn read_or_empty(path: &Path) -> io::Result<Vec<u8>> {

@@ -18,8 +18,10 @@
 pub(crate) mod backlog;
 mod control;
 pub(crate) mod deadletter;
+mod durable;
 mod entry;
 pub(crate) mod options;
+mod reconcile;
 pub(crate) mod settled;
 pub(crate) mod spool;
 pub(crate) mod stats;
@@ -36,7 +38,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use enrichd_engine::output::{OutputContext, Sink};
 use enrichd_engine::{Profile, Profiles, Registry};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
 use backlog::{Backlog, Bounds, MemoryQueue};
@@ -126,6 +128,14 @@ struct Running {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// What [`Delivery::lane_kept`] found for an output's name.
+struct LaneKept {
+    /// The lane the output goes on with (`None`: a new one is opened).
+    kept: Option<Arc<Lane>>,
+    /// The lane the name has now, if any.
+    current: Option<Arc<Lane>>,
+}
+
 /// The running outputs.
 pub(crate) struct Delivery {
     state_dir: PathBuf,
@@ -187,9 +197,29 @@ impl Delivery {
             base_dir,
             state_dir: self.state_dir.join("output-state").join(name),
             batch_max,
+            errors: Default::default(),
         };
         std::fs::create_dir_all(&ctx.state_dir).ok();
         ctx
+    }
+
+    /// Where output `name`'s sink reports errors outside its sends: its
+    /// counters' last error (masked with `secrets`, the sink's own), and
+    /// the log. Its counters, not its lane: they are the output's whatever
+    /// lane it runs on, and exist before a new lane is opened.
+    fn error_report(&self, name: &str, secrets: Vec<String>) -> enrichd_engine::output::ErrorReport {
+        let stats = self.stats_of(name);
+        let name = name.to_string();
+        enrichd_engine::output::ErrorReport::new(move |error| {
+            let text = enrichd_engine::limits::cap_message(stats::mask(&error, &secrets));
+            tracing::warn!(output = %name, error = %text, "output");
+            stats.set_error(text);
+        })
+    }
+
+    /// Output `name`'s counters (kept for the process's life).
+    fn stats_of(&self, name: &str) -> Arc<OutputStats> {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default().clone()
     }
 
     /// Records the runtime workers run on (called once at start).
@@ -228,7 +258,10 @@ impl Delivery {
     /// changed ones get a new sink and worker on the same backlog, removed
     /// ones stop (their backlog is kept for a return). Every new sink is
     /// built before anything changes, so a bad setting leaves the running
-    /// set as it was (keep-last-good).
+    /// set as it was (keep-last-good). The service goes through
+    /// [`Delivery::reconcile`], which reads the desired set under the same
+    /// lock; tests hand a set over directly.
+    #[cfg(test)]
     pub(crate) async fn apply(
         &self,
         registry: &Registry,
@@ -236,6 +269,18 @@ impl Delivery {
         profiles: &(Profiles, Option<Arc<Profile>>),
     ) -> anyhow::Result<()> {
         let mut running = self.running.lock().await;
+        self.apply_locked(&mut running, registry, desired, profiles).await
+    }
+
+    /// [`Delivery::apply`] with the running set already locked: the one
+    /// serialization every change of outputs goes through.
+    async fn apply_locked(
+        &self,
+        running: &mut Vec<Running>,
+        registry: &Registry,
+        desired: Vec<Desired>,
+        profiles: &(Profiles, Option<Arc<Profile>>),
+    ) -> anyhow::Result<()> {
         // Build what is new or changed first.
         let mut fresh: Vec<Fresh> = Vec::new();
         for d in desired {
@@ -249,29 +294,44 @@ impl Delivery {
                 fresh.push((d, r.sink.clone(), r.lane.clone(), profile));
                 continue;
             }
-            let lane = self.lane(&d.spec, running.iter().find(|r| r.spec.runtime.name == name).map(|r| &r.lane))?;
+            let current = running.iter().find(|r| r.spec.runtime.name == name).map(|r| &r.lane);
+            let LaneKept { kept: kept_lane, current } = self.lane_kept(&d.spec, current)?;
+            // The sink before a new lane: a build that fails must not
+            // leave a lane of the new durability behind.
             let sink = if d.spec.runtime.enabled {
                 let factory = registry.output(&d.spec.runtime.kind).context("unknown output type")?;
-                let ctx = self.context(&name, d.spec.runtime.batch_max, d.source);
+                let mut ctx = self.context(&name, d.spec.runtime.batch_max, d.source);
+                ctx.errors = self.error_report(&name, d.spec.secrets(registry));
                 let sink = factory.build(&d.spec.options, &ctx).map_err(|e| {
                     // Masked with the new secrets and the running ones.
-                    let text = stats::mask(&lane.mask(&format!("{e:#}")), &d.spec.secrets(registry));
-                    anyhow::anyhow!("output {name:?}: {text}")
+                    let text = format!("{e:#}");
+                    let text = current.as_ref().map_or(text.clone(), |lane| lane.mask(&text));
+                    anyhow::anyhow!("output {name:?}: {}", stats::mask(&text, &d.spec.secrets(registry)))
                 })?;
                 Some(sink)
             } else {
                 None
             };
+            let lane = match kept_lane {
+                Some(lane) => lane,
+                None => self.open_lane(&d.spec)?,
+            };
             fresh.push((d, sink, lane, profile));
         }
-        // Every sink built: only now do the lanes take the new secrets and
-        // bounds (a refused change leaves the running outputs as they were).
-        for (d, _, lane, _) in &fresh {
-            *lane.secrets.lock().unwrap_or_else(|e| e.into_inner()) = d.spec.secrets(registry);
-            lane.bounds.set(bounds_of(&d.spec));
+        // Every sink built and lane opened: only now are new lanes
+        // registered (what views, the dead-letter calls and the shutdown
+        // find by name), and the lanes take the new secrets and bounds (a
+        // refused change leaves the running outputs as they were).
+        {
+            let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+            for (d, _, lane, _) in &fresh {
+                lanes.insert(lane.name.clone(), lane.clone());
+                *lane.secrets.lock().unwrap_or_else(|e| e.into_inner()) = d.spec.secrets(registry);
+                lane.bounds.set(bounds_of(&d.spec));
+            }
         }
         // Stop what is removed or changed, then start the new set.
-        let old: Vec<Running> = std::mem::take(&mut *running);
+        let old: Vec<Running> = std::mem::take(running);
         let mut kept = Vec::new();
         for r in old {
             let stays = fresh.iter().any(|(d, _, _, _)| d.spec == r.spec && d.source == r.source);
@@ -306,29 +366,36 @@ impl Delivery {
         Ok(())
     }
 
-    /// The lane for `spec`'s name: the existing one, or a new one opened on
-    /// the state directory. Changing an output's durability needs its
+    /// The lane `spec` keeps, if its name has one of the same kind of
+    /// durability, and the lane its name has now, if any (what errors are
+    /// masked with). No lane kept: a new one is needed
+    /// ([`Delivery::open_lane`]). Changing an output's durability needs its
     /// backlog drained first (the events would otherwise change guarantee
     /// behind the client's back).
-    fn lane(&self, spec: &OutputSpec, current: Option<&Arc<Lane>>) -> anyhow::Result<Arc<Lane>> {
+    fn lane_kept(&self, spec: &OutputSpec, current: Option<&Arc<Lane>>) -> anyhow::Result<LaneKept> {
         let name = &spec.runtime.name;
-        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        let existing = current.cloned().or_else(|| lanes.get(name).cloned());
-        if let Some(lane) = existing {
-            let durable = |d: Durability| d == Durability::Spool;
-            if durable(lane.durability) == durable(spec.runtime.durability) {
-                // Its bounds change once every sink is built (`apply`).
-                return Ok(lane);
-            }
-            let queued = lane.backlog.stats().events;
-            if queued > 0 {
-                anyhow::bail!(
-                    "output {name:?}: durability cannot change while {queued} events are queued; \
-                     wait for them to drain (or disable the output first)"
-                );
-            }
+        let existing = current.cloned().or_else(|| self.lane_named(name));
+        let Some(lane) = existing else { return Ok(LaneKept { kept: None, current: None }) };
+        let durable = |d: Durability| d == Durability::Spool;
+        if durable(lane.durability) == durable(spec.runtime.durability) {
+            // Its bounds change once every sink is built (`apply_locked`).
+            return Ok(LaneKept { kept: Some(lane.clone()), current: Some(lane) });
         }
-        let stats = self.counters.lock().unwrap_or_else(|e| e.into_inner()).entry(name.clone()).or_default().clone();
+        let queued = lane.backlog.stats().events;
+        if queued > 0 {
+            anyhow::bail!(
+                "output {name:?}: durability cannot change while {queued} events are queued; \
+                 wait for them to drain (or disable the output first)"
+            );
+        }
+        Ok(LaneKept { kept: None, current: Some(lane) })
+    }
+
+    /// A new lane for `spec`, opened on the state directory; registered by
+    /// the caller once the whole change is sure to go live.
+    fn open_lane(&self, spec: &OutputSpec) -> anyhow::Result<Arc<Lane>> {
+        let name = &spec.runtime.name;
+        let stats = self.stats_of(name);
         // A memory queue numbers from 0 again on every start.
         let mut id_scope = random_u64();
         let (backlog, first): (Arc<dyn Backlog>, u64) = match spec.runtime.durability {
@@ -376,7 +443,6 @@ impl Delivery {
             settled: settled::Settled::default(),
         });
         lane.bounds.set(bounds_of(spec));
-        lanes.insert(name.clone(), lane.clone());
         Ok(lane)
     }
 
@@ -443,7 +509,7 @@ fn spool_id_scope(dir: &Path) -> anyhow::Result<u64> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+    durable::sync_dir(dir).ok();
     Ok(scope)
 }
 
@@ -505,50 +571,6 @@ fn dead_letter_rest(lane: &Lane, reason: &str) {
     }
     let _ = lane.backlog.ack_through(last);
     lane.settled.forget_through(last);
-}
-
-/// Merges the file's `[[output]]` entries with the API's stored settings
-/// (the API's win by name) and the `EXPORT_<NAME>_ENABLED` switches (which
-/// win over both). Every problem is returned, with where it comes from.
-pub(crate) fn desired(
-    registry: &Registry,
-    config: &[options::OutputEntry],
-    stored: &[(String, Map<String, Value>)],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> (Vec<Desired>, Vec<String>) {
-    let mut out: Vec<Desired> = Vec::new();
-    let mut problems = Vec::new();
-    let describe = |errors: Vec<enrichd_engine::output::FieldError>| {
-        errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
-    };
-    for entry in config {
-        let at = entry.line.map_or(String::new(), |l| format!(" (line {l})"));
-        match OutputSpec::check(registry, &entry.options, None) {
-            Ok(spec) if out.iter().any(|d| d.spec.runtime.name == spec.runtime.name) => {
-                problems.push(format!("[[output]]{at}: a second output named {:?}", spec.runtime.name))
-            }
-            Ok(spec) => out.push(Desired { spec, source: Source::Config }),
-            Err(errors) => problems.push(format!("[[output]]{at}: {}", describe(errors))),
-        }
-    }
-    for (name, map) in stored {
-        match OutputSpec::check(registry, map, Some(name)) {
-            Ok(spec) => {
-                out.retain(|d| d.spec.runtime.name != *name);
-                out.push(Desired { spec, source: Source::Api });
-            }
-            Err(errors) => problems.push(format!("stored settings of output {name:?}: {}", describe(errors))),
-        }
-    }
-    for d in &mut out {
-        match options::enabled_override(&d.spec.runtime.name, env) {
-            Ok(Some(on)) => d.spec.runtime.enabled = on,
-            Ok(None) => {}
-            Err(e) => problems.push(e),
-        }
-    }
-    out.sort_by(|a, b| a.spec.runtime.name.cmp(&b.spec.runtime.name));
-    (out, problems)
 }
 
 #[cfg(test)]

@@ -84,9 +84,7 @@ impl SettingsStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(anyhow::Error::from(e).context("replacing output settings"));
         }
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
+        let _ = super::durable::sync_dir(&self.dir);
         Ok(())
     }
 

@@ -14,12 +14,21 @@ use serde_json::{json, Map, Value};
 
 use super::*;
 
+mod reconfigure;
+mod replay;
+mod state;
+
 /// What the scripted sink does with an event on a given attempt.
 type Script = dyn Fn(&[u8], u32) -> Outcome + Send + Sync;
+
+/// An event as the sink got it, and its origin (input key, index).
+type Seen = (Vec<u8>, Option<(String, u32)>);
 
 #[derive(Default)]
 struct Shared {
     delivered: Mutex<Vec<Vec<u8>>>,
+    /// Every event handed to the sink, with its origin.
+    seen: Mutex<Vec<Seen>>,
     calls: AtomicU32,
 }
 
@@ -38,6 +47,9 @@ impl Sink for ScriptSink {
             if outcomes.iter().any(|o| matches!(o, Outcome::Retry(r) if r == "hang")) {
                 std::future::pending::<()>().await;
             }
+            let origins =
+                batch.events.iter().map(|e| (e.json.to_vec(), e.origin.map(|o| (o.key.to_string(), o.index))));
+            self.shared.seen.lock().unwrap().extend(origins);
             let mut delivered = self.shared.delivered.lock().unwrap();
             for (e, o) in batch.events.iter().zip(&outcomes) {
                 if *o == Outcome::Delivered {
@@ -60,6 +72,9 @@ struct ScriptOptions {
     /// The build fails, naming the secret (as a client library's error
     /// might).
     fail: bool,
+    /// The build reports a client error naming the secret (as a client
+    /// library's thread might, between sends).
+    client_error: bool,
 }
 
 struct ScriptOutput {
@@ -82,7 +97,11 @@ impl Component for ScriptOutput {
     fn validate(&self, _: &ScriptOptions) -> Vec<FieldError> {
         Vec::new()
     }
-    fn build(&self, options: ScriptOptions, _: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
+    fn build(&self, options: ScriptOptions, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
+        if options.client_error {
+            ctx.errors
+                .report(format!("client: broker down, credentials {:?}", options.secret.clone().unwrap_or_default()));
+        }
         if options.fail {
             anyhow::bail!("could not log in with {:?}", options.secret.unwrap_or_default());
         }
@@ -359,7 +378,7 @@ fn file_api_and_environment_merge() {
         "EXPORT_SPLUNK_ENABLED" => Some("maybe".to_string()),
         _ => None,
     };
-    let (desired, problems) = super::desired(&f.registry, &config, &stored, &env);
+    let (desired, problems) = super::reconcile::desired(&f.registry, &config, &stored, &env);
     let by_name = |n: &str| desired.iter().find(|d| d.spec.runtime.name == n).unwrap();
     assert!(!by_name("elastic").spec.runtime.enabled, "the switch wins");
     assert_eq!(by_name("splunk").spec.runtime.batch_max, 20, "the API wins over the file");

@@ -169,13 +169,8 @@ impl AppState {
 /// stored settings and the environment's switches to the running outputs.
 /// `Err` names what is wrong; the running outputs are then unchanged.
 pub(crate) async fn reconcile_outputs(state: &AppState) -> Result<(), String> {
-    let registry = state.engine.registry();
-    let entries = state.delivery.config_entries();
-    let (stored, mut problems) = state.delivery.store.load();
-    let (desired, more) = crate::delivery::desired(registry, &entries, &stored, &|name| std::env::var(name).ok());
-    problems.extend(more);
-    if !problems.is_empty() {
-        return Err(problems.join("; "));
-    }
-    state.delivery.apply(registry, desired, &state.profiles).await.map_err(|e| format!("{e:#}"))
+    // The desired set is read inside the delivery's serialized section, so
+    // the last reconcile applies the last settings written (see
+    // `delivery::reconcile`).
+    state.delivery.reconcile(state.engine.registry(), &state.profiles, &|name| std::env::var(name).ok()).await
 }

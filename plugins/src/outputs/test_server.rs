@@ -118,6 +118,7 @@ pub(crate) fn context(base_dir: &Path) -> OutputContext {
         base_dir: base_dir.to_path_buf(),
         state_dir: base_dir.join("state"),
         batch_max: 100,
+        errors: Default::default(),
     }
 }
 

@@ -47,6 +47,8 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+pub(super) use crate::delivery::durable::sync_dir;
+
 /// Size of an entry's header.
 pub(crate) const HEADER_LEN: usize = 32;
 const MAGIC: [u8; 2] = *b"Sp";
@@ -305,9 +307,4 @@ pub(super) fn write_ack(dir: &Path, first_unacked: u64) -> io::Result<()> {
     drop(file);
     fs::rename(&tmp, dir.join(ACK_FILE))?;
     sync_dir(dir)
-}
-
-/// Makes file creations, renames and removals in `dir` durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }

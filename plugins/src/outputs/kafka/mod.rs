@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use enrichd_engine::component::Component;
 use enrichd_engine::output::{
-    BoxFuture, FieldError, Outcome, OutputContext, OutputFamily, SendReport, Sink, SinkBatch,
+    BoxFuture, ErrorReport, FieldError, Outcome, OutputContext, OutputFamily, SendReport, Sink, SinkBatch,
 };
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -73,7 +73,12 @@ impl Component for KafkaOutput {
     }
 
     fn build(&self, options: KafkaOutputOptions, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
-        Ok(Arc::new(KafkaSink { options, name: ctx.name.clone(), producer: Mutex::new(None) }))
+        Ok(Arc::new(KafkaSink {
+            options,
+            name: ctx.name.clone(),
+            errors: ctx.errors.clone(),
+            producer: Mutex::new(None),
+        }))
     }
 }
 
@@ -82,6 +87,8 @@ type IdempotentProducer = FutureProducer<LogContext>;
 struct KafkaSink {
     options: KafkaOutputOptions,
     name: String,
+    /// Where librdkafka's client errors go (the output's `last_error`).
+    errors: ErrorReport,
     /// Created on first use (librdkafka then reconnects on its own).
     producer: Mutex<Option<IdempotentProducer>>,
 }
@@ -109,9 +116,13 @@ impl KafkaSink {
         let o = &self.options;
         let context = LogContext {
             name: self.name.clone(),
+            // Client errors (brokers down, credentials refused) come from
+            // librdkafka's threads, between sends too, and it retries on
+            // its own: only the output's state can show them (the report
+            // also logs them).
             on_error: {
-                let name = self.name.clone();
-                Box::new(move |e| tracing::warn!(output = name.as_str(), error = %e, "output"))
+                let errors = self.errors.clone();
+                Box::new(move |e| errors.report(e))
             },
         };
         let p: IdempotentProducer = producer_config(&o.connection, &self.name, o.max_message_bytes)

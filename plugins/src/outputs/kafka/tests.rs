@@ -142,3 +142,26 @@ async fn a_fatal_producer_error_is_left_behind() {
     }
     assert!(delivered, "a new producer delivers once the cause is gone");
 }
+
+/// librdkafka's client errors (here: no broker at the address) reach the
+/// output's error report, which the runtime shows as its last error; they
+/// were only logged.
+#[tokio::test]
+async fn client_errors_reach_the_error_report() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut ctx = crate::outputs::test_server::context(dir.path());
+    ctx.errors = {
+        let seen = seen.clone();
+        ErrorReport::new(move |e| seen.lock().unwrap().push(e))
+    };
+    let options = json!({"topic": "x", "brokers": [format!("127.0.0.1:{port}")], "timeout_ms": 500});
+    let sink = Factory::build(&KafkaOutput, &options.as_object().unwrap().clone(), &ctx).unwrap();
+    let jsons = vec!["{}".to_string()];
+    let report = sink.send(SinkBatch { events: &events(&jsons, None), accepted_unix_ms: 0, id_scope: 1 }).await;
+    assert!(matches!(report.outcomes[0], Outcome::Retry(_)), "{:?}", report.outcomes);
+    sink.close().await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().any(|e| e.starts_with("kafka client:")), "{seen:?}");
+}

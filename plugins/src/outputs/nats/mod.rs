@@ -30,9 +30,8 @@ mod options;
 mod tests;
 
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use enrichd_engine::component::Component;
@@ -49,6 +48,13 @@ const ACK_WAVE: usize = 256;
 
 /// Room left in a message for its headers and protocol framing.
 const HEADER_ROOM: usize = 512;
+
+/// How long a smaller message limit learned from the stream holds before
+/// the stream is asked again: its `max_msg_size` may have been raised (or
+/// the stream replaced), and the limit would otherwise only ever shrink,
+/// small messages until a restart. One stream info request a minute, only
+/// while a smaller limit is in force.
+const RELEARN_AFTER: Duration = Duration::from_secs(60);
 
 /// The `nats` output kind.
 pub struct NatsOutput;
@@ -75,12 +81,7 @@ impl Component for NatsOutput {
     }
 
     fn build(&self, options: NatsOutputOptions, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
-        Ok(Arc::new(NatsSink {
-            options,
-            name: ctx.name.clone(),
-            conn: tokio::sync::Mutex::new(None),
-            stream_limit: AtomicUsize::new(usize::MAX),
-        }))
+        Ok(Arc::new(NatsSink::new(options, ctx.name.clone(), RELEARN_AFTER)))
     }
 }
 
@@ -93,18 +94,75 @@ struct NatsSink {
     /// `max_msg_size` below the server's `max_payload` refuses full-size
     /// messages. Each refusal halves it (the next round packs smaller
     /// messages); an event alone over it is refused for good. Without
-    /// this every round was retried as it was, for ever.
-    stream_limit: AtomicUsize,
+    /// this every round was retried as it was, for ever. After
+    /// `relearn_after` the stream is asked for its limit, which may have
+    /// grown ([`NatsSink::relearn`]).
+    stream_limit: std::sync::Mutex<Learned>,
+    relearn_after: Duration,
+}
+
+/// A message body limit learned from the stream, and when.
+struct Learned {
+    /// `usize::MAX`: none (the server's `max_payload` applies).
+    bytes: usize,
+    at: Instant,
 }
 
 #[derive(Clone)]
 struct Conn {
     js: jetstream::Context,
-    /// Largest message body to build.
-    limit: usize,
 }
 
 impl NatsSink {
+    fn new(options: NatsOutputOptions, name: String, relearn_after: Duration) -> Self {
+        NatsSink {
+            options,
+            name,
+            conn: tokio::sync::Mutex::new(None),
+            stream_limit: std::sync::Mutex::new(Learned { bytes: usize::MAX, at: Instant::now() }),
+            relearn_after,
+        }
+    }
+
+    fn learned(&self) -> std::sync::MutexGuard<'_, Learned> {
+        self.stream_limit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The largest message body to build now: the configured size within
+    /// the server's `max_payload` (as of the last connection: the client
+    /// takes it from each server's INFO, so a reconnect to a server that
+    /// allows more raises it) and the limit learned from the stream.
+    fn limit(&self, conn: &Conn) -> usize {
+        let server_max = conn.js.client().max_payload().max(2 * HEADER_ROOM);
+        let o = &self.options;
+        let wanted = if o.max_message_bytes == 0 { server_max } else { o.max_message_bytes.min(server_max) };
+        wanted.saturating_sub(HEADER_ROOM).max(HEADER_ROOM).min(self.learned().bytes)
+    }
+
+    /// Asks the stream for its message limit once a learned one is
+    /// `relearn_after` old: a raised `max_msg_size` (or one removed) lets
+    /// messages grow again. When the stream cannot be asked (no permission
+    /// for its info, say), the learned limit is dropped and the next
+    /// refusal learns it again: one refused round per period at worst.
+    async fn relearn(&self, conn: &Conn, subject: &str) {
+        {
+            let learned = self.learned();
+            if learned.bytes == usize::MAX || learned.at.elapsed() < self.relearn_after {
+                return;
+            }
+        }
+        let asked = async {
+            let name = conn.js.stream_by_subject(subject).await.ok()?;
+            let stream = conn.js.get_stream(name).await.ok()?;
+            Some(stream.cached_info().config.max_message_size)
+        };
+        let bytes = match tokio::time::timeout(self.options.connection.timeout(), asked).await {
+            Ok(Some(max)) if max > 0 => (max as usize).saturating_sub(HEADER_ROOM).max(HEADER_ROOM),
+            _ => usize::MAX,
+        };
+        *self.learned() = Learned { bytes, at: Instant::now() };
+    }
+
     async fn connection(&self) -> Result<Conn, String> {
         let mut conn = self.conn.lock().await;
         if let Some(c) = conn.as_ref() {
@@ -112,8 +170,6 @@ impl NatsSink {
         }
         let o = &self.options;
         let client = o.connection.connect(&self.name).await.map_err(|e| format!("{e:#}"))?;
-        let server_max = client.server_info().max_payload.max(2 * HEADER_ROOM);
-        let wanted = if o.max_message_bytes == 0 { server_max } else { o.max_message_bytes.min(server_max) };
         let js = jetstream::ContextBuilder::new().timeout(o.connection.timeout()).build(client);
         if let Some(name) = &o.create_stream {
             let subjects = o.subject.iter().cloned().collect();
@@ -121,7 +177,7 @@ impl NatsSink {
                 .await
                 .map_err(|e| format!("stream {name:?} (created if missing): {e}"))?;
         }
-        let c = Conn { js, limit: wanted.saturating_sub(HEADER_ROOM).max(HEADER_ROOM) };
+        let c = Conn { js };
         *conn = Some(c.clone());
         Ok(c)
     }
@@ -136,7 +192,8 @@ impl Sink for NatsSink {
                 Err(e) => return SendReport::all(n, Outcome::Retry(e), None),
             };
             let subject = self.options.subject.clone().unwrap_or_default();
-            let limit = conn.limit.min(self.stream_limit.load(Relaxed));
+            self.relearn(&conn, &subject).await;
+            let limit = self.limit(&conn);
             let (messages, too_large) = pack(batch.events, limit);
             let mut outcomes = vec![Outcome::Delivered; n];
             for i in too_large {
@@ -206,7 +263,12 @@ impl NatsSink {
                 Ok(Err(e)) if over_stream_limit(&e) => {
                     let size: usize = indices.iter().map(|&i| batch.events[i].json.len() + 1).sum();
                     let halved = (size / 2).max(HEADER_ROOM);
-                    self.stream_limit.fetch_min(halved, Relaxed);
+                    {
+                        let mut learned = self.learned();
+                        if halved < learned.bytes {
+                            *learned = Learned { bytes: halved, at: Instant::now() };
+                        }
+                    }
                     for &i in indices {
                         outcomes[i] = if indices.len() == 1 {
                             Outcome::Reject(format!(

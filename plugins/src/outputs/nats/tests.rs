@@ -226,3 +226,49 @@ async fn a_deleted_stream_is_created_again() {
     assert!(delivered, "the stream was not created again");
     assert!(js.get_stream("OUT").await.is_ok());
 }
+
+/// A stream's `max_msg_size` raised after the sink learned a smaller limit:
+/// once the learned limit is `relearn_after` old the stream is asked again
+/// and messages grow back, instead of staying small until a restart.
+#[tokio::test]
+async fn a_raised_stream_limit_lets_messages_grow_again() {
+    let Some(nats) = NatsServer::start("a_raised_stream_limit_lets_messages_grow_again") else { return };
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let mut config = jetstream::stream::Config {
+        name: "GROW".into(),
+        subjects: vec!["grow.events".into()],
+        max_message_size: 4096,
+        ..Default::default()
+    };
+    js.create_stream(config.clone()).await.unwrap();
+    let options: NatsOutputOptions =
+        serde_json::from_value(json!({"subject": "grow.events", "servers": [nats.url]})).unwrap();
+    let sink = NatsSink::new(options, "test".into(), Duration::from_millis(200));
+    let jsons: Vec<String> = (0..40).map(|i| json!({"n": i, "pad": "p".repeat(180)}).to_string()).collect();
+    let ev = events(&jsons);
+    let send_all = |scope: u64| {
+        let sink = &sink;
+        let ev = &ev;
+        async move {
+            let batch = SinkBatch { events: ev, accepted_unix_ms: 0, id_scope: scope };
+            for _round in 0..8 {
+                if sink.send(batch).await.outcomes.iter().all(|o| matches!(o, Outcome::Delivered)) {
+                    return;
+                }
+            }
+            panic!("not delivered in 8 rounds");
+        }
+    };
+    send_all(1).await;
+    assert!(sink.learned().bytes < 4096, "a smaller limit was learned");
+    config.max_message_size = 1 << 20;
+    js.update_stream(config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = js.get_stream("GROW").await.unwrap().info().await.unwrap().state.messages;
+    send_all(2).await;
+    let mut stream = js.get_stream("GROW").await.unwrap();
+    let after = stream.info().await.unwrap().state.clone();
+    assert_eq!(after.messages - before, 1, "the 40 events (~8 KiB) in one message again");
+    let last = stream.get_raw_message(after.last_sequence).await.unwrap();
+    assert!(last.payload.len() > 4096, "{}", last.payload.len());
+}
