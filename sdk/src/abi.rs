@@ -20,6 +20,11 @@ pub const MAX_BATCH: usize = 256;
 pub const OUT_CAPACITY: usize = 65536;
 /// Longest reason / tag / field key or value the host accepts.
 pub const MAX_TEXT: usize = 1024;
+/// Most reasons and tags of one event, by text and by id together.
+pub const MAX_LIST_ENTRIES: usize = 32;
+/// Longest `FIELD` payload: the key's length byte, the key and the JSON
+/// value together.
+pub const MAX_FIELD_PAYLOAD: usize = 4 * MAX_TEXT;
 /// Most texts a module declares (ABI 1.1): ids are one byte.
 pub const MAX_DECLARED_TEXTS: usize = 255;
 /// Most bytes of declared texts in all (ABI 1.1): each id a module writes

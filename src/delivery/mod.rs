@@ -22,6 +22,7 @@ mod durable;
 mod entry;
 pub(crate) mod options;
 mod reconcile;
+mod retire;
 pub(crate) mod settled;
 pub(crate) mod spool;
 pub(crate) mod stats;
@@ -330,6 +331,15 @@ impl Delivery {
                 lane.bounds.set(bounds_of(&d.spec));
             }
         }
+        // Lanes a change of durability replaces: what ingest appended to
+        // them meanwhile is handed over once the new set is live.
+        let replaced: Vec<(Arc<Lane>, Arc<Lane>)> = running
+            .iter()
+            .filter_map(|r| {
+                let (_, _, lane, _) = fresh.iter().find(|(d, ..)| d.spec.runtime.name == r.spec.runtime.name)?;
+                (!Arc::ptr_eq(lane, &r.lane)).then(|| (r.lane.clone(), lane.clone()))
+            })
+            .collect();
         // Stop what is removed or changed, then start the new set.
         let old: Vec<Running> = std::mem::take(running);
         let mut kept = Vec::new();
@@ -363,6 +373,9 @@ impl Delivery {
                 .map(|r| Summary { spec: r.spec.clone(), source: r.source, lane: r.lane.clone(), sink: r.sink.clone() })
                 .collect(),
         ));
+        for (old, new) in replaced {
+            retire::hand_over(&old, &new);
+        }
         Ok(())
     }
 

@@ -30,7 +30,11 @@ struct Shared {
     /// Every event handed to the sink, with its origin.
     seen: Mutex<Vec<Seen>>,
     calls: AtomicU32,
+    /// Run by every build (while a change is being applied).
+    on_build: Mutex<Option<Hook>>,
 }
+
+type Hook = Box<dyn Fn() + Send + Sync>;
 
 struct ScriptSink {
     script: Arc<Script>,
@@ -98,6 +102,9 @@ impl Component for ScriptOutput {
         Vec::new()
     }
     fn build(&self, options: ScriptOptions, ctx: &OutputContext) -> anyhow::Result<Arc<dyn Sink>> {
+        if let Some(hook) = self.shared.on_build.lock().unwrap().as_ref() {
+            hook();
+        }
         if options.client_error {
             ctx.errors
                 .report(format!("client: broker down, credentials {:?}", options.secret.clone().unwrap_or_default()));

@@ -186,11 +186,11 @@ impl ResultWriter {
                             _ => false,
                         },
                     };
-                    if *count > 32 || !acceptable || lists_json > abi::MAX_LISTS_JSON {
+                    if usize::from(*count) > abi::MAX_LIST_ENTRIES || !acceptable || lists_json > abi::MAX_LISTS_JSON {
                         return Err(FailureKind::MalformedResult);
                     }
                 }
-                kind::FIELD if e.payload.is_empty() || e.payload.len() > abi::MAX_TEXT * 4 => {
+                kind::FIELD if e.payload.is_empty() || e.payload.len() > abi::MAX_FIELD_PAYLOAD => {
                     return Err(FailureKind::MalformedResult)
                 }
                 // A rule declares no field: any field key is undeclared.

@@ -70,3 +70,36 @@ async fn a_refused_change_of_durability_leaves_no_new_lane() {
     f.delivery.shutdown(Instant::now() + Duration::from_millis(50)).await;
     assert_eq!(lane.stats.dead_lettered.load(Relaxed), 3);
 }
+
+/// Batches appended to an output's lane while a change of its durability
+/// is being applied (found empty, then ingest still on the old lanes until
+/// the new set is live) are handed over to the new lane and delivered,
+/// not left in a lane nothing reads any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_queued_during_a_change_of_durability_are_delivered() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Down until the change is live: the old worker delivers nothing.
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_up = up.clone();
+    let f = fixture(
+        tmp.path(),
+        move |_, _| if is_up.load(Relaxed) { Outcome::Delivered } else { Outcome::Retry("down".into()) },
+    );
+    f.apply(vec![entry(json!({"name": "o", "durability": "memory"}))]).await.unwrap();
+    // Ingest holding the lanes it saw before the change appends while the
+    // new sink is built.
+    let seen_before = f.delivery.active();
+    *f.shared.on_build.lock().unwrap() = Some(Box::new(move || {
+        let payload = Payload::from(bytes::Bytes::from_static(b"{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n"));
+        submit(seen_before.clone(), &[payload], 3, None).unwrap();
+    }));
+    f.apply(vec![entry(json!({"name": "o", "durability": "spool"}))]).await.unwrap();
+    *f.shared.on_build.lock().unwrap() = None;
+    up.store(true, Relaxed);
+    let lane = f.settle("o", 3).await;
+    assert_eq!(lane.durability, Durability::Spool);
+    let mut got: Vec<u64> = f.shared.delivered.lock().unwrap().iter().map(|e| number(e)).collect();
+    got.sort_unstable();
+    assert_eq!(got, [0, 1, 2], "delivered from the new lane");
+    assert_eq!(lane.stats.sent.load(Relaxed), 3);
+}
