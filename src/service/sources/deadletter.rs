@@ -37,10 +37,17 @@ const EXCERPT_BYTES: usize = enrichd_engine::limits::EXCERPT_BYTES;
 const LINE_OVERHEAD: usize = 96;
 
 /// Writes `message` whole to the lane's dead-letter, or counts it as lost
-/// with its reason. The message is settled for good whatever happens here
-/// (it is bad input: redelivering it would only fail again), so a record
-/// that does not make it, or pushes older ones out, is counted as lost.
+/// with its reason. The source settles the message for good whatever
+/// happens here (it is bad input: redelivering it would only fail again),
+/// so a record that does not make it, or pushes older ones out, is counted
+/// as lost.
 pub(super) fn record(lane: &SourceLane, message: DeadMessage<'_>) {
+    // The record is at least as long as the body: a body past the bound is
+    // not encoded first (a broker's message can be many megabytes).
+    if message.body.len() as u64 > lane.deadletter_max_bytes {
+        too_large(lane, &message);
+        return;
+    }
     let event = event(message.origin, message.body).to_string();
     let line = event.len() + json_len(message.reason) + json_len(&lane.name) + LINE_OVERHEAD;
     if line as u64 > lane.deadletter_max_bytes {
