@@ -140,6 +140,8 @@ fn reference_validation_run() {
 fn dashboard_shows_it(b: &mut Browser, s: &Server, m: &Value) {
     b.goto(&s.url("/"));
     b.wait_for("the live stream", Duration::from_secs(10), |b| (b.connection() == "live").then_some(()));
+    // An operator's view: addresses and indicators are shown with a key.
+    b.enter_key(API_KEY);
     // Wait until the tiles show the run's totals (the first event after load).
     let threat_matches = num(m, "/totals/threat_matches");
     b.wait_for("the run's totals on the tiles", Duration::from_secs(10), |b| {
@@ -170,8 +172,12 @@ fn dashboard_shows_it(b: &mut Browser, s: &Server, m: &Value) {
     assert!(countries.contains("US"), "top destination countries: {countries}");
     let (_, asns) = b.rows("top-asns");
     assert!(asns.contains("15169"), "top ASNs: {asns}");
-    let (_, indicators) = b.rows("top-indicators");
-    assert!(indicators.contains("45.149.3.0/24"), "top indicators: {indicators}");
+    // The keyed stream's first event fills the lists the public one left empty.
+    let keyed = b.wait_for("the keyed top lists", Duration::from_secs(10), |b| {
+        let (_, indicators) = b.rows("top-indicators");
+        (!indicators.contains("hidden without an API key")).then_some(indicators)
+    });
+    assert!(keyed.contains("45.149.3.0/24"), "top indicators: {keyed}");
     let (n, _) = b.rows("top-sources");
     assert!(n >= 1);
     let (n, feed) = b.rows("feed");

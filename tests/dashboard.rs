@@ -273,7 +273,7 @@ fn dashboard_lists_declared_fact_tops_generically() {
     );
     let server = Server::start(&chain);
     b.goto(&server.url("/"));
-    enter_key(&mut b);
+    b.enter_key(KEY);
     let records: Vec<_> =
         (0..5).map(|i| serde_json::json!({"src_ip": format!("10.0.0.{i}"), "dst_ip": "1.128.0.1"})).collect();
     assert_eq!(server.ingest("flows.v1", serde_json::Value::Array(records)).status, 200);
@@ -413,12 +413,6 @@ fn distinct_sources(n: usize) -> serde_json::Value {
 
 /// Types the API key into the page's field, as an operator does, and
 /// waits for the stream it opens.
-fn enter_key(b: &mut Browser) {
-    b.type_into("api-key", KEY);
-    b.click("key-save");
-    b.wait_for("the keyed stream", Duration::from_secs(10), |b| (b.connection() == "live").then_some(()));
-}
-
 const POLISH: &str = "dashboard_is_complete_on_load_and_fits_phone_and_laptop_widths";
 
 #[test]
@@ -481,7 +475,7 @@ fn dashboard_is_complete_on_load_and_fits_phone_and_laptop_widths() {
         text.contains("AS29518").then_some(text)
     });
     assert!(!feed.contains("45.149.3."), "{feed}");
-    enter_key(&mut b);
+    b.enter_key(KEY);
 
     // Every source seen once: the list would rank noise, so it says so.
     b.wait_for("the sources list", Duration::from_secs(5), |b| {

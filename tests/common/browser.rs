@@ -68,6 +68,14 @@ fn free_port() -> u16 {
 }
 
 impl Browser {
+    /// Types `key` into the dashboard and waits for the keyed stream
+    /// (addresses and indicators are withheld without a key).
+    pub(crate) fn enter_key(&mut self, key: &str) {
+        self.type_into("api-key", key);
+        self.click("key-save");
+        self.wait_for("the keyed stream", Duration::from_secs(10), |b| (b.connection() == "live").then_some(()));
+    }
+
     /// Starts chromedriver and a headless Chromium session, or `None` (after
     /// printing how to enable the test) when they are not installed.
     /// `CHROME_BIN` / `CHROMEDRIVER` override the search on `PATH`.

@@ -168,7 +168,7 @@ fn events_flow_from_the_raw_stream_to_the_output_stream() {
     assert_eq!(view["counters"]["acked"], messages, "{view}");
     assert_eq!(view["counters"]["events"], messages * per, "{view}");
     assert_eq!(view["counters"]["termed"], 0, "{view}");
-    let doc = s.metrics();
+    let doc = s.get("/v1/metrics").json();
     assert_eq!(doc["sources"][0]["counters"]["acked"], messages, "{doc}");
     assert!(doc["sources"][0].get("settings").is_none(), "settings only with a key");
     let m = s.get("/metrics").text;
