@@ -55,7 +55,9 @@ fn cut(text: &str, max: usize) -> &str {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &text[..end]
+    // `get`, not indexing: a str index that could panic pulls the panic
+    // message's formatting into every module (it doubled risk.wasm).
+    text.get(..end).unwrap_or("")
 }
 
 /// Results of the current event, appended to the exchange area.
