@@ -374,7 +374,9 @@ impl Delivery {
                 .collect(),
         ));
         for (old, new) in replaced {
-            retire::hand_over(&old, &new);
+            // Off the runtime, as the shutdown's dead-lettering: a spool
+            // append fsyncs.
+            let _ = tokio::task::spawn_blocking(move || retire::hand_over(&old, &new)).await;
         }
         Ok(())
     }
@@ -554,6 +556,13 @@ async fn stop_running(r: Running, deadline: Instant) {
 fn dead_letter_rest(lane: &Lane, reason: &str) {
     let first = lane.backlog.first_unacked();
     let Ok(entries) = lane.backlog.read(first, u64::MAX, u64::MAX) else { return };
+    dead_letter_entries(lane, &entries, reason);
+}
+
+/// [`dead_letter_rest`] for `entries` already read: the unsettled events
+/// of each go to the dead-letter, and the backlog is acknowledged through
+/// the last.
+fn dead_letter_entries(lane: &Lane, entries: &[entry::Entry], reason: &str) {
     let Some(last) = entries.last().map(|e| e.seq) else { return };
     let now = unix_ms();
     let error = format!("{reason}: not delivered before the flush deadline");

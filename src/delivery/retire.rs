@@ -16,10 +16,11 @@
 //! An entry the old worker delivered part of before it stopped is moved
 //! whole: those events may arrive twice (at least once).
 
-use super::{dead_letter_rest, Lane};
+use super::{dead_letter_entries, Lane};
 
-/// Moves what is left in `old`'s backlog to `new`'s (see the module docs).
-/// Blocking (a spool append fsyncs).
+/// Moves what is left in `old`'s backlog to `new`'s (see the module docs);
+/// what `new` cannot take goes to `old`'s dead-letter. Blocking (a spool
+/// append fsyncs).
 pub(super) fn hand_over(old: &Lane, new: &Lane) {
     let first = old.backlog.first_unacked();
     let entries = match old.backlog.read(first, u64::MAX, u64::MAX) {
@@ -30,6 +31,7 @@ pub(super) fn hand_over(old: &Lane, new: &Lane) {
         }
     };
     let mut moved = 0u64;
+    let mut taken = 0;
     for entry in &entries {
         if let Err(e) =
             new.backlog.append(&entry.payload, entry.events, entry.accepted_unix_ms, entry.origin.as_deref())
@@ -39,11 +41,12 @@ pub(super) fn hand_over(old: &Lane, new: &Lane) {
         }
         let _ = old.backlog.ack_through(entry.seq);
         moved += u64::from(entry.events);
+        taken += 1;
     }
     if moved > 0 {
         tracing::info!(output = %new.name, events = moved, "events queued during the change of durability moved to the new backlog");
         new.wake.notify_one();
     }
     // What could not be moved.
-    dead_letter_rest(old, "change of durability");
+    dead_letter_entries(old, &entries[taken..], "change of durability");
 }
