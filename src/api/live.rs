@@ -168,15 +168,30 @@ pub(super) fn document(state: &AppState, with_key: bool) -> Value {
     doc
 }
 
-/// What [`withhold_detail`] empties, as paths into the document.
-const DETAIL: [&str; 6] = [
-    "top.sources",
-    "top.indicators",
-    "top.facts",
-    "recent_high_risk.src_ip",
-    "recent_high_risk.dst_ip",
-    "recent_high_risk.indicators",
-];
+/// What [`withhold_detail`] empties in each window of `top` and in each
+/// event of `recent_high_risk`, and what it leaves there: one table for
+/// both the emptying and the `withheld` list clients read.
+const TOP_DETAIL: [(&str, Emptied); 3] =
+    [("sources", Emptied::List), ("indicators", Emptied::List), ("facts", Emptied::Map)];
+const EVENT_DETAIL: [(&str, Emptied); 3] =
+    [("src_ip", Emptied::Null), ("dst_ip", Emptied::Null), ("indicators", Emptied::List)];
+
+#[derive(Clone, Copy)]
+enum Emptied {
+    List,
+    Map,
+    Null,
+}
+
+impl Emptied {
+    fn value(self) -> Value {
+        match self {
+            Emptied::List => json!([]),
+            Emptied::Map => json!({}),
+            Emptied::Null => Value::Null,
+        }
+    }
+}
 
 /// Empties what names hosts of the monitored network or what threat intel
 /// flagged (`server.metrics_public_detail`): the top sources, matched
@@ -188,19 +203,21 @@ const DETAIL: [&str; 6] = [
 fn withhold_detail(doc: &mut Value) -> Value {
     if let Some(windows) = doc.get_mut("top").and_then(Value::as_object_mut) {
         for top in windows.values_mut() {
-            top["sources"] = json!([]);
-            top["indicators"] = json!([]);
-            top["facts"] = json!({});
+            for (key, emptied) in TOP_DETAIL {
+                top[key] = emptied.value();
+            }
         }
     }
     if let Some(events) = doc.get_mut("recent_high_risk").and_then(Value::as_array_mut) {
         for e in events.iter_mut().filter_map(Value::as_object_mut) {
-            e.insert("src_ip".into(), Value::Null);
-            e.insert("dst_ip".into(), Value::Null);
-            e.insert("indicators".into(), json!([]));
+            for (key, emptied) in EVENT_DETAIL {
+                e.insert(key.into(), emptied.value());
+            }
         }
     }
-    json!(DETAIL)
+    let top = TOP_DETAIL.iter().map(|(key, _)| format!("top.{key}"));
+    let events = EVENT_DETAIL.iter().map(|(key, _)| format!("recent_high_risk.{key}"));
+    Value::Array(top.chain(events).map(Value::String).collect())
 }
 
 /// Each source's state and counters; settings (servers, stream names)
