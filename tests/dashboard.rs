@@ -150,9 +150,7 @@ fn dashboard_updates_live_in_a_real_browser() {
         assert!(e.message.contains("401"), "unexpected console error before the key was entered: {e:?}");
     }
 
-    b.type_into("api-key", KEY);
-    b.click("key-save");
-    b.wait_for("the live stream", Duration::from_secs(10), |b| (b.connection() == "live").then_some(()));
+    b.enter_key(KEY);
     // No traffic yet: an explicit empty state, not a page of zeros.
     b.wait_for("the empty state", Duration::from_secs(5), |b| {
         b.text("banner").contains("No traffic yet").then_some(())
@@ -411,8 +409,6 @@ fn distinct_sources(n: usize) -> serde_json::Value {
     serde_json::Value::Array(records)
 }
 
-/// Types the API key into the page's field, as an operator does, and
-/// waits for the stream it opens.
 const POLISH: &str = "dashboard_is_complete_on_load_and_fits_phone_and_laptop_widths";
 
 #[test]

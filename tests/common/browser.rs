@@ -68,12 +68,17 @@ fn free_port() -> u16 {
 }
 
 impl Browser {
-    /// Types `key` into the dashboard and waits for the keyed stream
-    /// (addresses and indicators are withheld without a key).
+    /// Types `key` into the dashboard and waits for the keyed stream's
+    /// first document: the live mark alone does not tell, since the public
+    /// stream it replaces was live too; a keyed document is the one whose
+    /// top tables are not withheld.
     pub(crate) fn enter_key(&mut self, key: &str) {
         self.type_into("api-key", key);
         self.click("key-save");
-        self.wait_for("the keyed stream", Duration::from_secs(10), |b| (b.connection() == "live").then_some(()));
+        self.wait_for("the keyed stream", Duration::from_secs(10), |b| {
+            let keyed = b.attr("top-sources", "data-withheld").as_deref() == Some("false");
+            (b.connection() == "live" && keyed).then_some(())
+        });
     }
 
     /// Starts chromedriver and a headless Chromium session, or `None` (after
