@@ -197,12 +197,12 @@ fn envelope_serde(source: String, filter: &fast::KeyFilter, limits: Limits) -> R
 /// past it were only checked for syntax (by the envelope's parse), so a
 /// bad record beyond the limit is still reported as too many records.
 fn raw_records(text: &str, max: usize) -> Result<Vec<&RawValue>, InputError> {
-    /// Collects into `records`; at element `max + 1`, sets `over` and stops
-    /// with an error (a visitor has no other way to stop a sequence early).
+    /// Collects into `records`; at element `max + 1` (kept, so the count
+    /// says it) stops with an error (a visitor has no other way to stop a
+    /// sequence early).
     struct UpTo<'a, 'r> {
         max: usize,
         records: &'r mut Vec<&'a RawValue>,
-        over: &'r mut bool,
     }
     impl<'a> Visitor<'a> for UpTo<'a, '_> {
         type Value = ();
@@ -211,21 +211,19 @@ fn raw_records(text: &str, max: usize) -> Result<Vec<&RawValue>, InputError> {
         }
         fn visit_seq<A: de::SeqAccess<'a>>(self, mut seq: A) -> Result<(), A::Error> {
             while let Some(raw) = seq.next_element::<&'a RawValue>()? {
-                if self.records.len() == self.max {
-                    *self.over = true;
+                self.records.push(raw);
+                if self.records.len() > self.max {
                     return Err(de::Error::custom("too many records"));
                 }
-                self.records.push(raw);
             }
             Ok(())
         }
     }
-    let (mut records, mut over) = (Vec::new(), false);
+    let mut records = Vec::new();
     let mut de = serde_json::Deserializer::from_str(text);
-    let read = de::Deserializer::deserialize_seq(&mut de, UpTo { max, records: &mut records, over: &mut over })
-        .and_then(|()| de.end());
+    let read = de::Deserializer::deserialize_seq(&mut de, UpTo { max, records: &mut records }).and_then(|()| de.end());
     match read {
-        _ if over => Err(InputError::TooManyRecords { count: max + 1, max }),
+        _ if records.len() > max => Err(InputError::TooManyRecords { count: max + 1, max }),
         Err(_) => Err(InputError::Field { field: "records", message: "must be an array of record objects".into() }),
         Ok(()) => Ok(records),
     }
