@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use super::values::Str;
 use super::{bare_message, InputError};
@@ -18,8 +18,16 @@ use super::{bare_message, InputError};
 /// named. `None` (the plain `invalid_json`) when the error is outside the
 /// records array, or is not met again at the same place.
 pub(super) fn record_of_error(source: &str, err: &serde_json::Error) -> Option<InputError> {
+    /// Where the walk stopped: the index of the element being read, and
+    /// whether reading it had begun (the array's own syntax, a comma or the
+    /// end, is checked before an element starts).
+    #[derive(Default)]
+    struct At {
+        index: Cell<Option<usize>>,
+        started: Cell<bool>,
+    }
     /// The envelope, with `records` walked element by element.
-    struct Walk<'c>(&'c Cell<Option<usize>>);
+    struct Walk<'c>(&'c At);
     impl<'de> DeserializeSeed<'de> for Walk<'_> {
         type Value = ();
         fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -43,8 +51,8 @@ pub(super) fn record_of_error(source: &str, err: &serde_json::Error) -> Option<I
         }
     }
     /// The records array: the index of the element being read is kept in
-    /// the cell, and left there when reading it fails.
-    struct Records<'c>(&'c Cell<Option<usize>>);
+    /// `At`, and left there when reading it fails.
+    struct Records<'c>(&'c At);
     impl<'de> DeserializeSeed<'de> for Records<'_> {
         type Value = ();
         fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -59,21 +67,31 @@ pub(super) fn record_of_error(source: &str, err: &serde_json::Error) -> Option<I
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
             let mut index = 0;
             loop {
-                self.0.set(Some(index));
-                if seq.next_element::<IgnoredAny>()?.is_none() {
+                self.0.index.set(Some(index));
+                self.0.started.set(false);
+                if seq.next_element_seed(Element(self.0))?.is_none() {
                     break;
                 }
                 index += 1;
             }
-            self.0.set(None);
+            self.0.index.set(None);
             Ok(())
+        }
+    }
+    /// One record, skipped; marks that it started.
+    struct Element<'c>(&'c At);
+    impl<'de> DeserializeSeed<'de> for Element<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            self.0.started.set(true);
+            IgnoredAny::deserialize(d).map(|_| ())
         }
     }
 
     if !err.is_syntax() && !err.is_eof() {
         return None;
     }
-    let at = Cell::new(None);
+    let at = At::default();
     let mut de = serde_json::Deserializer::from_str(source);
     let again = Walk(&at).deserialize(&mut de).and_then(|()| de.end()).err()?;
     // Only the same error at the same place: otherwise this walk and the
@@ -82,19 +100,21 @@ pub(super) fn record_of_error(source: &str, err: &serde_json::Error) -> Option<I
     if (again.line(), again.column(), again.classify()) != (err.line(), err.column(), err.classify()) {
         return None;
     }
-    let index = at.get()?;
-    // An element that never started (a trailing comma, a body cut right
-    // after a comma) is no record to name.
-    if !element_started(source, err) {
+    let index = at.index.get()?;
+    // Met between elements (a trailing comma, a body cut after a comma or
+    // after a whole record): no record to name. A missing comma is met
+    // there too, at the next record, which is named.
+    if !at.started.get() && (err.is_eof() || !element_started(source, err)) {
         return None;
     }
     let message = format!("{} (at line {} column {} of the body)", bare_message(err), err.line(), err.column());
     Some(InputError::Record { index, field: None, message })
 }
 
-/// Whether something of a value stands where `err` is: not so when only
-/// whitespace lies between the comma or bracket before it and the closing
-/// bracket or end of the body at it. serde_json's column is the 1-based
+/// Whether something of a value stands where `err`, met between the
+/// records array's elements, is: not so when only whitespace lies between
+/// the comma or bracket before it and the closing bracket or end of the
+/// body at it. serde_json's column is the 1-based
 /// byte position of the character it stopped at (for a body cut short,
 /// its last one).
 fn element_started(source: &str, err: &serde_json::Error) -> bool {

@@ -358,6 +358,10 @@ fn a_syntax_error_in_a_record_names_the_record() {
         (r#"[{"a":1} {"b":1}]"#, 1),
         (r#"[{"a":"x\q"}]"#, 0),
         (r#"[{"a":1},{},{"b":"#, 2),
+        // A trailing comma or a cut after a comma inside a record that
+        // started: that record.
+        (r#"[{"a":[1,]}]"#, 0),
+        (r#"[{"a":1},{"b":[2,"#, 1),
     ] {
         let body = format!(r#"{{"format":"flows.v1","records":{records}}}"#);
         match envelope(&body) {
@@ -383,6 +387,7 @@ fn a_syntax_error_in_a_record_names_the_record() {
         r#"{"format":"flows.v1","records":[{"a":1},]}"#,
         r#"{"format":"flows.v1","records":[{"a":1}, "#,
         r#"{"format":"flows.v1","records":["#,
+        r#"{"format":"flows.v1","records":[{"a":1}"#,
     ] {
         assert!(matches!(envelope(body), Err(InputError::InvalidJson(_))), "{body}: {:?}", envelope(body).err());
     }
