@@ -29,18 +29,11 @@ fn engine(dir: &Path, wat: &str, extra: &str) -> Engine {
 
 /// [`engine`], with the chain entries `after` after the rule.
 fn engine_then(dir: &Path, wat: &str, extra: &str, after: &str) -> Engine {
-    let path = dir.join("rule.wat");
-    std::fs::write(&path, wat).unwrap();
-    let toml = format!(
-        "[[chain]]\nplugin = \"ti\"\npaths = [\"{ti}\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"rule\"\nmodule = \"{m}\"\n{extra}\n{after}\n",
-        ti = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ti/indicators.txt"),
-        m = path.display(),
-    );
+    std::fs::write(dir.join("rule.wat"), wat).unwrap();
     let mut registry = Registry::new();
     enrichd_plugins::register_all(&mut registry);
     registry.register(Box::new(enrichd_wasm::WasmFactory));
-    let config = enrichd_engine::Config::parse(&toml, &dir.join("c.toml")).unwrap();
-    let chain = enrichd_engine::Chain::build(&config.chain, &registry, dir).unwrap();
+    let chain = enrichd_engine::Chain::build(&entries(dir, extra, after), &registry, dir).unwrap();
     Engine::new(chain, registry)
 }
 
@@ -153,8 +146,8 @@ fn field_reads_the_same_keys_after_a_reload() {
     assert_eq!(run(&engine, event)[0]["tags"], expected, "after a reload");
 }
 
-/// The `ti` + `rule` entries with the rule's options `extra` and the
-/// entries `after`, as a reloaded configuration would give them.
+/// The `ti` + `rule` (`rule.wat`) entries with the rule's options `extra`
+/// and the entries `after`, as the configuration file gives them.
 fn entries(dir: &Path, extra: &str, after: &str) -> Vec<enrichd_engine::ChainEntryConfig> {
     let toml = format!(
         "[[chain]]\nplugin = \"ti\"\npaths = [\"{ti}\"]\n\n[[chain]]\nplugin = \"wasm\"\nname = \"rule\"\nmodule = \"{m}\"\n{extra}\n{after}\n",
