@@ -107,17 +107,7 @@ pub(super) async fn set(
     let previous = store.load().0.into_iter().find(|(n, _)| *n == name).map(|(_, m)| m);
     store.save(&name, &entry).map_err(|e| storage_error(&e))?;
     if let Err(e) = crate::service::reconcile_outputs(&state).await {
-        // Keep-last-good: put the previous settings back.
-        let _ = match &previous {
-            Some(p) => store.save(&name, p),
-            None => store.remove(&name).map(|_| ()),
-        };
-        // A reload's reconcile may have applied these settings between the
-        // save and the undo: make the running set follow the undo too (a
-        // no-op otherwise).
-        if let Err(e) = crate::service::reconcile_outputs(&state).await {
-            tracing::warn!(output = %name, error = %e, "outputs after undoing a refused change");
-        }
+        undo(&state, &name, previous.as_ref()).await;
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e).with(
             json!({"errors": [{"field": "", "message": "the output could not be started with these settings"}]}),
         ));
@@ -158,24 +148,34 @@ pub(super) async fn remove(
         });
     }
     if let Err(e) = crate::service::reconcile_outputs(&state).await {
-        // Keep-last-good, as for a refused `PUT`: the API's settings go
-        // back, so what runs is what is stored (the output kept running
-        // with them, shown as the API's, while a restart would have
+        // As for a refused `PUT`: what runs is what is stored (the output
+        // kept running with the API's settings, while a restart would have
         // applied the file's entry and the next `DELETE` answered 409).
-        if let Some(p) = &previous {
-            if let Err(e) = store.save(&name, p) {
-                tracing::error!(output = %name, error = %e, "putting the API's settings back after a refused removal");
-            }
-        }
-        if let Err(e) = crate::service::reconcile_outputs(&state).await {
-            tracing::warn!(output = %name, error = %e, "outputs after undoing a refused removal");
-        }
+        undo(&state, &name, previous.as_ref()).await;
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "output_not_started", e));
     }
     tracing::info!(key_id, output = %name, "output settings removed through the API");
     let after = settings_hash(&state, &name);
     audit(&state, "output_removed", &name, key_id, before, after, None);
     Ok(Json(json!({ "name": name, "removed": true, "now_from": if in_config { "config" } else { "nothing" } })))
+}
+
+/// Keep-last-good after a refused `PUT` or `DELETE`: the API's previous
+/// settings of `name` go back (none before: none now), and the running set
+/// follows, since a reload's reconcile may have applied the refused change
+/// between the save and the undo (a no-op otherwise).
+async fn undo(state: &AppState, name: &str, previous: Option<&Map<String, Value>>) {
+    let store = &state.delivery.store;
+    let restored = match previous {
+        Some(p) => store.save(name, p),
+        None => store.remove(name).map(|_| ()),
+    };
+    if let Err(e) = restored {
+        tracing::error!(output = %name, error = %e, "putting the API's settings back after a refused change");
+    }
+    if let Err(e) = crate::service::reconcile_outputs(state).await {
+        tracing::warn!(output = %name, error = %e, "outputs after undoing a refused change");
+    }
 }
 
 /// Hash of an output's settings as shown (secrets masked), if it runs.
