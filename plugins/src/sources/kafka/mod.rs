@@ -53,6 +53,7 @@ mod statistics;
 mod tests;
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -346,11 +347,7 @@ impl KafkaRunner {
             };
             match answer {
                 Ok(_) => {
-                    let settled = self.store(consumer, message, stats);
-                    if let Settled::Stored = settled {
-                        SourceStats::count(&stats.acked, 1);
-                    }
-                    break settled;
+                    break self.store(consumer, message, stats, &stats.acked);
                 }
                 Err(Refusal::BadInput { code, message: why }) => {
                     break self.poison(consumer, message, &format!("{code}: {why}"), ingest);
@@ -408,15 +405,11 @@ impl KafkaRunner {
         // message comes again and is dead-lettered a second time (a
         // duplicate record), never committed past without a record.
         ingest.dead_letter(DeadMessage { origin: &origin, reason, body });
-        let settled = self.store(consumer, message, stats);
-        if let Settled::Stored = settled {
-            SourceStats::count(&stats.termed, 1);
-        }
-        settled
+        self.store(consumer, message, stats, &stats.termed)
     }
 
     /// Stores the offset past `message`, which settles it at the next
-    /// commit. librdkafka refuses only for a partition this member no
+    /// commit, and counts it in `settled_as` (`acked` or `termed`). librdkafka refuses only for a partition this member no
     /// longer holds (`_STATE`: revoked by a rebalance while the message was
     /// being processed or held; `_UNKNOWN_PARTITION`). Then the message is
     /// not acknowledged, and not counted as `acked` or `termed`: the
@@ -426,9 +419,18 @@ impl KafkaRunner {
     /// again. It is counted as given back (`nacked`) and the error shown in
     /// `last_error`; its events, already accepted, are accepted again when
     /// it returns (at least once, the origin key the same).
-    fn store(&self, consumer: &GroupConsumer, message: &BorrowedMessage<'_>, stats: &SourceStats) -> Settled {
+    fn store(
+        &self,
+        consumer: &GroupConsumer,
+        message: &BorrowedMessage<'_>,
+        stats: &SourceStats,
+        settled_as: &AtomicU64,
+    ) -> Settled {
         match consumer.store_offset_from_message(message) {
-            Ok(()) => Settled::Stored,
+            Ok(()) => {
+                SourceStats::count(settled_as, 1);
+                Settled::Stored
+            }
             Err(e) => {
                 SourceStats::count(&stats.nacked, 1);
                 stats.set_error(
