@@ -109,20 +109,15 @@ impl TrustedProxies {
             return peer;
         }
         let mut walk = Walk::default();
-        let forwarded_for = headers.get_all("x-forwarded-for");
-        if forwarded_for.iter().next().is_some() {
-            for value in forwarded_for {
+        if headers.contains_key("x-forwarded-for") {
+            for value in headers.get_all("x-forwarded-for") {
                 let Ok(value) = value.to_str() else { return peer };
                 for hop in value.split(',') {
                     walk.hop(self, parse_node(hop.trim_matches([' ', '\t'])));
                 }
             }
         } else {
-            let forwarded = headers.get_all("forwarded");
-            if forwarded.iter().next().is_none() {
-                return peer;
-            }
-            for value in forwarded {
+            for value in headers.get_all("forwarded") {
                 let Ok(value) = value.to_str() else { return peer };
                 for element in split_unquoted(value, b',') {
                     walk.hop(self, forwarded_for_of(element));
@@ -137,6 +132,7 @@ impl TrustedProxies {
 /// keeping only what the answer needs.
 #[derive(Default)]
 struct Walk {
+    /// The first hop that is an address (used only when every hop is one).
     leftmost: Option<IpAddr>,
     /// The rightmost untrusted hop so far.
     client: Option<IpAddr>,
@@ -144,18 +140,14 @@ struct Walk {
     /// `client` yet): unless an untrusted hop comes after it, we cannot
     /// tell who the client is.
     unreadable: bool,
-    seen: bool,
 }
 
 impl Walk {
     fn hop(&mut self, proxies: &TrustedProxies, hop: Option<IpAddr>) {
-        let first = !std::mem::replace(&mut self.seen, true);
         match hop.map(|a| a.to_canonical()) {
             None => self.unreadable = true,
             Some(addr) => {
-                if first {
-                    self.leftmost = Some(addr);
-                }
+                self.leftmost.get_or_insert(addr);
                 if !proxies.trusts(addr) {
                     self.client = Some(addr);
                     self.unreadable = false;
