@@ -33,7 +33,13 @@ struct Keys {
 
 impl Keys {
     fn new(seed: [u64; 2]) -> Keys {
-        let p = seed[0] | 1;
+        // P ≡ 3 (mod 8), not merely odd: for odd P the Thue-Morse
+        // difference of two 128-byte names, the product of (1 - P^(2^i))
+        // for i < 7, vanishes mod 2^64 whenever P ≡ ±1 (mod 128) (about 3 %
+        // of odd keys: a feed could then list names with equal sums, one
+        // cluster whatever the final mix). With P ≡ 3 (mod 8) that product
+        // has exactly 34 factors of two, the bound stated above.
+        let p = (seed[0] & !7) | 3;
         let mut pow = [1u64; MAX_NAME];
         for i in 1..MAX_NAME {
             pow[i] = pow[i - 1].wrapping_mul(p);
@@ -314,6 +320,27 @@ mod tests {
     /// building the table and looking them up probed hundreds of slots
     /// each. With the process's keys they spread like any names, and every
     /// one is still found.
+    /// Two 128-byte names written as a Thue-Morse sequence and its
+    /// complement: their sums differ by the product of (1 - P^(2^i)),
+    /// which for P ≡ ±1 (mod 128) is 0 mod 2^64 (equal sums under ~3 % of
+    /// odd keys). The keys' P never allows that: the sums differ, and
+    /// agree in exactly their low 34 bits, whatever the seed.
+    #[test]
+    fn thue_morse_names_never_share_a_sum() {
+        let tm = |d: usize| d.count_ones() % 2 == 1;
+        let a: String = (0..128).map(|d| if tm(d) { 'b' } else { 'a' }).collect();
+        let b: String = (0..128).map(|d| if tm(d) { 'a' } else { 'b' }).collect();
+        // Seeds whose plain odd P would be ±1 (mod 128), then arbitrary ones.
+        let seeds = [1u64, 127, 129, 255, 1 << 40 | 1, u64::MAX]
+            .into_iter()
+            .chain((1..200u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        for seed in seeds {
+            let keys = Keys::new([seed, 0]);
+            let difference = keys.name_hash(a.as_bytes()).wrapping_sub(keys.name_hash(b.as_bytes()));
+            assert_eq!(difference.trailing_zeros(), 34, "seed {seed:#x}");
+        }
+    }
+
     #[test]
     fn names_crafted_to_collide_without_the_key_spread_out() {
         use std::fmt::Write;
